@@ -1,0 +1,41 @@
+# The two commands: `make demo` and `make test`. Both create the virtual
+# environment and install everything they need from the package registries.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint unit venv clean bench-crypto bench-dkg
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## make demo: install and run the end-to-end demo on the embedded default backend
+demo: $(STAMP)
+	$(BIN)/ehrshare demo
+
+## make test: install, lint, type-check and run every test
+test: $(STAMP) lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -m "not fabric and not ipfs"
+
+bench-crypto: $(STAMP)
+	$(BIN)/ehrshare bench crypto --json
+
+bench-dkg: $(STAMP)
+	$(BIN)/ehrshare bench dkg --json
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

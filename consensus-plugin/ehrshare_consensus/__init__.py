@@ -1,0 +1,1 @@
+"""Consensus simulator: PBFT, RC-DBFT and Raft on simpy, and the benchmark harness."""
