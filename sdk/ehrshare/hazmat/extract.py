@@ -1,0 +1,484 @@
+"""Threshold extraction of identity keys ``sk_id = s·Q_id`` from the DKG'd KGC nodes.
+
+Scheme: Boneh–Franklin key extraction with the master secret s Shamir-shared by the DKG
+(:mod:`ehrshare.hazmat.dkg`). Setting: BLS12-381, ``mpk = s·P1 ∈ G1``, ``Q_id = H1(id) ∈ G2``.
+
+* The user makes an :class:`ExtractionRequest` (identity + a fresh X25519 reply key).
+* KGC node j answers with :func:`extract_partial_key`: ``d_j = s_j·Q_id`` sealed to the reply key
+  and signed with the node's long-term P-256 key (so a bad answer is attributable).
+* The user opens each answer (:func:`open_partial_key` → unverified :class:`PartialKey`), checks
+  them against the public polynomial — ``e(P1, d_j) == e(S_j, Q_id)`` with S_j = Σ_k j^k·A_k,
+  batched with random weights into one two-pairing check, falling back to per-share checks to
+  name the bad nodes (:func:`verify_partial_keys`) — and combines τ verified shares with
+  Lagrange coefficients at 0 (:func:`combine_partial_keys`), finally checking
+  ``e(P1, sk_id) == e(mpk, Q_id)``.
+
+What this module must not do: authenticate the requester (the KGC service must check, from the
+caller's certificate, that the requester owns ``id`` before calling :func:`extract_partial_key`),
+combine an unverified share, log or raise with secret material, or do I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Final
+
+from ehrshare.hazmat.dkg import KeyShare, PublicPolynomial
+from ehrshare.hazmat.errors import (
+    EncodingError,
+    UnverifiedInputError,
+    VerificationError,
+)
+from ehrshare.hazmat.kgc_keys import (
+    SEALED_OVERHEAD,
+    SIGNATURE_SIZE,
+    KGCNodeKey,
+    KGCNodePublicKey,
+    X25519KeyPair,
+    open_sealed,
+    seal,
+)
+from ehrshare.hazmat.pairing import G1, G2, RngFn, Scalar, multi_pair
+
+__all__ = [
+    "ExtractionRequest",
+    "IdentitySecretKey",
+    "InvalidPartialKey",
+    "NotEnoughPartialKeys",
+    "PartialKey",
+    "PartialKeyCheck",
+    "PartialKeyResponse",
+    "RecoveredKey",
+    "VerifiedPartialKey",
+    "combine_partial_keys",
+    "extract_partial_key",
+    "hash_identity",
+    "open_partial_key",
+    "recover_identity_key",
+    "verify_partial_keys",
+]
+
+_log = logging.getLogger(__name__)
+
+_VERSION: Final = 1
+_H1_DST: Final = b"ehrshare/v1/H1/identity-to-G2"
+_REQUEST_DST: Final = b"ehrshare/v1/extract/request"
+_RESPONSE_DST: Final = b"ehrshare/v1/extract/response"
+_MAX_IDENTITY: Final = 1024
+_SEALED_KEY_SIZE: Final = SEALED_OVERHEAD + 96
+
+
+def hash_identity(identity: str) -> G2:
+    """H1: identity → G2 (``Q_id``), domain-separated.
+
+    TODO(crypto-pre): must be the same H1 as :mod:`ehrshare.hazmat.tipre`; replace with an import
+    once that module exists.
+    """
+    return G2.hash(_H1_DST, _identity_bytes(identity))
+
+
+def _identity_bytes(identity: str) -> bytes:
+    if not isinstance(identity, str) or not identity:
+        raise ValueError("identity must be a non-empty string")
+    raw = identity.encode("utf-8")
+    if len(raw) > _MAX_IDENTITY:
+        raise ValueError(f"identity must be at most {_MAX_IDENTITY} UTF-8 bytes, got {len(raw)}")
+    return raw
+
+
+class InvalidPartialKey(VerificationError):
+    """One or more KGC nodes returned a partial key that fails the pairing check."""
+
+    def __init__(self, nodes: Iterable[int], detail: str = "fails e(P1, d_j) == e(S_j, Q_id)"):
+        self.nodes = tuple(sorted(set(nodes)))
+        super().__init__(f"partial key from KGC node(s) {list(self.nodes)} {detail}")
+
+
+class NotEnoughPartialKeys(VerificationError):
+    """Fewer than τ verified partial keys: ask more KGC nodes."""
+
+    def __init__(self, have: int, need: int, invalid: Sequence[int] = ()) -> None:
+        self.have, self.need, self.invalid = have, need, tuple(sorted(invalid))
+        bad = f"; rejected invalid shares from nodes {list(self.invalid)}" if invalid else ""
+        super().__init__(f"need {need} verified partial keys, have {have}{bad}")
+
+
+# ---------------------------------------------------------------------------------------------
+# request and response
+
+
+@dataclass(frozen=True, slots=True)
+class ExtractionRequest:
+    """What a user sends to each KGC node: the identity and a one-time X25519 reply key.
+
+    Encoding: ``version || reply_key(32) || len(u16) || identity (UTF-8)``.
+    """
+
+    identity: str
+    reply_key: bytes
+
+    def __post_init__(self) -> None:
+        _identity_bytes(self.identity)
+        if len(self.reply_key) != 32:
+            raise EncodingError(f"reply key must be 32 bytes, got {len(self.reply_key)}")
+
+    @classmethod
+    def create(
+        cls, identity: str, rng: RngFn | None = None
+    ) -> tuple[ExtractionRequest, X25519KeyPair]:
+        """A request plus the secret reply key the user keeps to open the answers."""
+        reply = X25519KeyPair.generate(rng)
+        return cls(identity, reply.public_bytes), reply
+
+    def to_bytes(self) -> bytes:
+        """Canonical encoding."""
+        raw = _identity_bytes(self.identity)
+        return struct.pack(">B32sH", _VERSION, self.reply_key, len(raw)) + raw
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ExtractionRequest:
+        """Parse; checks version, lengths and UTF-8."""
+        if len(data) < 35:
+            raise EncodingError(f"extraction request must be at least 35 bytes, got {len(data)}")
+        version, reply, length = struct.unpack_from(">B32sH", data)
+        if version != _VERSION:
+            raise EncodingError(f"extraction request version must be {_VERSION}, got {version}")
+        if len(data) != 35 + length:
+            raise EncodingError(
+                f"extraction request with a {length}-byte identity must be {35 + length} bytes, "
+                f"got {len(data)}"
+            )
+        try:
+            identity = data[35:].decode("utf-8")
+        except UnicodeDecodeError:
+            raise EncodingError("extraction request identity is not valid UTF-8") from None
+        try:
+            return cls(identity, reply)
+        except ValueError as exc:
+            raise EncodingError(f"extraction request: {exc}") from None
+
+    def digest(self) -> bytes:
+        """32-byte binding of a response to this exact request."""
+        return hashlib.sha256(_REQUEST_DST + self.to_bytes()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class PartialKeyResponse:
+    """Node j's answer: ``d_j`` sealed to the request's reply key, signed by node j.
+
+    Encoding: ``version || index(u16) || request digest(32) || sealed d_j(144) || signature(64)``.
+    """
+
+    index: int
+    request_digest: bytes
+    sealed_key: bytes
+    signature: bytes
+
+    SIZE: ClassVar[int] = 1 + 2 + 32 + _SEALED_KEY_SIZE + SIGNATURE_SIZE
+
+    def _body(self) -> bytes:
+        return struct.pack(">BH", _VERSION, self.index) + self.request_digest + self.sealed_key
+
+    def to_bytes(self) -> bytes:
+        """Canonical encoding."""
+        return self._body() + self.signature
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> PartialKeyResponse:
+        """Parse; checks exact length, version and index."""
+        if len(data) != cls.SIZE:
+            raise EncodingError(f"partial key response must be {cls.SIZE} bytes, got {len(data)}")
+        version, index = struct.unpack_from(">BH", data)
+        if version != _VERSION:
+            raise EncodingError(f"partial key response version must be {_VERSION}, got {version}")
+        if index < 1:
+            raise EncodingError("partial key response node index must be at least 1, got 0")
+        sealed_end = 35 + _SEALED_KEY_SIZE
+        return cls(index, data[3:35], data[35:sealed_end], data[sealed_end:])
+
+
+def _sealed_key_aad(request_digest: bytes, index: int) -> bytes:
+    return _RESPONSE_DST + request_digest + struct.pack(">H", index)
+
+
+def _signed(body: bytes) -> bytes:
+    return _RESPONSE_DST + body
+
+
+def extract_partial_key(
+    share: KeyShare,
+    node_key: KGCNodeKey,
+    request: ExtractionRequest,
+    *,
+    rng: RngFn | None = None,
+) -> PartialKeyResponse:
+    """KGC node side: ``d_j = s_j·H1(id)`` sealed to the requester and signed.
+
+    Call only after authenticating that the requester owns ``request.identity``.
+    """
+    d_j = hash_identity(request.identity) * share.value
+    digest = request.digest()
+    sealed = seal(
+        request.reply_key, d_j.to_bytes(), aad=_sealed_key_aad(digest, share.index), rng=rng
+    )
+    unsigned = PartialKeyResponse(share.index, digest, sealed, b"")
+    return PartialKeyResponse(share.index, digest, sealed, node_key.sign(_signed(unsigned._body())))
+
+
+# ---------------------------------------------------------------------------------------------
+# user side: typed verification states
+
+
+@dataclass(frozen=True, slots=True)
+class PartialKey:
+    """An opened but UNVERIFIED partial key ``d_j`` from KGC node ``index``.
+
+    Call :meth:`verify` (or :func:`verify_partial_keys` for a batch) before combining.
+    """
+
+    index: int
+    identity: str
+    point: G2
+
+    def __repr__(self) -> str:
+        return f"PartialKey(index={self.index}, identity={self.identity!r}, point=<hidden>)"
+
+    def verify(self, public: PublicPolynomial) -> VerifiedPartialKey:
+        """Check ``e(P1, d_j) == e(S_j, Q_id)``; else raise :class:`InvalidPartialKey` (names j)."""
+        q_id = hash_identity(self.identity)
+        if not _share_ok(self, public, q_id):
+            raise InvalidPartialKey([self.index])
+        return VerifiedPartialKey(self.index, self.identity, self.point)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedPartialKey:
+    """A partial key that passed the pairing check against the public polynomial."""
+
+    index: int
+    identity: str
+    point: G2
+
+    def __repr__(self) -> str:
+        return f"VerifiedPartialKey(index={self.index}, identity={self.identity!r}, point=<hidden>)"
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _share_ok(partial: PartialKey, public: PublicPolynomial, q_id: G2) -> bool:
+    # e(P1, d_j) · e(−S_j, Q_id) == 1 in one multi-pairing (one final exponentiation).
+    return multi_pair(
+        [(G1.generator(), partial.point), (-public.evaluate(partial.index), q_id)]
+    ).is_one()
+
+
+def open_partial_key(
+    response: PartialKeyResponse | bytes,
+    *,
+    request: ExtractionRequest,
+    reply_key: X25519KeyPair,
+    node_key: KGCNodePublicKey,
+) -> PartialKey:
+    """User side: check node j's signature and request binding, decrypt ``d_j``.
+
+    ``node_key`` is node ``response.index``'s registered public key (from the roster on chain).
+    Raises ``VerificationError`` for a bad signature or a response to another request,
+    ``DecryptionError`` if the sealed key does not open, :class:`InvalidPartialKey` if what the
+    node sealed is not a G2 point.
+    """
+    if isinstance(response, bytes):
+        response = PartialKeyResponse.from_bytes(response)
+    if reply_key.public_bytes != request.reply_key:
+        raise ValueError("reply_key is not the key this request was made with")
+    if response.request_digest != request.digest():
+        raise VerificationError(f"response from KGC node {response.index} answers another request")
+    try:
+        node_key.verify(response.signature, _signed(response._body()))
+    except VerificationError as exc:
+        raise VerificationError(f"response from KGC node {response.index}: {exc}") from None
+    raw = open_sealed(
+        reply_key,
+        response.sealed_key,
+        aad=_sealed_key_aad(response.request_digest, response.index),
+    )
+    try:
+        point = G2.from_bytes(raw)
+    except EncodingError as exc:
+        raise InvalidPartialKey([response.index], f"is not a G2 element ({exc})") from None
+    return PartialKey(response.index, request.identity, point)
+
+
+@dataclass(frozen=True, slots=True)
+class PartialKeyCheck:
+    """Outcome of :func:`verify_partial_keys`: the good shares and the nodes that sent bad ones."""
+
+    verified: tuple[VerifiedPartialKey, ...]
+    invalid: tuple[int, ...]
+
+
+def _random_weight(rng: RngFn | None) -> Scalar:
+    return Scalar.random(rng)
+
+
+def verify_partial_keys(
+    partials: Sequence[PartialKey],
+    public: PublicPolynomial,
+    *,
+    rng: RngFn | None = None,
+) -> PartialKeyCheck:
+    """Verify many partial keys for one identity at once.
+
+    One two-pairing check of ``e(P1, Σ r_j d_j) == e(Σ r_j S_j, Q_id)`` with random weights r_j
+    (a bad share slips through with probability ~1/r); if it fails, each share is checked on its
+    own so the bad nodes are named in :attr:`PartialKeyCheck.invalid`.
+    """
+    if not partials:
+        return PartialKeyCheck((), ())
+    identities = {p.identity for p in partials}
+    if len(identities) != 1:
+        raise ValueError(f"partial keys are for {len(identities)} different identities")
+    indices = [p.index for p in partials]
+    if len(set(indices)) != len(indices):
+        raise ValueError(f"duplicate node indices among partial keys: {sorted(indices)}")
+    for p in partials:
+        if not isinstance(p, PartialKey):
+            raise TypeError(f"expected PartialKey, got {type(p).__name__}")
+    q_id = hash_identity(partials[0].identity)
+    weighted_d = G2.identity()
+    weighted_s = G1.identity()
+    for p in partials:
+        r = _random_weight(rng)
+        weighted_d = weighted_d + p.point * r
+        weighted_s = weighted_s + public.evaluate(p.index) * r
+    if multi_pair([(G1.generator(), weighted_d), (-weighted_s, q_id)]).is_one():
+        verified = tuple(VerifiedPartialKey(p.index, p.identity, p.point) for p in partials)
+        return PartialKeyCheck(verified, ())
+    good: list[VerifiedPartialKey] = []
+    bad: list[int] = []
+    for p in partials:
+        if _share_ok(p, public, q_id):
+            good.append(VerifiedPartialKey(p.index, p.identity, p.point))
+        else:
+            bad.append(p.index)
+    _log.warning("rejected invalid partial keys from KGC nodes %s", bad)
+    return PartialKeyCheck(tuple(good), tuple(bad))
+
+
+# ---------------------------------------------------------------------------------------------
+# combination
+
+
+class IdentitySecretKey:
+    """``sk_id = s·Q_id ∈ G2``, the user's identity key. Secret: no hash, masked repr."""
+
+    __slots__ = ("_point", "identity")
+
+    def __init__(self, identity: str, point: G2) -> None:
+        _identity_bytes(identity)
+        self.identity = identity
+        self._point = point
+
+    @property
+    def point(self) -> G2:
+        """The secret G2 element; for hazmat code (decryption, re-key generation) only."""
+        return self._point
+
+    def matches(self, mpk: G1) -> bool:
+        """``e(P1, sk_id) == e(mpk, Q_id)``: is this the key of ``identity`` under ``mpk``?"""
+        q_id = hash_identity(self.identity)
+        return multi_pair([(G1.generator(), self._point), (-mpk, q_id)]).is_one()
+
+    def to_secret_bytes(self) -> bytes:
+        """The 96-byte G2 encoding of ``sk_id``. Store encrypted."""
+        return self._point.to_bytes()
+
+    @classmethod
+    def from_secret_bytes(cls, identity: str, data: bytes) -> IdentitySecretKey:
+        """Load what :meth:`to_secret_bytes` wrote (the identity is stored alongside)."""
+        return cls(identity, G2.from_bytes(data))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, IdentitySecretKey):
+            return NotImplemented
+        return self.identity == other.identity and self._point == other._point
+
+    def __repr__(self) -> str:
+        return f"IdentitySecretKey(identity={self.identity!r}, key=<hidden>)"
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+def _lagrange_at_zero(indices: Sequence[int]) -> list[Scalar]:
+    coefficients = []
+    for j in indices:
+        num = Scalar.from_int(1)
+        den = Scalar.from_int(1)
+        for m in indices:
+            if m != j:
+                num = num * Scalar.from_int(m)
+                den = den * Scalar.from_int(m - j)
+        coefficients.append(num / den)
+    return coefficients
+
+
+def combine_partial_keys(
+    verified: Sequence[VerifiedPartialKey], public: PublicPolynomial
+) -> IdentitySecretKey:
+    """Lagrange-combine τ verified partial keys into ``sk_id`` and check it against ``mpk``.
+
+    Refuses unverified input (``UnverifiedInputError``, a ``TypeError``); raises
+    :class:`NotEnoughPartialKeys` with fewer than τ distinct nodes.
+    """
+    for v in verified:
+        if not isinstance(v, VerifiedPartialKey):
+            raise UnverifiedInputError(
+                f"combine_partial_keys needs VerifiedPartialKey, got {type(v).__name__}; "
+                "call verify_partial_keys() first"
+            )
+    by_index = {v.index: v for v in verified}
+    need = public.threshold
+    if len(by_index) < need:
+        raise NotEnoughPartialKeys(len(by_index), need)
+    identities = {v.identity for v in verified}
+    if len(identities) != 1:
+        raise ValueError(f"partial keys are for {len(identities)} different identities")
+    chosen = sorted(by_index)[:need]
+    sk = G2.identity()
+    for j, lam in zip(chosen, _lagrange_at_zero(chosen), strict=True):
+        sk = sk + by_index[j].point * lam
+    key = IdentitySecretKey(verified[0].identity, sk)
+    if not key.matches(public.mpk):
+        # Unreachable with verified shares of one public polynomial; refuse rather than return
+        # a wrong key if it ever happens.
+        raise VerificationError("combined key fails e(P1, sk_id) == e(mpk, Q_id)")
+    return key
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveredKey:
+    """The user's key plus the KGC nodes whose partial keys were rejected (to report them)."""
+
+    secret_key: IdentitySecretKey
+    invalid: tuple[int, ...]
+
+
+def recover_identity_key(
+    partials: Sequence[PartialKey],
+    public: PublicPolynomial,
+    *,
+    rng: RngFn | None = None,
+) -> RecoveredKey:
+    """Verify (batched) and combine; bad shares are excluded and named, never combined.
+
+    Raises :class:`NotEnoughPartialKeys` (listing the bad nodes) when fewer than τ shares verify.
+    """
+    check = verify_partial_keys(partials, public, rng=rng)
+    if len(check.verified) < public.threshold:
+        raise NotEnoughPartialKeys(len(check.verified), public.threshold, check.invalid)
+    return RecoveredKey(combine_partial_keys(check.verified, public), check.invalid)
