@@ -1,0 +1,165 @@
+"""The embedded content-addressed store: one file per blob in a directory, keyed by CID.
+
+The default backend (no daemon). It issues the very CIDs a Kubo node would for the same bytes
+(see :mod:`ehrshare.storage.unixfs`), so pointers written on the ledger keep working when a
+deployment switches to IPFS. Writes are atomic: bytes go to a temporary file in the same
+directory tree, are fsynced, then renamed into place; a failure removes the temporary file. Every
+read recomputes the CID, so a blob altered on disk is reported, never returned.
+
+It is a local store for one process tree: it does not replicate, garbage-collect or lock across
+machines, and it keeps whole files (not IPFS blocks), so it cannot serve the IPFS network.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from .cid import CID, DAG_PB
+from .errors import ContentNotFound, IntegrityError, StorageError
+from .unixfs import CHUNK_SIZE, BlobSource, FileDagBuilder, iter_source
+
+__all__ = ["EmbeddedStore"]
+
+_log = logging.getLogger(__name__)
+
+
+def _canonical(cid: str) -> CID:
+    """Parse ``cid`` and express it as CIDv1 (a v0 ``Qm…`` names the same dag-pb root)."""
+    parsed = CID.parse(cid)
+    if parsed.version == 0:
+        return CID(1, DAG_PB, parsed.multihash)
+    return parsed
+
+
+class EmbeddedStore:
+    """A :class:`~ehrshare.storage.base.BlobStore` in a local directory.
+
+    Use it for the embedded backend, tests and single-machine demos. Content is kept until
+    :meth:`unpin` deletes it; there is no separate pin set.
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        self._blobs = self.root / "blobs"
+        self._tmp = self.root / "tmp"
+        try:
+            self._blobs.mkdir(parents=True, exist_ok=True)
+            self._tmp.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(f"cannot create the embedded store in {self.root}: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"EmbeddedStore({str(self.root)!r})"
+
+    def _path(self, cid: CID) -> Path:
+        text = str(cid)
+        # Shard by two characters near the end (as Kubo's flatfs does): the start of a base32
+        # CIDv1 is the same for every blob of one codec, the end is uniformly distributed.
+        return self._blobs / text[-3:-1] / text
+
+    def put(self, data: BlobSource) -> str:
+        """Store ``data`` and return its CID (idempotent: storing the same bytes again is cheap)."""
+        builder = FileDagBuilder()
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="put-", suffix=".part")
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for piece in iter_source(data):
+                    builder.write(piece)
+                    out.write(piece)
+                out.flush()
+                os.fsync(out.fileno())
+            cid = builder.finish()
+            final = self._path(cid)
+            final.parent.mkdir(exist_ok=True)
+            os.replace(tmp, final)
+            self._fsync_dir(final.parent)
+        except OSError as exc:
+            raise StorageError(f"cannot write to the embedded store in {self.root}: {exc}") from exc
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        _log.debug("stored %s (%d bytes)", cid, builder.size)
+        return str(cid)
+
+    @staticmethod
+    def _fsync_dir(directory: Path) -> None:
+        # Makes the rename itself durable; some filesystems refuse fsync on a directory.
+        try:
+            fd = os.open(directory, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+    def _open(self, cid: str) -> tuple[CID, Path]:
+        parsed = _canonical(cid)
+        path = self._path(parsed)
+        if not path.is_file():
+            raise ContentNotFound(str(parsed), f"not in the embedded store at {self.root}")
+        return parsed, path
+
+    def iter(self, cid: str, chunk_size: int = CHUNK_SIZE) -> Iterator[bytes]:
+        """Stream the content of ``cid``.
+
+        The CID is checked as the bytes go by; on a mismatch :class:`IntegrityError` is raised
+        before the last piece is yielded, so treat pieces as unverified until the loop ends.
+        """
+        parsed, path = self._open(cid)
+        return self._iter(parsed, path, chunk_size)
+
+    def _iter(self, parsed: CID, path: Path, chunk_size: int) -> Iterator[bytes]:
+        builder = FileDagBuilder()
+        with path.open("rb") as blob:
+            held = blob.read(chunk_size)
+            while True:
+                nxt = blob.read(chunk_size)
+                if not nxt:
+                    break
+                builder.write(held)
+                yield held
+                held = nxt
+            builder.write(held)
+        actual = builder.finish()
+        if actual != parsed:
+            raise IntegrityError(str(parsed), f"stored bytes hash to {actual}")
+        if held:
+            yield held
+
+    def get(self, cid: str) -> bytes:
+        """Return the content of ``cid`` after checking it hashes to ``cid``."""
+        parsed, path = self._open(cid)
+        data = path.read_bytes()
+        builder = FileDagBuilder()
+        builder.write(data)
+        actual = builder.finish()
+        if actual != parsed:
+            raise IntegrityError(str(parsed), f"stored bytes hash to {actual}")
+        return data
+
+    def has(self, cid: str) -> bool:
+        """Whether ``cid`` is stored here (existence only; reads do the integrity check)."""
+        return self._path(_canonical(cid)).is_file()
+
+    def pin(self, cid: str) -> None:
+        """Check ``cid`` is held: everything in the embedded store is kept until unpinned."""
+        self._open(cid)
+
+    def unpin(self, cid: str) -> None:
+        """Delete ``cid`` from the store; raises :class:`ContentNotFound` if it is not held."""
+        parsed, path = self._open(cid)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            raise ContentNotFound(str(parsed), "deleted concurrently") from None
+
+    delete = unpin
