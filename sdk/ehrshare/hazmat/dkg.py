@@ -76,7 +76,9 @@ __all__ = [
     "ThresholdTooHigh",
     "UnknownParticipant",
     "new_session_nonce",
+    "open_share",
     "parse_bundle",
+    "seal_share",
 ]
 
 _log = logging.getLogger(__name__)
@@ -404,6 +406,40 @@ def _share_aad(nonce: bytes, dealer: int, recipient: int) -> bytes:
     return _SHARE_AAD_DST + nonce + struct.pack(">HH", dealer, recipient)
 
 
+def seal_share(
+    recipient_key: KGCNodePublicKey,
+    share: Scalar,
+    *,
+    nonce: bytes,
+    dealer: int,
+    recipient: int,
+    rng: RngFn | None = None,
+) -> bytes:
+    """Seal ``f_dealer(recipient)`` to the recipient's X25519 key (80 bytes).
+
+    The AAD binds session nonce, dealer and recipient, so a sealed share cannot be replayed
+    into another session or moved to another slot. :class:`DKGNode` uses it; so do tests that
+    play a cheating dealer.
+    """
+    return seal(
+        recipient_key.encryption,
+        share.to_bytes(),
+        aad=_share_aad(nonce, dealer, recipient),
+        rng=rng,
+    )
+
+
+def open_share(
+    key: KGCNodeKey, sealed: bytes, *, nonce: bytes, dealer: int, recipient: int
+) -> Scalar:
+    """Open a share sealed by :func:`seal_share`; ``DecryptionError`` on any failure."""
+    raw = open_sealed(key.encryption_key, sealed, aad=_share_aad(nonce, dealer, recipient))
+    try:
+        return Scalar.from_bytes(raw)
+    except EncodingError:
+        raise DecryptionError() from None
+
+
 @dataclass(frozen=True, slots=True)
 class DealBundle:
     """Dealer i's commitments and its n sealed shares (``sealed_shares[j-1]`` is for node j).
@@ -419,6 +455,26 @@ class DealBundle:
     signature: bytes
 
     kind = BundleKind.DEAL
+
+    @classmethod
+    def create(
+        cls,
+        key: KGCNodeKey,
+        *,
+        nonce: bytes,
+        dealer: int,
+        commitments: Sequence[G1],
+        sealed_shares: Sequence[bytes],
+    ) -> DealBundle:
+        """Build and sign a deal bundle (what :meth:`DKGNode.deals` posts)."""
+        unsigned = cls(nonce, dealer, tuple(commitments), tuple(sealed_shares), b"")
+        return cls(
+            nonce,
+            dealer,
+            tuple(commitments),
+            tuple(sealed_shares),
+            key.sign(_signed_message(unsigned._body())),
+        )
 
     @property
     def sender(self) -> int:
@@ -486,6 +542,14 @@ class ResponseBundle:
 
     kind = BundleKind.RESPONSE
 
+    @classmethod
+    def create(
+        cls, key: KGCNodeKey, *, nonce: bytes, responder: int, statuses: Sequence[DealStatus]
+    ) -> ResponseBundle:
+        """Build and sign a response bundle."""
+        unsigned = cls(nonce, responder, tuple(statuses), b"")
+        return cls(nonce, responder, tuple(statuses), key.sign(_signed_message(unsigned._body())))
+
     @property
     def sender(self) -> int:
         """The responder's index."""
@@ -548,6 +612,20 @@ class JustificationBundle:
     signature: bytes
 
     kind = BundleKind.JUSTIFICATION
+
+    @classmethod
+    def create(
+        cls,
+        key: KGCNodeKey,
+        *,
+        nonce: bytes,
+        dealer: int,
+        revealed: Sequence[tuple[int, Scalar]],
+    ) -> JustificationBundle:
+        """Build and sign a justification bundle (recipients sorted here)."""
+        ordered = tuple(sorted(revealed, key=lambda entry: entry[0]))
+        unsigned = cls(nonce, dealer, ordered, b"")
+        return cls(nonce, dealer, ordered, key.sign(_signed_message(unsigned._body())))
 
     @property
     def sender(self) -> int:
@@ -799,21 +877,22 @@ class DKGNode:
         self._coefficients = tuple(Scalar.random(self._rng) for _ in range(t))
         commitments = tuple(G1.generator() * a for a in self._coefficients)
         sealed = tuple(
-            seal(
-                self.config.public_key_of(j).encryption,
-                _eval_poly(self._coefficients, j).to_bytes(),
-                aad=_share_aad(nonce, self.index, j),
+            seal_share(
+                self.config.public_key_of(j),
+                _eval_poly(self._coefficients, j),
+                nonce=nonce,
+                dealer=self.index,
+                recipient=j,
                 rng=self._rng,
             )
             for j in range(1, n + 1)
         )
-        unsigned = DealBundle(nonce, self.index, commitments, sealed, b"")
-        bundle = DealBundle(
-            nonce,
-            self.index,
-            commitments,
-            sealed,
-            self._key.sign(_signed_message(unsigned._body())),
+        bundle = DealBundle.create(
+            self._key,
+            nonce=nonce,
+            dealer=self.index,
+            commitments=commitments,
+            sealed_shares=sealed,
         )
         self._move(allowed, Phase.AWAITING_DEALS)
         return bundle
@@ -822,13 +901,14 @@ class DKGNode:
 
     def _open_my_share(self, bundle: DealBundle) -> Scalar | None:
         try:
-            raw = open_sealed(
-                self._key.encryption_key,
+            share = open_share(
+                self._key,
                 bundle.sealed_shares[self.index - 1],
-                aad=_share_aad(self.config.nonce, bundle.dealer, self.index),
+                nonce=self.config.nonce,
+                dealer=bundle.dealer,
+                recipient=self.index,
             )
-            share = Scalar.from_bytes(raw)
-        except (DecryptionError, EncodingError):
+        except DecryptionError:
             return None
         return share if _share_matches(share, bundle.commitments, self.index) else None
 
@@ -856,12 +936,8 @@ class DKGNode:
                 statuses.append(DealStatus.ACCEPTED)
         if len(self._deals) < self.config.threshold:
             self._fail(allowed)
-        unsigned = ResponseBundle(self.config.nonce, self.index, tuple(statuses), b"")
-        response = ResponseBundle(
-            self.config.nonce,
-            self.index,
-            tuple(statuses),
-            self._key.sign(_signed_message(unsigned._body())),
+        response = ResponseBundle.create(
+            self._key, nonce=self.config.nonce, responder=self.index, statuses=statuses
         )
         self._move(allowed, Phase.AWAITING_RESPONSES)
         return response
@@ -895,12 +971,8 @@ class DKGNode:
         mine = pending.get(self.index)
         if mine:
             revealed = tuple((j, _eval_poly(self._coefficients, j)) for j in sorted(mine))
-            unsigned = JustificationBundle(self.config.nonce, self.index, revealed, b"")
-            justification = JustificationBundle(
-                self.config.nonce,
-                self.index,
-                revealed,
-                self._key.sign(_signed_message(unsigned._body())),
+            justification = JustificationBundle.create(
+                self._key, nonce=self.config.nonce, dealer=self.index, revealed=revealed
             )
         if not pending:
             self._finish(allowed)
