@@ -1,7 +1,8 @@
 """Threshold extraction of identity keys ``sk_id = s·Q_id`` from the DKG'd KGC nodes.
 
 Scheme: Boneh–Franklin key extraction with the master secret s Shamir-shared by the DKG
-(:mod:`ehrshare.hazmat.dkg`). Setting: BLS12-381, ``mpk = s·P1 ∈ G1``, ``Q_id = H1(id) ∈ G2``.
+(:mod:`ehrshare.hazmat.dkg`). Setting: BLS12-381, ``mpk = s·P1 ∈ G1``, ``Q_id = H1(id) ∈ G2``
+with H1 = :func:`ehrshare.hazmat.tipre.identity_point` (the same hash the PRE encrypts to).
 
 * The user makes an :class:`ExtractionRequest` (identity + a fresh X25519 reply key).
 * KGC node j answers with :func:`extract_partial_key`: ``d_j = s_j·Q_id`` sealed to the reply key
@@ -43,10 +44,10 @@ from ehrshare.hazmat.kgc_keys import (
     seal,
 )
 from ehrshare.hazmat.pairing import G1, G2, RngFn, Scalar, multi_pair
+from ehrshare.hazmat.tipre import IdentitySecretKey, MasterPublicKey, identity_point
 
 __all__ = [
     "ExtractionRequest",
-    "IdentitySecretKey",
     "InvalidPartialKey",
     "NotEnoughPartialKeys",
     "PartialKey",
@@ -56,7 +57,6 @@ __all__ = [
     "VerifiedPartialKey",
     "combine_partial_keys",
     "extract_partial_key",
-    "hash_identity",
     "open_partial_key",
     "recover_identity_key",
     "verify_partial_keys",
@@ -65,20 +65,10 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _VERSION: Final = 1
-_H1_DST: Final = b"ehrshare/v1/H1/identity-to-G2"
 _REQUEST_DST: Final = b"ehrshare/v1/extract/request"
 _RESPONSE_DST: Final = b"ehrshare/v1/extract/response"
 _MAX_IDENTITY: Final = 1024
 _SEALED_KEY_SIZE: Final = SEALED_OVERHEAD + 96
-
-
-def hash_identity(identity: str) -> G2:
-    """H1: identity → G2 (``Q_id``), domain-separated.
-
-    TODO(crypto-pre): must be the same H1 as :mod:`ehrshare.hazmat.tipre`; replace with an import
-    once that module exists.
-    """
-    return G2.hash(_H1_DST, _identity_bytes(identity))
 
 
 def _identity_bytes(identity: str) -> bytes:
@@ -220,7 +210,7 @@ def extract_partial_key(
 
     Call only after authenticating that the requester owns ``request.identity``.
     """
-    d_j = hash_identity(request.identity) * share.value
+    d_j = identity_point(request.identity) * share.value
     digest = request.digest()
     sealed = seal(
         request.reply_key, d_j.to_bytes(), aad=_sealed_key_aad(digest, share.index), rng=rng
@@ -249,7 +239,7 @@ class PartialKey:
 
     def verify(self, public: PublicPolynomial) -> VerifiedPartialKey:
         """Check ``e(P1, d_j) == e(S_j, Q_id)``; else raise :class:`InvalidPartialKey` (names j)."""
-        q_id = hash_identity(self.identity)
+        q_id = identity_point(self.identity)
         if not _share_ok(self, public, q_id):
             raise InvalidPartialKey([self.index])
         return VerifiedPartialKey(self.index, self.identity, self.point)
@@ -349,7 +339,7 @@ def verify_partial_keys(
     for p in partials:
         if not isinstance(p, PartialKey):
             raise TypeError(f"expected PartialKey, got {type(p).__name__}")
-    q_id = hash_identity(partials[0].identity)
+    q_id = identity_point(partials[0].identity)
     weighted_d = G2.identity()
     weighted_s = G1.identity()
     for p in partials:
@@ -374,46 +364,6 @@ def verify_partial_keys(
 # combination
 
 
-class IdentitySecretKey:
-    """``sk_id = s·Q_id ∈ G2``, the user's identity key. Secret: no hash, masked repr."""
-
-    __slots__ = ("_point", "identity")
-
-    def __init__(self, identity: str, point: G2) -> None:
-        _identity_bytes(identity)
-        self.identity = identity
-        self._point = point
-
-    @property
-    def point(self) -> G2:
-        """The secret G2 element; for hazmat code (decryption, re-key generation) only."""
-        return self._point
-
-    def matches(self, mpk: G1) -> bool:
-        """``e(P1, sk_id) == e(mpk, Q_id)``: is this the key of ``identity`` under ``mpk``?"""
-        q_id = hash_identity(self.identity)
-        return multi_pair([(G1.generator(), self._point), (-mpk, q_id)]).is_one()
-
-    def to_secret_bytes(self) -> bytes:
-        """The 96-byte G2 encoding of ``sk_id``. Store encrypted."""
-        return self._point.to_bytes()
-
-    @classmethod
-    def from_secret_bytes(cls, identity: str, data: bytes) -> IdentitySecretKey:
-        """Load what :meth:`to_secret_bytes` wrote (the identity is stored alongside)."""
-        return cls(identity, G2.from_bytes(data))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, IdentitySecretKey):
-            return NotImplemented
-        return self.identity == other.identity and self._point == other._point
-
-    def __repr__(self) -> str:
-        return f"IdentitySecretKey(identity={self.identity!r}, key=<hidden>)"
-
-    __hash__ = None  # type: ignore[assignment]
-
-
 def _lagrange_at_zero(indices: Sequence[int]) -> list[Scalar]:
     coefficients = []
     for j in indices:
@@ -431,6 +381,8 @@ def combine_partial_keys(
     verified: Sequence[VerifiedPartialKey], public: PublicPolynomial
 ) -> IdentitySecretKey:
     """Lagrange-combine τ verified partial keys into ``sk_id`` and check it against ``mpk``.
+
+    Returns :class:`ehrshare.hazmat.tipre.IdentitySecretKey`, ready for ``type_secret(...)``.
 
     Refuses unverified input (``UnverifiedInputError``, a ``TypeError``); raises
     :class:`NotEnoughPartialKeys` with fewer than τ distinct nodes.
@@ -452,12 +404,9 @@ def combine_partial_keys(
     sk = G2.identity()
     for j, lam in zip(chosen, _lagrange_at_zero(chosen), strict=True):
         sk = sk + by_index[j].point * lam
-    key = IdentitySecretKey(verified[0].identity, sk)
-    if not key.matches(public.mpk):
-        # Unreachable with verified shares of one public polynomial; refuse rather than return
-        # a wrong key if it ever happens.
-        raise VerificationError("combined key fails e(P1, sk_id) == e(mpk, Q_id)")
-    return key
+    # from_extracted checks e(P1, sk_id) == e(mpk, Q_id): unreachable with verified shares of
+    # one public polynomial, but a wrong key must never be returned.
+    return IdentitySecretKey.from_extracted(verified[0].identity, sk, MasterPublicKey(public.mpk))
 
 
 @dataclass(frozen=True, slots=True)
