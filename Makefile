@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit venv clean bench-crypto bench-dkg
+.PHONY: demo test lint unit venv clean bench-crypto bench-dkg tools
 
 venv: $(STAMP)
 
@@ -20,8 +20,13 @@ demo: $(STAMP)
 	$(BIN)/ehrshare demo
 
 ## make test: install, lint, type-check and run every test
-test: $(STAMP) lint
+test: $(STAMP) lint tools
 	$(BIN)/python -m pytest
+
+## make tools: build the pinned Kubo (IPFS) into network/build/bin with the Go module proxy
+## (first run a few minutes, then a no-op)
+tools: $(STAMP)
+	$(BIN)/python -m ehrshare.network.kubo install
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

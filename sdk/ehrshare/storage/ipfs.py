@@ -123,8 +123,8 @@ class KuboClient:
     def _unavailable(self, command: str, exc: Exception) -> StorageUnavailable:
         return StorageUnavailable(
             f"IPFS (Kubo) RPC at {self.api_url} is not reachable for {command} "
-            f"({type(exc).__name__}: {exc}). Start the daemon (`ipfs daemon`, or "
-            f"`python -m ehrshare.network.kubo` to install it) or point the client at the "
+            f"({type(exc).__name__}: {exc}). Start the daemon (`ipfs daemon`; "
+            f"`python -m ehrshare.network.kubo install` builds it) or point the client at the "
             f"right API address (the daemon writes it to $IPFS_PATH/api)."
         )
 

@@ -1,0 +1,67 @@
+"""Fixtures for the storage tests: an embedded store per test and one real Kubo daemon per session.
+
+The Kubo fixtures install the pinned Kubo when it is missing (CI starts from a fresh machine) and
+fail — never skip — when it cannot be installed or started: tests marked ``ipfs`` are part of
+the suite. Deselect them with ``-m "not ipfs"`` to run without Go.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ehrshare.network.kubo import KuboDaemon, KuboDaemonError, KuboInstallError, install_kubo
+from ehrshare.storage import EmbeddedStore, KuboClient, KuboStore
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id still exists (a zombie counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ", 1)[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> EmbeddedStore:
+    return EmbeddedStore(tmp_path / "store")
+
+
+@pytest.fixture(scope="session")
+def kubo_binary() -> Path:
+    try:
+        return install_kubo()
+    except KuboInstallError as exc:
+        pytest.fail(f"Kubo is required for the ipfs tests and could not be installed: {exc}")
+
+
+@pytest.fixture(scope="session")
+def kubo_daemon(
+    kubo_binary: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[KuboDaemon]:
+    repo = tmp_path_factory.mktemp("kubo")
+    daemon = KuboDaemon(repo, binary=kubo_binary, name="test-session", die_with_parent=True)
+    try:
+        daemon.start()
+    except KuboDaemonError as exc:
+        pytest.fail(f"the session's Kubo daemon did not start: {exc}")
+    pid = daemon.pid
+    assert pid is not None
+    yield daemon
+    daemon.stop()
+    assert not pid_alive(pid), f"kubo daemon pid {pid} still running after stop()"
+
+
+@pytest.fixture(scope="session")
+def kubo_client(kubo_daemon: KuboDaemon) -> Iterator[KuboClient]:
+    # offline: a missing CID must fail at once, not after searching a network we do not have
+    with KuboClient(kubo_daemon.api_url, offline=True, timeout=120) as client:
+        yield client
+
+
+@pytest.fixture
+def kubo_store(kubo_client: KuboClient) -> KuboStore:
+    return KuboStore(kubo_client)
