@@ -1,1 +1,37 @@
-"""The ehrshare chaincode: the on-chain half of the system (see DESIGN.md section 4)."""
+"""The ehrshare chaincode: the on-chain half of the system (see DESIGN.md section 4).
+
+Backends run :func:`invoke` with a :class:`ChaincodeStub`; nothing in this package knows which
+backend it runs on.
+"""
+
+from .auditlog import GENESIS_HASH, SYSTEM_CHAIN, entry_hash, verify_entries
+from .contract import CONTRACT_NAME, ROLES, EHRContract, invoke
+from .stub import (
+    ChaincodeError,
+    ChaincodeStub,
+    KeyModification,
+    KeyValue,
+    TxTimestamp,
+    create_composite_key,
+    partial_composite_range,
+    split_composite_key,
+)
+
+__all__ = [
+    "CONTRACT_NAME",
+    "GENESIS_HASH",
+    "ROLES",
+    "SYSTEM_CHAIN",
+    "ChaincodeError",
+    "ChaincodeStub",
+    "EHRContract",
+    "KeyModification",
+    "KeyValue",
+    "TxTimestamp",
+    "create_composite_key",
+    "entry_hash",
+    "invoke",
+    "partial_composite_range",
+    "split_composite_key",
+    "verify_entries",
+]

@@ -1,0 +1,1071 @@
+"""The ehrshare contract: identities, type keys, records, grants, access, DKG board, audit log.
+
+One contract class whose methods are named as verbs, and a dispatcher :func:`invoke` that the
+backends call with ``(stub, function, args)``. Every method takes its caller from the stub's creator
+certificate, its clock from the transaction timestamp, and stores canonical JSON under composite
+keys. A failure raises :class:`ChaincodeError` before anything is committed (the backend discards
+the write set). Every state change appends to the operation log and the transaction's log entries
+are emitted as its single chaincode event.
+
+What this module must not do: import a backend, read a wall clock, use randomness or floats, iterate
+over unordered collections into its output, or read back a key it wrote in the same transaction
+(Fabric would show the old value). Crypto objects (capsules, type keys, DKG bundles) are stored as
+opaque base64 with a format version; their meaning belongs to ``ehrshare.hazmat``.
+
+IBE identity strings are ``"<MSP id>/<enrollment id>"`` where the enrollment id is the certificate's
+common name, so registration is deterministic and re-enrolment (a new certificate with the same
+subject and issuer) keeps the identity.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import inspect
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import canonical
+from .auditlog import GENESIS_HASH, SYSTEM_CHAIN, entry_hash, verify_entries
+from .certs import CertInfo, parse_certificate
+from .stub import ChaincodeError, ChaincodeStub
+
+__all__ = [
+    "CONTRACT_NAME",
+    "ROLES",
+    "EHRContract",
+    "TxContext",
+    "invoke",
+]
+
+CONTRACT_NAME = "ehrshare"
+ROLE_ATTRIBUTE = "ehrshare.role"
+PATIENT, CLINICIAN, ADMIN, KGC, PROXY, AUDITOR = (
+    "patient",
+    "clinician",
+    "admin",
+    "kgc",
+    "proxy",
+    "auditor",
+)
+ROLES = (PATIENT, CLINICIAN, ADMIN, KGC, PROXY, AUDITOR)
+
+MAX_CAPSULE_BYTES = 64 * 1024
+MAX_TYPE_KEY_BYTES = 4 * 1024
+MAX_DKG_BUNDLE_BYTES = 1024 * 1024
+MAX_MPK_BYTES = 1024
+MAX_FORMAT_VERSION = 255
+MAX_HOPS = 16
+MAX_PAGE_SIZE = 100
+DEFAULT_PAGE_SIZE = 20
+DKG_PHASES = ("deal", "response", "justification")
+
+_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
+_CID_RE = re.compile(r"[A-Za-z0-9]{8,128}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_NONCE_RE = re.compile(r"[0-9a-f]{64}")
+_IBE_RE = re.compile(r"[^/\x00-\x1f]{1,64}/[^/\x00-\x1f]{1,64}")
+
+# Object types of composite keys. Index entries hold a one-byte value: Fabric treats an empty
+# value as a delete.
+K_IDENTITY = "ehr.id"
+K_IBE = "ehr.ibe"
+K_TYPEKEY = "ehr.typekey"
+K_RECORD = "ehr.rec"
+K_RECORD_VERSION = "ehr.recver"
+K_RECORD_BY_OWNER = "ehr.rec~owner"
+K_GRANT = "ehr.grant"
+K_GRANT_BY_OWNER = "ehr.grant~owner"
+K_GRANT_BY_GRANTEE = "ehr.grant~grantee"
+K_GRANT_MATCH = "ehr.grant~match"
+K_ACCESS = "ehr.access"
+K_APPROVAL = "ehr.approval"
+K_DKG = "ehr.dkg"
+K_DKG_RESULT = "ehr.dkgresult"
+K_DKG_LATEST = "ehr.dkglatest"
+K_LOG = "ehr.log"
+K_LOG_HEAD = "ehr.loghead"
+K_LOG_BY_RECORD = "ehr.log~record"
+_INDEX_VALUE = b"\x01"
+
+
+def _seq(n: int) -> str:
+    return f"{n:012d}"
+
+
+@dataclass(slots=True)
+class Caller:
+    """The submitting client as the contract sees it."""
+
+    msp_id: str
+    cert: CertInfo
+    ibe_id: str | None
+    role: str | None
+
+    @property
+    def name(self) -> str:
+        """How errors name this client: its IBE identity or, unregistered, msp/enrollment id."""
+        return self.ibe_id or f"{self.msp_id}/{self.cert.enrollment_id}"
+
+    @property
+    def is_org_admin(self) -> bool:
+        """Fabric NodeOU admin, or a Fabric CA role attribute of ``admin``."""
+        return (
+            "admin" in self.cert.organizational_units
+            or self.cert.attribute(ROLE_ATTRIBUTE) == ADMIN
+        )
+
+
+@dataclass(slots=True)
+class TxContext:
+    """Per-invocation state: the stub, the caller, the clock and the log entries being appended."""
+
+    stub: ChaincodeStub
+    function: str
+    now: int
+    tx_id: str
+    _caller: Caller | None = None
+    entries: list[dict[str, Any]] = field(default_factory=list)
+    heads: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def key(self, object_type: str, *attrs: str) -> str:
+        return self.stub.create_composite_key(object_type, list(attrs))
+
+    def get_json(self, object_type: str, *attrs: str) -> Any | None:
+        raw = self.stub.get_state(self.key(object_type, *attrs))
+        if raw is None:
+            return None
+        return canonical.loads(raw, f"stored {object_type}")
+
+    def put_json(self, value: Any, object_type: str, *attrs: str) -> None:
+        self.stub.put_state(self.key(object_type, *attrs), canonical.dumps(value))
+
+    def put_index(self, object_type: str, *attrs: str) -> None:
+        self.stub.put_state(self.key(object_type, *attrs), _INDEX_VALUE)
+
+    @property
+    def caller(self) -> Caller:
+        """The caller, registered or not (resolved once per transaction)."""
+        if self._caller is None:
+            msp_id, pem = self.stub.get_creator()
+            cert = parse_certificate(pem)
+            ident = self.get_json(K_IDENTITY, cert.client_key)
+            if ident is not None and ident["msp_id"] == msp_id:
+                self._caller = Caller(msp_id, cert, ident["ibe_id"], ident["role"])
+            else:
+                self._caller = Caller(msp_id, cert, None, None)
+        return self._caller
+
+    def registered(self, *roles: str) -> Caller:
+        """The caller, who must be registered (and hold one of ``roles`` when given)."""
+        caller = self.caller
+        if caller.ibe_id is None:
+            raise ChaincodeError(f"identity {caller.name} is not registered")
+        if roles and caller.role not in roles:
+            raise ChaincodeError(
+                f"identity {caller.name} has role {caller.role}; this needs role "
+                + " or ".join(roles)
+            )
+        return caller
+
+    def log(
+        self,
+        chain: str,
+        action: str,
+        outcome: str,
+        *,
+        record_id: str = "",
+        grant_id: str = "",
+        detail: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Append one entry to ``chain``; the head is cached so one tx may append several."""
+        head = self.heads.get(chain)
+        if head is None:
+            head = self.get_json(K_LOG_HEAD, chain) or {"seq": 0, "hash": GENESIS_HASH}
+        caller = self.caller
+        entry: dict[str, Any] = {
+            "chain": chain,
+            "seq": int(head["seq"]) + 1,
+            "prev_hash": head["hash"],
+            "tx_id": self.tx_id,
+            "timestamp": self.now,
+            "actor": caller.name,
+            "actor_msp": caller.msp_id,
+            "action": action,
+            "outcome": outcome,
+            "record_id": record_id,
+            "grant_id": grant_id,
+            "detail": detail or {},
+        }
+        entry["hash"] = entry_hash(entry)
+        self.put_json(entry, K_LOG, chain, _seq(entry["seq"]))
+        new_head = {"chain": chain, "seq": entry["seq"], "hash": entry["hash"]}
+        self.put_json(new_head, K_LOG_HEAD, chain)
+        self.heads[chain] = new_head
+        if record_id:
+            self.put_index(K_LOG_BY_RECORD, record_id, chain, _seq(entry["seq"]))
+        self.entries.append(entry)
+        return entry
+
+
+# --- argument checks -------------------------------------------------------------------------
+
+
+def _check_id(value: str, what: str) -> str:
+    if not _ID_RE.fullmatch(value):
+        raise ChaincodeError(
+            f"{what} {value!r} is invalid: use 1-64 letters, digits, '.', '_' or '-'"
+        )
+    return value
+
+
+def _check_type(value: str) -> str:
+    if not _TYPE_RE.fullmatch(value):
+        raise ChaincodeError(
+            f"record type {value!r} is invalid: use 1-64 letters, digits, '.', '_', ':' or '-'"
+        )
+    return value
+
+
+def _check_ibe(value: str, what: str = "identity") -> str:
+    if not _IBE_RE.fullmatch(value):
+        raise ChaincodeError(f"{what} {value!r} is not of the form <msp id>/<enrollment id>")
+    return value
+
+
+def _check_b64(value: str, what: str, limit: int) -> str:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ChaincodeError(f"{what} is not valid base64") from None
+    if not raw:
+        raise ChaincodeError(f"{what} is empty")
+    if len(raw) > limit:
+        raise ChaincodeError(f"{what} is {len(raw)} bytes; the limit is {limit}")
+    return value
+
+
+def _check_int(value: str, what: str, lo: int, hi: int) -> int:
+    if not re.fullmatch(r"-?[0-9]{1,19}", value):
+        raise ChaincodeError(f"{what} {value!r} is not an integer")
+    n = int(value)
+    if not lo <= n <= hi:
+        raise ChaincodeError(f"{what} {n} is out of range [{lo}, {hi}]")
+    return n
+
+
+def _check_version(value: str) -> int:
+    return _check_int(value, "format version", 1, MAX_FORMAT_VERSION)
+
+
+def _page_size(value: str) -> int:
+    if value == "":
+        return DEFAULT_PAGE_SIZE
+    return _check_int(value, "page size", 1, MAX_PAGE_SIZE)
+
+
+def _check_bookmark(value: str, object_type: str, *attrs: str) -> str:
+    # A bookmark is a key; it must lie inside the queried range, or a caller could page through
+    # another patient's entries.
+    if value == "":
+        return value
+    prefix = "\x00" + object_type + "\x00" + "".join(a + "\x00" for a in attrs)
+    if not value.startswith(prefix):
+        raise ChaincodeError("bookmark does not belong to this query")
+    return value
+
+
+def _json_list(value: str, what: str) -> list[str]:
+    if value == "":
+        return []
+    parsed = canonical.loads(value, what)
+    if not isinstance(parsed, list) or not all(isinstance(x, str) for x in parsed):
+        raise ChaincodeError(f"{what} must be a json list of strings")
+    return list(parsed)
+
+
+# --- the contract ----------------------------------------------------------------------------
+
+_TxMethod = Callable[..., Any]
+
+
+class EHRContract:
+    """The contract. Public methods named as verbs are the transaction functions."""
+
+    # Functions that only read; the dispatcher refuses none of them on submit (Fabric cannot tell),
+    # but they never write and log nothing.
+    QUERIES = frozenset(
+        {
+            "GetIdentity",
+            "GetRecord",
+            "GetRecordHistory",
+            "ListRecords",
+            "ListGrants",
+            "GetGrant",
+            "CheckApproval",
+            "GetTypeKey",
+            "GetDKGBundles",
+            "GetDKGResult",
+            "GetAuditTrail",
+            "VerifyAuditTrail",
+        }
+    )
+
+    # --- identities --------------------------------------------------------------------------
+
+    def RegisterIdentity(self, ctx: TxContext) -> Any:
+        """Register the caller with the role its certificate carries (attribute or admin OU)."""
+        caller = ctx.caller
+        role = caller.cert.attribute(ROLE_ATTRIBUTE)
+        if role is None and "admin" in caller.cert.organizational_units:
+            role = ADMIN
+        if role is None:
+            raise ChaincodeError(
+                f"certificate of {caller.name} carries no {ROLE_ATTRIBUTE} attribute; "
+                "an org admin must register it"
+            )
+        return self._register(ctx, caller.msp_id, caller.cert, role, registered_by=caller.name)
+
+    def RegisterMember(self, ctx: TxContext, cert_pem: str, role: str) -> Any:
+        """An org admin registers a member of its own organisation with a role."""
+        caller = ctx.caller
+        if not caller.is_org_admin:
+            raise ChaincodeError(f"identity {caller.name} is not an org admin")
+        cert = parse_certificate(cert_pem.encode())
+        if cert.issuer != caller.cert.issuer:
+            raise ChaincodeError(
+                f"certificate of {cert.enrollment_id} was not issued by the ca of {caller.msp_id}"
+            )
+        return self._register(ctx, caller.msp_id, cert, role, registered_by=caller.name)
+
+    def _register(
+        self, ctx: TxContext, msp_id: str, cert: CertInfo, role: str, registered_by: str
+    ) -> Any:
+        if role not in ROLES:
+            raise ChaincodeError(f"role {role!r} is not one of {', '.join(ROLES)}")
+        ibe_id = f"{msp_id}/{cert.enrollment_id}"
+        _check_ibe(ibe_id)
+        if ctx.get_json(K_IDENTITY, cert.client_key) is not None:
+            raise ChaincodeError(f"identity {ibe_id} is already registered")
+        if ctx.get_json(K_IBE, ibe_id) is not None:
+            raise ChaincodeError(f"ibe identity {ibe_id} is already taken")
+        ident = {
+            "ibe_id": ibe_id,
+            "msp_id": msp_id,
+            "role": role,
+            "subject": cert.subject,
+            "issuer": cert.issuer,
+            "cert_sha256": cert.sha256,
+            "registered_at": ctx.now,
+            "registered_by": registered_by,
+        }
+        ctx.put_json(ident, K_IDENTITY, cert.client_key)
+        ctx.put_json({"client_key": cert.client_key}, K_IBE, ibe_id)
+        chain = ibe_id if role == PATIENT else SYSTEM_CHAIN
+        ctx.log(chain, "RegisterIdentity", "ok", detail={"ibe_id": ibe_id, "role": role})
+        return ident
+
+    def GetIdentity(self, ctx: TxContext, ibe_id: str) -> Any:
+        """The public registration of an identity (role, MSP, certificate fingerprint)."""
+        ctx.registered()
+        ident = self._identity(ctx, ibe_id)
+        return ident
+
+    def _identity(self, ctx: TxContext, ibe_id: str) -> dict[str, Any]:
+        _check_ibe(ibe_id)
+        link = ctx.get_json(K_IBE, ibe_id)
+        if link is None:
+            raise ChaincodeError(f"identity {ibe_id} is not registered")
+        ident = ctx.get_json(K_IDENTITY, link["client_key"])
+        if not isinstance(ident, dict):
+            raise ChaincodeError(f"identity {ibe_id} has no stored registration")
+        return ident
+
+    # --- type public keys --------------------------------------------------------------------
+
+    def PublishTypeKey(
+        self, ctx: TxContext, record_type: str, key_b64: str, format_version: str
+    ) -> Any:
+        """Publish the caller's own type public key T_{id,t}; republishing rotates it."""
+        caller = ctx.registered()
+        _check_type(record_type)
+        _check_b64(key_b64, "type key", MAX_TYPE_KEY_BYTES)
+        value = {
+            "ibe_id": caller.ibe_id,
+            "type": record_type,
+            "key": key_b64,
+            "format_version": _check_version(format_version),
+            "published_at": ctx.now,
+            "tx_id": ctx.tx_id,
+        }
+        assert caller.ibe_id is not None
+        ctx.put_json(value, K_TYPEKEY, caller.ibe_id, record_type)
+        chain = caller.ibe_id if caller.role == PATIENT else SYSTEM_CHAIN
+        ctx.log(chain, "PublishTypeKey", "ok", detail={"type": record_type})
+        return value
+
+    def GetTypeKey(self, ctx: TxContext, ibe_id: str, record_type: str) -> Any:
+        """Read someone's type public key (any registered identity may)."""
+        ctx.registered()
+        _check_ibe(ibe_id)
+        _check_type(record_type)
+        value = ctx.get_json(K_TYPEKEY, ibe_id, record_type)
+        if value is None:
+            raise ChaincodeError(f"type key {record_type} of {ibe_id} does not exist")
+        return value
+
+    # --- records -----------------------------------------------------------------------------
+
+    def RegisterRecord(
+        self,
+        ctx: TxContext,
+        record_id: str,
+        owner: str,
+        record_type: str,
+        cid: str,
+        sha256: str,
+        capsule_b64: str,
+        format_version: str,
+    ) -> Any:
+        """Register a record pointer; the patient itself or a clinician of any member hospital."""
+        caller = ctx.registered()
+        _check_id(record_id, "record id")
+        _check_ibe(owner, "owner")
+        _check_type(record_type)
+        if not _CID_RE.fullmatch(cid):
+            raise ChaincodeError(f"cid {cid!r} is not a content identifier")
+        if not _SHA256_RE.fullmatch(sha256):
+            raise ChaincodeError("sha256 must be 64 lower-case hex digits")
+        _check_b64(capsule_b64, "capsule", MAX_CAPSULE_BYTES)
+        version = _check_version(format_version)
+        if not (caller.role == CLINICIAN or (caller.role == PATIENT and caller.ibe_id == owner)):
+            raise ChaincodeError(f"identity {caller.name} may not create records for {owner}")
+        owner_ident = ctx.get_json(K_IBE, owner)
+        if owner_ident is None:
+            raise ChaincodeError(f"patient {owner} is not registered")
+        if self._identity(ctx, owner)["role"] != PATIENT:
+            raise ChaincodeError(f"identity {owner} is not a patient")
+        if ctx.stub.get_state(ctx.key(K_RECORD, record_id)) is not None:
+            raise ChaincodeError(f"record {record_id} already exists")
+        record = {
+            "record_id": record_id,
+            "owner": owner,
+            "type": record_type,
+            "cid": cid,
+            "sha256": sha256,
+            "capsule": capsule_b64,
+            "format_version": version,
+            "creator": caller.name,
+            "creator_msp": caller.msp_id,
+            "version": 1,
+            "created_at": ctx.now,
+            "updated_at": ctx.now,
+            "tx_id": ctx.tx_id,
+        }
+        ctx.put_json(record, K_RECORD, record_id)
+        ctx.put_json(record, K_RECORD_VERSION, record_id, _seq(1))
+        ctx.put_index(K_RECORD_BY_OWNER, owner, record_id)
+        ctx.log(
+            owner,
+            "RegisterRecord",
+            "ok",
+            record_id=record_id,
+            detail={"type": record_type, "version": 1, "cid": cid},
+        )
+        return record
+
+    def AmendRecord(
+        self,
+        ctx: TxContext,
+        record_id: str,
+        cid: str,
+        sha256: str,
+        capsule_b64: str,
+        format_version: str,
+    ) -> Any:
+        """A new version of a record (owner or original creator); older versions stay readable."""
+        caller = ctx.registered()
+        record = self._record(ctx, record_id)
+        if caller.name not in (record["owner"], record["creator"]):
+            raise ChaincodeError(f"identity {caller.name} may not amend record {record_id}")
+        if not _CID_RE.fullmatch(cid):
+            raise ChaincodeError(f"cid {cid!r} is not a content identifier")
+        if not _SHA256_RE.fullmatch(sha256):
+            raise ChaincodeError("sha256 must be 64 lower-case hex digits")
+        _check_b64(capsule_b64, "capsule", MAX_CAPSULE_BYTES)
+        amended = dict(record)
+        amended.update(
+            {
+                "cid": cid,
+                "sha256": sha256,
+                "capsule": capsule_b64,
+                "format_version": _check_version(format_version),
+                "version": int(record["version"]) + 1,
+                "updated_at": ctx.now,
+                "amended_by": caller.name,
+                "tx_id": ctx.tx_id,
+            }
+        )
+        ctx.put_json(amended, K_RECORD, record_id)
+        ctx.put_json(amended, K_RECORD_VERSION, record_id, _seq(amended["version"]))
+        ctx.log(
+            record["owner"],
+            "AmendRecord",
+            "ok",
+            record_id=record_id,
+            detail={"version": amended["version"], "cid": cid},
+        )
+        return amended
+
+    def _record(self, ctx: TxContext, record_id: str) -> dict[str, Any]:
+        _check_id(record_id, "record id")
+        record = ctx.get_json(K_RECORD, record_id)
+        if record is None:
+            raise ChaincodeError(f"record {record_id} does not exist")
+        result: dict[str, Any] = record
+        return result
+
+    def _may_read(self, ctx: TxContext, caller: Caller, record: dict[str, Any]) -> bool:
+        if caller.role == AUDITOR or caller.name in (record["owner"], record["creator"]):
+            return True
+        assert caller.ibe_id is not None
+        grant, _ = self._valid_grant(ctx, record["owner"], record["type"], caller.ibe_id)
+        return grant is not None
+
+    def GetRecord(self, ctx: TxContext, record_id: str, version: str = "") -> Any:
+        """A record pointer (latest or a given version): owner, creator, auditor or grantee."""
+        caller = ctx.registered()
+        record = self._record(ctx, record_id)
+        if not self._may_read(ctx, caller, record):
+            raise ChaincodeError(f"identity {caller.name} may not read record {record_id}")
+        if version == "":
+            return record
+        n = _check_int(version, "version", 1, int(record["version"]))
+        return ctx.get_json(K_RECORD_VERSION, record_id, _seq(n))
+
+    def GetRecordHistory(self, ctx: TxContext, record_id: str) -> Any:
+        """Every version of a record, oldest first."""
+        caller = ctx.registered()
+        record = self._record(ctx, record_id)
+        if not self._may_read(ctx, caller, record):
+            raise ChaincodeError(f"identity {caller.name} may not read record {record_id}")
+        rows = ctx.stub.get_state_by_partial_composite_key(K_RECORD_VERSION, [record_id])
+        return [canonical.loads(kv.value, "stored record") for kv in rows]
+
+    def ListRecords(
+        self, ctx: TxContext, patient: str, page_size: str = "", bookmark: str = ""
+    ) -> Any:
+        """One page of a patient's records (the patient or an auditor)."""
+        caller = ctx.registered()
+        _check_ibe(patient, "patient")
+        if caller.name != patient and caller.role != AUDITOR:
+            raise ChaincodeError(f"identity {caller.name} may not list records of {patient}")
+        _check_bookmark(bookmark, K_RECORD_BY_OWNER, patient)
+        rows, next_bm = ctx.stub.get_state_by_partial_composite_key_with_pagination(
+            K_RECORD_BY_OWNER, [patient], _page_size(page_size), bookmark
+        )
+        records = []
+        for kv in rows:
+            _, attrs = ctx.stub.split_composite_key(kv.key)
+            records.append(ctx.get_json(K_RECORD, attrs[1]))
+        return {"records": records, "bookmark": next_bm}
+
+    # --- grants ------------------------------------------------------------------------------
+
+    def _grant(self, ctx: TxContext, grant_id: str) -> dict[str, Any]:
+        _check_id(grant_id, "grant id")
+        grant = ctx.get_json(K_GRANT, grant_id)
+        if grant is None:
+            raise ChaincodeError(f"grant {grant_id} does not exist")
+        result: dict[str, Any] = grant
+        return result
+
+    def _grant_problem(self, ctx: TxContext, grant: dict[str, Any]) -> str | None:
+        """Why a grant is not valid now (walking its forwarding chain), or None."""
+        current: dict[str, Any] | None = grant
+        child: dict[str, Any] | None = None
+        while current is not None:
+            if current["state"] != "active":
+                return f"grant {current['grant_id']} is revoked"
+            if ctx.now >= int(current["expiry"]):
+                return f"grant {current['grant_id']} expired at {current['expiry']}"
+            if child is not None and (
+                int(child["max_hops"]) >= int(current["max_hops"])
+                or int(child["hop"]) != int(current["hop"]) + 1
+            ):
+                return f"grant {child['grant_id']} exceeds the hops of its parent"
+            parent_id = current["parent_grant_id"]
+            child = current
+            current = self._grant(ctx, parent_id) if parent_id else None
+        return None
+
+    def _valid_grant(
+        self, ctx: TxContext, owner: str, record_type: str, grantee: str
+    ) -> tuple[dict[str, Any] | None, str]:
+        """The first valid grant (key order) for (owner, type, grantee), else the reason."""
+        rows = ctx.stub.get_state_by_partial_composite_key(
+            K_GRANT_MATCH, [owner, record_type, grantee]
+        )
+        first_problem = ""
+        for kv in rows:
+            _, attrs = ctx.stub.split_composite_key(kv.key)
+            grant = self._grant(ctx, attrs[3])
+            problem = self._grant_problem(ctx, grant)
+            if problem is None:
+                return grant, ""
+            if not first_problem:
+                first_problem = problem
+        if first_problem:
+            return None, first_problem
+        return None, f"identity {grantee} has no grant for type {record_type} of {owner}"
+
+    def GrantAccess(
+        self,
+        ctx: TxContext,
+        record_type: str,
+        grantee: str,
+        expiry: str,
+        max_hops: str,
+        allowed_next: str = "",
+        parent_grant_id: str = "",
+    ) -> Any:
+        """Grant ``grantee`` access to the owner's records of a type until ``expiry``.
+
+        The owner grants directly; a grantee forwards (``parent_grant_id``) within its remaining
+        hops, never beyond its own expiry and only to an allowed next grantee when a list is set.
+        """
+        caller = ctx.registered()
+        assert caller.ibe_id is not None
+        _check_type(record_type)
+        _check_ibe(grantee, "grantee")
+        exp = _check_int(expiry, "expiry", 0, 2**62)
+        hops = _check_int(max_hops, "max hops", 0, MAX_HOPS)
+        next_ok = [
+            _check_ibe(x, "allowed next grantee")
+            for x in _json_list(allowed_next, "allowed next grantees")
+        ]
+        if parent_grant_id == "":
+            if caller.role != PATIENT:
+                raise ChaincodeError(f"identity {caller.name} is not a patient and may not grant")
+            owner, hop = caller.ibe_id, 0
+        else:
+            parent = self._grant(ctx, parent_grant_id)
+            if parent["grantee"] != caller.ibe_id:
+                raise ChaincodeError(
+                    f"identity {caller.name} is not the grantee of grant {parent_grant_id}"
+                )
+            problem = self._grant_problem(ctx, parent)
+            if problem is not None:
+                raise ChaincodeError(problem)
+            if int(parent["max_hops"]) < 1:
+                raise ChaincodeError(f"grant {parent_grant_id} allows no further hops")
+            if parent["type"] != record_type:
+                raise ChaincodeError(f"grant {parent_grant_id} does not cover type {record_type}")
+            if hops > int(parent["max_hops"]) - 1:
+                raise ChaincodeError(
+                    f"max hops {hops} exceeds the {int(parent['max_hops']) - 1} left by grant "
+                    f"{parent_grant_id}"
+                )
+            if exp > int(parent["expiry"]):
+                raise ChaincodeError(f"expiry {exp} is later than grant {parent_grant_id} allows")
+            if parent["allowed_next"] and grantee not in parent["allowed_next"]:
+                raise ChaincodeError(
+                    f"grant {parent_grant_id} does not allow forwarding to {grantee}"
+                )
+            owner, hop = parent["owner"], int(parent["hop"]) + 1
+        if grantee in (caller.ibe_id, owner):
+            raise ChaincodeError(f"identity {grantee} may not be granted its own records")
+        if ctx.get_json(K_IBE, grantee) is None:
+            raise ChaincodeError(f"grantee {grantee} is not registered")
+        if exp <= ctx.now:
+            raise ChaincodeError(f"expiry {exp} is not after the transaction time {ctx.now}")
+        grant_id = "g-" + ctx.tx_id[:32]
+        grant = {
+            "grant_id": grant_id,
+            "owner": owner,
+            "grantor": caller.ibe_id,
+            "grantee": grantee,
+            "type": record_type,
+            "expiry": exp,
+            "max_hops": hops,
+            "hop": hop,
+            "allowed_next": sorted(set(next_ok)),
+            "parent_grant_id": parent_grant_id,
+            "state": "active",
+            "created_at": ctx.now,
+            "tx_id": ctx.tx_id,
+        }
+        ctx.put_json(grant, K_GRANT, grant_id)
+        ctx.put_index(K_GRANT_BY_OWNER, owner, grant_id)
+        ctx.put_index(K_GRANT_BY_GRANTEE, grantee, grant_id)
+        ctx.put_index(K_GRANT_MATCH, owner, record_type, grantee, grant_id)
+        ctx.log(
+            owner,
+            "GrantAccess",
+            "ok",
+            grant_id=grant_id,
+            detail={
+                "grantee": grantee,
+                "type": record_type,
+                "expiry": exp,
+                "max_hops": hops,
+                "hop": hop,
+            },
+        )
+        return grant
+
+    def RevokeAccess(self, ctx: TxContext, grant_id: str) -> Any:
+        """Revoke a grant (its owner or its grantor); forwarded grants below it fail with it."""
+        caller = ctx.registered()
+        grant = self._grant(ctx, grant_id)
+        if caller.name not in (grant["owner"], grant["grantor"]):
+            raise ChaincodeError(f"identity {caller.name} may not revoke grant {grant_id}")
+        if grant["state"] != "active":
+            raise ChaincodeError(f"grant {grant_id} is already revoked")
+        revoked = dict(grant)
+        revoked.update({"state": "revoked", "revoked_at": ctx.now, "revoked_by": caller.name})
+        ctx.put_json(revoked, K_GRANT, grant_id)
+        ctx.log(
+            grant["owner"],
+            "RevokeAccess",
+            "ok",
+            grant_id=grant_id,
+            detail={"grantee": grant["grantee"], "type": grant["type"]},
+        )
+        return revoked
+
+    def GetGrant(self, ctx: TxContext, grant_id: str) -> Any:
+        """One grant: its owner, grantor, grantee, a proxy or an auditor."""
+        caller = ctx.registered()
+        grant = self._grant(ctx, grant_id)
+        if caller.role not in (AUDITOR, PROXY) and caller.name not in (
+            grant["owner"],
+            grant["grantor"],
+            grant["grantee"],
+        ):
+            raise ChaincodeError(f"identity {caller.name} may not read grant {grant_id}")
+        return grant
+
+    def ListGrants(
+        self, ctx: TxContext, party: str, side: str, page_size: str = "", bookmark: str = ""
+    ) -> Any:
+        """One page of the grants a party gave (side ``owner``) or received (side ``grantee``)."""
+        caller = ctx.registered()
+        _check_ibe(party, "party")
+        if side not in ("owner", "grantee"):
+            raise ChaincodeError(f"side {side!r} is not owner or grantee")
+        if caller.name != party and caller.role != AUDITOR:
+            raise ChaincodeError(f"identity {caller.name} may not list grants of {party}")
+        index = K_GRANT_BY_OWNER if side == "owner" else K_GRANT_BY_GRANTEE
+        _check_bookmark(bookmark, index, party)
+        rows, next_bm = ctx.stub.get_state_by_partial_composite_key_with_pagination(
+            index, [party], _page_size(page_size), bookmark
+        )
+        grants = []
+        for kv in rows:
+            _, attrs = ctx.stub.split_composite_key(kv.key)
+            grants.append(ctx.get_json(K_GRANT, attrs[1]))
+        return {"grants": grants, "bookmark": next_bm}
+
+    # --- access ------------------------------------------------------------------------------
+
+    def RequestAccess(self, ctx: TxContext, record_id: str) -> Any:
+        """Decide a request to read a record at the transaction's time, and log it either way.
+
+        A denial is a successful transaction with ``decision: deny``: the attempt is audit-worthy
+        and grants nothing. Only an allowed decision creates the approval the proxy checks.
+        """
+        caller = ctx.registered()
+        assert caller.ibe_id is not None
+        record = self._record(ctx, record_id)
+        owner = record["owner"]
+        grant: dict[str, Any] | None
+        if caller.ibe_id == owner:
+            grant, reason, grant_id, hop = None, "owner", "owner", 0
+            decision = "allow"
+        else:
+            grant, reason = self._valid_grant(ctx, owner, record["type"], caller.ibe_id)
+            decision = "allow" if grant is not None else "deny"
+            grant_id = grant["grant_id"] if grant is not None else ""
+            hop = int(grant["hop"]) if grant is not None else 0
+            if grant is not None:
+                reason = "grant"
+        access_id = "a-" + ctx.tx_id[:32]
+        access = {
+            "access_id": access_id,
+            "record_id": record_id,
+            "record_version": record["version"],
+            "owner": owner,
+            "type": record["type"],
+            "requester": caller.ibe_id,
+            "decision": decision,
+            "reason": reason,
+            "grant_id": grant_id,
+            "hop": hop,
+            "at": ctx.now,
+            "tx_id": ctx.tx_id,
+        }
+        ctx.put_json(access, K_ACCESS, access_id)
+        if decision == "allow":
+            ctx.put_json(access, K_APPROVAL, record_id, caller.ibe_id, grant_id)
+        ctx.log(
+            owner,
+            "RequestAccess",
+            "requested",
+            record_id=record_id,
+            detail={"requester": caller.ibe_id, "access_id": access_id},
+        )
+        ctx.log(
+            owner,
+            "AccessDecision",
+            decision,
+            record_id=record_id,
+            grant_id=grant_id,
+            detail={"requester": caller.ibe_id, "access_id": access_id, "reason": reason},
+        )
+        return access
+
+    def CheckApproval(self, ctx: TxContext, record_id: str, requester: str, grant_id: str) -> Any:
+        """For the proxy: the committed approval for (record, requester, re-key = grant id).
+
+        The approval must still stand now: a grant revoked or expired since then fails.
+        """
+        caller = ctx.registered(PROXY, AUDITOR)
+        del caller
+        _check_id(record_id, "record id")
+        _check_ibe(requester, "requester")
+        access = ctx.get_json(K_APPROVAL, record_id, requester, grant_id)
+        if access is None:
+            raise ChaincodeError(
+                f"no committed approval for record {record_id}, requester {requester} "
+                f"and grant {grant_id}"
+            )
+        if grant_id != "owner":
+            problem = self._grant_problem(ctx, self._grant(ctx, grant_id))
+            if problem is not None:
+                raise ChaincodeError(problem)
+        return access
+
+    def ReportReencryption(
+        self, ctx: TxContext, access_id: str, outcome: str, detail: str = ""
+    ) -> Any:
+        """The proxy reports a re-encryption it performed (or refused) for an access."""
+        caller = ctx.registered(PROXY)
+        _check_id(access_id, "access id")
+        if outcome not in ("ok", "failed"):
+            raise ChaincodeError(f"outcome {outcome!r} is not ok or failed")
+        if len(detail) > 256:
+            raise ChaincodeError("detail is longer than 256 characters")
+        access = ctx.get_json(K_ACCESS, access_id)
+        if access is None:
+            raise ChaincodeError(f"access {access_id} does not exist")
+        if access["decision"] != "allow":
+            raise ChaincodeError(f"access {access_id} was denied")
+        entry = ctx.log(
+            access["owner"],
+            "ReportReencryption",
+            outcome,
+            record_id=access["record_id"],
+            grant_id=access["grant_id"],
+            detail={"access_id": access_id, "proxy": caller.name, "note": detail},
+        )
+        return entry
+
+    # --- DKG board ---------------------------------------------------------------------------
+
+    def PostDKGBundle(
+        self, ctx: TxContext, nonce: str, phase: str, bundle_b64: str, format_version: str
+    ) -> Any:
+        """A KGC node posts its deal, response or justification bundle for a session."""
+        caller = ctx.registered(KGC)
+        assert caller.ibe_id is not None
+        if not _NONCE_RE.fullmatch(nonce):
+            raise ChaincodeError("session nonce must be 64 lower-case hex digits")
+        if phase not in DKG_PHASES:
+            raise ChaincodeError(f"phase {phase!r} is not one of {', '.join(DKG_PHASES)}")
+        _check_b64(bundle_b64, "dkg bundle", MAX_DKG_BUNDLE_BYTES)
+        version = _check_version(format_version)
+        if ctx.stub.get_state(ctx.key(K_DKG_RESULT, nonce)) is not None:
+            raise ChaincodeError(f"dkg session {nonce} is finished")
+        if ctx.stub.get_state(ctx.key(K_DKG, nonce, phase, caller.ibe_id)) is not None:
+            raise ChaincodeError(
+                f"kgc {caller.ibe_id} already posted a {phase} bundle for session {nonce}"
+            )
+        bundle = {
+            "nonce": nonce,
+            "phase": phase,
+            "poster": caller.ibe_id,
+            "bundle": bundle_b64,
+            "format_version": version,
+            "posted_at": ctx.now,
+            "tx_id": ctx.tx_id,
+        }
+        ctx.put_json(bundle, K_DKG, nonce, phase, caller.ibe_id)
+        ctx.log(SYSTEM_CHAIN, "PostDKGBundle", "ok", detail={"nonce": nonce, "phase": phase})
+        return {k: v for k, v in bundle.items() if k != "bundle"}
+
+    def GetDKGBundles(self, ctx: TxContext, nonce: str, phase: str) -> Any:
+        """Every bundle of a phase of a session, ordered by poster."""
+        ctx.registered()
+        if not _NONCE_RE.fullmatch(nonce):
+            raise ChaincodeError("session nonce must be 64 lower-case hex digits")
+        if phase not in DKG_PHASES:
+            raise ChaincodeError(f"phase {phase!r} is not one of {', '.join(DKG_PHASES)}")
+        rows = ctx.stub.get_state_by_partial_composite_key(K_DKG, [nonce, phase])
+        return [canonical.loads(kv.value, "stored dkg bundle") for kv in rows]
+
+    def PublishDKGResult(
+        self,
+        ctx: TxContext,
+        nonce: str,
+        mpk_b64: str,
+        public_poly: str,
+        qual: str,
+        format_version: str,
+    ) -> Any:
+        """Publish mpk and the public polynomial of a finished session (idempotent per session)."""
+        caller = ctx.registered(KGC)
+        if not _NONCE_RE.fullmatch(nonce):
+            raise ChaincodeError("session nonce must be 64 lower-case hex digits")
+        _check_b64(mpk_b64, "mpk", MAX_MPK_BYTES)
+        poly = _json_list(public_poly, "public polynomial")
+        if not poly:
+            raise ChaincodeError("public polynomial is empty")
+        for i, c in enumerate(poly):
+            _check_b64(c, f"public polynomial coefficient {i}", MAX_MPK_BYTES)
+        members = [_check_ibe(x, "qual member") for x in _json_list(qual, "qual")]
+        if not members:
+            raise ChaincodeError("qual is empty")
+        result = {
+            "nonce": nonce,
+            "mpk": mpk_b64,
+            "public_poly": poly,
+            "qual": sorted(set(members)),
+            "format_version": _check_version(format_version),
+        }
+        existing = ctx.get_json(K_DKG_RESULT, nonce)
+        if existing is not None:
+            same = {k: existing[k] for k in result} == result
+            if not same:
+                raise ChaincodeError(f"dkg session {nonce} already has a different result")
+            ctx.log(SYSTEM_CHAIN, "PublishDKGResult", "confirmed", detail={"nonce": nonce})
+            return existing
+        result.update({"published_at": ctx.now, "published_by": caller.name, "tx_id": ctx.tx_id})
+        ctx.put_json(result, K_DKG_RESULT, nonce)
+        ctx.put_json({"nonce": nonce}, K_DKG_LATEST)
+        ctx.log(SYSTEM_CHAIN, "PublishDKGResult", "ok", detail={"nonce": nonce})
+        return result
+
+    def GetDKGResult(self, ctx: TxContext, nonce: str = "") -> Any:
+        """The result of a session, or of the latest finished session when nonce is empty."""
+        ctx.registered()
+        if nonce == "":
+            latest = ctx.get_json(K_DKG_LATEST)
+            if latest is None:
+                raise ChaincodeError("no dkg session has finished")
+            nonce = latest["nonce"]
+        if not _NONCE_RE.fullmatch(nonce):
+            raise ChaincodeError("session nonce must be 64 lower-case hex digits")
+        result = ctx.get_json(K_DKG_RESULT, nonce)
+        if result is None:
+            raise ChaincodeError(f"dkg session {nonce} has no result")
+        return result
+
+    # --- audit -------------------------------------------------------------------------------
+
+    def _may_audit(self, ctx: TxContext, caller: Caller, chain: str) -> None:
+        if caller.role == AUDITOR or caller.name == chain:
+            return
+        if chain == SYSTEM_CHAIN and caller.role == ADMIN:
+            return
+        raise ChaincodeError(f"identity {caller.name} may not read the audit trail of {chain}")
+
+    def GetAuditTrail(
+        self, ctx: TxContext, kind: str, subject: str, page_size: str = "", bookmark: str = ""
+    ) -> Any:
+        """One page of the operation log of a patient (kind ``patient``) or a record."""
+        caller = ctx.registered()
+        size = _page_size(page_size)
+        if kind == "patient":
+            if subject != SYSTEM_CHAIN:
+                _check_ibe(subject, "patient")
+            self._may_audit(ctx, caller, subject)
+            _check_bookmark(bookmark, K_LOG, subject)
+            rows, next_bm = ctx.stub.get_state_by_partial_composite_key_with_pagination(
+                K_LOG, [subject], size, bookmark
+            )
+            entries = [canonical.loads(kv.value, "stored log entry") for kv in rows]
+        elif kind == "record":
+            record = self._record(ctx, subject)
+            self._may_audit(ctx, caller, record["owner"])
+            _check_bookmark(bookmark, K_LOG_BY_RECORD, subject)
+            rows, next_bm = ctx.stub.get_state_by_partial_composite_key_with_pagination(
+                K_LOG_BY_RECORD, [subject], size, bookmark
+            )
+            entries = []
+            for kv in rows:
+                _, attrs = ctx.stub.split_composite_key(kv.key)
+                entries.append(ctx.get_json(K_LOG, attrs[1], attrs[2]))
+        else:
+            raise ChaincodeError(f"audit trail kind {kind!r} is not patient or record")
+        return {"entries": entries, "bookmark": next_bm}
+
+    def VerifyAuditTrail(self, ctx: TxContext, chain: str) -> Any:
+        """Recompute a chain's hashes and links against its head."""
+        caller = ctx.registered()
+        if chain != SYSTEM_CHAIN:
+            _check_ibe(chain, "patient")
+        self._may_audit(ctx, caller, chain)
+        rows = ctx.stub.get_state_by_partial_composite_key(K_LOG, [chain])
+        entries = [canonical.loads(kv.value, "stored log entry") for kv in rows]
+        head = ctx.get_json(K_LOG_HEAD, chain)
+        return verify_entries(chain, entries, head)
+
+
+# --- dispatcher ------------------------------------------------------------------------------
+
+_CONTRACT = EHRContract()
+
+
+def _functions() -> dict[str, tuple[_TxMethod, int, int]]:
+    table: dict[str, tuple[_TxMethod, int, int]] = {}
+    for name, method in inspect.getmembers(_CONTRACT, inspect.ismethod):
+        if not name[:1].isupper():
+            continue
+        params = list(inspect.signature(method).parameters.values())[1:]  # drop ctx
+        required = sum(1 for p in params if p.default is inspect.Parameter.empty)
+        table[name] = (method, required, len(params))
+    return table
+
+
+_FUNCTIONS = _functions()
+
+
+def invoke(stub: ChaincodeStub, function: str, args: list[bytes]) -> bytes:
+    """Run one transaction function; returns canonical JSON or raises :class:`ChaincodeError`.
+
+    On success the transaction's log entries become its one chaincode event, named after the
+    function. On failure the caller must discard every write the stub collected.
+    """
+    entry = _FUNCTIONS.get(function)
+    if entry is None:
+        raise ChaincodeError(f"function {function} does not exist")
+    method, required, total = entry
+    if not required <= len(args) <= total:
+        expected = str(required) if required == total else f"{required} to {total}"
+        raise ChaincodeError(f"{function} takes {expected} arguments, got {len(args)}")
+    texts: list[str] = []
+    for i, raw in enumerate(args):
+        try:
+            texts.append(raw.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ChaincodeError(f"argument {i + 1} of {function} is not valid utf-8") from None
+    ts = stub.get_tx_timestamp()
+    ctx = TxContext(stub=stub, function=function, now=int(ts.seconds), tx_id=stub.get_tx_id())
+    result = method(ctx, *texts)
+    if ctx.entries:
+        stub.set_event(function, canonical.dumps({"tx_id": ctx.tx_id, "entries": ctx.entries}))
+    return canonical.dumps(result)

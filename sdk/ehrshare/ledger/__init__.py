@@ -1,0 +1,46 @@
+"""Ledger backends behind one client interface (see :mod:`ehrshare.ledger.api`).
+
+The embedded ledger (default) runs the real chaincode in-process over SQLite; the Fabric Gateway
+client (a later issue) satisfies the same protocols. Callers pick a backend by configuration only.
+"""
+
+from ehrshare.ledger.api import (
+    ChaincodeEvent,
+    ChaincodeEvents,
+    Checkpoint,
+    Contract,
+    Gateway,
+    InMemoryCheckpointer,
+    Network,
+)
+from ehrshare.ledger.embedded import EmbeddedGateway, connect
+from ehrshare.ledger.errors import (
+    CommitError,
+    CommitStatusError,
+    EndorseError,
+    GatewayError,
+    LedgerError,
+    SubmitError,
+)
+from ehrshare.ledger.store import EmbeddedLedger, LedgerIntegrityError, TxStatus
+
+__all__ = [
+    "ChaincodeEvent",
+    "ChaincodeEvents",
+    "Checkpoint",
+    "CommitError",
+    "CommitStatusError",
+    "Contract",
+    "EmbeddedGateway",
+    "EmbeddedLedger",
+    "EndorseError",
+    "Gateway",
+    "GatewayError",
+    "InMemoryCheckpointer",
+    "LedgerError",
+    "LedgerIntegrityError",
+    "Network",
+    "SubmitError",
+    "TxStatus",
+    "connect",
+]

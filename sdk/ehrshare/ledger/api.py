@@ -1,0 +1,155 @@
+"""The client-facing ledger interface, shared by the embedded ledger and the Fabric Gateway client.
+
+The SDK talks to a ledger only through these protocols, so it never knows which backend it runs on.
+The shape mirrors hyperledger/fabric-gateway: ``Gateway`` → ``Network`` → ``Contract``, with
+``submit_transaction`` / ``evaluate_transaction`` and a chaincode event stream that resumes from a
+checkpoint. This module defines types only; it must not import a backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol
+
+__all__ = [
+    "ChaincodeEvent",
+    "ChaincodeEvents",
+    "Checkpoint",
+    "Contract",
+    "Gateway",
+    "InMemoryCheckpointer",
+    "Network",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ChaincodeEvent:
+    """One chaincode event, as committed in a block."""
+
+    block_number: int
+    transaction_id: str
+    chaincode_name: str
+    event_name: str
+    payload: bytes
+
+
+class Checkpoint(Protocol):
+    """Where an event consumer has got to (fabric-gateway's Checkpoint)."""
+
+    @property
+    def block_number(self) -> int | None:
+        """The block to resume from, or None to start at ``start_block``."""
+        ...
+
+    @property
+    def transaction_id(self) -> str | None:
+        """The last transaction processed within that block, or None."""
+        ...
+
+
+class InMemoryCheckpointer:
+    """A checkpoint kept in memory: call :meth:`checkpoint_event` after handling each event."""
+
+    def __init__(self) -> None:
+        self._block: int | None = None
+        self._tx: str | None = None
+
+    @property
+    def block_number(self) -> int | None:
+        """The block to resume from."""
+        return self._block
+
+    @property
+    def transaction_id(self) -> str | None:
+        """The last handled transaction in that block."""
+        return self._tx
+
+    def checkpoint_event(self, event: ChaincodeEvent) -> None:
+        """Record that ``event`` was handled."""
+        self._block = event.block_number
+        self._tx = event.transaction_id
+
+    def checkpoint_block(self, block_number: int) -> None:
+        """Record that every event up to and including ``block_number`` was handled."""
+        self._block = block_number + 1
+        self._tx = None
+
+
+class ChaincodeEvents(Protocol):
+    """A closable, blocking iterator of chaincode events."""
+
+    def __iter__(self) -> Iterator[ChaincodeEvent]: ...
+
+    def __next__(self) -> ChaincodeEvent: ...
+
+    def close(self) -> None:
+        """Stop the stream; a blocked iteration ends."""
+        ...
+
+    def __enter__(self) -> ChaincodeEvents: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class Contract(Protocol):
+    """One chaincode on one channel, called with the gateway's identity."""
+
+    @property
+    def chaincode_name(self) -> str: ...
+
+    def submit_transaction(self, name: str, *args: str | bytes) -> bytes:
+        """Endorse, order and commit; returns the result once the transaction is committed."""
+        ...
+
+    def evaluate_transaction(self, name: str, *args: str | bytes) -> bytes:
+        """Run a query against committed state; nothing is written."""
+        ...
+
+
+class Network(Protocol):
+    """A channel."""
+
+    @property
+    def name(self) -> str: ...
+
+    def get_contract(self, chaincode_name: str) -> Contract:
+        """The named chaincode on this channel."""
+        ...
+
+    def get_chaincode_events(
+        self,
+        chaincode_name: str,
+        *,
+        start_block: int | None = None,
+        checkpoint: Checkpoint | None = None,
+    ) -> ChaincodeEvents:
+        """Events of a chaincode from ``start_block`` (or the checkpoint), then as they commit."""
+        ...
+
+
+class Gateway(Protocol):
+    """A connection with one identity and signer."""
+
+    def get_network(self, channel_name: str) -> Network:
+        """The named channel."""
+        ...
+
+    def close(self) -> None:
+        """Release what :func:`connect` opened."""
+        ...
+
+    def __enter__(self) -> Gateway: ...
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...

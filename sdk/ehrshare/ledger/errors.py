@@ -1,0 +1,55 @@
+"""Errors of the ledger client, one class per stage that can fail (as in fabric-gateway).
+
+Both backends raise these: the embedded ledger now, the Fabric Gateway client later. Each carries
+the transaction id (when one exists) and the reason; messages never contain key material.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CommitError",
+    "CommitStatusError",
+    "EndorseError",
+    "GatewayError",
+    "LedgerError",
+    "SubmitError",
+]
+
+
+class LedgerError(Exception):
+    """Base class of every ledger client error."""
+
+    def __init__(self, message: str, *, transaction_id: str = "", details: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.message = message
+        self.transaction_id = transaction_id
+        self.details = details
+
+    def __str__(self) -> str:
+        if self.transaction_id:
+            return f"{self.message} (transaction {self.transaction_id})"
+        return self.message
+
+
+class GatewayError(LedgerError):
+    """An evaluation failed (chaincode error, bad signature, unknown channel or contract)."""
+
+
+class EndorseError(LedgerError):
+    """Endorsement of a submitted transaction failed; nothing was sent for ordering."""
+
+
+class SubmitError(LedgerError):
+    """The endorsed transaction could not be handed to ordering (or written to the block log)."""
+
+
+class CommitStatusError(LedgerError):
+    """The commit status of a submitted transaction could not be obtained."""
+
+
+class CommitError(LedgerError):
+    """The transaction was ordered but committed as invalid (e.g. ``MVCC_READ_CONFLICT``)."""
+
+    def __init__(self, message: str, *, transaction_id: str = "", code: str = "") -> None:
+        super().__init__(message, transaction_id=transaction_id)
+        self.code = code

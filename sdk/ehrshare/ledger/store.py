@@ -1,0 +1,786 @@
+"""The embedded ledger: SQLite world state, key history and a hash-chained block log.
+
+It runs the chaincode in-process the way a Fabric peer would: a signed proposal is checked
+(signature, certificate chain to a channel member's CA, unused transaction id), simulated against
+committed state into a read/write set, then validated (MVCC: every key and range it read still has
+the version it saw) and committed with its block, key history and chaincode event in *one* SQLite
+transaction. A transaction that fails in the chaincode leaves nothing behind; a process killed
+mid-commit leaves the last complete block (SQLite's WAL discards the unfinished transaction on
+reopen).
+
+Durability: WAL mode with ``synchronous=NORMAL`` by default. A commit is in the WAL file (the OS
+page cache) when ``COMMIT`` returns, so killing the process — even with SIGKILL — loses nothing
+committed; only an operating-system crash or power loss can lose the last few commits.
+``synchronous="FULL"`` fsyncs every commit and survives those too, at a latency cost. Concurrency:
+one writer at a time (``BEGIN IMMEDIATE``); readers see a consistent snapshot. Simulation runs
+outside the write lock, so two processes sharing a directory can race — MVCC validation then marks
+the loser ``MVCC_READ_CONFLICT``, exactly as Fabric would.
+
+What this module must not do: interpret chaincode data (it stores bytes), or let a chaincode write
+reach the database without going through :meth:`EmbeddedLedger.commit`.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+
+from ehrshare.identity import Identity
+from ehrshare.ledger.api import ChaincodeEvent
+from ehrshare.ledger.envelope import Proposal, SignedProposal, open_proposal
+from ehrshare_chaincode import contract as ehr_contract
+from ehrshare_chaincode.stub import (
+    ChaincodeError,
+    ChaincodeStub,
+    KeyModification,
+    KeyValue,
+    TxTimestamp,
+    create_composite_key,
+    partial_composite_range,
+    split_composite_key,
+)
+
+__all__ = [
+    "VALID",
+    "ChaincodeFunction",
+    "EmbeddedLedger",
+    "EndorsedTransaction",
+    "LedgerIntegrityError",
+    "ProposalRejected",
+    "TxStatus",
+]
+
+logger = logging.getLogger(__name__)
+
+ChaincodeFunction = Callable[[ChaincodeStub, str, list[bytes]], bytes]
+VALID = "VALID"
+MVCC_READ_CONFLICT = "MVCC_READ_CONFLICT"
+PHANTOM_READ_CONFLICT = "PHANTOM_READ_CONFLICT"
+DUPLICATE_TXID = "DUPLICATE_TXID"
+GENESIS_PREV = b"\x00" * 32
+_DB_NAME = "ledger.sqlite"
+_SCHEMA_VERSION = "1"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS msp (
+    msp_id TEXT PRIMARY KEY, ca_pem BLOB NOT NULL, added_block INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS state (
+    ns TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
+    blk INTEGER NOT NULL, txn INTEGER NOT NULL, PRIMARY KEY (ns, key)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS history (
+    ns TEXT NOT NULL, key BLOB NOT NULL, blk INTEGER NOT NULL, txn INTEGER NOT NULL,
+    tx_id TEXT NOT NULL, ts_s INTEGER NOT NULL, ts_ns INTEGER NOT NULL,
+    value BLOB, is_delete INTEGER NOT NULL, PRIMARY KEY (ns, key, blk, txn)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS blocks (
+    number INTEGER PRIMARY KEY, prev_hash BLOB NOT NULL, data_hash BLOB NOT NULL,
+    hash BLOB NOT NULL, tx_count INTEGER NOT NULL, kind TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS transactions (
+    tx_id TEXT PRIMARY KEY, blk INTEGER NOT NULL, txn INTEGER NOT NULL, code TEXT NOT NULL,
+    chaincode TEXT NOT NULL, function TEXT NOT NULL, proposal BLOB NOT NULL,
+    signature BLOB NOT NULL, writes BLOB NOT NULL, response BLOB NOT NULL,
+    event_name TEXT, event_payload BLOB, tx_hash BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS tx_position ON transactions (blk, txn);
+CREATE INDEX IF NOT EXISTS tx_events ON transactions (chaincode, blk, txn)
+    WHERE event_name IS NOT NULL AND code = 'VALID';
+"""
+
+
+class ProposalRejected(Exception):
+    """The proposal failed before or during simulation (bad signature, chaincode error, ...)."""
+
+    def __init__(self, message: str, tx_id: str = "", *, chaincode_error: bool = False) -> None:
+        super().__init__(message)
+        self.message = message
+        self.tx_id = tx_id
+        self.chaincode_error = chaincode_error
+
+
+class LedgerIntegrityError(Exception):
+    """The stored ledger is inconsistent (block chain broken, state not matching its history)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TxStatus:
+    """Where and how a transaction committed."""
+
+    tx_id: str
+    code: str
+    block_number: int
+
+    @property
+    def successful(self) -> bool:
+        """True when the transaction's writes took effect."""
+        return self.code == VALID
+
+
+@dataclass(slots=True)
+class EndorsedTransaction:
+    """A simulated transaction: the signed proposal, its read/write set, result and event."""
+
+    signed: SignedProposal
+    proposal: Proposal
+    creator: Identity
+    reads: dict[tuple[str, bytes], tuple[int, int] | None]
+    ranges: list[tuple[str, bytes, bytes, list[tuple[bytes, int, int]] | None]]
+    writes: dict[tuple[str, bytes], bytes | None]
+    result: bytes
+    event: tuple[str, bytes] | None
+
+    @property
+    def tx_id(self) -> str:
+        """The transaction id."""
+        return self.proposal.tx_id
+
+    def writes_json(self) -> bytes:
+        """The write set as JSON (stored with the transaction and hashed into the block)."""
+        rows = [
+            [
+                ns,
+                base64.b64encode(key).decode(),
+                None if v is None else base64.b64encode(v).decode(),
+            ]
+            for (ns, key), v in sorted(self.writes.items())
+        ]
+        return json.dumps(rows, separators=(",", ":")).encode()
+
+
+def _tx_hash(
+    signed: SignedProposal, writes: bytes, result: bytes, event: tuple[str, bytes] | None, code: str
+) -> bytes:
+    h = hashlib.sha256()
+    for part in (
+        signed.proposal_bytes,
+        signed.signature,
+        writes,
+        result,
+        b"" if event is None else event[0].encode(),
+        b"" if event is None else event[1],
+        code.encode(),
+    ):
+        h.update(len(part).to_bytes(8, "big"))
+        h.update(part)
+    return h.digest()
+
+
+def _block_hash(number: int, prev_hash: bytes, data_hash: bytes) -> bytes:
+    return hashlib.sha256(number.to_bytes(8, "big") + prev_hash + data_hash).digest()
+
+
+@functools.lru_cache(maxsize=4096)
+def _chains_to(cert_pem: bytes, ca_pem: bytes) -> str | None:
+    """None when cert_pem is a member (non-CA) certificate issued by ca_pem, else the reason."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        ca = x509.load_pem_x509_certificate(ca_pem)
+    except ValueError:
+        return "creator certificate is not valid pem"
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return "creator certificate was not issued by its msp's ca"
+    try:
+        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return "creator certificate is a ca certificate"
+    except x509.ExtensionNotFound:
+        pass
+    return None
+
+
+class _SimulationStub:
+    """The chaincode stub during simulation: committed state plus this transaction's own writes."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, ns: str, proposal: Proposal, creator: Identity
+    ) -> None:
+        self._conn = conn
+        self._ns = ns
+        self._proposal = proposal
+        self._creator = creator
+        self.reads: dict[tuple[str, bytes], tuple[int, int] | None] = {}
+        self.ranges: list[tuple[str, bytes, bytes, list[tuple[bytes, int, int]] | None]] = []
+        self.writes: dict[tuple[str, bytes], bytes | None] = {}
+        self.event: tuple[str, bytes] | None = None
+
+    # state
+    def get_state(self, key: str) -> bytes | None:
+        k = self._key(key)
+        if (self._ns, k) in self.writes:
+            return self.writes[(self._ns, k)]
+        row = self._conn.execute(
+            "SELECT value, blk, txn FROM state WHERE ns = ? AND key = ?", (self._ns, k)
+        ).fetchone()
+        if (self._ns, k) not in self.reads:
+            self.reads[(self._ns, k)] = None if row is None else (row[1], row[2])
+        return None if row is None else bytes(row[0])
+
+    def put_state(self, key: str, value: bytes) -> None:
+        k = self._key(key)
+        # Fabric treats an empty value as a delete; keep the same semantics.
+        self.writes[(self._ns, k)] = bytes(value) if value else None
+
+    def del_state(self, key: str) -> None:
+        self.writes[(self._ns, self._key(key))] = None
+
+    def _key(self, key: str) -> bytes:
+        if not key:
+            raise ChaincodeError("key must not be empty")
+        return key.encode("utf-8")
+
+    def _scan(self, start: bytes, end: bytes, limit: int | None) -> list[KeyValue]:
+        sql = "SELECT key, value, blk, txn FROM state WHERE ns = ? AND key >= ? AND key < ? "
+        sql += "ORDER BY key" + ("" if limit is None else f" LIMIT {int(limit)}")
+        rows = self._conn.execute(sql, (self._ns, start, end)).fetchall()
+        # Paginated scans are only allowed in queries (as in Fabric), so they are not validated.
+        seen = None if limit is not None else [(bytes(r[0]), r[2], r[3]) for r in rows]
+        self.ranges.append((self._ns, start, end, seen))
+        merged = {bytes(r[0]): bytes(r[1]) for r in rows}
+        for (ns, k), v in self.writes.items():
+            if ns == self._ns and start <= k < end:
+                if v is None:
+                    merged.pop(k, None)
+                else:
+                    merged[k] = v
+        return [KeyValue(k.decode("utf-8"), v) for k, v in sorted(merged.items())]
+
+    def get_state_by_range(self, start_key: str, end_key: str) -> list[KeyValue]:
+        return self._scan(start_key.encode(), end_key.encode(), None)
+
+    def get_state_by_partial_composite_key(
+        self, object_type: str, attributes: Sequence[str]
+    ) -> list[KeyValue]:
+        start, end = partial_composite_range(object_type, attributes)
+        return self._scan(start.encode(), end.encode(), None)
+
+    def get_state_by_partial_composite_key_with_pagination(
+        self, object_type: str, attributes: Sequence[str], page_size: int, bookmark: str
+    ) -> tuple[list[KeyValue], str]:
+        if page_size < 1:
+            raise ChaincodeError("page size must be at least 1")
+        start, end = partial_composite_range(object_type, attributes)
+        if bookmark:
+            if not start <= bookmark < end:
+                raise ChaincodeError("bookmark does not belong to this query")
+            start = bookmark
+        rows = self._scan(start.encode(), end.encode(), page_size + 1)
+        if len(rows) > page_size:
+            return rows[:page_size], rows[page_size].key
+        return rows, ""
+
+    def get_history_for_key(self, key: str) -> list[KeyModification]:
+        rows = self._conn.execute(
+            "SELECT tx_id, ts_s, ts_ns, value, is_delete FROM history "
+            "WHERE ns = ? AND key = ? ORDER BY blk, txn",
+            (self._ns, self._key(key)),
+        ).fetchall()
+        return [
+            KeyModification(
+                r[0], b"" if r[3] is None else bytes(r[3]), TxTimestamp(r[1], r[2]), bool(r[4])
+            )
+            for r in rows
+        ]
+
+    def create_composite_key(self, object_type: str, attributes: Sequence[str]) -> str:
+        return create_composite_key(object_type, attributes)
+
+    def split_composite_key(self, key: str) -> tuple[str, list[str]]:
+        return split_composite_key(key)
+
+    def get_creator(self) -> tuple[str, bytes]:
+        return self._creator.msp_id, self._creator.credentials
+
+    def get_tx_timestamp(self) -> TxTimestamp:
+        return TxTimestamp(self._proposal.timestamp_seconds, self._proposal.timestamp_nanos)
+
+    def get_tx_id(self) -> str:
+        return self._proposal.tx_id
+
+    def get_channel_id(self) -> str:
+        return self._proposal.channel
+
+    def set_event(self, name: str, payload: bytes) -> None:
+        if not name:
+            raise ChaincodeError("event name must not be empty")
+        self.event = (name, bytes(payload))
+
+
+@dataclass(slots=True)
+class _Listeners:
+    callbacks: list[Callable[[ChaincodeEvent], None]] = field(default_factory=list)
+
+
+class EmbeddedLedger:
+    """One channel's ledger in a directory. Open it with :meth:`open`; close it when done.
+
+    Thread-safe within a process (one lock around the connection); several processes may open the
+    same directory (SQLite serialises writers, MVCC catches stale simulations).
+    """
+
+    def __init__(self, directory: Path, conn: sqlite3.Connection, channel: str) -> None:
+        self.directory = directory
+        self.channel = channel
+        self._conn = conn
+        self._lock = threading.RLock()
+        self._committed = threading.Condition(self._lock)
+        self._chaincodes: dict[str, ChaincodeFunction] = {
+            ehr_contract.CONTRACT_NAME: ehr_contract.invoke
+        }
+        self._listeners = _Listeners()
+        self._closed = False
+
+    # --- opening ---------------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls, directory: Path | str, *, channel: str = "ehrshare", synchronous: str = "NORMAL"
+    ) -> EmbeddedLedger:
+        """Open (creating if needed) the ledger in ``directory`` for ``channel``."""
+        if synchronous not in ("NORMAL", "FULL"):
+            raise ValueError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(
+            path / _DB_NAME, isolation_level=None, check_same_thread=False, timeout=30.0
+        )
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={synchronous}")
+        conn.execute("PRAGMA foreign_keys=OFF")
+        conn.executescript(_SCHEMA)
+        ledger = cls(path, conn, channel)
+        ledger._init_meta(channel)
+        return ledger
+
+    def _init_meta(self, channel: str) -> None:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                rows = dict(self._conn.execute("SELECT name, value FROM meta").fetchall())
+                if not rows:
+                    self._conn.executemany(
+                        "INSERT INTO meta (name, value) VALUES (?, ?)",
+                        [("schema", _SCHEMA_VERSION), ("channel", channel)],
+                    )
+                    data_hash = hashlib.sha256(b"genesis:" + channel.encode()).digest()
+                    self._conn.execute(
+                        "INSERT INTO blocks VALUES (0, ?, ?, ?, 0, 'genesis')",
+                        (GENESIS_PREV, data_hash, _block_hash(0, GENESIS_PREV, data_hash)),
+                    )
+                elif rows.get("channel") != channel:
+                    raise ValueError(
+                        f"ledger in {self.directory} is for channel {rows.get('channel')!r}, "
+                        f"not {channel!r}"
+                    )
+                elif rows.get("schema") != _SCHEMA_VERSION:
+                    raise ValueError(f"ledger schema {rows.get('schema')!r} is not supported")
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        """Close the database; wakes event iterators so they can finish."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._committed.notify_all()
+            self._conn.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._closed
+
+    def __enter__(self) -> EmbeddedLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- channel configuration ---------------------------------------------------------------
+
+    def add_organization(self, msp_id: str, ca_certificate_pem: bytes) -> int:
+        """Admit an organisation (its root CA) to the channel; a config block records it."""
+        x509.load_pem_x509_certificate(ca_certificate_pem)  # refuse garbage early
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                if self._conn.execute("SELECT 1 FROM msp WHERE msp_id = ?", (msp_id,)).fetchone():
+                    raise ValueError(f"organisation {msp_id} is already a channel member")
+                number, prev = self._tip()
+                number += 1
+                data_hash = hashlib.sha256(
+                    b"config:" + msp_id.encode() + b"\x00" + ca_certificate_pem
+                ).digest()
+                self._conn.execute(
+                    "INSERT INTO msp VALUES (?, ?, ?)", (msp_id, ca_certificate_pem, number)
+                )
+                self._conn.execute(
+                    "INSERT INTO blocks VALUES (?, ?, ?, ?, 0, 'config')",
+                    (number, prev, data_hash, _block_hash(number, prev, data_hash)),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._committed.notify_all()
+            return number
+
+    def organizations(self) -> dict[str, bytes]:
+        """MSP id → root CA PEM of every member organisation."""
+        with self._lock:
+            rows = self._conn.execute("SELECT msp_id, ca_pem FROM msp ORDER BY msp_id").fetchall()
+        return {r[0]: bytes(r[1]) for r in rows}
+
+    def install_chaincode(self, name: str, function: ChaincodeFunction) -> None:
+        """Make a chaincode callable on this ledger (in-process code; not persisted)."""
+        self._chaincodes[name] = function
+
+    # --- endorsement ---------------------------------------------------------------------------
+
+    def _check_proposal(self, signed: SignedProposal) -> tuple[Proposal, Identity]:
+        try:
+            proposal, creator = open_proposal(signed)
+        except ValueError as exc:
+            raise ProposalRejected(str(exc)) from None
+        if proposal.channel != self.channel:
+            raise ProposalRejected(f"channel {proposal.channel} does not exist", proposal.tx_id)
+        if proposal.chaincode not in self._chaincodes:
+            raise ProposalRejected(
+                f"chaincode {proposal.chaincode} is not installed", proposal.tx_id
+            )
+        row = self._conn.execute(
+            "SELECT ca_pem FROM msp WHERE msp_id = ?", (creator.msp_id,)
+        ).fetchone()
+        if row is None:
+            raise ProposalRejected(
+                f"organisation {creator.msp_id} is not a channel member", proposal.tx_id
+            )
+        problem = _chains_to(creator.credentials, bytes(row[0]))
+        if problem is not None:
+            raise ProposalRejected(problem, proposal.tx_id)
+        return proposal, creator
+
+    def _simulate(self, signed: SignedProposal) -> EndorsedTransaction:
+        proposal, creator = self._check_proposal(signed)
+        stub = _SimulationStub(self._conn, proposal.chaincode, proposal, creator)
+        try:
+            result = self._chaincodes[proposal.chaincode](
+                stub, proposal.function, list(proposal.args)
+            )
+        except ChaincodeError as exc:
+            raise ProposalRejected(exc.message, proposal.tx_id, chaincode_error=True) from None
+        return EndorsedTransaction(
+            signed, proposal, creator, stub.reads, stub.ranges, stub.writes, result, stub.event
+        )
+
+    def endorse(self, signed: SignedProposal) -> EndorsedTransaction:
+        """Check and simulate a proposal against a snapshot of committed state; writes nothing."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                endorsed = self._simulate(signed)
+                if self._conn.execute(
+                    "SELECT 1 FROM transactions WHERE tx_id = ?", (endorsed.tx_id,)
+                ).fetchone():
+                    raise ProposalRejected(
+                        f"transaction {endorsed.tx_id} was already submitted", endorsed.tx_id
+                    )
+            finally:
+                self._conn.execute("ROLLBACK")
+        return endorsed
+
+    def evaluate(self, signed: SignedProposal) -> bytes:
+        """Run a query: check and simulate, return the result, discard the writes."""
+        return self.endorse(signed).result
+
+    # --- commit --------------------------------------------------------------------------------
+
+    def _tip(self) -> tuple[int, bytes]:
+        row = self._conn.execute(
+            "SELECT number, hash FROM blocks ORDER BY number DESC LIMIT 1"
+        ).fetchone()
+        return int(row[0]), bytes(row[1])
+
+    def _validate(self, tx: EndorsedTransaction) -> str:
+        if self._conn.execute("SELECT 1 FROM transactions WHERE tx_id = ?", (tx.tx_id,)).fetchone():
+            return DUPLICATE_TXID
+        for (ns, key), version in tx.reads.items():
+            row = self._conn.execute(
+                "SELECT blk, txn FROM state WHERE ns = ? AND key = ?", (ns, key)
+            ).fetchone()
+            now = None if row is None else (row[0], row[1])
+            if now != version:
+                return MVCC_READ_CONFLICT
+        for ns, start, end, seen in tx.ranges:
+            if seen is None:
+                continue
+            rows = self._conn.execute(
+                "SELECT key, blk, txn FROM state WHERE ns = ? AND key >= ? AND key < ? "
+                "ORDER BY key",
+                (ns, start, end),
+            ).fetchall()
+            if [(bytes(r[0]), r[1], r[2]) for r in rows] != seen:
+                return PHANTOM_READ_CONFLICT
+        return VALID
+
+    def commit(self, transactions: Sequence[EndorsedTransaction]) -> list[TxStatus]:
+        """Order ``transactions`` into one block and commit it atomically.
+
+        Each transaction is validated against the state left by the valid transactions before it
+        in the block; an invalid one is recorded with its code and its writes are dropped.
+        """
+        if not transactions:
+            raise ValueError("a block needs at least one transaction")
+        statuses: list[TxStatus] = []
+        events: list[ChaincodeEvent] = []
+        with self._lock:
+            if self._closed:
+                raise ValueError("ledger is closed")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                number, prev = self._tip()
+                number += 1
+                data = hashlib.sha256()
+                for txn, tx in enumerate(transactions):
+                    code = self._validate(tx)
+                    writes = tx.writes_json()
+                    tx_hash = _tx_hash(tx.signed, writes, tx.result, tx.event, code)
+                    data.update(tx_hash)
+                    if code == VALID:
+                        self._apply(tx, number, txn)
+                    self._conn.execute(
+                        "INSERT INTO transactions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        (
+                            tx.tx_id if code != DUPLICATE_TXID else f"{tx.tx_id}#{number}.{txn}",
+                            number,
+                            txn,
+                            code,
+                            tx.proposal.chaincode,
+                            tx.proposal.function,
+                            tx.signed.proposal_bytes,
+                            tx.signed.signature,
+                            writes,
+                            tx.result,
+                            None if tx.event is None else tx.event[0],
+                            None if tx.event is None else tx.event[1],
+                            tx_hash,
+                        ),
+                    )
+                    statuses.append(TxStatus(tx.tx_id, code, number))
+                    if code == VALID and tx.event is not None:
+                        events.append(
+                            ChaincodeEvent(
+                                number, tx.tx_id, tx.proposal.chaincode, tx.event[0], tx.event[1]
+                            )
+                        )
+                data_hash = data.digest()
+                self._conn.execute(
+                    "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, 'tx')",
+                    (
+                        number,
+                        prev,
+                        data_hash,
+                        _block_hash(number, prev, data_hash),
+                        len(transactions),
+                    ),
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._committed.notify_all()
+            callbacks = list(self._listeners.callbacks)
+        for event in events:
+            for callback in callbacks:
+                try:
+                    callback(event)
+                except Exception:  # a listener's bug must not look like a failed commit
+                    logger.exception("chaincode event listener failed")
+        return statuses
+
+    def _apply(self, tx: EndorsedTransaction, number: int, txn: int) -> None:
+        ts_s, ts_ns = tx.proposal.timestamp_seconds, tx.proposal.timestamp_nanos
+        for (ns, key), value in sorted(tx.writes.items()):
+            if value is None:
+                self._conn.execute("DELETE FROM state WHERE ns = ? AND key = ?", (ns, key))
+            else:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO state VALUES (?, ?, ?, ?, ?)",
+                    (ns, key, value, number, txn),
+                )
+            self._conn.execute(
+                "INSERT INTO history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (ns, key, number, txn, tx.tx_id, ts_s, ts_ns, value, int(value is None)),
+            )
+
+    def submit(self, signed: SignedProposal) -> tuple[EndorsedTransaction, TxStatus]:
+        """Endorse and commit one proposal in its own block (holding the lock: no conflicts)."""
+        with self._lock:
+            endorsed = self.endorse(signed)
+            (status,) = self.commit([endorsed])
+        return endorsed, status
+
+    # --- reading the block log -----------------------------------------------------------------
+
+    def height(self) -> int:
+        """Number of blocks (the next block's number)."""
+        with self._lock:
+            return self._tip()[0] + 1
+
+    def transaction_status(self, tx_id: str) -> TxStatus | None:
+        """The commit status of a transaction, or None if it never reached a block."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT code, blk FROM transactions WHERE tx_id = ?", (tx_id,)
+            ).fetchone()
+        return None if row is None else TxStatus(tx_id, row[0], int(row[1]))
+
+    def events_after(
+        self, chaincode: str, block: int, txn: int, limit: int = 100
+    ) -> list[tuple[int, ChaincodeEvent]]:
+        """Valid chaincode events strictly after position (block, txn), with their txn index."""
+        with self._lock:
+            if self._closed:
+                return []
+            rows = self._conn.execute(
+                "SELECT blk, txn, tx_id, event_name, event_payload FROM transactions "
+                "WHERE chaincode = ? AND event_name IS NOT NULL AND code = 'VALID' "
+                "AND (blk > ? OR (blk = ? AND txn > ?)) ORDER BY blk, txn LIMIT ?",
+                (chaincode, block, block, txn, limit),
+            ).fetchall()
+        return [
+            (int(r[1]), ChaincodeEvent(int(r[0]), r[2], chaincode, r[3], bytes(r[4]))) for r in rows
+        ]
+
+    def tx_index(self, tx_id: str) -> tuple[int, int] | None:
+        """(block, position in block) of a transaction."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT blk, txn FROM transactions WHERE tx_id = ?", (tx_id,)
+            ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
+
+    def wait_for_commit(self, timeout: float) -> None:
+        """Block until a commit in this process (or the timeout; other processes are polled)."""
+        with self._committed:
+            if not self._closed:
+                self._committed.wait(timeout)
+
+    def add_listener(self, callback: Callable[[ChaincodeEvent], None]) -> Callable[[], None]:
+        """Call ``callback`` with every chaincode event committed by this process.
+
+        Returns a function that removes the listener. Use the event iterator to also see commits
+        from other processes and to resume from a checkpoint.
+        """
+        with self._lock:
+            self._listeners.callbacks.append(callback)
+
+        def remove() -> None:
+            with self._lock:
+                if callback in self._listeners.callbacks:
+                    self._listeners.callbacks.remove(callback)
+
+        return remove
+
+    # --- integrity -----------------------------------------------------------------------------
+
+    def state_items(self, ns: str) -> Iterator[tuple[bytes, bytes]]:
+        """Every (key, value) of a chaincode's world state in key order (for audits and tests)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT key, value FROM state WHERE ns = ? ORDER BY key", (ns,)
+            ).fetchall()
+        for r in rows:
+            yield bytes(r[0]), bytes(r[1])
+
+    def state_digest(self) -> str:
+        """sha256 over the whole world state; equal digests mean equal states."""
+        h = hashlib.sha256()
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT ns, key, value FROM state ORDER BY ns, key"
+            ).fetchall()
+        for ns, key, value in rows:
+            for part in (ns.encode(), bytes(key), bytes(value)):
+                h.update(len(part).to_bytes(8, "big"))
+                h.update(part)
+        return h.hexdigest()
+
+    def verify(self) -> dict[str, Any]:
+        """Check the block hash chain, every transaction's hash, and that the world state is
+        exactly the replay of the key history. Raises :class:`LedgerIntegrityError`."""
+        with self._lock:
+            self._conn.execute("BEGIN")
+            try:
+                return self._verify()
+            finally:
+                self._conn.execute("ROLLBACK")
+
+    def _verify(self) -> dict[str, Any]:
+        prev = GENESIS_PREV
+        blocks = self._conn.execute(
+            "SELECT number, prev_hash, data_hash, hash, tx_count, kind FROM blocks ORDER BY number"
+        ).fetchall()
+        txs = 0
+        for expected, (number, prev_hash, data_hash, block_hash, tx_count, kind) in enumerate(
+            blocks
+        ):
+            if number != expected:
+                raise LedgerIntegrityError(f"block {expected} is missing")
+            if bytes(prev_hash) != prev:
+                raise LedgerIntegrityError(f"block {number} does not link to block {number - 1}")
+            if _block_hash(number, bytes(prev_hash), bytes(data_hash)) != bytes(block_hash):
+                raise LedgerIntegrityError(f"block {number} does not match its hash")
+            if kind == "tx":
+                rows = self._conn.execute(
+                    "SELECT proposal, signature, writes, response, event_name, event_payload, "
+                    "code, tx_hash FROM transactions WHERE blk = ? ORDER BY txn",
+                    (number,),
+                ).fetchall()
+                if len(rows) != tx_count:
+                    raise LedgerIntegrityError(f"block {number} has lost transactions")
+                data = hashlib.sha256()
+                for r in rows:
+                    event = None if r[4] is None else (str(r[4]), bytes(r[5]))
+                    h = _tx_hash(
+                        SignedProposal(bytes(r[0]), bytes(r[1])),
+                        bytes(r[2]),
+                        bytes(r[3]),
+                        event,
+                        str(r[6]),
+                    )
+                    if h != bytes(r[7]):
+                        raise LedgerIntegrityError(f"a transaction of block {number} was altered")
+                    data.update(h)
+                if data.digest() != bytes(data_hash):
+                    raise LedgerIntegrityError(f"block {number} data does not match its hash")
+                txs += tx_count
+            prev = bytes(block_hash)
+        # The state must equal the last history entry of every key.
+        latest = self._conn.execute(
+            "SELECT h.ns, h.key, h.value, h.is_delete FROM history h JOIN ("
+            " SELECT ns, key, MAX(blk * 1000000 + txn) AS pos FROM history GROUP BY ns, key"
+            ") m ON h.ns = m.ns AND h.key = m.key AND h.blk * 1000000 + h.txn = m.pos "
+            "ORDER BY h.ns, h.key"
+        ).fetchall()
+        expected_state = [(r[0], bytes(r[1]), bytes(r[2])) for r in latest if not r[3]]
+        actual = [
+            (r[0], bytes(r[1]), bytes(r[2]))
+            for r in self._conn.execute("SELECT ns, key, value FROM state ORDER BY ns, key")
+        ]
+        if expected_state != actual:
+            raise LedgerIntegrityError("world state does not match the key history")
+        return {"blocks": len(blocks), "transactions": txs, "keys": len(actual)}
