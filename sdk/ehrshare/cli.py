@@ -37,6 +37,7 @@ _COMMAND_MODULES = (
     "ehrshare.commands.bench_crypto",
     "ehrshare.commands.bench_ledger",
     "ehrshare.commands.bench_consensus",
+    "ehrshare.commands.bench_dkg",
 )
 
 
