@@ -7,7 +7,7 @@ the suite. Deselect them with ``-m "not ipfs"`` to run without Go.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -23,6 +23,11 @@ def pid_alive(pid: int) -> bool:
             return stat.read().split(") ", 1)[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+@pytest.fixture(name="pid_alive")
+def pid_alive_fixture() -> Callable[[int], bool]:
+    return pid_alive
 
 
 @pytest.fixture
