@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -161,3 +162,20 @@ def test_unusable_root_is_a_storage_error(tmp_path: Path) -> None:
     blocker.write_bytes(b"")
     with pytest.raises(StorageError, match="cannot create the embedded store"):
         EmbeddedStore(blocker / "store")
+
+
+def test_put_streams_without_holding_the_content(store: EmbeddedStore) -> None:
+    size = 24 * 1024 * 1024
+
+    def pieces() -> Iterator[bytes]:
+        for _ in range(size // 65536):
+            yield os.urandom(65536)
+
+    tracemalloc.start()
+    try:
+        cid = store.put(pieces())
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * 1024 * 1024, f"peak {peak} bytes while storing {size}"
+    assert sum(len(p) for p in store.iter(cid)) == size

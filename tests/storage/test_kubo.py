@@ -10,7 +10,8 @@ import json
 import os
 import random
 import socket
-from collections.abc import Callable
+import tracemalloc
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +206,21 @@ def test_missing_binary_is_reported(tmp_path: Path) -> None:
     daemon = KuboDaemon(tmp_path / "r", binary=tmp_path / "no-ipfs")
     with pytest.raises(KuboDaemonError, match="make tools"):
         daemon.start()
+
+
+def test_upload_and_read_stream_without_holding_the_content(kubo_store: KuboStore) -> None:
+    size = 24 * 1024 * 1024
+
+    def pieces() -> Iterator[bytes]:
+        for _ in range(size // 65536):
+            yield os.urandom(65536)
+
+    tracemalloc.start()
+    try:
+        cid = kubo_store.put(pieces())
+        total = sum(len(p) for p in kubo_store.iter(cid))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert total == size
+    assert peak < 4 * 1024 * 1024, f"peak {peak} bytes while moving {size}"

@@ -102,5 +102,7 @@ def test_sources_refuse_text_and_non_bytes() -> None:
         list(iter_source("text"))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="stream yielded int"):
         list(iter_source([b"ok", 3]))  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="not int"):
+        list(iter_source(42))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="file object returned str"):
         list(iter_source(io.StringIO("text")))  # type: ignore[arg-type]

@@ -196,6 +196,9 @@ def iter_source(
             if not isinstance(piece, bytes | bytearray):
                 raise TypeError(f"file object returned {type(piece).__name__}, expected bytes")
             yield piece
+    if not isinstance(source, Iterable):
+        kind = type(source).__name__
+        raise TypeError(f"storage takes bytes, a binary file or an iterable of bytes, not {kind}")
     for piece in source:
         if not isinstance(piece, bytes | bytearray | memoryview):
             raise TypeError(f"stream yielded {type(piece).__name__}, expected bytes")
