@@ -10,6 +10,7 @@ from ehrshare.hazmat.board import Board, InMemoryBoard, run_dkg
 from ehrshare.hazmat.dkg import (
     BundleKind,
     DealBundle,
+    DealStatus,
     DKGAborted,
     DKGConfig,
     DKGNode,
@@ -19,13 +20,16 @@ from ehrshare.hazmat.dkg import (
     JustificationBundle,
     Phase,
     PhaseError,
+    ResponseBundle,
     ShareUnavailable,
     ThresholdTooHigh,
     UnknownParticipant,
     new_session_nonce,
+    open_share,
     parse_bundle,
     seal_share,
 )
+from ehrshare.hazmat.errors import DecryptionError
 from ehrshare.hazmat.kgc_keys import KGCNodeKey
 from ehrshare.hazmat.pairing import G1, Scalar
 
@@ -202,9 +206,6 @@ def test_shares_are_not_on_the_board_in_clear(keys16: list[KGCNodeKey]) -> None:
     # Each dealer's own share for node j is sealed: recompute f_i(j) is impossible here, but the
     # share slots must not open for anyone other than the addressee.
     deal = DealBundle.from_bytes(board.read(nodes[0].config.nonce, BundleKind.DEAL)[0])
-    from ehrshare.hazmat.dkg import open_share
-    from ehrshare.hazmat.errors import DecryptionError
-
     with pytest.raises(DecryptionError):
         open_share(
             keys16[2], deal.sealed_shares[1], nonce=deal.nonce, dealer=deal.dealer, recipient=2
@@ -492,3 +493,62 @@ def test_repr_hides_secrets(keys16: list[KGCNodeKey]) -> None:
     assert "<hidden>" in repr(keys16[0])
     with pytest.raises(TypeError):
         hash(result.share)
+
+
+def test_equivocating_responder_is_disqualified_and_its_complaints_ignored(
+    keys16: list[KGCNodeKey],
+) -> None:
+    keys = keys16[:4]
+    nodes = make_nodes(keys)
+    config = nodes[0].config
+
+    def second_response(board: Board) -> None:
+        # Node 4 also signs a response complaining about dealers 1 and 2.
+        c, a = DealStatus.COMPLAINT, DealStatus.ACCEPTED
+        statuses = [c, c, a, a]
+        extra = ResponseBundle.create(keys[3], nonce=config.nonce, responder=4, statuses=statuses)
+        board.post(config.nonce, BundleKind.RESPONSE, extra.to_bytes())
+
+    run = run_dkg(nodes, InMemoryBoard(), on_phase_end=at(BundleKind.RESPONSE, second_response))
+    result = run.only_result()
+    assert run.mpk_agreed and len(run.results) == 4
+    assert not run.needed_justifications  # node 4's complaints carry no weight
+    assert result.qual == (1, 2, 3)
+    assert result.disqualified[4].startswith("equivocated")
+    for node in nodes:
+        assert [(e.kind, e.sender) for e in node.evidence] == [(BundleKind.RESPONSE, 4)]
+        node.evidence[0].verify(config)
+
+
+def test_bundle_naming_a_sender_outside_the_roster_is_rejected(keys16: list[KGCNodeKey]) -> None:
+    keys = keys16[:4]
+    nodes = make_nodes(keys)
+    config = nodes[0].config
+    stray = DKGNode(config, keys[0])
+
+    def inject(board: Board) -> None:
+        deal = stray.deals()
+        bogus = DealBundle.create(
+            keys[0],
+            nonce=config.nonce,
+            dealer=9,
+            commitments=deal.commitments,
+            sealed_shares=deal.sealed_shares,
+        )
+        board.post(config.nonce, BundleKind.DEAL, bogus.to_bytes())
+
+    run = run_dkg(nodes, InMemoryBoard(), on_phase_end=at(BundleKind.DEAL, inject))
+    assert run.only_result().qual == (1, 2, 3, 4)
+    errors = [r.error for r in nodes[1].rejected]
+    assert len(errors) == 1 and isinstance(errors[0], UnknownParticipant)
+    assert "between 1 and 4, got 9" in str(errors[0])
+
+
+def test_nodes_accept_parsed_bundles_as_well_as_bytes(keys16: list[KGCNodeKey]) -> None:
+    nodes = make_nodes(keys16[:3])
+    deals = [n.deals() for n in nodes]
+    responses = [n.process_deals(deals) for n in nodes]
+    for n in nodes:
+        assert n.process_responses([r.to_bytes() for r in responses]) is None
+    results = [n.result() for n in nodes]
+    assert len({r.public.to_bytes() for r in results}) == 1
