@@ -327,7 +327,14 @@ class EHRContract:
                 f"certificate of {caller.name} carries no {ROLE_ATTRIBUTE} attribute; "
                 "an org admin must register it"
             )
-        return self._register(ctx, caller.msp_id, caller.cert, role, registered_by=caller.name)
+        return self._register(
+            ctx,
+            caller.msp_id,
+            caller.cert,
+            role,
+            registered_by=caller.name,
+            action="RegisterIdentity",
+        )
 
     def RegisterMember(self, ctx: TxContext, cert_pem: str, role: str) -> Any:
         """An org admin registers a member of its own organisation with a role."""
@@ -339,10 +346,18 @@ class EHRContract:
             raise ChaincodeError(
                 f"certificate of {cert.enrollment_id} was not issued by the ca of {caller.msp_id}"
             )
-        return self._register(ctx, caller.msp_id, cert, role, registered_by=caller.name)
+        return self._register(
+            ctx, caller.msp_id, cert, role, registered_by=caller.name, action="RegisterMember"
+        )
 
     def _register(
-        self, ctx: TxContext, msp_id: str, cert: CertInfo, role: str, registered_by: str
+        self,
+        ctx: TxContext,
+        msp_id: str,
+        cert: CertInfo,
+        role: str,
+        registered_by: str,
+        action: str,
     ) -> Any:
         if role not in ROLES:
             raise ChaincodeError(f"role {role!r} is not one of {', '.join(ROLES)}")
@@ -365,7 +380,7 @@ class EHRContract:
         ctx.put_json(ident, K_IDENTITY, cert.client_key)
         ctx.put_json({"client_key": cert.client_key}, K_IBE, ibe_id)
         chain = ibe_id if role == PATIENT else SYSTEM_CHAIN
-        ctx.log(chain, "RegisterIdentity", "ok", detail={"ibe_id": ibe_id, "role": role})
+        ctx.log(chain, action, "ok", detail={"ibe_id": ibe_id, "role": role})
         return ident
 
     def GetIdentity(self, ctx: TxContext, ibe_id: str) -> Any:

@@ -1,0 +1,276 @@
+"""Every contract function × every kind of caller: allowed, or denied with the exact error text.
+
+Each case is endorsed (simulated with the caller's real signed proposal) but not committed, so the
+cases do not change the shared world and can run in any order.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+from conftest import BUNDLE, CAPSULE, FAR, NONCE, NONCE2, SHA, TYPE_KEY, World
+
+from ehrshare.ledger import EndorseError
+
+ROLES = (
+    "owner",
+    "grantee",
+    "revoked_grantee",
+    "expired_grantee",
+    "other_patient",
+    "other_hospital_clinician",
+    "org_admin",
+    "auditor",
+    "proxy",
+    "kgc",
+    "anonymous",
+)
+ROLE_OF = {
+    "owner": "patient",
+    "grantee": "clinician",
+    "revoked_grantee": "clinician",
+    "expired_grantee": "clinician",
+    "other_patient": "patient",
+    "other_hospital_clinician": "clinician",
+    "org_admin": "admin",
+    "auditor": "auditor",
+    "proxy": "proxy",
+    "kgc": "kgc",
+}
+REGISTERED = frozenset(ROLES) - {"anonymous"}
+ALICE = "Org1MSP/alice"
+MUTATING = frozenset(
+    {
+        "RegisterIdentity",
+        "RegisterMember",
+        "PublishTypeKey",
+        "RegisterRecord",
+        "AmendRecord",
+        "GrantAccess",
+        "ForwardGrant",
+        "RevokeAccess",
+        "RequestAccess",
+        "ReportReencryption",
+        "PostDKGBundle",
+        "PublishDKGResult",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Case:
+    function: str
+    args: Callable[[World], tuple[str, ...]]
+    allowed: frozenset[str]
+    denied: Callable[[World, str, str], str]
+    chaincode_function: str = ""
+
+
+def _role_needed(*roles: str) -> Callable[[World, str, str], str]:
+    def msg(w: World, name: str, role: str) -> str:
+        return f"identity {name} has role {ROLE_OF[role]}; this needs role " + " or ".join(roles)
+
+    return msg
+
+
+def _newbie_cert(w: World) -> tuple[str, ...]:
+    identity, _ = w.sandbox.cas["Org1MSP"].issue("newbie")
+    return (identity.credentials.decode(), "clinician")
+
+
+CASES = [
+    Case(
+        "RegisterIdentity",
+        lambda w: (),
+        frozenset({"anonymous"}),
+        lambda w, n, r: f"identity {n} is already registered",
+    ),
+    Case(
+        "RegisterMember",
+        _newbie_cert,
+        frozenset({"org_admin"}),
+        lambda w, n, r: f"identity {n} is not an org admin",
+    ),
+    Case("GetIdentity", lambda w: (ALICE,), REGISTERED, lambda w, n, r: ""),
+    Case("PublishTypeKey", lambda w: ("lab", TYPE_KEY, "1"), REGISTERED, lambda w, n, r: ""),
+    Case("GetTypeKey", lambda w: (ALICE, "lab"), REGISTERED, lambda w, n, r: ""),
+    Case(
+        "RegisterRecord",
+        lambda w: w.record_args("r-new"),
+        frozenset(
+            {"owner", "grantee", "revoked_grantee", "expired_grantee", "other_hospital_clinician"}
+        ),
+        lambda w, n, r: f"identity {n} may not create records for {ALICE}",
+    ),
+    Case(
+        "AmendRecord",
+        lambda w: ("r-1", "bafyrecord0002", SHA, CAPSULE, "1"),
+        frozenset({"owner"}),
+        lambda w, n, r: f"identity {n} may not amend record r-1",
+    ),
+    Case(
+        "GetRecord",
+        lambda w: ("r-1",),
+        frozenset({"owner", "grantee", "auditor"}),
+        lambda w, n, r: f"identity {n} may not read record r-1",
+    ),
+    Case(
+        "GetRecordHistory",
+        lambda w: ("r-1",),
+        frozenset({"owner", "grantee", "auditor"}),
+        lambda w, n, r: f"identity {n} may not read record r-1",
+    ),
+    Case(
+        "ListRecords",
+        lambda w: (ALICE,),
+        frozenset({"owner", "auditor"}),
+        lambda w, n, r: f"identity {n} may not list records of {ALICE}",
+    ),
+    Case(
+        "GrantAccess",
+        lambda w: ("lab", "Org2MSP/zed", FAR, "0"),
+        frozenset({"owner", "other_patient"}),
+        lambda w, n, r: f"identity {n} is not a patient and may not grant",
+    ),
+    Case(
+        "ForwardGrant",
+        lambda w: ("lab", "Org2MSP/zed", FAR, "0", "", w.grants["grantee"]),
+        frozenset({"grantee"}),
+        lambda w, n, r: f"identity {n} is not the grantee of grant {w.grants['grantee']}",
+        chaincode_function="GrantAccess",
+    ),
+    Case(
+        "RevokeAccess",
+        lambda w: (w.grants["grantee"],),
+        frozenset({"owner"}),
+        lambda w, n, r: f"identity {n} may not revoke grant {w.grants['grantee']}",
+    ),
+    Case(
+        "GetGrant",
+        lambda w: (w.grants["grantee"],),
+        frozenset({"owner", "grantee", "auditor", "proxy"}),
+        lambda w, n, r: f"identity {n} may not read grant {w.grants['grantee']}",
+    ),
+    Case(
+        "ListGrants",
+        lambda w: (ALICE, "owner"),
+        frozenset({"owner", "auditor"}),
+        lambda w, n, r: f"identity {n} may not list grants of {ALICE}",
+    ),
+    Case("RequestAccess", lambda w: ("r-1",), REGISTERED, lambda w, n, r: ""),
+    Case(
+        "CheckApproval",
+        lambda w: ("r-1", "Org1MSP/dave", w.grants["grantee"]),
+        frozenset({"proxy", "auditor"}),
+        _role_needed("proxy", "auditor"),
+    ),
+    Case(
+        "ReportReencryption",
+        lambda w: (w.access_id, "ok"),
+        frozenset({"proxy"}),
+        _role_needed("proxy"),
+    ),
+    Case(
+        "PostDKGBundle",
+        lambda w: (NONCE2, "deal", BUNDLE, "1"),
+        frozenset({"kgc"}),
+        _role_needed("kgc"),
+    ),
+    Case("GetDKGBundles", lambda w: (NONCE, "deal"), REGISTERED, lambda w, n, r: ""),
+    Case(
+        "PublishDKGResult",
+        lambda w: (NONCE2, TYPE_KEY, f'["{TYPE_KEY}"]', '["Org1MSP/kim"]', "1"),
+        frozenset({"kgc"}),
+        _role_needed("kgc"),
+    ),
+    Case("GetDKGResult", lambda w: ("",), REGISTERED, lambda w, n, r: ""),
+    Case(
+        "GetAuditTrail",
+        lambda w: ("patient", ALICE),
+        frozenset({"owner", "auditor"}),
+        lambda w, n, r: f"identity {n} may not read the audit trail of {ALICE}",
+    ),
+    Case(
+        "GetAuditTrail",
+        lambda w: ("record", "r-1"),
+        frozenset({"owner", "auditor"}),
+        lambda w, n, r: f"identity {n} may not read the audit trail of {ALICE}",
+    ),
+    Case(
+        "GetAuditTrail",
+        lambda w: ("patient", "~system"),
+        frozenset({"org_admin", "auditor"}),
+        lambda w, n, r: f"identity {n} may not read the audit trail of ~system",
+    ),
+    Case(
+        "VerifyAuditTrail",
+        lambda w: (ALICE,),
+        frozenset({"owner", "auditor"}),
+        lambda w, n, r: f"identity {n} may not read the audit trail of {ALICE}",
+    ),
+]
+
+
+def _expected_request(w: World, role: str, name: str) -> tuple[str, str]:
+    if role == "owner":
+        return "allow", "owner"
+    if role == "grantee":
+        return "allow", "grant"
+    if role == "revoked_grantee":
+        return "deny", f"grant {w.grants['revoked_grantee']} is revoked"
+    if role == "expired_grantee":
+        return "deny", f"grant {w.grants['expired_grantee']} expired at {w.expired_at}"
+    return "deny", f"identity {name} has no grant for type lab of {ALICE}"
+
+
+_PARAMS = [
+    pytest.param(case, role, id=f"{case.function}-{i}-{role}")
+    for i, case in enumerate(CASES)
+    for role in ROLES
+]
+
+
+@pytest.mark.parametrize(("case", "role"), _PARAMS)
+def test_access_matrix(world: World, case: Case, role: str) -> None:
+    member = world.m[role]
+    name = member.ibe_id
+    function = case.chaincode_function or case.function
+    proposal = member.contract.new_proposal(function, *case.args(world))
+    if role == "anonymous" and role not in case.allowed and case.function != "RegisterMember":
+        expected_error = f"identity {name} is not registered"
+    elif role in case.allowed:
+        expected_error = ""
+    else:
+        expected_error = case.denied(world, name, role)
+
+    if expected_error:
+        with pytest.raises(EndorseError) as info:
+            proposal.endorse()
+        assert info.value.message == expected_error
+        assert info.value.transaction_id == proposal.transaction_id
+        return
+
+    endorsed = proposal.endorse().endorsed
+    result = json.loads(endorsed.result)
+    if case.function == "RequestAccess":
+        assert (result["decision"], result["reason"]) == _expected_request(world, role, name)
+        assert result["requester"] == name
+    if case.function in MUTATING:
+        # Every allowed state change leaves its audit entries in the transaction's one event.
+        assert endorsed.event is not None
+        entries = json.loads(endorsed.event[1])["entries"]
+        assert entries and all(e["actor"] == name for e in entries)
+        assert any(e["action"] == function for e in entries)
+    else:
+        assert endorsed.writes == {}
+        assert endorsed.event is None
+
+
+def test_matrix_covers_every_transaction_function() -> None:
+    from ehrshare_chaincode.contract import _FUNCTIONS
+
+    covered = {c.chaincode_function or c.function for c in CASES}
+    assert covered == set(_FUNCTIONS)

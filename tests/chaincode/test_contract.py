@@ -1,0 +1,405 @@
+"""Behaviour of the contract's functions: records and versions, grants and forwarding, access at a
+time, the proxy's approval check, the DKG board, argument errors and determinism."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from conftest import BUNDLE, CAPSULE, FAR, NONCE, NONCE2, SHA, T0, TYPE_KEY, World
+
+from ehrshare.ledger import EndorseError
+from ehrshare.ledger.envelope import new_proposal, sign_proposal
+from ehrshare.ledger.sandbox import Member
+
+ALICE = "Org1MSP/alice"
+
+
+def _error(member: Member, function: str, *args: str | bytes) -> str:
+    with pytest.raises(EndorseError) as info:
+        member.contract.new_proposal(function, *args).endorse()
+    return info.value.message
+
+
+def _fails_without_change(w: World, member: Member, function: str, *args: str) -> str:
+    before = (w.sandbox.ledger.state_digest(), w.sandbox.ledger.height())
+    with pytest.raises(EndorseError) as info:
+        member.submit(function, *args)
+    assert (w.sandbox.ledger.state_digest(), w.sandbox.ledger.height()) == before
+    return info.value.message
+
+
+# --- records ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("r-1", ALICE, "lab", "bafyrecord0001", SHA, CAPSULE, "1"), "record r-1 already exists"),
+        (
+            ("r 2", ALICE, "lab", "bafyrecord0001", SHA, CAPSULE, "1"),
+            "record id 'r 2' is invalid: use 1-64 letters, digits, '.', '_' or '-'",
+        ),
+        (
+            ("r-2", "Org1MSP/nobody", "lab", "bafyrecord0001", SHA, CAPSULE, "1"),
+            "patient Org1MSP/nobody is not registered",
+        ),
+        (
+            ("r-2", "Org1MSP/dave", "lab", "bafyrecord0001", SHA, CAPSULE, "1"),
+            "identity Org1MSP/dave is not a patient",
+        ),
+        (
+            ("r-2", "alice", "lab", "bafyrecord0001", SHA, CAPSULE, "1"),
+            "owner 'alice' is not of the form <msp id>/<enrollment id>",
+        ),
+        (
+            ("r-2", ALICE, "lab", "bafy", SHA, CAPSULE, "1"),
+            "cid 'bafy' is not a content identifier",
+        ),
+        (
+            ("r-2", ALICE, "lab", "bafyrecord0001", "XYZ", CAPSULE, "1"),
+            "sha256 must be 64 lower-case hex digits",
+        ),
+        (("r-2", ALICE, "lab", "bafyrecord0001", SHA, "***", "1"), "capsule is not valid base64"),
+        (
+            (
+                "r-2",
+                ALICE,
+                "lab",
+                "bafyrecord0001",
+                SHA,
+                base64.b64encode(b"x" * 70000).decode(),
+                "1",
+            ),
+            "capsule is 70000 bytes; the limit is 65536",
+        ),
+        (
+            ("r-2", ALICE, "lab", "bafyrecord0001", SHA, CAPSULE, "0"),
+            "format version 0 is out of range [1, 255]",
+        ),
+        (
+            ("r-2", ALICE, "lab", "bafyrecord0001", SHA, CAPSULE, "1.5"),
+            "format version '1.5' is not an integer",
+        ),
+        (
+            ("r-2", ALICE, "lab type", "bafyrecord0001", SHA, CAPSULE, "1"),
+            "record type 'lab type' is invalid: use 1-64 letters, digits, '.', '_', ':' or '-'",
+        ),
+    ],
+)
+def test_register_record_rejects_bad_arguments_and_changes_nothing(
+    world: World, args: tuple[str, ...], message: str
+) -> None:
+    assert _fails_without_change(world, world.m["grantee"], "RegisterRecord", *args) == message
+
+
+def test_clinician_of_another_hospital_creates_for_patient_and_is_the_creator(
+    fresh_world: World,
+) -> None:
+    zed = fresh_world.m["other_hospital_clinician"]
+    rec = zed.submit("RegisterRecord", *fresh_world.record_args("r-zed"))
+    assert rec["creator"] == "Org2MSP/zed" and rec["creator_msp"] == "Org2MSP"
+    assert rec["owner"] == ALICE and rec["version"] == 1
+    # The creator may read and amend what it created, without any grant.
+    assert zed.evaluate("GetRecord", "r-zed")["cid"] == "bafyrecord0001"
+    assert zed.submit("AmendRecord", "r-zed", "bafyrecord0002", SHA, CAPSULE, "1")["version"] == 2
+
+
+def test_amended_record_keeps_every_version(fresh_world: World) -> None:
+    alice = fresh_world.m["owner"]
+    alice.submit("AmendRecord", "r-1", "bafyrecord0002", "1" * 64, CAPSULE, "2")
+    alice.submit("AmendRecord", "r-1", "bafyrecord0003", "2" * 64, CAPSULE, "2")
+    assert alice.evaluate("GetRecord", "r-1")["version"] == 3
+    assert alice.evaluate("GetRecord", "r-1", "1")["cid"] == "bafyrecord0001"
+    history = alice.evaluate("GetRecordHistory", "r-1")
+    assert [(h["version"], h["cid"]) for h in history] == [
+        (1, "bafyrecord0001"),
+        (2, "bafyrecord0002"),
+        (3, "bafyrecord0003"),
+    ]
+    assert _error(alice, "GetRecord", "r-1", "4") == "version 4 is out of range [1, 3]"
+    assert _error(alice, "GetRecord", "r-17") == "record r-17 does not exist"
+
+
+def test_list_records_paginates_in_key_order(fresh_world: World) -> None:
+    alice = fresh_world.m["owner"]
+    for i in range(5):
+        alice.submit("RegisterRecord", *fresh_world.record_args(f"r-p{i}"))
+    seen: list[str] = []
+    bookmark = ""
+    pages = 0
+    while True:
+        page = alice.evaluate("ListRecords", ALICE, "2", bookmark)
+        seen += [r["record_id"] for r in page["records"]]
+        pages += 1
+        bookmark = page["bookmark"]
+        if not bookmark:
+            break
+    assert seen == sorted(["r-1", "r-p0", "r-p1", "r-p2", "r-p3", "r-p4"])
+    assert pages == 3
+    carol_key = "\x00ehr.rec~owner\x00Org1MSP/carol\x00"
+    assert _error(alice, "ListRecords", ALICE, "2", carol_key) == (
+        "bookmark does not belong to this query"
+    )
+    assert _error(alice, "ListRecords", ALICE, "101") == "page size 101 is out of range [1, 100]"
+
+
+# --- grants, forwarding, time -------------------------------------------------------------
+
+
+def test_multi_hop_forwarding_respects_hops_expiry_allow_list_and_revocation(
+    fresh_world: World,
+) -> None:
+    w = fresh_world
+    alice, dave, zed = w.m["owner"], w.m["grantee"], w.m["other_hospital_clinician"]
+    erin = w.sandbox.member("Org2MSP", "hugo", "clinician")
+    root = alice.submit("GrantAccess", "lab", dave.ibe_id, FAR, "2", '["Org2MSP/zed"]')["grant_id"]
+    assert _error(dave, "GrantAccess", "lab", erin.ibe_id, FAR, "1", "", root) == (
+        f"grant {root} does not allow forwarding to Org2MSP/hugo"
+    )
+    assert _error(dave, "GrantAccess", "lab", zed.ibe_id, FAR, "2", "", root) == (
+        f"max hops 2 exceeds the 1 left by grant {root}"
+    )
+    assert _error(dave, "GrantAccess", "lab", zed.ibe_id, str(T0 + 10**8), "1", "", root) == (
+        f"expiry {T0 + 10**8} is later than grant {root} allows"
+    )
+    assert _error(dave, "GrantAccess", "imaging", zed.ibe_id, FAR, "1", "", root) == (
+        f"grant {root} does not cover type imaging"
+    )
+    hop1 = dave.submit("GrantAccess", "lab", zed.ibe_id, FAR, "1", "", root)
+    assert (hop1["owner"], hop1["grantor"], hop1["hop"]) == (ALICE, dave.ibe_id, 1)
+    hop2 = zed.submit("GrantAccess", "lab", erin.ibe_id, FAR, "0", "", hop1["grant_id"])
+    assert hop2["hop"] == 2
+    assert _error(erin, "GrantAccess", "lab", dave.ibe_id, FAR, "0", "", hop2["grant_id"]) == (
+        f"grant {hop2['grant_id']} allows no further hops"
+    )
+    access = erin.submit("RequestAccess", "r-1")
+    assert (access["decision"], access["grant_id"], access["hop"]) == (
+        "allow",
+        hop2["grant_id"],
+        2,
+    )
+    # Revoking the root cuts every grant forwarded below it.
+    alice.submit("RevokeAccess", root)
+    denied = erin.submit("RequestAccess", "r-1")
+    assert (denied["decision"], denied["reason"]) == ("deny", f"grant {root} is revoked")
+
+
+def test_access_is_decided_at_the_transaction_time(fresh_world: World) -> None:
+    w = fresh_world
+    alice, zed = w.m["owner"], w.m["other_hospital_clinician"]
+    expiry = w.clock.seconds + 50
+    g = alice.submit("GrantAccess", "lab", zed.ibe_id, str(expiry), "0")["grant_id"]
+    w.clock.advance(48)
+    assert zed.submit("RequestAccess", "r-1")["decision"] == "allow"
+    w.clock.advance(2)
+    denied = zed.submit("RequestAccess", "r-1")
+    assert (denied["decision"], denied["reason"]) == ("deny", f"grant {g} expired at {expiry}")
+    assert _error(alice, "GrantAccess", "lab", zed.ibe_id, str(w.clock.seconds), "0").startswith(
+        f"expiry {w.clock.seconds} is not after the transaction time"
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ("lab", "Org1MSP/alice", FAR, "0"),
+            "identity Org1MSP/alice may not be granted its own records",
+        ),
+        (("lab", "Org1MSP/ghost", FAR, "0"), "grantee Org1MSP/ghost is not registered"),
+        (("lab", "Org1MSP/dave", "-5", "0"), "expiry -5 is out of range [0, 4611686018427387904]"),
+        (("lab", "Org1MSP/dave", FAR, "17"), "max hops 17 is out of range [0, 16]"),
+        (
+            ("lab", "Org1MSP/dave", FAR, "0", "[1.5]"),
+            "allowed next grantees contains a floating-point number",
+        ),
+        (
+            ("lab", "Org1MSP/dave", FAR, "0", '{"a": 1}'),
+            "allowed next grantees must be a json list of strings",
+        ),
+        (("lab", "Org1MSP/dave", FAR, "0", "", "g-nope"), "grant g-nope does not exist"),
+    ],
+)
+def test_grant_rejects_bad_arguments(world: World, args: tuple[str, ...], message: str) -> None:
+    assert _fails_without_change(world, world.m["owner"], "GrantAccess", *args) == message
+
+
+def test_revoke_twice_and_unknown(fresh_world: World) -> None:
+    alice = fresh_world.m["owner"]
+    g = fresh_world.grants["revoked_grantee"]
+    assert _error(alice, "RevokeAccess", g) == f"grant {g} is already revoked"
+    assert _error(alice, "RevokeAccess", "g-nope") == "grant g-nope does not exist"
+
+
+def test_list_grants_by_owner_and_by_grantee(world: World) -> None:
+    alice, dave = world.m["owner"], world.m["grantee"]
+    owned = alice.evaluate("ListGrants", ALICE, "owner")["grants"]
+    assert sorted(g["grant_id"] for g in owned) == sorted(world.grants.values())
+    received = dave.evaluate("ListGrants", dave.ibe_id, "grantee")["grants"]
+    assert [g["grant_id"] for g in received] == [world.grants["grantee"]]
+    assert (
+        _error(dave, "ListGrants", dave.ibe_id, "friend") == "side 'friend' is not owner or grantee"
+    )
+
+
+# --- the proxy's checks ---------------------------------------------------------------------
+
+
+def test_check_approval_needs_a_committed_allow_that_still_stands(fresh_world: World) -> None:
+    w = fresh_world
+    proxy, alice, dave, zed = (
+        w.m["proxy"],
+        w.m["owner"],
+        w.m["grantee"],
+        w.m["other_hospital_clinician"],
+    )
+    g = w.grants["grantee"]
+    approval = proxy.evaluate("CheckApproval", "r-1", dave.ibe_id, g)
+    assert approval["access_id"] == w.access_id and approval["decision"] == "allow"
+    # A denied request creates no approval.
+    zed.submit("RequestAccess", "r-1")
+    assert _error(proxy, "CheckApproval", "r-1", zed.ibe_id, g) == (
+        f"no committed approval for record r-1, requester {zed.ibe_id} and grant {g}"
+    )
+    entry = proxy.submit("ReportReencryption", w.access_id, "ok")
+    assert (entry["action"], entry["outcome"], entry["record_id"]) == (
+        "ReportReencryption",
+        "ok",
+        "r-1",
+    )
+    alice.submit("RevokeAccess", g)
+    assert _error(proxy, "CheckApproval", "r-1", dave.ibe_id, g) == f"grant {g} is revoked"
+    denied = zed.submit("RequestAccess", "r-1")["access_id"]
+    assert _error(proxy, "ReportReencryption", denied, "ok") == f"access {denied} was denied"
+    assert _error(proxy, "ReportReencryption", w.access_id, "maybe") == (
+        "outcome 'maybe' is not ok or failed"
+    )
+
+
+# --- identities and type keys ----------------------------------------------------------------
+
+
+def test_roles_come_from_the_certificate_or_an_org_admin(fresh_world: World) -> None:
+    sb = fresh_world.sandbox
+    plain = sb.member("Org1MSP", "nora", register=False)
+    assert _error(plain, "RegisterIdentity") == (
+        "certificate of Org1MSP/nora carries no ehrshare.role attribute; an org admin must "
+        "register it"
+    )
+    assert _error(plain, "RegisterIdentity", "clinician") == (
+        "RegisterIdentity takes 0 arguments, got 1"
+    )
+    admin = fresh_world.m["org_admin"]
+    cert = plain.identity.credentials.decode()
+    assert _error(admin, "RegisterMember", cert, "boss") == (
+        "role 'boss' is not one of patient, clinician, admin, kgc, proxy, auditor"
+    )
+    foreign, _ = sb.cas["Org2MSP"].issue("yan")
+    assert _error(admin, "RegisterMember", foreign.credentials.decode(), "clinician") == (
+        "certificate of yan was not issued by the ca of Org1MSP"
+    )
+    reg = admin.submit("RegisterMember", cert, "clinician")
+    assert (reg["ibe_id"], reg["role"], reg["registered_by"]) == (
+        "Org1MSP/nora",
+        "clinician",
+        "Org1MSP/admin",
+    )
+    # Now nora acts as a clinician.
+    assert plain.submit("RegisterRecord", *fresh_world.record_args("r-nora"))["creator"] == (
+        "Org1MSP/nora"
+    )
+    assert _error(admin, "RegisterMember", cert, "clinician") == (
+        "identity Org1MSP/nora is already registered"
+    )
+
+
+def test_reenrolled_certificate_keeps_the_identity_and_a_new_subject_cannot_take_it(
+    fresh_world: World,
+) -> None:
+    sb = fresh_world.sandbox
+    # Same subject and issuer, new key: the same client (Fabric's x509::subject::issuer id).
+    again = sb.connect(*sb.cas["Org1MSP"].issue("alice", role="patient"))
+    assert again.evaluate("ListRecords", ALICE)["records"][0]["record_id"] == "r-1"
+    # A different subject with the same common name cannot take alice's IBE identity.
+    other = sb.member("Org1MSP", "alice", "patient", node_ou="peer", register=False)
+    assert _error(other, "RegisterIdentity") == "ibe identity Org1MSP/alice is already taken"
+
+
+def test_type_keys_are_published_by_their_owner_only(world: World) -> None:
+    dave, alice = world.m["grantee"], world.m["owner"]
+    endorsed = dave.contract.new_proposal("PublishTypeKey", "lab", TYPE_KEY, "1").endorse()
+    assert json.loads(endorsed.result)["ibe_id"] == dave.ibe_id
+    assert alice.evaluate("GetTypeKey", ALICE, "lab")["key"] == TYPE_KEY
+    assert (
+        _error(alice, "GetTypeKey", dave.ibe_id, "lab")
+        == "type key lab of Org1MSP/dave does not exist"
+    )
+    assert _error(alice, "PublishTypeKey", "lab", "", "1") == "type key is empty"
+
+
+# --- DKG board ----------------------------------------------------------------------------------
+
+
+def test_dkg_board(fresh_world: World) -> None:
+    w = fresh_world
+    kim = w.m["kgc"]
+    kai = w.sandbox.member("Org2MSP", "kai", "kgc")
+    kai.submit("PostDKGBundle", NONCE2, "deal", BUNDLE, "1")
+    kim.submit("PostDKGBundle", NONCE2, "deal", BUNDLE, "1")
+    assert _error(kim, "PostDKGBundle", NONCE2, "deal", BUNDLE, "1") == (
+        f"kgc Org1MSP/kim already posted a deal bundle for session {NONCE2}"
+    )
+    assert _error(kim, "PostDKGBundle", NONCE2, "gossip", BUNDLE, "1") == (
+        "phase 'gossip' is not one of deal, response, justification"
+    )
+    assert _error(kim, "PostDKGBundle", "xyz", "deal", BUNDLE, "1") == (
+        "session nonce must be 64 lower-case hex digits"
+    )
+    bundles = kim.evaluate("GetDKGBundles", NONCE2, "deal")
+    assert [b["poster"] for b in bundles] == ["Org1MSP/kim", "Org2MSP/kai"]
+    assert all(b["bundle"] == BUNDLE for b in bundles)
+    poly = f'["{TYPE_KEY}"]'
+    qual = '["Org2MSP/kai", "Org1MSP/kim"]'
+    first = kai.submit("PublishDKGResult", NONCE2, TYPE_KEY, poly, qual, "1")
+    assert first["qual"] == ["Org1MSP/kim", "Org2MSP/kai"]
+    assert kim.submit("PublishDKGResult", NONCE2, TYPE_KEY, poly, qual, "1") == first
+    other_mpk = base64.b64encode(b"\x09" * 48).decode()
+    assert _error(kim, "PublishDKGResult", NONCE2, other_mpk, poly, qual, "1") == (
+        f"dkg session {NONCE2} already has a different result"
+    )
+    assert _error(kim, "PostDKGBundle", NONCE2, "response", BUNDLE, "1") == (
+        f"dkg session {NONCE2} is finished"
+    )
+    assert kim.evaluate("GetDKGResult", "")["nonce"] == NONCE2
+    assert kim.evaluate("GetDKGResult", NONCE)["nonce"] == NONCE
+    assert _error(kim, "GetDKGResult", "ef" * 32) == f"dkg session {'ef' * 32} has no result"
+
+
+# --- dispatcher and determinism ----------------------------------------------------------------
+
+
+def test_dispatcher_errors(world: World) -> None:
+    alice = world.m["owner"]
+    assert _error(alice, "Nope") == "function Nope does not exist"
+    assert _error(alice, "GetRecord") == "GetRecord takes 1 to 2 arguments, got 0"
+    assert _error(alice, "GetRecord", b"\xff") == "argument 1 of GetRecord is not valid utf-8"
+
+
+def test_simulation_is_deterministic(world: World) -> None:
+    """Two endorsements of the same signed proposal produce identical read/write sets."""
+    dave = world.m["grantee"]
+    proposal = new_proposal(
+        dave.identity,
+        channel="ehrshare",
+        chaincode="ehrshare",
+        function="RequestAccess",
+        args=(b"r-1",),
+        timestamp_ns=(T0 + 5000) * 10**9,
+    )
+    signed = sign_proposal(proposal, dave.signer)
+    a = world.sandbox.ledger.endorse(signed)
+    b = world.sandbox.ledger.endorse(signed)
+    assert (a.writes, a.result, a.event, a.reads) == (b.writes, b.result, b.event, b.reads)
+    assert a.writes and json.loads(a.result)["decision"] == "allow"
