@@ -1,4 +1,4 @@
-"""A local consortium on the embedded ledger: organisations with their own CAs, and enrolled members.
+"""A local consortium on the embedded ledger: organisations with their CAs, and enrolled members.
 
 Use it for demos, benchmarks and tests: ``Sandbox.open(directory)`` creates (or reopens) a ledger
 whose channel admits each organisation's :class:`~ehrshare.identity.LocalCA`, and
