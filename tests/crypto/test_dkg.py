@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from ehrshare.hazmat.board import Board, InMemoryBoard, run_dkg
+from ehrshare.hazmat.board import Board, InMemoryBoard, deadline_hook, run_dkg
 from ehrshare.hazmat.dkg import (
     BundleKind,
     DealBundle,
@@ -552,3 +552,13 @@ def test_nodes_accept_parsed_bundles_as_well_as_bytes(keys16: list[KGCNodeKey]) 
         assert n.process_responses([r.to_bytes() for r in responses]) is None
     results = [n.result() for n in nodes]
     assert len({r.public.to_bytes() for r in results}) == 1
+
+
+def test_deadline_hook_waits_once_per_phase(keys16: list[KGCNodeKey]) -> None:
+    waits: list[float] = []
+    hook = deadline_hook(0.25, sleep=waits.append)
+    run = run_dkg(make_nodes(keys16[:3]), InMemoryBoard(), on_phase_end=hook)
+    assert run.only_result().qual == (1, 2, 3)
+    assert waits == [0.25, 0.25]  # deal and response; no justification round was needed
+    with pytest.raises(ValueError, match="≥ 0 seconds"):
+        deadline_hook(-1)

@@ -17,6 +17,7 @@ from ehrshare.hazmat.dkg import (
     DKGConfig,
     DKGError,
     DKGNode,
+    DKGResult,
     JustificationBundle,
     KeyShare,
     PublicPolynomial,
@@ -242,3 +243,29 @@ def test_public_key_parse_errors() -> None:
         KGCNodePublicKey.from_bytes(b"\x02" + raw[1:])
     with pytest.raises(EncodingError, match="not a point on P-256"):
         KGCNodePublicKey.from_bytes(raw[:1] + b"\x02" + b"\xff" * 32 + raw[34:])
+
+
+RESULTS = run_dkg([DKGNode(CONFIG, k) for k in KEYS[:3]], InMemoryBoard()).results
+
+
+def test_dkg_result_round_trip() -> None:
+    for result in RESULTS.values():
+        data = result.to_secret_bytes()
+        again = DKGResult.from_secret_bytes(data)
+        assert again == result
+        assert again.disqualified == {4: "no valid deal bundle"}
+
+
+@given(data=st.data())
+def test_dkg_result_truncated_is_encoding_error(data: st.DataObject) -> None:
+    raw = RESULTS[1].to_secret_bytes()
+    cut = data.draw(st.integers(0, len(raw) - 1))
+    with pytest.raises(EncodingError):
+        DKGResult.from_secret_bytes(raw[:cut])
+
+
+def test_dkg_result_with_a_foreign_share_is_refused() -> None:
+    raw = bytearray(RESULTS[1].to_secret_bytes())
+    raw[33:35] = (2).to_bytes(2, "big")  # claim to be node 2 with node 1's share
+    with pytest.raises(EncodingError, match="does not match its public polynomial"):
+        DKGResult.from_secret_bytes(bytes(raw))

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
@@ -28,7 +29,7 @@ from ehrshare.hazmat.dkg import (
     Phase,
 )
 
-__all__ = ["Board", "DKGRun", "InMemoryBoard", "PhaseHook", "run_dkg"]
+__all__ = ["Board", "DKGRun", "InMemoryBoard", "PhaseHook", "deadline_hook", "run_dkg"]
 
 _log = logging.getLogger(__name__)
 
@@ -79,6 +80,22 @@ class InMemoryBoard:
 
 PhaseHook = Callable[[BundleKind, Board], None]
 """Called after every node posted for a phase and before anyone reads it (deadline, faults)."""
+
+
+def deadline_hook(seconds: float, *, sleep: Callable[[float], None] = time.sleep) -> PhaseHook:
+    """A :data:`PhaseHook` that waits ``seconds`` at the end of every phase.
+
+    For runs where bundles arrive from elsewhere (other processes posting to a shared board):
+    the phase closes when the wait is over, and whatever is on the board then is what counts.
+    """
+    if seconds < 0:
+        raise ValueError(f"phase deadline must be ≥ 0 seconds, got {seconds}")
+
+    def hook(phase: BundleKind, board: Board) -> None:
+        _log.debug("phase %s: waiting %.3f s for late bundles", phase.name, seconds)
+        sleep(seconds)
+
+    return hook
 
 
 @dataclass

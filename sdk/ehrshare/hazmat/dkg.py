@@ -344,6 +344,54 @@ class DKGResult:
         """The master public key."""
         return self.public.mpk
 
+    def to_secret_bytes(self) -> bytes:
+        """Everything a KGC node persists after the DKG (contains its share: store encrypted).
+
+        ``version || nonce(32) || share (u16 index, 32) || |QUAL| (u16) || QUAL (u16 each) ||
+        |DQ| (u16) || per dealer: index (u16), reason length (u16), reason (UTF-8) ||
+        public polynomial``.
+        """
+        out = bytearray(struct.pack(">B32s", _VERSION, self.nonce))
+        out += self.share.to_secret_bytes()
+        out += struct.pack(f">H{len(self.qual)}H", len(self.qual), *self.qual)
+        out += struct.pack(">H", len(self.disqualified))
+        for dealer, reason in sorted(self.disqualified.items()):
+            raw = reason.encode("utf-8")
+            out += struct.pack(">HH", dealer, len(raw)) + raw
+        out += self.public.to_bytes()
+        return bytes(out)
+
+    @classmethod
+    def from_secret_bytes(cls, data: bytes) -> DKGResult:
+        """Load what :meth:`to_secret_bytes` wrote; checks lengths and that the share matches."""
+        try:
+            version, nonce = struct.unpack_from(">B32s", data)
+            if version != _VERSION:
+                raise EncodingError(f"DKG result version must be {_VERSION}, got {version}")
+            share = KeyShare.from_secret_bytes(data[33:67])
+            pos = 67
+            (count,) = struct.unpack_from(">H", data, pos)
+            qual = struct.unpack_from(f">{count}H", data, pos + 2)
+            pos += 2 + 2 * count
+            (dq_count,) = struct.unpack_from(">H", data, pos)
+            pos += 2
+            disqualified: dict[int, str] = {}
+            for _ in range(dq_count):
+                dealer, length = struct.unpack_from(">HH", data, pos)
+                raw = data[pos + 4 : pos + 4 + length]
+                if len(raw) != length:
+                    raise EncodingError("DKG result is truncated inside a reason")
+                disqualified[dealer] = raw.decode("utf-8")
+                pos += 4 + length
+        except struct.error:
+            raise EncodingError(f"DKG result is truncated ({len(data)} bytes)") from None
+        except UnicodeDecodeError:
+            raise EncodingError("DKG result reason is not valid UTF-8") from None
+        public = PublicPolynomial.from_bytes(data[pos:])
+        if G1.generator() * share.value != public.evaluate(share.index):
+            raise EncodingError("DKG result share does not match its public polynomial")
+        return cls(share.index, share, tuple(qual), public, nonce, disqualified)
+
 
 # ---------------------------------------------------------------------------------------------
 # bundles
