@@ -33,7 +33,7 @@ from ehrshare.hazmat.extract import (
     recover_identity_key,
     verify_partial_keys,
 )
-from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair, seal
+from ehrshare.hazmat.kgc_keys import KGCNodeKey, KGCNodePublicKey, X25519KeyPair, seal
 from ehrshare.hazmat.pairing import G1, G2, GT, Scalar
 from ehrshare.hazmat.tipre import (
     IdentitySecretKey,
@@ -52,6 +52,10 @@ class Consortium:
     results: dict[int, DKGResult]
 
     @property
+    def roster(self) -> list[KGCNodePublicKey]:
+        return [k.public_key for k in self.keys]
+
+    @property
     def public(self) -> PublicPolynomial:
         return self.results[1].public
 
@@ -66,7 +70,7 @@ class Consortium:
                 self.answer(j, request).to_bytes(),
                 request=request,
                 reply_key=reply,
-                node_key=self.keys[j - 1].public_key,
+                roster=self.roster,
             )
             for j in nodes
         ]
@@ -136,9 +140,7 @@ def test_corrupted_partial_key_is_named_and_excluded(kgc: Consortium) -> None:
     liar = KeyShare(2, Scalar.random())  # node 2 answers with a wrong share, properly signed
     bad = extract_partial_key(liar, kgc.keys[1], request)
     partials = kgc.partials(request, reply, [1, 3, 4])
-    partials.insert(
-        1, open_partial_key(bad, request=request, reply_key=reply, node_key=kgc.keys[1].public_key)
-    )
+    partials.insert(1, open_partial_key(bad, request=request, reply_key=reply, roster=kgc.roster))
     check = verify_partial_keys(partials, kgc.public)
     assert check.invalid == (2,)
     assert sorted(v.index for v in check.verified) == [1, 3, 4]
@@ -154,9 +156,7 @@ def test_too_few_good_partial_keys_is_a_clear_error(kgc: Consortium) -> None:
     request, reply = ExtractionRequest.create("patient:frank")
     bad = extract_partial_key(KeyShare(3, Scalar.random()), kgc.keys[2], request)
     partials = kgc.partials(request, reply, [1, 2])
-    partials.append(
-        open_partial_key(bad, request=request, reply_key=reply, node_key=kgc.keys[2].public_key)
-    )
+    partials.append(open_partial_key(bad, request=request, reply_key=reply, roster=kgc.roster))
     with pytest.raises(NotEnoughPartialKeys, match=r"need 3 .* have 2; .* nodes \[3\]") as info:
         recover_identity_key(partials, kgc.public)
     assert info.value.invalid == (3,)
@@ -190,21 +190,28 @@ def test_forged_verified_type_still_needs_the_pairing_to_hold(kgc: Consortium) -
 def test_answers_are_bound_to_node_request_and_reply_key(kgc: Consortium) -> None:
     request, reply = ExtractionRequest.create("patient:judy")
     answer = kgc.answer(2, request)
-    with pytest.raises(VerificationError, match="KGC node 2"):  # checked with node 3's key
-        open_partial_key(answer, request=request, reply_key=reply, node_key=kgc.keys[2].public_key)
+    # Node 2's answer relabelled as node 3's: checked under node 3's key, so it fails.
+    with pytest.raises(VerificationError, match="KGC node 3"):
+        open_partial_key(
+            replace(answer, index=3), request=request, reply_key=reply, roster=kgc.roster
+        )
+    with pytest.raises(VerificationError, match="roster has 5 nodes"):
+        open_partial_key(
+            replace(answer, index=6), request=request, reply_key=reply, roster=kgc.roster
+        )
+    # A roster whose entry 2 is another key refuses the genuine answer.
+    swapped = [kgc.roster[0], kgc.roster[2], *kgc.roster[2:]]
+    with pytest.raises(VerificationError, match="KGC node 2"):
+        open_partial_key(answer, request=request, reply_key=reply, roster=swapped)
     other_request, other_reply = ExtractionRequest.create("patient:judy")
     with pytest.raises(VerificationError, match="answers another request"):
-        open_partial_key(
-            answer, request=other_request, reply_key=other_reply, node_key=kgc.keys[1].public_key
-        )
+        open_partial_key(answer, request=other_request, reply_key=other_reply, roster=kgc.roster)
     with pytest.raises(ValueError, match="reply_key is not the key"):
-        open_partial_key(
-            answer, request=request, reply_key=other_reply, node_key=kgc.keys[1].public_key
-        )
+        open_partial_key(answer, request=request, reply_key=other_reply, roster=kgc.roster)
     # Anyone on the path who swaps the sealed key breaks node 2's signature.
     garbage = replace(answer, sealed_key=bytes(len(answer.sealed_key)))
     with pytest.raises(VerificationError, match="KGC node 2"):
-        open_partial_key(garbage, request=request, reply_key=reply, node_key=kgc.keys[1].public_key)
+        open_partial_key(garbage, request=request, reply_key=reply, roster=kgc.roster)
 
 
 def test_sealed_key_that_is_not_a_point_names_the_node(kgc: Consortium) -> None:
@@ -216,9 +223,7 @@ def test_sealed_key_that_is_not_a_point_names_the_node(kgc: Consortium) -> None:
     unsigned = PartialKeyResponse(4, digest, sealed, b"")
     response = PartialKeyResponse(4, digest, sealed, kgc.keys[3].sign(ex._signed(unsigned._body())))
     with pytest.raises(InvalidPartialKey, match=r"\[4\] is not a G2 element"):
-        open_partial_key(
-            response, request=request, reply_key=reply, node_key=kgc.keys[3].public_key
-        )
+        open_partial_key(response, request=request, reply_key=reply, roster=kgc.roster)
     with pytest.raises(DecryptionError):  # sealed for node 4 but claimed as node 5's slot
         ex.open_sealed(reply, sealed, aad=ex._sealed_key_aad(digest, 5))
 

@@ -100,6 +100,7 @@ def _bench_size(n: int, repeat: int, warmup: int, console: Console) -> tuple[dic
             slowest.append(slowest_ms)
 
     public = results[1].public
+    roster = [k.public_key for k in keys]
     node_ms: list[float] = []
     user_ms: list[float] = []
     for i in range(warmup + repeat):
@@ -115,7 +116,7 @@ def _bench_size(n: int, repeat: int, warmup: int, console: Console) -> tuple[dic
                 a.to_bytes(),
                 request=request,
                 reply_key=reply,
-                node_key=keys[a.index - 1].public_key,
+                roster=roster,
             )
             for a in answers
         ]

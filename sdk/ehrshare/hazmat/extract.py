@@ -273,11 +273,13 @@ def open_partial_key(
     *,
     request: ExtractionRequest,
     reply_key: X25519KeyPair,
-    node_key: KGCNodePublicKey,
+    roster: Sequence[KGCNodePublicKey],
 ) -> PartialKey:
     """User side: check node j's signature and request binding, decrypt ``d_j``.
 
-    ``node_key`` is node ``response.index``'s registered public key (from the roster on chain).
+    ``roster`` is the KGC roster of the DKG (node j is ``roster[j-1]``, as in
+    :class:`~ehrshare.hazmat.dkg.DKGConfig`); the signature is checked under the key of the
+    index the response claims, so a node cannot answer in another node's name.
     Raises ``VerificationError`` for a bad signature or a response to another request,
     ``DecryptionError`` if the sealed key does not open, :class:`InvalidPartialKey` if what the
     node sealed is not a G2 point.
@@ -288,8 +290,12 @@ def open_partial_key(
         raise ValueError("reply_key is not the key this request was made with")
     if response.request_digest != request.digest():
         raise VerificationError(f"response from KGC node {response.index} answers another request")
+    if not 1 <= response.index <= len(roster):
+        raise VerificationError(
+            f"response names KGC node {response.index}; the roster has {len(roster)} nodes"
+        )
     try:
-        node_key.verify(response.signature, _signed(response._body()))
+        roster[response.index - 1].verify(response.signature, _signed(response._body()))
     except VerificationError as exc:
         raise VerificationError(f"response from KGC node {response.index}: {exc}") from None
     raw = open_sealed(
