@@ -11,8 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+from chaincode_world import BUNDLE, CAPSULE, FAR, NONCE, NONCE2, SHA, TYPE_KEY, World
 
-from conftest import BUNDLE, CAPSULE, FAR, NONCE, NONCE2, SHA, TYPE_KEY, World
 from ehrshare.ledger import EndorseError
 
 ROLES = (

@@ -7,8 +7,8 @@ import base64
 import json
 
 import pytest
+from chaincode_world import BUNDLE, CAPSULE, FAR, NONCE, NONCE2, SHA, T0, TYPE_KEY, World
 
-from conftest import BUNDLE, CAPSULE, FAR, NONCE, NONCE2, SHA, T0, TYPE_KEY, World
 from ehrshare.ledger import EndorseError
 from ehrshare.ledger.envelope import new_proposal, sign_proposal
 from ehrshare.ledger.sandbox import Member
