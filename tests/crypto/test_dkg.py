@@ -15,6 +15,7 @@ from ehrshare.hazmat.dkg import (
     DKGConfig,
     DKGNode,
     DKGResult,
+    EquivocationEvidence,
     InvalidNonce,
     InvalidSignature,
     JustificationBundle,
@@ -29,7 +30,7 @@ from ehrshare.hazmat.dkg import (
     parse_bundle,
     seal_share,
 )
-from ehrshare.hazmat.errors import DecryptionError
+from ehrshare.hazmat.errors import DecryptionError, VerificationError
 from ehrshare.hazmat.kgc_keys import KGCNodeKey
 from ehrshare.hazmat.pairing import G1, Scalar
 
@@ -562,3 +563,19 @@ def test_deadline_hook_waits_once_per_phase(keys16: list[KGCNodeKey]) -> None:
     assert waits == [0.25, 0.25]  # deal and response; no justification round was needed
     with pytest.raises(ValueError, match="≥ 0 seconds"):
         deadline_hook(-1)
+
+
+def test_equivocation_evidence_that_is_not_a_proof_is_refused(keys16: list[KGCNodeKey]) -> None:
+    keys = keys16[:4]
+    nodes = make_nodes(keys)
+    config = nodes[0].config
+    a, b = nodes[0].deals().to_bytes(), nodes[1].deals().to_bytes()
+    with pytest.raises(VerificationError, match="same bundle twice"):
+        EquivocationEvidence(BundleKind.DEAL, 1, a, a).verify(config)
+    with pytest.raises(VerificationError, match="from node 2, expected DEAL from node 1"):
+        EquivocationEvidence(BundleKind.DEAL, 1, a, b).verify(config)
+    other_session = DKGNode(
+        DKGConfig(config.participants, new_session_nonce(), config.threshold), keys[0]
+    )
+    with pytest.raises(InvalidNonce):
+        EquivocationEvidence(BundleKind.DEAL, 1, a, other_session.deals().to_bytes()).verify(config)
