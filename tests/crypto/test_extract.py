@@ -246,3 +246,24 @@ def test_verification_uses_the_public_polynomial_not_just_mpk(kgc: Consortium) -
     moved = PartialKey(2, p1.identity, p1.point)
     assert verify_partial_keys([moved], kgc.public).invalid == (2,)
     assert G1.generator() * kgc.results[2].share.value == kgc.public.evaluate(2)
+
+
+def test_open_with_an_explicit_node_key(kgc: Consortium) -> None:
+    request, reply = ExtractionRequest.create("patient:noor")
+    answer = kgc.answer(4, request)
+    partial = open_partial_key(
+        answer, request=request, reply_key=reply, node_key=kgc.keys[3].public_key
+    )
+    assert partial.index == 4
+    with pytest.raises(VerificationError, match="KGC node 4"):
+        open_partial_key(answer, request=request, reply_key=reply, node_key=kgc.keys[0].public_key)
+    with pytest.raises(TypeError, match="exactly one of roster= and node_key="):
+        open_partial_key(answer, request=request, reply_key=reply)
+    with pytest.raises(TypeError, match="exactly one"):
+        open_partial_key(
+            answer,
+            request=request,
+            reply_key=reply,
+            roster=kgc.roster,
+            node_key=kgc.keys[3].public_key,
+        )

@@ -273,13 +273,16 @@ def open_partial_key(
     *,
     request: ExtractionRequest,
     reply_key: X25519KeyPair,
-    roster: Sequence[KGCNodePublicKey],
+    roster: Sequence[KGCNodePublicKey] | None = None,
+    node_key: KGCNodePublicKey | None = None,
 ) -> PartialKey:
     """User side: check node j's signature and request binding, decrypt ``d_j``.
 
-    ``roster`` is the KGC roster of the DKG (node j is ``roster[j-1]``, as in
-    :class:`~ehrshare.hazmat.dkg.DKGConfig`); the signature is checked under the key of the
-    index the response claims, so a node cannot answer in another node's name.
+    Pass exactly one of ``roster`` — the KGC roster of the DKG (node j is ``roster[j-1]``, as
+    in :class:`~ehrshare.hazmat.dkg.DKGConfig`), preferred: the signature is then checked under
+    the key of the index the response claims, so a node cannot answer in another node's name —
+    or ``node_key``, the registered key of node ``response.index`` when the caller has already
+    looked it up (it must be that node's key, or blame lands on the wrong node).
     Raises ``VerificationError`` for a bad signature or a response to another request,
     ``DecryptionError`` if the sealed key does not open, :class:`InvalidPartialKey` if what the
     node sealed is not a G2 point.
@@ -290,12 +293,17 @@ def open_partial_key(
         raise ValueError("reply_key is not the key this request was made with")
     if response.request_digest != request.digest():
         raise VerificationError(f"response from KGC node {response.index} answers another request")
-    if not 1 <= response.index <= len(roster):
-        raise VerificationError(
-            f"response names KGC node {response.index}; the roster has {len(roster)} nodes"
-        )
+    if (roster is None) == (node_key is None):
+        raise TypeError("open_partial_key takes exactly one of roster= and node_key=")
+    if roster is not None:
+        if not 1 <= response.index <= len(roster):
+            raise VerificationError(
+                f"response names KGC node {response.index}; the roster has {len(roster)} nodes"
+            )
+        node_key = roster[response.index - 1]
+    assert node_key is not None
     try:
-        roster[response.index - 1].verify(response.signature, _signed(response._body()))
+        node_key.verify(response.signature, _signed(response._body()))
     except VerificationError as exc:
         raise VerificationError(f"response from KGC node {response.index}: {exc}") from None
     raw = open_sealed(
