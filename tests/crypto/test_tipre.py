@@ -319,3 +319,15 @@ def test_master_secret_round_trip(k: int) -> None:
     master = MasterSecret(Scalar.from_int(k))
     again = MasterSecret.from_secret_bytes(master.to_secret_bytes())
     assert again.public_key() == master.public_key()
+
+
+def test_editing_an_intermediate_layer_tag_makes_the_capsule_useless(
+    keys: Keyring, chain: list[VerifiedCapsule], message: GT
+) -> None:
+    # layer 1's recipient tag (BOB, an intermediate hop) is not checked by anyone directly;
+    # it is bound through H3, so an edited tag decrypts to garbage rather than being accepted
+    raw = bytearray(chain[2].to_bytes())
+    raw[34 + CAPSULE_LAYER_SIZE] ^= 0x01
+    edited = Capsule.from_bytes(bytes(raw)).verify(owner=ALICE, type_label=LAB)
+    assert decrypt(edited, keys.tsk[CAROL, LAB]) != message
+    assert decrypt(chain[2], keys.tsk[CAROL, LAB]) == message

@@ -7,7 +7,8 @@ herumi/mcl). It wraps pymcl's types in immutable classes that
   order-r subgroup — pymcl accepts trailing bytes and decodes all-zero bytes to the identity
   without complaint, and does not check GT membership at all);
 * hash with a domain-separation tag (pymcl's hash-to-curve takes none, so the tag and the data
-  are framed injectively into the message it hashes);
+  are framed injectively into the message it hashes; mcl's hashAndMapTo for BLS12-381 is, per
+  its documentation, the IETF hash_to_curve SSWU random-oracle suite with mcl's fixed DST);
 * serialise scalars big-endian (pymcl's ``Fr`` is little-endian) so the wire format does not
   depend on the library.
 

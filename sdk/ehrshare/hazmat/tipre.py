@@ -18,16 +18,19 @@ Scheme (see DESIGN.md §3)::
     TypeKey(sk_i, t)      h = H2(sk_i, t); T = h·mpk
     Enc(m, id_i, t)       k ←$ Zr*; U = k·P1; V = m·e(T, Q_i)^k          (= m·e(k·T, Q_i))
     Dec1(C, sk_i)         m = V / e(U, h·sk_i)                            (= V / e(U, sk_i)^h)
-    ReKeyGen(sk_i,t,id_j) X ←$ GT; K = H3(X) − h·sk_i; R = Enc(X, id_j, t)
+    ReKeyGen(sk_i,t,id_j) X ←$ GT; K = H3(X, t, i, j) − h·sk_i; R = Enc(X, id_j, t)
     ReEnc(C, rk)          innermost layer: V ← V·e(U, K); append R as the new innermost layer
-    Dec(C, sk_j)          X = Dec1(innermost); for each outer layer: m = V / e(U, H3(X))
+    Dec(C, sk_j)          X = Dec1(innermost); for each outer layer: m = V / e(U, H3(X, …))
 
 Deviation from DESIGN.md, on purpose: H3(X) = H3'(X)·P2 with H3' a hash to Zr, instead of a hash
 onto G2. Hash-to-G2 costs half a pairing in mcl; with a scalar the per-hop decryption is
 e(H3'(X)·U, P2) — one G1 multiplication and one pairing. CPA security is unchanged in the
 random-oracle model for H3': the mask e(U, P2)^{H3'(X)} is uniform while X is hidden (by the
 CPA security of R), and the proxy's K = H3'(X)·P2 − h·sk_i is uniform in G2 for the same reason.
-Proxy + delegatee still learn h·sk_i (the type key), exactly as with a hash onto G2.
+Proxy + delegatee still learn h·sk_i (the type key), exactly as with a hash onto G2. H3 also
+hashes the type tag and the delegator's and delegatee's identity tags (DESIGN.md hashes X
+alone), so that the tags carried in clear in every layer are bound: editing one makes the
+capsule decrypt to garbage, which the AES-GCM layer rejects.
 
 Optimisations, each an identity of the pairing: e(k·T, Q) = e(T, Q)^k with e(T, Q) cached per
 recipient type key; e(U, sk)^h = e(U, h·sk) with h·sk cached per type secret.
@@ -139,8 +142,10 @@ def _h2(sk: G2, ttag: bytes) -> Scalar:
     return Scalar.hash(_DST_H2, sk.to_bytes(), ttag)
 
 
-def _h3(x: GT) -> Scalar:
-    return Scalar.hash(_DST_H3, x.to_bytes())
+def _h3(x: GT, ttag: bytes, delegator_tag: bytes, delegatee_tag: bytes) -> Scalar:
+    # Binding the type and both identity tags means a capsule whose tags were edited in transit
+    # decrypts to garbage (caught by AES-GCM) instead of being silently accepted.
+    return Scalar.hash(_DST_H3, x.to_bytes(), ttag, delegator_tag, delegatee_tag)
 
 
 def _check_version(what: str, b: bytes) -> None:
@@ -654,7 +659,8 @@ def generate_rekey(
             f"receiving key is for another record type than {delegating_sk.type_label!r}"
         )
     x = GT.random(rng)
-    k = _h3(x) * G2.generator() - delegating_sk._d
+    h3 = _h3(x, delegating_sk.type_tag, delegating_sk.identity_tag, receiving_pk.owner_tag)
+    k = h3 * G2.generator() - delegating_sk._d
     r = _encrypt_layer(x, receiving_pk, rng)
     return VerifiedReKey(
         delegating_sk.type_tag,
@@ -703,9 +709,12 @@ def decrypt(capsule: VerifiedCapsule, receiving_sk: TypeSecretKey) -> GT:
         raise WrongIdentityError(
             f"capsule is not addressed to {receiving_sk.identity!r} at its current hop"
         )
+    # V / e(A, B) is computed as V · e(−A, B): negating in G1 is cheaper than inverting in GT.
     inner = capsule.layers[-1]
-    x = inner.v / pair(inner.u, receiving_sk._d)
-    for layer in reversed(capsule.layers[:-1]):
+    x = inner.v * pair(-inner.u, receiving_sk._d)
+    layers = capsule.layers
+    for i in range(len(layers) - 2, -1, -1):
         # e(U, H3(X)) with H3(X) = H3'(X)·P2 is e(H3'(X)·U, P2): a G1 multiplication is cheaper
-        x = layer.v / pair(_h3(x) * layer.u, G2.generator())
+        h3 = _h3(x, capsule.type_tag, layers[i].recipient_tag, layers[i + 1].recipient_tag)
+        x = layers[i].v * pair(-h3 * layers[i].u, G2.generator())
     return x
