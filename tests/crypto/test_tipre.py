@@ -331,3 +331,37 @@ def test_editing_an_intermediate_layer_tag_makes_the_capsule_useless(
     edited = Capsule.from_bytes(bytes(raw)).verify(owner=ALICE, type_label=LAB)
     assert decrypt(edited, keys.tsk[CAROL, LAB]) != message
     assert decrypt(chain[2], keys.tsk[CAROL, LAB]) == message
+
+
+@settings(max_examples=10)
+@given(
+    pair_=st.sampled_from(list(itertools.permutations(IDENTITIES, 2))),
+    t=st.sampled_from(TYPES),
+)
+def test_rekey_round_trip(keys: Keyring, pair_: tuple[str, str], t: str) -> None:
+    src, dst = pair_
+    rekey = generate_rekey(keys.tsk[src, t], keys.tpk[dst, t])
+    raw = rekey.to_secret_bytes()
+    assert len(raw) == REKEY_SIZE
+    parsed = ReKey.from_secret_bytes(raw)
+    assert parsed.to_secret_bytes() == raw
+    verified = parsed.verify(delegator=src, delegatee=dst, type_label=t)
+    m = GT.random()
+    assert decrypt(reencrypt(encrypt(m, keys.tpk[src, t]), verified), keys.tsk[dst, t]) == m
+
+
+@settings(max_examples=15)
+@given(identity=st.text(min_size=1, max_size=40))
+def test_identity_secret_key_round_trip(keys: Keyring, identity: str) -> None:
+    sk = keys.master.extract(identity)
+    again = IdentitySecretKey.from_secret_bytes(sk.to_secret_bytes())
+    assert again.identity == identity
+    assert again.point == sk.point
+    again.check(keys.mpk)
+
+
+@settings(max_examples=15)
+@given(blob=st.binary(max_size=2 * CAPSULE_LAYER_SIZE + 40))
+def test_arbitrary_bytes_never_parse_into_a_capsule_by_accident(blob: bytes) -> None:
+    with pytest.raises(EncodingError):
+        Capsule.from_bytes(blob)

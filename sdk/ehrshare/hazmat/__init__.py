@@ -7,9 +7,11 @@ Scheme: MH-TIPRE — identity-based, type-conditional, multi-hop proxy re-encryp
 Properties: unidirectional, non-interactive, multi-hop (one G1+GT layer per hop), type-conditional
 (a re-key of one record type neither applies to nor decrypts another), IND-CPA only — the capsule
 is malleable; integrity of the payload comes from AES-GCM, not from the PRE.
-Setting: asymmetric (type-3) pairing e: G1×G2→GT on BLS12-381 (~128-bit security), via pymcl.
-Assumptions: co-BDH-type (decisional/computational bilinear Diffie–Hellman in the type-3 setting)
-in the random-oracle model for H1, H2, H3 and the KDF.
+Setting: asymmetric (type-3) pairing e: G1×G2→GT on BLS12-381 (~128-bit security), via pymcl;
+mpk = s·P1 ∈ G1, Q_id = H1(id) ∈ G2, sk_id = s·Q_id ∈ G2.
+Assumptions: co-BDH-type (bilinear Diffie–Hellman in the type-3 setting) in the random-oracle
+model for H1, H2, H3 and the KDF; H3 maps to a scalar times P2 rather than onto G2 (one pairing
+per hop; argued in :mod:`ehrshare.hazmat.tipre`).
 References: Ibraimi, Tang, Hartel, Jonker, "A type-and-identity-based proxy re-encryption scheme
 and its application in healthcare" (SDM 2008); Green, Ateniese, "Identity-based proxy
 re-encryption" (ACNS 2007, IBP1 multi-use); Hoang, Rogaway, Reyhanitabar, Vizár, "Online
