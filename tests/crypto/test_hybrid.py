@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -326,3 +327,35 @@ def test_file_round_trip_and_no_partial_output_on_failure(keys: Keyring, tmp_pat
         crypto.decrypt_file(sealed, failed, record_id="img-1", **args)  # type: ignore[arg-type]
     assert not failed.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.dcm", "scan.dcm", "scan.sealed"]
+
+
+def test_a_large_record_streams_in_bounded_memory() -> None:
+    class Sink:
+        def __init__(self) -> None:
+            self.size = 0
+
+        def write(self, b: bytes, /) -> int:
+            self.size += len(b)
+            return len(b)
+
+    data = bytes(32 << 20)
+    sealed = io.BytesIO()
+    encrypt_stream(data, sealed, key=KEY, context=CTX)  # default 1 MiB chunks
+    raw = sealed.getvalue()
+    del sealed
+    tracemalloc.start()
+    try:
+        sink = Sink()
+        encrypt_stream(data, sink, key=KEY, context=CTX)
+        enc_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        plain = Sink()
+        decrypt_stream(io.BytesIO(raw), plain, key=KEY, context=CTX)
+        dec_peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sink.size == len(raw)
+    assert plain.size == len(data)
+    # a few chunks at a time, never a copy of the 32 MiB record
+    assert enc_peak < 6 << 20
+    assert dec_peak < 6 << 20

@@ -22,6 +22,7 @@ This module must not log keys, m or plaintext, nor distinguish decryption failur
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -192,7 +193,8 @@ def encrypt_stream(
         )
     reader: Readable
     if isinstance(src, bytes | bytearray | memoryview):
-        reader = _IterReader([bytes(src)])
+        # BytesIO over bytes shares the buffer; chunks are copied out one at a time
+        reader = io.BytesIO(src)
     elif hasattr(src, "read"):
         reader = src  # type: ignore[assignment]
     else:
