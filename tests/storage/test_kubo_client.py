@@ -2,7 +2,7 @@
 
 A mock transport stands in for the daemon here only to produce answers a healthy Kubo never
 gives (altered bytes, a wrong CID, a gateway instead of the RPC); the real daemon is exercised in
-test_kubo.py.
+test_kubo_integration.py.
 """
 
 from __future__ import annotations
