@@ -9,7 +9,11 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import socket
+import subprocess
+import sys
+import time
 import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -224,3 +228,31 @@ def test_upload_and_read_stream_without_holding_the_content(kubo_store: KuboStor
         tracemalloc.stop()
     assert total == size
     assert peak < 4 * 1024 * 1024, f"peak {peak} bytes while moving {size}"
+
+
+def test_die_with_parent_stops_the_daemon_when_its_starter_dies(
+    kubo_binary: Path, tmp_path: Path, pid_alive: Callable[[int], bool]
+) -> None:
+    script = (
+        "import os, sys\n"
+        "from pathlib import Path\n"
+        "from ehrshare.network.kubo import KuboDaemon\n"
+        "d = KuboDaemon(sys.argv[1], binary=Path(sys.argv[2]), die_with_parent=True).start()\n"
+        "print(d.pid, flush=True)\n"
+        "os._exit(0)  # no stop(): the kernel must take the daemon down\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "orphan"), str(kubo_binary)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    pid = int(done.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    alive = pid_alive(pid)
+    if alive:  # never leave it behind, even when the assertion fails
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"orphaned kubo daemon pid {pid} survived its parent"
