@@ -1,0 +1,671 @@
+"""The KGC node service: one hospital's share of the key generation centre.
+
+A :class:`KgcNode` holds its DKG share sealed at rest in its state directory (see
+:mod:`ehrshare.services.vault` for why and how), takes part in DKG sessions through the chaincode
+board (:class:`LedgerBoard` implements :class:`ehrshare.hazmat.board.Board` over the contract's
+PostDKGBundle / GetDKGBundles, and the node publishes mpk with PublishDKGResult), and answers
+extraction requests: only for identities registered on chain (GetIdentity), only to the identity
+itself when the caller is authenticated, rate-limited per requester (token bucket, injectable
+clock), each partial key sealed to the requester's one-time reply key and signed, and each
+extraction logged (who, for which identity, which node, the outcome — never key material).
+
+The user side, :func:`extract_identity_key`, asks τ of n nodes through any :class:`KgcClient`
+(in-process here, gRPC in :mod:`ehrshare.services.rpc`), tolerates nodes that are down, names and
+excludes nodes whose partial key fails the pairing check, and asks further nodes until τ shares
+verify.
+
+What this module must not do: log or raise with a share, a partial key or a reply key; trust a
+requester field when an authenticated caller is given; answer before the share is loaded and the
+identity checked on chain; write the share anywhere but through the vault.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Final, Protocol, runtime_checkable
+
+from ehrshare.hazmat.board import Board
+from ehrshare.hazmat.dkg import (
+    NONCE_SIZE,
+    BundleKind,
+    DKGConfig,
+    DKGError,
+    DKGNode,
+    DKGResult,
+    Phase,
+    PublicPolynomial,
+    parse_bundle,
+)
+from ehrshare.hazmat.errors import DecryptionError, EncodingError, VerificationError
+from ehrshare.hazmat.extract import (
+    ExtractionRequest,
+    InvalidPartialKey,
+    NotEnoughPartialKeys,
+    PartialKey,
+    combine_partial_keys,
+    extract_partial_key,
+    open_partial_key,
+    verify_partial_keys,
+)
+from ehrshare.hazmat.kgc_keys import KGCNodeKey, KGCNodePublicKey, X25519KeyPair
+from ehrshare.hazmat.pairing import G1, RngFn
+from ehrshare.hazmat.tipre import IdentitySecretKey, MasterPublicKey
+from ehrshare.ledger.api import Contract
+from ehrshare.ledger.errors import LedgerError
+from ehrshare.services.ratelimit import TokenBucketLimiter
+from ehrshare.services.vault import atomic_write, open_sealed_file, write_sealed_file
+
+__all__ = [
+    "BUNDLE_FORMAT_VERSION",
+    "BadRequest",
+    "DkgParticipation",
+    "ExtractionFailed",
+    "ExtractionOutcome",
+    "IdentityNotRegistered",
+    "InProcessKgcClient",
+    "KgcClient",
+    "KgcError",
+    "KgcNode",
+    "KgcUnavailable",
+    "LedgerBoard",
+    "NoShare",
+    "NotAuthorised",
+    "RateLimited",
+    "extract_identity_key",
+    "public_polynomial_from_chain",
+    "run_local_dkg",
+    "wait_for_bundles",
+]
+
+_log = logging.getLogger(__name__)
+
+BUNDLE_FORMAT_VERSION: Final = 1
+_PHASE_NAMES: Final = {
+    BundleKind.DEAL: "deal",
+    BundleKind.RESPONSE: "response",
+    BundleKind.JUSTIFICATION: "justification",
+}
+_CURRENT_FILE: Final = "current-session"
+_NOT_REGISTERED_MARK: Final = "is not registered"
+
+
+# ---------------------------------------------------------------------------------------------
+# errors (the gRPC layer maps each class to a status code and back)
+
+
+class KgcError(Exception):
+    """Base class of KGC service errors; messages name the object and never hold secrets."""
+
+
+class BadRequest(KgcError):
+    """The extraction request bytes do not parse."""
+
+
+class NotAuthorised(KgcError):
+    """The authenticated caller may not ask for this identity's key."""
+
+
+class IdentityNotRegistered(KgcError):
+    """The identity is not registered on chain: no key is extracted for it."""
+
+
+class RateLimited(KgcError):
+    """The requester used up its extraction budget; retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: float = 0.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class NoShare(KgcError):
+    """The node holds no DKG share yet (no finished session)."""
+
+
+class KgcUnavailable(KgcError):
+    """The node could not be reached or did not answer (client side)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# the chaincode as DKG board
+
+
+class LedgerBoard:
+    """A :class:`~ehrshare.hazmat.board.Board` over the chaincode's DKG functions.
+
+    Each KGC node posts with its own contract handle (the chaincode names the poster from the
+    client certificate and refuses a second bundle per poster and phase, so equivocation on
+    chain is impossible rather than merely provable). Reading returns every poster's bundle.
+    """
+
+    def __init__(self, contract: Contract) -> None:
+        self._contract = contract
+
+    def post(self, session: bytes, phase: BundleKind, bundle: bytes) -> None:
+        """Submit PostDKGBundle; returns once the transaction committed."""
+        if len(session) != NONCE_SIZE:
+            raise ValueError(f"session nonce must be {NONCE_SIZE} bytes, got {len(session)}")
+        if not isinstance(bundle, bytes) or not bundle:
+            raise ValueError("bundle must be non-empty bytes")
+        self._contract.submit_transaction(
+            "PostDKGBundle",
+            session.hex(),
+            _PHASE_NAMES[BundleKind(phase)],
+            base64.b64encode(bundle).decode("ascii"),
+            str(BUNDLE_FORMAT_VERSION),
+        )
+
+    def posted(self, session: bytes, phase: BundleKind) -> list[tuple[str, bytes]]:
+        """(poster identity, bundle bytes) for every bundle of the phase."""
+        raw = self._contract.evaluate_transaction(
+            "GetDKGBundles", session.hex(), _PHASE_NAMES[BundleKind(phase)]
+        )
+        rows = json.loads(raw)
+        out: list[tuple[str, bytes]] = []
+        for row in rows:
+            if int(row.get("format_version", 0)) != BUNDLE_FORMAT_VERSION:
+                _log.warning("skipping dkg bundle of %s: unknown format version", row.get("poster"))
+                continue
+            out.append((str(row["poster"]), base64.b64decode(row["bundle"])))
+        return out
+
+    def read(self, session: bytes, phase: BundleKind) -> list[bytes]:
+        """Every bundle of the phase (the nodes check signatures and de-duplicate)."""
+        return [bundle for _, bundle in self.posted(session, phase)]
+
+
+def wait_for_bundles(
+    board: Board,
+    session: bytes,
+    phase: BundleKind,
+    expected: int,
+    *,
+    timeout: float,
+    poll: float = 0.2,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> int:
+    """Wait until ``expected`` bundles of a phase are on the board or ``timeout`` passes.
+
+    The phase closes either way (the "phaser" of a deployment): whatever is on the board then is
+    what counts, and missing nodes are treated as absent. Returns how many bundles were there.
+    """
+    deadline = clock() + timeout
+    while True:
+        count = len(board.read(session, phase))
+        if count >= expected or clock() >= deadline:
+            return count
+        sleep(poll)
+
+
+# ---------------------------------------------------------------------------------------------
+# the node
+
+
+class KgcNode:
+    """One hospital's KGC node: holds its DKG share (sealed at rest in ``state_dir``), takes part
+    in DKG sessions through the chaincode board, answers extraction requests only for identities
+    registered on chain, seals each partial key to the requester, rate-limits and logs every
+    extraction.
+
+    ``contract`` is the ledger contract called with the node's own (role ``kgc``) identity.
+    ``clock`` drives the rate limiter only (seconds, monotonic).
+    """
+
+    def __init__(
+        self,
+        *,
+        index: int,
+        node_key: KGCNodeKey,
+        state_dir: Path,
+        contract: Contract,
+        rate_limit_per_minute: int = 60,
+        clock: Callable[[], float] = time.monotonic,
+        rng: RngFn | None = None,
+    ) -> None:
+        if index < 1:
+            raise ValueError(f"KGC node index must be at least 1, got {index}")
+        self.index = index
+        self._key = node_key
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._contract = contract
+        self._limiter = TokenBucketLimiter(rate_limit_per_minute, period=60.0, clock=clock)
+        self._rng = rng
+        self._lock = threading.Lock()
+        self._result: DKGResult | None = None
+        self._load_current()
+
+    def __repr__(self) -> str:
+        return f"KgcNode(index={self.index}, key={self._key.public_key.fingerprint()})"
+
+    # --- state --------------------------------------------------------------------------------
+
+    @property
+    def public_key(self) -> KGCNodePublicKey:
+        """The node's long-term public keys (its roster entry)."""
+        return self._key.public_key
+
+    @property
+    def contract(self) -> Contract:
+        """The contract handle with the node's identity (for :class:`LedgerBoard`)."""
+        return self._contract
+
+    @property
+    def public_polynomial(self) -> PublicPolynomial | None:
+        """The public polynomial of the session whose share the node holds (None before a DKG)."""
+        result = self._result
+        return None if result is None else result.public
+
+    def _share_path(self, nonce: bytes) -> Path:
+        return self.state_dir / f"dkg-{nonce.hex()}.sealed"
+
+    @staticmethod
+    def _purpose(nonce: bytes, index: int) -> str:
+        return f"kgc/dkg-result/{nonce.hex()}/{index}"
+
+    def _load_current(self) -> None:
+        pointer = self.state_dir / _CURRENT_FILE
+        if not pointer.exists():
+            return
+        nonce = bytes.fromhex(pointer.read_text(encoding="ascii").strip())
+        path = self._share_path(nonce)
+        try:
+            raw = open_sealed_file(path, self._key.encryption_key, self._purpose(nonce, self.index))
+        except DecryptionError:
+            raise KgcError(
+                f"the sealed DKG share in {path} does not open with this node key "
+                "(wrong key file, or the file was altered)"
+            ) from None
+        result = DKGResult.from_secret_bytes(raw)
+        if result.index != self.index:
+            raise KgcError(
+                f"the DKG share in {path} belongs to node {result.index}, not node {self.index}"
+            )
+        self._result = result
+        _log.info("kgc node %d: loaded the share of session %s", self.index, nonce.hex()[:16])
+
+    def _store_result(self, result: DKGResult) -> None:
+        write_sealed_file(
+            self._share_path(result.nonce),
+            self._key.encryption_key,
+            self._purpose(result.nonce, result.index),
+            result.to_secret_bytes(),
+        )
+        # The pointer is public (a session nonce); written after the share so a crash in between
+        # leaves the previous session current.
+        atomic_write(self.state_dir / _CURRENT_FILE, result.nonce.hex().encode("ascii"))
+        with self._lock:
+            self._result = result
+
+    # --- DKG ----------------------------------------------------------------------------------
+
+    def dkg_session(self, config: DKGConfig, board: Board | None = None) -> DkgParticipation:
+        """This node's participation in one DKG session (phase by phase, for a driver)."""
+        return DkgParticipation(self, config, board or LedgerBoard(self._contract))
+
+    def run_dkg(
+        self,
+        config: DKGConfig,
+        *,
+        phase_timeout: float = 30.0,
+        board: Board | None = None,
+    ) -> DKGResult:
+        """Take part in a whole session on its own (other nodes run in other processes).
+
+        Each phase closes when all n bundles are on the board or after ``phase_timeout``.
+        """
+        session = self.dkg_session(config, board)
+        session.post_deal()
+        wait_for_bundles(
+            session.board, config.nonce, BundleKind.DEAL, config.n, timeout=phase_timeout
+        )
+        session.post_response()
+        wait_for_bundles(
+            session.board, config.nonce, BundleKind.RESPONSE, config.n, timeout=phase_timeout
+        )
+        if session.post_justification():
+            # Only dealers that were complained about post; no count to wait for.
+            time.sleep(min(phase_timeout, 2.0))
+        return session.finish()
+
+    # --- extraction ---------------------------------------------------------------------------
+
+    def extract(self, request_bytes: bytes, *, requester: str | None = None) -> bytes:
+        """Answer one extraction request with a sealed, signed partial key (response bytes).
+
+        ``requester`` is the authenticated caller's identity (the gRPC layer takes it from the
+        client certificate); it must be the identity whose key is asked for. In-process callers
+        that authenticated the user themselves may leave it None.
+        """
+        try:
+            request = ExtractionRequest.from_bytes(request_bytes)
+        except EncodingError as exc:
+            raise BadRequest(f"extraction request: {exc}") from None
+        who = requester if requester is not None else request.identity
+        if requester is not None and requester != request.identity:
+            self._audit(request.identity, who, "refused: not the owner")
+            raise NotAuthorised(
+                f"identity {requester} may not extract the key of {request.identity}"
+            )
+        if not self._limiter.try_acquire(who):
+            wait = self._limiter.retry_after(who)
+            self._audit(request.identity, who, "refused: rate limit")
+            raise RateLimited(
+                f"identity {who} exceeded {self._limiter.capacity} extractions per minute at "
+                f"KGC node {self.index}; retry in {wait:.1f} s",
+                retry_after=wait,
+            )
+        self._check_registered(request.identity, who)
+        with self._lock:
+            result = self._result
+        if result is None:
+            self._audit(request.identity, who, "refused: no share")
+            raise NoShare(f"KGC node {self.index} holds no DKG share yet")
+        response = extract_partial_key(result.share, self._key, request, rng=self._rng)
+        self._audit(request.identity, who, "ok", result.nonce)
+        return response.to_bytes()
+
+    def _check_registered(self, identity: str, who: str) -> None:
+        try:
+            self._contract.evaluate_transaction("GetIdentity", identity)
+        except LedgerError as exc:
+            if _NOT_REGISTERED_MARK in exc.message or "is not of the form" in exc.message:
+                self._audit(identity, who, "refused: not registered")
+                raise IdentityNotRegistered(
+                    f"identity {identity} is not registered on chain; KGC node {self.index} "
+                    "extracts keys only for registered identities"
+                ) from None
+            self._audit(identity, who, "refused: ledger error")
+            raise KgcError(
+                f"KGC node {self.index} could not check identity {identity} on chain: {exc}"
+            ) from None
+
+    def _audit(self, identity: str, who: str, outcome: str, nonce: bytes | None = None) -> None:
+        # One line per extraction attempt; the log record carries the time.
+        _log.info(
+            "extraction node=%d identity=%s requester=%s session=%s outcome=%s",
+            self.index,
+            identity,
+            who,
+            nonce.hex()[:16] if nonce is not None else "-",
+            outcome,
+        )
+
+
+@dataclass
+class DkgParticipation:
+    """One node's way through one DKG session, one board phase per call.
+
+    Call :meth:`post_deal`, then (once every node did) :meth:`post_response`, then
+    :meth:`post_justification`, then :meth:`finish`. :func:`run_local_dkg` drives several nodes
+    in lock step; :meth:`KgcNode.run_dkg` drives one node with phase deadlines.
+    """
+
+    node: KgcNode
+    config: DKGConfig
+    board: Board
+    _proto: DKGNode = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._proto = DKGNode(self.config, self.node._key, rng=self.node._rng)
+        if self._proto.index != self.node.index:
+            raise ValueError(
+                f"KGC node {self.node.index} is at position {self._proto.index} of the DKG roster"
+            )
+
+    @property
+    def session(self) -> bytes:
+        """The session nonce."""
+        return self.config.nonce
+
+    def post_deal(self) -> None:
+        """Deal: post commitments and the shares sealed to each node."""
+        self.board.post(self.session, BundleKind.DEAL, self._proto.deals().to_bytes())
+
+    def post_response(self) -> None:
+        """Read every deal, post this node's verdict on each dealer."""
+        response = self._proto.process_deals(self.board.read(self.session, BundleKind.DEAL))
+        self.board.post(self.session, BundleKind.RESPONSE, response.to_bytes())
+
+    def post_justification(self) -> bool:
+        """Read the responses; post a justification if this node was complained about.
+
+        Returns True when the session needs a justification phase (anyone complained).
+        """
+        justification = self._proto.process_responses(
+            self.board.read(self.session, BundleKind.RESPONSE)
+        )
+        if justification is not None:
+            self.board.post(self.session, BundleKind.JUSTIFICATION, justification.to_bytes())
+        return self._proto.phase is Phase.AWAITING_JUSTIFICATIONS
+
+    def finish(self) -> DKGResult:
+        """Finish, seal the share into the state directory, publish mpk on chain."""
+        if self._proto.phase is Phase.AWAITING_JUSTIFICATIONS:
+            self._proto.process_justifications(
+                self.board.read(self.session, BundleKind.JUSTIFICATION)
+            )
+        result = self._proto.result()
+        self.node._store_result(result)
+        if isinstance(self.board, LedgerBoard):
+            self._publish(result)
+        _log.info(
+            "kgc node %d finished dkg session %s: qual=%s",
+            self.node.index,
+            self.session.hex()[:16],
+            list(result.qual),
+        )
+        return result
+
+    def _publish(self, result: DKGResult) -> None:
+        assert isinstance(self.board, LedgerBoard)
+        posters: dict[int, str] = {}
+        for poster, raw in self.board.posted(self.session, BundleKind.DEAL):
+            try:
+                posters[parse_bundle(raw).sender] = poster
+            except (EncodingError, ValueError):
+                continue
+        missing = [j for j in result.qual if j not in posters]
+        if missing:
+            raise DKGError(f"no deal on chain names the poster of QUAL members {missing}")
+        self.node._contract.submit_transaction(
+            "PublishDKGResult",
+            self.session.hex(),
+            base64.b64encode(MasterPublicKey(result.public.mpk).to_bytes()).decode("ascii"),
+            json.dumps(
+                [base64.b64encode(c.to_bytes()).decode("ascii") for c in result.public.commitments]
+            ),
+            json.dumps(sorted(posters[j] for j in result.qual)),
+            str(BUNDLE_FORMAT_VERSION),
+        )
+
+
+def run_local_dkg(
+    nodes: Sequence[KgcNode],
+    *,
+    nonce: bytes,
+    threshold: int = 0,
+    boards: Sequence[Board] | None = None,
+) -> DKGResult:
+    """Run one DKG session among in-process KGC nodes, each posting with its own identity.
+
+    For the embedded backend, tests and demos. The roster is the nodes ordered by index (node j
+    must have index j). Returns node 1's result (all agree on the public part, or this raises).
+    """
+    ordered = sorted(nodes, key=lambda n: n.index)
+    if [n.index for n in ordered] != list(range(1, len(ordered) + 1)):
+        raise ValueError(f"KGC node indices must be 1..n, got {[n.index for n in ordered]}")
+    config = DKGConfig(tuple(n.public_key for n in ordered), nonce, threshold)
+    if boards is not None and len(boards) != len(ordered):
+        raise ValueError("give one board per node, or none")
+    sessions = [
+        n.dkg_session(config, None if boards is None else boards[i]) for i, n in enumerate(ordered)
+    ]
+    for s in sessions:
+        s.post_deal()
+    for s in sessions:
+        s.post_response()
+    for s in sessions:
+        s.post_justification()
+    results = [s.finish() for s in sessions]
+    if len({r.public.to_bytes() for r in results}) != 1:
+        raise DKGError("KGC nodes finished with different public polynomials")
+    return results[0]
+
+
+def public_polynomial_from_chain(result: dict[str, object]) -> PublicPolynomial:
+    """The public polynomial from a GetDKGResult answer (checks every point and that mpk=A_0).
+
+    On chain, ``mpk`` is a :class:`~ehrshare.hazmat.tipre.MasterPublicKey` encoding and each
+    ``public_poly`` entry a 48-byte compressed G1 commitment, all base64.
+    """
+    coefficients = result.get("public_poly")
+    if not isinstance(coefficients, list) or not coefficients:
+        raise EncodingError("dkg result has no public polynomial")
+    points = tuple(G1.from_bytes(base64.b64decode(str(c), validate=True)) for c in coefficients)
+    public = PublicPolynomial(points)
+    mpk = MasterPublicKey.from_bytes(base64.b64decode(str(result.get("mpk", "")), validate=True))
+    if mpk.point != public.mpk:
+        raise EncodingError("dkg result mpk is not the polynomial's constant term")
+    return public
+
+
+# ---------------------------------------------------------------------------------------------
+# the user side
+
+
+@runtime_checkable
+class KgcClient(Protocol):
+    """How a user reaches one KGC node: in-process (:class:`InProcessKgcClient`) or gRPC."""
+
+    index: int
+
+    def extract(self, request_bytes: bytes, *, timeout: float = 10.0) -> bytes:
+        """Send an extraction request; returns the node's response bytes or raises KgcError."""
+        ...
+
+
+class InProcessKgcClient:
+    """A :class:`KgcClient` that calls a :class:`KgcNode` directly (embedded backend).
+
+    ``requester`` is the identity the application authenticated (its own enrolled identity);
+    the node refuses requests for any other identity.
+    """
+
+    def __init__(self, node: KgcNode, *, requester: str) -> None:
+        self._node = node
+        self.index = node.index
+        self.requester = requester
+
+    def extract(self, request_bytes: bytes, *, timeout: float = 10.0) -> bytes:
+        """Call the node (``timeout`` is accepted for protocol compatibility)."""
+        del timeout
+        return self._node.extract(request_bytes, requester=self.requester)
+
+
+class ExtractionFailed(NotEnoughPartialKeys, KgcError):
+    """Fewer than τ KGC nodes gave a valid partial key; names the unreachable and bad nodes."""
+
+    def __init__(
+        self, have: int, need: int, invalid: Sequence[int], unavailable: dict[int, str]
+    ) -> None:
+        super().__init__(have, need, invalid)
+        self.unavailable = dict(unavailable)
+        down = "; ".join(f"node {j}: {why}" for j, why in sorted(unavailable.items()))
+        message = f"{self.args[0]}" + (f"; unavailable: {down}" if down else "")
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
+class ExtractionOutcome:
+    """The user's key, and which nodes were skipped (to report them to the consortium)."""
+
+    secret_key: IdentitySecretKey
+    invalid: tuple[int, ...]
+    unavailable: dict[int, str]
+
+
+def extract_identity_key(
+    clients: Sequence[KgcClient],
+    identity: str,
+    *,
+    public: PublicPolynomial,
+    roster: Sequence[KGCNodePublicKey],
+    timeout: float = 10.0,
+    rng: RngFn | None = None,
+) -> ExtractionOutcome:
+    """Get ``sk_id`` from τ of the KGC nodes behind ``clients`` (asked in the given order).
+
+    A node that cannot be reached or refuses is skipped and reported; a node whose answer does
+    not open, is signed by another node, or fails the pairing check is named in ``invalid`` and
+    never combined. Raises :class:`ExtractionFailed` when fewer than τ valid shares came back.
+    """
+    need = public.threshold
+    request, reply = ExtractionRequest.create(identity, rng)
+    raw_request = request.to_bytes()
+    verified: list[PartialKey] = []
+    invalid: list[int] = []
+    unavailable: dict[int, str] = {}
+    pending = list(clients)
+    while len(verified) < need and pending:
+        batch: list[PartialKey] = []
+        while pending and len(verified) + len(batch) < need:
+            client = pending.pop(0)
+            partial = _ask(client, raw_request, request, reply, roster, timeout, invalid)
+            if isinstance(partial, str):
+                unavailable[client.index] = partial
+            elif partial is not None:
+                batch.append(partial)
+        check = verify_partial_keys(batch, public, rng=rng)
+        invalid.extend(check.invalid)
+        good = {v.index for v in check.verified}
+        verified.extend(p for p in batch if p.index in good)
+    if len(verified) < need:
+        raise ExtractionFailed(len(verified), need, invalid, unavailable)
+    final = verify_partial_keys(verified, public, rng=rng)
+    key = combine_partial_keys(final.verified, public)
+    if invalid or unavailable:
+        _log.warning(
+            "extraction of %s: invalid shares from nodes %s, unavailable nodes %s",
+            identity,
+            sorted(invalid),
+            sorted(unavailable),
+        )
+    return ExtractionOutcome(key, tuple(sorted(invalid)), unavailable)
+
+
+def _ask(
+    client: KgcClient,
+    raw_request: bytes,
+    request: ExtractionRequest,
+    reply: X25519KeyPair,
+    roster: Sequence[KGCNodePublicKey],
+    timeout: float,
+    invalid: list[int],
+) -> PartialKey | str | None:
+    """One node's partial key; a str says why the node is unavailable; None means invalid."""
+    try:
+        answer = client.extract(raw_request, timeout=timeout)
+    except KgcError as exc:
+        return str(exc)
+    try:
+        partial = open_partial_key(answer, request=request, reply_key=reply, roster=roster)
+    except (VerificationError, DecryptionError, EncodingError, InvalidPartialKey) as exc:
+        _log.warning("KGC node %d sent an unusable answer: %s", client.index, exc)
+        invalid.append(client.index)
+        return None
+    if partial.index != client.index:
+        _log.warning("KGC node %d answered as node %d", client.index, partial.index)
+        invalid.append(client.index)
+        return None
+    return partial

@@ -1,0 +1,637 @@
+"""The re-encryption proxy service: holds re-keys, re-encrypts capsules after committed approvals.
+
+A :class:`ReencryptionProxy` receives re-encryption keys sealed to its X25519 key
+(:func:`seal_rekey` on the patient's or forwarding grantee's side), checks each against its grant
+on chain (GetGrant: the grantor, grantee and type the re-key must carry), and stores it re-sealed
+at rest in an SQLite database in its state directory (see :mod:`ehrshare.services.vault`).
+
+It re-encrypts a record's capsule only after the chaincode confirms a **committed** access
+approval for exactly that record, requester and grant (CheckApproval), and only once per approval:
+the approval id is written to the database (a committed SQLite transaction, ``synchronous=FULL``)
+*before* the capsule leaves, so a restart at any point never releases a capsule twice without a
+new approval — at worst the requester must request access again. Each re-encryption is reported
+to the operation log (ReportReencryption).
+
+Multi-hop: a forwarded grant (``parent_grant_id`` on chain) has its re-key at the same proxy as
+its parent; the proxy applies the whole chain root first (owner→B on the owner's layer, then B→C
+on the innermost layer), so the capsule reaches C with one layer per hop.
+
+Revocation: :meth:`ReencryptionProxy.revoke` deletes a grant's re-key and those of every grant
+forwarded from it; :class:`RevocationFollower` does so for every RevokeAccess chaincode event,
+resuming from a checkpoint kept in the same database.
+
+What this module must not do: log or raise with a re-key or capsule bytes; take the requester
+from anywhere but the authenticated caller when one is given; return a capsule before the
+approval is recorded as consumed; store a re-key unsealed.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Final, Protocol, runtime_checkable
+
+from ehrshare.hazmat.errors import DecryptionError, EncodingError
+from ehrshare.hazmat.kgc_keys import X25519KeyPair, open_sealed, seal
+from ehrshare.hazmat.tipre import Capsule, ReKey, VerifiedCapsule, reencrypt
+from ehrshare.ledger.api import ChaincodeEvent, Contract, Network
+from ehrshare.ledger.errors import LedgerError
+from ehrshare.services.vault import open_state, seal_state
+
+__all__ = [
+    "ApprovalConsumed",
+    "ApprovalRefused",
+    "InProcessProxyClient",
+    "InvalidReKey",
+    "NoReKey",
+    "NotAuthorised",
+    "ProxyClient",
+    "ProxyError",
+    "ProxyUnavailable",
+    "ReencryptionProxy",
+    "RevocationFollower",
+    "rekey_delivery_aad",
+    "seal_rekey",
+]
+
+_log = logging.getLogger(__name__)
+
+_DELIVERY_DST: Final = b"ehrshare/v1/proxy/rekey-delivery/"
+_DB_NAME: Final = "proxy.db"
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS rekeys (
+    grant_id TEXT PRIMARY KEY,
+    parent_grant_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    grantor TEXT NOT NULL,
+    grantee TEXT NOT NULL,
+    type TEXT NOT NULL,
+    sealed BLOB NOT NULL,
+    stored_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS rekeys_parent ON rekeys (parent_grant_id);
+CREATE INDEX IF NOT EXISTS rekeys_grantee ON rekeys (grantee);
+CREATE TABLE IF NOT EXISTS consumed (
+    approval_id TEXT PRIMARY KEY,
+    record_id TEXT NOT NULL,
+    requester TEXT NOT NULL,
+    grant_id TEXT NOT NULL,
+    consumed_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# errors (the gRPC layer maps each class to a status code and back)
+
+
+class ProxyError(Exception):
+    """Base class of proxy errors; messages name the object and never hold key material."""
+
+
+class NotAuthorised(ProxyError):
+    """The authenticated caller may not do this (store another's re-key, act for another)."""
+
+
+class ApprovalRefused(ProxyError):
+    """No committed approval for exactly this record, requester, grant and approval id."""
+
+
+class ApprovalConsumed(ProxyError):
+    """This approval was already used for a re-encryption; request access again."""
+
+
+class NoReKey(ProxyError):
+    """The proxy holds no re-key for the grant (never delivered, or deleted on revocation)."""
+
+
+class InvalidReKey(ProxyError):
+    """A delivered re-key does not open or does not match its grant on chain."""
+
+
+class ProxyUnavailable(ProxyError):
+    """The proxy could not be reached or did not answer (client side)."""
+
+
+def rekey_delivery_aad(grant_id: str) -> bytes:
+    """Associated data binding a sealed re-key to its grant (it cannot be replayed for another)."""
+    return _DELIVERY_DST + grant_id.encode("utf-8")
+
+
+def seal_rekey(proxy_public: bytes, grant_id: str, rekey: ReKey) -> bytes:
+    """Grantor side: seal a re-key to the proxy's X25519 public key for ``grant_id``."""
+    return seal(proxy_public, rekey.to_secret_bytes(), aad=rekey_delivery_aad(grant_id))
+
+
+def _chain_reason(exc: LedgerError) -> str:
+    return exc.message
+
+
+class ReencryptionProxy:
+    """Receives re-keys sealed to it, stores them encrypted at rest, re-encrypts only after
+    verifying a committed approval (chaincode CheckApproval) for exactly that record, requester
+    and grant, reports the re-encryption (chaincode ReportReencryption), deletes re-keys on
+    revocation. Restart-safe.
+
+    ``contract`` is called with the proxy's own (role ``proxy``) identity; ``key`` is the
+    proxy's long-term X25519 key (loaded from a key file kept outside ``state_dir``).
+    """
+
+    def __init__(
+        self,
+        *,
+        state_dir: Path,
+        contract: Contract,
+        key: X25519KeyPair,
+        name: str = "proxy",
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.name = name
+        self._contract = contract
+        self._key = key
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(
+            self.state_dir / _DB_NAME, isolation_level=None, check_same_thread=False, timeout=30
+        )
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a consumed approval is on disk when the transaction returns (restart safety).
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+        (self.state_dir / _DB_NAME).chmod(0o600)
+
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._db.close()
+
+    def __enter__(self) -> ReencryptionProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"ReencryptionProxy(name={self.name!r}, state_dir={str(self.state_dir)!r})"
+
+    # --- keys ---------------------------------------------------------------------------------
+
+    def public_key(self) -> bytes:
+        """The X25519 public key grantors seal re-keys to (:func:`seal_rekey`)."""
+        return self._key.public_bytes
+
+    def _grant(self, grant_id: str) -> dict[str, Any]:
+        try:
+            raw = self._contract.evaluate_transaction("GetGrant", grant_id)
+        except LedgerError as exc:
+            raise NoReKey(f"grant {grant_id}: {_chain_reason(exc)}") from None
+        grant: dict[str, Any] = json.loads(raw)
+        return grant
+
+    def holds(self, grant_id: str) -> bool:
+        """True when a re-key for ``grant_id`` is stored here."""
+        with self._lock:
+            row = self._db.execute("SELECT 1 FROM rekeys WHERE grant_id = ?", (grant_id,))
+            return row.fetchone() is not None
+
+    def store_rekey(self, grant_id: str, sealed_rekey: bytes, *, caller: str | None = None) -> None:
+        """Accept a re-key sealed to this proxy for an active grant on chain.
+
+        ``caller`` (the authenticated client, when there is one) must be the grant's grantor.
+        The re-key must go from the grantor to the grantee for the grant's type; a forwarded
+        grant's parent re-key must already be held here.
+        """
+        grant = self._grant(grant_id)
+        if grant["state"] != "active":
+            raise InvalidReKey(f"grant {grant_id} is {grant['state']}; no re-key is accepted")
+        if caller is not None and caller != grant["grantor"]:
+            raise NotAuthorised(f"identity {caller} is not the grantor of grant {grant_id}")
+        parent = str(grant.get("parent_grant_id") or "")
+        if parent and not self.holds(parent):
+            raise NoReKey(
+                f"grant {grant_id} forwards grant {parent}, whose re-key is not held by this "
+                "proxy; a forwarded grant's re-key goes to the proxy of its parent grant"
+            )
+        try:
+            raw = open_sealed(self._key, sealed_rekey, aad=rekey_delivery_aad(grant_id))
+        except DecryptionError:
+            raise InvalidReKey(
+                f"the re-key for grant {grant_id} does not open with this proxy's key"
+            ) from None
+        try:
+            ReKey.from_secret_bytes(raw).verify(
+                delegator=grant["grantor"], delegatee=grant["grantee"], type_label=grant["type"]
+            )
+        except (EncodingError, ValueError) as exc:
+            raise InvalidReKey(f"the re-key for grant {grant_id} does not match it: {exc}") from None
+        sealed = seal_state(self._key, _rekey_purpose(grant_id), raw)
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO rekeys VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        grant_id,
+                        parent,
+                        grant["owner"],
+                        grant["grantor"],
+                        grant["grantee"],
+                        grant["type"],
+                        sealed,
+                        time.time(),
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise InvalidReKey(f"grant {grant_id} already has a re-key here") from None
+        _log.info(
+            "proxy %s stored the re-key of grant %s (%s -> %s, type %s)",
+            self.name,
+            grant_id,
+            grant["grantor"],
+            grant["grantee"],
+            grant["type"],
+        )
+
+    def _rekey_rows(self, grant_id: str) -> list[tuple[str, str, str, str, str, bytes]]:
+        """The chain of stored re-keys from the root grant down to ``grant_id``."""
+        chain: list[tuple[str, str, str, str, str, bytes]] = []
+        current = grant_id
+        seen: set[str] = set()
+        with self._lock:
+            while current:
+                if current in seen:
+                    raise ProxyError(f"grant {grant_id} has a cycle in its forwarding chain")
+                seen.add(current)
+                row = self._db.execute(
+                    "SELECT grant_id, parent_grant_id, grantor, grantee, type, sealed "
+                    "FROM rekeys WHERE grant_id = ?",
+                    (current,),
+                ).fetchone()
+                if row is None:
+                    raise NoReKey(f"this proxy holds no re-key for grant {current}")
+                chain.append((row[0], row[1], row[2], row[3], row[4], bytes(row[5])))
+                current = row[1]
+        chain.reverse()
+        return chain
+
+    # --- re-encryption ------------------------------------------------------------------------
+
+    def reencrypt(
+        self,
+        *,
+        record_id: str,
+        requester: str,
+        approval_id: str,
+        grant_id: str | None = None,
+        capsule: bytes | None = None,
+    ) -> bytes:
+        """Re-encrypt a record's capsule for ``requester`` under a committed, unused approval.
+
+        ``approval_id`` is the ``access_id`` RequestAccess returned. ``grant_id`` may be given
+        to name the grant (else the proxy tries the grants it holds for the requester).
+        The capsule is read from chain (GetRecord at the approved version); ``capsule`` is
+        accepted only as a fallback where the chaincode does not let the proxy read records, and
+        is then checked against the record's owner and type and must be un-re-encrypted.
+        Returns the capsule with every hop of the grant chain applied.
+        """
+        with self._lock:
+            if self._is_consumed(approval_id):
+                raise ApprovalConsumed(
+                    f"approval {approval_id} was already used; request access again"
+                )
+            access = self._find_approval(record_id, requester, approval_id, grant_id)
+            chosen = str(access["grant_id"])
+            chain = self._rekey_rows(chosen)
+            source = self._capsule(access, capsule)
+            current: VerifiedCapsule = source
+            for gid, _parent, grantor, grantee, type_label, sealed in chain:
+                raw = open_state(self._key, _rekey_purpose(gid), sealed)
+                rekey = ReKey.from_secret_bytes(raw).verify(
+                    delegator=grantor, delegatee=grantee, type_label=type_label
+                )
+                current = reencrypt(current, rekey)
+            out = current.to_bytes()
+            try:
+                self._db.execute(
+                    "INSERT INTO consumed VALUES (?, ?, ?, ?, ?)",
+                    (approval_id, record_id, requester, chosen, time.time()),
+                )
+            except sqlite3.IntegrityError:
+                raise ApprovalConsumed(
+                    f"approval {approval_id} was already used; request access again"
+                ) from None
+        try:
+            self._contract.submit_transaction(
+                "ReportReencryption", approval_id, "ok", f"{len(chain)} hop(s) by {self.name}"
+            )
+        except LedgerError as exc:
+            _log.error(
+                "proxy %s: re-encryption for approval %s could not be reported: %s",
+                self.name,
+                approval_id,
+                exc,
+            )
+            raise ProxyError(
+                f"the re-encryption for approval {approval_id} could not be reported to the "
+                f"operation log ({_chain_reason(exc)}); nothing was released, request access again"
+            ) from None
+        _log.info(
+            "proxy %s re-encrypted record %s for %s (approval %s, grant %s, %d hop(s))",
+            self.name,
+            record_id,
+            requester,
+            approval_id,
+            chosen,
+            len(chain),
+        )
+        return out
+
+    def _is_consumed(self, approval_id: str) -> bool:
+        row = self._db.execute("SELECT 1 FROM consumed WHERE approval_id = ?", (approval_id,))
+        return row.fetchone() is not None
+
+    def _find_approval(
+        self, record_id: str, requester: str, approval_id: str, grant_id: str | None
+    ) -> dict[str, Any]:
+        if grant_id is not None:
+            candidates = [grant_id]
+        else:
+            rows = self._db.execute(
+                "SELECT grant_id FROM rekeys WHERE grantee = ? ORDER BY grant_id", (requester,)
+            ).fetchall()
+            candidates = [str(r[0]) for r in rows]
+        if not candidates:
+            raise NoReKey(f"this proxy holds no re-key for a grant to {requester}")
+        reasons: list[str] = []
+        for gid in candidates:
+            try:
+                raw = self._contract.evaluate_transaction(
+                    "CheckApproval", record_id, requester, gid
+                )
+            except LedgerError as exc:
+                reasons.append(_chain_reason(exc))
+                continue
+            access: dict[str, Any] = json.loads(raw)
+            if access.get("access_id") != approval_id:
+                reasons.append(
+                    f"approval {approval_id} is not the current approval for record {record_id}, "
+                    f"requester {requester} and grant {gid}"
+                )
+                continue
+            if (
+                access.get("decision") != "allow"
+                or access.get("record_id") != record_id
+                or access.get("requester") != requester
+                or access.get("grant_id") != gid
+            ):
+                reasons.append(f"approval {approval_id} does not match the request")
+                continue
+            return access
+        raise ApprovalRefused(
+            f"no committed approval {approval_id} for record {record_id} and requester "
+            f"{requester}: " + "; ".join(reasons)
+        )
+
+    def _capsule(self, access: dict[str, Any], given: bytes | None) -> VerifiedCapsule:
+        record_id = str(access["record_id"])
+        on_chain: bytes | None = None
+        try:
+            raw = self._contract.evaluate_transaction(
+                "GetRecord", record_id, str(access["record_version"])
+            )
+            on_chain = base64.b64decode(json.loads(raw)["capsule"])
+        except LedgerError as exc:
+            if "may not read record" not in exc.message:
+                raise ProxyError(
+                    f"record {record_id} could not be read: {_chain_reason(exc)}"
+                ) from None
+        if on_chain is not None:
+            if given is not None and given != on_chain:
+                raise ApprovalRefused(f"the capsule sent is not the capsule of record {record_id}")
+            data = on_chain
+        elif given is not None:
+            data = given
+        else:
+            raise ProxyError(
+                f"the chaincode does not let this proxy read record {record_id}; send its capsule"
+            )
+        try:
+            parsed = Capsule.from_bytes(data)
+            verified = parsed.verify(owner=str(access["owner"]), type_label=str(access["type"]))
+        except (EncodingError, ValueError) as exc:
+            raise ApprovalRefused(f"capsule of record {record_id}: {exc}") from None
+        if verified.hops != 0:
+            raise ApprovalRefused(f"capsule of record {record_id} is already re-encrypted")
+        return verified
+
+    # --- revocation ---------------------------------------------------------------------------
+
+    def revoke(self, grant_id: str, *, caller: str | None = None) -> int:
+        """Delete the re-key of ``grant_id`` and of every grant forwarded from it.
+
+        ``caller`` (authenticated client) must be the grant's owner or grantor, unless the
+        grant is already revoked on chain. Returns how many re-keys were deleted.
+        """
+        if caller is not None:
+            grant = self._grant(grant_id)
+            if grant["state"] == "active" and caller not in (grant["owner"], grant["grantor"]):
+                raise NotAuthorised(f"identity {caller} may not revoke grant {grant_id}")
+        with self._lock:
+            doomed = [grant_id]
+            frontier = [grant_id]
+            while frontier:
+                rows = self._db.execute(
+                    f"SELECT grant_id FROM rekeys WHERE parent_grant_id IN "  # noqa: S608
+                    f"({','.join('?' * len(frontier))})",
+                    frontier,
+                ).fetchall()
+                frontier = [str(r[0]) for r in rows if str(r[0]) not in doomed]
+                doomed.extend(frontier)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = 0
+                for gid in doomed:
+                    deleted += self._db.execute(
+                        "DELETE FROM rekeys WHERE grant_id = ?", (gid,)
+                    ).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        if deleted:
+            # The freed pages may still hold the sealed blobs; they are sealed, but reclaim them.
+            with self._lock:
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        _log.info("proxy %s: revoked grant %s, deleted %d re-key(s)", self.name, grant_id, deleted)
+        return deleted
+
+    # --- event checkpoint ---------------------------------------------------------------------
+
+    def checkpoint(self) -> tuple[int | None, str | None]:
+        """(block, transaction id) of the last chaincode event handled by the follower."""
+        with self._lock:
+            rows = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
+        block = rows.get("events.block")
+        return (None if block is None else int(block)), rows.get("events.tx")
+
+    def handle_event(self, event: ChaincodeEvent) -> int:
+        """Apply one chaincode event (RevokeAccess deletes re-keys), then checkpoint it."""
+        deleted = 0
+        if event.event_name == "RevokeAccess":
+            payload = json.loads(event.payload)
+            for entry in payload.get("entries", []):
+                if entry.get("action") == "RevokeAccess" and entry.get("grant_id"):
+                    deleted += self.revoke(str(entry["grant_id"]))
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('events.block', ?)", (str(event.block_number),)
+            )
+            self._db.execute(
+                "INSERT OR REPLACE INTO meta VALUES ('events.tx', ?)", (event.transaction_id,)
+            )
+            self._db.execute("COMMIT")
+        return deleted
+
+
+def _rekey_purpose(grant_id: str) -> str:
+    return f"proxy/rekey/{grant_id}"
+
+
+class _StoredCheckpoint:
+    def __init__(self, block: int | None, tx: str | None) -> None:
+        self._block, self._tx = block, tx
+
+    @property
+    def block_number(self) -> int | None:
+        return self._block
+
+    @property
+    def transaction_id(self) -> str | None:
+        return self._tx
+
+
+class RevocationFollower:
+    """Follows the chaincode's RevokeAccess events in a thread and deletes re-keys.
+
+    Resumes after the last handled event (checkpoint in the proxy's database); a fresh proxy
+    reads from block 0 (revoking grants it does not hold is a no-op).
+    """
+
+    def __init__(
+        self, proxy: ReencryptionProxy, network: Network, chaincode_name: str = "ehrshare"
+    ) -> None:
+        self._proxy = proxy
+        self._network = network
+        self._chaincode = chaincode_name
+        self._events: Any = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> None:
+        """Start following in a daemon thread."""
+        block, tx = self._proxy.checkpoint()
+        if block is None:
+            self._events = self._network.get_chaincode_events(self._chaincode, start_block=0)
+        else:
+            self._events = self._network.get_chaincode_events(
+                self._chaincode, checkpoint=_StoredCheckpoint(block, tx)
+            )
+        self._thread = threading.Thread(target=self._run, name="revocation-follower", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            self.consume(self._events)
+        except Exception:
+            _log.exception("revocation follower stopped on an error")
+
+    def consume(self, events: Iterable[ChaincodeEvent]) -> None:
+        """Handle events until the iterable ends or :meth:`stop` is called."""
+        for event in events:
+            if self._stopped.is_set():
+                break
+            self._proxy.handle_event(event)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the stream and wait for the thread."""
+        self._stopped.set()
+        if self._events is not None:
+            self._events.close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+
+# ---------------------------------------------------------------------------------------------
+# clients
+
+
+@runtime_checkable
+class ProxyClient(Protocol):
+    """How users reach a proxy: in-process (:class:`InProcessProxyClient`) or gRPC."""
+
+    def public_key(self) -> bytes:
+        """The X25519 key to seal re-keys to."""
+        ...
+
+    def store_rekey(self, grant_id: str, sealed_rekey: bytes) -> None:
+        """Deliver a sealed re-key for a grant (the caller must be its grantor)."""
+        ...
+
+    def reencrypt(self, *, record_id: str, requester: str, approval_id: str) -> bytes:
+        """The re-encrypted capsule for a committed, unused approval."""
+        ...
+
+    def revoke(self, grant_id: str) -> None:
+        """Ask the proxy to delete a grant's re-key (owner or grantor)."""
+        ...
+
+
+class InProcessProxyClient:
+    """A :class:`ProxyClient` that calls a :class:`ReencryptionProxy` directly (embedded).
+
+    ``caller`` is the application's own authenticated identity; it is passed to the proxy as
+    the authenticated caller, exactly as the gRPC server passes the client certificate's.
+    """
+
+    def __init__(self, proxy: ReencryptionProxy, *, caller: str) -> None:
+        self._proxy = proxy
+        self.caller = caller
+
+    def public_key(self) -> bytes:
+        """The proxy's X25519 public key."""
+        return self._proxy.public_key()
+
+    def store_rekey(self, grant_id: str, sealed_rekey: bytes) -> None:
+        """Deliver a sealed re-key."""
+        self._proxy.store_rekey(grant_id, sealed_rekey, caller=self.caller)
+
+    def reencrypt(
+        self,
+        *,
+        record_id: str,
+        requester: str,
+        approval_id: str,
+        grant_id: str | None = None,
+        capsule: bytes | None = None,
+    ) -> bytes:
+        """Re-encrypt for ``requester``, which must be this client's caller."""
+        if requester != self.caller:
+            raise NotAuthorised(f"identity {self.caller} may not ask for {requester}'s capsule")
+        return self._proxy.reencrypt(
+            record_id=record_id,
+            requester=requester,
+            approval_id=approval_id,
+            grant_id=grant_id,
+            capsule=capsule,
+        )
+
+    def revoke(self, grant_id: str) -> None:
+        """Delete a grant's re-key."""
+        self._proxy.revoke(grant_id, caller=self.caller)
