@@ -1,0 +1,357 @@
+"""Connection profiles (one YAML file per deployment) and wallets (one directory per user).
+
+A profile says where the ledger, the content store, the KGC nodes and the re-encryption proxy
+are, and how record types map to opaque labels; switching backends is one setting in it. Paths in
+a profile are relative to the profile file. A wallet holds one member's certificate, signing key
+and (after enrolment) identity secret key, each secret file with mode 0600.
+
+Backends: ``ledger.backend`` is ``embedded`` (the default); ``fabric`` is recognised but refused
+with :class:`BackendUnavailable` — the Fabric Gateway client cannot be built on this machine yet.
+``storage.backend`` is ``embedded`` or ``kubo`` (a real Kubo RPC URL), independent of the ledger.
+
+This module must not open a ledger, a store or a service (the session does) and must never log or
+print the contents of secret files.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from ehrshare.fhir import DEFAULT_RULES, LABEL_KEY_SIZE, TypeLabels, TypeMapping, TypeRule
+from ehrshare.hazmat.tipre import IdentitySecretKey
+from ehrshare.identity import Identity, Signer
+
+__all__ = [
+    "DEFAULT_MAX_RECORD_BYTES",
+    "BackendUnavailable",
+    "KgcNodeConfig",
+    "Profile",
+    "ProfileError",
+    "ServiceConfig",
+    "Wallet",
+    "WalletError",
+]
+
+DEFAULT_MAX_RECORD_BYTES: Final = 32 * 1024 * 1024
+PROFILE_VERSION: Final = 1
+FABRIC_UNAVAILABLE: Final = (
+    "the Fabric ledger backend is not available yet on this machine (the Go module proxy refuses "
+    "hyperledger/fabric, so peers and the Gateway client cannot be built); use "
+    "'ledger: {backend: embedded}' — it runs the same chaincode"
+)
+
+
+class ProfileError(ValueError):
+    """A profile file is missing, unreadable or wrong; the message names the file and the key."""
+
+
+class BackendUnavailable(ProfileError):
+    """The profile asks for a backend this installation cannot run."""
+
+
+class WalletError(ValueError):
+    """A wallet directory is missing files or holds something unreadable."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    """Where a service runs: in-process from a state directory, or at a gRPC address.
+
+    In-process services also name their long-term key file (kept outside the state directory)
+    and the wallet of the ledger identity they act with.
+    """
+
+    state: Path | None = None
+    address: str | None = None
+    key_file: Path | None = None
+    wallet: Path | None = None
+
+    @property
+    def embedded(self) -> bool:
+        """True when the service runs in this process from :attr:`state`."""
+        return self.address is None
+
+
+@dataclass(frozen=True, slots=True)
+class KgcNodeConfig:
+    """One KGC node of the roster (1-based ``index`` as in the DKG)."""
+
+    index: int
+    service: ServiceConfig
+    msp_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A parsed profile; build it with :meth:`load` (or :meth:`from_dict` in tests)."""
+
+    path: Path | None
+    name: str
+    channel: str
+    chaincode: str
+    ledger_path: Path
+    storage_backend: str
+    storage_path: Path | None
+    storage_url: str | None
+    storage_timeout: float
+    kgc_threshold: int
+    kgc_roster: Path
+    kgc_nodes: tuple[KgcNodeConfig, ...]
+    proxy: ServiceConfig
+    label_key_file: Path
+    mapping: TypeMapping
+    max_record_bytes: int
+    wallets: Path
+    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Profile:
+        """Read and check a profile file."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ProfileError(
+                f"profile {p} does not exist; create a local consortium with "
+                "'ehrshare consortium init <dir>' or pass --profile"
+            ) from None
+        except OSError as exc:
+            raise ProfileError(f"profile {p} cannot be read: {exc.strerror}") from None
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ProfileError(f"profile {p} is not valid YAML: {exc}") from None
+        return cls.from_dict(data, base=p.parent.resolve(), path=p)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, base: Path, path: Path | None = None) -> Profile:
+        """Check a profile's content; relative paths are resolved against ``base``."""
+        where = str(path) if path else "profile"
+        if not isinstance(data, Mapping):
+            raise ProfileError(f"{where}: the top level must be a mapping")
+
+        def fail(key: str, why: str) -> ProfileError:
+            return ProfileError(f"{where}: {key} {why}")
+
+        def section(name: str) -> Mapping[str, Any]:
+            value = data.get(name, {})
+            if isinstance(value, str):
+                value = {"backend": value}
+            if not isinstance(value, Mapping):
+                raise fail(name, "must be a mapping")
+            return value
+
+        def rel(value: Any, key: str) -> Path:
+            if not isinstance(value, str) or not value:
+                raise fail(key, "must be a path")
+            q = Path(value).expanduser()
+            return q if q.is_absolute() else base / q
+
+        version = data.get("version", PROFILE_VERSION)
+        if version != PROFILE_VERSION:
+            raise fail("version", f"is {version!r}; this SDK reads version {PROFILE_VERSION}")
+
+        ledger = section("ledger")
+        backend = ledger.get("backend", "embedded")
+        if backend == "fabric":
+            raise BackendUnavailable(f"{where}: {FABRIC_UNAVAILABLE}")
+        if backend != "embedded":
+            raise fail("ledger.backend", f"is {backend!r}; use embedded (or fabric, later)")
+        ledger_path = rel(ledger.get("path", "ledger"), "ledger.path")
+
+        storage = section("storage")
+        s_backend = storage.get("backend", "embedded")
+        s_path: Path | None = None
+        s_url: str | None = None
+        if s_backend == "embedded":
+            s_path = rel(storage.get("path", "store"), "storage.path")
+        elif s_backend == "kubo":
+            s_url = storage.get("url", "http://127.0.0.1:5001")
+            if not isinstance(s_url, str) or not s_url.startswith(("http://", "https://")):
+                raise fail("storage.url", f"{s_url!r} is not an http(s) URL of a Kubo RPC API")
+        else:
+            raise fail("storage.backend", f"is {s_backend!r}; use embedded or kubo")
+        timeout = storage.get("timeout", 30)
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise fail("storage.timeout", "must be a positive number of seconds")
+
+        kgc = section("kgc")
+        nodes_raw = kgc.get("nodes", [])
+        if not isinstance(nodes_raw, list) or not nodes_raw:
+            raise fail("kgc.nodes", "must list at least one node")
+        nodes = []
+        for i, n in enumerate(nodes_raw):
+            if not isinstance(n, Mapping) or not isinstance(n.get("index"), int):
+                raise fail(f"kgc.nodes[{i}]", "must be a mapping with an integer index")
+            nodes.append(
+                KgcNodeConfig(
+                    index=n["index"],
+                    service=_service(n, f"kgc.nodes[{i}]", rel, fail),
+                    msp_id=str(n.get("msp", "")),
+                )
+            )
+        indices = [n.index for n in nodes]
+        if len(set(indices)) != len(indices) or min(indices) < 1:
+            raise fail("kgc.nodes", f"indices {indices} must be distinct and at least 1")
+        threshold = kgc.get("threshold")
+        if not isinstance(threshold, int) or not 2 <= threshold <= len(nodes):
+            raise fail("kgc.threshold", f"must be an integer between 2 and {len(nodes)}")
+
+        types = section("types")
+        try:
+            rules_raw = types.get("rules")
+            rules = (
+                DEFAULT_RULES
+                if rules_raw is None
+                else tuple(TypeRule.from_dict(r) for r in rules_raw)
+            )
+            mapping = TypeMapping(
+                rules=rules,
+                default_type=str(types.get("default", "general")),
+                extra_types=tuple(str(t) for t in types.get("extra", [])),
+            )
+        except (ValueError, TypeError) as exc:
+            raise fail("types", f"is invalid: {exc}") from None
+
+        limits = section("limits")
+        max_bytes = limits.get("max_record_bytes", DEFAULT_MAX_RECORD_BYTES)
+        if not isinstance(max_bytes, int) or max_bytes < 1024:
+            raise fail("limits.max_record_bytes", "must be an integer of at least 1024")
+
+        name = data.get("name", "ehrshare")
+        channel = data.get("channel", "ehrshare")
+        chaincode = data.get("chaincode", "ehrshare")
+        for key, value in (("name", name), ("channel", channel), ("chaincode", chaincode)):
+            if not isinstance(value, str) or not value:
+                raise fail(key, "must be a non-empty string")
+        return cls(
+            path=path,
+            name=name,
+            channel=channel,
+            chaincode=chaincode,
+            ledger_path=ledger_path,
+            storage_backend=s_backend,
+            storage_path=s_path,
+            storage_url=s_url,
+            storage_timeout=float(timeout),
+            kgc_threshold=threshold,
+            kgc_roster=rel(kgc.get("roster", "kgc/roster.json"), "kgc.roster"),
+            kgc_nodes=tuple(sorted(nodes, key=lambda n: n.index)),
+            proxy=_service(section("proxy"), "proxy", rel, fail),
+            label_key_file=rel(types.get("label_key", "labels.key"), "types.label_key"),
+            mapping=mapping,
+            max_record_bytes=max_bytes,
+            wallets=rel(data.get("wallets", "wallets"), "wallets"),
+            raw=dict(data),
+        )
+
+    def labels(self) -> TypeLabels:
+        """The consortium's type labels (reads the label key file)."""
+        try:
+            key = self.label_key_file.read_bytes()
+        except OSError as exc:
+            raise ProfileError(
+                f"label key {self.label_key_file} cannot be read ({exc.strerror}); every member "
+                "needs the consortium's label key"
+            ) from None
+        if len(key) != LABEL_KEY_SIZE:
+            raise ProfileError(
+                f"label key {self.label_key_file} must be {LABEL_KEY_SIZE} bytes, got {len(key)}"
+            )
+        return TypeLabels(key, self.mapping.types)
+
+    def wallet(self, name: str) -> Wallet:
+        """The wallet of ``name`` under the profile's wallet directory (or a path)."""
+        candidate = Path(name).expanduser()
+        if candidate.is_absolute() or os.sep in name:
+            return Wallet(candidate)
+        return Wallet(self.wallets / name)
+
+
+def _service(value: Mapping[str, Any], key: str, rel: Any, fail: Any) -> ServiceConfig:
+    address = value.get("address")
+    if address is not None:
+        if not isinstance(address, str) or ":" not in address:
+            raise fail(f"{key}.address", f"{address!r} is not host:port")
+        return ServiceConfig(address=address)
+    missing = [k for k in ("state", "key", "wallet") if k not in value]
+    if missing:
+        raise fail(
+            key,
+            f"needs {', '.join(missing)} (in-process: state, key and wallet) or an address (gRPC)",
+        )
+    return ServiceConfig(
+        state=rel(value["state"], f"{key}.state"),
+        key_file=rel(value["key"], f"{key}.key"),
+        wallet=rel(value["wallet"], f"{key}.wallet"),
+    )
+
+
+def _write_secret(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+class Wallet:
+    """One member's credentials in a directory: ``msp-id``, ``cert.pem``, ``key.pem``, ``ibe.key``.
+
+    ``key.pem`` (the ECDSA signing key) and ``ibe.key`` (the identity secret key from enrolment)
+    are written with mode 0600; anyone who can read them can act as this member.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def __repr__(self) -> str:
+        return f"Wallet({str(self.directory)!r})"
+
+    @property
+    def exists(self) -> bool:
+        """Whether the wallet holds an identity."""
+        return (self.directory / "cert.pem").is_file()
+
+    def save_identity(self, identity: Identity, signer: Signer) -> None:
+        """Write the certificate and the signing key."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "msp-id").write_text(identity.msp_id, encoding="utf-8")
+        (self.directory / "cert.pem").write_bytes(identity.credentials)
+        _write_secret(self.directory / "key.pem", signer.to_secret_bytes())
+
+    def load_identity(self) -> tuple[Identity, Signer]:
+        """Read the certificate and the signing key."""
+        if not self.exists:
+            raise WalletError(
+                f"wallet {self.directory} holds no identity; create one with "
+                "'ehrshare consortium add-member' or 'ehrshare consortium init'"
+            )
+        try:
+            msp = (self.directory / "msp-id").read_text(encoding="utf-8").strip()
+            cert = (self.directory / "cert.pem").read_bytes()
+            signer = Signer.from_secret_bytes((self.directory / "key.pem").read_bytes())
+        except (OSError, ValueError) as exc:
+            raise WalletError(f"wallet {self.directory} is unreadable: {exc}") from None
+        return Identity(msp, cert), signer
+
+    def save_secret_key(self, key: IdentitySecretKey) -> None:
+        """Keep the enrolled identity secret key (mode 0600)."""
+        _write_secret(self.directory / "ibe.key", key.to_secret_bytes())
+
+    def load_secret_key(self) -> IdentitySecretKey | None:
+        """The enrolled key, or None before enrolment."""
+        path = self.directory / "ibe.key"
+        if not path.exists():
+            return None
+        try:
+            return IdentitySecretKey.from_secret_bytes(path.read_bytes())
+        except ValueError:
+            raise WalletError(f"{path} does not hold an identity secret key") from None

@@ -1,0 +1,820 @@
+"""The SDK for hospital apps: ``ehrshare.connect(profile, wallet=...) → Session``.
+
+A :class:`Session` is one member (patient, clinician, auditor) acting through one identity. Its
+verbs are the paper's flows: :meth:`Session.enroll` (threshold key extraction from τ KGC
+nodes), :meth:`Session.publish_type_keys`, :meth:`Session.put_record`, :meth:`Session.grant`,
+:meth:`Session.revoke`, :meth:`Session.read_record` (request access → committed decision → proxy
+re-encryption → decrypt → FHIR object), :meth:`Session.forward` (multi-hop referral),
+:meth:`Session.audit` and :meth:`Session.verify_audit`. Each has an ``a``-prefixed asyncio
+variant that runs it in a worker thread.
+
+Order of effects, on purpose: a record's ciphertext is stored and read back (CID and SHA-256
+checked) before the record is registered on chain, so a failed store leaves nothing on chain; a
+grant is committed before its re-key goes to the proxy, and a re-key the proxy refuses revokes
+the grant again, so no grant stays on chain without a way to use it.
+
+This module must not log record contents, keys, re-keys or capsules, and must not put them in
+exception messages. It talks to the ledger only through :mod:`ehrshare.ledger.api` and to the
+KGC nodes and the proxy only through the :class:`KgcClient` / :class:`ProxyClient` protocols.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime as _dt
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal, Protocol, runtime_checkable
+
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
+
+from ehrshare import crypto
+from ehrshare.fhir import (
+    FhirValidationError,
+    TypeLabels,
+    TypeMapping,
+    parse_resource,
+    resource_bytes,
+)
+from ehrshare.hazmat import tipre
+from ehrshare.hazmat.dkg import PublicPolynomial
+from ehrshare.hazmat.errors import DecryptionError, EncodingError, VerificationError
+from ehrshare.hazmat.kgc_keys import KGCNodePublicKey
+from ehrshare.identity import Identity, Signer
+from ehrshare.ledger.api import Contract
+from ehrshare.ledger.errors import LedgerError
+from ehrshare.profile import Wallet
+from ehrshare.services.proxy import seal_rekey
+from ehrshare.storage import BlobStore, StorageError, get_verified, sha256_hex
+
+__all__ = [
+    "AccessDenied",
+    "AuditTrail",
+    "AuditVerification",
+    "EnrollmentError",
+    "EnrollmentResult",
+    "Grant",
+    "KgcClient",
+    "NotEnrolledError",
+    "ProxyClient",
+    "ProxyError",
+    "RecordRef",
+    "RecordStorageError",
+    "RecordTooLarge",
+    "RequestRejected",
+    "SdkError",
+    "Session",
+]
+
+_log = logging.getLogger(__name__)
+
+FORMAT_VERSION: Final = "1"
+_PAGE: Final = "100"
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+class SdkError(Exception):
+    """Base class of every error the session raises on purpose."""
+
+
+class RequestRejected(SdkError):
+    """The ledger refused a transaction or query; the message is the chaincode's reason."""
+
+    def __init__(self, function: str, message: str, transaction_id: str = "") -> None:
+        self.function = function
+        self.reason = message
+        self.transaction_id = transaction_id
+        super().__init__(f"{function} was rejected: {message}")
+
+
+class AccessDenied(SdkError):
+    """The chaincode denied a read; the denial is on the audit log (``access_id``)."""
+
+    def __init__(self, record_id: str, reason: str, access_id: str) -> None:
+        self.record_id = record_id
+        self.reason = reason
+        self.access_id = access_id
+        super().__init__(f"access to record {record_id} denied: {reason} (logged as {access_id})")
+
+
+class NotEnrolledError(SdkError):
+    """The session has no identity secret key yet: call :meth:`Session.enroll` first."""
+
+
+class EnrollmentError(SdkError):
+    """Threshold extraction failed; names the nodes that were down and those that sent bad keys."""
+
+    def __init__(self, message: str, *, failed: dict[int, str], invalid: Sequence[int]) -> None:
+        self.failed = dict(failed)
+        self.invalid = tuple(invalid)
+        super().__init__(message)
+
+
+class RecordStorageError(SdkError):
+    """The ciphertext could not be stored or read back; nothing was registered on chain."""
+
+
+class RecordTooLarge(SdkError, ValueError):
+    """A record is over the profile's ``limits.max_record_bytes``."""
+
+
+class ProxyError(SdkError):
+    """The re-encryption proxy could not be reached or refused a call."""
+
+
+# --- service protocols (implemented in ehrshare.services, in-process and over gRPC) -----------
+
+
+@runtime_checkable
+class KgcClient(Protocol):
+    """One KGC node as the SDK sees it."""
+
+    index: int
+
+    def extract(self, request_bytes: bytes, *, timeout: float = 10.0) -> bytes:
+        """An :class:`ExtractionRequest` → the node's sealed, signed partial key response."""
+        ...
+
+
+@runtime_checkable
+class ProxyClient(Protocol):
+    """The re-encryption proxy as the SDK sees it."""
+
+    def public_key(self) -> bytes:
+        """The X25519 key re-keys are sealed to."""
+        ...
+
+    def store_rekey(self, grant_id: str, sealed_rekey: bytes) -> None:
+        """Hand over the re-key of a committed grant (sealed under :func:`rekey_aad`)."""
+        ...
+
+    def reencrypt(
+        self,
+        *,
+        record_id: str,
+        requester: str,
+        approval_id: str,
+        grant_id: str | None = None,
+        capsule: bytes | None = None,
+    ) -> bytes:
+        """The record's capsule re-encrypted along the requester's grant chain."""
+        ...
+
+    def revoke(self, grant_id: str) -> None:
+        """Delete the re-key of a revoked grant."""
+        ...
+
+
+# --- values ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRef:
+    """A pointer to a record on chain: what :meth:`Session.read_record` takes.
+
+    ``type`` is the clinical type (``None`` when the label is not one this profile knows);
+    ``label`` is the opaque label stored on chain.
+    """
+
+    record_id: str
+    owner: str
+    type: str | None
+    label: str
+    cid: str
+    sha256: str
+    version: int
+    creator: str
+    created_at: int
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any], labels: TypeLabels) -> RecordRef:
+        """Build from a chaincode record."""
+        return cls(
+            record_id=data["record_id"],
+            owner=data["owner"],
+            type=labels.reveal(data["type"]),
+            label=data["type"],
+            cid=data["cid"],
+            sha256=data["sha256"],
+            version=int(data["version"]),
+            creator=data["creator"],
+            created_at=int(data["created_at"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A grant as committed: who may read which type of whose records, until when, how far."""
+
+    grant_id: str
+    owner: str
+    grantor: str
+    grantee: str
+    type: str | None
+    label: str
+    expiry: int
+    max_hops: int
+    hop: int
+    parent_grant_id: str
+    state: str
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any], labels: TypeLabels) -> Grant:
+        """Build from a chaincode grant."""
+        return cls(
+            grant_id=data["grant_id"],
+            owner=data["owner"],
+            grantor=data["grantor"],
+            grantee=data["grantee"],
+            type=labels.reveal(data["type"]),
+            label=data["type"],
+            expiry=int(data["expiry"]),
+            max_hops=int(data["max_hops"]),
+            hop=int(data["hop"]),
+            parent_grant_id=data["parent_grant_id"],
+            state=data["state"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollmentResult:
+    """Which KGC nodes answered, which were down, which sent keys that failed verification."""
+
+    ibe_id: str
+    used: tuple[int, ...]
+    failed: dict[int, str]
+    invalid: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AuditTrail:
+    """The operation-log entries of a patient's chain (or of one record), oldest first."""
+
+    chain: str
+    entries: tuple[dict[str, Any], ...]
+    record_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return {"chain": self.chain, "record_id": self.record_id, "entries": list(self.entries)}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditVerification:
+    """The outcome of :meth:`Session.verify_audit`: valid only if every check passed."""
+
+    chain: str
+    valid: bool
+    length: int
+    first_bad_seq: int
+    reason: str
+    checks: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return {
+            "chain": self.chain,
+            "valid": self.valid,
+            "length": self.length,
+            "first_bad_seq": self.first_bad_seq,
+            "reason": self.reason,
+            "checks": self.checks,
+        }
+
+
+Expiry = _dt.datetime | _dt.timedelta | int
+Clock = Callable[[], int]  # nanoseconds since the epoch, as the embedded gateway takes
+
+
+# --- the session -----------------------------------------------------------------------------
+
+
+class Session:
+    """One member acting through one identity. Create it with :func:`ehrshare.connect`.
+
+    Thread-safe as far as its parts are (the embedded ledger is); the async variants run the
+    sync calls in worker threads. Use it as a context manager to close what it opened.
+    """
+
+    def __init__(
+        self,
+        *,
+        identity: Identity,
+        signer: Signer,
+        contract: Contract,
+        store: BlobStore,
+        kgc: Sequence[KgcClient],
+        roster: Sequence[KGCNodePublicKey],
+        proxy: ProxyClient,
+        labels: TypeLabels,
+        mapping: TypeMapping,
+        max_record_bytes: int,
+        wallet: Wallet | None = None,
+        clock: Clock | None = None,
+        on_close: Callable[[], None] | None = None,
+        ledger_check: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.identity = identity
+        self._signer = signer
+        self.contract = contract
+        self.store = store
+        self.kgc = tuple(kgc)
+        self.roster = tuple(roster)
+        self.proxy = proxy
+        self.labels = labels
+        self.mapping = mapping
+        self.max_record_bytes = max_record_bytes
+        self.wallet = wallet
+        self._clock: Clock = clock or time.time_ns
+        self._on_close = on_close
+        self._ledger_check = ledger_check
+        self._sk: tipre.IdentitySecretKey | None = (
+            wallet.load_secret_key() if wallet is not None else None
+        )
+        self._dkg: tuple[tipre.MasterPublicKey, PublicPolynomial] | None = None
+
+    def __repr__(self) -> str:
+        return f"Session(ibe_id={self.ibe_id!r}, enrolled={self._sk is not None})"
+
+    # --- plumbing ----------------------------------------------------------------------------
+
+    @property
+    def ibe_id(self) -> str:
+        """This member's IBE identity, ``<msp id>/<enrollment id>``."""
+        return self.identity.ibe_id
+
+    @property
+    def enrolled(self) -> bool:
+        """Whether the identity secret key is loaded."""
+        return self._sk is not None
+
+    def close(self) -> None:
+        """Release the ledger and services this session opened (not shared ones)."""
+        if self._on_close is not None:
+            self._on_close()
+            self._on_close = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _submit(self, function: str, *args: str) -> Any:
+        try:
+            return json.loads(self.contract.submit_transaction(function, *args))
+        except LedgerError as exc:
+            raise RequestRejected(function, exc.message, exc.transaction_id) from None
+
+    def _evaluate(self, function: str, *args: str) -> Any:
+        try:
+            return json.loads(self.contract.evaluate_transaction(function, *args))
+        except LedgerError as exc:
+            raise RequestRejected(function, exc.message, exc.transaction_id) from None
+
+    def _now(self) -> int:
+        return self._clock() // 1_000_000_000
+
+    def _secret_key(self) -> tipre.IdentitySecretKey:
+        if self._sk is None:
+            raise NotEnrolledError(
+                f"{self.ibe_id} is not enrolled: call enroll() (CLI: 'ehrshare enroll') first"
+            )
+        return self._sk
+
+    def _master(self) -> tuple[tipre.MasterPublicKey, PublicPolynomial]:
+        from ehrshare.services.kgc import public_polynomial_from_chain
+
+        if self._dkg is None:
+            result = self._evaluate("GetDKGResult", "")
+            try:
+                public = public_polynomial_from_chain(result)
+            except (EncodingError, ValueError) as exc:
+                raise SdkError(f"the DKG result on chain is malformed: {exc}") from None
+            self._dkg = (tipre.MasterPublicKey(public.mpk), public)
+        return self._dkg
+
+    def _label(self, type_name: str) -> str:
+        return self.labels.opaque(self.mapping.check(type_name))
+
+    def _type_key(self, owner: str, label: str) -> tipre.VerifiedTypePublicKey:
+        try:
+            stored = self._evaluate("GetTypeKey", owner, label)
+        except RequestRejected as exc:
+            name = self.labels.reveal(label) or label
+            raise RequestRejected(
+                "GetTypeKey",
+                f"{owner} has not published a key for type {name!r}; it must enrol and run "
+                "publish_type_keys() (CLI: 'ehrshare enroll') first",
+            ) from exc
+        try:
+            key = tipre.TypePublicKey.from_bytes(base64.b64decode(stored["key"]))
+            return key.verify(owner=owner, type_label=label)
+        except (EncodingError, VerificationError, ValueError) as exc:
+            raise SdkError(f"type key {label} of {owner} on chain is invalid: {exc}") from None
+
+    # --- enrolment ---------------------------------------------------------------------------
+
+    def register(self) -> dict[str, Any]:
+        """Register this identity on chain (idempotent); its role comes from its certificate."""
+        try:
+            ident: dict[str, Any] = self._evaluate("GetIdentity", self.ibe_id)
+            return ident
+        except RequestRejected:
+            result: dict[str, Any] = self._submit("RegisterIdentity")
+            return result
+
+    def enroll(self, *, timeout: float = 10.0) -> EnrollmentResult:
+        """Register, then get ``sk_id`` from τ KGC nodes and keep it in the wallet.
+
+        Nodes are asked in turn until τ partial keys verify against the public polynomial on
+        chain; a node that is down is skipped, one whose key fails verification is named and
+        excluded (never combined). Raises :class:`EnrollmentError` when fewer than τ verify.
+        """
+        from ehrshare.services.kgc import ExtractionFailed, extract_identity_key
+
+        self.register()
+        _, public = self._master()
+        try:
+            outcome = extract_identity_key(
+                self.kgc, self.ibe_id, public=public, roster=self.roster, timeout=timeout
+            )
+        except ExtractionFailed as exc:
+            raise EnrollmentError(
+                f"enrolment of {self.ibe_id} failed: {exc}",
+                failed=exc.unavailable,
+                invalid=exc.invalid,
+            ) from None
+        self._sk = outcome.secret_key
+        if self.wallet is not None:
+            self.wallet.save_secret_key(outcome.secret_key)
+        bad = set(outcome.unavailable) | set(outcome.invalid)
+        used = tuple(c.index for c in self.kgc if c.index not in bad)[: public.threshold]
+        _log.info("enrolled %s", self.ibe_id)
+        return EnrollmentResult(self.ibe_id, used, dict(outcome.unavailable), outcome.invalid)
+
+    def publish_type_keys(self, types: Sequence[str] | None = None) -> list[str]:
+        """Publish T_{id,t} for each type (all configured types by default); returns the types
+        whose key was (re)published. Keys already on chain and unchanged are skipped."""
+        sk = self._secret_key()
+        mpk, _ = self._master()
+        published = []
+        for name in types if types is not None else self.mapping.types:
+            label = self._label(name)
+            key_b64 = base64.b64encode(sk.type_secret(label).public_key(mpk).to_bytes()).decode()
+            try:
+                if self._evaluate("GetTypeKey", self.ibe_id, label)["key"] == key_b64:
+                    continue
+            except RequestRejected:
+                pass
+            self._submit("PublishTypeKey", label, key_b64, FORMAT_VERSION)
+            published.append(name)
+        return published
+
+    # --- records -----------------------------------------------------------------------------
+
+    def put_record(
+        self,
+        resource: FHIRAbstractModel | dict[str, Any] | str | bytes,
+        *,
+        patient: str | None = None,
+        type: str | None = None,
+    ) -> RecordRef:
+        """Encrypt a FHIR R4 resource for ``patient`` (yourself if you are the patient) and
+        register it. The type comes from the resource's ``meta.security`` and category (see
+        :class:`~ehrshare.fhir.TypeMapping`); ``type=`` names it for resources no rule covers.
+
+        Raises FhirValidationError, UnknownRecordType, RecordTooLarge, RecordStorageError (then
+        nothing is on chain) or RequestRejected.
+        """
+        model = parse_resource(resource)
+        plaintext = resource_bytes(model)
+        if len(plaintext) > self.max_record_bytes:
+            raise RecordTooLarge(
+                f"record is {len(plaintext)} bytes; this profile's limit is "
+                f"{self.max_record_bytes} (limits.max_record_bytes)"
+            )
+        type_name = self.mapping.resolve(model, type)
+        label = self.labels.opaque(type_name)
+        owner = patient or self.ibe_id
+        owner_key = self._type_key(owner, label)
+        record_id = "r-" + secrets.token_hex(16)
+        capsule, sealed = crypto.encrypt_record(plaintext, owner_key=owner_key, record_id=record_id)
+        del plaintext
+        digest = sha256_hex(sealed)
+        try:
+            cid = self.store.put(sealed)
+            get_verified(self.store, cid, digest)
+        except StorageError as exc:
+            raise RecordStorageError(
+                f"could not store the encrypted record ({exc}); nothing was registered on chain"
+                " — check that the content store (Kubo daemon) is running and retry"
+            ) from None
+        try:
+            record = self._submit(
+                "RegisterRecord",
+                record_id,
+                owner,
+                label,
+                cid,
+                digest,
+                base64.b64encode(capsule).decode(),
+                FORMAT_VERSION,
+            )
+        except RequestRejected:
+            try:
+                self.store.unpin(cid)
+            except StorageError:
+                _log.warning("could not release unregistered ciphertext %s", cid)
+            raise
+        _log.info("registered record %s (%s) for %s", record_id, type_name, owner)
+        return RecordRef.from_chain(record, self.labels)
+
+    def get_record(self, record_id: str) -> RecordRef:
+        """The record's pointer (if you may see it)."""
+        return RecordRef.from_chain(self._evaluate("GetRecord", record_id), self.labels)
+
+    def list_records(self, patient: str | None = None) -> list[RecordRef]:
+        """Every record of a patient (yourself by default; others need the auditor role)."""
+        out: list[RecordRef] = []
+        for item in self._pages("ListRecords", "records", patient or self.ibe_id):
+            out.append(RecordRef.from_chain(item, self.labels))
+        return out
+
+    def _pages(self, function: str, key: str, *args: str) -> Iterator[dict[str, Any]]:
+        bookmark = ""
+        while True:
+            page = self._evaluate(function, *args, _PAGE, bookmark)
+            yield from page[key]
+            bookmark = page["bookmark"]
+            if not bookmark or not page[key]:
+                return
+
+    def read_record(self, ref: RecordRef | str, *, timeout: float = 30.0) -> FHIRAbstractModel:
+        """Read and decrypt a record you own or were granted.
+
+        Submits RequestAccess (logged either way); only after an allow decision has committed
+        does the proxy re-encrypt the capsule. Raises :class:`AccessDenied` on a denial.
+        """
+        del timeout  # reserved for the gRPC proxy client
+        record_id = ref.record_id if isinstance(ref, RecordRef) else ref
+        sk = self._secret_key()
+        access = self._submit("RequestAccess", record_id)
+        if access["decision"] != "allow":
+            raise AccessDenied(record_id, access["reason"], access["access_id"])
+        record = self._evaluate("GetRecord", record_id, str(access["record_version"]))
+        owner, label = record["owner"], record["type"]
+        if access["grant_id"] == "owner":
+            capsule = base64.b64decode(record["capsule"])
+        else:
+            try:
+                # The capsule is sent along because the chaincode does not let the proxy role
+                # read record pointers; the proxy checks it against the approval.
+                capsule = self.proxy.reencrypt(
+                    record_id=record_id,
+                    requester=self.ibe_id,
+                    approval_id=access["access_id"],
+                    grant_id=access["grant_id"],
+                    capsule=base64.b64decode(record["capsule"]),
+                )
+            except SdkError:
+                raise
+            except Exception as exc:
+                raise ProxyError(
+                    f"the re-encryption proxy could not serve record {record_id}: {exc}"
+                ) from None
+        try:
+            sealed = get_verified(self.store, record["cid"], record["sha256"])
+        except StorageError as exc:
+            raise RecordStorageError(f"could not read record {record_id}: {exc}") from None
+        try:
+            plaintext = crypto.decrypt_record(
+                sealed,
+                capsule=capsule,
+                owner=owner,
+                type_label=label,
+                record_id=record_id,
+                receiving_sk=sk.type_secret(label),
+            )
+        except (DecryptionError, ValueError) as exc:
+            raise SdkError(f"record {record_id} could not be decrypted: {exc}") from None
+        try:
+            return parse_resource(plaintext)
+        except FhirValidationError as exc:
+            raise SdkError(f"record {record_id} decrypted to invalid FHIR: {exc}") from None
+
+    # --- grants ------------------------------------------------------------------------------
+
+    def _expiry(self, expires: Expiry) -> int:
+        if isinstance(expires, _dt.timedelta):
+            return self._now() + int(expires.total_seconds())
+        if isinstance(expires, _dt.datetime):
+            if expires.tzinfo is None:
+                raise ValueError("expires must be timezone-aware (e.g. datetime.now(UTC) + ...)")
+            return int(expires.timestamp())
+        if isinstance(expires, int) and not isinstance(expires, bool):
+            return expires
+        raise TypeError("expires must be a datetime, a timedelta or unix seconds")
+
+    def _deliver_rekey(
+        self, grant: dict[str, Any], delegating: tipre.TypeSecretKey, grantee: str
+    ) -> None:
+        receiving = self._type_key(grantee, grant["type"])
+        rekey = tipre.generate_rekey(delegating, receiving)
+        try:
+            sealed = seal_rekey(self.proxy.public_key(), grant["grant_id"], rekey)
+            del rekey
+            self.proxy.store_rekey(grant["grant_id"], sealed)
+        except Exception as exc:
+            # A grant the proxy cannot serve must not stay active on chain.
+            self._submit("RevokeAccess", grant["grant_id"])
+            raise ProxyError(
+                f"the proxy did not take the re-key of grant {grant['grant_id']} ({exc}); the "
+                "grant was revoked again — retry when the proxy is up"
+            ) from None
+
+    def grant(
+        self,
+        grantee: str,
+        type: str,
+        *,
+        expires: Expiry,
+        max_hops: int = 0,
+        allowed_next: Sequence[str] = (),
+    ) -> Grant:
+        """Let ``grantee`` read your records of ``type`` until ``expires``; ``max_hops`` is how
+        many further referrals (forwards) the grantee may make."""
+        sk = self._secret_key()
+        label = self._label(type)
+        self._type_key(grantee, label)  # fail before anything is committed
+        grant = self._submit(
+            "GrantAccess",
+            label,
+            grantee,
+            str(self._expiry(expires)),
+            str(max_hops),
+            json.dumps(sorted(allowed_next)) if allowed_next else "",
+            "",
+        )
+        self._deliver_rekey(grant, sk.type_secret(label), grantee)
+        return Grant.from_chain(grant, self.labels)
+
+    def forward(
+        self,
+        ref_or_grant: RecordRef | Grant | str,
+        to: str,
+        *,
+        expires: Expiry | None = None,
+        max_hops: int = 0,
+        allowed_next: Sequence[str] = (),
+    ) -> Grant:
+        """Refer what you were granted to ``to`` (one hop further). Give the grant you hold, or
+        a record it covers. ``expires`` defaults to the parent grant's expiry."""
+        sk = self._secret_key()
+        parent = self._parent_grant(ref_or_grant)
+        self._type_key(to, parent.label)
+        expiry = parent.expiry if expires is None else self._expiry(expires)
+        grant = self._submit(
+            "GrantAccess",
+            parent.label,
+            to,
+            str(expiry),
+            str(max_hops),
+            json.dumps(sorted(allowed_next)) if allowed_next else "",
+            parent.grant_id,
+        )
+        self._deliver_rekey(grant, sk.type_secret(parent.label), to)
+        return Grant.from_chain(grant, self.labels)
+
+    def _parent_grant(self, ref_or_grant: RecordRef | Grant | str) -> Grant:
+        if isinstance(ref_or_grant, Grant):
+            return ref_or_grant
+        if isinstance(ref_or_grant, str) and ref_or_grant.startswith("g-"):
+            return self.get_grant(ref_or_grant)
+        ref = ref_or_grant if isinstance(ref_or_grant, RecordRef) else None
+        record = ref if ref is not None else self.get_record(str(ref_or_grant))
+        now = self._now()
+        for g in self.grants("grantee"):
+            if (
+                g.owner == record.owner
+                and g.label == record.label
+                and g.state == "active"
+                and g.expiry > now
+            ):
+                return g
+        raise RequestRejected(
+            "GrantAccess", f"you hold no active grant covering record {record.record_id}"
+        )
+
+    def get_grant(self, grant_id: str) -> Grant:
+        """One grant you are party to."""
+        return Grant.from_chain(self._evaluate("GetGrant", grant_id), self.labels)
+
+    def grants(self, side: Literal["owner", "grantee"] = "owner") -> list[Grant]:
+        """Grants you gave as a patient (``owner``) or received (``grantee``)."""
+        return [
+            Grant.from_chain(g, self.labels)
+            for g in self._pages("ListGrants", "grants", self.ibe_id, side)
+        ]
+
+    def revoke(self, grant: Grant | str) -> Grant:
+        """Revoke a grant (forward-only: what was read stays read). Later requests are denied
+        by the chaincode; the proxy deletes the re-key (a proxy that is down only delays that —
+        the chain already refuses)."""
+        grant_id = grant.grant_id if isinstance(grant, Grant) else grant
+        revoked = self._submit("RevokeAccess", grant_id)
+        try:
+            self.proxy.revoke(grant_id)
+        except Exception as exc:
+            _log.warning("proxy did not delete the re-key of %s yet: %s", grant_id, exc)
+        return Grant.from_chain(revoked, self.labels)
+
+    # --- audit -------------------------------------------------------------------------------
+
+    def audit(self, patient: str | None = None, *, record: str | None = None) -> AuditTrail:
+        """The operation log of a patient (yourself by default) or of one record."""
+        if record is not None:
+            entries = list(self._pages("GetAuditTrail", "entries", "record", record))
+            chain = entries[0]["chain"] if entries else ""
+            return AuditTrail(chain, tuple(entries), record)
+        chain = patient or self.ibe_id
+        return AuditTrail(chain, tuple(self._pages("GetAuditTrail", "entries", "patient", chain)))
+
+    def verify_audit(
+        self, patient: str | None = None, *, trail: AuditTrail | None = None
+    ) -> AuditVerification:
+        """Verify a patient's hash-chained log: the chaincode's recomputation, an offline
+        recomputation of the entries as downloaded (or of ``trail``, e.g. an exported copy),
+        and on the embedded backend the ledger's block and history integrity."""
+        from ehrshare_chaincode.auditlog import verify_entries
+
+        chain = trail.chain if trail is not None else (patient or self.ibe_id)
+        server = self._evaluate("VerifyAuditTrail", chain)
+        entries = list(trail.entries) if trail is not None else list(self.audit(chain).entries)
+        head = (
+            {"seq": server["length"], "hash": server["head"]}
+            if server.get("valid")
+            else ({"seq": len(entries), "hash": entries[-1].get("hash")} if entries else None)
+        )
+        offline = verify_entries(chain, entries, head)
+        checks: dict[str, Any] = {"chaincode": server, "offline": offline}
+        problems = [(r["first_bad_seq"], r["reason"]) for r in (server, offline) if not r["valid"]]
+        if self._ledger_check is not None:
+            try:
+                checks["ledger"] = {"valid": True, **self._ledger_check()}
+            except Exception as exc:
+                checks["ledger"] = {"valid": False, "reason": str(exc)}
+                problems.append((0, f"ledger integrity: {exc}"))
+        valid = not problems
+        first = min((s for s, _ in problems if s), default=0)
+        reason = "; ".join(r for _, r in problems)
+        return AuditVerification(chain, valid, len(entries), first, reason, checks)
+
+    # --- async variants ----------------------------------------------------------------------
+
+    async def aenroll(self, *, timeout: float = 10.0) -> EnrollmentResult:
+        """:meth:`enroll` in a worker thread."""
+        return await asyncio.to_thread(self.enroll, timeout=timeout)
+
+    async def aput_record(
+        self,
+        resource: FHIRAbstractModel | dict[str, Any] | str | bytes,
+        *,
+        patient: str | None = None,
+        type: str | None = None,
+    ) -> RecordRef:
+        """:meth:`put_record` in a worker thread."""
+        return await asyncio.to_thread(self.put_record, resource, patient=patient, type=type)
+
+    async def aread_record(self, ref: RecordRef | str) -> FHIRAbstractModel:
+        """:meth:`read_record` in a worker thread."""
+        return await asyncio.to_thread(self.read_record, ref)
+
+    async def agrant(self, grantee: str, type: str, *, expires: Expiry, max_hops: int = 0) -> Grant:
+        """:meth:`grant` in a worker thread."""
+        return await asyncio.to_thread(
+            self.grant, grantee, type, expires=expires, max_hops=max_hops
+        )
+
+    async def arevoke(self, grant: Grant | str) -> Grant:
+        """:meth:`revoke` in a worker thread."""
+        return await asyncio.to_thread(self.revoke, grant)
+
+    async def aaudit(self, patient: str | None = None) -> AuditTrail:
+        """:meth:`audit` in a worker thread."""
+        return await asyncio.to_thread(self.audit, patient)
