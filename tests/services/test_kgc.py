@@ -7,6 +7,7 @@ import json
 import logging
 
 import pytest
+from services_world import NONCE, World
 
 from ehrshare.hazmat.dkg import KeyShare
 from ehrshare.hazmat.extract import ExtractionRequest, PartialKeyResponse
@@ -24,8 +25,6 @@ from ehrshare.services.kgc import (
     extract_identity_key,
     public_polynomial_from_chain,
 )
-
-from services_world import NONCE, World
 
 
 class DownClient:
@@ -107,7 +106,9 @@ def test_node_down_still_extracts_with_tau_and_fails_clearly_below(world: World)
         InProcessKgcClient(world.nodes[1], requester=bob.ibe_id),
         InProcessKgcClient(world.nodes[2], requester=bob.ibe_id),
     ]
-    outcome = extract_identity_key(clients, bob.ibe_id, public=world.dkg.public, roster=world.roster)
+    outcome = extract_identity_key(
+        clients, bob.ibe_id, public=world.dkg.public, roster=world.roster
+    )
     outcome.secret_key.check(world.mpk)
     assert outcome.unavailable == {1: "KGC node 1 is unreachable"}
 

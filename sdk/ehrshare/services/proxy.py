@@ -230,7 +230,9 @@ class ReencryptionProxy:
                 delegator=grant["grantor"], delegatee=grant["grantee"], type_label=grant["type"]
             )
         except (EncodingError, ValueError) as exc:
-            raise InvalidReKey(f"the re-key for grant {grant_id} does not match it: {exc}") from None
+            raise InvalidReKey(
+                f"the re-key for grant {grant_id} does not match it: {exc}"
+            ) from None
         sealed = seal_state(self._key, _rekey_purpose(grant_id), raw)
         with self._lock:
             try:
