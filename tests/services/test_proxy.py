@@ -1,4 +1,4 @@
-"""Re-encryption proxy in-process: approvals, single use, restart, revocation, multi-hop, at rest."""
+"""Re-encryption proxy in-process: approvals, single use, restart, revocation, multi-hop."""
 
 from __future__ import annotations
 
