@@ -285,6 +285,12 @@ class Consortium:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def dkg_result(self) -> dict[str, Any]:
+        """The latest DKG result on chain (mpk, public polynomial, QUAL), read as the proxy."""
+        with self.session(Wallet(self.profile.proxy.wallet or Path())) as s:
+            result: dict[str, Any] = s._evaluate("GetDKGResult", "")
+        return result
+
     # --- members -----------------------------------------------------------------------------
 
     def add_member(self, name: str, hospital: str, role: str) -> Wallet:

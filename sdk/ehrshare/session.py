@@ -25,6 +25,7 @@ import base64
 import datetime as _dt
 import json
 import logging
+import re
 import secrets
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -75,6 +76,7 @@ _log = logging.getLogger(__name__)
 
 FORMAT_VERSION: Final = "1"
 _PAGE: Final = "100"
+_LABEL_RE: Final = re.compile(r"t-[0-9a-f]{32}")
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -379,13 +381,21 @@ class Session:
         try:
             return json.loads(self.contract.submit_transaction(function, *args))
         except LedgerError as exc:
-            raise RequestRejected(function, exc.message, exc.transaction_id) from None
+            raise RequestRejected(
+                function, self._humanise(exc.message), exc.transaction_id
+            ) from None
 
     def _evaluate(self, function: str, *args: str) -> Any:
         try:
             return json.loads(self.contract.evaluate_transaction(function, *args))
         except LedgerError as exc:
-            raise RequestRejected(function, exc.message, exc.transaction_id) from None
+            raise RequestRejected(
+                function, self._humanise(exc.message), exc.transaction_id
+            ) from None
+
+    def _humanise(self, text: str) -> str:
+        """Name opaque type labels in a chaincode message by their clinical type."""
+        return _LABEL_RE.sub(lambda m: repr(self.labels.reveal(m.group(0)) or m.group(0)), text)
 
     def _now(self) -> int:
         return self._clock() // 1_000_000_000
@@ -576,7 +586,7 @@ class Session:
         sk = self._secret_key()
         access = self._submit("RequestAccess", record_id)
         if access["decision"] != "allow":
-            raise AccessDenied(record_id, access["reason"], access["access_id"])
+            raise AccessDenied(record_id, self._humanise(access["reason"]), access["access_id"])
         record = self._evaluate("GetRecord", record_id, str(access["record_version"]))
         owner, label = record["owner"], record["type"]
         if access["grant_id"] == "owner":
@@ -782,7 +792,7 @@ class Session:
                 problems.append((0, f"ledger integrity: {exc}"))
         valid = not problems
         first = min((s for s, _ in problems if s), default=0)
-        reason = "; ".join(r for _, r in problems)
+        reason = "; ".join(dict.fromkeys(r for _, r in problems))
         return AuditVerification(chain, valid, len(entries), first, reason, checks)
 
     # --- async variants ----------------------------------------------------------------------

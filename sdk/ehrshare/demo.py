@@ -1,0 +1,337 @@
+"""The end-to-end story, as a library function the CLI, the tests and the docs share.
+
+:func:`run_demo` sets up a three-hospital consortium on the embedded backend (or with Kubo
+storage), runs its DKG, enrols a patient, two clinicians and a specialist, and walks the paper's
+flows: store three FHIR records, grant "lab" with two hops, read, refer, read at the second hop,
+type isolation (imaging stays unreadable), revoke, a denied and logged request, the audit trail
+and its verification, and a tampered log entry being caught. Each step is reported to a callback
+with its timing; the outcome is a :class:`DemoResult` whose ``checks`` say whether every claim of
+the story held.
+
+This module must not print (the CLI renders the steps) and must not leave files behind unless
+asked to keep its directory.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ehrshare.consortium import Consortium
+from ehrshare.session import AccessDenied, Session
+
+__all__ = ["DemoResult", "DemoStep", "lab_observation", "run_demo"]
+
+_OBS_CAT = "http://terminology.hl7.org/CodeSystem/observation-category"
+SECRET_MARKER = "HAEMOGLOBIN-DEMO-7f3a"  # noqa: S105 - a text marker, not a password
+
+
+def lab_observation(value: float = 13.2, marker: str = SECRET_MARKER) -> dict[str, Any]:
+    """A FHIR R4 laboratory Observation (haemoglobin) with a recognisable text marker."""
+    return {
+        "resourceType": "Observation",
+        "status": "final",
+        "category": [{"coding": [{"system": _OBS_CAT, "code": "laboratory"}]}],
+        "code": {
+            "coding": [{"system": "http://loinc.org", "code": "718-7"}],
+            "text": f"Haemoglobin {marker}",
+        },
+        "subject": {"reference": "Patient/alice"},
+        "effectiveDateTime": "2026-11-20T08:30:00Z",
+        "valueQuantity": {
+            "value": value,
+            "unit": "g/dL",
+            "system": "http://unitsofmeasure.org",
+            "code": "g/dL",
+        },
+    }
+
+
+def imaging_study() -> dict[str, Any]:
+    """A FHIR R4 ImagingStudy (chest CT)."""
+    return {
+        "resourceType": "ImagingStudy",
+        "status": "available",
+        "subject": {"reference": "Patient/alice"},
+        "started": "2026-11-19T14:00:00Z",
+        "numberOfSeries": 1,
+        "numberOfInstances": 120,
+        "description": "CT chest without contrast",
+    }
+
+
+def medication_request() -> dict[str, Any]:
+    """A FHIR R4 MedicationRequest (iron supplement)."""
+    return {
+        "resourceType": "MedicationRequest",
+        "status": "active",
+        "intent": "order",
+        "medicationCodeableConcept": {"text": "Ferrous sulfate 200 mg"},
+        "subject": {"reference": "Patient/alice"},
+        "dosageInstruction": [{"text": "one tablet daily"}],
+    }
+
+
+@dataclass
+class DemoStep:
+    """One step of the story: what happened, how long it took, and whether it went as told."""
+
+    number: int
+    title: str
+    ms: float = 0.0
+    ok: bool = True
+    lines: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return {
+            "step": self.number,
+            "title": self.title,
+            "ms": round(self.ms, 2),
+            "ok": self.ok,
+            "lines": self.lines,
+        }
+
+
+@dataclass
+class DemoResult:
+    """The whole run: steps, the checks of the story, the audit trail, the total time."""
+
+    steps: list[DemoStep] = field(default_factory=list)
+    checks: dict[str, bool] = field(default_factory=dict)
+    audit: list[dict[str, Any]] = field(default_factory=list)
+    total_ms: float = 0.0
+    directory: str = ""
+    storage: str = "embedded"
+
+    @property
+    def ok(self) -> bool:
+        """True when every check held."""
+        return all(self.checks.values()) and all(s.ok for s in self.steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``--json`` summary."""
+        return {
+            "ok": self.ok,
+            "backend": {"ledger": "embedded", "storage": self.storage},
+            "total_ms": round(self.total_ms, 1),
+            "checks": self.checks,
+            "steps": [s.to_dict() for s in self.steps],
+            "audit_entries": len(self.audit),
+            "directory": self.directory,
+        }
+
+
+StepCallback = Callable[[DemoStep], None]
+
+
+class _Story:
+    def __init__(self, on_step: StepCallback | None) -> None:
+        self.result = DemoResult()
+        self._on_step = on_step
+
+    @contextmanager
+    def step(self, title: str) -> Iterator[DemoStep]:
+        s = DemoStep(len(self.result.steps) + 1, title)
+        t0 = time.perf_counter()
+        try:
+            yield s
+        except Exception as exc:
+            s.ok = False
+            s.lines.append(f"failed: {type(exc).__name__}: {exc}")
+            raise
+        finally:
+            s.ms = (time.perf_counter() - t0) * 1000.0
+            self.result.steps.append(s)
+            if self._on_step is not None:
+                self._on_step(s)
+
+    def check(self, name: str, value: bool, step: DemoStep) -> None:
+        self.result.checks[name] = value
+        if not value:
+            step.ok = False
+
+
+def _tamper_log_entry(ledger_dir: Path, requester: str) -> int:
+    """Flip a denied access decision to "allow" directly in the ledger's SQLite world state,
+    as a rogue database administrator would. Returns the tampered entry's sequence number."""
+    import json
+
+    db = sqlite3.connect(ledger_dir / "ledger.sqlite")
+    try:
+        rows = db.execute(
+            "SELECT key, value FROM state WHERE CAST(value AS TEXT) LIKE ? ORDER BY key",
+            ('%"action":"AccessDecision"%',),
+        ).fetchall()
+        for key, value in rows:
+            entry = json.loads(bytes(value))
+            if entry.get("outcome") == "deny" and entry["detail"].get("requester") == requester:
+                entry["outcome"] = "allow"
+                new = json.dumps(entry, sort_keys=True, separators=(",", ":")).encode()
+                db.execute("UPDATE state SET value = ? WHERE key = ?", (new, key))
+                db.commit()
+                return int(entry["seq"])
+    finally:
+        db.close()
+    raise RuntimeError("no denied access decision to tamper with")
+
+
+def run_demo(
+    directory: str | Path | None = None,
+    *,
+    storage: str = "embedded",
+    kubo_url: str = "http://127.0.0.1:5001",
+    on_step: StepCallback | None = None,
+    keep: bool = False,
+) -> DemoResult:
+    """Run the story in ``directory`` (a fresh temporary one by default, deleted afterwards
+    unless ``keep``). Raises on an unexpected error; a claim that does not hold is a failed
+    check in the result, not an exception."""
+    story = _Story(on_step)
+    tmp = None
+    if directory is None:
+        tmp = tempfile.mkdtemp(prefix="ehrshare-demo-")
+        root = Path(tmp) / "consortium"
+    else:
+        root = Path(directory)
+    story.result.directory = str(root) if keep or tmp is None else ""
+    story.result.storage = storage
+    t_start = time.perf_counter()
+    consortium: Consortium | None = None
+    sessions: list[Session] = []
+    try:
+        with story.step("Three hospitals form a consortium and run the KGC's DKG") as s:
+            consortium = Consortium.init(root, storage=storage, kubo_url=kubo_url, threshold=2)
+            dkg = consortium.dkg_result()
+            s.lines.append(
+                "HospitalA, HospitalB, HospitalC: one CA, one KGC node each; embedded ledger, "
+                f"{storage} content store"
+            )
+            s.lines.append(
+                f"DKG finished: threshold 2 of 3, QUAL = {', '.join(dkg['qual'])}; "
+                f"mpk on chain ({dkg['mpk'][:16]}…)"
+            )
+        c = consortium
+        with story.step("A patient, two clinicians and a specialist enrol") as s:
+            people = {
+                "alice": ("HospitalA", "patient"),
+                "dr-adams": ("HospitalA", "clinician"),
+                "dr-baker": ("HospitalB", "clinician"),
+                "dr-chen": ("HospitalC", "clinician"),
+            }
+            by_name: dict[str, Session] = {}
+            for name, (hospital, role) in people.items():
+                c.add_member(name, hospital, role)
+                sess = c.session(name)
+                sessions.append(sess)
+                enrolled = sess.enroll()
+                sess.publish_type_keys()
+                by_name[name] = sess
+                s.lines.append(
+                    f"{sess.ibe_id} ({role}): key from KGC nodes "
+                    f"{', '.join(map(str, enrolled.used))}; type keys published"
+                )
+        alice, adams, baker, chen = (by_name[n] for n in people)
+        with story.step("Dr Adams (hospital A) stores three FHIR records for Alice") as s:
+            lab = adams.put_record(lab_observation(), patient=alice.ibe_id)
+            img = adams.put_record(imaging_study(), patient=alice.ibe_id)
+            med = adams.put_record(medication_request(), patient=alice.ibe_id)
+            for ref, what in (
+                (lab, "Observation"),
+                (img, "ImagingStudy"),
+                (med, "MedicationRequest"),
+            ):
+                s.lines.append(
+                    f"{what} → type {ref.type} (on chain: {ref.label[:12]}…), "
+                    f"{ref.record_id[:14]}…, CID {ref.cid[:16]}…"
+                )
+        with story.step("Alice grants 'lab' to Dr Baker (hospital B), 2 hops, 30 days") as s:
+            grant = alice.grant(baker.ibe_id, "lab", expires=_dt.timedelta(days=30), max_hops=2)
+            s.lines.append(
+                f"grant {grant.grant_id[:14]}… committed; re-key sealed to the proxy "
+                "(never on chain)"
+            )
+        with story.step("Dr Baker reads the lab result (hop 1)") as s:
+            obs = baker.read_record(lab)
+            value = obs.valueQuantity.value  # type: ignore[attr-defined]
+            s.lines.append(f"decrypted Observation: haemoglobin {value} g/dL")
+            story.check("hop1_read_lab", float(value) == 13.2, s)
+        with story.step("Dr Baker refers the case to Dr Chen (hospital C)") as s:
+            fwd = baker.forward(lab, chen.ibe_id, max_hops=0)
+            s.lines.append(f"forwarded grant {fwd.grant_id[:14]}… (hop {fwd.hop}, no further hops)")
+        with story.step("Dr Chen reads the lab result (hop 2)") as s:
+            obs2 = chen.read_record(lab)
+            value2 = obs2.valueQuantity.value  # type: ignore[attr-defined]
+            s.lines.append(f"decrypted through two re-encryptions: haemoglobin {value2} g/dL")
+            story.check("hop2_read_lab", float(value2) == 13.2, s)
+        with story.step("The imaging study stays unreadable to Dr Baker") as s:
+            try:
+                baker.read_record(img)
+                story.check("imaging_denied", False, s)
+            except AccessDenied as exc:
+                s.lines.append(f"denied and logged: {exc.reason}")
+                story.check("imaging_denied", True, s)
+        with story.step("Alice revokes Dr Baker's grant") as s:
+            alice.revoke(grant)
+            s.lines.append("grant revoked on chain; the proxy deleted its re-keys (and Chen's)")
+        with story.step("Dr Baker's next request is denied and logged") as s:
+            try:
+                baker.read_record(lab)
+                story.check("denied_after_revoke", False, s)
+            except AccessDenied as exc:
+                s.lines.append(f"denied: {exc.reason} (access {exc.access_id[:14]}…)")
+                story.check("denied_after_revoke", True, s)
+            try:
+                chen.read_record(lab)
+                story.check("forward_denied_after_revoke", False, s)
+            except AccessDenied as exc:
+                s.lines.append(f"Dr Chen too: {exc.reason}")
+                story.check("forward_denied_after_revoke", True, s)
+        with story.step("Alice's audit trail, verified") as s:
+            trail = alice.audit()
+            story.result.audit = list(trail.entries)
+            for e in trail.entries:
+                who = e["detail"].get("requester") or e["actor"]
+                s.lines.append(f"#{e['seq']:>2} {e['action']:<18} {e['outcome']:<9} {who}")
+            verdict = alice.verify_audit()
+            s.lines.append(
+                f"hash chain of {verdict.length} entries: "
+                + ("valid" if verdict.valid else f"INVALID ({verdict.reason})")
+            )
+            story.check("audit_valid", verdict.valid, s)
+        with story.step("Nothing readable on the ledger or in the store") as s:
+            blobs = [p for p in (root / "ledger").iterdir() if p.is_file()]
+            if storage == "embedded":
+                blobs += [p for p in (root / "store").rglob("*") if p.is_file()]
+            leaked = [str(p.name) for p in blobs if SECRET_MARKER.encode() in p.read_bytes()]
+            s.lines.append(
+                f"scanned {len(blobs)} files for the record's text: "
+                + ("not found" if not leaked else f"FOUND in {leaked}")
+            )
+            story.check("no_plaintext_at_rest", not leaked, s)
+        with story.step("Someone edits a log entry in the database; verification catches it") as s:
+            seq = _tamper_log_entry(root / "ledger", baker.ibe_id)
+            s.lines.append(f"entry #{seq} changed from 'deny' to 'allow' directly in SQLite")
+            verdict = alice.verify_audit()
+            s.lines.append(
+                f"verify: {'valid' if verdict.valid else 'INVALID'} — first bad entry "
+                f"#{verdict.first_bad_seq}: {verdict.reason}"
+            )
+            story.check("tamper_detected", (not verdict.valid) and verdict.first_bad_seq == seq, s)
+    finally:
+        story.result.total_ms = (time.perf_counter() - t_start) * 1000.0
+        for sess in sessions:
+            sess.close()
+        if consortium is not None:
+            consortium.close()
+        if tmp is not None and not keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return story.result
