@@ -293,10 +293,12 @@ class _SimulationStub:
         ]
 
     def create_composite_key(self, object_type: str, attributes: Sequence[str]) -> str:
-        return create_composite_key(object_type, attributes)
+        key: str = create_composite_key(object_type, attributes)
+        return key
 
     def split_composite_key(self, key: str) -> tuple[str, list[str]]:
-        return split_composite_key(key)
+        parts: tuple[str, list[str]] = split_composite_key(key)
+        return parts
 
     def get_creator(self) -> tuple[str, bytes]:
         return self._creator.msp_id, self._creator.credentials
