@@ -34,6 +34,7 @@ app.add_typer(bench_app, name="bench")
 # Modules under ehrshare.commands that expose `register(app, bench_app)`.
 _COMMAND_MODULES = (
     "ehrshare.commands.demo",
+    "ehrshare.commands.cli_records",
     "ehrshare.commands.bench_crypto",
     "ehrshare.commands.bench_ledger",
     "ehrshare.commands.bench_consensus",

@@ -1,0 +1,511 @@
+"""Member commands: ``consortium init|add-member``, ``enroll``, ``record put|get|list``,
+``grant``, ``forward``, ``revoke``, ``audit show|verify``.
+
+Every command works on a profile (``--profile``, or ``$EHRSHARE_PROFILE``, or ``./profile.yaml``)
+and, where it acts as someone, a wallet (``--wallet``: a name under the profile's wallet
+directory or a path; or ``$EHRSHARE_WALLET``). ``--json`` prints only JSON on stdout; messages
+and progress go to stderr. This module only parses, renders and maps errors to exit codes; the
+work is in :mod:`ehrshare.session` and :mod:`ehrshare.consortium`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+__all__ = ["EXIT_CODES", "register"]
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_UNAVAILABLE = 4
+EXIT_INTEGRITY = 5
+EXIT_INPUT = 6
+EXIT_CODES = {
+    EXIT_OK: "success",
+    EXIT_REFUSED: "refused by the ledger (not allowed, access denied, unknown object)",
+    EXIT_USAGE: "bad command-line usage",
+    EXIT_CONFIG: "profile, wallet or consortium problem (incl. backend not available)",
+    EXIT_UNAVAILABLE: "a service is down (content store, KGC nodes, proxy)",
+    EXIT_INTEGRITY: "an integrity check failed (audit trail, stored ciphertext)",
+    EXIT_INPUT: "invalid input (FHIR, record type, size)",
+}
+_EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
+
+_err = Console(stderr=True)
+
+ProfileOpt = Annotated[
+    str,
+    typer.Option(
+        "--profile",
+        "-p",
+        envvar="EHRSHARE_PROFILE",
+        help="Profile file or consortium directory (env EHRSHARE_PROFILE).",
+    ),
+]
+WalletOpt = Annotated[
+    str,
+    typer.Option(
+        "--wallet",
+        "-w",
+        envvar="EHRSHARE_WALLET",
+        help="Wallet name (under the profile's wallets/) or path (env EHRSHARE_WALLET).",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")]
+
+
+def _fail(code: int, message: str, hint: str = "") -> NoReturn:
+    _err.print(f"[red]error:[/red] {message}", highlight=False)
+    if hint:
+        _err.print(f"[dim]hint:[/dim] {hint}", highlight=False)
+    raise typer.Exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Map the SDK's errors to a message on stderr and a meaningful exit code."""
+    from ehrshare.consortium import ConsortiumError
+    from ehrshare.fhir import FhirValidationError, UnknownRecordType
+    from ehrshare.hazmat.errors import EncodingError
+    from ehrshare.profile import BackendUnavailable, ProfileError, WalletError
+    from ehrshare.session import (
+        AccessDenied,
+        EnrollmentError,
+        NotEnrolledError,
+        ProxyError,
+        RecordStorageError,
+        RecordTooLarge,
+        RequestRejected,
+        SdkError,
+    )
+    from ehrshare.storage import IntegrityError, StorageError
+
+    try:
+        yield
+    except typer.Exit:
+        raise
+    except BackendUnavailable as exc:
+        _fail(EXIT_CONFIG, str(exc))
+    except (ProfileError, WalletError, ConsortiumError) as exc:
+        _fail(EXIT_CONFIG, str(exc))
+    except NotEnrolledError as exc:
+        _fail(EXIT_CONFIG, str(exc), "run 'ehrshare enroll --wallet <name>'")
+    except AccessDenied as exc:
+        _fail(EXIT_REFUSED, str(exc), "ask the patient for a grant of this record's type")
+    except RequestRejected as exc:
+        _fail(EXIT_REFUSED, str(exc))
+    except (FhirValidationError, UnknownRecordType, RecordTooLarge) as exc:
+        _fail(EXIT_INPUT, str(exc))
+    except IntegrityError as exc:
+        _fail(EXIT_INTEGRITY, str(exc))
+    except (RecordStorageError, EnrollmentError, ProxyError, StorageError) as exc:
+        _fail(EXIT_UNAVAILABLE, str(exc))
+    except SdkError as exc:
+        _fail(EXIT_REFUSED, str(exc))
+    except (EncodingError, FileNotFoundError, PermissionError) as exc:
+        _fail(EXIT_CONFIG, str(exc))
+
+
+def _profile_path(profile: str) -> str:
+    if profile:
+        return profile
+    if Path("profile.yaml").is_file():
+        return "profile.yaml"
+    _fail(
+        EXIT_CONFIG,
+        "no profile given and no ./profile.yaml",
+        "pass --profile <consortium dir> or set EHRSHARE_PROFILE; "
+        "'ehrshare consortium init <dir>' creates one",
+    )
+
+
+def _need_wallet(wallet: str) -> str:
+    if not wallet:
+        _fail(EXIT_USAGE, "this command acts as someone: pass --wallet <name> (or EHRSHARE_WALLET)")
+    return wallet
+
+
+@contextmanager
+def _session(profile: str, wallet: str) -> Iterator[Any]:
+    from ehrshare.consortium import connect
+
+    with _errors():
+        session = connect(_profile_path(profile), _need_wallet(wallet))
+        try:
+            yield session
+        finally:
+            session.close()
+
+
+@contextmanager
+def _progress(text: str, quiet: bool) -> Iterator[Callable[[str], None]]:
+    if quiet or not _err.is_terminal:
+        yield lambda _m: None
+        return
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=_err,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(text)
+        yield lambda m: bar.update(task, description=m)
+
+
+def _emit(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def _expiry(days: float | None, until: str | None) -> _dt.datetime | _dt.timedelta:
+    if until:
+        try:
+            when = _dt.datetime.fromisoformat(until)
+        except ValueError:
+            _fail(EXIT_USAGE, f"--until {until!r} is not an ISO date/time (2027-01-31T12:00Z)")
+        return when if when.tzinfo else when.replace(tzinfo=_dt.UTC)
+    if days is None or days <= 0:
+        _fail(EXIT_USAGE, "give --days N (N > 0) or --until <ISO date>")
+    return _dt.timedelta(days=days)
+
+
+def _fmt_time(ts: int) -> str:
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    """Add the member commands to ``app``."""
+    del bench_app
+    consortium_app = typer.Typer(
+        help="Create a local embedded consortium (CAs, ledger, store, KGC nodes, DKG, proxy) "
+        "and enrol members into wallets.",
+        no_args_is_help=True,
+    )
+    record_app = typer.Typer(
+        help="Store, read and list encrypted FHIR R4 records.", no_args_is_help=True
+    )
+    audit_app = typer.Typer(
+        help="Show and verify the hash-chained operation log.", no_args_is_help=True
+    )
+    app.add_typer(consortium_app, name="consortium")
+    app.add_typer(record_app, name="record")
+    app.add_typer(audit_app, name="audit")
+
+    # --- consortium ---------------------------------------------------------------------------
+
+    @consortium_app.command("init", epilog=_EXIT_HELP)
+    def consortium_init(
+        directory: Annotated[Path, typer.Argument(help="New directory for the consortium.")],
+        hospitals: Annotated[
+            str, typer.Option(help="Comma-separated hospital names (one CA + KGC node each).")
+        ] = "HospitalA,HospitalB,HospitalC",
+        threshold: Annotated[int, typer.Option(help="KGC threshold τ (nodes needed).")] = 2,
+        storage: Annotated[str, typer.Option(help="Content store: embedded or kubo.")] = (
+            "embedded"
+        ),
+        kubo_url: Annotated[str, typer.Option(help="Kubo RPC URL (storage kubo).")] = (
+            "http://127.0.0.1:5001"
+        ),
+        ledger: Annotated[
+            str, typer.Option(help="Ledger: embedded (fabric is not available yet).")
+        ] = "embedded",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Create a consortium directory with profile.yaml, run the DKG and put mpk on chain.
+
+        Then: 'ehrshare consortium add-member alice --hospital HospitalA --role patient -p DIR'.
+        """
+        from ehrshare.consortium import Consortium
+
+        names = [h.strip() for h in hospitals.split(",") if h.strip()]
+        with _errors(), _progress("creating the consortium", as_json) as say:
+            c = Consortium.init(
+                directory,
+                hospitals=names,
+                threshold=threshold,
+                storage=storage,
+                kubo_url=kubo_url,
+                ledger=ledger,
+                progress=say,
+            )
+            try:
+                dkg = c.dkg_result()
+            finally:
+                c.close()
+        profile = str(Path(directory).resolve() / "profile.yaml")
+        if as_json:
+            _emit(
+                {
+                    "profile": profile,
+                    "hospitals": names,
+                    "threshold": threshold,
+                    "qual": dkg["qual"],
+                    "mpk": dkg["mpk"],
+                }
+            )
+            return
+        _err.print(f"[green]✓[/green] consortium created: {profile}")
+        _err.print(f"  KGC: {threshold} of {len(names)} nodes; QUAL {', '.join(dkg['qual'])}")
+        _err.print(f"  next: export EHRSHARE_PROFILE={profile}")
+
+    @consortium_app.command("add-member", epilog=_EXIT_HELP)
+    def consortium_add_member(
+        name: Annotated[str, typer.Argument(help="Enrollment id (becomes the wallet name).")],
+        hospital: Annotated[str, typer.Option(help="Issuing hospital, e.g. HospitalA.")],
+        role: Annotated[str, typer.Option(help="patient, clinician, auditor or admin.")],
+        profile: ProfileOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Issue a certificate for a new member into a wallet (then run 'ehrshare enroll')."""
+        from ehrshare.consortium import Consortium
+
+        with _errors():
+            c = Consortium.open(_profile_path(profile))
+            try:
+                wallet = c.add_member(name, hospital, role)
+                identity, _ = wallet.load_identity()
+            finally:
+                c.close()
+        if as_json:
+            _emit({"ibe_id": identity.ibe_id, "wallet": str(wallet.directory), "role": role})
+            return
+        _err.print(f"[green]✓[/green] {identity.ibe_id} ({role}) → wallet {wallet.directory}")
+
+    # --- enrol --------------------------------------------------------------------------------
+
+    @app.command("enroll", epilog=_EXIT_HELP)
+    def enroll(profile: ProfileOpt = "", wallet: WalletOpt = "", as_json: JsonOpt = False) -> None:
+        """Register on chain, get your identity key from τ KGC nodes (threshold extraction,
+        each partial key verified) and publish your per-type public keys."""
+        with _session(profile, wallet) as s, _errors(), _progress("enrolling", as_json) as say:
+            say("threshold key extraction from the KGC nodes")
+            result = s.enroll()
+            say("publishing type keys")
+            published = s.publish_type_keys()
+        data = {
+            "ibe_id": result.ibe_id,
+            "kgc_nodes_used": list(result.used),
+            "kgc_nodes_unavailable": {str(k): v for k, v in result.failed.items()},
+            "kgc_nodes_invalid": list(result.invalid),
+            "type_keys_published": published,
+        }
+        if as_json:
+            _emit(data)
+            return
+        _err.print(
+            f"[green]✓[/green] {result.ibe_id} enrolled with KGC nodes "
+            f"{', '.join(map(str, result.used))}; type keys: {', '.join(published) or 'unchanged'}"
+        )
+        for k, v in result.failed.items():
+            _err.print(f"  [yellow]node {k} unavailable:[/yellow] {v}")
+        for k in result.invalid:
+            _err.print(f"  [red]node {k} sent an invalid partial key (excluded)[/red]")
+
+    # --- records ------------------------------------------------------------------------------
+
+    @record_app.command("put", epilog=_EXIT_HELP)
+    def record_put(
+        file: Annotated[str, typer.Argument(help="FHIR R4 resource as JSON ('-' = stdin).")],
+        patient: Annotated[
+            str, typer.Option(help="Owner's IBE id (<MSP>/<name>); default: yourself.")
+        ] = "",
+        record_type: Annotated[
+            str, typer.Option("--type", help="Record type when no mapping rule covers it.")
+        ] = "",
+        profile: ProfileOpt = "",
+        wallet: WalletOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Encrypt a FHIR resource for a patient, store it, then register it on chain."""
+        try:
+            data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
+        except OSError as exc:
+            _fail(EXIT_INPUT, f"cannot read {file}: {exc.strerror}")
+        with _session(profile, wallet) as s, _errors(), _progress("storing", as_json):
+            ref = s.put_record(data, patient=patient or None, type=record_type or None)
+        if as_json:
+            _emit(ref.to_dict())
+            return
+        _err.print(f"[green]✓[/green] record {ref.record_id} ({ref.type}) for {ref.owner}")
+        typer.echo(ref.record_id)
+
+    @record_app.command("get", epilog=_EXIT_HELP)
+    def record_get(
+        record_id: Annotated[str, typer.Argument(help="Record id (r-…).")],
+        out: Annotated[str, typer.Option("--out", "-o", help="Write the FHIR JSON here.")] = "",
+        profile: ProfileOpt = "",
+        wallet: WalletOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Request access (logged), get the capsule re-encrypted by the proxy, decrypt and print
+        the FHIR resource. Exit code 1 if the chaincode denies the request."""
+        with _session(profile, wallet) as s, _errors(), _progress("reading", as_json):
+            resource = s.read_record(record_id)
+        text = resource.model_dump_json(exclude_none=True, indent=2)
+        if out:
+            Path(out).write_text(text + "\n", encoding="utf-8")
+            if not as_json:
+                _err.print(f"[green]✓[/green] wrote {out}")
+                return
+        typer.echo(text)
+
+    @record_app.command("list", epilog=_EXIT_HELP)
+    def record_list(
+        patient: Annotated[str, typer.Option(help="Patient IBE id (default: yourself).")] = "",
+        profile: ProfileOpt = "",
+        wallet: WalletOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """List a patient's records (yourself, or any patient with the auditor role)."""
+        with _session(profile, wallet) as s, _errors():
+            refs = s.list_records(patient or None)
+        if as_json:
+            _emit([r.to_dict() for r in refs])
+            return
+        table = Table("record", "type", "creator", "created", "version")
+        for r in refs:
+            table.add_row(
+                r.record_id, r.type or r.label, r.creator, _fmt_time(r.created_at), str(r.version)
+            )
+        Console().print(table)
+
+    # --- grants -------------------------------------------------------------------------------
+
+    @app.command("grant", epilog=_EXIT_HELP)
+    def grant(
+        grantee: Annotated[str, typer.Argument(help="Grantee IBE id, e.g. HospitalBMSP/dr-b.")],
+        record_type: Annotated[str, typer.Argument(help="Record type, e.g. lab.")],
+        days: Annotated[float | None, typer.Option(help="Valid for this many days.")] = None,
+        until: Annotated[str, typer.Option(help="Valid until (ISO date/time, UTC).")] = "",
+        max_hops: Annotated[int, typer.Option(help="Further referrals allowed.")] = 0,
+        profile: ProfileOpt = "",
+        wallet: WalletOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """As a patient, let a clinician read your records of one type (re-key to the proxy)."""
+        expires = _expiry(days, until or None)
+        with _session(profile, wallet) as s, _errors():
+            g = s.grant(grantee, record_type, expires=expires, max_hops=max_hops)
+        if as_json:
+            _emit(g.to_dict())
+            return
+        _err.print(
+            f"[green]✓[/green] grant {g.grant_id}: {g.grantee} may read {g.type} until "
+            f"{_fmt_time(g.expiry)}, {g.max_hops} further hop(s)"
+        )
+        typer.echo(g.grant_id)
+
+    @app.command("forward", epilog=_EXIT_HELP)
+    def forward(
+        what: Annotated[str, typer.Argument(help="Your grant id (g-…) or a record id (r-…).")],
+        to: Annotated[str, typer.Argument(help="IBE id to refer to.")],
+        days: Annotated[float | None, typer.Option(help="Valid for this many days.")] = None,
+        max_hops: Annotated[int, typer.Option(help="Further referrals allowed.")] = 0,
+        profile: ProfileOpt = "",
+        wallet: WalletOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Refer what you were granted one hop further (multi-hop sharing)."""
+        expires = _dt.timedelta(days=days) if days else None
+        with _session(profile, wallet) as s, _errors():
+            g = s.forward(what, to, expires=expires, max_hops=max_hops)
+        if as_json:
+            _emit(g.to_dict())
+            return
+        _err.print(f"[green]✓[/green] grant {g.grant_id} (hop {g.hop}) to {g.grantee}")
+        typer.echo(g.grant_id)
+
+    @app.command("revoke", epilog=_EXIT_HELP)
+    def revoke(
+        grant_id: Annotated[str, typer.Argument(help="Grant id (g-…).")],
+        profile: ProfileOpt = "",
+        wallet: WalletOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Revoke a grant you gave: later requests are denied, the proxy deletes the re-keys
+        (also of grants forwarded from it). Forward-only: what was read stays read."""
+        with _session(profile, wallet) as s, _errors():
+            g = s.revoke(grant_id)
+        if as_json:
+            _emit(g.to_dict())
+            return
+        _err.print(f"[green]✓[/green] grant {g.grant_id} revoked")
+
+    # --- audit --------------------------------------------------------------------------------
+
+    @audit_app.command("show", epilog=_EXIT_HELP)
+    def audit_show(
+        patient: Annotated[str, typer.Option(help="Patient IBE id (default: yourself).")] = "",
+        record: Annotated[str, typer.Option(help="Only this record's entries.")] = "",
+        profile: ProfileOpt = "",
+        wallet: WalletOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Print a patient's (or a record's) operation log: who did what, when, with what
+        outcome."""
+        with _session(profile, wallet) as s, _errors():
+            trail = s.audit(patient or None, record=record or None)
+        if as_json:
+            _emit(trail.to_dict())
+            return
+        table = Table("#", "time", "action", "outcome", "actor", "record / grant")
+        for e in trail.entries:
+            actor = e["detail"].get("requester") or e["actor"]
+            table.add_row(
+                str(e["seq"]),
+                _fmt_time(e["timestamp"]),
+                e["action"],
+                e["outcome"],
+                actor,
+                e["record_id"] or e["grant_id"],
+            )
+        Console().print(table)
+
+    @audit_app.command("verify", epilog=_EXIT_HELP)
+    def audit_verify(
+        patient: Annotated[str, typer.Option(help="Patient IBE id (default: yourself).")] = "",
+        trail_file: Annotated[
+            str, typer.Option("--trail", help="Verify an exported trail (audit show --json).")
+        ] = "",
+        profile: ProfileOpt = "",
+        wallet: WalletOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Recompute the hash chain (chaincode and offline) and check the ledger's integrity.
+        Exit code 5 if anything does not verify."""
+        from ehrshare.session import AuditTrail
+
+        trail = None
+        if trail_file:
+            try:
+                raw = json.loads(Path(trail_file).read_text(encoding="utf-8"))
+                trail = AuditTrail(raw["chain"], tuple(raw["entries"]))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                _fail(EXIT_INPUT, f"{trail_file} is not an exported audit trail: {exc}")
+        with _session(profile, wallet) as s, _errors():
+            verdict = s.verify_audit(patient or None, trail=trail)
+        if as_json:
+            _emit(verdict.to_dict())
+        elif verdict.valid:
+            _err.print(
+                f"[green]✓[/green] audit trail of {verdict.chain}: {verdict.length} entries, valid"
+            )
+        else:
+            _err.print(
+                f"[red]✗ audit trail of {verdict.chain} does NOT verify[/red]: first bad entry "
+                f"#{verdict.first_bad_seq}: {verdict.reason}"
+            )
+        if not verdict.valid:
+            raise typer.Exit(EXIT_INTEGRITY)
