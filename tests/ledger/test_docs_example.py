@@ -13,7 +13,7 @@ def test_docs_example_runs(tmp_path: Path) -> None:
     assert len(blocks) == 1
     code = blocks[0].replace('"/var/lib/ehrshare/ledger"', repr(str(tmp_path / "ledger")))
     namespace: dict[str, object] = {}
-    exec(compile(code, str(DOC), "exec"), namespace)  # noqa: S102 - our own documentation
+    exec(compile(code, str(DOC), "exec"), namespace)
     ledger = namespace["ledger"]
     assert ledger.height() == 3  # genesis, the organisation's config block, the registration
     ledger.close()
