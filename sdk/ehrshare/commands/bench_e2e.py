@@ -1,0 +1,172 @@
+"""``ehrshare bench e2e``: SDK-level latency on the embedded backend, end to end.
+
+Each operation runs through the whole stack a hospital app uses — FHIR validation, AES-256-GCM,
+MH-TIPRE, the content store with read-back verification, signed proposals to the embedded ledger
+running the real chaincode, the in-process KGC nodes and re-encryption proxy:
+``put_record`` with ~10 KB and ~10 MB FHIR payloads, ``grant`` (re-key made, sealed and stored at
+the proxy), ``read_record`` at the first hop (one re-encryption) and at the third hop (a chain of
+three grants, three re-encryptions). Reports p50/p95 in milliseconds with machine metadata.
+
+This module only measures; it must not change how the SDK behaves.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ehrshare.benchutil import machine_metadata, percentile, time_calls
+from ehrshare.consortium import Consortium
+
+__all__ = ["binary_resource", "register", "run_e2e_bench"]
+
+
+def binary_resource(size: int) -> dict[str, Any]:
+    """A FHIR Binary whose JSON is about ``size`` bytes (random content, base64)."""
+    raw = os.urandom(max(1, (size - 80) * 3 // 4))
+    return {
+        "resourceType": "Binary",
+        "contentType": "application/octet-stream",
+        "data": base64.b64encode(raw).decode("ascii"),
+    }
+
+
+def _stats(samples: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(percentile(samples, 50), 3),
+        "p95_ms": round(percentile(samples, 95), 3),
+        "n": len(samples),
+    }
+
+
+def run_e2e_bench(
+    *,
+    repeat: int = 20,
+    repeat_large: int = 3,
+    warmup: int = 2,
+    small_bytes: int = 10 * 1024,
+    large_bytes: int = 10 * 1024 * 1024,
+    directory: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark in a fresh consortium; returns the JSON-able result."""
+    say = progress or (lambda _m: None)
+    with tempfile.TemporaryDirectory(prefix="ehrshare-bench-", dir=directory) as tmp:
+        say("creating a 3-hospital consortium and running the DKG")
+        c = Consortium.init(Path(tmp) / "c")
+        try:
+            people = {
+                "patient": ("HospitalA", "patient"),
+                "author": ("HospitalA", "clinician"),
+                "hop1": ("HospitalB", "clinician"),
+                "hop2": ("HospitalC", "clinician"),
+                "hop3": ("HospitalA", "clinician"),
+            }
+            s = {}
+            for name, (hospital, role) in people.items():
+                c.add_member(name, hospital, role)
+                s[name] = c.session(name)
+                s[name].enroll()
+                s[name].publish_type_keys(["general"])
+            patient, author = s["patient"], s["author"]
+            small = binary_resource(small_bytes)
+            large = binary_resource(large_bytes)
+            results: dict[str, Any] = {}
+
+            def put_small() -> object:
+                return author.put_record(small, patient=patient.ibe_id, type="general")
+
+            def put_large() -> object:
+                return author.put_record(large, patient=patient.ibe_id, type="general")
+
+            say(f"put_record ~{small_bytes} B x {repeat}")
+            results["put_record_10KB"] = _stats(time_calls(put_small, repeat, warmup))
+            say(f"put_record ~{large_bytes} B x {repeat_large}")
+            results["put_record_10MB"] = _stats(time_calls(put_large, repeat_large, 1))
+
+            month = _dt.timedelta(days=30)
+
+            def grant() -> object:
+                return patient.grant(s["hop1"].ibe_id, "general", expires=month, max_hops=2)
+
+            say(f"grant x {repeat}")
+            results["grant"] = _stats(time_calls(grant, repeat, warmup))
+
+            ref = put_small()
+            s["hop1"].forward(ref, s["hop2"].ibe_id, max_hops=1)  # type: ignore[arg-type]
+            s["hop2"].forward(ref, s["hop3"].ibe_id, max_hops=0)  # type: ignore[arg-type]
+
+            say(f"read_record first hop x {repeat}")
+            results["read_record_hop1"] = _stats(
+                time_calls(lambda: s["hop1"].read_record(ref), repeat, warmup)  # type: ignore[arg-type]
+            )
+            say(f"read_record third hop x {repeat}")
+            results["read_record_hop3"] = _stats(
+                time_calls(lambda: s["hop3"].read_record(ref), repeat, warmup)  # type: ignore[arg-type]
+            )
+            for sess in s.values():
+                sess.close()
+        finally:
+            c.close()
+    return {
+        "benchmark": "e2e",
+        "backend": {"ledger": "embedded", "storage": "embedded", "services": "in-process"},
+        "params": {
+            "repeat": repeat,
+            "repeat_large": repeat_large,
+            "warmup": warmup,
+            "small_bytes": small_bytes,
+            "large_bytes": large_bytes,
+        },
+        "results": results,
+        "machine": machine_metadata(),
+    }
+
+
+def register(app: typer.Typer, bench_app: typer.Typer) -> None:
+    """Add ``ehrshare bench e2e``."""
+    del app
+
+    @bench_app.command("e2e")
+    def bench_e2e(
+        json_only: bool = typer.Option(False, "--json", help="Print only the JSON result."),
+        repeat: int = typer.Option(20, min=1, help="Timed repetitions (small operations)."),
+        repeat_large: int = typer.Option(3, min=1, help="Timed repetitions of the 10 MB put."),
+        warmup: int = typer.Option(2, min=0, help="Untimed warm-up calls per operation."),
+        large_bytes: int = typer.Option(
+            10 * 1024 * 1024, min=1024, help="Size of the large payload (bytes)."
+        ),
+    ) -> None:
+        """p50/p95 of put_record (10 KB, 10 MB), grant and read_record (hop 1, hop 3) on the
+        embedded backend, through the whole SDK."""
+        err = Console(stderr=True, quiet=json_only)
+        result = run_e2e_bench(
+            repeat=repeat,
+            repeat_large=repeat_large,
+            warmup=warmup,
+            large_bytes=large_bytes,
+            progress=lambda m: err.log(f"bench e2e: {m}"),
+        )
+        if json_only:
+            typer.echo(json.dumps(result, indent=2))
+            return
+        table = Table(title="ehrshare bench e2e (embedded backend, ms)")
+        table.add_column("operation")
+        table.add_column("p50", justify="right")
+        table.add_column("p95", justify="right")
+        table.add_column("n", justify="right")
+        for name, r in result["results"].items():
+            table.add_row(name, f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", str(r["n"]))
+        out = Console()
+        out.print(table)
+        out.print_json(json.dumps(result))
