@@ -19,6 +19,7 @@ from ehrshare.ledger import (
     GatewayError,
     InMemoryCheckpointer,
     LedgerIntegrityError,
+    SubmitError,
     connect,
 )
 from ehrshare.ledger.envelope import new_proposal, sign_proposal
@@ -294,3 +295,39 @@ def test_key_history_is_kept(sandbox: Sandbox) -> None:
     tx.append(hist.new_proposal("Del").endorse().submit().transaction_id)
     got = json.loads(hist.evaluate_transaction("History"))
     assert got == [["a", False, tx[0]], ["b", False, tx[1]], ["", True, tx[2]]]
+
+
+def test_concurrent_submits_in_one_process_do_not_conflict(sandbox: Sandbox) -> None:
+    alice, dave = _patient_and_record(sandbox)
+    alice.submit("GrantAccess", "lab", dave.ibe_id, str(sandbox.clock.seconds + 10**6), "0")
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(10):
+                assert dave.submit("RequestAccess", "r-0")["decision"] == "allow"
+        except BaseException as exc:  # collected for the main thread's assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    trail = alice.evaluate("GetAuditTrail", "patient", alice.ibe_id, "100")["entries"]
+    assert sum(e["action"] == "AccessDecision" for e in trail) == 40
+    assert alice.evaluate("VerifyAuditTrail", alice.ibe_id)["valid"] is True
+
+
+def test_submit_to_a_closed_ledger_is_a_submit_error(tmp_path: Path) -> None:
+    ca = LocalCA.create("Org1MSP")
+    ledger = EmbeddedLedger.open(tmp_path)
+    ledger.add_organization("Org1MSP", ca.certificate_pem)
+    with connect(*ca.issue("alice", role="patient"), tmp_path / "elsewhere") as gw:
+        contract = gw.get_network("ehrshare").get_contract("ehrshare")
+        gw.ledger.close()
+        with pytest.raises(SubmitError) as info:
+            contract.submit_transaction("RegisterIdentity")
+        assert info.value.transaction_id
+    ledger.close()
