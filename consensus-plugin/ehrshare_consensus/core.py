@@ -183,7 +183,7 @@ class Network:
         self.byte_s = 8.0 / (model.bandwidth_mbps * 1e6)
         self.loss = model.loss
         self.jitter = model.jitter
-        self.rng = random.Random(rng_seed)
+        self.rng = random.Random(rng_seed)  # noqa: S311 - simulation, not crypto
         self.nprng = np.random.default_rng(rng_seed)
         n = latency_s.shape[0]
         self.nic_free = [0.0] * n
@@ -347,7 +347,7 @@ class Node:
         """simpy callback: a message arrived."""
         if self.crashed:
             return
-        msg: Msg = ev.value
+        msg: Msg = ev.value  # type: ignore[assignment]
         now = self.sim.env.now
         start = now if now > self.busy else self.busy
         c = self.cost
@@ -412,7 +412,7 @@ class Sim:
     ) -> None:
         self.params = params
         self.env = simpy.Environment()
-        self.rng = random.Random(params.seed)
+        self.rng = random.Random(params.seed)  # noqa: S311 - simulation, not crypto
         self.nprng = np.random.default_rng(params.seed)
         total = params.n + params.extra_nodes
         self.latency = latency_matrix(net_model, total, self.nprng)
@@ -431,6 +431,11 @@ class Sim:
         self.measure_start: tuple[float, int, int] | None = None
         self.measure_end: tuple[float, int, int] | None = None
         self.done = self.env.event()
+        self._measure_first = 0
+        self._measure_last = -1
+        if params.warmup_blocks == 0:
+            self.measure_start = (0.0, 0, 0)
+            self._measure_first = 1
         self.events: list[dict[str, Any]] = []
         self.certified: set[tuple[int, int]] = set()
         self.hooks: list[Callable[[Node, int, int], None]] = []
@@ -467,11 +472,12 @@ class Sim:
         self.block_commit_time[height] = t
         blk = self.blocks[digest]
         fresh = self.pool.remove(blk.txs)
-        if height > p.warmup_blocks:
-            if self.measure_start is None:
-                prev = self.block_commit_time.get(height - 1, t)
-                self.measure_start = (prev, self.net.messages, self.net.bytes)
-                self._measure_first = height
+        if height == p.warmup_blocks:
+            # The window starts at the commit of the last warm-up block, so it spans exactly
+            # the measured blocks' intervals.
+            self.measure_start = (t, self.net.messages, self.net.bytes)
+            self._measure_first = height + 1
+        if height > p.warmup_blocks and self.measure_start is not None:
             sub = self.pool.submitted
             self.latencies.extend(t - sub[tx] for tx in fresh)
             self.committed_txs += len(fresh)
@@ -510,7 +516,9 @@ class Sim:
             start = getattr(node, "start", None)
             if start is not None:
                 start()
-        self.env.run(until=simpy.AnyOf(self.env, [self.done, self.env.timeout(self.params.max_time_s)]))
+        self.env.run(
+            until=simpy.AnyOf(self.env, [self.done, self.env.timeout(self.params.max_time_s)])
+        )
 
     # -- results ------------------------------------------------------------------------------
     def blocks_measured(self) -> int:

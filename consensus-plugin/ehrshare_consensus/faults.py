@@ -36,7 +36,8 @@ class FaultContext:
         if self.protocol == "rcdbft":
             assert self.ledger is not None
             live = [
-                n for n in self.nodes
+                n
+                for n in self.nodes
                 if isinstance(n, RcNode) and n.cfg is not None and not n.crashed
             ]
             best = max(live, key=lambda n: (n.last_exec, n.view, -n.id))
@@ -46,9 +47,7 @@ class FaultContext:
             assert isinstance(node0, PbftNode)
             views = [n.view for n in self.nodes if isinstance(n, PbftNode) and not n.crashed]
             return max(views) % node0.n
-        leaders = [
-            n.id for n in self.nodes if getattr(n, "role", "") == "leader" and not n.crashed
-        ]
+        leaders = [n.id for n in self.nodes if getattr(n, "role", "") == "leader" and not n.crashed]
         return leaders[0] if leaders else 0
 
     def at_height(self, fn: Callable[[], None]) -> None:
@@ -151,17 +150,17 @@ def _equivocating_primary(ctx: FaultContext) -> None:
 
 
 def _byzantine_leader(ctx: FaultContext) -> None:
-    assert ctx.ledger is not None
-    cfg = ctx.ledger.configs[0]
-    victim = cfg.leaders[1] if len(cfg.leaders) > 1 else cfg.leaders[0]
-    ctx.targets = [victim]
-    node = ctx.nodes[victim]
-    assert isinstance(node, RcNode)
-    node.honest = False
-    node.behaviour = "byz_leader"
-
     def go() -> None:
+        live = [n for n in ctx.nodes if isinstance(n, RcNode) and n.cfg is not None]
+        ref = max(live, key=lambda n: (n.last_exec, -n.id))
+        victim = ref.leader((ref.view + 1) % ref.k)  # a leader that is not the primary
+        ctx.targets = [victim]
+        node = ctx.nodes[victim]
+        assert isinstance(node, RcNode)
+        node.honest = False
+        node.behaviour = "byz_leader"
         node.attack_from = 0.0
+        ctx.sim.note("byzantine", node=victim)
 
     ctx.at_height(go)
 
@@ -191,7 +190,7 @@ def _partition(ctx: FaultContext) -> None:
             assert isinstance(node, RcNode) and node.cfg is not None
             side = list(node.cfg.clusters[node.myc])
         else:
-            side = [p] + [i for i in range(ctx.sim.n) if i != p][: ctx.f() - 1]
+            side = [p, *[i for i in range(ctx.sim.n) if i != p][: ctx.f() - 1]]
         rest = [i for i in range(len(ctx.nodes)) if i not in side]
         ctx.targets = side
         ctx.sim.net.set_partition([side, rest])
@@ -201,9 +200,7 @@ def _partition(ctx: FaultContext) -> None:
             ctx.sim.net.set_partition(None)
             ctx.sim.note("heal")
 
-        ctx.sim.env.timeout(5 * ctx.sim.params.view_timeout_s).callbacks.append(
-            lambda _ev: heal()
-        )
+        ctx.sim.env.timeout(5 * ctx.sim.params.view_timeout_s).callbacks.append(lambda _ev: heal())
 
     ctx.at_height(go)
 
@@ -254,40 +251,52 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("none", ("pbft", "rcdbft", "raft"), "no faults", _none),
         Scenario("crash", ("pbft", "rcdbft", "raft"), "f non-primary nodes crash", _crash),
         Scenario(
-            "crash_primary", ("pbft", "rcdbft", "raft"), "the primary/leader crashes",
+            "crash_primary",
+            ("pbft", "rcdbft", "raft"),
+            "the primary/leader crashes",
             _crash_primary,
         ),
         Scenario("silent", ("pbft", "rcdbft"), "f Byzantine nodes never send", _silent),
         Scenario(
-            "slow_leader", ("pbft", "rcdbft", "raft"),
-            "the primary delays every message by 0.4 view timeouts", _slow_leader,
+            "slow_leader",
+            ("pbft", "rcdbft", "raft"),
+            "the primary delays every message by 0.4 view timeouts",
+            _slow_leader,
         ),
         Scenario(
-            "equivocating_primary", ("pbft", "rcdbft"),
-            "the primary sends different blocks to two halves", _equivocating_primary,
+            "equivocating_primary",
+            ("pbft", "rcdbft"),
+            "the primary sends different blocks to two halves",
+            _equivocating_primary,
         ),
         Scenario(
-            "byzantine_leader", ("rcdbft",),
-            "a cluster leader withholds proposals and forges a QC", _byzantine_leader,
+            "byzantine_leader",
+            ("rcdbft",),
+            "a cluster leader withholds proposals and forges a QC",
+            _byzantine_leader,
         ),
         Scenario(
-            "reputation_farming", ("rcdbft",),
-            "a leader behaves well, then forges QCs and equivocates", _farming,
+            "reputation_farming",
+            ("rcdbft",),
+            "a leader behaves well, then forges QCs and equivocates",
+            _farming,
         ),
         Scenario(
             "message_loss", ("pbft", "rcdbft", "raft"), "2% of copies dropped", _none, loss=0.02
         ),
         Scenario(
-            "partition_heal", ("pbft", "rcdbft", "raft"),
-            "the primary's side (≤ f nodes / its cluster) is cut off, then healed", _partition,
+            "partition_heal",
+            ("pbft", "rcdbft", "raft"),
+            "the primary's side (≤ f nodes / its cluster) is cut off, then healed",
+            _partition,
         ),
+        Scenario("join_leave", ("rcdbft",), "two members leave, the extra nodes join", _join_leave),
         Scenario(
-            "join_leave", ("rcdbft",), "two members leave, the extra nodes join", _join_leave
-        ),
-        Scenario(
-            "collusion_beyond_f", ("pbft",),
+            "collusion_beyond_f",
+            ("pbft",),
             "f+1 Byzantine replicas (equivocating primary + double-voting colluder), n=4",
-            _collusion_beyond_f, beyond_assumptions=True,
+            _collusion_beyond_f,
+            beyond_assumptions=True,
         ),
     )
 }

@@ -175,11 +175,21 @@ class PbftNode(Node):
             return
         if self.prepared.get(s) == (v, d):
             self.execute(s, d)
-        elif s not in self.fetching:
-            # A commit certificate proves d is committed; fetch the block we did not prepare.
+        elif s not in self.fetching and self.accepted.get((v, s)) != d:
+            # A commit certificate proves d is committed; fetch the block we never accepted
+            # (if we accepted it, our own PREPAREs are still queued: wait for them).
+            # The PRE-PREPARE may still be on its way (a large block reaches the last backups
+            # late): give it a quarter of a view timeout before fetching.
             self.fetching.add(s)
             src = next(i for i in sorted(votes) if i != self.id)
-            self.send([src], Msg("FETCH", self.id, v, s, d, size=VOTE_BYTES))
+
+            def fetch() -> None:
+                if self.last_exec < s:
+                    self.send([src], Msg("FETCH", self.id, v, s, d, size=VOTE_BYTES))
+                else:
+                    self.fetching.discard(s)
+
+            self.timer(self.sim.params.view_timeout_s / 4, fetch)
 
     def execute(self, s: int, d: int) -> None:
         self.sim.certified.add((s, d))
@@ -330,16 +340,21 @@ class PbftNode(Node):
         chosen = dict(list(vcs.items())[: self.q])
         size = self.sim.blocks[digest].size + sum(m.size for m in chosen.values())
         nvm = Msg(
-            "NV", self.id, nv, s, digest, size=size, verifies=1 + self.q,
-            hash_bytes=self.sim.blocks[digest].size, data=chosen,
+            "NV",
+            self.id,
+            nv,
+            s,
+            digest,
+            size=size,
+            verifies=1 + self.q,
+            hash_bytes=self.sim.blocks[digest].size,
+            data=chosen,
         )
         self.send(self.others, nvm)
         self.arm_watchdog()
 
     def catch_up(self, base: int, vcs: dict[int, Msg]) -> None:
-        src = next(
-            (i for i, m in vcs.items() if m.data[0] >= base and i != self.id), None
-        )
+        src = next((i for i, m in vcs.items() if m.data[0] >= base and i != self.id), None)
         if src is not None:
             self.send([src], Msg("FETCH", self.id, 0, base, 0, size=VOTE_BYTES))
 
@@ -348,8 +363,10 @@ class PbftNode(Node):
         if msg.src != self.primary(nv) or nv < self.view or (nv == self.view and not self.in_vc):
             return
         base, digest = self.decide_new_view(msg.data)
-        if len(msg.data) < self.q or msg.seq != base + 1 or (
-            digest is not None and digest != msg.digest
+        if (
+            len(msg.data) < self.q
+            or msg.seq != base + 1
+            or (digest is not None and digest != msg.digest)
         ):
             self.sim.note("bad_new_view", node=self.id, view=nv)
             self.start_view_change(nv + 1)

@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import kmedoids
 import numpy as np
 
 __all__ = [
-    "LAMBDA",
     "GAMMA",
+    "LAMBDA",
     "EpochConfig",
     "EpochStats",
     "RepRecord",
-    "cluster_quorum",
     "choose_k",
     "cluster_nodes",
+    "cluster_quorum",
     "leader_score",
     "next_epoch",
     "rank_cluster",
@@ -40,9 +40,10 @@ PROBATION_EPOCHS = 3
 TENURE_LIMIT = 5
 HISTORY = 5
 MIN_CLUSTER = 4
-# Not in DESIGN.md: a voter that signed fewer than half of an epoch's blocks is suspended to
-# observer at once, so a re-clustering cannot pack several crashed nodes into one cluster.
-INACTIVE_BELOW = 0.5
+# Not in DESIGN.md: a voter that signed fewer than half of an epoch's blocks is a *suspect*;
+# re-clustering spreads suspects so that no cluster holds more than its f_c of them (otherwise
+# K-medoids could pack several crashed nodes into one cluster and stall it for good).
+SUSPECT_BELOW = 0.5
 
 
 def cluster_quorum(size: int) -> tuple[int, int]:
@@ -125,8 +126,10 @@ def _seed_medoids(
         p = weights * dmin**2
         p[chosen] = 0.0
         total = p.sum()
-        nxt = int(rng.choice(n, p=p / total)) if total > 0 else next(
-            i for i in range(n) if i not in chosen
+        nxt = (
+            int(rng.choice(n, p=p / total))
+            if total > 0
+            else next(i for i in range(n) if i not in chosen)
         )
         chosen.append(nxt)
         dmin = np.minimum(dmin, diss[nxt])
@@ -139,8 +142,10 @@ def cluster_nodes(
     k: int,
     reputation: Mapping[int, float],
     seed: int,
+    suspects: Iterable[int] = (),
 ) -> list[list[int]]:
-    """K-medoids (FasterPAM) on the RTT matrix of `ids`, then size bounds [4, 2N/K].
+    """K-medoids (FasterPAM) on the RTT matrix of `ids`, then size bounds [4, 2N/K], then
+    suspects (nodes that missed most votes) spread to at most f_c per cluster by swaps.
 
     Returns clusters as sorted lists of node ids, ordered by their smallest id.
     """
@@ -189,8 +194,36 @@ def cluster_nodes(
                 break
             groups[c].remove(far)
             groups[nearest(far, room)].append(far)
+    _spread_suspects(groups, {p for p, i in enumerate(ids) if i in set(suspects)}, sub, medoids)
     clusters = [sorted(ids[pos] for pos in g) for g in groups.values() if g]
     return sorted(clusters, key=lambda g: g[0])
+
+
+def _spread_suspects(
+    groups: dict[int, list[int]], sus: set[int], sub: np.ndarray, medoids: list[int]
+) -> None:
+    def excess(c: int) -> int:
+        return sum(1 for p in groups[c] if p in sus) - cluster_quorum(len(groups[c]))[0]
+
+    for _ in range(len(sus) + 1):
+        over = [c for c in sorted(groups) if excess(c) > 0]
+        room = [c for c in sorted(groups) if excess(c) < 0]
+        if not over or not room:
+            return
+        c = over[0]
+        p = max((q for q in groups[c] if q in sus), key=lambda q: (sub[q, medoids[c]], q))
+        x = min(room, key=lambda x: (sub[p, medoids[x]], x))
+        q = min(
+            (q for q in groups[x] if q not in sus and q != medoids[x]),
+            key=lambda q: (sub[q, medoids[c]], q),
+            default=None,
+        )
+        if q is None:
+            return
+        groups[c].remove(p)
+        groups[x].remove(q)
+        groups[c].append(q)
+        groups[x].append(p)
 
 
 @dataclass(slots=True)
@@ -240,12 +273,12 @@ def next_epoch(
     leaders_now = set(prev.leaders)
     blocks = max(stats.blocks, 1)
     expelled = set(prev.expelled) | stats.evidence
-    inactive: set[int] = set()
+    suspects: set[int] = set()
     for i in prev.voters + prev.observers:
         rec = recs[i]
         part = stats.participation.get(i, 0) / blocks
-        if part < INACTIVE_BELOW:
-            inactive.add(i)
+        if part < SUSPECT_BELOW and rec.member_epochs > 0:  # not in a first (catch-up) epoch
+            suspects.add(i)
         if i in leaders_now:
             b = 0.5 * min(1.0, part) + 0.5 * min(1.0, stats.timely.get(i, 0) / blocks)
             rec.leader_epochs += 1
@@ -262,10 +295,8 @@ def next_epoch(
         rec.history.append(rec.r)
         del rec.history[:-HISTORY]
     members = (set(prev.voters) | set(prev.observers) | stats.joins) - stats.leaves - expelled
-    voters = sorted(
-        i for i in members if recs[i].r >= OBSERVER_BELOW and (i not in inactive or i in stats.joins)
-    )
-    observers = sorted(i for i in members if i not in set(voters))
+    voters = sorted(i for i in members if recs[i].r >= OBSERVER_BELOW)
+    observers = sorted(i for i in members if recs[i].r < OBSERVER_BELOW)
     old = prev.members_at_clustering
     changed = len(old.symmetric_difference(voters)) > 0.1 * max(len(old), 1)
     unhealthy = any(
@@ -277,7 +308,7 @@ def next_epoch(
     scheduled = recluster_every > 0 and (prev.epoch + 1) % recluster_every == 0
     k = choose_k(len(voters))
     if changed or unhealthy or scheduled or k != len(prev.clusters):
-        clusters = cluster_nodes(voters, rtt, k, {i: recs[i].r for i in voters}, seed)
+        clusters = cluster_nodes(voters, rtt, k, {i: recs[i].r for i in voters}, seed, suspects)
         at = frozenset(voters)
         re = True
     else:

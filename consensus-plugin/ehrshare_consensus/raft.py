@@ -173,11 +173,7 @@ class RaftNode(Node):
     def on_request_vote(self, msg: Msg) -> None:
         last_t = self.entries[-1][0] if self.entries else 0
         up_to_date = (msg.digest, msg.seq) >= (last_t, len(self.entries))
-        grant = (
-            msg.view == self.term
-            and self.voted_for in (None, msg.src)
-            and up_to_date
-        )
+        grant = msg.view == self.term and self.voted_for in (None, msg.src) and up_to_date
         if grant:
             self.voted_for = msg.src
             self.heard += 1

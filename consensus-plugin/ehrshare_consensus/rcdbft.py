@@ -21,13 +21,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .core import HEADER_BYTES, SIG_BYTES, Msg, Node, Sim
-from .policy import EpochConfig, EpochStats, RepRecord, cluster_nodes, choose_k, cluster_quorum
-from .policy import next_epoch, rank_cluster
+from .policy import (
+    EpochConfig,
+    EpochStats,
+    RepRecord,
+    choose_k,
+    cluster_nodes,
+    cluster_quorum,
+    next_epoch,
+    rank_cluster,
+)
 
 __all__ = ["RcLedger", "RcNode", "build_rcdbft"]
 
 VOTE = HEADER_BYTES + SIG_BYTES
 SIGNER = SIG_BYTES + 4
+# Commit QCs that reach the primary up to this many heights late still count for participation.
+QC_WINDOW = 8
 
 
 @dataclass
@@ -47,6 +57,7 @@ class RcLedger:
     leave_requests: set[int] = field(default_factory=set)
     seen_evidence: set[int] = field(default_factory=set)
     included: set[tuple[int, int]] = field(default_factory=set)
+    fetch_delay_s: float = 0.01
 
     def epoch_of(self, height: int) -> int:
         return (height - 1) // self.epoch_blocks
@@ -88,6 +99,7 @@ class RcNode(Node):
         self.proposing = False
         self.fetching = False
         self.wd_gen = 0
+        self.skipped = 0
 
     # -- roles ----------------------------------------------------------------------------------
     def set_config(self, cfg: EpochConfig) -> None:
@@ -172,7 +184,7 @@ class RcNode(Node):
 
     def block_meta(self, s: int) -> dict[str, Any]:
         cert: dict[int, dict[int, tuple[int, tuple[int, ...]]]] = {}
-        for h in (s - 1, s - 2, s - 3):
+        for h in range(s - 1, s - 1 - QC_WINDOW, -1):
             for c, parts in self.qc_book.get(h, {}).items():
                 if (h, c) not in self.ledger.included:
                     cert.setdefault(h, {})[c] = parts
@@ -187,8 +199,18 @@ class RcNode(Node):
     def pp(self, v: int, s: int, d: int, kind: str = "PP") -> Msg:
         size = self.sim.blocks[d].size
         extra = VOTE if kind == "FWD" else 0
-        return Msg(kind, self.id, v, s, d, size=size + extra, verifies=1 + (kind == "FWD"),
-                   hash_bytes=size, epoch=self.cfg.epoch if self.cfg else 0, data=self.id)
+        return Msg(
+            kind,
+            self.id,
+            v,
+            s,
+            d,
+            size=size + extra,
+            verifies=1 + (kind == "FWD"),
+            hash_bytes=size,
+            epoch=self.cfg.epoch if self.cfg else 0,
+            data=self.id,
+        )
 
     def propose_digest(self, v: int, s: int, d: int) -> None:
         self.accepted[(v, s)] = (d, self.id)
@@ -216,8 +238,14 @@ class RcNode(Node):
             getattr(self, "on_" + k.lower())(msg)
             return
         if msg.seq <= self.last_exec:
-            if k == "CQC" and msg.seq >= self.last_exec - 2 and self.is_leader():
-                self.late_qc(msg)  # late commit QCs still count for participation
+            if msg.seq > self.last_exec - QC_WINDOW and self.is_leader():
+                # Late votes and commit QCs still count for participation (not for commit).
+                if k == "CQC":
+                    self.late_qc(msg)
+                elif k == "CV":
+                    self.on_cv(msg)
+                elif k == "PV":
+                    self.pv[(msg.view, msg.seq, msg.digest)].add(msg.src)
             return
         if msg.seq > self.last_exec + 1 or msg.epoch > self.cfg.epoch:
             self.future[msg.seq].append(msg)
@@ -228,8 +256,9 @@ class RcNode(Node):
                     if self.last_exec < seq - 1 and not self.fetching:
                         self.request_fetch(src)
 
-                # Give the missing DECIDE a moment to arrive before asking for the block.
-                self.timer(0.1 * self.sim.params.view_timeout_s, still_behind)
+                # Give the missing DECIDE a moment (two worst-case link delays) to arrive
+                # before asking for the block.
+                self.timer(self.ledger.fetch_delay_s, still_behind)
             return
         getattr(self, "on_" + k.lower())(msg)
 
@@ -248,8 +277,10 @@ class RcNode(Node):
         self.check_prepared(v, s, d)
 
     def lead(self, v: int, s: int, d: int) -> None:
-        if self.attacking() and self.behaviour in ("byz_leader", "farming") and (
-            self.primary(v) != self.id
+        if (
+            self.attacking()
+            and self.behaviour in ("byz_leader", "farming")
+            and (self.primary(v) != self.id)
         ):
             # Byzantine cluster leader: stall its cluster and try to slip a forged QC through.
             fake = tuple(self.my_members()[: self.q_c(self.myc)])
@@ -271,7 +302,9 @@ class RcNode(Node):
     def on_cv(self, msg: Msg) -> None:
         self.on_vote(msg, self.cv, "CV")
 
-    def on_vote(self, msg: Msg, book: defaultdict[tuple[int, int, int], set[int]], kind: str) -> None:
+    def on_vote(
+        self, msg: Msg, book: defaultdict[tuple[int, int, int], set[int]], kind: str
+    ) -> None:
         if not self.is_leader() or self.cluster_of.get(msg.src) != self.myc:
             return
         key = (msg.view, msg.seq, msg.digest)
@@ -283,6 +316,8 @@ class RcNode(Node):
         votes = book[(v, s, d)]
         tag = ("Q" + kind, v, s)
         if tag in self.sent or len(votes) < self.q_c(self.myc):
+            return
+        if kind == "PV" and s <= self.last_exec:
             return
         if self.accepted.get((v, s), (None,))[0] != d:
             return
@@ -301,9 +336,17 @@ class RcNode(Node):
         self, kind: str, v: int, s: int, d: int, signers: tuple[int, ...], parts: tuple[int, ...]
     ) -> Msg:
         assert self.cfg is not None
-        return Msg(kind, self.id, v, s, d, size=VOTE * 2 + SIGNER * len(signers) + 4 * len(parts),
-                   verifies=0, epoch=self.cfg.epoch,
-                   data=(self.myc, signers, parts, self.accepted.get((v, s), (d, -1))[1]))
+        return Msg(
+            kind,
+            self.id,
+            v,
+            s,
+            d,
+            size=VOTE * 2 + SIGNER * len(signers) + 4 * len(parts),
+            verifies=0,
+            epoch=self.cfg.epoch,
+            data=(self.myc, signers, parts, self.accepted.get((v, s), (d, -1))[1]),
+        )
 
     def valid_qc(self, msg: Msg, kind: str) -> bool:
         assert self.cfg is not None
@@ -326,8 +369,12 @@ class RcNode(Node):
     def on_cqc(self, msg: Msg) -> None:
         self.on_qc(msg, self.cqc, "CV")
 
-    def on_qc(self, msg: Msg, book: defaultdict[tuple[int, int, int], dict[int, tuple[int, ...]]],
-              kind: str) -> None:
+    def on_qc(
+        self,
+        msg: Msg,
+        book: defaultdict[tuple[int, int, int], dict[int, tuple[int, ...]]],
+        kind: str,
+    ) -> None:
         if not self.is_leader():
             return
         if not self.valid_qc(msg, kind):
@@ -362,8 +409,19 @@ class RcNode(Node):
         self.prepared[s] = (v, d)
         sigs = sum(len(x) for x in list(self.pqc[(v, s, d)].values())[: self.q_top()])
         assert self.cfg is not None
-        self.send(self.my_members(), Msg("PREP", self.id, v, s, d, size=VOTE + sigs * SIGNER,
-                                         verifies=sigs + 1, epoch=self.cfg.epoch))
+        self.send(
+            self.my_members(),
+            Msg(
+                "PREP",
+                self.id,
+                v,
+                s,
+                d,
+                size=VOTE + sigs * SIGNER,
+                verifies=sigs + 1,
+                epoch=self.cfg.epoch,
+            ),
+        )
         self.vote_self("CV", v, s, d)
 
     def check_committed(self, v: int, s: int, d: int) -> None:
@@ -374,8 +432,17 @@ class RcNode(Node):
         cert = dict(list(self.cqc[(v, s, d)].items())[: self.q_top()])
         sigs = sum(len(x) for x in cert.values())
         assert self.cfg is not None
-        dec = Msg("DEC", self.id, v, s, d, size=VOTE + sigs * SIGNER, verifies=sigs + 1,
-                  epoch=self.cfg.epoch, data=cert)
+        dec = Msg(
+            "DEC",
+            self.id,
+            v,
+            s,
+            d,
+            size=VOTE + sigs * SIGNER,
+            verifies=sigs + 1,
+            epoch=self.cfg.epoch,
+            data=cert,
+        )
         self.send(self.my_members() + self.my_observers(), dec)
         self.execute(s, d)
 
@@ -419,7 +486,16 @@ class RcNode(Node):
         if not ok:
             self.sim.note("invalid_decide", node=msg.src, by=self.id)
             return
+        # A leader that decides blocks without letting us vote is excluding (framing) us:
+        # two such blocks in a row and we complain as if it had stalled.
+        if (v, s) in self.voted or self.myc < 0:
+            self.skipped = 0
+        else:
+            self.skipped += 1
         self.execute(s, d)
+        if self.skipped >= 2 and self.myc >= 0 and msg.src == self.leader(self.myc):
+            self.skipped = 0
+            self.complain()
 
     # -- execution and epochs -------------------------------------------------------------------
     def execute(self, s: int, d: int) -> None:
@@ -428,12 +504,15 @@ class RcNode(Node):
         self.commit(s, d)
         self.progress += 1
         self.vc_timeout = self.sim.params.view_timeout_s
-        for book in (self.pv, self.cv, self.pqc, self.cqc):
+        for book in (self.pqc, self.cqc):
             for key in [x for x in book if x[1] <= s]:
                 del book[key]
-        for key in [x for x in self.voted if x[1] < s - 2]:
-            del self.voted[key]
-        for h in [h for h in self.qc_book if h < s - 4]:
+        for vbook in (self.pv, self.cv):
+            for key in [x for x in vbook if x[1] <= s - QC_WINDOW]:
+                del vbook[key]
+        for vs in [x for x in self.voted if x[1] < s - 2]:
+            del self.voted[vs]
+        for h in [h for h in self.qc_book if h < s - QC_WINDOW - 1]:
             del self.qc_book[h]
         nxt = self.ledger.config_for(s + 1)
         if self.cfg is None or nxt.epoch != self.cfg.epoch:
@@ -487,8 +566,12 @@ class RcNode(Node):
             led.configs[e + 1] = new
             led.rep_history.append({i: round(r.r, 4) for i, r in led.recs.items()})
             self.sim.note(
-                "epoch", epoch=e + 1, clusters=len(new.clusters), reclustered=new.reclustered,
-                observers=new.observers, expelled=sorted(new.expelled),
+                "epoch",
+                epoch=e + 1,
+                clusters=len(new.clusters),
+                reclustered=new.reclustered,
+                observers=new.observers,
+                expelled=sorted(new.expelled),
             )
             for i in new.voters + new.observers:
                 node = self.sim.nodes[i]
@@ -521,8 +604,10 @@ class RcNode(Node):
             return
         data = [(h, self.log[h]) for h in hs]
         size = VOTE + sum(self.sim.blocks[d].size for _, d in data)
-        self.send([msg.src], Msg("BLOCKS", self.id, self.view, hs[-1], 0, size=size,
-                                 verifies=len(hs), data=data))
+        self.send(
+            [msg.src],
+            Msg("BLOCKS", self.id, self.view, hs[-1], 0, size=size, verifies=len(hs), data=data),
+        )
 
     def on_blocks(self, msg: Msg) -> None:
         self.fetching = False
@@ -578,8 +663,7 @@ class RcNode(Node):
             self.arm_watchdog()
             return
         prep = self.prepared.get(self.last_exec + 1)
-        lc = Msg("LC", self.id, nxt, self.last_exec, c, size=VOTE, epoch=self.cfg.epoch,
-                 data=prep)
+        lc = Msg("LC", self.id, nxt, self.last_exec, c, size=VOTE, epoch=self.cfg.epoch, data=prep)
         self.send([i for i in self.cfg.clusters[c] if i != self.id], lc)
         self.on_lc(lc)
         self.progress += 1  # wait a full timeout before complaining about the next leader
@@ -604,8 +688,17 @@ class RcNode(Node):
                     v, d = m.data
                     if self.prepared.get(self.last_exec + 1, (-1, 0))[0] < v:
                         self.prepared[self.last_exec + 1] = (v, d)
-            nl = Msg("NL", self.id, nxt, self.last_exec, c, size=VOTE + SIGNER * len(votes),
-                     verifies=len(votes), epoch=self.cfg.epoch, data=old)
+            nl = Msg(
+                "NL",
+                self.id,
+                nxt,
+                self.last_exec,
+                c,
+                size=VOTE + SIGNER * len(votes),
+                verifies=len(votes),
+                epoch=self.cfg.epoch,
+                data=old,
+            )
             self.send(self.leaders_except_me(), nl)
             self.deposed_pending[old] = self.deposed_pending.get(old, 0) + 1
             others = [self.leader(x) for x in range(self.k) if x != c]
@@ -640,15 +733,29 @@ class RcNode(Node):
         s = self.last_exec + 1
         prep = self.prepared.get(s)
         q = self.q_top()
-        tvc = Msg("TVC", self.id, nv, self.last_exec, 0, size=VOTE + (SIGNER * q * 3 if prep else 0),
-                  verifies=1 + (q * 3 if prep else 0), epoch=self.cfg.epoch,
-                  data=(self.last_exec, self.log.get(self.last_exec, 0), prep,
-                        tuple(sorted(self.evidence))))
+        tvc = Msg(
+            "TVC",
+            self.id,
+            nv,
+            self.last_exec,
+            0,
+            size=VOTE + (SIGNER * q * 3 if prep else 0),
+            verifies=1 + (q * 3 if prep else 0),
+            epoch=self.cfg.epoch,
+            data=(
+                self.last_exec,
+                self.log.get(self.last_exec, 0),
+                prep,
+                tuple(sorted(self.evidence)),
+            ),
+        )
         self.send(self.leaders_except_me(), tvc)
         self.tvcs[nv][self.myc] = tvc
         self.vc_timeout *= 2
-        self.send(self.my_members(), Msg("VCN", self.id, nv, s, 0, size=VOTE,
-                                         epoch=self.cfg.epoch, data=self.vc_timeout))
+        self.send(
+            self.my_members(),
+            Msg("VCN", self.id, nv, s, 0, size=VOTE, epoch=self.cfg.epoch, data=self.vc_timeout),
+        )
         mark = self.progress
 
         def expire() -> None:
@@ -716,9 +823,21 @@ class RcNode(Node):
         assert self.cfg is not None
         chosen = dict(list(tvcs.items())[: self.q_top()])
         size = self.sim.blocks[digest].size + sum(m.size for m in chosen.values())
-        self.send(self.leaders_except_me(), Msg(
-            "TNV", self.id, nv, s, digest, size=size, verifies=1 + len(chosen),
-            hash_bytes=self.sim.blocks[digest].size, epoch=self.cfg.epoch, data=chosen))
+        self.send(
+            self.leaders_except_me(),
+            Msg(
+                "TNV",
+                self.id,
+                nv,
+                s,
+                digest,
+                size=size,
+                verifies=1 + len(chosen),
+                hash_bytes=self.sim.blocks[digest].size,
+                epoch=self.cfg.epoch,
+                data=chosen,
+            ),
+        )
         self.arm_watchdog()
         if self.last_exec == base:
             self.accepted[(nv, s)] = (digest, self.id)
@@ -726,13 +845,18 @@ class RcNode(Node):
 
     def on_tnv(self, msg: Msg) -> None:
         nv = msg.view
-        if not self.is_leader() or msg.src != self.primary(nv) or nv < self.view or (
-            nv == self.view and not self.in_vc
+        if (
+            not self.is_leader()
+            or msg.src != self.primary(nv)
+            or nv < self.view
+            or (nv == self.view and not self.in_vc)
         ):
             return
         base, digest = self.decide_new_view(msg.data)
-        if len(msg.data) < self.q_top() or msg.seq != base + 1 or (
-            digest is not None and digest != msg.digest
+        if (
+            len(msg.data) < self.q_top()
+            or msg.seq != base + 1
+            or (digest is not None and digest != msg.digest)
         ):
             self.sim.note("bad_new_view", node=self.id, view=nv)
             self.start_view_change(nv + 1)
@@ -756,6 +880,7 @@ def build_rcdbft(
 ) -> tuple[list[RcNode], RcLedger]:
     """Create the replicas and the genesis epoch (clusters from the RTT matrix, seed 0)."""
     ledger = RcLedger(epoch_blocks=epoch_blocks, recluster_every=recluster_every)
+    ledger.fetch_delay_s = 2.0 * float(sim.latency.max()) + 0.005
     n = sim.n
     members = list(range(n))
     ledger.recs = {i: RepRecord() for i in members}
@@ -763,8 +888,13 @@ def build_rcdbft(
     clusters = cluster_nodes(members, sim.latency * 2.0, kk, {}, sim.params.seed)
     ranking = [rank_cluster(c, ledger.recs, sim.params.seed) for c in clusters]
     ledger.configs[0] = EpochConfig(
-        epoch=0, clusters=clusters, ranking=ranking, observers=[], expelled=frozenset(),
-        reclustered=True, members_at_clustering=frozenset(members),
+        epoch=0,
+        clusters=clusters,
+        ranking=ranking,
+        observers=[],
+        expelled=frozenset(),
+        reclustered=True,
+        members_at_clustering=frozenset(members),
     )
     ledger.rep_history.append({i: r.r for i, r in ledger.recs.items()})
     nodes = [RcNode(sim, i, ledger) for i in range(n + sim.params.extra_nodes)]

@@ -68,7 +68,9 @@ class RunSpec:
         if self.protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.scenario not in SCENARIOS:
-            raise ValueError(f"unknown fault scenario {self.scenario!r}; known: {sorted(SCENARIOS)}")
+            raise ValueError(
+                f"unknown fault scenario {self.scenario!r}; known: {sorted(SCENARIOS)}"
+            )
         if self.protocol not in SCENARIOS[self.scenario].protocols:
             raise ValueError(f"scenario {self.scenario!r} does not apply to {self.protocol}")
         if self.n < (1 if self.protocol == "raft" else 4):
@@ -93,10 +95,18 @@ def run_once(spec: RunSpec, cost: CostModel | None = None) -> dict[str, Any]:
         net = replace(net, loss=scen.loss)
     extra = spec.extra_nodes or (3 if spec.scenario == "join_leave" else 0)
     params = SimParams(
-        n=spec.n, batch_size=spec.batch_size, tx_bytes=spec.tx_bytes,
-        batch_timeout_s=spec.batch_timeout_s, rate=spec.rate, outstanding=spec.outstanding,
-        tps=spec.tps, max_blocks=spec.blocks, max_time_s=spec.max_time_s,
-        warmup_blocks=spec.warmup_blocks, view_timeout_s=spec.view_timeout_s, seed=spec.seed,
+        n=spec.n,
+        batch_size=spec.batch_size,
+        tx_bytes=spec.tx_bytes,
+        batch_timeout_s=spec.batch_timeout_s,
+        rate=spec.rate,
+        outstanding=spec.outstanding,
+        tps=spec.tps,
+        max_blocks=spec.blocks,
+        max_time_s=spec.max_time_s,
+        warmup_blocks=spec.warmup_blocks,
+        view_timeout_s=spec.view_timeout_s,
+        seed=spec.seed,
         extra_nodes=extra,
     )
     cost = cost or measured_costs()
@@ -151,8 +161,9 @@ def run_once(spec: RunSpec, cost: CostModel | None = None) -> dict[str, Any]:
         }
     row["events"] = _event_counts(sim)
     if live and not scen.beyond_assumptions:
-        raise LivenessViolation(f"{spec.protocol} n={spec.n} seed={spec.seed} "
-                                f"scenario={spec.scenario}: {live}")
+        raise LivenessViolation(
+            f"{spec.protocol} n={spec.n} seed={spec.seed} scenario={spec.scenario}: {live}"
+        )
     return row
 
 
@@ -168,8 +179,10 @@ def check_liveness(sim: Sim, spec: RunSpec) -> str | None:
     bound = spec.liveness_bound_s or 30.0 * spec.view_timeout_s
     times = sorted(sim.block_commit_time.values())
     if len(sim.block_commit_time) < spec.blocks:
-        return (f"only {len(sim.block_commit_time)} of {spec.blocks} blocks committed "
-                f"in {sim.env.now:.3f} s of virtual time")
+        return (
+            f"only {len(sim.block_commit_time)} of {spec.blocks} blocks committed "
+            f"in {sim.env.now:.3f} s of virtual time"
+        )
     prev = 0.0
     for t in times:
         if t - prev > bound:
