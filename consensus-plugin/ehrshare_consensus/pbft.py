@@ -13,6 +13,7 @@ from collections import defaultdict
 from typing import Any
 
 from .core import HEADER_BYTES, SIG_BYTES, Msg, Node, Sim
+from .policy import cluster_quorum
 
 __all__ = ["PbftNode", "build_pbft"]
 
@@ -26,8 +27,7 @@ class PbftNode(Node):
         super().__init__(sim, nid)
         n = sim.n
         self.n = n
-        self.f = (n - 1) // 3
-        self.q = 2 * self.f + 1
+        self.f, self.q = cluster_quorum(n)
         self.others = [i for i in range(n) if i != nid]
         self.view = 0
         self.in_vc = False
@@ -154,7 +154,7 @@ class PbftNode(Node):
         if self.accepted.get((v, s)) != d or (v, s) in self.sent_commit:
             return
         votes = self.prep[(v, s, d)]
-        if len(votes) - (self.primary(v) in votes) < 2 * self.f:
+        if len(votes) - (self.primary(v) in votes) < self.q - 1:
             return
         self.sent_commit.add((v, s))
         self.prepared[s] = (v, d)

@@ -47,11 +47,16 @@ SUSPECT_BELOW = 0.5
 
 
 def cluster_quorum(size: int) -> tuple[int, int]:
-    """(f, quorum) for a group of `size` voters: f = ⌊(size−1)/3⌋, quorum = 2f+1."""
+    """(f, quorum) for a group of `size` voters: f = ⌊(size−1)/3⌋, quorum = ⌈(size+f+1)/2⌉.
+
+    For size = 3f+1 this is DESIGN.md's 2f+1; for other sizes 2f+1 is too small (two quorums
+    of a 6-node cluster with f=1 would need not share an honest node), so the quorum is the
+    smallest that makes any two quorums intersect in f+1 nodes.
+    """
     if size < 1:
         raise ValueError(f"a cluster needs at least one voter, got {size}")
     f = (size - 1) // 3
-    return f, 2 * f + 1
+    return f, (size + f + 2) // 2
 
 
 def choose_k(n: int) -> int:
