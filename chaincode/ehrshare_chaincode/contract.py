@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import inspect
 import re
 from collections.abc import Callable
@@ -544,14 +545,15 @@ class EHRContract:
         return result
 
     def _may_read(self, ctx: TxContext, caller: Caller, record: dict[str, Any]) -> bool:
-        if caller.role == AUDITOR or caller.name in (record["owner"], record["creator"]):
+        # The proxy reads pointers to check that a capsule it is given belongs to the record.
+        if caller.role in (AUDITOR, PROXY) or caller.name in (record["owner"], record["creator"]):
             return True
         assert caller.ibe_id is not None
         grant, _ = self._valid_grant(ctx, record["owner"], record["type"], caller.ibe_id)
         return grant is not None
 
     def GetRecord(self, ctx: TxContext, record_id: str, version: str = "") -> Any:
-        """A record pointer (latest or a given version): owner, creator, auditor or grantee."""
+        """A record pointer (latest or a given version): owner, creator, grantee, auditor, proxy."""
         caller = ctx.registered()
         record = self._record(ctx, record_id)
         if not self._may_read(ctx, caller, record):
@@ -813,6 +815,7 @@ class EHRContract:
             "access_id": access_id,
             "record_id": record_id,
             "record_version": record["version"],
+            "capsule_sha256": hashlib.sha256(base64.b64decode(record["capsule"])).hexdigest(),
             "owner": owner,
             "type": record["type"],
             "requester": caller.ibe_id,

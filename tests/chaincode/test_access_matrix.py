@@ -114,13 +114,13 @@ CASES = [
     Case(
         "GetRecord",
         lambda w: ("r-1",),
-        frozenset({"owner", "grantee", "auditor"}),
+        frozenset({"owner", "grantee", "auditor", "proxy"}),
         lambda w, n, r: f"identity {n} may not read record r-1",
     ),
     Case(
         "GetRecordHistory",
         lambda w: ("r-1",),
-        frozenset({"owner", "grantee", "auditor"}),
+        frozenset({"owner", "grantee", "auditor", "proxy"}),
         lambda w, n, r: f"identity {n} may not read record r-1",
     ),
     Case(

@@ -4,6 +4,7 @@ time, the proxy's approval check, the DKG board, argument errors and determinism
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 
 import pytest
@@ -258,6 +259,9 @@ def test_check_approval_needs_a_committed_allow_that_still_stands(fresh_world: W
     g = w.grants["grantee"]
     approval = proxy.evaluate("CheckApproval", "r-1", dave.ibe_id, g)
     assert approval["access_id"] == w.access_id and approval["decision"] == "allow"
+    # The proxy can tell the approved record's capsule from any other.
+    assert approval["capsule_sha256"] == hashlib.sha256(base64.b64decode(CAPSULE)).hexdigest()
+    assert approval["record_version"] == 1
     # A denied request creates no approval.
     zed.submit("RequestAccess", "r-1")
     assert _error(proxy, "CheckApproval", "r-1", zed.ibe_id, g) == (

@@ -199,5 +199,5 @@ class LedgerMachine(RuleBasedStateMachine):
             assert self.auditor.evaluate("VerifyAuditTrail", p.ibe_id)["valid"] is True
 
 
-TestLedgerMachine = LedgerMachine.TestCase
+TestLedgerMachine = pytest.mark.slow(LedgerMachine.TestCase)
 TestLedgerMachine.settings = settings(max_examples=40, stateful_step_count=30, deadline=None)
