@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from ehrshare.identity import Identity, Signer
+from ehrshare.ledger import api
 from ehrshare.ledger.api import ChaincodeEvent, Checkpoint
 from ehrshare.ledger.envelope import Proposal, new_proposal, sign_proposal
 from ehrshare.ledger.errors import CommitError, EndorseError, GatewayError, SubmitError
@@ -340,3 +341,10 @@ class EmbeddedSubmitted:
     def get_status(self) -> TxStatus:
         """The commit status (code and block number)."""
         return self._status
+
+
+def _satisfies_protocols(
+    gateway: EmbeddedGateway, network: EmbeddedNetwork, contract: EmbeddedContract
+) -> tuple[api.Gateway, api.Network, api.Contract]:
+    # Never called: mypy checks here that the embedded classes satisfy the client protocols.
+    return gateway, network, contract
