@@ -1,0 +1,123 @@
+"""Profiles (backend selection, validation) and wallets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ehrshare.identity import LocalCA
+from ehrshare.profile import BackendUnavailable, Profile, ProfileError, Wallet, WalletError
+
+
+def base() -> dict[str, Any]:
+    return {
+        "version": 1,
+        "ledger": {"backend": "embedded", "path": "ledger"},
+        "storage": {"backend": "embedded", "path": "store"},
+        "kgc": {
+            "threshold": 2,
+            "nodes": [
+                {"index": i, "state": f"kgc/{i}", "key": f"keys/{i}", "wallet": f"w/{i}"}
+                for i in (1, 2, 3)
+            ],
+        },
+        "proxy": {"state": "proxy", "key": "keys/proxy", "wallet": "w/proxy"},
+    }
+
+
+def load(tmp_path: Path, data: Any) -> Profile:
+    path = tmp_path / "profile.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return Profile.load(path)
+
+
+def test_relative_paths_resolve_against_the_profile(tmp_path: Path) -> None:
+    p = load(tmp_path, base())
+    assert p.ledger_path == tmp_path.resolve() / "ledger"
+    assert p.kgc_nodes[1].service.state == tmp_path.resolve() / "kgc/2"
+    assert p.storage_backend == "embedded"
+    assert p.mapping.types == (
+        "general",
+        "imaging",
+        "lab",
+        "medication",
+        "restricted",
+        "sensitive",
+        "vital-signs",
+    )
+
+
+@pytest.mark.parametrize("ledger", ["fabric", {"backend": "fabric", "peers": ["x:7051"]}])
+def test_fabric_ledger_is_refused_clearly(tmp_path: Path, ledger: Any) -> None:
+    data = base()
+    data["ledger"] = ledger
+    with pytest.raises(BackendUnavailable, match="Fabric ledger backend is not available yet"):
+        load(tmp_path, data)
+
+
+def test_kubo_storage_is_independent_of_the_ledger(tmp_path: Path) -> None:
+    data = base()
+    data["storage"] = {"backend": "kubo", "url": "http://127.0.0.1:5999"}
+    p = load(tmp_path, data)
+    assert (p.storage_backend, p.storage_url, p.storage_path) == (
+        "kubo",
+        "http://127.0.0.1:5999",
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"version": 2}, "version is 2"),
+        ({"storage": {"backend": "s3"}}, "storage.backend is 's3'"),
+        ({"storage": {"backend": "kubo", "url": "ftp://x"}}, "storage.url 'ftp://x'"),
+        ({"ledger": {"backend": "oracle"}}, "ledger.backend is 'oracle'"),
+        ({"kgc": {"threshold": 2, "nodes": []}}, "kgc.nodes must list at least one node"),
+        ({"proxy": {"state": "p"}}, "proxy needs key, wallet"),
+        ({"limits": {"max_record_bytes": 10}}, "at least 1024"),
+        ({"types": {"rules": [{"type": "BAD TYPE", "resource": "X"}]}}, "types is invalid"),
+    ],
+)
+def test_bad_profiles_name_the_key(tmp_path: Path, patch: dict[str, Any], message: str) -> None:
+    data = base()
+    data.update(patch)
+    with pytest.raises(ProfileError, match=message.replace("(", r"\(")):
+        load(tmp_path, data)
+
+
+def test_threshold_out_of_range(tmp_path: Path) -> None:
+    data = base()
+    data["kgc"]["threshold"] = 4
+    with pytest.raises(ProfileError, match=r"kgc\.threshold must be an integer between 2 and 3"):
+        load(tmp_path, data)
+
+
+def test_missing_and_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(ProfileError, match="does not exist; create a local consortium"):
+        Profile.load(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ledger: [unclosed", encoding="utf-8")
+    with pytest.raises(ProfileError, match="not valid YAML"):
+        Profile.load(bad)
+
+
+def test_wallet_roundtrip_and_modes(tmp_path: Path) -> None:
+    ca = LocalCA.create("Org1MSP")
+    identity, signer = ca.issue("bob", role="patient")
+    w = Wallet(tmp_path / "bob")
+    assert not w.exists
+    with pytest.raises(WalletError, match="holds no identity"):
+        w.load_identity()
+    w.save_identity(identity, signer)
+    loaded, loaded_signer = w.load_identity()
+    assert loaded == identity
+    assert loaded_signer.public_key.public_numbers() == signer.public_key.public_numbers()
+    assert (tmp_path / "bob/key.pem").stat().st_mode & 0o777 == 0o600
+    assert w.load_secret_key() is None
+    (tmp_path / "bob/ibe.key").write_bytes(b"\x01garbage")
+    with pytest.raises(WalletError, match="does not hold an identity secret key"):
+        w.load_secret_key()
