@@ -331,3 +331,18 @@ def test_submit_to_a_closed_ledger_is_a_submit_error(tmp_path: Path) -> None:
             contract.submit_transaction("RegisterIdentity")
         assert info.value.transaction_id
     ledger.close()
+
+
+def test_backdated_proposals_are_refused_when_a_skew_limit_is_set(tmp_path: Path) -> None:
+    ca = LocalCA.create("Org1MSP")
+    ledger = EmbeddedLedger.open(tmp_path, max_clock_skew_s=300)
+    ledger.add_organization("Org1MSP", ca.certificate_pem)
+    identity, signer = ca.issue("alice", role="patient")
+    backdated = ManualClock(1_000_000_000)  # 2001: far outside the limit
+    with connect(identity, signer, ledger, clock=backdated) as gw:
+        contract = gw.get_network("ehrshare").get_contract("ehrshare")
+        with pytest.raises(EndorseError, match=r"proposal timestamp is \d+ s away from the "):
+            contract.submit_transaction("RegisterIdentity")
+    with connect(identity, signer, ledger) as gw:  # the real clock is within the limit
+        gw.get_network("ehrshare").get_contract("ehrshare").submit_transaction("RegisterIdentity")
+    ledger.close()

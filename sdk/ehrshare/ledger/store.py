@@ -29,6 +29,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -341,14 +342,26 @@ class EmbeddedLedger:
         }
         self._listeners = _Listeners()
         self._closed = False
+        self.max_clock_skew_s: int | None = None
 
     # --- opening ---------------------------------------------------------------------------
 
     @classmethod
     def open(
-        cls, directory: Path | str, *, channel: str = "ehrshare", synchronous: str = "NORMAL"
+        cls,
+        directory: Path | str,
+        *,
+        channel: str = "ehrshare",
+        synchronous: str = "NORMAL",
+        max_clock_skew_s: int | None = None,
     ) -> EmbeddedLedger:
-        """Open (creating if needed) the ledger in ``directory`` for ``channel``."""
+        """Open (creating if needed) the ledger in ``directory`` for ``channel``.
+
+        ``max_clock_skew_s`` refuses proposals whose timestamp is further than that from this
+        machine's clock. The contract decides expiry by the proposal's timestamp, so a deployment
+        should set it (a client could otherwise backdate a request past its grant's expiry); it is
+        off by default because tests and demos drive the ledger with an injected clock.
+        """
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
         path = Path(directory)
@@ -361,6 +374,7 @@ class EmbeddedLedger:
         conn.execute("PRAGMA foreign_keys=OFF")
         conn.executescript(_SCHEMA)
         ledger = cls(path, conn, channel)
+        ledger.max_clock_skew_s = max_clock_skew_s
         ledger._init_meta(channel)
         return ledger
 
@@ -459,6 +473,14 @@ class EmbeddedLedger:
             raise ProposalRejected(str(exc)) from None
         if proposal.channel != self.channel:
             raise ProposalRejected(f"channel {proposal.channel} does not exist", proposal.tx_id)
+        if self.max_clock_skew_s is not None:
+            skew = abs(proposal.timestamp_seconds - int(time.time()))
+            if skew > self.max_clock_skew_s:
+                raise ProposalRejected(
+                    f"proposal timestamp is {skew} s away from the ledger's clock "
+                    f"(limit {self.max_clock_skew_s} s)",
+                    proposal.tx_id,
+                )
         if proposal.chaincode not in self._chaincodes:
             raise ProposalRejected(
                 f"chaincode {proposal.chaincode} is not installed", proposal.tx_id
