@@ -67,9 +67,10 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout
 
 
 def _fail(code: int, message: str, hint: str = "") -> NoReturn:
-    _err.print(f"[red]error:[/red] {message}", highlight=False)
+    # soft_wrap: an error message stays one line, so scripts can grep it
+    _err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     if hint:
-        _err.print(f"[dim]hint:[/dim] {hint}", highlight=False)
+        _err.print(f"[dim]hint:[/dim] {hint}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -51,7 +51,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         err = Console(stderr=True)
         out = Console()
         if backend == "fabric":
-            err.print(f"[red]error:[/red] {FABRIC_UNAVAILABLE}")
+            err.print(f"[red]error:[/red] {FABRIC_UNAVAILABLE}", soft_wrap=True)
             raise typer.Exit(EXIT_UNAVAILABLE)
         if backend != "embedded":
             err.print(f"[red]error:[/red] backend {backend!r} is not embedded or fabric")
