@@ -27,6 +27,7 @@ import json
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -349,6 +350,8 @@ class Session:
             wallet.load_secret_key() if wallet is not None else None
         )
         self._dkg: tuple[tipre.MasterPublicKey, PublicPolynomial] | None = None
+        self._locks_guard = threading.Lock()
+        self._read_locks: dict[str, threading.Lock] = {}
 
     def __repr__(self) -> str:
         return f"Session(ibe_id={self.ibe_id!r}, enrolled={self._sk is not None})"
@@ -583,6 +586,16 @@ class Session:
         """
         del timeout  # reserved for the gRPC proxy client
         record_id = ref.record_id if isinstance(ref, RecordRef) else ref
+        # The chaincode keeps one current approval per (record, requester, grant): a second
+        # concurrent request of the same record by the same member would supersede the first
+        # before the proxy saw it. Reads of one record are serialised per session; reads of
+        # different records still run in parallel.
+        with self._locks_guard:
+            lock = self._read_locks.setdefault(record_id, threading.Lock())
+        with lock:
+            return self._read_record(record_id)
+
+    def _read_record(self, record_id: str) -> FHIRAbstractModel:
         sk = self._secret_key()
         access = self._submit("RequestAccess", record_id)
         if access["decision"] != "allow":
