@@ -84,3 +84,30 @@ def test_tour_shell_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
             ran += 1
     assert ran >= 10
     assert variables["RECORD"].startswith("r-") and variables["GRANT"].startswith("g-")
+
+
+def test_readme_tour_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    readme = (TOUR.parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("## 5-minute tour") :]
+    shell = re.search(r"```sh\n(.*?)```", section, re.DOTALL)
+    python = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert shell is not None and python is not None
+    monkeypatch.chdir(tmp_path)
+    runner = CliRunner()
+    env: dict[str, str] = {}
+    for line in shell.group(1).splitlines():
+        command = line.split("#", 1)[0].strip()
+        if not command or command.startswith("make "):
+            continue
+        if command.startswith("export "):
+            name, value = command[len("export ") :].split("=", 1)
+            env[name] = value
+            continue
+        argv = shlex.split(command)
+        assert argv[0].endswith("ehrshare"), line
+        result = runner.invoke(app, argv[1:], env=env)
+        assert result.exit_code == 0, f"{line}\n{result.output}"
+    exec(compile(python.group(1), "README.md tour", "exec"), {"__name__": "readme"})
+    assert capsys.readouterr().out.strip().endswith("13.2")
