@@ -165,3 +165,19 @@ def test_input_and_config_errors_have_exit_codes(world: dict[str, str], tmp_path
 def test_help_explains_exit_codes() -> None:
     out = run("record", "get", "--help")
     assert "Exit codes" in out and "denied" in out
+
+
+def test_network_status(world: dict[str, str], tmp_path: Path) -> None:
+    status = run_json("network", "status", "-p", world["profile"])
+    assert status["fabric"]["available"] is False  # type: ignore[index]
+    assert status["ledger"]["height"] > 0  # type: ignore[index]
+    assert status["ledger"]["organizations"] == [  # type: ignore[index]
+        "HospitalAMSP",
+        "HospitalBMSP",
+        "HospitalCMSP",
+    ]
+    down = tmp_path / "kubo-down"
+    run("consortium", "init", str(down), "--storage", "kubo", "--kubo-url", "http://127.0.0.1:9")
+    result = runner.invoke(app, ["network", "status", "-p", str(down)])
+    assert result.exit_code == 4
+    assert "DOWN" in result.output

@@ -203,6 +203,72 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.add_typer(consortium_app, name="consortium")
     app.add_typer(record_app, name="record")
     app.add_typer(audit_app, name="audit")
+    network_app = typer.Typer(
+        help="Backend status. The Fabric network (up/down) is not available on this machine yet.",
+        no_args_is_help=True,
+    )
+    app.add_typer(network_app, name="network")
+
+    @network_app.command("status", epilog=_EXIT_HELP)
+    def network_status(profile: ProfileOpt = "", as_json: JsonOpt = False) -> None:
+        """Say which backends the profile uses and whether they answer; Fabric is reported as
+        unavailable (it cannot be built here). Exit code 4 if the content store is down."""
+        from ehrshare.ledger.store import EmbeddedLedger
+        from ehrshare.profile import FABRIC_UNAVAILABLE, Profile
+        from ehrshare.storage import KuboClient
+
+        status: dict[str, Any] = {"fabric": {"available": False, "reason": FABRIC_UNAVAILABLE}}
+        store_ok = True
+        if profile or Path("profile.yaml").is_file():
+            with _errors():
+                path = Path(_profile_path(profile))
+                prof = Profile.load(path / "profile.yaml" if path.is_dir() else path)
+                with EmbeddedLedger.open(prof.ledger_path, channel=prof.channel) as ledger:
+                    status["ledger"] = {
+                        "backend": "embedded",
+                        "path": str(prof.ledger_path),
+                        "height": ledger.height(),
+                        "organizations": sorted(ledger.organizations()),
+                    }
+            if prof.storage_backend == "kubo":
+                assert prof.storage_url is not None
+                try:
+                    with KuboClient(prof.storage_url, timeout=5) as client:
+                        detail = f"Kubo {client.version(timeout=5)}"
+                except Exception as exc:
+                    store_ok, detail = False, str(exc)
+                status["storage"] = {
+                    "backend": "kubo",
+                    "url": prof.storage_url,
+                    "reachable": store_ok,
+                    "detail": detail,
+                }
+            else:
+                status["storage"] = {"backend": "embedded", "path": str(prof.storage_path)}
+            status["kgc"] = {"threshold": prof.kgc_threshold, "nodes": len(prof.kgc_nodes)}
+        if as_json:
+            _emit(status)
+        else:
+            _err.print(f"[yellow]fabric:[/yellow] {FABRIC_UNAVAILABLE}", soft_wrap=True)
+            if "ledger" in status:
+                led = status["ledger"]
+                _err.print(
+                    f"ledger: embedded at {led['path']}, height {led['height']}, "
+                    f"organisations {', '.join(led['organizations'])}",
+                    soft_wrap=True,
+                )
+                st = status["storage"]
+                where = st.get("url") or st.get("path")
+                state = (
+                    ""
+                    if st["backend"] == "embedded"
+                    else (" (reachable)" if store_ok else f" (DOWN: {st['detail']})")
+                )
+                _err.print(f"storage: {st['backend']} at {where}{state}", soft_wrap=True)
+                kgc = status["kgc"]
+                _err.print(f"kgc: {kgc['threshold']} of {kgc['nodes']} nodes (in-process)")
+        if not store_ok:
+            raise typer.Exit(EXIT_UNAVAILABLE)
 
     # --- consortium ---------------------------------------------------------------------------
 
