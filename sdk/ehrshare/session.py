@@ -834,6 +834,23 @@ class Session:
             self.grant, grantee, type, expires=expires, max_hops=max_hops
         )
 
+    async def aforward(
+        self,
+        ref_or_grant: RecordRef | Grant | str,
+        to: str,
+        *,
+        expires: Expiry | None = None,
+        max_hops: int = 0,
+    ) -> Grant:
+        """:meth:`forward` in a worker thread."""
+        return await asyncio.to_thread(
+            self.forward, ref_or_grant, to, expires=expires, max_hops=max_hops
+        )
+
+    async def averify_audit(self, patient: str | None = None) -> AuditVerification:
+        """:meth:`verify_audit` in a worker thread."""
+        return await asyncio.to_thread(self.verify_audit, patient)
+
     async def arevoke(self, grant: Grant | str) -> Grant:
         """:meth:`revoke` in a worker thread."""
         return await asyncio.to_thread(self.revoke, grant)

@@ -330,7 +330,7 @@ def test_exported_trail_edit_is_detected(people: People) -> None:
 
 def test_async_variants_run_concurrently(people: People) -> None:
     ref = people.adams.put_record(lab_observation(), patient=people.alice.ibe_id)
-    people.alice.grant(people.baker.ibe_id, "lab", expires=DAY)
+    people.alice.grant(people.baker.ibe_id, "lab", expires=DAY, max_hops=1)
 
     async def main() -> list[Any]:
         return await asyncio.gather(
@@ -341,3 +341,10 @@ def test_async_variants_run_concurrently(people: People) -> None:
 
     results = asyncio.run(main())
     assert {r.status for r in results} == {"final"}
+
+    async def refer_and_check() -> bool:
+        await people.baker.aforward(ref, people.chen.ibe_id)
+        await people.chen.aread_record(ref)
+        return (await people.alice.averify_audit()).valid
+
+    assert asyncio.run(refer_and_check())
