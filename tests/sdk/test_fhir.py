@@ -127,3 +127,29 @@ def test_label_roundtrip_and_chaincode_syntax(name: str) -> None:
     opaque = labels.opaque(name)
     assert re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}", opaque)  # the chaincode's rule
     assert labels.reveal(opaque) == name
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@given(
+    st.one_of(
+        json_values,
+        st.fixed_dictionaries(
+            {"resourceType": st.sampled_from(["Observation", "Patient", "Binary", "X"])},
+            optional={"status": json_values, "code": json_values, "category": json_values},
+        ),
+    )
+)
+def test_parser_only_raises_its_own_error(data: object) -> None:
+    try:
+        model = parse_resource(json.dumps(data))
+    except FhirValidationError:
+        return
+    assert json.loads(resource_bytes(model))["resourceType"] == model.get_resource_type()

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ehrshare.identity import LocalCA
 from ehrshare.profile import BackendUnavailable, Profile, ProfileError, Wallet, WalletError
@@ -121,3 +124,24 @@ def test_wallet_roundtrip_and_modes(tmp_path: Path) -> None:
     (tmp_path / "bob/ibe.key").write_bytes(b"\x01garbage")
     with pytest.raises(WalletError, match="does not hold an identity secret key"):
         w.load_secret_key()
+
+
+profile_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 5) | st.sampled_from(["", "embedded", "kubo", "x"]),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["backend", "path", "url", "index", "state"]), inner)
+    ),
+    max_leaves=10,
+)
+
+
+@given(
+    st.dictionaries(
+        st.sampled_from(["version", "ledger", "storage", "kgc", "proxy", "types", "limits"]),
+        profile_values,
+    )
+)
+def test_profile_parser_only_raises_profile_errors(data: dict[str, Any]) -> None:
+    with contextlib.suppress(ProfileError):
+        Profile.from_dict(data, base=Path("/tmp"))
