@@ -350,6 +350,7 @@ class Session:
             wallet.load_secret_key() if wallet is not None else None
         )
         self._dkg: tuple[tipre.MasterPublicKey, PublicPolynomial] | None = None
+        self._sk_checked = False
         self._locks_guard = threading.Lock()
         self._read_locks: dict[str, threading.Lock] = {}
 
@@ -408,6 +409,20 @@ class Session:
             raise NotEnrolledError(
                 f"{self.ibe_id} is not enrolled: call enroll() (CLI: 'ehrshare enroll') first"
             )
+        if not self._sk_checked:
+            # A key from a wallet is checked once against this consortium's mpk: a stale or
+            # foreign key would otherwise only show up as failed decryptions.
+            mpk, _ = self._master()
+            try:
+                if self._sk.identity != self.ibe_id:
+                    raise VerificationError("the key is for another identity")
+                self._sk.check(mpk)
+            except VerificationError:
+                raise NotEnrolledError(
+                    f"the identity key in the wallet of {self.ibe_id} does not belong to it "
+                    "under this consortium's master key; enrol again"
+                ) from None
+            self._sk_checked = True
         return self._sk
 
     def _master(self) -> tuple[tipre.MasterPublicKey, PublicPolynomial]:
@@ -474,6 +489,7 @@ class Session:
                 invalid=exc.invalid,
             ) from None
         self._sk = outcome.secret_key
+        self._sk_checked = True  # combine_partial_keys checked it against mpk
         if self.wallet is not None:
             self.wallet.save_secret_key(outcome.secret_key)
         bad = set(outcome.unavailable) | set(outcome.invalid)

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 from collections.abc import Callable
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -348,3 +349,21 @@ def test_async_variants_run_concurrently(people: People) -> None:
         return (await people.alice.averify_audit()).valid
 
     assert asyncio.run(refer_and_check())
+
+
+def test_a_foreign_key_in_the_wallet_is_refused(people: People, tmp_path: Path) -> None:
+    other = Consortium.init(tmp_path / "other")
+    try:
+        other.add_member("alice", "HospitalA", "patient")
+        with other.session("alice") as foreign:
+            foreign.enroll()
+        foreign_key = other.profile.wallet("alice").directory / "ibe.key"
+        own = people.consortium.profile.wallet("alice").directory / "ibe.key"
+        own.write_bytes(foreign_key.read_bytes())
+    finally:
+        other.close()
+    with (
+        people.consortium.session("alice") as alice,
+        pytest.raises(NotEnrolledError, match="does not belong to it"),
+    ):
+        alice.publish_type_keys(["lab"])
