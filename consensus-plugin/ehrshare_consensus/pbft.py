@@ -41,6 +41,7 @@ class PbftNode(Node):
         self.nv_sent: set[int] = set()
         self.cps: defaultdict[tuple[int, int], set[int]] = defaultdict(set)
         self.stable_cp = 0
+        self.cp_views: dict[int, int] = {}
         self.progress = 0
         self.vc_timeout = sim.params.view_timeout_s
         self.proposing = False
@@ -151,6 +152,8 @@ class PbftNode(Node):
         self.check_prepared(*key)
 
     def check_prepared(self, v: int, s: int, d: int) -> None:
+        if v != self.view or self.in_vc:
+            return  # after asking for a view change a replica sends nothing more in view v
         if self.accepted.get((v, s)) != d or (v, s) in self.sent_commit:
             return
         votes = self.prep[(v, s, d)]
@@ -203,7 +206,7 @@ class PbftNode(Node):
             del self.comm[key]
         every = self.sim.params.checkpoint_every
         if every and s % every == 0:
-            self.send(self.others, Msg("CP", self.id, 0, s, d, size=VOTE_BYTES))
+            self.send(self.others, Msg("CP", self.id, self.view, s, d, size=VOTE_BYTES))
             self.cps[(s, d)].add(self.id)
         self.arm_watchdog()
         pending = self.future.pop(s + 1, [])
@@ -217,22 +220,38 @@ class PbftNode(Node):
     def on_cp(self, msg: Msg) -> None:
         votes = self.cps[(msg.seq, msg.digest)]
         votes.add(msg.src)
+        self.cp_views[msg.src] = max(self.cp_views.get(msg.src, 0), msg.view)
         if len(votes) >= self.q and msg.seq > self.stable_cp:
             self.stable_cp = msg.seq
             for key in [k for k in self.cps if k[0] < msg.seq]:
                 del self.cps[key]
-            if self.last_exec < msg.seq and msg.seq not in self.fetching:
-                self.fetching.add(msg.seq)
-                src = next(i for i in sorted(votes) if i != self.id)
-                self.send([src], Msg("FETCH", self.id, 0, msg.seq, msg.digest, size=VOTE_BYTES))
+            # A view at least f+1 checkpoint signers have reached (so an honest one has): a
+            # replica that was cut off learns where the others went.
+            view = sorted((self.cp_views.get(i, 0) for i in votes), reverse=True)[self.f]
+            if view > self.view:
+                self.view = view
+                self.in_vc = False
+                self.arm_watchdog()
+            if self.last_exec < msg.seq:
+                self.fetch_from(sorted(votes), msg.seq)
+
+    def fetch_from(self, sources: list[int], upto: int) -> None:
+        if upto in self.fetching:
+            return
+        src = next((i for i in sources if i != self.id), None)
+        if src is None:
+            return
+        self.fetching.add(upto)
+        self.send([src], Msg("FETCH", self.id, 0, upto, 0, size=VOTE_BYTES, data=self.last_exec))
 
     def on_fetch(self, msg: Msg) -> None:
-        upto = min(msg.seq, self.last_exec)
-        want = [(h, self.log[h]) for h in range(max(1, upto - 63), upto + 1) if h in self.log]
+        have = msg.data if isinstance(msg.data, int) else msg.seq - 1
+        upto = min(msg.seq, self.last_exec, have + 64)
+        want = [(h, self.log[h]) for h in range(have + 1, upto + 1) if h in self.log]
         if not want:
             return
         size = sum(self.sim.blocks[d].size for _, d in want) + HEADER_BYTES
-        self.send([msg.src], Msg("BLOCKS", self.id, 0, upto, 0, size=size, data=want))
+        self.send([msg.src], Msg("BLOCKS", self.id, 0, msg.seq, 0, size=size, data=want))
 
     def on_blocks(self, msg: Msg) -> None:
         # Blocks in a transfer are bound to a checkpoint/commit certificate we already verified;
@@ -243,6 +262,8 @@ class PbftNode(Node):
             if h == self.last_exec + 1 and (h, d) in self.sim.certified:
                 self.cpu(self.sim.blocks[d].size * self.cost.hash_s_per_byte)
                 self.execute(h, d)
+        if self.last_exec < max(self.stable_cp, msg.seq):
+            self.fetch_from([msg.src], max(self.stable_cp, msg.seq))
 
     # -- view change --------------------------------------------------------------------------
     def arm_watchdog(self) -> None:
@@ -286,11 +307,19 @@ class PbftNode(Node):
         self.vc_timeout *= 2
         mark = self.progress
 
-        def expire() -> None:
-            if self.in_vc and self.view == nv and self.progress == mark:
-                self.start_view_change(nv + 1)
+        def tick() -> None:
+            if not (self.in_vc and self.view == nv and self.progress == mark):
+                return
+            if len(self.vcs[nv]) >= self.q:
+                self.start_view_change(nv + 1)  # a quorum wanted nv and it still failed
+            else:
+                # Like PBFT, whose timer only starts at 2f+1 VIEW-CHANGEs: a replica that is
+                # ahead waits for the others (re-sending, in case its message was lost)
+                # instead of racing through views alone.
+                self.send(self.others, self.vcs[nv][self.id])
+                self.timer(self.vc_timeout, tick)
 
-        self.timer(self.vc_timeout, expire)
+        self.timer(self.vc_timeout, tick)
         self.maybe_new_view(nv)
 
     def on_vc(self, msg: Msg) -> None:
@@ -356,7 +385,7 @@ class PbftNode(Node):
     def catch_up(self, base: int, vcs: dict[int, Msg]) -> None:
         src = next((i for i, m in vcs.items() if m.data[0] >= base and i != self.id), None)
         if src is not None:
-            self.send([src], Msg("FETCH", self.id, 0, base, 0, size=VOTE_BYTES))
+            self.fetch_from([src], base)
 
     def on_nv(self, msg: Msg) -> None:
         nv = msg.view

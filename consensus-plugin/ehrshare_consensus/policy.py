@@ -147,7 +147,7 @@ def cluster_nodes(
     k: int,
     reputation: Mapping[int, float],
     seed: int,
-    suspects: Iterable[int] = (),
+    suspects: Mapping[int, float] | Iterable[int] = (),
 ) -> list[list[int]]:
     """K-medoids (FasterPAM) on the RTT matrix of `ids`, then size bounds [4, 2N/K], then
     suspects (nodes that missed most votes) spread to at most f_c per cluster by swaps.
@@ -199,7 +199,12 @@ def cluster_nodes(
                 break
             groups[c].remove(far)
             groups[nearest(far, room)].append(far)
-    _spread_suspects(groups, {p for p, i in enumerate(ids) if i in set(suspects)}, sub, medoids)
+    # The worst-participating suspects first, as many as the clusters can absorb (Σ f_c).
+    score = dict(suspects) if isinstance(suspects, Mapping) else dict.fromkeys(suspects, 0.0)
+    capacity = sum(cluster_quorum(len(g))[0] for g in groups.values())
+    where = {i: p for p, i in enumerate(ids)}
+    worst = sorted((i for i in score if i in where), key=lambda i: (score[i], i))[:capacity]
+    _spread_suspects(groups, {where[i] for i in worst}, sub, medoids)
     clusters = [sorted(ids[pos] for pos in g) for g in groups.values() if g]
     return sorted(clusters, key=lambda g: g[0])
 
@@ -278,12 +283,12 @@ def next_epoch(
     leaders_now = set(prev.leaders)
     blocks = max(stats.blocks, 1)
     expelled = set(prev.expelled) | stats.evidence
-    suspects: set[int] = set()
+    suspects: dict[int, float] = {}
     for i in prev.voters + prev.observers:
         rec = recs[i]
         part = stats.participation.get(i, 0) / blocks
         if part < SUSPECT_BELOW and rec.member_epochs > 0:  # not in a first (catch-up) epoch
-            suspects.add(i)
+            suspects[i] = part
         if i in leaders_now:
             b = 0.5 * min(1.0, part) + 0.5 * min(1.0, stats.timely.get(i, 0) / blocks)
             rec.leader_epochs += 1

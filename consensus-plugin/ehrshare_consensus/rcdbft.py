@@ -100,6 +100,7 @@ class RcNode(Node):
         self.fetching = False
         self.wd_gen = 0
         self.skipped = 0
+        self.pending_lead: tuple[int, int, int] | None = None
 
     # -- roles ----------------------------------------------------------------------------------
     def set_config(self, cfg: EpochConfig) -> None:
@@ -307,6 +308,8 @@ class RcNode(Node):
     ) -> None:
         if not self.is_leader() or self.cluster_of.get(msg.src) != self.myc:
             return
+        if msg.seq > self.last_exec and (msg.view != self.view or self.in_vc):
+            return  # a leader that left view v takes no further part in it
         key = (msg.view, msg.seq, msg.digest)
         book[key].add(msg.src)
         self.check_cluster_qc(kind, *key)
@@ -318,6 +321,8 @@ class RcNode(Node):
         if tag in self.sent or len(votes) < self.q_c(self.myc):
             return
         if kind == "PV" and s <= self.last_exec:
+            return
+        if s > self.last_exec and (v != self.view or self.in_vc):
             return
         if self.accepted.get((v, s), (None,))[0] != d:
             return
@@ -400,6 +405,8 @@ class RcNode(Node):
             self.qc_book[msg.seq][c] = (msg.src, parts)
 
     def check_prepared(self, v: int, s: int, d: int) -> None:
+        if v != self.view or self.in_vc:
+            return
         tag = ("PREP", v, s)
         if tag in self.sent or len(self.pqc[(v, s, d)]) < self.q_top():
             return
@@ -425,6 +432,8 @@ class RcNode(Node):
         self.vote_self("CV", v, s, d)
 
     def check_committed(self, v: int, s: int, d: int) -> None:
+        if v != self.view or self.in_vc:
+            return
         if s != self.last_exec + 1 or len(self.cqc[(v, s, d)]) < self.q_top():
             return
         if self.prepared.get(s) != (v, d):
@@ -464,7 +473,7 @@ class RcNode(Node):
         v, s, d = msg.view, msg.seq, msg.digest
         if self.myc < 0 or msg.src != self.leader(self.myc) or self.voted.get((v, s)) != d:
             return
-        if self.prepared.get(s) == (v, d):
+        if v < self.view or self.prepared.get(s) == (v, d):
             return
         self.prepared[s] = (v, d)
         self.ledger.signed.add(("CV", self.id, v, s, d))
@@ -518,6 +527,10 @@ class RcNode(Node):
         if self.cfg is None or nxt.epoch != self.cfg.epoch:
             self.enter_epoch(nxt)
         self.arm_watchdog()
+        pl = self.pending_lead
+        if pl is not None and pl[1] == s + 1 and pl[0] == self.view and not self.in_vc:
+            self.pending_lead = None
+            self.lead(*pl)
         if self.is_leader() and not self.in_vc:
             self.try_propose()
         for m in self.future.pop(s + 1, []):
@@ -699,7 +712,11 @@ class RcNode(Node):
                 epoch=self.cfg.epoch,
                 data=old,
             )
-            self.send(self.leaders_except_me(), nl)
+            # Everyone, not just the leaders we know of: other clusters may have replaced their
+            # leaders too, and new leaders must be able to find each other for a view change.
+            assert self.cfg is not None
+            everyone = [i for i in self.cfg.voters + self.cfg.observers if i != self.id]
+            self.send(everyone, nl)
             self.deposed_pending[old] = self.deposed_pending.get(old, 0) + 1
             others = [self.leader(x) for x in range(self.k) if x != c]
             if others:
@@ -719,6 +736,7 @@ class RcNode(Node):
         if self.myc >= 0 and msg.src == self.leader(self.myc):
             # The leader is working on a view change: wait as long as its timer runs.
             self.vc_timeout = max(self.vc_timeout, msg.data)
+            self.view = max(self.view, msg.view)  # stop voting in the view being left
             self.progress += 1
             self.arm_watchdog()
 
@@ -758,11 +776,32 @@ class RcNode(Node):
         )
         mark = self.progress
 
-        def expire() -> None:
-            if self.in_vc and self.view == nv and self.progress == mark and self.is_leader():
-                self.start_view_change(nv + 1)
+        def tick() -> None:
+            if not (self.in_vc and self.view == nv and self.progress == mark and self.is_leader()):
+                return
+            if len(self.tvcs[nv]) >= self.q_top():
+                self.start_view_change(nv + 1)  # a quorum wanted nv and it still failed
+            else:
+                # Wait for the other leaders instead of racing through views alone (PBFT starts
+                # this timer only at a quorum); re-send in case the message was lost.
+                self.send(self.leaders_except_me(), self.tvcs[nv][self.myc])
+                assert self.cfg is not None
+                self.send(
+                    self.my_members(),
+                    Msg(
+                        "VCN",
+                        self.id,
+                        nv,
+                        s,
+                        0,
+                        size=VOTE,
+                        epoch=self.cfg.epoch,
+                        data=self.vc_timeout,
+                    ),
+                )
+                self.timer(self.vc_timeout, tick)
 
-        self.timer(self.vc_timeout, expire)
+        self.timer(self.vc_timeout, tick)
         self.maybe_new_view(nv)
 
     def on_tvc(self, msg: Msg) -> None:
@@ -839,9 +878,13 @@ class RcNode(Node):
             ),
         )
         self.arm_watchdog()
+        # Bind our own proposal for (view, height) now, even while still catching up, so that
+        # no later path proposes a second block for it (that would be equivocation).
+        self.accepted[(nv, s)] = (digest, self.id)
         if self.last_exec == base:
-            self.accepted[(nv, s)] = (digest, self.id)
             self.lead(nv, s, digest)
+        else:
+            self.pending_lead = (nv, s, digest)
 
     def on_tnv(self, msg: Msg) -> None:
         nv = msg.view

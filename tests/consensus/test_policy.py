@@ -21,10 +21,13 @@ from ehrshare_consensus.policy import (
     update_reputation,
 )
 
+
 @pytest.mark.parametrize(
     ("size", "f", "q"),
-    [(1, 0, 1), (2, 0, 2), (3, 0, 2), (4, 1, 3), (5, 1, 4), (6, 1, 4), (7, 2, 5), (8, 2, 6)]
-    + [(10, 3, 7), (100, 33, 67)],
+    [
+        *[(1, 0, 1), (2, 0, 2), (3, 0, 2), (4, 1, 3), (5, 1, 4), (6, 1, 4), (7, 2, 5)],
+        *[(8, 2, 6), (10, 3, 7), (100, 33, 67)],
+    ],
 )
 def test_quorum_arithmetic(size: int, f: int, q: int) -> None:
     assert cluster_quorum(size) == (f, q)
@@ -118,10 +121,23 @@ def test_next_epoch_expels_provable_misbehaviour_and_admits_joiners() -> None:
     ids = list(range(16))
     clusters = cluster_nodes(ids, rtt, 4, {}, seed=1)
     recs = {i: RepRecord() for i in ids}
-    prev = EpochConfig(0, clusters, [rank_cluster(c, recs, 1) for c in clusters], [],
-                       frozenset(), True, frozenset(ids))
-    stats = EpochStats(blocks=10, participation=dict.fromkeys(ids, 10), timely={},
-                       evidence={3}, joins={16, 17}, leaves={5})
+    prev = EpochConfig(
+        0,
+        clusters,
+        [rank_cluster(c, recs, 1) for c in clusters],
+        [],
+        frozenset(),
+        True,
+        frozenset(ids),
+    )
+    stats = EpochStats(
+        blocks=10,
+        participation=dict.fromkeys(ids, 10),
+        timely={},
+        evidence={3},
+        joins={16, 17},
+        leaves={5},
+    )
     nxt = next_epoch(prev, stats, recs, rtt, seed=99)
     assert 3 in nxt.expelled and 3 not in nxt.voters and recs[3].r == 0.0
     assert 5 not in nxt.voters

@@ -1,0 +1,144 @@
+"""Protocol state machines: message complexity, QC verification, view changes, determinism."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ehrshare_consensus.calibrate import CostModel
+from ehrshare_consensus.core import Msg, NetworkModel, Sim, SimParams
+from ehrshare_consensus.pbft import PbftNode, build_pbft
+from ehrshare_consensus.policy import cluster_quorum
+from ehrshare_consensus.rcdbft import RcNode, build_rcdbft
+from ehrshare_consensus.runner import RunSpec, check_liveness, run_once
+
+
+def _run(cost: CostModel, **kw: Any) -> dict[str, Any]:
+    return run_once(RunSpec(**kw), cost)
+
+
+def test_pbft_normal_case_costs_quadratic_messages(cost: CostModel) -> None:
+    n = 16
+    row = _run(cost, protocol="pbft", n=n, blocks=9, batch_size=10)  # no checkpoint in window
+    expected = (n - 1) + (n - 1) * (n - 1) + n * (n - 1)  # PRE-PREPARE, PREPARE, COMMIT
+    assert row["messages_per_block"] == pytest.approx(expected)
+
+
+def test_rcdbft_normal_case_matches_k2_plus_5n(cost: CostModel) -> None:
+    n = 100
+    row = _run(cost, protocol="rcdbft", n=n, blocks=12, batch_size=10)
+    k = row["k"]
+    assert k == 10
+    expected = (k - 1) + 5 * (n - k) + 2 * k * (k - 1)
+    # ± a message or two: a slow cluster's commit QC may straddle the window's end
+    assert row["messages_per_block"] == pytest.approx(expected, abs=2)
+
+
+def test_raft_needs_about_two_messages_per_follower(cost: CostModel) -> None:
+    row = _run(cost, protocol="raft", n=9, blocks=20, batch_size=10)
+    assert 2 * 8 <= row["messages_per_block"] < 2 * 8 + 8  # plus occasional heartbeats
+
+
+@pytest.mark.parametrize("protocol", ["pbft", "rcdbft", "raft"])
+def test_same_seed_gives_identical_results(cost: CostModel, protocol: str) -> None:
+    spec = {"protocol": protocol, "n": 16, "blocks": 15, "batch_size": 10, "seed": 5}
+    a, b = _run(cost, **spec), _run(cost, **spec)
+    for row in (a, b):
+        row.pop("wall_time_s")
+    assert a == b
+    c = _run(cost, **{**spec, "seed": 6})
+    assert c["latency_p50_ms"] != a["latency_p50_ms"]
+
+
+def _pbft_sim(cost: CostModel, n: int = 4) -> tuple[Sim, list[PbftNode]]:
+    sim = Sim(SimParams(n=n, batch_size=2, seed=1), NetworkModel(), cost)
+    nodes = build_pbft(sim)
+    sim.nodes = list(nodes)
+    sim.net.nodes = list(nodes)
+    return sim, nodes
+
+
+def _vc(src: int, last: int, digest: int, prepared: tuple[int, int] | None) -> Msg:
+    return Msg("VC", src, 1, last, 0, data=(last, digest, prepared))
+
+
+def test_new_view_reproposes_the_highest_prepared_block(cost: CostModel) -> None:
+    sim, nodes = _pbft_sim(cost)
+    sim.certified.add((3, 0x33))
+    vcs = {
+        0: _vc(0, 3, 0x33, (0, 0xA)),
+        1: _vc(1, 3, 0x33, (2, 0xB)),  # prepared in a later view: wins
+        2: _vc(2, 2, 0x22, None),
+    }
+    assert nodes[1].decide_new_view(vcs) == (3, 0xB)
+
+
+def test_new_view_ignores_an_uncertified_height_claim(cost: CostModel) -> None:
+    sim, nodes = _pbft_sim(cost)
+    sim.certified.add((3, 0x33))
+    vcs = {0: _vc(0, 3, 0x33, None), 1: _vc(1, 9, 0x99, None), 2: _vc(2, 3, 0x33, None)}
+    assert nodes[1].decide_new_view(vcs) == (3, None)
+
+
+def test_backup_rejects_a_new_view_with_the_wrong_block(cost: CostModel) -> None:
+    sim, nodes = _pbft_sim(cost)
+    backup = nodes[2]
+    backup.start_view_change(1)
+    vcs = {i: _vc(i, 0, 0, (0, 0xA) if i == 0 else None) for i in range(3)}
+    bad = Msg("NV", 1, 1, 1, 0xB, data=vcs)  # must re-propose 0xA
+    backup.on_nv(bad)
+    assert backup.view == 2 and backup.in_vc
+    assert any(e["event"] == "bad_new_view" for e in sim.events)
+
+
+def test_rcdbft_leader_rejects_a_forged_cluster_qc(cost: CostModel) -> None:
+    sim = Sim(SimParams(n=16, seed=1), NetworkModel(), cost)
+    nodes, ledger = build_rcdbft(sim, epoch_blocks=5)
+    sim.nodes = list(nodes)
+    sim.net.nodes = list(nodes)
+    for node in nodes:
+        node.start()
+    cfg = ledger.configs[0]
+    me, other = nodes[cfg.leaders[0]], cfg.leaders[1]
+    members = cfg.clusters[1]
+    q = cluster_quorum(len(members))[1]
+    signers = tuple(members[:q])
+    forged = Msg("PQC", other, 0, 1, 0xD, data=(1, signers, signers, cfg.leaders[0]))
+    assert not me.valid_qc(forged, "PV")  # nobody really signed
+    for i in signers:
+        ledger.signed.add(("PV", i, 0, 1, 0xD))
+    assert me.valid_qc(forged, "PV")
+    short = Msg("PQC", other, 0, 1, 0xD, data=(1, signers[:-1], signers, cfg.leaders[0]))
+    assert not me.valid_qc(short, "PV")  # below the cluster quorum
+    wrong_sender = Msg("PQC", cfg.leaders[2], 0, 1, 0xD, data=(1, signers, signers, 0))
+    assert not me.valid_qc(wrong_sender, "PV")
+
+
+def test_member_commits_only_with_a_valid_decide_certificate(cost: CostModel) -> None:
+    sim = Sim(SimParams(n=16, seed=1), NetworkModel(), cost)
+    nodes, ledger = build_rcdbft(sim, epoch_blocks=5)
+    sim.nodes = list(nodes)
+    sim.net.nodes = list(nodes)
+    for node in nodes:
+        node.start()
+    cfg = ledger.configs[0]
+    member = next(nodes[i] for i in cfg.clusters[0] if i != cfg.leaders[0])
+    blk = sim.new_block(1, cfg.leaders[0], 0, ())
+    cert = {c: tuple(cfg.clusters[c][: cluster_quorum(len(cfg.clusters[c]))[1]]) for c in (0, 1)}
+    member.on_dec(Msg("DEC", cfg.leaders[0], 0, 1, blk.digest, data=cert))
+    assert member.last_exec == 0  # only 2 of 4 clusters and no real signatures
+    assert isinstance(member, RcNode)
+
+
+def test_liveness_check_flags_a_stalled_run(cost: CostModel) -> None:
+    params = SimParams(n=4, batch_size=2, max_blocks=10, max_time_s=5.0, seed=1)
+    sim = Sim(params, NetworkModel(), cost)
+    nodes = build_pbft(sim)
+    sim.nodes = list(nodes)
+    sim.net.nodes = list(nodes)
+    nodes[1].crashed = nodes[2].crashed = True  # f + 1 crashes: no quorum left
+    sim.run()
+    spec = RunSpec(protocol="pbft", n=4, blocks=10, view_timeout_s=params.view_timeout_s)
+    assert check_liveness(sim, spec) is not None
+    assert not sim.checker.violations
