@@ -670,13 +670,27 @@ class Session:
             return expires
         raise TypeError("expires must be a datetime, a timedelta or unix seconds")
 
+    def _proxy_key(self) -> bytes:
+        # Asked before the grant is submitted: a proxy that is down fails the call while
+        # nothing is on chain yet.
+        try:
+            return self.proxy.public_key()
+        except Exception as exc:
+            raise ProxyError(
+                f"the re-encryption proxy is not reachable ({exc}); nothing was granted — "
+                "retry when it is up"
+            ) from None
+
     def _deliver_rekey(
-        self, grant: dict[str, Any], delegating: tipre.TypeSecretKey, grantee: str
+        self,
+        grant: dict[str, Any],
+        delegating: tipre.TypeSecretKey,
+        receiving: tipre.VerifiedTypePublicKey,
+        proxy_key: bytes,
     ) -> None:
-        receiving = self._type_key(grantee, grant["type"])
         rekey = tipre.generate_rekey(delegating, receiving)
         try:
-            sealed = seal_rekey(self.proxy.public_key(), grant["grant_id"], rekey)
+            sealed = seal_rekey(proxy_key, grant["grant_id"], rekey)
             del rekey
             self.proxy.store_rekey(grant["grant_id"], sealed)
         except Exception as exc:
@@ -700,7 +714,8 @@ class Session:
         many further referrals (forwards) the grantee may make."""
         sk = self._secret_key()
         label = self._label(type)
-        self._type_key(grantee, label)  # fail before anything is committed
+        receiving = self._type_key(grantee, label)  # fail before anything is committed
+        proxy_key = self._proxy_key()
         grant = self._submit(
             "GrantAccess",
             label,
@@ -710,7 +725,7 @@ class Session:
             json.dumps(sorted(allowed_next)) if allowed_next else "",
             "",
         )
-        self._deliver_rekey(grant, sk.type_secret(label), grantee)
+        self._deliver_rekey(grant, sk.type_secret(label), receiving, proxy_key)
         return Grant.from_chain(grant, self.labels)
 
     def forward(
@@ -726,7 +741,8 @@ class Session:
         a record it covers. ``expires`` defaults to the parent grant's expiry."""
         sk = self._secret_key()
         parent = self._parent_grant(ref_or_grant)
-        self._type_key(to, parent.label)
+        receiving = self._type_key(to, parent.label)
+        proxy_key = self._proxy_key()
         expiry = parent.expiry if expires is None else self._expiry(expires)
         grant = self._submit(
             "GrantAccess",
@@ -737,7 +753,7 @@ class Session:
             json.dumps(sorted(allowed_next)) if allowed_next else "",
             parent.grant_id,
         )
-        self._deliver_rekey(grant, sk.type_secret(parent.label), to)
+        self._deliver_rekey(grant, sk.type_secret(parent.label), receiving, proxy_key)
         return Grant.from_chain(grant, self.labels)
 
     def _parent_grant(self, ref_or_grant: RecordRef | Grant | str) -> Grant:

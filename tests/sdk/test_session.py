@@ -211,8 +211,29 @@ class RefusingProxy:
         raise ConnectionError("proxy is down")
 
 
-def test_proxy_down_at_grant_leaves_no_active_grant(people: People) -> None:
+def test_proxy_down_at_grant_changes_nothing(people: People) -> None:
     people.alice.proxy = RefusingProxy()
+    before = fingerprint(people.consortium)
+    with pytest.raises(ProxyError, match="nothing was granted"):
+        people.alice.grant(people.baker.ibe_id, "lab", expires=DAY)
+    assert fingerprint(people.consortium) == before
+
+
+class KeyOnlyProxy(RefusingProxy):
+    """Answers with its key, then fails to take the re-key (e.g. it crashed in between)."""
+
+    def __init__(self, key: bytes) -> None:
+        self._key = key
+
+    def public_key(self) -> bytes:
+        return self._key
+
+    def store_rekey(self, grant_id: str, sealed_rekey: bytes) -> None:
+        raise ConnectionError("connection reset")
+
+
+def test_proxy_failing_after_commit_leaves_no_active_grant(people: People) -> None:
+    people.alice.proxy = KeyOnlyProxy(people.consortium.proxy.public_key())
     with pytest.raises(ProxyError, match="the grant was revoked again"):
         people.alice.grant(people.baker.ibe_id, "lab", expires=DAY)
     assert [g.state for g in people.alice.grants()] == ["revoked"]
