@@ -10,8 +10,9 @@ variant that runs it in a worker thread.
 
 Order of effects, on purpose: a record's ciphertext is stored and read back (CID and SHA-256
 checked) before the record is registered on chain, so a failed store leaves nothing on chain; a
-grant is committed before its re-key goes to the proxy, and a re-key the proxy refuses revokes
-the grant again, so no grant stays on chain without a way to use it.
+grant is submitted only after the proxy answered with its key (a proxy that is down changes
+nothing), is committed before its re-key goes to the proxy, and a re-key the proxy then refuses
+revokes the grant again, so no grant stays active on chain without a way to use it.
 
 This module must not log record contents, keys, re-keys or capsules, and must not put them in
 exception messages. It talks to the ledger only through :mod:`ehrshare.ledger.api` and to the
