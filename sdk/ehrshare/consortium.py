@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import secrets
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,6 +159,29 @@ class Consortium:
                 f"{root} already holds a consortium (profile.yaml); open it or pick another "
                 "directory"
             )
+        if root.exists() and any(root.iterdir()):
+            raise ConsortiumError(f"{root} is not empty; give a new or empty directory")
+        created = not root.exists()
+        try:
+            return cls._create(root, hospitals, threshold, storage, kubo_url, clock, say)
+        except BaseException:
+            # Nothing half-made stays behind: the directory was new or empty.
+            shutil.rmtree(root, ignore_errors=True)
+            if not created:
+                root.mkdir(parents=True, exist_ok=True)
+            raise
+
+    @classmethod
+    def _create(
+        cls,
+        root: Path,
+        hospitals: Sequence[str],
+        threshold: int,
+        storage: str,
+        kubo_url: str,
+        clock: Clock | None,
+        say: Progress,
+    ) -> Consortium:
         root.mkdir(parents=True, exist_ok=True)
         (root / "keys").mkdir(mode=0o700, exist_ok=True)
         write_key_file(root / "labels.key", secrets.token_bytes(32))

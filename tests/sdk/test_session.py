@@ -388,3 +388,20 @@ def test_a_foreign_key_in_the_wallet_is_refused(people: People, tmp_path: Path) 
         pytest.raises(NotEnrolledError, match="does not belong to it"),
     ):
         alice.publish_type_keys(["lab"])
+
+
+def test_failed_init_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ehrshare.consortium as module
+
+    def broken_dkg(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("a KGC node crashed during the DKG")
+
+    monkeypatch.setattr(module, "run_local_dkg", broken_dkg)
+    with pytest.raises(RuntimeError, match="crashed during the DKG"):
+        Consortium.init(tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not empty"):
+        Consortium.init(tmp_path / "d")
+    assert (tmp_path / "d" / "notes.txt").read_text() == "mine"
