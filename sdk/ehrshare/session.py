@@ -623,8 +623,8 @@ class Session:
             capsule = base64.b64decode(record["capsule"])
         else:
             try:
-                # The capsule is sent along because the chaincode does not let the proxy role
-                # read record pointers; the proxy checks it against the approval.
+                # The capsule is sent along for proxies that may not read record pointers; a
+                # proxy that can read them refuses a capsule that is not the record's own.
                 capsule = self.proxy.reencrypt(
                     record_id=record_id,
                     requester=self.ibe_id,
