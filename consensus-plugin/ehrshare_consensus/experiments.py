@@ -535,7 +535,7 @@ def make_plots(rows: list[dict[str, Any]], runs: list[dict[str, Any]], out: Path
     if rep:
         fig, ax = plt.subplots(figsize=(6, 4))
         for r in rep[:4]:
-            for node, vals in r["reputation_series"].items():
+            for node, vals in list(r["reputation_series"].items())[:2]:  # alike: show two
                 ax.plot(
                     range(len(vals)),
                     vals,
@@ -548,7 +548,7 @@ def make_plots(rows: list[dict[str, Any]], runs: list[dict[str, Any]], out: Path
         ax.set_ylabel("reputation R")
         ax.set_ylim(-0.05, 1.05)
         ax.set_title("Reputation of misbehaving nodes (RC-DBFT)")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="center right")
         ax.grid(alpha=0.3)
         save(fig, "reputation.png")
     return paths
