@@ -159,6 +159,26 @@ def run_once(spec: RunSpec, cost: CostModel | None = None) -> dict[str, Any]:
         row["reputation_series"] = {
             str(i): [h.get(i, math.nan) for h in ledger.rep_history] for i in ctx.targets
         }
+        # DESIGN.md §6 metric: how long until a misbehaving node stops counting (R < 0.3).
+        epoch_t = {0: 0.0} | {e["epoch"]: e["t"] for e in sim.events if e["event"] == "epoch"}
+        below: dict[str, dict[str, float | int | None]] = {}
+        for i in ctx.targets:
+            # From its first provable misbehaviour if any, else from the fault (or the start).
+            acts = [
+                e["t"]
+                for e in sim.events
+                if e["event"] in ("forged_qc", "equivocation") and e.get("node") == i
+            ]
+            start = min(acts) if acts else (ctx.fault_time or 0.0)
+            hist = [h.get(i, math.nan) for h in ledger.rep_history]
+            first = next((e for e, r in enumerate(hist) if r < 0.3), None)
+            below[str(i)] = {
+                "epoch": first,
+                "virtual_s_after_misbehaviour": None
+                if first is None
+                else round(max(0.0, epoch_t.get(first, math.nan) - start), 6),
+            }
+        row["below_observer_threshold"] = below
     row["events"] = _event_counts(sim)
     if live and not scen.beyond_assumptions:
         raise LivenessViolation(

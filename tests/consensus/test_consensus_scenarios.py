@@ -89,6 +89,8 @@ def test_reputation_farming_attacker_drops_to_zero(cost: CostModel) -> None:
     peak = max(series)
     assert peak > 0.6  # it farmed reputation first …
     assert series[-1] == 0.0  # … and lost all of it once caught
+    below = row["below_observer_threshold"][str(row["fault_targets"][0])]
+    assert below["epoch"] is not None and below["virtual_s_after_misbehaviour"] > 0
 
 
 def test_silent_nodes_become_observers(cost: CostModel) -> None:
@@ -97,6 +99,8 @@ def test_silent_nodes_become_observers(cost: CostModel) -> None:
     assert set(row["fault_targets"]) <= set(row["observers"])
     for node in row["fault_targets"]:
         assert row["reputation_series"][str(node)][-1] < 0.3
+        # R = 0.5 → 0.4 → 0.32 → 0.256: below the observer threshold after three epochs
+        assert row["below_observer_threshold"][str(node)]["epoch"] == 3
 
 
 @pytest.mark.parametrize("protocol", ["pbft", "rcdbft", "raft"])
