@@ -269,6 +269,41 @@ def _collusion_beyond_f(ctx: FaultContext) -> None:
     ctx.at_height(go)
 
 
+def _two_byzantine_leaders(ctx: FaultContext) -> None:
+    # f_top + 1 = 2 colluding cluster leaders (K = 4), i.e. 2 of 16 nodes: far below N/3, but
+    # beyond RC-DBFT's per-cluster assumption. The primary sends block X only to its
+    # accomplice and to the honest leaders that commit it; both colluders then deny having
+    # prepared X, and the accomplice, primary of the next view, builds its new-view quorum from
+    # the leaders that never saw X and proposes Y at the same height.
+    def go() -> None:
+        live = [n for n in ctx.nodes if isinstance(n, RcNode) and n.cfg is not None]
+        ref = max(live, key=lambda n: (n.last_exec, -n.id))
+        k = ref.k
+        f_top, q_top = cluster_quorum(k)
+        if f_top != 1:
+            ctx.sim.note("fork_attack_not_applicable", k=k)
+            return
+        v0 = ref.view
+        a, b = ref.primary(v0), ref.leader((v0 + 1) % k)
+        honest = [ref.leader(c) for c in range(k) if ref.leader(c) not in (a, b)]
+        committers, excluded = honest[: q_top - 2], honest[q_top - 2 :]
+        assert ctx.ledger is not None
+        ctx.ledger.fork_attack = {
+            "view": v0,
+            "height": ctx.fault_height + 2,
+            "committers": committers,
+            "excluded": excluded,
+        }
+        ctx.targets = [a, b]
+        for i in (a, b):
+            node = ctx.nodes[i]
+            node.honest = False
+            node.behaviour = "fork_attack"
+        ctx.sim.note("colluding_leaders", nodes=[a, b], committers=committers, excluded=excluded)
+
+    ctx.at_height(go)
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -327,6 +362,13 @@ SCENARIOS: dict[str, Scenario] = {
             _partition,
         ),
         Scenario("join_leave", ("rcdbft",), "two members leave, the extra nodes join", _join_leave),
+        Scenario(
+            "two_byzantine_leaders",
+            ("rcdbft",),
+            "f_top+1 colluding cluster leaders (2 of 16 nodes) try to fork",
+            _two_byzantine_leaders,
+            beyond_assumptions=True,
+        ),
         Scenario(
             "collusion_beyond_f",
             ("pbft",),

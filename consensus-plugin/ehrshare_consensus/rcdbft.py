@@ -57,6 +57,7 @@ class RcLedger:
     leave_requests: set[int] = field(default_factory=set)
     seen_evidence: set[int] = field(default_factory=set)
     included: set[tuple[int, int]] = field(default_factory=set)
+    fork_attack: dict[str, Any] | None = None
     fetch_delay_s: float = 0.01
 
     def epoch_of(self, height: int) -> int:
@@ -213,9 +214,22 @@ class RcNode(Node):
             data=self.id,
         )
 
+    def fork_plan(self, v: int, s: int) -> dict[str, Any] | None:
+        """The colluding leaders' plan if this node is one of them and (v, s) is its target."""
+        plan = self.ledger.fork_attack
+        if self.behaviour != "fork_attack" or plan is None or s != plan["height"]:
+            return None
+        return plan if v in (plan["view"], plan["view"] + 1) else None
+
     def propose_digest(self, v: int, s: int, d: int) -> None:
         self.accepted[(v, s)] = (d, self.id)
         others = self.leaders_except_me()
+        plan = self.fork_plan(v, s)
+        if plan is not None and v == plan["view"]:
+            # Colluding primary: the block goes to its accomplice and to the honest leaders
+            # that will commit it, not to those that will later commit another one.
+            others = [i for i in others if i not in plan["excluded"]]
+            self.sim.note("fork_attack", node=self.id, view=v, seq=s)
         if self.attacking() and self.behaviour in ("equivocate", "farming"):
             blk = self.sim.blocks[d]
             other = self.sim.new_block(s, self.id, v, tuple(reversed(blk.txs)))
@@ -438,6 +452,9 @@ class RcNode(Node):
             return
         if self.prepared.get(s) != (v, d):
             return
+        plan = self.fork_plan(v, s)
+        if plan is not None and v == plan["view"]:
+            return  # colluders neither execute nor DECIDE the first block: they will deny it
         cert = dict(list(self.cqc[(v, s, d)].items())[: self.q_top()])
         sigs = sum(len(x) for x in cert.values())
         assert self.cfg is not None
@@ -750,6 +767,8 @@ class RcNode(Node):
         self.sim.note("view_change_start", node=self.id, view=nv)
         s = self.last_exec + 1
         prep = self.prepared.get(s)
+        if self.fork_plan(nv - 1, s) is not None:
+            prep = None  # the colluders lie: "nothing was prepared"
         q = self.q_top()
         tvc = Msg(
             "TVC",
@@ -844,6 +863,9 @@ class RcNode(Node):
         if self.primary(nv) != self.id or nv in self.nv_sent or self.view != nv:
             return
         tvcs = self.tvcs[nv]
+        plan = self.fork_plan(nv - 1, self.last_exec + 1)
+        if plan is not None:  # the colluding new primary leaves out whoever committed the block
+            tvcs = {c: m for c, m in tvcs.items() if m.src not in plan["committers"]}
         if len(tvcs) < self.q_top():
             return
         self.nv_sent.add(nv)

@@ -131,6 +131,15 @@ def test_collusion_beyond_f_forks_and_is_reported_not_hidden(cost: CostModel) ->
     assert row["safety_violations"], "f+1 colluders should be able to fork PBFT"
 
 
+def test_two_byzantine_leaders_fork_rcdbft_beyond_its_assumptions(cost: CostModel) -> None:
+    # 2 of 16 nodes — far below N/3 — but f_top + 1 cluster leaders: RC-DBFT forks.
+    row = _run(cost, "rcdbft", "two_byzantine_leaders")
+    assert row["beyond_assumptions"] is True
+    assert len(row["fault_targets"]) == 2
+    assert row["events"].get("fork_attack") == 1
+    assert row["safety_violations"], "two colluding leaders of four clusters should fork"
+
+
 def test_safety_checker_fails_the_run_loudly_within_assumptions(
     cost: CostModel, monkeypatch: pytest.MonkeyPatch
 ) -> None:
