@@ -1,0 +1,177 @@
+"""Mutual TLS for the KGC and proxy services: server certificates, trust, and who the caller is.
+
+Servers present a certificate issued by their organisation's CA with subject alternative names
+for the addresses clients dial (127.0.0.1 and localhost by default); clients present their
+enrolled member certificate (the same X.509 identity they sign ledger transactions with). The
+server requires a client certificate chaining to one of the consortium's CAs, and the caller's
+identity for authorisation is taken from that verified certificate — ``<MSP id>/<common name>``,
+exactly as the chaincode derives IBE identities — never from a request field.
+
+What this module must not do: log private keys, accept a certificate that does not verify under
+a trusted CA, or derive an identity from anything but the peer certificate gRPC verified.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from ehrshare.identity import Identity, LocalCA, Signer
+
+__all__ = [
+    "ClientTls",
+    "ClientTrust",
+    "ServerTls",
+    "UnauthenticatedCaller",
+    "issue_tls_certificate",
+]
+
+
+class UnauthenticatedCaller(Exception):
+    """The connection carries no verified client certificate of a consortium CA."""
+
+
+def issue_tls_certificate(
+    ca: LocalCA,
+    name: str,
+    *,
+    hosts: Sequence[str] = ("127.0.0.1", "localhost"),
+    valid_days: int = 365,
+) -> tuple[bytes, bytes]:
+    """A TLS server certificate (PEM) and its P-256 key (PKCS#8 PEM) issued by ``ca``.
+
+    :meth:`LocalCA.issue` makes member certificates without subject alternative names, which TLS
+    clients refuse for a server; this adds IP/DNS SANs and the serverAuth usage. It signs with
+    the CA's key held by the :class:`LocalCA` object (the embedded backend's own CA).
+    """
+    if not hosts:
+        raise ValueError("a server certificate needs at least one host name or address")
+    sans: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            sans.append(x509.DNSName(host))
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = _dt.datetime.now(_dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca.msp_id),
+                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "peer"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, name),
+                ]
+            )
+        )
+        .issuer_name(ca.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(minutes=5))
+        .not_valid_after(now + _dt.timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca._key, hashes.SHA256())
+    )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def _msp_of(ca_cert: x509.Certificate) -> str:
+    names = ca_cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    if not names:
+        raise ValueError("CA certificate has no organisation name (the MSP id)")
+    return str(names[0].value)
+
+
+class ClientTrust:
+    """The consortium CAs a server accepts client certificates from, keyed by MSP id."""
+
+    def __init__(self, cas: Iterable[tuple[str, bytes]]) -> None:
+        self._cas: list[tuple[str, x509.Certificate]] = []
+        pems: list[bytes] = []
+        for msp_id, pem in cas:
+            self._cas.append((msp_id, x509.load_pem_x509_certificate(pem)))
+            pems.append(pem.strip() + b"\n")
+        if not self._cas:
+            raise ValueError("a server needs at least one trusted client CA")
+        self.bundle_pem = b"".join(pems)
+
+    @classmethod
+    def from_pem_files(cls, paths: Iterable[Path]) -> ClientTrust:
+        """CAs from PEM files; each CA's MSP id is its subject's organisation name."""
+        entries = []
+        for path in paths:
+            pem = Path(path).read_bytes()
+            entries.append((_msp_of(x509.load_pem_x509_certificate(pem)), pem))
+        return cls(entries)
+
+    def identity_of(self, cert_pem: bytes) -> str:
+        """``<MSP id>/<common name>`` of a certificate issued by one of the trusted CAs."""
+        cert = x509.load_pem_x509_certificate(cert_pem)
+        for msp_id, ca in self._cas:
+            if ca.subject != cert.issuer:
+                continue
+            try:
+                cert.verify_directly_issued_by(ca)
+            except (InvalidSignature, ValueError, TypeError):
+                continue
+            names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            if not names:
+                raise UnauthenticatedCaller("client certificate has no common name")
+            common_name = names[0].value
+            if isinstance(common_name, bytes):
+                common_name = common_name.decode("utf-8")
+            return f"{msp_id}/{common_name}"
+        raise UnauthenticatedCaller("client certificate is not issued by a consortium CA")
+
+    def caller(self, context: Any) -> str:
+        """The authenticated caller of a gRPC call (from the TLS peer certificate)."""
+        auth = context.auth_context()
+        certs = auth.get("x509_pem_cert") or []
+        if not certs:
+            raise UnauthenticatedCaller("the call carries no client certificate")
+        return self.identity_of(bytes(certs[0]))
+
+
+@dataclass(frozen=True)
+class ServerTls:
+    """What a server needs: its certificate and key, and whom it trusts as clients."""
+
+    certificate_pem: bytes
+    private_key_pem: bytes
+    trust: ClientTrust
+
+
+@dataclass(frozen=True)
+class ClientTls:
+    """What a client needs: the CAs it trusts for servers, its certificate and key."""
+
+    root_certificates_pem: bytes
+    certificate_pem: bytes
+    private_key_pem: bytes
+
+    @classmethod
+    def for_member(cls, identity: Identity, signer: Signer, roots: Iterable[bytes]) -> ClientTls:
+        """A member's enrolled certificate and key, trusting the given CA certificates."""
+        return cls(
+            b"".join(r.strip() + b"\n" for r in roots),
+            identity.credentials,
+            signer.to_secret_bytes(),
+        )

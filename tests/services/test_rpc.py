@@ -1,0 +1,210 @@
+"""KGC and proxy over real gRPC/TLS servers on 127.0.0.1 (in this process), client-cert auth."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import grpc
+import pytest
+from services_world import FAR, World
+
+from ehrshare.hazmat.extract import ExtractionRequest
+from ehrshare.hazmat.tipre import Capsule, decrypt, generate_rekey
+from ehrshare.identity import LocalCA
+from ehrshare.services.kgc import (
+    ExtractionFailed,
+    IdentityNotRegistered,
+    KgcNode,
+    KgcUnavailable,
+    NotAuthorised,
+    RateLimited,
+    extract_identity_key,
+)
+from ehrshare.services.proxy import (
+    ApprovalConsumed,
+    ApprovalRefused,
+    NoReKey,
+    ProxyUnavailable,
+    seal_rekey,
+)
+from ehrshare.services.proxy import NotAuthorised as ProxyNotAuthorised
+from ehrshare.services.rpc import GrpcKgcClient, GrpcProxyClient, serve_kgc, serve_proxy
+from ehrshare.services.tls import ClientTls, ClientTrust, ServerTls, issue_tls_certificate
+
+LAB = "lab"
+
+
+@dataclass
+class Net:
+    world: World
+    servers: list[grpc.Server]
+    targets: list[str]
+    proxy_target: str
+    roots: list[bytes]
+
+    def tls_for(self, name: str) -> ClientTls:
+        m = self.world.m[name]
+        return ClientTls.for_member(m.identity, m.signer, self.roots)
+
+    def kgc_clients(self, name: str) -> list[GrpcKgcClient]:
+        tls = self.tls_for(name)
+        return [GrpcKgcClient(t, index=i + 1, tls=tls) for i, t in enumerate(self.targets)]
+
+
+@pytest.fixture(scope="module")
+def net(world: World) -> Iterator[Net]:
+    cas = world.sandbox.cas
+    roots = [ca.certificate_pem for ca in cas.values()]
+    trust = ClientTrust([(msp, ca.certificate_pem) for msp, ca in cas.items()])
+    servers: list[grpc.Server] = []
+    targets: list[str] = []
+    for i, node in enumerate(world.nodes):
+        msp = "Org2MSP" if i == 1 else "Org1MSP"
+        cert, key = issue_tls_certificate(cas[msp], f"kgc{i + 1}.tls")
+        # A fresh node object on the same sealed state, with a small rate limit for the test.
+        served = KgcNode(
+            index=node.index,
+            node_key=world.node_keys[i],
+            state_dir=node.state_dir,
+            contract=node.contract,
+            rate_limit_per_minute=5,
+            clock=world.kgc_clock,
+        )
+        server, port = serve_kgc(served, listen="127.0.0.1:0", tls=ServerTls(cert, key, trust))
+        servers.append(server)
+        targets.append(f"127.0.0.1:{port}")
+    cert, key = issue_tls_certificate(cas["Org1MSP"], "proxy.tls")
+    proxy = world.open_proxy()
+    server, port = serve_proxy(proxy, listen="127.0.0.1:0", tls=ServerTls(cert, key, trust))
+    servers.append(server)
+    yield Net(world, servers, targets, f"127.0.0.1:{port}", roots)
+    for s in servers:
+        s.stop(None)
+    proxy.close()
+
+
+def test_extraction_over_grpc_tls_tau_of_n(net: Net) -> None:
+    w = net.world
+    outcome = extract_identity_key(
+        net.kgc_clients("alice")[1:],
+        w.m["alice"].ibe_id,
+        public=w.dkg.public,
+        roster=w.roster,
+    )
+    outcome.secret_key.check(w.mpk)
+
+
+def test_caller_identity_comes_from_the_certificate(net: Net) -> None:
+    w = net.world
+    client = net.kgc_clients("bob")[0]
+    request, _ = ExtractionRequest.create(w.m["alice"].ibe_id)
+    with pytest.raises(NotAuthorised) as info:
+        client.extract(request.to_bytes())
+    assert str(info.value) == "identity Org1MSP/bob may not extract the key of Org1MSP/alice"
+
+
+def test_unregistered_identity_refused_over_grpc(net: Net) -> None:
+    stranger = net.world.m["stranger"].ibe_id
+    request, _ = ExtractionRequest.create(stranger)
+    with pytest.raises(IdentityNotRegistered, match=f"identity {stranger} is not registered"):
+        net.kgc_clients("stranger")[0].extract(request.to_bytes())
+
+
+def test_rate_limit_over_grpc(net: Net) -> None:
+    w = net.world
+    client = net.kgc_clients("dan")[2]
+    raw = ExtractionRequest.create(w.m["dan"].ibe_id)[0].to_bytes()
+    for _ in range(5):
+        client.extract(raw)
+    with pytest.raises(RateLimited, match="exceeded 5 extractions per minute at KGC node 3"):
+        client.extract(raw)
+
+
+@pytest.mark.parametrize("kind", ["self-signed", "other-ca", "server-cert-as-client"])
+def test_client_without_a_consortium_certificate_is_refused(net: Net, kind: str) -> None:
+    w = net.world
+    if kind == "self-signed":
+        rogue = LocalCA.create("Org1MSP")  # same MSP name, different key: not trusted
+        identity, signer = rogue.issue("alice", role="patient")
+        tls = ClientTls.for_member(identity, signer, net.roots)
+    elif kind == "other-ca":
+        identity, signer = LocalCA.create("EvilMSP").issue("mallory", role="patient")
+        tls = ClientTls.for_member(identity, signer, net.roots)
+    else:
+        cert, key = issue_tls_certificate(LocalCA.create("Org9MSP"), "x")
+        tls = ClientTls(b"".join(net.roots), cert, key)
+    client = GrpcKgcClient(net.targets[0], index=1, tls=tls)
+    request, _ = ExtractionRequest.create(w.m["alice"].ibe_id)
+    with pytest.raises(KgcUnavailable, match=r"KGC node 1 at 127\.0\.0\.1:\d+ is unavailable"):
+        client.extract(request.to_bytes(), timeout=5)
+    proxy = GrpcProxyClient(net.proxy_target, tls=tls, timeout=5)
+    with pytest.raises(ProxyUnavailable):
+        proxy.public_key()
+
+
+def test_nodes_down_over_grpc(net: Net) -> None:
+    w = net.world
+    clients = net.kgc_clients("carol")
+    # A node nobody listens on is "down".
+    dead = GrpcKgcClient("127.0.0.1:1", index=1, tls=net.tls_for("carol"))
+    outcome = extract_identity_key(
+        [dead, *clients[1:]], w.m["carol"].ibe_id, public=w.dkg.public, roster=w.roster
+    )
+    outcome.secret_key.check(w.mpk)
+    assert list(outcome.unavailable) == [1]
+    with pytest.raises(ExtractionFailed, match="need 2 verified partial keys, have 1"):
+        extract_identity_key(
+            [dead, clients[1]],
+            w.m["carol"].ibe_id,
+            public=w.dkg.public,
+            roster=w.roster,
+            timeout=2,
+        )
+
+
+def test_proxy_over_grpc(net: Net) -> None:
+    w = net.world
+    w.publish_type_key("alice", LAB)
+    alice_proxy = GrpcProxyClient(net.proxy_target, tls=net.tls_for("alice"))
+    bob_proxy = GrpcProxyClient(net.proxy_target, tls=net.tls_for("bob"))
+    carol_proxy = GrpcProxyClient(net.proxy_target, tls=net.tls_for("carol"))
+    name = f"clin{next(w.counter)}"
+    w.m[name] = w.sandbox.member("Org2MSP", name, "clinician")
+    w.publish_type_key(name, LAB)
+    grantee = GrpcProxyClient(net.proxy_target, tls=net.tls_for(name))
+    gid = w.m["alice"].submit("GrantAccess", LAB, w.m[name].ibe_id, FAR, "0")["grant_id"]
+    sk = w.key_of("alice").type_secret(LAB)
+    pk = w.type_public(name, LAB).verify(owner=w.m[name].ibe_id, type_label=LAB)
+    sealed = seal_rekey(alice_proxy.public_key(), gid, generate_rekey(sk, pk))
+    with pytest.raises(ProxyNotAuthorised, match=f"is not the grantor of grant {gid}"):
+        bob_proxy.store_rekey(gid, sealed)
+    alice_proxy.store_rekey(gid, sealed)
+    record_id, m, capsule = w.new_record()
+    approval = w.m[name].submit("RequestAccess", record_id)["access_id"]
+    who = w.m[name].ibe_id
+    with pytest.raises(ProxyNotAuthorised, match="may not ask for"):
+        carol_proxy.reencrypt(
+            record_id=record_id, requester=who, approval_id=approval, capsule=capsule
+        )
+    with pytest.raises(ApprovalRefused):
+        carol_proxy.reencrypt(
+            record_id=record_id,
+            requester=w.m["carol"].ibe_id,
+            approval_id=approval,
+            grant_id=gid,
+            capsule=capsule,
+        )
+    out = grantee.reencrypt(
+        record_id=record_id, requester=who, approval_id=approval, capsule=capsule
+    )
+    verified = Capsule.from_bytes(out).verify(owner=w.m["alice"].ibe_id, type_label=LAB)
+    assert decrypt(verified, w.key_of(name).type_secret(LAB)) == m
+    with pytest.raises(ApprovalConsumed):
+        grantee.reencrypt(record_id=record_id, requester=who, approval_id=approval, capsule=capsule)
+    with pytest.raises(ProxyNotAuthorised):
+        bob_proxy.revoke(gid)
+    alice_proxy.revoke(gid)
+    again = w.m[name].submit("RequestAccess", record_id)["access_id"]
+    with pytest.raises(NoReKey, match="no re-key"):
+        grantee.reencrypt(record_id=record_id, requester=who, approval_id=again, capsule=capsule)
