@@ -40,6 +40,7 @@ _COMMAND_MODULES = (
     "ehrshare.commands.bench_consensus",
     "ehrshare.commands.bench_dkg",
     "ehrshare.commands.bench_e2e",
+    "ehrshare.commands.services",
 )
 
 
