@@ -80,12 +80,11 @@ def test_reencrypts_after_a_committed_approval_and_reports_it(lab: World) -> Non
     with w.open_proxy() as proxy:
         gid = grant(w, "alice", "bob")
         deliver(w, proxy, "alice", "bob", gid)
-        record_id, m, capsule = w.new_record()
+        record_id, m, _ = w.new_record()
         approval = request(w, "bob", record_id)
         bob = InProcessProxyClient(proxy, caller=w.m["bob"].ibe_id)
-        out = bob.reencrypt(
-            record_id=record_id, requester=w.m["bob"].ibe_id, approval_id=approval, capsule=capsule
-        )
+        # The SDK's call: no capsule sent, the proxy reads it from chain.
+        out = bob.reencrypt(record_id=record_id, requester=w.m["bob"].ibe_id, approval_id=approval)
         assert read_as(w, "bob", out) == m
         trail = w.m["alice"].evaluate("GetAuditTrail", "record", record_id)["entries"]
         reports = [e for e in trail if e["action"] == "ReportReencryption"]
@@ -153,11 +152,6 @@ def test_refused_for_another_requester_record_or_grant(lab: World) -> None:
         assert Capsule.from_bytes(out).hops == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the chaincode does not let role proxy read records (GetRecord), so the proxy cannot "
-    "tell one record's capsule from another's of the same owner and type; needs a contract change",
-)
 def test_capsule_of_another_record_is_refused(lab: World) -> None:
     w = lab
     with w.open_proxy() as proxy:
@@ -166,10 +160,11 @@ def test_capsule_of_another_record_is_refused(lab: World) -> None:
         r1, _, _ = w.new_record()
         _, _, cap2 = w.new_record()
         approval = request(w, "bob", r1)
-        with pytest.raises(ApprovalRefused):
+        with pytest.raises(ApprovalRefused) as info:
             proxy.reencrypt(
                 record_id=r1, requester=w.m["bob"].ibe_id, approval_id=approval, capsule=cap2
             )
+        assert str(info.value) == f"the capsule sent is not the capsule of record {r1}"
 
 
 def test_refused_twice_for_one_approval_and_works_with_a_new_one(lab: World) -> None:

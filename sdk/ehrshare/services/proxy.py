@@ -28,6 +28,7 @@ approval is recorded as consumed; store a re-key unsealed.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import logging
 import sqlite3
@@ -297,9 +298,9 @@ class ReencryptionProxy:
 
         ``approval_id`` is the ``access_id`` RequestAccess returned. ``grant_id`` may be given
         to name the grant (else the proxy tries the grants it holds for the requester).
-        The capsule is read from chain (GetRecord at the approved version); ``capsule`` is
-        accepted only as a fallback where the chaincode does not let the proxy read records, and
-        is then checked against the record's owner and type and must be un-re-encrypted.
+        The capsule is read from chain (GetRecord at the approved version) and checked against
+        the approval's ``capsule_sha256``; a ``capsule`` the caller sends is optional and must
+        be that same capsule.
         Returns the capsule with every hop of the grant chain applied.
         """
         with self._lock:
@@ -402,27 +403,23 @@ class ReencryptionProxy:
 
     def _capsule(self, access: dict[str, Any], given: bytes | None) -> VerifiedCapsule:
         record_id = str(access["record_id"])
-        on_chain: bytes | None = None
         try:
             raw = self._contract.evaluate_transaction(
                 "GetRecord", record_id, str(access["record_version"])
             )
-            on_chain = base64.b64decode(json.loads(raw)["capsule"])
         except LedgerError as exc:
-            if "may not read record" not in exc.message:
-                raise ProxyError(
-                    f"record {record_id} could not be read: {_chain_reason(exc)}"
-                ) from None
-        if on_chain is not None:
-            if given is not None and given != on_chain:
-                raise ApprovalRefused(f"the capsule sent is not the capsule of record {record_id}")
-            data = on_chain
-        elif given is not None:
-            data = given
-        else:
             raise ProxyError(
-                f"the chaincode does not let this proxy read record {record_id}; send its capsule"
+                f"record {record_id} could not be read: {_chain_reason(exc)}"
+            ) from None
+        data = base64.b64decode(json.loads(raw)["capsule"])
+        expected = access.get("capsule_sha256")
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise ApprovalRefused(
+                f"the capsule of record {record_id} is not the one approval "
+                f"{access['access_id']} was given for"
             )
+        if given is not None and given != data:
+            raise ApprovalRefused(f"the capsule sent is not the capsule of record {record_id}")
         try:
             parsed = Capsule.from_bytes(data)
             verified = parsed.verify(owner=str(access["owner"]), type_label=str(access["type"]))

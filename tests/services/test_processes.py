@@ -1,0 +1,195 @@
+"""KGC nodes and the proxy as real processes (``ehrshare kgc serve`` / ``ehrshare proxy serve``).
+
+Started through the CLI on 127.0.0.1, stopped by pid with SIGTERM; afterwards the state
+directories and logs are scanned for shares, partial keys and re-keys in clear.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from services_world import FAR, World
+
+from ehrshare.hazmat.tipre import Capsule, decrypt, generate_rekey, identity_point
+from ehrshare.services.kgc import extract_identity_key
+from ehrshare.services.proxy import ApprovalConsumed, seal_rekey
+from ehrshare.services.rpc import GrpcKgcClient, GrpcProxyClient
+from ehrshare.services.tls import ClientTls, issue_tls_certificate
+
+pytestmark = pytest.mark.slow
+
+LAB = "lab"
+
+
+def _write(path: Path, data: bytes, mode: int = 0o600) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.chmod(path, mode)
+    return path
+
+
+class Procs:
+    def __init__(self, world: World) -> None:
+        self.w = world
+        self.secrets = world.root / "proc-secrets"
+        self.ca_files = [
+            _write(self.secrets / f"{msp}-ca.pem", ca.certificate_pem, 0o644)
+            for msp, ca in world.sandbox.cas.items()
+        ]
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def identity_args(self, member: str, tls_name: str) -> list[str]:
+        m = self.w.m[member]
+        cert = _write(self.secrets / f"{member}.pem", m.identity.credentials, 0o644)
+        key = _write(self.secrets / f"{member}.key", m.signer.to_secret_bytes())
+        tls_cert, tls_key = issue_tls_certificate(self.w.sandbox.cas[m.identity.msp_id], tls_name)
+        tc = _write(self.secrets / f"{tls_name}.pem", tls_cert, 0o644)
+        tk = _write(self.secrets / f"{tls_name}.key", tls_key)
+        args = ["--msp-id", m.identity.msp_id, "--cert", str(cert), "--key", str(key)]
+        args += ["--ledger", str(self.w.root / "sandbox" / "ledger")]
+        args += ["--tls-cert", str(tc), "--tls-key", str(tk), "--listen", "127.0.0.1:0"]
+        for ca in self.ca_files:
+            args += ["--client-ca", str(ca)]
+        return args
+
+    def start(self, name: str, args: list[str]) -> str:
+        port_file = self.secrets / f"{name}.port"
+        port_file.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "ehrshare", *args, "--port-file", str(port_file)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.running[name] = proc
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            if proc.poll() is not None:
+                _, err = proc.communicate()
+                raise RuntimeError(f"{name} exited with {proc.returncode}: {err.decode()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start listening")
+            time.sleep(0.05)
+        return f"127.0.0.1:{port_file.read_text().strip()}"
+
+    def start_kgc(self, i: int) -> str:
+        node_key = _write(
+            self.secrets / f"kgc{i}.nodekey", self.w.node_keys[i - 1].to_secret_bytes()
+        )
+        args = ["kgc", "serve", "--state-dir", str(self.w.nodes[i - 1].state_dir)]
+        args += ["--index", str(i), "--node-key-file", str(node_key)]
+        return self.start(f"kgc{i}", args + self.identity_args(f"kgc{i}", f"kgc{i}-tls"))
+
+    def start_proxy(self) -> str:
+        args = ["proxy", "serve", "--state-dir", str(self.w.root / "proxy-proc")]
+        args += ["--key-file", str(self.w.proxy_key_file), "--name", "proxy-proc"]
+        return self.start("proxy", args + self.identity_args("proxy", "proxy-tls"))
+
+    def stop(self, name: str) -> int:
+        proc = self.running.pop(name)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.communicate(timeout=30)
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            try:
+                self.stop(name)
+            except subprocess.TimeoutExpired:
+                self.running.get(name, None)
+
+    def tls_for(self, member: str) -> ClientTls:
+        m = self.w.m[member]
+        roots = [ca.certificate_pem for ca in self.w.sandbox.cas.values()]
+        return ClientTls.for_member(m.identity, m.signer, roots)
+
+
+@pytest.fixture(scope="module")
+def procs(world: World) -> Iterator[Procs]:
+    p = Procs(world)
+    yield p
+    p.stop_all()
+
+
+def test_kgc_processes_extract_and_survive_a_node_going_down(procs: Procs) -> None:
+    w = procs.w
+    targets = [procs.start_kgc(i) for i in (1, 2, 3)]
+    tls = procs.tls_for("alice")
+    clients = [GrpcKgcClient(t, index=i + 1, tls=tls) for i, t in enumerate(targets)]
+    outcome = extract_identity_key(
+        clients, w.m["alice"].ibe_id, public=w.dkg.public, roster=w.roster
+    )
+    outcome.secret_key.check(w.mpk)
+    assert procs.stop("kgc1") == 0
+    outcome = extract_identity_key(
+        clients, w.m["alice"].ibe_id, public=w.dkg.public, roster=w.roster, timeout=3
+    )
+    outcome.secret_key.check(w.mpk)
+    assert list(outcome.unavailable) == [1]
+    log = (w.nodes[1].state_dir / "kgc.log").read_text()
+    assert f"extraction node=2 identity={w.m['alice'].ibe_id} requester=" in log
+
+
+def test_proxy_process_single_use_across_restart_and_revocation(procs: Procs) -> None:
+    w = procs.w
+    w.publish_type_key("alice", LAB)
+    name = "procclin"
+    w.m[name] = w.sandbox.member("Org2MSP", name, "clinician")
+    w.publish_type_key(name, LAB)
+    who = w.m[name].ibe_id
+    target = procs.start_proxy()
+    alice = GrpcProxyClient(target, tls=procs.tls_for("alice"))
+    gid = w.m["alice"].submit("GrantAccess", LAB, who, FAR, "0")["grant_id"]
+    pk = w.type_public(name, LAB).verify(owner=who, type_label=LAB)
+    rekey = generate_rekey(w.key_of("alice").type_secret(LAB), pk)
+    alice.store_rekey(gid, seal_rekey(alice.public_key(), gid, rekey))
+    record_id, m, capsule = w.new_record()
+    approval = w.m[name].submit("RequestAccess", record_id)["access_id"]
+    client = GrpcProxyClient(target, tls=procs.tls_for(name))
+    out = client.reencrypt(
+        record_id=record_id, requester=who, approval_id=approval, capsule=capsule
+    )
+    verified = Capsule.from_bytes(out).verify(owner=w.m["alice"].ibe_id, type_label=LAB)
+    assert decrypt(verified, w.key_of(name).type_secret(LAB)) == m
+
+    assert procs.stop("proxy") == 0
+    target = procs.start_proxy()
+    client = GrpcProxyClient(target, tls=procs.tls_for(name))
+    with pytest.raises(ApprovalConsumed):
+        client.reencrypt(record_id=record_id, requester=who, approval_id=approval, capsule=capsule)
+    again = w.m[name].submit("RequestAccess", record_id)["access_id"]
+    out = client.reencrypt(record_id=record_id, requester=who, approval_id=again, capsule=capsule)
+    assert Capsule.from_bytes(out).hops == 1
+
+    # Revocation on chain: the proxy process follows the event and deletes the re-key.
+    w.m["alice"].submit("RevokeAccess", gid)
+    db = w.root / "proxy-proc" / "proxy.db"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with sqlite3.connect(db) as conn:
+            left = conn.execute("SELECT COUNT(*) FROM rekeys WHERE grant_id = ?", (gid,)).fetchone()
+        if left[0] == 0:
+            break
+        time.sleep(0.1)
+    assert left[0] == 0
+    assert procs.stop("proxy") == 0
+
+    # Nothing secret in clear in any state directory or log.
+    procs.stop_all()
+    dirs = [n.state_dir for n in w.nodes] + [w.root / "proxy-proc"]
+    blobs = [p.read_bytes() for d in dirs for p in d.rglob("*") if p.is_file()]
+    assert any(b"extraction node=" in b for b in blobs)
+    needles = [rekey.to_secret_bytes(), rekey.to_secret_bytes()[97:193]]
+    for node in w.nodes:
+        assert node._result is not None
+        share = node._result.share
+        needles += [share.value.to_bytes(), share.to_secret_bytes()]
+        needles.append((identity_point(w.m["alice"].ibe_id) * share.value).to_bytes())
+    for needle in needles:
+        for form in (needle, needle.hex().encode(), base64.b64encode(needle)):
+            assert not any(form in blob for blob in blobs)
