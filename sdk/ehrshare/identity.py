@@ -13,7 +13,9 @@ What this module must not do: log or print private keys, or serialise them excep
 from __future__ import annotations
 
 import datetime as _dt
+import ipaddress
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import (
     decode_dss_signature,
     encode_dss_signature,
 )
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 __all__ = [
     "ATTRIBUTE_OID",
@@ -132,6 +134,26 @@ def verify_signature(identity: Identity, message: bytes, signature: bytes) -> bo
     return True
 
 
+def _general_name(host: str) -> x509.GeneralName:
+    """An IP address SAN for an address, a DNS SAN for a host name (checked, never guessed)."""
+    if not isinstance(host, str) or not host:
+        raise ValueError(f"host {host!r} must be a non-empty address or DNS name")
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or not all(
+        0 < len(label) <= 63
+        and label[0] != "-"
+        and label[-1] != "-"
+        and all(c.isascii() and (c.isalnum() or c == "-") for c in label)
+        for label in labels
+    ):
+        raise ValueError(f"host {host!r} is neither an IP address nor a valid DNS name")
+    return x509.DNSName(host)
+
+
 def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.UTC)
 
@@ -202,12 +224,21 @@ class LocalCA:
         node_ou: str = "client",
         attributes: dict[str, str] | None = None,
         valid_days: int = 365,
+        hosts: Sequence[str] = (),
     ) -> tuple[Identity, Signer]:
-        """Enrol a member: a new P-256 key and a certificate with its NodeOU and role attribute."""
+        """Enrol a member: a new P-256 key and a certificate with its NodeOU and role attribute.
+
+        ``hosts`` (IP addresses or DNS names) make it a TLS server certificate as well: they go
+        into the subject alternative names, with the serverAuth extended key usage, because TLS
+        clients match the address they dial against the SANs, never the common name.
+        """
         if not enrollment_id or "/" in enrollment_id:
             raise ValueError(f"enrollment id {enrollment_id!r} must be non-empty, without '/'")
         if node_ou not in ("client", "admin", "peer", "orderer"):
             raise ValueError(f"node OU {node_ou!r} is not client, admin, peer or orderer")
+        if isinstance(hosts, str):
+            raise TypeError("hosts must be a sequence of host names or addresses, not one string")
+        sans = [_general_name(host) for host in hosts]
         key = ec.generate_private_key(ec.SECP256R1())
         attrs = dict(attributes or {})
         if role is not None:
@@ -231,6 +262,12 @@ class LocalCA:
             .not_valid_after(now + _dt.timedelta(days=valid_days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         )
+        if sans:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName(sans), critical=False
+            ).add_extension(
+                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+            )
         if attrs:
             payload = json.dumps({"attrs": attrs}, sort_keys=True).encode()
             builder = builder.add_extension(

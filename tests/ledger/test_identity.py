@@ -73,3 +73,50 @@ def test_ca_saves_and_loads(tmp_path: Path) -> None:
 def test_issue_rejects_bad_names(kwargs: dict[str, str], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         LocalCA.create("Org1MSP").issue(**kwargs)
+
+
+def test_issue_with_hosts_adds_sans_and_server_auth() -> None:
+    ca = LocalCA.create("Org1MSP")
+    identity, signer = ca.issue("proxy0", node_ou="peer", hosts=("127.0.0.1", "localhost"))
+    cert = identity.certificate
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert sans.get_values_for_type(x509.DNSName) == ["localhost"]
+    usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]
+    cert.verify_directly_issued_by(ca.certificate)
+    assert signer.public_key.public_numbers() == cert.public_key().public_numbers()
+    # Without hosts a member certificate stays a plain client certificate.
+    plain, _ = ca.issue("alice", role="patient")
+    with pytest.raises(x509.ExtensionNotFound):
+        plain.certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+
+
+@pytest.mark.parametrize(
+    ("hosts", "message"),
+    [
+        (("bad host",), "neither an IP address nor a valid DNS name"),
+        (("",), "non-empty"),
+        ("localhost", "not one string"),
+    ],
+)
+def test_issue_rejects_bad_hosts(hosts: object, message: str) -> None:
+    ca = LocalCA.create("Org1MSP")
+    with pytest.raises((ValueError, TypeError), match=message):
+        ca.issue("proxy0", hosts=hosts)  # type: ignore[arg-type]
+
+
+def test_tls_certificates_no_longer_use_the_private_ca_key() -> None:
+    import inspect
+
+    from ehrshare.services import tls
+
+    assert "._key" not in inspect.getsource(tls)
+    ca = LocalCA.create("Org1MSP")
+    cert_pem, key_pem = tls.issue_tls_certificate(ca, "kgc0", hosts=("::1",))
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["::1"]
+    assert Signer.from_secret_bytes(key_pem).public_key.public_numbers() == (
+        cert.public_key().public_numbers()
+    )

@@ -13,8 +13,6 @@ a trusted CA, or derive an identity from anything but the peer certificate gRPC 
 
 from __future__ import annotations
 
-import datetime as _dt
-import ipaddress
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,9 +20,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import NameOID
 
 from ehrshare.identity import Identity, LocalCA, Signer
 
@@ -50,47 +46,14 @@ def issue_tls_certificate(
 ) -> tuple[bytes, bytes]:
     """A TLS server certificate (PEM) and its P-256 key (PKCS#8 PEM) issued by ``ca``.
 
-    :meth:`LocalCA.issue` makes member certificates without subject alternative names, which TLS
-    clients refuse for a server; this adds IP/DNS SANs and the serverAuth usage. It signs with
-    the CA's key held by the :class:`LocalCA` object (the embedded backend's own CA).
+    A member certificate with NodeOU ``peer`` whose IP/DNS subject alternative names and
+    serverAuth usage come from :meth:`LocalCA.issue` (``hosts=``); TLS clients refuse a server
+    certificate without SANs.
     """
     if not hosts:
         raise ValueError("a server certificate needs at least one host name or address")
-    sans: list[x509.GeneralName] = []
-    for host in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            sans.append(x509.DNSName(host))
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = _dt.datetime.now(_dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(
-            x509.Name(
-                [
-                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, ca.msp_id),
-                    x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "peer"),
-                    x509.NameAttribute(NameOID.COMMON_NAME, name),
-                ]
-            )
-        )
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _dt.timedelta(minutes=5))
-        .not_valid_after(now + _dt.timedelta(days=valid_days))
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca._key, hashes.SHA256())
-    )
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    return cert.public_bytes(serialization.Encoding.PEM), key_pem
+    identity, signer = ca.issue(name, node_ou="peer", hosts=tuple(hosts), valid_days=valid_days)
+    return identity.credentials, signer.to_secret_bytes()
 
 
 def _msp_of(ca_cert: x509.Certificate) -> str:
