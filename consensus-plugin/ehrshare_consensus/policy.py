@@ -242,6 +242,9 @@ class EpochStats:
 
     blocks: int = 0
     participation: dict[int, int] = field(default_factory=dict)
+    # Committed cluster QCs a member could have signed (its cluster's, while it was a member):
+    # a member is judged on these, so a leader that produces no QC at all frames nobody.
+    eligible: dict[int, int] = field(default_factory=dict)
     timely: dict[int, int] = field(default_factory=dict)
     qc_clusters: dict[int, int] = field(default_factory=dict)
     deposed: dict[int, int] = field(default_factory=dict)
@@ -293,7 +296,9 @@ def next_epoch(
             b = 0.5 * min(1.0, part) + 0.5 * min(1.0, stats.timely.get(i, 0) / blocks)
             rec.leader_epochs += 1
         else:
-            b = min(1.0, part)
+            elig = stats.eligible.get(i, 0)
+            # No committed QC of its cluster this epoch: nothing to judge the member on.
+            b = min(1.0, stats.participation.get(i, 0) / elig) if elig else rec.r
             rec.leader_epochs = 0
         rec.r = update_reputation(rec.r, b, stats.deposed.get(i, 0))
         rec.member_epochs += 1

@@ -39,6 +39,10 @@ SIGNER = SIG_BYTES + 4
 # Commit QCs that reach the primary up to this many heights late still count for participation.
 QC_WINDOW = 8
 
+# A member's signed view-change report: (member, last executed height, its digest,
+# prepared (view, digest) at the next height or None, signatures in that prepared certificate).
+Report = tuple[int, int, int, tuple[int, int] | None, int]
+
 
 @dataclass
 class RcLedger:
@@ -57,7 +61,13 @@ class RcLedger:
     leave_requests: set[int] = field(default_factory=set)
     seen_evidence: set[int] = field(default_factory=set)
     included: set[tuple[int, int]] = field(default_factory=set)
+    # (height, node) already credited with participation; receipts included in blocks
+    counted: set[tuple[int, int]] = field(default_factory=set)
+    receipts_in: set[tuple[int, int]] = field(default_factory=set)
     fork_attack: dict[str, Any] | None = None
+    # Signed view-change reports: (new view, report). A report is what one cluster member
+    # signs about itself; a leader can choose which reports to forward but cannot make one up.
+    vc_reports: set[tuple[int, Report]] = field(default_factory=set)
     fetch_delay_s: float = 0.01
 
     def epoch_of(self, height: int) -> int:
@@ -83,6 +93,18 @@ class RcNode(Node):
         # member state
         self.voted: dict[tuple[int, int], int] = {}
         self.prepared: dict[int, tuple[int, int]] = {}
+        self.prep_sigs: dict[int, int] = {}
+        # view -> (first height, digest the new-view certificate binds there), once verified
+        self.nv_ok: dict[int, tuple[int, int]] = {}
+        self.nv_proof: dict[int, Msg] = {}
+        self.nv_told: defaultdict[int, set[int]] = defaultdict(set)
+        self.await_nv: defaultdict[int, list[Msg]] = defaultdict(list)
+        self.vcr: defaultdict[int, dict[int, Report]] = defaultdict(dict)
+        # participation receipts: our own COMMIT votes, heights whose committed participant
+        # lists named us, and (as a proposer) members' receipts to put in the next block
+        self.my_cv: dict[int, tuple[int, int]] = {}
+        self.listed: set[int] = set()
+        self.rcpts: set[tuple[int, int, int]] = set()
         self.future: defaultdict[int, list[Msg]] = defaultdict(list)
         self.lcs: defaultdict[tuple[int, int], dict[int, Msg]] = defaultdict(dict)
         # leader state
@@ -96,6 +118,9 @@ class RcNode(Node):
         self.evidence: set[int] = set()
         self.deposed_pending: dict[int, int] = {}
         self.tvcs: defaultdict[int, dict[int, Msg]] = defaultdict(dict)
+        self.tvis: defaultdict[int, dict[int, int]] = defaultdict(dict)
+        self.collecting: set[int] = set()
+        self.reported_view = 0
         self.nv_sent: set[int] = set()
         self.proposing = False
         self.fetching = False
@@ -194,6 +219,9 @@ class RcNode(Node):
             "cert": cert,
             "evidence": sorted(self.evidence - self.ledger.seen_evidence),
             "deposed": dict(self.deposed_pending),
+            "receipts": sorted(
+                r for r in self.rcpts if (r[0], r[1]) not in self.ledger.receipts_in
+            ),
             "joins": sorted(self.ledger.join_requests),
             "leaves": sorted(self.ledger.leave_requests),
         }
@@ -247,8 +275,8 @@ class RcNode(Node):
         if self.cfg is None:
             return
         k = msg.kind
-        if k in ("TVC", "TNV", "LC", "NL", "VCN", "FETCH", "BLOCKS"):
-            if k in ("TVC", "LC") and msg.seq > self.last_exec and not self.fetching:
+        if k in ("TVI", "TVC", "TNV", "LC", "NL", "VCN", "VCR", "NVF", "RCPT", "FETCH", "BLOCKS"):
+            if k in ("TVI", "TVC", "LC") and msg.seq > self.last_exec and not self.fetching:
                 self.request_fetch(msg.src)  # the sender is ahead of us: catch up first
             getattr(self, "on_" + k.lower())(msg)
             return
@@ -302,8 +330,34 @@ class RcNode(Node):
             self.sim.note("forged_qc", node=self.id, view=v, seq=s)
             self.send(self.leaders_except_me(), self.qc_msg("PQC", v, s, d, fake, fake))
             return
+        self.tell_members(v)
         self.send(self.my_members(), self.pp(v, s, d, "FWD"))
         self.vote_self("PV", v, s, d)
+
+    def tell_members(self, v: int) -> None:
+        """Members vote in view v > 0 only once they have checked its new-view certificate:
+        send it to those of our members that have not had it from us (view changes and
+        membership changes only; nothing in the normal case)."""
+        proof = self.nv_proof.get(v)
+        if v == 0 or proof is None:
+            return
+        todo = [i for i in self.my_members() if i not in self.nv_told[v]]
+        if todo:
+            self.nv_told[v].update(todo)
+            self.send(
+                todo,
+                Msg(
+                    "NVF",
+                    self.id,
+                    v,
+                    proof.seq,
+                    proof.digest,
+                    size=proof.size,
+                    verifies=proof.verifies,
+                    epoch=proof.epoch,
+                    data=proof,
+                ),
+            )
 
     def vote_self(self, kind: str, v: int, s: int, d: int) -> None:
         self.ledger.signed.add((kind, self.id, v, s, d))
@@ -427,8 +481,10 @@ class RcNode(Node):
         if self.accepted.get((v, s), (None,))[0] != d:
             return
         self.sent.add(tag)
+        cert = dict(list(self.pqc[(v, s, d)].items())[: self.q_top()])
+        sigs = sum(len(x) for x in cert.values())
         self.prepared[s] = (v, d)
-        sigs = sum(len(x) for x in list(self.pqc[(v, s, d)].values())[: self.q_top()])
+        self.prep_sigs[s] = sigs
         assert self.cfg is not None
         self.send(
             self.my_members(),
@@ -441,6 +497,7 @@ class RcNode(Node):
                 size=VOTE + sigs * SIGNER,
                 verifies=sigs + 1,
                 epoch=self.cfg.epoch,
+                data=cert,
             ),
         )
         self.vote_self("CV", v, s, d)
@@ -473,12 +530,37 @@ class RcNode(Node):
         self.execute(s, d)
 
     # -- member: normal case --------------------------------------------------------------------
+    def cert_ok(self, cert: dict[int, tuple[int, ...]], kind: str, v: int, s: int, d: int) -> bool:
+        """A top-level certificate: cluster QCs of `kind` votes for (v, s, d) from 2f_top+1
+        clusters of the epoch of height s, each signed by a cluster quorum of its members."""
+        cfg = self.ledger.configs.get(self.ledger.epoch_of(s))
+        if cfg is None:
+            return False
+        k = len(cfg.clusters)
+        signed = self.ledger.signed
+        return len(cert) >= cluster_quorum(k)[1] and all(
+            0 <= c < k
+            and len(set(sig)) >= cluster_quorum(len(cfg.clusters[c]))[1]
+            and set(sig) <= set(cfg.clusters[c])
+            and all((kind, i, v, s, d) in signed for i in sig)
+            for c, sig in cert.items()
+        )
+
     def on_fwd(self, msg: Msg) -> None:
         v, s, d = msg.view, msg.seq, msg.digest
         if self.myc < 0 or msg.src != self.leader(self.myc) or v < self.view:
             return
         if (v, s) in self.voted:
             return
+        if v > 0:
+            ok = self.nv_ok.get(v)
+            if ok is None:
+                self.await_nv[v].append(msg)  # vote once the new-view certificate is checked
+                return
+            if s < ok[0] or (s == ok[0] and d != ok[1]):
+                # The leader forwards a block the new-view certificate does not justify.
+                self.sim.note("unjustified_proposal", node=msg.src, by=self.id, view=v, seq=s)
+                return
         self.view = max(self.view, v)
         self.in_vc = False
         self.voted[(v, s)] = d
@@ -492,8 +574,14 @@ class RcNode(Node):
             return
         if v < self.view or self.prepared.get(s) == (v, d):
             return
+        cert: dict[int, tuple[int, ...]] = msg.data or {}
+        if not self.cert_ok(cert, "PV", v, s, d):
+            self.sim.note("invalid_prepare_cert", node=msg.src, by=self.id)
+            return
         self.prepared[s] = (v, d)
+        self.prep_sigs[s] = sum(len(x) for x in cert.values())
         self.ledger.signed.add(("CV", self.id, v, s, d))
+        self.my_cv[s] = (v, d)
         assert self.cfg is not None
         self.send([msg.src], Msg("CV", self.id, v, s, d, size=VOTE, epoch=self.cfg.epoch))
 
@@ -523,11 +611,44 @@ class RcNode(Node):
             self.skipped = 0
             self.complain()
 
+    # -- participation receipts ------------------------------------------------------------------
+    def check_listed(self, s: int, d: int) -> None:
+        """A member whose signed COMMIT vote for a committed block is missing from every
+        participant list committed for that height sends the vote to the primary itself."""
+        if self.myc < 0 or self.is_leader():
+            return
+        for h, per_cluster in self.sim.blocks[d].meta.get("cert", {}).items():
+            if any(self.id in parts for _ldr, parts in per_cluster.values()):
+                self.listed.add(h)
+        h = s - 3
+        mine = self.my_cv.pop(h, None)
+        if mine is None or h in self.listed or self.log.get(h) != mine[1]:
+            return
+        assert self.cfg is not None
+        self.sim.note("receipt_sent", node=self.id, height=h)
+        self.send(
+            [self.primary(self.view)],
+            Msg("RCPT", self.id, mine[0], h, mine[1], size=2 * VOTE, epoch=self.cfg.epoch),
+        )
+
+    def on_rcpt(self, msg: Msg) -> None:
+        if (msg.seq, msg.src) in self.ledger.receipts_in:
+            return
+        if ("CV", msg.src, msg.view, msg.seq, msg.digest) in self.ledger.signed:
+            self.rcpts.add((msg.seq, msg.src, msg.view))
+
     # -- execution and epochs -------------------------------------------------------------------
     def execute(self, s: int, d: int) -> None:
         self.sim.certified.add((s, d))
         self.account(s, d)
         self.commit(s, d)
+        self.check_listed(s, d)
+        for r in [r for r in self.rcpts if r[0] < s - 2 * QC_WINDOW]:
+            self.rcpts.discard(r)
+        for h in [h for h in self.listed if h < s - 2 * QC_WINDOW]:
+            self.listed.discard(h)
+        for h in [h for h in self.my_cv if h < s - 3]:
+            del self.my_cv[h]
         self.progress += 1
         self.vc_timeout = self.sim.params.view_timeout_s
         for book in (self.pqc, self.cqc):
@@ -558,7 +679,8 @@ class RcNode(Node):
         if self.cfg is not None and self.myc >= 0 and self.id not in cfg.voters:
             self.sim.note("lost_vote", node=self.id, epoch=cfg.epoch)
         self.set_config(cfg)
-        self.view = 0 if self.view == 0 else self.view
+        # Blocks commit, so a view change we alone started (and signed no report for) is moot.
+        self.abandon_view_change(max([0, *self.nv_ok]))
         self.in_vc = False
         self.evidence -= self.ledger.seen_evidence
         self.deposed_pending.clear()
@@ -575,14 +697,30 @@ class RcNode(Node):
         st.blocks += 1
         cfg = led.configs[e]
         for h, per_cluster in meta.get("cert", {}).items():
+            cfg_h = led.configs[led.epoch_of(h)]
             for c, (ldr, parts) in per_cluster.items():
+                if (h, c) in led.included:
+                    continue
+                for i in cfg_h.clusters[c]:
+                    st.eligible[i] = st.eligible.get(i, 0) + 1
                 for i in parts:
-                    st.participation[i] = st.participation.get(i, 0) + 1
+                    if (h, i) not in led.counted:
+                        led.counted.add((h, i))
+                        st.participation[i] = st.participation.get(i, 0) + 1
                 if h == s - 1:
                     st.timely[ldr] = st.timely.get(ldr, 0) + 1
                 st.qc_clusters[c] = st.qc_clusters.get(c, 0) + 1
             for c in per_cluster:
                 led.included.add((h, c))
+        for h, i, v in meta.get("receipts", []):
+            # A member's own signed COMMIT vote for the block committed at h, which its leader
+            # left out of the participant list: the vote itself is the evidence.
+            led.receipts_in.add((h, i))
+            hd = self.log.get(h)
+            if (h, i) not in led.counted and ("CV", i, v, h, hd) in led.signed:
+                led.counted.add((h, i))
+                st.participation[i] = st.participation.get(i, 0) + 1
+                self.sim.note("receipt_counted", node=i, height=h)
         for i, cnt in meta.get("deposed", {}).items():
             st.deposed[i] = st.deposed.get(i, 0) + cnt
         st.evidence.update(meta.get("evidence", []))
@@ -630,23 +768,50 @@ class RcNode(Node):
     def on_fetch(self, msg: Msg) -> None:
         start = msg.seq + 1
         hs = [h for h in range(start, min(self.last_exec, start + 63) + 1)]
-        if not hs:
-            return
+        # An empty answer too: the asker must not sit out its fetch timeout (a full view
+        # timeout) because it asked a peer that was no further than itself.
         data = [(h, self.log[h]) for h in hs]
         size = VOTE + sum(self.sim.blocks[d].size for _, d in data)
+        # The new-view certificate of our view travels along, so that a node catching up can
+        # lead its members in this view (they check it).
+        proof = self.nv_proof.get(self.view)
+        if proof is not None:
+            size += proof.size
         self.send(
             [msg.src],
-            Msg("BLOCKS", self.id, self.view, hs[-1], 0, size=size, verifies=len(hs), data=data),
+            Msg(
+                "BLOCKS",
+                self.id,
+                self.view,
+                hs[-1] if hs else self.last_exec,
+                0,
+                size=size,
+                verifies=max(1, len(hs)),
+                data=(data, proof),
+            ),
         )
 
     def on_blocks(self, msg: Msg) -> None:
         self.fetching = False
-        for h, d in msg.data:
+        data, proof = msg.data
+        for h, d in data:
             if h == self.last_exec + 1 and (h, d) in self.sim.certified:
                 self.execute(h, d)
-        if msg.view > self.view:
-            self.view = msg.view
-            self.in_vc = False
+        # Move to the sender's view only on its new-view certificate: the sender may be a lone
+        # leader in a view change nobody else joined.
+        if proof is not None and proof.view not in self.nv_ok and self.nv_justified(proof):
+            self.nv_ok[proof.view] = (proof.seq, proof.digest)
+            self.nv_proof[proof.view] = proof
+            for m in self.await_nv.pop(proof.view, []):
+                self.on_fwd(m)
+        if proof is not None and proof.view in self.nv_ok:
+            if proof.view > self.view:
+                self.view = proof.view
+                self.in_vc = False
+            else:
+                self.abandon_view_change(proof.view)
+        elif proof is None and msg.view == 0 and data:
+            self.abandon_view_change(0)
 
     # -- evidence and view changes ---------------------------------------------------------------
     def found_evidence(self, culprit: int) -> None:
@@ -752,10 +917,171 @@ class RcNode(Node):
     def on_vcn(self, msg: Msg) -> None:
         if self.myc >= 0 and msg.src == self.leader(self.myc):
             # The leader is working on a view change: wait as long as its timer runs.
-            self.vc_timeout = max(self.vc_timeout, msg.data)
-            self.view = max(self.view, msg.view)  # stop voting in the view being left
+            timeout, intents = msg.data
+            self.vc_timeout = max(self.vc_timeout, timeout)
             self.progress += 1
             self.arm_watchdog()
+            if len({c for c, _ldr in intents}) < self.q_top():
+                return  # not (yet) a view change the other leaders want
+            self.view = max(self.view, msg.view)  # stop voting in the view being left
+            # Sign what we executed and prepared: the leader can speak for the cluster in the
+            # view change only with a cluster quorum of these reports.
+            rep = self.my_report(msg.view)
+            assert self.cfg is not None
+            self.send(
+                [msg.src],
+                Msg(
+                    "VCR",
+                    self.id,
+                    msg.view,
+                    self.last_exec,
+                    0,
+                    size=self.report_size(rep),
+                    epoch=self.cfg.epoch,
+                    data=rep,
+                ),
+            )
+
+    def my_report(self, nv: int) -> Report:
+        s = self.last_exec + 1
+        prep = self.prepared.get(s)
+        if self.fork_plan(nv - 1, s) is not None:
+            prep = None  # a colluding leader lies about its own state
+        rep: Report = (
+            self.id,
+            self.last_exec,
+            self.log.get(self.last_exec, 0),
+            prep,
+            self.prep_sigs.get(s, 0) if prep else 0,
+        )
+        self.ledger.vc_reports.add((nv, rep))
+        self.reported_view = max(self.reported_view, nv)
+        return rep
+
+    def abandon_view_change(self, established: int) -> None:
+        """Leave a view change we never signed a report for (a lone or spurious one) and
+        return to `established`: without a report of ours in it, no new-view certificate can
+        depend on our not voting in lower views."""
+        if self.view > established and self.reported_view < self.view:
+            self.sim.note("view_change_abandoned", node=self.id, view=self.view)
+            self.view = max(established, self.reported_view)
+            self.in_vc = False
+
+    @staticmethod
+    def report_size(rep: Report) -> int:
+        return VOTE + 16 + SIGNER * rep[4]
+
+    def on_vcr(self, msg: Msg) -> None:
+        nv = msg.view
+        if not self.is_leader() or self.cluster_of.get(msg.src) != self.myc:
+            return
+        if nv != self.view or not self.in_vc or msg.data[0] != msg.src:
+            return
+        self.vcr[nv][msg.src] = msg.data
+        self.maybe_send_tvc(nv)
+
+    def maybe_send_tvc(self, nv: int) -> None:
+        """Send our cluster's view-change certificate once a cluster quorum has reported."""
+        assert self.cfg is not None
+        reps = self.vcr[nv]
+        if self.myc in self.tvcs[nv] or len(reps) < self.q_c(self.myc):
+            return
+        chosen = list(reps.values())
+        if self.fork_plan(nv - 1, self.last_exec + 1) is not None:
+            chosen.sort(key=lambda r: r[3] is not None)  # hide as many prepared reports as it can
+        chosen = chosen[: self.q_c(self.myc)]
+        tvc = Msg(
+            "TVC",
+            self.id,
+            nv,
+            self.last_exec,
+            0,
+            size=VOTE + sum(self.report_size(r) for r in chosen),
+            verifies=1 + sum(1 + r[4] for r in chosen),
+            epoch=self.cfg.epoch,
+            data=(tuple(chosen), tuple(sorted(self.evidence))),
+        )
+        self.send(self.leaders_except_me(), tvc)
+        self.tvcs[nv][self.myc] = tvc
+        self.maybe_new_view(nv)
+
+    def valid_tvc(self, msg: Msg) -> bool:
+        """The sender leads its cluster's members and carries a cluster quorum of their
+        signed reports, each prepared claim backed by a prepared certificate."""
+        cfg = self.ledger.configs.get(msg.epoch)
+        if cfg is None or not isinstance(msg.data, tuple) or len(msg.data) != 2:
+            return False
+        c = next((c for c, m in enumerate(cfg.clusters) if msg.src in m), -1)
+        if c < 0:
+            return False
+        reps: tuple[Report, ...] = msg.data[0]
+        who = {r[0] for r in reps}
+        members = cfg.clusters[c]
+        if (
+            len(who) != len(reps)
+            or len(who) < cluster_quorum(len(members))[1]
+            or not who <= set(members)
+        ):
+            return False
+        for r in reps:
+            if (msg.view, r) not in self.ledger.vc_reports:
+                return False
+            prep = r[3]
+            if prep is not None and not self.prepared_ok(prep[0], r[1] + 1, prep[1]):
+                return False
+        return True
+
+    def prepared_ok(self, v: int, s: int, d: int) -> bool:
+        cfg = self.ledger.configs.get(self.ledger.epoch_of(s))
+        if cfg is None:
+            return False
+        signed = self.ledger.signed
+        full = sum(
+            sum(("PV", i, v, s, d) in signed for i in members) >= cluster_quorum(len(members))[1]
+            for members in cfg.clusters
+        )
+        return full >= cluster_quorum(len(cfg.clusters))[1]
+
+    def cfg_epoch(self) -> int:
+        return self.cfg.epoch if self.cfg is not None else -1
+
+    def on_nvf(self, msg: Msg) -> None:
+        """Our leader forwards the new-view certificate of view `msg.view`: check it ourselves."""
+        v = msg.view
+        if self.myc < 0 or msg.src != self.leader(self.myc) or v in self.nv_ok:
+            return
+        tnv: Msg = msg.data
+        if not self.nv_justified(tnv):
+            self.sim.note("bad_new_view", node=msg.src, by=self.id, view=v)
+            return
+        self.nv_ok[v] = (tnv.seq, tnv.digest)
+        self.nv_proof[v] = tnv
+        for m in self.await_nv.pop(v, []):
+            self.on_fwd(m)
+
+    def nv_justified(self, tnv: Msg) -> bool:
+        """TNV check (leaders and members alike): from the primary of its view, 2f_top+1 valid
+        cluster certificates, and the proposal is the one those certificates force."""
+        cfg = self.ledger.configs.get(tnv.epoch)
+        if tnv.kind != "TNV" or cfg is None:
+            return False
+        k = len(cfg.clusters)
+        if tnv.epoch == self.cfg_epoch():
+            if tnv.src != self.primary(tnv.view):
+                return False
+        elif tnv.src not in cfg.clusters[tnv.view % k]:
+            return False
+        tvcs: dict[int, Msg] = tnv.data
+        if len(tvcs) < cluster_quorum(k)[1] or not all(
+            m.view == tnv.view
+            and m.epoch == tnv.epoch
+            and m.src in cfg.clusters[c]
+            and self.valid_tvc(m)
+            for c, m in tvcs.items()
+        ):
+            return False
+        base, digest = self.decide_new_view(tvcs)
+        return tnv.seq == base + 1 and (digest is None or digest == tnv.digest)
 
     def start_view_change(self, nv: int) -> None:
         assert self.cfg is not None
@@ -765,96 +1091,139 @@ class RcNode(Node):
         self.in_vc = True
         self.proposing = False
         self.sim.note("view_change_start", node=self.id, view=nv)
-        s = self.last_exec + 1
-        prep = self.prepared.get(s)
-        if self.fork_plan(nv - 1, s) is not None:
-            prep = None  # the colluders lie: "nothing was prepared"
-        q = self.q_top()
-        tvc = Msg(
-            "TVC",
-            self.id,
-            nv,
-            self.last_exec,
-            0,
-            size=VOTE + (SIGNER * q * 3 if prep else 0),
-            verifies=1 + (q * 3 if prep else 0),
-            epoch=self.cfg.epoch,
-            data=(
+        self.vc_timeout *= 2
+        # Phase 1: tell the other leaders we want view nv (TVI). Phase 2, once 2f_top+1 leaders
+        # want it: ask our members for signed reports (VCN with those intents) and send a TVC
+        # carrying a cluster quorum of them. Members stop voting in lower views only in phase 2,
+        # so a lone (or lying) leader cannot freeze its members in a view nobody else enters.
+        self.tvis[nv][self.myc] = self.id
+        self.send(
+            self.leaders_except_me(),
+            Msg(
+                "TVI",
+                self.id,
+                nv,
                 self.last_exec,
-                self.log.get(self.last_exec, 0),
-                prep,
-                tuple(sorted(self.evidence)),
+                0,
+                size=VOTE,
+                epoch=self.cfg.epoch,
+                data=tuple(sorted(self.evidence)),
             ),
         )
-        self.send(self.leaders_except_me(), tvc)
-        self.tvcs[nv][self.myc] = tvc
-        self.vc_timeout *= 2
-        self.send(
-            self.my_members(),
-            Msg("VCN", self.id, nv, s, 0, size=VOTE, epoch=self.cfg.epoch, data=self.vc_timeout),
-        )
+        self.send_vcn(nv)
         mark = self.progress
 
         def tick() -> None:
             if not (self.in_vc and self.view == nv and self.progress == mark and self.is_leader()):
                 return
-            if len(self.tvcs[nv]) >= self.q_top():
+            if len(self.tvis[nv]) >= self.q_top():
                 self.start_view_change(nv + 1)  # a quorum wanted nv and it still failed
             else:
                 # Wait for the other leaders instead of racing through views alone (PBFT starts
                 # this timer only at a quorum); re-send in case the message was lost.
-                self.send(self.leaders_except_me(), self.tvcs[nv][self.myc])
                 assert self.cfg is not None
                 self.send(
-                    self.my_members(),
+                    self.leaders_except_me(),
                     Msg(
-                        "VCN",
+                        "TVI",
                         self.id,
                         nv,
-                        s,
+                        self.last_exec,
                         0,
                         size=VOTE,
                         epoch=self.cfg.epoch,
-                        data=self.vc_timeout,
+                        data=tuple(sorted(self.evidence)),
                     ),
                 )
+                self.send_vcn(nv)
                 self.timer(self.vc_timeout, tick)
 
         self.timer(self.vc_timeout, tick)
-        self.maybe_new_view(nv)
+        self.maybe_collect(nv)
 
-    def on_tvc(self, msg: Msg) -> None:
-        if not self.is_leader():
+    def send_vcn(self, nv: int) -> None:
+        assert self.cfg is not None
+        intents = tuple(sorted(self.tvis[nv].items())) if nv in self.collecting else ()
+        self.send(
+            self.my_members(),
+            Msg(
+                "VCN",
+                self.id,
+                nv,
+                self.last_exec + 1,
+                0,
+                size=VOTE + SIGNER * len(intents),
+                verifies=1 + len(intents),
+                epoch=self.cfg.epoch,
+                data=(self.vc_timeout, intents),
+            ),
+        )
+
+    def maybe_collect(self, nv: int) -> None:
+        """Phase 2 of the view change, once 2f_top+1 leaders (us included) want view nv."""
+        if nv != self.view or not self.in_vc or nv in self.collecting:
             return
+        if len(self.tvis[nv]) < self.q_top():
+            return
+        self.collecting.add(nv)
+        self.vcr[nv][self.id] = self.my_report(nv)
+        self.send_vcn(nv)
+        self.maybe_send_tvc(nv)
+
+    def leader_msg_ok(self, msg: Msg) -> int:
+        """The sender's cluster if it (still) leads it and nv is not behind us, else -1."""
+        if not self.is_leader():
+            return -1
         nv = msg.view
         c = self.cluster_of.get(msg.src, -1)
         if c < 0 or nv < self.view or (nv == self.view and not self.in_vc):
-            return
+            return -1
         assert self.cfg is not None
-        rank = self.cfg.ranking[c]
-        pos = rank.index(msg.src)
+        pos = self.cfg.ranking[c].index(msg.src)
         if pos < self.leader_idx[c]:
-            return  # a deposed leader no longer speaks for its cluster
+            return -1  # a deposed leader no longer speaks for its cluster
         self.leader_idx[c] = pos
-        self.tvcs[nv][c] = msg
-        for e in msg.data[3]:
-            if e not in self.evidence:
-                self.evidence.add(e)
-        higher = {cl for v, d in self.tvcs.items() if v > self.view for cl in d}
+        return c
+
+    def on_tvi(self, msg: Msg) -> None:
+        c = self.leader_msg_ok(msg)
+        if c < 0:
+            return
+        self.tvis[msg.view][c] = msg.src
+        self.evidence.update(msg.data)
+        higher = {cl for v, d in self.tvis.items() if v > self.view for cl in d}
         if len(higher) > cluster_quorum(self.k)[0]:
-            target = min(v for v, d in self.tvcs.items() if v > self.view and d)
+            target = min(v for v, d in self.tvis.items() if v > self.view and d)
             self.start_view_change(target)
+        self.maybe_collect(msg.view)
+
+    def on_tvc(self, msg: Msg) -> None:
+        c = self.leader_msg_ok(msg)
+        if c < 0:
+            return
+        nv = msg.view
+        # One verification per report and per signature of each prepared certificate in it.
+        self.cpu(msg.verifies * self.cost.verify_s)
+        if not self.valid_tvc(msg):
+            self.sim.note("invalid_tvc", node=msg.src, by=self.id)
+            return
+        self.tvcs[nv][c] = msg
+        self.tvis[nv][c] = msg.src
+        self.evidence.update(msg.data[1])
+        self.maybe_collect(nv)
         self.maybe_new_view(nv)
 
     def decide_new_view(self, tvcs: dict[int, Msg]) -> tuple[int, int | None]:
+        """PBFT's new-view rule over every member report in the cluster certificates: start
+        after the highest committed height reported; re-propose the block prepared in the
+        highest view there, if any."""
+        reports = [r for m in tvcs.values() for r in m.data[0]]
         base = 0
-        for m in tvcs.values():
-            h, d, _, _ = m.data
+        for _i, h, d, _p, _n in reports:
             if h > base and (h, d) in self.sim.certified:
                 base = h
         best: tuple[int, int] | None = None
-        for m in tvcs.values():
-            h, _, prep, _ = m.data
+        for _i, h, _d, prep, _n in reports:
             if prep is not None and h == base and (best is None or prep[0] > best[0]):
                 best = prep
         return base, (best[1] if best else None)
@@ -870,12 +1239,13 @@ class RcNode(Node):
             return
         self.nv_sent.add(nv)
         base, digest = self.decide_new_view(tvcs)
-        self.cpu(len(tvcs) * self.cost.verify_s)
+        if plan is not None:
+            digest = None  # the colluder proposes a fresh block whatever the reports force
         self.in_vc = False
         self.sim.note("new_view", node=self.id, view=nv)
         s = base + 1
         if self.last_exec < base:
-            src = next(m.src for m in tvcs.values() if m.data[0] >= base)
+            src = next(m.src for m in tvcs.values() if m.seq >= base)
             self.request_fetch(src)
         if digest is None:
             blk = self.sim.new_block(s, self.id, nv, self.sim.pool.take(self.sim.params.batch_size))
@@ -884,21 +1254,21 @@ class RcNode(Node):
         assert self.cfg is not None
         chosen = dict(list(tvcs.items())[: self.q_top()])
         size = self.sim.blocks[digest].size + sum(m.size for m in chosen.values())
-        self.send(
-            self.leaders_except_me(),
-            Msg(
-                "TNV",
-                self.id,
-                nv,
-                s,
-                digest,
-                size=size,
-                verifies=1 + len(chosen),
-                hash_bytes=self.sim.blocks[digest].size,
-                epoch=self.cfg.epoch,
-                data=chosen,
-            ),
+        tnv = Msg(
+            "TNV",
+            self.id,
+            nv,
+            s,
+            digest,
+            size=size,
+            verifies=1 + sum(m.verifies for m in chosen.values()),
+            hash_bytes=self.sim.blocks[digest].size,
+            epoch=self.cfg.epoch,
+            data=chosen,
         )
+        self.send(self.leaders_except_me(), tnv)
+        self.nv_proof[nv] = tnv
+        self.nv_ok[nv] = (s, digest)
         self.arm_watchdog()
         # Bind our own proposal for (view, height) now, even while still catching up, so that
         # no later path proposes a second block for it (that would be equivocation).
@@ -917,15 +1287,14 @@ class RcNode(Node):
             or (nv == self.view and not self.in_vc)
         ):
             return
-        base, digest = self.decide_new_view(msg.data)
-        if (
-            len(msg.data) < self.q_top()
-            or msg.seq != base + 1
-            or (digest is not None and digest != msg.digest)
-        ):
-            self.sim.note("bad_new_view", node=self.id, view=nv)
+        self.cpu(msg.verifies * self.cost.verify_s)
+        if not self.nv_justified(msg):
+            self.sim.note("bad_new_view", node=msg.src, by=self.id, view=nv)
             self.start_view_change(nv + 1)
             return
+        base = msg.seq - 1
+        self.nv_proof[nv] = msg
+        self.nv_ok[nv] = (msg.seq, msg.digest)
         self.view = nv
         self.in_vc = False
         self.arm_watchdog()

@@ -133,6 +133,7 @@ def test_next_epoch_expels_provable_misbehaviour_and_admits_joiners() -> None:
     stats = EpochStats(
         blocks=10,
         participation=dict.fromkeys(ids, 10),
+        eligible=dict.fromkeys(ids, 10),
         timely={},
         evidence={3},
         joins={16, 17},

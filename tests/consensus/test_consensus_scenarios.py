@@ -131,13 +131,50 @@ def test_collusion_beyond_f_forks_and_is_reported_not_hidden(cost: CostModel) ->
     assert row["safety_violations"], "f+1 colluders should be able to fork PBFT"
 
 
-def test_two_byzantine_leaders_fork_rcdbft_beyond_its_assumptions(cost: CostModel) -> None:
-    # 2 of 16 nodes — far below N/3 — but f_top + 1 cluster leaders: RC-DBFT forks.
-    row = _run(cost, "rcdbft", "two_byzantine_leaders")
-    assert row["beyond_assumptions"] is True
+@pytest.mark.parametrize("seed", [3, 7])
+def test_two_byzantine_leaders_of_honest_clusters_stall_but_do_not_fork(
+    cost: CostModel, seed: int
+) -> None:
+    # Regression: before the view change carried members' signed reports, these seeds forked
+    # (164 of 200 seeds did): two colluding leaders hid a block their members had prepared.
+    # Now the scenario is within the assumptions, so a fork would raise SafetyViolation here.
+    row = _run(cost, "rcdbft", "two_byzantine_leaders", seed=seed)
+    assert row["beyond_assumptions"] is False
     assert len(row["fault_targets"]) == 2
     assert row["events"].get("fork_attack") == 1
-    assert row["safety_violations"], "two colluding leaders of four clusters should fork"
+    assert row["safety_violations"] == []
+    # The lying new-view message was refused (by the honest leader and by the colluders'
+    # own members), and the run recovered through a further view change.
+    assert row["events"].get("bad_new_view", 0) >= 2
+    assert row["view_changes"] >= 2
+    assert row["blocks_committed"] == 40
+
+
+def test_reputation_farming_frames_no_honest_member(cost: CostModel) -> None:
+    # Regression: this run made honest node 1 an observer (a new leader stuck a full timeout on
+    # a fetch nobody answered, then judged on blocks it could not vote for).
+    row = _run(
+        cost,
+        "rcdbft",
+        "reputation_farming",
+        n=64,
+        blocks=200,
+        seed=1,
+        view_timeout_s=1.0,
+        epoch_blocks=10,
+    )
+    assert row["fault_targets"][0] in row["expelled"]
+    assert row["observers"] == []
+
+
+def test_late_honest_votes_are_credited_through_receipts(cost: CostModel) -> None:
+    # Members whose COMMIT vote reaches the leader after its cluster QC are not in the
+    # participant list; their signed vote, sent to the primary, is the evidence.
+    row = _run(cost, "rcdbft", "none", n=64, blocks=40, epoch_blocks=10)
+    sent = row["events"].get("receipt_sent", 0)
+    assert sent > 0
+    assert row["events"].get("receipt_counted", 0) <= sent
+    assert row["events"].get("receipt_counted", 0) > 0
 
 
 def test_safety_checker_fails_the_run_loudly_within_assumptions(
