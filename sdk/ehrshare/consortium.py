@@ -10,10 +10,13 @@ wallets; :meth:`Consortium.session` opens a :class:`~ehrshare.session.Session` t
 consortium's ledger and services (the demo, the tests, the benchmark).
 
 :func:`connect` is what hospital apps and the CLI call: it reads a profile and a wallet and opens
-the backends the profile names. With the in-process services of the embedded backend, the
-process that connects also runs the KGC nodes and the proxy from their state directories — a
-single-machine setup for development and demos; a deployment points the profile at gRPC
-addresses instead (not wired in this SDK yet).
+the backends the profile names. With in-process services, the process that connects also runs
+the KGC nodes and the proxy from their state directories — a single-machine setup for
+development and demos. With ``services="processes"`` at init, the profile gives each KGC node and
+the proxy a loopback gRPC address instead; they run as ``ehrshare kgc serve`` / ``ehrshare proxy
+serve`` processes (:mod:`ehrshare.processes` starts them from the profile) and the session dials
+them over mutual TLS with the wallet's certificate as its client certificate. The embedded
+ledger directory is then opened by every process.
 
 This module must not log secrets, and must not write key material anywhere but mode-0600 files.
 """
@@ -33,7 +36,7 @@ from typing import Any, Final
 import yaml
 
 from ehrshare.hazmat.dkg import new_session_nonce
-from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
+from ehrshare.hazmat.kgc_keys import KGCNodeKey, KGCNodePublicKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.embedded import connect as ledger_connect
 from ehrshare.ledger.store import EmbeddedLedger
@@ -46,8 +49,10 @@ from ehrshare.profile import (
 )
 from ehrshare.services.kgc import InProcessKgcClient, KgcNode, run_local_dkg
 from ehrshare.services.proxy import InProcessProxyClient, ReencryptionProxy
-from ehrshare.services.vault import read_key_file, write_key_file
-from ehrshare.session import Session
+from ehrshare.services.rpc import GrpcKgcClient, GrpcProxyClient
+from ehrshare.services.tls import ClientTls, issue_tls_certificate
+from ehrshare.services.vault import atomic_write, read_key_file, write_key_file
+from ehrshare.session import KgcClient, ProxyClient, Session
 from ehrshare.storage import BlobStore, EmbeddedStore, KuboClient, KuboStore
 
 __all__ = [
@@ -60,6 +65,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 DEFAULT_HOSPITALS: Final = ("HospitalA", "HospitalB", "HospitalC")
+DEFAULT_BASE_PORT: Final = 7060
+SERVICE_MODES: Final = ("in-process", "processes")
 ROLES: Final = ("patient", "clinician", "auditor", "admin")
 Clock = Callable[[], int]
 Progress = Callable[[str], None]
@@ -89,7 +96,7 @@ def _load_node_key(path: Path) -> KGCNodeKey:
 @dataclass
 class _Services:
     kgc: list[KgcNode]
-    proxy: ReencryptionProxy
+    proxy: ReencryptionProxy | None
 
 
 class Consortium:
@@ -109,11 +116,28 @@ class Consortium:
         self.ledger = ledger
         self.store = store
         self.kgc_nodes = services.kgc
-        self.proxy = services.proxy
+        self._proxy = services.proxy
         self.clock = clock
         self._closers = list(closers)
         self._labels = profile.labels()
         self._closed = False
+        self._roster_cache: list[KGCNodePublicKey] | None = None
+
+    @property
+    def proxy(self) -> ReencryptionProxy:
+        """The in-process re-encryption proxy (refused when it runs as its own process)."""
+        if self._proxy is None:
+            raise ConsortiumError(
+                f"the proxy of this profile runs as a process at {self.profile.proxy.address}"
+            )
+        return self._proxy
+
+    @property
+    def remote_services(self) -> bool:
+        """True when any KGC node or the proxy is reached over gRPC (a separate process)."""
+        return not self.profile.proxy.embedded or any(
+            not n.service.embedded for n in self.profile.kgc_nodes
+        )
 
     @property
     def directory(self) -> Path:
@@ -133,14 +157,39 @@ class Consortium:
         storage: str = "embedded",
         kubo_url: str = "http://127.0.0.1:5001",
         ledger: str = "embedded",
+        services: str = "in-process",
+        ports: Sequence[int] | None = None,
         clock: Clock | None = None,
         progress: Progress | None = None,
     ) -> Consortium:
         """Create a consortium in an empty (or new) directory and run its DKG.
 
+        ``services="processes"`` writes a profile whose KGC nodes and proxy are gRPC services
+        on 127.0.0.1 (``ports``: the proxy's, then one per hospital; default
+        ``7060, 7061, …``) with TLS server certificates issued by their hospitals' CAs; start
+        them with :class:`ehrshare.processes.ServiceProcesses` or the commands
+        ``ehrshare consortium services`` prints. The DKG still runs here, before the profile
+        is switched: each node's sealed share is in its state directory when its process starts.
         Refuses a directory that already holds a profile (nothing is overwritten).
         """
         say = progress or (lambda _msg: None)
+        if services not in SERVICE_MODES:
+            raise ConsortiumError(f"services {services!r} is not in-process or processes")
+        port_list: list[int] = []
+        if services == "processes":
+            port_list = (
+                list(ports)
+                if ports is not None
+                else [DEFAULT_BASE_PORT + i for i in range(len(hospitals) + 1)]
+            )
+            if len(port_list) != len(hospitals) + 1 or len(set(port_list)) != len(port_list):
+                raise ConsortiumError(
+                    f"give {len(hospitals) + 1} distinct ports: the proxy's, then one per KGC node"
+                )
+            if any(not 0 < p < 65536 for p in port_list):
+                raise ConsortiumError(f"ports {port_list} must be between 1 and 65535")
+        elif ports is not None:
+            raise ConsortiumError("ports are only used with services='processes'")
         if ledger == "fabric":
             raise BackendUnavailable(FABRIC_UNAVAILABLE)
         if ledger != "embedded":
@@ -163,7 +212,13 @@ class Consortium:
             raise ConsortiumError(f"{root} is not empty; give a new or empty directory")
         created = not root.exists()
         try:
-            return cls._create(root, hospitals, threshold, storage, kubo_url, clock, say)
+            consortium = cls._create(root, hospitals, threshold, storage, kubo_url, clock, say)
+            if not port_list:
+                return consortium
+            consortium.close()
+            say("issuing TLS server certificates and writing the process profile")
+            _switch_to_processes(root, port_list)
+            return cls.open(root / "profile.yaml", clock=clock)
         except BaseException:
             # Nothing half-made stays behind: the directory was new or empty.
             shutil.rmtree(root, ignore_errors=True)
@@ -260,7 +315,9 @@ class Consortium:
     def _issue(root: Path, msp: str, name: str, role: str, wallet_dir: Path) -> Wallet:
         ca = LocalCA.load(root / "ca" / msp)
         identity, signer = ca.issue(name, role=role)
-        wallet = Wallet(wallet_dir)
+        # Service wallets stay unencrypted (the serve processes read their keys unattended);
+        # member wallets follow $EHRSHARE_WALLET_PASSPHRASE.
+        wallet = Wallet(wallet_dir, use_env=role not in ("kgc", "proxy"))
         wallet.save_identity(identity, signer)
         return wallet
 
@@ -277,13 +334,16 @@ class Consortium:
                 f"ledger directory {prof.ledger_path} does not exist; create a consortium with "
                 "'ehrshare consortium init'"
             )
-        ledger = EmbeddedLedger.open(prof.ledger_path, channel=prof.channel)
+        # The ledger checks proposal timestamps against this same clock (a manual clock in
+        # tests and the demo would otherwise look skewed).
+        ledger = EmbeddedLedger.open(prof.ledger_path, channel=prof.channel, clock=clock)
         closers: list[Callable[[], None]] = []
         try:
             store, close_store = _open_store(prof)
             closers.append(close_store)
             services = _open_services(prof, ledger, clock)
-            closers.append(services.proxy.close)
+            if services.proxy is not None:
+                closers.append(services.proxy.close)
         except BaseException:
             for c in closers:
                 c()
@@ -311,7 +371,7 @@ class Consortium:
 
     def dkg_result(self) -> dict[str, Any]:
         """The latest DKG result on chain (mpk, public polynomial, QUAL), read as the proxy."""
-        with self.session(Wallet(self.profile.proxy.wallet or Path())) as s:
+        with self.session(Wallet(self.profile.proxy.wallet or Path(), use_env=False)) as s:
             result: dict[str, Any] = s._evaluate("GetDKGResult", "")
         return result
 
@@ -345,14 +405,24 @@ class Consortium:
     ) -> Session:
         gateway = ledger_connect(identity, signer, self.ledger, clock=self.clock)
         contract = gateway.get_network(self.profile.channel).get_contract(self.profile.chaincode)
+        kgc, proxy, channels = self._clients(identity, signer)
+        if channels:
+
+            def close_all(then: Callable[[], None] | None = on_close) -> None:
+                for channel in channels:
+                    channel.close()
+                if then is not None:
+                    then()
+
+            on_close = close_all
         return Session(
             identity=identity,
             signer=signer,
             contract=contract,
             store=self.store,
-            kgc=[InProcessKgcClient(n, requester=identity.ibe_id) for n in self.kgc_nodes],
-            roster=[n.public_key for n in self.kgc_nodes],
-            proxy=InProcessProxyClient(self.proxy, caller=identity.ibe_id),
+            kgc=kgc,
+            roster=self._roster(),
+            proxy=proxy,
             labels=self._labels,
             mapping=self.profile.mapping,
             max_record_bytes=self.profile.max_record_bytes,
@@ -361,6 +431,124 @@ class Consortium:
             on_close=on_close,
             ledger_check=self.ledger.verify,
         )
+
+    def _clients(
+        self, identity: Identity, signer: Signer
+    ) -> tuple[list[KgcClient], ProxyClient, list[GrpcKgcClient | GrpcProxyClient]]:
+        """Service clients for one member: in-process cores, or gRPC channels over mutual TLS
+        presenting the member's own certificate (the services authorise by it)."""
+        in_process = {n.index: n for n in self.kgc_nodes}
+        channels: list[GrpcKgcClient | GrpcProxyClient] = []
+        kgc: list[KgcClient] = []
+        try:
+            for cfg in self.profile.kgc_nodes:
+                svc = cfg.service
+                if svc.embedded:
+                    kgc.append(InProcessKgcClient(in_process[cfg.index], requester=identity.ibe_id))
+                    continue
+                assert svc.address is not None
+                client = GrpcKgcClient(
+                    svc.address,
+                    index=cfg.index,
+                    tls=_client_tls(identity, signer, svc.tls_ca),
+                    server_name=svc.server_name,
+                )
+                channels.append(client)
+                kgc.append(client)
+            psvc = self.profile.proxy
+            proxy: ProxyClient
+            if self._proxy is not None:
+                proxy = InProcessProxyClient(self._proxy, caller=identity.ibe_id)
+            else:
+                assert psvc.address is not None
+                grpc_proxy = GrpcProxyClient(
+                    psvc.address,
+                    tls=_client_tls(identity, signer, psvc.tls_ca),
+                    server_name=psvc.server_name,
+                )
+                channels.append(grpc_proxy)
+                proxy = grpc_proxy
+        except BaseException:
+            for c in channels:
+                c.close()
+            raise
+        return kgc, proxy, channels
+
+    def _roster(self) -> list[KGCNodePublicKey]:
+        """The KGC nodes' public keys in profile order: from the nodes run here, else from the
+        roster file ``Consortium.init`` wrote."""
+        in_process = {n.index: n.public_key for n in self.kgc_nodes}
+        if len(in_process) == len(self.profile.kgc_nodes):
+            return [in_process[n.index] for n in self.profile.kgc_nodes]
+        if self._roster_cache is None:
+            path = self.profile.kgc_roster
+            try:
+                entries = json.loads(path.read_text(encoding="utf-8"))
+                by_index = {
+                    int(e["index"]): KGCNodePublicKey.from_bytes(bytes.fromhex(e["public_key"]))
+                    for e in entries
+                }
+                self._roster_cache = [by_index[n.index] for n in self.profile.kgc_nodes]
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                raise ProfileError(
+                    f"KGC roster {path} is unreadable or incomplete: {exc}"
+                ) from None
+        return list(self._roster_cache)
+
+
+def _client_tls(identity: Identity, signer: Signer, tls_ca: Path | None) -> ClientTls:
+    assert tls_ca is not None
+    try:
+        roots = tls_ca.read_bytes()
+    except OSError as exc:
+        raise ProfileError(f"TLS CA file {tls_ca} cannot be read: {exc.strerror}") from None
+    return ClientTls.for_member(identity, signer, [roots])
+
+
+def _switch_to_processes(root: Path, ports: Sequence[int]) -> None:
+    """Rewrite a fresh consortium's profile so its services are gRPC processes on loopback.
+
+    Each service gets a TLS server certificate from its hospital's CA (SANs 127.0.0.1 and
+    localhost; key in ``keys/``, mode 0600) and keeps its state, node key and ledger wallet, so
+    ``ehrshare kgc serve`` / ``ehrshare proxy serve`` can be started from the profile alone.
+    """
+    path = root / "profile.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    ca_files = sorted((root / "ca").glob("*/ca-cert.pem"))
+    data["cas"] = [str(p.relative_to(root)) for p in ca_files]
+    (root / "tls").mkdir(exist_ok=True)
+
+    def serve_entry(entry: dict[str, Any], name: str, msp: str, port: int) -> dict[str, Any]:
+        cert, key = issue_tls_certificate(LocalCA.load(root / "ca" / msp), name)
+        write_key_file(root / "keys" / f"{name}-tls.key", key)
+        atomic_write(root / "tls" / f"{name}.pem", cert, mode=0o644)
+        return {
+            "address": f"127.0.0.1:{port}",
+            "tls_ca": f"ca/{msp}/ca-cert.pem",
+            **entry,
+            "tls_cert": f"tls/{name}.pem",
+            "tls_key": f"keys/{name}-tls.key",
+        }
+
+    nodes = data["kgc"]["nodes"]
+    data["kgc"]["nodes"] = [
+        {"index": n["index"], "msp": n["msp"]}
+        | serve_entry(
+            {k: n[k] for k in ("state", "key", "wallet")}, f"kgc{n['index']}", n["msp"], port
+        )
+        for n, port in zip(nodes, ports[1:], strict=True)
+    ]
+    proxy_msp = nodes[0]["msp"]
+    data["proxy"] = {"msp": proxy_msp} | serve_entry(data["proxy"], "proxy", proxy_msp, ports[0])
+    atomic_write(
+        path,
+        (
+            "# ehrshare connection profile (created by 'ehrshare consortium init --services "
+            "processes').\n# Start the services with 'ehrshare consortium services start' "
+            "(see docs/operations.md).\n" + yaml.safe_dump(data, sort_keys=False)
+        ).encode(),
+        mode=0o644,
+    )
 
 
 def _register_service(consortium: Consortium, wallet_name: str) -> None:
@@ -375,16 +563,13 @@ def _profile_path(value: str | os.PathLike[str]) -> Path:
 
 
 def _open_services(profile: Profile, ledger: EmbeddedLedger, clock: Clock | None) -> _Services:
-    if any(not n.service.embedded for n in profile.kgc_nodes) or not profile.proxy.embedded:
-        raise ProfileError(
-            "gRPC service addresses in the profile are not wired into the SDK yet; use "
-            "in-process services (state/key/wallet) on the embedded backend"
-        )
     nodes = []
     for n in profile.kgc_nodes:
         svc = n.service
+        if not svc.embedded:
+            continue
         assert svc.state is not None and svc.key_file is not None and svc.wallet is not None
-        identity, signer = Wallet(svc.wallet).load_identity()
+        identity, signer = Wallet(svc.wallet, use_env=False).load_identity()
         gateway = ledger_connect(identity, signer, ledger, clock=clock)
         contract = gateway.get_network(profile.channel).get_contract(profile.chaincode)
         try:
@@ -402,8 +587,10 @@ def _open_services(profile: Profile, ledger: EmbeddedLedger, clock: Clock | None
             )
         )
     psvc = profile.proxy
+    if not psvc.embedded:
+        return _Services(nodes, None)
     assert psvc.state is not None and psvc.key_file is not None and psvc.wallet is not None
-    identity, signer = Wallet(psvc.wallet).load_identity()
+    identity, signer = Wallet(psvc.wallet, use_env=False).load_identity()
     gateway = ledger_connect(identity, signer, ledger, clock=clock)
     contract = gateway.get_network(profile.channel).get_contract(profile.chaincode)
     try:

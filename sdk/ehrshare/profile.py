@@ -9,6 +9,18 @@ Backends: ``ledger.backend`` is ``embedded`` (the default); ``fabric`` is recogn
 with :class:`BackendUnavailable` — the Fabric Gateway client cannot be built on this machine yet.
 ``storage.backend`` is ``embedded`` or ``kubo`` (a real Kubo RPC URL), independent of the ledger.
 
+Services: each KGC node and the proxy is either *in-process* (``state``, ``key``, ``wallet``: the
+connecting process runs it) or *remote* (``address: host:port`` plus ``tls_ca``, the PEM file of
+the CA certificates that issued its TLS server certificate, and optionally ``server_name``): the
+session then dials it over gRPC with mutual TLS, presenting the wallet's certificate. A remote
+entry may also keep ``state``, ``key``, ``wallet``, ``tls_cert`` and ``tls_key`` — what
+``ehrshare kgc serve`` / ``ehrshare proxy serve`` need to start it (see
+:mod:`ehrshare.processes`); the session ignores them.
+
+Wallet keys at rest: ``key.pem`` and ``ibe.key`` are mode 0600; with a passphrase (argument, or
+``EHRSHARE_WALLET_PASSPHRASE``) they are also encrypted (scrypt → AES-256-GCM, the file name as
+associated data). Reading an encrypted wallet without the passphrase fails with a clear error.
+
 This module must not open a ledger, a store or a service (the session does) and must never log or
 print the contents of secret files.
 """
@@ -16,12 +28,16 @@ print the contents of secret files.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 import yaml
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
 from ehrshare.fhir import DEFAULT_RULES, LABEL_KEY_SIZE, TypeLabels, TypeMapping, TypeRule
 from ehrshare.hazmat.tipre import IdentitySecretKey
@@ -29,6 +45,7 @@ from ehrshare.identity import Identity, Signer
 
 __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",
+    "PASSPHRASE_ENV",
     "BackendUnavailable",
     "KgcNodeConfig",
     "Profile",
@@ -36,10 +53,14 @@ __all__ = [
     "ServiceConfig",
     "Wallet",
     "WalletError",
+    "is_sealed_wallet_file",
+    "open_wallet_file",
+    "seal_wallet_file",
 ]
 
 DEFAULT_MAX_RECORD_BYTES: Final = 32 * 1024 * 1024
 PROFILE_VERSION: Final = 1
+PASSPHRASE_ENV: Final = "EHRSHARE_WALLET_PASSPHRASE"  # noqa: S105 - a variable name
 FABRIC_UNAVAILABLE: Final = (
     "the Fabric ledger backend is not available yet on this machine (the Go module proxy refuses "
     "hyperledger/fabric, so peers and the Gateway client cannot be built); use "
@@ -64,13 +85,19 @@ class ServiceConfig:
     """Where a service runs: in-process from a state directory, or at a gRPC address.
 
     In-process services also name their long-term key file (kept outside the state directory)
-    and the wallet of the ledger identity they act with.
+    and the wallet of the ledger identity they act with. Remote services name the CA
+    certificates (``tls_ca``) their TLS server certificate chains to, and optionally the name to
+    check it against (``server_name``); ``tls_cert`` / ``tls_key`` are for starting the process.
     """
 
     state: Path | None = None
     address: str | None = None
     key_file: Path | None = None
     wallet: Path | None = None
+    tls_ca: Path | None = None
+    server_name: str | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
 
     @property
     def embedded(self) -> bool:
@@ -108,6 +135,7 @@ class Profile:
     mapping: TypeMapping
     max_record_bytes: int
     wallets: Path
+    ca_files: tuple[Path, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @classmethod
@@ -224,6 +252,11 @@ class Profile:
         if not isinstance(max_bytes, int) or max_bytes < 1024:
             raise fail("limits.max_record_bytes", "must be an integer of at least 1024")
 
+        cas_raw = data.get("cas", [])
+        if not isinstance(cas_raw, list):
+            raise fail("cas", "must list the consortium's CA certificate files")
+        ca_files = tuple(rel(c, f"cas[{i}]") for i, c in enumerate(cas_raw))
+
         name = data.get("name", "ehrshare")
         channel = data.get("channel", "ehrshare")
         chaincode = data.get("chaincode", "ehrshare")
@@ -248,6 +281,7 @@ class Profile:
             mapping=mapping,
             max_record_bytes=max_bytes,
             wallets=rel(data.get("wallets", "wallets"), "wallets"),
+            ca_files=ca_files,
             raw=dict(data),
         )
 
@@ -277,9 +311,32 @@ class Profile:
 def _service(value: Mapping[str, Any], key: str, rel: Any, fail: Any) -> ServiceConfig:
     address = value.get("address")
     if address is not None:
-        if not isinstance(address, str) or ":" not in address:
+        host, _, port = str(address).rpartition(":")
+        if not isinstance(address, str) or not host or not port.isdigit() or int(port) > 65535:
             raise fail(f"{key}.address", f"{address!r} is not host:port")
-        return ServiceConfig(address=address)
+        if "tls_ca" not in value:
+            raise fail(
+                key,
+                "gives an address but no tls_ca (the PEM file of the CA certificates its TLS "
+                "server certificate is issued by)",
+            )
+        server_name = value.get("server_name")
+        if server_name is not None and (not isinstance(server_name, str) or not server_name):
+            raise fail(f"{key}.server_name", "must be a non-empty string")
+
+        def opt(name: str) -> Path | None:
+            return rel(value[name], f"{key}.{name}") if name in value else None
+
+        return ServiceConfig(
+            address=address,
+            tls_ca=rel(value["tls_ca"], f"{key}.tls_ca"),
+            server_name=server_name,
+            state=opt("state"),
+            key_file=opt("key"),
+            wallet=opt("wallet"),
+            tls_cert=opt("tls_cert"),
+            tls_key=opt("tls_key"),
+        )
     missing = [k for k in ("state", "key", "wallet") if k not in value]
     if missing:
         raise fail(
@@ -291,6 +348,48 @@ def _service(value: Mapping[str, Any], key: str, rel: Any, fail: Any) -> Service
         key_file=rel(value["key"], f"{key}.key"),
         wallet=rel(value["wallet"], f"{key}.wallet"),
     )
+
+
+_SEALED_MAGIC: Final = b"ehrshare-wallet-v1\n"
+_SALT_SIZE: Final = 16
+_NONCE_SIZE: Final = 12
+# scrypt cost: ~50 ms and 16 MiB per unlock here — slow for guessing, fine for one CLI call.
+_SCRYPT_N: Final = 2**14
+_SCRYPT_R: Final = 8
+_SCRYPT_P: Final = 1
+
+
+def _kek(passphrase: str, salt: bytes) -> bytes:
+    kdf = Scrypt(salt=salt, length=32, n=_SCRYPT_N, r=_SCRYPT_R, p=_SCRYPT_P)
+    return kdf.derive(passphrase.encode("utf-8"))
+
+
+def seal_wallet_file(data: bytes, passphrase: str, name: str) -> bytes:
+    """Encrypt a wallet secret under a passphrase; ``name`` (the file name) is bound as AAD so
+    one encrypted file cannot be swapped for another."""
+    salt = secrets.token_bytes(_SALT_SIZE)
+    nonce = secrets.token_bytes(_NONCE_SIZE)
+    sealed = AESGCM(_kek(passphrase, salt)).encrypt(nonce, data, name.encode())
+    return _SEALED_MAGIC + salt + nonce + sealed
+
+
+def is_sealed_wallet_file(data: bytes) -> bool:
+    """Whether wallet file content is passphrase-encrypted."""
+    return data.startswith(_SEALED_MAGIC)
+
+
+def open_wallet_file(data: bytes, passphrase: str, name: str) -> bytes:
+    """Decrypt :func:`seal_wallet_file` output; :class:`WalletError` on a wrong passphrase."""
+    body = data[len(_SEALED_MAGIC) :]
+    if not is_sealed_wallet_file(data) or len(body) < _SALT_SIZE + _NONCE_SIZE + 16:
+        raise WalletError(f"{name} is not an encrypted wallet file")
+    salt, nonce = body[:_SALT_SIZE], body[_SALT_SIZE : _SALT_SIZE + _NONCE_SIZE]
+    try:
+        return AESGCM(_kek(passphrase, salt)).decrypt(
+            nonce, body[_SALT_SIZE + _NONCE_SIZE :], name.encode()
+        )
+    except InvalidTag:
+        raise WalletError(f"{name}: wrong wallet passphrase (or the file was altered)") from None
 
 
 def _write_secret(path: Path, data: bytes) -> None:
@@ -306,11 +405,20 @@ class Wallet:
     """One member's credentials in a directory: ``msp-id``, ``cert.pem``, ``key.pem``, ``ibe.key``.
 
     ``key.pem`` (the ECDSA signing key) and ``ibe.key`` (the identity secret key from enrolment)
-    are written with mode 0600; anyone who can read them can act as this member.
+    are written with mode 0600; anyone who can read them can act as this member. With a
+    ``passphrase`` (or, unless ``use_env`` is false, ``$EHRSHARE_WALLET_PASSPHRASE``) both are
+    also encrypted at rest; reading picks the format from the file itself.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self, directory: Path, *, passphrase: str | None = None, use_env: bool = True
+    ) -> None:
         self.directory = directory
+        if passphrase is None and use_env:
+            passphrase = os.environ.get(PASSPHRASE_ENV) or None
+        if passphrase is not None and not passphrase:
+            raise WalletError("a wallet passphrase must not be empty")
+        self._passphrase = passphrase
 
     def __repr__(self) -> str:
         return f"Wallet({str(self.directory)!r})"
@@ -320,12 +428,41 @@ class Wallet:
         """Whether the wallet holds an identity."""
         return (self.directory / "cert.pem").is_file()
 
+    @property
+    def encrypted(self) -> bool:
+        """Whether the wallet's signing key is passphrase-encrypted."""
+        try:
+            with (self.directory / "key.pem").open("rb") as f:
+                return is_sealed_wallet_file(f.read(len(_SEALED_MAGIC)))
+        except OSError:
+            return False
+
+    def with_passphrase(self, passphrase: str) -> Wallet:
+        """The same wallet, unlocked with ``passphrase``."""
+        return Wallet(self.directory, passphrase=passphrase)
+
+    def _write(self, name: str, data: bytes) -> None:
+        if self._passphrase is not None:
+            data = seal_wallet_file(data, self._passphrase, name)
+        _write_secret(self.directory / name, data)
+
+    def _read(self, name: str) -> bytes:
+        data = (self.directory / name).read_bytes()
+        if not is_sealed_wallet_file(data):
+            return data
+        if self._passphrase is None:
+            raise WalletError(
+                f"wallet {self.directory} is encrypted: set {PASSPHRASE_ENV} (or enter the "
+                "passphrase when the CLI asks)"
+            )
+        return open_wallet_file(data, self._passphrase, name)
+
     def save_identity(self, identity: Identity, signer: Signer) -> None:
         """Write the certificate and the signing key."""
         self.directory.mkdir(parents=True, exist_ok=True)
         (self.directory / "msp-id").write_text(identity.msp_id, encoding="utf-8")
         (self.directory / "cert.pem").write_bytes(identity.credentials)
-        _write_secret(self.directory / "key.pem", signer.to_secret_bytes())
+        self._write("key.pem", signer.to_secret_bytes())
 
     def load_identity(self) -> tuple[Identity, Signer]:
         """Read the certificate and the signing key."""
@@ -337,14 +474,16 @@ class Wallet:
         try:
             msp = (self.directory / "msp-id").read_text(encoding="utf-8").strip()
             cert = (self.directory / "cert.pem").read_bytes()
-            signer = Signer.from_secret_bytes((self.directory / "key.pem").read_bytes())
+            signer = Signer.from_secret_bytes(self._read("key.pem"))
+        except WalletError:
+            raise
         except (OSError, ValueError) as exc:
             raise WalletError(f"wallet {self.directory} is unreadable: {exc}") from None
         return Identity(msp, cert), signer
 
     def save_secret_key(self, key: IdentitySecretKey) -> None:
-        """Keep the enrolled identity secret key (mode 0600)."""
-        _write_secret(self.directory / "ibe.key", key.to_secret_bytes())
+        """Keep the enrolled identity secret key (mode 0600; encrypted with a passphrase)."""
+        self._write("ibe.key", key.to_secret_bytes())
 
     def load_secret_key(self) -> IdentitySecretKey | None:
         """The enrolled key, or None before enrolment."""
@@ -352,6 +491,20 @@ class Wallet:
         if not path.exists():
             return None
         try:
-            return IdentitySecretKey.from_secret_bytes(path.read_bytes())
-        except ValueError:
+            return IdentitySecretKey.from_secret_bytes(self._read("ibe.key"))
+        except WalletError:
+            raise
+        except (OSError, ValueError):
             raise WalletError(f"{path} does not hold an identity secret key") from None
+
+    def encrypt(self, passphrase: str) -> Wallet:
+        """Re-write ``key.pem`` and ``ibe.key`` encrypted under ``passphrase``; returns the
+        unlocked wallet. Each file is replaced atomically."""
+        identity, signer = self.load_identity()
+        sk = self.load_secret_key()
+        unlocked = Wallet(self.directory, passphrase=passphrase)
+        unlocked._write("key.pem", signer.to_secret_bytes())
+        if sk is not None:
+            unlocked.save_secret_key(sk)
+        del identity
+        return unlocked

@@ -1,0 +1,231 @@
+"""Start and stop a consortium's KGC nodes and proxy as real processes, from its profile.
+
+A profile written by ``Consortium.init(..., services="processes")`` names, for each KGC node and
+the proxy, its loopback address, state directory, long-term key file (outside the state
+directory), ledger wallet and TLS server certificate. :func:`service_commands` turns that into
+the ``ehrshare kgc serve …`` / ``ehrshare proxy serve …`` command lines (what an operator runs by
+hand, see ``docs/operations.md``); :class:`ServiceProcesses` runs them as child processes, waits
+until each listens, and stops them by pid (SIGTERM, then SIGKILL after a grace period).
+
+Each process logs to its state directory (``kgc.log`` / ``proxy.log``); its stderr goes to
+``<run dir>/<name>.stderr``. This module must not read any key file (the processes do) and must
+never signal a process it did not start.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Final
+
+from ehrshare.profile import Profile, ProfileError, ServiceConfig
+
+__all__ = ["ServiceCommand", "ServiceProcessError", "ServiceProcesses", "service_commands"]
+
+_log = logging.getLogger(__name__)
+
+DEFAULT_EXECUTABLE: Final = (sys.executable, "-m", "ehrshare")
+
+
+class ServiceProcessError(RuntimeError):
+    """A service process did not start (the message carries the tail of its stderr)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceCommand:
+    """One service process: its name (``kgc1`` … ``proxy``), address and arguments."""
+
+    name: str
+    address: str
+    args: tuple[str, ...]
+    state: Path
+
+    def argv(self, executable: Sequence[str] = DEFAULT_EXECUTABLE) -> list[str]:
+        """The full command line."""
+        return [*executable, *self.args]
+
+
+def _need(svc: ServiceConfig, what: str) -> tuple[Path, Path, Path, Path, Path, str]:
+    fields = {
+        "state": svc.state,
+        "key": svc.key_file,
+        "wallet": svc.wallet,
+        "tls_cert": svc.tls_cert,
+        "tls_key": svc.tls_key,
+    }
+    missing = [k for k, v in fields.items() if v is None]
+    if svc.address is None or missing:
+        raise ProfileError(
+            f"{what} cannot be started from this profile: it needs an address and "
+            f"{', '.join(missing) or 'nothing else'} (write one with "
+            "'ehrshare consortium init --services processes')"
+        )
+    assert svc.state and svc.key_file and svc.wallet and svc.tls_cert and svc.tls_key
+    return svc.state, svc.key_file, svc.wallet, svc.tls_cert, svc.tls_key, svc.address
+
+
+def _common(profile: Profile, svc: ServiceConfig, what: str) -> tuple[list[str], Path, str]:
+    state, _, wallet, tls_cert, tls_key, address = _need(svc, what)
+    if not profile.ca_files:
+        raise ProfileError(f"{what}: the profile lists no consortium CAs ('cas')")
+    msp = (wallet / "msp-id").read_text(encoding="utf-8").strip()
+    args = ["--state-dir", str(state), "--listen", address]
+    args += ["--msp-id", msp, "--cert", str(wallet / "cert.pem"), "--key", str(wallet / "key.pem")]
+    args += ["--ledger", str(profile.ledger_path)]
+    args += ["--channel", profile.channel, "--chaincode", profile.chaincode]
+    args += ["--tls-cert", str(tls_cert), "--tls-key", str(tls_key)]
+    for ca in profile.ca_files:
+        args += ["--client-ca", str(ca)]
+    return args, state, address
+
+
+def service_commands(profile: Profile) -> list[ServiceCommand]:
+    """The serve commands of every remote KGC node, then the proxy."""
+    out = []
+    for node in profile.kgc_nodes:
+        if node.service.embedded:
+            continue
+        what = f"KGC node {node.index}"
+        args, state, address = _common(profile, node.service, what)
+        assert node.service.key_file is not None
+        head = ["kgc", "serve", "--index", str(node.index)]
+        head += ["--node-key-file", str(node.service.key_file)]
+        out.append(ServiceCommand(f"kgc{node.index}", address, tuple(head + args), state))
+    if not profile.proxy.embedded:
+        args, state, address = _common(profile, profile.proxy, "the proxy")
+        assert profile.proxy.key_file is not None
+        head = ["proxy", "serve", "--key-file", str(profile.proxy.key_file), "--name", "proxy"]
+        out.append(ServiceCommand("proxy", address, tuple(head + args), state))
+    return out
+
+
+class ServiceProcesses:
+    """The consortium's service processes, started from its profile and stopped by pid.
+
+    Use as a context manager (everything still running is stopped on exit). ``run_dir`` holds
+    port files and each process's stderr.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        run_dir: Path,
+        *,
+        executable: Sequence[str] = DEFAULT_EXECUTABLE,
+        start_timeout: float = 60.0,
+    ) -> None:
+        self.commands = {c.name: c for c in service_commands(profile)}
+        if not self.commands:
+            raise ProfileError("the profile names no service to run as a process")
+        self.run_dir = run_dir
+        self.executable = tuple(executable)
+        self.start_timeout = start_timeout
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.started_pids: list[int] = []
+
+    @property
+    def pids(self) -> dict[str, int]:
+        """Pids of the processes started and not yet stopped."""
+        return {name: p.pid for name, p in self._procs.items()}
+
+    def start(self, *names: str) -> None:
+        """Start the named services (all by default) and wait until each listens."""
+        todo = list(names or self.commands)
+        unknown = [n for n in todo if n not in self.commands]
+        if unknown:
+            raise ValueError(f"unknown services {unknown}; known: {sorted(self.commands)}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        ports: dict[str, Path] = {}
+        for name in todo:
+            if name in self._procs:
+                raise ServiceProcessError(
+                    f"{name} is already running (pid {self._procs[name].pid})"
+                )
+            port_file = self.run_dir / f"{name}.port"
+            port_file.unlink(missing_ok=True)
+            ports[name] = port_file
+            argv = [*self.commands[name].argv(self.executable), "--port-file", str(port_file)]
+            with (self.run_dir / f"{name}.stderr").open("ab") as err:
+                proc = subprocess.Popen(  # noqa: S603 - our own CLI, arguments from the profile
+                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+                )
+            self._procs[name] = proc
+            self.started_pids.append(proc.pid)
+            _log.info("started %s (pid %d) on %s", name, proc.pid, self.commands[name].address)
+        deadline = time.monotonic() + self.start_timeout
+        waiting = dict(ports)
+        while waiting:
+            for name, port_file in list(waiting.items()):
+                if port_file.exists():
+                    del waiting[name]
+                    continue
+                proc = self._procs[name]
+                if proc.poll() is not None:
+                    self._procs.pop(name)
+                    raise ServiceProcessError(
+                        f"{name} exited with code {proc.returncode}: {self._stderr_tail(name)}"
+                    )
+            if waiting and time.monotonic() > deadline:
+                raise ServiceProcessError(
+                    f"{', '.join(waiting)} did not listen within {self.start_timeout:.0f} s"
+                )
+            if waiting:
+                time.sleep(0.05)
+
+    def _stderr_tail(self, name: str) -> str:
+        try:
+            text = (self.run_dir / f"{name}.stderr").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return "(no stderr)"
+        return " | ".join(text.strip().splitlines()[-5:])
+
+    def stop(self, name: str, *, kill: bool = False, grace: float = 10.0) -> int:
+        """Stop one service by pid: SIGTERM (a clean stop) or, with ``kill``, SIGKILL (a crash).
+        Returns its exit code."""
+        proc = self._procs.pop(name, None)
+        if proc is None:
+            raise ValueError(f"{name} is not running")
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                _log.warning("%s (pid %d) ignored SIGTERM; killing it", name, proc.pid)
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=grace)
+        _log.info("stopped %s (pid %d): exit %s", name, proc.pid, proc.returncode)
+        return proc.returncode
+
+    def restart(self, name: str) -> None:
+        """Stop (SIGTERM) and start one service again on the same address."""
+        self.stop(name)
+        self.start(name)
+
+    def stop_all(self) -> dict[str, int]:
+        """Stop everything still running; returns each exit code."""
+        codes = {}
+        for name in list(self._procs):
+            try:
+                codes[name] = self.stop(name)
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                _log.warning("stopping %s: %s", name, exc)
+        return codes
+
+    def __enter__(self) -> ServiceProcesses:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop_all()
