@@ -1,12 +1,15 @@
 """The end-to-end story, as a library function the CLI, the tests and the docs share.
 
 :func:`run_demo` sets up a three-hospital consortium on the embedded backend (or with Kubo
-storage), runs its DKG, enrols a patient, two clinicians and a specialist, and walks the paper's
-flows: store three FHIR records, grant "lab" with two hops, read, refer, read at the second hop,
-type isolation (imaging stays unreadable), revoke, a denied and logged request, the audit trail
-and its verification, and a tampered log entry being caught. Each step is reported to a callback
-with its timing; the outcome is a :class:`DemoResult` whose ``checks`` say whether every claim of
-the story held.
+storage), with the KGC nodes and the proxy in-process or — ``services="processes"`` — as real
+``ehrshare kgc serve`` / ``ehrshare proxy serve`` processes over gRPC and mutual TLS (then one
+KGC node is killed after the first enrolments and the proxy is restarted mid-story). It runs the
+DKG, enrols a patient, two clinicians and a specialist, and walks the paper's flows: store three
+FHIR records, grant "lab" with two hops, read, refer, read at the second hop, type isolation
+(imaging stays unreadable), revoke, a denied and logged request, the audit trail and its
+verification, and a tampered log entry being caught. Each step is reported to a callback with
+its timing; the outcome is a :class:`DemoResult` whose ``checks`` say whether every claim of the
+story held.
 
 This module must not print (the CLI renders the steps) and must not leave files behind unless
 asked to keep its directory.
@@ -15,6 +18,7 @@ asked to keep its directory.
 from __future__ import annotations
 
 import datetime as _dt
+import os
 import shutil
 import sqlite3
 import tempfile
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ehrshare.consortium import Consortium
+from ehrshare.processes import ServiceProcesses, free_loopback_ports
 from ehrshare.session import AccessDenied, Session
 
 __all__ = ["DemoResult", "DemoStep", "lab_observation", "run_demo"]
@@ -111,6 +116,7 @@ class DemoResult:
     total_ms: float = 0.0
     directory: str = ""
     storage: str = "embedded"
+    services: str = "in-process"
 
     @property
     def ok(self) -> bool:
@@ -121,7 +127,7 @@ class DemoResult:
         """The ``--json`` summary."""
         return {
             "ok": self.ok,
-            "backend": {"ledger": "embedded", "storage": self.storage},
+            "backend": {"ledger": "embedded", "storage": self.storage, "services": self.services},
             "total_ms": round(self.total_ms, 1),
             "checks": self.checks,
             "steps": [s.to_dict() for s in self.steps],
@@ -184,6 +190,14 @@ def _tamper_log_entry(ledger_dir: Path, requester: str) -> int:
     raise RuntimeError("no denied access decision to tamper with")
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def run_demo(
     directory: str | Path | None = None,
     *,
@@ -191,10 +205,12 @@ def run_demo(
     kubo_url: str = "http://127.0.0.1:5001",
     on_step: StepCallback | None = None,
     keep: bool = False,
+    services: str = "in-process",
 ) -> DemoResult:
     """Run the story in ``directory`` (a fresh temporary one by default, deleted afterwards
     unless ``keep``). Raises on an unexpected error; a claim that does not hold is a failed
-    check in the result, not an exception."""
+    check in the result, not an exception. With ``services="processes"`` every process the
+    demo started is stopped by pid before it returns (or raises)."""
     story = _Story(on_step)
     tmp = None
     if directory is None:
@@ -204,12 +220,22 @@ def run_demo(
         root = Path(directory)
     story.result.directory = str(root) if keep or tmp is None else ""
     story.result.storage = storage
+    story.result.services = services
+    processes = services == "processes"
     t_start = time.perf_counter()
     consortium: Consortium | None = None
+    procs: ServiceProcesses | None = None
     sessions: list[Session] = []
     try:
         with story.step("Three hospitals form a consortium and run the KGC's DKG") as s:
-            consortium = Consortium.init(root, storage=storage, kubo_url=kubo_url, threshold=2)
+            consortium = Consortium.init(
+                root,
+                storage=storage,
+                kubo_url=kubo_url,
+                threshold=2,
+                services=services,
+                ports=free_loopback_ports(4) if processes else None,
+            )
             dkg = consortium.dkg_result()
             s.lines.append(
                 "HospitalA, HospitalB, HospitalC: one CA, one KGC node each; embedded ledger, "
@@ -220,6 +246,14 @@ def run_demo(
                 f"mpk on chain ({dkg['mpk'][:16]}…)"
             )
         c = consortium
+        if processes:
+            with story.step("The KGC nodes and the proxy start as separate processes") as s:
+                procs = ServiceProcesses(c.profile, root / "run")
+                procs.start()
+                for name, pid in procs.pids.items():
+                    s.lines.append(
+                        f"{name}: pid {pid}, gRPC over mutual TLS on {procs.commands[name].address}"
+                    )
         with story.step("A patient, two clinicians and a specialist enrol") as s:
             people = {
                 "alice": ("HospitalA", "patient"),
@@ -229,6 +263,10 @@ def run_demo(
             }
             by_name: dict[str, Session] = {}
             for name, (hospital, role) in people.items():
+                if procs is not None and name == "dr-baker":
+                    pid = procs.pids["kgc1"]
+                    procs.stop("kgc1", kill=True)
+                    s.lines.append(f"KGC node 1 crashes (SIGKILL, pid {pid}); τ = 2 of 3 remain")
                 c.add_member(name, hospital, role)
                 sess = c.session(name)
                 sessions.append(sess)
@@ -239,6 +277,12 @@ def run_demo(
                     f"{sess.ibe_id} ({role}): key from KGC nodes "
                     f"{', '.join(map(str, enrolled.used))}; type keys published"
                 )
+                if procs is not None and name in ("dr-baker", "dr-chen"):
+                    story.check(
+                        f"enrol_{name}_without_node_1",
+                        1 in enrolled.failed and 1 not in enrolled.used,
+                        s,
+                    )
         alice, adams, baker, chen = (by_name[n] for n in people)
         with story.step("Dr Adams (hospital A) stores three FHIR records for Alice") as s:
             lab = adams.put_record(lab_observation(), patient=alice.ibe_id)
@@ -264,6 +308,16 @@ def run_demo(
             value = obs.valueQuantity.value  # type: ignore[attr-defined]
             s.lines.append(f"decrypted Observation: haemoglobin {value} g/dL")
             story.check("hop1_read_lab", float(value) == 13.2, s)
+        if procs is not None:
+            with story.step("The proxy process restarts (SIGTERM, then started again)") as s:
+                old = procs.pids["proxy"]
+                code = procs.stop("proxy")
+                procs.start("proxy")
+                s.lines.append(
+                    f"proxy pid {old} stopped (exit {code}); pid {procs.pids['proxy']} serves "
+                    "the same sealed re-keys from its state directory"
+                )
+                story.check("proxy_clean_stop", code == 0, s)
         with story.step("Dr Baker refers the case to Dr Chen (hospital C)") as s:
             fwd = baker.forward(lab, chen.ibe_id, max_hops=0)
             s.lines.append(f"forwarded grant {fwd.grant_id[:14]}… (hop {fwd.hop}, no further hops)")
@@ -309,6 +363,9 @@ def run_demo(
             story.check("audit_valid", verdict.valid, s)
         with story.step("Nothing readable on the ledger or in the store") as s:
             blobs = [p for p in (root / "ledger").iterdir() if p.is_file()]
+            # Service state and logs too: KGC shares, the proxy's re-keys, the process logs.
+            blobs += [p for d in ("kgc", "proxy", "run") for p in (root / d).rglob("*")]
+            blobs = [p for p in blobs if p.is_file()]
             if storage == "embedded":
                 blobs += [p for p in (root / "store").rglob("*") if p.is_file()]
             leaked = [str(p.name) for p in blobs if SECRET_MARKER.encode() in p.read_bytes()]
@@ -330,6 +387,12 @@ def run_demo(
         story.result.total_ms = (time.perf_counter() - t_start) * 1000.0
         for sess in sessions:
             sess.close()
+        if procs is not None:
+            started = list(procs.started_pids)
+            procs.stop_all()
+            story.result.checks["service_processes_stopped"] = not any(
+                _alive(pid) for pid in started
+            )
         if consortium is not None:
             consortium.close()
         if tmp is not None and not keep:

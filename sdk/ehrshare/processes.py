@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,7 +29,13 @@ from typing import Final
 
 from ehrshare.profile import Profile, ProfileError, ServiceConfig
 
-__all__ = ["ServiceCommand", "ServiceProcessError", "ServiceProcesses", "service_commands"]
+__all__ = [
+    "ServiceCommand",
+    "ServiceProcessError",
+    "ServiceProcesses",
+    "free_loopback_ports",
+    "service_commands",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -37,6 +44,21 @@ DEFAULT_EXECUTABLE: Final = (sys.executable, "-m", "ehrshare")
 
 class ServiceProcessError(RuntimeError):
     """A service process did not start (the message carries the tail of its stderr)."""
+
+
+def free_loopback_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago (the kernel picks
+    them; another program could still take one before the service binds it)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,6 +37,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         kubo_url: str = typer.Option(
             "http://127.0.0.1:5001", "--kubo-url", help="Kubo RPC API URL (with --storage kubo)."
         ),
+        services: str = typer.Option(
+            "in-process",
+            "--services",
+            help="KGC nodes and proxy: in-process (default) or processes (real 'ehrshare kgc "
+            "serve' / 'ehrshare proxy serve' processes on 127.0.0.1 over mutual TLS; one KGC "
+            "node is killed and the proxy restarted mid-story).",
+        ),
         keep: str = typer.Option(
             "", "--keep", help="Run in this directory and keep it (default: a temporary one)."
         ),
@@ -59,6 +66,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if storage not in ("embedded", "kubo"):
             err.print(f"[red]error:[/red] storage {storage!r} is not embedded or kubo")
             raise typer.Exit(2)
+        if services not in ("in-process", "processes"):
+            err.print(f"[red]error:[/red] services {services!r} is not in-process or processes")
+            raise typer.Exit(2)
 
         def show(step: DemoStep) -> None:
             if as_json:
@@ -75,13 +85,19 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             out.print(
                 Panel.fit(
                     "ehrshare demo — patient-controlled EHR sharing across three hospitals\n"
-                    f"ledger: embedded (same chaincode as Fabric) · storage: {storage}",
+                    f"ledger: embedded (same chaincode as Fabric) · storage: {storage} · "
+                    f"services: {services}",
                     border_style="cyan",
                 )
             )
         try:
             result = run_demo(
-                keep or None, storage=storage, kubo_url=kubo_url, on_step=show, keep=bool(keep)
+                keep or None,
+                storage=storage,
+                kubo_url=kubo_url,
+                on_step=show,
+                keep=bool(keep),
+                services=services,
             )
         except Exception as exc:
             err.print(f"[red]demo failed:[/red] {type(exc).__name__}: {exc}")
