@@ -288,6 +288,9 @@ class RequestPool:
     def __init__(self, sim: Sim) -> None:
         self.sim = sim
         self.pending: OrderedDict[int, float] = OrderedDict()
+        # Submitted and not yet answered (client commit): what keeps replicas' timers armed,
+        # like clients retransmitting to every replica in PBFT.
+        self.open: set[int] = set()
         self.submitted: dict[int, float] = {}
         self.done: set[int] = set()
         self.ids = itertools.count(1)
@@ -298,6 +301,7 @@ class RequestPool:
         for _ in range(count):
             tid = next(self.ids)
             self.pending[tid] = t
+            self.open.add(tid)
             self.submitted[tid] = t
         if self.waiters:
             waiters, self.waiters = self.waiters, []
@@ -308,6 +312,12 @@ class RequestPool:
     def take(self, limit: int) -> tuple[int, ...]:
         """The oldest uncommitted requests (not removed: removal happens at commit)."""
         return tuple(itertools.islice(self.pending.keys(), limit))
+
+    def executed(self, txs: Iterable[int]) -> None:
+        """Requests in an executed block: no longer proposable; latency still ends at the
+        client commit (`remove`)."""
+        for tx in txs:
+            self.pending.pop(tx, None)
 
     def oldest_age(self, now: float) -> float:
         """How long the oldest pending request has waited."""
@@ -322,6 +332,7 @@ class RequestPool:
             if tx not in self.done:
                 self.done.add(tx)
                 self.pending.pop(tx, None)
+                self.open.discard(tx)
                 fresh.append(tx)
         return fresh
 
@@ -464,6 +475,11 @@ class Sim:
             self.checker.record(node.id, height, digest)
             c = self.commit_count.get(height, 0) + 1
             self.commit_count[height] = c
+            if c == 1:
+                # A replica that executed a block does not propose its requests again: they are
+                # ordered; only the clients' replies are outstanding. (Before this, a primary
+                # that executed before f+1 replicas had re-proposed them in the next block.)
+                self.pool.executed(self.blocks[digest].txs)
             if c == self.commit_threshold:
                 self._client_commit(height, digest, node.t)
         for hook in self.hooks:

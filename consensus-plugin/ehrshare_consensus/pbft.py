@@ -275,7 +275,7 @@ class PbftNode(Node):
         def check() -> None:
             if gen != self.wd_gen:
                 return
-            pending = self.sim.pool.pending or any(k[1] > self.last_exec for k in self.accepted)
+            pending = self.sim.pool.open or any(k[1] > self.last_exec for k in self.accepted)
             if self.progress != mark or not pending or self.in_vc:
                 self.arm_watchdog()
             else:

@@ -832,7 +832,7 @@ class RcNode(Node):
         def check() -> None:
             if gen != self.wd_gen or self.cfg is None:
                 return
-            if self.progress != mark or not self.sim.pool.pending:
+            if self.progress != mark or not self.sim.pool.open:
                 self.arm_watchdog()
                 return
             peers = self.leaders_except_me()
