@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit venv clean bench-crypto bench-dkg tools
+.PHONY: demo test lint unit venv clean bench-crypto bench-dkg bench-consensus tools
 
 venv: $(STAMP)
 
@@ -41,6 +41,9 @@ bench-crypto: $(STAMP)
 
 bench-dkg: $(STAMP)
 	$(BIN)/ehrshare bench dkg --json
+
+bench-consensus: $(STAMP)
+	$(BIN)/ehrshare bench consensus --safety-sweep --runs 200 --json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
