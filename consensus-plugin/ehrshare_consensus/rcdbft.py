@@ -996,8 +996,8 @@ class RcNode(Node):
             nv,
             self.last_exec,
             0,
-            size=VOTE + sum(self.report_size(r) for r in chosen),
-            verifies=1 + sum(1 + r[4] for r in chosen),
+            size=VOTE + report_bytes(chosen),
+            verifies=1 + report_verifies(chosen),
             epoch=self.cfg.epoch,
             data=(tuple(chosen), tuple(sorted(self.evidence))),
         )
@@ -1253,7 +1253,8 @@ class RcNode(Node):
             digest = blk.digest
         assert self.cfg is not None
         chosen = dict(list(tvcs.items())[: self.q_top()])
-        size = self.sim.blocks[digest].size + sum(m.size for m in chosen.values())
+        reps = [r for m in chosen.values() for r in m.data[0]]
+        size = self.sim.blocks[digest].size + VOTE * (1 + len(chosen)) + report_bytes(reps)
         tnv = Msg(
             "TNV",
             self.id,
@@ -1261,7 +1262,7 @@ class RcNode(Node):
             s,
             digest,
             size=size,
-            verifies=1 + sum(m.verifies for m in chosen.values()),
+            verifies=1 + len(chosen) + report_verifies(reps),
             hash_bytes=self.sim.blocks[digest].size,
             epoch=self.cfg.epoch,
             data=chosen,
@@ -1304,6 +1305,18 @@ class RcNode(Node):
             self.future[msg.seq].append(pp)
         else:
             self.on_pp(pp)
+
+
+def report_bytes(reps: list[Report] | tuple[Report, ...]) -> int:
+    """Wire size of view-change reports: each report's own signature and fields, plus each
+    distinct prepared certificate once (reports claiming the same (view, digest) share it)."""
+    certs = {(r[1] + 1, r[3]): r[4] for r in reps if r[3] is not None}
+    return len(reps) * (VOTE + 16) + SIGNER * sum(certs.values())
+
+
+def report_verifies(reps: list[Report] | tuple[Report, ...]) -> int:
+    certs = {(r[1] + 1, r[3]): r[4] for r in reps if r[3] is not None}
+    return len(reps) + sum(certs.values())
 
 
 def build_rcdbft(
