@@ -275,7 +275,20 @@ class RcNode(Node):
         if self.cfg is None:
             return
         k = msg.kind
-        if k in ("TVI", "TVC", "TNV", "LC", "NL", "VCN", "VCR", "NVF", "RCPT", "FETCH", "BLOCKS"):
+        if k in (
+            "TVI",
+            "TVC",
+            "TNV",
+            "LC",
+            "NL",
+            "VCN",
+            "VCR",
+            "NVF",
+            "NVQ",
+            "RCPT",
+            "FETCH",
+            "BLOCKS",
+        ):
             if k in ("TVI", "TVC", "LC") and msg.seq > self.last_exec and not self.fetching:
                 self.request_fetch(msg.src)  # the sender is ahead of us: catch up first
             getattr(self, "on_" + k.lower())(msg)
@@ -334,14 +347,19 @@ class RcNode(Node):
         self.send(self.my_members(), self.pp(v, s, d, "FWD"))
         self.vote_self("PV", v, s, d)
 
-    def tell_members(self, v: int) -> None:
-        """Members vote in view v > 0 only once they have checked its new-view certificate:
-        send it to those of our members that have not had it from us (view changes and
-        membership changes only; nothing in the normal case)."""
+    def tell_members(self, v: int, to: list[int] | None = None) -> None:
+        """Members vote in view v > 0 only once they have checked its new-view certificate.
+        It is pushed to all our members with the view's first proposal; later (a member that
+        changed cluster, a joiner) it is sent only on request (NVQ): nothing in the normal case.
+        The block itself is not in it (the member gets that in FWD)."""
         proof = self.nv_proof.get(v)
         if v == 0 or proof is None:
             return
-        todo = [i for i in self.my_members() if i not in self.nv_told[v]]
+        if to is None:
+            if self.nv_ok.get(v, (-1, 0))[0] != self.last_exec + 1:
+                return
+            to = self.my_members()
+        todo = [i for i in to if i not in self.nv_told[v]]
         if todo:
             self.nv_told[v].update(todo)
             self.send(
@@ -352,12 +370,17 @@ class RcNode(Node):
                     v,
                     proof.seq,
                     proof.digest,
-                    size=proof.size,
+                    size=proof.size - self.sim.blocks[proof.digest].size,
                     verifies=proof.verifies,
                     epoch=proof.epoch,
                     data=proof,
                 ),
             )
+
+    def on_nvq(self, msg: Msg) -> None:
+        if self.is_leader() and self.cluster_of.get(msg.src) == self.myc:
+            self.nv_told[msg.view].discard(msg.src)
+            self.tell_members(msg.view, [msg.src])
 
     def vote_self(self, kind: str, v: int, s: int, d: int) -> None:
         self.ledger.signed.add((kind, self.id, v, s, d))
@@ -556,6 +579,11 @@ class RcNode(Node):
             ok = self.nv_ok.get(v)
             if ok is None:
                 self.await_nv[v].append(msg)  # vote once the new-view certificate is checked
+                if len(self.await_nv[v]) == 1 or len(self.await_nv[v]) % 8 == 0:
+                    assert self.cfg is not None
+                    self.send(
+                        [msg.src], Msg("NVQ", self.id, v, s, 0, size=VOTE, epoch=self.cfg.epoch)
+                    )
                 return
             if s < ok[0] or (s == ok[0] and d != ok[1]):
                 # The leader forwards a block the new-view certificate does not justify.
