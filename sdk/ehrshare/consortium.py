@@ -60,6 +60,7 @@ __all__ = [
     "Consortium",
     "ConsortiumError",
     "connect",
+    "profile_file",
 ]
 
 _log = logging.getLogger(__name__)
@@ -557,9 +558,13 @@ def _register_service(consortium: Consortium, wallet_name: str) -> None:
         s.register()
 
 
-def _profile_path(value: str | os.PathLike[str]) -> Path:
+def profile_file(value: str | os.PathLike[str]) -> Path:
+    """The profile file a path names: the path itself, or ``profile.yaml`` in a directory."""
     p = Path(value)
     return p / "profile.yaml" if p.is_dir() else p
+
+
+_profile_path = profile_file
 
 
 def _open_services(profile: Profile, ledger: EmbeddedLedger, clock: Clock | None) -> _Services:

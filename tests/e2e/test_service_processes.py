@@ -201,3 +201,43 @@ def test_cli_demo_with_service_processes(tmp_path: Path) -> None:
         assert summary["checks"][check] is True, check
     titles = [s["title"] for s in summary["steps"]]
     assert "The proxy process restarts (SIGTERM, then started again)" in titles
+
+
+def test_consortium_serve_starts_every_service_and_stops_them_on_sigterm(tmp_path: Path) -> None:
+    import re
+    import signal
+    import time
+
+    root = tmp_path / "c"
+    Consortium.init(root, services="processes", ports=free_loopback_ports(4)).close()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "ehrshare", "consortium", "serve", "-p", str(root)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    children: list[int] = []
+    try:
+        assert serve.stderr is not None
+        deadline = time.monotonic() + 120
+        lines = []
+        while time.monotonic() < deadline:
+            line = serve.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "serving;" in line:
+                break
+        text = "".join(lines)
+        children = [int(p) for p in re.findall(r"pid (\d+) on 127\.0\.0\.1:\d+", text)]
+        assert len(children) == 4, text
+        assert all(_alive(pid) for pid in children)
+        with Consortium.open(root) as c, c.session("proxy") as s:
+            assert len(s.proxy.public_key()) == 32  # answered over gRPC by the child process
+        os.kill(serve.pid, signal.SIGTERM)
+        assert serve.wait(timeout=60) == 0
+    finally:
+        if serve.poll() is None:
+            serve.kill()
+            serve.wait(timeout=30)
+    assert [pid for pid in children if _alive(pid)] == []

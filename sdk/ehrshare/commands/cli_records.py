@@ -1,18 +1,24 @@
-"""Member commands: ``consortium init|add-member``, ``enroll``, ``record put|get|list``,
-``grant``, ``forward``, ``revoke``, ``audit show|verify``.
+"""Member commands: ``consortium init|add-member|service-commands|serve``, ``enroll``,
+``record put|get|list``, ``grant``, ``forward``, ``revoke``, ``audit show|verify``,
+``wallet encrypt``.
 
 Every command works on a profile (``--profile``, or ``$EHRSHARE_PROFILE``, or ``./profile.yaml``)
 and, where it acts as someone, a wallet (``--wallet``: a name under the profile's wallet
-directory or a path; or ``$EHRSHARE_WALLET``). ``--json`` prints only JSON on stdout; messages
-and progress go to stderr. This module only parses, renders and maps errors to exit codes; the
-work is in :mod:`ehrshare.session` and :mod:`ehrshare.consortium`.
+directory or a path; or ``$EHRSHARE_WALLET``). An encrypted wallet is unlocked with
+``$EHRSHARE_WALLET_PASSPHRASE`` or, on a terminal, a prompt. ``--json`` prints only JSON on
+stdout; messages and progress go to stderr. This module only parses, renders and maps errors
+to exit codes; the work is in :mod:`ehrshare.session` and :mod:`ehrshare.consortium`.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
+import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -138,12 +144,25 @@ def _need_wallet(wallet: str) -> str:
     return wallet
 
 
+def _unlocked_wallet(prof: Any, wallet: str) -> Any:
+    """The wallet, with its passphrase asked for on a terminal when it is encrypted and
+    ``$EHRSHARE_WALLET_PASSPHRASE`` is not set (never echoed)."""
+    from ehrshare.profile import PASSPHRASE_ENV
+
+    w = prof.wallet(wallet)
+    if w.encrypted and not os.environ.get(PASSPHRASE_ENV) and sys.stdin.isatty():
+        w = w.with_passphrase(typer.prompt(f"passphrase of wallet {wallet}", hide_input=True))
+    return w
+
+
 @contextmanager
 def _session(profile: str, wallet: str) -> Iterator[Any]:
-    from ehrshare.consortium import connect
+    from ehrshare.consortium import connect, profile_file
+    from ehrshare.profile import Profile
 
     with _errors():
-        session = connect(_profile_path(profile), _need_wallet(wallet))
+        prof = Profile.load(profile_file(_profile_path(profile)))
+        session = connect(prof, _unlocked_wallet(prof, _need_wallet(wallet)))
         try:
             yield session
         finally:
@@ -245,7 +264,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 }
             else:
                 status["storage"] = {"backend": "embedded", "path": str(prof.storage_path)}
-            status["kgc"] = {"threshold": prof.kgc_threshold, "nodes": len(prof.kgc_nodes)}
+            status["kgc"] = {
+                "threshold": prof.kgc_threshold,
+                "nodes": len(prof.kgc_nodes),
+                "addresses": [n.service.address or "in-process" for n in prof.kgc_nodes],
+            }
+            status["proxy"] = {"address": prof.proxy.address or "in-process"}
         if as_json:
             _emit(status)
         else:
@@ -266,7 +290,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 )
                 _err.print(f"storage: {st['backend']} at {where}{state}", soft_wrap=True)
                 kgc = status["kgc"]
-                _err.print(f"kgc: {kgc['threshold']} of {kgc['nodes']} nodes (in-process)")
+                _err.print(
+                    f"kgc: {kgc['threshold']} of {kgc['nodes']} nodes "
+                    f"({', '.join(kgc['addresses'])}); proxy: {status['proxy']['address']}",
+                    soft_wrap=True,
+                )
         if not store_ok:
             raise typer.Exit(EXIT_UNAVAILABLE)
 
@@ -288,6 +316,20 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ledger: Annotated[
             str, typer.Option(help="Ledger: embedded (fabric is not available yet).")
         ] = "embedded",
+        services: Annotated[
+            str,
+            typer.Option(
+                help="KGC nodes and proxy: in-process (run by whoever connects) or processes "
+                "(gRPC over mutual TLS on 127.0.0.1; start them with 'consortium serve')."
+            ),
+        ] = "in-process",
+        ports: Annotated[
+            str,
+            typer.Option(
+                help="With --services processes: comma-separated ports, the proxy's then one "
+                "per hospital (default 7060, 7061, ...)."
+            ),
+        ] = "",
         as_json: JsonOpt = False,
     ) -> None:
         """Create a consortium directory with profile.yaml, run the DKG and put mpk on chain.
@@ -297,6 +339,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from ehrshare.consortium import Consortium
 
         names = [h.strip() for h in hospitals.split(",") if h.strip()]
+        port_list: list[int] | None = None
+        if ports:
+            try:
+                port_list = [int(p) for p in ports.split(",")]
+            except ValueError:
+                _fail(EXIT_USAGE, f"--ports {ports!r} is not a comma-separated list of numbers")
         with _errors(), _progress("creating the consortium", as_json) as say:
             c = Consortium.init(
                 directory,
@@ -305,6 +353,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 storage=storage,
                 kubo_url=kubo_url,
                 ledger=ledger,
+                services=services,
+                ports=port_list,
                 progress=say,
             )
             try:
@@ -326,6 +376,58 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         _err.print(f"[green]✓[/green] consortium created: {profile}")
         _err.print(f"  KGC: {threshold} of {len(names)} nodes; QUAL {', '.join(dkg['qual'])}")
         _err.print(f"  next: export EHRSHARE_PROFILE={profile}")
+        if services == "processes":
+            _err.print("  start the services: ehrshare consortium serve (or see service-commands)")
+
+    @consortium_app.command("service-commands", epilog=_EXIT_HELP)
+    def consortium_service_commands(profile: ProfileOpt = "", as_json: JsonOpt = False) -> None:
+        """Print the 'ehrshare kgc serve' / 'ehrshare proxy serve' command line of each service
+        the profile runs as a process (to run them by hand or from a service manager)."""
+        from ehrshare.consortium import profile_file
+        from ehrshare.processes import service_commands
+        from ehrshare.profile import Profile
+
+        with _errors():
+            prof = Profile.load(profile_file(_profile_path(profile)))
+            commands = service_commands(prof)
+        if not commands:
+            _fail(EXIT_CONFIG, "this profile runs every service in-process; nothing to start")
+        if as_json:
+            _emit(
+                [
+                    {"name": c.name, "address": c.address, "argv": c.argv(["ehrshare"])}
+                    for c in commands
+                ]
+            )
+            return
+        for c in commands:
+            typer.echo(shlex.join(c.argv(["ehrshare"])))
+
+    @consortium_app.command("serve", epilog=_EXIT_HELP)
+    def consortium_serve(profile: ProfileOpt = "") -> None:
+        """Start every KGC node and the proxy of the profile as child processes, wait until
+        they listen, and stop them all (by pid) on Ctrl-C or SIGTERM."""
+        from ehrshare.consortium import profile_file
+        from ehrshare.processes import ServiceProcessError, ServiceProcesses
+        from ehrshare.profile import Profile
+
+        with _errors():
+            path = profile_file(_profile_path(profile))
+            prof = Profile.load(path)
+            procs = ServiceProcesses(prof, path.parent / "run")
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        with procs:
+            try:
+                procs.start()
+            except ServiceProcessError as exc:
+                _fail(EXIT_UNAVAILABLE, str(exc))
+            for name, pid in procs.pids.items():
+                _err.print(f"{name}: pid {pid} on {procs.commands[name].address}")
+            _err.print("serving; Ctrl-C stops every service")
+            stop.wait()
+        _err.print("stopped")
 
     @consortium_app.command("add-member", epilog=_EXIT_HELP)
     def consortium_add_member(
@@ -349,6 +451,28 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             _emit({"ibe_id": identity.ibe_id, "wallet": str(wallet.directory), "role": role})
             return
         _err.print(f"[green]✓[/green] {identity.ibe_id} ({role}) → wallet {wallet.directory}")
+
+    wallet_app = typer.Typer(help="Wallet keys at rest.", no_args_is_help=True)
+    app.add_typer(wallet_app, name="wallet")
+
+    @wallet_app.command("encrypt", epilog=_EXIT_HELP)
+    def wallet_encrypt(profile: ProfileOpt = "", wallet: WalletOpt = "") -> None:
+        """Encrypt a wallet's key.pem and ibe.key under a passphrase (scrypt, AES-256-GCM).
+
+        The passphrase comes from $EHRSHARE_WALLET_PASSPHRASE or is asked for twice."""
+        from ehrshare.consortium import profile_file
+        from ehrshare.profile import PASSPHRASE_ENV, Profile
+
+        with _errors():
+            prof = Profile.load(profile_file(_profile_path(profile)))
+            w = prof.wallet(_need_wallet(wallet))
+            if w.encrypted:
+                _fail(EXIT_CONFIG, f"wallet {w.directory} is already encrypted")
+            passphrase = os.environ.get(PASSPHRASE_ENV) or typer.prompt(
+                "new passphrase", hide_input=True, confirmation_prompt=True
+            )
+            type(w)(w.directory, use_env=False).encrypt(passphrase)
+        _err.print(f"[green]✓[/green] wallet {w.directory} encrypted")
 
     # --- enrol --------------------------------------------------------------------------------
 

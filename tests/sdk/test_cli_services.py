@@ -1,0 +1,75 @@
+"""CLI: a consortium whose services are processes (init, service-commands) and wallet encrypt."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from ehrshare.cli import app
+from ehrshare.processes import free_loopback_ports
+from ehrshare.profile import PASSPHRASE_ENV, Wallet
+
+runner = CliRunner()
+
+
+def invoke(*args: str, code: int = 0, env: dict[str, str] | None = None) -> str:
+    result = runner.invoke(app, list(args), env=env)
+    assert result.exit_code == code, f"{args}: exit {result.exit_code}\n{result.output}"
+    return result.output
+
+
+def test_init_with_processes_then_service_commands(tmp_path: Path) -> None:
+    ports = free_loopback_ports(4)
+    directory = tmp_path / "c"
+    out = invoke(
+        "consortium", "init", str(directory), "--services", "processes",
+        "--ports", ",".join(map(str, ports)), "--json",
+    )  # fmt: skip
+    assert json.loads(out)["threshold"] == 2
+    listed = json.loads(invoke("consortium", "service-commands", "-p", str(directory), "--json"))
+    assert [c["name"] for c in listed] == ["kgc1", "kgc2", "kgc3", "proxy"]
+    assert [c["address"] for c in listed] == [f"127.0.0.1:{p}" for p in ports[1:] + ports[:1]]
+    text = invoke("consortium", "service-commands", "-p", str(directory))
+    lines = text.strip().splitlines()
+    assert shlex.split(lines[3])[:3] == ["ehrshare", "proxy", "serve"]
+
+
+def test_service_commands_refuse_an_in_process_profile(tmp_path: Path) -> None:
+    invoke("consortium", "init", str(tmp_path / "c"), "--json")
+    out = invoke("consortium", "service-commands", "-p", str(tmp_path / "c"), code=3)
+    assert "every service in-process" in out
+
+
+def test_bad_ports_are_usage_errors(tmp_path: Path) -> None:
+    out = invoke("consortium", "init", str(tmp_path / "c"), "--services", "processes",
+                 "--ports", "70a0", code=2)  # fmt: skip
+    assert "--ports '70a0' is not a comma-separated list" in out
+
+
+def test_wallet_encrypt_then_commands_need_the_passphrase(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    directory = str(tmp_path / "c")
+    invoke("consortium", "init", directory, "--json")
+    invoke("consortium", "add-member", "bob", "--hospital", "HospitalA", "--role", "patient",
+           "-p", directory)  # fmt: skip
+    invoke("wallet", "encrypt", "-p", directory, "-w", "bob", env={PASSPHRASE_ENV: "pw-1"})
+    assert Wallet(tmp_path / "c" / "wallets" / "bob", use_env=False).encrypted
+    out = invoke("wallet", "encrypt", "-p", directory, "-w", "bob", code=3)
+    assert "already encrypted" in out
+    # No passphrase and no terminal: a clear configuration error, nothing acted on.
+    out = invoke("enroll", "-p", directory, "-w", "bob", code=3)
+    assert f"is encrypted: set {PASSPHRASE_ENV}" in out
+    out = invoke("enroll", "-p", directory, "-w", "bob", code=3, env={PASSPHRASE_ENV: "nope"})
+    assert "wrong wallet passphrase" in out
+    invoke("enroll", "-p", directory, "-w", "bob", "--json", env={PASSPHRASE_ENV: "pw-1"})
+    assert (
+        (tmp_path / "c" / "wallets" / "bob" / "ibe.key")
+        .read_bytes()
+        .startswith(b"ehrshare-wallet-v1")
+    )
