@@ -344,6 +344,29 @@ def test_identical_repost_is_not_equivocation(keys16: list[KGCNodeKey]) -> None:
     assert all(not n.evidence for n in nodes)
 
 
+def test_same_bundle_signed_twice_is_not_equivocation(keys16: list[KGCNodeKey]) -> None:
+    # ECDSA signatures are randomised: a node that re-signs its unchanged response (a retry)
+    # posts different bytes with the same content, which must not disqualify it.
+    keys = keys16[:4]
+    nodes = make_nodes(keys)
+    config = nodes[0].config
+
+    def resign(board: Board) -> None:
+        raw = board.read(config.nonce, BundleKind.RESPONSE)[1]
+        first = ResponseBundle.from_bytes(raw)
+        again = ResponseBundle.create(
+            keys[1], nonce=config.nonce, responder=2, statuses=first.statuses
+        )
+        assert again.to_bytes() != raw  # a fresh signature, same body
+        board.post(config.nonce, BundleKind.RESPONSE, again.to_bytes())
+        with pytest.raises(VerificationError, match="same bundle twice"):
+            EquivocationEvidence(BundleKind.RESPONSE, 2, raw, again.to_bytes()).verify(config)
+
+    run = run_dkg(nodes, InMemoryBoard(), on_phase_end=at(BundleKind.RESPONSE, resign))
+    assert run.only_result().qual == (1, 2, 3, 4)
+    assert all(not n.evidence and not n.disqualified for n in nodes)
+
+
 def test_replayed_bundles_from_an_old_session_are_rejected(keys16: list[KGCNodeKey]) -> None:
     keys = keys16[:4]
     old_nodes = make_nodes(keys)

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from ehrshare.hazmat.dkg import (
     NONCE_SIZE,
@@ -158,28 +158,24 @@ def run_dkg(
             board.post(session, BundleKind.DEAL, deal.to_bytes())
     end_phase(BundleKind.DEAL)
 
-    deals = board.read(session, BundleKind.DEAL)
-    for index, node in list(live.items()):
-        try:
-            response = node.process_deals(deals)
-        except DKGError as exc:
-            run.failures[index] = exc
-            del live[index]
-            continue
-        if posts(BundleKind.RESPONSE, index):
-            board.post(session, BundleKind.RESPONSE, response.to_bytes())
-    end_phase(BundleKind.RESPONSE)
+    def step(
+        read: BundleKind, post: BundleKind, call: Callable[[DKGNode, list[bytes]], Any]
+    ) -> None:
+        """Every live node reads one phase and posts its answer (if any) to the next."""
+        bundles = board.read(session, read)
+        for index, node in list(live.items()):
+            try:
+                answer = call(node, bundles)
+            except DKGError as exc:
+                run.failures[index] = exc
+                del live[index]
+                continue
+            if answer is not None and posts(post, index):
+                board.post(session, post, answer.to_bytes())
 
-    responses = board.read(session, BundleKind.RESPONSE)
-    for index, node in list(live.items()):
-        try:
-            justification = node.process_responses(responses)
-        except DKGError as exc:
-            run.failures[index] = exc
-            del live[index]
-            continue
-        if justification is not None and posts(BundleKind.JUSTIFICATION, index):
-            board.post(session, BundleKind.JUSTIFICATION, justification.to_bytes())
+    step(BundleKind.DEAL, BundleKind.RESPONSE, DKGNode.process_deals)
+    end_phase(BundleKind.RESPONSE)
+    step(BundleKind.RESPONSE, BundleKind.JUSTIFICATION, DKGNode.process_responses)
 
     if any(n.phase is Phase.AWAITING_JUSTIFICATIONS for n in live.values()):
         run.needed_justifications = True

@@ -32,13 +32,14 @@ secret values, and never puts secret bytes into an exception. Driving it over a 
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import logging
 import os
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final, Self, TypeVar
 
 from ehrshare.hazmat.errors import DecryptionError, EncodingError, VerificationError
 from ehrshare.hazmat.kgc_keys import (
@@ -434,6 +435,38 @@ def _signed_message(body: bytes) -> bytes:
     return _SIGN_DST + struct.pack(">I", len(body)) + body
 
 
+class _SignedBundle:
+    """What the three bundle kinds share: body ‖ signature encoding, signing, common checks.
+
+    Subclasses are frozen dataclasses with ``nonce``, ``signature``, a ``sender`` property,
+    a ``kind`` and a ``_body()``.
+    """
+
+    __slots__ = ()
+    kind: BundleKind
+    nonce: bytes
+    signature: bytes
+
+    @property
+    def sender(self) -> int:
+        raise NotImplementedError
+
+    def _body(self) -> bytes:
+        raise NotImplementedError
+
+    def _signed_by(self, key: KGCNodeKey) -> Self:
+        """A copy of this (unsigned) bundle carrying ``key``'s signature over its body."""
+        signature = key.sign(_signed_message(self._body()))
+        return dataclasses.replace(self, signature=signature)  # type: ignore[type-var]
+
+    def to_bytes(self) -> bytes:
+        """Canonical encoding (what goes on the board)."""
+        return self._body() + self.signature
+
+    def _verify_signature(self, config: DKGConfig) -> None:
+        _verify_common(self.kind, self.nonce, self.sender, self._body(), self.signature, config)
+
+
 def _verify_common(
     kind: BundleKind, nonce: bytes, sender: int, body: bytes, signature: bytes, config: DKGConfig
 ) -> None:
@@ -489,7 +522,7 @@ def open_share(
 
 
 @dataclass(frozen=True, slots=True)
-class DealBundle:
+class DealBundle(_SignedBundle):
     """Dealer i's commitments and its n sealed shares (``sealed_shares[j-1]`` is for node j).
 
     Encoding: ``version || kind=1 || nonce(32) || dealer(u16) || n(u16) || τ(u16) ||
@@ -515,14 +548,7 @@ class DealBundle:
         sealed_shares: Sequence[bytes],
     ) -> DealBundle:
         """Build and sign a deal bundle (what :meth:`DKGNode.deals` posts)."""
-        unsigned = cls(nonce, dealer, tuple(commitments), tuple(sealed_shares), b"")
-        return cls(
-            nonce,
-            dealer,
-            tuple(commitments),
-            tuple(sealed_shares),
-            key.sign(_signed_message(unsigned._body())),
-        )
+        return cls(nonce, dealer, tuple(commitments), tuple(sealed_shares), b"")._signed_by(key)
 
     @property
     def sender(self) -> int:
@@ -536,10 +562,6 @@ class DealBundle:
             + b"".join(c.to_bytes() for c in self.commitments)
             + b"".join(self.sealed_shares)
         )
-
-    def to_bytes(self) -> bytes:
-        """Canonical encoding (what goes on the board)."""
-        return self._body() + self.signature
 
     @classmethod
     def from_bytes(cls, data: bytes) -> DealBundle:
@@ -572,11 +594,11 @@ class DealBundle:
                 f"deal bundle from node {self.dealer} has n={len(self.sealed_shares)}, "
                 f"τ={len(self.commitments)}; session has n={config.n}, τ={config.threshold}"
             )
-        _verify_common(self.kind, self.nonce, self.dealer, self._body(), self.signature, config)
+        self._verify_signature(config)
 
 
 @dataclass(frozen=True, slots=True)
-class ResponseBundle:
+class ResponseBundle(_SignedBundle):
     """Responder j's verdict on every dealer (``statuses[i-1]`` is about dealer i).
 
     Encoding: ``version || kind=2 || nonce(32) || responder(u16) || n(u16) || n status bytes ||
@@ -595,8 +617,7 @@ class ResponseBundle:
         cls, key: KGCNodeKey, *, nonce: bytes, responder: int, statuses: Sequence[DealStatus]
     ) -> ResponseBundle:
         """Build and sign a response bundle."""
-        unsigned = cls(nonce, responder, tuple(statuses), b"")
-        return cls(nonce, responder, tuple(statuses), key.sign(_signed_message(unsigned._body())))
+        return cls(nonce, responder, tuple(statuses), b"")._signed_by(key)
 
     @property
     def sender(self) -> int:
@@ -609,10 +630,6 @@ class ResponseBundle:
             + struct.pack(">H", len(self.statuses))
             + bytes(int(s) for s in self.statuses)
         )
-
-    def to_bytes(self) -> bytes:
-        """Canonical encoding."""
-        return self._body() + self.signature
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ResponseBundle:
@@ -643,11 +660,11 @@ class ResponseBundle:
                 f"response bundle from node {self.responder} covers {len(self.statuses)} "
                 f"dealers; session has n={config.n}"
             )
-        _verify_common(self.kind, self.nonce, self.responder, self._body(), self.signature, config)
+        self._verify_signature(config)
 
 
 @dataclass(frozen=True, slots=True)
-class JustificationBundle:
+class JustificationBundle(_SignedBundle):
     """Dealer i's revealed shares ``(recipient, f_i(recipient))`` for each complaint against it.
 
     Encoding: ``version || kind=3 || nonce(32) || dealer(u16) || count(u16) ||
@@ -672,8 +689,7 @@ class JustificationBundle:
     ) -> JustificationBundle:
         """Build and sign a justification bundle (recipients sorted here)."""
         ordered = tuple(sorted(revealed, key=lambda entry: entry[0]))
-        unsigned = cls(nonce, dealer, ordered, b"")
-        return cls(nonce, dealer, ordered, key.sign(_signed_message(unsigned._body())))
+        return cls(nonce, dealer, ordered, b"")._signed_by(key)
 
     @property
     def sender(self) -> int:
@@ -686,10 +702,6 @@ class JustificationBundle:
             + struct.pack(">H", len(self.revealed))
             + b"".join(struct.pack(">H", j) + s.to_bytes() for j, s in self.revealed)
         )
-
-    def to_bytes(self) -> bytes:
-        """Canonical encoding."""
-        return self._body() + self.signature
 
     @classmethod
     def from_bytes(cls, data: bytes) -> JustificationBundle:
@@ -726,7 +738,7 @@ class JustificationBundle:
                     f"justification from node {self.dealer} names recipient {recipient}; "
                     f"session has n={config.n}"
                 )
-        _verify_common(self.kind, self.nonce, self.dealer, self._body(), self.signature, config)
+        self._verify_signature(config)
 
 
 Bundle = DealBundle | ResponseBundle | JustificationBundle
@@ -765,9 +777,10 @@ class EquivocationEvidence:
 
     def verify(self, config: DKGConfig) -> None:
         """Raise if this is not a valid proof of equivocation in ``config``'s session."""
-        if self.first == self.second:
-            raise VerificationError("equivocation evidence holds the same bundle twice")
         a, b = parse_bundle(self.first), parse_bundle(self.second)
+        # ECDSA signatures are randomised: one body signed twice is not equivocation.
+        if a._body() == b._body():
+            raise VerificationError("equivocation evidence holds the same bundle twice")
         for bundle in (a, b):
             if bundle.kind != self.kind or bundle.sender != self.sender:
                 raise VerificationError(
@@ -888,7 +901,6 @@ class DKGNode:
     ) -> dict[int, _B]:
         """Parse, verify and de-duplicate one phase's bundles; at most one per sender."""
         by_sender: dict[int, _B] = {}
-        encodings: dict[int, bytes] = {}
         equivocators: set[int] = set()
         for item in bundles:
             sender: int | None = None
@@ -902,14 +914,16 @@ class DKGNode:
                 _log.info("dkg node %d: rejected %s bundle: %s", self.index, kind.name, exc)
                 self.rejected.append(Rejection(kind, sender, exc))
                 continue
-            encoded = bundle.to_bytes()
-            seen = encodings.get(bundle.sender)
-            if seen is None:
-                encodings[bundle.sender] = encoded
+            # Compare bodies, not encodings: ECDSA signatures are randomised, so a node that
+            # signs the same bundle twice (a retry) posts different bytes without equivocating.
+            first = by_sender.get(bundle.sender)
+            if first is None:
                 by_sender[bundle.sender] = bundle
-            elif seen != encoded and bundle.sender not in equivocators:
+            elif first._body() != bundle._body() and bundle.sender not in equivocators:
                 equivocators.add(bundle.sender)
-                self.evidence.append(EquivocationEvidence(kind, bundle.sender, seen, encoded))
+                self.evidence.append(
+                    EquivocationEvidence(kind, bundle.sender, first.to_bytes(), bundle.to_bytes())
+                )
         for sender in equivocators:
             del by_sender[sender]
             self._cheaters.add(sender)
