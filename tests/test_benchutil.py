@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from rich.table import Table
 
-from ehrshare.benchutil import machine_metadata, percentile, summarize
+from ehrshare.benchutil import machine_metadata, percentile, print_result, summarize
 
 
 def test_percentile_interpolates() -> None:
@@ -32,3 +35,23 @@ def test_machine_metadata_names_the_machine() -> None:
     meta = machine_metadata()
     for key in ("cpu", "cpu_count", "python", "timestamp", "platform"):
         assert meta[key]
+
+
+def test_print_result_json_only_prints_nothing_but_the_json(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    table = Table(title="should-not-appear")
+    print_result({"benchmark": "x", "value": 1.5}, json_only=True, tables=[table])
+    out = capsys.readouterr().out
+    assert json.loads(out) == {"benchmark": "x", "value": 1.5}
+    assert "should-not-appear" not in out
+
+
+def test_print_result_shows_tables_before_the_json(capsys: pytest.CaptureFixture[str]) -> None:
+    table = Table()
+    table.add_column("operation")
+    table.add_row("encrypt-row")
+    print_result({"benchmark": "x"}, json_only=False, tables=[table, "a verdict line"])
+    out = capsys.readouterr().out
+    assert out.index("encrypt-row") < out.index("a verdict line") < out.index('"benchmark"')
+    assert json.loads(out[out.index("{") :]) == {"benchmark": "x"}

@@ -1,4 +1,4 @@
-"""Shared helpers for benchmark commands: timing, percentiles, machine metadata.
+"""Shared helpers for benchmark commands: timing, percentiles, machine metadata, output.
 
 Benchmarks report medians and percentiles of repeated runs after a warm-up,
 and every JSON result carries the machine it was measured on, so ratios are
@@ -8,16 +8,26 @@ only ever compared within one run on one machine.
 from __future__ import annotations
 
 import datetime as _dt
+import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["machine_metadata", "percentile", "summarize", "time_calls"]
+from rich.console import Console, RenderableType
+
+__all__ = [
+    "machine_metadata",
+    "percentile",
+    "print_result",
+    "progress_console",
+    "summarize",
+    "time_calls",
+]
 
 
 def percentile(samples: Sequence[float], q: float) -> float:
@@ -104,3 +114,26 @@ def machine_metadata() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "git_commit": _git_commit(),
     }
+
+
+def progress_console(json_only: bool) -> Console:
+    """Where a benchmark command reports progress: stderr, silent under ``--json``."""
+    return Console(stderr=True, quiet=json_only)
+
+
+def print_result(
+    result: Mapping[str, Any], *, json_only: bool, tables: Iterable[RenderableType] = ()
+) -> None:
+    """Print a benchmark's result the way every ``ehrshare bench`` command does.
+
+    With ``--json`` only the JSON goes to stdout (so it can be piped); otherwise the rich
+    ``tables`` (anything rich can print) come first, then the same JSON, highlighted.
+    """
+    text = json.dumps(result, indent=2)
+    if json_only:
+        sys.stdout.write(text + "\n")
+        return
+    out = Console()
+    for table in tables:
+        out.print(table)
+    out.print_json(text)

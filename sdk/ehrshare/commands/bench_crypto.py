@@ -5,14 +5,13 @@ This module only parses options and prints; the measuring is in :mod:`ehrshare.b
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ehrshare.bench.crypto import run_crypto_bench
+from ehrshare.benchutil import print_result, progress_console
 
 __all__ = ["register"]
 
@@ -63,7 +62,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ),
     ) -> None:
         """Time pairing, MH-TIPRE operations, multi-hop decryption, extraction, AES-GCM."""
-        console = Console(stderr=True, quiet=json_only)
+        console = progress_console(json_only)
         result = run_crypto_bench(
             repeat=repeat,
             warmup=warmup,
@@ -71,10 +70,4 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             openssl_seconds=openssl_seconds,
             progress=lambda msg: console.log(f"bench crypto: {msg}"),
         )
-        if json_only:
-            typer.echo(json.dumps(result, indent=2))
-            return
-        out = Console()
-        for table in _tables(result):
-            out.print(table)
-        out.print_json(json.dumps(result))
+        print_result(result, json_only=json_only, tables=() if json_only else _tables(result))

@@ -8,7 +8,6 @@ must not change protocol behaviour.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -17,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ehrshare.benchutil import machine_metadata, summarize
+from ehrshare.benchutil import machine_metadata, print_result, progress_console, summarize
 from ehrshare.hazmat.board import InMemoryBoard, run_dkg
 from ehrshare.hazmat.dkg import (
     DealBundle,
@@ -183,7 +182,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     ) -> None:
         """Time a full Joint-Feldman DKG and threshold extraction (median/p95, ms)."""
         ns = _parse_sizes(sizes)
-        console = Console(stderr=True, quiet=json_only)
+        console = progress_console(json_only)
         dkg_rows: list[dict[str, Any]] = []
         extraction_rows: list[dict[str, Any]] = []
         for n in ns:
@@ -202,26 +201,22 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "extraction": extraction_rows,
             "ratio_total_16_over_4": _ratio(dkg_rows, 16, 4),
         }
-        if not json_only:
-            out = Console()
-            out.print(
-                _table(
-                    dkg_rows,
-                    "DKG (median / p95 ms)",
-                    [("all nodes", "total_ms"), ("slowest node", "slowest_node_ms")],
-                )
-            )
-            out.print(
-                _table(
-                    extraction_rows,
-                    "Extraction (median / p95 ms)",
-                    [
-                        ("node: d_j", "node_extract_ms"),
-                        ("user: verify+combine", "user_open_verify_combine_ms"),
-                    ],
-                )
-            )
-        typer.echo(json.dumps(result, indent=2))
+        tables = [
+            _table(
+                dkg_rows,
+                "DKG (median / p95 ms)",
+                [("all nodes", "total_ms"), ("slowest node", "slowest_node_ms")],
+            ),
+            _table(
+                extraction_rows,
+                "Extraction (median / p95 ms)",
+                [
+                    ("node: d_j", "node_extract_ms"),
+                    ("user: verify+combine", "user_open_verify_combine_ms"),
+                ],
+            ),
+        ]
+        print_result(result, json_only=json_only, tables=tables)
 
 
 def _ratio(rows: list[dict[str, Any]], big: int, small: int) -> float | None:

@@ -16,7 +16,6 @@ import json
 import logging
 import random
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -27,7 +26,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ehrshare.benchutil import machine_metadata, summarize
+from ehrshare.benchutil import machine_metadata, print_result, summarize
 from ehrshare.ledger.sandbox import Member, Sandbox
 
 __all__ = ["register", "run_ledger_benchmark"]
@@ -293,9 +292,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 directory=Path(directory) if directory else None,
                 progress=lambda msg: status.update(msg),
             )
-        text = json.dumps(result, indent=2)
         if json_only:
-            sys.stdout.write(text + "\n")
+            print_result(result, json_only=True)
             return
         table = Table(title="embedded ledger (one client, one tx per block)")
         for col in ("records", "operation", "tx/s", "p50 ms", "p95 ms", "p99 ms"):
@@ -310,12 +308,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     f"{s['p95_ms']:.2f}",
                     f"{s['p99_ms']:.2f}",
                 )
-        out = Console()
-        out.print(table)
         t = result["target"]
-        out.print(
+        verdict = (
             f"RequestAccess p95 {t['measured_p95_ms']:.2f} ms at {t['measured_at_records']:,} "
             f"records (target < {t['p95_ms_max']} ms at {t['defined_at_records']:,}): "
             + ("met" if t["met"] else "NOT met")
         )
-        out.print_json(text)
+        print_result(result, json_only=False, tables=[table, verdict])
