@@ -828,7 +828,7 @@ class EHRContract:
         }
         ctx.put_json(access, K_ACCESS, access_id)
         if decision == "allow":
-            ctx.put_json(access, K_APPROVAL, record_id, caller.ibe_id, grant_id)
+            ctx.put_json(access, K_APPROVAL, access_id)
         ctx.log(
             owner,
             "RequestAccess",
@@ -846,21 +846,20 @@ class EHRContract:
         )
         return access
 
-    def CheckApproval(self, ctx: TxContext, record_id: str, requester: str, grant_id: str) -> Any:
-        """For the proxy: the committed approval for (record, requester, re-key = grant id).
+    def CheckApproval(self, ctx: TxContext, access_id: str) -> Any:
+        """For the proxy: the committed approval ``access_id`` (what RequestAccess returned).
 
-        The approval must still stand now: a grant revoked or expired since then fails.
+        Approvals are keyed by access id, so concurrent requests of one record by one member
+        each get their own. The approval must still stand now: a grant revoked or expired since
+        then fails. The proxy compares record, requester, grant and capsule hash itself and
+        enforces single use.
         """
-        caller = ctx.registered(PROXY, AUDITOR)
-        del caller
-        _check_id(record_id, "record id")
-        _check_ibe(requester, "requester")
-        access = ctx.get_json(K_APPROVAL, record_id, requester, grant_id)
+        ctx.registered(PROXY, AUDITOR)
+        _check_id(access_id, "access id")
+        access = ctx.get_json(K_APPROVAL, access_id)
         if access is None:
-            raise ChaincodeError(
-                f"no committed approval for record {record_id}, requester {requester} "
-                f"and grant {grant_id}"
-            )
+            raise ChaincodeError(f"access {access_id} has no committed approval")
+        grant_id = str(access["grant_id"])
         if grant_id != "owner":
             problem = self._grant_problem(ctx, self._grant(ctx, grant_id))
             if problem is not None:

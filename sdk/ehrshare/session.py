@@ -28,7 +28,6 @@ import json
 import logging
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -352,8 +351,6 @@ class Session:
         )
         self._dkg: tuple[tipre.MasterPublicKey, PublicPolynomial] | None = None
         self._sk_checked = False
-        self._locks_guard = threading.Lock()
-        self._read_locks: dict[str, threading.Lock] = {}
 
     def __repr__(self) -> str:
         return f"Session(ibe_id={self.ibe_id!r}, enrolled={self._sk is not None})"
@@ -603,16 +600,8 @@ class Session:
         """
         del timeout  # reserved for the gRPC proxy client
         record_id = ref.record_id if isinstance(ref, RecordRef) else ref
-        # The chaincode keeps one current approval per (record, requester, grant): a second
-        # concurrent request of the same record by the same member would supersede the first
-        # before the proxy saw it. Reads of one record are serialised per session; reads of
-        # different records still run in parallel.
-        with self._locks_guard:
-            lock = self._read_locks.setdefault(record_id, threading.Lock())
-        with lock:
-            return self._read_record(record_id)
-
-    def _read_record(self, record_id: str) -> FHIRAbstractModel:
+        # No per-record serialisation: each RequestAccess commits its own approval, keyed by
+        # its access id, so concurrent reads of one record do not supersede each other.
         sk = self._secret_key()
         access = self._submit("RequestAccess", record_id)
         if access["decision"] != "allow":

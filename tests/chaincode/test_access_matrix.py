@@ -163,7 +163,7 @@ CASES = [
     Case("RequestAccess", lambda w: ("r-1",), REGISTERED, lambda w, n, r: ""),
     Case(
         "CheckApproval",
-        lambda w: ("r-1", "Org1MSP/dave", w.grants["grantee"]),
+        lambda w: (w.access_id,),
         frozenset({"proxy", "auditor"}),
         _role_needed("proxy", "auditor"),
     ),

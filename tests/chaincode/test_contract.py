@@ -257,15 +257,21 @@ def test_check_approval_needs_a_committed_allow_that_still_stands(fresh_world: W
         w.m["other_hospital_clinician"],
     )
     g = w.grants["grantee"]
-    approval = proxy.evaluate("CheckApproval", "r-1", dave.ibe_id, g)
+    approval = proxy.evaluate("CheckApproval", w.access_id)
     assert approval["access_id"] == w.access_id and approval["decision"] == "allow"
+    assert (approval["record_id"], approval["requester"], approval["grant_id"]) == (
+        "r-1",
+        dave.ibe_id,
+        g,
+    )
     # The proxy can tell the approved record's capsule from any other.
     assert approval["capsule_sha256"] == hashlib.sha256(base64.b64decode(CAPSULE)).hexdigest()
     assert approval["record_version"] == 1
     # A denied request creates no approval.
-    zed.submit("RequestAccess", "r-1")
-    assert _error(proxy, "CheckApproval", "r-1", zed.ibe_id, g) == (
-        f"no committed approval for record r-1, requester {zed.ibe_id} and grant {g}"
+    denied = zed.submit("RequestAccess", "r-1")["access_id"]
+    assert _error(proxy, "CheckApproval", denied) == (f"access {denied} has no committed approval")
+    assert _error(proxy, "CheckApproval", "a/b") == (
+        "access id 'a/b' is invalid: use 1-64 letters, digits, '.', '_' or '-'"
     )
     entry = proxy.submit("ReportReencryption", w.access_id, "ok")
     assert (entry["action"], entry["outcome"], entry["record_id"]) == (
@@ -274,12 +280,23 @@ def test_check_approval_needs_a_committed_allow_that_still_stands(fresh_world: W
         "r-1",
     )
     alice.submit("RevokeAccess", g)
-    assert _error(proxy, "CheckApproval", "r-1", dave.ibe_id, g) == f"grant {g} is revoked"
-    denied = zed.submit("RequestAccess", "r-1")["access_id"]
+    assert _error(proxy, "CheckApproval", w.access_id) == f"grant {g} is revoked"
     assert _error(proxy, "ReportReencryption", denied, "ok") == f"access {denied} was denied"
     assert _error(proxy, "ReportReencryption", w.access_id, "maybe") == (
         "outcome 'maybe' is not ok or failed"
     )
+
+
+def test_concurrent_requests_of_one_record_keep_their_own_approvals(fresh_world: World) -> None:
+    w = fresh_world
+    proxy, dave = w.m["proxy"], w.m["grantee"]
+    first = dave.submit("RequestAccess", "r-1")["access_id"]
+    second = dave.submit("RequestAccess", "r-1")["access_id"]
+    assert len({first, second, w.access_id}) == 3
+    # A later request of the same record by the same member supersedes no earlier approval.
+    for access_id in (w.access_id, first, second):
+        approval = proxy.evaluate("CheckApproval", access_id)
+        assert (approval["access_id"], approval["requester"]) == (access_id, dave.ibe_id)
 
 
 # --- identities and type keys ----------------------------------------------------------------
@@ -400,7 +417,7 @@ def test_simulation_is_deterministic(world: World) -> None:
         chaincode="ehrshare",
         function="RequestAccess",
         args=(b"r-1",),
-        timestamp_ns=(T0 + 5000) * 10**9,
+        timestamp_ns=world.clock(),  # within the ledger's clock-skew limit
     )
     signed = sign_proposal(proposal, dave.signer)
     a = world.sandbox.ledger.endorse(signed)

@@ -6,7 +6,8 @@ on chain (GetGrant: the grantor, grantee and type the re-key must carry), and st
 at rest in an SQLite database in its state directory (see :mod:`ehrshare.services.vault`).
 
 It re-encrypts a record's capsule only after the chaincode confirms a **committed** access
-approval for exactly that record, requester and grant (CheckApproval), and only once per approval:
+approval (CheckApproval by access id) for exactly that record, requester and grant, and only once
+per approval:
 the approval id is written to the database (a committed SQLite transaction, ``synchronous=FULL``)
 *before* the capsule leaves, so a restart at any point never releases a capsule twice without a
 new approval — at worst the requester must request access again. Each re-encryption is reported
@@ -28,13 +29,14 @@ approval is recorded as consumed; store a re-key unsealed.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -158,7 +160,10 @@ class ReencryptionProxy:
         self.name = name
         self._contract = contract
         self._key = key
+        # _lock guards the shared SQLite connection only (short, no chain calls under it);
+        # re-encryptions hold a per-approval lock instead.
         self._lock = threading.RLock()
+        self._approval_locks = _KeyedLocks()
         self._db = sqlite3.connect(
             self.state_dir / _DB_NAME, isolation_level=None, check_same_thread=False, timeout=30
         )
@@ -303,7 +308,12 @@ class ReencryptionProxy:
         be that same capsule.
         Returns the capsule with every hop of the grant chain applied.
         """
-        with self._lock:
+        # One lock per approval, not one for the proxy: chain calls for different approvals run
+        # in parallel, while two calls quoting the same approval are serialised so the second
+        # sees the first one's consumed row. The PRIMARY KEY insert below is what makes single
+        # use airtight (also across processes sharing the state directory); the lock only
+        # spares the loser the chain round trips.
+        with self._approval_locks.hold(approval_id):
             if self._is_consumed(approval_id):
                 raise ApprovalConsumed(
                     f"approval {approval_id} was already used; request access again"
@@ -321,10 +331,11 @@ class ReencryptionProxy:
                 current = reencrypt(current, rekey)
             out = current.to_bytes()
             try:
-                self._db.execute(
-                    "INSERT INTO consumed VALUES (?, ?, ?, ?, ?)",
-                    (approval_id, record_id, requester, chosen, time.time()),
-                )
+                with self._lock:
+                    self._db.execute(
+                        "INSERT INTO consumed VALUES (?, ?, ?, ?, ?)",
+                        (approval_id, record_id, requester, chosen, time.time()),
+                    )
             except sqlite3.IntegrityError:
                 raise ApprovalConsumed(
                     f"approval {approval_id} was already used; request access again"
@@ -356,50 +367,51 @@ class ReencryptionProxy:
         return out
 
     def _is_consumed(self, approval_id: str) -> bool:
-        row = self._db.execute("SELECT 1 FROM consumed WHERE approval_id = ?", (approval_id,))
-        return row.fetchone() is not None
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM consumed WHERE approval_id = ?", (approval_id,)
+            ).fetchone()
+        return row is not None
 
     def _find_approval(
         self, record_id: str, requester: str, approval_id: str, grant_id: str | None
     ) -> dict[str, Any]:
-        if grant_id is not None:
-            candidates = [grant_id]
-        else:
-            rows = self._db.execute(
-                "SELECT grant_id FROM rekeys WHERE grantee = ? ORDER BY grant_id", (requester,)
-            ).fetchall()
-            candidates = [str(r[0]) for r in rows]
-        if not candidates:
-            raise NoReKey(f"this proxy holds no re-key for a grant to {requester}")
-        reasons: list[str] = []
-        for gid in candidates:
-            try:
-                raw = self._contract.evaluate_transaction(
-                    "CheckApproval", record_id, requester, gid
-                )
-            except LedgerError as exc:
-                reasons.append(_chain_reason(exc))
-                continue
-            access: dict[str, Any] = json.loads(raw)
-            if access.get("access_id") != approval_id:
-                reasons.append(
-                    f"approval {approval_id} is not the current approval for record {record_id}, "
-                    f"requester {requester} and grant {gid}"
-                )
-                continue
-            if (
-                access.get("decision") != "allow"
-                or access.get("record_id") != record_id
-                or access.get("requester") != requester
-                or access.get("grant_id") != gid
-            ):
-                reasons.append(f"approval {approval_id} does not match the request")
-                continue
-            return access
-        raise ApprovalRefused(
-            f"no committed approval {approval_id} for record {record_id} and requester "
-            f"{requester}: " + "; ".join(reasons)
-        )
+        if grant_id is None:
+            with self._lock:
+                held = self._db.execute(
+                    "SELECT 1 FROM rekeys WHERE grantee = ? LIMIT 1", (requester,)
+                ).fetchone()
+            if held is None:
+                raise NoReKey(f"this proxy holds no re-key for a grant to {requester}")
+        try:
+            raw = self._contract.evaluate_transaction("CheckApproval", approval_id)
+        except LedgerError as exc:
+            raise ApprovalRefused(
+                f"no committed approval {approval_id} for record {record_id} and requester "
+                f"{requester}: {_chain_reason(exc)}"
+            ) from None
+        access: dict[str, Any] = json.loads(raw)
+        mismatches = [
+            f"{what} {theirs} (not {ours})"
+            for what, theirs, ours in (
+                ("access id", access.get("access_id"), approval_id),
+                ("decision", access.get("decision"), "allow"),
+                ("record", access.get("record_id"), record_id),
+                ("requester", access.get("requester"), requester),
+                (
+                    "grant",
+                    access.get("grant_id"),
+                    access.get("grant_id") if grant_id is None else grant_id,
+                ),
+            )
+            if theirs != ours
+        ]
+        if mismatches:
+            raise ApprovalRefused(
+                f"approval {approval_id} does not match the request: it is for "
+                + ", ".join(mismatches)
+            )
+        return access
 
     def _capsule(self, access: dict[str, Any], given: bytes | None) -> VerifiedCapsule:
         record_id = str(access["record_id"])
@@ -497,6 +509,34 @@ class ReencryptionProxy:
             )
             self._db.execute("COMMIT")
         return deleted
+
+
+class _KeyedLocks:
+    """One lock per key, created on demand and dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._guard = threading.Lock()
+        self._locks: dict[str, tuple[threading.Lock, int]] = {}
+
+    @contextlib.contextmanager
+    def hold(self, key: str) -> Iterator[None]:
+        with self._guard:
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+        try:
+            with lock:
+                yield
+        finally:
+            with self._guard:
+                lock, users = self._locks[key]
+                if users == 1:
+                    del self._locks[key]
+                else:
+                    self._locks[key] = (lock, users - 1)
+
+    def __len__(self) -> int:
+        with self._guard:
+            return len(self._locks)
 
 
 def _rekey_purpose(grant_id: str) -> str:
