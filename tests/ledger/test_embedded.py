@@ -333,16 +333,57 @@ def test_submit_to_a_closed_ledger_is_a_submit_error(tmp_path: Path) -> None:
     ledger.close()
 
 
-def test_backdated_proposals_are_refused_when_a_skew_limit_is_set(tmp_path: Path) -> None:
+def test_clock_skew_check_is_on_by_default(tmp_path: Path) -> None:
     ca = LocalCA.create("Org1MSP")
-    ledger = EmbeddedLedger.open(tmp_path, max_clock_skew_s=300)
+    ledger = EmbeddedLedger.open(tmp_path)
+    assert ledger.max_clock_skew_s == 300
     ledger.add_organization("Org1MSP", ca.certificate_pem)
     identity, signer = ca.issue("alice", role="patient")
     backdated = ManualClock(1_000_000_000)  # 2001: far outside the limit
     with connect(identity, signer, ledger, clock=backdated) as gw:
         contract = gw.get_network("ehrshare").get_contract("ehrshare")
-        with pytest.raises(EndorseError, match=r"proposal timestamp is \d+ s away from the "):
+        with pytest.raises(EndorseError, match=r"proposal timestamp 1000000000 is \d+ s behind "):
             contract.submit_transaction("RegisterIdentity")
     with connect(identity, signer, ledger) as gw:  # the real clock is within the limit
         gw.get_network("ehrshare").get_contract("ehrshare").submit_transaction("RegisterIdentity")
     ledger.close()
+    with pytest.raises(ValueError, match="max_clock_skew_s must be a non-negative"):
+        EmbeddedLedger.open(tmp_path, max_clock_skew_s=-1)
+
+
+def test_backdating_past_an_expired_grant_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    t0 = 1_900_000_000
+    clock = ManualClock(t0)
+    sb = Sandbox.open(tmp_path, clock=clock)  # the ledger checks skew against this clock too
+    alice = sb.member("Org1MSP", "alice", "patient")
+    dave = sb.member("Org2MSP", "dave", "clinician")
+    alice.submit(
+        "RegisterRecord", "r-1", alice.ibe_id, "lab", "bafy12345678", "0" * 64, "AQID", "1"
+    )
+    alice.submit("GrantAccess", "lab", dave.ibe_id, str(t0 + 100), "0", "", "")
+    clock.advance(1000)  # the grant expired 900 s ago
+    assert dave.submit("RequestAccess", "r-1")["decision"] == "deny"
+    before = (sb.ledger.height(), sb.ledger.state_digest())
+    cheats = {"behind": ManualClock(t0 + 50), "ahead of": ManualClock(clock.seconds + 301)}
+    for direction, cheat in cheats.items():
+        with connect(dave.identity, dave.signer, sb.ledger, clock=cheat) as gw:
+            contract = gw.get_network("ehrshare").get_contract("ehrshare")
+            with pytest.raises(EndorseError) as info:
+                contract.submit_transaction("RequestAccess", "r-1")
+            assert f"s {direction} the ledger's clock ({clock.seconds}); the limit is 300 s" in (
+                info.value.message
+            )
+            with pytest.raises(GatewayError, match=direction):
+                contract.evaluate_transaction("GetRecord", "r-1")
+    assert (sb.ledger.height(), sb.ledger.state_digest()) == before
+    # Within the limit a client's clock may drift (the residual window the limit allows).
+    with connect(
+        dave.identity, dave.signer, sb.ledger, clock=ManualClock(clock.seconds - 299)
+    ) as gw:
+        decided = json.loads(
+            gw.get_network("ehrshare")
+            .get_contract("ehrshare")
+            .submit_transaction("RequestAccess", "r-1")
+        )
+    assert decided["decision"] == "deny"
+    sb.close()

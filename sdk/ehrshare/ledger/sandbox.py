@@ -89,7 +89,11 @@ class Sandbox:
     ) -> Sandbox:
         """Create or reopen a sandbox; organisations missing from the channel are added."""
         path = Path(directory)
-        ledger = EmbeddedLedger.open(path / "ledger", channel=CHANNEL, synchronous=synchronous)
+        # The ledger's clock-skew check runs against the same clock the members stamp with, so
+        # a manual clock moves both and expiry stays testable without disabling the check.
+        ledger = EmbeddedLedger.open(
+            path / "ledger", channel=CHANNEL, synchronous=synchronous, clock=clock
+        )
         members = ledger.organizations()
         cas: dict[str, LocalCA] = {}
         for msp in organizations:

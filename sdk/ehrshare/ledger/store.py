@@ -12,9 +12,13 @@ Durability: WAL mode with ``synchronous=NORMAL`` by default. A commit is in the 
 page cache) when ``COMMIT`` returns, so killing the process — even with SIGKILL — loses nothing
 committed; only an operating-system crash or power loss can lose the last few commits.
 ``synchronous="FULL"`` fsyncs every commit and survives those too, at a latency cost. Concurrency:
-one writer at a time (``BEGIN IMMEDIATE``); readers see a consistent snapshot. Simulation runs
-outside the write lock, so two processes sharing a directory can race — MVCC validation then marks
-the loser ``MVCC_READ_CONFLICT``, exactly as Fabric would.
+one writer at a time (``BEGIN IMMEDIATE``), also across processes sharing the directory; the chain
+tip is read inside the write transaction, so block numbers and the hash chain never fork; readers
+see a consistent snapshot. :meth:`EmbeddedLedger.submit` simulates inside that write transaction
+and so never conflicts; the fine-grained flow (endorse now, commit later) simulates outside it and
+MVCC validation then marks a stale transaction ``MVCC_READ_CONFLICT``, exactly as Fabric would.
+Proposals stamped further than ``max_clock_skew_s`` (default 300 s) from the ledger's clock are
+refused.
 
 What this module must not do: interpret chaincode data (it stores bytes), or let a chaincode write
 reach the database without going through :meth:`EmbeddedLedger.commit`.
@@ -54,6 +58,7 @@ from ehrshare_chaincode.stub import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_CLOCK_SKEW_S",
     "VALID",
     "ChaincodeFunction",
     "EmbeddedLedger",
@@ -71,6 +76,7 @@ MVCC_READ_CONFLICT = "MVCC_READ_CONFLICT"
 PHANTOM_READ_CONFLICT = "PHANTOM_READ_CONFLICT"
 DUPLICATE_TXID = "DUPLICATE_TXID"
 GENESIS_PREV = b"\x00" * 32
+DEFAULT_MAX_CLOCK_SKEW_S = 300
 _DB_NAME = "ledger.sqlite"
 _SCHEMA_VERSION = "1"
 
@@ -328,7 +334,9 @@ class EmbeddedLedger:
     """One channel's ledger in a directory. Open it with :meth:`open`; close it when done.
 
     Thread-safe within a process (one lock around the connection); several processes may open the
-    same directory (SQLite serialises writers, MVCC catches stale simulations).
+    same directory (SQLite serialises writers, a submit simulates under the write lock, MVCC
+    catches stale simulations of the fine-grained flow; events of the other processes are seen by
+    polling).
     """
 
     def __init__(self, directory: Path, conn: sqlite3.Connection, channel: str) -> None:
@@ -342,7 +350,8 @@ class EmbeddedLedger:
         }
         self._listeners = _Listeners()
         self._closed = False
-        self.max_clock_skew_s: int | None = None
+        self.max_clock_skew_s: int | None = DEFAULT_MAX_CLOCK_SKEW_S
+        self._clock: Callable[[], int] = time.time_ns
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -353,15 +362,26 @@ class EmbeddedLedger:
         *,
         channel: str = "ehrshare",
         synchronous: str = "NORMAL",
-        max_clock_skew_s: int | None = None,
+        max_clock_skew_s: int | None = DEFAULT_MAX_CLOCK_SKEW_S,
+        clock: Callable[[], int] | None = None,
     ) -> EmbeddedLedger:
         """Open (creating if needed) the ledger in ``directory`` for ``channel``.
 
-        ``max_clock_skew_s`` refuses proposals whose timestamp is further than that from this
-        machine's clock. The contract decides expiry by the proposal's timestamp, so a deployment
-        should set it (a client could otherwise backdate a request past its grant's expiry); it is
-        off by default because tests and demos drive the ledger with an injected clock.
+        The contract decides expiry by the proposal's timestamp, which the client sets, so the
+        ledger refuses proposals whose timestamp is more than ``max_clock_skew_s`` (default
+        300 s) from its own ``clock`` (nanoseconds since the epoch; default the machine's):
+        otherwise a client could backdate a request past its grant's expiry. Tests and demos
+        that drive time with a manual clock pass that same clock here (as
+        :class:`~ehrshare.ledger.sandbox.Sandbox` does) rather than switching the check off;
+        ``None`` switches it off and is only for replaying old proposals.
         """
+        if max_clock_skew_s is not None and (
+            isinstance(max_clock_skew_s, bool) or max_clock_skew_s < 0
+        ):
+            raise ValueError(
+                f"max_clock_skew_s must be a non-negative number of seconds or None, "
+                f"got {max_clock_skew_s!r}"
+            )
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
         path = Path(directory)
@@ -375,6 +395,8 @@ class EmbeddedLedger:
         conn.executescript(_SCHEMA)
         ledger = cls(path, conn, channel)
         ledger.max_clock_skew_s = max_clock_skew_s
+        if clock is not None:
+            ledger._clock = clock
         ledger._init_meta(channel)
         return ledger
 
@@ -474,11 +496,14 @@ class EmbeddedLedger:
         if proposal.channel != self.channel:
             raise ProposalRejected(f"channel {proposal.channel} does not exist", proposal.tx_id)
         if self.max_clock_skew_s is not None:
-            skew = abs(proposal.timestamp_seconds - int(time.time()))
-            if skew > self.max_clock_skew_s:
+            now = self._clock() // 1_000_000_000
+            skew = proposal.timestamp_seconds - now
+            if abs(skew) > self.max_clock_skew_s:
+                direction = "ahead of" if skew > 0 else "behind"
                 raise ProposalRejected(
-                    f"proposal timestamp is {skew} s away from the ledger's clock "
-                    f"(limit {self.max_clock_skew_s} s)",
+                    f"proposal timestamp {proposal.timestamp_seconds} is {abs(skew)} s "
+                    f"{direction} the ledger's clock ({now}); the limit is "
+                    f"{self.max_clock_skew_s} s: check the client's clock",
                     proposal.tx_id,
                 )
         if proposal.chaincode not in self._chaincodes:
@@ -568,59 +593,24 @@ class EmbeddedLedger:
         """
         if not transactions:
             raise ValueError("a block needs at least one transaction")
-        statuses: list[TxStatus] = []
-        events: list[ChaincodeEvent] = []
+        return self._in_write_transaction(lambda: list(transactions))
+
+    def _in_write_transaction(
+        self, produce: Callable[[], list[EndorsedTransaction]]
+    ) -> list[TxStatus]:
+        """Run ``produce`` and write its transactions as the next block, all inside one SQLite
+        write transaction (``BEGIN IMMEDIATE``).
+
+        Holding SQLite's write lock is what makes several processes safe on one directory: the
+        chain tip is read inside it, so block numbers and the hash chain cannot fork, and MVCC
+        validation compares against versions no other writer can change meanwhile.
+        """
         with self._lock:
             if self._closed:
                 raise ValueError("ledger is closed")
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                number, prev = self._tip()
-                number += 1
-                data = hashlib.sha256()
-                for txn, tx in enumerate(transactions):
-                    code = self._validate(tx)
-                    writes = tx.writes_json()
-                    tx_hash = _tx_hash(tx.signed, writes, tx.result, tx.event, code)
-                    data.update(tx_hash)
-                    if code == VALID:
-                        self._apply(tx, number, txn)
-                    self._conn.execute(
-                        "INSERT INTO transactions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (
-                            tx.tx_id if code != DUPLICATE_TXID else f"{tx.tx_id}#{number}.{txn}",
-                            number,
-                            txn,
-                            code,
-                            tx.proposal.chaincode,
-                            tx.proposal.function,
-                            tx.signed.proposal_bytes,
-                            tx.signed.signature,
-                            writes,
-                            tx.result,
-                            None if tx.event is None else tx.event[0],
-                            None if tx.event is None else tx.event[1],
-                            tx_hash,
-                        ),
-                    )
-                    statuses.append(TxStatus(tx.tx_id, code, number))
-                    if code == VALID and tx.event is not None:
-                        events.append(
-                            ChaincodeEvent(
-                                number, tx.tx_id, tx.proposal.chaincode, tx.event[0], tx.event[1]
-                            )
-                        )
-                data_hash = data.digest()
-                self._conn.execute(
-                    "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, 'tx')",
-                    (
-                        number,
-                        prev,
-                        data_hash,
-                        _block_hash(number, prev, data_hash),
-                        len(transactions),
-                    ),
-                )
+                statuses, events = self._write_block(produce())
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -634,6 +624,60 @@ class EmbeddedLedger:
                 except Exception:  # a listener's bug must not look like a failed commit
                     logger.exception("chaincode event listener failed")
         return statuses
+
+    def _write_block(
+        self, transactions: Sequence[EndorsedTransaction]
+    ) -> tuple[list[TxStatus], list[ChaincodeEvent]]:
+        """Validate and write one block; the caller holds the write transaction."""
+        statuses: list[TxStatus] = []
+        events: list[ChaincodeEvent] = []
+        number, prev = self._tip()
+        number += 1
+        data = hashlib.sha256()
+        for txn, tx in enumerate(transactions):
+            code = self._validate(tx)
+            writes = tx.writes_json()
+            tx_hash = _tx_hash(tx.signed, writes, tx.result, tx.event, code)
+            data.update(tx_hash)
+            if code == VALID:
+                self._apply(tx, number, txn)
+            self._conn.execute(
+                "INSERT INTO transactions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    tx.tx_id if code != DUPLICATE_TXID else f"{tx.tx_id}#{number}.{txn}",
+                    number,
+                    txn,
+                    code,
+                    tx.proposal.chaincode,
+                    tx.proposal.function,
+                    tx.signed.proposal_bytes,
+                    tx.signed.signature,
+                    writes,
+                    tx.result,
+                    None if tx.event is None else tx.event[0],
+                    None if tx.event is None else tx.event[1],
+                    tx_hash,
+                ),
+            )
+            statuses.append(TxStatus(tx.tx_id, code, number))
+            if code == VALID and tx.event is not None:
+                events.append(
+                    ChaincodeEvent(
+                        number, tx.tx_id, tx.proposal.chaincode, tx.event[0], tx.event[1]
+                    )
+                )
+        data_hash = data.digest()
+        self._conn.execute(
+            "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, 'tx')",
+            (
+                number,
+                prev,
+                data_hash,
+                _block_hash(number, prev, data_hash),
+                len(transactions),
+            ),
+        )
+        return statuses, events
 
     def _apply(self, tx: EndorsedTransaction, number: int, txn: int) -> None:
         ts_s, ts_ns = tx.proposal.timestamp_seconds, tx.proposal.timestamp_nanos
@@ -651,11 +695,22 @@ class EmbeddedLedger:
             )
 
     def submit(self, signed: SignedProposal) -> tuple[EndorsedTransaction, TxStatus]:
-        """Endorse and commit one proposal in its own block (holding the lock: no conflicts)."""
-        with self._lock:
-            endorsed = self.endorse(signed)
-            (status,) = self.commit([endorsed])
-        return endorsed, status
+        """Endorse and commit one proposal in its own block, simulating *inside* the write
+        transaction: no other thread or process can commit in between, so a submit never fails
+        MVCC, even with several processes sharing the directory."""
+        endorsed: list[EndorsedTransaction] = []
+
+        def simulate() -> list[EndorsedTransaction]:
+            tx = self._simulate(signed)
+            if self._conn.execute(
+                "SELECT 1 FROM transactions WHERE tx_id = ?", (tx.tx_id,)
+            ).fetchone():
+                raise ProposalRejected(f"transaction {tx.tx_id} was already submitted", tx.tx_id)
+            endorsed.append(tx)
+            return endorsed
+
+        (status,) = self._in_write_transaction(simulate)
+        return endorsed[0], status
 
     # --- reading the block log -----------------------------------------------------------------
 
