@@ -9,7 +9,8 @@ IND-CPA only: capsules are malleable; payload integrity comes from AES-GCM in
 Setting: type-3 pairing e: G1×G2→GT; mpk = s·P1 ∈ G1, Q_id = H1(id) ∈ G2, sk_id = s·Q_id ∈ G2,
 capsule randomness U = k·P1 ∈ G1.
 Assumption: co-BDH-type in the random-oracle model (H1, H2, H3). Publishing T_{i,t} = h·mpk with
-h = H2(sk_i, t) rests on a co-BDH variant that still needs a written argument.
+h = H2(sk_i, t) rests on a co-BDH variant; docs/security.md §3.7 sketches the argument (not a
+checked proof).
 Reference: Ibraimi–Tang–Hartel–Jonker type-and-identity PRE (SDM 2008) for the type exponent,
 Green–Ateniese IBP1 (ACNS 2007) for the multi-use re-encryption.
 
@@ -25,9 +26,12 @@ Scheme (see DESIGN.md §3)::
 Deviation from DESIGN.md, on purpose: H3(X) = H3'(X)·P2 with H3' a hash to Zr, instead of a hash
 onto G2. Hash-to-G2 costs half a pairing in mcl; with a scalar the per-hop decryption is
 e(H3'(X)·U, P2) — one G1 multiplication and one pairing. CPA security is unchanged in the
-random-oracle model for H3': the mask e(U, P2)^{H3'(X)} is uniform while X is hidden (by the
-CPA security of R), and the proxy's K = H3'(X)·P2 − h·sk_i is uniform in G2 for the same reason.
-Proxy + delegatee still learn h·sk_i (the type key), exactly as with a hash onto G2. H3 also
+random-oracle model for H3' (argued, not proved, in docs/security.md §3.3): the mask
+e(U, P2)^{H3'(X)} is uniform while X is hidden (by the CPA security of R), the proxy's
+K = H3'(X)·P2 − h·sk_i is uniform in G2 for the same reason, and the security argument never
+needs H3 to output a point of unknown discrete log. What changes: whoever knows X (the
+delegatee) knows log H3(X) — it learns H3(X) anyway. Proxy + delegatee still learn h·sk_i (the
+type key), exactly as with a hash onto G2. H3 also
 hashes the type tag and the delegator's and delegatee's identity tags (DESIGN.md hashes X
 alone), so that the tags carried in clear in every layer are bound: editing one makes the
 capsule decrypt to garbage, which the AES-GCM layer rejects.
