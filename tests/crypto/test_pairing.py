@@ -95,6 +95,10 @@ def test_secret_bearing_values_hide_their_repr_and_refuse_hashing() -> None:
     assert "123456789" not in repr(k)
     m = GT.random()
     assert m.to_bytes().hex()[:16] not in repr(m)
+    # G2 holds identity keys, partial keys and re-key components
+    sk_like = k * G2.generator()
+    assert repr(sk_like) == "G2(<hidden>)"
+    assert sk_like.to_bytes().hex()[:8] not in repr(sk_like)
     with pytest.raises(TypeError):
         hash(k)
     with pytest.raises(TypeError):

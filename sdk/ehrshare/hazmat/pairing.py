@@ -299,12 +299,19 @@ class G1(_Point):
 
 
 class G2(_Point):
-    """The group G2 of BLS12-381 (96-byte compressed points). Immutable."""
+    """The group G2 of BLS12-381 (96-byte compressed points). Immutable.
+
+    Secret keys live in G2 (sk_id, h·sk_id, partial keys d_j, a re-key's K), so ``repr`` hides
+    the value: a traceback that shows locals must not print part of a key.
+    """
 
     __slots__ = ()
     SIZE: int = 96
     _RAW = pymcl.G2
     _NAME = "G2"
+
+    def __repr__(self) -> str:
+        return "G2(<hidden>)"
 
     @staticmethod
     def generator() -> G2:
