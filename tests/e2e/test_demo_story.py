@@ -50,7 +50,11 @@ def test_demo_cli_json_summary() -> None:
     assert summary["ok"] is True
     assert set(summary["checks"]) == STORY_CHECKS
     assert len(summary["steps"]) == 13
-    assert summary["backend"] == {"ledger": "embedded", "storage": "embedded"}
+    assert summary["backend"] == {
+        "ledger": "embedded",
+        "storage": "embedded",
+        "services": "in-process",
+    }
 
 
 def test_demo_cli_refuses_fabric() -> None:
