@@ -7,8 +7,11 @@ the suite. Deselect them with ``-m "not ipfs"`` to run without Go.
 
 from __future__ import annotations
 
+import os
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -28,6 +31,36 @@ def pid_alive(pid: int) -> bool:
 @pytest.fixture(name="pid_alive")
 def pid_alive_fixture() -> Callable[[int], bool]:
     return pid_alive
+
+
+_T = TypeVar("_T")
+
+
+def random_pieces(size: int, piece: int = 65536) -> Iterator[bytes]:
+    """``size`` random bytes (a multiple of ``piece``) yielded piece by piece, never held whole."""
+    for _ in range(size // piece):
+        yield os.urandom(piece)
+
+
+def traced_peak(fn: Callable[[], _T]) -> tuple[_T, int]:
+    """Run ``fn`` under tracemalloc; return its result and the peak traced memory in bytes."""
+    tracemalloc.start()
+    try:
+        result = fn()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return result, peak
+
+
+@pytest.fixture(name="random_pieces")
+def random_pieces_fixture() -> Callable[[int], Iterator[bytes]]:
+    return random_pieces
+
+
+@pytest.fixture(name="traced_peak")
+def traced_peak_fixture() -> Callable[[Callable[[], object]], tuple[object, int]]:
+    return traced_peak
 
 
 @pytest.fixture

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import io
 import os
-import tracemalloc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -164,18 +163,13 @@ def test_unusable_root_is_a_storage_error(tmp_path: Path) -> None:
         EmbeddedStore(blocker / "store")
 
 
-def test_put_streams_without_holding_the_content(store: EmbeddedStore) -> None:
+def test_put_streams_without_holding_the_content(
+    store: EmbeddedStore,
+    random_pieces: Callable[[int], Iterator[bytes]],
+    traced_peak: Callable[[Callable[[], object]], tuple[object, int]],
+) -> None:
     size = 24 * 1024 * 1024
-
-    def pieces() -> Iterator[bytes]:
-        for _ in range(size // 65536):
-            yield os.urandom(65536)
-
-    tracemalloc.start()
-    try:
-        cid = store.put(pieces())
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    cid, peak = traced_peak(lambda: store.put(random_pieces(size)))
+    assert isinstance(cid, str)
     assert peak < 4 * 1024 * 1024, f"peak {peak} bytes while storing {size}"
     assert sum(len(p) for p in store.iter(cid)) == size

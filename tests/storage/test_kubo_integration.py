@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -212,20 +211,18 @@ def test_missing_binary_is_reported(tmp_path: Path) -> None:
         daemon.start()
 
 
-def test_upload_and_read_stream_without_holding_the_content(kubo_store: KuboStore) -> None:
+def test_upload_and_read_stream_without_holding_the_content(
+    kubo_store: KuboStore,
+    random_pieces: Callable[[int], Iterator[bytes]],
+    traced_peak: Callable[[Callable[[], object]], tuple[object, int]],
+) -> None:
     size = 24 * 1024 * 1024
 
-    def pieces() -> Iterator[bytes]:
-        for _ in range(size // 65536):
-            yield os.urandom(65536)
+    def put_and_read() -> int:
+        cid = kubo_store.put(random_pieces(size))
+        return sum(len(p) for p in kubo_store.iter(cid))
 
-    tracemalloc.start()
-    try:
-        cid = kubo_store.put(pieces())
-        total = sum(len(p) for p in kubo_store.iter(cid))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    total, peak = traced_peak(put_and_read)
     assert total == size
     assert peak < 4 * 1024 * 1024, f"peak {peak} bytes while moving {size}"
 
