@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from ehrshare.cli import app
@@ -44,3 +45,20 @@ def test_bench_e2e_json_keys() -> None:
     assert data["results"]["put_record_10MB"]["n"] == 1
     assert data["params"]["large_bytes"] == 65536
     assert {"cpu", "python", "git_commit"} <= set(data["machine"])
+
+
+@pytest.mark.slow
+def test_bench_e2e_with_service_processes() -> None:
+    args = ["bench", "e2e", "--json", "--repeat", "2", "--repeat-large", "1", "--warmup", "0"]
+    result = CliRunner().invoke(app, [*args, "--large-bytes", "65536", "--services", "processes"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["backend"]["services"] == "processes"
+    assert set(data["results"]) == OPERATIONS
+    assert data["results"]["read_record_hop3"]["n"] == 2
+
+
+def test_bench_e2e_refuses_unknown_services() -> None:
+    result = CliRunner().invoke(app, ["bench", "e2e", "--services", "docker"])
+    assert result.exit_code == 2
+    assert "'docker' is not in-process or processes" in result.output

@@ -2,7 +2,9 @@
 
 Each operation runs through the whole stack a hospital app uses — FHIR validation, AES-256-GCM,
 MH-TIPRE, the content store with read-back verification, signed proposals to the embedded ledger
-running the real chaincode, the in-process KGC nodes and re-encryption proxy:
+running the real chaincode, the KGC nodes and re-encryption proxy (in-process, or with
+``--services processes`` as ``ehrshare kgc serve`` / ``proxy serve`` processes over gRPC and
+mutual TLS):
 ``put_record`` with ~10 KB and ~10 MB FHIR payloads, ``grant`` (re-key made, sealed and stored at
 the proxy), ``read_record`` at the first hop (one re-encryption) and at the third hop (a chain of
 three grants, three re-encryptions). Reports p50/p95 in milliseconds with machine metadata.
@@ -27,6 +29,7 @@ from rich.table import Table
 
 from ehrshare.benchutil import machine_metadata, percentile, time_calls
 from ehrshare.consortium import Consortium
+from ehrshare.processes import ServiceProcesses, free_loopback_ports
 
 __all__ = ["binary_resource", "register", "run_e2e_bench"]
 
@@ -58,13 +61,23 @@ def run_e2e_bench(
     large_bytes: int = 10 * 1024 * 1024,
     directory: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    services: str = "in-process",
 ) -> dict[str, Any]:
     """Run the benchmark in a fresh consortium; returns the JSON-able result."""
     say = progress or (lambda _m: None)
+    processes = services == "processes"
     with tempfile.TemporaryDirectory(prefix="ehrshare-bench-", dir=directory) as tmp:
         say("creating a 3-hospital consortium and running the DKG")
-        c = Consortium.init(Path(tmp) / "c")
+        c = Consortium.init(
+            Path(tmp) / "c",
+            services=services,
+            ports=free_loopback_ports(4) if processes else None,
+        )
+        procs = ServiceProcesses(c.profile, Path(tmp) / "run") if processes else None
         try:
+            if procs is not None:
+                say("starting 3 KGC node processes and the proxy process")
+                procs.start()
             people = {
                 "patient": ("HospitalA", "patient"),
                 "author": ("HospitalA", "clinician"),
@@ -117,10 +130,12 @@ def run_e2e_bench(
             for sess in s.values():
                 sess.close()
         finally:
+            if procs is not None:
+                procs.stop_all()
             c.close()
     return {
         "benchmark": "e2e",
-        "backend": {"ledger": "embedded", "storage": "embedded", "services": "in-process"},
+        "backend": {"ledger": "embedded", "storage": "embedded", "services": services},
         "params": {
             "repeat": repeat,
             "repeat_large": repeat_large,
@@ -146,21 +161,32 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         large_bytes: int = typer.Option(
             10 * 1024 * 1024, min=1024, help="Size of the large payload (bytes)."
         ),
+        services: str = typer.Option(
+            "in-process",
+            "--services",
+            help="in-process, or processes (KGC nodes and proxy as gRPC/TLS processes).",
+        ),
     ) -> None:
         """p50/p95 of put_record (10 KB, 10 MB), grant and read_record (hop 1, hop 3) on the
         embedded backend, through the whole SDK."""
         err = Console(stderr=True, quiet=json_only)
+        if services not in ("in-process", "processes"):
+            Console(stderr=True).print(
+                f"[red]error:[/red] --services {services!r} is not in-process or processes"
+            )
+            raise typer.Exit(2)
         result = run_e2e_bench(
             repeat=repeat,
             repeat_large=repeat_large,
             warmup=warmup,
             large_bytes=large_bytes,
             progress=lambda m: err.log(f"bench e2e: {m}"),
+            services=services,
         )
         if json_only:
             typer.echo(json.dumps(result, indent=2))
             return
-        table = Table(title="ehrshare bench e2e (embedded backend, ms)")
+        table = Table(title=f"ehrshare bench e2e (embedded backend, services {services}, ms)")
         table.add_column("operation")
         table.add_column("p50", justify="right")
         table.add_column("p95", justify="right")
