@@ -115,6 +115,18 @@ def corrupt_shares(
     board.replace_from(config.nonce, BundleKind.DEAL, dealer, forged.to_bytes())
 
 
+def deal_claiming(signer: DKGNode, key: KGCNodeKey, dealer: int) -> DealBundle:
+    """A fresh deal of ``signer``, signed with its ``key`` but naming ``dealer`` as the sender."""
+    deal = signer.deals()
+    return DealBundle.create(
+        key,
+        nonce=signer.config.nonce,
+        dealer=dealer,
+        commitments=deal.commitments,
+        sealed_shares=deal.sealed_shares,
+    )
+
+
 def at(kind: BundleKind, action: Callable[[Board], None]) -> Callable[[BundleKind, Board], None]:
     def hook(phase: BundleKind, board: Board) -> None:
         if phase is kind:
@@ -403,15 +415,7 @@ def test_bad_signature_and_impersonation_are_rejected(keys16: list[KGCNodeKey]) 
         flipped = genuine[:-1] + bytes([genuine[-1] ^ 1])
         board.post(config.nonce, BundleKind.DEAL, flipped)
         # Node 1 signs a deal that claims to be from dealer 4.
-        fake = impostor.deals()
-        forged = DealBundle.create(
-            keys[0],
-            nonce=config.nonce,
-            dealer=4,
-            commitments=fake.commitments,
-            sealed_shares=fake.sealed_shares,
-        )
-        board.post(config.nonce, BundleKind.DEAL, forged.to_bytes())
+        board.post(config.nonce, BundleKind.DEAL, deal_claiming(impostor, keys[0], 4).to_bytes())
 
     run = run_dkg(nodes, InMemoryBoard(), on_phase_end=at(BundleKind.DEAL, inject))
     assert run.only_result().qual == (1, 2, 3, 4)
@@ -551,15 +555,7 @@ def test_bundle_naming_a_sender_outside_the_roster_is_rejected(keys16: list[KGCN
     stray = DKGNode(config, keys[0])
 
     def inject(board: Board) -> None:
-        deal = stray.deals()
-        bogus = DealBundle.create(
-            keys[0],
-            nonce=config.nonce,
-            dealer=9,
-            commitments=deal.commitments,
-            sealed_shares=deal.sealed_shares,
-        )
-        board.post(config.nonce, BundleKind.DEAL, bogus.to_bytes())
+        board.post(config.nonce, BundleKind.DEAL, deal_claiming(stray, keys[0], 9).to_bytes())
 
     run = run_dkg(nodes, InMemoryBoard(), on_phase_end=at(BundleKind.DEAL, inject))
     assert run.only_result().qual == (1, 2, 3, 4)
