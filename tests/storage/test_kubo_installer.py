@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from ehrshare.network.kubo import (
+    KuboDaemon,
+    KuboDaemonError,
     KuboInstallError,
     install_kubo,
     installed_version,
@@ -43,3 +45,17 @@ def test_absent_binary_has_no_version(tmp_path: Path) -> None:
 def test_script_entry_usage(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bogus"]) == 2
     assert "usage: python -m ehrshare.network.kubo install" in capsys.readouterr().err
+
+
+def test_a_hanging_ipfs_command_names_itself_and_the_log(tmp_path: Path) -> None:
+    # A repo locked by another process makes `ipfs init`/`config` wait; the error must say which
+    # command hung and where its log is, not surface a bare subprocess.TimeoutExpired.
+    binary = tmp_path / "bin" / "ipfs"
+    binary.parent.mkdir()
+    binary.write_text("#!/bin/sh\nexec sleep 30\n")
+    binary.chmod(binary.stat().st_mode | stat.S_IXUSR)
+    daemon = KuboDaemon(tmp_path / "repo", binary=binary, command_timeout=0.5)
+    with pytest.raises(KuboDaemonError, match=r"`ipfs init --profile=test` did not finish") as err:
+        daemon.init()
+    assert str(daemon.log_path) in str(err.value)
+    assert daemon.pid is None  # nothing was left running under this object

@@ -198,6 +198,7 @@ class KuboDaemon:
         offline: bool = True,
         start_timeout: float = 60.0,
         stop_timeout: float = 15.0,
+        command_timeout: float = 60.0,
         die_with_parent: bool = False,
     ) -> None:
         for label, port in (("api_port", api_port), ("gateway_port", gateway_port)):
@@ -211,6 +212,7 @@ class KuboDaemon:
         self.offline = offline
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
+        self.command_timeout = command_timeout
         self.die_with_parent = die_with_parent
         self.log_path = self.repo / "daemon.log"
         self._process: subprocess.Popen[bytes] | None = None
@@ -254,15 +256,22 @@ class KuboDaemon:
 
     def _ipfs(self, *args: str) -> None:
         with self.log_path.open("ab") as log:
-            done = subprocess.run(  # noqa: S603 - fixed argv, our own binary
-                [str(self.binary), *args],
-                env=self._env(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                timeout=60,
-                check=False,
-            )
+            try:
+                done = subprocess.run(  # noqa: S603 - fixed argv, our own binary
+                    [str(self.binary), *args],
+                    env=self._env(),
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=log,
+                    timeout=self.command_timeout,
+                    check=False,
+                )
+            except subprocess.TimeoutExpired:
+                # run() has killed the command; say which one hung and where its output is
+                raise self._error(
+                    f"`ipfs {' '.join(args[:2])}` did not finish within "
+                    f"{self.command_timeout:.0f} s (is another process holding the repo lock?)"
+                ) from None
         if done.returncode != 0:
             raise self._error(f"`ipfs {' '.join(args[:2])}` exited with {done.returncode}")
 
