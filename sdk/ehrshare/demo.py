@@ -248,7 +248,7 @@ def run_demo(
         c = consortium
         if processes:
             with story.step("The KGC nodes and the proxy start as separate processes") as s:
-                procs = ServiceProcesses(c.profile, root / "run")
+                procs = ServiceProcesses(c.profile, root / "run", die_with_parent=True)
                 procs.start()
                 for name, pid in procs.pids.items():
                     s.lines.append(

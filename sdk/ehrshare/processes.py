@@ -14,6 +14,7 @@ never signal a process it did not start.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -40,6 +41,12 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 DEFAULT_EXECUTABLE: Final = (sys.executable, "-m", "ehrshare")
+
+
+def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 class ServiceProcessError(RuntimeError):
@@ -133,7 +140,9 @@ class ServiceProcesses:
     """The consortium's service processes, started from its profile and stopped by pid.
 
     Use as a context manager (everything still running is stopped on exit). ``run_dir`` holds
-    port files and each process's stderr.
+    port files and each process's stderr. ``die_with_parent=True`` asks Linux to SIGTERM the
+    children if the thread that started them dies (a killed test run or demo leaves nothing
+    behind); leave it off when starting services from short-lived threads.
     """
 
     def __init__(
@@ -143,7 +152,9 @@ class ServiceProcesses:
         *,
         executable: Sequence[str] = DEFAULT_EXECUTABLE,
         start_timeout: float = 60.0,
+        die_with_parent: bool = False,
     ) -> None:
+        self.die_with_parent = die_with_parent
         self.commands = {c.name: c for c in service_commands(profile)}
         if not self.commands:
             raise ProfileError("the profile names no service to run as a process")
@@ -177,7 +188,11 @@ class ServiceProcesses:
             argv = [*self.commands[name].argv(self.executable), "--port-file", str(port_file)]
             with (self.run_dir / f"{name}.stderr").open("ab") as err:
                 proc = subprocess.Popen(  # noqa: S603 - our own CLI, arguments from the profile
-                    argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    preexec_fn=_set_pdeathsig if self.die_with_parent else None,
                 )
             self._procs[name] = proc
             self.started_pids.append(proc.pid)

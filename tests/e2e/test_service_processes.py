@@ -57,7 +57,9 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     for name, (hospital, role) in PEOPLE.items():
         c.add_member(name, hospital, role)
     c.close()
-    procs = ServiceProcesses(Profile.load(root / "profile.yaml"), root / "run")
+    procs = ServiceProcesses(
+        Profile.load(root / "profile.yaml"), root / "run", die_with_parent=True
+    )
     try:
         procs.start()
         yield Deployment(root, root / "profile.yaml", procs)

@@ -73,7 +73,11 @@ def run_e2e_bench(
             services=services,
             ports=free_loopback_ports(4) if processes else None,
         )
-        procs = ServiceProcesses(c.profile, Path(tmp) / "run") if processes else None
+        procs = (
+            ServiceProcesses(c.profile, Path(tmp) / "run", die_with_parent=True)
+            if processes
+            else None
+        )
         try:
             if procs is not None:
                 say("starting 3 KGC node processes and the proxy process")

@@ -414,7 +414,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         with _errors():
             path = profile_file(_profile_path(profile))
             prof = Profile.load(path)
-            procs = ServiceProcesses(prof, path.parent / "run")
+            procs = ServiceProcesses(prof, path.parent / "run", die_with_parent=True)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
