@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
-from ehrshare.consortium import Consortium, ConsortiumError
+from ehrshare.consortium import Consortium, ConsortiumError, connect
 from ehrshare.identity import LocalCA
 from ehrshare.processes import ServiceProcesses, free_loopback_ports, service_commands
 from ehrshare.profile import PASSPHRASE_ENV, Profile, ProfileError, Wallet, WalletError
+from ehrshare.session import EnrollmentError
 
 
 def remote(**proxy: Any) -> dict[str, Any]:
@@ -193,3 +194,16 @@ def test_encrypt_an_existing_wallet_and_enrol_with_it(
         # Service wallets are never encrypted: the serve processes read them unattended.
         for name in ("kgc1", "proxy"):
             assert not Wallet(c.directory / "wallets" / name).encrypted
+
+
+def test_services_that_are_not_running_give_clear_errors(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    with Consortium.init(root, services="processes", ports=free_loopback_ports(4)) as c:
+        c.add_member("alice", "HospitalA", "patient")
+    # Nothing listens on the profile's ports: enrolment names every node, nothing is stored.
+    with connect(root, "alice") as alice:
+        with pytest.raises(EnrollmentError) as caught:
+            alice.enroll(timeout=2)
+        assert sorted(caught.value.failed) == [1, 2, 3]
+        assert not alice.enrolled
+    assert not (root / "wallets" / "alice" / "ibe.key").exists()
