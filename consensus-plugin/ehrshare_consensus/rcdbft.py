@@ -4,8 +4,15 @@ Normal case: primary → leaders (PRE-PREPARE) → members (FWD); members PREPAR
 the leader aggregates 2f_c+1 votes into a cluster QC and sends it to the other leaders; with
 2f_top+1 cluster QCs a leader is prepared, tells its members (PREP), collects COMMIT votes into
 a commit QC, exchanges it, commits with 2f_top+1 and sends DECIDE with the certificate.
-Two-level view change: members depose their leader (LC, 2f_c+1 complaints → next in the
-cluster's succession); leaders run PBFT's view change among themselves (TVC / TNV).
+Two-level view change: members depose their leader (LC, a cluster quorum of complaints → next
+in the cluster's succession); leaders run PBFT's view change among themselves, but on what their
+members signed: a leader announces its intent (TVI); once 2f_top+1 leaders want the view it asks
+its members for signed reports (VCN → VCR: executed height, prepared block with its certificate)
+and sends a TVC carrying a cluster quorum of them; the new primary's TNV must re-propose what
+those reports force, and members check the TNV (NVF) and every PREP certificate themselves
+before voting. So a Byzantine leader of a cluster whose members are within f_c can stall, not
+fork. Participation counts for reputation come from committed participant lists plus members'
+own signed votes (RCPT receipts), judged against the cluster's committed QCs.
 Epoch boundaries apply the committed data (QC signer sets, timely QCs, depositions, evidence,
 join/leave requests) through `policy.next_epoch`.
 

@@ -142,3 +142,95 @@ def test_liveness_check_flags_a_stalled_run(cost: CostModel) -> None:
     spec = RunSpec(protocol="pbft", n=4, blocks=10, view_timeout_s=params.view_timeout_s)
     assert check_liveness(sim, spec) is not None
     assert not sim.checker.violations
+
+
+def _rc_sim(cost: CostModel) -> tuple[Sim, list[RcNode], Any]:
+    sim = Sim(SimParams(n=16, seed=1), NetworkModel(), cost)
+    nodes, ledger = build_rcdbft(sim, epoch_blocks=5)
+    sim.nodes = list(nodes)
+    sim.net.nodes = list(nodes)
+    for node in nodes:
+        node.start()
+    return sim, nodes, ledger
+
+
+def _signed_report(
+    ledger: Any, nv: int, member: int, prepared: tuple[int, int] | None = None, sigs: int = 0
+) -> tuple[int, int, int, tuple[int, int] | None, int]:
+    rep = (member, 0, 0, prepared, sigs)
+    ledger.vc_reports.add((nv, rep))
+    return rep
+
+
+def test_rcdbft_tvc_needs_a_cluster_quorum_of_signed_member_reports(cost: CostModel) -> None:
+    _sim, nodes, ledger = _rc_sim(cost)
+    cfg = ledger.configs[0]
+    judge, ldr = nodes[cfg.leaders[0]], cfg.leaders[1]
+    members = cfg.clusters[1]
+    q = cluster_quorum(len(members))[1]
+    reps = tuple(_signed_report(ledger, 1, i) for i in members[:q])
+
+    def tvc(r: tuple[Any, ...], src: int = ldr) -> Msg:
+        return Msg("TVC", src, 1, 0, 0, data=(r, ()))
+
+    assert judge.valid_tvc(tvc(reps))
+    assert not judge.valid_tvc(tvc(reps[:-1]))  # below the cluster quorum
+    made_up = (members[0], 0, 0, (0, 0xA), 9)  # the leader writes a report nobody signed
+    forged = (*[r for r in reps if r[0] != members[0]], made_up)
+    assert not judge.valid_tvc(tvc(forged))
+    other = cfg.clusters[2][0]
+    assert not judge.valid_tvc(tvc((*reps[:-1], _signed_report(ledger, 1, other))))
+    # A prepared claim needs a prepared certificate (2f_top+1 cluster quorums of PREPAREs).
+    claim = tuple(_signed_report(ledger, 1, i, (0, 0xA), 12) for i in members[:q])
+    assert not judge.valid_tvc(tvc(claim))
+    for c in cfg.clusters[: cluster_quorum(len(cfg.clusters))[1]]:
+        for i in c:
+            ledger.signed.add(("PV", i, 0, 1, 0xA))
+    assert judge.valid_tvc(tvc(claim))
+
+
+def test_rcdbft_new_view_follows_the_members_reports_not_the_leader(cost: CostModel) -> None:
+    _sim, nodes, ledger = _rc_sim(cost)
+    cfg = ledger.configs[0]
+    judge = nodes[cfg.leaders[0]]
+    tvcs = {}
+    for c in (1, 2, 3):
+        members = cfg.clusters[c]
+        q = cluster_quorum(len(members))[1]
+        # The leader of cluster 1 reports nothing prepared, but one of its members prepared X.
+        reps = tuple(
+            _signed_report(ledger, 1, i, (0, 0xA) if (c == 1 and i == members[-1]) else None)
+            for i in ([members[0], *members[-(q - 1) :]] if c == 1 else members[:q])
+        )
+        tvcs[c] = Msg("TVC", cfg.leaders[c], 1, 0, 0, data=(reps, ()))
+    assert judge.decide_new_view(tvcs) == (0, 0xA)
+
+
+def test_rcdbft_member_votes_in_a_new_view_only_for_the_justified_block(cost: CostModel) -> None:
+    sim, nodes, ledger = _rc_sim(cost)
+    cfg = ledger.configs[0]
+    ldr = cfg.leaders[0]
+    member = next(nodes[i] for i in cfg.clusters[0] if i != ldr)
+    member.on_fwd(Msg("FWD", ldr, 1, 1, 0xB))  # view 1, certificate not seen yet: waits
+    assert (1, 1) not in member.voted and member.await_nv[1]
+    member.await_nv.clear()
+    member.nv_ok[1] = (1, 0xA)  # the checked NEW-VIEW forces 0xA at height 1
+    member.on_fwd(Msg("FWD", ldr, 1, 1, 0xB))
+    assert (1, 1) not in member.voted
+    assert any(e["event"] == "unjustified_proposal" for e in sim.events)
+    member.on_fwd(Msg("FWD", ldr, 1, 1, 0xA))
+    assert member.voted[(1, 1)] == 0xA
+
+
+def test_rcdbft_member_does_not_freeze_for_a_lone_leaders_view_change(cost: CostModel) -> None:
+    _sim, nodes, ledger = _rc_sim(cost)
+    cfg = ledger.configs[0]
+    ldr = cfg.leaders[0]
+    member = next(nodes[i] for i in cfg.clusters[0] if i != ldr)
+    member.on_vcn(Msg("VCN", ldr, 1, 1, 0, data=(2.0, ())))  # no intents of other leaders
+    assert member.view == 0 and not any(nv == 1 for nv, _ in ledger.vc_reports)
+    q_top = cluster_quorum(len(cfg.clusters))[1]
+    intents = tuple((c, cfg.leaders[c]) for c in range(q_top))
+    member.on_vcn(Msg("VCN", ldr, 1, 1, 0, data=(2.0, intents)))
+    assert member.view == 1  # it stops voting in view 0 only when it signs its report
+    assert any(nv == 1 and r[0] == member.id for nv, r in ledger.vc_reports)
