@@ -293,6 +293,7 @@ class RcNode(Node):
             "NVF",
             "NVQ",
             "RCPT",
+            "QCB",
             "FETCH",
             "BLOCKS",
         ):
@@ -666,6 +667,55 @@ class RcNode(Node):
             Msg("RCPT", self.id, mine[0], h, mine[1], size=2 * VOTE, epoch=self.cfg.epoch),
         )
 
+    def hand_over_qcs(self, s: int, old_c: int) -> None:
+        """Leaving an epoch as a leader: send our cluster's commit QCs that no committed block
+        lists yet (the epoch's last block's, typically) to the new primary, which was usually
+        not a leader when they were exchanged. One message per old leader per epoch; without it
+        every member would need a receipt for that block."""
+        entries = []
+        for h in range(s - QC_WINDOW + 1, s + 1):
+            got = self.qc_book.get(h, {}).get(old_c)
+            prep = self.prepared.get(h)
+            if got is None or prep is None or (h, old_c) in self.ledger.included:
+                continue
+            entries.append((h, old_c, got[0], got[1], prep[0]))
+        dst = self.primary(self.view)
+        if not entries or dst == self.id:
+            return
+        assert self.cfg is not None
+        size = VOTE + sum(VOTE + 4 * len(e[3]) + SIGNER * len(e[3]) for e in entries)
+        verifies = sum(len(e[3]) for e in entries)
+        self.send(
+            [dst],
+            Msg(
+                "QCB",
+                self.id,
+                self.view,
+                s,
+                0,
+                size=size,
+                verifies=verifies,
+                epoch=self.cfg.epoch,
+                data=tuple(entries),
+            ),
+        )
+
+    def on_qcb(self, msg: Msg) -> None:
+        top = max(e[0] for e in msg.data)
+        if top > self.last_exec:
+            self.future[top + 1].append(msg)  # check it once we have executed those heights
+            return
+        signed = self.ledger.signed
+        for h, c, ldr, parts, v in msg.data:
+            cfg_h = self.ledger.configs.get(self.ledger.epoch_of(h))
+            d = self.log.get(h)
+            if cfg_h is None or d is None or not 0 <= c < len(cfg_h.clusters):
+                continue
+            members = cfg_h.clusters[c]
+            voted = [i for i in parts if i in members and ("CV", i, v, h, d) in signed]
+            if ldr == msg.src and len(voted) >= cluster_quorum(len(members))[1]:
+                self.qc_book[h].setdefault(c, (ldr, parts))
+
     def on_rcpt(self, msg: Msg) -> None:
         if (msg.seq, msg.src) in self.ledger.receipts_in:
             return
@@ -698,7 +748,10 @@ class RcNode(Node):
             del self.qc_book[h]
         nxt = self.ledger.config_for(s + 1)
         if self.cfg is None or nxt.epoch != self.cfg.epoch:
+            old_c = self.myc if self.cfg is not None and self.is_leader() else -1
             self.enter_epoch(nxt)
+            if old_c >= 0:
+                self.hand_over_qcs(s, old_c)
         self.arm_watchdog()
         pl = self.pending_lead
         if pl is not None and pl[1] == s + 1 and pl[0] == self.view and not self.in_vc:

@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 
+from ehrshare_consensus import runner
 from ehrshare_consensus.calibrate import CostModel
-from ehrshare_consensus.core import SafetyViolation
+from ehrshare_consensus.core import Msg, SafetyViolation
 from ehrshare_consensus.experiments import safety_sweep
 from ehrshare_consensus.faults import SCENARIOS
+from ehrshare_consensus.rcdbft import RcLedger, RcNode
 from ehrshare_consensus.runner import RunSpec, run_once
 
 SIZES = {"pbft": 7, "rcdbft": 16, "raft": 5}
@@ -168,14 +170,52 @@ def test_reputation_farming_frames_no_honest_member(cost: CostModel) -> None:
     assert row["observers"] == []
 
 
-def test_late_honest_votes_are_credited_through_receipts(cost: CostModel) -> None:
-    # Members whose COMMIT vote reaches the leader after its cluster QC are not in the
-    # participant list; their signed vote, sent to the primary, is the evidence.
-    row = _run(cost, "rcdbft", "none", n=64, blocks=40, epoch_blocks=10)
-    sent = row["events"].get("receipt_sent", 0)
-    assert sent > 0
-    assert row["events"].get("receipt_counted", 0) <= sent
-    assert row["events"].get("receipt_counted", 0) > 0
+def _lowest_reputation_when_leaders_omit_a_voter(
+    cost: CostModel, monkeypatch: pytest.MonkeyPatch, receipts: bool
+) -> float:
+    real_qc_msg = RcNode.qc_msg
+
+    def omitting(
+        self: RcNode,
+        kind: str,
+        v: int,
+        s: int,
+        d: int,
+        signers: tuple[int, ...],
+        parts: tuple[int, ...],
+    ) -> Msg:
+        if kind == "CQC":  # leave the lowest-id member out of the participant list
+            victim = min(self.my_members())
+            parts = tuple(i for i in parts if i != victim)
+        return real_qc_msg(self, kind, v, s, d, signers, parts)
+
+    ledgers: list[RcLedger] = []
+    real_build = runner.build_rcdbft
+
+    def build(*args: Any, **kw: Any) -> tuple[list[RcNode], RcLedger]:
+        nodes, ledger = real_build(*args, **kw)
+        ledgers.append(ledger)
+        return nodes, ledger
+
+    with monkeypatch.context() as m:
+        m.setattr(RcNode, "qc_msg", omitting)
+        m.setattr(runner, "build_rcdbft", build)
+        if not receipts:
+            m.setattr(RcNode, "check_listed", lambda self, s, d: None)
+        _run(cost, "rcdbft", "none", blocks=60)
+    return min(rec.r for rec in ledgers[0].recs.values())
+
+
+def test_a_leader_cannot_frame_a_member_by_leaving_its_vote_out(
+    cost: CostModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every leader leaves one member who did vote out of its commit QCs' participant lists.
+    # Without receipts that member's reputation sinks towards the observer threshold; with them
+    # its own signed COMMIT vote is the evidence and it keeps (most of) its reputation.
+    without = _lowest_reputation_when_leaders_omit_a_voter(cost, monkeypatch, receipts=False)
+    with_receipts = _lowest_reputation_when_leaders_omit_a_voter(cost, monkeypatch, receipts=True)
+    assert without < 0.4
+    assert with_receipts > 0.55 and with_receipts > without + 0.2
 
 
 def test_safety_checker_fails_the_run_loudly_within_assumptions(
