@@ -679,12 +679,15 @@ class RcNode(Node):
             if got is None or prep is None or (h, old_c) in self.ledger.included:
                 continue
             entries.append((h, old_c, got[0], got[1], prep[0]))
+        # Receipts we hold as the old primary travel along (the new primary puts them in).
+        rcpts = tuple(sorted(r for r in self.rcpts if (r[0], r[1]) not in self.ledger.receipts_in))
         dst = self.primary(self.view)
-        if not entries or dst == self.id:
+        if not (entries or rcpts) or dst == self.id:
             return
         assert self.cfg is not None
         size = VOTE + sum(VOTE + 4 * len(e[3]) + SIGNER * len(e[3]) for e in entries)
-        verifies = sum(len(e[3]) for e in entries)
+        size += 2 * VOTE * len(rcpts)
+        verifies = sum(len(e[3]) for e in entries) + len(rcpts)
         self.send(
             [dst],
             Msg(
@@ -696,17 +699,25 @@ class RcNode(Node):
                 size=size,
                 verifies=verifies,
                 epoch=self.cfg.epoch,
-                data=tuple(entries),
+                data=(tuple(entries), rcpts),
             ),
         )
 
     def on_qcb(self, msg: Msg) -> None:
-        top = max(e[0] for e in msg.data)
-        if top > self.last_exec:
-            self.future[top + 1].append(msg)  # check it once we have executed those heights
-            return
+        entries, rcpts = msg.data
         signed = self.ledger.signed
-        for h, c, ldr, parts, v in msg.data:
+        for h, i, v in rcpts:
+            # Each receipt's signature is checked against the committed block when a block
+            # carrying it is accounted; here we only keep it.
+            if (h, i) not in self.ledger.receipts_in:
+                self.rcpts.add((h, i, v))
+        top = max((e[0] for e in entries), default=0)
+        if top > self.last_exec:
+            self.future[top + 1].append(
+                Msg("QCB", msg.src, msg.view, msg.seq, 0, size=0, data=(entries, ()))
+            )
+            return
+        for h, c, ldr, parts, v in entries:
             cfg_h = self.ledger.configs.get(self.ledger.epoch_of(h))
             d = self.log.get(h)
             if cfg_h is None or d is None or not 0 <= c < len(cfg_h.clusters):
