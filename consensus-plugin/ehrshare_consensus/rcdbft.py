@@ -293,6 +293,7 @@ class RcNode(Node):
             "NVF",
             "NVQ",
             "RCPT",
+            "TNVQ",
             "QCB",
             "FETCH",
             "BLOCKS",
@@ -1211,11 +1212,25 @@ class RcNode(Node):
         )
         self.send_vcn(nv)
         mark = self.progress
+        asked = [False]
 
         def tick() -> None:
             if not (self.in_vc and self.view == nv and self.progress == mark and self.is_leader()):
                 return
             if len(self.tvis[nv]) >= self.q_top():
+                if not asked[0] and self.primary(nv) != self.id:
+                    # Maybe only the NEW-VIEW was lost: ask the new primary for it once before
+                    # giving up on the view (PBFT replicas re-fetch it the same way).
+                    asked[0] = True
+                    assert self.cfg is not None
+                    self.send(
+                        [self.primary(nv)],
+                        Msg(
+                            "TNVQ", self.id, nv, self.last_exec, 0, size=VOTE, epoch=self.cfg.epoch
+                        ),
+                    )
+                    self.timer(self.vc_timeout / 2, tick)
+                    return
                 self.start_view_change(nv + 1)  # a quorum wanted nv and it still failed
             else:
                 # Wait for the other leaders instead of racing through views alone (PBFT starts
@@ -1377,6 +1392,11 @@ class RcNode(Node):
             self.lead(nv, s, digest)
         else:
             self.pending_lead = (nv, s, digest)
+
+    def on_tnvq(self, msg: Msg) -> None:
+        tnv = self.nv_proof.get(msg.view)
+        if tnv is not None and tnv.src == self.id and self.cluster_of.get(msg.src, -1) >= 0:
+            self.send([msg.src], tnv)
 
     def on_tnv(self, msg: Msg) -> None:
         nv = msg.view
