@@ -381,14 +381,17 @@ def test_no_rekey_in_clear_in_state_or_logs(lab: World, caplog: pytest.LogCaptur
 
 def test_two_concurrent_reads_of_one_record_by_one_member_both_succeed(lab: World) -> None:
     w = lab
+    # A fresh grantee: an older alice→bob grant from another test (its re-key not at this
+    # proxy) could otherwise be the one RequestAccess picks.
+    who = fresh_clinician(w)
     with w.open_proxy() as proxy:
-        gid = grant(w, "alice", "bob")
-        deliver(w, proxy, "alice", "bob", gid)
+        gid = grant(w, "alice", who)
+        deliver(w, proxy, "alice", who, gid)
         record_id, m, _ = w.new_record()
-        bob = InProcessProxyClient(proxy, caller=w.m["bob"].ibe_id)
+        bob = InProcessProxyClient(proxy, caller=w.m[who].ibe_id)
         # Both requests commit before either reaches the proxy: the second must not cancel
         # the first.
-        approvals = [request(w, "bob", record_id), request(w, "bob", record_id)]
+        approvals = [request(w, who, record_id), request(w, who, record_id)]
         outs: dict[str, bytes] = {}
         errors: list[BaseException] = []
         start = threading.Barrier(len(approvals))
@@ -409,7 +412,7 @@ def test_two_concurrent_reads_of_one_record_by_one_member_both_succeed(lab: Worl
             t.join(timeout=60)
         assert errors == []
         assert sorted(outs) == sorted(approvals)
-        assert all(read_as(w, "bob", out) == m for out in outs.values())
+        assert all(read_as(w, who, out) == m for out in outs.values())
         # Each approval is still single use.
         for approval in approvals:
             with pytest.raises(ApprovalConsumed):
@@ -418,12 +421,13 @@ def test_two_concurrent_reads_of_one_record_by_one_member_both_succeed(lab: Worl
 
 def test_one_approval_is_released_once_to_racing_threads(lab: World) -> None:
     w = lab
+    who = fresh_clinician(w)  # see the test above
     with w.open_proxy() as proxy:
-        gid = grant(w, "alice", "bob")
-        deliver(w, proxy, "alice", "bob", gid)
+        gid = grant(w, "alice", who)
+        deliver(w, proxy, "alice", who, gid)
         record_id, _, _ = w.new_record()
-        bob = w.m["bob"].ibe_id
-        approval = request(w, "bob", record_id)
+        bob = w.m[who].ibe_id
+        approval = request(w, who, record_id)
         released: list[bytes] = []
         refused: list[ApprovalConsumed] = []
         other: list[BaseException] = []
@@ -477,14 +481,17 @@ class _HoldsCheck:
 
 def test_a_slow_approval_check_does_not_block_other_approvals(lab: World) -> None:
     w = lab
-    gid = grant(w, "alice", "bob")
+    # A fresh grantee: an older alice→bob grant from another test (its re-key not at this
+    # proxy) could otherwise be the one RequestAccess picks.
+    who = fresh_clinician(w)
+    gid = grant(w, "alice", who)
     record_id, m, _ = w.new_record()
-    bob = w.m["bob"].ibe_id
-    slow, fast = request(w, "bob", record_id), request(w, "bob", record_id)
+    bob = w.m[who].ibe_id
+    slow, fast = request(w, who, record_id), request(w, who, record_id)
     contract = _HoldsCheck(w.m["proxy"].contract, held=slow)
     proxy = ReencryptionProxy(state_dir=w.proxy_state, contract=contract, key=w.proxy_key)
     with proxy:
-        deliver(w, proxy, "alice", "bob", gid)
+        deliver(w, proxy, "alice", who, gid)
         results: dict[str, Any] = {}
 
         def read_slow() -> None:
@@ -504,5 +511,5 @@ def test_a_slow_approval_check_does_not_block_other_approvals(lab: World) -> Non
         contract.release.set()
         t.join(timeout=60)
         assert contract.timed_out is False
-        assert read_as(w, "bob", results["fast"]) == m
-        assert read_as(w, "bob", results["slow"]) == m
+        assert read_as(w, who, results["fast"]) == m
+        assert read_as(w, who, results["slow"]) == m
