@@ -141,6 +141,20 @@ class TxContext:
             return None
         return canonical.loads(raw, f"stored {object_type}")
 
+    def index_page(
+        self, index: str, subject: str, target: str, page_size: str, bookmark: str
+    ) -> tuple[list[Any], str]:
+        """One page of the objects an index ``(index, subject, *target key)`` points at."""
+        _check_bookmark(bookmark, index, subject)
+        rows, next_bm = self.stub.get_state_by_partial_composite_key_with_pagination(
+            index, [subject], _page_size(page_size), bookmark
+        )
+        out = []
+        for kv in rows:
+            _, attrs = self.stub.split_composite_key(kv.key)
+            out.append(self.get_json(target, *attrs[1:]))
+        return out, next_bm
+
     def put_json(self, value: Any, object_type: str, *attrs: str) -> None:
         self.stub.put_state(self.key(object_type, *attrs), canonical.dumps(value))
 
@@ -580,14 +594,7 @@ class EHRContract:
         _check_ibe(patient, "patient")
         if caller.name != patient and caller.role != AUDITOR:
             raise ChaincodeError(f"identity {caller.name} may not list records of {patient}")
-        _check_bookmark(bookmark, K_RECORD_BY_OWNER, patient)
-        rows, next_bm = ctx.stub.get_state_by_partial_composite_key_with_pagination(
-            K_RECORD_BY_OWNER, [patient], _page_size(page_size), bookmark
-        )
-        records = []
-        for kv in rows:
-            _, attrs = ctx.stub.split_composite_key(kv.key)
-            records.append(ctx.get_json(K_RECORD, attrs[1]))
+        records, next_bm = ctx.index_page(K_RECORD_BY_OWNER, patient, K_RECORD, page_size, bookmark)
         return {"records": records, "bookmark": next_bm}
 
     # --- grants ------------------------------------------------------------------------------
@@ -777,14 +784,7 @@ class EHRContract:
         if caller.name != party and caller.role != AUDITOR:
             raise ChaincodeError(f"identity {caller.name} may not list grants of {party}")
         index = K_GRANT_BY_OWNER if side == "owner" else K_GRANT_BY_GRANTEE
-        _check_bookmark(bookmark, index, party)
-        rows, next_bm = ctx.stub.get_state_by_partial_composite_key_with_pagination(
-            index, [party], _page_size(page_size), bookmark
-        )
-        grants = []
-        for kv in rows:
-            _, attrs = ctx.stub.split_composite_key(kv.key)
-            grants.append(ctx.get_json(K_GRANT, attrs[1]))
+        grants, next_bm = ctx.index_page(index, party, K_GRANT, page_size, bookmark)
         return {"grants": grants, "bookmark": next_bm}
 
     # --- access ------------------------------------------------------------------------------
@@ -1018,14 +1018,7 @@ class EHRContract:
         elif kind == "record":
             record = self._record(ctx, subject)
             self._may_audit(ctx, caller, record["owner"])
-            _check_bookmark(bookmark, K_LOG_BY_RECORD, subject)
-            rows, next_bm = ctx.stub.get_state_by_partial_composite_key_with_pagination(
-                K_LOG_BY_RECORD, [subject], size, bookmark
-            )
-            entries = []
-            for kv in rows:
-                _, attrs = ctx.stub.split_composite_key(kv.key)
-                entries.append(ctx.get_json(K_LOG, attrs[1], attrs[2]))
+            entries, next_bm = ctx.index_page(K_LOG_BY_RECORD, subject, K_LOG, page_size, bookmark)
         else:
             raise ChaincodeError(f"audit trail kind {kind!r} is not patient or record")
         return {"entries": entries, "bookmark": next_bm}
