@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 HEADER_BYTES = 64  # type, view, seq, digest, sender
 SIG_BYTES = 72  # DER ECDSA P-256 signature
+_TIME_EPS = 1e-9  # seconds; below any modelled delay, above float rounding of virtual time
 
 
 class SafetyViolation(RuntimeError):
@@ -353,6 +354,7 @@ class Node:
         self.cost = sim.cost
         self.log: dict[int, int] = {}
         self.last_exec = 0
+        self.proposing = False
 
     # -- event plumbing -------------------------------------------------------------------
     def on_event(self, ev: simpy.Event) -> None:
@@ -371,6 +373,37 @@ class Node:
 
     def on_message(self, msg: Msg) -> None:
         raise NotImplementedError
+
+    def try_propose(self) -> None:
+        """Cut and propose a block if this node may (protocols override)."""
+        raise NotImplementedError
+
+    def batch_due(self, force: bool = False) -> bool:
+        """Whether a block should be cut now (same batching rule for every protocol).
+
+        If not — fewer than ``batch_size`` requests and the oldest younger than
+        ``batch_timeout_s`` — arrange to call :meth:`try_propose` again at the batch timeout or
+        when the next request arrives, and return False.
+        """
+        p = self.sim.params
+        pool = self.sim.pool
+        if force or len(pool.pending) >= p.batch_size:
+            return True
+        # The tolerance matters: a timer set for the timeout can fire a rounding error early,
+        # and re-arming it for a delay of 1e-17 s would not advance simpy's clock (endless loop).
+        if pool.oldest_age(self.t) >= p.batch_timeout_s - _TIME_EPS:
+            return True
+        self.proposing = True
+
+        def again() -> None:
+            self.proposing = False
+            self.try_propose()
+
+        if pool.pending:
+            self.timer(p.batch_timeout_s - pool.oldest_age(self.t), again)
+        else:
+            pool.waiters.append((self, again))
+        return False
 
     def cpu(self, seconds: float) -> None:
         """Spend CPU time now (signing, verifying a certificate, hashing)."""

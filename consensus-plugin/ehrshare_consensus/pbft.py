@@ -65,20 +65,10 @@ class PbftNode(Node):
         s = self.last_exec + 1
         if (self.view, s) in self.accepted:
             return
+        if not self.batch_due():
+            return
         p = self.sim.params
         pool = self.sim.pool
-        if len(pool.pending) < p.batch_size and pool.oldest_age(self.t) < p.batch_timeout_s:
-            self.proposing = True
-
-            def again() -> None:
-                self.proposing = False
-                self.try_propose()
-
-            if pool.pending:
-                self.timer(p.batch_timeout_s - pool.oldest_age(self.t), again)
-            else:
-                pool.waiters.append((self, again))
-            return
         txs = pool.take(p.batch_size)
         self.propose(s, txs)
 

@@ -108,21 +108,10 @@ class RaftNode(Node):
             return
         if self.commit_index < len(self.entries) and not force:
             return  # one block in flight
+        if not self.batch_due(force):
+            return
         p = self.sim.params
         pool = self.sim.pool
-        waiting = pool.oldest_age(self.t) < p.batch_timeout_s
-        if len(pool.pending) < p.batch_size and waiting and not force:
-            self.proposing = True
-
-            def again() -> None:
-                self.proposing = False
-                self.try_propose()
-
-            if pool.pending:
-                self.timer(p.batch_timeout_s - pool.oldest_age(self.t), again)
-            else:
-                pool.waiters.append((self, again))
-            return
         txs = pool.take(p.batch_size)
         blk = self.sim.new_block(len(self.entries) + 1, self.id, self.term, txs)
         self.entries.append((self.term, blk.digest))
