@@ -73,6 +73,8 @@ _ROUND_KEYS = {
     "purpose",
     "warmup_blocks",
 }
+# What a round is for: selects the plots and targets its rows feed.
+PURPOSES = ("scale", "recovery", "reputation", "scale_target", "load", "load_curve")
 # Small networks for the safety sweep (many seeded runs per scenario).
 SWEEP_SIZES = {"pbft": 7, "rcdbft": 16, "raft": 5}
 
@@ -92,21 +94,25 @@ class Round:
     blocks: Mapping[str, int]
     base: RunSpec
     purpose: str = "scale"
+    # Offered loads (tx/s) of an open-loop round: one run per load; empty = the base's rate.
+    loads: tuple[float, ...] = ()
 
     def specs(self) -> list[RunSpec]:
         out = []
         for proto in self.protocols:
             for n in self.ns:
-                for seed in self.seeds:
-                    out.append(
-                        replace(
-                            self.base,
-                            protocol=proto,
-                            n=n,
-                            seed=seed,
-                            blocks=self.blocks.get(proto, self.blocks.get("*", 50)),
+                for tps in self.loads or (self.base.tps,):
+                    for seed in self.seeds:
+                        out.append(
+                            replace(
+                                self.base,
+                                protocol=proto,
+                                n=n,
+                                seed=seed,
+                                tps=tps,
+                                blocks=self.blocks.get(proto, self.blocks.get("*", 50)),
+                            )
                         )
-                    )
         return out
 
 
@@ -181,6 +187,7 @@ def _round(raw: Any, defaults: dict[str, Any], where: str) -> Round:
     rate = merged.get("rate", {"type": "backlog"})
     if not isinstance(rate, dict) or rate.get("type") not in ("backlog", "poisson"):
         raise _fail(where, f"rate must be {{type: backlog|poisson, ...}}, got {rate!r}")
+    loads = _loads(rate, where)
     scenario = str(merged.get("scenario", "none"))
     if scenario not in SCENARIOS:
         raise _fail(where, f"unknown scenario {scenario!r}; known: {sorted(SCENARIOS)}")
@@ -195,7 +202,7 @@ def _round(raw: Any, defaults: dict[str, Any], where: str) -> Round:
             tx_bytes=int(merged.get("tx_bytes", 512)),
             batch_timeout_s=float(merged.get("batch_timeout_s", 0.05)),
             rate=str(rate["type"]),
-            tps=float(rate.get("tps", 1000.0)),
+            tps=loads[0] if loads else 1000.0,
             outstanding=rate.get("outstanding"),
             network=_network(merged.get("network", "lan"), where),
             scenario=scenario,
@@ -209,12 +216,28 @@ def _round(raw: Any, defaults: dict[str, Any], where: str) -> Round:
     except (TypeError, ValueError) as exc:
         raise _fail(where, str(exc)) from exc
     purpose = str(merged.get("purpose", "scale"))
-    if purpose not in ("scale", "recovery", "reputation", "scale_target", "load"):
+    if purpose not in PURPOSES:
+        raise _fail(where, f"purpose must be one of {', '.join(PURPOSES)}, got {purpose!r}")
+    if purpose == "load_curve" and (base.rate != "poisson" or len(loads) < 2):
         raise _fail(
-            where,
-            f"purpose must be scale, recovery, reputation, scale_target or load, got {purpose!r}",
+            where, "a load_curve round needs rate {type: poisson, tps: [two or more loads]}"
         )
-    return Round(label, tuple(protos), ns, seeds, blocks, base, purpose)
+    return Round(label, tuple(protos), ns, seeds, blocks, base, purpose, loads)
+
+
+def _loads(rate: dict[str, Any], where: str) -> tuple[float, ...]:
+    """The offered loads of a rate: ``tps`` as one number or a list (tx/s, each > 0)."""
+    raw = rate.get("tps")
+    if raw is None:
+        return ()
+    vals = raw if isinstance(raw, list) else [raw]
+    if not vals or any(
+        isinstance(v, bool) or not isinstance(v, int | float) or v <= 0 for v in vals
+    ):
+        raise _fail(where, f"rate tps must be a positive number or a list of them, got {raw!r}")
+    if len(vals) > 1 and rate.get("type") != "poisson":
+        raise _fail(where, "a list of offered loads needs rate type poisson")
+    return tuple(float(v) for v in vals)
 
 
 def load_experiment(path: Path) -> Experiment:
@@ -273,13 +296,20 @@ def _median(vals: Iterable[Any]) -> float | None:
 
 
 def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Median of each metric over seeds, per (round, protocol, n, scenario, network)."""
+    """Median of each metric over seeds, per (round, protocol, n, scenario, network, load)."""
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in runs:
-        key = (r["round"], r["protocol"], r["n"], r["scenario"], r["network"])
+        key = (
+            r["round"],
+            r["protocol"],
+            r["n"],
+            r["scenario"],
+            r["network"],
+            r.get("offered_tps"),
+        )
         groups.setdefault(key, []).append(r)
     out = []
-    for (rnd, proto, n, scen, net), rs in groups.items():
+    for (rnd, proto, n, scen, net, offered), rs in groups.items():
         row: dict[str, Any] = {
             "round": rnd,
             "purpose": rs[0]["purpose"],
@@ -287,6 +317,7 @@ def aggregate(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "n": n,
             "scenario": scen,
             "network": net,
+            "offered_tps": offered,
             "seeds": len(rs),
             "blocks": rs[0]["blocks_committed"],
             "batch_size": rs[0]["batch_size"],
@@ -522,6 +553,35 @@ def make_plots(rows: list[dict[str, Any]], runs: list[dict[str, Any]], out: Path
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
         save(fig, "latency.png")
+    curve = [r for r in rows if r["purpose"] == "load_curve" and r["latency_p50_ms"] is not None]
+    if curve:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for proto in PROTOCOLS:
+            pts = sorted(
+                (r["offered_tps"], r["latency_p50_ms"], r["latency_p99_ms"])
+                for r in curve
+                if r["protocol"] == proto
+            )
+            if not pts:
+                continue
+            xs = [p[0] for p in pts]
+            ax.plot(xs, [p[1] for p in pts], marker="o", label=f"{proto} p50", color=colours[proto])
+            ax.plot(
+                xs,
+                [p[2] for p in pts],
+                marker="x",
+                linestyle="--",
+                label=f"{proto} p99",
+                color=colours[proto],
+            )
+        ax.set_xlabel("offered load (tx/s, Poisson arrivals)")
+        ax.set_ylabel("commit latency (ms)")
+        ax.set_title(f"Latency vs offered load, N={curve[0]['n']}, {curve[0]['network']} model")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        save(fig, "latency_vs_load.png")
     rec = [r for r in rows if r["purpose"] == "recovery" and r["recovery_ms"] is not None]
     if rec:
         fig, ax = plt.subplots(figsize=(6, 4))

@@ -139,6 +139,8 @@ def run_once(spec: RunSpec, cost: CostModel | None = None) -> dict[str, Any]:
         "scenario": spec.scenario,
         "network": net.kind,
         "batch_size": spec.batch_size,
+        "rate": spec.rate,
+        "offered_tps": spec.tps if spec.rate == "poisson" else None,
         "beyond_assumptions": scen.beyond_assumptions,
         "wall_time_s": round(wall, 3),
     }

@@ -88,6 +88,12 @@ def test_bench_consensus_missing_file(tmp_path: Path) -> None:
         ("rounds:\n  - {n: [4, x]}", "n must be an integer"),
         ("rounds:\n  - {n: 4, network: {kind: mars}}", "lan, wan or measured"),
         ("rounds: [", "not valid YAML"),
+        ("rounds:\n  - {n: 4, rate: {type: poisson, tps: [100, -5]}}", "positive number"),
+        ("rounds:\n  - {n: 4, rate: {type: backlog, tps: [100, 200]}}", "needs rate type poisson"),
+        (
+            "rounds:\n  - {n: 4, purpose: load_curve, rate: {type: poisson, tps: 100}}",
+            "two or more loads",
+        ),
     ],
 )
 def test_experiment_loader_names_what_is_wrong(tmp_path: Path, text: str, needle: str) -> None:
@@ -96,6 +102,40 @@ def test_experiment_loader_names_what_is_wrong(tmp_path: Path, text: str, needle
     with pytest.raises(ConfigError) as err:
         load_experiment(cfg)
     assert needle in str(err.value)
+
+
+LOAD_CURVE = """
+name: load-curve-test
+defaults: {batch_size: 20, batch_timeout_s: 0.02}
+rounds:
+  - label: curve
+    purpose: load_curve
+    rate: {type: poisson, tps: [200, 800, 20000]}
+    protocols: [pbft, raft]
+    n: [4]
+    blocks: 12
+"""
+
+
+def test_load_curve_round_runs_one_row_per_offered_load(tmp_path: Path) -> None:
+    cfg = tmp_path / "curve.yaml"
+    cfg.write_text(LOAD_CURVE)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["bench", "consensus", str(cfg), "--json", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    rows = [r for r in data["rows"] if r["purpose"] == "load_curve"]
+    assert sorted((r["protocol"], r["offered_tps"]) for r in rows) == [
+        (p, t) for p in ("pbft", "raft") for t in (200.0, 800.0, 20000.0)
+    ]
+    for proto in ("pbft", "raft"):
+        by_load = {r["offered_tps"]: r for r in rows if r["protocol"] == proto}
+        # Below saturation the system carries what is offered; far above it, it cannot, and
+        # requests queue, so latency grows with the load.
+        assert by_load[200.0]["throughput_tps"] < 400
+        assert by_load[20000.0]["throughput_tps"] < 20000 * 0.9
+        assert by_load[20000.0]["latency_p99_ms"] > by_load[200.0]["latency_p99_ms"]
+    assert "latency_vs_load.png" in {Path(p).name for p in data["plots"]}
 
 
 def test_bundled_configs_parse() -> None:
