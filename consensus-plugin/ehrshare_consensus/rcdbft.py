@@ -1187,20 +1187,7 @@ class RcNode(Node):
         # carrying a cluster quorum of them. Members stop voting in lower views only in phase 2,
         # so a lone (or lying) leader cannot freeze its members in a view nobody else enters.
         self.tvis[nv][self.myc] = self.id
-        self.send(
-            self.leaders_except_me(),
-            Msg(
-                "TVI",
-                self.id,
-                nv,
-                self.last_exec,
-                0,
-                size=VOTE,
-                epoch=self.cfg.epoch,
-                data=tuple(sorted(self.evidence)),
-            ),
-        )
-        self.send_vcn(nv)
+        self.send_intent(nv)
         mark = self.progress
         asked = [False]
 
@@ -1225,25 +1212,29 @@ class RcNode(Node):
             else:
                 # Wait for the other leaders instead of racing through views alone (PBFT starts
                 # this timer only at a quorum); re-send in case the message was lost.
-                assert self.cfg is not None
-                self.send(
-                    self.leaders_except_me(),
-                    Msg(
-                        "TVI",
-                        self.id,
-                        nv,
-                        self.last_exec,
-                        0,
-                        size=VOTE,
-                        epoch=self.cfg.epoch,
-                        data=tuple(sorted(self.evidence)),
-                    ),
-                )
-                self.send_vcn(nv)
+                self.send_intent(nv)
                 self.timer(self.vc_timeout, tick)
 
         self.timer(self.vc_timeout, tick)
         self.maybe_collect(nv)
+
+    def send_intent(self, nv: int) -> None:
+        """View-change phase 1: TVI to the other leaders (with our evidence), VCN to members."""
+        assert self.cfg is not None
+        self.send(
+            self.leaders_except_me(),
+            Msg(
+                "TVI",
+                self.id,
+                nv,
+                self.last_exec,
+                0,
+                size=VOTE,
+                epoch=self.cfg.epoch,
+                data=tuple(sorted(self.evidence)),
+            ),
+        )
+        self.send_vcn(nv)
 
     def send_vcn(self, nv: int) -> None:
         assert self.cfg is not None
