@@ -8,6 +8,7 @@ system can grow their commands without editing one shared file.
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 
 import typer
@@ -65,7 +66,20 @@ def _register_all() -> None:
         module.register(app, bench_app)
 
 
+def _one_line_summaries(typer_app: typer.Typer) -> None:
+    # Typer's command lists keep a docstring's hard line breaks in rich mode, which chops the
+    # summaries mid-sentence; give every command a one-line short help from its first paragraph.
+    for info in typer_app.registered_commands:
+        doc = info.help or (inspect.getdoc(info.callback) if info.callback else None)
+        if info.short_help is None and doc:
+            info.short_help = " ".join(doc.split("\n\n")[0].split())
+    for group in typer_app.registered_groups:
+        if group.typer_instance is not None:
+            _one_line_summaries(group.typer_instance)
+
+
 _register_all()
+_one_line_summaries(app)
 
 
 def main() -> None:
