@@ -39,6 +39,7 @@ from ehrshare.hazmat.dkg import new_session_nonce
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, KGCNodePublicKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.embedded import connect as ledger_connect
+from ehrshare.ledger.errors import GatewayError
 from ehrshare.ledger.store import EmbeddedLedger
 from ehrshare.profile import (
     FABRIC_UNAVAILABLE,
@@ -302,6 +303,9 @@ class Consortium:
         )
         consortium = cls.open(root / "profile.yaml", clock=clock)
         try:
+            say("publishing each hospital's CA certificate on chain")
+            for hospital in hospitals:
+                consortium._publish_org_ca(_msp(hospital))
             for kgc_node in consortium.kgc_nodes:
                 _register_service(consortium, f"kgc{kgc_node.index}")
             _register_service(consortium, "proxy")
@@ -389,7 +393,33 @@ class Consortium:
         wallet = self.profile.wallet(name)
         if wallet.exists:
             raise ConsortiumError(f"wallet {wallet.directory} already exists")
+        # Consortia created before the CA went on chain get it now, so their admins can
+        # RegisterMember.
+        self._publish_org_ca(msp)
         return self._issue(self.directory, msp, name, role, wallet.directory)
+
+    def _publish_org_ca(self, msp: str) -> bool:
+        """Put ``msp``'s CA certificate on chain unless one is there; True when it published.
+
+        ``RegisterOrgCA`` must come from an org admin whose own certificate that CA issued, so
+        the CA issues a throwaway admin certificate for the one call; it is never stored and
+        registers no identity.
+        """
+        ca = LocalCA.load(self.directory / "ca" / msp)
+        identity, signer = ca.issue("ca-publisher", node_ou="admin", valid_days=1)
+        with ledger_connect(identity, signer, self.ledger, clock=self.clock) as gateway:
+            contract = gateway.get_network(self.profile.channel).get_contract(
+                self.profile.chaincode
+            )
+            try:
+                contract.evaluate_transaction("GetOrgCA", msp)
+                return False
+            except GatewayError as exc:
+                if exc.message != f"the ca of {msp} is not registered":
+                    raise
+            contract.submit_transaction("RegisterOrgCA", ca.certificate_pem)
+        _log.info("published the CA certificate of %s on chain", msp)
+        return True
 
     def session(self, wallet: str | Wallet) -> Session:
         """A session for a wallet, sharing this consortium's ledger and services."""

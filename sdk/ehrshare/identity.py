@@ -172,18 +172,20 @@ class LocalCA:
         self.certificate = certificate
 
     @classmethod
-    def create(cls, msp_id: str, *, valid_days: int = 3650) -> LocalCA:
-        """A fresh root CA for ``msp_id``."""
+    def create(
+        cls, msp_id: str, *, valid_days: int = 3650, now: _dt.datetime | None = None
+    ) -> LocalCA:
+        """A fresh root CA for ``msp_id``, valid from ``now`` (default: the wall clock)."""
         if not msp_id or "/" in msp_id:
             raise ValueError(f"msp id {msp_id!r} must be non-empty and contain no '/'")
         key = ec.generate_private_key(ec.SECP256R1())
+        now = now or _now()
         name = x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, msp_id),
                 x509.NameAttribute(NameOID.COMMON_NAME, f"ca.{msp_id}"),
             ]
         )
-        now = _now()
         cert = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -225,12 +227,15 @@ class LocalCA:
         attributes: dict[str, str] | None = None,
         valid_days: int = 365,
         hosts: Sequence[str] = (),
+        now: _dt.datetime | None = None,
     ) -> tuple[Identity, Signer]:
         """Enrol a member: a new P-256 key and a certificate with its NodeOU and role attribute.
 
         ``hosts`` (IP addresses or DNS names) make it a TLS server certificate as well: they go
         into the subject alternative names, with the serverAuth extended key usage, because TLS
-        clients match the address they dial against the SANs, never the common name.
+        clients match the address they dial against the SANs, never the common name. ``now``
+        (default: the wall clock) starts the validity period; a sandbox on a manual clock
+        passes its own time so the chaincode finds the certificate valid at transaction time.
         """
         if not enrollment_id or "/" in enrollment_id:
             raise ValueError(f"enrollment id {enrollment_id!r} must be non-empty, without '/'")
@@ -243,7 +248,7 @@ class LocalCA:
         attrs = dict(attributes or {})
         if role is not None:
             attrs[ROLE_ATTRIBUTE] = role
-        now = _now()
+        now = now or _now()
         builder = (
             x509.CertificateBuilder()
             .subject_name(
