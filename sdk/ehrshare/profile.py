@@ -488,14 +488,17 @@ class Wallet:
                 "re-issue it with 'ehrshare consortium reissue-tls "
                 f"{self.directory.name} -p <consortium dir>'"
             )
+        return self._load_pair("tls-cert.pem", "tls-key.pem")
+
+    def _load_pair(self, cert_name: str, key_name: str) -> tuple[Identity, Signer]:
         try:
             msp = (self.directory / "msp-id").read_text(encoding="utf-8").strip()
-            cert = (self.directory / "tls-cert.pem").read_bytes()
-            signer = Signer.from_secret_bytes(self._read("tls-key.pem"))
+            cert = (self.directory / cert_name).read_bytes()
+            signer = Signer.from_secret_bytes(self._read(key_name))
         except WalletError:
             raise
         except (OSError, ValueError) as exc:
-            raise WalletError(f"wallet {self.directory} TLS files are unreadable: {exc}") from None
+            raise WalletError(f"wallet {self.directory} is unreadable: {exc}") from None
         return Identity(msp, cert), signer
 
     def load_identity(self) -> tuple[Identity, Signer]:
@@ -505,15 +508,7 @@ class Wallet:
                 f"wallet {self.directory} holds no identity; create one with "
                 "'ehrshare consortium add-member' or 'ehrshare consortium init'"
             )
-        try:
-            msp = (self.directory / "msp-id").read_text(encoding="utf-8").strip()
-            cert = (self.directory / "cert.pem").read_bytes()
-            signer = Signer.from_secret_bytes(self._read("key.pem"))
-        except WalletError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise WalletError(f"wallet {self.directory} is unreadable: {exc}") from None
-        return Identity(msp, cert), signer
+        return self._load_pair("cert.pem", "key.pem")
 
     def save_secret_key(self, key: IdentitySecretKey) -> None:
         """Keep the enrolled identity secret key (mode 0600; encrypted with a passphrase)."""
