@@ -31,3 +31,38 @@ def test_python_dash_m_runs_the_same_cli() -> None:
 def test_unknown_command_exits_with_usage_error() -> None:
     result = CliRunner().invoke(app, ["no-such-command"])
     assert result.exit_code == 2
+
+
+def _options(group: str, command: str) -> dict[str, tuple[tuple[str, ...], bool, object]]:
+    from typer.main import get_command
+
+    cmd = get_command(app).commands[group].commands[command]
+    return {p.name: (tuple(p.opts + p.secondary_opts), p.required, p.default) for p in cmd.params}
+
+
+def test_serve_commands_keep_their_flags_defaults_and_required_options() -> None:
+    shared = {
+        "state_dir": (("--state-dir",), True, None),
+        "listen": (("--listen",), False, "127.0.0.1:7060"),
+        "msp_id": (("--msp-id",), True, None),
+        "cert": (("--cert",), True, None),
+        "key": (("--key",), True, None),
+        "ledger": (("--ledger",), True, None),
+        "channel": (("--channel",), False, "ehrshare"),
+        "chaincode": (("--chaincode",), False, "ehrshare"),
+        "tls_cert": (("--tls-cert",), True, None),
+        "tls_key": (("--tls-key",), True, None),
+        "client_ca": (("--client-ca",), False, []),
+        "log_file": (("--log-file",), False, None),
+        "port_file": (("--port-file",), False, None),
+    }
+    assert _options("kgc", "serve") == shared | {
+        "index": (("--index",), True, None),
+        "node_key_file": (("--node-key-file",), True, None),
+        "rate_limit": (("--rate-limit",), False, 60),
+    }
+    assert _options("proxy", "serve") == shared | {
+        "key_file": (("--key-file",), True, None),
+        "name": (("--name",), False, "proxy"),
+        "follow": (("--follow-revocations", "--no-follow-revocations"), False, True),
+    }

@@ -30,7 +30,7 @@ from typing import Any
 
 from . import canonical
 from .auditlog import GENESIS_HASH, SYSTEM_CHAIN, entry_hash, verify_entries
-from .certs import CertInfo, parse_certificate
+from .certs import CertInfo, issued_by, parse_certificate, signature_problem
 from .stub import ChaincodeError, ChaincodeStub
 
 __all__ = [
@@ -57,6 +57,7 @@ MAX_CAPSULE_BYTES = 64 * 1024
 MAX_TYPE_KEY_BYTES = 4 * 1024
 MAX_DKG_BUNDLE_BYTES = 1024 * 1024
 MAX_MPK_BYTES = 1024
+MAX_CERT_BYTES = 16 * 1024
 MAX_FORMAT_VERSION = 255
 MAX_HOPS = 16
 MAX_PAGE_SIZE = 100
@@ -74,6 +75,7 @@ _IBE_RE = re.compile(r"[^/\x00-\x1f]{1,64}/[^/\x00-\x1f]{1,64}")
 # value as a delete.
 K_IDENTITY = "ehr.id"
 K_IBE = "ehr.ibe"
+K_ORG_CA = "ehr.orgca"
 K_TYPEKEY = "ehr.typekey"
 K_RECORD = "ehr.rec"
 K_RECORD_VERSION = "ehr.recver"
@@ -293,6 +295,13 @@ def _check_bookmark(value: str, object_type: str, *attrs: str) -> str:
     return value
 
 
+def _cert_arg(value: str, what: str) -> bytes:
+    raw = value.encode()
+    if len(raw) > MAX_CERT_BYTES:
+        raise ChaincodeError(f"{what} is {len(raw)} bytes; the limit is {MAX_CERT_BYTES}")
+    return raw
+
+
 def _json_list(value: str, what: str) -> list[str]:
     if value == "":
         return []
@@ -315,6 +324,7 @@ class EHRContract:
     QUERIES = frozenset(
         {
             "GetIdentity",
+            "GetOrgCA",
             "GetRecord",
             "GetRecordHistory",
             "ListRecords",
@@ -352,18 +362,125 @@ class EHRContract:
         )
 
     def RegisterMember(self, ctx: TxContext, cert_pem: str, role: str) -> Any:
-        """An org admin registers a member of its own organisation with a role."""
+        """An org admin registers a member of its own organisation with a role.
+
+        The member's certificate is an argument nobody else has checked, so it must verify
+        against the organisation's CA certificate on chain (:meth:`RegisterOrgCA`): issuer,
+        signature, validity at the transaction's time, and not a CA certificate itself.
+        """
         caller = ctx.caller
         if not caller.is_org_admin:
             raise ChaincodeError(f"identity {caller.name} is not an org admin")
-        cert = parse_certificate(cert_pem.encode())
-        if cert.issuer != caller.cert.issuer:
+        raw = _cert_arg(cert_pem, "certificate")
+        cert = parse_certificate(raw)
+        org_ca = ctx.get_json(K_ORG_CA, caller.msp_id)
+        if org_ca is None:
             raise ChaincodeError(
-                f"certificate of {cert.enrollment_id} was not issued by the ca of {caller.msp_id}"
+                f"the ca of {caller.msp_id} is not registered; its org admin must run "
+                "RegisterOrgCA first"
             )
+        if ctx.now > int(org_ca["not_after"]):
+            raise ChaincodeError(
+                f"the registered ca of {caller.msp_id} expired at {org_ca['not_after']}; "
+                "rotate it with RotateOrgCA"
+            )
+        problem = issued_by(raw, str(org_ca["ca_pem"]).encode(), now=ctx.now, org=caller.msp_id)
+        if problem is not None:
+            raise ChaincodeError(problem)
         return self._register(
             ctx, caller.msp_id, cert, role, registered_by=caller.name, action="RegisterMember"
         )
+
+    def RegisterOrgCA(self, ctx: TxContext, ca_pem: str) -> Any:
+        """An org admin puts its organisation's CA certificate on chain, once.
+
+        The CA must have signed the admin's own certificate, whose chain the MSP has already
+        checked: that binds the CA to the MSP, so another organisation (or a CA that merely
+        copies this one's name) cannot be registered for it. Replacing it is
+        :meth:`RotateOrgCA`, never a second RegisterOrgCA.
+        """
+        caller = self._org_admin(ctx)
+        current = ctx.get_json(K_ORG_CA, caller.msp_id)
+        if current is not None:
+            raise ChaincodeError(
+                f"the ca of {caller.msp_id} is already registered (sha256 {current['sha256']}); "
+                "replace it with RotateOrgCA"
+            )
+        return self._put_org_ca(ctx, caller, ca_pem, previous_sha256="")
+
+    def RotateOrgCA(self, ctx: TxContext, ca_pem: str, previous_sha256: str) -> Any:
+        """An org admin replaces its organisation's CA certificate, naming the one it replaces.
+
+        The new CA is checked as in :meth:`RegisterOrgCA` (so the admin calls with a
+        certificate the new CA issued); naming the old fingerprint makes a rotation deliberate
+        and refuses one that raced with another. Identities already registered stay registered.
+        """
+        caller = self._org_admin(ctx)
+        current = ctx.get_json(K_ORG_CA, caller.msp_id)
+        if current is None:
+            raise ChaincodeError(f"the ca of {caller.msp_id} is not registered; use RegisterOrgCA")
+        if previous_sha256 != current["sha256"]:
+            raise ChaincodeError(
+                f"the registered ca of {caller.msp_id} has sha256 {current['sha256']}, "
+                f"not {previous_sha256!r}"
+            )
+        return self._put_org_ca(ctx, caller, ca_pem, previous_sha256=previous_sha256)
+
+    def GetOrgCA(self, ctx: TxContext, msp_id: str) -> Any:
+        """The CA certificate registered for an organisation.
+
+        Open to every channel member, registered or not: a CA certificate is public (it is in
+        the channel configuration too), and an org admin checks it before registering.
+        """
+        _check_id(msp_id, "msp id")
+        record = ctx.get_json(K_ORG_CA, msp_id)
+        if record is None:
+            raise ChaincodeError(f"the ca of {msp_id} is not registered")
+        return record
+
+    def _org_admin(self, ctx: TxContext) -> Caller:
+        caller = ctx.caller
+        if not caller.is_org_admin:
+            raise ChaincodeError(f"identity {caller.name} is not an org admin")
+        return caller
+
+    def _put_org_ca(
+        self, ctx: TxContext, caller: Caller, ca_pem: str, *, previous_sha256: str
+    ) -> Any:
+        raw = _cert_arg(ca_pem, "ca certificate")
+        ca = parse_certificate(raw)
+        if not (ca.is_ca and ca.key_cert_sign):
+            raise ChaincodeError(f"certificate {ca.subject} is not a ca certificate")
+        if previous_sha256 == ca.sha256:
+            raise ChaincodeError(f"ca certificate {ca.subject} is the one already registered")
+        if not ca.not_before <= ctx.now <= ca.not_after:
+            raise ChaincodeError(
+                f"ca certificate {ca.subject} is valid from {ca.not_before} to {ca.not_after}, "
+                f"not at tx time {ctx.now}"
+            )
+        _, creator_pem = ctx.stub.get_creator()
+        if signature_problem(creator_pem, raw) is not None:
+            raise ChaincodeError(
+                f"ca certificate {ca.subject} did not issue the certificate of {caller.name}; "
+                "an org admin registers the ca that issued its own certificate"
+            )
+        record = {
+            "msp_id": caller.msp_id,
+            "ca_pem": raw.decode(),
+            "sha256": ca.sha256,
+            "subject": ca.subject,
+            "not_before": ca.not_before,
+            "not_after": ca.not_after,
+            "previous_sha256": previous_sha256,
+            "registered_at": ctx.now,
+            "registered_by": caller.name,
+        }
+        ctx.put_json(record, K_ORG_CA, caller.msp_id)
+        detail = {"msp_id": caller.msp_id, "sha256": ca.sha256, "subject": ca.subject}
+        if previous_sha256:
+            detail["previous_sha256"] = previous_sha256
+        ctx.log(SYSTEM_CHAIN, ctx.function, "ok", detail=detail)
+        return record
 
     def _register(
         self,

@@ -15,8 +15,9 @@ the KGC nodes and the proxy from their state directories — a single-machine se
 development and demos. With ``services="processes"`` at init, the profile gives each KGC node and
 the proxy a loopback gRPC address instead; they run as ``ehrshare kgc serve`` / ``ehrshare proxy
 serve`` processes (:mod:`ehrshare.processes` starts them from the profile) and the session dials
-them over mutual TLS with the wallet's certificate as its client certificate. The embedded
-ledger directory is then opened by every process.
+them over mutual TLS with the wallet's TLS client certificate (its own key, issued by the
+member's hospital CA next to the ledger certificate; never the ledger signing key). The
+embedded ledger directory is then opened by every process.
 
 This module must not log secrets, and must not write key material anywhere but mode-0600 files.
 """
@@ -39,6 +40,7 @@ from ehrshare.hazmat.dkg import new_session_nonce
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, KGCNodePublicKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.embedded import connect as ledger_connect
+from ehrshare.ledger.errors import GatewayError
 from ehrshare.ledger.store import EmbeddedLedger
 from ehrshare.profile import (
     FABRIC_UNAVAILABLE,
@@ -302,6 +304,9 @@ class Consortium:
         )
         consortium = cls.open(root / "profile.yaml", clock=clock)
         try:
+            say("publishing each hospital's CA certificate on chain")
+            for hospital in hospitals:
+                consortium._publish_org_ca(_msp(hospital))
             for kgc_node in consortium.kgc_nodes:
                 _register_service(consortium, f"kgc{kgc_node.index}")
             _register_service(consortium, "proxy")
@@ -320,6 +325,7 @@ class Consortium:
         # member wallets follow $EHRSHARE_WALLET_PASSPHRASE.
         wallet = Wallet(wallet_dir, use_env=role not in ("kgc", "proxy"))
         wallet.save_identity(identity, signer)
+        wallet.save_tls(*ca.issue_tls_client(name))
         return wallet
 
     # --- opening -----------------------------------------------------------------------------
@@ -389,7 +395,51 @@ class Consortium:
         wallet = self.profile.wallet(name)
         if wallet.exists:
             raise ConsortiumError(f"wallet {wallet.directory} already exists")
+        # Consortia created before the CA went on chain get it now, so their admins can
+        # RegisterMember.
+        self._publish_org_ca(msp)
         return self._issue(self.directory, msp, name, role, wallet.directory)
+
+    def _publish_org_ca(self, msp: str) -> bool:
+        """Put ``msp``'s CA certificate on chain unless one is there; True when it published.
+
+        ``RegisterOrgCA`` must come from an org admin whose own certificate that CA issued, so
+        the CA issues a throwaway admin certificate for the one call; it is never stored and
+        registers no identity.
+        """
+        ca = LocalCA.load(self.directory / "ca" / msp)
+        identity, signer = ca.issue("ca-publisher", node_ou="admin", valid_days=1)
+        with ledger_connect(identity, signer, self.ledger, clock=self.clock) as gateway:
+            contract = gateway.get_network(self.profile.channel).get_contract(
+                self.profile.chaincode
+            )
+            try:
+                contract.evaluate_transaction("GetOrgCA", msp)
+                return False
+            except GatewayError as exc:
+                if exc.message != f"the ca of {msp} is not registered":
+                    raise
+            contract.submit_transaction("RegisterOrgCA", ca.certificate_pem)
+        _log.info("published the CA certificate of %s on chain", msp)
+        return True
+
+    def reissue_tls(self, wallet: str | Wallet) -> Wallet:
+        """Issue a new TLS client certificate and key into an existing wallet.
+
+        For wallets made before members had a separate TLS key, and to replace a TLS key
+        (the ledger identity is untouched). Sealed when the wallet is encrypted.
+        """
+        w = wallet if isinstance(wallet, Wallet) else self.profile.wallet(wallet)
+        identity, _ = w.load_identity()  # also unlocks (or refuses) an encrypted wallet
+        ca_dir = self.directory / "ca" / identity.msp_id
+        if not ca_dir.is_dir():
+            raise ConsortiumError(
+                f"the CA of {identity.msp_id} is not in {self.directory / 'ca'}; only the "
+                "consortium that issued the wallet can re-issue its TLS certificate"
+            )
+        w.save_tls(*LocalCA.load(ca_dir).issue_tls_client(identity.enrollment_id))
+        _log.info("issued a TLS client certificate for %s", identity.ibe_id)
+        return w
 
     def session(self, wallet: str | Wallet) -> Session:
         """A session for a wallet, sharing this consortium's ledger and services."""
@@ -406,7 +456,7 @@ class Consortium:
     ) -> Session:
         gateway = ledger_connect(identity, signer, self.ledger, clock=self.clock)
         contract = gateway.get_network(self.profile.channel).get_contract(self.profile.chaincode)
-        kgc, proxy, channels = self._clients(identity, signer)
+        kgc, proxy, channels = self._clients(identity, wallet)
         if channels:
 
             def close_all(then: Callable[[], None] | None = on_close) -> None:
@@ -434,13 +484,26 @@ class Consortium:
         )
 
     def _clients(
-        self, identity: Identity, signer: Signer
+        self, identity: Identity, wallet: Wallet | None
     ) -> tuple[list[KgcClient], ProxyClient, list[GrpcKgcClient | GrpcProxyClient]]:
         """Service clients for one member: in-process cores, or gRPC channels over mutual TLS
-        presenting the member's own certificate (the services authorise by it)."""
+        presenting the member's TLS client certificate (the services authorise by it)."""
         in_process = {n.index: n for n in self.kgc_nodes}
         channels: list[GrpcKgcClient | GrpcProxyClient] = []
         kgc: list[KgcClient] = []
+        tls_pair: tuple[Identity, Signer] | None = None
+        if self.remote_services:
+            # Only remote services need it, so in-process consortia keep old wallets working.
+            if wallet is None:
+                raise ConsortiumError(
+                    f"{identity.ibe_id}: services over gRPC need a wallet's TLS client key"
+                )
+            tls_pair = wallet.load_tls()
+
+        def client_tls(tls_ca: Path | None) -> ClientTls:
+            assert tls_pair is not None
+            return _client_tls(*tls_pair, tls_ca)
+
         try:
             for cfg in self.profile.kgc_nodes:
                 svc = cfg.service
@@ -451,7 +514,7 @@ class Consortium:
                 client = GrpcKgcClient(
                     svc.address,
                     index=cfg.index,
-                    tls=_client_tls(identity, signer, svc.tls_ca),
+                    tls=client_tls(svc.tls_ca),
                     server_name=svc.server_name,
                 )
                 channels.append(client)
@@ -464,7 +527,7 @@ class Consortium:
                 assert psvc.address is not None
                 grpc_proxy = GrpcProxyClient(
                     psvc.address,
-                    tls=_client_tls(identity, signer, psvc.tls_ca),
+                    tls=client_tls(psvc.tls_ca),
                     server_name=psvc.server_name,
                 )
                 channels.append(grpc_proxy)

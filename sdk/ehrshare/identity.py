@@ -32,6 +32,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 __all__ = [
     "ATTRIBUTE_OID",
     "ROLE_ATTRIBUTE",
+    "TLS_CLIENT_OU",
     "Identity",
     "LocalCA",
     "Signer",
@@ -40,6 +41,10 @@ __all__ = [
 
 ATTRIBUTE_OID = x509.ObjectIdentifier("1.2.3.4.5.6.7.8.1")
 ROLE_ATTRIBUTE = "ehrshare.role"
+# The OU of TLS client certificates. It is not a Fabric NodeOU, so the certificate's subject
+# differs from the member's ledger certificate: the chaincode keys clients by subject and issuer,
+# so a TLS client key can never act as the member on the ledger.
+TLS_CLIENT_OU = "tls"
 # Order of the P-256 group: Fabric rejects signatures with s > n/2 (malleability).
 _P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
@@ -172,18 +177,20 @@ class LocalCA:
         self.certificate = certificate
 
     @classmethod
-    def create(cls, msp_id: str, *, valid_days: int = 3650) -> LocalCA:
-        """A fresh root CA for ``msp_id``."""
+    def create(
+        cls, msp_id: str, *, valid_days: int = 3650, now: _dt.datetime | None = None
+    ) -> LocalCA:
+        """A fresh root CA for ``msp_id``, valid from ``now`` (default: the wall clock)."""
         if not msp_id or "/" in msp_id:
             raise ValueError(f"msp id {msp_id!r} must be non-empty and contain no '/'")
         key = ec.generate_private_key(ec.SECP256R1())
+        now = now or _now()
         name = x509.Name(
             [
                 x509.NameAttribute(NameOID.ORGANIZATION_NAME, msp_id),
                 x509.NameAttribute(NameOID.COMMON_NAME, f"ca.{msp_id}"),
             ]
         )
-        now = _now()
         cert = (
             x509.CertificateBuilder()
             .subject_name(name)
@@ -225,12 +232,15 @@ class LocalCA:
         attributes: dict[str, str] | None = None,
         valid_days: int = 365,
         hosts: Sequence[str] = (),
+        now: _dt.datetime | None = None,
     ) -> tuple[Identity, Signer]:
         """Enrol a member: a new P-256 key and a certificate with its NodeOU and role attribute.
 
         ``hosts`` (IP addresses or DNS names) make it a TLS server certificate as well: they go
         into the subject alternative names, with the serverAuth extended key usage, because TLS
-        clients match the address they dial against the SANs, never the common name.
+        clients match the address they dial against the SANs, never the common name. ``now``
+        (default: the wall clock) starts the validity period; a sandbox on a manual clock
+        passes its own time so the chaincode finds the certificate valid at transaction time.
         """
         if not enrollment_id or "/" in enrollment_id:
             raise ValueError(f"enrollment id {enrollment_id!r} must be non-empty, without '/'")
@@ -239,11 +249,47 @@ class LocalCA:
         if isinstance(hosts, str):
             raise TypeError("hosts must be a sequence of host names or addresses, not one string")
         sans = [_general_name(host) for host in hosts]
-        key = ec.generate_private_key(ec.SECP256R1())
         attrs = dict(attributes or {})
         if role is not None:
             attrs[ROLE_ATTRIBUTE] = role
-        now = _now()
+        usage = [ExtendedKeyUsageOID.SERVER_AUTH] if sans else []
+        return self._issue(enrollment_id, node_ou, sans, usage, attrs, valid_days, now)
+
+    def issue_tls_client(
+        self, enrollment_id: str, *, valid_days: int = 365, now: _dt.datetime | None = None
+    ) -> tuple[Identity, Signer]:
+        """A TLS client certificate for a member, with its own new P-256 key.
+
+        Subject ``O=<msp>, OU=tls, CN=<enrollment id>`` (so services name the caller
+        ``<msp>/<enrollment id>`` as before) and the clientAuth extended key usage, which the
+        services require. Keep it apart from the ledger signing key: that key signs
+        transactions, this one only opens TLS connections, and neither works in the other's
+        place (see ``docs/security.md``).
+        """
+        if not enrollment_id or "/" in enrollment_id:
+            raise ValueError(f"enrollment id {enrollment_id!r} must be non-empty, without '/'")
+        return self._issue(
+            enrollment_id,
+            TLS_CLIENT_OU,
+            [],
+            [ExtendedKeyUsageOID.CLIENT_AUTH],
+            {},
+            valid_days,
+            now,
+        )
+
+    def _issue(
+        self,
+        enrollment_id: str,
+        node_ou: str,
+        sans: list[x509.GeneralName],
+        usage: list[x509.ObjectIdentifier],
+        attrs: dict[str, str],
+        valid_days: int,
+        now: _dt.datetime | None,
+    ) -> tuple[Identity, Signer]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = now or _now()
         builder = (
             x509.CertificateBuilder()
             .subject_name(
@@ -263,11 +309,9 @@ class LocalCA:
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         )
         if sans:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(sans), critical=False
-            ).add_extension(
-                x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
-            )
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        if usage:
+            builder = builder.add_extension(x509.ExtendedKeyUsage(usage), critical=False)
         if attrs:
             payload = json.dumps({"attrs": attrs}, sort_keys=True).encode()
             builder = builder.add_extension(

@@ -402,12 +402,16 @@ def _write_secret(path: Path, data: bytes) -> None:
 
 
 class Wallet:
-    """One member's credentials in a directory: ``msp-id``, ``cert.pem``, ``key.pem``, ``ibe.key``.
+    """One member's credentials in a directory: ``msp-id``, ``cert.pem``, ``key.pem``, ``ibe.key``,
+    ``tls-cert.pem``, ``tls-key.pem``.
 
-    ``key.pem`` (the ECDSA signing key) and ``ibe.key`` (the identity secret key from enrolment)
-    are written with mode 0600; anyone who can read them can act as this member. With a
-    ``passphrase`` (or, unless ``use_env`` is false, ``$EHRSHARE_WALLET_PASSPHRASE``) both are
-    also encrypted at rest; reading picks the format from the file itself.
+    ``key.pem`` (the ECDSA key that signs ledger transactions), ``tls-key.pem`` (the separate key
+    of the TLS client certificate the services authenticate callers by) and ``ibe.key`` (the
+    identity secret key from enrolment) are written with mode 0600; anyone who can read them
+    can act as this member. With a ``passphrase`` (or, unless ``use_env`` is false,
+    ``$EHRSHARE_WALLET_PASSPHRASE``) all three are also encrypted at rest; reading picks the
+    format from the file itself. Wallets made before the TLS key existed lack the two ``tls-``
+    files; :meth:`load_tls` then says how to re-issue them.
     """
 
     def __init__(
@@ -464,6 +468,39 @@ class Wallet:
         (self.directory / "cert.pem").write_bytes(identity.credentials)
         self._write("key.pem", signer.to_secret_bytes())
 
+    @property
+    def has_tls(self) -> bool:
+        """Whether the wallet holds a TLS client certificate."""
+        return (self.directory / "tls-cert.pem").is_file()
+
+    def save_tls(self, identity: Identity, signer: Signer) -> None:
+        """Write the TLS client certificate and its key (sealed like ``key.pem``)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._write("tls-key.pem", signer.to_secret_bytes())
+        (self.directory / "tls-cert.pem").write_bytes(identity.credentials)
+
+    def load_tls(self) -> tuple[Identity, Signer]:
+        """Read the TLS client certificate and key (for gRPC services)."""
+        if not self.has_tls:
+            raise WalletError(
+                f"wallet {self.directory} has no TLS client certificate (it predates the "
+                "separate TLS key, and the ledger signing key may not be used for TLS): "
+                "re-issue it with 'ehrshare consortium reissue-tls "
+                f"{self.directory.name} -p <consortium dir>'"
+            )
+        return self._load_pair("tls-cert.pem", "tls-key.pem")
+
+    def _load_pair(self, cert_name: str, key_name: str) -> tuple[Identity, Signer]:
+        try:
+            msp = (self.directory / "msp-id").read_text(encoding="utf-8").strip()
+            cert = (self.directory / cert_name).read_bytes()
+            signer = Signer.from_secret_bytes(self._read(key_name))
+        except WalletError:
+            raise
+        except (OSError, ValueError) as exc:
+            raise WalletError(f"wallet {self.directory} is unreadable: {exc}") from None
+        return Identity(msp, cert), signer
+
     def load_identity(self) -> tuple[Identity, Signer]:
         """Read the certificate and the signing key."""
         if not self.exists:
@@ -471,15 +508,7 @@ class Wallet:
                 f"wallet {self.directory} holds no identity; create one with "
                 "'ehrshare consortium add-member' or 'ehrshare consortium init'"
             )
-        try:
-            msp = (self.directory / "msp-id").read_text(encoding="utf-8").strip()
-            cert = (self.directory / "cert.pem").read_bytes()
-            signer = Signer.from_secret_bytes(self._read("key.pem"))
-        except WalletError:
-            raise
-        except (OSError, ValueError) as exc:
-            raise WalletError(f"wallet {self.directory} is unreadable: {exc}") from None
-        return Identity(msp, cert), signer
+        return self._load_pair("cert.pem", "key.pem")
 
     def save_secret_key(self, key: IdentitySecretKey) -> None:
         """Keep the enrolled identity secret key (mode 0600; encrypted with a passphrase)."""
@@ -498,12 +527,15 @@ class Wallet:
             raise WalletError(f"{path} does not hold an identity secret key") from None
 
     def encrypt(self, passphrase: str) -> Wallet:
-        """Re-write ``key.pem`` and ``ibe.key`` encrypted under ``passphrase``; returns the
-        unlocked wallet. Each file is replaced atomically."""
+        """Re-write ``key.pem``, ``tls-key.pem`` and ``ibe.key`` encrypted under
+        ``passphrase``; returns the unlocked wallet. Each file is replaced atomically."""
         identity, signer = self.load_identity()
         sk = self.load_secret_key()
+        tls = self.load_tls() if self.has_tls else None
         unlocked = Wallet(self.directory, passphrase=passphrase)
         unlocked._write("key.pem", signer.to_secret_bytes())
+        if tls is not None:
+            unlocked._write("tls-key.pem", tls[1].to_secret_bytes())
         if sk is not None:
             unlocked.save_secret_key(sk)
         del identity

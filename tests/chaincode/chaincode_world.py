@@ -51,6 +51,8 @@ def build_world(directory: Path) -> World:
         "kgc": sb.member("Org1MSP", "kim", "kgc"),
         "anonymous": sb.member("Org1MSP", "anon", "patient", register=False),
     }
+    # RegisterMember verifies member certificates against this (and the matrix needs it).
+    m["org_admin"].submit("RegisterOrgCA", sb.cas["Org1MSP"].certificate_pem.decode())
     alice = m["owner"]
     alice.submit("PublishTypeKey", "lab", TYPE_KEY, "1")
     alice.submit("RegisterRecord", "r-1", alice.ibe_id, "lab", "bafyrecord0001", SHA, CAPSULE, "1")

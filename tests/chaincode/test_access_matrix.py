@@ -46,6 +46,8 @@ MUTATING = frozenset(
     {
         "RegisterIdentity",
         "RegisterMember",
+        "RegisterOrgCA",
+        "RotateOrgCA",
         "PublishTypeKey",
         "RegisterRecord",
         "AmendRecord",
@@ -77,8 +79,23 @@ def _role_needed(*roles: str) -> Callable[[World, str, str], str]:
 
 
 def _newbie_cert(w: World) -> tuple[str, ...]:
-    identity, _ = w.sandbox.cas["Org1MSP"].issue("newbie")
+    identity, _ = w.sandbox.cas["Org1MSP"].issue("newbie", now=w.sandbox.now())
     return (identity.credentials.decode(), "clinician")
+
+
+def _not_admin_or(admin_error: Callable[[World], str]) -> Callable[[World, str, str], str]:
+    def msg(w: World, name: str, role: str) -> str:
+        return admin_error(w) if role == "org_admin" else f"identity {name} is not an org admin"
+
+    return msg
+
+
+def _org1_ca(w: World) -> str:
+    return w.sandbox.cas["Org1MSP"].certificate_pem.decode()
+
+
+def _org1_ca_sha(w: World) -> str:
+    return str(w.m["auditor"].evaluate("GetOrgCA", "Org1MSP")["sha256"])
 
 
 CASES = [
@@ -94,6 +111,28 @@ CASES = [
         frozenset({"org_admin"}),
         lambda w, n, r: f"identity {n} is not an org admin",
     ),
+    # The world registered Org1's CA: a second registration is refused, a rotation to the
+    # same certificate too; everyone else is not an org admin.
+    Case(
+        "RegisterOrgCA",
+        lambda w: (_org1_ca(w),),
+        frozenset(),
+        _not_admin_or(
+            lambda w: (
+                f"the ca of Org1MSP is already registered (sha256 {_org1_ca_sha(w)}); "
+                "replace it with RotateOrgCA"
+            )
+        ),
+    ),
+    Case(
+        "RotateOrgCA",
+        lambda w: (_org1_ca(w), _org1_ca_sha(w)),
+        frozenset(),
+        _not_admin_or(
+            lambda w: "ca certificate CN=ca.Org1MSP,O=Org1MSP is the one already registered"
+        ),
+    ),
+    Case("GetOrgCA", lambda w: ("Org1MSP",), frozenset(ROLES), lambda w, n, r: ""),
     Case("GetIdentity", lambda w: (ALICE,), REGISTERED, lambda w, n, r: ""),
     Case("PublishTypeKey", lambda w: ("lab", TYPE_KEY, "1"), REGISTERED, lambda w, n, r: ""),
     Case("GetTypeKey", lambda w: (ALICE, "lab"), REGISTERED, lambda w, n, r: ""),
@@ -239,7 +278,11 @@ def test_access_matrix(world: World, case: Case, role: str) -> None:
     name = member.ibe_id
     function = case.chaincode_function or case.function
     proposal = member.contract.new_proposal(function, *case.args(world))
-    if role == "anonymous" and role not in case.allowed and case.function != "RegisterMember":
+    if (
+        role == "anonymous"
+        and role not in case.allowed
+        and case.function not in ("RegisterMember", "RegisterOrgCA", "RotateOrgCA")
+    ):
         expected_error = f"identity {name} is not registered"
     elif role in case.allowed:
         expected_error = ""

@@ -164,6 +164,7 @@ def test_a_certificate_of_no_consortium_ca_is_refused_by_the_services(
     identity, signer = rogue_ca.issue("mallory", role="patient")
     wallet = Wallet(tmp_path / "mallory")
     wallet.save_identity(identity, signer)
+    wallet.save_tls(*rogue_ca.issue_tls_client("mallory"))
     with Consortium.open(deployment.profile) as c:
         with c.session("alice") as control:
             assert len(control.proxy.public_key()) == 32

@@ -181,3 +181,15 @@ def test_network_status(world: dict[str, str], tmp_path: Path) -> None:
     result = runner.invoke(app, ["network", "status", "-p", str(down)])
     assert result.exit_code == 4
     assert "DOWN" in result.output
+
+
+def test_reissue_tls_replaces_only_the_tls_key(world: dict[str, str]) -> None:
+    wallet = Path(world["profile"]) / "wallets" / "chen"
+    signing, tls = (wallet / "key.pem").read_bytes(), (wallet / "tls-key.pem").read_bytes()
+    out = run_json("consortium", "reissue-tls", "chen", "-p", world["profile"])
+    assert out == {"ibe_id": "HospitalCMSP/chen", "wallet": str(wallet)}
+    assert (wallet / "key.pem").read_bytes() == signing
+    assert (wallet / "tls-key.pem").read_bytes() != tls
+    missing = runner.invoke(app, ["consortium", "reissue-tls", "nobody", "-p", world["profile"]])
+    assert missing.exit_code == 3
+    assert "holds no identity" in missing.output

@@ -207,3 +207,80 @@ def test_services_that_are_not_running_give_clear_errors(tmp_path: Path) -> None
         assert sorted(caught.value.failed) == [1, 2, 3]
         assert not alice.enrolled
     assert not (root / "wallets" / "alice" / "ibe.key").exists()
+
+
+# --- the TLS client key, separate from the ledger signing key ---------------------------------
+
+
+def test_members_get_a_separate_tls_client_key_sealed_like_the_signing_key(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    monkeypatch.setenv(PASSPHRASE_ENV, "pw")
+    with Consortium.init(tmp_path / "c") as c:
+        wallet = c.add_member("alice", "HospitalA", "patient")
+    identity, signer = wallet.load_identity()
+    tls_identity, tls_signer = wallet.load_tls()
+    assert tls_identity.ibe_id == identity.ibe_id == "HospitalAMSP/alice"
+    assert tls_signer.public_key.public_numbers() != signer.public_key.public_numbers()
+    cert = tls_identity.certificate
+    assert cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value == (
+        x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH])
+    )
+    assert [
+        a.value for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    ] == ["tls"]
+    # Issued by the hospital's CA, like the ledger certificate.
+    cert.verify_directly_issued_by(LocalCA.load(tmp_path / "c" / "ca" / "HospitalAMSP").certificate)
+    raw = (wallet.directory / "tls-key.pem").read_bytes()
+    assert raw.startswith(b"ehrshare-wallet-v1") and b"PRIVATE KEY" not in raw
+    assert (wallet.directory / "tls-key.pem").stat().st_mode & 0o777 == 0o600
+    monkeypatch.delenv(PASSPHRASE_ENV)
+    with pytest.raises(WalletError, match="is encrypted"):
+        Wallet(wallet.directory).load_tls()
+
+
+def test_encrypting_a_wallet_seals_its_tls_key_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(PASSPHRASE_ENV, raising=False)
+    with Consortium.init(tmp_path / "c") as c:
+        plain = c.add_member("alice", "HospitalA", "patient")
+    before = plain.load_tls()[1].to_secret_bytes()
+    assert b"PRIVATE KEY" in (plain.directory / "tls-key.pem").read_bytes()
+    locked = plain.encrypt("s3cret")
+    assert (plain.directory / "tls-key.pem").read_bytes().startswith(b"ehrshare-wallet-v1")
+    assert locked.load_tls()[1].to_secret_bytes() == before
+
+
+def test_an_old_wallet_without_a_tls_key_is_told_how_to_reissue_it(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    with Consortium.init(root, services="processes", ports=free_loopback_ports(4)) as c:
+        c.add_member("alice", "HospitalA", "patient")
+        # A wallet from before the separate TLS key: only cert.pem and key.pem.
+        for name in ("tls-cert.pem", "tls-key.pem"):
+            (root / "wallets" / "alice" / name).unlink()
+        with pytest.raises(WalletError) as info:
+            c.session("alice")
+        assert str(info.value) == (
+            f"wallet {root / 'wallets' / 'alice'} has no TLS client certificate (it predates "
+            "the separate TLS key, and the ledger signing key may not be used for TLS): "
+            "re-issue it with 'ehrshare consortium reissue-tls alice -p <consortium dir>'"
+        )
+        signing_before = (root / "wallets" / "alice" / "key.pem").read_bytes()
+        c.reissue_tls("alice")
+        assert (root / "wallets" / "alice" / "key.pem").read_bytes() == signing_before
+        with c.session("alice") as s:  # opens its gRPC channels with the new TLS key
+            assert s.identity.ibe_id == "HospitalAMSP/alice"
+
+
+def test_an_old_wallet_keeps_working_with_in_process_services(tmp_path: Path) -> None:
+    with Consortium.init(tmp_path / "c") as c:
+        wallet = c.add_member("alice", "HospitalA", "patient")
+        for name in ("tls-cert.pem", "tls-key.pem"):
+            (wallet.directory / name).unlink()
+        with c.session("alice") as s:
+            s.enroll()
+            assert s.enrolled

@@ -106,7 +106,8 @@ class Procs:
     def tls_for(self, member: str) -> ClientTls:
         m = self.w.m[member]
         roots = [ca.certificate_pem for ca in self.w.sandbox.cas.values()]
-        return ClientTls.for_member(m.identity, m.signer, roots)
+        ca = self.w.sandbox.cas[m.identity.msp_id]
+        return ClientTls.for_member(*ca.issue_tls_client(m.identity.enrollment_id), roots)
 
 
 @pytest.fixture(scope="module")

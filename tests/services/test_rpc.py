@@ -12,6 +12,8 @@ from services_world import FAR, World
 from ehrshare.hazmat.extract import ExtractionRequest
 from ehrshare.hazmat.tipre import Capsule, decrypt, generate_rekey
 from ehrshare.identity import LocalCA
+from ehrshare.ledger import EndorseError
+from ehrshare.ledger.embedded import connect
 from ehrshare.services.kgc import (
     ExtractionFailed,
     IdentityNotRegistered,
@@ -44,8 +46,10 @@ class Net:
     roots: list[bytes]
 
     def tls_for(self, name: str) -> ClientTls:
+        """The member's TLS client certificate and key (not its ledger signing key)."""
         m = self.world.m[name]
-        return ClientTls.for_member(m.identity, m.signer, self.roots)
+        ca = self.world.sandbox.cas[m.identity.msp_id]
+        return ClientTls.for_member(*ca.issue_tls_client(m.identity.enrollment_id), self.roots)
 
     def kgc_clients(self, name: str) -> list[GrpcKgcClient]:
         tls = self.tls_for(name)
@@ -126,10 +130,10 @@ def test_client_without_a_consortium_certificate_is_refused(net: Net, kind: str)
     w = net.world
     if kind == "self-signed":
         rogue = LocalCA.create("Org1MSP")  # same MSP name, different key: not trusted
-        identity, signer = rogue.issue("alice", role="patient")
+        identity, signer = rogue.issue_tls_client("alice")
         tls = ClientTls.for_member(identity, signer, net.roots)
     elif kind == "other-ca":
-        identity, signer = LocalCA.create("EvilMSP").issue("mallory", role="patient")
+        identity, signer = LocalCA.create("EvilMSP").issue_tls_client("mallory")
         tls = ClientTls.for_member(identity, signer, net.roots)
     else:
         cert, key = issue_tls_certificate(LocalCA.create("Org9MSP"), "x")
@@ -208,3 +212,46 @@ def test_proxy_over_grpc(net: Net) -> None:
     again = w.m[name].submit("RequestAccess", record_id)["access_id"]
     with pytest.raises(NoReKey, match="no re-key"):
         grantee.reencrypt(record_id=record_id, requester=who, approval_id=again, capsule=capsule)
+
+
+def test_the_ledger_signing_key_is_refused_for_tls(net: Net) -> None:
+    w = net.world
+    alice = w.m["alice"]
+    # A ledger signing certificate of alice's (valid now: the world's members are stamped
+    # with its manual clock, which TLS would call not yet valid).
+    signing_id, signing_key = w.sandbox.cas["Org1MSP"].issue("alice", role="patient")
+    with pytest.raises(ValueError, match="no clientAuth extended key usage"):
+        ClientTls.for_member(signing_id, signing_key, net.roots)
+    # Built by hand past that check: the handshake succeeds (the certificate chains to a
+    # consortium CA) but every call is refused, naming the fix.
+    signing = ClientTls(b"".join(net.roots), signing_id.credentials, signing_key.to_secret_bytes())
+    request, _ = ExtractionRequest.create(alice.ibe_id)
+    expected = (
+        "client certificate of Org1MSP/alice has no clientAuth extended key usage; the ledger "
+        "signing key may not open TLS connections: re-issue the wallet's TLS client "
+        "certificate with 'ehrshare consortium reissue-tls <wallet> -p <consortium dir>'"
+    )
+    with pytest.raises(NotAuthorised) as info:
+        GrpcKgcClient(net.targets[0], index=1, tls=signing).extract(request.to_bytes())
+    assert str(info.value) == expected
+    with pytest.raises(ProxyNotAuthorised) as pinfo:
+        GrpcProxyClient(net.proxy_target, tls=signing).public_key()
+    assert str(pinfo.value) == expected
+    # The TLS client certificate of the same member is accepted and names the same caller.
+    outcome = extract_identity_key(
+        net.kgc_clients("alice")[:2], alice.ibe_id, public=w.dkg.public, roster=w.roster
+    )
+    outcome.secret_key.check(w.mpk)
+
+
+def test_a_tls_client_key_cannot_sign_ledger_transactions(net: Net) -> None:
+    sb = net.world.sandbox
+    identity, signer = sb.cas["Org1MSP"].issue_tls_client("alice")
+    with connect(identity, signer, sb.ledger, clock=sb.clock) as gateway:
+        contract = gateway.get_network("ehrshare").get_contract("ehrshare")
+        with pytest.raises(EndorseError) as info:
+            contract.submit_transaction("ListRecords", "Org1MSP/alice")
+    assert info.value.message == (
+        "creator certificate has no node ou (client, admin, peer or orderer); "
+        "a tls client certificate cannot sign transactions"
+    )

@@ -452,6 +452,30 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             return
         _err.print(f"[green]✓[/green] {identity.ibe_id} ({role}) → wallet {wallet.directory}")
 
+    @consortium_app.command("reissue-tls", epilog=_EXIT_HELP)
+    def consortium_reissue_tls(
+        name: Annotated[str, typer.Argument(help="Wallet name.")],
+        profile: ProfileOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Issue a new TLS client certificate and key into a wallet (the ledger key stays).
+
+        Wallets made before members had a TLS key of their own need this before they can
+        reach KGC or proxy processes."""
+        from ehrshare.consortium import Consortium
+
+        with _errors():
+            c = Consortium.open(_profile_path(profile))
+            try:
+                wallet = c.reissue_tls(name)
+                identity, _ = wallet.load_tls()
+            finally:
+                c.close()
+        if as_json:
+            _emit({"ibe_id": identity.ibe_id, "wallet": str(wallet.directory)})
+            return
+        _err.print(f"[green]✓[/green] new TLS client certificate for {identity.ibe_id}")
+
     wallet_app = typer.Typer(help="Wallet keys at rest.", no_args_is_help=True)
     app.add_typer(wallet_app, name="wallet")
 

@@ -13,12 +13,18 @@ wires objects; the services live in :mod:`ehrshare.services`.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import signal
 import threading
+from collections.abc import Callable
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from types import FrameType
+from typing import Annotated, Any, NamedTuple, get_type_hints
 
+import grpc
 import typer
 from rich.console import Console
 
@@ -37,7 +43,7 @@ from ehrshare.services.vault import (
     write_key_file,
 )
 
-__all__ = ["register"]
+__all__ = ["ServeOptions", "register"]
 
 _err = Console(stderr=True)
 EXIT_BAD_INPUT = 2
@@ -85,31 +91,159 @@ def _wait_for_signal() -> None:
     stop.wait()
 
 
-_STATE = typer.Option(..., "--state-dir", help="Directory for the sealed state (created 0700).")
-_LISTEN = typer.Option("127.0.0.1:7060", "--listen", help="host:port to serve on (:0 picks).")
-_MSP = typer.Option(..., "--msp-id", help="MSP id of the service's ledger identity.")
-_CERT = typer.Option(..., "--cert", help="PEM certificate of the service's ledger identity.")
-_KEY = typer.Option(..., "--key", help="PEM private key of that identity (mode 0600).")
-_LEDGER = typer.Option(..., "--ledger", help="Embedded ledger directory.")
-_CHANNEL = typer.Option("ehrshare", "--channel", help="Channel name.")
-_CHAINCODE = typer.Option("ehrshare", "--chaincode", help="Chaincode name.")
-_TLS_CERT = typer.Option(..., "--tls-cert", help="PEM TLS server certificate (with SANs).")
-_TLS_KEY = typer.Option(..., "--tls-key", help="PEM TLS server key (mode 0600).")
-_CLIENT_CA = typer.Option([], "--client-ca", help="Consortium CA certificate (repeat per org).")
-_LOG = typer.Option(None, "--log-file", help="Log file (default: in the state directory).")
-_OUT = typer.Option(..., "--out", help="Key file to create (mode 0600).")
-_CA_DIR = typer.Option(..., "--ca-dir", help="A LocalCA directory (ca-key.pem, ca-cert.pem).")
-_NAME = typer.Option(..., "--name", help="Common name of the server.")
-_OUT_CERT = typer.Option(..., "--out-cert", help="Where to write the certificate (PEM).")
-_OUT_KEY = typer.Option(..., "--out-key", help="Where to write the key (PEM, mode 0600).")
-_HOST = typer.Option(["127.0.0.1", "localhost"], "--host", help="SAN host or IP (repeat).")
-_NODE_KEY_FILE = typer.Option(
-    ..., "--node-key-file", help="Node key file (outside the state directory)."
-)
-_PROXY_KEY_FILE = typer.Option(
-    ..., "--key-file", help="Proxy X25519 key file (outside the state directory)."
-)
-_PORT_FILE = typer.Option(None, "--port-file", help="Write the bound port here once listening.")
+StateDirOpt = Annotated[
+    Path, typer.Option("--state-dir", help="Directory for the sealed state (created 0700).")
+]
+ListenOpt = Annotated[str, typer.Option("--listen", help="host:port to serve on (:0 picks).")]
+MspOpt = Annotated[str, typer.Option("--msp-id", help="MSP id of the service's ledger identity.")]
+CertOpt = Annotated[
+    Path, typer.Option("--cert", help="PEM certificate of the service's ledger identity.")
+]
+KeyOpt = Annotated[
+    Path, typer.Option("--key", help="PEM private key of that identity (mode 0600).")
+]
+LedgerOpt = Annotated[Path, typer.Option("--ledger", help="Embedded ledger directory.")]
+ChannelOpt = Annotated[str, typer.Option("--channel", help="Channel name.")]
+ChaincodeOpt = Annotated[str, typer.Option("--chaincode", help="Chaincode name.")]
+TlsCertOpt = Annotated[
+    Path, typer.Option("--tls-cert", help="PEM TLS server certificate (with SANs).")
+]
+TlsKeyOpt = Annotated[Path, typer.Option("--tls-key", help="PEM TLS server key (mode 0600).")]
+ClientCaOpt = Annotated[
+    list[Path], typer.Option("--client-ca", help="Consortium CA certificate (repeat per org).")
+]
+LogFileOpt = Annotated[
+    Path | None, typer.Option("--log-file", help="Log file (default: in the state directory).")
+]
+PortFileOpt = Annotated[
+    Path | None, typer.Option("--port-file", help="Write the bound port here once listening.")
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Key file to create (mode 0600).")]
+CaDirOpt = Annotated[
+    Path, typer.Option("--ca-dir", help="A LocalCA directory (ca-key.pem, ca-cert.pem).")
+]
+ServerNameOpt = Annotated[str, typer.Option("--name", help="Common name of the server.")]
+OutCertOpt = Annotated[
+    Path, typer.Option("--out-cert", help="Where to write the certificate (PEM).")
+]
+OutKeyOpt = Annotated[
+    Path, typer.Option("--out-key", help="Where to write the key (PEM, mode 0600).")
+]
+HostOpt = Annotated[list[str], typer.Option("--host", help="SAN host or IP (repeat).")]
+NodeKeyFileOpt = Annotated[
+    Path, typer.Option("--node-key-file", help="Node key file (outside the state directory).")
+]
+ProxyKeyFileOpt = Annotated[
+    Path,
+    typer.Option("--key-file", help="Proxy X25519 key file (outside the state directory)."),
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServeOptions:
+    """The options every ``serve`` command takes: state, address, ledger identity, TLS, logs.
+
+    :func:`_serve_command` turns these fields into command-line options after a command's own,
+    so ``kgc serve`` and ``proxy serve`` declare them once.
+    """
+
+    state_dir: StateDirOpt
+    listen: ListenOpt = "127.0.0.1:7060"
+    msp_id: MspOpt
+    cert: CertOpt
+    key: KeyOpt
+    ledger: LedgerOpt
+    channel: ChannelOpt = "ehrshare"
+    chaincode: ChaincodeOpt = "ehrshare"
+    tls_cert: TlsCertOpt
+    tls_key: TlsKeyOpt
+    client_ca: ClientCaOpt = field(default_factory=list)
+    log_file: LogFileOpt = None
+    port_file: PortFileOpt = None
+
+
+def _serve_command(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command(opts: ServeOptions, *own options)`` the shared options as typer sees them.
+
+    Typer reads a command's options from its signature, so the wrapper's signature is the
+    command's own parameters followed by one keyword parameter per :class:`ServeOptions`
+    field (same flag, help and default); the wrapper packs those into ``opts``.
+    """
+    shared = fields(ServeOptions)
+    hints = get_type_hints(ServeOptions, include_extras=True)
+    own = list(inspect.signature(command, eval_str=True).parameters.values())[1:]
+    params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own]
+    for f in shared:
+        if f.default is not MISSING:
+            default: object = f.default
+        elif f.default_factory is not MISSING:
+            default = []  # typer makes its own list per call; never shared state
+        else:
+            default = inspect.Parameter.empty
+        params.append(
+            inspect.Parameter(
+                f.name, inspect.Parameter.KEYWORD_ONLY, annotation=hints[f.name], default=default
+            )
+        )
+
+    @functools.wraps(command)
+    def wrapper(**kwargs: Any) -> None:
+        opts = ServeOptions(**{f.name: kwargs.pop(f.name) for f in shared})
+        command(opts, **kwargs)
+
+    del wrapper.__wrapped__  # typer must see the signature below, not the command's
+    wrapper.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in params}
+    return wrapper
+
+
+def _key_outside_state(path: Path, state_dir: Path) -> bytes:
+    """A service's long-term key file, which must not live in its state directory."""
+    try:
+        check_key_file_outside(path, state_dir)
+        return read_key_file(path)
+    except (ValueError, OSError) as exc:
+        raise _fail(str(exc)) from None
+
+
+class _Started(NamedTuple):
+    server: grpc.Server
+    port: int
+    stop: Callable[[], None]
+
+
+def _run_service(
+    opts: ServeOptions,
+    *,
+    log_name: str,
+    label: str,
+    start: Callable[[EmbeddedGateway, Contract, ServerTls], _Started],
+) -> None:
+    """Log to the state directory, open the ledger, start the server, serve until a signal."""
+    log_path = opts.log_file or opts.state_dir / log_name
+    opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _setup_logging(log_path)
+    tls = _server_tls(opts.tls_cert, opts.tls_key, opts.client_ca)
+    gateway = _gateway(opts.msp_id, opts.cert, opts.key, opts.ledger)
+    try:
+        started = start(gateway, _contract(gateway, opts.channel, opts.chaincode), tls)
+        host = opts.listen.rsplit(":", 1)[0]
+        if opts.port_file is not None:
+            atomic_write(opts.port_file, str(started.port).encode(), mode=0o644)
+        _err.print(f"{label} listening on {host}:{started.port}; logs in {log_path}")
+        _wait_for_signal()
+        started.server.stop(2.0).wait()
+        started.stop()
+    finally:
+        gateway.close()
+
+
+def _keygen(out: Path, secret: bytes, public_hex: str) -> None:
+    try:
+        write_key_file(out, secret)
+    except FileExistsError as exc:
+        raise _fail(str(exc)) from None
+    typer.echo(public_hex)
 
 
 def _contract(gateway: EmbeddedGateway, channel: str, chaincode: str) -> Contract:
@@ -125,36 +259,24 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.add_typer(proxy_app, name="proxy")
 
     @kgc_app.command("keygen")
-    def kgc_keygen(
-        out: Path = _OUT,
-    ) -> None:
+    def kgc_keygen(out: OutOpt) -> None:
         """Create a KGC node's long-term keys; prints the public key (hex) for the roster."""
         key = KGCNodeKey.generate()
-        try:
-            write_key_file(out, key.to_secret_bytes())
-        except FileExistsError as exc:
-            raise _fail(str(exc)) from None
-        typer.echo(key.public_key.to_bytes().hex())
+        _keygen(out, key.to_secret_bytes(), key.public_key.to_bytes().hex())
 
     @proxy_app.command("keygen")
-    def proxy_keygen(
-        out: Path = _OUT,
-    ) -> None:
+    def proxy_keygen(out: OutOpt) -> None:
         """Create a proxy's X25519 key; prints the public key (hex)."""
         key = X25519KeyPair.generate()
-        try:
-            write_key_file(out, key.to_secret_bytes())
-        except FileExistsError as exc:
-            raise _fail(str(exc)) from None
-        typer.echo(key.public_bytes.hex())
+        _keygen(out, key.to_secret_bytes(), key.public_bytes.hex())
 
     @kgc_app.command("tls-cert")
     def tls_cert(
-        ca_dir: Path = _CA_DIR,
-        name: str = _NAME,
-        out_cert: Path = _OUT_CERT,
-        out_key: Path = _OUT_KEY,
-        host: list[str] = _HOST,
+        ca_dir: CaDirOpt,
+        name: ServerNameOpt,
+        out_cert: OutCertOpt,
+        out_key: OutKeyOpt,
+        host: HostOpt = ["127.0.0.1", "localhost"],  # noqa: B006 (typer copies it per call)
     ) -> None:
         """Issue a TLS server certificate (for a KGC node or proxy) from a local CA."""
         cert, key = issue_tls_certificate(LocalCA.load(ca_dir), name, hosts=host)
@@ -165,105 +287,65 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         atomic_write(out_cert, cert, mode=0o644)
 
     @kgc_app.command("serve")
+    @_serve_command
     def kgc_serve(
-        state_dir: Path = _STATE,
-        listen: str = _LISTEN,
-        index: int = typer.Option(..., "--index", help="This node's position in the roster."),
-        node_key_file: Path = _NODE_KEY_FILE,
-        msp_id: str = _MSP,
-        cert: Path = _CERT,
-        key: Path = _KEY,
-        ledger: Path = _LEDGER,
-        channel: str = _CHANNEL,
-        chaincode: str = _CHAINCODE,
-        tls_cert: Path = _TLS_CERT,
-        tls_key: Path = _TLS_KEY,
-        client_ca: list[Path] = _CLIENT_CA,
-        rate_limit: int = typer.Option(60, "--rate-limit", help="Extractions per minute each."),
-        log_file: Path | None = _LOG,
-        port_file: Path | None = _PORT_FILE,
+        opts: ServeOptions,
+        index: Annotated[int, typer.Option("--index", help="This node's position in the roster.")],
+        node_key_file: NodeKeyFileOpt,
+        rate_limit: Annotated[
+            int, typer.Option("--rate-limit", help="Extractions per minute each.")
+        ] = 60,
     ) -> None:
         """Serve a KGC node until SIGTERM."""
-        try:
-            check_key_file_outside(node_key_file, state_dir)
-            node_key = KGCNodeKey.from_secret_bytes(read_key_file(node_key_file))
-        except (ValueError, OSError) as exc:
-            raise _fail(str(exc)) from None
-        log_path = log_file or state_dir / "kgc.log"
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _setup_logging(log_path)
-        tls = _server_tls(tls_cert, tls_key, client_ca)
-        gateway = _gateway(msp_id, cert, key, ledger)
-        try:
+        node_key = KGCNodeKey.from_secret_bytes(_key_outside_state(node_key_file, opts.state_dir))
+
+        def start(gateway: EmbeddedGateway, contract: Contract, tls: ServerTls) -> _Started:
             node = KgcNode(
                 index=index,
                 node_key=node_key,
-                state_dir=state_dir,
-                contract=_contract(gateway, channel, chaincode),
+                state_dir=opts.state_dir,
+                contract=contract,
                 rate_limit_per_minute=rate_limit,
             )
-            server, port = serve_kgc(node, listen=listen, tls=tls)
-            host = listen.rsplit(":", 1)[0]
-            if port_file is not None:
-                atomic_write(port_file, str(port).encode(), mode=0o644)
-            _err.print(f"kgc node {index} listening on {host}:{port}; logs in {log_path}")
-            _wait_for_signal()
-            server.stop(2.0).wait()
-        finally:
-            gateway.close()
+            server, port = serve_kgc(node, listen=opts.listen, tls=tls)
+            return _Started(server, port, lambda: None)
+
+        _run_service(opts, log_name="kgc.log", label=f"kgc node {index}", start=start)
 
     @proxy_app.command("serve")
+    @_serve_command
     def proxy_serve(
-        state_dir: Path = _STATE,
-        listen: str = _LISTEN,
-        key_file: Path = _PROXY_KEY_FILE,
-        msp_id: str = _MSP,
-        cert: Path = _CERT,
-        key: Path = _KEY,
-        ledger: Path = _LEDGER,
-        channel: str = _CHANNEL,
-        chaincode: str = _CHAINCODE,
-        tls_cert: Path = _TLS_CERT,
-        tls_key: Path = _TLS_KEY,
-        client_ca: list[Path] = _CLIENT_CA,
-        name: str = typer.Option("proxy", "--name", help="Name used in logs and reports."),
-        follow: bool = typer.Option(
-            True, "--follow-revocations/--no-follow-revocations", help="Follow RevokeAccess."
-        ),
-        log_file: Path | None = _LOG,
-        port_file: Path | None = _PORT_FILE,
+        opts: ServeOptions,
+        key_file: ProxyKeyFileOpt,
+        name: Annotated[
+            str, typer.Option("--name", help="Name used in logs and reports.")
+        ] = "proxy",
+        follow: Annotated[
+            bool,
+            typer.Option(
+                "--follow-revocations/--no-follow-revocations", help="Follow RevokeAccess."
+            ),
+        ] = True,
     ) -> None:
         """Serve a re-encryption proxy until SIGTERM."""
-        try:
-            check_key_file_outside(key_file, state_dir)
-            proxy_key = X25519KeyPair.from_secret_bytes(read_key_file(key_file))
-        except (ValueError, OSError) as exc:
-            raise _fail(str(exc)) from None
-        log_path = log_file or state_dir / "proxy.log"
-        state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _setup_logging(log_path)
-        tls = _server_tls(tls_cert, tls_key, client_ca)
-        gateway = _gateway(msp_id, cert, key, ledger)
-        try:
+        proxy_key = X25519KeyPair.from_secret_bytes(_key_outside_state(key_file, opts.state_dir))
+
+        def start(gateway: EmbeddedGateway, contract: Contract, tls: ServerTls) -> _Started:
             proxy = ReencryptionProxy(
-                state_dir=state_dir,
-                contract=_contract(gateway, channel, chaincode),
-                key=proxy_key,
-                name=name,
+                state_dir=opts.state_dir, contract=contract, key=proxy_key, name=name
             )
             follower = None
             if follow:
-                follower = RevocationFollower(proxy, gateway.get_network(channel), chaincode)
+                network = gateway.get_network(opts.channel)
+                follower = RevocationFollower(proxy, network, opts.chaincode)
                 follower.start()
-            server, port = serve_proxy(proxy, listen=listen, tls=tls)
-            host = listen.rsplit(":", 1)[0]
-            if port_file is not None:
-                atomic_write(port_file, str(port).encode(), mode=0o644)
-            _err.print(f"proxy {name} listening on {host}:{port}; logs in {log_path}")
-            _wait_for_signal()
-            server.stop(2.0).wait()
-            if follower is not None:
-                follower.stop()
-            proxy.close()
-        finally:
-            gateway.close()
+            server, port = serve_proxy(proxy, listen=opts.listen, tls=tls)
+
+            def stop() -> None:
+                if follower is not None:
+                    follower.stop()
+                proxy.close()
+
+            return _Started(server, port, stop)
+
+        _run_service(opts, log_name="proxy.log", label=f"proxy {name}", start=start)

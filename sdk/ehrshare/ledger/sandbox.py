@@ -9,6 +9,7 @@ Not for production: a real deployment gets its identities from Fabric CA or its 
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import time
 from dataclasses import dataclass
@@ -118,8 +119,14 @@ class Sandbox:
         register: bool = True,
     ) -> Member:
         """Enrol ``name`` at ``msp_id``'s CA; with ``register`` it also runs RegisterIdentity."""
-        identity, signer = self.cas[msp_id].issue(name, role=role, node_ou=node_ou)
+        identity, signer = self.cas[msp_id].issue(name, role=role, node_ou=node_ou, now=self.now())
         return self.connect(identity, signer, register=register)
+
+    def now(self) -> dt.datetime | None:
+        """The sandbox clock's time (None without a clock: then the wall clock applies)."""
+        if self.clock is None:
+            return None
+        return dt.datetime.fromtimestamp(self.clock() // 1_000_000_000, dt.UTC)
 
     def connect(self, identity: Identity, signer: Signer, *, register: bool = False) -> Member:
         """A member handle for an existing identity (e.g. after reopening the ledger)."""

@@ -41,6 +41,7 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.x509.oid import NameOID
 
 from ehrshare.identity import Identity
 from ehrshare.ledger.api import ChaincodeEvent
@@ -186,6 +187,9 @@ def _block_hash(number: int, prev_hash: bytes, data_hash: bytes) -> bytes:
     return hashlib.sha256(number.to_bytes(8, "big") + prev_hash + data_hash).digest()
 
 
+_NODE_OUS = frozenset({"client", "admin", "peer", "orderer"})
+
+
 @functools.lru_cache(maxsize=4096)
 def _chains_to(cert_pem: bytes, ca_pem: bytes) -> str | None:
     """None when cert_pem is a member (non-CA) certificate issued by ca_pem, else the reason."""
@@ -203,6 +207,17 @@ def _chains_to(cert_pem: bytes, ca_pem: bytes) -> str | None:
             return "creator certificate is a ca certificate"
     except x509.ExtensionNotFound:
         pass
+    # Fabric's MSP with NodeOUs classifies every identity by one of these OUs and refuses the
+    # rest; so does this ledger. It is what keeps a member's TLS client certificate (OU "tls",
+    # its own key) from signing transactions in the member's name.
+    ous = {
+        str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+    }
+    if not ous & _NODE_OUS:
+        return (
+            "creator certificate has no node ou (client, admin, peer or orderer); "
+            "a tls client certificate cannot sign transactions"
+        )
     return None
 
 

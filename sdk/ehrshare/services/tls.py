@@ -1,14 +1,18 @@
 """Mutual TLS for the KGC and proxy services: server certificates, trust, and who the caller is.
 
 Servers present a certificate issued by their organisation's CA with subject alternative names
-for the addresses clients dial (127.0.0.1 and localhost by default); clients present their
-enrolled member certificate (the same X.509 identity they sign ledger transactions with). The
-server requires a client certificate chaining to one of the consortium's CAs, and the caller's
-identity for authorisation is taken from that verified certificate — ``<MSP id>/<common name>``,
-exactly as the chaincode derives IBE identities — never from a request field.
+for the addresses clients dial (127.0.0.1 and localhost by default); clients present their TLS
+client certificate — a key and certificate of their own (:meth:`LocalCA.issue_tls_client`, in
+the wallet next to the ledger signing key), never the signing key itself. The server requires a
+client certificate chaining to one of the consortium's CAs *and* carrying the clientAuth
+extended key usage (so a ledger signing certificate, which has none, is refused), and the
+caller's identity for authorisation is taken from that verified certificate —
+``<MSP id>/<common name>``, exactly as the chaincode derives IBE identities — never from a
+request field.
 
 What this module must not do: log private keys, accept a certificate that does not verify under
-a trusted CA, or derive an identity from anything but the peer certificate gRPC verified.
+a trusted CA or lacks clientAuth, or derive an identity from anything but the peer certificate
+gRPC verified.
 """
 
 from __future__ import annotations
@@ -20,17 +24,24 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from ehrshare.identity import Identity, LocalCA, Signer
 
 __all__ = [
+    "REISSUE_HINT",
     "ClientTls",
     "ClientTrust",
     "ServerTls",
     "UnauthenticatedCaller",
     "issue_tls_certificate",
 ]
+
+
+REISSUE_HINT = (
+    "re-issue the wallet's TLS client certificate with "
+    "'ehrshare consortium reissue-tls <wallet> -p <consortium dir>'"
+)
 
 
 class UnauthenticatedCaller(Exception):
@@ -101,6 +112,13 @@ class ClientTrust:
             common_name = names[0].value
             if isinstance(common_name, bytes):
                 common_name = common_name.decode("utf-8")
+            if not _client_auth(cert):
+                # Most likely a ledger signing certificate (an old wallet, or a mix-up).
+                raise UnauthenticatedCaller(
+                    f"client certificate of {msp_id}/{common_name} has no clientAuth extended "
+                    f"key usage; the ledger signing key may not open TLS connections: "
+                    + REISSUE_HINT
+                )
             return f"{msp_id}/{common_name}"
         raise UnauthenticatedCaller("client certificate is not issued by a consortium CA")
 
@@ -111,6 +129,14 @@ class ClientTrust:
         if not certs:
             raise UnauthenticatedCaller("the call carries no client certificate")
         return self.identity_of(bytes(certs[0]))
+
+
+def _client_auth(cert: x509.Certificate) -> bool:
+    try:
+        usage = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return ExtendedKeyUsageOID.CLIENT_AUTH in usage
 
 
 @dataclass(frozen=True)
@@ -132,7 +158,17 @@ class ClientTls:
 
     @classmethod
     def for_member(cls, identity: Identity, signer: Signer, roots: Iterable[bytes]) -> ClientTls:
-        """A member's enrolled certificate and key, trusting the given CA certificates."""
+        """A member's TLS client certificate and key (from :meth:`LocalCA.issue_tls_client`,
+        or ``Wallet.load_tls``), trusting the given CA certificates.
+
+        Refuses a certificate without clientAuth — a ledger signing certificate — here, before
+        a server would, so the mistake is named where it is made.
+        """
+        if not _client_auth(identity.certificate):
+            raise ValueError(
+                f"certificate of {identity.ibe_id} is not a TLS client certificate (no "
+                "clientAuth extended key usage); the ledger signing key may not be used for TLS"
+            )
         return cls(
             b"".join(r.strip() + b"\n" for r in roots),
             identity.credentials,

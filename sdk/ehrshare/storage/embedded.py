@@ -6,6 +6,12 @@ deployment switches to IPFS. Writes are atomic: bytes go to a temporary file in 
 directory tree, are fsynced, then renamed into place; a failure removes the temporary file. Every
 read recomputes the CID, so a blob altered on disk is reported, never returned.
 
+A writer killed mid-write (SIGKILL, power loss) cannot remove its ``tmp/*.part`` file, and
+several processes share one store, so "delete every .part at start-up" would delete a live
+writer's file. Instead a writer holds an exclusive ``flock`` on its .part file from creation to
+rename, and opening the store removes only the .part files it can lock — those whose writer is
+gone (the kernel drops a dead process's locks).
+
 It is a local store for one process tree: it does not replicate, garbage-collect or lock across
 machines, and it keeps whole files (not IPFS blocks), so it cannot serve the IPFS network.
 """
@@ -13,6 +19,7 @@ machines, and it keeps whole files (not IPFS blocks), so it cannot serve the IPF
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import tempfile
@@ -52,6 +59,56 @@ class EmbeddedStore:
             self._tmp.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create the embedded store in {self.root}: {exc}") from exc
+        self._sweep_abandoned()
+
+    def _sweep_abandoned(self) -> int:
+        """Remove the .part files of dead writers (those nobody holds a lock on); their count."""
+        removed = 0
+        try:
+            names = sorted(p.name for p in self._tmp.iterdir() if p.name.endswith(".part"))
+        except OSError as exc:
+            _log.warning("cannot list %s: %s", self._tmp, exc)
+            return 0
+        for name in names:
+            path = self._tmp / name
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except OSError:
+                continue  # renamed into place or removed meanwhile
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a live writer holds it
+                # Remove only the file we locked: the name may have been reused since.
+                with contextlib.suppress(FileNotFoundError):
+                    if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                        path.unlink()
+                        removed += 1
+            finally:
+                os.close(fd)  # also releases the lock
+        if removed:
+            _log.info("removed %d abandoned partial write(s) from %s", removed, self._tmp)
+        return removed
+
+    def _locked_part_file(self) -> tuple[int, Path]:
+        """A new .part file, open and exclusively locked, that no sweeper removed under us."""
+        while True:
+            fd, name = tempfile.mkstemp(dir=self._tmp, prefix="put-", suffix=".part")
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                # A sweeper may have locked and removed the file between mkstemp and flock
+                # (it was not locked yet); then start again with a fresh one.
+                if os.stat(name).st_ino == os.fstat(fd).st_ino:
+                    return fd, Path(name)
+            except FileNotFoundError:
+                pass
+            except BaseException:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(name)
+                raise
+            os.close(fd)
 
     def __repr__(self) -> str:
         return f"EmbeddedStore({str(self.root)!r})"
@@ -65,19 +122,23 @@ class EmbeddedStore:
     def put(self, data: BlobSource) -> str:
         """Store ``data`` and return its CID (idempotent: storing the same bytes again is cheap)."""
         builder = FileDagBuilder()
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="put-", suffix=".part")
-        tmp = Path(tmp_name)
         try:
+            fd, tmp = self._locked_part_file()
+        except OSError as exc:
+            raise StorageError(f"cannot write to the embedded store in {self.root}: {exc}") from exc
+        try:
+            # The file stays open, hence locked, until it is renamed into place: closing it
+            # first would let another process's sweep remove a finished write.
             with os.fdopen(fd, "wb") as out:
                 for piece in iter_source(data):
                     builder.write(piece)
                     out.write(piece)
                 out.flush()
                 os.fsync(out.fileno())
-            cid = builder.finish()
-            final = self._path(cid)
-            final.parent.mkdir(exist_ok=True)
-            os.replace(tmp, final)
+                cid = builder.finish()
+                final = self._path(cid)
+                final.parent.mkdir(exist_ok=True)
+                os.replace(tmp, final)
             self._fsync_dir(final.parent)
         except OSError as exc:
             raise StorageError(f"cannot write to the embedded store in {self.root}: {exc}") from exc
