@@ -1,9 +1,9 @@
 """The chaincode's view of the ledger: a stub protocol modelled on Fabric's ChaincodeStub.
 
 The contract talks to the world state only through :class:`ChaincodeStub`, so the same contract code
-runs on the embedded ledger (``ehrshare.ledger``) and, later, under a shim speaking the Fabric
-peer's chaincode message protocol. This module must not import anything backend-specific: no SQLite,
-no gRPC, no wall clock.
+runs on the embedded ledger (``ehrshare.ledger``) and under the chaincode-as-a-service server
+(:mod:`ehrshare_chaincode.ccaas`) speaking the Fabric peer's chaincode message protocol. This
+module must not import anything backend-specific: no SQLite, no gRPC, no wall clock.
 
 Composite keys use Fabric's encoding exactly (``\\x00`` + object type + ``\\x00`` + each attribute +
 ``\\x00``), so partial-key range scans and their byte order are the same on both backends.

@@ -42,6 +42,7 @@ _COMMAND_MODULES = (
     "ehrshare.commands.bench_dkg",
     "ehrshare.commands.bench_e2e",
     "ehrshare.commands.services",
+    "ehrshare.commands.chaincode",
 )
 
 

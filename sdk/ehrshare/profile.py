@@ -6,7 +6,8 @@ a profile are relative to the profile file. A wallet holds one member's certific
 and (after enrolment) identity secret key, each secret file with mode 0600.
 
 Backends: ``ledger.backend`` is ``embedded`` (the default); ``fabric`` is recognised but refused
-with :class:`BackendUnavailable` — the Fabric Gateway client cannot be built on this machine yet.
+with :class:`BackendUnavailable` — no Fabric peer can be built on this machine, so the Gateway
+client (:mod:`ehrshare.ledger.fabric`) has never run against one and is not offered to users.
 ``storage.backend`` is ``embedded`` or ``kubo`` (a real Kubo RPC URL), independent of the ledger.
 
 Services: each KGC node and the proxy is either *in-process* (``state``, ``key``, ``wallet``: the
@@ -63,7 +64,8 @@ PROFILE_VERSION: Final = 1
 PASSPHRASE_ENV: Final = "EHRSHARE_WALLET_PASSPHRASE"  # noqa: S105 - a variable name
 FABRIC_UNAVAILABLE: Final = (
     "the Fabric ledger backend is not available yet on this machine (the Go module proxy refuses "
-    "hyperledger/fabric, so peers and the Gateway client cannot be built); use "
+    "hyperledger/fabric, so no peer can be built, and the Fabric Gateway client and chaincode "
+    "server have been tested only against fakes); use "
     "'ledger: {backend: embedded}' — it runs the same chaincode"
 )
 

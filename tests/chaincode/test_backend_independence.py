@@ -128,6 +128,11 @@ def test_replay_under_fabric_semantics_reproduces_the_state(fresh_world: World) 
     assert committed == embedded
 
 
+# The chaincode-as-a-service server is the Fabric runtime adapter (gRPC, asyncio, threads), not
+# contract code: it is exempt here, and no contract module may import it.
+RUNTIME_ADAPTERS = {"ccaas.py"}
+
+
 def test_chaincode_imports_nothing_backend_specific() -> None:
     forbidden = {
         "sqlite3",
@@ -142,13 +147,21 @@ def test_chaincode_imports_nothing_backend_specific() -> None:
         "asyncio",
     }
     for path in PACKAGE.glob("*.py"):
+        if path.name in RUNTIME_ADAPTERS:
+            continue
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
             names: list[str] = []
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
+                assert not any(n.split(".")[-1] == "ccaas" for n in names), path.name
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
                 names = [node.module]
+            if isinstance(node, ast.ImportFrom):
+                imported = [node.module or "", *(a.name for a in node.names)]
+                assert not any(n.split(".")[-1] == "ccaas" for n in imported), (
+                    f"{path.name} imports the runtime adapter"
+                )
             for name in names:
                 assert name.split(".")[0] not in forbidden, f"{path.name} imports {name}"
             if isinstance(node, ast.Constant):

@@ -1,7 +1,8 @@
 """Ledger backends behind one client interface (see :mod:`ehrshare.ledger.api`).
 
 The embedded ledger (default) runs the real chaincode in-process over SQLite; the Fabric Gateway
-client (a later issue) satisfies the same protocols. Callers pick a backend by configuration only.
+client (:mod:`ehrshare.ledger.fabric`, tested against a fake Gateway only) satisfies the same
+protocols and is deliberately not imported here. Callers pick a backend by configuration only.
 """
 
 from ehrshare.ledger.api import (

@@ -1,0 +1,672 @@
+"""The Fabric backend's client: Gateway → Network → Contract over the Fabric Gateway gRPC API.
+
+Implements the protocols of :mod:`ehrshare.ledger.api` against a Fabric peer's Gateway service
+(``gateway.Gateway/Endorse``, ``Submit``, ``CommitStatus``, ``Evaluate``, ``ChaincodeEvents``),
+mirroring the official hyperledger/fabric-gateway client: the proposal is Fabric's protobuf
+``Proposal`` (``ChannelHeader`` + ``SignatureHeader`` with a ``SerializedIdentity`` creator and a
+24-byte nonce, transaction id ``hex(sha256(nonce ‖ creator))``), every request is signed with the
+identity's low-S ECDSA-P256 key, the endorsed transaction envelope the Gateway prepares is checked
+and signed here before submission, and errors surface as the same per-stage types the embedded
+client raises (:mod:`ehrshare.ledger.errors`). Use :func:`dial` for a channel and :func:`connect`.
+
+Status: exercised by protocol-level unit tests against an in-test fake Gateway server
+(``tests/fabric_unit/``). It has NOT run against a real Fabric peer: Fabric cannot be built on the
+development machine (see docs/status.md), so nothing in the SDK selects this backend yet.
+
+This module must not hold private keys beyond the :class:`~ehrshare.identity.Signer` it was given,
+must not sign an envelope it has not checked is its own transaction, and must not log arguments
+(they may be personal data).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any
+
+import grpc
+from fabric_protos.common import common_pb2 as _common_pb2
+from fabric_protos.gateway import gateway_pb2 as _gateway_pb2
+from fabric_protos.orderer import ab_pb2 as _ab_pb2
+from fabric_protos.peer import chaincode_pb2 as _chaincode_pb2
+from fabric_protos.peer import proposal_pb2 as _proposal_pb2
+from fabric_protos.peer import proposal_response_pb2 as _response_pb2
+from fabric_protos.peer import transaction_pb2 as _transaction_pb2
+from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory
+
+from ehrshare.identity import Identity, Signer
+from ehrshare.ledger import api
+from ehrshare.ledger.api import ChaincodeEvent, Checkpoint
+from ehrshare.ledger.envelope import NONCE_SIZE, serialize_identity, transaction_id
+from ehrshare.ledger.errors import (
+    CommitError,
+    CommitStatusError,
+    EndorseError,
+    GatewayError,
+    LedgerError,
+    SubmitError,
+)
+from ehrshare.ledger.store import TxStatus
+
+__all__ = [
+    "GRPC_STATUS_DETAILS_KEY",
+    "FabricChaincodeEvents",
+    "FabricCommit",
+    "FabricContract",
+    "FabricGateway",
+    "FabricNetwork",
+    "FabricProposal",
+    "FabricTransaction",
+    "Timeouts",
+    "connect",
+    "dial",
+    "rpc_status_class",
+    "signed_proposal",
+]
+
+# The protobuf modules have no type stubs; bind them as Any once instead of silencing every use.
+common: Any = _common_pb2
+gw: Any = _gateway_pb2
+ab: Any = _ab_pb2
+ccpb: Any = _chaincode_pb2
+proposalpb: Any = _proposal_pb2
+responsepb: Any = _response_pb2
+txpb: Any = _transaction_pb2
+
+_log = logging.getLogger(__name__)
+
+GRPC_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+"""Trailing metadata key carrying a serialized ``google.rpc.Status`` with ``ErrorDetail``s."""
+
+_SERVICE = "/gateway.Gateway/"
+_CHAINCODE_RESPONSE = re.compile(r"chaincode response (\d+), (.*)", re.DOTALL)
+_ERROR_DETAIL_TYPE = "type.googleapis.com/gateway.ErrorDetail"
+
+Clock = Callable[[], int]  # nanoseconds since the epoch
+
+
+def rpc_status_class() -> Any:
+    """The ``google.rpc.Status`` message class, built in a private descriptor pool.
+
+    The Gateway attaches ``ErrorDetail`` messages to its errors inside a ``google.rpc.Status``; the
+    googleapis protos are not a dependency, so the three-field message is declared here (in a pool
+    of its own, so it cannot clash with googleapis-common-protos if that is installed later).
+    """
+    pool = descriptor_pool.DescriptorPool()
+    any_file = descriptor_pb2.FileDescriptorProto()
+    any_pb2.DESCRIPTOR.CopyToProto(any_file)
+    pool.Add(any_file)
+    status_file = descriptor_pb2.FileDescriptorProto(
+        name="ehrshare/google_rpc_status.proto",
+        package="google.rpc",
+        dependency=["google/protobuf/any.proto"],
+        syntax="proto3",
+    )
+    msg = status_file.message_type.add(name="Status")
+    f = descriptor_pb2.FieldDescriptorProto
+    msg.field.add(name="code", number=1, type=f.TYPE_INT32, label=f.LABEL_OPTIONAL)
+    msg.field.add(name="message", number=2, type=f.TYPE_STRING, label=f.LABEL_OPTIONAL)
+    msg.field.add(
+        name="details",
+        number=3,
+        type=f.TYPE_MESSAGE,
+        label=f.LABEL_REPEATED,
+        type_name=".google.protobuf.Any",
+    )
+    pool.Add(status_file)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("google.rpc.Status"))
+
+
+_RpcStatus: Any = rpc_status_class()
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Per-call deadlines in seconds (the official client's ``With…Timeout`` options)."""
+
+    evaluate: float = 30.0
+    endorse: float = 30.0
+    submit: float = 30.0
+    commit_status: float = 120.0
+
+
+def dial(
+    endpoint: str,
+    *,
+    tls_ca_pem: bytes | None,
+    server_name: str | None = None,
+    client_cert_pem: bytes | None = None,
+    client_key_pem: bytes | None = None,
+) -> grpc.Channel:
+    """A gRPC channel to a peer's Gateway endpoint (``host:port``); the caller closes it.
+
+    ``tls_ca_pem`` is the peer's TLS CA (None only for a plaintext test server). ``server_name``
+    overrides the name checked against the peer's certificate (e.g. ``peer0.org1.example.com``
+    when dialling 127.0.0.1). Client certificate and key enable mutual TLS.
+    """
+    if (client_cert_pem is None) != (client_key_pem is None):
+        raise ValueError("mutual TLS needs both client_cert_pem and client_key_pem")
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", 100 * 1024 * 1024),
+        ("grpc.max_send_message_length", 100 * 1024 * 1024),
+    ]
+    if tls_ca_pem is None:
+        return grpc.insecure_channel(endpoint, options=options)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=tls_ca_pem,
+        private_key=client_key_pem,
+        certificate_chain=client_cert_pem,
+    )
+    return grpc.secure_channel(endpoint, creds, options=options)
+
+
+def connect(
+    identity: Identity,
+    signer: Signer,
+    channel: grpc.Channel,
+    *,
+    timeouts: Timeouts | None = None,
+    clock: Clock | None = None,
+) -> FabricGateway:
+    """A gateway with one identity over an open gRPC channel (see :func:`dial`).
+
+    The gateway does not own the channel: closing the gateway leaves it open for the caller.
+    """
+    return FabricGateway(identity, signer, channel, timeouts or Timeouts(), clock or time.time_ns)
+
+
+def _as_bytes(arg: str | bytes) -> bytes:
+    return arg if isinstance(arg, bytes) else arg.encode("utf-8")
+
+
+def signed_proposal(
+    creator: bytes,
+    signer: Signer,
+    *,
+    channel: str,
+    chaincode: str,
+    function: str,
+    args: tuple[bytes, ...],
+    timestamp_ns: int,
+    nonce: bytes | None = None,
+) -> tuple[str, Any]:
+    """Fabric's ``SignedProposal`` for a chaincode call, and its transaction id.
+
+    Built as the official client builds it: ``ChannelHeader`` (ENDORSER_TRANSACTION, channel,
+    transaction id, timestamp, ``ChaincodeHeaderExtension``), ``SignatureHeader`` (serialized
+    creator, 24-byte nonce), ``ChaincodeProposalPayload`` whose input's first argument is the
+    function name; the signature is low-S ECDSA-SHA256 over the proposal bytes. ``nonce`` is for
+    tests that need a known transaction id; leave it None otherwise.
+    """
+    nonce = os.urandom(NONCE_SIZE) if nonce is None else nonce
+    if len(nonce) != NONCE_SIZE:
+        raise ValueError(f"nonce is {len(nonce)} bytes, not {NONCE_SIZE}")
+    tx_id = transaction_id(nonce, creator)
+    seconds, nanos = divmod(timestamp_ns, 1_000_000_000)
+    chaincode_id = ccpb.ChaincodeID(name=chaincode)
+    channel_header = common.ChannelHeader(
+        type=common.HeaderType.Value("ENDORSER_TRANSACTION"),
+        channel_id=channel,
+        tx_id=tx_id,
+        epoch=0,
+        extension=proposalpb.ChaincodeHeaderExtension(
+            chaincode_id=chaincode_id
+        ).SerializeToString(),
+    )
+    channel_header.timestamp.seconds = seconds
+    channel_header.timestamp.nanos = nanos
+    header = common.Header(
+        channel_header=channel_header.SerializeToString(),
+        signature_header=common.SignatureHeader(creator=creator, nonce=nonce).SerializeToString(),
+    )
+    spec = ccpb.ChaincodeInvocationSpec(
+        chaincode_spec=ccpb.ChaincodeSpec(
+            chaincode_id=chaincode_id,
+            input=ccpb.ChaincodeInput(args=[function.encode("utf-8"), *args]),
+        )
+    )
+    payload = proposalpb.ChaincodeProposalPayload(input=spec.SerializeToString())
+    proposal_bytes = proposalpb.Proposal(
+        header=header.SerializeToString(), payload=payload.SerializeToString()
+    ).SerializeToString()
+    return tx_id, proposalpb.SignedProposal(
+        proposal_bytes=proposal_bytes, signature=signer.sign(proposal_bytes)
+    )
+
+
+def _stage_error(
+    kind: type[LedgerError], exc: grpc.RpcError, transaction_id: str, action: str
+) -> LedgerError:
+    """Map a gRPC error from the Gateway to the stage's error type, keeping the per-peer details.
+
+    A chaincode failure reaches the client as ``chaincode response <status>, <message>`` in the
+    details; its message becomes the error's message, as the embedded ledger reports it.
+    """
+    code = exc.code() if isinstance(exc, grpc.Call) else None
+    text = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
+    details: list[str] = []
+    chaincode_message: str | None = None
+    trailers = exc.trailing_metadata() if isinstance(exc, grpc.Call) else None
+    for key, value in trailers or ():
+        if key != GRPC_STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            status = _RpcStatus.FromString(value)
+        except Exception:  # a malformed trailer must not hide the error itself
+            _log.debug("ignoring a malformed %s trailer", GRPC_STATUS_DETAILS_KEY)
+            continue
+        for item in status.details:
+            if item.type_url != _ERROR_DETAIL_TYPE:
+                continue
+            detail = gw.ErrorDetail.FromString(item.value)
+            details.append(f"{detail.msp_id} ({detail.address}): {detail.message}")
+            match = _CHAINCODE_RESPONSE.search(detail.message)
+            if match and chaincode_message is None:
+                chaincode_message = match.group(2)
+    if chaincode_message is None:
+        match = _CHAINCODE_RESPONSE.search(text)
+        if match:
+            chaincode_message = match.group(2)
+    if chaincode_message is not None:
+        message = chaincode_message
+    elif code == grpc.StatusCode.UNAVAILABLE:
+        message = f"could not reach the Fabric Gateway to {action}: {text}"
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        message = f"the Fabric Gateway did not {action} before the deadline"
+    else:
+        name = code.name if code is not None else "error"
+        message = f"{action} failed ({name}): {text}"
+    return kind(message, transaction_id=transaction_id, details=tuple(details))
+
+
+class FabricGateway:
+    """A connection to a Fabric Gateway with one identity; use as a context manager."""
+
+    def __init__(
+        self,
+        identity: Identity,
+        signer: Signer,
+        channel: grpc.Channel,
+        timeouts: Timeouts,
+        clock: Clock,
+    ) -> None:
+        self.identity = identity
+        self._signer = signer
+        self._channel = channel
+        self.timeouts = timeouts
+        self._clock = clock
+        self._creator = serialize_identity(identity)
+        self._calls: dict[str, Any] = {}
+        for name, kind, req, resp in (
+            ("Endorse", "unary", gw.EndorseRequest, gw.EndorseResponse),
+            ("Submit", "unary", gw.SubmitRequest, gw.SubmitResponse),
+            ("CommitStatus", "unary", gw.SignedCommitStatusRequest, gw.CommitStatusResponse),
+            ("Evaluate", "unary", gw.EvaluateRequest, gw.EvaluateResponse),
+            ("ChaincodeEvents", "stream", gw.SignedChaincodeEventsRequest, None),
+        ):
+            factory = channel.unary_unary if kind == "unary" else channel.unary_stream
+            self._calls[name] = factory(
+                _SERVICE + name,
+                request_serializer=req.SerializeToString,
+                response_deserializer=(resp or gw.ChaincodeEventsResponse).FromString,
+            )
+
+    @property
+    def creator(self) -> bytes:
+        """The serialized identity (``SerializedIdentity``) this gateway signs as."""
+        return self._creator
+
+    def get_network(self, channel_name: str) -> FabricNetwork:
+        """The named channel (the Gateway reports an unknown channel on first use)."""
+        if not channel_name:
+            raise GatewayError("channel name must not be empty")
+        return FabricNetwork(self, channel_name)
+
+    def _sign(self, data: bytes) -> bytes:
+        return self._signer.sign(data)
+
+    def close(self) -> None:
+        """Nothing to release: the gRPC channel belongs to the caller."""
+
+    def __enter__(self) -> FabricGateway:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class FabricNetwork:
+    """A channel reached through the Gateway."""
+
+    def __init__(self, gateway: FabricGateway, name: str) -> None:
+        self._gateway = gateway
+        self._name = name
+
+    @property
+    def name(self) -> str:
+        """The channel name."""
+        return self._name
+
+    def get_contract(self, chaincode_name: str) -> FabricContract:
+        """A chaincode on this channel."""
+        if not chaincode_name:
+            raise GatewayError("chaincode name must not be empty")
+        return FabricContract(self._gateway, self._name, chaincode_name)
+
+    def get_chaincode_events(
+        self,
+        chaincode_name: str,
+        *,
+        start_block: int | None = None,
+        checkpoint: Checkpoint | None = None,
+    ) -> FabricChaincodeEvents:
+        """Events from ``start_block`` (default: the next commit), or resume after ``checkpoint``.
+
+        As in the official client, a checkpoint with a block number replays that block from the
+        event after its transaction id; the Gateway refuses ``newest`` so the default is the next
+        commit. Iteration blocks until events arrive; :meth:`FabricChaincodeEvents.close` ends it.
+        """
+        gateway = self._gateway
+        position = ab.SeekPosition(next_commit=ab.SeekNextCommit())
+        after_tx = ""
+        if start_block is not None:
+            if start_block < 0:
+                raise GatewayError(f"start block {start_block} is negative")
+            position = ab.SeekPosition(specified=ab.SeekSpecified(number=start_block))
+        if checkpoint is not None and checkpoint.block_number is not None:
+            position = ab.SeekPosition(specified=ab.SeekSpecified(number=checkpoint.block_number))
+            after_tx = checkpoint.transaction_id or ""
+        request = gw.ChaincodeEventsRequest(
+            channel_id=self._name,
+            chaincode_id=chaincode_name,
+            identity=gateway.creator,
+            start_position=position,
+            after_transaction_id=after_tx,
+        ).SerializeToString()
+        signed = gw.SignedChaincodeEventsRequest(request=request, signature=gateway._sign(request))
+        try:
+            call = gateway._calls["ChaincodeEvents"](signed)
+        except grpc.RpcError as exc:
+            raise _stage_error(GatewayError, exc, "", "read chaincode events") from None
+        return FabricChaincodeEvents(call)
+
+
+class FabricChaincodeEvents:
+    """A blocking iterator over the Gateway's chaincode event stream; close it to stop."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+        self._buffer: deque[ChaincodeEvent] = deque()
+        self._closed = False
+
+    def __iter__(self) -> Iterator[ChaincodeEvent]:
+        return self
+
+    def __next__(self) -> ChaincodeEvent:
+        while not self._buffer:
+            if self._closed:
+                raise StopIteration
+            try:
+                response = next(self._call)
+            except StopIteration:
+                self._closed = True
+                raise
+            except grpc.RpcError as exc:
+                if self._closed or (
+                    isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.CANCELLED
+                ):
+                    raise StopIteration from None
+                raise _stage_error(GatewayError, exc, "", "read chaincode events") from None
+            for event in response.events:
+                self._buffer.append(
+                    ChaincodeEvent(
+                        block_number=int(response.block_number),
+                        transaction_id=str(event.tx_id),
+                        chaincode_name=str(event.chaincode_id),
+                        event_name=str(event.event_name),
+                        payload=bytes(event.payload),
+                    )
+                )
+        return self._buffer.popleft()
+
+    def close(self) -> None:
+        """Cancel the stream; a blocked iteration ends."""
+        self._closed = True
+        self._call.cancel()
+
+    def __enter__(self) -> FabricChaincodeEvents:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class FabricContract:
+    """A chaincode on a channel, called with the gateway's identity."""
+
+    def __init__(self, gateway: FabricGateway, channel: str, chaincode_name: str) -> None:
+        self._gateway = gateway
+        self._channel = channel
+        self._name = chaincode_name
+
+    @property
+    def chaincode_name(self) -> str:
+        """The chaincode's name."""
+        return self._name
+
+    def new_proposal(
+        self,
+        name: str,
+        *args: str | bytes,
+        endorsing_organizations: tuple[str, ...] = (),
+        nonce: bytes | None = None,
+    ) -> FabricProposal:
+        """The fine-grained flow: a signed proposal to evaluate, or endorse, submit and check.
+
+        ``nonce`` is for tests that need a known transaction id; leave it None otherwise.
+        The proposal is built by :func:`signed_proposal`.
+        """
+        gateway = self._gateway
+        tx_id, signed = signed_proposal(
+            gateway.creator,
+            gateway._signer,
+            channel=self._channel,
+            chaincode=self._name,
+            function=name,
+            args=tuple(_as_bytes(a) for a in args),
+            timestamp_ns=gateway._clock(),
+            nonce=nonce,
+        )
+        return FabricProposal(gateway, self._channel, tx_id, signed, tuple(endorsing_organizations))
+
+    def submit_transaction(self, name: str, *args: str | bytes) -> bytes:
+        """Endorse, order and wait for the commit; returns the result of a valid commit.
+
+        Raises :class:`EndorseError`, :class:`SubmitError`, :class:`CommitStatusError` or
+        :class:`CommitError` by the stage that failed, each with the transaction id.
+        """
+        transaction = self.new_proposal(name, *args).endorse()
+        status = transaction.submit().get_status()
+        if not status.successful:
+            raise CommitError(
+                f"transaction {status.tx_id} committed as {status.code}",
+                transaction_id=status.tx_id,
+                code=status.code,
+            )
+        return transaction.result
+
+    def evaluate_transaction(self, name: str, *args: str | bytes) -> bytes:
+        """Run a query on one peer; nothing is ordered or written. Failures raise GatewayError."""
+        return self.new_proposal(name, *args).evaluate()
+
+
+@dataclass(slots=True)
+class FabricProposal:
+    """A signed proposal not yet endorsed."""
+
+    _gateway: FabricGateway
+    channel: str
+    transaction_id: str
+    signed: Any  # peer.SignedProposal
+    endorsing_organizations: tuple[str, ...]
+
+    def evaluate(self) -> bytes:
+        """Evaluate as a query; returns the chaincode's payload."""
+        request = gw.EvaluateRequest(
+            transaction_id=self.transaction_id,
+            channel_id=self.channel,
+            proposed_transaction=self.signed,
+            target_organizations=list(self.endorsing_organizations),
+        )
+        try:
+            response = self._gateway._calls["Evaluate"](
+                request, timeout=self._gateway.timeouts.evaluate
+            )
+        except grpc.RpcError as exc:
+            raise _stage_error(GatewayError, exc, self.transaction_id, "evaluate") from None
+        return bytes(response.result.payload)
+
+    def endorse(self) -> FabricTransaction:
+        """Collect endorsements; returns the prepared transaction, checked and ready to submit."""
+        request = gw.EndorseRequest(
+            transaction_id=self.transaction_id,
+            channel_id=self.channel,
+            proposed_transaction=self.signed,
+            endorsing_organizations=list(self.endorsing_organizations),
+        )
+        try:
+            response = self._gateway._calls["Endorse"](
+                request, timeout=self._gateway.timeouts.endorse
+            )
+        except grpc.RpcError as exc:
+            raise _stage_error(EndorseError, exc, self.transaction_id, "endorse") from None
+        envelope = response.prepared_transaction
+        result = _check_prepared(envelope, self.transaction_id, self.channel, self._gateway.creator)
+        return FabricTransaction(self._gateway, self.channel, self.transaction_id, envelope, result)
+
+
+def _check_prepared(envelope: Any, tx_id: str, channel: str, creator: bytes) -> bytes:
+    """The chaincode result in a prepared envelope, after checking it is this transaction.
+
+    The client signs whatever envelope the Gateway returns, so it first makes sure the envelope is
+    the transaction it proposed (id, channel, creator); EndorseError naming the mismatch otherwise.
+    """
+
+    def bad(why: str) -> EndorseError:
+        return EndorseError(
+            f"the Gateway returned an unusable transaction: {why}", transaction_id=tx_id
+        )
+
+    try:
+        payload = common.Payload.FromString(envelope.payload)
+        channel_header = common.ChannelHeader.FromString(payload.header.channel_header)
+        signature_header = common.SignatureHeader.FromString(payload.header.signature_header)
+        transaction = txpb.Transaction.FromString(payload.data)
+    except Exception:
+        raise bad("the envelope does not parse") from None
+    if channel_header.tx_id != tx_id:
+        raise bad(f"its transaction id is {channel_header.tx_id!r}")
+    if channel_header.channel_id != channel:
+        raise bad(f"its channel is {channel_header.channel_id!r}, not {channel!r}")
+    if bytes(signature_header.creator) != creator:
+        raise bad("its creator is not this gateway's identity")
+    for action in transaction.actions:
+        try:
+            action_payload = txpb.ChaincodeActionPayload.FromString(action.payload)
+            response_payload = responsepb.ProposalResponsePayload.FromString(
+                action_payload.action.proposal_response_payload
+            )
+            chaincode_action = proposalpb.ChaincodeAction.FromString(response_payload.extension)
+        except Exception:
+            _log.debug("skipping a transaction action that does not parse")
+            continue
+        return bytes(chaincode_action.response.payload)
+    raise bad("it holds no proposal response")
+
+
+@dataclass(slots=True)
+class FabricTransaction:
+    """An endorsed transaction: its result, and the envelope to sign and submit for ordering."""
+
+    _gateway: FabricGateway
+    channel: str
+    transaction_id: str
+    envelope: Any  # common.Envelope, unsigned until submit
+    result: bytes
+
+    def submit(self) -> FabricCommit:
+        """Sign the envelope and hand it to ordering; returns a handle to wait for the commit."""
+        gateway = self._gateway
+        if not self.envelope.signature:
+            self.envelope.signature = gateway._sign(bytes(self.envelope.payload))
+        request = gw.SubmitRequest(
+            transaction_id=self.transaction_id,
+            channel_id=self.channel,
+            prepared_transaction=self.envelope,
+        )
+        try:
+            gateway._calls["Submit"](request, timeout=gateway.timeouts.submit)
+        except grpc.RpcError as exc:
+            raise _stage_error(SubmitError, exc, self.transaction_id, "submit") from None
+        return FabricCommit(gateway, self.channel, self.transaction_id, self.result)
+
+
+@dataclass(slots=True)
+class FabricCommit:
+    """A submitted transaction; :meth:`get_status` waits for its commit."""
+
+    _gateway: FabricGateway
+    channel: str
+    transaction_id: str
+    result: bytes
+
+    def get_status(self, timeout: float | None = None) -> TxStatus:
+        """The commit status (validation code name and block number); waits for the commit."""
+        gateway = self._gateway
+        request = gw.CommitStatusRequest(
+            transaction_id=self.transaction_id,
+            channel_id=self.channel,
+            identity=gateway.creator,
+        ).SerializeToString()
+        signed = gw.SignedCommitStatusRequest(request=request, signature=gateway._sign(request))
+        try:
+            response = gateway._calls["CommitStatus"](
+                signed, timeout=timeout if timeout is not None else gateway.timeouts.commit_status
+            )
+        except grpc.RpcError as exc:
+            raise _stage_error(
+                CommitStatusError, exc, self.transaction_id, "report the commit status"
+            ) from None
+        code = int(response.result)
+        name = (
+            txpb.TxValidationCode.Name(code)
+            if code in txpb.TxValidationCode.values()
+            else f"UNKNOWN_CODE_{code}"
+        )
+        return TxStatus(self.transaction_id, name, int(response.block_number))
+
+
+def _satisfies_protocols(
+    gateway: FabricGateway, network: FabricNetwork, contract: FabricContract
+) -> tuple[api.Gateway, api.Network, api.Contract, api.ChaincodeEvents]:
+    # Never called: mypy checks here that the Fabric classes satisfy the client protocols.
+    events = network.get_chaincode_events(contract.chaincode_name)
+    return gateway, network, contract, events
