@@ -26,6 +26,7 @@ from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.api import Contract
 from ehrshare.ledger.embedded import EmbeddedGateway, connect
+from ehrshare.ledger.errors import LedgerError
 from ehrshare.services.kgc import KgcNode
 from ehrshare.services.proxy import ReencryptionProxy, RevocationFollower
 from ehrshare.services.rpc import serve_kgc, serve_proxy
@@ -202,6 +203,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 contract=_contract(gateway, channel, chaincode),
                 rate_limit_per_minute=rate_limit,
             )
+            try:
+                # DKG sessions name nodes by the keys they published on chain.
+                node.publish_key()
+            except LedgerError as exc:
+                raise _fail(
+                    f"kgc node {index} could not publish its public key on chain: {exc.message}"
+                ) from None
             server, port = serve_kgc(node, listen=listen, tls=tls)
             host = listen.rsplit(":", 1)[0]
             if port_file is not None:
