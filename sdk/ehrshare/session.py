@@ -491,8 +491,13 @@ class Session:
                 self.kgc, self.ibe_id, public=public, roster=self.roster, timeout=timeout
             )
         except ExtractionFailed as exc:
+            why = (
+                " (partial keys are checked against the KGC roster of the chain's final DKG result)"
+                if exc.invalid
+                else ""
+            )
             raise EnrollmentError(
-                f"enrolment of {self.ibe_id} failed: {exc}",
+                f"enrolment of {self.ibe_id} failed: {exc}{why}",
                 failed=exc.unavailable,
                 invalid=exc.invalid,
             ) from None

@@ -606,6 +606,11 @@ class DkgParticipation:
     def _publish(self, result: DKGResult) -> None:
         """Post this node's view of the result; it counts once τ nodes posted the same."""
         assert isinstance(self.board, LedgerBoard)
+        if self.node.index not in result.qual:
+            # Still a share holder (it received shares from QUAL), but only QUAL members'
+            # views count on chain: a disqualified dealer gets no say in the result.
+            _log.info("kgc node %d is outside QUAL; it does not publish", self.node.index)
+            return
         roster = [str(x) for x in self.board.session_state(self.session)["roster"]]
         answer = json.loads(
             self.node._contract.submit_transaction(
