@@ -3,8 +3,10 @@
 :meth:`Consortium.init` creates, in one directory, everything a hospital consortium needs to run
 on one machine: one certificate authority per hospital, an embedded ledger admitting them, the
 content store (or a Kubo URL), the consortium's type-label key, one KGC node per hospital (node
-key outside its state directory, service identity registered with role ``kgc``), a distributed
-key generation over the ledger board (mpk on chain), a re-encryption proxy, and ``profile.yaml``
+key outside its state directory, service identity registered with role ``kgc``, public key
+published on chain), an ``admin`` wallet that opens the DKG session on chain, a distributed key
+generation over the ledger board (mpk, public polynomial and the KGC roster with its keys in the
+final result τ nodes agreed on), a re-encryption proxy, and ``profile.yaml``
 pointing at all of it. :meth:`Consortium.add_member` enrols patients, clinicians and auditors into
 wallets; :meth:`Consortium.session` opens a :class:`~ehrshare.session.Session` that shares the
 consortium's ledger and services (the demo, the tests, the benchmark).

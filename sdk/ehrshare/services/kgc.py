@@ -1,18 +1,22 @@
 """The KGC node service: one hospital's share of the key generation centre.
 
 A :class:`KgcNode` holds its DKG share sealed at rest in its state directory (see
-:mod:`ehrshare.services.vault` for why and how), takes part in DKG sessions through the chaincode
-board (:class:`LedgerBoard` implements :class:`ehrshare.hazmat.board.Board` over the contract's
-PostDKGBundle / GetDKGBundles, and the node publishes mpk with PublishDKGResult), and answers
-extraction requests: only for identities registered on chain (GetIdentity), only to the identity
-itself when the caller is authenticated, rate-limited per requester (token bucket, injectable
-clock), each partial key sealed to the requester's one-time reply key and signed, and each
-extraction logged (who, for which identity, which node, the outcome — never key material).
+:mod:`ehrshare.services.vault` for why and how), publishes its long-term public key on chain
+(PublishKGCKey), takes part in DKG sessions an org admin opened on chain (OpenDKGSession,
+:func:`open_dkg_session`) through the chaincode board (:class:`LedgerBoard` implements
+:class:`ehrshare.hazmat.board.Board` over PostDKGBundle / GetDKGBundles and waits for each phase's
+committed CloseDKGPhase before reading it; each QUAL member posts its view of the result with
+PublishDKGResult, final once τ agree), and answers extraction requests: only for identities
+registered on chain (GetIdentity), only to the identity itself when the caller is authenticated,
+rate-limited per requester (token bucket, injectable clock), each partial key sealed to the
+requester's one-time reply key and signed, and each extraction logged (who, for which identity,
+which node, the outcome — never key material).
 
 The user side, :func:`extract_identity_key`, asks τ of n nodes through any :class:`KgcClient`
 (in-process here, gRPC in :mod:`ehrshare.services.rpc`), tolerates nodes that are down, names and
-excludes nodes whose partial key fails the pairing check, and asks further nodes until τ shares
-verify.
+excludes nodes whose partial key fails the pairing check or whose signature does not verify
+under the roster of the chain's final DKG result (:func:`roster_from_chain`), and asks further
+nodes until τ shares verify.
 
 What this module must not do: log or raise with a share, a partial key or a reply key; trust a
 requester field when an authenticated caller is given; answer before the share is loaded and the
@@ -58,7 +62,7 @@ from ehrshare.hazmat.kgc_keys import KGCNodeKey, KGCNodePublicKey, X25519KeyPair
 from ehrshare.hazmat.pairing import G1, RngFn
 from ehrshare.hazmat.tipre import IdentitySecretKey, MasterPublicKey
 from ehrshare.ledger.api import Contract
-from ehrshare.ledger.errors import LedgerError
+from ehrshare.ledger.errors import CommitError, LedgerError
 from ehrshare.services.ratelimit import TokenBucketLimiter
 from ehrshare.services.vault import atomic_write, open_sealed_file, write_sealed_file
 
@@ -613,7 +617,8 @@ class DkgParticipation:
             return
         roster = [str(x) for x in self.board.session_state(self.session)["roster"]]
         answer = json.loads(
-            self.node._contract.submit_transaction(
+            _submit_retrying(
+                self.node._contract,
                 "PublishDKGResult",
                 self.session.hex(),
                 base64.b64encode(MasterPublicKey(result.public.mpk).to_bytes()).decode("ascii"),
@@ -634,6 +639,19 @@ class DkgParticipation:
             answer["agree"],
             answer["threshold"],
         )
+
+
+def _submit_retrying(contract: Contract, function: str, *args: str, attempts: int = 5) -> bytes:
+    """Submit, retrying a transaction invalidated by MVCC (views of one session are posted
+    concurrently, and each reads the others' range); the chaincode's answer is idempotent."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return contract.submit_transaction(function, *args)
+        except CommitError as exc:
+            if exc.code != "MVCC_READ_CONFLICT" or attempt == attempts:
+                raise
+            _log.debug("%s hit an MVCC conflict; retrying (%d)", function, attempt)
+    raise AssertionError("unreachable")
 
 
 def run_local_dkg(
