@@ -23,9 +23,13 @@ from chaincode_world import (
     World,
     dkg_bundle,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ehrshare.ledger import EndorseError
 from ehrshare.ledger.sandbox import Member
+from ehrshare_chaincode.contract import _check_bundle_header
+from ehrshare_chaincode.stub import ChaincodeError
 
 NONCE4 = "12" * 32
 POLY3 = json.dumps([TYPE_KEY] * 3)
@@ -391,3 +395,32 @@ def test_get_result_names_what_is_missing(world: World) -> None:
         f"dkg session {NONCE2} result is not final yet: 0 of 2 agree"
     )
     assert _error(kim, "GetDKGResult", "nope") == "session nonce must be 64 lower-case hex digits"
+
+
+# --- the header the contract reads ---------------------------------------------------------
+
+
+@given(raw=st.binary(max_size=80), phase=st.sampled_from(["deal", "response", "justification"]))
+def test_header_check_accepts_exactly_the_bound_headers(raw: bytes, phase: str) -> None:
+    bound = (
+        len(raw) >= 36
+        and raw[1] == {"deal": 1, "response": 2, "justification": 3}[phase]
+        and raw[2:34] == bytes.fromhex(NONCE)
+        and int.from_bytes(raw[34:36], "big") == 2
+    )
+    try:
+        _check_bundle_header(raw, NONCE, phase, 2, KAI)
+    except ChaincodeError:
+        assert not bound
+    else:
+        assert bound
+
+
+@given(sender=st.integers(1, 65535), body=st.binary(max_size=40))
+def test_header_check_binds_the_sender_of_well_formed_headers(sender: int, body: bytes) -> None:
+    raw = base64.b64decode(dkg_bundle("response", NONCE, sender, body))
+    if sender == 7:
+        _check_bundle_header(raw, NONCE, "response", 7, KIM)
+    else:
+        with pytest.raises(ChaincodeError, match=f"names sender {sender}, but kgc"):
+            _check_bundle_header(raw, NONCE, "response", 7, KIM)

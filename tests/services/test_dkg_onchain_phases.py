@@ -206,3 +206,11 @@ def test_a_node_whose_key_is_not_in_the_session_refuses_to_join(
     )
     with pytest.raises(Exception, match="its public key is not in the roster"):
         stranger.dkg_config(nonce)
+
+
+def test_the_contracts_header_layout_is_the_dkg_wire_format() -> None:
+    from ehrshare.hazmat import dkg
+    from ehrshare_chaincode import contract
+
+    assert dkg._HEADER.size == contract.DKG_HEADER_SIZE
+    assert {k.name.lower(): int(k) for k in BundleKind} == contract.DKG_PHASE_KIND
