@@ -41,6 +41,7 @@ from ehrshare.services.vault import (
 __all__ = ["register"]
 
 _err = Console(stderr=True)
+_log = logging.getLogger(__name__)
 EXIT_BAD_INPUT = 2
 
 
@@ -207,9 +208,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 # DKG sessions name nodes by the keys they published on chain.
                 node.publish_key()
             except LedgerError as exc:
-                raise _fail(
-                    f"kgc node {index} could not publish its public key on chain: {exc.message}"
-                ) from None
+                # Not fatal: extraction does not depend on it (a finished DKG already holds the
+                # key's snapshot); only new sessions cannot name this node until it publishes.
+                _log.warning("kgc node %d could not publish its public key: %s", index, exc)
+                _err.print(
+                    f"warning: kgc node {index} could not publish its public key on chain "
+                    f"({exc.message}); new DKG sessions cannot name it until it does"
+                )
             server, port = serve_kgc(node, listen=listen, tls=tls)
             host = listen.rsplit(":", 1)[0]
             if port_file is not None:
