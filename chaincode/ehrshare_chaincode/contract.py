@@ -1139,7 +1139,11 @@ class EHRContract:
 
     def CloseDKGPhase(self, ctx: TxContext, nonce: str, phase: str) -> Any:
         """Close the open phase once every roster node posted in it or its timeout passed
-        (by transaction time); the next phase opens. Bundles of a closed phase are refused."""
+        (by transaction time); the next phase opens. Bundles of a closed phase are refused.
+
+        The justification phase also closes once every accused dealer posted: only dealers
+        named in a complaint post in it, so waiting for all n would always mean the timeout.
+        """
         caller = ctx.registered()
         _check_nonce(nonce)
         _check_phase(phase)
@@ -1153,12 +1157,24 @@ class EHRContract:
         posters = self._dkg_posters(ctx, nonce, phase)
         n = len(session["roster"])
         deadline = int(session["phase_opened_at"]) + int(session["phase_timeout_s"])
-        if len(posters) < n and ctx.now < deadline:
-            raise ChaincodeError(
-                f"{phase} phase of dkg session {nonce} cannot close yet: {len(posters)} of {n} "
-                f"roster nodes posted and its timeout ends at {deadline}"
+        timed_out = len(posters) < n and ctx.now >= deadline
+        if len(posters) < n and not timed_out:
+            waiting = (
+                sorted(set(self._accused(ctx, session)) - set(posters))
+                if phase == DKG_PHASES[2]
+                else None
             )
-        updated = self._end_phase(ctx, session, caller.name, posters=posters)
+            if waiting is None:
+                raise ChaincodeError(
+                    f"{phase} phase of dkg session {nonce} cannot close yet: {len(posters)} of "
+                    f"{n} roster nodes posted and its timeout ends at {deadline}"
+                )
+            if waiting:
+                raise ChaincodeError(
+                    f"{phase} phase of dkg session {nonce} cannot close yet: accused dealers "
+                    f"{', '.join(waiting)} have not posted and its timeout ends at {deadline}"
+                )
+        updated = self._end_phase(ctx, session, caller.name, posters=posters, timed_out=timed_out)
         ctx.log(
             SYSTEM_CHAIN,
             "CloseDKGPhase",
@@ -1175,6 +1191,7 @@ class EHRContract:
         *,
         posters: list[str] | None = None,
         by_result: bool = False,
+        timed_out: bool = False,
     ) -> dict[str, Any]:
         """Write the session with its open phase closed and the next one (or done) open."""
         phase = session["phase"]
@@ -1187,7 +1204,7 @@ class EHRContract:
             "closed_at": ctx.now,
             "closed_by": closed_by,
             "posters": sorted(posters),
-            "timed_out": len(posters) < len(session["roster"]) and not by_result,
+            "timed_out": timed_out,
             "by_result": by_result,
         }
         updated = dict(session)
@@ -1202,6 +1219,34 @@ class EHRContract:
             updated["phase"] = DKG_DONE
         ctx.put_json(updated, K_DKG_SESSION, nonce)
         return updated
+
+    def _accused(self, ctx: TxContext, session: dict[str, Any]) -> list[str]:
+        """Dealers that some response of the (closed) response phase did not accept.
+
+        Reads only the response layout after the header (u16 n, then n status bytes; 0 is
+        accepted) and counts every structurally whole response, signed validly or not, and
+        every dealer that posted a deal. Nodes count only verified ones, so this set is a
+        superset of theirs: an error here can only make the phase wait for its timeout, never
+        close it before a dealer the nodes expect had its say.
+        """
+        nonce = session["nonce"]
+        roster: list[str] = session["roster"]
+        dealers = set(self._dkg_posters(ctx, nonce, DKG_PHASES[0]))
+        accused: set[str] = set()
+        for kv in ctx.stub.get_state_by_partial_composite_key(K_DKG, [nonce, DKG_PHASES[1]]):
+            row = canonical.loads(kv.value, "stored dkg bundle")
+            raw = base64.b64decode(row["bundle"])
+            if len(raw) < DKG_HEADER_SIZE + 2:
+                continue
+            count = int.from_bytes(raw[DKG_HEADER_SIZE : DKG_HEADER_SIZE + 2], "big")
+            statuses = raw[DKG_HEADER_SIZE + 2 : DKG_HEADER_SIZE + 2 + count]
+            if len(statuses) != count:
+                continue
+            responder = roster.index(row["poster"]) + 1
+            for dealer, status in enumerate(statuses[: len(roster)], start=1):
+                if dealer != responder and status != 0 and roster[dealer - 1] in dealers:
+                    accused.add(roster[dealer - 1])
+        return sorted(accused)
 
     def GetDKGBundles(self, ctx: TxContext, nonce: str, phase: str) -> Any:
         """Every bundle of a closed phase of a session, ordered by poster.

@@ -424,3 +424,45 @@ def test_header_check_binds_the_sender_of_well_formed_headers(sender: int, body:
     else:
         with pytest.raises(ChaincodeError, match=f"names sender {sender}, but kgc"):
             _check_bundle_header(raw, NONCE, "response", 7, KIM)
+
+
+def _response(nonce: str, sender: int, statuses: bytes) -> str:
+    body = len(statuses).to_bytes(2, "big") + statuses + b"\x00" * 64
+    return dkg_bundle("response", nonce, sender, body)
+
+
+def test_justification_phase_closes_once_every_accused_dealer_posted(fresh_world: World) -> None:
+    w = fresh_world
+    kim, kai, kit, roster = _three_nodes(w)
+    w.m["org_admin"].submit("OpenDKGSession", NONCE4, "2", roster, "60")
+    for pos, node in enumerate((kim, kai, kit), start=1):
+        node.submit("PostDKGBundle", NONCE4, "deal", dkg_bundle("deal", NONCE4, pos), "1")
+    kim.submit("CloseDKGPhase", NONCE4, "deal")
+    # kit complains about kai (1), marks kim absent (2); kim's own status is ignored.
+    statuses = {1: b"\x00\x00\x00", 2: b"\x01\x00\x00", 3: b"\x02\x01\x00"}
+    for pos, node in enumerate((kim, kai, kit), start=1):
+        node.submit("PostDKGBundle", NONCE4, "response", _response(NONCE4, pos, statuses[pos]), "1")
+    kim.submit("CloseDKGPhase", NONCE4, "response")
+    opened = kim.evaluate("GetDKGSession", NONCE4)["phase_opened_at"]
+    kai.submit(
+        "PostDKGBundle", NONCE4, "justification", dkg_bundle("justification", NONCE4, 2), "1"
+    )
+    assert _fails_without_change(w, kit, "CloseDKGPhase", NONCE4, "justification") == (
+        f"justification phase of dkg session {NONCE4} cannot close yet: accused dealers {KIM} "
+        f"have not posted and its timeout ends at {opened + 60}"
+    )
+    kim.submit(
+        "PostDKGBundle", NONCE4, "justification", dkg_bundle("justification", NONCE4, 1), "1"
+    )
+    closed = kit.submit("CloseDKGPhase", NONCE4, "justification")
+    assert closed["phase"] == "done"
+    assert closed["closed"][-1]["posters"] == [KIM, KAI]
+    assert closed["closed"][-1]["timed_out"] is False
+
+
+def test_justification_phase_without_complaints_closes_at_once(fresh_world: World) -> None:
+    w = fresh_world
+    kim, kai = w.m["kgc"], w.kgc2
+    w.m["org_admin"].submit("OpenDKGSession", NONCE4, "2", ROSTER, "60")
+    _through_response(w, NONCE4, (kim, kai))  # opaque bodies: no status bytes, no complaints
+    assert kai.submit("CloseDKGPhase", NONCE4, "justification")["phase"] == "done"

@@ -224,9 +224,10 @@ class LedgerBoard:
         """Return once the close of ``phase`` is committed; submit the close when it is due.
 
         The close is due when every roster node posted, or when ``now()`` (the node's idea of
-        transaction time, seconds) passed the phase's timeout; the chaincode decides by the
-        transaction's own time, and a close that another node committed first simply fails
-        here. Raises :class:`~ehrshare.hazmat.dkg.DKGError` after ``give_up`` seconds.
+        transaction time, seconds) passed the phase's timeout, or (justification phase) when
+        every accused dealer posted; the chaincode decides by the transaction's own time, and a
+        close that another node committed first simply fails here. Raises
+        :class:`~ehrshare.hazmat.dkg.DKGError` after ``give_up`` seconds.
         """
         name = _PHASE_NAMES[BundleKind(phase)]
         stop = clock() + give_up
@@ -237,6 +238,9 @@ class LedgerBoard:
             if state["phase"] == name and (
                 len(state["posted"]) >= len(state["roster"])
                 or now() >= int(state["phase_opened_at"]) + int(state["phase_timeout_s"])
+                # Justifications: the chaincode closes early once the accused dealers posted,
+                # which only it works out; ask, and a refusal costs one endorsement.
+                or phase is BundleKind.JUSTIFICATION
             ):
                 try:
                     return self.close_phase(session, phase)
