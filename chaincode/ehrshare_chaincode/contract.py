@@ -63,6 +63,16 @@ MAX_HOPS = 16
 MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
 DKG_PHASES = ("deal", "response", "justification")
+DKG_DONE = "done"  # every phase closed: the session collects no more bundles
+# The kind byte of each phase's bundles (ehrshare.hazmat.dkg.BundleKind).
+DKG_PHASE_KIND = {"deal": 1, "response": 2, "justification": 3}
+# Header of every DKG bundle (ehrshare.hazmat.dkg's wire format): version, kind, 32-byte session
+# nonce, big-endian u16 sender index. The contract reads only this header, never the body.
+DKG_HEADER_SIZE = 1 + 1 + 32 + 2
+MAX_KGC_KEY_BYTES = 1024
+MIN_KGC_NODES = 2
+MAX_KGC_NODES = 64  # the roster and its key snapshot live in one state value
+MAX_PHASE_TIMEOUT_S = 7 * 24 * 3600
 
 _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
@@ -89,6 +99,10 @@ K_APPROVAL = "ehr.approval"
 K_DKG = "ehr.dkg"
 K_DKG_RESULT = "ehr.dkgresult"
 K_DKG_LATEST = "ehr.dkglatest"
+K_DKG_SESSION = "ehr.dkgsession"
+K_DKG_VIEW = "ehr.dkgview"
+K_KGC_KEY = "ehr.kgckey"
+K_KGC_USE = "ehr.kgckey~session"
 K_LOG = "ehr.log"
 K_LOG_HEAD = "ehr.loghead"
 K_LOG_BY_RECORD = "ehr.log~record"
@@ -302,6 +316,38 @@ def _cert_arg(value: str, what: str) -> bytes:
     return raw
 
 
+def _check_nonce(value: str) -> str:
+    if not _NONCE_RE.fullmatch(value):
+        raise ChaincodeError("session nonce must be 64 lower-case hex digits")
+    return value
+
+
+def _check_phase(value: str) -> str:
+    if value not in DKG_PHASES:
+        raise ChaincodeError(f"phase {value!r} is not one of {', '.join(DKG_PHASES)}")
+    return value
+
+
+def _check_bundle_header(raw: bytes, nonce: str, phase: str, position: int, poster: str) -> None:
+    if len(raw) < DKG_HEADER_SIZE:
+        raise ChaincodeError(
+            f"dkg bundle is {len(raw)} bytes; its header alone is {DKG_HEADER_SIZE}"
+        )
+    kind = raw[1]
+    if kind != DKG_PHASE_KIND[phase]:
+        raise ChaincodeError(
+            f"dkg bundle has kind {kind}; a {phase} bundle has kind {DKG_PHASE_KIND[phase]}"
+        )
+    if raw[2:34].hex() != nonce:
+        raise ChaincodeError(f"dkg bundle is for session {raw[2:34].hex()}, not {nonce}")
+    sender = int.from_bytes(raw[34:36], "big")
+    if sender != position:
+        raise ChaincodeError(
+            f"dkg bundle names sender {sender}, but kgc {poster} is at position {position} "
+            f"of the roster of dkg session {nonce}"
+        )
+
+
 def _json_list(value: str, what: str) -> list[str]:
     if value == "":
         return []
@@ -332,6 +378,8 @@ class EHRContract:
             "GetGrant",
             "CheckApproval",
             "GetTypeKey",
+            "GetKGCKey",
+            "GetDKGSession",
             "GetDKGBundles",
             "GetDKGResult",
             "GetAuditTrail",
@@ -1008,22 +1056,181 @@ class EHRContract:
         )
         return entry
 
-    # --- DKG board ---------------------------------------------------------------------------
+    # --- KGC roster and DKG board ------------------------------------------------------------
+    #
+    # A DKG session is opened by an org admin with an ordered roster of KGC identities; the
+    # session stores the roster with a snapshot of the keys they published, so users verify
+    # partial keys against what the chain says rather than a file. Phases close by a committed
+    # CloseDKGPhase (every roster node posted, or the phase timed out by transaction time), and
+    # every post reads the session record a close writes, so MVCC orders a late post against the
+    # close: all nodes read the same closed set. The result is final once τ roster nodes posted
+    # byte-identical views.
+
+    def PublishKGCKey(self, ctx: TxContext, public_key_b64: str) -> Any:
+        """A KGC node publishes its long-term DKG/extraction public key (re-publishing the same
+        key only logs; a new key is refused while a session still collecting bundles uses the
+        old one)."""
+        caller = ctx.registered(KGC)
+        assert caller.ibe_id is not None
+        _check_b64(public_key_b64, "kgc public key", MAX_KGC_KEY_BYTES)
+        existing = ctx.get_json(K_KGC_KEY, caller.ibe_id)
+        if existing is not None and existing["public_key"] == public_key_b64:
+            ctx.log(
+                SYSTEM_CHAIN,
+                "PublishKGCKey",
+                "repeated",
+                detail={"kgc": caller.ibe_id, "sha256": existing["sha256"]},
+            )
+            return existing
+        if existing is not None:
+            for kv in ctx.stub.get_state_by_partial_composite_key(K_KGC_USE, [caller.ibe_id]):
+                _, attrs = ctx.stub.split_composite_key(kv.key)
+                session = ctx.get_json(K_DKG_SESSION, attrs[1])
+                if session is not None and session["phase"] != DKG_DONE:
+                    raise ChaincodeError(
+                        f"kgc {caller.ibe_id} cannot replace its public key: dkg session "
+                        f"{attrs[1]} is still collecting bundles with it"
+                    )
+        record = {
+            "ibe_id": caller.ibe_id,
+            "public_key": public_key_b64,
+            "sha256": hashlib.sha256(base64.b64decode(public_key_b64)).hexdigest(),
+            "published_at": ctx.now,
+            "tx_id": ctx.tx_id,
+        }
+        ctx.put_json(record, K_KGC_KEY, caller.ibe_id)
+        ctx.log(
+            SYSTEM_CHAIN,
+            "PublishKGCKey",
+            "replaced" if existing is not None else "ok",
+            detail={"kgc": caller.ibe_id, "sha256": record["sha256"]},
+        )
+        return record
+
+    def GetKGCKey(self, ctx: TxContext, ibe_id: str) -> Any:
+        """The public key a KGC node published."""
+        ctx.registered()
+        _check_ibe(ibe_id, "kgc")
+        record = ctx.get_json(K_KGC_KEY, ibe_id)
+        if record is None:
+            raise ChaincodeError(f"kgc {ibe_id} has not published a public key")
+        return record
+
+    def OpenDKGSession(
+        self, ctx: TxContext, nonce: str, threshold: str, roster_json: str, phase_timeout_s: str
+    ) -> Any:
+        """An org admin opens a DKG session: the ordered roster (node j is entry j), τ and the
+        phase timeout; the roster's published keys are snapshotted into the session."""
+        caller = ctx.registered(ADMIN)
+        _check_nonce(nonce)
+        roster = [_check_ibe(x, "roster member") for x in _json_list(roster_json, "roster")]
+        if not MIN_KGC_NODES <= len(roster) <= MAX_KGC_NODES:
+            raise ChaincodeError(
+                f"roster has {len(roster)} members; a dkg needs {MIN_KGC_NODES} to {MAX_KGC_NODES}"
+            )
+        seen: set[str] = set()
+        for member in roster:
+            if member in seen:
+                raise ChaincodeError(f"kgc {member} appears twice in the roster")
+            seen.add(member)
+        # τ=1 would hand every node the master key (the DKG refuses it too).
+        tau = _check_int(threshold, "threshold", 2, len(roster))
+        timeout = _check_int(phase_timeout_s, "phase timeout", 1, MAX_PHASE_TIMEOUT_S)
+        if ctx.stub.get_state(ctx.key(K_DKG_SESSION, nonce)) is not None:
+            raise ChaincodeError(f"dkg session {nonce} already exists")
+        if ctx.stub.get_state(ctx.key(K_DKG_RESULT, nonce)) is not None:
+            raise ChaincodeError(f"dkg session {nonce} already exists")
+        keys: list[str] = []
+        owner_of: dict[str, str] = {}
+        for member in roster:
+            record = ctx.get_json(K_KGC_KEY, member)
+            if record is None:
+                raise ChaincodeError(f"kgc {member} has not published a public key")
+            key = str(record["public_key"])
+            if key in owner_of:
+                raise ChaincodeError(
+                    f"kgc {owner_of[key]} and kgc {member} published the same public key"
+                )
+            owner_of[key] = member
+            keys.append(key)
+        session = {
+            "nonce": nonce,
+            "threshold": tau,
+            "roster": roster,
+            "keys": keys,
+            "phase": DKG_PHASES[0],
+            "phase_opened_at": ctx.now,
+            "phase_timeout_s": timeout,
+            "closed": [],
+            "opened_at": ctx.now,
+            "opened_by": caller.name,
+            "tx_id": ctx.tx_id,
+        }
+        ctx.put_json(session, K_DKG_SESSION, nonce)
+        for member in roster:
+            ctx.put_index(K_KGC_USE, member, nonce)
+        ctx.log(
+            SYSTEM_CHAIN,
+            "OpenDKGSession",
+            "ok",
+            detail={"nonce": nonce, "threshold": tau, "roster": roster},
+        )
+        return session
+
+    def GetDKGSession(self, ctx: TxContext, nonce: str) -> Any:
+        """A session's roster, key snapshot, τ and phases, with who posted in the open phase."""
+        ctx.registered()
+        _check_nonce(nonce)
+        session = self._dkg_session(ctx, nonce)
+        posted: list[str] = []
+        if session["phase"] in DKG_PHASES:
+            posted = self._dkg_posters(ctx, nonce, session["phase"])
+        return {**session, "posted": posted}
+
+    def _dkg_session(self, ctx: TxContext, nonce: str) -> dict[str, Any]:
+        session = ctx.get_json(K_DKG_SESSION, nonce)
+        if not isinstance(session, dict):
+            raise ChaincodeError(f"dkg session {nonce} does not exist")
+        return session
+
+    def _dkg_posters(self, ctx: TxContext, nonce: str, phase: str) -> list[str]:
+        rows = ctx.stub.get_state_by_partial_composite_key(K_DKG, [nonce, phase])
+        return [str(canonical.loads(kv.value, "stored dkg bundle")["poster"]) for kv in rows]
+
+    @staticmethod
+    def _phase_must_be_open(session: dict[str, Any], phase: str) -> None:
+        current = session["phase"]
+        if current == phase:
+            return
+        nonce = session["nonce"]
+        if current == DKG_DONE or DKG_PHASES.index(phase) < DKG_PHASES.index(current):
+            raise ChaincodeError(f"{phase} phase of dkg session {nonce} is closed")
+        raise ChaincodeError(
+            f"{phase} phase of dkg session {nonce} is not open yet; the open phase is {current}"
+        )
 
     def PostDKGBundle(
         self, ctx: TxContext, nonce: str, phase: str, bundle_b64: str, format_version: str
     ) -> Any:
-        """A KGC node posts its deal, response or justification bundle for a session."""
+        """A roster node posts its deal, response or justification bundle in the open phase.
+
+        The bundle's header must name this session, this phase and the poster's own roster
+        position as sender (the chain binds a sender index to the identity that posts it).
+        """
         caller = ctx.registered(KGC)
         assert caller.ibe_id is not None
-        if not _NONCE_RE.fullmatch(nonce):
-            raise ChaincodeError("session nonce must be 64 lower-case hex digits")
-        if phase not in DKG_PHASES:
-            raise ChaincodeError(f"phase {phase!r} is not one of {', '.join(DKG_PHASES)}")
+        _check_nonce(nonce)
+        _check_phase(phase)
         _check_b64(bundle_b64, "dkg bundle", MAX_DKG_BUNDLE_BYTES)
         version = _check_version(format_version)
-        if ctx.stub.get_state(ctx.key(K_DKG_RESULT, nonce)) is not None:
-            raise ChaincodeError(f"dkg session {nonce} is finished")
+        # Read before anything else that may fail late: this read is what makes a post conflict
+        # (MVCC) with a close of its phase that commits first.
+        session = self._dkg_session(ctx, nonce)
+        if caller.ibe_id not in session["roster"]:
+            raise ChaincodeError(f"kgc {caller.ibe_id} is not in the roster of dkg session {nonce}")
+        self._phase_must_be_open(session, phase)
+        position = session["roster"].index(caller.ibe_id) + 1
+        _check_bundle_header(base64.b64decode(bundle_b64), nonce, phase, position, caller.ibe_id)
         if ctx.stub.get_state(ctx.key(K_DKG, nonce, phase, caller.ibe_id)) is not None:
             raise ChaincodeError(
                 f"kgc {caller.ibe_id} already posted a {phase} bundle for session {nonce}"
@@ -1032,22 +1239,148 @@ class EHRContract:
             "nonce": nonce,
             "phase": phase,
             "poster": caller.ibe_id,
+            "sender": position,
             "bundle": bundle_b64,
             "format_version": version,
             "posted_at": ctx.now,
             "tx_id": ctx.tx_id,
         }
         ctx.put_json(bundle, K_DKG, nonce, phase, caller.ibe_id)
-        ctx.log(SYSTEM_CHAIN, "PostDKGBundle", "ok", detail={"nonce": nonce, "phase": phase})
+        ctx.log(
+            SYSTEM_CHAIN,
+            "PostDKGBundle",
+            "ok",
+            detail={"nonce": nonce, "phase": phase, "sender": position},
+        )
         return {k: v for k, v in bundle.items() if k != "bundle"}
 
+    def CloseDKGPhase(self, ctx: TxContext, nonce: str, phase: str) -> Any:
+        """Close the open phase once every roster node posted in it or its timeout passed
+        (by transaction time); the next phase opens. Bundles of a closed phase are refused.
+
+        The justification phase also closes once every accused dealer posted: only dealers
+        named in a complaint post in it, so waiting for all n would always mean the timeout.
+        """
+        caller = ctx.registered()
+        _check_nonce(nonce)
+        _check_phase(phase)
+        session = self._dkg_session(ctx, nonce)
+        if caller.role != ADMIN and caller.ibe_id not in session["roster"]:
+            raise ChaincodeError(
+                f"identity {caller.name} may not close phases of dkg session {nonce}: "
+                "it is neither in the roster nor an admin"
+            )
+        self._phase_must_be_open(session, phase)
+        posters = self._dkg_posters(ctx, nonce, phase)
+        n = len(session["roster"])
+        deadline = int(session["phase_opened_at"]) + int(session["phase_timeout_s"])
+        timed_out = len(posters) < n and ctx.now >= deadline
+        if len(posters) < n and not timed_out:
+            waiting = (
+                sorted(set(self._accused(ctx, session)) - set(posters))
+                if phase == DKG_PHASES[2]
+                else None
+            )
+            if waiting is None:
+                raise ChaincodeError(
+                    f"{phase} phase of dkg session {nonce} cannot close yet: {len(posters)} of "
+                    f"{n} roster nodes posted and its timeout ends at {deadline}"
+                )
+            if waiting:
+                raise ChaincodeError(
+                    f"{phase} phase of dkg session {nonce} cannot close yet: accused dealers "
+                    f"{', '.join(waiting)} have not posted and its timeout ends at {deadline}"
+                )
+        updated = self._end_phase(ctx, session, caller.name, posters=posters, timed_out=timed_out)
+        ctx.log(
+            SYSTEM_CHAIN,
+            "CloseDKGPhase",
+            "ok",
+            detail={"nonce": nonce, "phase": phase, "posters": len(posters)},
+        )
+        return updated
+
+    def _end_phase(
+        self,
+        ctx: TxContext,
+        session: dict[str, Any],
+        closed_by: str,
+        *,
+        posters: list[str] | None = None,
+        by_result: bool = False,
+        timed_out: bool = False,
+    ) -> dict[str, Any]:
+        """Write the session with its open phase closed and the next one (or done) open."""
+        phase = session["phase"]
+        nonce = session["nonce"]
+        if posters is None:
+            posters = self._dkg_posters(ctx, nonce, phase)
+        following = DKG_PHASES.index(phase) + 1
+        closed = {
+            "phase": phase,
+            "closed_at": ctx.now,
+            "closed_by": closed_by,
+            "posters": sorted(posters),
+            "timed_out": timed_out,
+            "by_result": by_result,
+        }
+        updated = dict(session)
+        updated.update(
+            {
+                "phase": DKG_PHASES[following] if following < len(DKG_PHASES) else DKG_DONE,
+                "phase_opened_at": ctx.now,
+                "closed": [*session["closed"], closed],
+            }
+        )
+        if by_result:
+            updated["phase"] = DKG_DONE
+        ctx.put_json(updated, K_DKG_SESSION, nonce)
+        return updated
+
+    def _accused(self, ctx: TxContext, session: dict[str, Any]) -> list[str]:
+        """Dealers that some response of the (closed) response phase did not accept.
+
+        Reads only the response layout after the header (u16 n, then n status bytes; 0 is
+        accepted) and counts every structurally whole response, signed validly or not, and
+        every dealer that posted a deal. Nodes count only verified ones, so this set is a
+        superset of theirs: an error here can only make the phase wait for its timeout, never
+        close it before a dealer the nodes expect had its say.
+        """
+        nonce = session["nonce"]
+        roster: list[str] = session["roster"]
+        dealers = set(self._dkg_posters(ctx, nonce, DKG_PHASES[0]))
+        accused: set[str] = set()
+        for kv in ctx.stub.get_state_by_partial_composite_key(K_DKG, [nonce, DKG_PHASES[1]]):
+            row = canonical.loads(kv.value, "stored dkg bundle")
+            raw = base64.b64decode(row["bundle"])
+            if len(raw) < DKG_HEADER_SIZE + 2:
+                continue
+            count = int.from_bytes(raw[DKG_HEADER_SIZE : DKG_HEADER_SIZE + 2], "big")
+            statuses = raw[DKG_HEADER_SIZE + 2 : DKG_HEADER_SIZE + 2 + count]
+            if len(statuses) != count:
+                continue
+            responder = roster.index(row["poster"]) + 1
+            for dealer, status in enumerate(statuses[: len(roster)], start=1):
+                if dealer != responder and status != 0 and roster[dealer - 1] in dealers:
+                    accused.add(roster[dealer - 1])
+        return sorted(accused)
+
     def GetDKGBundles(self, ctx: TxContext, nonce: str, phase: str) -> Any:
-        """Every bundle of a phase of a session, ordered by poster."""
+        """Every bundle of a closed phase of a session, ordered by poster.
+
+        An open phase is refused: its set can still grow, and nodes must all read the same set.
+        """
         ctx.registered()
-        if not _NONCE_RE.fullmatch(nonce):
-            raise ChaincodeError("session nonce must be 64 lower-case hex digits")
-        if phase not in DKG_PHASES:
-            raise ChaincodeError(f"phase {phase!r} is not one of {', '.join(DKG_PHASES)}")
+        _check_nonce(nonce)
+        _check_phase(phase)
+        session = self._dkg_session(ctx, nonce)
+        if session["phase"] != DKG_DONE and DKG_PHASES.index(phase) >= DKG_PHASES.index(
+            session["phase"]
+        ):
+            raise ChaincodeError(
+                f"{phase} phase of dkg session {nonce} is not closed; read its bundles after "
+                "CloseDKGPhase commits"
+            )
         rows = ctx.stub.get_state_by_partial_composite_key(K_DKG, [nonce, phase])
         return [canonical.loads(kv.value, "stored dkg bundle") for kv in rows]
 
@@ -1060,10 +1393,14 @@ class EHRContract:
         qual: str,
         format_version: str,
     ) -> Any:
-        """Publish mpk and the public polynomial of a finished session (idempotent per session)."""
+        """A QUAL member posts its view of the result (mpk, public polynomial, QUAL).
+
+        The result becomes final when τ distinct roster nodes posted byte-identical views; a
+        view that differs is recorded (evidence) and does not count.
+        """
         caller = ctx.registered(KGC)
-        if not _NONCE_RE.fullmatch(nonce):
-            raise ChaincodeError("session nonce must be 64 lower-case hex digits")
+        assert caller.ibe_id is not None
+        _check_nonce(nonce)
         _check_b64(mpk_b64, "mpk", MAX_MPK_BYTES)
         poly = _json_list(public_poly, "public polynomial")
         if not poly:
@@ -1073,40 +1410,159 @@ class EHRContract:
         members = [_check_ibe(x, "qual member") for x in _json_list(qual, "qual")]
         if not members:
             raise ChaincodeError("qual is empty")
-        result = {
-            "nonce": nonce,
-            "mpk": mpk_b64,
-            "public_poly": poly,
-            "qual": sorted(set(members)),
-            "format_version": _check_version(format_version),
+        version = _check_version(format_version)
+        session = self._dkg_session(ctx, nonce)
+        roster: list[str] = session["roster"]
+        tau = int(session["threshold"])
+        if caller.ibe_id not in roster:
+            raise ChaincodeError(f"kgc {caller.ibe_id} is not in the roster of dkg session {nonce}")
+        if session["phase"] in DKG_PHASES[:2]:
+            raise ChaincodeError(
+                f"dkg session {nonce} is still collecting {session['phase']} bundles; publish "
+                "the result after the response phase closes"
+            )
+        if len(poly) != tau:
+            raise ChaincodeError(
+                f"public polynomial has {len(poly)} coefficients; dkg session {nonce} has "
+                f"threshold {tau}"
+            )
+        for member in members:
+            if member not in roster:
+                raise ChaincodeError(
+                    f"qual member {member} is not in the roster of dkg session {nonce}"
+                )
+        qual_sorted = sorted(set(members))
+        if len(qual_sorted) < tau:
+            raise ChaincodeError(
+                f"qual has {len(qual_sorted)} members; dkg session {nonce} has threshold {tau}"
+            )
+        if caller.ibe_id not in qual_sorted:
+            raise ChaincodeError(
+                f"kgc {caller.ibe_id} is not in the qual it published; only qual members publish"
+            )
+        view = {"mpk": mpk_b64, "public_poly": poly, "qual": qual_sorted, "format_version": version}
+        digest = hashlib.sha256(canonical.dumps(view)).hexdigest()
+        views = {
+            str(v["publisher"]): v
+            for v in (
+                canonical.loads(kv.value, "stored dkg view")
+                for kv in ctx.stub.get_state_by_partial_composite_key(K_DKG_VIEW, [nonce])
+            )
         }
-        existing = ctx.get_json(K_DKG_RESULT, nonce)
-        if existing is not None:
-            same = {k: existing[k] for k in result} == result
-            if not same:
-                raise ChaincodeError(f"dkg session {nonce} already has a different result")
-            ctx.log(SYSTEM_CHAIN, "PublishDKGResult", "confirmed", detail={"nonce": nonce})
-            return existing
-        result.update({"published_at": ctx.now, "published_by": caller.name, "tx_id": ctx.tx_id})
-        ctx.put_json(result, K_DKG_RESULT, nonce)
-        ctx.put_json({"nonce": nonce}, K_DKG_LATEST)
-        ctx.log(SYSTEM_CHAIN, "PublishDKGResult", "ok", detail={"nonce": nonce})
-        return result
+        mine = views.get(caller.ibe_id)
+        if mine is not None:
+            if mine["digest"] != digest:
+                raise ChaincodeError(
+                    f"kgc {caller.ibe_id} already published a different result for dkg session "
+                    f"{nonce}"
+                )
+            status = self._dkg_status(ctx, session, views, digest)
+            ctx.log(
+                SYSTEM_CHAIN,
+                "PublishDKGResult",
+                "repeated",
+                detail={"nonce": nonce, "digest": digest, "agree": status["agree"]},
+            )
+            return status
+        final = ctx.get_json(K_DKG_RESULT, nonce)
+        agreeing = sorted([p for p, v in views.items() if v["digest"] == digest] + [caller.ibe_id])
+        record = {
+            "nonce": nonce,
+            "publisher": caller.ibe_id,
+            "digest": digest,
+            **view,
+            "published_at": ctx.now,
+            "tx_id": ctx.tx_id,
+        }
+        ctx.put_json(record, K_DKG_VIEW, nonce, caller.ibe_id)
+        if final is not None:
+            outcome = "confirmed" if final["digest"] == digest else "conflict"
+        elif len(agreeing) >= tau:
+            outcome = "final"
+            result = {
+                "nonce": nonce,
+                **view,
+                "digest": digest,
+                "threshold": tau,
+                "roster": roster,
+                "keys": session["keys"],
+                "agreed_by": agreeing,
+                "final_at": ctx.now,
+                "tx_id": ctx.tx_id,
+            }
+            ctx.put_json(result, K_DKG_RESULT, nonce)
+            ctx.put_json({"nonce": nonce}, K_DKG_LATEST)
+            if session["phase"] != DKG_DONE:
+                # τ nodes agree: a still-open justification phase is moot (nodes that needed
+                # justifications waited for its close), so the session stops collecting now.
+                self._end_phase(ctx, session, caller.name, by_result=True)
+        else:
+            outcome = "pending"
+        others = sum(1 for v in views.values() if v["digest"] != digest)
+        ctx.log(
+            SYSTEM_CHAIN,
+            "PublishDKGResult",
+            outcome,
+            detail={"nonce": nonce, "digest": digest, "agree": len(agreeing)},
+        )
+        return {
+            "nonce": nonce,
+            "publisher": caller.ibe_id,
+            "digest": digest,
+            "outcome": outcome,
+            "agree": len(agreeing),
+            "disagree": others,
+            "threshold": tau,
+        }
+
+    def _dkg_status(
+        self,
+        ctx: TxContext,
+        session: dict[str, Any],
+        views: dict[str, Any],
+        digest: str,
+    ) -> dict[str, Any]:
+        """What a repeated publication answers: the view's standing (only the log grows)."""
+        nonce = session["nonce"]
+        final = ctx.get_json(K_DKG_RESULT, nonce)
+        agree = sum(1 for v in views.values() if v["digest"] == digest)
+        if final is not None:
+            outcome = "confirmed" if final["digest"] == digest else "conflict"
+        else:
+            outcome = "pending"
+        return {
+            "nonce": nonce,
+            "publisher": ctx.caller.name,
+            "digest": digest,
+            "outcome": outcome,
+            "agree": agree,
+            "disagree": len(views) - agree,
+            "threshold": int(session["threshold"]),
+        }
 
     def GetDKGResult(self, ctx: TxContext, nonce: str = "") -> Any:
-        """The result of a session, or of the latest finished session when nonce is empty."""
+        """The final result of a session (with its roster and key snapshot), or of the latest
+        session that became final when nonce is empty. A result τ nodes have not yet agreed on
+        is refused."""
         ctx.registered()
         if nonce == "":
             latest = ctx.get_json(K_DKG_LATEST)
             if latest is None:
                 raise ChaincodeError("no dkg session has finished")
             nonce = latest["nonce"]
-        if not _NONCE_RE.fullmatch(nonce):
-            raise ChaincodeError("session nonce must be 64 lower-case hex digits")
+        _check_nonce(nonce)
         result = ctx.get_json(K_DKG_RESULT, nonce)
-        if result is None:
-            raise ChaincodeError(f"dkg session {nonce} has no result")
-        return result
+        if result is not None:
+            return result
+        session = self._dkg_session(ctx, nonce)
+        counts: dict[str, int] = {}
+        for kv in ctx.stub.get_state_by_partial_composite_key(K_DKG_VIEW, [nonce]):
+            d = str(canonical.loads(kv.value, "stored dkg view")["digest"])
+            counts[d] = counts.get(d, 0) + 1
+        best = max(counts.values(), default=0)
+        raise ChaincodeError(
+            f"dkg session {nonce} result is not final yet: {best} of {session['threshold']} agree"
+        )
 
     # --- audit -------------------------------------------------------------------------------
 

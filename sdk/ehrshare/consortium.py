@@ -3,8 +3,10 @@
 :meth:`Consortium.init` creates, in one directory, everything a hospital consortium needs to run
 on one machine: one certificate authority per hospital, an embedded ledger admitting them, the
 content store (or a Kubo URL), the consortium's type-label key, one KGC node per hospital (node
-key outside its state directory, service identity registered with role ``kgc``), a distributed
-key generation over the ledger board (mpk on chain), a re-encryption proxy, and ``profile.yaml``
+key outside its state directory, service identity registered with role ``kgc``, public key
+published on chain), an ``admin`` wallet that opens the DKG session on chain, a distributed key
+generation over the ledger board (mpk, public polynomial and the KGC roster with its keys in the
+final result τ nodes agreed on), a re-encryption proxy, and ``profile.yaml``
 pointing at all of it. :meth:`Consortium.add_member` enrols patients, clinicians and auditors into
 wallets; :meth:`Consortium.session` opens a :class:`~ehrshare.session.Session` that shares the
 consortium's ledger and services (the demo, the tests, the benchmark).
@@ -24,7 +26,6 @@ This module must not log secrets, and must not write key material anywhere but m
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import secrets
@@ -37,7 +38,7 @@ from typing import Any, Final
 import yaml
 
 from ehrshare.hazmat.dkg import new_session_nonce
-from ehrshare.hazmat.kgc_keys import KGCNodeKey, KGCNodePublicKey, X25519KeyPair
+from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.embedded import connect as ledger_connect
 from ehrshare.ledger.errors import GatewayError
@@ -71,6 +72,7 @@ DEFAULT_HOSPITALS: Final = ("HospitalA", "HospitalB", "HospitalC")
 DEFAULT_BASE_PORT: Final = 7060
 SERVICE_MODES: Final = ("in-process", "processes")
 ROLES: Final = ("patient", "clinician", "auditor", "admin")
+ADMIN_WALLET: Final = "admin"
 Clock = Callable[[], int]
 Progress = Callable[[str], None]
 
@@ -124,7 +126,6 @@ class Consortium:
         self._closers = list(closers)
         self._labels = profile.labels()
         self._closed = False
-        self._roster_cache: list[KGCNodePublicKey] | None = None
 
     @property
     def proxy(self) -> ReencryptionProxy:
@@ -265,7 +266,7 @@ class Consortium:
                 if storage == "embedded"
                 else {"backend": "kubo", "url": kubo_url}
             ),
-            "kgc": {"threshold": threshold, "roster": "kgc/roster.json", "nodes": nodes_cfg},
+            "kgc": {"threshold": threshold, "nodes": nodes_cfg},
             "proxy": {"state": "proxy", "key": "keys/proxy.key", "wallet": "wallets/proxy"},
             "types": {"label_key": "labels.key", "default": "general"},
             "limits": {"max_record_bytes": 32 * 1024 * 1024},
@@ -284,18 +285,10 @@ class Consortium:
                 cls._issue(root, node["msp"], f"kgc{node['index']}", "kgc", root / node["wallet"])
             write_key_file(root / "keys/proxy.key", X25519KeyPair.generate().to_secret_bytes())
             cls._issue(root, _msp(hospitals[0]), "proxy", "proxy", root / "wallets/proxy")
+            # The org admin that opens the DKG session on chain (OpenDKGSession needs role admin).
+            cls._issue(root, _msp(hospitals[0]), ADMIN_WALLET, "admin", root / "wallets/admin")
         finally:
             ledger_obj.close()
-        roster = [
-            {
-                "index": n["index"],
-                "msp": n["msp"],
-                "public_key": _load_node_key(root / n["key"]).public_key.to_bytes().hex(),
-            }
-            for n in nodes_cfg
-        ]
-        (root / "kgc").mkdir(exist_ok=True)
-        (root / "kgc/roster.json").write_text(json.dumps(roster, indent=2), encoding="utf-8")
         (root / "profile.yaml").write_text(
             "# ehrshare connection profile (created by 'ehrshare consortium init').\n"
             "# Switch storage to Kubo with: storage: {backend: kubo, url: http://127.0.0.1:5001}\n"
@@ -311,7 +304,16 @@ class Consortium:
                 _register_service(consortium, f"kgc{kgc_node.index}")
             _register_service(consortium, "proxy")
             say(f"running the DKG among {len(hospitals)} KGC nodes (threshold {threshold})")
-            run_local_dkg(consortium.kgc_nodes, nonce=new_session_nonce(), threshold=threshold)
+            with consortium.session(ADMIN_WALLET) as admin:
+                admin.register()
+                # Keys are published and the session opened on chain; the roster users verify
+                # partial keys against is the final result's snapshot of those keys.
+                run_local_dkg(
+                    consortium.kgc_nodes,
+                    nonce=new_session_nonce(),
+                    threshold=threshold,
+                    admin=admin.contract,
+                )
         except BaseException:
             consortium.close()
             raise
@@ -472,7 +474,6 @@ class Consortium:
             contract=contract,
             store=self.store,
             kgc=kgc,
-            roster=self._roster(),
             proxy=proxy,
             labels=self._labels,
             mapping=self.profile.mapping,
@@ -537,27 +538,6 @@ class Consortium:
                 c.close()
             raise
         return kgc, proxy, channels
-
-    def _roster(self) -> list[KGCNodePublicKey]:
-        """The KGC nodes' public keys in profile order: from the nodes run here, else from the
-        roster file ``Consortium.init`` wrote."""
-        in_process = {n.index: n.public_key for n in self.kgc_nodes}
-        if len(in_process) == len(self.profile.kgc_nodes):
-            return [in_process[n.index] for n in self.profile.kgc_nodes]
-        if self._roster_cache is None:
-            path = self.profile.kgc_roster
-            try:
-                entries = json.loads(path.read_text(encoding="utf-8"))
-                by_index = {
-                    int(e["index"]): KGCNodePublicKey.from_bytes(bytes.fromhex(e["public_key"]))
-                    for e in entries
-                }
-                self._roster_cache = [by_index[n.index] for n in self.profile.kgc_nodes]
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                raise ProfileError(
-                    f"KGC roster {path} is unreadable or incomplete: {exc}"
-                ) from None
-        return list(self._roster_cache)
 
 
 def _client_tls(identity: Identity, signer: Signer, tls_ca: Path | None) -> ClientTls:

@@ -130,6 +130,8 @@ class Profile:
     storage_url: str | None
     storage_timeout: float
     kgc_threshold: int
+    # Accepted for profiles written before the roster went on chain; nothing reads it. Users
+    # check partial keys against the keys snapshotted in the chain's final DKG result.
     kgc_roster: Path
     kgc_nodes: tuple[KgcNodeConfig, ...]
     proxy: ServiceConfig

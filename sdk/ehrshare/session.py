@@ -322,7 +322,6 @@ class Session:
         contract: Contract,
         store: BlobStore,
         kgc: Sequence[KgcClient],
-        roster: Sequence[KGCNodePublicKey],
         proxy: ProxyClient,
         labels: TypeLabels,
         mapping: TypeMapping,
@@ -337,7 +336,6 @@ class Session:
         self.contract = contract
         self.store = store
         self.kgc = tuple(kgc)
-        self.roster = tuple(roster)
         self.proxy = proxy
         self.labels = labels
         self.mapping = mapping
@@ -350,6 +348,7 @@ class Session:
             wallet.load_secret_key() if wallet is not None else None
         )
         self._dkg: tuple[tipre.MasterPublicKey, PublicPolynomial] | None = None
+        self._roster: tuple[KGCNodePublicKey, ...] | None = None
         self._sk_checked = False
 
     def __repr__(self) -> str:
@@ -424,16 +423,27 @@ class Session:
         return self._sk
 
     def _master(self) -> tuple[tipre.MasterPublicKey, PublicPolynomial]:
-        from ehrshare.services.kgc import public_polynomial_from_chain
+        from ehrshare.services.kgc import public_polynomial_from_chain, roster_from_chain
 
         if self._dkg is None:
+            # GetDKGResult answers only a final result: τ KGC nodes posted the same view.
             result = self._evaluate("GetDKGResult", "")
             try:
                 public = public_polynomial_from_chain(result)
+                roster = roster_from_chain(result)
             except (EncodingError, ValueError) as exc:
                 raise SdkError(f"the DKG result on chain is malformed: {exc}") from None
             self._dkg = (tipre.MasterPublicKey(public.mpk), public)
+            self._roster = roster
         return self._dkg
+
+    @property
+    def roster(self) -> tuple[KGCNodePublicKey, ...]:
+        """The KGC nodes' public keys (node j at position j-1) that partial keys are checked
+        against: the snapshot in the chain's final DKG result, never a local file."""
+        self._master()
+        assert self._roster is not None
+        return self._roster
 
     def _label(self, type_name: str) -> str:
         return self.labels.opaque(self.mapping.check(type_name))
@@ -481,8 +491,13 @@ class Session:
                 self.kgc, self.ibe_id, public=public, roster=self.roster, timeout=timeout
             )
         except ExtractionFailed as exc:
+            why = (
+                " (partial keys are checked against the KGC roster of the chain's final DKG result)"
+                if exc.invalid
+                else ""
+            )
             raise EnrollmentError(
-                f"enrolment of {self.ibe_id} failed: {exc}",
+                f"enrolment of {self.ibe_id} failed: {exc}{why}",
                 failed=exc.unavailable,
                 invalid=exc.invalid,
             ) from None

@@ -7,6 +7,7 @@ with a manual clock so expiry can be tested without sleeping.
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +17,23 @@ T0 = 1_900_000_000
 FAR = str(T0 + 10**7)
 CAPSULE = base64.b64encode(b"\x01" * 96).decode()
 TYPE_KEY = base64.b64encode(b"\x02" * 48).decode()
-BUNDLE = base64.b64encode(b"\x03" * 200).decode()
 NONCE = "ab" * 32
 NONCE2 = "cd" * 32
+NONCE3 = "ef" * 32
 SHA = "0" * 64
+KIM_KEY = base64.b64encode(b"\x01" + b"\x04" * 65).decode()
+KAI_KEY = base64.b64encode(b"\x01" + b"\x05" * 65).decode()
+KIM, KAI = "Org1MSP/kim", "Org2MSP/kai"
+ROSTER = json.dumps([KIM, KAI])
+DKG_POLY = json.dumps([TYPE_KEY, TYPE_KEY])  # τ=2 coefficients
+DKG_QUAL = json.dumps([KIM, KAI])
+KINDS = {"deal": 1, "response": 2, "justification": 3}
+
+
+def dkg_bundle(phase: str, nonce: str, sender: int, body: bytes = b"\x03" * 100) -> str:
+    """A bundle with a real header (version, kind, nonce, sender) and an opaque body, base64."""
+    raw = b"\x01" + bytes([KINDS[phase]]) + bytes.fromhex(nonce) + sender.to_bytes(2, "big")
+    return base64.b64encode(raw + body).decode()
 
 
 @dataclass
@@ -30,6 +44,7 @@ class World:
     grants: dict[str, str]
     access_id: str
     expired_at: int
+    kgc2: Member
 
     def record_args(self, record_id: str, owner: str = "Org1MSP/alice") -> tuple[str, ...]:
         return (record_id, owner, "lab", "bafyrecord0001", SHA, CAPSULE, "1")
@@ -67,7 +82,17 @@ def build_world(directory: Path) -> World:
     alice.submit("RevokeAccess", grants["revoked_grantee"])
     access = m["grantee"].submit("RequestAccess", "r-1")
     assert access["decision"] == "allow"
-    m["kgc"].submit("PostDKGBundle", NONCE, "deal", BUNDLE, "1")
-    m["kgc"].submit("PublishDKGResult", NONCE, TYPE_KEY, f'["{TYPE_KEY}"]', '["Org1MSP/kim"]', "1")
+    kim, kai = m["kgc"], sb.member("Org2MSP", "kai", "kgc")
+    kim.submit("PublishKGCKey", KIM_KEY)
+    kai.submit("PublishKGCKey", KAI_KEY)
+    m["org_admin"].submit("OpenDKGSession", NONCE, "2", ROSTER, "60")
+    for phase in ("deal", "response"):
+        kim.submit("PostDKGBundle", NONCE, phase, dkg_bundle(phase, NONCE, 1), "1")
+        kai.submit("PostDKGBundle", NONCE, phase, dkg_bundle(phase, NONCE, 2), "1")
+        kim.submit("CloseDKGPhase", NONCE, phase)
+    for node in (kim, kai):
+        node.submit("PublishDKGResult", NONCE, TYPE_KEY, DKG_POLY, DKG_QUAL, "1")
+    # A second session left in its deal phase (timed out once the clock moves on).
+    m["org_admin"].submit("OpenDKGSession", NONCE2, "2", ROSTER, "60")
     clock.advance(1000)
-    return World(sb, clock, m, grants, access["access_id"], T0 + 100)
+    return World(sb, clock, m, grants, access["access_id"], T0 + 100, kai)

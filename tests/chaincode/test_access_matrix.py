@@ -11,7 +11,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from chaincode_world import BUNDLE, CAPSULE, FAR, NONCE, NONCE2, SHA, TYPE_KEY, World
+from chaincode_world import (
+    CAPSULE,
+    DKG_POLY,
+    DKG_QUAL,
+    FAR,
+    KIM_KEY,
+    NONCE,
+    NONCE2,
+    NONCE3,
+    ROSTER,
+    SHA,
+    TYPE_KEY,
+    World,
+    dkg_bundle,
+)
 
 from ehrshare.ledger import EndorseError
 
@@ -56,7 +70,10 @@ MUTATING = frozenset(
         "RevokeAccess",
         "RequestAccess",
         "ReportReencryption",
+        "PublishKGCKey",
+        "OpenDKGSession",
         "PostDKGBundle",
+        "CloseDKGPhase",
         "PublishDKGResult",
     }
 )
@@ -212,16 +229,34 @@ CASES = [
         frozenset({"proxy"}),
         _role_needed("proxy"),
     ),
+    Case("PublishKGCKey", lambda w: (KIM_KEY,), frozenset({"kgc"}), _role_needed("kgc")),
+    Case("GetKGCKey", lambda w: ("Org1MSP/kim",), REGISTERED, lambda w, n, r: ""),
+    Case(
+        "OpenDKGSession",
+        lambda w: (NONCE3, "2", ROSTER, "60"),
+        frozenset({"org_admin"}),
+        _role_needed("admin"),
+    ),
+    Case("GetDKGSession", lambda w: (NONCE2,), REGISTERED, lambda w, n, r: ""),
     Case(
         "PostDKGBundle",
-        lambda w: (NONCE2, "deal", BUNDLE, "1"),
+        lambda w: (NONCE2, "deal", dkg_bundle("deal", NONCE2, 1), "1"),
         frozenset({"kgc"}),
         _role_needed("kgc"),
+    ),
+    Case(
+        "CloseDKGPhase",
+        lambda w: (NONCE2, "deal"),
+        frozenset({"kgc", "org_admin"}),
+        lambda w, n, r: (
+            f"identity {n} may not close phases of dkg session {NONCE2}: "
+            "it is neither in the roster nor an admin"
+        ),
     ),
     Case("GetDKGBundles", lambda w: (NONCE, "deal"), REGISTERED, lambda w, n, r: ""),
     Case(
         "PublishDKGResult",
-        lambda w: (NONCE2, TYPE_KEY, f'["{TYPE_KEY}"]', '["Org1MSP/kim"]', "1"),
+        lambda w: (NONCE, TYPE_KEY, DKG_POLY, DKG_QUAL, "1"),
         frozenset({"kgc"}),
         _role_needed("kgc"),
     ),

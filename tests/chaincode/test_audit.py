@@ -42,8 +42,21 @@ def test_world_setup_left_one_entry_per_operation_in_order(world: World) -> None
         ("AccessDecision", "allow"),
     ]
     system = [e["action"] for e in _chain(world, SYSTEM_CHAIN)]
-    assert system.count("RegisterIdentity") == 8  # every non-patient registered member
-    assert system[-2:] == ["PostDKGBundle", "PublishDKGResult"]
+    assert system.count("RegisterIdentity") == 9  # every non-patient registered member
+    assert system[-12:] == [
+        "PublishKGCKey",
+        "PublishKGCKey",
+        "OpenDKGSession",
+        "PostDKGBundle",
+        "PostDKGBundle",
+        "CloseDKGPhase",
+        "PostDKGBundle",
+        "PostDKGBundle",
+        "CloseDKGPhase",
+        "PublishDKGResult",
+        "PublishDKGResult",
+        "OpenDKGSession",
+    ]
     assert world.m["auditor"].evaluate("VerifyAuditTrail", ALICE)["valid"] is True
 
 

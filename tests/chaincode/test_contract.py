@@ -8,7 +8,7 @@ import hashlib
 import json
 
 import pytest
-from chaincode_world import BUNDLE, CAPSULE, FAR, NONCE, NONCE2, SHA, T0, TYPE_KEY, World
+from chaincode_world import CAPSULE, FAR, SHA, T0, TYPE_KEY, World
 
 from ehrshare.ledger import EndorseError
 from ehrshare.ledger.envelope import new_proposal, sign_proposal
@@ -360,42 +360,7 @@ def test_type_keys_are_published_by_their_owner_only(world: World) -> None:
     assert _error(alice, "PublishTypeKey", "lab", "", "1") == "type key is empty"
 
 
-# --- DKG board ----------------------------------------------------------------------------------
-
-
-def test_dkg_board(fresh_world: World) -> None:
-    w = fresh_world
-    kim = w.m["kgc"]
-    kai = w.sandbox.member("Org2MSP", "kai", "kgc")
-    kai.submit("PostDKGBundle", NONCE2, "deal", BUNDLE, "1")
-    kim.submit("PostDKGBundle", NONCE2, "deal", BUNDLE, "1")
-    assert _error(kim, "PostDKGBundle", NONCE2, "deal", BUNDLE, "1") == (
-        f"kgc Org1MSP/kim already posted a deal bundle for session {NONCE2}"
-    )
-    assert _error(kim, "PostDKGBundle", NONCE2, "gossip", BUNDLE, "1") == (
-        "phase 'gossip' is not one of deal, response, justification"
-    )
-    assert _error(kim, "PostDKGBundle", "xyz", "deal", BUNDLE, "1") == (
-        "session nonce must be 64 lower-case hex digits"
-    )
-    bundles = kim.evaluate("GetDKGBundles", NONCE2, "deal")
-    assert [b["poster"] for b in bundles] == ["Org1MSP/kim", "Org2MSP/kai"]
-    assert all(b["bundle"] == BUNDLE for b in bundles)
-    poly = f'["{TYPE_KEY}"]'
-    qual = '["Org2MSP/kai", "Org1MSP/kim"]'
-    first = kai.submit("PublishDKGResult", NONCE2, TYPE_KEY, poly, qual, "1")
-    assert first["qual"] == ["Org1MSP/kim", "Org2MSP/kai"]
-    assert kim.submit("PublishDKGResult", NONCE2, TYPE_KEY, poly, qual, "1") == first
-    other_mpk = base64.b64encode(b"\x09" * 48).decode()
-    assert _error(kim, "PublishDKGResult", NONCE2, other_mpk, poly, qual, "1") == (
-        f"dkg session {NONCE2} already has a different result"
-    )
-    assert _error(kim, "PostDKGBundle", NONCE2, "response", BUNDLE, "1") == (
-        f"dkg session {NONCE2} is finished"
-    )
-    assert kim.evaluate("GetDKGResult", "")["nonce"] == NONCE2
-    assert kim.evaluate("GetDKGResult", NONCE)["nonce"] == NONCE
-    assert _error(kim, "GetDKGResult", "ef" * 32) == f"dkg session {'ef' * 32} has no result"
+# --- DKG board: tests/chaincode/test_dkg_session.py ----------------------------------------
 
 
 # --- dispatcher and determinism ----------------------------------------------------------------

@@ -136,6 +136,7 @@ def build_world(root: Path) -> World:
         "dan": sb.member("Org2MSP", "dan", "clinician"),
         "proxy": sb.member("Org1MSP", "pete", "proxy"),
         "stranger": sb.member("Org2MSP", "stranger", "clinician", register=False),
+        "admin": sb.member("Org1MSP", "admin", node_ou="admin"),
     }
     kgc_clock = FakeClock()
     keys = [KGCNodeKey.generate() for _ in range(3)]
@@ -150,7 +151,7 @@ def build_world(root: Path) -> World:
         )
         for i in range(3)
     ]
-    dkg = run_local_dkg(nodes, nonce=NONCE, threshold=2)
+    dkg = run_local_dkg(nodes, nonce=NONCE, threshold=2, admin=m["admin"].contract)
     proxy_key = X25519KeyPair.generate()
     key_file = root / "secrets" / "proxy.key"
     key_file.parent.mkdir()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 from pathlib import Path
 
 import pytest
 from services_world import World
 
-from ehrshare.hazmat.dkg import BundleKind, DKGConfig, DKGResult, new_session_nonce
+from ehrshare.hazmat.dkg import BundleKind, DKGResult, new_session_nonce
 from ehrshare.hazmat.kgc_keys import KGCNodeKey
 from ehrshare.hazmat.tipre import MasterPublicKey
 from ehrshare.ledger.errors import LedgerError
@@ -17,29 +18,37 @@ from ehrshare.services.kgc import (
     KgcNode,
     LedgerBoard,
     extract_identity_key,
+    open_dkg_session,
     public_polynomial_from_chain,
+    roster_from_chain,
 )
 from ehrshare.services.vault import check_key_file_outside
 
 
 def test_nodes_running_independently_agree_and_publish(world: World, tmp_path: Path) -> None:
+    members = [world.sandbox.member(f"Org{1 + i % 2}MSP", f"solo{i + 1}", "kgc") for i in range(3)]
     keys = [KGCNodeKey.generate() for _ in range(3)]
     nodes = [
         KgcNode(
             index=i + 1,
             node_key=keys[i],
             state_dir=tmp_path / f"node{i + 1}",
-            contract=world.m[f"kgc{i + 1}"].contract,
+            contract=members[i].contract,
         )
         for i in range(3)
     ]
-    config = DKGConfig(tuple(k.public_key for k in keys), new_session_nonce(), 2)
+    roster = [n.publish_key() for n in nodes]
+    nonce = new_session_nonce()
+    open_dkg_session(
+        world.m["admin"].contract, nonce=nonce, roster=roster, threshold=2, phase_timeout_s=300
+    )
     results: dict[int, DKGResult] = {}
     errors: list[BaseException] = []
 
     def run(node: KgcNode) -> None:
         try:
-            results[node.index] = node.run_dkg(config, phase_timeout=30)
+            # Everyone posts, so each phase closes without waiting for its timeout.
+            results[node.index] = node.run_dkg(nonce, poll=0.05)
         except BaseException as exc:
             errors.append(exc)
 
@@ -50,29 +59,38 @@ def test_nodes_running_independently_agree_and_publish(world: World, tmp_path: P
         t.join(120)
     assert errors == []
     assert len({r.public.to_bytes() for r in results.values()}) == 1
-    row = world.m["alice"].evaluate("GetDKGResult", config.nonce.hex())
+    row = world.m["alice"].evaluate("GetDKGResult", nonce.hex())
+    assert row["roster"] == roster
+    assert row["keys"] == [base64.b64encode(k.public_key.to_bytes()).decode() for k in keys]
     public = public_polynomial_from_chain(row)
     assert public.to_bytes() == results[1].public.to_bytes()
     alice = world.m["alice"].ibe_id
     clients = [InProcessKgcClient(n, requester=alice) for n in nodes]
-    outcome = extract_identity_key(
-        clients, alice, public=public, roster=[k.public_key for k in keys]
-    )
+    outcome = extract_identity_key(clients, alice, public=public, roster=roster_from_chain(row))
     outcome.secret_key.check(MasterPublicKey(public.mpk))
 
 
 def test_ledger_board_refuses_a_second_bundle_and_non_kgc_posters(world: World) -> None:
     nonce = new_session_nonce()
-    board = LedgerBoard(world.m["kgc1"].contract)
-    board.post(nonce, BundleKind.DEAL, b"\x01\x01first")
+    kgc1, kgc2 = world.m["kgc1"], world.m["kgc2"]
+    open_dkg_session(
+        world.m["admin"].contract, nonce=nonce, roster=[kgc1.ibe_id, kgc2.ibe_id], threshold=2
+    )
+    header = b"\x01\x01" + nonce + (1).to_bytes(2, "big")
+    board = LedgerBoard(kgc1.contract)
+    board.post(nonce, BundleKind.DEAL, header + b"first")
     with pytest.raises(LedgerError, match="already posted a deal bundle"):
-        board.post(nonce, BundleKind.DEAL, b"\x01\x01second")
-    assert board.read(nonce, BundleKind.DEAL) == [b"\x01\x01first"]
-    assert board.posted(nonce, BundleKind.DEAL) == [(world.m["kgc1"].ibe_id, b"\x01\x01first")]
+        board.post(nonce, BundleKind.DEAL, header + b"second")
+    with pytest.raises(LedgerError, match=f"deal phase of dkg session {nonce.hex()} is not closed"):
+        board.read(nonce, BundleKind.DEAL)
     with pytest.raises(LedgerError, match="this needs role kgc"):
-        LedgerBoard(world.m["alice"].contract).post(nonce, BundleKind.DEAL, b"\x01\x01x")
+        LedgerBoard(world.m["alice"].contract).post(nonce, BundleKind.DEAL, header + b"x")
     with pytest.raises(ValueError, match="session nonce must be 32 bytes, got 3"):
         board.post(b"abc", BundleKind.DEAL, b"x")
+    world.clock.advance(61)
+    board.wait_closed(nonce, BundleKind.DEAL, give_up=5, now=lambda: world.clock.seconds)
+    assert board.read(nonce, BundleKind.DEAL) == [header + b"first"]
+    assert board.posted(nonce, BundleKind.DEAL) == [(kgc1.ibe_id, header + b"first")]
 
 
 def test_key_file_inside_the_state_directory_is_refused(tmp_path: Path) -> None:

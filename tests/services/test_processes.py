@@ -120,6 +120,18 @@ def procs(world: World) -> Iterator[Procs]:
 def test_kgc_processes_extract_and_survive_a_node_going_down(procs: Procs) -> None:
     w = procs.w
     targets = [procs.start_kgc(i) for i in (1, 2, 3)]
+    # Each process published its key at start (the same key again: logged as repeated).
+    entries, bookmark = [], ""
+    while True:
+        page = w.m["admin"].evaluate("GetAuditTrail", "patient", "~system", "100", bookmark)
+        entries += page["entries"]
+        bookmark = page["bookmark"]
+        if not bookmark:
+            break
+    repeated = {
+        e["actor"] for e in entries if (e["action"], e["outcome"]) == ("PublishKGCKey", "repeated")
+    }
+    assert repeated == {w.m[f"kgc{i}"].ibe_id for i in (1, 2, 3)}
     tls = procs.tls_for("alice")
     clients = [GrpcKgcClient(t, index=i + 1, tls=tls) for i, t in enumerate(targets)]
     outcome = extract_identity_key(

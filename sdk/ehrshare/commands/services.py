@@ -32,6 +32,7 @@ from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.api import Contract
 from ehrshare.ledger.embedded import EmbeddedGateway, connect
+from ehrshare.ledger.errors import LedgerError
 from ehrshare.services.kgc import KgcNode
 from ehrshare.services.proxy import ReencryptionProxy, RevocationFollower
 from ehrshare.services.rpc import serve_kgc, serve_proxy
@@ -46,6 +47,7 @@ from ehrshare.services.vault import (
 __all__ = ["ServeOptions", "register"]
 
 _err = Console(stderr=True)
+_log = logging.getLogger(__name__)
 EXIT_BAD_INPUT = 2
 
 
@@ -307,6 +309,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 contract=contract,
                 rate_limit_per_minute=rate_limit,
             )
+            try:
+                # DKG sessions name nodes by the keys they published on chain.
+                node.publish_key()
+            except LedgerError as exc:
+                # Not fatal: extraction does not depend on it (a finished DKG already holds the
+                # key's snapshot); only new sessions cannot name this node until it publishes.
+                _log.warning("kgc node %d could not publish its public key: %s", index, exc)
+                _err.print(
+                    f"warning: kgc node {index} could not publish its public key on chain "
+                    f"({exc.message}); new DKG sessions cannot name it until it does"
+                )
             server, port = serve_kgc(node, listen=opts.listen, tls=tls)
             return _Started(server, port, lambda: None)
 

@@ -2,10 +2,12 @@
 
 A :class:`Board` stores opaque bundle bytes per (session nonce, phase) and hands back everything
 posted for a phase. In production the chaincode is the board (it stores the bytes as base64 in the
-world state and closes each phase at a block height); :class:`InMemoryBoard` serves tests, the demo
-and the benchmark. :func:`run_dkg` sequences the phases for n in-process
-:class:`~ehrshare.hazmat.dkg.DKGNode` objects — the "phaser" of dedis/kyber, reduced to calling
-a hook at the end of each phase (tests inject faults there; a deployment would wait for a deadline).
+world state, binds each bundle's sender index to the posting identity, and ends each phase with a
+committed CloseDKGPhase that later posts cannot pass; see ``ehrshare.services.kgc.LedgerBoard``);
+:class:`InMemoryBoard` serves tests and the benchmark. :func:`run_dkg` sequences the phases for n
+in-process :class:`~ehrshare.hazmat.dkg.DKGNode` objects — the "phaser" of dedis/kyber, reduced to
+calling a hook at the end of each phase (tests inject faults there; a deployment waits for the
+chain's committed close instead).
 
 The board does not verify bundles (nodes do, so a lying board can only withhold or reorder, never
 forge); it must not parse secrets (there are none on it) and does no cryptography.
@@ -52,7 +54,7 @@ class Board(Protocol):
 
 
 class InMemoryBoard:
-    """A :class:`Board` in a dict, safe to share between threads. For tests, demo, benchmarks."""
+    """A :class:`Board` in a dict, safe to share between threads. For tests and benchmarks."""
 
     def __init__(self) -> None:
         self._entries: dict[tuple[bytes, BundleKind], list[bytes]] = {}

@@ -1,18 +1,22 @@
 """The KGC node service: one hospital's share of the key generation centre.
 
 A :class:`KgcNode` holds its DKG share sealed at rest in its state directory (see
-:mod:`ehrshare.services.vault` for why and how), takes part in DKG sessions through the chaincode
-board (:class:`LedgerBoard` implements :class:`ehrshare.hazmat.board.Board` over the contract's
-PostDKGBundle / GetDKGBundles, and the node publishes mpk with PublishDKGResult), and answers
-extraction requests: only for identities registered on chain (GetIdentity), only to the identity
-itself when the caller is authenticated, rate-limited per requester (token bucket, injectable
-clock), each partial key sealed to the requester's one-time reply key and signed, and each
-extraction logged (who, for which identity, which node, the outcome — never key material).
+:mod:`ehrshare.services.vault` for why and how), publishes its long-term public key on chain
+(PublishKGCKey), takes part in DKG sessions an org admin opened on chain (OpenDKGSession,
+:func:`open_dkg_session`) through the chaincode board (:class:`LedgerBoard` implements
+:class:`ehrshare.hazmat.board.Board` over PostDKGBundle / GetDKGBundles and waits for each phase's
+committed CloseDKGPhase before reading it; each QUAL member posts its view of the result with
+PublishDKGResult, final once τ agree), and answers extraction requests: only for identities
+registered on chain (GetIdentity), only to the identity itself when the caller is authenticated,
+rate-limited per requester (token bucket, injectable clock), each partial key sealed to the
+requester's one-time reply key and signed, and each extraction logged (who, for which identity,
+which node, the outcome — never key material).
 
 The user side, :func:`extract_identity_key`, asks τ of n nodes through any :class:`KgcClient`
 (in-process here, gRPC in :mod:`ehrshare.services.rpc`), tolerates nodes that are down, names and
-excludes nodes whose partial key fails the pairing check, and asks further nodes until τ shares
-verify.
+excludes nodes whose partial key fails the pairing check or whose signature does not verify
+under the roster of the chain's final DKG result (:func:`roster_from_chain`), and asks further
+nodes until τ shares verify.
 
 What this module must not do: log or raise with a share, a partial key or a reply key; trust a
 requester field when an authenticated caller is given; answer before the share is loaded and the
@@ -22,6 +26,7 @@ identity checked on chain; write the share anywhere but through the vault.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
 import threading
@@ -29,7 +34,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Protocol, runtime_checkable
+from typing import Any, Final, Protocol, runtime_checkable
 
 from ehrshare.hazmat.board import Board
 from ehrshare.hazmat.dkg import (
@@ -41,7 +46,6 @@ from ehrshare.hazmat.dkg import (
     DKGResult,
     Phase,
     PublicPolynomial,
-    parse_bundle,
 )
 from ehrshare.hazmat.errors import DecryptionError, EncodingError, VerificationError
 from ehrshare.hazmat.extract import (
@@ -58,12 +62,14 @@ from ehrshare.hazmat.kgc_keys import KGCNodeKey, KGCNodePublicKey, X25519KeyPair
 from ehrshare.hazmat.pairing import G1, RngFn
 from ehrshare.hazmat.tipre import IdentitySecretKey, MasterPublicKey
 from ehrshare.ledger.api import Contract
-from ehrshare.ledger.errors import LedgerError
+from ehrshare.ledger.errors import CommitError, LedgerError
 from ehrshare.services.ratelimit import TokenBucketLimiter
 from ehrshare.services.vault import atomic_write, open_sealed_file, write_sealed_file
 
 __all__ = [
     "BUNDLE_FORMAT_VERSION",
+    "DEFAULT_PHASE_TIMEOUT_S",
+    "PHASE_DONE",
     "BadRequest",
     "DkgParticipation",
     "ExtractionFailed",
@@ -78,10 +84,13 @@ __all__ = [
     "NoShare",
     "NotAuthorised",
     "RateLimited",
+    "dkg_config_from_chain",
     "extract_identity_key",
+    "open_dkg_session",
+    "phase_closed",
     "public_polynomial_from_chain",
+    "roster_from_chain",
     "run_local_dkg",
-    "wait_for_bundles",
 ]
 
 _log = logging.getLogger(__name__)
@@ -92,6 +101,10 @@ _PHASE_NAMES: Final = {
     BundleKind.RESPONSE: "response",
     BundleKind.JUSTIFICATION: "justification",
 }
+_PHASE_ORDER: Final = ("deal", "response", "justification")
+PHASE_DONE: Final = "done"
+"""The session phase after the justification phase closed (no more bundles)."""
+DEFAULT_PHASE_TIMEOUT_S: Final = 60
 _CURRENT_FILE: Final = "current-session"
 _NOT_REGISTERED_MARK: Final = "is not registered"
 
@@ -139,9 +152,11 @@ class KgcUnavailable(KgcError):
 class LedgerBoard:
     """A :class:`~ehrshare.hazmat.board.Board` over the chaincode's DKG functions.
 
-    Each KGC node posts with its own contract handle (the chaincode names the poster from the
-    client certificate and refuses a second bundle per poster and phase, so equivocation on
-    chain is impossible rather than merely provable). Reading returns every poster's bundle.
+    Each KGC node posts with its own contract handle: the chaincode names the poster from the
+    client certificate, refuses a second bundle per poster and phase (so equivocation on chain is
+    impossible rather than merely provable), and refuses a bundle whose header names another
+    sender index than the poster's roster position. Reading a phase is refused by the chaincode
+    until its close committed (:meth:`wait_closed`), so every node reads the same set.
     """
 
     def __init__(self, contract: Contract) -> None:
@@ -162,7 +177,7 @@ class LedgerBoard:
         )
 
     def posted(self, session: bytes, phase: BundleKind) -> list[tuple[str, bytes]]:
-        """(poster identity, bundle bytes) for every bundle of the phase."""
+        """(poster identity, bundle bytes) for every bundle of a closed phase."""
         raw = self._contract.evaluate_transaction(
             "GetDKGBundles", session.hex(), _PHASE_NAMES[BundleKind(phase)]
         )
@@ -176,32 +191,123 @@ class LedgerBoard:
         return out
 
     def read(self, session: bytes, phase: BundleKind) -> list[bytes]:
-        """Every bundle of the phase (the nodes check signatures and de-duplicate)."""
+        """Every bundle of a closed phase (the nodes check signatures and de-duplicate)."""
         return [bundle for _, bundle in self.posted(session, phase)]
 
+    def session_state(self, session: bytes) -> dict[str, Any]:
+        """The session on chain: roster, key snapshot, τ, open phase and who posted in it."""
+        state: dict[str, Any] = json.loads(
+            self._contract.evaluate_transaction("GetDKGSession", session.hex())
+        )
+        return state
 
-def wait_for_bundles(
-    board: Board,
-    session: bytes,
-    phase: BundleKind,
-    expected: int,
-    *,
-    timeout: float,
-    poll: float = 0.2,
-    sleep: Callable[[float], None] = time.sleep,
-    clock: Callable[[], float] = time.monotonic,
-) -> int:
-    """Wait until ``expected`` bundles of a phase are on the board or ``timeout`` passes.
+    def close_phase(self, session: bytes, phase: BundleKind) -> dict[str, Any]:
+        """Submit CloseDKGPhase (refused unless everyone posted or the phase timed out)."""
+        state: dict[str, Any] = json.loads(
+            self._contract.submit_transaction(
+                "CloseDKGPhase", session.hex(), _PHASE_NAMES[BundleKind(phase)]
+            )
+        )
+        return state
 
-    The phase closes either way (the "phaser" of a deployment): whatever is on the board then is
-    what counts, and missing nodes are treated as absent. Returns how many bundles were there.
+    def wait_closed(
+        self,
+        session: bytes,
+        phase: BundleKind,
+        *,
+        give_up: float,
+        poll: float = 0.2,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        now: Callable[[], float] = time.time,
+    ) -> dict[str, Any]:
+        """Return once the close of ``phase`` is committed; submit the close when it is due.
+
+        The close is due when every roster node posted, or when ``now()`` (the node's idea of
+        transaction time, seconds) passed the phase's timeout, or (justification phase) when
+        every accused dealer posted; the chaincode decides by the transaction's own time, and a
+        close that another node committed first simply fails here. Raises
+        :class:`~ehrshare.hazmat.dkg.DKGError` after ``give_up`` seconds.
+        """
+        name = _PHASE_NAMES[BundleKind(phase)]
+        stop = clock() + give_up
+        while True:
+            state = self.session_state(session)
+            if phase_closed(state, phase):
+                return state
+            if state["phase"] == name and (
+                len(state["posted"]) >= len(state["roster"])
+                or now() >= int(state["phase_opened_at"]) + int(state["phase_timeout_s"])
+                # Justifications: the chaincode closes early once the accused dealers posted,
+                # which only it works out; ask, and a refusal costs one endorsement.
+                or phase is BundleKind.JUSTIFICATION
+            ):
+                try:
+                    return self.close_phase(session, phase)
+                except LedgerError as exc:
+                    # Another node's close committed first, or the chain's clock is behind ours.
+                    _log.debug("closing %s of %s: %s", name, session.hex()[:16], exc.message)
+            if clock() >= stop:
+                raise DKGError(
+                    f"the {name} phase of dkg session {session.hex()} was not closed within "
+                    f"{give_up:.0f} s"
+                )
+            sleep(poll)
+
+
+def phase_closed(state: dict[str, Any], phase: BundleKind) -> bool:
+    """Whether a GetDKGSession answer shows ``phase`` closed (its bundle set is final)."""
+    current = str(state["phase"])
+    if current == PHASE_DONE:
+        return True
+    return _PHASE_ORDER.index(current) > _PHASE_ORDER.index(_PHASE_NAMES[BundleKind(phase)])
+
+
+def dkg_config_from_chain(state: dict[str, Any]) -> DKGConfig:
+    """The :class:`~ehrshare.hazmat.dkg.DKGConfig` of a session (or final result) on chain:
+    node j is the j-th key of the snapshot the chaincode took when the session opened."""
+    try:
+        keys = tuple(
+            KGCNodePublicKey.from_bytes(base64.b64decode(str(k), validate=True))
+            for k in state["keys"]
+        )
+        return DKGConfig(keys, bytes.fromhex(str(state["nonce"])), int(state["threshold"]))
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise EncodingError(f"dkg session on chain is malformed: {exc}") from None
+
+
+def roster_from_chain(result: dict[str, Any]) -> tuple[KGCNodePublicKey, ...]:
+    """The KGC roster (node j's public key at position j-1) of a final GetDKGResult answer.
+
+    This is the trust anchor for partial keys: the keys the nodes published on chain, as the
+    session snapshotted them, under the result τ nodes agreed on.
     """
-    deadline = clock() + timeout
-    while True:
-        count = len(board.read(session, phase))
-        if count >= expected or clock() >= deadline:
-            return count
-        sleep(poll)
+    return dkg_config_from_chain(result).participants
+
+
+def open_dkg_session(
+    admin: Contract,
+    *,
+    nonce: bytes,
+    roster: Sequence[str],
+    threshold: int,
+    phase_timeout_s: int = DEFAULT_PHASE_TIMEOUT_S,
+) -> dict[str, Any]:
+    """Open a DKG session on chain (``admin``: a contract handle with an org admin identity).
+
+    ``roster`` is the ordered KGC identities (node j is ``roster[j-1]``); each must have
+    published its key (:meth:`KgcNode.publish_key`).
+    """
+    state: dict[str, Any] = json.loads(
+        admin.submit_transaction(
+            "OpenDKGSession",
+            nonce.hex(),
+            str(threshold),
+            json.dumps(list(roster)),
+            str(phase_timeout_s),
+        )
+    )
+    return state
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,6 +346,7 @@ class KgcNode:
         self._rng = rng
         self._lock = threading.Lock()
         self._result: DKGResult | None = None
+        self.ibe_id: str | None = None  # known once the node published its key
         self._load_current()
 
     def __repr__(self) -> str:
@@ -306,34 +413,74 @@ class KgcNode:
 
     # --- DKG ----------------------------------------------------------------------------------
 
+    def publish_key(self) -> str:
+        """Publish this node's public key on chain (PublishKGCKey); returns its identity.
+
+        Call at start: sessions can only name nodes whose keys are on chain, and users check
+        partial keys against the keys a final DKG result snapshotted, never against a file.
+        """
+        record = json.loads(
+            self._contract.submit_transaction(
+                "PublishKGCKey", base64.b64encode(self.public_key.to_bytes()).decode("ascii")
+            )
+        )
+        self.ibe_id = str(record["ibe_id"])
+        return self.ibe_id
+
+    def dkg_config(self, nonce: bytes) -> DKGConfig:
+        """The configuration of a session opened on chain, checked against this node's key."""
+        state = LedgerBoard(self._contract).session_state(nonce)
+        config = dkg_config_from_chain(state)
+        try:
+            position = config.index_of(self.public_key)
+        except DKGError:
+            raise KgcError(
+                f"KGC node {self.index}: its public key is not in the roster of dkg session "
+                f"{nonce.hex()}"
+            ) from None
+        if position != self.index:
+            raise KgcError(
+                f"KGC node {self.index} is at position {position} of the roster of dkg session "
+                f"{nonce.hex()}; its profile index must match"
+            )
+        return config
+
     def dkg_session(self, config: DKGConfig, board: Board | None = None) -> DkgParticipation:
         """This node's participation in one DKG session (phase by phase, for a driver)."""
         return DkgParticipation(self, config, board or LedgerBoard(self._contract))
 
     def run_dkg(
         self,
-        config: DKGConfig,
+        nonce: bytes,
         *,
-        phase_timeout: float = 30.0,
-        board: Board | None = None,
+        give_up: float | None = None,
+        poll: float = 0.2,
+        sleep: Callable[[float], None] = time.sleep,
+        now: Callable[[], float] = time.time,
     ) -> DKGResult:
-        """Take part in a whole session on its own (other nodes run in other processes).
+        """Take part on its own in a session opened on chain (other nodes run elsewhere).
 
-        Each phase closes when all n bundles are on the board or after ``phase_timeout``.
+        Each phase ends with a committed CloseDKGPhase — submitted by whichever node finds it
+        due first (everyone posted, or the phase's timeout passed) — and the node reads a
+        phase's bundles only after that. ``give_up`` bounds the wait per phase (default:
+        twice the session's phase timeout plus a minute).
         """
-        session = self.dkg_session(config, board)
-        session.post_deal()
-        wait_for_bundles(
-            session.board, config.nonce, BundleKind.DEAL, config.n, timeout=phase_timeout
-        )
-        session.post_response()
-        wait_for_bundles(
-            session.board, config.nonce, BundleKind.RESPONSE, config.n, timeout=phase_timeout
-        )
-        if session.post_justification():
-            # Only dealers that were complained about post; no count to wait for.
-            time.sleep(min(phase_timeout, 2.0))
-        return session.finish()
+        config = self.dkg_config(nonce)
+        board = LedgerBoard(self._contract)
+        timeout = int(board.session_state(nonce)["phase_timeout_s"])
+        limit = give_up if give_up is not None else 2.0 * timeout + 60.0
+        participation = self.dkg_session(config, board)
+
+        def closed(kind: BundleKind) -> None:
+            board.wait_closed(nonce, kind, give_up=limit, poll=poll, sleep=sleep, now=now)
+
+        participation.post_deal()
+        closed(BundleKind.DEAL)
+        participation.post_response()
+        closed(BundleKind.RESPONSE)
+        if participation.post_justification():
+            closed(BundleKind.JUSTIFICATION)
+        return participation.finish()
 
     # --- extraction ---------------------------------------------------------------------------
 
@@ -465,58 +612,102 @@ class DkgParticipation:
         return result
 
     def _publish(self, result: DKGResult) -> None:
+        """Post this node's view of the result; it counts once τ nodes posted the same."""
         assert isinstance(self.board, LedgerBoard)
-        posters: dict[int, str] = {}
-        for poster, raw in self.board.posted(self.session, BundleKind.DEAL):
-            try:
-                posters[parse_bundle(raw).sender] = poster
-            except (EncodingError, ValueError):
-                continue
-        missing = [j for j in result.qual if j not in posters]
-        if missing:
-            raise DKGError(f"no deal on chain names the poster of QUAL members {missing}")
-        self.node._contract.submit_transaction(
-            "PublishDKGResult",
-            self.session.hex(),
-            base64.b64encode(MasterPublicKey(result.public.mpk).to_bytes()).decode("ascii"),
-            json.dumps(
-                [base64.b64encode(c.to_bytes()).decode("ascii") for c in result.public.commitments]
-            ),
-            json.dumps(sorted(posters[j] for j in result.qual)),
-            str(BUNDLE_FORMAT_VERSION),
+        if self.node.index not in result.qual:
+            # Still a share holder (it received shares from QUAL), but only QUAL members'
+            # views count on chain: a disqualified dealer gets no say in the result.
+            _log.info("kgc node %d is outside QUAL; it does not publish", self.node.index)
+            return
+        roster = [str(x) for x in self.board.session_state(self.session)["roster"]]
+        answer = json.loads(
+            _submit_retrying(
+                self.node._contract,
+                "PublishDKGResult",
+                self.session.hex(),
+                base64.b64encode(MasterPublicKey(result.public.mpk).to_bytes()).decode("ascii"),
+                json.dumps(
+                    [
+                        base64.b64encode(c.to_bytes()).decode("ascii")
+                        for c in result.public.commitments
+                    ]
+                ),
+                json.dumps(sorted(roster[j - 1] for j in result.qual)),
+                str(BUNDLE_FORMAT_VERSION),
+            )
         )
+        _log.info(
+            "kgc node %d published its dkg result view: %s (%d of %d agree)",
+            self.node.index,
+            answer["outcome"],
+            answer["agree"],
+            answer["threshold"],
+        )
+
+
+def _submit_retrying(contract: Contract, function: str, *args: str, attempts: int = 5) -> bytes:
+    """Submit, retrying a transaction invalidated by MVCC (views of one session are posted
+    concurrently, and each reads the others' range); the chaincode's answer is idempotent."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return contract.submit_transaction(function, *args)
+        except CommitError as exc:
+            if exc.code != "MVCC_READ_CONFLICT" or attempt == attempts:
+                raise
+            _log.debug("%s hit an MVCC conflict; retrying (%d)", function, attempt)
+    raise AssertionError("unreachable")
 
 
 def run_local_dkg(
     nodes: Sequence[KgcNode],
     *,
     nonce: bytes,
+    admin: Contract,
     threshold: int = 0,
-    boards: Sequence[Board] | None = None,
+    phase_timeout_s: int = DEFAULT_PHASE_TIMEOUT_S,
+    poll: float = 0.2,
+    sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], float] = time.time,
 ) -> DKGResult:
-    """Run one DKG session among in-process KGC nodes, each posting with its own identity.
+    """Run one DKG session on chain among in-process KGC nodes, each posting as itself.
 
-    For the embedded backend, tests and demos. The roster is the nodes ordered by index (node j
-    must have index j). Returns node 1's result (all agree on the public part, or this raises).
+    For the embedded backend, tests and demos. Every node publishes its key, ``admin`` (an org
+    admin's contract handle) opens the session with the nodes ordered by index as the roster
+    (node j must have index j), and the phases run in lock step, each closed by a committed
+    CloseDKGPhase before anyone reads it. Returns node 1's result once the chain holds a final
+    result (τ nodes agreed) equal to it.
     """
     ordered = sorted(nodes, key=lambda n: n.index)
     if [n.index for n in ordered] != list(range(1, len(ordered) + 1)):
         raise ValueError(f"KGC node indices must be 1..n, got {[n.index for n in ordered]}")
-    config = DKGConfig(tuple(n.public_key for n in ordered), nonce, threshold)
-    if boards is not None and len(boards) != len(ordered):
-        raise ValueError("give one board per node, or none")
-    sessions = [
-        n.dkg_session(config, None if boards is None else boards[i]) for i, n in enumerate(ordered)
-    ]
+    roster = [n.publish_key() for n in ordered]
+    tau = threshold or len(ordered) // 2 + 1
+    open_dkg_session(
+        admin, nonce=nonce, roster=roster, threshold=tau, phase_timeout_s=phase_timeout_s
+    )
+    sessions = [n.dkg_session(n.dkg_config(nonce)) for n in ordered]
+    board = LedgerBoard(ordered[0].contract)
+
+    def close(kind: BundleKind) -> None:
+        board.wait_closed(
+            nonce, kind, give_up=2.0 * phase_timeout_s + 60.0, poll=poll, sleep=sleep, now=now
+        )
+
     for s in sessions:
         s.post_deal()
+    close(BundleKind.DEAL)
     for s in sessions:
         s.post_response()
-    for s in sessions:
-        s.post_justification()
+    close(BundleKind.RESPONSE)
+    needs = [s.post_justification() for s in sessions]
+    if any(needs):
+        close(BundleKind.JUSTIFICATION)
     results = [s.finish() for s in sessions]
     if len({r.public.to_bytes() for r in results}) != 1:
         raise DKGError("KGC nodes finished with different public polynomials")
+    final = json.loads(ordered[0].contract.evaluate_transaction("GetDKGResult", nonce.hex()))
+    if public_polynomial_from_chain(final).to_bytes() != results[0].public.to_bytes():
+        raise DKGError("the final dkg result on chain differs from the nodes' result")
     return results[0]
 
 
