@@ -20,6 +20,7 @@ BUNDLE = base64.b64encode(b"\x03" * 200).decode()
 NONCE = "ab" * 32
 NONCE2 = "cd" * 32
 SHA = "0" * 64
+PROXY = "Org1MSP/pete"
 
 
 @dataclass
@@ -60,7 +61,7 @@ def build_world(directory: Path) -> World:
         ("revoked_grantee", FAR),
         ("expired_grantee", str(T0 + 100)),
     ):
-        g = alice.submit("GrantAccess", "lab", m[role].ibe_id, expiry, "1")
+        g = alice.submit("GrantAccess", "lab", m[role].ibe_id, expiry, "1", "", "", PROXY)
         grants[role] = g["grant_id"]
     alice.submit("RevokeAccess", grants["revoked_grantee"])
     access = m["grantee"].submit("RequestAccess", "r-1")
