@@ -602,7 +602,9 @@ def _open_services(profile: Profile, ledger: EmbeddedLedger, clock: Clock | None
         pkey = X25519KeyPair.from_secret_bytes(read_key_file(psvc.key_file))
     except (OSError, ValueError) as exc:
         raise ProfileError(f"proxy: {exc}") from None
-    proxy = ReencryptionProxy(state_dir=psvc.state, contract=contract, key=pkey)
+    proxy = ReencryptionProxy(
+        state_dir=psvc.state, contract=contract, key=pkey, ibe_id=identity.ibe_id
+    )
     return _Services(nodes, proxy)
 
 

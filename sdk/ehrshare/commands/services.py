@@ -249,6 +249,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 state_dir=state_dir,
                 contract=_contract(gateway, channel, chaincode),
                 key=proxy_key,
+                # What grants name as their proxy: this process's own ledger identity.
+                ibe_id=Identity(msp_id, cert.read_bytes()).ibe_id,
                 name=name,
             )
             follower = None
