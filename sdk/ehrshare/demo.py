@@ -234,7 +234,7 @@ def run_demo(
                 kubo_url=kubo_url,
                 threshold=2,
                 services=services,
-                ports=free_loopback_ports(4) if processes else None,
+                ports=free_loopback_ports(6) if processes else None,
             )
             dkg = consortium.dkg_result()
             s.lines.append(

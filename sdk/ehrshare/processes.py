@@ -70,7 +70,8 @@ def free_loopback_ports(count: int) -> list[int]:
 
 @dataclass(frozen=True, slots=True)
 class ServiceCommand:
-    """One service process: its name (``kgc1`` … ``proxy``), address and arguments."""
+    """One service process: its name (``kgc1`` …, ``proxy-hospitala`` …), address and
+    arguments."""
 
     name: str
     address: str
@@ -117,7 +118,8 @@ def _common(profile: Profile, svc: ServiceConfig, what: str) -> tuple[list[str],
 
 
 def service_commands(profile: Profile) -> list[ServiceCommand]:
-    """The serve commands of every remote KGC node, then the proxy."""
+    """The serve commands of every remote KGC node, then every remote proxy (one per
+    hospital; named as in the profile, ``proxy`` for a single-``proxy:`` profile)."""
     out = []
     for node in profile.kgc_nodes:
         if node.service.embedded:
@@ -128,11 +130,13 @@ def service_commands(profile: Profile) -> list[ServiceCommand]:
         head = ["kgc", "serve", "--index", str(node.index)]
         head += ["--node-key-file", str(node.service.key_file)]
         out.append(ServiceCommand(f"kgc{node.index}", address, tuple(head + args), state))
-    if not profile.proxy.embedded:
-        args, state, address = _common(profile, profile.proxy, "the proxy")
-        assert profile.proxy.key_file is not None
-        head = ["proxy", "serve", "--key-file", str(profile.proxy.key_file), "--name", "proxy"]
-        out.append(ServiceCommand("proxy", address, tuple(head + args), state))
+    for px in profile.proxies:
+        if px.service.embedded:
+            continue
+        args, state, address = _common(profile, px.service, f"proxy {px.name}")
+        assert px.service.key_file is not None
+        head = ["proxy", "serve", "--key-file", str(px.service.key_file), "--name", px.name]
+        out.append(ServiceCommand(px.name, address, tuple(head + args), state))
     return out
 
 

@@ -53,7 +53,7 @@ class Deployment:
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
     root = tmp_path / "consortium"
-    c = Consortium.init(root, services="processes", ports=free_loopback_ports(4))
+    c = Consortium.init(root, services="processes", ports=free_loopback_ports(6))
     for name, (hospital, role) in PEOPLE.items():
         c.add_member(name, hospital, role)
     c.close()
@@ -211,7 +211,7 @@ def test_consortium_serve_starts_every_service_and_stops_them_on_sigterm(tmp_pat
     import time
 
     root = tmp_path / "c"
-    Consortium.init(root, services="processes", ports=free_loopback_ports(4)).close()
+    Consortium.init(root, services="processes", ports=free_loopback_ports(6)).close()
     serve = subprocess.Popen(
         [sys.executable, "-m", "ehrshare", "consortium", "serve", "-p", str(root)],
         stdout=subprocess.DEVNULL,

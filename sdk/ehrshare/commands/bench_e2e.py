@@ -71,7 +71,7 @@ def run_e2e_bench(
         c = Consortium.init(
             Path(tmp) / "c",
             services=services,
-            ports=free_loopback_ports(4) if processes else None,
+            ports=free_loopback_ports(6) if processes else None,
         )
         procs = (
             ServiceProcesses(c.profile, Path(tmp) / "run", die_with_parent=True)

@@ -209,7 +209,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     """Add the member commands to ``app``."""
     del bench_app
     consortium_app = typer.Typer(
-        help="Create a local embedded consortium (CAs, ledger, store, KGC nodes, DKG, proxy) "
+        help="Create a local embedded consortium (CAs, ledger, store, KGC nodes, DKG, proxies) "
         "and enrol members into wallets.",
         no_args_is_help=True,
     )
@@ -270,6 +270,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 "addresses": [n.service.address or "in-process" for n in prof.kgc_nodes],
             }
             status["proxy"] = {"address": prof.proxy.address or "in-process"}
+            status["proxies"] = [
+                {"name": px.name, "msp": px.msp_id, "address": px.service.address or "in-process"}
+                for px in prof.proxies
+            ]
         if as_json:
             _emit(status)
         else:
@@ -292,7 +296,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 kgc = status["kgc"]
                 _err.print(
                     f"kgc: {kgc['threshold']} of {kgc['nodes']} nodes "
-                    f"({', '.join(kgc['addresses'])}); proxy: {status['proxy']['address']}",
+                    f"({', '.join(kgc['addresses'])}); proxies: "
+                    + ", ".join(f"{p['name']} ({p['address']})" for p in status["proxies"]),
                     soft_wrap=True,
                 )
         if not store_ok:
@@ -319,15 +324,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         services: Annotated[
             str,
             typer.Option(
-                help="KGC nodes and proxy: in-process (run by whoever connects) or processes "
+                help="KGC nodes and proxies: in-process (run by whoever connects) or processes "
                 "(gRPC over mutual TLS on 127.0.0.1; start them with 'consortium serve')."
             ),
         ] = "in-process",
         ports: Annotated[
             str,
             typer.Option(
-                help="With --services processes: comma-separated ports, the proxy's then one "
-                "per hospital (default 7060, 7061, ...)."
+                help="With --services processes: comma-separated ports, one per hospital's "
+                "proxy, then one per hospital's KGC node (default 7060, 7061, ...)."
             ),
         ] = "",
         as_json: JsonOpt = False,
@@ -405,7 +410,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     @consortium_app.command("serve", epilog=_EXIT_HELP)
     def consortium_serve(profile: ProfileOpt = "") -> None:
-        """Start every KGC node and the proxy of the profile as child processes, wait until
+        """Start every KGC node and every proxy of the profile as child processes, wait until
         they listen, and stop them all (by pid) on Ctrl-C or SIGTERM."""
         from ehrshare.consortium import profile_file
         from ehrshare.processes import ServiceProcessError, ServiceProcesses
