@@ -14,7 +14,6 @@ never signal a process it did not start.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -43,10 +42,18 @@ _log = logging.getLogger(__name__)
 DEFAULT_EXECUTABLE: Final = (sys.executable, "-m", "ehrshare")
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+# Sets PR_SET_PDEATHSIG in a small launcher that then execs the service (the pid stays the
+# same), instead of in a preexec_fn: a preexec_fn forces a plain fork(), whose pthread_atfork
+# handlers restart gRPC's poller in the child before exec, and with the parent's gRPC channels
+# open that child can abort on a closed epoll fd (grpc/grpc#43055) — seen when a proxy is
+# restarted while sessions hold channels to every proxy. Without preexec_fn CPython uses vfork.
+_PDEATHSIG_LAUNCHER: Final = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(70)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 class ServiceProcessError(RuntimeError):
@@ -190,13 +197,14 @@ class ServiceProcesses:
             port_file.unlink(missing_ok=True)
             ports[name] = port_file
             argv = [*self.commands[name].argv(self.executable), "--port-file", str(port_file)]
+            if self.die_with_parent:
+                argv = [sys.executable, "-c", _PDEATHSIG_LAUNCHER, str(os.getpid()), *argv]
             with (self.run_dir / f"{name}.stderr").open("ab") as err:
                 proc = subprocess.Popen(  # noqa: S603 - our own CLI, arguments from the profile
                     argv,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=err,
-                    preexec_fn=_set_pdeathsig if self.die_with_parent else None,
                 )
             self._procs[name] = proc
             self.started_pids.append(proc.pid)
