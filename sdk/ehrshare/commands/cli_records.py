@@ -48,6 +48,10 @@ EXIT_CODES = {
     EXIT_INPUT: "invalid input (FHIR, record type, size)",
 }
 _EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
+_PROXY_HELP = (
+    "Proxy to hold the re-key (its ledger identity, e.g. HospitalAMSP/proxy); default: the proxy "
+    "of the grantee's hospital."
+)
 
 _err = Console(stderr=True)
 
@@ -541,14 +545,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def record_get(
         record_id: Annotated[str, typer.Argument(help="Record id (r-…).")],
         out: Annotated[str, typer.Option("--out", "-o", help="Write the FHIR JSON here.")] = "",
+        grant_id: Annotated[
+            str, typer.Option("--grant", help="Read under this grant of yours (g-…).")
+        ] = "",
         profile: ProfileOpt = "",
         wallet: WalletOpt = "",
         as_json: JsonOpt = False,
     ) -> None:
-        """Request access (logged), get the capsule re-encrypted by the proxy, decrypt and print
-        the FHIR resource. Exit code 1 if the chaincode denies the request."""
+        """Request access (logged), get the capsule re-encrypted by the proxies of the grant
+        chain, decrypt and print the FHIR resource. Exit code 1 if the chaincode denies it."""
         with _session(profile, wallet) as s, _errors(), _progress("reading", as_json):
-            resource = s.read_record(record_id)
+            resource = s.read_record(record_id, grant=grant_id or None)
         text = resource.model_dump_json(exclude_none=True, indent=2)
         if out:
             Path(out).write_text(text + "\n", encoding="utf-8")
@@ -586,20 +593,24 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         days: Annotated[float | None, typer.Option(help="Valid for this many days.")] = None,
         until: Annotated[str, typer.Option(help="Valid until (ISO date/time, UTC).")] = "",
         max_hops: Annotated[int, typer.Option(help="Further referrals allowed.")] = 0,
+        proxy: Annotated[str, typer.Option(help=_PROXY_HELP)] = "",
         profile: ProfileOpt = "",
         wallet: WalletOpt = "",
         as_json: JsonOpt = False,
     ) -> None:
-        """As a patient, let a clinician read your records of one type (re-key to the proxy)."""
+        """As a patient, let a clinician read your records of one type (re-key to the proxy of
+        the clinician's hospital)."""
         expires = _expiry(days, until or None)
         with _session(profile, wallet) as s, _errors():
-            g = s.grant(grantee, record_type, expires=expires, max_hops=max_hops)
+            g = s.grant(
+                grantee, record_type, expires=expires, max_hops=max_hops, proxy=proxy or None
+            )
         if as_json:
             _emit(g.to_dict())
             return
         _err.print(
             f"[green]✓[/green] grant {g.grant_id}: {g.grantee} may read {g.type} until "
-            f"{_fmt_time(g.expiry)}, {g.max_hops} further hop(s)"
+            f"{_fmt_time(g.expiry)}, {g.max_hops} further hop(s); re-key at {g.proxy}"
         )
         typer.echo(g.grant_id)
 
@@ -609,6 +620,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         to: Annotated[str, typer.Argument(help="IBE id to refer to.")],
         days: Annotated[float | None, typer.Option(help="Valid for this many days.")] = None,
         max_hops: Annotated[int, typer.Option(help="Further referrals allowed.")] = 0,
+        proxy: Annotated[str, typer.Option(help=_PROXY_HELP)] = "",
         profile: ProfileOpt = "",
         wallet: WalletOpt = "",
         as_json: JsonOpt = False,
@@ -616,11 +628,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Refer what you were granted one hop further (multi-hop sharing)."""
         expires = _dt.timedelta(days=days) if days else None
         with _session(profile, wallet) as s, _errors():
-            g = s.forward(what, to, expires=expires, max_hops=max_hops)
+            g = s.forward(what, to, expires=expires, max_hops=max_hops, proxy=proxy or None)
         if as_json:
             _emit(g.to_dict())
             return
-        _err.print(f"[green]✓[/green] grant {g.grant_id} (hop {g.hop}) to {g.grantee}")
+        _err.print(
+            f"[green]✓[/green] grant {g.grant_id} (hop {g.hop}) to {g.grantee}; re-key at {g.proxy}"
+        )
         typer.echo(g.grant_id)
 
     @app.command("revoke", epilog=_EXIT_HELP)
@@ -630,7 +644,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         wallet: WalletOpt = "",
         as_json: JsonOpt = False,
     ) -> None:
-        """Revoke a grant you gave: later requests are denied, the proxy deletes the re-keys
+        """Revoke a grant you gave: later requests are denied, the proxies delete the re-keys
         (also of grants forwarded from it). Forward-only: what was read stays read."""
         with _session(profile, wallet) as s, _errors():
             g = s.revoke(grant_id)
