@@ -347,8 +347,9 @@ def run_demo(
         with story.step("Alice revokes Dr Baker's grant") as s:
             alice.revoke(grant)
             s.lines.append(
-                "grant revoked on chain; hospital B's proxy deleted its re-key, hospital C's "
-                "proxy Dr Chen's"
+                "grant revoked on chain; every hospital's proxy is told to delete the re-keys it "
+                "holds of it and of grants forwarded from it (B's: Alice's, C's: Dr Baker's "
+                "referral)"
             )
         with story.step("Dr Baker's next request is denied and logged") as s:
             try:
