@@ -96,6 +96,7 @@ K_GRANT_BY_GRANTEE = "ehr.grant~grantee"
 K_GRANT_MATCH = "ehr.grant~match"
 K_ACCESS = "ehr.access"
 K_APPROVAL = "ehr.approval"
+K_REENCRYPTION = "ehr.reenc"
 K_DKG = "ehr.dkg"
 K_DKG_RESULT = "ehr.dkgresult"
 K_DKG_LATEST = "ehr.dkglatest"
@@ -820,11 +821,15 @@ class EHRContract:
         max_hops: str,
         allowed_next: str = "",
         parent_grant_id: str = "",
+        proxy: str = "",
     ) -> Any:
         """Grant ``grantee`` access to the owner's records of a type until ``expiry``.
 
         The owner grants directly; a grantee forwards (``parent_grant_id``) within its remaining
         hops, never beyond its own expiry and only to an allowed next grantee when a list is set.
+        ``proxy`` names the registered proxy identity that holds this grant's re-key: only that
+        proxy re-encrypts this grant's hop. Empty, the grant names no proxy: it decides
+        requests and lets the grantee read record pointers, but no proxy serves its hop.
         """
         caller = ctx.registered()
         assert caller.ibe_id is not None
@@ -871,6 +876,7 @@ class EHRContract:
             raise ChaincodeError(f"grantee {grantee} is not registered")
         if exp <= ctx.now:
             raise ChaincodeError(f"expiry {exp} is not after the transaction time {ctx.now}")
+        self._check_proxy(ctx, proxy)
         grant_id = "g-" + ctx.tx_id[:32]
         grant = {
             "grant_id": grant_id,
@@ -883,6 +889,7 @@ class EHRContract:
             "hop": hop,
             "allowed_next": sorted(set(next_ok)),
             "parent_grant_id": parent_grant_id,
+            "proxy": proxy,
             "state": "active",
             "created_at": ctx.now,
             "tx_id": ctx.tx_id,
@@ -902,9 +909,30 @@ class EHRContract:
                 "expiry": exp,
                 "max_hops": hops,
                 "hop": hop,
+                "proxy": proxy,
             },
         )
         return grant
+
+    def _check_proxy(self, ctx: TxContext, proxy: str) -> None:
+        if proxy == "":
+            return
+        _check_ibe(proxy, "proxy")
+        if ctx.get_json(K_IBE, proxy) is None:
+            raise ChaincodeError(f"proxy {proxy} is not registered")
+        if self._identity(ctx, proxy)["role"] != PROXY:
+            raise ChaincodeError(f"identity {proxy} is not a proxy")
+
+    def _grant_chain(self, ctx: TxContext, grant: dict[str, Any]) -> list[dict[str, Any]]:
+        """The hops of a grant's forwarding chain, root first: grant id and proxy of each."""
+        chain: list[dict[str, Any]] = []
+        current: dict[str, Any] | None = grant
+        while current is not None:
+            chain.append({"grant_id": current["grant_id"], "proxy": current.get("proxy", "")})
+            parent_id = current["parent_grant_id"]
+            current = self._grant(ctx, parent_id) if parent_id else None
+        chain.reverse()
+        return chain
 
     def RevokeAccess(self, ctx: TxContext, grant_id: str) -> Any:
         """Revoke a grant (its owner or its grantor); forwarded grants below it fail with it."""
@@ -954,22 +982,38 @@ class EHRContract:
 
     # --- access ------------------------------------------------------------------------------
 
-    def RequestAccess(self, ctx: TxContext, record_id: str) -> Any:
+    def RequestAccess(self, ctx: TxContext, record_id: str, grant_id: str = "") -> Any:
         """Decide a request to read a record at the transaction's time, and log it either way.
 
         A denial is a successful transaction with ``decision: deny``: the attempt is audit-worthy
         and grants nothing. Only an allowed decision creates the approval the proxy checks.
+        ``grant_id`` names the grant the requester reads under (its re-keys sit at the proxies
+        that grant's chain names); without it the first valid grant in key order is used. A
+        named grant that is not the caller's or does not cover the record is an error.
         """
         caller = ctx.registered()
         assert caller.ibe_id is not None
         record = self._record(ctx, record_id)
         owner = record["owner"]
         grant: dict[str, Any] | None
+        named: dict[str, Any] | None = None
+        if grant_id != "":
+            named = self._grant(ctx, grant_id)
+            if named["grantee"] != caller.ibe_id:
+                raise ChaincodeError(
+                    f"identity {caller.name} is not the grantee of grant {grant_id}"
+                )
+            if named["owner"] != owner or named["type"] != record["type"]:
+                raise ChaincodeError(f"grant {grant_id} does not cover record {record_id}")
         if caller.ibe_id == owner:
             grant, reason, grant_id, hop = None, "owner", "owner", 0
             decision = "allow"
         else:
-            grant, reason = self._valid_grant(ctx, owner, record["type"], caller.ibe_id)
+            if named is not None:
+                problem = self._grant_problem(ctx, named)
+                grant, reason = (named, "") if problem is None else (None, problem)
+            else:
+                grant, reason = self._valid_grant(ctx, owner, record["type"], caller.ibe_id)
             decision = "allow" if grant is not None else "deny"
             grant_id = grant["grant_id"] if grant is not None else ""
             hop = int(grant["hop"]) if grant is not None else 0
@@ -988,6 +1032,7 @@ class EHRContract:
             "reason": reason,
             "grant_id": grant_id,
             "hop": hop,
+            "chain": self._grant_chain(ctx, grant) if grant is not None else [],
             "at": ctx.now,
             "tx_id": ctx.tx_id,
         }
@@ -1016,25 +1061,47 @@ class EHRContract:
 
         Approvals are keyed by access id, so concurrent requests of one record by one member
         each get their own. The approval must still stand now: a grant revoked or expired since
-        then fails. The proxy compares record, requester, grant and capsule hash itself and
-        enforces single use.
+        then fails. A proxy may check only an approval whose grant chain names it (it holds one
+        of the chain's re-keys). The answer carries the re-encryptions reported so far
+        (``reports``: hops applied, proxy, output capsule hash), so the proxy of a later hop can
+        check the partly re-encrypted capsule it is given. The proxy compares record,
+        requester, grant and capsule hash itself and enforces single use.
         """
-        ctx.registered(PROXY, AUDITOR)
+        caller = ctx.registered(PROXY, AUDITOR)
         _check_id(access_id, "access id")
         access = ctx.get_json(K_APPROVAL, access_id)
         if access is None:
             raise ChaincodeError(f"access {access_id} has no committed approval")
+        if caller.role == PROXY:
+            self._require_named_proxy(access, caller.name)
         grant_id = str(access["grant_id"])
         if grant_id != "owner":
             problem = self._grant_problem(ctx, self._grant(ctx, grant_id))
             if problem is not None:
                 raise ChaincodeError(problem)
-        return access
+        rows = ctx.stub.get_state_by_partial_composite_key(K_REENCRYPTION, [access_id])
+        reports = [canonical.loads(kv.value, "stored re-encryption report") for kv in rows]
+        return dict(access) | {"reports": reports}
+
+    def _require_named_proxy(self, access: dict[str, Any], proxy: str) -> None:
+        if not any(hop.get("proxy") == proxy for hop in access.get("chain", [])):
+            raise ChaincodeError(f"no grant of access {access['access_id']} names proxy {proxy}")
 
     def ReportReencryption(
-        self, ctx: TxContext, access_id: str, outcome: str, detail: str = ""
+        self,
+        ctx: TxContext,
+        access_id: str,
+        outcome: str,
+        detail: str = "",
+        applied: str = "",
+        capsule_sha256: str = "",
     ) -> Any:
-        """The proxy reports a re-encryption it performed (or refused) for an access."""
+        """The proxy reports a re-encryption it performed (or refused) for an access.
+
+        A proxy named by the access's grant chain reports; with ``applied`` (how many hops the
+        capsule it released carries) and ``capsule_sha256`` (that capsule's hash) the report is
+        kept, once per hop count, for the proxy of the next hop to check its input against.
+        """
         caller = ctx.registered(PROXY)
         _check_id(access_id, "access id")
         if outcome not in ("ok", "failed"):
@@ -1046,13 +1113,38 @@ class EHRContract:
             raise ChaincodeError(f"access {access_id} does not exist")
         if access["decision"] != "allow":
             raise ChaincodeError(f"access {access_id} was denied")
+        self._require_named_proxy(access, caller.name)
+        log_detail: dict[str, Any] = {"access_id": access_id, "proxy": caller.name, "note": detail}
+        if applied != "" or capsule_sha256 != "":
+            chain = access["chain"]
+            n = _check_int(applied, "applied hops", 1, len(chain))
+            if outcome != "ok":
+                raise ChaincodeError("only an ok re-encryption reports applied hops")
+            if not _SHA256_RE.fullmatch(capsule_sha256):
+                raise ChaincodeError("capsule sha256 must be 64 lower-case hex digits")
+            if chain[n - 1]["proxy"] != caller.name:
+                raise ChaincodeError(
+                    f"hop {n} of access {access_id} is for proxy {chain[n - 1]['proxy']}, not "
+                    f"{caller.name}"
+                )
+            if ctx.stub.get_state(ctx.key(K_REENCRYPTION, access_id, _seq(n))) is not None:
+                raise ChaincodeError(f"hop {n} of access {access_id} was already reported")
+            report = {
+                "access_id": access_id,
+                "applied": n,
+                "proxy": caller.name,
+                "capsule_sha256": capsule_sha256,
+                "tx_id": ctx.tx_id,
+            }
+            ctx.put_json(report, K_REENCRYPTION, access_id, _seq(n))
+            log_detail |= {"applied": n, "capsule_sha256": capsule_sha256}
         entry = ctx.log(
             access["owner"],
             "ReportReencryption",
             outcome,
             record_id=access["record_id"],
             grant_id=access["grant_id"],
-            detail={"access_id": access_id, "proxy": caller.name, "note": detail},
+            detail=log_detail,
         )
         return entry
 

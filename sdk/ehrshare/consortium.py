@@ -6,16 +6,16 @@ content store (or a Kubo URL), the consortium's type-label key, one KGC node per
 key outside its state directory, service identity registered with role ``kgc``, public key
 published on chain), an ``admin`` wallet that opens the DKG session on chain, a distributed key
 generation over the ledger board (mpk, public polynomial and the KGC roster with its keys in the
-final result τ nodes agreed on), a re-encryption proxy, and ``profile.yaml``
+final result τ nodes agreed on), one re-encryption proxy per hospital, and ``profile.yaml``
 pointing at all of it. :meth:`Consortium.add_member` enrols patients, clinicians and auditors into
 wallets; :meth:`Consortium.session` opens a :class:`~ehrshare.session.Session` that shares the
 consortium's ledger and services (the demo, the tests, the benchmark).
 
 :func:`connect` is what hospital apps and the CLI call: it reads a profile and a wallet and opens
 the backends the profile names. With in-process services, the process that connects also runs
-the KGC nodes and the proxy from their state directories — a single-machine setup for
+the KGC nodes and the proxies from their state directories — a single-machine setup for
 development and demos. With ``services="processes"`` at init, the profile gives each KGC node and
-the proxy a loopback gRPC address instead; they run as ``ehrshare kgc serve`` / ``ehrshare proxy
+each proxy a loopback gRPC address instead; they run as ``ehrshare kgc serve`` / ``ehrshare proxy
 serve`` processes (:mod:`ehrshare.processes` starts them from the profile) and the session dials
 them over mutual TLS with the wallet's TLS client certificate (its own key, issued by the
 member's hospital CA next to the ledger certificate; never the ledger signing key). The
@@ -48,6 +48,7 @@ from ehrshare.profile import (
     BackendUnavailable,
     Profile,
     ProfileError,
+    ProxyConfig,
     Wallet,
 )
 from ehrshare.services.kgc import InProcessKgcClient, KgcNode, run_local_dkg
@@ -55,7 +56,7 @@ from ehrshare.services.proxy import InProcessProxyClient, ReencryptionProxy
 from ehrshare.services.rpc import GrpcKgcClient, GrpcProxyClient
 from ehrshare.services.tls import ClientTls, issue_tls_certificate
 from ehrshare.services.vault import atomic_write, read_key_file, write_key_file
-from ehrshare.session import KgcClient, ProxyClient, Session
+from ehrshare.session import KgcClient, ProxyClient, ProxyRoute, Session
 from ehrshare.storage import BlobStore, EmbeddedStore, KuboClient, KuboStore
 
 __all__ = [
@@ -101,7 +102,7 @@ def _load_node_key(path: Path) -> KGCNodeKey:
 @dataclass
 class _Services:
     kgc: list[KgcNode]
-    proxy: ReencryptionProxy | None
+    proxies: dict[str, ReencryptionProxy]  # in-process proxies by ledger identity
 
 
 class Consortium:
@@ -121,7 +122,7 @@ class Consortium:
         self.ledger = ledger
         self.store = store
         self.kgc_nodes = services.kgc
-        self._proxy = services.proxy
+        self._proxies = services.proxies
         self.clock = clock
         self._closers = list(closers)
         self._labels = profile.labels()
@@ -129,17 +130,24 @@ class Consortium:
 
     @property
     def proxy(self) -> ReencryptionProxy:
-        """The in-process re-encryption proxy (refused when it runs as its own process)."""
-        if self._proxy is None:
+        """The first in-process re-encryption proxy (refused when it runs as its own process)."""
+        first = self.profile.proxies[0]
+        if not first.service.embedded:
             raise ConsortiumError(
-                f"the proxy of this profile runs as a process at {self.profile.proxy.address}"
+                f"the proxy of this profile runs as a process at {first.service.address}"
             )
-        return self._proxy
+        return next(iter(self._proxies.values()))
+
+    @property
+    def proxies(self) -> dict[str, ReencryptionProxy]:
+        """The in-process proxies by the ledger identity grants name them by (one per
+        hospital; none when they run as processes)."""
+        return dict(self._proxies)
 
     @property
     def remote_services(self) -> bool:
-        """True when any KGC node or the proxy is reached over gRPC (a separate process)."""
-        return not self.profile.proxy.embedded or any(
+        """True when any KGC node or proxy is reached over gRPC (a separate process)."""
+        return any(not p.service.embedded for p in self.profile.proxies) or any(
             not n.service.embedded for n in self.profile.kgc_nodes
         )
 
@@ -168,9 +176,10 @@ class Consortium:
     ) -> Consortium:
         """Create a consortium in an empty (or new) directory and run its DKG.
 
-        ``services="processes"`` writes a profile whose KGC nodes and proxy are gRPC services
-        on 127.0.0.1 (``ports``: the proxy's, then one per hospital; default
-        ``7060, 7061, …``) with TLS server certificates issued by their hospitals' CAs; start
+        Each hospital runs a KGC node and a re-encryption proxy. ``services="processes"`` writes
+        a profile whose KGC nodes and proxies are gRPC services on 127.0.0.1 (``ports``: one per
+        hospital's proxy, then one per hospital's KGC node; default ``7060, 7061, …``) with TLS
+        server certificates issued by their hospitals' CAs; start
         them with :class:`ehrshare.processes.ServiceProcesses` or the commands
         ``ehrshare consortium services`` prints. The DKG still runs here, before the profile
         is switched: each node's sealed share is in its state directory when its process starts.
@@ -184,11 +193,12 @@ class Consortium:
             port_list = (
                 list(ports)
                 if ports is not None
-                else [DEFAULT_BASE_PORT + i for i in range(len(hospitals) + 1)]
+                else [DEFAULT_BASE_PORT + i for i in range(2 * len(hospitals))]
             )
-            if len(port_list) != len(hospitals) + 1 or len(set(port_list)) != len(port_list):
+            if len(port_list) != 2 * len(hospitals) or len(set(port_list)) != len(port_list):
                 raise ConsortiumError(
-                    f"give {len(hospitals) + 1} distinct ports: the proxy's, then one per KGC node"
+                    f"give {2 * len(hospitals)} distinct ports: one per hospital's proxy, then one "
+                    "per hospital's KGC node"
                 )
             if any(not 0 < p < 65536 for p in port_list):
                 raise ConsortiumError(f"ports {port_list} must be between 1 and 65535")
@@ -255,6 +265,18 @@ class Consortium:
                     "wallet": f"wallets/kgc{i}",
                 }
             )
+        # One proxy per hospital; each is the enrolment "proxy" of its hospital's CA.
+        proxies_cfg = [
+            {
+                "name": _proxy_name(hospital),
+                "msp": _msp(hospital),
+                "id": f"{_msp(hospital)}/proxy",
+                "state": f"proxy/{hospital.lower()}",
+                "key": f"keys/{_proxy_name(hospital)}.key",
+                "wallet": f"wallets/{_proxy_name(hospital)}",
+            }
+            for hospital in hospitals
+        ]
         profile_data: dict[str, Any] = {
             "version": 1,
             "name": root.name,
@@ -267,7 +289,7 @@ class Consortium:
                 else {"backend": "kubo", "url": kubo_url}
             ),
             "kgc": {"threshold": threshold, "nodes": nodes_cfg},
-            "proxy": {"state": "proxy", "key": "keys/proxy.key", "wallet": "wallets/proxy"},
+            "proxies": proxies_cfg,
             "types": {"label_key": "labels.key", "default": "general"},
             "limits": {"max_record_bytes": 32 * 1024 * 1024},
             "wallets": "wallets",
@@ -283,8 +305,9 @@ class Consortium:
             for node in nodes_cfg:
                 write_key_file(root / node["key"], KGCNodeKey.generate().to_secret_bytes())
                 cls._issue(root, node["msp"], f"kgc{node['index']}", "kgc", root / node["wallet"])
-            write_key_file(root / "keys/proxy.key", X25519KeyPair.generate().to_secret_bytes())
-            cls._issue(root, _msp(hospitals[0]), "proxy", "proxy", root / "wallets/proxy")
+            for px in proxies_cfg:
+                write_key_file(root / px["key"], X25519KeyPair.generate().to_secret_bytes())
+                cls._issue(root, px["msp"], "proxy", "proxy", root / px["wallet"])
             # The org admin that opens the DKG session on chain (OpenDKGSession needs role admin).
             cls._issue(root, _msp(hospitals[0]), ADMIN_WALLET, "admin", root / "wallets/admin")
         finally:
@@ -302,7 +325,8 @@ class Consortium:
                 consortium._publish_org_ca(_msp(hospital))
             for kgc_node in consortium.kgc_nodes:
                 _register_service(consortium, f"kgc{kgc_node.index}")
-            _register_service(consortium, "proxy")
+            for px in proxies_cfg:
+                _register_service(consortium, px["name"])
             say(f"running the DKG among {len(hospitals)} KGC nodes (threshold {threshold})")
             with consortium.session(ADMIN_WALLET) as admin:
                 admin.register()
@@ -351,8 +375,7 @@ class Consortium:
             store, close_store = _open_store(prof)
             closers.append(close_store)
             services = _open_services(prof, ledger, clock)
-            if services.proxy is not None:
-                closers.append(services.proxy.close)
+            closers.extend(p.close for p in services.proxies.values())
         except BaseException:
             for c in closers:
                 c()
@@ -458,7 +481,7 @@ class Consortium:
     ) -> Session:
         gateway = ledger_connect(identity, signer, self.ledger, clock=self.clock)
         contract = gateway.get_network(self.profile.channel).get_contract(self.profile.chaincode)
-        kgc, proxy, channels = self._clients(identity, wallet)
+        kgc, proxies, channels = self._clients(identity, wallet)
         if channels:
 
             def close_all(then: Callable[[], None] | None = on_close) -> None:
@@ -474,7 +497,7 @@ class Consortium:
             contract=contract,
             store=self.store,
             kgc=kgc,
-            proxy=proxy,
+            proxies=proxies,
             labels=self._labels,
             mapping=self.profile.mapping,
             max_record_bytes=self.profile.max_record_bytes,
@@ -486,7 +509,7 @@ class Consortium:
 
     def _clients(
         self, identity: Identity, wallet: Wallet | None
-    ) -> tuple[list[KgcClient], ProxyClient, list[GrpcKgcClient | GrpcProxyClient]]:
+    ) -> tuple[list[KgcClient], list[ProxyRoute], list[GrpcKgcClient | GrpcProxyClient]]:
         """Service clients for one member: in-process cores, or gRPC channels over mutual TLS
         presenting the member's TLS client certificate (the services authorise by it)."""
         in_process = {n.index: n for n in self.kgc_nodes}
@@ -520,24 +543,28 @@ class Consortium:
                 )
                 channels.append(client)
                 kgc.append(client)
-            psvc = self.profile.proxy
-            proxy: ProxyClient
-            if self._proxy is not None:
-                proxy = InProcessProxyClient(self._proxy, caller=identity.ibe_id)
-            else:
-                assert psvc.address is not None
-                grpc_proxy = GrpcProxyClient(
-                    psvc.address,
-                    tls=client_tls(psvc.tls_ca),
-                    server_name=psvc.server_name,
-                )
-                channels.append(grpc_proxy)
-                proxy = grpc_proxy
+            routes: list[ProxyRoute] = []
+            for pcfg in self.profile.proxies:
+                psvc = pcfg.service
+                ibe_id = _proxy_ibe_id(pcfg)
+                proxy: ProxyClient
+                if psvc.embedded:
+                    proxy = InProcessProxyClient(self._proxies[ibe_id], caller=identity.ibe_id)
+                else:
+                    assert psvc.address is not None
+                    grpc_proxy = GrpcProxyClient(
+                        psvc.address,
+                        tls=client_tls(psvc.tls_ca),
+                        server_name=psvc.server_name,
+                    )
+                    channels.append(grpc_proxy)
+                    proxy = grpc_proxy
+                routes.append(ProxyRoute(ibe_id, pcfg.msp_id or ibe_id.split("/")[0], proxy))
         except BaseException:
             for c in channels:
                 c.close()
             raise
-        return kgc, proxy, channels
+        return kgc, routes, channels
 
 
 def _client_tls(identity: Identity, signer: Signer, tls_ca: Path | None) -> ClientTls:
@@ -580,10 +607,14 @@ def _switch_to_processes(root: Path, ports: Sequence[int]) -> None:
         | serve_entry(
             {k: n[k] for k in ("state", "key", "wallet")}, f"kgc{n['index']}", n["msp"], port
         )
-        for n, port in zip(nodes, ports[1:], strict=True)
+        for n, port in zip(nodes, ports[len(data["proxies"]) :], strict=True)
     ]
-    proxy_msp = nodes[0]["msp"]
-    data["proxy"] = {"msp": proxy_msp} | serve_entry(data["proxy"], "proxy", proxy_msp, ports[0])
+    proxies = data["proxies"]
+    data["proxies"] = [
+        {k: px[k] for k in ("name", "msp", "id")}
+        | serve_entry({k: px[k] for k in ("state", "key", "wallet")}, px["name"], px["msp"], port)
+        for px, port in zip(proxies, ports[: len(proxies)], strict=True)
+    ]
     atomic_write(
         path,
         (
@@ -634,19 +665,53 @@ def _open_services(profile: Profile, ledger: EmbeddedLedger, clock: Clock | None
                 rate_limit_per_minute=600,
             )
         )
-    psvc = profile.proxy
-    if not psvc.embedded:
-        return _Services(nodes, None)
-    assert psvc.state is not None and psvc.key_file is not None and psvc.wallet is not None
-    identity, signer = Wallet(psvc.wallet, use_env=False).load_identity()
-    gateway = ledger_connect(identity, signer, ledger, clock=clock)
-    contract = gateway.get_network(profile.channel).get_contract(profile.chaincode)
+    proxies: dict[str, ReencryptionProxy] = {}
     try:
-        pkey = X25519KeyPair.from_secret_bytes(read_key_file(psvc.key_file))
-    except (OSError, ValueError) as exc:
-        raise ProfileError(f"proxy: {exc}") from None
-    proxy = ReencryptionProxy(state_dir=psvc.state, contract=contract, key=pkey)
-    return _Services(nodes, proxy)
+        for pcfg in profile.proxies:
+            psvc = pcfg.service
+            if not psvc.embedded:
+                continue
+            assert psvc.state is not None and psvc.key_file is not None
+            assert psvc.wallet is not None
+            identity, signer = Wallet(psvc.wallet, use_env=False).load_identity()
+            if pcfg.ibe_id and pcfg.ibe_id != identity.ibe_id:
+                raise ProfileError(
+                    f"proxy {pcfg.name}: its wallet is {identity.ibe_id}, not {pcfg.ibe_id}"
+                )
+            gateway = ledger_connect(identity, signer, ledger, clock=clock)
+            contract = gateway.get_network(profile.channel).get_contract(profile.chaincode)
+            try:
+                pkey = X25519KeyPair.from_secret_bytes(read_key_file(psvc.key_file))
+            except (OSError, ValueError) as exc:
+                raise ProfileError(f"proxy {pcfg.name}: {exc}") from None
+            proxies[identity.ibe_id] = ReencryptionProxy(
+                state_dir=psvc.state,
+                contract=contract,
+                key=pkey,
+                ibe_id=identity.ibe_id,
+                name=pcfg.name,
+            )
+    except BaseException:
+        for p in proxies.values():
+            p.close()
+        raise
+    return _Services(nodes, proxies)
+
+
+def _proxy_name(hospital: str) -> str:
+    return f"proxy-{hospital.lower()}"
+
+
+def _proxy_ibe_id(cfg: ProxyConfig) -> str:
+    """The ledger identity grants name a proxy by: the profile's ``id``, else its wallet's."""
+    if cfg.ibe_id:
+        return cfg.ibe_id
+    if cfg.service.wallet is not None:
+        identity, _ = Wallet(cfg.service.wallet, use_env=False).load_identity()
+        return identity.ibe_id
+    raise ProfileError(
+        f"proxy {cfg.name}: give its ledger identity as id (<msp id>/<enrollment id>)"
+    )
 
 
 def connect(

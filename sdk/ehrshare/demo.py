@@ -1,9 +1,11 @@
 """The end-to-end story, as a library function the CLI, the tests and the docs share.
 
 :func:`run_demo` sets up a three-hospital consortium on the embedded backend (or with Kubo
-storage), with the KGC nodes and the proxy in-process or — ``services="processes"`` — as real
-``ehrshare kgc serve`` / ``ehrshare proxy serve`` processes over gRPC and mutual TLS (then one
-KGC node is killed after the first enrolments and the proxy is restarted mid-story). It runs the
+storage), each hospital with a KGC node and a re-encryption proxy, in-process or —
+``services="processes"`` — as real ``ehrshare kgc serve`` / ``ehrshare proxy serve`` processes
+over gRPC and mutual TLS (then one KGC node is killed after the first enrolments and hospital B's
+proxy is restarted mid-story). Alice's grant to Dr Baker puts its re-key at hospital B's proxy,
+Dr Baker's referral to Dr Chen at hospital C's; Dr Chen's read visits both in order. It runs the
 DKG, enrols a patient, two clinicians and a specialist, and walks the paper's flows: store three
 FHIR records, grant "lab" with two hops, read, refer, read at the second hop, type isolation
 (imaging stays unreadable), revoke, a denied and logged request, the audit trail and its
@@ -234,12 +236,12 @@ def run_demo(
                 kubo_url=kubo_url,
                 threshold=2,
                 services=services,
-                ports=free_loopback_ports(4) if processes else None,
+                ports=free_loopback_ports(6) if processes else None,
             )
             dkg = consortium.dkg_result()
             s.lines.append(
-                "HospitalA, HospitalB, HospitalC: one CA, one KGC node each; embedded ledger, "
-                f"{storage} content store"
+                "HospitalA, HospitalB, HospitalC: one CA, one KGC node and one re-encryption "
+                f"proxy each; embedded ledger, {storage} content store"
             )
             s.lines.append(
                 f"DKG finished: threshold 2 of 3, QUAL = {', '.join(dkg['qual'])}; "
@@ -247,7 +249,7 @@ def run_demo(
             )
         c = consortium
         if processes:
-            with story.step("The KGC nodes and the proxy start as separate processes") as s:
+            with story.step("The KGC nodes and the proxies start as separate processes") as s:
                 procs = ServiceProcesses(c.profile, root / "run", die_with_parent=True)
                 procs.start()
                 for name, pid in procs.pids.items():
@@ -300,31 +302,40 @@ def run_demo(
         with story.step("Alice grants 'lab' to Dr Baker (hospital B), 2 hops, 30 days") as s:
             grant = alice.grant(baker.ibe_id, "lab", expires=_dt.timedelta(days=30), max_hops=2)
             s.lines.append(
-                f"grant {grant.grant_id[:14]}… committed; re-key sealed to the proxy "
-                "(never on chain)"
+                f"grant {grant.grant_id[:14]}… committed, naming {grant.proxy}; re-key sealed "
+                "to hospital B's proxy (never on chain)"
             )
+            story.check("grant_at_b_proxy", grant.proxy == "HospitalBMSP/proxy", s)
         with story.step("Dr Baker reads the lab result (hop 1)") as s:
             obs = baker.read_record(lab)
             value = obs.valueQuantity.value  # type: ignore[attr-defined]
             s.lines.append(f"decrypted Observation: haemoglobin {value} g/dL")
             story.check("hop1_read_lab", float(value) == 13.2, s)
         if procs is not None:
-            with story.step("The proxy process restarts (SIGTERM, then started again)") as s:
-                old = procs.pids["proxy"]
-                code = procs.stop("proxy")
-                procs.start("proxy")
+            with story.step("Hospital B's proxy process restarts (SIGTERM, then again)") as s:
+                old = procs.pids["proxy-hospitalb"]
+                code = procs.stop("proxy-hospitalb")
+                procs.start("proxy-hospitalb")
                 s.lines.append(
-                    f"proxy pid {old} stopped (exit {code}); pid {procs.pids['proxy']} serves "
-                    "the same sealed re-keys from its state directory"
+                    f"proxy-hospitalb pid {old} stopped (exit {code}); pid "
+                    f"{procs.pids['proxy-hospitalb']} serves the same sealed re-keys from its "
+                    "state directory"
                 )
                 story.check("proxy_clean_stop", code == 0, s)
         with story.step("Dr Baker refers the case to Dr Chen (hospital C)") as s:
             fwd = baker.forward(lab, chen.ibe_id, max_hops=0)
-            s.lines.append(f"forwarded grant {fwd.grant_id[:14]}… (hop {fwd.hop}, no further hops)")
+            s.lines.append(
+                f"forwarded grant {fwd.grant_id[:14]}… (hop {fwd.hop}, no further hops); re-key "
+                f"at hospital C's proxy ({fwd.proxy})"
+            )
+            story.check("forward_at_c_proxy", fwd.proxy == "HospitalCMSP/proxy", s)
         with story.step("Dr Chen reads the lab result (hop 2)") as s:
             obs2 = chen.read_record(lab)
             value2 = obs2.valueQuantity.value  # type: ignore[attr-defined]
-            s.lines.append(f"decrypted through two re-encryptions: haemoglobin {value2} g/dL")
+            s.lines.append(
+                "decrypted through two re-encryptions (hospital B's proxy, then hospital C's): "
+                f"haemoglobin {value2} g/dL"
+            )
             story.check("hop2_read_lab", float(value2) == 13.2, s)
         with story.step("The imaging study stays unreadable to Dr Baker") as s:
             try:
@@ -335,7 +346,11 @@ def run_demo(
                 story.check("imaging_denied", True, s)
         with story.step("Alice revokes Dr Baker's grant") as s:
             alice.revoke(grant)
-            s.lines.append("grant revoked on chain; the proxy deleted its re-keys (and Chen's)")
+            s.lines.append(
+                "grant revoked on chain; every hospital's proxy is told to delete the re-keys it "
+                "holds of it and of grants forwarded from it (B's: Alice's, C's: Dr Baker's "
+                "referral)"
+            )
         with story.step("Dr Baker's next request is denied and logged") as s:
             try:
                 baker.read_record(lab)

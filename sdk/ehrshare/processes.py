@@ -14,7 +14,6 @@ never signal a process it did not start.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -43,10 +42,18 @@ _log = logging.getLogger(__name__)
 DEFAULT_EXECUTABLE: Final = (sys.executable, "-m", "ehrshare")
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+# Sets PR_SET_PDEATHSIG in a small launcher that then execs the service (the pid stays the
+# same), instead of in a preexec_fn: a preexec_fn forces a plain fork(), whose pthread_atfork
+# handlers restart gRPC's poller in the child before exec, and with the parent's gRPC channels
+# open that child can abort on a closed epoll fd (grpc/grpc#43055) — seen when a proxy is
+# restarted while sessions hold channels to every proxy. Without preexec_fn CPython uses vfork.
+_PDEATHSIG_LAUNCHER: Final = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)\n"
+    "if os.getppid() != int(sys.argv[1]):\n"
+    "    sys.exit(70)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
 
 
 class ServiceProcessError(RuntimeError):
@@ -70,7 +77,8 @@ def free_loopback_ports(count: int) -> list[int]:
 
 @dataclass(frozen=True, slots=True)
 class ServiceCommand:
-    """One service process: its name (``kgc1`` … ``proxy``), address and arguments."""
+    """One service process: its name (``kgc1`` …, ``proxy-hospitala`` …), address and
+    arguments."""
 
     name: str
     address: str
@@ -117,7 +125,8 @@ def _common(profile: Profile, svc: ServiceConfig, what: str) -> tuple[list[str],
 
 
 def service_commands(profile: Profile) -> list[ServiceCommand]:
-    """The serve commands of every remote KGC node, then the proxy."""
+    """The serve commands of every remote KGC node, then every remote proxy (one per
+    hospital; named as in the profile, ``proxy`` for a single-``proxy:`` profile)."""
     out = []
     for node in profile.kgc_nodes:
         if node.service.embedded:
@@ -128,11 +137,13 @@ def service_commands(profile: Profile) -> list[ServiceCommand]:
         head = ["kgc", "serve", "--index", str(node.index)]
         head += ["--node-key-file", str(node.service.key_file)]
         out.append(ServiceCommand(f"kgc{node.index}", address, tuple(head + args), state))
-    if not profile.proxy.embedded:
-        args, state, address = _common(profile, profile.proxy, "the proxy")
-        assert profile.proxy.key_file is not None
-        head = ["proxy", "serve", "--key-file", str(profile.proxy.key_file), "--name", "proxy"]
-        out.append(ServiceCommand("proxy", address, tuple(head + args), state))
+    for px in profile.proxies:
+        if px.service.embedded:
+            continue
+        args, state, address = _common(profile, px.service, f"proxy {px.name}")
+        assert px.service.key_file is not None
+        head = ["proxy", "serve", "--key-file", str(px.service.key_file), "--name", px.name]
+        out.append(ServiceCommand(px.name, address, tuple(head + args), state))
     return out
 
 
@@ -186,13 +197,14 @@ class ServiceProcesses:
             port_file.unlink(missing_ok=True)
             ports[name] = port_file
             argv = [*self.commands[name].argv(self.executable), "--port-file", str(port_file)]
+            if self.die_with_parent:
+                argv = [sys.executable, "-c", _PDEATHSIG_LAUNCHER, str(os.getpid()), *argv]
             with (self.run_dir / f"{name}.stderr").open("ab") as err:
                 proc = subprocess.Popen(  # noqa: S603 - our own CLI, arguments from the profile
                     argv,
                     stdin=subprocess.DEVNULL,
                     stdout=subprocess.DEVNULL,
                     stderr=err,
-                    preexec_fn=_set_pdeathsig if self.die_with_parent else None,
                 )
             self._procs[name] = proc
             self.started_pids.append(proc.pid)

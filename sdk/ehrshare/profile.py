@@ -10,7 +10,12 @@ with :class:`BackendUnavailable` — no Fabric peer can be built on this machine
 client (:mod:`ehrshare.ledger.fabric`) has never run against one and is not offered to users.
 ``storage.backend`` is ``embedded`` or ``kubo`` (a real Kubo RPC URL), independent of the ledger.
 
-Services: each KGC node and the proxy is either *in-process* (``state``, ``key``, ``wallet``: the
+Proxies: one re-encryption proxy per hospital, listed under ``proxies:`` (each with a ``name``,
+its hospital's ``msp`` and optionally ``id``, the ledger identity grants name it by; without
+``id`` it is read from the proxy's wallet). The older single ``proxy:`` section still works: a
+consortium with one proxy. A session grants through the proxy of the grantee's hospital.
+
+Services: each KGC node and each proxy is either *in-process* (``state``, ``key``, ``wallet``: the
 connecting process runs it) or *remote* (``address: host:port`` plus ``tls_ca``, the PEM file of
 the CA certificates that issued its TLS server certificate, and optionally ``server_name``): the
 session then dials it over gRPC with mutual TLS, presenting the wallet's certificate. A remote
@@ -51,6 +56,7 @@ __all__ = [
     "KgcNodeConfig",
     "Profile",
     "ProfileError",
+    "ProxyConfig",
     "ServiceConfig",
     "Wallet",
     "WalletError",
@@ -117,6 +123,18 @@ class KgcNodeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    """One hospital's re-encryption proxy: ``name`` (process and log name), the ``msp_id`` of
+    its hospital, ``ibe_id`` (the ledger identity grants name it by; empty: read it from the
+    wallet) and where it runs."""
+
+    name: str
+    service: ServiceConfig
+    msp_id: str = ""
+    ibe_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     """A parsed profile; build it with :meth:`load` (or :meth:`from_dict` in tests)."""
 
@@ -134,13 +152,18 @@ class Profile:
     # check partial keys against the keys snapshotted in the chain's final DKG result.
     kgc_roster: Path
     kgc_nodes: tuple[KgcNodeConfig, ...]
-    proxy: ServiceConfig
+    proxies: tuple[ProxyConfig, ...]
     label_key_file: Path
     mapping: TypeMapping
     max_record_bytes: int
     wallets: Path
     ca_files: tuple[Path, ...] = ()
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def proxy(self) -> ServiceConfig:
+        """The first proxy's service (the only one of a single-``proxy:`` profile)."""
+        return self.proxies[0].service
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Profile:
@@ -280,7 +303,7 @@ class Profile:
             kgc_threshold=threshold,
             kgc_roster=rel(kgc.get("roster", "kgc/roster.json"), "kgc.roster"),
             kgc_nodes=tuple(sorted(nodes, key=lambda n: n.index)),
-            proxy=_service(section("proxy"), "proxy", rel, fail),
+            proxies=_proxies(data, section, rel, fail),
             label_key_file=rel(types.get("label_key", "labels.key"), "types.label_key"),
             mapping=mapping,
             max_record_bytes=max_bytes,
@@ -310,6 +333,46 @@ class Profile:
         if candidate.is_absolute() or os.sep in name:
             return Wallet(candidate)
         return Wallet(self.wallets / name)
+
+
+def _proxies(data: Mapping[str, Any], section: Any, rel: Any, fail: Any) -> tuple[ProxyConfig, ...]:
+    if "proxies" not in data:
+        single = section("proxy")
+        return (_proxy(single, "proxy", "proxy", rel, fail),)
+    if "proxy" in data:
+        raise fail("proxies", "and proxy are both given; list every proxy under proxies")
+    raw = data["proxies"]
+    if not isinstance(raw, list) or not raw:
+        raise fail("proxies", "must list at least one proxy")
+    out = []
+    for i, entry in enumerate(raw):
+        if not isinstance(entry, Mapping):
+            raise fail(f"proxies[{i}]", "must be a mapping")
+        name = entry.get("name")
+        if not isinstance(name, str) or not name:
+            raise fail(f"proxies[{i}].name", "must be a non-empty string")
+        out.append(_proxy(entry, f"proxies[{i}]", name, rel, fail))
+    names = [p.name for p in out]
+    ids = [p.ibe_id for p in out if p.ibe_id]
+    if len(set(names)) != len(names) or len(set(ids)) != len(ids):
+        raise fail("proxies", f"names {names} and ids {ids} must be distinct")
+    return tuple(out)
+
+
+def _proxy(entry: Mapping[str, Any], key: str, name: str, rel: Any, fail: Any) -> ProxyConfig:
+    for opt in ("msp", "id"):
+        value = entry.get(opt, "")
+        if not isinstance(value, str):
+            raise fail(f"{key}.{opt}", "must be a string")
+    ibe_id = str(entry.get("id", ""))
+    if ibe_id and ibe_id.count("/") != 1:
+        raise fail(f"{key}.id", f"{ibe_id!r} is not of the form <msp id>/<enrollment id>")
+    return ProxyConfig(
+        name=name,
+        service=_service(entry, key, rel, fail),
+        msp_id=str(entry.get("msp", "")),
+        ibe_id=ibe_id,
+    )
 
 
 def _service(value: Mapping[str, Any], key: str, rel: Any, fail: Any) -> ServiceConfig:

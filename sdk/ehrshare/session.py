@@ -14,6 +14,11 @@ grant is submitted only after the proxy answered with its key (a proxy that is d
 nothing), is committed before its re-key goes to the proxy, and a re-key the proxy then refuses
 revokes the grant again, so no grant stays active on chain without a way to use it.
 
+Proxies: one per hospital (:class:`ProxyRoute`). A grant names on chain the proxy that holds its
+re-key — by default the proxy of the grantee's hospital (its MSP as registered on chain), else
+the first proxy of the profile; ``proxy=`` overrides. A read under a forwarded grant visits the
+proxies of the grant chain in order, each applying its own hops.
+
 This module must not log record contents, keys, re-keys or capsules, and must not put them in
 exception messages. It talks to the ledger only through :mod:`ehrshare.ledger.api` and to the
 KGC nodes and the proxy only through the :class:`KgcClient` / :class:`ProxyClient` protocols.
@@ -65,6 +70,7 @@ __all__ = [
     "NotEnrolledError",
     "ProxyClient",
     "ProxyError",
+    "ProxyRoute",
     "RecordRef",
     "RecordStorageError",
     "RecordTooLarge",
@@ -175,6 +181,16 @@ class ProxyClient(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class ProxyRoute:
+    """One proxy a session can reach: the ledger identity grants name it by, its hospital's MSP
+    id, and the client to call it with."""
+
+    ibe_id: str
+    msp_id: str
+    client: ProxyClient
+
+
 # --- values ----------------------------------------------------------------------------------
 
 
@@ -231,6 +247,7 @@ class Grant:
     hop: int
     parent_grant_id: str
     state: str
+    proxy: str = ""
 
     @classmethod
     def from_chain(cls, data: dict[str, Any], labels: TypeLabels) -> Grant:
@@ -247,6 +264,7 @@ class Grant:
             hop=int(data["hop"]),
             parent_grant_id=data["parent_grant_id"],
             state=data["state"],
+            proxy=str(data.get("proxy", "")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -322,7 +340,7 @@ class Session:
         contract: Contract,
         store: BlobStore,
         kgc: Sequence[KgcClient],
-        proxy: ProxyClient,
+        proxies: Sequence[ProxyRoute],
         labels: TypeLabels,
         mapping: TypeMapping,
         max_record_bytes: int,
@@ -336,7 +354,9 @@ class Session:
         self.contract = contract
         self.store = store
         self.kgc = tuple(kgc)
-        self.proxy = proxy
+        if not proxies:
+            raise ValueError("a session needs at least one proxy")
+        self.proxies = tuple(proxies)
         self.labels = labels
         self.mapping = mapping
         self.max_record_bytes = max_record_bytes
@@ -353,6 +373,39 @@ class Session:
 
     def __repr__(self) -> str:
         return f"Session(ibe_id={self.ibe_id!r}, enrolled={self._sk is not None})"
+
+    @property
+    def proxy(self) -> ProxyClient:
+        """The first proxy's client (the only one of a single-proxy profile)."""
+        return self.proxies[0].client
+
+    @proxy.setter
+    def proxy(self, client: ProxyClient) -> None:
+        # Reaches every proxy through one client (tests stand a failing proxy in this way).
+        self.proxies = tuple(ProxyRoute(r.ibe_id, r.msp_id, client) for r in self.proxies)
+
+    def _route(self, ibe_id: str) -> ProxyRoute:
+        for route in self.proxies:
+            if route.ibe_id == ibe_id:
+                return route
+        raise ProxyError(
+            f"proxy {ibe_id} is not in this profile (it lists "
+            + ", ".join(r.ibe_id for r in self.proxies)
+            + ")"
+        )
+
+    def _route_for(self, grantee: str, proxy: str | None) -> ProxyRoute:
+        """The proxy a grant to ``grantee`` names: ``proxy``, else the one of the grantee's
+        hospital (its MSP as registered on chain), else the profile's first."""
+        if proxy is not None:
+            return self._route(proxy)
+        if len(self.proxies) == 1:
+            return self.proxies[0]
+        msp = self._evaluate("GetIdentity", grantee)["msp_id"]
+        for route in self.proxies:
+            if route.msp_id == msp:
+                return route
+        return self.proxies[0]
 
     # --- plumbing ----------------------------------------------------------------------------
 
@@ -607,41 +660,34 @@ class Session:
             if not bookmark or not page[key]:
                 return
 
-    def read_record(self, ref: RecordRef | str, *, timeout: float = 30.0) -> FHIRAbstractModel:
+    def read_record(
+        self,
+        ref: RecordRef | str,
+        *,
+        grant: Grant | str | None = None,
+        timeout: float = 30.0,
+    ) -> FHIRAbstractModel:
         """Read and decrypt a record you own or were granted.
 
         Submits RequestAccess (logged either way); only after an allow decision has committed
-        does the proxy re-encrypt the capsule. Raises :class:`AccessDenied` on a denial.
+        do the proxies of the grant chain re-encrypt the capsule, in chain order. ``grant``
+        names the grant to read under when you hold several (their re-keys may sit at
+        different proxies). Raises :class:`AccessDenied` on a denial.
         """
         del timeout  # reserved for the gRPC proxy client
         record_id = ref.record_id if isinstance(ref, RecordRef) else ref
+        grant_id = "" if grant is None else grant.grant_id if isinstance(grant, Grant) else grant
         # No per-record serialisation: each RequestAccess commits its own approval, keyed by
         # its access id, so concurrent reads of one record do not supersede each other.
         sk = self._secret_key()
-        access = self._submit("RequestAccess", record_id)
+        access = self._submit("RequestAccess", record_id, grant_id)
         if access["decision"] != "allow":
             raise AccessDenied(record_id, self._humanise(access["reason"]), access["access_id"])
         record = self._evaluate("GetRecord", record_id, str(access["record_version"]))
         owner, label = record["owner"], record["type"]
-        if access["grant_id"] == "owner":
-            capsule = base64.b64decode(record["capsule"])
-        else:
-            try:
-                # The capsule is sent along for proxies that may not read record pointers; a
-                # proxy that can read them refuses a capsule that is not the record's own.
-                capsule = self.proxy.reencrypt(
-                    record_id=record_id,
-                    requester=self.ibe_id,
-                    approval_id=access["access_id"],
-                    grant_id=access["grant_id"],
-                    capsule=base64.b64decode(record["capsule"]),
-                )
-            except SdkError:
-                raise
-            except Exception as exc:
-                raise ProxyError(
-                    f"the re-encryption proxy could not serve record {record_id}: {exc}"
-                ) from None
+        capsule = base64.b64decode(record["capsule"])
+        if access["grant_id"] != "owner":
+            capsule = self._reencrypt_along(access, capsule)
         try:
             sealed = get_verified(self.store, record["cid"], record["sha256"])
         except StorageError as exc:
@@ -662,6 +708,37 @@ class Session:
         except FhirValidationError as exc:
             raise SdkError(f"record {record_id} decrypted to invalid FHIR: {exc}") from None
 
+    def _reencrypt_along(self, access: dict[str, Any], capsule: bytes) -> bytes:
+        """Visit each run of consecutive hops' proxy in chain order with the capsule so far."""
+        record_id = access["record_id"]
+        hops = [str(h["proxy"]) for h in access.get("chain", [])]
+        runs = [p for i, p in enumerate(hops) if i == 0 or hops[i - 1] != p]
+        if "" in runs:
+            raise ProxyError(
+                f"a grant in the chain of access {access['access_id']} names no proxy; no proxy "
+                f"can re-encrypt record {record_id} for you"
+            )
+        for proxy in runs:
+            route = self._route(proxy)
+            try:
+                # The capsule is sent along for proxies that may not read record pointers; a
+                # proxy that can read them refuses a capsule that is not the record's own, and a
+                # later hop's proxy refuses one the previous proxy did not report on chain.
+                capsule = route.client.reencrypt(
+                    record_id=record_id,
+                    requester=self.ibe_id,
+                    approval_id=access["access_id"],
+                    grant_id=access["grant_id"],
+                    capsule=capsule,
+                )
+            except SdkError:
+                raise
+            except Exception as exc:
+                raise ProxyError(
+                    f"the re-encryption proxy could not serve record {record_id} ({proxy}): {exc}"
+                ) from None
+        return capsule
+
     # --- grants ------------------------------------------------------------------------------
 
     def _expiry(self, expires: Expiry) -> int:
@@ -675,15 +752,15 @@ class Session:
             return expires
         raise TypeError("expires must be a datetime, a timedelta or unix seconds")
 
-    def _proxy_key(self) -> bytes:
+    def _proxy_key(self, route: ProxyRoute) -> bytes:
         # Asked before the grant is submitted: a proxy that is down fails the call while
         # nothing is on chain yet.
         try:
-            return self.proxy.public_key()
+            return route.client.public_key()
         except Exception as exc:
             raise ProxyError(
-                f"the re-encryption proxy is not reachable ({exc}); nothing was granted — "
-                "retry when it is up"
+                f"the re-encryption proxy {route.ibe_id} is not reachable ({exc}); nothing was "
+                "granted — retry when it is up"
             ) from None
 
     def _deliver_rekey(
@@ -691,13 +768,14 @@ class Session:
         grant: dict[str, Any],
         delegating: tipre.TypeSecretKey,
         receiving: tipre.VerifiedTypePublicKey,
+        route: ProxyRoute,
         proxy_key: bytes,
     ) -> None:
         rekey = tipre.generate_rekey(delegating, receiving)
         try:
             sealed = seal_rekey(proxy_key, grant["grant_id"], rekey)
             del rekey
-            self.proxy.store_rekey(grant["grant_id"], sealed)
+            route.client.store_rekey(grant["grant_id"], sealed)
         except Exception as exc:
             # A grant the proxy cannot serve must not stay active on chain.
             self._submit("RevokeAccess", grant["grant_id"])
@@ -714,13 +792,16 @@ class Session:
         expires: Expiry,
         max_hops: int = 0,
         allowed_next: Sequence[str] = (),
+        proxy: str | None = None,
     ) -> Grant:
         """Let ``grantee`` read your records of ``type`` until ``expires``; ``max_hops`` is how
-        many further referrals (forwards) the grantee may make."""
+        many further referrals (forwards) the grantee may make. The re-key goes to ``proxy``
+        (a proxy identity of the profile), by default the proxy of the grantee's hospital."""
         sk = self._secret_key()
         label = self._label(type)
         receiving = self._type_key(grantee, label)  # fail before anything is committed
-        proxy_key = self._proxy_key()
+        route = self._route_for(grantee, proxy)
+        proxy_key = self._proxy_key(route)
         grant = self._submit(
             "GrantAccess",
             label,
@@ -729,8 +810,9 @@ class Session:
             str(max_hops),
             json.dumps(sorted(allowed_next)) if allowed_next else "",
             "",
+            route.ibe_id,
         )
-        self._deliver_rekey(grant, sk.type_secret(label), receiving, proxy_key)
+        self._deliver_rekey(grant, sk.type_secret(label), receiving, route, proxy_key)
         return Grant.from_chain(grant, self.labels)
 
     def forward(
@@ -741,13 +823,16 @@ class Session:
         expires: Expiry | None = None,
         max_hops: int = 0,
         allowed_next: Sequence[str] = (),
+        proxy: str | None = None,
     ) -> Grant:
         """Refer what you were granted to ``to`` (one hop further). Give the grant you hold, or
-        a record it covers. ``expires`` defaults to the parent grant's expiry."""
+        a record it covers. ``expires`` defaults to the parent grant's expiry. The re-key goes
+        to ``proxy``, by default the proxy of ``to``'s hospital."""
         sk = self._secret_key()
         parent = self._parent_grant(ref_or_grant)
         receiving = self._type_key(to, parent.label)
-        proxy_key = self._proxy_key()
+        route = self._route_for(to, proxy)
+        proxy_key = self._proxy_key(route)
         expiry = parent.expiry if expires is None else self._expiry(expires)
         grant = self._submit(
             "GrantAccess",
@@ -757,8 +842,9 @@ class Session:
             str(max_hops),
             json.dumps(sorted(allowed_next)) if allowed_next else "",
             parent.grant_id,
+            route.ibe_id,
         )
-        self._deliver_rekey(grant, sk.type_secret(parent.label), receiving, proxy_key)
+        self._deliver_rekey(grant, sk.type_secret(parent.label), receiving, route, proxy_key)
         return Grant.from_chain(grant, self.labels)
 
     def _parent_grant(self, ref_or_grant: RecordRef | Grant | str) -> Grant:
@@ -794,14 +880,18 @@ class Session:
 
     def revoke(self, grant: Grant | str) -> Grant:
         """Revoke a grant (forward-only: what was read stays read). Later requests are denied
-        by the chaincode; the proxy deletes the re-key (a proxy that is down only delays that —
-        the chain already refuses)."""
+        by the chaincode; every proxy of the profile is told and deletes the re-keys it holds
+        of the grant and of grants forwarded from it (a proxy that is down only delays that —
+        the chain already refuses, and a served proxy also follows the revocation events)."""
         grant_id = grant.grant_id if isinstance(grant, Grant) else grant
         revoked = self._submit("RevokeAccess", grant_id)
-        try:
-            self.proxy.revoke(grant_id)
-        except Exception as exc:
-            _log.warning("proxy did not delete the re-key of %s yet: %s", grant_id, exc)
+        for route in self.proxies:
+            try:
+                route.client.revoke(grant_id)
+            except Exception as exc:
+                _log.warning(
+                    "proxy %s did not delete the re-keys of %s yet: %s", route.ibe_id, grant_id, exc
+                )
         return Grant.from_chain(revoked, self.labels)
 
     # --- audit -------------------------------------------------------------------------------

@@ -36,6 +36,9 @@ def dkg_bundle(phase: str, nonce: str, sender: int, body: bytes = b"\x03" * 100)
     return base64.b64encode(raw + body).decode()
 
 
+PROXY = "Org1MSP/pete"
+
+
 @dataclass
 class World:
     sandbox: Sandbox
@@ -77,7 +80,7 @@ def build_world(directory: Path) -> World:
         ("revoked_grantee", FAR),
         ("expired_grantee", str(T0 + 100)),
     ):
-        g = alice.submit("GrantAccess", "lab", m[role].ibe_id, expiry, "1")
+        g = alice.submit("GrantAccess", "lab", m[role].ibe_id, expiry, "1", "", "", PROXY)
         grants[role] = g["grant_id"]
     alice.submit("RevokeAccess", grants["revoked_grantee"])
     access = m["grantee"].submit("RequestAccess", "r-1")

@@ -12,6 +12,8 @@ from ehrshare.demo import DemoStep, run_demo
 from ehrshare.network.kubo import KuboDaemon
 
 STORY_CHECKS = {
+    "grant_at_b_proxy",
+    "forward_at_c_proxy",
     "hop1_read_lab",
     "hop2_read_lab",
     "imaging_denied",
@@ -32,7 +34,14 @@ def test_demo_story_holds_on_the_embedded_backend() -> None:
     assert [s.number for s in seen] == list(range(1, 14))
     assert all(s.ok for s in seen)
     actions = [e["action"] for e in result.audit]
-    assert actions.count("ReportReencryption") == 2  # hop 1 and hop 2 reads
+    # Hop 1 read: B's proxy; hop 2 read: B's proxy, then C's proxy.
+    assert actions.count("ReportReencryption") == 3
+    reports = [e["detail"] for e in result.audit if e["action"] == "ReportReencryption"]
+    assert [(r["proxy"], r["applied"]) for r in reports] == [
+        ("HospitalBMSP/proxy", 1),
+        ("HospitalBMSP/proxy", 1),
+        ("HospitalCMSP/proxy", 2),
+    ]
     assert actions.count("RevokeAccess") == 1
     assert [e["outcome"] for e in result.audit if e["action"] == "AccessDecision"] == [
         "allow",

@@ -50,8 +50,9 @@ def test_operations_setup_and_service_commands_match(
     shown_kgc = shlex.split(shown[1])
     assert shown_kgc[:4] == real_lines[0][:4] == ["ehrshare", "kgc", "serve", "--index"]
     assert _flags(shown_kgc) == _flags(real_lines[0])
-    # The ports the doc chose are the ones the profile got.
-    assert "127.0.0.1:7061" in real_lines[0] and "127.0.0.1:7060" in real_lines[-1]
+    # The ports the doc chose are the ones the profile got (proxies first, then KGC nodes).
+    assert "127.0.0.1:7063" in real_lines[0] and "127.0.0.1:7062" in real_lines[-1]
+    assert real_lines[-1][real_lines[-1].index("--name") + 1] == "proxy-hospitalc"
     shown_proxy = shlex.split(shown[-1].replace("…", ""))
     flags = _flags(shown_proxy)  # the doc abbreviates the tail with "…"
     assert len(flags) >= 4 and flags == _flags(real_lines[-1])[: len(flags)]

@@ -1,8 +1,9 @@
-"""The story through a remote-services profile: 3 ``ehrshare kgc serve`` and 1 ``ehrshare proxy
-serve`` processes on 127.0.0.1, reached by ``connect(profile, wallet)`` over gRPC and mutual TLS.
+"""The story through a remote-services profile: 3 ``ehrshare kgc serve`` and 3 ``ehrshare proxy
+serve`` processes (one per hospital) on 127.0.0.1, reached by ``connect(profile, wallet)`` over
+gRPC and mutual TLS.
 
-One KGC node is killed (SIGKILL) mid-way and the proxy is restarted mid-flow; the fixture's
-finaliser stops every process by pid and fails if one is left.
+One KGC node is killed (SIGKILL) mid-way and hospital B's proxy is restarted mid-flow; the
+fixture's finaliser stops every process by pid and fails if one is left.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class Deployment:
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[Deployment]:
     root = tmp_path / "consortium"
-    c = Consortium.init(root, services="processes", ports=free_loopback_ports(4))
+    c = Consortium.init(root, services="processes", ports=free_loopback_ports(6))
     for name, (hospital, role) in PEOPLE.items():
         c.add_member(name, hospital, role)
     c.close()
@@ -83,7 +84,7 @@ def test_profile_points_at_processes_not_in_process_services(deployment: Deploym
         assert not svc.key_file.resolve().is_relative_to(svc.state.resolve())
         assert svc.tls_key.stat().st_mode & 0o777 == 0o600
     addresses = {c.address for c in deployment.procs.commands.values()}
-    assert all(a.startswith("127.0.0.1:") for a in addresses) and len(addresses) == 4
+    assert all(a.startswith("127.0.0.1:") for a in addresses) and len(addresses) == 6
 
 
 def test_story_over_grpc_with_a_node_killed_and_the_proxy_restarted(
@@ -112,13 +113,14 @@ def test_story_over_grpc_with_a_node_killed_and_the_proxy_restarted(
         grant = alice.grant(baker.ibe_id, "lab", expires=dt.timedelta(days=30), max_hops=2)
         assert baker.read_record(ref).valueQuantity.value == Decimal("13.2")  # type: ignore[attr-defined]
 
-        # The proxy restarts between the first read and the referral: its sealed re-keys and
-        # consumed approvals survive in its state directory.
-        old_pid = procs.pids["proxy"]
-        assert procs.stop("proxy") == 0
+        # Hospital B's proxy (it holds Alice's grant to Baker) restarts between the first read
+        # and the referral: its sealed re-keys and consumed approvals survive in its state
+        # directory.
+        old_pid = procs.pids["proxy-hospitalb"]
+        assert procs.stop("proxy-hospitalb") == 0
         assert not _alive(old_pid)
-        procs.start("proxy")
-        assert procs.pids["proxy"] != old_pid
+        procs.start("proxy-hospitalb")
+        assert procs.pids["proxy-hospitalb"] != old_pid
 
         forwarded = baker.forward(ref, chen.ibe_id)
         assert forwarded.hop == 1
@@ -133,8 +135,9 @@ def test_story_over_grpc_with_a_node_killed_and_the_proxy_restarted(
         verdict = alice.verify_audit()
         assert verdict.valid, verdict.reason
         actions = [e["action"] for e in alice.audit().entries]
-        # Three re-encryptions were reported by the proxy process (before and after its restart).
-        assert actions.count("ReportReencryption") == 3
+        # Reports: Baker's reads by B's proxy (before and after its restart), Chen's by B's
+        # proxy then C's.
+        assert actions.count("ReportReencryption") == 4
         assert actions.count("AccessDecision") == 5
     finally:
         for session in s.values():
@@ -144,7 +147,8 @@ def test_story_over_grpc_with_a_node_killed_and_the_proxy_restarted(
     procs.stop_all()
     root = deployment.root
     assert "extraction node=2" in (root / "kgc" / "node2" / "kgc.log").read_text()
-    assert (root / "proxy" / "proxy.log").stat().st_size > 0
+    for hospital in ("hospitalb", "hospitalc"):
+        assert (root / "proxy" / hospital / "proxy.log").stat().st_size > 0
     files = [p for d in ("ledger", "store", "kgc", "proxy", "run") for p in (root / d).rglob("*")]
     leaked = [p for p in files if p.is_file() and SECRET_MARKER.encode() in p.read_bytes()]
     assert leaked == []
@@ -196,6 +200,8 @@ def test_cli_demo_with_service_processes(tmp_path: Path) -> None:
         "enrol_dr-baker_without_node_1",
         "enrol_dr-chen_without_node_1",
         "proxy_clean_stop",
+        "grant_at_b_proxy",
+        "forward_at_c_proxy",
         "service_processes_stopped",
         "hop2_read_lab",
         "denied_after_revoke",
@@ -203,7 +209,7 @@ def test_cli_demo_with_service_processes(tmp_path: Path) -> None:
     ):
         assert summary["checks"][check] is True, check
     titles = [s["title"] for s in summary["steps"]]
-    assert "The proxy process restarts (SIGTERM, then started again)" in titles
+    assert "Hospital B's proxy process restarts (SIGTERM, then again)" in titles
 
 
 def test_consortium_serve_starts_every_service_and_stops_them_on_sigterm(tmp_path: Path) -> None:
@@ -212,7 +218,7 @@ def test_consortium_serve_starts_every_service_and_stops_them_on_sigterm(tmp_pat
     import time
 
     root = tmp_path / "c"
-    Consortium.init(root, services="processes", ports=free_loopback_ports(4)).close()
+    Consortium.init(root, services="processes", ports=free_loopback_ports(6)).close()
     serve = subprocess.Popen(
         [sys.executable, "-m", "ehrshare", "consortium", "serve", "-p", str(root)],
         stdout=subprocess.DEVNULL,
@@ -233,9 +239,9 @@ def test_consortium_serve_starts_every_service_and_stops_them_on_sigterm(tmp_pat
                 break
         text = "".join(lines)
         children = [int(p) for p in re.findall(r"pid (\d+) on 127\.0\.0\.1:\d+", text)]
-        assert len(children) == 4, text
+        assert len(children) == 6, text
         assert all(_alive(pid) for pid in children)
-        with Consortium.open(root) as c, c.session("proxy") as s:
+        with Consortium.open(root) as c, c.session("proxy-hospitala") as s:
             assert len(s.proxy.public_key()) == 32  # answered over gRPC by the child process
         os.kill(serve.pid, signal.SIGTERM)
         assert serve.wait(timeout=60) == 0

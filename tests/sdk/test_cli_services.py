@@ -23,7 +23,7 @@ def invoke(*args: str, code: int = 0, env: dict[str, str] | None = None) -> str:
 
 
 def test_init_with_processes_then_service_commands(tmp_path: Path) -> None:
-    ports = free_loopback_ports(4)
+    ports = free_loopback_ports(6)
     directory = tmp_path / "c"
     out = invoke(
         "consortium", "init", str(directory), "--services", "processes",
@@ -31,11 +31,15 @@ def test_init_with_processes_then_service_commands(tmp_path: Path) -> None:
     )  # fmt: skip
     assert json.loads(out)["threshold"] == 2
     listed = json.loads(invoke("consortium", "service-commands", "-p", str(directory), "--json"))
-    assert [c["name"] for c in listed] == ["kgc1", "kgc2", "kgc3", "proxy"]
-    assert [c["address"] for c in listed] == [f"127.0.0.1:{p}" for p in ports[1:] + ports[:1]]
+    proxies = ["proxy-hospitala", "proxy-hospitalb", "proxy-hospitalc"]
+    assert [c["name"] for c in listed] == ["kgc1", "kgc2", "kgc3", *proxies]
+    assert [c["address"] for c in listed] == [f"127.0.0.1:{p}" for p in ports[3:] + ports[:3]]
     text = invoke("consortium", "service-commands", "-p", str(directory))
     lines = text.strip().splitlines()
-    assert shlex.split(lines[3])[:3] == ["ehrshare", "proxy", "serve"]
+    for line, name in zip(lines[3:], proxies, strict=True):
+        argv = shlex.split(line)
+        assert argv[:3] == ["ehrshare", "proxy", "serve"]
+        assert argv[argv.index("--name") + 1] == name
 
 
 def test_service_commands_refuse_an_in_process_profile(tmp_path: Path) -> None:

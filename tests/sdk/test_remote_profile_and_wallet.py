@@ -61,7 +61,7 @@ def test_bad_remote_services_name_the_key(
 
 def test_a_missing_tls_ca_file_is_named_when_connecting(tmp_path: Path) -> None:
     root = tmp_path / "c"
-    c = Consortium.init(root, services="processes", ports=free_loopback_ports(4))
+    c = Consortium.init(root, services="processes", ports=free_loopback_ports(6))
     c.add_member("alice", "HospitalA", "patient")
     (root / "ca" / "HospitalAMSP" / "ca-cert.pem").rename(root / "moved.pem")
     with pytest.raises(
@@ -73,7 +73,7 @@ def test_a_missing_tls_ca_file_is_named_when_connecting(tmp_path: Path) -> None:
 
 def test_init_with_processes_writes_serve_commands_from_the_profile(tmp_path: Path) -> None:
     root = tmp_path / "c"
-    ports = free_loopback_ports(4)
+    ports = free_loopback_ports(6)
     with Consortium.init(root, services="processes", ports=ports) as c:
         assert c.remote_services and c.kgc_nodes == []
         with pytest.raises(ConsortiumError, match="runs as a process"):
@@ -83,11 +83,16 @@ def test_init_with_processes_writes_serve_commands_from_the_profile(tmp_path: Pa
     profile = Profile.load(root / "profile.yaml")
     assert len(profile.ca_files) == 3
     commands = {cmd.name: cmd for cmd in service_commands(profile)}
-    assert sorted(commands) == ["kgc1", "kgc2", "kgc3", "proxy"]
-    assert commands["proxy"].address == f"127.0.0.1:{ports[0]}"
+    proxies = ["proxy-hospitala", "proxy-hospitalb", "proxy-hospitalc"]
+    assert sorted(commands) == ["kgc1", "kgc2", "kgc3", *proxies]
+    # One proxy per hospital: the first ports are theirs, in hospital order.
+    assert [commands[p].address for p in proxies] == [f"127.0.0.1:{p}" for p in ports[:3]]
+    assert [px.ibe_id for px in profile.proxies] == [
+        f"Hospital{h}MSP/proxy" for h in ("A", "B", "C")
+    ]
     kgc2 = list(commands["kgc2"].args)
     assert kgc2[:4] == ["kgc", "serve", "--index", "2"]
-    assert kgc2[kgc2.index("--listen") + 1] == f"127.0.0.1:{ports[2]}"
+    assert kgc2[kgc2.index("--listen") + 1] == f"127.0.0.1:{ports[4]}"
     assert kgc2.count("--client-ca") == 3
     node_key = Path(kgc2[kgc2.index("--node-key-file") + 1])
     state = Path(kgc2[kgc2.index("--state-dir") + 1])
@@ -104,7 +109,7 @@ def test_init_with_processes_writes_serve_commands_from_the_profile(tmp_path: Pa
 
 
 def test_init_refuses_bad_ports_and_leaves_nothing(tmp_path: Path) -> None:
-    with pytest.raises(ConsortiumError, match="give 4 distinct ports"):
+    with pytest.raises(ConsortiumError, match="give 6 distinct ports"):
         Consortium.init(tmp_path / "a", services="processes", ports=[7000, 7000, 7001, 7002])
     with pytest.raises(ConsortiumError, match="only used with services='processes'"):
         Consortium.init(tmp_path / "b", ports=[1, 2, 3, 4])
@@ -198,7 +203,7 @@ def test_encrypt_an_existing_wallet_and_enrol_with_it(
 
 def test_services_that_are_not_running_give_clear_errors(tmp_path: Path) -> None:
     root = tmp_path / "c"
-    with Consortium.init(root, services="processes", ports=free_loopback_ports(4)) as c:
+    with Consortium.init(root, services="processes", ports=free_loopback_ports(6)) as c:
         c.add_member("alice", "HospitalA", "patient")
     # Nothing listens on the profile's ports: enrolment names every node, nothing is stored.
     with connect(root, "alice") as alice:

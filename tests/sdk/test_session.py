@@ -76,10 +76,14 @@ def test_full_flow_two_hops_and_revocation(people: People) -> None:
     fwd = p.baker.forward(ref, p.chen.ibe_id)
     assert (fwd.hop, fwd.parent_grant_id, fwd.max_hops) == (1, grant.grant_id, 0)
     assert p.chen.read_record(ref).valueQuantity.value == Decimal("13.2")  # type: ignore[attr-defined]
-    assert p.consortium.proxy.holds(fwd.grant_id)
+    # One proxy per hospital: each re-key sits at the proxy of its grantee's hospital.
+    proxies = p.consortium.proxies
+    assert (grant.proxy, fwd.proxy) == ("HospitalBMSP/proxy", "HospitalCMSP/proxy")
+    assert proxies[grant.proxy].holds(grant.grant_id)
+    assert proxies[fwd.proxy].holds(fwd.grant_id)
+    assert not proxies["HospitalAMSP/proxy"].holds(grant.grant_id)
     p.alice.revoke(grant)
-    assert not p.consortium.proxy.holds(grant.grant_id)
-    assert not p.consortium.proxy.holds(fwd.grant_id)
+    assert not any(px.holds(g) for px in proxies.values() for g in (grant.grant_id, fwd.grant_id))
     for reader in (p.baker, p.chen):
         with pytest.raises(AccessDenied, match=f"grant {grant.grant_id} is revoked"):
             reader.read_record(ref)

@@ -119,6 +119,7 @@ class World:
             state_dir=self.proxy_state,
             contract=self.m["proxy"].contract,
             key=self.proxy_key,
+            ibe_id=self.m["proxy"].ibe_id,
             name="proxy-org1",
         )
 

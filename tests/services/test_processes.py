@@ -157,7 +157,8 @@ def test_proxy_process_single_use_across_restart_and_revocation(procs: Procs) ->
     who = w.m[name].ibe_id
     target = procs.start_proxy()
     alice = GrpcProxyClient(target, tls=procs.tls_for("alice"))
-    gid = w.m["alice"].submit("GrantAccess", LAB, who, FAR, "0")["grant_id"]
+    pete = w.m["proxy"].ibe_id
+    gid = w.m["alice"].submit("GrantAccess", LAB, who, FAR, "0", "", "", pete)["grant_id"]
     pk = w.type_public(name, LAB).verify(owner=who, type_label=LAB)
     rekey = generate_rekey(w.key_of("alice").type_secret(LAB), pk)
     alice.store_rekey(gid, seal_rekey(alice.public_key(), gid, rekey))

@@ -177,7 +177,9 @@ def test_proxy_over_grpc(net: Net) -> None:
     w.m[name] = w.sandbox.member("Org2MSP", name, "clinician")
     w.publish_type_key(name, LAB)
     grantee = GrpcProxyClient(net.proxy_target, tls=net.tls_for(name))
-    gid = w.m["alice"].submit("GrantAccess", LAB, w.m[name].ibe_id, FAR, "0")["grant_id"]
+    pete = w.m["proxy"].ibe_id
+    gid = w.m["alice"].submit("GrantAccess", LAB, w.m[name].ibe_id, FAR, "0", "", "", pete)
+    gid = gid["grant_id"]
     sk = w.key_of("alice").type_secret(LAB)
     pk = w.type_public(name, LAB).verify(owner=w.m[name].ibe_id, type_label=LAB)
     sealed = seal_rekey(alice_proxy.public_key(), gid, generate_rekey(sk, pk))

@@ -2,12 +2,14 @@
 
 Each operation runs through the whole stack a hospital app uses — FHIR validation, AES-256-GCM,
 MH-TIPRE, the content store with read-back verification, signed proposals to the embedded ledger
-running the real chaincode, the KGC nodes and re-encryption proxy (in-process, or with
-``--services processes`` as ``ehrshare kgc serve`` / ``proxy serve`` processes over gRPC and
-mutual TLS):
+running the real chaincode, the KGC nodes and the hospitals' re-encryption proxies (in-process,
+or with ``--services processes`` as ``ehrshare kgc serve`` / ``proxy serve`` processes over gRPC
+and mutual TLS):
 ``put_record`` with ~10 KB and ~10 MB FHIR payloads, ``grant`` (re-key made, sealed and stored at
-the proxy), ``read_record`` at the first hop (one re-encryption) and at the third hop (a chain of
-three grants, three re-encryptions). Reports p50/p95 in milliseconds with machine metadata.
+the grantee's hospital proxy), ``read_record`` at the first hop (one re-encryption) and at the
+third hop (a chain of three grants whose re-keys sit at hospitals B, C and A's proxies: three
+proxy visits, three re-encryptions, three reports on chain). Reports p50/p95 in milliseconds
+with machine metadata.
 
 This module only measures; it must not change how the SDK behaves.
 """
@@ -71,7 +73,7 @@ def run_e2e_bench(
         c = Consortium.init(
             Path(tmp) / "c",
             services=services,
-            ports=free_loopback_ports(4) if processes else None,
+            ports=free_loopback_ports(6) if processes else None,
         )
         procs = (
             ServiceProcesses(c.profile, Path(tmp) / "run", die_with_parent=True)
@@ -80,7 +82,7 @@ def run_e2e_bench(
         )
         try:
             if procs is not None:
-                say("starting 3 KGC node processes and the proxy process")
+                say("starting 3 KGC node processes and 3 proxy processes")
                 procs.start()
             people = {
                 "patient": ("HospitalA", "patient"),
@@ -168,7 +170,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         services: str = typer.Option(
             "in-process",
             "--services",
-            help="in-process, or processes (KGC nodes and proxy as gRPC/TLS processes).",
+            help="in-process, or processes (KGC nodes and proxies as gRPC/TLS processes).",
         ),
     ) -> None:
         """p50/p95 of put_record (10 KB, 10 MB), grant and read_record (hop 1, hop 3) on the

@@ -48,6 +48,10 @@ EXIT_CODES = {
     EXIT_INPUT: "invalid input (FHIR, record type, size)",
 }
 _EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
+_PROXY_HELP = (
+    "Proxy to hold the re-key (its ledger identity, e.g. HospitalAMSP/proxy); default: the proxy "
+    "of the grantee's hospital."
+)
 
 _err = Console(stderr=True)
 
@@ -209,7 +213,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     """Add the member commands to ``app``."""
     del bench_app
     consortium_app = typer.Typer(
-        help="Create a local embedded consortium (CAs, ledger, store, KGC nodes, DKG, proxy) "
+        help="Create a local embedded consortium (CAs, ledger, store, KGC nodes, DKG, proxies) "
         "and enrol members into wallets.",
         no_args_is_help=True,
     )
@@ -270,6 +274,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 "addresses": [n.service.address or "in-process" for n in prof.kgc_nodes],
             }
             status["proxy"] = {"address": prof.proxy.address or "in-process"}
+            status["proxies"] = [
+                {"name": px.name, "msp": px.msp_id, "address": px.service.address or "in-process"}
+                for px in prof.proxies
+            ]
         if as_json:
             _emit(status)
         else:
@@ -292,7 +300,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 kgc = status["kgc"]
                 _err.print(
                     f"kgc: {kgc['threshold']} of {kgc['nodes']} nodes "
-                    f"({', '.join(kgc['addresses'])}); proxy: {status['proxy']['address']}",
+                    f"({', '.join(kgc['addresses'])}); proxies: "
+                    + ", ".join(f"{p['name']} ({p['address']})" for p in status["proxies"]),
                     soft_wrap=True,
                 )
         if not store_ok:
@@ -319,15 +328,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         services: Annotated[
             str,
             typer.Option(
-                help="KGC nodes and proxy: in-process (run by whoever connects) or processes "
+                help="KGC nodes and proxies: in-process (run by whoever connects) or processes "
                 "(gRPC over mutual TLS on 127.0.0.1; start them with 'consortium serve')."
             ),
         ] = "in-process",
         ports: Annotated[
             str,
             typer.Option(
-                help="With --services processes: comma-separated ports, the proxy's then one "
-                "per hospital (default 7060, 7061, ...)."
+                help="With --services processes: comma-separated ports, one per hospital's "
+                "proxy, then one per hospital's KGC node (default 7060, 7061, ...)."
             ),
         ] = "",
         as_json: JsonOpt = False,
@@ -405,7 +414,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     @consortium_app.command("serve", epilog=_EXIT_HELP)
     def consortium_serve(profile: ProfileOpt = "") -> None:
-        """Start every KGC node and the proxy of the profile as child processes, wait until
+        """Start every KGC node and every proxy of the profile as child processes, wait until
         they listen, and stop them all (by pid) on Ctrl-C or SIGTERM."""
         from ehrshare.consortium import profile_file
         from ehrshare.processes import ServiceProcessError, ServiceProcesses
@@ -560,14 +569,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def record_get(
         record_id: Annotated[str, typer.Argument(help="Record id (r-…).")],
         out: Annotated[str, typer.Option("--out", "-o", help="Write the FHIR JSON here.")] = "",
+        grant_id: Annotated[
+            str, typer.Option("--grant", help="Read under this grant of yours (g-…).")
+        ] = "",
         profile: ProfileOpt = "",
         wallet: WalletOpt = "",
         as_json: JsonOpt = False,
     ) -> None:
-        """Request access (logged), get the capsule re-encrypted by the proxy, decrypt and print
-        the FHIR resource. Exit code 1 if the chaincode denies the request."""
+        """Request access (logged), get the capsule re-encrypted by the proxies of the grant
+        chain, decrypt and print the FHIR resource. Exit code 1 if the chaincode denies it."""
         with _session(profile, wallet) as s, _errors(), _progress("reading", as_json):
-            resource = s.read_record(record_id)
+            resource = s.read_record(record_id, grant=grant_id or None)
         text = resource.model_dump_json(exclude_none=True, indent=2)
         if out:
             Path(out).write_text(text + "\n", encoding="utf-8")
@@ -605,20 +617,24 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         days: Annotated[float | None, typer.Option(help="Valid for this many days.")] = None,
         until: Annotated[str, typer.Option(help="Valid until (ISO date/time, UTC).")] = "",
         max_hops: Annotated[int, typer.Option(help="Further referrals allowed.")] = 0,
+        proxy: Annotated[str, typer.Option(help=_PROXY_HELP)] = "",
         profile: ProfileOpt = "",
         wallet: WalletOpt = "",
         as_json: JsonOpt = False,
     ) -> None:
-        """As a patient, let a clinician read your records of one type (re-key to the proxy)."""
+        """As a patient, let a clinician read your records of one type (re-key to the proxy of
+        the clinician's hospital)."""
         expires = _expiry(days, until or None)
         with _session(profile, wallet) as s, _errors():
-            g = s.grant(grantee, record_type, expires=expires, max_hops=max_hops)
+            g = s.grant(
+                grantee, record_type, expires=expires, max_hops=max_hops, proxy=proxy or None
+            )
         if as_json:
             _emit(g.to_dict())
             return
         _err.print(
             f"[green]✓[/green] grant {g.grant_id}: {g.grantee} may read {g.type} until "
-            f"{_fmt_time(g.expiry)}, {g.max_hops} further hop(s)"
+            f"{_fmt_time(g.expiry)}, {g.max_hops} further hop(s); re-key at {g.proxy}"
         )
         typer.echo(g.grant_id)
 
@@ -628,6 +644,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         to: Annotated[str, typer.Argument(help="IBE id to refer to.")],
         days: Annotated[float | None, typer.Option(help="Valid for this many days.")] = None,
         max_hops: Annotated[int, typer.Option(help="Further referrals allowed.")] = 0,
+        proxy: Annotated[str, typer.Option(help=_PROXY_HELP)] = "",
         profile: ProfileOpt = "",
         wallet: WalletOpt = "",
         as_json: JsonOpt = False,
@@ -635,11 +652,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Refer what you were granted one hop further (multi-hop sharing)."""
         expires = _dt.timedelta(days=days) if days else None
         with _session(profile, wallet) as s, _errors():
-            g = s.forward(what, to, expires=expires, max_hops=max_hops)
+            g = s.forward(what, to, expires=expires, max_hops=max_hops, proxy=proxy or None)
         if as_json:
             _emit(g.to_dict())
             return
-        _err.print(f"[green]✓[/green] grant {g.grant_id} (hop {g.hop}) to {g.grantee}")
+        _err.print(
+            f"[green]✓[/green] grant {g.grant_id} (hop {g.hop}) to {g.grantee}; re-key at {g.proxy}"
+        )
         typer.echo(g.grant_id)
 
     @app.command("revoke", epilog=_EXIT_HELP)
@@ -649,7 +668,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         wallet: WalletOpt = "",
         as_json: JsonOpt = False,
     ) -> None:
-        """Revoke a grant you gave: later requests are denied, the proxy deletes the re-keys
+        """Revoke a grant you gave: later requests are denied, the proxies delete the re-keys
         (also of grants forwarded from it). Forward-only: what was read stays read."""
         with _session(profile, wallet) as s, _errors():
             g = s.revoke(grant_id)

@@ -345,7 +345,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         def start(gateway: EmbeddedGateway, contract: Contract, tls: ServerTls) -> _Started:
             proxy = ReencryptionProxy(
-                state_dir=opts.state_dir, contract=contract, key=proxy_key, name=name
+                state_dir=opts.state_dir,
+                contract=contract,
+                key=proxy_key,
+                # What grants name as their proxy: this process's own ledger identity.
+                ibe_id=Identity(opts.msp_id, opts.cert.read_bytes()).ibe_id,
+                name=name,
             )
             follower = None
             if follow:

@@ -7,15 +7,21 @@ at rest in an SQLite database in its state directory (see :mod:`ehrshare.service
 
 It re-encrypts a record's capsule only after the chaincode confirms a **committed** access
 approval (CheckApproval by access id) for exactly that record, requester and grant, and only once
-per approval:
+per approval and hop run (a chain that comes back to this proxy after another is served per run):
 the approval id is written to the database (a committed SQLite transaction, ``synchronous=FULL``)
 *before* the capsule leaves, so a restart at any point never releases a capsule twice without a
 new approval — at worst the requester must request access again. Each re-encryption is reported
 to the operation log (ReportReencryption).
 
-Multi-hop: a forwarded grant (``parent_grant_id`` on chain) has its re-key at the same proxy as
-its parent; the proxy applies the whole chain root first (owner→B on the owner's layer, then B→C
-on the innermost layer), so the capsule reaches C with one layer per hop.
+One proxy per hospital: every grant names on chain the proxy that holds its re-key, and a proxy
+accepts only re-keys of grants that name it (:attr:`ReencryptionProxy.ibe_id`). Multi-hop: the
+hops of a forwarding chain may sit at different proxies (owner→B at B's hospital, B→C at C's).
+The requester visits them in chain order; each proxy checks the committed approval (which the
+chaincode shows only to a proxy the chain names), applies its own run of consecutive hops, and
+reports the hash of the capsule it released (ReportReencryption ``applied``/``capsule_sha256``).
+The proxy of a later hop accepts a partly re-encrypted capsule only when its hash is the one the
+previous hop's proxy reported on chain for that approval, so nobody can slip it another capsule
+(for instance one of the forwarding grantee's own records) to convert.
 
 Revocation: :meth:`ReencryptionProxy.revoke` deletes a grant's re-key and those of every grant
 forwarded from it; :class:`RevocationFollower` does so for every RevokeAccess chaincode event,
@@ -79,6 +85,12 @@ CREATE TABLE IF NOT EXISTS rekeys (
     stored_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rekeys_parent ON rekeys (parent_grant_id);
+CREATE TABLE IF NOT EXISTS rekey_ancestors (
+    grant_id TEXT NOT NULL,
+    ancestor_id TEXT NOT NULL,
+    PRIMARY KEY (grant_id, ancestor_id)
+);
+CREATE INDEX IF NOT EXISTS rekey_ancestors_ancestor ON rekey_ancestors (ancestor_id);
 CREATE INDEX IF NOT EXISTS rekeys_grantee ON rekeys (grantee);
 CREATE TABLE IF NOT EXISTS consumed (
     approval_id TEXT PRIMARY KEY,
@@ -143,8 +155,9 @@ class ReencryptionProxy:
     and grant, reports the re-encryption (chaincode ReportReencryption), deletes re-keys on
     revocation. Restart-safe.
 
-    ``contract`` is called with the proxy's own (role ``proxy``) identity; ``key`` is the
-    proxy's long-term X25519 key (loaded from a key file kept outside ``state_dir``).
+    ``contract`` is called with the proxy's own (role ``proxy``) identity, ``ibe_id`` (what
+    grants name as their proxy); ``key`` is the proxy's long-term X25519 key (loaded from a key
+    file kept outside ``state_dir``).
     """
 
     def __init__(
@@ -153,9 +166,11 @@ class ReencryptionProxy:
         state_dir: Path,
         contract: Contract,
         key: X25519KeyPair,
+        ibe_id: str,
         name: str = "proxy",
     ) -> None:
         self.state_dir = Path(state_dir)
+        self.ibe_id = ibe_id
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.name = name
         self._contract = contract
@@ -211,20 +226,24 @@ class ReencryptionProxy:
         """Accept a re-key sealed to this proxy for an active grant on chain.
 
         ``caller`` (the authenticated client, when there is one) must be the grant's grantor.
-        The re-key must go from the grantor to the grantee for the grant's type; a forwarded
-        grant's parent re-key must already be held here.
+        The grant must name this proxy; the re-key must go from the grantor to the grantee for
+        the grant's type.
         """
         grant = self._grant(grant_id)
         if grant["state"] != "active":
             raise InvalidReKey(f"grant {grant_id} is {grant['state']}; no re-key is accepted")
         if caller is not None and caller != grant["grantor"]:
             raise NotAuthorised(f"identity {caller} is not the grantor of grant {grant_id}")
-        parent = str(grant.get("parent_grant_id") or "")
-        if parent and not self.holds(parent):
-            raise NoReKey(
-                f"grant {grant_id} forwards grant {parent}, whose re-key is not held by this "
-                "proxy; a forwarded grant's re-key goes to the proxy of its parent grant"
+        named = str(grant.get("proxy") or "")
+        if named != self.ibe_id:
+            raise InvalidReKey(
+                f"grant {grant_id} names proxy {named or '(none)'}, not this proxy "
+                f"({self.ibe_id}); deliver its re-key to the proxy it names"
             )
+        parent = str(grant.get("parent_grant_id") or "")
+        # Every grant above this one, read from chain now: the parents' re-keys may sit at other
+        # proxies, and revoking any of them must delete this re-key here.
+        ancestors = self._ancestors(grant_id, parent)
         try:
             raw = open_sealed(self._key, sealed_rekey, aad=rekey_delivery_aad(grant_id))
         except DecryptionError:
@@ -241,6 +260,7 @@ class ReencryptionProxy:
             ) from None
         sealed = seal_state(self._key, _rekey_purpose(grant_id), raw)
         with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.execute(
                     "INSERT INTO rekeys VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -255,8 +275,16 @@ class ReencryptionProxy:
                         time.time(),
                     ),
                 )
+                self._db.executemany(
+                    "INSERT INTO rekey_ancestors VALUES (?, ?)", [(grant_id, a) for a in ancestors]
+                )
+                self._db.execute("COMMIT")
             except sqlite3.IntegrityError:
+                self._db.execute("ROLLBACK")
                 raise InvalidReKey(f"grant {grant_id} already has a re-key here") from None
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
         _log.info(
             "proxy %s stored the re-key of grant %s (%s -> %s, type %s)",
             self.name,
@@ -266,27 +294,26 @@ class ReencryptionProxy:
             grant["type"],
         )
 
-    def _rekey_rows(self, grant_id: str) -> list[tuple[str, str, str, str, str, bytes]]:
-        """The chain of stored re-keys from the root grant down to ``grant_id``."""
-        chain: list[tuple[str, str, str, str, str, bytes]] = []
-        current = grant_id
-        seen: set[str] = set()
+    def _ancestors(self, grant_id: str, parent: str) -> list[str]:
+        out: list[str] = []
+        current = parent
+        while current:
+            if current in out or current == grant_id:
+                raise InvalidReKey(f"grant {grant_id} has a cycle in its forwarding chain")
+            out.append(current)
+            current = str(self._grant(current).get("parent_grant_id") or "")
+        return out
+
+    def _rekey_row(self, grant_id: str) -> tuple[str, str, str, bytes]:
+        """(grantor, grantee, type, sealed re-key) of a grant whose re-key is held here."""
         with self._lock:
-            while current:
-                if current in seen:
-                    raise ProxyError(f"grant {grant_id} has a cycle in its forwarding chain")
-                seen.add(current)
-                row = self._db.execute(
-                    "SELECT grant_id, parent_grant_id, grantor, grantee, type, sealed "
-                    "FROM rekeys WHERE grant_id = ?",
-                    (current,),
-                ).fetchone()
-                if row is None:
-                    raise NoReKey(f"this proxy holds no re-key for grant {current}")
-                chain.append((row[0], row[1], row[2], row[3], row[4], bytes(row[5])))
-                current = row[1]
-        chain.reverse()
-        return chain
+            row = self._db.execute(
+                "SELECT grantor, grantee, type, sealed FROM rekeys WHERE grant_id = ?",
+                (grant_id,),
+            ).fetchone()
+        if row is None:
+            raise NoReKey(f"this proxy holds no re-key for grant {grant_id}")
+        return str(row[0]), str(row[1]), str(row[2]), bytes(row[3])
 
     # --- re-encryption ------------------------------------------------------------------------
 
@@ -299,14 +326,16 @@ class ReencryptionProxy:
         grant_id: str | None = None,
         capsule: bytes | None = None,
     ) -> bytes:
-        """Re-encrypt a record's capsule for ``requester`` under a committed, unused approval.
+        """Apply this proxy's hops of a committed, unused approval to a record's capsule.
 
-        ``approval_id`` is the ``access_id`` RequestAccess returned. ``grant_id`` may be given
-        to name the grant (else the proxy tries the grants it holds for the requester).
-        The capsule is read from chain (GetRecord at the approved version) and checked against
-        the approval's ``capsule_sha256``; a ``capsule`` the caller sends is optional and must
-        be that same capsule.
-        Returns the capsule with every hop of the grant chain applied.
+        ``approval_id`` is the ``access_id`` RequestAccess returned; ``grant_id``, when given,
+        must be the grant it approved. The approval's grant chain (root first) says which proxy
+        holds each hop's re-key. ``capsule`` is what the requester has so far: the record's own
+        capsule (or none: it is read from chain at the approved version and checked against the
+        approval's ``capsule_sha256``), or the capsule the proxy of the previous hop released,
+        whose hash must be the one that proxy reported on chain. This proxy applies the run of
+        consecutive hops from there that name it, reports the result, and returns the capsule;
+        when later hops name other proxies the requester takes it on to them.
         """
         # One lock per approval, not one for the proxy: chain calls for different approvals run
         # in parallel, while two calls quoting the same approval are serialised so the second
@@ -314,27 +343,51 @@ class ReencryptionProxy:
         # use airtight (also across processes sharing the state directory); the lock only
         # spares the loser the chain round trips.
         with self._approval_locks.hold(approval_id):
-            if self._is_consumed(approval_id):
+            access = self._find_approval(record_id, requester, approval_id, grant_id)
+            chain = [(str(h["grant_id"]), str(h.get("proxy", ""))) for h in access["chain"]]
+            source = self._input_capsule(access, capsule)
+            start = source.hops
+            if start >= len(chain):
+                raise ApprovalRefused(
+                    f"the capsule sent already carries all {len(chain)} hop(s) of approval "
+                    f"{approval_id}"
+                )
+            if chain[start][1] != self.ibe_id:
+                raise ApprovalRefused(
+                    f"hop {start + 1} of approval {approval_id} is for proxy "
+                    f"{chain[start][1] or '(none)'}, not this proxy ({self.ibe_id})"
+                )
+            end = start
+            while end < len(chain) and chain[end][1] == self.ibe_id:
+                end += 1
+            # The first run keeps the bare approval id as its key (as before multi-proxy
+            # chains); a later run of the same approval at this proxy gets its own.
+            use_key = approval_id if start == 0 else f"{approval_id}#{start}"
+            if self._is_consumed(use_key):
                 raise ApprovalConsumed(
                     f"approval {approval_id} was already used; request access again"
                 )
-            access = self._find_approval(record_id, requester, approval_id, grant_id)
-            chosen = str(access["grant_id"])
-            chain = self._rekey_rows(chosen)
-            source = self._capsule(access, capsule)
             current: VerifiedCapsule = source
-            for gid, _parent, grantor, grantee, type_label, sealed in chain:
+            for gid, _proxy in chain[start:end]:
+                grantor, grantee, type_label, sealed = self._rekey_row(gid)
                 raw = open_state(self._key, _rekey_purpose(gid), sealed)
                 rekey = ReKey.from_secret_bytes(raw).verify(
                     delegator=grantor, delegatee=grantee, type_label=type_label
                 )
-                current = reencrypt(current, rekey)
+                try:
+                    current = reencrypt(current, rekey)
+                except (EncodingError, ValueError) as exc:
+                    raise ApprovalRefused(
+                        f"hop {start + 1} of approval {approval_id} does not apply to the capsule "
+                        f"sent: {exc}"
+                    ) from None
             out = current.to_bytes()
+            chosen = str(access["grant_id"])
             try:
                 with self._lock:
                     self._db.execute(
                         "INSERT INTO consumed VALUES (?, ?, ?, ?, ?)",
-                        (approval_id, record_id, requester, chosen, time.time()),
+                        (use_key, record_id, requester, chosen, time.time()),
                     )
             except sqlite3.IntegrityError:
                 raise ApprovalConsumed(
@@ -342,7 +395,12 @@ class ReencryptionProxy:
                 ) from None
         try:
             self._contract.submit_transaction(
-                "ReportReencryption", approval_id, "ok", f"{len(chain)} hop(s) by {self.name}"
+                "ReportReencryption",
+                approval_id,
+                "ok",
+                f"hops {start + 1}-{end} of {len(chain)} by {self.name}",
+                str(end),
+                hashlib.sha256(out).hexdigest(),
             )
         except LedgerError as exc:
             _log.error(
@@ -356,33 +414,28 @@ class ReencryptionProxy:
                 f"operation log ({_chain_reason(exc)}); nothing was released, request access again"
             ) from None
         _log.info(
-            "proxy %s re-encrypted record %s for %s (approval %s, grant %s, %d hop(s))",
+            "proxy %s re-encrypted record %s for %s (approval %s, grant %s, hops %d-%d of %d)",
             self.name,
             record_id,
             requester,
             approval_id,
             chosen,
+            start + 1,
+            end,
             len(chain),
         )
         return out
 
-    def _is_consumed(self, approval_id: str) -> bool:
+    def _is_consumed(self, use_key: str) -> bool:
         with self._lock:
             row = self._db.execute(
-                "SELECT 1 FROM consumed WHERE approval_id = ?", (approval_id,)
+                "SELECT 1 FROM consumed WHERE approval_id = ?", (use_key,)
             ).fetchone()
         return row is not None
 
     def _find_approval(
         self, record_id: str, requester: str, approval_id: str, grant_id: str | None
     ) -> dict[str, Any]:
-        if grant_id is None:
-            with self._lock:
-                held = self._db.execute(
-                    "SELECT 1 FROM rekeys WHERE grantee = ? LIMIT 1", (requester,)
-                ).fetchone()
-            if held is None:
-                raise NoReKey(f"this proxy holds no re-key for a grant to {requester}")
         try:
             raw = self._contract.evaluate_transaction("CheckApproval", approval_id)
         except LedgerError as exc:
@@ -411,7 +464,42 @@ class ReencryptionProxy:
                 f"approval {approval_id} does not match the request: it is for "
                 + ", ".join(mismatches)
             )
+        if not access.get("chain"):
+            raise ApprovalRefused(f"approval {approval_id} has no grant chain to re-encrypt along")
         return access
+
+    def _input_capsule(self, access: dict[str, Any], given: bytes | None) -> VerifiedCapsule:
+        """The capsule to start from: the record's own, or the previous hop's reported output."""
+        record_id = str(access["record_id"])
+        if given is not None:
+            try:
+                hops = Capsule.from_bytes(given).hops
+            except (EncodingError, ValueError) as exc:
+                raise ApprovalRefused(f"capsule of record {record_id}: {exc}") from None
+            if hops > 0:
+                return self._reported_capsule(access, given, hops)
+        return self._capsule(access, given)
+
+    def _reported_capsule(self, access: dict[str, Any], given: bytes, hops: int) -> VerifiedCapsule:
+        record_id = str(access["record_id"])
+        reported = {int(r["applied"]): r for r in access.get("reports", [])}
+        report = reported.get(hops)
+        if report is None:
+            raise ApprovalRefused(
+                f"no proxy reported hop {hops} of approval {access['access_id']}; visit the "
+                "proxies of the grant chain in order"
+            )
+        if hashlib.sha256(given).hexdigest() != report["capsule_sha256"]:
+            raise ApprovalRefused(
+                f"the capsule sent is not the one proxy {report['proxy']} released for hop "
+                f"{hops} of approval {access['access_id']}"
+            )
+        try:
+            return Capsule.from_bytes(given).verify(
+                owner=str(access["owner"]), type_label=str(access["type"])
+            )
+        except (EncodingError, ValueError) as exc:
+            raise ApprovalRefused(f"capsule of record {record_id}: {exc}") from None
 
     def _capsule(self, access: dict[str, Any], given: bytes | None) -> VerifiedCapsule:
         record_id = str(access["record_id"])
@@ -454,8 +542,17 @@ class ReencryptionProxy:
             if grant["state"] == "active" and caller not in (grant["owner"], grant["grantor"]):
                 raise NotAuthorised(f"identity {caller} may not revoke grant {grant_id}")
         with self._lock:
+            # Descendants whose parents were stored here (the parent_grant_id walk), and those
+            # forwarded from a grant whose re-key sits at another proxy (the ancestors table).
             doomed = [grant_id]
-            frontier = [grant_id]
+            doomed += [
+                str(r[0])
+                for r in self._db.execute(
+                    "SELECT grant_id FROM rekey_ancestors WHERE ancestor_id = ? ORDER BY grant_id",
+                    (grant_id,),
+                ).fetchall()
+            ]
+            frontier = list(doomed)
             while frontier:
                 rows = self._db.execute(
                     f"SELECT grant_id FROM rekeys WHERE parent_grant_id IN "  # noqa: S608
@@ -471,6 +568,7 @@ class ReencryptionProxy:
                     deleted += self._db.execute(
                         "DELETE FROM rekeys WHERE grant_id = ?", (gid,)
                     ).rowcount
+                    self._db.execute("DELETE FROM rekey_ancestors WHERE grant_id = ?", (gid,))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")

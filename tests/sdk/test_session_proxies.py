@@ -1,0 +1,183 @@
+"""Sessions with one proxy per hospital: which proxy a grant names, reads that visit several
+proxies in chain order, naming the grant to read under, and single-proxy profiles."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sdk_people import People
+
+from ehrshare.consortium import Consortium
+from ehrshare.demo import lab_observation
+from ehrshare.ledger.sandbox import ManualClock
+from ehrshare.profile import Profile, ProfileError
+from ehrshare.session import AccessDenied, ProxyError, RequestRejected
+
+DAY = dt.timedelta(days=1)
+PA, PB, PC = (f"Hospital{h}MSP/proxy" for h in "ABC")
+
+
+def _value(record: Any) -> Decimal:
+    value: Decimal = record.valueQuantity.value
+    return value
+
+
+def _reports(people: People, record_id: str) -> list[tuple[str, int]]:
+    trail = people.alice.audit(record=record_id).entries
+    return [
+        (e["detail"]["proxy"], e["detail"]["applied"])
+        for e in trail
+        if e["action"] == "ReportReencryption"
+    ]
+
+
+def test_init_runs_one_proxy_per_hospital(people: People) -> None:
+    profile = people.consortium.profile
+    assert [(p.name, p.msp_id, p.ibe_id) for p in profile.proxies] == [
+        ("proxy-hospitala", "HospitalAMSP", PA),
+        ("proxy-hospitalb", "HospitalBMSP", PB),
+        ("proxy-hospitalc", "HospitalCMSP", PC),
+    ]
+    assert sorted(people.consortium.proxies) == [PA, PB, PC]
+    # Each answers with its own key.
+    keys = {px.public_key() for px in people.consortium.proxies.values()}
+    assert len(keys) == 3
+    assert [r.ibe_id for r in people.alice.proxies] == [PA, PB, PC]
+
+
+def test_three_hops_through_three_hospital_proxies(people: People) -> None:
+    p = people
+    ref = p.adams.put_record(lab_observation(), patient=p.alice.ibe_id)
+    g1 = p.alice.grant(p.baker.ibe_id, "lab", expires=DAY, max_hops=2)
+    g2 = p.baker.forward(ref, p.chen.ibe_id, max_hops=1)
+    g3 = p.chen.forward(g2, p.adams.ibe_id)
+    assert (g1.proxy, g2.proxy, g3.proxy) == (PB, PC, PA)
+    assert _value(p.adams.read_record(ref)) == Decimal("13.2")
+    # Each proxy applied its own hop after the previous one reported its output on chain.
+    assert _reports(p, ref.record_id) == [(PB, 1), (PC, 2), (PA, 3)]
+    assert _value(p.chen.read_record(ref)) == Decimal("13.2")
+    assert _reports(p, ref.record_id)[3:] == [(PB, 1), (PC, 2)]
+    # Revoking the middle grant deletes its re-key at C's proxy and adams's at A's.
+    p.baker.revoke(g2)
+    held = p.consortium.proxies
+    assert held[PB].holds(g1.grant_id)
+    assert not held[PC].holds(g2.grant_id) and not held[PA].holds(g3.grant_id)
+    with pytest.raises(AccessDenied, match=f"grant {g2.grant_id} is revoked"):
+        p.adams.read_record(ref)
+    assert _value(p.baker.read_record(ref)) == Decimal("13.2")
+
+
+def test_a_grant_may_name_another_proxy_of_the_profile(people: People) -> None:
+    p = people
+    ref = p.adams.put_record(lab_observation(), patient=p.alice.ibe_id)
+    via_b = p.alice.grant(p.chen.ibe_id, "lab", expires=DAY, proxy=PB)
+    assert via_b.proxy == PB
+    assert p.consortium.proxies[PB].holds(via_b.grant_id)
+    assert not p.consortium.proxies[PC].holds(via_b.grant_id)
+    assert _value(p.chen.read_record(ref)) == Decimal("13.2")
+    assert _reports(p, ref.record_id) == [(PB, 1)]
+    before = (p.consortium.ledger.state_digest(), p.consortium.ledger.height())
+    with pytest.raises(ProxyError, match="proxy HospitalZMSP/proxy is not in this profile"):
+        p.alice.grant(p.chen.ibe_id, "lab", expires=DAY, proxy="HospitalZMSP/proxy")
+    assert (p.consortium.ledger.state_digest(), p.consortium.ledger.height()) == before
+
+
+def test_a_reader_with_two_grants_names_the_one_to_read_under(people: People) -> None:
+    p = people
+    ref = p.adams.put_record(lab_observation(), patient=p.alice.ibe_id)
+    direct = p.alice.grant(p.chen.ibe_id, "lab", expires=DAY, proxy=PA)
+    p.alice.grant(p.baker.ibe_id, "lab", expires=DAY, max_hops=1)
+    forwarded = p.baker.forward(ref, p.chen.ibe_id)
+    for grant, reports in ((forwarded, [(PB, 1), (PC, 2)]), (direct, [(PA, 1)])):
+        before = len(_reports(p, ref.record_id))
+        assert _value(p.chen.read_record(ref, grant=grant)) == Decimal("13.2")
+        assert _reports(p, ref.record_id)[before:] == reports
+    # Naming someone else's grant is refused by the chaincode and changes nothing.
+    before_state = (p.consortium.ledger.state_digest(), p.consortium.ledger.height())
+    with pytest.raises(RequestRejected, match=f"is not the grantee of grant {direct.grant_id}"):
+        p.baker.read_record(ref, grant=direct.grant_id)
+    assert (p.consortium.ledger.state_digest(), p.consortium.ledger.height()) == before_state
+
+
+def _single_proxy_profile(root: Path) -> None:
+    """Rewrite a fresh consortium's profile to the older single ``proxy:`` form (A's proxy)."""
+    path = root / "profile.yaml"
+    data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    first = data.pop("proxies")[0]
+    data["proxy"] = {k: first[k] for k in ("state", "key", "wallet")}
+    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
+
+
+def test_a_single_proxy_profile_still_works(tmp_path: Path) -> None:
+    root = tmp_path / "single"
+    clock = ManualClock()
+    Consortium.init(root, clock=clock).close()
+    _single_proxy_profile(root)
+    with Consortium.open(root / "profile.yaml", clock=clock) as c:
+        (only,) = c.profile.proxies
+        assert (only.name, only.ibe_id) == ("proxy", "")
+        s = {}
+        for name, hospital, role in (
+            ("alice", "HospitalA", "patient"),
+            ("baker", "HospitalB", "clinician"),
+            ("chen", "HospitalC", "clinician"),
+        ):
+            c.add_member(name, hospital, role)
+            s[name] = c.session(name)
+            s[name].enroll()
+            s[name].publish_type_keys()
+        assert [r.ibe_id for r in s["alice"].proxies] == [PA]
+        ref = s["alice"].put_record(lab_observation())
+        grant = s["alice"].grant(s["baker"].ibe_id, "lab", expires=DAY, max_hops=1)
+        fwd = s["baker"].forward(ref, s["chen"].ibe_id)
+        assert (grant.proxy, fwd.proxy) == (PA, PA)
+        assert _value(s["chen"].read_record(ref)) == Decimal("13.2")
+        s["alice"].revoke(grant)
+        assert not c.proxy.holds(grant.grant_id) and not c.proxy.holds(fwd.grant_id)
+        for session in s.values():
+            session.close()
+
+
+@pytest.mark.parametrize(
+    ("proxies", "message"),
+    [
+        ([], "proxies must list at least one proxy"),
+        (["x"], r"proxies\[0\] must be a mapping"),
+        ([{"state": "s", "key": "k", "wallet": "w"}], r"proxies\[0\].name must be a non-empty"),
+        (
+            [{"name": "a", "id": "nope", "state": "s", "key": "k", "wallet": "w"}],
+            r"proxies\[0\].id 'nope' is not of the form <msp id>/<enrollment id>",
+        ),
+        (
+            [
+                {"name": "a", "state": "s", "key": "k", "wallet": "w"},
+                {"name": "a", "state": "t", "key": "l", "wallet": "v"},
+            ],
+            "must be distinct",
+        ),
+    ],
+)
+def test_bad_proxies_sections_are_named(tmp_path: Path, proxies: list[Any], message: str) -> None:
+    data: dict[str, Any] = {
+        "kgc": {"threshold": 2, "nodes": [{"index": i, "address": f"h:{i}", "tls_ca": "c"}
+                                          for i in (1, 2)]},
+        "proxies": proxies,
+    }  # fmt: skip
+    with pytest.raises(ProfileError, match=message):
+        Profile.from_dict(data, base=tmp_path)
+
+
+def test_proxy_and_proxies_together_are_refused(tmp_path: Path) -> None:
+    data = {
+        "kgc": {"threshold": 2, "nodes": [{"index": i, "address": f"h:{i}", "tls_ca": "c"}
+                                          for i in (1, 2)]},
+        "proxy": {"state": "s", "key": "k", "wallet": "w"},
+        "proxies": [{"name": "a", "state": "s", "key": "k", "wallet": "w"}],
+    }  # fmt: skip
+    with pytest.raises(ProfileError, match="proxies and proxy are both given"):
+        Profile.from_dict(data, base=tmp_path)
