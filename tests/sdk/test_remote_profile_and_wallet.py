@@ -262,7 +262,7 @@ def test_encrypting_a_wallet_seals_its_tls_key_too(
 
 def test_an_old_wallet_without_a_tls_key_is_told_how_to_reissue_it(tmp_path: Path) -> None:
     root = tmp_path / "c"
-    with Consortium.init(root, services="processes", ports=free_loopback_ports(4)) as c:
+    with Consortium.init(root, services="processes", ports=free_loopback_ports(6)) as c:
         c.add_member("alice", "HospitalA", "patient")
         # A wallet from before the separate TLS key: only cert.pem and key.pem.
         for name in ("tls-cert.pem", "tls-key.pem"):
