@@ -227,10 +227,70 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.add_typer(record_app, name="record")
     app.add_typer(audit_app, name="audit")
     network_app = typer.Typer(
-        help="Backend status. The Fabric network (up/down) is not available on this machine yet.",
+        help="Start, stop and inspect a local consortium's service processes (KGC nodes, "
+        "proxies). The Fabric network is not available on this machine yet.",
         no_args_is_help=True,
     )
     app.add_typer(network_app, name="network")
+
+    @network_app.command("up", epilog=_EXIT_HELP)
+    def network_up(
+        profile: ProfileOpt = "",
+        timeout: Annotated[
+            float, typer.Option(min=1.0, help="Seconds to wait until every service listens.")
+        ] = 90.0,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Start every KGC node and proxy of the profile in the background and wait until all
+        listen (a no-op if they already run). Logs go to run/network.log next to the profile.
+        Exit code 4 if they do not come up (nothing is left running)."""
+        from ehrshare.consortium import profile_file
+        from ehrshare.netctl import NetworkControlError, network_state
+        from ehrshare.netctl import network_up as up
+
+        with _errors():
+            path = profile_file(_profile_path(profile))
+            was_up = network_state(path.resolve()).running
+            try:
+                with _progress("starting the services", as_json):
+                    state = up(path, timeout=timeout)
+            except NetworkControlError as exc:
+                _fail(EXIT_UNAVAILABLE, str(exc))
+        if as_json:
+            _emit({**state.as_dict(), "already_running": was_up})
+            return
+        verb = "already running" if was_up else "started"
+        _err.print(f"[green]✓[/green] services {verb} (supervisor pid {state.supervisor_pid})")
+        for name, svc in state.services.items():
+            _err.print(f"  {name}: pid {svc['pid']} on {svc['address']}")
+        _err.print(f"stop them with: ehrshare network down --profile {path.parent}")
+
+    @network_app.command("down", epilog=_EXIT_HELP)
+    def network_down(
+        profile: ProfileOpt = "",
+        timeout: Annotated[
+            float, typer.Option(min=1.0, help="Seconds to wait for a clean stop.")
+        ] = 30.0,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Stop the services 'network up' started (by pid; a no-op if none run)."""
+        from ehrshare.consortium import profile_file
+        from ehrshare.netctl import NetworkControlError
+        from ehrshare.netctl import network_down as down
+
+        with _errors():
+            path = profile_file(_profile_path(profile))
+            try:
+                state = down(path, timeout=timeout)
+            except NetworkControlError as exc:
+                _fail(EXIT_UNAVAILABLE, str(exc))
+        if as_json:
+            _emit({"stopped": state is not None, "services": state.services if state else {}})
+            return
+        if state is None:
+            _err.print("no services were running")
+        else:
+            _err.print(f"[green]✓[/green] stopped {len(state.services)} services")
 
     @network_app.command("status", epilog=_EXIT_HELP)
     def network_status(profile: ProfileOpt = "", as_json: JsonOpt = False) -> None:
@@ -278,6 +338,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 {"name": px.name, "msp": px.msp_id, "address": px.service.address or "in-process"}
                 for px in prof.proxies
             ]
+            from ehrshare.netctl import network_state
+
+            bg = network_state((path / "profile.yaml" if path.is_dir() else path).resolve())
+            status["background_services"] = {
+                "running": bg.running,
+                "supervisor_pid": bg.supervisor_pid,
+                "services": bg.services,
+            }
         if as_json:
             _emit(status)
         else:
@@ -302,6 +370,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     f"kgc: {kgc['threshold']} of {kgc['nodes']} nodes "
                     f"({', '.join(kgc['addresses'])}); proxies: "
                     + ", ".join(f"{p['name']} ({p['address']})" for p in status["proxies"]),
+                    soft_wrap=True,
+                )
+                bg_state = status["background_services"]
+                _err.print(
+                    f"services (network up): running, supervisor pid {bg_state['supervisor_pid']}"
+                    if bg_state["running"]
+                    else "services (network up): not running",
                     soft_wrap=True,
                 )
         if not store_ok:
@@ -413,12 +488,22 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             typer.echo(shlex.join(c.argv(["ehrshare"])))
 
     @consortium_app.command("serve", epilog=_EXIT_HELP)
-    def consortium_serve(profile: ProfileOpt = "") -> None:
+    def consortium_serve(
+        profile: ProfileOpt = "",
+        state_file: Annotated[
+            Path | None,
+            typer.Option(
+                help="Write the pids and addresses here once every service listens (used by "
+                "'ehrshare network up'); removed on exit."
+            ),
+        ] = None,
+    ) -> None:
         """Start every KGC node and every proxy of the profile as child processes, wait until
         they listen, and stop them all (by pid) on Ctrl-C or SIGTERM."""
         from ehrshare.consortium import profile_file
         from ehrshare.processes import ServiceProcessError, ServiceProcesses
         from ehrshare.profile import Profile
+        from ehrshare.services.vault import atomic_write
 
         with _errors():
             path = profile_file(_profile_path(profile))
@@ -434,8 +519,19 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 _fail(EXIT_UNAVAILABLE, str(exc))
             for name, pid in procs.pids.items():
                 _err.print(f"{name}: pid {pid} on {procs.commands[name].address}")
+            if state_file is not None:
+                services = {
+                    name: {"pid": pid, "address": procs.commands[name].address}
+                    for name, pid in procs.pids.items()
+                }
+                state = {"supervisor_pid": os.getpid(), "services": services}
+                atomic_write(state_file, json.dumps(state, indent=2).encode(), mode=0o644)
             _err.print("serving; Ctrl-C stops every service")
-            stop.wait()
+            try:
+                stop.wait()
+            finally:
+                if state_file is not None:
+                    state_file.unlink(missing_ok=True)
         _err.print("stopped")
 
     @consortium_app.command("add-member", epilog=_EXIT_HELP)
