@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint unit venv clean bench-crypto bench-dkg bench-consensus tools
+.PHONY: demo test lint unit venv clean bench-crypto bench-dkg bench-consensus tools network-up network-down
 
 venv: $(STAMP)
 
@@ -27,6 +27,15 @@ test: $(STAMP) lint tools
 ## (first run a few minutes, then a no-op)
 tools: $(STAMP)
 	$(BIN)/python -m ehrshare.network.kubo install
+
+## make network-up PROFILE=<consortium dir>: start its KGC nodes and proxies in the background
+## (a consortium made with `ehrshare consortium init DIR --services processes`); network-down stops them
+PROFILE ?= consortium
+network-up: $(STAMP)
+	$(BIN)/ehrshare network up --profile $(PROFILE)
+
+network-down: $(STAMP)
+	$(BIN)/ehrshare network down --profile $(PROFILE)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
