@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ehrshare.hazmat.dkg import DKGResult
+from ehrshare.hazmat.extract import SignedExtractionRequest
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.hazmat.pairing import GT
 from ehrshare.hazmat.tipre import (
@@ -22,9 +23,8 @@ from ehrshare.hazmat.tipre import (
     TypePublicKey,
     encrypt,
 )
-from ehrshare.ledger.sandbox import ManualClock, Member, Sandbox
-from ehrshare.hazmat.extract import SignedExtractionRequest
 from ehrshare.identity import Identity, Signer
+from ehrshare.ledger.sandbox import ManualClock, Member, Sandbox
 from ehrshare.services.extract_auth import certificate_der
 from ehrshare.services.kgc import (
     ExtractionOutcome,

@@ -200,7 +200,6 @@ def test_proxy_over_grpc(net: Net) -> None:
 
 def test_the_ledger_signing_key_is_refused_for_tls(net: Net) -> None:
     w = net.world
-    alice = w.m["alice"]
     # A ledger signing certificate of alice's (valid now: the world's members are stamped
     # with its manual clock, which TLS would call not yet valid).
     signing_id, signing_key = w.sandbox.cas["Org1MSP"].issue("alice", role="patient")
