@@ -30,6 +30,7 @@ import logging
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -663,6 +664,9 @@ def _open_services(profile: Profile, ledger: EmbeddedLedger, clock: Clock | None
                 state_dir=svc.state,
                 contract=contract,
                 rate_limit_per_minute=600,
+                # Request timestamps are checked against the consortium's clock (a manual
+                # clock in tests and the demo stamps the members' requests too).
+                wall_clock=clock or time.time_ns,
             )
         )
     proxies: dict[str, ReencryptionProxy] = {}

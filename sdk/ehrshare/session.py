@@ -148,7 +148,8 @@ class KgcClient(Protocol):
     index: int
 
     def extract(self, request_bytes: bytes, *, timeout: float = 10.0) -> bytes:
-        """An :class:`ExtractionRequest` → the node's sealed, signed partial key response."""
+        """A :class:`~ehrshare.hazmat.extract.SignedExtractionRequest` → the node's sealed,
+        signed partial key response."""
         ...
 
 
@@ -540,8 +541,16 @@ class Session:
         self.register()
         _, public = self._master()
         try:
+            # Each request is signed with the ledger key (the TLS key only opens the channel):
+            # the nodes check the signature against the certificate registered on chain.
             outcome = extract_identity_key(
-                self.kgc, self.ibe_id, public=public, roster=self.roster, timeout=timeout
+                self.kgc,
+                self.identity,
+                self._signer,
+                public=public,
+                roster=self.roster,
+                timeout=timeout,
+                clock=self._clock,
             )
         except ExtractionFailed as exc:
             why = (

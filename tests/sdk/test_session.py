@@ -16,7 +16,7 @@ from ehrshare import connect
 from ehrshare.consortium import Consortium, _load_node_key
 from ehrshare.demo import imaging_study, lab_observation
 from ehrshare.hazmat.dkg import KeyShare
-from ehrshare.hazmat.extract import ExtractionRequest, extract_partial_key
+from ehrshare.hazmat.extract import SignedExtractionRequest, extract_partial_key
 from ehrshare.hazmat.pairing import Scalar
 from ehrshare.services.kgc import KgcUnavailable
 from ehrshare.session import (
@@ -56,7 +56,7 @@ class BadShareNode:
         self._key = _load_node_key(svc.key_file)
 
     def extract(self, request_bytes: bytes, *, timeout: float = 10.0) -> bytes:
-        request = ExtractionRequest.from_bytes(request_bytes)
+        request = SignedExtractionRequest.from_bytes(request_bytes)
         wrong = KeyShare(self.index, Scalar.random())
         return extract_partial_key(wrong, self._key, request).to_bytes()
 

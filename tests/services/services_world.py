@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ehrshare.hazmat.dkg import DKGResult
+from ehrshare.hazmat.extract import SignedExtractionRequest
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.hazmat.pairing import GT
 from ehrshare.hazmat.tipre import (
@@ -22,8 +23,11 @@ from ehrshare.hazmat.tipre import (
     TypePublicKey,
     encrypt,
 )
+from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.sandbox import ManualClock, Member, Sandbox
+from ehrshare.services.extract_auth import certificate_der
 from ehrshare.services.kgc import (
+    ExtractionOutcome,
     InProcessKgcClient,
     KgcNode,
     extract_identity_key,
@@ -76,12 +80,57 @@ class World:
             clients = [InProcessKgcClient(n, requester=member.ibe_id) for n in self.nodes]
             outcome = extract_identity_key(
                 clients,
-                member.ibe_id,
+                member.identity,
+                member.signer,
                 public=self.dkg.public,
                 roster=[n.public_key for n in self.nodes],
+                clock=self.clock,
             )
             self.keys[name] = outcome.secret_key
         return self.keys[name]
+
+    def extract(self, clients: list[object], name: str, **kwargs: object) -> ExtractionOutcome:
+        """extract_identity_key for member ``name``, signed with its ledger key and stamped with
+        the world's clock."""
+        member = self.m[name]
+        options: dict[str, object] = {
+            "public": self.dkg.public,
+            "roster": self.roster,
+            "clock": self.clock,
+        }
+        options.update(kwargs)
+        return extract_identity_key(
+            clients,  # type: ignore[arg-type]
+            member.identity,
+            member.signer,
+            **options,  # type: ignore[arg-type]
+        )
+
+    def request(
+        self,
+        name: str,
+        node_index: int,
+        *,
+        timestamp: int | None = None,
+        certificate: Identity | None = None,
+        signer: Signer | None = None,
+    ) -> tuple[bytes, X25519KeyPair]:
+        """A signed extraction request (format 2) for member ``name``'s key at node
+        ``node_index``, stamped with the world's clock. By default it carries the member's
+        ledger certificate and is signed with its ledger key; ``certificate`` / ``signer``
+        put another certificate in or sign with another key (the attacks)."""
+        member = self.m[name]
+        reply = X25519KeyPair.generate()
+        unsigned = SignedExtractionRequest.unsigned(
+            identity=member.ibe_id,
+            reply_key=reply.public_bytes,
+            node_index=node_index,
+            mpk=self.dkg.public.mpk.to_bytes(),
+            timestamp=self.clock.seconds if timestamp is None else timestamp,
+            certificate=certificate_der(certificate or member.identity),
+        )
+        key = signer or member.signer
+        return unsigned.with_signature(key.sign(unsigned.signing_payload())).to_bytes(), reply
 
     def publish_type_key(self, name: str, record_type: str) -> None:
         sk = self.key_of(name).type_secret(record_type)
@@ -149,6 +198,7 @@ def build_world(root: Path) -> World:
             contract=m[f"kgc{i + 1}"].contract,
             rate_limit_per_minute=1000,
             clock=kgc_clock,
+            wall_clock=clock,
         )
         for i in range(3)
     ]

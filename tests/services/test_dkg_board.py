@@ -34,6 +34,7 @@ def test_nodes_running_independently_agree_and_publish(world: World, tmp_path: P
             node_key=keys[i],
             state_dir=tmp_path / f"node{i + 1}",
             contract=members[i].contract,
+            wall_clock=world.clock,
         )
         for i in range(3)
     ]
@@ -64,9 +65,16 @@ def test_nodes_running_independently_agree_and_publish(world: World, tmp_path: P
     assert row["keys"] == [base64.b64encode(k.public_key.to_bytes()).decode() for k in keys]
     public = public_polynomial_from_chain(row)
     assert public.to_bytes() == results[1].public.to_bytes()
-    alice = world.m["alice"].ibe_id
-    clients = [InProcessKgcClient(n, requester=alice) for n in nodes]
-    outcome = extract_identity_key(clients, alice, public=public, roster=roster_from_chain(row))
+    alice = world.m["alice"]
+    clients = [InProcessKgcClient(n, requester=alice.ibe_id) for n in nodes]
+    outcome = extract_identity_key(
+        clients,
+        alice.identity,
+        alice.signer,
+        public=public,
+        roster=roster_from_chain(row),
+        clock=world.clock,
+    )
     outcome.secret_key.check(MasterPublicKey(public.mpk))
 
 

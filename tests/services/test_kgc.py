@@ -10,7 +10,7 @@ import pytest
 from services_world import NONCE, World
 
 from ehrshare.hazmat.dkg import KeyShare
-from ehrshare.hazmat.extract import ExtractionRequest, PartialKeyResponse
+from ehrshare.hazmat.extract import PartialKeyResponse, SignedExtractionRequest
 from ehrshare.hazmat.pairing import Scalar
 from ehrshare.hazmat.tipre import MasterPublicKey
 from ehrshare.services.kgc import (
@@ -22,7 +22,6 @@ from ehrshare.services.kgc import (
     KgcUnavailable,
     NotAuthorised,
     RateLimited,
-    extract_identity_key,
     public_polynomial_from_chain,
 )
 
@@ -48,7 +47,7 @@ class CorruptingClient:
     def extract(self, request_bytes: bytes, *, timeout: float = 10.0) -> bytes:
         from ehrshare.hazmat.extract import extract_partial_key
 
-        request = ExtractionRequest.from_bytes(request_bytes)
+        request = SignedExtractionRequest.from_bytes(request_bytes)
         wrong = KeyShare(self.index, Scalar.from_int(12345))
         return extract_partial_key(wrong, self._node._key, request).to_bytes()
 
@@ -91,9 +90,7 @@ def test_extraction_from_tau_of_n_gives_the_identity_key(world: World) -> None:
     alice = world.m["alice"]
     for pair in ((0, 1), (1, 2), (0, 2)):
         clients = [InProcessKgcClient(world.nodes[i], requester=alice.ibe_id) for i in pair]
-        outcome = extract_identity_key(
-            clients, alice.ibe_id, public=world.dkg.public, roster=world.roster
-        )
+        outcome = world.extract(clients, "alice")
         outcome.secret_key.check(world.mpk)
         assert outcome.invalid == ()
         assert outcome.unavailable == {}
@@ -106,15 +103,13 @@ def test_node_down_still_extracts_with_tau_and_fails_clearly_below(world: World)
         InProcessKgcClient(world.nodes[1], requester=bob.ibe_id),
         InProcessKgcClient(world.nodes[2], requester=bob.ibe_id),
     ]
-    outcome = extract_identity_key(
-        clients, bob.ibe_id, public=world.dkg.public, roster=world.roster
-    )
+    outcome = world.extract(clients, "bob")
     outcome.secret_key.check(world.mpk)
     assert outcome.unavailable == {1: "KGC node 1 is unreachable"}
 
     below = [DownClient(1), DownClient(2), InProcessKgcClient(world.nodes[2], requester=bob.ibe_id)]
     with pytest.raises(ExtractionFailed) as info:
-        extract_identity_key(below, bob.ibe_id, public=world.dkg.public, roster=world.roster)
+        world.extract(below, "bob")
     assert str(info.value) == (
         "need 2 verified partial keys, have 1; unavailable: node 1: KGC node 1 is unreachable; "
         "node 2: KGC node 2 is unreachable"
@@ -128,16 +123,12 @@ def test_bad_share_is_named_and_excluded(world: World) -> None:
         InProcessKgcClient(world.nodes[1], requester=carol.ibe_id),
         InProcessKgcClient(world.nodes[2], requester=carol.ibe_id),
     ]
-    outcome = extract_identity_key(
-        clients, carol.ibe_id, public=world.dkg.public, roster=world.roster
-    )
+    outcome = world.extract(clients, "carol")
     outcome.secret_key.check(world.mpk)
     assert outcome.invalid == (1,)
     # Only two honest nodes asked, one bad: below τ, and the bad one is named.
     with pytest.raises(ExtractionFailed, match=r"rejected invalid shares from nodes \[1\]"):
-        extract_identity_key(
-            clients[:2], carol.ibe_id, public=world.dkg.public, roster=world.roster
-        )
+        world.extract(clients[:2], "carol")
 
 
 def test_node_answering_in_another_nodes_name_is_invalid(world: World) -> None:
@@ -147,19 +138,21 @@ def test_node_answering_in_another_nodes_name_is_invalid(world: World) -> None:
         index = 3
 
         def extract(self, request_bytes: bytes, *, timeout: float = 10.0) -> bytes:
-            return world.nodes[1].extract(request_bytes)
+            # Requests are addressed to one node and signed by the member, so a relaying node
+            # can only pass on another request of the member's: its answer is not for ours.
+            return world.nodes[1].extract(world.request("carol", 2)[0])
 
     clients = [Impostor(), InProcessKgcClient(world.nodes[0], requester=carol.ibe_id)]
     with pytest.raises(ExtractionFailed) as info:
-        extract_identity_key(clients, carol.ibe_id, public=world.dkg.public, roster=world.roster)
+        world.extract(clients, "carol")
     assert info.value.invalid == (3,)
 
 
 def test_unregistered_identity_is_refused(world: World) -> None:
     stranger = world.m["stranger"].ibe_id
-    request, _ = ExtractionRequest.create(stranger)
+    raw, _ = world.request("stranger", 1)
     with pytest.raises(IdentityNotRegistered) as info:
-        world.nodes[0].extract(request.to_bytes(), requester=stranger)
+        world.nodes[0].extract(raw, requester=stranger)
     assert str(info.value) == (
         f"identity {stranger} is not registered on chain; KGC node 1 extracts keys only for "
         "registered identities"
@@ -167,13 +160,13 @@ def test_unregistered_identity_is_refused(world: World) -> None:
 
 
 def test_caller_may_only_extract_its_own_identity(world: World) -> None:
-    request, _ = ExtractionRequest.create(world.m["alice"].ibe_id)
+    raw, _ = world.request("alice", 1)
     with pytest.raises(NotAuthorised, match="identity Org1MSP/bob may not extract the key of"):
-        world.nodes[0].extract(request.to_bytes(), requester=world.m["bob"].ibe_id)
+        world.nodes[0].extract(raw, requester=world.m["bob"].ibe_id)
 
 
 def test_garbage_request_is_a_bad_request(world: World) -> None:
-    with pytest.raises(BadRequest, match="extraction request must be at least 35 bytes, got 3"):
+    with pytest.raises(BadRequest, match="extraction request must be at least 107 bytes, got 3"):
         world.nodes[0].extract(b"abc")
 
 
@@ -185,34 +178,35 @@ def test_rate_limit_per_requester_with_injected_clock(world: World) -> None:
         contract=world.nodes[1].contract,
         rate_limit_per_minute=3,
         clock=world.kgc_clock,
+        wall_clock=world.clock,
     )
     alice, bob = world.m["alice"].ibe_id, world.m["bob"].ibe_id
-    raw = ExtractionRequest.create(alice)[0].to_bytes()
+
+    def fresh(name: str) -> bytes:
+        return world.request(name, 2)[0]
+
     for _ in range(3):
-        PartialKeyResponse.from_bytes(node.extract(raw, requester=alice))
+        PartialKeyResponse.from_bytes(node.extract(fresh("alice"), requester=alice))
     with pytest.raises(RateLimited, match="identity Org1MSP/alice exceeded 3 extractions") as info:
-        node.extract(raw, requester=alice)
+        node.extract(fresh("alice"), requester=alice)
     assert info.value.retry_after == pytest.approx(20.0)
     # Another requester has its own bucket.
-    node.extract(ExtractionRequest.create(bob)[0].to_bytes(), requester=bob)
+    node.extract(fresh("bob"), requester=bob)
     world.kgc_clock.now += 20.0
-    node.extract(raw, requester=alice)
+    node.extract(fresh("alice"), requester=alice)
     with pytest.raises(RateLimited):
-        node.extract(raw, requester=alice)
+        node.extract(fresh("alice"), requester=alice)
 
 
 def test_every_extraction_is_logged_without_key_material(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:
     alice = world.m["alice"].ibe_id
-    request, _ = ExtractionRequest.create(alice)
     with caplog.at_level(logging.INFO, logger="ehrshare.services.kgc"):
-        raw = world.nodes[2].extract(request.to_bytes(), requester=alice)
+        raw = world.nodes[2].extract(world.request("alice", 3)[0], requester=alice)
         with pytest.raises(IdentityNotRegistered):
             stranger = world.m["stranger"].ibe_id
-            world.nodes[2].extract(
-                ExtractionRequest.create(stranger)[0].to_bytes(), requester=stranger
-            )
+            world.nodes[2].extract(world.request("stranger", 3)[0], requester=stranger)
     lines = [r.getMessage() for r in caplog.records if r.name == "ehrshare.services.kgc"]
     assert f"extraction node=3 identity={alice} requester={alice} session=" in lines[0]
     assert lines[0].endswith("outcome=ok")

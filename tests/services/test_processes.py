@@ -20,7 +20,6 @@ import pytest
 from services_world import FAR, World
 
 from ehrshare.hazmat.tipre import Capsule, decrypt, generate_rekey, identity_point
-from ehrshare.services.kgc import extract_identity_key
 from ehrshare.services.proxy import ApprovalConsumed, seal_rekey
 from ehrshare.services.rpc import GrpcKgcClient, GrpcProxyClient
 from ehrshare.services.tls import ClientTls, issue_tls_certificate
@@ -134,14 +133,11 @@ def test_kgc_processes_extract_and_survive_a_node_going_down(procs: Procs) -> No
     assert repeated == {w.m[f"kgc{i}"].ibe_id for i in (1, 2, 3)}
     tls = procs.tls_for("alice")
     clients = [GrpcKgcClient(t, index=i + 1, tls=tls) for i, t in enumerate(targets)]
-    outcome = extract_identity_key(
-        clients, w.m["alice"].ibe_id, public=w.dkg.public, roster=w.roster
-    )
+    # The processes check request timestamps against the wall clock, not the world's.
+    outcome = w.extract(clients, "alice", clock=time.time_ns)
     outcome.secret_key.check(w.mpk)
     assert procs.stop("kgc1") == 0
-    outcome = extract_identity_key(
-        clients, w.m["alice"].ibe_id, public=w.dkg.public, roster=w.roster, timeout=3
-    )
+    outcome = w.extract(clients, "alice", clock=time.time_ns, timeout=3)
     outcome.secret_key.check(w.mpk)
     assert list(outcome.unavailable) == [1]
     log = (w.nodes[1].state_dir / "kgc.log").read_text()

@@ -9,7 +9,6 @@ import grpc
 import pytest
 from services_world import FAR, World
 
-from ehrshare.hazmat.extract import ExtractionRequest
 from ehrshare.hazmat.tipre import Capsule, decrypt, generate_rekey
 from ehrshare.identity import LocalCA
 from ehrshare.ledger import EndorseError
@@ -21,7 +20,6 @@ from ehrshare.services.kgc import (
     KgcUnavailable,
     NotAuthorised,
     RateLimited,
-    extract_identity_key,
 )
 from ehrshare.services.proxy import (
     ApprovalConsumed,
@@ -74,6 +72,7 @@ def net(world: World) -> Iterator[Net]:
             contract=node.contract,
             rate_limit_per_minute=5,
             clock=world.kgc_clock,
+            wall_clock=world.clock,
         )
         server, port = serve_kgc(served, listen="127.0.0.1:0", tls=ServerTls(cert, key, trust))
         servers.append(server)
@@ -90,39 +89,31 @@ def net(world: World) -> Iterator[Net]:
 
 def test_extraction_over_grpc_tls_tau_of_n(net: Net) -> None:
     w = net.world
-    outcome = extract_identity_key(
-        net.kgc_clients("alice")[1:],
-        w.m["alice"].ibe_id,
-        public=w.dkg.public,
-        roster=w.roster,
-    )
+    outcome = w.extract(net.kgc_clients("alice")[1:], "alice")
     outcome.secret_key.check(w.mpk)
 
 
 def test_caller_identity_comes_from_the_certificate(net: Net) -> None:
     w = net.world
     client = net.kgc_clients("bob")[0]
-    request, _ = ExtractionRequest.create(w.m["alice"].ibe_id)
     with pytest.raises(NotAuthorised) as info:
-        client.extract(request.to_bytes())
+        client.extract(w.request("alice", 1)[0])
     assert str(info.value) == "identity Org1MSP/bob may not extract the key of Org1MSP/alice"
 
 
 def test_unregistered_identity_refused_over_grpc(net: Net) -> None:
     stranger = net.world.m["stranger"].ibe_id
-    request, _ = ExtractionRequest.create(stranger)
     with pytest.raises(IdentityNotRegistered, match=f"identity {stranger} is not registered"):
-        net.kgc_clients("stranger")[0].extract(request.to_bytes())
+        net.kgc_clients("stranger")[0].extract(net.world.request("stranger", 1)[0])
 
 
 def test_rate_limit_over_grpc(net: Net) -> None:
     w = net.world
     client = net.kgc_clients("dan")[2]
-    raw = ExtractionRequest.create(w.m["dan"].ibe_id)[0].to_bytes()
     for _ in range(5):
-        client.extract(raw)
+        client.extract(w.request("dan", 3)[0])
     with pytest.raises(RateLimited, match="exceeded 5 extractions per minute at KGC node 3"):
-        client.extract(raw)
+        client.extract(w.request("dan", 3)[0])
 
 
 @pytest.mark.parametrize("kind", ["self-signed", "other-ca", "server-cert-as-client"])
@@ -139,9 +130,8 @@ def test_client_without_a_consortium_certificate_is_refused(net: Net, kind: str)
         cert, key = issue_tls_certificate(LocalCA.create("Org9MSP"), "x")
         tls = ClientTls(b"".join(net.roots), cert, key)
     client = GrpcKgcClient(net.targets[0], index=1, tls=tls)
-    request, _ = ExtractionRequest.create(w.m["alice"].ibe_id)
     with pytest.raises(KgcUnavailable, match=r"KGC node 1 at 127\.0\.0\.1:\d+ is unavailable"):
-        client.extract(request.to_bytes(), timeout=5)
+        client.extract(w.request("alice", 1)[0], timeout=5)
     proxy = GrpcProxyClient(net.proxy_target, tls=tls, timeout=5)
     with pytest.raises(ProxyUnavailable):
         proxy.public_key()
@@ -152,19 +142,11 @@ def test_nodes_down_over_grpc(net: Net) -> None:
     clients = net.kgc_clients("carol")
     # A node nobody listens on is "down".
     dead = GrpcKgcClient("127.0.0.1:1", index=1, tls=net.tls_for("carol"))
-    outcome = extract_identity_key(
-        [dead, *clients[1:]], w.m["carol"].ibe_id, public=w.dkg.public, roster=w.roster
-    )
+    outcome = w.extract([dead, *clients[1:]], "carol")
     outcome.secret_key.check(w.mpk)
     assert list(outcome.unavailable) == [1]
     with pytest.raises(ExtractionFailed, match="need 2 verified partial keys, have 1"):
-        extract_identity_key(
-            [dead, clients[1]],
-            w.m["carol"].ibe_id,
-            public=w.dkg.public,
-            roster=w.roster,
-            timeout=2,
-        )
+        w.extract([dead, clients[1]], "carol", timeout=2)
 
 
 def test_proxy_over_grpc(net: Net) -> None:
@@ -218,7 +200,6 @@ def test_proxy_over_grpc(net: Net) -> None:
 
 def test_the_ledger_signing_key_is_refused_for_tls(net: Net) -> None:
     w = net.world
-    alice = w.m["alice"]
     # A ledger signing certificate of alice's (valid now: the world's members are stamped
     # with its manual clock, which TLS would call not yet valid).
     signing_id, signing_key = w.sandbox.cas["Org1MSP"].issue("alice", role="patient")
@@ -227,22 +208,19 @@ def test_the_ledger_signing_key_is_refused_for_tls(net: Net) -> None:
     # Built by hand past that check: the handshake succeeds (the certificate chains to a
     # consortium CA) but every call is refused, naming the fix.
     signing = ClientTls(b"".join(net.roots), signing_id.credentials, signing_key.to_secret_bytes())
-    request, _ = ExtractionRequest.create(alice.ibe_id)
     expected = (
         "client certificate of Org1MSP/alice has no clientAuth extended key usage; the ledger "
         "signing key may not open TLS connections: re-issue the wallet's TLS client "
         "certificate with 'ehrshare consortium reissue-tls <wallet> -p <consortium dir>'"
     )
     with pytest.raises(NotAuthorised) as info:
-        GrpcKgcClient(net.targets[0], index=1, tls=signing).extract(request.to_bytes())
+        GrpcKgcClient(net.targets[0], index=1, tls=signing).extract(w.request("alice", 1)[0])
     assert str(info.value) == expected
     with pytest.raises(ProxyNotAuthorised) as pinfo:
         GrpcProxyClient(net.proxy_target, tls=signing).public_key()
     assert str(pinfo.value) == expected
     # The TLS client certificate of the same member is accepted and names the same caller.
-    outcome = extract_identity_key(
-        net.kgc_clients("alice")[:2], alice.ibe_id, public=w.dkg.public, roster=w.roster
-    )
+    outcome = w.extract(net.kgc_clients("alice")[:2], "alice")
     outcome.secret_key.check(w.mpk)
 
 

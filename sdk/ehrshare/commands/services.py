@@ -33,6 +33,7 @@ from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.api import Contract
 from ehrshare.ledger.embedded import EmbeddedGateway, connect
 from ehrshare.ledger.errors import LedgerError
+from ehrshare.ledger.store import DEFAULT_MAX_CLOCK_SKEW_S
 from ehrshare.services.kgc import KgcNode
 from ehrshare.services.proxy import ReencryptionProxy, RevocationFollower
 from ehrshare.services.rpc import serve_kgc, serve_proxy
@@ -297,6 +298,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         rate_limit: Annotated[
             int, typer.Option("--rate-limit", help="Extractions per minute each.")
         ] = 60,
+        max_clock_skew: Annotated[
+            int,
+            typer.Option(
+                "--max-clock-skew",
+                min=1,
+                help="Seconds a request's timestamp may differ from this node's clock; its "
+                "nonce is remembered as long.",
+            ),
+        ] = DEFAULT_MAX_CLOCK_SKEW_S,
     ) -> None:
         """Serve a KGC node until SIGTERM."""
         node_key = KGCNodeKey.from_secret_bytes(_key_outside_state(node_key_file, opts.state_dir))
@@ -308,6 +318,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 state_dir=opts.state_dir,
                 contract=contract,
                 rate_limit_per_minute=rate_limit,
+                max_clock_skew_s=max_clock_skew,
             )
             try:
                 # DKG sessions name nodes by the keys they published on chain.

@@ -4,7 +4,12 @@ Scheme: Boneh–Franklin key extraction with the master secret s Shamir-shared b
 (:mod:`ehrshare.hazmat.dkg`). Setting: BLS12-381, ``mpk = s·P1 ∈ G1``, ``Q_id = H1(id) ∈ G2``
 with H1 = :func:`ehrshare.hazmat.tipre.identity_point` (the same hash the PRE encrypts to).
 
-* The user makes an :class:`ExtractionRequest` (identity + a fresh X25519 reply key).
+* The user makes an :class:`ExtractionRequest` (identity + a fresh X25519 reply key). What goes
+  over the wire to a KGC service is the :class:`SignedExtractionRequest` (format 2): the same
+  two fields plus the node index, the mpk, a fresh nonce, a timestamp and the member's ledger
+  certificate, signed with the member's ledger key, so a stolen TLS client key alone cannot
+  ask for the member's partial keys. This module only encodes it: the signature, the
+  certificate and the freshness are checked by the service (:mod:`ehrshare.services.kgc`).
 * KGC node j answers with :func:`extract_partial_key`: ``d_j = s_j·Q_id`` sealed to the reply key
   and signed with the node's long-term P-256 key (so a bad answer is attributable).
 * The user opens each answer (:func:`open_partial_key` → unverified :class:`PartialKey`), checks
@@ -23,9 +28,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Final
 
 from ehrshare.hazmat.dkg import KeyShare, PublicPolynomial
@@ -47,6 +53,9 @@ from ehrshare.hazmat.pairing import G1, G2, RngFn, Scalar, multi_pair
 from ehrshare.hazmat.tipre import IdentitySecretKey, MasterPublicKey, identity_point
 
 __all__ = [
+    "REQUEST_NONCE_SIZE",
+    "SIGNED_REQUEST_VERSION",
+    "AnyExtractionRequest",
     "ExtractionRequest",
     "InvalidPartialKey",
     "NotEnoughPartialKeys",
@@ -54,6 +63,7 @@ __all__ = [
     "PartialKeyCheck",
     "PartialKeyResponse",
     "RecoveredKey",
+    "SignedExtractionRequest",
     "VerifiedPartialKey",
     "combine_partial_keys",
     "extract_partial_key",
@@ -65,7 +75,13 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 _VERSION: Final = 1
+SIGNED_REQUEST_VERSION: Final = 2
 _REQUEST_DST: Final = b"ehrshare/v1/extract/request"
+_SIGNED_REQUEST_DST: Final = b"ehrshare/v2/extract/signed-request"
+_SIGNING_DST: Final = b"ehrshare/v2/extract/request-signature"
+_MAX_CERTIFICATE: Final = 8192
+_MAX_SIGNATURE: Final = 80  # DER ECDSA-P256 is at most 72 bytes
+REQUEST_NONCE_SIZE: Final = 16
 _RESPONSE_DST: Final = b"ehrshare/v1/extract/response"
 _MAX_IDENTITY: Final = 1024
 _SEALED_KEY_SIZE: Final = SEALED_OVERHEAD + 96
@@ -156,6 +172,157 @@ class ExtractionRequest:
         return hashlib.sha256(_REQUEST_DST + self.to_bytes()).digest()
 
 
+_SIGNED_FIXED: Final = struct.Struct(">B32sH48s16sQ")
+
+
+@dataclass(frozen=True, slots=True)
+class SignedExtractionRequest:
+    """The extraction request a KGC service accepts (format 2), signed with the ledger key.
+
+    Fields: the identity and one-time X25519 reply key (as in :class:`ExtractionRequest`), the
+    KGC node index it is addressed to, the mpk (48-byte compressed G1) of the DKG whose share
+    should answer, a fresh ``nonce``, a ``timestamp`` (Unix seconds), the member's ledger
+    certificate (DER, the one registered on chain) and the ECDSA signature over
+    :meth:`signing_payload`. Encoding::
+
+        version(2) || reply_key(32) || node_index(u16) || mpk(48) || nonce(16) || timestamp(u64)
+        || len(u16) || identity (UTF-8) || len(u16) || certificate (DER)
+        || len(u8) || signature (DER)
+
+    Build with :meth:`unsigned`, sign :meth:`signing_payload` with the member's
+    :class:`ehrshare.identity.Signer`, then :meth:`with_signature`. Nothing here checks the
+    signature or the certificate: the KGC service does.
+    """
+
+    identity: str
+    reply_key: bytes
+    node_index: int
+    mpk: bytes
+    nonce: bytes
+    timestamp: int
+    certificate: bytes
+    signature: bytes = b""
+
+    def __post_init__(self) -> None:
+        _identity_bytes(self.identity)
+        if len(self.reply_key) != 32:
+            raise EncodingError(f"reply key must be 32 bytes, got {len(self.reply_key)}")
+        if not 1 <= self.node_index <= 0xFFFF:
+            raise EncodingError(f"node index must be 1..65535, got {self.node_index}")
+        if len(self.mpk) != G1.SIZE:
+            raise EncodingError(f"mpk must be {G1.SIZE} bytes, got {len(self.mpk)}")
+        if len(self.nonce) != REQUEST_NONCE_SIZE:
+            raise EncodingError(
+                f"request nonce must be {REQUEST_NONCE_SIZE} bytes, got {len(self.nonce)}"
+            )
+        if not 0 <= self.timestamp < 2**64:
+            raise EncodingError(f"timestamp must fit in 64 bits, got {self.timestamp}")
+        if not 0 < len(self.certificate) <= _MAX_CERTIFICATE:
+            raise EncodingError(
+                f"certificate must be 1..{_MAX_CERTIFICATE} bytes, got {len(self.certificate)}"
+            )
+        if len(self.signature) > _MAX_SIGNATURE:
+            raise EncodingError(
+                f"signature must be at most {_MAX_SIGNATURE} bytes, got {len(self.signature)}"
+            )
+
+    @classmethod
+    def unsigned(
+        cls,
+        *,
+        identity: str,
+        reply_key: bytes,
+        node_index: int,
+        mpk: bytes,
+        timestamp: int,
+        certificate: bytes,
+        rng: RngFn | None = None,
+    ) -> SignedExtractionRequest:
+        """A request with a fresh nonce and no signature yet (sign :meth:`signing_payload`)."""
+        nonce = rng(REQUEST_NONCE_SIZE) if rng is not None else os.urandom(REQUEST_NONCE_SIZE)
+        return cls(identity, reply_key, node_index, mpk, nonce, timestamp, certificate)
+
+    def with_signature(self, signature: bytes) -> SignedExtractionRequest:
+        """The same request carrying ``signature``."""
+        return replace(self, signature=signature)
+
+    def _body(self) -> bytes:
+        ident = _identity_bytes(self.identity)
+        return (
+            _SIGNED_FIXED.pack(
+                SIGNED_REQUEST_VERSION,
+                self.reply_key,
+                self.node_index,
+                self.mpk,
+                self.nonce,
+                self.timestamp,
+            )
+            + struct.pack(">H", len(ident))
+            + ident
+            + struct.pack(">H", len(self.certificate))
+            + self.certificate
+        )
+
+    def signing_payload(self) -> bytes:
+        """The exact bytes the member's ledger key signs (domain-separated body)."""
+        return _SIGNING_DST + self._body()
+
+    def to_bytes(self) -> bytes:
+        """Canonical encoding; refuses a request without a signature."""
+        if not self.signature:
+            raise ValueError("extraction request is not signed; call with_signature() first")
+        return self._body() + struct.pack(">B", len(self.signature)) + self.signature
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SignedExtractionRequest:
+        """Parse; checks version, every length and UTF-8 (not the signature)."""
+        if len(data) < _SIGNED_FIXED.size:
+            raise EncodingError(
+                f"signed extraction request must be at least {_SIGNED_FIXED.size} bytes, "
+                f"got {len(data)}"
+            )
+        version, reply, index, mpk, nonce, timestamp = _SIGNED_FIXED.unpack_from(data)
+        if version != SIGNED_REQUEST_VERSION:
+            raise EncodingError(
+                f"signed extraction request version must be {SIGNED_REQUEST_VERSION}, got {version}"
+            )
+        pos = _SIGNED_FIXED.size
+        fields: list[bytes] = []
+        for what, width in (("identity", 2), ("certificate", 2), ("signature", 1)):
+            if len(data) < pos + width:
+                raise EncodingError(f"signed extraction request is truncated before its {what}")
+            (length,) = struct.unpack_from(">H" if width == 2 else ">B", data, pos)
+            pos += width
+            if len(data) < pos + length:
+                raise EncodingError(
+                    f"signed extraction request is truncated in its {what} "
+                    f"({length} bytes announced, {len(data) - pos} present)"
+                )
+            fields.append(data[pos : pos + length])
+            pos += length
+        if pos != len(data):
+            raise EncodingError(f"signed extraction request has {len(data) - pos} trailing bytes")
+        raw_identity, certificate, signature = fields
+        if not signature:
+            raise EncodingError("signed extraction request carries no signature")
+        try:
+            identity = raw_identity.decode("utf-8")
+        except UnicodeDecodeError:
+            raise EncodingError("extraction request identity is not valid UTF-8") from None
+        try:
+            return cls(identity, reply, index, mpk, nonce, timestamp, certificate, signature)
+        except ValueError as exc:
+            raise EncodingError(f"signed extraction request: {exc}") from None
+
+    def digest(self) -> bytes:
+        """32-byte binding of a response to this exact request (signature included)."""
+        return hashlib.sha256(_SIGNED_REQUEST_DST + self.to_bytes()).digest()
+
+
+AnyExtractionRequest = ExtractionRequest | SignedExtractionRequest
+"""Either request form: both carry the identity and reply key a partial key is sealed to."""
+
+
 @dataclass(frozen=True, slots=True)
 class PartialKeyResponse:
     """Node j's answer: ``d_j`` sealed to the request's reply key, signed by node j.
@@ -202,7 +369,7 @@ def _signed(body: bytes) -> bytes:
 def extract_partial_key(
     share: KeyShare,
     node_key: KGCNodeKey,
-    request: ExtractionRequest,
+    request: AnyExtractionRequest,
     *,
     rng: RngFn | None = None,
 ) -> PartialKeyResponse:
@@ -271,7 +438,7 @@ def _share_ok(partial: PartialKey, public: PublicPolynomial, q_id: G2) -> bool:
 def open_partial_key(
     response: PartialKeyResponse | bytes,
     *,
-    request: ExtractionRequest,
+    request: AnyExtractionRequest,
     reply_key: X25519KeyPair,
     roster: Sequence[KGCNodePublicKey] | None = None,
     node_key: KGCNodePublicKey | None = None,

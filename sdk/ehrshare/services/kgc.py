@@ -6,11 +6,17 @@ A :class:`KgcNode` holds its DKG share sealed at rest in its state directory (se
 :func:`open_dkg_session`) through the chaincode board (:class:`LedgerBoard` implements
 :class:`ehrshare.hazmat.board.Board` over PostDKGBundle / GetDKGBundles and waits for each phase's
 committed CloseDKGPhase before reading it; each QUAL member posts its view of the result with
-PublishDKGResult, final once τ agree), and answers extraction requests: only for identities
-registered on chain (GetIdentity), only to the identity itself when the caller is authenticated,
-rate-limited per requester (token bucket, injectable clock), each partial key sealed to the
-requester's one-time reply key and signed, and each extraction logged (who, for which identity,
-which node, the outcome — never key material).
+PublishDKGResult, final once τ agree), and answers extraction requests: only signed requests
+(format 2, :class:`~ehrshare.hazmat.extract.SignedExtractionRequest`) whose certificate is the
+one registered on chain for the identity (GetIdentity's ``cert_sha256``) and whose signature by
+that certificate's key verifies — so the member's ledger key is needed, not just its TLS client
+key — addressed to this node and its DKG's mpk, stamped within ``max_clock_skew_s`` of the
+node's clock and not seen before (nonces kept in the state directory,
+:class:`~ehrshare.services.extract_auth.SeenNonces`); only to the identity itself when the
+caller is authenticated; rate-limited per requester (token bucket, injectable clock); each
+partial key sealed to the requester's one-time reply key and signed; and each attempt logged
+(who, for which identity, which node, the outcome or the reason for a refusal — never key
+material).
 
 The user side, :func:`extract_identity_key`, asks τ of n nodes through any :class:`KgcClient`
 (in-process here, gRPC in :mod:`ehrshare.services.rpc`), tolerates nodes that are down, names and
@@ -27,6 +33,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import logging
 import threading
@@ -49,10 +56,11 @@ from ehrshare.hazmat.dkg import (
 )
 from ehrshare.hazmat.errors import DecryptionError, EncodingError, VerificationError
 from ehrshare.hazmat.extract import (
-    ExtractionRequest,
+    SIGNED_REQUEST_VERSION,
     InvalidPartialKey,
     NotEnoughPartialKeys,
     PartialKey,
+    SignedExtractionRequest,
     combine_partial_keys,
     extract_partial_key,
     open_partial_key,
@@ -61,8 +69,16 @@ from ehrshare.hazmat.extract import (
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, KGCNodePublicKey, X25519KeyPair
 from ehrshare.hazmat.pairing import G1, RngFn
 from ehrshare.hazmat.tipre import IdentitySecretKey, MasterPublicKey
+from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.api import Contract
 from ehrshare.ledger.errors import CommitError, LedgerError
+from ehrshare.ledger.store import DEFAULT_MAX_CLOCK_SKEW_S
+from ehrshare.services.extract_auth import (
+    SeenNonces,
+    certificate_der,
+    sign_extraction_request,
+    verify_request_signature,
+)
 from ehrshare.services.ratelimit import TokenBucketLimiter
 from ehrshare.services.vault import atomic_write, open_sealed_file, write_sealed_file
 
@@ -71,6 +87,7 @@ __all__ = [
     "DEFAULT_PHASE_TIMEOUT_S",
     "PHASE_DONE",
     "BadRequest",
+    "BadSignature",
     "DkgParticipation",
     "ExtractionFailed",
     "ExtractionOutcome",
@@ -83,7 +100,11 @@ __all__ = [
     "LedgerBoard",
     "NoShare",
     "NotAuthorised",
+    "OutdatedRequest",
     "RateLimited",
+    "ReplayedRequest",
+    "StaleRequest",
+    "UnregisteredCertificate",
     "dkg_config_from_chain",
     "extract_identity_key",
     "open_dkg_session",
@@ -107,6 +128,7 @@ PHASE_DONE: Final = "done"
 DEFAULT_PHASE_TIMEOUT_S: Final = 60
 _CURRENT_FILE: Final = "current-session"
 _NOT_REGISTERED_MARK: Final = "is not registered"
+_SEEN_NONCES_FILE: Final = "extraction-nonces.db"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,6 +149,27 @@ class NotAuthorised(KgcError):
 
 class IdentityNotRegistered(KgcError):
     """The identity is not registered on chain: no key is extracted for it."""
+
+
+class OutdatedRequest(BadRequest):
+    """The request is in a format this node no longer accepts (an unsigned, format-1 request):
+    upgrade the client."""
+
+
+class BadSignature(NotAuthorised):
+    """The request's signature does not verify under the certificate it carries."""
+
+
+class UnregisteredCertificate(NotAuthorised):
+    """The request's certificate is not the one registered on chain for the identity."""
+
+
+class StaleRequest(NotAuthorised):
+    """The request's timestamp is outside the node's clock-skew window."""
+
+
+class ReplayedRequest(NotAuthorised):
+    """The request's nonce was already used within the window: a replay."""
 
 
 class RateLimited(KgcError):
@@ -321,7 +364,10 @@ class KgcNode:
     extraction.
 
     ``contract`` is the ledger contract called with the node's own (role ``kgc``) identity.
-    ``clock`` drives the rate limiter only (seconds, monotonic).
+    ``clock`` drives the rate limiter only (seconds, monotonic). ``wall_clock`` (nanoseconds,
+    like the ledger's) is what request timestamps are checked against; a request stamped more
+    than ``max_clock_skew_s`` from it is refused as stale, and its nonce is remembered (in
+    ``state_dir``) for as long as it would be fresh.
     """
 
     def __init__(
@@ -334,9 +380,15 @@ class KgcNode:
         rate_limit_per_minute: int = 60,
         clock: Callable[[], float] = time.monotonic,
         rng: RngFn | None = None,
+        wall_clock: Callable[[], int] = time.time_ns,
+        max_clock_skew_s: int = DEFAULT_MAX_CLOCK_SKEW_S,
     ) -> None:
         if index < 1:
             raise ValueError(f"KGC node index must be at least 1, got {index}")
+        if isinstance(max_clock_skew_s, bool) or max_clock_skew_s < 1:
+            raise ValueError(
+                f"max_clock_skew_s must be a positive number of seconds, got {max_clock_skew_s!r}"
+            )
         self.index = index
         self._key = node_key
         self.state_dir = Path(state_dir)
@@ -347,6 +399,9 @@ class KgcNode:
         self._lock = threading.Lock()
         self._result: DKGResult | None = None
         self.ibe_id: str | None = None  # known once the node published its key
+        self._wall_clock = wall_clock
+        self.max_clock_skew_s = int(max_clock_skew_s)
+        self._seen = SeenNonces(self.state_dir / _SEEN_NONCES_FILE)
         self._load_current()
 
     def __repr__(self) -> str:
@@ -485,16 +540,16 @@ class KgcNode:
     # --- extraction ---------------------------------------------------------------------------
 
     def extract(self, request_bytes: bytes, *, requester: str | None = None) -> bytes:
-        """Answer one extraction request with a sealed, signed partial key (response bytes).
+        """Answer one signed extraction request with a sealed, signed partial key (response bytes).
 
         ``requester`` is the authenticated caller's identity (the gRPC layer takes it from the
         client certificate); it must be the identity whose key is asked for. In-process callers
-        that authenticated the user themselves may leave it None.
+        that authenticated the user themselves may leave it None. Either way the request must
+        be signed with the identity's ledger key (its certificate the one on chain), be
+        addressed to this node and its DKG, be fresh and not replayed; each refusal raises the
+        :class:`KgcError` subclass that names the reason and is logged.
         """
-        try:
-            request = ExtractionRequest.from_bytes(request_bytes)
-        except EncodingError as exc:
-            raise BadRequest(f"extraction request: {exc}") from None
+        request = self._parse(request_bytes, requester)
         who = requester if requester is not None else request.identity
         if requester is not None and requester != request.identity:
             self._audit(request.identity, who, "refused: not the owner")
@@ -509,9 +564,32 @@ class KgcNode:
                 f"KGC node {self.index}; retry in {wait:.1f} s",
                 retry_after=wait,
             )
-        self._check_registered(request.identity, who)
         with self._lock:
             result = self._result
+        self._check_addressed(request, who, result)
+        now = self._wall_clock() // 1_000_000_000
+        self._check_fresh(request, who, now)
+        if not verify_request_signature(request):
+            self._audit(request.identity, who, "refused: bad signature")
+            raise BadSignature(
+                f"the extraction request for {request.identity} is not signed by the key of the "
+                "certificate it carries (requests are signed with the member's ledger key, not "
+                "its TLS key)"
+            )
+        self._check_registered(request, who)
+        if not self._seen.remember(
+            request.identity,
+            request.nonce,
+            request.timestamp,
+            now=now,
+            window=self.max_clock_skew_s,
+        ):
+            self._audit(request.identity, who, "refused: replayed")
+            raise ReplayedRequest(
+                f"the extraction request for {request.identity} with nonce "
+                f"{request.nonce.hex()} was already answered by KGC node {self.index}; "
+                "a client makes a fresh request for every attempt"
+            )
         if result is None:
             self._audit(request.identity, who, "refused: no share")
             raise NoShare(f"KGC node {self.index} holds no DKG share yet")
@@ -519,9 +597,53 @@ class KgcNode:
         self._audit(request.identity, who, "ok", result.nonce)
         return response.to_bytes()
 
-    def _check_registered(self, identity: str, who: str) -> None:
+    def _parse(self, request_bytes: bytes, requester: str | None) -> SignedExtractionRequest:
+        who = requester or "-"
+        if request_bytes[:1] == bytes([1]):
+            self._audit("-", who, "refused: outdated request format")
+            raise OutdatedRequest(
+                f"extraction request format 1 (unsigned) is no longer accepted by KGC node "
+                f"{self.index}: it needs format {SIGNED_REQUEST_VERSION}, signed with the "
+                "member's ledger key; upgrade the ehrshare client"
+            )
         try:
-            self._contract.evaluate_transaction("GetIdentity", identity)
+            return SignedExtractionRequest.from_bytes(request_bytes)
+        except EncodingError as exc:
+            self._audit("-", who, "refused: malformed request")
+            raise BadRequest(f"extraction request: {exc}") from None
+
+    def _check_addressed(
+        self, request: SignedExtractionRequest, who: str, result: DKGResult | None
+    ) -> None:
+        if request.node_index != self.index:
+            self._audit(request.identity, who, "refused: addressed to another node")
+            raise BadRequest(
+                f"the extraction request is addressed to KGC node {request.node_index}, "
+                f"not node {self.index}"
+            )
+        if result is not None and request.mpk != result.public.mpk.to_bytes():
+            self._audit(request.identity, who, "refused: other mpk", result.nonce)
+            raise BadRequest(
+                f"the extraction request names mpk {request.mpk.hex()[:16]}…; KGC node "
+                f"{self.index} holds a share of dkg session {result.nonce.hex()[:16]} "
+                f"(mpk {result.public.mpk.to_bytes().hex()[:16]}…)"
+            )
+
+    def _check_fresh(self, request: SignedExtractionRequest, who: str, now: int) -> None:
+        skew = request.timestamp - now
+        if abs(skew) > self.max_clock_skew_s:
+            direction = "ahead of" if skew > 0 else "behind"
+            self._audit(request.identity, who, "refused: stale timestamp")
+            raise StaleRequest(
+                f"the extraction request timestamp {request.timestamp} is {abs(skew)} s "
+                f"{direction} KGC node {self.index}'s clock ({now}); the limit is "
+                f"{self.max_clock_skew_s} s: check the client's clock"
+            )
+
+    def _check_registered(self, request: SignedExtractionRequest, who: str) -> None:
+        identity = request.identity
+        try:
+            ident = json.loads(self._contract.evaluate_transaction("GetIdentity", identity))
         except LedgerError as exc:
             if _NOT_REGISTERED_MARK in exc.message or "is not of the form" in exc.message:
                 self._audit(identity, who, "refused: not registered")
@@ -533,6 +655,15 @@ class KgcNode:
             raise KgcError(
                 f"KGC node {self.index} could not check identity {identity} on chain: {exc}"
             ) from None
+        registered = str(ident.get("cert_sha256", ""))
+        presented = hashlib.sha256(request.certificate).hexdigest()
+        if presented != registered:
+            self._audit(identity, who, "refused: unregistered certificate")
+            raise UnregisteredCertificate(
+                f"the certificate in the extraction request (sha256 {presented[:16]}…) is not "
+                f"the one registered on chain for {identity} (sha256 {registered[:16]}…); "
+                "requests are signed with the member's ledger key and certificate"
+            )
 
     def _audit(self, identity: str, who: str, outcome: str, nonce: bytes | None = None) -> None:
         # One line per extraction attempt; the log record carries the time.
@@ -747,7 +878,8 @@ class InProcessKgcClient:
     """A :class:`KgcClient` that calls a :class:`KgcNode` directly (embedded backend).
 
     ``requester`` is the identity the application authenticated (its own enrolled identity);
-    the node refuses requests for any other identity.
+    the node refuses requests for any other identity. The request goes through the same checks
+    as over gRPC (signature by the registered ledger certificate, freshness, replay).
     """
 
     def __init__(self, node: KgcNode, *, requester: str) -> None:
@@ -788,22 +920,29 @@ class ExtractionOutcome:
 
 def extract_identity_key(
     clients: Sequence[KgcClient],
-    identity: str,
+    member: Identity,
+    signer: Signer,
     *,
     public: PublicPolynomial,
     roster: Sequence[KGCNodePublicKey],
     timeout: float = 10.0,
     rng: RngFn | None = None,
+    clock: Callable[[], int] = time.time_ns,
 ) -> ExtractionOutcome:
-    """Get ``sk_id`` from τ of the KGC nodes behind ``clients`` (asked in the given order).
+    """Get ``sk_id`` of ``member`` from τ of the KGC nodes behind ``clients`` (in that order).
 
+    ``member`` and ``signer`` are the member's *ledger* certificate and key (registered on
+    chain): each node gets its own request, signed with them, naming the node, the mpk, a fresh
+    nonce and the time from ``clock`` (nanoseconds). One reply key serves every node.
     A node that cannot be reached or refuses is skipped and reported; a node whose answer does
     not open, is signed by another node, or fails the pairing check is named in ``invalid`` and
     never combined. Raises :class:`ExtractionFailed` when fewer than τ valid shares came back.
     """
     need = public.threshold
-    request, reply = ExtractionRequest.create(identity, rng)
-    raw_request = request.to_bytes()
+    identity = member.ibe_id
+    reply = X25519KeyPair.generate(rng)
+    mpk = public.mpk.to_bytes()
+    certificate_der(member)  # a malformed certificate fails here, before any node is asked
     verified: list[PartialKey] = []
     invalid: list[int] = []
     unavailable: dict[int, str] = {}
@@ -812,7 +951,16 @@ def extract_identity_key(
         batch: list[PartialKey] = []
         while pending and len(verified) + len(batch) < need:
             client = pending.pop(0)
-            partial = _ask(client, raw_request, request, reply, roster, timeout, invalid)
+            request = sign_extraction_request(
+                member,
+                signer,
+                reply_key=reply.public_bytes,
+                node_index=client.index,
+                mpk=mpk,
+                timestamp=clock() // 1_000_000_000,
+                rng=rng,
+            )
+            partial = _ask(client, request, reply, roster, timeout, invalid)
             if isinstance(partial, str):
                 unavailable[client.index] = partial
             elif partial is not None:
@@ -837,8 +985,7 @@ def extract_identity_key(
 
 def _ask(
     client: KgcClient,
-    raw_request: bytes,
-    request: ExtractionRequest,
+    request: SignedExtractionRequest,
     reply: X25519KeyPair,
     roster: Sequence[KGCNodePublicKey],
     timeout: float,
@@ -846,7 +993,7 @@ def _ask(
 ) -> PartialKey | str | None:
     """One node's partial key; a str says why the node is unavailable; None means invalid."""
     try:
-        answer = client.extract(raw_request, timeout=timeout)
+        answer = client.extract(request.to_bytes(), timeout=timeout)
     except KgcError as exc:
         return str(exc)
     try:

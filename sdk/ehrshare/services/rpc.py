@@ -53,6 +53,11 @@ _STATUS: Final[dict[str, grpc.StatusCode]] = {
     "IdentityNotRegistered": grpc.StatusCode.PERMISSION_DENIED,
     "RateLimited": grpc.StatusCode.RESOURCE_EXHAUSTED,
     "NoShare": grpc.StatusCode.FAILED_PRECONDITION,
+    "OutdatedRequest": grpc.StatusCode.FAILED_PRECONDITION,
+    "BadSignature": grpc.StatusCode.UNAUTHENTICATED,
+    "UnregisteredCertificate": grpc.StatusCode.PERMISSION_DENIED,
+    "StaleRequest": grpc.StatusCode.PERMISSION_DENIED,
+    "ReplayedRequest": grpc.StatusCode.PERMISSION_DENIED,
     "ApprovalRefused": grpc.StatusCode.PERMISSION_DENIED,
     "ApprovalConsumed": grpc.StatusCode.FAILED_PRECONDITION,
     "NoReKey": grpc.StatusCode.NOT_FOUND,
@@ -60,7 +65,18 @@ _STATUS: Final[dict[str, grpc.StatusCode]] = {
 }
 _KGC_ERRORS: Final[dict[str, type[KgcError]]] = {
     name: getattr(kgc_mod, name)
-    for name in ("BadRequest", "NotAuthorised", "IdentityNotRegistered", "RateLimited", "NoShare")
+    for name in (
+        "BadRequest",
+        "NotAuthorised",
+        "IdentityNotRegistered",
+        "RateLimited",
+        "NoShare",
+        "OutdatedRequest",
+        "BadSignature",
+        "UnregisteredCertificate",
+        "StaleRequest",
+        "ReplayedRequest",
+    )
 }
 _PROXY_ERRORS: Final[dict[str, type[ProxyError]]] = {
     name: getattr(proxy_mod, name)
