@@ -1288,14 +1288,25 @@ class EHRContract:
         return session
 
     def GetDKGSession(self, ctx: TxContext, nonce: str) -> Any:
-        """A session's roster, key snapshot, τ and phases, with who posted in the open phase."""
+        """A session's roster, key snapshot, τ and phases, with who posted in the open phase and
+        how far its result got (``result``: final, views published, the largest agreeing set)."""
         ctx.registered()
         _check_nonce(nonce)
         session = self._dkg_session(ctx, nonce)
         posted: list[str] = []
         if session["phase"] in DKG_PHASES:
             posted = self._dkg_posters(ctx, nonce, session["phase"])
-        return {**session, "posted": posted}
+        counts: dict[str, int] = {}
+        for kv in ctx.stub.get_state_by_partial_composite_key(K_DKG_VIEW, [nonce]):
+            d = str(canonical.loads(kv.value, "stored dkg view")["digest"])
+            counts[d] = counts.get(d, 0) + 1
+        final = ctx.stub.get_state(ctx.key(K_DKG_RESULT, nonce)) is not None
+        result = {
+            "final": final,
+            "views": sum(counts.values()),
+            "agree": max(counts.values(), default=0),
+        }
+        return {**session, "posted": posted, "result": result}
 
     def _dkg_session(self, ctx: TxContext, nonce: str) -> dict[str, Any]:
         session = ctx.get_json(K_DKG_SESSION, nonce)

@@ -147,6 +147,11 @@ def test_views_that_can_no_longer_agree_fail_the_session(fresh_world: World) -> 
         f"dkg session {NONCE6} can still finish: its justification phase is open"
     )
     kai.submit("PublishDKGResult", NONCE6, OTHER_MPK, POLY3, qual, "1")
+    assert kit.evaluate("GetDKGSession", NONCE6)["result"] == {
+        "final": False,
+        "views": 2,
+        "agree": 1,
+    }
     failed = kit.submit("AbortDKGSession", NONCE6, "split")
     assert failed["failure"]["cause"] == (
         "2 different result views, at most 1 agree and 1 roster nodes have not published; "
