@@ -158,15 +158,19 @@ def _show(state: dict[str, Any]) -> None:
     console.print(
         f"threshold {state['threshold']} of {len(state['roster'])}; opened "
         f"{_fmt_time(int(state['opened_at']))} by {state['opened_by']}; phase timeout "
-        f"{state['phase_timeout_s']} s"
+        f"{state['phase_timeout_s']} s",
+        soft_wrap=True,
     )
     console.print(f"status: {_summary(state)}", soft_wrap=True)
     posted = set(state.get("posted", []))
-    table = Table("#", "kgc", *(c["phase"] for c in state["closed"]), str(state["phase"]))
+    open_phase = (
+        [str(state["phase"])] if state["phase"] in ("deal", "response", "justification") else []
+    )
+    table = Table("#", "kgc", *(c["phase"] for c in state["closed"]), *open_phase)
     for j, member in enumerate(state["roster"], start=1):
         cells = ["✓" if member in c["posters"] else "-" for c in state["closed"]]
-        now = "✓" if member in posted else ("-" if state["phase"] in ("deal", "response") else "")
-        table.add_row(str(j), member, *cells, now)
+        now = ["✓" if member in posted else "-"] if open_phase else []
+        table.add_row(str(j), member, *cells, *now)
     console.print(table)
     for c in state["closed"]:
         how = "timed out" if c.get("timed_out") else ("by result" if c.get("by_result") else "")

@@ -20,7 +20,12 @@ nodes until τ shares verify.
 
 What this module must not do: log or raise with a share, a partial key or a reply key; trust a
 requester field when an authenticated caller is given; answer before the share is loaded and the
-identity checked on chain; write the share anywhere but through the vault.
+identity checked on chain; write the share anywhere but through the vault; answer under a
+session's share before the chain holds that session's final result.
+
+:class:`DkgFollower` is what ``ehrshare kgc serve`` runs: it follows the chaincode's DKG events
+(checkpoint in the state directory) and runs :meth:`KgcNode.run_dkg` for each session that names
+the node. A session that can no longer finish is marked failed on chain (AbortDKGSession).
 """
 
 from __future__ import annotations
@@ -405,6 +410,7 @@ class KgcNode:
         self._limiter = TokenBucketLimiter(rate_limit_per_minute, period=60.0, clock=clock)
         self._rng = rng
         self._lock = threading.Lock()
+        self._adopt_lock = threading.Lock()
         self._result: DKGResult | None = None
         self.ibe_id: str | None = None  # known once the node published its key
         self._load_current()
@@ -497,6 +503,10 @@ class KgcNode:
         Call after a session: until then the node keeps answering under the previous final
         result, which is what users verify partial keys against.
         """
+        with self._adopt_lock:  # the session thread and the follower may both get here
+            return self._adopt_final(nonce)
+
+    def _adopt_final(self, nonce: bytes) -> bool:
         if self.current_session == nonce:
             return True
         try:
@@ -811,7 +821,7 @@ class DkgParticipation:
             # then users still verify partial keys against the previous final result.
             self.node._seal_result(result)
             if self._publish(result) in ("final", "confirmed"):
-                self.node._promote(result)
+                self.node.adopt_final(result.nonce)
         else:
             self.node._store_result(result)
         _log.info(
