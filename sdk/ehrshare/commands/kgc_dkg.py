@@ -241,7 +241,7 @@ def register_dkg(kgc_app: typer.Typer) -> None:
             if not as_json:
                 typer.echo(nonce)
                 _err.print(
-                    f"opened dkg session {nonce[:16]}… : τ={threshold} of {len(members)}, "
+                    f"opened dkg session {nonce[:16]}…: τ={threshold} of {len(members)}, "
                     f"phase timeout {phase_timeout} s",
                     soft_wrap=True,
                 )
