@@ -228,6 +228,13 @@ def register_dkg(kgc_app: typer.Typer) -> None:
             else:
                 members = _default_roster(prof)
             _check_positions(prof, members)
+            if any(n.service.embedded for n in prof.kgc_nodes):
+                # In-process nodes live only inside each connecting app: nothing follows events.
+                _err.print(
+                    "[yellow]warning:[/yellow] this profile runs KGC nodes in-process; only nodes "
+                    "running 'ehrshare kgc serve' take part in sessions opened here",
+                    soft_wrap=True,
+                )
             nonce = new_session_nonce().hex()
             state = _call(
                 s.contract,

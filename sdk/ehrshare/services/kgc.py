@@ -1044,7 +1044,18 @@ class DkgFollower:
             for event in self._events:
                 if self._stopped.is_set():
                     break
-                self.handle_event(event)
+                try:
+                    self.handle_event(event)
+                except (KgcError, LedgerError, ValueError, KeyError) as exc:
+                    # One unreadable event or a failed read must not end the following; the
+                    # session it was about is logged and skipped.
+                    _log.error(
+                        "kgc node %d: dkg event %s in block %d: %s",
+                        self._node.index,
+                        event.event_name,
+                        event.block_number,
+                        exc,
+                    )
         except Exception:
             _log.exception("dkg follower stopped on an error")
 
