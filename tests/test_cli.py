@@ -60,6 +60,7 @@ def test_serve_commands_keep_their_flags_defaults_and_required_options() -> None
         "index": (("--index",), True, None),
         "node_key_file": (("--node-key-file",), True, None),
         "rate_limit": (("--rate-limit",), False, 60),
+        "follow_dkg": (("--follow-dkg", "--no-follow-dkg"), False, True),
     }
     assert _options("proxy", "serve") == shared | {
         "key_file": (("--key-file",), True, None),
