@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -171,21 +173,28 @@ def test_a_session_that_cannot_finish_is_marked_failed(cluster: Cluster) -> None
 
 def test_a_node_killed_mid_session_does_not_stop_tau_of_n(cluster: Cluster) -> None:
     c = cluster
-    opened = c.cli("kgc", "dkg", "open", "--threshold", "2", "--phase-timeout", "3", "--json")
-    assert opened.returncode == 0, opened.stderr
-    nonce = json.loads(opened.stdout)["nonce"]
-    kgc3 = "HospitalCMSP/kgc3"
-
-    def dealt() -> bool:
-        state = c.session_state(nonce)
-        return kgc3 in state["posted"] or state["phase"] != "deal"
-
-    _until("kgc3 posted its deal", dealt)
-    c.procs.stop("kgc3", kill=True)
+    # Nodes 1 and 2 are paused (SIGSTOP, by pid) while node 3 deals, so the deal phase cannot
+    # close before node 3 dies: it is killed after its deal and before its response.
+    paused = [c.procs.pids[n] for n in ("kgc1", "kgc2")]
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        opened = c.cli("kgc", "dkg", "open", "--threshold", "2", "--phase-timeout", "5", "--json")
+        assert opened.returncode == 0, opened.stderr
+        nonce = json.loads(opened.stdout)["nonce"]
+        kgc3 = "HospitalCMSP/kgc3"
+        _until("kgc3 posted its deal", lambda: kgc3 in c.session_state(nonce)["posted"])
+        c.procs.stop("kgc3", kill=True)
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
     _until("the session is final", lambda: c.session_state(nonce)["result"]["final"])
     state = c.session_state(nonce)
     assert state["phase"] == "done"
-    assert kgc3 in state["closed"][0]["posters"]  # it dealt before it died
+    deal, response = state["closed"][:2]
+    assert kgc3 in deal["posters"] and len(deal["posters"]) == 3  # it dealt before it died
+    assert response["posters"] == ["HospitalAMSP/kgc1", "HospitalBMSP/kgc2"]
+    assert response["timed_out"] is True
     _until(
         "nodes 1 and 2 answer under it",
         lambda: {c.current(n) for n in ("kgc1", "kgc2")} == {nonce},
