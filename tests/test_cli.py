@@ -61,6 +61,7 @@ def test_serve_commands_keep_their_flags_defaults_and_required_options() -> None
         "node_key_file": (("--node-key-file",), True, None),
         "rate_limit": (("--rate-limit",), False, 60),
         "max_clock_skew": (("--max-clock-skew",), False, 300),
+        "follow_dkg": (("--follow-dkg", "--no-follow-dkg"), False, True),
     }
     assert _options("proxy", "serve") == shared | {
         "key_file": (("--key-file",), True, None),

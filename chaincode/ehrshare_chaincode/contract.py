@@ -64,6 +64,8 @@ MAX_PAGE_SIZE = 100
 DEFAULT_PAGE_SIZE = 20
 DKG_PHASES = ("deal", "response", "justification")
 DKG_DONE = "done"  # every phase closed: the session collects no more bundles
+DKG_FAILED = "failed"  # aborted (AbortDKGSession): no result, no more bundles or views
+MAX_ABORT_REASON = 200
 # The kind byte of each phase's bundles (ehrshare.hazmat.dkg.BundleKind).
 DKG_PHASE_KIND = {"deal": 1, "response": 2, "justification": 3}
 # Header of every DKG bundle (ehrshare.hazmat.dkg's wire format): version, kind, 32-byte session
@@ -347,6 +349,22 @@ def _check_bundle_header(raw: bytes, nonce: str, phase: str, position: int, post
             f"dkg bundle names sender {sender}, but kgc {poster} is at position {position} "
             f"of the roster of dkg session {nonce}"
         )
+
+
+def _check_reason(value: str) -> str:
+    if not 1 <= len(value) <= MAX_ABORT_REASON or not value.isprintable():
+        raise ChaincodeError(
+            f"abort reason must be 1-{MAX_ABORT_REASON} printable characters on one line"
+        )
+    return value
+
+
+def _failed_message(session: dict[str, Any]) -> str:
+    failure = session.get("failure") or {}
+    return (
+        f"dkg session {session['nonce']} failed: {failure.get('cause', 'aborted')} "
+        f"(aborted by {failure.get('by', '?')}: {failure.get('reason', '')})"
+    )
 
 
 def _json_list(value: str, what: str) -> list[str]:
@@ -1178,7 +1196,7 @@ class EHRContract:
             for kv in ctx.stub.get_state_by_partial_composite_key(K_KGC_USE, [caller.ibe_id]):
                 _, attrs = ctx.stub.split_composite_key(kv.key)
                 session = ctx.get_json(K_DKG_SESSION, attrs[1])
-                if session is not None and session["phase"] != DKG_DONE:
+                if session is not None and session["phase"] not in (DKG_DONE, DKG_FAILED):
                     raise ChaincodeError(
                         f"kgc {caller.ibe_id} cannot replace its public key: dkg session "
                         f"{attrs[1]} is still collecting bundles with it"
@@ -1270,14 +1288,25 @@ class EHRContract:
         return session
 
     def GetDKGSession(self, ctx: TxContext, nonce: str) -> Any:
-        """A session's roster, key snapshot, τ and phases, with who posted in the open phase."""
+        """A session's roster, key snapshot, τ and phases, with who posted in the open phase and
+        how far its result got (``result``: final, views published, the largest agreeing set)."""
         ctx.registered()
         _check_nonce(nonce)
         session = self._dkg_session(ctx, nonce)
         posted: list[str] = []
         if session["phase"] in DKG_PHASES:
             posted = self._dkg_posters(ctx, nonce, session["phase"])
-        return {**session, "posted": posted}
+        counts: dict[str, int] = {}
+        for kv in ctx.stub.get_state_by_partial_composite_key(K_DKG_VIEW, [nonce]):
+            d = str(canonical.loads(kv.value, "stored dkg view")["digest"])
+            counts[d] = counts.get(d, 0) + 1
+        final = ctx.stub.get_state(ctx.key(K_DKG_RESULT, nonce)) is not None
+        result = {
+            "final": final,
+            "views": sum(counts.values()),
+            "agree": max(counts.values(), default=0),
+        }
+        return {**session, "posted": posted, "result": result}
 
     def _dkg_session(self, ctx: TxContext, nonce: str) -> dict[str, Any]:
         session = ctx.get_json(K_DKG_SESSION, nonce)
@@ -1295,6 +1324,8 @@ class EHRContract:
         if current == phase:
             return
         nonce = session["nonce"]
+        if current == DKG_FAILED:
+            raise ChaincodeError(_failed_message(session))
         if current == DKG_DONE or DKG_PHASES.index(phase) < DKG_PHASES.index(current):
             raise ChaincodeError(f"{phase} phase of dkg session {nonce} is closed")
         raise ChaincodeError(
@@ -1457,6 +1488,87 @@ class EHRContract:
                     accused.add(roster[dealer - 1])
         return sorted(accused)
 
+    def AbortDKGSession(self, ctx: TxContext, nonce: str, reason: str) -> Any:
+        """Mark a session that can no longer finish as failed (a roster node or an admin).
+
+        Allowed only when the chain itself shows the session cannot finish: the deal phase
+        closed with fewer than τ dealers (QUAL is a subset of them), or so many views disagree
+        that no view can reach τ any more, or every phase closed and the result phase's timeout
+        passed without τ agreeing views. The caller's ``reason`` is kept beside the chain's
+        ``cause``; the session then refuses bundles, closes and views.
+        """
+        caller = ctx.registered()
+        _check_nonce(nonce)
+        _check_reason(reason)
+        session = self._dkg_session(ctx, nonce)
+        if caller.role != ADMIN and caller.ibe_id not in session["roster"]:
+            raise ChaincodeError(
+                f"identity {caller.name} may not abort dkg session {nonce}: it is neither in "
+                "the roster nor an admin"
+            )
+        if session["phase"] == DKG_FAILED:
+            raise ChaincodeError(_failed_message(session))
+        if ctx.stub.get_state(ctx.key(K_DKG_RESULT, nonce)) is not None:
+            raise ChaincodeError(f"dkg session {nonce} has a final result; it cannot be aborted")
+        cause = self._abort_cause(ctx, session)
+        failure = {
+            "cause": cause,
+            "reason": reason,
+            "by": caller.name,
+            "at": ctx.now,
+            "tx_id": ctx.tx_id,
+            "phase": session["phase"],
+        }
+        updated = {**session, "phase": DKG_FAILED, "phase_opened_at": ctx.now, "failure": failure}
+        ctx.put_json(updated, K_DKG_SESSION, nonce)
+        ctx.log(
+            SYSTEM_CHAIN,
+            "AbortDKGSession",
+            "failed",
+            detail={"nonce": nonce, "cause": cause, "reason": reason},
+        )
+        return updated
+
+    def _abort_cause(self, ctx: TxContext, session: dict[str, Any]) -> str:
+        """Why the session cannot finish, as the chain sees it; refuses while it still can."""
+        nonce = session["nonce"]
+        tau = int(session["threshold"])
+        roster: list[str] = session["roster"]
+        phase = session["phase"]
+        if phase == DKG_PHASES[0]:
+            raise ChaincodeError(
+                f"dkg session {nonce} can still finish: its deal phase is open (close it first)"
+            )
+        dealers = len(self._dkg_posters(ctx, nonce, DKG_PHASES[0]))
+        if dealers < tau:
+            return f"only {dealers} of {len(roster)} dealers posted a deal; threshold is {tau}"
+        counts: dict[str, int] = {}
+        for kv in ctx.stub.get_state_by_partial_composite_key(K_DKG_VIEW, [nonce]):
+            d = str(canonical.loads(kv.value, "stored dkg view")["digest"])
+            counts[d] = counts.get(d, 0) + 1
+        silent = len(roster) - sum(counts.values())
+        best = max(counts.values(), default=0)
+        if best + silent < tau:
+            return (
+                f"{len(counts)} different result views, at most {best} agree and {silent} "
+                f"roster nodes have not published; threshold is {tau}"
+            )
+        deadline = int(session["phase_opened_at"]) + int(session["phase_timeout_s"])
+        if phase == DKG_DONE and ctx.now >= deadline:
+            return (
+                f"every phase closed and the result timeout passed at {deadline} with {best} "
+                f"of {tau} agreeing views"
+            )
+        if phase == DKG_DONE:
+            raise ChaincodeError(
+                f"dkg session {nonce} can still finish: {best} of {tau} views agree and its "
+                f"result timeout ends at {deadline}"
+            )
+        raise ChaincodeError(
+            f"dkg session {nonce} can still finish: its {phase} phase is open and "
+            f"{dealers} dealers posted a deal (threshold {tau})"
+        )
+
     def GetDKGBundles(self, ctx: TxContext, nonce: str, phase: str) -> Any:
         """Every bundle of a closed phase of a session, ordered by poster.
 
@@ -1466,9 +1578,8 @@ class EHRContract:
         _check_nonce(nonce)
         _check_phase(phase)
         session = self._dkg_session(ctx, nonce)
-        if session["phase"] != DKG_DONE and DKG_PHASES.index(phase) >= DKG_PHASES.index(
-            session["phase"]
-        ):
+        closed = {str(c["phase"]) for c in session["closed"]}
+        if session["phase"] != DKG_DONE and phase not in closed:
             raise ChaincodeError(
                 f"{phase} phase of dkg session {nonce} is not closed; read its bundles after "
                 "CloseDKGPhase commits"
@@ -1508,6 +1619,8 @@ class EHRContract:
         tau = int(session["threshold"])
         if caller.ibe_id not in roster:
             raise ChaincodeError(f"kgc {caller.ibe_id} is not in the roster of dkg session {nonce}")
+        if session["phase"] == DKG_FAILED:
+            raise ChaincodeError(_failed_message(session))
         if session["phase"] in DKG_PHASES[:2]:
             raise ChaincodeError(
                 f"dkg session {nonce} is still collecting {session['phase']} bundles; publish "
@@ -1647,6 +1760,8 @@ class EHRContract:
         if result is not None:
             return result
         session = self._dkg_session(ctx, nonce)
+        if session["phase"] == DKG_FAILED:
+            raise ChaincodeError(_failed_message(session))
         counts: dict[str, int] = {}
         for kv in ctx.stub.get_state_by_partial_composite_key(K_DKG_VIEW, [nonce]):
             d = str(canonical.loads(kv.value, "stored dkg view")["digest"])

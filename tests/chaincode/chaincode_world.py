@@ -20,6 +20,7 @@ TYPE_KEY = base64.b64encode(b"\x02" * 48).decode()
 NONCE = "ab" * 32
 NONCE2 = "cd" * 32
 NONCE3 = "ef" * 32
+NONCE5 = "a5" * 32
 SHA = "0" * 64
 KIM_KEY = base64.b64encode(b"\x01" + b"\x04" * 65).decode()
 KAI_KEY = base64.b64encode(b"\x01" + b"\x05" * 65).decode()
@@ -97,5 +98,9 @@ def build_world(directory: Path) -> World:
         node.submit("PublishDKGResult", NONCE, TYPE_KEY, DKG_POLY, DKG_QUAL, "1")
     # A second session left in its deal phase (timed out once the clock moves on).
     m["org_admin"].submit("OpenDKGSession", NONCE2, "2", ROSTER, "60")
+    # A third whose deal phase closes (timed out) with one dealer of τ=2: it may be aborted.
+    m["org_admin"].submit("OpenDKGSession", NONCE5, "2", ROSTER, "60")
+    kim.submit("PostDKGBundle", NONCE5, "deal", dkg_bundle("deal", NONCE5, 1), "1")
     clock.advance(1000)
+    kim.submit("CloseDKGPhase", NONCE5, "deal")
     return World(sb, clock, m, grants, access["access_id"], T0 + 100, kai)

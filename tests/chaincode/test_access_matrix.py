@@ -20,6 +20,7 @@ from chaincode_world import (
     NONCE,
     NONCE2,
     NONCE3,
+    NONCE5,
     ROSTER,
     SHA,
     TYPE_KEY,
@@ -75,6 +76,7 @@ MUTATING = frozenset(
         "PostDKGBundle",
         "CloseDKGPhase",
         "PublishDKGResult",
+        "AbortDKGSession",
     }
 )
 
@@ -250,6 +252,15 @@ CASES = [
         frozenset({"kgc", "org_admin"}),
         lambda w, n, r: (
             f"identity {n} may not close phases of dkg session {NONCE2}: "
+            "it is neither in the roster nor an admin"
+        ),
+    ),
+    Case(
+        "AbortDKGSession",
+        lambda w: (NONCE5, "one dealer posted"),
+        frozenset({"kgc", "org_admin"}),
+        lambda w, n, r: (
+            f"identity {n} may not abort dkg session {NONCE5}: "
             "it is neither in the roster nor an admin"
         ),
     ),

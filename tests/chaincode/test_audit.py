@@ -43,7 +43,7 @@ def test_world_setup_left_one_entry_per_operation_in_order(world: World) -> None
     ]
     system = [e["action"] for e in _chain(world, SYSTEM_CHAIN)]
     assert system.count("RegisterIdentity") == 9  # every non-patient registered member
-    assert system[-12:] == [
+    assert system[-15:] == [
         "PublishKGCKey",
         "PublishKGCKey",
         "OpenDKGSession",
@@ -56,6 +56,9 @@ def test_world_setup_left_one_entry_per_operation_in_order(world: World) -> None
         "PublishDKGResult",
         "PublishDKGResult",
         "OpenDKGSession",
+        "OpenDKGSession",
+        "PostDKGBundle",
+        "CloseDKGPhase",
     ]
     assert world.m["auditor"].evaluate("VerifyAuditTrail", ALICE)["valid"] is True
 

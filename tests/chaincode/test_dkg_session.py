@@ -18,6 +18,7 @@ from chaincode_world import (
     KIM_KEY,
     NONCE,
     NONCE2,
+    NONCE5,
     ROSTER,
     TYPE_KEY,
     World,
@@ -76,6 +77,12 @@ def test_kgc_key_is_published_once_and_replaced_only_when_no_session_collects(
     again = kim.submit("PublishKGCKey", KIM_KEY)
     assert again["public_key"] == KIM_KEY
     new_key = base64.b64encode(b"\x01" + b"\x07" * 65).decode()
+    # NONCE5 (one dealer of τ=2) still collects responses; once failed it holds no key.
+    assert _fails_without_change(w, kim, "PublishKGCKey", new_key) == (
+        f"kgc {KIM} cannot replace its public key: dkg session {NONCE5} is still collecting "
+        "bundles with it"
+    )
+    kim.submit("AbortDKGSession", NONCE5, "one dealer")
     # NONCE2 is still in its deal phase and its snapshot holds kim's key.
     assert _fails_without_change(w, kim, "PublishKGCKey", new_key) == (
         f"kgc {KIM} cannot replace its public key: dkg session {NONCE2} is still collecting "

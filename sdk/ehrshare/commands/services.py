@@ -28,13 +28,14 @@ import grpc
 import typer
 from rich.console import Console
 
+from ehrshare.commands.kgc_dkg import register_dkg
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.api import Contract
 from ehrshare.ledger.embedded import EmbeddedGateway, connect
 from ehrshare.ledger.errors import LedgerError
 from ehrshare.ledger.store import DEFAULT_MAX_CLOCK_SKEW_S
-from ehrshare.services.kgc import KgcNode
+from ehrshare.services.kgc import DkgFollower, KgcNode
 from ehrshare.services.proxy import ReencryptionProxy, RevocationFollower
 from ehrshare.services.rpc import serve_kgc, serve_proxy
 from ehrshare.services.tls import ClientTrust, ServerTls, issue_tls_certificate
@@ -259,6 +260,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     kgc_app = typer.Typer(help="KGC node: DKG share holder and key extraction service.")
     proxy_app = typer.Typer(help="Re-encryption proxy service.")
     app.add_typer(kgc_app, name="kgc")
+    register_dkg(kgc_app)
     app.add_typer(proxy_app, name="proxy")
 
     @kgc_app.command("keygen")
@@ -307,8 +309,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 "nonce is remembered as long.",
             ),
         ] = DEFAULT_MAX_CLOCK_SKEW_S,
+        follow_dkg: Annotated[
+            bool,
+            typer.Option(
+                "--follow-dkg/--no-follow-dkg",
+                help="Take part in DKG sessions opened on chain that name this node.",
+            ),
+        ] = True,
     ) -> None:
-        """Serve a KGC node until SIGTERM."""
+        """Serve a KGC node until SIGTERM (and take part in DKG sessions that name it)."""
         node_key = KGCNodeKey.from_secret_bytes(_key_outside_state(node_key_file, opts.state_dir))
 
         def start(gateway: EmbeddedGateway, contract: Contract, tls: ServerTls) -> _Started:
@@ -331,8 +340,24 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     f"warning: kgc node {index} could not publish its public key on chain "
                     f"({exc.message}); new DKG sessions cannot name it until it does"
                 )
+            follower = None
+            if follow_dkg:
+                # Sessions name nodes by ledger identity: this process's own.
+                ibe_id = Identity(opts.msp_id, opts.cert.read_bytes()).ibe_id
+                follower = DkgFollower(
+                    node,
+                    gateway.get_network(opts.channel),
+                    ibe_id=ibe_id,
+                    chaincode_name=opts.chaincode,
+                )
+                follower.start()
             server, port = serve_kgc(node, listen=opts.listen, tls=tls)
-            return _Started(server, port, lambda: None)
+
+            def stop() -> None:
+                if follower is not None:
+                    follower.stop()
+
+            return _Started(server, port, stop)
 
         _run_service(opts, log_name="kgc.log", label=f"kgc node {index}", start=start)
 

@@ -26,7 +26,12 @@ nodes until τ shares verify.
 
 What this module must not do: log or raise with a share, a partial key or a reply key; trust a
 requester field when an authenticated caller is given; answer before the share is loaded and the
-identity checked on chain; write the share anywhere but through the vault.
+identity checked on chain; write the share anywhere but through the vault; answer under a
+session's share before the chain holds that session's final result.
+
+:class:`DkgFollower` is what ``ehrshare kgc serve`` runs: it follows the chaincode's DKG events
+(checkpoint in the state directory) and runs :meth:`KgcNode.run_dkg` for each session that names
+the node. A session that can no longer finish is marked failed on chain (AbortDKGSession).
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ from ehrshare.hazmat.kgc_keys import KGCNodeKey, KGCNodePublicKey, X25519KeyPair
 from ehrshare.hazmat.pairing import G1, RngFn
 from ehrshare.hazmat.tipre import IdentitySecretKey, MasterPublicKey
 from ehrshare.identity import Identity, Signer
-from ehrshare.ledger.api import Contract
+from ehrshare.ledger.api import ChaincodeEvent, Contract, Network
 from ehrshare.ledger.errors import CommitError, LedgerError
 from ehrshare.ledger.store import DEFAULT_MAX_CLOCK_SKEW_S
 from ehrshare.services.extract_auth import (
@@ -86,8 +91,11 @@ __all__ = [
     "BUNDLE_FORMAT_VERSION",
     "DEFAULT_PHASE_TIMEOUT_S",
     "PHASE_DONE",
+    "PHASE_FAILED",
     "BadRequest",
     "BadSignature",
+    "DKGSessionFailed",
+    "DkgFollower",
     "DkgParticipation",
     "ExtractionFailed",
     "ExtractionOutcome",
@@ -107,6 +115,7 @@ __all__ = [
     "UnregisteredCertificate",
     "dkg_config_from_chain",
     "extract_identity_key",
+    "failure_text",
     "open_dkg_session",
     "phase_closed",
     "public_polynomial_from_chain",
@@ -125,6 +134,9 @@ _PHASE_NAMES: Final = {
 _PHASE_ORDER: Final = ("deal", "response", "justification")
 PHASE_DONE: Final = "done"
 """The session phase after the justification phase closed (no more bundles)."""
+PHASE_FAILED: Final = "failed"
+"""The session phase after AbortDKGSession: no result will come (``failure`` says why)."""
+_FOLLOW_FILE: Final = "dkg-follow.json"
 DEFAULT_PHASE_TIMEOUT_S: Final = 60
 _CURRENT_FILE: Final = "current-session"
 _NOT_REGISTERED_MARK: Final = "is not registered"
@@ -186,6 +198,19 @@ class NoShare(KgcError):
 
 class KgcUnavailable(KgcError):
     """The node could not be reached or did not answer (client side)."""
+
+
+class DKGSessionFailed(DKGError):
+    """The DKG session is marked failed on chain (AbortDKGSession); the message says why."""
+
+
+def failure_text(state: dict[str, Any]) -> str:
+    """One line saying why a failed session (a GetDKGSession answer) failed."""
+    failure = state.get("failure") or {}
+    return (
+        f"dkg session {state.get('nonce', '?')} failed: {failure.get('cause', 'aborted')} "
+        f"(aborted by {failure.get('by', '?')}: {failure.get('reason', '')})"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,6 +278,13 @@ class LedgerBoard:
         )
         return state
 
+    def abort(self, session: bytes, reason: str) -> dict[str, Any]:
+        """Submit AbortDKGSession (refused unless the chain shows the session cannot finish)."""
+        state: dict[str, Any] = json.loads(
+            self._contract.submit_transaction("AbortDKGSession", session.hex(), reason)
+        )
+        return state
+
     def wait_closed(
         self,
         session: bytes,
@@ -276,6 +308,8 @@ class LedgerBoard:
         stop = clock() + give_up
         while True:
             state = self.session_state(session)
+            if state["phase"] == PHASE_FAILED:
+                raise DKGSessionFailed(failure_text(state))
             if phase_closed(state, phase):
                 return state
             if state["phase"] == name and (
@@ -303,7 +337,38 @@ def phase_closed(state: dict[str, Any], phase: BundleKind) -> bool:
     current = str(state["phase"])
     if current == PHASE_DONE:
         return True
+    if current not in _PHASE_ORDER:  # failed: nothing more closes
+        return False
     return _PHASE_ORDER.index(current) > _PHASE_ORDER.index(_PHASE_NAMES[BundleKind(phase)])
+
+
+def _roster_size(state: dict[str, Any]) -> int:
+    """The roster size of a GetDKGSession answer."""
+    return len(state["roster"])
+
+
+def _closed_posters(state: dict[str, Any], phase: BundleKind) -> list[str]:
+    """Who had posted when ``phase`` closed (from the session's ``closed`` list)."""
+    name = _PHASE_NAMES[BundleKind(phase)]
+    for entry in state.get("closed", []):
+        if entry.get("phase") == name:
+            return [str(p) for p in entry.get("posters", [])]
+    return []
+
+
+def _try_abort(board: LedgerBoard, nonce: bytes, reason: str) -> dict[str, Any] | None:
+    """Mark the session failed; the failed session (by us or a node that was first), or None
+    when the chain says it can still finish."""
+    try:
+        state = board.abort(nonce, reason)
+        _log.warning("%s", failure_text(state))
+        return state
+    except LedgerError as exc:
+        state = board.session_state(nonce)
+        if state["phase"] == PHASE_FAILED:
+            return state
+        _log.info("abort of dkg session %s refused: %s", nonce.hex()[:16], exc.message)
+        return None
 
 
 def dkg_config_from_chain(state: dict[str, Any]) -> DKGConfig:
@@ -397,6 +462,7 @@ class KgcNode:
         self._limiter = TokenBucketLimiter(rate_limit_per_minute, period=60.0, clock=clock)
         self._rng = rng
         self._lock = threading.Lock()
+        self._adopt_lock = threading.Lock()
         self._result: DKGResult | None = None
         self.ibe_id: str | None = None  # known once the node published its key
         self._wall_clock = wall_clock
@@ -454,17 +520,81 @@ class KgcNode:
         _log.info("kgc node %d: loaded the share of session %s", self.index, nonce.hex()[:16])
 
     def _store_result(self, result: DKGResult) -> None:
+        self._seal_result(result)
+        self._promote(result)
+
+    def _seal_result(self, result: DKGResult) -> None:
+        """Keep a session's share sealed beside the current one; extraction does not use it
+        until :meth:`_promote` (the previous share keeps answering until the result is final)."""
         write_sealed_file(
             self._share_path(result.nonce),
             self._key.encryption_key,
             self._purpose(result.nonce, result.index),
             result.to_secret_bytes(),
         )
+
+    def _promote(self, result: DKGResult) -> None:
         # The pointer is public (a session nonce); written after the share so a crash in between
         # leaves the previous session current.
         atomic_write(self.state_dir / _CURRENT_FILE, result.nonce.hex().encode("ascii"))
         with self._lock:
             self._result = result
+
+    @property
+    def current_session(self) -> bytes | None:
+        """The nonce of the session whose share answers extractions (None before a DKG)."""
+        with self._lock:
+            result = self._result
+        return None if result is None else result.nonce
+
+    def holds_share(self, nonce: bytes) -> bool:
+        """Whether a share of session ``nonce`` is sealed in the state directory."""
+        return self._share_path(nonce).exists()
+
+    def adopt_final(self, nonce: bytes) -> bool:
+        """Answer extractions with the share of ``nonce`` once the chain's result of that
+        session is final and equals this node's view; True when that share is now current.
+
+        Call after a session: until then the node keeps answering under the previous final
+        result, which is what users verify partial keys against.
+        """
+        with self._adopt_lock:  # the session thread and the follower may both get here
+            return self._adopt_final(nonce)
+
+    def _adopt_final(self, nonce: bytes) -> bool:
+        if self.current_session == nonce:
+            return True
+        try:
+            final = json.loads(self._contract.evaluate_transaction("GetDKGResult", nonce.hex()))
+        except LedgerError as exc:
+            _log.debug("kgc node %d: session %s not final: %s", self.index, nonce.hex()[:16], exc)
+            return False
+        path = self._share_path(nonce)
+        try:
+            raw = open_sealed_file(path, self._key.encryption_key, self._purpose(nonce, self.index))
+        except FileNotFoundError:
+            return False
+        except DecryptionError:
+            raise KgcError(
+                f"the sealed DKG share in {path} does not open with this node key"
+            ) from None
+        result = DKGResult.from_secret_bytes(raw)
+        if public_polynomial_from_chain(final).to_bytes() != result.public.to_bytes():
+            _log.error(
+                "kgc node %d: the final result of dkg session %s differs from this node's view; "
+                "keeping session %s",
+                self.index,
+                nonce.hex()[:16],
+                (self.current_session or b"").hex()[:16] or "-",
+            )
+            return False
+        self._promote(result)
+        _log.info(
+            "kgc node %d: dkg session %s is final; extraction now answers under it",
+            self.index,
+            nonce.hex()[:16],
+        )
+        return True
 
     # --- DKG ----------------------------------------------------------------------------------
 
@@ -512,30 +642,116 @@ class KgcNode:
         poll: float = 0.2,
         sleep: Callable[[float], None] = time.sleep,
         now: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
     ) -> DKGResult:
         """Take part on its own in a session opened on chain (other nodes run elsewhere).
 
         Each phase ends with a committed CloseDKGPhase — submitted by whichever node finds it
         due first (everyone posted, or the phase's timeout passed) — and the node reads a
-        phase's bundles only after that. ``give_up`` bounds the wait per phase (default:
-        twice the session's phase timeout plus a minute).
+        phase's bundles only after that. The new share is sealed in the state directory next
+        to the previous one and answers extractions only once the chain's result is final
+        (:meth:`adopt_final`); the node waits for that before returning.
+
+        A session that cannot finish is marked failed on chain (AbortDKGSession) by the first
+        node that sees it: the deal phase closed with fewer than τ dealers, or every phase
+        closed and the result phase's timeout passed without τ agreeing views. Raises
+        :class:`DKGSessionFailed` when the session failed (marked by this node or another),
+        :class:`~ehrshare.hazmat.dkg.DKGError` when a wait exceeded ``give_up`` seconds
+        (default: twice the session's phase timeout plus a minute) or the final result does
+        not hold this node's share.
         """
         config = self.dkg_config(nonce)
         board = LedgerBoard(self._contract)
-        timeout = int(board.session_state(nonce)["phase_timeout_s"])
-        limit = give_up if give_up is not None else 2.0 * timeout + 60.0
+        state = board.session_state(nonce)
+        tau = int(state["threshold"])
+        limit = give_up if give_up is not None else 2.0 * int(state["phase_timeout_s"]) + 60.0
+        tag = f"kgc node {self.index}: dkg session {nonce.hex()[:16]}"
         participation = self.dkg_session(config, board)
 
-        def closed(kind: BundleKind) -> None:
-            board.wait_closed(nonce, kind, give_up=limit, poll=poll, sleep=sleep, now=now)
+        def closed(kind: BundleKind) -> dict[str, Any]:
+            return board.wait_closed(nonce, kind, give_up=limit, poll=poll, sleep=sleep, now=now)
 
         participation.post_deal()
-        closed(BundleKind.DEAL)
+        _log.info("%s: posted its deal", tag)
+        state = closed(BundleKind.DEAL)
+        dealers = _closed_posters(state, BundleKind.DEAL)
+        _log.info(
+            "%s: deal phase closed with %d of %d dealers", tag, len(dealers), _roster_size(state)
+        )
+        if len(dealers) < tau:
+            reason = f"kgc node {self.index}: {len(dealers)} dealers posted, threshold {tau}"
+            failed = _try_abort(board, nonce, reason)
+            if failed is None:
+                raise DKGError(f"{tag}: too few dealers, but the chain refused to abort it")
+            raise DKGSessionFailed(failure_text(failed))
         participation.post_response()
+        _log.info("%s: posted its response", tag)
         closed(BundleKind.RESPONSE)
-        if participation.post_justification():
-            closed(BundleKind.JUSTIFICATION)
-        return participation.finish()
+        _log.info("%s: response phase closed", tag)
+        result: DKGResult | None = None
+        try:
+            if participation.post_justification():
+                _log.info("%s: dealers were accused; waiting for the justification phase", tag)
+                closed(BundleKind.JUSTIFICATION)
+            result = participation.finish()
+            _log.info("%s: sealed its share and published its view", tag)
+        except DKGSessionFailed:
+            raise
+        except DKGError as exc:
+            # QUAL < τ, or no valid share for this node: it publishes nothing, and the session
+            # either finishes without it or times out and is marked failed below.
+            _log.warning("%s: no result at this node: %s", tag, exc)
+        return self._await_final(board, nonce, result, tag, limit, poll, sleep, now, clock)
+
+    def _await_final(
+        self,
+        board: LedgerBoard,
+        nonce: bytes,
+        result: DKGResult | None,
+        tag: str,
+        limit: float,
+        poll: float,
+        sleep: Callable[[float], None],
+        now: Callable[[], float],
+        clock: Callable[[], float],
+    ) -> DKGResult:
+        """Wait until the session's result is final (then answer under it) or the session
+        failed; close a due justification phase and abort once the result phase timed out."""
+        stop = clock() + limit
+        while True:
+            try:
+                json.loads(self._contract.evaluate_transaction("GetDKGResult", nonce.hex()))
+                final = True
+            except LedgerError:
+                final = False
+            if final:
+                if result is not None and self.adopt_final(nonce):
+                    return result
+                raise DKGError(
+                    f"{tag}: the final result does not hold this node's share "
+                    f"({'its view differs' if result is not None else 'it has no result'}); "
+                    "it keeps answering under its previous session"
+                )
+            state = board.session_state(nonce)
+            phase = str(state["phase"])
+            if phase == PHASE_FAILED:
+                raise DKGSessionFailed(failure_text(state))
+            due = int(state["phase_opened_at"]) + int(state["phase_timeout_s"])
+            if phase == _PHASE_NAMES[BundleKind.JUSTIFICATION]:
+                # Nodes without complaints do not wait for this phase; once it closes (at once
+                # when nobody is accused) the result phase's timeout starts.
+                try:
+                    board.close_phase(nonce, BundleKind.JUSTIFICATION)
+                except LedgerError as exc:
+                    _log.debug("%s: closing justification: %s", tag, exc.message)
+            elif phase == PHASE_DONE and now() >= due:
+                reason = f"kgc node {self.index}: no final result by the result timeout"
+                failed = _try_abort(board, nonce, reason)
+                if failed is not None:
+                    raise DKGSessionFailed(failure_text(failed))
+            if clock() >= stop:
+                raise DKGError(f"{tag}: no final result within {limit:.0f} s")
+            sleep(poll)
 
     # --- extraction ---------------------------------------------------------------------------
 
@@ -731,9 +947,14 @@ class DkgParticipation:
                 self.board.read(self.session, BundleKind.JUSTIFICATION)
             )
         result = self._proto.result()
-        self.node._store_result(result)
         if isinstance(self.board, LedgerBoard):
-            self._publish(result)
+            # Sealed now, answering only once the chain's result is final (adopt_final): until
+            # then users still verify partial keys against the previous final result.
+            self.node._seal_result(result)
+            if self._publish(result) in ("final", "confirmed"):
+                self.node.adopt_final(result.nonce)
+        else:
+            self.node._store_result(result)
         _log.info(
             "kgc node %d finished dkg session %s: qual=%s",
             self.node.index,
@@ -742,14 +963,16 @@ class DkgParticipation:
         )
         return result
 
-    def _publish(self, result: DKGResult) -> None:
-        """Post this node's view of the result; it counts once τ nodes posted the same."""
+    def _publish(self, result: DKGResult) -> str:
+        """Post this node's view of the result; it counts once τ nodes posted the same.
+        Returns the chain's outcome (``pending``, ``final``, ``confirmed``, ``conflict``), or
+        ``""`` when the node is outside QUAL and does not publish."""
         assert isinstance(self.board, LedgerBoard)
         if self.node.index not in result.qual:
             # Still a share holder (it received shares from QUAL), but only QUAL members'
             # views count on chain: a disqualified dealer gets no say in the result.
             _log.info("kgc node %d is outside QUAL; it does not publish", self.node.index)
-            return
+            return ""
         roster = [str(x) for x in self.board.session_state(self.session)["roster"]]
         answer = json.loads(
             _submit_retrying(
@@ -774,6 +997,7 @@ class DkgParticipation:
             answer["agree"],
             answer["threshold"],
         )
+        return str(answer["outcome"])
 
 
 def _submit_retrying(contract: Contract, function: str, *args: str, attempts: int = 5) -> bytes:
@@ -839,6 +1063,8 @@ def run_local_dkg(
     final = json.loads(ordered[0].contract.evaluate_transaction("GetDKGResult", nonce.hex()))
     if public_polynomial_from_chain(final).to_bytes() != results[0].public.to_bytes():
         raise DKGError("the final dkg result on chain differs from the nodes' result")
+    for node in ordered:
+        node.adopt_final(nonce)
     return results[0]
 
 
@@ -857,6 +1083,209 @@ def public_polynomial_from_chain(result: dict[str, object]) -> PublicPolynomial:
     if mpk.point != public.mpk:
         raise EncodingError("dkg result mpk is not the polynomial's constant term")
     return public
+
+
+# ---------------------------------------------------------------------------------------------
+# following sessions opened on chain (``ehrshare kgc serve``)
+
+
+class _Stopped(Exception):
+    """The follower is stopping: a session thread leaves its wait."""
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    """A stored checkpoint, as :class:`ehrshare.ledger.api.Checkpoint`."""
+
+    block_number: int | None
+    transaction_id: str | None
+
+
+class DkgFollower:
+    """Follows the chaincode's DKG events in a thread and takes part in the sessions that name
+    this node, each in its own thread (:meth:`KgcNode.run_dkg`).
+
+    ``OpenDKGSession`` naming ``ibe_id`` in its roster starts a session unless the node already
+    holds a share of it or the session is past its deal phase (a node that restarts mid-session
+    lost its dealing polynomial with the old process and cannot rejoin). ``PublishDKGResult``
+    making a session final lets the node answer under it when it holds that share (a node that
+    was down when the result became final catches up). The checkpoint — the last handled event
+    — is kept in ``dkg-follow.json`` in the node's state directory, so a restart resumes after
+    it; a fresh node reads from block 0, where finished sessions are skipped.
+    """
+
+    def __init__(
+        self,
+        node: KgcNode,
+        network: Network,
+        *,
+        ibe_id: str,
+        chaincode_name: str = "ehrshare",
+        poll: float = 0.2,
+    ) -> None:
+        self._node = node
+        self._network = network
+        self._chaincode = chaincode_name
+        self.ibe_id = ibe_id
+        self._poll = poll
+        self._events: Any = None
+        self._thread: threading.Thread | None = None
+        self._stopped = threading.Event()
+        self._sessions: dict[bytes, threading.Thread] = {}
+        self.outcomes: dict[bytes, str] = {}
+        """How each session this follower ran ended: ``final``, ``failed: …`` or ``error: …``."""
+
+    @property
+    def checkpoint_path(self) -> Path:
+        """Where the last handled event is recorded."""
+        return self._node.state_dir / _FOLLOW_FILE
+
+    def checkpoint(self) -> tuple[int | None, str | None]:
+        """(block, transaction id) of the last handled event; (None, None) before the first."""
+        try:
+            data = json.loads(self.checkpoint_path.read_text(encoding="utf-8"))
+            return int(data["block"]), (str(data["tx"]) if data.get("tx") else None)
+        except FileNotFoundError:
+            return None, None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise KgcError(
+                f"dkg follow checkpoint {self.checkpoint_path} is malformed: {exc}"
+            ) from None
+
+    def start(self) -> None:
+        """Start following in a daemon thread."""
+        block, tx = self.checkpoint()
+        if block is None:
+            self._events = self._network.get_chaincode_events(self._chaincode, start_block=0)
+        else:
+            self._events = self._network.get_chaincode_events(
+                self._chaincode, checkpoint=_Checkpoint(block, tx)
+            )
+        self._thread = threading.Thread(target=self._run, name="dkg-follower", daemon=True)
+        self._thread.start()
+        _log.info(
+            "kgc node %d follows dkg sessions as %s from %s",
+            self._node.index,
+            self.ibe_id,
+            "block 0" if block is None else f"block {block} (checkpoint)",
+        )
+
+    def _run(self) -> None:
+        try:
+            for event in self._events:
+                if self._stopped.is_set():
+                    break
+                try:
+                    self.handle_event(event)
+                except (KgcError, LedgerError, ValueError, KeyError) as exc:
+                    # One unreadable event or a failed read must not end the following; the
+                    # session it was about is logged and skipped.
+                    _log.error(
+                        "kgc node %d: dkg event %s in block %d: %s",
+                        self._node.index,
+                        event.event_name,
+                        event.block_number,
+                        exc,
+                    )
+        except Exception:
+            _log.exception("dkg follower stopped on an error")
+
+    def handle_event(self, event: ChaincodeEvent) -> None:
+        """Act on one chaincode event, then record it as the checkpoint."""
+        if event.event_name in ("OpenDKGSession", "PublishDKGResult", "AbortDKGSession"):
+            payload = json.loads(event.payload)
+            for entry in payload.get("entries", []):
+                detail = entry.get("detail") or {}
+                try:
+                    nonce = bytes.fromhex(str(detail.get("nonce", "")))
+                except ValueError:
+                    continue
+                if entry.get("action") == "OpenDKGSession":
+                    if self.ibe_id in detail.get("roster", []):
+                        self._opened(nonce)
+                elif entry.get("action") == "PublishDKGResult" and entry.get("outcome") == "final":
+                    self._final(nonce)
+                elif entry.get("action") == "AbortDKGSession":
+                    _log.info(
+                        "kgc node %d: dkg session %s was marked failed: %s",
+                        self._node.index,
+                        nonce.hex()[:16],
+                        detail.get("cause"),
+                    )
+        record = {"block": event.block_number, "tx": event.transaction_id}
+        atomic_write(self.checkpoint_path, json.dumps(record).encode("ascii"), mode=0o600)
+
+    def _opened(self, nonce: bytes) -> None:
+        tag = f"kgc node {self._node.index}: dkg session {nonce.hex()[:16]}"
+        if nonce in self._sessions or self._node.holds_share(nonce):
+            _log.info("%s: already taken part; skipping", tag)
+            return
+        state = LedgerBoard(self._node.contract).session_state(nonce)
+        phase = str(state["phase"])
+        if phase != _PHASE_ORDER[0]:
+            _log.info("%s: the session is %s; not taking part", tag, phase)
+            return
+        if self.ibe_id in state.get("posted", []):
+            _log.warning(
+                "%s: this node posted its deal in an earlier process and cannot rejoin "
+                "(the dealing polynomial is gone); the session goes on without it",
+                tag,
+            )
+            return
+        _log.info("%s: named in the roster; taking part", tag)
+        thread = threading.Thread(
+            target=self._take_part, args=(nonce,), name=f"dkg-{nonce.hex()[:8]}", daemon=True
+        )
+        self._sessions[nonce] = thread
+        thread.start()
+
+    def _take_part(self, nonce: bytes) -> None:
+        tag = f"kgc node {self._node.index}: dkg session {nonce.hex()[:16]}"
+        try:
+            self._node.run_dkg(nonce, poll=self._poll, sleep=self._sleep)
+            self.outcomes[nonce] = "final"
+            _log.info("%s: finished; the result is final", tag)
+        except _Stopped:
+            self.outcomes[nonce] = "stopped"
+            _log.info("%s: stopped with the service", tag)
+        except DKGSessionFailed as exc:
+            self.outcomes[nonce] = f"failed: {exc}"
+            _log.warning("%s: %s", tag, exc)
+        except (DKGError, KgcError, LedgerError) as exc:
+            self.outcomes[nonce] = f"error: {exc}"
+            _log.error("%s: gave up: %s", tag, exc)
+        except Exception as exc:
+            self.outcomes[nonce] = f"error: {exc}"
+            _log.exception("%s: failed unexpectedly", tag)
+
+    def _final(self, nonce: bytes) -> None:
+        if not self._node.holds_share(nonce) or self._node.current_session == nonce:
+            return
+        try:
+            latest = json.loads(self._node.contract.evaluate_transaction("GetDKGResult", ""))
+        except LedgerError:
+            return
+        # Only the chain's latest final result counts (replaying old events must not roll back).
+        if latest.get("nonce") == nonce.hex():
+            self._node.adopt_final(nonce)
+
+    def _sleep(self, seconds: float) -> None:
+        if self._stopped.wait(seconds):
+            raise _Stopped
+
+    def wait_sessions(self, timeout: float | None = None) -> None:
+        """Join the session threads started so far (tests and orderly shutdown)."""
+        for thread in list(self._sessions.values()):
+            thread.join(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop the event stream and the session threads (they leave at their next wait)."""
+        self._stopped.set()
+        if self._events is not None:
+            self._events.close()
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self.wait_sessions(timeout)
 
 
 # ---------------------------------------------------------------------------------------------
