@@ -20,7 +20,6 @@ from ehrshare.services.kgc import (
     DKGSessionFailed,
     InProcessKgcClient,
     KgcNode,
-    extract_identity_key,
     open_dkg_session,
 )
 
@@ -39,9 +38,7 @@ def _run_alone(world: World, node: KgcNode, nonce: bytes) -> None:
 def _extracts_under_the_first_session(world: World) -> None:
     alice = world.m["alice"].ibe_id
     clients = [InProcessKgcClient(n, requester=alice) for n in world.nodes[:2]]
-    outcome = extract_identity_key(
-        clients, alice, public=world.dkg.public, roster=[n.public_key for n in world.nodes]
-    )
+    outcome = world.extract(clients, "alice")  # signed with alice's ledger key, world's clock
     assert outcome.invalid == () and outcome.unavailable == {}
     outcome.secret_key.check(world.mpk)
 
