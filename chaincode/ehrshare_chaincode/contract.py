@@ -828,11 +828,14 @@ class EHRContract:
         The owner grants directly; a grantee forwards (``parent_grant_id``) within its remaining
         hops, never beyond its own expiry and only to an allowed next grantee when a list is set.
         ``proxy`` names the registered proxy identity that holds this grant's re-key: only that
-        proxy re-encrypts this grant's hop. Empty, the grant names no proxy: it decides
-        requests and lets the grantee read record pointers, but no proxy serves its hop.
+        proxy re-encrypts this grant's hop. It is required (a grant no proxy can serve would
+        decide requests that nobody can fulfil); its default only keeps the older arguments
+        optional in front of it.
         """
         caller = ctx.registered()
         assert caller.ibe_id is not None
+        if proxy == "":
+            raise ChaincodeError("grant needs the proxy that will hold its re-key")
         _check_type(record_type)
         _check_ibe(grantee, "grantee")
         exp = _check_int(expiry, "expiry", 0, 2**62)
@@ -915,8 +918,6 @@ class EHRContract:
         return grant
 
     def _check_proxy(self, ctx: TxContext, proxy: str) -> None:
-        if proxy == "":
-            return
         _check_ibe(proxy, "proxy")
         if ctx.get_json(K_IBE, proxy) is None:
             raise ChaincodeError(f"proxy {proxy} is not registered")

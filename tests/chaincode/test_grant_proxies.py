@@ -90,15 +90,32 @@ def test_a_proxy_not_named_by_the_chain_is_refused(two_proxies: tuple[World, Mem
     assert w.m["auditor"].evaluate("CheckApproval", a)["access_id"] == a
 
 
-def test_a_grant_without_a_proxy_is_served_by_none(fresh_world: World) -> None:
-    w = fresh_world
-    zed = w.m["other_hospital_clinician"]
-    w.m["owner"].submit("GrantAccess", "lab", zed.ibe_id, FAR, "0")
-    access = zed.submit("RequestAccess", "r-1")
-    assert access["decision"] == "allow" and access["chain"][0]["proxy"] == ""
-    assert _error(w.m["proxy"], "CheckApproval", access["access_id"]) == (
-        f"no grant of access {access['access_id']} names proxy {PROXY}"
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("lab", "Org2MSP/zed", FAR, "0"),  # the older four-argument form
+        ("lab", "Org2MSP/zed", FAR, "0", "", "", ""),
+    ],
+    ids=["omitted", "empty"],
+)
+def test_a_grant_without_a_proxy_is_refused_without_change(
+    world: World, args: tuple[str, ...]
+) -> None:
+    # Such a grant would decide requests that no proxy could ever serve.
+    assert _fails_without_change(world, world.m["owner"], "GrantAccess", *args) == (
+        "grant needs the proxy that will hold its re-key"
     )
+
+
+def test_a_forward_without_a_proxy_is_refused_without_change(world: World) -> None:
+    dave, parent = world.m["grantee"], world.grants["grantee"]
+    for args in (
+        ("lab", "Org2MSP/zed", FAR, "0", "", parent),
+        ("lab", "Org2MSP/zed", FAR, "0", "", parent, ""),
+    ):
+        assert _fails_without_change(world, dave, "GrantAccess", *args) == (
+            "grant needs the proxy that will hold its re-key"
+        )
 
 
 def test_reports_are_kept_per_hop_for_the_next_proxy(two_proxies: tuple[World, Member]) -> None:
