@@ -773,11 +773,19 @@ class EHRContract:
         result: dict[str, Any] = grant
         return result
 
-    def _grant_problem(self, ctx: TxContext, grant: dict[str, Any]) -> str | None:
-        """Why a grant is not valid now (walking its forwarding chain), or None."""
+    def _grant_problem(
+        self, ctx: TxContext, grant: dict[str, Any], walked: list[dict[str, Any]] | None = None
+    ) -> str | None:
+        """Why a grant is not valid now (walking its forwarding chain), or None.
+
+        ``walked`` collects the grants read, leaf first, so a caller that also needs the chain
+        does not read every grant a second time (on a peer, each read is a round trip).
+        """
         current: dict[str, Any] | None = grant
         child: dict[str, Any] | None = None
         while current is not None:
+            if walked is not None:
+                walked.append(current)
             if current["state"] != "active":
                 return f"grant {current['grant_id']} is revoked"
             if ctx.now >= int(current["expiry"]):
@@ -793,9 +801,17 @@ class EHRContract:
         return None
 
     def _valid_grant(
-        self, ctx: TxContext, owner: str, record_type: str, grantee: str
+        self,
+        ctx: TxContext,
+        owner: str,
+        record_type: str,
+        grantee: str,
+        walked: list[dict[str, Any]] | None = None,
     ) -> tuple[dict[str, Any] | None, str]:
-        """The first valid grant (key order) for (owner, type, grantee), else the reason."""
+        """The first valid grant (key order) for (owner, type, grantee), else the reason.
+
+        ``walked`` receives the valid grant's chain, leaf first (see :meth:`_grant_problem`).
+        """
         rows = ctx.stub.get_state_by_partial_composite_key(
             K_GRANT_MATCH, [owner, record_type, grantee]
         )
@@ -803,8 +819,11 @@ class EHRContract:
         for kv in rows:
             _, attrs = ctx.stub.split_composite_key(kv.key)
             grant = self._grant(ctx, attrs[3])
-            problem = self._grant_problem(ctx, grant)
+            tried: list[dict[str, Any]] = []
+            problem = self._grant_problem(ctx, grant, tried)
             if problem is None:
+                if walked is not None:
+                    walked.extend(tried)
                 return grant, ""
             if not first_problem:
                 first_problem = problem
@@ -924,16 +943,11 @@ class EHRContract:
         if self._identity(ctx, proxy)["role"] != PROXY:
             raise ChaincodeError(f"identity {proxy} is not a proxy")
 
-    def _grant_chain(self, ctx: TxContext, grant: dict[str, Any]) -> list[dict[str, Any]]:
-        """The hops of a grant's forwarding chain, root first: grant id and proxy of each."""
-        chain: list[dict[str, Any]] = []
-        current: dict[str, Any] | None = grant
-        while current is not None:
-            chain.append({"grant_id": current["grant_id"], "proxy": current.get("proxy", "")})
-            parent_id = current["parent_grant_id"]
-            current = self._grant(ctx, parent_id) if parent_id else None
-        chain.reverse()
-        return chain
+    @staticmethod
+    def _grant_chain(walked: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The hops of a forwarding chain walked leaf first, root first: grant id and proxy."""
+        # Grants from before GrantAccess required a proxy have none (no proxy serves them).
+        return [{"grant_id": g["grant_id"], "proxy": g.get("proxy", "")} for g in reversed(walked)]
 
     def RevokeAccess(self, ctx: TxContext, grant_id: str) -> Any:
         """Revoke a grant (its owner or its grantor); forwarded grants below it fail with it."""
@@ -990,7 +1004,8 @@ class EHRContract:
         and grants nothing. Only an allowed decision creates the approval the proxy checks.
         ``grant_id`` names the grant the requester reads under (its re-keys sit at the proxies
         that grant's chain names); without it the first valid grant in key order is used. A
-        named grant that is not the caller's or does not cover the record is an error.
+        named grant that is not the caller's or does not cover the record is an error. An
+        allowed answer also carries ``record``, the record pointer decided on.
         """
         caller = ctx.registered()
         assert caller.ibe_id is not None
@@ -998,6 +1013,7 @@ class EHRContract:
         owner = record["owner"]
         grant: dict[str, Any] | None
         named: dict[str, Any] | None = None
+        walked: list[dict[str, Any]] = []  # the decided grant's chain, leaf first
         if grant_id != "":
             named = self._grant(ctx, grant_id)
             if named["grantee"] != caller.ibe_id:
@@ -1011,10 +1027,10 @@ class EHRContract:
             decision = "allow"
         else:
             if named is not None:
-                problem = self._grant_problem(ctx, named)
+                problem = self._grant_problem(ctx, named, walked)
                 grant, reason = (named, "") if problem is None else (None, problem)
             else:
-                grant, reason = self._valid_grant(ctx, owner, record["type"], caller.ibe_id)
+                grant, reason = self._valid_grant(ctx, owner, record["type"], caller.ibe_id, walked)
             decision = "allow" if grant is not None else "deny"
             grant_id = grant["grant_id"] if grant is not None else ""
             hop = int(grant["hop"]) if grant is not None else 0
@@ -1033,7 +1049,7 @@ class EHRContract:
             "reason": reason,
             "grant_id": grant_id,
             "hop": hop,
-            "chain": self._grant_chain(ctx, grant) if grant is not None else [],
+            "chain": self._grant_chain(walked) if grant is not None else [],
             "at": ctx.now,
             "tx_id": ctx.tx_id,
         }
@@ -1055,6 +1071,10 @@ class EHRContract:
             grant_id=grant_id,
             detail={"requester": caller.ibe_id, "access_id": access_id, "reason": reason},
         )
+        if decision == "allow":
+            # The pointer the requester may now read (the version decided on), returned but not
+            # stored: the reader needs its CID and capsule and need not ask GetRecord for it.
+            return access | {"record": record}
         return access
 
     def CheckApproval(self, ctx: TxContext, access_id: str) -> Any:

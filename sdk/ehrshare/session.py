@@ -701,7 +701,9 @@ class Session:
         access = self._submit("RequestAccess", record_id, grant_id)
         if access["decision"] != "allow":
             raise AccessDenied(record_id, self._humanise(access["reason"]), access["access_id"])
-        record = self._evaluate("GetRecord", record_id, str(access["record_version"]))
+        record = access.get("record")
+        if record is None or int(record["version"]) != int(access["record_version"]):
+            record = self._evaluate("GetRecord", record_id, str(access["record_version"]))
         owner, label = record["owner"], record["type"]
         capsule = base64.b64decode(record["capsule"])
         if access["grant_id"] != "owner":

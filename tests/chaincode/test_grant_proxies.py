@@ -197,3 +197,14 @@ def test_naming_a_grant_that_does_not_cover_the_record_is_refused(fresh_world: W
         assert _fails_without_change(w, dave, "RequestAccess", record, g) == (
             f"grant {g} does not cover record {record}"
         )
+
+
+def test_an_allowed_request_returns_the_record_pointer_decided_on(fresh_world: World) -> None:
+    w = fresh_world
+    dave, zed = w.m["grantee"], w.m["other_hospital_clinician"]
+    access = dave.submit("RequestAccess", "r-1")
+    assert access["record"] == dave.evaluate("GetRecord", "r-1", str(access["record_version"]))
+    # Returned, not stored: the approval a proxy checks has no copy of it.
+    assert "record" not in w.m["proxy"].evaluate("CheckApproval", access["access_id"])
+    denied = zed.submit("RequestAccess", "r-1")
+    assert denied["decision"] == "deny" and "record" not in denied
