@@ -791,11 +791,19 @@ class EHRContract:
         result: dict[str, Any] = grant
         return result
 
-    def _grant_problem(self, ctx: TxContext, grant: dict[str, Any]) -> str | None:
-        """Why a grant is not valid now (walking its forwarding chain), or None."""
+    def _grant_problem(
+        self, ctx: TxContext, grant: dict[str, Any], walked: list[dict[str, Any]] | None = None
+    ) -> str | None:
+        """Why a grant is not valid now (walking its forwarding chain), or None.
+
+        ``walked`` collects the grants read, leaf first, so a caller that also needs the chain
+        does not read every grant a second time (on a peer, each read is a round trip).
+        """
         current: dict[str, Any] | None = grant
         child: dict[str, Any] | None = None
         while current is not None:
+            if walked is not None:
+                walked.append(current)
             if current["state"] != "active":
                 return f"grant {current['grant_id']} is revoked"
             if ctx.now >= int(current["expiry"]):
@@ -811,9 +819,17 @@ class EHRContract:
         return None
 
     def _valid_grant(
-        self, ctx: TxContext, owner: str, record_type: str, grantee: str
+        self,
+        ctx: TxContext,
+        owner: str,
+        record_type: str,
+        grantee: str,
+        walked: list[dict[str, Any]] | None = None,
     ) -> tuple[dict[str, Any] | None, str]:
-        """The first valid grant (key order) for (owner, type, grantee), else the reason."""
+        """The first valid grant (key order) for (owner, type, grantee), else the reason.
+
+        ``walked`` receives the valid grant's chain, leaf first (see :meth:`_grant_problem`).
+        """
         rows = ctx.stub.get_state_by_partial_composite_key(
             K_GRANT_MATCH, [owner, record_type, grantee]
         )
@@ -821,8 +837,11 @@ class EHRContract:
         for kv in rows:
             _, attrs = ctx.stub.split_composite_key(kv.key)
             grant = self._grant(ctx, attrs[3])
-            problem = self._grant_problem(ctx, grant)
+            tried: list[dict[str, Any]] = []
+            problem = self._grant_problem(ctx, grant, tried)
             if problem is None:
+                if walked is not None:
+                    walked.extend(tried)
                 return grant, ""
             if not first_problem:
                 first_problem = problem
@@ -846,11 +865,14 @@ class EHRContract:
         The owner grants directly; a grantee forwards (``parent_grant_id``) within its remaining
         hops, never beyond its own expiry and only to an allowed next grantee when a list is set.
         ``proxy`` names the registered proxy identity that holds this grant's re-key: only that
-        proxy re-encrypts this grant's hop. Empty, the grant names no proxy: it decides
-        requests and lets the grantee read record pointers, but no proxy serves its hop.
+        proxy re-encrypts this grant's hop. It is required (a grant no proxy can serve would
+        decide requests that nobody can fulfil); its default only keeps the older arguments
+        optional in front of it.
         """
         caller = ctx.registered()
         assert caller.ibe_id is not None
+        if proxy == "":
+            raise ChaincodeError("grant needs the proxy that will hold its re-key")
         _check_type(record_type)
         _check_ibe(grantee, "grantee")
         exp = _check_int(expiry, "expiry", 0, 2**62)
@@ -933,24 +955,17 @@ class EHRContract:
         return grant
 
     def _check_proxy(self, ctx: TxContext, proxy: str) -> None:
-        if proxy == "":
-            return
         _check_ibe(proxy, "proxy")
         if ctx.get_json(K_IBE, proxy) is None:
             raise ChaincodeError(f"proxy {proxy} is not registered")
         if self._identity(ctx, proxy)["role"] != PROXY:
             raise ChaincodeError(f"identity {proxy} is not a proxy")
 
-    def _grant_chain(self, ctx: TxContext, grant: dict[str, Any]) -> list[dict[str, Any]]:
-        """The hops of a grant's forwarding chain, root first: grant id and proxy of each."""
-        chain: list[dict[str, Any]] = []
-        current: dict[str, Any] | None = grant
-        while current is not None:
-            chain.append({"grant_id": current["grant_id"], "proxy": current.get("proxy", "")})
-            parent_id = current["parent_grant_id"]
-            current = self._grant(ctx, parent_id) if parent_id else None
-        chain.reverse()
-        return chain
+    @staticmethod
+    def _grant_chain(walked: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The hops of a forwarding chain walked leaf first, root first: grant id and proxy."""
+        # Grants from before GrantAccess required a proxy have none (no proxy serves them).
+        return [{"grant_id": g["grant_id"], "proxy": g.get("proxy", "")} for g in reversed(walked)]
 
     def RevokeAccess(self, ctx: TxContext, grant_id: str) -> Any:
         """Revoke a grant (its owner or its grantor); forwarded grants below it fail with it."""
@@ -1007,7 +1022,8 @@ class EHRContract:
         and grants nothing. Only an allowed decision creates the approval the proxy checks.
         ``grant_id`` names the grant the requester reads under (its re-keys sit at the proxies
         that grant's chain names); without it the first valid grant in key order is used. A
-        named grant that is not the caller's or does not cover the record is an error.
+        named grant that is not the caller's or does not cover the record is an error. An
+        allowed answer also carries ``record``, the record pointer decided on.
         """
         caller = ctx.registered()
         assert caller.ibe_id is not None
@@ -1015,6 +1031,7 @@ class EHRContract:
         owner = record["owner"]
         grant: dict[str, Any] | None
         named: dict[str, Any] | None = None
+        walked: list[dict[str, Any]] = []  # the decided grant's chain, leaf first
         if grant_id != "":
             named = self._grant(ctx, grant_id)
             if named["grantee"] != caller.ibe_id:
@@ -1028,10 +1045,10 @@ class EHRContract:
             decision = "allow"
         else:
             if named is not None:
-                problem = self._grant_problem(ctx, named)
+                problem = self._grant_problem(ctx, named, walked)
                 grant, reason = (named, "") if problem is None else (None, problem)
             else:
-                grant, reason = self._valid_grant(ctx, owner, record["type"], caller.ibe_id)
+                grant, reason = self._valid_grant(ctx, owner, record["type"], caller.ibe_id, walked)
             decision = "allow" if grant is not None else "deny"
             grant_id = grant["grant_id"] if grant is not None else ""
             hop = int(grant["hop"]) if grant is not None else 0
@@ -1050,7 +1067,7 @@ class EHRContract:
             "reason": reason,
             "grant_id": grant_id,
             "hop": hop,
-            "chain": self._grant_chain(ctx, grant) if grant is not None else [],
+            "chain": self._grant_chain(walked) if grant is not None else [],
             "at": ctx.now,
             "tx_id": ctx.tx_id,
         }
@@ -1072,6 +1089,10 @@ class EHRContract:
             grant_id=grant_id,
             detail={"requester": caller.ibe_id, "access_id": access_id, "reason": reason},
         )
+        if decision == "allow":
+            # The pointer the requester may now read (the version decided on), returned but not
+            # stored: the reader needs its CID and capsule and need not ask GetRecord for it.
+            return access | {"record": record}
         return access
 
     def CheckApproval(self, ctx: TxContext, access_id: str) -> Any:

@@ -56,7 +56,7 @@ from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.api import Contract
 from ehrshare.ledger.errors import LedgerError
 from ehrshare.profile import Wallet
-from ehrshare.services.proxy import seal_rekey
+from ehrshare.services.proxy import ProxyUnavailable, seal_rekey
 from ehrshare.storage import BlobStore, StorageError, get_verified, sha256_hex
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
     "ProxyClient",
     "ProxyError",
     "ProxyRoute",
+    "ProxyUnreachable",
     "RecordRef",
     "RecordStorageError",
     "RecordTooLarge",
@@ -136,6 +137,23 @@ class RecordTooLarge(SdkError, ValueError):
 
 class ProxyError(SdkError):
     """The re-encryption proxy could not be reached or refused a call."""
+
+
+class ProxyUnreachable(ProxyError):
+    """A proxy holding a hop of the read's grant chain did not answer (down, or unreachable).
+
+    Names the proxy, its hospital (MSP id) and the grants whose re-keys it holds; the access
+    request was committed and logged, so reading again once it is back makes a new request.
+    """
+
+    def __init__(
+        self, message: str, *, proxy: str, msp_id: str, grant_ids: Sequence[str], access_id: str
+    ) -> None:
+        self.proxy = proxy
+        self.msp_id = msp_id
+        self.grant_ids = tuple(grant_ids)
+        self.access_id = access_id
+        super().__init__(message)
 
 
 # --- service protocols (implemented in ehrshare.services, in-process and over gRPC) -----------
@@ -692,7 +710,9 @@ class Session:
         access = self._submit("RequestAccess", record_id, grant_id)
         if access["decision"] != "allow":
             raise AccessDenied(record_id, self._humanise(access["reason"]), access["access_id"])
-        record = self._evaluate("GetRecord", record_id, str(access["record_version"]))
+        record = access.get("record")
+        if record is None or int(record["version"]) != int(access["record_version"]):
+            record = self._evaluate("GetRecord", record_id, str(access["record_version"]))
         owner, label = record["owner"], record["type"]
         capsule = base64.b64decode(record["capsule"])
         if access["grant_id"] != "owner":
@@ -718,17 +738,27 @@ class Session:
             raise SdkError(f"record {record_id} decrypted to invalid FHIR: {exc}") from None
 
     def _reencrypt_along(self, access: dict[str, Any], capsule: bytes) -> bytes:
-        """Visit each run of consecutive hops' proxy in chain order with the capsule so far."""
-        record_id = access["record_id"]
-        hops = [str(h["proxy"]) for h in access.get("chain", [])]
-        runs = [p for i, p in enumerate(hops) if i == 0 or hops[i - 1] != p]
-        if "" in runs:
-            raise ProxyError(
-                f"a grant in the chain of access {access['access_id']} names no proxy; no proxy "
-                f"can re-encrypt record {record_id} for you"
-            )
-        for proxy in runs:
+        """Visit each run of consecutive hops' proxy in chain order with the capsule so far
+        (hops in a row at one proxy are one visit: that proxy applies them all)."""
+        record_id, access_id = access["record_id"], access["access_id"]
+        runs: list[tuple[str, list[str]]] = []  # (proxy, grant ids of its hops), chain order
+        for hop in access.get("chain", []):
+            proxy, grant_id = str(hop["proxy"]), str(hop["grant_id"])
+            if runs and runs[-1][0] == proxy:
+                runs[-1][1].append(grant_id)
+            else:
+                runs.append((proxy, [grant_id]))
+        for proxy, grant_ids in runs:
+            if proxy == "":
+                # Only grants committed before GrantAccess required a proxy can look like this.
+                raise ProxyError(
+                    f"grant {', '.join(grant_ids)} in the chain of access {access_id} names no "
+                    f"proxy; no proxy can re-encrypt record {record_id} for you — ask for the "
+                    "grant again"
+                )
+        for proxy, grant_ids in runs:
             route = self._route(proxy)
+            held = f"grant{'s' if len(grant_ids) > 1 else ''} {', '.join(grant_ids)}"
             try:
                 # The capsule is sent along for proxies that may not read record pointers; a
                 # proxy that can read them refuses a capsule that is not the record's own, and a
@@ -736,15 +766,27 @@ class Session:
                 capsule = route.client.reencrypt(
                     record_id=record_id,
                     requester=self.ibe_id,
-                    approval_id=access["access_id"],
+                    approval_id=access_id,
                     grant_id=access["grant_id"],
                     capsule=capsule,
                 )
             except SdkError:
                 raise
+            except (ProxyUnavailable, ConnectionError) as exc:
+                raise ProxyUnreachable(
+                    f"the re-encryption proxy of hospital {route.msp_id} ({proxy}) is "
+                    f"unreachable; it holds the re-key of {held}, so record {record_id} cannot "
+                    f"be read under access {access_id} ({exc}); the request is logged — read "
+                    "again once that proxy is back",
+                    proxy=proxy,
+                    msp_id=route.msp_id,
+                    grant_ids=grant_ids,
+                    access_id=access_id,
+                ) from None
             except Exception as exc:
                 raise ProxyError(
-                    f"the re-encryption proxy could not serve record {record_id} ({proxy}): {exc}"
+                    f"the re-encryption proxy of hospital {route.msp_id} ({proxy}, holding "
+                    f"{held}) could not serve record {record_id}: {exc}"
                 ) from None
         return capsule
 

@@ -21,6 +21,7 @@ from chaincode_world import (
     NONCE2,
     NONCE3,
     NONCE5,
+    PROXY,
     ROSTER,
     SHA,
     TYPE_KEY,
@@ -189,15 +190,31 @@ CASES = [
     ),
     Case(
         "GrantAccess",
-        lambda w: ("lab", "Org2MSP/zed", FAR, "0"),
+        lambda w: ("lab", "Org2MSP/zed", FAR, "0", "", "", PROXY),
         frozenset({"owner", "other_patient"}),
         lambda w, n, r: f"identity {n} is not a patient and may not grant",
     ),
     Case(
         "ForwardGrant",
-        lambda w: ("lab", "Org2MSP/zed", FAR, "0", "", w.grants["grantee"]),
+        lambda w: ("lab", "Org2MSP/zed", FAR, "0", "", w.grants["grantee"], PROXY),
         frozenset({"grantee"}),
         lambda w, n, r: f"identity {n} is not the grantee of grant {w.grants['grantee']}",
+        chaincode_function="GrantAccess",
+    ),
+    # A grant must name the proxy that will hold its re-key: refused for every registered
+    # caller, before any role or parent check (it is a missing argument).
+    Case(
+        "GrantAccessNoProxy",
+        lambda w: ("lab", "Org2MSP/zed", FAR, "0"),
+        frozenset(),
+        lambda w, n, r: "grant needs the proxy that will hold its re-key",
+        chaincode_function="GrantAccess",
+    ),
+    Case(
+        "ForwardGrantNoProxy",
+        lambda w: ("lab", "Org2MSP/zed", FAR, "0", "", w.grants["grantee"], ""),
+        frozenset(),
+        lambda w, n, r: "grant needs the proxy that will hold its re-key",
         chaincode_function="GrantAccess",
     ),
     Case(

@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Callable
 
 import pytest
-from chaincode_world import FAR, World
+from chaincode_world import FAR, PROXY, World
 
 from ehrshare.ledger import ChaincodeEvent, LedgerIntegrityError
 from ehrshare_chaincode.auditlog import SYSTEM_CHAIN, entry_hash, verify_entries
@@ -81,13 +81,18 @@ def test_every_path_appends_and_emits_its_entries(fresh_world: World) -> None:
             ),
             [("AmendRecord", "ok")],
         ),
-        (lambda: alice.submit("GrantAccess", "lab", zed.ibe_id, FAR, "0"), [("GrantAccess", "ok")]),
+        (
+            lambda: alice.submit("GrantAccess", "lab", zed.ibe_id, FAR, "0", "", "", PROXY),
+            [("GrantAccess", "ok")],
+        ),
         (
             lambda: zed.submit("RequestAccess", "r-9"),
             [("RequestAccess", "requested"), ("AccessDecision", "allow")],
         ),
         (
-            lambda: w.m["other_patient"].submit("GrantAccess", "lab", dave.ibe_id, FAR, "0"),
+            lambda: w.m["other_patient"].submit(
+                "GrantAccess", "lab", dave.ibe_id, FAR, "0", "", "", PROXY
+            ),
             [],
         ),  # carol's chain, not alice's
         (

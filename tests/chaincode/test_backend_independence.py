@@ -12,7 +12,7 @@ import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
 
-from chaincode_world import World
+from chaincode_world import PROXY, World
 
 from ehrshare.ledger.envelope import Proposal, deserialize_identity
 from ehrshare_chaincode.contract import invoke
@@ -97,7 +97,14 @@ def test_replay_under_fabric_semantics_reproduces_the_state(fresh_world: World) 
     # Add forwarding and amendments so the replay covers more paths.
     dave, zed = w.m["grantee"], w.m["other_hospital_clinician"]
     dave.submit(
-        "GrantAccess", "lab", zed.ibe_id, str(w.clock.seconds + 500), "0", "", w.grants["grantee"]
+        "GrantAccess",
+        "lab",
+        zed.ibe_id,
+        str(w.clock.seconds + 500),
+        "0",
+        "",
+        w.grants["grantee"],
+        PROXY,
     )
     zed.submit("RequestAccess", "r-1")
     w.m["owner"].submit("AmendRecord", "r-1", "bafyrecord0002", "1" * 64, "AAAA", "1")

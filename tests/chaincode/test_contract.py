@@ -8,7 +8,7 @@ import hashlib
 import json
 
 import pytest
-from chaincode_world import CAPSULE, FAR, SHA, T0, TYPE_KEY, World
+from chaincode_world import CAPSULE, FAR, PROXY, SHA, T0, TYPE_KEY, World
 
 from ehrshare.ledger import EndorseError
 from ehrshare.ledger.envelope import new_proposal, sign_proposal
@@ -155,26 +155,28 @@ def test_multi_hop_forwarding_respects_hops_expiry_allow_list_and_revocation(
     w = fresh_world
     alice, dave, zed = w.m["owner"], w.m["grantee"], w.m["other_hospital_clinician"]
     erin = w.sandbox.member("Org2MSP", "hugo", "clinician")
-    root = alice.submit("GrantAccess", "lab", dave.ibe_id, FAR, "2", '["Org2MSP/zed"]')["grant_id"]
-    assert _error(dave, "GrantAccess", "lab", erin.ibe_id, FAR, "1", "", root) == (
+    root = alice.submit("GrantAccess", "lab", dave.ibe_id, FAR, "2", '["Org2MSP/zed"]', "", PROXY)[
+        "grant_id"
+    ]
+    assert _error(dave, "GrantAccess", "lab", erin.ibe_id, FAR, "1", "", root, PROXY) == (
         f"grant {root} does not allow forwarding to Org2MSP/hugo"
     )
-    assert _error(dave, "GrantAccess", "lab", zed.ibe_id, FAR, "2", "", root) == (
+    assert _error(dave, "GrantAccess", "lab", zed.ibe_id, FAR, "2", "", root, PROXY) == (
         f"max hops 2 exceeds the 1 left by grant {root}"
     )
-    assert _error(dave, "GrantAccess", "lab", zed.ibe_id, str(T0 + 10**8), "1", "", root) == (
-        f"expiry {T0 + 10**8} is later than grant {root} allows"
-    )
-    assert _error(dave, "GrantAccess", "imaging", zed.ibe_id, FAR, "1", "", root) == (
+    assert _error(
+        dave, "GrantAccess", "lab", zed.ibe_id, str(T0 + 10**8), "1", "", root, PROXY
+    ) == (f"expiry {T0 + 10**8} is later than grant {root} allows")
+    assert _error(dave, "GrantAccess", "imaging", zed.ibe_id, FAR, "1", "", root, PROXY) == (
         f"grant {root} does not cover type imaging"
     )
-    hop1 = dave.submit("GrantAccess", "lab", zed.ibe_id, FAR, "1", "", root)
+    hop1 = dave.submit("GrantAccess", "lab", zed.ibe_id, FAR, "1", "", root, PROXY)
     assert (hop1["owner"], hop1["grantor"], hop1["hop"]) == (ALICE, dave.ibe_id, 1)
-    hop2 = zed.submit("GrantAccess", "lab", erin.ibe_id, FAR, "0", "", hop1["grant_id"])
+    hop2 = zed.submit("GrantAccess", "lab", erin.ibe_id, FAR, "0", "", hop1["grant_id"], PROXY)
     assert hop2["hop"] == 2
-    assert _error(erin, "GrantAccess", "lab", dave.ibe_id, FAR, "0", "", hop2["grant_id"]) == (
-        f"grant {hop2['grant_id']} allows no further hops"
-    )
+    assert _error(
+        erin, "GrantAccess", "lab", dave.ibe_id, FAR, "0", "", hop2["grant_id"], PROXY
+    ) == (f"grant {hop2['grant_id']} allows no further hops")
     access = erin.submit("RequestAccess", "r-1")
     assert (access["decision"], access["grant_id"], access["hop"]) == (
         "allow",
@@ -191,15 +193,15 @@ def test_access_is_decided_at_the_transaction_time(fresh_world: World) -> None:
     w = fresh_world
     alice, zed = w.m["owner"], w.m["other_hospital_clinician"]
     expiry = w.clock.seconds + 50
-    g = alice.submit("GrantAccess", "lab", zed.ibe_id, str(expiry), "0")["grant_id"]
+    g = alice.submit("GrantAccess", "lab", zed.ibe_id, str(expiry), "0", "", "", PROXY)["grant_id"]
     w.clock.advance(48)
     assert zed.submit("RequestAccess", "r-1")["decision"] == "allow"
     w.clock.advance(2)
     denied = zed.submit("RequestAccess", "r-1")
     assert (denied["decision"], denied["reason"]) == ("deny", f"grant {g} expired at {expiry}")
-    assert _error(alice, "GrantAccess", "lab", zed.ibe_id, str(w.clock.seconds), "0").startswith(
-        f"expiry {w.clock.seconds} is not after the transaction time"
-    )
+    assert _error(
+        alice, "GrantAccess", "lab", zed.ibe_id, str(w.clock.seconds), "0", "", "", PROXY
+    ).startswith(f"expiry {w.clock.seconds} is not after the transaction time")
 
 
 @pytest.mark.parametrize(
@@ -224,7 +226,9 @@ def test_access_is_decided_at_the_transaction_time(fresh_world: World) -> None:
     ],
 )
 def test_grant_rejects_bad_arguments(world: World, args: tuple[str, ...], message: str) -> None:
-    assert _fails_without_change(world, world.m["owner"], "GrantAccess", *args) == message
+    # Padded to the full argument list with a valid proxy, so each case fails on its own fault.
+    full = (*args, *[""] * (6 - len(args)), PROXY)
+    assert _fails_without_change(world, world.m["owner"], "GrantAccess", *full) == message
 
 
 def test_revoke_twice_and_unknown(fresh_world: World) -> None:

@@ -90,15 +90,32 @@ def test_a_proxy_not_named_by_the_chain_is_refused(two_proxies: tuple[World, Mem
     assert w.m["auditor"].evaluate("CheckApproval", a)["access_id"] == a
 
 
-def test_a_grant_without_a_proxy_is_served_by_none(fresh_world: World) -> None:
-    w = fresh_world
-    zed = w.m["other_hospital_clinician"]
-    w.m["owner"].submit("GrantAccess", "lab", zed.ibe_id, FAR, "0")
-    access = zed.submit("RequestAccess", "r-1")
-    assert access["decision"] == "allow" and access["chain"][0]["proxy"] == ""
-    assert _error(w.m["proxy"], "CheckApproval", access["access_id"]) == (
-        f"no grant of access {access['access_id']} names proxy {PROXY}"
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("lab", "Org2MSP/zed", FAR, "0"),  # the older four-argument form
+        ("lab", "Org2MSP/zed", FAR, "0", "", "", ""),
+    ],
+    ids=["omitted", "empty"],
+)
+def test_a_grant_without_a_proxy_is_refused_without_change(
+    world: World, args: tuple[str, ...]
+) -> None:
+    # Such a grant would decide requests that no proxy could ever serve.
+    assert _fails_without_change(world, world.m["owner"], "GrantAccess", *args) == (
+        "grant needs the proxy that will hold its re-key"
     )
+
+
+def test_a_forward_without_a_proxy_is_refused_without_change(world: World) -> None:
+    dave, parent = world.m["grantee"], world.grants["grantee"]
+    for args in (
+        ("lab", "Org2MSP/zed", FAR, "0", "", parent),
+        ("lab", "Org2MSP/zed", FAR, "0", "", parent, ""),
+    ):
+        assert _fails_without_change(world, dave, "GrantAccess", *args) == (
+            "grant needs the proxy that will hold its re-key"
+        )
 
 
 def test_reports_are_kept_per_hop_for_the_next_proxy(two_proxies: tuple[World, Member]) -> None:
@@ -180,3 +197,14 @@ def test_naming_a_grant_that_does_not_cover_the_record_is_refused(fresh_world: W
         assert _fails_without_change(w, dave, "RequestAccess", record, g) == (
             f"grant {g} does not cover record {record}"
         )
+
+
+def test_an_allowed_request_returns_the_record_pointer_decided_on(fresh_world: World) -> None:
+    w = fresh_world
+    dave, zed = w.m["grantee"], w.m["other_hospital_clinician"]
+    access = dave.submit("RequestAccess", "r-1")
+    assert access["record"] == dave.evaluate("GetRecord", "r-1", str(access["record_version"]))
+    # Returned, not stored: the approval a proxy checks has no copy of it.
+    assert "record" not in w.m["proxy"].evaluate("CheckApproval", access["access_id"])
+    denied = zed.submit("RequestAccess", "r-1")
+    assert denied["decision"] == "deny" and "record" not in denied

@@ -312,6 +312,7 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
         "dave": sb.member("Org1MSP", "dave", "clinician"),
         "zed": sb.member("Org2MSP", "zed", "clinician"),
         "audrey": sb.member("Org1MSP", "audrey", "auditor"),
+        "pete": sb.member("Org1MSP", "pete", "proxy"),
     }
     alice = m["alice"]
     alice.submit("PublishTypeKey", "lab", TYPE_KEY, "1")
@@ -319,7 +320,9 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
         alice.submit(
             "RegisterRecord", f"r-{i}", alice.ibe_id, "lab", f"bafyrec{i}", SHA, CAPSULE, "1"
         )
-    alice.submit("GrantAccess", "lab", m["dave"].ibe_id, str(T0 + 10**6), "1")
+    alice.submit(
+        "GrantAccess", "lab", m["dave"].ibe_id, str(T0 + 10**6), "1", "", "", "Org1MSP/pete"
+    )
     m["dave"].submit("RequestAccess", "r-1")
     alice.submit("AmendRecord", "r-1", "bafyrecord0002", "1" * 64, "AAAA", "1")
     signers = {}

@@ -19,6 +19,7 @@ def main() -> None:
     directory, run = sys.argv[1], sys.argv[2]
     sb = Sandbox.open(directory)
     clinician = sb.member("Org2MSP", f"doc{run}", "clinician")
+    proxy = sb.member("Org2MSP", f"proxy{run}", "proxy").ibe_id
     patients = [sb.member("Org1MSP", f"pat{run}-{k}", "patient") for k in range(8)]
     print(json.dumps({"ready": True}), flush=True)
     i = 0
@@ -31,7 +32,9 @@ def main() -> None:
         )
         status = tx.endorse().submit().get_status()
         print(json.dumps({"tx": status.tx_id, "code": status.code}), flush=True)
-        g = p.contract.new_proposal("GrantAccess", "lab", clinician.ibe_id, "4000000000", "0")
+        g = p.contract.new_proposal(
+            "GrantAccess", "lab", clinician.ibe_id, "4000000000", "0", "", "", proxy
+        )
         print(
             json.dumps({"tx": g.transaction_id, "code": g.endorse().submit().get_status().code}),
             flush=True,

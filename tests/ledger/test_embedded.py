@@ -41,6 +41,11 @@ def _patient_and_record(sb: Sandbox, n_records: int = 1) -> tuple[Member, Member
     return alice, dave
 
 
+def _proxy(sb: Sandbox) -> str:
+    """A registered proxy identity for grants to name (GrantAccess requires one)."""
+    return sb.member("Org2MSP", "pete", "proxy").ibe_id
+
+
 # --- who may talk to the ledger ---------------------------------------------------------------
 
 
@@ -236,7 +241,9 @@ def test_everything_is_there_after_reopening(tmp_path: Path) -> None:
     clock = ManualClock(1_900_000_000)
     sb = Sandbox.open(tmp_path, clock=clock)
     alice, dave = _patient_and_record(sb, n_records=3)
-    grant = alice.submit("GrantAccess", "lab", dave.ibe_id, str(clock.seconds + 10**6), "0")
+    grant = alice.submit(
+        "GrantAccess", "lab", dave.ibe_id, str(clock.seconds + 10**6), "0", "", "", _proxy(sb)
+    )
     dave.submit("RequestAccess", "r-1")
     digest, height = sb.ledger.state_digest(), sb.ledger.height()
     trail = alice.evaluate("GetAuditTrail", "patient", alice.ibe_id, "100")
@@ -299,7 +306,8 @@ def test_key_history_is_kept(sandbox: Sandbox) -> None:
 
 def test_concurrent_submits_in_one_process_do_not_conflict(sandbox: Sandbox) -> None:
     alice, dave = _patient_and_record(sandbox)
-    alice.submit("GrantAccess", "lab", dave.ibe_id, str(sandbox.clock.seconds + 10**6), "0")
+    expiry = str(sandbox.clock.seconds + 10**6)
+    alice.submit("GrantAccess", "lab", dave.ibe_id, expiry, "0", "", "", _proxy(sandbox))
     errors: list[BaseException] = []
 
     def worker() -> None:
@@ -360,7 +368,7 @@ def test_backdating_past_an_expired_grant_is_refused_and_changes_nothing(tmp_pat
     alice.submit(
         "RegisterRecord", "r-1", alice.ibe_id, "lab", "bafy12345678", "0" * 64, "AQID", "1"
     )
-    alice.submit("GrantAccess", "lab", dave.ibe_id, str(t0 + 100), "0", "", "")
+    alice.submit("GrantAccess", "lab", dave.ibe_id, str(t0 + 100), "0", "", "", _proxy(sb))
     clock.advance(1000)  # the grant expired 900 s ago
     assert dave.submit("RequestAccess", "r-1")["decision"] == "deny"
     before = (sb.ledger.height(), sb.ledger.state_digest())

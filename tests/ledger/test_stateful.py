@@ -45,6 +45,7 @@ class LedgerMachine(RuleBasedStateMachine):
             self.sb.member("Org2MSP", "hugo", "clinician"),
         ]
         self.auditor = self.sb.member("Org1MSP", "audrey", "auditor")
+        self.proxy = self.sb.member("Org2MSP", "pete", "proxy").ibe_id
         self.records: dict[str, tuple[str, str]] = {}
         self.grants: dict[str, GrantModel] = {}
         self.decisions = 0
@@ -92,7 +93,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def grant(self, p: int, c: int, t: str, life: int, hops: int) -> None:
         owner, grantee = self.patients[p], self.clinicians[c]
         expiry = self.clock.seconds + life
-        g = owner.submit("GrantAccess", t, grantee.ibe_id, str(expiry), str(hops))
+        g = owner.submit(
+            "GrantAccess", t, grantee.ibe_id, str(expiry), str(hops), "", "", self.proxy
+        )
         self.grants[g["grant_id"]] = GrantModel(owner.ibe_id, grantee.ibe_id, t, expiry, hops, "")
 
     @precondition(lambda self: bool(self.grants))
@@ -111,7 +114,14 @@ class LedgerMachine(RuleBasedStateMachine):
             and target.ibe_id not in (caller.ibe_id, parent.owner)
         )
         proposal = caller.contract.new_proposal(
-            "GrantAccess", parent.type, target.ibe_id, str(expiry), str(hops), "", parent_id
+            "GrantAccess",
+            parent.type,
+            target.ibe_id,
+            str(expiry),
+            str(hops),
+            "",
+            parent_id,
+            self.proxy,
         )
         if not ok:
             with pytest.raises(EndorseError):

@@ -24,6 +24,7 @@ from ehrshare.session import (
     EnrollmentError,
     NotEnrolledError,
     ProxyError,
+    ProxyUnreachable,
     RecordStorageError,
     RecordTooLarge,
     RequestRejected,
@@ -247,8 +248,11 @@ def test_proxy_down_at_read_is_a_clear_error(people: People) -> None:
     ref = people.adams.put_record(lab_observation(), patient=people.alice.ibe_id)
     people.alice.grant(people.baker.ibe_id, "lab", expires=DAY)
     people.baker.proxy = RefusingProxy()
-    with pytest.raises(ProxyError, match="proxy could not serve record"):
+    with pytest.raises(
+        ProxyUnreachable, match="is unreachable; it holds the re-key of grant"
+    ) as info:
         people.baker.read_record(ref)
+    assert info.value.msp_id == "HospitalBMSP" and len(info.value.grant_ids) == 1
 
 
 class DownStore:

@@ -16,7 +16,7 @@ from ehrshare.consortium import Consortium
 from ehrshare.demo import lab_observation
 from ehrshare.ledger.sandbox import ManualClock
 from ehrshare.profile import Profile, ProfileError
-from ehrshare.session import AccessDenied, ProxyError, RequestRejected
+from ehrshare.session import AccessDenied, ProxyError, ProxyRoute, RequestRejected
 
 DAY = dt.timedelta(days=1)
 PA, PB, PC = (f"Hospital{h}MSP/proxy" for h in "ABC")
@@ -85,6 +85,38 @@ def test_a_grant_may_name_another_proxy_of_the_profile(people: People) -> None:
     with pytest.raises(ProxyError, match="proxy HospitalZMSP/proxy is not in this profile"):
         p.alice.grant(p.chen.ibe_id, "lab", expires=DAY, proxy="HospitalZMSP/proxy")
     assert (p.consortium.ledger.state_digest(), p.consortium.ledger.height()) == before
+
+
+class _Counting:
+    """A proxy client that counts the re-encryption visits it passes on."""
+
+    def __init__(self, inner: Any, visits: list[str], name: str) -> None:
+        self._inner, self._visits, self._name = inner, visits, name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._inner, attr)
+
+    def reencrypt(self, **kwargs: Any) -> bytes:
+        self._visits.append(self._name)
+        out: bytes = self._inner.reencrypt(**kwargs)
+        return out
+
+
+def test_consecutive_hops_at_one_proxy_are_one_visit(people: People) -> None:
+    p = people
+    ref = p.adams.put_record(lab_observation(), patient=p.alice.ibe_id)
+    p.alice.grant(p.baker.ibe_id, "lab", expires=DAY, max_hops=2)
+    to_chen = p.baker.forward(ref, p.chen.ibe_id, max_hops=1, proxy=PB)  # B's proxy again
+    p.chen.forward(to_chen, p.adams.ibe_id)
+    visits: list[str] = []
+    p.adams.proxies = tuple(
+        ProxyRoute(r.ibe_id, r.msp_id, _Counting(r.client, visits, r.ibe_id))
+        for r in p.adams.proxies
+    )
+    assert _value(p.adams.read_record(ref)) == Decimal("13.2")
+    assert visits == [PB, PA]
+    # B's proxy applied hops 1 and 2 in its one visit and reported once, with both applied.
+    assert _reports(p, ref.record_id) == [(PB, 2), (PA, 3)]
 
 
 def test_a_reader_with_two_grants_names_the_one_to_read_under(people: People) -> None:

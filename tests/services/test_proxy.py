@@ -19,6 +19,7 @@ from ehrshare.services.proxy import (
     ApprovalRefused,
     InProcessProxyClient,
     InvalidReKey,
+    NoReKey,
     NotAuthorised,
     ProxyError,
     ReencryptionProxy,
@@ -515,3 +516,27 @@ def test_a_slow_approval_check_does_not_block_other_approvals(lab: World) -> Non
         assert contract.timed_out is False
         assert read_as(w, who, results["fast"]) == m
         assert read_as(w, who, results["slow"]) == m
+
+
+def test_a_rekey_deleted_by_another_process_is_not_used_from_memory(lab: World) -> None:
+    # The proxy remembers unsealed re-keys between reads, but reads the re-key's row on every
+    # use: a deletion by another process sharing the state directory takes effect at once.
+    w = lab
+    clin = fresh_clinician(w)
+    gid = grant(w, "alice", clin)
+    record_id, m, capsule = w.new_record()
+    reader = w.m[clin].ibe_id
+    with w.open_proxy() as proxy, w.open_proxy() as other:
+        deliver(w, proxy, "alice", clin, gid)
+        for _ in range(2):  # the second read is served from the remembered re-key
+            approval = request(w, clin, record_id)
+            out = proxy.reencrypt(
+                record_id=record_id, requester=reader, approval_id=approval, capsule=capsule
+            )
+            assert read_as(w, clin, out) == m
+        assert other.revoke(gid) == 1  # not revoked on chain: only the stored re-key goes
+        approval = request(w, clin, record_id)
+        with pytest.raises(NoReKey, match=f"this proxy holds no re-key for grant {gid}"):
+            proxy.reencrypt(
+                record_id=record_id, requester=reader, approval_id=approval, capsule=capsule
+            )

@@ -49,6 +49,9 @@ class _Population:
     def __init__(self, sandbox: Sandbox) -> None:
         self.sb = sandbox
         self.clinician = sandbox.member("Org2MSP", "bench-clinician", "clinician")
+        # GrantAccess names the proxy that holds the re-key; no re-key is made here, the
+        # proxy only has to be a registered identity of role proxy.
+        self.proxy = sandbox.member("Org2MSP", "bench-proxy", "proxy").ibe_id
         self.patients: list[Member] = []
         self.records: list[tuple[str, int]] = []  # (record id, patient index)
         self.granted: set[int] = set()
@@ -106,7 +109,9 @@ class _Population:
             chunk = pending[start : start + 200]
             txs = [
                 self.patients[p]
-                .contract.new_proposal("GrantAccess", "lab", self.clinician.ibe_id, _FAR, "1")
+                .contract.new_proposal(
+                    "GrantAccess", "lab", self.clinician.ibe_id, _FAR, "1", "", "", self.proxy
+                )
                 .endorse()
                 .endorsed
                 for p in chunk
@@ -170,7 +175,7 @@ def run_ledger_benchmark(
                 def grant_access() -> None:
                     p = pop.patients[rng.randrange(len(pop.patients))]
                     p.contract.submit_transaction(
-                        "GrantAccess", "imaging", pop.clinician.ibe_id, _FAR, "0"
+                        "GrantAccess", "imaging", pop.clinician.ibe_id, _FAR, "0", "", "", pop.proxy
                     )
 
                 def request_access(c: Any = contract) -> None:

@@ -96,6 +96,7 @@ def _errors() -> Iterator[None]:
         EnrollmentError,
         NotEnrolledError,
         ProxyError,
+        ProxyUnreachable,
         RecordStorageError,
         RecordTooLarge,
         RequestRejected,
@@ -121,6 +122,12 @@ def _errors() -> Iterator[None]:
         _fail(EXIT_INPUT, str(exc))
     except IntegrityError as exc:
         _fail(EXIT_INTEGRITY, str(exc))
+    except ProxyUnreachable as exc:
+        _fail(
+            EXIT_UNAVAILABLE,
+            str(exc),
+            f"ask hospital {exc.msp_id} to start its proxy ('ehrshare proxy serve'), then retry",
+        )
     except (RecordStorageError, EnrollmentError, ProxyError, StorageError) as exc:
         _fail(EXIT_UNAVAILABLE, str(exc))
     except SdkError as exc:

@@ -323,16 +323,42 @@ _G1_GEN: Final = G1(pymcl.g1)
 _G2_GEN: Final = G2(pymcl.g2)
 
 
+_WINDOW: Final = 5
+
+
 def _pow_int(x: pymcl.GT, n: int) -> pymcl.GT:
     # pymcl only raises GT elements to Fr exponents, which are reduced mod r, so x^r has to be
-    # computed by square-and-multiply here (about 0.6 ms; only untrusted bytes pay it).
-    result = pymcl.GT()
-    base = x
-    while n:
-        if n & 1:
-            result = result * base
-        base = base * base
-        n >>= 1
+    # computed here, in exact Fp12 arithmetic that holds for any element, in or out of the
+    # subgroup. Left-to-right sliding window over odd powers: for the 255-bit r about 300
+    # multiplications instead of the 388 of plain square-and-multiply (0.67 → ~0.5 ms; only
+    # untrusted bytes pay it, once per GT element).
+    if n == 0:
+        return pymcl.GT()
+    square = x * x
+    odd = [x]  # odd[k] = x^(2k+1)
+    for _ in range((1 << (_WINDOW - 1)) - 1):
+        odd.append(odd[-1] * square)
+    result: pymcl.GT | None = None
+    i = n.bit_length() - 1
+    while i >= 0:
+        if not (n >> i) & 1:
+            if result is not None:
+                result = result * result
+            i -= 1
+            continue
+        # The longest window of at most _WINDOW bits from bit i down that ends in a 1 bit.
+        low = max(i - _WINDOW + 1, 0)
+        while not (n >> low) & 1:
+            low += 1
+        digit = (n >> low) & ((1 << (i - low + 1)) - 1)
+        if result is not None:
+            for _ in range(i - low + 1):
+                result = result * result
+            result = result * odd[digit >> 1]
+        else:
+            result = odd[digit >> 1]
+        i = low - 1
+    assert result is not None
     return result
 
 

@@ -48,7 +48,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 from ehrshare.hazmat.errors import DecryptionError, EncodingError
 from ehrshare.hazmat.kgc_keys import X25519KeyPair, open_sealed, seal
-from ehrshare.hazmat.tipre import Capsule, ReKey, VerifiedCapsule, reencrypt
+from ehrshare.hazmat.tipre import Capsule, ReKey, VerifiedCapsule, VerifiedReKey, reencrypt
 from ehrshare.ledger.api import ChaincodeEvent, Contract, Network
 from ehrshare.ledger.errors import LedgerError
 from ehrshare.services.vault import open_state, seal_state
@@ -73,6 +73,7 @@ _log = logging.getLogger(__name__)
 
 _DELIVERY_DST: Final = b"ehrshare/v1/proxy/rekey-delivery/"
 _DB_NAME: Final = "proxy.db"
+_REKEY_CACHE_SIZE: Final = 1024
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS rekeys (
     grant_id TEXT PRIMARY KEY,
@@ -179,6 +180,8 @@ class ReencryptionProxy:
         # re-encryptions hold a per-approval lock instead.
         self._lock = threading.RLock()
         self._approval_locks = _KeyedLocks()
+        # grant id -> (its row as read from the database, the re-key unsealed and verified).
+        self._rekey_cache: dict[str, tuple[tuple[str, str, str, bytes], VerifiedReKey]] = {}
         self._db = sqlite3.connect(
             self.state_dir / _DB_NAME, isolation_level=None, check_same_thread=False, timeout=30
         )
@@ -315,6 +318,33 @@ class ReencryptionProxy:
             raise NoReKey(f"this proxy holds no re-key for grant {grant_id}")
         return str(row[0]), str(row[1]), str(row[2]), bytes(row[3])
 
+    def _verified_rekey(self, grant_id: str) -> VerifiedReKey:
+        """The re-key of a grant held here, unsealed and checked against its row.
+
+        The row is read from the database on every use, so a re-key deleted on revocation is
+        gone at once (also when another process sharing the state directory deleted it). What
+        is remembered is only the result of unsealing and parsing the very same row: its bytes
+        were checked when the re-key was stored and are sealed under this proxy's key at rest,
+        so parsing them again would only repeat the GT subgroup check (~0.5 ms a hop). The
+        proxy's own key, in memory anyway, opens every re-key it holds, so keeping a few
+        unsealed in memory exposes nothing new to someone who can read that memory.
+        """
+        row = self._rekey_row(grant_id)
+        with self._lock:
+            hit = self._rekey_cache.get(grant_id)
+        if hit is not None and hit[0] == row:
+            return hit[1]
+        grantor, grantee, type_label, sealed = row
+        raw = open_state(self._key, _rekey_purpose(grant_id), sealed)
+        rekey = ReKey.from_secret_bytes(raw).verify(
+            delegator=grantor, delegatee=grantee, type_label=type_label
+        )
+        with self._lock:
+            self._rekey_cache[grant_id] = (row, rekey)
+            while len(self._rekey_cache) > _REKEY_CACHE_SIZE:
+                del self._rekey_cache[next(iter(self._rekey_cache))]  # the oldest entry
+        return rekey
+
     # --- re-encryption ------------------------------------------------------------------------
 
     def reencrypt(
@@ -369,11 +399,7 @@ class ReencryptionProxy:
                 )
             current: VerifiedCapsule = source
             for gid, _proxy in chain[start:end]:
-                grantor, grantee, type_label, sealed = self._rekey_row(gid)
-                raw = open_state(self._key, _rekey_purpose(gid), sealed)
-                rekey = ReKey.from_secret_bytes(raw).verify(
-                    delegator=grantor, delegatee=grantee, type_label=type_label
-                )
+                rekey = self._verified_rekey(gid)
                 try:
                     current = reencrypt(current, rekey)
                 except (EncodingError, ValueError) as exc:
@@ -469,19 +495,35 @@ class ReencryptionProxy:
         return access
 
     def _input_capsule(self, access: dict[str, Any], given: bytes | None) -> VerifiedCapsule:
-        """The capsule to start from: the record's own, or the previous hop's reported output."""
-        record_id = str(access["record_id"])
-        if given is not None:
-            try:
-                hops = Capsule.from_bytes(given).hops
-            except (EncodingError, ValueError) as exc:
-                raise ApprovalRefused(f"capsule of record {record_id}: {exc}") from None
-            if hops > 0:
-                return self._reported_capsule(access, given, hops)
-        return self._capsule(access, given)
+        """The capsule to start from: the record's own, or the previous hop's reported output.
 
-    def _reported_capsule(self, access: dict[str, Any], given: bytes, hops: int) -> VerifiedCapsule:
+        The hash is checked before the capsule is parsed, and it is parsed (every group element
+        checked) once: parsing costs a GT subgroup check per layer, the largest cost of a
+        multi-hop read.
+        """
         record_id = str(access["record_id"])
+        if given is None:
+            return self._capsule(access, None)
+        digest = hashlib.sha256(given).hexdigest()
+        hops = given[1] if len(given) > 1 else 0  # the header's hop count; parsed fully below
+        if hops == 0:
+            expected = access.get("capsule_sha256")
+            if expected is None:
+                return self._capsule(access, given)  # an approval from before capsule hashes
+            if digest != expected:
+                raise ApprovalRefused(f"the capsule sent is not the capsule of record {record_id}")
+            # The chaincode hashed the record's capsule at this version when it approved: an
+            # equal hash is that capsule, so reading the record pointer again adds nothing.
+        else:
+            self._check_reported(access, digest, hops)
+        try:
+            return Capsule.from_bytes(given).verify(
+                owner=str(access["owner"]), type_label=str(access["type"])
+            )
+        except (EncodingError, ValueError) as exc:
+            raise ApprovalRefused(f"capsule of record {record_id}: {exc}") from None
+
+    def _check_reported(self, access: dict[str, Any], digest: str, hops: int) -> None:
         reported = {int(r["applied"]): r for r in access.get("reports", [])}
         report = reported.get(hops)
         if report is None:
@@ -489,17 +531,11 @@ class ReencryptionProxy:
                 f"no proxy reported hop {hops} of approval {access['access_id']}; visit the "
                 "proxies of the grant chain in order"
             )
-        if hashlib.sha256(given).hexdigest() != report["capsule_sha256"]:
+        if digest != report["capsule_sha256"]:
             raise ApprovalRefused(
                 f"the capsule sent is not the one proxy {report['proxy']} released for hop "
                 f"{hops} of approval {access['access_id']}"
             )
-        try:
-            return Capsule.from_bytes(given).verify(
-                owner=str(access["owner"]), type_label=str(access["type"])
-            )
-        except (EncodingError, ValueError) as exc:
-            raise ApprovalRefused(f"capsule of record {record_id}: {exc}") from None
 
     def _capsule(self, access: dict[str, Any], given: bytes | None) -> VerifiedCapsule:
         record_id = str(access["record_id"])
@@ -569,6 +605,7 @@ class ReencryptionProxy:
                         "DELETE FROM rekeys WHERE grant_id = ?", (gid,)
                     ).rowcount
                     self._db.execute("DELETE FROM rekey_ancestors WHERE grant_id = ?", (gid,))
+                    self._rekey_cache.pop(gid, None)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
