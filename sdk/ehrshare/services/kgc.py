@@ -460,6 +460,9 @@ class KgcNode:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._contract = contract
         self._limiter = TokenBucketLimiter(rate_limit_per_minute, period=60.0, clock=clock)
+        self._refusal_log = TokenBucketLimiter(rate_limit_per_minute, period=60.0, clock=clock)
+        self._refusals_unlogged: dict[str, int] = {}
+        self._audit_lock = threading.Lock()
         self._rng = rng
         self._lock = threading.Lock()
         self._adopt_lock = threading.Lock()
@@ -772,14 +775,9 @@ class KgcNode:
             raise NotAuthorised(
                 f"identity {requester} may not extract the key of {request.identity}"
             )
-        if not self._limiter.try_acquire(who):
-            wait = self._limiter.retry_after(who)
-            self._audit(request.identity, who, "refused: rate limit")
-            raise RateLimited(
-                f"identity {who} exceeded {self._limiter.capacity} extractions per minute at "
-                f"KGC node {self.index}; retry in {wait:.1f} s",
-                retry_after=wait,
-            )
+        # Every check that a request is really the member's comes BEFORE the member's rate
+        # budget is charged: otherwise whoever holds a stolen TLS key (but not the ledger key)
+        # could spend the member's extractions with forged requests and lock it out.
         with self._lock:
             result = self._result
         self._check_addressed(request, who, result)
@@ -805,6 +803,14 @@ class KgcNode:
                 f"the extraction request for {request.identity} with nonce "
                 f"{request.nonce.hex()} was already answered by KGC node {self.index}; "
                 "a client makes a fresh request for every attempt"
+            )
+        if not self._limiter.try_acquire(who):
+            wait = self._limiter.retry_after(who)
+            self._audit(request.identity, who, "refused: rate limit")
+            raise RateLimited(
+                f"identity {who} exceeded {self._limiter.capacity} extractions per minute at "
+                f"KGC node {self.index}; retry in {wait:.1f} s",
+                retry_after=wait,
             )
         if result is None:
             self._audit(request.identity, who, "refused: no share")
@@ -882,7 +888,18 @@ class KgcNode:
             )
 
     def _audit(self, identity: str, who: str, outcome: str, nonce: bytes | None = None) -> None:
-        # One line per extraction attempt; the log record carries the time.
+        # One line per extraction attempt; the log record carries the time. Refusals come
+        # before the rate limit (see extract), so a flood of forged requests would flood the
+        # log: refusals get their own per-caller budget, and what it drops is counted in the
+        # caller's next logged refusal.
+        if outcome.startswith("refused"):
+            with self._audit_lock:
+                if not self._refusal_log.try_acquire(who):
+                    self._refusals_unlogged[who] = self._refusals_unlogged.get(who, 0) + 1
+                    return
+                dropped = self._refusals_unlogged.pop(who, 0)
+            if dropped:
+                outcome = f"{outcome} ({dropped} earlier refusals not logged)"
         _log.info(
             "extraction node=%d identity=%s requester=%s session=%s outcome=%s",
             self.index,
