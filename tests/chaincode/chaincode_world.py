@@ -11,6 +11,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
+from ehrshare.ledger.errors import EndorseError
 from ehrshare.ledger.sandbox import ManualClock, Member, Sandbox
 
 T0 = 1_900_000_000
@@ -104,3 +107,26 @@ def build_world(directory: Path) -> World:
     clock.advance(1000)
     kim.submit("CloseDKGPhase", NONCE5, "deal")
     return World(sb, clock, m, grants, access["access_id"], T0 + 100, kai)
+
+
+def endorse_error(member: Member, function: str, *args: str | bytes) -> str:
+    """The chaincode's error for a proposal that must fail at endorsement (nothing submitted)."""
+    with pytest.raises(EndorseError) as info:
+        member.contract.new_proposal(function, *args).endorse()
+    return info.value.message
+
+
+def fails_without_change(w: World, member: Member, function: str, *args: str) -> str:
+    """Submit a transaction that must fail; the state digest and height stay as they were."""
+    before = (w.sandbox.ledger.state_digest(), w.sandbox.ledger.height())
+    with pytest.raises(EndorseError) as info:
+        member.submit(function, *args)
+    assert (w.sandbox.ledger.state_digest(), w.sandbox.ledger.height()) == before
+    return info.value.message
+
+
+def three_kgc_nodes(w: World) -> tuple[Member, Member, Member, str]:
+    """kim, kai and a third node with a published key; the three-node roster (json)."""
+    kit = w.sandbox.member("Org2MSP", "kit", "kgc")
+    kit.submit("PublishKGCKey", base64.b64encode(b"\x01" + b"\x06" * 65).decode())
+    return w.m["kgc"], w.kgc2, kit, json.dumps([KIM, KAI, kit.ibe_id])

@@ -8,30 +8,21 @@ import hashlib
 import json
 
 import pytest
-from chaincode_world import CAPSULE, FAR, PROXY, SHA, T0, TYPE_KEY, World
+from chaincode_world import (
+    CAPSULE,
+    FAR,
+    PROXY,
+    SHA,
+    T0,
+    TYPE_KEY,
+    World,
+    endorse_error,
+    fails_without_change,
+)
 
-from ehrshare.ledger import EndorseError
 from ehrshare.ledger.envelope import new_proposal, sign_proposal
-from ehrshare.ledger.sandbox import Member
 
 ALICE = "Org1MSP/alice"
-
-
-def _error(member: Member, function: str, *args: str | bytes) -> str:
-    with pytest.raises(EndorseError) as info:
-        member.contract.new_proposal(function, *args).endorse()
-    return info.value.message
-
-
-def _fails_without_change(w: World, member: Member, function: str, *args: str) -> str:
-    before = (w.sandbox.ledger.state_digest(), w.sandbox.ledger.height())
-    with pytest.raises(EndorseError) as info:
-        member.submit(function, *args)
-    assert (w.sandbox.ledger.state_digest(), w.sandbox.ledger.height()) == before
-    return info.value.message
-
-
-# --- records ------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -92,7 +83,7 @@ def _fails_without_change(w: World, member: Member, function: str, *args: str) -
 def test_register_record_rejects_bad_arguments_and_changes_nothing(
     world: World, args: tuple[str, ...], message: str
 ) -> None:
-    assert _fails_without_change(world, world.m["grantee"], "RegisterRecord", *args) == message
+    assert fails_without_change(world, world.m["grantee"], "RegisterRecord", *args) == message
 
 
 def test_clinician_of_another_hospital_creates_for_patient_and_is_the_creator(
@@ -119,8 +110,8 @@ def test_amended_record_keeps_every_version(fresh_world: World) -> None:
         (2, "bafyrecord0002"),
         (3, "bafyrecord0003"),
     ]
-    assert _error(alice, "GetRecord", "r-1", "4") == "version 4 is out of range [1, 3]"
-    assert _error(alice, "GetRecord", "r-17") == "record r-17 does not exist"
+    assert endorse_error(alice, "GetRecord", "r-1", "4") == "version 4 is out of range [1, 3]"
+    assert endorse_error(alice, "GetRecord", "r-17") == "record r-17 does not exist"
 
 
 def test_list_records_paginates_in_key_order(fresh_world: World) -> None:
@@ -140,10 +131,13 @@ def test_list_records_paginates_in_key_order(fresh_world: World) -> None:
     assert seen == sorted(["r-1", "r-p0", "r-p1", "r-p2", "r-p3", "r-p4"])
     assert pages == 3
     carol_key = "\x00ehr.rec~owner\x00Org1MSP/carol\x00"
-    assert _error(alice, "ListRecords", ALICE, "2", carol_key) == (
+    assert endorse_error(alice, "ListRecords", ALICE, "2", carol_key) == (
         "bookmark does not belong to this query"
     )
-    assert _error(alice, "ListRecords", ALICE, "101") == "page size 101 is out of range [1, 100]"
+    assert (
+        endorse_error(alice, "ListRecords", ALICE, "101")
+        == "page size 101 is out of range [1, 100]"
+    )
 
 
 # --- grants, forwarding, time -------------------------------------------------------------
@@ -158,23 +152,23 @@ def test_multi_hop_forwarding_respects_hops_expiry_allow_list_and_revocation(
     root = alice.submit("GrantAccess", "lab", dave.ibe_id, FAR, "2", '["Org2MSP/zed"]', "", PROXY)[
         "grant_id"
     ]
-    assert _error(dave, "GrantAccess", "lab", erin.ibe_id, FAR, "1", "", root, PROXY) == (
+    assert endorse_error(dave, "GrantAccess", "lab", erin.ibe_id, FAR, "1", "", root, PROXY) == (
         f"grant {root} does not allow forwarding to Org2MSP/hugo"
     )
-    assert _error(dave, "GrantAccess", "lab", zed.ibe_id, FAR, "2", "", root, PROXY) == (
+    assert endorse_error(dave, "GrantAccess", "lab", zed.ibe_id, FAR, "2", "", root, PROXY) == (
         f"max hops 2 exceeds the 1 left by grant {root}"
     )
-    assert _error(
+    assert endorse_error(
         dave, "GrantAccess", "lab", zed.ibe_id, str(T0 + 10**8), "1", "", root, PROXY
     ) == (f"expiry {T0 + 10**8} is later than grant {root} allows")
-    assert _error(dave, "GrantAccess", "imaging", zed.ibe_id, FAR, "1", "", root, PROXY) == (
+    assert endorse_error(dave, "GrantAccess", "imaging", zed.ibe_id, FAR, "1", "", root, PROXY) == (
         f"grant {root} does not cover type imaging"
     )
     hop1 = dave.submit("GrantAccess", "lab", zed.ibe_id, FAR, "1", "", root, PROXY)
     assert (hop1["owner"], hop1["grantor"], hop1["hop"]) == (ALICE, dave.ibe_id, 1)
     hop2 = zed.submit("GrantAccess", "lab", erin.ibe_id, FAR, "0", "", hop1["grant_id"], PROXY)
     assert hop2["hop"] == 2
-    assert _error(
+    assert endorse_error(
         erin, "GrantAccess", "lab", dave.ibe_id, FAR, "0", "", hop2["grant_id"], PROXY
     ) == (f"grant {hop2['grant_id']} allows no further hops")
     access = erin.submit("RequestAccess", "r-1")
@@ -199,7 +193,7 @@ def test_access_is_decided_at_the_transaction_time(fresh_world: World) -> None:
     w.clock.advance(2)
     denied = zed.submit("RequestAccess", "r-1")
     assert (denied["decision"], denied["reason"]) == ("deny", f"grant {g} expired at {expiry}")
-    assert _error(
+    assert endorse_error(
         alice, "GrantAccess", "lab", zed.ibe_id, str(w.clock.seconds), "0", "", "", PROXY
     ).startswith(f"expiry {w.clock.seconds} is not after the transaction time")
 
@@ -228,14 +222,14 @@ def test_access_is_decided_at_the_transaction_time(fresh_world: World) -> None:
 def test_grant_rejects_bad_arguments(world: World, args: tuple[str, ...], message: str) -> None:
     # Padded to the full argument list with a valid proxy, so each case fails on its own fault.
     full = (*args, *[""] * (6 - len(args)), PROXY)
-    assert _fails_without_change(world, world.m["owner"], "GrantAccess", *full) == message
+    assert fails_without_change(world, world.m["owner"], "GrantAccess", *full) == message
 
 
 def test_revoke_twice_and_unknown(fresh_world: World) -> None:
     alice = fresh_world.m["owner"]
     g = fresh_world.grants["revoked_grantee"]
-    assert _error(alice, "RevokeAccess", g) == f"grant {g} is already revoked"
-    assert _error(alice, "RevokeAccess", "g-nope") == "grant g-nope does not exist"
+    assert endorse_error(alice, "RevokeAccess", g) == f"grant {g} is already revoked"
+    assert endorse_error(alice, "RevokeAccess", "g-nope") == "grant g-nope does not exist"
 
 
 def test_list_grants_by_owner_and_by_grantee(world: World) -> None:
@@ -245,7 +239,8 @@ def test_list_grants_by_owner_and_by_grantee(world: World) -> None:
     received = dave.evaluate("ListGrants", dave.ibe_id, "grantee")["grants"]
     assert [g["grant_id"] for g in received] == [world.grants["grantee"]]
     assert (
-        _error(dave, "ListGrants", dave.ibe_id, "friend") == "side 'friend' is not owner or grantee"
+        endorse_error(dave, "ListGrants", dave.ibe_id, "friend")
+        == "side 'friend' is not owner or grantee"
     )
 
 
@@ -273,8 +268,10 @@ def test_check_approval_needs_a_committed_allow_that_still_stands(fresh_world: W
     assert approval["record_version"] == 1
     # A denied request creates no approval.
     denied = zed.submit("RequestAccess", "r-1")["access_id"]
-    assert _error(proxy, "CheckApproval", denied) == (f"access {denied} has no committed approval")
-    assert _error(proxy, "CheckApproval", "a/b") == (
+    assert endorse_error(proxy, "CheckApproval", denied) == (
+        f"access {denied} has no committed approval"
+    )
+    assert endorse_error(proxy, "CheckApproval", "a/b") == (
         "access id 'a/b' is invalid: use 1-64 letters, digits, '.', '_' or '-'"
     )
     entry = proxy.submit("ReportReencryption", w.access_id, "ok")
@@ -284,9 +281,9 @@ def test_check_approval_needs_a_committed_allow_that_still_stands(fresh_world: W
         "r-1",
     )
     alice.submit("RevokeAccess", g)
-    assert _error(proxy, "CheckApproval", w.access_id) == f"grant {g} is revoked"
-    assert _error(proxy, "ReportReencryption", denied, "ok") == f"access {denied} was denied"
-    assert _error(proxy, "ReportReencryption", w.access_id, "maybe") == (
+    assert endorse_error(proxy, "CheckApproval", w.access_id) == f"grant {g} is revoked"
+    assert endorse_error(proxy, "ReportReencryption", denied, "ok") == f"access {denied} was denied"
+    assert endorse_error(proxy, "ReportReencryption", w.access_id, "maybe") == (
         "outcome 'maybe' is not ok or failed"
     )
 
@@ -309,20 +306,20 @@ def test_concurrent_requests_of_one_record_keep_their_own_approvals(fresh_world:
 def test_roles_come_from_the_certificate_or_an_org_admin(fresh_world: World) -> None:
     sb = fresh_world.sandbox
     plain = sb.member("Org1MSP", "nora", register=False)
-    assert _error(plain, "RegisterIdentity") == (
+    assert endorse_error(plain, "RegisterIdentity") == (
         "certificate of Org1MSP/nora carries no ehrshare.role attribute; an org admin must "
         "register it"
     )
-    assert _error(plain, "RegisterIdentity", "clinician") == (
+    assert endorse_error(plain, "RegisterIdentity", "clinician") == (
         "RegisterIdentity takes 0 arguments, got 1"
     )
     admin = fresh_world.m["org_admin"]
     cert = plain.identity.credentials.decode()
-    assert _error(admin, "RegisterMember", cert, "boss") == (
+    assert endorse_error(admin, "RegisterMember", cert, "boss") == (
         "role 'boss' is not one of patient, clinician, admin, kgc, proxy, auditor"
     )
     foreign, _ = sb.cas["Org2MSP"].issue("yan")
-    assert _error(admin, "RegisterMember", foreign.credentials.decode(), "clinician") == (
+    assert endorse_error(admin, "RegisterMember", foreign.credentials.decode(), "clinician") == (
         "certificate of yan was not issued by the ca of Org1MSP"
     )
     reg = admin.submit("RegisterMember", cert, "clinician")
@@ -335,7 +332,7 @@ def test_roles_come_from_the_certificate_or_an_org_admin(fresh_world: World) -> 
     assert plain.submit("RegisterRecord", *fresh_world.record_args("r-nora"))["creator"] == (
         "Org1MSP/nora"
     )
-    assert _error(admin, "RegisterMember", cert, "clinician") == (
+    assert endorse_error(admin, "RegisterMember", cert, "clinician") == (
         "identity Org1MSP/nora is already registered"
     )
 
@@ -349,7 +346,7 @@ def test_reenrolled_certificate_keeps_the_identity_and_a_new_subject_cannot_take
     assert again.evaluate("ListRecords", ALICE)["records"][0]["record_id"] == "r-1"
     # A different subject with the same common name cannot take alice's IBE identity.
     other = sb.member("Org1MSP", "alice", "patient", node_ou="peer", register=False)
-    assert _error(other, "RegisterIdentity") == "ibe identity Org1MSP/alice is already taken"
+    assert endorse_error(other, "RegisterIdentity") == "ibe identity Org1MSP/alice is already taken"
 
 
 def test_type_keys_are_published_by_their_owner_only(world: World) -> None:
@@ -358,10 +355,10 @@ def test_type_keys_are_published_by_their_owner_only(world: World) -> None:
     assert json.loads(endorsed.result)["ibe_id"] == dave.ibe_id
     assert alice.evaluate("GetTypeKey", ALICE, "lab")["key"] == TYPE_KEY
     assert (
-        _error(alice, "GetTypeKey", dave.ibe_id, "lab")
+        endorse_error(alice, "GetTypeKey", dave.ibe_id, "lab")
         == "type key lab of Org1MSP/dave does not exist"
     )
-    assert _error(alice, "PublishTypeKey", "lab", "", "1") == "type key is empty"
+    assert endorse_error(alice, "PublishTypeKey", "lab", "", "1") == "type key is empty"
 
 
 # --- DKG board: tests/chaincode/test_dkg_session.py ----------------------------------------
@@ -372,9 +369,11 @@ def test_type_keys_are_published_by_their_owner_only(world: World) -> None:
 
 def test_dispatcher_errors(world: World) -> None:
     alice = world.m["owner"]
-    assert _error(alice, "Nope") == "function Nope does not exist"
-    assert _error(alice, "GetRecord") == "GetRecord takes 1 to 2 arguments, got 0"
-    assert _error(alice, "GetRecord", b"\xff") == "argument 1 of GetRecord is not valid utf-8"
+    assert endorse_error(alice, "Nope") == "function Nope does not exist"
+    assert endorse_error(alice, "GetRecord") == "GetRecord takes 1 to 2 arguments, got 0"
+    assert (
+        endorse_error(alice, "GetRecord", b"\xff") == "argument 1 of GetRecord is not valid utf-8"
+    )
 
 
 def test_simulation_is_deterministic(world: World) -> None:

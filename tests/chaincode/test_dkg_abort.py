@@ -8,7 +8,18 @@ import base64
 import json
 
 import pytest
-from chaincode_world import KAI, KIM, NONCE, NONCE5, ROSTER, TYPE_KEY, World, dkg_bundle
+from chaincode_world import (
+    KAI,
+    KIM,
+    NONCE,
+    NONCE5,
+    ROSTER,
+    TYPE_KEY,
+    World,
+    dkg_bundle,
+    fails_without_change,
+    three_kgc_nodes,
+)
 
 from ehrshare.ledger import EndorseError, GatewayError
 from ehrshare.ledger.sandbox import Member
@@ -17,20 +28,6 @@ NONCE6 = "b6" * 32
 POLY2 = json.dumps([TYPE_KEY] * 2)
 POLY3 = json.dumps([TYPE_KEY] * 3)
 OTHER_MPK = base64.b64encode(b"\x09" * 48).decode()
-
-
-def _fails_without_change(w: World, member: Member, function: str, *args: str) -> str:
-    before = (w.sandbox.ledger.state_digest(), w.sandbox.ledger.height())
-    with pytest.raises(EndorseError) as info:
-        member.submit(function, *args)
-    assert (w.sandbox.ledger.state_digest(), w.sandbox.ledger.height()) == before
-    return info.value.message
-
-
-def _three_nodes(w: World) -> tuple[Member, Member, Member, str]:
-    kit = w.sandbox.member("Org2MSP", "kit", "kgc")
-    kit.submit("PublishKGCKey", base64.b64encode(b"\x01" + b"\x06" * 65).decode())
-    return w.m["kgc"], w.kgc2, kit, json.dumps([KIM, KAI, kit.ibe_id])
 
 
 def _post_all(nonce: str, phase: str, nodes: tuple[Member, ...]) -> None:
@@ -55,12 +52,12 @@ def test_too_few_dealers_fail_the_session_and_it_refuses_everything_after(
     assert (state["phase"], state["failure"]["cause"], state["posted"]) == ("failed", cause, [])
     why = f"dkg session {NONCE5} failed: {cause} (aborted by {admin.ibe_id}: kai never dealt)"
     response = dkg_bundle("response", NONCE5, 2)
-    assert _fails_without_change(w, kai, "PostDKGBundle", NONCE5, "response", response, "1") == why
-    assert _fails_without_change(w, kim, "CloseDKGPhase", NONCE5, "response") == why
-    assert _fails_without_change(w, kim, "AbortDKGSession", NONCE5, "again") == why
+    assert fails_without_change(w, kai, "PostDKGBundle", NONCE5, "response", response, "1") == why
+    assert fails_without_change(w, kim, "CloseDKGPhase", NONCE5, "response") == why
+    assert fails_without_change(w, kim, "AbortDKGSession", NONCE5, "again") == why
     qual = json.dumps([KIM, KAI])
     assert (
-        _fails_without_change(w, kim, "PublishDKGResult", NONCE5, TYPE_KEY, POLY2, qual, "1") == why
+        fails_without_change(w, kim, "PublishDKGResult", NONCE5, TYPE_KEY, POLY2, qual, "1") == why
     )
     with pytest.raises(GatewayError) as info:
         kim.evaluate("GetDKGResult", NONCE5)
@@ -109,12 +106,12 @@ def test_a_session_that_can_still_finish_is_not_aborted(fresh_world: World) -> N
     w = fresh_world
     kim, kai, admin = w.m["kgc"], w.kgc2, w.m["org_admin"]
     admin.submit("OpenDKGSession", NONCE6, "2", ROSTER, "60")
-    assert _fails_without_change(w, admin, "AbortDKGSession", NONCE6, "impatient") == (
+    assert fails_without_change(w, admin, "AbortDKGSession", NONCE6, "impatient") == (
         f"dkg session {NONCE6} can still finish: its deal phase is open (close it first)"
     )
     _post_all(NONCE6, "deal", (kim, kai))
     kim.submit("CloseDKGPhase", NONCE6, "deal")
-    assert _fails_without_change(w, kim, "AbortDKGSession", NONCE6, "impatient") == (
+    assert fails_without_change(w, kim, "AbortDKGSession", NONCE6, "impatient") == (
         f"dkg session {NONCE6} can still finish: its response phase is open and 2 dealers "
         "posted a deal (threshold 2)"
     )
@@ -122,7 +119,7 @@ def test_a_session_that_can_still_finish_is_not_aborted(fresh_world: World) -> N
     kim.submit("CloseDKGPhase", NONCE6, "response")
     done = kim.submit("CloseDKGPhase", NONCE6, "justification")  # no complaints: closes at once
     deadline = done["phase_opened_at"] + 60
-    assert _fails_without_change(w, kai, "AbortDKGSession", NONCE6, "impatient") == (
+    assert fails_without_change(w, kai, "AbortDKGSession", NONCE6, "impatient") == (
         f"dkg session {NONCE6} can still finish: 0 of 2 views agree and its result timeout "
         f"ends at {deadline}"
     )
@@ -135,7 +132,7 @@ def test_a_session_that_can_still_finish_is_not_aborted(fresh_world: World) -> N
 
 def test_views_that_can_no_longer_agree_fail_the_session(fresh_world: World) -> None:
     w = fresh_world
-    kim, kai, kit, roster = _three_nodes(w)
+    kim, kai, kit, roster = three_kgc_nodes(w)
     w.m["org_admin"].submit("OpenDKGSession", NONCE6, "3", roster, "60")
     qual = json.dumps([KIM, KAI, kit.ibe_id])
     for phase in ("deal", "response"):
@@ -143,7 +140,7 @@ def test_views_that_can_no_longer_agree_fail_the_session(fresh_world: World) -> 
         kim.submit("CloseDKGPhase", NONCE6, phase)
     kim.submit("PublishDKGResult", NONCE6, TYPE_KEY, POLY3, qual, "1")
     # One view, two silent nodes: τ=3 can still be reached.
-    assert _fails_without_change(w, kit, "AbortDKGSession", NONCE6, "split").startswith(
+    assert fails_without_change(w, kit, "AbortDKGSession", NONCE6, "split").startswith(
         f"dkg session {NONCE6} can still finish: its justification phase is open"
     )
     kai.submit("PublishDKGResult", NONCE6, OTHER_MPK, POLY3, qual, "1")

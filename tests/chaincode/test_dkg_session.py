@@ -23,11 +23,13 @@ from chaincode_world import (
     TYPE_KEY,
     World,
     dkg_bundle,
+    endorse_error,
+    fails_without_change,
+    three_kgc_nodes,
 )
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ehrshare.ledger import EndorseError
 from ehrshare.ledger.sandbox import Member
 from ehrshare_chaincode.contract import _check_bundle_header
 from ehrshare_chaincode.stub import ChaincodeError
@@ -35,27 +37,6 @@ from ehrshare_chaincode.stub import ChaincodeError
 NONCE4 = "12" * 32
 POLY3 = json.dumps([TYPE_KEY] * 3)
 OTHER_MPK = base64.b64encode(b"\x09" * 48).decode()
-
-
-def _error(member: Member, function: str, *args: str) -> str:
-    with pytest.raises(EndorseError) as info:
-        member.contract.new_proposal(function, *args).endorse()
-    return info.value.message
-
-
-def _fails_without_change(w: World, member: Member, function: str, *args: str) -> str:
-    before = (w.sandbox.ledger.state_digest(), w.sandbox.ledger.height())
-    with pytest.raises(EndorseError) as info:
-        member.submit(function, *args)
-    assert (w.sandbox.ledger.state_digest(), w.sandbox.ledger.height()) == before
-    return info.value.message
-
-
-def _three_nodes(w: World) -> tuple[Member, Member, Member, str]:
-    """kim, kai and a third node with a published key; the three-node roster (json)."""
-    kit = w.sandbox.member("Org2MSP", "kit", "kgc")
-    kit.submit("PublishKGCKey", base64.b64encode(b"\x01" + b"\x06" * 65).decode())
-    return w.m["kgc"], w.kgc2, kit, json.dumps([KIM, KAI, kit.ibe_id])
 
 
 def _through_response(w: World, nonce: str, nodes: tuple[Member, ...]) -> None:
@@ -78,13 +59,13 @@ def test_kgc_key_is_published_once_and_replaced_only_when_no_session_collects(
     assert again["public_key"] == KIM_KEY
     new_key = base64.b64encode(b"\x01" + b"\x07" * 65).decode()
     # NONCE5 (one dealer of τ=2) still collects responses; once failed it holds no key.
-    assert _fails_without_change(w, kim, "PublishKGCKey", new_key) == (
+    assert fails_without_change(w, kim, "PublishKGCKey", new_key) == (
         f"kgc {KIM} cannot replace its public key: dkg session {NONCE5} is still collecting "
         "bundles with it"
     )
     kim.submit("AbortDKGSession", NONCE5, "one dealer")
     # NONCE2 is still in its deal phase and its snapshot holds kim's key.
-    assert _fails_without_change(w, kim, "PublishKGCKey", new_key) == (
+    assert fails_without_change(w, kim, "PublishKGCKey", new_key) == (
         f"kgc {KIM} cannot replace its public key: dkg session {NONCE2} is still collecting "
         "bundles with it"
     )
@@ -96,10 +77,10 @@ def test_kgc_key_is_published_once_and_replaced_only_when_no_session_collects(
     assert replaced["public_key"] == new_key
     # The sessions keep the snapshot they were opened with.
     assert kim.evaluate("GetDKGResult", NONCE)["keys"] == [KIM_KEY, KAI_KEY]
-    assert _error(kim, "GetKGCKey", "Org1MSP/nobody") == (
+    assert endorse_error(kim, "GetKGCKey", "Org1MSP/nobody") == (
         "kgc Org1MSP/nobody has not published a public key"
     )
-    assert _fails_without_change(w, kim, "PublishKGCKey", "***") == (
+    assert fails_without_change(w, kim, "PublishKGCKey", "***") == (
         "kgc public key is not valid base64"
     )
 
@@ -132,13 +113,13 @@ def test_kgc_key_is_published_once_and_replaced_only_when_no_session_collects(
 def test_open_session_refuses_bad_arguments_without_change(
     world: World, args: tuple[str, ...], message: str
 ) -> None:
-    assert _fails_without_change(world, world.m["org_admin"], "OpenDKGSession", *args) == message
+    assert fails_without_change(world, world.m["org_admin"], "OpenDKGSession", *args) == message
 
 
 def test_only_an_admin_opens_a_session_and_keys_are_snapshotted(fresh_world: World) -> None:
     w = fresh_world
     kim, admin = w.m["kgc"], w.m["org_admin"]
-    assert _fails_without_change(w, kim, "OpenDKGSession", NONCE4, "2", ROSTER, "60") == (
+    assert fails_without_change(w, kim, "OpenDKGSession", NONCE4, "2", ROSTER, "60") == (
         f"identity {KIM} has role kgc; this needs role admin"
     )
     session = admin.submit("OpenDKGSession", NONCE4, "2", json.dumps([KAI, KIM]), "30")
@@ -153,7 +134,7 @@ def test_two_nodes_with_one_key_cannot_share_a_session(fresh_world: World) -> No
     copycat = w.sandbox.member("Org2MSP", "copycat", "kgc")
     copycat.submit("PublishKGCKey", KIM_KEY)
     roster = json.dumps([KIM, copycat.ibe_id])
-    assert _fails_without_change(
+    assert fails_without_change(
         w, w.m["org_admin"], "OpenDKGSession", NONCE4, "2", roster, "9"
     ) == (f"kgc {KIM} and kgc {copycat.ibe_id} published the same public key")
 
@@ -165,38 +146,38 @@ def test_post_binds_sender_index_phase_and_session(fresh_world: World) -> None:
     w = fresh_world
     kim, kai = w.m["kgc"], w.kgc2
     # kim is at position 1 of NONCE2's roster; posting as sender 2 (kai's index) is refused.
-    assert _fails_without_change(
+    assert fails_without_change(
         w, kim, "PostDKGBundle", NONCE2, "deal", dkg_bundle("deal", NONCE2, 2), "1"
     ) == (
         f"dkg bundle names sender 2, but kgc {KIM} is at position 1 of the roster of dkg "
         f"session {NONCE2}"
     )
-    assert _fails_without_change(
+    assert fails_without_change(
         w, kim, "PostDKGBundle", NONCE2, "deal", dkg_bundle("response", NONCE2, 1), "1"
     ) == ("dkg bundle has kind 2; a deal bundle has kind 1")
-    assert _fails_without_change(
+    assert fails_without_change(
         w, kim, "PostDKGBundle", NONCE2, "deal", dkg_bundle("deal", NONCE, 1), "1"
     ) == (f"dkg bundle is for session {NONCE}, not {NONCE2}")
     short = base64.b64encode(b"\x01\x01abc").decode()
-    assert _fails_without_change(w, kim, "PostDKGBundle", NONCE2, "deal", short, "1") == (
+    assert fails_without_change(w, kim, "PostDKGBundle", NONCE2, "deal", short, "1") == (
         "dkg bundle is 5 bytes; its header alone is 36"
     )
-    assert _fails_without_change(
+    assert fails_without_change(
         w, kim, "PostDKGBundle", NONCE2, "response", dkg_bundle("response", NONCE2, 1), "1"
     ) == (f"response phase of dkg session {NONCE2} is not open yet; the open phase is deal")
-    assert _fails_without_change(
+    assert fails_without_change(
         w, kim, "PostDKGBundle", NONCE4, "deal", dkg_bundle("deal", NONCE4, 1), "1"
     ) == (f"dkg session {NONCE4} does not exist")
-    assert _fails_without_change(
+    assert fails_without_change(
         w, kim, "PostDKGBundle", NONCE2, "gossip", dkg_bundle("deal", NONCE2, 1), "1"
     ) == ("phase 'gossip' is not one of deal, response, justification")
     outsider = w.sandbox.member("Org2MSP", "kip", "kgc")
-    assert _fails_without_change(
+    assert fails_without_change(
         w, outsider, "PostDKGBundle", NONCE2, "deal", dkg_bundle("deal", NONCE2, 3), "1"
     ) == (f"kgc {outsider.ibe_id} is not in the roster of dkg session {NONCE2}")
     posted = kai.submit("PostDKGBundle", NONCE2, "deal", dkg_bundle("deal", NONCE2, 2), "1")
     assert (posted["poster"], posted["sender"]) == (KAI, 2)
-    assert _fails_without_change(
+    assert fails_without_change(
         w, kai, "PostDKGBundle", NONCE2, "deal", dkg_bundle("deal", NONCE2, 2, b"x" * 9), "1"
     ) == (f"kgc {KAI} already posted a deal bundle for session {NONCE2}")
     assert kim.evaluate("GetDKGSession", NONCE2)["posted"] == [KAI]
@@ -209,22 +190,22 @@ def test_phase_closes_when_all_posted_or_timed_out_and_late_bundles_are_refused(
     fresh_world: World,
 ) -> None:
     w = fresh_world
-    kim, kai, kit, roster = _three_nodes(w)
+    kim, kai, kit, roster = three_kgc_nodes(w)
     admin = w.m["org_admin"]
     admin.submit("OpenDKGSession", NONCE4, "2", roster, "60")
     for pos, node in enumerate((kim, kai), start=1):
         node.submit("PostDKGBundle", NONCE4, "deal", dkg_bundle("deal", NONCE4, pos), "1")
     opened = kim.evaluate("GetDKGSession", NONCE4)["phase_opened_at"]
-    assert _fails_without_change(w, kim, "CloseDKGPhase", NONCE4, "deal") == (
+    assert fails_without_change(w, kim, "CloseDKGPhase", NONCE4, "deal") == (
         f"deal phase of dkg session {NONCE4} cannot close yet: 2 of 3 roster nodes posted and "
         f"its timeout ends at {opened + 60}"
     )
-    assert _error(kim, "GetDKGBundles", NONCE4, "deal") == (
+    assert endorse_error(kim, "GetDKGBundles", NONCE4, "deal") == (
         f"deal phase of dkg session {NONCE4} is not closed; read its bundles after "
         "CloseDKGPhase commits"
     )
     stranger = w.m["grantee"]
-    assert _fails_without_change(w, stranger, "CloseDKGPhase", NONCE4, "deal") == (
+    assert fails_without_change(w, stranger, "CloseDKGPhase", NONCE4, "deal") == (
         f"identity {stranger.ibe_id} may not close phases of dkg session {NONCE4}: "
         "it is neither in the roster nor an admin"
     )
@@ -234,13 +215,13 @@ def test_phase_closes_when_all_posted_or_timed_out_and_late_bundles_are_refused(
     assert closed["closed"][-1]["posters"] == [KIM, KAI]
     assert closed["closed"][-1]["timed_out"] is True
     # kit was late: its deal is refused, and every reader sees the same two deals.
-    assert _fails_without_change(
+    assert fails_without_change(
         w, kit, "PostDKGBundle", NONCE4, "deal", dkg_bundle("deal", NONCE4, 3), "1"
     ) == (f"deal phase of dkg session {NONCE4} is closed")
-    assert _fails_without_change(w, kim, "CloseDKGPhase", NONCE4, "deal") == (
+    assert fails_without_change(w, kim, "CloseDKGPhase", NONCE4, "deal") == (
         f"deal phase of dkg session {NONCE4} is closed"
     )
-    assert _fails_without_change(w, kim, "CloseDKGPhase", NONCE4, "justification") == (
+    assert fails_without_change(w, kim, "CloseDKGPhase", NONCE4, "justification") == (
         f"justification phase of dkg session {NONCE4} is not open yet; the open phase is response"
     )
     for node in (kim, kai, kit):
@@ -273,22 +254,20 @@ def test_a_post_and_a_close_of_its_phase_conflict(fresh_world: World) -> None:
 
 def test_result_is_final_only_when_tau_nodes_agree(fresh_world: World) -> None:
     w = fresh_world
-    kim, kai, kit, roster = _three_nodes(w)
+    kim, kai, kit, roster = three_kgc_nodes(w)
     w.m["org_admin"].submit("OpenDKGSession", NONCE4, "3", roster, "60")
     qual = json.dumps([KIM, KAI, kit.ibe_id])
     for pos, node in enumerate((kim, kai, kit), start=1):
         node.submit("PostDKGBundle", NONCE4, "deal", dkg_bundle("deal", NONCE4, pos), "1")
     kim.submit("CloseDKGPhase", NONCE4, "deal")
-    assert _fails_without_change(
-        w, kim, "PublishDKGResult", NONCE4, TYPE_KEY, POLY3, qual, "1"
-    ) == (
+    assert fails_without_change(w, kim, "PublishDKGResult", NONCE4, TYPE_KEY, POLY3, qual, "1") == (
         f"dkg session {NONCE4} is still collecting response bundles; publish the result after "
         "the response phase closes"
     )
     for pos, node in enumerate((kim, kai, kit), start=1):
         node.submit("PostDKGBundle", NONCE4, "response", dkg_bundle("response", NONCE4, pos), "1")
     kim.submit("CloseDKGPhase", NONCE4, "response")
-    assert _error(kim, "GetDKGResult", NONCE4) == (
+    assert endorse_error(kim, "GetDKGResult", NONCE4) == (
         f"dkg session {NONCE4} result is not final yet: 0 of 3 agree"
     )
     first = kim.submit("PublishDKGResult", NONCE4, TYPE_KEY, POLY3, qual, "1")
@@ -296,15 +275,15 @@ def test_result_is_final_only_when_tau_nodes_agree(fresh_world: World) -> None:
     # A different view (another mpk) is recorded and does not count.
     odd = kai.submit("PublishDKGResult", NONCE4, OTHER_MPK, POLY3, qual, "1")
     assert (odd["outcome"], odd["agree"], odd["disagree"]) == ("pending", 1, 1)
-    assert _error(kim, "GetDKGResult", NONCE4) == (
+    assert endorse_error(kim, "GetDKGResult", NONCE4) == (
         f"dkg session {NONCE4} result is not final yet: 1 of 3 agree"
     )
-    assert _fails_without_change(
-        w, kai, "PublishDKGResult", NONCE4, TYPE_KEY, POLY3, qual, "1"
-    ) == (f"kgc {KAI} already published a different result for dkg session {NONCE4}")
+    assert fails_without_change(w, kai, "PublishDKGResult", NONCE4, TYPE_KEY, POLY3, qual, "1") == (
+        f"kgc {KAI} already published a different result for dkg session {NONCE4}"
+    )
     second = kit.submit("PublishDKGResult", NONCE4, TYPE_KEY, POLY3, qual, "1")
     assert (second["outcome"], second["agree"], second["disagree"]) == ("pending", 2, 1)
-    assert _error(kim, "GetDKGResult", NONCE4) == (
+    assert endorse_error(kim, "GetDKGResult", NONCE4) == (
         f"dkg session {NONCE4} result is not final yet: 2 of 3 agree"
     )
     # τ-1 agree, the latest final result is still the world's first session.
@@ -312,12 +291,12 @@ def test_result_is_final_only_when_tau_nodes_agree(fresh_world: World) -> None:
     # kim repeating itself is not a second vote.
     again = kim.submit("PublishDKGResult", NONCE4, TYPE_KEY, POLY3, qual, "1")
     assert (again["outcome"], again["agree"]) == ("pending", 2)
-    assert _error(kim, "GetDKGResult", NONCE4).endswith("2 of 3 agree")
+    assert endorse_error(kim, "GetDKGResult", NONCE4).endswith("2 of 3 agree")
 
 
 def test_result_becomes_final_at_tau_with_roster_and_keys(fresh_world: World) -> None:
     w = fresh_world
-    kim, kai, kit, roster = _three_nodes(w)
+    kim, kai, kit, roster = three_kgc_nodes(w)
     w.m["org_admin"].submit("OpenDKGSession", NONCE4, "2", roster, "60")
     _through_response(w, NONCE4, (kim, kai, kit))
     poly = json.dumps([TYPE_KEY] * 2)
@@ -381,27 +360,32 @@ def test_result_becomes_final_at_tau_with_roster_and_keys(fresh_world: World) ->
 def test_publish_result_refuses_bad_arguments_without_change(
     world: World, who: str, args: tuple[str, ...], message: str
 ) -> None:
-    assert _fails_without_change(world, world.m[who], "PublishDKGResult", *args) == message
+    assert fails_without_change(world, world.m[who], "PublishDKGResult", *args) == message
 
 
 def test_a_node_outside_qual_does_not_publish(fresh_world: World) -> None:
     w = fresh_world
-    kim, kai, kit, roster = _three_nodes(w)
+    kim, kai, kit, roster = three_kgc_nodes(w)
     w.m["org_admin"].submit("OpenDKGSession", NONCE4, "2", roster, "60")
     _through_response(w, NONCE4, (kim, kai, kit))
     poly = json.dumps([TYPE_KEY] * 2)
-    assert _fails_without_change(
+    assert fails_without_change(
         w, kit, "PublishDKGResult", NONCE4, TYPE_KEY, poly, json.dumps([KIM, KAI]), "1"
     ) == (f"kgc {kit.ibe_id} is not in the qual it published; only qual members publish")
 
 
 def test_get_result_names_what_is_missing(world: World) -> None:
     kim = world.m["kgc"]
-    assert _error(kim, "GetDKGResult", "34" * 32) == f"dkg session {'34' * 32} does not exist"
-    assert _error(kim, "GetDKGResult", NONCE2) == (
+    assert (
+        endorse_error(kim, "GetDKGResult", "34" * 32) == f"dkg session {'34' * 32} does not exist"
+    )
+    assert endorse_error(kim, "GetDKGResult", NONCE2) == (
         f"dkg session {NONCE2} result is not final yet: 0 of 2 agree"
     )
-    assert _error(kim, "GetDKGResult", "nope") == "session nonce must be 64 lower-case hex digits"
+    assert (
+        endorse_error(kim, "GetDKGResult", "nope")
+        == "session nonce must be 64 lower-case hex digits"
+    )
 
 
 # --- the header the contract reads ---------------------------------------------------------
@@ -440,7 +424,7 @@ def _response(nonce: str, sender: int, statuses: bytes) -> str:
 
 def test_justification_phase_closes_once_every_accused_dealer_posted(fresh_world: World) -> None:
     w = fresh_world
-    kim, kai, kit, roster = _three_nodes(w)
+    kim, kai, kit, roster = three_kgc_nodes(w)
     w.m["org_admin"].submit("OpenDKGSession", NONCE4, "2", roster, "60")
     for pos, node in enumerate((kim, kai, kit), start=1):
         node.submit("PostDKGBundle", NONCE4, "deal", dkg_bundle("deal", NONCE4, pos), "1")
@@ -454,7 +438,7 @@ def test_justification_phase_closes_once_every_accused_dealer_posted(fresh_world
     kai.submit(
         "PostDKGBundle", NONCE4, "justification", dkg_bundle("justification", NONCE4, 2), "1"
     )
-    assert _fails_without_change(w, kit, "CloseDKGPhase", NONCE4, "justification") == (
+    assert fails_without_change(w, kit, "CloseDKGPhase", NONCE4, "justification") == (
         f"justification phase of dkg session {NONCE4} cannot close yet: accused dealers {KIM} "
         f"have not posted and its timeout ends at {opened + 60}"
     )

@@ -4,29 +4,14 @@ proxy checks and reports only approvals whose grant chain names it (one proxy pe
 from __future__ import annotations
 
 import pytest
-from chaincode_world import CAPSULE, FAR, PROXY, SHA, World
+from chaincode_world import CAPSULE, FAR, PROXY, SHA, World, endorse_error, fails_without_change
 
-from ehrshare.ledger import EndorseError
 from ehrshare.ledger.sandbox import Member
 
 ALICE = "Org1MSP/alice"
 PROXY2 = "Org2MSP/paula"
 OUT1 = "1" * 64
 OUT2 = "2" * 64
-
-
-def _fails_without_change(w: World, member: Member, function: str, *args: str) -> str:
-    before = (w.sandbox.ledger.state_digest(), w.sandbox.ledger.height())
-    with pytest.raises(EndorseError) as info:
-        member.submit(function, *args)
-    assert (w.sandbox.ledger.state_digest(), w.sandbox.ledger.height()) == before
-    return info.value.message
-
-
-def _error(member: Member, function: str, *args: str) -> str:
-    with pytest.raises(EndorseError) as info:
-        member.contract.new_proposal(function, *args).endorse()
-    return info.value.message
 
 
 @pytest.fixture
@@ -56,7 +41,7 @@ def test_grant_names_its_proxy_and_logs_it(fresh_world: World) -> None:
 )
 def test_grant_refuses_a_non_proxy(world: World, proxy: str, message: str) -> None:
     args = ("lab", "Org2MSP/zed", FAR, "0", "", "", proxy)
-    assert _fails_without_change(world, world.m["owner"], "GrantAccess", *args) == message
+    assert fails_without_change(world, world.m["owner"], "GrantAccess", *args) == message
 
 
 def test_forward_names_another_hospitals_proxy(two_proxies: tuple[World, Member]) -> None:
@@ -77,13 +62,15 @@ def test_forward_names_another_hospitals_proxy(two_proxies: tuple[World, Member]
 def test_a_proxy_not_named_by_the_chain_is_refused(two_proxies: tuple[World, Member]) -> None:
     w, paula = two_proxies
     a = w.access_id
-    assert _error(paula, "CheckApproval", a) == f"no grant of access {a} names proxy {PROXY2}"
-    assert _fails_without_change(w, paula, "ReportReencryption", a, "ok") == (
+    assert (
+        endorse_error(paula, "CheckApproval", a) == f"no grant of access {a} names proxy {PROXY2}"
+    )
+    assert fails_without_change(w, paula, "ReportReencryption", a, "ok") == (
         f"no grant of access {a} names proxy {PROXY2}"
     )
     # An owner's own read has no grant chain: no proxy serves it.
     own = w.m["owner"].submit("RequestAccess", "r-1")["access_id"]
-    assert _error(w.m["proxy"], "CheckApproval", own) == (
+    assert endorse_error(w.m["proxy"], "CheckApproval", own) == (
         f"no grant of access {own} names proxy {PROXY}"
     )
     # An auditor still checks any approval.
@@ -102,7 +89,7 @@ def test_a_grant_without_a_proxy_is_refused_without_change(
     world: World, args: tuple[str, ...]
 ) -> None:
     # Such a grant would decide requests that no proxy could ever serve.
-    assert _fails_without_change(world, world.m["owner"], "GrantAccess", *args) == (
+    assert fails_without_change(world, world.m["owner"], "GrantAccess", *args) == (
         "grant needs the proxy that will hold its re-key"
     )
 
@@ -113,7 +100,7 @@ def test_a_forward_without_a_proxy_is_refused_without_change(world: World) -> No
         ("lab", "Org2MSP/zed", FAR, "0", "", parent),
         ("lab", "Org2MSP/zed", FAR, "0", "", parent, ""),
     ):
-        assert _fails_without_change(world, dave, "GrantAccess", *args) == (
+        assert fails_without_change(world, dave, "GrantAccess", *args) == (
             "grant needs the proxy that will hold its re-key"
         )
 
@@ -124,24 +111,24 @@ def test_reports_are_kept_per_hop_for_the_next_proxy(two_proxies: tuple[World, M
     fwd = dave.submit("GrantAccess", "lab", zed.ibe_id, FAR, "0", "", w.grants["grantee"], PROXY2)
     a = zed.submit("RequestAccess", "r-1", fwd["grant_id"])["access_id"]
     # Hop 2 is paula's: pete may not report it, nor paula hop 1.
-    assert _fails_without_change(w, pete, "ReportReencryption", a, "ok", "", "2", OUT2) == (
+    assert fails_without_change(w, pete, "ReportReencryption", a, "ok", "", "2", OUT2) == (
         f"hop 2 of access {a} is for proxy {PROXY2}, not {PROXY}"
     )
-    assert _fails_without_change(w, paula, "ReportReencryption", a, "ok", "", "1", OUT1) == (
+    assert fails_without_change(w, paula, "ReportReencryption", a, "ok", "", "1", OUT1) == (
         f"hop 1 of access {a} is for proxy {PROXY}, not {PROXY2}"
     )
-    assert _fails_without_change(w, pete, "ReportReencryption", a, "ok", "", "3", OUT1) == (
+    assert fails_without_change(w, pete, "ReportReencryption", a, "ok", "", "3", OUT1) == (
         "applied hops 3 is out of range [1, 2]"
     )
-    assert _fails_without_change(w, pete, "ReportReencryption", a, "ok", "", "1", "xyz") == (
+    assert fails_without_change(w, pete, "ReportReencryption", a, "ok", "", "1", "xyz") == (
         "capsule sha256 must be 64 lower-case hex digits"
     )
-    assert _fails_without_change(w, pete, "ReportReencryption", a, "failed", "", "1", OUT1) == (
+    assert fails_without_change(w, pete, "ReportReencryption", a, "failed", "", "1", OUT1) == (
         "only an ok re-encryption reports applied hops"
     )
     entry = pete.submit("ReportReencryption", a, "ok", "1 hop", "1", OUT1)
     assert (entry["detail"]["applied"], entry["detail"]["capsule_sha256"]) == (1, OUT1)
-    assert _fails_without_change(w, pete, "ReportReencryption", a, "ok", "", "1", OUT1) == (
+    assert fails_without_change(w, pete, "ReportReencryption", a, "ok", "", "1", OUT1) == (
         f"hop 1 of access {a} was already reported"
     )
     paula.submit("ReportReencryption", a, "ok", "", "2", OUT2)
@@ -175,14 +162,14 @@ def test_requester_names_the_grant_it_reads_under(two_proxies: tuple[World, Memb
 def test_naming_someone_elses_grant_is_refused_without_change(fresh_world: World) -> None:
     w = fresh_world
     zed, g = w.m["other_hospital_clinician"], w.grants["grantee"]
-    assert _fails_without_change(w, zed, "RequestAccess", "r-1", g) == (
+    assert fails_without_change(w, zed, "RequestAccess", "r-1", g) == (
         f"identity {zed.ibe_id} is not the grantee of grant {g}"
     )
     # The owner naming a grant it gave is refused too: it reads as owner, under no grant.
-    assert _fails_without_change(w, w.m["owner"], "RequestAccess", "r-1", g) == (
+    assert fails_without_change(w, w.m["owner"], "RequestAccess", "r-1", g) == (
         f"identity {ALICE} is not the grantee of grant {g}"
     )
-    assert _fails_without_change(w, zed, "RequestAccess", "r-1", "g-nope") == (
+    assert fails_without_change(w, zed, "RequestAccess", "r-1", "g-nope") == (
         "grant g-nope does not exist"
     )
 
@@ -194,7 +181,7 @@ def test_naming_a_grant_that_does_not_cover_the_record_is_refused(fresh_world: W
     alice.submit("RegisterRecord", "r-x", ALICE, "imaging", "bafyrecord0003", SHA, CAPSULE, "1")
     g = w.grants["grantee"]
     for record in ("r-c", "r-x"):
-        assert _fails_without_change(w, dave, "RequestAccess", record, g) == (
+        assert fails_without_change(w, dave, "RequestAccess", record, g) == (
             f"grant {g} does not cover record {record}"
         )
 
