@@ -20,7 +20,6 @@ asked to keep its directory.
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import shutil
 import sqlite3
 import tempfile
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from ehrshare.consortium import Consortium
-from ehrshare.processes import ServiceProcesses, free_loopback_ports
+from ehrshare.processes import ServiceProcesses, free_loopback_ports, pid_alive
 from ehrshare.session import AccessDenied, Session
 
 __all__ = ["DemoResult", "DemoStep", "lab_observation", "run_demo"]
@@ -190,14 +189,6 @@ def _tamper_log_entry(ledger_dir: Path, requester: str) -> int:
     finally:
         db.close()
     raise RuntimeError("no denied access decision to tamper with")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def run_demo(
@@ -406,7 +397,7 @@ def run_demo(
             started = list(procs.started_pids)
             procs.stop_all()
             story.result.checks["service_processes_stopped"] = not any(
-                _alive(pid) for pid in started
+                pid_alive(pid) for pid in started
             )
         if consortium is not None:
             consortium.close()

@@ -34,6 +34,7 @@ __all__ = [
     "ServiceProcessError",
     "ServiceProcesses",
     "free_loopback_ports",
+    "pid_alive",
     "service_commands",
 ]
 
@@ -58,6 +59,17 @@ _PDEATHSIG_LAUNCHER: Final = (
 
 class ServiceProcessError(RuntimeError):
     """A service process did not start (the message carries the tail of its stderr)."""
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id still runs (a zombie, exited but not reaped, counts as
+    gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            # The command name is in parentheses and may contain spaces; the state follows it.
+            return stat.read().rsplit(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
 
 
 def free_loopback_ports(count: int) -> list[int]:

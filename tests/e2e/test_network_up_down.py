@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ehrshare.consortium import Consortium
-from ehrshare.processes import free_loopback_ports
+from ehrshare.processes import free_loopback_ports, pid_alive
 
 pytestmark = pytest.mark.slow
 
@@ -39,19 +39,11 @@ def _listening(address: str) -> bool:
         return s.connect_ex((host, int(port))) == 0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split()[2]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _wait_dead(pids: list[int], seconds: float = 30.0) -> list[int]:
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
         time.sleep(0.1)
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if pid_alive(p)]
 
 
 def test_network_up_serves_members_and_down_stops_every_process(tmp_path: Path) -> None:
@@ -72,7 +64,7 @@ def test_network_up_serves_members_and_down_stops_every_process(tmp_path: Path) 
             "proxy-hospitalc",
         ]
         started = [up["supervisor_pid"], *(s["pid"] for s in services.values())]
-        assert all(_alive(p) for p in started)
+        assert all(pid_alive(p) for p in started)
         assert all(_listening(s["address"]) for s in services.values())
 
         # A second `up` starts nothing new.

@@ -9,7 +9,6 @@ proxy is stopped by its pid.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -20,7 +19,7 @@ from typer.testing import CliRunner
 from ehrshare.cli import app
 from ehrshare.consortium import Consortium, connect
 from ehrshare.demo import lab_observation
-from ehrshare.processes import ServiceProcesses, free_loopback_ports
+from ehrshare.processes import ServiceProcesses, free_loopback_ports, pid_alive
 from ehrshare.profile import Profile
 from ehrshare.session import ProxyUnreachable, Session
 
@@ -31,14 +30,6 @@ PEOPLE = {
     "dr-baker": ("HospitalB", "clinician"),
     "dr-chen": ("HospitalC", "clinician"),
 }
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @pytest.fixture
@@ -57,7 +48,7 @@ def services(tmp_path: Path) -> Iterator[tuple[Path, ServiceProcesses]]:
     finally:
         started = list(procs.started_pids)
         procs.stop_all()
-        assert [pid for pid in started if _alive(pid)] == []
+        assert [pid for pid in started if pid_alive(pid)] == []
 
 
 def test_a_stopped_proxy_is_named_with_the_grant_it_holds(
@@ -78,7 +69,7 @@ def test_a_stopped_proxy_is_named_with_the_grant_it_holds(
 
         pid = procs.pids["proxy-hospitalc"]
         assert procs.stop("proxy-hospitalc") == 0  # SIGTERM to that pid
-        assert not _alive(pid)
+        assert not pid_alive(pid)
 
         with pytest.raises(ProxyUnreachable) as info:
             chen.read_record(ref)

@@ -22,7 +22,7 @@ import pytest
 
 from ehrshare.consortium import Consortium, connect
 from ehrshare.demo import SECRET_MARKER, lab_observation
-from ehrshare.processes import ServiceProcesses, free_loopback_ports
+from ehrshare.processes import ServiceProcesses, free_loopback_ports, pid_alive
 from ehrshare.profile import Profile
 from ehrshare.session import AccessDenied, Session
 
@@ -34,14 +34,6 @@ PEOPLE = {
     "dr-baker": ("HospitalB", "clinician"),
     "dr-chen": ("HospitalC", "clinician"),
 }
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 @dataclass
@@ -67,7 +59,7 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
     finally:
         started = list(procs.started_pids)
         procs.stop_all()
-        left = [pid for pid in started if _alive(pid)]
+        left = [pid for pid in started if pid_alive(pid)]
         assert not left, f"service processes still running: {left}"
 
 
@@ -118,7 +110,7 @@ def test_story_over_grpc_with_a_node_killed_and_the_proxy_restarted(
         # directory.
         old_pid = procs.pids["proxy-hospitalb"]
         assert procs.stop("proxy-hospitalb") == 0
-        assert not _alive(old_pid)
+        assert not pid_alive(old_pid)
         procs.start("proxy-hospitalb")
         assert procs.pids["proxy-hospitalb"] != old_pid
 
@@ -240,7 +232,7 @@ def test_consortium_serve_starts_every_service_and_stops_them_on_sigterm(tmp_pat
         text = "".join(lines)
         children = [int(p) for p in re.findall(r"pid (\d+) on 127\.0\.0\.1:\d+", text)]
         assert len(children) == 6, text
-        assert all(_alive(pid) for pid in children)
+        assert all(pid_alive(pid) for pid in children)
         with Consortium.open(root) as c, c.session("proxy-hospitala") as s:
             assert len(s.proxy.public_key()) == 32  # answered over gRPC by the child process
         os.kill(serve.pid, signal.SIGTERM)
@@ -249,4 +241,4 @@ def test_consortium_serve_starts_every_service_and_stops_them_on_sigterm(tmp_pat
         if serve.poll() is None:
             serve.kill()
             serve.wait(timeout=30)
-    assert [pid for pid in children if _alive(pid)] == []
+    assert [pid for pid in children if pid_alive(pid)] == []

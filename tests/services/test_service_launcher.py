@@ -13,18 +13,9 @@ from pathlib import Path
 import pytest
 
 from ehrshare.consortium import Consortium
-from ehrshare.processes import free_loopback_ports
+from ehrshare.processes import free_loopback_ports, pid_alive
 
 pytestmark = pytest.mark.slow
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process with this id still exists (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 def test_service_processes_die_with_their_starter(tmp_path: Path) -> None:
@@ -57,9 +48,9 @@ def test_service_processes_die_with_their_starter(tmp_path: Path) -> None:
     # (The starter checked that each pid it kept runs the service itself: the launcher exec'd
     # it in place.)
     deadline = time.monotonic() + 60
-    while any(_alive(int(p)) for p in pids.values()) and time.monotonic() < deadline:
+    while any(pid_alive(int(p)) for p in pids.values()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    left = [int(p) for p in pids.values() if _alive(int(p))]
+    left = [int(p) for p in pids.values() if pid_alive(int(p))]
     for pid in left:  # never leave one behind, even when the assertion fails
         os.kill(pid, signal.SIGKILL)
     assert left == [], f"service processes survived their starter: {left}"

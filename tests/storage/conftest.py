@@ -16,16 +16,8 @@ from typing import TypeVar
 import pytest
 
 from ehrshare.network.kubo import KuboDaemon, KuboDaemonError, KuboInstallError, install_kubo
+from ehrshare.processes import pid_alive
 from ehrshare.storage import EmbeddedStore, KuboClient, KuboStore
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id still exists (a zombie counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ", 1)[1][0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture(name="pid_alive")
