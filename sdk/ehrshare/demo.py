@@ -167,6 +167,15 @@ class _Story:
             step.ok = False
 
 
+def _read_if_there(path: Path) -> bytes:
+    # Service processes still run while the demo scans: a file listed a moment ago may have
+    # been replaced by an atomic rename since (a checkpoint's temporary file).
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
 def _tamper_log_entry(ledger_dir: Path, requester: str) -> int:
     """Flip a denied access decision to "allow" directly in the ledger's SQLite world state,
     as a rogue database administrator would. Returns the tampered entry's sequence number."""
@@ -374,7 +383,7 @@ def run_demo(
             blobs = [p for p in blobs if p.is_file()]
             if storage == "embedded":
                 blobs += [p for p in (root / "store").rglob("*") if p.is_file()]
-            leaked = [str(p.name) for p in blobs if SECRET_MARKER.encode() in p.read_bytes()]
+            leaked = [str(p.name) for p in blobs if SECRET_MARKER.encode() in _read_if_there(p)]
             s.lines.append(
                 f"scanned {len(blobs)} files for the record's text: "
                 + ("not found" if not leaked else f"FOUND in {leaked}")
