@@ -28,9 +28,10 @@ Reads see committed state plus the transaction's own earlier writes, exactly lik
 ledger's simulation stub, so the contract behaves the same on both backends (the contract does not
 rely on it: it never reads back what it wrote).
 
-Status: this module is exercised by protocol-level unit tests against an in-test fake peer
-(``tests/fabric_unit/``). It has NOT run against a real Fabric peer: Fabric cannot be built on the
-development machine (see docs/status.md).
+Status: this module is exercised in CI by protocol-level unit tests against an in-test fake peer
+(``tests/fabric_unit/``). The pinned Fabric (3.1) cannot be built on the development machine (see
+docs/status.md); a real Fabric v2.1.1 peer, built from the module proxy, drove it successfully by
+hand (plain and mutual TLS; ``network/fabric-2.1-probe/``), which CI does not repeat yet.
 
 What this module must not do: contain contract logic, verify client signatures (the peer does),
 log arguments or state values (they may be personal data), or import the SDK (``ehrshare``).

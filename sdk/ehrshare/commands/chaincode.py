@@ -48,6 +48,8 @@ def _setup_logging(log_file: Path | None) -> None:
         logger = logging.getLogger(name)
         logger.addHandler(handler)
         logger.setLevel(logging.INFO)
+        # The CLI's root handler (basicConfig) would print every line a second time.
+        logger.propagate = False
 
 
 def _tls(
@@ -73,7 +75,7 @@ async def _serve(server: ChaincodeServer, port_file: Path | None) -> None:
     port = await server.start()
     if port_file is not None:
         atomic_write(port_file, str(port).encode(), mode=0o644)
-    _err.print(f"chaincode {server.package_id} listening on port {port}")
+    _err.print(f"chaincode {server.package_id} listening on port {port}", soft_wrap=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
