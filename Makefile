@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+FABRIC21 := network/build/fabric21/bin/peer
 
 .PHONY: demo test lint unit venv clean bench-crypto bench-dkg bench-consensus tools network-up network-down
 
@@ -25,8 +26,14 @@ test: $(STAMP) lint tools
 
 ## make tools: build the pinned Kubo (IPFS) into network/build/bin with the Go module proxy
 ## (first run a few minutes, then a no-op)
-tools: $(STAMP)
+tools: $(STAMP) $(FABRIC21)
 	$(BIN)/python -m ehrshare.network.kubo install
+
+## Fabric v2.1.1 (the newest Fabric the Go module proxy serves here; the pinned 3.1 is refused):
+## peer, orderer, configtxgen, cryptogen into network/build/fabric21 (about a minute, then a no-op)
+$(FABRIC21): network/fabric-2.1-probe/build.sh network/fabric-2.1-probe/fabric-v2.1.1.go.mod
+	mkdir -p network/build/fabric21
+	FAB=$(CURDIR)/network/build/fabric21 bash network/fabric-2.1-probe/build.sh
 
 ## make network-up PROFILE=<consortium dir>: start its KGC nodes and proxies in the background
 ## (a consortium made with `ehrshare consortium init DIR --services processes`); network-down stops them

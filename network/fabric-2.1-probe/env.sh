@@ -1,8 +1,8 @@
 # source me. Common paths for the fabric 2.1.1 probe network.
 export FAB=${FAB:-/tmp/fabric21}
-export BIN=$FAB/bin
-export NET=$FAB/net
-export SRC=$FAB/src/fabric
+export BIN=${BIN:-$FAB/bin}
+export NET=${NET:-$FAB/net}
+export SRC=${SRC:-$FAB/src/fabric}
 export PATH=$BIN:$PATH
 export CRYPTO=$NET/crypto
 export ORDERER_CA=$CRYPTO/ordererOrganizations/example.com/orderers/orderer.example.com/tls/ca.crt
