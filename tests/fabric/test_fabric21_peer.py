@@ -16,10 +16,19 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from fabric_protos.peer import peer_pb2_grpc
 
+from ehrshare.identity import Identity, Signer
+from ehrshare.ledger.envelope import serialize_identity, transaction_id
+from ehrshare.ledger.fabric import dial, signed_proposal
 from ehrshare.processes import pid_alive
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
@@ -40,13 +49,21 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def test_a_real_fabric_peer_runs_the_contract_through_our_chaincode_server(
-    tmp_path: Path,
-) -> None:
+@dataclass
+class Run:
+    net: Path
+    stdout: str
+    output: str
+    pids: list[int]
+
+
+@pytest.fixture(scope="module")
+def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
+    """The probe network, up for the module's tests; stopped by pid afterwards."""
     assert (FAB / "bin" / "peer").is_file(), "Fabric v2.1.1 is not built: run `make tools`"
     busy = [p for p in PORTS if not _port_free(p)]
     assert busy == [], f"ports {busy} on 127.0.0.1 are taken; the probe network needs them"
-    net = tmp_path / "net"
+    net = tmp_path_factory.mktemp("fabric21") / "net"
     env = {
         **os.environ,
         "FAB": str(FAB),
@@ -55,6 +72,7 @@ def test_a_real_fabric_peer_runs_the_contract_through_our_chaincode_server(
         "EHRSHARE": str(Path(sys.executable).parent / "ehrshare"),
         "WITH_TLS": "1",
     }
+    pids: list[int] = []
     try:
         run = subprocess.run(
             ["bash", str(PROBE / "run-all.sh")],
@@ -64,14 +82,22 @@ def test_a_real_fabric_peer_runs_the_contract_through_our_chaincode_server(
             env=env,
             check=False,
         )
-    finally:
         pids = [int(p.read_text()) for p in net.glob("*.pid")]
+        output = run.stdout + run.stderr
+        assert run.returncode == 0, output[-4000:]
+        yield Run(net, run.stdout, output, pids)
+    finally:
+        pids = pids or [int(p.read_text()) for p in net.glob("*.pid")]
         subprocess.run(["bash", str(PROBE / "stop.sh")], env=env, timeout=120, check=False)
-    out = run.stdout + run.stderr
-    assert run.returncode == 0, out[-4000:]
+        deadline = time.monotonic() + 30
+        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert pids and not any(pid_alive(p) for p in pids), "the probe left processes running"
 
+
+def test_a_real_fabric_peer_runs_the_contract_through_our_chaincode_server(probe: Run) -> None:
     # The peer launched both packages by connecting to our server: REGISTER, then READY.
-    peer_log = (net / "peer.log").read_text(encoding="utf-8", errors="replace")
+    peer_log = (probe.net / "peer.log").read_text(encoding="utf-8", errors="replace")
     for label in ("ehrshare_1", "ehrshare_tls"):
         assert f"Got REGISTER for chaincodeID = {label}:" in peer_log
         assert f"sending READY for chaincode {label}:" in peer_log
@@ -79,9 +105,10 @@ def test_a_real_fabric_peer_runs_the_contract_through_our_chaincode_server(
     # Per chaincode (plain, then mutual TLS): the contract's refusal comes back through the peer
     # as status 500 with its message; RegisterOrgCA commits; a second one is refused; an
     # identity registered by the admin is read back with the role from its certificate.
+    out = probe.output
     assert out.count('status:500 message:"the ca of Org1MSP is not registered"') == 2
     assert out.count("the ca of Org1MSP is already registered") == 2
-    records = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in probe.stdout.splitlines() if line.startswith("{")]
     cas = [r for r in records if "ca_pem" in r]
     identities = [r for r in records if "cert_sha256" in r and "role" in r]
     assert len(cas) == 2 and all(r["msp_id"] == "Org1MSP" for r in cas)
@@ -89,8 +116,50 @@ def test_a_real_fabric_peer_runs_the_contract_through_our_chaincode_server(
         ("Org1MSP/Admin@org1.example.com", "admin")
     ] * 2
 
-    # Everything the run started is stopped.
-    deadline = time.monotonic() + 30
-    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert pids and not any(pid_alive(p) for p in pids)
+
+def test_the_real_peer_endorses_a_proposal_our_gateway_client_built(probe: Run) -> None:
+    # Fabric 2.1 has no Gateway service, but its Endorser takes the same SignedProposal the
+    # Gateway client builds: the peer checks the creator against its MSP, the signature and the
+    # transaction id rule (sha256(nonce ‖ creator)) before it runs the chaincode.
+    crypto = probe.net / "crypto" / "peerOrganizations" / "org1.example.com"
+    msp = crypto / "users" / "Admin@org1.example.com" / "msp"
+    cert = next((msp / "signcerts").glob("*.pem")).read_bytes()
+    key = serialization.load_pem_private_key(
+        next((msp / "keystore").glob("*")).read_bytes(), password=None
+    )
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    admin = Identity("Org1MSP", cert)
+    tls_ca = (crypto / "peers" / "peer0.org1.example.com" / "tls" / "ca.crt").read_bytes()
+    nonce = os.urandom(24)
+    creator = serialize_identity(admin)
+    tx_id, proposal = signed_proposal(
+        creator,
+        Signer(key),
+        channel="mychannel",
+        chaincode="ehrshare",
+        function="GetIdentity",
+        args=(b"Org1MSP/Admin@org1.example.com",),
+        timestamp_ns=time.time_ns(),
+        nonce=nonce,
+    )
+    assert tx_id == transaction_id(nonce, creator)
+    channel = dial("127.0.0.1:7051", tls_ca_pem=tls_ca, server_name="peer0.org1.example.com")
+    try:
+        endorser = peer_pb2_grpc.EndorserStub(channel)
+        response = endorser.ProcessProposal(proposal, timeout=30)
+        assert response.response.status == 200, response.response.message
+        record = json.loads(response.response.payload)
+        assert (record["ibe_id"], record["role"]) == ("Org1MSP/Admin@org1.example.com", "admin")
+        assert response.endorsement.endorser  # the peer signed its endorsement
+
+        # A signature that does not match is refused by the real peer (not by our code).
+        stranger = Signer(ec.generate_private_key(ec.SECP256R1()))
+        forged = type(proposal)(
+            proposal_bytes=proposal.proposal_bytes,
+            signature=stranger.sign(proposal.proposal_bytes),
+        )
+        with pytest.raises(grpc.RpcError) as refused:
+            endorser.ProcessProposal(forged, timeout=30)
+        assert "access denied" in str(refused.value.details())
+    finally:
+        channel.close()
