@@ -21,6 +21,8 @@ __all__ = [
     "Gateway",
     "InMemoryCheckpointer",
     "Network",
+    "StoredCheckpoint",
+    "follow_events",
 ]
 
 
@@ -75,6 +77,14 @@ class InMemoryCheckpointer:
         """Record that every event up to and including ``block_number`` was handled."""
         self._block = block_number + 1
         self._tx = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    """A checkpoint read back from where a follower stored it (a file, a database row)."""
+
+    block_number: int | None
+    transaction_id: str | None
 
 
 class ChaincodeEvents(Protocol):
@@ -153,3 +163,15 @@ class Gateway(Protocol):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None: ...
+
+
+def follow_events(
+    network: Network, chaincode_name: str, block: int | None, transaction_id: str | None
+) -> ChaincodeEvents:
+    """A follower's event stream: from block 0 when it has no checkpoint yet, else resuming
+    after the stored (block, transaction id)."""
+    if block is None:
+        return network.get_chaincode_events(chaincode_name, start_block=0)
+    return network.get_chaincode_events(
+        chaincode_name, checkpoint=StoredCheckpoint(block, transaction_id)
+    )

@@ -75,7 +75,7 @@ from ehrshare.hazmat.kgc_keys import KGCNodeKey, KGCNodePublicKey, X25519KeyPair
 from ehrshare.hazmat.pairing import G1, RngFn
 from ehrshare.hazmat.tipre import IdentitySecretKey, MasterPublicKey
 from ehrshare.identity import Identity, Signer
-from ehrshare.ledger.api import ChaincodeEvent, Contract, Network
+from ehrshare.ledger.api import ChaincodeEvent, Contract, Network, follow_events
 from ehrshare.ledger.errors import CommitError, LedgerError
 from ehrshare.ledger.store import DEFAULT_MAX_CLOCK_SKEW_S
 from ehrshare.services.extract_auth import (
@@ -1110,14 +1110,6 @@ class _Stopped(Exception):
     """The follower is stopping: a session thread leaves its wait."""
 
 
-@dataclass(frozen=True)
-class _Checkpoint:
-    """A stored checkpoint, as :class:`ehrshare.ledger.api.Checkpoint`."""
-
-    block_number: int | None
-    transaction_id: str | None
-
-
 class DkgFollower:
     """Follows the chaincode's DKG events in a thread and takes part in the sessions that name
     this node, each in its own thread (:meth:`KgcNode.run_dkg`).
@@ -1172,12 +1164,7 @@ class DkgFollower:
     def start(self) -> None:
         """Start following in a daemon thread."""
         block, tx = self.checkpoint()
-        if block is None:
-            self._events = self._network.get_chaincode_events(self._chaincode, start_block=0)
-        else:
-            self._events = self._network.get_chaincode_events(
-                self._chaincode, checkpoint=_Checkpoint(block, tx)
-            )
+        self._events = follow_events(self._network, self._chaincode, block, tx)
         self._thread = threading.Thread(target=self._run, name="dkg-follower", daemon=True)
         self._thread.start()
         _log.info(

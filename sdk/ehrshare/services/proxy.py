@@ -49,7 +49,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 from ehrshare.hazmat.errors import DecryptionError, EncodingError
 from ehrshare.hazmat.kgc_keys import X25519KeyPair, open_sealed, seal
 from ehrshare.hazmat.tipre import Capsule, ReKey, VerifiedCapsule, VerifiedReKey, reencrypt
-from ehrshare.ledger.api import ChaincodeEvent, Contract, Network
+from ehrshare.ledger.api import ChaincodeEvent, Contract, Network, follow_events
 from ehrshare.ledger.errors import LedgerError
 from ehrshare.services.vault import open_state, seal_state
 
@@ -678,19 +678,6 @@ def _rekey_purpose(grant_id: str) -> str:
     return f"proxy/rekey/{grant_id}"
 
 
-class _StoredCheckpoint:
-    def __init__(self, block: int | None, tx: str | None) -> None:
-        self._block, self._tx = block, tx
-
-    @property
-    def block_number(self) -> int | None:
-        return self._block
-
-    @property
-    def transaction_id(self) -> str | None:
-        return self._tx
-
-
 class RevocationFollower:
     """Follows the chaincode's RevokeAccess events in a thread and deletes re-keys.
 
@@ -711,12 +698,7 @@ class RevocationFollower:
     def start(self) -> None:
         """Start following in a daemon thread."""
         block, tx = self._proxy.checkpoint()
-        if block is None:
-            self._events = self._network.get_chaincode_events(self._chaincode, start_block=0)
-        else:
-            self._events = self._network.get_chaincode_events(
-                self._chaincode, checkpoint=_StoredCheckpoint(block, tx)
-            )
+        self._events = follow_events(self._network, self._chaincode, block, tx)
         self._thread = threading.Thread(target=self._run, name="revocation-follower", daemon=True)
         self._thread.start()
 
