@@ -1,7 +1,8 @@
-"""A local consortium on the embedded backend, and :func:`connect` (profile → Session).
+"""A local consortium (embedded ledger or a real Fabric network), and :func:`connect`.
 
 :meth:`Consortium.init` creates, in one directory, everything a hospital consortium needs to run
-on one machine: one certificate authority per hospital, an embedded ledger admitting them, the
+on one machine: one certificate authority per hospital, a ledger admitting them (an embedded
+ledger directory, or with ``ledger="fabric"`` a Fabric network whose MSPs are those CAs), the
 content store (or a Kubo URL), the consortium's type-label key, one KGC node per hospital (node
 key outside its state directory, service identity registered with role ``kgc``, public key
 published on chain), an ``admin`` wallet that opens the DKG session on chain, a distributed key
@@ -34,18 +35,17 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import yaml
 
 from ehrshare.hazmat.dkg import new_session_nonce
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
-from ehrshare.ledger.embedded import connect as ledger_connect
 from ehrshare.ledger.errors import GatewayError
 from ehrshare.ledger.store import EmbeddedLedger
+from ehrshare.ledgers import EmbeddedBackend, LedgerBackend, open_ledger
 from ehrshare.profile import (
-    FABRIC_UNAVAILABLE,
     BackendUnavailable,
     Profile,
     ProfileError,
@@ -58,12 +58,16 @@ from ehrshare.services.rpc import GrpcKgcClient, GrpcProxyClient
 from ehrshare.services.tls import ClientTls, issue_tls_certificate
 from ehrshare.services.vault import atomic_write, read_key_file, write_key_file
 from ehrshare.session import KgcClient, ProxyClient, ProxyRoute, Session
+
+if TYPE_CHECKING:
+    from ehrshare.fabricnet import FabricNet
 from ehrshare.storage import BlobStore, EmbeddedStore, KuboClient, KuboStore
 
 __all__ = [
     "DEFAULT_HOSPITALS",
     "Consortium",
     "ConsortiumError",
+    "FabricOptions",
     "connect",
     "profile_file",
 ]
@@ -81,6 +85,92 @@ Progress = Callable[[str], None]
 
 class ConsortiumError(ValueError):
     """A consortium directory cannot be created or opened; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class FabricOptions:
+    """How ``Consortium.init(ledger="fabric")`` builds its network: Raft orderers, block cutting
+    (Fabric's BatchTimeout and MaxMessageCount) and the endorsement policy (MAJORITY or ANY of
+    the hospitals' peers)."""
+
+    orderers: int = 1
+    batch_timeout: str = "100ms"
+    max_message_count: int = 10
+    endorsement: str = "MAJORITY"
+
+    def check(self) -> None:
+        """Refuse options Fabric would refuse, and a machine without the Fabric binaries."""
+        from ehrshare.fabricnet import fabric_bin_dir
+
+        if self.orderers < 1:
+            raise ConsortiumError(f"orderers is {self.orderers}; a network needs at least one")
+        if self.endorsement not in ("MAJORITY", "ANY"):
+            raise ConsortiumError(f"endorsement {self.endorsement!r} is not MAJORITY or ANY")
+        if self.max_message_count < 1:
+            raise ConsortiumError("max_message_count must be at least 1")
+        bin_dir = fabric_bin_dir()
+        missing = [b for b in ("peer", "orderer", "configtxgen") if not (bin_dir / b).is_file()]
+        if missing:
+            raise BackendUnavailable(
+                f"the Fabric binaries ({', '.join(missing)}) are not in {bin_dir}: run "
+                "'make tools' (it builds Fabric v2.1.1), or set EHRSHARE_FABRIC_BIN"
+            )
+
+    def build(self, root: Path, msp_ids: Sequence[str], say: Progress) -> FabricNet:
+        """Create the network's crypto and configuration under ``root`` and start it."""
+        from ehrshare.fabricnet import FabricNet, FabricNetSpec
+
+        spec = FabricNetSpec(
+            root=root,
+            msp_ids=tuple(msp_ids),
+            orderers=self.orderers,
+            batch_timeout=self.batch_timeout,
+            max_message_count=self.max_message_count,
+            endorsement=self.endorsement,
+        )
+        say(f"building a Fabric network: {len(msp_ids)} peers, {self.orderers} Raft orderer(s)")
+        network = FabricNet.create(spec, progress=say)
+        try:
+            network.start(progress=say)
+        except BaseException:
+            network.stop()
+            raise
+        return network
+
+
+def _fabric_ledger_section(root: Path, network: FabricNet) -> dict[str, Any]:
+    """The profile's ``ledger:`` section for a network under ``root`` (paths relative to it)."""
+    conn = network.connection()
+
+    def endpoint(e: dict[str, Any]) -> dict[str, Any]:
+        out = {"address": e["address"], "tls_ca": os.path.relpath(e["tls_ca"], root)}
+        if e.get("server_name"):
+            out["server_name"] = e["server_name"]
+        if e.get("msp"):
+            out["msp"] = e["msp"]
+        return out
+
+    section: dict[str, Any] = {
+        "backend": "fabric",
+        "peers": [endpoint(p) for p in conn["peers"]],
+        "orderers": [endpoint(o) for o in conn["orderers"]],
+        "network": "fabric",
+    }
+    if conn.get("endorsers"):
+        section["endorsers"] = conn["endorsers"]
+    return section
+
+
+def _stop_network_of(root: Path) -> None:
+    """Stop the Fabric network under ``root`` if one was created there (init failed)."""
+    if not (root / "fabric").is_dir():
+        return
+    try:
+        from ehrshare.fabricnet import FabricNet
+
+        FabricNet.load(root).stop()
+    except Exception as exc:  # the original error matters more; say this one in the log
+        _log.warning("stopping the Fabric network of %s: %s", root, exc)
 
 
 def _msp(hospital: str) -> str:
@@ -112,7 +202,7 @@ class Consortium:
     def __init__(
         self,
         profile: Profile,
-        ledger: EmbeddedLedger,
+        ledger: LedgerBackend,
         store: BlobStore,
         services: _Services,
         *,
@@ -120,7 +210,7 @@ class Consortium:
         closers: Sequence[Callable[[], None]],
     ) -> None:
         self.profile = profile
-        self.ledger = ledger
+        self.backend = ledger
         self.store = store
         self.kgc_nodes = services.kgc
         self._proxies = services.proxies
@@ -128,6 +218,7 @@ class Consortium:
         self._closers = list(closers)
         self._labels = profile.labels()
         self._closed = False
+        self._network: FabricNet | None = None  # a Fabric network this object started
 
     @property
     def proxy(self) -> ReencryptionProxy:
@@ -174,6 +265,7 @@ class Consortium:
         ports: Sequence[int] | None = None,
         clock: Clock | None = None,
         progress: Progress | None = None,
+        fabric: FabricOptions | None = None,
     ) -> Consortium:
         """Create a consortium in an empty (or new) directory and run its DKG.
 
@@ -185,6 +277,13 @@ class Consortium:
         ``ehrshare consortium services`` prints. The DKG still runs here, before the profile
         is switched: each node's sealed share is in its state directory when its process starts.
         Refuses a directory that already holds a profile (nothing is overwritten).
+
+        ``ledger="fabric"`` builds a real Fabric network for the consortium instead of the
+        embedded ledger (:mod:`ehrshare.fabricnet`: MSPs from the hospitals' CAs, one peer per
+        hospital, Raft orderers, the chaincode as a service; ``fabric`` sets orderers and block
+        cutting) and starts it to run the setup transactions and the DKG. The returned
+        consortium owns the running network: :meth:`close` stops it; ``ehrshare network up``
+        starts it again later.
         """
         say = progress or (lambda _msg: None)
         if services not in SERVICE_MODES:
@@ -205,10 +304,13 @@ class Consortium:
                 raise ConsortiumError(f"ports {port_list} must be between 1 and 65535")
         elif ports is not None:
             raise ConsortiumError("ports are only used with services='processes'")
-        if ledger == "fabric":
-            raise BackendUnavailable(FABRIC_UNAVAILABLE)
-        if ledger != "embedded":
+        if ledger not in ("embedded", "fabric"):
             raise ConsortiumError(f"ledger backend {ledger!r} is not embedded or fabric")
+        if fabric is not None and ledger != "fabric":
+            raise ConsortiumError("Fabric options are only used with ledger='fabric'")
+        if ledger == "fabric":
+            fabric = fabric or FabricOptions()
+            fabric.check()
         if storage not in ("embedded", "kubo"):
             raise ConsortiumError(f"storage backend {storage!r} is not embedded or kubo")
         if len(hospitals) < 2 or len(set(hospitals)) != len(hospitals):
@@ -227,15 +329,22 @@ class Consortium:
             raise ConsortiumError(f"{root} is not empty; give a new or empty directory")
         created = not root.exists()
         try:
-            consortium = cls._create(root, hospitals, threshold, storage, kubo_url, clock, say)
+            consortium = cls._create(
+                root, hospitals, threshold, storage, kubo_url, clock, say, fabric
+            )
             if not port_list:
                 return consortium
+            network = consortium._release_network()
             consortium.close()
             say("issuing TLS server certificates and writing the process profile")
             _switch_to_processes(root, port_list)
-            return cls.open(root / "profile.yaml", clock=clock)
+            reopened = cls.open(root / "profile.yaml", clock=clock)
+            reopened._network = network
+            return reopened
         except BaseException:
-            # Nothing half-made stays behind: the directory was new or empty.
+            # Nothing half-made stays behind: the directory was new or empty, and a Fabric
+            # network started for it is stopped first (by pid).
+            _stop_network_of(root)
             shutil.rmtree(root, ignore_errors=True)
             if not created:
                 root.mkdir(parents=True, exist_ok=True)
@@ -251,6 +360,7 @@ class Consortium:
         kubo_url: str,
         clock: Clock | None,
         say: Progress,
+        fabric: FabricOptions | None = None,
     ) -> Consortium:
         root.mkdir(parents=True, exist_ok=True)
         (root / "keys").mkdir(mode=0o700, exist_ok=True)
@@ -296,12 +406,15 @@ class Consortium:
             "wallets": "wallets",
         }
         say(f"creating certificate authorities for {', '.join(hospitals)}")
-        ledger_obj = EmbeddedLedger.open(root / "ledger", channel="ehrshare")
+        ledger_obj = (
+            EmbeddedLedger.open(root / "ledger", channel="ehrshare") if fabric is None else None
+        )
         try:
             for hospital in hospitals:
                 ca = LocalCA.create(_msp(hospital))
                 ca.save(root / "ca" / _msp(hospital))
-                ledger_obj.add_organization(ca.msp_id, ca.certificate_pem)
+                if ledger_obj is not None:
+                    ledger_obj.add_organization(ca.msp_id, ca.certificate_pem)
             say("issuing KGC node and proxy identities")
             for node in nodes_cfg:
                 write_key_file(root / node["key"], KGCNodeKey.generate().to_secret_bytes())
@@ -312,7 +425,12 @@ class Consortium:
             # The org admin that opens the DKG session on chain (OpenDKGSession needs role admin).
             cls._issue(root, _msp(hospitals[0]), ADMIN_WALLET, "admin", root / "wallets/admin")
         finally:
-            ledger_obj.close()
+            if ledger_obj is not None:
+                ledger_obj.close()
+        network = None
+        if fabric is not None:
+            network = fabric.build(root, [_msp(h) for h in hospitals], say)
+            profile_data["ledger"] = _fabric_ledger_section(root, network)
         (root / "profile.yaml").write_text(
             "# ehrshare connection profile (created by 'ehrshare consortium init').\n"
             "# Switch storage to Kubo with: storage: {backend: kubo, url: http://127.0.0.1:5001}\n"
@@ -320,6 +438,7 @@ class Consortium:
             encoding="utf-8",
         )
         consortium = cls.open(root / "profile.yaml", clock=clock)
+        consortium._network = network
         try:
             say("publishing each hospital's CA certificate on chain")
             for hospital in hospitals:
@@ -363,14 +482,14 @@ class Consortium:
     ) -> Consortium:
         """Open a consortium from its profile (a path or a parsed :class:`Profile`)."""
         prof = profile if isinstance(profile, Profile) else Profile.load(_profile_path(profile))
-        if not prof.ledger_path.exists():
+        if prof.ledger_backend == "embedded" and not prof.ledger_path.exists():
             raise ConsortiumError(
                 f"ledger directory {prof.ledger_path} does not exist; create a consortium with "
                 "'ehrshare consortium init'"
             )
         # The ledger checks proposal timestamps against this same clock (a manual clock in
         # tests and the demo would otherwise look skewed).
-        ledger = EmbeddedLedger.open(prof.ledger_path, channel=prof.channel, clock=clock)
+        ledger = open_ledger(prof, clock=clock)
         closers: list[Callable[[], None]] = []
         try:
             store, close_store = _open_store(prof)
@@ -386,7 +505,8 @@ class Consortium:
         return cls(prof, ledger, store, services, clock=clock, closers=closers)
 
     def close(self) -> None:
-        """Close the services, the store client and the ledger."""
+        """Close the services, the store client and the ledger (and stop the Fabric network
+        :meth:`init` started, if it is still this object's)."""
         if self._closed:
             return
         self._closed = True
@@ -395,6 +515,29 @@ class Consortium:
                 c()
             except Exception as exc:
                 _log.warning("closing the consortium: %s", exc)
+        network, self._network = self._network, None
+        if network is not None:
+            network.stop()
+
+    @property
+    def ledger(self) -> EmbeddedLedger:
+        """The embedded ledger (its database: digests, heights, integrity checks); refused on
+        Fabric, where the ledger lives in the peers."""
+        if not isinstance(self.backend, EmbeddedBackend):
+            raise ConsortiumError(
+                "this consortium's ledger is a Fabric channel, not a local database"
+            )
+        return self.backend.ledger
+
+    @property
+    def network(self) -> FabricNet | None:
+        """The Fabric network :meth:`init` started and this object stops on close."""
+        return self._network
+
+    def _release_network(self) -> FabricNet | None:
+        """Hand the running network over (the caller stops it); close() leaves it running."""
+        network, self._network = self._network, None
+        return network
 
     def __enter__(self) -> Consortium:
         return self
@@ -435,7 +578,7 @@ class Consortium:
         """
         ca = LocalCA.load(self.directory / "ca" / msp)
         identity, signer = ca.issue("ca-publisher", node_ou="admin", valid_days=1)
-        with ledger_connect(identity, signer, self.ledger, clock=self.clock) as gateway:
+        with self.backend.connect(identity, signer) as gateway:
             contract = gateway.get_network(self.profile.channel).get_contract(
                 self.profile.chaincode
             )
@@ -480,18 +623,22 @@ class Consortium:
         wallet: Wallet | None,
         on_close: Callable[[], None] | None = None,
     ) -> Session:
-        gateway = ledger_connect(identity, signer, self.ledger, clock=self.clock)
+        gateway = self.backend.connect(identity, signer)
         contract = gateway.get_network(self.profile.channel).get_contract(self.profile.chaincode)
-        kgc, proxies, channels = self._clients(identity, wallet)
-        if channels:
+        try:
+            kgc, proxies, channels = self._clients(identity, wallet)
+        except BaseException:
+            gateway.close()
+            raise
 
-            def close_all(then: Callable[[], None] | None = on_close) -> None:
-                for channel in channels:
-                    channel.close()
-                if then is not None:
-                    then()
+        def close_all(then: Callable[[], None] | None = on_close) -> None:
+            for channel in channels:
+                channel.close()
+            gateway.close()
+            if then is not None:
+                then()
 
-            on_close = close_all
+        on_close = close_all
         return Session(
             identity=identity,
             signer=signer,
@@ -505,7 +652,7 @@ class Consortium:
             wallet=wallet,
             clock=self.clock,
             on_close=on_close,
-            ledger_check=self.ledger.verify,
+            ledger_check=self.backend.verify,
         )
 
     def _clients(
@@ -642,7 +789,7 @@ def profile_file(value: str | os.PathLike[str]) -> Path:
 _profile_path = profile_file
 
 
-def _open_services(profile: Profile, ledger: EmbeddedLedger, clock: Clock | None) -> _Services:
+def _open_services(profile: Profile, ledger: LedgerBackend, clock: Clock | None) -> _Services:
     nodes = []
     for n in profile.kgc_nodes:
         svc = n.service
@@ -650,7 +797,7 @@ def _open_services(profile: Profile, ledger: EmbeddedLedger, clock: Clock | None
             continue
         assert svc.state is not None and svc.key_file is not None and svc.wallet is not None
         identity, signer = Wallet(svc.wallet, use_env=False).load_identity()
-        gateway = ledger_connect(identity, signer, ledger, clock=clock)
+        gateway = ledger.connect(identity, signer)
         contract = gateway.get_network(profile.channel).get_contract(profile.chaincode)
         try:
             key = _load_node_key(svc.key_file)
@@ -682,7 +829,7 @@ def _open_services(profile: Profile, ledger: EmbeddedLedger, clock: Clock | None
                 raise ProfileError(
                     f"proxy {pcfg.name}: its wallet is {identity.ibe_id}, not {pcfg.ibe_id}"
                 )
-            gateway = ledger_connect(identity, signer, ledger, clock=clock)
+            gateway = ledger.connect(identity, signer)
             contract = gateway.get_network(profile.channel).get_contract(profile.chaincode)
             try:
                 pkey = X25519KeyPair.from_secret_bytes(read_key_file(psvc.key_file))
@@ -729,7 +876,7 @@ def connect(
     ``profile`` is a profile file, a consortium directory or a parsed :class:`Profile`;
     ``wallet`` a wallet name under the profile's wallet directory, a path, or a
     :class:`Wallet`. Close the session (or use ``with``) to close what this opened.
-    Raises :class:`~ehrshare.profile.BackendUnavailable` for ``ledger: fabric``.
+    On ``ledger: fabric`` the network must be running (``ehrshare network up``).
     """
     consortium = Consortium.open(profile, clock=clock)
     try:

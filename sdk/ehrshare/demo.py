@@ -1,7 +1,9 @@
 """The end-to-end story, as a library function the CLI, the tests and the docs share.
 
-:func:`run_demo` sets up a three-hospital consortium on the embedded backend (or with Kubo
-storage), each hospital with a KGC node and a re-encryption proxy, in-process or —
+:func:`run_demo` sets up a three-hospital consortium on the embedded backend or — with
+``ledger="fabric"`` — on a real Fabric network built for it (one peer per hospital, a Raft
+orderer, the chaincode as a service; stopped by pid at the end), with the embedded content store
+or Kubo, each hospital with a KGC node and a re-encryption proxy, in-process or —
 ``services="processes"`` — as real ``ehrshare kgc serve`` / ``ehrshare proxy serve`` processes
 over gRPC and mutual TLS (then one KGC node is killed after the first enrolments and hospital B's
 proxy is restarted mid-story). Alice's grant to Dr Baker puts its re-key at hospital B's proxy,
@@ -9,9 +11,10 @@ Dr Baker's referral to Dr Chen at hospital C's; Dr Chen's read visits both in or
 DKG, enrols a patient, two clinicians and a specialist, and walks the paper's flows: store three
 FHIR records, grant "lab" with two hops, read, refer, read at the second hop, type isolation
 (imaging stays unreadable), revoke, a denied and logged request, the audit trail and its
-verification, and a tampered log entry being caught. Each step is reported to a callback with
-its timing; the outcome is a :class:`DemoResult` whose ``checks`` say whether every claim of the
-story held.
+verification, and a tampered log entry being caught (on the embedded ledger an entry edited in
+its SQLite file; on Fabric an edited exported copy of the trail, checked against the chain).
+Each step is reported to a callback with its timing; the outcome is a :class:`DemoResult`
+whose ``checks`` say whether every claim of the story held.
 
 This module must not print (the CLI renders the steps) and must not leave files behind unless
 asked to keep its directory.
@@ -19,6 +22,7 @@ asked to keep its directory.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import shutil
 import sqlite3
@@ -116,6 +120,7 @@ class DemoResult:
     audit: list[dict[str, Any]] = field(default_factory=list)
     total_ms: float = 0.0
     directory: str = ""
+    ledger: str = "embedded"
     storage: str = "embedded"
     services: str = "in-process"
 
@@ -128,7 +133,7 @@ class DemoResult:
         """The ``--json`` summary."""
         return {
             "ok": self.ok,
-            "backend": {"ledger": "embedded", "storage": self.storage, "services": self.services},
+            "backend": {"ledger": self.ledger, "storage": self.storage, "services": self.services},
             "total_ms": round(self.total_ms, 1),
             "checks": self.checks,
             "steps": [s.to_dict() for s in self.steps],
@@ -200,6 +205,23 @@ def _tamper_log_entry(ledger_dir: Path, requester: str) -> int:
     raise RuntimeError("no denied access decision to tamper with")
 
 
+def _tamper_exported(entries: tuple[dict[str, Any], ...], requester: str) -> tuple[Any, int]:
+    """An exported copy of a trail with one denied decision flipped to "allow" (as someone
+    holding the copy would do). Returns the copy and the tampered entry's sequence number."""
+    out = [dict(e) for e in entries]
+    for entry in out:
+        if entry.get("outcome") == "deny" and entry["detail"].get("requester") == requester:
+            entry["outcome"] = "allow"
+            return tuple(out), int(entry["seq"])
+    raise RuntimeError("no denied access decision to tamper with")
+
+
+def _orderers(consortium: Consortium) -> str:
+    fabric = consortium.profile.fabric
+    n = len(fabric.orderers) if fabric is not None else 0
+    return f"{n} Raft orderer" + ("s" if n != 1 else "")
+
+
 def run_demo(
     directory: str | Path | None = None,
     *,
@@ -208,11 +230,13 @@ def run_demo(
     on_step: StepCallback | None = None,
     keep: bool = False,
     services: str = "in-process",
+    ledger: str = "embedded",
 ) -> DemoResult:
     """Run the story in ``directory`` (a fresh temporary one by default, deleted afterwards
     unless ``keep``). Raises on an unexpected error; a claim that does not hold is a failed
     check in the result, not an exception. With ``services="processes"`` every process the
-    demo started is stopped by pid before it returns (or raises)."""
+    demo started is stopped by pid before it returns (or raises); so is the Fabric network
+    with ``ledger="fabric"`` (it needs the binaries ``make tools`` builds)."""
     story = _Story(on_step)
     tmp = None
     if directory is None:
@@ -222,6 +246,7 @@ def run_demo(
         root = Path(directory)
     story.result.directory = str(root) if keep or tmp is None else ""
     story.result.storage = storage
+    story.result.ledger = ledger
     story.result.services = services
     processes = services == "processes"
     t_start = time.perf_counter()
@@ -237,11 +262,18 @@ def run_demo(
                 threshold=2,
                 services=services,
                 ports=free_loopback_ports(6) if processes else None,
+                ledger=ledger,
             )
             dkg = consortium.dkg_result()
+            where = (
+                "a Fabric channel (one peer per hospital, MSPs from the hospitals' CAs, "
+                f"{_orderers(consortium)})"
+                if ledger == "fabric"
+                else "embedded ledger"
+            )
             s.lines.append(
                 "HospitalA, HospitalB, HospitalC: one CA, one KGC node and one re-encryption "
-                f"proxy each; embedded ledger, {storage} content store"
+                f"proxy each; {where}, {storage} content store"
             )
             s.lines.append(
                 f"DKG finished: threshold 2 of 3, QUAL = {', '.join(dkg['qual'])}; "
@@ -377,7 +409,9 @@ def run_demo(
             )
             story.check("audit_valid", verdict.valid, s)
         with story.step("Nothing readable on the ledger or in the store") as s:
-            blobs = [p for p in (root / "ledger").iterdir() if p.is_file()]
+            ledger_dir = root / ("fabric" if ledger == "fabric" else "ledger")
+            # On Fabric: every peer's and orderer's block files, state and history databases.
+            blobs = [p for p in ledger_dir.rglob("*") if p.is_file()]
             # Service state and logs too: KGC shares, the proxy's re-keys, the process logs.
             blobs += [p for d in ("kgc", "proxy", "run") for p in (root / d).rglob("*")]
             blobs = [p for p in blobs if p.is_file()]
@@ -389,10 +423,21 @@ def run_demo(
                 + ("not found" if not leaked else f"FOUND in {leaked}")
             )
             story.check("no_plaintext_at_rest", not leaked, s)
-        with story.step("Someone edits a log entry in the database; verification catches it") as s:
-            seq = _tamper_log_entry(root / "ledger", baker.ibe_id)
-            s.lines.append(f"entry #{seq} changed from 'deny' to 'allow' directly in SQLite")
-            verdict = alice.verify_audit()
+        if ledger == "fabric":
+            title = "Someone edits an exported copy of the trail; verification catches it"
+        else:
+            title = "Someone edits a log entry in the database; verification catches it"
+        with story.step(title) as s:
+            if ledger == "fabric":
+                # The peers' state is not ours to edit (and every peer keeps its own copy);
+                # what an auditor can be handed is an exported trail.
+                copy, seq = _tamper_exported(trail.entries, baker.ibe_id)
+                s.lines.append(f"entry #{seq} changed from 'deny' to 'allow' in the copy")
+                verdict = alice.verify_audit(trail=dataclasses.replace(trail, entries=copy))
+            else:
+                seq = _tamper_log_entry(root / "ledger", baker.ibe_id)
+                s.lines.append(f"entry #{seq} changed from 'deny' to 'allow' directly in SQLite")
+                verdict = alice.verify_audit()
             s.lines.append(
                 f"verify: {'valid' if verdict.valid else 'INVALID'} — first bad entry "
                 f"#{verdict.first_bad_seq}: {verdict.reason}"
@@ -409,7 +454,13 @@ def run_demo(
                 pid_alive(pid) for pid in started
             )
         if consortium is not None:
+            network = consortium.network
+            fabric_pids = network.pids() if network is not None else []
             consortium.close()
+            if network is not None:
+                story.result.checks["fabric_processes_stopped"] = bool(fabric_pids) and not any(
+                    pid_alive(pid) for pid in fabric_pids
+                )
         if tmp is not None and not keep:
             shutil.rmtree(tmp, ignore_errors=True)
     return story.result

@@ -5,8 +5,10 @@ every KGC node and proxy of the profile as child processes and writes ``run/netw
 pid and the services' pids and addresses) once all of them listen; ``down`` stops that
 supervisor by the pid in the file, which stops its children by pid. A pid is signalled only
 after checking, in ``/proc/<pid>/cmdline``, that it is still this profile's supervisor (pids
-are reused). This module starts and stops processes; it must not touch the ledger, the store or
-any key.
+are reused). With a ``ledger: fabric`` profile whose ``ledger.network`` is a local network
+(:mod:`ehrshare.fabricnet`), ``up`` first starts its orderers, peers and chaincode server and
+``down`` stops them last. This module starts and stops processes; it must not touch the ledger,
+the store or any key.
 """
 
 from __future__ import annotations
@@ -20,9 +22,12 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ehrshare.profile import Profile
+
+if TYPE_CHECKING:
+    from ehrshare.fabricnet import FabricNet
 
 __all__ = ["NetworkControlError", "NetworkState", "network_down", "network_state", "network_up"]
 
@@ -111,12 +116,21 @@ def network_up(profile_path: Path, *, timeout: float = 90.0) -> NetworkState:
     remote = [p for p in prof.proxies if not p.service.embedded] + [
         n for n in prof.kgc_nodes if not n.service.embedded
     ]
-    if not remote:
+    fabric = _fabric_network(prof)
+    if not remote and fabric is None:
         raise NetworkControlError(
             f"profile {profile_path} runs its KGC nodes and proxies in-process: there is nothing "
             "to start (create the consortium with `ehrshare consortium init --services processes`)"
         )
+    if fabric is not None and not fabric.running():
+        try:
+            fabric.start()
+        except Exception as exc:
+            fabric.stop()
+            raise NetworkControlError(f"the Fabric network did not start: {exc}") from None
     current = network_state(profile_path)
+    if not remote:
+        return current
     if current.running:
         return current
     run = _run_dir(profile_path)
@@ -175,8 +189,12 @@ def network_down(profile_path: Path, *, timeout: float = 30.0) -> NetworkState |
     """
     profile_path = profile_path.resolve()
     state = network_state(profile_path)
+    fabric = _fabric_network(Profile.load(profile_path))
     if not state.running:
         state.state_file.unlink(missing_ok=True)
+        if fabric is not None and fabric.running():
+            fabric.stop()
+            return state
         return None
     assert state.supervisor_pid is not None
     pid = state.supervisor_pid
@@ -192,4 +210,15 @@ def network_down(profile_path: Path, *, timeout: float = 30.0) -> NetworkState |
             )
         time.sleep(0.1)
     state.state_file.unlink(missing_ok=True)
+    if fabric is not None:
+        fabric.stop()
     return state
+
+
+def _fabric_network(prof: Profile) -> FabricNet | None:
+    """The local Fabric network a ``ledger: fabric`` profile runs, if it names one."""
+    if prof.fabric is None or prof.fabric.network is None:
+        return None
+    from ehrshare.fabricnet import FabricNet
+
+    return FabricNet.load(prof.fabric.network.parent)

@@ -128,7 +128,11 @@ def _common(profile: Profile, svc: ServiceConfig, what: str) -> tuple[list[str],
     msp = (wallet / "msp-id").read_text(encoding="utf-8").strip()
     args = ["--state-dir", str(state), "--listen", address]
     args += ["--msp-id", msp, "--cert", str(wallet / "cert.pem"), "--key", str(wallet / "key.pem")]
-    args += ["--ledger", str(profile.ledger_path)]
+    if profile.ledger_backend == "fabric":
+        assert profile.path is not None
+        args += ["--profile", str(profile.path)]
+    else:
+        args += ["--ledger", str(profile.ledger_path)]
     args += ["--channel", profile.channel, "--chaincode", profile.chaincode]
     args += ["--tls-cert", str(tls_cert), "--tls-key", str(tls_key)]
     for ca in profile.ca_files:

@@ -5,10 +5,14 @@ are, and how record types map to opaque labels; switching backends is one settin
 a profile are relative to the profile file. A wallet holds one member's certificate, signing key
 and (after enrolment) identity secret key, each secret file with mode 0600.
 
-Backends: ``ledger.backend`` is ``embedded`` (the default); ``fabric`` is recognised but refused
-with :class:`BackendUnavailable` — no Fabric peer can be built on this machine, so the Gateway
-client (:mod:`ehrshare.ledger.fabric`) has never run against one and is not offered to users.
-``storage.backend`` is ``embedded`` or ``kubo`` (a real Kubo RPC URL), independent of the ledger.
+Backends: ``ledger.backend`` is ``embedded`` (the default: a directory, ``ledger.path``) or
+``fabric``: a Fabric channel reached through its peers and orderers (``ledger.peers`` and
+``ledger.orderers``, each with ``address``, ``tls_ca`` — the PEM file of the CA that issued its TLS
+server certificate — and optionally ``server_name``; peers also name their ``msp``),
+``ledger.endorsers`` (how many organisations' peers endorse a transaction; default all) and
+optionally ``ledger.network``, the directory of the local Fabric network this consortium runs
+(:mod:`ehrshare.fabricnet`; ``ehrshare network up`` starts it). ``storage.backend`` is
+``embedded`` or ``kubo`` (a real Kubo RPC URL), independent of the ledger.
 
 Proxies: one re-encryption proxy per hospital, listed under ``proxies:`` (each with a ``name``,
 its hospital's ``msp`` and optionally ``id``, the ledger identity grants name it by; without
@@ -53,6 +57,8 @@ __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",
     "PASSPHRASE_ENV",
     "BackendUnavailable",
+    "FabricEndpoint",
+    "FabricLedger",
     "KgcNodeConfig",
     "Profile",
     "ProfileError",
@@ -68,12 +74,6 @@ __all__ = [
 DEFAULT_MAX_RECORD_BYTES: Final = 32 * 1024 * 1024
 PROFILE_VERSION: Final = 1
 PASSPHRASE_ENV: Final = "EHRSHARE_WALLET_PASSPHRASE"  # noqa: S105 - a variable name
-FABRIC_UNAVAILABLE: Final = (
-    "the Fabric ledger backend is not available yet on this machine (the Go module proxy refuses "
-    "hyperledger/fabric, so no peer can be built, and the Fabric Gateway client and chaincode "
-    "server have been tested only against fakes); use "
-    "'ledger: {backend: embedded}' — it runs the same chaincode"
-)
 
 
 class ProfileError(ValueError):
@@ -135,6 +135,28 @@ class ProxyConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class FabricEndpoint:
+    """A peer or an orderer: its gRPC address, the CA file its TLS certificate chains to, the
+    name to check that certificate against, and (peers) the organisation it belongs to."""
+
+    address: str
+    tls_ca: Path
+    server_name: str | None = None
+    msp_id: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class FabricLedger:
+    """A Fabric channel's endpoints: ``endorsers`` organisations' peers endorse each
+    transaction (None: every listed peer); ``network`` is the local network's directory."""
+
+    peers: tuple[FabricEndpoint, ...]
+    orderers: tuple[FabricEndpoint, ...]
+    endorsers: int | None = None
+    network: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     """A parsed profile; build it with :meth:`load` (or :meth:`from_dict` in tests)."""
 
@@ -158,6 +180,8 @@ class Profile:
     max_record_bytes: int
     wallets: Path
     ca_files: tuple[Path, ...] = ()
+    ledger_backend: str = "embedded"
+    fabric: FabricLedger | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -214,11 +238,10 @@ class Profile:
 
         ledger = section("ledger")
         backend = ledger.get("backend", "embedded")
-        if backend == "fabric":
-            raise BackendUnavailable(f"{where}: {FABRIC_UNAVAILABLE}")
-        if backend != "embedded":
-            raise fail("ledger.backend", f"is {backend!r}; use embedded (or fabric, later)")
+        if backend not in ("embedded", "fabric"):
+            raise fail("ledger.backend", f"is {backend!r}; use embedded or fabric")
         ledger_path = rel(ledger.get("path", "ledger"), "ledger.path")
+        fabric = _fabric(ledger, rel, fail) if backend == "fabric" else None
 
         storage = section("storage")
         s_backend = storage.get("backend", "embedded")
@@ -309,6 +332,8 @@ class Profile:
             max_record_bytes=max_bytes,
             wallets=rel(data.get("wallets", "wallets"), "wallets"),
             ca_files=ca_files,
+            ledger_backend=backend,
+            fabric=fabric,
             raw=dict(data),
         )
 
@@ -333,6 +358,47 @@ class Profile:
         if candidate.is_absolute() or os.sep in name:
             return Wallet(candidate)
         return Wallet(self.wallets / name)
+
+
+def _fabric(ledger: Mapping[str, Any], rel: Any, fail: Any) -> FabricLedger:
+    def endpoints(key: str, *, peers: bool) -> tuple[FabricEndpoint, ...]:
+        raw = ledger.get(key)
+        if not isinstance(raw, list) or not raw:
+            raise fail(f"ledger.{key}", "must list at least one endpoint (address, tls_ca)")
+        out = []
+        for i, entry in enumerate(raw):
+            where = f"ledger.{key}[{i}]"
+            if not isinstance(entry, Mapping):
+                raise fail(where, "must be a mapping")
+            address = entry.get("address")
+            host, _, port = str(address).rpartition(":")
+            if not isinstance(address, str) or not host or not port.isdigit():
+                raise fail(f"{where}.address", f"{address!r} is not host:port")
+            if "tls_ca" not in entry:
+                raise fail(where, "needs tls_ca (the PEM file of its TLS server certificate's CA)")
+            server_name = entry.get("server_name")
+            if server_name is not None and (not isinstance(server_name, str) or not server_name):
+                raise fail(f"{where}.server_name", "must be a non-empty string")
+            msp = entry.get("msp", "")
+            if peers and (not isinstance(msp, str) or not msp):
+                raise fail(f"{where}.msp", "must name the peer's organisation (its MSP id)")
+            out.append(
+                FabricEndpoint(address, rel(entry["tls_ca"], f"{where}.tls_ca"), server_name, msp)
+            )
+        return tuple(out)
+
+    peer_list = endpoints("peers", peers=True)
+    endorsers = ledger.get("endorsers")
+    orgs = len({p.msp_id for p in peer_list})
+    if endorsers is not None and (not isinstance(endorsers, int) or not 1 <= endorsers <= orgs):
+        raise fail("ledger.endorsers", f"must be an integer between 1 and {orgs} (the peers' orgs)")
+    network = ledger.get("network")
+    return FabricLedger(
+        peers=peer_list,
+        orderers=endpoints("orderers", peers=False),
+        endorsers=endorsers,
+        network=rel(network, "ledger.network") if network is not None else None,
+    )
 
 
 def _proxies(data: Mapping[str, Any], section: Any, rel: Any, fail: Any) -> tuple[ProxyConfig, ...]:

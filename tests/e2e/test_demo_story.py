@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -66,10 +67,13 @@ def test_demo_cli_json_summary() -> None:
     }
 
 
-def test_demo_cli_refuses_fabric() -> None:
+def test_demo_on_fabric_without_the_binaries_says_make_tools(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EHRSHARE_FABRIC_BIN", str(tmp_path / "no-fabric"))
     result = CliRunner().invoke(app, ["demo", "--backend", "fabric"])
     assert result.exit_code == 3
-    assert "not available yet on this machine" in result.output
+    assert "make tools" in result.output
 
 
 @pytest.mark.ipfs

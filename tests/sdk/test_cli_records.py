@@ -58,10 +58,13 @@ def test_init_refuses_an_existing_consortium(world: dict[str, str]) -> None:
     assert "already holds a consortium" in result.output
 
 
-def test_init_refuses_fabric(tmp_path: Path) -> None:
+def test_init_on_fabric_without_the_binaries_says_make_tools(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EHRSHARE_FABRIC_BIN", str(tmp_path / "no-fabric"))
     result = runner.invoke(app, ["consortium", "init", str(tmp_path / "x"), "--ledger", "fabric"])
     assert result.exit_code == 3
-    assert "Fabric ledger backend is not available yet" in result.output
+    assert "make tools" in result.output and "no-fabric" in result.output
     assert not (tmp_path / "x").exists()
 
 
@@ -170,7 +173,8 @@ def test_help_explains_exit_codes() -> None:
 
 def test_network_status(world: dict[str, str], tmp_path: Path) -> None:
     status = run_json("network", "status", "-p", world["profile"])
-    assert status["fabric"]["available"] is False  # type: ignore[index]
+    assert status["fabric"]["available"] in (True, False)  # type: ignore[index]
+    assert status["ledger"]["backend"] == "embedded"  # type: ignore[index]
     assert status["ledger"]["height"] > 0  # type: ignore[index]
     assert status["ledger"]["organizations"] == [  # type: ignore[index]
         "HospitalAMSP",

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ehrshare.identity import LocalCA
-from ehrshare.profile import BackendUnavailable, Profile, ProfileError, Wallet, WalletError
+from ehrshare.profile import Profile, ProfileError, Wallet, WalletError
 
 
 def base() -> dict[str, Any]:
@@ -53,11 +53,58 @@ def test_relative_paths_resolve_against_the_profile(tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.parametrize("ledger", ["fabric", {"backend": "fabric", "peers": ["x:7051"]}])
-def test_fabric_ledger_is_refused_clearly(tmp_path: Path, ledger: Any) -> None:
+def fabric_ledger() -> dict[str, Any]:
+    return {
+        "backend": "fabric",
+        "peers": [
+            {"address": f"127.0.0.1:{7100 + i}", "msp": f"H{i}MSP", "tls_ca": f"tls/p{i}.pem"}
+            for i in range(3)
+        ],
+        "orderers": [
+            {"address": "127.0.0.1:7200", "tls_ca": "tls/o.pem", "server_name": "orderer0"}
+        ],
+        "endorsers": 2,
+        "network": "fabric",
+    }
+
+
+def test_a_fabric_ledger_names_its_peers_and_orderers(tmp_path: Path) -> None:
     data = base()
-    data["ledger"] = ledger
-    with pytest.raises(BackendUnavailable, match="Fabric ledger backend is not available yet"):
+    data["ledger"] = fabric_ledger()
+    p = load(tmp_path, data)
+    assert p.ledger_backend == "fabric" and p.fabric is not None
+    assert [(e.address, e.msp_id) for e in p.fabric.peers] == [
+        ("127.0.0.1:7100", "H0MSP"),
+        ("127.0.0.1:7101", "H1MSP"),
+        ("127.0.0.1:7102", "H2MSP"),
+    ]
+    assert p.fabric.peers[1].tls_ca == tmp_path.resolve() / "tls/p1.pem"
+    assert p.fabric.orderers[0].server_name == "orderer0"
+    assert (p.fabric.endorsers, p.fabric.network) == (2, tmp_path.resolve() / "fabric")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.update(backend="besu"), "ledger.backend is 'besu'; use embedded or fabric"),
+        (lambda d: d.pop("peers"), "ledger.peers must list at least one endpoint"),
+        (lambda d: d.update(peers=["x:7051"]), r"ledger.peers\[0\] must be a mapping"),
+        (lambda d: d["peers"][0].pop("msp"), r"ledger.peers\[0\].msp must name the peer's"),
+        (lambda d: d["orderers"][0].pop("tls_ca"), r"ledger.orderers\[0\] needs tls_ca"),
+        (
+            lambda d: d["orderers"][0].update(address="nohost"),
+            r"ledger.orderers\[0\].address 'nohost' is not host:port",
+        ),
+        (lambda d: d.update(endorsers=4), "ledger.endorsers must be an integer between 1 and 3"),
+    ],
+)
+def test_a_wrong_fabric_ledger_is_refused_naming_the_key(
+    tmp_path: Path, change: Any, message: str
+) -> None:
+    data = base()
+    data["ledger"] = fabric_ledger()
+    change(data["ledger"])
+    with pytest.raises(ProfileError, match=message):
         load(tmp_path, data)
 
 

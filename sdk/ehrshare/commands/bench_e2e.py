@@ -1,10 +1,11 @@
-"""``ehrshare bench e2e``: SDK-level latency on the embedded backend, end to end.
+"""``ehrshare bench e2e``: SDK-level latency on the embedded backend or on Fabric, end to end.
 
 Each operation runs through the whole stack a hospital app uses — FHIR validation, AES-256-GCM,
-MH-TIPRE, the content store with read-back verification, signed proposals to the embedded ledger
-running the real chaincode, the KGC nodes and the hospitals' re-encryption proxies (in-process,
-or with ``--services processes`` as ``ehrshare kgc serve`` / ``proxy serve`` processes over gRPC
-and mutual TLS):
+MH-TIPRE, the content store with read-back verification, signed proposals to the ledger running
+the real chaincode (the embedded ledger, or with ``--backend fabric`` a Fabric v2.1 network built
+for the run: one peer per hospital, a Raft orderer, MAJORITY endorsement), the KGC nodes and
+the hospitals' re-encryption proxies (in-process, or with ``--services processes`` as
+``ehrshare kgc serve`` / ``proxy serve`` processes over gRPC and mutual TLS):
 ``put_record`` with ~10 KB and ~10 MB FHIR payloads, ``grant`` (re-key made, sealed and stored at
 the grantee's hospital proxy), ``read_record`` at the first hop (one re-encryption) and at the
 third hop (a chain of three grants whose re-keys sit at hospitals B, C and A's proxies: three
@@ -32,6 +33,7 @@ from rich.table import Table
 from ehrshare.benchutil import machine_metadata, percentile, time_calls
 from ehrshare.consortium import Consortium
 from ehrshare.processes import ServiceProcesses, free_loopback_ports
+from ehrshare.profile import BackendUnavailable
 
 __all__ = ["binary_resource", "register", "run_e2e_bench"]
 
@@ -64,8 +66,10 @@ def run_e2e_bench(
     directory: Path | None = None,
     progress: Callable[[str], None] | None = None,
     services: str = "in-process",
+    ledger: str = "embedded",
 ) -> dict[str, Any]:
-    """Run the benchmark in a fresh consortium; returns the JSON-able result."""
+    """Run the benchmark in a fresh consortium; returns the JSON-able result. With
+    ``ledger="fabric"`` the consortium's Fabric network is stopped (by pid) at the end."""
     say = progress or (lambda _m: None)
     processes = services == "processes"
     with tempfile.TemporaryDirectory(prefix="ehrshare-bench-", dir=directory) as tmp:
@@ -74,7 +78,10 @@ def run_e2e_bench(
             Path(tmp) / "c",
             services=services,
             ports=free_loopback_ports(6) if processes else None,
+            ledger=ledger,
+            progress=say,
         )
+        fabric = c.profile.fabric
         procs = (
             ServiceProcesses(c.profile, Path(tmp) / "run", die_with_parent=True)
             if processes
@@ -139,9 +146,17 @@ def run_e2e_bench(
             if procs is not None:
                 procs.stop_all()
             c.close()
+    backend: dict[str, Any] = {"ledger": ledger, "storage": "embedded", "services": services}
+    if fabric is not None:
+        backend["fabric"] = {
+            "version": "v2.1.1",
+            "peers": len(fabric.peers),
+            "orderers": len(fabric.orderers),
+            "endorsers": fabric.endorsers,
+        }
     return {
         "benchmark": "e2e",
-        "backend": {"ledger": "embedded", "storage": "embedded", "services": services},
+        "backend": backend,
         "params": {
             "repeat": repeat,
             "repeat_large": repeat_large,
@@ -172,27 +187,43 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "--services",
             help="in-process, or processes (KGC nodes and proxies as gRPC/TLS processes).",
         ),
+        backend: str = typer.Option(
+            "embedded",
+            "--backend",
+            help="Ledger: embedded, or fabric (a Fabric v2.1 network built for the run on "
+            "127.0.0.1 and stopped afterwards; needs 'make tools').",
+        ),
     ) -> None:
         """p50/p95 of put_record (10 KB, 10 MB), grant and read_record (hop 1, hop 3) on the
-        embedded backend, through the whole SDK."""
+        embedded backend or on Fabric, through the whole SDK."""
         err = Console(stderr=True, quiet=json_only)
         if services not in ("in-process", "processes"):
             Console(stderr=True).print(
                 f"[red]error:[/red] --services {services!r} is not in-process or processes"
             )
             raise typer.Exit(2)
-        result = run_e2e_bench(
-            repeat=repeat,
-            repeat_large=repeat_large,
-            warmup=warmup,
-            large_bytes=large_bytes,
-            progress=lambda m: err.log(f"bench e2e: {m}"),
-            services=services,
-        )
+        if backend not in ("embedded", "fabric"):
+            Console(stderr=True).print(
+                f"[red]error:[/red] --backend {backend!r} is not embedded or fabric"
+            )
+            raise typer.Exit(2)
+        try:
+            result = run_e2e_bench(
+                repeat=repeat,
+                repeat_large=repeat_large,
+                warmup=warmup,
+                large_bytes=large_bytes,
+                progress=lambda m: err.log(f"bench e2e: {m}"),
+                services=services,
+                ledger=backend,
+            )
+        except BackendUnavailable as exc:
+            Console(stderr=True).print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            raise typer.Exit(3) from None
         if json_only:
             typer.echo(json.dumps(result, indent=2))
             return
-        table = Table(title=f"ehrshare bench e2e (embedded backend, services {services}, ms)")
+        table = Table(title=f"ehrshare bench e2e ({backend} ledger, services {services}, ms)")
         table.add_column("operation")
         table.add_column("p50", justify="right")
         table.add_column("p95", justify="right")

@@ -212,6 +212,24 @@ def _expiry(days: float | None, until: str | None) -> _dt.datetime | _dt.timedel
     return _dt.timedelta(days=days)
 
 
+def _fabric_status(prof: Any) -> dict[str, Any]:
+    """A ``ledger: fabric`` profile's endpoints, and whether its local network runs."""
+    fab = prof.fabric
+    out: dict[str, Any] = {
+        "backend": "fabric",
+        "channel": prof.channel,
+        "peers": [{"address": p.address, "msp": p.msp_id} for p in fab.peers],
+        "orderers": [{"address": o.address} for o in fab.orderers],
+        "endorsers": fab.endorsers,
+    }
+    if fab.network is not None:
+        from ehrshare.fabricnet import FabricNet
+
+        out["network"] = str(fab.network)
+        out["running"] = FabricNet.load(fab.network.parent).running()
+    return out
+
+
 def _fmt_time(ts: int) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
@@ -301,25 +319,38 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     @network_app.command("status", epilog=_EXIT_HELP)
     def network_status(profile: ProfileOpt = "", as_json: JsonOpt = False) -> None:
-        """Say which backends the profile uses and whether they answer; Fabric is reported as
-        unavailable (it cannot be built here). Exit code 4 if the content store is down."""
+        """Say which backends the profile uses and whether they answer, and whether this
+        machine has the Fabric binaries. Exit code 4 if the content store or the profile's
+        local Fabric network is down."""
+        from ehrshare.fabricnet import fabric_bin_dir
         from ehrshare.ledger.store import EmbeddedLedger
-        from ehrshare.profile import FABRIC_UNAVAILABLE, Profile
+        from ehrshare.profile import Profile
         from ehrshare.storage import KuboClient
 
-        status: dict[str, Any] = {"fabric": {"available": False, "reason": FABRIC_UNAVAILABLE}}
-        store_ok = True
+        bin_dir = fabric_bin_dir()
+        status: dict[str, Any] = {
+            "fabric": {
+                "available": (bin_dir / "peer").is_file(),
+                "bin_dir": str(bin_dir),
+                "version": "v2.1.1 (the newest the Go module proxy serves here)",
+            }
+        }
+        store_ok = ledger_ok = True
         if profile or Path("profile.yaml").is_file():
             with _errors():
                 path = Path(_profile_path(profile))
                 prof = Profile.load(path / "profile.yaml" if path.is_dir() else path)
-                with EmbeddedLedger.open(prof.ledger_path, channel=prof.channel) as ledger:
-                    status["ledger"] = {
-                        "backend": "embedded",
-                        "path": str(prof.ledger_path),
-                        "height": ledger.height(),
-                        "organizations": sorted(ledger.organizations()),
-                    }
+                if prof.fabric is not None:
+                    status["ledger"] = _fabric_status(prof)
+                    ledger_ok = bool(status["ledger"].get("running", True))
+                else:
+                    with EmbeddedLedger.open(prof.ledger_path, channel=prof.channel) as ledger:
+                        status["ledger"] = {
+                            "backend": "embedded",
+                            "path": str(prof.ledger_path),
+                            "height": ledger.height(),
+                            "organizations": sorted(ledger.organizations()),
+                        }
             if prof.storage_backend == "kubo":
                 assert prof.storage_url is not None
                 try:
@@ -356,14 +387,35 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if as_json:
             _emit(status)
         else:
-            _err.print(f"[yellow]fabric:[/yellow] {FABRIC_UNAVAILABLE}", soft_wrap=True)
+            fab = status["fabric"]
+            _err.print(
+                f"fabric binaries: {'found' if fab['available'] else 'missing'} in "
+                f"{fab['bin_dir']} ({fab['version']})"
+                + ("" if fab["available"] else "; run 'make tools'"),
+                soft_wrap=True,
+            )
             if "ledger" in status:
                 led = status["ledger"]
-                _err.print(
-                    f"ledger: embedded at {led['path']}, height {led['height']}, "
-                    f"organisations {', '.join(led['organizations'])}",
-                    soft_wrap=True,
-                )
+                if led["backend"] == "fabric":
+                    running = led.get("running")
+                    _err.print(
+                        f"ledger: Fabric channel {led['channel']}, peers "
+                        + ", ".join(f"{p['address']} ({p['msp']})" for p in led["peers"])
+                        + ", orderers "
+                        + ", ".join(o["address"] for o in led["orderers"])
+                        + (
+                            ""
+                            if running is None
+                            else ("; local network up" if running else "; local network DOWN")
+                        ),
+                        soft_wrap=True,
+                    )
+                else:
+                    _err.print(
+                        f"ledger: embedded at {led['path']}, height {led['height']}, "
+                        f"organisations {', '.join(led['organizations'])}",
+                        soft_wrap=True,
+                    )
                 st = status["storage"]
                 where = st.get("url") or st.get("path")
                 state = (
@@ -386,7 +438,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     else "services (network up): not running",
                     soft_wrap=True,
                 )
-        if not store_ok:
+        if not store_ok or not ledger_ok:
             raise typer.Exit(EXIT_UNAVAILABLE)
 
     # --- consortium ---------------------------------------------------------------------------
@@ -405,8 +457,16 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "http://127.0.0.1:5001"
         ),
         ledger: Annotated[
-            str, typer.Option(help="Ledger: embedded (fabric is not available yet).")
+            str,
+            typer.Option(
+                help="Ledger: embedded, or fabric (builds and starts a Fabric v2.1 network on "
+                "127.0.0.1 from the hospitals' CAs: one peer each, Raft orderers; needs "
+                "'make tools'; stopped when init ends, started again by 'network up')."
+            ),
         ] = "embedded",
+        orderers: Annotated[
+            int, typer.Option(help="With --ledger fabric: Raft orderers (1 or 3).", min=1)
+        ] = 1,
         services: Annotated[
             str,
             typer.Option(
@@ -427,7 +487,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         Then: 'ehrshare consortium add-member alice --hospital HospitalA --role patient -p DIR'.
         """
-        from ehrshare.consortium import Consortium
+        from ehrshare.consortium import Consortium, FabricOptions
 
         names = [h.strip() for h in hospitals.split(",") if h.strip()]
         port_list: list[int] | None = None
@@ -447,6 +507,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 services=services,
                 ports=port_list,
                 progress=say,
+                fabric=FabricOptions(orderers=orderers) if ledger == "fabric" else None,
             )
             try:
                 dkg = c.dkg_result()

@@ -6,8 +6,9 @@ SIGTERM or SIGINT, then stops cleanly (in-flight calls get two seconds). Logs go
 stderr says where it listens and where it logs. ``keygen`` writes a node/proxy key file and
 ``tls-cert`` issues a server certificate from an organisation's local CA directory.
 
-The ledger is the embedded backend (``--ledger`` directory shared with the other processes); the
-Fabric Gateway backend plugs in the same way once it exists. This module only parses options and
+The ledger is either an embedded ledger directory shared with the other processes (``--ledger``)
+or the ledger a profile names (``--profile``: its embedded directory, or its Fabric peers and
+orderers). This module only parses options and
 wires objects; the services live in :mod:`ehrshare.services`.
 """
 
@@ -31,8 +32,9 @@ from rich.console import Console
 from ehrshare.commands.kgc_dkg import register_dkg
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
+from ehrshare.ledger import api
 from ehrshare.ledger.api import Contract
-from ehrshare.ledger.embedded import EmbeddedGateway, connect
+from ehrshare.ledger.embedded import connect
 from ehrshare.ledger.errors import LedgerError
 from ehrshare.ledger.store import DEFAULT_MAX_CLOCK_SKEW_S
 from ehrshare.services.kgc import DkgFollower, KgcNode
@@ -68,10 +70,23 @@ def _setup_logging(log_file: Path) -> None:
     log_file.chmod(0o600)
 
 
-def _gateway(msp_id: str, cert: Path, key: Path, ledger: Path) -> EmbeddedGateway:
-    identity = Identity(msp_id, cert.read_bytes())
-    signer = Signer.from_secret_bytes(read_key_file(key))
-    return connect(identity, signer, ledger)
+def _gateway(opts: ServeOptions) -> tuple[api.Gateway, Callable[[], None]]:
+    """A gateway on the ledger the options name, and what closes everything it opened."""
+    identity = Identity(opts.msp_id, opts.cert.read_bytes())
+    signer = Signer.from_secret_bytes(read_key_file(opts.key))
+    if (opts.ledger is None) == (opts.profile is None):
+        raise _fail("give the ledger as either --ledger <embedded dir> or --profile <file>")
+    if opts.ledger is not None:
+        gateway = connect(identity, signer, opts.ledger)
+        return gateway, gateway.close
+    from ehrshare.ledgers import open_ledger
+    from ehrshare.profile import Profile, ProfileError
+
+    try:
+        backend = open_ledger(Profile.load(opts.profile or Path()))
+    except ProfileError as exc:
+        raise _fail(str(exc)) from None
+    return backend.connect(identity, signer), backend.close
 
 
 def _server_tls(tls_cert: Path, tls_key: Path, client_cas: list[Path]) -> ServerTls:
@@ -106,7 +121,11 @@ CertOpt = Annotated[
 KeyOpt = Annotated[
     Path, typer.Option("--key", help="PEM private key of that identity (mode 0600).")
 ]
-LedgerOpt = Annotated[Path, typer.Option("--ledger", help="Embedded ledger directory.")]
+LedgerOpt = Annotated[Path | None, typer.Option("--ledger", help="Embedded ledger directory.")]
+ProfileOpt = Annotated[
+    Path | None,
+    typer.Option("--profile", help="Use the ledger this profile names (embedded or Fabric)."),
+]
 ChannelOpt = Annotated[str, typer.Option("--channel", help="Channel name.")]
 ChaincodeOpt = Annotated[str, typer.Option("--chaincode", help="Chaincode name.")]
 TlsCertOpt = Annotated[
@@ -156,7 +175,8 @@ class ServeOptions:
     msp_id: MspOpt
     cert: CertOpt
     key: KeyOpt
-    ledger: LedgerOpt
+    ledger: LedgerOpt = None
+    profile: ProfileOpt = None
     channel: ChannelOpt = "ehrshare"
     chaincode: ChaincodeOpt = "ehrshare"
     tls_cert: TlsCertOpt
@@ -221,14 +241,14 @@ def _run_service(
     *,
     log_name: str,
     label: str,
-    start: Callable[[EmbeddedGateway, Contract, ServerTls], _Started],
+    start: Callable[[api.Gateway, Contract, ServerTls], _Started],
 ) -> None:
     """Log to the state directory, open the ledger, start the server, serve until a signal."""
     log_path = opts.log_file or opts.state_dir / log_name
     opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     _setup_logging(log_path)
     tls = _server_tls(opts.tls_cert, opts.tls_key, opts.client_ca)
-    gateway = _gateway(opts.msp_id, opts.cert, opts.key, opts.ledger)
+    gateway, close_ledger = _gateway(opts)
     try:
         started = start(gateway, _contract(gateway, opts.channel, opts.chaincode), tls)
         host = opts.listen.rsplit(":", 1)[0]
@@ -239,7 +259,7 @@ def _run_service(
         started.server.stop(2.0).wait()
         started.stop()
     finally:
-        gateway.close()
+        close_ledger()
 
 
 def _keygen(out: Path, secret: bytes, public_hex: str) -> None:
@@ -250,7 +270,7 @@ def _keygen(out: Path, secret: bytes, public_hex: str) -> None:
     typer.echo(public_hex)
 
 
-def _contract(gateway: EmbeddedGateway, channel: str, chaincode: str) -> Contract:
+def _contract(gateway: api.Gateway, channel: str, chaincode: str) -> Contract:
     return gateway.get_network(channel).get_contract(chaincode)
 
 
@@ -320,7 +340,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Serve a KGC node until SIGTERM (and take part in DKG sessions that name it)."""
         node_key = KGCNodeKey.from_secret_bytes(_key_outside_state(node_key_file, opts.state_dir))
 
-        def start(gateway: EmbeddedGateway, contract: Contract, tls: ServerTls) -> _Started:
+        def start(gateway: api.Gateway, contract: Contract, tls: ServerTls) -> _Started:
             node = KgcNode(
                 index=index,
                 node_key=node_key,
@@ -379,7 +399,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Serve a re-encryption proxy until SIGTERM."""
         proxy_key = X25519KeyPair.from_secret_bytes(_key_outside_state(key_file, opts.state_dir))
 
-        def start(gateway: EmbeddedGateway, contract: Contract, tls: ServerTls) -> _Started:
+        def start(gateway: api.Gateway, contract: Contract, tls: ServerTls) -> _Started:
             proxy = ReencryptionProxy(
                 state_dir=opts.state_dir,
                 contract=contract,

@@ -1,0 +1,156 @@
+"""The ledger a profile names, opened once per process: gateways per identity on top of it.
+
+The SDK talks to a ledger only through :mod:`ehrshare.ledger.api`; this module is the one place
+that turns a profile's ``ledger:`` section into something that hands out those gateways:
+
+- ``embedded``: one :class:`~ehrshare.ledger.store.EmbeddedLedger` directory, shared by every
+  gateway of the process (and by other processes through its file lock); it can also verify its
+  own block and history integrity, which :meth:`LedgerBackend.verify` exposes.
+- ``fabric``: a Fabric channel reached through its peers and orderers
+  (:func:`ehrshare.ledger.peer.connect`: the client endorses on the peers, broadcasts to an
+  orderer and waits for the commit on a peer's Deliver stream). Each gateway owns its gRPC
+  channels; :meth:`LedgerBackend.close` closes every gateway this backend opened. Integrity is the
+  peers' business (block hashes, endorsement and MVCC validation), so :meth:`verify` is None.
+
+It must not read wallets or keys (callers pass an identity and a signer) and must not log
+transaction arguments.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from ehrshare.identity import Identity, Signer
+from ehrshare.ledger import api
+from ehrshare.profile import FabricEndpoint, Profile, ProfileError
+
+__all__ = ["EmbeddedBackend", "FabricBackend", "LedgerBackend", "open_ledger"]
+
+_log = logging.getLogger(__name__)
+
+Clock = Callable[[], int]
+
+
+class LedgerBackend(Protocol):
+    """Hands out gateways for identities on one ledger; closing it closes them all."""
+
+    kind: str
+
+    def connect(self, identity: Identity, signer: Signer) -> api.Gateway:
+        """A gateway acting as ``identity`` (close it, or let :meth:`close` do it)."""
+        ...
+
+    @property
+    def verify(self) -> Callable[[], dict[str, Any]] | None:
+        """The ledger's own integrity check, where the backend has one."""
+        ...
+
+    def close(self) -> None:
+        """Close the ledger and every gateway opened from it."""
+        ...
+
+
+class EmbeddedBackend:
+    """An embedded ledger directory (see :mod:`ehrshare.ledger.store`)."""
+
+    kind = "embedded"
+
+    def __init__(self, directory: Path, *, channel: str, clock: Clock | None) -> None:
+        from ehrshare.ledger.store import EmbeddedLedger
+
+        self.ledger = EmbeddedLedger.open(directory, channel=channel, clock=clock)
+        self._clock = clock
+
+    def connect(self, identity: Identity, signer: Signer) -> api.Gateway:
+        """A gateway on the shared ledger (nothing to close per gateway)."""
+        from ehrshare.ledger.embedded import connect
+
+        return connect(identity, signer, self.ledger, clock=self._clock)
+
+    @property
+    def verify(self) -> Callable[[], dict[str, Any]] | None:
+        """Block chain, transaction hashes and state against a replay of the history."""
+        return self.ledger.verify
+
+    def close(self) -> None:
+        """Close the ledger."""
+        self.ledger.close()
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ProfileError(f"{what}: TLS CA file {path} cannot be read ({exc.strerror})") from None
+
+
+class FabricBackend:
+    """A Fabric channel through the profile's peers and orderers."""
+
+    kind = "fabric"
+
+    def __init__(self, profile: Profile, *, clock: Clock | None) -> None:
+        from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint
+
+        cfg = profile.fabric
+        assert cfg is not None
+
+        def peer(e: FabricEndpoint) -> PeerEndpoint:
+            return PeerEndpoint(e.address, e.msp_id, _read(e.tls_ca, e.address), e.server_name)
+
+        def orderer(e: FabricEndpoint) -> OrdererEndpoint:
+            return OrdererEndpoint(e.address, _read(e.tls_ca, e.address), e.server_name)
+
+        self.peers = tuple(peer(p) for p in cfg.peers)
+        self.orderers = tuple(orderer(o) for o in cfg.orderers)
+        self.endorsers = cfg.endorsers
+        self._clock = clock
+        self._open: list[api.Gateway] = []
+        self._lock = threading.Lock()
+
+    def connect(self, identity: Identity, signer: Signer) -> api.Gateway:
+        """A gateway with its own gRPC channels to the peers and orderers."""
+        from ehrshare.ledger.peer import connect
+
+        gateway = connect(
+            identity,
+            signer,
+            peers=self.peers,
+            orderers=self.orderers,
+            endorsers=self.endorsers,
+            clock=self._clock,
+        )
+        with self._lock:
+            self._open.append(gateway)
+        return gateway
+
+    @property
+    def verify(self) -> Callable[[], dict[str, Any]] | None:
+        """None: the peers validate blocks themselves; the SDK cannot re-check them."""
+        return None
+
+    def close(self) -> None:
+        """Close every gateway opened here."""
+        with self._lock:
+            gateways, self._open = self._open, []
+        for gateway in gateways:
+            try:
+                gateway.close()
+            except Exception as exc:
+                _log.warning("closing a Fabric gateway: %s", exc)
+
+
+def open_ledger(profile: Profile, *, clock: Clock | None = None) -> LedgerBackend:
+    """The ledger ``profile`` names (its ``ledger.backend``)."""
+    if profile.ledger_backend == "fabric":
+        return FabricBackend(profile, clock=clock)
+    if not profile.ledger_path.exists():
+        raise ProfileError(
+            f"ledger directory {profile.ledger_path} does not exist; create a consortium with "
+            "'ehrshare consortium init'"
+        )
+    return EmbeddedBackend(profile.ledger_path, channel=profile.channel, clock=clock)

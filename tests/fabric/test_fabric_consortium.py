@@ -1,0 +1,180 @@
+"""The SDK on a real Fabric network: the demo story, `network up|down` with the CLI, bench e2e.
+
+Each test builds a Fabric v2.1.1 network for a fresh consortium (`Consortium.init(ledger=
+"fabric")`: MSPs from the hospitals' own CAs, one peer per hospital, a Raft orderer, our chaincode
+as a ccaas server; all on free loopback ports) and checks every process it started is gone by pid
+at the end. Needs the binaries `make tools` builds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from ehrshare.commands.bench_e2e import run_e2e_bench
+from ehrshare.consortium import Consortium
+from ehrshare.demo import run_demo
+from ehrshare.processes import free_loopback_ports, pid_alive
+
+pytestmark = [pytest.mark.fabric, pytest.mark.slow]
+
+STORY_CHECKS = {
+    "grant_at_b_proxy",
+    "forward_at_c_proxy",
+    "hop1_read_lab",
+    "hop2_read_lab",
+    "imaging_denied",
+    "denied_after_revoke",
+    "forward_denied_after_revoke",
+    "audit_valid",
+    "no_plaintext_at_rest",
+    "tamper_detected",
+    "fabric_processes_stopped",
+}
+
+
+def _wait_dead(pids: list[int], seconds: float = 30.0) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and any(pid_alive(p) for p in pids):
+        time.sleep(0.1)
+    return [p for p in pids if pid_alive(p)]
+
+
+def test_the_demo_story_holds_on_a_real_fabric_network(tmp_path: Path) -> None:
+    result = run_demo(tmp_path / "c", ledger="fabric", keep=True)
+    failed = {k for k, v in result.checks.items() if not v}
+    assert set(result.checks) == STORY_CHECKS and not failed, result.to_dict()
+    assert result.to_dict()["backend"]["ledger"] == "fabric"
+    # The same operation log as on the embedded ledger: hop 1 at B's proxy; hop 2 at B then C.
+    reports = [e["detail"] for e in result.audit if e["action"] == "ReportReencryption"]
+    assert [(r["proxy"], r["applied"]) for r in reports] == [
+        ("HospitalBMSP/proxy", 1),
+        ("HospitalBMSP/proxy", 1),
+        ("HospitalCMSP/proxy", 2),
+    ]
+    assert [e["outcome"] for e in result.audit if e["action"] == "AccessDecision"] == [
+        "allow",
+        "allow",
+        "deny",
+        "deny",
+        "deny",
+    ]
+    # The ledger the story ran on is the peers' (block files under fabric/), not an embedded one.
+    root = tmp_path / "c"
+    assert not (root / "ledger").exists()
+    assert any(p.name.startswith("blockfile") for p in (root / "fabric").rglob("*"))
+
+
+def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "ehrshare", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "EHRSHARE_PROFILE": "", "EHRSHARE_WALLET": ""},
+    )
+    if check:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def test_network_up_runs_fabric_and_the_services_and_down_stops_them(tmp_path: Path) -> None:
+    root = tmp_path / "c"
+    with Consortium.init(
+        root, ledger="fabric", services="processes", ports=free_loopback_ports(6)
+    ) as c:
+        assert c.network is not None and c.network.running()
+        c.add_member("alice", "HospitalA", "patient")
+        c.add_member("dr-adams", "HospitalA", "clinician")
+        init_pids = c.network.pids()
+    # init leaves nothing running.
+    assert _wait_dead(init_pids) == []
+    started: list[int] = []
+    try:
+        up = json.loads(_cli("network", "up", "--profile", str(root), "--json").stdout)
+        assert up["running"] and up["fabric"]["running"]
+        started = [up["supervisor_pid"], *(s["pid"] for s in up["services"].values())]
+        started += list(up["fabric"]["pids"].values())
+        assert all(pid_alive(p) for p in started)
+
+        status = json.loads(_cli("network", "status", "--profile", str(root), "--json").stdout)
+        assert status["ledger"]["backend"] == "fabric" and status["ledger"]["running"] is True
+        assert [p["msp"] for p in status["ledger"]["peers"]] == [
+            "HospitalAMSP",
+            "HospitalBMSP",
+            "HospitalCMSP",
+        ]
+
+        # A member works through the CLI: enrolment from τ KGC processes that read the Fabric
+        # channel, a record stored (registered on chain after the store) and read back.
+        for who in ("alice", "dr-adams"):
+            _cli("enroll", "--profile", str(root), "--wallet", who)
+        record = tmp_path / "obs.json"
+        record.write_text(
+            json.dumps(
+                {
+                    "resourceType": "Observation",
+                    "status": "final",
+                    "category": [
+                        {
+                            "coding": [
+                                {
+                                    "system": "http://terminology.hl7.org/CodeSystem/"
+                                    "observation-category",
+                                    "code": "laboratory",
+                                }
+                            ]
+                        }
+                    ],
+                    "code": {"text": "Haemoglobin"},
+                    "valueQuantity": {"value": 12.5, "unit": "g/dL"},
+                }
+            ),
+            encoding="utf-8",
+        )
+        ref = json.loads(
+            _cli(
+                "record", "put", str(record), "--patient", "HospitalAMSP/alice",
+                "-p", str(root), "-w", "dr-adams", "--json",
+            ).stdout
+        )  # fmt: skip
+        got = json.loads(
+            _cli("record", "get", ref["record_id"], "-p", str(root), "-w", "alice", "--json").stdout
+        )
+        assert got["valueQuantity"]["value"] == 12.5
+    finally:
+        down = _cli("network", "down", "--profile", str(root), "--json", check=False)
+    assert down.returncode == 0, down.stderr
+    assert _wait_dead(started) == []
+    status = json.loads(
+        _cli("network", "status", "--profile", str(root), "--json", check=False).stdout
+    )
+    assert status["ledger"]["running"] is False
+
+
+def test_bench_e2e_runs_on_fabric(tmp_path: Path) -> None:
+    result = run_e2e_bench(
+        repeat=2,
+        repeat_large=1,
+        warmup=0,
+        large_bytes=64 * 1024,
+        directory=tmp_path,
+        ledger="fabric",
+    )
+    assert result["backend"]["ledger"] == "fabric"
+    assert result["backend"]["fabric"]["peers"] == 3
+    for name in (
+        "put_record_10KB",
+        "put_record_10MB",
+        "grant",
+        "read_record_hop1",
+        "read_record_hop3",
+    ):
+        row = result["results"][name]
+        assert row["n"] >= 1 and 0 < row["p50_ms"] <= row["p95_ms"]
