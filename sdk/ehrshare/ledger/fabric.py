@@ -318,6 +318,8 @@ def _stage_error(
         message = f"could not reach {failure.where} to {action}: {text}"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message = f"{failure.where} did not {action} before the deadline"
+        if text:
+            message += f" ({text})"
     else:
         name = code.name if code is not None else "error"
         message = f"{action} failed ({name}): {text}"

@@ -549,7 +549,9 @@ class LocalGateway:
                 response = next(responses)
             except grpc.RpcError as exc:
                 if _code(exc) in _UNREACHABLE:
-                    _log.info("orderer %s could not take a transaction: %s", orderer.address, _code(exc))
+                    _log.info(
+                        "orderer %s could not take a transaction: %s", orderer.address, _code(exc)
+                    )
                     unreachable.append(_orderer_detail(orderer, _text(exc)))
                     continue
                 raise GatewayFailure(
@@ -701,7 +703,7 @@ class _CommitListener:
             raise GatewayFailure(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"transaction {transaction_id} was not seen in a block of channel "
-                f"{self._channel} (the block stream is {state})",
+                f"{self._channel}; the block stream is {state}",
                 (self._peer.detail(state),),
                 where=self._peer.label,
             )
