@@ -4,7 +4,8 @@ Fabric v2.1.1 — the newest release the Go module proxy serves here (the pinned
 built by `make tools` into network/build/fabric21. network/fabric-2.1-probe/run-all.sh starts one
 Raft orderer and one peer on 127.0.0.1, deploys `ehrshare chaincode serve` as a ccaas package
 (plain, then mutual TLS) and drives contract functions with the `peer` CLI; stop.sh stops every
-process by pid. This proves the chaincode server against a real peer; the Gateway client and
+process by pid. This proves the chaincode server against a real peer; the client gateway that
+works without a Gateway service is test_fabric21_local_gateway.py; the Gateway service and
 SmartBFT need Fabric >= 2.4 / 3.0 and are not exercised here.
 """
 
