@@ -471,3 +471,15 @@ def test_the_commit_listener_reconnects_from_the_next_block_after_a_peer_restart
     # The listener resumed after the last block it had seen, not from the newest.
     assert peer.seeks[0].start.WhichOneof("Type") == "newest"
     assert peer.seeks[-1].start.specified.number == 2
+
+
+def test_with_the_own_orgs_peer_down_another_org_endorses_and_reports_the_commit(
+    make_net: Any,
+) -> None:
+    ledger = Ledger()
+    other = FakePeer("p2", ledger)
+    net = make_net({"Org1MSP": None, "Org2MSP": other}, endorsers=1, ledger=ledger)
+    commit = _contract(net).new_proposal("Put", "k").endorse().submit()
+    assert commit.get_status().code == "VALID"
+    assert len(other.proposals) == 1
+    assert other.seeks  # the commit listener moved on to the peer that answers
