@@ -214,6 +214,8 @@ class LocalCA:
                 ),
                 critical=True,
             )
+            # Fabric's MSP refuses a CA certificate without a subject key identifier.
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         )
         # Fabric 2.1's MSP built with Go >= 1.15 refuses a root whose self-signature has a
         # high S: it rewrites the root to low-S and Go will not chain the copy to itself. ECDSA
@@ -319,6 +321,11 @@ class LocalCA:
             .not_valid_before(now - _dt.timedelta(minutes=5))
             .not_valid_after(now + _dt.timedelta(days=valid_days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            # Names the issuing key, as Fabric CA's certificates do (chain building, CRLs).
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                critical=False,
+            )
         )
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
