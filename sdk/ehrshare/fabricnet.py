@@ -56,6 +56,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ehrshare.identity import LocalCA
 from ehrshare.processes import free_loopback_ports, pid_alive
@@ -68,6 +70,7 @@ __all__ = [
     "FabricNetError",
     "FabricNetSpec",
     "default_bin_dir",
+    "fabric_ca_problem",
 ]
 
 _log = logging.getLogger(__name__)
@@ -75,6 +78,7 @@ _log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
 
 ORDERER_MSP: Final = "OrdererMSP"
+_P256_N: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 STATE_FILE: Final = "network.json"
 _STATE_VERSION: Final = 1
 _BINARIES: Final = ("peer", "orderer", "configtxgen")
@@ -300,6 +304,12 @@ class FabricNet:
             cas[msp] = LocalCA.load(ca_dir)
             if cas[msp].msp_id != msp:
                 raise FabricNetError(f"{ca_dir} is the CA of {cas[msp].msp_id}, not of {msp}")
+            problem = fabric_ca_problem(cas[msp].certificate)
+            if problem is not None:
+                raise FabricNetError(
+                    f"the CA in {ca_dir} cannot be a Fabric 2.1 MSP root: {problem} (it predates "
+                    "this check; create the consortium again)"
+                )
         net_dir = root / "fabric"
         if net_dir.exists():
             raise FabricNetError(f"{net_dir} already exists; load it or remove it first")
@@ -1144,6 +1154,20 @@ class FabricNet:
 
     def __repr__(self) -> str:
         return f"FabricNet({self.dir}, orgs={list(self.spec.msp_ids)})"
+
+
+def fabric_ca_problem(cert: x509.Certificate) -> str | None:
+    """Why Fabric 2.1's MSP would refuse this root CA certificate, or None.
+
+    It needs a subject key identifier, and (built with Go >= 1.15) a low-S self-signature.
+    """
+    try:
+        cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+    except x509.ExtensionNotFound:
+        return "it has no subject key identifier"
+    if decode_dss_signature(cert.signature)[1] > _P256_N // 2:
+        return "its self-signature has a high S"
+    return None
 
 
 def _sampleconfig(bin_dir: Path) -> Path:
