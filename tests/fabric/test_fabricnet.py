@@ -204,3 +204,25 @@ def test_a_failed_start_leaves_nothing_running(tmp_path: Path, networks: list[Fa
     pids = list(net.pids().values())
     net.stop()
     assert _all_gone(pids) and _processes_of(net.dir) == []
+
+
+def test_the_operations_doc_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, networks: list[FabricNet]
+) -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    section = doc[doc.index("**Fabric.**") :]
+    code = section[section.index("```python\n") + len("```python\n") :]
+    code = code[: code.index("```")]
+    monkeypatch.chdir(tmp_path)
+    _consortium(tmp_path / "consortium")
+    said: list[str] = []
+    namespace: dict[str, object] = {"print": said.append}
+    try:
+        exec(compile(code, "operations.md", "exec"), namespace)  # our own doc
+    finally:
+        net = namespace.get("net")
+        if isinstance(net, FabricNet):
+            networks.append(net)
+    assert isinstance(net, FabricNet) and not net.running()
+    assert any("committing" in s for s in said)
+    assert _processes_of(net.dir) == []
