@@ -43,7 +43,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -785,8 +784,14 @@ class FabricNet:
 
     def _start_ccaas(self, deadline: float) -> None:
         exe = Path(sys.executable).parent / "ehrshare"
+        if not exe.is_file():
+            raise FabricNetError(f"the ehrshare command is not at {exe} (next to {sys.executable})")
         cc = self.dir / "chaincode"
         port = self._state.ports["ccaas"]
+        # The server writes its port once it listens: a stranger on the port is not mistaken
+        # for it.
+        port_file = cc / "ccaas.port"
+        port_file.unlink(missing_ok=True)
         argv = [
             str(exe),
             "chaincode",
@@ -801,9 +806,18 @@ class FabricNet:
             str(cc / "server.key"),
             "--client-ca",
             str(cc / "tls-ca" / "ca-cert.pem"),
+            "--port-file",
+            str(port_file),
         ]
         proc = self._spawn("ccaas", argv, {})
-        self._wait(lambda: _listening(port), "ccaas", proc, deadline)
+
+        def listening() -> bool:
+            try:
+                return bool(int(port_file.read_text(encoding="ascii")) == port)
+            except (OSError, ValueError):
+                return False
+
+        self._wait(listening, "ccaas", proc, deadline)
 
     def _orderer_env(self, i: int) -> dict[str, str]:
         node = self._orderer_dir(i)
@@ -1190,14 +1204,6 @@ def _tgz(files: Mapping[str, bytes]) -> bytes:
             info.mode = 0o644
             tar.addfile(info, io.BytesIO(data))
     return buf.getvalue()
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _logged(proc: _Proc, pattern: re.Pattern[str]) -> bool:
