@@ -100,7 +100,7 @@ class FabricOptions:
 
     def check(self) -> None:
         """Refuse options Fabric would refuse, and a machine without the Fabric binaries."""
-        from ehrshare.fabricnet import fabric_bin_dir
+        from ehrshare.fabricnet import default_bin_dir
 
         if self.orderers < 1:
             raise ConsortiumError(f"orderers is {self.orderers}; a network needs at least one")
@@ -108,7 +108,7 @@ class FabricOptions:
             raise ConsortiumError(f"endorsement {self.endorsement!r} is not MAJORITY or ANY")
         if self.max_message_count < 1:
             raise ConsortiumError("max_message_count must be at least 1")
-        bin_dir = fabric_bin_dir()
+        bin_dir = default_bin_dir()
         missing = [b for b in ("peer", "orderer", "configtxgen") if not (bin_dir / b).is_file()]
         if missing:
             raise BackendUnavailable(

@@ -455,7 +455,7 @@ def run_demo(
             )
         if consortium is not None:
             network = consortium.network
-            fabric_pids = network.pids() if network is not None else []
+            fabric_pids = list(network.pids().values()) if network is not None else []
             consortium.close()
             if network is not None:
                 story.result.checks["fabric_processes_stopped"] = bool(fabric_pids) and not any(

@@ -92,7 +92,7 @@ def test_network_up_runs_fabric_and_the_services_and_down_stops_them(tmp_path: P
         assert c.network is not None and c.network.running()
         c.add_member("alice", "HospitalA", "patient")
         c.add_member("dr-adams", "HospitalA", "clinician")
-        init_pids = c.network.pids()
+        init_pids = list(c.network.pids().values())
     # init leaves nothing running.
     assert _wait_dead(init_pids) == []
     started: list[int] = []

@@ -88,6 +88,7 @@ def _fail(code: int, message: str, hint: str = "") -> NoReturn:
 def _errors() -> Iterator[None]:
     """Map the SDK's errors to a message on stderr and a meaningful exit code."""
     from ehrshare.consortium import ConsortiumError
+    from ehrshare.fabricnet import FabricNetError
     from ehrshare.fhir import FhirValidationError, UnknownRecordType
     from ehrshare.hazmat.errors import EncodingError
     from ehrshare.profile import BackendUnavailable, ProfileError, WalletError
@@ -130,6 +131,8 @@ def _errors() -> Iterator[None]:
         )
     except (RecordStorageError, EnrollmentError, ProxyError, StorageError) as exc:
         _fail(EXIT_UNAVAILABLE, str(exc))
+    except FabricNetError as exc:
+        _fail(EXIT_UNAVAILABLE, str(exc), "see the process logs under <consortium>/fabric")
     except SdkError as exc:
         _fail(EXIT_REFUSED, str(exc))
     except (EncodingError, FileNotFoundError, PermissionError) as exc:
@@ -322,12 +325,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Say which backends the profile uses and whether they answer, and whether this
         machine has the Fabric binaries. Exit code 4 if the content store or the profile's
         local Fabric network is down."""
-        from ehrshare.fabricnet import fabric_bin_dir
+        from ehrshare.fabricnet import default_bin_dir
         from ehrshare.ledger.store import EmbeddedLedger
         from ehrshare.profile import Profile
         from ehrshare.storage import KuboClient
 
-        bin_dir = fabric_bin_dir()
+        bin_dir = default_bin_dir()
         status: dict[str, Any] = {
             "fabric": {
                 "available": (bin_dir / "peer").is_file(),
