@@ -101,6 +101,7 @@ _SERVICE_UNAVAILABLE = int(common.Status.Value("SERVICE_UNAVAILABLE"))
 _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _COMMITS_KEPT = 65536  # validation codes remembered per channel (oldest forgotten first)
 _RETRY_MAX = 5.0  # seconds between a commit listener's reconnection attempts, at most
+_FOLLOWER_WAIT = 5.0  # seconds a commit waits for another endorsing peer to have its block
 
 
 @dataclass(frozen=True)
@@ -388,6 +389,8 @@ class LocalGateway:
         self._orderer_first = 0
         self._lock = threading.Lock()
         self._listeners: dict[str, _CommitListener] = {}
+        # Height watchers of the other peers that may endorse (see commit_status).
+        self._followers: dict[str, list[_CommitListener]] = {}
         self._closed = False
 
     # --- helpers ---------------------------------------------------------------------------
@@ -598,8 +601,25 @@ class LocalGateway:
         this gateway's first broadcast on the channel); others wait out the timeout.
         """
         status_request = gw.CommitStatusRequest.FromString(request.request)
+        deadline = time.monotonic() + timeout
         listener = self._listener(status_request.channel_id)
         code, block = listener.wait(status_request.transaction_id, timeout)
+        # Read your writes on every endorser: the next transaction's endorsement runs on the
+        # other organisations' peers too, and one that has not committed this block yet would
+        # simulate it on older state (different results, or an MVCC conflict at validation).
+        # So wait until every connected peer has the block, not only the one that reported it
+        # (fabric-sdk's NETWORK_SCOPE_ALLFORTX). A peer that is down is not waited for.
+        with self._lock:
+            followers = list(self._followers.get(status_request.channel_id, ()))
+        for follower in followers:
+            remaining = min(deadline - time.monotonic(), _FOLLOWER_WAIT)
+            if not follower.wait_height(block, remaining):
+                _log.info(
+                    "%s had not committed block %d after %.1f s; not waiting longer",
+                    follower.label,
+                    block,
+                    max(remaining, 0.0),
+                )
         return gw.CommitStatusResponse(result=code, block_number=block)
 
     def chaincode_events(self, request: Any) -> EventStream:
@@ -629,7 +649,9 @@ class LocalGateway:
         with self._lock:
             self._closed = True
             listeners = list(self._listeners.values())
+            listeners += [f for group in self._followers.values() for f in group]
             self._listeners.clear()
+            self._followers.clear()
         for listener in listeners:
             listener.close()
         for peer in self._peers:
@@ -646,6 +668,13 @@ class LocalGateway:
                 listener = _CommitListener(self._peers, channel, self._seek)
                 self._listeners[channel] = listener
                 listener.start()
+                if self._endorsers is None or self._endorsers > 1:
+                    followers = [
+                        _CommitListener([peer], channel, self._seek) for peer in self._peers[1:]
+                    ]
+                    self._followers[channel] = followers
+                    for follower in followers:
+                        follower.start()
             return listener
 
 
@@ -709,6 +738,25 @@ class _CommitListener:
                     (self._peer.detail(self._last_error),),
                     where=self._peer.label,
                 )
+
+    @property
+    def label(self) -> str:
+        """The peer this listener reads from now."""
+        return self._peer.label
+
+    def wait_height(self, block: int, timeout: float) -> bool:
+        """Wait until this peer has committed ``block``; False at once when its stream is down
+        (not connected, or not yet positioned), and after ``timeout``."""
+        with self._cond:
+            return self._cond.wait_for(
+                lambda: (
+                    self._closed
+                    or self._call is None
+                    or self._next_block is None
+                    or self._next_block > block
+                ),
+                max(timeout, 0.0),
+            ) and (self._next_block is not None and self._next_block > block)
 
     def wait(self, transaction_id: str, timeout: float) -> tuple[int, int]:
         """(validation code, block number) of a transaction, once its block has arrived."""
