@@ -49,16 +49,21 @@ class NetworkState:
     services: dict[str, dict[str, Any]]
     state_file: Path
     log_file: Path
+    fabric: dict[str, Any] | None = None
+    """The profile's local Fabric network: ``running``, ``pids`` by process, ``logs``."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form for ``--json`` output."""
-        return {
+        out = {
             "running": self.running,
             "supervisor_pid": self.supervisor_pid,
             "services": self.services,
             "state_file": str(self.state_file),
             "log_file": str(self.log_file),
         }
+        if self.fabric is not None:
+            out["fabric"] = self.fabric
+        return out
 
 
 def _run_dir(profile_path: Path) -> Path:
@@ -83,16 +88,37 @@ def network_state(profile_path: Path) -> NetworkState:
     """Whether this profile's services are up (a live supervisor named in the state file)."""
     run = _run_dir(profile_path)
     state_file, log_file = run / STATE_FILE, run / LOG_FILE
+    fabric = _fabric_state(profile_path)
     try:
         data = json.loads(state_file.read_text(encoding="utf-8"))
         pid = int(data["supervisor_pid"])
         services = dict(data.get("services", {}))
     except (OSError, ValueError, KeyError, TypeError):
-        return NetworkState(False, None, {}, state_file, log_file)
+        return NetworkState(False, None, {}, state_file, log_file, fabric)
     running = _is_our_supervisor(pid, profile_path)
     return NetworkState(
-        running, pid if running else None, services if running else {}, state_file, log_file
+        running,
+        pid if running else None,
+        services if running else {},
+        state_file,
+        log_file,
+        fabric,
     )
+
+
+def _fabric_state(profile_path: Path) -> dict[str, Any] | None:
+    try:
+        network = _fabric_network(Profile.load(profile_path))
+    except ValueError:  # no (valid) profile: no Fabric network to report
+        return None
+    if network is None:
+        return None
+    running = network.running()
+    return {
+        "running": running,
+        "pids": network.pids() if running else {},
+        "logs": str(network.dir / "logs"),
+    }
 
 
 def _log_tail(log_file: Path, lines: int = 8) -> str:

@@ -255,8 +255,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.add_typer(record_app, name="record")
     app.add_typer(audit_app, name="audit")
     network_app = typer.Typer(
-        help="Start, stop and inspect a local consortium's service processes (KGC nodes, "
-        "proxies). The Fabric network is not available on this machine yet.",
+        help="Start, stop and inspect a local consortium's processes: its Fabric network "
+        "(peers, orderers, chaincode server) when the ledger is Fabric, and its services (KGC "
+        "nodes, proxies) when they run as processes.",
         no_args_is_help=True,
     )
     app.add_typer(network_app, name="network")
@@ -269,9 +270,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ] = 90.0,
         as_json: JsonOpt = False,
     ) -> None:
-        """Start every KGC node and proxy of the profile in the background and wait until all
-        listen (a no-op if they already run). Logs go to run/network.log next to the profile.
-        Exit code 4 if they do not come up (nothing is left running)."""
+        """Start the profile's Fabric network (if its ledger is one), then every KGC node and
+        proxy, in the background, and wait until all answer (a no-op for what already runs).
+        Logs go to run/network.log and fabric/logs/ next to the profile. Exit code 4 if they
+        do not come up (nothing is left running)."""
         from ehrshare.consortium import profile_file
         from ehrshare.netctl import NetworkControlError, network_state
         from ehrshare.netctl import network_up as up
@@ -288,7 +290,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             _emit({**state.as_dict(), "already_running": was_up})
             return
         verb = "already running" if was_up else "started"
-        _err.print(f"[green]✓[/green] services {verb} (supervisor pid {state.supervisor_pid})")
+        if state.fabric is not None:
+            _err.print(
+                "[green]✓[/green] Fabric network running: "
+                + ", ".join(f"{n} (pid {p})" for n, p in state.fabric["pids"].items())
+            )
+        if state.supervisor_pid is not None:
+            _err.print(f"[green]✓[/green] services {verb} (supervisor pid {state.supervisor_pid})")
         for name, svc in state.services.items():
             _err.print(f"  {name}: pid {svc['pid']} on {svc['address']}")
         _err.print(f"stop them with: ehrshare network down --profile {path.parent}")
@@ -301,7 +309,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ] = 30.0,
         as_json: JsonOpt = False,
     ) -> None:
-        """Stop the services 'network up' started (by pid; a no-op if none run)."""
+        """Stop the services 'network up' started, then its Fabric network (by pid; a no-op
+        if nothing runs)."""
         from ehrshare.consortium import profile_file
         from ehrshare.netctl import NetworkControlError
         from ehrshare.netctl import network_down as down
@@ -312,13 +321,25 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 state = down(path, timeout=timeout)
             except NetworkControlError as exc:
                 _fail(EXIT_UNAVAILABLE, str(exc))
+        fabric = state.fabric if state is not None else None
         if as_json:
-            _emit({"stopped": state is not None, "services": state.services if state else {}})
+            out: dict[str, Any] = {
+                "stopped": state is not None,
+                "services": state.services if state else {},
+            }
+            if fabric is not None:
+                out["fabric"] = {"stopped": fabric["pids"]}
+            _emit(out)
             return
         if state is None:
-            _err.print("no services were running")
-        else:
+            _err.print("nothing was running")
+            return
+        if state.services:
             _err.print(f"[green]✓[/green] stopped {len(state.services)} services")
+        if fabric is not None and fabric["pids"]:
+            _err.print(
+                f"[green]✓[/green] stopped the Fabric network ({len(fabric['pids'])} processes)"
+            )
 
     @network_app.command("status", epilog=_EXIT_HELP)
     def network_status(profile: ProfileOpt = "", as_json: JsonOpt = False) -> None:
