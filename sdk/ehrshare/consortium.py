@@ -100,14 +100,19 @@ class FabricOptions:
 
     def check(self) -> None:
         """Refuse options Fabric would refuse, and a machine without the Fabric binaries."""
-        from ehrshare.fabricnet import default_bin_dir
+        from ehrshare.fabricnet import FabricNetError, FabricNetSpec, default_bin_dir
 
-        if self.orderers < 1:
-            raise ConsortiumError(f"orderers is {self.orderers}; a network needs at least one")
-        if self.endorsement not in ("MAJORITY", "ANY"):
-            raise ConsortiumError(f"endorsement {self.endorsement!r} is not MAJORITY or ANY")
-        if self.max_message_count < 1:
-            raise ConsortiumError("max_message_count must be at least 1")
+        try:
+            FabricNetSpec(
+                root=Path(),
+                msp_ids=("CheckMSP",),
+                orderers=self.orderers,
+                batch_timeout=self.batch_timeout,
+                max_message_count=self.max_message_count,
+                endorsement=self.endorsement,
+            ).check()
+        except FabricNetError as exc:
+            raise ConsortiumError(f"Fabric options: {exc}") from None
         bin_dir = default_bin_dir()
         missing = [b for b in ("peer", "orderer", "configtxgen") if not (bin_dir / b).is_file()]
         if missing:

@@ -31,7 +31,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ehrshare.benchutil import machine_metadata, percentile, time_calls
-from ehrshare.consortium import Consortium
+from ehrshare.consortium import Consortium, FabricOptions
 from ehrshare.processes import ServiceProcesses, free_loopback_ports
 from ehrshare.profile import BackendUnavailable
 
@@ -67,6 +67,7 @@ def run_e2e_bench(
     progress: Callable[[str], None] | None = None,
     services: str = "in-process",
     ledger: str = "embedded",
+    fabric: FabricOptions | None = None,
 ) -> dict[str, Any]:
     """Run the benchmark in a fresh consortium; returns the JSON-able result. With
     ``ledger="fabric"`` the consortium's Fabric network is stopped (by pid) at the end."""
@@ -80,8 +81,9 @@ def run_e2e_bench(
             ports=free_loopback_ports(6) if processes else None,
             ledger=ledger,
             progress=say,
+            fabric=fabric or (FabricOptions() if ledger == "fabric" else None),
         )
-        fabric = c.profile.fabric
+        endpoints = c.profile.fabric
         procs = (
             ServiceProcesses(c.profile, Path(tmp) / "run", die_with_parent=True)
             if processes
@@ -147,12 +149,15 @@ def run_e2e_bench(
                 procs.stop_all()
             c.close()
     backend: dict[str, Any] = {"ledger": ledger, "storage": "embedded", "services": services}
-    if fabric is not None:
+    if endpoints is not None:
+        options = fabric or FabricOptions()
         backend["fabric"] = {
             "version": "v2.1.1",
-            "peers": len(fabric.peers),
-            "orderers": len(fabric.orderers),
-            "endorsers": fabric.endorsers,
+            "peers": len(endpoints.peers),
+            "orderers": len(endpoints.orderers),
+            "endorsers": endpoints.endorsers,
+            "batch_timeout": options.batch_timeout,
+            "max_message_count": options.max_message_count,
         }
     return {
         "benchmark": "e2e",
@@ -193,6 +198,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             help="Ledger: embedded, or fabric (a Fabric v2.1 network built for the run on "
             "127.0.0.1 and stopped afterwards; needs 'make tools').",
         ),
+        batch_timeout: str = typer.Option(
+            "100ms",
+            "--batch-timeout",
+            help="With --backend fabric: the orderer's BatchTimeout (e.g. 20ms, 100ms, 2s); a "
+            "lone transaction waits this long for its block.",
+        ),
+        orderers: int = typer.Option(
+            1, "--orderers", min=1, help="With --backend fabric: Raft orderers (1 or 3)."
+        ),
     ) -> None:
         """p50/p95 of put_record (10 KB, 10 MB), grant and read_record (hop 1, hop 3) on the
         embedded backend or on Fabric, through the whole SDK."""
@@ -216,6 +230,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 progress=lambda m: err.log(f"bench e2e: {m}"),
                 services=services,
                 ledger=backend,
+                fabric=(
+                    FabricOptions(orderers=orderers, batch_timeout=batch_timeout)
+                    if backend == "fabric"
+                    else None
+                ),
             )
         except BackendUnavailable as exc:
             Console(stderr=True).print(f"[red]error:[/red] {exc}", soft_wrap=True)

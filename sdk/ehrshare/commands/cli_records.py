@@ -491,6 +491,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         orderers: Annotated[
             int, typer.Option(help="With --ledger fabric: Raft orderers (1 or 3).", min=1)
         ] = 1,
+        batch_timeout: Annotated[
+            str,
+            typer.Option(
+                help="With --ledger fabric: the orderers' BatchTimeout (a lone transaction "
+                "waits this long for its block), e.g. 20ms or 2s."
+            ),
+        ] = "100ms",
         services: Annotated[
             str,
             typer.Option(
@@ -531,7 +538,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 services=services,
                 ports=port_list,
                 progress=say,
-                fabric=FabricOptions(orderers=orderers) if ledger == "fabric" else None,
+                fabric=(
+                    FabricOptions(orderers=orderers, batch_timeout=batch_timeout)
+                    if ledger == "fabric"
+                    else None
+                ),
             )
             try:
                 dkg = c.dkg_result()
