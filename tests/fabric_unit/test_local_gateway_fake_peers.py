@@ -483,3 +483,23 @@ def test_with_the_own_orgs_peer_down_another_org_endorses_and_reports_the_commit
     assert commit.get_status().code == "VALID"
     assert len(other.proposals) == 1
     assert other.seeks  # the commit listener moved on to the peer that answers
+
+
+def test_connect_refuses_arguments_it_cannot_serve() -> None:
+    identity, signer = CA.issue("admin", role="admin")
+    peer = PeerEndpoint("127.0.0.1:1", "Org1MSP", CA.certificate_pem)
+    orderer = OrdererEndpoint("127.0.0.1:2", CA.certificate_pem)
+    with pytest.raises(ValueError, match="at least one orderer"):
+        connect(identity, signer, peers=[peer], orderers=[])
+    with pytest.raises(ValueError, match="endorsers is 2; the peers given belong to 1"):
+        connect(identity, signer, peers=[peer], orderers=[orderer], endorsers=2)
+    with pytest.raises(ValueError, match=r"127\.0\.0\.1:2 has no TLS CA"):
+        connect(identity, signer, peers=[peer], orderers=[OrdererEndpoint("127.0.0.1:2", b"")])
+    with connect(identity, signer, peers=[peer], orderers=[orderer]) as gateway:
+        proposal = (
+            gateway.get_network(CHANNEL)
+            .get_contract(CHAINCODE)
+            .new_proposal("Get", endorsing_organizations=("Org7MSP",))
+        )
+        with pytest.raises(EndorseError, match=r"no peer of organisation\(s\) Org7MSP"):
+            proposal.endorse()
