@@ -503,3 +503,35 @@ def test_connect_refuses_arguments_it_cannot_serve() -> None:
         )
         with pytest.raises(EndorseError, match=r"no peer of organisation\(s\) Org7MSP"):
             proposal.endorse()
+
+
+def test_a_commit_waits_until_the_other_endorsing_peer_has_the_block(make_net: Any) -> None:
+    # Org2's peer commits later than Org1's (its own copy of the chain lags): the next
+    # endorsement would run there on older state, so the commit is reported only once it has
+    # the block too.
+    ledger, lagging = Ledger(), Ledger()
+    org1, org2 = FakePeer("p1", ledger), FakePeer("p2", lagging)
+    net = make_net({"Org1MSP": org1, "Org2MSP": org2}, endorsers=2, ledger=ledger)
+    contract = _contract(net)
+    contract.evaluate_transaction("Get", "k")  # connect first
+    done: list[bytes] = []
+    worker = threading.Thread(target=lambda: done.append(contract.submit_transaction("Put", "k")))
+    worker.start()
+    with ledger.cond:
+        assert ledger.cond.wait_for(lambda: len(ledger.blocks) == 2, 5)
+    worker.join(0.5)
+    assert worker.is_alive() and not done  # Org1 has the block, Org2 not yet
+    lagging.append(list(ledger.blocks[1]))
+    worker.join(5)
+    assert done == [b"result"]
+
+
+def test_a_commit_does_not_wait_for_an_endorsing_peer_that_is_down(make_net: Any) -> None:
+    ledger = Ledger()
+    net = make_net(
+        {"Org1MSP": FakePeer("p1", ledger), "Org2MSP": FakePeer("p2", ledger), "Org3MSP": None},
+        endorsers=2,
+        ledger=ledger,
+    )
+    status = _contract(net).new_proposal("Put", "k").endorse().submit().get_status()
+    assert (status.code, status.block_number) == ("VALID", 1)
