@@ -199,7 +199,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "127.0.0.1 and stopped afterwards; needs 'make tools').",
         ),
         batch_timeout: str = typer.Option(
-            "100ms",
+            "20ms",
             "--batch-timeout",
             help="With --backend fabric: the orderer's BatchTimeout (e.g. 20ms, 100ms, 2s); a "
             "lone transaction waits this long for its block.",

@@ -497,7 +497,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 help="With --ledger fabric: the orderers' BatchTimeout (a lone transaction "
                 "waits this long for its block), e.g. 20ms or 2s."
             ),
-        ] = "100ms",
+        ] = "20ms",
         services: Annotated[
             str,
             typer.Option(
