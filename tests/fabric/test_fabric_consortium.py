@@ -71,6 +71,16 @@ def test_the_demo_story_holds_on_a_real_fabric_network(tmp_path: Path) -> None:
     assert any(p.name.startswith("blockfile") for p in (root / "fabric").rglob("*"))
 
 
+def test_the_story_holds_on_fabric_with_the_services_as_processes(tmp_path: Path) -> None:
+    # KGC nodes and proxies as `kgc serve` / `proxy serve` processes reading the Fabric channel
+    # (the proxies follow its events); one KGC node is killed, hospital B's proxy restarted.
+    result = run_demo(tmp_path / "c", ledger="fabric", services="processes", keep=True)
+    failed = {k for k, v in result.checks.items() if not v}
+    assert not failed, result.to_dict()
+    assert STORY_CHECKS <= set(result.checks)
+    assert {"service_processes_stopped", "proxy_clean_stop"} <= set(result.checks)
+
+
 def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [sys.executable, "-m", "ehrshare", *args],
