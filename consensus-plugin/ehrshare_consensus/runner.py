@@ -53,6 +53,7 @@ class RunSpec:
     rate: str = "backlog"
     tps: float = 1000.0
     outstanding: int | None = None
+    client_delay_s: float = 0.0
     network: NetworkModel = field(default_factory=NetworkModel)
     scenario: str = "none"
     k: int | None = None
@@ -77,6 +78,8 @@ class RunSpec:
             raise ValueError(f"n must be at least 4 for BFT protocols, got {self.n}")
         if self.blocks < 1 or self.batch_size < 1:
             raise ValueError("blocks and batch_size must be positive")
+        if self.client_delay_s < 0:
+            raise ValueError(f"client_delay_s must be >= 0, got {self.client_delay_s}")
 
 
 class Driver(Protocol):
@@ -101,6 +104,7 @@ def run_once(spec: RunSpec, cost: CostModel | None = None) -> dict[str, Any]:
         batch_timeout_s=spec.batch_timeout_s,
         rate=spec.rate,
         outstanding=spec.outstanding,
+        client_delay_s=spec.client_delay_s,
         tps=spec.tps,
         max_blocks=spec.blocks,
         max_time_s=spec.max_time_s,
