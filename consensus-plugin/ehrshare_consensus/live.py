@@ -435,7 +435,7 @@ def predict(
             "submit": submit * 1000.0,
             "commit_path": commit_path_ms,
         },
-        "commit_path": "measured (peer metrics)"
+        "commit_path": "measured (the peer's own per-block validation + commit times)"
         if commit_path_ms is not None
         else "not modelled (the target did not measure it): predictions leave it out",
         "throughput_tps": row["throughput_tps"],
@@ -457,8 +457,8 @@ class LiveSession(Protocol):
         """One submit function per client (each with its own identity)."""
         ...
 
-    def commit_path_ms(self) -> float | None:
-        """The peer's mean validation + commit time per block over the run, if measurable."""
+    def commit_path_ms(self, blocks: Sequence[int]) -> float | None:
+        """The peer's median validation + commit time over these blocks, if it can tell."""
         ...
 
     def describe(self) -> dict[str, Any]:
@@ -501,9 +501,9 @@ def run_live(
     with target.open(spec, load.clients) as session:
         started = time.perf_counter() - t0
         samples = generate_load(session.clients, load, on_progress)
-        commit_path = session.commit_path_ms()
+        measured = summarise(samples, load.warmup_txs)
+        commit_path = session.commit_path_ms([int(b) for b in measured["txs_per_block"]])
         described = session.describe()
-    measured = summarise(samples, load.warmup_txs)
     one_way = loopback_one_way_ms()
     predicted = predict(spec, load, measured, cost, one_way, commit_path)
     ordering_measured = measured.get("commit_p50_ms")

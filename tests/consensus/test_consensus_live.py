@@ -269,7 +269,8 @@ class _EmbeddedSession:
     def clients(self) -> Sequence[Submit]:
         return self._clients
 
-    def commit_path_ms(self) -> float | None:
+    def commit_path_ms(self, blocks: Sequence[int]) -> float | None:
+        self.asked = list(blocks)
         return None
 
     def describe(self) -> dict[str, Any]:
@@ -362,3 +363,24 @@ def test_record_args_are_fresh_per_transaction() -> None:
     b = record_args("Org1MSP/p", "tag", 0, 2)
     c = record_args("Org1MSP/p", "tag", 1, 1)
     assert len({a[0], b[0], c[0]}) == 3 and len({a[4], b[4], c[4]}) == 3
+
+
+def test_peer_commit_path_reads_the_peer_log_for_our_blocks_only() -> None:
+    from ehrshare.bench.live_fabric import peer_commit_path_ms
+
+    log = "\n".join(
+        [
+            "2026-11-24 INFO [ehr] Validated block [4] in 3ms",
+            "2026-11-24 INFO [ehr] Committed block [4] with 4 transaction(s) in 9ms "
+            "(state_validation=1ms block_and_pvtdata_commit=5ms state_commit=2ms)",
+            "INFO [ehr] Validated block [5] in 2ms",
+            "INFO [ehr] Committed block [5] with 2 transaction(s) in 7ms (state_validation=0ms)",
+            "INFO [other] Validated block [6] in 50ms",
+            "INFO [other] Committed block [6] with 1 transaction(s) in 50ms (x)",
+            "INFO [ehr] Validated block [7] in 1ms",
+        ]
+    )
+    assert peer_commit_path_ms(log, "ehr", [4, 5]) == (12 + 9) / 2
+    assert peer_commit_path_ms(log, "ehr", [4]) == 12.0
+    assert peer_commit_path_ms(log, "ehr", [6, 7]) is None  # other channel; 7 never committed
+    assert peer_commit_path_ms("", "ehr", [4]) is None

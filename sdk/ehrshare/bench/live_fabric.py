@@ -23,8 +23,10 @@ import hashlib
 import importlib
 import logging
 import os
+import re
 import secrets
 import shutil
+import statistics
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +44,7 @@ __all__ = [
     "FabricTarget",
     "check_fabric_tools",
     "fabric_bin_dir",
+    "peer_commit_path_ms",
     "record_args",
     "record_submitter",
 ]
@@ -73,6 +76,31 @@ def check_fabric_tools(bin_dir: Path | None = None) -> Path:
             "EHRSHARE_FABRIC_BIN_DIR"
         )
     return where
+
+
+# What Fabric v2.1.1's peer logs at INFO for every block it commits (txvalidator/v20 and
+# kvledger): its validation time, then the block store and state DB writes. Their sum is the
+# commit path between the orderer's Deliver and the client's commit notification.
+_VALIDATED = re.compile(r"\[(?P<ch>[^\]]+)\] Validated block \[(?P<b>\d+)\] in (?P<ms>\d+)ms")
+_COMMITTED = re.compile(
+    r"\[(?P<ch>[^\]]+)\] Committed block \[(?P<b>\d+)\] with \d+ transaction\(s\) "
+    r"in (?P<ms>\d+)ms"
+)
+
+
+def peer_commit_path_ms(log_text: str, channel: str, blocks: Sequence[int]) -> float | None:
+    """Median over ``blocks`` of the peer's logged validation + commit time (ms) on
+    ``channel``; None if the log holds neither line for any of them."""
+    wanted = set(blocks)
+    validated: dict[int, int] = {}
+    committed: dict[int, int] = {}
+    for line in log_text.splitlines():
+        for pattern, into in ((_VALIDATED, validated), (_COMMITTED, committed)):
+            m = pattern.search(line)
+            if m and m["ch"] == channel and int(m["b"]) in wanted:
+                into[int(m["b"])] = int(m["ms"])
+    both = [validated[b] + committed[b] for b in wanted if b in validated and b in committed]
+    return float(statistics.median(both)) if both else None
 
 
 class _Status(Protocol):
@@ -161,7 +189,7 @@ class FabricSession:
         root: Path,
         owns_root: bool,
         info: dict[str, Any],
-        metrics: Callable[[], float | None] | None,
+        peer_logs: Sequence[Path],
     ) -> None:
         self._net = net
         self._gateways = gateways
@@ -169,22 +197,27 @@ class FabricSession:
         self._root = root
         self._owns_root = owns_root
         self._info = info
-        self._metrics = metrics
+        self._peer_logs = list(peer_logs)
 
     @property
     def clients(self) -> Sequence[Submit]:
         """One submit function per client."""
         return self._clients
 
-    def commit_path_ms(self) -> float | None:
-        """The peer's mean block processing time, when the network exposes its metrics."""
-        if self._metrics is None:
-            return None
-        try:
-            return self._metrics()
-        except Exception as exc:  # metrics are optional: say so and predict without them
-            log.warning("could not read the peer's metrics: %s", exc)
-            return None
+    def commit_path_ms(self, blocks: Sequence[int]) -> float | None:
+        """The median of the peers' logged validation + commit times for these blocks (the
+        slowest peer's figure when there are several: the client waits for its own org's)."""
+        found = []
+        for path in self._peer_logs:
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError as exc:
+                log.warning("cannot read the peer log %s: %s", path, exc.strerror)
+                continue
+            value = peer_commit_path_ms(text, str(self._info["channel"]), blocks)
+            if value is not None:
+                found.append(value)
+        return max(found) if found else None
 
     def describe(self) -> dict[str, Any]:
         """Endpoints, versions and block cutting of the network."""
@@ -192,11 +225,7 @@ class FabricSession:
 
     def close(self) -> None:
         """Close the gateways and stop the network's processes."""
-        for gw in self._gateways:
-            try:
-                gw.close()
-            except Exception as exc:  # keep stopping the rest
-                log.warning("closing a gateway failed: %s", exc)
+        _close_all(self._gateways)
         try:
             self._net.stop()
         finally:
@@ -215,9 +244,18 @@ class FabricSession:
         self.close()
 
 
+def _close_all(gateways: Sequence[Any]) -> None:
+    for gw in gateways:
+        try:
+            gw.close()
+        except Exception as exc:  # keep closing the rest
+            log.warning("closing a gateway failed: %s", exc)
+
+
 class FabricTarget:
     """Starts Fabric v2.1.1 (Raft) configured from a RunSpec: spec.n orderers, MaxMessageCount
-    = spec.batch_size, BatchTimeout = spec.batch_timeout_s; one peer per organisation."""
+    = spec.batch_size, BatchTimeout = spec.batch_timeout_s; one peer per organisation. With
+    ``root`` None the network lives in a temporary directory removed at close."""
 
     name = "fabric-raft"
 
@@ -233,7 +271,7 @@ class FabricTarget:
 
     def open(self, spec: RunSpec, clients: int) -> FabricSession:
         """Start the network, enrol and register one patient per client; stop it on failure."""
-        check_fabric_tools(self.bin_dir)
+        bin_dir = check_fabric_tools(self.bin_dir)
         try:
             # The launcher and the peer client are separate parts of the SDK: name the missing
             # one rather than fail on a bare import error.
@@ -246,54 +284,82 @@ class FabricTarget:
             ) from exc
         owns = self.root is None
         root = Path(tempfile.mkdtemp(prefix="ehrshare-live-")) if self.root is None else self.root
-        for msp in self.msp_ids:
-            ca_dir = root / "ca" / msp
-            if not ca_dir.is_dir():
-                LocalCA.create(msp).save(ca_dir)
-        net_spec = fabricnet.FabricNetSpec(
-            root=root,
-            msp_ids=list(self.msp_ids),
-            orderers=spec.n,
-            batch_timeout=f"{round(spec.batch_timeout_s * 1000)}ms",
-            max_message_count=spec.batch_size,
-        )
-        net = fabricnet.FabricNet.create(net_spec)
+        net: Any = None
         gateways: list[Any] = []
         try:
+            for msp in self.msp_ids:
+                ca_dir = root / "ca" / msp
+                if not ca_dir.is_dir():
+                    LocalCA.create(msp).save(ca_dir)
+            net_spec = fabricnet.FabricNetSpec(
+                root=root,
+                msp_ids=self.msp_ids,
+                orderers=spec.n,
+                batch_timeout=f"{round(spec.batch_timeout_s * 1000)}ms",
+                max_message_count=spec.batch_size,
+                bin_dir=bin_dir,
+            )
+            net = fabricnet.FabricNet.create(net_spec)
             net.start()
             conn = net.connection()
+            peers = [
+                peer.PeerEndpoint(
+                    address=p["address"],
+                    msp_id=p["msp"],
+                    tls_ca_pem=Path(p["tls_ca"]).read_bytes(),
+                    server_name=p["server_name"],
+                )
+                for p in conn["peers"]
+            ]
+            orderers = [
+                peer.OrdererEndpoint(
+                    address=o["address"],
+                    tls_ca_pem=Path(o["tls_ca"]).read_bytes(),
+                    server_name=o["server_name"],
+                )
+                for o in conn["orderers"]
+            ]
             channel, chaincode = conn["channel"], conn["chaincode"]
             run_tag = secrets.token_hex(4)
             submitters: list[Submit] = []
             for c in range(clients):
                 msp = self.msp_ids[c % len(self.msp_ids)]
-                ca = LocalCA.load(root / "ca" / msp)
-                identity, signer = ca.issue(f"bench-{run_tag}-{c}", role=PATIENT)
-                gw = peer.connect(identity, signer, peers=conn["peers"], orderers=conn["orderers"])
+                identity, signer = LocalCA.load(root / "ca" / msp).issue(
+                    f"bench-{run_tag}-{c}", role=PATIENT
+                )
+                gw = peer.connect(
+                    identity,
+                    signer,
+                    peers=peers,
+                    orderers=orderers,
+                    endorsers=conn.get("endorsers"),
+                )
                 gateways.append(gw)
                 contract = gw.get_network(channel).get_contract(chaincode)
                 contract.submit_transaction("RegisterIdentity")
                 submitters.append(record_submitter(contract, identity.ibe_id, run_tag, c))
             info = {
                 "fabric": "v2.1.1",
-                "orderers": spec.n,
                 "consensus": "etcdraft",
+                "orderers": spec.n,
                 "batch_timeout": net_spec.batch_timeout,
                 "max_message_count": spec.batch_size,
                 "msp_ids": list(self.msp_ids),
+                "peers": [p["address"] for p in conn["peers"]],
+                "orderer_addresses": [o["address"] for o in conn["orderers"]],
                 "channel": channel,
                 "chaincode": chaincode,
+                "endorsers": conn.get("endorsers"),
                 "workload": f"{FUNCTION} by a patient for itself, fresh record id per tx",
             }
-            metrics = getattr(net, "peer_block_processing_ms", None)
-            return FabricSession(net, gateways, submitters, root, owns, info, metrics)
+            logs = sorted((root / "fabric" / "logs").glob("peer*.log"))
+            return FabricSession(net, gateways, submitters, root, owns, info, logs)
         except BaseException:
-            for gw in gateways:
-                try:
-                    gw.close()
-                except Exception as exc:
-                    log.warning("closing a gateway failed: %s", exc)
-            net.stop()
-            if owns:
-                shutil.rmtree(root, ignore_errors=True)
+            _close_all(gateways)
+            try:
+                if net is not None:
+                    net.stop()
+            finally:
+                if owns:
+                    shutil.rmtree(root, ignore_errors=True)
             raise
