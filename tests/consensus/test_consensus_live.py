@@ -373,7 +373,9 @@ def test_peer_commit_path_reads_the_peer_log_for_our_blocks_only() -> None:
             "2026-11-24 INFO [ehr] Validated block [4] in 3ms",
             "2026-11-24 INFO [ehr] Committed block [4] with 4 transaction(s) in 9ms "
             "(state_validation=1ms block_and_pvtdata_commit=5ms state_commit=2ms)",
-            "INFO [ehr] Validated block [5] in 2ms",
+            # As the peer writes it: coloured level, then the channel in brackets.
+            "\x1b[34m2026-11-24 20:44:49.245 UTC [txvalidator] Validate -> INFO 041\x1b[0m "
+            "[ehr] Validated block [5] in 2ms",
             "INFO [ehr] Committed block [5] with 2 transaction(s) in 7ms (state_validation=0ms)",
             "INFO [other] Validated block [6] in 50ms",
             "INFO [other] Committed block [6] with 1 transaction(s) in 50ms (x)",

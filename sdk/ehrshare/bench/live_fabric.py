@@ -81,9 +81,9 @@ def check_fabric_tools(bin_dir: Path | None = None) -> Path:
 # What Fabric v2.1.1's peer logs at INFO for every block it commits (txvalidator/v20 and
 # kvledger): its validation time, then the block store and state DB writes. Their sum is the
 # commit path between the orderer's Deliver and the client's commit notification.
-_VALIDATED = re.compile(r"\[(?P<ch>[^\]]+)\] Validated block \[(?P<b>\d+)\] in (?P<ms>\d+)ms")
+_VALIDATED = re.compile(r"\[(?P<ch>[^\]\[\s]+)\] Validated block \[(?P<b>\d+)\] in (?P<ms>\d+)ms")
 _COMMITTED = re.compile(
-    r"\[(?P<ch>[^\]]+)\] Committed block \[(?P<b>\d+)\] with \d+ transaction\(s\) "
+    r"\[(?P<ch>[^\]\[\s]+)\] Committed block \[(?P<b>\d+)\] with \d+ transaction\(s\) "
     r"in (?P<ms>\d+)ms"
 )
 
