@@ -28,7 +28,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 from fabric_protos.common import common_pb2 as _common_pb2
@@ -56,6 +56,7 @@ from ehrshare.ledger.store import TxStatus
 
 __all__ = [
     "GRPC_STATUS_DETAILS_KEY",
+    "EventStream",
     "FabricChaincodeEvents",
     "FabricCommit",
     "FabricContract",
@@ -63,6 +64,9 @@ __all__ = [
     "FabricNetwork",
     "FabricProposal",
     "FabricTransaction",
+    "GatewayCalls",
+    "GatewayFailure",
+    "GrpcGatewayCalls",
     "Timeouts",
     "connect",
     "dial",
@@ -180,7 +184,9 @@ def connect(
 
     The gateway does not own the channel: closing the gateway leaves it open for the caller.
     """
-    return FabricGateway(identity, signer, channel, timeouts or Timeouts(), clock or time.time_ns)
+    return FabricGateway(
+        identity, signer, GrpcGatewayCalls(channel), timeouts or Timeouts(), clock or time.time_ns
+    )
 
 
 def _as_bytes(arg: str | bytes) -> bytes:
@@ -242,18 +248,35 @@ def signed_proposal(
     )
 
 
-def _stage_error(
-    kind: type[LedgerError], exc: grpc.RpcError, transaction_id: str, action: str
-) -> LedgerError:
-    """Map a gRPC error from the Gateway to the stage's error type, keeping the per-peer details.
+class GatewayFailure(Exception):
+    """A failed call of a :class:`GatewayCalls` implementation, shaped like a Gateway error.
 
-    A chaincode failure reaches the client as ``chaincode response <status>, <message>`` in the
-    details; its message becomes the error's message, as the embedded ledger reports it.
+    ``code`` is the gRPC status code (None when there was none), ``text`` the status message,
+    ``details`` one ``gateway.ErrorDetail`` per endpoint that failed (address, MSP id, message;
+    a chaincode refusal reads ``chaincode response <status>, <message>``), and ``where`` names
+    what could not be reached, for the message of an unreachable endpoint.
     """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode | None,
+        text: str,
+        details: tuple[Any, ...] = (),
+        *,
+        where: str = "the Fabric Gateway",
+    ) -> None:
+        super().__init__(text)
+        self.code = code
+        self.text = text
+        self.details = details
+        self.where = where
+
+
+def _rpc_failure(exc: grpc.RpcError) -> GatewayFailure:
+    """A gRPC error from the Gateway service as a :class:`GatewayFailure` (ErrorDetails decoded)."""
     code = exc.code() if isinstance(exc, grpc.Call) else None
     text = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
-    details: list[str] = []
-    chaincode_message: str | None = None
+    details: list[Any] = []
     trailers = exc.trailing_metadata() if isinstance(exc, grpc.Call) else None
     for key, value in trailers or ():
         if key != GRPC_STATUS_DETAILS_KEY or not isinstance(value, bytes):
@@ -264,13 +287,27 @@ def _stage_error(
             _log.debug("ignoring a malformed %s trailer", GRPC_STATUS_DETAILS_KEY)
             continue
         for item in status.details:
-            if item.type_url != _ERROR_DETAIL_TYPE:
-                continue
-            detail = gw.ErrorDetail.FromString(item.value)
-            details.append(f"{detail.msp_id} ({detail.address}): {detail.message}")
-            match = _CHAINCODE_RESPONSE.search(detail.message)
-            if match and chaincode_message is None:
-                chaincode_message = match.group(2)
+            if item.type_url == _ERROR_DETAIL_TYPE:
+                details.append(gw.ErrorDetail.FromString(item.value))
+    return GatewayFailure(code, text, tuple(details))
+
+
+def _stage_error(
+    kind: type[LedgerError], failure: GatewayFailure, transaction_id: str, action: str
+) -> LedgerError:
+    """Map a failed gateway call to the stage's error type, keeping the per-endpoint details.
+
+    A chaincode failure reaches the client as ``chaincode response <status>, <message>`` in the
+    details; its message becomes the error's message, as the embedded ledger reports it.
+    """
+    code, text = failure.code, failure.text
+    details: list[str] = []
+    chaincode_message: str | None = None
+    for detail in failure.details:
+        details.append(f"{detail.msp_id} ({detail.address}): {detail.message}")
+        match = _CHAINCODE_RESPONSE.search(detail.message)
+        if match and chaincode_message is None:
+            chaincode_message = match.group(2)
     if chaincode_message is None:
         match = _CHAINCODE_RESPONSE.search(text)
         if match:
@@ -278,33 +315,80 @@ def _stage_error(
     if chaincode_message is not None:
         message = chaincode_message
     elif code == grpc.StatusCode.UNAVAILABLE:
-        message = f"could not reach the Fabric Gateway to {action}: {text}"
+        message = f"could not reach {failure.where} to {action}: {text}"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        message = f"the Fabric Gateway did not {action} before the deadline"
+        message = f"{failure.where} did not {action} before the deadline"
     else:
         name = code.name if code is not None else "error"
         message = f"{action} failed ({name}): {text}"
     return kind(message, transaction_id=transaction_id, details=tuple(details))
 
 
-class FabricGateway:
-    """A connection to a Fabric Gateway with one identity; use as a context manager."""
+class EventStream(Protocol):
+    """A server stream of ``gateway.ChaincodeEventsResponse``; failures raise GatewayFailure."""
 
-    def __init__(
-        self,
-        identity: Identity,
-        signer: Signer,
-        channel: grpc.Channel,
-        timeouts: Timeouts,
-        clock: Clock,
-    ) -> None:
-        self.identity = identity
-        self._signer = signer
-        self._channel = channel
-        self.timeouts = timeouts
-        self._clock = clock
-        self._creator = serialize_identity(identity)
-        self._calls: dict[str, Any] = {}
+    def __next__(self) -> Any: ...
+
+    def cancel(self) -> Any:
+        """End the stream; a blocked ``next`` then ends (CANCELLED or StopIteration)."""
+        ...
+
+
+class GatewayCalls(Protocol):
+    """The five calls of Fabric's Gateway service, in its own request and response messages.
+
+    :class:`GrpcGatewayCalls` sends them to a peer's Gateway service (Fabric >= 2.4);
+    :class:`ehrshare.ledger.peer.LocalGateway` does a Gateway's work itself against peers and
+    orderers that have none (Fabric 2.1). Every failure raises :class:`GatewayFailure`.
+    """
+
+    def evaluate(self, request: Any, timeout: float) -> Any:
+        """``EvaluateRequest`` → ``EvaluateResponse``."""
+        ...
+
+    def endorse(self, request: Any, timeout: float) -> Any:
+        """``EndorseRequest`` → ``EndorseResponse`` (an unsigned prepared transaction)."""
+        ...
+
+    def submit(self, request: Any, timeout: float) -> Any:
+        """``SubmitRequest`` (signed envelope) → ``SubmitResponse`` once ordering took it."""
+        ...
+
+    def commit_status(self, request: Any, timeout: float) -> Any:
+        """``SignedCommitStatusRequest`` → ``CommitStatusResponse``, waiting for the commit."""
+        ...
+
+    def chaincode_events(self, request: Any) -> EventStream:
+        """``SignedChaincodeEventsRequest`` → a stream of ``ChaincodeEventsResponse``."""
+        ...
+
+    def close(self) -> None:
+        """Release what the implementation opened itself."""
+        ...
+
+
+class _GrpcEventStream:
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def __next__(self) -> Any:
+        try:
+            return next(self._call)
+        except grpc.RpcError as exc:
+            raise _rpc_failure(exc) from None
+
+    def cancel(self) -> Any:
+        return self._call.cancel()
+
+
+class GrpcGatewayCalls:
+    """:class:`GatewayCalls` over a gRPC channel to a peer's Gateway service (Fabric >= 2.4).
+
+    It does not own the channel: :meth:`close` leaves it open for the caller.
+    """
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self._stubs: dict[str, Any] = {}
         for name, kind, req, resp in (
             ("Endorse", "unary", gw.EndorseRequest, gw.EndorseResponse),
             ("Submit", "unary", gw.SubmitRequest, gw.SubmitResponse),
@@ -313,11 +397,67 @@ class FabricGateway:
             ("ChaincodeEvents", "stream", gw.SignedChaincodeEventsRequest, None),
         ):
             factory = channel.unary_unary if kind == "unary" else channel.unary_stream
-            self._calls[name] = factory(
+            self._stubs[name] = factory(
                 _SERVICE + name,
                 request_serializer=req.SerializeToString,
                 response_deserializer=(resp or gw.ChaincodeEventsResponse).FromString,
             )
+
+    def _unary(self, name: str, request: Any, timeout: float) -> Any:
+        try:
+            return self._stubs[name](request, timeout=timeout)
+        except grpc.RpcError as exc:
+            raise _rpc_failure(exc) from None
+
+    def evaluate(self, request: Any, timeout: float) -> Any:
+        """Gateway/Evaluate."""
+        return self._unary("Evaluate", request, timeout)
+
+    def endorse(self, request: Any, timeout: float) -> Any:
+        """Gateway/Endorse."""
+        return self._unary("Endorse", request, timeout)
+
+    def submit(self, request: Any, timeout: float) -> Any:
+        """Gateway/Submit."""
+        return self._unary("Submit", request, timeout)
+
+    def commit_status(self, request: Any, timeout: float) -> Any:
+        """Gateway/CommitStatus."""
+        return self._unary("CommitStatus", request, timeout)
+
+    def chaincode_events(self, request: Any) -> EventStream:
+        """Gateway/ChaincodeEvents."""
+        try:
+            return _GrpcEventStream(self._stubs["ChaincodeEvents"](request))
+        except grpc.RpcError as exc:
+            raise _rpc_failure(exc) from None
+
+    def close(self) -> None:
+        """Nothing to release: the gRPC channel belongs to the caller."""
+
+
+class FabricGateway:
+    """A connection to a Fabric Gateway with one identity; use as a context manager.
+
+    ``calls`` does the Gateway's work: :class:`GrpcGatewayCalls` (a peer's Gateway service, the
+    caller owns the channel) or :class:`ehrshare.ledger.peer.LocalGateway` (peers and orderers
+    dialled by :func:`ehrshare.ledger.peer.connect`, closed with the gateway).
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        signer: Signer,
+        calls: GatewayCalls,
+        timeouts: Timeouts,
+        clock: Clock,
+    ) -> None:
+        self.identity = identity
+        self._signer = signer
+        self.timeouts = timeouts
+        self._clock = clock
+        self._creator = serialize_identity(identity)
+        self._calls = calls
 
     @property
     def creator(self) -> bytes:
@@ -334,7 +474,8 @@ class FabricGateway:
         return self._signer.sign(data)
 
     def close(self) -> None:
-        """Nothing to release: the gRPC channel belongs to the caller."""
+        """Release what the gateway's calls opened (nothing for a caller's Gateway channel)."""
+        self._calls.close()
 
     def __enter__(self) -> FabricGateway:
         return self
@@ -398,17 +539,17 @@ class FabricNetwork:
         ).SerializeToString()
         signed = gw.SignedChaincodeEventsRequest(request=request, signature=gateway._sign(request))
         try:
-            call = gateway._calls["ChaincodeEvents"](signed)
-        except grpc.RpcError as exc:
-            raise _stage_error(GatewayError, exc, "", "read chaincode events") from None
-        return FabricChaincodeEvents(call)
+            stream = gateway._calls.chaincode_events(signed)
+        except GatewayFailure as failure:
+            raise _stage_error(GatewayError, failure, "", "read chaincode events") from None
+        return FabricChaincodeEvents(stream)
 
 
 class FabricChaincodeEvents:
     """A blocking iterator over the Gateway's chaincode event stream; close it to stop."""
 
-    def __init__(self, call: Any) -> None:
-        self._call = call
+    def __init__(self, stream: EventStream) -> None:
+        self._call = stream
         self._buffer: deque[ChaincodeEvent] = deque()
         self._closed = False
 
@@ -424,12 +565,10 @@ class FabricChaincodeEvents:
             except StopIteration:
                 self._closed = True
                 raise
-            except grpc.RpcError as exc:
-                if self._closed or (
-                    isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.CANCELLED
-                ):
+            except GatewayFailure as failure:
+                if self._closed or failure.code == grpc.StatusCode.CANCELLED:
                     raise StopIteration from None
-                raise _stage_error(GatewayError, exc, "", "read chaincode events") from None
+                raise _stage_error(GatewayError, failure, "", "read chaincode events") from None
             for event in response.events:
                 self._buffer.append(
                     ChaincodeEvent(
@@ -537,11 +676,9 @@ class FabricProposal:
             target_organizations=list(self.endorsing_organizations),
         )
         try:
-            response = self._gateway._calls["Evaluate"](
-                request, timeout=self._gateway.timeouts.evaluate
-            )
-        except grpc.RpcError as exc:
-            raise _stage_error(GatewayError, exc, self.transaction_id, "evaluate") from None
+            response = self._gateway._calls.evaluate(request, self._gateway.timeouts.evaluate)
+        except GatewayFailure as failure:
+            raise _stage_error(GatewayError, failure, self.transaction_id, "evaluate") from None
         return bytes(response.result.payload)
 
     def endorse(self) -> FabricTransaction:
@@ -553,11 +690,9 @@ class FabricProposal:
             endorsing_organizations=list(self.endorsing_organizations),
         )
         try:
-            response = self._gateway._calls["Endorse"](
-                request, timeout=self._gateway.timeouts.endorse
-            )
-        except grpc.RpcError as exc:
-            raise _stage_error(EndorseError, exc, self.transaction_id, "endorse") from None
+            response = self._gateway._calls.endorse(request, self._gateway.timeouts.endorse)
+        except GatewayFailure as failure:
+            raise _stage_error(EndorseError, failure, self.transaction_id, "endorse") from None
         envelope = response.prepared_transaction
         result = _check_prepared(envelope, self.transaction_id, self.channel, self._gateway.creator)
         return FabricTransaction(self._gateway, self.channel, self.transaction_id, envelope, result)
@@ -623,9 +758,9 @@ class FabricTransaction:
             prepared_transaction=self.envelope,
         )
         try:
-            gateway._calls["Submit"](request, timeout=gateway.timeouts.submit)
-        except grpc.RpcError as exc:
-            raise _stage_error(SubmitError, exc, self.transaction_id, "submit") from None
+            gateway._calls.submit(request, gateway.timeouts.submit)
+        except GatewayFailure as failure:
+            raise _stage_error(SubmitError, failure, self.transaction_id, "submit") from None
         return FabricCommit(gateway, self.channel, self.transaction_id, self.result)
 
 
@@ -648,12 +783,12 @@ class FabricCommit:
         ).SerializeToString()
         signed = gw.SignedCommitStatusRequest(request=request, signature=gateway._sign(request))
         try:
-            response = gateway._calls["CommitStatus"](
-                signed, timeout=timeout if timeout is not None else gateway.timeouts.commit_status
+            response = gateway._calls.commit_status(
+                signed, timeout if timeout is not None else gateway.timeouts.commit_status
             )
-        except grpc.RpcError as exc:
+        except GatewayFailure as failure:
             raise _stage_error(
-                CommitStatusError, exc, self.transaction_id, "report the commit status"
+                CommitStatusError, failure, self.transaction_id, "report the commit status"
             ) from None
         code = int(response.result)
         name = (
