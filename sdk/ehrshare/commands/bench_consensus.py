@@ -233,49 +233,42 @@ def run_live_bench(
 
 
 def _show_live(result: dict[str, Any], console: Console) -> None:
-    table = Table(title="Live Fabric vs simulator (ratio = predicted / measured)")
-    for col in (
-        "round",
-        "protocol",
-        "N",
-        "txs valid",
-        "blocks",
-        "tx/block",
-        "tx/s meas",
-        "tx/s pred",
-        "ratio",
-        "p50 meas",
-        "p50 pred",
-        "ratio",
-        "p95 meas",
-        "p95 pred",
-        "ratio",
-    ):
-        table.add_column(col, justify="left" if col in ("round", "protocol") else "right")
+    meas = Table(title="Live Fabric, measured (latency: submit → commit reported, ms)")
+    for col in ("round", "N", "VALID", "blocks", "tx/block", "tx/s", "p50", "p95", "p99"):
+        meas.add_column(col, justify="left" if col == "round" else "right")
+    pred = Table(title="Simulator prediction (ratio = predicted / measured)")
+    for col in ("round", "N", "tx/s", "ratio", "p50", "ratio", "p95", "ratio", "ordering"):
+        pred.add_column(col, justify="left" if col == "round" else "right")
     for r in result["rows"]:
         m, c = r["measured"], r["calibration"]
-        table.add_row(
+        meas.add_row(
             r["round"],
-            r["protocol"],
             str(r["orderers"]),
             f"{m['valid']}/{m['submitted']}",
             str(m["blocks"]),
             _fmt(m["avg_block_size"]),
-            _fmt(c["throughput_tps"]["measured"]),
+            _fmt(m["throughput_tps"]),
+            _fmt(m["latency_p50_ms"]),
+            _fmt(m["latency_p95_ms"]),
+            _fmt(m["latency_p99_ms"]),
+        )
+        pred.add_row(
+            r["round"],
+            str(r["orderers"]),
             _fmt(c["throughput_tps"]["predicted"]),
             _fmt(c["throughput_tps"]["ratio"], 2),
-            _fmt(c["latency_p50_ms"]["measured"]),
             _fmt(c["latency_p50_ms"]["predicted"]),
             _fmt(c["latency_p50_ms"]["ratio"], 2),
-            _fmt(c["latency_p95_ms"]["measured"]),
             _fmt(c["latency_p95_ms"]["predicted"]),
             _fmt(c["latency_p95_ms"]["ratio"], 2),
+            _fmt(r["ordering_calibration"]["ordering_p50_ms"]["ratio"], 3),
         )
+    console.print(meas)
+    console.print(pred)
     for u in result["unavailable"]:
-        table.add_row(u["round"], u["protocol"], str(u["orderers"]), "unavailable", *[""] * 11)
-    console.print(table)
-    for u in result["unavailable"]:
-        console.print(f"{u['protocol']} x{u['orderers']}: unavailable: {u['reason']}")
+        console.print(
+            f"{u['protocol']} x{u['orderers']} ({u['round']}): unavailable: {u['reason']}"
+        )
 
 
 def _show(result: dict[str, Any], console: Console) -> None:

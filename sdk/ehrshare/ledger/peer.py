@@ -549,7 +549,9 @@ class LocalGateway:
                 response = next(responses)
             except grpc.RpcError as exc:
                 if _code(exc) in _UNREACHABLE:
-                    _log.info("orderer %s could not take a transaction: %s", orderer.address, _code(exc))
+                    _log.info(
+                        "orderer %s could not take a transaction: %s", orderer.address, _code(exc)
+                    )
                     unreachable.append(_orderer_detail(orderer, _text(exc)))
                     continue
                 raise GatewayFailure(
