@@ -191,7 +191,7 @@ class LocalCA:
                 x509.NameAttribute(NameOID.COMMON_NAME, f"ca.{msp_id}"),
             ]
         )
-        cert = (
+        builder = (
             x509.CertificateBuilder()
             .subject_name(name)
             .issuer_name(name)
@@ -214,9 +214,16 @@ class LocalCA:
                 ),
                 critical=True,
             )
-            .sign(key, hashes.SHA256())
+            # Fabric's MSP refuses a CA certificate without a subject key identifier.
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         )
-        return cls(msp_id, key, cert)
+        # Fabric 2.1's MSP built with Go >= 1.15 refuses a root whose self-signature has a
+        # high S: it rewrites the root to low-S and Go will not chain the copy to itself. ECDSA
+        # signing is randomised, so re-sign until S <= n/2 (each try succeeds with p = 1/2).
+        while True:
+            cert = builder.sign(key, hashes.SHA256())
+            if decode_dss_signature(cert.signature)[1] <= _P256_N // 2:
+                return cls(msp_id, key, cert)
 
     @property
     def certificate_pem(self) -> bytes:
@@ -232,13 +239,16 @@ class LocalCA:
         attributes: dict[str, str] | None = None,
         valid_days: int = 365,
         hosts: Sequence[str] = (),
+        client_auth: bool = False,
         now: _dt.datetime | None = None,
     ) -> tuple[Identity, Signer]:
         """Enrol a member: a new P-256 key and a certificate with its NodeOU and role attribute.
 
         ``hosts`` (IP addresses or DNS names) make it a TLS server certificate as well: they go
         into the subject alternative names, with the serverAuth extended key usage, because TLS
-        clients match the address they dial against the SANs, never the common name. ``now``
+        clients match the address they dial against the SANs, never the common name.
+        ``client_auth`` adds the clientAuth usage next to serverAuth, for a node whose TLS
+        certificate also opens connections (Fabric peers and Raft orderers). ``now``
         (default: the wall clock) starts the validity period; a sandbox on a manual clock
         passes its own time so the chaincode finds the certificate valid at transaction time.
         """
@@ -252,7 +262,11 @@ class LocalCA:
         attrs = dict(attributes or {})
         if role is not None:
             attrs[ROLE_ATTRIBUTE] = role
+        if client_auth and not sans:
+            raise ValueError("client_auth is for TLS server certificates: give hosts as well")
         usage = [ExtendedKeyUsageOID.SERVER_AUTH] if sans else []
+        if client_auth:
+            usage.append(ExtendedKeyUsageOID.CLIENT_AUTH)
         return self._issue(enrollment_id, node_ou, sans, usage, attrs, valid_days, now)
 
     def issue_tls_client(
@@ -307,6 +321,11 @@ class LocalCA:
             .not_valid_before(now - _dt.timedelta(minutes=5))
             .not_valid_after(now + _dt.timedelta(days=valid_days))
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            # Names the issuing key, as Fabric CA's certificates do (chain building, CRLs).
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
+                critical=False,
+            )
         )
         if sans:
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)

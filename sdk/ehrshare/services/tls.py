@@ -54,16 +54,20 @@ def issue_tls_certificate(
     *,
     hosts: Sequence[str] = ("127.0.0.1", "localhost"),
     valid_days: int = 365,
+    client_auth: bool = False,
 ) -> tuple[bytes, bytes]:
     """A TLS server certificate (PEM) and its P-256 key (PKCS#8 PEM) issued by ``ca``.
 
     A member certificate with NodeOU ``peer`` whose IP/DNS subject alternative names and
     serverAuth usage come from :meth:`LocalCA.issue` (``hosts=``); TLS clients refuse a server
-    certificate without SANs.
+    certificate without SANs. ``client_auth`` also allows it as a TLS client certificate (a
+    Fabric node dialling other nodes with it).
     """
     if not hosts:
         raise ValueError("a server certificate needs at least one host name or address")
-    identity, signer = ca.issue(name, node_ou="peer", hosts=tuple(hosts), valid_days=valid_days)
+    identity, signer = ca.issue(
+        name, node_ou="peer", hosts=tuple(hosts), valid_days=valid_days, client_auth=client_auth
+    )
     return identity.credentials, signer.to_secret_bytes()
 
 

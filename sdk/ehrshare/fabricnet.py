@@ -1,0 +1,1203 @@
+"""A real multi-organisation Hyperledger Fabric v2.1.1 network for a consortium, on 127.0.0.1.
+
+:meth:`FabricNet.create` builds, under ``<consortium>/fabric``, everything the Fabric binaries
+need — from the consortium's own hospital CAs (``<consortium>/ca/<MSP>``), not cryptogen:
+
+- per hospital an MSP directory (``cacerts``, ``tlscacerts``, ``config.yaml`` with NodeOUs), a
+  peer identity (NodeOU ``peer``) with a TLS certificate for 127.0.0.1/localhost/its server
+  name, and an org admin identity (NodeOU ``admin``) that runs the lifecycle;
+- an orderer organisation ``OrdererMSP`` with its own :class:`~ehrshare.identity.LocalCA`,
+  1 or 3 Raft orderers (NodeOU ``orderer``) and their TLS certificates;
+- ``configtx.yaml`` for N organisations, the system-channel genesis block and the channel
+  creation transaction (``configtxgen``), the peers' ``core.yaml`` (from Fabric's
+  ``sampleconfig``, external builder added) and the orderers' ``orderer.yaml``;
+- the chaincode as a ccaas package whose ``connection.json`` points at one
+  ``ehrshare chaincode serve`` process over mutual TLS (its own small TLS CA), and the ccaas
+  external builder;
+- free loopback ports for every listener, recorded with everything else in ``network.json``.
+
+:meth:`FabricNet.start` runs the chaincode server, the orderers and one peer per hospital as
+plain processes (logs in ``fabric/logs``), waits for each operations endpoint's ``/healthz``
+and for a Raft leader, and on the first start creates the channel, joins every peer, installs
+the package on every peer, approves it as every hospital's admin and commits it (each step is
+recorded, so a start that failed half-way resumes). A later start reuses the ledgers: no
+re-create, no re-deploy. :meth:`FabricNet.stop` stops by pid, after checking in ``/proc`` that
+the pid is still the process this module started (same start time); a failed start stops what
+it started.
+
+Fabric v2.1 has no Gateway service and no channel participation API (a system channel and
+``peer channel create/join`` stand in). What this module must not do: signal a process it did
+not start, bind anything but 127.0.0.1, log key material, or write keys other than as mode-0600
+files.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import functools
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import yaml
+
+from ehrshare.identity import LocalCA
+from ehrshare.processes import free_loopback_ports, pid_alive
+from ehrshare.services.tls import issue_tls_certificate
+from ehrshare.services.vault import atomic_write
+
+__all__ = [
+    "ORDERER_MSP",
+    "FabricNet",
+    "FabricNetError",
+    "FabricNetSpec",
+    "default_bin_dir",
+]
+
+_log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+
+ORDERER_MSP: Final = "OrdererMSP"
+STATE_FILE: Final = "network.json"
+_STATE_VERSION: Final = 1
+_BINARIES: Final = ("peer", "orderer", "configtxgen")
+_ENDORSEMENT_RULES: Final = ("MAJORITY", "ANY")
+_CC_VERSION: Final = "1"
+_CC_SEQUENCE: Final = "1"
+# Fabric's ccaas external builder: the package carries only connection.json, the peer dials it.
+_BUILDER: Final = {
+    "detect": (
+        "#!/bin/sh\n# detect CHAINCODE_SOURCE_DIR CHAINCODE_METADATA_DIR\nset -e\n"
+        'grep -q \'"type"[[:space:]]*:[[:space:]]*"ccaas"\' "$2/metadata.json"\n'
+    ),
+    "build": (
+        "#!/bin/sh\n# build CHAINCODE_SOURCE_DIR CHAINCODE_METADATA_DIR BUILD_OUTPUT_DIR\nset -e\n"
+        '[ -f "$1/connection.json" ] || { echo "no connection.json in $1" >&2; exit 1; }\n'
+        'cp "$1/connection.json" "$3/connection.json"\n'
+    ),
+    "release": (
+        "#!/bin/sh\n# release BUILD_OUTPUT_DIR RELEASE_OUTPUT_DIR\nset -e\n"
+        'mkdir -p "$2/chaincode/server"\n'
+        'cp "$1/connection.json" "$2/chaincode/server/connection.json"\n'
+    ),
+}
+# Broadcast refusals that go away by themselves while Raft elects a leader or a peer catches up.
+_TRANSIENT = re.compile(
+    r"SERVICE_UNAVAILABLE|no Raft leader|connection refused|context deadline exceeded"
+    r"|failed to create new connection|not yet|NOT_FOUND|timed out waiting",
+    re.IGNORECASE,
+)
+
+
+class FabricNetError(RuntimeError):
+    """The network cannot be created, started or used; the message says which part and why."""
+
+
+def _repo_root() -> Path:
+    return Path(__file__).resolve().parents[2]
+
+
+def default_bin_dir() -> Path:
+    """``$EHRSHARE_FABRIC_BIN``, else ``<repo>/network/build/fabric21/bin`` (``make tools``)."""
+    env = os.environ.get("EHRSHARE_FABRIC_BIN")
+    if env:
+        return Path(env)
+    return _repo_root() / "network" / "build" / "fabric21" / "bin"
+
+
+@dataclass(frozen=True)
+class FabricNetSpec:
+    """What network to build for a consortium directory (see :meth:`FabricNet.create`)."""
+
+    root: Path
+    msp_ids: tuple[str, ...]
+    orderers: int = 1
+    channel: str = "ehrshare"
+    chaincode: str = "ehrshare"
+    batch_timeout: str = "100ms"
+    max_message_count: int = 10
+    preferred_max_bytes: str = "512 KB"
+    endorsement: str = "MAJORITY"
+    bin_dir: Path | None = None
+
+    def check(self) -> None:
+        """Refuse a spec Fabric would refuse later, naming the field."""
+        if not self.msp_ids:
+            raise FabricNetError("msp_ids: a network needs at least one hospital MSP")
+        if len(set(self.msp_ids)) != len(self.msp_ids):
+            raise FabricNetError(f"msp_ids: {list(self.msp_ids)} has duplicates")
+        for msp in self.msp_ids:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9-]{0,62}", msp) or msp == ORDERER_MSP:
+                raise FabricNetError(
+                    f"msp id {msp!r} must be letters, digits and '-' and not {ORDERER_MSP}"
+                )
+        if self.orderers not in (1, 3):
+            raise FabricNetError(f"orderers is {self.orderers}; Raft runs with 1 or 3 here")
+        for what, name in (("channel", self.channel), ("chaincode", self.chaincode)):
+            if not re.fullmatch(r"[a-z][a-z0-9.-]{0,48}", name):
+                raise FabricNetError(f"{what} name {name!r} must match [a-z][a-z0-9.-]*")
+        if self.channel == "system-channel":
+            raise FabricNetError("channel may not be named system-channel (the orderers' own)")
+        if not re.fullmatch(r"\d+(ms|s)", self.batch_timeout):
+            raise FabricNetError(f"batch_timeout {self.batch_timeout!r} must look like 100ms or 2s")
+        if not 1 <= self.max_message_count <= 10000:
+            raise FabricNetError(f"max_message_count {self.max_message_count} is not in 1..10000")
+        if not re.fullmatch(r"\d+ (KB|MB)", self.preferred_max_bytes):
+            raise FabricNetError(
+                f"preferred_max_bytes {self.preferred_max_bytes!r} must look like '512 KB'"
+            )
+        if self.endorsement not in _ENDORSEMENT_RULES:
+            raise FabricNetError(f"endorsement {self.endorsement!r} is not MAJORITY or ANY")
+
+
+@dataclass
+class _Proc:
+    """A process this module started: pid plus its kernel start time (pids are reused)."""
+
+    pid: int
+    start_ticks: int
+    log: str
+    offset: int = 0  # where this run's lines start in the (appended) log
+
+
+@dataclass
+class _State:
+    spec: dict[str, Any]
+    ports: dict[str, Any]
+    package_id: str
+    done: list[str] = field(default_factory=list)
+    processes: dict[str, _Proc] = field(default_factory=dict)
+
+
+def _start_ticks(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        return int(stat.rsplit(") ", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _lower(msp: str) -> str:
+    return msp.lower()
+
+
+class _NoAliases(yaml.SafeDumper):
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _dump(data: Any) -> str:
+    return yaml.dump(data, Dumper=_NoAliases, sort_keys=False)
+
+
+class FabricNet:
+    """A Fabric network under ``<consortium>/fabric``: create once, start and stop many times."""
+
+    def __init__(self, root: Path, state: _State) -> None:
+        self.root = root
+        self.dir = root / "fabric"
+        self._state = state
+        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        spec = dict(state.spec)
+        self.spec = FabricNetSpec(
+            root=root,
+            msp_ids=tuple(spec["msp_ids"]),
+            orderers=int(spec["orderers"]),
+            channel=spec["channel"],
+            chaincode=spec["chaincode"],
+            batch_timeout=spec["batch_timeout"],
+            max_message_count=int(spec["max_message_count"]),
+            preferred_max_bytes=spec["preferred_max_bytes"],
+            endorsement=spec["endorsement"],
+            bin_dir=Path(spec["bin_dir"]),
+        )
+
+    # --- layout ------------------------------------------------------------------------------
+
+    @property
+    def bin_dir(self) -> Path:
+        """Where ``peer``, ``orderer`` and ``configtxgen`` are."""
+        assert self.spec.bin_dir is not None
+        return self.spec.bin_dir
+
+    @property
+    def package_id(self) -> str:
+        """The chaincode package id (``label:sha256`` of the package file)."""
+        return self._state.package_id
+
+    def org_dir(self, msp: str) -> Path:
+        """An organisation's directory (``msp``, ``peer``, ``admin`` below it)."""
+        return self.dir / "orgs" / msp
+
+    def admin_msp(self, msp: str) -> Path:
+        """The local MSP directory of a hospital's admin (what ``peer`` CLI commands sign with)."""
+        return self.org_dir(msp) / "admin" / "msp"
+
+    def tls_ca(self, msp: str) -> Path:
+        """The CA certificate that issued an organisation's TLS certificates."""
+        return self.org_dir(msp) / "msp" / "tlscacerts" / "ca.pem"
+
+    def server_name(self, msp: str) -> str:
+        """The TLS server name of a hospital's peer (a SAN of its certificate)."""
+        return f"peer0.{_lower(msp)}"
+
+    def peer_address(self, msp: str) -> str:
+        """``127.0.0.1:<port>`` of a hospital's peer."""
+        return f"127.0.0.1:{self._state.ports['peers'][msp]['listen']}"
+
+    def orderer_address(self, index: int = 0) -> str:
+        """``127.0.0.1:<port>`` of an orderer (0-based)."""
+        return f"127.0.0.1:{self._state.ports['orderers'][index]['listen']}"
+
+    @property
+    def endorsers(self) -> int:
+        """How many organisations' peers must endorse a transaction under the policy."""
+        n = len(self.spec.msp_ids)
+        return 1 if self.spec.endorsement == "ANY" else n // 2 + 1
+
+    # --- create ------------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, spec: FabricNetSpec, progress: Progress | None = None) -> FabricNet:
+        """Write crypto material, channel artefacts, configs and the chaincode package.
+
+        Starts no process. Refuses a consortium that already has a network, a missing hospital
+        CA, or missing Fabric binaries; on any failure nothing is left under ``fabric/``.
+        """
+        say = progress or (lambda _msg: None)
+        spec.check()
+        root = Path(spec.root).resolve()
+        bin_dir = Path(spec.bin_dir) if spec.bin_dir is not None else default_bin_dir()
+        missing = [b for b in _BINARIES if not (bin_dir / b).is_file()]
+        if missing:
+            raise FabricNetError(
+                f"Fabric binaries {missing} are not in {bin_dir}: run `make tools` "
+                "(or set EHRSHARE_FABRIC_BIN)"
+            )
+        sampleconfig = _sampleconfig(bin_dir)
+        cas = {}
+        for msp in spec.msp_ids:
+            ca_dir = root / "ca" / msp
+            if not (ca_dir / "ca-key.pem").is_file():
+                raise FabricNetError(f"hospital CA {ca_dir} does not exist (consortium init?)")
+            cas[msp] = LocalCA.load(ca_dir)
+            if cas[msp].msp_id != msp:
+                raise FabricNetError(f"{ca_dir} is the CA of {cas[msp].msp_id}, not of {msp}")
+        net_dir = root / "fabric"
+        if net_dir.exists():
+            raise FabricNetError(f"{net_dir} already exists; load it or remove it first")
+        started = time.monotonic()
+        try:
+            net = cls._build(spec, root, bin_dir, sampleconfig, cas, say)
+        except BaseException:
+            shutil.rmtree(net_dir, ignore_errors=True)
+            raise
+        _log.info("created the Fabric network in %s (%.1f s)", net_dir, time.monotonic() - started)
+        return net
+
+    @classmethod
+    def _build(
+        cls,
+        spec: FabricNetSpec,
+        root: Path,
+        bin_dir: Path,
+        sampleconfig: Path,
+        cas: Mapping[str, LocalCA],
+        say: Progress,
+    ) -> FabricNet:
+        net_dir = root / "fabric"
+        (net_dir / "logs").mkdir(parents=True)
+        n_ports = 2 * spec.orderers + 3 * len(spec.msp_ids) + 1
+        ports = iter(free_loopback_ports(n_ports))
+        port_map: dict[str, Any] = {
+            "orderers": [
+                {"listen": next(ports), "operations": next(ports)} for _ in range(spec.orderers)
+            ],
+            "peers": {
+                msp: {"listen": next(ports), "chaincode": next(ports), "operations": next(ports)}
+                for msp in spec.msp_ids
+            },
+            "ccaas": next(ports),
+        }
+        spec_json = {
+            "msp_ids": list(spec.msp_ids),
+            "orderers": spec.orderers,
+            "channel": spec.channel,
+            "chaincode": spec.chaincode,
+            "batch_timeout": spec.batch_timeout,
+            "max_message_count": spec.max_message_count,
+            "preferred_max_bytes": spec.preferred_max_bytes,
+            "endorsement": spec.endorsement,
+            "bin_dir": str(bin_dir.resolve()),
+        }
+        net = cls(root, _State(spec_json, port_map, package_id=""))
+
+        say("crypto material from the hospitals' CAs")
+        for ca in cas.values():
+            net._write_org(ca)
+        orderer_ca = LocalCA.create(ORDERER_MSP)
+        orderer_ca.save(net.org_dir(ORDERER_MSP) / "ca")
+        net._write_orderer_org(orderer_ca)
+
+        say("channel configuration (configtxgen)")
+        net._write_configtx()
+        txcfg = net.dir / "config" / "configtx"
+        net._run(
+            [
+                str(bin_dir / "configtxgen"),
+                "-profile",
+                "Genesis",
+                "-channelID",
+                "system-channel",
+                "-outputBlock",
+                str(net.dir / "genesis.block"),
+            ],
+            env={"FABRIC_CFG_PATH": str(txcfg)},
+            what="configtxgen (genesis block)",
+        )
+        net._run(
+            [
+                str(bin_dir / "configtxgen"),
+                "-profile",
+                "Channel",
+                "-channelID",
+                spec.channel,
+                "-outputCreateChannelTx",
+                str(net.dir / f"{spec.channel}.tx"),
+            ],
+            env={"FABRIC_CFG_PATH": str(txcfg)},
+            what="configtxgen (channel transaction)",
+        )
+        net._write_node_configs(sampleconfig)
+
+        say("chaincode package (ccaas)")
+        net._state.package_id = net._write_package()
+        net._save()
+        return net
+
+    def _write_msp(
+        self,
+        msp_dir: Path,
+        ca: LocalCA,
+        *,
+        signer: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        ca_pem = ca.certificate_pem
+        for sub in ("cacerts", "tlscacerts"):
+            (msp_dir / sub).mkdir(parents=True, exist_ok=True)
+            (msp_dir / sub / "ca.pem").write_bytes(ca_pem)
+
+        def ou(name: str) -> dict[str, str]:
+            return {"Certificate": "cacerts/ca.pem", "OrganizationalUnitIdentifier": name}
+
+        config = {
+            "NodeOUs": {
+                "Enable": True,
+                "ClientOUIdentifier": ou("client"),
+                "PeerOUIdentifier": ou("peer"),
+                "AdminOUIdentifier": ou("admin"),
+                "OrdererOUIdentifier": ou("orderer"),
+            }
+        }
+        (msp_dir / "config.yaml").write_text(_dump(config), encoding="utf-8")
+        if signer is not None:
+            cert, key = signer
+            (msp_dir / "signcerts").mkdir(exist_ok=True)
+            (msp_dir / "signcerts" / "cert.pem").write_bytes(cert)
+            atomic_write(msp_dir / "keystore" / "key.pem", key, mode=0o600)
+
+    def _write_tls(self, tls_dir: Path, ca: LocalCA, server_name: str) -> None:
+        cert, key = issue_tls_certificate(
+            ca, server_name, hosts=("127.0.0.1", "localhost", server_name), client_auth=True
+        )
+        tls_dir.mkdir(parents=True, exist_ok=True)
+        (tls_dir / "server.crt").write_bytes(cert)
+        atomic_write(tls_dir / "server.key", key, mode=0o600)
+        (tls_dir / "ca.crt").write_bytes(ca.certificate_pem)
+
+    def _write_org(self, ca: LocalCA) -> None:
+        msp = ca.msp_id
+        org = self.org_dir(msp)
+        self._write_msp(org / "msp", ca)
+        peer, peer_key = ca.issue(self.server_name(msp), node_ou="peer")
+        self._write_msp(
+            org / "peer" / "msp", ca, signer=(peer.credentials, peer_key.to_secret_bytes())
+        )
+        self._write_tls(org / "peer" / "tls", ca, self.server_name(msp))
+        admin, admin_key = ca.issue(f"fabric-admin.{_lower(msp)}", node_ou="admin", role="admin")
+        self._write_msp(
+            org / "admin" / "msp", ca, signer=(admin.credentials, admin_key.to_secret_bytes())
+        )
+
+    def _orderer_name(self, index: int) -> str:
+        return f"orderer{index + 1}.ordererorg"
+
+    def _orderer_dir(self, index: int) -> Path:
+        return self.org_dir(ORDERER_MSP) / f"orderer{index + 1}"
+
+    def _write_orderer_org(self, ca: LocalCA) -> None:
+        self._write_msp(self.org_dir(ORDERER_MSP) / "msp", ca)
+        for i in range(self.spec.orderers):
+            node = self._orderer_dir(i)
+            ident, key = ca.issue(self._orderer_name(i), node_ou="orderer")
+            self._write_msp(node / "msp", ca, signer=(ident.credentials, key.to_secret_bytes()))
+            self._write_tls(node / "tls", ca, self._orderer_name(i))
+
+    def _write_configtx(self) -> None:
+        spec = self.spec
+
+        def sig(rule: str) -> dict[str, str]:
+            return {"Type": "Signature", "Rule": rule}
+
+        def meta(rule: str) -> dict[str, str]:
+            return {"Type": "ImplicitMeta", "Rule": rule}
+
+        orderer_addresses = [self.orderer_address(i) for i in range(spec.orderers)]
+        orderer_org = {
+            "Name": ORDERER_MSP,
+            "ID": ORDERER_MSP,
+            "MSPDir": str(self.org_dir(ORDERER_MSP) / "msp"),
+            "Policies": {
+                "Readers": sig(f"OR('{ORDERER_MSP}.member')"),
+                "Writers": sig(f"OR('{ORDERER_MSP}.member')"),
+                "Admins": sig(f"OR('{ORDERER_MSP}.admin')"),
+            },
+            "OrdererEndpoints": orderer_addresses,
+        }
+        orgs = [
+            {
+                "Name": msp,
+                "ID": msp,
+                "MSPDir": str(self.org_dir(msp) / "msp"),
+                "Policies": {
+                    "Readers": sig(f"OR('{msp}.member')"),
+                    "Writers": sig(f"OR('{msp}.member')"),
+                    "Admins": sig(f"OR('{msp}.admin')"),
+                    "Endorsement": sig(f"OR('{msp}.peer')"),
+                },
+            }
+            for msp in spec.msp_ids
+        ]
+        v2 = {"V2_0": True}
+        channel_policies = {
+            "Readers": meta("ANY Readers"),
+            "Writers": meta("ANY Writers"),
+            "Admins": meta("MAJORITY Admins"),
+        }
+        consenters = []
+        for i in range(spec.orderers):
+            tls = str(self._orderer_dir(i) / "tls" / "server.crt")
+            port = self._state.ports["orderers"][i]["listen"]
+            consenters.append(
+                {"Host": "127.0.0.1", "Port": port, "ClientTLSCert": tls, "ServerTLSCert": tls}
+            )
+        orderer = {
+            "OrdererType": "etcdraft",
+            "Addresses": orderer_addresses,
+            "BatchTimeout": spec.batch_timeout,
+            "BatchSize": {
+                "MaxMessageCount": spec.max_message_count,
+                "AbsoluteMaxBytes": "99 MB",
+                "PreferredMaxBytes": spec.preferred_max_bytes,
+            },
+            "EtcdRaft": {
+                "Consenters": consenters,
+                # A 100 ms tick elects a leader within about a second on loopback (the
+                # sample's 500 ms makes every start wait 5 s).
+                "Options": {
+                    "TickInterval": "100ms",
+                    "ElectionTick": 10,
+                    "HeartbeatTick": 1,
+                    "MaxInflightBlocks": 5,
+                    "SnapshotIntervalSize": "16 MB",
+                },
+            },
+            "Organizations": [orderer_org],
+            "Policies": {
+                **channel_policies,
+                "BlockValidation": meta("ANY Writers"),
+            },
+            "Capabilities": v2,
+        }
+        application = {
+            "Organizations": orgs,
+            "Policies": {
+                **channel_policies,
+                "LifecycleEndorsement": meta("MAJORITY Endorsement"),
+                "Endorsement": meta(f"{spec.endorsement} Endorsement"),
+            },
+            "Capabilities": v2,
+        }
+        configtx = {
+            "Profiles": {
+                "Genesis": {
+                    "Policies": channel_policies,
+                    "Capabilities": v2,
+                    "Orderer": orderer,
+                    "Consortiums": {"EhrshareConsortium": {"Organizations": orgs}},
+                },
+                "Channel": {
+                    "Consortium": "EhrshareConsortium",
+                    "Policies": channel_policies,
+                    "Capabilities": v2,
+                    "Application": application,
+                },
+            }
+        }
+        out = self.dir / "config" / "configtx" / "configtx.yaml"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(_dump(configtx), encoding="utf-8")
+
+    def _write_node_configs(self, sampleconfig: Path) -> None:
+        builder = self.dir / "builder"
+        for name, text in _BUILDER.items():
+            path = builder / "bin" / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            path.chmod(0o755)
+        core = yaml.safe_load((sampleconfig / "core.yaml").read_text(encoding="utf-8"))
+        # No Docker: chaincode only through the ccaas external builder.
+        core["vm"]["endpoint"] = ""
+        core["chaincode"]["externalBuilders"] = [
+            {"path": str(builder), "name": "ccaas-builder", "environmentWhitelist": ["HOME"]}
+        ]
+        peer_cfg = self.dir / "config" / "peer"
+        peer_cfg.mkdir(parents=True, exist_ok=True)
+        (peer_cfg / "core.yaml").write_text(_dump(core), encoding="utf-8")
+        orderer_cfg = self.dir / "config" / "orderer"
+        orderer_cfg.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sampleconfig / "orderer.yaml", orderer_cfg / "orderer.yaml")
+
+    def _write_package(self) -> str:
+        spec = self.spec
+        cc_dir = self.dir / "chaincode"
+        tls_ca = LocalCA.create("ChaincodeTLS")
+        tls_ca.save(cc_dir / "tls-ca")
+        server_cert, server_key = issue_tls_certificate(tls_ca, "chaincode.ehrshare")
+        (cc_dir / "server.crt").write_bytes(server_cert)
+        atomic_write(cc_dir / "server.key", server_key, mode=0o600)
+        client, client_key = tls_ca.issue_tls_client("peers")
+        connection = {
+            "address": f"127.0.0.1:{self._state.ports['ccaas']}",
+            "dial_timeout": "10s",
+            "tls_required": True,
+            "client_auth_required": True,
+            "root_cert": tls_ca.certificate_pem.decode(),
+            "client_cert": client.credentials.decode(),
+            "client_key": client_key.to_secret_bytes().decode(),
+        }
+        label = f"{spec.chaincode}_{_CC_VERSION}"
+        code = _tgz({"connection.json": json.dumps(connection, indent=2).encode()})
+        metadata = json.dumps({"path": "", "type": "ccaas", "label": label}).encode()
+        package = _tgz({"metadata.json": metadata, "code.tar.gz": code})
+        # The package holds the peers' TLS client key for the chaincode connection.
+        atomic_write(cc_dir / f"{label}.tgz", package, mode=0o600)
+        # Fabric 2.1's package id: <label>:sha256 of the package file, known before install,
+        # so the server can start before the peers.
+        return f"{label}:{hashlib.sha256(package).hexdigest()}"
+
+    # --- load / state ------------------------------------------------------------------------
+
+    @classmethod
+    def load(cls, root: Path) -> FabricNet:
+        """Open the network created under ``root/fabric`` (its ``network.json``)."""
+        root = Path(root).resolve()
+        path = root / "fabric" / STATE_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise FabricNetError(f"{path} does not exist: create the network first") from None
+        except ValueError as exc:
+            raise FabricNetError(f"{path} is not valid JSON: {exc}") from None
+        if data.get("version") != _STATE_VERSION:
+            raise FabricNetError(f"{path} has version {data.get('version')!r}, not 1")
+        try:
+            state = _State(
+                spec=data["spec"],
+                ports=data["ports"],
+                package_id=data["package_id"],
+                done=list(data["done"]),
+                processes={k: _Proc(**v) for k, v in data["processes"].items()},
+            )
+            return cls(root, state)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FabricNetError(f"{path} is missing or has a bad field: {exc}") from None
+
+    def _save(self) -> None:
+        s = self._state
+        data = {
+            "version": _STATE_VERSION,
+            "spec": s.spec,
+            "ports": s.ports,
+            "package_id": s.package_id,
+            "done": s.done,
+            "processes": {k: asdict(v) for k, v in s.processes.items()},
+        }
+        atomic_write(self.dir / STATE_FILE, json.dumps(data, indent=2).encode(), mode=0o644)
+
+    def _mark(self, step: str) -> None:
+        if step not in self._state.done:
+            self._state.done.append(step)
+            self._save()
+
+    @property
+    def deployed(self) -> bool:
+        """Whether the channel exists and the chaincode is committed on it."""
+        return "commit" in self._state.done
+
+    # --- processes ---------------------------------------------------------------------------
+
+    def _ours(self, proc: _Proc) -> bool:
+        return pid_alive(proc.pid) and _start_ticks(proc.pid) == proc.start_ticks
+
+    def running(self) -> bool:
+        """True when every process of the network runs (and is the one this module started)."""
+        procs = self._state.processes
+        expected = 1 + self.spec.orderers + len(self.spec.msp_ids)
+        return len(procs) == expected and all(self._ours(p) for p in procs.values())
+
+    def pids(self) -> dict[str, int]:
+        """The recorded pid of each process, by name (``ccaas``, ``orderer1``, ``peer-<MSP>``)."""
+        return {name: p.pid for name, p in self._state.processes.items()}
+
+    def _spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> _Proc:
+        log = self.dir / "logs" / f"{name}.log"
+        with open(log, "ab") as out:
+            offset = out.seek(0, os.SEEK_END)
+            # A session of its own: the network outlives the command that started it (`network
+            # up`), and a Ctrl-C in that terminal does not reach it; stop() ends it by pid.
+            child = subprocess.Popen(  # noqa: S603 - binaries of this network
+                list(argv),
+                env={**os.environ, **env},
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=self.dir,
+                start_new_session=True,
+            )
+        ticks = _start_ticks(child.pid)
+        if ticks is None:
+            child.wait()
+            raise FabricNetError(f"{name} exited at once (code {child.returncode}): {_tail(log)}")
+        self._children[child.pid] = child
+        proc = _Proc(child.pid, ticks, str(log), offset)
+        self._state.processes[name] = proc
+        self._save()
+        _log.info("started %s (pid %d), log %s (from byte %d)", name, child.pid, log, offset)
+        return proc
+
+    def _stop_one(self, name: str, proc: _Proc, grace: float = 15.0) -> None:
+        if not self._ours(proc):
+            _log.info("%s (pid %d) is not running", name, proc.pid)
+            return
+        os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while self._ours(proc) and time.monotonic() < deadline:
+            self._reap(proc.pid)
+            time.sleep(0.05)
+        if self._ours(proc):
+            _log.warning("%s (pid %d) ignored SIGTERM for %.0f s: SIGKILL", name, proc.pid, grace)
+            os.kill(proc.pid, signal.SIGKILL)
+        self._reap(proc.pid, block=True)
+
+    def _reap(self, pid: int, *, block: bool = False) -> None:
+        child = self._children.get(pid)
+        if child is None:
+            return
+        try:
+            child.wait(timeout=10 if block else 0)
+        except subprocess.TimeoutExpired:
+            return
+        self._children.pop(pid, None)
+
+    def stop(self) -> None:
+        """Stop every process of the network by pid: peers, then orderers, then the chaincode
+        server. Idempotent; never signals a pid that is no longer the process started here."""
+        procs = self._state.processes
+        order = sorted(procs, key=lambda n: (not n.startswith("peer"), n == "ccaas", n))
+        for name in order:
+            self._stop_one(name, procs[name])
+        procs.clear()
+        if self.dir.exists():
+            self._save()
+
+    # --- start -------------------------------------------------------------------------------
+
+    def start(self, progress: Progress | None = None, *, timeout: float = 120.0) -> None:
+        """Run the chaincode server, the orderers and the peers; the first start also creates
+        the channel, joins the peers and deploys the chaincode.
+
+        Returns when the network accepts transactions. Refuses to start a network that is
+        already (partly) running. On failure every process started here is stopped and the
+        error names the step and the tail of the log concerned.
+        """
+        say = progress or (lambda _msg: None)
+        if any(self._ours(p) for p in self._state.processes.values()):
+            if self.running():
+                raise FabricNetError(f"the network in {self.dir} is already running")
+            raise FabricNetError(
+                f"the network in {self.dir} is partly running: stop it before starting it"
+            )
+        self._state.processes.clear()
+        deadline = time.monotonic() + timeout
+        try:
+            say("chaincode server")
+            self._start_ccaas(deadline)
+            say(f"{self.spec.orderers} orderer(s)")
+            self._start_orderers(deadline)
+            say(f"{len(self.spec.msp_ids)} peer(s)")
+            self._start_peers(deadline)
+            if self.deployed:
+                say("waiting for a Raft leader")
+                self._wait_leader(self.spec.channel, deadline)
+            else:
+                self._deploy(say, deadline)
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_ccaas(self, deadline: float) -> None:
+        exe = Path(sys.executable).parent / "ehrshare"
+        cc = self.dir / "chaincode"
+        port = self._state.ports["ccaas"]
+        argv = [
+            str(exe),
+            "chaincode",
+            "serve",
+            "--package-id",
+            self.package_id,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--tls-cert",
+            str(cc / "server.crt"),
+            "--tls-key",
+            str(cc / "server.key"),
+            "--client-ca",
+            str(cc / "tls-ca" / "ca-cert.pem"),
+        ]
+        proc = self._spawn("ccaas", argv, {})
+        self._wait(lambda: _listening(port), "ccaas", proc, deadline)
+
+    def _orderer_env(self, i: int) -> dict[str, str]:
+        node = self._orderer_dir(i)
+        ports = self._state.ports["orderers"][i]
+        ca = str(self.org_dir(ORDERER_MSP) / "msp" / "tlscacerts" / "ca.pem")
+        data = self.dir / "orderers" / f"orderer{i + 1}"
+        return {
+            "FABRIC_CFG_PATH": str(self.dir / "config" / "orderer"),
+            "FABRIC_LOGGING_SPEC": "INFO",
+            "ORDERER_GENERAL_LISTENADDRESS": "127.0.0.1",
+            "ORDERER_GENERAL_LISTENPORT": str(ports["listen"]),
+            "ORDERER_GENERAL_LOCALMSPID": ORDERER_MSP,
+            "ORDERER_GENERAL_LOCALMSPDIR": str(node / "msp"),
+            "ORDERER_GENERAL_TLS_ENABLED": "true",
+            "ORDERER_GENERAL_TLS_PRIVATEKEY": str(node / "tls" / "server.key"),
+            "ORDERER_GENERAL_TLS_CERTIFICATE": str(node / "tls" / "server.crt"),
+            "ORDERER_GENERAL_TLS_ROOTCAS": f"[{ca}]",
+            "ORDERER_GENERAL_CLUSTER_CLIENTCERTIFICATE": str(node / "tls" / "server.crt"),
+            "ORDERER_GENERAL_CLUSTER_CLIENTPRIVATEKEY": str(node / "tls" / "server.key"),
+            "ORDERER_GENERAL_CLUSTER_ROOTCAS": f"[{ca}]",
+            "ORDERER_GENERAL_BOOTSTRAPMETHOD": "file",
+            "ORDERER_GENERAL_BOOTSTRAPFILE": str(self.dir / "genesis.block"),
+            "ORDERER_FILELEDGER_LOCATION": str(data / "ledger"),
+            "ORDERER_CONSENSUS_WALDIR": str(data / "etcdraft" / "wal"),
+            "ORDERER_CONSENSUS_SNAPDIR": str(data / "etcdraft" / "snap"),
+            "ORDERER_OPERATIONS_LISTENADDRESS": f"127.0.0.1:{ports['operations']}",
+            "ORDERER_METRICS_PROVIDER": "disabled",
+        }
+
+    def _start_orderers(self, deadline: float) -> None:
+        started = []
+        for i in range(self.spec.orderers):
+            name = f"orderer{i + 1}"
+            proc = self._spawn(name, [str(self.bin_dir / "orderer")], self._orderer_env(i))
+            started.append((name, proc, self._state.ports["orderers"][i]["operations"]))
+        for name, proc, ops in started:
+            self._wait_node(name, proc, ops, "Beginning to serve requests", deadline)
+
+    def _peer_env(self, msp: str) -> dict[str, str]:
+        ports = self._state.ports["peers"][msp]
+        org = self.org_dir(msp)
+        address = self.peer_address(msp)
+        chaincode = f"127.0.0.1:{ports['chaincode']}"
+        return {
+            "FABRIC_CFG_PATH": str(self.dir / "config" / "peer"),
+            "FABRIC_LOGGING_SPEC": "INFO",
+            "CORE_PEER_ID": self.server_name(msp),
+            "CORE_PEER_ADDRESS": address,
+            "CORE_PEER_LISTENADDRESS": address,
+            "CORE_PEER_CHAINCODEADDRESS": chaincode,
+            "CORE_PEER_CHAINCODELISTENADDRESS": chaincode,
+            "CORE_PEER_GOSSIP_BOOTSTRAP": address,
+            "CORE_PEER_GOSSIP_EXTERNALENDPOINT": address,
+            # One peer per organisation: it pulls blocks from the orderers itself at once,
+            # instead of electing itself leader after a grace period of several seconds.
+            "CORE_PEER_GOSSIP_USELEADERELECTION": "false",
+            "CORE_PEER_GOSSIP_ORGLEADER": "true",
+            "CORE_PEER_LOCALMSPID": msp,
+            "CORE_PEER_MSPCONFIGPATH": str(org / "peer" / "msp"),
+            "CORE_PEER_TLS_ENABLED": "true",
+            "CORE_PEER_TLS_CERT_FILE": str(org / "peer" / "tls" / "server.crt"),
+            "CORE_PEER_TLS_KEY_FILE": str(org / "peer" / "tls" / "server.key"),
+            "CORE_PEER_TLS_ROOTCERT_FILE": str(org / "peer" / "tls" / "ca.crt"),
+            "CORE_PEER_FILESYSTEMPATH": str(self.dir / "peers" / msp),
+            "CORE_OPERATIONS_LISTENADDRESS": f"127.0.0.1:{ports['operations']}",
+            "CORE_METRICS_PROVIDER": "disabled",
+            "CORE_VM_ENDPOINT": "",
+            "CORE_LEDGER_STATE_STATEDATABASE": "goleveldb",
+        }
+
+    def _start_peers(self, deadline: float) -> None:
+        started = []
+        for msp in self.spec.msp_ids:
+            name = f"peer-{msp}"
+            proc = self._spawn(
+                name, [str(self.bin_dir / "peer"), "node", "start"], self._peer_env(msp)
+            )
+            started.append((name, proc, self._state.ports["peers"][msp]["operations"]))
+        for name, proc, ops in started:
+            self._wait_node(name, proc, ops, "Started peer with ID=", deadline)
+
+    def _wait_node(self, name: str, proc: _Proc, ops: int, marker: str, deadline: float) -> None:
+        # /healthz answers before the node binds its gRPC port (a peer whose port is taken
+        # answers, then exits), so also wait for the line the node logs once it serves.
+        self._wait(
+            lambda: _logged(proc, re.compile(re.escape(marker))) and _healthy(ops),
+            name,
+            proc,
+            deadline,
+        )
+
+    def _check_alive(self) -> None:
+        for name, proc in self._state.processes.items():
+            if not self._ours(proc):
+                self._reap(proc.pid, block=True)
+                raise FabricNetError(f"{name} exited: {_tail(Path(proc.log))}")
+
+    def _wait(self, ready: Callable[[], bool], name: str, proc: _Proc, deadline: float) -> None:
+        while not ready():
+            if not self._ours(proc):
+                self._reap(proc.pid, block=True)
+                raise FabricNetError(f"{name} exited while starting: {_tail(Path(proc.log))}")
+            if time.monotonic() > deadline:
+                raise FabricNetError(f"{name} is not ready in time: {_tail(Path(proc.log))}")
+            time.sleep(0.1)
+
+    def _wait_leader(self, channel: str, deadline: float) -> None:
+        # Every orderer logs the leader it learns, per channel; until then broadcasts fail.
+        pattern = re.compile(rf"Raft leader changed: \d+ -> [1-9]\d* channel={re.escape(channel)} ")
+        for i in range(self.spec.orderers):
+            name = f"orderer{i + 1}"
+            proc = self._state.processes[name]
+            log = Path(proc.log)
+            while not _logged(proc, pattern):
+                if not self._ours(proc):
+                    raise FabricNetError(f"{name} exited: {_tail(log)}")
+                if time.monotonic() > deadline:
+                    raise FabricNetError(f"{name} elected no Raft leader in time: {_tail(log)}")
+                time.sleep(0.1)
+
+    # --- peer CLI and deployment -------------------------------------------------------------
+
+    def cli_env(self, msp: str, *, peer: str | None = None) -> dict[str, str]:
+        """Environment for the ``peer`` CLI acting as ``msp``'s admin against ``peer``'s peer
+        (default: its own). Merge it over ``os.environ``."""
+        target = peer or msp
+        if msp not in self.spec.msp_ids or target not in self.spec.msp_ids:
+            raise FabricNetError(f"{msp!r} or {target!r} is not one of {list(self.spec.msp_ids)}")
+        return {
+            "FABRIC_CFG_PATH": str(self.dir / "config" / "peer"),
+            "FABRIC_LOGGING_SPEC": "WARNING",
+            "CORE_PEER_LOCALMSPID": msp,
+            "CORE_PEER_MSPCONFIGPATH": str(self.admin_msp(msp)),
+            "CORE_PEER_ADDRESS": self.peer_address(target),
+            "CORE_PEER_TLS_ENABLED": "true",
+            "CORE_PEER_TLS_ROOTCERT_FILE": str(self.tls_ca(target)),
+        }
+
+    def orderer_args(self) -> list[str]:
+        """``-o <orderer> --tls --cafile <orderer TLS CA>`` for ``peer`` CLI commands."""
+        return ["-o", self.orderer_address(0), "--tls", "--cafile", str(self.tls_ca(ORDERER_MSP))]
+
+    def peer_args(self, msps: Sequence[str]) -> list[str]:
+        """``--peerAddresses … --tlsRootCertFiles …`` for the given hospitals' peers."""
+        out: list[str] = []
+        for msp in msps:
+            out += ["--peerAddresses", self.peer_address(msp)]
+            out += ["--tlsRootCertFiles", str(self.tls_ca(msp))]
+        return out
+
+    def peer_cli(
+        self,
+        msp: str,
+        args: Sequence[str],
+        *,
+        peer: str | None = None,
+        timeout: float = 60.0,
+    ) -> str:
+        """Run ``peer <args>`` as ``msp``'s admin; its combined output. Raises
+        :class:`FabricNetError` with the output's tail when it fails."""
+        return self._run(
+            [str(self.bin_dir / "peer"), *args],
+            env=self.cli_env(msp, peer=peer),
+            what=f"peer {' '.join(args[:3])} as {msp}",
+            timeout=timeout,
+        )
+
+    def _run(
+        self,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str],
+        what: str,
+        timeout: float = 60.0,
+    ) -> str:
+        try:
+            done = subprocess.run(  # noqa: S603 - binaries of this network
+                list(argv),
+                env={**os.environ, **env},
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                cwd=self.dir,
+            )
+        except subprocess.TimeoutExpired:
+            raise FabricNetError(f"{what} did not finish in {timeout:.0f} s") from None
+        output = done.stdout + done.stderr
+        if done.returncode != 0:
+            lines = output.strip().splitlines()
+            # The CLI prints its usage after an error; the "Error:" line is what matters.
+            errors = [line for line in lines if line.startswith("Error:")]
+            tail = " | ".join(errors or lines[-6:])
+            raise FabricNetError(f"{what} failed (exit {done.returncode}): {tail}")
+        return output
+
+    def _retry(self, action: Callable[[], str], deadline: float) -> str:
+        while True:
+            try:
+                return action()
+            except FabricNetError as exc:
+                if not _TRANSIENT.search(str(exc)) or time.monotonic() > deadline:
+                    raise
+                self._check_alive()  # a dead node's refusals are not transient
+                _log.info("retrying: %s", exc)
+                time.sleep(0.5)
+
+    def _each_org(self, step: str, action: Callable[[str], str], deadline: float) -> None:
+        todo = [m for m in self.spec.msp_ids if f"{step}:{m}" not in self._state.done]
+        if not todo:
+            return
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(todo)) as pool:
+            futures = {
+                pool.submit(self._retry, functools.partial(action, m), deadline): m for m in todo
+            }
+            errors = []
+            for future in concurrent.futures.as_completed(futures):
+                msp = futures[future]
+                try:
+                    future.result()
+                except FabricNetError as exc:
+                    errors.append(str(exc))
+                else:
+                    self._mark(f"{step}:{msp}")
+        if errors:
+            raise FabricNetError("; ".join(errors))
+
+    def _deploy(self, say: Progress, deadline: float) -> None:
+        spec = self.spec
+        first = spec.msp_ids[0]
+        block = self.dir / f"{spec.channel}.block"
+        orderer = self.orderer_args()
+        if "channel" not in self._state.done:
+            say(f"creating channel {spec.channel}")
+            self._retry(
+                lambda: self.peer_cli(
+                    first,
+                    [
+                        "channel",
+                        "create",
+                        *orderer,
+                        "-c",
+                        spec.channel,
+                        "-f",
+                        str(self.dir / f"{spec.channel}.tx"),
+                        "--outputBlock",
+                        str(block),
+                    ],
+                ),
+                deadline,
+            )
+            self._mark("channel")
+        say("joining every peer")
+        self._each_org(
+            "join", lambda m: self.peer_cli(m, ["channel", "join", "-b", str(block)]), deadline
+        )
+        label = self.package_id.split(":", 1)[0]
+        package = self.dir / "chaincode" / f"{label}.tgz"
+        say("installing the chaincode package on every peer")
+
+        def install(msp: str) -> str:
+            listed = self.peer_cli(msp, ["lifecycle", "chaincode", "queryinstalled"])
+            if self.package_id in listed:
+                return listed
+            self.peer_cli(msp, ["lifecycle", "chaincode", "install", str(package)])
+            listed = self.peer_cli(msp, ["lifecycle", "chaincode", "queryinstalled"])
+            if self.package_id not in listed:
+                raise FabricNetError(
+                    f"the peer of {msp} does not list package {self.package_id} after "
+                    "installing it: " + " | ".join(listed.strip().splitlines()[-3:])
+                )
+            return listed
+
+        self._each_org("install", install, deadline)
+        definition = [
+            "-C",
+            spec.channel,
+            "-n",
+            spec.chaincode,
+            "-v",
+            _CC_VERSION,
+            "--sequence",
+            _CC_SEQUENCE,
+        ]
+        say("approving the chaincode as every hospital's admin")
+        self._each_org(
+            "approve",
+            lambda m: self.peer_cli(
+                m,
+                [
+                    "lifecycle",
+                    "chaincode",
+                    "approveformyorg",
+                    *orderer,
+                    *definition,
+                    "--package-id",
+                    self.package_id,
+                    "--waitForEvent",
+                ],
+            ),
+            deadline,
+        )
+        say("committing the chaincode definition")
+        self._retry(
+            lambda: self.peer_cli(
+                first,
+                [
+                    "lifecycle",
+                    "chaincode",
+                    "commit",
+                    *orderer,
+                    *definition,
+                    *self.peer_args(spec.msp_ids),
+                    "--waitForEvent",
+                ],
+            ),
+            deadline,
+        )
+        self._mark("commit")
+
+    # --- for clients -------------------------------------------------------------------------
+
+    def connection(self) -> dict[str, Any]:
+        """What a client profile needs: peers (address, MSP, TLS CA path, server name),
+        orderers, channel, chaincode and how many organisations must endorse."""
+        return {
+            "peers": [
+                {
+                    "address": self.peer_address(msp),
+                    "msp": msp,
+                    "tls_ca": str(self.tls_ca(msp)),
+                    "server_name": self.server_name(msp),
+                }
+                for msp in self.spec.msp_ids
+            ],
+            "orderers": [
+                {
+                    "address": self.orderer_address(i),
+                    "tls_ca": str(self.tls_ca(ORDERER_MSP)),
+                    "server_name": self._orderer_name(i),
+                }
+                for i in range(self.spec.orderers)
+            ],
+            "channel": self.spec.channel,
+            "chaincode": self.spec.chaincode,
+            "endorsers": self.endorsers,
+        }
+
+    def __repr__(self) -> str:
+        return f"FabricNet({self.dir}, orgs={list(self.spec.msp_ids)})"
+
+
+def _sampleconfig(bin_dir: Path) -> Path:
+    env = os.environ.get("EHRSHARE_FABRIC_SAMPLECONFIG")
+    path = Path(env) if env else bin_dir.parent / "src" / "fabric" / "sampleconfig"
+    if not (path / "core.yaml").is_file() or not (path / "orderer.yaml").is_file():
+        raise FabricNetError(
+            f"Fabric's sampleconfig (core.yaml, orderer.yaml) is not in {path}: run `make tools` "
+            "or set EHRSHARE_FABRIC_SAMPLECONFIG"
+        )
+    return path
+
+
+def _tgz(files: Mapping[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _logged(proc: _Proc, pattern: re.Pattern[str]) -> bool:
+    try:
+        with open(proc.log, "rb") as log:
+            log.seek(proc.offset)
+            return pattern.search(log.read().decode("utf-8", errors="replace")) is not None
+    except OSError:
+        return False
+
+
+def _healthy(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(  # our loopback operations endpoint
+            f"http://127.0.0.1:{port}/healthz", timeout=1
+        ) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _tail(log: Path, lines: int = 8) -> str:
+    try:
+        text = log.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return f"(no log at {log})"
+    return f"{log}: " + (" | ".join(text.strip().splitlines()[-lines:]) or "(empty)")

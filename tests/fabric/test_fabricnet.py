@@ -1,0 +1,206 @@
+"""A real multi-organisation Fabric v2.1.1 network built from the consortium's own CAs.
+
+`ehrshare.fabricnet` turns three hospital CAs (as `consortium init` saves them) into MSPs, peer,
+orderer and admin identities, a Raft ordering service (1 or 3 nodes), a channel with a MAJORITY
+endorsement policy and our chaincode server deployed as ccaas. The `peer` CLI, signing as each
+hospital's admin from those MSP directories, drives the contract; every process is stopped by
+pid at the end, also when a start fails.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ehrshare.fabricnet import FabricNet, FabricNetError, FabricNetSpec, default_bin_dir
+from ehrshare.identity import LocalCA
+from ehrshare.processes import pid_alive
+
+pytestmark = [pytest.mark.fabric, pytest.mark.slow]
+
+MSPS = ("HospitalAMSP", "HospitalBMSP", "HospitalCMSP")
+
+
+def _consortium(root: Path) -> Path:
+    assert (default_bin_dir() / "peer").is_file(), "Fabric v2.1.1 is not built: run `make tools`"
+    for msp in MSPS:
+        LocalCA.create(msp).save(root / "ca" / msp)
+    return root
+
+
+def _processes_of(net_dir: Path) -> list[int]:
+    """Live processes (of this user) whose command line or environment names the network
+    directory: the chaincode server by its arguments, orderers and peers by FABRIC_CFG_PATH."""
+    found = []
+    needle = str(net_dir).encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            seen = needle in (proc / "cmdline").read_bytes() + (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if seen and pid_alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
+def _all_gone(pids: list[int]) -> bool:
+    deadline = time.monotonic() + 30
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not any(pid_alive(p) for p in pids)
+
+
+@pytest.fixture
+def networks() -> Iterator[list[FabricNet]]:
+    """Networks a test created; each is stopped by pid afterwards, whatever happened."""
+    nets: list[FabricNet] = []
+    yield nets
+    for net in nets:
+        net.stop()
+
+
+def _register_ca(net: FabricNet, msp: str, endorsers: list[str]) -> None:
+    ca_pem = (net.root / "ca" / msp / "ca-cert.pem").read_text(encoding="utf-8")
+    args = json.dumps({"function": "RegisterOrgCA", "Args": [ca_pem]})
+    net.peer_cli(
+        msp,
+        [
+            "chaincode",
+            "invoke",
+            *net.orderer_args(),
+            "-C",
+            net.spec.channel,
+            "-n",
+            net.spec.chaincode,
+            *net.peer_args(endorsers),
+            "--waitForEvent",
+            "-c",
+            args,
+        ],
+    )
+
+
+def _org_ca(net: FabricNet, msp: str, *, on_peer_of: str) -> dict[str, str]:
+    out = net.peer_cli(
+        on_peer_of,
+        [
+            "chaincode",
+            "query",
+            "-C",
+            net.spec.channel,
+            "-n",
+            net.spec.chaincode,
+            "-c",
+            json.dumps({"Args": ["GetOrgCA", msp]}),
+        ],
+    )
+    record: dict[str, str] = json.loads(out)
+    return record
+
+
+def test_three_hospitals_commit_under_majority_and_survive_a_restart(
+    tmp_path: Path, networks: list[FabricNet]
+) -> None:
+    root = _consortium(tmp_path / "consortium")
+    net = FabricNet.create(FabricNetSpec(root=root, msp_ids=MSPS))
+    networks.append(net)
+    conn = net.connection()
+    assert [p["msp"] for p in conn["peers"]] == list(MSPS)
+    assert conn["endorsers"] == 2 and len(conn["orderers"]) == 1
+    assert not net.running()
+
+    steps: list[str] = []
+    net.start(progress=steps.append)
+    assert net.running() and net.deployed
+    assert any("approving" in s for s in steps)
+    pids = list(net.pids().values())
+    assert len(pids) == 1 + 1 + len(MSPS)
+
+    # HospitalA's admin registers its CA, endorsed by A's and B's peers (a majority); the
+    # contract checked that this CA issued the admin's certificate. C's peer reads it.
+    _register_ca(net, "HospitalAMSP", ["HospitalAMSP", "HospitalBMSP"])
+    record = _org_ca(net, "HospitalAMSP", on_peer_of="HospitalCMSP")
+    ca_pem = (root / "ca" / "HospitalAMSP" / "ca-cert.pem").read_text(encoding="utf-8")
+    assert record["msp_id"] == "HospitalAMSP" and record["ca_pem"] == ca_pem
+
+    # One organisation's endorsement is not a majority: the orderer orders it, the peers
+    # invalidate it, and nothing is written.
+    with pytest.raises(FabricNetError, match="ENDORSEMENT_POLICY_FAILURE"):
+        _register_ca(net, "HospitalBMSP", ["HospitalBMSP"])
+    with pytest.raises(FabricNetError, match="the ca of HospitalBMSP is not registered"):
+        _org_ca(net, "HospitalBMSP", on_peer_of="HospitalAMSP")
+
+    # Restart from the same directories: no re-create, no re-deploy; the ledger is kept and
+    # new transactions commit.
+    net.stop()
+    assert not net.running() and _all_gone(pids)
+    net = FabricNet.load(root)
+    networks.append(net)
+    steps.clear()
+    net.start(progress=steps.append)
+    assert not any("approving" in s or "creating" in s for s in steps)
+    assert _org_ca(net, "HospitalAMSP", on_peer_of="HospitalBMSP")["ca_pem"] == ca_pem
+    _register_ca(net, "HospitalCMSP", ["HospitalBMSP", "HospitalCMSP"])
+    assert _org_ca(net, "HospitalCMSP", on_peer_of="HospitalAMSP")["msp_id"] == "HospitalCMSP"
+
+    restarted = list(net.pids().values())
+    net.stop()
+    net.stop()  # idempotent
+    assert _all_gone(pids + restarted) and _processes_of(net.dir) == []
+    assert not FabricNet.load(root).running()
+
+
+def test_three_raft_orderers_and_an_any_policy(tmp_path: Path, networks: list[FabricNet]) -> None:
+    root = _consortium(tmp_path / "consortium")
+    net = FabricNet.create(FabricNetSpec(root=root, msp_ids=MSPS, orderers=3, endorsement="ANY"))
+    networks.append(net)
+    assert net.connection()["endorsers"] == 1
+    net.start()
+    pids = list(net.pids().values())
+    assert len(pids) == 1 + 3 + len(MSPS)
+    _register_ca(net, "HospitalBMSP", ["HospitalBMSP"])  # one endorsement is enough here
+    assert _org_ca(net, "HospitalBMSP", on_peer_of="HospitalCMSP")["msp_id"] == "HospitalBMSP"
+    # Each orderer took part in Raft for the channel (all three learned its leader).
+    for i in (1, 2, 3):
+        log = (net.dir / "logs" / f"orderer{i}.log").read_text(encoding="utf-8", errors="replace")
+        assert f"channel={net.spec.channel}" in log and "Raft leader changed" in log
+    net.stop()
+    net.start()
+    _register_ca(net, "HospitalAMSP", ["HospitalCMSP"])
+    assert _org_ca(net, "HospitalAMSP", on_peer_of="HospitalBMSP")["msp_id"] == "HospitalAMSP"
+    restarted = list(net.pids().values())
+    net.stop()
+    assert _all_gone(pids + restarted) and _processes_of(net.dir) == []
+
+
+def test_a_failed_start_leaves_nothing_running(tmp_path: Path, networks: list[FabricNet]) -> None:
+    root = _consortium(tmp_path / "consortium")
+    net = FabricNet.create(FabricNetSpec(root=root, msp_ids=MSPS))
+    networks.append(net)
+    port = int(net.peer_address("HospitalCMSP").rsplit(":", 1)[1])
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        with pytest.raises(FabricNetError, match="peer-HospitalCMSP exited while starting"):
+            net.start()
+        started = json.loads((net.dir / "network.json").read_text())["processes"]
+        assert started == {}
+    logs = {p.name for p in (net.dir / "logs").iterdir()}
+    assert {"ccaas.log", "orderer1.log", "peer-HospitalCMSP.log"} <= logs
+    assert not net.running()
+    # Every process that did start (the log files name them) was stopped: none is left.
+    assert _processes_of(net.dir) == []
+    # The next start, with the port free again, creates the channel and deploys.
+    net.start()
+    assert net.running() and net.deployed
+    pids = list(net.pids().values())
+    net.stop()
+    assert _all_gone(pids) and _processes_of(net.dir) == []
