@@ -46,6 +46,9 @@ def test_live_raft_round_is_well_formed(orderers: int) -> None:
     p = row["predicted"]
     assert p["spec"]["n"] == orderers
     assert (p["spec"]["batch_size"], p["spec"]["batch_timeout_s"]) == (MAX_MESSAGE_COUNT, 0.1)
+    # The peer's own per-block validation + commit lines were found for our blocks.
+    assert p["fixed_per_tx_ms"]["commit_path"] is not None
+    assert p["commit_path"].startswith("measured")
     for metric in ("throughput_tps", "latency_p50_ms", "latency_p95_ms"):
         cal = row["calibration"][metric]
         assert cal["measured"] == m[metric] and cal["measured"] > 0
