@@ -1,7 +1,7 @@
 """Run one simulated experiment: build the protocol, install the faults, run, check, summarise.
 
-This is the simulated driver behind the harness (`SimulatedDriver`); a live driver (real Fabric
-Raft / SmartBFT orderers) would implement the same `Driver` protocol. It must fail loudly: a
+This is the simulated driver behind the harness (`SimulatedDriver`); the live driver
+(`live.LiveDriver`, a real Fabric Raft network) implements the same `Driver` protocol. It must fail loudly: a
 safety or liveness violation in a scenario within the assumptions raises, it is never averaged
 away into a result row.
 """
@@ -83,7 +83,7 @@ class RunSpec:
 
 
 class Driver(Protocol):
-    """Runs one spec and returns a result row (simulated now; a live Fabric driver later)."""
+    """Runs one spec and returns a result row (`SimulatedDriver`, or `live.LiveDriver`)."""
 
     name: str
 
