@@ -1,9 +1,9 @@
 """Run one simulated experiment: build the protocol, install the faults, run, check, summarise.
 
 This is the simulated driver behind the harness (`SimulatedDriver`); the live driver
-(`live.LiveDriver`, a real Fabric Raft network) implements the same `Driver` protocol. It must fail loudly: a
-safety or liveness violation in a scenario within the assumptions raises, it is never averaged
-away into a result row.
+(`live.LiveDriver`, a real Fabric Raft network) implements the same `Driver` protocol. It must
+fail loudly: a safety or liveness violation in a scenario within the assumptions raises, it is
+never averaged away into a result row.
 """
 
 from __future__ import annotations
