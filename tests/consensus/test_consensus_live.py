@@ -29,6 +29,7 @@ from ehrshare_consensus.experiments import EXPERIMENTS_DIR
 from ehrshare_consensus.live import (
     UNAVAILABLE,
     LiveConfigError,
+    LiveDriver,
     LiveUnavailable,
     LoadSpec,
     Submit,
@@ -262,15 +263,16 @@ def test_bad_live_configs_name_the_problem(tmp_path: Path, body: str, needle: st
 
 
 class _EmbeddedSession:
-    def __init__(self, sb: Sandbox, clients: int) -> None:
+    def __init__(self, sb: Sandbox, clients: int, target: _EmbeddedTarget) -> None:
         self._clients = _patients(sb, clients)
+        self._target = target
 
     @property
     def clients(self) -> Sequence[Submit]:
         return self._clients
 
     def commit_path_ms(self, blocks: Sequence[int]) -> float | None:
-        self.asked = list(blocks)
+        self._target.asked_blocks = sorted(blocks)
         return None
 
     def describe(self) -> dict[str, Any]:
@@ -296,10 +298,11 @@ class _EmbeddedTarget:
     def __init__(self, sb: Sandbox) -> None:
         self.sb = sb
         self.opened: list[RunSpec] = []
+        self.asked_blocks: list[int] = []
 
     def open(self, spec: RunSpec, clients: int) -> _EmbeddedSession:
         self.opened.append(spec)
-        return _EmbeddedSession(self.sb, clients)
+        return _EmbeddedSession(self.sb, clients, self)
 
 
 def test_run_live_row_carries_measured_predicted_and_ratios(sandbox: Sandbox) -> None:
@@ -314,6 +317,18 @@ def test_run_live_row_carries_measured_predicted_and_ratios(sandbox: Sandbox) ->
         assert cal["measured"] == row["measured"][metric]
         assert cal["predicted"] == row["predicted"][metric]
     assert row["ordering_calibration"]["ordering_p50_ms"]["predicted"] is not None
+    assert target.asked_blocks == sorted(int(b) for b in row["measured"]["txs_per_block"])
+
+
+def test_live_driver_is_a_harness_driver(sandbox: Sandbox) -> None:
+    target = _EmbeddedTarget(sandbox)
+    driver = LiveDriver(target, LoadSpec(txs=6, clients=2, warmup_txs=1), COST)
+    assert driver.name == "fabric-raft"
+    spec = RunSpec(protocol="raft", n=3, batch_size=5, batch_timeout_s=0.05, outstanding=2)
+    row = driver.run(spec)
+    assert target.opened == [spec]
+    assert (row["orderers"], row["max_message_count"]) == (3, 5)
+    assert row["predicted"]["spec"]["n"] == 3
 
 
 def test_live_bench_json_reports_smartbft_unavailable(tmp_path: Path, sandbox: Sandbox) -> None:
