@@ -4,7 +4,8 @@ Fabric v2.1.1 — the newest release the Go module proxy serves here (the pinned
 built by `make tools` into network/build/fabric21. network/fabric-2.1-probe/run-all.sh starts one
 Raft orderer and one peer on 127.0.0.1, deploys `ehrshare chaincode serve` as a ccaas package
 (plain, then mutual TLS) and drives contract functions with the `peer` CLI; stop.sh stops every
-process by pid. This proves the chaincode server against a real peer; the Gateway client and
+process by pid. This proves the chaincode server against a real peer; the client gateway that
+works without a Gateway service is test_fabric21_local_gateway.py; the Gateway service and
 SmartBFT need Fabric >= 2.4 / 3.0 and are not exercised here.
 """
 
@@ -12,87 +13,20 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from fabric_probe import Run
 from fabric_protos.peer import peer_pb2_grpc
 
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.envelope import serialize_identity, transaction_id
 from ehrshare.ledger.fabric import dial, signed_proposal
-from ehrshare.processes import pid_alive
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
-
-ROOT = Path(__file__).resolve().parents[2]
-PROBE = ROOT / "network" / "fabric-2.1-probe"
-FAB = ROOT / "network" / "build" / "fabric21"
-PORTS = (7050, 7051, 7052, 9443, 9444, 9998, 9999)  # fixed in the probe's configs
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-@dataclass
-class Run:
-    net: Path
-    stdout: str
-    output: str
-    pids: list[int]
-
-
-@pytest.fixture(scope="module")
-def probe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Run]:
-    """The probe network, up for the module's tests; stopped by pid afterwards."""
-    assert (FAB / "bin" / "peer").is_file(), "Fabric v2.1.1 is not built: run `make tools`"
-    busy = [p for p in PORTS if not _port_free(p)]
-    assert busy == [], f"ports {busy} on 127.0.0.1 are taken; the probe network needs them"
-    net = tmp_path_factory.mktemp("fabric21") / "net"
-    env = {
-        **os.environ,
-        "FAB": str(FAB),
-        "NET": str(net),
-        "PY": sys.executable,
-        "EHRSHARE": str(Path(sys.executable).parent / "ehrshare"),
-        "WITH_TLS": "1",
-    }
-    pids: list[int] = []
-    try:
-        run = subprocess.run(
-            ["bash", str(PROBE / "run-all.sh")],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env=env,
-            check=False,
-        )
-        pids = [int(p.read_text()) for p in net.glob("*.pid")]
-        output = run.stdout + run.stderr
-        assert run.returncode == 0, output[-4000:]
-        yield Run(net, run.stdout, output, pids)
-    finally:
-        pids = pids or [int(p.read_text()) for p in net.glob("*.pid")]
-        subprocess.run(["bash", str(PROBE / "stop.sh")], env=env, timeout=120, check=False)
-        deadline = time.monotonic() + 30
-        while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
-            time.sleep(0.2)
-    assert pids and not any(pid_alive(p) for p in pids), "the probe left processes running"
 
 
 def test_a_real_fabric_peer_runs_the_contract_through_our_chaincode_server(probe: Run) -> None:

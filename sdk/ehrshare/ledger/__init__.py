@@ -1,8 +1,9 @@
 """Ledger backends behind one client interface (see :mod:`ehrshare.ledger.api`).
 
-The embedded ledger (default) runs the real chaincode in-process over SQLite; the Fabric Gateway
-client (:mod:`ehrshare.ledger.fabric`, tested against a fake Gateway only) satisfies the same
-protocols and is deliberately not imported here. Callers pick a backend by configuration only.
+The embedded ledger (default) runs the real chaincode in-process over SQLite; the Fabric client
+(:mod:`ehrshare.ledger.fabric` over a Gateway service, or :mod:`ehrshare.ledger.peer` for Fabric
+2.1 peers without one, which runs against a real peer in CI) satisfies the same protocols and is
+deliberately not imported here. Callers pick a backend by configuration only.
 """
 
 from ehrshare.ledger.api import (

@@ -1,6 +1,6 @@
 """Errors of the ledger client, one class per stage that can fail (as in fabric-gateway).
 
-Both backends raise these: the embedded ledger and the Fabric Gateway client. Each carries
+Both backends raise these: the embedded ledger and the Fabric client. Each carries
 the transaction id (when one exists) and the reason; messages never contain key material.
 """
 

@@ -7,11 +7,17 @@ mirroring the official hyperledger/fabric-gateway client: the proposal is Fabric
 24-byte nonce, transaction id ``hex(sha256(nonce ‖ creator))``), every request is signed with the
 identity's low-S ECDSA-P256 key, the endorsed transaction envelope the Gateway prepares is checked
 and signed here before submission, and errors surface as the same per-stage types the embedded
-client raises (:mod:`ehrshare.ledger.errors`). Use :func:`dial` for a channel and :func:`connect`.
+client raises (:mod:`ehrshare.ledger.errors`). Use :func:`dial` for a channel and :func:`connect`
+(or :func:`ehrshare.ledger.peer.connect` for peers without a Gateway).
 
-Status: exercised by protocol-level unit tests against an in-test fake Gateway server
-(``tests/fabric_unit/``). It has NOT run against a real Fabric peer: Fabric cannot be built on the
-development machine (see docs/status.md), so nothing in the SDK selects this backend yet.
+The Gateway's five calls sit behind :class:`GatewayCalls`: :class:`GrpcGatewayCalls` sends them to
+a peer's Gateway service (Fabric >= 2.4), :class:`ehrshare.ledger.peer.LocalGateway` does their
+work client-side for Fabric 2.1 peers, which have no Gateway service.
+
+Status: the Gateway-service path is exercised only against an in-test fake Gateway
+(``tests/fabric_unit/``): the pinned Fabric cannot be built here (docs/status.md). The classes
+below, with ``ledger.peer``'s calls, run against a real Fabric v2.1.1 peer and orderer in CI
+(``tests/fabric/test_fabric21_local_gateway.py``).
 
 This module must not hold private keys beyond the :class:`~ehrshare.identity.Signer` it was given,
 must not sign an envelope it has not checked is its own transaction, and must not log arguments
@@ -318,6 +324,8 @@ def _stage_error(
         message = f"could not reach {failure.where} to {action}: {text}"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
         message = f"{failure.where} did not {action} before the deadline"
+        if text:
+            message += f" ({text})"
     else:
         name = code.name if code is not None else "error"
         message = f"{action} failed ({name}): {text}"

@@ -537,6 +537,13 @@ class LocalGateway:
         listener = self._listener(request.channel_id)
         listener.wait_positioned(timeout)
         listener.expect(request.transaction_id)
+        try:
+            return self._broadcast(request.prepared_transaction, deadline)
+        except GatewayFailure:
+            listener.forget(request.transaction_id)
+            raise
+
+    def _broadcast(self, envelope: Any, deadline: float) -> Any:
         unreachable: list[Any] = []
         first = self._orderer_first  # the last one that took a transaction goes first
         for index in [*range(first, len(self._orderers)), *range(first)]:
@@ -545,7 +552,7 @@ class LocalGateway:
             if remaining <= 0:
                 break
             try:
-                responses = stub.Broadcast(iter([request.prepared_transaction]), timeout=remaining)
+                responses = stub.Broadcast(iter([envelope]), timeout=remaining)
                 response = next(responses)
             except grpc.RpcError as exc:
                 if _code(exc) in _UNREACHABLE:
@@ -636,7 +643,7 @@ class LocalGateway:
                 raise GatewayFailure(grpc.StatusCode.CANCELLED, "the gateway is closed")
             listener = self._listeners.get(channel)
             if listener is None:
-                listener = _CommitListener(self._peers[0], channel, self._seek)
+                listener = _CommitListener(self._peers, channel, self._seek)
                 self._listeners[channel] = listener
                 listener.start()
             return listener
@@ -645,12 +652,16 @@ class LocalGateway:
 class _CommitListener:
     """Validation codes of one channel's transactions, from a peer's DeliverFiltered stream.
 
-    A daemon thread reads filtered blocks from the newest block on, and after a failure (peer
-    restart) reconnects from the block after the last one it saw, so no commit is skipped.
+    A daemon thread reads filtered blocks from the newest block on, from the own organisation's
+    first peer; after a failure (peer restart) it reconnects to the next peer given (the same one
+    if there is only one) from the block after the last one it saw, so no commit is skipped.
     """
 
-    def __init__(self, peer: _Peer, channel: str, seek: Callable[[str, Any], Any]) -> None:
-        self._peer = peer
+    def __init__(
+        self, peers: Sequence[_Peer], channel: str, seek: Callable[[str, Any], Any]
+    ) -> None:
+        self._peers = list(peers)
+        self._index = 0
         self._channel = channel
         self._seek = seek
         self._cond = threading.Condition()
@@ -665,6 +676,10 @@ class _CommitListener:
             target=self._run, name=f"fabric-commits-{channel}", daemon=True
         )
 
+    @property
+    def _peer(self) -> _Peer:
+        return self._peers[self._index]
+
     def start(self) -> None:
         self._thread.start()
 
@@ -673,6 +688,11 @@ class _CommitListener:
         with self._cond:
             self._expected.add(transaction_id)
             self._cond.notify_all()  # a listener waiting to reconnect tries now
+
+    def forget(self, transaction_id: str) -> None:
+        """The transaction was not ordered: nobody will wait for it."""
+        with self._cond:
+            self._expected.discard(transaction_id)
 
     def wait_positioned(self, timeout: float) -> None:
         """Return once the stream delivered its first block, so later commits are all seen."""
@@ -697,13 +717,14 @@ class _CommitListener:
                 lambda: transaction_id in self._results or self._fatal or self._closed, timeout
             )
             if transaction_id in self._results:
+                self._expected.discard(transaction_id)
                 return self._results[transaction_id]
             self._raise_if_failed()
             state = "connected" if self._call is not None else f"reconnecting: {self._last_error}"
             raise GatewayFailure(
                 grpc.StatusCode.DEADLINE_EXCEEDED,
                 f"transaction {transaction_id} was not seen in a block of channel "
-                f"{self._channel} (the block stream is {state})",
+                f"{self._channel}; the block stream is {state}",
                 (self._peer.detail(state),),
                 where=self._peer.label,
             )
@@ -784,6 +805,8 @@ class _CommitListener:
                 self._call = None
                 if self._closed:
                     return
+                # Every peer has the channel's blocks: the next one resumes at the same block.
+                self._index = (self._index + 1) % len(self._peers)
                 _log.warning(
                     "commit listener on %s, channel %s: %s; reconnecting in %.1f s",
                     self._peer.label,

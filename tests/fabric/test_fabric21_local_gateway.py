@@ -1,0 +1,217 @@
+"""The client-side gateway (ehrshare.ledger.peer) against a real Fabric v2.1.1 peer and orderer.
+
+Fabric 2.1 has no Gateway service; ``ledger.peer.connect`` endorses on the peer's Endorser,
+orders through the orderer's Broadcast and reads commits and chaincode events from the peer's
+Deliver service. These tests drive the probe network (tests/fabric/conftest.py) as its Org1
+admin: queries, commits, the contract's refusals, an MVCC conflict, chaincode events from block
+0, from a checkpoint and from the next commit. The first orderer given is a port nothing listens
+on, so every submission also goes through the orderer failover.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+import socket
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from fabric_probe import Run
+
+from ehrshare.identity import Identity, Signer
+from ehrshare.ledger.api import InMemoryCheckpointer, StoredCheckpoint
+from ehrshare.ledger.errors import EndorseError, GatewayError
+from ehrshare.ledger.fabric import FabricContract, FabricGateway, FabricNetwork
+from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint, connect
+
+pytestmark = [pytest.mark.fabric, pytest.mark.slow]
+
+_log = logging.getLogger(__name__)
+ADMIN = "Org1MSP/Admin@org1.example.com"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def gateway(probe: Run) -> Iterator[FabricGateway]:
+    crypto = probe.net / "crypto"
+    org1 = crypto / "peerOrganizations" / "org1.example.com"
+    msp = org1 / "users" / "Admin@org1.example.com" / "msp"
+    key = serialization.load_pem_private_key(
+        next((msp / "keystore").glob("*")).read_bytes(), password=None
+    )
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    admin = Identity("Org1MSP", next((msp / "signcerts").glob("*.pem")).read_bytes())
+    orderer_ca = (
+        crypto / "ordererOrganizations/example.com/orderers/orderer.example.com/tls/ca.crt"
+    ).read_bytes()
+    peer_ca = (org1 / "peers" / "peer0.org1.example.com" / "tls" / "ca.crt").read_bytes()
+    gw = connect(
+        admin,
+        Signer(key),
+        peers=[PeerEndpoint("127.0.0.1:7051", "Org1MSP", peer_ca, "peer0.org1.example.com")],
+        orderers=[
+            OrdererEndpoint(f"127.0.0.1:{_free_port()}", orderer_ca, "orderer.example.com"),
+            OrdererEndpoint("127.0.0.1:7050", orderer_ca, "orderer.example.com"),
+        ],
+    )
+    try:
+        yield gw
+    finally:
+        gw.close()
+    # The gateway owned its commit listener: closing it stopped the thread.
+    assert not [t for t in threading.enumerate() if t.name.startswith("fabric-commits-")]
+
+
+@pytest.fixture(scope="module")
+def network(gateway: FabricGateway) -> FabricNetwork:
+    return gateway.get_network("mychannel")
+
+
+@pytest.fixture(scope="module")
+def contract(network: FabricNetwork) -> FabricContract:
+    return network.get_contract("ehrshare")
+
+
+def _type_key() -> str:
+    return base64.b64encode(os.urandom(33)).decode()
+
+
+def test_evaluate_reads_state_and_a_refusal_carries_the_contracts_message(
+    contract: FabricContract,
+) -> None:
+    timings = []
+    for _ in range(10):
+        start = time.perf_counter()
+        record = json.loads(contract.evaluate_transaction("GetIdentity", ADMIN))
+        timings.append(time.perf_counter() - start)
+        assert (record["ibe_id"], record["role"]) == (ADMIN, "admin")
+    _log.info("evaluate p50 %.1f ms", statistics.median(timings) * 1e3)
+
+    with pytest.raises(GatewayError) as refused:
+        contract.evaluate_transaction("GetOrgCA", "Org2MSP")
+    assert refused.value.message == "the ca of Org2MSP is not registered"
+    assert refused.value.details == (
+        "Org1MSP (127.0.0.1:7051): chaincode response 500, the ca of Org2MSP is not registered",
+    )
+
+
+def test_submit_commits_valid_in_a_block_and_a_query_reads_it_back(
+    contract: FabricContract,
+) -> None:
+    key = _type_key()
+    blocks: list[int] = []
+    timings = []
+    for n in range(5):
+        start = time.perf_counter()
+        commit = contract.new_proposal("PublishTypeKey", f"lat{n}", key, "1").endorse().submit()
+        status = commit.get_status()
+        timings.append(time.perf_counter() - start)
+        assert (status.tx_id, status.code, status.successful) == (
+            commit.transaction_id,
+            "VALID",
+            True,
+        )
+        assert json.loads(commit.result)["type"] == f"lat{n}"
+        blocks.append(status.block_number)
+    _log.info("submit+commit p50 %.1f ms", statistics.median(timings) * 1e3)
+    assert blocks == sorted(blocks) and blocks[0] > 0
+
+    result = json.loads(contract.submit_transaction("PublishTypeKey", "t-read", key, "2"))
+    stored = json.loads(contract.evaluate_transaction("GetTypeKey", ADMIN, "t-read"))
+    assert stored == result and stored["format_version"] == 2
+
+
+def test_a_submission_the_contract_refuses_is_an_endorse_error_and_nothing_is_ordered(
+    contract: FabricContract,
+) -> None:
+    with pytest.raises(EndorseError) as refused:
+        contract.submit_transaction("RegisterIdentity")
+    assert refused.value.message == f"identity {ADMIN} is already registered"
+    assert refused.value.transaction_id
+
+
+def test_two_transactions_endorsed_on_the_same_state_the_second_is_an_mvcc_conflict(
+    contract: FabricContract,
+) -> None:
+    # Both read the audit log head before either commits; the orderer puts the first one first.
+    key = _type_key()
+    first = contract.new_proposal("PublishTypeKey", "mvcc", key, "1").endorse()
+    second = contract.new_proposal("PublishTypeKey", "mvcc", key, "1").endorse()
+    first_commit, second_commit = first.submit(), second.submit()
+    assert first_commit.get_status().code == "VALID"
+    status = second_commit.get_status()
+    assert (status.code, status.successful) == ("MVCC_READ_CONFLICT", False)
+    assert status.block_number >= first_commit.get_status().block_number
+
+
+def test_chaincode_events_from_block_0_and_resumed_from_a_checkpoint(
+    contract: FabricContract, network: FabricNetwork
+) -> None:
+    key = _type_key()
+    statuses = []
+    for n in range(3):  # one after the other: each reads the audit log head the last one wrote
+        statuses.append(
+            contract.new_proposal("PublishTypeKey", f"ev{n}", key, "1")
+            .endorse()
+            .submit()
+            .get_status()
+        )
+    assert [s.code for s in statuses] == ["VALID"] * 3
+    wanted = [s.tx_id for s in statuses]
+
+    seen = []
+    checkpoint = InMemoryCheckpointer()
+    with network.get_chaincode_events("ehrshare", start_block=0) as events:
+        for event in events:
+            # The probe's own RegisterOrgCA and RegisterIdentity came first, in order.
+            seen.append(event)
+            checkpoint.checkpoint_event(event)
+            if event.transaction_id == wanted[0]:
+                break
+    assert [e.event_name for e in seen[:2]] == ["RegisterOrgCA", "RegisterIdentity"]
+    assert seen[-1].block_number == statuses[0].block_number
+    assert seen[-1].chaincode_name == "ehrshare" and seen[-1].event_name == "PublishTypeKey"
+    assert json.loads(seen[-1].payload)["tx_id"] == wanted[0]
+    numbers = [e.block_number for e in seen]
+    assert numbers == sorted(numbers)
+
+    # Resuming from the checkpoint skips the handled transaction and yields the next ones.
+    stored = StoredCheckpoint(checkpoint.block_number, checkpoint.transaction_id)
+    with network.get_chaincode_events("ehrshare", checkpoint=stored) as events:
+        resumed = [next(events).transaction_id, next(events).transaction_id]
+    assert resumed == wanted[1:]
+
+
+def test_events_from_the_next_commit_and_close_ends_a_blocked_iteration(
+    contract: FabricContract, network: FabricNetwork
+) -> None:
+    events = network.get_chaincode_events("ehrshare")  # returns once positioned at the newest
+    commit = contract.new_proposal("PublishTypeKey", "next", _type_key(), "1").endorse().submit()
+    first = next(events)
+    assert first.transaction_id == commit.transaction_id
+    assert first.block_number == commit.get_status().block_number
+
+    ended = threading.Event()
+
+    def drain() -> None:
+        for _ in events:
+            pass
+        ended.set()
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    events.close()
+    reader.join(timeout=30)
+    assert ended.is_set(), "close() did not end the blocked iteration"
