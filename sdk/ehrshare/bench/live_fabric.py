@@ -353,7 +353,7 @@ class FabricTarget:
                 "endorsers": conn.get("endorsers"),
                 "workload": f"{FUNCTION} by a patient for itself, fresh record id per tx",
             }
-            logs = sorted((root / "fabric" / "logs").glob("peer*.log"))
+            logs = sorted((Path(net.dir) / "logs").glob("peer*.log"))
             return FabricSession(net, gateways, submitters, root, owns, info, logs)
         except BaseException:
             _close_all(gateways)
