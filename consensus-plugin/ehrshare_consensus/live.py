@@ -38,7 +38,7 @@ import yaml
 
 from .calibrate import CostModel
 from .core import NetworkModel
-from .runner import RunSpec, run_once
+from .runner import LivenessViolation, RunSpec, run_once
 
 __all__ = [
     "LIVE_PROTOCOLS",
@@ -411,9 +411,7 @@ def predict(
         network=NetworkModel(kind="measured", bandwidth_mbps=LOOPBACK_MBPS, matrix_ms=matrix),
         max_time_s=max(spec.max_time_s, 600.0),
     )
-    row = run_once(sim_spec, cost)
-    add = fixed * 1000.0
-    return {
+    out: dict[str, Any] = {
         "spec": {
             "protocol": "raft",
             "n": n,
@@ -429,7 +427,6 @@ def predict(
             "one_way_ms": one_way_ms,
             "bandwidth_mbps": LOOPBACK_MBPS,
         },
-        "ordering_p50_ms": row["latency_p50_ms"],
         "fixed_per_tx_ms": {
             "endorse": endorse * 1000.0,
             "submit": submit * 1000.0,
@@ -438,6 +435,25 @@ def predict(
         "commit_path": "measured (the peer's own per-block validation + commit times)"
         if commit_path_ms is not None
         else "not modelled (the target did not measure it): predictions leave it out",
+        "error": None,
+    }
+    try:
+        row = run_once(sim_spec, cost)
+    except LivenessViolation as exc:
+        # The live figures are already measured: keep them, and say why nothing is predicted.
+        log.error("the simulation of a live round did not finish: %s", exc)
+        return out | {
+            "error": f"the simulation did not finish: {exc}",
+            "ordering_p50_ms": None,
+            "throughput_tps": None,
+            "latency_p50_ms": None,
+            "latency_p95_ms": None,
+            "latency_p99_ms": None,
+            "avg_block_size": None,
+        }
+    add = fixed * 1000.0
+    return out | {
+        "ordering_p50_ms": row["latency_p50_ms"],
         "throughput_tps": row["throughput_tps"],
         "latency_p50_ms": row["latency_p50_ms"] + add,
         "latency_p95_ms": row["latency_p95_ms"] + add,

@@ -218,6 +218,18 @@ def test_prediction_adds_the_measured_fixed_costs_and_uses_the_round_block_cutti
     assert "not modelled" in unknown["commit_path"]
 
 
+def test_a_prediction_that_cannot_finish_keeps_the_measurement() -> None:
+    # One request every 10 s of client delay and a 1 s virtual-time budget: the simulator
+    # commits too few blocks and says so instead of raising away the live row.
+    spec = RunSpec(protocol="raft", n=1, batch_size=10, batch_timeout_s=0.05, max_time_s=0.5)
+    load = LoadSpec(txs=20, clients=1, warmup_txs=0)
+    measured = {"endorse_p50_ms": 600_000.0, "submit_p50_ms": 1.0, "blocks": 20}
+    p = predict(spec, load, measured, COST, 0.01, None)
+    assert p["error"] is not None and "blocks committed" in p["error"]
+    assert p["throughput_tps"] is None and p["latency_p50_ms"] is None
+    assert calibration(p, {"throughput_tps": 3.0})["throughput_tps"]["ratio"] is None
+
+
 def test_single_node_raft_commits_and_client_delay_slows_the_closed_loop() -> None:
     base = RunSpec(protocol="raft", n=1, batch_size=10, batch_timeout_s=0.05, outstanding=4)
     fast = run_once(replace(base, blocks=10), COST)
