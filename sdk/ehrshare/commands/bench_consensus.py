@@ -265,6 +265,11 @@ def _show_live(result: dict[str, Any], console: Console) -> None:
         )
     console.print(meas)
     console.print(pred)
+    for r in result["rows"]:
+        if r["predicted"].get("error"):
+            console.print(
+                f"{r['round']} x{r['orderers']}: no prediction: {r['predicted']['error']}"
+            )
     for u in result["unavailable"]:
         console.print(
             f"{u['protocol']} x{u['orderers']} ({u['round']}): unavailable: {u['reason']}"
