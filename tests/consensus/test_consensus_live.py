@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 
 from ehrshare.bench.live_fabric import check_fabric_tools, record_args, record_submitter
 from ehrshare.cli import app
-from ehrshare.commands.bench_consensus import run_live_bench
+from ehrshare.commands.bench_consensus import _show_live, run_live_bench
 from ehrshare.ledger.sandbox import Sandbox
 from ehrshare_consensus.calibrate import CostModel
 from ehrshare_consensus.experiments import EXPERIMENTS_DIR
@@ -363,6 +363,10 @@ def test_live_bench_json_reports_smartbft_unavailable(tmp_path: Path, sandbox: S
     assert {"machine", "cost_model", "rows", "unavailable"} <= set(result)
     saved = json.loads((tmp_path / "out" / "live-results.json").read_text())
     assert saved["rows"][0]["measured"]["valid"] == 10
+    shown = Console(record=True, width=100)
+    _show_live(result, shown)
+    text = shown.export_text()
+    assert "10/10" in text and "fabric-smartbft x4 (s): unavailable" in text
 
 
 def test_live_fabric_without_binaries_says_make_tools(
