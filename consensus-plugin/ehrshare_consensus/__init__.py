@@ -2,8 +2,9 @@
 
 Use `runner.run_once(RunSpec(...))` for one seeded run (safety and liveness checked), or
 `experiments.load_experiment` + `run_experiment` for declarative rounds; the CLI is
-`ehrshare bench consensus`. Everything here is simulated: nothing in this package talks to a
-real Fabric network or reports a live measurement.
+`ehrshare bench consensus`. The simulation is everything but `live`: that module drives a
+real network only through a `LiveTarget` handed to it (the SDK's Fabric target), so this
+package never imports a Fabric client or starts a process itself.
 """
 
 from __future__ import annotations

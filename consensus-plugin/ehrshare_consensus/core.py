@@ -158,6 +158,11 @@ class SimParams:
     rate: str = "backlog"  # backlog (closed loop, Caliper fixed-load) | poisson
     outstanding: int | None = None  # backlog size; default = batch_size
     tps: float = 1000.0  # for poisson
+    # Closed loop only: how long a client takes, after learning that its request committed,
+    # to put the next one in the pool. 0 = at once (Caliper fixed-backlog). A live calibration
+    # sets it to the client-side stages the simulator does not model (endorsement, the peer's
+    # validation and commit), so the closed loop turns over as slowly as the real one.
+    client_delay_s: float = 0.0
     max_blocks: int = 100
     max_time_s: float = 60.0
     warmup_blocks: int = 2
@@ -535,7 +540,12 @@ class Sim:
             self.measure_end = (t, self.net.messages, self.net.bytes)
             self._measure_last = height
         if p.rate == "backlog" and fresh:
-            self.pool.submit(len(fresh), t)
+            if p.client_delay_s > 0.0:
+                count = len(fresh)
+                later = self.env.timeout(max(0.0, t - self.env.now) + p.client_delay_s)
+                later.callbacks.append(lambda _ev: self.pool.submit(count, self.env.now))
+            else:
+                self.pool.submit(len(fresh), t)
         for fn in self.height_triggers.pop(height, []):
             fn()
         if height >= p.max_blocks and not self.done.triggered:

@@ -117,6 +117,11 @@ class RaftNode(Node):
         self.entries.append((self.term, blk.digest))
         self.cpu(blk.size * self.cost.hash_s_per_byte)
         self.broadcast_append()
+        if not self.others:
+            # A single orderer (Fabric's Raft ×1) is its own majority: no reply will ever
+            # come to advance the commit index, so commit the entry from the event loop (not
+            # inline: with a full pool, commit → propose → commit would recurse without end).
+            self.timer(0.0, self.advance_commit)
 
     def broadcast_append(self) -> None:
         self.append_to(self.others)

@@ -1,9 +1,9 @@
 """Run one simulated experiment: build the protocol, install the faults, run, check, summarise.
 
-This is the simulated driver behind the harness (`SimulatedDriver`); a live driver (real Fabric
-Raft / SmartBFT orderers) would implement the same `Driver` protocol. It must fail loudly: a
-safety or liveness violation in a scenario within the assumptions raises, it is never averaged
-away into a result row.
+This is the simulated driver behind the harness (`SimulatedDriver`); the live driver
+(`live.LiveDriver`, a real Fabric Raft network) implements the same `Driver` protocol. It must
+fail loudly: a safety or liveness violation in a scenario within the assumptions raises, it is
+never averaged away into a result row.
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class RunSpec:
     rate: str = "backlog"
     tps: float = 1000.0
     outstanding: int | None = None
+    client_delay_s: float = 0.0
     network: NetworkModel = field(default_factory=NetworkModel)
     scenario: str = "none"
     k: int | None = None
@@ -77,10 +78,12 @@ class RunSpec:
             raise ValueError(f"n must be at least 4 for BFT protocols, got {self.n}")
         if self.blocks < 1 or self.batch_size < 1:
             raise ValueError("blocks and batch_size must be positive")
+        if self.client_delay_s < 0:
+            raise ValueError(f"client_delay_s must be >= 0, got {self.client_delay_s}")
 
 
 class Driver(Protocol):
-    """Runs one spec and returns a result row (simulated now; a live Fabric driver later)."""
+    """Runs one spec and returns a result row (`SimulatedDriver`, or `live.LiveDriver`)."""
 
     name: str
 
@@ -101,6 +104,7 @@ def run_once(spec: RunSpec, cost: CostModel | None = None) -> dict[str, Any]:
         batch_timeout_s=spec.batch_timeout_s,
         rate=spec.rate,
         outstanding=spec.outstanding,
+        client_delay_s=spec.client_delay_s,
         tps=spec.tps,
         max_blocks=spec.blocks,
         max_time_s=spec.max_time_s,

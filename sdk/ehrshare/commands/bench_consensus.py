@@ -3,8 +3,10 @@
 Runs a declarative experiment file (YAML rounds) on the discrete-event simulator, prints JSON
 with machine metadata, the calibrated CPU cost model, per-round rows, the DESIGN.md §6 target
 ratios and the paths of the PNG plots; `--safety-sweep` adds many seeded runs per fault
-scenario. This module only parses options and presents results; it must not compute protocol
-figures itself, and it must not report a live-Fabric number (no live driver exists yet).
+scenario; `--live-fabric` instead runs the live rounds (a real Fabric v2.1.1 Raft network per
+round, driven through the SDK's Fabric target, with the simulator's prediction and the ratio).
+This module only parses options and presents results; it must not compute protocol figures
+itself.
 """
 
 from __future__ import annotations
@@ -27,11 +29,9 @@ _DEFAULT_OUT = Path("bench-results/consensus")
 _LIVE_FABRIC = {
     "done": False,
     "reason": (
-        "the pinned Fabric (3.1, with the Gateway and SmartBFT) cannot be built on this machine "
-        "(the Go module proxy refuses github.com/hyperledger/fabric from v2.2.1 on), so no live "
-        "Raft/SmartBFT network was measured; Fabric v2.1.1 (Raft, no Gateway, no SmartBFT) does "
-        "build and runs in the test suite, but no live driver for it exists yet (the harness "
-        "has a Driver interface for one)"
+        "not part of this run: `ehrshare bench consensus --live-fabric` measures a real Fabric "
+        "v2.1.1 Raft network (x1, x3) and compares it with this simulator; SmartBFT needs "
+        "Fabric >= 3.0, which the Go module proxy here refuses"
     ),
 }
 
@@ -130,6 +130,152 @@ def run_bench(
     return result
 
 
+def parse_orderers(text: str | None) -> tuple[int, ...] | None:
+    """``"1,3"`` → (1, 3); None stays None (every count the config names)."""
+    if text is None:
+        return None
+    try:
+        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        vals = ()
+    if not vals or any(v < 1 for v in vals):
+        raise typer.BadParameter(
+            f"expected a comma-separated list of orderer counts like 1,3, got {text!r}",
+            param_hint="--orderers",
+        )
+    return vals
+
+
+def run_live_bench(
+    config: Path | None,
+    orderers: tuple[int, ...] | None,
+    txs: int | None,
+    out: Path,
+    console: Console,
+    target: Any = None,
+) -> dict[str, Any]:
+    """Run the live rounds (each round × orderer count on a fresh network), write JSON.
+
+    ``target`` is the live target (default: the SDK's Fabric target); rounds of a protocol no
+    target here can run are reported as unavailable with the reason.
+    """
+    from dataclasses import replace
+
+    from ehrshare.bench.live_fabric import FabricTarget
+    from ehrshare_consensus.calibrate import measured_costs
+    from ehrshare_consensus.experiments import EXPERIMENTS_DIR
+    from ehrshare_consensus.live import UNAVAILABLE, load_live_experiment, run_live
+
+    path = config or EXPERIMENTS_DIR / "live-fabric.yaml"
+    rounds = load_live_experiment(path)
+    target = target or FabricTarget()
+    cost = measured_costs()
+    rows: list[dict[str, Any]] = []
+    unavailable: list[dict[str, Any]] = []
+    jobs = []
+    for rnd in rounds:
+        if txs is not None:
+            rnd = replace(
+                rnd, load=replace(rnd.load, txs=txs, warmup_txs=min(rnd.load.warmup_txs, txs // 5))
+            )
+        for n in rnd.orderers:
+            if orderers is not None and n not in orderers and rnd.protocol == target.name:
+                continue
+            if rnd.protocol != target.name:
+                unavailable.append(
+                    {
+                        "round": rnd.label,
+                        "protocol": rnd.protocol,
+                        "orderers": n,
+                        "available": False,
+                        "reason": UNAVAILABLE.get(
+                            rnd.protocol, f"no live target for {rnd.protocol}"
+                        ),
+                    }
+                )
+                continue
+            jobs.append((rnd, n))
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        for rnd, n in jobs:
+            task = progress.add_task(
+                f"{rnd.label}: {rnd.protocol} x{n} (starting)", total=rnd.load.txs
+            )
+
+            def tick(
+                done: int, total: int, task: Any = task, label: str = rnd.label, n: int = n
+            ) -> None:
+                progress.update(task, description=f"{label}: {target.name} x{n}", completed=done)
+
+            row = run_live(target, rnd.spec(n), rnd.load, cost, tick)
+            row["round"] = rnd.label
+            rows.append(row)
+    result: dict[str, Any] = {
+        "benchmark": "consensus-live",
+        "machine": machine_metadata(),
+        "config": {"path": str(path), "orderers": list(orderers) if orderers else None},
+        "driver": f"live ({target.name}) + simulated prediction",
+        "cost_model": cost.as_dict(),
+        "live_fabric": {"done": bool(rows), "rounds": len(rows)},
+        "rows": rows,
+        "unavailable": unavailable,
+    }
+    result = _clean(result)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "live-results.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return result
+
+
+def _show_live(result: dict[str, Any], console: Console) -> None:
+    meas = Table(title="Live Fabric, measured (latency: submit → commit reported, ms)")
+    for col in ("round", "N", "VALID", "blocks", "tx/block", "tx/s", "p50", "p95", "p99"):
+        meas.add_column(col, justify="left" if col == "round" else "right")
+    pred = Table(title="Simulator prediction (ratio = predicted / measured)")
+    for col in ("round", "N", "tx/s", "ratio", "p50", "ratio", "p95", "ratio", "ordering"):
+        pred.add_column(col, justify="left" if col == "round" else "right")
+    for r in result["rows"]:
+        m, c = r["measured"], r["calibration"]
+        meas.add_row(
+            r["round"],
+            str(r["orderers"]),
+            f"{m['valid']}/{m['submitted']}",
+            str(m["blocks"]),
+            _fmt(m["avg_block_size"]),
+            _fmt(m["throughput_tps"]),
+            _fmt(m["latency_p50_ms"]),
+            _fmt(m["latency_p95_ms"]),
+            _fmt(m["latency_p99_ms"]),
+        )
+        pred.add_row(
+            r["round"],
+            str(r["orderers"]),
+            _fmt(c["throughput_tps"]["predicted"]),
+            _fmt(c["throughput_tps"]["ratio"], 2),
+            _fmt(c["latency_p50_ms"]["predicted"]),
+            _fmt(c["latency_p50_ms"]["ratio"], 2),
+            _fmt(c["latency_p95_ms"]["predicted"]),
+            _fmt(c["latency_p95_ms"]["ratio"], 2),
+            _fmt(r["ordering_calibration"]["ordering_p50_ms"]["ratio"], 3),
+        )
+    console.print(meas)
+    console.print(pred)
+    for r in result["rows"]:
+        if r["predicted"].get("error"):
+            console.print(
+                f"{r['round']} x{r['orderers']}: no prediction: {r['predicted']['error']}"
+            )
+    for u in result["unavailable"]:
+        console.print(
+            f"{u['protocol']} x{u['orderers']} ({u['round']}): unavailable: {u['reason']}"
+        )
+
+
 def _show(result: dict[str, Any], console: Console) -> None:
     table = Table(title="Consensus simulation (medians over seeds)")
     for col in (
@@ -216,9 +362,26 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         runs: Annotated[
             int, typer.Option("--runs", min=1, help="Runs per scenario in the safety sweep.")
         ] = 200,
+        live_fabric: Annotated[
+            bool,
+            typer.Option(
+                "--live-fabric",
+                help="Measure a real Fabric v2.1.1 Raft network (rounds of live-fabric.yaml, "
+                "or CONFIG) and compare with the simulator's prediction.",
+            ),
+        ] = False,
+        orderers: Annotated[
+            str | None,
+            typer.Option("--orderers", help="With --live-fabric: only these orderer counts (1,3)."),
+        ] = None,
+        txs: Annotated[
+            int | None,
+            typer.Option("--txs", min=5, help="With --live-fabric: transactions per round."),
+        ] = None,
     ) -> None:
         """Simulate PBFT, RC-DBFT and Raft (messages, bytes, latency, throughput, recovery,
-        reputation) and check safety and liveness in every run."""
+        reputation) and check safety and liveness in every run; or, with --live-fabric, measure
+        a real Fabric Raft network against the simulator's prediction."""
         from ehrshare_consensus.experiments import ConfigError
 
         err = Console(stderr=True)
@@ -226,6 +389,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             raise typer.BadParameter(
                 f"experiment file {config} does not exist", param_hint="CONFIG"
             )
+        if live_fabric:
+            _live_command(config, parse_orderers(orderers), txs, out, as_json, err)
+            return
+        if orderers is not None or txs is not None:
+            raise typer.BadParameter("--orderers and --txs go with --live-fabric")
         try:
             result = run_bench(config, quick, out, runs if sweep else None, err)
         except ConfigError as exc:
@@ -238,3 +406,34 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if result["failures"] or _sweep_failed(result):
             err.print("[bold red]safety or liveness violated within the stated assumptions[/]")
             raise typer.Exit(code=1)
+
+
+def _live_command(
+    config: Path | None,
+    orderers: tuple[int, ...] | None,
+    txs: int | None,
+    out: Path,
+    as_json: bool,
+    err: Console,
+) -> None:
+    from ehrshare_consensus.live import LiveConfigError, LiveUnavailable
+
+    try:
+        result = run_live_bench(config, orderers, txs, out, err)
+    except LiveConfigError as exc:
+        raise typer.BadParameter(str(exc), param_hint="CONFIG") from exc
+    except LiveUnavailable as exc:
+        err.print(f"[bold red]live Fabric unavailable[/]: {exc}")
+        raise typer.Exit(code=3) from exc
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        _show_live(result, Console())
+        Console().print(f"results: {out / 'live-results.json'}")
+    bad = [r for r in result["rows"] if r["measured"]["valid"] != r["measured"]["submitted"]]
+    if bad:
+        err.print(
+            "[bold red]some transactions did not commit VALID[/]: "
+            + ", ".join(f"{r['round']} x{r['orderers']}: {r['measured']['codes']}" for r in bad)
+        )
+        raise typer.Exit(code=1)

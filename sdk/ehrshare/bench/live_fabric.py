@@ -1,0 +1,366 @@
+"""The live-Fabric target of ``ehrshare bench consensus --live-fabric``: start a real Fabric
+v2.1.1 network with Raft ordering configured from a round, and hand the harness one
+``submit`` function per client.
+
+The harness (``ehrshare_consensus.live``) runs the load, summarises it and asks the simulator
+for its prediction; this module supplies what needs the SDK: identities from the network's own
+CAs, contract calls through the Gateway-shaped client, and the network's processes. The
+workload is ``RegisterRecord`` by a patient for itself with a fresh record id per transaction:
+a real write of the application (five keys: record, first version, owner index, log entry,
+log head) whose keys no other client touches, so concurrent clients never collide on MVCC.
+One patient per client and one transaction in flight per client keep each patient's log
+chain sequential.
+
+This module must not run the load or compute figures (the harness does), must not leave a
+process running (``FabricSession.close`` stops the network, also after a failure), and must
+not log transaction arguments.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import hashlib
+import logging
+import os
+import re
+import secrets
+import shutil
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol
+
+from ehrshare.identity import LocalCA
+from ehrshare_consensus.live import LiveUnavailable, Submit, TxOutcome
+from ehrshare_consensus.runner import RunSpec
+
+__all__ = [
+    "FABRIC_BINARIES",
+    "FabricSession",
+    "FabricTarget",
+    "check_fabric_tools",
+    "fabric_bin_dir",
+    "peer_commit_path_ms",
+    "record_args",
+    "record_submitter",
+]
+
+log = logging.getLogger(__name__)
+
+FABRIC_BINARIES = ("peer", "orderer", "configtxgen")
+PATIENT = "patient"
+FUNCTION = "RegisterRecord"
+
+
+def fabric_bin_dir() -> Path:
+    """Where ``make tools`` puts Fabric v2.1.1: ``$EHRSHARE_FABRIC_BIN_DIR``, else
+    ``<repo>/network/build/fabric21/bin``."""
+    env = os.environ.get("EHRSHARE_FABRIC_BIN_DIR")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[3] / "network" / "build" / "fabric21" / "bin"
+
+
+def check_fabric_tools(bin_dir: Path | None = None) -> Path:
+    """The Fabric bin directory, or LiveUnavailable naming what is missing and `make tools`."""
+    where = bin_dir or fabric_bin_dir()
+    missing = [b for b in FABRIC_BINARIES if not os.access(where / b, os.X_OK)]
+    if missing:
+        raise LiveUnavailable(
+            f"the Fabric binaries {', '.join(missing)} are missing from {where}: run "
+            "`make tools` (it builds Fabric v2.1.1 into network/build/fabric21) or set "
+            "EHRSHARE_FABRIC_BIN_DIR"
+        )
+    return where
+
+
+# What Fabric v2.1.1's peer logs at INFO for every block it commits (txvalidator/v20 and
+# kvledger): its validation time, then the block store and state DB writes. Their sum is the
+# commit path between the orderer's Deliver and the client's commit notification.
+_VALIDATED = re.compile(r"\[(?P<ch>[^\]\[\s]+)\] Validated block \[(?P<b>\d+)\] in (?P<ms>\d+)ms")
+_COMMITTED = re.compile(
+    r"\[(?P<ch>[^\]\[\s]+)\] Committed block \[(?P<b>\d+)\] with \d+ transaction\(s\) "
+    r"in (?P<ms>\d+)ms"
+)
+
+
+def peer_commit_path_ms(log_text: str, channel: str, blocks: Sequence[int]) -> float | None:
+    """Median over ``blocks`` of the peer's logged validation + commit time (ms) on
+    ``channel``; None if the log holds neither line for any of them."""
+    wanted = set(blocks)
+    validated: dict[int, int] = {}
+    committed: dict[int, int] = {}
+    for line in log_text.splitlines():
+        for pattern, into in ((_VALIDATED, validated), (_COMMITTED, committed)):
+            m = pattern.search(line)
+            if m and m["ch"] == channel and int(m["b"]) in wanted:
+                into[int(m["b"])] = int(m["ms"])
+    both = [validated[b] + committed[b] for b in wanted if b in validated and b in committed]
+    return float(statistics.median(both)) if both else None
+
+
+class _Status(Protocol):
+    @property
+    def code(self) -> str: ...
+
+    @property
+    def block_number(self) -> int: ...
+
+
+class _Committed(Protocol):
+    def get_status(self) -> _Status: ...
+
+
+class _Endorsed(Protocol):
+    def submit(self) -> _Committed: ...
+
+
+class _Proposal(Protocol):
+    def endorse(self) -> _Endorsed: ...
+
+
+class Proposer(Protocol):
+    """A contract with the fine-grained flow (embedded and Fabric contracts both have it)."""
+
+    def new_proposal(self, name: str, *args: str | bytes) -> Any: ...
+
+
+def record_args(owner: str, run_tag: str, client: int, seq: int) -> tuple[str, ...]:
+    """RegisterRecord's arguments for transaction ``seq`` of ``client``: a fresh record id,
+    a syntactically valid CID and digest, a 64-byte capsule (the size of a real one)."""
+    body = f"{run_tag}/{client}/{seq}".encode()
+    digest = hashlib.sha256(body).hexdigest()
+    return (
+        f"bench-{run_tag}-{client}-{seq}",
+        owner,
+        "bench",
+        "bafkrei" + digest[:52],
+        digest,
+        base64.b64encode(hashlib.sha512(body).digest()).decode(),
+        "1",
+    )
+
+
+def record_submitter(
+    contract: Proposer,
+    owner: str,
+    run_tag: str,
+    client: int,
+    clock: Callable[[], float] = time.perf_counter,
+) -> Submit:
+    """A submit function for the harness: endorse, submit, wait for the commit status, and
+    time each stage. A rejected endorsement or submission raises (the harness records it)."""
+
+    def submit(seq: int) -> TxOutcome:
+        proposal = contract.new_proposal(FUNCTION, *record_args(owner, run_tag, client, seq))
+        t0 = clock()
+        endorsed = proposal.endorse()
+        t1 = clock()
+        committed = endorsed.submit()
+        t2 = clock()
+        status = committed.get_status()
+        t3 = clock()
+        envelope = getattr(endorsed, "envelope", None)
+        size = int(envelope.ByteSize()) if envelope is not None else None
+        return TxOutcome(
+            block=int(status.block_number),
+            code=str(status.code),
+            endorse_s=t1 - t0,
+            submit_s=t2 - t1,
+            commit_s=t3 - t2,
+            tx_bytes=size,
+        )
+
+    return submit
+
+
+class FabricSession:
+    """A running Fabric network and its clients; close() stops every process it started."""
+
+    def __init__(
+        self,
+        net: Any,
+        gateways: list[Any],
+        clients: list[Submit],
+        root: Path,
+        owns_root: bool,
+        info: dict[str, Any],
+        peer_logs: Sequence[Path],
+    ) -> None:
+        self._net = net
+        self._gateways = gateways
+        self._clients = clients
+        self._root = root
+        self._owns_root = owns_root
+        self._info = info
+        self._peer_logs = list(peer_logs)
+
+    @property
+    def clients(self) -> Sequence[Submit]:
+        """One submit function per client."""
+        return self._clients
+
+    def commit_path_ms(self, blocks: Sequence[int]) -> float | None:
+        """The median of the peers' logged validation + commit times for these blocks (the
+        slowest peer's figure when there are several: the client waits for its own org's)."""
+        found = []
+        for path in self._peer_logs:
+            try:
+                text = path.read_text(encoding="utf-8", errors="replace")
+            except OSError as exc:
+                log.warning("cannot read the peer log %s: %s", path, exc.strerror)
+                continue
+            value = peer_commit_path_ms(text, str(self._info["channel"]), blocks)
+            if value is not None:
+                found.append(value)
+        return max(found) if found else None
+
+    def describe(self) -> dict[str, Any]:
+        """Endpoints, versions and block cutting of the network."""
+        return dict(self._info)
+
+    def close(self) -> None:
+        """Close the gateways and stop the network's processes."""
+        _close_all(self._gateways)
+        try:
+            self._net.stop()
+        finally:
+            if self._owns_root:
+                shutil.rmtree(self._root, ignore_errors=True)
+
+    def __enter__(self) -> FabricSession:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _close_all(gateways: Sequence[Any]) -> None:
+    for gw in gateways:
+        try:
+            gw.close()
+        except Exception as exc:  # keep closing the rest
+            log.warning("closing a gateway failed: %s", exc)
+
+
+class FabricTarget:
+    """Starts Fabric v2.1.1 (Raft) configured from a RunSpec: spec.n orderers, MaxMessageCount
+    = spec.batch_size, BatchTimeout = spec.batch_timeout_s; one peer per organisation. With
+    ``root`` None the network lives in a temporary directory removed at close."""
+
+    name = "fabric-raft"
+
+    def __init__(
+        self,
+        root: Path | None = None,
+        msp_ids: Sequence[str] = ("Org1MSP",),
+        bin_dir: Path | None = None,
+    ) -> None:
+        self.root = root
+        self.msp_ids = tuple(msp_ids)
+        self.bin_dir = bin_dir
+
+    def open(self, spec: RunSpec, clients: int) -> FabricSession:
+        """Start the network, enrol and register one patient per client; stop it on failure."""
+        bin_dir = check_fabric_tools(self.bin_dir)
+        # Imported here: the launcher and the gRPC client are heavy, and a plain `ehrshare
+        # bench consensus` (simulated) should not pay for them.
+        from ehrshare import fabricnet
+        from ehrshare.ledger import peer
+
+        owns = self.root is None
+        root = Path(tempfile.mkdtemp(prefix="ehrshare-live-")) if self.root is None else self.root
+        net: fabricnet.FabricNet | None = None
+        gateways: list[Any] = []
+        try:
+            for msp in self.msp_ids:
+                ca_dir = root / "ca" / msp
+                if not ca_dir.is_dir():
+                    LocalCA.create(msp).save(ca_dir)
+            net_spec = fabricnet.FabricNetSpec(
+                root=root,
+                msp_ids=self.msp_ids,
+                orderers=spec.n,
+                batch_timeout=f"{round(spec.batch_timeout_s * 1000)}ms",
+                max_message_count=spec.batch_size,
+                bin_dir=bin_dir,
+            )
+            net = fabricnet.FabricNet.create(net_spec)
+            net.start()
+            conn = net.connection()
+            peers = [
+                peer.PeerEndpoint(
+                    address=p["address"],
+                    msp_id=p["msp"],
+                    tls_ca_pem=Path(p["tls_ca"]).read_bytes(),
+                    server_name=p["server_name"],
+                )
+                for p in conn["peers"]
+            ]
+            orderers = [
+                peer.OrdererEndpoint(
+                    address=o["address"],
+                    tls_ca_pem=Path(o["tls_ca"]).read_bytes(),
+                    server_name=o["server_name"],
+                )
+                for o in conn["orderers"]
+            ]
+            channel, chaincode = conn["channel"], conn["chaincode"]
+            run_tag = secrets.token_hex(4)
+            contracts: list[tuple[Any, str]] = []
+            for c in range(clients):
+                msp = self.msp_ids[c % len(self.msp_ids)]
+                identity, signer = LocalCA.load(root / "ca" / msp).issue(
+                    f"bench-{run_tag}-{c}", role=PATIENT
+                )
+                gw = peer.connect(
+                    identity,
+                    signer,
+                    peers=peers,
+                    orderers=orderers,
+                    endorsers=conn.get("endorsers"),
+                )
+                gateways.append(gw)
+                contracts.append((gw.get_network(channel).get_contract(chaincode), identity.ibe_id))
+            # All at once: distinct identities write distinct keys, so the registrations share
+            # blocks instead of waiting one batch timeout each.
+            with concurrent.futures.ThreadPoolExecutor(max_workers=clients) as pool:
+                list(pool.map(lambda ci: ci[0].submit_transaction("RegisterIdentity"), contracts))
+            submitters: list[Submit] = [
+                record_submitter(contract, ibe_id, run_tag, c)
+                for c, (contract, ibe_id) in enumerate(contracts)
+            ]
+            info = {
+                "fabric": "v2.1.1",
+                "consensus": "etcdraft",
+                "orderers": spec.n,
+                "batch_timeout": net_spec.batch_timeout,
+                "max_message_count": spec.batch_size,
+                "msp_ids": list(self.msp_ids),
+                "peers": [p["address"] for p in conn["peers"]],
+                "orderer_addresses": [o["address"] for o in conn["orderers"]],
+                "channel": channel,
+                "chaincode": chaincode,
+                "endorsers": conn.get("endorsers"),
+                "workload": f"{FUNCTION} by a patient for itself, fresh record id per tx",
+            }
+            logs = sorted((Path(net.dir) / "logs").glob("peer*.log"))
+            return FabricSession(net, gateways, submitters, root, owns, info, logs)
+        except BaseException:
+            _close_all(gateways)
+            try:
+                if net is not None:
+                    net.stop()
+            finally:
+                if owns:
+                    shutil.rmtree(root, ignore_errors=True)
+            raise
