@@ -180,7 +180,9 @@ def test_three_raft_orderers_and_an_any_policy(tmp_path: Path, networks: list[Fa
     assert _all_gone(pids + restarted) and _processes_of(net.dir) == []
 
 
-def test_a_failed_start_leaves_nothing_running(tmp_path: Path, networks: list[FabricNet]) -> None:
+def test_a_failed_start_leaves_nothing_running_and_a_later_start_resumes(
+    tmp_path: Path, networks: list[FabricNet]
+) -> None:
     root = _consortium(tmp_path / "consortium")
     net = FabricNet.create(FabricNetSpec(root=root, msp_ids=MSPS))
     networks.append(net)
@@ -201,6 +203,23 @@ def test_a_failed_start_leaves_nothing_running(tmp_path: Path, networks: list[Fa
     # The next start, with the port free again, creates the channel and deploys.
     net.start()
     assert net.running() and net.deployed
+    pids = list(net.pids().values())
+    net.stop()
+    assert _all_gone(pids) and _processes_of(net.dir) == []
+
+    # A start interrupted after every step but before recording them: the next start finds
+    # each one done (channel on the orderer, peers joined, approvals and definition committed)
+    # and resumes instead of failing.
+    state = json.loads((net.dir / "network.json").read_text())
+    state["done"] = []
+    (net.dir / "network.json").write_text(json.dumps(state))
+    (net.dir / f"{net.spec.channel}.block").unlink()
+    net = FabricNet.load(root)
+    networks.append(net)
+    net.start()
+    assert net.deployed and (net.dir / f"{net.spec.channel}.block").is_file()
+    _register_ca(net, "HospitalAMSP", ["HospitalAMSP", "HospitalCMSP"])
+    assert _org_ca(net, "HospitalAMSP", on_peer_of="HospitalBMSP")["msp_id"] == "HospitalAMSP"
     pids = list(net.pids().values())
     net.stop()
     assert _all_gone(pids) and _processes_of(net.dir) == []
