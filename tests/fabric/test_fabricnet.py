@@ -10,6 +10,9 @@ pid at the end, also when a start fails.
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -168,14 +171,32 @@ def test_three_raft_orderers_and_an_any_policy(tmp_path: Path, networks: list[Fa
     _register_ca(net, "HospitalBMSP", ["HospitalBMSP"])  # one endorsement is enough here
     assert _org_ca(net, "HospitalBMSP", on_peer_of="HospitalCMSP")["msp_id"] == "HospitalBMSP"
     # Each orderer took part in Raft for the channel (all three learned its leader).
+    leader = re.compile(rf"Raft leader changed: \d+ -> [123] channel={net.spec.channel} ")
     for i in (1, 2, 3):
         log = (net.dir / "logs" / f"orderer{i}.log").read_text(encoding="utf-8", errors="replace")
-        assert f"channel={net.spec.channel}" in log and "Raft leader changed" in log
+        assert leader.search(log), f"orderer{i} never learned the channel's Raft leader"
     net.stop()
     net.start()
     _register_ca(net, "HospitalAMSP", ["HospitalCMSP"])
     assert _org_ca(net, "HospitalAMSP", on_peer_of="HospitalBMSP")["msp_id"] == "HospitalAMSP"
+
+    # Raft with three nodes survives one crash: kill orderer3 (perhaps the leader; then the
+    # other two elect one, and broadcasts are refused until they have).
     restarted = list(net.pids().values())
+    os.kill(net.pids()["orderer3"], signal.SIGKILL)
+    assert _all_gone([net.pids()["orderer3"]]) and not net.running()
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            _register_ca(net, "HospitalCMSP", ["HospitalAMSP"])
+            break
+        except FabricNetError as exc:
+            if "SERVICE_UNAVAILABLE" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    assert _org_ca(net, "HospitalCMSP", on_peer_of="HospitalBMSP")["msp_id"] == "HospitalCMSP"
+    with pytest.raises(FabricNetError, match="partly running: stop it"):
+        net.start()
     net.stop()
     assert _all_gone(pids + restarted) and _processes_of(net.dir) == []
 
