@@ -1149,6 +1149,31 @@ class FabricNet:
             raise
         return True
 
+    def heights(self) -> dict[str, int]:
+        """Each hospital's peer's block height on the channel (``peer channel getinfo``)."""
+        out = {}
+        for msp in self.spec.msp_ids:
+            info = self.peer_cli(msp, ["channel", "getinfo", "-c", self.spec.channel])
+            found = re.search(r'"height":(\d+)', info)
+            if found is None:
+                raise FabricNetError(f"the peer of {msp} gave no block height: {info.strip()!r}")
+            out[msp] = int(found.group(1))
+        return out
+
+    def wait_synced(self, timeout: float = 30.0) -> int:
+        """Wait until every peer has the blocks the most advanced one had when called; the
+        height. A transaction's ``--waitForEvent`` covers only the peers that endorsed it,
+        and the others commit its block a moment later: read on them after this."""
+        target = max(self.heights().values())
+        deadline = time.monotonic() + timeout
+        while True:
+            heights = self.heights()
+            if min(heights.values()) >= target:
+                return target
+            if time.monotonic() > deadline:
+                raise FabricNetError(f"peers did not reach block height {target}: {heights}")
+            time.sleep(0.05)
+
     # --- for clients -------------------------------------------------------------------------
 
     def connection(self) -> dict[str, Any]:
