@@ -17,10 +17,11 @@ need — from the consortium's own hospital CAs (``<consortium>/ca/<MSP>``), not
 - free loopback ports for every listener, recorded with everything else in ``network.json``.
 
 :meth:`FabricNet.start` runs the chaincode server, the orderers and one peer per hospital as
-plain processes (logs in ``fabric/logs``), waits for each operations endpoint's ``/healthz``
-and for a Raft leader, and on the first start creates the channel, joins every peer, installs
-the package on every peer, approves it as every hospital's admin and commits it (each step is
-recorded, so a start that failed half-way resumes). A later start reuses the ledgers: no
+plain processes (logs in ``fabric/logs``), waits for each node's ``/healthz`` and the line it
+logs once it serves, and for a Raft leader. The first start also creates the channel, joins
+every peer, installs the package on every peer, approves it as every hospital's admin and
+commits it (each step is recorded, and a step found done already is skipped, so a start that
+failed half-way resumes). A later start reuses the ledgers: no
 re-create, no re-deploy. :meth:`FabricNet.stop` stops by pid, after checking in ``/proc`` that
 the pid is still the process this module started (same start time); a failed start stops what
 it started.
@@ -101,10 +102,15 @@ _BUILDER: Final = {
         'cp "$1/connection.json" "$2/chaincode/server/connection.json"\n'
     ),
 }
+# Refusals that mean a step of an interrupted first start had already happened: the deployment
+# resumes past them (the channel exists, the peer joined). Approvals and the definition are
+# queried instead.
+_CHANNEL_EXISTS = "but it is currently at version"
+_JOINED = "LedgerID already exists"
 # Broadcast refusals that go away by themselves while Raft elects a leader or a peer catches up.
 _TRANSIENT = re.compile(
     r"SERVICE_UNAVAILABLE|no Raft leader|connection refused|context deadline exceeded"
-    r"|failed to create new connection|not yet|NOT_FOUND|timed out waiting",
+    r"|failed to create new connection|timed out waiting",
     re.IGNORECASE,
 )
 
@@ -976,8 +982,8 @@ class FabricNet:
         peer: str | None = None,
         timeout: float = 60.0,
     ) -> str:
-        """Run ``peer <args>`` as ``msp``'s admin; its combined output. Raises
-        :class:`FabricNetError` with the output's tail when it fails."""
+        """Run ``peer <args>`` as ``msp``'s admin; its standard output. Raises
+        :class:`FabricNetError` with the error lines (or the output's tail) when it fails."""
         return self._run(
             [str(self.bin_dir / "peer"), *args],
             env=self.cli_env(msp, peer=peer),
@@ -1012,26 +1018,41 @@ class FabricNet:
             errors = [line for line in lines if line.startswith("Error:")]
             tail = " | ".join(errors or lines[-6:])
             raise FabricNetError(f"{what} failed (exit {done.returncode}): {tail}")
-        return output
+        return done.stdout
 
-    def _retry(self, action: Callable[[], str], deadline: float) -> str:
+    def _retry(
+        self, action: Callable[[], str], deadline: float, done_already: str | None = None
+    ) -> bool:
+        """Run ``action`` until it succeeds (True), retrying transient refusals until the
+        deadline; False when it fails with ``done_already`` (the step had happened)."""
         while True:
             try:
-                return action()
+                action()
+                return True
             except FabricNetError as exc:
+                if done_already is not None and re.search(done_already, str(exc)):
+                    _log.info("already done: %s", exc)
+                    return False
                 if not _TRANSIENT.search(str(exc)) or time.monotonic() > deadline:
                     raise
                 self._check_alive()  # a dead node's refusals are not transient
                 _log.info("retrying: %s", exc)
                 time.sleep(0.5)
 
-    def _each_org(self, step: str, action: Callable[[str], str], deadline: float) -> None:
+    def _each_org(
+        self,
+        step: str,
+        action: Callable[[str], str],
+        deadline: float,
+        done_already: str | None = None,
+    ) -> None:
         todo = [m for m in self.spec.msp_ids if f"{step}:{m}" not in self._state.done]
         if not todo:
             return
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(todo)) as pool:
             futures = {
-                pool.submit(self._retry, functools.partial(action, m), deadline): m for m in todo
+                pool.submit(self._retry, functools.partial(action, m), deadline, done_already): m
+                for m in todo
             }
             errors = []
             for future in concurrent.futures.as_completed(futures):
@@ -1052,27 +1073,19 @@ class FabricNet:
         orderer = self.orderer_args()
         if "channel" not in self._state.done:
             say(f"creating channel {spec.channel}")
-            self._retry(
-                lambda: self.peer_cli(
-                    first,
-                    [
-                        "channel",
-                        "create",
-                        *orderer,
-                        "-c",
-                        spec.channel,
-                        "-f",
-                        str(self.dir / f"{spec.channel}.tx"),
-                        "--outputBlock",
-                        str(block),
-                    ],
-                ),
-                deadline,
-            )
+            create = ["channel", "create", *orderer, "-c", spec.channel]
+            create += ["-f", str(self.dir / f"{spec.channel}.tx"), "--outputBlock", str(block)]
+            fetch = ["channel", "fetch", "oldest", str(block), *orderer, "-c", spec.channel]
+            if not self._retry(lambda: self.peer_cli(first, create), deadline, _CHANNEL_EXISTS):
+                # Created by an earlier, interrupted start: its genesis block is on the orderer.
+                self._retry(lambda: self.peer_cli(first, fetch), deadline)
             self._mark("channel")
         say("joining every peer")
         self._each_org(
-            "join", lambda m: self.peer_cli(m, ["channel", "join", "-b", str(block)]), deadline
+            "join",
+            lambda m: self.peer_cli(m, ["channel", "join", "-b", str(block)]),
+            deadline,
+            _JOINED,
         )
         label = self.package_id.split(":", 1)[0]
         package = self.dir / "chaincode" / f"{label}.tgz"
@@ -1102,41 +1115,64 @@ class FabricNet:
             "--sequence",
             _CC_SEQUENCE,
         ]
+        if self._committed():
+            # An earlier start committed the definition but was interrupted before recording it.
+            self._mark("commit")
+            return
+        approve = ["lifecycle", "chaincode", "approveformyorg", *orderer, *definition]
+        approve += ["--package-id", self.package_id, "--waitForEvent"]
+        readiness = ["lifecycle", "chaincode", "checkcommitreadiness", *definition]
+        readiness += ["--output", "json"]
+
+        def approve_once(msp: str) -> str:
+            approvals = json.loads(self.peer_cli(msp, readiness)).get("approvals", {})
+            if approvals.get(msp) is True:
+                return "approved already"
+            return self.peer_cli(msp, approve)
+
         say("approving the chaincode as every hospital's admin")
-        self._each_org(
-            "approve",
-            lambda m: self.peer_cli(
-                m,
-                [
-                    "lifecycle",
-                    "chaincode",
-                    "approveformyorg",
-                    *orderer,
-                    *definition,
-                    "--package-id",
-                    self.package_id,
-                    "--waitForEvent",
-                ],
-            ),
-            deadline,
-        )
+        self._each_org("approve", approve_once, deadline)
         say("committing the chaincode definition")
-        self._retry(
-            lambda: self.peer_cli(
-                first,
-                [
-                    "lifecycle",
-                    "chaincode",
-                    "commit",
-                    *orderer,
-                    *definition,
-                    *self.peer_args(spec.msp_ids),
-                    "--waitForEvent",
-                ],
-            ),
-            deadline,
-        )
+        commit = ["lifecycle", "chaincode", "commit", *orderer, *definition]
+        commit += [*self.peer_args(spec.msp_ids), "--waitForEvent"]
+        self._retry(lambda: self.peer_cli(first, commit), deadline)
         self._mark("commit")
+
+    def _committed(self) -> bool:
+        query = ["lifecycle", "chaincode", "querycommitted"]
+        query += ["-C", self.spec.channel, "-n", self.spec.chaincode]
+        try:
+            self.peer_cli(self.spec.msp_ids[0], query)
+        except FabricNetError as exc:
+            if f"namespace {self.spec.chaincode} is not defined" in str(exc):
+                return False
+            raise
+        return True
+
+    def heights(self) -> dict[str, int]:
+        """Each hospital's peer's block height on the channel (``peer channel getinfo``)."""
+        out = {}
+        for msp in self.spec.msp_ids:
+            info = self.peer_cli(msp, ["channel", "getinfo", "-c", self.spec.channel])
+            found = re.search(r'"height":(\d+)', info)
+            if found is None:
+                raise FabricNetError(f"the peer of {msp} gave no block height: {info.strip()!r}")
+            out[msp] = int(found.group(1))
+        return out
+
+    def wait_synced(self, timeout: float = 30.0) -> int:
+        """Wait until every peer has the blocks the most advanced one had when called; the
+        height. A transaction's ``--waitForEvent`` covers only the peers that endorsed it,
+        and the others commit its block a moment later: read on them after this."""
+        target = max(self.heights().values())
+        deadline = time.monotonic() + timeout
+        while True:
+            heights = self.heights()
+            if min(heights.values()) >= target:
+                return target
+            if time.monotonic() > deadline:
+                raise FabricNetError(f"peers did not reach block height {target}: {heights}")
+            time.sleep(0.05)
 
     # --- for clients -------------------------------------------------------------------------
 

@@ -122,7 +122,7 @@ def test_tls_certificates_no_longer_use_the_private_ca_key() -> None:
     )
 
 
-def test_root_self_signatures_are_low_s() -> None:
+def test_roots_are_low_s_with_a_subject_key_identifier() -> None:
     # Fabric 2.1 (Go >= 1.15) refuses a root whose self-signature has a high S. Without the
     # re-signing loop each root is high-S with probability 1/2, so 24 roots would all be low-S
     # by chance once in 16 million runs.
@@ -131,6 +131,9 @@ def test_root_self_signatures_are_low_s() -> None:
         _, s = decode_dss_signature(ca.certificate.signature)
         assert s <= N // 2
         ca.certificate.verify_directly_issued_by(ca.certificate)
+        # Fabric's MSP also refuses a CA certificate without a subject key identifier.
+        ski = ca.certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
+        assert ski.value == x509.SubjectKeyIdentifier.from_public_key(ca.certificate.public_key())
 
 
 def test_client_auth_adds_client_usage_to_a_server_certificate() -> None:
