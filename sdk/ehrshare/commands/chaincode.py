@@ -7,9 +7,9 @@ from the environment variables the Fabric samples use (``CHAINCODE_ID``,
 against ``root_cert``); ``--client-ca`` also requires the peer's client certificate
 (``client_auth_required``). The server blocks until SIGTERM or SIGINT.
 
-Status: the server has been tested only against an in-test fake peer; no Fabric peer could be
-built on the development machine (docs/status.md). This module only parses options and wires
-objects; the protocol lives in :mod:`ehrshare_chaincode.ccaas`.
+Status: real Fabric v2.1.1 peers drive it in CI (the probe, and every network
+:mod:`ehrshare.fabricnet` builds); the pinned 3.1 could not be built (docs/status.md). This module
+only parses options and wires objects; the protocol lives in :mod:`ehrshare_chaincode.ccaas`.
 """
 
 from __future__ import annotations
