@@ -47,7 +47,8 @@ def test_serve_commands_keep_their_flags_defaults_and_required_options() -> None
         "msp_id": (("--msp-id",), True, None),
         "cert": (("--cert",), True, None),
         "key": (("--key",), True, None),
-        "ledger": (("--ledger",), True, None),
+        "ledger": (("--ledger",), False, None),
+        "profile": (("--profile",), False, None),
         "channel": (("--channel",), False, "ehrshare"),
         "chaincode": (("--chaincode",), False, "ehrshare"),
         "tls_cert": (("--tls-cert",), True, None),
@@ -68,3 +69,12 @@ def test_serve_commands_keep_their_flags_defaults_and_required_options() -> None
         "name": (("--name",), False, "proxy"),
         "follow": (("--follow-revocations", "--no-follow-revocations"), False, True),
     }
+
+
+def test_serve_needs_exactly_one_ledger_source() -> None:
+    base = ["--state-dir", "s", "--msp-id", "M", "--cert", "c", "--key", "k"]
+    base += ["--tls-cert", "t", "--tls-key", "tk", "--key-file", "pk"]
+    for extra in ([], ["--ledger", "l", "--profile", "p.yaml"]):
+        result = CliRunner().invoke(app, ["proxy", "serve", *base, *extra])
+        assert result.exit_code == 2, result.output
+        assert "either --ledger <embedded dir> or --profile <file>" in result.output

@@ -74,8 +74,6 @@ def _gateway(opts: ServeOptions) -> tuple[api.Gateway, Callable[[], None]]:
     """A gateway on the ledger the options name, and what closes everything it opened."""
     identity = Identity(opts.msp_id, opts.cert.read_bytes())
     signer = Signer.from_secret_bytes(read_key_file(opts.key))
-    if (opts.ledger is None) == (opts.profile is None):
-        raise _fail("give the ledger as either --ledger <embedded dir> or --profile <file>")
     if opts.ledger is not None:
         gateway = connect(identity, signer, opts.ledger)
         return gateway, gateway.close
@@ -213,6 +211,8 @@ def _serve_command(command: Callable[..., None]) -> Callable[..., None]:
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> None:
         opts = ServeOptions(**{f.name: kwargs.pop(f.name) for f in shared})
+        if (opts.ledger is None) == (opts.profile is None):
+            raise _fail("give the ledger as either --ledger <embedded dir> or --profile <file>")
         command(opts, **kwargs)
 
     del wrapper.__wrapped__  # typer must see the signature below, not the command's
