@@ -67,6 +67,7 @@ __all__ = [
     "EnrollmentResult",
     "Grant",
     "KgcClient",
+    "LedgerUnreachable",
     "NotEnrolledError",
     "ProxyClient",
     "ProxyError",
@@ -102,6 +103,14 @@ class RequestRejected(SdkError):
         self.reason = message
         self.transaction_id = transaction_id
         super().__init__(f"{function} was rejected: {message}")
+
+
+class LedgerUnreachable(SdkError):
+    """No peer or orderer of the ledger answered; nothing was decided or written."""
+
+    def __init__(self, function: str, message: str) -> None:
+        self.function = function
+        super().__init__(f"{function}: {message}")
 
 
 class AccessDenied(SdkError):
@@ -454,6 +463,8 @@ class Session:
         try:
             return json.loads(self.contract.submit_transaction(function, *args))
         except LedgerError as exc:
+            if exc.unreachable:
+                raise LedgerUnreachable(function, exc.message) from None
             raise RequestRejected(
                 function, self._humanise(exc.message), exc.transaction_id
             ) from None
@@ -462,6 +473,8 @@ class Session:
         try:
             return json.loads(self.contract.evaluate_transaction(function, *args))
         except LedgerError as exc:
+            if exc.unreachable:
+                raise LedgerUnreachable(function, exc.message) from None
             raise RequestRejected(
                 function, self._humanise(exc.message), exc.transaction_id
             ) from None

@@ -166,6 +166,14 @@ def test_network_up_runs_fabric_and_the_services_and_down_stops_them(tmp_path: P
         _cli("network", "status", "--profile", str(root), "--json", check=False).stdout
     )
     assert status["ledger"]["running"] is False
+    # With the network down, a command that needs the ledger says so (exit 4), not "refused".
+    proc = _cli(
+        "consortium", "add-member", "bob", "--hospital", "HospitalB", "--role", "patient",
+        "-p", str(root), check=False,
+    )  # fmt: skip
+    flat = " ".join(proc.stderr.replace("│", " ").split())
+    assert proc.returncode == 4, proc.stderr
+    assert "could not reach any peer" in flat and "ehrshare network up" in flat
 
 
 def test_bench_e2e_runs_on_fabric(tmp_path: Path) -> None:

@@ -320,6 +320,7 @@ def test_a_chaincode_refusal_keeps_its_message_for_evaluate_and_endorse(make_net
     with pytest.raises(GatewayError) as evaluated:
         contract.evaluate_transaction("Get", "r-1")
     assert evaluated.value.message == "record r-1 does not exist"
+    assert not evaluated.value.unreachable  # an answer, not an outage
     with pytest.raises(EndorseError) as endorsed:
         contract.submit_transaction("Put", "r-1")
     assert endorsed.value.message == "record r-1 does not exist"
@@ -338,8 +339,9 @@ def test_evaluate_falls_back_to_the_next_peer_and_fails_clearly_when_none_answer
     net = make_net({"Org1MSP": None, "Org2MSP": FakePeer("p2", ledger)})
     assert _contract(net).evaluate_transaction("Get", "k") == b"result"
     down = make_net({"Org1MSP": None})
-    with pytest.raises(GatewayError, match="could not reach any peer to evaluate"):
+    with pytest.raises(GatewayError, match="could not reach any peer to evaluate") as refused:
         _contract(down).evaluate_transaction("Get", "k")
+    assert refused.value.unreachable  # nothing was decided: the SDK says "is it running?"
 
 
 # --- ordering and commit status -------------------------------------------------------------

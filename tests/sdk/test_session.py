@@ -18,10 +18,12 @@ from ehrshare.demo import imaging_study, lab_observation
 from ehrshare.hazmat.dkg import KeyShare
 from ehrshare.hazmat.extract import SignedExtractionRequest, extract_partial_key
 from ehrshare.hazmat.pairing import Scalar
+from ehrshare.ledger.errors import LedgerError
 from ehrshare.services.kgc import KgcUnavailable
 from ehrshare.session import (
     AccessDenied,
     EnrollmentError,
+    LedgerUnreachable,
     NotEnrolledError,
     ProxyError,
     ProxyUnreachable,
@@ -413,3 +415,32 @@ def test_failed_init_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(ValueError, match="is not empty"):
         Consortium.init(tmp_path / "d")
     assert (tmp_path / "d" / "notes.txt").read_text() == "mine"
+
+
+class UnreachableLedger:
+    """A ledger client whose peers never answer (as the Fabric client reports it)."""
+
+    chaincode_name = "ehrshare"
+
+    def submit_transaction(self, name: str, *args: str | bytes) -> bytes:
+        raise LedgerError("could not reach any peer to endorse", unreachable=True)
+
+    def evaluate_transaction(self, name: str, *args: str | bytes) -> bytes:
+        raise LedgerError("could not reach any peer to evaluate", unreachable=True)
+
+
+def test_an_unreachable_ledger_is_named_not_taken_for_a_refusal(people: People) -> None:
+    real = people.alice.contract
+    people.alice.contract = UnreachableLedger()
+    try:
+        with pytest.raises(LedgerUnreachable, match="could not reach any peer to evaluate"):
+            people.alice.audit()
+        with pytest.raises(LedgerUnreachable, match="could not reach any peer"):
+            people.alice.grant(people.baker.ibe_id, "lab", expires=dt.timedelta(days=1))
+        with pytest.raises(LedgerUnreachable, match="could not reach any peer to endorse"):
+            people.alice._submit("RevokeAccess", "g-" + "0" * 32)
+    finally:
+        people.alice.contract = real
+    # A refusal by the chaincode stays a refusal.
+    with pytest.raises(RequestRejected):
+        people.alice.revoke("g-" + "0" * 32)

@@ -91,10 +91,12 @@ def _errors() -> Iterator[None]:
     from ehrshare.fabricnet import FabricNetError
     from ehrshare.fhir import FhirValidationError, UnknownRecordType
     from ehrshare.hazmat.errors import EncodingError
+    from ehrshare.ledger.errors import LedgerError
     from ehrshare.profile import BackendUnavailable, ProfileError, WalletError
     from ehrshare.session import (
         AccessDenied,
         EnrollmentError,
+        LedgerUnreachable,
         NotEnrolledError,
         ProxyError,
         ProxyUnreachable,
@@ -133,6 +135,14 @@ def _errors() -> Iterator[None]:
         _fail(EXIT_UNAVAILABLE, str(exc))
     except FabricNetError as exc:
         _fail(EXIT_UNAVAILABLE, str(exc), "see the process logs under <consortium>/fabric")
+    except (LedgerUnreachable, LedgerError) as exc:
+        if isinstance(exc, LedgerUnreachable) or exc.unreachable:
+            _fail(
+                EXIT_UNAVAILABLE,
+                str(exc),
+                "is the ledger running? For a local Fabric network: 'ehrshare network up'",
+            )
+        _fail(EXIT_REFUSED, str(exc))
     except SdkError as exc:
         _fail(EXIT_REFUSED, str(exc))
     except (EncodingError, FileNotFoundError, PermissionError) as exc:

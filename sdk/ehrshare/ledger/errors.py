@@ -19,11 +19,20 @@ __all__ = [
 class LedgerError(Exception):
     """Base class of every ledger client error."""
 
-    def __init__(self, message: str, *, transaction_id: str = "", details: tuple[str, ...] = ()):
+    def __init__(
+        self,
+        message: str,
+        *,
+        transaction_id: str = "",
+        details: tuple[str, ...] = (),
+        unreachable: bool = False,
+    ):
         super().__init__(message)
         self.message = message
         self.transaction_id = transaction_id
         self.details = details
+        self.unreachable = unreachable
+        """True when no peer or orderer answered (down, or unreachable): nothing was decided."""
 
     def __str__(self) -> str:
         if self.transaction_id:

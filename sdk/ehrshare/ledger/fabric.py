@@ -329,7 +329,13 @@ def _stage_error(
     else:
         name = code.name if code is not None else "error"
         message = f"{action} failed ({name}): {text}"
-    return kind(message, transaction_id=transaction_id, details=tuple(details))
+    unreachable = chaincode_message is None and code in (
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    )
+    return kind(
+        message, transaction_id=transaction_id, details=tuple(details), unreachable=unreachable
+    )
 
 
 class EventStream(Protocol):
