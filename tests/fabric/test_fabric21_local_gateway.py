@@ -1,11 +1,13 @@
-"""The client-side gateway (ehrshare.ledger.peer) against a real Fabric v2.1.1 peer and orderer.
+"""The client-side gateway (ehrshare.ledger.peer) against real Fabric v2.1.1 peers and an orderer.
 
-Fabric 2.1 has no Gateway service; ``ledger.peer.connect`` endorses on the peer's Endorser,
-orders through the orderer's Broadcast and reads commits and chaincode events from the peer's
-Deliver service. These tests drive the probe network (tests/fabric/conftest.py) as its Org1
-admin: queries, commits, the contract's refusals, an MVCC conflict, chaincode events from block
-0, from a checkpoint and from the next commit. The first orderer given is a port nothing listens
-on, so every submission also goes through the orderer failover.
+Fabric 2.1 has no Gateway service; ``ledger.peer.connect`` endorses on the peers' Endorser,
+orders through the orderer's Broadcast and reads commits and chaincode events from a peer's
+Deliver service. These tests drive the shared ``ehrshare.fabricnet`` network (three hospitals,
+a MAJORITY endorsement policy; tests/fabric/conftest.py) as HospitalA's admin: queries, commits
+endorsed by two organisations, a commit endorsed by one (invalidated by the peers), the
+contract's refusals, an MVCC conflict, chaincode events from block 0, from a checkpoint and from
+the next commit. The first orderer given is a port nothing listens on, so every submission also
+goes through the orderer failover.
 """
 
 from __future__ import annotations
@@ -14,58 +16,55 @@ import base64
 import json
 import logging
 import os
-import socket
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from fabric_probe import Run
 
+from ehrshare.fabricnet import ORDERER_MSP, FabricNet
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.api import InMemoryCheckpointer, StoredCheckpoint
 from ehrshare.ledger.errors import EndorseError, GatewayError
 from ehrshare.ledger.fabric import FabricContract, FabricGateway, FabricNetwork
 from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint, connect
+from ehrshare.processes import free_loopback_ports
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 
 _log = logging.getLogger(__name__)
-ADMIN = "Org1MSP/Admin@org1.example.com"
+Admins = Callable[[str], tuple[Identity, Signer]]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _connect(net: FabricNet, admin: tuple[Identity, Signer], endorsers: int) -> FabricGateway:
+    peers = [
+        PeerEndpoint(net.peer_address(msp), msp, net.tls_ca(msp).read_bytes(), net.server_name(msp))
+        for msp in net.spec.msp_ids
+    ]
+    orderer_ca = net.tls_ca(ORDERER_MSP).read_bytes()
+    (dead,) = free_loopback_ports(1)
+    orderer = net.connection()["orderers"][0]
+    return connect(
+        *admin,
+        peers=peers,
+        orderers=[
+            OrdererEndpoint(f"127.0.0.1:{dead}", orderer_ca, orderer["server_name"]),
+            OrdererEndpoint(orderer["address"], orderer_ca, orderer["server_name"]),
+        ],
+        endorsers=endorsers,
+    )
 
 
 @pytest.fixture(scope="module")
-def gateway(probe: Run) -> Iterator[FabricGateway]:
-    crypto = probe.net / "crypto"
-    org1 = crypto / "peerOrganizations" / "org1.example.com"
-    msp = org1 / "users" / "Admin@org1.example.com" / "msp"
-    key = serialization.load_pem_private_key(
-        next((msp / "keystore").glob("*")).read_bytes(), password=None
-    )
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
-    admin = Identity("Org1MSP", next((msp / "signcerts").glob("*.pem")).read_bytes())
-    orderer_ca = (
-        crypto / "ordererOrganizations/example.com/orderers/orderer.example.com/tls/ca.crt"
-    ).read_bytes()
-    peer_ca = (org1 / "peers" / "peer0.org1.example.com" / "tls" / "ca.crt").read_bytes()
-    gw = connect(
-        admin,
-        Signer(key),
-        peers=[PeerEndpoint("127.0.0.1:7051", "Org1MSP", peer_ca, "peer0.org1.example.com")],
-        orderers=[
-            OrdererEndpoint(f"127.0.0.1:{_free_port()}", orderer_ca, "orderer.example.com"),
-            OrdererEndpoint("127.0.0.1:7050", orderer_ca, "orderer.example.com"),
-        ],
-    )
+def admin(admin_of: Admins) -> tuple[Identity, Signer]:
+    return admin_of("HospitalAMSP")
+
+
+@pytest.fixture(scope="module")
+def gateway(fabric_net: FabricNet, admin: tuple[Identity, Signer]) -> Iterator[FabricGateway]:
+    assert fabric_net.endorsers == 2  # MAJORITY of three hospitals
+    gw = _connect(fabric_net, admin, fabric_net.endorsers)
     try:
         yield gw
     finally:
@@ -75,13 +74,13 @@ def gateway(probe: Run) -> Iterator[FabricGateway]:
 
 
 @pytest.fixture(scope="module")
-def network(gateway: FabricGateway) -> FabricNetwork:
-    return gateway.get_network("mychannel")
+def network(fabric_net: FabricNet, gateway: FabricGateway) -> FabricNetwork:
+    return gateway.get_network(fabric_net.spec.channel)
 
 
 @pytest.fixture(scope="module")
-def contract(network: FabricNetwork) -> FabricContract:
-    return network.get_contract("ehrshare")
+def contract(fabric_net: FabricNet, network: FabricNetwork) -> FabricContract:
+    return network.get_contract(fabric_net.spec.chaincode)
 
 
 def _type_key() -> str:
@@ -89,21 +88,24 @@ def _type_key() -> str:
 
 
 def test_evaluate_reads_state_and_a_refusal_carries_the_contracts_message(
-    contract: FabricContract,
+    contract: FabricContract, fabric_net: FabricNet, admin: tuple[Identity, Signer]
 ) -> None:
+    me = admin[0].ibe_id
     timings = []
     for _ in range(10):
         start = time.perf_counter()
-        record = json.loads(contract.evaluate_transaction("GetIdentity", ADMIN))
+        record = json.loads(contract.evaluate_transaction("GetIdentity", me))
         timings.append(time.perf_counter() - start)
-        assert (record["ibe_id"], record["role"]) == (ADMIN, "admin")
+        assert (record["ibe_id"], record["role"]) == (me, "admin")
     _log.info("evaluate p50 %.1f ms", statistics.median(timings) * 1e3)
 
+    # Evaluated on the caller's own organisation's peer.
     with pytest.raises(GatewayError) as refused:
-        contract.evaluate_transaction("GetOrgCA", "Org2MSP")
-    assert refused.value.message == "the ca of Org2MSP is not registered"
+        contract.evaluate_transaction("GetOrgCA", "HospitalBMSP")
+    assert refused.value.message == "the ca of HospitalBMSP is not registered"
     assert refused.value.details == (
-        "Org1MSP (127.0.0.1:7051): chaincode response 500, the ca of Org2MSP is not registered",
+        f"HospitalAMSP ({fabric_net.peer_address('HospitalAMSP')}): chaincode response 500, "
+        "the ca of HospitalBMSP is not registered",
     )
 
 
@@ -129,16 +131,35 @@ def test_submit_commits_valid_in_a_block_and_a_query_reads_it_back(
     assert blocks == sorted(blocks) and blocks[0] > 0
 
     result = json.loads(contract.submit_transaction("PublishTypeKey", "t-read", key, "2"))
-    stored = json.loads(contract.evaluate_transaction("GetTypeKey", ADMIN, "t-read"))
+    stored = json.loads(contract.evaluate_transaction("GetTypeKey", result["ibe_id"], "t-read"))
     assert stored == result and stored["format_version"] == 2
 
 
+def test_one_organisations_endorsement_is_not_a_majority_and_the_peers_invalidate_it(
+    fabric_net: FabricNet, admin: tuple[Identity, Signer], contract: FabricContract
+) -> None:
+    # The channel's MAJORITY policy needs two of the three hospitals: the gateway above asks two
+    # (its commits are VALID); one asking only its own peer gets its transaction ordered, then
+    # invalidated by every peer, and nothing is written.
+    lone = _connect(fabric_net, admin, endorsers=1)
+    try:
+        one = lone.get_network(fabric_net.spec.channel).get_contract(fabric_net.spec.chaincode)
+        commit = one.new_proposal("PublishTypeKey", "lone", _type_key(), "1").endorse().submit()
+        status = commit.get_status()
+        assert (status.code, status.successful) == ("ENDORSEMENT_POLICY_FAILURE", False)
+    finally:
+        lone.close()
+    with pytest.raises(GatewayError) as missing:
+        contract.evaluate_transaction("GetTypeKey", admin[0].ibe_id, "lone")
+    assert missing.value.message == f"type key lone of {admin[0].ibe_id} does not exist"
+
+
 def test_a_submission_the_contract_refuses_is_an_endorse_error_and_nothing_is_ordered(
-    contract: FabricContract,
+    contract: FabricContract, admin: tuple[Identity, Signer]
 ) -> None:
     with pytest.raises(EndorseError) as refused:
         contract.submit_transaction("RegisterIdentity")
-    assert refused.value.message == f"identity {ADMIN} is already registered"
+    assert refused.value.message == f"identity {admin[0].ibe_id} is already registered"
     assert refused.value.transaction_id
 
 
@@ -175,7 +196,7 @@ def test_chaincode_events_from_block_0_and_resumed_from_a_checkpoint(
     checkpoint = InMemoryCheckpointer()
     with network.get_chaincode_events("ehrshare", start_block=0) as events:
         for event in events:
-            # The probe's own RegisterOrgCA and RegisterIdentity came first, in order.
+            # The set-up's RegisterOrgCA and RegisterIdentity (peer CLI) came first, in order.
             seen.append(event)
             checkpoint.checkpoint_event(event)
             if event.transaction_id == wanted[0]:

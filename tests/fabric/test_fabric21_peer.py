@@ -1,11 +1,11 @@
-"""A real Hyperledger Fabric peer runs the contract through our chaincode server.
+"""Real Hyperledger Fabric peers run the contract through our chaincode server.
 
 Fabric v2.1.1 — the newest release the Go module proxy serves here (the pinned 3.1 answers 403) —
-built by `make tools` into network/build/fabric21. network/fabric-2.1-probe/run-all.sh starts one
-Raft orderer and one peer on 127.0.0.1, deploys `ehrshare chaincode serve` as a ccaas package
-(plain, then mutual TLS) and drives contract functions with the `peer` CLI; stop.sh stops every
-process by pid. This proves the chaincode server against a real peer; the client gateway that
-works without a Gateway service is test_fabric21_local_gateway.py; the Gateway service and
+built by `make tools` into network/build/fabric21. The network is ``ehrshare.fabricnet``'s
+(tests/fabric/conftest.py): three hospitals, one Raft orderer, one peer per hospital, and
+`ehrshare chaincode serve` deployed as a ccaas package over mutual TLS, on free loopback ports.
+The ``peer`` CLI and the peers' own Endorser service drive the contract here; the client gateway
+that works without a Gateway service is test_fabric21_local_gateway.py. The Gateway service and
 SmartBFT need Fabric >= 2.4 / 3.0 and are not exercised here.
 """
 
@@ -14,83 +14,139 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
+from typing import Any
 
 import grpc
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from fabric_probe import Run
 from fabric_protos.peer import peer_pb2_grpc
 
+from ehrshare.fabricnet import FabricNet, FabricNetError
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.envelope import serialize_identity, transaction_id
 from ehrshare.ledger.fabric import dial, signed_proposal
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 
-
-def test_a_real_fabric_peer_runs_the_contract_through_our_chaincode_server(probe: Run) -> None:
-    # The peer launched both packages by connecting to our server: REGISTER, then READY.
-    peer_log = (probe.net / "peer.log").read_text(encoding="utf-8", errors="replace")
-    for label in ("ehrshare_1", "ehrshare_tls"):
-        assert f"Got REGISTER for chaincodeID = {label}:" in peer_log
-        assert f"sending READY for chaincode {label}:" in peer_log
-
-    # Per chaincode (plain, then mutual TLS): the contract's refusal comes back through the peer
-    # as status 500 with its message; RegisterOrgCA commits; a second one is refused; an
-    # identity registered by the admin is read back with the role from its certificate.
-    out = probe.output
-    assert out.count('status:500 message:"the ca of Org1MSP is not registered"') == 2
-    assert out.count("the ca of Org1MSP is already registered") == 2
-    records = [json.loads(line) for line in probe.stdout.splitlines() if line.startswith("{")]
-    cas = [r for r in records if "ca_pem" in r]
-    identities = [r for r in records if "cert_sha256" in r and "role" in r]
-    assert len(cas) == 2 and all(r["msp_id"] == "Org1MSP" for r in cas)
-    assert [(r["ibe_id"], r["role"]) for r in identities] == [
-        ("Org1MSP/Admin@org1.example.com", "admin")
-    ] * 2
+Admins = Callable[[str], tuple[Identity, Signer]]
 
 
-def test_the_real_peer_endorses_a_proposal_our_gateway_client_built(probe: Run) -> None:
+def _query(net: FabricNet, peer: str, *args: str) -> str:
+    """A query as HospitalA's admin (registered at set-up) on ``peer``'s peer."""
+    return net.peer_cli(
+        "HospitalAMSP",
+        [
+            "chaincode",
+            "query",
+            "-C",
+            net.spec.channel,
+            "-n",
+            net.spec.chaincode,
+            "-c",
+            json.dumps({"Args": list(args)}),
+        ],
+        peer=peer,
+    )
+
+
+def test_real_peers_run_the_contract_through_our_chaincode_server(
+    fabric_net: FabricNet, admin_of: Admins
+) -> None:
+    net = fabric_net
+    admin = admin_of("HospitalAMSP")[0].ibe_id
+    ca_pem = (net.root / "ca" / "HospitalAMSP" / "ca-cert.pem").read_text(encoding="utf-8")
+    # The registrations committed at set-up (endorsed by A's and B's peers) are read back from
+    # every peer, C's included.
+    for msp in net.spec.msp_ids:
+        record = json.loads(_query(net, msp, "GetIdentity", admin))
+        assert (record["ibe_id"], record["role"]) == (admin, "admin")
+        assert json.loads(_query(net, msp, "GetOrgCA", "HospitalAMSP"))["ca_pem"] == ca_pem
+
+    # Every peer launched the package by connecting to our server: REGISTER, then READY.
+    label = net.package_id.split(":", 1)[0]
+    for msp in net.spec.msp_ids:
+        log = (net.dir / "logs" / f"peer-{msp}.log").read_text(encoding="utf-8", errors="replace")
+        assert f"Got REGISTER for chaincodeID = {label}:" in log, msp
+        assert f"sending READY for chaincode {label}:" in log, msp
+
+    # The contract's refusals come back through the peer as status 500 with their messages: a
+    # query, and a second RegisterOrgCA that is never ordered.
+    with pytest.raises(FabricNetError) as refused:
+        _query(net, "HospitalCMSP", "GetOrgCA", "HospitalBMSP")
+    assert 'status:500 message:"the ca of HospitalBMSP is not registered"' in str(refused.value)
+    again = [
+        "chaincode",
+        "invoke",
+        *net.orderer_args(),
+        "-C",
+        net.spec.channel,
+        "-n",
+        net.spec.chaincode,
+        *net.peer_args(["HospitalAMSP", "HospitalCMSP"]),
+        "-c",
+        json.dumps({"Args": ["RegisterOrgCA", ca_pem]}),
+    ]
+    with pytest.raises(FabricNetError) as refused:
+        net.peer_cli("HospitalAMSP", again)
+    assert "status:500" in str(refused.value)
+    assert "the ca of HospitalAMSP is already registered" in str(refused.value)
+
+
+def test_a_real_peer_endorses_a_proposal_our_gateway_client_built(
+    fabric_net: FabricNet, admin_of: Admins
+) -> None:
     # Fabric 2.1 has no Gateway service, but its Endorser takes the same SignedProposal the
     # Gateway client builds: the peer checks the creator against its MSP, the signature and the
     # transaction id rule (sha256(nonce ‖ creator)) before it runs the chaincode.
-    crypto = probe.net / "crypto" / "peerOrganizations" / "org1.example.com"
-    msp = crypto / "users" / "Admin@org1.example.com" / "msp"
-    cert = next((msp / "signcerts").glob("*.pem")).read_bytes()
-    key = serialization.load_pem_private_key(
-        next((msp / "keystore").glob("*")).read_bytes(), password=None
-    )
-    assert isinstance(key, ec.EllipticCurvePrivateKey)
-    admin = Identity("Org1MSP", cert)
-    tls_ca = (crypto / "peers" / "peer0.org1.example.com" / "tls" / "ca.crt").read_bytes()
-    nonce = os.urandom(24)
+    net = fabric_net
+    admin, signer = admin_of("HospitalAMSP")
+    registered = admin.ibe_id
     creator = serialize_identity(admin)
-    tx_id, proposal = signed_proposal(
-        creator,
-        Signer(key),
-        channel="mychannel",
-        chaincode="ehrshare",
-        function="GetIdentity",
-        args=(b"Org1MSP/Admin@org1.example.com",),
-        timestamp_ns=time.time_ns(),
-        nonce=nonce,
+
+    def proposal(function: str, *args: str) -> tuple[str, Any]:
+        nonce = os.urandom(24)
+        tx_id, signed = signed_proposal(
+            creator,
+            signer,
+            channel=net.spec.channel,
+            chaincode=net.spec.chaincode,
+            function=function,
+            args=tuple(a.encode() for a in args),
+            timestamp_ns=time.time_ns(),
+            nonce=nonce,
+        )
+        assert tx_id == transaction_id(nonce, creator)
+        return tx_id, signed
+
+    # HospitalA's admin, on HospitalC's peer: another organisation's peer checks it against
+    # HospitalA's MSP from the channel configuration.
+    channel = dial(
+        net.peer_address("HospitalCMSP"),
+        tls_ca_pem=net.tls_ca("HospitalCMSP").read_bytes(),
+        server_name=net.server_name("HospitalCMSP"),
     )
-    assert tx_id == transaction_id(nonce, creator)
-    channel = dial("127.0.0.1:7051", tls_ca_pem=tls_ca, server_name="peer0.org1.example.com")
     try:
         endorser = peer_pb2_grpc.EndorserStub(channel)
-        response = endorser.ProcessProposal(proposal, timeout=30)
+        _, signed = proposal("GetIdentity", registered)
+        response = endorser.ProcessProposal(signed, timeout=30)
         assert response.response.status == 200, response.response.message
         record = json.loads(response.response.payload)
-        assert (record["ibe_id"], record["role"]) == ("Org1MSP/Admin@org1.example.com", "admin")
+        assert (record["ibe_id"], record["role"]) == (registered, "admin")
         assert response.endorsement.endorser  # the peer signed its endorsement
 
+        # The contract's refusal, as the peer returns it to any client.
+        _, signed = proposal("GetOrgCA", "HospitalBMSP")
+        response = endorser.ProcessProposal(signed, timeout=30)
+        assert response.response.status == 500
+        assert response.response.message == "the ca of HospitalBMSP is not registered"
+
         # A signature that does not match is refused by the real peer (not by our code).
+        _, signed = proposal("GetIdentity", registered)
         stranger = Signer(ec.generate_private_key(ec.SECP256R1()))
-        forged = type(proposal)(
-            proposal_bytes=proposal.proposal_bytes,
-            signature=stranger.sign(proposal.proposal_bytes),
+        forged = type(signed)(
+            proposal_bytes=signed.proposal_bytes,
+            signature=stranger.sign(signed.proposal_bytes),
         )
         with pytest.raises(grpc.RpcError) as refused:
             endorser.ProcessProposal(forged, timeout=30)
