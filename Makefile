@@ -30,10 +30,10 @@ tools: $(STAMP) $(FABRIC21)
 	$(BIN)/python -m ehrshare.network.kubo install
 
 ## Fabric v2.1.1 (the newest Fabric the Go module proxy serves here; the pinned 3.1 is refused):
-## peer, orderer, configtxgen, cryptogen into network/build/fabric21 (about a minute, then a no-op)
-$(FABRIC21): network/fabric-2.1-probe/build.sh network/fabric-2.1-probe/fabric-v2.1.1.go.mod
+## peer, orderer, configtxgen into network/build/fabric21 (about a minute, then a no-op)
+$(FABRIC21): network/fabric21/build.sh network/fabric21/fabric-v2.1.1.go.mod
 	mkdir -p network/build/fabric21
-	FAB=$(CURDIR)/network/build/fabric21 bash network/fabric-2.1-probe/build.sh
+	FAB=$(CURDIR)/network/build/fabric21 bash network/fabric21/build.sh
 
 ## make network-up PROFILE=<consortium dir>: start its KGC nodes and proxies in the background
 ## (a consortium made with `ehrshare consortium init DIR --services processes`); network-down stops them

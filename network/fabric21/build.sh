@@ -1,9 +1,9 @@
 #!/bin/bash
-# Build Fabric v2.1.1 peer/orderer/configtxgen/cryptogen from the Go module proxy, CGO off.
+# Build Fabric v2.1.1 peer/orderer/configtxgen from the Go module proxy, CGO off (`make tools`).
 # Fabric 2.1 has no go.mod (dep: Gopkg.lock) and the module zip has no vendor/, so we add a go.mod whose
 # pseudo-versions correspond to Gopkg.lock's revisions (the proxy here refuses bare-commit queries).
-# Without an MSP fix (README.md), a root CA with a high-S self-signature (about half of cryptogen's CAs)
-# makes MSP setup fail under Go >= 1.15.
+# Without an MSP fix (README.md), a root CA with a high-S self-signature makes MSP setup fail under
+# Go >= 1.15; ehrshare's own CAs are made low-S, so the network runs without it.
 set -euo pipefail
 S=$(cd "$(dirname "$0")" && pwd)
 FAB=${FAB:-/tmp/fabric21}
@@ -19,5 +19,5 @@ cd "$FAB/src/fabric"
 if [ -n "${MSP_PATCH:-}" ]; then patch -p1 < "$MSP_PATCH"; fi
 CGO_ENABLED=0 GOFLAGS=-mod=mod go build -trimpath \
   -ldflags "-X github.com/hyperledger/fabric/common/metadata.Version=2.1.1 -X github.com/hyperledger/fabric/common/metadata.CommitSHA=v2.1.1-modproxy" \
-  -o "$OUT/" ./cmd/peer ./cmd/orderer ./cmd/configtxgen ./cmd/cryptogen
+  -o "$OUT/" ./cmd/peer ./cmd/orderer ./cmd/configtxgen
 "$OUT/peer" version
