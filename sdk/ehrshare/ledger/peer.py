@@ -43,6 +43,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from fabric_protos.common import common_pb2 as _common_pb2
 from fabric_protos.gateway import gateway_pb2 as _gateway_pb2
 from fabric_protos.orderer import ab_pb2 as _ab_pb2
@@ -138,9 +139,11 @@ def connect(
 
     ``endorsers`` is how many organisations endorse a submitted transaction, one peer each, the
     caller's own organisation first (None: every peer given endorses; the consortium's MAJORITY
-    of three organisations needs 2). ``client_tls`` is (certificate PEM, key PEM) when peers and
-    orderers require mutual TLS. The gateway dials every endpoint now (gRPC connects lazily)
-    and closes the channels and its listener threads in :meth:`FabricGateway.close`.
+    of three organisations needs 2). ``client_tls`` is (certificate PEM, key PEM) of a TLS
+    client certificate (clientAuth) when peers and orderers require mutual TLS; Deliver
+    requests then carry its sha256, as Fabric's binding check wants. The gateway dials every
+    endpoint now (gRPC connects lazily) and closes the channels and its listener threads in
+    :meth:`FabricGateway.close`.
     """
     clock = clock or time.time_ns
     local = LocalGateway(
@@ -296,6 +299,30 @@ class _Peer:
         )
 
 
+def _tls_cert_hash(cert_pem: bytes) -> bytes:
+    """sha256 of a TLS client certificate's DER, which Deliver requests carry under mutual TLS.
+
+    Refuses a certificate without the clientAuth extended key usage, as the services do
+    (``ClientTls.for_member``): a ledger signing certificate (no extended key usage, which a
+    Fabric node would take) must not open TLS connections, and a server-only one would be
+    refused in the handshake without a word why.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise ValueError("client_tls: the certificate is not a PEM X.509 certificate") from None
+    try:
+        usage = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        usage = []
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
+        raise ValueError(
+            f"client_tls: the certificate of {cert.subject.rfc4514_string()} has no clientAuth "
+            "extended key usage (a ledger signing certificate may not be used for TLS)"
+        )
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+
+
 def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
     return exc.code() if isinstance(exc, grpc.Call) else None
 
@@ -364,8 +391,7 @@ class LocalGateway:
         cert_pem, key_pem = client_tls if client_tls is not None else (None, None)
         self._tls_cert_hash = b""
         if cert_pem is not None:
-            der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
-            self._tls_cert_hash = hashlib.sha256(der).digest()
+            self._tls_cert_hash = _tls_cert_hash(cert_pem)
 
         def open_channel(address: str, ca: bytes, name: str | None) -> grpc.Channel:
             return dial(
