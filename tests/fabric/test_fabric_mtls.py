@@ -20,6 +20,7 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from fabric_protos.common import common_pb2
 from fabric_protos.orderer import ab_pb2, ab_pb2_grpc
 from fabric_protos.peer import events_pb2_grpc, peer_pb2_grpc, proposal_pb2
@@ -27,7 +28,7 @@ from fabric_protos.peer import events_pb2_grpc, peer_pb2_grpc, proposal_pb2
 from ehrshare.fabricnet import ORDERER_MSP, FabricNet, FabricNetSpec, default_bin_dir
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.envelope import serialize_identity
-from ehrshare.ledger.errors import GatewayError
+from ehrshare.ledger.errors import EndorseError, GatewayError, SubmitError
 from ehrshare.ledger.fabric import dial
 from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint, connect, seek_envelope
 from ehrshare.processes import pid_alive
@@ -50,9 +51,9 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FabricNet]:
     pids: list[int] = []
     try:
         network.start()
-        pids = list(network.pids().values())
         yield network
     finally:
+        pids = list(network.pids().values())  # those of the last start
         network.stop()
     deadline = time.monotonic() + 30
     while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
@@ -137,6 +138,19 @@ def _orderer_answer(channel: grpc.Channel) -> tuple[grpc.StatusCode, str]:
 def test_a_member_with_its_wallet_tls_certificate_works(net: FabricNet, member: Wallet) -> None:
     identity, signer = member.load_identity()
     tls = member.load_tls()
+    # An orderer whose TLS certificate the client does not trust (the profile's tls_ca is not
+    # its CA) fails the handshake on the client's side: a configuration error, not an outage. The
+    # peers endorsed; nothing was ordered.
+    wrong_ca = {**_endpoints(net)}
+    wrong_ca["orderers"] = [
+        OrdererEndpoint(o.address, net.tls_ca("HospitalAMSP").read_bytes(), o.server_name)
+        for o in wrong_ca["orderers"]
+    ]
+    with connect(identity, signer, client_tls=_pem_pair(tls), **wrong_ca) as gateway:
+        contract = gateway.get_network(net.spec.channel).get_contract(net.spec.chaincode)
+        with pytest.raises(SubmitError, match="every TLS handshake failed") as caught:
+            contract.submit_transaction("RegisterIdentity")
+        assert not caught.value.unreachable
     with connect(identity, signer, client_tls=_pem_pair(tls), **_endpoints(net)) as gateway:
         network = gateway.get_network(net.spec.channel)
         contract = network.get_contract(net.spec.chaincode)
@@ -183,15 +197,20 @@ def test_a_client_without_a_consortium_tls_certificate_is_refused(
         # Refused in the TLS handshake (no certificate / unknown CA), before any RPC.
         assert code == grpc.StatusCode.UNAVAILABLE, details
         assert "handshake failed" in details.lower(), details
-    # Through the SDK, with a member's valid signing identity: no peer lets it in.
+    # Through the SDK, with a member's valid signing identity: no peer lets it in, and the
+    # error says it was the TLS handshake (configuration), not a network that is down.
     identity, signer = member.load_identity()
     with connect(identity, signer, client_tls=client_tls, **_endpoints(net)) as gateway:
         contract = gateway.get_network(net.spec.channel).get_contract(net.spec.chaincode)
-        with pytest.raises(GatewayError) as caught:
+        with pytest.raises(GatewayError, match="every TLS handshake failed") as caught:
             contract.evaluate_transaction("GetIdentity", identity.ibe_id)
-    assert caught.value.unreachable, caught.value
-    assert len(caught.value.details) == len(MSPS), caught.value.details
-    assert all("handshake failed" in d.lower() for d in caught.value.details)
+        assert not caught.value.unreachable, caught.value
+        assert len(caught.value.details) == len(MSPS), caught.value.details
+        assert all("handshake failed" in d.lower() for d in caught.value.details)
+        # Submitting fails the same way at its first stage (endorsement); nothing is ordered.
+        with pytest.raises(EndorseError, match="every TLS handshake failed") as endorse:
+            contract.submit_transaction("RegisterIdentity")
+        assert not endorse.value.unreachable
 
 
 def _tls_hash(cert_pem: bytes) -> bytes:
@@ -227,3 +246,21 @@ def test_deliver_requests_are_bound_to_the_tls_certificate(net: FabricNet, membe
         response = first_response(wrong)
         assert response.WhichOneof("Type") == "status"
         assert response.status == common.Status.Value("BAD_REQUEST")
+
+
+def test_a_network_whose_admin_has_no_tls_certificate_gets_one_at_start(net: FabricNet) -> None:
+    # A network created before peers required mutual TLS has no admin TLS certificates; the
+    # next start issues them from the hospital's CA, and the admin's CLI works again.
+    cert, key = net.admin_tls("HospitalBMSP")
+    net.stop()
+    cert.unlink()
+    key.unlink()
+    net.start()
+    issued = x509.load_pem_x509_certificate(cert.read_bytes())
+    ca = x509.load_pem_x509_certificate(net.tls_ca("HospitalBMSP").read_bytes())
+    assert issued.issuer == ca.subject
+    usage = issued.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+    assert key.stat().st_mode & 0o777 == 0o600
+    heights = net.heights()  # `peer channel getinfo` as each hospital's admin
+    assert heights["HospitalBMSP"] >= 2, heights

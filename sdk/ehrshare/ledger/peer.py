@@ -103,6 +103,7 @@ _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _COMMITS_KEPT = 65536  # validation codes remembered per channel (oldest forgotten first)
 _RETRY_MAX = 5.0  # seconds between a commit listener's reconnection attempts, at most
 _FOLLOWER_WAIT = 5.0  # seconds a commit waits for another endorsing peer to have its block
+_HANDSHAKE_FAILED = "handshake failed"  # in gRPC's UNAVAILABLE text when TLS refused us
 
 
 @dataclass(frozen=True)
@@ -341,6 +342,22 @@ def _chaincode_failure(peer: _Peer, response: Any, stage: str) -> GatewayFailure
     )
 
 
+def _unreachable(text: str, failed: Sequence[Any], where: str) -> GatewayFailure:
+    """No endpoint answered: UNAVAILABLE (an outage, worth retrying), unless every one failed
+    in the TLS handshake. That is configuration, not an outage: peers and orderers that require
+    mutual TLS refused the client certificate (none, or not from a consortium CA), or the TLS
+    CA given is not theirs; retrying or restarting the network would not help."""
+    if failed and all(_HANDSHAKE_FAILED in str(d.message).lower() for d in failed):
+        return GatewayFailure(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"{text}: every TLS handshake failed (peers and orderers that require mutual TLS "
+            "take only a TLS client certificate from a consortium CA; or the profile's tls_ca "
+            "is not the CA of their certificates)",
+            tuple(failed),
+        )
+    return GatewayFailure(grpc.StatusCode.UNAVAILABLE, text, tuple(failed), where=where)
+
+
 def _orderer_detail(orderer: OrdererEndpoint, message: str) -> Any:
     return gw.ErrorDetail(address=orderer.address, message=message)
 
@@ -470,12 +487,7 @@ class LocalGateway:
             if not 200 <= response.response.status < 400:
                 raise _chaincode_failure(peer, response, "evaluate")
             return gw.EvaluateResponse(result=response.response)
-        raise GatewayFailure(
-            grpc.StatusCode.UNAVAILABLE,
-            f"no peer answered ({len(unreachable)} tried)",
-            tuple(unreachable),
-            where="any peer",
-        )
+        raise _unreachable(f"no peer answered ({len(unreachable)} tried)", unreachable, "any peer")
 
     def endorse(self, request: Any, timeout: float) -> Any:
         """ProcessProposal on the endorsing peers, checked, assembled into an unsigned envelope."""
@@ -552,11 +564,10 @@ class LocalGateway:
                     raise _chaincode_failure(peer, response, "endorse")
                 endorsed.append((peer, response))
         if len(endorsed) < need:
-            raise GatewayFailure(
-                grpc.StatusCode.UNAVAILABLE,
+            raise _unreachable(
                 f"{len(endorsed)} of the {need} endorsements needed were collected",
-                tuple(unreachable),
-                where="enough endorsing peers",
+                unreachable,
+                "enough endorsing peers",
             )
         return endorsed
 
@@ -613,11 +624,10 @@ class LocalGateway:
                 f"orderer {orderer.address} refused the transaction: {said}",
                 (_orderer_detail(orderer, said),),
             )
-        raise GatewayFailure(
-            grpc.StatusCode.UNAVAILABLE,
+        raise _unreachable(
             f"no orderer took the transaction ({len(unreachable)} tried)",
-            tuple(unreachable),
-            where="any orderer",
+            unreachable,
+            "any orderer",
         )
 
     def commit_status(self, request: Any, timeout: float) -> Any:
