@@ -39,6 +39,10 @@ pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 MSPS = ("HospitalAMSP", "HospitalBMSP")
 common: Any = common_pb2
 ab: Any = ab_pb2
+ab_grpc: Any = ab_pb2_grpc
+events_grpc: Any = events_pb2_grpc
+peer_grpc: Any = peer_pb2_grpc
+proposalpb: Any = proposal_pb2
 
 
 @pytest.fixture(scope="module")
@@ -114,9 +118,9 @@ def _endpoints(net: FabricNet) -> dict[str, Any]:
 
 def _peer_answer(channel: grpc.Channel) -> tuple[grpc.StatusCode, str]:
     """An empty proposal to the peer's Endorser: the status it ends with, and why."""
-    stub = peer_pb2_grpc.EndorserStub(channel)
+    stub = peer_grpc.EndorserStub(channel)
     try:
-        stub.ProcessProposal(proposal_pb2.SignedProposal(), timeout=10)
+        stub.ProcessProposal(proposalpb.SignedProposal(), timeout=10)
     except grpc.RpcError as exc:
         assert isinstance(exc, grpc.Call)
         return exc.code(), exc.details() or ""
@@ -126,7 +130,7 @@ def _peer_answer(channel: grpc.Channel) -> tuple[grpc.StatusCode, str]:
 def _orderer_answer(channel: grpc.Channel) -> tuple[grpc.StatusCode, str]:
     """An empty envelope to the orderer's Broadcast: the status it ends with, and why (its
     Broadcast response's status when the call itself succeeds)."""
-    stub = ab_pb2_grpc.AtomicBroadcastStub(channel)
+    stub = ab_grpc.AtomicBroadcastStub(channel)
     try:
         response = next(stub.Broadcast(iter([common.Envelope()]), timeout=10))
     except grpc.RpcError as exc:
@@ -234,9 +238,7 @@ def test_deliver_requests_are_bound_to_the_tls_certificate(net: FabricNet, membe
             tls_cert_hash=tls_cert_hash,
         )
         with _peer_channel(net, (cert, key)) as channel:
-            stream = events_pb2_grpc.DeliverStub(channel).DeliverFiltered(
-                iter([envelope]), timeout=10
-            )
+            stream = events_grpc.DeliverStub(channel).DeliverFiltered(iter([envelope]), timeout=10)
             return next(stream)
 
     # The hash of the certificate this connection presents: block 0 is delivered.
