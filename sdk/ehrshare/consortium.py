@@ -20,7 +20,9 @@ each proxy a loopback gRPC address instead; they run as ``ehrshare kgc serve`` /
 serve`` processes (:mod:`ehrshare.processes` starts them from the profile) and the session dials
 them over mutual TLS with the wallet's TLS client certificate (its own key, issued by the
 member's hospital CA next to the ledger certificate; never the ledger signing key). The
-embedded ledger directory is then opened by every process.
+embedded ledger directory is then opened by every process. On Fabric the same TLS client
+certificate opens the connections to the peers and orderers, which require mutual TLS: members
+present their wallet's, in-process KGC nodes and proxies their service wallet's.
 
 This module must not log secrets, and must not write key material anywhere but mode-0600 files.
 """
@@ -44,7 +46,7 @@ from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.errors import GatewayError
 from ehrshare.ledger.store import EmbeddedLedger
-from ehrshare.ledgers import EmbeddedBackend, LedgerBackend, open_ledger
+from ehrshare.ledgers import ClientTlsPair, EmbeddedBackend, LedgerBackend, open_ledger
 from ehrshare.profile import (
     BackendUnavailable,
     Profile,
@@ -168,6 +170,10 @@ def _fabric_ledger_section(root: Path, network: FabricNet) -> dict[str, Any]:
     }
     if conn.get("endorsers"):
         section["endorsers"] = conn["endorsers"]
+    if conn.get("client_auth"):
+        # The network requires mutual TLS: a wallet without a TLS certificate is refused with
+        # the way to re-issue one, instead of failing in the TLS handshake.
+        section["client_auth"] = True
     return section
 
 
@@ -583,12 +589,17 @@ class Consortium:
         """Put ``msp``'s CA certificate on chain unless one is there; True when it published.
 
         ``RegisterOrgCA`` must come from an org admin whose own certificate that CA issued, so
-        the CA issues a throwaway admin certificate for the one call; it is never stored and
+        the CA issues a throwaway admin certificate for the one call (and, on Fabric, a
+        throwaway TLS client certificate for the peers and orderers); neither is stored and it
         registers no identity.
         """
         ca = LocalCA.load(self.directory / "ca" / msp)
         identity, signer = ca.issue("ca-publisher", node_ou="admin", valid_days=1)
-        with self.backend.connect(identity, signer) as gateway:
+        client_tls = None
+        if self.backend.kind == "fabric":
+            tls_identity, tls_key = ca.issue_tls_client("ca-publisher", valid_days=1)
+            client_tls = (tls_identity.credentials, tls_key.to_secret_bytes())
+        with self.backend.connect(identity, signer, client_tls=client_tls) as gateway:
             contract = gateway.get_network(self.profile.channel).get_contract(
                 self.profile.chaincode
             )
@@ -633,10 +644,14 @@ class Consortium:
         wallet: Wallet | None,
         on_close: Callable[[], None] | None = None,
     ) -> Session:
-        gateway = self.backend.connect(identity, signer)
+        tls_pair = self._tls_pair(identity, wallet)
+        client_tls = None
+        if tls_pair is not None and self.backend.kind == "fabric":
+            client_tls = (tls_pair[0].credentials, tls_pair[1].to_secret_bytes())
+        gateway = self.backend.connect(identity, signer, client_tls=client_tls)
         contract = gateway.get_network(self.profile.channel).get_contract(self.profile.chaincode)
         try:
-            kgc, proxies, channels = self._clients(identity, wallet)
+            kgc, proxies, channels = self._clients(identity, tls_pair)
         except BaseException:
             gateway.close()
             raise
@@ -665,22 +680,39 @@ class Consortium:
             ledger_check=self.backend.verify,
         )
 
-    def _clients(
+    def _tls_pair(
         self, identity: Identity, wallet: Wallet | None
+    ) -> tuple[Identity, Signer] | None:
+        """The wallet's TLS client certificate and key, read once, when something needs it:
+        remote services, or Fabric peers and orderers (those of a profile with
+        ``ledger.client_auth`` refuse a wallet without it, saying how to re-issue it; others get
+        it when the wallet has one). None otherwise, so embedded, in-process consortia keep
+        old wallets working."""
+        fabric = self.profile.fabric if self.backend.kind == "fabric" else None
+        ledger_wants = fabric is not None and (
+            fabric.client_auth or (wallet is not None and wallet.has_tls)
+        )
+        if not self.remote_services and not ledger_wants:
+            return None
+        if wallet is None:
+            raise ConsortiumError(
+                f"{identity.ibe_id}: services over gRPC and Fabric peers need a wallet's TLS "
+                "client key"
+            )
+        return wallet.load_tls()
+
+    def _clients(
+        self, identity: Identity, tls_pair: tuple[Identity, Signer] | None
     ) -> tuple[list[KgcClient], list[ProxyRoute], list[GrpcKgcClient | GrpcProxyClient]]:
         """Service clients for one member: in-process cores, or gRPC channels over mutual TLS
         presenting the member's TLS client certificate (the services authorise by it)."""
         in_process = {n.index: n for n in self.kgc_nodes}
         channels: list[GrpcKgcClient | GrpcProxyClient] = []
         kgc: list[KgcClient] = []
-        tls_pair: tuple[Identity, Signer] | None = None
-        if self.remote_services:
-            # Only remote services need it, so in-process consortia keep old wallets working.
-            if wallet is None:
-                raise ConsortiumError(
-                    f"{identity.ibe_id}: services over gRPC need a wallet's TLS client key"
-                )
-            tls_pair = wallet.load_tls()
+        if self.remote_services and tls_pair is None:
+            raise ConsortiumError(
+                f"{identity.ibe_id}: services over gRPC need a wallet's TLS client key"
+            )
 
         def client_tls(tls_ca: Path | None) -> ClientTls:
             assert tls_pair is not None
@@ -799,6 +831,18 @@ def profile_file(value: str | os.PathLike[str]) -> Path:
 _profile_path = profile_file
 
 
+def _service_ledger_tls(
+    profile: Profile, ledger: LedgerBackend, wallet: Wallet
+) -> ClientTlsPair | None:
+    """An in-process service's TLS client certificate for Fabric peers and orderers (its
+    wallet's; see :meth:`Consortium._tls_pair`), None on the embedded ledger."""
+    fabric = profile.fabric if ledger.kind == "fabric" else None
+    if fabric is None or not (fabric.client_auth or wallet.has_tls):
+        return None
+    identity, signer = wallet.load_tls()
+    return identity.credentials, signer.to_secret_bytes()
+
+
 def _open_services(profile: Profile, ledger: LedgerBackend, clock: Clock | None) -> _Services:
     nodes = []
     for n in profile.kgc_nodes:
@@ -806,8 +850,11 @@ def _open_services(profile: Profile, ledger: LedgerBackend, clock: Clock | None)
         if not svc.embedded:
             continue
         assert svc.state is not None and svc.key_file is not None and svc.wallet is not None
-        identity, signer = Wallet(svc.wallet, use_env=False).load_identity()
-        gateway = ledger.connect(identity, signer)
+        wallet = Wallet(svc.wallet, use_env=False)
+        identity, signer = wallet.load_identity()
+        gateway = ledger.connect(
+            identity, signer, client_tls=_service_ledger_tls(profile, ledger, wallet)
+        )
         contract = gateway.get_network(profile.channel).get_contract(profile.chaincode)
         try:
             key = _load_node_key(svc.key_file)
@@ -834,12 +881,15 @@ def _open_services(profile: Profile, ledger: LedgerBackend, clock: Clock | None)
                 continue
             assert psvc.state is not None and psvc.key_file is not None
             assert psvc.wallet is not None
-            identity, signer = Wallet(psvc.wallet, use_env=False).load_identity()
+            pwallet = Wallet(psvc.wallet, use_env=False)
+            identity, signer = pwallet.load_identity()
             if pcfg.ibe_id and pcfg.ibe_id != identity.ibe_id:
                 raise ProfileError(
                     f"proxy {pcfg.name}: its wallet is {identity.ibe_id}, not {pcfg.ibe_id}"
                 )
-            gateway = ledger.connect(identity, signer)
+            gateway = ledger.connect(
+                identity, signer, client_tls=_service_ledger_tls(profile, ledger, pwallet)
+            )
             contract = gateway.get_network(profile.channel).get_contract(profile.chaincode)
             try:
                 pkey = X25519KeyPair.from_secret_bytes(read_key_file(psvc.key_file))

@@ -5,7 +5,8 @@ need — from the consortium's own hospital CAs (``<consortium>/ca/<MSP>``), not
 
 - per hospital an MSP directory (``cacerts``, ``tlscacerts``, ``config.yaml`` with NodeOUs), a
   peer identity (NodeOU ``peer``) with a TLS certificate for 127.0.0.1/localhost/its server
-  name, and an org admin identity (NodeOU ``admin``) that runs the lifecycle;
+  name, and an org admin identity (NodeOU ``admin``) that runs the lifecycle, with a TLS
+  client certificate of its own for the ``peer`` CLI;
 - an orderer organisation ``OrdererMSP`` with its own :class:`~ehrshare.identity.LocalCA`,
   1 or 3 Raft orderers (NodeOU ``orderer``) and their TLS certificates;
 - ``configtx.yaml`` for N organisations, the system-channel genesis block and the channel
@@ -15,6 +16,12 @@ need — from the consortium's own hospital CAs (``<consortium>/ca/<MSP>``), not
   ``ehrshare chaincode serve`` process over mutual TLS (its own small TLS CA), and the ccaas
   external builder;
 - free loopback ports for every listener, recorded with everything else in ``network.json``.
+
+Peers and orderers require mutual TLS: a client must present a TLS certificate (clientAuth)
+issued by one of the hospital CAs or the orderer organisation's CA, or the handshake fails.
+Peers and orderers dial each other (gossip, block delivery, Raft) with their own TLS
+certificates, which carry clientAuth; SDK clients present their wallet's TLS certificate, and
+Deliver requests carry its sha256 (Fabric binds them to the TLS session).
 
 :meth:`FabricNet.start` runs the chaincode server, the orderers and one peer per hospital as
 plain processes (logs in ``fabric/logs``), waits for each node's ``/healthz`` and the line it
@@ -263,6 +270,17 @@ class FabricNet:
         """The CA certificate that issued an organisation's TLS certificates."""
         return self.org_dir(msp) / "msp" / "tlscacerts" / "ca.pem"
 
+    def admin_tls(self, msp: str) -> tuple[Path, Path]:
+        """(certificate, key) files of the TLS client certificate a hospital's admin presents
+        to peers and orderers (the ``peer`` CLI): they require mutual TLS."""
+        tls = self.org_dir(msp) / "admin" / "tls"
+        return tls / "client.crt", tls / "client.key"
+
+    def client_root_cas(self) -> list[Path]:
+        """The CA files peers and orderers accept TLS client certificates from: every
+        hospital's CA (members, services, admins, peers) and the orderer organisation's."""
+        return [self.tls_ca(m) for m in (*self.spec.msp_ids, ORDERER_MSP)]
+
     def server_name(self, msp: str) -> str:
         """The TLS server name of a hospital's peer (a SAN of its certificate)."""
         return f"peer0.{_lower(msp)}"
@@ -460,6 +478,33 @@ class FabricNet:
         self._write_msp(
             org / "admin" / "msp", ca, signer=(admin.credentials, admin_key.to_secret_bytes())
         )
+        self._write_admin_tls(ca)
+
+    def _write_admin_tls(self, ca: LocalCA) -> None:
+        # A key of its own (clientAuth, OU tls), not the admin's signing key: the TLS key opens
+        # connections, the signing key signs lifecycle transactions.
+        cert_path, key_path = self.admin_tls(ca.msp_id)
+        cert, key = ca.issue_tls_client(f"fabric-admin.{_lower(ca.msp_id)}")
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(key_path, key.to_secret_bytes(), mode=0o600)
+        cert_path.write_bytes(cert.credentials)
+
+    def _ensure_admin_tls(self) -> None:
+        """Issue the admins' TLS client certificates a network created before peers required
+        mutual TLS lacks (from the hospital CAs under ``<consortium>/ca``)."""
+        for msp in self.spec.msp_ids:
+            if self.admin_tls(msp)[0].is_file():
+                continue
+            ca_dir = self.root / "ca" / msp
+            try:
+                ca = LocalCA.load(ca_dir)
+            except (OSError, ValueError) as exc:
+                raise FabricNetError(
+                    f"the admin of {msp} has no TLS client certificate and the CA in {ca_dir} "
+                    f"cannot issue one: {exc}"
+                ) from None
+            self._write_admin_tls(ca)
+            _log.info("issued a TLS client certificate for the admin of %s", msp)
 
     def _orderer_name(self, index: int) -> str:
         return f"orderer{index + 1}.ordererorg"
@@ -771,6 +816,7 @@ class FabricNet:
                 f"the network in {self.dir} is partly running: stop it before starting it"
             )
         self._state.processes.clear()
+        self._ensure_admin_tls()
         deadline = time.monotonic() + timeout
         try:
             say("chaincode server")
@@ -841,6 +887,9 @@ class FabricNet:
             "ORDERER_GENERAL_TLS_PRIVATEKEY": str(node / "tls" / "server.key"),
             "ORDERER_GENERAL_TLS_CERTIFICATE": str(node / "tls" / "server.crt"),
             "ORDERER_GENERAL_TLS_ROOTCAS": f"[{ca}]",
+            # Mutual TLS: only clients with a certificate from a consortium CA get a connection.
+            "ORDERER_GENERAL_TLS_CLIENTAUTHREQUIRED": "true",
+            "ORDERER_GENERAL_TLS_CLIENTROOTCAS": f"[{','.join(map(str, self.client_root_cas()))}]",
             "ORDERER_GENERAL_CLUSTER_CLIENTCERTIFICATE": str(node / "tls" / "server.crt"),
             "ORDERER_GENERAL_CLUSTER_CLIENTPRIVATEKEY": str(node / "tls" / "server.key"),
             "ORDERER_GENERAL_CLUSTER_ROOTCAS": f"[{ca}]",
@@ -887,6 +936,13 @@ class FabricNet:
             "CORE_PEER_TLS_CERT_FILE": str(org / "peer" / "tls" / "server.crt"),
             "CORE_PEER_TLS_KEY_FILE": str(org / "peer" / "tls" / "server.key"),
             "CORE_PEER_TLS_ROOTCERT_FILE": str(org / "peer" / "tls" / "ca.crt"),
+            # Mutual TLS: members, services, admins and the other peers (gossip) present a
+            # certificate from a consortium CA. The peer dials others with its own TLS
+            # certificate (it has clientAuth), named here rather than left to the default.
+            "CORE_PEER_TLS_CLIENTAUTHREQUIRED": "true",
+            "CORE_PEER_TLS_CLIENTROOTCAS_FILES": " ".join(map(str, self.client_root_cas())),
+            "CORE_PEER_TLS_CLIENTCERT_FILE": str(org / "peer" / "tls" / "server.crt"),
+            "CORE_PEER_TLS_CLIENTKEY_FILE": str(org / "peer" / "tls" / "server.key"),
             "CORE_PEER_FILESYSTEMPATH": str(self.dir / "peers" / msp),
             "CORE_OPERATIONS_LISTENADDRESS": f"127.0.0.1:{ports['operations']}",
             "CORE_METRICS_PROVIDER": "disabled",
@@ -960,14 +1016,37 @@ class FabricNet:
             "CORE_PEER_ADDRESS": self.peer_address(target),
             "CORE_PEER_TLS_ENABLED": "true",
             "CORE_PEER_TLS_ROOTCERT_FILE": str(self.tls_ca(target)),
+            # Peers require a client certificate: the admin's TLS one (also for the peers
+            # named with --peerAddresses).
+            "CORE_PEER_TLS_CLIENTAUTHREQUIRED": "true",
+            "CORE_PEER_TLS_CLIENTCERT_FILE": str(self.admin_tls(msp)[0]),
+            "CORE_PEER_TLS_CLIENTKEY_FILE": str(self.admin_tls(msp)[1]),
         }
 
-    def orderer_args(self) -> list[str]:
-        """``-o <orderer> --tls --cafile <orderer TLS CA>`` for ``peer`` CLI commands."""
-        return ["-o", self.orderer_address(0), "--tls", "--cafile", str(self.tls_ca(ORDERER_MSP))]
+    def orderer_args(self, msp: str | None = None) -> list[str]:
+        """``-o <orderer> --tls --cafile <orderer TLS CA> --clientauth --certfile … --keyfile …``
+        for ``peer`` CLI commands: orderers require mutual TLS, so the CLI presents the TLS
+        client certificate of ``msp``'s admin (default: the first hospital's; the orderer
+        authorises by the signature, the certificate only has to come from a consortium CA)."""
+        if msp is not None and msp not in self.spec.msp_ids:
+            raise FabricNetError(f"{msp!r} is not one of {list(self.spec.msp_ids)}")
+        cert, key = self.admin_tls(msp or self.spec.msp_ids[0])
+        return [
+            "-o",
+            self.orderer_address(0),
+            "--tls",
+            "--cafile",
+            str(self.tls_ca(ORDERER_MSP)),
+            "--clientauth",
+            "--certfile",
+            str(cert),
+            "--keyfile",
+            str(key),
+        ]
 
     def peer_args(self, msps: Sequence[str]) -> list[str]:
-        """``--peerAddresses … --tlsRootCertFiles …`` for the given hospitals' peers."""
+        """``--peerAddresses … --tlsRootCertFiles …`` for the given hospitals' peers (the
+        client certificate presented to them comes from :meth:`cli_env`)."""
         out: list[str] = []
         for msp in msps:
             out += ["--peerAddresses", self.peer_address(msp)]
@@ -1119,7 +1198,7 @@ class FabricNet:
             # An earlier start committed the definition but was interrupted before recording it.
             self._mark("commit")
             return
-        approve = ["lifecycle", "chaincode", "approveformyorg", *orderer, *definition]
+        approve = ["lifecycle", "chaincode", "approveformyorg", *definition]
         approve += ["--package-id", self.package_id, "--waitForEvent"]
         readiness = ["lifecycle", "chaincode", "checkcommitreadiness", *definition]
         readiness += ["--output", "json"]
@@ -1128,7 +1207,7 @@ class FabricNet:
             approvals = json.loads(self.peer_cli(msp, readiness)).get("approvals", {})
             if approvals.get(msp) is True:
                 return "approved already"
-            return self.peer_cli(msp, approve)
+            return self.peer_cli(msp, [*approve, *self.orderer_args(msp)])
 
         say("approving the chaincode as every hospital's admin")
         self._each_org("approve", approve_once, deadline)
@@ -1178,7 +1257,8 @@ class FabricNet:
 
     def connection(self) -> dict[str, Any]:
         """What a client profile needs: peers (address, MSP, TLS CA path, server name),
-        orderers, channel, chaincode and how many organisations must endorse."""
+        orderers, channel, chaincode, how many organisations must endorse, and that clients
+        must present a TLS client certificate (``client_auth``)."""
         return {
             "peers": [
                 {
@@ -1200,6 +1280,8 @@ class FabricNet:
             "channel": self.spec.channel,
             "chaincode": self.spec.chaincode,
             "endorsers": self.endorsers,
+            # Peers and orderers refuse clients without a consortium TLS client certificate.
+            "client_auth": True,
         }
 
     def __repr__(self) -> str:

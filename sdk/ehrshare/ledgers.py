@@ -9,11 +9,14 @@ that turns a profile's ``ledger:`` section into something that hands out those g
 - ``fabric``: a Fabric channel reached through its peers and orderers
   (:func:`ehrshare.ledger.peer.connect`: the client endorses on the peers, broadcasts to an
   orderer and waits for the commit on a peer's Deliver stream). Each gateway owns its gRPC
-  channels; :meth:`LedgerBackend.close` closes every gateway this backend opened. Integrity is the
+  channels and presents the TLS client certificate its caller gives (a member's wallet's; peers
+  and orderers that require mutual TLS refuse a client without one, and with the profile's
+  ``ledger.client_auth`` such a gateway is refused here, before dialling);
+  :meth:`LedgerBackend.close` closes every gateway this backend opened. Integrity is the
   peers' business (block hashes, endorsement and MVCC validation), so :meth:`verify` is None.
 
-It must not read wallets or keys (callers pass an identity and a signer) and must not log
-transaction arguments.
+It must not read wallets or keys (callers pass an identity and a signer, and the TLS client
+certificate and key as PEM) and must not log transaction arguments or key material.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from ehrshare.identity import Identity, Signer
 from ehrshare.ledger import api
 from ehrshare.profile import FabricEndpoint, Profile, ProfileError
 
-__all__ = ["EmbeddedBackend", "FabricBackend", "LedgerBackend", "open_ledger"]
+__all__ = ["ClientTlsPair", "EmbeddedBackend", "FabricBackend", "LedgerBackend", "open_ledger"]
 
 _log = logging.getLogger(__name__)
 
 Clock = Callable[[], int]
+ClientTlsPair = tuple[bytes, bytes]
+"""A TLS client certificate and its key, both PEM (what ``Wallet.load_tls`` holds)."""
 
 
 class LedgerBackend(Protocol):
@@ -40,8 +45,12 @@ class LedgerBackend(Protocol):
 
     kind: str
 
-    def connect(self, identity: Identity, signer: Signer) -> api.Gateway:
-        """A gateway acting as ``identity`` (close it, or let :meth:`close` do it)."""
+    def connect(
+        self, identity: Identity, signer: Signer, *, client_tls: ClientTlsPair | None = None
+    ) -> api.Gateway:
+        """A gateway acting as ``identity`` (close it, or let :meth:`close` do it);
+        ``client_tls`` is the TLS client certificate and key it presents, where the ledger
+        is reached over TLS."""
         ...
 
     @property
@@ -65,9 +74,14 @@ class EmbeddedBackend:
         self.ledger = EmbeddedLedger.open(directory, channel=channel, clock=clock)
         self._clock = clock
 
-    def connect(self, identity: Identity, signer: Signer) -> api.Gateway:
-        """A gateway on the shared ledger (nothing to close per gateway)."""
+    def connect(
+        self, identity: Identity, signer: Signer, *, client_tls: ClientTlsPair | None = None
+    ) -> api.Gateway:
+        """A gateway on the shared ledger (nothing to close per gateway; no network, so
+        ``client_tls`` is not used)."""
         from ehrshare.ledger.embedded import connect
+
+        del client_tls
 
         return connect(identity, signer, self.ledger, clock=self._clock)
 
@@ -108,20 +122,31 @@ class FabricBackend:
         self.peers = tuple(peer(p) for p in cfg.peers)
         self.orderers = tuple(orderer(o) for o in cfg.orderers)
         self.endorsers = cfg.endorsers
+        self.client_auth = cfg.client_auth
         self._clock = clock
         self._open: list[api.Gateway] = []
         self._lock = threading.Lock()
 
-    def connect(self, identity: Identity, signer: Signer) -> api.Gateway:
-        """A gateway with its own gRPC channels to the peers and orderers."""
+    def connect(
+        self, identity: Identity, signer: Signer, *, client_tls: ClientTlsPair | None = None
+    ) -> api.Gateway:
+        """A gateway with its own gRPC channels to the peers and orderers, presenting
+        ``client_tls`` (refused without one when the profile says ``client_auth``)."""
         from ehrshare.ledger.peer import connect
 
+        if client_tls is None and self.client_auth:
+            raise ProfileError(
+                f"{identity.ibe_id}: this profile's Fabric peers and orderers require mutual TLS "
+                "(ledger.client_auth), and no TLS client certificate was given (a wallet's "
+                "tls-cert.pem and tls-key.pem)"
+            )
         gateway = connect(
             identity,
             signer,
             peers=self.peers,
             orderers=self.orderers,
             endorsers=self.endorsers,
+            client_tls=client_tls,
             clock=self._clock,
         )
         with self._lock:

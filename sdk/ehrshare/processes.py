@@ -131,6 +131,11 @@ def _common(profile: Profile, svc: ServiceConfig, what: str) -> tuple[list[str],
     if profile.ledger_backend == "fabric":
         assert profile.path is not None
         args += ["--profile", str(profile.path)]
+        if (wallet / "tls-cert.pem").is_file():
+            # The wallet's TLS client certificate for peers and orderers under mutual TLS (a
+            # profile with ledger.client_auth makes the process refuse to start without it).
+            args += ["--ledger-tls-cert", str(wallet / "tls-cert.pem")]
+            args += ["--ledger-tls-key", str(wallet / "tls-key.pem")]
     else:
         args += ["--ledger", str(profile.ledger_path)]
     args += ["--channel", profile.channel, "--chaincode", profile.chaincode]

@@ -9,9 +9,13 @@ Backends: ``ledger.backend`` is ``embedded`` (the default: a directory, ``ledger
 ``fabric``: a Fabric channel reached through its peers and orderers (``ledger.peers`` and
 ``ledger.orderers``, each with ``address``, ``tls_ca`` — the PEM file of the CA that issued its TLS
 server certificate — and optionally ``server_name``; peers also name their ``msp``),
-``ledger.endorsers`` (how many organisations' peers endorse a transaction; default all) and
-optionally ``ledger.network``, the directory of the local Fabric network this consortium runs
-(:mod:`ehrshare.fabricnet`; ``ehrshare network up`` starts it). ``storage.backend`` is
+``ledger.endorsers`` (how many organisations' peers endorse a transaction; default all),
+``ledger.client_auth`` (true when the peers and orderers require mutual TLS: every gateway must
+then present a TLS client certificate — a member's wallet's ``tls-cert.pem`` — and one without is
+refused before dialling; default false: presented when there is one) and optionally
+``ledger.network``, the directory of the local Fabric network this consortium runs
+(:mod:`ehrshare.fabricnet`, which requires mutual TLS; ``ehrshare network up`` starts it).
+``storage.backend`` is
 ``embedded`` or ``kubo`` (a real Kubo RPC URL), independent of the ledger.
 
 Proxies: one re-encryption proxy per hospital, listed under ``proxies:`` (each with a ``name``,
@@ -148,12 +152,14 @@ class FabricEndpoint:
 @dataclass(frozen=True, slots=True)
 class FabricLedger:
     """A Fabric channel's endpoints: ``endorsers`` organisations' peers endorse each
-    transaction (None: every listed peer); ``network`` is the local network's directory."""
+    transaction (None: every listed peer); ``client_auth``: the peers and orderers require a
+    TLS client certificate; ``network`` is the local network's directory."""
 
     peers: tuple[FabricEndpoint, ...]
     orderers: tuple[FabricEndpoint, ...]
     endorsers: int | None = None
     network: Path | None = None
+    client_auth: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,11 +399,15 @@ def _fabric(ledger: Mapping[str, Any], rel: Any, fail: Any) -> FabricLedger:
     if endorsers is not None and (not isinstance(endorsers, int) or not 1 <= endorsers <= orgs):
         raise fail("ledger.endorsers", f"must be an integer between 1 and {orgs} (the peers' orgs)")
     network = ledger.get("network")
+    client_auth = ledger.get("client_auth", False)
+    if not isinstance(client_auth, bool):
+        raise fail("ledger.client_auth", f"must be true or false, not {client_auth!r}")
     return FabricLedger(
         peers=peer_list,
         orderers=endpoints("orderers", peers=False),
         endorsers=endorsers,
         network=rel(network, "ledger.network") if network is not None else None,
+        client_auth=client_auth,
     )
 
 

@@ -319,15 +319,18 @@ class FabricTarget:
             contracts: list[tuple[Any, str]] = []
             for c in range(clients):
                 msp = self.msp_ids[c % len(self.msp_ids)]
-                identity, signer = LocalCA.load(root / "ca" / msp).issue(
-                    f"bench-{run_tag}-{c}", role=PATIENT
-                )
+                ca = LocalCA.load(root / "ca" / msp)
+                identity, signer = ca.issue(f"bench-{run_tag}-{c}", role=PATIENT)
+                # Peers and orderers require mutual TLS: a TLS client key of its own, as a
+                # member's wallet holds.
+                tls_identity, tls_key = ca.issue_tls_client(f"bench-{run_tag}-{c}")
                 gw = peer.connect(
                     identity,
                     signer,
                     peers=peers,
                     orderers=orderers,
                     endorsers=conn.get("endorsers"),
+                    client_tls=(tls_identity.credentials, tls_key.to_secret_bytes()),
                 )
                 gateways.append(gw)
                 contracts.append((gw.get_network(channel).get_contract(chaincode), identity.ibe_id))

@@ -8,8 +8,10 @@ stderr says where it listens and where it logs. ``keygen`` writes a node/proxy k
 
 The ledger is either an embedded ledger directory shared with the other processes (``--ledger``)
 or the ledger a profile names (``--profile``: its embedded directory, or its Fabric peers and
-orderers). This module only parses options and
-wires objects; the services live in :mod:`ehrshare.services`.
+orderers). Fabric peers and orderers that require mutual TLS get the TLS client certificate
+``--ledger-tls-cert`` / ``--ledger-tls-key`` (the service wallet's ``tls-cert.pem`` /
+``tls-key.pem``; not the ``--tls-cert`` server certificate, not the ledger signing key). This
+module only parses options and wires objects; the services live in :mod:`ehrshare.services`.
 """
 
 from __future__ import annotations
@@ -74,17 +76,32 @@ def _gateway(opts: ServeOptions) -> tuple[api.Gateway, Callable[[], None]]:
     """A gateway on the ledger the options name, and what closes everything it opened."""
     identity = Identity(opts.msp_id, opts.cert.read_bytes())
     signer = Signer.from_secret_bytes(read_key_file(opts.key))
+    ledger_tls = (opts.ledger_tls_cert, opts.ledger_tls_key)
+    if (ledger_tls[0] is None) != (ledger_tls[1] is None):
+        raise _fail("give both --ledger-tls-cert and --ledger-tls-key, or neither")
     if opts.ledger is not None:
+        if ledger_tls[0] is not None:
+            raise _fail("--ledger-tls-cert/--ledger-tls-key are for a Fabric ledger (--profile)")
         gateway = connect(identity, signer, opts.ledger)
         return gateway, gateway.close
     from ehrshare.ledgers import open_ledger
     from ehrshare.profile import Profile, ProfileError
 
+    client_tls = None
+    if ledger_tls[0] is not None and ledger_tls[1] is not None:
+        try:
+            client_tls = (ledger_tls[0].read_bytes(), read_key_file(ledger_tls[1]))
+        except (OSError, ValueError) as exc:
+            raise _fail(f"the ledger TLS client certificate or key cannot be read: {exc}") from None
     try:
         backend = open_ledger(Profile.load(opts.profile or Path()))
     except ProfileError as exc:
         raise _fail(str(exc)) from None
-    return backend.connect(identity, signer), backend.close
+    try:
+        return backend.connect(identity, signer, client_tls=client_tls), backend.close
+    except ValueError as exc:  # ProfileError too: mutual TLS required, no certificate given
+        backend.close()
+        raise _fail(str(exc)) from None
 
 
 def _server_tls(tls_cert: Path, tls_key: Path, client_cas: list[Path]) -> ServerTls:
@@ -130,6 +147,18 @@ TlsCertOpt = Annotated[
     Path, typer.Option("--tls-cert", help="PEM TLS server certificate (with SANs).")
 ]
 TlsKeyOpt = Annotated[Path, typer.Option("--tls-key", help="PEM TLS server key (mode 0600).")]
+LedgerTlsCertOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ledger-tls-cert",
+        help="PEM TLS client certificate (clientAuth) for Fabric peers and orderers that "
+        "require mutual TLS: the service wallet's tls-cert.pem.",
+    ),
+]
+LedgerTlsKeyOpt = Annotated[
+    Path | None,
+    typer.Option("--ledger-tls-key", help="Its key (the wallet's tls-key.pem, mode 0600)."),
+]
 ClientCaOpt = Annotated[
     list[Path], typer.Option("--client-ca", help="Consortium CA certificate (repeat per org).")
 ]
@@ -177,6 +206,8 @@ class ServeOptions:
     profile: ProfileOpt = None
     channel: ChannelOpt = "ehrshare"
     chaincode: ChaincodeOpt = "ehrshare"
+    ledger_tls_cert: LedgerTlsCertOpt = None
+    ledger_tls_key: LedgerTlsKeyOpt = None
     tls_cert: TlsCertOpt
     tls_key: TlsKeyOpt
     client_ca: ClientCaOpt = field(default_factory=list)

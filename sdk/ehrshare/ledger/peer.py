@@ -43,6 +43,7 @@ from typing import Any
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
 from fabric_protos.common import common_pb2 as _common_pb2
 from fabric_protos.gateway import gateway_pb2 as _gateway_pb2
 from fabric_protos.orderer import ab_pb2 as _ab_pb2
@@ -102,6 +103,7 @@ _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _COMMITS_KEPT = 65536  # validation codes remembered per channel (oldest forgotten first)
 _RETRY_MAX = 5.0  # seconds between a commit listener's reconnection attempts, at most
 _FOLLOWER_WAIT = 5.0  # seconds a commit waits for another endorsing peer to have its block
+_HANDSHAKE_FAILED = "handshake failed"  # in gRPC's UNAVAILABLE text when TLS refused us
 
 
 @dataclass(frozen=True)
@@ -138,9 +140,11 @@ def connect(
 
     ``endorsers`` is how many organisations endorse a submitted transaction, one peer each, the
     caller's own organisation first (None: every peer given endorses; the consortium's MAJORITY
-    of three organisations needs 2). ``client_tls`` is (certificate PEM, key PEM) when peers and
-    orderers require mutual TLS. The gateway dials every endpoint now (gRPC connects lazily)
-    and closes the channels and its listener threads in :meth:`FabricGateway.close`.
+    of three organisations needs 2). ``client_tls`` is (certificate PEM, key PEM) of a TLS
+    client certificate (clientAuth) when peers and orderers require mutual TLS; Deliver
+    requests then carry its sha256, as Fabric's binding check wants. The gateway dials every
+    endpoint now (gRPC connects lazily) and closes the channels and its listener threads in
+    :meth:`FabricGateway.close`.
     """
     clock = clock or time.time_ns
     local = LocalGateway(
@@ -296,6 +300,30 @@ class _Peer:
         )
 
 
+def _tls_cert_hash(cert_pem: bytes) -> bytes:
+    """sha256 of a TLS client certificate's DER, which Deliver requests carry under mutual TLS.
+
+    Refuses a certificate without the clientAuth extended key usage, as the services do
+    (``ClientTls.for_member``): a ledger signing certificate (no extended key usage, which a
+    Fabric node would take) must not open TLS connections, and a server-only one would be
+    refused in the handshake without a word why.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        raise ValueError("client_tls: the certificate is not a PEM X.509 certificate") from None
+    try:
+        usage = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        usage = []
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
+        raise ValueError(
+            f"client_tls: the certificate of {cert.subject.rfc4514_string()} has no clientAuth "
+            "extended key usage (a ledger signing certificate may not be used for TLS)"
+        )
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
+
+
 def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
     return exc.code() if isinstance(exc, grpc.Call) else None
 
@@ -312,6 +340,22 @@ def _chaincode_failure(peer: _Peer, response: Any, stage: str) -> GatewayFailure
         f"{stage} call to {peer.label} returned error: {said}",
         (peer.detail(said),),
     )
+
+
+def _unreachable(text: str, failed: Sequence[Any], where: str) -> GatewayFailure:
+    """No endpoint answered: UNAVAILABLE (an outage, worth retrying), unless every one failed
+    in the TLS handshake. That is configuration, not an outage: peers and orderers that require
+    mutual TLS refused the client certificate (none, or not from a consortium CA), or the TLS
+    CA given is not theirs; retrying or restarting the network would not help."""
+    if failed and all(_HANDSHAKE_FAILED in str(d.message).lower() for d in failed):
+        return GatewayFailure(
+            grpc.StatusCode.UNAUTHENTICATED,
+            f"{text}: every TLS handshake failed (peers and orderers that require mutual TLS "
+            "take only a TLS client certificate from a consortium CA; or the profile's tls_ca "
+            "is not the CA of their certificates)",
+            tuple(failed),
+        )
+    return GatewayFailure(grpc.StatusCode.UNAVAILABLE, text, tuple(failed), where=where)
 
 
 def _orderer_detail(orderer: OrdererEndpoint, message: str) -> Any:
@@ -364,8 +408,7 @@ class LocalGateway:
         cert_pem, key_pem = client_tls if client_tls is not None else (None, None)
         self._tls_cert_hash = b""
         if cert_pem is not None:
-            der = x509.load_pem_x509_certificate(cert_pem).public_bytes(serialization.Encoding.DER)
-            self._tls_cert_hash = hashlib.sha256(der).digest()
+            self._tls_cert_hash = _tls_cert_hash(cert_pem)
 
         def open_channel(address: str, ca: bytes, name: str | None) -> grpc.Channel:
             return dial(
@@ -444,12 +487,7 @@ class LocalGateway:
             if not 200 <= response.response.status < 400:
                 raise _chaincode_failure(peer, response, "evaluate")
             return gw.EvaluateResponse(result=response.response)
-        raise GatewayFailure(
-            grpc.StatusCode.UNAVAILABLE,
-            f"no peer answered ({len(unreachable)} tried)",
-            tuple(unreachable),
-            where="any peer",
-        )
+        raise _unreachable(f"no peer answered ({len(unreachable)} tried)", unreachable, "any peer")
 
     def endorse(self, request: Any, timeout: float) -> Any:
         """ProcessProposal on the endorsing peers, checked, assembled into an unsigned envelope."""
@@ -526,11 +564,10 @@ class LocalGateway:
                     raise _chaincode_failure(peer, response, "endorse")
                 endorsed.append((peer, response))
         if len(endorsed) < need:
-            raise GatewayFailure(
-                grpc.StatusCode.UNAVAILABLE,
+            raise _unreachable(
                 f"{len(endorsed)} of the {need} endorsements needed were collected",
-                tuple(unreachable),
-                where="enough endorsing peers",
+                unreachable,
+                "enough endorsing peers",
             )
         return endorsed
 
@@ -587,11 +624,10 @@ class LocalGateway:
                 f"orderer {orderer.address} refused the transaction: {said}",
                 (_orderer_detail(orderer, said),),
             )
-        raise GatewayFailure(
-            grpc.StatusCode.UNAVAILABLE,
+        raise _unreachable(
             f"no orderer took the transaction ({len(unreachable)} tried)",
-            tuple(unreachable),
-            where="any orderer",
+            unreachable,
+            "any orderer",
         )
 
     def commit_status(self, request: Any, timeout: float) -> Any:
