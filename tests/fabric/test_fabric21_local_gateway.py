@@ -45,8 +45,11 @@ def _connect(net: FabricNet, admin: tuple[Identity, Signer], endorsers: int) -> 
     orderer_ca = net.tls_ca(ORDERER_MSP).read_bytes()
     (dead,) = free_loopback_ports(1)
     orderer = net.connection()["orderers"][0]
+    # Peers and orderers require mutual TLS: the admin presents its TLS client certificate.
+    cert, key = net.admin_tls(admin[0].msp_id)
     return connect(
         *admin,
+        client_tls=(cert.read_bytes(), key.read_bytes()),
         peers=peers,
         orderers=[
             OrdererEndpoint(f"127.0.0.1:{dead}", orderer_ca, orderer["server_name"]),

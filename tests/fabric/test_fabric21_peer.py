@@ -121,10 +121,13 @@ def test_a_real_peer_endorses_a_proposal_our_gateway_client_built(
 
     # HospitalA's admin, on HospitalC's peer: another organisation's peer checks it against
     # HospitalA's MSP from the channel configuration.
+    cert, key = net.admin_tls("HospitalAMSP")  # the peers require mutual TLS
     channel = dial(
         net.peer_address("HospitalCMSP"),
         tls_ca_pem=net.tls_ca("HospitalCMSP").read_bytes(),
         server_name=net.server_name("HospitalCMSP"),
+        client_cert_pem=cert.read_bytes(),
+        client_key_pem=key.read_bytes(),
     )
     try:
         endorser = peer_pb2_grpc.EndorserStub(channel)
