@@ -1070,6 +1070,48 @@ class FabricNet:
             timeout=timeout,
         )
 
+    def invoke(
+        self, msp: str, args: Sequence[str], *, endorsers: Sequence[str], wait: bool = True
+    ) -> str:
+        """``peer chaincode invoke`` of our chaincode as ``msp``'s admin, endorsed by the peers
+        of ``endorsers`` (``args``: the function, then its arguments); with ``wait``, returns
+        once the endorsing peers committed it (call :meth:`wait_synced` before reading on
+        another peer). Raises :class:`FabricNetError` with the peer's refusal."""
+        return self.peer_cli(
+            msp,
+            [
+                "chaincode",
+                "invoke",
+                *self.orderer_args(),
+                "-C",
+                self.spec.channel,
+                "-n",
+                self.spec.chaincode,
+                *self.peer_args(endorsers),
+                *(["--waitForEvent"] if wait else []),
+                "-c",
+                json.dumps({"Args": list(args)}),
+            ],
+        )
+
+    def query(self, msp: str, args: Sequence[str], *, peer: str | None = None) -> str:
+        """``peer chaincode query`` of our chaincode as ``msp``'s admin on ``peer``'s peer
+        (default: its own); the chaincode's answer."""
+        return self.peer_cli(
+            msp,
+            [
+                "chaincode",
+                "query",
+                "-C",
+                self.spec.channel,
+                "-n",
+                self.spec.chaincode,
+                "-c",
+                json.dumps({"Args": list(args)}),
+            ],
+            peer=peer,
+        )
+
     def _run(
         self,
         argv: Sequence[str],

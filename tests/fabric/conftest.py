@@ -56,25 +56,6 @@ def _chaincode_debug(net: FabricNet) -> None:
             assert response.status == 204, f"PUT /logspec on the peer of {msp}: {response.status}"
 
 
-def _invoke(net: FabricNet, msp: str, endorsers: list[str], *args: str) -> None:
-    net.peer_cli(
-        msp,
-        [
-            "chaincode",
-            "invoke",
-            *net.orderer_args(),
-            "-C",
-            net.spec.channel,
-            "-n",
-            net.spec.chaincode,
-            *net.peer_args(endorsers),
-            "--waitForEvent",
-            "-c",
-            json.dumps({"Args": list(args)}),
-        ],
-    )
-
-
 @pytest.fixture(scope="session")
 def fabric_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FabricNet]:
     """The shared network, started, with HospitalA's CA and admin registered on the channel."""
@@ -100,8 +81,9 @@ def fabric_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FabricNet]:
         assert len(pids) == 1 + 1 + len(MSPS)  # chaincode server, orderer, one peer each
         # A MAJORITY of three: HospitalA's and HospitalB's peers endorse.
         ca_pem = (root / "ca" / "HospitalAMSP" / "ca-cert.pem").read_text(encoding="utf-8")
-        _invoke(net, "HospitalAMSP", ["HospitalAMSP", "HospitalBMSP"], "RegisterOrgCA", ca_pem)
-        _invoke(net, "HospitalAMSP", ["HospitalAMSP", "HospitalBMSP"], "RegisterIdentity")
+        both = ["HospitalAMSP", "HospitalBMSP"]
+        net.invoke("HospitalAMSP", ["RegisterOrgCA", ca_pem], endorsers=both)
+        net.invoke("HospitalAMSP", ["RegisterIdentity"], endorsers=both)
         net.wait_synced()  # HospitalC's peer, which did not endorse, has the blocks too
         yield net
     finally:

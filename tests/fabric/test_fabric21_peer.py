@@ -34,20 +34,7 @@ Admins = Callable[[str], tuple[Identity, Signer]]
 
 def _query(net: FabricNet, peer: str, *args: str) -> str:
     """A query as HospitalA's admin (registered at set-up) on ``peer``'s peer."""
-    return net.peer_cli(
-        "HospitalAMSP",
-        [
-            "chaincode",
-            "query",
-            "-C",
-            net.spec.channel,
-            "-n",
-            net.spec.chaincode,
-            "-c",
-            json.dumps({"Args": list(args)}),
-        ],
-        peer=peer,
-    )
+    return net.query("HospitalAMSP", args, peer=peer)
 
 
 def test_real_peers_run_the_contract_through_our_chaincode_server(
@@ -75,20 +62,13 @@ def test_real_peers_run_the_contract_through_our_chaincode_server(
     with pytest.raises(FabricNetError) as refused:
         _query(net, "HospitalCMSP", "GetOrgCA", "HospitalBMSP")
     assert 'status:500 message:"the ca of HospitalBMSP is not registered"' in str(refused.value)
-    again = [
-        "chaincode",
-        "invoke",
-        *net.orderer_args(),
-        "-C",
-        net.spec.channel,
-        "-n",
-        net.spec.chaincode,
-        *net.peer_args(["HospitalAMSP", "HospitalCMSP"]),
-        "-c",
-        json.dumps({"Args": ["RegisterOrgCA", ca_pem]}),
-    ]
     with pytest.raises(FabricNetError) as refused:
-        net.peer_cli("HospitalAMSP", again)
+        net.invoke(
+            "HospitalAMSP",
+            ["RegisterOrgCA", ca_pem],
+            endorsers=["HospitalAMSP", "HospitalCMSP"],
+            wait=False,
+        )
     assert "status:500" in str(refused.value)
     assert "the ca of HospitalAMSP is already registered" in str(refused.value)
 

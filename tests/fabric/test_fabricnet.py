@@ -71,41 +71,13 @@ def networks() -> Iterator[list[FabricNet]]:
 
 def _register_ca(net: FabricNet, msp: str, endorsers: list[str]) -> None:
     ca_pem = (net.root / "ca" / msp / "ca-cert.pem").read_text(encoding="utf-8")
-    args = json.dumps({"function": "RegisterOrgCA", "Args": [ca_pem]})
-    net.peer_cli(
-        msp,
-        [
-            "chaincode",
-            "invoke",
-            *net.orderer_args(),
-            "-C",
-            net.spec.channel,
-            "-n",
-            net.spec.chaincode,
-            *net.peer_args(endorsers),
-            "--waitForEvent",
-            "-c",
-            args,
-        ],
-    )
+    net.invoke(msp, ["RegisterOrgCA", ca_pem], endorsers=endorsers)
     # --waitForEvent waited for the endorsing peers only; later reads go to any peer.
     net.wait_synced()
 
 
 def _org_ca(net: FabricNet, msp: str, *, on_peer_of: str) -> dict[str, str]:
-    out = net.peer_cli(
-        on_peer_of,
-        [
-            "chaincode",
-            "query",
-            "-C",
-            net.spec.channel,
-            "-n",
-            net.spec.chaincode,
-            "-c",
-            json.dumps({"Args": ["GetOrgCA", msp]}),
-        ],
-    )
+    out = net.query(on_peer_of, ["GetOrgCA", msp])
     record: dict[str, str] = json.loads(out)
     return record
 
