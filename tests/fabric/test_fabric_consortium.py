@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,6 +80,13 @@ def test_the_story_holds_on_fabric_with_the_services_as_processes(tmp_path: Path
     assert not failed, result.to_dict()
     assert set(result.checks) >= STORY_CHECKS
     assert {"service_processes_stopped", "proxy_clean_stop"} <= set(result.checks)
+
+
+def _wait_for(what: str, condition: Any, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)
 
 
 def _cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -158,6 +166,27 @@ def test_network_up_runs_fabric_and_the_services_and_down_stops_them(tmp_path: P
             _cli("record", "get", ref["record_id"], "-p", str(root), "-w", "alice", "--json").stdout
         )
         assert got["valueQuantity"]["value"] == 12.5
+
+        # A new DKG session, opened on chain by the org admin, run by the three `kgc serve`
+        # processes over the channel's events (their posts meet in blocks: read conflicts are
+        # proposed again); a member enrolled afterwards gets a key under the new mpk.
+        old = json.loads(
+            _cli("kgc", "dkg", "status", "-p", str(root), "-w", "admin", "--json").stdout
+        )
+        opened = json.loads(
+            _cli(
+                "kgc", "dkg", "open", "--threshold", "2", "--phase-timeout", "30", "--wait",
+                "--wait-timeout", "120", "-p", str(root), "-w", "admin", "--json",
+            ).stdout
+        )  # fmt: skip
+        assert opened["result"]["final"] is True and opened["nonce"] != old["nonce"]
+        assert all(len(p["posters"]) == 3 for p in opened["closed"][:2])
+        _cli("consortium", "add-member", "carol", "--hospital", "HospitalC", "--role",
+             "patient", "-p", str(root))  # fmt: skip
+        _wait_for(
+            "every KGC node to answer under the new session",
+            lambda: _cli("enroll", "-p", str(root), "-w", "carol", check=False).returncode == 0,
+        )
     finally:
         down = _cli("network", "down", "--profile", str(root), "--json", check=False)
     assert down.returncode == 0, down.stderr

@@ -32,7 +32,13 @@ from fabric_protos.peer import transaction_pb2 as txpb
 
 from ehrshare.identity import LocalCA, verify_signature
 from ehrshare.ledger.envelope import deserialize_identity, serialize_identity
-from ehrshare.ledger.errors import CommitStatusError, EndorseError, GatewayError, SubmitError
+from ehrshare.ledger.errors import (
+    CommitError,
+    CommitStatusError,
+    EndorseError,
+    GatewayError,
+    SubmitError,
+)
 from ehrshare.ledger.fabric import FabricCommit, FabricGateway, Timeouts, signed_proposal
 from ehrshare.ledger.peer import (
     OrdererEndpoint,
@@ -537,3 +543,51 @@ def test_a_commit_does_not_wait_for_an_endorsing_peer_that_is_down(make_net: Any
     )
     status = _contract(net).new_proposal("Put", "k").endorse().submit().get_status()
     assert (status.code, status.block_number) == ("VALID", 1)
+
+
+@dataclass
+class ConflictingOrderer(FakeOrderer):
+    """Cuts the first ``conflicts`` transactions as MVCC_READ_CONFLICT, later ones VALID."""
+
+    conflicts: int = 1
+
+    def Broadcast(self, request_iterator: Any, context: Any) -> Iterator[Any]:
+        for envelope in request_iterator:
+            self.envelopes.append(envelope)
+            payload = common.Payload.FromString(envelope.payload)
+            tx_id = common.ChannelHeader.FromString(payload.header.channel_header).tx_id
+            code = txpb.TxValidationCode.Value("MVCC_READ_CONFLICT")
+            self.ledger.append([(tx_id, code if len(self.envelopes) <= self.conflicts else 0)])
+            yield ab.BroadcastResponse(status=common.Status.Value("SUCCESS"))
+
+
+def test_a_read_conflict_is_proposed_again_as_a_new_transaction(make_net: Any) -> None:
+    ledger = Ledger()
+    peer = FakePeer("p1", ledger)
+    orderer = ConflictingOrderer(ledger, conflicts=2)
+    net = make_net({"Org1MSP": peer}, orderers=(orderer,), ledger=ledger)
+    assert _contract(net).submit_transaction("Put", "k") == b"result"
+    # Three transactions were ordered: two conflicted, each proposal new (its own tx id).
+    tx_ids = [
+        common.ChannelHeader.FromString(
+            common.Payload.FromString(e.payload).header.channel_header
+        ).tx_id
+        for e in orderer.envelopes
+    ]
+    assert len(tx_ids) == 3 and len(set(tx_ids)) == 3
+    assert len(peer.proposals) == 3
+
+
+def test_read_conflicts_beyond_the_retries_are_a_commit_error(make_net: Any) -> None:
+    ledger = Ledger()
+    orderer = ConflictingOrderer(ledger, conflicts=10)
+    net = make_net({"Org1MSP": FakePeer("p1", ledger)}, orderers=(orderer,), ledger=ledger)
+    net.gateway.conflict_retries = 1
+    with pytest.raises(CommitError) as failed:
+        _contract(net).submit_transaction("Put", "k")
+    assert failed.value.code == "MVCC_READ_CONFLICT"
+    assert len(orderer.envelopes) == 2  # the first try and one retry
+    net.gateway.conflict_retries = 0
+    with pytest.raises(CommitError):
+        _contract(net).submit_transaction("Put", "k2")
+    assert len(orderer.envelopes) == 3

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import time
 from collections import deque
@@ -61,6 +62,7 @@ from ehrshare.ledger.errors import (
 from ehrshare.ledger.store import TxStatus
 
 __all__ = [
+    "CONFLICT_RETRIES",
     "GRPC_STATUS_DETAILS_KEY",
     "EventStream",
     "FabricChaincodeEvents",
@@ -90,6 +92,11 @@ responsepb: Any = _response_pb2
 txpb: Any = _transaction_pb2
 
 _log = logging.getLogger(__name__)
+
+CONFLICT_RETRIES = 5
+"""Default times a read-conflicted transaction is proposed again (see ``submit_transaction``)."""
+_RETRIED_CODES = frozenset({"MVCC_READ_CONFLICT", "PHANTOM_READ_CONFLICT"})
+_RETRY_PAUSE_S = 0.05  # the pause before attempt k is uniform in [0, k × this]
 
 GRPC_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 """Trailing metadata key carrying a serialized ``google.rpc.Status`` with ``ErrorDetail``s."""
@@ -472,6 +479,9 @@ class FabricGateway:
         self._clock = clock
         self._creator = serialize_identity(identity)
         self._calls = calls
+        self.conflict_retries = CONFLICT_RETRIES
+        """How often :meth:`FabricContract.submit_transaction` runs a transaction again after
+        it committed as an MVCC or phantom read conflict (0: never)."""
 
     @property
     def creator(self) -> bytes:
@@ -653,18 +663,38 @@ class FabricContract:
     def submit_transaction(self, name: str, *args: str | bytes) -> bytes:
         """Endorse, order and wait for the commit; returns the result of a valid commit.
 
-        Raises :class:`EndorseError`, :class:`SubmitError`, :class:`CommitStatusError` or
-        :class:`CommitError` by the stage that failed, each with the transaction id.
+        A transaction that committed as a read conflict (``MVCC_READ_CONFLICT``,
+        ``PHANTOM_READ_CONFLICT``: another transaction of its block or an earlier one changed
+        what it read, so it changed nothing) is proposed again, as a new transaction on current
+        state, up to ``conflict_retries`` times after a short random pause: concurrent writers
+        of one hash-chained log (the DKG board's posts, one patient's actions from several
+        hospitals) meet in the same block on Fabric. Raises :class:`EndorseError`,
+        :class:`SubmitError`, :class:`CommitStatusError` or :class:`CommitError` by the stage
+        that failed, each with the transaction id.
         """
-        transaction = self.new_proposal(name, *args).endorse()
-        status = transaction.submit().get_status()
-        if not status.successful:
+        attempt = 0
+        while True:
+            transaction = self.new_proposal(name, *args).endorse()
+            status = transaction.submit().get_status()
+            if status.successful:
+                return transaction.result
+            if status.code in _RETRIED_CODES and attempt < self._gateway.conflict_retries:
+                attempt += 1
+                _log.info(
+                    "%s: transaction %s committed as %s; proposing it again (%d of %d)",
+                    name,
+                    status.tx_id,
+                    status.code,
+                    attempt,
+                    self._gateway.conflict_retries,
+                )
+                time.sleep(random.uniform(0.0, _RETRY_PAUSE_S * attempt))  # noqa: S311
+                continue
             raise CommitError(
                 f"transaction {status.tx_id} committed as {status.code}",
                 transaction_id=status.tx_id,
                 code=status.code,
             )
-        return transaction.result
 
     def evaluate_transaction(self, name: str, *args: str | bytes) -> bytes:
         """Run a query on one peer; nothing is ordered or written. Failures raise GatewayError."""
