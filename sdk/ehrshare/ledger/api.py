@@ -3,12 +3,15 @@
 The SDK talks to a ledger only through these protocols, so it never knows which backend it runs on.
 The shape mirrors hyperledger/fabric-gateway: ``Gateway`` → ``Network`` → ``Contract``, with
 ``submit_transaction`` / ``evaluate_transaction`` and a chaincode event stream that resumes from a
-checkpoint. This module defines types only; it must not import a backend.
+checkpoint, and :class:`EventFollower`, the loop followers run over such a stream. This
+module must not import a backend.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import logging
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol
@@ -18,12 +21,15 @@ __all__ = [
     "ChaincodeEvents",
     "Checkpoint",
     "Contract",
+    "EventFollower",
     "Gateway",
     "InMemoryCheckpointer",
     "Network",
     "StoredCheckpoint",
     "follow_events",
 ]
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,3 +181,100 @@ def follow_events(
     return network.get_chaincode_events(
         chaincode_name, checkpoint=StoredCheckpoint(block, transaction_id)
     )
+
+
+class EventFollower:
+    """Runs a follower's event loop: each event to ``handle``, and on a broken stream (a peer
+    restarted, the network down) a new stream from ``checkpoint()`` after a pause that doubles
+    up to ``retry_max`` seconds — so a follower outlives an outage instead of ending with it.
+
+    ``handle`` records its own checkpoint after each event; an exception from it is logged by
+    ``on_error`` (which decides whether following goes on: return True) and the event counts as
+    handled. :meth:`stop` ends the loop, also a blocked wait for the next event.
+    """
+
+    def __init__(
+        self,
+        network: Network,
+        chaincode_name: str,
+        checkpoint: Callable[[], tuple[int | None, str | None]],
+        handle: Callable[[ChaincodeEvent], object],
+        *,
+        name: str,
+        on_error: Callable[[ChaincodeEvent, Exception], bool] | None = None,
+        retry_max: float = 5.0,
+    ) -> None:
+        self._network = network
+        self._chaincode = chaincode_name
+        self._checkpoint = checkpoint
+        self._handle = handle
+        self._on_error = on_error
+        self._name = name
+        self._retry_max = retry_max
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._events: ChaincodeEvents | None = None
+        self.reconnects = 0
+        """How many times the stream was opened again after breaking."""
+
+    @property
+    def stopped(self) -> threading.Event:
+        """Set once :meth:`stop` was called."""
+        return self._stopped
+
+    def open(self) -> None:
+        """Open the first stream (so a caller sees an unreachable ledger at start)."""
+        block, tx = self._checkpoint()
+        with self._lock:
+            self._events = follow_events(self._network, self._chaincode, block, tx)
+
+    def run(self) -> None:
+        """Follow until :meth:`stop` (call :meth:`open` first, or it opens here)."""
+        delay = 0.2
+        while not self._stopped.is_set():
+            try:
+                with self._lock:
+                    events = self._events
+                if events is None:
+                    block, tx = self._checkpoint()
+                    events = follow_events(self._network, self._chaincode, block, tx)
+                    with self._lock:
+                        if self._stopped.is_set():
+                            events.close()
+                            return
+                        self._events = events
+                for event in events:
+                    if self._stopped.is_set():
+                        return
+                    try:
+                        self._handle(event)
+                    except Exception as exc:
+                        if self._on_error is None or not self._on_error(event, exc):
+                            raise
+                    delay = 0.2
+                if self._stopped.is_set():
+                    return
+                reason = "the event stream ended"
+            except Exception as exc:
+                if self._stopped.is_set():
+                    return
+                reason = f"{type(exc).__name__}: {exc}"
+            with self._lock:
+                if self._events is not None:
+                    self._events.close()
+                self._events = None
+            _log.warning(
+                "%s: %s; following again from the checkpoint in %.1f s", self._name, reason, delay
+            )
+            if self._stopped.wait(delay):
+                return
+            self.reconnects += 1
+            delay = min(delay * 2, self._retry_max)
+
+    def stop(self) -> None:
+        """End the loop; a blocked iteration ends too."""
+        self._stopped.set()
+        with self._lock:
+            events = self._events
+        if events is not None:
+            events.close()

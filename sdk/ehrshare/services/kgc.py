@@ -75,7 +75,7 @@ from ehrshare.hazmat.kgc_keys import KGCNodeKey, KGCNodePublicKey, X25519KeyPair
 from ehrshare.hazmat.pairing import G1, RngFn
 from ehrshare.hazmat.tipre import IdentitySecretKey, MasterPublicKey
 from ehrshare.identity import Identity, Signer
-from ehrshare.ledger.api import ChaincodeEvent, Contract, Network, follow_events
+from ehrshare.ledger.api import ChaincodeEvent, Contract, EventFollower, Network
 from ehrshare.ledger.errors import CommitError, LedgerError
 from ehrshare.ledger.store import DEFAULT_MAX_CLOCK_SKEW_S
 from ehrshare.services.extract_auth import (
@@ -1162,10 +1162,19 @@ class DkgFollower:
             ) from None
 
     def start(self) -> None:
-        """Start following in a daemon thread."""
-        block, tx = self.checkpoint()
-        self._events = follow_events(self._network, self._chaincode, block, tx)
-        self._thread = threading.Thread(target=self._run, name="dkg-follower", daemon=True)
+        """Start following in a daemon thread (a broken event stream is opened again from the
+        checkpoint; see :class:`~ehrshare.ledger.api.EventFollower`)."""
+        block, _ = self.checkpoint()
+        self._events = EventFollower(
+            self._network,
+            self._chaincode,
+            self.checkpoint,
+            self.handle_event,
+            name=f"kgc node {self._node.index}: dkg follower",
+            on_error=self._event_failed,
+        )
+        self._events.open()
+        self._thread = threading.Thread(target=self._events.run, name="dkg-follower", daemon=True)
         self._thread.start()
         _log.info(
             "kgc node %d follows dkg sessions as %s from %s",
@@ -1174,25 +1183,20 @@ class DkgFollower:
             "block 0" if block is None else f"block {block} (checkpoint)",
         )
 
-    def _run(self) -> None:
-        try:
-            for event in self._events:
-                if self._stopped.is_set():
-                    break
-                try:
-                    self.handle_event(event)
-                except (KgcError, LedgerError, ValueError, KeyError) as exc:
-                    # One unreadable event or a failed read must not end the following; the
-                    # session it was about is logged and skipped.
-                    _log.error(
-                        "kgc node %d: dkg event %s in block %d: %s",
-                        self._node.index,
-                        event.event_name,
-                        event.block_number,
-                        exc,
-                    )
-        except Exception:
-            _log.exception("dkg follower stopped on an error")
+    def _event_failed(self, event: ChaincodeEvent, exc: Exception) -> bool:
+        """One unreadable event or a failed read must not end the following: the session it
+        was about is logged and skipped. Anything else breaks the stream, which is followed
+        again from the checkpoint (so that event is tried again)."""
+        if not isinstance(exc, KgcError | LedgerError | ValueError | KeyError):
+            return False
+        _log.error(
+            "kgc node %d: dkg event %s in block %d: %s",
+            self._node.index,
+            event.event_name,
+            event.block_number,
+            exc,
+        )
+        return True
 
     def handle_event(self, event: ChaincodeEvent) -> None:
         """Act on one chaincode event, then record it as the checkpoint."""
@@ -1286,7 +1290,7 @@ class DkgFollower:
         """Stop the event stream and the session threads (they leave at their next wait)."""
         self._stopped.set()
         if self._events is not None:
-            self._events.close()
+            self._events.stop()
         if self._thread is not None:
             self._thread.join(timeout)
         self.wait_sessions(timeout)

@@ -49,7 +49,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 from ehrshare.hazmat.errors import DecryptionError, EncodingError
 from ehrshare.hazmat.kgc_keys import X25519KeyPair, open_sealed, seal
 from ehrshare.hazmat.tipre import Capsule, ReKey, VerifiedCapsule, VerifiedReKey, reencrypt
-from ehrshare.ledger.api import ChaincodeEvent, Contract, Network, follow_events
+from ehrshare.ledger.api import ChaincodeEvent, Contract, EventFollower, Network
 from ehrshare.ledger.errors import LedgerError
 from ehrshare.services.vault import open_state, seal_state
 
@@ -682,7 +682,8 @@ class RevocationFollower:
     """Follows the chaincode's RevokeAccess events in a thread and deletes re-keys.
 
     Resumes after the last handled event (checkpoint in the proxy's database); a fresh proxy
-    reads from block 0 (revoking grants it does not hold is a no-op).
+    reads from block 0 (revoking grants it does not hold is a no-op). A broken event stream (a
+    peer restarted) is opened again from the checkpoint, so no revocation is skipped.
     """
 
     def __init__(
@@ -697,16 +698,18 @@ class RevocationFollower:
 
     def start(self) -> None:
         """Start following in a daemon thread."""
-        block, tx = self._proxy.checkpoint()
-        self._events = follow_events(self._network, self._chaincode, block, tx)
-        self._thread = threading.Thread(target=self._run, name="revocation-follower", daemon=True)
+        self._events = EventFollower(
+            self._network,
+            self._chaincode,
+            self._proxy.checkpoint,
+            self._proxy.handle_event,
+            name=f"proxy {self._proxy.ibe_id}: revocation follower",
+        )
+        self._events.open()
+        self._thread = threading.Thread(
+            target=self._events.run, name="revocation-follower", daemon=True
+        )
         self._thread.start()
-
-    def _run(self) -> None:
-        try:
-            self.consume(self._events)
-        except Exception:
-            _log.exception("revocation follower stopped on an error")
 
     def consume(self, events: Iterable[ChaincodeEvent]) -> None:
         """Handle events until the iterable ends or :meth:`stop` is called."""
@@ -719,7 +722,7 @@ class RevocationFollower:
         """Stop the stream and wait for the thread."""
         self._stopped.set()
         if self._events is not None:
-            self._events.close()
+            self._events.stop()
         if self._thread is not None:
             self._thread.join(timeout)
 
