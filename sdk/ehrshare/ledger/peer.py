@@ -434,6 +434,7 @@ class LocalGateway:
         self._listeners: dict[str, _CommitListener] = {}
         # Height watchers of the other peers that may endorse (see commit_status).
         self._followers: dict[str, list[_CommitListener]] = {}
+        self._events_peer = 0  # index of the peer event streams come from
         self._closed = False
 
     # --- helpers ---------------------------------------------------------------------------
@@ -659,10 +660,13 @@ class LocalGateway:
         return gw.CommitStatusResponse(result=code, block_number=block)
 
     def chaincode_events(self, request: Any) -> EventStream:
-        """Full blocks from the own organisation's first peer, reduced to one chaincode's events.
+        """Full blocks from one peer, reduced to one chaincode's events.
 
-        From the next commit (the default) the call returns once the peer has answered with its
-        newest block, so a transaction submitted after it returns cannot be missed.
+        The own organisation's first peer, until a stream from it breaks as unreachable: the
+        next stream then comes from the next peer given (every peer holds the channel's
+        blocks), so a follower that opens again from its checkpoint outlives a peer that stays
+        down. From the next commit (the default) the call returns once the peer has answered
+        with its newest block, so a transaction submitted after it returns cannot be missed.
         """
         events_request = gw.ChaincodeEventsRequest.FromString(request.request)
         position = events_request.start_position
@@ -670,15 +674,31 @@ class LocalGateway:
         if next_commit:
             # Fabric 2.1 knows no next_commit: seek the newest block and drop it.
             position = ab.SeekPosition(newest=ab.SeekNewest())
-        peer = self._peers[0]
+        with self._lock:
+            peer = self._peers[self._events_peer % len(self._peers)]
         call = peer.deliver.Deliver(iter([self._seek(events_request.channel_id, position)]))
         first = position.specified.number if position.WhichOneof("Type") == "specified" else None
         stream = _BlockEventStream(
-            call, peer, events_request.chaincode_id, (first, events_request.after_transaction_id)
+            call,
+            peer,
+            events_request.chaincode_id,
+            (first, events_request.after_transaction_id),
+            on_unreachable=self._events_peer_failed,
         )
         if next_commit:
             stream.skip_block()
         return stream
+
+    def _events_peer_failed(self, peer: _Peer) -> None:
+        """A stream from ``peer`` broke as unreachable: later streams use the next peer."""
+        with self._lock:
+            if self._peers[self._events_peer % len(self._peers)] is peer:
+                self._events_peer += 1
+                _log.info(
+                    "chaincode events: %s is unreachable; the next stream comes from %s",
+                    peer.label,
+                    self._peers[self._events_peer % len(self._peers)].label,
+                )
 
     def close(self) -> None:
         """Stop the commit listeners and close every channel this gateway opened."""
@@ -906,18 +926,27 @@ class _BlockEventStream:
     """``ChaincodeEventsResponse``s built from a peer's full block stream (an EventStream)."""
 
     def __init__(
-        self, call: Any, peer: _Peer, chaincode: str, checkpoint: tuple[int | None, str]
+        self,
+        call: Any,
+        peer: _Peer,
+        chaincode: str,
+        checkpoint: tuple[int | None, str],
+        *,
+        on_unreachable: Callable[[_Peer], None] | None = None,
     ) -> None:
         self._call = call
         self._peer = peer
         self._chaincode = chaincode
         self._checkpoint_block, self._after_tx = checkpoint
+        self._on_unreachable = on_unreachable
 
     def _next_block(self) -> Any:
         while True:
             try:
                 response = next(self._call)
             except grpc.RpcError as exc:
+                if _code(exc) in _UNREACHABLE and self._on_unreachable is not None:
+                    self._on_unreachable(self._peer)
                 raise GatewayFailure(
                     _code(exc), _text(exc), (self._peer.detail(_text(exc)),), where=self._peer.label
                 ) from None

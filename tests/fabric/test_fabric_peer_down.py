@@ -1,0 +1,141 @@
+"""A hospital's peer dies: its members' transactions and event followers carry on through the
+other hospitals' peers (real Fabric v2.1.1, three hospitals, MAJORITY endorsement).
+
+The follower is the loop the KGC nodes' DKG follower and the proxies' revocation follower run
+(`ehrshare.ledger.api.EventFollower`); the client's chaincode-event streams move to the next peer
+once one breaks as unreachable, and the follower opens its stream again from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ehrshare.fabricnet import FabricNet, FabricNetSpec, default_bin_dir
+from ehrshare.identity import Identity, LocalCA, Signer
+from ehrshare.ledger.api import ChaincodeEvent, EventFollower
+from ehrshare.ledger.fabric import FabricGateway
+from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint, connect
+from ehrshare.processes import pid_alive
+
+pytestmark = [pytest.mark.fabric, pytest.mark.slow]
+
+MSPS = ("HospitalAMSP", "HospitalBMSP", "HospitalCMSP")
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[FabricNet]:
+    assert (default_bin_dir() / "peer").is_file(), "Fabric v2.1.1 is not built: run `make tools`"
+    root = tmp_path / "consortium"
+    for msp in MSPS:
+        LocalCA.create(msp).save(root / "ca" / msp)
+    network = FabricNet.create(FabricNetSpec(root=root, msp_ids=MSPS))
+    pids: list[int] = []
+    try:
+        network.start()
+        pids = list(network.pids().values())
+        ca_pem = (root / "ca" / "HospitalAMSP" / "ca-cert.pem").read_text(encoding="utf-8")
+        both = ["HospitalAMSP", "HospitalBMSP"]
+        network.invoke("HospitalAMSP", ["RegisterOrgCA", ca_pem], endorsers=both)
+        network.invoke("HospitalAMSP", ["RegisterIdentity"], endorsers=both)
+        network.wait_synced()
+        yield network
+    finally:
+        network.stop()
+    deadline = time.monotonic() + 30
+    while any(pid_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pids and not any(pid_alive(p) for p in pids), "the network left processes running"
+
+
+def _gateway(net: FabricNet, msp: str) -> FabricGateway:
+    msp_dir = net.admin_msp(msp)
+    key = serialization.load_pem_private_key(
+        (msp_dir / "keystore" / "key.pem").read_bytes(), password=None
+    )
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    identity = Identity(msp, (msp_dir / "signcerts" / "cert.pem").read_bytes())
+    cert, tls_key = net.admin_tls(msp)
+    conn = net.connection()
+    return connect(
+        identity,
+        Signer(key),
+        peers=[
+            PeerEndpoint(p["address"], p["msp"], Path(p["tls_ca"]).read_bytes(), p["server_name"])
+            for p in conn["peers"]
+        ],
+        orderers=[
+            OrdererEndpoint(o["address"], Path(o["tls_ca"]).read_bytes(), o["server_name"])
+            for o in conn["orderers"]
+        ],
+        endorsers=2,
+        client_tls=(cert.read_bytes(), tls_key.read_bytes()),
+    )
+
+
+def _publish(gateway: FabricGateway, record_type: str) -> str:
+    contract = gateway.get_network("ehrshare").get_contract("ehrshare")
+    key = base64.b64encode(os.urandom(33)).decode()
+    transaction = contract.new_proposal("PublishTypeKey", record_type, key, "1").endorse()
+    status = transaction.submit().get_status()
+    assert status.code == "VALID", status
+    return transaction.transaction_id
+
+
+def test_a_dead_peer_moves_commits_and_event_followers_to_the_others(net: FabricNet) -> None:
+    gateway = _gateway(net, "HospitalAMSP")
+    seen: list[ChaincodeEvent] = []
+    arrived = threading.Condition()
+    point: list[tuple[int | None, str | None]] = [(None, None)]
+
+    def handle(event: ChaincodeEvent) -> None:
+        with arrived:
+            seen.append(event)
+            point[0] = (event.block_number, event.transaction_id)
+            arrived.notify_all()
+
+    def wait_for(tx_id: str) -> None:
+        with arrived:
+            assert arrived.wait_for(
+                lambda: any(e.transaction_id == tx_id for e in seen), timeout=60
+            ), f"event of {tx_id} never arrived; saw {[e.event_name for e in seen]}"
+
+    follower = EventFollower(
+        gateway.get_network("ehrshare"),
+        "ehrshare",
+        lambda: point[0],
+        handle,
+        name="test follower",
+        retry_max=0.5,
+    )
+    follower.open()
+    thread = threading.Thread(target=follower.run, daemon=True)
+    thread.start()
+    try:
+        before = _publish(gateway, "before")
+        wait_for(before)
+        assert follower.reconnects == 0
+
+        # Hospital A's peer dies (SIGKILL): the events came from it, it was the first endorser
+        # and the commit listener read its blocks.
+        os.kill(net.pids()["peer-HospitalAMSP"], signal.SIGKILL)
+        after = _publish(gateway, "after")  # endorsed by B and C, committed, reported
+        wait_for(after)
+        assert follower.reconnects >= 1
+        # Nothing was delivered twice across the reconnection.
+        ids = [e.transaction_id for e in seen]
+        assert len(ids) == len(set(ids))
+    finally:
+        follower.stop()
+        thread.join(10)
+        gateway.close()
+    assert not thread.is_alive()
