@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import yaml
 
+from ehrshare.closing import Closing
 from ehrshare.hazmat.dkg import new_session_nonce
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
@@ -212,7 +213,7 @@ class _Services:
     proxies: dict[str, ReencryptionProxy]  # in-process proxies by ledger identity
 
 
-class Consortium:
+class Consortium(Closing):
     """A consortium's ledger, store and in-process services, opened from its profile."""
 
     def __init__(
@@ -554,12 +555,6 @@ class Consortium:
         """Hand the running network over (the caller stops it); close() leaves it running."""
         network, self._network = self._network, None
         return network
-
-    def __enter__(self) -> Consortium:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def dkg_result(self) -> dict[str, Any]:
         """The latest DKG result on chain (mpk, public polynomial, QUAL), read as the proxy."""

@@ -41,6 +41,7 @@ from typing import Any, Final, Literal, Protocol, runtime_checkable
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
 from ehrshare import crypto
+from ehrshare.closing import Closing
 from ehrshare.fhir import (
     FhirValidationError,
     TypeLabels,
@@ -353,7 +354,7 @@ Clock = Callable[[], int]  # nanoseconds since the epoch, as the embedded gatewa
 # --- the session -----------------------------------------------------------------------------
 
 
-class Session:
+class Session(Closing):
     """One member acting through one identity. Create it with :func:`ehrshare.connect`.
 
     Thread-safe as far as its parts are (the embedded ledger is); the async variants run the
@@ -452,12 +453,6 @@ class Session:
         if self._on_close is not None:
             self._on_close()
             self._on_close = None
-
-    def __enter__(self) -> Session:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def _submit(self, function: str, *args: str) -> Any:
         try:

@@ -31,9 +31,9 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
+from ehrshare.closing import Closing
 from ehrshare.identity import LocalCA
 from ehrshare_consensus.live import LiveUnavailable, Submit, TxOutcome
 from ehrshare_consensus.runner import RunSpec
@@ -178,7 +178,7 @@ def record_submitter(
     return submit
 
 
-class FabricSession:
+class FabricSession(Closing):
     """A running Fabric network and its clients; close() stops every process it started."""
 
     def __init__(
@@ -231,17 +231,6 @@ class FabricSession:
         finally:
             if self._owns_root:
                 shutil.rmtree(self._root, ignore_errors=True)
-
-    def __enter__(self) -> FabricSession:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _close_all(gateways: Sequence[Any]) -> None:

@@ -15,8 +15,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 
+from ehrshare.closing import Closing
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger import api
 from ehrshare.ledger.api import ChaincodeEvent, Checkpoint
@@ -62,7 +62,7 @@ def connect(
     )
 
 
-class EmbeddedGateway:
+class EmbeddedGateway(Closing):
     """A connection with one identity; use as a context manager."""
 
     def __init__(
@@ -102,17 +102,6 @@ class EmbeddedGateway:
         """Close the ledger if this gateway opened it."""
         if self._owns:
             self.ledger.close()
-
-    def __enter__(self) -> EmbeddedGateway:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class EmbeddedNetwork:
@@ -159,7 +148,7 @@ class EmbeddedNetwork:
         return EmbeddedChaincodeEvents(ledger, chaincode_name, block, txn, idle_timeout)
 
 
-class EmbeddedChaincodeEvents:
+class EmbeddedChaincodeEvents(Closing):
     """A blocking iterator of chaincode events; close it (or use ``with``) to stop."""
 
     _POLL = 0.2  # seconds; commits from other processes are picked up by polling
@@ -206,17 +195,6 @@ class EmbeddedChaincodeEvents:
     def close(self) -> None:
         """Stop the stream."""
         self._closed = True
-
-    def __enter__(self) -> EmbeddedChaincodeEvents:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class EmbeddedContract:

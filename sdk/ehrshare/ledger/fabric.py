@@ -34,7 +34,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any, Protocol
 
 import grpc
@@ -47,6 +46,7 @@ from fabric_protos.peer import proposal_response_pb2 as _response_pb2
 from fabric_protos.peer import transaction_pb2 as _transaction_pb2
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory
 
+from ehrshare.closing import Closing
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger import api
 from ehrshare.ledger.api import ChaincodeEvent, Checkpoint
@@ -457,7 +457,7 @@ class GrpcGatewayCalls:
         """Nothing to release: the gRPC channel belongs to the caller."""
 
 
-class FabricGateway:
+class FabricGateway(Closing):
     """A connection to a Fabric Gateway with one identity; use as a context manager.
 
     ``calls`` does the Gateway's work: :class:`GrpcGatewayCalls` (a peer's Gateway service, the
@@ -500,17 +500,6 @@ class FabricGateway:
     def close(self) -> None:
         """Release what the gateway's calls opened (nothing for a caller's Gateway channel)."""
         self._calls.close()
-
-    def __enter__(self) -> FabricGateway:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class FabricNetwork:
@@ -569,7 +558,7 @@ class FabricNetwork:
         return FabricChaincodeEvents(stream)
 
 
-class FabricChaincodeEvents:
+class FabricChaincodeEvents(Closing):
     """A blocking iterator over the Gateway's chaincode event stream; close it to stop."""
 
     def __init__(self, stream: EventStream) -> None:
@@ -609,17 +598,6 @@ class FabricChaincodeEvents:
         """Cancel the stream; a blocked iteration ends."""
         self._closed = True
         self._call.cancel()
-
-    def __enter__(self) -> FabricChaincodeEvents:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class FabricContract:

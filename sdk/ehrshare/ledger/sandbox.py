@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ehrshare.closing import Closing
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.embedded import EmbeddedContract, EmbeddedGateway, connect
 from ehrshare.ledger.store import EmbeddedLedger
@@ -71,7 +72,7 @@ class Member:
         return json.loads(self.contract.evaluate_transaction(name, *args))
 
 
-class Sandbox:
+class Sandbox(Closing):
     """Organisations, their CAs and one embedded ledger in a directory."""
 
     def __init__(self, ledger: EmbeddedLedger, cas: dict[str, LocalCA], clock: Any) -> None:
@@ -140,9 +141,3 @@ class Sandbox:
     def close(self) -> None:
         """Close the ledger."""
         self.ledger.close()
-
-    def __enter__(self) -> Sandbox:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

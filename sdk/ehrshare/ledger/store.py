@@ -43,6 +43,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
+from ehrshare.closing import Closing
 from ehrshare.identity import Identity
 from ehrshare.ledger.api import ChaincodeEvent
 from ehrshare.ledger.envelope import Proposal, SignedProposal, open_proposal
@@ -345,7 +346,7 @@ class _Listeners:
     callbacks: list[Callable[[ChaincodeEvent], None]] = field(default_factory=list)
 
 
-class EmbeddedLedger:
+class EmbeddedLedger(Closing):
     """One channel's ledger in a directory. Open it with :meth:`open`; close it when done.
 
     Thread-safe within a process (one lock around the connection); several processes may open the
@@ -455,12 +456,6 @@ class EmbeddedLedger:
     def closed(self) -> bool:
         """True once :meth:`close` ran."""
         return self._closed
-
-    def __enter__(self) -> EmbeddedLedger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     # --- channel configuration ---------------------------------------------------------------
 

@@ -46,6 +46,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
+from ehrshare.closing import Closing
 from ehrshare.hazmat.errors import DecryptionError, EncodingError
 from ehrshare.hazmat.kgc_keys import X25519KeyPair, open_sealed, seal
 from ehrshare.hazmat.tipre import Capsule, ReKey, VerifiedCapsule, VerifiedReKey, reencrypt
@@ -150,7 +151,7 @@ def _chain_reason(exc: LedgerError) -> str:
     return exc.message
 
 
-class ReencryptionProxy:
+class ReencryptionProxy(Closing):
     """Receives re-keys sealed to it, stores them encrypted at rest, re-encrypts only after
     verifying a committed approval (chaincode CheckApproval) for exactly that record, requester
     and grant, reports the re-encryption (chaincode ReportReencryption), deletes re-keys on
@@ -195,12 +196,6 @@ class ReencryptionProxy:
         """Close the database."""
         with self._lock:
             self._db.close()
-
-    def __enter__(self) -> ReencryptionProxy:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"ReencryptionProxy(name={self.name!r}, state_dir={str(self.state_dir)!r})"

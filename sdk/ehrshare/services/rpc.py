@@ -21,11 +21,11 @@ import base64
 import json
 import logging
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, Final
 
 import grpc
 
+from ehrshare.closing import Closing
 from ehrshare.services import kgc as kgc_mod
 from ehrshare.services import proxy as proxy_mod
 from ehrshare.services.kgc import KgcError, KgcNode, KgcUnavailable
@@ -227,7 +227,7 @@ def _error_name(err: grpc.RpcError) -> str | None:
     return None
 
 
-class _Client:
+class _Client(Closing):
     def __init__(self, target: str, tls: ClientTls, server_name: str | None) -> None:
         self.target = target
         self._channel = _channel(target, tls, server_name)
@@ -235,17 +235,6 @@ class _Client:
     def close(self) -> None:
         """Close the channel."""
         self._channel.close()
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 class GrpcKgcClient(_Client):

@@ -32,6 +32,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from ehrshare.closing import Closing
+
 from .cid import CID, DAG_PB
 from .errors import ContentNotFound, IntegrityError, StorageError, StorageUnavailable
 from .unixfs import CHUNK_SIZE, MAX_LINKS, BlobSource, FileDagBuilder, iter_source
@@ -72,7 +74,7 @@ def _cid_arg(cid: str) -> str:
     return str(CID.parse(cid))
 
 
-class KuboClient:
+class KuboClient(Closing):
     """A client of one Kubo daemon's RPC API.
 
     Use it when you need IPFS operations themselves; use :class:`KuboStore` to store and read
@@ -103,12 +105,6 @@ class KuboClient:
 
     def __repr__(self) -> str:
         return f"KuboClient({self.api_url!r})"
-
-    def __enter__(self) -> KuboClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def close(self) -> None:
         """Close the HTTP connection pool."""
