@@ -44,7 +44,7 @@ import concurrent.futures
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +61,7 @@ from fabric_protos.peer import proposal_response_pb2 as _response_pb2
 from .contract import invoke
 from .stub import (
     ChaincodeError,
+    ChaincodeFunction,
     ChaincodeStub,
     KeyModification,
     KeyValue,
@@ -92,9 +93,6 @@ _log = logging.getLogger(__name__)
 
 CONNECT_METHOD = "/protos.Chaincode/Connect"
 """The gRPC method a peer calls on a chaincode server."""
-
-ChaincodeFunction = Callable[[ChaincodeStub, str, list[bytes]], bytes]
-"""What the server runs per transaction: ``(stub, function, args) -> payload``; :func:`invoke`."""
 
 _MSG = shim.ChaincodeMessage
 _PACKAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*:[0-9a-f]{64}$")

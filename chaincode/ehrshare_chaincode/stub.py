@@ -11,13 +11,14 @@ Composite keys use Fabric's encoding exactly (``\\x00`` + object type + ``\\x00`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 __all__ = [
     "MAX_UNICODE_RUNE",
     "ChaincodeError",
+    "ChaincodeFunction",
     "ChaincodeStub",
     "KeyModification",
     "KeyValue",
@@ -171,3 +172,8 @@ class ChaincodeStub(Protocol):
     def set_event(self, name: str, payload: bytes) -> None:
         """Set the transaction's chaincode event; Fabric keeps only one per transaction."""
         ...
+
+
+ChaincodeFunction = Callable[[ChaincodeStub, str, list[bytes]], bytes]
+"""What a backend runs per transaction: ``(stub, function, args) -> payload``, e.g. the contract's
+``invoke``."""

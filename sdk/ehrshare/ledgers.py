@@ -25,11 +25,14 @@ import logging
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger import api
 from ehrshare.profile import FabricEndpoint, Profile, ProfileError
+
+if TYPE_CHECKING:
+    from ehrshare.ledger.fabric import FabricGateway
 
 __all__ = ["ClientTlsPair", "EmbeddedBackend", "FabricBackend", "LedgerBackend", "open_ledger"]
 
@@ -124,7 +127,7 @@ class FabricBackend:
         self.endorsers = cfg.endorsers
         self.client_auth = cfg.client_auth
         self._clock = clock
-        self._open: list[api.Gateway] = []
+        self._open: list[FabricGateway] = []
         self._lock = threading.Lock()
 
     def connect(
@@ -150,6 +153,9 @@ class FabricBackend:
             clock=self._clock,
         )
         with self._lock:
+            # Closed gateways (finished sessions) are dropped here, so a long-lived process
+            # does not keep every identity and signer it ever connected with.
+            self._open = [g for g in self._open if not g.closed]
             self._open.append(gateway)
         return gateway
 

@@ -22,18 +22,13 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from ehrshare.commands.services import _fail
 from ehrshare.services.vault import atomic_write, read_key_file
 from ehrshare_chaincode.ccaas import ChaincodeServer, ChaincodeTls, check_package_id
 
 __all__ = ["register"]
 
 _err = Console(stderr=True)
-EXIT_BAD_INPUT = 2
-
-
-def _fail(message: str) -> typer.Exit:
-    _err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(EXIT_BAD_INPUT)
 
 
 def _setup_logging(log_file: Path | None) -> None:

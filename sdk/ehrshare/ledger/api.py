@@ -26,7 +26,6 @@ __all__ = [
     "InMemoryCheckpointer",
     "Network",
     "StoredCheckpoint",
-    "follow_events",
 ]
 
 _log = logging.getLogger(__name__)
@@ -171,7 +170,7 @@ class Gateway(Protocol):
     ) -> None: ...
 
 
-def follow_events(
+def _follow_events(
     network: Network, chaincode_name: str, block: int | None, transaction_id: str | None
 ) -> ChaincodeEvents:
     """A follower's event stream: from block 0 when it has no checkpoint yet, else resuming
@@ -223,10 +222,15 @@ class EventFollower:
         return self._stopped
 
     def open(self) -> None:
-        """Open the first stream (so a caller sees an unreachable ledger at start)."""
+        """Open a stream from the checkpoint (call it before :meth:`run` to see an unreachable
+        ledger at start). A stream opened after :meth:`stop` is closed at once."""
         block, tx = self._checkpoint()
+        events = _follow_events(self._network, self._chaincode, block, tx)
         with self._lock:
-            self._events = follow_events(self._network, self._chaincode, block, tx)
+            if self._stopped.is_set():
+                events.close()
+            else:
+                self._events = events
 
     def run(self) -> None:
         """Follow until :meth:`stop` (call :meth:`open` first, or it opens here)."""
@@ -236,13 +240,11 @@ class EventFollower:
                 with self._lock:
                     events = self._events
                 if events is None:
-                    block, tx = self._checkpoint()
-                    events = follow_events(self._network, self._chaincode, block, tx)
+                    self.open()
                     with self._lock:
-                        if self._stopped.is_set():
-                            events.close()
-                            return
-                        self._events = events
+                        events = self._events
+                    if events is None:  # stopped meanwhile
+                        return
                 for event in events:
                     if self._stopped.is_set():
                         return

@@ -76,6 +76,7 @@ __all__ = [
     "GatewayFailure",
     "GrpcGatewayCalls",
     "Timeouts",
+    "chaincode_action_of",
     "connect",
     "dial",
     "rpc_status_class",
@@ -479,6 +480,7 @@ class FabricGateway(Closing):
         self._clock = clock
         self._creator = serialize_identity(identity)
         self._calls = calls
+        self._closed = False
         self.conflict_retries = CONFLICT_RETRIES
         """How often :meth:`FabricContract.submit_transaction` runs a transaction again after
         it committed as an MVCC or phantom read conflict (0: never)."""
@@ -499,7 +501,13 @@ class FabricGateway(Closing):
 
     def close(self) -> None:
         """Release what the gateway's calls opened (nothing for a caller's Gateway channel)."""
+        self._closed = True
         self._calls.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._closed
 
 
 class FabricNetwork:
@@ -720,6 +728,17 @@ class FabricProposal:
         return FabricTransaction(self._gateway, self.channel, self.transaction_id, envelope, result)
 
 
+def chaincode_action_of(action: Any) -> Any:
+    """The ``ChaincodeAction`` (result, events, response) endorsed in a ``TransactionAction``:
+    ChaincodeActionPayload → ProposalResponsePayload → its extension. Raises if one does not
+    parse."""
+    action_payload = txpb.ChaincodeActionPayload.FromString(action.payload)
+    response_payload = responsepb.ProposalResponsePayload.FromString(
+        action_payload.action.proposal_response_payload
+    )
+    return proposalpb.ChaincodeAction.FromString(response_payload.extension)
+
+
 def _check_prepared(envelope: Any, tx_id: str, channel: str, creator: bytes) -> bytes:
     """The chaincode result in a prepared envelope, after checking it is this transaction.
 
@@ -747,11 +766,7 @@ def _check_prepared(envelope: Any, tx_id: str, channel: str, creator: bytes) -> 
         raise bad("its creator is not this gateway's identity")
     for action in transaction.actions:
         try:
-            action_payload = txpb.ChaincodeActionPayload.FromString(action.payload)
-            response_payload = responsepb.ProposalResponsePayload.FromString(
-                action_payload.action.proposal_response_payload
-            )
-            chaincode_action = proposalpb.ChaincodeAction.FromString(response_payload.extension)
+            chaincode_action = chaincode_action_of(action)
         except Exception:
             _log.debug("skipping a transaction action that does not parse")
             continue

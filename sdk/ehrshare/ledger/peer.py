@@ -64,6 +64,7 @@ from ehrshare.ledger.fabric import (
     FabricGateway,
     GatewayFailure,
     Timeouts,
+    chaincode_action_of,
     dial,
 )
 
@@ -253,11 +254,7 @@ def block_chaincode_events(block: Any, chaincode: str) -> list[Any]:
                 continue
             transaction = txpb.Transaction.FromString(payload.data)
             for action in transaction.actions:
-                action_payload = txpb.ChaincodeActionPayload.FromString(action.payload)
-                response_payload = responsepb.ProposalResponsePayload.FromString(
-                    action_payload.action.proposal_response_payload
-                )
-                chaincode_action = proposalpb.ChaincodeAction.FromString(response_payload.extension)
+                chaincode_action = chaincode_action_of(action)
                 if not chaincode_action.events:
                     continue
                 event = eventpb.ChaincodeEvent.FromString(chaincode_action.events)
@@ -646,16 +643,19 @@ class LocalGateway:
         # simulate it on older state (different results, or an MVCC conflict at validation).
         # So wait until every connected peer has the block, not only the one that reported it
         # (fabric-sdk's NETWORK_SCOPE_ALLFORTX). A peer that is down is not waited for.
+        # One limit for all of them, and none for a watcher of the peer that just reported.
         with self._lock:
             followers = list(self._followers.get(status_request.channel_id, ()))
+        until = min(deadline, time.monotonic() + _FOLLOWER_WAIT)
         for follower in followers:
-            remaining = min(deadline - time.monotonic(), _FOLLOWER_WAIT)
-            if not follower.wait_height(block, remaining):
+            if follower.label == listener.label:
+                continue
+            if not follower.wait_height(block, until - time.monotonic()):
                 _log.info(
-                    "%s had not committed block %d after %.1f s; not waiting longer",
+                    "%s had not committed block %d within %.1f s; not waiting longer",
                     follower.label,
                     block,
-                    max(remaining, 0.0),
+                    _FOLLOWER_WAIT,
                 )
         return gw.CommitStatusResponse(result=code, block_number=block)
 
@@ -726,7 +726,8 @@ class LocalGateway:
                 listener.start()
                 if self._endorsers is None or self._endorsers > 1:
                     followers = [
-                        _CommitListener([peer], channel, self._seek) for peer in self._peers[1:]
+                        _CommitListener([peer], channel, self._seek, heights_only=True)
+                        for peer in self._peers[1:]
                     ]
                     self._followers[channel] = followers
                     for follower in followers:
@@ -740,11 +741,18 @@ class _CommitListener:
     A daemon thread reads filtered blocks from the newest block on, from the own organisation's
     first peer; after a failure (peer restart) it reconnects to the next peer given (the same one
     if there is only one) from the block after the last one it saw, so no commit is skipped.
+    ``heights_only``: a watcher of another peer's height, which keeps no validation codes.
     """
 
     def __init__(
-        self, peers: Sequence[_Peer], channel: str, seek: Callable[[str, Any], Any]
+        self,
+        peers: Sequence[_Peer],
+        channel: str,
+        seek: Callable[[str, Any], Any],
+        *,
+        heights_only: bool = False,
     ) -> None:
+        self._heights_only = heights_only
         self._peers = list(peers)
         self._index = 0
         self._channel = channel
@@ -850,7 +858,7 @@ class _CommitListener:
 
     def _record(self, block: Any) -> None:
         with self._cond:
-            for tx in block.filtered_transactions:
+            for tx in () if self._heights_only else block.filtered_transactions:
                 if tx.txid and tx.txid not in self._results:  # a duplicate's code is not its own
                     self._results[tx.txid] = (int(tx.tx_validation_code), int(block.number))
             while len(self._results) > _COMMITS_KEPT:

@@ -50,7 +50,7 @@ from ehrshare.ledger.envelope import Proposal, SignedProposal, open_proposal
 from ehrshare_chaincode import contract as ehr_contract
 from ehrshare_chaincode.stub import (
     ChaincodeError,
-    ChaincodeStub,
+    ChaincodeFunction,
     KeyModification,
     KeyValue,
     TxTimestamp,
@@ -72,7 +72,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-ChaincodeFunction = Callable[[ChaincodeStub, str, list[bytes]], bytes]
 VALID = "VALID"
 MVCC_READ_CONFLICT = "MVCC_READ_CONFLICT"
 PHANTOM_READ_CONFLICT = "PHANTOM_READ_CONFLICT"
