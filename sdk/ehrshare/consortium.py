@@ -513,6 +513,7 @@ class Consortium(Closing):
             closers.append(close_store)
             services = _open_services(prof, ledger, clock)
             closers.extend(p.close for p in services.proxies.values())
+            closers.extend(n.close for n in services.kgc)
         except BaseException:
             for c in closers:
                 c()

@@ -85,10 +85,14 @@ def _is_our_supervisor(pid: int, profile_path: Path) -> bool:
 
 
 def network_state(profile_path: Path) -> NetworkState:
-    """Whether this profile's services are up (a live supervisor named in the state file)."""
+    """Whether this profile's services are up (a live supervisor named in the state file),
+    and its local Fabric network's state."""
+    return _services_state(profile_path, _fabric_state(profile_path))
+
+
+def _services_state(profile_path: Path, fabric: dict[str, Any] | None = None) -> NetworkState:
     run = _run_dir(profile_path)
     state_file, log_file = run / STATE_FILE, run / LOG_FILE
-    fabric = _fabric_state(profile_path)
     try:
         data = json.loads(state_file.read_text(encoding="utf-8"))
         pid = int(data["supervisor_pid"])
@@ -148,17 +152,30 @@ def network_up(profile_path: Path, *, timeout: float = 90.0) -> NetworkState:
             f"profile {profile_path} runs its KGC nodes and proxies in-process: there is nothing "
             "to start (create the consortium with `ehrshare consortium init --services processes`)"
         )
+    started_fabric = False
     if fabric is not None and not fabric.running():
         try:
             fabric.start()
         except Exception as exc:
             fabric.stop()
             raise NetworkControlError(f"the Fabric network did not start: {exc}") from None
-    current = network_state(profile_path)
-    if not remote:
-        return current
+        started_fabric = True
+    try:
+        if remote:
+            _start_services(profile_path, timeout)
+    except BaseException:
+        if started_fabric:  # nothing this call started is left running
+            assert fabric is not None
+            fabric.stop()
+        raise
+    return network_state(profile_path)
+
+
+def _start_services(profile_path: Path, timeout: float) -> None:
+    """Start the service supervisor unless it runs; wait until every service listens."""
+    current = _services_state(profile_path)
     if current.running:
-        return current
+        return
     run = _run_dir(profile_path)
     run.mkdir(parents=True, exist_ok=True)
     current.state_file.unlink(missing_ok=True)  # stale: its supervisor is gone
@@ -184,9 +201,9 @@ def network_up(profile_path: Path, *, timeout: float = 90.0) -> NetworkState:
     _log.info("started the service supervisor (pid %d) for %s", proc.pid, profile_path)
     deadline = time.monotonic() + timeout
     while True:
-        state = network_state(profile_path)
+        state = _services_state(profile_path)
         if state.running and state.supervisor_pid == proc.pid:
-            return state
+            return
         if proc.poll() is not None:
             raise NetworkControlError(
                 f"the services did not start (supervisor exited with code {proc.returncode}): "

@@ -396,6 +396,10 @@ class Session(Closing):
         self._sk: tipre.IdentitySecretKey | None = (
             wallet.load_secret_key() if wallet is not None else None
         )
+        # Derived once per (key, type): a hash and a G2 multiplication that every read, grant
+        # and referral of that type would otherwise repeat. Dropped when the key changes.
+        self._type_secrets: dict[str, tipre.TypeSecretKey] = {}
+        self._ibe_id = identity.ibe_id  # parses the certificate: once
         self._dkg: tuple[tipre.MasterPublicKey, PublicPolynomial] | None = None
         self._roster: tuple[KGCNodePublicKey, ...] | None = None
         self._sk_checked = False
@@ -441,7 +445,7 @@ class Session(Closing):
     @property
     def ibe_id(self) -> str:
         """This member's IBE identity, ``<msp id>/<enrollment id>``."""
-        return self.identity.ibe_id
+        return self._ibe_id
 
     @property
     def enrolled(self) -> bool:
@@ -501,6 +505,13 @@ class Session(Closing):
                 ) from None
             self._sk_checked = True
         return self._sk
+
+    def _type_secret(self, sk: tipre.IdentitySecretKey, label: str) -> tipre.TypeSecretKey:
+        """``sk.type_secret(label)``, derived once per label for this session's key."""
+        secret = self._type_secrets.get(label)
+        if secret is None:
+            secret = self._type_secrets[label] = sk.type_secret(label)
+        return secret
 
     def _master(self) -> tuple[tipre.MasterPublicKey, PublicPolynomial]:
         from ehrshare.services.kgc import public_polynomial_from_chain, roster_from_chain
@@ -590,6 +601,7 @@ class Session(Closing):
                 invalid=exc.invalid,
             ) from None
         self._sk = outcome.secret_key
+        self._type_secrets.clear()
         self._sk_checked = True  # combine_partial_keys checked it against mpk
         if self.wallet is not None:
             self.wallet.save_secret_key(outcome.secret_key)
@@ -606,7 +618,9 @@ class Session(Closing):
         published = []
         for name in types if types is not None else self.mapping.types:
             label = self._label(name)
-            key_b64 = base64.b64encode(sk.type_secret(label).public_key(mpk).to_bytes()).decode()
+            key_b64 = base64.b64encode(
+                self._type_secret(sk, label).public_key(mpk).to_bytes()
+            ).decode()
             try:
                 if self._evaluate("GetTypeKey", self.ibe_id, label)["key"] == key_b64:
                     continue
@@ -736,7 +750,7 @@ class Session(Closing):
                 owner=owner,
                 type_label=label,
                 record_id=record_id,
-                receiving_sk=sk.type_secret(label),
+                receiving_sk=self._type_secret(sk, label),
             )
         except (DecryptionError, ValueError) as exc:
             raise SdkError(f"record {record_id} could not be decrypted: {exc}") from None
@@ -871,7 +885,7 @@ class Session(Closing):
             "",
             route.ibe_id,
         )
-        self._deliver_rekey(grant, sk.type_secret(label), receiving, route, proxy_key)
+        self._deliver_rekey(grant, self._type_secret(sk, label), receiving, route, proxy_key)
         return Grant.from_chain(grant, self.labels)
 
     def forward(
@@ -903,7 +917,7 @@ class Session(Closing):
             parent.grant_id,
             route.ibe_id,
         )
-        self._deliver_rekey(grant, sk.type_secret(parent.label), receiving, route, proxy_key)
+        self._deliver_rekey(grant, self._type_secret(sk, parent.label), receiving, route, proxy_key)
         return Grant.from_chain(grant, self.labels)
 
     def _parent_grant(self, ref_or_grant: RecordRef | Grant | str) -> Grant:

@@ -13,7 +13,6 @@ it only submits the admin's transactions and reads the chain.
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import time
 from collections.abc import Iterator
@@ -35,6 +34,7 @@ from ehrshare.commands.cli_records import (
     _emit,
     _errors,
     _fail,
+    _fmt_time,
     _need_wallet,
     _profile_path,
     _progress,
@@ -45,10 +45,6 @@ __all__ = ["register_dkg"]
 
 _err = Console(stderr=True)
 _POLL = 0.5  # seconds between reads of the session while waiting
-
-
-def _fmt_time(ts: int) -> str:
-    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def _call(contract: Any, submit: bool, function: str, *args: str) -> Any:
@@ -235,16 +231,21 @@ def register_dkg(kgc_app: typer.Typer) -> None:
                     "running 'ehrshare kgc serve' take part in sessions opened here",
                     soft_wrap=True,
                 )
-            nonce = new_session_nonce().hex()
-            state = _call(
-                s.contract,
-                True,
-                "OpenDKGSession",
-                nonce,
-                str(threshold),
-                json.dumps(members),
-                str(phase_timeout),
-            )
+            from ehrshare.ledger.errors import LedgerError
+            from ehrshare.services.kgc import open_dkg_session
+
+            session = new_session_nonce()
+            nonce = session.hex()
+            try:
+                state = open_dkg_session(
+                    s.contract,
+                    nonce=session,
+                    roster=members,
+                    threshold=threshold,
+                    phase_timeout_s=phase_timeout,
+                )
+            except LedgerError as exc:
+                _fail(EXIT_REFUSED, exc.message)
             if not as_json:
                 typer.echo(nonce)
                 _err.print(

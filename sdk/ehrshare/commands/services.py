@@ -407,6 +407,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             def stop() -> None:
                 if follower is not None:
                     follower.stop()
+                node.close()
 
             return _Started(server, port, stop)
 

@@ -213,6 +213,7 @@ class EventFollower:
         self._stopped = threading.Event()
         self._lock = threading.Lock()
         self._events: ChaincodeEvents | None = None
+        self._thread: threading.Thread | None = None
         self.reconnects = 0
         """How many times the stream was opened again after breaking."""
 
@@ -273,10 +274,20 @@ class EventFollower:
             self.reconnects += 1
             delay = min(delay * 2, self._retry_max)
 
-    def stop(self) -> None:
-        """End the loop; a blocked iteration ends too."""
+    def start(self, thread_name: str) -> None:
+        """Open the first stream here (an unreachable ledger raises now), then :meth:`run` in
+        a daemon thread."""
+        self.open()
+        self._thread = threading.Thread(target=self.run, name=thread_name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float | None = None) -> None:
+        """End the loop; a blocked iteration ends too. With ``timeout``, also wait that long
+        for the thread :meth:`start` began."""
         self._stopped.set()
         with self._lock:
             events = self._events
         if events is not None:
             events.close()
+        if timeout is not None and self._thread is not None:
+            self._thread.join(timeout)

