@@ -10,6 +10,10 @@ from __future__ import annotations
 import base64
 import itertools
 import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +38,7 @@ from ehrshare.services.kgc import (
     run_local_dkg,
 )
 from ehrshare.services.proxy import ReencryptionProxy
+from ehrshare.services.tls import ClientTls, issue_tls_certificate
 
 T0 = 1_900_000_000
 FAR = str(T0 + 10**7)
@@ -221,3 +226,88 @@ def build_world(root: Path) -> World:
         proxy_key_file=key_file,
         proxy_state=root / "proxy-state",
     )
+
+
+def _write(path: Path, data: bytes, mode: int = 0o600) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    os.chmod(path, mode)
+    return path
+
+
+class Procs:
+    """World members as `ehrshare kgc serve` / `proxy serve` processes on 127.0.0.1, over the
+    world's embedded ledger; stopped by pid."""
+
+    def __init__(self, world: World) -> None:
+        self.w = world
+        self.secrets = world.root / "proc-secrets"
+        self.ca_files = [
+            _write(self.secrets / f"{msp}-ca.pem", ca.certificate_pem, 0o644)
+            for msp, ca in world.sandbox.cas.items()
+        ]
+        self.running: dict[str, subprocess.Popen[bytes]] = {}
+
+    def identity_args(self, member: str, tls_name: str) -> list[str]:
+        m = self.w.m[member]
+        cert = _write(self.secrets / f"{member}.pem", m.identity.credentials, 0o644)
+        key = _write(self.secrets / f"{member}.key", m.signer.to_secret_bytes())
+        tls_cert, tls_key = issue_tls_certificate(self.w.sandbox.cas[m.identity.msp_id], tls_name)
+        tc = _write(self.secrets / f"{tls_name}.pem", tls_cert, 0o644)
+        tk = _write(self.secrets / f"{tls_name}.key", tls_key)
+        args = ["--msp-id", m.identity.msp_id, "--cert", str(cert), "--key", str(key)]
+        args += ["--ledger", str(self.w.root / "sandbox" / "ledger")]
+        args += ["--tls-cert", str(tc), "--tls-key", str(tk), "--listen", "127.0.0.1:0"]
+        for ca in self.ca_files:
+            args += ["--client-ca", str(ca)]
+        return args
+
+    def start(self, name: str, args: list[str]) -> str:
+        port_file = self.secrets / f"{name}.port"
+        port_file.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "ehrshare", *args, "--port-file", str(port_file)]
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.running[name] = proc
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            if proc.poll() is not None:
+                _, err = proc.communicate()
+                raise RuntimeError(f"{name} exited with {proc.returncode}: {err.decode()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not start listening")
+            time.sleep(0.05)
+        return f"127.0.0.1:{port_file.read_text().strip()}"
+
+    def start_kgc(self, i: int) -> str:
+        node_key = _write(
+            self.secrets / f"kgc{i}.nodekey", self.w.node_keys[i - 1].to_secret_bytes()
+        )
+        args = ["kgc", "serve", "--state-dir", str(self.w.nodes[i - 1].state_dir)]
+        args += ["--index", str(i), "--node-key-file", str(node_key)]
+        return self.start(f"kgc{i}", args + self.identity_args(f"kgc{i}", f"kgc{i}-tls"))
+
+    def start_proxy(self) -> str:
+        args = ["proxy", "serve", "--state-dir", str(self.w.root / "proxy-proc")]
+        args += ["--key-file", str(self.w.proxy_key_file), "--name", "proxy-proc"]
+        return self.start("proxy", args + self.identity_args("proxy", "proxy-tls"))
+
+    def stop(self, name: str) -> int:
+        """SIGTERM by pid, then its exit code (SIGKILL if it does not exit within 30 s)."""
+        proc = self.running.pop(name)
+        os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate(timeout=30)
+        return proc.returncode
+
+    def stop_all(self) -> None:
+        for name in list(self.running):
+            self.stop(name)
+
+    def tls_for(self, member: str) -> ClientTls:
+        m = self.w.m[member]
+        roots = [ca.certificate_pem for ca in self.w.sandbox.cas.values()]
+        ca = self.w.sandbox.cas[m.identity.msp_id]
+        return ClientTls.for_member(*ca.issue_tls_client(m.identity.enrollment_id), roots)

@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
-from services_world import World
+from services_world import Procs, World
 
 from ehrshare.hazmat.extract import ExtractionRequest, PartialKeyResponse
 from ehrshare.identity import Identity, Signer
@@ -39,7 +34,7 @@ from ehrshare.services.kgc import (
     extract_identity_key,
 )
 from ehrshare.services.rpc import GrpcKgcClient
-from ehrshare.services.tls import ClientTls, issue_tls_certificate
+from ehrshare.services.tls import ClientTls
 
 ALICE = "Org1MSP/alice"
 
@@ -205,76 +200,17 @@ def test_refusals_are_logged_with_their_reason(
 # --- a real `ehrshare kgc serve` process over gRPC ---------------------------------------------
 
 
-def _write(path: Path, data: bytes, mode: int = 0o600) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    os.chmod(path, mode)
-    return path
-
-
-class KgcProcess:
-    """Node 1 of the world as an ``ehrshare kgc serve`` process on 127.0.0.1 (stopped by pid)."""
-
-    def __init__(self, world: World) -> None:
-        self.w = world
-        self.dir = world.root / "stolen-tls"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> str:
-        w, d = self.w, self.dir
-        m = w.m["kgc1"]
-        cas = w.sandbox.cas
-        cert = _write(d / "kgc1.pem", m.identity.credentials, 0o644)
-        key = _write(d / "kgc1.key", m.signer.to_secret_bytes())
-        tls_cert, tls_key = issue_tls_certificate(cas["Org1MSP"], "kgc1-tls")
-        node_key = _write(d / "kgc1.nodekey", w.node_keys[0].to_secret_bytes())
-        port_file = d / "kgc1.port"
-        port_file.unlink(missing_ok=True)
-        args = ["kgc", "serve", "--state-dir", str(w.nodes[0].state_dir), "--index", "1"]
-        args += ["--node-key-file", str(node_key), "--msp-id", "Org1MSP"]
-        args += ["--cert", str(cert), "--key", str(key)]
-        args += ["--ledger", str(w.root / "sandbox" / "ledger"), "--listen", "127.0.0.1:0"]
-        args += ["--tls-cert", str(_write(d / "tls.pem", tls_cert, 0o644))]
-        args += ["--tls-key", str(_write(d / "tls.key", tls_key)), "--port-file", str(port_file)]
-        for msp, ca in cas.items():
-            args += ["--client-ca", str(_write(d / f"{msp}-ca.pem", ca.certificate_pem, 0o644))]
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ehrshare", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        deadline = time.monotonic() + 60
-        while not port_file.exists():
-            if self.proc.poll() is not None:
-                _, err = self.proc.communicate()
-                raise RuntimeError(f"kgc serve exited with {self.proc.returncode}: {err!r}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("kgc serve did not start listening")
-            time.sleep(0.05)
-        return f"127.0.0.1:{port_file.read_text().strip()}"
-
-    def stop(self) -> int:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGTERM)
-        self.proc.communicate(timeout=30)
-        code = self.proc.returncode
-        self.proc = None
-        return code
-
-
 @pytest.fixture
-def kgc_process(world: World) -> Iterator[KgcProcess]:
-    p = KgcProcess(world)
+def kgc_process(world: World) -> Iterator[Procs]:
+    p = Procs(world)
     yield p
-    if p.proc is not None:
-        p.stop()
+    p.stop_all()
 
 
-@pytest.mark.slow
 def test_stolen_tls_key_cannot_extract_from_a_kgc_serve_process(
-    world: World, kgc_process: KgcProcess
+    world: World, kgc_process: Procs
 ) -> None:
-    target = kgc_process.start()
+    target = kgc_process.start_kgc(1)
     roots = [ca.certificate_pem for ca in world.sandbox.cas.values()]
     # The attacker's TLS connection is alice's: the same TLS key and certificate she uses.
     ca = world.sandbox.cas["Org1MSP"]
@@ -303,13 +239,13 @@ def test_stolen_tls_key_cannot_extract_from_a_kgc_serve_process(
         PartialKeyResponse.from_bytes(client.extract(genuine))
         with pytest.raises(ReplayedRequest):
             client.extract(genuine)
-    assert kgc_process.stop() == 0
+    assert kgc_process.stop("kgc1") == 0
     # The nonce outlives the process: a replay to the restarted node is refused too.
-    target = kgc_process.start()
+    target = kgc_process.start_kgc(1)
     tls = ClientTls.for_member(tls_cert, tls_key, roots)
     with GrpcKgcClient(target, index=1, tls=tls) as c, pytest.raises(ReplayedRequest):
         c.extract(genuine)
-    assert kgc_process.stop() == 0
+    assert kgc_process.stop("kgc1") == 0
     log = (world.nodes[0].state_dir / "kgc.log").read_text()
     for reason in (
         "unregistered certificate",

@@ -7,106 +7,20 @@ directories and logs are scanned for shares, partial keys and re-keys in clear.
 from __future__ import annotations
 
 import base64
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from services_world import FAR, World
+from services_world import FAR, Procs, World
 
 from ehrshare.hazmat.tipre import Capsule, decrypt, generate_rekey, identity_point
 from ehrshare.services.proxy import ApprovalConsumed, seal_rekey
 from ehrshare.services.rpc import GrpcKgcClient, GrpcProxyClient
-from ehrshare.services.tls import ClientTls, issue_tls_certificate
 
 pytestmark = pytest.mark.slow
 
 LAB = "lab"
-
-
-def _write(path: Path, data: bytes, mode: int = 0o600) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
-    os.chmod(path, mode)
-    return path
-
-
-class Procs:
-    def __init__(self, world: World) -> None:
-        self.w = world
-        self.secrets = world.root / "proc-secrets"
-        self.ca_files = [
-            _write(self.secrets / f"{msp}-ca.pem", ca.certificate_pem, 0o644)
-            for msp, ca in world.sandbox.cas.items()
-        ]
-        self.running: dict[str, subprocess.Popen[bytes]] = {}
-
-    def identity_args(self, member: str, tls_name: str) -> list[str]:
-        m = self.w.m[member]
-        cert = _write(self.secrets / f"{member}.pem", m.identity.credentials, 0o644)
-        key = _write(self.secrets / f"{member}.key", m.signer.to_secret_bytes())
-        tls_cert, tls_key = issue_tls_certificate(self.w.sandbox.cas[m.identity.msp_id], tls_name)
-        tc = _write(self.secrets / f"{tls_name}.pem", tls_cert, 0o644)
-        tk = _write(self.secrets / f"{tls_name}.key", tls_key)
-        args = ["--msp-id", m.identity.msp_id, "--cert", str(cert), "--key", str(key)]
-        args += ["--ledger", str(self.w.root / "sandbox" / "ledger")]
-        args += ["--tls-cert", str(tc), "--tls-key", str(tk), "--listen", "127.0.0.1:0"]
-        for ca in self.ca_files:
-            args += ["--client-ca", str(ca)]
-        return args
-
-    def start(self, name: str, args: list[str]) -> str:
-        port_file = self.secrets / f"{name}.port"
-        port_file.unlink(missing_ok=True)
-        cmd = [sys.executable, "-m", "ehrshare", *args, "--port-file", str(port_file)]
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.running[name] = proc
-        deadline = time.monotonic() + 60
-        while not port_file.exists():
-            if proc.poll() is not None:
-                _, err = proc.communicate()
-                raise RuntimeError(f"{name} exited with {proc.returncode}: {err.decode()}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{name} did not start listening")
-            time.sleep(0.05)
-        return f"127.0.0.1:{port_file.read_text().strip()}"
-
-    def start_kgc(self, i: int) -> str:
-        node_key = _write(
-            self.secrets / f"kgc{i}.nodekey", self.w.node_keys[i - 1].to_secret_bytes()
-        )
-        args = ["kgc", "serve", "--state-dir", str(self.w.nodes[i - 1].state_dir)]
-        args += ["--index", str(i), "--node-key-file", str(node_key)]
-        return self.start(f"kgc{i}", args + self.identity_args(f"kgc{i}", f"kgc{i}-tls"))
-
-    def start_proxy(self) -> str:
-        args = ["proxy", "serve", "--state-dir", str(self.w.root / "proxy-proc")]
-        args += ["--key-file", str(self.w.proxy_key_file), "--name", "proxy-proc"]
-        return self.start("proxy", args + self.identity_args("proxy", "proxy-tls"))
-
-    def stop(self, name: str) -> int:
-        proc = self.running.pop(name)
-        os.kill(proc.pid, signal.SIGTERM)
-        proc.communicate(timeout=30)
-        return proc.returncode
-
-    def stop_all(self) -> None:
-        for name in list(self.running):
-            try:
-                self.stop(name)
-            except subprocess.TimeoutExpired:
-                self.running.get(name, None)
-
-    def tls_for(self, member: str) -> ClientTls:
-        m = self.w.m[member]
-        roots = [ca.certificate_pem for ca in self.w.sandbox.cas.values()]
-        ca = self.w.sandbox.cas[m.identity.msp_id]
-        return ClientTls.for_member(*ca.issue_tls_client(m.identity.enrollment_id), roots)
 
 
 @pytest.fixture(scope="module")
