@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,3 +131,15 @@ def three_kgc_nodes(w: World) -> tuple[Member, Member, Member, str]:
     kit = w.sandbox.member("Org2MSP", "kit", "kgc")
     kit.submit("PublishKGCKey", base64.b64encode(b"\x01" + b"\x06" * 65).decode())
     return w.m["kgc"], w.kgc2, kit, json.dumps([KIM, KAI, kit.ibe_id])
+
+
+POLY3 = json.dumps([TYPE_KEY] * 3)
+"""A public polynomial of three commitments (the contract checks only its shape)."""
+OTHER_MPK = base64.b64encode(b"\x09" * 48).decode()
+"""An mpk no node published: a view that disagrees."""
+
+
+def post_all(nonce: str, phase: str, nodes: Sequence[Member]) -> None:
+    """Every node posts its bundle of ``phase``, in roster order."""
+    for pos, node in enumerate(nodes, start=1):
+        node.submit("PostDKGBundle", nonce, phase, dkg_bundle(phase, nonce, pos), "1")

@@ -4,7 +4,6 @@ session that can still finish (or already did) cannot be aborted. Refusals chang
 
 from __future__ import annotations
 
-import base64
 import json
 
 import pytest
@@ -13,26 +12,21 @@ from chaincode_world import (
     KIM,
     NONCE,
     NONCE5,
+    OTHER_MPK,
+    POLY3,
     ROSTER,
     TYPE_KEY,
     World,
     dkg_bundle,
     fails_without_change,
+    post_all,
     three_kgc_nodes,
 )
 
 from ehrshare.ledger import EndorseError, GatewayError
-from ehrshare.ledger.sandbox import Member
 
 NONCE6 = "b6" * 32
 POLY2 = json.dumps([TYPE_KEY] * 2)
-POLY3 = json.dumps([TYPE_KEY] * 3)
-OTHER_MPK = base64.b64encode(b"\x09" * 48).decode()
-
-
-def _post_all(nonce: str, phase: str, nodes: tuple[Member, ...]) -> None:
-    for pos, node in enumerate(nodes, start=1):
-        node.submit("PostDKGBundle", nonce, phase, dkg_bundle(phase, nonce, pos), "1")
 
 
 def test_too_few_dealers_fail_the_session_and_it_refuses_everything_after(
@@ -109,13 +103,13 @@ def test_a_session_that_can_still_finish_is_not_aborted(fresh_world: World) -> N
     assert fails_without_change(w, admin, "AbortDKGSession", NONCE6, "impatient") == (
         f"dkg session {NONCE6} can still finish: its deal phase is open (close it first)"
     )
-    _post_all(NONCE6, "deal", (kim, kai))
+    post_all(NONCE6, "deal", (kim, kai))
     kim.submit("CloseDKGPhase", NONCE6, "deal")
     assert fails_without_change(w, kim, "AbortDKGSession", NONCE6, "impatient") == (
         f"dkg session {NONCE6} can still finish: its response phase is open and 2 dealers "
         "posted a deal (threshold 2)"
     )
-    _post_all(NONCE6, "response", (kim, kai))
+    post_all(NONCE6, "response", (kim, kai))
     kim.submit("CloseDKGPhase", NONCE6, "response")
     done = kim.submit("CloseDKGPhase", NONCE6, "justification")  # no complaints: closes at once
     deadline = done["phase_opened_at"] + 60
@@ -136,7 +130,7 @@ def test_views_that_can_no_longer_agree_fail_the_session(fresh_world: World) -> 
     w.m["org_admin"].submit("OpenDKGSession", NONCE6, "3", roster, "60")
     qual = json.dumps([KIM, KAI, kit.ibe_id])
     for phase in ("deal", "response"):
-        _post_all(NONCE6, phase, (kim, kai, kit))
+        post_all(NONCE6, phase, (kim, kai, kit))
         kim.submit("CloseDKGPhase", NONCE6, phase)
     kim.submit("PublishDKGResult", NONCE6, TYPE_KEY, POLY3, qual, "1")
     # One view, two silent nodes: τ=3 can still be reached.

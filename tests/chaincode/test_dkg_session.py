@@ -19,12 +19,15 @@ from chaincode_world import (
     NONCE,
     NONCE2,
     NONCE5,
+    OTHER_MPK,
+    POLY3,
     ROSTER,
     TYPE_KEY,
     World,
     dkg_bundle,
     endorse_error,
     fails_without_change,
+    post_all,
     three_kgc_nodes,
 )
 from hypothesis import given
@@ -35,14 +38,11 @@ from ehrshare_chaincode.contract import _check_bundle_header
 from ehrshare_chaincode.stub import ChaincodeError
 
 NONCE4 = "12" * 32
-POLY3 = json.dumps([TYPE_KEY] * 3)
-OTHER_MPK = base64.b64encode(b"\x09" * 48).decode()
 
 
 def _through_response(w: World, nonce: str, nodes: tuple[Member, ...]) -> None:
     for phase in ("deal", "response"):
-        for pos, node in enumerate(nodes, start=1):
-            node.submit("PostDKGBundle", nonce, phase, dkg_bundle(phase, nonce, pos), "1")
+        post_all(nonce, phase, nodes)
         nodes[0].submit("CloseDKGPhase", nonce, phase)
 
 
