@@ -592,7 +592,7 @@ class Consortium(Closing):
         ca = LocalCA.load(self.directory / "ca" / msp)
         identity, signer = ca.issue("ca-publisher", node_ou="admin", valid_days=1)
         client_tls = None
-        if self.backend.kind == "fabric":
+        if self.profile.fabric is not None:
             tls_identity, tls_key = ca.issue_tls_client("ca-publisher", valid_days=1)
             client_tls = (tls_identity.credentials, tls_key.to_secret_bytes())
         with self.backend.connect(identity, signer, client_tls=client_tls) as gateway:
@@ -641,8 +641,8 @@ class Consortium(Closing):
         on_close: Callable[[], None] | None = None,
     ) -> Session:
         tls_pair = self._tls_pair(identity, wallet)
-        client_tls = None
-        if tls_pair is not None and self.backend.kind == "fabric":
+        client_tls = None  # the embedded ledger ignores it
+        if tls_pair is not None:
             client_tls = (tls_pair[0].credentials, tls_pair[1].to_secret_bytes())
         gateway = self.backend.connect(identity, signer, client_tls=client_tls)
         contract = gateway.get_network(self.profile.channel).get_contract(self.profile.chaincode)
@@ -684,11 +684,7 @@ class Consortium(Closing):
         ``ledger.client_auth`` refuse a wallet without it, saying how to re-issue it; others get
         it when the wallet has one). None otherwise, so embedded, in-process consortia keep
         old wallets working."""
-        fabric = self.profile.fabric if self.backend.kind == "fabric" else None
-        ledger_wants = fabric is not None and (
-            fabric.client_auth or (wallet is not None and wallet.has_tls)
-        )
-        if not self.remote_services and not ledger_wants:
+        if not self.remote_services and not _ledger_wants_tls(self.profile, wallet):
             return None
         if wallet is None:
             raise ConsortiumError(
@@ -705,10 +701,7 @@ class Consortium(Closing):
         in_process = {n.index: n for n in self.kgc_nodes}
         channels: list[GrpcKgcClient | GrpcProxyClient] = []
         kgc: list[KgcClient] = []
-        if self.remote_services and tls_pair is None:
-            raise ConsortiumError(
-                f"{identity.ibe_id}: services over gRPC need a wallet's TLS client key"
-            )
+        assert tls_pair is not None or not self.remote_services  # _tls_pair refused it
 
         def client_tls(tls_ca: Path | None) -> ClientTls:
             assert tls_pair is not None
@@ -827,13 +820,17 @@ def profile_file(value: str | os.PathLike[str]) -> Path:
 _profile_path = profile_file
 
 
-def _service_ledger_tls(
-    profile: Profile, ledger: LedgerBackend, wallet: Wallet
-) -> ClientTlsPair | None:
+def _ledger_wants_tls(profile: Profile, wallet: Wallet | None) -> bool:
+    """Whether a gateway presents a TLS client certificate to the ledger: on Fabric, when the
+    profile requires it (``ledger.client_auth``) or the wallet has one."""
+    fabric = profile.fabric  # set only for ledger: fabric
+    return fabric is not None and (fabric.client_auth or (wallet is not None and wallet.has_tls))
+
+
+def _service_ledger_tls(profile: Profile, wallet: Wallet) -> ClientTlsPair | None:
     """An in-process service's TLS client certificate for Fabric peers and orderers (its
     wallet's; see :meth:`Consortium._tls_pair`), None on the embedded ledger."""
-    fabric = profile.fabric if ledger.kind == "fabric" else None
-    if fabric is None or not (fabric.client_auth or wallet.has_tls):
+    if not _ledger_wants_tls(profile, wallet):
         return None
     identity, signer = wallet.load_tls()
     return identity.credentials, signer.to_secret_bytes()
@@ -848,9 +845,7 @@ def _open_services(profile: Profile, ledger: LedgerBackend, clock: Clock | None)
         assert svc.state is not None and svc.key_file is not None and svc.wallet is not None
         wallet = Wallet(svc.wallet, use_env=False)
         identity, signer = wallet.load_identity()
-        gateway = ledger.connect(
-            identity, signer, client_tls=_service_ledger_tls(profile, ledger, wallet)
-        )
+        gateway = ledger.connect(identity, signer, client_tls=_service_ledger_tls(profile, wallet))
         contract = gateway.get_network(profile.channel).get_contract(profile.chaincode)
         try:
             key = _load_node_key(svc.key_file)
@@ -884,7 +879,7 @@ def _open_services(profile: Profile, ledger: LedgerBackend, clock: Clock | None)
                     f"proxy {pcfg.name}: its wallet is {identity.ibe_id}, not {pcfg.ibe_id}"
                 )
             gateway = ledger.connect(
-                identity, signer, client_tls=_service_ledger_tls(profile, ledger, pwallet)
+                identity, signer, client_tls=_service_ledger_tls(profile, pwallet)
             )
             contract = gateway.get_network(profile.channel).get_contract(profile.chaincode)
             try:
