@@ -78,6 +78,7 @@ __all__ = [
     "FabricNetSpec",
     "default_bin_dir",
     "fabric_ca_problem",
+    "missing_binaries",
 ]
 
 _log = logging.getLogger(__name__)
@@ -136,6 +137,14 @@ def default_bin_dir() -> Path:
     if env:
         return Path(env)
     return _repo_root() / "network" / "build" / "fabric21" / "bin"
+
+
+def missing_binaries(bin_dir: Path | None = None) -> list[str]:
+    """Which of ``peer``, ``orderer`` and ``configtxgen`` are not in ``bin_dir`` (default
+    :func:`default_bin_dir`): empty when a network can be built here. Use it before anything
+    that needs Fabric, to say ``make tools`` instead of failing later."""
+    where = default_bin_dir() if bin_dir is None else bin_dir
+    return [b for b in _BINARIES if not (where / b).is_file()]
 
 
 @dataclass(frozen=True)
@@ -312,7 +321,7 @@ class FabricNet:
         spec.check()
         root = Path(spec.root).resolve()
         bin_dir = Path(spec.bin_dir) if spec.bin_dir is not None else default_bin_dir()
-        missing = [b for b in _BINARIES if not (bin_dir / b).is_file()]
+        missing = missing_binaries(bin_dir)
         if missing:
             raise FabricNetError(
                 f"Fabric binaries {missing} are not in {bin_dir}: run `make tools` "

@@ -22,7 +22,6 @@ import base64
 import concurrent.futures
 import hashlib
 import logging
-import os
 import re
 import secrets
 import shutil
@@ -39,11 +38,9 @@ from ehrshare_consensus.live import LiveUnavailable, Submit, TxOutcome
 from ehrshare_consensus.runner import RunSpec
 
 __all__ = [
-    "FABRIC_BINARIES",
     "FabricSession",
     "FabricTarget",
     "check_fabric_tools",
-    "fabric_bin_dir",
     "peer_commit_path_ms",
     "record_args",
     "record_submitter",
@@ -51,29 +48,24 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FABRIC_BINARIES = ("peer", "orderer", "configtxgen")
 PATIENT = "patient"
 FUNCTION = "RegisterRecord"
 
 
-def fabric_bin_dir() -> Path:
-    """Where ``make tools`` puts Fabric v2.1.1: ``$EHRSHARE_FABRIC_BIN_DIR``, else
-    ``<repo>/network/build/fabric21/bin``."""
-    env = os.environ.get("EHRSHARE_FABRIC_BIN_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "network" / "build" / "fabric21" / "bin"
-
-
 def check_fabric_tools(bin_dir: Path | None = None) -> Path:
-    """The Fabric bin directory, or LiveUnavailable naming what is missing and `make tools`."""
-    where = bin_dir or fabric_bin_dir()
-    missing = [b for b in FABRIC_BINARIES if not os.access(where / b, os.X_OK)]
+    """The Fabric bin directory (default ``fabricnet.default_bin_dir()``), or LiveUnavailable
+    naming what is missing and `make tools`."""
+    # Imported here: the launcher is heavy, and a plain `ehrshare bench consensus` (simulated)
+    # should not pay for it.
+    from ehrshare import fabricnet
+
+    where = bin_dir or fabricnet.default_bin_dir()
+    missing = fabricnet.missing_binaries(where)
     if missing:
         raise LiveUnavailable(
             f"the Fabric binaries {', '.join(missing)} are missing from {where}: run "
             "`make tools` (it builds Fabric v2.1.1 into network/build/fabric21) or set "
-            "EHRSHARE_FABRIC_BIN_DIR"
+            "EHRSHARE_FABRIC_BIN"
         )
     return where
 
