@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -30,7 +29,8 @@ from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.envelope import serialize_identity
 from ehrshare.ledger.errors import EndorseError, GatewayError, SubmitError
 from ehrshare.ledger.fabric import dial
-from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint, connect, seek_envelope
+from ehrshare.ledger.peer import OrdererEndpoint, connect, seek_envelope
+from ehrshare.ledgers import FabricBackend
 from ehrshare.processes import pid_alive
 from ehrshare.profile import Wallet
 
@@ -102,18 +102,10 @@ def _orderer_channel(net: FabricNet, client_tls: tuple[bytes, bytes] | None) -> 
 
 
 def _endpoints(net: FabricNet) -> dict[str, Any]:
-    conn = net.connection()
-    return {
-        "peers": [
-            PeerEndpoint(p["address"], p["msp"], Path(p["tls_ca"]).read_bytes(), p["server_name"])
-            for p in conn["peers"]
-        ],
-        "orderers": [
-            OrdererEndpoint(o["address"], Path(o["tls_ca"]).read_bytes(), o["server_name"])
-            for o in conn["orderers"]
-        ],
-        "endorsers": conn["endorsers"],
-    }
+    """connect()'s endpoint keywords: these tests dial with no TLS client certificate too,
+    which FabricBackend.connect refuses before dialling."""
+    backend = FabricBackend.from_connection(net.connection())
+    return {"peers": backend.peers, "orderers": backend.orderers, "endorsers": backend.endorsers}
 
 
 def _peer_answer(channel: grpc.Channel) -> tuple[grpc.StatusCode, str]:

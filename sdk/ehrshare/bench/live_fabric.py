@@ -30,12 +30,15 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ehrshare.closing import Closing
 from ehrshare.identity import LocalCA
 from ehrshare_consensus.live import LiveUnavailable, Submit, TxOutcome
 from ehrshare_consensus.runner import RunSpec
+
+if TYPE_CHECKING:
+    from ehrshare.ledgers import FabricBackend
 
 __all__ = [
     "FabricSession",
@@ -176,7 +179,7 @@ class FabricSession(Closing):
     def __init__(
         self,
         net: Any,
-        gateways: list[Any],
+        backend: FabricBackend,
         clients: list[Submit],
         root: Path,
         owns_root: bool,
@@ -184,7 +187,7 @@ class FabricSession(Closing):
         peer_logs: Sequence[Path],
     ) -> None:
         self._net = net
-        self._gateways = gateways
+        self._backend = backend
         self._clients = clients
         self._root = root
         self._owns_root = owns_root
@@ -217,20 +220,12 @@ class FabricSession(Closing):
 
     def close(self) -> None:
         """Close the gateways and stop the network's processes."""
-        _close_all(self._gateways)
+        self._backend.close()
         try:
             self._net.stop()
         finally:
             if self._owns_root:
                 shutil.rmtree(self._root, ignore_errors=True)
-
-
-def _close_all(gateways: Sequence[Any]) -> None:
-    for gw in gateways:
-        try:
-            gw.close()
-        except Exception as exc:  # keep closing the rest
-            log.warning("closing a gateway failed: %s", exc)
 
 
 class FabricTarget:
@@ -256,17 +251,19 @@ class FabricTarget:
         # Imported here: the launcher and the gRPC client are heavy, and a plain `ehrshare
         # bench consensus` (simulated) should not pay for them.
         from ehrshare import fabricnet
-        from ehrshare.ledger import peer
+        from ehrshare.ledgers import FabricBackend
 
         owns = self.root is None
         root = Path(tempfile.mkdtemp(prefix="ehrshare-live-")) if self.root is None else self.root
         net: fabricnet.FabricNet | None = None
-        gateways: list[Any] = []
+        backend: FabricBackend | None = None
         try:
+            cas: dict[str, LocalCA] = {}
             for msp in self.msp_ids:
                 ca_dir = root / "ca" / msp
                 if not ca_dir.is_dir():
                     LocalCA.create(msp).save(ca_dir)
+                cas[msp] = LocalCA.load(ca_dir)
             net_spec = fabricnet.FabricNetSpec(
                 root=root,
                 msp_ids=self.msp_ids,
@@ -278,42 +275,21 @@ class FabricTarget:
             net = fabricnet.FabricNet.create(net_spec)
             net.start()
             conn = net.connection()
-            peers = [
-                peer.PeerEndpoint(
-                    address=p["address"],
-                    msp_id=p["msp"],
-                    tls_ca_pem=Path(p["tls_ca"]).read_bytes(),
-                    server_name=p["server_name"],
-                )
-                for p in conn["peers"]
-            ]
-            orderers = [
-                peer.OrdererEndpoint(
-                    address=o["address"],
-                    tls_ca_pem=Path(o["tls_ca"]).read_bytes(),
-                    server_name=o["server_name"],
-                )
-                for o in conn["orderers"]
-            ]
+            backend = FabricBackend.from_connection(conn)
             channel, chaincode = conn["channel"], conn["chaincode"]
             run_tag = secrets.token_hex(4)
             contracts: list[tuple[Any, str]] = []
             for c in range(clients):
-                msp = self.msp_ids[c % len(self.msp_ids)]
-                ca = LocalCA.load(root / "ca" / msp)
+                ca = cas[self.msp_ids[c % len(self.msp_ids)]]
                 identity, signer = ca.issue(f"bench-{run_tag}-{c}", role=PATIENT)
                 # Peers and orderers require mutual TLS: a TLS client key of its own, as a
                 # member's wallet holds.
                 tls_identity, tls_key = ca.issue_tls_client(f"bench-{run_tag}-{c}")
-                gw = peer.connect(
+                gw = backend.connect(
                     identity,
                     signer,
-                    peers=peers,
-                    orderers=orderers,
-                    endorsers=conn.get("endorsers"),
                     client_tls=(tls_identity.credentials, tls_key.to_secret_bytes()),
                 )
-                gateways.append(gw)
                 contracts.append((gw.get_network(channel).get_contract(chaincode), identity.ibe_id))
             # All at once: distinct identities write distinct keys, so the registrations share
             # blocks instead of waiting one batch timeout each.
@@ -338,9 +314,10 @@ class FabricTarget:
                 "workload": f"{FUNCTION} by a patient for itself, fresh record id per tx",
             }
             logs = sorted((Path(net.dir) / "logs").glob("peer*.log"))
-            return FabricSession(net, gateways, submitters, root, owns, info, logs)
+            return FabricSession(net, backend, submitters, root, owns, info, logs)
         except BaseException:
-            _close_all(gateways)
+            if backend is not None:
+                backend.close()
             try:
                 if net is not None:
                     net.stop()
