@@ -38,6 +38,7 @@ from ehrshare_consensus.live import LiveUnavailable, Submit, TxOutcome
 from ehrshare_consensus.runner import RunSpec
 
 if TYPE_CHECKING:
+    from ehrshare.fabricnet import FabricNet
     from ehrshare.ledgers import FabricBackend
 
 __all__ = [
@@ -52,17 +53,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 PATIENT = "patient"
+MSP_ID = "Org1MSP"
 FUNCTION = "RegisterRecord"
 
 
-def check_fabric_tools(bin_dir: Path | None = None) -> Path:
-    """The Fabric bin directory (default ``fabricnet.default_bin_dir()``), or LiveUnavailable
-    naming what is missing and `make tools`."""
+def check_fabric_tools() -> Path:
+    """The Fabric bin directory (``fabricnet.default_bin_dir()``), or LiveUnavailable naming
+    what is missing and `make tools`."""
     # Imported here: the launcher is heavy, and a plain `ehrshare bench consensus` (simulated)
     # should not pay for it.
     from ehrshare import fabricnet
 
-    where = bin_dir or fabricnet.default_bin_dir()
+    where = fabricnet.default_bin_dir()
     missing = fabricnet.missing_binaries(where)
     if missing:
         raise LiveUnavailable(
@@ -96,26 +98,6 @@ def peer_commit_path_ms(log_text: str, channel: str, blocks: Sequence[int]) -> f
                 into[int(m["b"])] = int(m["ms"])
     both = [validated[b] + committed[b] for b in wanted if b in validated and b in committed]
     return float(statistics.median(both)) if both else None
-
-
-class _Status(Protocol):
-    @property
-    def code(self) -> str: ...
-
-    @property
-    def block_number(self) -> int: ...
-
-
-class _Committed(Protocol):
-    def get_status(self) -> _Status: ...
-
-
-class _Endorsed(Protocol):
-    def submit(self) -> _Committed: ...
-
-
-class _Proposal(Protocol):
-    def endorse(self) -> _Endorsed: ...
 
 
 class Proposer(Protocol):
@@ -178,11 +160,10 @@ class FabricSession(Closing):
 
     def __init__(
         self,
-        net: Any,
+        net: FabricNet,
         backend: FabricBackend,
         clients: list[Submit],
         root: Path,
-        owns_root: bool,
         info: dict[str, Any],
         peer_logs: Sequence[Path],
     ) -> None:
@@ -190,7 +171,6 @@ class FabricSession(Closing):
         self._backend = backend
         self._clients = clients
         self._root = root
-        self._owns_root = owns_root
         self._info = info
         self._peer_logs = list(peer_logs)
 
@@ -219,54 +199,46 @@ class FabricSession(Closing):
         return dict(self._info)
 
     def close(self) -> None:
-        """Close the gateways and stop the network's processes."""
-        self._backend.close()
-        try:
-            self._net.stop()
-        finally:
-            if self._owns_root:
-                shutil.rmtree(self._root, ignore_errors=True)
+        """Close the gateways, stop the network's processes and remove its directory."""
+        _teardown(self._backend, self._net, self._root)
+
+
+def _teardown(backend: FabricBackend | None, net: FabricNet | None, root: Path) -> None:
+    """What a session or a failed start leaves: close the gateways, stop the processes, remove
+    the temporary directory."""
+    try:
+        if backend is not None:
+            backend.close()
+        if net is not None:
+            net.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class FabricTarget:
     """Starts Fabric v2.1.1 (Raft) configured from a RunSpec: spec.n orderers, MaxMessageCount
-    = spec.batch_size, BatchTimeout = spec.batch_timeout_s; one peer per organisation. With
-    ``root`` None the network lives in a temporary directory removed at close."""
+    = spec.batch_size, BatchTimeout = spec.batch_timeout_s; one organisation and its peer. Each
+    network lives in a temporary directory removed at close."""
 
     name = "fabric-raft"
 
-    def __init__(
-        self,
-        root: Path | None = None,
-        msp_ids: Sequence[str] = ("Org1MSP",),
-        bin_dir: Path | None = None,
-    ) -> None:
-        self.root = root
-        self.msp_ids = tuple(msp_ids)
-        self.bin_dir = bin_dir
-
     def open(self, spec: RunSpec, clients: int) -> FabricSession:
         """Start the network, enrol and register one patient per client; stop it on failure."""
-        bin_dir = check_fabric_tools(self.bin_dir)
+        bin_dir = check_fabric_tools()
         # Imported here: the launcher and the gRPC client are heavy, and a plain `ehrshare
         # bench consensus` (simulated) should not pay for them.
         from ehrshare import fabricnet
         from ehrshare.ledgers import FabricBackend
 
-        owns = self.root is None
-        root = Path(tempfile.mkdtemp(prefix="ehrshare-live-")) if self.root is None else self.root
+        root = Path(tempfile.mkdtemp(prefix="ehrshare-live-"))
         net: fabricnet.FabricNet | None = None
         backend: FabricBackend | None = None
         try:
-            cas: dict[str, LocalCA] = {}
-            for msp in self.msp_ids:
-                ca_dir = root / "ca" / msp
-                if not ca_dir.is_dir():
-                    LocalCA.create(msp).save(ca_dir)
-                cas[msp] = LocalCA.load(ca_dir)
+            ca = LocalCA.create(MSP_ID)
+            ca.save(root / "ca" / MSP_ID)
             net_spec = fabricnet.FabricNetSpec(
                 root=root,
-                msp_ids=self.msp_ids,
+                msp_ids=(MSP_ID,),
                 orderers=spec.n,
                 batch_timeout=f"{round(spec.batch_timeout_s * 1000)}ms",
                 max_message_count=spec.batch_size,
@@ -280,7 +252,6 @@ class FabricTarget:
             run_tag = secrets.token_hex(4)
             contracts: list[tuple[Any, str]] = []
             for c in range(clients):
-                ca = cas[self.msp_ids[c % len(self.msp_ids)]]
                 identity, signer = ca.issue(f"bench-{run_tag}-{c}", role=PATIENT)
                 # Peers and orderers require mutual TLS: a TLS client key of its own, as a
                 # member's wallet holds.
@@ -305,7 +276,7 @@ class FabricTarget:
                 "orderers": spec.n,
                 "batch_timeout": net_spec.batch_timeout,
                 "max_message_count": spec.batch_size,
-                "msp_ids": list(self.msp_ids),
+                "msp_ids": [MSP_ID],
                 "peers": [p["address"] for p in conn["peers"]],
                 "orderer_addresses": [o["address"] for o in conn["orderers"]],
                 "channel": channel,
@@ -314,14 +285,7 @@ class FabricTarget:
                 "workload": f"{FUNCTION} by a patient for itself, fresh record id per tx",
             }
             logs = sorted((Path(net.dir) / "logs").glob("peer*.log"))
-            return FabricSession(net, backend, submitters, root, owns, info, logs)
+            return FabricSession(net, backend, submitters, root, info, logs)
         except BaseException:
-            if backend is not None:
-                backend.close()
-            try:
-                if net is not None:
-                    net.stop()
-            finally:
-                if owns:
-                    shutil.rmtree(root, ignore_errors=True)
+            _teardown(backend, net, root)
             raise
