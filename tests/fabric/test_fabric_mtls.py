@@ -19,7 +19,6 @@ import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
 from fabric_protos.common import common_pb2
 from fabric_protos.orderer import ab_pb2, ab_pb2_grpc
 from fabric_protos.peer import events_pb2_grpc, peer_pb2_grpc, proposal_pb2
@@ -240,21 +239,3 @@ def test_deliver_requests_are_bound_to_the_tls_certificate(net: FabricNet, membe
         response = first_response(wrong)
         assert response.WhichOneof("Type") == "status"
         assert response.status == common.Status.Value("BAD_REQUEST")
-
-
-def test_a_network_whose_admin_has_no_tls_certificate_gets_one_at_start(net: FabricNet) -> None:
-    # A network created before peers required mutual TLS has no admin TLS certificates; the
-    # next start issues them from the hospital's CA, and the admin's CLI works again.
-    cert, key = net.admin_tls("HospitalBMSP")
-    net.stop()
-    cert.unlink()
-    key.unlink()
-    net.start()
-    issued = x509.load_pem_x509_certificate(cert.read_bytes())
-    ca = x509.load_pem_x509_certificate(net.tls_ca("HospitalBMSP").read_bytes())
-    assert issued.issuer == ca.subject
-    usage = issued.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
-    assert key.stat().st_mode & 0o777 == 0o600
-    heights = net.heights()  # `peer channel getinfo` as each hospital's admin
-    assert heights["HospitalBMSP"] >= 2, heights
