@@ -34,6 +34,7 @@ __all__ = [
     "compute_targets",
     "load_experiment",
     "make_plots",
+    "read_experiment_file",
     "run_experiment",
     "safety_sweep",
 ]
@@ -240,19 +241,29 @@ def _loads(rate: dict[str, Any], where: str) -> tuple[float, ...]:
     return tuple(float(v) for v in vals)
 
 
-def load_experiment(path: Path) -> Experiment:
-    """Parse and validate an experiment YAML file."""
+def read_experiment_file(
+    path: Path, error: type[ConfigError] = ConfigError
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The YAML mapping of an experiment file (simulated or live) with its non-empty
+    ``rounds`` list, and its ``defaults`` mapping; ``error`` naming the file if it cannot be
+    read or has another shape. The caller checks each round."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
+        raise error(f"{path}: cannot read: {exc.strerror}") from exc
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        raise error(f"{path}: not valid YAML: {exc}") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get("rounds"), list) or not raw["rounds"]:
-        raise ConfigError(f"{path}: expected a mapping with a non-empty 'rounds' list")
+        raise error(f"{path}: expected a mapping with a non-empty 'rounds' list")
     defaults = raw.get("defaults", {})
     if not isinstance(defaults, dict):
-        raise ConfigError(f"{path}: 'defaults' must be a mapping")
+        raise error(f"{path}: 'defaults' must be a mapping")
+    return raw, defaults
+
+
+def load_experiment(path: Path) -> Experiment:
+    """Parse and validate an experiment YAML file."""
+    raw, defaults = read_experiment_file(path)
     rounds = tuple(
         _round(r, defaults, f"{path.name} round {i + 1}") for i, r in enumerate(raw["rounds"])
     )

@@ -34,10 +34,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol
 
-import yaml
+import numpy as np
 
 from .calibrate import CostModel
 from .core import NetworkModel
+from .experiments import ConfigError, read_experiment_file
 from .runner import LivenessViolation, RunSpec, run_once
 
 __all__ = [
@@ -79,7 +80,7 @@ UNAVAILABLE = {
 LOOPBACK_MBPS = 10_000.0
 
 
-class LiveConfigError(ValueError):
+class LiveConfigError(ConfigError):
     """A live experiment file is malformed; the message names the file, round and key."""
 
 
@@ -252,13 +253,8 @@ def generate_load(
 
 
 def _pct(values: Sequence[float], q: float) -> float | None:
-    if not values:
-        return None
-    data = sorted(values)
-    pos = (len(data) - 1) * q / 100.0
-    lo = int(pos)
-    hi = min(lo + 1, len(data) - 1)
-    return data[lo] + (data[hi] - data[lo]) * (pos - lo)
+    # numpy's default (linear) interpolation, as the simulator's figures in core.py use.
+    return float(np.percentile(values, q)) if values else None
 
 
 def _med(values: Sequence[float]) -> float | None:
@@ -641,17 +637,7 @@ def _live_round(raw: Any, defaults: dict[str, Any], where: str) -> LiveRound:
 
 def load_live_experiment(path: Path) -> list[LiveRound]:
     """Parse a live experiment YAML (``defaults`` + ``rounds`` of ``protocol: fabric-*``)."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise LiveConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise LiveConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(raw, dict) or not isinstance(raw.get("rounds"), list) or not raw["rounds"]:
-        raise LiveConfigError(f"{path}: expected a mapping with a non-empty 'rounds' list")
-    defaults = raw.get("defaults", {})
-    if not isinstance(defaults, dict):
-        raise LiveConfigError(f"{path}: 'defaults' must be a mapping")
+    raw, defaults = read_experiment_file(path, LiveConfigError)
     return [
         _live_round(r, defaults, f"{path.name} round {i + 1}") for i, r in enumerate(raw["rounds"])
     ]

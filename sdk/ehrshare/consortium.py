@@ -108,7 +108,12 @@ class FabricOptions:
 
     def check(self) -> None:
         """Refuse options Fabric would refuse, and a machine without the Fabric binaries."""
-        from ehrshare.fabricnet import FabricNetError, FabricNetSpec, default_bin_dir
+        from ehrshare.fabricnet import (
+            FabricNetError,
+            FabricNetSpec,
+            default_bin_dir,
+            missing_binaries,
+        )
 
         try:
             FabricNetSpec(
@@ -122,7 +127,7 @@ class FabricOptions:
         except FabricNetError as exc:
             raise ConsortiumError(f"Fabric options: {exc}") from None
         bin_dir = default_bin_dir()
-        missing = [b for b in ("peer", "orderer", "configtxgen") if not (bin_dir / b).is_file()]
+        missing = missing_binaries(bin_dir)
         if missing:
             raise BackendUnavailable(
                 f"the Fabric binaries ({', '.join(missing)}) are not in {bin_dir}: run "

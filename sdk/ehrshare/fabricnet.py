@@ -78,6 +78,7 @@ __all__ = [
     "FabricNetSpec",
     "default_bin_dir",
     "fabric_ca_problem",
+    "missing_binaries",
 ]
 
 _log = logging.getLogger(__name__)
@@ -136,6 +137,14 @@ def default_bin_dir() -> Path:
     if env:
         return Path(env)
     return _repo_root() / "network" / "build" / "fabric21" / "bin"
+
+
+def missing_binaries(bin_dir: Path | None = None) -> list[str]:
+    """Which of ``peer``, ``orderer`` and ``configtxgen`` are not in ``bin_dir`` (default
+    :func:`default_bin_dir`): empty when a network can be built here. Use it before anything
+    that needs Fabric, to say ``make tools`` instead of failing later."""
+    where = default_bin_dir() if bin_dir is None else bin_dir
+    return [b for b in _BINARIES if not (where / b).is_file()]
 
 
 @dataclass(frozen=True)
@@ -312,7 +321,7 @@ class FabricNet:
         spec.check()
         root = Path(spec.root).resolve()
         bin_dir = Path(spec.bin_dir) if spec.bin_dir is not None else default_bin_dir()
-        missing = [b for b in _BINARIES if not (bin_dir / b).is_file()]
+        missing = missing_binaries(bin_dir)
         if missing:
             raise FabricNetError(
                 f"Fabric binaries {missing} are not in {bin_dir}: run `make tools` "
@@ -488,23 +497,6 @@ class FabricNet:
         key_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(key_path, key.to_secret_bytes(), mode=0o600)
         cert_path.write_bytes(cert.credentials)
-
-    def _ensure_admin_tls(self) -> None:
-        """Issue the admins' TLS client certificates a network created before peers required
-        mutual TLS lacks (from the hospital CAs under ``<consortium>/ca``)."""
-        for msp in self.spec.msp_ids:
-            if self.admin_tls(msp)[0].is_file():
-                continue
-            ca_dir = self.root / "ca" / msp
-            try:
-                ca = LocalCA.load(ca_dir)
-            except (OSError, ValueError) as exc:
-                raise FabricNetError(
-                    f"the admin of {msp} has no TLS client certificate and the CA in {ca_dir} "
-                    f"cannot issue one: {exc}"
-                ) from None
-            self._write_admin_tls(ca)
-            _log.info("issued a TLS client certificate for the admin of %s", msp)
 
     def _orderer_name(self, index: int) -> str:
         return f"orderer{index + 1}.ordererorg"
@@ -816,7 +808,6 @@ class FabricNet:
                 f"the network in {self.dir} is partly running: stop it before starting it"
             )
         self._state.processes.clear()
-        self._ensure_admin_tls()
         deadline = time.monotonic() + timeout
         try:
             say("chaincode server")
@@ -964,12 +955,8 @@ class FabricNet:
     def _wait_node(self, name: str, proc: _Proc, ops: int, marker: str, deadline: float) -> None:
         # /healthz answers before the node binds its gRPC port (a peer whose port is taken
         # answers, then exits), so also wait for the line the node logs once it serves.
-        self._wait(
-            lambda: _logged(proc, re.compile(re.escape(marker))) and _healthy(ops),
-            name,
-            proc,
-            deadline,
-        )
+        serving = re.compile(re.escape(marker))
+        self._wait(lambda: _logged(proc, serving) and _healthy(ops), name, proc, deadline)
 
     def _check_alive(self) -> None:
         for name, proc in self._state.processes.items():
@@ -977,13 +964,22 @@ class FabricNet:
                 self._reap(proc.pid, block=True)
                 raise FabricNetError(f"{name} exited: {_tail(Path(proc.log))}")
 
-    def _wait(self, ready: Callable[[], bool], name: str, proc: _Proc, deadline: float) -> None:
+    def _wait(
+        self,
+        ready: Callable[[], bool],
+        name: str,
+        proc: _Proc,
+        deadline: float,
+        late: str = "is not ready in time",
+    ) -> None:
+        """Poll ``ready`` until it holds; FabricNetError (``name`` ``late``) at the deadline
+        or once ``proc`` has exited, with the tail of its log."""
         while not ready():
             if not self._ours(proc):
                 self._reap(proc.pid, block=True)
                 raise FabricNetError(f"{name} exited while starting: {_tail(Path(proc.log))}")
             if time.monotonic() > deadline:
-                raise FabricNetError(f"{name} is not ready in time: {_tail(Path(proc.log))}")
+                raise FabricNetError(f"{name} {late}: {_tail(Path(proc.log))}")
             time.sleep(0.1)
 
     def _wait_leader(self, channel: str, deadline: float) -> None:
@@ -992,13 +988,8 @@ class FabricNet:
         for i in range(self.spec.orderers):
             name = f"orderer{i + 1}"
             proc = self._state.processes[name]
-            log = Path(proc.log)
-            while not _logged(proc, pattern):
-                if not self._ours(proc):
-                    raise FabricNetError(f"{name} exited: {_tail(log)}")
-                if time.monotonic() > deadline:
-                    raise FabricNetError(f"{name} elected no Raft leader in time: {_tail(log)}")
-                time.sleep(0.1)
+            leader = functools.partial(_logged, proc, pattern)
+            self._wait(leader, name, proc, deadline, late="elected no Raft leader in time")
 
     # --- peer CLI and deployment -------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -33,6 +33,7 @@ from ehrshare.profile import FabricEndpoint, Profile, ProfileError
 
 if TYPE_CHECKING:
     from ehrshare.ledger.fabric import FabricGateway
+    from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint
 
 __all__ = ["ClientTlsPair", "EmbeddedBackend", "FabricBackend", "LedgerBackend", "open_ledger"]
 
@@ -106,29 +107,86 @@ def _read(path: Path, what: str) -> bytes:
 
 
 class FabricBackend:
-    """A Fabric channel through the profile's peers and orderers."""
+    """A Fabric channel through a set of peers and orderers: a profile's
+    (:meth:`from_profile`) or a running :class:`~ehrshare.fabricnet.FabricNet`'s
+    (:meth:`from_connection`)."""
 
     kind = "fabric"
 
-    def __init__(self, profile: Profile, *, clock: Clock | None) -> None:
-        from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint
-
-        cfg = profile.fabric
-        assert cfg is not None
-
-        def peer(e: FabricEndpoint) -> PeerEndpoint:
-            return PeerEndpoint(e.address, e.msp_id, _read(e.tls_ca, e.address), e.server_name)
-
-        def orderer(e: FabricEndpoint) -> OrdererEndpoint:
-            return OrdererEndpoint(e.address, _read(e.tls_ca, e.address), e.server_name)
-
-        self.peers = tuple(peer(p) for p in cfg.peers)
-        self.orderers = tuple(orderer(o) for o in cfg.orderers)
-        self.endorsers = cfg.endorsers
-        self.client_auth = cfg.client_auth
+    def __init__(
+        self,
+        peers: Sequence[PeerEndpoint],
+        orderers: Sequence[OrdererEndpoint],
+        *,
+        endorsers: int | None,
+        client_auth: bool,
+        clock: Clock | None = None,
+    ) -> None:
+        self.peers = tuple(peers)
+        self.orderers = tuple(orderers)
+        self.endorsers = endorsers
+        self.client_auth = client_auth
         self._clock = clock
         self._open: list[FabricGateway] = []
         self._lock = threading.Lock()
+
+    @classmethod
+    def from_profile(cls, profile: Profile, *, clock: Clock | None = None) -> FabricBackend:
+        """The peers and orderers of the profile's ``ledger.fabric`` section."""
+        cfg = profile.fabric
+        assert cfg is not None
+        return cls._from_endpoints(
+            cfg.peers,
+            cfg.orderers,
+            endorsers=cfg.endorsers,
+            client_auth=cfg.client_auth,
+            clock=clock,
+        )
+
+    @classmethod
+    def from_connection(cls, conn: dict[str, Any], *, clock: Clock | None = None) -> FabricBackend:
+        """The peers and orderers of :meth:`ehrshare.fabricnet.FabricNet.connection` (a
+        network this process started: benchmarks and tests)."""
+        return cls._from_endpoints(
+            [
+                FabricEndpoint(p["address"], Path(p["tls_ca"]), p["server_name"], p["msp"])
+                for p in conn["peers"]
+            ],
+            [
+                FabricEndpoint(o["address"], Path(o["tls_ca"]), o["server_name"])
+                for o in conn["orderers"]
+            ],
+            endorsers=conn.get("endorsers"),
+            client_auth=bool(conn.get("client_auth", False)),
+            clock=clock,
+        )
+
+    @classmethod
+    def _from_endpoints(
+        cls,
+        peers: Sequence[FabricEndpoint],
+        orderers: Sequence[FabricEndpoint],
+        *,
+        endorsers: int | None,
+        client_auth: bool,
+        clock: Clock | None,
+    ) -> FabricBackend:
+        from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint
+
+        cas: dict[Path, bytes] = {}  # every orderer (and each org's peers) share one TLS CA
+
+        def ca(e: FabricEndpoint) -> bytes:
+            if e.tls_ca not in cas:
+                cas[e.tls_ca] = _read(e.tls_ca, e.address)
+            return cas[e.tls_ca]
+
+        return cls(
+            [PeerEndpoint(e.address, e.msp_id, ca(e), e.server_name) for e in peers],
+            [OrdererEndpoint(e.address, ca(e), e.server_name) for e in orderers],
+            endorsers=endorsers,
+            client_auth=client_auth,
+            clock=clock,
+        )
 
     def connect(
         self, identity: Identity, signer: Signer, *, client_tls: ClientTlsPair | None = None
@@ -178,7 +236,7 @@ class FabricBackend:
 def open_ledger(profile: Profile, *, clock: Clock | None = None) -> LedgerBackend:
     """The ledger ``profile`` names (its ``ledger.backend``)."""
     if profile.ledger_backend == "fabric":
-        return FabricBackend(profile, clock=clock)
+        return FabricBackend.from_profile(profile, clock=clock)
     if not profile.ledger_path.exists():
         raise ProfileError(
             f"ledger directory {profile.ledger_path} does not exist; create a consortium with "

@@ -372,7 +372,7 @@ def test_live_bench_json_reports_smartbft_unavailable(tmp_path: Path, sandbox: S
 def test_live_fabric_without_binaries_says_make_tools(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("EHRSHARE_FABRIC_BIN_DIR", str(tmp_path / "nothing"))
+    monkeypatch.setenv("EHRSHARE_FABRIC_BIN", str(tmp_path / "nothing"))
     with pytest.raises(LiveUnavailable, match="make tools"):
         check_fabric_tools()
     result = CliRunner().invoke(

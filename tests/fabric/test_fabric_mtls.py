@@ -13,14 +13,12 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
 from fabric_protos.common import common_pb2
 from fabric_protos.orderer import ab_pb2, ab_pb2_grpc
 from fabric_protos.peer import events_pb2_grpc, peer_pb2_grpc, proposal_pb2
@@ -30,7 +28,8 @@ from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.envelope import serialize_identity
 from ehrshare.ledger.errors import EndorseError, GatewayError, SubmitError
 from ehrshare.ledger.fabric import dial
-from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint, connect, seek_envelope
+from ehrshare.ledger.peer import OrdererEndpoint, connect, seek_envelope
+from ehrshare.ledgers import FabricBackend
 from ehrshare.processes import pid_alive
 from ehrshare.profile import Wallet
 
@@ -102,18 +101,10 @@ def _orderer_channel(net: FabricNet, client_tls: tuple[bytes, bytes] | None) -> 
 
 
 def _endpoints(net: FabricNet) -> dict[str, Any]:
-    conn = net.connection()
-    return {
-        "peers": [
-            PeerEndpoint(p["address"], p["msp"], Path(p["tls_ca"]).read_bytes(), p["server_name"])
-            for p in conn["peers"]
-        ],
-        "orderers": [
-            OrdererEndpoint(o["address"], Path(o["tls_ca"]).read_bytes(), o["server_name"])
-            for o in conn["orderers"]
-        ],
-        "endorsers": conn["endorsers"],
-    }
+    """connect()'s endpoint keywords: these tests dial with no TLS client certificate too,
+    which FabricBackend.connect refuses before dialling."""
+    backend = FabricBackend.from_connection(net.connection())
+    return {"peers": backend.peers, "orderers": backend.orderers, "endorsers": backend.endorsers}
 
 
 def _peer_answer(channel: grpc.Channel) -> tuple[grpc.StatusCode, str]:
@@ -248,21 +239,3 @@ def test_deliver_requests_are_bound_to_the_tls_certificate(net: FabricNet, membe
         response = first_response(wrong)
         assert response.WhichOneof("Type") == "status"
         assert response.status == common.Status.Value("BAD_REQUEST")
-
-
-def test_a_network_whose_admin_has_no_tls_certificate_gets_one_at_start(net: FabricNet) -> None:
-    # A network created before peers required mutual TLS has no admin TLS certificates; the
-    # next start issues them from the hospital's CA, and the admin's CLI works again.
-    cert, key = net.admin_tls("HospitalBMSP")
-    net.stop()
-    cert.unlink()
-    key.unlink()
-    net.start()
-    issued = x509.load_pem_x509_certificate(cert.read_bytes())
-    ca = x509.load_pem_x509_certificate(net.tls_ca("HospitalBMSP").read_bytes())
-    assert issued.issuer == ca.subject
-    usage = issued.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    assert list(usage) == [ExtendedKeyUsageOID.CLIENT_AUTH]
-    assert key.stat().st_mode & 0o777 == 0o600
-    heights = net.heights()  # `peer channel getinfo` as each hospital's admin
-    assert heights["HospitalBMSP"] >= 2, heights

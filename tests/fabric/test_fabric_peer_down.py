@@ -24,7 +24,7 @@ from ehrshare.fabricnet import FabricNet, FabricNetSpec, default_bin_dir
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.api import ChaincodeEvent, EventFollower
 from ehrshare.ledger.fabric import FabricGateway
-from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint, connect
+from ehrshare.ledgers import FabricBackend
 from ehrshare.processes import pid_alive
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
@@ -65,21 +65,13 @@ def _gateway(net: FabricNet, msp: str) -> FabricGateway:
     assert isinstance(key, ec.EllipticCurvePrivateKey)
     identity = Identity(msp, (msp_dir / "signcerts" / "cert.pem").read_bytes())
     cert, tls_key = net.admin_tls(msp)
-    conn = net.connection()
-    return connect(
-        identity,
-        Signer(key),
-        peers=[
-            PeerEndpoint(p["address"], p["msp"], Path(p["tls_ca"]).read_bytes(), p["server_name"])
-            for p in conn["peers"]
-        ],
-        orderers=[
-            OrdererEndpoint(o["address"], Path(o["tls_ca"]).read_bytes(), o["server_name"])
-            for o in conn["orderers"]
-        ],
-        endorsers=2,
-        client_tls=(cert.read_bytes(), tls_key.read_bytes()),
+    backend = FabricBackend.from_connection(net.connection())
+    assert backend.endorsers == 2  # MAJORITY of three
+    gateway = backend.connect(
+        identity, Signer(key), client_tls=(cert.read_bytes(), tls_key.read_bytes())
     )
+    assert isinstance(gateway, FabricGateway)  # new_proposal: the fine-grained flow
+    return gateway
 
 
 def _publish(gateway: FabricGateway, record_type: str) -> str:

@@ -22,7 +22,6 @@ import base64
 import concurrent.futures
 import hashlib
 import logging
-import os
 import re
 import secrets
 import shutil
@@ -31,19 +30,21 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ehrshare.closing import Closing
 from ehrshare.identity import LocalCA
 from ehrshare_consensus.live import LiveUnavailable, Submit, TxOutcome
 from ehrshare_consensus.runner import RunSpec
 
+if TYPE_CHECKING:
+    from ehrshare.fabricnet import FabricNet
+    from ehrshare.ledgers import FabricBackend
+
 __all__ = [
-    "FABRIC_BINARIES",
     "FabricSession",
     "FabricTarget",
     "check_fabric_tools",
-    "fabric_bin_dir",
     "peer_commit_path_ms",
     "record_args",
     "record_submitter",
@@ -51,29 +52,25 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-FABRIC_BINARIES = ("peer", "orderer", "configtxgen")
 PATIENT = "patient"
+MSP_ID = "Org1MSP"
 FUNCTION = "RegisterRecord"
 
 
-def fabric_bin_dir() -> Path:
-    """Where ``make tools`` puts Fabric v2.1.1: ``$EHRSHARE_FABRIC_BIN_DIR``, else
-    ``<repo>/network/build/fabric21/bin``."""
-    env = os.environ.get("EHRSHARE_FABRIC_BIN_DIR")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parents[3] / "network" / "build" / "fabric21" / "bin"
+def check_fabric_tools() -> Path:
+    """The Fabric bin directory (``fabricnet.default_bin_dir()``), or LiveUnavailable naming
+    what is missing and `make tools`."""
+    # Imported here: the launcher is heavy, and a plain `ehrshare bench consensus` (simulated)
+    # should not pay for it.
+    from ehrshare import fabricnet
 
-
-def check_fabric_tools(bin_dir: Path | None = None) -> Path:
-    """The Fabric bin directory, or LiveUnavailable naming what is missing and `make tools`."""
-    where = bin_dir or fabric_bin_dir()
-    missing = [b for b in FABRIC_BINARIES if not os.access(where / b, os.X_OK)]
+    where = fabricnet.default_bin_dir()
+    missing = fabricnet.missing_binaries(where)
     if missing:
         raise LiveUnavailable(
             f"the Fabric binaries {', '.join(missing)} are missing from {where}: run "
             "`make tools` (it builds Fabric v2.1.1 into network/build/fabric21) or set "
-            "EHRSHARE_FABRIC_BIN_DIR"
+            "EHRSHARE_FABRIC_BIN"
         )
     return where
 
@@ -101,26 +98,6 @@ def peer_commit_path_ms(log_text: str, channel: str, blocks: Sequence[int]) -> f
                 into[int(m["b"])] = int(m["ms"])
     both = [validated[b] + committed[b] for b in wanted if b in validated and b in committed]
     return float(statistics.median(both)) if both else None
-
-
-class _Status(Protocol):
-    @property
-    def code(self) -> str: ...
-
-    @property
-    def block_number(self) -> int: ...
-
-
-class _Committed(Protocol):
-    def get_status(self) -> _Status: ...
-
-
-class _Endorsed(Protocol):
-    def submit(self) -> _Committed: ...
-
-
-class _Proposal(Protocol):
-    def endorse(self) -> _Endorsed: ...
 
 
 class Proposer(Protocol):
@@ -183,19 +160,17 @@ class FabricSession(Closing):
 
     def __init__(
         self,
-        net: Any,
-        gateways: list[Any],
+        net: FabricNet,
+        backend: FabricBackend,
         clients: list[Submit],
         root: Path,
-        owns_root: bool,
         info: dict[str, Any],
         peer_logs: Sequence[Path],
     ) -> None:
         self._net = net
-        self._gateways = gateways
+        self._backend = backend
         self._clients = clients
         self._root = root
-        self._owns_root = owns_root
         self._info = info
         self._peer_logs = list(peer_logs)
 
@@ -224,60 +199,46 @@ class FabricSession(Closing):
         return dict(self._info)
 
     def close(self) -> None:
-        """Close the gateways and stop the network's processes."""
-        _close_all(self._gateways)
-        try:
-            self._net.stop()
-        finally:
-            if self._owns_root:
-                shutil.rmtree(self._root, ignore_errors=True)
+        """Close the gateways, stop the network's processes and remove its directory."""
+        _teardown(self._backend, self._net, self._root)
 
 
-def _close_all(gateways: Sequence[Any]) -> None:
-    for gw in gateways:
-        try:
-            gw.close()
-        except Exception as exc:  # keep closing the rest
-            log.warning("closing a gateway failed: %s", exc)
+def _teardown(backend: FabricBackend | None, net: FabricNet | None, root: Path) -> None:
+    """What a session or a failed start leaves: close the gateways, stop the processes, remove
+    the temporary directory."""
+    try:
+        if backend is not None:
+            backend.close()
+        if net is not None:
+            net.stop()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 class FabricTarget:
     """Starts Fabric v2.1.1 (Raft) configured from a RunSpec: spec.n orderers, MaxMessageCount
-    = spec.batch_size, BatchTimeout = spec.batch_timeout_s; one peer per organisation. With
-    ``root`` None the network lives in a temporary directory removed at close."""
+    = spec.batch_size, BatchTimeout = spec.batch_timeout_s; one organisation and its peer. Each
+    network lives in a temporary directory removed at close."""
 
     name = "fabric-raft"
 
-    def __init__(
-        self,
-        root: Path | None = None,
-        msp_ids: Sequence[str] = ("Org1MSP",),
-        bin_dir: Path | None = None,
-    ) -> None:
-        self.root = root
-        self.msp_ids = tuple(msp_ids)
-        self.bin_dir = bin_dir
-
     def open(self, spec: RunSpec, clients: int) -> FabricSession:
         """Start the network, enrol and register one patient per client; stop it on failure."""
-        bin_dir = check_fabric_tools(self.bin_dir)
+        bin_dir = check_fabric_tools()
         # Imported here: the launcher and the gRPC client are heavy, and a plain `ehrshare
         # bench consensus` (simulated) should not pay for them.
         from ehrshare import fabricnet
-        from ehrshare.ledger import peer
+        from ehrshare.ledgers import FabricBackend
 
-        owns = self.root is None
-        root = Path(tempfile.mkdtemp(prefix="ehrshare-live-")) if self.root is None else self.root
+        root = Path(tempfile.mkdtemp(prefix="ehrshare-live-"))
         net: fabricnet.FabricNet | None = None
-        gateways: list[Any] = []
+        backend: FabricBackend | None = None
         try:
-            for msp in self.msp_ids:
-                ca_dir = root / "ca" / msp
-                if not ca_dir.is_dir():
-                    LocalCA.create(msp).save(ca_dir)
+            ca = LocalCA.create(MSP_ID)
+            ca.save(root / "ca" / MSP_ID)
             net_spec = fabricnet.FabricNetSpec(
                 root=root,
-                msp_ids=self.msp_ids,
+                msp_ids=(MSP_ID,),
                 orderers=spec.n,
                 batch_timeout=f"{round(spec.batch_timeout_s * 1000)}ms",
                 max_message_count=spec.batch_size,
@@ -286,42 +247,20 @@ class FabricTarget:
             net = fabricnet.FabricNet.create(net_spec)
             net.start()
             conn = net.connection()
-            peers = [
-                peer.PeerEndpoint(
-                    address=p["address"],
-                    msp_id=p["msp"],
-                    tls_ca_pem=Path(p["tls_ca"]).read_bytes(),
-                    server_name=p["server_name"],
-                )
-                for p in conn["peers"]
-            ]
-            orderers = [
-                peer.OrdererEndpoint(
-                    address=o["address"],
-                    tls_ca_pem=Path(o["tls_ca"]).read_bytes(),
-                    server_name=o["server_name"],
-                )
-                for o in conn["orderers"]
-            ]
+            backend = FabricBackend.from_connection(conn)
             channel, chaincode = conn["channel"], conn["chaincode"]
             run_tag = secrets.token_hex(4)
             contracts: list[tuple[Any, str]] = []
             for c in range(clients):
-                msp = self.msp_ids[c % len(self.msp_ids)]
-                ca = LocalCA.load(root / "ca" / msp)
                 identity, signer = ca.issue(f"bench-{run_tag}-{c}", role=PATIENT)
                 # Peers and orderers require mutual TLS: a TLS client key of its own, as a
                 # member's wallet holds.
                 tls_identity, tls_key = ca.issue_tls_client(f"bench-{run_tag}-{c}")
-                gw = peer.connect(
+                gw = backend.connect(
                     identity,
                     signer,
-                    peers=peers,
-                    orderers=orderers,
-                    endorsers=conn.get("endorsers"),
                     client_tls=(tls_identity.credentials, tls_key.to_secret_bytes()),
                 )
-                gateways.append(gw)
                 contracts.append((gw.get_network(channel).get_contract(chaincode), identity.ibe_id))
             # All at once: distinct identities write distinct keys, so the registrations share
             # blocks instead of waiting one batch timeout each.
@@ -337,7 +276,7 @@ class FabricTarget:
                 "orderers": spec.n,
                 "batch_timeout": net_spec.batch_timeout,
                 "max_message_count": spec.batch_size,
-                "msp_ids": list(self.msp_ids),
+                "msp_ids": [MSP_ID],
                 "peers": [p["address"] for p in conn["peers"]],
                 "orderer_addresses": [o["address"] for o in conn["orderers"]],
                 "channel": channel,
@@ -346,13 +285,7 @@ class FabricTarget:
                 "workload": f"{FUNCTION} by a patient for itself, fresh record id per tx",
             }
             logs = sorted((Path(net.dir) / "logs").glob("peer*.log"))
-            return FabricSession(net, gateways, submitters, root, owns, info, logs)
+            return FabricSession(net, backend, submitters, root, info, logs)
         except BaseException:
-            _close_all(gateways)
-            try:
-                if net is not None:
-                    net.stop()
-            finally:
-                if owns:
-                    shutil.rmtree(root, ignore_errors=True)
+            _teardown(backend, net, root)
             raise

@@ -356,7 +356,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Say which backends the profile uses and whether they answer, and whether this
         machine has the Fabric binaries. Exit code 4 if the content store or the profile's
         local Fabric network is down."""
-        from ehrshare.fabricnet import default_bin_dir
+        from ehrshare.fabricnet import default_bin_dir, missing_binaries
         from ehrshare.ledger.store import EmbeddedLedger
         from ehrshare.profile import Profile
         from ehrshare.storage import KuboClient
@@ -364,7 +364,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         bin_dir = default_bin_dir()
         status: dict[str, Any] = {
             "fabric": {
-                "available": (bin_dir / "peer").is_file(),
+                "available": not missing_binaries(bin_dir),
                 "bin_dir": str(bin_dir),
                 "version": "v2.1.1 (the newest the Go module proxy serves here)",
             }
