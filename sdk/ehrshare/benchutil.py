@@ -20,6 +20,8 @@ from typing import Any
 
 from rich.console import Console, RenderableType
 
+from ehrshare.console import err_console, out_console
+
 __all__ = [
     "machine_metadata",
     "percentile",
@@ -118,7 +120,7 @@ def machine_metadata() -> dict[str, Any]:
 
 def progress_console(json_only: bool) -> Console:
     """Where a benchmark command reports progress: stderr, silent under ``--json``."""
-    return Console(stderr=True, quiet=json_only)
+    return err_console(quiet=json_only)
 
 
 def print_result(
@@ -133,7 +135,7 @@ def print_result(
     if json_only:
         sys.stdout.write(text + "\n")
         return
-    out = Console()
+    out = out_console()
     for table in tables:
         out.print(table)
     out.print_json(text)

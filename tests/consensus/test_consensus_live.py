@@ -372,7 +372,8 @@ def test_live_bench_json_reports_smartbft_unavailable(tmp_path: Path, sandbox: S
 def test_live_fabric_without_binaries_says_make_tools(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("EHRSHARE_FABRIC_BIN", str(tmp_path / "nothing"))
+    # a path long enough to cross any terminal width: the message must stay one line
+    monkeypatch.setenv("EHRSHARE_FABRIC_BIN", str(tmp_path / ("nothing-" * 20)))
     with pytest.raises(LiveUnavailable, match="make tools"):
         check_fabric_tools()
     result = CliRunner().invoke(
@@ -380,6 +381,7 @@ def test_live_fabric_without_binaries_says_make_tools(
     )
     assert result.exit_code == 3, result.output
     assert "make tools" in result.output
+    assert "nothing-" * 20 in result.output
 
 
 def test_live_options_are_checked(tmp_path: Path) -> None:

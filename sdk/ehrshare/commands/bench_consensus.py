@@ -22,6 +22,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ehrshare.benchutil import machine_metadata
+from ehrshare.console import err_console, out_console
 
 __all__ = ["register"]
 
@@ -384,7 +385,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         a real Fabric Raft network against the simulator's prediction."""
         from ehrshare_consensus.experiments import ConfigError
 
-        err = Console(stderr=True)
+        err = err_console()
         if config is not None and not config.is_file():
             raise typer.BadParameter(
                 f"experiment file {config} does not exist", param_hint="CONFIG"
@@ -401,8 +402,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if as_json:
             typer.echo(json.dumps(result, indent=2))
         else:
-            _show(result, Console())
-            Console().print(f"results: {out / 'results.json'}")
+            _show(result, out_console())
+            out_console().print(f"results: {out / 'results.json'}")
         if result["failures"] or _sweep_failed(result):
             err.print("[bold red]safety or liveness violated within the stated assumptions[/]")
             raise typer.Exit(code=1)
@@ -428,8 +429,8 @@ def _live_command(
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
-        _show_live(result, Console())
-        Console().print(f"results: {out / 'live-results.json'}")
+        _show_live(result, out_console())
+        out_console().print(f"results: {out / 'live-results.json'}")
     bad = [r for r in result["rows"] if r["measured"]["valid"] != r["measured"]["submitted"]]
     if bad:
         err.print(

@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ehrshare.benchutil import machine_metadata, percentile, time_calls
+from ehrshare.console import err_console, out_console
 from ehrshare.consortium import Consortium, FabricOptions
 from ehrshare.processes import ServiceProcesses, free_loopback_ports
 from ehrshare.profile import BackendUnavailable
@@ -210,14 +210,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     ) -> None:
         """p50/p95 of put_record (10 KB, 10 MB), grant and read_record (hop 1, hop 3) on the
         embedded backend or on Fabric, through the whole SDK."""
-        err = Console(stderr=True, quiet=json_only)
+        err = err_console(quiet=json_only)
         if services not in ("in-process", "processes"):
-            Console(stderr=True).print(
+            err_console().print(
                 f"[red]error:[/red] --services {services!r} is not in-process or processes"
             )
             raise typer.Exit(2)
         if backend not in ("embedded", "fabric"):
-            Console(stderr=True).print(
+            err_console().print(
                 f"[red]error:[/red] --backend {backend!r} is not embedded or fabric"
             )
             raise typer.Exit(2)
@@ -237,7 +237,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 ),
             )
         except BackendUnavailable as exc:
-            Console(stderr=True).print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            err_console().print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(3) from None
         if json_only:
             typer.echo(json.dumps(result, indent=2))
@@ -249,6 +249,6 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         table.add_column("n", justify="right")
         for name, r in result["results"].items():
             table.add_row(name, f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", str(r["n"]))
-        out = Console()
+        out = out_console()
         out.print(table)
         out.print_json(json.dumps(result))

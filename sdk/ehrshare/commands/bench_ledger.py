@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ehrshare.benchutil import machine_metadata, print_result, summarize
+from ehrshare.console import err_console
 from ehrshare.ledger.sandbox import Member, Sandbox
 
 __all__ = ["register", "run_ledger_benchmark"]
@@ -269,7 +269,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ),
     ) -> None:
         """Embedded-ledger tx/s and p50/p95 of RegisterRecord, GrantAccess and RequestAccess."""
-        err = Console(stderr=True)
+        err = err_console()
         if populations:
             try:
                 pops = tuple(int(x) for x in populations.split(","))

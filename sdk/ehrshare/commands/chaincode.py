@@ -20,15 +20,15 @@ import signal
 from pathlib import Path
 
 import typer
-from rich.console import Console
 
 from ehrshare.commands.services import _fail
+from ehrshare.console import err_console
 from ehrshare.services.vault import atomic_write, read_key_file
 from ehrshare_chaincode.ccaas import ChaincodeServer, ChaincodeTls, check_package_id
 
 __all__ = ["register"]
 
-_err = Console(stderr=True)
+_err = err_console()
 
 
 def _setup_logging(log_file: Path | None) -> None:

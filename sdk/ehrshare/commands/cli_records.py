@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from ehrshare.console import err_console, out_console
 
 __all__ = ["EXIT_CODES", "register"]
 
@@ -53,7 +54,7 @@ _PROXY_HELP = (
     "of the grantee's hospital."
 )
 
-_err = Console(stderr=True)
+_err = err_console()
 
 ProfileOpt = Annotated[
     str,
@@ -815,7 +816,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             table.add_row(
                 r.record_id, r.type or r.label, r.creator, _fmt_time(r.created_at), str(r.version)
             )
-        Console().print(table)
+        out_console().print(table)
 
     # --- grants -------------------------------------------------------------------------------
 
@@ -914,7 +915,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 actor,
                 e["record_id"] or e["grant_id"],
             )
-        Console().print(table)
+        out_console().print(table)
 
     @audit_app.command("verify", epilog=_EXIT_HELP)
     def audit_verify(

@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 
 import typer
-from rich.console import Console
 from rich.panel import Panel
 
+from ehrshare.console import err_console, out_console
 from ehrshare.demo import DemoStep, run_demo
 from ehrshare.profile import BackendUnavailable
 
@@ -56,8 +56,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         records, a 2-hop grant, a referral, type isolation, revocation, audit and tamper
         detection. Exit code 0 when every claim held, 1 when one did not, 3 when the backend
         is not available."""
-        err = Console(stderr=True)
-        out = Console()
+        err = err_console()
+        out = out_console()
         if backend not in ("embedded", "fabric"):
             err.print(f"[red]error:[/red] backend {backend!r} is not embedded or fabric")
             raise typer.Exit(2)

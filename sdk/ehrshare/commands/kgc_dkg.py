@@ -20,7 +20,6 @@ from contextlib import contextmanager
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from ehrshare.commands.cli_records import (
@@ -40,10 +39,11 @@ from ehrshare.commands.cli_records import (
     _progress,
     _unlocked_wallet,
 )
+from ehrshare.console import err_console, out_console
 
 __all__ = ["register_dkg"]
 
-_err = Console(stderr=True)
+_err = err_console()
 _POLL = 0.5  # seconds between reads of the session while waiting
 
 
@@ -149,7 +149,7 @@ def _watch(contract: Any, nonce: str, timeout: float, quiet: bool) -> dict[str, 
 
 
 def _show(state: dict[str, Any]) -> None:
-    console = Console()
+    console = out_console()
     console.print(f"dkg session [bold]{state['nonce']}[/bold]", soft_wrap=True)
     console.print(
         f"threshold {state['threshold']} of {len(state['roster'])}; opened "

@@ -29,9 +29,9 @@ from typing import Annotated, Any, NamedTuple, get_type_hints
 
 import grpc
 import typer
-from rich.console import Console
 
 from ehrshare.commands.kgc_dkg import register_dkg
+from ehrshare.console import err_console
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger import api
@@ -52,7 +52,7 @@ from ehrshare.services.vault import (
 
 __all__ = ["ServeOptions", "register"]
 
-_err = Console(stderr=True)
+_err = err_console()
 _log = logging.getLogger(__name__)
 EXIT_BAD_INPUT = 2
 
