@@ -11,6 +11,7 @@ itself.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from pathlib import Path
@@ -383,9 +384,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Simulate PBFT, RC-DBFT and Raft (messages, bytes, latency, throughput, recovery,
         reputation) and check safety and liveness in every run; or, with --live-fabric, measure
         a real Fabric Raft network against the simulator's prediction."""
+        err = err_console()
+        _require_bench_extra(err)
         from ehrshare_consensus.experiments import ConfigError
 
-        err = err_console()
         if config is not None and not config.is_file():
             raise typer.BadParameter(
                 f"experiment file {config} does not exist", param_hint="CONFIG"
@@ -407,6 +409,27 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if result["failures"] or _sweep_failed(result):
             err.print("[bold red]safety or liveness violated within the stated assumptions[/]")
             raise typer.Exit(code=1)
+
+
+#: What the simulator imports that a plain `pip install ehrshare` does not bring.
+BENCH_EXTRA = ("numpy", "simpy", "kmedoids", "matplotlib")
+
+
+def _require_bench_extra(err: Console) -> None:
+    missing = []
+    for name in BENCH_EXTRA:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            missing.append(name)
+    if missing:
+        err.print(
+            f"[red]error:[/red] the consensus simulator needs {', '.join(missing)}, "
+            "which the SDK alone does not install",
+            highlight=False,
+        )
+        err.print("[dim]hint:[/dim] pip install 'ehrshare\\[bench]'", highlight=False)
+        raise typer.Exit(code=3)
 
 
 def _live_command(
