@@ -12,6 +12,7 @@ __all__ = [
     "EndorseError",
     "GatewayError",
     "LedgerError",
+    "LedgerIntegrityError",
     "SubmitError",
 ]
 
@@ -62,3 +63,15 @@ class CommitError(LedgerError):
     def __init__(self, message: str, *, transaction_id: str = "", code: str = "") -> None:
         super().__init__(message, transaction_id=transaction_id)
         self.code = code
+
+
+class LedgerIntegrityError(LedgerError):
+    """The stored ledger does not verify: a block, a signature, a transaction's replay, the key
+    history or the world state differs from what was committed, or the chain is shorter than a
+    witness saw. ``block`` (and ``txn``, the position in it) name the first bad block when one
+    can be named. Never a refusal by the chaincode: the ledger itself is not to be trusted."""
+
+    def __init__(self, message: str, *, block: int | None = None, txn: int | None = None) -> None:
+        super().__init__(message)
+        self.block = block
+        self.txn = txn
