@@ -58,7 +58,7 @@ class LedgerBackend(Protocol):
         ...
 
     @property
-    def verify(self) -> Callable[[], dict[str, Any]] | None:
+    def verify(self) -> Callable[..., dict[str, Any]] | None:
         """The ledger's own integrity check, where the backend has one."""
         ...
 
@@ -90,8 +90,9 @@ class EmbeddedBackend:
         return connect(identity, signer, self.ledger, clock=self._clock)
 
     @property
-    def verify(self) -> Callable[[], dict[str, Any]] | None:
-        """Block chain, transaction hashes and state against a replay of the history."""
+    def verify(self) -> Callable[..., dict[str, Any]] | None:
+        """Signed blocks, a replay of every transaction, history and state (and, with
+        ``against=``, witnessed heads): :meth:`EmbeddedLedger.verify`."""
         return self.ledger.verify
 
     def close(self) -> None:
@@ -218,7 +219,7 @@ class FabricBackend:
         return gateway
 
     @property
-    def verify(self) -> Callable[[], dict[str, Any]] | None:
+    def verify(self) -> Callable[..., dict[str, Any]] | None:
         """None: the peers validate blocks themselves; the SDK cannot re-check them."""
         return None
 

@@ -925,13 +925,20 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         trail_file: Annotated[
             str, typer.Option("--trail", help="Verify an exported trail (audit show --json).")
         ] = "",
+        against: Annotated[
+            list[str] | None,
+            typer.Option("--against", help="A head file saved with 'ehrshare ledger head'."),
+        ] = None,
         profile: ProfileOpt = "",
         wallet: WalletOpt = "",
         as_json: JsonOpt = False,
     ) -> None:
-        """Recompute the hash chain (chaincode and offline) and check the ledger's integrity.
-        Exit code 5 if anything does not verify."""
+        """Recompute the hash chain (chaincode and offline) and check the whole ledger (see
+        'ehrshare ledger verify'). Exit code 5 if anything does not verify."""
+        from ehrshare.commands.ledger_cli import read_heads
         from ehrshare.session import AuditTrail
+
+        heads = read_heads(against)
 
         trail = None
         if trail_file:
@@ -941,7 +948,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 _fail(EXIT_INPUT, f"{trail_file} is not an exported audit trail: {exc}")
         with _session(profile, wallet) as s, _errors():
-            verdict = s.verify_audit(patient or None, trail=trail)
+            verdict = s.verify_audit(patient or None, trail=trail, against=heads)
         if as_json:
             _emit(verdict.to_dict())
         elif verdict.valid:
