@@ -55,7 +55,7 @@ from ehrshare.hazmat.errors import DecryptionError, EncodingError, VerificationE
 from ehrshare.hazmat.kgc_keys import KGCNodePublicKey
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.api import Contract
-from ehrshare.ledger.errors import LedgerError, LedgerIntegrityError
+from ehrshare.ledger.errors import LedgerError, LedgerIntegrityError, OrderingKeyError
 from ehrshare.profile import Wallet
 from ehrshare.services.proxy import ProxyUnavailable, seal_rekey
 from ehrshare.storage import BlobStore, StorageError, get_verified, sha256_hex
@@ -461,8 +461,8 @@ class Session(Closing):
     def _submit(self, function: str, *args: str) -> Any:
         try:
             return json.loads(self.contract.submit_transaction(function, *args))
-        except LedgerIntegrityError:
-            raise  # the stored ledger was edited: not the chaincode's refusal
+        except (LedgerIntegrityError, OrderingKeyError):
+            raise  # the stored ledger was edited, or cannot be written: not a refusal
         except LedgerError as exc:
             if exc.unreachable:
                 raise LedgerUnreachable(function, exc.message) from None
@@ -473,8 +473,8 @@ class Session(Closing):
     def _evaluate(self, function: str, *args: str) -> Any:
         try:
             return json.loads(self.contract.evaluate_transaction(function, *args))
-        except LedgerIntegrityError:
-            raise  # the stored ledger was edited: not the chaincode's refusal
+        except (LedgerIntegrityError, OrderingKeyError):
+            raise  # the stored ledger was edited, or cannot be written: not a refusal
         except LedgerError as exc:
             if exc.unreachable:
                 raise LedgerUnreachable(function, exc.message) from None

@@ -166,3 +166,17 @@ def test_kill_9_while_writing_a_head_leaves_the_old_file(consortium: Path, tmp_p
     done = subprocess.run([*cmd, "-w", "admin"], env=env, capture_output=True, check=False)
     assert done.returncode == 0, done.stderr
     assert run_json("ledger", "verify", "--against", str(head), "-p", p)["valid"] is True
+
+
+def test_a_missing_ordering_key_is_a_volume_problem(consortium: Path) -> None:
+    p = str(consortium)
+    run(
+        "consortium", "add-member", "yan", "--hospital", "HospitalB", "--role", "clinician", "-p", p
+    )
+    (consortium / "ledger" / "orderer-key.pem").unlink()
+    height = run_json("ledger", "verify", "-p", p)["height"]  # still verifiable
+    result = runner.invoke(app, ["enroll", "-p", p, "-w", "yan"])
+    assert result.exit_code == 3, result.output
+    assert "ordering key" in result.output and "is missing" in result.output
+    assert "Traceback" not in result.output
+    assert run_json("ledger", "verify", "-p", p)["height"] == height

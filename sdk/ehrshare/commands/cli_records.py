@@ -92,7 +92,7 @@ def _errors() -> Iterator[None]:
     from ehrshare.fabricnet import FabricNetError
     from ehrshare.fhir import FhirValidationError, UnknownRecordType
     from ehrshare.hazmat.errors import EncodingError
-    from ehrshare.ledger.errors import LedgerError, LedgerIntegrityError
+    from ehrshare.ledger.errors import LedgerError, LedgerIntegrityError, OrderingKeyError
     from ehrshare.profile import BackendUnavailable, ProfileError, WalletError
     from ehrshare.session import (
         AccessDenied,
@@ -138,6 +138,8 @@ def _errors() -> Iterator[None]:
         _fail(EXIT_UNAVAILABLE, str(exc), "see the process logs under <consortium>/fabric")
     except LedgerIntegrityError as exc:
         _fail(EXIT_INTEGRITY, str(exc), "run 'ehrshare ledger verify' to find the first bad block")
+    except OrderingKeyError as exc:
+        _fail(EXIT_CONFIG, str(exc), "restore the ledger directory from its backup")
     except (LedgerUnreachable, LedgerError) as exc:
         if isinstance(exc, LedgerUnreachable) or exc.unreachable:
             _fail(

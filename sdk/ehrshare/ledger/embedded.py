@@ -26,6 +26,7 @@ from ehrshare.ledger.errors import (
     EndorseError,
     GatewayError,
     LedgerIntegrityError,
+    OrderingKeyError,
     SubmitError,
 )
 from ehrshare.ledger.store import EmbeddedLedger, EndorsedTransaction, ProposalRejected, TxStatus
@@ -235,8 +236,8 @@ class EmbeddedContract:
             endorsed, status = ledger.submit(sign_proposal(proposal, self._gateway._signer))
         except ProposalRejected as exc:
             raise EndorseError(exc.message, transaction_id=proposal.tx_id) from None
-        except LedgerIntegrityError:
-            raise  # the stored ledger is not to be trusted: not a failed submit
+        except (LedgerIntegrityError, OrderingKeyError):
+            raise  # the stored ledger is not to be trusted, or cannot be written: say which
         except Exception as exc:  # sqlite errors, closed ledger: not a chaincode decision
             raise SubmitError(f"could not commit: {exc}", transaction_id=proposal.tx_id) from exc
         if not status.successful:
@@ -305,7 +306,7 @@ class EmbeddedTransaction:
         """Order and commit (the embedded ledger cuts one block per submit)."""
         try:
             (status,) = self._gateway.ledger.commit([self.endorsed])
-        except LedgerIntegrityError:
+        except (LedgerIntegrityError, OrderingKeyError):
             raise
         except Exception as exc:  # sqlite errors, closed ledger: not a chaincode decision
             raise SubmitError(

@@ -13,6 +13,7 @@ __all__ = [
     "GatewayError",
     "LedgerError",
     "LedgerIntegrityError",
+    "OrderingKeyError",
     "SubmitError",
 ]
 
@@ -75,3 +76,9 @@ class LedgerIntegrityError(LedgerError):
         super().__init__(message)
         self.block = block
         self.txn = txn
+
+
+class OrderingKeyError(LedgerError):
+    """The embedded ledger cannot sign a new block: its ordering key file is missing, unreadable
+    or not the key of the ordering certificate in its genesis block (a lost or foreign volume).
+    Nothing was written; the ledger can still be read and verified."""

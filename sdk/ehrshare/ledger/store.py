@@ -48,7 +48,7 @@ from ehrshare.faults import fault_point
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.api import ChaincodeEvent
 from ehrshare.ledger.envelope import Proposal, SignedProposal, open_proposal
-from ehrshare.ledger.errors import LedgerIntegrityError
+from ehrshare.ledger.errors import LedgerIntegrityError, OrderingKeyError
 from ehrshare.ledger.ordering import (
     OrderingIdentity,
     block_message,
@@ -522,7 +522,7 @@ class EmbeddedLedger(Closing):
             try:
                 self._orderer = load_ordering_key(self.directory, self.ordering)
             except ValueError as exc:
-                raise LedgerIntegrityError(str(exc)) from None
+                raise OrderingKeyError(str(exc)) from None
         signature = self._orderer.sign(block_message(self.channel, number, block_hash))
         self._conn.execute("INSERT INTO block_sigs VALUES (?, ?)", (number, signature))
 
