@@ -220,8 +220,50 @@ class FabricBackend:
 
     @property
     def verify(self) -> Callable[..., dict[str, Any]] | None:
-        """None: the peers validate blocks themselves; the SDK cannot re-check them."""
+        """None: checking a Fabric channel needs an identity to read blocks with; see
+        :meth:`verify_as`."""
         return None
+
+    def verify_as(
+        self,
+        identity: Identity,
+        signer: Signer,
+        *,
+        channel: str,
+        client_tls: ClientTlsPair | None = None,
+        against: Sequence[Any] = (),
+    ) -> dict[str, Any]:
+        """Deliver every block from one peer of each organisation (at least two) as
+        ``identity`` and check each copy's hash chain and orderer signatures and that the
+        copies agree (:func:`ehrshare.ledger.fabric_blocks.verify_copies`); raises
+        ``LedgerIntegrityError`` naming the first bad block. Witnessed heads (``against``)
+        are an embedded-ledger feature and are refused here."""
+        from ehrshare.ledger.fabric_blocks import fetch_blocks, verify_copies
+
+        if against:
+            raise ProfileError(
+                "witnessed heads (--against) are checked on the embedded ledger only"
+            )
+        first: dict[str, PeerEndpoint] = {}
+        for peer in self.peers:
+            first.setdefault(peer.msp_id, peer)
+        if len(first) < 2:
+            raise ProfileError(
+                "verifying a Fabric channel needs the peers of two organisations in the profile"
+            )
+        copies = {
+            msp: fetch_blocks(
+                address=p.address,
+                tls_ca_pem=p.tls_ca_pem,
+                server_name=p.server_name,
+                channel=channel,
+                identity=identity,
+                signer=signer,
+                client_tls=client_tls,
+            )
+            for msp, p in first.items()
+        }
+        return verify_copies(copies)
 
     def close(self) -> None:
         """Close every gateway opened here."""

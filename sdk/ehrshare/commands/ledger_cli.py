@@ -20,6 +20,7 @@ from ehrshare.commands.cli_records import (
     EXIT_CONFIG,
     EXIT_INPUT,
     EXIT_INTEGRITY,
+    EXIT_USAGE,
     JsonOpt,
     ProfileOpt,
     WalletOpt,
@@ -45,22 +46,53 @@ AgainstOpt = Annotated[
 ]
 
 
-def _embedded_ledger(profile: str) -> Any:
+def _profile(profile: str) -> Any:
     from ehrshare.consortium import profile_file
-    from ehrshare.ledger.store import EmbeddedLedger
     from ehrshare.profile import Profile
 
-    prof = Profile.load(profile_file(_profile_path(profile)))
+    return Profile.load(profile_file(_profile_path(profile)))
+
+
+def _embedded_ledger(profile: str, what: str) -> Any:
+    from ehrshare.ledger.store import EmbeddedLedger
+
+    prof = _profile(profile)
     if prof.ledger_backend != "embedded":
         _fail(
             EXIT_CONFIG,
-            "'ehrshare ledger' checks the embedded ledger only; this profile's ledger is a Fabric "
-            "channel",
-            "on Fabric the peers validate blocks; cross-peer verification is not built yet",
+            f"{what} is for the embedded ledger; this profile's ledger is a Fabric channel",
+            "on Fabric, 'ehrshare ledger verify --wallet <name>' compares the peers' blocks",
         )
     if not prof.ledger_path.is_dir():
         _fail(EXIT_CONFIG, f"ledger directory {prof.ledger_path} does not exist")
     return prof, EmbeddedLedger.open(prof.ledger_path, channel=prof.channel)
+
+
+def _verify_embedded(profile: str, heads: list[Any]) -> dict[str, Any]:
+    _, ledger = _embedded_ledger(profile, "'ehrshare ledger verify'")
+    try:
+        report: dict[str, Any] = ledger.verify(against=heads)
+        return report
+    finally:
+        ledger.close()
+
+
+def _verify_fabric(prof: Any, wallet: str) -> dict[str, Any]:
+    from ehrshare.ledgers import FabricBackend
+
+    w = _unlocked_wallet(prof, _need_wallet(wallet))
+    identity, signer = w.load_identity()
+    tls_cert, tls_signer = w.load_tls()
+    backend = FabricBackend.from_profile(prof)
+    try:
+        return backend.verify_as(
+            identity,
+            signer,
+            channel=prof.channel,
+            client_tls=(tls_cert.credentials, tls_signer.to_secret_bytes()),
+        )
+    finally:
+        backend.close()
 
 
 def read_heads(files: list[str] | None) -> list[Any]:
@@ -88,34 +120,53 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def ledger_verify(
         against: AgainstOpt = None,
         profile: ProfileOpt = "",
+        wallet: WalletOpt = "",
         as_json: JsonOpt = False,
     ) -> None:
-        """Check every block's link, hash and orderer signature and every transaction's client
-        signature, replay every transaction through the chaincode from genesis and compare
-        write sets, key history and world state; with --against, also that the chain still
-        holds each witnessed head. Names the first bad block. Exit code 5 if anything does
-        not verify."""
+        """Embedded ledger: check every block's link, hash and orderer signature and every
+        transaction's client signature, replay every transaction through the chaincode from
+        genesis and compare write sets, key history and world state; with --against, also
+        that the chain still holds each witnessed head. Fabric (needs --wallet to read
+        blocks): fetch every block from one peer of each organisation and check hash chains,
+        orderer signatures and that the copies agree. Names the first bad block. Exit code 5
+        if anything does not verify."""
         from ehrshare.ledger.errors import LedgerIntegrityError
 
         heads = read_heads(against)
         with _errors():
-            _, ledger = _embedded_ledger(profile)
+            prof = _profile(profile)
             started = time.perf_counter()
             try:
-                report: dict[str, Any] = {"valid": True, **ledger.verify(against=heads)}
+                if prof.ledger_backend == "fabric":
+                    if heads:
+                        _fail(EXIT_USAGE, "--against is for the embedded ledger only")
+                    report: dict[str, Any] = {"valid": True, **_verify_fabric(prof, wallet)}
+                else:
+                    report = {"valid": True, **_verify_embedded(profile, heads)}
             except LedgerIntegrityError as exc:
                 report = {
                     "valid": False,
                     "first_bad_block": exc.block,
                     "first_bad_transaction": exc.txn,
                     "reason": exc.message,
-                    "height": ledger.height(),
                 }
-            finally:
-                ledger.close()
+                if prof.ledger_backend == "embedded":
+                    _, ledger = _embedded_ledger(profile, "'ehrshare ledger verify'")
+                    report["height"] = ledger.height()
+                    ledger.close()
+            report["backend"] = prof.ledger_backend
             report["seconds"] = round(time.perf_counter() - started, 3)
         if as_json:
             _emit(report)
+        elif report["valid"] and report["backend"] == "fabric":
+            peers = ", ".join(f"{k} ({v} blocks)" for k, v in sorted(report["peers"].items()))
+            _err.print(
+                f"[green]✓[/green] channel: the peers of {peers} agree on {report['height']} "
+                f"blocks, every one signed by {', '.join(report['orderer_organisations'])}; head "
+                f"{report['head'][:16]}…",
+                highlight=False,
+                soft_wrap=True,
+            )
         elif report["valid"]:
             _err.print(
                 f"[green]✓[/green] ledger: {report['blocks']} blocks, "
@@ -160,7 +211,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from ehrshare.services.vault import atomic_write
 
         with _errors():
-            prof, ledger = _embedded_ledger(profile)
+            prof, ledger = _embedded_ledger(profile, "'ehrshare ledger head'")
             try:
                 identity, signer = _unlocked_wallet(prof, _need_wallet(wallet)).load_identity()
                 report = ledger.verify()
