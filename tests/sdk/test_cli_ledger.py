@@ -92,6 +92,8 @@ def test_verify_and_witnessed_head(consortium: Path, tmp_path: Path) -> None:
     audit = run_json("audit", "verify", "--against", str(head), "-p", p, "-w", "admin", code=5)
     assert audit["valid"] is False
     assert audit["checks"]["ledger"]["first_bad_block"] == height - 1  # type: ignore[index]
+    text = run("audit", "verify", "--against", str(head), "-p", p, "-w", "admin", code=5)
+    assert "does NOT verify" in text and "ledger integrity:" in text and "#0" not in text
 
 
 def test_an_edited_state_row_fails_verify_and_the_next_write(consortium: Path) -> None:

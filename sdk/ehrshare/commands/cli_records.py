@@ -958,9 +958,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 f"[green]✓[/green] audit trail of {verdict.chain}: {verdict.length} entries, valid"
             )
         else:
+            where = f"first bad entry #{verdict.first_bad_seq}: " if verdict.first_bad_seq else ""
             _err.print(
-                f"[red]✗ audit trail of {verdict.chain} does NOT verify[/red]: first bad entry "
-                f"#{verdict.first_bad_seq}: {verdict.reason}"
+                f"[red]✗ audit trail of {verdict.chain} does NOT verify[/red]: {where}"
+                f"{verdict.reason}"
             )
         if not verdict.valid:
             raise typer.Exit(EXIT_INTEGRITY)
