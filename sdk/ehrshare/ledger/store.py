@@ -89,6 +89,7 @@ DUPLICATE_TXID = "DUPLICATE_TXID"
 GENESIS_PREV = b"\x00" * 32
 DEFAULT_MAX_CLOCK_SKEW_S = 300
 _DB_NAME = "ledger.sqlite"
+_VERIFIED_KEPT = 4096  # verified blocks and write sets a process remembers (then starts over)
 _SCHEMA_VERSION = "1"
 
 _SCHEMA = """
@@ -717,7 +718,7 @@ class EmbeddedLedger(Closing):
                 f"{where}, which the signed block does not contain", block=blk, txn=txn
             )
         writes = parse_writes(bytes(row[2]))
-        if len(self._verified_writes) > 4096:
+        if len(self._verified_writes) >= _VERIFIED_KEPT:
             self._verified_writes.clear()
         self._verified_writes[(blk, txn)] = writes
         return writes
@@ -745,6 +746,8 @@ class EmbeddedLedger(Closing):
             raise LedgerIntegrityError(
                 f"{where}, whose block signature does not verify", block=number
             )
+        if len(self._signed_blocks) >= _VERIFIED_KEPT:
+            self._signed_blocks.clear()
         self._signed_blocks[number] = block_hash
 
     # --- commit --------------------------------------------------------------------------------
@@ -802,11 +805,14 @@ class EmbeddedLedger(Closing):
                 raise ValueError("ledger is closed")
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                statuses, events = self._write_block(produce())
+                statuses, events, written = self._write_block(produce())
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+            # What this process just signed and committed needs no re-verification when read
+            # back: only once COMMIT returned (a rolled-back block must not be remembered).
+            self._remember_verified(*written)
             self._committed.notify_all()
             callbacks = list(self._listeners.callbacks)
         for event in events:
@@ -819,10 +825,16 @@ class EmbeddedLedger(Closing):
 
     def _write_block(
         self, transactions: Sequence[EndorsedTransaction]
-    ) -> tuple[list[TxStatus], list[ChaincodeEvent]]:
-        """Validate and write one block; the caller holds the write transaction."""
+    ) -> tuple[
+        list[TxStatus],
+        list[ChaincodeEvent],
+        tuple[int, bytes, dict[int, dict[tuple[str, bytes], bytes | None]]],
+    ]:
+        """Validate and write one block; the caller holds the write transaction. Returns the
+        statuses, the events, and (number, hash, valid write sets by position) of the block."""
         statuses: list[TxStatus] = []
         events: list[ChaincodeEvent] = []
+        valid_writes: dict[int, dict[tuple[str, bytes], bytes | None]] = {}
         number, prev = self._tip()
         number += 1
         data = hashlib.sha256()
@@ -833,6 +845,7 @@ class EmbeddedLedger(Closing):
             data.update(tx_hash)
             if code == VALID:
                 self._apply(tx, number, txn)
+                valid_writes[txn] = dict(tx.writes)
             self._conn.execute(
                 "INSERT INTO transactions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -865,7 +878,21 @@ class EmbeddedLedger(Closing):
             (number, prev, data_hash, block_hash, len(transactions)),
         )
         self._sign_block(number, block_hash)
-        return statuses, events
+        return statuses, events, (number, block_hash, valid_writes)
+
+    def _remember_verified(
+        self,
+        number: int,
+        block_hash: bytes,
+        writes: dict[int, dict[tuple[str, bytes], bytes | None]],
+    ) -> None:
+        if len(self._verified_writes) + len(writes) > _VERIFIED_KEPT:
+            self._verified_writes.clear()
+        if len(self._signed_blocks) >= _VERIFIED_KEPT:
+            self._signed_blocks.clear()
+        self._signed_blocks[number] = block_hash
+        for txn, w in writes.items():
+            self._verified_writes[(number, txn)] = w
 
     def _apply(self, tx: EndorsedTransaction, number: int, txn: int) -> None:
         ts_s, ts_ns = tx.proposal.timestamp_seconds, tx.proposal.timestamp_nanos
