@@ -182,3 +182,17 @@ def test_a_missing_ordering_key_is_a_volume_problem(consortium: Path) -> None:
     assert "ordering key" in result.output and "is missing" in result.output
     assert "Traceback" not in result.output
     assert run_json("ledger", "verify", "-p", p)["height"] == height
+
+
+def test_a_missing_ledger_directory_is_a_volume_problem(consortium: Path, tmp_path: Path) -> None:
+    p = str(consortium)
+    shutil.rmtree(consortium / "ledger")
+    for argv in (
+        ["ledger", "verify", "-p", p],
+        ["ledger", "head", "--out", str(tmp_path / "h.json"), "-p", p, "-w", "admin"],
+    ):
+        result = runner.invoke(app, argv)
+        assert result.exit_code == 3, result.output
+        assert "does not exist" in result.output and "Traceback" not in result.output
+    assert not (consortium / "ledger").exists()  # nothing made in its place
+    assert not (tmp_path / "h.json").exists()
