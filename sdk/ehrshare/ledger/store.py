@@ -674,7 +674,7 @@ class EmbeddedLedger(Closing):
         writes = self._verified_writes.get((blk, txn))
         if writes is None:
             writes = self._verified_tx_writes(ns, key, blk, txn)
-        if writes.get((ns, key), b"\x00missing") != value:
+        if (ns, key) not in writes or writes[(ns, key)] != value:
             raise LedgerIntegrityError(
                 f"world state key {show_key(key)} does not hold what block {blk} transaction "
                 f"{txn} wrote: the ledger database was edited; run 'ehrshare ledger verify'",
