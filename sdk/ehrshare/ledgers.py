@@ -236,14 +236,10 @@ class FabricBackend:
         """Deliver every block from one peer of each organisation as
         ``identity`` and check each copy's hash chain and orderer signatures and that the
         copies agree (:func:`ehrshare.ledger.fabric_blocks.verify_copies`); raises
-        ``LedgerIntegrityError`` naming the first bad block. Witnessed heads (``against``)
-        are an embedded-ledger feature and are refused here."""
+        ``LedgerIntegrityError`` naming the first bad block, also when the agreed chain no
+        longer holds a witnessed head in ``against``."""
         from ehrshare.ledger.fabric_blocks import fetch_blocks, verify_copies
 
-        if against:
-            raise ProfileError(
-                "witnessed heads (--against) are checked on the embedded ledger only"
-            )
         first: dict[str, PeerEndpoint] = {}
         for peer in self.peers:
             first.setdefault(peer.msp_id, peer)
@@ -261,7 +257,7 @@ class FabricBackend:
             )
             for msp, p in first.items()
         }
-        return verify_copies(copies)
+        return verify_copies(copies, against=against)
 
     def close(self) -> None:
         """Close every gateway opened here."""

@@ -24,6 +24,7 @@ from ehrshare.ledger.fabric_blocks import (
     signed_bytes,
     verify_copies,
 )
+from ehrshare.ledger.witness import sign_head
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 
@@ -106,6 +107,26 @@ def test_two_organisations_deliver_one_signed_chain_and_edits_are_named(
     short = verify_copies({**copies, "HospitalBMSP": copies["HospitalBMSP"][:-1]})
     assert short["peers"]["HospitalBMSP"] == len(copies["HospitalBMSP"]) - 1
     assert short["height"] == height - 1
+
+    # A head witnessed by HospitalA's admin: held by the agreed chain; when every peer lost the
+    # last block, caught — the copies alone agree on a shorter chain.
+    witnessed = sign_head(
+        channel=fabric_net.spec.channel,
+        height=report["height"],
+        head=bytes.fromhex(report["head"]),
+        orderer=report["orderer"],
+        identity=admin[0],
+        signer=admin[1],
+        signed_at=0,
+    )
+    held = verify_copies(copies, against=[witnessed])["witnesses"]
+    assert [w["witness"] for w in held] == [admin[0].ibe_id]
+    cut = {msp: blocks[: height - 1] for msp, blocks in copies.items()}
+    assert verify_copies(cut)["height"] == height - 1
+    with pytest.raises(LedgerIntegrityError) as info:
+        verify_copies(cut, against=[witnessed])
+    assert info.value.block == height - 1
+    assert info.value.message.endswith(f"blocks {height - 1}..{height - 1} were removed")
 
     # One organisation's copy alone is checked on its own; an edit there is still named.
     assert verify_copies({"HospitalAMSP": copies["HospitalAMSP"]})["peers"] == {

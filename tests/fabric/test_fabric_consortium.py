@@ -177,6 +177,15 @@ def test_network_up_runs_fabric_and_the_services_and_down_stops_them(tmp_path: P
         assert checked["orderer_organisations"] == ["OrdererMSP"]
         audit = json.loads(_cli("audit", "verify", "-p", str(root), "-w", "alice", "--json").stdout)
         assert audit["valid"] is True and audit["checks"]["ledger"]["height"] >= checked["height"]
+        head = tmp_path / "alice-saw.json"
+        _cli("ledger", "head", "--out", str(head), "-p", str(root), "-w", "alice")
+        again = json.loads(
+            _cli(
+                "ledger", "verify", "--against", str(head), "-p", str(root), "-w", "alice",
+                "--json",
+            ).stdout
+        )  # fmt: skip
+        assert again["witnesses"][0]["witness"] == "HospitalAMSP/alice"
 
         # A new DKG session, opened on chain by the org admin, run by the three `kgc serve`
         # processes over the channel's events (their posts meet in blocks: read conflicts are

@@ -20,7 +20,6 @@ from ehrshare.commands.cli_records import (
     EXIT_CONFIG,
     EXIT_INPUT,
     EXIT_INTEGRITY,
-    EXIT_USAGE,
     JsonOpt,
     ProfileOpt,
     WalletOpt,
@@ -77,7 +76,7 @@ def _verify_embedded(profile: str, heads: list[Any]) -> dict[str, Any]:
         ledger.close()
 
 
-def _verify_fabric(prof: Any, wallet: str) -> dict[str, Any]:
+def _verify_fabric(prof: Any, wallet: str, heads: list[Any]) -> dict[str, Any]:
     from ehrshare.ledgers import FabricBackend
 
     w = _unlocked_wallet(prof, _need_wallet(wallet))
@@ -90,6 +89,7 @@ def _verify_fabric(prof: Any, wallet: str) -> dict[str, Any]:
             signer,
             channel=prof.channel,
             client_tls=(tls_cert.credentials, tls_signer.to_secret_bytes()),
+            against=heads,
         )
     finally:
         backend.close()
@@ -138,9 +138,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             started = time.perf_counter()
             try:
                 if prof.ledger_backend == "fabric":
-                    if heads:
-                        _fail(EXIT_USAGE, "--against is for the embedded ledger only")
-                    report: dict[str, Any] = {"valid": True, **_verify_fabric(prof, wallet)}
+                    report: dict[str, Any] = {
+                        "valid": True,
+                        **_verify_fabric(prof, wallet, heads),
+                    }
                 else:
                     report = {"valid": True, **_verify_embedded(profile, heads)}
             except LedgerIntegrityError as exc:
@@ -158,20 +159,21 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             report["seconds"] = round(time.perf_counter() - started, 3)
         if as_json:
             _emit(report)
-        elif report["valid"] and report["backend"] == "fabric":
-            peers = ", ".join(f"{k} ({v} blocks)" for k, v in sorted(report["peers"].items()))
-            _err.print(
-                f"[green]✓[/green] channel: the peers of {peers} agree on {report['height']} "
-                f"blocks, every one signed by {', '.join(report['orderer_organisations'])}; head "
-                f"{report['head'][:16]}…",
-                highlight=False,
-                soft_wrap=True,
-            )
         elif report["valid"]:
+            if report["backend"] == "fabric":
+                peers = ", ".join(f"{k} ({v} blocks)" for k, v in sorted(report["peers"].items()))
+                summary = (
+                    f"channel: the peers of {peers} agree on {report['height']} blocks, every "
+                    f"one signed by {', '.join(report['orderer_organisations'])}"
+                )
+            else:
+                summary = (
+                    f"ledger: {report['blocks']} blocks, {report['transactions']} transactions "
+                    f"replayed, {report['keys']} keys"
+                )
             _err.print(
-                f"[green]✓[/green] ledger: {report['blocks']} blocks, "
-                f"{report['transactions']} transactions replayed, {report['keys']} keys; head "
-                f"{report['head'][:16]}… at height {report['height']}",
+                f"[green]✓[/green] {summary}; head {report['head'][:16]}… at height "
+                f"{report['height']}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -205,27 +207,28 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     ) -> None:
         """Sign the ledger's current height and head hash with your identity into a file: keep
         it where the ledger's host cannot change it, and later run 'ehrshare ledger verify
-        --against FILE'. Only a head of a ledger that verifies is signed."""
+        --against FILE'. Only a head of a ledger that verifies is signed (on Fabric: of the
+        blocks the peers agree on)."""
         from ehrshare.faults import fault_point
         from ehrshare.ledger.witness import sign_head
         from ehrshare.services.vault import atomic_write
 
         with _errors():
-            prof, ledger = _embedded_ledger(profile, "'ehrshare ledger head'")
-            try:
-                identity, signer = _unlocked_wallet(prof, _need_wallet(wallet)).load_identity()
-                report = ledger.verify()
-                head = sign_head(
-                    channel=ledger.channel,
-                    height=report["height"],
-                    head=bytes.fromhex(report["head"]),
-                    orderer=report["orderer"],
-                    identity=identity,
-                    signer=signer,
-                    signed_at=int(time.time()),
-                )
-            finally:
-                ledger.close()
+            prof = _profile(profile)
+            identity, signer = _unlocked_wallet(prof, _need_wallet(wallet)).load_identity()
+            if prof.ledger_backend == "fabric":
+                report = _verify_fabric(prof, wallet, [])
+            else:
+                report = _verify_embedded(profile, [])
+            head = sign_head(
+                channel=prof.channel,
+                height=report["height"],
+                head=bytes.fromhex(report["head"]),
+                orderer=report["orderer"],
+                identity=identity,
+                signer=signer,
+                signed_at=int(time.time()),
+            )
             fault_point("ledger.head.before_write")
             atomic_write(Path(out), head.to_json(), mode=0o644)
         if as_json:

@@ -41,6 +41,8 @@ __all__ = [
     "data_hash",
     "fetch_blocks",
     "header_bytes",
+    "member_roots",
+    "orderer_fingerprint",
     "orderer_roots",
     "signed_bytes",
     "verify_copies",
@@ -90,12 +92,31 @@ def signed_bytes(block: Any, metadata_value: bytes, signature_header: bytes) -> 
 
 def orderer_roots(genesis: Any) -> dict[str, list[bytes]]:
     """MSP id → root CA certificates (PEM) of each orderer organisation in a genesis block."""
+    return _roots(genesis, "Orderer")
+
+
+def member_roots(genesis: Any) -> dict[str, list[bytes]]:
+    """MSP id → root CA certificates (PEM) of each application (hospital) organisation."""
+    return _roots(genesis, "Application")
+
+
+def orderer_fingerprint(roots: Mapping[str, Sequence[bytes]]) -> str:
+    """What a witnessed head pins on Fabric: sha256 over the orderer organisations' roots."""
+    h = hashlib.sha256()
+    for msp in sorted(roots):
+        for pem in sorted(roots[msp]):
+            h.update(msp.encode() + b"\x00" + pem + b"\x00")
+    return h.hexdigest()
+
+
+def _roots(genesis: Any, group: str) -> dict[str, list[bytes]]:
     envelope = common.Envelope.FromString(genesis.data.data[0])
     payload = common.Payload.FromString(envelope.payload)
     config = configtx.ConfigEnvelope.FromString(payload.data).config
     roots: dict[str, list[bytes]] = {}
-    orderer = config.channel_group.groups["Orderer"]
-    for org in orderer.groups.values():
+    if group not in config.channel_group.groups:
+        return roots
+    for org in config.channel_group.groups[group].groups.values():
         msp = mspconfig.MSPConfig.FromString(org.values["MSP"].value)
         fabric_msp = mspconfig.FabricMSPConfig.FromString(msp.config)
         roots[str(fabric_msp.name)] = [bytes(c) for c in fabric_msp.root_certs]
@@ -163,13 +184,20 @@ def _check_chain(label: str, blocks: Sequence[Any], roots: Mapping[str, Sequence
         prev = block_hash(block)
 
 
-def verify_copies(copies: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
+def verify_copies(
+    copies: Mapping[str, Sequence[Any]], *, against: Sequence[Any] = ()
+) -> dict[str, Any]:
     """Check each peer's copy (label → blocks from 0) and that the copies agree.
 
     The orderer roots come from the genesis block, which every copy must hold byte for byte.
     One copy is checked on its own (a channel of one organisation has nothing to compare).
-    Raises :class:`LedgerIntegrityError` naming the first bad block; returns a summary.
+    ``against``: witnessed heads (:class:`~ehrshare.ledger.witness.SignedHead`), signed by a
+    member of an application organisation of the genesis configuration; the agreed chain
+    must still hold each. Raises :class:`LedgerIntegrityError` naming the first bad block;
+    returns a summary.
     """
+    from ehrshare.ledger.witness import check_head
+
     if not copies:
         raise ValueError("verifying a Fabric channel needs at least one peer's copy")
     labels = sorted(copies)
@@ -190,14 +218,35 @@ def verify_copies(copies: Mapping[str, Sequence[Any]]) -> dict[str, Any]:
         if len(set(hashes_at.values())) != 1:
             raise LedgerIntegrityError(f"block {n} differs between {' and '.join(labels)}", block=n)
     heights = {label: len(copies[label]) for label in labels}
-    head = block_hash(copies[labels[0]][common_height - 1]).hex()
+    agreed = copies[labels[0]][:common_height]
+    fingerprint = orderer_fingerprint(roots)
+    members = {msp: pems[0] for msp, pems in member_roots(agreed[0]).items() if pems}
+    witnessed = [
+        check_head(
+            head,
+            channel=_channel_of(agreed[0]),
+            height=common_height,
+            block_hash=lambda n: block_hash(agreed[n]) if 0 <= n < common_height else None,
+            orderer=fingerprint,
+            organizations=members,
+        )
+        for head in against
+    ]
     return {
         "peers": heights,
         "height": common_height,
-        "head": head,
+        "head": block_hash(agreed[-1]).hex(),
         "orderer_organisations": sorted(roots),
+        "orderer": fingerprint,
         "blocks": common_height,
+        "witnesses": witnessed,
     }
+
+
+def _channel_of(genesis: Any) -> str:
+    envelope = common.Envelope.FromString(genesis.data.data[0])
+    payload = common.Payload.FromString(envelope.payload)
+    return str(common.ChannelHeader.FromString(payload.header.channel_header).channel_id)
 
 
 def fetch_blocks(
