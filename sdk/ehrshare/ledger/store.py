@@ -4,9 +4,11 @@ It runs the chaincode in-process the way a Fabric peer would: a signed proposal 
 (signature, certificate chain to a channel member's CA, unused transaction id), simulated against
 committed state into a read/write set, then validated (MVCC: every key and range it read still has
 the version it saw) and committed with its block, key history and chaincode event in *one* SQLite
-transaction. A transaction that fails in the chaincode leaves nothing behind; a process killed
-mid-commit leaves the last complete block (SQLite's WAL discards the unfinished transaction on
-reopen).
+transaction. Every block is signed by the ledger's ordering key (:mod:`ehrshare.ledger.ordering`);
+every state row a committing transaction reads is checked against the signed write it names;
+:meth:`EmbeddedLedger.verify` replays the whole chain (:mod:`ehrshare.ledger.replay`). A
+transaction that fails in the chaincode leaves nothing behind; a process killed mid-commit
+leaves the last complete block (SQLite's WAL discards the unfinished transaction on reopen).
 
 Durability: WAL mode with ``synchronous=NORMAL`` by default. A commit is in the WAL file (the OS
 page cache) when ``COMMIT`` returns, so killing the process — even with SIGKILL — loses nothing
