@@ -36,6 +36,7 @@ app.add_typer(bench_app, name="bench")
 _COMMAND_MODULES = (
     "ehrshare.commands.demo",
     "ehrshare.commands.cli_records",
+    "ehrshare.commands.ledger_cli",
     "ehrshare.commands.bench_crypto",
     "ehrshare.commands.bench_ledger",
     "ehrshare.commands.bench_consensus",

@@ -29,6 +29,7 @@ This module must not log secrets, and must not write key material anywhere but m
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -47,7 +48,13 @@ from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.errors import GatewayError
 from ehrshare.ledger.store import EmbeddedLedger
-from ehrshare.ledgers import ClientTlsPair, EmbeddedBackend, LedgerBackend, open_ledger
+from ehrshare.ledgers import (
+    ClientTlsPair,
+    EmbeddedBackend,
+    FabricBackend,
+    LedgerBackend,
+    open_ledger,
+)
 from ehrshare.profile import (
     BackendUnavailable,
     Profile,
@@ -678,8 +685,23 @@ class Consortium(Closing):
             wallet=wallet,
             clock=self.clock,
             on_close=on_close,
-            ledger_check=self.backend.verify,
+            ledger_check=self._ledger_check(identity, signer, client_tls),
         )
+
+    def _ledger_check(
+        self, identity: Identity, signer: Signer, client_tls: ClientTlsPair | None
+    ) -> Callable[..., dict[str, Any]] | None:
+        """What ``audit verify`` runs on the ledger: the embedded ledger's own check, or on
+        Fabric the cross-peer block check, reading blocks as this session's identity."""
+        if isinstance(self.backend, FabricBackend):
+            return functools.partial(
+                self.backend.verify_as,
+                identity,
+                signer,
+                channel=self.profile.channel,
+                client_tls=client_tls,
+            )
+        return self.backend.verify
 
     def _tls_pair(
         self, identity: Identity, wallet: Wallet | None

@@ -58,7 +58,7 @@ class LedgerBackend(Protocol):
         ...
 
     @property
-    def verify(self) -> Callable[[], dict[str, Any]] | None:
+    def verify(self) -> Callable[..., dict[str, Any]] | None:
         """The ledger's own integrity check, where the backend has one."""
         ...
 
@@ -90,8 +90,9 @@ class EmbeddedBackend:
         return connect(identity, signer, self.ledger, clock=self._clock)
 
     @property
-    def verify(self) -> Callable[[], dict[str, Any]] | None:
-        """Block chain, transaction hashes and state against a replay of the history."""
+    def verify(self) -> Callable[..., dict[str, Any]] | None:
+        """Signed blocks, a replay of every transaction, history and state (and, with
+        ``against=``, witnessed heads): :meth:`EmbeddedLedger.verify`."""
         return self.ledger.verify
 
     def close(self) -> None:
@@ -218,9 +219,45 @@ class FabricBackend:
         return gateway
 
     @property
-    def verify(self) -> Callable[[], dict[str, Any]] | None:
-        """None: the peers validate blocks themselves; the SDK cannot re-check them."""
+    def verify(self) -> Callable[..., dict[str, Any]] | None:
+        """None: checking a Fabric channel needs an identity to read blocks with; see
+        :meth:`verify_as`."""
         return None
+
+    def verify_as(
+        self,
+        identity: Identity,
+        signer: Signer,
+        *,
+        channel: str,
+        client_tls: ClientTlsPair | None = None,
+        against: Sequence[Any] = (),
+    ) -> dict[str, Any]:
+        """Deliver every block from one peer of each organisation as
+        ``identity`` and check each copy's hash chain and orderer signatures and that the
+        copies agree (:func:`ehrshare.ledger.fabric_blocks.verify_copies`); raises
+        ``LedgerIntegrityError`` naming the first bad block, also when the agreed chain no
+        longer holds a witnessed head in ``against``."""
+        from ehrshare.ledger.fabric_blocks import fetch_blocks, verify_copies
+
+        first: dict[str, PeerEndpoint] = {}
+        for peer in self.peers:
+            first.setdefault(peer.msp_id, peer)
+        if not first:
+            raise ProfileError("the profile names no Fabric peer to read blocks from")
+        copies = {
+            msp: fetch_blocks(
+                address=p.address,
+                tls_ca_pem=p.tls_ca_pem,
+                server_name=p.server_name,
+                channel=channel,
+                identity=identity,
+                signer=signer,
+                client_tls=client_tls,
+            )
+            for msp, p in first.items()
+        }
+        return verify_copies(copies, against=against)
 
     def close(self) -> None:
         """Close every gateway opened here."""

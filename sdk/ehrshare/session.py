@@ -55,7 +55,7 @@ from ehrshare.hazmat.errors import DecryptionError, EncodingError, VerificationE
 from ehrshare.hazmat.kgc_keys import KGCNodePublicKey
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.api import Contract
-from ehrshare.ledger.errors import LedgerError
+from ehrshare.ledger.errors import LedgerError, LedgerIntegrityError, OrderingKeyError
 from ehrshare.profile import Wallet
 from ehrshare.services.proxy import ProxyUnavailable, seal_rekey
 from ehrshare.storage import BlobStore, StorageError, get_verified, sha256_hex
@@ -376,7 +376,7 @@ class Session(Closing):
         wallet: Wallet | None = None,
         clock: Clock | None = None,
         on_close: Callable[[], None] | None = None,
-        ledger_check: Callable[[], dict[str, Any]] | None = None,
+        ledger_check: Callable[..., dict[str, Any]] | None = None,
     ) -> None:
         self.identity = identity
         self._signer = signer
@@ -461,6 +461,8 @@ class Session(Closing):
     def _submit(self, function: str, *args: str) -> Any:
         try:
             return json.loads(self.contract.submit_transaction(function, *args))
+        except (LedgerIntegrityError, OrderingKeyError):
+            raise  # the stored ledger was edited, or cannot be written: not a refusal
         except LedgerError as exc:
             if exc.unreachable:
                 raise LedgerUnreachable(function, exc.message) from None
@@ -471,6 +473,8 @@ class Session(Closing):
     def _evaluate(self, function: str, *args: str) -> Any:
         try:
             return json.loads(self.contract.evaluate_transaction(function, *args))
+        except (LedgerIntegrityError, OrderingKeyError):
+            raise  # the stored ledger was edited, or cannot be written: not a refusal
         except LedgerError as exc:
             if exc.unreachable:
                 raise LedgerUnreachable(function, exc.message) from None
@@ -979,11 +983,17 @@ class Session(Closing):
         return AuditTrail(chain, tuple(self._pages("GetAuditTrail", "entries", "patient", chain)))
 
     def verify_audit(
-        self, patient: str | None = None, *, trail: AuditTrail | None = None
+        self,
+        patient: str | None = None,
+        *,
+        trail: AuditTrail | None = None,
+        against: Sequence[Any] = (),
     ) -> AuditVerification:
         """Verify a patient's hash-chained log: the chaincode's recomputation, an offline
         recomputation of the entries as downloaded (or of ``trail``, e.g. an exported copy),
-        and on the embedded backend the ledger's block and history integrity."""
+        and on the embedded backend the whole ledger (signed blocks, a replay of every
+        transaction, history and state; ``against``: witnessed heads,
+        :class:`~ehrshare.ledger.witness.SignedHead`)."""
         from ehrshare_chaincode.auditlog import verify_entries
 
         chain = trail.chain if trail is not None else (patient or self.ibe_id)
@@ -999,10 +1009,16 @@ class Session(Closing):
         problems = [(r["first_bad_seq"], r["reason"]) for r in (server, offline) if not r["valid"]]
         if self._ledger_check is not None:
             try:
-                checks["ledger"] = {"valid": True, **self._ledger_check()}
+                report = self._ledger_check(against=tuple(against))
+                checks["ledger"] = {"valid": True, **report}
             except Exception as exc:
-                checks["ledger"] = {"valid": False, "reason": str(exc)}
+                block = getattr(exc, "block", None)
+                checks["ledger"] = {"valid": False, "reason": str(exc), "first_bad_block": block}
                 problems.append((0, f"ledger integrity: {exc}"))
+        elif against:
+            reason = "witnessed heads can be checked on the embedded ledger only"
+            checks["ledger"] = {"valid": False, "reason": reason}
+            problems.append((0, reason))
         valid = not problems
         first = min((s for s, _ in problems if s), default=0)
         reason = "; ".join(dict.fromkeys(r for _, r in problems))

@@ -167,6 +167,26 @@ def test_network_up_runs_fabric_and_the_services_and_down_stops_them(tmp_path: P
         )
         assert got["valueQuantity"]["value"] == 12.5
 
+        # The channel's blocks, delivered by the peers of every hospital, agree and are signed
+        # by the orderer organisation; audit verify runs the same check.
+        checked = json.loads(
+            _cli("ledger", "verify", "-p", str(root), "-w", "alice", "--json").stdout
+        )
+        assert checked["valid"] is True and checked["backend"] == "fabric"
+        assert sorted(checked["peers"]) == ["HospitalAMSP", "HospitalBMSP", "HospitalCMSP"]
+        assert checked["orderer_organisations"] == ["OrdererMSP"]
+        audit = json.loads(_cli("audit", "verify", "-p", str(root), "-w", "alice", "--json").stdout)
+        assert audit["valid"] is True and audit["checks"]["ledger"]["height"] >= checked["height"]
+        head = tmp_path / "alice-saw.json"
+        _cli("ledger", "head", "--out", str(head), "-p", str(root), "-w", "alice")
+        again = json.loads(
+            _cli(
+                "ledger", "verify", "--against", str(head), "-p", str(root), "-w", "alice",
+                "--json",
+            ).stdout
+        )  # fmt: skip
+        assert again["witnesses"][0]["witness"] == "HospitalAMSP/alice"
+
         # A new DKG session, opened on chain by the org admin, run by the three `kgc serve`
         # processes over the channel's events (their posts meet in blocks: read conflicts are
         # proposed again); a member enrolled afterwards gets a key under the new mpk.
@@ -203,6 +223,9 @@ def test_network_up_runs_fabric_and_the_services_and_down_stops_them(tmp_path: P
     flat = " ".join(proc.stderr.replace("│", " ").split())
     assert proc.returncode == 4, proc.stderr
     assert "could not reach any peer" in flat and "ehrshare network up" in flat
+    proc = _cli("ledger", "verify", "-p", str(root), "-w", "alice", check=False)
+    assert proc.returncode == 4, proc.stderr
+    assert "did not deliver blocks" in proc.stderr
 
 
 def test_bench_e2e_runs_on_fabric(tmp_path: Path) -> None:

@@ -38,6 +38,7 @@ def test_bench_ledger_json_keys() -> None:
     assert isinstance(target["met"], bool) and target["note"]
     # 30 seeded records + 3 timed + warm-up RegisterRecords, all committed and verified.
     assert data["ledger_verified"]["blocks"] > 30
+    assert data["ledger_verified"]["seconds"] > 0  # the full replay is timed
 
 
 def test_bench_ledger_rejects_bad_populations() -> None:

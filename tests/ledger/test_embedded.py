@@ -273,7 +273,7 @@ def test_tampering_with_the_block_log_is_detected(sandbox: Sandbox) -> None:
     db = sqlite3.connect(sandbox.ledger.directory / "ledger.sqlite", isolation_level=None)
     db.execute("UPDATE transactions SET response = X'7B7D' WHERE blk = 4")
     db.close()
-    with pytest.raises(LedgerIntegrityError, match="a transaction of block 4 was altered"):
+    with pytest.raises(LedgerIntegrityError, match="block 4 transaction 0 does not match its hash"):
         sandbox.ledger.verify()
 
 

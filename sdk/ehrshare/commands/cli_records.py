@@ -92,7 +92,7 @@ def _errors() -> Iterator[None]:
     from ehrshare.fabricnet import FabricNetError
     from ehrshare.fhir import FhirValidationError, UnknownRecordType
     from ehrshare.hazmat.errors import EncodingError
-    from ehrshare.ledger.errors import LedgerError
+    from ehrshare.ledger.errors import LedgerError, LedgerIntegrityError, OrderingKeyError
     from ehrshare.profile import BackendUnavailable, ProfileError, WalletError
     from ehrshare.session import (
         AccessDenied,
@@ -136,6 +136,10 @@ def _errors() -> Iterator[None]:
         _fail(EXIT_UNAVAILABLE, str(exc))
     except FabricNetError as exc:
         _fail(EXIT_UNAVAILABLE, str(exc), "see the process logs under <consortium>/fabric")
+    except LedgerIntegrityError as exc:
+        _fail(EXIT_INTEGRITY, str(exc), "run 'ehrshare ledger verify' to find the first bad block")
+    except OrderingKeyError as exc:
+        _fail(EXIT_CONFIG, str(exc), "restore the ledger directory from its backup")
     except (LedgerUnreachable, LedgerError) as exc:
         if isinstance(exc, LedgerUnreachable) or exc.unreachable:
             _fail(
@@ -923,13 +927,20 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         trail_file: Annotated[
             str, typer.Option("--trail", help="Verify an exported trail (audit show --json).")
         ] = "",
+        against: Annotated[
+            list[str] | None,
+            typer.Option("--against", help="A head file saved with 'ehrshare ledger head'."),
+        ] = None,
         profile: ProfileOpt = "",
         wallet: WalletOpt = "",
         as_json: JsonOpt = False,
     ) -> None:
-        """Recompute the hash chain (chaincode and offline) and check the ledger's integrity.
-        Exit code 5 if anything does not verify."""
+        """Recompute the hash chain (chaincode and offline) and check the whole ledger (see
+        'ehrshare ledger verify'). Exit code 5 if anything does not verify."""
+        from ehrshare.commands.ledger_cli import read_heads
         from ehrshare.session import AuditTrail
+
+        heads = read_heads(against)
 
         trail = None
         if trail_file:
@@ -939,7 +950,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 _fail(EXIT_INPUT, f"{trail_file} is not an exported audit trail: {exc}")
         with _session(profile, wallet) as s, _errors():
-            verdict = s.verify_audit(patient or None, trail=trail)
+            verdict = s.verify_audit(patient or None, trail=trail, against=heads)
         if as_json:
             _emit(verdict.to_dict())
         elif verdict.valid:
@@ -947,9 +958,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 f"[green]✓[/green] audit trail of {verdict.chain}: {verdict.length} entries, valid"
             )
         else:
+            where = f"first bad entry #{verdict.first_bad_seq}: " if verdict.first_bad_seq else ""
             _err.print(
-                f"[red]✗ audit trail of {verdict.chain} does NOT verify[/red]: first bad entry "
-                f"#{verdict.first_bad_seq}: {verdict.reason}"
+                f"[red]✗ audit trail of {verdict.chain} does NOT verify[/red]: {where}"
+                f"{verdict.reason}"
             )
         if not verdict.valid:
             raise typer.Exit(EXIT_INTEGRITY)

@@ -21,7 +21,14 @@ from ehrshare.identity import Identity, Signer
 from ehrshare.ledger import api
 from ehrshare.ledger.api import ChaincodeEvent, Checkpoint
 from ehrshare.ledger.envelope import Proposal, new_proposal, sign_proposal
-from ehrshare.ledger.errors import CommitError, EndorseError, GatewayError, SubmitError
+from ehrshare.ledger.errors import (
+    CommitError,
+    EndorseError,
+    GatewayError,
+    LedgerIntegrityError,
+    OrderingKeyError,
+    SubmitError,
+)
 from ehrshare.ledger.store import EmbeddedLedger, EndorsedTransaction, ProposalRejected, TxStatus
 
 __all__ = [
@@ -229,6 +236,8 @@ class EmbeddedContract:
             endorsed, status = ledger.submit(sign_proposal(proposal, self._gateway._signer))
         except ProposalRejected as exc:
             raise EndorseError(exc.message, transaction_id=proposal.tx_id) from None
+        except (LedgerIntegrityError, OrderingKeyError):
+            raise  # the stored ledger is not to be trusted, or cannot be written: say which
         except Exception as exc:  # sqlite errors, closed ledger: not a chaincode decision
             raise SubmitError(f"could not commit: {exc}", transaction_id=proposal.tx_id) from exc
         if not status.successful:
@@ -297,6 +306,8 @@ class EmbeddedTransaction:
         """Order and commit (the embedded ledger cuts one block per submit)."""
         try:
             (status,) = self._gateway.ledger.commit([self.endorsed])
+        except (LedgerIntegrityError, OrderingKeyError):
+            raise
         except Exception as exc:  # sqlite errors, closed ledger: not a chaincode decision
             raise SubmitError(
                 f"could not commit: {exc}", transaction_id=self.endorsed.tx_id

@@ -12,6 +12,8 @@ __all__ = [
     "EndorseError",
     "GatewayError",
     "LedgerError",
+    "LedgerIntegrityError",
+    "OrderingKeyError",
     "SubmitError",
 ]
 
@@ -62,3 +64,21 @@ class CommitError(LedgerError):
     def __init__(self, message: str, *, transaction_id: str = "", code: str = "") -> None:
         super().__init__(message, transaction_id=transaction_id)
         self.code = code
+
+
+class LedgerIntegrityError(LedgerError):
+    """The stored ledger does not verify: a block, a signature, a transaction's replay, the key
+    history or the world state differs from what was committed, or the chain is shorter than a
+    witness saw. ``block`` (and ``txn``, the position in it) name the first bad block when one
+    can be named. Never a refusal by the chaincode: the ledger itself is not to be trusted."""
+
+    def __init__(self, message: str, *, block: int | None = None, txn: int | None = None) -> None:
+        super().__init__(message)
+        self.block = block
+        self.txn = txn
+
+
+class OrderingKeyError(LedgerError):
+    """The embedded ledger cannot sign a new block: its ordering key file is missing, unreadable
+    or not the key of the ordering certificate in its genesis block (a lost or foreign volume).
+    Nothing was written; the ledger can still be read and verified."""

@@ -4,9 +4,11 @@ It runs the chaincode in-process the way a Fabric peer would: a signed proposal 
 (signature, certificate chain to a channel member's CA, unused transaction id), simulated against
 committed state into a read/write set, then validated (MVCC: every key and range it read still has
 the version it saw) and committed with its block, key history and chaincode event in *one* SQLite
-transaction. A transaction that fails in the chaincode leaves nothing behind; a process killed
-mid-commit leaves the last complete block (SQLite's WAL discards the unfinished transaction on
-reopen).
+transaction. Every block is signed by the ledger's ordering key (:mod:`ehrshare.ledger.ordering`);
+every state row a committing transaction reads is checked against the signed write it names;
+:meth:`EmbeddedLedger.verify` replays the whole chain (:mod:`ehrshare.ledger.replay`). A
+transaction that fails in the chaincode leaves nothing behind; a process killed mid-commit
+leaves the last complete block (SQLite's WAL discards the unfinished transaction on reopen).
 
 Durability: WAL mode with ``synchronous=NORMAL`` by default. A commit is in the WAL file (the OS
 page cache) when ``COMMIT`` returns, so killing the process — even with SIGKILL — loses nothing
@@ -44,9 +46,19 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 from ehrshare.closing import Closing
-from ehrshare.identity import Identity
+from ehrshare.faults import fault_point
+from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.api import ChaincodeEvent
 from ehrshare.ledger.envelope import Proposal, SignedProposal, open_proposal
+from ehrshare.ledger.errors import LedgerIntegrityError, OrderingKeyError
+from ehrshare.ledger.ordering import (
+    OrderingIdentity,
+    block_message,
+    genesis_data_hash,
+    load_ordering_key,
+    new_ordering_identity,
+    write_ordering_key,
+)
 from ehrshare_chaincode import contract as ehr_contract
 from ehrshare_chaincode.stub import (
     ChaincodeError,
@@ -79,6 +91,7 @@ DUPLICATE_TXID = "DUPLICATE_TXID"
 GENESIS_PREV = b"\x00" * 32
 DEFAULT_MAX_CLOCK_SKEW_S = 300
 _DB_NAME = "ledger.sqlite"
+_VERIFIED_KEPT = 4096  # verified blocks and write sets a process remembers (then starts over)
 _SCHEMA_VERSION = "1"
 
 _SCHEMA = """
@@ -100,6 +113,7 @@ CREATE TABLE IF NOT EXISTS transactions (
     chaincode TEXT NOT NULL, function TEXT NOT NULL, proposal BLOB NOT NULL,
     signature BLOB NOT NULL, writes BLOB NOT NULL, response BLOB NOT NULL,
     event_name TEXT, event_payload BLOB, tx_hash BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS block_sigs (number INTEGER PRIMARY KEY, signature BLOB NOT NULL);
 CREATE UNIQUE INDEX IF NOT EXISTS tx_position ON transactions (blk, txn);
 CREATE INDEX IF NOT EXISTS tx_events ON transactions (chaincode, blk, txn)
     WHERE event_name IS NOT NULL AND code = 'VALID';
@@ -114,10 +128,6 @@ class ProposalRejected(Exception):
         self.message = message
         self.tx_id = tx_id
         self.chaincode_error = chaincode_error
-
-
-class LedgerIntegrityError(Exception):
-    """The stored ledger is inconsistent (block chain broken, state not matching its history)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +193,19 @@ def _tx_hash(
     return h.digest()
 
 
+def parse_writes(writes: bytes) -> dict[tuple[str, bytes], bytes | None]:
+    """Inverse of :meth:`EndorsedTransaction.writes_json`."""
+    return {
+        (str(ns), base64.b64decode(k)): None if v is None else base64.b64decode(v)
+        for ns, k, v in json.loads(writes)
+    }
+
+
+def show_key(key: bytes) -> str:
+    """A state key for messages: composite-key separators shown as '/'."""
+    return repr(key.decode("utf-8", "replace").strip("\x00").replace("\x00", "/"))
+
+
 def _block_hash(number: int, prev_hash: bytes, data_hash: bytes) -> bytes:
     return hashlib.sha256(number.to_bytes(8, "big") + prev_hash + data_hash).digest()
 
@@ -225,9 +248,15 @@ class _SimulationStub:
     """The chaincode stub during simulation: committed state plus this transaction's own writes."""
 
     def __init__(
-        self, conn: sqlite3.Connection, ns: str, proposal: Proposal, creator: Identity
+        self,
+        conn: sqlite3.Connection,
+        ns: str,
+        proposal: Proposal,
+        creator: Identity,
+        check: Callable[[str, bytes, bytes, int, int], None] | None = None,
     ) -> None:
         self._conn = conn
+        self._check = check
         self._ns = ns
         self._proposal = proposal
         self._creator = creator
@@ -246,7 +275,11 @@ class _SimulationStub:
         ).fetchone()
         if (self._ns, k) not in self.reads:
             self.reads[(self._ns, k)] = None if row is None else (row[1], row[2])
-        return None if row is None else bytes(row[0])
+        if row is None:
+            return None
+        if self._check is not None:
+            self._check(self._ns, k, bytes(row[0]), int(row[1]), int(row[2]))
+        return bytes(row[0])
 
     def put_state(self, key: str, value: bytes) -> None:
         k = self._key(key)
@@ -267,6 +300,9 @@ class _SimulationStub:
         rows = self._conn.execute(sql, (self._ns, start, end)).fetchall()
         # Paginated scans are only allowed in queries (as in Fabric), so they are not validated.
         seen = None if limit is not None else [(bytes(r[0]), r[2], r[3]) for r in rows]
+        if self._check is not None:
+            for r in rows:
+                self._check(self._ns, bytes(r[0]), bytes(r[1]), int(r[2]), int(r[3]))
         self.ranges.append((self._ns, start, end, seen))
         merged = {bytes(r[0]): bytes(r[1]) for r in rows}
         for (ns, k), v in self.writes.items():
@@ -367,6 +403,14 @@ class EmbeddedLedger(Closing):
         self._closed = False
         self.max_clock_skew_s: int | None = DEFAULT_MAX_CLOCK_SKEW_S
         self._clock: Callable[[], int] = time.time_ns
+        self.check_reads = True
+        """Check every state row a transaction reads against its write in a signed block."""
+        self._ordering: OrderingIdentity | None = None
+        self._orderer: Signer | None = None
+        # Verified facts, kept for the life of this process: block number -> its verified hash,
+        # and (block, txn) -> the write set of a transaction whose hash that block covers.
+        self._signed_blocks: dict[int, bytes] = {}
+        self._verified_writes: dict[tuple[int, int], dict[tuple[str, bytes], bytes | None]] = {}
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -379,6 +423,7 @@ class EmbeddedLedger(Closing):
         synchronous: str = "NORMAL",
         max_clock_skew_s: int | None = DEFAULT_MAX_CLOCK_SKEW_S,
         clock: Callable[[], int] | None = None,
+        check_reads: bool = True,
     ) -> EmbeddedLedger:
         """Open (creating if needed) the ledger in ``directory`` for ``channel``.
 
@@ -389,6 +434,12 @@ class EmbeddedLedger(Closing):
         that drive time with a manual clock pass that same clock here (as
         :class:`~ehrshare.ledger.sandbox.Sandbox` does) rather than switching the check off;
         ``None`` switches it off and is only for replaying old proposals.
+
+        A new ledger gets its ordering key and certificate (:mod:`ehrshare.ledger.ordering`)
+        here. ``check_reads`` (default on) makes every transaction check each state row it
+        reads against the write of that key in the signed block the row names, so a hand-edited
+        value fails the transaction with :class:`LedgerIntegrityError` (see :meth:`verify` for
+        the complete check); off only to measure what the check costs.
         """
         if max_clock_skew_s is not None and (
             isinstance(max_clock_skew_s, bool) or max_clock_skew_s < 0
@@ -410,6 +461,7 @@ class EmbeddedLedger(Closing):
         conn.executescript(_SCHEMA)
         ledger = cls(path, conn, channel)
         ledger.max_clock_skew_s = max_clock_skew_s
+        ledger.check_reads = check_reads
         if clock is not None:
             ledger._clock = clock
         ledger._init_meta(channel)
@@ -421,15 +473,29 @@ class EmbeddedLedger(Closing):
             try:
                 rows = dict(self._conn.execute("SELECT name, value FROM meta").fetchall())
                 if not rows:
+                    # The key file is written before the genesis block commits: a crash in
+                    # between leaves no genesis, and the next open makes a new key over it.
+                    ordering, signer = new_ordering_identity()
+                    write_ordering_key(self.directory, signer)
+                    fault_point("ledger.init.after_key")
                     self._conn.executemany(
                         "INSERT INTO meta (name, value) VALUES (?, ?)",
-                        [("schema", _SCHEMA_VERSION), ("channel", channel)],
+                        [
+                            ("schema", _SCHEMA_VERSION),
+                            ("channel", channel),
+                            ("orderer_ca", ordering.ca_pem.decode()),
+                            ("orderer_cert", ordering.cert_pem.decode()),
+                        ],
                     )
-                    data_hash = hashlib.sha256(b"genesis:" + channel.encode()).digest()
+                    data_hash = genesis_data_hash(channel, ordering)
+                    genesis = _block_hash(0, GENESIS_PREV, data_hash)
                     self._conn.execute(
                         "INSERT INTO blocks VALUES (0, ?, ?, ?, 0, 'genesis')",
-                        (GENESIS_PREV, data_hash, _block_hash(0, GENESIS_PREV, data_hash)),
+                        (GENESIS_PREV, data_hash, genesis),
                     )
+                    self._ordering, self._orderer = ordering, signer
+                    self._sign_block(0, genesis)
+                    rows = dict(self._conn.execute("SELECT name, value FROM meta").fetchall())
                 elif rows.get("channel") != channel:
                     raise ValueError(
                         f"ledger in {self.directory} is for channel {rows.get('channel')!r}, "
@@ -437,10 +503,31 @@ class EmbeddedLedger(Closing):
                     )
                 elif rows.get("schema") != _SCHEMA_VERSION:
                     raise ValueError(f"ledger schema {rows.get('schema')!r} is not supported")
+                if "orderer_cert" not in rows or "orderer_ca" not in rows:
+                    raise ValueError(f"ledger in {self.directory} has no ordering identity")
+                self._ordering = OrderingIdentity(
+                    str(rows["orderer_ca"]).encode(), str(rows["orderer_cert"]).encode()
+                )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+
+    @property
+    def ordering(self) -> OrderingIdentity:
+        """The ordering identity as this ledger's database states it (verify before trusting)."""
+        assert self._ordering is not None
+        return self._ordering
+
+    def _sign_block(self, number: int, block_hash: bytes) -> None:
+        """Sign a block being written; the caller holds the write transaction."""
+        if self._orderer is None:
+            try:
+                self._orderer = load_ordering_key(self.directory, self.ordering)
+            except ValueError as exc:
+                raise OrderingKeyError(str(exc)) from None
+        signature = self._orderer.sign(block_message(self.channel, number, block_hash))
+        self._conn.execute("INSERT INTO block_sigs VALUES (?, ?)", (number, signature))
 
     def close(self) -> None:
         """Close the database; wakes event iterators so they can finish."""
@@ -474,10 +561,12 @@ class EmbeddedLedger(Closing):
                 self._conn.execute(
                     "INSERT INTO msp VALUES (?, ?, ?)", (msp_id, ca_certificate_pem, number)
                 )
+                block_hash = _block_hash(number, prev, data_hash)
                 self._conn.execute(
                     "INSERT INTO blocks VALUES (?, ?, ?, ?, 0, 'config')",
-                    (number, prev, data_hash, _block_hash(number, prev, data_hash)),
+                    (number, prev, data_hash, block_hash),
                 )
+                self._sign_block(number, block_hash)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -531,9 +620,15 @@ class EmbeddedLedger(Closing):
             raise ProposalRejected(problem, proposal.tx_id)
         return proposal, creator
 
-    def _simulate(self, signed: SignedProposal) -> EndorsedTransaction:
+    def _simulate(self, signed: SignedProposal, *, check: bool = True) -> EndorsedTransaction:
         proposal, creator = self._check_proposal(signed)
-        stub = _SimulationStub(self._conn, proposal.chaincode, proposal, creator)
+        stub = _SimulationStub(
+            self._conn,
+            proposal.chaincode,
+            proposal,
+            creator,
+            self._check_read if check and self.check_reads else None,
+        )
         try:
             result = self._chaincodes[proposal.chaincode](
                 stub, proposal.function, list(proposal.args)
@@ -544,12 +639,16 @@ class EmbeddedLedger(Closing):
             signed, proposal, creator, stub.reads, stub.ranges, stub.writes, result, stub.event
         )
 
-    def endorse(self, signed: SignedProposal) -> EndorsedTransaction:
-        """Check and simulate a proposal against a snapshot of committed state; writes nothing."""
+    def endorse(self, signed: SignedProposal, *, query: bool = False) -> EndorsedTransaction:
+        """Check and simulate a proposal against a snapshot of committed state; writes nothing.
+
+        A ``query`` (an evaluation, never committed) skips the per-read state check: what it
+        returns goes to its caller only, and :meth:`verify` is the check for stored data.
+        """
         with self._lock:
             self._conn.execute("BEGIN")
             try:
-                endorsed = self._simulate(signed)
+                endorsed = self._simulate(signed, check=not query)
                 if self._conn.execute(
                     "SELECT 1 FROM transactions WHERE tx_id = ?", (endorsed.tx_id,)
                 ).fetchone():
@@ -562,7 +661,96 @@ class EmbeddedLedger(Closing):
 
     def evaluate(self, signed: SignedProposal) -> bytes:
         """Run a query: check and simulate, return the result, discard the writes."""
-        return self.endorse(signed).result
+        return self.endorse(signed, query=True).result
+
+    # --- checked reads -----------------------------------------------------------------------
+
+    def _check_read(self, ns: str, key: bytes, value: bytes, blk: int, txn: int) -> None:
+        """Refuse a state row that is not what transaction (blk, txn) wrote for its key in a
+        block the ordering key signed. Cheap: one block signature per block per process, one
+        transaction hash and one write-set parse per transaction, both cached once verified.
+
+        Not caught here (:meth:`verify` catches it): a row set back to an earlier signed write
+        of the same key, with the later history rows deleted; a deleted row.
+        """
+        writes = self._verified_writes.get((blk, txn))
+        if writes is None:
+            writes = self._verified_tx_writes(ns, key, blk, txn)
+        if (ns, key) not in writes or writes[(ns, key)] != value:
+            raise LedgerIntegrityError(
+                f"world state key {show_key(key)} does not hold what block {blk} transaction "
+                f"{txn} wrote: the ledger database was edited; run 'ehrshare ledger verify'",
+                block=blk,
+                txn=txn,
+            )
+
+    def _verified_tx_writes(
+        self, ns: str, key: bytes, blk: int, txn: int
+    ) -> dict[tuple[str, bytes], bytes | None]:
+        row = self._conn.execute(
+            "SELECT proposal, signature, writes, response, event_name, event_payload, code, "
+            "tx_hash FROM transactions WHERE blk = ? AND txn = ?",
+            (blk, txn),
+        ).fetchone()
+        where = f"world state key {show_key(key)} names block {blk} transaction {txn}"
+        if row is None or row[6] != VALID:
+            raise LedgerIntegrityError(
+                f"{where}, which is not a valid transaction: the ledger database was edited",
+                block=blk,
+                txn=txn,
+            )
+        event = None if row[4] is None else (str(row[4]), bytes(row[5]))
+        tx_hash = _tx_hash(
+            SignedProposal(bytes(row[0]), bytes(row[1])), bytes(row[2]), bytes(row[3]), event, VALID
+        )
+        if tx_hash != bytes(row[7]):
+            raise LedgerIntegrityError(
+                f"{where}, whose stored content does not match its hash", block=blk, txn=txn
+            )
+        self._check_signed_block(blk, where)
+        hashes = [
+            bytes(r[0])
+            for r in self._conn.execute(
+                "SELECT tx_hash FROM transactions WHERE blk = ? ORDER BY txn", (blk,)
+            )
+        ]
+        data = hashlib.sha256(b"".join(hashes)).digest()
+        if tx_hash not in hashes or data != self._signed_data_hash(blk):
+            raise LedgerIntegrityError(
+                f"{where}, which the signed block does not contain", block=blk, txn=txn
+            )
+        writes = parse_writes(bytes(row[2]))
+        if len(self._verified_writes) >= _VERIFIED_KEPT:
+            self._verified_writes.clear()
+        self._verified_writes[(blk, txn)] = writes
+        return writes
+
+    def _signed_data_hash(self, number: int) -> bytes:
+        row = self._conn.execute(
+            "SELECT data_hash FROM blocks WHERE number = ?", (number,)
+        ).fetchone()
+        return b"" if row is None else bytes(row[0])
+
+    def _check_signed_block(self, number: int, where: str) -> None:
+        row = self._conn.execute(
+            "SELECT b.prev_hash, b.data_hash, b.hash, s.signature FROM blocks b "
+            "LEFT JOIN block_sigs s ON s.number = b.number WHERE b.number = ?",
+            (number,),
+        ).fetchone()
+        if row is None or row[3] is None:
+            raise LedgerIntegrityError(f"{where}, which is missing or unsigned", block=number)
+        block_hash = _block_hash(number, bytes(row[0]), bytes(row[1]))
+        if self._signed_blocks.get(number) == block_hash:
+            return
+        if block_hash != bytes(row[2]) or not self.ordering.verify_block(
+            self.channel, number, block_hash, bytes(row[3])
+        ):
+            raise LedgerIntegrityError(
+                f"{where}, whose block signature does not verify", block=number
+            )
+        if len(self._signed_blocks) >= _VERIFIED_KEPT:
+            self._signed_blocks.clear()
+        self._signed_blocks[number] = block_hash
 
     # --- commit --------------------------------------------------------------------------------
 
@@ -619,11 +807,14 @@ class EmbeddedLedger(Closing):
                 raise ValueError("ledger is closed")
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                statuses, events = self._write_block(produce())
+                statuses, events, written = self._write_block(produce())
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+            # What this process just signed and committed needs no re-verification when read
+            # back: only once COMMIT returned (a rolled-back block must not be remembered).
+            self._remember_verified(*written)
             self._committed.notify_all()
             callbacks = list(self._listeners.callbacks)
         for event in events:
@@ -636,10 +827,16 @@ class EmbeddedLedger(Closing):
 
     def _write_block(
         self, transactions: Sequence[EndorsedTransaction]
-    ) -> tuple[list[TxStatus], list[ChaincodeEvent]]:
-        """Validate and write one block; the caller holds the write transaction."""
+    ) -> tuple[
+        list[TxStatus],
+        list[ChaincodeEvent],
+        tuple[int, bytes, dict[int, dict[tuple[str, bytes], bytes | None]]],
+    ]:
+        """Validate and write one block; the caller holds the write transaction. Returns the
+        statuses, the events, and (number, hash, valid write sets by position) of the block."""
         statuses: list[TxStatus] = []
         events: list[ChaincodeEvent] = []
+        valid_writes: dict[int, dict[tuple[str, bytes], bytes | None]] = {}
         number, prev = self._tip()
         number += 1
         data = hashlib.sha256()
@@ -650,6 +847,7 @@ class EmbeddedLedger(Closing):
             data.update(tx_hash)
             if code == VALID:
                 self._apply(tx, number, txn)
+                valid_writes[txn] = dict(tx.writes)
             self._conn.execute(
                 "INSERT INTO transactions VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 (
@@ -676,17 +874,27 @@ class EmbeddedLedger(Closing):
                     )
                 )
         data_hash = data.digest()
+        block_hash = _block_hash(number, prev, data_hash)
         self._conn.execute(
             "INSERT INTO blocks VALUES (?, ?, ?, ?, ?, 'tx')",
-            (
-                number,
-                prev,
-                data_hash,
-                _block_hash(number, prev, data_hash),
-                len(transactions),
-            ),
+            (number, prev, data_hash, block_hash, len(transactions)),
         )
-        return statuses, events
+        self._sign_block(number, block_hash)
+        return statuses, events, (number, block_hash, valid_writes)
+
+    def _remember_verified(
+        self,
+        number: int,
+        block_hash: bytes,
+        writes: dict[int, dict[tuple[str, bytes], bytes | None]],
+    ) -> None:
+        if len(self._verified_writes) + len(writes) > _VERIFIED_KEPT:
+            self._verified_writes.clear()
+        if len(self._signed_blocks) >= _VERIFIED_KEPT:
+            self._signed_blocks.clear()
+        self._signed_blocks[number] = block_hash
+        for txn, w in writes.items():
+            self._verified_writes[(number, txn)] = w
 
     def _apply(self, tx: EndorsedTransaction, number: int, txn: int) -> None:
         ts_s, ts_ns = tx.proposal.timestamp_seconds, tx.proposal.timestamp_nanos
@@ -807,68 +1015,58 @@ class EmbeddedLedger(Closing):
                 h.update(part)
         return h.hexdigest()
 
-    def verify(self) -> dict[str, Any]:
-        """Check the block hash chain, every transaction's hash, and that the world state is
-        exactly the replay of the key history. Raises :class:`LedgerIntegrityError`."""
+    def head(self) -> tuple[int, bytes]:
+        """(height, hash of the last block) as stored; what a witness signs."""
+        with self._lock:
+            number, block_hash = self._tip()
+        return number + 1, block_hash
+
+    def block_hash(self, number: int) -> bytes | None:
+        """The stored hash of block ``number``, or None beyond the tip."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT hash FROM blocks WHERE number = ?", (number,)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
+    def verify(self, *, against: Sequence[Any] = ()) -> dict[str, Any]:
+        """Check the whole ledger; raise :class:`LedgerIntegrityError` naming the first bad
+        block (and transaction) when anything differs from what was committed.
+
+        Every block's link, hash and ordering signature; every transaction's hash and client
+        signature (against the organisation CAs the config blocks admitted); a replay of every
+        valid transaction through the same chaincode from genesis, whose write sets, responses,
+        events, key history and world state must be the stored ones
+        (:mod:`ehrshare.ledger.replay`). ``against``: witnesses' signed chain heads
+        (:class:`~ehrshare.ledger.witness.SignedHead`); a chain shorter than one, or with
+        another block at its height, fails — the only check that catches a deleted tail or a
+        chain re-signed with the ordering key.
+        """
+        from ehrshare.ledger.replay import replay_ledger
+        from ehrshare.ledger.witness import check_head
+
         with self._lock:
             self._conn.execute("BEGIN")
             try:
-                return self._verify()
+                report = replay_ledger(self._conn, self.channel, self._chaincodes)
+                orgs = {
+                    r[0]: bytes(r[1]) for r in self._conn.execute("SELECT msp_id, ca_pem FROM msp")
+                }
+                witnessed = [
+                    check_head(
+                        head,
+                        channel=self.channel,
+                        height=report["height"],
+                        block_hash=self._stored_hash,
+                        orderer=report["orderer"],
+                        organizations=orgs,
+                    )
+                    for head in against
+                ]
             finally:
                 self._conn.execute("ROLLBACK")
+        return {**report, "witnesses": witnessed}
 
-    def _verify(self) -> dict[str, Any]:
-        prev = GENESIS_PREV
-        blocks = self._conn.execute(
-            "SELECT number, prev_hash, data_hash, hash, tx_count, kind FROM blocks ORDER BY number"
-        ).fetchall()
-        txs = 0
-        for expected, (number, prev_hash, data_hash, block_hash, tx_count, kind) in enumerate(
-            blocks
-        ):
-            if number != expected:
-                raise LedgerIntegrityError(f"block {expected} is missing")
-            if bytes(prev_hash) != prev:
-                raise LedgerIntegrityError(f"block {number} does not link to block {number - 1}")
-            if _block_hash(number, bytes(prev_hash), bytes(data_hash)) != bytes(block_hash):
-                raise LedgerIntegrityError(f"block {number} does not match its hash")
-            if kind == "tx":
-                rows = self._conn.execute(
-                    "SELECT proposal, signature, writes, response, event_name, event_payload, "
-                    "code, tx_hash FROM transactions WHERE blk = ? ORDER BY txn",
-                    (number,),
-                ).fetchall()
-                if len(rows) != tx_count:
-                    raise LedgerIntegrityError(f"block {number} has lost transactions")
-                data = hashlib.sha256()
-                for r in rows:
-                    event = None if r[4] is None else (str(r[4]), bytes(r[5]))
-                    h = _tx_hash(
-                        SignedProposal(bytes(r[0]), bytes(r[1])),
-                        bytes(r[2]),
-                        bytes(r[3]),
-                        event,
-                        str(r[6]),
-                    )
-                    if h != bytes(r[7]):
-                        raise LedgerIntegrityError(f"a transaction of block {number} was altered")
-                    data.update(h)
-                if data.digest() != bytes(data_hash):
-                    raise LedgerIntegrityError(f"block {number} data does not match its hash")
-                txs += tx_count
-            prev = bytes(block_hash)
-        # The state must equal the last history entry of every key.
-        latest = self._conn.execute(
-            "SELECT h.ns, h.key, h.value, h.is_delete FROM history h JOIN ("
-            " SELECT ns, key, MAX(blk * 1000000 + txn) AS pos FROM history GROUP BY ns, key"
-            ") m ON h.ns = m.ns AND h.key = m.key AND h.blk * 1000000 + h.txn = m.pos "
-            "ORDER BY h.ns, h.key"
-        ).fetchall()
-        expected_state = [(r[0], bytes(r[1]), bytes(r[2])) for r in latest if not r[3]]
-        actual = [
-            (r[0], bytes(r[1]), bytes(r[2]))
-            for r in self._conn.execute("SELECT ns, key, value FROM state ORDER BY ns, key")
-        ]
-        if expected_state != actual:
-            raise LedgerIntegrityError("world state does not match the key history")
-        return {"blocks": len(blocks), "transactions": txs, "keys": len(actual)}
+    def _stored_hash(self, number: int) -> bytes | None:
+        row = self._conn.execute("SELECT hash FROM blocks WHERE number = ?", (number,)).fetchone()
+        return None if row is None else bytes(row[0])
