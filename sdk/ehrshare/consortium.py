@@ -64,7 +64,15 @@ from ehrshare.session import KgcClient, ProxyClient, ProxyRoute, Session
 
 if TYPE_CHECKING:
     from ehrshare.fabricnet import FabricNet
-from ehrshare.storage import BlobStore, EmbeddedStore, KuboClient, KuboStore
+from ehrshare.storage import (
+    BlobStore,
+    EmbeddedStore,
+    KuboClient,
+    KuboStore,
+    StorageError,
+    StorageUnavailable,
+)
+from ehrshare.volumes import VolumeError, check_ledger, check_store, mark_store
 
 __all__ = [
     "DEFAULT_HOSPITALS",
@@ -200,12 +208,36 @@ def _msp(hospital: str) -> str:
 
 
 def _open_store(profile: Profile) -> tuple[BlobStore, Callable[[], None]]:
+    """The profile's store, after checking it carries this consortium's id (nothing is created:
+    a missing, empty or foreign volume raises :class:`~ehrshare.volumes.VolumeError`)."""
     if profile.storage_backend == "kubo":
         assert profile.storage_url is not None
         client = KuboClient(profile.storage_url, timeout=profile.storage_timeout)
+        try:
+            check_store(profile, client)
+        except StorageUnavailable as exc:
+            # Nothing can be written to a node that does not answer, so nothing can be lost;
+            # reads and puts then fail with "try later" (exit 4) as they always did.
+            _log.warning("cannot check the store's consortium marker now: %s", exc)
+        except BaseException:
+            client.close()
+            raise
         return KuboStore(client), client.close
     assert profile.storage_path is not None
-    return EmbeddedStore(profile.storage_path), lambda: None
+    check_store(profile)
+    try:
+        return EmbeddedStore(profile.storage_path, create=False), lambda: None
+    except StorageError as exc:
+        raise VolumeError(str(exc)) from None
+
+
+def _mark_store(profile: Profile, consortium_id: str) -> None:
+    if profile.storage_backend != "kubo":
+        mark_store(profile, consortium_id)
+        return
+    assert profile.storage_url is not None
+    with KuboClient(profile.storage_url, timeout=profile.storage_timeout) as client:
+        mark_store(profile, consortium_id, client)
 
 
 def _load_node_key(path: Path) -> KGCNodeKey:
@@ -410,8 +442,12 @@ class Consortium(Closing):
             }
             for hospital in hospitals
         ]
+        # The consortium's id, also written into its ledger and store: opening a volume that
+        # lacks it (unmounted, empty, another consortium's) is refused (ehrshare.volumes).
+        consortium_id = "c-" + secrets.token_hex(16)
         profile_data: dict[str, Any] = {
             "version": 1,
+            "id": consortium_id,
             "name": root.name,
             "channel": "ehrshare",
             "chaincode": "ehrshare",
@@ -432,6 +468,8 @@ class Consortium(Closing):
             EmbeddedLedger.open(root / "ledger", channel="ehrshare") if fabric is None else None
         )
         try:
+            if ledger_obj is not None:
+                ledger_obj.mark_consortium(consortium_id)
             for hospital in hospitals:
                 ca = LocalCA.create(_msp(hospital))
                 ca.save(root / "ca" / _msp(hospital))
@@ -459,6 +497,7 @@ class Consortium(Closing):
             + yaml.safe_dump(profile_data, sort_keys=False),
             encoding="utf-8",
         )
+        _mark_store(Profile.load(root / "profile.yaml"), consortium_id)
         consortium = cls.open(root / "profile.yaml", clock=clock)
         consortium._network = network
         try:
@@ -504,11 +543,7 @@ class Consortium(Closing):
     ) -> Consortium:
         """Open a consortium from its profile (a path or a parsed :class:`Profile`)."""
         prof = profile if isinstance(profile, Profile) else Profile.load(_profile_path(profile))
-        if prof.ledger_backend == "embedded" and not prof.ledger_path.exists():
-            raise ConsortiumError(
-                f"ledger directory {prof.ledger_path} does not exist; create a consortium with "
-                "'ehrshare consortium init'"
-            )
+        check_ledger(prof)  # a missing, empty or foreign ledger volume: VolumeError, nothing made
         # The ledger checks proposal timestamps against this same clock (a manual clock in
         # tests and the demo would otherwise look skewed).
         ledger = open_ledger(prof, clock=clock)

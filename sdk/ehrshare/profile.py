@@ -188,6 +188,9 @@ class Profile:
     ca_files: tuple[Path, ...] = ()
     ledger_backend: str = "embedded"
     fabric: FabricLedger | None = None
+    # The consortium's id (``id:``), written by 'consortium init' into the ledger and the store
+    # as well; opening either checks it (see :mod:`ehrshare.volumes`). Empty: not given.
+    consortium_id: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -313,6 +316,9 @@ class Profile:
             raise fail("cas", "must list the consortium's CA certificate files")
         ca_files = tuple(rel(c, f"cas[{i}]") for i, c in enumerate(cas_raw))
 
+        consortium_id = data.get("id", "")
+        if not isinstance(consortium_id, str):
+            raise fail("id", "must be a string (the consortium id 'consortium init' wrote)")
         name = data.get("name", "ehrshare")
         channel = data.get("channel", "ehrshare")
         chaincode = data.get("chaincode", "ehrshare")
@@ -340,6 +346,7 @@ class Profile:
             ca_files=ca_files,
             ledger_backend=backend,
             fabric=fabric,
+            consortium_id=consortium_id,
             raw=dict(data),
         )
 

@@ -361,8 +361,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from ehrshare.ledger.store import EmbeddedLedger
         from ehrshare.profile import Profile
         from ehrshare.storage import KuboClient
+        from ehrshare.volumes import volume_problems
 
         bin_dir = default_bin_dir()
+        problems: dict[str, str] = {}
         status: dict[str, Any] = {
             "fabric": {
                 "available": not missing_binaries(bin_dir),
@@ -375,17 +377,21 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             with _errors():
                 path = Path(_profile_path(profile))
                 prof = Profile.load(path / "profile.yaml" if path.is_dir() else path)
+                # Read-only: a missing, empty or foreign volume is reported, never created.
+                problems = volume_problems(prof)
                 if prof.fabric is not None:
                     status["ledger"] = _fabric_status(prof)
                     ledger_ok = bool(status["ledger"].get("running", True))
                 else:
-                    with EmbeddedLedger.open(prof.ledger_path, channel=prof.channel) as ledger:
-                        status["ledger"] = {
-                            "backend": "embedded",
-                            "path": str(prof.ledger_path),
-                            "height": ledger.height(),
-                            "organizations": sorted(ledger.organizations()),
-                        }
+                    status["ledger"] = {"backend": "embedded", "path": str(prof.ledger_path)}
+                    if "ledger" not in problems:
+                        with EmbeddedLedger.open(
+                            prof.ledger_path, channel=prof.channel, create=False
+                        ) as ledger:
+                            status["ledger"]["height"] = ledger.height()
+                            status["ledger"]["organizations"] = sorted(ledger.organizations())
+                    if "ledger" in problems:
+                        status["ledger"]["problem"] = problems["ledger"]
             if prof.storage_backend == "kubo":
                 assert prof.storage_url is not None
                 try:
@@ -401,6 +407,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 }
             else:
                 status["storage"] = {"backend": "embedded", "path": str(prof.storage_path)}
+            if "storage" in problems:
+                status["storage"]["problem"] = problems["storage"]
             status["kgc"] = {
                 "threshold": prof.kgc_threshold,
                 "nodes": len(prof.kgc_nodes),
@@ -445,6 +453,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                         ),
                         soft_wrap=True,
                     )
+                elif "problem" in led:
+                    _err.print(f"ledger: embedded at {led['path']}: PROBLEM", soft_wrap=True)
                 else:
                     _err.print(
                         f"ledger: embedded at {led['path']}, height {led['height']}, "
@@ -473,6 +483,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     else "services (network up): not running",
                     soft_wrap=True,
                 )
+        for volume, problem in problems.items():
+            _err.print(f"[red]{volume} volume:[/red] {problem}", highlight=False, soft_wrap=True)
+        if problems:
+            raise typer.Exit(EXIT_CONFIG)
         if not store_ok or not ledger_ok:
             raise typer.Exit(EXIT_UNAVAILABLE)
 
