@@ -66,7 +66,11 @@ def ledger_consortium(directory: Path) -> str:
     if not db.is_file() or db.stat().st_size == 0:
         raise VolumeError(f"ledger {directory} is empty (no {_LEDGER_DB}): {_RESTORE}")
     try:
-        conn = sqlite3.connect(f"{db.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+        # Without a -wal file every committed page is in the database file, and immutable=1
+        # reads it without creating -wal/-shm files next to a volume that may be foreign.
+        wal = db.with_name(db.name + "-wal").exists()
+        mode = "mode=ro" if wal else "mode=ro&immutable=1"
+        conn = sqlite3.connect(f"{db.resolve().as_uri()}?{mode}", uri=True, timeout=30.0)
         try:
             row = conn.execute("SELECT value FROM meta WHERE name = 'consortium'").fetchone()
         finally:
