@@ -1,6 +1,6 @@
 """Member commands: ``consortium init|add-member|service-commands|serve``, ``enroll``,
 ``record put|get|list``, ``grant``, ``forward``, ``revoke``, ``audit show|verify``,
-``wallet encrypt``.
+``wallet encrypt|decrypt|passphrase``, ``store check|gc``.
 
 Every command works on a profile (``--profile``, or ``$EHRSHARE_PROFILE``, or ``./profile.yaml``)
 and, where it acts as someone, a wallet (``--wallet``: a name under the profile's wallet
@@ -48,6 +48,7 @@ EXIT_CODES = {
     EXIT_INTEGRITY: "an integrity check failed (audit trail, stored ciphertext)",
     EXIT_INPUT: "invalid input (FHIR, record type, size)",
 }
+NEW_PASSPHRASE_ENV = "EHRSHARE_WALLET_NEW_PASSPHRASE"  # noqa: S105 - a variable name
 _EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
 _PROXY_HELP = (
     "Proxy to hold the re-key (its ledger identity, e.g. HospitalAMSP/proxy); default: the proxy "
@@ -712,24 +713,93 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     wallet_app = typer.Typer(help="Wallet keys at rest.", no_args_is_help=True)
     app.add_typer(wallet_app, name="wallet")
 
+    def _changing_wallet(profile: str, wallet: str) -> Any:
+        """The wallet to change, after finishing or undoing a change a crash interrupted."""
+        from ehrshare.consortium import profile_file
+        from ehrshare.profile import Profile, Wallet
+
+        prof = Profile.load(profile_file(_profile_path(profile)))
+        w = prof.wallet(_need_wallet(wallet))
+        bare = Wallet(w.directory, use_env=False)
+        done = bare.recover()
+        if done:
+            _err.print(f"wallet {w.directory}: {done}", highlight=False, soft_wrap=True)
+        if not bare.exists:
+            _fail(EXIT_CONFIG, f"wallet {w.directory} holds no identity")
+        return bare
+
+    def _passphrase(prompt: str, *, env: str, confirm: bool) -> str:
+        value = os.environ.get(env)
+        if value:
+            return value
+        if not sys.stdin.isatty():
+            _fail(EXIT_USAGE, f"no terminal to ask for the {prompt}: set {env}")
+        answer: str = typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
+        return answer
+
     @wallet_app.command("encrypt", epilog=_EXIT_HELP)
     def wallet_encrypt(profile: ProfileOpt = "", wallet: WalletOpt = "") -> None:
-        """Encrypt a wallet's key.pem and ibe.key under a passphrase (scrypt, AES-256-GCM).
+        """Encrypt a wallet's key.pem, tls-key.pem and ibe.key under a passphrase (scrypt,
+        AES-256-GCM), all at once: a crash leaves the old or the new wallet, never a mix.
 
-        The passphrase comes from $EHRSHARE_WALLET_PASSPHRASE or is asked for twice."""
-        from ehrshare.consortium import profile_file
-        from ehrshare.profile import PASSPHRASE_ENV, Profile
+        The passphrase comes from $EHRSHARE_WALLET_PASSPHRASE or is asked for twice. A wallet
+        an older version left half-encrypted is finished with the passphrase it used."""
+        from ehrshare.profile import PASSPHRASE_ENV
 
         with _errors():
-            prof = Profile.load(profile_file(_profile_path(profile)))
-            w = prof.wallet(_need_wallet(wallet))
-            if w.encrypted:
-                _fail(EXIT_CONFIG, f"wallet {w.directory} is already encrypted")
-            passphrase = os.environ.get(PASSPHRASE_ENV) or typer.prompt(
-                "new passphrase", hide_input=True, confirmation_prompt=True
-            )
-            type(w)(w.directory, use_env=False).encrypt(passphrase)
+            w = _changing_wallet(profile, wallet)
+            state = w.seal_state
+            if state == "encrypted":
+                _fail(
+                    EXIT_CONFIG,
+                    f"wallet {w.directory} is already encrypted",
+                    "change its passphrase with 'ehrshare wallet passphrase'",
+                )
+            if state == "mixed":
+                _err.print(
+                    f"wallet {w.directory} is half-encrypted (an interrupted encrypt): "
+                    "finishing it; give the passphrase that encrypt used",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            passphrase = _passphrase("new passphrase", env=PASSPHRASE_ENV, confirm=True)
+            w.encrypt(passphrase)
         _err.print(f"[green]✓[/green] wallet {w.directory} encrypted")
+
+    @wallet_app.command("decrypt", epilog=_EXIT_HELP)
+    def wallet_decrypt(profile: ProfileOpt = "", wallet: WalletOpt = "") -> None:
+        """Store an encrypted wallet's keys unencrypted again (mode 0600), all at once.
+
+        The passphrase comes from $EHRSHARE_WALLET_PASSPHRASE or is asked for."""
+        from ehrshare.profile import PASSPHRASE_ENV
+
+        with _errors():
+            w = _changing_wallet(profile, wallet)
+            if w.seal_state == "plain":
+                _fail(EXIT_CONFIG, f"wallet {w.directory} is not encrypted")
+            w.decrypt(_passphrase("passphrase", env=PASSPHRASE_ENV, confirm=False))
+        _err.print(f"[green]✓[/green] wallet {w.directory} decrypted")
+
+    @wallet_app.command("passphrase", epilog=_EXIT_HELP)
+    def wallet_passphrase(profile: ProfileOpt = "", wallet: WalletOpt = "") -> None:
+        """Change an encrypted wallet's passphrase, all at once.
+
+        The current passphrase comes from $EHRSHARE_WALLET_PASSPHRASE, the new one from
+        $EHRSHARE_WALLET_NEW_PASSPHRASE; each is asked for when not set."""
+        from ehrshare.profile import PASSPHRASE_ENV
+
+        with _errors():
+            w = _changing_wallet(profile, wallet)
+            if w.seal_state != "encrypted":
+                _fail(
+                    EXIT_CONFIG,
+                    f"wallet {w.directory} is not encrypted",
+                    "encrypt it with 'ehrshare wallet encrypt'",
+                )
+            old = _passphrase("current passphrase", env=PASSPHRASE_ENV, confirm=False)
+            new = _passphrase("new passphrase", env=NEW_PASSPHRASE_ENV, confirm=True)
+            w.change_passphrase(old, new)
+        _err.print(f"[green]✓[/green] wallet {w.directory}: passphrase changed")
 
     # --- enrol --------------------------------------------------------------------------------
 
