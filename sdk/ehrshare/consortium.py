@@ -80,6 +80,7 @@ __all__ = [
     "ConsortiumError",
     "FabricOptions",
     "connect",
+    "open_store",
     "profile_file",
 ]
 
@@ -207,9 +208,10 @@ def _msp(hospital: str) -> str:
     return hospital if hospital.endswith("MSP") else f"{hospital}MSP"
 
 
-def _open_store(profile: Profile) -> tuple[BlobStore, Callable[[], None]]:
-    """The profile's store, after checking it carries this consortium's id (nothing is created:
-    a missing, empty or foreign volume raises :class:`~ehrshare.volumes.VolumeError`)."""
+def open_store(profile: Profile) -> tuple[BlobStore, Callable[[], None]]:
+    """The profile's store and what closes it, after checking that it carries this
+    consortium's id (nothing is created: a missing, empty or foreign volume raises
+    :class:`~ehrshare.volumes.VolumeError`)."""
     if profile.storage_backend == "kubo":
         assert profile.storage_url is not None
         client = KuboClient(profile.storage_url, timeout=profile.storage_timeout)
@@ -549,7 +551,7 @@ class Consortium(Closing):
         ledger = open_ledger(prof, clock=clock)
         closers: list[Callable[[], None]] = []
         try:
-            store, close_store = _open_store(prof)
+            store, close_store = open_store(prof)
             closers.append(close_store)
             services = _open_services(prof, ledger, clock)
             closers.extend(p.close for p in services.proxies.values())

@@ -801,6 +801,99 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             w.change_passphrase(old, new)
         _err.print(f"[green]✓[/green] wallet {w.directory}: passphrase changed")
 
+    store_app = typer.Typer(
+        help="Check the content store against the ledger and remove unreferenced ciphertexts.",
+        no_args_is_help=True,
+    )
+    app.add_typer(store_app, name="store")
+
+    def _store_report(report: Any, as_json: bool, verb: str) -> None:
+        if as_json:
+            _emit(report.as_dict())
+            return
+        _err.print(
+            f"{report.records} record versions, {report.blobs} ciphertexts",
+            highlight=False,
+        )
+        for m in report.missing:
+            _err.print(
+                f"[red]missing:[/red] record {m['record_id']} v{m['version']}: {m['cid']}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        for a in report.altered:
+            _err.print(
+                f"[red]altered:[/red] record {a['record_id']} v{a['version']}: {a['detail']}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        for o in report.orphans:
+            gone = " (removed)" if o["cid"] in report.removed else ""
+            _err.print(
+                f"[yellow]unreferenced:[/yellow] {o['cid']}, {o['age_s']:.0f} s old{gone}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        if verb:
+            _err.print(f"{verb} {len(report.removed)} unreferenced ciphertext(s)")
+
+    @store_app.command("check", epilog=_EXIT_HELP)
+    def store_check(profile: ProfileOpt = "", as_json: JsonOpt = False) -> None:
+        """Compare every record version on the ledger with the store: records whose ciphertext
+        is missing, ciphertexts no record names, ciphertexts that no longer hash to what the
+        ledger recorded. Changes nothing. Exit code 5 if any, 0 if clean."""
+        from ehrshare.consortium import profile_file
+        from ehrshare.profile import Profile
+        from ehrshare.storemaint import check_store
+
+        with _errors():
+            prof = Profile.load(profile_file(_profile_path(profile)))
+            report = check_store(prof)
+        _store_report(report, as_json, "")
+        if not report.clean:
+            if not as_json:
+                _err.print(
+                    "see docs/operations.md, 'Checking the store'; unreferenced ciphertexts "
+                    "go with 'ehrshare store gc'",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            raise typer.Exit(EXIT_INTEGRITY)
+        if not as_json:
+            _err.print("[green]✓[/green] store and ledger agree")
+
+    @store_app.command("gc", epilog=_EXIT_HELP)
+    def store_gc(
+        profile: ProfileOpt = "",
+        older_than: Annotated[
+            str,
+            typer.Option(
+                "--older-than",
+                help="Grace period: remove only unreferenced ciphertexts at least this old "
+                "(90s, 30m, 1h, 2d; 0 for all). A put in flight is younger.",
+            ),
+        ] = "1h",
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Only say what would be removed.")
+        ] = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Remove ciphertexts no record names (left by a put killed before it registered the
+        record) that are older than the grace period; never one a committed record names.
+        Kubo: unpin, then repo gc."""
+        from ehrshare.consortium import profile_file
+        from ehrshare.profile import Profile
+        from ehrshare.storemaint import gc_store, parse_duration
+
+        try:
+            grace = parse_duration(older_than)
+        except ValueError as exc:
+            _fail(EXIT_USAGE, f"--older-than: {exc}")
+        with _errors():
+            prof = Profile.load(profile_file(_profile_path(profile)))
+            report = gc_store(prof, older_than_s=grace, dry_run=dry_run)
+        _store_report(report, as_json, "would remove" if dry_run else "removed")
+
     # --- enrol --------------------------------------------------------------------------------
 
     @app.command("enroll", epilog=_EXIT_HELP)

@@ -383,6 +383,21 @@ class KuboClient(Closing):
             headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
         )
 
+    def files_ls(self, path: str, *, timeout: float | None = None) -> list[str]:
+        """The names in an MFS directory (none when it does not exist)."""
+        try:
+            objects = self._call_json("files/ls", {"arg": path}, timeout=timeout, cid=None)
+        except StorageError as exc:
+            if "does not exist" in str(exc) or "not found" in str(exc).lower():
+                return []
+            raise
+        names: list[str] = []
+        for o in objects:
+            for entry in o.get("Entries") or []:
+                if isinstance(entry, dict) and isinstance(entry.get("Name"), str):
+                    names.append(entry["Name"])
+        return sorted(names)
+
     def pins(self, *, timeout: float | None = None) -> list[str]:
         """The CIDs pinned recursively here (``pin/ls --type=recursive``)."""
         objects = self._call_json("pin/ls", {"type": "recursive"}, timeout=timeout, cid=None)
