@@ -148,6 +148,14 @@ def test_status_of_healthy_volumes_has_no_problem(world: Path) -> None:
     assert report["ledger"]["height"] > 0
 
 
+def test_network_up_refuses_a_missing_ledger_and_starts_nothing(world: Path) -> None:
+    _moved_away(world, "ledger")
+    before = tree(world)
+    out = invoke("network", "up", "-p", str(world), code=3)
+    assert f"ledger {world / 'ledger'} does not exist" in out
+    assert tree(world) == before  # no run/ directory, no ledger
+
+
 def test_consortium_open_raises_volume_error(world: Path) -> None:
     _moved_away(world, "store")
     with pytest.raises(VolumeError, match=r"store .* does not exist"):

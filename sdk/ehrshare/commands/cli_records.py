@@ -285,13 +285,19 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Start the profile's Fabric network (if its ledger is one), then every KGC node and
         proxy, in the background, and wait until all answer (a no-op for what already runs).
         Logs go to run/network.log and fabric/logs/ next to the profile. Exit code 4 if they
-        do not come up (nothing is left running)."""
+        do not come up (nothing is left running), 3 if the ledger or store volume is
+        missing, empty or another consortium's (nothing is started)."""
         from ehrshare.consortium import profile_file
         from ehrshare.netctl import NetworkControlError, network_state
         from ehrshare.netctl import network_up as up
+        from ehrshare.profile import Profile
+        from ehrshare.volumes import volume_problems
 
         with _errors():
             path = profile_file(_profile_path(profile))
+            # Services started on an unmounted or foreign ledger would serve the wrong one.
+            for problem in volume_problems(Profile.load(path)).values():
+                _fail(EXIT_CONFIG, problem)
             was_up = network_state(path.resolve()).running
             try:
                 with _progress("starting the services", as_json):
