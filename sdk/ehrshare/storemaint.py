@@ -54,6 +54,8 @@ _log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_S: Final = 3600
 _SEEN_FILE: Final = "store-unreferenced.json"
+# 'ipfs init' pins the empty UnixFS directory in every repository; it is nobody's ciphertext.
+_EMPTY_DIR: Final = "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354"
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 
@@ -155,7 +157,7 @@ def _held(
             f"the Kubo node at {store.client.api_url} also stores consortia {', '.join(others)}: "
             "their ciphertexts would look unreferenced here; give each consortium its own node"
         )
-    pins = {_canonical(c) for c in store.client.pins()}
+    pins = {_canonical(c) for c in store.client.pins()} - {_EMPTY_DIR}
     assert profile.path is not None
     seen_file = profile.path.parent / "run" / _SEEN_FILE
     try:
