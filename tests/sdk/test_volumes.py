@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -18,7 +20,7 @@ from ehrshare.cli import app
 from ehrshare.consortium import Consortium, connect
 from ehrshare.demo import lab_observation
 from ehrshare.processes import free_loopback_ports, service_commands
-from ehrshare.profile import Profile
+from ehrshare.profile import Profile, Wallet
 from ehrshare.volumes import VolumeError
 
 runner = CliRunner()
@@ -186,3 +188,33 @@ def test_service_process_refuses_a_missing_ledger(tmp_path: Path) -> None:
     assert done.returncode == 3, done.stderr
     assert f"ledger {root / 'ledger'} does not exist" in done.stderr.replace("\n", "")
     assert not (root / "ledger").exists()
+
+
+def _doc_block(containing: str) -> list[tuple[dict[str, str], list[str]]]:
+    """The ``$`` lines of the docs/operations.md console block holding ``containing``, each as
+    (inline environment, ehrshare arguments)."""
+    doc = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
+    blocks = re.findall(r"```console\n(.*?)```", doc.read_text(encoding="utf-8"), re.DOTALL)
+    (block,) = [b for b in blocks if containing in b]
+    out = []
+    for line in block.splitlines():
+        if not line.startswith("$ "):
+            continue
+        words = shlex.split(line[2:])
+        env = dict(w.split("=", 1) for w in words if "=" in w and not w.startswith("-"))
+        args = [w for w in words if w not in {f"{k}={v}" for k, v in env.items()}]
+        assert args[0] == "ehrshare"
+        out.append((env, args[1:]))
+    return out
+
+
+def test_operations_doc_store_and_wallet_examples_run(world: Path) -> None:
+    env = {"EHRSHARE_PROFILE": str(world)}
+    for extra, args in _doc_block("ehrshare store check"):
+        result = runner.invoke(app, args, env={**env, **extra})
+        assert result.exit_code == 0, f"{args}\n{result.output}"
+    Wallet(world / "wallets" / "alice", use_env=False).encrypt("old")
+    for extra, args in _doc_block("ehrshare wallet passphrase"):
+        result = runner.invoke(app, args, env={**env, **extra})
+        assert result.exit_code == 0, f"{args}\n{result.output}"
+    assert Wallet(world / "wallets" / "alice", use_env=False).seal_state == "plain"
