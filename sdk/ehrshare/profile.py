@@ -835,8 +835,9 @@ class Wallet:
     def encrypt(self, passphrase: str) -> Wallet:
         """Encrypt ``key.pem``, ``tls-key.pem`` and ``ibe.key`` under ``passphrase``, all at
         once; returns the unlocked wallet. A ``mixed`` wallet (see :attr:`seal_state`) is
-        finished with the passphrase its encrypted files already use."""
-        return self._rewrite(read_with=passphrase, write_with=passphrase)
+        finished with the passphrase its encrypted files already use; a wallet opened with a
+        passphrase is re-encrypted from that one (as :meth:`change_passphrase`)."""
+        return self._rewrite(read_with=self._passphrase or passphrase, write_with=passphrase)
 
     def decrypt(self, passphrase: str) -> Wallet:
         """Store the secret files unencrypted again (mode 0600), all at once."""
