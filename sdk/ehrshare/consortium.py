@@ -533,8 +533,7 @@ class Consortium(Closing):
         # Service wallets stay unencrypted (the serve processes read their keys unattended);
         # member wallets follow $EHRSHARE_WALLET_PASSPHRASE.
         wallet = Wallet(wallet_dir, use_env=role not in ("kgc", "proxy"))
-        wallet.save_identity(identity, signer)
-        wallet.save_tls(*ca.issue_tls_client(name))
+        wallet.create(identity, signer, ca.issue_tls_client(name))  # whole or not at all
         return wallet
 
     # --- opening -----------------------------------------------------------------------------
@@ -665,7 +664,7 @@ class Consortium(Closing):
                 f"the CA of {identity.msp_id} is not in {self.directory / 'ca'}; only the "
                 "consortium that issued the wallet can re-issue its TLS certificate"
             )
-        w.save_tls(*LocalCA.load(ca_dir).issue_tls_client(identity.enrollment_id))
+        w.replace_tls(*LocalCA.load(ca_dir).issue_tls_client(identity.enrollment_id))
         _log.info("issued a TLS client certificate for %s", identity.ibe_id)
         return w
 

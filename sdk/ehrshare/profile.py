@@ -49,7 +49,7 @@ import fcntl
 import os
 import secrets
 import shutil
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -787,6 +787,68 @@ class Wallet:
             return "encrypted"
         return "mixed" if len(sealed) == 2 else "plain"
 
+    def _swap_in(self, build: Callable[[Path], None]) -> None:
+        """Copy the wallet to ``.name.tmp``, let ``build`` change the copy, then stage it as
+        ``.name.new`` and swap it in (two renames). Hold :meth:`_locked` around it."""
+        tmp, new, old = self._staging()
+        shutil.copytree(self.directory, tmp, copy_function=shutil.copy2)
+        try:
+            build(tmp)
+            _fsync_tree(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fault_point("wallet.after_build")
+        tmp.rename(new)
+        _fsync_dir(new.parent)
+        fault_point("wallet.after_stage")
+        self.directory.rename(old)
+        fault_point("wallet.after_retire")
+        new.rename(self.directory)
+        _fsync_dir(self.directory.parent)
+        fault_point("wallet.after_swap")
+        shutil.rmtree(old)
+
+    def create(
+        self, identity: Identity, signer: Signer, tls: tuple[Identity, Signer] | None = None
+    ) -> None:
+        """Write a new wallet whole: built in ``.name.tmp`` and renamed into place, so a crash
+        leaves no wallet rather than half of one. Refuses an existing wallet."""
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            self._recover()
+            if self.directory.exists():
+                raise WalletError(f"wallet {self.directory} already exists")
+            tmp = self._staging()[0]
+            try:
+                staged = Wallet(tmp, passphrase=self._passphrase, use_env=False)
+                staged.save_identity(identity, signer)
+                if tls is not None:
+                    staged.save_tls(*tls)
+                _fsync_tree(tmp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            fault_point("wallet.after_build")
+            tmp.rename(self.directory)
+            _fsync_dir(self.directory.parent)
+
+    def replace_tls(self, identity: Identity, signer: Signer) -> None:
+        """Replace the TLS client certificate and key together (see :meth:`_swap_in`); sealed
+        under this wallet's passphrase when it has one."""
+        with self._locked():
+            self._recover()
+            if not self.exists:
+                raise WalletError(f"wallet {self.directory} holds no identity")
+
+            def build(tmp: Path) -> None:
+                staged = Wallet(tmp, passphrase=self._passphrase, use_env=False)
+                staged._write("tls-key.pem", signer.to_secret_bytes())
+                fault_point("wallet.mid_build")
+                (tmp / "tls-cert.pem").write_bytes(identity.credentials)
+
+            self._swap_in(build)
+
     def _rewrite(self, read_with: str | None, write_with: str | None) -> Wallet:
         """Re-write every secret file (read with ``read_with``; plain files need none) sealed
         under ``write_with`` (None: plain), all at once: built in ``.name.tmp``, staged as
@@ -808,28 +870,15 @@ class Wallet:
             except (KeyError, ValueError) as exc:
                 why = f"wallet {self.directory} has no usable key.pem ({exc})"
                 raise WalletError(why) from None
-            tmp, new, old = self._staging()
-            shutil.copytree(self.directory, tmp, copy_function=shutil.copy2)
-            try:
+
+            def build(tmp: Path) -> None:
                 writer = Wallet(tmp, passphrase=write_with, use_env=False)
                 for i, (name, data) in enumerate(sorted(secrets_now.items())):
                     writer._write(name, data)
                     if i == 0:
                         fault_point("wallet.mid_build")
-                _fsync_tree(tmp)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
-            fault_point("wallet.after_build")
-            tmp.rename(new)
-            _fsync_dir(new.parent)
-            fault_point("wallet.after_stage")
-            self.directory.rename(old)
-            fault_point("wallet.after_retire")
-            new.rename(self.directory)
-            _fsync_dir(self.directory.parent)
-            fault_point("wallet.after_swap")
-            shutil.rmtree(old)
+
+            self._swap_in(build)
         return Wallet(self.directory, passphrase=write_with, use_env=False)
 
     def encrypt(self, passphrase: str) -> Wallet:

@@ -165,3 +165,56 @@ def test_decrypt_and_passphrase_refuse_what_does_not_apply(
     no_tty = runner.invoke(app, ["wallet", "decrypt", *args])
     assert no_tty.exit_code == 2 and f"set {PASSPHRASE_ENV}" in no_tty.output
     Wallet(root / "wallets" / "bob", passphrase="pw-1", use_env=False).load_identity()
+
+
+def _tls_pair_matches(directory: Path) -> bytes:
+    """The wallet's TLS certificate belongs to its TLS key; returns the certificate."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    cert_pem = (directory / "tls-cert.pem").read_bytes()
+    _, tls = Wallet(directory, use_env=False).load_tls()
+    cert_key = x509.load_pem_x509_certificate(cert_pem).public_key()
+    spki = cert_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    assert spki == tls.public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return cert_pem
+
+
+@pytest.mark.parametrize(("step", "leaves"), STEPS)
+def test_reissue_tls_killed_at_each_step_keeps_a_matching_pair(
+    template: Path, tmp_path: Path, step: str, leaves: str
+) -> None:
+    root = tmp_path / "c"
+    shutil.copytree(template, root)
+    directory = root / "wallets" / "bob"
+    before = _tls_pair_matches(directory)
+    env = {k: v for k, v in os.environ.items() if k not in (PASSPHRASE_ENV, FAULT_ENV)}
+    argv = [sys.executable, "-m", "ehrshare", "consortium", "reissue-tls", "bob", "-p", str(root)]
+    died = subprocess.run(
+        argv, env={**env, FAULT_ENV: step}, capture_output=True, timeout=120, check=False
+    )
+    assert died.returncode == -signal.SIGKILL
+    Wallet(directory, use_env=False).load_identity()  # recovers
+    after = _tls_pair_matches(directory)
+    assert (after == before) == (leaves == "old")
+    assert subprocess.run(argv, env=env, capture_output=True, timeout=120).returncode == 0
+    assert _tls_pair_matches(directory) != after
+
+
+def test_add_member_killed_before_the_wallet_is_whole_leaves_none(
+    template: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "c"
+    shutil.copytree(template, root)
+    env = {k: v for k, v in os.environ.items() if k not in (PASSPHRASE_ENV, FAULT_ENV)}
+    argv = [sys.executable, "-m", "ehrshare", "consortium", "add-member", "carol"]
+    argv += ["--hospital", "HospitalB", "--role", "clinician", "-p", str(root)]
+    died = subprocess.run(
+        argv, env={**env, FAULT_ENV: "wallet.after_build"}, capture_output=True, timeout=120
+    )
+    assert died.returncode == -signal.SIGKILL
+    assert not (root / "wallets" / "carol").exists()  # no half-made wallet
+    done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    Wallet(root / "wallets" / "carol", use_env=False).load_identity()
+    assert not (root / "wallets" / ".carol.tmp").exists()
