@@ -796,11 +796,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         with _errors():
             w = _changing_wallet(profile, wallet)
-            if w.seal_state != "encrypted":
+            state = w.seal_state
+            if state != "encrypted":
                 _fail(
                     EXIT_CONFIG,
-                    f"wallet {w.directory} is not encrypted",
-                    "encrypt it with 'ehrshare wallet encrypt'",
+                    f"wallet {w.directory} is "
+                    + ("half-encrypted" if state == "mixed" else "not encrypted"),
+                    "finish or start encrypting it with 'ehrshare wallet encrypt'",
                 )
             old = _passphrase("current passphrase", env=PASSPHRASE_ENV, confirm=False)
             new = _passphrase("new passphrase", env=NEW_PASSPHRASE_ENV, confirm=True)
