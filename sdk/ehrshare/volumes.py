@@ -32,6 +32,7 @@ __all__ = [
     "check_store",
     "ledger_consortium",
     "mark_store",
+    "require_ledger",
     "volume_problems",
 ]
 
@@ -56,15 +57,23 @@ def _profile_id(profile: Profile) -> str:
     return profile.consortium_id
 
 
-def ledger_consortium(directory: Path) -> str:
-    """The consortium id an embedded ledger directory carries; :class:`VolumeError` (naming
-    the path) when the directory or its database is missing, empty or carries none. Read-only:
-    nothing is created."""
+def require_ledger(directory: Path) -> Path:
+    """The ledger database of ``directory``; :class:`VolumeError` when the directory or the
+    database is missing or empty. For a bare ``--ledger`` directory, which names no consortium
+    to compare with; read-only."""
     db = directory / _LEDGER_DB
     if not directory.is_dir():
         raise VolumeError(f"ledger {directory} does not exist (an unmounted volume?): {_RESTORE}")
     if not db.is_file() or db.stat().st_size == 0:
         raise VolumeError(f"ledger {directory} is empty (no {_LEDGER_DB}): {_RESTORE}")
+    return db
+
+
+def ledger_consortium(directory: Path) -> str:
+    """The consortium id an embedded ledger directory carries; :class:`VolumeError` (naming
+    the path) when the directory or its database is missing, empty or carries none. Read-only:
+    nothing is created."""
+    db = require_ledger(directory)
     try:
         # Without a -wal file every committed page is in the database file, and immutable=1
         # reads it without creating -wal/-shm files next to a volume that may be foreign.

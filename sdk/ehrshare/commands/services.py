@@ -84,12 +84,12 @@ def _gateway(opts: ServeOptions) -> tuple[api.Gateway, Callable[[], None]]:
         if ledger_tls[0] is not None:
             raise _fail("--ledger-tls-cert/--ledger-tls-key are for a Fabric ledger (--profile)")
         from ehrshare.ledger.store import EmbeddedLedger
-        from ehrshare.volumes import VolumeError, ledger_consortium
+        from ehrshare.volumes import VolumeError, require_ledger
 
         try:
-            # Only a ledger 'consortium init' made: an unmounted or empty volume is refused,
-            # never re-created empty.
-            ledger_consortium(opts.ledger)
+            # An existing ledger only: an unmounted or empty volume is refused, never
+            # re-created empty. (A bare directory names no consortium to compare ids with.)
+            require_ledger(opts.ledger)
             ledger = EmbeddedLedger.open(opts.ledger, create=False)
         except (VolumeError, FileNotFoundError) as exc:
             _err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
