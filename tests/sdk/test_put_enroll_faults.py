@@ -167,3 +167,24 @@ def test_enroll_killed_at_each_step_then_enrolls(world: Path, step: str) -> None
     obs = str(world.parent / "obs.json")
     assert ehrshare("record", "put", obs, "-p", str(world), "-w", "bob").returncode == 0
     assert store_json(world, "check", code=0)["clean"] is True
+
+
+def test_gc_keeps_the_ciphertext_of_every_record_version(world: Path) -> None:
+    """An amended record names a new ciphertext; the old version's stays readable, so gc
+    must keep both."""
+    from ehrshare.session import FORMAT_VERSION
+    from ehrshare.storage import sha256_hex
+
+    with connect(world, Wallet(world / "wallets" / "alice", use_env=False)) as alice:
+        (ref,) = alice.list_records()
+        old = alice._evaluate("GetRecord", ref.record_id)
+        sealed = b"a second version's ciphertext"
+        cid = alice.store.put(sealed)
+        alice._submit(
+            "AmendRecord", ref.record_id, cid, sha256_hex(sealed), old["capsule"], FORMAT_VERSION
+        )
+    report = store_json(world, "check", code=0)
+    assert report["record_versions"] == 2 and report["ciphertexts"] == 2
+    assert store_json(world, "gc", "--older-than", "0", code=0)["removed"] == []
+    blobs = {p.name for p in (world / "store" / "blobs").rglob("*") if p.is_file()}
+    assert blobs == {cid, old["cid"]}
