@@ -218,3 +218,27 @@ def test_operations_doc_store_and_wallet_examples_run(world: Path) -> None:
         result = runner.invoke(app, args, env={**env, **extra})
         assert result.exit_code == 0, f"{args}\n{result.output}"
     assert Wallet(world / "wallets" / "alice", use_env=False).seal_state == "plain"
+
+
+@pytest.mark.parametrize(
+    ("content", "says"),
+    [("{not json", "is unreadable"), ('{"consortium": 7}', "is unreadable")],
+)
+def test_hand_edited_store_marker_is_refused(world: Path, content: str, says: str) -> None:
+    marker = world / "store" / "ehrshare-store.json"
+    marker.write_text(content, encoding="utf-8")
+    before = tree(world)
+    out = _put(world, code=3)
+    assert f"store marker {marker} {says}" in out
+    assert tree(world) == before
+
+
+def test_init_with_an_unreachable_kubo_leaves_nothing(tmp_path: Path) -> None:
+    """Init marks the Kubo store; a node that does not answer fails init (exit 4), whole."""
+    target = tmp_path / "c"
+    out = invoke(
+        "consortium", "init", str(target), "--storage", "kubo", "--kubo-url",
+        "http://127.0.0.1:9", code=4,
+    )  # fmt: skip
+    assert "not reachable" in out
+    assert not target.exists() or not any(target.iterdir())
