@@ -8,8 +8,10 @@ key outside its state directory, service identity registered with role ``kgc``, 
 published on chain), an ``admin`` wallet that opens the DKG session on chain, a distributed key
 generation over the ledger board (mpk, public polynomial and the KGC roster with its keys in the
 final result τ nodes agreed on), one re-encryption proxy per hospital, and ``profile.yaml``
-pointing at all of it. :meth:`Consortium.add_member` enrols patients, clinicians and auditors into
-wallets; :meth:`Consortium.session` opens a :class:`~ehrshare.session.Session` that shares the
+pointing at all of it. A random consortium id goes into the profile, the ledger and the store;
+:meth:`Consortium.open` refuses a ledger or store volume that lacks it (:mod:`ehrshare.volumes`).
+:meth:`Consortium.add_member` enrols patients, clinicians and auditors into wallets;
+:meth:`Consortium.session` opens a :class:`~ehrshare.session.Session` that shares the
 consortium's ledger and services (the demo, the tests, the benchmark).
 
 :func:`connect` is what hospital apps and the CLI call: it reads a profile and a wallet and opens

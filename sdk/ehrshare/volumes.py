@@ -39,8 +39,7 @@ __all__ = [
 KUBO_MARKER: Final = "/ehrshare/consortia"
 _LEDGER_DB: Final = "ledger.sqlite"
 _RESTORE = (
-    "mount or restore the consortium's volume there (see docs/operations.md, 'Volumes'); "
-    "nothing was created"
+    "mount or restore the consortium's volume there (docs/operations.md §9a); nothing was created"
 )
 
 

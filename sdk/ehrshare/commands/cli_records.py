@@ -861,7 +861,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if not report.clean:
             if not as_json:
                 _err.print(
-                    "see docs/operations.md, 'Checking the store'; unreferenced ciphertexts "
+                    "see docs/operations.md §9a; unreferenced ciphertexts "
                     "go with 'ehrshare store gc'",
                     highlight=False,
                     soft_wrap=True,
