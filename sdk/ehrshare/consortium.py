@@ -8,8 +8,10 @@ key outside its state directory, service identity registered with role ``kgc``, 
 published on chain), an ``admin`` wallet that opens the DKG session on chain, a distributed key
 generation over the ledger board (mpk, public polynomial and the KGC roster with its keys in the
 final result τ nodes agreed on), one re-encryption proxy per hospital, and ``profile.yaml``
-pointing at all of it. :meth:`Consortium.add_member` enrols patients, clinicians and auditors into
-wallets; :meth:`Consortium.session` opens a :class:`~ehrshare.session.Session` that shares the
+pointing at all of it. A random consortium id goes into the profile, the ledger and the store;
+:meth:`Consortium.open` refuses a ledger or store volume that lacks it (:mod:`ehrshare.volumes`).
+:meth:`Consortium.add_member` enrols patients, clinicians and auditors into wallets;
+:meth:`Consortium.session` opens a :class:`~ehrshare.session.Session` that shares the
 consortium's ledger and services (the demo, the tests, the benchmark).
 
 :func:`connect` is what hospital apps and the CLI call: it reads a profile and a wallet and opens
@@ -71,7 +73,15 @@ from ehrshare.session import KgcClient, ProxyClient, ProxyRoute, Session
 
 if TYPE_CHECKING:
     from ehrshare.fabricnet import FabricNet
-from ehrshare.storage import BlobStore, EmbeddedStore, KuboClient, KuboStore
+from ehrshare.storage import (
+    BlobStore,
+    EmbeddedStore,
+    KuboClient,
+    KuboStore,
+    StorageError,
+    StorageUnavailable,
+)
+from ehrshare.volumes import VolumeError, check_ledger, check_store, mark_store
 
 __all__ = [
     "DEFAULT_HOSPITALS",
@@ -79,6 +89,7 @@ __all__ = [
     "ConsortiumError",
     "FabricOptions",
     "connect",
+    "open_store",
     "profile_file",
 ]
 
@@ -206,13 +217,38 @@ def _msp(hospital: str) -> str:
     return hospital if hospital.endswith("MSP") else f"{hospital}MSP"
 
 
-def _open_store(profile: Profile) -> tuple[BlobStore, Callable[[], None]]:
+def open_store(profile: Profile) -> tuple[BlobStore, Callable[[], None]]:
+    """The profile's store and what closes it, after checking that it carries this
+    consortium's id (nothing is created: a missing, empty or foreign volume raises
+    :class:`~ehrshare.volumes.VolumeError`)."""
     if profile.storage_backend == "kubo":
         assert profile.storage_url is not None
         client = KuboClient(profile.storage_url, timeout=profile.storage_timeout)
+        try:
+            check_store(profile, client)
+        except StorageUnavailable as exc:
+            # Nothing can be written to a node that does not answer, so nothing can be lost;
+            # reads and puts then fail with "try later" (exit 4) as they always did.
+            _log.warning("cannot check the store's consortium marker now: %s", exc)
+        except BaseException:
+            client.close()
+            raise
         return KuboStore(client), client.close
     assert profile.storage_path is not None
-    return EmbeddedStore(profile.storage_path), lambda: None
+    check_store(profile)
+    try:
+        return EmbeddedStore(profile.storage_path, create=False), lambda: None
+    except StorageError as exc:
+        raise VolumeError(str(exc)) from None
+
+
+def _mark_store(profile: Profile, consortium_id: str) -> None:
+    if profile.storage_backend != "kubo":
+        mark_store(profile, consortium_id)
+        return
+    assert profile.storage_url is not None
+    with KuboClient(profile.storage_url, timeout=profile.storage_timeout) as client:
+        mark_store(profile, consortium_id, client)
 
 
 def _load_node_key(path: Path) -> KGCNodeKey:
@@ -417,8 +453,12 @@ class Consortium(Closing):
             }
             for hospital in hospitals
         ]
+        # The consortium's id, also written into its ledger and store: opening a volume that
+        # lacks it (unmounted, empty, another consortium's) is refused (ehrshare.volumes).
+        consortium_id = "c-" + secrets.token_hex(16)
         profile_data: dict[str, Any] = {
             "version": 1,
+            "id": consortium_id,
             "name": root.name,
             "channel": "ehrshare",
             "chaincode": "ehrshare",
@@ -439,6 +479,8 @@ class Consortium(Closing):
             EmbeddedLedger.open(root / "ledger", channel="ehrshare") if fabric is None else None
         )
         try:
+            if ledger_obj is not None:
+                ledger_obj.mark_consortium(consortium_id)
             for hospital in hospitals:
                 ca = LocalCA.create(_msp(hospital))
                 ca.save(root / "ca" / _msp(hospital))
@@ -466,6 +508,7 @@ class Consortium(Closing):
             + yaml.safe_dump(profile_data, sort_keys=False),
             encoding="utf-8",
         )
+        _mark_store(Profile.load(root / "profile.yaml"), consortium_id)
         consortium = cls.open(root / "profile.yaml", clock=clock)
         consortium._network = network
         try:
@@ -499,8 +542,7 @@ class Consortium(Closing):
         # Service wallets stay unencrypted (the serve processes read their keys unattended);
         # member wallets follow $EHRSHARE_WALLET_PASSPHRASE.
         wallet = Wallet(wallet_dir, use_env=role not in ("kgc", "proxy"))
-        wallet.save_identity(identity, signer)
-        wallet.save_tls(*ca.issue_tls_client(name))
+        wallet.create(identity, signer, ca.issue_tls_client(name))  # whole or not at all
         return wallet
 
     # --- opening -----------------------------------------------------------------------------
@@ -511,17 +553,13 @@ class Consortium(Closing):
     ) -> Consortium:
         """Open a consortium from its profile (a path or a parsed :class:`Profile`)."""
         prof = profile if isinstance(profile, Profile) else Profile.load(_profile_path(profile))
-        if prof.ledger_backend == "embedded" and not prof.ledger_path.exists():
-            raise ConsortiumError(
-                f"ledger directory {prof.ledger_path} does not exist; create a consortium with "
-                "'ehrshare consortium init'"
-            )
+        check_ledger(prof)  # a missing, empty or foreign ledger volume: VolumeError, nothing made
         # The ledger checks proposal timestamps against this same clock (a manual clock in
         # tests and the demo would otherwise look skewed).
         ledger = open_ledger(prof, clock=clock)
         closers: list[Callable[[], None]] = []
         try:
-            store, close_store = _open_store(prof)
+            store, close_store = open_store(prof)
             closers.append(close_store)
             services = _open_services(prof, ledger, clock)
             closers.extend(p.close for p in services.proxies.values())
@@ -635,7 +673,7 @@ class Consortium(Closing):
                 f"the CA of {identity.msp_id} is not in {self.directory / 'ca'}; only the "
                 "consortium that issued the wallet can re-issue its TLS certificate"
             )
-        w.save_tls(*LocalCA.load(ca_dir).issue_tls_client(identity.enrollment_id))
+        w.replace_tls(*LocalCA.load(ca_dir).issue_tls_client(identity.enrollment_id))
         _log.info("issued a TLS client certificate for %s", identity.ibe_id)
         return w
 

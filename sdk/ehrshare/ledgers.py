@@ -75,7 +75,7 @@ class EmbeddedBackend:
     def __init__(self, directory: Path, *, channel: str, clock: Clock | None) -> None:
         from ehrshare.ledger.store import EmbeddedLedger
 
-        self.ledger = EmbeddedLedger.open(directory, channel=channel, clock=clock)
+        self.ledger = EmbeddedLedger.open(directory, channel=channel, clock=clock, create=False)
         self._clock = clock
 
     def connect(
@@ -271,12 +271,11 @@ class FabricBackend:
 
 
 def open_ledger(profile: Profile, *, clock: Clock | None = None) -> LedgerBackend:
-    """The ledger ``profile`` names (its ``ledger.backend``)."""
+    """The ledger ``profile`` names (its ``ledger.backend``); an embedded ledger must exist and
+    carry the profile's consortium id (:func:`ehrshare.volumes.check_ledger`)."""
     if profile.ledger_backend == "fabric":
         return FabricBackend.from_profile(profile, clock=clock)
-    if not profile.ledger_path.exists():
-        raise ProfileError(
-            f"ledger directory {profile.ledger_path} does not exist; create a consortium with "
-            "'ehrshare consortium init'"
-        )
+    from ehrshare.volumes import check_ledger
+
+    check_ledger(profile)  # missing, empty or another consortium's: refused, nothing created
     return EmbeddedBackend(profile.ledger_path, channel=profile.channel, clock=clock)

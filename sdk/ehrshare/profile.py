@@ -34,6 +34,9 @@ entry may also keep ``state``, ``key``, ``wallet``, ``tls_cert`` and ``tls_key``
 Wallet keys at rest: ``key.pem`` and ``ibe.key`` are mode 0600; with a passphrase (argument, or
 ``EHRSHARE_WALLET_PASSPHRASE``) they are also encrypted (scrypt → AES-256-GCM, the file name as
 associated data). Reading an encrypted wallet without the passphrase fails with a clear error.
+Changing every key of a wallet (encrypt, decrypt, new passphrase) is all-or-nothing: the new
+wallet is built beside the old one and swapped in by renames with a recovery rule (see
+:meth:`Wallet.recover`), so a crash leaves the old or the new wallet, never a mix.
 
 This module must not open a ledger, a store or a service (the session does) and must never log or
 print the contents of secret files.
@@ -41,9 +44,12 @@ print the contents of secret files.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import secrets
-from collections.abc import Mapping
+import shutil
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -53,6 +59,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from ehrshare.faults import fault_point
 from ehrshare.fhir import DEFAULT_RULES, LABEL_KEY_SIZE, TypeLabels, TypeMapping, TypeRule
 from ehrshare.hazmat.tipre import IdentitySecretKey
 from ehrshare.identity import Identity, Signer
@@ -188,6 +195,9 @@ class Profile:
     ca_files: tuple[Path, ...] = ()
     ledger_backend: str = "embedded"
     fabric: FabricLedger | None = None
+    # The consortium's id (``id:``), written by 'consortium init' into the ledger and the store
+    # as well; opening either checks it (see :mod:`ehrshare.volumes`). Empty: not given.
+    consortium_id: str = ""
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -313,6 +323,9 @@ class Profile:
             raise fail("cas", "must list the consortium's CA certificate files")
         ca_files = tuple(rel(c, f"cas[{i}]") for i, c in enumerate(cas_raw))
 
+        consortium_id = data.get("id", "")
+        if not isinstance(consortium_id, str):
+            raise fail("id", "must be a string (the consortium id 'consortium init' wrote)")
         name = data.get("name", "ehrshare")
         channel = data.get("channel", "ehrshare")
         chaincode = data.get("chaincode", "ehrshare")
@@ -340,6 +353,7 @@ class Profile:
             ca_files=ca_files,
             ledger_backend=backend,
             fabric=fabric,
+            consortium_id=consortium_id,
             raw=dict(data),
         )
 
@@ -541,7 +555,30 @@ def _write_secret(path: Path, data: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on a directory
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(directory: Path) -> None:
+    for path in directory.iterdir():
+        if path.is_file():
+            with path.open("rb+") as f:
+                os.fsync(f.fileno())
+    _fsync_dir(directory)
+
+
+SECRET_FILES: Final = ("key.pem", "tls-key.pem", "ibe.key")
 
 
 class Wallet:
@@ -645,7 +682,10 @@ class Wallet:
         return Identity(msp, cert), signer
 
     def load_identity(self) -> tuple[Identity, Signer]:
-        """Read the certificate and the signing key."""
+        """Read the certificate and the signing key (first finishing or undoing a change a
+        crash interrupted, see :meth:`recover`)."""
+        if any(p.exists() for p in self._staging()):
+            self.recover()  # waits for a change in progress elsewhere (the wallet's lock)
         if not self.exists:
             raise WalletError(
                 f"wallet {self.directory} holds no identity; create one with "
@@ -669,17 +709,189 @@ class Wallet:
         except (OSError, ValueError):
             raise WalletError(f"{path} does not hold an identity secret key") from None
 
+    # --- all-or-nothing changes ---------------------------------------------------------------
+
+    def _staging(self) -> tuple[Path, Path, Path]:
+        """Where a change builds (``.name.tmp``), stages (``.name.new``) and retires the old
+        wallet (``.name.old``), beside the wallet directory."""
+        d = self.directory
+        return tuple(d.parent / f".{d.name}.{x}" for x in ("tmp", "new", "old"))  # type: ignore[return-value]
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One change (or recovery) of this wallet at a time, across processes."""
+        lock = self.directory.parent / f".{self.directory.name}.lock"
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+        except FileNotFoundError:
+            raise WalletError(f"wallet {self.directory} does not exist") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def recover(self) -> str | None:
+        """Finish or undo a wallet change a crash interrupted; what was done, or None.
+
+        The rule: the wallet directory, when it exists, is always a complete wallet, and
+        ``.name.new`` exists only once the new wallet is complete. So a leftover ``.tmp`` or a
+        ``.new`` beside the wallet is discarded (the change did not happen), a ``.new`` without
+        the wallet is swapped in (it did), a lone ``.old`` is put back, and an ``.old`` beside
+        the wallet is removed.
+        """
+        if not self.directory.parent.is_dir():
+            return None
+        with self._locked():
+            return self._recover()
+
+    def _recover(self) -> str | None:
+        tmp, new, old = self._staging()
+        done: list[str] = []
+        if tmp.exists():
+            shutil.rmtree(tmp)
+            done.append("discarded an unfinished new wallet")
+        if self.directory.exists():
+            if new.exists():
+                shutil.rmtree(new)
+                done.append("discarded a new wallet that was never swapped in")
+            if old.exists():
+                shutil.rmtree(old)
+                done.append("removed the wallet a finished change replaced")
+        elif new.exists():
+            new.rename(self.directory)
+            _fsync_dir(self.directory.parent)
+            done.append("swapped in the new wallet of an interrupted change")
+            if old.exists():
+                shutil.rmtree(old)
+        elif old.exists():
+            old.rename(self.directory)
+            _fsync_dir(self.directory.parent)
+            done.append("put back the wallet an interrupted change had moved aside")
+        return "; ".join(done) or None
+
+    @property
+    def seal_state(self) -> str:
+        """``plain``, ``encrypted`` or ``mixed`` (some secret files encrypted, some not: what
+        an interrupted encrypt of an older ehrshare left; ``wallet encrypt`` finishes it)."""
+        sealed = set()
+        for name in SECRET_FILES:
+            try:
+                with (self.directory / name).open("rb") as f:
+                    sealed.add(is_sealed_wallet_file(f.read(len(_SEALED_MAGIC))))
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise WalletError(f"wallet {self.directory} is unreadable: {exc}") from None
+        if sealed == {True}:
+            return "encrypted"
+        return "mixed" if len(sealed) == 2 else "plain"
+
+    def _swap_in(self, build: Callable[[Path], None]) -> None:
+        """Copy the wallet to ``.name.tmp``, let ``build`` change the copy, then stage it as
+        ``.name.new`` and swap it in (two renames). Hold :meth:`_locked` around it."""
+        tmp, new, old = self._staging()
+        shutil.copytree(self.directory, tmp, copy_function=shutil.copy2)
+        try:
+            build(tmp)
+            _fsync_tree(tmp)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        fault_point("wallet.after_build")
+        tmp.rename(new)
+        _fsync_dir(new.parent)
+        fault_point("wallet.after_stage")
+        self.directory.rename(old)
+        fault_point("wallet.after_retire")
+        new.rename(self.directory)
+        _fsync_dir(self.directory.parent)
+        fault_point("wallet.after_swap")
+        shutil.rmtree(old)
+
+    def create(
+        self, identity: Identity, signer: Signer, tls: tuple[Identity, Signer] | None = None
+    ) -> None:
+        """Write a new wallet whole: built in ``.name.tmp`` and renamed into place, so a crash
+        leaves no wallet rather than half of one. Refuses an existing wallet."""
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        with self._locked():
+            self._recover()
+            if self.directory.exists():
+                raise WalletError(f"wallet {self.directory} already exists")
+            tmp = self._staging()[0]
+            try:
+                staged = Wallet(tmp, passphrase=self._passphrase, use_env=False)
+                staged.save_identity(identity, signer)
+                if tls is not None:
+                    staged.save_tls(*tls)
+                _fsync_tree(tmp)
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+            fault_point("wallet.after_build")
+            tmp.rename(self.directory)
+            _fsync_dir(self.directory.parent)
+
+    def replace_tls(self, identity: Identity, signer: Signer) -> None:
+        """Replace the TLS client certificate and key together (see :meth:`_swap_in`); sealed
+        under this wallet's passphrase when it has one."""
+        with self._locked():
+            self._recover()
+            if not self.exists:
+                raise WalletError(f"wallet {self.directory} holds no identity")
+
+            def build(tmp: Path) -> None:
+                staged = Wallet(tmp, passphrase=self._passphrase, use_env=False)
+                staged._write("tls-key.pem", signer.to_secret_bytes())
+                fault_point("wallet.mid_build")
+                (tmp / "tls-cert.pem").write_bytes(identity.credentials)
+
+            self._swap_in(build)
+
+    def _rewrite(self, read_with: str | None, write_with: str | None) -> Wallet:
+        """Re-write every secret file (read with ``read_with``; plain files need none) sealed
+        under ``write_with`` (None: plain), all at once: built in ``.name.tmp``, staged as
+        ``.name.new``, swapped in by two renames (see :meth:`recover`)."""
+        if write_with is not None and not write_with:
+            raise WalletError("a wallet passphrase must not be empty")
+        with self._locked():
+            self._recover()
+            if not self.exists:
+                raise WalletError(f"wallet {self.directory} holds no identity")
+            reader = Wallet(self.directory, passphrase=read_with or None, use_env=False)
+            secrets_now = {
+                n: reader._read(n) for n in SECRET_FILES if (self.directory / n).is_file()
+            }
+            # Check what was read before replacing anything: a wrong passphrase or a damaged
+            # file refuses the change (WalletError), the wallet stays as it was.
+            try:
+                Signer.from_secret_bytes(secrets_now["key.pem"])
+            except (KeyError, ValueError) as exc:
+                why = f"wallet {self.directory} has no usable key.pem ({exc})"
+                raise WalletError(why) from None
+
+            def build(tmp: Path) -> None:
+                writer = Wallet(tmp, passphrase=write_with, use_env=False)
+                for i, (name, data) in enumerate(sorted(secrets_now.items())):
+                    writer._write(name, data)
+                    if i == 0:
+                        fault_point("wallet.mid_build")
+
+            self._swap_in(build)
+        return Wallet(self.directory, passphrase=write_with, use_env=False)
+
     def encrypt(self, passphrase: str) -> Wallet:
-        """Re-write ``key.pem``, ``tls-key.pem`` and ``ibe.key`` encrypted under
-        ``passphrase``; returns the unlocked wallet. Each file is replaced atomically."""
-        identity, signer = self.load_identity()
-        sk = self.load_secret_key()
-        tls = self.load_tls() if self.has_tls else None
-        unlocked = Wallet(self.directory, passphrase=passphrase)
-        unlocked._write("key.pem", signer.to_secret_bytes())
-        if tls is not None:
-            unlocked._write("tls-key.pem", tls[1].to_secret_bytes())
-        if sk is not None:
-            unlocked.save_secret_key(sk)
-        del identity
-        return unlocked
+        """Encrypt ``key.pem``, ``tls-key.pem`` and ``ibe.key`` under ``passphrase``, all at
+        once; returns the unlocked wallet. A ``mixed`` wallet (see :attr:`seal_state`) is
+        finished with the passphrase its encrypted files already use; a wallet opened with a
+        passphrase is re-encrypted from that one (as :meth:`change_passphrase`)."""
+        return self._rewrite(read_with=self._passphrase or passphrase, write_with=passphrase)
+
+    def decrypt(self, passphrase: str) -> Wallet:
+        """Store the secret files unencrypted again (mode 0600), all at once."""
+        return self._rewrite(read_with=passphrase, write_with=None)
+
+    def change_passphrase(self, old: str, new: str) -> Wallet:
+        """Re-encrypt every secret file under ``new``, all at once."""
+        return self._rewrite(read_with=old, write_with=new)

@@ -42,6 +42,7 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
 from ehrshare import crypto
 from ehrshare.closing import Closing
+from ehrshare.faults import fault_point
 from ehrshare.fhir import (
     FhirValidationError,
     TypeLabels,
@@ -580,6 +581,7 @@ class Session(Closing):
         from ehrshare.services.kgc import ExtractionFailed, extract_identity_key
 
         self.register()
+        fault_point("enroll.after_register")
         _, public = self._master()
         try:
             # Each request is signed with the ledger key (the TLS key only opens the channel):
@@ -604,11 +606,13 @@ class Session(Closing):
                 failed=exc.unavailable,
                 invalid=exc.invalid,
             ) from None
+        fault_point("enroll.after_extract")
         self._sk = outcome.secret_key
         self._type_secrets.clear()
         self._sk_checked = True  # combine_partial_keys checked it against mpk
         if self.wallet is not None:
             self.wallet.save_secret_key(outcome.secret_key)
+        fault_point("enroll.after_save")
         bad = set(outcome.unavailable) | set(outcome.invalid)
         used = tuple(c.index for c in self.kgc if c.index not in bad)[: public.threshold]
         _log.info("enrolled %s", self.ibe_id)
@@ -673,6 +677,8 @@ class Session(Closing):
                 f"could not store the encrypted record ({exc}); nothing was registered on chain"
                 " — check that the content store (Kubo daemon) is running and retry"
             ) from None
+        # A crash here leaves an unreferenced ciphertext: 'ehrshare store gc' removes it.
+        fault_point("put.after_store")
         try:
             record = self._submit(
                 "RegisterRecord",
@@ -690,6 +696,7 @@ class Session(Closing):
             except StorageError:
                 _log.warning("could not release unregistered ciphertext %s", cid)
             raise
+        fault_point("put.after_register")
         _log.info("registered record %s (%s) for %s", record_id, type_name, owner)
         return RecordRef.from_chain(record, self.labels)
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from ehrshare.cli import app
@@ -181,8 +182,14 @@ def test_network_status(world: dict[str, str], tmp_path: Path) -> None:
         "HospitalBMSP",
         "HospitalCMSP",
     ]
+    # Init marks the store, so it needs a Kubo node that answers; point a consortium's profile
+    # at one that does not instead.
     down = tmp_path / "kubo-down"
-    run("consortium", "init", str(down), "--storage", "kubo", "--kubo-url", "http://127.0.0.1:9")
+    run("consortium", "init", str(down))
+    profile = down / "profile.yaml"
+    data = yaml.safe_load(profile.read_text(encoding="utf-8"))
+    data["storage"] = {"backend": "kubo", "url": "http://127.0.0.1:9"}
+    profile.write_text(yaml.safe_dump(data), encoding="utf-8")
     result = runner.invoke(app, ["network", "status", "-p", str(down)])
     assert result.exit_code == 4
     assert "DOWN" in result.output

@@ -1,6 +1,6 @@
 """Member commands: ``consortium init|add-member|service-commands|serve``, ``enroll``,
 ``record put|get|list``, ``grant``, ``forward``, ``revoke``, ``audit show|verify``,
-``wallet encrypt``.
+``wallet encrypt|decrypt|passphrase``, ``store check|gc``.
 
 Every command works on a profile (``--profile``, or ``$EHRSHARE_PROFILE``, or ``./profile.yaml``)
 and, where it acts as someone, a wallet (``--wallet``: a name under the profile's wallet
@@ -48,6 +48,7 @@ EXIT_CODES = {
     EXIT_INTEGRITY: "an integrity check failed (audit trail, stored ciphertext)",
     EXIT_INPUT: "invalid input (FHIR, record type, size)",
 }
+NEW_PASSPHRASE_ENV = "EHRSHARE_WALLET_NEW_PASSPHRASE"  # noqa: S105 - a variable name
 _EXIT_HELP = "Exit codes: " + "; ".join(f"{k} {v}" for k, v in EXIT_CODES.items()) + "."
 _PROXY_HELP = (
     "Proxy to hold the re-key (its ledger identity, e.g. HospitalAMSP/proxy); default: the proxy "
@@ -288,13 +289,19 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Start the profile's Fabric network (if its ledger is one), then every KGC node and
         proxy, in the background, and wait until all answer (a no-op for what already runs).
         Logs go to run/network.log and fabric/logs/ next to the profile. Exit code 4 if they
-        do not come up (nothing is left running)."""
+        do not come up (nothing is left running), 3 if the ledger or store volume is
+        missing, empty or another consortium's (nothing is started)."""
         from ehrshare.consortium import profile_file
         from ehrshare.netctl import NetworkControlError, network_state
         from ehrshare.netctl import network_up as up
+        from ehrshare.profile import Profile
+        from ehrshare.volumes import volume_problems
 
         with _errors():
             path = profile_file(_profile_path(profile))
+            # Services started on an unmounted or foreign ledger would serve the wrong one.
+            for problem in volume_problems(Profile.load(path)).values():
+                _fail(EXIT_CONFIG, problem)
             was_up = network_state(path.resolve()).running
             try:
                 with _progress("starting the services", as_json):
@@ -365,8 +372,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from ehrshare.ledger.store import EmbeddedLedger
         from ehrshare.profile import Profile
         from ehrshare.storage import KuboClient
+        from ehrshare.volumes import volume_problems
 
         bin_dir = default_bin_dir()
+        problems: dict[str, str] = {}
         status: dict[str, Any] = {
             "fabric": {
                 "available": not missing_binaries(bin_dir),
@@ -379,17 +388,21 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             with _errors():
                 path = Path(_profile_path(profile))
                 prof = Profile.load(path / "profile.yaml" if path.is_dir() else path)
+                # Read-only: a missing, empty or foreign volume is reported, never created.
+                problems = volume_problems(prof)
                 if prof.fabric is not None:
                     status["ledger"] = _fabric_status(prof)
                     ledger_ok = bool(status["ledger"].get("running", True))
                 else:
-                    with EmbeddedLedger.open(prof.ledger_path, channel=prof.channel) as ledger:
-                        status["ledger"] = {
-                            "backend": "embedded",
-                            "path": str(prof.ledger_path),
-                            "height": ledger.height(),
-                            "organizations": sorted(ledger.organizations()),
-                        }
+                    status["ledger"] = {"backend": "embedded", "path": str(prof.ledger_path)}
+                    if "ledger" not in problems:
+                        with EmbeddedLedger.open(
+                            prof.ledger_path, channel=prof.channel, create=False
+                        ) as ledger:
+                            status["ledger"]["height"] = ledger.height()
+                            status["ledger"]["organizations"] = sorted(ledger.organizations())
+                    if "ledger" in problems:
+                        status["ledger"]["problem"] = problems["ledger"]
             if prof.storage_backend == "kubo":
                 assert prof.storage_url is not None
                 try:
@@ -405,6 +418,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 }
             else:
                 status["storage"] = {"backend": "embedded", "path": str(prof.storage_path)}
+            if "storage" in problems:
+                status["storage"]["problem"] = problems["storage"]
             status["kgc"] = {
                 "threshold": prof.kgc_threshold,
                 "nodes": len(prof.kgc_nodes),
@@ -449,6 +464,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                         ),
                         soft_wrap=True,
                     )
+                elif "problem" in led:
+                    _err.print(f"ledger: embedded at {led['path']}: PROBLEM", soft_wrap=True)
                 else:
                     _err.print(
                         f"ledger: embedded at {led['path']}, height {led['height']}, "
@@ -477,6 +494,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     else "services (network up): not running",
                     soft_wrap=True,
                 )
+        for volume, problem in problems.items():
+            _err.print(f"[red]{volume} volume:[/red] {problem}", highlight=False, soft_wrap=True)
+        if problems:
+            raise typer.Exit(EXIT_CONFIG)
         if not store_ok or not ledger_ok:
             raise typer.Exit(EXIT_UNAVAILABLE)
 
@@ -702,24 +723,188 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     wallet_app = typer.Typer(help="Wallet keys at rest.", no_args_is_help=True)
     app.add_typer(wallet_app, name="wallet")
 
+    def _changing_wallet(profile: str, wallet: str) -> Any:
+        """The wallet to change, after finishing or undoing a change a crash interrupted."""
+        from ehrshare.consortium import profile_file
+        from ehrshare.profile import Profile, Wallet
+
+        prof = Profile.load(profile_file(_profile_path(profile)))
+        w = prof.wallet(_need_wallet(wallet))
+        bare = Wallet(w.directory, use_env=False)
+        done = bare.recover()
+        if done:
+            _err.print(f"wallet {w.directory}: {done}", highlight=False, soft_wrap=True)
+        if not bare.exists:
+            _fail(EXIT_CONFIG, f"wallet {w.directory} holds no identity")
+        return bare
+
+    def _passphrase(prompt: str, *, env: str, confirm: bool) -> str:
+        value = os.environ.get(env)
+        if value:
+            return value
+        if not sys.stdin.isatty():
+            _fail(EXIT_USAGE, f"no terminal to ask for the {prompt}: set {env}")
+        answer: str = typer.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
+        return answer
+
     @wallet_app.command("encrypt", epilog=_EXIT_HELP)
     def wallet_encrypt(profile: ProfileOpt = "", wallet: WalletOpt = "") -> None:
-        """Encrypt a wallet's key.pem and ibe.key under a passphrase (scrypt, AES-256-GCM).
+        """Encrypt a wallet's key.pem, tls-key.pem and ibe.key under a passphrase (scrypt,
+        AES-256-GCM), all at once: a crash leaves the old or the new wallet, never a mix.
 
-        The passphrase comes from $EHRSHARE_WALLET_PASSPHRASE or is asked for twice."""
+        The passphrase comes from $EHRSHARE_WALLET_PASSPHRASE or is asked for twice. A wallet
+        an older version left half-encrypted is finished with the passphrase it used."""
+        from ehrshare.profile import PASSPHRASE_ENV
+
+        with _errors():
+            w = _changing_wallet(profile, wallet)
+            state = w.seal_state
+            if state == "encrypted":
+                _fail(
+                    EXIT_CONFIG,
+                    f"wallet {w.directory} is already encrypted",
+                    "change its passphrase with 'ehrshare wallet passphrase'",
+                )
+            if state == "mixed":
+                _err.print(
+                    f"wallet {w.directory} is half-encrypted (an interrupted encrypt): "
+                    "finishing it; give the passphrase that encrypt used",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            passphrase = _passphrase("new passphrase", env=PASSPHRASE_ENV, confirm=True)
+            w.encrypt(passphrase)
+        _err.print(f"[green]✓[/green] wallet {w.directory} encrypted")
+
+    @wallet_app.command("decrypt", epilog=_EXIT_HELP)
+    def wallet_decrypt(profile: ProfileOpt = "", wallet: WalletOpt = "") -> None:
+        """Store an encrypted wallet's keys unencrypted again (mode 0600), all at once.
+
+        The passphrase comes from $EHRSHARE_WALLET_PASSPHRASE or is asked for."""
+        from ehrshare.profile import PASSPHRASE_ENV
+
+        with _errors():
+            w = _changing_wallet(profile, wallet)
+            if w.seal_state == "plain":
+                _fail(EXIT_CONFIG, f"wallet {w.directory} is not encrypted")
+            w.decrypt(_passphrase("passphrase", env=PASSPHRASE_ENV, confirm=False))
+        _err.print(f"[green]✓[/green] wallet {w.directory} decrypted")
+
+    @wallet_app.command("passphrase", epilog=_EXIT_HELP)
+    def wallet_passphrase(profile: ProfileOpt = "", wallet: WalletOpt = "") -> None:
+        """Change an encrypted wallet's passphrase, all at once.
+
+        The current passphrase comes from $EHRSHARE_WALLET_PASSPHRASE, the new one from
+        $EHRSHARE_WALLET_NEW_PASSPHRASE; each is asked for when not set."""
+        from ehrshare.profile import PASSPHRASE_ENV
+
+        with _errors():
+            w = _changing_wallet(profile, wallet)
+            state = w.seal_state
+            if state != "encrypted":
+                _fail(
+                    EXIT_CONFIG,
+                    f"wallet {w.directory} is "
+                    + ("half-encrypted" if state == "mixed" else "not encrypted"),
+                    "finish or start encrypting it with 'ehrshare wallet encrypt'",
+                )
+            old = _passphrase("current passphrase", env=PASSPHRASE_ENV, confirm=False)
+            new = _passphrase("new passphrase", env=NEW_PASSPHRASE_ENV, confirm=True)
+            w.change_passphrase(old, new)
+        _err.print(f"[green]✓[/green] wallet {w.directory}: passphrase changed")
+
+    store_app = typer.Typer(
+        help="Check the content store against the ledger and remove unreferenced ciphertexts.",
+        no_args_is_help=True,
+    )
+    app.add_typer(store_app, name="store")
+
+    def _store_report(report: Any, as_json: bool, verb: str) -> None:
+        if as_json:
+            _emit(report.as_dict())
+            return
+        _err.print(
+            f"{report.records} record versions, {report.blobs} ciphertexts",
+            highlight=False,
+        )
+        for m in report.missing:
+            _err.print(
+                f"[red]missing:[/red] record {m['record_id']} v{m['version']}: {m['cid']}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        for a in report.altered:
+            _err.print(
+                f"[red]altered:[/red] record {a['record_id']} v{a['version']}: {a['detail']}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        for o in report.orphans:
+            gone = " (removed)" if o["cid"] in report.removed else ""
+            _err.print(
+                f"[yellow]unreferenced:[/yellow] {o['cid']}, {o['age_s']:.0f} s old{gone}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        if verb:
+            _err.print(f"{verb} {len(report.removed)} unreferenced ciphertext(s)")
+
+    @store_app.command("check", epilog=_EXIT_HELP)
+    def store_check(profile: ProfileOpt = "", as_json: JsonOpt = False) -> None:
+        """Compare every record version on the ledger with the store: records whose ciphertext
+        is missing, ciphertexts no record names, ciphertexts that no longer hash to what the
+        ledger recorded. Changes nothing. Exit code 5 if any, 0 if clean."""
         from ehrshare.consortium import profile_file
-        from ehrshare.profile import PASSPHRASE_ENV, Profile
+        from ehrshare.profile import Profile
+        from ehrshare.storemaint import check_store
 
         with _errors():
             prof = Profile.load(profile_file(_profile_path(profile)))
-            w = prof.wallet(_need_wallet(wallet))
-            if w.encrypted:
-                _fail(EXIT_CONFIG, f"wallet {w.directory} is already encrypted")
-            passphrase = os.environ.get(PASSPHRASE_ENV) or typer.prompt(
-                "new passphrase", hide_input=True, confirmation_prompt=True
-            )
-            type(w)(w.directory, use_env=False).encrypt(passphrase)
-        _err.print(f"[green]✓[/green] wallet {w.directory} encrypted")
+            report = check_store(prof)
+        _store_report(report, as_json, "")
+        if not report.clean:
+            if not as_json:
+                _err.print(
+                    "see docs/operations.md §9a; unreferenced ciphertexts "
+                    "go with 'ehrshare store gc'",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            raise typer.Exit(EXIT_INTEGRITY)
+        if not as_json:
+            _err.print("[green]✓[/green] store and ledger agree")
+
+    @store_app.command("gc", epilog=_EXIT_HELP)
+    def store_gc(
+        profile: ProfileOpt = "",
+        older_than: Annotated[
+            str,
+            typer.Option(
+                "--older-than",
+                help="Grace period: remove only unreferenced ciphertexts at least this old "
+                "(90s, 30m, 1h, 2d; 0 for all). A put in flight is younger.",
+            ),
+        ] = "1h",
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Only say what would be removed.")
+        ] = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Remove ciphertexts no record names (left by a put killed before it registered the
+        record) that are older than the grace period; never one a committed record names.
+        Kubo: unpin, then repo gc."""
+        from ehrshare.consortium import profile_file
+        from ehrshare.profile import Profile
+        from ehrshare.storemaint import gc_store, parse_duration
+
+        try:
+            grace = parse_duration(older_than)
+        except ValueError as exc:
+            _fail(EXIT_USAGE, f"--older-than: {exc}")
+        with _errors():
+            prof = Profile.load(profile_file(_profile_path(profile)))
+            report = gc_store(prof, older_than_s=grace, dry_run=dry_run)
+        _store_report(report, as_json, "would remove" if dry_run else "removed")
 
     # --- enrol --------------------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ __all__ = ["ServeOptions", "register"]
 _err = err_console()
 _log = logging.getLogger(__name__)
 EXIT_BAD_INPUT = 2
+EXIT_VOLUME = 3  # the ledger volume is missing, empty or not a consortium's (as the CLI's)
 
 
 def _fail(message: str) -> typer.Exit:
@@ -82,8 +83,24 @@ def _gateway(opts: ServeOptions) -> tuple[api.Gateway, Callable[[], None]]:
     if opts.ledger is not None:
         if ledger_tls[0] is not None:
             raise _fail("--ledger-tls-cert/--ledger-tls-key are for a Fabric ledger (--profile)")
-        gateway = connect(identity, signer, opts.ledger)
-        return gateway, gateway.close
+        from ehrshare.ledger.store import EmbeddedLedger
+        from ehrshare.volumes import VolumeError, require_ledger
+
+        try:
+            # An existing ledger only: an unmounted or empty volume is refused, never
+            # re-created empty. (A bare directory names no consortium to compare ids with.)
+            require_ledger(opts.ledger)
+            ledger = EmbeddedLedger.open(opts.ledger, create=False)
+        except (VolumeError, FileNotFoundError) as exc:
+            _err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_VOLUME) from None
+        gateway = connect(identity, signer, ledger)
+
+        def close() -> None:
+            gateway.close()
+            ledger.close()
+
+        return gateway, close
     from ehrshare.ledgers import open_ledger
     from ehrshare.profile import Profile, ProfileError
 

@@ -424,8 +424,13 @@ class EmbeddedLedger(Closing):
         max_clock_skew_s: int | None = DEFAULT_MAX_CLOCK_SKEW_S,
         clock: Callable[[], int] | None = None,
         check_reads: bool = True,
+        create: bool = True,
     ) -> EmbeddedLedger:
         """Open (creating if needed) the ledger in ``directory`` for ``channel``.
+
+        ``create=False`` opens only an existing ledger database: a missing directory or
+        ``ledger.sqlite`` raises :class:`FileNotFoundError` and nothing is created (a consortium
+        opens its ledger this way, after :mod:`ehrshare.volumes` checked its marker).
 
         The contract decides expiry by the proposal's timestamp, which the client sets, so the
         ledger refuses proposals whose timestamp is more than ``max_clock_skew_s`` (default
@@ -451,9 +456,16 @@ class EmbeddedLedger(Closing):
         if synchronous not in ("NORMAL", "FULL"):
             raise ValueError(f"synchronous must be NORMAL or FULL, got {synchronous!r}")
         path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
+        if create:
+            path.mkdir(parents=True, exist_ok=True)
+            target: str | Path = path / _DB_NAME
+        elif not (path / _DB_NAME).is_file():
+            raise FileNotFoundError(f"no ledger database {path / _DB_NAME}")
+        else:
+            # mode=rw: SQLite itself refuses to create the file should it vanish meanwhile.
+            target = f"{(path / _DB_NAME).resolve().as_uri()}?mode=rw"
         conn = sqlite3.connect(
-            path / _DB_NAME, isolation_level=None, check_same_thread=False, timeout=30.0
+            target, isolation_level=None, check_same_thread=False, timeout=30.0, uri=not create
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous}")
@@ -528,6 +540,13 @@ class EmbeddedLedger(Closing):
                 raise OrderingKeyError(str(exc)) from None
         signature = self._orderer.sign(block_message(self.channel, number, block_hash))
         self._conn.execute("INSERT INTO block_sigs VALUES (?, ?)", (number, signature))
+
+    def mark_consortium(self, consortium_id: str) -> None:
+        """Record which consortium this ledger belongs to (``consortium init`` does, once)."""
+        with self._lock:
+            self._conn.execute(
+                "INSERT INTO meta (name, value) VALUES ('consortium', ?)", (consortium_id,)
+            )
 
     def close(self) -> None:
         """Close the database; wakes event iterators so they can finish."""

@@ -12,7 +12,13 @@ writer's file. Instead a writer holds an exclusive ``flock`` on its .part file f
 rename, and opening the store removes only the .part files it can lock — those whose writer is
 gone (the kernel drops a dead process's locks).
 
-It is a local store for one process tree: it does not replicate, garbage-collect or lock across
+A consortium's store also holds a marker file, ``ehrshare-store.json``, naming the consortium
+(:mod:`ehrshare.volumes` writes it at ``consortium init`` and checks it before every open); a
+consortium opens its store with ``create=False``, so an unmounted or empty volume is never
+silently re-created. :meth:`EmbeddedStore.blobs` lists what is held, for ``ehrshare store
+check`` and ``store gc``.
+
+It is a local store for one process tree: it does not replicate or lock across
 machines, and it keeps whole files (not IPFS blocks), so it cannot serve the IPFS network.
 """
 
@@ -24,13 +30,16 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from .cid import CID, DAG_PB
 from .errors import ContentNotFound, IntegrityError, StorageError
 from .unixfs import CHUNK_SIZE, BlobSource, FileDagBuilder, iter_source
 
-__all__ = ["EmbeddedStore"]
+__all__ = ["STORE_MARKER", "EmbeddedStore", "StoredBlob"]
+
+STORE_MARKER = "ehrshare-store.json"
 
 _log = logging.getLogger(__name__)
 
@@ -43,6 +52,15 @@ def _canonical(cid: str) -> CID:
     return parsed
 
 
+@dataclass(frozen=True, slots=True)
+class StoredBlob:
+    """One blob file of the store: its CID (as the file is named), size and mtime (seconds)."""
+
+    cid: str
+    size: int
+    mtime: float
+
+
 class EmbeddedStore:
     """A :class:`~ehrshare.storage.base.BlobStore` in a local directory.
 
@@ -50,13 +68,22 @@ class EmbeddedStore:
     :meth:`unpin` deletes it; there is no separate pin set.
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, create: bool = True) -> None:
         self.root = Path(root)
         self._blobs = self.root / "blobs"
         self._tmp = self.root / "tmp"
+        if not create:
+            # An existing store only: nothing is made (an unmounted volume stays visible).
+            missing = [p.name for p in (self._blobs, self._tmp) if not p.is_dir()]
+            if missing:
+                raise StorageError(
+                    f"the embedded store {self.root} lacks {' and '.join(missing)}/; "
+                    "it is not a store 'consortium init' made"
+                )
         try:
-            self._blobs.mkdir(parents=True, exist_ok=True)
-            self._tmp.mkdir(parents=True, exist_ok=True)
+            if create:
+                self._blobs.mkdir(parents=True, exist_ok=True)
+                self._tmp.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(f"cannot create the embedded store in {self.root}: {exc}") from exc
         self._sweep_abandoned()
@@ -161,6 +188,19 @@ class EmbeddedStore:
             pass
         finally:
             os.close(fd)
+
+    def blobs(self) -> Iterator[StoredBlob]:
+        """Every blob file held, in name order (files whose name is not a CID are skipped)."""
+        for shard in sorted(self._blobs.iterdir()):
+            if not shard.is_dir():
+                continue
+            for path in sorted(shard.iterdir()):
+                try:
+                    CID.parse(path.name)
+                    st = path.stat()
+                except (ValueError, OSError):
+                    continue
+                yield StoredBlob(path.name, st.st_size, st.st_mtime)
 
     def _open(self, cid: str) -> tuple[CID, Path]:
         parsed = _canonical(cid)

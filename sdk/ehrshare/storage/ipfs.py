@@ -351,6 +351,67 @@ class KuboClient(Closing):
             return False
         return any(isinstance(o.get("Keys"), dict) and o["Keys"] for o in objects)
 
+    def files_read(self, path: str, *, timeout: float | None = None) -> bytes:
+        """The content of an MFS file (small files: markers); :class:`FileNotFoundError` if
+        there is none."""
+        try:
+            response = self._send("files/read", {"arg": path}, timeout=timeout)
+        except StorageError as exc:
+            if "does not exist" in str(exc) or "not found" in str(exc).lower():
+                raise FileNotFoundError(path) from None
+            raise
+        return b"".join(self._stream(response, "files/read"))
+
+    def files_write(self, path: str, data: bytes, *, timeout: float | None = None) -> None:
+        """Create or replace an MFS file (and its parent directories) with ``data``."""
+        boundary = secrets.token_hex(16)
+        body = (
+            (
+                f"--{boundary}\r\n"
+                'Content-Disposition: form-data; name="file"; filename="marker"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        self._call_json(
+            "files/write",
+            {"arg": path, "create": "true", "parents": "true", "truncate": "true"},
+            timeout=timeout,
+            cid=None,
+            content=iter([body]),
+            headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+        )
+
+    def files_ls(self, path: str, *, timeout: float | None = None) -> list[str]:
+        """The names in an MFS directory (none when it does not exist)."""
+        try:
+            objects = self._call_json("files/ls", {"arg": path}, timeout=timeout, cid=None)
+        except StorageError as exc:
+            if "does not exist" in str(exc) or "not found" in str(exc).lower():
+                return []
+            raise
+        names: list[str] = []
+        for o in objects:
+            for entry in o.get("Entries") or []:
+                if isinstance(entry, dict) and isinstance(entry.get("Name"), str):
+                    names.append(entry["Name"])
+        return sorted(names)
+
+    def pins(self, *, timeout: float | None = None) -> list[str]:
+        """The CIDs pinned recursively here (``pin/ls --type=recursive``)."""
+        objects = self._call_json("pin/ls", {"type": "recursive"}, timeout=timeout, cid=None)
+        out: list[str] = []
+        for o in objects:
+            keys = o.get("Keys")
+            if isinstance(keys, dict):
+                out.extend(str(k) for k in keys)
+        return sorted(out)
+
+    def repo_gc(self, *, timeout: float | None = None) -> None:
+        """Delete the blocks no pin (nor MFS) holds (``repo/gc``)."""
+        self._call_json("repo/gc", {}, timeout=timeout, cid=None)
+
 
 def _same_content(a: CID, b: CID) -> bool:
     def v1(c: CID) -> CID:
