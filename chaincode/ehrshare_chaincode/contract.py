@@ -1318,19 +1318,6 @@ class EHRContract:
             raise ChaincodeError(f"dkg session {nonce} already exists")
         if ctx.stub.get_state(ctx.key(K_DKG_RESULT, nonce)) is not None:
             raise ChaincodeError(f"dkg session {nonce} already exists")
-        keys: list[str] = []
-        owner_of: dict[str, str] = {}
-        for member in roster:
-            record = ctx.get_json(K_KGC_KEY, member)
-            if record is None:
-                raise ChaincodeError(f"kgc {member} has not published a public key")
-            key = str(record["public_key"])
-            if key in owner_of:
-                raise ChaincodeError(
-                    f"kgc {owner_of[key]} and kgc {member} published the same public key"
-                )
-            owner_of[key] = member
-            keys.append(key)
         latest = ctx.get_json(K_DKG_LATEST)
         # A full scan, but of a rare admin transaction; a record counter would be a hot key that
         # every RegisterRecord writes.
@@ -1344,6 +1331,19 @@ class EHRContract:
                 "which records are stored; reshare the key to a new committee instead "
                 "(OpenReshareSession, 'ehrshare kgc reshare')"
             )
+        keys: list[str] = []
+        owner_of: dict[str, str] = {}
+        for member in roster:
+            record = ctx.get_json(K_KGC_KEY, member)
+            if record is None:
+                raise ChaincodeError(f"kgc {member} has not published a public key")
+            key = str(record["public_key"])
+            if key in owner_of:
+                raise ChaincodeError(
+                    f"kgc {owner_of[key]} and kgc {member} published the same public key"
+                )
+            owner_of[key] = member
+            keys.append(key)
         session = {
             "nonce": nonce,
             "threshold": tau,

@@ -640,20 +640,22 @@ class KgcNode:
     def _retire(self, nonce: bytes, final: dict[str, Any]) -> bool:
         """A final resharing that leaves this node out of the committee: destroy its share of
         the reshared key. True when the node is retired (or already was)."""
-        mine = base64.b64encode(self.public_key.to_bytes()).decode("ascii")
-        if final.get("kind") != "reshare" or mine in final.get("keys", []):
+        if final.get("kind") != "reshare":
             return False
         previous = bytes.fromhex(str(final["previous"]))
-        if self.current_session not in (previous, None):
+        if self.current_session != previous:
             return False
+        # Also a member of the new committee that ended without a new share (it crashed
+        # before sealing it): its old share is useless to the new committee, and old shares
+        # must not outlive the resharing. It rejoins by a later resharing.
         pointer = self.state_dir / _CURRENT_FILE
         pointer.unlink(missing_ok=True)  # first: a crash after it leaves no current share
         with self._lock:
             self._result = None
         self._destroy_share(previous)
         _log.info(
-            "kgc node %d: reshare session %s moved the key to a committee without this node; "
-            "its share is destroyed",
+            "kgc node %d: reshare session %s is final without a new share for this node; "
+            "its old share is destroyed",
             self.index,
             nonce.hex()[:16],
         )
@@ -665,6 +667,29 @@ class KgcNode:
             return
         path.unlink()
         _log.info("kgc node %d: destroyed its share of session %s", self.index, nonce.hex()[:16])
+
+    def resume_view(self, nonce: bytes) -> str:
+        """Publish this node's view of a resharing whose new share it sealed in an earlier
+        process that died before publishing, and adopt it if the result is final. Returns the
+        chain's outcome, or ``""`` when there is nothing to publish (not a resharing, failed,
+        or already final)."""
+        state = LedgerBoard(self._contract).session_state(nonce)
+        if state.get("kind") != "reshare" or state["phase"] == PHASE_FAILED:
+            return ""
+        if (state.get("result") or {}).get("final"):
+            self.adopt_final(nonce)
+            return ""
+        path = self._share_path(nonce)
+        try:
+            raw = open_sealed_file(path, self._key.encryption_key, self._purpose(nonce, self.index))
+        except DecryptionError:
+            raise KgcError(
+                f"the sealed DKG share in {path} does not open with this node key"
+            ) from None
+        outcome = _publish_reshare_view(self, state, DKGResult.from_secret_bytes(raw))
+        if outcome in ("final", "confirmed"):
+            self.adopt_final(nonce)
+        return outcome
 
     # --- DKG ----------------------------------------------------------------------------------
 
@@ -1269,31 +1294,35 @@ class ReshareParticipation:
         return result
 
     def _publish(self, result: DKGResult) -> str:
-        dealers = [str(d) for d in self.state["dealers"]]
-        by_index = dict(zip(self.config.dealer_indices, dealers, strict=True))
-        answer = json.loads(
-            self.node._contract.submit_transaction(
-                "PublishDKGResult",
-                self.session.hex(),
-                base64.b64encode(MasterPublicKey(result.public.mpk).to_bytes()).decode("ascii"),
-                json.dumps(
-                    [
-                        base64.b64encode(c.to_bytes()).decode("ascii")
-                        for c in result.public.commitments
-                    ]
-                ),
-                json.dumps(sorted(by_index[i] for i in result.qual)),
-                str(BUNDLE_FORMAT_VERSION),
-            )
+        return _publish_reshare_view(self.node, self.state, result)
+
+
+def _publish_reshare_view(node: KgcNode, state: dict[str, Any], result: DKGResult) -> str:
+    """A new member posts its view of a resharing; QUAL is named by the dealers' identities.
+    Returns the chain's outcome (``pending``, ``final``, ``confirmed``, ``conflict``)."""
+    by_index = dict(
+        zip((int(i) for i in state["dealer_indices"]), map(str, state["dealers"]), strict=True)
+    )
+    answer = json.loads(
+        node.contract.submit_transaction(
+            "PublishDKGResult",
+            result.nonce.hex(),
+            base64.b64encode(MasterPublicKey(result.public.mpk).to_bytes()).decode("ascii"),
+            json.dumps(
+                [base64.b64encode(c.to_bytes()).decode("ascii") for c in result.public.commitments]
+            ),
+            json.dumps(sorted(by_index[i] for i in result.qual)),
+            str(BUNDLE_FORMAT_VERSION),
         )
-        _log.info(
-            "kgc node %d published its reshare view: %s (%d of %d agree)",
-            self.node.index,
-            answer["outcome"],
-            answer["agree"],
-            answer["threshold"],
-        )
-        return str(answer["outcome"])
+    )
+    _log.info(
+        "kgc node %d published its reshare view: %s (%d of %d agree)",
+        node.index,
+        answer["outcome"],
+        answer["agree"],
+        answer["threshold"],
+    )
+    return str(answer["outcome"])
 
 
 def reshare_config_from_chain(state: dict[str, Any], old_public: PublicPolynomial) -> ReshareConfig:
@@ -1591,7 +1620,12 @@ class DkgFollower:
 
     def handle_event(self, event: ChaincodeEvent) -> None:
         """Act on one chaincode event, then record it as the checkpoint."""
-        if event.event_name in ("OpenDKGSession", "PublishDKGResult", "AbortDKGSession"):
+        if event.event_name in (
+            "OpenDKGSession",
+            "OpenReshareSession",
+            "PublishDKGResult",
+            "AbortDKGSession",
+        ):
             payload = json.loads(event.payload)
             for entry in payload.get("entries", []):
                 detail = entry.get("detail") or {}
@@ -1601,6 +1635,9 @@ class DkgFollower:
                     continue
                 if entry.get("action") == "OpenDKGSession":
                     if self.ibe_id in detail.get("roster", []):
+                        self._opened(nonce)
+                elif entry.get("action") == "OpenReshareSession":
+                    if self.ibe_id in detail.get("roster", []) + detail.get("dealers", []):
                         self._opened(nonce)
                 elif entry.get("action") == "PublishDKGResult" and entry.get("outcome") == "final":
                     self._final(nonce)
@@ -1616,8 +1653,13 @@ class DkgFollower:
 
     def _opened(self, nonce: bytes) -> None:
         tag = f"kgc node {self._node.index}: dkg session {nonce.hex()[:16]}"
-        if nonce in self._sessions or self._node.holds_share(nonce):
+        if nonce in self._sessions:
+            return
+        if self._node.holds_share(nonce):
+            # Sealed by an earlier process, which may have died before publishing its view.
             _log.info("%s: already taken part; skipping", tag)
+            if self._node.resume_view(nonce):
+                _log.info("%s: published the view of the share sealed before a restart", tag)
             return
         state = LedgerBoard(self._node.contract).session_state(nonce)
         phase = str(state["phase"])
@@ -1641,7 +1683,11 @@ class DkgFollower:
     def _take_part(self, nonce: bytes) -> None:
         tag = f"kgc node {self._node.index}: dkg session {nonce.hex()[:16]}"
         try:
-            self._node.run_dkg(nonce, poll=self._poll, sleep=self._sleep)
+            state = LedgerBoard(self._node.contract).session_state(nonce)
+            if state.get("kind") == "reshare":
+                self._node.run_reshare(nonce, poll=self._poll, sleep=self._sleep)
+            else:
+                self._node.run_dkg(nonce, poll=self._poll, sleep=self._sleep)
             self.outcomes[nonce] = "final"
             _log.info("%s: finished; the result is final", tag)
         except _Stopped:
@@ -1658,7 +1704,9 @@ class DkgFollower:
             _log.exception("%s: failed unexpectedly", tag)
 
     def _final(self, nonce: bytes) -> None:
-        if not self._node.holds_share(nonce) or self._node.current_session == nonce:
+        # No share of the session may still mean a resharing that leaves this node out (then
+        # adopt_final destroys its old share), so only the current session is skipped.
+        if self._node.current_session == nonce:
             return
         try:
             latest = json.loads(self._node.contract.evaluate_transaction("GetDKGResult", ""))
