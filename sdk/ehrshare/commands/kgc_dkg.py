@@ -354,7 +354,9 @@ def _plan(
     for index in sorted(new & committee):
         _fail(EXIT_USAGE, f"--add {nodes[index]}: already in the current committee")
     members = sorted((committee - gone) | new)
-    dealers = sorted(committee - gone)
+    # Leaving nodes deal too: with τ = n no node could leave otherwise. One that is down only
+    # makes the deal phase wait for its timeout; τ_old dealers suffice.
+    dealers = sorted(committee)
     old_tau = int(current["threshold"])
     tau = threshold if threshold is not None else old_tau
     if len(members) < 2:
@@ -364,12 +366,6 @@ def _plan(
             EXIT_USAGE,
             f"threshold {tau} must be between 2 and the {len(members)} nodes of the new "
             "committee; give --threshold",
-        )
-    if len(dealers) < old_tau:
-        _fail(
-            EXIT_USAGE,
-            f"only {len(dealers)} nodes of the current committee would remain to re-deal their "
-            f"shares; the key has threshold {old_tau}, so remove fewer nodes at a time",
         )
     return members, dealers, tau
 
@@ -412,10 +408,10 @@ def register_reshare(kgc_app: typer.Typer) -> None:
         """Move the current master key to a new KGC committee (org admin): same mpk, so every
         identity key and record stays valid; the nodes get fresh shares.
 
-        Current members that stay and the removed ones' shares are re-dealt by the remaining
-        current members (at least the current τ of them must take part); old shares are
-        destroyed only once the new committee's result is final. Exit code 4 when the session
-        fails or is not final in time (the old shares keep answering).
+        Every current member, leaving ones included, re-deals its share; at least the current τ
+        must take part (a phase waits up to --phase-timeout for nodes that are down). Old shares
+        are destroyed only once the new committee's result is final. Exit code 4 when the
+        session fails or is not final in time (the old shares keep answering).
         """
         from ehrshare.consortium import profile_file
         from ehrshare.hazmat.dkg import new_session_nonce

@@ -584,6 +584,18 @@ class KgcNode:
         """Close the node's replay database (the node answers no extraction afterwards)."""
         self._seen.close()
 
+    def sealed_sessions(self) -> list[bytes]:
+        """Nonces of every session whose share is sealed in the state directory."""
+        out = []
+        for path in sorted(self.state_dir.glob("dkg-*.sealed")):
+            try:
+                nonce = bytes.fromhex(path.name[len("dkg-") : -len(".sealed")])
+            except ValueError:
+                continue
+            if len(nonce) == NONCE_SIZE:
+                out.append(nonce)
+        return out
+
     def holds_share(self, nonce: bytes) -> bool:
         """Whether a share of session ``nonce`` is sealed in the state directory."""
         return self._share_path(nonce).exists()
@@ -1585,7 +1597,26 @@ class DkgFollower:
 
     def start(self) -> None:
         """Start following in a daemon thread (a broken event stream is opened again from the
-        checkpoint; see :class:`~ehrshare.ledger.api.EventFollower`)."""
+        checkpoint; see :class:`~ehrshare.ledger.api.EventFollower`).
+
+        First, a resharing whose new share an earlier process sealed but may not have
+        published (killed in between) gets this node's view, since its open event lies
+        before the checkpoint and will not be seen again.
+        """
+        for nonce in self._node.sealed_sessions():
+            if nonce == self._node.current_session:
+                continue
+            try:
+                if self._node.resume_view(nonce):
+                    _log.info(
+                        "kgc node %d: published its view of reshare session %s after a restart",
+                        self._node.index,
+                        nonce.hex()[:16],
+                    )
+            except (KgcError, LedgerError, EncodingError) as exc:
+                _log.error(
+                    "kgc node %d: resuming session %s: %s", self._node.index, nonce.hex(), exc
+                )
         block, _ = self.checkpoint()
         self._events = EventFollower(
             self._network,
@@ -1656,10 +1687,7 @@ class DkgFollower:
         if nonce in self._sessions:
             return
         if self._node.holds_share(nonce):
-            # Sealed by an earlier process, which may have died before publishing its view.
             _log.info("%s: already taken part; skipping", tag)
-            if self._node.resume_view(nonce):
-                _log.info("%s: published the view of the share sealed before a restart", tag)
             return
         state = LedgerBoard(self._node.contract).session_state(nonce)
         phase = str(state["phase"])
