@@ -123,6 +123,8 @@ def _summary(state: dict[str, Any]) -> str:
     if result.get("final"):
         return f"final: {result.get('agree')} of τ={tau} views agree"
     if phase in ("deal", "response"):
+        if phase == "deal" and state.get("kind") == "reshare":
+            n = len(state["dealers"])  # the current committee deals, the new one responds
         return f"{phase} phase: {len(state.get('posted', []))} of {n} nodes posted"
     return (
         f"result: {result.get('agree', 0)} of τ={tau} views agree "
