@@ -16,11 +16,13 @@ import pytest
 
 from ehrshare.consortium import ADMIN_WALLET, Consortium
 from ehrshare.demo import lab_observation
-from ehrshare.hazmat.dkg import new_session_nonce
+from ehrshare.hazmat.dkg import BundleKind, DealBundle, new_session_nonce, seal_share
+from ehrshare.hazmat.pairing import G1, Scalar
 from ehrshare.ledger.errors import LedgerError
 from ehrshare.ledger.sandbox import ManualClock
 from ehrshare.services.kgc import (
     DKGSessionFailed,
+    ReshareParticipation,
     open_dkg_session,
     run_local_reshare,
 )
@@ -168,3 +170,56 @@ def test_a_resharing_that_cannot_finish_leaves_the_old_shares_answering(
     assert {n.index: n.current_session for n in consortium.kgc_nodes} == sessions
     _all_read(consortium, refs)
     _enrolled(consortium, "dora")
+
+
+def test_a_dealer_dealing_another_secret_is_named_and_disqualified_on_chain(
+    consortium: Consortium, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node 2 deals a fresh random polynomial instead of its share (it would change mpk): every
+    new member disqualifies it from the public commitments, the result keeps mpk without it."""
+    refs = _records(consortium)
+    mpk = consortium.dkg_result()["mpk"]
+    honest = ReshareParticipation.post_deal
+
+    def cheat(self: ReshareParticipation) -> None:
+        if self.node.index != 2:
+            honest(self)
+            return
+        self._proto.deals()  # keeps the protocol object's phase table in step
+        c = self.config
+        coefficients = [Scalar.random() for _ in range(c.threshold)]
+        sealed = [
+            seal_share(
+                key,
+                sum(
+                    (coefficients[k] * Scalar.from_int(j**k) for k in range(c.threshold)),
+                    Scalar.from_int(0),
+                ),
+                nonce=c.nonce,
+                dealer=2,
+                recipient=q,
+            )
+            for q, (key, j) in enumerate(zip(c.recipients, c.recipient_indices, strict=True), 1)
+        ]
+        bundle = DealBundle.create(
+            self.node._key,
+            nonce=c.nonce,
+            dealer=2,
+            commitments=[G1.generator() * a for a in coefficients],
+            sealed_shares=sealed,
+        )
+        self.board.post(c.nonce, BundleKind.DEAL, bundle.to_bytes())
+
+    monkeypatch.setattr(ReshareParticipation, "post_deal", cheat)
+    _reshare(consortium, clock, members=[1, 3, 4], dealers=[1, 2, 3], threshold=2)
+    result = consortium.dkg_result()
+    assert result["mpk"] == mpk
+    assert result["qual"] == ["HospitalAMSP/kgc1", "HospitalCMSP/kgc3"]
+    for node in consortium.kgc_nodes:
+        if node.index != 2:
+            held = node._result
+            assert held is not None
+            assert held.disqualified == {
+                2: "dealt another value than its old share (A_0 is not S_i)"
+            }
+    _all_read(consortium, refs)
