@@ -386,3 +386,23 @@ def test_calls_out_of_order_are_phase_errors(
         (ResharePhase.AWAITING_JUSTIFICATIONS, "process_justifications"),
         (ResharePhase.FINISHED, "result"),
     }
+
+
+def test_a_dealer_without_its_share_abstains_and_still_receives(
+    keys: list[KGCNodeKey], dkg4: dict[int, DKGResult]
+) -> None:
+    config, _ = reshare(keys, dkg4, [1, 2, 3, 4], [1, 2, 3, 4])
+    nodes = [
+        ReshareNode(
+            config, keys[i - 1], old_share=dkg4[i].share if i != 4 else None, abstain=i == 4
+        )
+        for i in range(1, 5)
+    ]
+    run = run_reshare(nodes, InMemoryBoard())
+    assert not run.failures
+    assert run.results[4].qual == (1, 2, 3)
+    assert run.results[4].disqualified == {4: "no valid deal bundle"}
+    assert_same_key(dkg4, run.results, config.threshold)
+    with pytest.raises(NotADealer, match="abstains and is not a new member"):
+        leaving, _ = reshare(keys, dkg4, [1, 2, 3, 4], [1, 2, 3])
+        ReshareNode(leaving, keys[3], abstain=True)

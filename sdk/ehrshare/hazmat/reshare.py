@@ -246,7 +246,8 @@ class ReshareNode:
     :meth:`process_responses` → (:meth:`process_justifications` when :attr:`phase` is
     ``AWAITING_JUSTIFICATIONS``) → :meth:`result` (recipients). Dealers that leave the committee
     go through the same calls, since they must answer complaints, and end ``FINISHED`` without
-    a share.
+    a share. A dealer without its old share (``abstain=True``) deals nothing and takes part
+    only as a new member.
     """
 
     TRANSITIONS: Final[Mapping[tuple[ResharePhase, str], frozenset[ResharePhase]]] = {
@@ -269,6 +270,7 @@ class ReshareNode:
         key: KGCNodeKey,
         *,
         old_share: KeyShare | None = None,
+        abstain: bool = False,
         rng: RngFn | None = None,
     ) -> None:
         self.config = config
@@ -280,6 +282,12 @@ class ReshareNode:
             raise UnknownParticipant(
                 f"key {key.public_key.fingerprint()} is neither a dealer nor a new member"
             )
+        if self.dealer_position is not None and old_share is None and abstain:
+            # A dealer that lost its share: it deals nothing (the others see it as absent),
+            # and still receives if it is a new member.
+            self.dealer_position = None
+            if self.recipient_position is None:
+                raise NotADealer("a dealer that abstains and is not a new member has no part")
         if self.dealer_position is not None:
             expected = config.dealer_indices[self.dealer_position - 1]
             if old_share is None:

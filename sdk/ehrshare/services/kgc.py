@@ -584,6 +584,53 @@ class KgcNode:
         """Close the node's replay database (the node answers no extraction afterwards)."""
         self._seen.close()
 
+    def catch_up(self) -> None:
+        """Finish what a killed process left of a resharing: publish the view of a sealed new
+        share or adopt it if its result is final (:meth:`resume_view`), and delete an old share
+        that the chain's latest final resharing replaced (or that left this node out). Call at
+        start, before following events."""
+        for nonce in self.sealed_sessions():
+            if nonce == self.current_session:
+                continue
+            try:
+                if self.resume_view(nonce):
+                    _log.info(
+                        "kgc node %d: published its view of reshare session %s after a restart",
+                        self.index,
+                        nonce.hex()[:16],
+                    )
+            except (KgcError, LedgerError, EncodingError) as exc:
+                _log.error("kgc node %d: resuming session %s: %s", self.index, nonce.hex(), exc)
+        try:
+            latest = json.loads(self._contract.evaluate_transaction("GetDKGResult", ""))
+        except LedgerError:
+            return
+        # Every session the latest key was reshared from, newest first.
+        ancestors: list[bytes] = []
+        step = latest
+        while step.get("kind") == "reshare" and len(ancestors) < 1000:
+            ancestors.append(bytes.fromhex(str(step["previous"])))
+            try:
+                step = json.loads(
+                    self._contract.evaluate_transaction("GetDKGResult", ancestors[-1].hex())
+                )
+            except LedgerError:
+                break
+        if not ancestors:
+            return
+        if self.current_session == ancestors[0]:
+            # promotes the sealed share of the latest resharing, or retires this node
+            self.adopt_final(bytes.fromhex(str(latest["nonce"])))
+        elif self.current_session in ancestors:
+            # It missed a resharing altogether: its share is of a polynomial long replaced.
+            (self.state_dir / _CURRENT_FILE).unlink(missing_ok=True)
+            with self._lock:
+                self._result = None
+            _log.warning("kgc node %d: its share is from before the latest resharing", self.index)
+        for nonce in self.sealed_sessions():
+            if nonce in ancestors:
+                self._destroy_share(nonce)
+
     def sealed_sessions(self) -> list[bytes]:
         """Nonces of every session whose share is sealed in the state directory."""
         out = []
@@ -644,6 +691,7 @@ class KgcNode:
             nonce.hex()[:16],
         )
         if final.get("kind") == "reshare":
+            faults.fault_point("reshare.promoted")
             # The old share of the same secret: kept until now (the new committee's result
             # was not final), destroyed now that the pointer names the new share.
             self._destroy_share(bytes.fromhex(str(final["previous"])))
@@ -664,6 +712,7 @@ class KgcNode:
         pointer.unlink(missing_ok=True)  # first: a crash after it leaves no current share
         with self._lock:
             self._result = None
+        faults.fault_point("reshare.retired")
         self._destroy_share(previous)
         _log.info(
             "kgc node %d: reshare session %s is final without a new share for this node; "
@@ -686,10 +735,19 @@ class KgcNode:
         chain's outcome, or ``""`` when there is nothing to publish (not a resharing, failed,
         or already final)."""
         state = LedgerBoard(self._contract).session_state(nonce)
-        if state.get("kind") != "reshare" or state["phase"] == PHASE_FAILED:
+        if state.get("kind") != "reshare":
             return ""
         if (state.get("result") or {}).get("final"):
             self.adopt_final(nonce)
+            return ""
+        try:
+            latest = json.loads(self._contract.evaluate_transaction("GetDKGResult", ""))
+        except LedgerError:
+            latest = {}
+        if state["phase"] == PHASE_FAILED or latest.get("nonce") != state["previous"]:
+            # It can never become final (failed, or another key became final since): the
+            # sealed share is of a polynomial nobody completed; it goes.
+            self._destroy_share(nonce)
             return ""
         path = self._share_path(nonce)
         try:
@@ -760,16 +818,21 @@ class KgcNode:
         old_share = None
         if position is not None:
             if current is None or current.public.to_bytes() != config.old_public.to_bytes():
-                raise KgcError(
-                    f"KGC node {self.index} is a dealer of reshare session {nonce.hex()} but "
-                    f"holds no share of the key it reshares (dkg session {state['previous']})"
+                # It still receives if it is a new member; the others need τ_old dealers.
+                _log.warning(
+                    "kgc node %d is a dealer of reshare session %s but holds no share of the key "
+                    "it reshares (dkg session %s); it does not deal",
+                    self.index,
+                    nonce.hex()[:16],
+                    str(state["previous"])[:16],
                 )
-            if current.index != config.dealer_indices[position - 1]:
+            elif current.index != config.dealer_indices[position - 1]:
                 raise KgcError(
                     f"KGC node {self.index} holds share {current.index}; the session expects "
                     f"share {config.dealer_indices[position - 1]} from it"
                 )
-            old_share = current.share
+            else:
+                old_share = current.share
         recipient = config.recipient_position(self.public_key)
         if recipient is not None and config.recipient_indices[recipient - 1] != self.index:
             raise KgcError(
@@ -1248,7 +1311,11 @@ class ReshareParticipation:
 
     def __post_init__(self) -> None:
         self._proto = ReshareNode(
-            self.config, self.node._key, old_share=self.old_share, rng=self.node._rng
+            self.config,
+            self.node._key,
+            old_share=self.old_share,
+            abstain=self.old_share is None,
+            rng=self.node._rng,
         )
 
     @property
@@ -1428,8 +1495,18 @@ def run_local_reshare(
         phase_timeout_s=phase_timeout_s,
     )
     live = [by_index[i] for i in sorted(set(members) | set(dealers)) if i not in skip]
+    for node in by_index.values():
+        if node.index not in skip:
+            node.catch_up()  # a killed earlier run may have left a final result half-adopted
     board = LedgerBoard(live[0].contract)
-    sessions = [n.reshare_session(nonce, LedgerBoard(n.contract)) for n in live]
+    sessions = []
+    for node in live:
+        try:
+            sessions.append(node.reshare_session(nonce, LedgerBoard(node.contract)))
+        except DKGError as exc:  # a leaving dealer without a share: it has no part
+            _log.warning(
+                "kgc node %d sits out reshare session %s: %s", node.index, nonce.hex(), exc
+            )
 
     def close(kind: BundleKind) -> None:
         board.wait_closed(
@@ -1462,6 +1539,9 @@ def run_local_reshare(
         raise DKGError("the final reshare result on chain differs from the nodes' result")
     for node in live:
         node.adopt_final(nonce)
+    for node in by_index.values():
+        if node.index not in skip:
+            node.catch_up()  # shares sealed for sessions a killed earlier run left behind go too
     return public
 
 
@@ -1599,24 +1679,11 @@ class DkgFollower:
         """Start following in a daemon thread (a broken event stream is opened again from the
         checkpoint; see :class:`~ehrshare.ledger.api.EventFollower`).
 
-        First, a resharing whose new share an earlier process sealed but may not have
-        published (killed in between) gets this node's view, since its open event lies
-        before the checkpoint and will not be seen again.
+        First it finishes what a killed earlier process left of a resharing
+        (:meth:`KgcNode.catch_up`): the open event of that session lies before the checkpoint
+        and will not be seen again.
         """
-        for nonce in self._node.sealed_sessions():
-            if nonce == self._node.current_session:
-                continue
-            try:
-                if self._node.resume_view(nonce):
-                    _log.info(
-                        "kgc node %d: published its view of reshare session %s after a restart",
-                        self._node.index,
-                        nonce.hex()[:16],
-                    )
-            except (KgcError, LedgerError, EncodingError) as exc:
-                _log.error(
-                    "kgc node %d: resuming session %s: %s", self._node.index, nonce.hex(), exc
-                )
+        self._node.catch_up()
         block, _ = self.checkpoint()
         self._events = EventFollower(
             self._network,
