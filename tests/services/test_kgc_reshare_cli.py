@@ -113,6 +113,11 @@ def test_reshare_keeps_records_readable_and_enrolment_working(
     assert state["mpk"] == mpk
     with Consortium.open(root / "profile.yaml") as c:
         assert c.dkg_result()["mpk"] == mpk
+    # Status lists the new committee and the leaving dealer (it posted a deal).
+    code, _, text = _run(root, "kgc", "dkg", "status", state["nonce"])
+    assert code == 0, text
+    assert "HospitalBMSP/kgc2" in text and "HospitalDMSP/kgc4" in text
+    assert "deal closed" in text and "3 posted" in text
     # The record written before reads with the wallet's old identity key.
     code, out, text = _run(root, "record", "get", record, wallet="pat")
     assert code == 0, text

@@ -171,7 +171,15 @@ def _show(state: dict[str, Any]) -> None:
         [str(state["phase"])] if state["phase"] in ("deal", "response", "justification") else []
     )
     table = Table("#", "kgc", *(c["phase"] for c in state["closed"]), *open_phase)
-    for j, member in enumerate(state["roster"], start=1):
+    # A resharing: share indices, and the leaving dealers too (they post deals).
+    indices = state.get("indices") or range(1, len(state["roster"]) + 1)
+    rows = list(zip(indices, state["roster"], strict=True))
+    rows += [
+        (i, d)
+        for i, d in zip(state.get("dealer_indices", []), state.get("dealers", []), strict=True)
+        if d not in state["roster"]
+    ]
+    for j, member in rows:
         cells = ["✓" if member in c["posters"] else "-" for c in state["closed"]]
         now = ["✓" if member in posted else "-"] if open_phase else []
         table.add_row(str(j), member, *cells, *now)
