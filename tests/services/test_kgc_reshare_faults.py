@@ -93,3 +93,70 @@ def test_kill_at_each_step_loses_nothing_and_the_next_reshare_succeeds(
             assert current[i] == state["nonce"] and sealed[i] == {state["nonce"]}, (i, sealed)
         else:
             assert current[i] is None and sealed[i] == set(), (i, sealed)
+
+
+def test_an_altered_sealed_share_of_a_killed_run_does_not_block_the_next_reshare(
+    tmp_path: Path,
+) -> None:
+    root = tmp_path / "c"
+    with Consortium.init(root, hospitals=HOSPITALS, committee=3) as c:
+        c.add_member("pat", "HospitalA", "patient")
+        with c.session("pat") as pat:
+            pat.enroll()
+            pat.publish_type_keys()
+            record = pat.put_record(lab_observation()).record_id
+        first = c.dkg_result()["nonce"]
+    killed = _cli(root, "kgc", "reshare", "--threshold", "3", fault="reshare.sealed")
+    assert killed.returncode == -9, killed.stderr
+    (stray,) = _sealed(root)[1] - {first}
+    path = root / "kgc" / "node1" / f"dkg-{stray}.sealed"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x01
+    path.write_bytes(bytes(raw))
+    again = _cli(root, "kgc", "reshare", "--json")
+    assert again.returncode == 0, again.stderr
+    assert "Traceback" not in again.stderr
+    nonce = json.loads(again.stdout)["nonce"]
+    # The altered share of the dead session is gone with it; nobody answered under it.
+    assert _sealed(root)[1] == {nonce} and _current(root)[1] == nonce
+    with Consortium.open(root / "profile.yaml") as c, c.session("pat") as pat:
+        assert pat.read_record(record).status == "final"  # type: ignore[attr-defined]
+
+
+def test_an_altered_final_share_waiting_for_adoption_is_refused_without_harm(
+    tmp_path: Path,
+) -> None:
+    """Killed right after the result became final, exactly τ new members hold new shares (node
+    1 sealed but not yet current, node 2 current). Node 1's file is then altered by hand: the
+    key is now held by fewer than τ nodes, which no protocol can repair. What must hold: the
+    altered share is never used, the next resharing fails cleanly (exit 4, the chain's cause,
+    no traceback) and changes nothing, and every record still reads (members' identity keys do
+    not need the KGC)."""
+    root = tmp_path / "c"
+    with Consortium.init(root, hospitals=HOSPITALS, committee=3) as c:
+        c.add_member("pat", "HospitalA", "patient")
+        with c.session("pat") as pat:
+            pat.enroll()
+            pat.publish_type_keys()
+            record = pat.put_record(lab_observation()).record_id
+    killed = _cli(root, "kgc", "reshare", "--threshold", "2", fault="reshare.promoted")
+    assert killed.returncode == -9, killed.stderr
+    with Consortium.open(root / "profile.yaml") as c:
+        final = c.dkg_result()
+    assert final["nonce"] in _sealed(root)[1] and _current(root)[1] != final["nonce"]
+    path = root / "kgc" / "node1" / f"dkg-{final['nonce']}.sealed"
+    raw = bytearray(path.read_bytes())
+    raw[-1] ^= 0x01
+    path.write_bytes(bytes(raw))
+    again = _cli(root, "kgc", "reshare", "--phase-timeout", "2", "--json")
+    assert again.returncode == 4, again.stderr
+    assert "Traceback" not in again.stderr
+    assert "does not open with this node key" in again.stderr  # logged, not raised
+    state = json.loads(again.stdout)
+    assert state["phase"] == "failed"
+    assert state["failure"]["cause"] == "only 1 of 3 dealers posted a deal; threshold is 2"
+    assert _current(root)[1] != final["nonce"]  # the altered share never became current
+    with Consortium.open(root / "profile.yaml") as c:
+        assert c.dkg_result() == final
+        with c.session("pat") as pat:
+            assert pat.read_record(record).status == "final"  # type: ignore[attr-defined]

@@ -588,7 +588,14 @@ class KgcNode:
         """Finish what a killed process left of a resharing: publish the view of a sealed new
         share or adopt it if its result is final (:meth:`resume_view`), and delete an old share
         that the chain's latest final resharing replaced (or that left this node out). Call at
-        start, before following events."""
+        start, before following events. Problems (an altered share file, the ledger down) are
+        logged, not raised: the node keeps answering under its current share."""
+        try:
+            self._catch_up()
+        except (KgcError, LedgerError, EncodingError) as exc:
+            _log.error("kgc node %d: catching up after a restart: %s", self.index, exc)
+
+    def _catch_up(self) -> None:
         for nonce in self.sealed_sessions():
             if nonce == self.current_session:
                 continue
