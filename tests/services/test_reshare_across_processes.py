@@ -156,14 +156,26 @@ def test_a_node_killed_mid_reshare_keeps_its_old_share_until_the_result_is_final
 
 
 def test_a_removed_node_destroys_its_share_once_the_result_is_final(cluster: Cluster) -> None:
+    """Node 2 leaves; it is killed (fault point ``reshare.retired``) after dropping its current
+    share and before deleting the file; restarted, it deletes it."""
     c = cluster
     before = c.consortium.dkg_result()
+    c.procs.stop("kgc2")
+    os.environ[FAULT_ENV] = "reshare.retired"
+    try:
+        c.procs.start("kgc2")
+    finally:
+        del os.environ[FAULT_ENV]
     done = c.cli("kgc", "reshare", "--remove", "2", "--threshold", "2", "--wait", "--json")
     assert done.returncode == 0, done.stderr
     state = json.loads(done.stdout)
     nonce = state["nonce"]
     assert state["result"]["final"] is True
     assert state["roster"] == ["HospitalAMSP/kgc1", "HospitalCMSP/kgc3", "HospitalDMSP/kgc4"]
+    _until("kgc2 dropped its current share", lambda: c.current("kgc2") is None)
+    assert c.procs.stop("kgc2", kill=True) == -9
+    assert c.sealed("kgc2", before["nonce"])  # killed before the file went
+    c.procs.start("kgc2")
     _until("kgc2 destroyed its share", lambda: not c.sealed("kgc2", before["nonce"]))
     assert c.current("kgc2") is None
     _until(
