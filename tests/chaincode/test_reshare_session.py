@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from chaincode_world import (
     DKG_POLY,
     KAI,
@@ -21,8 +22,32 @@ from chaincode_world import (
     fails_without_change,
     three_kgc_nodes,
 )
+from hypothesis import given
+from hypothesis import strategies as st
+
+from ehrshare_chaincode.contract import _json_ints
+from ehrshare_chaincode.stub import ChaincodeError
 
 RESHARE = "b1" * 32
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=8,
+)
+
+
+@given(value=_JSON)
+def test_indices_parse_to_integers_or_a_clear_error(value: object) -> None:
+    text = json.dumps(value)
+    ok = isinstance(value, list) and all(
+        isinstance(x, int) and not isinstance(x, bool) for x in value
+    )
+    if ok:
+        assert _json_ints(text, "indices") == value
+    else:
+        with pytest.raises(ChaincodeError, match="indices must be a json list of integers"):
+            _json_ints(text, "indices")
 
 
 def test_a_new_dkg_is_refused_once_records_exist_unless_replacing_on_purpose(
