@@ -17,6 +17,7 @@ import pytest
 from ehrshare.consortium import ADMIN_WALLET, Consortium
 from ehrshare.demo import lab_observation
 from ehrshare.hazmat.dkg import BundleKind, DealBundle, new_session_nonce, seal_share
+from ehrshare.hazmat.errors import EncodingError
 from ehrshare.hazmat.pairing import G1, Scalar
 from ehrshare.ledger.errors import LedgerError
 from ehrshare.ledger.sandbox import ManualClock
@@ -24,6 +25,7 @@ from ehrshare.services.kgc import (
     DKGSessionFailed,
     ReshareParticipation,
     open_dkg_session,
+    roster_from_chain,
     run_local_reshare,
 )
 
@@ -134,6 +136,14 @@ def test_reshare_removes_a_node_adds_one_and_raises_tau_keeping_every_record(
             assert node.current_session == bytes.fromhex(result["nonce"])
             assert not node.holds_share(old_session)
     _all_read(consortium, refs)
+    # Users check partial keys by share index against the chain's snapshot.
+    roster = roster_from_chain(result)
+    assert isinstance(roster, dict) and sorted(roster) == [1, 3, 4]
+    assert {i: k for i, k in roster.items()} == {
+        n.index: n.public_key for n in consortium.kgc_nodes if n.index != 2
+    }
+    with pytest.raises(EncodingError, match="reshare result on chain is malformed"):
+        roster_from_chain({**result, "indices": [1, 3]})
     # A new member enrols with τ=3 partial keys from nodes 1, 3, 4 (node 2 has no share) and
     # reads under a new grant.
     _enrolled(consortium, "dora")
