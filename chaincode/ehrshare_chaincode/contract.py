@@ -376,6 +376,36 @@ def _json_list(value: str, what: str) -> list[str]:
     return list(parsed)
 
 
+def _json_ints(value: str, what: str) -> list[int]:
+    parsed = canonical.loads(value, what) if value else []
+    if not isinstance(parsed, list) or not all(
+        isinstance(x, int) and not isinstance(x, bool) for x in parsed
+    ):
+        raise ChaincodeError(f"{what} must be a json list of integers")
+    return list(parsed)
+
+
+def _is_reshare(session: dict[str, Any]) -> bool:
+    return session.get("kind") == "reshare"
+
+
+def _senders(session: dict[str, Any], phase: str) -> list[str]:
+    """Who posts in ``phase``: the roster, except in a resharing, where the old committee's
+    dealers post deals and justifications and the new committee (the roster) responds."""
+    if _is_reshare(session) and phase != DKG_PHASES[1]:
+        return list(session["dealers"])
+    return list(session["roster"])
+
+
+def _takes_part(session: dict[str, Any], ibe_id: str | None) -> bool:
+    return ibe_id in session["roster"] or ibe_id in session.get("dealers", [])
+
+
+def _dealer_threshold(session: dict[str, Any]) -> int:
+    """How many dealers must qualify: τ, or for a resharing the old key's τ."""
+    return int(session.get("previous_threshold", session["threshold"]))
+
+
 # --- the contract ----------------------------------------------------------------------------
 
 _TxMethod = Callable[..., Any]
@@ -1248,12 +1278,29 @@ class EHRContract:
         return record
 
     def OpenDKGSession(
-        self, ctx: TxContext, nonce: str, threshold: str, roster_json: str, phase_timeout_s: str
+        self,
+        ctx: TxContext,
+        nonce: str,
+        threshold: str,
+        roster_json: str,
+        phase_timeout_s: str,
+        replace_master_key: str = "",
     ) -> Any:
         """An org admin opens a DKG session: the ordered roster (node j is entry j), τ and the
-        phase timeout; the roster's published keys are snapshotted into the session."""
+        phase timeout; the roster's published keys are snapshotted into the session.
+
+        A DKG makes a new master key. Once a key is final and records exist, that would leave
+        every record unreadable under the new key, so it is refused unless
+        ``replace_master_key`` is ``"replace-master-key"``; OpenReshareSession changes the
+        committee and keeps the key.
+        """
         caller = ctx.registered(ADMIN)
         _check_nonce(nonce)
+        if replace_master_key not in ("", "replace-master-key"):
+            raise ChaincodeError(
+                "replace_master_key must be empty or 'replace-master-key', got "
+                f"{replace_master_key!r}"
+            )
         roster = [_check_ibe(x, "roster member") for x in _json_list(roster_json, "roster")]
         if not MIN_KGC_NODES <= len(roster) <= MAX_KGC_NODES:
             raise ChaincodeError(
@@ -1271,6 +1318,19 @@ class EHRContract:
             raise ChaincodeError(f"dkg session {nonce} already exists")
         if ctx.stub.get_state(ctx.key(K_DKG_RESULT, nonce)) is not None:
             raise ChaincodeError(f"dkg session {nonce} already exists")
+        latest = ctx.get_json(K_DKG_LATEST)
+        # A full scan, but of a rare admin transaction; a record counter would be a hot key that
+        # every RegisterRecord writes.
+        if (
+            latest is not None
+            and not replace_master_key
+            and ctx.stub.get_state_by_partial_composite_key(K_RECORD, [])
+        ):
+            raise ChaincodeError(
+                f"a new dkg would replace the master key of dkg session {latest['nonce']}, under "
+                "which records are stored; reshare the key to a new committee instead "
+                "(OpenReshareSession, 'ehrshare kgc reshare')"
+            )
         keys: list[str] = []
         owner_of: dict[str, str] = {}
         for member in roster:
@@ -1305,6 +1365,126 @@ class EHRContract:
             "OpenDKGSession",
             "ok",
             detail={"nonce": nonce, "threshold": tau, "roster": roster},
+        )
+        return session
+
+    def OpenReshareSession(
+        self,
+        ctx: TxContext,
+        nonce: str,
+        threshold: str,
+        roster_json: str,
+        indices_json: str,
+        dealers_json: str,
+        phase_timeout_s: str,
+    ) -> Any:
+        """An org admin opens a resharing of the latest final key to a new committee: the new
+        roster (ordered KGC identities), their share indices, the dealers (members of the
+        current committee) and the new τ. The master key stays; the result must keep it.
+
+        A member of the current committee keeps its share index; a new member takes an index
+        no current member holds. At least the current τ dealers are needed.
+        """
+        caller = ctx.registered(ADMIN)
+        _check_nonce(nonce)
+        latest = ctx.get_json(K_DKG_LATEST)
+        if latest is None:
+            raise ChaincodeError("no dkg session has finished; there is no key to reshare")
+        current = ctx.get_json(K_DKG_RESULT, latest["nonce"])
+        assert isinstance(current, dict)  # K_DKG_LATEST only ever names a final result
+        old_roster: list[str] = list(current["roster"])
+        old_indices: list[int] = list(current.get("indices") or range(1, len(old_roster) + 1))
+        old_tau = int(current["threshold"])
+        roster = [_check_ibe(x, "roster member") for x in _json_list(roster_json, "roster")]
+        if not MIN_KGC_NODES <= len(roster) <= MAX_KGC_NODES:
+            raise ChaincodeError(
+                f"roster has {len(roster)} members; a committee needs {MIN_KGC_NODES} to "
+                f"{MAX_KGC_NODES}"
+            )
+        if len(set(roster)) != len(roster):
+            raise ChaincodeError("the roster names a kgc twice")
+        indices = _json_ints(indices_json, "indices")
+        if len(indices) != len(roster):
+            raise ChaincodeError(
+                f"indices has {len(indices)} entries; the roster has {len(roster)}"
+            )
+        if len(set(indices)) != len(indices) or any(not 1 <= i <= 65535 for i in indices):
+            raise ChaincodeError("share indices must be distinct integers from 1 to 65535")
+        held = dict(zip(old_indices, old_roster, strict=True))
+        for member, index in zip(roster, indices, strict=True):
+            if member in old_roster and old_indices[old_roster.index(member)] != index:
+                raise ChaincodeError(
+                    f"kgc {member} holds share {old_indices[old_roster.index(member)]} of the "
+                    f"current key; it keeps that index, not {index}"
+                )
+            if member not in old_roster and index in held:
+                raise ChaincodeError(
+                    f"share index {index} belongs to kgc {held[index]} of the current committee; "
+                    f"give kgc {member} another index"
+                )
+        dealers = [_check_ibe(x, "dealer") for x in _json_list(dealers_json, "dealers")]
+        if len(set(dealers)) != len(dealers):
+            raise ChaincodeError("the dealers name a kgc twice")
+        for member in dealers:
+            if member not in old_roster:
+                raise ChaincodeError(
+                    f"dealer {member} is not in the committee of dkg session {latest['nonce']}"
+                )
+        if len(dealers) < old_tau:
+            raise ChaincodeError(
+                f"{len(dealers)} dealers cannot reshare a key with threshold {old_tau}"
+            )
+        tau = _check_int(threshold, "threshold", 2, len(roster))
+        timeout = _check_int(phase_timeout_s, "phase timeout", 1, MAX_PHASE_TIMEOUT_S)
+        if ctx.stub.get_state(ctx.key(K_DKG_SESSION, nonce)) is not None:
+            raise ChaincodeError(f"dkg session {nonce} already exists")
+
+        def snapshot(members: list[str]) -> list[str]:
+            keys: list[str] = []
+            for member in members:
+                record = ctx.get_json(K_KGC_KEY, member)
+                if record is None:
+                    raise ChaincodeError(f"kgc {member} has not published a public key")
+                if record["public_key"] in keys:
+                    raise ChaincodeError(f"kgc {member} published the same key as another kgc")
+                keys.append(str(record["public_key"]))
+            return keys
+
+        session = {
+            "nonce": nonce,
+            "kind": "reshare",
+            "threshold": tau,
+            "roster": roster,
+            "keys": snapshot(roster),
+            "indices": indices,
+            "dealers": dealers,
+            "dealer_keys": snapshot(dealers),
+            "dealer_indices": [old_indices[old_roster.index(d)] for d in dealers],
+            "previous": latest["nonce"],
+            "previous_threshold": old_tau,
+            "mpk": current["mpk"],
+            "phase": DKG_PHASES[0],
+            "phase_opened_at": ctx.now,
+            "phase_timeout_s": timeout,
+            "closed": [],
+            "opened_at": ctx.now,
+            "opened_by": caller.name,
+            "tx_id": ctx.tx_id,
+        }
+        ctx.put_json(session, K_DKG_SESSION, nonce)
+        for member in sorted(set(roster) | set(dealers)):
+            ctx.put_index(K_KGC_USE, member, nonce)
+        ctx.log(
+            SYSTEM_CHAIN,
+            "OpenReshareSession",
+            "ok",
+            detail={
+                "nonce": nonce,
+                "threshold": tau,
+                "roster": roster,
+                "dealers": dealers,
+                "previous": latest["nonce"],
+            },
         )
         return session
 
@@ -1370,10 +1550,17 @@ class EHRContract:
         # Read before anything else that may fail late: this read is what makes a post conflict
         # (MVCC) with a close of its phase that commits first.
         session = self._dkg_session(ctx, nonce)
-        if caller.ibe_id not in session["roster"]:
+        senders = _senders(session, phase)
+        if caller.ibe_id not in senders:
+            if _is_reshare(session):
+                who = "the new committee" if phase == DKG_PHASES[1] else "the dealers"
+                raise ChaincodeError(
+                    f"kgc {caller.ibe_id} is not in {who} of reshare session {nonce}; "
+                    f"{phase} bundles come from {who}"
+                )
             raise ChaincodeError(f"kgc {caller.ibe_id} is not in the roster of dkg session {nonce}")
         self._phase_must_be_open(session, phase)
-        position = session["roster"].index(caller.ibe_id) + 1
+        position = senders.index(caller.ibe_id) + 1
         _check_bundle_header(base64.b64decode(bundle_b64), nonce, phase, position, caller.ibe_id)
         if ctx.stub.get_state(ctx.key(K_DKG, nonce, phase, caller.ibe_id)) is not None:
             raise ChaincodeError(
@@ -1409,14 +1596,14 @@ class EHRContract:
         _check_nonce(nonce)
         _check_phase(phase)
         session = self._dkg_session(ctx, nonce)
-        if caller.role != ADMIN and caller.ibe_id not in session["roster"]:
+        if caller.role != ADMIN and not _takes_part(session, caller.ibe_id):
             raise ChaincodeError(
                 f"identity {caller.name} may not close phases of dkg session {nonce}: "
                 "it is neither in the roster nor an admin"
             )
         self._phase_must_be_open(session, phase)
         posters = self._dkg_posters(ctx, nonce, phase)
-        n = len(session["roster"])
+        n = len(_senders(session, phase))
         deadline = int(session["phase_opened_at"]) + int(session["phase_timeout_s"])
         timed_out = len(posters) < n and ctx.now >= deadline
         if len(posters) < n and not timed_out:
@@ -1492,6 +1679,7 @@ class EHRContract:
         """
         nonce = session["nonce"]
         roster: list[str] = session["roster"]
+        dealer_list = _senders(session, DKG_PHASES[0])
         dealers = set(self._dkg_posters(ctx, nonce, DKG_PHASES[0]))
         accused: set[str] = set()
         for kv in ctx.stub.get_state_by_partial_composite_key(K_DKG, [nonce, DKG_PHASES[1]]):
@@ -1504,9 +1692,11 @@ class EHRContract:
             if len(statuses) != count:
                 continue
             responder = roster.index(row["poster"]) + 1
-            for dealer, status in enumerate(statuses[: len(roster)], start=1):
-                if dealer != responder and status != 0 and roster[dealer - 1] in dealers:
-                    accused.add(roster[dealer - 1])
+            for dealer, status in enumerate(statuses[: len(dealer_list)], start=1):
+                if status == 0 or dealer_list[dealer - 1] not in dealers:
+                    continue
+                if dealer != responder or _is_reshare(session):
+                    accused.add(dealer_list[dealer - 1])
         return sorted(accused)
 
     def AbortDKGSession(self, ctx: TxContext, nonce: str, reason: str) -> Any:
@@ -1522,7 +1712,7 @@ class EHRContract:
         _check_nonce(nonce)
         _check_reason(reason)
         session = self._dkg_session(ctx, nonce)
-        if caller.role != ADMIN and caller.ibe_id not in session["roster"]:
+        if caller.role != ADMIN and not _takes_part(session, caller.ibe_id):
             raise ChaincodeError(
                 f"identity {caller.name} may not abort dkg session {nonce}: it is neither in "
                 "the roster nor an admin"
@@ -1561,8 +1751,12 @@ class EHRContract:
                 f"dkg session {nonce} can still finish: its deal phase is open (close it first)"
             )
         dealers = len(self._dkg_posters(ctx, nonce, DKG_PHASES[0]))
-        if dealers < tau:
-            return f"only {dealers} of {len(roster)} dealers posted a deal; threshold is {tau}"
+        need = _dealer_threshold(session)
+        if dealers < need:
+            return (
+                f"only {dealers} of {len(_senders(session, DKG_PHASES[0]))} dealers posted a "
+                f"deal; threshold is {need}"
+            )
         counts: dict[str, int] = {}
         for kv in ctx.stub.get_state_by_partial_composite_key(K_DKG_VIEW, [nonce]):
             d = str(canonical.loads(kv.value, "stored dkg view")["digest"])
@@ -1638,6 +1832,7 @@ class EHRContract:
         session = self._dkg_session(ctx, nonce)
         roster: list[str] = session["roster"]
         tau = int(session["threshold"])
+        reshare = _is_reshare(session)
         if caller.ibe_id not in roster:
             raise ChaincodeError(f"kgc {caller.ibe_id} is not in the roster of dkg session {nonce}")
         if session["phase"] == DKG_FAILED:
@@ -1652,17 +1847,29 @@ class EHRContract:
                 f"public polynomial has {len(poly)} coefficients; dkg session {nonce} has "
                 f"threshold {tau}"
             )
+        if reshare and mpk_b64 != session["mpk"]:
+            raise ChaincodeError(
+                f"reshare session {nonce} must keep the master key; the published mpk differs "
+                f"from the mpk of dkg session {session['previous']}"
+            )
+        dealers: list[str] = session["dealers"] if reshare else roster
         for member in members:
-            if member not in roster:
+            if member not in dealers:
                 raise ChaincodeError(
-                    f"qual member {member} is not in the roster of dkg session {nonce}"
+                    f"qual member {member} is not "
+                    + (
+                        f"a dealer of reshare session {nonce}"
+                        if reshare
+                        else f"in the roster of dkg session {nonce}"
+                    )
                 )
         qual_sorted = sorted(set(members))
-        if len(qual_sorted) < tau:
+        if len(qual_sorted) < _dealer_threshold(session):
             raise ChaincodeError(
-                f"qual has {len(qual_sorted)} members; dkg session {nonce} has threshold {tau}"
+                f"qual has {len(qual_sorted)} members; dkg session {nonce} has threshold "
+                f"{_dealer_threshold(session)}"
             )
-        if caller.ibe_id not in qual_sorted:
+        if not reshare and caller.ibe_id not in qual_sorted:
             raise ChaincodeError(
                 f"kgc {caller.ibe_id} is not in the qual it published; only qual members publish"
             )
@@ -1704,6 +1911,13 @@ class EHRContract:
         if final is not None:
             outcome = "confirmed" if final["digest"] == digest else "conflict"
         elif len(agreeing) >= tau:
+            latest = ctx.get_json(K_DKG_LATEST)
+            if reshare and (latest is None or latest["nonce"] != session["previous"]):
+                raise ChaincodeError(
+                    f"reshare session {nonce} reshares the key of dkg session "
+                    f"{session['previous']}, but dkg session "
+                    f"{(latest or {}).get('nonce')} became final since; open a new resharing"
+                )
             outcome = "final"
             result = {
                 "nonce": nonce,
@@ -1712,6 +1926,15 @@ class EHRContract:
                 "threshold": tau,
                 "roster": roster,
                 "keys": session["keys"],
+                **(
+                    {
+                        "kind": "reshare",
+                        "indices": session["indices"],
+                        "previous": session["previous"],
+                    }
+                    if reshare
+                    else {}
+                ),
                 "agreed_by": agreeing,
                 "final_at": ctx.now,
                 "tx_id": ctx.tx_id,

@@ -331,8 +331,13 @@ class Consortium(Closing):
         clock: Clock | None = None,
         progress: Progress | None = None,
         fabric: FabricOptions | None = None,
+        committee: int | None = None,
     ) -> Consortium:
         """Create a consortium in an empty (or new) directory and run its DKG.
+
+        ``committee`` (default: every hospital) is how many of the hospitals' KGC nodes, the
+        first ones, run the first DKG; the others' nodes get keys and identities and can join
+        the committee later by resharing (``ehrshare kgc reshare --add``).
 
         Each hospital runs a KGC node and a re-encryption proxy. ``services="processes"`` writes
         a profile whose KGC nodes and proxies are gRPC services on 127.0.0.1 (``ports``: one per
@@ -380,9 +385,14 @@ class Consortium(Closing):
             raise ConsortiumError(f"storage backend {storage!r} is not embedded or kubo")
         if len(hospitals) < 2 or len(set(hospitals)) != len(hospitals):
             raise ConsortiumError("a consortium needs at least two distinct hospitals")
-        if not 2 <= threshold <= len(hospitals):
+        members = len(hospitals) if committee is None else committee
+        if not 2 <= members <= len(hospitals):
             raise ConsortiumError(
-                f"threshold {threshold} must be between 2 and the {len(hospitals)} KGC nodes"
+                f"the first KGC committee must have 2 to {len(hospitals)} nodes, got {members}"
+            )
+        if not 2 <= threshold <= members:
+            raise ConsortiumError(
+                f"threshold {threshold} must be between 2 and the {members} KGC nodes"
             )
         root = Path(directory).resolve()
         if (root / "profile.yaml").exists():
@@ -395,7 +405,7 @@ class Consortium(Closing):
         created = not root.exists()
         try:
             consortium = cls._create(
-                root, hospitals, threshold, storage, kubo_url, clock, say, fabric
+                root, hospitals, threshold, storage, kubo_url, clock, say, fabric, members
             )
             if not port_list:
                 return consortium
@@ -426,6 +436,7 @@ class Consortium(Closing):
         clock: Clock | None,
         say: Progress,
         fabric: FabricOptions | None = None,
+        committee: int | None = None,
     ) -> Consortium:
         root.mkdir(parents=True, exist_ok=True)
         (root / "keys").mkdir(mode=0o700, exist_ok=True)
@@ -519,13 +530,15 @@ class Consortium(Closing):
                 _register_service(consortium, f"kgc{kgc_node.index}")
             for px in proxies_cfg:
                 _register_service(consortium, px["name"])
-            say(f"running the DKG among {len(hospitals)} KGC nodes (threshold {threshold})")
+            ordered = sorted(consortium.kgc_nodes, key=lambda n: n.index)
+            first = ordered[: committee or len(hospitals)]
+            say(f"running the DKG among {len(first)} KGC nodes (threshold {threshold})")
             with consortium.session(ADMIN_WALLET) as admin:
                 admin.register()
                 # Keys are published and the session opened on chain; the roster users verify
                 # partial keys against is the final result's snapshot of those keys.
                 run_local_dkg(
-                    consortium.kgc_nodes,
+                    first,
                     nonce=new_session_nonce(),
                     threshold=threshold,
                     admin=admin.contract,

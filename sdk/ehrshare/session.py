@@ -34,7 +34,7 @@ import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, Protocol, runtime_checkable
 
@@ -402,7 +402,7 @@ class Session(Closing):
         self._type_secrets: dict[str, tipre.TypeSecretKey] = {}
         self._ibe_id = identity.ibe_id  # parses the certificate: once
         self._dkg: tuple[tipre.MasterPublicKey, PublicPolynomial] | None = None
-        self._roster: tuple[KGCNodePublicKey, ...] | None = None
+        self._roster: Sequence[KGCNodePublicKey] | Mapping[int, KGCNodePublicKey] | None = None
         self._sk_checked = False
 
     def __repr__(self) -> str:
@@ -534,9 +534,10 @@ class Session(Closing):
         return self._dkg
 
     @property
-    def roster(self) -> tuple[KGCNodePublicKey, ...]:
-        """The KGC nodes' public keys (node j at position j-1) that partial keys are checked
-        against: the snapshot in the chain's final DKG result, never a local file."""
+    def roster(self) -> Sequence[KGCNodePublicKey] | Mapping[int, KGCNodePublicKey]:
+        """The KGC nodes' public keys (node j at position j-1, or by share index after a
+        resharing) that partial keys are checked against: the snapshot in the chain's final
+        DKG result, never a local file."""
         self._master()
         assert self._roster is not None
         return self._roster

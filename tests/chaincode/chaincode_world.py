@@ -30,6 +30,7 @@ KIM_KEY = base64.b64encode(b"\x01" + b"\x04" * 65).decode()
 KAI_KEY = base64.b64encode(b"\x01" + b"\x05" * 65).decode()
 KIM, KAI = "Org1MSP/kim", "Org2MSP/kai"
 ROSTER = json.dumps([KIM, KAI])
+REPLACE = "replace-master-key"  # the world has records: later DKGs replace its key on purpose
 DKG_POLY = json.dumps([TYPE_KEY, TYPE_KEY])  # τ=2 coefficients
 DKG_QUAL = json.dumps([KIM, KAI])
 KINDS = {"deal": 1, "response": 2, "justification": 3}
@@ -101,9 +102,9 @@ def build_world(directory: Path) -> World:
     for node in (kim, kai):
         node.submit("PublishDKGResult", NONCE, TYPE_KEY, DKG_POLY, DKG_QUAL, "1")
     # A second session left in its deal phase (timed out once the clock moves on).
-    m["org_admin"].submit("OpenDKGSession", NONCE2, "2", ROSTER, "60")
+    m["org_admin"].submit("OpenDKGSession", NONCE2, "2", ROSTER, "60", REPLACE)
     # A third whose deal phase closes (timed out) with one dealer of τ=2: it may be aborted.
-    m["org_admin"].submit("OpenDKGSession", NONCE5, "2", ROSTER, "60")
+    m["org_admin"].submit("OpenDKGSession", NONCE5, "2", ROSTER, "60", REPLACE)
     kim.submit("PostDKGBundle", NONCE5, "deal", dkg_bundle("deal", NONCE5, 1), "1")
     clock.advance(1000)
     kim.submit("CloseDKGPhase", NONCE5, "deal")

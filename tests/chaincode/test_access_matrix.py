@@ -22,6 +22,7 @@ from chaincode_world import (
     NONCE3,
     NONCE5,
     PROXY,
+    REPLACE,
     ROSTER,
     SHA,
     TYPE_KEY,
@@ -58,6 +59,7 @@ ROLE_OF = {
 }
 REGISTERED = frozenset(ROLES) - {"anonymous"}
 ALICE = "Org1MSP/alice"
+NONCE_RESHARE = "a9" * 32
 MUTATING = frozenset(
     {
         "RegisterIdentity",
@@ -74,6 +76,7 @@ MUTATING = frozenset(
         "ReportReencryption",
         "PublishKGCKey",
         "OpenDKGSession",
+        "OpenReshareSession",
         "PostDKGBundle",
         "CloseDKGPhase",
         "PublishDKGResult",
@@ -252,7 +255,13 @@ CASES = [
     Case("GetKGCKey", lambda w: ("Org1MSP/kim",), REGISTERED, lambda w, n, r: ""),
     Case(
         "OpenDKGSession",
-        lambda w: (NONCE3, "2", ROSTER, "60"),
+        lambda w: (NONCE3, "2", ROSTER, "60", REPLACE),
+        frozenset({"org_admin"}),
+        _role_needed("admin"),
+    ),
+    Case(
+        "OpenReshareSession",
+        lambda w: (NONCE_RESHARE, "2", ROSTER, "[1, 2]", ROSTER, "60"),
         frozenset({"org_admin"}),
         _role_needed("admin"),
     ),

@@ -14,6 +14,7 @@ from chaincode_world import (
     NONCE5,
     OTHER_MPK,
     POLY3,
+    REPLACE,
     ROSTER,
     TYPE_KEY,
     World,
@@ -99,7 +100,7 @@ def test_abort_refuses_bad_arguments_without_change(
 def test_a_session_that_can_still_finish_is_not_aborted(fresh_world: World) -> None:
     w = fresh_world
     kim, kai, admin = w.m["kgc"], w.kgc2, w.m["org_admin"]
-    admin.submit("OpenDKGSession", NONCE6, "2", ROSTER, "60")
+    admin.submit("OpenDKGSession", NONCE6, "2", ROSTER, "60", REPLACE)
     assert fails_without_change(w, admin, "AbortDKGSession", NONCE6, "impatient") == (
         f"dkg session {NONCE6} can still finish: its deal phase is open (close it first)"
     )
@@ -127,7 +128,7 @@ def test_a_session_that_can_still_finish_is_not_aborted(fresh_world: World) -> N
 def test_views_that_can_no_longer_agree_fail_the_session(fresh_world: World) -> None:
     w = fresh_world
     kim, kai, kit, roster = three_kgc_nodes(w)
-    w.m["org_admin"].submit("OpenDKGSession", NONCE6, "3", roster, "60")
+    w.m["org_admin"].submit("OpenDKGSession", NONCE6, "3", roster, "60", REPLACE)
     qual = json.dumps([KIM, KAI, kit.ibe_id])
     for phase in ("deal", "response"):
         post_all(NONCE6, phase, (kim, kai, kit))

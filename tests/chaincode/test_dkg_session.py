@@ -21,6 +21,7 @@ from chaincode_world import (
     NONCE5,
     OTHER_MPK,
     POLY3,
+    REPLACE,
     ROSTER,
     TYPE_KEY,
     World,
@@ -99,7 +100,7 @@ def test_kgc_key_is_published_once_and_replaced_only_when_no_session_collects(
         ((NONCE4, "2", json.dumps([KIM]), "60"), "roster has 1 members; a dkg needs 2 to 64"),
         ((NONCE4, "2", json.dumps([KIM, KIM]), "60"), f"kgc {KIM} appears twice in the roster"),
         (
-            (NONCE4, "2", json.dumps([KIM, "Org1MSP/alice"]), "60"),
+            (NONCE4, "2", json.dumps([KIM, "Org1MSP/alice"]), "60", REPLACE),
             "kgc Org1MSP/alice has not published a public key",
         ),
         (
@@ -122,7 +123,7 @@ def test_only_an_admin_opens_a_session_and_keys_are_snapshotted(fresh_world: Wor
     assert fails_without_change(w, kim, "OpenDKGSession", NONCE4, "2", ROSTER, "60") == (
         f"identity {KIM} has role kgc; this needs role admin"
     )
-    session = admin.submit("OpenDKGSession", NONCE4, "2", json.dumps([KAI, KIM]), "30")
+    session = admin.submit("OpenDKGSession", NONCE4, "2", json.dumps([KAI, KIM]), "30", REPLACE)
     assert session["roster"] == [KAI, KIM]
     assert session["keys"] == [KAI_KEY, KIM_KEY]
     assert (session["threshold"], session["phase"], session["phase_timeout_s"]) == (2, "deal", 30)
@@ -135,7 +136,7 @@ def test_two_nodes_with_one_key_cannot_share_a_session(fresh_world: World) -> No
     copycat.submit("PublishKGCKey", KIM_KEY)
     roster = json.dumps([KIM, copycat.ibe_id])
     assert fails_without_change(
-        w, w.m["org_admin"], "OpenDKGSession", NONCE4, "2", roster, "9"
+        w, w.m["org_admin"], "OpenDKGSession", NONCE4, "2", roster, "9", REPLACE
     ) == (f"kgc {KIM} and kgc {copycat.ibe_id} published the same public key")
 
 
@@ -192,7 +193,7 @@ def test_phase_closes_when_all_posted_or_timed_out_and_late_bundles_are_refused(
     w = fresh_world
     kim, kai, kit, roster = three_kgc_nodes(w)
     admin = w.m["org_admin"]
-    admin.submit("OpenDKGSession", NONCE4, "2", roster, "60")
+    admin.submit("OpenDKGSession", NONCE4, "2", roster, "60", REPLACE)
     for pos, node in enumerate((kim, kai), start=1):
         node.submit("PostDKGBundle", NONCE4, "deal", dkg_bundle("deal", NONCE4, pos), "1")
     opened = kim.evaluate("GetDKGSession", NONCE4)["phase_opened_at"]
@@ -255,7 +256,7 @@ def test_a_post_and_a_close_of_its_phase_conflict(fresh_world: World) -> None:
 def test_result_is_final_only_when_tau_nodes_agree(fresh_world: World) -> None:
     w = fresh_world
     kim, kai, kit, roster = three_kgc_nodes(w)
-    w.m["org_admin"].submit("OpenDKGSession", NONCE4, "3", roster, "60")
+    w.m["org_admin"].submit("OpenDKGSession", NONCE4, "3", roster, "60", REPLACE)
     qual = json.dumps([KIM, KAI, kit.ibe_id])
     for pos, node in enumerate((kim, kai, kit), start=1):
         node.submit("PostDKGBundle", NONCE4, "deal", dkg_bundle("deal", NONCE4, pos), "1")
@@ -297,7 +298,7 @@ def test_result_is_final_only_when_tau_nodes_agree(fresh_world: World) -> None:
 def test_result_becomes_final_at_tau_with_roster_and_keys(fresh_world: World) -> None:
     w = fresh_world
     kim, kai, kit, roster = three_kgc_nodes(w)
-    w.m["org_admin"].submit("OpenDKGSession", NONCE4, "2", roster, "60")
+    w.m["org_admin"].submit("OpenDKGSession", NONCE4, "2", roster, "60", REPLACE)
     _through_response(w, NONCE4, (kim, kai, kit))
     poly = json.dumps([TYPE_KEY] * 2)
     qual = json.dumps([kit.ibe_id, KIM, KAI])
@@ -366,7 +367,7 @@ def test_publish_result_refuses_bad_arguments_without_change(
 def test_a_node_outside_qual_does_not_publish(fresh_world: World) -> None:
     w = fresh_world
     kim, kai, kit, roster = three_kgc_nodes(w)
-    w.m["org_admin"].submit("OpenDKGSession", NONCE4, "2", roster, "60")
+    w.m["org_admin"].submit("OpenDKGSession", NONCE4, "2", roster, "60", REPLACE)
     _through_response(w, NONCE4, (kim, kai, kit))
     poly = json.dumps([TYPE_KEY] * 2)
     assert fails_without_change(
@@ -425,7 +426,7 @@ def _response(nonce: str, sender: int, statuses: bytes) -> str:
 def test_justification_phase_closes_once_every_accused_dealer_posted(fresh_world: World) -> None:
     w = fresh_world
     kim, kai, kit, roster = three_kgc_nodes(w)
-    w.m["org_admin"].submit("OpenDKGSession", NONCE4, "2", roster, "60")
+    w.m["org_admin"].submit("OpenDKGSession", NONCE4, "2", roster, "60", REPLACE)
     for pos, node in enumerate((kim, kai, kit), start=1):
         node.submit("PostDKGBundle", NONCE4, "deal", dkg_bundle("deal", NONCE4, pos), "1")
     kim.submit("CloseDKGPhase", NONCE4, "deal")
@@ -454,6 +455,6 @@ def test_justification_phase_closes_once_every_accused_dealer_posted(fresh_world
 def test_justification_phase_without_complaints_closes_at_once(fresh_world: World) -> None:
     w = fresh_world
     kim, kai = w.m["kgc"], w.kgc2
-    w.m["org_admin"].submit("OpenDKGSession", NONCE4, "2", ROSTER, "60")
+    w.m["org_admin"].submit("OpenDKGSession", NONCE4, "2", ROSTER, "60", REPLACE)
     _through_response(w, NONCE4, (kim, kai))  # opaque bodies: no status bytes, no complaints
     assert kai.submit("CloseDKGPhase", NONCE4, "justification")["phase"] == "done"

@@ -510,6 +510,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             str, typer.Option(help="Comma-separated hospital names (one CA + KGC node each).")
         ] = "HospitalA,HospitalB,HospitalC",
         threshold: Annotated[int, typer.Option(help="KGC threshold τ (nodes needed).")] = 2,
+        committee: Annotated[
+            int | None,
+            typer.Option(
+                help="KGC nodes in the first committee: the first N hospitals' (default all); "
+                "the others can join later with 'ehrshare kgc reshare --add'."
+            ),
+        ] = None,
         storage: Annotated[str, typer.Option(help="Content store: embedded or kubo.")] = (
             "embedded"
         ),
@@ -568,6 +575,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 directory,
                 hospitals=names,
                 threshold=threshold,
+                committee=committee,
                 storage=storage,
                 kubo_url=kubo_url,
                 ledger=ledger,
@@ -597,7 +605,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             )
             return
         _err.print(f"[green]✓[/green] consortium created: {profile}")
-        _err.print(f"  KGC: {threshold} of {len(names)} nodes; QUAL {', '.join(dkg['qual'])}")
+        members = committee or len(names)
+        _err.print(f"  KGC: {threshold} of {members} nodes; QUAL {', '.join(dkg['qual'])}")
         _err.print(f"  next: export EHRSHARE_PROFILE={profile}")
         if services == "processes":
             _err.print("  start the services: ehrshare consortium serve (or see service-commands)")

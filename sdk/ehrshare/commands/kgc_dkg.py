@@ -1,10 +1,15 @@
-"""``ehrshare kgc dkg open|status|abort``: an org admin runs a DKG across hospital processes.
+"""``ehrshare kgc dkg open|status|abort`` and ``ehrshare kgc reshare``: an org admin runs a DKG,
+or moves the current master key to a new KGC committee, across hospital processes.
 
 ``open`` submits OpenDKGSession (roster, τ, phase timeout) as the wallet's identity and prints the
 session nonce; the KGC nodes — one ``ehrshare kgc serve`` per hospital, following DKG events —
 do the work. ``--wait`` then follows the session on chain until its result is final or it is
 marked failed. ``status`` shows a session's phase, who posted, and how far its result got;
 ``abort`` marks a session that can no longer finish as failed (the chain decides).
+
+``reshare`` opens a resharing of the latest final key (OpenReshareSession): the committee minus
+``--remove`` plus ``--add`` nodes, optionally with a new ``--threshold``; mpk, identity keys and
+records stay valid. With KGC nodes in-process it runs the session itself (nothing else would).
 
 Options follow :mod:`ehrshare.commands.cli_records` (``--profile``, ``--wallet``, ``--json``,
 exit codes). This module must not read node keys or shares and does not drive phases itself:
@@ -24,6 +29,7 @@ from rich.table import Table
 
 from ehrshare.commands.cli_records import (
     _EXIT_HELP,
+    EXIT_CONFIG,
     EXIT_REFUSED,
     EXIT_UNAVAILABLE,
     EXIT_USAGE,
@@ -41,7 +47,7 @@ from ehrshare.commands.cli_records import (
 )
 from ehrshare.console import err_console, out_console
 
-__all__ = ["register_dkg"]
+__all__ = ["register_dkg", "register_reshare"]
 
 _err = err_console()
 _POLL = 0.5  # seconds between reads of the session while waiting
@@ -117,6 +123,8 @@ def _summary(state: dict[str, Any]) -> str:
     if result.get("final"):
         return f"final: {result.get('agree')} of τ={tau} views agree"
     if phase in ("deal", "response"):
+        if phase == "deal" and state.get("kind") == "reshare":
+            n = len(state["dealers"])  # the current committee deals, the new one responds
         return f"{phase} phase: {len(state.get('posted', []))} of {n} nodes posted"
     return (
         f"result: {result.get('agree', 0)} of τ={tau} views agree "
@@ -163,7 +171,15 @@ def _show(state: dict[str, Any]) -> None:
         [str(state["phase"])] if state["phase"] in ("deal", "response", "justification") else []
     )
     table = Table("#", "kgc", *(c["phase"] for c in state["closed"]), *open_phase)
-    for j, member in enumerate(state["roster"], start=1):
+    # A resharing: share indices, and the leaving dealers too (they post deals).
+    indices = state.get("indices") or range(1, len(state["roster"]) + 1)
+    rows = list(zip(indices, state["roster"], strict=True))
+    rows += [
+        (i, d)
+        for i, d in zip(state.get("dealer_indices", []), state.get("dealers", []), strict=True)
+        if d not in state["roster"]
+    ]
+    for j, member in rows:
         cells = ["✓" if member in c["posters"] else "-" for c in state["closed"]]
         now = ["✓" if member in posted else "-"] if open_phase else []
         table.add_row(str(j), member, *cells, *now)
@@ -299,3 +315,229 @@ def register_dkg(kgc_app: typer.Typer) -> None:
             _emit(state)
         else:
             _err.print(f"dkg session {nonce[:16]}: {_summary(state)}", soft_wrap=True)
+
+
+def _profile_nodes(profile: Any) -> dict[int, str]:
+    """Profile KGC node index → its ledger identity (from the node's wallet)."""
+    from ehrshare.profile import Wallet
+
+    nodes: dict[int, str] = {}
+    for node in profile.kgc_nodes:
+        if node.service.wallet is None or not (node.service.wallet / "cert.pem").exists():
+            continue
+        identity, _ = Wallet(node.service.wallet, use_env=False).load_identity()
+        nodes[node.index] = identity.ibe_id
+    return nodes
+
+
+def _node_ref(spec: str, nodes: dict[int, str], option: str) -> int:
+    """A node named by its profile index or its ledger identity."""
+    for index, ibe_id in nodes.items():
+        if spec in (str(index), ibe_id):
+            return index
+    known = ", ".join(f"{i} ({ident})" for i, ident in sorted(nodes.items()))
+    _fail(EXIT_USAGE, f"{option} {spec}: no such KGC node in the profile; known: {known}")
+
+
+def _plan(
+    current: dict[str, Any],
+    nodes: dict[int, str],
+    remove: list[str],
+    add: list[str],
+    threshold: int | None,
+) -> tuple[list[int], list[int], int]:
+    """(new committee, dealers, τ) by profile index, checked before anything is submitted."""
+    roster = [str(m) for m in current["roster"]]
+    indices = [int(i) for i in current.get("indices") or range(1, len(roster) + 1)]
+    for member, index in zip(roster, indices, strict=True):
+        if nodes.get(index) != member:
+            _fail(
+                EXIT_CONFIG,
+                f"the current committee has {member} at share index {index}, but the profile's "
+                f"KGC node {index} is {nodes.get(index, 'missing')}",
+            )
+    committee = set(indices)
+    gone = {_node_ref(x, nodes, "--remove") for item in remove for x in item.split(",") if x}
+    new = {_node_ref(x, nodes, "--add") for item in add for x in item.split(",") if x}
+    for index in sorted(gone - committee):
+        _fail(EXIT_USAGE, f"--remove {nodes[index]}: not in the current committee")
+    for index in sorted(new & committee):
+        _fail(EXIT_USAGE, f"--add {nodes[index]}: already in the current committee")
+    members = sorted((committee - gone) | new)
+    # Leaving nodes deal too: with τ = n no node could leave otherwise. One that is down only
+    # makes the deal phase wait for its timeout; τ_old dealers suffice.
+    dealers = sorted(committee)
+    old_tau = int(current["threshold"])
+    tau = threshold if threshold is not None else old_tau
+    if len(members) < 2:
+        _fail(EXIT_USAGE, f"the new committee would have {len(members)} node; it needs at least 2")
+    if not 2 <= tau <= len(members):
+        _fail(
+            EXIT_USAGE,
+            f"threshold {tau} must be between 2 and the {len(members)} nodes of the new "
+            "committee; give --threshold",
+        )
+    return members, dealers, tau
+
+
+def register_reshare(kgc_app: typer.Typer) -> None:
+    """Add ``ehrshare kgc reshare`` to the ``kgc`` command group."""
+
+    @kgc_app.command("reshare", epilog=_EXIT_HELP)
+    def kgc_reshare(
+        remove: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--remove", help="KGC node (profile index or ledger identity) to leave; repeat."
+            ),
+        ] = None,
+        add: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--add", help="KGC node (profile index or ledger identity) to join; repeat."
+            ),
+        ] = None,
+        threshold: Annotated[
+            int | None,
+            typer.Option("--threshold", "-t", help="New τ (default: the current τ)."),
+        ] = None,
+        phase_timeout: Annotated[
+            int, typer.Option("--phase-timeout", help="Seconds a phase waits for missing nodes.")
+        ] = 60,
+        wait: Annotated[
+            bool, typer.Option("--wait", help="Block until the result is final or failed.")
+        ] = False,
+        wait_timeout: Annotated[
+            float | None,
+            typer.Option("--wait-timeout", help="Give up waiting after this many seconds."),
+        ] = None,
+        profile: ProfileOpt = "",
+        wallet: WalletOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Move the current master key to a new KGC committee (org admin): same mpk, so every
+        identity key and record stays valid; the nodes get fresh shares.
+
+        Every current member, leaving ones included, re-deals its share; at least the current τ
+        must take part (a phase waits up to --phase-timeout for nodes that are down). Old shares
+        are destroyed only once the new committee's result is final. Exit code 4 when the
+        session fails or is not final in time (the old shares keep answering).
+        """
+        from ehrshare.consortium import profile_file
+        from ehrshare.hazmat.dkg import new_session_nonce
+        from ehrshare.ledger.errors import LedgerError
+        from ehrshare.profile import Profile
+        from ehrshare.services.kgc import open_reshare_session
+
+        with _errors():
+            in_process = all(
+                n.service.embedded
+                for n in Profile.load(profile_file(_profile_path(profile))).kgc_nodes
+            )
+        session = new_session_nonce()
+        nonce = session.hex()
+        if in_process:
+            # Nothing follows sessions here: this command runs the nodes itself.
+            state = _reshare_here(
+                profile, wallet, session, remove, add, threshold, phase_timeout, as_json
+            )
+        else:
+            with _admin(profile, wallet) as (prof, s):
+                current = _call(s.contract, False, "GetDKGResult", "")
+                nodes = _profile_nodes(prof)
+                members, dealers, tau = _plan(current, nodes, remove or [], add or [], threshold)
+                _announce(current, nodes, members, dealers, tau, as_json)
+                try:
+                    state = open_reshare_session(
+                        s.contract,
+                        nonce=session,
+                        roster=[nodes[i] for i in members],
+                        indices=members,
+                        dealers=[nodes[i] for i in dealers],
+                        threshold=tau,
+                        phase_timeout_s=phase_timeout,
+                    )
+                except LedgerError as exc:
+                    _fail(EXIT_REFUSED, exc.message)
+                if not as_json:
+                    typer.echo(nonce)
+                if wait:
+                    limit = wait_timeout if wait_timeout is not None else 4.0 * phase_timeout + 60
+                    state = _watch(s.contract, nonce, limit, quiet=as_json)
+        if as_json:
+            _emit(state)
+        if state["phase"] == "failed":
+            if not as_json:
+                _err.print(f"[red]✗[/red] reshare session {nonce[:16]}: {_summary(state)}")
+            raise typer.Exit(EXIT_UNAVAILABLE)
+        if (in_process or wait) and not as_json:
+            _err.print(
+                f"[green]✓[/green] reshare session {nonce[:16]}: {_summary(state)}; mpk unchanged",
+                soft_wrap=True,
+            )
+
+
+def _announce(
+    current: dict[str, Any],
+    nodes: dict[int, str],
+    members: list[int],
+    dealers: list[int],
+    tau: int,
+    quiet: bool,
+) -> None:
+    if not quiet:
+        _err.print(
+            f"resharing the key of dkg session {str(current['nonce'])[:16]}…: new committee "
+            f"{', '.join(nodes[i] for i in members)} (τ={tau}), dealt by "
+            f"{', '.join(nodes[i] for i in dealers)}",
+            soft_wrap=True,
+        )
+
+
+def _reshare_here(
+    profile: str,
+    wallet: str,
+    session: bytes,
+    remove: list[str] | None,
+    add: list[str] | None,
+    threshold: int | None,
+    phase_timeout: int,
+    quiet: bool,
+) -> dict[str, Any]:
+    """Run the resharing with the profile's in-process KGC nodes; the session state at the end."""
+    from ehrshare.consortium import Consortium, profile_file
+    from ehrshare.hazmat.dkg import DKGError
+    from ehrshare.profile import Profile
+    from ehrshare.services.kgc import DKGSessionFailed, run_local_reshare
+
+    nonce = session.hex()
+    with _errors():
+        prof = Profile.load(profile_file(_profile_path(profile)))
+        c = Consortium.open(prof)
+    with c, _errors(), c.session(_unlocked_wallet(prof, _need_wallet(wallet))) as admin:
+        current = _call(admin.contract, False, "GetDKGResult", "")
+        nodes = _profile_nodes(prof)
+        members, dealers, tau = _plan(current, nodes, remove or [], add or [], threshold)
+        _announce(current, nodes, members, dealers, tau, quiet)
+        try:
+            run_local_reshare(
+                c.kgc_nodes,
+                nonce=session,
+                admin=admin.contract,
+                members=members,
+                dealers=dealers,
+                threshold=tau,
+                phase_timeout_s=phase_timeout,
+            )
+        except DKGSessionFailed:
+            pass  # the session state read below says why
+        except DKGError as exc:
+            _fail(
+                EXIT_UNAVAILABLE,
+                f"reshare session {nonce}: {exc}",
+                "the old shares still answer; see 'ehrshare kgc dkg status'",
+            )
+        if not quiet:
+            typer.echo(nonce)
+        state: dict[str, Any] = _call(admin.contract, False, "GetDKGSession", nonce)
+    return state

@@ -30,7 +30,7 @@ from typing import Annotated, Any, NamedTuple, get_type_hints
 import grpc
 import typer
 
-from ehrshare.commands.kgc_dkg import register_dkg
+from ehrshare.commands.kgc_dkg import register_dkg, register_reshare
 from ehrshare.console import err_console
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
@@ -329,6 +329,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     proxy_app = typer.Typer(help="Re-encryption proxy service.")
     app.add_typer(kgc_app, name="kgc")
     register_dkg(kgc_app)
+    register_reshare(kgc_app)
     app.add_typer(proxy_app, name="proxy")
 
     @kgc_app.command("keygen")

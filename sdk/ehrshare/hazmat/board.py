@@ -30,8 +30,17 @@ from ehrshare.hazmat.dkg import (
     DKGResult,
     Phase,
 )
+from ehrshare.hazmat.reshare import ReshareNode, ResharePhase
 
-__all__ = ["Board", "DKGRun", "InMemoryBoard", "PhaseHook", "deadline_hook", "run_dkg"]
+__all__ = [
+    "Board",
+    "DKGRun",
+    "InMemoryBoard",
+    "PhaseHook",
+    "deadline_hook",
+    "run_dkg",
+    "run_reshare",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -196,6 +205,85 @@ def run_dkg(
         run.results[index] = node.result()
     _log.info(
         "dkg session %s: %d finished, %d failed",
+        session.hex()[:16],
+        len(run.results),
+        len(run.failures),
+    )
+    return run
+
+
+def run_reshare(
+    nodes: Sequence[ReshareNode],
+    board: Board,
+    *,
+    on_phase_end: PhaseHook | None = None,
+) -> DKGRun:
+    """Run one resharing session among in-process ``nodes`` (dealers, new members or both).
+
+    Like :func:`run_dkg`: each node posts what a phase asks of it, ``on_phase_end`` runs before
+    the phase is read. ``results`` holds the new members' results by new share index; a node
+    that fails lands in ``failures`` under its new index (or, for a leaving dealer, under the
+    negative of its old index).
+    """
+    if not nodes:
+        raise ValueError("run_reshare needs at least one node")
+    session = nodes[0].config.nonce
+    if any(n.config != nodes[0].config for n in nodes):
+        raise ValueError("all nodes of one run must share the same ReshareConfig")
+    run = DKGRun()
+
+    def key(node: ReshareNode) -> int:
+        if node.index is not None:
+            return node.index
+        assert node.dealer_position is not None
+        return -node.config.dealer_indices[node.dealer_position - 1]
+
+    live = {key(n): n for n in nodes}
+
+    def end_phase(kind: BundleKind) -> None:
+        if on_phase_end is not None:
+            on_phase_end(kind, board)
+
+    for node in nodes:
+        deal = node.deals()
+        if deal is not None:
+            board.post(session, BundleKind.DEAL, deal.to_bytes())
+    end_phase(BundleKind.DEAL)
+
+    def step(
+        read: BundleKind, post: BundleKind, call: Callable[[ReshareNode, list[bytes]], Any]
+    ) -> None:
+        bundles = board.read(session, read)
+        for k, node in list(live.items()):
+            try:
+                answer = call(node, bundles)
+            except DKGError as exc:
+                run.failures[k] = exc
+                del live[k]
+                continue
+            if answer is not None:
+                board.post(session, post, answer.to_bytes())
+
+    step(BundleKind.DEAL, BundleKind.RESPONSE, ReshareNode.process_deals)
+    end_phase(BundleKind.RESPONSE)
+    step(BundleKind.RESPONSE, BundleKind.JUSTIFICATION, ReshareNode.process_responses)
+    if any(n.phase is ResharePhase.AWAITING_JUSTIFICATIONS for n in live.values()):
+        run.needed_justifications = True
+        end_phase(BundleKind.JUSTIFICATION)
+        justifications = board.read(session, BundleKind.JUSTIFICATION)
+        for k, node in list(live.items()):
+            if node.phase is not ResharePhase.AWAITING_JUSTIFICATIONS:
+                continue
+            try:
+                node.process_justifications(justifications)
+            except DKGError as exc:
+                run.failures[k] = exc
+                del live[k]
+    for k, node in live.items():
+        if node.index is not None:
+            run.results[k] = node.result()
+    _log.info(
+        "reshare session %s: %d new shares, %d failed",
         session.hex()[:16],
         len(run.results),
         len(run.failures),

@@ -39,7 +39,7 @@ import os
 import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final, Self, TypeVar
+from typing import Final, Protocol, Self, TypeVar
 
 from ehrshare.hazmat.errors import DecryptionError, EncodingError, VerificationError
 from ehrshare.hazmat.kgc_keys import (
@@ -55,6 +55,7 @@ from ehrshare.hazmat.pairing import G1, RngFn, Scalar
 __all__ = [
     "NONCE_SIZE",
     "BundleKind",
+    "BundleRules",
     "DKGAborted",
     "DKGConfig",
     "DKGError",
@@ -206,6 +207,27 @@ class DKGConfig:
             if p == public_key:
                 return i
         raise UnknownParticipant(f"key {public_key.fingerprint()} is not in the roster")
+
+
+class BundleRules(Protocol):
+    """What a bundle is checked against: the session nonce, the number of slots it must carry
+    (recipients of a deal, dealers of a response), τ, and the senders' keys by position.
+
+    :class:`DKGConfig` is one (every node deals and responds); a resharing session
+    (:mod:`ehrshare.hazmat.reshare`) has different rules per phase, since old members deal and
+    new members respond.
+    """
+
+    @property
+    def nonce(self) -> bytes: ...
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def threshold(self) -> int: ...
+
+    def public_key_of(self, index: int) -> KGCNodePublicKey: ...
 
 
 def _eval_poly(coefficients: Sequence[Scalar], x: int) -> Scalar:
@@ -463,12 +485,12 @@ class _SignedBundle:
         """Canonical encoding (what goes on the board)."""
         return self._body() + self.signature
 
-    def _verify_signature(self, config: DKGConfig) -> None:
+    def _verify_signature(self, config: BundleRules) -> None:
         _verify_common(self.kind, self.nonce, self.sender, self._body(), self.signature, config)
 
 
 def _verify_common(
-    kind: BundleKind, nonce: bytes, sender: int, body: bytes, signature: bytes, config: DKGConfig
+    kind: BundleKind, nonce: bytes, sender: int, body: bytes, signature: bytes, config: BundleRules
 ) -> None:
     name = kind.name.lower()
     if nonce != config.nonce:
@@ -587,7 +609,7 @@ class DealBundle(_SignedBundle):
             pos += _SEALED_SHARE_SIZE
         return cls(nonce, dealer, tuple(commitments), tuple(shares), data[pos:])
 
-    def verify(self, config: DKGConfig) -> None:
+    def verify(self, config: BundleRules) -> None:
         """Check session, roster shape and signature; raise the precise DKG error if not."""
         if len(self.sealed_shares) != config.n or len(self.commitments) != config.threshold:
             raise EncodingError(
@@ -653,7 +675,7 @@ class ResponseBundle(_SignedBundle):
                 ) from None
         return cls(nonce, responder, tuple(statuses), data[fixed + n :])
 
-    def verify(self, config: DKGConfig) -> None:
+    def verify(self, config: BundleRules) -> None:
         """Check session, roster shape and signature."""
         if len(self.statuses) != config.n:
             raise EncodingError(
@@ -730,7 +752,7 @@ class JustificationBundle(_SignedBundle):
             revealed.append((recipient, Scalar.from_bytes(data[pos + 2 : pos + entry])))
         return cls(nonce, dealer, tuple(revealed), data[fixed + count * entry :])
 
-    def verify(self, config: DKGConfig) -> None:
+    def verify(self, config: BundleRules) -> None:
         """Check session, recipients in range and signature."""
         for recipient, _ in self.revealed:
             if recipient > config.n:

@@ -30,7 +30,7 @@ import hashlib
 import logging
 import os
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, Final
 
@@ -440,13 +440,14 @@ def open_partial_key(
     *,
     request: AnyExtractionRequest,
     reply_key: X25519KeyPair,
-    roster: Sequence[KGCNodePublicKey] | None = None,
+    roster: Sequence[KGCNodePublicKey] | Mapping[int, KGCNodePublicKey] | None = None,
     node_key: KGCNodePublicKey | None = None,
 ) -> PartialKey:
     """User side: check node j's signature and request binding, decrypt ``d_j``.
 
     Pass exactly one of ``roster`` — the KGC roster of the DKG (node j is ``roster[j-1]``, as
-    in :class:`~ehrshare.hazmat.dkg.DKGConfig`), preferred: the signature is then checked under
+    in :class:`~ehrshare.hazmat.dkg.DKGConfig`, or ``roster[j]`` for a mapping by share index,
+    as a committee after a resharing has), preferred: the signature is then checked under
     the key of the index the response claims, so a node cannot answer in another node's name —
     or ``node_key``, the registered key of node ``response.index`` when the caller has already
     looked it up (it must be that node's key, or blame lands on the wrong node).
@@ -462,7 +463,15 @@ def open_partial_key(
         raise VerificationError(f"response from KGC node {response.index} answers another request")
     if (roster is None) == (node_key is None):
         raise TypeError("open_partial_key takes exactly one of roster= and node_key=")
-    if roster is not None:
+    if isinstance(roster, Mapping):
+        # A committee after a resharing: share indices need not be 1..n.
+        node_key = roster.get(response.index)
+        if node_key is None:
+            raise VerificationError(
+                f"response names KGC node {response.index}; the committee holds shares "
+                f"{sorted(roster)}"
+            )
+    elif roster is not None:
         if not 1 <= response.index <= len(roster):
             raise VerificationError(
                 f"response names KGC node {response.index}; the roster has {len(roster)} nodes"

@@ -43,11 +43,12 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
+from ehrshare import faults
 from ehrshare.hazmat.board import Board
 from ehrshare.hazmat.dkg import (
     NONCE_SIZE,
@@ -56,6 +57,7 @@ from ehrshare.hazmat.dkg import (
     DKGError,
     DKGNode,
     DKGResult,
+    KeyShare,
     Phase,
     PublicPolynomial,
 )
@@ -73,6 +75,7 @@ from ehrshare.hazmat.extract import (
 )
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, KGCNodePublicKey, X25519KeyPair
 from ehrshare.hazmat.pairing import G1, RngFn
+from ehrshare.hazmat.reshare import ReshareConfig, ReshareNode, ResharePhase
 from ehrshare.hazmat.tipre import IdentitySecretKey, MasterPublicKey
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.api import ChaincodeEvent, Contract, EventFollower, Network
@@ -111,16 +114,21 @@ __all__ = [
     "OutdatedRequest",
     "RateLimited",
     "ReplayedRequest",
+    "ReshareParticipation",
+    "RosterKeys",
     "StaleRequest",
     "UnregisteredCertificate",
     "dkg_config_from_chain",
     "extract_identity_key",
     "failure_text",
     "open_dkg_session",
+    "open_reshare_session",
     "phase_closed",
     "public_polynomial_from_chain",
+    "reshare_config_from_chain",
     "roster_from_chain",
     "run_local_dkg",
+    "run_local_reshare",
 ]
 
 _log = logging.getLogger(__name__)
@@ -313,7 +321,7 @@ class LedgerBoard:
             if phase_closed(state, phase):
                 return state
             if state["phase"] == name and (
-                len(state["posted"]) >= len(state["roster"])
+                len(state["posted"]) >= len(_senders(state, phase))
                 or now() >= int(state["phase_opened_at"]) + int(state["phase_timeout_s"])
                 # Justifications: the chaincode closes early once the accused dealers posted,
                 # which only it works out; ask, and a refusal costs one endorsement.
@@ -342,9 +350,17 @@ def phase_closed(state: dict[str, Any], phase: BundleKind) -> bool:
     return _PHASE_ORDER.index(current) > _PHASE_ORDER.index(_PHASE_NAMES[BundleKind(phase)])
 
 
-def _roster_size(state: dict[str, Any]) -> int:
-    """The roster size of a GetDKGSession answer."""
-    return len(state["roster"])
+def _senders(state: dict[str, Any], phase: BundleKind) -> list[str]:
+    """Who posts in ``phase`` of a GetDKGSession answer: the roster, or for a resharing the
+    dealers (deal, justification) and the new committee (response)."""
+    if state.get("kind") == "reshare" and phase is not BundleKind.RESPONSE:
+        return [str(d) for d in state["dealers"]]
+    return [str(m) for m in state["roster"]]
+
+
+def _dealer_threshold(state: dict[str, Any]) -> int:
+    """How many dealers a session needs: τ, or for a resharing the reshared key's τ."""
+    return int(state.get("previous_threshold", state["threshold"]))
 
 
 def _closed_posters(state: dict[str, Any], phase: BundleKind) -> list[str]:
@@ -384,13 +400,27 @@ def dkg_config_from_chain(state: dict[str, Any]) -> DKGConfig:
         raise EncodingError(f"dkg session on chain is malformed: {exc}") from None
 
 
-def roster_from_chain(result: dict[str, Any]) -> tuple[KGCNodePublicKey, ...]:
-    """The KGC roster (node j's public key at position j-1) of a final GetDKGResult answer.
+RosterKeys = Sequence[KGCNodePublicKey] | Mapping[int, KGCNodePublicKey]
+"""Node j's key at position j-1 (a DKG's roster), or by share index (a reshared committee)."""
+
+
+def roster_from_chain(result: dict[str, Any]) -> RosterKeys:
+    """The KGC roster of a final GetDKGResult answer: node j's public key at position j-1, or,
+    for a resharing's result (share indices need not be 1..n), a mapping share index → key.
 
     This is the trust anchor for partial keys: the keys the nodes published on chain, as the
     session snapshotted them, under the result τ nodes agreed on.
     """
-    return dkg_config_from_chain(result).participants
+    if result.get("kind") != "reshare":
+        return dkg_config_from_chain(result).participants
+    try:
+        keys = [
+            KGCNodePublicKey.from_bytes(base64.b64decode(str(k), validate=True))
+            for k in result["keys"]
+        ]
+        return dict(zip((int(i) for i in result["indices"]), keys, strict=True))
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise EncodingError(f"reshare result on chain is malformed: {exc}") from None
 
 
 def open_dkg_session(
@@ -554,6 +584,72 @@ class KgcNode:
         """Close the node's replay database (the node answers no extraction afterwards)."""
         self._seen.close()
 
+    def catch_up(self) -> None:
+        """Finish what a killed process left of a resharing: publish the view of a sealed new
+        share or adopt it if its result is final (:meth:`resume_view`), and delete an old share
+        that the chain's latest final resharing replaced (or that left this node out). Call at
+        start, before following events. Problems (an altered share file, the ledger down) are
+        logged, not raised: the node keeps answering under its current share."""
+        try:
+            self._catch_up()
+        except (KgcError, LedgerError, EncodingError) as exc:
+            _log.error("kgc node %d: catching up after a restart: %s", self.index, exc)
+
+    def _catch_up(self) -> None:
+        for nonce in self.sealed_sessions():
+            if nonce == self.current_session:
+                continue
+            try:
+                if self.resume_view(nonce):
+                    _log.info(
+                        "kgc node %d: published its view of reshare session %s after a restart",
+                        self.index,
+                        nonce.hex()[:16],
+                    )
+            except (KgcError, LedgerError, EncodingError) as exc:
+                _log.error("kgc node %d: resuming session %s: %s", self.index, nonce.hex(), exc)
+        try:
+            latest = json.loads(self._contract.evaluate_transaction("GetDKGResult", ""))
+        except LedgerError:
+            return
+        # Every session the latest key was reshared from, newest first.
+        ancestors: list[bytes] = []
+        step = latest
+        while step.get("kind") == "reshare" and len(ancestors) < 1000:
+            ancestors.append(bytes.fromhex(str(step["previous"])))
+            try:
+                step = json.loads(
+                    self._contract.evaluate_transaction("GetDKGResult", ancestors[-1].hex())
+                )
+            except LedgerError:
+                break
+        if not ancestors:
+            return
+        if self.current_session == ancestors[0]:
+            # promotes the sealed share of the latest resharing, or retires this node
+            self.adopt_final(bytes.fromhex(str(latest["nonce"])))
+        elif self.current_session in ancestors:
+            # It missed a resharing altogether: its share is of a polynomial long replaced.
+            (self.state_dir / _CURRENT_FILE).unlink(missing_ok=True)
+            with self._lock:
+                self._result = None
+            _log.warning("kgc node %d: its share is from before the latest resharing", self.index)
+        for nonce in self.sealed_sessions():
+            if nonce in ancestors:
+                self._destroy_share(nonce)
+
+    def sealed_sessions(self) -> list[bytes]:
+        """Nonces of every session whose share is sealed in the state directory."""
+        out = []
+        for path in sorted(self.state_dir.glob("dkg-*.sealed")):
+            try:
+                nonce = bytes.fromhex(path.name[len("dkg-") : -len(".sealed")])
+            except ValueError:
+                continue
+            if len(nonce) == NONCE_SIZE:
+                out.append(nonce)
+        return out
+
     def holds_share(self, nonce: bytes) -> bool:
         """Whether a share of session ``nonce`` is sealed in the state directory."""
         return self._share_path(nonce).exists()
@@ -580,7 +676,7 @@ class KgcNode:
         try:
             raw = open_sealed_file(path, self._key.encryption_key, self._purpose(nonce, self.index))
         except FileNotFoundError:
-            return False
+            return self._retire(nonce, final)
         except DecryptionError:
             raise KgcError(
                 f"the sealed DKG share in {path} does not open with this node key"
@@ -601,7 +697,76 @@ class KgcNode:
             self.index,
             nonce.hex()[:16],
         )
+        if final.get("kind") == "reshare":
+            faults.fault_point("reshare.promoted")
+            # The old share of the same secret: kept until now (the new committee's result
+            # was not final), destroyed now that the pointer names the new share.
+            self._destroy_share(bytes.fromhex(str(final["previous"])))
         return True
+
+    def _retire(self, nonce: bytes, final: dict[str, Any]) -> bool:
+        """A final resharing that leaves this node out of the committee: destroy its share of
+        the reshared key. True when the node is retired (or already was)."""
+        if final.get("kind") != "reshare":
+            return False
+        previous = bytes.fromhex(str(final["previous"]))
+        if self.current_session != previous:
+            return False
+        # Also a member of the new committee that ended without a new share (it crashed
+        # before sealing it): its old share is useless to the new committee, and old shares
+        # must not outlive the resharing. It rejoins by a later resharing.
+        pointer = self.state_dir / _CURRENT_FILE
+        pointer.unlink(missing_ok=True)  # first: a crash after it leaves no current share
+        with self._lock:
+            self._result = None
+        faults.fault_point("reshare.retired")
+        self._destroy_share(previous)
+        _log.info(
+            "kgc node %d: reshare session %s is final without a new share for this node; "
+            "its old share is destroyed",
+            self.index,
+            nonce.hex()[:16],
+        )
+        return True
+
+    def _destroy_share(self, nonce: bytes) -> None:
+        path = self._share_path(nonce)
+        if self.current_session == nonce or not path.exists():
+            return
+        path.unlink()
+        _log.info("kgc node %d: destroyed its share of session %s", self.index, nonce.hex()[:16])
+
+    def resume_view(self, nonce: bytes) -> str:
+        """Publish this node's view of a resharing whose new share it sealed in an earlier
+        process that died before publishing, and adopt it if the result is final. Returns the
+        chain's outcome, or ``""`` when there is nothing to publish (not a resharing, failed,
+        or already final)."""
+        state = LedgerBoard(self._contract).session_state(nonce)
+        if state.get("kind") != "reshare":
+            return ""
+        if (state.get("result") or {}).get("final"):
+            self.adopt_final(nonce)
+            return ""
+        try:
+            latest = json.loads(self._contract.evaluate_transaction("GetDKGResult", ""))
+        except LedgerError:
+            latest = {}
+        if state["phase"] == PHASE_FAILED or latest.get("nonce") != state["previous"]:
+            # It can never become final (failed, or another key became final since): the
+            # sealed share is of a polynomial nobody completed; it goes.
+            self._destroy_share(nonce)
+            return ""
+        path = self._share_path(nonce)
+        try:
+            raw = open_sealed_file(path, self._key.encryption_key, self._purpose(nonce, self.index))
+        except DecryptionError:
+            raise KgcError(
+                f"the sealed DKG share in {path} does not open with this node key"
+            ) from None
+        outcome = _publish_reshare_view(self, state, DKGResult.from_secret_bytes(raw))
+        if outcome in ("final", "confirmed"):
+            self.adopt_final(nonce)
+        return outcome
 
     # --- DKG ----------------------------------------------------------------------------------
 
@@ -641,6 +806,49 @@ class KgcNode:
         """This node's participation in one DKG session (phase by phase, for a driver)."""
         return DkgParticipation(self, config, board or LedgerBoard(self._contract))
 
+    def reshare_session(
+        self, nonce: bytes, board: LedgerBoard | None = None
+    ) -> ReshareParticipation:
+        """This node's participation in a resharing session opened on chain: as a dealer it
+        re-deals its current share, which must be a share of the key being reshared."""
+        board = board or LedgerBoard(self._contract)
+        state = board.session_state(nonce)
+        if state.get("kind") != "reshare":
+            raise KgcError(f"dkg session {nonce.hex()} is not a resharing")
+        previous = json.loads(
+            self._contract.evaluate_transaction("GetDKGResult", str(state["previous"]))
+        )
+        config = reshare_config_from_chain(state, public_polynomial_from_chain(previous))
+        with self._lock:
+            current = self._result
+        position = config.dealer_position(self.public_key)
+        old_share = None
+        if position is not None:
+            if current is None or current.public.to_bytes() != config.old_public.to_bytes():
+                # It still receives if it is a new member; the others need τ_old dealers.
+                _log.warning(
+                    "kgc node %d is a dealer of reshare session %s but holds no share of the key "
+                    "it reshares (dkg session %s); it does not deal",
+                    self.index,
+                    nonce.hex()[:16],
+                    str(state["previous"])[:16],
+                )
+            elif current.index != config.dealer_indices[position - 1]:
+                raise KgcError(
+                    f"KGC node {self.index} holds share {current.index}; the session expects "
+                    f"share {config.dealer_indices[position - 1]} from it"
+                )
+            else:
+                old_share = current.share
+        recipient = config.recipient_position(self.public_key)
+        if recipient is not None and config.recipient_indices[recipient - 1] != self.index:
+            raise KgcError(
+                f"KGC node {self.index} gets share index "
+                f"{config.recipient_indices[recipient - 1]} in reshare session {nonce.hex()}; "
+                "its profile index must match"
+            )
+        return ReshareParticipation(self, config, board, old_share, state)
+
     def run_dkg(
         self,
         nonce: bytes,
@@ -669,11 +877,48 @@ class KgcNode:
         """
         config = self.dkg_config(nonce)
         board = LedgerBoard(self._contract)
-        state = board.session_state(nonce)
-        tau = int(state["threshold"])
-        limit = give_up if give_up is not None else 2.0 * int(state["phase_timeout_s"]) + 60.0
-        tag = f"kgc node {self.index}: dkg session {nonce.hex()[:16]}"
         participation = self.dkg_session(config, board)
+        result = self._run(nonce, participation, board, give_up, poll, sleep, now, clock)
+        assert result is not None  # a DKG member always ends with a share or an error
+        return result
+
+    def run_reshare(
+        self,
+        nonce: bytes,
+        *,
+        give_up: float | None = None,
+        poll: float = 0.2,
+        sleep: Callable[[float], None] = time.sleep,
+        now: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> DKGResult | None:
+        """Take part on its own in a resharing session opened on chain, like :meth:`run_dkg`:
+        as a dealer (this node's current share is re-dealt), a new member, or both.
+
+        Returns the new share (a new member) or None (a dealer leaving the committee). The
+        current share keeps answering until the chain's result is final; only then is it
+        replaced — or, for a leaving dealer, destroyed (:meth:`adopt_final`).
+        """
+        board = LedgerBoard(self._contract)
+        participation = self.reshare_session(nonce, board)
+        return self._run(nonce, participation, board, give_up, poll, sleep, now, clock)
+
+    def _run(
+        self,
+        nonce: bytes,
+        participation: DkgParticipation | ReshareParticipation,
+        board: LedgerBoard,
+        give_up: float | None,
+        poll: float,
+        sleep: Callable[[float], None],
+        now: Callable[[], float],
+        clock: Callable[[], float],
+    ) -> DKGResult | None:
+        state = board.session_state(nonce)
+        tau = _dealer_threshold(state)
+        limit = give_up if give_up is not None else 2.0 * int(state["phase_timeout_s"]) + 60.0
+        what = "reshare" if state.get("kind") == "reshare" else "dkg"
+        tag = f"kgc node {self.index}: {what} session {nonce.hex()[:16]}"
 
         def closed(kind: BundleKind) -> dict[str, Any]:
             return board.wait_closed(nonce, kind, give_up=limit, poll=poll, sleep=sleep, now=now)
@@ -683,7 +928,10 @@ class KgcNode:
         state = closed(BundleKind.DEAL)
         dealers = _closed_posters(state, BundleKind.DEAL)
         _log.info(
-            "%s: deal phase closed with %d of %d dealers", tag, len(dealers), _roster_size(state)
+            "%s: deal phase closed with %d of %d dealers",
+            tag,
+            len(dealers),
+            len(_senders(state, BundleKind.DEAL)),
         )
         if len(dealers) < tau:
             reason = f"kgc node {self.index}: {len(dealers)} dealers posted, threshold {tau}"
@@ -701,14 +949,48 @@ class KgcNode:
                 _log.info("%s: dealers were accused; waiting for the justification phase", tag)
                 closed(BundleKind.JUSTIFICATION)
             result = participation.finish()
-            _log.info("%s: sealed its share and published its view", tag)
+            _log.info("%s: finished its part (a new share sealed: %s)", tag, result is not None)
         except DKGSessionFailed:
             raise
         except DKGError as exc:
             # QUAL < τ, or no valid share for this node: it publishes nothing, and the session
             # either finishes without it or times out and is marked failed below.
             _log.warning("%s: no result at this node: %s", tag, exc)
+        if isinstance(participation, ReshareParticipation) and not participation.receives:
+            self._await_final_leaving(board, nonce, tag, limit, poll, sleep, now, clock)
+            return None
         return self._await_final(board, nonce, result, tag, limit, poll, sleep, now, clock)
+
+    def _await_final_leaving(
+        self,
+        board: LedgerBoard,
+        nonce: bytes,
+        tag: str,
+        limit: float,
+        poll: float,
+        sleep: Callable[[float], None],
+        now: Callable[[], float],
+        clock: Callable[[], float],
+    ) -> None:
+        """A dealer leaving the committee: wait for the new committee's final result, then
+        destroy this node's share (not before: until then it is the share that answers)."""
+        stop = clock() + limit
+        while True:
+            if self.adopt_final(nonce):
+                _log.info("%s: the new committee's result is final; share destroyed", tag)
+                return
+            state = board.session_state(nonce)
+            if state["phase"] == PHASE_FAILED:
+                raise DKGSessionFailed(failure_text(state))
+            if state["phase"] == PHASE_DONE and now() >= int(state["phase_opened_at"]) + int(
+                state["phase_timeout_s"]
+            ):
+                failed = _try_abort(board, nonce, f"kgc node {self.index}: no final result")
+                if failed is not None:
+                    raise DKGSessionFailed(failure_text(failed))
+            if clock() >= stop:
+                raise DKGError(f"{tag}: no final result within {limit:.0f} s")
+            sleep(poll)
 
     def _await_final(
         self,
@@ -1022,6 +1304,254 @@ class DkgParticipation:
         return str(answer["outcome"])
 
 
+@dataclass
+class ReshareParticipation:
+    """One node's way through one resharing session (dealer, new member or both), one board
+    phase per call, like :class:`DkgParticipation`. Built by :meth:`KgcNode.reshare_session`."""
+
+    node: KgcNode
+    config: ReshareConfig
+    board: LedgerBoard
+    old_share: KeyShare | None
+    state: dict[str, Any]
+    _proto: ReshareNode = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._proto = ReshareNode(
+            self.config,
+            self.node._key,
+            old_share=self.old_share,
+            abstain=self.old_share is None,
+            rng=self.node._rng,
+        )
+
+    @property
+    def session(self) -> bytes:
+        """The session nonce."""
+        return self.config.nonce
+
+    @property
+    def receives(self) -> bool:
+        """Whether this node is in the new committee."""
+        return self._proto.recipient_position is not None
+
+    def post_deal(self) -> None:
+        """A dealer posts its re-dealt share (new members that do not deal post nothing)."""
+        deal = self._proto.deals()
+        if deal is not None:
+            self.board.post(self.session, BundleKind.DEAL, deal.to_bytes())
+
+    def post_response(self) -> None:
+        """Read every deal; a new member posts its verdict on each dealer."""
+        response = self._proto.process_deals(self.board.read(self.session, BundleKind.DEAL))
+        if response is not None:
+            self.board.post(self.session, BundleKind.RESPONSE, response.to_bytes())
+
+    def post_justification(self) -> bool:
+        """Read the responses; a dealer complained about posts its justification. True when
+        the session needs a justification phase."""
+        justification = self._proto.process_responses(
+            self.board.read(self.session, BundleKind.RESPONSE)
+        )
+        if justification is not None:
+            self.board.post(self.session, BundleKind.JUSTIFICATION, justification.to_bytes())
+        return self._proto.phase is ResharePhase.AWAITING_JUSTIFICATIONS
+
+    def finish(self) -> DKGResult | None:
+        """Finish; a new member seals its new share beside the current one (which keeps
+        answering until the result is final) and publishes its view. None for a leaving dealer."""
+        if self._proto.phase is ResharePhase.AWAITING_JUSTIFICATIONS:
+            self._proto.process_justifications(
+                self.board.read(self.session, BundleKind.JUSTIFICATION)
+            )
+        if not self.receives:
+            return None
+        result = self._proto.result()
+        self.node._seal_result(result)
+        faults.fault_point("reshare.sealed")
+        if self._publish(result) in ("final", "confirmed"):
+            self.node.adopt_final(result.nonce)
+        _log.info(
+            "kgc node %d finished reshare session %s: qual=%s",
+            self.node.index,
+            self.session.hex()[:16],
+            list(result.qual),
+        )
+        return result
+
+    def _publish(self, result: DKGResult) -> str:
+        return _publish_reshare_view(self.node, self.state, result)
+
+
+def _publish_reshare_view(node: KgcNode, state: dict[str, Any], result: DKGResult) -> str:
+    """A new member posts its view of a resharing; QUAL is named by the dealers' identities.
+    Returns the chain's outcome (``pending``, ``final``, ``confirmed``, ``conflict``)."""
+    by_index = dict(
+        zip((int(i) for i in state["dealer_indices"]), map(str, state["dealers"]), strict=True)
+    )
+    answer = json.loads(
+        node.contract.submit_transaction(
+            "PublishDKGResult",
+            result.nonce.hex(),
+            base64.b64encode(MasterPublicKey(result.public.mpk).to_bytes()).decode("ascii"),
+            json.dumps(
+                [base64.b64encode(c.to_bytes()).decode("ascii") for c in result.public.commitments]
+            ),
+            json.dumps(sorted(by_index[i] for i in result.qual)),
+            str(BUNDLE_FORMAT_VERSION),
+        )
+    )
+    _log.info(
+        "kgc node %d published its reshare view: %s (%d of %d agree)",
+        node.index,
+        answer["outcome"],
+        answer["agree"],
+        answer["threshold"],
+    )
+    return str(answer["outcome"])
+
+
+def reshare_config_from_chain(state: dict[str, Any], old_public: PublicPolynomial) -> ReshareConfig:
+    """The :class:`~ehrshare.hazmat.reshare.ReshareConfig` of a resharing session on chain
+    (``old_public``: the public polynomial of the session it reshares)."""
+
+    def keys(field_name: str) -> tuple[KGCNodePublicKey, ...]:
+        return tuple(
+            KGCNodePublicKey.from_bytes(base64.b64decode(str(k), validate=True))
+            for k in state[field_name]
+        )
+
+    try:
+        return ReshareConfig(
+            old_public=old_public,
+            dealers=keys("dealer_keys"),
+            dealer_indices=tuple(int(i) for i in state["dealer_indices"]),
+            recipients=keys("keys"),
+            recipient_indices=tuple(int(i) for i in state["indices"]),
+            nonce=bytes.fromhex(str(state["nonce"])),
+            threshold=int(state["threshold"]),
+        )
+    except (KeyError, TypeError, ValueError, binascii.Error) as exc:
+        raise EncodingError(f"reshare session on chain is malformed: {exc}") from None
+
+
+def open_reshare_session(
+    admin: Contract,
+    *,
+    nonce: bytes,
+    roster: Sequence[str],
+    indices: Sequence[int],
+    dealers: Sequence[str],
+    threshold: int,
+    phase_timeout_s: int = DEFAULT_PHASE_TIMEOUT_S,
+) -> dict[str, Any]:
+    """Open a resharing of the latest final key on chain (``admin``: an org admin's handle).
+
+    ``roster``: the new committee in order, ``indices`` their share indices (a current member
+    keeps its own); ``dealers``: current members that re-deal their shares (at least τ_old).
+    """
+    state: dict[str, Any] = json.loads(
+        admin.submit_transaction(
+            "OpenReshareSession",
+            nonce.hex(),
+            str(threshold),
+            json.dumps(list(roster)),
+            json.dumps([int(i) for i in indices]),
+            json.dumps(list(dealers)),
+            str(phase_timeout_s),
+        )
+    )
+    return state
+
+
+def run_local_reshare(
+    nodes: Sequence[KgcNode],
+    *,
+    nonce: bytes,
+    admin: Contract,
+    members: Sequence[int],
+    dealers: Sequence[int],
+    threshold: int = 0,
+    phase_timeout_s: int = DEFAULT_PHASE_TIMEOUT_S,
+    poll: float = 0.2,
+    sleep: Callable[[float], None] = time.sleep,
+    now: Callable[[], float] = time.time,
+    skip: Sequence[int] = (),
+) -> PublicPolynomial:
+    """Reshare the latest final key among in-process KGC nodes, each posting as itself.
+
+    ``members``: node indices of the new committee (each node's index is its share index);
+    ``dealers``: node indices of current members that re-deal. ``nodes`` must hold every node
+    named. ``skip`` names nodes that are down (they post nothing; a phase then closes at its
+    timeout, so tests pass a ``now`` that moves). Returns the new public polynomial once the
+    chain's result is final; every node adopts it (new share answers, old share destroyed).
+    """
+    by_index = {n.index: n for n in nodes}
+    missing = sorted((set(members) | set(dealers)) - set(by_index))
+    if missing:
+        raise ValueError(f"no KGC node object for node indices {missing}")
+    ids = {i: by_index[i].publish_key() for i in sorted(set(members) | set(dealers))}
+    tau = threshold or len(members) // 2 + 1
+    open_reshare_session(
+        admin,
+        nonce=nonce,
+        roster=[ids[i] for i in members],
+        indices=list(members),
+        dealers=[ids[i] for i in dealers],
+        threshold=tau,
+        phase_timeout_s=phase_timeout_s,
+    )
+    live = [by_index[i] for i in sorted(set(members) | set(dealers)) if i not in skip]
+    for node in by_index.values():
+        if node.index not in skip:
+            node.catch_up()  # a killed earlier run may have left a final result half-adopted
+    board = LedgerBoard(live[0].contract)
+    sessions = []
+    for node in live:
+        try:
+            sessions.append(node.reshare_session(nonce, LedgerBoard(node.contract)))
+        except DKGError as exc:  # a leaving dealer without a share: it has no part
+            _log.warning(
+                "kgc node %d sits out reshare session %s: %s", node.index, nonce.hex(), exc
+            )
+
+    def close(kind: BundleKind) -> None:
+        board.wait_closed(
+            nonce, kind, give_up=2.0 * phase_timeout_s + 60.0, poll=poll, sleep=sleep, now=now
+        )
+
+    for s in sessions:
+        s.post_deal()
+    close(BundleKind.DEAL)
+    state = board.session_state(nonce)
+    if len(_closed_posters(state, BundleKind.DEAL)) < _dealer_threshold(state):
+        failed = _try_abort(board, nonce, "too few dealers posted")
+        raise DKGSessionFailed(failure_text(failed or state))
+    for s in sessions:
+        s.post_response()
+    close(BundleKind.RESPONSE)
+    needs = [s.post_justification() for s in sessions]
+    if any(needs):
+        close(BundleKind.JUSTIFICATION)
+    results = [r for r in (s.finish() for s in sessions) if r is not None]
+    if len({r.public.to_bytes() for r in results}) != 1:
+        raise DKGError("KGC nodes finished the resharing with different public polynomials")
+    try:
+        final = json.loads(live[0].contract.evaluate_transaction("GetDKGResult", nonce.hex()))
+    except LedgerError as exc:
+        # The old shares keep answering: nothing was adopted or destroyed.
+        raise DKGError(f"the resharing did not finish: {exc.message}") from None
+    public = public_polynomial_from_chain(final)
+    if public.to_bytes() != results[0].public.to_bytes():
+        raise DKGError("the final reshare result on chain differs from the nodes' result")
+    for node in live:
+        node.adopt_final(nonce)
+    for node in by_index.values():
+        if node.index not in skip:
+            node.catch_up()  # shares sealed for sessions a killed earlier run left behind go too
+    return public
+
+
 def run_local_dkg(
     nodes: Sequence[KgcNode],
     *,
@@ -1154,7 +1684,13 @@ class DkgFollower:
 
     def start(self) -> None:
         """Start following in a daemon thread (a broken event stream is opened again from the
-        checkpoint; see :class:`~ehrshare.ledger.api.EventFollower`)."""
+        checkpoint; see :class:`~ehrshare.ledger.api.EventFollower`).
+
+        First it finishes what a killed earlier process left of a resharing
+        (:meth:`KgcNode.catch_up`): the open event of that session lies before the checkpoint
+        and will not be seen again.
+        """
+        self._node.catch_up()
         block, _ = self.checkpoint()
         self._events = EventFollower(
             self._network,
@@ -1189,7 +1725,12 @@ class DkgFollower:
 
     def handle_event(self, event: ChaincodeEvent) -> None:
         """Act on one chaincode event, then record it as the checkpoint."""
-        if event.event_name in ("OpenDKGSession", "PublishDKGResult", "AbortDKGSession"):
+        if event.event_name in (
+            "OpenDKGSession",
+            "OpenReshareSession",
+            "PublishDKGResult",
+            "AbortDKGSession",
+        ):
             payload = json.loads(event.payload)
             for entry in payload.get("entries", []):
                 detail = entry.get("detail") or {}
@@ -1199,6 +1740,9 @@ class DkgFollower:
                     continue
                 if entry.get("action") == "OpenDKGSession":
                     if self.ibe_id in detail.get("roster", []):
+                        self._opened(nonce)
+                elif entry.get("action") == "OpenReshareSession":
+                    if self.ibe_id in detail.get("roster", []) + detail.get("dealers", []):
                         self._opened(nonce)
                 elif entry.get("action") == "PublishDKGResult" and entry.get("outcome") == "final":
                     self._final(nonce)
@@ -1214,7 +1758,9 @@ class DkgFollower:
 
     def _opened(self, nonce: bytes) -> None:
         tag = f"kgc node {self._node.index}: dkg session {nonce.hex()[:16]}"
-        if nonce in self._sessions or self._node.holds_share(nonce):
+        if nonce in self._sessions:
+            return
+        if self._node.holds_share(nonce):
             _log.info("%s: already taken part; skipping", tag)
             return
         state = LedgerBoard(self._node.contract).session_state(nonce)
@@ -1239,7 +1785,11 @@ class DkgFollower:
     def _take_part(self, nonce: bytes) -> None:
         tag = f"kgc node {self._node.index}: dkg session {nonce.hex()[:16]}"
         try:
-            self._node.run_dkg(nonce, poll=self._poll, sleep=self._sleep)
+            state = LedgerBoard(self._node.contract).session_state(nonce)
+            if state.get("kind") == "reshare":
+                self._node.run_reshare(nonce, poll=self._poll, sleep=self._sleep)
+            else:
+                self._node.run_dkg(nonce, poll=self._poll, sleep=self._sleep)
             self.outcomes[nonce] = "final"
             _log.info("%s: finished; the result is final", tag)
         except _Stopped:
@@ -1256,7 +1806,9 @@ class DkgFollower:
             _log.exception("%s: failed unexpectedly", tag)
 
     def _final(self, nonce: bytes) -> None:
-        if not self._node.holds_share(nonce) or self._node.current_session == nonce:
+        # No share of the session may still mean a resharing that leaves this node out (then
+        # adopt_final destroys its old share), so only the current session is skipped.
+        if self._node.current_session == nonce:
             return
         try:
             latest = json.loads(self._node.contract.evaluate_transaction("GetDKGResult", ""))
@@ -1348,7 +1900,7 @@ def extract_identity_key(
     signer: Signer,
     *,
     public: PublicPolynomial,
-    roster: Sequence[KGCNodePublicKey],
+    roster: RosterKeys,
     timeout: float = 10.0,
     rng: RngFn | None = None,
     clock: Callable[[], int] = time.time_ns,
@@ -1411,7 +1963,7 @@ def _ask(
     client: KgcClient,
     request: SignedExtractionRequest,
     reply: X25519KeyPair,
-    roster: Sequence[KGCNodePublicKey],
+    roster: RosterKeys,
     timeout: float,
     invalid: list[int],
 ) -> PartialKey | str | None:
