@@ -187,26 +187,36 @@ def test_network_up_runs_fabric_and_the_services_and_down_stops_them(tmp_path: P
         )  # fmt: skip
         assert again["witnesses"][0]["witness"] == "HospitalAMSP/alice"
 
-        # A new DKG session, opened on chain by the org admin, run by the three `kgc serve`
-        # processes over the channel's events (their posts meet in blocks: read conflicts are
-        # proposed again); a member enrolled afterwards gets a key under the new mpk.
+        # The consortium has a record, so a new DKG (a new mpk) is refused; a resharing to
+        # τ=2, opened on chain by the org admin and run by the three `kgc serve` processes over
+        # the channel's events (their posts meet in blocks: read conflicts are proposed again),
+        # keeps the mpk, and a member enrolled afterwards gets a key under it.
         old = json.loads(
             _cli("kgc", "dkg", "status", "-p", str(root), "-w", "admin", "--json").stdout
         )
-        opened = json.loads(
+        refused = _cli(
+            "kgc", "dkg", "open", "--threshold", "2", "-p", str(root), "-w", "admin", check=False
+        )  # fmt: skip
+        assert refused.returncode == 1 and "kgc reshare" in refused.stderr, refused.stderr
+        reshared = json.loads(
             _cli(
-                "kgc", "dkg", "open", "--threshold", "2", "--phase-timeout", "30", "--wait",
+                "kgc", "reshare", "--threshold", "2", "--phase-timeout", "30", "--wait",
                 "--wait-timeout", "120", "-p", str(root), "-w", "admin", "--json",
             ).stdout
         )  # fmt: skip
-        assert opened["result"]["final"] is True and opened["nonce"] != old["nonce"]
-        assert all(len(p["posters"]) == 3 for p in opened["closed"][:2])
+        assert reshared["kind"] == "reshare" and reshared["result"]["final"] is True
+        assert reshared["nonce"] != old["nonce"]
+        assert all(len(p["posters"]) == 3 for p in reshared["closed"][:2]), reshared["closed"]
         _cli("consortium", "add-member", "carol", "--hospital", "HospitalC", "--role",
              "patient", "-p", str(root))  # fmt: skip
         _wait_for(
             "every KGC node to answer under the new session",
             lambda: _cli("enroll", "-p", str(root), "-w", "carol", check=False).returncode == 0,
         )
+        kept = json.loads(
+            _cli("record", "get", ref["record_id"], "-p", str(root), "-w", "alice", "--json").stdout
+        )
+        assert kept["valueQuantity"]["value"] == 12.5
     finally:
         down = _cli("network", "down", "--profile", str(root), "--json", check=False)
     assert down.returncode == 0, down.stderr
