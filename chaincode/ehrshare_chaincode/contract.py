@@ -80,6 +80,7 @@ _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _CID_RE = re.compile(r"[A-Za-z0-9]{8,128}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_GRANT_ID_RE = re.compile(r"g-[0-9a-f]{32}")
 _NONCE_RE = re.compile(r"[0-9a-f]{64}")
 _IBE_RE = re.compile(r"[^/\x00-\x1f]{1,64}/[^/\x00-\x1f]{1,64}")
 
@@ -859,6 +860,7 @@ class EHRContract:
         allowed_next: str = "",
         parent_grant_id: str = "",
         proxy: str = "",
+        grant_id: str = "",
     ) -> Any:
         """Grant ``grantee`` access to the owner's records of a type until ``expiry``.
 
@@ -867,7 +869,9 @@ class EHRContract:
         ``proxy`` names the registered proxy identity that holds this grant's re-key: only that
         proxy re-encrypts this grant's hop. It is required (a grant no proxy can serve would
         decide requests that nobody can fulfil); its default only keeps the older arguments
-        optional in front of it.
+        optional in front of it. ``grant_id`` is the id the grantor chose (``g-`` and 32
+        lower-case hex digits) and already delivered the re-key under, so the grant is usable
+        from the moment it commits; without it the id is derived from the transaction id.
         """
         caller = ctx.registered()
         assert caller.ibe_id is not None
@@ -917,7 +921,14 @@ class EHRContract:
         if exp <= ctx.now:
             raise ChaincodeError(f"expiry {exp} is not after the transaction time {ctx.now}")
         self._check_proxy(ctx, proxy)
-        grant_id = "g-" + ctx.tx_id[:32]
+        if grant_id == "":
+            grant_id = "g-" + ctx.tx_id[:32]
+        elif not _GRANT_ID_RE.fullmatch(grant_id):
+            raise ChaincodeError(
+                f"grant id {grant_id!r} is invalid: use 'g-' and 32 lower-case hex digits"
+            )
+        elif ctx.stub.get_state(ctx.key(K_GRANT, grant_id)) is not None:
+            raise ChaincodeError(f"grant {grant_id} already exists")
         grant = {
             "grant_id": grant_id,
             "owner": owner,

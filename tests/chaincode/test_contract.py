@@ -225,6 +225,27 @@ def test_grant_rejects_bad_arguments(world: World, args: tuple[str, ...], messag
     assert fails_without_change(world, world.m["owner"], "GrantAccess", *full) == message
 
 
+def test_grant_takes_the_id_its_grantor_chose(fresh_world: World) -> None:
+    # The grantor delivers the re-key under this id before the grant commits (atomic grants).
+    w = fresh_world
+    alice, zed = w.m["owner"], w.m["other_hospital_clinician"]
+    gid = "g-" + "5a" * 16
+    args = ("lab", zed.ibe_id, FAR, "0", "", "", PROXY)
+    row = alice.submit("GrantAccess", *args, gid)
+    assert (row["grant_id"], row["state"]) == (gid, "active")
+    assert zed.submit("RequestAccess", "r-1")["grant_id"] == gid
+    assert fails_without_change(w, alice, "GrantAccess", *args, gid) == (
+        f"grant {gid} already exists"
+    )
+    for bad in ("g-" + "5A" * 16, "g-" + "5a" * 15, "x-" + "5a" * 16, "g-5a"):
+        assert fails_without_change(w, alice, "GrantAccess", *args, bad) == (
+            f"grant id {bad!r} is invalid: use 'g-' and 32 lower-case hex digits"
+        )
+    # Without an id it is derived from the transaction id, as before.
+    derived = alice.submit("GrantAccess", *args)
+    assert derived["grant_id"] == "g-" + derived["tx_id"][:32]
+
+
 def test_revoke_twice_and_unknown(fresh_world: World) -> None:
     alice = fresh_world.m["owner"]
     g = fresh_world.grants["revoked_grantee"]
