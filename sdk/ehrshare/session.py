@@ -225,6 +225,10 @@ class ProxyClient(Protocol):
         """Delete the re-key of a revoked grant."""
         ...
 
+    def rekey_status(self, grant_id: str) -> str:
+        """``held``, ``pending`` or ``missing``: whether the proxy holds a grant's re-key."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class ProxyRoute:
@@ -1109,6 +1113,21 @@ class Session(Closing):
             Grant.from_chain(g, self.labels)
             for g in self._pages("ListGrants", "grants", self.ibe_id, side)
         ]
+
+    def grant_status(self, grant: Grant) -> str:
+        """What a grant is worth now: ``revoked``, ``expired``, ``broken`` (active on chain, but
+        its proxy holds no re-key: repair it), ``active``, or ``unchecked`` (active on chain;
+        its proxy is not in this profile or did not answer)."""
+        if grant.state != "active":
+            return grant.state
+        if grant.expiry <= self._now():
+            return "expired"
+        try:
+            held = self._route(grant.proxy).client.rekey_status(grant.grant_id)
+        except Exception as exc:
+            _log.info("grant %s: its proxy %s was not asked: %s", grant.grant_id, grant.proxy, exc)
+            return "unchecked"
+        return "broken" if held == "missing" else "active"
 
     def revoke(self, grant: Grant | str) -> Grant:
         """Revoke a grant (forward-only: what was read stays read). Later requests are denied

@@ -121,13 +121,15 @@ def test_grant_killed_after_the_commit_is_usable(world: World) -> None:
     w.killed(
         "grant.after_commit", "grant", "HospitalBMSP/baker", "lab", "--days", "1", wallet="alice"
     )
-    (gid, row), *_ = w.grants("alice", "given").items()
-    assert (row["status"], row["proxy"], row["grantee"]) == ("active", PB, "HospitalBMSP/baker")
+    with Consortium.open(w.root) as c, c.session("alice") as alice:
+        (gid,) = [g.grant_id for g in alice.grants()]
     assert w.proxy_state(PB, gid) == "pending"  # delivered, not yet taken into use
     _assert_reads(w, "baker")
     _assert_reads(w, "baker", "--grant", gid)
     assert w.proxy_state(PB, gid) == "held"
-    assert list(w.grants("baker", "received")) == [gid]
+    row = w.grants("alice", "given")[gid]
+    assert (row["status"], row["proxy"], row["grantee"]) == ("active", PB, "HospitalBMSP/baker")
+    assert w.grants("baker", "received")[gid]["status"] == "active"
 
 
 @pytest.mark.parametrize("step", ["forward.after_deliver", "forward.after_commit"])
@@ -183,6 +185,11 @@ def test_a_grant_whose_proxy_lost_the_rekey_is_refused_clearly_and_repaired(worl
     g = w.ok("grant", "HospitalBMSP/baker", "lab", "--days", "1", wallet="alice")
     gid = g["grant_id"]
     _lose_rekey(w, PB, gid)
+    # Both sides see it as broken.
+    assert w.grants("alice", "given")[gid]["status"] == "broken"
+    assert w.grants("baker", "received")[gid]["status"] == "broken"
+    table = w.cli("grant", "list", wallet="alice")
+    assert table.returncode == 0 and gid in table.stdout and "broken" in table.stdout
     # Not an outage (exit 4): a refusal that names the repair.
     broken = w.read("baker", "--grant", gid)
     assert broken.returncode == 1, broken.stderr
@@ -193,6 +200,7 @@ def test_a_grant_whose_proxy_lost_the_rekey_is_refused_clearly_and_repaired(worl
     refused = w.cli("grant", "repair", gid, wallet="baker")
     assert refused.returncode == 1 and "only its grantor's wallet" in refused.stderr
     assert w.ok("grant", "repair", gid, wallet="alice")["state"] == "active"
+    assert w.grants("alice", "given")[gid]["status"] == "active"
     _assert_reads(w, "baker", "--grant", gid)
     # Repairing a grant that is fine is a no-op.
     assert w.ok("grant", "repair", gid, wallet="alice")["state"] == "active"

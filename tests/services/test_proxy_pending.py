@@ -175,3 +175,23 @@ def test_pending_rekeys_are_sealed_at_rest(lab: World) -> None:
         wal = proxy.state_dir / "proxy.db-wal"
         raw = rekey.to_secret_bytes()
         assert raw not in db and (not wal.exists() or raw not in wal.read_bytes())
+
+
+def test_a_party_to_a_grant_asks_whether_its_rekey_is_held(lab: World) -> None:
+    w = lab
+    with w.open_proxy() as proxy:
+        who = fresh_clinician(w)
+        gid = deliver_ahead(w, proxy, "alice", who)
+        with pytest.raises(NoReKey, match=f"grant {gid} does not exist"):
+            InProcessProxyClient(proxy, caller=w.m["alice"].ibe_id).rekey_status(gid)
+        commit(w, "alice", who, gid)
+        with pytest.raises(NotAuthorised, match=f"may not ask about grant {gid}"):
+            InProcessProxyClient(proxy, caller=w.m["carol"].ibe_id).rekey_status(gid)
+        assert proxy.rekey_status(gid) == "pending"
+        # A party's question takes a committed grant's pending re-key into use.
+        assert InProcessProxyClient(proxy, caller=w.m[who].ibe_id).rekey_status(gid) == "held"
+        w.m["alice"].submit("RevokeAccess", gid)
+        InProcessProxyClient(proxy, caller=w.m["alice"].ibe_id).revoke(gid)
+        assert InProcessProxyClient(proxy, caller=w.m["alice"].ibe_id).rekey_status(gid) == (
+            "missing"
+        )

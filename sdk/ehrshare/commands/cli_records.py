@@ -893,7 +893,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         wallet: WalletOpt = "",
         as_json: JsonOpt = False,
     ) -> None:
-        """List the grants you gave (a patient) or hold (a clinician), with their status."""
+        """List the grants you gave (a patient) or hold (a clinician), with their status:
+        active, broken (its proxy holds no re-key: 'grant repair' it), expired, revoked, or
+        unchecked (its proxy did not answer)."""
         if given and received:
             _fail(EXIT_USAGE, "give --given or --received, not both")
         with _session(profile, wallet) as s, _errors():
@@ -904,43 +906,31 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 if received
                 else ("owner" if s.role() == "patient" else "grantee")
             )
-            grants = s.grants(side)
-            now = int(_dt.datetime.now(_dt.UTC).timestamp())
-        rows = [
-            g.to_dict()
-            | {
-                "status": "expired" if g.state == "active" and g.expiry <= now else g.state,
-                "expires": _fmt_date(g.expiry),
-            }
-            for g in grants
-        ]
+            rows = [
+                g.to_dict() | {"status": s.grant_status(g), "expires": _fmt_date(g.expiry)}
+                for g in s.grants(side)
+            ]
         if as_json:
             _emit({"side": "given" if side == "owner" else "received", "grants": rows})
             return
         if not rows:
             _err.print(f"no grants {'given' if side == 'owner' else 'received'}")
             return
-        table = Table(
-            "grant",
-            "grantee" if side == "owner" else "owner",
-            "type",
-            "expires",
-            "hops",
-            "status",
-            "proxy",
-        )
-        table.columns[0].no_wrap = True
+        # One line a grant, never broken at the terminal's width: the whole grant id and the
+        # status stay readable (and greppable) in any terminal.
+        out = out_console()
         for r in rows:
-            table.add_row(
-                r["grant_id"],
-                r["grantee"] if side == "owner" else r["owner"],
-                r["type"] or r["label"],
-                r["expires"],
-                str(r["max_hops"]),
-                r["status"],
-                r["proxy"],
+            party = (
+                f"to {r['grantee']}"
+                if side == "owner"
+                else f"from {r['grantor']} (records of {r['owner']})"
             )
-        out_console().print(table)
+            out.print(
+                f"{r['grant_id']}  {r['status']:<9} {r['type'] or r['label']} until "
+                f"{r['expires']}, {r['max_hops']} further hop(s), {party}; re-key at {r['proxy']}",
+                highlight=False,
+                markup=False,
+            )
 
     @grant_app.command("repair", epilog=_EXIT_HELP)
     def grant_repair(

@@ -475,9 +475,20 @@ class ReencryptionProxy(Closing):
                 _log.warning("proxy %s: pending re-key of %s: %s", self.name, gid, exc)
                 return
 
-    def rekey_status(self, grant_id: str) -> str:
+    def rekey_status(self, grant_id: str, *, caller: str | None = None) -> str:
         """``held`` (usable), ``pending`` (delivered, its grant not seen committed) or
-        ``missing``."""
+        ``missing``.
+
+        ``caller`` (the authenticated client, when there is one) must be a party to the grant
+        on chain (owner, grantor or grantee); a pending grant is taken into use first.
+        """
+        if caller is not None:
+            grant = self._committed_grant(grant_id)
+            if grant is None:
+                raise NoReKey(f"grant {grant_id} does not exist")
+            if caller not in (grant["owner"], grant["grantor"], grant["grantee"]):
+                raise NotAuthorised(f"identity {caller} may not ask about grant {grant_id}")
+            self.activate(grant_id)
         if self.holds(grant_id):
             return "held"
         with self._lock:
@@ -950,6 +961,10 @@ class ProxyClient(Protocol):
         """Ask the proxy to delete a grant's re-key (owner or grantor)."""
         ...
 
+    def rekey_status(self, grant_id: str) -> str:
+        """Whether the proxy holds a grant's re-key (a party to the grant asks)."""
+        ...
+
 
 class InProcessProxyClient:
     """A :class:`ProxyClient` that calls a :class:`ReencryptionProxy` directly (embedded).
@@ -993,3 +1008,7 @@ class InProcessProxyClient:
     def revoke(self, grant_id: str) -> None:
         """Delete a grant's re-key."""
         self._proxy.revoke(grant_id, caller=self.caller)
+
+    def rekey_status(self, grant_id: str) -> str:
+        """``held``, ``pending`` or ``missing``."""
+        return self._proxy.rekey_status(grant_id, caller=self.caller)
