@@ -1133,7 +1133,9 @@ class Session(Closing):
         """Revoke a grant (forward-only: what was read stays read). Later requests are denied
         by the chaincode; every proxy of the profile is told and deletes the re-keys it holds
         of the grant and of grants forwarded from it (a proxy that is down only delays that —
-        the chain already refuses, and a served proxy also follows the revocation events)."""
+        the chain already refuses, and a served proxy also follows the revocation events).
+        Revoking a grant that is already revoked tells the proxies again (a revocation whose
+        process died before it told them is finished this way)."""
         grant_id = grant.grant_id if isinstance(grant, Grant) else grant
         try:
             revoked = self._submit("RevokeAccess", grant_id)
