@@ -447,3 +447,16 @@ def test_an_unreachable_ledger_is_named_not_taken_for_a_refusal(people: People) 
     # A refusal by the chaincode stays a refusal.
     with pytest.raises(RequestRejected):
         people.alice.revoke("g-" + "0" * 32)
+
+
+def test_revoking_again_finishes_a_revocation_the_proxies_missed(people: People) -> None:
+    # RevokeAccess committed by a process that died before it told the proxies: the chain
+    # refuses already; running the revocation again succeeds and deletes the re-key.
+    g = people.alice.grant(people.baker.ibe_id, "lab", expires=DAY)
+    proxy = people.consortium.proxies[g.proxy]
+    people.alice._submit("RevokeAccess", g.grant_id)
+    assert proxy.holds(g.grant_id)
+    assert people.alice.revoke(g.grant_id).state == "revoked"
+    assert not proxy.holds(g.grant_id)
+    with pytest.raises(RequestRejected, match="does not exist"):
+        people.alice.revoke("g-" + "1" * 32)

@@ -53,7 +53,7 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -85,6 +85,7 @@ __all__ = [
     "ProxyUnavailable",
     "ReencryptionProxy",
     "RevocationFollower",
+    "catch_up",
     "rekey_delivery_aad",
     "seal_rekey",
 ]
@@ -842,9 +843,10 @@ class ReencryptionProxy(Closing):
         block = rows.get("events.block")
         return (None if block is None else int(block)), rows.get("events.tx")
 
-    def handle_event(self, event: ChaincodeEvent) -> int:
+    def handle_event(self, event: ChaincodeEvent, *, checkpoint: bool = True) -> int:
         """Apply one chaincode event (RevokeAccess deletes re-keys, GrantAccess activates a
-        re-key delivered ahead of its grant), then checkpoint it."""
+        re-key delivered ahead of its grant), then checkpoint it (unless told not to: a batch
+        checkpoints its last event with :meth:`save_checkpoint`)."""
         deleted = 0
         if event.event_name == "GrantAccess":
             payload = json.loads(event.payload)
@@ -855,12 +857,21 @@ class ReencryptionProxy(Closing):
                     and gid
                     and self.rekey_status(gid) == "pending"
                 ):
-                    self.activate(gid)
+                    try:
+                        self.activate(gid)
+                    except ProxyError as exc:  # taken into use at its first read instead
+                        _log.warning("proxy %s: grant %s stays pending: %s", self.name, gid, exc)
         if event.event_name == "RevokeAccess":
             payload = json.loads(event.payload)
             for entry in payload.get("entries", []):
                 if entry.get("action") == "RevokeAccess" and entry.get("grant_id"):
                     deleted += self.revoke(str(entry["grant_id"]))
+        if checkpoint:
+            self.save_checkpoint(event)
+        return deleted
+
+    def save_checkpoint(self, event: ChaincodeEvent) -> None:
+        """Record ``event`` as the last one handled."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
@@ -870,7 +881,20 @@ class ReencryptionProxy(Closing):
                 "INSERT OR REPLACE INTO meta VALUES ('events.tx', ?)", (event.transaction_id,)
             )
             self._db.execute("COMMIT")
-        return deleted
+
+
+def catch_up(proxy: ReencryptionProxy, events: Iterable[ChaincodeEvent]) -> int:
+    """Apply the chaincode events a proxy missed (a stream that ends when it has none left,
+    resumed from :meth:`ReencryptionProxy.checkpoint`): an in-process proxy, which runs no
+    follower, deletes the re-keys of grants revoked while no process told it. Returns how many
+    re-keys were deleted."""
+    deleted = 0
+    last: ChaincodeEvent | None = None
+    for last in events:
+        deleted += proxy.handle_event(last, checkpoint=False)
+    if last is not None:
+        proxy.save_checkpoint(last)
+    return deleted
 
 
 class _KeyedLocks:
