@@ -890,15 +890,15 @@ class Session(Closing):
             return expires
         raise TypeError("expires must be a datetime, a timedelta or unix seconds")
 
-    def _proxy_key(self, route: ProxyRoute) -> bytes:
+    def _proxy_key(self, route: ProxyRoute, unchanged: str = "nothing was granted") -> bytes:
         # Asked before anything else: a proxy that is down fails the call while nothing is on
         # chain yet.
         try:
             return route.client.public_key()
         except Exception as exc:
             raise ProxyError(
-                f"the re-encryption proxy {route.ibe_id} is not reachable ({exc}); nothing was "
-                "granted — retry when it is up"
+                f"the re-encryption proxy {route.ibe_id} is not reachable ({exc}); {unchanged} "
+                "— retry when it is up"
             ) from None
 
     def _deliver_rekey(
@@ -1063,7 +1063,7 @@ class Session(Closing):
         sk = self._secret_key()
         receiving = self._type_key(g.grantee, g.label)
         route = self._route(g.proxy)
-        proxy_key = self._proxy_key(route)
+        proxy_key = self._proxy_key(route, f"grant {grant_id} is unchanged")
         try:
             self._deliver_rekey(
                 grant_id, self._type_secret(sk, g.label), receiving, route, proxy_key

@@ -23,6 +23,7 @@ from ehrshare.services.kgc import KgcUnavailable
 from ehrshare.session import (
     AccessDenied,
     EnrollmentError,
+    GrantNotServed,
     LedgerUnreachable,
     NotEnrolledError,
     ProxyError,
@@ -460,3 +461,40 @@ def test_revoking_again_finishes_a_revocation_the_proxies_missed(people: People)
     assert not proxy.holds(g.grant_id)
     with pytest.raises(RequestRejected, match="does not exist"):
         people.alice.revoke("g-" + "1" * 32)
+
+
+class RefusingRekeyProxy(KeyOnlyProxy):
+    """Up, but refuses every re-key it is handed (as a proxy refuses one that does not match)."""
+
+    def store_rekey(self, grant_id: str, sealed_rekey: bytes) -> None:
+        from ehrshare.services.proxy import InvalidReKey
+
+        raise InvalidReKey(f"the re-key for grant {grant_id} does not match it")
+
+    def revoke(self, grant_id: str) -> None:
+        pass
+
+
+def test_repair_that_the_proxy_refuses_revokes_the_grant(people: People) -> None:
+    g = people.alice.grant(people.baker.ibe_id, "lab", expires=DAY)
+    real = people.alice.proxies
+    people.alice.proxy = RefusingRekeyProxy(people.consortium.proxy.public_key())
+    try:
+        with pytest.raises(GrantNotServed, match=r"refused the re-key .* is revoked now"):
+            people.alice.repair_grant(g.grant_id)
+    finally:
+        people.alice.proxies = real
+    assert people.alice.get_grant(g.grant_id).state == "revoked"
+
+
+def test_repair_with_the_proxy_down_changes_nothing(people: People) -> None:
+    g = people.alice.grant(people.baker.ibe_id, "lab", expires=DAY)
+    real = people.alice.proxies
+    people.alice.proxy = RefusingProxy()
+    before = fingerprint(people.consortium)
+    try:
+        with pytest.raises(ProxyError, match=f"not reachable .*; grant {g.grant_id} is unchanged"):
+            people.alice.repair_grant(g.grant_id)
+    finally:
+        people.alice.proxies = real
+    assert fingerprint(people.consortium) == before
