@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import sqlite3
 import time
 from typing import Any
 
@@ -195,3 +196,31 @@ def test_a_party_to_a_grant_asks_whether_its_rekey_is_held(lab: World) -> None:
         assert InProcessProxyClient(proxy, caller=w.m["alice"].ibe_id).rekey_status(gid) == (
             "missing"
         )
+
+
+def test_an_altered_pending_rekey_is_never_used_and_a_new_delivery_repairs(lab: World) -> None:
+    w = lab
+    with w.open_proxy() as proxy:
+        who = fresh_clinician(w)
+        gid = deliver_ahead(w, proxy, "alice", who)
+        db = sqlite3.connect(proxy.state_dir / "proxy.db")
+        try:
+            with db:
+                (blob,) = db.execute(
+                    "SELECT sealed FROM pending_rekeys WHERE grant_id = ?", (gid,)
+                ).fetchone()
+                flipped = bytes(blob[:-1]) + bytes([blob[-1] ^ 1])
+                db.execute(
+                    "UPDATE pending_rekeys SET sealed = ? WHERE grant_id = ?", (flipped, gid)
+                )
+        finally:
+            db.close()
+        commit(w, "alice", who, gid)
+        record_id, message, _ = w.new_record()
+        with pytest.raises(NoReKey, match=f"no re-key for grant {gid}"):
+            read(w, proxy, who, record_id)
+        assert proxy.rekey_status(gid) == "missing"
+        # The grantor delivers again (what 'grant repair' does): the grant is served.
+        client = InProcessProxyClient(proxy, caller=w.m["alice"].ibe_id)
+        client.store_rekey(gid, seal_rekey(proxy.public_key(), gid, make_rekey(w, "alice", who)))
+        assert read_as(w, who, read(w, proxy, who, record_id)) == message

@@ -440,7 +440,13 @@ class ReencryptionProxy(Closing):
             depositor = str(depositor)
             usable = grant["state"] == "active" and depositor in ("", grant["grantor"])
             if usable:
-                raw = open_state(self._key, _pending_purpose(grant_id, depositor), bytes(blob))
+                try:
+                    raw = open_state(self._key, _pending_purpose(grant_id, depositor), bytes(blob))
+                except DecryptionError:
+                    # Altered at rest: never used; the grantor re-delivers (grant repair).
+                    _log.error("proxy %s: the pending re-key of %s is altered", self.name, grant_id)
+                    self._drop_pending(grant_id, depositor)
+                    continue
                 try:
                     self._insert_rekey(grant_id, grant, raw)
                     return True
