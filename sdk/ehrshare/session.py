@@ -59,7 +59,8 @@ from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.api import Contract
 from ehrshare.ledger.errors import LedgerError
 from ehrshare.profile import Wallet
-from ehrshare.services.proxy import NoReKey, ProxyUnavailable, seal_rekey
+from ehrshare.services.proxy import InvalidReKey, NoReKey, ProxyUnavailable, seal_rekey
+from ehrshare.services.proxy import NotAuthorised as ProxyNotAuthorised
 from ehrshare.storage import BlobStore, StorageError, get_verified, sha256_hex
 
 __all__ = [
@@ -1073,13 +1074,19 @@ class Session(Closing):
                 f"the proxy {route.ibe_id} is not reachable ({exc}); grant {grant_id} is "
                 "unchanged — retry when it is up"
             ) from None
-        except Exception as exc:
+        except (InvalidReKey, ProxyNotAuthorised) as exc:
+            # A definite refusal (not a passing failure): this grant cannot be served.
             revoked = self.revoke(grant_id)
             raise GrantNotServed(
                 f"the proxy {route.ibe_id} refused the re-key of grant {grant_id} ({exc}); the "
                 f"grant is {revoked.state} now — grant again",
                 grant_ids=[grant_id],
                 proxy=route.ibe_id,
+            ) from None
+        except Exception as exc:
+            raise ProxyError(
+                f"the proxy {route.ibe_id} could not take the re-key of grant {grant_id} "
+                f"({exc}); the grant is unchanged — retry later"
             ) from None
         return self.get_grant(grant_id)
 

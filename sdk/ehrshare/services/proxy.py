@@ -940,7 +940,8 @@ def _pending_purpose(grant_id: str, depositor: str) -> str:
 
 
 class RevocationFollower:
-    """Follows the chaincode's RevokeAccess events in a thread and deletes re-keys.
+    """Follows the chaincode's RevokeAccess events in a thread and deletes re-keys (and its
+    GrantAccess events, taking re-keys delivered ahead of their grant into use).
 
     Resumes after the last handled event (checkpoint in the proxy's database); a fresh proxy
     reads from block 0 (revoking grants it does not hold is a no-op). A broken event stream (a
