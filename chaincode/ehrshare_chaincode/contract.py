@@ -96,6 +96,7 @@ K_RECORD_BY_OWNER = "ehr.rec~owner"
 K_GRANT = "ehr.grant"
 K_GRANT_BY_OWNER = "ehr.grant~owner"
 K_GRANT_BY_GRANTEE = "ehr.grant~grantee"
+K_GRANT_BY_GRANTOR = "ehr.grant~grantor"
 K_GRANT_MATCH = "ehr.grant~match"
 K_ACCESS = "ehr.access"
 K_APPROVAL = "ehr.approval"
@@ -948,6 +949,9 @@ class EHRContract:
         ctx.put_json(grant, K_GRANT, grant_id)
         ctx.put_index(K_GRANT_BY_OWNER, owner, grant_id)
         ctx.put_index(K_GRANT_BY_GRANTEE, grantee, grant_id)
+        if parent_grant_id:
+            # A forward: its grantor (a grantee further up) finds it here, not by owner.
+            ctx.put_index(K_GRANT_BY_GRANTOR, caller.ibe_id, grant_id)
         ctx.put_index(K_GRANT_MATCH, owner, record_type, grantee, grant_id)
         ctx.log(
             owner,
@@ -1013,14 +1017,20 @@ class EHRContract:
     def ListGrants(
         self, ctx: TxContext, party: str, side: str, page_size: str = "", bookmark: str = ""
     ) -> Any:
-        """One page of the grants a party gave (side ``owner``) or received (side ``grantee``)."""
+        """One page of the grants a party gave as the patient (side ``owner``), forwarded as a
+        grantee (side ``grantor``), or received (side ``grantee``)."""
         caller = ctx.registered()
         _check_ibe(party, "party")
-        if side not in ("owner", "grantee"):
-            raise ChaincodeError(f"side {side!r} is not owner or grantee")
+        indexes = {
+            "owner": K_GRANT_BY_OWNER,
+            "grantor": K_GRANT_BY_GRANTOR,
+            "grantee": K_GRANT_BY_GRANTEE,
+        }
+        if side not in indexes:
+            raise ChaincodeError(f"side {side!r} is not owner, grantor or grantee")
         if caller.name != party and caller.role != AUDITOR:
             raise ChaincodeError(f"identity {caller.name} may not list grants of {party}")
-        index = K_GRANT_BY_OWNER if side == "owner" else K_GRANT_BY_GRANTEE
+        index = indexes[side]
         grants, next_bm = ctx.index_page(index, party, K_GRANT, page_size, bookmark)
         return {"grants": grants, "bookmark": next_bm}
 

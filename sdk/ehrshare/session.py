@@ -1114,8 +1114,9 @@ class Session(Closing):
         """One grant you are party to."""
         return Grant.from_chain(self._evaluate("GetGrant", grant_id), self.labels)
 
-    def grants(self, side: Literal["owner", "grantee"] = "owner") -> list[Grant]:
-        """Grants you gave as a patient (``owner``) or received (``grantee``)."""
+    def grants(self, side: Literal["owner", "grantor", "grantee"] = "owner") -> list[Grant]:
+        """Grants you gave as a patient (``owner``), forwarded as a grantee (``grantor``), or
+        received (``grantee``)."""
         return [
             Grant.from_chain(g, self.labels)
             for g in self._pages("ListGrants", "grants", self.ibe_id, side)

@@ -261,7 +261,21 @@ def test_list_grants_by_owner_and_by_grantee(world: World) -> None:
     assert [g["grant_id"] for g in received] == [world.grants["grantee"]]
     assert (
         endorse_error(dave, "ListGrants", dave.ibe_id, "friend")
-        == "side 'friend' is not owner or grantee"
+        == "side 'friend' is not owner, grantor or grantee"
+    )
+
+
+def test_a_forwarder_lists_the_grants_it_forwarded(fresh_world: World) -> None:
+    w = fresh_world
+    alice, dave, zed = w.m["owner"], w.m["grantee"], w.m["other_hospital_clinician"]
+    fwd = dave.submit("GrantAccess", "lab", zed.ibe_id, FAR, "0", "", w.grants["grantee"], PROXY)
+    assert [
+        g["grant_id"] for g in dave.evaluate("ListGrants", dave.ibe_id, "grantor")["grants"]
+    ] == [fwd["grant_id"]]
+    # A patient's own grants are listed by owner, not again by grantor.
+    assert alice.evaluate("ListGrants", ALICE, "grantor")["grants"] == []
+    assert endorse_error(zed, "ListGrants", dave.ibe_id, "grantor") == (
+        f"identity {zed.ibe_id} may not list grants of {dave.ibe_id}"
     )
 
 

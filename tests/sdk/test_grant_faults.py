@@ -160,6 +160,14 @@ def test_forward_killed_at_each_step(world: World, step: str) -> None:
         assert (row["status"], row["proxy"], row["hop"]) == ("active", PC, 1)
     _assert_reads(w, "chen")
     _assert_reads(w, "baker")
+    # The forwarder sees what it forwarded; the patient sees both grants.
+    (given,) = w.grants("baker", "given").values()
+    assert (given["grantee"], given["status"], given["parent_grant_id"]) == (
+        "HospitalCMSP/chen",
+        "active",
+        root["grant_id"],
+    )
+    assert set(w.grants("alice", "given")) == {root["grant_id"], given["grant_id"]}
 
 
 def test_revoke_killed_after_the_commit(world: World) -> None:

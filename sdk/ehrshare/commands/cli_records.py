@@ -884,7 +884,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @grant_app.command("list", epilog=_EXIT_HELP)
     def grant_list(
         given: Annotated[
-            bool, typer.Option("--given", help="Grants you gave (default for a patient).")
+            bool,
+            typer.Option("--given", help="Grants you gave, or forwarded (default for a patient)."),
         ] = False,
         received: Annotated[
             bool, typer.Option("--received", help="Grants you hold (default for others).")
@@ -899,32 +900,29 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if given and received:
             _fail(EXIT_USAGE, "give --given or --received, not both")
         with _session(profile, wallet) as s, _errors():
-            side = (
-                "owner"
-                if given
-                else "grantee"
-                if received
-                else ("owner" if s.role() == "patient" else "grantee")
-            )
+            patient = s.role() == "patient"
+            # What a member gave: a patient's grants (by owner), else its forwards (by grantor).
+            gave = "owner" if patient else "grantor"
+            side = gave if given else "grantee" if received else (gave if patient else "grantee")
             rows = [
                 g.to_dict() | {"status": s.grant_status(g), "expires": _fmt_date(g.expiry)}
                 for g in s.grants(side)
             ]
         if as_json:
-            _emit({"side": "given" if side == "owner" else "received", "grants": rows})
+            _emit({"side": "received" if side == "grantee" else "given", "grants": rows})
             return
         if not rows:
-            _err.print(f"no grants {'given' if side == 'owner' else 'received'}")
+            _err.print(f"no grants {'received' if side == 'grantee' else 'given'}")
             return
         # One line a grant, never broken at the terminal's width: the whole grant id and the
         # status stay readable (and greppable) in any terminal.
         out = out_console()
         for r in rows:
-            party = (
-                f"to {r['grantee']}"
-                if side == "owner"
-                else f"from {r['grantor']} (records of {r['owner']})"
-            )
+            party = {
+                "owner": f"to {r['grantee']}",
+                "grantor": f"to {r['grantee']} (records of {r['owner']})",
+                "grantee": f"from {r['grantor']} (records of {r['owner']})",
+            }[side]
             out.print(
                 f"{r['grant_id']}  {r['status']:<9} {r['type'] or r['label']} until "
                 f"{r['expires']}, {r['max_hops']} further hop(s), {party}; re-key at {r['proxy']}",
