@@ -80,6 +80,7 @@ _ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _TYPE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _CID_RE = re.compile(r"[A-Za-z0-9]{8,128}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_GRANT_ID_RE = re.compile(r"g-[0-9a-f]{32}")
 _NONCE_RE = re.compile(r"[0-9a-f]{64}")
 _IBE_RE = re.compile(r"[^/\x00-\x1f]{1,64}/[^/\x00-\x1f]{1,64}")
 
@@ -95,6 +96,7 @@ K_RECORD_BY_OWNER = "ehr.rec~owner"
 K_GRANT = "ehr.grant"
 K_GRANT_BY_OWNER = "ehr.grant~owner"
 K_GRANT_BY_GRANTEE = "ehr.grant~grantee"
+K_GRANT_BY_GRANTOR = "ehr.grant~grantor"
 K_GRANT_MATCH = "ehr.grant~match"
 K_ACCESS = "ehr.access"
 K_APPROVAL = "ehr.approval"
@@ -889,6 +891,7 @@ class EHRContract:
         allowed_next: str = "",
         parent_grant_id: str = "",
         proxy: str = "",
+        grant_id: str = "",
     ) -> Any:
         """Grant ``grantee`` access to the owner's records of a type until ``expiry``.
 
@@ -897,7 +900,9 @@ class EHRContract:
         ``proxy`` names the registered proxy identity that holds this grant's re-key: only that
         proxy re-encrypts this grant's hop. It is required (a grant no proxy can serve would
         decide requests that nobody can fulfil); its default only keeps the older arguments
-        optional in front of it.
+        optional in front of it. ``grant_id`` is the id the grantor chose (``g-`` and 32
+        lower-case hex digits) and already delivered the re-key under, so the grant is usable
+        from the moment it commits; without it the id is derived from the transaction id.
         """
         caller = ctx.registered()
         assert caller.ibe_id is not None
@@ -947,7 +952,14 @@ class EHRContract:
         if exp <= ctx.now:
             raise ChaincodeError(f"expiry {exp} is not after the transaction time {ctx.now}")
         self._check_proxy(ctx, proxy)
-        grant_id = "g-" + ctx.tx_id[:32]
+        if grant_id == "":
+            grant_id = "g-" + ctx.tx_id[:32]
+        elif not _GRANT_ID_RE.fullmatch(grant_id):
+            raise ChaincodeError(
+                f"grant id {grant_id!r} is invalid: use 'g-' and 32 lower-case hex digits"
+            )
+        elif ctx.stub.get_state(ctx.key(K_GRANT, grant_id)) is not None:
+            raise ChaincodeError(f"grant {grant_id} already exists")
         grant = {
             "grant_id": grant_id,
             "owner": owner,
@@ -967,6 +979,9 @@ class EHRContract:
         ctx.put_json(grant, K_GRANT, grant_id)
         ctx.put_index(K_GRANT_BY_OWNER, owner, grant_id)
         ctx.put_index(K_GRANT_BY_GRANTEE, grantee, grant_id)
+        if parent_grant_id:
+            # A forward: its grantor (a grantee further up) finds it here, not by owner.
+            ctx.put_index(K_GRANT_BY_GRANTOR, caller.ibe_id, grant_id)
         ctx.put_index(K_GRANT_MATCH, owner, record_type, grantee, grant_id)
         ctx.log(
             owner,
@@ -1032,14 +1047,20 @@ class EHRContract:
     def ListGrants(
         self, ctx: TxContext, party: str, side: str, page_size: str = "", bookmark: str = ""
     ) -> Any:
-        """One page of the grants a party gave (side ``owner``) or received (side ``grantee``)."""
+        """One page of the grants a party gave as the patient (side ``owner``), forwarded as a
+        grantee (side ``grantor``), or received (side ``grantee``)."""
         caller = ctx.registered()
         _check_ibe(party, "party")
-        if side not in ("owner", "grantee"):
-            raise ChaincodeError(f"side {side!r} is not owner or grantee")
+        indexes = {
+            "owner": K_GRANT_BY_OWNER,
+            "grantor": K_GRANT_BY_GRANTOR,
+            "grantee": K_GRANT_BY_GRANTEE,
+        }
+        if side not in indexes:
+            raise ChaincodeError(f"side {side!r} is not owner, grantor or grantee")
         if caller.name != party and caller.role != AUDITOR:
             raise ChaincodeError(f"identity {caller.name} may not list grants of {party}")
-        index = K_GRANT_BY_OWNER if side == "owner" else K_GRANT_BY_GRANTEE
+        index = indexes[side]
         grants, next_bm = ctx.index_page(index, party, K_GRANT, page_size, bookmark)
         return {"grants": grants, "bookmark": next_bm}
 

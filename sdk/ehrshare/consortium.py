@@ -48,6 +48,8 @@ from ehrshare.closing import Closing
 from ehrshare.hazmat.dkg import new_session_nonce
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
+from ehrshare.ledger.api import StoredCheckpoint
+from ehrshare.ledger.embedded import EmbeddedNetwork
 from ehrshare.ledger.errors import GatewayError
 from ehrshare.ledger.store import EmbeddedLedger
 from ehrshare.ledgers import (
@@ -65,7 +67,7 @@ from ehrshare.profile import (
     Wallet,
 )
 from ehrshare.services.kgc import InProcessKgcClient, KgcNode, run_local_dkg
-from ehrshare.services.proxy import InProcessProxyClient, ReencryptionProxy
+from ehrshare.services.proxy import InProcessProxyClient, ReencryptionProxy, catch_up
 from ehrshare.services.rpc import GrpcKgcClient, GrpcProxyClient
 from ehrshare.services.tls import ClientTls, issue_tls_certificate
 from ehrshare.services.vault import atomic_write, read_key_file, write_key_file
@@ -964,18 +966,44 @@ def _open_services(profile: Profile, ledger: LedgerBackend, clock: Clock | None)
                 pkey = X25519KeyPair.from_secret_bytes(read_key_file(psvc.key_file))
             except (OSError, ValueError) as exc:
                 raise ProfileError(f"proxy {pcfg.name}: {exc}") from None
-            proxies[identity.ibe_id] = ReencryptionProxy(
+            proxy = proxies[identity.ibe_id] = ReencryptionProxy(
                 state_dir=psvc.state,
                 contract=contract,
                 key=pkey,
                 ibe_id=identity.ibe_id,
                 name=pcfg.name,
             )
+            _catch_up(proxy, gateway.get_network(profile.channel), profile.chaincode)
     except BaseException:
         for p in proxies.values():
             p.close()
         raise
     return _Services(nodes, proxies)
+
+
+def _catch_up(proxy: ReencryptionProxy, network: Any, chaincode: str) -> None:
+    """An in-process proxy runs no event follower: on the embedded ledger, apply what it
+    missed since its checkpoint (a revocation whose process died before telling it) when it
+    opens. On Fabric the revocation is finished by revoking again (or a served proxy)."""
+    if not isinstance(network, EmbeddedNetwork):
+        return
+    block, tx = proxy.checkpoint()
+    events = network.get_chaincode_events(
+        chaincode,
+        start_block=0 if block is None else None,
+        checkpoint=None if block is None else StoredCheckpoint(block, tx),
+        idle_timeout=0.0,
+    )
+    try:
+        with events:
+            deleted = catch_up(proxy, events)
+    except Exception as exc:  # the proxy still works; the chain refuses revoked grants anyway
+        _log.warning("proxy %s could not catch up with the ledger's events: %s", proxy.ibe_id, exc)
+        return
+    if deleted:
+        _log.info(
+            "proxy %s deleted %d re-key(s) of grants revoked meanwhile", proxy.ibe_id, deleted
+        )
 
 
 def _proxy_name(hospital: str) -> str:

@@ -9,10 +9,11 @@ re-encryption → decrypt → FHIR object), :meth:`Session.forward` (multi-hop r
 variant that runs it in a worker thread.
 
 Order of effects, on purpose: a record's ciphertext is stored and read back (CID and SHA-256
-checked) before the record is registered on chain, so a failed store leaves nothing on chain; a
-grant is submitted only after the proxy answered with its key (a proxy that is down changes
-nothing), is committed before its re-key goes to the proxy, and a re-key the proxy then refuses
-revokes the grant again, so no grant stays active on chain without a way to use it.
+checked) before the record is registered on chain, so a failed store leaves nothing on chain.
+Grants are atomic: the grantor picks the grant id, delivers the sealed re-key to the proxy under
+it (kept *pending* there), and only then submits GrantAccess with that id; the proxy takes the
+re-key into use once it sees the committed grant. A proxy that is down or refuses leaves nothing
+on chain, and a grant that commits has its re-key at its proxy, whatever process is killed when.
 
 Proxies: one per hospital (:class:`ProxyRoute`). A grant names on chain the proxy that holds its
 re-key — by default the proxy of the grantee's hospital (its MSP as registered on chain), else
@@ -58,7 +59,8 @@ from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.api import Contract
 from ehrshare.ledger.errors import LedgerError, LedgerIntegrityError, OrderingKeyError
 from ehrshare.profile import Wallet
-from ehrshare.services.proxy import ProxyUnavailable, seal_rekey
+from ehrshare.services.proxy import InvalidReKey, NoReKey, ProxyUnavailable, seal_rekey
+from ehrshare.services.proxy import NotAuthorised as ProxyNotAuthorised
 from ehrshare.storage import BlobStore, StorageError, get_verified, sha256_hex
 
 __all__ = [
@@ -68,6 +70,7 @@ __all__ = [
     "EnrollmentError",
     "EnrollmentResult",
     "Grant",
+    "GrantNotServed",
     "KgcClient",
     "LedgerUnreachable",
     "NotEnrolledError",
@@ -88,6 +91,7 @@ _log = logging.getLogger(__name__)
 FORMAT_VERSION: Final = "1"
 _PAGE: Final = "100"
 _LABEL_RE: Final = re.compile(r"t-[0-9a-f]{32}")
+_MAX_FALLBACK_GRANTS: Final = 8
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -150,6 +154,18 @@ class ProxyError(SdkError):
     """The re-encryption proxy could not be reached or refused a call."""
 
 
+class GrantNotServed(SdkError):
+    """A grant is on chain but its proxy holds no re-key for it (given before grants were
+    atomic, or the proxy lost its state): a refusal, not an outage — it does not heal by
+    waiting. The grantor re-delivers the re-key with :meth:`Session.repair_grant` (CLI
+    ``ehrshare grant repair``) or revokes the grant."""
+
+    def __init__(self, message: str, *, grant_ids: Sequence[str], proxy: str) -> None:
+        self.grant_ids = tuple(grant_ids)
+        self.proxy = proxy
+        super().__init__(message)
+
+
 class ProxyUnreachable(ProxyError):
     """A proxy holding a hop of the read's grant chain did not answer (down, or unreachable).
 
@@ -208,6 +224,10 @@ class ProxyClient(Protocol):
 
     def revoke(self, grant_id: str) -> None:
         """Delete the re-key of a revoked grant."""
+        ...
+
+    def rekey_status(self, grant_id: str) -> str:
+        """``held``, ``pending`` or ``missing``: whether the proxy holds a grant's re-key."""
         ...
 
 
@@ -563,6 +583,10 @@ class Session(Closing):
 
     # --- enrolment ---------------------------------------------------------------------------
 
+    def role(self) -> str:
+        """This identity's role as registered on chain (from its certificate)."""
+        return str(self._evaluate("GetIdentity", self.ibe_id)["role"])
+
     def register(self) -> dict[str, Any]:
         """Register this identity on chain (idempotent); its role comes from its certificate."""
         try:
@@ -738,6 +762,38 @@ class Session(Closing):
         del timeout  # reserved for the gRPC proxy client
         record_id = ref.record_id if isinstance(ref, RecordRef) else ref
         grant_id = "" if grant is None else grant.grant_id if isinstance(grant, Grant) else grant
+        try:
+            return self._read(record_id, grant_id)
+        except GrantNotServed as first:
+            if grant_id:
+                raise
+            # The chaincode picked a grant whose proxy cannot serve it; another grant of
+            # yours covering the record may be fine (e.g. the patient granted again).
+            tried = set(first.grant_ids)
+            for other in self._covering_grants(record_id):
+                if other.grant_id in tried:
+                    continue
+                tried.add(other.grant_id)
+                try:
+                    return self._read(record_id, other.grant_id)
+                except (GrantNotServed, AccessDenied):
+                    continue
+            raise
+
+    def _covering_grants(self, record_id: str) -> list[Grant]:
+        """Your active, unexpired grants that cover ``record_id`` (at most a few)."""
+        record = self.get_record(record_id)
+        now = self._now()
+        return [
+            g
+            for g in self.grants("grantee")
+            if g.owner == record.owner
+            and g.label == record.label
+            and g.state == "active"
+            and g.expiry > now
+        ][:_MAX_FALLBACK_GRANTS]
+
+    def _read(self, record_id: str, grant_id: str) -> FHIRAbstractModel:
         # No per-record serialisation: each RequestAccess commits its own approval, keyed by
         # its access id, so concurrent reads of one record do not supersede each other.
         sk = self._secret_key()
@@ -806,6 +862,15 @@ class Session(Closing):
                 )
             except SdkError:
                 raise
+            except NoReKey as exc:
+                raise GrantNotServed(
+                    f"the re-encryption proxy of hospital {route.msp_id} ({proxy}) holds no "
+                    f"re-key for {held}, so record {record_id} cannot be read under it ({exc}); "
+                    "this does not heal by waiting: the grantor can deliver it again with "
+                    f"'ehrshare grant repair {grant_ids[-1]}', or revoke the grant",
+                    grant_ids=grant_ids,
+                    proxy=proxy,
+                ) from None
             except (ProxyUnavailable, ConnectionError) as exc:
                 raise ProxyUnreachable(
                     f"the re-encryption proxy of hospital {route.msp_id} ({proxy}) is "
@@ -837,37 +902,96 @@ class Session(Closing):
             return expires
         raise TypeError("expires must be a datetime, a timedelta or unix seconds")
 
-    def _proxy_key(self, route: ProxyRoute) -> bytes:
-        # Asked before the grant is submitted: a proxy that is down fails the call while
-        # nothing is on chain yet.
+    def _proxy_key(self, route: ProxyRoute, unchanged: str = "nothing was granted") -> bytes:
+        # Asked before anything else: a proxy that is down fails the call while nothing is on
+        # chain yet.
         try:
             return route.client.public_key()
         except Exception as exc:
             raise ProxyError(
-                f"the re-encryption proxy {route.ibe_id} is not reachable ({exc}); nothing was "
-                "granted — retry when it is up"
+                f"the re-encryption proxy {route.ibe_id} is not reachable ({exc}); {unchanged} "
+                "— retry when it is up"
             ) from None
 
     def _deliver_rekey(
         self,
-        grant: dict[str, Any],
+        grant_id: str,
         delegating: tipre.TypeSecretKey,
         receiving: tipre.VerifiedTypePublicKey,
         route: ProxyRoute,
         proxy_key: bytes,
-    ) -> None:
+    ) -> bytes:
+        """Seal a fresh re-key to the proxy for ``grant_id`` and deliver it; returns the sealed
+        bytes (opaque to anyone but that proxy) for a confirming delivery."""
         rekey = tipre.generate_rekey(delegating, receiving)
+        sealed = seal_rekey(proxy_key, grant_id, rekey)
+        del rekey
+        route.client.store_rekey(grant_id, sealed)
+        return sealed
+
+    def _give(
+        self,
+        step: str,
+        *,
+        sk: tipre.IdentitySecretKey,
+        label: str,
+        grantee: str,
+        receiving: tipre.VerifiedTypePublicKey,
+        expiry: int,
+        max_hops: int,
+        allowed_next: Sequence[str],
+        parent_grant_id: str,
+        proxy: str | None,
+    ) -> Grant:
+        """The atomic grant: re-key to the proxy under a fresh grant id, then GrantAccess."""
+        route = self._route_for(grantee, proxy)
+        proxy_key = self._proxy_key(route)
+        grant_id = "g-" + secrets.token_hex(16)
         try:
-            sealed = seal_rekey(proxy_key, grant["grant_id"], rekey)
-            del rekey
-            route.client.store_rekey(grant["grant_id"], sealed)
+            sealed = self._deliver_rekey(
+                grant_id, self._type_secret(sk, label), receiving, route, proxy_key
+            )
         except Exception as exc:
-            # A grant the proxy cannot serve must not stay active on chain.
-            self._submit("RevokeAccess", grant["grant_id"])
             raise ProxyError(
-                f"the proxy did not take the re-key of grant {grant['grant_id']} ({exc}); the "
-                "grant was revoked again — retry when the proxy is up"
+                f"the proxy {route.ibe_id} did not take the re-key ({exc}); nothing was "
+                "granted — retry when the proxy is up"
             ) from None
+        fault_point(f"{step}.after_deliver")
+        try:
+            grant = self._submit(
+                "GrantAccess",
+                label,
+                grantee,
+                str(expiry),
+                str(max_hops),
+                json.dumps(sorted(allowed_next)) if allowed_next else "",
+                parent_grant_id,
+                route.ibe_id,
+                grant_id,
+            )
+        except RequestRejected:
+            # Refused: the grant will never commit, so withdraw the re-key now (else the proxy
+            # drops it after PENDING_TTL_S).
+            try:
+                route.client.revoke(grant_id)
+            except Exception as exc:
+                _log.warning(
+                    "proxy %s keeps an unused re-key until it expires: %s", route.ibe_id, exc
+                )
+            raise
+        fault_point(f"{step}.after_commit")
+        # The grant is usable now; delivering again only lets the proxy take the re-key into
+        # use at once rather than at the first read (or its GrantAccess event).
+        try:
+            route.client.store_rekey(grant_id, sealed)
+        except Exception as exc:
+            _log.info(
+                "proxy %s takes grant %s into use at its first read: %s",
+                route.ibe_id,
+                grant_id,
+                exc,
+            )
+        return Grant.from_chain(grant, self.labels)
 
     def grant(
         self,
@@ -881,24 +1005,23 @@ class Session(Closing):
     ) -> Grant:
         """Let ``grantee`` read your records of ``type`` until ``expires``; ``max_hops`` is how
         many further referrals (forwards) the grantee may make. The re-key goes to ``proxy``
-        (a proxy identity of the profile), by default the proxy of the grantee's hospital."""
+        (a proxy identity of the profile), by default the proxy of the grantee's hospital.
+        Atomic: the grant commits only after its proxy took the re-key."""
         sk = self._secret_key()
         label = self._label(type)
         receiving = self._type_key(grantee, label)  # fail before anything is committed
-        route = self._route_for(grantee, proxy)
-        proxy_key = self._proxy_key(route)
-        grant = self._submit(
-            "GrantAccess",
-            label,
-            grantee,
-            str(self._expiry(expires)),
-            str(max_hops),
-            json.dumps(sorted(allowed_next)) if allowed_next else "",
-            "",
-            route.ibe_id,
+        return self._give(
+            "grant",
+            sk=sk,
+            label=label,
+            grantee=grantee,
+            receiving=receiving,
+            expiry=self._expiry(expires),
+            max_hops=max_hops,
+            allowed_next=allowed_next,
+            parent_grant_id="",
+            proxy=proxy,
         )
-        self._deliver_rekey(grant, self._type_secret(sk, label), receiving, route, proxy_key)
-        return Grant.from_chain(grant, self.labels)
 
     def forward(
         self,
@@ -912,25 +1035,71 @@ class Session(Closing):
     ) -> Grant:
         """Refer what you were granted to ``to`` (one hop further). Give the grant you hold, or
         a record it covers. ``expires`` defaults to the parent grant's expiry. The re-key goes
-        to ``proxy``, by default the proxy of ``to``'s hospital."""
+        to ``proxy``, by default the proxy of ``to``'s hospital. Atomic like :meth:`grant`."""
         sk = self._secret_key()
         parent = self._parent_grant(ref_or_grant)
         receiving = self._type_key(to, parent.label)
-        route = self._route_for(to, proxy)
-        proxy_key = self._proxy_key(route)
-        expiry = parent.expiry if expires is None else self._expiry(expires)
-        grant = self._submit(
-            "GrantAccess",
-            parent.label,
-            to,
-            str(expiry),
-            str(max_hops),
-            json.dumps(sorted(allowed_next)) if allowed_next else "",
-            parent.grant_id,
-            route.ibe_id,
+        return self._give(
+            "forward",
+            sk=sk,
+            label=parent.label,
+            grantee=to,
+            receiving=receiving,
+            expiry=parent.expiry if expires is None else self._expiry(expires),
+            max_hops=max_hops,
+            allowed_next=allowed_next,
+            parent_grant_id=parent.grant_id,
+            proxy=proxy,
         )
-        self._deliver_rekey(grant, self._type_secret(sk, parent.label), receiving, route, proxy_key)
-        return Grant.from_chain(grant, self.labels)
+
+    def repair_grant(self, grant: Grant | str) -> Grant:
+        """Deliver the re-key of an active grant you gave again, to the proxy it names.
+
+        For a grant whose proxy holds no re-key (:class:`GrantNotServed` on reads: given before
+        grants were atomic, or the proxy lost its state); a no-op for a grant that is fine. A
+        proxy that is down changes nothing (:class:`ProxyError`); one that refuses the re-key
+        gets the grant revoked, and :class:`GrantNotServed` says so — grant again then.
+        """
+        grant_id = grant.grant_id if isinstance(grant, Grant) else grant
+        g = self.get_grant(grant_id)
+        if g.grantor != self.ibe_id:
+            raise RequestRejected(
+                "grant repair",
+                f"grant {grant_id} was given by {g.grantor}; only its grantor's wallet can "
+                "deliver its re-key",
+            )
+        if g.state != "active":
+            raise RequestRejected("grant repair", f"grant {grant_id} is {g.state}")
+        if g.expiry <= self._now():
+            raise RequestRejected("grant repair", f"grant {grant_id} has expired")
+        sk = self._secret_key()
+        receiving = self._type_key(g.grantee, g.label)
+        route = self._route(g.proxy)
+        proxy_key = self._proxy_key(route, f"grant {grant_id} is unchanged")
+        try:
+            self._deliver_rekey(
+                grant_id, self._type_secret(sk, g.label), receiving, route, proxy_key
+            )
+        except (ProxyUnavailable, ConnectionError) as exc:
+            raise ProxyError(
+                f"the proxy {route.ibe_id} is not reachable ({exc}); grant {grant_id} is "
+                "unchanged — retry when it is up"
+            ) from None
+        except (InvalidReKey, ProxyNotAuthorised) as exc:
+            # A definite refusal (not a passing failure): this grant cannot be served.
+            revoked = self.revoke(grant_id)
+            raise GrantNotServed(
+                f"the proxy {route.ibe_id} refused the re-key of grant {grant_id} ({exc}); the "
+                f"grant is {revoked.state} now — grant again",
+                grant_ids=[grant_id],
+                proxy=route.ibe_id,
+            ) from None
+        except Exception as exc:
+            raise ProxyError(
+                f"the proxy {route.ibe_id} could not take the re-key of grant {grant_id} "
+                f"({exc}); the grant is unchanged — retry later"
+            ) from None
+        return self.get_grant(grant_id)
 
     def _parent_grant(self, ref_or_grant: RecordRef | Grant | str) -> Grant:
         if isinstance(ref_or_grant, Grant):
@@ -956,20 +1125,45 @@ class Session(Closing):
         """One grant you are party to."""
         return Grant.from_chain(self._evaluate("GetGrant", grant_id), self.labels)
 
-    def grants(self, side: Literal["owner", "grantee"] = "owner") -> list[Grant]:
-        """Grants you gave as a patient (``owner``) or received (``grantee``)."""
+    def grants(self, side: Literal["owner", "grantor", "grantee"] = "owner") -> list[Grant]:
+        """Grants you gave as a patient (``owner``), forwarded as a grantee (``grantor``), or
+        received (``grantee``)."""
         return [
             Grant.from_chain(g, self.labels)
             for g in self._pages("ListGrants", "grants", self.ibe_id, side)
         ]
 
+    def grant_status(self, grant: Grant) -> str:
+        """What a grant is worth now: ``revoked``, ``expired``, ``broken`` (active on chain, but
+        its proxy holds no re-key: repair it), ``active``, or ``unchecked`` (active on chain;
+        its proxy is not in this profile or did not answer)."""
+        if grant.state != "active":
+            return grant.state
+        if grant.expiry <= self._now():
+            return "expired"
+        try:
+            held = self._route(grant.proxy).client.rekey_status(grant.grant_id)
+        except Exception as exc:
+            _log.info("grant %s: its proxy %s was not asked: %s", grant.grant_id, grant.proxy, exc)
+            return "unchecked"
+        return "broken" if held == "missing" else "active"
+
     def revoke(self, grant: Grant | str) -> Grant:
         """Revoke a grant (forward-only: what was read stays read). Later requests are denied
         by the chaincode; every proxy of the profile is told and deletes the re-keys it holds
         of the grant and of grants forwarded from it (a proxy that is down only delays that —
-        the chain already refuses, and a served proxy also follows the revocation events)."""
+        the chain already refuses, and a served proxy also follows the revocation events).
+        Revoking a grant that is already revoked tells the proxies again (a revocation whose
+        process died before it told them is finished this way)."""
         grant_id = grant.grant_id if isinstance(grant, Grant) else grant
-        revoked = self._submit("RevokeAccess", grant_id)
+        try:
+            revoked = self._submit("RevokeAccess", grant_id)
+        except RequestRejected as exc:
+            if exc.reason != f"grant {grant_id} is already revoked":
+                raise
+            # Revoked before (perhaps by a run killed before it told the proxies): tell them.
+            revoked = self._evaluate("GetGrant", grant_id)
+        fault_point("revoke.after_commit")
         for route in self.proxies:
             try:
                 route.client.revoke(grant_id)

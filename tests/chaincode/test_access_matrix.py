@@ -70,6 +70,7 @@ MUTATING = frozenset(
         "RegisterRecord",
         "AmendRecord",
         "GrantAccess",
+        "GrantAccessWithId",
         "ForwardGrant",
         "RevokeAccess",
         "RequestAccess",
@@ -196,6 +197,14 @@ CASES = [
         lambda w: ("lab", "Org2MSP/zed", FAR, "0", "", "", PROXY),
         frozenset({"owner", "other_patient"}),
         lambda w, n, r: f"identity {n} is not a patient and may not grant",
+    ),
+    # With the id its grantor chose (and delivered the re-key under): the same rule.
+    Case(
+        "GrantAccessWithId",
+        lambda w: ("lab", "Org2MSP/zed", FAR, "0", "", "", PROXY, "g-" + "7e" * 16),
+        frozenset({"owner", "other_patient"}),
+        lambda w, n, r: f"identity {n} is not a patient and may not grant",
+        chaincode_function="GrantAccess",
     ),
     Case(
         "ForwardGrant",

@@ -225,6 +225,27 @@ def test_grant_rejects_bad_arguments(world: World, args: tuple[str, ...], messag
     assert fails_without_change(world, world.m["owner"], "GrantAccess", *full) == message
 
 
+def test_grant_takes_the_id_its_grantor_chose(fresh_world: World) -> None:
+    # The grantor delivers the re-key under this id before the grant commits (atomic grants).
+    w = fresh_world
+    alice, zed = w.m["owner"], w.m["other_hospital_clinician"]
+    gid = "g-" + "5a" * 16
+    args = ("lab", zed.ibe_id, FAR, "0", "", "", PROXY)
+    row = alice.submit("GrantAccess", *args, gid)
+    assert (row["grant_id"], row["state"]) == (gid, "active")
+    assert zed.submit("RequestAccess", "r-1")["grant_id"] == gid
+    assert fails_without_change(w, alice, "GrantAccess", *args, gid) == (
+        f"grant {gid} already exists"
+    )
+    for bad in ("g-" + "5A" * 16, "g-" + "5a" * 15, "x-" + "5a" * 16, "g-5a"):
+        assert fails_without_change(w, alice, "GrantAccess", *args, bad) == (
+            f"grant id {bad!r} is invalid: use 'g-' and 32 lower-case hex digits"
+        )
+    # Without an id it is derived from the transaction id, as before.
+    derived = alice.submit("GrantAccess", *args)
+    assert derived["grant_id"] == "g-" + derived["tx_id"][:32]
+
+
 def test_revoke_twice_and_unknown(fresh_world: World) -> None:
     alice = fresh_world.m["owner"]
     g = fresh_world.grants["revoked_grantee"]
@@ -240,7 +261,21 @@ def test_list_grants_by_owner_and_by_grantee(world: World) -> None:
     assert [g["grant_id"] for g in received] == [world.grants["grantee"]]
     assert (
         endorse_error(dave, "ListGrants", dave.ibe_id, "friend")
-        == "side 'friend' is not owner or grantee"
+        == "side 'friend' is not owner, grantor or grantee"
+    )
+
+
+def test_a_forwarder_lists_the_grants_it_forwarded(fresh_world: World) -> None:
+    w = fresh_world
+    alice, dave, zed = w.m["owner"], w.m["grantee"], w.m["other_hospital_clinician"]
+    fwd = dave.submit("GrantAccess", "lab", zed.ibe_id, FAR, "0", "", w.grants["grantee"], PROXY)
+    assert [
+        g["grant_id"] for g in dave.evaluate("ListGrants", dave.ibe_id, "grantor")["grants"]
+    ] == [fwd["grant_id"]]
+    # A patient's own grants are listed by owner, not again by grantor.
+    assert alice.evaluate("ListGrants", ALICE, "grantor")["grants"] == []
+    assert endorse_error(zed, "ListGrants", dave.ibe_id, "grantor") == (
+        f"identity {zed.ibe_id} may not list grants of {dave.ibe_id}"
     )
 
 

@@ -23,6 +23,7 @@ from ehrshare.services.kgc import KgcUnavailable
 from ehrshare.session import (
     AccessDenied,
     EnrollmentError,
+    GrantNotServed,
     LedgerUnreachable,
     NotEnrolledError,
     ProxyError,
@@ -239,11 +240,14 @@ class KeyOnlyProxy(RefusingProxy):
         raise ConnectionError("connection reset")
 
 
-def test_proxy_failing_after_commit_leaves_no_active_grant(people: People) -> None:
+def test_proxy_failing_to_take_the_rekey_leaves_no_grant_on_chain(people: People) -> None:
+    # The re-key goes to the proxy before GrantAccess: a proxy failing then changes nothing.
     people.alice.proxy = KeyOnlyProxy(people.consortium.proxy.public_key())
-    with pytest.raises(ProxyError, match="the grant was revoked again"):
+    before = fingerprint(people.consortium)
+    with pytest.raises(ProxyError, match=r"did not take the re-key .*; nothing was granted"):
         people.alice.grant(people.baker.ibe_id, "lab", expires=DAY)
-    assert [g.state for g in people.alice.grants()] == ["revoked"]
+    assert fingerprint(people.consortium) == before
+    assert people.alice.grants() == []
 
 
 def test_proxy_down_at_read_is_a_clear_error(people: People) -> None:
@@ -444,3 +448,53 @@ def test_an_unreachable_ledger_is_named_not_taken_for_a_refusal(people: People) 
     # A refusal by the chaincode stays a refusal.
     with pytest.raises(RequestRejected):
         people.alice.revoke("g-" + "0" * 32)
+
+
+def test_revoking_again_finishes_a_revocation_the_proxies_missed(people: People) -> None:
+    # RevokeAccess committed by a process that died before it told the proxies: the chain
+    # refuses already; running the revocation again succeeds and deletes the re-key.
+    g = people.alice.grant(people.baker.ibe_id, "lab", expires=DAY)
+    proxy = people.consortium.proxies[g.proxy]
+    people.alice._submit("RevokeAccess", g.grant_id)
+    assert proxy.holds(g.grant_id)
+    assert people.alice.revoke(g.grant_id).state == "revoked"
+    assert not proxy.holds(g.grant_id)
+    with pytest.raises(RequestRejected, match="does not exist"):
+        people.alice.revoke("g-" + "1" * 32)
+
+
+class RefusingRekeyProxy(KeyOnlyProxy):
+    """Up, but refuses every re-key it is handed (as a proxy refuses one that does not match)."""
+
+    def store_rekey(self, grant_id: str, sealed_rekey: bytes) -> None:
+        from ehrshare.services.proxy import InvalidReKey
+
+        raise InvalidReKey(f"the re-key for grant {grant_id} does not match it")
+
+    def revoke(self, grant_id: str) -> None:
+        pass
+
+
+def test_repair_that_the_proxy_refuses_revokes_the_grant(people: People) -> None:
+    g = people.alice.grant(people.baker.ibe_id, "lab", expires=DAY)
+    real = people.alice.proxies
+    people.alice.proxy = RefusingRekeyProxy(people.consortium.proxy.public_key())
+    try:
+        with pytest.raises(GrantNotServed, match=r"refused the re-key .* is revoked now"):
+            people.alice.repair_grant(g.grant_id)
+    finally:
+        people.alice.proxies = real
+    assert people.alice.get_grant(g.grant_id).state == "revoked"
+
+
+def test_repair_with_the_proxy_down_changes_nothing(people: People) -> None:
+    g = people.alice.grant(people.baker.ibe_id, "lab", expires=DAY)
+    real = people.alice.proxies
+    people.alice.proxy = RefusingProxy()
+    before = fingerprint(people.consortium)
+    try:
+        with pytest.raises(ProxyError, match=f"not reachable .*; grant {g.grant_id} is unchanged"):
+            people.alice.repair_grant(g.grant_id)
+    finally:
+        people.alice.proxies = real
+    assert fingerprint(people.consortium) == before

@@ -198,6 +198,40 @@ def test_proxy_over_grpc(net: Net) -> None:
         grantee.reencrypt(record_id=record_id, requester=who, approval_id=again, capsule=capsule)
 
 
+def test_an_atomic_grant_over_grpc(net: Net) -> None:
+    # The re-key goes over gRPC before the grant commits, under the id the grantor chose;
+    # parties to the grant ask whether it is held, others may not.
+    w = net.world
+    w.publish_type_key("alice", LAB)
+    alice_proxy = GrpcProxyClient(net.proxy_target, tls=net.tls_for("alice"))
+    carol_proxy = GrpcProxyClient(net.proxy_target, tls=net.tls_for("carol"))
+    name = f"clin{next(w.counter)}"
+    w.m[name] = w.sandbox.member("Org2MSP", name, "clinician")
+    w.publish_type_key(name, LAB)
+    grantee = GrpcProxyClient(net.proxy_target, tls=net.tls_for(name))
+    gid = "g-" + "c0" * 16
+    sk = w.key_of("alice").type_secret(LAB)
+    pk = w.type_public(name, LAB).verify(owner=w.m[name].ibe_id, type_label=LAB)
+    sealed = seal_rekey(alice_proxy.public_key(), gid, generate_rekey(sk, pk))
+    with pytest.raises(ProxyNotAuthorised, match=f"re-key for grant {gid} is not from"):
+        carol_proxy.store_rekey(gid, sealed)
+    alice_proxy.store_rekey(gid, sealed)  # pending: no grant of that id yet
+    with pytest.raises(NoReKey, match=f"grant {gid} does not exist"):
+        alice_proxy.rekey_status(gid)
+    pete = w.m["proxy"].ibe_id
+    w.m["alice"].submit("GrantAccess", LAB, w.m[name].ibe_id, FAR, "0", "", "", pete, gid)
+    with pytest.raises(ProxyNotAuthorised, match=f"may not ask about grant {gid}"):
+        carol_proxy.rekey_status(gid)
+    assert grantee.rekey_status(gid) == "held"
+    record_id, m, capsule = w.new_record()
+    approval = w.m[name].submit("RequestAccess", record_id)["access_id"]
+    out = grantee.reencrypt(
+        record_id=record_id, requester=w.m[name].ibe_id, approval_id=approval, capsule=capsule
+    )
+    verified = Capsule.from_bytes(out).verify(owner=w.m["alice"].ibe_id, type_label=LAB)
+    assert decrypt(verified, w.key_of(name).type_secret(LAB)) == m
+
+
 def test_the_ledger_signing_key_is_refused_for_tls(net: Net) -> None:
     w = net.world
     # A ledger signing certificate of alice's (valid now: the world's members are stamped

@@ -1,6 +1,6 @@
 """Member commands: ``consortium init|add-member|service-commands|serve``, ``enroll``,
-``record put|get|list``, ``grant``, ``forward``, ``revoke``, ``audit show|verify``,
-``wallet encrypt|decrypt|passphrase``, ``store check|gc``.
+``record put|get|list``, ``grant`` (and ``grant list|repair``), ``forward``, ``revoke``,
+``audit show|verify``, ``wallet encrypt|decrypt|passphrase``, ``store check|gc``.
 
 Every command works on a profile (``--profile``, or ``$EHRSHARE_PROFILE``, or ``./profile.yaml``)
 and, where it acts as someone, a wallet (``--wallet``: a name under the profile's wallet
@@ -27,6 +27,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from ehrshare.console import err_console, out_console
 
@@ -98,6 +99,7 @@ def _errors() -> Iterator[None]:
     from ehrshare.session import (
         AccessDenied,
         EnrollmentError,
+        GrantNotServed,
         LedgerUnreachable,
         NotEnrolledError,
         ProxyError,
@@ -127,6 +129,14 @@ def _errors() -> Iterator[None]:
         _fail(EXIT_INPUT, str(exc))
     except IntegrityError as exc:
         _fail(EXIT_INTEGRITY, str(exc))
+    except GrantNotServed as exc:
+        _fail(
+            EXIT_REFUSED,
+            str(exc),
+            "the grantor runs 'ehrshare grant repair "
+            + (exc.grant_ids[-1] if exc.grant_ids else "<grant id>")
+            + "' (or 'ehrshare revoke'); 'ehrshare grant list' shows your grants",
+        )
     except ProxyUnreachable as exc:
         _fail(
             EXIT_UNAVAILABLE,
@@ -253,6 +263,21 @@ def _fmt_time(ts: int) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _fmt_date(ts: int) -> str:
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d")
+
+
+class _GrantGroup(TyperGroup):
+    """``grant GRANTEE TYPE …`` gives a grant (the ``give`` subcommand); ``grant list`` and
+    ``grant repair`` are the other subcommands. A grantee is an IBE id (``MSP/name``), so it
+    never collides with a subcommand's name."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["give", *args]
+        return super().parse_args(ctx, args)
+
+
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     """Add the member commands to ``app``."""
     del bench_app
@@ -270,6 +295,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     app.add_typer(consortium_app, name="consortium")
     app.add_typer(record_app, name="record")
     app.add_typer(audit_app, name="audit")
+    grant_app = typer.Typer(
+        cls=_GrantGroup,
+        help="Give a grant ('ehrshare grant GRANTEE TYPE --days N', the same as 'grant give'), "
+        "list the grants you gave or hold, repair one whose proxy lacks its re-key.",
+        no_args_is_help=True,
+    )
+    app.add_typer(grant_app, name="grant")
     network_app = typer.Typer(
         help="Start, stop and inspect a local consortium's processes: its Fabric network "
         "(peers, orderers, chaincode server) when the ledger is Fabric, and its services (KGC "
@@ -1018,7 +1050,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     # --- grants -------------------------------------------------------------------------------
 
-    @app.command("grant", epilog=_EXIT_HELP)
+    @grant_app.command("give", epilog=_EXIT_HELP)
     def grant(
         grantee: Annotated[str, typer.Argument(help="Grantee IBE id, e.g. HospitalBMSP/dr-b.")],
         record_type: Annotated[str, typer.Argument(help="Record type, e.g. lab.")],
@@ -1031,7 +1063,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """As a patient, let a clinician read your records of one type (re-key to the proxy of
-        the clinician's hospital)."""
+        the clinician's hospital; the grant commits only once that proxy holds it)."""
         expires = _expiry(days, until or None)
         with _session(profile, wallet) as s, _errors():
             g = s.grant(
@@ -1045,6 +1077,71 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             f"{_fmt_time(g.expiry)}, {g.max_hops} further hop(s); re-key at {g.proxy}"
         )
         typer.echo(g.grant_id)
+
+    @grant_app.command("list", epilog=_EXIT_HELP)
+    def grant_list(
+        given: Annotated[
+            bool,
+            typer.Option("--given", help="Grants you gave, or forwarded (default for a patient)."),
+        ] = False,
+        received: Annotated[
+            bool, typer.Option("--received", help="Grants you hold (default for others).")
+        ] = False,
+        profile: ProfileOpt = "",
+        wallet: WalletOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """List the grants you gave (a patient) or hold (a clinician), with their status:
+        active, broken (its proxy holds no re-key: 'grant repair' it), expired, revoked, or
+        unchecked (its proxy did not answer)."""
+        if given and received:
+            _fail(EXIT_USAGE, "give --given or --received, not both")
+        with _session(profile, wallet) as s, _errors():
+            patient = s.role() == "patient"
+            # What a member gave: a patient's grants (by owner), else its forwards (by grantor).
+            gave = "owner" if patient else "grantor"
+            side = gave if given else "grantee" if received else (gave if patient else "grantee")
+            rows = [
+                g.to_dict() | {"status": s.grant_status(g), "expires": _fmt_date(g.expiry)}
+                for g in s.grants(side)
+            ]
+        if as_json:
+            _emit({"side": "received" if side == "grantee" else "given", "grants": rows})
+            return
+        if not rows:
+            _err.print(f"no grants {'received' if side == 'grantee' else 'given'}")
+            return
+        # One line a grant, never broken at the terminal's width: the whole grant id and the
+        # status stay readable (and greppable) in any terminal.
+        out = out_console()
+        for r in rows:
+            party = {
+                "owner": f"to {r['grantee']}",
+                "grantor": f"to {r['grantee']} (records of {r['owner']})",
+                "grantee": f"from {r['grantor']} (records of {r['owner']})",
+            }[side]
+            out.print(
+                f"{r['grant_id']}  {r['status']:<9} {r['type'] or r['label']} until "
+                f"{r['expires']}, {r['max_hops']} further hop(s), {party}; re-key at {r['proxy']}",
+                highlight=False,
+                markup=False,
+            )
+
+    @grant_app.command("repair", epilog=_EXIT_HELP)
+    def grant_repair(
+        grant_id: Annotated[str, typer.Argument(help="Grant id (g-…) you gave.")],
+        profile: ProfileOpt = "",
+        wallet: WalletOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Deliver a grant's re-key to its proxy again (needs the granting wallet); if the
+        proxy refuses it, the grant is revoked (exit code 1: grant again)."""
+        with _session(profile, wallet) as s, _errors():
+            g = s.repair_grant(grant_id)
+        if as_json:
+            _emit(g.to_dict())
+            return
+        _err.print(f"[green]✓[/green] grant {g.grant_id}: its re-key is at {g.proxy}")
 
     @app.command("forward", epilog=_EXIT_HELP)
     def forward(

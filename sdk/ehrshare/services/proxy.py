@@ -23,6 +23,16 @@ The proxy of a later hop accepts a partly re-encrypted capsule only when its has
 previous hop's proxy reported on chain for that approval, so nobody can slip it another capsule
 (for instance one of the forwarding grantee's own records) to convert.
 
+Atomic grants: a grantor delivers the re-key *before* the grant commits, under the grant id it
+chose (GrantAccess takes it). While no grant of that id is on chain the proxy keeps the re-key
+as *pending* (sealed at rest, keyed by grant id and depositor, checked to open, parse and come
+from the depositor). It becomes a held re-key when the committed grant is first seen — its
+GrantAccess event, a re-encryption that needs it, or a second delivery — after the same checks
+as a direct delivery (the grant names this proxy, its grantor is the depositor, the re-key goes
+from grantor to grantee for the grant's type). So a committed grant always has its re-key here,
+whatever is killed when; a delivery whose grant never commits is dropped after
+:data:`PENDING_TTL_S`.
+
 Revocation: :meth:`ReencryptionProxy.revoke` deletes a grant's re-key and those of every grant
 forwarded from it; :class:`RevocationFollower` does so for every RevokeAccess chaincode event,
 resuming from a checkpoint kept in the same database.
@@ -39,22 +49,31 @@ import contextlib
 import hashlib
 import json
 import logging
+import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
 from ehrshare.closing import Closing
 from ehrshare.hazmat.errors import DecryptionError, EncodingError
 from ehrshare.hazmat.kgc_keys import X25519KeyPair, open_sealed, seal
-from ehrshare.hazmat.tipre import Capsule, ReKey, VerifiedCapsule, VerifiedReKey, reencrypt
+from ehrshare.hazmat.tipre import (
+    Capsule,
+    ReKey,
+    VerifiedCapsule,
+    VerifiedReKey,
+    identity_tag,
+    reencrypt,
+)
 from ehrshare.ledger.api import ChaincodeEvent, Contract, EventFollower, Network
 from ehrshare.ledger.errors import LedgerError
 from ehrshare.services.vault import open_state, seal_state
 
 __all__ = [
+    "PENDING_TTL_S",
     "ApprovalConsumed",
     "ApprovalRefused",
     "InProcessProxyClient",
@@ -66,6 +85,7 @@ __all__ = [
     "ProxyUnavailable",
     "ReencryptionProxy",
     "RevocationFollower",
+    "catch_up",
     "rekey_delivery_aad",
     "seal_rekey",
 ]
@@ -75,6 +95,12 @@ _log = logging.getLogger(__name__)
 _DELIVERY_DST: Final = b"ehrshare/v1/proxy/rekey-delivery/"
 _DB_NAME: Final = "proxy.db"
 _REKEY_CACHE_SIZE: Final = 1024
+PENDING_TTL_S: Final = 3600.0
+"""How long a re-key delivered ahead of its grant waits for the grant to commit. The grantor
+submits the grant right after the delivery, so an hour is far beyond any commit latency."""
+_MAX_PENDING_PER_DEPOSITOR: Final = 256
+_SWEEP_ROWS: Final = 16
+_GRANT_ID_PATTERN: Final = re.compile(r"g-[0-9a-f]{32}")
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS rekeys (
     grant_id TEXT PRIMARY KEY,
@@ -102,6 +128,14 @@ CREATE TABLE IF NOT EXISTS consumed (
     consumed_at REAL NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pending_rekeys (
+    grant_id TEXT NOT NULL,
+    depositor TEXT NOT NULL,
+    sealed BLOB NOT NULL,
+    stored_at REAL NOT NULL,
+    PRIMARY KEY (grant_id, depositor)
+);
+CREATE INDEX IF NOT EXISTS pending_rekeys_stored ON pending_rekeys (stored_at);
 """
 
 
@@ -220,18 +254,53 @@ class ReencryptionProxy(Closing):
             row = self._db.execute("SELECT 1 FROM rekeys WHERE grant_id = ?", (grant_id,))
             return row.fetchone() is not None
 
+    def _committed_grant(self, grant_id: str) -> dict[str, Any] | None:
+        """The grant on chain, or None when no grant of that id has committed (yet)."""
+        try:
+            raw = self._contract.evaluate_transaction("GetGrant", grant_id)
+        except LedgerError as exc:
+            if exc.message == f"grant {grant_id} does not exist":
+                return None
+            if exc.unreachable:
+                raise ProxyError(
+                    f"the ledger is unreachable, so grant {grant_id} cannot be checked: "
+                    f"{_chain_reason(exc)}"
+                ) from None
+            raise NoReKey(f"grant {grant_id}: {_chain_reason(exc)}") from None
+        grant: dict[str, Any] = json.loads(raw)
+        return grant
+
     def store_rekey(self, grant_id: str, sealed_rekey: bytes, *, caller: str | None = None) -> None:
-        """Accept a re-key sealed to this proxy for an active grant on chain.
+        """Accept a re-key sealed to this proxy for a grant: one on chain and active, or one
+        not committed yet (kept pending until it is, see the module docstring).
 
         ``caller`` (the authenticated client, when there is one) must be the grant's grantor.
         The grant must name this proxy; the re-key must go from the grantor to the grantee for
-        the grant's type.
+        the grant's type. Delivering the re-key of a grant whose re-key is already held here
+        is a no-op (a retried delivery, or ``grant repair`` of a grant that is fine).
         """
-        grant = self._grant(grant_id)
+        grant = self._committed_grant(grant_id)
+        if grant is None:
+            self._store_pending(grant_id, sealed_rekey, caller)
+            return
         if grant["state"] != "active":
             raise InvalidReKey(f"grant {grant_id} is {grant['state']}; no re-key is accepted")
         if caller is not None and caller != grant["grantor"]:
             raise NotAuthorised(f"identity {caller} is not the grantor of grant {grant_id}")
+        try:
+            raw = open_sealed(self._key, sealed_rekey, aad=rekey_delivery_aad(grant_id))
+        except DecryptionError:
+            raise InvalidReKey(
+                f"the re-key for grant {grant_id} does not open with this proxy's key"
+            ) from None
+        if self.holds(grant_id):
+            self._drop_pending(grant_id)
+            return
+        self._insert_rekey(grant_id, grant, raw)
+
+    def _insert_rekey(self, grant_id: str, grant: dict[str, Any], raw: bytes) -> None:
+        """Check a re-key against its committed grant and store it; drop its pending copies in
+        the same database transaction."""
         named = str(grant.get("proxy") or "")
         if named != self.ibe_id:
             raise InvalidReKey(
@@ -242,12 +311,6 @@ class ReencryptionProxy(Closing):
         # Every grant above this one, read from chain now: the parents' re-keys may sit at other
         # proxies, and revoking any of them must delete this re-key here.
         ancestors = self._ancestors(grant_id, parent)
-        try:
-            raw = open_sealed(self._key, sealed_rekey, aad=rekey_delivery_aad(grant_id))
-        except DecryptionError:
-            raise InvalidReKey(
-                f"the re-key for grant {grant_id} does not open with this proxy's key"
-            ) from None
         try:
             ReKey.from_secret_bytes(raw).verify(
                 delegator=grant["grantor"], delegatee=grant["grantee"], type_label=grant["type"]
@@ -276,6 +339,7 @@ class ReencryptionProxy(Closing):
                 self._db.executemany(
                     "INSERT INTO rekey_ancestors VALUES (?, ?)", [(grant_id, a) for a in ancestors]
                 )
+                self._db.execute("DELETE FROM pending_rekeys WHERE grant_id = ?", (grant_id,))
                 self._db.execute("COMMIT")
             except sqlite3.IntegrityError:
                 self._db.execute("ROLLBACK")
@@ -292,6 +356,154 @@ class ReencryptionProxy(Closing):
             grant["type"],
         )
 
+    def _store_pending(self, grant_id: str, sealed_rekey: bytes, caller: str | None) -> None:
+        """Keep the re-key of a grant that has not committed yet (see the module docstring)."""
+        if not _GRANT_ID_PATTERN.fullmatch(grant_id):
+            raise InvalidReKey(
+                f"grant {grant_id!r} does not exist, and a re-key delivered ahead of its grant "
+                "needs a grant id of 'g-' and 32 lower-case hex digits"
+            )
+        try:
+            raw = open_sealed(self._key, sealed_rekey, aad=rekey_delivery_aad(grant_id))
+        except DecryptionError:
+            raise InvalidReKey(
+                f"the re-key for grant {grant_id} does not open with this proxy's key"
+            ) from None
+        try:
+            rekey = ReKey.from_secret_bytes(raw)
+        except (EncodingError, ValueError) as exc:
+            raise InvalidReKey(f"the re-key for grant {grant_id} is malformed: {exc}") from None
+        depositor = caller or ""
+        if caller is not None and rekey.delegator_tag != identity_tag(caller):
+            raise NotAuthorised(f"the re-key for grant {grant_id} is not from identity {caller}")
+        self._sweep_pending()
+        sealed = seal_state(self._key, _pending_purpose(grant_id, depositor), raw)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                (count,) = self._db.execute(
+                    "SELECT COUNT(*) FROM pending_rekeys WHERE depositor = ? AND grant_id != ?",
+                    (depositor, grant_id),
+                ).fetchone()
+                if int(count) >= _MAX_PENDING_PER_DEPOSITOR:
+                    raise InvalidReKey(
+                        f"identity {depositor or '(unauthenticated)'} has {count} re-keys here "
+                        "whose grants have not committed; commit or withdraw those first"
+                    )
+                self._db.execute(
+                    "INSERT OR REPLACE INTO pending_rekeys VALUES (?, ?, ?, ?)",
+                    (grant_id, depositor, sealed, time.time()),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        _log.info(
+            "proxy %s holds the re-key of grant %s pending its commit (from %s)",
+            self.name,
+            grant_id,
+            depositor or "(unauthenticated)",
+        )
+
+    def _drop_pending(self, grant_id: str, depositor: str | None = None) -> int:
+        with self._lock:
+            if depositor is None:
+                cur = self._db.execute("DELETE FROM pending_rekeys WHERE grant_id = ?", (grant_id,))
+            else:
+                cur = self._db.execute(
+                    "DELETE FROM pending_rekeys WHERE grant_id = ? AND depositor = ?",
+                    (grant_id, depositor),
+                )
+            return int(cur.rowcount)
+
+    def activate(self, grant_id: str) -> bool:
+        """Turn a pending re-key into a held one if its grant has committed (idempotent).
+
+        True when the re-key of ``grant_id`` is held here afterwards. A pending re-key whose
+        grant is revoked, names another proxy, has another grantor or does not match is
+        dropped; one whose grant has not committed stays pending.
+        """
+        if self.holds(grant_id):
+            return True
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT depositor, sealed FROM pending_rekeys WHERE grant_id = ? "
+                "ORDER BY depositor",
+                (grant_id,),
+            ).fetchall()
+        if not rows:
+            return False
+        grant = self._committed_grant(grant_id)
+        if grant is None:
+            return False
+        for depositor, blob in rows:
+            depositor = str(depositor)
+            usable = grant["state"] == "active" and depositor in ("", grant["grantor"])
+            if usable:
+                try:
+                    raw = open_state(self._key, _pending_purpose(grant_id, depositor), bytes(blob))
+                except DecryptionError:
+                    # Altered at rest: never used; the grantor re-delivers (grant repair).
+                    _log.error("proxy %s: the pending re-key of %s is altered", self.name, grant_id)
+                    self._drop_pending(grant_id, depositor)
+                    continue
+                try:
+                    self._insert_rekey(grant_id, grant, raw)
+                    return True
+                except InvalidReKey as exc:
+                    if self.holds(grant_id):  # activated concurrently
+                        return True
+                    _log.warning("proxy %s: dropping a pending re-key: %s", self.name, exc)
+            self._drop_pending(grant_id, depositor)
+        return False
+
+    def _sweep_pending(self) -> None:
+        """Activate or drop a few pending re-keys older than :data:`PENDING_TTL_S`."""
+        cutoff = time.time() - PENDING_TTL_S
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT DISTINCT grant_id FROM pending_rekeys WHERE stored_at < ? "
+                "ORDER BY stored_at LIMIT ?",
+                (cutoff, _SWEEP_ROWS),
+            ).fetchall()
+        for (gid,) in rows:
+            try:
+                if self._committed_grant(str(gid)) is None:
+                    dropped = self._drop_pending(str(gid))
+                    _log.info(
+                        "proxy %s: grant %s never committed; dropped %d pending re-key(s)",
+                        self.name,
+                        gid,
+                        dropped,
+                    )
+                else:
+                    self.activate(str(gid))
+            except ProxyError as exc:
+                _log.warning("proxy %s: pending re-key of %s: %s", self.name, gid, exc)
+                return
+
+    def rekey_status(self, grant_id: str, *, caller: str | None = None) -> str:
+        """``held`` (usable), ``pending`` (delivered, its grant not seen committed) or
+        ``missing``.
+
+        ``caller`` (the authenticated client, when there is one) must be a party to the grant
+        on chain (owner, grantor or grantee); a pending grant is taken into use first.
+        """
+        if caller is not None:
+            grant = self._committed_grant(grant_id)
+            if grant is None:
+                raise NoReKey(f"grant {grant_id} does not exist")
+            if caller not in (grant["owner"], grant["grantor"], grant["grantee"]):
+                raise NotAuthorised(f"identity {caller} may not ask about grant {grant_id}")
+            self.activate(grant_id)
+        if self.holds(grant_id):
+            return "held"
+        with self._lock:
+            row = self._db.execute(
+                "SELECT 1 FROM pending_rekeys WHERE grant_id = ?", (grant_id,)
+            ).fetchone()
+        return "pending" if row is not None else "missing"
+
     def _ancestors(self, grant_id: str, parent: str) -> list[str]:
         out: list[str] = []
         current = parent
@@ -299,7 +511,11 @@ class ReencryptionProxy(Closing):
             if current in out or current == grant_id:
                 raise InvalidReKey(f"grant {grant_id} has a cycle in its forwarding chain")
             out.append(current)
-            current = str(self._grant(current).get("parent_grant_id") or "")
+            above = self._grant(current)
+            if above["state"] != "active":
+                # Its revocation may have been handled here already: keep nothing below it.
+                raise InvalidReKey(f"grant {current} above grant {grant_id} is {above['state']}")
+            current = str(above.get("parent_grant_id") or "")
         return out
 
     def _rekey_row(self, grant_id: str) -> tuple[str, str, str, bytes]:
@@ -324,7 +540,13 @@ class ReencryptionProxy(Closing):
         proxy's own key, in memory anyway, opens every re-key it holds, so keeping a few
         unsealed in memory exposes nothing new to someone who can read that memory.
         """
-        row = self._rekey_row(grant_id)
+        try:
+            row = self._rekey_row(grant_id)
+        except NoReKey:
+            # Delivered ahead of its grant: the committed approval shows the grant is on chain.
+            if not self.activate(grant_id):
+                raise
+            row = self._rekey_row(grant_id)
         with self._lock:
             hit = self._rekey_cache.get(grant_id)
         if hit is not None and hit[0] == row:
@@ -566,10 +788,13 @@ class ReencryptionProxy(Closing):
         """Delete the re-key of ``grant_id`` and of every grant forwarded from it.
 
         ``caller`` (authenticated client) must be the grant's owner or grantor, unless the
-        grant is already revoked on chain. Returns how many re-keys were deleted.
+        grant is already revoked on chain. For a grant that has not committed, only the
+        caller's own pending delivery is withdrawn. Returns how many re-keys were deleted.
         """
         if caller is not None:
-            grant = self._grant(grant_id)
+            grant = self._committed_grant(grant_id)
+            if grant is None:
+                return self._drop_pending(grant_id, caller)
             if grant["state"] == "active" and caller not in (grant["owner"], grant["grantor"]):
                 raise NotAuthorised(f"identity {caller} may not revoke grant {grant_id}")
         with self._lock:
@@ -600,6 +825,9 @@ class ReencryptionProxy(Closing):
                         "DELETE FROM rekeys WHERE grant_id = ?", (gid,)
                     ).rowcount
                     self._db.execute("DELETE FROM rekey_ancestors WHERE grant_id = ?", (gid,))
+                    deleted += self._db.execute(
+                        "DELETE FROM pending_rekeys WHERE grant_id = ?", (gid,)
+                    ).rowcount
                     self._rekey_cache.pop(gid, None)
                 self._db.execute("COMMIT")
             except BaseException:
@@ -621,14 +849,35 @@ class ReencryptionProxy(Closing):
         block = rows.get("events.block")
         return (None if block is None else int(block)), rows.get("events.tx")
 
-    def handle_event(self, event: ChaincodeEvent) -> int:
-        """Apply one chaincode event (RevokeAccess deletes re-keys), then checkpoint it."""
+    def handle_event(self, event: ChaincodeEvent, *, checkpoint: bool = True) -> int:
+        """Apply one chaincode event (RevokeAccess deletes re-keys, GrantAccess activates a
+        re-key delivered ahead of its grant), then checkpoint it (unless told not to: a batch
+        checkpoints its last event with :meth:`save_checkpoint`)."""
         deleted = 0
+        if event.event_name == "GrantAccess":
+            payload = json.loads(event.payload)
+            for entry in payload.get("entries", []):
+                gid = str(entry.get("grant_id") or "")
+                if (
+                    entry.get("action") == "GrantAccess"
+                    and gid
+                    and self.rekey_status(gid) == "pending"
+                ):
+                    try:
+                        self.activate(gid)
+                    except ProxyError as exc:  # taken into use at its first read instead
+                        _log.warning("proxy %s: grant %s stays pending: %s", self.name, gid, exc)
         if event.event_name == "RevokeAccess":
             payload = json.loads(event.payload)
             for entry in payload.get("entries", []):
                 if entry.get("action") == "RevokeAccess" and entry.get("grant_id"):
                     deleted += self.revoke(str(entry["grant_id"]))
+        if checkpoint:
+            self.save_checkpoint(event)
+        return deleted
+
+    def save_checkpoint(self, event: ChaincodeEvent) -> None:
+        """Record ``event`` as the last one handled."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
@@ -638,7 +887,20 @@ class ReencryptionProxy(Closing):
                 "INSERT OR REPLACE INTO meta VALUES ('events.tx', ?)", (event.transaction_id,)
             )
             self._db.execute("COMMIT")
-        return deleted
+
+
+def catch_up(proxy: ReencryptionProxy, events: Iterable[ChaincodeEvent]) -> int:
+    """Apply the chaincode events a proxy missed (a stream that ends when it has none left,
+    resumed from :meth:`ReencryptionProxy.checkpoint`): an in-process proxy, which runs no
+    follower, deletes the re-keys of grants revoked while no process told it. Returns how many
+    re-keys were deleted."""
+    deleted = 0
+    last: ChaincodeEvent | None = None
+    for last in events:
+        deleted += proxy.handle_event(last, checkpoint=False)
+    if last is not None:
+        proxy.save_checkpoint(last)
+    return deleted
 
 
 class _KeyedLocks:
@@ -673,8 +935,13 @@ def _rekey_purpose(grant_id: str) -> str:
     return f"proxy/rekey/{grant_id}"
 
 
+def _pending_purpose(grant_id: str, depositor: str) -> str:
+    return f"proxy/pending-rekey/{grant_id}/{depositor}"
+
+
 class RevocationFollower:
-    """Follows the chaincode's RevokeAccess events in a thread and deletes re-keys.
+    """Follows the chaincode's RevokeAccess events in a thread and deletes re-keys (and its
+    GrantAccess events, taking re-keys delivered ahead of their grant into use).
 
     Resumes after the last handled event (checkpoint in the proxy's database); a fresh proxy
     reads from block 0 (revoking grants it does not hold is a no-op). A broken event stream (a
@@ -725,6 +992,10 @@ class ProxyClient(Protocol):
         """Ask the proxy to delete a grant's re-key (owner or grantor)."""
         ...
 
+    def rekey_status(self, grant_id: str) -> str:
+        """Whether the proxy holds a grant's re-key (a party to the grant asks)."""
+        ...
+
 
 class InProcessProxyClient:
     """A :class:`ProxyClient` that calls a :class:`ReencryptionProxy` directly (embedded).
@@ -768,3 +1039,7 @@ class InProcessProxyClient:
     def revoke(self, grant_id: str) -> None:
         """Delete a grant's re-key."""
         self._proxy.revoke(grant_id, caller=self.caller)
+
+    def rekey_status(self, grant_id: str) -> str:
+        """``held``, ``pending`` or ``missing``."""
+        return self._proxy.rekey_status(grant_id, caller=self.caller)

@@ -190,12 +190,16 @@ def serve_proxy(
         proxy.revoke(str(json.loads(request)["grant_id"]), caller=caller)
         return b""
 
+    def rekey_status(request: bytes, caller: str) -> bytes:
+        return proxy.rekey_status(str(json.loads(request)["grant_id"]), caller=caller).encode()
+
     server, port = _server(listen, tls, max_workers)
     handlers = {
         "PublicKey": _unary(public_key, tls, (ProxyError,)),
         "StoreRekey": _unary(store_rekey, tls, (ProxyError,)),
         "Reencrypt": _unary(reencrypt, tls, (ProxyError,)),
         "Revoke": _unary(revoke, tls, (ProxyError,)),
+        "RekeyStatus": _unary(rekey_status, tls, (ProxyError,)),
     }
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(PROXY_SERVICE, handlers),)
@@ -331,3 +335,7 @@ class GrpcProxyClient(_Client):
     def revoke(self, grant_id: str) -> None:
         """Ask the proxy to delete a grant's re-key (owner or grantor)."""
         self._call("Revoke", self._json({"grant_id": grant_id}))
+
+    def rekey_status(self, grant_id: str) -> str:
+        """``held``, ``pending`` or ``missing`` (a party to the grant asks)."""
+        return self._call("RekeyStatus", self._json({"grant_id": grant_id})).decode()
