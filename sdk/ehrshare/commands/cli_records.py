@@ -12,8 +12,10 @@ to exit codes; the work is in :mod:`ehrshare.session` and :mod:`ehrshare.consort
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
+import logging
 import os
 import shlex
 import signal
@@ -75,6 +77,32 @@ WalletOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")]
+BackoffOpt = Annotated[
+    float,
+    typer.Option(
+        "--restart-backoff",
+        help="Seconds before restarting a service that died; doubles with each quick failure.",
+    ),
+]
+BackoffMaxOpt = Annotated[
+    float, typer.Option("--restart-backoff-max", help="Longest wait between restarts (s).")
+]
+StableAfterOpt = Annotated[
+    float,
+    typer.Option(
+        "--stable-after",
+        help="Seconds a service must run for its failures to be forgotten (and a death to "
+        "count as not quick).",
+    ),
+]
+GiveUpAfterOpt = Annotated[
+    int,
+    typer.Option(
+        "--give-up-after",
+        help="Quick failures in a row after which a service is left down ('failed') until "
+        "'ehrshare network restart'.",
+    ),
+]
 
 
 def _fail(code: int, message: str, hint: str = "") -> NoReturn:
@@ -607,25 +635,49 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         state_file: Annotated[
             Path | None,
             typer.Option(
-                help="Write the pids and addresses here once every service listens (used by "
-                "'ehrshare network up'); removed on exit."
+                help="Keep the pids, addresses and states here once every service listens "
+                "(used by 'ehrshare network up|status|restart'); removed on exit."
             ),
         ] = None,
+        restart_backoff: BackoffOpt = 0.5,
+        restart_backoff_max: BackoffMaxOpt = 30.0,
+        stable_after: StableAfterOpt = 60.0,
+        give_up_after: GiveUpAfterOpt = 5,
     ) -> None:
         """Start every KGC node and every proxy of the profile as child processes, wait until
-        they listen, and stop them all (by pid) on Ctrl-C or SIGTERM."""
+        they listen, restart any that dies (logging its exit status), and stop them all (by
+        pid) on Ctrl-C or SIGTERM."""
         from ehrshare.consortium import profile_file
-        from ehrshare.processes import ServiceProcessError, ServiceProcesses
+        from ehrshare.processes import RestartPolicy, ServiceProcessError, ServiceProcesses
         from ehrshare.profile import Profile
         from ehrshare.services.vault import atomic_write
 
+        try:
+            policy = RestartPolicy(
+                restart_backoff, restart_backoff_max, stable_after, give_up_after
+            )
+        except ValueError as exc:
+            _fail(EXIT_USAGE, str(exc))
         with _errors():
             path = profile_file(_profile_path(profile))
             prof = Profile.load(path)
-            procs = ServiceProcesses(prof, path.parent / "run", die_with_parent=True)
+            procs = ServiceProcesses(prof, path.parent / "run", die_with_parent=True, policy=policy)
+        # Deaths, restarts and give-ups go to stderr (run/network.log under 'network up').
+        logging.getLogger("ehrshare.processes").setLevel(logging.INFO)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+
+        def write_state() -> None:
+            if state_file is None:
+                return
+            state = {
+                "supervisor_pid": os.getpid(),
+                "policy": dataclasses.asdict(policy),
+                "services": procs.snapshot(),
+            }
+            atomic_write(state_file, json.dumps(state, indent=2).encode(), mode=0o644)
+
         with procs:
             try:
                 procs.start()
@@ -633,16 +685,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 _fail(EXIT_UNAVAILABLE, str(exc))
             for name, pid in procs.pids.items():
                 _err.print(f"{name}: pid {pid} on {procs.commands[name].address}")
-            if state_file is not None:
-                services = {
-                    name: {"pid": pid, "address": procs.commands[name].address}
-                    for name, pid in procs.pids.items()
-                }
-                state = {"supervisor_pid": os.getpid(), "services": services}
-                atomic_write(state_file, json.dumps(state, indent=2).encode(), mode=0o644)
+            write_state()
             _err.print("serving; Ctrl-C stops every service")
             try:
-                stop.wait()
+                procs.supervise(stop, write_state)
             finally:
                 if state_file is not None:
                     state_file.unlink(missing_ok=True)
