@@ -121,6 +121,7 @@ def _errors() -> Iterator[None]:
     from ehrshare.fhir import FhirValidationError, UnknownRecordType
     from ehrshare.hazmat.errors import EncodingError
     from ehrshare.ledger.errors import LedgerError
+    from ehrshare.netctl import NetworkControlError, UnknownService
     from ehrshare.profile import BackendUnavailable, ProfileError, WalletError
     from ehrshare.session import (
         AccessDenied,
@@ -161,6 +162,10 @@ def _errors() -> Iterator[None]:
             f"ask hospital {exc.msp_id} to start its proxy ('ehrshare proxy serve'), then retry",
         )
     except (RecordStorageError, EnrollmentError, ProxyError, StorageError) as exc:
+        _fail(EXIT_UNAVAILABLE, str(exc))
+    except UnknownService as exc:
+        _fail(EXIT_USAGE, str(exc), "'ehrshare network status' lists the services")
+    except NetworkControlError as exc:
         _fail(EXIT_UNAVAILABLE, str(exc))
     except FabricNetError as exc:
         _fail(EXIT_UNAVAILABLE, str(exc), "see the process logs under <consortium>/fabric")
@@ -308,21 +313,34 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             float, typer.Option(min=1.0, help="Seconds to wait until every service listens.")
         ] = 90.0,
         as_json: JsonOpt = False,
+        restart_backoff: BackoffOpt = 0.5,
+        restart_backoff_max: BackoffMaxOpt = 30.0,
+        stable_after: StableAfterOpt = 60.0,
+        give_up_after: GiveUpAfterOpt = 5,
     ) -> None:
         """Start the profile's Fabric network (if its ledger is one), then every KGC node and
         proxy, in the background, and wait until all answer (a no-op for what already runs).
-        Logs go to run/network.log and fabric/logs/ next to the profile. Exit code 4 if they
-        do not come up (nothing is left running)."""
+        The supervisor restarts a service that dies (backoff doubling from --restart-backoff,
+        giving up after --give-up-after quick failures). Logs go to run/network.log and
+        fabric/logs/ next to the profile. Exit code 4 if they do not come up (nothing is left
+        running)."""
         from ehrshare.consortium import profile_file
         from ehrshare.netctl import NetworkControlError, network_state
         from ehrshare.netctl import network_up as up
+        from ehrshare.processes import RestartPolicy
 
+        try:
+            policy = RestartPolicy(
+                restart_backoff, restart_backoff_max, stable_after, give_up_after
+            )
+        except ValueError as exc:
+            _fail(EXIT_USAGE, str(exc))
         with _errors():
             path = profile_file(_profile_path(profile))
             was_up = network_state(path.resolve()).running
             try:
                 with _progress("starting the services", as_json):
-                    state = up(path, timeout=timeout)
+                    state = up(path, timeout=timeout, policy=policy)
             except NetworkControlError as exc:
                 _fail(EXIT_UNAVAILABLE, str(exc))
         if as_json:
@@ -337,8 +355,41 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if state.supervisor_pid is not None:
             _err.print(f"[green]✓[/green] services {verb} (supervisor pid {state.supervisor_pid})")
         for name, svc in state.services.items():
-            _err.print(f"  {name}: pid {svc['pid']} on {svc['address']}")
+            _err.print(
+                f"  {name}: pid {svc['pid']} on {svc['address']} ({svc.get('state', 'running')})",
+                highlight=False,
+            )
         _err.print(f"stop them with: ehrshare network down --profile {path.parent}")
+
+    @network_app.command("restart", epilog=_EXIT_HELP)
+    def network_restart(
+        service: Annotated[
+            str,
+            typer.Argument(help="A service as 'network status' names it: kgc1, proxy-hospitala …"),
+        ],
+        profile: ProfileOpt = "",
+        timeout: Annotated[
+            float, typer.Option(min=1.0, help="Seconds to wait until it listens again.")
+        ] = 60.0,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Restart one KGC node or proxy through the 'network up' supervisor (SIGTERM, then
+        start again with its failure count reset; also retries a service the supervisor gave
+        up on) and wait until it listens. Exit code 2 for an unknown service, 4 if no
+        supervisor runs or the service does not come back."""
+        from ehrshare.consortium import profile_file
+        from ehrshare.netctl import restart_service
+
+        with _errors():
+            path = profile_file(_profile_path(profile))
+            record = restart_service(path, service, timeout=timeout)
+        if as_json:
+            _emit({"service": service, **record})
+            return
+        _err.print(
+            f"[green]✓[/green] restarted {service}: pid {record['pid']} on {record['address']}",
+            highlight=False,
+        )
 
     @network_app.command("down", epilog=_EXIT_HELP)
     def network_down(
@@ -382,9 +433,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     @network_app.command("status", epilog=_EXIT_HELP)
     def network_status(profile: ProfileOpt = "", as_json: JsonOpt = False) -> None:
-        """Say which backends the profile uses and whether they answer, and whether this
-        machine has the Fabric binaries. Exit code 4 if the content store or the profile's
-        local Fabric network is down."""
+        """Say which backends the profile uses and whether they answer, whether this machine
+        has the Fabric binaries, and how each KGC node and proxy process is (asked by a Health
+        call over mutual TLS, and what the 'network up' supervisor says: running, restarting,
+        failed, not answering, down). Exit code 4 if the content store, the profile's local
+        Fabric network or any service process is not healthy."""
         from ehrshare.fabricnet import default_bin_dir, missing_binaries
         from ehrshare.ledger.store import EmbeddedLedger
         from ehrshare.profile import Profile
@@ -398,7 +451,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 "version": "v2.1.1 (the newest the Go module proxy serves here)",
             }
         }
-        store_ok = ledger_ok = True
+        store_ok = ledger_ok = services_ok = True
         if profile or Path("profile.yaml").is_file():
             with _errors():
                 path = Path(_profile_path(profile))
@@ -439,13 +492,19 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 {"name": px.name, "msp": px.msp_id, "address": px.service.address or "in-process"}
                 for px in prof.proxies
             ]
-            from ehrshare.netctl import network_state
+            from ehrshare.netctl import check_services, network_state
 
-            bg = network_state((path / "profile.yaml" if path.is_dir() else path).resolve())
+            prof_file = (path / "profile.yaml" if path.is_dir() else path).resolve()
+            bg = network_state(prof_file)
+            with _errors():
+                checked = check_services(prof_file)
+            services_ok = all(h.healthy for h in checked)
             status["background_services"] = {
                 "running": bg.running,
                 "supervisor_pid": bg.supervisor_pid,
-                "services": bg.services,
+                "stale_supervisor_pid": bg.stale_supervisor_pid,
+                "healthy": services_ok,
+                "services": {h.name: h.as_dict() for h in checked},
             }
         if as_json:
             _emit(status)
@@ -495,13 +554,24 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     soft_wrap=True,
                 )
                 bg_state = status["background_services"]
-                _err.print(
-                    f"services (network up): running, supervisor pid {bg_state['supervisor_pid']}"
-                    if bg_state["running"]
-                    else "services (network up): not running",
-                    soft_wrap=True,
-                )
-        if not store_ok or not ledger_ok:
+                if bg_state["running"]:
+                    head = f"running, supervisor pid {bg_state['supervisor_pid']}"
+                elif bg_state["stale_supervisor_pid"] is not None:
+                    head = (
+                        f"not running (the supervisor, pid {bg_state['stale_supervisor_pid']}, "
+                        "is gone: 'ehrshare network up' starts a new one)"
+                    )
+                else:
+                    head = "not running"
+                _err.print(f"services (network up): {head}", soft_wrap=True, highlight=False)
+                for name, svc in bg_state["services"].items():
+                    pid = f", pid {svc['pid']}" if svc["pid"] is not None else ""
+                    _err.print(
+                        f"  {name} ({svc['address']}{pid}): {svc['status']}",
+                        soft_wrap=True,
+                        highlight=False,
+                    )
+        if not store_ok or not ledger_ok or not services_ok:
             raise typer.Exit(EXIT_UNAVAILABLE)
 
     # --- consortium ---------------------------------------------------------------------------
