@@ -51,6 +51,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -729,6 +730,42 @@ class FabricNet:
         """The recorded pid of each process, by name (``ccaas``, ``orderer1``, ``peer-<MSP>``)."""
         return {name: p.pid for name, p in self._state.processes.items()}
 
+    def health(self, *, timeout: float = 1.0) -> dict[str, dict[str, Any]]:
+        """Each process of the network as it is now, by name: ``pid`` (recorded, or None),
+        ``status`` and ``healthy``. A process is checked in ``/proc`` (its pid, with the start
+        time recorded, so a reused pid does not count) and by connecting: a peer's or orderer's
+        operations ``/healthz`` and its gRPC port, the chaincode server's port. ``status`` is
+        ``running``, ``not answering (…)``, ``down (pid N is gone)`` or ``down`` (not started)."""
+        expected = ["ccaas"]
+        expected += [f"orderer{i + 1}" for i in range(self.spec.orderers)]
+        expected += [f"peer-{msp}" for msp in self.spec.msp_ids]
+        ports = self._state.ports
+        out: dict[str, dict[str, Any]] = {}
+        for name in expected:
+            proc = self._state.processes.get(name)
+            if proc is None:
+                out[name] = {"pid": None, "status": "down", "healthy": False}
+                continue
+            if not self._ours(proc):
+                status = f"down (pid {proc.pid} is gone)"
+            else:
+                if name == "ccaas":
+                    ops, listen = None, int(ports["ccaas"])
+                elif name.startswith("orderer"):
+                    entry = ports["orderers"][int(name.removeprefix("orderer")) - 1]
+                    ops, listen = int(entry["operations"]), int(entry["listen"])
+                else:
+                    entry = ports["peers"][name.removeprefix("peer-")]
+                    ops, listen = int(entry["operations"]), int(entry["listen"])
+                if ops is not None and not _healthy(ops, timeout=timeout):
+                    status = f"not answering (/healthz on 127.0.0.1:{ops} failed)"
+                elif not _connects(listen, timeout):
+                    status = f"not answering (nothing accepts on 127.0.0.1:{listen})"
+                else:
+                    status = "running"
+            out[name] = {"pid": proc.pid, "status": status, "healthy": status == "running"}
+        return out
+
     def _spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> _Proc:
         log = self.dir / "logs" / f"{name}.log"
         with open(log, "ab") as out:
@@ -1366,10 +1403,18 @@ def _logged(proc: _Proc, pattern: re.Pattern[str]) -> bool:
         return False
 
 
-def _healthy(port: int) -> bool:
+def _connects(port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _healthy(port: int, *, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(  # our loopback operations endpoint
-            f"http://127.0.0.1:{port}/healthz", timeout=1
+            f"http://127.0.0.1:{port}/healthz", timeout=timeout
         ) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError, ValueError):

@@ -272,8 +272,10 @@ def _fabric_status(prof: Any) -> dict[str, Any]:
     if fab.network is not None:
         from ehrshare.fabricnet import FabricNet
 
+        net = FabricNet.load(fab.network.parent)
         out["network"] = str(fab.network)
-        out["running"] = FabricNet.load(fab.network.parent).running()
+        out["running"] = net.running()
+        out["processes"] = net.health()
     return out
 
 
@@ -458,7 +460,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 prof = Profile.load(path / "profile.yaml" if path.is_dir() else path)
                 if prof.fabric is not None:
                     status["ledger"] = _fabric_status(prof)
-                    ledger_ok = bool(status["ledger"].get("running", True))
+                    ledger_ok = bool(status["ledger"].get("running", True)) and all(
+                        p["healthy"] for p in status["ledger"].get("processes", {}).values()
+                    )
                 else:
                     with EmbeddedLedger.open(prof.ledger_path, channel=prof.channel) as ledger:
                         status["ledger"] = {
@@ -532,6 +536,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                         ),
                         soft_wrap=True,
                     )
+                    for name, proc in led.get("processes", {}).items():
+                        pid = f" (pid {proc['pid']})" if proc["pid"] is not None else ""
+                        _err.print(
+                            f"  {name}{pid}: {proc['status']}", soft_wrap=True, highlight=False
+                        )
                 else:
                     _err.print(
                         f"ledger: embedded at {led['path']}, height {led['height']}, "
