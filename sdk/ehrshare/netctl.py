@@ -16,6 +16,7 @@ stops processes; it must not touch the ledger or the store, and reads no key but
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ehrshare.faults import fault_point
 from ehrshare.processes import RestartPolicy, ServiceCommand, pid_alive, service_commands
 from ehrshare.profile import Profile, ServiceConfig, Wallet
 
@@ -40,6 +42,7 @@ __all__ = [
     "ServiceHealth",
     "UnknownService",
     "check_services",
+    "hold_supervisor_lock",
     "network_down",
     "network_state",
     "network_up",
@@ -49,6 +52,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 STATE_FILE = "network.json"
 LOG_FILE = "network.log"
+LOCK_FILE = "network.lock"
 
 
 class NetworkControlError(RuntimeError):
@@ -72,6 +76,8 @@ class NetworkState:
     """The profile's local Fabric network: ``running``, ``pids`` by process, ``logs``."""
     stale_supervisor_pid: int | None = None
     """The pid a state file names whose supervisor is gone (killed, crashed)."""
+    ready: bool = False
+    """Whether the live supervisor has seen every service listen once (its first start done)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form for ``--json`` output."""
@@ -120,6 +126,7 @@ def _services_state(profile_path: Path, fabric: dict[str, Any] | None = None) ->
         data = json.loads(state_file.read_text(encoding="utf-8"))
         pid = int(data["supervisor_pid"])
         services = dict(data.get("services", {}))
+        ready = bool(data.get("ready", False))
     except (OSError, ValueError, KeyError, TypeError):
         return NetworkState(False, None, {}, state_file, log_file, fabric)
     running = _is_our_supervisor(pid, profile_path)
@@ -131,6 +138,7 @@ def _services_state(profile_path: Path, fabric: dict[str, Any] | None = None) ->
         log_file,
         fabric,
         None if running else pid,
+        running and ready,
     )
 
 
@@ -199,12 +207,39 @@ def network_up(
     return network_state(profile_path)
 
 
+def hold_supervisor_lock(run_dir: Path) -> int | None:
+    """Take ``<run dir>/network.lock`` for the calling supervisor for as long as it lives (the
+    kernel drops it when the process dies, however it dies). Returns the open descriptor, or
+    None if another live supervisor of this profile holds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _supervisor_alive(run_dir: Path) -> bool:
+    """Whether some supervisor holds this profile's lock (it may not have written its state
+    file yet)."""
+    if not (run_dir / LOCK_FILE).exists():
+        return False
+    fd = hold_supervisor_lock(run_dir)
+    if fd is None:
+        return True
+    os.close(fd)  # closing drops the lock again
+    return False
+
+
 def _start_services(profile_path: Path, timeout: float, policy: RestartPolicy) -> None:
-    """Start the service supervisor unless it runs; wait until every service listens."""
-    current = _services_state(profile_path)
-    if current.running:
-        return
+    """Start the service supervisor unless one runs; wait until every service listens."""
     run = _run_dir(profile_path)
+    current = _services_state(profile_path)
+    if current.running or _supervisor_alive(run):
+        _wait_ready(profile_path, None, timeout)
+        return
     run.mkdir(parents=True, exist_ok=True)
     if current.stale_supervisor_pid is not None:
         _log.warning(
@@ -241,26 +276,48 @@ def _start_services(profile_path: Path, timeout: float, policy: RestartPolicy) -
             start_new_session=True,  # outlives this command and its terminal
         )
     _log.info("started the service supervisor (pid %d) for %s", proc.pid, profile_path)
+    fault_point("netctl.up.after_spawn")
+    _wait_ready(profile_path, proc, timeout)
+
+
+def _wait_ready(profile_path: Path, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """Wait until a live supervisor reports every service listening: ours (``proc``), or one
+    another ``network up`` started (then its own caller stops it if it fails)."""
+    run = _run_dir(profile_path)
+    log_file = run / LOG_FILE
     deadline = time.monotonic() + timeout
     while True:
         state = _services_state(profile_path)
-        if state.running and state.supervisor_pid == proc.pid:
+        if state.ready:
             return
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
+            if _supervisor_alive(run):  # another `network up` won the race: wait for it
+                proc = None
+                continue
             raise NetworkControlError(
                 f"the services did not start (supervisor exited with code {proc.returncode}): "
-                f"{_log_tail(current.log_file)}; full log in {current.log_file}"
+                f"{_log_tail(log_file)}; full log in {log_file}"
+            )
+        if proc is None and not state.running and not _supervisor_alive(run):
+            raise NetworkControlError(
+                f"the service supervisor another 'network up' started is gone: "
+                f"{_log_tail(log_file)}; run 'ehrshare network up' again"
             )
         if time.monotonic() > deadline:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=15)
+                raise NetworkControlError(
+                    f"the services did not all listen within {timeout:.0f} s and were stopped: "
+                    f"{_log_tail(log_file)}; full log in {log_file}"
+                )
             raise NetworkControlError(
-                f"the services did not all listen within {timeout:.0f} s and were stopped: "
-                f"{_log_tail(current.log_file)}; full log in {current.log_file}"
+                f"the services another 'network up' is starting did not all listen within "
+                f"{timeout:.0f} s; see {log_file}"
             )
         time.sleep(0.1)
 
@@ -376,6 +433,7 @@ def restart_service(profile_path: Path, name: str, *, timeout: float = 60.0) -> 
     from ehrshare.services.vault import atomic_write
 
     atomic_write(request, b"", mode=0o644)
+    fault_point("netctl.restart.after_request")
     deadline = time.monotonic() + timeout
     while True:
         now = _services_state(profile_path)

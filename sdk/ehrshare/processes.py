@@ -32,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
+from ehrshare.faults import fault_point
 from ehrshare.profile import Profile, ProfileError, ServiceConfig
 
 __all__ = [
@@ -415,6 +416,7 @@ class ServiceProcesses:
             _log.warning("restarting %s on request", name)
             if name in self._procs:
                 self.stop(name)
+            fault_point("supervisor.restart.after_stop")
             st.attempt = 0
             st.restarts += 1
             self._try_spawn(name, now)

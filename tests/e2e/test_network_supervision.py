@@ -25,6 +25,7 @@ import pytest
 
 from ehrshare.consortium import Consortium, connect
 from ehrshare.demo import lab_observation
+from ehrshare.faults import FAULT_ENV
 from ehrshare.processes import free_loopback_ports, pid_alive
 
 pytestmark = pytest.mark.slow
@@ -32,15 +33,35 @@ pytestmark = pytest.mark.slow
 PEOPLE = {"alice": ("HospitalA", "patient"), "dr-adams": ("HospitalA", "clinician")}
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EHRSHARE_PROFILE": "", "EHRSHARE_WALLET": "", "COLUMNS": "80"}
+    env.pop(FAULT_ENV, None)
+    if fault is not None:
+        env[FAULT_ENV] = fault
     return subprocess.run(
         [sys.executable, "-m", "ehrshare", *args],
         capture_output=True,
         text=True,
         timeout=180,
-        env={**os.environ, "EHRSHARE_PROFILE": "", "EHRSHARE_WALLET": "", "COLUMNS": "80"},
+        env=env,
         check=False,
     )
+
+
+def _supervisors(root: Path) -> list[int]:
+    """Every live `consortium serve` process of this profile, found in /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        ours = b"serve" in args and b"consortium" in args and str(root).encode() in b" ".join(args)
+        if ours and pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
 
 
 def _status(root: Path) -> tuple[int, dict[str, Any]]:
@@ -74,6 +95,7 @@ def network(tmp_path: Path) -> Iterator[Path]:
     if log.exists():  # every child the supervisors started
         pids |= {int(p) for p in re.findall(r"\(pid (\d+)\)", log.read_text())}
     _cli("network", "down", "--profile", str(root))
+    pids |= set(_supervisors(root))  # one a failed test may have left without a state file
     for pid in pids:
         if pid_alive(pid) and _is_ours(pid, root):
             os.kill(pid, signal.SIGKILL)
@@ -258,3 +280,76 @@ def test_a_service_that_always_crashes_is_given_up_on_and_restart_retries_it(
     assert json.loads(done.stdout)["attempt"] == 0
     rc, status = _status(root)
     assert rc == 0 and status["services"]["proxy-hospitalc"]["status"] == "running"
+
+
+def test_kill_9_at_each_step_of_up_restart_and_the_supervisor_leaves_one_working_network(
+    network: Path,
+) -> None:
+    root = network
+    # `network up` dies right after starting the supervisor: the supervisor carries on, and the
+    # next `up` waits for that one instead of starting a second.
+    died = _cli("network", "up", "--profile", str(root), fault="netctl.up.after_spawn")
+    assert died.returncode == -signal.SIGKILL
+    again = _up(root)
+    assert _supervisors(root) == [again["supervisor_pid"]]
+    rc, status = _status(root)
+    assert rc == 0 and status["healthy"]
+
+    # `network restart` dies right after asking: the supervisor still restarts the node.
+    old = status["services"]["kgc1"]["pid"]
+    died = _cli(
+        "network", "restart", "kgc1", "--profile", str(root), fault="netctl.restart.after_request"
+    )
+    assert died.returncode == -signal.SIGKILL
+    _until(
+        "kgc1 restarted",
+        lambda: (
+            _state(root)["services"]["kgc1"]["restarts"] == 1
+            and _state(root)["services"]["kgc1"]["state"] == "running"
+        ),
+        30,
+    )
+    rc, status = _status(root)
+    assert rc == 0 and status["services"]["kgc1"]["pid"] != old
+
+    # The supervisor dies between stopping a service and starting it again: its other children
+    # die with it, status says so, and the next `up` brings everything back.
+    assert _cli("network", "down", "--profile", str(root)).returncode == 0
+    up = _faulty_up(root, "supervisor.restart.after_stop")
+    children = [s["pid"] for s in up["services"].values()]
+    lost = _cli("network", "restart", "proxy-hospitala", "--profile", str(root))
+    assert lost.returncode == 4 and "supervisor stopped" in lost.stderr
+    assert "Traceback" not in lost.stderr
+    _until("its children died with it", lambda: not any(pid_alive(p) for p in children), 30)
+    rc, status = _status(root)
+    assert rc == 4 and status["stale_supervisor_pid"] == up["supervisor_pid"]
+    back = _up(root)
+    assert not back["already_running"] and _supervisors(root) == [back["supervisor_pid"]]
+    rc, status = _status(root)
+    assert rc == 0 and {s["status"] for s in status["services"].values()} == {"running"}
+    with connect(root / "profile.yaml", "alice") as alice:
+        assert alice.enroll(timeout=5).used
+
+
+def _faulty_up(root: Path, fault: str) -> dict[str, Any]:
+    """`network up` whose supervisor (it inherits the environment) dies at ``fault``."""
+    proc = _cli("network", "up", "--profile", str(root), "--json", fault=fault)
+    assert proc.returncode == 0, proc.stderr
+    return dict(json.loads(proc.stdout))
+
+
+def test_two_network_up_at_once_start_one_supervisor(network: Path) -> None:
+    root = network
+    env = {**os.environ, "EHRSHARE_PROFILE": "", "EHRSHARE_WALLET": ""}
+    env.pop(FAULT_ENV, None)
+    argv = [sys.executable, "-m", "ehrshare", "network", "up", "--profile", str(root), "--json"]
+    racers = [
+        subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        for _ in range(2)
+    ]
+    outs = [r.communicate(timeout=180) for r in racers]
+    assert [r.returncode for r in racers] == [0, 0], [o[1] for o in outs]
+    pids = {json.loads(o[0])["supervisor_pid"] for o in outs}
+    assert len(pids) == 1 and _supervisors(root) == list(pids)
+    rc, status = _status(root)
+    assert rc == 0 and status["healthy"]

@@ -747,26 +747,41 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
 
+        ready = False
+
         def write_state() -> None:
             if state_file is None:
                 return
             state = {
                 "supervisor_pid": os.getpid(),
+                "ready": ready,
                 "policy": dataclasses.asdict(policy),
                 "services": procs.snapshot(),
             }
             atomic_write(state_file, json.dumps(state, indent=2).encode(), mode=0o644)
 
+        if state_file is not None:
+            from ehrshare.netctl import hold_supervisor_lock
+
+            # Held until this process dies: one supervisor per profile, even when two
+            # 'network up' race or one was killed before this wrote the state file.
+            if hold_supervisor_lock(state_file.parent) is None:
+                _fail(
+                    EXIT_UNAVAILABLE,
+                    f"another supervisor runs for this profile (see {state_file})",
+                )
         with procs:
             try:
-                procs.start()
-            except ServiceProcessError as exc:
-                _fail(EXIT_UNAVAILABLE, str(exc))
-            for name, pid in procs.pids.items():
-                _err.print(f"{name}: pid {pid} on {procs.commands[name].address}")
-            write_state()
-            _err.print("serving; Ctrl-C stops every service")
-            try:
+                write_state()  # its pid, at once: 'network down' can stop it while it starts
+                try:
+                    procs.start()
+                except ServiceProcessError as exc:
+                    _fail(EXIT_UNAVAILABLE, str(exc))
+                for name, pid in procs.pids.items():
+                    _err.print(f"{name}: pid {pid} on {procs.commands[name].address}")
+                ready = True
+                write_state()
+                _err.print("serving; Ctrl-C stops every service")
                 procs.supervise(stop, write_state)
             finally:
                 if state_file is not None:
