@@ -239,6 +239,10 @@ def _start_services(profile_path: Path, timeout: float, policy: RestartPolicy) -
     current = _services_state(profile_path)
     if current.running or _supervisor_alive(run):
         _wait_ready(profile_path, None, timeout)
+        # What the supervisor gave up on does not run: `up` retries it, as `restart` would.
+        for name, record in _services_state(profile_path).services.items():
+            if record.get("state") == "failed":
+                restart_service(profile_path, name, timeout=timeout)
         return
     run.mkdir(parents=True, exist_ok=True)
     if current.stale_supervisor_pid is not None:

@@ -273,6 +273,16 @@ def test_a_service_that_always_crashes_is_given_up_on_and_restart_retries_it(
     time.sleep(1.5)
     assert _state(root)["services"]["proxy-hospitalc"]["restarts"] == restarts == 2
 
+    # Still broken: `network up` retries it (it is not running) and says it did not come back.
+    retried = _cli("network", "up", "--profile", str(root))
+    assert retried.returncode == 4 and "proxy-hospitalc did not come back" in retried.stderr
+    assert "Traceback" not in retried.stderr
+    _until(
+        "given up again",
+        lambda: _state(root)["services"]["proxy-hospitalc"]["state"] == "failed",
+        60,
+    )
+
     # Fixed by hand, `network restart` retries it at once with a fresh count.
     db.write_bytes(good)
     done = _cli("network", "restart", "proxy-hospitalc", "--profile", str(root), "--json")
