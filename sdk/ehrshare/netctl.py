@@ -190,12 +190,20 @@ def network_up(
         )
     started_fabric = False
     if fabric is not None and not fabric.running():
-        try:
-            fabric.start()
-        except Exception as exc:
-            fabric.stop()
-            raise NetworkControlError(f"the Fabric network did not start: {exc}") from None
-        started_fabric = True
+        if fabric.live() and fabric.deployed:
+            try:  # partly running: start only the processes that are gone
+                fabric.repair()
+            except Exception as exc:
+                raise NetworkControlError(
+                    f"the Fabric network's missing processes did not start again: {exc}"
+                ) from None
+        else:
+            try:
+                fabric.start()
+            except Exception as exc:
+                fabric.stop()
+                raise NetworkControlError(f"the Fabric network did not start: {exc}") from None
+            started_fabric = True
     try:
         if remote:
             _start_services(profile_path, timeout, policy or RestartPolicy())

@@ -208,6 +208,19 @@ def test_network_up_runs_fabric_and_the_services_and_down_stops_them(tmp_path: P
         assert json.loads(broken.stdout)["background_services"]["healthy"] is True
         text = _cli("network", "status", "--profile", str(root), check=False)
         assert f"peer-HospitalCMSP (pid {dead}): down (pid {dead} is gone)" in text.stderr
+
+        # `network up` starts again only what is gone; the rest keeps its pids.
+        repaired = json.loads(_cli("network", "up", "--profile", str(root), "--json").stdout)
+        assert repaired["already_running"] and repaired["fabric"]["running"]
+        new_peer = repaired["fabric"]["pids"]["peer-HospitalCMSP"]
+        assert new_peer != dead and pid_alive(new_peer)
+        started.append(new_peer)
+        assert {n: p for n, p in repaired["fabric"]["pids"].items() if "CMSP" not in n} == {
+            n: p for n, p in up["fabric"]["pids"].items() if "CMSP" not in n
+        }
+        healed = _cli("network", "status", "--profile", str(root), "--json", check=False)
+        assert healed.returncode == 0, healed.stderr
+        _cli("enroll", "-p", str(root), "-w", "carol")
     finally:
         down = _cli("network", "down", "--profile", str(root), "--json", check=False)
     assert down.returncode == 0, down.stderr
