@@ -30,8 +30,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ehrshare.faults import fault_point
-from ehrshare.processes import RestartPolicy, ServiceCommand, pid_alive, service_commands
-from ehrshare.profile import Profile, ServiceConfig, Wallet
+from ehrshare.processes import (
+    RESTART_REQUEST_SUFFIX,
+    RestartPolicy,
+    ServiceCommand,
+    pid_alive,
+    service_commands,
+)
+from ehrshare.profile import Profile, Wallet
 
 if TYPE_CHECKING:
     from ehrshare.fabricnet import FabricNet
@@ -405,20 +411,29 @@ def _stop_orphans(profile_path: Path, state_file: Path, grace: float = 10.0) -> 
         for name, pid in recorded.items()
         if isinstance(pid, int) and name in commands and _is_our_service(pid, commands[name])
     }
-    deadline = time.monotonic() + grace
-    while left:
-        for name, pid in list(left.items()):
-            if not pid_alive(pid) or not _is_our_service(pid, commands[name]):
-                del left[name]
-        if not left:
-            return
-        if time.monotonic() > deadline:
-            for name, pid in left.items():
-                _log.warning("%s (pid %d) outlived its supervisor; killing it", name, pid)
-                os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + grace
-            grace = 0.0  # SIGKILL once; then only wait
-        time.sleep(0.05)
+
+    def gone_within(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while True:
+            for name, pid in list(left.items()):
+                if not pid_alive(pid) or not _is_our_service(pid, commands[name]):
+                    del left[name]
+            if not left:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+    if gone_within(grace):
+        return
+    for name, pid in left.items():
+        _log.warning("%s (pid %d) outlived its supervisor; killing it", name, pid)
+        os.kill(pid, signal.SIGKILL)
+    if not gone_within(grace):
+        raise NetworkControlError(
+            f"{', '.join(left)} of a dead supervisor survived SIGKILL for {grace:.0f} s "
+            f"(pids {', '.join(map(str, left.values()))}); nothing was started"
+        )
 
 
 def restart_service(profile_path: Path, name: str, *, timeout: float = 60.0) -> dict[str, Any]:
@@ -441,7 +456,7 @@ def restart_service(profile_path: Path, name: str, *, timeout: float = 60.0) -> 
             f"no service {name!r} in this network; known: {', '.join(sorted(state.services))}"
         )
     before = int(state.services[name].get("restarts", 0))
-    request = _run_dir(profile_path) / f"{name}.restart"
+    request = _run_dir(profile_path) / f"{name}{RESTART_REQUEST_SUFFIX}"
     from ehrshare.services.vault import atomic_write
 
     atomic_write(request, b"", mode=0o644)
@@ -457,10 +472,17 @@ def restart_service(profile_path: Path, name: str, *, timeout: float = 60.0) -> 
         if int(record.get("restarts", 0)) > before and not request.exists():
             if record.get("state") == "running":
                 return dict(record)
-            if record.get("state") in ("restarting", "failed"):
+            if record.get("state") == "restarting":
                 raise NetworkControlError(
                     f"{name} did not come back ({record.get('last_exit')}); the supervisor "
-                    f"keeps trying as its policy says; see {now.log_file}"
+                    f"tries again after its backoff; see {now.log_file} and "
+                    f"{now.log_file.parent / (name + '.stderr')}"
+                )
+            if record.get("state") == "failed":
+                raise NetworkControlError(
+                    f"{name} did not come back ({record.get('last_exit')}) and the supervisor "
+                    f"gave up on it; see {now.log_file} and "
+                    f"{now.log_file.parent / (name + '.stderr')}"
                 )
         if time.monotonic() > deadline:
             raise NetworkControlError(
@@ -498,14 +520,15 @@ class ServiceHealth:
         }
 
 
-def _probe(cmd: ServiceCommand, svc: ServiceConfig, timeout: float) -> tuple[bool, str]:
+def _probe(cmd: ServiceCommand, timeout: float) -> tuple[bool, str]:
     """Call the service's Health RPC as the service's own wallet; (answered, what it said)."""
     from ehrshare.services.kgc import KgcError
     from ehrshare.services.proxy import ProxyError
     from ehrshare.services.rpc import GrpcKgcClient, GrpcProxyClient
     from ehrshare.services.tls import ClientTls
 
-    if svc.wallet is None or svc.tls_ca is None:
+    svc = cmd.service
+    if svc is None or svc.wallet is None or svc.tls_ca is None:
         return False, "cannot check: the profile names no wallet or TLS CA for it"
     try:
         identity, signer = Wallet(svc.wallet, use_env=False).load_tls()
@@ -545,16 +568,12 @@ def check_services(profile_path: Path, *, timeout: float = 2.0) -> list[ServiceH
     mutual TLS, ``timeout`` seconds each, all at once) and by what the supervisor says. A
     service is healthy when it answers and, under a supervisor, is ``running``."""
     profile_path = profile_path.resolve()
-    prof = Profile.load(profile_path)
-    configs = {f"kgc{n.index}": n.service for n in prof.kgc_nodes} | {
-        px.name: px.service for px in prof.proxies
-    }
-    commands = service_commands(prof)
+    commands = service_commands(Profile.load(profile_path))
     if not commands:
         return []
     state = _services_state(profile_path)
     with ThreadPoolExecutor(max_workers=len(commands)) as pool:
-        probes = list(pool.map(lambda c: _probe(c, configs[c.name], timeout), commands))
+        probes = list(pool.map(lambda c: _probe(c, timeout), commands))
     out = []
     for cmd, (answering, detail) in zip(commands, probes, strict=True):
         record = state.services.get(cmd.name) if state.running else None

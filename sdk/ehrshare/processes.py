@@ -177,6 +177,8 @@ class ServiceCommand:
     address: str
     args: tuple[str, ...]
     state: Path
+    service: ServiceConfig | None = None
+    """Where the profile says it runs (its wallet and TLS CA: what a client needs to call it)."""
 
     def argv(self, executable: Sequence[str] = DEFAULT_EXECUTABLE) -> list[str]:
         """The full command line."""
@@ -238,14 +240,15 @@ def service_commands(profile: Profile) -> list[ServiceCommand]:
         assert node.service.key_file is not None
         head = ["kgc", "serve", "--index", str(node.index)]
         head += ["--node-key-file", str(node.service.key_file)]
-        out.append(ServiceCommand(f"kgc{node.index}", address, tuple(head + args), state))
+        name = f"kgc{node.index}"
+        out.append(ServiceCommand(name, address, tuple(head + args), state, node.service))
     for px in profile.proxies:
         if px.service.embedded:
             continue
         args, state, address = _common(profile, px.service, f"proxy {px.name}")
         assert px.service.key_file is not None
         head = ["proxy", "serve", "--key-file", str(px.service.key_file), "--name", px.name]
-        out.append(ServiceCommand(px.name, address, tuple(head + args), state))
+        out.append(ServiceCommand(px.name, address, tuple(head + args), state, px.service))
     return out
 
 
