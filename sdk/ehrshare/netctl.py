@@ -451,6 +451,9 @@ def restart_service(profile_path: Path, name: str, *, timeout: float = 60.0) -> 
             "the services are not running (no live supervisor): start them with "
             "'ehrshare network up'"
         )
+    if not state.ready:  # still starting: a request now would be cleared with the old ones
+        _wait_ready(profile_path, None, timeout)
+        state = _services_state(profile_path)
     if name not in state.services:
         raise UnknownService(
             f"no service {name!r} in this network; known: {', '.join(sorted(state.services))}"
