@@ -150,3 +150,23 @@ def test_a_dead_peer_moves_commits_and_event_followers_to_the_others(net: Fabric
         thread.join(10)
         gateway.close()
     assert not thread.is_alive()
+
+    # `repair` starts again only what is gone (the peer, then the orderer), the rest keeps its
+    # pids, and the network takes transactions again.
+    live = {n: p for n, p in net.pids().items() if n != "peer-HospitalAMSP"}
+    assert net.repair() == ["peer-HospitalAMSP"]
+    assert {n: p for n, p in net.pids().items() if n in live} == live
+    orderer = net.pids()["orderer1"]
+    os.kill(orderer, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pid_alive(orderer) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert net.repair() == ["orderer1"]
+    assert net.pids()["orderer1"] != orderer
+    assert net.running() and all(h["healthy"] for h in net.health().values())
+    assert net.repair() == []
+    gateway = _gateway(net, "HospitalAMSP")
+    try:
+        _publish(gateway, "repaired")
+    finally:
+        gateway.close()
