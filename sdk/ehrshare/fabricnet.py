@@ -51,13 +51,14 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -725,9 +726,49 @@ class FabricNet:
         expected = 1 + self.spec.orderers + len(self.spec.msp_ids)
         return len(procs) == expected and all(self._ours(p) for p in procs.values())
 
+    def live(self) -> list[str]:
+        """Names of the processes that still run (checked in ``/proc`` with their start time)."""
+        return [name for name, p in self._state.processes.items() if self._ours(p)]
+
     def pids(self) -> dict[str, int]:
         """The recorded pid of each process, by name (``ccaas``, ``orderer1``, ``peer-<MSP>``)."""
         return {name: p.pid for name, p in self._state.processes.items()}
+
+    def health(self, *, timeout: float = 1.0) -> dict[str, dict[str, Any]]:
+        """Each process of the network as it is now, by name: ``pid`` (recorded, or None),
+        ``status`` and ``healthy``. A process is checked in ``/proc`` (its pid, with the start
+        time recorded, so a reused pid does not count) and by connecting: a peer's or orderer's
+        operations ``/healthz`` and its gRPC port, the chaincode server's port. ``status`` is
+        ``running``, ``not answering (…)``, ``down (pid N is gone)`` or ``down`` (not started)."""
+        expected = ["ccaas"]
+        expected += [f"orderer{i + 1}" for i in range(self.spec.orderers)]
+        expected += [f"peer-{msp}" for msp in self.spec.msp_ids]
+        ports = self._state.ports
+        out: dict[str, dict[str, Any]] = {}
+        for name in expected:
+            proc = self._state.processes.get(name)
+            if proc is None:
+                out[name] = {"pid": None, "status": "down", "healthy": False}
+                continue
+            if not self._ours(proc):
+                status = f"down (pid {proc.pid} is gone)"
+            else:
+                if name == "ccaas":
+                    ops, listen = None, int(ports["ccaas"])
+                elif name.startswith("orderer"):
+                    entry = ports["orderers"][int(name.removeprefix("orderer")) - 1]
+                    ops, listen = int(entry["operations"]), int(entry["listen"])
+                else:
+                    entry = ports["peers"][name.removeprefix("peer-")]
+                    ops, listen = int(entry["operations"]), int(entry["listen"])
+                if ops is not None and not _healthy(ops, timeout=timeout):
+                    status = f"not answering (/healthz on 127.0.0.1:{ops} failed)"
+                elif not _connects(listen, timeout):
+                    status = f"not answering (nothing accepts on 127.0.0.1:{listen})"
+                else:
+                    status = "running"
+            out[name] = {"pid": proc.pid, "status": status, "healthy": status == "running"}
+        return out
 
     def _spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> _Proc:
         log = self.dir / "logs" / f"{name}.log"
@@ -825,6 +866,45 @@ class FabricNet:
             self.stop()
             raise
 
+    def repair(self, progress: Progress | None = None, *, timeout: float = 120.0) -> list[str]:
+        """Start again the processes of a deployed, partly running network that are gone (a
+        peer or orderer that crashed or was killed), leaving the live ones alone; returns their
+        names. Waits as :meth:`start` does. On failure what this call started is stopped again
+        and the error names the process and the tail of its log."""
+        if not self.deployed:
+            raise FabricNetError(
+                f"the network in {self.dir} was never fully deployed: stop it, then start it"
+            )
+        say = progress or (lambda _msg: None)
+        expected = ["ccaas", *(f"orderer{i + 1}" for i in range(self.spec.orderers))]
+        expected += [f"peer-{msp}" for msp in self.spec.msp_ids]
+        procs = self._state.processes
+        gone = [n for n in expected if n not in procs or not self._ours(procs[n])]
+        for name in gone:
+            old = procs.pop(name, None)
+            if old is not None:
+                self._reap(old.pid)
+        if not gone:
+            return []
+        _log.warning("restarting %s of the Fabric network in %s", ", ".join(gone), self.dir)
+        deadline = time.monotonic() + timeout
+        try:
+            if "ccaas" in gone:
+                say("chaincode server")
+                self._start_ccaas(deadline)
+            say(", ".join(gone))
+            self._start_orderers(deadline, only=gone)
+            self._start_peers(deadline, only=gone)
+            if any(n.startswith("orderer") for n in gone):
+                self._wait_leader(self.spec.channel, deadline)
+        except BaseException:
+            for name in gone:
+                if name in procs:
+                    self._stop_one(name, procs.pop(name))
+            self._save()
+            raise
+        return gone
+
     def _start_ccaas(self, deadline: float) -> None:
         exe = Path(sys.executable).parent / "ehrshare"
         if not exe.is_file():
@@ -893,10 +973,12 @@ class FabricNet:
             "ORDERER_METRICS_PROVIDER": "disabled",
         }
 
-    def _start_orderers(self, deadline: float) -> None:
+    def _start_orderers(self, deadline: float, only: Collection[str] | None = None) -> None:
         started = []
         for i in range(self.spec.orderers):
             name = f"orderer{i + 1}"
+            if only is not None and name not in only:
+                continue
             proc = self._spawn(name, [str(self.bin_dir / "orderer")], self._orderer_env(i))
             started.append((name, proc, self._state.ports["orderers"][i]["operations"]))
         for name, proc, ops in started:
@@ -941,10 +1023,12 @@ class FabricNet:
             "CORE_LEDGER_STATE_STATEDATABASE": "goleveldb",
         }
 
-    def _start_peers(self, deadline: float) -> None:
+    def _start_peers(self, deadline: float, only: Collection[str] | None = None) -> None:
         started = []
         for msp in self.spec.msp_ids:
             name = f"peer-{msp}"
+            if only is not None and name not in only:
+                continue
             proc = self._spawn(
                 name, [str(self.bin_dir / "peer"), "node", "start"], self._peer_env(msp)
             )
@@ -1366,10 +1450,18 @@ def _logged(proc: _Proc, pattern: re.Pattern[str]) -> bool:
         return False
 
 
-def _healthy(port: int) -> bool:
+def _connects(port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _healthy(port: int, *, timeout: float = 1.0) -> bool:
     try:
         with urllib.request.urlopen(  # our loopback operations endpoint
-            f"http://127.0.0.1:{port}/healthz", timeout=1
+            f"http://127.0.0.1:{port}/healthz", timeout=timeout
         ) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError, ValueError):

@@ -7,12 +7,16 @@ supervisor by the pid in the file, which stops its children by pid. A pid is sig
 after checking, in ``/proc/<pid>/cmdline``, that it is still this profile's supervisor (pids
 are reused). With a ``ledger: fabric`` profile whose ``ledger.network`` is a local network
 (:mod:`ehrshare.fabricnet`), ``up`` first starts its orderers, peers and chaincode server and
-``down`` stops them last. This module starts and stops processes; it must not touch the ledger,
-the store or any key.
+``down`` stops them last. The supervisor itself is :meth:`ehrshare.processes.ServiceProcesses.
+supervise`; this module asks it to restart one service (:func:`restart_service`) and tells the
+truth about each service (:func:`check_services`) by calling its ``Health`` RPC over the mutual
+TLS the clients use, presenting the service's own wallet TLS client certificate. It starts and
+stops processes; it must not touch the ledger or the store, and reads no key but that TLS one.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -20,24 +24,49 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ehrshare.profile import Profile
+from ehrshare.faults import fault_point
+from ehrshare.processes import (
+    RESTART_REQUEST_SUFFIX,
+    RestartPolicy,
+    ServiceCommand,
+    pid_alive,
+    service_commands,
+)
+from ehrshare.profile import Profile, Wallet
 
 if TYPE_CHECKING:
     from ehrshare.fabricnet import FabricNet
 
-__all__ = ["NetworkControlError", "NetworkState", "network_down", "network_state", "network_up"]
+__all__ = [
+    "NetworkControlError",
+    "NetworkState",
+    "ServiceHealth",
+    "UnknownService",
+    "check_services",
+    "hold_supervisor_lock",
+    "network_down",
+    "network_state",
+    "network_up",
+    "restart_service",
+]
 
 _log = logging.getLogger(__name__)
 STATE_FILE = "network.json"
 LOG_FILE = "network.log"
+LOCK_FILE = "network.lock"
 
 
 class NetworkControlError(RuntimeError):
     """The services could not be started or stopped; the message says why and what to do."""
+
+
+class UnknownService(NetworkControlError):
+    """``network restart`` named a service the supervisor does not run (a usage error)."""
 
 
 @dataclass(frozen=True)
@@ -51,6 +80,10 @@ class NetworkState:
     log_file: Path
     fabric: dict[str, Any] | None = None
     """The profile's local Fabric network: ``running``, ``pids`` by process, ``logs``."""
+    stale_supervisor_pid: int | None = None
+    """The pid a state file names whose supervisor is gone (killed, crashed)."""
+    ready: bool = False
+    """Whether the live supervisor has seen every service listen once (its first start done)."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form for ``--json`` output."""
@@ -63,6 +96,8 @@ class NetworkState:
         }
         if self.fabric is not None:
             out["fabric"] = self.fabric
+        if self.stale_supervisor_pid is not None:
+            out["stale_supervisor_pid"] = self.stale_supervisor_pid
         return out
 
 
@@ -97,6 +132,7 @@ def _services_state(profile_path: Path, fabric: dict[str, Any] | None = None) ->
         data = json.loads(state_file.read_text(encoding="utf-8"))
         pid = int(data["supervisor_pid"])
         services = dict(data.get("services", {}))
+        ready = bool(data.get("ready", False))
     except (OSError, ValueError, KeyError, TypeError):
         return NetworkState(False, None, {}, state_file, log_file, fabric)
     running = _is_our_supervisor(pid, profile_path)
@@ -107,6 +143,8 @@ def _services_state(profile_path: Path, fabric: dict[str, Any] | None = None) ->
         state_file,
         log_file,
         fabric,
+        None if running else pid,
+        running and ready,
     )
 
 
@@ -133,13 +171,17 @@ def _log_tail(log_file: Path, lines: int = 8) -> str:
     return " | ".join(text.strip().splitlines()[-lines:]) or "(empty log)"
 
 
-def network_up(profile_path: Path, *, timeout: float = 90.0) -> NetworkState:
+def network_up(
+    profile_path: Path, *, timeout: float = 90.0, policy: RestartPolicy | None = None
+) -> NetworkState:
     """Start the profile's services in the background and wait until every one listens.
 
     Returns the state (``running`` and the services). If they are already up, returns that
-    state without starting anything. Raises :class:`NetworkControlError` if the profile runs
-    everything in-process, or the services do not come up within ``timeout`` seconds (then
-    nothing is left running).
+    state without starting anything. A state file whose supervisor is gone is cleared, and any
+    of its services still alive are stopped first. The supervisor restarts a service that dies
+    as ``policy`` says (default :class:`~ehrshare.processes.RestartPolicy`). Raises
+    :class:`NetworkControlError` if the profile runs everything in-process, or the services do
+    not come up within ``timeout`` seconds (then nothing is left running).
     """
     profile_path = profile_path.resolve()
     prof = Profile.load(profile_path)
@@ -154,15 +196,23 @@ def network_up(profile_path: Path, *, timeout: float = 90.0) -> NetworkState:
         )
     started_fabric = False
     if fabric is not None and not fabric.running():
-        try:
-            fabric.start()
-        except Exception as exc:
-            fabric.stop()
-            raise NetworkControlError(f"the Fabric network did not start: {exc}") from None
-        started_fabric = True
+        if fabric.live() and fabric.deployed:
+            try:  # partly running: start only the processes that are gone
+                fabric.repair()
+            except Exception as exc:
+                raise NetworkControlError(
+                    f"the Fabric network's missing processes did not start again: {exc}"
+                ) from None
+        else:
+            try:
+                fabric.start()
+            except Exception as exc:
+                fabric.stop()
+                raise NetworkControlError(f"the Fabric network did not start: {exc}") from None
+            started_fabric = True
     try:
         if remote:
-            _start_services(profile_path, timeout)
+            _start_services(profile_path, timeout, policy or RestartPolicy())
     except BaseException:
         if started_fabric:  # nothing this call started is left running
             assert fabric is not None
@@ -171,13 +221,50 @@ def network_up(profile_path: Path, *, timeout: float = 90.0) -> NetworkState:
     return network_state(profile_path)
 
 
-def _start_services(profile_path: Path, timeout: float) -> None:
-    """Start the service supervisor unless it runs; wait until every service listens."""
-    current = _services_state(profile_path)
-    if current.running:
-        return
+def hold_supervisor_lock(run_dir: Path) -> int | None:
+    """Take ``<run dir>/network.lock`` for the calling supervisor for as long as it lives (the
+    kernel drops it when the process dies, however it dies). Returns the open descriptor, or
+    None if another live supervisor of this profile holds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _supervisor_alive(run_dir: Path) -> bool:
+    """Whether some supervisor holds this profile's lock (it may not have written its state
+    file yet)."""
+    if not (run_dir / LOCK_FILE).exists():
+        return False
+    fd = hold_supervisor_lock(run_dir)
+    if fd is None:
+        return True
+    os.close(fd)  # closing drops the lock again
+    return False
+
+
+def _start_services(profile_path: Path, timeout: float, policy: RestartPolicy) -> None:
+    """Start the service supervisor unless one runs; wait until every service listens."""
     run = _run_dir(profile_path)
+    current = _services_state(profile_path)
+    if current.running or _supervisor_alive(run):
+        _wait_ready(profile_path, None, timeout)
+        # What the supervisor gave up on does not run: `up` retries it, as `restart` would.
+        for name, record in _services_state(profile_path).services.items():
+            if record.get("state") == "failed":
+                restart_service(profile_path, name, timeout=timeout)
+        return
     run.mkdir(parents=True, exist_ok=True)
+    if current.stale_supervisor_pid is not None:
+        _log.warning(
+            "the service supervisor (pid %d) is gone; starting a new one",
+            current.stale_supervisor_pid,
+        )
+        _stop_orphans(profile_path, current.state_file)
     current.state_file.unlink(missing_ok=True)  # stale: its supervisor is gone
     argv = [
         sys.executable,
@@ -189,6 +276,14 @@ def _start_services(profile_path: Path, timeout: float) -> None:
         str(profile_path),
         "--state-file",
         str(current.state_file),
+        "--restart-backoff",
+        str(policy.backoff),
+        "--restart-backoff-max",
+        str(policy.backoff_max),
+        "--stable-after",
+        str(policy.stable_after),
+        "--give-up-after",
+        str(policy.give_up_after),
     ]
     with current.log_file.open("ab") as log:
         proc = subprocess.Popen(  # noqa: S603 - our own CLI
@@ -199,26 +294,48 @@ def _start_services(profile_path: Path, timeout: float) -> None:
             start_new_session=True,  # outlives this command and its terminal
         )
     _log.info("started the service supervisor (pid %d) for %s", proc.pid, profile_path)
+    fault_point("netctl.up.after_spawn")
+    _wait_ready(profile_path, proc, timeout)
+
+
+def _wait_ready(profile_path: Path, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """Wait until a live supervisor reports every service listening: ours (``proc``), or one
+    another ``network up`` started (then its own caller stops it if it fails)."""
+    run = _run_dir(profile_path)
+    log_file = run / LOG_FILE
     deadline = time.monotonic() + timeout
     while True:
         state = _services_state(profile_path)
-        if state.running and state.supervisor_pid == proc.pid:
+        if state.ready:
             return
-        if proc.poll() is not None:
+        if proc is not None and proc.poll() is not None:
+            if _supervisor_alive(run):  # another `network up` won the race: wait for it
+                proc = None
+                continue
             raise NetworkControlError(
                 f"the services did not start (supervisor exited with code {proc.returncode}): "
-                f"{_log_tail(current.log_file)}; full log in {current.log_file}"
+                f"{_log_tail(log_file)}; full log in {log_file}"
+            )
+        if proc is None and not state.running and not _supervisor_alive(run):
+            raise NetworkControlError(
+                f"the service supervisor another 'network up' started is gone: "
+                f"{_log_tail(log_file)}; run 'ehrshare network up' again"
             )
         if time.monotonic() > deadline:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=15)
+            if proc is not None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout=15)
+                raise NetworkControlError(
+                    f"the services did not all listen within {timeout:.0f} s and were stopped: "
+                    f"{_log_tail(log_file)}; full log in {log_file}"
+                )
             raise NetworkControlError(
-                f"the services did not all listen within {timeout:.0f} s and were stopped: "
-                f"{_log_tail(current.log_file)}; full log in {current.log_file}"
+                f"the services another 'network up' is starting did not all listen within "
+                f"{timeout:.0f} s; see {log_file}"
             )
         time.sleep(0.1)
 
@@ -234,6 +351,7 @@ def network_down(profile_path: Path, *, timeout: float = 30.0) -> NetworkState |
     state = network_state(profile_path)
     fabric = _fabric_network(Profile.load(profile_path))
     if not state.running:
+        _stop_orphans(profile_path, state.state_file)
         state.state_file.unlink(missing_ok=True)
         if fabric is not None and fabric.running():
             fabric.stop()
@@ -265,3 +383,218 @@ def _fabric_network(prof: Profile) -> FabricNet | None:
     from ehrshare.fabricnet import FabricNet
 
     return FabricNet.load(prof.fabric.network.parent)
+
+
+def _is_our_service(pid: int, cmd: ServiceCommand) -> bool:
+    """Whether ``pid`` is still this service's process (its command line names its state
+    directory), not a stranger that got the pid."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    args = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
+    return "serve" in args and "--state-dir" in args and str(cmd.state) in args
+
+
+def _stop_orphans(profile_path: Path, state_file: Path, grace: float = 10.0) -> None:
+    """Stop the services a dead supervisor's state file names that still run (by pid, after the
+    /proc check): they die with it (SIGTERM), but may still be shutting down and holding their
+    ports when a new supervisor starts theirs."""
+    try:
+        data = json.loads(state_file.read_text(encoding="utf-8"))
+        recorded = {str(k): v.get("pid") for k, v in dict(data.get("services", {})).items()}
+        commands = {c.name: c for c in service_commands(Profile.load(profile_path))}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return
+    left = {
+        name: int(pid)
+        for name, pid in recorded.items()
+        if isinstance(pid, int) and name in commands and _is_our_service(pid, commands[name])
+    }
+
+    def gone_within(seconds: float) -> bool:
+        deadline = time.monotonic() + seconds
+        while True:
+            for name, pid in list(left.items()):
+                if not pid_alive(pid) or not _is_our_service(pid, commands[name]):
+                    del left[name]
+            if not left:
+                return True
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+
+    if gone_within(grace):
+        return
+    for name, pid in left.items():
+        _log.warning("%s (pid %d) outlived its supervisor; killing it", name, pid)
+        os.kill(pid, signal.SIGKILL)
+    if not gone_within(grace):
+        raise NetworkControlError(
+            f"{', '.join(left)} of a dead supervisor survived SIGKILL for {grace:.0f} s "
+            f"(pids {', '.join(map(str, left.values()))}); nothing was started"
+        )
+
+
+def restart_service(profile_path: Path, name: str, *, timeout: float = 60.0) -> dict[str, Any]:
+    """Ask the running supervisor to restart one service (SIGTERM, then start again, with its
+    failure count reset: also how to retry a service it gave up on) and wait until it listens.
+
+    Returns the service's new record from the state file. Raises :class:`UnknownService` for a
+    name the supervisor does not run, :class:`NetworkControlError` if no supervisor runs or the
+    service does not come back within ``timeout`` seconds.
+    """
+    profile_path = profile_path.resolve()
+    state = _services_state(profile_path)
+    if not state.running:
+        raise NetworkControlError(
+            "the services are not running (no live supervisor): start them with "
+            "'ehrshare network up'"
+        )
+    if not state.ready:  # still starting: a request now would be cleared with the old ones
+        _wait_ready(profile_path, None, timeout)
+        state = _services_state(profile_path)
+    if name not in state.services:
+        raise UnknownService(
+            f"no service {name!r} in this network; known: {', '.join(sorted(state.services))}"
+        )
+    before = int(state.services[name].get("restarts", 0))
+    request = _run_dir(profile_path) / f"{name}{RESTART_REQUEST_SUFFIX}"
+    from ehrshare.services.vault import atomic_write
+
+    atomic_write(request, b"", mode=0o644)
+    fault_point("netctl.restart.after_request")
+    deadline = time.monotonic() + timeout
+    while True:
+        now = _services_state(profile_path)
+        if not now.running:
+            raise NetworkControlError(
+                f"the service supervisor stopped while restarting {name}; see {now.log_file}"
+            )
+        record = now.services.get(name, {})
+        if int(record.get("restarts", 0)) > before and not request.exists():
+            if record.get("state") == "running":
+                return dict(record)
+            if record.get("state") == "restarting":
+                raise NetworkControlError(
+                    f"{name} did not come back ({record.get('last_exit')}); the supervisor "
+                    f"tries again after its backoff; see {now.log_file} and "
+                    f"{now.log_file.parent / (name + '.stderr')}"
+                )
+            if record.get("state") == "failed":
+                raise NetworkControlError(
+                    f"{name} did not come back ({record.get('last_exit')}) and the supervisor "
+                    f"gave up on it; see {now.log_file} and "
+                    f"{now.log_file.parent / (name + '.stderr')}"
+                )
+        if time.monotonic() > deadline:
+            raise NetworkControlError(
+                f"{name} was not listening again within {timeout:.0f} s; see {now.log_file}"
+            )
+        time.sleep(0.1)
+
+
+@dataclass(frozen=True)
+class ServiceHealth:
+    """One service as ``network status`` reports it: what the supervisor says and whether the
+    service answered a ``Health`` call. ``status`` is the one-line truth (``running``,
+    ``restarting (attempt 3, last exit: killed by SIGKILL)``, ``failed (…)``, ``starting``,
+    ``not answering (…)``, ``down``)."""
+
+    name: str
+    address: str
+    status: str
+    healthy: bool
+    answering: bool
+    pid: int | None
+    supervisor: dict[str, Any] | None
+    detail: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return {
+            "address": self.address,
+            "status": self.status,
+            "healthy": self.healthy,
+            "answering": self.answering,
+            "pid": self.pid,
+            "supervisor": self.supervisor,
+            "detail": self.detail,
+        }
+
+
+def _probe(cmd: ServiceCommand, timeout: float) -> tuple[bool, str]:
+    """Call the service's Health RPC as the service's own wallet; (answered, what it said)."""
+    from ehrshare.services.kgc import KgcError
+    from ehrshare.services.proxy import ProxyError
+    from ehrshare.services.rpc import GrpcKgcClient, GrpcProxyClient
+    from ehrshare.services.tls import ClientTls
+
+    svc = cmd.service
+    if svc is None or svc.wallet is None or svc.tls_ca is None:
+        return False, "cannot check: the profile names no wallet or TLS CA for it"
+    try:
+        identity, signer = Wallet(svc.wallet, use_env=False).load_tls()
+        tls = ClientTls.for_member(identity, signer, [svc.tls_ca.read_bytes()])
+    except (OSError, ValueError) as exc:
+        return False, f"cannot check: {exc}"
+    client: GrpcKgcClient | GrpcProxyClient
+    if cmd.args[0] == "kgc":
+        client = GrpcKgcClient(cmd.address, index=0, tls=tls, server_name=svc.server_name)
+    else:
+        client = GrpcProxyClient(cmd.address, tls=tls, server_name=svc.server_name)
+    try:
+        with client:
+            answer = client.health(timeout=timeout)
+    except (KgcError, ProxyError) as exc:
+        return False, str(exc)
+    return True, json.dumps(answer, sort_keys=True)
+
+
+def _describe(name: str, record: dict[str, Any]) -> str:
+    state = str(record.get("state"))
+    attempt, last = record.get("attempt", 0), record.get("last_exit")
+    if state == "restarting":
+        return f"restarting (attempt {attempt}, last exit: {last})"
+    if state == "failed":
+        return (
+            f"failed (gave up after {attempt} quick failures, last exit: {last}; fix it, then "
+            f"'ehrshare network restart {name}')"
+        )
+    if state == "starting" and attempt:
+        return f"starting (attempt {attempt}, last exit: {last})"
+    return state
+
+
+def check_services(profile_path: Path, *, timeout: float = 2.0) -> list[ServiceHealth]:
+    """Every service the profile runs as a process, checked by calling it (``Health`` over
+    mutual TLS, ``timeout`` seconds each, all at once) and by what the supervisor says. A
+    service is healthy when it answers and, under a supervisor, is ``running``."""
+    profile_path = profile_path.resolve()
+    commands = service_commands(Profile.load(profile_path))
+    if not commands:
+        return []
+    state = _services_state(profile_path)
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:
+        probes = list(pool.map(lambda c: _probe(c, timeout), commands))
+    out = []
+    for cmd, (answering, detail) in zip(commands, probes, strict=True):
+        record = state.services.get(cmd.name) if state.running else None
+        pid = record.get("pid") if record else None
+        if record is None:
+            status = "running (not under 'network up')" if answering else "down"
+            if not answering and state.stale_supervisor_pid is not None:
+                status += f" (its supervisor, pid {state.stale_supervisor_pid}, is gone)"
+            healthy = answering
+        elif record.get("state") == "running":
+            if isinstance(pid, int) and not pid_alive(pid):
+                status = f"down (pid {pid} exited; the supervisor restarts it)"
+            else:
+                status = "running" if answering else f"not answering ({detail})"
+            healthy = answering and status == "running"
+        else:
+            status, healthy = _describe(cmd.name, record), False
+        out.append(
+            ServiceHealth(cmd.name, cmd.address, status, healthy, answering, pid, record, detail)
+        )
+    return out

@@ -8,8 +8,12 @@ hand, see ``docs/operations.md``); :class:`ServiceProcesses` runs them as child 
 until each listens, and stops them by pid (SIGTERM, then SIGKILL after a grace period).
 
 Each process logs to its state directory (``kgc.log`` / ``proxy.log``); its stderr goes to
-``<run dir>/<name>.stderr``. This module must not read any key file (the processes do) and must
-never signal a process it did not start.
+``<run dir>/<name>.stderr``. :meth:`ServiceProcesses.supervise` is the one supervisor of these
+processes (what ``consortium serve`` / ``network up`` run): it notices a child that died, logs
+its exit status or signal, restarts it after a bounded exponential backoff
+(:class:`RestartPolicy`), gives up on a service that keeps failing, and restarts one on request
+(a ``<run dir>/<name>.restart`` file). This module must not read any key file (the processes
+do) and must never signal a process it did not start.
 """
 
 from __future__ import annotations
@@ -20,19 +24,25 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Final
+from typing import Any, Final
 
+from ehrshare.faults import fault_point
 from ehrshare.profile import Profile, ProfileError, ServiceConfig
 
 __all__ = [
+    "RESTART_REQUEST_SUFFIX",
+    "RestartPolicy",
     "ServiceCommand",
     "ServiceProcessError",
     "ServiceProcesses",
+    "ServiceStatus",
+    "describe_exit",
     "free_loopback_ports",
     "pid_alive",
     "service_commands",
@@ -41,6 +51,8 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 DEFAULT_EXECUTABLE: Final = (sys.executable, "-m", "ehrshare")
+RESTART_REQUEST_SUFFIX: Final = ".restart"
+"""``<run dir>/<name>.restart``: asks a supervising :class:`ServiceProcesses` to restart one."""
 
 
 # Sets PR_SET_PDEATHSIG in a small launcher that then execs the service (the pid stays the
@@ -72,6 +84,75 @@ def pid_alive(pid: int) -> bool:
         return False
 
 
+def describe_exit(returncode: int) -> str:
+    """A process's exit status as people read it: ``exit code 1``, ``killed by SIGKILL``."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """When the supervisor restarts a service that died.
+
+    The first restart waits ``backoff`` seconds, each further *quick* failure (the service ran
+    less than ``stable_after`` seconds) doubles the wait up to ``backoff_max``; a service that
+    ran ``stable_after`` seconds starts from ``backoff`` again. After ``give_up_after`` quick
+    failures in a row it is left down (state ``failed``) until restarted by request.
+    """
+
+    backoff: float = 0.5
+    backoff_max: float = 30.0
+    stable_after: float = 60.0
+    give_up_after: int = 5
+
+    def __post_init__(self) -> None:
+        if not (0 < self.backoff <= self.backoff_max) or self.stable_after <= 0:
+            raise ValueError(
+                "restart policy needs 0 < backoff <= backoff_max and stable_after > 0, got "
+                f"{self.backoff}, {self.backoff_max}, {self.stable_after}"
+            )
+        if self.give_up_after < 1:
+            raise ValueError(f"give_up_after must be at least 1, got {self.give_up_after}")
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait before restart number ``attempt`` (1-based) of a quick-failing run."""
+        return float(min(self.backoff * 2 ** max(attempt - 1, 0), self.backoff_max))
+
+
+@dataclass(slots=True)
+class ServiceStatus:
+    """What the supervisor knows of one service.
+
+    ``state``: ``starting`` (spawned, not listening yet), ``running`` (listening),
+    ``restarting`` (died; restart ``attempt`` due at ``retry_at``), ``failed`` (gave up after
+    ``attempt`` quick failures) or ``stopped``. ``last_exit`` is the last death
+    (:func:`describe_exit`), ``restarts`` how many times it was started again.
+    """
+
+    state: str = "stopped"
+    pid: int | None = None
+    attempt: int = 0
+    restarts: int = 0
+    last_exit: str | None = None
+    started_at: float = 0.0
+    retry_at: float | None = None
+
+    def as_dict(self, now: float) -> dict[str, Any]:
+        """JSON-ready form (``retry_in``: seconds until the next restart, if one is due)."""
+        return {
+            "state": self.state,
+            "pid": self.pid,
+            "attempt": self.attempt,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "retry_in": None if self.retry_at is None else round(max(self.retry_at - now, 0), 2),
+        }
+
+
 def free_loopback_ports(count: int) -> list[int]:
     """``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago (the kernel picks
     them; another program could still take one before the service binds it)."""
@@ -96,6 +177,8 @@ class ServiceCommand:
     address: str
     args: tuple[str, ...]
     state: Path
+    service: ServiceConfig | None = None
+    """Where the profile says it runs (its wallet and TLS CA: what a client needs to call it)."""
 
     def argv(self, executable: Sequence[str] = DEFAULT_EXECUTABLE) -> list[str]:
         """The full command line."""
@@ -157,14 +240,15 @@ def service_commands(profile: Profile) -> list[ServiceCommand]:
         assert node.service.key_file is not None
         head = ["kgc", "serve", "--index", str(node.index)]
         head += ["--node-key-file", str(node.service.key_file)]
-        out.append(ServiceCommand(f"kgc{node.index}", address, tuple(head + args), state))
+        name = f"kgc{node.index}"
+        out.append(ServiceCommand(name, address, tuple(head + args), state, node.service))
     for px in profile.proxies:
         if px.service.embedded:
             continue
         args, state, address = _common(profile, px.service, f"proxy {px.name}")
         assert px.service.key_file is not None
         head = ["proxy", "serve", "--key-file", str(px.service.key_file), "--name", px.name]
-        out.append(ServiceCommand(px.name, address, tuple(head + args), state))
+        out.append(ServiceCommand(px.name, address, tuple(head + args), state, px.service))
     return out
 
 
@@ -174,7 +258,8 @@ class ServiceProcesses:
     Use as a context manager (everything still running is stopped on exit). ``run_dir`` holds
     port files and each process's stderr. ``die_with_parent=True`` asks Linux to SIGTERM the
     children if the thread that started them dies (a killed test run or demo leaves nothing
-    behind); leave it off when starting services from short-lived threads.
+    behind); leave it off when starting services from short-lived threads, and call
+    :meth:`supervise` from the thread that called :meth:`start`.
     """
 
     def __init__(
@@ -185,6 +270,7 @@ class ServiceProcesses:
         executable: Sequence[str] = DEFAULT_EXECUTABLE,
         start_timeout: float = 60.0,
         die_with_parent: bool = False,
+        policy: RestartPolicy | None = None,
     ) -> None:
         self.die_with_parent = die_with_parent
         self.commands = {c.name: c for c in service_commands(profile)}
@@ -193,7 +279,9 @@ class ServiceProcesses:
         self.run_dir = run_dir
         self.executable = tuple(executable)
         self.start_timeout = start_timeout
+        self.policy = policy or RestartPolicy()
         self._procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.status = {name: ServiceStatus() for name in self.commands}
         self.started_pids: list[int] = []
 
     @property
@@ -201,45 +289,52 @@ class ServiceProcesses:
         """Pids of the processes started and not yet stopped."""
         return {name: p.pid for name, p in self._procs.items()}
 
+    def _port_file(self, name: str) -> Path:
+        return self.run_dir / f"{name}.port"
+
+    def _spawn(self, name: str) -> None:
+        if name in self._procs:
+            raise ServiceProcessError(f"{name} is already running (pid {self._procs[name].pid})")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        port_file = self._port_file(name)
+        port_file.unlink(missing_ok=True)
+        argv = [*self.commands[name].argv(self.executable), "--port-file", str(port_file)]
+        if self.die_with_parent:
+            argv = [sys.executable, "-c", _PDEATHSIG_LAUNCHER, str(os.getpid()), *argv]
+        with (self.run_dir / f"{name}.stderr").open("ab") as err:
+            proc = subprocess.Popen(  # noqa: S603 - our own CLI, arguments from the profile
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+            )
+        self._procs[name] = proc
+        self.started_pids.append(proc.pid)
+        st = self.status[name]
+        st.state, st.pid, st.started_at, st.retry_at = "starting", proc.pid, time.monotonic(), None
+        _log.info("started %s (pid %d) on %s", name, proc.pid, self.commands[name].address)
+
     def start(self, *names: str) -> None:
         """Start the named services (all by default) and wait until each listens."""
         todo = list(names or self.commands)
         unknown = [n for n in todo if n not in self.commands]
         if unknown:
             raise ValueError(f"unknown services {unknown}; known: {sorted(self.commands)}")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        ports: dict[str, Path] = {}
         for name in todo:
-            if name in self._procs:
-                raise ServiceProcessError(
-                    f"{name} is already running (pid {self._procs[name].pid})"
-                )
-            port_file = self.run_dir / f"{name}.port"
-            port_file.unlink(missing_ok=True)
-            ports[name] = port_file
-            argv = [*self.commands[name].argv(self.executable), "--port-file", str(port_file)]
-            if self.die_with_parent:
-                argv = [sys.executable, "-c", _PDEATHSIG_LAUNCHER, str(os.getpid()), *argv]
-            with (self.run_dir / f"{name}.stderr").open("ab") as err:
-                proc = subprocess.Popen(  # noqa: S603 - our own CLI, arguments from the profile
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=err,
-                )
-            self._procs[name] = proc
-            self.started_pids.append(proc.pid)
-            _log.info("started %s (pid %d) on %s", name, proc.pid, self.commands[name].address)
+            self._spawn(name)
         deadline = time.monotonic() + self.start_timeout
-        waiting = dict(ports)
+        waiting = list(todo)
         while waiting:
-            for name, port_file in list(waiting.items()):
-                if port_file.exists():
-                    del waiting[name]
+            for name in list(waiting):
+                if self._port_file(name).exists():
+                    waiting.remove(name)
+                    self.status[name].state = "running"
                     continue
                 proc = self._procs[name]
                 if proc.poll() is not None:
                     self._procs.pop(name)
+                    st = self.status[name]
+                    st.state, st.pid, st.last_exit = "stopped", None, describe_exit(proc.returncode)
                     raise ServiceProcessError(
                         f"{name} exited with code {proc.returncode}: {self._stderr_tail(name)}"
                     )
@@ -271,6 +366,8 @@ class ServiceProcesses:
                 _log.warning("%s (pid %d) ignored SIGTERM; killing it", name, proc.pid)
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=grace)
+        st = self.status[name]
+        st.state, st.pid, st.retry_at = "stopped", None, None
         _log.info("stopped %s (pid %d): exit %s", name, proc.pid, proc.returncode)
         return proc.returncode
 
@@ -288,6 +385,130 @@ class ServiceProcesses:
             except (OSError, subprocess.TimeoutExpired) as exc:
                 _log.warning("stopping %s: %s", name, exc)
         return codes
+
+    # --- supervision ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict[str, dict[str, Any]]:
+        """Every service's address and :class:`ServiceStatus`, JSON-ready."""
+        now = time.monotonic()
+        return {
+            name: {"address": cmd.address, **self.status[name].as_dict(now)}
+            for name, cmd in self.commands.items()
+        }
+
+    def request_file(self, name: str) -> Path:
+        """The file whose existence asks :meth:`supervise` to restart ``name``."""
+        return self.run_dir / f"{name}{RESTART_REQUEST_SUFFIX}"
+
+    def check(self) -> bool:
+        """One supervision step: handle restart requests, notice deaths, start what is due.
+
+        Returns True if any service's status changed. Never blocks longer than a requested
+        restart's clean stop.
+        """
+        changed = False
+        for name in self.commands:
+            changed |= self._check_one(name, time.monotonic())
+        return changed
+
+    def _check_one(self, name: str, now: float) -> bool:
+        st = self.status[name]
+        request = self.request_file(name)
+        if request.exists():
+            request.unlink(missing_ok=True)
+            _log.warning("restarting %s on request", name)
+            if name in self._procs:
+                self.stop(name)
+            fault_point("supervisor.restart.after_stop")
+            st.attempt = 0
+            st.restarts += 1
+            self._try_spawn(name, now)
+            return True
+        proc = self._procs.get(name)
+        if proc is not None:
+            code = proc.poll()
+            if code is not None:
+                self._procs.pop(name)
+                self._died(name, describe_exit(code), now)
+                return True
+            if st.state == "starting":
+                if self._port_file(name).exists():
+                    st.state = "running"
+                    _log.info(
+                        "%s (pid %d) listens on %s", name, proc.pid, self.commands[name].address
+                    )
+                    return True
+                if now - st.started_at > self.start_timeout:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait(timeout=10)
+                    self._procs.pop(name)
+                    why = f"did not listen within {self.start_timeout:.0f} s"
+                    self._died(name, why, now)
+                    return True
+            elif st.attempt and now - st.started_at >= self.policy.stable_after:
+                st.attempt = 0  # stable: the next death starts the backoff afresh
+                return True
+            return False
+        if st.state == "restarting" and st.retry_at is not None and now >= st.retry_at:
+            st.restarts += 1
+            self._try_spawn(name, now)
+            return True
+        return False
+
+    def _try_spawn(self, name: str, now: float) -> None:
+        try:
+            self._spawn(name)
+        except OSError as exc:  # no executable, no file descriptors: counts as a death
+            self.status[name].started_at = now
+            self._died(name, f"could not start: {exc}", now)
+
+    def _died(self, name: str, why: str, now: float) -> None:
+        st = self.status[name]
+        quick = now - st.started_at < self.policy.stable_after
+        st.attempt = st.attempt + 1 if quick else 1
+        st.last_exit, pid, st.pid = why, st.pid, None
+        tail = self._stderr_tail(name)
+        if st.attempt >= self.policy.give_up_after:
+            st.state, st.retry_at = "failed", None
+            _log.error(
+                "%s (pid %s) died: %s; gave up after %d quick failures in a row (last stderr: "
+                "%s); fix it and run 'ehrshare network restart %s'",
+                name,
+                pid,
+                why,
+                st.attempt,
+                tail,
+                name,
+            )
+            return
+        delay = self.policy.delay(st.attempt)
+        st.state, st.retry_at = "restarting", now + delay
+        _log.warning(
+            "%s (pid %s) died: %s; restarting in %.1f s (attempt %d)",
+            name,
+            pid,
+            why,
+            delay,
+            st.attempt,
+        )
+
+    def supervise(
+        self,
+        stop: threading.Event,
+        on_change: Callable[[], None] = lambda: None,
+        *,
+        interval: float = 0.2,
+    ) -> None:
+        """Watch the started services until ``stop`` is set: restart the ones that die (see
+        :class:`RestartPolicy`) and the ones asked for by :meth:`request_file`, calling
+        ``on_change`` after every change. Call it from the thread that called :meth:`start`
+        (with ``die_with_parent`` the children die with that thread)."""
+        for name in self.commands:
+            self.request_file(name).unlink(missing_ok=True)  # asked of a previous supervisor
+        while not stop.is_set():
+            if self.check():
+                on_change()
+            stop.wait(interval)
 
     def __enter__(self) -> ServiceProcesses:
         return self

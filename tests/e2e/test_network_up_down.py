@@ -87,8 +87,12 @@ def test_network_up_serves_members_and_down_stops_every_process(tmp_path: Path) 
         "stopped": False,
         "services": {},
     }
-    status = json.loads(_cli("network", "status", "--profile", str(root), "--json").stdout)
-    assert status["background_services"]["running"] is False
+    # … and exits 4: the services this profile runs as processes do not answer.
+    stopped = _cli("network", "status", "--profile", str(root), "--json", check=False)
+    assert stopped.returncode == 4
+    status = json.loads(stopped.stdout)["background_services"]
+    assert status["running"] is False and status["healthy"] is False
+    assert {s["status"] for s in status["services"].values()} == {"down"}
 
 
 def test_network_up_refuses_an_in_process_profile(tmp_path: Path) -> None:

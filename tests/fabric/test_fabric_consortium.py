@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -217,6 +218,39 @@ def test_network_up_runs_fabric_and_the_services_and_down_stops_them(tmp_path: P
             _cli("record", "get", ref["record_id"], "-p", str(root), "-w", "alice", "--json").stdout
         )
         assert kept["valueQuantity"]["value"] == 12.5
+
+        # Hospital C's peer dies: status says which process, by pid and by connecting, and
+        # exits 4; the services (on the other peers) still answer.
+        dead = up["fabric"]["pids"]["peer-HospitalCMSP"]
+        os.kill(dead, signal.SIGKILL)
+        _wait_for("the peer to die", lambda: not pid_alive(dead))
+        broken = _cli("network", "status", "--profile", str(root), "--json", check=False)
+        assert broken.returncode == 4
+        ledger = json.loads(broken.stdout)["ledger"]
+        assert ledger["running"] is False
+        assert ledger["processes"]["peer-HospitalCMSP"]["status"] == f"down (pid {dead} is gone)"
+        assert {n: p["status"] for n, p in ledger["processes"].items() if "CMSP" not in n} == {
+            "ccaas": "running",
+            "orderer1": "running",
+            "peer-HospitalAMSP": "running",
+            "peer-HospitalBMSP": "running",
+        }
+        assert json.loads(broken.stdout)["background_services"]["healthy"] is True
+        text = _cli("network", "status", "--profile", str(root), check=False)
+        assert f"peer-HospitalCMSP (pid {dead}): down (pid {dead} is gone)" in text.stderr
+
+        # `network up` starts again only what is gone; the rest keeps its pids.
+        repaired = json.loads(_cli("network", "up", "--profile", str(root), "--json").stdout)
+        assert repaired["already_running"] and repaired["fabric"]["running"]
+        new_peer = repaired["fabric"]["pids"]["peer-HospitalCMSP"]
+        assert new_peer != dead and pid_alive(new_peer)
+        started.append(new_peer)
+        assert {n: p for n, p in repaired["fabric"]["pids"].items() if "CMSP" not in n} == {
+            n: p for n, p in up["fabric"]["pids"].items() if "CMSP" not in n
+        }
+        healed = _cli("network", "status", "--profile", str(root), "--json", check=False)
+        assert healed.returncode == 0, healed.stderr
+        _cli("enroll", "-p", str(root), "-w", "carol")
     finally:
         down = _cli("network", "down", "--profile", str(root), "--json", check=False)
     assert down.returncode == 0, down.stderr

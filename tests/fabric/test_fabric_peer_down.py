@@ -117,9 +117,28 @@ def test_a_dead_peer_moves_commits_and_event_followers_to_the_others(net: Fabric
         wait_for(before)
         assert follower.reconnects == 0
 
+        health = net.health()
+        assert {n: h["status"] for n, h in health.items()} == dict.fromkeys(health, "running")
+        assert sorted(health) == [
+            "ccaas", "orderer1", "peer-HospitalAMSP", "peer-HospitalBMSP", "peer-HospitalCMSP"
+        ]  # fmt: skip
+
         # Hospital A's peer dies (SIGKILL): the events came from it, it was the first endorser
         # and the commit listener read its blocks.
-        os.kill(net.pids()["peer-HospitalAMSP"], signal.SIGKILL)
+        dead = net.pids()["peer-HospitalAMSP"]
+        os.kill(dead, signal.SIGKILL)
+        # Its health says so at once (by pid in /proc); the others still answer.
+        deadline = time.monotonic() + 10
+        while net.health()["peer-HospitalAMSP"]["healthy"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        health = net.health()
+        assert health["peer-HospitalAMSP"] == {
+            "pid": dead,
+            "status": f"down (pid {dead} is gone)",
+            "healthy": False,
+        }
+        assert all(h["healthy"] for n, h in health.items() if n != "peer-HospitalAMSP")
+        assert not net.running()
         after = _publish(gateway, "after")  # endorsed by B and C, committed, reported
         wait_for(after)
         assert follower.reconnects >= 1
@@ -131,3 +150,23 @@ def test_a_dead_peer_moves_commits_and_event_followers_to_the_others(net: Fabric
         thread.join(10)
         gateway.close()
     assert not thread.is_alive()
+
+    # `repair` starts again only what is gone (the peer, then the orderer), the rest keeps its
+    # pids, and the network takes transactions again.
+    live = {n: p for n, p in net.pids().items() if n != "peer-HospitalAMSP"}
+    assert net.repair() == ["peer-HospitalAMSP"]
+    assert {n: p for n, p in net.pids().items() if n in live} == live
+    orderer = net.pids()["orderer1"]
+    os.kill(orderer, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pid_alive(orderer) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert net.repair() == ["orderer1"]
+    assert net.pids()["orderer1"] != orderer
+    assert net.running() and all(h["healthy"] for h in net.health().values())
+    assert net.repair() == []
+    gateway = _gateway(net, "HospitalAMSP")
+    try:
+        _publish(gateway, "repaired")
+    finally:
+        gateway.close()

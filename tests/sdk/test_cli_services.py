@@ -77,3 +77,37 @@ def test_wallet_encrypt_then_commands_need_the_passphrase(
         .read_bytes()
         .startswith(b"ehrshare-wallet-v1")
     )
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--restart-backoff", "0"], "0 < backoff <= backoff_max"),
+        (["--restart-backoff", "5", "--restart-backoff-max", "1"], "0 < backoff <= backoff_max"),
+        (["--stable-after", "-1"], "stable_after > 0"),
+        (["--give-up-after", "0"], "give_up_after must be at least 1, got 0"),
+    ],
+)
+@pytest.mark.parametrize("command", [["network", "up"], ["consortium", "serve"]])
+def test_a_nonsense_restart_policy_is_a_usage_error_and_starts_nothing(
+    tmp_path: Path, command: list[str], options: list[str], message: str
+) -> None:
+    directory = tmp_path / "c"
+    invoke(
+        "consortium", "init", str(directory), "--services", "processes",
+        "--ports", ",".join(map(str, free_loopback_ports(6))), "--json",
+    )  # fmt: skip
+    out = invoke(*command, "-p", str(directory), *options, code=2)
+    assert message in " ".join(out.split()) and "Traceback" not in out
+    assert not (directory / "run").exists()  # no supervisor, no service, no state file
+
+
+def test_network_restart_without_a_running_network_says_how_to_start_it(tmp_path: Path) -> None:
+    directory = tmp_path / "c"
+    invoke(
+        "consortium", "init", str(directory), "--services", "processes",
+        "--ports", ",".join(map(str, free_loopback_ports(6))), "--json",
+    )  # fmt: skip
+    out = invoke("network", "restart", "kgc1", "-p", str(directory), code=4)
+    assert "no live supervisor" in out and "ehrshare network up" in " ".join(out.split())
+    assert not (directory / "run" / "kgc1.restart").exists()

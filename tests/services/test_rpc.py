@@ -137,6 +137,33 @@ def test_client_without_a_consortium_certificate_is_refused(net: Net, kind: str)
         proxy.public_key()
 
 
+def test_health_answers_over_mutual_tls_and_names_the_service(net: Net) -> None:
+    tls = net.tls_for("carol")
+    for i, target in enumerate(net.targets):
+        assert GrpcKgcClient(target, index=i + 1, tls=tls).health() == {
+            "service": "kgc",
+            "index": i + 1,
+        }
+    assert GrpcProxyClient(net.proxy_target, tls=tls).health() == {
+        "service": "proxy",
+        "name": "proxy-org1",
+    }
+
+
+def test_health_refuses_a_stranger_and_says_who_does_not_answer(net: Net) -> None:
+    identity, signer = LocalCA.create("EvilMSP").issue_tls_client("mallory")
+    rogue = ClientTls.for_member(identity, signer, net.roots)
+    with pytest.raises(KgcUnavailable, match=r"KGC node 1 at 127\.0\.0\.1:\d+ does not answer"):
+        GrpcKgcClient(net.targets[0], index=1, tls=rogue).health(timeout=5)
+    with pytest.raises(ProxyUnavailable):
+        GrpcProxyClient(net.proxy_target, tls=rogue).health(timeout=5)
+    nobody = GrpcKgcClient("127.0.0.1:1", index=4, tls=net.tls_for("carol"))
+    with pytest.raises(
+        KgcUnavailable, match=r"KGC node 4 at 127\.0\.0\.1:1 does not answer: UNAVAILABLE"
+    ):
+        nobody.health(timeout=2)
+
+
 def test_nodes_down_over_grpc(net: Net) -> None:
     w = net.world
     clients = net.kgc_clients("carol")

@@ -12,8 +12,10 @@ to exit codes; the work is in :mod:`ehrshare.session` and :mod:`ehrshare.consort
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
+import logging
 import os
 import shlex
 import signal
@@ -77,6 +79,32 @@ WalletOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")]
+BackoffOpt = Annotated[
+    float,
+    typer.Option(
+        "--restart-backoff",
+        help="Seconds before restarting a service that died; doubles with each quick failure.",
+    ),
+]
+BackoffMaxOpt = Annotated[
+    float, typer.Option("--restart-backoff-max", help="Longest wait between restarts (s).")
+]
+StableAfterOpt = Annotated[
+    float,
+    typer.Option(
+        "--stable-after",
+        help="Seconds a service must run for its failures to be forgotten (and a death to "
+        "count as not quick).",
+    ),
+]
+GiveUpAfterOpt = Annotated[
+    int,
+    typer.Option(
+        "--give-up-after",
+        help="Quick failures in a row after which a service is left down ('failed') until "
+        "'ehrshare network restart'.",
+    ),
+]
 
 
 def _fail(code: int, message: str, hint: str = "") -> NoReturn:
@@ -95,6 +123,7 @@ def _errors() -> Iterator[None]:
     from ehrshare.fhir import FhirValidationError, UnknownRecordType
     from ehrshare.hazmat.errors import EncodingError
     from ehrshare.ledger.errors import LedgerError, LedgerIntegrityError, OrderingKeyError
+    from ehrshare.netctl import NetworkControlError, UnknownService
     from ehrshare.profile import BackendUnavailable, ProfileError, WalletError
     from ehrshare.session import (
         AccessDenied,
@@ -144,6 +173,10 @@ def _errors() -> Iterator[None]:
             f"ask hospital {exc.msp_id} to start its proxy ('ehrshare proxy serve'), then retry",
         )
     except (RecordStorageError, EnrollmentError, ProxyError, StorageError) as exc:
+        _fail(EXIT_UNAVAILABLE, str(exc))
+    except UnknownService as exc:
+        _fail(EXIT_USAGE, str(exc), "'ehrshare network status' lists the services")
+    except NetworkControlError as exc:
         _fail(EXIT_UNAVAILABLE, str(exc))
     except FabricNetError as exc:
         _fail(EXIT_UNAVAILABLE, str(exc), "see the process logs under <consortium>/fabric")
@@ -254,8 +287,10 @@ def _fabric_status(prof: Any) -> dict[str, Any]:
     if fab.network is not None:
         from ehrshare.fabricnet import FabricNet
 
+        net = FabricNet.load(fab.network.parent)
         out["network"] = str(fab.network)
-        out["running"] = FabricNet.load(fab.network.parent).running()
+        out["running"] = net.running()
+        out["processes"] = net.health()
     return out
 
 
@@ -317,18 +352,31 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             float, typer.Option(min=1.0, help="Seconds to wait until every service listens.")
         ] = 90.0,
         as_json: JsonOpt = False,
+        restart_backoff: BackoffOpt = 0.5,
+        restart_backoff_max: BackoffMaxOpt = 30.0,
+        stable_after: StableAfterOpt = 60.0,
+        give_up_after: GiveUpAfterOpt = 5,
     ) -> None:
         """Start the profile's Fabric network (if its ledger is one), then every KGC node and
         proxy, in the background, and wait until all answer (a no-op for what already runs).
-        Logs go to run/network.log and fabric/logs/ next to the profile. Exit code 4 if they
-        do not come up (nothing is left running), 3 if the ledger or store volume is
-        missing, empty or another consortium's (nothing is started)."""
+        The supervisor restarts a service that dies (backoff doubling from --restart-backoff,
+        giving up after --give-up-after quick failures). Logs go to run/network.log and
+        fabric/logs/ next to the profile. Exit code 4 if they do not come up (nothing is left
+        running), 3 if the ledger or store volume is missing, empty or another consortium's
+        (nothing is started)."""
         from ehrshare.consortium import profile_file
         from ehrshare.netctl import NetworkControlError, network_state
         from ehrshare.netctl import network_up as up
+        from ehrshare.processes import RestartPolicy
         from ehrshare.profile import Profile
         from ehrshare.volumes import volume_problems
 
+        try:
+            policy = RestartPolicy(
+                restart_backoff, restart_backoff_max, stable_after, give_up_after
+            )
+        except ValueError as exc:
+            _fail(EXIT_USAGE, str(exc))
         with _errors():
             path = profile_file(_profile_path(profile))
             # Services started on an unmounted or foreign ledger would serve the wrong one.
@@ -337,7 +385,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             was_up = network_state(path.resolve()).running
             try:
                 with _progress("starting the services", as_json):
-                    state = up(path, timeout=timeout)
+                    state = up(path, timeout=timeout, policy=policy)
             except NetworkControlError as exc:
                 _fail(EXIT_UNAVAILABLE, str(exc))
         if as_json:
@@ -352,8 +400,41 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if state.supervisor_pid is not None:
             _err.print(f"[green]✓[/green] services {verb} (supervisor pid {state.supervisor_pid})")
         for name, svc in state.services.items():
-            _err.print(f"  {name}: pid {svc['pid']} on {svc['address']}")
+            _err.print(
+                f"  {name}: pid {svc['pid']} on {svc['address']} ({svc.get('state', 'running')})",
+                highlight=False,
+            )
         _err.print(f"stop them with: ehrshare network down --profile {path.parent}")
+
+    @network_app.command("restart", epilog=_EXIT_HELP)
+    def network_restart(
+        service: Annotated[
+            str,
+            typer.Argument(help="A service as 'network status' names it: kgc1, proxy-hospitala …"),
+        ],
+        profile: ProfileOpt = "",
+        timeout: Annotated[
+            float, typer.Option(min=1.0, help="Seconds to wait until it listens again.")
+        ] = 60.0,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Restart one KGC node or proxy through the 'network up' supervisor (SIGTERM, then
+        start again with its failure count reset; also retries a service the supervisor gave
+        up on) and wait until it listens. Exit code 2 for an unknown service, 4 if no
+        supervisor runs or the service does not come back."""
+        from ehrshare.consortium import profile_file
+        from ehrshare.netctl import restart_service
+
+        with _errors():
+            path = profile_file(_profile_path(profile))
+            record = restart_service(path, service, timeout=timeout)
+        if as_json:
+            _emit({"service": service, **record})
+            return
+        _err.print(
+            f"[green]✓[/green] restarted {service}: pid {record['pid']} on {record['address']}",
+            highlight=False,
+        )
 
     @network_app.command("down", epilog=_EXIT_HELP)
     def network_down(
@@ -397,9 +478,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     @network_app.command("status", epilog=_EXIT_HELP)
     def network_status(profile: ProfileOpt = "", as_json: JsonOpt = False) -> None:
-        """Say which backends the profile uses and whether they answer, and whether this
-        machine has the Fabric binaries. Exit code 4 if the content store or the profile's
-        local Fabric network is down."""
+        """Say which backends the profile uses and whether they answer, whether this machine
+        has the Fabric binaries, and how each KGC node and proxy process is (asked by a Health
+        call over mutual TLS, and what the 'network up' supervisor says: running, restarting,
+        failed, not answering, down). Exit code 4 if the content store, the profile's local
+        Fabric network or any service process is not healthy."""
         from ehrshare.fabricnet import default_bin_dir, missing_binaries
         from ehrshare.ledger.store import EmbeddedLedger
         from ehrshare.profile import Profile
@@ -415,7 +498,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 "version": "v2.1.1 (the newest the Go module proxy serves here)",
             }
         }
-        store_ok = ledger_ok = True
+        store_ok = ledger_ok = services_ok = True
         if profile or Path("profile.yaml").is_file():
             with _errors():
                 path = Path(_profile_path(profile))
@@ -424,7 +507,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 problems = volume_problems(prof)
                 if prof.fabric is not None:
                     status["ledger"] = _fabric_status(prof)
-                    ledger_ok = bool(status["ledger"].get("running", True))
+                    ledger_ok = bool(status["ledger"].get("running", True)) and all(
+                        p["healthy"] for p in status["ledger"].get("processes", {}).values()
+                    )
                 else:
                     status["ledger"] = {"backend": "embedded", "path": str(prof.ledger_path)}
                     if "ledger" not in problems:
@@ -462,13 +547,19 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 {"name": px.name, "msp": px.msp_id, "address": px.service.address or "in-process"}
                 for px in prof.proxies
             ]
-            from ehrshare.netctl import network_state
+            from ehrshare.netctl import check_services, network_state
 
-            bg = network_state((path / "profile.yaml" if path.is_dir() else path).resolve())
+            prof_file = (path / "profile.yaml" if path.is_dir() else path).resolve()
+            bg = network_state(prof_file)
+            with _errors():
+                checked = check_services(prof_file)
+            services_ok = all(h.healthy for h in checked)
             status["background_services"] = {
                 "running": bg.running,
                 "supervisor_pid": bg.supervisor_pid,
-                "services": bg.services,
+                "stale_supervisor_pid": bg.stale_supervisor_pid,
+                "healthy": services_ok,
+                "services": {h.name: h.as_dict() for h in checked},
             }
         if as_json:
             _emit(status)
@@ -496,6 +587,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                         ),
                         soft_wrap=True,
                     )
+                    for name, proc in led.get("processes", {}).items():
+                        pid = f" (pid {proc['pid']})" if proc["pid"] is not None else ""
+                        _err.print(
+                            f"  {name}{pid}: {proc['status']}", soft_wrap=True, highlight=False
+                        )
                 elif "problem" in led:
                     _err.print(f"ledger: embedded at {led['path']}: PROBLEM", soft_wrap=True)
                 else:
@@ -520,17 +616,28 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     soft_wrap=True,
                 )
                 bg_state = status["background_services"]
-                _err.print(
-                    f"services (network up): running, supervisor pid {bg_state['supervisor_pid']}"
-                    if bg_state["running"]
-                    else "services (network up): not running",
-                    soft_wrap=True,
-                )
+                if bg_state["running"]:
+                    head = f"running, supervisor pid {bg_state['supervisor_pid']}"
+                elif bg_state["stale_supervisor_pid"] is not None:
+                    head = (
+                        f"not running (the supervisor, pid {bg_state['stale_supervisor_pid']}, "
+                        "is gone: 'ehrshare network up' starts a new one)"
+                    )
+                else:
+                    head = "not running"
+                _err.print(f"services (network up): {head}", soft_wrap=True, highlight=False)
+                for name, svc in bg_state["services"].items():
+                    pid = f", pid {svc['pid']}" if svc["pid"] is not None else ""
+                    _err.print(
+                        f"  {name} ({svc['address']}{pid}): {svc['status']}",
+                        soft_wrap=True,
+                        highlight=False,
+                    )
         for volume, problem in problems.items():
             _err.print(f"[red]{volume} volume:[/red] {problem}", highlight=False, soft_wrap=True)
         if problems:
             raise typer.Exit(EXIT_CONFIG)
-        if not store_ok or not ledger_ok:
+        if not store_ok or not ledger_ok or not services_ok:
             raise typer.Exit(EXIT_UNAVAILABLE)
 
     # --- consortium ---------------------------------------------------------------------------
@@ -673,42 +780,75 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         state_file: Annotated[
             Path | None,
             typer.Option(
-                help="Write the pids and addresses here once every service listens (used by "
-                "'ehrshare network up'); removed on exit."
+                help="Keep the pids, addresses and states here once every service listens "
+                "(used by 'ehrshare network up|status|restart'); removed on exit."
             ),
         ] = None,
+        restart_backoff: BackoffOpt = 0.5,
+        restart_backoff_max: BackoffMaxOpt = 30.0,
+        stable_after: StableAfterOpt = 60.0,
+        give_up_after: GiveUpAfterOpt = 5,
     ) -> None:
         """Start every KGC node and every proxy of the profile as child processes, wait until
-        they listen, and stop them all (by pid) on Ctrl-C or SIGTERM."""
+        they listen, restart any that dies (logging its exit status), and stop them all (by
+        pid) on Ctrl-C or SIGTERM."""
         from ehrshare.consortium import profile_file
-        from ehrshare.processes import ServiceProcessError, ServiceProcesses
+        from ehrshare.processes import RestartPolicy, ServiceProcessError, ServiceProcesses
         from ehrshare.profile import Profile
         from ehrshare.services.vault import atomic_write
 
+        try:
+            policy = RestartPolicy(
+                restart_backoff, restart_backoff_max, stable_after, give_up_after
+            )
+        except ValueError as exc:
+            _fail(EXIT_USAGE, str(exc))
         with _errors():
             path = profile_file(_profile_path(profile))
             prof = Profile.load(path)
-            procs = ServiceProcesses(prof, path.parent / "run", die_with_parent=True)
+            procs = ServiceProcesses(prof, path.parent / "run", die_with_parent=True, policy=policy)
+        # Deaths, restarts and give-ups go to stderr (run/network.log under 'network up').
+        logging.getLogger("ehrshare.processes").setLevel(logging.INFO)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
+
+        ready = False
+
+        def write_state() -> None:
+            if state_file is None:
+                return
+            state = {
+                "supervisor_pid": os.getpid(),
+                "ready": ready,
+                "policy": dataclasses.asdict(policy),
+                "services": procs.snapshot(),
+            }
+            atomic_write(state_file, json.dumps(state, indent=2).encode(), mode=0o644)
+
+        if state_file is not None:
+            from ehrshare.netctl import hold_supervisor_lock
+
+            # Held until this process dies: one supervisor per profile, even when two
+            # 'network up' race or one was killed before this wrote the state file.
+            if hold_supervisor_lock(state_file.parent) is None:
+                _fail(
+                    EXIT_UNAVAILABLE,
+                    f"another supervisor runs for this profile (see {state_file})",
+                )
         with procs:
             try:
-                procs.start()
-            except ServiceProcessError as exc:
-                _fail(EXIT_UNAVAILABLE, str(exc))
-            for name, pid in procs.pids.items():
-                _err.print(f"{name}: pid {pid} on {procs.commands[name].address}")
-            if state_file is not None:
-                services = {
-                    name: {"pid": pid, "address": procs.commands[name].address}
-                    for name, pid in procs.pids.items()
-                }
-                state = {"supervisor_pid": os.getpid(), "services": services}
-                atomic_write(state_file, json.dumps(state, indent=2).encode(), mode=0o644)
-            _err.print("serving; Ctrl-C stops every service")
-            try:
-                stop.wait()
+                write_state()  # its pid, at once: 'network down' can stop it while it starts
+                try:
+                    procs.start()
+                except ServiceProcessError as exc:
+                    _fail(EXIT_UNAVAILABLE, str(exc))
+                for name, pid in procs.pids.items():
+                    _err.print(f"{name}: pid {pid} on {procs.commands[name].address}")
+                ready = True
+                write_state()
+                _err.print("serving; Ctrl-C stops every service")
+                procs.supervise(stop, write_state)
             finally:
                 if state_file is not None:
                     state_file.unlink(missing_ok=True)

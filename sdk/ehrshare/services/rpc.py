@@ -86,6 +86,18 @@ _PROXY_ERRORS: Final[dict[str, type[ProxyError]]] = {
 Handler = Callable[[bytes, str], bytes]
 
 
+def _health(body: dict[str, Any]) -> Handler:
+    """A ``Health`` call: answers any authenticated caller with ``body`` (canonical JSON) and
+    touches nothing else (no ledger, no key), so it says only that the process serves calls."""
+    payload = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    def health(request: bytes, caller: str) -> bytes:
+        del request, caller
+        return payload
+
+    return health
+
+
 def _abort(context: Any, name: str, code: grpc.StatusCode, message: str) -> None:
     context.set_trailing_metadata(((_ERROR_KEY, name),))
     context.abort(code, message)
@@ -145,7 +157,13 @@ def serve_kgc(
     server.add_generic_rpc_handlers(
         (
             grpc.method_handlers_generic_handler(
-                KGC_SERVICE, {"Extract": _unary(extract, tls, (KgcError,))}
+                KGC_SERVICE,
+                {
+                    "Extract": _unary(extract, tls, (KgcError,)),
+                    "Health": _unary(
+                        _health({"service": "kgc", "index": node.index}), tls, (KgcError,)
+                    ),
+                },
             ),
         )
     )
@@ -200,6 +218,7 @@ def serve_proxy(
         "Reencrypt": _unary(reencrypt, tls, (ProxyError,)),
         "Revoke": _unary(revoke, tls, (ProxyError,)),
         "RekeyStatus": _unary(rekey_status, tls, (ProxyError,)),
+        "Health": _unary(_health({"service": "proxy", "name": proxy.name}), tls, (ProxyError,)),
     }
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(PROXY_SERVICE, handlers),)
@@ -250,6 +269,19 @@ class GrpcKgcClient(_Client):
         super().__init__(target, tls, server_name)
         self.index = index
         self._extract = self._channel.unary_unary(f"/{KGC_SERVICE}/Extract")
+        self._health = self._channel.unary_unary(f"/{KGC_SERVICE}/Health")
+
+    def health(self, *, timeout: float = 2.0) -> dict[str, Any]:
+        """Ask the node whether it serves calls (``{"service": "kgc", "index": …}``); raises
+        :class:`KgcUnavailable` if it does not answer within ``timeout`` seconds."""
+        try:
+            return dict(json.loads(self._health(b"", timeout=timeout)))
+        except grpc.RpcError as err:
+            details = err.details() if hasattr(err, "details") else str(err)
+            raise KgcUnavailable(
+                f"KGC node {self.index} at {self.target} does not answer: {err.code().name}"
+                f" ({details})"
+            ) from None
 
     def extract(self, request_bytes: bytes, *, timeout: float = 10.0) -> bytes:
         """Send an extraction request; raises the node's KgcError or :class:`KgcUnavailable`."""
@@ -279,10 +311,10 @@ class GrpcProxyClient(_Client):
         super().__init__(target, tls, server_name)
         self.timeout = timeout
 
-    def _call(self, method: str, payload: bytes) -> bytes:
+    def _call(self, method: str, payload: bytes, *, timeout: float | None = None) -> bytes:
         stub = self._channel.unary_unary(f"/{PROXY_SERVICE}/{method}")
         try:
-            return bytes(stub(payload, timeout=self.timeout))
+            return bytes(stub(payload, timeout=self.timeout if timeout is None else timeout))
         except grpc.RpcError as err:
             name = _error_name(err)
             details = err.details() if hasattr(err, "details") else str(err)
@@ -297,6 +329,11 @@ class GrpcProxyClient(_Client):
     @staticmethod
     def _json(body: dict[str, Any]) -> bytes:
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    def health(self, *, timeout: float = 2.0) -> dict[str, Any]:
+        """Ask the proxy whether it serves calls (``{"service": "proxy", "name": …}``); raises
+        :class:`ProxyUnavailable` if it does not answer within ``timeout`` seconds."""
+        return dict(json.loads(self._call("Health", b"", timeout=timeout)))
 
     def public_key(self) -> bytes:
         """The proxy's X25519 public key."""
