@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Final
 import yaml
 
 from ehrshare.closing import Closing
+from ehrshare.errors import EXIT_USAGE, ConfigurationError
 from ehrshare.hazmat.dkg import new_session_nonce
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
@@ -71,6 +72,7 @@ __all__ = [
     "Consortium",
     "ConsortiumError",
     "FabricOptions",
+    "InvalidMemberName",
     "connect",
     "profile_file",
 ]
@@ -86,8 +88,14 @@ Clock = Callable[[], int]
 Progress = Callable[[str], None]
 
 
-class ConsortiumError(ValueError):
+class ConsortiumError(ConfigurationError, ValueError):
     """A consortium directory cannot be created or opened; the message says what to do."""
+
+
+class InvalidMemberName(ConsortiumError):
+    """A new member's name cannot be an enrollment id and wallet directory name."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,8 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydantic import ValidationError
 
+from ehrshare.errors import InvalidInput
+
 __all__ = [
     "DEFAULT_RULES",
     "DEFAULT_TYPE",
@@ -56,11 +58,11 @@ _ACT_CODE: Final = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 _CONFIDENTIALITY: Final = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 
 
-class FhirValidationError(ValueError):
+class FhirValidationError(InvalidInput):
     """The input is not a valid FHIR R4 resource; the message names the failing fields."""
 
 
-class UnknownRecordType(ValueError):
+class UnknownRecordType(InvalidInput):
     """A record type name that the consortium's type mapping does not know."""
 
 

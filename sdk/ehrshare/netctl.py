@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ehrshare.errors import Unavailable
 from ehrshare.profile import Profile
 
 if TYPE_CHECKING:
@@ -36,7 +37,7 @@ STATE_FILE = "network.json"
 LOG_FILE = "network.log"
 
 
-class NetworkControlError(RuntimeError):
+class NetworkControlError(Unavailable, RuntimeError):
     """The services could not be started or stopped; the message says why and what to do."""
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Final
 
+from ehrshare.errors import Unavailable
 from ehrshare.profile import Profile, ProfileError, ServiceConfig
 
 __all__ = [
@@ -57,7 +58,7 @@ _PDEATHSIG_LAUNCHER: Final = (
 )
 
 
-class ServiceProcessError(RuntimeError):
+class ServiceProcessError(Unavailable, RuntimeError):
     """A service process did not start (the message carries the tail of its stderr)."""
 
 

@@ -53,6 +53,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from ehrshare.errors import ConfigurationError
 from ehrshare.fhir import DEFAULT_RULES, LABEL_KEY_SIZE, TypeLabels, TypeMapping, TypeRule
 from ehrshare.hazmat.tipre import IdentitySecretKey
 from ehrshare.identity import Identity, Signer
@@ -80,7 +81,7 @@ PROFILE_VERSION: Final = 1
 PASSPHRASE_ENV: Final = "EHRSHARE_WALLET_PASSPHRASE"  # noqa: S105 - a variable name
 
 
-class ProfileError(ValueError):
+class ProfileError(ConfigurationError, ValueError):
     """A profile file is missing, unreadable or wrong; the message names the file and the key."""
 
 
@@ -88,7 +89,7 @@ class BackendUnavailable(ProfileError):
     """The profile asks for a backend this installation cannot run."""
 
 
-class WalletError(ValueError):
+class WalletError(ConfigurationError, ValueError):
     """A wallet directory is missing files or holds something unreadable."""
 
 

@@ -42,6 +42,15 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
 from ehrshare import crypto
 from ehrshare.closing import Closing
+from ehrshare.errors import (
+    ConfigurationError,
+    EhrshareError,
+    IntegrityFailure,
+    InvalidInput,
+    Refused,
+    Unavailable,
+    UsageError,
+)
 from ehrshare.fhir import (
     FhirValidationError,
     TypeLabels,
@@ -58,7 +67,14 @@ from ehrshare.ledger.api import Contract
 from ehrshare.ledger.errors import LedgerError
 from ehrshare.profile import Wallet
 from ehrshare.services.proxy import ProxyUnavailable, seal_rekey
-from ehrshare.storage import BlobStore, StorageError, get_verified, sha256_hex
+from ehrshare.storage import (
+    BlobStore,
+    ContentNotFound,
+    IntegrityError,
+    StorageError,
+    get_verified,
+    sha256_hex,
+)
 
 __all__ = [
     "AccessDenied",
@@ -69,17 +85,21 @@ __all__ = [
     "Grant",
     "KgcClient",
     "LedgerUnreachable",
+    "NoSuchMember",
     "NotEnrolledError",
     "ProxyClient",
     "ProxyError",
+    "ProxyNotInProfile",
     "ProxyRoute",
     "ProxyUnreachable",
+    "RecordIntegrityError",
     "RecordRef",
     "RecordStorageError",
     "RecordTooLarge",
     "RequestRejected",
     "SdkError",
     "Session",
+    "UnknownProxy",
 ]
 
 _log = logging.getLogger(__name__)
@@ -92,8 +112,9 @@ _LABEL_RE: Final = re.compile(r"t-[0-9a-f]{32}")
 # --- errors ----------------------------------------------------------------------------------
 
 
-class SdkError(Exception):
-    """Base class of every error the session raises on purpose."""
+class SdkError(EhrshareError):
+    """Base class of every error the session raises on purpose (exit code 1 unless a
+    subclass names another family)."""
 
 
 class RequestRejected(SdkError):
@@ -106,16 +127,20 @@ class RequestRejected(SdkError):
         super().__init__(f"{function} was rejected: {message}")
 
 
-class LedgerUnreachable(SdkError):
+class LedgerUnreachable(Unavailable, SdkError):
     """No peer or orderer of the ledger answered; nothing was decided or written."""
+
+    hint = "is the ledger running? For a local Fabric network: 'ehrshare network up'"
 
     def __init__(self, function: str, message: str) -> None:
         self.function = function
         super().__init__(f"{function}: {message}")
 
 
-class AccessDenied(SdkError):
+class AccessDenied(Refused, SdkError):
     """The chaincode denied a read; the denial is on the audit log (``access_id``)."""
+
+    hint = "ask the patient for a grant of this record's type"
 
     def __init__(self, record_id: str, reason: str, access_id: str) -> None:
         self.record_id = record_id
@@ -124,11 +149,13 @@ class AccessDenied(SdkError):
         super().__init__(f"access to record {record_id} denied: {reason} (logged as {access_id})")
 
 
-class NotEnrolledError(SdkError):
+class NotEnrolledError(ConfigurationError, SdkError):
     """The session has no identity secret key yet: call :meth:`Session.enroll` first."""
 
+    hint = "run 'ehrshare enroll --wallet <name>'"
 
-class EnrollmentError(SdkError):
+
+class EnrollmentError(Unavailable, SdkError):
     """Threshold extraction failed; names the nodes that were down and those that sent bad keys."""
 
     def __init__(self, message: str, *, failed: dict[int, str], invalid: Sequence[int]) -> None:
@@ -137,16 +164,42 @@ class EnrollmentError(SdkError):
         super().__init__(message)
 
 
-class RecordStorageError(SdkError):
+class RecordStorageError(Unavailable, SdkError):
     """The ciphertext could not be stored or read back; nothing was registered on chain."""
 
 
-class RecordTooLarge(SdkError, ValueError):
+class RecordIntegrityError(IntegrityFailure, RecordStorageError):
+    """A record's ciphertext is missing from the store, altered, or does not decrypt under its
+    capsule: the pointer on chain and the bytes behind it disagree. Retrying does not help."""
+
+
+class RecordTooLarge(InvalidInput, SdkError):
     """A record is over the profile's ``limits.max_record_bytes``."""
 
 
-class ProxyError(SdkError):
+class NoSuchMember(Refused, RequestRejected):
+    """The identity named (a grantee, a referral's target, a record's patient) is not a
+    registered member of this consortium."""
+
+    def __init__(self, ibe_id: str) -> None:
+        super().__init__("GetIdentity", f"{ibe_id} is not registered in this consortium")
+        self.ibe_id = ibe_id
+        self.args = (
+            f"no such member: {ibe_id} is not registered in this consortium (check the id, "
+            "<msp id>/<enrollment id>; a new member registers with 'ehrshare enroll')",
+        )
+
+
+class ProxyError(Unavailable, SdkError):
     """The re-encryption proxy could not be reached or refused a call."""
+
+
+class ProxyNotInProfile(ConfigurationError, ProxyError):
+    """A grant chain names a proxy this profile does not list (add it under ``proxies:``)."""
+
+
+class UnknownProxy(UsageError, ProxyNotInProfile):
+    """``proxy=`` (CLI ``--proxy``) names no proxy of this profile; nothing was done."""
 
 
 class ProxyUnreachable(ProxyError):
@@ -163,6 +216,7 @@ class ProxyUnreachable(ProxyError):
         self.msp_id = msp_id
         self.grant_ids = tuple(grant_ids)
         self.access_id = access_id
+        self.hint = f"ask hospital {msp_id} to start its proxy ('ehrshare proxy serve'), then retry"
         super().__init__(message)
 
 
@@ -417,11 +471,11 @@ class Session(Closing):
         # Reaches every proxy through one client (tests stand a failing proxy in this way).
         self.proxies = tuple(ProxyRoute(r.ibe_id, r.msp_id, client) for r in self.proxies)
 
-    def _route(self, ibe_id: str) -> ProxyRoute:
+    def _route(self, ibe_id: str, error: type[ProxyNotInProfile] = ProxyNotInProfile) -> ProxyRoute:
         for route in self.proxies:
             if route.ibe_id == ibe_id:
                 return route
-        raise ProxyError(
+        raise error(
             f"proxy {ibe_id} is not in this profile (it lists "
             + ", ".join(r.ibe_id for r in self.proxies)
             + ")"
@@ -431,7 +485,7 @@ class Session(Closing):
         """The proxy a grant to ``grantee`` names: ``proxy``, else the one of the grantee's
         hospital (its MSP as registered on chain), else the profile's first."""
         if proxy is not None:
-            return self._route(proxy)
+            return self._route(proxy, UnknownProxy)
         if len(self.proxies) == 1:
             return self.proxies[0]
         msp = self._evaluate("GetIdentity", grantee)["msp_id"]
@@ -543,6 +597,7 @@ class Session(Closing):
         try:
             stored = self._evaluate("GetTypeKey", owner, label)
         except RequestRejected as exc:
+            self._check_member(owner)
             name = self.labels.reveal(label) or label
             raise RequestRejected(
                 "GetTypeKey",
@@ -554,6 +609,13 @@ class Session(Closing):
             return key.verify(owner=owner, type_label=label)
         except (EncodingError, VerificationError, ValueError) as exc:
             raise SdkError(f"type key {label} of {owner} on chain is invalid: {exc}") from None
+
+    def _check_member(self, ibe_id: str) -> None:
+        """Raise :class:`NoSuchMember` unless ``ibe_id`` is registered on chain."""
+        try:
+            self._evaluate("GetIdentity", ibe_id)
+        except RequestRejected:
+            raise NoSuchMember(ibe_id) from None
 
     # --- enrolment ---------------------------------------------------------------------------
 
@@ -741,6 +803,8 @@ class Session(Closing):
             capsule = self._reencrypt_along(access, capsule)
         try:
             sealed = get_verified(self.store, record["cid"], record["sha256"])
+        except (ContentNotFound, IntegrityError) as exc:
+            raise RecordIntegrityError(f"could not read record {record_id}: {exc}") from None
         except StorageError as exc:
             raise RecordStorageError(f"could not read record {record_id}: {exc}") from None
         try:
@@ -753,7 +817,9 @@ class Session(Closing):
                 receiving_sk=self._type_secret(sk, label),
             )
         except (DecryptionError, ValueError) as exc:
-            raise SdkError(f"record {record_id} could not be decrypted: {exc}") from None
+            raise RecordIntegrityError(
+                f"record {record_id} could not be decrypted: {exc}"
+            ) from None
         try:
             return parse_resource(plaintext)
         except FhirValidationError as exc:

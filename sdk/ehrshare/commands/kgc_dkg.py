@@ -24,9 +24,6 @@ from rich.table import Table
 
 from ehrshare.commands.cli_records import (
     _EXIT_HELP,
-    EXIT_REFUSED,
-    EXIT_UNAVAILABLE,
-    EXIT_USAGE,
     JsonOpt,
     ProfileOpt,
     WalletOpt,
@@ -40,6 +37,7 @@ from ehrshare.commands.cli_records import (
     _unlocked_wallet,
 )
 from ehrshare.console import err_console, out_console
+from ehrshare.errors import EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE
 
 __all__ = ["register_dkg"]
 

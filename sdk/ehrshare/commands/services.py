@@ -32,6 +32,7 @@ import typer
 
 from ehrshare.commands.kgc_dkg import register_dkg
 from ehrshare.console import err_console
+from ehrshare.errors import EXIT_USAGE
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger import api
@@ -54,12 +55,11 @@ __all__ = ["ServeOptions", "register"]
 
 _err = err_console()
 _log = logging.getLogger(__name__)
-EXIT_BAD_INPUT = 2
 
 
 def _fail(message: str) -> typer.Exit:
     _err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(EXIT_BAD_INPUT)
+    return typer.Exit(EXIT_USAGE)
 
 
 def _setup_logging(log_file: Path) -> None:

@@ -6,18 +6,21 @@ the transaction id (when one exists) and the reason; messages never contain key 
 
 from __future__ import annotations
 
+from ehrshare.errors import EXIT_UNAVAILABLE, ConfigurationError, EhrshareError
+
 __all__ = [
     "CommitError",
     "CommitStatusError",
     "EndorseError",
     "GatewayError",
+    "LedgerCorrupt",
     "LedgerError",
     "SubmitError",
 ]
 
 
-class LedgerError(Exception):
-    """Base class of every ledger client error."""
+class LedgerError(EhrshareError):
+    """Base class of every ledger client error (exit code 1: refused; 4 when unreachable)."""
 
     def __init__(
         self,
@@ -33,6 +36,9 @@ class LedgerError(Exception):
         self.details = details
         self.unreachable = unreachable
         """True when no peer or orderer answered (down, or unreachable): nothing was decided."""
+        if unreachable:
+            self.exit_code = EXIT_UNAVAILABLE
+            self.hint = "is the ledger running? For a local Fabric network: 'ehrshare network up'"
 
     def __str__(self) -> str:
         if self.transaction_id:
@@ -62,3 +68,8 @@ class CommitError(LedgerError):
     def __init__(self, message: str, *, transaction_id: str = "", code: str = "") -> None:
         super().__init__(message, transaction_id=transaction_id)
         self.code = code
+
+
+class LedgerCorrupt(ConfigurationError, LedgerError):
+    """The embedded ledger's database file is not a database, or is damaged (truncated, pages
+    overwritten): nothing can be read from it or written to it. Restore it from a copy."""
