@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import shutil
 import time
@@ -84,6 +85,9 @@ DEFAULT_BASE_PORT: Final = 7060
 SERVICE_MODES: Final = ("in-process", "processes")
 ROLES: Final = ("patient", "clinician", "auditor", "admin")
 ADMIN_WALLET: Final = "admin"
+# A member's name is its enrollment id and its wallet's directory name: what the chaincode
+# accepts as an id, which is also a safe file name.
+_MEMBER_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 Clock = Callable[[], int]
 Progress = Callable[[str], None]
 
@@ -580,10 +584,15 @@ class Consortium(Closing):
 
     def add_member(self, name: str, hospital: str, role: str) -> Wallet:
         """Issue a certificate for ``name`` at ``hospital``'s CA into a new wallet."""
+        if not isinstance(name, str) or not _MEMBER_NAME_RE.fullmatch(name):
+            raise InvalidMemberName(
+                f"member name {name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
         if role not in ROLES:
             raise ConsortiumError(f"role {role!r} is not one of {', '.join(ROLES)}")
         msp = _msp(hospital)
-        if not (self.directory / "ca" / msp).is_dir():
+        if not _MEMBER_NAME_RE.fullmatch(msp) or not (self.directory / "ca" / msp).is_dir():
             known = sorted(p.name for p in (self.directory / "ca").iterdir())
             raise ConsortiumError(f"hospital {hospital!r} is not in this consortium ({known})")
         wallet = self.profile.wallet(name)

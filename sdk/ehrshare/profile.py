@@ -52,6 +52,7 @@ import yaml
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from ehrshare.errors import ConfigurationError
 from ehrshare.fhir import DEFAULT_RULES, LABEL_KEY_SIZE, TypeLabels, TypeMapping, TypeRule
@@ -545,6 +546,11 @@ def _write_secret(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _public_der(key: Any) -> bytes:
+    der: bytes = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return der
+
+
 class Wallet:
     """One member's credentials in a directory: ``msp-id``, ``cert.pem``, ``key.pem``, ``ibe.key``,
     ``tls-cert.pem``, ``tls-key.pem``.
@@ -574,7 +580,10 @@ class Wallet:
     @property
     def exists(self) -> bool:
         """Whether the wallet holds an identity."""
-        return (self.directory / "cert.pem").is_file()
+        try:
+            return (self.directory / "cert.pem").is_file()
+        except OSError:  # a name too long for the file system, say: no such wallet
+            return False
 
     @property
     def encrypted(self) -> bool:
@@ -643,7 +652,21 @@ class Wallet:
             raise
         except (OSError, ValueError) as exc:
             raise WalletError(f"wallet {self.directory} is unreadable: {exc}") from None
-        return Identity(msp, cert), signer
+        identity = Identity(msp, cert)
+        try:
+            public = identity.certificate.public_key()
+            identity.enrollment_id  # noqa: B018 - parses the subject's common name
+        except (ValueError, IndexError):
+            raise WalletError(
+                f"wallet {self.directory}: {cert_name} is not a readable X.509 certificate "
+                "(empty, truncated or edited); restore the wallet from its backup"
+            ) from None
+        if _public_der(public) != _public_der(signer.public_key):
+            raise WalletError(
+                f"wallet {self.directory}: {cert_name} is not the certificate of its key "
+                f"{key_name}; restore the wallet from its backup"
+            )
+        return identity, signer
 
     def load_identity(self) -> tuple[Identity, Signer]:
         """Read the certificate and the signing key."""

@@ -64,7 +64,7 @@ from ehrshare.hazmat.errors import DecryptionError, EncodingError, VerificationE
 from ehrshare.hazmat.kgc_keys import KGCNodePublicKey
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.api import Contract
-from ehrshare.ledger.errors import LedgerError
+from ehrshare.ledger.errors import LedgerCorrupt, LedgerError
 from ehrshare.profile import Wallet
 from ehrshare.services.proxy import ProxyUnavailable, seal_rekey
 from ehrshare.storage import (
@@ -82,6 +82,7 @@ __all__ = [
     "AuditVerification",
     "EnrollmentError",
     "EnrollmentResult",
+    "ForeignIdentity",
     "Grant",
     "KgcClient",
     "LedgerUnreachable",
@@ -135,6 +136,13 @@ class LedgerUnreachable(Unavailable, SdkError):
     def __init__(self, function: str, message: str) -> None:
         self.function = function
         super().__init__(f"{function}: {message}")
+
+
+class ForeignIdentity(ConfigurationError, SdkError):
+    """The channel does not accept the wallet's certificate: issued by another consortium's CA
+    (or not a member certificate at all). Use a wallet this consortium issued."""
+
+    hint = "use a wallet issued by this consortium ('ehrshare consortium add-member')"
 
 
 class AccessDenied(Refused, SdkError):
@@ -516,21 +524,27 @@ class Session(Closing):
         try:
             return json.loads(self.contract.submit_transaction(function, *args))
         except LedgerError as exc:
-            if exc.unreachable:
-                raise LedgerUnreachable(function, exc.message) from None
-            raise RequestRejected(
-                function, self._humanise(exc.message), exc.transaction_id
-            ) from None
+            raise self._ledger_error(function, exc) from None
 
     def _evaluate(self, function: str, *args: str) -> Any:
         try:
             return json.loads(self.contract.evaluate_transaction(function, *args))
         except LedgerError as exc:
-            if exc.unreachable:
-                raise LedgerUnreachable(function, exc.message) from None
-            raise RequestRejected(
-                function, self._humanise(exc.message), exc.transaction_id
-            ) from None
+            raise self._ledger_error(function, exc) from None
+
+    def _ledger_error(self, function: str, exc: LedgerError) -> EhrshareError:
+        """What a failed ledger call means to the member: unreachable, a certificate the
+        channel does not accept, a damaged ledger database, or a refusal."""
+        if exc.unreachable:
+            return LedgerUnreachable(function, exc.message)
+        if exc.creator_refused:
+            return ForeignIdentity(
+                f"the ledger does not accept the certificate of {self.ibe_id} ({exc.message}): "
+                "is the wallet from another consortium, or edited?"
+            )
+        if isinstance(exc, LedgerCorrupt):
+            return exc
+        return RequestRejected(function, self._humanise(exc.message), exc.transaction_id)
 
     def _humanise(self, text: str) -> str:
         """Name opaque type labels in a chaincode message by their clinical type."""

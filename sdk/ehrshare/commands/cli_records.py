@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
+import math
 import os
 import shlex
 import signal
@@ -41,10 +42,12 @@ from ehrshare.errors import (
     EhrshareError,
     exit_code_table,
 )
+from ehrshare_chaincode.contract import MAX_HOPS
 
 __all__ = ["EXIT_CODES", "register"]
 
 _EXIT_HELP = exit_code_table()
+MAX_GRANT_DAYS = 36525  # 100 years: later expiries are mistakes (and past what dates print)
 _UNEXPECTED = "unexpected error"
 _PROXY_HELP = (
     "Proxy to hold the re-key (its ledger identity, e.g. HospitalAMSP/proxy); default: the proxy "
@@ -95,7 +98,10 @@ def _errors() -> Iterator[None]:
         raise
     except EhrshareError as exc:
         _fail(exc.exit_code, str(exc), exc.hint)
-    except (EncodingError, FileNotFoundError, PermissionError) as exc:
+    except ConnectionError as exc:
+        _fail(EXIT_UNAVAILABLE, str(exc))
+    except (EncodingError, OSError) as exc:
+        # A file of the profile or wallet that cannot be read: a setup (or volume) problem.
         _fail(EXIT_CONFIG, str(exc))
     except Exception as exc:
         logging.getLogger(__name__).debug("unexpected error", exc_info=True)
@@ -170,16 +176,39 @@ def _emit(data: Any) -> None:
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
+def _days(days: float | None) -> _dt.timedelta | None:
+    """``--days`` as a period; NaN, infinities, zero, negatives and more than
+    :data:`MAX_GRANT_DAYS` are refused as usage errors."""
+    if days is None:
+        return None
+    if not math.isfinite(days) or not 0 < days <= MAX_GRANT_DAYS:
+        _fail(
+            EXIT_USAGE,
+            f"--days {days:g} is out of range: give a number of days above 0 and at most "
+            f"{MAX_GRANT_DAYS} (100 years)",
+        )
+    return _dt.timedelta(days=days)
+
+
 def _expiry(days: float | None, until: str | None) -> _dt.datetime | _dt.timedelta:
+    if until and days is not None:
+        _fail(EXIT_USAGE, "give either --days or --until, not both")
     if until:
         try:
             when = _dt.datetime.fromisoformat(until)
+            when = when if when.tzinfo else when.replace(tzinfo=_dt.UTC)
+            latest = _dt.datetime.now(_dt.UTC) + _dt.timedelta(days=MAX_GRANT_DAYS)
         except ValueError:
             _fail(EXIT_USAGE, f"--until {until!r} is not an ISO date/time (2027-01-31T12:00Z)")
-        return when if when.tzinfo else when.replace(tzinfo=_dt.UTC)
-    if days is None or days <= 0:
+        if when > latest:
+            _fail(
+                EXIT_USAGE, f"--until {until!r} is more than {MAX_GRANT_DAYS} days (100 years) away"
+            )
+        return when
+    period = _days(days)
+    if period is None:
         _fail(EXIT_USAGE, "give --days N (N > 0) or --until <ISO date>")
-    return _dt.timedelta(days=days)
+    return period
 
 
 def _fabric_status(prof: Any) -> dict[str, Any]:
@@ -201,7 +230,10 @@ def _fabric_status(prof: Any) -> dict[str, Any]:
 
 
 def _fmt_time(ts: int) -> str:
-    return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    try:
+        return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (ValueError, OverflowError, OSError):  # beyond year 9999: say the raw number
+        return f"{ts} (unix seconds)"
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -782,7 +814,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         record_type: Annotated[str, typer.Argument(help="Record type, e.g. lab.")],
         days: Annotated[float | None, typer.Option(help="Valid for this many days.")] = None,
         until: Annotated[str, typer.Option(help="Valid until (ISO date/time, UTC).")] = "",
-        max_hops: Annotated[int, typer.Option(help="Further referrals allowed.")] = 0,
+        max_hops: Annotated[
+            int, typer.Option(min=0, max=MAX_HOPS, help="Further referrals allowed.")
+        ] = 0,
         proxy: Annotated[str, typer.Option(help=_PROXY_HELP)] = "",
         profile: ProfileOpt = "",
         wallet: WalletOpt = "",
@@ -809,14 +843,16 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         what: Annotated[str, typer.Argument(help="Your grant id (g-…) or a record id (r-…).")],
         to: Annotated[str, typer.Argument(help="IBE id to refer to.")],
         days: Annotated[float | None, typer.Option(help="Valid for this many days.")] = None,
-        max_hops: Annotated[int, typer.Option(help="Further referrals allowed.")] = 0,
+        max_hops: Annotated[
+            int, typer.Option(min=0, max=MAX_HOPS, help="Further referrals allowed.")
+        ] = 0,
         proxy: Annotated[str, typer.Option(help=_PROXY_HELP)] = "",
         profile: ProfileOpt = "",
         wallet: WalletOpt = "",
         as_json: JsonOpt = False,
     ) -> None:
         """Refer what you were granted one hop further (multi-hop sharing)."""
-        expires = _dt.timedelta(days=days) if days else None
+        expires = _days(days)
         with _session(profile, wallet) as s, _errors():
             g = s.forward(what, to, expires=expires, max_hops=max_hops, proxy=proxy or None)
         if as_json:
@@ -892,7 +928,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             try:
                 raw = json.loads(Path(trail_file).read_text(encoding="utf-8"))
                 trail = AuditTrail(raw["chain"], tuple(raw["entries"]))
-            except (OSError, ValueError, KeyError, TypeError) as exc:
+            except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
                 _fail(EXIT_INPUT, f"{trail_file} is not an exported audit trail: {exc}")
         with _session(profile, wallet) as s, _errors():
             verdict = s.verify_audit(patient or None, trail=trail)

@@ -6,7 +6,7 @@ the transaction id (when one exists) and the reason; messages never contain key 
 
 from __future__ import annotations
 
-from ehrshare.errors import EXIT_UNAVAILABLE, ConfigurationError, EhrshareError
+from ehrshare.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, ConfigurationError, EhrshareError
 
 __all__ = [
     "CommitError",
@@ -29,6 +29,7 @@ class LedgerError(EhrshareError):
         transaction_id: str = "",
         details: tuple[str, ...] = (),
         unreachable: bool = False,
+        creator_refused: bool = False,
     ):
         super().__init__(message)
         self.message = message
@@ -36,6 +37,11 @@ class LedgerError(EhrshareError):
         self.details = details
         self.unreachable = unreachable
         """True when no peer or orderer answered (down, or unreachable): nothing was decided."""
+        self.creator_refused = creator_refused
+        """True when the channel does not accept the caller's certificate (a wallet of another
+        consortium, a TLS certificate used to sign): a setup problem, exit code 3."""
+        if creator_refused:
+            self.exit_code = EXIT_CONFIG
         if unreachable:
             self.exit_code = EXIT_UNAVAILABLE
             self.hint = "is the ledger running? For a local Fabric network: 'ehrshare network up'"
