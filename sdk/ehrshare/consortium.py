@@ -681,22 +681,25 @@ class Consortium(Closing):
             if then is not None:
                 then()
 
-        on_close = close_all
-        return Session(
-            identity=identity,
-            signer=signer,
-            contract=contract,
-            store=self.store,
-            kgc=kgc,
-            proxies=proxies,
-            labels=self._labels,
-            mapping=self.profile.mapping,
-            max_record_bytes=self.profile.max_record_bytes,
-            wallet=wallet,
-            clock=self.clock,
-            on_close=on_close,
-            ledger_check=self.backend.verify,
-        )
+        try:
+            return Session(
+                identity=identity,
+                signer=signer,
+                contract=contract,
+                store=self.store,
+                kgc=kgc,
+                proxies=proxies,
+                labels=self._labels,
+                mapping=self.profile.mapping,
+                max_record_bytes=self.profile.max_record_bytes,
+                wallet=wallet,
+                clock=self.clock,
+                on_close=close_all,
+                ledger_check=self.backend.verify,
+            )
+        except BaseException:
+            close_all(None)
+            raise
 
     def _tls_pair(
         self, identity: Identity, wallet: Wallet | None
@@ -955,7 +958,8 @@ def connect(
     try:
         w = wallet if isinstance(wallet, Wallet) else consortium.profile.wallet(os.fspath(wallet))
         identity, signer = w.load_identity()
+        # A wallet refused here (say, an unreadable ibe.key) must not leave the ledger open.
+        return consortium._session(identity, signer, w, on_close=consortium.close)
     except BaseException:
         consortium.close()
         raise
-    return consortium._session(identity, signer, w, on_close=consortium.close)
