@@ -285,3 +285,24 @@ def test_a_bug_is_one_line_with_exit_1_and_no_traceback(
     assert isinstance(result.exception, SystemExit)
     assert "unexpected error: KeyError: 'bookmark'" in result.output
     assert "run again with -v" in result.output
+
+
+def test_a_wallet_refused_while_connecting_closes_what_was_opened(
+    copy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ehrshare.consortium import Consortium, connect
+    from ehrshare.profile import WalletError
+
+    wallet = _wallet_copy(copy, "nokey")
+    (wallet / "ibe.key").write_bytes(b"")  # read when the session is made, after the ledger
+    closed: list[Consortium] = []
+    close = Consortium.close
+
+    def spy(self: Consortium) -> None:
+        closed.append(self)
+        close(self)
+
+    monkeypatch.setattr(Consortium, "close", spy)
+    with pytest.raises(WalletError, match="does not hold an identity secret key"):
+        connect(copy, "nokey")
+    assert len(closed) == 1
