@@ -110,3 +110,17 @@ def test_demo_and_records_use_the_same_table() -> None:
     # commands meant "a service is down" by 4.
     assert not hasattr(demo, "EXIT_UNAVAILABLE")
     assert demo.EXIT_FAILED == errors.EXIT_REFUSED
+
+
+def test_operations_doc_has_the_same_table() -> None:
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text("utf-8")
+    section = doc[doc.index("## 10. Exit codes") :]
+    rows = {
+        int(cells[0]): cells[1]
+        for line in section.splitlines()
+        if line.startswith("| ") and (cells := [c.strip() for c in line.strip("|").split("|")])
+        if cells[0].isdigit()
+    }
+    assert rows == errors.EXIT_CODES
