@@ -229,9 +229,18 @@ def _fabric_status(prof: Any) -> dict[str, Any]:
     return out
 
 
+def _table(*columns: str) -> Table:
+    """A table whose cells are never cut: on a narrow terminal a long id folds onto further
+    lines rather than end in an ellipsis (every character of it is still there to copy)."""
+    table = Table()
+    for name in columns:
+        table.add_column(name, overflow="fold")
+    return table
+
+
 def _fmt_time(ts: int) -> str:
     try:
-        return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+        return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     except (ValueError, OverflowError, OSError):  # beyond year 9999: say the raw number
         return f"{ts} (unix seconds)"
 
@@ -750,13 +759,29 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         wallet: WalletOpt = "",
         as_json: JsonOpt = False,
     ) -> None:
-        """Encrypt a FHIR resource for a patient, store it, then register it on chain."""
+        """Encrypt a FHIR resource for a patient, store it, then register it on chain.
+
+        The record type comes from the resource's category and security labels; when none
+        maps to a type and --type is not given, a warning says it is stored as 'general'."""
+        from ehrshare.fhir import parse_resource
+
         try:
             data = sys.stdin.buffer.read() if file == "-" else Path(file).read_bytes()
         except OSError as exc:
             _fail(EXIT_INPUT, f"cannot read {file}: {exc.strerror}")
-        with _session(profile, wallet) as s, _errors(), _progress("storing", as_json):
-            ref = s.put_record(data, patient=patient or None, type=record_type or None)
+        with _session(profile, wallet) as s, _errors():
+            resource = parse_resource(data)
+            if not record_type and s.mapping.derive(resource) is None:
+                _err.print(
+                    f"[yellow]warning:[/yellow] no category or security label of this "
+                    f"{resource.get_resource_type()} maps to a record type, so it is stored as "
+                    f"type '{s.mapping.default_type}' (readable under grants of that type); "
+                    "pass --type to choose one",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            with _progress("storing", as_json):
+                ref = s.put_record(resource, patient=patient or None, type=record_type or None)
         if as_json:
             _emit(ref.to_dict())
             return
@@ -799,7 +824,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if as_json:
             _emit([r.to_dict() for r in refs])
             return
-        table = Table("record", "type", "creator", "created", "version")
+        table = _table("record", "type", "creator", "created", "version")
         for r in refs:
             table.add_row(
                 r.record_id, r.type or r.label, r.creator, _fmt_time(r.created_at), str(r.version)
@@ -896,7 +921,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if as_json:
             _emit(trail.to_dict())
             return
-        table = Table("#", "time", "action", "outcome", "actor", "record / grant")
+        table = _table("#", "time", "action", "outcome", "actor", "record / grant")
         for e in trail.entries:
             actor = e["detail"].get("requester") or e["actor"]
             table.add_row(

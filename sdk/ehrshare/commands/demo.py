@@ -116,10 +116,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             print(json.dumps(result.to_dict(), indent=2))
         else:
             failed = [k for k, v in result.checks.items() if not v]
+            steps = f"{len(result.steps)} steps"
             summary = (
-                f"all {len(result.checks)} checks held"
+                f"{steps}, all {len(result.checks)} checks held"
                 if not failed
-                else f"FAILED checks: {', '.join(failed)}"
+                else f"{steps}, FAILED {len(failed)} of {len(result.checks)} checks: "
+                + ", ".join(failed)
             )
             out.print(
                 Panel.fit(
