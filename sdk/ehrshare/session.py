@@ -776,13 +776,37 @@ class Session(Closing):
             out.append(RecordRef.from_chain(item, self.labels))
         return out
 
-    def _pages(self, function: str, key: str, *args: str) -> Iterator[dict[str, Any]]:
+    def granted_records(self) -> list[tuple[RecordRef, Grant]]:
+        """The records you may read now under grants you hold (as a clinician), each with the
+        grant that lets you: every active, unexpired grant whose chain is still valid, and the
+        owner's records of its type. A record two grants cover is listed once."""
+        now = self._now()
+        seen: set[str] = set()
+        out: list[tuple[RecordRef, Grant]] = []
+        for grant in self.grants("grantee"):
+            if grant.state != "active" or grant.expiry <= now:
+                continue
+            try:
+                pages = self._pages("ListGrantedRecords", "records", grant.grant_id, sparse=True)
+                for item in pages:
+                    if item["record_id"] not in seen:
+                        seen.add(item["record_id"])
+                        out.append((RecordRef.from_chain(item, self.labels), grant))
+            except RequestRejected:
+                continue  # a grant up its chain was revoked or expired since it was listed
+        return out
+
+    def _pages(
+        self, function: str, key: str, *args: str, sparse: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Every item of a paginated query. ``sparse``: the query filters its pages, so an
+        empty page is not the end; only an empty (or repeated) bookmark is."""
         bookmark = ""
         while True:
             page = self._evaluate(function, *args, _PAGE, bookmark)
             yield from page[key]
-            bookmark = page["bookmark"]
-            if not bookmark or not page[key]:
+            previous, bookmark = bookmark, page["bookmark"]
+            if not bookmark or bookmark == previous or (not sparse and not page[key]):
                 return
 
     def read_record(

@@ -71,3 +71,24 @@ def test_a_record_without_a_category_warns_before_it_becomes_general(
     assert typed.exit_code == 0 and "warning" not in typed.output
     lab = invoke("record", "put", world["lab"], "-p", p, "-w", "alice")
     assert lab.exit_code == 0 and "warning" not in lab.output
+
+
+def test_record_list_granted_shows_what_a_clinician_may_read(world: dict[str, str]) -> None:
+    p = world["profile"]
+    # Alice holds no grants (other tests of this module may have granted Dr Baker already).
+    none = invoke("record", "list", "--granted", "--json", "-p", p, "-w", "alice")
+    assert none.exit_code == 0 and json.loads(none.stdout) == []
+    grant = invoke("grant", "HospitalBMSP/baker", "lab", "--days", "1", "-p", p, "-w", "alice")
+    grant_id = grant.stdout.strip().splitlines()[-1]
+    listed = invoke("record", "list", "--granted", "--json", "-p", p, "-w", "baker")
+    assert listed.exit_code == 0, listed.output
+    rows = {r["record_id"]: r for r in json.loads(listed.stdout)}
+    # Listed once, under one of the grants that cover it (this one, or an earlier test's).
+    assert rows[world["record"]]["owner"] == "HospitalAMSP/alice"
+    assert rows[world["record"]]["type"] == "lab"
+    assert grant_id.startswith("g-") and rows[world["record"]]["grant_id"].startswith("g-")
+    table = invoke("record", "list", "--granted", "-p", p, "-w", "baker", env={"COLUMNS": "70"})
+    assert world["record"] in _column(table.stdout, 0)
+    assert rows[world["record"]]["grant_id"] in _column(table.stdout, 4)
+    both = invoke("record", "list", "--granted", "--patient", "HospitalAMSP/alice", "-p", p)
+    assert both.exit_code == 2 and "either --granted or --patient" in both.output

@@ -814,11 +814,33 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     @record_app.command("list", epilog=_EXIT_HELP)
     def record_list(
         patient: Annotated[str, typer.Option(help="Patient IBE id (default: yourself).")] = "",
+        granted: Annotated[
+            bool,
+            typer.Option(
+                "--granted", help="The records you may read under grants you hold (clinicians)."
+            ),
+        ] = False,
         profile: ProfileOpt = "",
         wallet: WalletOpt = "",
         as_json: JsonOpt = False,
     ) -> None:
-        """List a patient's records (yourself, or any patient with the auditor role)."""
+        """List a patient's records (yourself, or any patient with the auditor role), or with
+        --granted the records your valid grants let you read, each with its grant."""
+        if granted and patient:
+            _fail(EXIT_USAGE, "give either --granted or --patient, not both")
+        if granted:
+            with _session(profile, wallet) as s, _errors():
+                pairs = s.granted_records()
+            if as_json:
+                _emit([{**r.to_dict(), "grant_id": g.grant_id} for r, g in pairs])
+                return
+            table = _table("record", "patient", "type", "created", "grant")
+            for r, g in pairs:
+                table.add_row(
+                    r.record_id, r.owner, r.type or r.label, _fmt_time(r.created_at), g.grant_id
+                )
+            out_console().print(table)
+            return
         with _session(profile, wallet) as s, _errors():
             refs = s.list_records(patient or None)
         if as_json:
