@@ -540,7 +540,8 @@ class Session(Closing):
         if exc.creator_refused:
             return ForeignIdentity(
                 f"the ledger does not accept the certificate of {self.ibe_id} ({exc.message}): "
-                "is the wallet from another consortium, or edited?"
+                "is the wallet from another consortium, or edited? (on Fabric: or are the "
+                "profile's tls_ca files not those of the network?)"
             )
         if isinstance(exc, LedgerCorrupt):
             return exc
