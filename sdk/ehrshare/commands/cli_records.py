@@ -98,7 +98,7 @@ def _errors() -> Iterator[None]:
         raise
     except EhrshareError as exc:
         _fail(exc.exit_code, str(exc), exc.hint)
-    except ConnectionError as exc:
+    except (ConnectionError, TimeoutError) as exc:
         _fail(EXIT_UNAVAILABLE, str(exc))
     except (EncodingError, OSError) as exc:
         # A file of the profile or wallet that cannot be read: a setup (or volume) problem.
