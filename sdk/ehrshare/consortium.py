@@ -73,7 +73,7 @@ __all__ = [
     "Consortium",
     "ConsortiumError",
     "FabricOptions",
-    "InvalidMemberName",
+    "InvalidName",
     "connect",
     "profile_file",
 ]
@@ -96,8 +96,9 @@ class ConsortiumError(ConfigurationError, ValueError):
     """A consortium directory cannot be created or opened; the message says what to do."""
 
 
-class InvalidMemberName(ConsortiumError):
-    """A new member's name cannot be an enrollment id and wallet directory name."""
+class InvalidName(ConsortiumError):
+    """A new member's or hospital's name cannot be an id on chain (an enrollment id, an MSP
+    id) and a directory name; nothing was made."""
 
     exit_code = EXIT_USAGE
 
@@ -349,6 +350,13 @@ class Consortium(Closing):
             raise ConsortiumError(f"storage backend {storage!r} is not embedded or kubo")
         if len(hospitals) < 2 or len(set(hospitals)) != len(hospitals):
             raise ConsortiumError("a consortium needs at least two distinct hospitals")
+        for hospital in hospitals:
+            if not isinstance(hospital, str) or not _MEMBER_NAME_RE.fullmatch(_msp(hospital)):
+                raise InvalidName(
+                    f"hospital name {hospital!r} is invalid: use letters, digits, '.', '_' or "
+                    "'-', starting with a letter or digit (at most 61, so that its MSP id "
+                    "<name>MSP fits 64)"
+                )
         if not 2 <= threshold <= len(hospitals):
             raise ConsortiumError(
                 f"threshold {threshold} must be between 2 and the {len(hospitals)} KGC nodes"
@@ -585,7 +593,7 @@ class Consortium(Closing):
     def add_member(self, name: str, hospital: str, role: str) -> Wallet:
         """Issue a certificate for ``name`` at ``hospital``'s CA into a new wallet."""
         if not isinstance(name, str) or not _MEMBER_NAME_RE.fullmatch(name):
-            raise InvalidMemberName(
+            raise InvalidName(
                 f"member name {name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"
             )

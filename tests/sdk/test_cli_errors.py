@@ -306,3 +306,12 @@ def test_a_wallet_refused_while_connecting_closes_what_was_opened(
     with pytest.raises(WalletError, match="does not hold an identity secret key"):
         connect(copy, "nokey")
     assert len(closed) == 1
+
+
+@pytest.mark.parametrize("hospitals", ["a/b,c", "Ä,B", "H" * 300 + ",B", "A,.hidden"])
+def test_init_refuses_hospital_names_that_are_not_msp_ids(tmp_path: Path, hospitals: str) -> None:
+    target = tmp_path / "new"
+    result = invoke("consortium", "init", str(target), "--hospitals", hospitals)
+    assert result.exit_code == 2, result.output
+    assert "hospital name" in result.output and "is invalid" in result.output
+    assert not target.exists()

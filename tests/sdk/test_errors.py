@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 from ehrshare import errors
 from ehrshare.cli import app
-from ehrshare.consortium import ConsortiumError, InvalidMemberName
+from ehrshare.consortium import ConsortiumError, InvalidName
 from ehrshare.fabricnet import FabricNetError
 from ehrshare.fhir import FhirValidationError, UnknownRecordType
 from ehrshare.ledger.errors import CommitError, EndorseError, LedgerCorrupt, LedgerError
@@ -44,7 +44,7 @@ CODES: list[tuple[type[errors.EhrshareError], int]] = [
     (proxy.NotAuthorised, 1),
     (kgc.NotAuthorised, 1),
     (UnknownProxy, 2),
-    (InvalidMemberName, 2),
+    (InvalidName, 2),
     (ProfileError, 3),
     (BackendUnavailable, 3),
     (WalletError, 3),
