@@ -315,3 +315,22 @@ def test_init_refuses_hospital_names_that_are_not_msp_ids(tmp_path: Path, hospit
     assert result.exit_code == 2, result.output
     assert "hospital name" in result.output and "is invalid" in result.output
     assert not target.exists()
+
+
+@pytest.mark.parametrize("out", ["missing-dir/x.json", "."])
+def test_record_get_to_a_path_that_cannot_be_written_is_a_usage_error(
+    world: dict[str, str], tmp_path: Path, out: str
+) -> None:
+    p = world["profile"]
+    target = str(tmp_path / out)
+    get = ("record", "get", world["record"], "-o", target, "-p", p, "-w", "alice")
+    refused(2, *get, profile=p, says=f"cannot write {target}")
+
+
+def test_wallet_encrypt_without_a_terminal_or_passphrase_is_a_usage_error(
+    copy: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("EHRSHARE_WALLET_PASSPHRASE", raising=False)
+    _wallet_copy(copy, "plain")
+    refused(2, "wallet", "encrypt", "-p", copy, "-w", "plain", profile=copy, says="no terminal")
+    refused(3, "wallet", "encrypt", "-p", copy, "-w", "nobody", profile=copy, says="no identity")

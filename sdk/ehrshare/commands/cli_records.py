@@ -94,7 +94,7 @@ def _errors() -> Iterator[None]:
 
     try:
         yield
-    except typer.Exit:
+    except (typer.Exit, typer.Abort, typer.TyperException):  # typer says those itself
         raise
     except EhrshareError as exc:
         _fail(exc.exit_code, str(exc), exc.hint)
@@ -708,6 +708,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             w = prof.wallet(_need_wallet(wallet))
             if w.encrypted:
                 _fail(EXIT_CONFIG, f"wallet {w.directory} is already encrypted")
+            w.load_identity()  # a wallet that is not there is said before a passphrase is asked
+            if not os.environ.get(PASSPHRASE_ENV) and not sys.stdin.isatty():
+                _fail(EXIT_USAGE, f"no terminal to ask for the passphrase on: set {PASSPHRASE_ENV}")
             passphrase = os.environ.get(PASSPHRASE_ENV) or typer.prompt(
                 "new passphrase", hide_input=True, confirmation_prompt=True
             )
@@ -801,11 +804,18 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     ) -> None:
         """Request access (logged), get the capsule re-encrypted by the proxies of the grant
         chain, decrypt and print the FHIR resource. Exit code 1 if the chaincode denies it."""
+        if out and (Path(out).is_dir() or not Path(out).parent.is_dir()):
+            # Said before the read: a read is logged on chain, a path typo need not be.
+            _fail(EXIT_USAGE, f"cannot write {out}: not a file in an existing directory")
         with _session(profile, wallet) as s, _errors(), _progress("reading", as_json):
             resource = s.read_record(record_id, grant=grant_id or None)
         text = resource.model_dump_json(exclude_none=True, indent=2)
         if out:
-            Path(out).write_text(text + "\n", encoding="utf-8")
+            try:
+                Path(out).write_text(text + "\n", encoding="utf-8")
+            except OSError as exc:
+                # The read is done and logged; only the copy on disk failed.
+                _fail(EXIT_USAGE, f"cannot write {out}: {exc.strerror}; the record was read")
             if not as_json:
                 _err.print(f"[green]✓[/green] wrote {out}")
                 return
