@@ -822,7 +822,9 @@ class Session(Closing):
         Submits RequestAccess (logged either way); only after an allow decision has committed
         do the proxies of the grant chain re-encrypt the capsule, in chain order. ``grant``
         names the grant to read under when you hold several (their re-keys may sit at
-        different proxies). Raises :class:`AccessDenied` on a denial.
+        different proxies). Raises :class:`AccessDenied` on a denial, and
+        :class:`RecordIntegrityError` when the ciphertext is missing, altered or does not
+        decrypt.
         """
         del timeout  # reserved for the gRPC proxy client
         record_id = ref.record_id if isinstance(ref, RecordRef) else ref

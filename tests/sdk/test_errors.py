@@ -124,3 +124,10 @@ def test_operations_doc_has_the_same_table() -> None:
         if cells[0].isdigit()
     }
     assert rows == errors.EXIT_CODES
+
+
+def test_the_root_is_importable_from_the_package() -> None:
+    import ehrshare
+
+    assert ehrshare.EhrshareError is errors.EhrshareError
+    assert issubclass(ehrshare.SdkError, ehrshare.EhrshareError)
