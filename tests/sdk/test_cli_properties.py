@@ -4,7 +4,7 @@ leaves the ledger database, the content store and the wallets byte for byte as t
 
 Commands run in-process through typer's CliRunner against one consortium made for the module;
 a few run as real ``python -m ehrshare`` processes, where a traceback would reach stderr.
-Bounded: 56 generated examples in all, well under a minute on a busy machine.
+Bounded: 60 generated examples in all, well under a minute on a busy machine.
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from typing import Any
 
 import pytest
 from cli_world import invoke, make_world, state_digest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
+from ehrshare.demo import imaging_study, lab_observation, medication_request
 from ehrshare.errors import EXIT_CODES
 
 SETTINGS = settings(
@@ -42,6 +43,7 @@ def check(world: dict[str, str], *args: str) -> int:
     """Run one command; assert the property; return its exit code."""
     before = state_digest(world["profile"])
     result = invoke(*args)  # asserts: no exception escaped, no traceback, no "unexpected error"
+    event(f"exit {result.exit_code}")  # --hypothesis-show-statistics: which codes were reached
     assert result.exit_code in EXIT_CODES, f"{args}: exit {result.exit_code}\n{result.output}"
     if result.exit_code != 0:
         assert state_digest(world["profile"]) == before, f"refused {args} changed the state"
@@ -68,6 +70,7 @@ IBE_IDS = st.one_of(
 )
 TYPES = st.one_of(st.sampled_from(["lab", "imaging", "general", "dental", "LAB", ""]), TEXT)
 WALLETS = st.sampled_from(["alice", "baker"])
+GRANTEES = st.one_of(st.sampled_from(["HospitalBMSP/baker", "HospitalAMSP/alice"]), IBE_IDS)
 
 
 def _deep(depth: int) -> str:
@@ -91,7 +94,12 @@ FHIR_ISH = st.fixed_dictionaries(
         "valueQuantity": JSON_VALUES,
     },
 )
+VALID = st.sampled_from([lab_observation(), imaging_study(), medication_request()])
 DOCUMENTS = st.one_of(
+    VALID.map(lambda d: json.dumps(d).encode()),
+    st.builds(
+        lambda d, k: {x: v for x, v in d.items() if x != k}, VALID, TEXT | VALID.map(str)
+    ).map(lambda d: json.dumps(d).encode()),
     FHIR_ISH.map(lambda d: json.dumps(d).encode()),
     JSON_VALUES.map(lambda v: json.dumps(v).encode()),
     st.sampled_from([50, 101, 1_000, 100_000]).map(lambda n: _deep(n).encode()),
@@ -102,55 +110,52 @@ DOCUMENTS = st.one_of(
 # --- properties -------------------------------------------------------------------------------
 
 
-@settings(SETTINGS, max_examples=16)
-@given(
-    grantee=IBE_IDS,
-    record_type=TYPES,
-    days=st.none() | NUMBERS,
-    until=st.none() | TEXT | st.sampled_from(["2031-01-01", "9999-12-31", "0001-01-01T00:00Z"]),
-    max_hops=st.none() | NUMBERS,
-    proxy=st.none() | IBE_IDS,
-    wallet=WALLETS,
+# A grant that works, with up to two of its parts replaced by generated ones: every check
+# along the way (arguments, the ledger, the proxies) gets reached, not only the first.
+GOOD_GRANT: dict[str, str | None] = {
+    "grantee": "HospitalBMSP/baker",
+    "type": "lab",
+    "--days": "1",
+    "--until": None,
+    "--max-hops": "0",
+    "--proxy": None,
+    "wallet": "alice",
+}
+CHANGES = st.lists(
+    st.one_of(
+        st.tuples(st.just("grantee"), IBE_IDS),
+        st.tuples(st.just("type"), TYPES),
+        st.tuples(st.just("--days"), st.none() | NUMBERS),
+        st.tuples(
+            st.just("--until"),
+            TEXT | st.sampled_from(["2031-01-01", "9999-12-31", "0001-01-01T00:00Z"]),
+        ),
+        st.tuples(st.just("--max-hops"), NUMBERS),
+        st.tuples(st.just("--proxy"), IBE_IDS | st.just("HospitalBMSP/proxy")),
+        st.tuples(st.just("wallet"), WALLETS),
+    ),
+    max_size=2,
 )
-@example(  # the values users found, whatever the generator draws
-    grantee="HospitalBMSP/baker",
-    record_type="lab",
-    days="nan",
-    until=None,
-    max_hops=None,
-    proxy=None,
-    wallet="alice",
-).via("a user's report")
-@example(
-    grantee="HospitalBMSP/baker",
-    record_type="lab",
-    days="1e12",
-    until=None,
-    max_hops="-1",
-    proxy="HospitalXMSP/proxy",
-    wallet="alice",
-).via("a user's report")
-def test_generated_grants(
-    world: dict[str, str],
-    grantee: str,
-    record_type: str,
-    days: str | None,
-    until: str | None,
-    max_hops: str | None,
-    proxy: str | None,
-    wallet: str,
-) -> None:
+
+
+@settings(SETTINGS, max_examples=16)
+@given(changes=CHANGES)
+@example([("--days", "nan")]).via("a user's report")
+@example([("--days", "1e12"), ("--proxy", "HospitalXMSP/proxy")]).via("a user's report")
+def test_generated_grants(world: dict[str, str], changes: list[tuple[str, str | None]]) -> None:
+    g = {**GOOD_GRANT, **dict(changes)}
+    grantee, record_type, wallet = g["grantee"], g["type"], g["wallet"]
+    assert grantee is not None and record_type is not None and wallet is not None
     args = ["grant", grantee, record_type, "-p", world["profile"], "-w", wallet]
-    for flag, value in (("--days", days), ("--until", until), ("--max-hops", max_hops)):
+    for flag in ("--days", "--until", "--max-hops", "--proxy"):
+        value = g[flag]
         if value is not None:
             args += [flag, value]
-    if proxy is not None:
-        args += ["--proxy", proxy]
     check(world, *args)
 
 
 @settings(SETTINGS, max_examples=12)
-@given(document=DOCUMENTS, record_type=st.none() | TYPES, patient=st.none() | IBE_IDS)
+@given(document=DOCUMENTS, record_type=st.none() | TYPES, patient=st.none() | GRANTEES)
 def test_generated_records(
     world: dict[str, str],
     tmp_path_factory: pytest.TempPathFactory,
@@ -291,3 +296,26 @@ def test_real_processes_exit_cleanly(world: dict[str, str], tmp_path: Path, case
     assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
     assert done.stderr.startswith("error: "), done.stderr
     assert state_digest(p) == before
+
+
+@settings(SETTINGS, max_examples=4)
+@given(
+    hospitals=st.one_of(
+        st.just(["HospitalA", "HospitalB", "HospitalC"]),
+        st.lists(
+            st.one_of(st.sampled_from(["HospitalA", "B", "a/b", "Ä", "x" * 70]), TEXT),
+            max_size=4,
+        ),
+    ),
+    threshold=st.one_of(st.sampled_from(["2", "3", "4"]), NUMBERS),
+)
+def test_generated_consortium_init(
+    tmp_path_factory: pytest.TempPathFactory, hospitals: list[str], threshold: str
+) -> None:
+    target = tmp_path_factory.mktemp("init") / "c"
+    args = ["consortium", "init", str(target), "--hospitals", ",".join(hospitals)]
+    result = invoke(*args, "--threshold", threshold)
+    event(f"exit {result.exit_code}")
+    assert result.exit_code in EXIT_CODES, result.output
+    if result.exit_code != 0:
+        assert not target.exists(), f"a refused init left {target} behind"
