@@ -813,6 +813,24 @@ class EHRContract:
         records, next_bm = ctx.index_page(K_RECORD_BY_OWNER, patient, K_RECORD, page_size, bookmark)
         return {"records": records, "bookmark": next_bm}
 
+    def ListGrantedRecords(
+        self, ctx: TxContext, grant_id: str, page_size: str = "", bookmark: str = ""
+    ) -> Any:
+        """One page of the records a grant lets its grantee read now: the owner's records of
+        the grant's type (the grantee only, while the grant and its chain are valid). A page
+        may hold fewer records than asked for; follow the bookmark until it is empty."""
+        caller = ctx.registered()
+        grant = self._grant(ctx, grant_id)
+        if grant["grantee"] != caller.ibe_id:
+            raise ChaincodeError(f"identity {caller.name} is not the grantee of grant {grant_id}")
+        problem = self._grant_problem(ctx, grant)
+        if problem is not None:
+            raise ChaincodeError(problem)
+        records, next_bm = ctx.index_page(
+            K_RECORD_BY_OWNER, grant["owner"], K_RECORD, page_size, bookmark
+        )
+        return {"records": [r for r in records if r["type"] == grant["type"]], "bookmark": next_bm}
+
     # --- grants ------------------------------------------------------------------------------
 
     def _grant(self, ctx: TxContext, grant_id: str) -> dict[str, Any]:

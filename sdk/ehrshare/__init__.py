@@ -22,6 +22,7 @@ __all__ = [
     "AuditVerification",
     "BackendUnavailable",
     "Consortium",
+    "EhrshareError",
     "EnrollmentError",
     "Grant",
     "NotEnrolledError",
@@ -41,6 +42,7 @@ __all__ = [
 __version__ = "0.1.0"
 
 _LAZY = {
+    "EhrshareError": "ehrshare.errors",
     "connect": "ehrshare.consortium",
     "Consortium": "ehrshare.consortium",
     "Profile": "ehrshare.profile",
@@ -65,6 +67,7 @@ _SESSION_NAMES = (
 
 if TYPE_CHECKING:
     from ehrshare.consortium import Consortium, connect
+    from ehrshare.errors import EhrshareError
     from ehrshare.profile import BackendUnavailable, Profile, ProfileError, Wallet
     from ehrshare.session import (
         AccessDenied,

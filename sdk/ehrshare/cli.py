@@ -13,6 +13,8 @@ import logging
 
 import typer
 
+from ehrshare.errors import exit_code_table
+
 __all__ = ["app", "bench_app", "main"]
 
 app = typer.Typer(
@@ -22,6 +24,7 @@ app = typer.Typer(
         "pointers, grants and an audit log on Hyperledger Fabric, identity-based "
         "multi-hop proxy re-encryption on BLS12-381."
     ),
+    epilog=exit_code_table(),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_show_locals=False,

@@ -34,6 +34,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import re
 import secrets
 import shutil
 import time
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Final
 import yaml
 
 from ehrshare.closing import Closing
+from ehrshare.errors import EXIT_USAGE, ConfigurationError
 from ehrshare.hazmat.dkg import new_session_nonce
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
@@ -90,6 +92,7 @@ __all__ = [
     "Consortium",
     "ConsortiumError",
     "FabricOptions",
+    "InvalidName",
     "connect",
     "open_store",
     "profile_file",
@@ -102,12 +105,22 @@ DEFAULT_BASE_PORT: Final = 7060
 SERVICE_MODES: Final = ("in-process", "processes")
 ROLES: Final = ("patient", "clinician", "auditor", "admin")
 ADMIN_WALLET: Final = "admin"
+# A member's name is its enrollment id and its wallet's directory name: what the chaincode
+# accepts as an id, which is also a safe file name.
+_MEMBER_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 Clock = Callable[[], int]
 Progress = Callable[[str], None]
 
 
-class ConsortiumError(ValueError):
+class ConsortiumError(ConfigurationError, ValueError):
     """A consortium directory cannot be created or opened; the message says what to do."""
+
+
+class InvalidName(ConsortiumError):
+    """A new member's or hospital's name cannot be an id on chain (an enrollment id, an MSP
+    id) and a directory name; nothing was made."""
+
+    exit_code = EXIT_USAGE
 
 
 @dataclass(frozen=True)
@@ -387,6 +400,13 @@ class Consortium(Closing):
             raise ConsortiumError(f"storage backend {storage!r} is not embedded or kubo")
         if len(hospitals) < 2 or len(set(hospitals)) != len(hospitals):
             raise ConsortiumError("a consortium needs at least two distinct hospitals")
+        for hospital in hospitals:
+            if not isinstance(hospital, str) or not _MEMBER_NAME_RE.fullmatch(_msp(hospital)):
+                raise InvalidName(
+                    f"hospital name {hospital!r} is invalid: use letters, digits, '.', '_' or "
+                    "'-', starting with a letter or digit (at most 61, so that its MSP id "
+                    "<name>MSP fits 64)"
+                )
         members = len(hospitals) if committee is None else committee
         if not 2 <= members <= len(hospitals):
             raise ConsortiumError(
@@ -632,10 +652,15 @@ class Consortium(Closing):
 
     def add_member(self, name: str, hospital: str, role: str) -> Wallet:
         """Issue a certificate for ``name`` at ``hospital``'s CA into a new wallet."""
+        if not isinstance(name, str) or not _MEMBER_NAME_RE.fullmatch(name):
+            raise InvalidName(
+                f"member name {name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
         if role not in ROLES:
             raise ConsortiumError(f"role {role!r} is not one of {', '.join(ROLES)}")
         msp = _msp(hospital)
-        if not (self.directory / "ca" / msp).is_dir():
+        if not _MEMBER_NAME_RE.fullmatch(msp) or not (self.directory / "ca" / msp).is_dir():
             known = sorted(p.name for p in (self.directory / "ca").iterdir())
             raise ConsortiumError(f"hospital {hospital!r} is not in this consortium ({known})")
         wallet = self.profile.wallet(name)
@@ -724,22 +749,25 @@ class Consortium(Closing):
             if then is not None:
                 then()
 
-        on_close = close_all
-        return Session(
-            identity=identity,
-            signer=signer,
-            contract=contract,
-            store=self.store,
-            kgc=kgc,
-            proxies=proxies,
-            labels=self._labels,
-            mapping=self.profile.mapping,
-            max_record_bytes=self.profile.max_record_bytes,
-            wallet=wallet,
-            clock=self.clock,
-            on_close=on_close,
-            ledger_check=self._ledger_check(identity, signer, client_tls),
-        )
+        try:
+            return Session(
+                identity=identity,
+                signer=signer,
+                contract=contract,
+                store=self.store,
+                kgc=kgc,
+                proxies=proxies,
+                labels=self._labels,
+                mapping=self.profile.mapping,
+                max_record_bytes=self.profile.max_record_bytes,
+                wallet=wallet,
+                clock=self.clock,
+                on_close=close_all,
+                ledger_check=self._ledger_check(identity, signer, client_tls),
+            )
+        except BaseException:
+            close_all(None)
+            raise
 
     def _ledger_check(
         self, identity: Identity, signer: Signer, client_tls: ClientTlsPair | None
@@ -1039,7 +1067,8 @@ def connect(
     try:
         w = wallet if isinstance(wallet, Wallet) else consortium.profile.wallet(os.fspath(wallet))
         identity, signer = w.load_identity()
+        # A wallet refused here (say, an unreadable ibe.key) must not leave the ledger open.
+        return consortium._session(identity, signer, w, on_close=consortium.close)
     except BaseException:
         consortium.close()
         raise
-    return consortium._session(identity, signer, w, on_close=consortium.close)

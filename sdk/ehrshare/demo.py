@@ -279,6 +279,7 @@ def run_demo(
                 f"DKG finished: threshold 2 of 3, QUAL = {', '.join(dkg['qual'])}; "
                 f"mpk on chain ({dkg['mpk'][:16]}…)"
             )
+            story.check("dkg_all_qualified", len(dkg["qual"]) == 3, s)
         c = consortium
         if processes:
             with story.step("The KGC nodes and the proxies start as separate processes") as s:
@@ -317,6 +318,7 @@ def run_demo(
                         1 in enrolled.failed and 1 not in enrolled.used,
                         s,
                     )
+            story.check("members_enrolled", all(x.enrolled for x in by_name.values()), s)
         alice, adams, baker, chen = (by_name[n] for n in people)
         with story.step("Dr Adams (hospital A) stores three FHIR records for Alice") as s:
             lab = adams.put_record(lab_observation(), patient=alice.ibe_id)
@@ -331,6 +333,11 @@ def run_demo(
                     f"{what} → type {ref.type} (on chain: {ref.label[:12]}…), "
                     f"{ref.record_id[:14]}…, CID {ref.cid[:16]}…"
                 )
+            story.check(
+                "records_typed",
+                (lab.type, img.type, med.type) == ("lab", "imaging", "medication"),
+                s,
+            )
         with story.step("Alice grants 'lab' to Dr Baker (hospital B), 2 hops, 30 days") as s:
             grant = alice.grant(baker.ibe_id, "lab", expires=_dt.timedelta(days=30), max_hops=2)
             s.lines.append(
@@ -377,7 +384,8 @@ def run_demo(
                 s.lines.append(f"denied and logged: {exc.reason}")
                 story.check("imaging_denied", True, s)
         with story.step("Alice revokes Dr Baker's grant") as s:
-            alice.revoke(grant)
+            revoked = alice.revoke(grant)
+            story.check("grant_revoked", revoked.state == "revoked", s)
             s.lines.append(
                 "grant revoked on chain; every hospital's proxy is told to delete the re-keys it "
                 "holds of it and of grants forwarded from it (B's: Alice's, C's: Dr Baker's "

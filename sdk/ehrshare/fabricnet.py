@@ -67,6 +67,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
+from ehrshare.errors import Unavailable
 from ehrshare.identity import LocalCA
 from ehrshare.processes import free_loopback_ports, pid_alive
 from ehrshare.services.tls import issue_tls_certificate
@@ -124,8 +125,10 @@ _TRANSIENT = re.compile(
 )
 
 
-class FabricNetError(RuntimeError):
+class FabricNetError(Unavailable, RuntimeError):
     """The network cannot be created, started or used; the message says which part and why."""
+
+    hint = "see the process logs under <consortium>/fabric"
 
 
 def _repo_root() -> Path:

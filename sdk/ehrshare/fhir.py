@@ -31,6 +31,8 @@ from fhir.resources.R4B import get_fhir_model_class
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydantic import ValidationError
 
+from ehrshare.errors import InvalidInput
+
 __all__ = [
     "DEFAULT_RULES",
     "DEFAULT_TYPE",
@@ -45,6 +47,9 @@ __all__ = [
 ]
 
 LABEL_KEY_SIZE: Final = 32
+# Deeper JSON is refused before validation: real resources nest a few dozen levels at most,
+# and a deeper document would exhaust the parser's and the validator's recursion.
+MAX_DEPTH: Final = 100
 DEFAULT_TYPE: Final = "general"
 _TYPE_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _OPAQUE_RE: Final = re.compile(r"t-[0-9a-f]{32}")
@@ -56,11 +61,11 @@ _ACT_CODE: Final = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
 _CONFIDENTIALITY: Final = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 
 
-class FhirValidationError(ValueError):
+class FhirValidationError(InvalidInput):
     """The input is not a valid FHIR R4 resource; the message names the failing fields."""
 
 
-class UnknownRecordType(ValueError):
+class UnknownRecordType(InvalidInput):
     """A record type name that the consortium's type mapping does not know."""
 
 
@@ -70,6 +75,29 @@ def _check_type_name(name: str) -> str:
             f"record type {name!r} is invalid: use 1-32 lower-case letters, digits or '-'"
         )
     return name
+
+
+def _too_deep() -> str:
+    return f"resource is nested more than {MAX_DEPTH} levels deep, deeper than any FHIR resource"
+
+
+def _depth_exceeds(obj: Any, limit: int) -> bool:
+    """Whether JSON-like ``obj`` nests more than ``limit`` containers (iteratively: a deep
+    object must not exhaust the stack while it is measured)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children: Iterable[Any]
+        if isinstance(item, Mapping):
+            children = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
 
 
 def _summarise(exc: ValidationError) -> str:
@@ -97,6 +125,8 @@ def parse_resource(data: FHIRAbstractModel | Mapping[str, Any] | str | bytes) ->
             obj = json.loads(data)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise FhirValidationError(f"resource is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise FhirValidationError(_too_deep()) from None
     elif isinstance(data, Mapping):
         obj = dict(data)
     else:
@@ -106,6 +136,8 @@ def parse_resource(data: FHIRAbstractModel | Mapping[str, Any] | str | bytes) ->
         )
     if not isinstance(obj, dict):
         raise FhirValidationError("a FHIR resource must be a JSON object")
+    if _depth_exceeds(obj, MAX_DEPTH):
+        raise FhirValidationError(_too_deep())
     resource_type = obj.get("resourceType")
     if not isinstance(resource_type, str) or not resource_type:
         raise FhirValidationError("resource has no resourceType")

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ehrshare.errors import Unavailable, UsageError
 from ehrshare.faults import fault_point
 from ehrshare.processes import (
     RESTART_REQUEST_SUFFIX,
@@ -61,12 +62,14 @@ LOG_FILE = "network.log"
 LOCK_FILE = "network.lock"
 
 
-class NetworkControlError(RuntimeError):
+class NetworkControlError(Unavailable, RuntimeError):
     """The services could not be started or stopped; the message says why and what to do."""
 
 
-class UnknownService(NetworkControlError):
+class UnknownService(UsageError, NetworkControlError):
     """``network restart`` named a service the supervisor does not run (a usage error)."""
+
+    hint = "'ehrshare network status' lists the services"
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Final
 
+from ehrshare.errors import Unavailable
 from ehrshare.faults import fault_point
 from ehrshare.profile import Profile, ProfileError, ServiceConfig
 
@@ -69,7 +70,7 @@ _PDEATHSIG_LAUNCHER: Final = (
 )
 
 
-class ServiceProcessError(RuntimeError):
+class ServiceProcessError(Unavailable, RuntimeError):
     """A service process did not start (the message carries the tail of its stderr)."""
 
 

@@ -58,7 +58,9 @@ import yaml
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from ehrshare.errors import ConfigurationError
 from ehrshare.faults import fault_point
 from ehrshare.fhir import DEFAULT_RULES, LABEL_KEY_SIZE, TypeLabels, TypeMapping, TypeRule
 from ehrshare.hazmat.tipre import IdentitySecretKey
@@ -87,7 +89,7 @@ PROFILE_VERSION: Final = 1
 PASSPHRASE_ENV: Final = "EHRSHARE_WALLET_PASSPHRASE"  # noqa: S105 - a variable name
 
 
-class ProfileError(ValueError):
+class ProfileError(ConfigurationError, ValueError):
     """A profile file is missing, unreadable or wrong; the message names the file and the key."""
 
 
@@ -95,7 +97,7 @@ class BackendUnavailable(ProfileError):
     """The profile asks for a backend this installation cannot run."""
 
 
-class WalletError(ValueError):
+class WalletError(ConfigurationError, ValueError):
     """A wallet directory is missing files or holds something unreadable."""
 
 
@@ -581,6 +583,11 @@ def _fsync_tree(directory: Path) -> None:
 SECRET_FILES: Final = ("key.pem", "tls-key.pem", "ibe.key")
 
 
+def _public_der(key: Any) -> bytes:
+    der: bytes = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return der
+
+
 class Wallet:
     """One member's credentials in a directory: ``msp-id``, ``cert.pem``, ``key.pem``, ``ibe.key``,
     ``tls-cert.pem``, ``tls-key.pem``.
@@ -610,7 +617,10 @@ class Wallet:
     @property
     def exists(self) -> bool:
         """Whether the wallet holds an identity."""
-        return (self.directory / "cert.pem").is_file()
+        try:
+            return (self.directory / "cert.pem").is_file()
+        except OSError:  # a name too long for the file system, say: no such wallet
+            return False
 
     @property
     def encrypted(self) -> bool:
@@ -679,7 +689,21 @@ class Wallet:
             raise
         except (OSError, ValueError) as exc:
             raise WalletError(f"wallet {self.directory} is unreadable: {exc}") from None
-        return Identity(msp, cert), signer
+        identity = Identity(msp, cert)
+        try:
+            public = identity.certificate.public_key()
+            identity.enrollment_id  # noqa: B018 - parses the subject's common name
+        except (ValueError, IndexError):
+            raise WalletError(
+                f"wallet {self.directory}: {cert_name} is not a readable X.509 certificate "
+                "(empty, truncated or edited); restore the wallet from its backup"
+            ) from None
+        if _public_der(public) != _public_der(signer.public_key):
+            raise WalletError(
+                f"wallet {self.directory}: {cert_name} is not the certificate of its key "
+                f"{key_name}; restore the wallet from its backup"
+            )
+        return identity, signer
 
     def load_identity(self) -> tuple[Identity, Signer]:
         """Read the certificate and the signing key (first finishing or undoing a change a

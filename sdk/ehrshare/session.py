@@ -43,6 +43,15 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
 from ehrshare import crypto
 from ehrshare.closing import Closing
+from ehrshare.errors import (
+    ConfigurationError,
+    EhrshareError,
+    IntegrityFailure,
+    InvalidInput,
+    Refused,
+    Unavailable,
+    UsageError,
+)
 from ehrshare.faults import fault_point
 from ehrshare.fhir import (
     FhirValidationError,
@@ -57,11 +66,23 @@ from ehrshare.hazmat.errors import DecryptionError, EncodingError, VerificationE
 from ehrshare.hazmat.kgc_keys import KGCNodePublicKey
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.api import Contract
-from ehrshare.ledger.errors import LedgerError, LedgerIntegrityError, OrderingKeyError
+from ehrshare.ledger.errors import (
+    LedgerCorrupt,
+    LedgerError,
+    LedgerIntegrityError,
+    OrderingKeyError,
+)
 from ehrshare.profile import Wallet
 from ehrshare.services.proxy import InvalidReKey, NoReKey, ProxyUnavailable, seal_rekey
 from ehrshare.services.proxy import NotAuthorised as ProxyNotAuthorised
-from ehrshare.storage import BlobStore, StorageError, get_verified, sha256_hex
+from ehrshare.storage import (
+    BlobStore,
+    ContentNotFound,
+    IntegrityError,
+    StorageError,
+    get_verified,
+    sha256_hex,
+)
 
 __all__ = [
     "AccessDenied",
@@ -69,21 +90,26 @@ __all__ = [
     "AuditVerification",
     "EnrollmentError",
     "EnrollmentResult",
+    "ForeignIdentity",
     "Grant",
     "GrantNotServed",
     "KgcClient",
     "LedgerUnreachable",
+    "NoSuchMember",
     "NotEnrolledError",
     "ProxyClient",
     "ProxyError",
+    "ProxyNotInProfile",
     "ProxyRoute",
     "ProxyUnreachable",
+    "RecordIntegrityError",
     "RecordRef",
     "RecordStorageError",
     "RecordTooLarge",
     "RequestRejected",
     "SdkError",
     "Session",
+    "UnknownProxy",
 ]
 
 _log = logging.getLogger(__name__)
@@ -97,8 +123,9 @@ _MAX_FALLBACK_GRANTS: Final = 8
 # --- errors ----------------------------------------------------------------------------------
 
 
-class SdkError(Exception):
-    """Base class of every error the session raises on purpose."""
+class SdkError(EhrshareError):
+    """Base class of every error the session raises on purpose (exit code 1 unless a
+    subclass names another family)."""
 
 
 class RequestRejected(SdkError):
@@ -111,16 +138,27 @@ class RequestRejected(SdkError):
         super().__init__(f"{function} was rejected: {message}")
 
 
-class LedgerUnreachable(SdkError):
+class LedgerUnreachable(Unavailable, SdkError):
     """No peer or orderer of the ledger answered; nothing was decided or written."""
+
+    hint = "is the ledger running? For a local Fabric network: 'ehrshare network up'"
 
     def __init__(self, function: str, message: str) -> None:
         self.function = function
         super().__init__(f"{function}: {message}")
 
 
-class AccessDenied(SdkError):
+class ForeignIdentity(ConfigurationError, SdkError):
+    """The channel does not accept the wallet's certificate: issued by another consortium's CA
+    (or not a member certificate at all). Use a wallet this consortium issued."""
+
+    hint = "use a wallet issued by this consortium ('ehrshare consortium add-member')"
+
+
+class AccessDenied(Refused, SdkError):
     """The chaincode denied a read; the denial is on the audit log (``access_id``)."""
+
+    hint = "ask the patient for a grant of this record's type"
 
     def __init__(self, record_id: str, reason: str, access_id: str) -> None:
         self.record_id = record_id
@@ -129,11 +167,13 @@ class AccessDenied(SdkError):
         super().__init__(f"access to record {record_id} denied: {reason} (logged as {access_id})")
 
 
-class NotEnrolledError(SdkError):
+class NotEnrolledError(ConfigurationError, SdkError):
     """The session has no identity secret key yet: call :meth:`Session.enroll` first."""
 
+    hint = "run 'ehrshare enroll --wallet <name>'"
 
-class EnrollmentError(SdkError):
+
+class EnrollmentError(Unavailable, SdkError):
     """Threshold extraction failed; names the nodes that were down and those that sent bad keys."""
 
     def __init__(self, message: str, *, failed: dict[int, str], invalid: Sequence[int]) -> None:
@@ -142,19 +182,37 @@ class EnrollmentError(SdkError):
         super().__init__(message)
 
 
-class RecordStorageError(SdkError):
+class RecordStorageError(Unavailable, SdkError):
     """The ciphertext could not be stored or read back; nothing was registered on chain."""
 
 
-class RecordTooLarge(SdkError, ValueError):
+class RecordIntegrityError(IntegrityFailure, RecordStorageError):
+    """A record's ciphertext is missing from the store, altered, or does not decrypt under its
+    capsule: the pointer on chain and the bytes behind it disagree. Retrying does not help."""
+
+
+class RecordTooLarge(InvalidInput, SdkError):
     """A record is over the profile's ``limits.max_record_bytes``."""
 
 
-class ProxyError(SdkError):
+class NoSuchMember(Refused, RequestRejected):
+    """The identity named (a grantee, a referral's target, a record's patient) is not a
+    registered member of this consortium."""
+
+    def __init__(self, ibe_id: str) -> None:
+        super().__init__("GetIdentity", f"{ibe_id} is not registered in this consortium")
+        self.ibe_id = ibe_id
+        self.args = (
+            f"no such member: {ibe_id} is not registered in this consortium (check the id, "
+            "<msp id>/<enrollment id>; a new member registers with 'ehrshare enroll')",
+        )
+
+
+class ProxyError(Unavailable, SdkError):
     """The re-encryption proxy could not be reached or refused a call."""
 
 
-class GrantNotServed(SdkError):
+class GrantNotServed(Refused, SdkError):
     """A grant is on chain but its proxy holds no re-key for it (given before grants were
     atomic, or the proxy lost its state): a refusal, not an outage — it does not heal by
     waiting. The grantor re-delivers the re-key with :meth:`Session.repair_grant` (CLI
@@ -164,6 +222,19 @@ class GrantNotServed(SdkError):
         self.grant_ids = tuple(grant_ids)
         self.proxy = proxy
         super().__init__(message)
+        self.hint = (
+            "the grantor runs 'ehrshare grant repair "
+            + (self.grant_ids[-1] if self.grant_ids else "<grant id>")
+            + "' (or 'ehrshare revoke'); 'ehrshare grant list' shows your grants"
+        )
+
+
+class ProxyNotInProfile(ConfigurationError, ProxyError):
+    """A grant chain names a proxy this profile does not list (add it under ``proxies:``)."""
+
+
+class UnknownProxy(UsageError, ProxyNotInProfile):
+    """``proxy=`` (CLI ``--proxy``) names no proxy of this profile; nothing was done."""
 
 
 class ProxyUnreachable(ProxyError):
@@ -180,6 +251,7 @@ class ProxyUnreachable(ProxyError):
         self.msp_id = msp_id
         self.grant_ids = tuple(grant_ids)
         self.access_id = access_id
+        self.hint = f"ask hospital {msp_id} to start its proxy ('ehrshare proxy serve'), then retry"
         super().__init__(message)
 
 
@@ -438,11 +510,11 @@ class Session(Closing):
         # Reaches every proxy through one client (tests stand a failing proxy in this way).
         self.proxies = tuple(ProxyRoute(r.ibe_id, r.msp_id, client) for r in self.proxies)
 
-    def _route(self, ibe_id: str) -> ProxyRoute:
+    def _route(self, ibe_id: str, error: type[ProxyNotInProfile] = ProxyNotInProfile) -> ProxyRoute:
         for route in self.proxies:
             if route.ibe_id == ibe_id:
                 return route
-        raise ProxyError(
+        raise error(
             f"proxy {ibe_id} is not in this profile (it lists "
             + ", ".join(r.ibe_id for r in self.proxies)
             + ")"
@@ -452,7 +524,7 @@ class Session(Closing):
         """The proxy a grant to ``grantee`` names: ``proxy``, else the one of the grantee's
         hospital (its MSP as registered on chain), else the profile's first."""
         if proxy is not None:
-            return self._route(proxy)
+            return self._route(proxy, UnknownProxy)
         if len(self.proxies) == 1:
             return self.proxies[0]
         msp = self._evaluate("GetIdentity", grantee)["msp_id"]
@@ -485,11 +557,7 @@ class Session(Closing):
         except (LedgerIntegrityError, OrderingKeyError):
             raise  # the stored ledger was edited, or cannot be written: not a refusal
         except LedgerError as exc:
-            if exc.unreachable:
-                raise LedgerUnreachable(function, exc.message) from None
-            raise RequestRejected(
-                function, self._humanise(exc.message), exc.transaction_id
-            ) from None
+            raise self._ledger_error(function, exc) from None
 
     def _evaluate(self, function: str, *args: str) -> Any:
         try:
@@ -497,11 +565,22 @@ class Session(Closing):
         except (LedgerIntegrityError, OrderingKeyError):
             raise  # the stored ledger was edited, or cannot be written: not a refusal
         except LedgerError as exc:
-            if exc.unreachable:
-                raise LedgerUnreachable(function, exc.message) from None
-            raise RequestRejected(
-                function, self._humanise(exc.message), exc.transaction_id
-            ) from None
+            raise self._ledger_error(function, exc) from None
+
+    def _ledger_error(self, function: str, exc: LedgerError) -> EhrshareError:
+        """What a failed ledger call means to the member: unreachable, a certificate the
+        channel does not accept, a damaged ledger database, or a refusal."""
+        if exc.unreachable:
+            return LedgerUnreachable(function, exc.message)
+        if exc.creator_refused:
+            return ForeignIdentity(
+                f"the ledger does not accept the certificate of {self.ibe_id} ({exc.message}): "
+                "is the wallet from another consortium, or edited? (on Fabric: or are the "
+                "profile's tls_ca files not those of the network?)"
+            )
+        if isinstance(exc, LedgerCorrupt):
+            return exc
+        return RequestRejected(function, self._humanise(exc.message), exc.transaction_id)
 
     def _humanise(self, text: str) -> str:
         """Name opaque type labels in a chaincode message by their clinical type."""
@@ -569,6 +648,7 @@ class Session(Closing):
         try:
             stored = self._evaluate("GetTypeKey", owner, label)
         except RequestRejected as exc:
+            self._check_member(owner)
             name = self.labels.reveal(label) or label
             raise RequestRejected(
                 "GetTypeKey",
@@ -580,6 +660,13 @@ class Session(Closing):
             return key.verify(owner=owner, type_label=label)
         except (EncodingError, VerificationError, ValueError) as exc:
             raise SdkError(f"type key {label} of {owner} on chain is invalid: {exc}") from None
+
+    def _check_member(self, ibe_id: str) -> None:
+        """Raise :class:`NoSuchMember` unless ``ibe_id`` is registered on chain."""
+        try:
+            self._evaluate("GetIdentity", ibe_id)
+        except RequestRejected:
+            raise NoSuchMember(ibe_id) from None
 
     # --- enrolment ---------------------------------------------------------------------------
 
@@ -736,13 +823,37 @@ class Session(Closing):
             out.append(RecordRef.from_chain(item, self.labels))
         return out
 
-    def _pages(self, function: str, key: str, *args: str) -> Iterator[dict[str, Any]]:
+    def granted_records(self) -> list[tuple[RecordRef, Grant]]:
+        """The records you may read now under grants you hold (as a clinician), each with the
+        grant that lets you: every active, unexpired grant whose chain is still valid, and the
+        owner's records of its type. A record two grants cover is listed once."""
+        now = self._now()
+        seen: set[str] = set()
+        out: list[tuple[RecordRef, Grant]] = []
+        for grant in self.grants("grantee"):
+            if grant.state != "active" or grant.expiry <= now:
+                continue
+            try:
+                pages = self._pages("ListGrantedRecords", "records", grant.grant_id, sparse=True)
+                for item in pages:
+                    if item["record_id"] not in seen:
+                        seen.add(item["record_id"])
+                        out.append((RecordRef.from_chain(item, self.labels), grant))
+            except RequestRejected:
+                continue  # a grant up its chain was revoked or expired since it was listed
+        return out
+
+    def _pages(
+        self, function: str, key: str, *args: str, sparse: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """Every item of a paginated query. ``sparse``: the query filters its pages, so an
+        empty page is not the end; only an empty (or repeated) bookmark is."""
         bookmark = ""
         while True:
             page = self._evaluate(function, *args, _PAGE, bookmark)
             yield from page[key]
-            bookmark = page["bookmark"]
-            if not bookmark or not page[key]:
+            previous, bookmark = bookmark, page["bookmark"]
+            if not bookmark or bookmark == previous or (not sparse and not page[key]):
                 return
 
     def read_record(
@@ -757,7 +868,9 @@ class Session(Closing):
         Submits RequestAccess (logged either way); only after an allow decision has committed
         do the proxies of the grant chain re-encrypt the capsule, in chain order. ``grant``
         names the grant to read under when you hold several (their re-keys may sit at
-        different proxies). Raises :class:`AccessDenied` on a denial.
+        different proxies). Raises :class:`AccessDenied` on a denial, and
+        :class:`RecordIntegrityError` when the ciphertext is missing, altered or does not
+        decrypt.
         """
         del timeout  # reserved for the gRPC proxy client
         record_id = ref.record_id if isinstance(ref, RecordRef) else ref
@@ -809,6 +922,8 @@ class Session(Closing):
             capsule = self._reencrypt_along(access, capsule)
         try:
             sealed = get_verified(self.store, record["cid"], record["sha256"])
+        except (ContentNotFound, IntegrityError) as exc:
+            raise RecordIntegrityError(f"could not read record {record_id}: {exc}") from None
         except StorageError as exc:
             raise RecordStorageError(f"could not read record {record_id}: {exc}") from None
         try:
@@ -821,7 +936,9 @@ class Session(Closing):
                 receiving_sk=self._type_secret(sk, label),
             )
         except (DecryptionError, ValueError) as exc:
-            raise SdkError(f"record {record_id} could not be decrypted: {exc}") from None
+            raise RecordIntegrityError(
+                f"record {record_id} could not be decrypted: {exc}"
+            ) from None
         try:
             return parse_resource(plaintext)
         except FhirValidationError as exc:

@@ -193,6 +193,12 @@ CASES = [
         lambda w, n, r: f"identity {n} may not list records of {ALICE}",
     ),
     Case(
+        "ListGrantedRecords",
+        lambda w: (w.grants["grantee"],),
+        frozenset({"grantee"}),
+        lambda w, n, r: f"identity {n} is not the grantee of grant {w.grants['grantee']}",
+    ),
+    Case(
         "GrantAccess",
         lambda w: ("lab", "Org2MSP/zed", FAR, "0", "", "", PROXY),
         frozenset({"owner", "other_patient"}),

@@ -13,6 +13,10 @@ from ehrshare.demo import DemoStep, run_demo
 from ehrshare.network.kubo import KuboDaemon
 
 STORY_CHECKS = {
+    "dkg_all_qualified",
+    "members_enrolled",
+    "records_typed",
+    "grant_revoked",
     "grant_at_b_proxy",
     "forward_at_c_proxy",
     "hop1_read_lab",
@@ -65,6 +69,14 @@ def test_demo_cli_json_summary() -> None:
         "storage": "embedded",
         "services": "in-process",
     }
+
+
+def test_demo_summary_counts_steps_and_checks() -> None:
+    result = CliRunner().invoke(app, ["demo"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    # Every step checks what it claims: as many checks as named, and each step has one.
+    assert f"13 steps, all {len(STORY_CHECKS)} checks held" in result.stdout
+    assert len(STORY_CHECKS) >= 13
 
 
 def test_demo_on_fabric_without_the_binaries_says_make_tools(

@@ -39,23 +39,10 @@ def test_tour_shell_blocks_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("EHRSHARE_PROFILE", raising=False)
     monkeypatch.delenv("EHRSHARE_WALLET", raising=False)
-    lab = {
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                        "code": "laboratory",
-                    }
-                ]
-            }
-        ],
-        "code": {"text": "Haemoglobin"},
-        "valueQuantity": {"value": 13.2, "unit": "g/dL"},
-    }
-    (tmp_path / "lab.json").write_text(json.dumps(lab), encoding="utf-8")
+    # The lab.json the tour gives, as written there.
+    (lab,) = re.findall(r"```json\n(.*?)```", TOUR.read_text(encoding="utf-8"), re.DOTALL)
+    assert json.loads(lab)["resourceType"] == "Observation"
+    (tmp_path / "lab.json").write_text(lab, encoding="utf-8")
     runner = CliRunner()
     env: dict[str, str] = {}
     variables: dict[str, str] = {}

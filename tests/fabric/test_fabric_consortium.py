@@ -27,6 +27,10 @@ from ehrshare.processes import free_loopback_ports, pid_alive
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 
 STORY_CHECKS = {
+    "dkg_all_qualified",
+    "members_enrolled",
+    "records_typed",
+    "grant_revoked",
     "grant_at_b_proxy",
     "forward_at_c_proxy",
     "hop1_read_lab",

@@ -200,12 +200,15 @@ def test_a_client_without_a_consortium_tls_certificate_is_refused(
         with pytest.raises(GatewayError, match="every TLS handshake failed") as caught:
             contract.evaluate_transaction("GetIdentity", identity.ibe_id)
         assert not caught.value.unreachable, caught.value
+        # ...a setup problem the CLI ends with exit code 3 (the table in ehrshare.errors).
+        assert caught.value.creator_refused and caught.value.exit_code == 3
         assert len(caught.value.details) == len(MSPS), caught.value.details
         assert all("handshake failed" in d.lower() for d in caught.value.details)
         # Submitting fails the same way at its first stage (endorsement); nothing is ordered.
         with pytest.raises(EndorseError, match="every TLS handshake failed") as endorse:
             contract.submit_transaction("RegisterIdentity")
         assert not endorse.value.unreachable
+        assert endorse.value.exit_code == 3
 
 
 def _tls_hash(cert_pem: bytes) -> bytes:

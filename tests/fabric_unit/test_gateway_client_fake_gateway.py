@@ -465,3 +465,26 @@ def test_dial_over_tls_with_the_peers_ca() -> None:
 def test_dial_refuses_half_a_client_certificate() -> None:
     with pytest.raises(ValueError, match="needs both client_cert_pem and client_key_pem"):
         dial("127.0.0.1:1", tls_ca_pem=b"x", client_cert_pem=b"cert")
+
+
+@pytest.mark.parametrize(
+    ("code", "exit_code"),
+    [
+        (grpc.StatusCode.UNAUTHENTICATED, 3),  # the peers refused who is calling
+        (grpc.StatusCode.PERMISSION_DENIED, 3),
+        (grpc.StatusCode.UNAVAILABLE, 4),  # nobody answered
+        (grpc.StatusCode.DEADLINE_EXCEEDED, 4),
+        (grpc.StatusCode.ABORTED, 1),
+    ],
+)
+def test_gateway_failures_carry_the_exit_code_of_their_cause(
+    code: grpc.StatusCode, exit_code: int
+) -> None:
+    from ehrshare.ledger.fabric import GatewayFailure, _stage_error
+
+    error = _stage_error(GatewayError, GatewayFailure(code, "no"), "tx1", "evaluate")
+    assert error.exit_code == exit_code
+    assert error.creator_refused == (exit_code == 3)
+    # A chaincode's own refusal stays a refusal whatever the status code says.
+    refusal = GatewayFailure(code, "chaincode response 500, record r-1 does not exist")
+    assert _stage_error(GatewayError, refusal, "tx1", "evaluate").exit_code == 1

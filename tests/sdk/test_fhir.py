@@ -153,3 +153,17 @@ def test_parser_only_raises_its_own_error(data: object) -> None:
     except FhirValidationError:
         return
     assert json.loads(resource_bytes(model))["resourceType"] == model.get_resource_type()
+
+
+@pytest.mark.parametrize("as_json", [True, False])
+def test_a_resource_nested_past_the_limit_is_refused(as_json: bool) -> None:
+    nested: list[object] = []
+    for _ in range(5000):
+        nested = [nested]
+    resource = {"resourceType": "Observation", "status": "final", "extension": nested}
+    # The JSON text is built by hand: json.dumps itself cannot encode that deep.
+    text = '{"resourceType": "Observation", "status": "final", "extension": ' + (
+        "[" * 5001 + "]" * 5001 + "}"
+    )
+    with pytest.raises(FhirValidationError, match="nested more than 100 levels"):
+        parse_resource(text if as_json else resource)

@@ -25,6 +25,7 @@ from ehrshare.session import (
     EnrollmentError,
     GrantNotServed,
     LedgerUnreachable,
+    NoSuchMember,
     NotEnrolledError,
     ProxyError,
     ProxyUnreachable,
@@ -293,8 +294,8 @@ def _bad_inputs(p: People) -> list[tuple[str, Callable[[], object], type[Excepti
         (
             "unknown grantee",
             lambda: p.alice.grant("HospitalBMSP/nobody", "lab", expires=DAY),
-            RequestRejected,
-            "HospitalBMSP/nobody has not published a key",
+            NoSuchMember,
+            "^no such member: HospitalBMSP/nobody is not registered",
         ),
         (
             "expiry in the past",

@@ -12,12 +12,13 @@ from rich.panel import Panel
 
 from ehrshare.console import err_console, out_console
 from ehrshare.demo import DemoStep, run_demo
+from ehrshare.errors import EXIT_CONFIG, EXIT_REFUSED, EXIT_USAGE
 from ehrshare.profile import BackendUnavailable
 
 __all__ = ["register"]
 
-EXIT_FAILED = 1
-EXIT_UNAVAILABLE = 3
+# A claim of the story that did not hold, or a step that failed: exit 1 (ehrshare.errors).
+EXIT_FAILED = EXIT_REFUSED
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -60,13 +61,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         out = out_console()
         if backend not in ("embedded", "fabric"):
             err.print(f"[red]error:[/red] backend {backend!r} is not embedded or fabric")
-            raise typer.Exit(2)
+            raise typer.Exit(EXIT_USAGE)
         if storage not in ("embedded", "kubo"):
             err.print(f"[red]error:[/red] storage {storage!r} is not embedded or kubo")
-            raise typer.Exit(2)
+            raise typer.Exit(EXIT_USAGE)
         if services not in ("in-process", "processes"):
             err.print(f"[red]error:[/red] services {services!r} is not in-process or processes")
-            raise typer.Exit(2)
+            raise typer.Exit(EXIT_USAGE)
 
         def show(step: DemoStep) -> None:
             if as_json:
@@ -105,7 +106,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             )
         except BackendUnavailable as exc:
             err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
-            raise typer.Exit(EXIT_UNAVAILABLE) from None
+            raise typer.Exit(EXIT_CONFIG) from None
         except Exception as exc:
             err.print(f"[red]demo failed:[/red] {type(exc).__name__}: {exc}")
             if storage == "kubo":
@@ -115,10 +116,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             print(json.dumps(result.to_dict(), indent=2))
         else:
             failed = [k for k, v in result.checks.items() if not v]
+            steps = f"{len(result.steps)} steps"
             summary = (
-                f"all {len(result.checks)} checks held"
+                f"{steps}, all {len(result.checks)} checks held"
                 if not failed
-                else f"FAILED checks: {', '.join(failed)}"
+                else f"{steps}, FAILED {len(failed)} of {len(result.checks)} checks: "
+                + ", ".join(failed)
             )
             out.print(
                 Panel.fit(

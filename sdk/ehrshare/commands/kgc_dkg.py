@@ -29,10 +29,6 @@ from rich.table import Table
 
 from ehrshare.commands.cli_records import (
     _EXIT_HELP,
-    EXIT_CONFIG,
-    EXIT_REFUSED,
-    EXIT_UNAVAILABLE,
-    EXIT_USAGE,
     JsonOpt,
     ProfileOpt,
     WalletOpt,
@@ -46,6 +42,7 @@ from ehrshare.commands.cli_records import (
     _unlocked_wallet,
 )
 from ehrshare.console import err_console, out_console
+from ehrshare.errors import EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE
 
 __all__ = ["register_dkg", "register_reshare"]
 

@@ -17,9 +17,6 @@ import typer
 
 from ehrshare.commands.cli_records import (
     _EXIT_HELP,
-    EXIT_CONFIG,
-    EXIT_INPUT,
-    EXIT_INTEGRITY,
     JsonOpt,
     ProfileOpt,
     WalletOpt,
@@ -31,6 +28,7 @@ from ehrshare.commands.cli_records import (
     _unlocked_wallet,
 )
 from ehrshare.console import err_console
+from ehrshare.errors import EXIT_CONFIG, EXIT_INPUT, EXIT_INTEGRITY
 
 __all__ = ["register"]
 

@@ -32,6 +32,7 @@ import typer
 
 from ehrshare.commands.kgc_dkg import register_dkg, register_reshare
 from ehrshare.console import err_console
+from ehrshare.errors import EXIT_CONFIG, EXIT_USAGE
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger import api
@@ -54,13 +55,11 @@ __all__ = ["ServeOptions", "register"]
 
 _err = err_console()
 _log = logging.getLogger(__name__)
-EXIT_BAD_INPUT = 2
-EXIT_VOLUME = 3  # the ledger volume is missing, empty or not a consortium's (as the CLI's)
 
 
 def _fail(message: str) -> typer.Exit:
     _err.print(f"[red]error:[/red] {message}")
-    return typer.Exit(EXIT_BAD_INPUT)
+    return typer.Exit(EXIT_USAGE)
 
 
 def _setup_logging(log_file: Path) -> None:
@@ -93,7 +92,7 @@ def _gateway(opts: ServeOptions) -> tuple[api.Gateway, Callable[[], None]]:
             ledger = EmbeddedLedger.open(opts.ledger, create=False)
         except (VolumeError, FileNotFoundError) as exc:
             _err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(EXIT_VOLUME) from None
+            raise typer.Exit(EXIT_CONFIG) from None
         gateway = connect(identity, signer, ledger)
 
         def close() -> None:

@@ -10,6 +10,7 @@ and must not log arguments (they may be personal data).
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -25,11 +26,18 @@ from ehrshare.ledger.errors import (
     CommitError,
     EndorseError,
     GatewayError,
+    LedgerCorrupt,
     LedgerIntegrityError,
     OrderingKeyError,
     SubmitError,
 )
-from ehrshare.ledger.store import EmbeddedLedger, EndorsedTransaction, ProposalRejected, TxStatus
+from ehrshare.ledger.store import (
+    EmbeddedLedger,
+    EndorsedTransaction,
+    ProposalRejected,
+    TxStatus,
+    is_corrupt_database,
+)
 
 __all__ = [
     "EmbeddedChaincodeEvents",
@@ -43,6 +51,15 @@ __all__ = [
 ]
 
 Clock = Callable[[], int]  # nanoseconds since the epoch
+
+
+def _raise_if_corrupt(ledger: EmbeddedLedger, exc: BaseException) -> None:
+    """Raise :class:`LedgerCorrupt` when ``exc`` says the ledger's database is damaged."""
+    if is_corrupt_database(exc):
+        raise LedgerCorrupt(
+            f"the ledger database in {ledger.directory} is damaged ({exc}); restore the ledger "
+            "directory from a backup"
+        ) from None
 
 
 def _as_bytes(arg: str | bytes) -> bytes:
@@ -235,10 +252,13 @@ class EmbeddedContract:
         try:
             endorsed, status = ledger.submit(sign_proposal(proposal, self._gateway._signer))
         except ProposalRejected as exc:
-            raise EndorseError(exc.message, transaction_id=proposal.tx_id) from None
+            raise EndorseError(
+                exc.message, transaction_id=proposal.tx_id, creator_refused=exc.creator_refused
+            ) from None
         except (LedgerIntegrityError, OrderingKeyError):
             raise  # the stored ledger is not to be trusted, or cannot be written: say which
         except Exception as exc:  # sqlite errors, closed ledger: not a chaincode decision
+            _raise_if_corrupt(ledger, exc)
             raise SubmitError(f"could not commit: {exc}", transaction_id=proposal.tx_id) from exc
         if not status.successful:
             raise CommitError(
@@ -272,7 +292,14 @@ class EmbeddedProposal:
                 sign_proposal(self.proposal, self._gateway._signer)
             )
         except ProposalRejected as exc:
-            raise GatewayError(exc.message, transaction_id=self.proposal.tx_id) from None
+            raise GatewayError(
+                exc.message,
+                transaction_id=self.proposal.tx_id,
+                creator_refused=exc.creator_refused,
+            ) from None
+        except sqlite3.DatabaseError as exc:
+            _raise_if_corrupt(self._gateway.ledger, exc)
+            raise
 
     def endorse(self) -> EmbeddedTransaction:
         """Simulate and collect the read/write set; nothing is committed yet."""
@@ -281,7 +308,14 @@ class EmbeddedProposal:
                 sign_proposal(self.proposal, self._gateway._signer)
             )
         except ProposalRejected as exc:
-            raise EndorseError(exc.message, transaction_id=self.proposal.tx_id) from None
+            raise EndorseError(
+                exc.message,
+                transaction_id=self.proposal.tx_id,
+                creator_refused=exc.creator_refused,
+            ) from None
+        except sqlite3.DatabaseError as exc:
+            _raise_if_corrupt(self._gateway.ledger, exc)
+            raise
         return EmbeddedTransaction(self._gateway, endorsed)
 
 
@@ -309,6 +343,7 @@ class EmbeddedTransaction:
         except (LedgerIntegrityError, OrderingKeyError):
             raise
         except Exception as exc:  # sqlite errors, closed ledger: not a chaincode decision
+            _raise_if_corrupt(self._gateway.ledger, exc)
             raise SubmitError(
                 f"could not commit: {exc}", transaction_id=self.endorsed.tx_id
             ) from exc

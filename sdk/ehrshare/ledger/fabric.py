@@ -341,8 +341,18 @@ def _stage_error(
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
     )
+    # The peers refused who is calling (a TLS client certificate or signer from no CA of the
+    # channel): a setup problem, not a decision on the request.
+    creator_refused = chaincode_message is None and code in (
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.PERMISSION_DENIED,
+    )
     return kind(
-        message, transaction_id=transaction_id, details=tuple(details), unreachable=unreachable
+        message,
+        transaction_id=transaction_id,
+        details=tuple(details),
+        unreachable=unreachable,
+        creator_refused=creator_refused,
     )
 
 

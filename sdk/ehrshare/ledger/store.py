@@ -50,7 +50,7 @@ from ehrshare.faults import fault_point
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.api import ChaincodeEvent
 from ehrshare.ledger.envelope import Proposal, SignedProposal, open_proposal
-from ehrshare.ledger.errors import LedgerIntegrityError, OrderingKeyError
+from ehrshare.ledger.errors import LedgerCorrupt, LedgerIntegrityError, OrderingKeyError
 from ehrshare.ledger.ordering import (
     OrderingIdentity,
     block_message,
@@ -123,11 +123,29 @@ CREATE INDEX IF NOT EXISTS tx_events ON transactions (chaincode, blk, txn)
 class ProposalRejected(Exception):
     """The proposal failed before or during simulation (bad signature, chaincode error, ...)."""
 
-    def __init__(self, message: str, tx_id: str = "", *, chaincode_error: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        tx_id: str = "",
+        *,
+        chaincode_error: bool = False,
+        creator_refused: bool = False,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.tx_id = tx_id
         self.chaincode_error = chaincode_error
+        self.creator_refused = creator_refused
+        """True when the channel's MSPs do not accept the creator's certificate."""
+
+
+def is_corrupt_database(exc: BaseException) -> bool:
+    """Whether ``exc`` says the ledger's SQLite file is not a database or is damaged (not
+    merely busy or locked)."""
+    return isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorname", "") in (
+        "SQLITE_CORRUPT",
+        "SQLITE_NOTADB",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -467,16 +485,28 @@ class EmbeddedLedger(Closing):
         conn = sqlite3.connect(
             target, isolation_level=None, check_same_thread=False, timeout=30.0, uri=not create
         )
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-        conn.execute("PRAGMA foreign_keys=OFF")
-        conn.executescript(_SCHEMA)
-        ledger = cls(path, conn, channel)
-        ledger.max_clock_skew_s = max_clock_skew_s
-        ledger.check_reads = check_reads
-        if clock is not None:
-            ledger._clock = clock
-        ledger._init_meta(channel)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute(f"PRAGMA synchronous={synchronous}")
+            conn.execute("PRAGMA foreign_keys=OFF")
+            conn.executescript(_SCHEMA)
+            ledger = cls(path, conn, channel)
+            ledger.max_clock_skew_s = max_clock_skew_s
+            ledger.check_reads = check_reads
+            if clock is not None:
+                ledger._clock = clock
+            ledger._init_meta(channel)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            if is_corrupt_database(exc):
+                raise LedgerCorrupt(
+                    f"the ledger database {path / _DB_NAME} is damaged ({exc}); nothing was "
+                    "read or changed — restore the ledger directory from a backup"
+                ) from None
+            raise
+        except BaseException:
+            conn.close()
+            raise
         return ledger
 
     def _init_meta(self, channel: str) -> None:
@@ -632,11 +662,13 @@ class EmbeddedLedger(Closing):
         ).fetchone()
         if row is None:
             raise ProposalRejected(
-                f"organisation {creator.msp_id} is not a channel member", proposal.tx_id
+                f"organisation {creator.msp_id} is not a channel member",
+                proposal.tx_id,
+                creator_refused=True,
             )
         problem = _chains_to(creator.credentials, bytes(row[0]))
         if problem is not None:
-            raise ProposalRejected(problem, proposal.tx_id)
+            raise ProposalRejected(problem, proposal.tx_id, creator_refused=True)
         return proposal, creator
 
     def _simulate(self, signed: SignedProposal, *, check: bool = True) -> EndorsedTransaction:

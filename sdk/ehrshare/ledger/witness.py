@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ehrshare.errors import InvalidInput
 from ehrshare.identity import Identity, Signer, verify_signature
 from ehrshare.ledger.errors import LedgerIntegrityError
 
@@ -29,7 +30,7 @@ _FORMAT = 1
 _TAG = b"ehrshare/witnessed-ledger-head/v1\x00"
 
 
-class HeadFileError(ValueError):
+class HeadFileError(InvalidInput):
     """A head file cannot be read or is not a head file (what is wrong is in the message)."""
 
 

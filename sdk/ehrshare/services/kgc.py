@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
 from ehrshare import faults
+from ehrshare.errors import EhrshareError, Unavailable
 from ehrshare.hazmat.board import Board
 from ehrshare.hazmat.dkg import (
     NONCE_SIZE,
@@ -155,7 +156,7 @@ _SEEN_NONCES_FILE: Final = "extraction-nonces.db"
 # errors (the gRPC layer maps each class to a status code and back)
 
 
-class KgcError(Exception):
+class KgcError(EhrshareError):
     """Base class of KGC service errors; messages name the object and never hold secrets."""
 
 
@@ -204,7 +205,7 @@ class NoShare(KgcError):
     """The node holds no DKG share yet (no finished session)."""
 
 
-class KgcUnavailable(KgcError):
+class KgcUnavailable(Unavailable, KgcError):
     """The node could not be reached or did not answer (client side)."""
 
 

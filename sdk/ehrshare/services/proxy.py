@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol, runtime_checkable
 
 from ehrshare.closing import Closing
+from ehrshare.errors import EhrshareError, Unavailable
 from ehrshare.hazmat.errors import DecryptionError, EncodingError
 from ehrshare.hazmat.kgc_keys import X25519KeyPair, open_sealed, seal
 from ehrshare.hazmat.tipre import (
@@ -143,8 +144,10 @@ CREATE INDEX IF NOT EXISTS pending_rekeys_stored ON pending_rekeys (stored_at);
 # errors (the gRPC layer maps each class to a status code and back)
 
 
-class ProxyError(Exception):
-    """Base class of proxy errors; messages name the object and never hold key material."""
+class ProxyError(EhrshareError):
+    """Base class of the proxy service's errors (the SDK reports them as
+    :class:`ehrshare.session.ProxyError`); messages name the object and never hold key
+    material."""
 
 
 class NotAuthorised(ProxyError):
@@ -167,7 +170,7 @@ class InvalidReKey(ProxyError):
     """A delivered re-key does not open or does not match its grant on chain."""
 
 
-class ProxyUnavailable(ProxyError):
+class ProxyUnavailable(Unavailable, ProxyError):
     """The proxy could not be reached or did not answer (client side)."""
 
 

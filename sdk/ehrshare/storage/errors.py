@@ -7,22 +7,28 @@ down) from "this pointer is dangling" (content not found) from "someone altered 
 
 from __future__ import annotations
 
+from ehrshare.errors import EXIT_UNAVAILABLE, EhrshareError, IntegrityFailure, Unavailable
+
 __all__ = ["ContentNotFound", "IntegrityError", "StorageError", "StorageUnavailable"]
 
 
-class StorageError(Exception):
-    """Base class: a storage operation failed for a reason not covered by a subclass."""
+class StorageError(EhrshareError):
+    """Base class: a storage operation failed for a reason not covered by a subclass (exit
+    code 4, as for a store that is down)."""
+
+    exit_code = EXIT_UNAVAILABLE
 
 
-class StorageUnavailable(StorageError):
+class StorageUnavailable(Unavailable, StorageError):
     """The store cannot be reached at all (daemon down, wrong URL, timeout on connect).
 
     Retrying later, or starting the daemon, can fix it; the data itself is not at fault.
     """
 
 
-class ContentNotFound(StorageError):
-    """The store does not hold the content named by a CID (never added, unpinned or deleted)."""
+class ContentNotFound(IntegrityFailure, StorageError):
+    """The store does not hold the content named by a CID (never added, unpinned or deleted):
+    a dangling pointer, an integrity failure (exit code 5)."""
 
     def __init__(self, cid: str, detail: str = "") -> None:
         self.cid = cid
@@ -30,7 +36,7 @@ class ContentNotFound(StorageError):
         super().__init__(f"{message}: {detail}" if detail else message)
 
 
-class IntegrityError(StorageError):
+class IntegrityError(IntegrityFailure, StorageError):
     """Bytes read back do not match the CID or the SHA-256 recorded for them.
 
     Never swallow this: it means the store (or something between it and us) returned
