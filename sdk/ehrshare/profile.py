@@ -45,6 +45,7 @@ print the contents of secret files.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import secrets
@@ -562,6 +563,16 @@ def _write_secret(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def _exists(path: Path) -> bool:
+    """``path.exists()``, with a name too long for the file system simply not existing."""
+    try:
+        return path.exists()
+    except OSError as exc:
+        if exc.errno == errno.ENAMETOOLONG:
+            return False
+        raise
+
+
 def _fsync_dir(directory: Path) -> None:
     fd = os.open(directory, os.O_RDONLY)
     try:
@@ -708,7 +719,7 @@ class Wallet:
     def load_identity(self) -> tuple[Identity, Signer]:
         """Read the certificate and the signing key (first finishing or undoing a change a
         crash interrupted, see :meth:`recover`)."""
-        if any(p.exists() for p in self._staging()):
+        if any(_exists(p) for p in self._staging()):
             self.recover()  # waits for a change in progress elsewhere (the wallet's lock)
         if not self.exists:
             raise WalletError(
@@ -743,10 +754,10 @@ class Wallet:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        """One change (or recovery) of this wallet at a time, across processes."""
-        lock = self.directory.parent / f".{self.directory.name}.lock"
+        """One change (or recovery) of a wallet at a time, across processes: a lock on the
+        wallets directory itself, so taking it leaves no file behind."""
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(self.directory.parent, os.O_RDONLY | os.O_DIRECTORY)
         except FileNotFoundError:
             raise WalletError(f"wallet {self.directory} does not exist") from None
         try:

@@ -21,6 +21,8 @@ import sqlite3
 from pathlib import Path
 from typing import Final
 
+from ehrshare.ledger.errors import LedgerCorrupt
+from ehrshare.ledger.store import is_corrupt_database
 from ehrshare.profile import Profile, ProfileError
 from ehrshare.storage import KuboClient, StorageError
 from ehrshare.storage.embedded import STORE_MARKER
@@ -84,6 +86,11 @@ def ledger_consortium(directory: Path) -> str:
         finally:
             conn.close()
     except sqlite3.Error as exc:
+        if is_corrupt_database(exc):
+            raise LedgerCorrupt(
+                f"the ledger database {db} is damaged ({exc}); nothing was read or changed — "
+                "restore the ledger directory from a backup"
+            ) from None
         raise VolumeError(f"ledger {db} is not an ehrshare ledger ({exc}): {_RESTORE}") from None
     if row is None:
         raise VolumeError(
