@@ -238,8 +238,9 @@ def test_capsule_from_bytes_says_what_is_wrong(chain: list[VerifiedCapsule]) -> 
         Capsule.from_bytes(good[:-1])
     with pytest.raises(EncodingError, match=f"must be {len(good)} bytes, got {len(good) + 1}"):
         Capsule.from_bytes(good + b"\x00")
-    with pytest.raises(EncodingError, match="version 2, expected 1"):
-        Capsule.from_bytes(b"\x02" + good[1:])
+    # version 1 (H1 was mcl's legacy map) is refused, not silently decrypted to garbage
+    with pytest.raises(EncodingError, match="version 1, expected 2"):
+        Capsule.from_bytes(b"\x01" + good[1:])
     with pytest.raises(EncodingError, match="17 hops, at most 16"):
         Capsule.from_bytes(good[:1] + b"\x11" + good[2:])
     with pytest.raises(EncodingError, match="at least"):
@@ -270,7 +271,7 @@ def test_rekey_and_type_key_from_bytes_say_what_is_wrong(keys: Keyring) -> None:
         ReKey.from_secret_bytes(rk[:97] + bytes(96) + rk[193:])
     tpk = keys.tpk[ALICE, LAB].to_bytes()
     assert len(tpk) == TYPE_PUBLIC_KEY_SIZE
-    with pytest.raises(EncodingError, match="version 0, expected 1"):
+    with pytest.raises(EncodingError, match="version 0, expected 2"):
         TypePublicKey.from_bytes(b"\x00" + tpk[1:])
     with pytest.raises(EncodingError, match="G1 element is the identity"):
         TypePublicKey.from_bytes(tpk[:65] + bytes(48))

@@ -28,7 +28,7 @@ def _generator() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def stored() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((VECTORS_DIR / "tipre_v1.json").read_text("utf-8"))
+    data: dict[str, Any] = json.loads((VECTORS_DIR / "tipre_v2.json").read_text("utf-8"))
     return data
 
 

@@ -1,4 +1,4 @@
-"""Generate the MH-TIPRE and record-encryption known-answer vectors (tests/vectors/tipre_v1.json).
+"""Generate the MH-TIPRE and record-encryption known-answer vectors (tests/vectors/tipre_v2.json).
 
 Everything random comes from a seeded deterministic generator injected through the ``rng``
 parameters, so the same code always produces the same bytes. A change to hashing, domain
@@ -21,7 +21,7 @@ from typing import Any
 from ehrshare.hazmat import hybrid, tipre
 from ehrshare.hazmat.pairing import G1, G2, GT, Scalar
 
-OUTPUT = Path(__file__).with_name("tipre_v1.json")
+OUTPUT = Path(__file__).with_name("tipre_v2.json")
 SEED = b"ehrshare known-answer vectors v1"
 
 
@@ -80,7 +80,7 @@ def compute() -> dict[str, Any]:
     rec_key = hybrid.derive_record_key(rec_m, hybrid.RecordContext("record-0001", ids[0], t))
 
     return {
-        "description": "ehrshare MH-TIPRE v1 and record-encryption known-answer vectors",
+        "description": "ehrshare MH-TIPRE v2 (RFC 9380 H1) and record-encryption vectors",
         "seed": SEED.hex(),
         "hashes": {
             "scalar_hash(dst='test', 'abc')": Scalar.hash(b"test", b"abc").to_bytes().hex(),

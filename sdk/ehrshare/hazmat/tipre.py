@@ -7,7 +7,8 @@ neither applies to nor decrypts a capsule of another type), ReEnc deterministic 
 IND-CPA only: capsules are malleable; payload integrity comes from AES-GCM in
 :mod:`ehrshare.hazmat.hybrid`.
 Setting: type-3 pairing e: G1×G2→GT; mpk = s·P1 ∈ G1, Q_id = H1(id) ∈ G2, sk_id = s·Q_id ∈ G2,
-capsule randomness U = k·P1 ∈ G1.
+capsule randomness U = k·P1 ∈ G1. H1 is the RFC 9380 hash ``BLS12381G2_XMD:SHA-256_SSWU_RO_``
+(indifferentiable from a random oracle, which the argument programs).
 Assumption: co-BDH-type in the random-oracle model (H1, H2, H3). Publishing T_{i,t} = h·mpk with
 h = H2(sk_i, t) rests on a co-BDH variant; docs/security.md §3.7 sketches the argument (not a
 checked proof).
@@ -57,7 +58,7 @@ from ehrshare.hazmat.errors import (
     WrongIdentityError,
     WrongTypeError,
 )
-from ehrshare.hazmat.pairing import G1, G2, GT, RngFn, Scalar, frame, pair
+from ehrshare.hazmat.pairing import G1, G2, GT, RngFn, Scalar, frame, hash_to_g2, pair
 
 __all__ = [
     "CAPSULE_LAYER_SIZE",
@@ -86,14 +87,18 @@ __all__ = [
     "type_tag",
 ]
 
-TIPRE_VERSION: Final = 1
-"""Version byte of every serialised MH-TIPRE object."""
+TIPRE_VERSION: Final = 2
+"""Version byte of every serialised MH-TIPRE object.
+
+2: H1 is RFC 9380 ``BLS12381G2_XMD:SHA-256_SSWU_RO_`` (every identity point changed).
+1: H1 was mcl's legacy map-to-curve; objects of version 1 are refused (docs/security.md §3.1).
+"""
 
 TAG_SIZE: Final = 32
 MAX_HOPS: Final = 16
 """Hard limit of re-encryptions of one capsule; policy (chaincode, proxy) sets the real limit."""
 
-_DST_H1: Final = b"ehrshare/v1/tipre/H1/identity-to-G2"
+_DST_H1: Final = b"EHRSHARE-V02-CS01-with-BLS12381G2_XMD:SHA-256_SSWU_RO_"
 _DST_H2: Final = b"ehrshare/v1/tipre/H2/type-exponent"
 _DST_H3: Final = b"ehrshare/v1/tipre/H3/GT-to-Zr"
 _DST_ID_TAG: Final = b"ehrshare/v1/tipre/identity-tag"
@@ -138,8 +143,12 @@ def type_tag(type_label: str) -> bytes:
 
 @functools.lru_cache(maxsize=4096)
 def identity_point(identity: str) -> G2:
-    """H1: Q_id = H1(id) ∈ G2, the public key of an identity (cached: it is public)."""
-    return G2.hash(_DST_H1, _label_bytes("identity", identity))
+    """H1: Q_id = H1(id) ∈ G2, the public key of an identity (cached: it is public).
+
+    RFC 9380 ``BLS12381G2_XMD:SHA-256_SSWU_RO_`` of the identity's UTF-8 bytes under the DST
+    ``EHRSHARE-V02-CS01-with-BLS12381G2_XMD:SHA-256_SSWU_RO_`` (docs/crypto-format.md).
+    """
+    return hash_to_g2(_label_bytes("identity", identity), _DST_H1)
 
 
 def _h2(sk: G2, ttag: bytes) -> Scalar:
