@@ -109,8 +109,9 @@ def _tipre_rows(
     raw_tpk = tpks[owner].to_bytes()
 
     def encrypt_new_recipient() -> None:
-        # a type key just read from the chain: parse, verify, first encryption pays e(T, Q)
-        key = tipre.TypePublicKey.from_bytes(raw_tpk).verify(owner=owner, type_label=_TYPE)
+        # a type key just read from the chain: parse, verify (tags and the proof of knowledge),
+        # first encryption pays e(T, Q)
+        key = tipre.TypePublicKey.from_bytes(raw_tpk).verify(owner=owner, type_label=_TYPE, mpk=mpk)
         tipre.encrypt(m, key)
 
     rows["encrypt_new_recipient"] = _row(time_calls(encrypt_new_recipient, repeat, warmup))
