@@ -619,8 +619,10 @@ class VerifiedCapsule(Capsule):
 class ReKey(_Secret):
     """A re-encryption key rk = (t, K, R) as received: unverified until :meth:`verify`.
 
-    Sensitive: the proxy together with the delegatee could recover the delegator's type key from
-    it, so it never goes on chain in clear. Serialised (``to_secret_bytes``) as
+    Sensitive: the proxy holding it together with the delegatee, or with any reader further
+    down a capsule's path (each learns this re-key's X while decrypting), recovers the
+    delegator's type key (docs/security.md §3.2), so it never goes on chain in clear.
+    Serialised (``to_secret_bytes``) as
     version ‖ type tag ‖ delegator tag ‖ delegatee tag ‖ K ‖ R.U ‖ R.V.
     """
 
