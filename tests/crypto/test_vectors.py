@@ -49,7 +49,7 @@ def test_recomputed_vectors_match_the_stored_ones(stored: dict[str, Any]) -> Non
 def test_stored_vectors_decrypt_without_the_generator(stored: dict[str, Any]) -> None:
     t = stored["type"]
     ids = list(stored["identities"])
-    assert len(ids) == 3
+    assert len(ids) == 4
     carol = stored["identities"]["doctor:carol"]
     sk = tipre.IdentitySecretKey.from_secret_bytes(bytes.fromhex(carol["sk"]))
     mpk = tipre.MasterPublicKey.from_bytes(bytes.fromhex(stored["mpk"]))
