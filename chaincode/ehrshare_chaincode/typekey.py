@@ -147,8 +147,9 @@ def _decode(b: bytes) -> _Jac | None:
 
 
 def parse_mpk(raw: bytes) -> bytes | None:
-    """The 48-byte point of a serialised master public key (version 2), or None."""
-    if len(raw) != _MPK_SIZE or raw[0] != KEY_VERSION or _decode(raw[1:]) is None:
+    """The 48-byte point of a serialised master public key, or None. Versions 1 and 2 encode
+    the mpk alike (it does not involve H1), so a DKG finished before version 2 still serves."""
+    if len(raw) != _MPK_SIZE or raw[0] not in (1, KEY_VERSION) or _decode(raw[1:]) is None:
         return None
     return raw[1:]
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ehrshare.hazmat.errors import EncodingError, VerificationError
-from ehrshare.hazmat.tipre import TYPE_PUBLIC_KEY_SIZE, TypePublicKey
+from ehrshare.hazmat.tipre import TYPE_PUBLIC_KEY_SIZE, MasterPublicKey, TypePublicKey
 from ehrshare_chaincode import typekey
 from ehrshare_chaincode.stub import ChaincodeError
 
@@ -64,7 +64,12 @@ def test_both_refuse_a_point_outside_the_subgroup(keys: Keyring) -> None:
 def test_the_chaincode_refuses_an_mpk_it_cannot_check_against(keys: Keyring) -> None:
     good = keys.mpk.to_bytes()
     assert typekey.parse_mpk(good) == good[1:]
-    assert typekey.parse_mpk(b"\x01" + good[1:]) is None  # format version 1
+    # format version 1 encoded the same point: a DKG result from before the change still serves
+    assert typekey.parse_mpk(b"\x01" + good[1:]) == good[1:]
+    assert MasterPublicKey.from_bytes(b"\x01" + good[1:]) == keys.mpk
+    assert typekey.parse_mpk(b"\x03" + good[1:]) is None
+    with pytest.raises(EncodingError, match="version 3, expected 2"):
+        MasterPublicKey.from_bytes(b"\x03" + good[1:])
     assert typekey.parse_mpk(good[1:]) is None  # no version byte
     assert typekey.parse_mpk(b"\x02" + ref.encode_g1(ref.g1_point_off_subgroup())) is None
 

@@ -223,8 +223,11 @@ class MasterPublicKey:
 
     @staticmethod
     def from_bytes(b: bytes) -> MasterPublicKey:
+        """Parse version ‖ mpk. Version 1 is accepted too: mpk = s·P1 does not involve H1, so
+        a DKG result published before format version 2 names the same key (security.md §3.8)."""
         _check_len("master public key", b, _MASTER_PUBLIC_SIZE)
-        _check_version("master public key", b)
+        if b[0] != 1:
+            _check_version("master public key", b)
         return MasterPublicKey(G1.from_bytes(bytes(b[1:])))
 
     def __eq__(self, other: object) -> bool:
