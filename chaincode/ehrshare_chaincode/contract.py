@@ -10,7 +10,9 @@ are emitted as its single chaincode event.
 What this module must not do: import a backend, read a wall clock, use randomness or floats, iterate
 over unordered collections into its output, or read back a key it wrote in the same transaction
 (Fabric would show the old value). Crypto objects (capsules, type keys, DKG bundles) are stored as
-opaque base64 with a format version; their meaning belongs to ``ehrshare.hazmat``.
+opaque base64 with a format version; their meaning belongs to ``ehrshare.hazmat``, except that
+a type key's proof of knowledge is checked here (:mod:`.typekey`, which repeats the little of
+BLS12-381 that needs).
 
 IBE identity strings are ``"<MSP id>/<enrollment id>"`` where the enrollment id is the certificate's
 common name, so registration is deterministic and re-enrolment (a new certificate with the same
@@ -28,7 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import canonical
+from . import canonical, typekey
 from .auditlog import GENESIS_HASH, SYSTEM_CHAIN, entry_hash, verify_entries
 from .certs import CertInfo, issued_by, parse_certificate, signature_problem
 from .stub import ChaincodeError, ChaincodeStub
@@ -635,10 +637,20 @@ class EHRContract:
     def PublishTypeKey(
         self, ctx: TxContext, record_type: str, key_b64: str, format_version: str
     ) -> Any:
-        """Publish the caller's own type public key T_{id,t}; republishing rotates it."""
+        """Publish the caller's own type public key T_{id,t}; republishing rotates it.
+
+        The key must be bound to the caller and the type and prove knowledge of h with
+        T = h·mpk under the master public key of the latest final DKG (typekey.py)."""
         caller = ctx.registered()
         _check_type(record_type)
         _check_b64(key_b64, "type key", MAX_TYPE_KEY_BYTES)
+        assert caller.ibe_id is not None
+        typekey.check_type_key(
+            base64.b64decode(key_b64),
+            owner=caller.ibe_id,
+            record_type=record_type,
+            mpk_point=self._current_mpk(ctx),
+        )
         value = {
             "ibe_id": caller.ibe_id,
             "type": record_type,
@@ -647,11 +659,30 @@ class EHRContract:
             "published_at": ctx.now,
             "tx_id": ctx.tx_id,
         }
-        assert caller.ibe_id is not None
         ctx.put_json(value, K_TYPEKEY, caller.ibe_id, record_type)
         chain = caller.ibe_id if caller.role == PATIENT else SYSTEM_CHAIN
         ctx.log(chain, "PublishTypeKey", "ok", detail={"type": record_type})
         return value
+
+    def _current_mpk(self, ctx: TxContext) -> bytes:
+        latest = ctx.get_json(K_DKG_LATEST)
+        if latest is None:
+            raise ChaincodeError(
+                "no dkg session has finished; a type key is checked against its master public key"
+            )
+        result = ctx.get_json(K_DKG_RESULT, latest["nonce"])
+        assert isinstance(result, dict)  # K_DKG_LATEST only ever names a final result
+        try:
+            raw = base64.b64decode(str(result["mpk"]), validate=True)
+        except (binascii.Error, ValueError):
+            raw = b""
+        point = typekey.parse_mpk(raw)
+        if point is None:
+            raise ChaincodeError(
+                f"the master public key of dkg session {latest['nonce']} is not a version "
+                f"{typekey.KEY_VERSION} G1 point; type keys cannot be checked against it"
+            )
+        return point
 
     def GetTypeKey(self, ctx: TxContext, ibe_id: str, record_type: str) -> Any:
         """Read someone's type public key (any registered identity may)."""

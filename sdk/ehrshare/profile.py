@@ -64,7 +64,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from ehrshare.errors import ConfigurationError
 from ehrshare.faults import fault_point
 from ehrshare.fhir import DEFAULT_RULES, LABEL_KEY_SIZE, TypeLabels, TypeMapping, TypeRule
-from ehrshare.hazmat.tipre import IdentitySecretKey
+from ehrshare.hazmat.tipre import TIPRE_VERSION, IdentitySecretKey
 from ehrshare.identity import Identity, Signer
 
 __all__ = [
@@ -738,7 +738,14 @@ class Wallet:
         if not path.exists():
             return None
         try:
-            return IdentitySecretKey.from_secret_bytes(self._read("ibe.key"))
+            raw = self._read("ibe.key")
+            if len(raw) > 1 + 96 and raw[0] == 1:  # the format before RFC 9380 H1
+                raise WalletError(
+                    f"{path} does not hold an identity secret key of format version "
+                    f"{TIPRE_VERSION}: it is a version 1 key, made before H1 became the RFC 9380 "
+                    "hash; enrol again (docs/security.md §3.8)"
+                )
+            return IdentitySecretKey.from_secret_bytes(raw)
         except WalletError:
             raise
         except (OSError, ValueError):

@@ -655,9 +655,10 @@ class Session(Closing):
                 f"{owner} has not published a key for type {name!r}; it must enrol and run "
                 "publish_type_keys() (CLI: 'ehrshare enroll') first",
             ) from exc
+        mpk, _ = self._master()
         try:
             key = tipre.TypePublicKey.from_bytes(base64.b64decode(stored["key"]))
-            return key.verify(owner=owner, type_label=label)
+            return key.verify(owner=owner, type_label=label, mpk=mpk)
         except (EncodingError, VerificationError, ValueError) as exc:
             raise SdkError(f"type key {label} of {owner} on chain is invalid: {exc}") from None
 

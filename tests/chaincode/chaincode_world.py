@@ -14,13 +14,27 @@ from pathlib import Path
 
 import pytest
 
+from ehrshare.hazmat.pairing import Scalar
+from ehrshare.hazmat.tipre import MasterSecret
 from ehrshare.ledger.errors import EndorseError
 from ehrshare.ledger.sandbox import ManualClock, Member, Sandbox
 
 T0 = 1_900_000_000
 FAR = str(T0 + 10**7)
 CAPSULE = base64.b64encode(b"\x01" * 96).decode()
-TYPE_KEY = base64.b64encode(b"\x02" * 48).decode()
+# A real master public key and real type keys: PublishTypeKey checks each key's proof of
+# knowledge against the mpk of the latest final DKG (toy master secret, tests only).
+_MASTER = MasterSecret(Scalar.from_int(0x5EED))
+MPK = base64.b64encode(_MASTER.public_key().to_bytes()).decode()
+
+
+def type_key(ibe_id: str, record_type: str = "lab") -> str:
+    """ibe_id's real type public key under MPK, base64, as PublishTypeKey takes it."""
+    tsk = _MASTER.extract(ibe_id).type_secret(record_type)
+    return base64.b64encode(tsk.public_key(_MASTER.public_key()).to_bytes()).decode()
+
+
+ALICE_LAB_KEY = type_key("Org1MSP/alice")
 NONCE = "ab" * 32
 NONCE2 = "cd" * 32
 NONCE3 = "ef" * 32
@@ -31,7 +45,7 @@ KAI_KEY = base64.b64encode(b"\x01" + b"\x05" * 65).decode()
 KIM, KAI = "Org1MSP/kim", "Org2MSP/kai"
 ROSTER = json.dumps([KIM, KAI])
 REPLACE = "replace-master-key"  # the world has records: later DKGs replace its key on purpose
-DKG_POLY = json.dumps([TYPE_KEY, TYPE_KEY])  # τ=2 coefficients
+DKG_POLY = json.dumps([MPK, MPK])  # τ=2 coefficients
 DKG_QUAL = json.dumps([KIM, KAI])
 KINDS = {"deal": 1, "response": 2, "justification": 3}
 
@@ -78,7 +92,18 @@ def build_world(directory: Path) -> World:
     # RegisterMember verifies member certificates against this (and the matrix needs it).
     m["org_admin"].submit("RegisterOrgCA", sb.cas["Org1MSP"].certificate_pem.decode())
     alice = m["owner"]
-    alice.submit("PublishTypeKey", "lab", TYPE_KEY, "1")
+    kim, kai = m["kgc"], sb.member("Org2MSP", "kai", "kgc")
+    kim.submit("PublishKGCKey", KIM_KEY)
+    kai.submit("PublishKGCKey", KAI_KEY)
+    # The first DKG finishes before any type key: keys are checked against its mpk.
+    m["org_admin"].submit("OpenDKGSession", NONCE, "2", ROSTER, "60")
+    for phase in ("deal", "response"):
+        kim.submit("PostDKGBundle", NONCE, phase, dkg_bundle(phase, NONCE, 1), "1")
+        kai.submit("PostDKGBundle", NONCE, phase, dkg_bundle(phase, NONCE, 2), "1")
+        kim.submit("CloseDKGPhase", NONCE, phase)
+    for node in (kim, kai):
+        node.submit("PublishDKGResult", NONCE, MPK, DKG_POLY, DKG_QUAL, "1")
+    alice.submit("PublishTypeKey", "lab", ALICE_LAB_KEY, "1")
     alice.submit("RegisterRecord", "r-1", alice.ibe_id, "lab", "bafyrecord0001", SHA, CAPSULE, "1")
     grants = {}
     for role, expiry in (
@@ -91,16 +116,6 @@ def build_world(directory: Path) -> World:
     alice.submit("RevokeAccess", grants["revoked_grantee"])
     access = m["grantee"].submit("RequestAccess", "r-1")
     assert access["decision"] == "allow"
-    kim, kai = m["kgc"], sb.member("Org2MSP", "kai", "kgc")
-    kim.submit("PublishKGCKey", KIM_KEY)
-    kai.submit("PublishKGCKey", KAI_KEY)
-    m["org_admin"].submit("OpenDKGSession", NONCE, "2", ROSTER, "60")
-    for phase in ("deal", "response"):
-        kim.submit("PostDKGBundle", NONCE, phase, dkg_bundle(phase, NONCE, 1), "1")
-        kai.submit("PostDKGBundle", NONCE, phase, dkg_bundle(phase, NONCE, 2), "1")
-        kim.submit("CloseDKGPhase", NONCE, phase)
-    for node in (kim, kai):
-        node.submit("PublishDKGResult", NONCE, TYPE_KEY, DKG_POLY, DKG_QUAL, "1")
     # A second session left in its deal phase (timed out once the clock moves on).
     m["org_admin"].submit("OpenDKGSession", NONCE2, "2", ROSTER, "60", REPLACE)
     # A third whose deal phase closes (timed out) with one dealer of τ=2: it may be aborted.
@@ -134,7 +149,7 @@ def three_kgc_nodes(w: World) -> tuple[Member, Member, Member, str]:
     return w.m["kgc"], w.kgc2, kit, json.dumps([KIM, KAI, kit.ibe_id])
 
 
-POLY3 = json.dumps([TYPE_KEY] * 3)
+POLY3 = json.dumps([MPK] * 3)
 """A public polynomial of three commitments (the contract checks only its shape)."""
 OTHER_MPK = base64.b64encode(b"\x09" * 48).decode()
 """An mpk no node published: a view that disagrees."""

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 import pytest
 from chaincode_world import (
+    ALICE_LAB_KEY,
     CAPSULE,
     DKG_POLY,
     DKG_QUAL,
     FAR,
     KIM_KEY,
+    MPK,
     NONCE,
     NONCE2,
     NONCE3,
@@ -25,7 +27,6 @@ from chaincode_world import (
     REPLACE,
     ROSTER,
     SHA,
-    TYPE_KEY,
     World,
     dkg_bundle,
 )
@@ -158,7 +159,14 @@ CASES = [
     ),
     Case("GetOrgCA", lambda w: ("Org1MSP",), frozenset(ROLES), lambda w, n, r: ""),
     Case("GetIdentity", lambda w: (ALICE,), REGISTERED, lambda w, n, r: ""),
-    Case("PublishTypeKey", lambda w: ("lab", TYPE_KEY, "1"), REGISTERED, lambda w, n, r: ""),
+    # A type key is bound to its owner's tag: only alice can publish alice's key (every
+    # registered identity may publish its own, test_contract.py).
+    Case(
+        "PublishTypeKey",
+        lambda w: ("lab", ALICE_LAB_KEY, "1"),
+        frozenset({"owner"}),
+        lambda w, n, r: f"type key lab is not bound to identity {n}",
+    ),
     Case("GetTypeKey", lambda w: (ALICE, "lab"), REGISTERED, lambda w, n, r: ""),
     Case(
         "RegisterRecord",
@@ -308,7 +316,7 @@ CASES = [
     Case("GetDKGBundles", lambda w: (NONCE, "deal"), REGISTERED, lambda w, n, r: ""),
     Case(
         "PublishDKGResult",
-        lambda w: (NONCE, TYPE_KEY, DKG_POLY, DKG_QUAL, "1"),
+        lambda w: (NONCE, MPK, DKG_POLY, DKG_QUAL, "1"),
         frozenset({"kgc"}),
         _role_needed("kgc"),
     ),

@@ -9,15 +9,16 @@ import json
 
 import pytest
 from chaincode_world import (
+    ALICE_LAB_KEY,
     CAPSULE,
     FAR,
     PROXY,
     SHA,
     T0,
-    TYPE_KEY,
     World,
     endorse_error,
     fails_without_change,
+    type_key,
 )
 
 from ehrshare.ledger.envelope import new_proposal, sign_proposal
@@ -386,9 +387,11 @@ def test_reenrolled_certificate_keeps_the_identity_and_a_new_subject_cannot_take
 
 def test_type_keys_are_published_by_their_owner_only(world: World) -> None:
     dave, alice = world.m["grantee"], world.m["owner"]
-    endorsed = dave.contract.new_proposal("PublishTypeKey", "lab", TYPE_KEY, "1").endorse()
+    endorsed = dave.contract.new_proposal(
+        "PublishTypeKey", "lab", type_key(dave.ibe_id), "1"
+    ).endorse()
     assert json.loads(endorsed.result)["ibe_id"] == dave.ibe_id
-    assert alice.evaluate("GetTypeKey", ALICE, "lab")["key"] == TYPE_KEY
+    assert alice.evaluate("GetTypeKey", ALICE, "lab")["key"] == ALICE_LAB_KEY
     assert (
         endorse_error(alice, "GetTypeKey", dave.ibe_id, "lab")
         == "type key lab of Org1MSP/dave does not exist"

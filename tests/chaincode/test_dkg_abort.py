@@ -10,13 +10,13 @@ import pytest
 from chaincode_world import (
     KAI,
     KIM,
+    MPK,
     NONCE,
     NONCE5,
     OTHER_MPK,
     POLY3,
     REPLACE,
     ROSTER,
-    TYPE_KEY,
     World,
     dkg_bundle,
     fails_without_change,
@@ -27,7 +27,7 @@ from chaincode_world import (
 from ehrshare.ledger import EndorseError, GatewayError
 
 NONCE6 = "b6" * 32
-POLY2 = json.dumps([TYPE_KEY] * 2)
+POLY2 = json.dumps([MPK] * 2)
 
 
 def test_too_few_dealers_fail_the_session_and_it_refuses_everything_after(
@@ -51,9 +51,7 @@ def test_too_few_dealers_fail_the_session_and_it_refuses_everything_after(
     assert fails_without_change(w, kim, "CloseDKGPhase", NONCE5, "response") == why
     assert fails_without_change(w, kim, "AbortDKGSession", NONCE5, "again") == why
     qual = json.dumps([KIM, KAI])
-    assert (
-        fails_without_change(w, kim, "PublishDKGResult", NONCE5, TYPE_KEY, POLY2, qual, "1") == why
-    )
+    assert fails_without_change(w, kim, "PublishDKGResult", NONCE5, MPK, POLY2, qual, "1") == why
     with pytest.raises(GatewayError) as info:
         kim.evaluate("GetDKGResult", NONCE5)
     assert info.value.message == why
@@ -133,7 +131,7 @@ def test_views_that_can_no_longer_agree_fail_the_session(fresh_world: World) -> 
     for phase in ("deal", "response"):
         post_all(NONCE6, phase, (kim, kai, kit))
         kim.submit("CloseDKGPhase", NONCE6, phase)
-    kim.submit("PublishDKGResult", NONCE6, TYPE_KEY, POLY3, qual, "1")
+    kim.submit("PublishDKGResult", NONCE6, MPK, POLY3, qual, "1")
     # One view, two silent nodes: τ=3 can still be reached.
     assert fails_without_change(w, kit, "AbortDKGSession", NONCE6, "split").startswith(
         f"dkg session {NONCE6} can still finish: its justification phase is open"

@@ -16,6 +16,7 @@ from chaincode_world import (
     KAI_KEY,
     KIM,
     KIM_KEY,
+    MPK,
     NONCE,
     NONCE2,
     NONCE5,
@@ -23,7 +24,6 @@ from chaincode_world import (
     POLY3,
     REPLACE,
     ROSTER,
-    TYPE_KEY,
     World,
     dkg_bundle,
     endorse_error,
@@ -261,7 +261,7 @@ def test_result_is_final_only_when_tau_nodes_agree(fresh_world: World) -> None:
     for pos, node in enumerate((kim, kai, kit), start=1):
         node.submit("PostDKGBundle", NONCE4, "deal", dkg_bundle("deal", NONCE4, pos), "1")
     kim.submit("CloseDKGPhase", NONCE4, "deal")
-    assert fails_without_change(w, kim, "PublishDKGResult", NONCE4, TYPE_KEY, POLY3, qual, "1") == (
+    assert fails_without_change(w, kim, "PublishDKGResult", NONCE4, MPK, POLY3, qual, "1") == (
         f"dkg session {NONCE4} is still collecting response bundles; publish the result after "
         "the response phase closes"
     )
@@ -271,7 +271,7 @@ def test_result_is_final_only_when_tau_nodes_agree(fresh_world: World) -> None:
     assert endorse_error(kim, "GetDKGResult", NONCE4) == (
         f"dkg session {NONCE4} result is not final yet: 0 of 3 agree"
     )
-    first = kim.submit("PublishDKGResult", NONCE4, TYPE_KEY, POLY3, qual, "1")
+    first = kim.submit("PublishDKGResult", NONCE4, MPK, POLY3, qual, "1")
     assert (first["outcome"], first["agree"], first["threshold"]) == ("pending", 1, 3)
     # A different view (another mpk) is recorded and does not count.
     odd = kai.submit("PublishDKGResult", NONCE4, OTHER_MPK, POLY3, qual, "1")
@@ -279,10 +279,10 @@ def test_result_is_final_only_when_tau_nodes_agree(fresh_world: World) -> None:
     assert endorse_error(kim, "GetDKGResult", NONCE4) == (
         f"dkg session {NONCE4} result is not final yet: 1 of 3 agree"
     )
-    assert fails_without_change(w, kai, "PublishDKGResult", NONCE4, TYPE_KEY, POLY3, qual, "1") == (
+    assert fails_without_change(w, kai, "PublishDKGResult", NONCE4, MPK, POLY3, qual, "1") == (
         f"kgc {KAI} already published a different result for dkg session {NONCE4}"
     )
-    second = kit.submit("PublishDKGResult", NONCE4, TYPE_KEY, POLY3, qual, "1")
+    second = kit.submit("PublishDKGResult", NONCE4, MPK, POLY3, qual, "1")
     assert (second["outcome"], second["agree"], second["disagree"]) == ("pending", 2, 1)
     assert endorse_error(kim, "GetDKGResult", NONCE4) == (
         f"dkg session {NONCE4} result is not final yet: 2 of 3 agree"
@@ -290,7 +290,7 @@ def test_result_is_final_only_when_tau_nodes_agree(fresh_world: World) -> None:
     # τ-1 agree, the latest final result is still the world's first session.
     assert kim.evaluate("GetDKGResult", "")["nonce"] == NONCE
     # kim repeating itself is not a second vote.
-    again = kim.submit("PublishDKGResult", NONCE4, TYPE_KEY, POLY3, qual, "1")
+    again = kim.submit("PublishDKGResult", NONCE4, MPK, POLY3, qual, "1")
     assert (again["outcome"], again["agree"]) == ("pending", 2)
     assert endorse_error(kim, "GetDKGResult", NONCE4).endswith("2 of 3 agree")
 
@@ -300,10 +300,10 @@ def test_result_becomes_final_at_tau_with_roster_and_keys(fresh_world: World) ->
     kim, kai, kit, roster = three_kgc_nodes(w)
     w.m["org_admin"].submit("OpenDKGSession", NONCE4, "2", roster, "60", REPLACE)
     _through_response(w, NONCE4, (kim, kai, kit))
-    poly = json.dumps([TYPE_KEY] * 2)
+    poly = json.dumps([MPK] * 2)
     qual = json.dumps([kit.ibe_id, KIM, KAI])
-    assert kim.submit("PublishDKGResult", NONCE4, TYPE_KEY, poly, qual, "1")["outcome"] == "pending"
-    final = kai.submit("PublishDKGResult", NONCE4, TYPE_KEY, poly, qual, "1")
+    assert kim.submit("PublishDKGResult", NONCE4, MPK, poly, qual, "1")["outcome"] == "pending"
+    final = kai.submit("PublishDKGResult", NONCE4, MPK, poly, qual, "1")
     assert (final["outcome"], final["agree"]) == ("final", 2)
     result = kit.evaluate("GetDKGResult", "")
     assert result["nonce"] == NONCE4
@@ -323,37 +323,37 @@ def test_result_becomes_final_at_tau_with_roster_and_keys(fresh_world: World) ->
     [
         (
             "kgc",
-            (NONCE, TYPE_KEY, json.dumps([TYPE_KEY]), json.dumps([KIM, KAI]), "1"),
+            (NONCE, MPK, json.dumps([MPK]), json.dumps([KIM, KAI]), "1"),
             f"public polynomial has 1 coefficients; dkg session {NONCE} has threshold 2",
         ),
         (
             "kgc",
-            (NONCE, TYPE_KEY, json.dumps([TYPE_KEY] * 2), json.dumps([KIM]), "1"),
+            (NONCE, MPK, json.dumps([MPK] * 2), json.dumps([KIM]), "1"),
             f"qual has 1 members; dkg session {NONCE} has threshold 2",
         ),
         (
             "kgc",
-            (NONCE, TYPE_KEY, json.dumps([TYPE_KEY] * 2), json.dumps([KIM, "Org1MSP/x"]), "1"),
+            (NONCE, MPK, json.dumps([MPK] * 2), json.dumps([KIM, "Org1MSP/x"]), "1"),
             f"qual member Org1MSP/x is not in the roster of dkg session {NONCE}",
         ),
         (
             "kgc",
-            ("34" * 32, TYPE_KEY, json.dumps([TYPE_KEY] * 2), json.dumps([KIM, KAI]), "1"),
+            ("34" * 32, MPK, json.dumps([MPK] * 2), json.dumps([KIM, KAI]), "1"),
             f"dkg session {'34' * 32} does not exist",
         ),
         (
             "kgc",
-            (NONCE, "***", json.dumps([TYPE_KEY] * 2), json.dumps([KIM, KAI]), "1"),
+            (NONCE, "***", json.dumps([MPK] * 2), json.dumps([KIM, KAI]), "1"),
             "mpk is not valid base64",
         ),
         (
             "kgc",
-            (NONCE, TYPE_KEY, "[]", json.dumps([KIM, KAI]), "1"),
+            (NONCE, MPK, "[]", json.dumps([KIM, KAI]), "1"),
             "public polynomial is empty",
         ),
         (
             "owner",
-            (NONCE, TYPE_KEY, json.dumps([TYPE_KEY] * 2), json.dumps([KIM, KAI]), "1"),
+            (NONCE, MPK, json.dumps([MPK] * 2), json.dumps([KIM, KAI]), "1"),
             "identity Org1MSP/alice has role patient; this needs role kgc",
         ),
     ],
@@ -369,9 +369,9 @@ def test_a_node_outside_qual_does_not_publish(fresh_world: World) -> None:
     kim, kai, kit, roster = three_kgc_nodes(w)
     w.m["org_admin"].submit("OpenDKGSession", NONCE4, "2", roster, "60", REPLACE)
     _through_response(w, NONCE4, (kim, kai, kit))
-    poly = json.dumps([TYPE_KEY] * 2)
+    poly = json.dumps([MPK] * 2)
     assert fails_without_change(
-        w, kit, "PublishDKGResult", NONCE4, TYPE_KEY, poly, json.dumps([KIM, KAI]), "1"
+        w, kit, "PublishDKGResult", NONCE4, MPK, poly, json.dumps([KIM, KAI]), "1"
     ) == (f"kgc {kit.ibe_id} is not in the qual it published; only qual members publish")
 
 

@@ -11,12 +11,12 @@ from chaincode_world import (
     DKG_POLY,
     KAI,
     KIM,
+    MPK,
     NONCE,
     NONCE3,
     OTHER_MPK,
     REPLACE,
     ROSTER,
-    TYPE_KEY,
     World,
     dkg_bundle,
     fails_without_change,
@@ -109,7 +109,7 @@ def test_open_reshare_checks_indices_dealers_and_threshold(fresh_world: World) -
     assert session["kind"] == "reshare"
     assert session["previous"] == NONCE
     assert session["previous_threshold"] == 2
-    assert session["mpk"] == TYPE_KEY
+    assert session["mpk"] == MPK
     assert session["dealer_indices"] == [1, 2]
 
 
@@ -147,22 +147,20 @@ def test_old_members_deal_new_members_respond_and_the_result_keeps_mpk(
         f"reshare session {RESHARE} must keep the master key; the published mpk differs from "
         f"the mpk of dkg session {NONCE}"
     )
+    assert fails_without_change(w, kai, "PublishDKGResult", RESHARE, MPK, DKG_POLY, qual, "1") == (
+        f"kgc {KAI} is not in the roster of dkg session {RESHARE}"
+    )
     assert fails_without_change(
-        w, kai, "PublishDKGResult", RESHARE, TYPE_KEY, DKG_POLY, qual, "1"
-    ) == (f"kgc {KAI} is not in the roster of dkg session {RESHARE}")
-    assert fails_without_change(
-        w, kim, "PublishDKGResult", RESHARE, TYPE_KEY, DKG_POLY, json.dumps([KIM, kit.ibe_id]), "1"
+        w, kim, "PublishDKGResult", RESHARE, MPK, DKG_POLY, json.dumps([KIM, kit.ibe_id]), "1"
     ) == (f"qual member {kit.ibe_id} is not a dealer of reshare session {RESHARE}")
     # The publishers are the new members; QUAL names the old dealers.
-    assert kim.submit("PublishDKGResult", RESHARE, TYPE_KEY, DKG_POLY, qual, "1")["outcome"] == (
+    assert kim.submit("PublishDKGResult", RESHARE, MPK, DKG_POLY, qual, "1")["outcome"] == (
         "pending"
     )
-    assert kit.submit("PublishDKGResult", RESHARE, TYPE_KEY, DKG_POLY, qual, "1")["outcome"] == (
-        "final"
-    )
+    assert kit.submit("PublishDKGResult", RESHARE, MPK, DKG_POLY, qual, "1")["outcome"] == ("final")
     result = kai.evaluate("GetDKGResult", "")
     assert result["nonce"] == RESHARE
-    assert result["mpk"] == TYPE_KEY
+    assert result["mpk"] == MPK
     assert result["roster"] == [KIM, kit.ibe_id]
     assert result["indices"] == [1, 3]
     assert result["previous"] == NONCE
@@ -183,10 +181,8 @@ def test_a_reshare_overtaken_by_a_new_key_cannot_become_final(fresh_world: World
     qual = json.dumps([KIM, KAI])
     for node in (kim, kai):
         node.submit("PublishDKGResult", other, OTHER_MPK, DKG_POLY, qual, "1")
-    kim.submit("PublishDKGResult", RESHARE, TYPE_KEY, DKG_POLY, qual, "1")
-    assert fails_without_change(
-        w, kai, "PublishDKGResult", RESHARE, TYPE_KEY, DKG_POLY, qual, "1"
-    ) == (
+    kim.submit("PublishDKGResult", RESHARE, MPK, DKG_POLY, qual, "1")
+    assert fails_without_change(w, kai, "PublishDKGResult", RESHARE, MPK, DKG_POLY, qual, "1") == (
         f"reshare session {RESHARE} reshares the key of dkg session {NONCE}, but dkg session "
         f"{other} became final since; open a new resharing"
     )

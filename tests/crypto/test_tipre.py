@@ -16,7 +16,7 @@ from ehrshare.hazmat.errors import (
     WrongIdentityError,
     WrongTypeError,
 )
-from ehrshare.hazmat.pairing import G1, G2, GT, Scalar
+from ehrshare.hazmat.pairing import G1, G2, GT, ORDER, Scalar
 from ehrshare.hazmat.tipre import (
     CAPSULE_LAYER_SIZE,
     REKEY_SIZE,
@@ -29,9 +29,11 @@ from ehrshare.hazmat.tipre import (
     TypePublicKey,
     TypeSecretKey,
     VerifiedCapsule,
+    VerifiedTypePublicKey,
     decrypt,
     encrypt,
     generate_rekey,
+    identity_point,
     reencrypt,
 )
 
@@ -181,10 +183,10 @@ def test_verify_checks_owner_type_and_direction(
         raw.verify(owner=ALICE, type_label=IMAGING)
     tpk = TypePublicKey.from_bytes(keys.tpk[BOB, LAB].to_bytes())
     with pytest.raises(WrongIdentityError):
-        tpk.verify(owner=ALICE, type_label=LAB)
+        tpk.verify(owner=ALICE, type_label=LAB, mpk=keys.mpk)
     with pytest.raises(WrongTypeError):
-        tpk.verify(owner=BOB, type_label=NOTE)
-    assert tpk.verify(owner=BOB, type_label=LAB).point == keys.tpk[BOB, LAB].point
+        tpk.verify(owner=BOB, type_label=NOTE, mpk=keys.mpk)
+    assert tpk.verify(owner=BOB, type_label=LAB, mpk=keys.mpk).point == keys.tpk[BOB, LAB].point
     rk = ReKey.from_secret_bytes(
         generate_rekey(keys.tsk[ALICE, LAB], keys.tpk[BOB, LAB]).to_secret_bytes()
     )
@@ -238,8 +240,9 @@ def test_capsule_from_bytes_says_what_is_wrong(chain: list[VerifiedCapsule]) -> 
         Capsule.from_bytes(good[:-1])
     with pytest.raises(EncodingError, match=f"must be {len(good)} bytes, got {len(good) + 1}"):
         Capsule.from_bytes(good + b"\x00")
-    with pytest.raises(EncodingError, match="version 2, expected 1"):
-        Capsule.from_bytes(b"\x02" + good[1:])
+    # version 1 (H1 was mcl's legacy map) is refused, not silently decrypted to garbage
+    with pytest.raises(EncodingError, match="version 1, expected 2"):
+        Capsule.from_bytes(b"\x01" + good[1:])
     with pytest.raises(EncodingError, match="17 hops, at most 16"):
         Capsule.from_bytes(good[:1] + b"\x11" + good[2:])
     with pytest.raises(EncodingError, match="at least"):
@@ -270,10 +273,10 @@ def test_rekey_and_type_key_from_bytes_say_what_is_wrong(keys: Keyring) -> None:
         ReKey.from_secret_bytes(rk[:97] + bytes(96) + rk[193:])
     tpk = keys.tpk[ALICE, LAB].to_bytes()
     assert len(tpk) == TYPE_PUBLIC_KEY_SIZE
-    with pytest.raises(EncodingError, match="version 0, expected 1"):
+    with pytest.raises(EncodingError, match="version 0, expected 2"):
         TypePublicKey.from_bytes(b"\x00" + tpk[1:])
     with pytest.raises(EncodingError, match="G1 element is the identity"):
-        TypePublicKey.from_bytes(tpk[:65] + bytes(48))
+        TypePublicKey.from_bytes(tpk[:65] + bytes(48) + tpk[113:])
 
 
 @settings(max_examples=10)
@@ -290,7 +293,9 @@ def test_capsule_round_trip(chain: list[VerifiedCapsule], hops: int) -> None:
 @given(identity=st.sampled_from(IDENTITIES), t=st.sampled_from(TYPES))
 def test_type_public_key_round_trip(keys: Keyring, identity: str, t: str) -> None:
     tpk = keys.tpk[identity, t]
-    parsed = TypePublicKey.from_bytes(tpk.to_bytes()).verify(owner=identity, type_label=t)
+    parsed = TypePublicKey.from_bytes(tpk.to_bytes()).verify(
+        owner=identity, type_label=t, mpk=keys.mpk
+    )
     assert parsed == tpk
     assert parsed.mask_base() == tpk.mask_base()
 
@@ -365,3 +370,74 @@ def test_identity_secret_key_round_trip(keys: Keyring, identity: str) -> None:
 def test_arbitrary_bytes_never_parse_into_a_capsule_by_accident(blob: bytes) -> None:
     with pytest.raises(EncodingError):
         Capsule.from_bytes(blob)
+
+
+# --- type public keys carry a proof of knowledge of h (issue 19.3) -----------------------------
+
+
+def _forged_type_key(keys: Keyring, owner: str, t: str, proof: bytes) -> TypePublicKey:
+    # The attack the proof stops: T = y·P1 for a y the attacker knows, so y·Q_owner opens
+    # every new record encrypted to it. Structurally it is a valid G1 point.
+    y = Scalar.from_int(0xC0FFEE)
+    honest = keys.tpk[owner, t]
+    return TypePublicKey(honest.owner_tag, honest.type_tag, y * G1.generator(), proof)
+
+
+def test_a_type_key_without_knowledge_of_h_is_refused(keys: Keyring) -> None:
+    honest = keys.tpk[ALICE, LAB]
+    for proof in (bytes(64), honest.proof):  # zeros, or the honest key's proof replayed
+        forged = _forged_type_key(keys, ALICE, LAB, proof)
+        parsed = TypePublicKey.from_bytes(forged.to_bytes())
+        with pytest.raises(VerificationError, match="no valid proof of knowledge"):
+            parsed.verify(owner=ALICE, type_label=LAB, mpk=keys.mpk)
+
+
+def test_the_attack_the_proof_stops_would_read_new_records(keys: Keyring) -> None:
+    # Without the check (constructing the verified type directly, as the old verify did), the
+    # forger decrypts: this is why encryptors must only use keys that passed verify.
+    y = Scalar.from_int(0xC0FFEE)
+    forged = _forged_type_key(keys, ALICE, LAB, bytes(64))
+    accepted = VerifiedTypePublicKey(
+        forged.owner_tag, forged.type_tag, forged.point, forged.proof, ALICE, LAB
+    )
+    m = GT.random()
+    capsule = encrypt(m, accepted)
+    forger_key = TypeSecretKey(ALICE, LAB, Scalar.from_int(1), y * identity_point(ALICE))
+    assert decrypt(capsule, forger_key) == m
+
+
+def test_a_proof_is_bound_to_owner_type_and_mpk(keys: Keyring) -> None:
+    bob = keys.tpk[BOB, LAB]
+    alice = keys.tpk[ALICE, LAB]
+    # Bob's point and proof presented under Alice's tags: the tags are in the challenge.
+    moved = TypePublicKey(alice.owner_tag, alice.type_tag, bob.point, bob.proof)
+    with pytest.raises(VerificationError):
+        moved.verify(owner=ALICE, type_label=LAB, mpk=keys.mpk)
+    other_mpk = MasterSecret.generate().public_key()
+    with pytest.raises(VerificationError):
+        TypePublicKey.from_bytes(alice.to_bytes()).verify(
+            owner=ALICE, type_label=LAB, mpk=other_mpk
+        )
+
+
+def test_a_proof_scalar_at_or_above_r_is_refused(keys: Keyring) -> None:
+    alice = keys.tpk[ALICE, LAB]
+    big = (ORDER + int.from_bytes(alice.proof[32:], "big")).to_bytes(32, "big")
+    odd = TypePublicKey(alice.owner_tag, alice.type_tag, alice.point, alice.proof[:32] + big)
+    with pytest.raises(VerificationError, match="not canonical"):
+        odd.verify(owner=ALICE, type_label=LAB, mpk=keys.mpk)
+
+
+def test_type_key_bytes_are_deterministic(keys: Keyring) -> None:
+    # The same secret gives the same bytes, so re-publishing an unchanged key is a no-op.
+    again = keys.sk[ALICE].type_secret(LAB).public_key(keys.mpk)
+    assert again.to_bytes() == keys.tpk[ALICE, LAB].to_bytes()
+
+
+@settings(max_examples=20)
+@given(flip=st.integers(min_value=(1 + 32 + 32 + 48) * 8, max_value=TYPE_PUBLIC_KEY_SIZE * 8 - 1))
+def test_any_flipped_proof_bit_is_refused(keys: Keyring, flip: int) -> None:
+    raw = bytearray(keys.tpk[ALICE, LAB].to_bytes())
+    raw[flip // 8] ^= 1 << (flip % 8)
+    with pytest.raises(VerificationError):
+        TypePublicKey.from_bytes(bytes(raw)).verify(owner=ALICE, type_label=LAB, mpk=keys.mpk)

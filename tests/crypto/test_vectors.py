@@ -28,7 +28,7 @@ def _generator() -> ModuleType:
 
 @pytest.fixture(scope="module")
 def stored() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads((VECTORS_DIR / "tipre_v1.json").read_text("utf-8"))
+    data: dict[str, Any] = json.loads((VECTORS_DIR / "tipre_v2.json").read_text("utf-8"))
     return data
 
 
@@ -49,7 +49,7 @@ def test_recomputed_vectors_match_the_stored_ones(stored: dict[str, Any]) -> Non
 def test_stored_vectors_decrypt_without_the_generator(stored: dict[str, Any]) -> None:
     t = stored["type"]
     ids = list(stored["identities"])
-    assert len(ids) == 3
+    assert len(ids) == 4
     carol = stored["identities"]["doctor:carol"]
     sk = tipre.IdentitySecretKey.from_secret_bytes(bytes.fromhex(carol["sk"]))
     mpk = tipre.MasterPublicKey.from_bytes(bytes.fromhex(stored["mpk"]))

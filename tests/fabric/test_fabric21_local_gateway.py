@@ -12,7 +12,6 @@ goes through the orderer failover.
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -24,7 +23,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from ehrshare.fabricnet import ORDERER_MSP, FabricNet
-from ehrshare.identity import Identity, Signer
+from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.api import InMemoryCheckpointer, StoredCheckpoint
 from ehrshare.ledger.errors import EndorseError, GatewayError
 from ehrshare.ledger.fabric import FabricContract, FabricGateway, FabricNetwork
@@ -86,8 +85,14 @@ def contract(fabric_net: FabricNet, network: FabricNetwork) -> FabricContract:
     return network.get_contract(fabric_net.spec.chaincode)
 
 
-def _type_key() -> str:
-    return base64.b64encode(os.urandom(33)).decode()
+def _member_cert(net: FabricNet, prefix: str) -> str:
+    """A new HospitalA member's certificate for RegisterMember: the tests' plain write.
+
+    (PublishTypeKey was that write until type keys had to carry a proof of knowledge checked
+    against a finished DKG's key, which this network does not have.)"""
+    ca = LocalCA.load(net.spec.root / "ca" / "HospitalAMSP")
+    identity, _ = ca.issue(f"{prefix}-{os.urandom(4).hex()}")
+    return identity.credentials.decode()
 
 
 def test_evaluate_reads_state_and_a_refusal_carries_the_contracts_message(
@@ -113,14 +118,14 @@ def test_evaluate_reads_state_and_a_refusal_carries_the_contracts_message(
 
 
 def test_submit_commits_valid_in_a_block_and_a_query_reads_it_back(
-    contract: FabricContract,
+    contract: FabricContract, fabric_net: FabricNet
 ) -> None:
-    key = _type_key()
     blocks: list[int] = []
     timings = []
     for n in range(5):
+        cert = _member_cert(fabric_net, f"lat{n}")
         start = time.perf_counter()
-        commit = contract.new_proposal("PublishTypeKey", f"lat{n}", key, "1").endorse().submit()
+        commit = contract.new_proposal("RegisterMember", cert, "clinician").endorse().submit()
         status = commit.get_status()
         timings.append(time.perf_counter() - start)
         assert (status.tx_id, status.code, status.successful) == (
@@ -128,14 +133,15 @@ def test_submit_commits_valid_in_a_block_and_a_query_reads_it_back(
             "VALID",
             True,
         )
-        assert json.loads(commit.result)["type"] == f"lat{n}"
+        assert json.loads(commit.result)["ibe_id"].startswith(f"HospitalAMSP/lat{n}-")
         blocks.append(status.block_number)
     _log.info("submit+commit p50 %.1f ms", statistics.median(timings) * 1e3)
     assert blocks == sorted(blocks) and blocks[0] > 0
 
-    result = json.loads(contract.submit_transaction("PublishTypeKey", "t-read", key, "2"))
-    stored = json.loads(contract.evaluate_transaction("GetTypeKey", result["ibe_id"], "t-read"))
-    assert stored == result and stored["format_version"] == 2
+    cert = _member_cert(fabric_net, "t-read")
+    result = json.loads(contract.submit_transaction("RegisterMember", cert, "auditor"))
+    stored = json.loads(contract.evaluate_transaction("GetIdentity", result["ibe_id"]))
+    assert stored == result and stored["role"] == "auditor"
 
 
 def test_one_organisations_endorsement_is_not_a_majority_and_the_peers_invalidate_it(
@@ -147,14 +153,16 @@ def test_one_organisations_endorsement_is_not_a_majority_and_the_peers_invalidat
     lone = _connect(fabric_net, admin, endorsers=1)
     try:
         one = lone.get_network(fabric_net.spec.channel).get_contract(fabric_net.spec.chaincode)
-        commit = one.new_proposal("PublishTypeKey", "lone", _type_key(), "1").endorse().submit()
+        cert = _member_cert(fabric_net, "lone")
+        commit = one.new_proposal("RegisterMember", cert, "clinician").endorse().submit()
         status = commit.get_status()
         assert (status.code, status.successful) == ("ENDORSEMENT_POLICY_FAILURE", False)
+        ibe_id = json.loads(commit.result)["ibe_id"]
     finally:
         lone.close()
     with pytest.raises(GatewayError) as missing:
-        contract.evaluate_transaction("GetTypeKey", admin[0].ibe_id, "lone")
-    assert missing.value.message == f"type key lone of {admin[0].ibe_id} does not exist"
+        contract.evaluate_transaction("GetIdentity", ibe_id)
+    assert missing.value.message == f"identity {ibe_id} is not registered"
 
 
 def test_a_submission_the_contract_refuses_is_an_endorse_error_and_nothing_is_ordered(
@@ -167,12 +175,12 @@ def test_a_submission_the_contract_refuses_is_an_endorse_error_and_nothing_is_or
 
 
 def test_two_transactions_endorsed_on_the_same_state_the_second_is_an_mvcc_conflict(
-    contract: FabricContract,
+    contract: FabricContract, fabric_net: FabricNet
 ) -> None:
     # Both read the audit log head before either commits; the orderer puts the first one first.
-    key = _type_key()
-    first = contract.new_proposal("PublishTypeKey", "mvcc", key, "1").endorse()
-    second = contract.new_proposal("PublishTypeKey", "mvcc", key, "1").endorse()
+    cert = _member_cert(fabric_net, "mvcc")
+    first = contract.new_proposal("RegisterMember", cert, "clinician").endorse()
+    second = contract.new_proposal("RegisterMember", cert, "clinician").endorse()
     first_commit, second_commit = first.submit(), second.submit()
     assert first_commit.get_status().code == "VALID"
     status = second_commit.get_status()
@@ -181,13 +189,12 @@ def test_two_transactions_endorsed_on_the_same_state_the_second_is_an_mvcc_confl
 
 
 def test_chaincode_events_from_block_0_and_resumed_from_a_checkpoint(
-    contract: FabricContract, network: FabricNetwork
+    contract: FabricContract, network: FabricNetwork, fabric_net: FabricNet
 ) -> None:
-    key = _type_key()
     statuses = []
     for n in range(3):  # one after the other: each reads the audit log head the last one wrote
         statuses.append(
-            contract.new_proposal("PublishTypeKey", f"ev{n}", key, "1")
+            contract.new_proposal("RegisterMember", _member_cert(fabric_net, f"ev{n}"), "clinician")
             .endorse()
             .submit()
             .get_status()
@@ -206,7 +213,7 @@ def test_chaincode_events_from_block_0_and_resumed_from_a_checkpoint(
                 break
     assert [e.event_name for e in seen[:2]] == ["RegisterOrgCA", "RegisterIdentity"]
     assert seen[-1].block_number == statuses[0].block_number
-    assert seen[-1].chaincode_name == "ehrshare" and seen[-1].event_name == "PublishTypeKey"
+    assert seen[-1].chaincode_name == "ehrshare" and seen[-1].event_name == "RegisterMember"
     assert json.loads(seen[-1].payload)["tx_id"] == wanted[0]
     numbers = [e.block_number for e in seen]
     assert numbers == sorted(numbers)
@@ -219,10 +226,11 @@ def test_chaincode_events_from_block_0_and_resumed_from_a_checkpoint(
 
 
 def test_events_from_the_next_commit_and_close_ends_a_blocked_iteration(
-    contract: FabricContract, network: FabricNetwork
+    contract: FabricContract, network: FabricNetwork, fabric_net: FabricNet
 ) -> None:
+    cert = _member_cert(fabric_net, "next")
     events = network.get_chaincode_events("ehrshare")  # returns once positioned at the newest
-    commit = contract.new_proposal("PublishTypeKey", "next", _type_key(), "1").endorse().submit()
+    commit = contract.new_proposal("RegisterMember", cert, "clinician").endorse().submit()
     first = next(events)
     assert first.transaction_id == commit.transaction_id
     assert first.block_number == commit.get_status().block_number

@@ -8,7 +8,6 @@ once one breaks as unreachable, and the follower opens its stream again from its
 
 from __future__ import annotations
 
-import base64
 import os
 import signal
 import threading
@@ -74,10 +73,13 @@ def _gateway(net: FabricNet, msp: str) -> FabricGateway:
     return gateway
 
 
-def _publish(gateway: FabricGateway, record_type: str) -> str:
+def _publish(gateway: FabricGateway, net: FabricNet, name: str) -> str:
+    # RegisterMember of a new HospitalA member: a plain write (a type key would need a DKG).
     contract = gateway.get_network("ehrshare").get_contract("ehrshare")
-    key = base64.b64encode(os.urandom(33)).decode()
-    transaction = contract.new_proposal("PublishTypeKey", record_type, key, "1").endorse()
+    identity, _ = LocalCA.load(net.spec.root / "ca" / "HospitalAMSP").issue(name)
+    transaction = contract.new_proposal(
+        "RegisterMember", identity.credentials.decode(), "clinician"
+    ).endorse()
     status = transaction.submit().get_status()
     assert status.code == "VALID", status
     return transaction.transaction_id
@@ -113,7 +115,7 @@ def test_a_dead_peer_moves_commits_and_event_followers_to_the_others(net: Fabric
     thread = threading.Thread(target=follower.run, daemon=True)
     thread.start()
     try:
-        before = _publish(gateway, "before")
+        before = _publish(gateway, net, "before")
         wait_for(before)
         assert follower.reconnects == 0
 
@@ -139,7 +141,7 @@ def test_a_dead_peer_moves_commits_and_event_followers_to_the_others(net: Fabric
         }
         assert all(h["healthy"] for n, h in health.items() if n != "peer-HospitalAMSP")
         assert not net.running()
-        after = _publish(gateway, "after")  # endorsed by B and C, committed, reported
+        after = _publish(gateway, net, "after")  # endorsed by B and C, committed, reported
         wait_for(after)
         assert follower.reconnects >= 1
         # Nothing was delivered twice across the reconnection.

@@ -49,7 +49,6 @@ PACKAGE_ID = "ehrshare_1.0:" + "ab" * 32
 CHANNEL = "ehrshare"
 T0 = 1_900_000_000
 CAPSULE = base64.b64encode(b"\x01" * 96).decode()
-TYPE_KEY = base64.b64encode(b"\x02" * 48).decode()
 SHA = "0" * 64
 GUARD_S = 20  # deadlock guard only (a serialised server would hang); never a timing assertion
 
@@ -315,7 +314,6 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
         "pete": sb.member("Org1MSP", "pete", "proxy"),
     }
     alice = m["alice"]
-    alice.submit("PublishTypeKey", "lab", TYPE_KEY, "1")
     for i in range(5):
         alice.submit(
             "RegisterRecord", f"r-{i}", alice.ibe_id, "lab", f"bafyrec{i}", SHA, CAPSULE, "1"

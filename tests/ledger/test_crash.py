@@ -74,6 +74,6 @@ def test_sigkill_mid_commit_loses_nothing_committed_and_commits_nothing_partial(
                 }
                 assert logged == listed
             # The reopened ledger keeps accepting transactions.
-            auditor.submit("PublishTypeKey", "lab", "AAAA", "1")
+            sb.member("Org1MSP", f"late{run}", "auditor")  # registering is a write
         finally:
             sb.close()

@@ -76,18 +76,20 @@ def test_certificate_from_an_unknown_ca_is_refused(sandbox: Sandbox) -> None:
 
 
 def test_tampered_proposal_and_replay_are_refused(sandbox: Sandbox) -> None:
-    alice = sandbox.member("Org1MSP", "alice", "patient")
+    # RequestAccess by the owner: a write the chaincode would happily run twice, so the replay
+    # is caught by the ledger's transaction-id check, not by the contract.
+    alice, _ = _patient_and_record(sandbox)
     proposal = new_proposal(
         alice.identity,
         channel="ehrshare",
         chaincode="ehrshare",
-        function="PublishTypeKey",
-        args=(b"lab", CAPSULE.encode(), b"1"),
+        function="RequestAccess",
+        args=(b"r-0",),
         timestamp_ns=sandbox.clock(),
     )
     signed = sign_proposal(proposal, alice.signer)
     forged = dataclasses.replace(
-        signed, proposal_bytes=signed.proposal_bytes.replace(b'"PublishTypeKey"', b'"GetTypeKey"')
+        signed, proposal_bytes=signed.proposal_bytes.replace(b'"RequestAccess"', b'"CheckApproval"')
     )
     with pytest.raises(ProposalRejected, match="signature does not verify"):
         sandbox.ledger.endorse(forged)
@@ -226,11 +228,11 @@ def test_live_events_reach_an_iterator_and_a_listener(sandbox: Sandbox) -> None:
     thread = threading.Thread(target=consume)
     thread.start()
     dave.submit("RequestAccess", "r-0")
-    alice.submit("PublishTypeKey", "lab", CAPSULE, "1")
+    alice.submit("RegisterRecord", "r-live", alice.ibe_id, "lab", "bafylive", SHA, CAPSULE, "1")
     thread.join(timeout=30)
     stream.close()
     remove()
-    assert [e.event_name for e in received] == ["RequestAccess", "PublishTypeKey"]
+    assert [e.event_name for e in received] == ["RequestAccess", "RegisterRecord"]
     assert received == heard
 
 

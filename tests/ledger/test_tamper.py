@@ -33,7 +33,6 @@ from ehrshare_chaincode.stub import create_composite_key
 T0 = 1_900_000_000
 FAR = str(T0 + 10**7)
 CAPSULE = base64.b64encode(b"\x01" * 96).decode()
-TYPE_KEY = base64.b64encode(b"\x02" * 48).decode()
 SHA = "0" * 64
 PROXY = "Org1MSP/pete"
 ALICE = "Org1MSP/alice"
@@ -75,7 +74,6 @@ def world(tmp_path: Path) -> Iterator[World]:
         blocks[name] = sb.ledger.height() - 1
         return out
 
-    step("type key", alice, "PublishTypeKey", "lab", TYPE_KEY, "1")
     step("record", alice, "RegisterRecord", "r-1", ALICE, "lab", "bafyrecord1", SHA, CAPSULE, "1")
     for who, expiry in (("frank", str(T0 + 100)), ("dave", FAR)):
         g = step(

@@ -11,6 +11,7 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ehrshare.hazmat.tipre import MasterSecret
 from ehrshare.identity import LocalCA
 from ehrshare.profile import Profile, ProfileError, Wallet, WalletError
 
@@ -170,6 +171,11 @@ def test_wallet_roundtrip_and_modes(tmp_path: Path) -> None:
     assert w.load_secret_key() is None
     (tmp_path / "bob/ibe.key").write_bytes(b"\x01garbage")
     with pytest.raises(WalletError, match="does not hold an identity secret key"):
+        w.load_secret_key()
+    # A key saved before format version 2 (H1 was mcl's legacy map) says what to do.
+    v2 = MasterSecret.generate().extract("HospitalA/bob").to_secret_bytes()
+    (tmp_path / "bob/ibe.key").write_bytes(b"\x01" + v2[1:])
+    with pytest.raises(WalletError, match=r"it is a version 1 key.*enrol again"):
         w.load_secret_key()
 
 

@@ -152,7 +152,7 @@ class World:
         """A record whose capsule encapsulates a random GT element m (returned for checking)."""
         record_id = f"r-{next(self.counter)}"
         pk = self.type_public(owner, record_type).verify(
-            owner=self.m[owner].ibe_id, type_label=record_type
+            owner=self.m[owner].ibe_id, type_label=record_type, mpk=self.mpk
         )
         m = GT.random()
         capsule = encrypt(m, pk).to_bytes()

@@ -69,7 +69,7 @@ def test_proxy_process_single_use_across_restart_and_revocation(procs: Procs) ->
     alice = GrpcProxyClient(target, tls=procs.tls_for("alice"))
     pete = w.m["proxy"].ibe_id
     gid = w.m["alice"].submit("GrantAccess", LAB, who, FAR, "0", "", "", pete)["grant_id"]
-    pk = w.type_public(name, LAB).verify(owner=who, type_label=LAB)
+    pk = w.type_public(name, LAB).verify(owner=who, type_label=LAB, mpk=w.mpk)
     rekey = generate_rekey(w.key_of("alice").type_secret(LAB), pk)
     alice.store_rekey(gid, seal_rekey(alice.public_key(), gid, rekey))
     record_id, m, capsule = w.new_record()

@@ -55,7 +55,7 @@ def grant(w: World, grantor: str, grantee: str, max_hops: int = 0, parent: str =
 
 def make_rekey(w: World, grantor: str, grantee: str) -> Any:
     sk = w.key_of(grantor).type_secret(LAB)
-    pk = w.type_public(grantee, LAB).verify(owner=w.m[grantee].ibe_id, type_label=LAB)
+    pk = w.type_public(grantee, LAB).verify(owner=w.m[grantee].ibe_id, type_label=LAB, mpk=w.mpk)
     return generate_rekey(sk, pk)
 
 

@@ -72,7 +72,7 @@ def grant(h: Hospitals, grantor: str, grantee: str, proxy: str, hops: int, paren
     )
     gid = str(row["grant_id"])
     sk = w.key_of(grantor).type_secret(LAB)
-    pk = w.type_public(grantee, LAB).verify(owner=w.m[grantee].ibe_id, type_label=LAB)
+    pk = w.type_public(grantee, LAB).verify(owner=w.m[grantee].ibe_id, type_label=LAB, mpk=w.mpk)
     client = InProcessProxyClient(h.proxies[proxy], caller=w.m[grantor].ibe_id)
     client.store_rekey(gid, seal_rekey(client.public_key(), gid, generate_rekey(sk, pk)))
     return gid
@@ -195,7 +195,7 @@ def test_a_rekey_goes_only_to_the_proxy_its_grant_names(hospitals: Hospitals) ->
     row = w.m["alice"].submit("GrantAccess", LAB, w.m[b].ibe_id, FAR, "0", "", "", p2)
     gid = row["grant_id"]
     sk = w.key_of("alice").type_secret(LAB)
-    pk = w.type_public(b, LAB).verify(owner=w.m[b].ibe_id, type_label=LAB)
+    pk = w.type_public(b, LAB).verify(owner=w.m[b].ibe_id, type_label=LAB, mpk=w.mpk)
     rk = generate_rekey(sk, pk)
     wrong = h.proxies["p1"]
     with pytest.raises(InvalidReKey) as info:

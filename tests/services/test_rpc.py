@@ -190,7 +190,7 @@ def test_proxy_over_grpc(net: Net) -> None:
     gid = w.m["alice"].submit("GrantAccess", LAB, w.m[name].ibe_id, FAR, "0", "", "", pete)
     gid = gid["grant_id"]
     sk = w.key_of("alice").type_secret(LAB)
-    pk = w.type_public(name, LAB).verify(owner=w.m[name].ibe_id, type_label=LAB)
+    pk = w.type_public(name, LAB).verify(owner=w.m[name].ibe_id, type_label=LAB, mpk=w.mpk)
     sealed = seal_rekey(alice_proxy.public_key(), gid, generate_rekey(sk, pk))
     with pytest.raises(ProxyNotAuthorised, match=f"is not the grantor of grant {gid}"):
         bob_proxy.store_rekey(gid, sealed)

@@ -1,4 +1,4 @@
-"""Generate the MH-TIPRE and record-encryption known-answer vectors (tests/vectors/tipre_v1.json).
+"""Generate the MH-TIPRE and record-encryption known-answer vectors (tests/vectors/tipre_v2.json).
 
 Everything random comes from a seeded deterministic generator injected through the ``rng``
 parameters, so the same code always produces the same bytes. A change to hashing, domain
@@ -21,7 +21,7 @@ from typing import Any
 from ehrshare.hazmat import hybrid, tipre
 from ehrshare.hazmat.pairing import G1, G2, GT, Scalar
 
-OUTPUT = Path(__file__).with_name("tipre_v1.json")
+OUTPUT = Path(__file__).with_name("tipre_v2.json")
 SEED = b"ehrshare known-answer vectors v1"
 
 
@@ -45,7 +45,7 @@ class SeededRng:
 def compute() -> dict[str, Any]:
     """All vectors as a JSON-ready dict (hex strings)."""
     rng = SeededRng(SEED)
-    ids = ["patient:alice", "doctor:bob", "doctor:carol"]
+    ids = ["patient:alice", "doctor:bob", "doctor:carol", "doctor:dave"]
     t = "lab-result"
     master = tipre.MasterSecret.generate(rng)
     mpk = master.public_key()
@@ -79,8 +79,14 @@ def compute() -> dict[str, Any]:
     rec_m = tipre.decrypt(rec_capsule, tsks[ids[0]])
     rec_key = hybrid.derive_record_key(rec_m, hybrid.RecordContext("record-0001", ids[0], t))
 
+    # A third hop, made after the record so the earlier vectors keep their bytes.
+    rk23 = tipre.generate_rekey(tsks[ids[2]], tpks[ids[3]], rng=rng)
+    c3 = tipre.reencrypt(c2, rk23)
+    if tipre.decrypt(c3, tsks[ids[3]]) != m:
+        raise AssertionError("vectors do not decrypt")
+
     return {
-        "description": "ehrshare MH-TIPRE v1 and record-encryption known-answer vectors",
+        "description": "ehrshare MH-TIPRE v2 (RFC 9380 H1) and record-encryption vectors",
         "seed": SEED.hex(),
         "hashes": {
             "scalar_hash(dst='test', 'abc')": Scalar.hash(b"test", b"abc").to_bytes().hex(),
@@ -106,6 +112,8 @@ def compute() -> dict[str, Any]:
         "capsule_hops_1": c1.to_bytes().hex(),
         "rekey_bob_carol": rk12.to_secret_bytes().hex(),
         "capsule_hops_2": c2.to_bytes().hex(),
+        "rekey_carol_dave": rk23.to_secret_bytes().hex(),
+        "capsule_hops_3": c3.to_bytes().hex(),
         "record": {
             "record_id": "record-0001",
             "owner": ids[0],

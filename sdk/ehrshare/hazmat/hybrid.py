@@ -1,7 +1,9 @@
 """Hybrid record encryption: MH-TIPRE capsule + chunked AES-256-GCM (STREAM) payload.
 
 Type: KEM/DEM hybrid. The KEM encapsulates a random m ∈ GT to (owner, type) with MH-TIPRE; the
-DEM key is KDF(m) = HKDF-SHA256(m, info = record id ‖ owner ‖ type ‖ version).
+DEM key is KDF(m) = HKDF-SHA256(IKM = m's 576 bytes, no salt, info = frame(DST_KDF, binding)),
+binding = frame(DST_AAD, version, record id, owner, type label), where the owner is the
+record owner's identity, never the reader's (docs/crypto-format.md §7).
 Properties: the payload is split into fixed-size chunks (1 MiB by default), each sealed with
 AES-256-GCM under nonce = prefix(7) ‖ chunk index(4) ‖ last-chunk flag(1) — the STREAM
 construction of Hoang–Reyhanitabar–Rogaway–Vizár (CRYPTO 2015) — so dropping, reordering,

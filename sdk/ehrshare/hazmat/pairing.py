@@ -6,9 +6,11 @@ herumi/mcl). It wraps pymcl's types in immutable classes that
 * parse untrusted bytes strictly (exact length, no identity element, on the curve and in the
   order-r subgroup — pymcl accepts trailing bytes and decodes all-zero bytes to the identity
   without complaint, and does not check GT membership at all);
-* hash with a domain-separation tag (pymcl's hash-to-curve takes none, so the tag and the data
-  are framed injectively into the message it hashes; mcl's hashAndMapTo for BLS12-381 is, per
-  its documentation, the IETF hash_to_curve SSWU random-oracle suite with mcl's fixed DST);
+* hash to G2 with RFC 9380 ``BLS12381G2_XMD:SHA-256_SSWU_RO_`` and a caller's DST
+  (:func:`hash_to_g2`): pymcl only calls ``initPairing``, so mcl's own hashAndMapTo runs in its
+  legacy mode (SHA-512 into the subfield Fp, one Fouque–Tibouchi map — not indifferentiable);
+  the standard hash is computed in :mod:`ehrshare.hazmat._h2c` and the point loaded through
+  mcl's deserialisation, which checks curve and subgroup membership again;
 * serialise scalars big-endian (pymcl's ``Fr`` is little-endian) so the wire format does not
   depend on the library.
 
@@ -25,6 +27,7 @@ from typing import Any, Final, TypeVar
 
 import pymcl
 
+from ehrshare.hazmat import _h2c
 from ehrshare.hazmat.errors import EncodingError
 
 __all__ = [
@@ -36,6 +39,7 @@ __all__ = [
     "Scalar",
     "frame",
     "gt_generator",
+    "hash_to_g2",
     "multi_pair",
     "pair",
 ]
@@ -208,15 +212,6 @@ class _Point:
         return cls(cls._RAW())
 
     @classmethod
-    def hash(cls: type[_P], dst: bytes, data: bytes) -> _P:
-        """Hash to the group with a domain-separation tag (mcl's hash-and-map to BLS12-381)."""
-        msg = frame(_HASH_TO_CURVE_PREFIX, frame(dst, data))
-        point = cls(cls._RAW.hash(msg))
-        if point.is_identity():  # pragma: no cover - probability 2^-255
-            raise ValueError(f"hash to {cls._NAME} gave the identity")
-        return point
-
-    @classmethod
     def from_bytes(cls: type[_P], b: bytes) -> _P:
         """Parse a compressed point; rejects wrong length, identity, off-curve and off-subgroup."""
         if not isinstance(b, bytes | bytearray):
@@ -297,6 +292,18 @@ class G1(_Point):
         """The standard generator P1."""
         return _G1_GEN
 
+    @staticmethod
+    def hash(dst: bytes, data: bytes) -> G1:
+        """mcl's legacy hash-and-map to G1 (not RFC 9380; the protocol hashes only to G2).
+
+        Kept for tests of domain separation; do not use it where a random oracle is assumed.
+        """
+        msg = frame(_HASH_TO_CURVE_PREFIX, frame(dst, data))
+        point = G1(pymcl.G1.hash(msg))
+        if point.is_identity():  # pragma: no cover - probability 2^-255
+            raise ValueError("hash to G1 gave the identity")
+        return point
+
 
 class G2(_Point):
     """The group G2 of BLS12-381 (96-byte compressed points). Immutable.
@@ -317,6 +324,36 @@ class G2(_Point):
     def generator() -> G2:
         """The standard generator P2."""
         return _G2_GEN
+
+    @staticmethod
+    def hash(dst: bytes, data: bytes) -> G2:
+        """RFC 9380 hash to G2 of ``data`` under ``dst``; the same as :func:`hash_to_g2`."""
+        return hash_to_g2(data, dst)
+
+
+def _mcl_g2_bytes(x: tuple[int, int], y: tuple[int, int]) -> bytes:
+    # mcl's compressed G2 encoding (not ZCash's): x.c0 ‖ x.c1, each 48 bytes little-endian, and
+    # the top bit of the last byte set when y.c0 is odd (docs/crypto-format.md §2).
+    out = bytearray(x[0].to_bytes(48, "little") + x[1].to_bytes(48, "little"))
+    if y[0] & 1:
+        out[-1] |= 0x80
+    return bytes(out)
+
+
+def hash_to_g2(msg: bytes, dst: bytes) -> G2:
+    """RFC 9380 ``BLS12381G2_XMD:SHA-256_SSWU_RO_``: hash ``msg`` to G2 under the tag ``dst``.
+
+    Use it for every hash onto G2 that a security argument models as a random oracle (H1).
+    Pure Python (a few milliseconds); the result is public, so cache it where it repeats.
+    """
+    if not isinstance(msg, bytes | bytearray) or not isinstance(dst, bytes | bytearray):
+        raise TypeError("hash_to_g2(msg, dst) takes bytes")
+    if not dst or len(dst) > 255:
+        raise ValueError(f"a DST must be 1 to 255 bytes, got {len(dst)}")
+    affine = _h2c.hash_to_g2_affine(bytes(msg), bytes(dst))
+    if affine is None:  # pragma: no cover - probability 2^-255
+        raise ValueError("hash to G2 gave the identity")
+    return G2.from_bytes(_mcl_g2_bytes(*affine))
 
 
 _G1_GEN: Final = G1(pymcl.g1)

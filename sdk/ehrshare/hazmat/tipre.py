@@ -7,7 +7,8 @@ neither applies to nor decrypts a capsule of another type), ReEnc deterministic 
 IND-CPA only: capsules are malleable; payload integrity comes from AES-GCM in
 :mod:`ehrshare.hazmat.hybrid`.
 Setting: type-3 pairing e: G1×G2→GT; mpk = s·P1 ∈ G1, Q_id = H1(id) ∈ G2, sk_id = s·Q_id ∈ G2,
-capsule randomness U = k·P1 ∈ G1.
+capsule randomness U = k·P1 ∈ G1. H1 is the RFC 9380 hash ``BLS12381G2_XMD:SHA-256_SSWU_RO_``
+(indifferentiable from a random oracle, which the argument programs).
 Assumption: co-BDH-type in the random-oracle model (H1, H2, H3). Publishing T_{i,t} = h·mpk with
 h = H2(sk_i, t) rests on a co-BDH variant; docs/security.md §3.7 sketches the argument (not a
 checked proof).
@@ -57,7 +58,7 @@ from ehrshare.hazmat.errors import (
     WrongIdentityError,
     WrongTypeError,
 )
-from ehrshare.hazmat.pairing import G1, G2, GT, RngFn, Scalar, frame, pair
+from ehrshare.hazmat.pairing import G1, G2, GT, RngFn, Scalar, frame, hash_to_g2, pair
 
 __all__ = [
     "CAPSULE_LAYER_SIZE",
@@ -86,24 +87,31 @@ __all__ = [
     "type_tag",
 ]
 
-TIPRE_VERSION: Final = 1
-"""Version byte of every serialised MH-TIPRE object."""
+TIPRE_VERSION: Final = 2
+"""Version byte of every serialised MH-TIPRE object.
+
+2: H1 is RFC 9380 ``BLS12381G2_XMD:SHA-256_SSWU_RO_`` (every identity point changed).
+1: H1 was mcl's legacy map-to-curve; objects of version 1 are refused (docs/security.md §3.1).
+"""
 
 TAG_SIZE: Final = 32
 MAX_HOPS: Final = 16
 """Hard limit of re-encryptions of one capsule; policy (chaincode, proxy) sets the real limit."""
 
-_DST_H1: Final = b"ehrshare/v1/tipre/H1/identity-to-G2"
+_DST_H1: Final = b"EHRSHARE-V02-CS01-with-BLS12381G2_XMD:SHA-256_SSWU_RO_"
 _DST_H2: Final = b"ehrshare/v1/tipre/H2/type-exponent"
 _DST_H3: Final = b"ehrshare/v1/tipre/H3/GT-to-Zr"
 _DST_ID_TAG: Final = b"ehrshare/v1/tipre/identity-tag"
 _DST_TYPE_TAG: Final = b"ehrshare/v1/tipre/type-tag"
+_DST_TPK_PROOF: Final = b"ehrshare/v2/tipre/type-key-proof/challenge"
+_DST_TPK_NONCE: Final = b"ehrshare/v2/tipre/type-key-proof/nonce"
 _MAX_LABEL_BYTES: Final = 1024
 
 CAPSULE_LAYER_SIZE: Final = TAG_SIZE + G1.SIZE + GT.SIZE
 """One layer: recipient tag ‖ U ‖ V."""
 _CAPSULE_HEADER: Final = 1 + 1 + TAG_SIZE  # version, hops, type tag
-TYPE_PUBLIC_KEY_SIZE: Final = 1 + TAG_SIZE + TAG_SIZE + G1.SIZE
+_PROOF_SIZE: Final = 2 * 32
+TYPE_PUBLIC_KEY_SIZE: Final = 1 + TAG_SIZE + TAG_SIZE + G1.SIZE + _PROOF_SIZE
 REKEY_SIZE: Final = 1 + 3 * TAG_SIZE + G2.SIZE + G1.SIZE + GT.SIZE
 _MASTER_PUBLIC_SIZE: Final = 1 + G1.SIZE
 _MASTER_SECRET_SIZE: Final = 1 + 32
@@ -138,8 +146,12 @@ def type_tag(type_label: str) -> bytes:
 
 @functools.lru_cache(maxsize=4096)
 def identity_point(identity: str) -> G2:
-    """H1: Q_id = H1(id) ∈ G2, the public key of an identity (cached: it is public)."""
-    return G2.hash(_DST_H1, _label_bytes("identity", identity))
+    """H1: Q_id = H1(id) ∈ G2, the public key of an identity (cached: it is public).
+
+    RFC 9380 ``BLS12381G2_XMD:SHA-256_SSWU_RO_`` of the identity's UTF-8 bytes under the DST
+    ``EHRSHARE-V02-CS01-with-BLS12381G2_XMD:SHA-256_SSWU_RO_`` (docs/crypto-format.md).
+    """
+    return hash_to_g2(_label_bytes("identity", identity), _DST_H1)
 
 
 def _h2(sk: G2, ttag: bytes) -> Scalar:
@@ -150,6 +162,21 @@ def _h3(x: GT, ttag: bytes, delegator_tag: bytes, delegatee_tag: bytes) -> Scala
     # Binding the type and both identity tags means a capsule whose tags were edited in transit
     # decrypts to garbage (caught by AES-GCM) instead of being silently accepted.
     return Scalar.hash(_DST_H3, x.to_bytes(), ttag, delegator_tag, delegatee_tag)
+
+
+def _proof_challenge(
+    mpk: MasterPublicKey, point: G1, commitment: G1, owner_tag: bytes, ttag: bytes
+) -> Scalar:
+    # Fiat–Shamir challenge of the type key's proof: binds the base (mpk), the statement (T),
+    # the commitment and both tags, so a proof made for one owner, type or mpk fits no other.
+    return Scalar.hash(
+        _DST_TPK_PROOF,
+        mpk.point.to_bytes(),
+        point.to_bytes(),
+        commitment.to_bytes(),
+        owner_tag,
+        ttag,
+    )
 
 
 def _check_version(what: str, b: bytes) -> None:
@@ -196,8 +223,11 @@ class MasterPublicKey:
 
     @staticmethod
     def from_bytes(b: bytes) -> MasterPublicKey:
+        """Parse version ‖ mpk. Version 1 is accepted too: mpk = s·P1 does not involve H1, so
+        a DKG result published before format version 2 names the same key (security.md §3.8)."""
         _check_len("master public key", b, _MASTER_PUBLIC_SIZE)
-        _check_version("master public key", b)
+        if b[0] != 1:
+            _check_version("master public key", b)
         return MasterPublicKey(G1.from_bytes(bytes(b[1:])))
 
     def __eq__(self, other: object) -> bool:
@@ -323,9 +353,32 @@ class TypeSecretKey(_Secret):
         self._d = d
 
     def public_key(self, mpk: MasterPublicKey) -> VerifiedTypePublicKey:
-        """T_{i,t} = h·mpk, to publish on chain (signed by the owner)."""
+        """T_{i,t} = h·mpk with a proof of knowledge of h, to publish on chain.
+
+        The proof is a Schnorr proof in base mpk (Fiat–Shamir, challenge bound to mpk, T and
+        both tags) with a deterministic nonce derived from h, so the same key always gives the
+        same bytes (re-publishing an unchanged key is recognisable) and no RNG can leak h.
+        """
+        if not isinstance(mpk, MasterPublicKey):
+            raise TypeError("mpk must be a MasterPublicKey")
+        point = self._h * mpk.point
+        r = Scalar.hash(
+            _DST_TPK_NONCE,
+            self._h.to_bytes(),
+            mpk.point.to_bytes(),
+            self.identity_tag,
+            self.type_tag,
+        )
+        commitment = r * mpk.point
+        c = _proof_challenge(mpk, point, commitment, self.identity_tag, self.type_tag)
+        z = r + c * self._h
         return VerifiedTypePublicKey(
-            self.identity_tag, self.type_tag, self._h * mpk.point, self.identity, self.type_label
+            self.identity_tag,
+            self.type_tag,
+            point,
+            c.to_bytes() + z.to_bytes(),
+            self.identity,
+            self.type_label,
         )
 
 
@@ -337,46 +390,75 @@ class TypeSecretKey(_Secret):
 class TypePublicKey:
     """T_{i,t} as received from the chain: unverified until :meth:`verify`.
 
-    Serialised as version ‖ owner tag ‖ type tag ‖ T (113 bytes).
+    Serialised as version ‖ owner tag ‖ type tag ‖ T ‖ c ‖ z (177 bytes), where (c, z) is a
+    Schnorr proof of knowledge of h with T = h·mpk (docs/crypto-format.md §5).
     """
 
-    __slots__ = ("owner_tag", "point", "type_tag")
+    __slots__ = ("owner_tag", "point", "proof", "type_tag")
 
-    def __init__(self, owner_tag: bytes, type_tag: bytes, point: G1) -> None:
+    def __init__(self, owner_tag: bytes, type_tag: bytes, point: G1, proof: bytes) -> None:
         if len(owner_tag) != TAG_SIZE or len(type_tag) != TAG_SIZE:
             raise ValueError(f"tags must be {TAG_SIZE} bytes")
         if not isinstance(point, G1) or point.is_identity():
             raise ValueError("a type public key is a non-identity G1 element")
+        if len(proof) != _PROOF_SIZE:
+            raise ValueError(f"a type key proof is {_PROOF_SIZE} bytes")
         self.owner_tag: Final = bytes(owner_tag)
         self.type_tag: Final = bytes(type_tag)
         self.point: Final = point
+        self.proof: Final = bytes(proof)
 
     def to_bytes(self) -> bytes:
-        return bytes([TIPRE_VERSION]) + self.owner_tag + self.type_tag + self.point.to_bytes()
+        return (
+            bytes([TIPRE_VERSION])
+            + self.owner_tag
+            + self.type_tag
+            + self.point.to_bytes()
+            + self.proof
+        )
 
     @staticmethod
     def from_bytes(b: bytes) -> TypePublicKey:
         _check_len("type public key", b, TYPE_PUBLIC_KEY_SIZE)
         _check_version("type public key", b)
+        o = 1 + 2 * TAG_SIZE
         return TypePublicKey(
             bytes(b[1 : 1 + TAG_SIZE]),
-            bytes(b[1 + TAG_SIZE : 1 + 2 * TAG_SIZE]),
-            G1.from_bytes(bytes(b[1 + 2 * TAG_SIZE :])),
+            bytes(b[1 + TAG_SIZE : o]),
+            G1.from_bytes(bytes(b[o : o + G1.SIZE])),
+            bytes(b[o + G1.SIZE :]),
         )
 
-    def verify(self, *, owner: str, type_label: str) -> VerifiedTypePublicKey:
-        """Check the key is bound to ``owner`` and ``type_label`` and is a valid G1 element.
+    def verify(self, *, owner: str, type_label: str, mpk: MasterPublicKey) -> VerifiedTypePublicKey:
+        """Check the key is bound to ``owner`` and ``type_label`` and that its proof shows
+        knowledge of h with T = h·mpk under this ``mpk``.
 
-        Authenticity (that ``owner`` published it) comes from the owner's signed chain
-        transaction that carried these bytes; check that signature before trusting the chain
-        entry. Structurally every non-identity G1 element is h·mpk for some h, so nothing more
-        can be checked here without a proof from the owner.
+        Without the proof any G1 point would pass, and whoever could publish T = y·P1 could
+        read new records with y·Q_i. Authenticity (that ``owner`` published it) still comes
+        from the owner's signed chain transaction that carried these bytes.
         """
+        if not isinstance(mpk, MasterPublicKey):
+            raise TypeError("mpk must be a MasterPublicKey")
         if self.owner_tag != identity_tag(owner):
             raise WrongIdentityError(f"type public key does not belong to identity {owner!r}")
         if self.type_tag != type_tag(type_label):
             raise WrongTypeError(f"type public key is not for record type {type_label!r}")
-        return VerifiedTypePublicKey(self.owner_tag, self.type_tag, self.point, owner, type_label)
+        try:
+            c = Scalar.from_bytes(self.proof[:32])
+            z = Scalar.from_bytes(self.proof[32:])
+        except EncodingError:
+            raise VerificationError(
+                "type public key proof is not canonical (a scalar is not below r)"
+            ) from None
+        commitment = z * mpk.point - c * self.point
+        if _proof_challenge(mpk, self.point, commitment, self.owner_tag, self.type_tag) != c:
+            raise VerificationError(
+                f"type public key of {owner!r} for {type_label!r} has no valid proof of "
+                "knowledge under this master public key"
+            )
+        return VerifiedTypePublicKey(
+            self.owner_tag, self.type_tag, self.point, self.proof, owner, type_label
+        )
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, TypePublicKey) and self.to_bytes() == other.to_bytes()
@@ -394,9 +476,9 @@ class VerifiedTypePublicKey(TypePublicKey):
     __slots__ = ("_mask_base", "owner", "type_label")
 
     def __init__(
-        self, owner_tag: bytes, ttag: bytes, point: G1, owner: str, type_label: str
+        self, owner_tag: bytes, ttag: bytes, point: G1, proof: bytes, owner: str, type_label: str
     ) -> None:
-        super().__init__(owner_tag, ttag, point)
+        super().__init__(owner_tag, ttag, point, proof)
         self.owner: Final = owner
         self.type_label: Final = type_label
         self._mask_base: GT | None = None
@@ -540,8 +622,10 @@ class VerifiedCapsule(Capsule):
 class ReKey(_Secret):
     """A re-encryption key rk = (t, K, R) as received: unverified until :meth:`verify`.
 
-    Sensitive: the proxy together with the delegatee could recover the delegator's type key from
-    it, so it never goes on chain in clear. Serialised (``to_secret_bytes``) as
+    Sensitive: the proxy holding it together with the delegatee, or with any reader further
+    down a capsule's path (each learns this re-key's X while decrypting), recovers the
+    delegator's type key (docs/security.md §3.2), so it never goes on chain in clear.
+    Serialised (``to_secret_bytes``) as
     version ‖ type tag ‖ delegator tag ‖ delegatee tag ‖ K ‖ R.U ‖ R.V.
     """
 
