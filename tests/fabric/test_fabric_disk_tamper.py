@@ -9,13 +9,15 @@ does not re-hash blocks it already committed, and serves them over Deliver as st
 *new* block whose previous hash does not match its edited head is refused when it commits
 (checked at the end of the second case).
 
-Two edits:
+Three edits:
 
 1. bytes flipped inside a transaction's payload of a late block (naive): the block's data hash
    no longer matches its data;
 2. a careful edit: a write in a transaction of a late block changed, the block's data hash
    recomputed and every later block's previous hash rewritten (all a person without the
-   orderer's key can recompute): the orderer's signature over the edited header fails.
+   orderer's key can recompute): the orderer's signature over the edited header fails;
+3. a valid transaction marked invalid in the block's metadata (its validation code, which each
+   peer writes for itself and nothing signs): the copies of the other hospitals disagree.
 """
 
 from __future__ import annotations
@@ -90,6 +92,44 @@ def _replace_once(raw: bytes, old: bytes, new: bytes) -> bytes:
     assert len(old) == len(new) and old != new
     assert raw.count(old) == 1, f"{len(old)} bytes found {raw.count(old)} times in the block file"
     return raw.replace(old, new)
+
+
+def _varint(raw: bytes, i: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        byte = raw[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, i
+
+
+def _validation_code_offset(raw: bytes, number: int, tx: int = 0) -> int:
+    """Where transaction ``tx``'s validation code of block ``number`` is in a block file.
+
+    Fabric's block file (``fsblkstorage/blockserialization.go``): per block a varint length,
+    then the number (varint), data hash and previous hash (each varint length + bytes), the
+    envelopes (a varint count, each length + bytes) and the metadata entries likewise; entry 2
+    (TRANSACTIONS_FILTER) holds one validation code per transaction."""
+    i = 0
+    while i < len(raw):
+        length, i = _varint(raw, i)
+        end = i + length
+        n, j = _varint(raw, i)
+        for _ in range(2):
+            size, j = _varint(raw, j)
+            j += size
+        for entry in range(2):  # the envelopes, then the metadata
+            count, j = _varint(raw, j)
+            for k in range(count):
+                size, j = _varint(raw, j)
+                if entry == 1 and k == 2 and n == number:
+                    assert tx < size
+                    return j + tx
+                j += size
+        i = end
+    raise LookupError(f"block {number} is not in the block file")
 
 
 @pytest.fixture
@@ -173,6 +213,29 @@ def test_an_edited_block_file_on_one_peer_is_named_by_ledger_and_audit_verify(
     assert net.repair() == ["peer-HospitalBMSP"]
     ledger, _ = _verify(root)
     assert ledger.returncode == 0, ledger.stdout
+
+    # 3. Hospital B's operator marks a valid transaction of a late block invalid (a grant or a
+    # decision that "never took effect" on its peer): a validation code in the block's
+    # metadata, which the peer writes itself and neither the header nor the orderer signs.
+    target = height - 2
+    at = _validation_code_offset(original_b, target)
+    assert original_b[at] == 0  # VALID
+    _stop_peer(net, "HospitalBMSP")
+    b_file.write_bytes(original_b[:at] + bytes([11]) + original_b[at + 1 :])  # MVCC conflict
+    assert net.repair() == ["peer-HospitalBMSP"]
+    ledger, audit = _verify(root)
+    assert ledger.returncode == 5, ledger.stderr
+    report = json.loads(ledger.stdout)
+    assert report["first_bad_block"] == target
+    assert report["reason"] == (
+        f"HospitalBMSP: block {target}: its transactions' validation codes differ from the "
+        "other peers' copies"
+    )
+    assert audit.returncode == 5, audit.stderr
+    assert json.loads(audit.stdout)["checks"]["ledger"]["first_bad_block"] == target
+    _stop_peer(net, "HospitalBMSP")
+    b_file.write_bytes(original_b)
+    assert net.repair() == ["peer-HospitalBMSP"]
 
     # 2. Hospital C's operator changes a write of a late block's transaction and recomputes what
     # needs no key: that block's data hash, and the previous hash of every block after it.
