@@ -426,10 +426,12 @@ def _careful_edits_fabric(
                 bytes(good[msp][n].header.previous_hash),
                 bytes(blocks[n].header.previous_hash),
             )
-        _stop_peer(network, msp)
+        with _expected_reconnects():
+            _stop_peer(network, msp)
         try:
-            path.write_bytes(raw)
-            network.repair()
+            with _expected_reconnects():
+                path.write_bytes(raw)
+                network.repair()
             s.lines.append(
                 f"{msp}'s operator extends Alice's grant to Dr Baker in block {target} of its "
                 f"peer's block file, re-hashes blocks {target}..{len(blocks) - 1}, restarts it"
@@ -442,9 +444,10 @@ def _careful_edits_fabric(
                 s,
             )
         finally:
-            _stop_peer(network, msp)
-            path.write_bytes(original)
-            network.repair()
+            with _expected_reconnects():
+                _stop_peer(network, msp)
+                path.write_bytes(original)
+                network.repair()
         restored = verify()
         s.lines.append(
             "the file put back: " + ("verifies" if restored is None else f"INVALID — {restored}")
@@ -469,6 +472,24 @@ def _careful_edits_fabric(
         )
     finally:
         backend.close()
+
+
+@contextmanager
+def _expected_reconnects() -> Iterator[None]:
+    """While the story restarts a peer on purpose, the clients' reconnection warnings (commit
+    listeners, the network's restart notice) say nothing the step does not: keep them out of
+    the output. Errors still show."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("ehrshare.ledger.peer", "ehrshare.fabricnet")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def _stop_peer(network: Any, msp: str) -> None:
