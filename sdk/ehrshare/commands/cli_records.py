@@ -276,7 +276,7 @@ def _fmt_time(ts: int) -> str:
         return f"{ts} (unix seconds)"
 
 
-def member_in_words(ibe_id: str) -> str:
+def _member_in_words(ibe_id: str) -> str:
     """A member id as people read it: ``HospitalBMSP/baker`` → ``baker (HospitalB)`` (the name
     it was registered under, and its hospital); anything else as it is."""
     msp, sep, name = ibe_id.partition("/")
@@ -1401,7 +1401,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 actor,
                 e["record_id"] or e["grant_id"],
                 _type_in_words(labels, label) if isinstance(label, str) else "",
-                member_in_words(grantee) if isinstance(grantee, str) else "",
+                _member_in_words(grantee) if isinstance(grantee, str) else "",
             )
         out_console().print(table)
 
