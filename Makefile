@@ -10,14 +10,22 @@ FABRIC21 := network/build/fabric21/bin/peer
 
 venv: $(STAMP)
 
+# Not --quiet: on a fresh machine the install takes about two minutes, and pip's own lines
+# (Collecting …, Downloading … with a progress bar on a terminal, Installing …) show it is working.
+# Once the stamp is newer than pyproject.toml none of this runs, so `make test` stays quiet.
 $(STAMP): pyproject.toml
+	@echo "==> creating the virtual environment $(VENV)"
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "==> upgrading pip"
+	$(BIN)/python -m pip install --progress-bar on --upgrade pip
+	@echo "==> installing ehrshare and its dependencies (about 2 minutes the first time)"
+	$(BIN)/python -m pip install --progress-bar on -e '.[dev]'
 	touch $(STAMP)
+	@echo "==> installed into $(VENV)"
 
 ## make demo: install and run the end-to-end demo on the embedded default backend
 demo: $(STAMP)
+	@echo "==> running the demo"
 	$(BIN)/ehrshare demo
 
 ## make test: install, lint, type-check and run every test

@@ -11,8 +11,12 @@ Dr Baker's referral to Dr Chen at hospital C's; Dr Chen's read visits both in or
 DKG, enrols a patient, two clinicians and a specialist, and walks the paper's flows: store three
 FHIR records, grant "lab" with two hops, read, refer, read at the second hop, type isolation
 (imaging stays unreadable), revoke, a denied and logged request, the audit trail and its
-verification, and a tampered log entry being caught (on the embedded ledger an entry edited in
-its SQLite file; on Fabric an edited exported copy of the trail, checked against the chain).
+verification, and tampering being caught: a careful edit (a decision changed and every hash
+after it recomputed — on the embedded ledger in a copy of its SQLite file, with and without the
+ordering key; on Fabric in one hospital's peer's block file, stopped and restarted, then put
+back) named by ``ledger verify`` at its block, a cut tail caught against a head Alice signed
+before, and a naive edit (on the embedded ledger an entry edited in its SQLite file; on Fabric
+an edited exported copy of the trail, checked against the chain).
 Each step is reported to a callback with its timing; the outcome is a :class:`DemoResult`
 whose ``checks`` say whether every claim of the story held.
 
@@ -214,6 +218,294 @@ def _tamper_exported(entries: tuple[dict[str, Any], ...], requester: str) -> tup
             entry["outcome"] = "allow"
             return tuple(out), int(entry["seq"])
     raise RuntimeError("no denied access decision to tamper with")
+
+
+def _ledger_copy(ledger_dir: Path, to: Path) -> Path:
+    """A consistent copy of an embedded ledger directory (SQLite's backup, and its key files)."""
+    to.mkdir(parents=True)
+    for path in ledger_dir.iterdir():
+        if path.is_file() and not path.name.startswith("ledger.sqlite"):
+            shutil.copy2(path, to / path.name)
+    src = sqlite3.connect(ledger_dir / "ledger.sqlite")
+    dst = sqlite3.connect(to / "ledger.sqlite")
+    try:
+        src.backup(dst)
+    finally:
+        src.close()
+        dst.close()
+    return to
+
+
+def _verify_copy(directory: Path, channel: str, against: tuple[Any, ...] = ()) -> Exception | None:
+    """None when the ledger in ``directory`` verifies, else the integrity error."""
+    from ehrshare.ledger.errors import LedgerIntegrityError
+    from ehrshare.ledger.store import EmbeddedLedger
+
+    copy = EmbeddedLedger.open(directory, channel=channel, create=False)
+    try:
+        copy.verify(against=against)
+    except LedgerIntegrityError as exc:
+        return exc
+    finally:
+        copy.close()
+    return None
+
+
+def _careful_edits(
+    consortium: Consortium, alice: Session, baker: Session, root: Path, s: DemoStep, story: _Story
+) -> None:
+    """On copies of the embedded ledger: Dr Baker's denied request turned into "allow" with
+    Alice's audit chain, the transaction's write set, block hashes and links all recomputed
+    (what SHA-256 alone lets an editor redo); and the last blocks cut off after Alice signed
+    the head she saw. ``ledger verify`` catches the first at the rewritten block (the ordering
+    key's signature) and the second against her witnessed head."""
+    from ehrshare.ledger import forge
+    from ehrshare.ledger.witness import sign_head
+
+    channel = consortium.profile.channel
+    live = consortium.ledger
+    height, head = live.head()
+    identity, signer = consortium.profile.wallet("alice").load_identity()
+    witnessed = sign_head(
+        channel=channel,
+        height=height,
+        head=head,
+        orderer=live.ordering.fingerprint,
+        identity=identity,
+        signer=signer,
+        signed_at=int(time.time()),
+    )
+    s.lines.append(f"Alice signs the head she sees: height {height}, {head.hex()[:16]}…")
+    work = root / "tamper"
+    named = []
+    for name, resign in (("1", False), ("1b", True)):
+        forged = _ledger_copy(root / "ledger", work / f"forged-{name}")
+        db = forge.open_db(forged)
+        try:
+            seq, first = forge.flip_decision(db, alice.ibe_id, baker.ibe_id)
+            # 1b: also re-signed with the ordering key, as the ledger's own host could.
+            forge.rehash(db, first, ledger_dir=forged if resign else None, channel=channel)
+        finally:
+            db.close()
+        s.lines.append(
+            f"copy {name}: entry #{seq} 'deny' → 'allow', the chain's later hashes and blocks "
+            f"{first}..{height - 1} re-hashed" + (" and re-signed with the ordering key" * resign)
+        )
+        caught = _verify_copy(forged, channel)
+        s.lines.append(f"ledger verify: {'INVALID — ' + str(caught) if caught else 'valid'}")
+        named.append(caught is not None and getattr(caught, "block", None) == first)
+    story.check("careful_edit_detected", all(named), s)
+    cut = _ledger_copy(root / "ledger", work / "cut")
+    db = forge.open_db(cut)
+    try:
+        forge.truncate(db, height - 2)
+    finally:
+        db.close()
+    alone = _verify_copy(cut, channel)
+    caught = _verify_copy(cut, channel, (witnessed,))
+    s.lines.append(
+        f"copy 2: blocks {height - 2}..{height - 1} deleted; alone it "
+        f"{'verifies' if alone is None else 'fails'}, against Alice's head: "
+        f"{'INVALID — ' + str(caught) if caught else 'valid'}"
+    )
+    story.check(
+        "truncation_detected",
+        alone is None and caught is not None and getattr(caught, "block", None) == height - 2,
+        s,
+    )
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _replace_once(raw: bytes, old: bytes, new: bytes) -> bytes:
+    if len(old) != len(new) or raw.count(old) != 1:
+        raise RuntimeError("the block file does not hold the block's bytes exactly once")
+    return raw.replace(old, new)
+
+
+def _careful_edits_fabric(
+    consortium: Consortium, baker: Session, s: DemoStep, story: _Story
+) -> None:
+    """On Fabric: hospital C's operator stops its peer, extends Alice's grant to Dr Baker in
+    the peer's block file (same length, in the transaction's write set), recomputes that
+    block's data hash and every later block's previous hash (no key needed), and starts the
+    peer again; ``ledger verify`` names hospital C and the block (the orderer's signature).
+    The file is put back afterwards. Then the peers' copies as delivered, with their last two
+    blocks left out, are checked against the head Alice signed before."""
+    import re
+
+    from ehrshare.ledger.errors import LedgerIntegrityError
+    from ehrshare.ledger.fabric_blocks import block_hash, common, data_hash, verify_copies
+    from ehrshare.ledger.witness import sign_head
+    from ehrshare.ledgers import FabricBackend
+
+    network = consortium.network
+    assert network is not None
+    channel = consortium.profile.channel
+    wallet = consortium.profile.wallet("alice")
+    identity, signer = wallet.load_identity()
+    tls_cert, tls_key = wallet.load_tls()
+    client_tls = (tls_cert.credentials, tls_key.to_secret_bytes())
+    backend = FabricBackend.from_profile(consortium.profile)
+
+    def copies() -> dict[str, list[Any]]:
+        from ehrshare.ledger.fabric_blocks import fetch_blocks
+
+        first: dict[str, Any] = {}
+        for peer in backend.peers:
+            first.setdefault(peer.msp_id, peer)
+        return {
+            msp: fetch_blocks(
+                address=p.address,
+                tls_ca_pem=p.tls_ca_pem,
+                server_name=p.server_name,
+                channel=channel,
+                identity=identity,
+                signer=signer,
+                client_tls=client_tls,
+            )
+            for msp, p in first.items()
+        }
+
+    def verify(against: tuple[Any, ...] = ()) -> LedgerIntegrityError | None:
+        try:
+            backend.verify_as(
+                identity, signer, channel=channel, client_tls=client_tls, against=against
+            )
+        except LedgerIntegrityError as exc:
+            return exc
+        return None
+
+    try:
+        network.wait_synced()
+        good = copies()
+        report = verify_copies(good)
+        height = int(report["height"])
+        witnessed = sign_head(
+            channel=channel,
+            height=height,
+            head=bytes.fromhex(report["head"]),
+            orderer=report["orderer"],
+            identity=identity,
+            signer=signer,
+            signed_at=int(time.time()),
+        )
+        s.lines.append(f"Alice signs the head she sees: height {height}, {report['head'][:16]}…")
+
+        msp = network.spec.msp_ids[-1]
+        blocks = [common.Block.FromString(b.SerializeToString()) for b in good[msp]]
+        grantee = f'"grantee":"{baker.ibe_id}"'.encode()
+        target = next(
+            n
+            for n in range(len(blocks) - 1, 0, -1)
+            if any(grantee in e and b'"GrantAccess"' in e for e in blocks[n].data.data)
+        )
+        tx = next(
+            i for i, e in enumerate(blocks[target].data.data) if grantee in e and b"expiry" in e
+        )
+        envelope = bytes(blocks[target].data.data[tx])
+        # Every "expiry":<10 digits> of the grant in the write set: its first digit + 1.
+        forged_envelope = re.sub(
+            rb'("expiry":)(\d)(\d{9})',
+            lambda m: m.group(1) + str((int(m.group(2)) + 1) % 10).encode() + m.group(3),
+            envelope,
+        )
+        blocks[target].data.data[tx] = forged_envelope
+        blocks[target].header.data_hash = data_hash(blocks[target])
+        for n in range(target + 1, len(blocks)):
+            blocks[n].header.previous_hash = block_hash(blocks[n - 1])
+        path = network.dir / "peers" / msp / "ledgersData" / "chains" / "chains" / channel
+        path = path / "blockfile_000000"
+        original = path.read_bytes()
+        raw = _replace_once(original, envelope, forged_envelope)
+        raw = _replace_once(
+            raw, bytes(good[msp][target].header.data_hash), bytes(blocks[target].header.data_hash)
+        )
+        for n in range(target + 1, len(blocks)):
+            raw = _replace_once(
+                raw,
+                bytes(good[msp][n].header.previous_hash),
+                bytes(blocks[n].header.previous_hash),
+            )
+        with _expected_reconnects():
+            _stop_peer(network, msp)
+        try:
+            with _expected_reconnects():
+                path.write_bytes(raw)
+                network.repair()
+            s.lines.append(
+                f"{msp}'s operator extends Alice's grant to Dr Baker in block {target} of its "
+                f"peer's block file, re-hashes blocks {target}..{len(blocks) - 1}, restarts it"
+            )
+            caught = verify()
+            s.lines.append(f"ledger verify: {'INVALID — ' + str(caught) if caught else 'valid'}")
+            story.check(
+                "careful_edit_detected",
+                caught is not None and caught.block == target and msp in caught.message,
+                s,
+            )
+        finally:
+            with _expected_reconnects():
+                _stop_peer(network, msp)
+                path.write_bytes(original)
+                network.repair()
+        restored = verify()
+        s.lines.append(
+            "the file put back: " + ("verifies" if restored is None else f"INVALID — {restored}")
+        )
+
+        cut = {m: blocks_[: height - 2] for m, blocks_ in good.items()}
+        alone = verify_copies(cut)
+        try:
+            verify_copies(cut, against=[witnessed])
+            caught_cut: LedgerIntegrityError | None = None
+        except LedgerIntegrityError as exc:
+            caught_cut = exc
+        s.lines.append(
+            f"every peer's copy without blocks {height - 2}..{height - 1}: alone "
+            f"{alone['height']} blocks verify; against Alice's head: "
+            f"{'INVALID — ' + str(caught_cut) if caught_cut else 'valid'}"
+        )
+        story.check(
+            "truncation_detected",
+            restored is None and caught_cut is not None and caught_cut.block == height - 2,
+            s,
+        )
+    finally:
+        backend.close()
+
+
+@contextmanager
+def _expected_reconnects() -> Iterator[None]:
+    """While the story restarts a peer on purpose, the clients' reconnection warnings (commit
+    listeners, the network's restart notice) say nothing the step does not: keep them out of
+    the output. Errors still show."""
+    import logging
+
+    loggers = [logging.getLogger(n) for n in ("ehrshare.ledger.peer", "ehrshare.fabricnet")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+def _stop_peer(network: Any, msp: str) -> None:
+    """Stop one hospital's peer by its pid (SIGTERM) and wait until it is gone."""
+    import os
+    import signal
+
+    name = f"peer-{msp}"
+    pid = network.pids()[name]
+    if name in network.live():  # still the process the network started (pid and start time)
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while pid_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if pid_alive(pid):
+        raise RuntimeError(f"the peer of {msp} (pid {pid}) did not stop")
 
 
 def _orderers(consortium: Consortium) -> str:
@@ -431,6 +723,12 @@ def run_demo(
                 + ("not found" if not leaked else f"FOUND in {leaked}")
             )
             story.check("no_plaintext_at_rest", not leaked, s)
+        title = "A careful editor rewrites a decision and every hash after it; a cut is caught"
+        with story.step(title) as s:
+            if ledger == "fabric":
+                _careful_edits_fabric(consortium, baker, s, story)
+            else:
+                _careful_edits(consortium, alice, baker, root, s, story)
         if ledger == "fabric":
             title = "Someone edits an exported copy of the trail; verification catches it"
         else:

@@ -1311,9 +1311,11 @@ class Session(Closing):
     ) -> AuditVerification:
         """Verify a patient's hash-chained log: the chaincode's recomputation, an offline
         recomputation of the entries as downloaded (or of ``trail``, e.g. an exported copy),
-        and on the embedded backend the whole ledger (signed blocks, a replay of every
-        transaction, history and state; ``against``: witnessed heads,
-        :class:`~ehrshare.ledger.witness.SignedHead`)."""
+        and the whole ledger where the session was given its check (a consortium's sessions
+        are): on the embedded backend signed blocks, a replay of every transaction, history and
+        state; on Fabric every peer organisation's copy of the blocks, compared
+        (:func:`~ehrshare.ledger.fabric_blocks.verify_copies`); ``against``: witnessed heads,
+        :class:`~ehrshare.ledger.witness.SignedHead`."""
         from ehrshare_chaincode.auditlog import verify_entries
 
         chain = trail.chain if trail is not None else (patient or self.ibe_id)

@@ -27,6 +27,8 @@ STORY_CHECKS = {
     "audit_valid",
     "no_plaintext_at_rest",
     "tamper_detected",
+    "careful_edit_detected",
+    "truncation_detected",
 }
 
 
@@ -36,7 +38,7 @@ def test_demo_story_holds_on_the_embedded_backend() -> None:
     assert set(result.checks) == STORY_CHECKS
     failed = {k for k, v in result.checks.items() if not v}
     assert not failed
-    assert [s.number for s in seen] == list(range(1, 14))
+    assert [s.number for s in seen] == list(range(1, 15))
     assert all(s.ok for s in seen)
     actions = [e["action"] for e in result.audit]
     # Hop 1 read: B's proxy; hop 2 read: B's proxy, then C's proxy.
@@ -63,7 +65,7 @@ def test_demo_cli_json_summary() -> None:
     summary = json.loads(result.stdout)
     assert summary["ok"] is True
     assert set(summary["checks"]) == STORY_CHECKS
-    assert len(summary["steps"]) == 13
+    assert len(summary["steps"]) == 14
     assert summary["backend"] == {
         "ledger": "embedded",
         "storage": "embedded",
@@ -75,7 +77,7 @@ def test_demo_summary_counts_steps_and_checks() -> None:
     result = CliRunner().invoke(app, ["demo"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     # Every step checks what it claims: as many checks as named, and each step has one.
-    assert f"13 steps, all {len(STORY_CHECKS)} checks held" in result.stdout
+    assert f"14 steps, all {len(STORY_CHECKS)} checks held" in result.stdout
     assert len(STORY_CHECKS) >= 13
 
 

@@ -103,6 +103,20 @@ def test_two_organisations_deliver_one_signed_chain_and_edits_are_named(
         f"HospitalBMSP: block {target}: its signer's organisation HospitalAMSP is not an orderer's"
     )
 
+    # A transaction's validation code (block metadata the peer writes, signed by nobody) changed
+    # in one copy: two copies disagree, and neither can be named the odd one.
+    flagged = _clone(copies["HospitalBMSP"])
+    codes = bytes(flagged[target].metadata.metadata[2])
+    flagged[target].metadata.metadata[2] = bytes([codes[0] ^ 11]) + codes[1:]
+    assert verify_copies({"HospitalBMSP": flagged})["height"] == len(flagged)  # alone: unseen
+    with pytest.raises(LedgerIntegrityError) as info:
+        verify_copies({**copies, "HospitalBMSP": flagged})
+    assert info.value.block == target
+    assert info.value.message == (
+        f"block {target}: its transactions' validation codes differ between HospitalAMSP and "
+        "HospitalBMSP"
+    )
+
     # A valid but shorter copy agrees on what it has (truncation shows as a lower height).
     short = verify_copies({**copies, "HospitalBMSP": copies["HospitalBMSP"][:-1]})
     assert short["peers"]["HospitalBMSP"] == len(copies["HospitalBMSP"]) - 1

@@ -41,6 +41,8 @@ STORY_CHECKS = {
     "audit_valid",
     "no_plaintext_at_rest",
     "tamper_detected",
+    "careful_edit_detected",
+    "truncation_detected",
     "fabric_processes_stopped",
 }
 

@@ -27,7 +27,6 @@ from ehrshare.ledger.envelope import Proposal, new_proposal, serialize_identity
 from ehrshare.ledger.sandbox import ManualClock, Member, Sandbox
 from ehrshare.ledger.store import _block_hash
 from ehrshare_chaincode import canonical
-from ehrshare_chaincode.auditlog import entry_hash
 from ehrshare_chaincode.stub import create_composite_key
 
 T0 = 1_900_000_000
@@ -178,25 +177,7 @@ def test_a_grant_rewritten_in_its_transaction_fails_the_read(world: World) -> No
 def _flip_franks_decision(db: sqlite3.Connection) -> tuple[int, int]:
     """Frank's denied AccessDecision → allow; every later entry and the head re-hashed.
     Returns (the forged entry's seq, the first rewritten block)."""
-    head_key = create_composite_key("ehr.loghead", [ALICE]).encode()
-    head = _value(db, head_key)
-    entries = [_value(db, _log_key(ALICE, s)) for s in range(1, head["seq"] + 1)]
-    seq = next(
-        e["seq"] for e in entries if e["action"] == "AccessDecision" and e["outcome"] == "deny"
-    )
-    changed: dict[bytes, bytes] = {}
-    prev = entries[seq - 2]["hash"]
-    for e in entries[seq - 1 :]:
-        if e["seq"] == seq:
-            e["outcome"] = "allow"
-        e["prev_hash"] = prev
-        e["hash"] = entry_hash(e)
-        prev = e["hash"]
-        changed[_log_key(ALICE, e["seq"])] = canonical.dumps(e)
-    head["hash"] = prev
-    changed[head_key] = canonical.dumps(head)
-    first = min(forge.set_written(db, k, v) for k, v in changed.items())
-    return seq, first
+    return forge.flip_decision(db, ALICE, "Org2MSP/frank")
 
 
 @pytest.mark.parametrize("resign", [False, True], ids=["sha256 only", "with ordering key"])

@@ -276,6 +276,22 @@ def _fmt_time(ts: int) -> str:
         return f"{ts} (unix seconds)"
 
 
+def _member_in_words(ibe_id: str) -> str:
+    """A member id as people read it: ``HospitalBMSP/baker`` → ``baker (HospitalB)`` (the name
+    it was registered under, and its hospital); anything else as it is."""
+    msp, sep, name = ibe_id.partition("/")
+    if not sep or not msp or not name:
+        return ibe_id
+    return f"{name} ({msp.removesuffix('MSP') or msp})"
+
+
+def _type_in_words(labels: Any, label: str) -> str:
+    """An on-chain type label by the name this profile's type mapping gives it; a label the
+    mapping does not know stays opaque, with a note."""
+    name = labels.reveal(label)
+    return str(name) if name is not None else f"{label} (a type this profile does not name)"
+
+
 def _fmt_date(ts: int) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d")
 
@@ -1360,15 +1376,23 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Print a patient's (or a record's) operation log: who did what, when, with what
-        outcome."""
+        outcome; record types by the names this profile gives them (the chain holds only
+        opaque labels) and grantees as 'name (hospital)'. --json prints the entries as stored
+        (opaque labels, member ids)."""
         with _session(profile, wallet) as s, _errors():
             trail = s.audit(patient or None, record=record or None)
+            labels = s.labels
         if as_json:
             _emit(trail.to_dict())
             return
-        table = _table("#", "time", "action", "outcome", "actor", "record / grant")
+        table = _table(
+            "#", "time", "action", "outcome", "actor", "record / grant", "type", "grantee"
+        )
         for e in trail.entries:
-            actor = e["detail"].get("requester") or e["actor"]
+            detail = e["detail"] if isinstance(e.get("detail"), dict) else {}
+            actor = detail.get("requester") or e["actor"]
+            label = detail.get("type")
+            grantee = detail.get("grantee")
             table.add_row(
                 str(e["seq"]),
                 _fmt_time(e["timestamp"]),
@@ -1376,6 +1400,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 e["outcome"],
                 actor,
                 e["record_id"] or e["grant_id"],
+                _type_in_words(labels, label) if isinstance(label, str) else "",
+                _member_in_words(grantee) if isinstance(grantee, str) else "",
             )
         out_console().print(table)
 

@@ -7,8 +7,11 @@ hash), as ``protoutil`` encodes it), every block's data hash (sha256 of its conc
 envelopes), every block after the genesis block signed by an orderer whose certificate its
 orderer organisation's root CA (from the channel's genesis configuration) issued — over
 ``metadata value ‖ signature header ‖ header bytes``, as the orderer's block writer signs — and
-that peers of two organisations deliver byte-identical headers. :func:`verify_copies` does the
-checks; :func:`fetch_blocks` pulls a channel's blocks from one peer over Deliver.
+that peers of two organisations deliver byte-identical headers and the same validation codes
+for each block's transactions (block metadata each peer writes itself, which no signature or
+hash covers: with one organisation's copy alone a flipped code cannot be seen).
+:func:`verify_copies` does the checks; :func:`fetch_blocks` pulls a channel's blocks from one
+peer over Deliver.
 
 Not done here: config updates after the genesis block (the orderer roots are read from block 0
 only), intermediate CAs, replaying transactions (the peers' validation does that). This module
@@ -54,6 +57,7 @@ mspconfig: Any = _msp_config_pb2
 ab: Any = _ab_pb2
 _events_grpc: Any = _events_pb2_grpc
 _SIGNATURES = int(common.BlockMetadataIndex.Value("SIGNATURES"))
+_TRANSACTIONS_FILTER = int(common.BlockMetadataIndex.Value("TRANSACTIONS_FILTER"))
 
 
 def _der_length(n: int) -> bytes:
@@ -217,6 +221,13 @@ def verify_copies(
         hashes_at = {label: block_hash(copies[label][n]) for label in labels}
         if len(set(hashes_at.values())) != 1:
             raise LedgerIntegrityError(f"block {n} differs between {' and '.join(labels)}", block=n)
+    for n in range(common_height):
+        # Each peer writes its transactions' validation codes into the block's metadata after
+        # the orderer signed it: neither the header nor the signature covers them, so the
+        # copies are all there is to compare them with.
+        codes = {label: _validation_codes(copies[label][n]) for label in labels}
+        if len(set(codes.values())) != 1:
+            raise LedgerIntegrityError(_codes_differ(n, codes), block=n)
     heights = {label: len(copies[label]) for label in labels}
     agreed = copies[labels[0]][:common_height]
     fingerprint = orderer_fingerprint(roots)
@@ -241,6 +252,27 @@ def verify_copies(
         "blocks": common_height,
         "witnesses": witnessed,
     }
+
+
+def _validation_codes(block: Any) -> bytes:
+    metadata = block.metadata.metadata
+    return bytes(metadata[_TRANSACTIONS_FILTER]) if len(metadata) > _TRANSACTIONS_FILTER else b""
+
+
+def _codes_differ(n: int, codes: Mapping[str, bytes]) -> str:
+    """Names the copies whose codes differ from those most copies hold, if most agree."""
+    counts: dict[bytes, int] = {}
+    for value in codes.values():
+        counts[value] = counts.get(value, 0) + 1
+    common_value, most = max(counts.items(), key=lambda kv: kv[1])
+    if most * 2 > len(codes):
+        odd = [label for label in sorted(codes) if codes[label] != common_value]
+        return (
+            f"{' and '.join(odd)}: block {n}: its transactions' validation codes differ from "
+            "the other peers' copies"
+        )
+    between = " and ".join(sorted(codes))
+    return f"block {n}: its transactions' validation codes differ between {between}"
 
 
 def _channel_of(genesis: Any) -> str:
