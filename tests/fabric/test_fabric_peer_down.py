@@ -169,6 +169,6 @@ def test_a_dead_peer_moves_commits_and_event_followers_to_the_others(net: Fabric
     assert net.repair() == []
     gateway = _gateway(net, "HospitalAMSP")
     try:
-        _publish(gateway, "repaired")
+        _publish(gateway, net, "repaired")
     finally:
         gateway.close()
