@@ -1,6 +1,6 @@
 """Only consortium members reach the Fabric peers and orderers: mutual TLS on a real network.
 
-`ehrshare.fabricnet` starts Fabric v2.1.1 peers and orderers that require a TLS client
+`ehrshare.fabricnet` starts Fabric 2.3 peers and orderers that require a TLS client
 certificate from a consortium CA. A client without one, and a client whose certificate comes
 from a CA outside the consortium, get no connection (UNAVAILABLE, from the handshake) from a
 peer and from an orderer, while a member presenting its wallet's TLS certificate endorses,
@@ -46,7 +46,7 @@ proposalpb: Any = proposal_pb2
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FabricNet]:
-    assert (default_bin_dir() / "peer").is_file(), "Fabric v2.1.1 is not built: run `make tools`"
+    assert (default_bin_dir() / "peer").is_file(), "Fabric 2.3 is not built: run `make tools`"
     root = tmp_path_factory.mktemp("mtls") / "consortium"
     for msp in MSPS:
         LocalCA.create(msp).save(root / "ca" / msp)

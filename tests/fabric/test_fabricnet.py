@@ -1,8 +1,9 @@
-"""A real multi-organisation Fabric v2.1.1 network built from the consortium's own CAs.
+"""A real multi-organisation Fabric 2.3 network built from the consortium's own CAs.
 
 `ehrshare.fabricnet` turns three hospital CAs (as `consortium init` saves them) into MSPs, peer,
-orderer and admin identities, a Raft ordering service (1 or 3 nodes), a channel with a MAJORITY
-endorsement policy and our chaincode server deployed as ccaas. The `peer` CLI, signing as each
+orderer and admin identities, a Raft ordering service (1 or 3 nodes, each with its own admin
+endpoint), a channel joined through the channel participation API with a MAJORITY endorsement
+policy, and our chaincode server deployed as ccaas. The `peer` CLI, signing as each
 hospital's admin from those MSP directories, drives the contract; every process is stopped by
 pid at the end, also when a start fails.
 """
@@ -10,6 +11,7 @@ pid at the end, also when a start fails.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from ehrshare.fabricnet import FabricNet, FabricNetError, FabricNetSpec, default_bin_dir
+from ehrshare.fabricnet import _JOINED, FabricNet, FabricNetError, FabricNetSpec, default_bin_dir
 from ehrshare.identity import LocalCA
 from ehrshare.processes import pid_alive
 
@@ -30,7 +32,7 @@ MSPS = ("HospitalAMSP", "HospitalBMSP", "HospitalCMSP")
 
 
 def _consortium(root: Path) -> Path:
-    assert (default_bin_dir() / "peer").is_file(), "Fabric v2.1.1 is not built: run `make tools`"
+    assert (default_bin_dir() / "peer").is_file(), "Fabric 2.3 is not built: run `make tools`"
     for msp in MSPS:
         LocalCA.create(msp).save(root / "ca" / msp)
     return root
@@ -173,7 +175,7 @@ def test_three_raft_orderers_and_an_any_policy(tmp_path: Path, networks: list[Fa
 
 
 def test_a_failed_start_leaves_nothing_running_and_a_later_start_resumes(
-    tmp_path: Path, networks: list[FabricNet]
+    tmp_path: Path, networks: list[FabricNet], caplog: pytest.LogCaptureFixture
 ) -> None:
     root = _consortium(tmp_path / "consortium")
     net = FabricNet.create(FabricNetSpec(root=root, msp_ids=MSPS))
@@ -200,16 +202,19 @@ def test_a_failed_start_leaves_nothing_running_and_a_later_start_resumes(
     assert _all_gone(pids) and _processes_of(net.dir) == []
 
     # A start interrupted after every step but before recording them: the next start finds
-    # each one done (channel on the orderer, peers joined, approvals and definition committed)
-    # and resumes instead of failing.
+    # each one done (the orderer answers "channel already exists", the peers "LedgerID already
+    # exists", approvals and definition are committed) and resumes instead of failing.
     state = json.loads((net.dir / "network.json").read_text())
     state["done"] = []
     (net.dir / "network.json").write_text(json.dumps(state))
-    (net.dir / f"{net.spec.channel}.block").unlink()
     net = FabricNet.load(root)
     networks.append(net)
+    caplog.set_level(logging.INFO, logger="ehrshare.fabricnet")
     net.start()
-    assert net.deployed and (net.dir / f"{net.spec.channel}.block").is_file()
+    assert net.deployed
+    resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("already done")]
+    assert sum("channel already exists" in m for m in resumed) == 1, resumed
+    assert sum(bool(re.search(_JOINED, m)) for m in resumed) == len(MSPS), resumed
     _register_ca(net, "HospitalAMSP", ["HospitalAMSP", "HospitalCMSP"])
     assert _org_ca(net, "HospitalAMSP", on_peer_of="HospitalBMSP")["msp_id"] == "HospitalAMSP"
     pids = list(net.pids().values())
