@@ -104,7 +104,10 @@ _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _COMMITS_KEPT = 65536  # validation codes remembered per channel (oldest forgotten first)
 _RETRY_MAX = 5.0  # seconds between a commit listener's reconnection attempts, at most
 _FOLLOWER_WAIT = 5.0  # seconds a commit waits for another endorsing peer to have its block
-_HANDSHAKE_FAILED = "handshake failed"  # in gRPC's UNAVAILABLE text when TLS refused us
+# In gRPC's UNAVAILABLE text when TLS refused us: "Handshake failed" under TLS 1.2 (Fabric 2.1);
+# under TLS 1.3 (Fabric >= 2.3) the server refuses the client certificate after the client's
+# half of the handshake, and its alert surfaces on the first read as TSI_DATA_CORRUPTED.
+_TLS_REFUSED = ("handshake failed", "tsi_data_corrupted")
 
 
 @dataclass(frozen=True)
@@ -344,7 +347,7 @@ def _unreachable(text: str, failed: Sequence[Any], where: str) -> GatewayFailure
     in the TLS handshake. That is configuration, not an outage: peers and orderers that require
     mutual TLS refused the client certificate (none, or not from a consortium CA), or the TLS
     CA given is not theirs; retrying or restarting the network would not help."""
-    if failed and all(_HANDSHAKE_FAILED in str(d.message).lower() for d in failed):
+    if failed and all(any(m in str(d.message).lower() for m in _TLS_REFUSED) for d in failed):
         return GatewayFailure(
             grpc.StatusCode.UNAUTHENTICATED,
             f"{text}: every TLS handshake failed (peers and orderers that require mutual TLS "
