@@ -723,7 +723,7 @@ class FabricNet:
         package = _tgz({"metadata.json": metadata, "code.tar.gz": code})
         # The package holds the peers' TLS client key for the chaincode connection.
         atomic_write(cc_dir / f"{label}.tgz", package, mode=0o600)
-        # Fabric 2.1's package id: <label>:sha256 of the package file, known before install,
+        # Fabric 2.x's package id: <label>:sha256 of the package file, known before install,
         # so the server can start before the peers.
         return f"{label}:{hashlib.sha256(package).hexdigest()}"
 
@@ -1485,7 +1485,7 @@ class FabricNet:
 
 
 def fabric_ca_problem(cert: x509.Certificate) -> str | None:
-    """Why Fabric 2.1's MSP would refuse this root CA certificate, or None.
+    """Why Fabric's MSP (2.1, 2.3) would refuse this root CA certificate, or None.
 
     It needs a subject key identifier, and (built with Go >= 1.15) a low-S self-signature.
     """

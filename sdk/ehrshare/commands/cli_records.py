@@ -361,18 +361,24 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Say which backends the profile uses and whether they answer, and whether this
         machine has the Fabric binaries. Exit code 4 if the content store or the profile's
         local Fabric network is down."""
-        from ehrshare.fabricnet import default_bin_dir, missing_binaries
+        from ehrshare.fabricnet import (
+            FabricNetError,
+            default_bin_dir,
+            fabric_version,
+            missing_binaries,
+        )
         from ehrshare.ledger.store import EmbeddedLedger
         from ehrshare.profile import Profile
         from ehrshare.storage import KuboClient
 
         bin_dir = default_bin_dir()
+        available = not missing_binaries(bin_dir)
+        try:
+            version = ".".join(map(str, fabric_version(bin_dir))) if available else None
+        except FabricNetError as exc:
+            available, version = False, str(exc)
         status: dict[str, Any] = {
-            "fabric": {
-                "available": not missing_binaries(bin_dir),
-                "bin_dir": str(bin_dir),
-                "version": "v2.1.1 (the newest the Go module proxy serves here)",
-            }
+            "fabric": {"available": available, "bin_dir": str(bin_dir), "version": version}
         }
         store_ok = ledger_ok = True
         if profile or Path("profile.yaml").is_file():
@@ -498,7 +504,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ledger: Annotated[
             str,
             typer.Option(
-                help="Ledger: embedded, or fabric (builds and starts a Fabric v2.1 network on "
+                help="Ledger: embedded, or fabric (builds and starts a Fabric 2.3 network on "
                 "127.0.0.1 from the hospitals' CAs: one peer each, Raft orderers; needs "
                 "'make tools'; stopped when init ends, started again by 'network up')."
             ),

@@ -1,8 +1,9 @@
-"""The Fabric client for peers without a Gateway service (Fabric 2.1): the Gateway's work, here.
+"""The Fabric client for peers without a Gateway service (Fabric < 2.4): the Gateway's work, here.
 
-Fabric 2.1 peers have no ``gateway.Gateway`` service, so :class:`LocalGateway` does on the client
-what Fabric's gateway does on the peer (``internal/pkg/gateway``) and what fabric-sdk-go/-node do
-before it, and plugs into :class:`ehrshare.ledger.fabric.FabricGateway` as its
+Fabric 2.1–2.3 peers have no ``gateway.Gateway`` service, so :class:`LocalGateway` does on the
+client what Fabric's gateway does on the peer (``internal/pkg/gateway``) and what
+fabric-sdk-go/-node do before it, and plugs into
+:class:`ehrshare.ledger.fabric.FabricGateway` as its
 :class:`~ehrshare.ledger.fabric.GatewayCalls`:
 
 - evaluate: ``protos.Endorser/ProcessProposal`` on one peer, the caller's own organisation first;
@@ -20,7 +21,7 @@ before it, and plugs into :class:`ehrshare.ledger.fabric.FabricGateway` as its
 
 Failures raise :class:`~ehrshare.ledger.fabric.GatewayFailure` shaped as the Gateway's errors, so
 the SDK sees the same error types and messages on both paths (a chaincode refusal's message is
-the chaincode's own). Tested against a real Fabric v2.1.1 peer and orderer (tests/fabric).
+the chaincode's own). Tested against a real Fabric 2.3 peer and orderer (tests/fabric).
 
 This module must not hold private keys beyond the :class:`~ehrshare.identity.Signer` it was
 given (the client TLS key excepted, handed to gRPC), must not sign a transaction it did not
@@ -675,7 +676,7 @@ class LocalGateway:
         position = events_request.start_position
         next_commit = position.WhichOneof("Type") in (None, "next_commit")
         if next_commit:
-            # Fabric 2.1 knows no next_commit: seek the newest block and drop it.
+            # Fabric < 2.4 knows no next_commit: seek the newest block and drop it.
             position = ab.SeekPosition(newest=ab.SeekNewest())
         with self._lock:
             peer = self._peers[self._events_peer % len(self._peers)]
