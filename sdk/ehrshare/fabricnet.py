@@ -866,12 +866,14 @@ class FabricNet:
     # --- start -------------------------------------------------------------------------------
 
     def start(self, progress: Progress | None = None, *, timeout: float = 120.0) -> None:
-        """Run the chaincode server, the orderers and the peers; the first start also creates
-        the channel, joins the peers and deploys the chaincode.
+        """Run the chaincode server, the orderers and the peers; the first start also joins
+        the orderers and the peers to the channel and deploys the chaincode.
 
         Returns when the network accepts transactions. Refuses to start a network that is
-        already (partly) running. On failure every process started here is stopped and the
-        error names the step and the tail of the log concerned.
+        already (partly) running, and a first start whose genesis block is missing or altered
+        (before any process runs). On failure every process started here is stopped and the
+        error names the step and the log concerned: its first panic or fatal line, else its
+        last lines.
         """
         say = progress or (lambda _msg: None)
         if any(self._ours(p) for p in self._state.processes.values()):
