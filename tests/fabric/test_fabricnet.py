@@ -387,7 +387,8 @@ def test_a_node_that_panics_at_start_is_reported_by_its_panic_line(
         net.start()
     message = str(failed.value)
     assert message.startswith("orderer1 exited while starting: "), message
-    assert re.search(r"PANI \w+ Failed to setup local msp with config: .*malformed", message)
+    # 2.x writes "… loadLocalMSP -> PANI 003 Failed …", 3.x "… 0003 PANI [orderer…] … Failed …".
+    assert re.search(r"\bPANI\b.* Failed to setup local msp with config: .*malformed", message)
     assert "goroutine" not in message and "\x1b[" not in message, message
     log = (net.dir / "logs" / "orderer1.log").read_text(encoding="utf-8", errors="replace")
     assert "Failed to setup local msp" not in "\n".join(log.strip().splitlines()[-8:])
