@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-FABRIC21 := network/build/fabric21/bin/peer
+FABRIC23 := network/build/fabric23/bin/peer
 
 .PHONY: demo test lint unit venv clean bench-crypto bench-dkg bench-consensus tools network-up network-down
 
@@ -32,16 +32,17 @@ demo: $(STAMP)
 test: $(STAMP) lint tools
 	$(BIN)/python -m pytest
 
-## make tools: build the pinned Kubo (IPFS) into network/build/bin with the Go module proxy
-## (first run a few minutes, then a no-op)
-tools: $(STAMP) $(FABRIC21)
+## make tools: build the pinned Kubo (IPFS) into network/build/bin and Fabric 2.3 into
+## network/build/fabric23/bin with the Go module proxy (first run a few minutes, then a no-op)
+tools: $(STAMP) $(FABRIC23)
 	$(BIN)/python -m ehrshare.network.kubo install
 
-## Fabric v2.1.1 (the newest Fabric the Go module proxy serves here; the pinned 3.1 is refused):
-## peer, orderer, configtxgen into network/build/fabric21 (about a minute, then a no-op)
-$(FABRIC21): network/fabric21/build.sh network/fabric21/fabric-v2.1.1.go.mod
-	mkdir -p network/build/fabric21
-	FAB=$(CURDIR)/network/build/fabric21 bash network/fabric21/build.sh
+## Fabric 2.3.2 (release-2.3 branch; the newest Fabric the Go module proxy serves here, with
+## channel participation; the pinned 3.1 is refused): peer, orderer, configtxgen, osnadmin into
+## network/build/fabric23 (a few minutes, then a no-op)
+$(FABRIC23): network/fabric23/build.sh
+	mkdir -p network/build/fabric23
+	FAB=$(CURDIR)/network/build/fabric23 bash network/fabric23/build.sh
 
 ## make network-up PROFILE=<consortium dir>: start its KGC nodes and proxies in the background
 ## (a consortium made with `ehrshare consortium init DIR --services processes`); network-down stops them

@@ -30,7 +30,7 @@ rely on it: it never reads back what it wrote).
 
 Status: this module is exercised in CI by protocol-level unit tests against an in-test fake peer
 (``tests/fabric_unit/``). The pinned Fabric (3.1) cannot be built on the development machine (see
-docs/status.md); a real Fabric v2.1.1 peer, built from the module proxy by ``make tools``, drives
+docs/status.md); a real Fabric 2.3 peer, built from the module proxy by ``make tools``, drives
 it in CI (mutual TLS, on the networks ``ehrshare.fabricnet`` builds; ``tests/fabric/``).
 
 What this module must not do: contain contract logic, verify client signatures (the peer does),

@@ -71,8 +71,8 @@ LIVE_PROTOCOLS = ("fabric-raft", "fabric-smartbft")
 UNAVAILABLE = {
     "fabric-smartbft": (
         "SmartBFT ordering exists only from Fabric 3.0; the Go module proxy reachable here "
-        "refuses github.com/hyperledger/fabric from v2.2.1 on (3.1 answers 403), and the "
-        "Fabric that builds (v2.1.1) has Raft and Solo only"
+        "serves github.com/hyperledger/fabric only up to the release-2.3 branch (3.1 answers "
+        "403), and the Fabric that builds (2.3.2) has Raft only"
     ),
 }
 # Bandwidth of the simulator's loopback "LAN": a stated assumption (blocks here are a few tens

@@ -164,7 +164,7 @@ class FabricOptions:
         if missing:
             raise BackendUnavailable(
                 f"the Fabric binaries ({', '.join(missing)}) are not in {bin_dir}: run "
-                "'make tools' (it builds Fabric v2.1.1), or set EHRSHARE_FABRIC_BIN"
+                "'make tools' (it builds Fabric 2.3), or set EHRSHARE_FABRIC_BIN"
             )
 
     def build(self, root: Path, msp_ids: Sequence[str], say: Progress) -> FabricNet:

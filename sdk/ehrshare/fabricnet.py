@@ -1,4 +1,4 @@
-"""A real multi-organisation Hyperledger Fabric v2.1.1 network for a consortium, on 127.0.0.1.
+"""A real multi-organisation Hyperledger Fabric network (2.3+) for a consortium, on 127.0.0.1.
 
 :meth:`FabricNet.create` builds, under ``<consortium>/fabric``, everything the Fabric binaries
 need — from the consortium's own hospital CAs (``<consortium>/ca/<MSP>``), not cryptogen:
@@ -8,14 +8,18 @@ need — from the consortium's own hospital CAs (``<consortium>/ca/<MSP>``), not
   name, and an org admin identity (NodeOU ``admin``) that runs the lifecycle, with a TLS
   client certificate of its own for the ``peer`` CLI;
 - an orderer organisation ``OrdererMSP`` with its own :class:`~ehrshare.identity.LocalCA`,
-  1 or 3 Raft orderers (NodeOU ``orderer``) and their TLS certificates;
-- ``configtx.yaml`` for N organisations, the system-channel genesis block and the channel
-  creation transaction (``configtxgen``), the peers' ``core.yaml`` (from Fabric's
-  ``sampleconfig``, external builder added) and the orderers' ``orderer.yaml``;
+  1 or 3 Raft orderers (NodeOU ``orderer``) and their TLS certificates, and the TLS client
+  certificate of the orderers' admin, the only one their admin endpoints accept;
+- ``configtx.yaml`` for N organisations (each hospital's peer its anchor peer, the orderer
+  organisation's ``OrdererEndpoints``, capabilities for the binaries' major version) and the
+  application channel's genesis block (``configtxgen -outputBlock``: no system channel, no
+  consortium), the peers' ``core.yaml`` (from Fabric's ``sampleconfig``, external builder
+  added) and the orderers' ``orderer.yaml``;
 - the chaincode as a ccaas package whose ``connection.json`` points at one
   ``ehrshare chaincode serve`` process over mutual TLS (its own small TLS CA), and the ccaas
   external builder;
-- free loopback ports for every listener, recorded with everything else in ``network.json``.
+- free loopback ports for every listener (each orderer's admin endpoint its own), recorded
+  with everything else in ``network.json``.
 
 Peers and orderers require mutual TLS: a client must present a TLS certificate (clientAuth)
 issued by one of the hospital CAs or the orderer organisation's CA, or the handshake fails.
@@ -25,18 +29,18 @@ Deliver requests carry its sha256 (Fabric binds them to the TLS session).
 
 :meth:`FabricNet.start` runs the chaincode server, the orderers and one peer per hospital as
 plain processes (logs in ``fabric/logs``), waits for each node's ``/healthz`` and the line it
-logs once it serves, and for a Raft leader. The first start also creates the channel, joins
-every peer, installs the package on every peer, approves it as every hospital's admin and
-commits it (each step is recorded, and a step found done already is skipped, so a start that
-failed half-way resumes). A later start reuses the ledgers: no
-re-create, no re-deploy. :meth:`FabricNet.stop` stops by pid, after checking in ``/proc`` that
+logs once it serves. The first start also joins every orderer to the channel through the
+channel participation API (HTTPS to each orderer's admin endpoint), waits for a Raft leader,
+joins every peer with the genesis block, installs the package on every peer, approves it as
+every hospital's admin and commits it (each step is recorded, and a step found done already
+is skipped, so a start that failed half-way resumes). A later start reuses the ledgers: no
+re-join, no re-deploy. :meth:`FabricNet.stop` stops by pid, after checking in ``/proc`` that
 the pid is still the process this module started (same start time); a failed start stops what
-it started.
+it started and names the first panic or fatal line of the node's log.
 
-Fabric v2.1 has no Gateway service and no channel participation API (a system channel and
-``peer channel create/join`` stand in). What this module must not do: signal a process it did
-not start, bind anything but 127.0.0.1, log key material, or write keys other than as mode-0600
-files.
+Fabric 2.3 has no Gateway service (clients use ``ehrshare.ledger.peer``). What this module must
+not do: signal a process it did not start, bind anything but 127.0.0.1, log key material, or
+write keys other than as mode-0600 files.
 """
 
 from __future__ import annotations
@@ -44,14 +48,17 @@ from __future__ import annotations
 import concurrent.futures
 import functools
 import hashlib
+import http.client
 import io
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tarfile
@@ -68,6 +75,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ehrshare.errors import Unavailable
+from ehrshare.faults import fault_point
 from ehrshare.identity import LocalCA
 from ehrshare.processes import free_loopback_ports, pid_alive
 from ehrshare.services.tls import issue_tls_certificate
@@ -80,6 +88,7 @@ __all__ = [
     "FabricNetSpec",
     "default_bin_dir",
     "fabric_ca_problem",
+    "fabric_version",
     "missing_binaries",
 ]
 
@@ -90,7 +99,8 @@ Progress = Callable[[str], None]
 ORDERER_MSP: Final = "OrdererMSP"
 _P256_N: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 STATE_FILE: Final = "network.json"
-_STATE_VERSION: Final = 1
+# 2: channel participation (no system channel), per-orderer admin ports, the Fabric version.
+_STATE_VERSION: Final = 2
 _BINARIES: Final = ("peer", "orderer", "configtxgen")
 _ENDORSEMENT_RULES: Final = ("MAJORITY", "ANY")
 _CC_VERSION: Final = "1"
@@ -113,10 +123,16 @@ _BUILDER: Final = {
     ),
 }
 # Refusals that mean a step of an interrupted first start had already happened: the deployment
-# resumes past them (the channel exists, the peer joined). Approvals and the definition are
-# queried instead.
-_CHANNEL_EXISTS = "but it is currently at version"
-_JOINED = "LedgerID already exists"
+# resumes past them (the orderer or the peer has the channel). Approvals and the definition are
+# queried instead. Peers: "LedgerID already exists" up to 2.4, "ledger [ch] already exists with
+# state [ACTIVE]" from 2.5; orderers: 405 "cannot join: channel already exists".
+_JOINED = r"LedgerID already exists|already exists with state \[ACTIVE\]"
+_ORDERER_JOINED = "channel already exists"
+# The first line of a node's log that says why it died: Fabric's logger.Panic*/Fatal* (levels
+# PANI and FATA), Go's own "panic:", or the "Fatal error" some commands print. Go prints the
+# goroutine stacks after it, so the last lines of the log rarely include it.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_DEATH = re.compile(r"^panic: |\bPANI\b|\bFATA\b|\bFatal", re.MULTILINE)
 # Broadcast refusals that go away by themselves while Raft elects a leader or a peer catches up.
 _TRANSIENT = re.compile(
     r"SERVICE_UNAVAILABLE|no Raft leader|connection refused|context deadline exceeded"
@@ -136,11 +152,34 @@ def _repo_root() -> Path:
 
 
 def default_bin_dir() -> Path:
-    """``$EHRSHARE_FABRIC_BIN``, else ``<repo>/network/build/fabric21/bin`` (``make tools``)."""
+    """``$EHRSHARE_FABRIC_BIN``, else ``<repo>/network/build/fabric23/bin`` (``make tools``)."""
     env = os.environ.get("EHRSHARE_FABRIC_BIN")
     if env:
         return Path(env)
-    return _repo_root() / "network" / "build" / "fabric21" / "bin"
+    return _repo_root() / "network" / "build" / "fabric23" / "bin"
+
+
+def fabric_version(bin_dir: Path | None = None) -> tuple[int, int, int]:
+    """The (major, minor, patch) that ``peer version`` in ``bin_dir`` reports (default
+    :func:`default_bin_dir`): what a network's capabilities are chosen by."""
+    peer = (default_bin_dir() if bin_dir is None else bin_dir) / "peer"
+    try:
+        done = subprocess.run(  # noqa: S603 - the Fabric binary we were pointed at
+            [str(peer), "version"], capture_output=True, text=True, timeout=30, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FabricNetError(f"{peer} version did not run: {exc}") from None
+    found = re.search(r"^\s*Version:\s*v?(\d+)\.(\d+)\.(\d+)", done.stdout, re.MULTILINE)
+    if done.returncode != 0 or found is None:
+        said = " | ".join((done.stdout + done.stderr).strip().splitlines()[-3:])
+        raise FabricNetError(f"{peer} version printed no version (exit {done.returncode}): {said}")
+    major, minor, patch = (int(g) for g in found.groups())
+    if (major, minor) < (2, 3):
+        raise FabricNetError(
+            f"{peer} is Fabric {major}.{minor}.{patch}; networks need 2.3 or later "
+            "(channel participation): run `make tools`"
+        )
+    return major, minor, patch
 
 
 def missing_binaries(bin_dir: Path | None = None) -> list[str]:
@@ -211,6 +250,7 @@ class _State:
     spec: dict[str, Any]
     ports: dict[str, Any]
     package_id: str
+    genesis_sha256: str = ""
     done: list[str] = field(default_factory=list)
     processes: dict[str, _Proc] = field(default_factory=dict)
 
@@ -257,6 +297,9 @@ class FabricNet:
             endorsement=spec["endorsement"],
             bin_dir=Path(spec["bin_dir"]),
         )
+        # The Fabric version the network was created for (``peer version`` then).
+        major, minor, patch = (int(x) for x in str(spec["fabric_version"]).split("."))
+        self.version = (major, minor, patch)
 
     # --- layout ------------------------------------------------------------------------------
 
@@ -306,6 +349,23 @@ class FabricNet:
         """``127.0.0.1:<port>`` of an orderer (0-based)."""
         return f"127.0.0.1:{self._state.ports['orderers'][index]['listen']}"
 
+    def orderer_admin_address(self, index: int = 0) -> str:
+        """``127.0.0.1:<port>`` of an orderer's admin endpoint (channel participation API,
+        HTTPS with mutual TLS; ``osnadmin -o``)."""
+        return f"127.0.0.1:{self._state.ports['orderers'][index]['admin']}"
+
+    def orderer_admin_tls(self) -> tuple[Path, Path]:
+        """(certificate, key) of the orderer organisation admin's TLS client certificate: the
+        only client the orderers' admin endpoints accept (their client CA is the orderer
+        organisation's, not a hospital's)."""
+        tls = self.org_dir(ORDERER_MSP) / "admin" / "tls"
+        return tls / "client.crt", tls / "client.key"
+
+    @property
+    def genesis_block(self) -> Path:
+        """The channel's genesis block (configtxgen): what orderers and peers join with."""
+        return self.dir / f"{self.spec.channel}.block"
+
     @property
     def endorsers(self) -> int:
         """How many organisations' peers must endorse a transaction under the policy."""
@@ -343,15 +403,16 @@ class FabricNet:
             problem = fabric_ca_problem(cas[msp].certificate)
             if problem is not None:
                 raise FabricNetError(
-                    f"the CA in {ca_dir} cannot be a Fabric 2.1 MSP root: {problem} (it predates "
+                    f"the CA in {ca_dir} cannot be a Fabric MSP root: {problem} (it predates "
                     "this check; create the consortium again)"
                 )
         net_dir = root / "fabric"
         if net_dir.exists():
             raise FabricNetError(f"{net_dir} already exists; load it or remove it first")
+        version = fabric_version(bin_dir)
         started = time.monotonic()
         try:
-            net = cls._build(spec, root, bin_dir, sampleconfig, cas, say)
+            net = cls._build(spec, root, bin_dir, version, sampleconfig, cas, say)
         except BaseException:
             shutil.rmtree(net_dir, ignore_errors=True)
             raise
@@ -364,17 +425,20 @@ class FabricNet:
         spec: FabricNetSpec,
         root: Path,
         bin_dir: Path,
+        version: tuple[int, int, int],
         sampleconfig: Path,
         cas: Mapping[str, LocalCA],
         say: Progress,
     ) -> FabricNet:
         net_dir = root / "fabric"
         (net_dir / "logs").mkdir(parents=True)
-        n_ports = 2 * spec.orderers + 3 * len(spec.msp_ids) + 1
+        n_ports = 3 * spec.orderers + 3 * len(spec.msp_ids) + 1
         ports = iter(free_loopback_ports(n_ports))
         port_map: dict[str, Any] = {
+            # Each orderer its own admin port: left to orderer.yaml, all bind 127.0.0.1:9443.
             "orderers": [
-                {"listen": next(ports), "operations": next(ports)} for _ in range(spec.orderers)
+                {"listen": next(ports), "operations": next(ports), "admin": next(ports)}
+                for _ in range(spec.orderers)
             ],
             "peers": {
                 msp: {"listen": next(ports), "chaincode": next(ports), "operations": next(ports)}
@@ -392,6 +456,7 @@ class FabricNet:
             "preferred_max_bytes": spec.preferred_max_bytes,
             "endorsement": spec.endorsement,
             "bin_dir": str(bin_dir.resolve()),
+            "fabric_version": ".".join(map(str, version)),
         }
         net = cls(root, _State(spec_json, port_map, package_id=""))
 
@@ -402,22 +467,8 @@ class FabricNet:
         orderer_ca.save(net.org_dir(ORDERER_MSP) / "ca")
         net._write_orderer_org(orderer_ca)
 
-        say("channel configuration (configtxgen)")
+        say("channel genesis block (configtxgen)")
         net._write_configtx()
-        txcfg = net.dir / "config" / "configtx"
-        net._run(
-            [
-                str(bin_dir / "configtxgen"),
-                "-profile",
-                "Genesis",
-                "-channelID",
-                "system-channel",
-                "-outputBlock",
-                str(net.dir / "genesis.block"),
-            ],
-            env={"FABRIC_CFG_PATH": str(txcfg)},
-            what="configtxgen (genesis block)",
-        )
         net._run(
             [
                 str(bin_dir / "configtxgen"),
@@ -425,12 +476,13 @@ class FabricNet:
                 "Channel",
                 "-channelID",
                 spec.channel,
-                "-outputCreateChannelTx",
-                str(net.dir / f"{spec.channel}.tx"),
+                "-outputBlock",
+                str(net.genesis_block),
             ],
-            env={"FABRIC_CFG_PATH": str(txcfg)},
-            what="configtxgen (channel transaction)",
+            env={"FABRIC_CFG_PATH": str(net.dir / "config" / "configtx")},
+            what="configtxgen (channel genesis block)",
         )
+        net._state.genesis_sha256 = hashlib.sha256(net.genesis_block.read_bytes()).hexdigest()
         net._write_node_configs(sampleconfig)
 
         say("chaincode package (ccaas)")
@@ -515,6 +567,11 @@ class FabricNet:
             ident, key = ca.issue(self._orderer_name(i), node_ou="orderer")
             self._write_msp(node / "msp", ca, signer=(ident.credentials, key.to_secret_bytes()))
             self._write_tls(node / "tls", ca, self._orderer_name(i))
+        cert_path, key_path = self.orderer_admin_tls()
+        cert, key = ca.issue_tls_client("orderer-admin")
+        key_path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(key_path, key.to_secret_bytes(), mode=0o600)
+        cert_path.write_bytes(cert.credentials)
 
     def _write_configtx(self) -> None:
         spec = self.spec
@@ -548,10 +605,19 @@ class FabricNet:
                     "Admins": sig(f"OR('{msp}.admin')"),
                     "Endorsement": sig(f"OR('{msp}.peer')"),
                 },
+                # Each hospital's one peer is its anchor peer: without anchors, gossip never
+                # learns the other organisations' peers (no cross-org membership, so service
+                # discovery and a Gateway cannot plan endorsements across organisations).
+                "AnchorPeers": [
+                    {"Host": "127.0.0.1", "Port": self._state.ports["peers"][msp]["listen"]}
+                ],
             }
             for msp in spec.msp_ids
         ]
         v2 = {"V2_0": True}
+        # The channel capability follows the binaries: V3_0 on Fabric 3.x (which refuses the
+        # global Orderer.Addresses; endpoints are per organisation here on every version).
+        channel_caps = {"V3_0": True} if self.version[0] >= 3 else v2
         channel_policies = {
             "Readers": meta("ANY Readers"),
             "Writers": meta("ANY Writers"),
@@ -566,7 +632,6 @@ class FabricNet:
             )
         orderer = {
             "OrdererType": "etcdraft",
-            "Addresses": orderer_addresses,
             "BatchTimeout": spec.batch_timeout,
             "BatchSize": {
                 "MaxMessageCount": spec.max_message_count,
@@ -601,18 +666,15 @@ class FabricNet:
             },
             "Capabilities": v2,
         }
+        # One profile with Orderer and Application: the application channel's own genesis
+        # block, joined through the channel participation API (no system channel, no
+        # consortium).
         configtx = {
             "Profiles": {
-                "Genesis": {
-                    "Policies": channel_policies,
-                    "Capabilities": v2,
-                    "Orderer": orderer,
-                    "Consortiums": {"EhrshareConsortium": {"Organizations": orgs}},
-                },
                 "Channel": {
-                    "Consortium": "EhrshareConsortium",
                     "Policies": channel_policies,
-                    "Capabilities": v2,
+                    "Capabilities": channel_caps,
+                    "Orderer": orderer,
                     "Application": application,
                 },
             }
@@ -632,7 +694,7 @@ class FabricNet:
         # No Docker: chaincode only through the ccaas external builder.
         core["vm"]["endpoint"] = ""
         core["chaincode"]["externalBuilders"] = [
-            {"path": str(builder), "name": "ccaas-builder", "environmentWhitelist": ["HOME"]}
+            {"path": str(builder), "name": "ccaas-builder", "propagateEnvironment": ["HOME"]}
         ]
         peer_cfg = self.dir / "config" / "peer"
         peer_cfg.mkdir(parents=True, exist_ok=True)
@@ -665,7 +727,7 @@ class FabricNet:
         package = _tgz({"metadata.json": metadata, "code.tar.gz": code})
         # The package holds the peers' TLS client key for the chaincode connection.
         atomic_write(cc_dir / f"{label}.tgz", package, mode=0o600)
-        # Fabric 2.1's package id: <label>:sha256 of the package file, known before install,
+        # Fabric 2.x's package id: <label>:sha256 of the package file, known before install,
         # so the server can start before the peers.
         return f"{label}:{hashlib.sha256(package).hexdigest()}"
 
@@ -682,13 +744,21 @@ class FabricNet:
             raise FabricNetError(f"{path} does not exist: create the network first") from None
         except ValueError as exc:
             raise FabricNetError(f"{path} is not valid JSON: {exc}") from None
+        if data.get("version") == 1:
+            raise FabricNetError(
+                f"{path} describes a Fabric 2.1 network (system channel), which Fabric 2.3+ "
+                "cannot run: stop it with the old release, remove fabric/ and create it again"
+            )
         if data.get("version") != _STATE_VERSION:
-            raise FabricNetError(f"{path} has version {data.get('version')!r}, not 1")
+            raise FabricNetError(
+                f"{path} has version {data.get('version')!r}, not {_STATE_VERSION}"
+            )
         try:
             state = _State(
                 spec=data["spec"],
                 ports=data["ports"],
                 package_id=data["package_id"],
+                genesis_sha256=data["genesis_sha256"],
                 done=list(data["done"]),
                 processes={k: _Proc(**v) for k, v in data["processes"].items()},
             )
@@ -703,6 +773,7 @@ class FabricNet:
             "spec": s.spec,
             "ports": s.ports,
             "package_id": s.package_id,
+            "genesis_sha256": s.genesis_sha256,
             "done": s.done,
             "processes": {k: asdict(v) for k, v in s.processes.items()},
         }
@@ -791,7 +862,9 @@ class FabricNet:
         ticks = _start_ticks(child.pid)
         if ticks is None:
             child.wait()
-            raise FabricNetError(f"{name} exited at once (code {child.returncode}): {_tail(log)}")
+            raise FabricNetError(
+                f"{name} exited at once (code {child.returncode}): {_tail(log, offset)}"
+            )
         self._children[child.pid] = child
         proc = _Proc(child.pid, ticks, str(log), offset)
         self._state.processes[name] = proc
@@ -837,12 +910,14 @@ class FabricNet:
     # --- start -------------------------------------------------------------------------------
 
     def start(self, progress: Progress | None = None, *, timeout: float = 120.0) -> None:
-        """Run the chaincode server, the orderers and the peers; the first start also creates
-        the channel, joins the peers and deploys the chaincode.
+        """Run the chaincode server, the orderers and the peers; the first start also joins
+        the orderers and the peers to the channel and deploys the chaincode.
 
         Returns when the network accepts transactions. Refuses to start a network that is
-        already (partly) running. On failure every process started here is stopped and the
-        error names the step and the tail of the log concerned.
+        already (partly) running, and a first start whose genesis block is missing or altered
+        (before any process runs). On failure every process started here is stopped and the
+        error names the step and the log concerned: its first panic or fatal line, else its
+        last lines.
         """
         say = progress or (lambda _msg: None)
         if any(self._ours(p) for p in self._state.processes.values()):
@@ -852,6 +927,8 @@ class FabricNet:
                 f"the network in {self.dir} is partly running: stop it before starting it"
             )
         self._state.processes.clear()
+        if not self.deployed:
+            self._checked_genesis()  # before any process runs: a bad block starts nothing
         deadline = time.monotonic() + timeout
         try:
             say("chaincode server")
@@ -967,8 +1044,18 @@ class FabricNet:
             "ORDERER_GENERAL_CLUSTER_CLIENTCERTIFICATE": str(node / "tls" / "server.crt"),
             "ORDERER_GENERAL_CLUSTER_CLIENTPRIVATEKEY": str(node / "tls" / "server.key"),
             "ORDERER_GENERAL_CLUSTER_ROOTCAS": f"[{ca}]",
-            "ORDERER_GENERAL_BOOTSTRAPMETHOD": "file",
-            "ORDERER_GENERAL_BOOTSTRAPFILE": str(self.dir / "genesis.block"),
+            # No system channel: the orderer starts with no channel and is joined to the
+            # application channel through its admin endpoint (channel participation API).
+            "ORDERER_GENERAL_BOOTSTRAPMETHOD": "none",
+            "ORDERER_CHANNELPARTICIPATION_ENABLED": "true",
+            "ORDERER_ADMIN_LISTENADDRESS": f"127.0.0.1:{ports['admin']}",
+            "ORDERER_ADMIN_TLS_ENABLED": "true",
+            "ORDERER_ADMIN_TLS_CERTIFICATE": str(node / "tls" / "server.crt"),
+            "ORDERER_ADMIN_TLS_PRIVATEKEY": str(node / "tls" / "server.key"),
+            # Only the orderer organisation's admin (a TLS client certificate from its CA)
+            # may join or remove channels; hospitals' certificates are refused.
+            "ORDERER_ADMIN_TLS_CLIENTAUTHREQUIRED": "true",
+            "ORDERER_ADMIN_TLS_CLIENTROOTCAS": f"[{ca}]",
             "ORDERER_FILELEDGER_LOCATION": str(data / "ledger"),
             "ORDERER_CONSENSUS_WALDIR": str(data / "etcdraft" / "wal"),
             "ORDERER_CONSENSUS_SNAPDIR": str(data / "etcdraft" / "snap"),
@@ -1049,7 +1136,7 @@ class FabricNet:
         for name, proc in self._state.processes.items():
             if not self._ours(proc):
                 self._reap(proc.pid, block=True)
-                raise FabricNetError(f"{name} exited: {_tail(Path(proc.log))}")
+                raise FabricNetError(f"{name} exited: {_tail(Path(proc.log), proc.offset)}")
 
     def _wait(
         self,
@@ -1064,9 +1151,10 @@ class FabricNet:
         while not ready():
             if not self._ours(proc):
                 self._reap(proc.pid, block=True)
-                raise FabricNetError(f"{name} exited while starting: {_tail(Path(proc.log))}")
+                why = _tail(Path(proc.log), proc.offset)
+                raise FabricNetError(f"{name} exited while starting: {why}")
             if time.monotonic() > deadline:
-                raise FabricNetError(f"{name} {late}: {_tail(Path(proc.log))}")
+                raise FabricNetError(f"{name} {late}: {_tail(Path(proc.log), proc.offset)}")
             time.sleep(0.1)
 
     def _wait_leader(self, channel: str, deadline: float) -> None:
@@ -1268,24 +1356,26 @@ class FabricNet:
     def _deploy(self, say: Progress, deadline: float) -> None:
         spec = self.spec
         first = spec.msp_ids[0]
-        block = self.dir / f"{spec.channel}.block"
         orderer = self.orderer_args()
-        if "channel" not in self._state.done:
-            say(f"creating channel {spec.channel}")
-            create = ["channel", "create", *orderer, "-c", spec.channel]
-            create += ["-f", str(self.dir / f"{spec.channel}.tx"), "--outputBlock", str(block)]
-            fetch = ["channel", "fetch", "oldest", str(block), *orderer, "-c", spec.channel]
-            if not self._retry(lambda: self.peer_cli(first, create), deadline, _CHANNEL_EXISTS):
-                # Created by an earlier, interrupted start: its genesis block is on the orderer.
-                self._retry(lambda: self.peer_cli(first, fetch), deadline)
-            self._mark("channel")
+        block = self._checked_genesis()
+        say(f"joining every orderer to channel {spec.channel} (channel participation API)")
+        for i in range(spec.orderers):
+            if f"orderer-join:{i + 1}" in self._state.done:
+                continue
+            join = functools.partial(self._orderer_join, i, block)
+            self._retry(join, deadline, _ORDERER_JOINED)
+            fault_point("fabricnet.orderer_join.before_mark")
+            self._mark(f"orderer-join:{i + 1}")
+        say("waiting for a Raft leader")
+        self._wait_leader(spec.channel, deadline)
         say("joining every peer")
-        self._each_org(
-            "join",
-            lambda m: self.peer_cli(m, ["channel", "join", "-b", str(block)]),
-            deadline,
-            _JOINED,
-        )
+
+        def peer_join(msp: str) -> str:
+            out = self.peer_cli(msp, ["channel", "join", "-b", str(self.genesis_block)])
+            fault_point("fabricnet.peer_join.before_mark")
+            return out
+
+        self._each_org("join", peer_join, deadline, _JOINED)
         label = self.package_id.split(":", 1)[0]
         package = self.dir / "chaincode" / f"{label}.tgz"
         say("installing the chaincode package on every peer")
@@ -1336,6 +1426,81 @@ class FabricNet:
         commit += [*self.peer_args(spec.msp_ids), "--waitForEvent"]
         self._retry(lambda: self.peer_cli(first, commit), deadline)
         self._mark("commit")
+
+    def _checked_genesis(self) -> bytes:
+        """The genesis block's bytes, refused when missing or not the ones create() wrote."""
+        path = self.genesis_block
+        try:
+            block = path.read_bytes()
+        except OSError as exc:
+            raise FabricNetError(
+                f"the channel's genesis block {path} cannot be read ({exc.strerror}): "
+                "create the network again"
+            ) from None
+        digest = hashlib.sha256(block).hexdigest()
+        if digest != self._state.genesis_sha256:
+            raise FabricNetError(
+                f"the channel's genesis block {path} was changed after the network was created "
+                f"(sha256 {digest[:16]}…, created {self._state.genesis_sha256[:16]}…): "
+                "restore it or create the network again"
+            )
+        return block
+
+    def _orderer_join(self, index: int, block: bytes) -> str:
+        """POST the genesis block to an orderer's channel participation API, as the orderer
+        organisation's admin (mutual TLS). Python rather than ``osnadmin``: one HTTPS request
+        whose status and JSON error we read directly, the same on 2.3, 2.5 and 3.x."""
+        name = f"orderer{index + 1}"
+        address = self.orderer_admin_address(index)
+        status, body = self._admin_request(index, "POST", "/participation/v1/channels", block)
+        if status != 201:
+            try:
+                reason = str(json.loads(body)["error"])
+            except (ValueError, KeyError, TypeError):
+                reason = body.decode("utf-8", errors="replace").strip()[:200]
+            raise FabricNetError(f"joining {name} ({address}) to the channel: {status} {reason}")
+        return body.decode("utf-8", errors="replace")
+
+    def _admin_request(
+        self, index: int, method: str, path: str, block: bytes | None = None
+    ) -> tuple[int, bytes]:
+        cert, key = self.orderer_admin_tls()
+        context = ssl.create_default_context(cafile=str(self.tls_ca(ORDERER_MSP)))
+        context.load_cert_chain(str(cert), str(key))
+        host, port = self.orderer_admin_address(index).rsplit(":", 1)
+        headers: dict[str, str] = {}
+        data = None
+        if block is not None:
+            boundary = secrets.token_hex(16)
+            data = (
+                (
+                    f'--{boundary}\r\nContent-Disposition: form-data; name="config-block"; '
+                    f'filename="{self.spec.channel}.block"\r\n'
+                    "Content-Type: application/octet-stream\r\n\r\n"
+                ).encode()
+                + block
+                + f"\r\n--{boundary}--\r\n".encode()
+            )
+            headers["Content-Type"] = f"multipart/form-data; boundary={boundary}"
+        connection = http.client.HTTPSConnection(host, int(port), context=context, timeout=30)
+        try:
+            connection.request(method, path, body=data, headers=headers)
+            response = connection.getresponse()
+            return response.status, response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            raise FabricNetError(
+                f"orderer{index + 1}'s admin endpoint {host}:{port}: {exc}"
+            ) from None
+        finally:
+            connection.close()
+
+    def orderer_channels(self, index: int = 0) -> list[str]:
+        """The channels an orderer is a member of, from its channel participation API."""
+        status, body = self._admin_request(index, "GET", "/participation/v1/channels")
+        if status != 200:
+            raise FabricNetError(f"orderer{index + 1} lists no channels: {status} {body[:200]!r}")
+        listed = json.loads(body).get("channels") or []
+        return [str(c["name"]) for c in listed]
 
     def _committed(self) -> bool:
         query = ["lifecycle", "chaincode", "querycommitted"]
@@ -1409,7 +1574,7 @@ class FabricNet:
 
 
 def fabric_ca_problem(cert: x509.Certificate) -> str | None:
-    """Why Fabric 2.1's MSP would refuse this root CA certificate, or None.
+    """Why Fabric's MSP (2.1, 2.3) would refuse this root CA certificate, or None.
 
     It needs a subject key identifier, and (built with Go >= 1.15) a low-S self-signature.
     """
@@ -1471,9 +1636,20 @@ def _healthy(port: int, *, timeout: float = 1.0) -> bool:
         return False
 
 
-def _tail(log: Path, lines: int = 8) -> str:
+def _tail(log: Path, offset: int = 0, lines: int = 8) -> str:
+    """What a node's log (from ``offset``: this run) says about its end: the first panic or
+    fatal line if there is one (a Go panic is followed by pages of goroutine stacks), else
+    its last ``lines`` lines."""
     try:
-        text = log.read_text(encoding="utf-8", errors="replace")
+        with open(log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", errors="replace")
     except OSError:
         return f"(no log at {log})"
-    return f"{log}: " + (" | ".join(text.strip().splitlines()[-lines:]) or "(empty)")
+    # Fabric colours its level names even into a file.
+    all_lines = _ANSI.sub("", text).strip().splitlines()
+    for n, line in enumerate(all_lines):
+        if _DEATH.search(line):
+            after = len(all_lines) - n - 1
+            return f"{log}: {line.strip()}" + (f" (then {after} more lines)" if after else "")
+    return f"{log}: " + (" | ".join(all_lines[-lines:]) or "(empty)")

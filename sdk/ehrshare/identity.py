@@ -217,7 +217,7 @@ class LocalCA:
             # Fabric's MSP refuses a CA certificate without a subject key identifier.
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
         )
-        # Fabric 2.1's MSP built with Go >= 1.15 refuses a root whose self-signature has a
+        # Fabric's MSP (2.1, 2.3) built with Go >= 1.15 refuses a root whose self-signature has a
         # high S: it rewrites the root to low-S and Go will not chain the copy to itself. ECDSA
         # signing is randomised, so re-sign until S <= n/2 (each try succeeds with p = 1/2).
         while True:

@@ -1,7 +1,7 @@
-"""One real Fabric v2.1.1 network (``ehrshare.fabricnet``) shared by the peer-level tests.
+"""One real Fabric 2.3 network (``ehrshare.fabricnet``) shared by the peer-level tests.
 
-``fabric_net`` builds it once per test session for test_fabric21_peer.py and
-test_fabric21_local_gateway.py: three hospitals whose CAs are made with ``LocalCA.create`` and
+``fabric_net`` builds it once per test session for test_fabric_peer.py and
+test_fabric_local_gateway.py: three hospitals whose CAs are made with ``LocalCA.create`` and
 saved to ``<tmp>/consortium/ca/<MSP>`` (as `consortium init` does), one Raft orderer, one peer
 per hospital on free loopback ports, a MAJORITY endorsement policy and our chaincode server
 deployed as ccaas over mutual TLS. Before the tests, HospitalA's admin registers its
@@ -59,8 +59,8 @@ def _chaincode_debug(net: FabricNet) -> None:
 @pytest.fixture(scope="session")
 def fabric_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FabricNet]:
     """The shared network, started, with HospitalA's CA and admin registered on the channel."""
-    assert (default_bin_dir() / "peer").is_file(), "Fabric v2.1.1 is not built: run `make tools`"
-    root = tmp_path_factory.mktemp("fabric21") / "consortium"
+    assert (default_bin_dir() / "peer").is_file(), "Fabric 2.3 is not built: run `make tools`"
+    root = tmp_path_factory.mktemp("fabric23") / "consortium"
     for msp in MSPS:
         LocalCA.create(msp).save(root / "ca" / msp)
     net = FabricNet.create(FabricNetSpec(root=root, msp_ids=MSPS))

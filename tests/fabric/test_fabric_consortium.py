@@ -1,6 +1,6 @@
 """The SDK on a real Fabric network: the demo story, `network up|down` with the CLI, bench e2e.
 
-Each test builds a Fabric v2.1.1 network for a fresh consortium (`Consortium.init(ledger=
+Each test builds a Fabric 2.3 network for a fresh consortium (`Consortium.init(ledger=
 "fabric")`: MSPs from the hospitals' own CAs, one peer per hospital, a Raft orderer, our chaincode
 as a ccaas server; all on free loopback ports) and checks every process it started is gone by pid
 at the end. Needs the binaries `make tools` builds.

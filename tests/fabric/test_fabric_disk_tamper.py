@@ -1,7 +1,8 @@
 """A hospital's operator edits its own peer's block file on disk; `ehrshare ledger verify` and
 `audit verify` name that hospital and the first bad block (exit 5).
 
-Real Fabric v2.1.1 (three hospitals, a consortium made with ``Consortium.init(ledger="fabric")``).
+Real Fabric (2.3.2 in CI), three hospitals: a consortium made with
+``Consortium.init(ledger="fabric")``.
 A peer is stopped by pid (SIGTERM), its ``ledgersData/chains/chains/<channel>/blockfile_000000``
 edited in place (same length, so the peer's block index still points at every block), and the
 peer started again (``FabricNet.repair``). What the peer itself notices: nothing at start (it

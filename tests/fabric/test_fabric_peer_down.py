@@ -1,5 +1,5 @@
 """A hospital's peer dies: its members' transactions and event followers carry on through the
-other hospitals' peers (real Fabric v2.1.1, three hospitals, MAJORITY endorsement).
+other hospitals' peers (real Fabric 2.3, three hospitals, MAJORITY endorsement).
 
 The follower is the loop the KGC nodes' DKG follower and the proxies' revocation follower run
 (`ehrshare.ledger.api.EventFollower`); the client's chaincode-event streams move to the next peer
@@ -33,7 +33,7 @@ MSPS = ("HospitalAMSP", "HospitalBMSP", "HospitalCMSP")
 
 @pytest.fixture
 def net(tmp_path: Path) -> Iterator[FabricNet]:
-    assert (default_bin_dir() / "peer").is_file(), "Fabric v2.1.1 is not built: run `make tools`"
+    assert (default_bin_dir() / "peer").is_file(), "Fabric 2.3 is not built: run `make tools`"
     root = tmp_path / "consortium"
     for msp in MSPS:
         LocalCA.create(msp).save(root / "ca" / msp)

@@ -1,8 +1,9 @@
-"""A real multi-organisation Fabric v2.1.1 network built from the consortium's own CAs.
+"""A real multi-organisation Fabric 2.3 network built from the consortium's own CAs.
 
 `ehrshare.fabricnet` turns three hospital CAs (as `consortium init` saves them) into MSPs, peer,
-orderer and admin identities, a Raft ordering service (1 or 3 nodes), a channel with a MAJORITY
-endorsement policy and our chaincode server deployed as ccaas. The `peer` CLI, signing as each
+orderer and admin identities, a Raft ordering service (1 or 3 nodes, each with its own admin
+endpoint), a channel joined through the channel participation API with a MAJORITY endorsement
+policy, and our chaincode server deployed as ccaas. The `peer` CLI, signing as each
 hospital's admin from those MSP directories, drives the contract; every process is stopped by
 pid at the end, also when a start fails.
 """
@@ -10,17 +11,28 @@ pid at the end, also when a start fails.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from ehrshare.fabricnet import FabricNet, FabricNetError, FabricNetSpec, default_bin_dir
+from ehrshare.fabricnet import (
+    _JOINED,
+    ORDERER_MSP,
+    FabricNet,
+    FabricNetError,
+    FabricNetSpec,
+    default_bin_dir,
+)
+from ehrshare.faults import FAULT_ENV
 from ehrshare.identity import LocalCA
 from ehrshare.processes import pid_alive
 
@@ -30,7 +42,7 @@ MSPS = ("HospitalAMSP", "HospitalBMSP", "HospitalCMSP")
 
 
 def _consortium(root: Path) -> Path:
-    assert (default_bin_dir() / "peer").is_file(), "Fabric v2.1.1 is not built: run `make tools`"
+    assert (default_bin_dir() / "peer").is_file(), "Fabric 2.3 is not built: run `make tools`"
     for msp in MSPS:
         LocalCA.create(msp).save(root / "ca" / msp)
     return root
@@ -135,7 +147,33 @@ def test_three_hospitals_commit_under_majority_and_survive_a_restart(
     assert not FabricNet.load(root).running()
 
 
-def test_three_raft_orderers_and_an_any_policy(tmp_path: Path, networks: list[FabricNet]) -> None:
+def _osnadmin_list(net: FabricNet, index: int, tls: tuple[Path, Path]) -> tuple[int, str]:
+    """``osnadmin channel list`` against an orderer's admin endpoint: Fabric's own client."""
+    done = subprocess.run(
+        [
+            str(net.bin_dir / "osnadmin"),
+            "channel",
+            "list",
+            "-o",
+            net.orderer_admin_address(index),
+            "--ca-file",
+            str(net.tls_ca(ORDERER_MSP)),
+            "--client-cert",
+            str(tls[0]),
+            "--client-key",
+            str(tls[1]),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return done.returncode, done.stdout + done.stderr
+
+
+def test_three_raft_orderers_with_their_own_admin_ports_and_an_any_policy(
+    tmp_path: Path, networks: list[FabricNet]
+) -> None:
     root = _consortium(tmp_path / "consortium")
     net = FabricNet.create(FabricNetSpec(root=root, msp_ids=MSPS, orderers=3, endorsement="ANY"))
     networks.append(net)
@@ -143,6 +181,18 @@ def test_three_raft_orderers_and_an_any_policy(tmp_path: Path, networks: list[Fa
     net.start()
     pids = list(net.pids().values())
     assert len(pids) == 1 + 3 + len(MSPS)
+    # Each orderer has an admin endpoint of its own (left to orderer.yaml, all three would
+    # bind 127.0.0.1:9443 and two would die), and each was joined to the channel there.
+    admins = [net.orderer_admin_address(i) for i in range(3)]
+    assert len(set(admins)) == 3 and "127.0.0.1:9443" not in admins
+    for i in range(3):
+        code, out = _osnadmin_list(net, i, net.orderer_admin_tls())
+        assert code == 0 and "Status: 200" in out, out
+        assert [c["name"] for c in json.loads(out[out.index("{") :])["channels"]] == ["ehrshare"]
+        assert net.orderer_channels(i) == ["ehrshare"]
+    # A hospital admin's TLS certificate opens peers and orderers, not the orderers' admin API.
+    code, out = _osnadmin_list(net, 0, net.admin_tls("HospitalAMSP"))
+    assert code != 0 and "certificate" in out and "Status: 200" not in out, out
     _register_ca(net, "HospitalBMSP", ["HospitalBMSP"])  # one endorsement is enough here
     assert _org_ca(net, "HospitalBMSP", on_peer_of="HospitalCMSP")["msp_id"] == "HospitalBMSP"
     # Each orderer took part in Raft for the channel (all three learned its leader).
@@ -173,7 +223,7 @@ def test_three_raft_orderers_and_an_any_policy(tmp_path: Path, networks: list[Fa
 
 
 def test_a_failed_start_leaves_nothing_running_and_a_later_start_resumes(
-    tmp_path: Path, networks: list[FabricNet]
+    tmp_path: Path, networks: list[FabricNet], caplog: pytest.LogCaptureFixture
 ) -> None:
     root = _consortium(tmp_path / "consortium")
     net = FabricNet.create(FabricNetSpec(root=root, msp_ids=MSPS))
@@ -200,16 +250,19 @@ def test_a_failed_start_leaves_nothing_running_and_a_later_start_resumes(
     assert _all_gone(pids) and _processes_of(net.dir) == []
 
     # A start interrupted after every step but before recording them: the next start finds
-    # each one done (channel on the orderer, peers joined, approvals and definition committed)
-    # and resumes instead of failing.
+    # each one done (the orderer answers "channel already exists", the peers "LedgerID already
+    # exists", approvals and definition are committed) and resumes instead of failing.
     state = json.loads((net.dir / "network.json").read_text())
     state["done"] = []
     (net.dir / "network.json").write_text(json.dumps(state))
-    (net.dir / f"{net.spec.channel}.block").unlink()
     net = FabricNet.load(root)
     networks.append(net)
+    caplog.set_level(logging.INFO, logger="ehrshare.fabricnet")
     net.start()
-    assert net.deployed and (net.dir / f"{net.spec.channel}.block").is_file()
+    assert net.deployed
+    resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("already done")]
+    assert sum("channel already exists" in m for m in resumed) == 1, resumed
+    assert sum(bool(re.search(_JOINED, m)) for m in resumed) == len(MSPS), resumed
     _register_ca(net, "HospitalAMSP", ["HospitalAMSP", "HospitalCMSP"])
     assert _org_ca(net, "HospitalAMSP", on_peer_of="HospitalBMSP")["msp_id"] == "HospitalAMSP"
     pids = list(net.pids().values())
@@ -237,3 +290,112 @@ def test_the_operations_doc_example_runs(
     assert isinstance(net, FabricNet) and not net.running()
     assert any("committing" in s for s in said)
     assert _processes_of(net.dir) == []
+
+
+def _start_killed_at(root: Path, step: str) -> None:
+    """``FabricNet.start`` in a process of its own, killed with SIGKILL at ``step``."""
+    code = (
+        "import sys; from ehrshare.fabricnet import FabricNet; FabricNet.load(sys.argv[1]).start()"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root)],
+        env={**os.environ, FAULT_ENV: step},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGKILL, (done.returncode, done.stderr[-2000:])
+
+
+def test_a_start_killed_after_a_join_resumes_past_the_already_joined_answers(
+    tmp_path: Path, networks: list[FabricNet], caplog: pytest.LogCaptureFixture
+) -> None:
+    root = _consortium(tmp_path / "consortium")
+    net = FabricNet.create(FabricNetSpec(root=root, msp_ids=MSPS))
+    networks.append(net)
+
+    # Killed after the orderer joined the channel, before that was recorded. Its nodes run on
+    # (they are in sessions of their own): the next start refuses until they are stopped.
+    _start_killed_at(root, "fabricnet.orderer_join.before_mark")
+    net = FabricNet.load(root)
+    networks.append(net)
+    assert net._state.done == [] and net.orderer_channels(0) == ["ehrshare"]
+    with pytest.raises(FabricNetError, match="is already running"):
+        net.start()
+    net.stop()
+    assert _processes_of(net.dir) == []
+
+    # Killed after a peer joined, before that was recorded: the orderer's "channel already
+    # exists" was taken as done.
+    _start_killed_at(root, "fabricnet.peer_join.before_mark")
+    net = FabricNet.load(root)
+    networks.append(net)
+    assert net._state.done == ["orderer-join:1"] and not net.deployed
+    net.stop()
+    assert _processes_of(net.dir) == []
+
+    # The third start takes the peer's "LedgerID already exists" as done and deploys.
+    caplog.set_level(logging.INFO, logger="ehrshare.fabricnet")
+    net.start()
+    assert net.deployed
+    resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("already done")]
+    assert any(re.search(_JOINED, m) for m in resumed), resumed
+    _register_ca(net, "HospitalAMSP", ["HospitalAMSP", "HospitalBMSP"])
+    assert _org_ca(net, "HospitalAMSP", on_peer_of="HospitalCMSP")["msp_id"] == "HospitalAMSP"
+    pids = list(net.pids().values())
+    net.stop()
+    assert _all_gone(pids) and _processes_of(net.dir) == []
+
+
+def test_an_altered_genesis_block_starts_nothing(tmp_path: Path, networks: list[FabricNet]) -> None:
+    root = _consortium(tmp_path / "consortium")
+    net = FabricNet.create(FabricNetSpec(root=root, msp_ids=MSPS))
+    networks.append(net)
+    original = net.genesis_block.read_bytes()
+    altered = bytearray(original)
+    altered[len(altered) // 2] ^= 0x01
+    net.genesis_block.write_bytes(bytes(altered))
+    with pytest.raises(FabricNetError, match="was changed after the network was created"):
+        net.start()
+    net.genesis_block.unlink()
+    with pytest.raises(FabricNetError, match=r"genesis block .* cannot be read"):
+        net.start()
+    # Refused before anything ran: no process started, so no log was written.
+    assert list((net.dir / "logs").iterdir()) == []
+    assert json.loads((net.dir / "network.json").read_text())["processes"] == {}
+    net.genesis_block.write_bytes(original)
+    net.start()
+    assert net.deployed
+    pids = list(net.pids().values())
+    net.stop()
+    assert _all_gone(pids)
+
+
+def test_a_node_that_panics_at_start_is_reported_by_its_panic_line(
+    tmp_path: Path, networks: list[FabricNet]
+) -> None:
+    root = _consortium(tmp_path / "consortium")
+    net = FabricNet.create(FabricNetSpec(root=root, msp_ids=MSPS))
+    networks.append(net)
+    # A signing certificate that does not parse: the orderer panics setting up its MSP, and
+    # Go prints its goroutine stacks after the panic line.
+    cert = net.dir / "orgs" / ORDERER_MSP / "orderer1" / "msp" / "signcerts" / "cert.pem"
+    original = cert.read_bytes()
+    cert.write_bytes(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")
+    with pytest.raises(FabricNetError) as failed:
+        net.start()
+    message = str(failed.value)
+    assert message.startswith("orderer1 exited while starting: "), message
+    # 2.x writes "… loadLocalMSP -> PANI 003 Failed …", 3.x "… 0003 PANI [orderer…] … Failed …".
+    assert re.search(r"\bPANI\b.* Failed to setup local msp with config: .*malformed", message)
+    assert "goroutine" not in message and "\x1b[" not in message, message
+    log = (net.dir / "logs" / "orderer1.log").read_text(encoding="utf-8", errors="replace")
+    assert "Failed to setup local msp" not in "\n".join(log.strip().splitlines()[-8:])
+    assert _processes_of(net.dir) == []
+    cert.write_bytes(original)
+    net.start()
+    assert net.deployed
+    pids = list(net.pids().values())
+    net.stop()
+    assert _all_gone(pids)

@@ -1,4 +1,4 @@
-"""The live harness drives a real Fabric v2.1.1 Raft network at a small load, in CI.
+"""The live harness drives a real Fabric 2.3 Raft network at a small load, in CI.
 
 Each case starts a fresh network (``ehrshare.fabricnet``: orderers, one peer, the chaincode as
 ccaas) with BatchTimeout / MaxMessageCount from the round, registers one patient per client

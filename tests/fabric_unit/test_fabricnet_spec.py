@@ -1,17 +1,28 @@
-"""What `FabricNet.create` refuses before it writes anything (no Fabric binaries run here)."""
+"""What `FabricNet.create` refuses before it writes anything, what it writes for a Fabric
+version, and what a failed node start reports (no real Fabric binary runs here: stand-in
+scripts print a version and write a placeholder block)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
+import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ehrshare.fabricnet import FabricNet, FabricNetError, FabricNetSpec, fabric_ca_problem
+from ehrshare.fabricnet import (
+    FabricNet,
+    FabricNetError,
+    FabricNetSpec,
+    _tail,
+    fabric_ca_problem,
+    fabric_version,
+)
 from ehrshare.identity import LocalCA
 
 MSPS = ("HospitalAMSP", "HospitalBMSP")
@@ -113,3 +124,162 @@ def _old_style_root() -> x509.Certificate:
 def test_roots_fabric_would_refuse_are_named() -> None:
     assert fabric_ca_problem(LocalCA.create("HospitalAMSP").certificate) is None
     assert fabric_ca_problem(_old_style_root()) == "it has no subject key identifier"
+
+
+# --- what create() writes for a Fabric version, with stand-in binaries ------------------------
+
+_CONFIGTXGEN = """#!/bin/sh
+# Stands in for configtxgen: writes a placeholder where -outputBlock points.
+while [ $# -gt 0 ]; do
+  if [ "$1" = -outputBlock ]; then printf 'genesis' > "$2"; fi
+  shift
+done
+"""
+
+
+def _stand_ins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str) -> Path:
+    """A peer that reports ``version``, a configtxgen that writes a block, a sampleconfig."""
+    bin_dir = tmp_path / f"bin-{version}"
+    bin_dir.mkdir()
+    (bin_dir / "peer").write_text(f"#!/bin/sh\necho 'peer:'\necho ' Version: {version}'\n")
+    (bin_dir / "configtxgen").write_text(_CONFIGTXGEN)
+    (bin_dir / "orderer").write_text("#!/bin/sh\nexit 1\n")
+    for name in ("peer", "configtxgen", "orderer"):
+        (bin_dir / name).chmod(0o755)
+    sample = tmp_path / "sampleconfig"
+    sample.mkdir(exist_ok=True)
+    (sample / "core.yaml").write_text(
+        "vm: {endpoint: unix:///var/run/docker.sock}\nchaincode: {}\n"
+    )
+    (sample / "orderer.yaml").write_text("General: {}\n")
+    monkeypatch.setenv("EHRSHARE_FABRIC_SAMPLECONFIG", str(sample))
+    return bin_dir
+
+
+def _created(tmp_path: Path, bin_dir: Path, orderers: int = 3) -> FabricNet:
+    for msp in MSPS:
+        LocalCA.create(msp).save(tmp_path / "ca" / msp)
+    return FabricNet.create(
+        FabricNetSpec(root=tmp_path, msp_ids=MSPS, orderers=orderers, bin_dir=bin_dir)
+    )
+
+
+@pytest.mark.parametrize(("version", "channel_caps"), [("2.3.2", {"V2_0"}), ("3.1.5", {"V3_0"})])
+def test_the_channel_profile_fits_the_binaries_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str, channel_caps: set[str]
+) -> None:
+    net = _created(tmp_path, _stand_ins(tmp_path, monkeypatch, version))
+    assert net.version == tuple(int(x) for x in version.split("."))
+    configtx = yaml.safe_load((net.dir / "config" / "configtx" / "configtx.yaml").read_text())
+    # One profile, no system channel: Orderer and Application, no consortium.
+    assert list(configtx["Profiles"]) == ["Channel"]
+    profile = configtx["Profiles"]["Channel"]
+    assert set(profile) == {"Policies", "Capabilities", "Orderer", "Application"}
+    assert set(profile["Capabilities"]) == channel_caps
+    # Orderer endpoints per organisation (V3_0 refuses the global Orderer.Addresses).
+    assert "Addresses" not in profile["Orderer"]
+    (orderer_org,) = profile["Orderer"]["Organizations"]
+    assert orderer_org["OrdererEndpoints"] == [net.orderer_address(i) for i in range(3)]
+    # Every hospital's peer is its anchor peer.
+    for org in profile["Application"]["Organizations"]:
+        host, port = net.peer_address(org["Name"]).rsplit(":", 1)
+        assert org["AnchorPeers"] == [{"Host": host, "Port": int(port)}]
+    # Three orderers, three admin ports of their own, none of them the default 9443.
+    admins = {net.orderer_admin_address(i) for i in range(3)}
+    assert len(admins) == 3 and "127.0.0.1:9443" not in admins
+    assert net.genesis_block.read_bytes() == b"genesis"
+
+
+def test_the_orderers_start_without_a_system_channel_on_their_own_admin_port(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = _created(tmp_path, _stand_ins(tmp_path, monkeypatch, "2.3.2"))
+    envs = [net._orderer_env(i) for i in range(3)]
+    for i, env in enumerate(envs):
+        assert env["ORDERER_GENERAL_BOOTSTRAPMETHOD"] == "none"
+        assert "ORDERER_GENERAL_BOOTSTRAPFILE" not in env
+        assert env["ORDERER_CHANNELPARTICIPATION_ENABLED"] == "true"
+        assert env["ORDERER_ADMIN_LISTENADDRESS"] == net.orderer_admin_address(i)
+        assert env["ORDERER_ADMIN_TLS_CLIENTAUTHREQUIRED"] == "true"
+        # Only the orderer organisation's CA may open the admin endpoint.
+        assert env["ORDERER_ADMIN_TLS_CLIENTROOTCAS"] == f"[{net.tls_ca('OrdererMSP')}]"
+    assert len({env["ORDERER_ADMIN_LISTENADDRESS"] for env in envs}) == 3
+
+
+@pytest.mark.parametrize(
+    ("printed", "message"),
+    [
+        ("peer:\n Version: 2.1.1\n", r"Fabric 2\.1\.1; networks need 2\.3 or later"),
+        ("no version here\n", "printed no version"),
+    ],
+)
+def test_binaries_older_than_2_3_or_without_a_version_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, printed: str, message: str
+) -> None:
+    bin_dir = _stand_ins(tmp_path, monkeypatch, "2.3.2")
+    (bin_dir / "peer").write_text(f"#!/bin/sh\nprintf '{printed}'\n")
+    for msp in MSPS:
+        LocalCA.create(msp).save(tmp_path / "ca" / msp)
+    with pytest.raises(FabricNetError, match=message):
+        FabricNet.create(FabricNetSpec(root=tmp_path, msp_ids=MSPS, bin_dir=bin_dir))
+    assert not (tmp_path / "fabric").exists()
+    with pytest.raises(FabricNetError, match=message):
+        fabric_version(bin_dir)
+
+
+def test_a_network_made_for_fabric_2_1_is_refused_on_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = _created(tmp_path, _stand_ins(tmp_path, monkeypatch, "2.3.2"), orderers=1)
+    state = json.loads((net.dir / "network.json").read_text())
+    assert state["version"] == 2
+    state["version"] = 1
+    (net.dir / "network.json").write_text(json.dumps(state))
+    with pytest.raises(FabricNetError, match=r"Fabric 2\.1 network \(system channel\).*again"):
+        FabricNet.load(tmp_path)
+
+
+# --- what a failed node start reports ----------------------------------------------------------
+
+_STACK = "".join(f"goroutine {n} [running]:\n\tmain.go:{n} +0x1f\n" for n in range(20))
+
+
+def test_a_dead_node_is_named_by_its_first_panic_line_of_this_run(tmp_path: Path) -> None:
+    log = tmp_path / "orderer1.log"
+    earlier = "2026-01-01 [orderer] Main -> PANI 001 an earlier run's panic\n"
+    log.write_text(earlier + "started again\n")
+    offset = len(earlier.encode())
+    this_run = (
+        "\x1b[34m2026-01-02 [orderer] Main -> INFO 001\x1b[0m starting\n"
+        "\x1b[35m2026-01-02 [orderer.common.server] Main -> PANI 004\x1b[0m "
+        "Bootstrap method: 'file' is forbidden, since system channel is no longer supported\n"
+        "panic: Bootstrap method: 'file' is forbidden\n\n" + _STACK
+    )
+    with open(log, "a") as f:
+        f.write(this_run)
+    said = _tail(log, offset)
+    assert said.startswith(f"{log}: 2026-01-02 [orderer.common.server] Main -> PANI 004 ")
+    assert "'file' is forbidden, since system channel" in said
+    assert "earlier run" not in said and "goroutine" not in said and "\x1b" not in said
+    assert said.endswith("(then 42 more lines)")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "2026-01-02 [peer] func1 -> FATA 005 Failed to initialize operations",
+        "panic: runtime error: invalid memory address",
+        "Fatal error when initializing core config",
+    ],
+)
+def test_fatal_lines_of_every_shape_are_found(tmp_path: Path, line: str) -> None:
+    log = tmp_path / "node.log"
+    log.write_text(f"one\n{line}\n" + _STACK)
+    assert _tail(log).startswith(f"{log}: {line} (then ")
+
+
+def test_without_a_fatal_line_the_last_lines_are_shown(tmp_path: Path) -> None:
+    log = tmp_path / "node.log"
+    log.write_text("".join(f"line {n}\n" for n in range(20)))
+    assert _tail(log) == f"{log}: " + " | ".join(f"line {n}" for n in range(12, 20))
+    assert _tail(tmp_path / "absent.log") == f"(no log at {tmp_path / 'absent.log'})"

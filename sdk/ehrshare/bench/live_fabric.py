@@ -1,5 +1,5 @@
 """The live-Fabric target of ``ehrshare bench consensus --live-fabric``: start a real Fabric
-v2.1.1 network with Raft ordering configured from a round, and hand the harness one
+2.3 network with Raft ordering configured from a round, and hand the harness one
 ``submit`` function per client.
 
 The harness (``ehrshare_consensus.live``) runs the load, summarises it and asks the simulator
@@ -69,13 +69,13 @@ def check_fabric_tools() -> Path:
     if missing:
         raise LiveUnavailable(
             f"the Fabric binaries {', '.join(missing)} are missing from {where}: run "
-            "`make tools` (it builds Fabric v2.1.1 into network/build/fabric21) or set "
+            "`make tools` (it builds Fabric 2.3 into network/build/fabric23) or set "
             "EHRSHARE_FABRIC_BIN"
         )
     return where
 
 
-# What Fabric v2.1.1's peer logs at INFO for every block it commits (txvalidator/v20 and
+# What Fabric's peer (2.1 and 2.3) logs at INFO for every block it commits (txvalidator/v20 and
 # kvledger): its validation time, then the block store and state DB writes. Their sum is the
 # commit path between the orderer's Deliver and the client's commit notification.
 _VALIDATED = re.compile(r"\[(?P<ch>[^\]\[\s]+)\] Validated block \[(?P<b>\d+)\] in (?P<ms>\d+)ms")
@@ -216,7 +216,7 @@ def _teardown(backend: FabricBackend | None, net: FabricNet | None, root: Path) 
 
 
 class FabricTarget:
-    """Starts Fabric v2.1.1 (Raft) configured from a RunSpec: spec.n orderers, MaxMessageCount
+    """Starts Fabric (Raft) configured from a RunSpec: spec.n orderers, MaxMessageCount
     = spec.batch_size, BatchTimeout = spec.batch_timeout_s; one organisation and its peer. Each
     network lives in a temporary directory removed at close."""
 
@@ -271,7 +271,7 @@ class FabricTarget:
                 for c, (contract, ibe_id) in enumerate(contracts)
             ]
             info = {
-                "fabric": "v2.1.1",
+                "fabric": ".".join(map(str, net.version)),
                 "consensus": "etcdraft",
                 "orderers": spec.n,
                 "batch_timeout": net_spec.batch_timeout,

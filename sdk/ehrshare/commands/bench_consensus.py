@@ -3,7 +3,7 @@
 Runs a declarative experiment file (YAML rounds) on the discrete-event simulator, prints JSON
 with machine metadata, the calibrated CPU cost model, per-round rows, the DESIGN.md §6 target
 ratios and the paths of the PNG plots; `--safety-sweep` adds many seeded runs per fault
-scenario; `--live-fabric` instead runs the live rounds (a real Fabric v2.1.1 Raft network per
+scenario; `--live-fabric` instead runs the live rounds (a real Fabric 2.3 Raft network per
 round, driven through the SDK's Fabric target, with the simulator's prediction and the ratio).
 This module only parses options and presents results; it must not compute protocol figures
 itself.
@@ -32,7 +32,7 @@ _LIVE_FABRIC = {
     "done": False,
     "reason": (
         "not part of this run: `ehrshare bench consensus --live-fabric` measures a real Fabric "
-        "v2.1.1 Raft network (x1, x3) and compares it with this simulator; SmartBFT needs "
+        "2.3 Raft network (x1, x3) and compares it with this simulator; SmartBFT needs "
         "Fabric >= 3.0, which the Go module proxy here refuses"
     ),
 }
@@ -368,7 +368,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             bool,
             typer.Option(
                 "--live-fabric",
-                help="Measure a real Fabric v2.1.1 Raft network (rounds of live-fabric.yaml, "
+                help="Measure a real Fabric 2.3 Raft network (rounds of live-fabric.yaml, "
                 "or CONFIG) and compare with the simulator's prediction.",
             ),
         ] = False,

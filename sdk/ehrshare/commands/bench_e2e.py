@@ -2,7 +2,7 @@
 
 Each operation runs through the whole stack a hospital app uses — FHIR validation, AES-256-GCM,
 MH-TIPRE, the content store with read-back verification, signed proposals to the ledger running
-the real chaincode (the embedded ledger, or with ``--backend fabric`` a Fabric v2.1 network built
+the real chaincode (the embedded ledger, or with ``--backend fabric`` a Fabric 2.3 network built
 for the run: one peer per hospital, a Raft orderer, MAJORITY endorsement), the KGC nodes and
 the hospitals' re-encryption proxies (in-process, or with ``--services processes`` as
 ``ehrshare kgc serve`` / ``proxy serve`` processes over gRPC and mutual TLS):
@@ -151,8 +151,10 @@ def run_e2e_bench(
     backend: dict[str, Any] = {"ledger": ledger, "storage": "embedded", "services": services}
     if endpoints is not None:
         options = fabric or FabricOptions()
+        from ehrshare.fabricnet import fabric_version
+
         backend["fabric"] = {
-            "version": "v2.1.1",
+            "version": ".".join(map(str, fabric_version())),
             "peers": len(endpoints.peers),
             "orderers": len(endpoints.orderers),
             "endorsers": endpoints.endorsers,
@@ -195,7 +197,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         backend: str = typer.Option(
             "embedded",
             "--backend",
-            help="Ledger: embedded, or fabric (a Fabric v2.1 network built for the run on "
+            help="Ledger: embedded, or fabric (a Fabric 2.3 network built for the run on "
             "127.0.0.1 and stopped afterwards; needs 'make tools').",
         ),
         batch_timeout: str = typer.Option(

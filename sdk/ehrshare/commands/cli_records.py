@@ -477,7 +477,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         call over mutual TLS, and what the 'network up' supervisor says: running, restarting,
         failed, not answering, down). Exit code 4 if the content store, the profile's local
         Fabric network or any service process is not healthy."""
-        from ehrshare.fabricnet import default_bin_dir, missing_binaries
+        from ehrshare.fabricnet import (
+            FabricNetError,
+            default_bin_dir,
+            fabric_version,
+            missing_binaries,
+        )
         from ehrshare.ledger.store import EmbeddedLedger
         from ehrshare.profile import Profile
         from ehrshare.storage import KuboClient
@@ -485,12 +490,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         bin_dir = default_bin_dir()
         problems: dict[str, str] = {}
+        available = not missing_binaries(bin_dir)
+        try:
+            version = ".".join(map(str, fabric_version(bin_dir))) if available else None
+        except FabricNetError as exc:
+            available, version = False, str(exc)
         status: dict[str, Any] = {
-            "fabric": {
-                "available": not missing_binaries(bin_dir),
-                "bin_dir": str(bin_dir),
-                "version": "v2.1.1 (the newest the Go module proxy serves here)",
-            }
+            "fabric": {"available": available, "bin_dir": str(bin_dir), "version": version}
         }
         store_ok = ledger_ok = services_ok = True
         if profile or Path("profile.yaml").is_file():
@@ -659,7 +665,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ledger: Annotated[
             str,
             typer.Option(
-                help="Ledger: embedded, or fabric (builds and starts a Fabric v2.1 network on "
+                help="Ledger: embedded, or fabric (builds and starts a Fabric 2.3 network on "
                 "127.0.0.1 from the hospitals' CAs: one peer each, Raft orderers; needs "
                 "'make tools'; stopped when init ends, started again by 'network up')."
             ),

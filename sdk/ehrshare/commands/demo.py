@@ -30,7 +30,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         backend: str = typer.Option(
             "embedded",
             "--backend",
-            help="Ledger backend: embedded (default; no servers) or fabric (a real Fabric v2.1 "
+            help="Ledger backend: embedded (default; no servers) or fabric (a real Fabric 2.3 "
             "network built for the demo on 127.0.0.1 and stopped afterwards; needs 'make tools').",
         ),
         storage: str = typer.Option(

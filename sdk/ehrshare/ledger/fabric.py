@@ -12,12 +12,12 @@ client raises (:mod:`ehrshare.ledger.errors`). Use :func:`dial` for a channel an
 
 The Gateway's five calls sit behind :class:`GatewayCalls`: :class:`GrpcGatewayCalls` sends them to
 a peer's Gateway service (Fabric >= 2.4), :class:`ehrshare.ledger.peer.LocalGateway` does their
-work client-side for Fabric 2.1 peers, which have no Gateway service.
+work client-side for Fabric 2.1–2.3 peers, which have no Gateway service.
 
 Status: the Gateway-service path is exercised only against an in-test fake Gateway
 (``tests/fabric_unit/``): the pinned Fabric cannot be built here (docs/status.md). The classes
-below, with ``ledger.peer``'s calls, run against a real Fabric v2.1.1 peer and orderer in CI
-(``tests/fabric/test_fabric21_local_gateway.py``).
+below, with ``ledger.peer``'s calls, run against a real Fabric 2.3 peer and orderer in CI
+(``tests/fabric/test_fabric_local_gateway.py``).
 
 This module must not hold private keys beyond the :class:`~ehrshare.identity.Signer` it was given,
 must not sign an envelope it has not checked is its own transaction, and must not log arguments
@@ -371,7 +371,7 @@ class GatewayCalls(Protocol):
 
     :class:`GrpcGatewayCalls` sends them to a peer's Gateway service (Fabric >= 2.4);
     :class:`ehrshare.ledger.peer.LocalGateway` does a Gateway's work itself against peers and
-    orderers that have none (Fabric 2.1). Every failure raises :class:`GatewayFailure`.
+    orderers that have none (Fabric < 2.4). Every failure raises :class:`GatewayFailure`.
     """
 
     def evaluate(self, request: Any, timeout: float) -> Any:

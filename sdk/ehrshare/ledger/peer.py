@@ -1,8 +1,9 @@
-"""The Fabric client for peers without a Gateway service (Fabric 2.1): the Gateway's work, here.
+"""The Fabric client for peers without a Gateway service (Fabric < 2.4): the Gateway's work, here.
 
-Fabric 2.1 peers have no ``gateway.Gateway`` service, so :class:`LocalGateway` does on the client
-what Fabric's gateway does on the peer (``internal/pkg/gateway``) and what fabric-sdk-go/-node do
-before it, and plugs into :class:`ehrshare.ledger.fabric.FabricGateway` as its
+Fabric 2.1–2.3 peers have no ``gateway.Gateway`` service, so :class:`LocalGateway` does on the
+client what Fabric's gateway does on the peer (``internal/pkg/gateway``) and what
+fabric-sdk-go/-node do before it, and plugs into
+:class:`ehrshare.ledger.fabric.FabricGateway` as its
 :class:`~ehrshare.ledger.fabric.GatewayCalls`:
 
 - evaluate: ``protos.Endorser/ProcessProposal`` on one peer, the caller's own organisation first;
@@ -20,7 +21,7 @@ before it, and plugs into :class:`ehrshare.ledger.fabric.FabricGateway` as its
 
 Failures raise :class:`~ehrshare.ledger.fabric.GatewayFailure` shaped as the Gateway's errors, so
 the SDK sees the same error types and messages on both paths (a chaincode refusal's message is
-the chaincode's own). Tested against a real Fabric v2.1.1 peer and orderer (tests/fabric).
+the chaincode's own). Tested against a real Fabric 2.3 peer and orderer (tests/fabric).
 
 This module must not hold private keys beyond the :class:`~ehrshare.identity.Signer` it was
 given (the client TLS key excepted, handed to gRPC), must not sign a transaction it did not
@@ -104,7 +105,10 @@ _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 _COMMITS_KEPT = 65536  # validation codes remembered per channel (oldest forgotten first)
 _RETRY_MAX = 5.0  # seconds between a commit listener's reconnection attempts, at most
 _FOLLOWER_WAIT = 5.0  # seconds a commit waits for another endorsing peer to have its block
-_HANDSHAKE_FAILED = "handshake failed"  # in gRPC's UNAVAILABLE text when TLS refused us
+# In gRPC's UNAVAILABLE text when TLS refused us: "Handshake failed" under TLS 1.2 (Fabric 2.1);
+# under TLS 1.3 (Fabric >= 2.3) the server refuses the client certificate after the client's
+# half of the handshake, and its alert surfaces on the first read as TSI_DATA_CORRUPTED.
+_TLS_REFUSED = ("handshake failed", "tsi_data_corrupted")
 
 
 @dataclass(frozen=True)
@@ -344,7 +348,7 @@ def _unreachable(text: str, failed: Sequence[Any], where: str) -> GatewayFailure
     in the TLS handshake. That is configuration, not an outage: peers and orderers that require
     mutual TLS refused the client certificate (none, or not from a consortium CA), or the TLS
     CA given is not theirs; retrying or restarting the network would not help."""
-    if failed and all(_HANDSHAKE_FAILED in str(d.message).lower() for d in failed):
+    if failed and all(any(m in str(d.message).lower() for m in _TLS_REFUSED) for d in failed):
         return GatewayFailure(
             grpc.StatusCode.UNAUTHENTICATED,
             f"{text}: every TLS handshake failed (peers and orderers that require mutual TLS "
@@ -672,7 +676,7 @@ class LocalGateway:
         position = events_request.start_position
         next_commit = position.WhichOneof("Type") in (None, "next_commit")
         if next_commit:
-            # Fabric 2.1 knows no next_commit: seek the newest block and drop it.
+            # Fabric < 2.4 knows no next_commit: seek the newest block and drop it.
             position = ab.SeekPosition(newest=ab.SeekNewest())
         with self._lock:
             peer = self._peers[self._events_peer % len(self._peers)]

@@ -1,11 +1,12 @@
 """Real Hyperledger Fabric peers run the contract through our chaincode server.
 
-Fabric v2.1.1 — the newest release the Go module proxy serves here (the pinned 3.1 answers 403) —
-built by `make tools` into network/build/fabric21. The network is ``ehrshare.fabricnet``'s
-(tests/fabric/conftest.py): three hospitals, one Raft orderer, one peer per hospital, and
-`ehrshare chaincode serve` deployed as a ccaas package over mutual TLS, on free loopback ports.
+Fabric 2.3.2 (the release-2.3 branch) — the newest release the Go module proxy serves here (the
+pinned 3.1 answers 403) — built by `make tools` into network/build/fabric23. The network is
+``ehrshare.fabricnet``'s (tests/fabric/conftest.py): three hospitals, one Raft orderer, one
+peer per hospital, and `ehrshare chaincode serve` deployed as a ccaas package over mutual TLS, on
+free loopback ports.
 The ``peer`` CLI and the peers' own Endorser service drive the contract here; the client gateway
-that works without a Gateway service is test_fabric21_local_gateway.py. The Gateway service and
+that works without a Gateway service is test_fabric_local_gateway.py. The Gateway service and
 SmartBFT need Fabric >= 2.4 / 3.0 and are not exercised here.
 """
 
@@ -76,7 +77,7 @@ def test_real_peers_run_the_contract_through_our_chaincode_server(
 def test_a_real_peer_endorses_a_proposal_our_gateway_client_built(
     fabric_net: FabricNet, admin_of: Admins
 ) -> None:
-    # Fabric 2.1 has no Gateway service, but its Endorser takes the same SignedProposal the
+    # Fabric 2.3 has no Gateway service, but its Endorser takes the same SignedProposal the
     # Gateway client builds: the peer checks the creator against its MSP, the signature and the
     # transaction id rule (sha256(nonce ‖ creator)) before it runs the chaincode.
     net = fabric_net

@@ -1,6 +1,6 @@
-"""The client-side gateway (ehrshare.ledger.peer) against real Fabric v2.1.1 peers and an orderer.
+"""The client-side gateway (ehrshare.ledger.peer) against real Fabric 2.3 peers and an orderer.
 
-Fabric 2.1 has no Gateway service; ``ledger.peer.connect`` endorses on the peers' Endorser,
+Fabric 2.3 has no Gateway service; ``ledger.peer.connect`` endorses on the peers' Endorser,
 orders through the orderer's Broadcast and reads commits and chaincode events from a peer's
 Deliver service. These tests drive the shared ``ehrshare.fabricnet`` network (three hospitals,
 a MAJORITY endorsement policy; tests/fabric/conftest.py) as HospitalA's admin: queries, commits
