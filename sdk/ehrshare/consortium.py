@@ -31,7 +31,6 @@ This module must not log secrets, and must not write key material anywhere but m
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import re
@@ -772,17 +771,49 @@ class Consortium(Closing):
     def _ledger_check(
         self, identity: Identity, signer: Signer, client_tls: ClientTlsPair | None
     ) -> Callable[..., dict[str, Any]] | None:
-        """What ``audit verify`` runs on the ledger: the embedded ledger's own check, or on
-        Fabric the cross-peer block check, reading blocks as this session's identity."""
-        if isinstance(self.backend, FabricBackend):
-            return functools.partial(
-                self.backend.verify_as,
-                identity,
-                signer,
-                channel=self.profile.channel,
-                client_tls=client_tls,
-            )
-        return self.backend.verify
+        """What ``audit verify`` runs on the ledger, ``check(against=, audit_chains=)``: the
+        embedded ledger's own check (signed blocks and a replay of every transaction, which
+        covers its state); on Fabric the cross-peer block check, plus each audit chain's
+        ``VerifyAuditTrail`` asked of one peer per organisation and compared (a peer's state
+        database is not covered by its blocks), as this session's identity."""
+        backend = self.backend
+        if isinstance(backend, FabricBackend):
+            fabric = backend
+            channel, chaincode = self.profile.channel, self.profile.chaincode
+
+            def fabric_check(
+                *, against: Sequence[Any] = (), audit_chains: Sequence[str] = ()
+            ) -> dict[str, Any]:
+                report = fabric.verify_as(
+                    identity, signer, channel=channel, client_tls=client_tls, against=against
+                )
+                report["state_compared"] = [
+                    fabric.compare_answers(
+                        identity,
+                        signer,
+                        channel=channel,
+                        chaincode=chaincode,
+                        function="VerifyAuditTrail",
+                        args=(chain,),
+                        client_tls=client_tls,
+                    )
+                    for chain in audit_chains
+                ]
+                return report
+
+            return fabric_check
+        verify = backend.verify
+        if verify is None:
+            return None
+        embedded = verify
+
+        def embedded_check(
+            *, against: Sequence[Any] = (), audit_chains: Sequence[str] = ()
+        ) -> dict[str, Any]:
+            del audit_chains  # the replay recomputes the whole state from the signed blocks
+            return embedded(against=against)
+
+        return embedded_check
 
     def _tls_pair(
         self, identity: Identity, wallet: Wallet | None

@@ -259,6 +259,59 @@ class FabricBackend:
         }
         return verify_copies(copies, against=against)
 
+    def compare_answers(
+        self,
+        identity: Identity,
+        signer: Signer,
+        *,
+        channel: str,
+        chaincode: str,
+        function: str,
+        args: Sequence[str],
+        client_tls: ClientTlsPair | None = None,
+    ) -> dict[str, Any]:
+        """Ask one peer of each organisation the same query and compare the answers.
+
+        Blocks are signed and compared by :meth:`verify_as`; a peer's *state database* is not,
+        and queries are answered from it. An operator who edits their own peer's state (an
+        audit entry, a grant) changes what that peer answers, and only a comparison with the
+        other organisations' peers shows it. Raises ``LedgerIntegrityError`` naming the
+        organisations whose answer differs from the others' (or, with two, both)."""
+        from ehrshare.ledger.errors import LedgerIntegrityError
+        from ehrshare.ledger.peer import connect
+
+        first: dict[str, PeerEndpoint] = {}
+        for peer in self.peers:
+            first.setdefault(peer.msp_id, peer)
+        answers: dict[str, bytes] = {}
+        for msp, endpoint in first.items():
+            gateway = connect(
+                identity,
+                signer,
+                peers=[endpoint],
+                orderers=self.orderers,
+                endorsers=None,
+                client_tls=client_tls,
+                clock=self._clock,
+            )
+            try:
+                contract = gateway.get_network(channel).get_contract(chaincode)
+                answers[msp] = contract.evaluate_transaction(function, *args)
+            finally:
+                gateway.close()
+        distinct = set(answers.values())
+        if len(distinct) > 1:
+            counts = {a: sum(1 for b in answers.values() if b == a) for a in distinct}
+            top = max(counts.values())
+            majority = [a for a, n in counts.items() if n == top]
+            odd = sorted(msp for msp, a in answers.items() if len(majority) > 1 or a != majority[0])
+            raise LedgerIntegrityError(
+                f"{function}({', '.join(args)}) is answered differently by the peers of "
+                f"{', '.join(odd)} than by the other organisations' peers: a peer's state "
+                "database differs from what its blocks committed"
+            )
+        return {"function": function, "args": list(args), "organisations": sorted(answers)}
+
     def close(self) -> None:
         """Close every gateway opened here."""
         with self._lock:

@@ -1331,7 +1331,7 @@ class Session(Closing):
         problems = [(r["first_bad_seq"], r["reason"]) for r in (server, offline) if not r["valid"]]
         if self._ledger_check is not None:
             try:
-                report = self._ledger_check(against=tuple(against))
+                report = self._ledger_check(against=tuple(against), audit_chains=(chain,))
                 checks["ledger"] = {"valid": True, **report}
             except Exception as exc:
                 block = getattr(exc, "block", None)

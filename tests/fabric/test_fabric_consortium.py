@@ -184,6 +184,10 @@ def test_network_up_runs_fabric_and_the_services_and_down_stops_them(tmp_path: P
         assert checked["orderer_organisations"] == ["OrdererMSP"]
         audit = json.loads(_cli("audit", "verify", "-p", str(root), "-w", "alice", "--json").stdout)
         assert audit["valid"] is True and audit["checks"]["ledger"]["height"] >= checked["height"]
+        # ... and alice's audit chain as answered by one peer of every hospital, compared.
+        (compared,) = audit["checks"]["ledger"]["state_compared"]
+        assert compared["function"] == "VerifyAuditTrail"
+        assert compared["organisations"] == ["HospitalAMSP", "HospitalBMSP", "HospitalCMSP"]
         head = tmp_path / "alice-saw.json"
         _cli("ledger", "head", "--out", str(head), "-p", str(root), "-w", "alice")
         again = json.loads(

@@ -591,3 +591,50 @@ def test_read_conflicts_beyond_the_retries_are_a_commit_error(make_net: Any) -> 
     with pytest.raises(CommitError):
         _contract(net).submit_transaction("Put", "k2")
     assert len(orderer.envelopes) == 3
+
+
+# --- a peer's state database compared across organisations ----------------------------------
+
+
+def test_a_peer_whose_state_answers_differently_is_named(servers: list[grpc.Server]) -> None:
+    """`audit verify` on Fabric asks one peer of each organisation the same query: blocks are
+    signed and compared, a peer's state database is not, and queries are read from it."""
+    from ehrshare.ledger.errors import LedgerIntegrityError
+    from ehrshare.ledgers import FabricBackend
+
+    ledger = Ledger()
+    fakes = {
+        "Org1MSP": FakePeer("p1", ledger, result=b'{"valid":true,"head":"aa"}'),
+        "Org2MSP": FakePeer("p2", ledger, result=b'{"valid":true,"head":"aa"}'),
+        "Org3MSP": FakePeer("p3", ledger, result=b'{"valid":true,"head":"aa"}'),
+    }
+    backend = FabricBackend(
+        [PeerEndpoint(_serve(servers, f), msp, CA.certificate_pem) for msp, f in fakes.items()],
+        [OrdererEndpoint(_serve(servers, FakeOrderer(ledger)), CA.certificate_pem)],
+        endorsers=None,
+        client_auth=False,
+    )
+    identity, signer = CA.issue("auditor", role="admin")
+
+    def compare() -> dict[str, Any]:
+        return backend.compare_answers(
+            identity,
+            signer,
+            channel=CHANNEL,
+            chaincode=CHAINCODE,
+            function="VerifyAuditTrail",
+            args=("Org1MSP/alice",),
+        )
+
+    assert compare()["organisations"] == ["Org1MSP", "Org2MSP", "Org3MSP"]
+    assert all(len(f.proposals) == 1 for f in fakes.values())  # each organisation was asked
+
+    fakes["Org2MSP"].result = b'{"valid":true,"head":"bb"}'  # its state edited consistently
+    with pytest.raises(LedgerIntegrityError) as odd:
+        compare()
+    assert "by the peers of Org2MSP than" in str(odd.value)
+
+    fakes["Org3MSP"].result = b'{"valid":true,"head":"cc"}'  # no majority: every one named
+    with pytest.raises(LedgerIntegrityError) as split:
+        compare()
+    assert "by the peers of Org1MSP, Org2MSP, Org3MSP than" in str(split.value)
