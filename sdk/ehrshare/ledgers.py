@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["ClientTlsPair", "EmbeddedBackend", "FabricBackend", "LedgerBackend", "open_ledger"]
 
 _log = logging.getLogger(__name__)
+# compare_answers: how often, and how far apart, the peers are asked before a difference counts
+_COMPARE_ATTEMPTS = 4
+_COMPARE_PAUSE_S = 0.5
 
 Clock = Callable[[], int]
 ClientTlsPair = tuple[bytes, bytes]
@@ -275,42 +279,69 @@ class FabricBackend:
         Blocks are signed and compared by :meth:`verify_as`; a peer's *state database* is not,
         and queries are answered from it. An operator who edits their own peer's state (an
         audit entry, a grant) changes what that peer answers, and only a comparison with the
-        other organisations' peers shows it. Raises ``LedgerIntegrityError`` naming the
-        organisations whose answer differs from the others' (or, with two, both)."""
+        other organisations' peers shows it. A peer a block behind answers differently for a
+        moment, an edited state for good: the query is asked again a few times before
+        ``LedgerIntegrityError`` names the organisations whose answer differs from the
+        others' (every one of them when no answer has a majority)."""
         from ehrshare.ledger.errors import LedgerIntegrityError
-        from ehrshare.ledger.peer import connect
 
         first: dict[str, PeerEndpoint] = {}
         for peer in self.peers:
             first.setdefault(peer.msp_id, peer)
-        answers: dict[str, bytes] = {}
-        for msp, endpoint in first.items():
-            gateway = connect(
-                identity,
-                signer,
-                peers=[endpoint],
-                orderers=self.orderers,
-                endorsers=None,
-                client_tls=client_tls,
-                clock=self._clock,
+        for attempt in range(_COMPARE_ATTEMPTS):
+            answers = {
+                msp: self._ask(
+                    identity, signer, endpoint, channel, chaincode, function, args, client_tls
+                )
+                for msp, endpoint in first.items()
+            }
+            if len(set(answers.values())) <= 1:
+                return {"function": function, "args": list(args), "organisations": sorted(answers)}
+            if attempt + 1 < _COMPARE_ATTEMPTS:
+                time.sleep(_COMPARE_PAUSE_S)
+        counts: dict[bytes, int] = {}
+        for answer in answers.values():
+            counts[answer] = counts.get(answer, 0) + 1
+        top = max(counts.values())
+        majority = [a for a, n in counts.items() if n == top]
+        odd = sorted(m for m, a in answers.items() if len(majority) > 1 or a != majority[0])
+        raise LedgerIntegrityError(
+            f"{function}({', '.join(args)}) is answered differently by the peers of "
+            f"{', '.join(odd)} than by the other organisations' peers: a peer's state database "
+            "differs from what its blocks committed"
+        )
+
+    def _ask(
+        self,
+        identity: Identity,
+        signer: Signer,
+        endpoint: PeerEndpoint,
+        channel: str,
+        chaincode: str,
+        function: str,
+        args: Sequence[str],
+        client_tls: ClientTlsPair | None,
+    ) -> bytes:
+        """``function(*args)`` evaluated on ``endpoint`` alone."""
+        from ehrshare.ledger.peer import connect
+
+        gateway = connect(
+            identity,
+            signer,
+            peers=[endpoint],
+            orderers=self.orderers,
+            endorsers=None,
+            client_tls=client_tls,
+            clock=self._clock,
+        )
+        try:
+            return (
+                gateway.get_network(channel)
+                .get_contract(chaincode)
+                .evaluate_transaction(function, *args)
             )
-            try:
-                contract = gateway.get_network(channel).get_contract(chaincode)
-                answers[msp] = contract.evaluate_transaction(function, *args)
-            finally:
-                gateway.close()
-        distinct = set(answers.values())
-        if len(distinct) > 1:
-            counts = {a: sum(1 for b in answers.values() if b == a) for a in distinct}
-            top = max(counts.values())
-            majority = [a for a, n in counts.items() if n == top]
-            odd = sorted(msp for msp, a in answers.items() if len(majority) > 1 or a != majority[0])
-            raise LedgerIntegrityError(
-                f"{function}({', '.join(args)}) is answered differently by the peers of "
-                f"{', '.join(odd)} than by the other organisations' peers: a peer's state "
-                "database differs from what its blocks committed"
-            )
-        return {"function": function, "args": list(args), "organisations": sorted(answers)}
+        finally:
+            gateway.close()
 
     def close(self) -> None:
         """Close every gateway opened here."""
