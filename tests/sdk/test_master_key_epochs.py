@@ -192,7 +192,8 @@ def test_cli_refuses_a_new_master_key_with_records_exit_1_and_opens_it_with_the_
     _enrol(consortium, "alice", "adams")
     _put(consortium)
     before = consortium.dkg_result()
-    args = ["kgc", "dkg", "open", "--threshold", "2", "-p", str(consortium.directory), "-w", "admin"]
+    root = str(consortium.directory)
+    args = ["kgc", "dkg", "open", "--threshold", "2", "-p", root, "-w", "admin"]
     refused = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
     assert refused.exit_code == 1, refused.output
     assert "Traceback" not in refused.output
