@@ -203,3 +203,87 @@ def test_cli_refuses_a_new_master_key_with_records_exit_1_and_opens_it_with_the_
     opened = CliRunner().invoke(app, [*args, "--new-master-key", "--json"])
     assert opened.exit_code == 0, opened.output
     assert '"phase": "deal"' in opened.stdout
+
+
+@pytest.fixture(scope="module")
+def after_new_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """A consortium (real clock) with one record of alice's under the first master key, then a
+    new master key alice has not enrolled under yet: (directory, record id, old epoch)."""
+    root = tmp_path_factory.mktemp("epoch-faults") / "c"
+    with Consortium.init(root, hospitals=HOSPITALS, threshold=2) as c:
+        c.add_member("alice", "HospitalA", "patient")
+        _enrol(c, "alice")
+        with c.session("alice") as alice:
+            record = alice.put_record(lab_observation()).record_id
+            old_epoch = alice.epoch
+        with c.session(ADMIN_WALLET) as admin:
+            run_local_dkg(
+                c.kgc_nodes,
+                nonce=new_session_nonce(),
+                admin=admin.contract,
+                threshold=2,
+                poll=0.05,
+                new_master_key=True,
+            )
+    return root, record, old_epoch
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "enroll.after_extract",
+        "wallet.after_build",
+        "wallet.after_stage",
+        "wallet.after_retire",
+        "wallet.after_swap",
+        "enroll.after_save",
+    ],
+)
+def test_enrol_under_a_new_key_killed_at_each_step_keeps_the_old_key(
+    after_new_key: tuple[Path, str, str], tmp_path: Path, step: str
+) -> None:
+    """kill -9 of 'ehrshare enroll' at each step of keeping the new identity key next to the
+    old one: the wallet is whole, the old record still reads, and the next enroll succeeds."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from ehrshare.faults import FAULT_ENV
+    from ehrshare.profile import PASSPHRASE_ENV, Wallet
+
+    template, record, old_epoch = after_new_key
+    root = tmp_path / "c"
+    shutil.copytree(template, root)
+    wallet_dir = root / "wallets" / "alice"
+    old_key = (wallet_dir / f"ibe-{old_epoch}.key").read_bytes()
+
+    def enroll(fault: str = "") -> subprocess.CompletedProcess[str]:
+        env = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, PASSPHRASE_ENV)}
+        env.update({"COLUMNS": "200", "EHRSHARE_PROFILE": "", "EHRSHARE_WALLET": ""})
+        if fault:
+            env[FAULT_ENV] = fault
+        return subprocess.run(
+            [sys.executable, "-m", "ehrshare", "enroll", "-p", str(root), "-w", "alice"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            check=False,
+        )
+
+    died = enroll(step)
+    assert died.returncode == -signal.SIGKILL, died.stderr
+    Wallet(wallet_dir, use_env=False).load_identity()  # finishes or undoes the swap
+    assert (wallet_dir / f"ibe-{old_epoch}.key").read_bytes() == old_key
+    with Consortium.open(root) as c:
+        assert _reads(c, "alice", record)
+    again = enroll()
+    assert again.returncode == 0, again.stderr
+    with Consortium.open(root) as c:
+        with c.session("alice") as alice:
+            new_epoch = alice.epoch
+        assert _reads(c, "alice", record)
+    assert sorted(p.name for p in wallet_dir.glob("ibe*.key")) == sorted(
+        ["ibe.key", f"ibe-{old_epoch}.key", f"ibe-{new_epoch}.key"]
+    )
