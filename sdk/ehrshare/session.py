@@ -72,7 +72,7 @@ from ehrshare.ledger.errors import (
     LedgerIntegrityError,
     OrderingKeyError,
 )
-from ehrshare.profile import Wallet
+from ehrshare.profile import Wallet, WalletError
 from ehrshare.services.proxy import InvalidReKey, NoReKey, ProxyUnavailable, seal_rekey
 from ehrshare.services.proxy import NotAuthorised as ProxyNotAuthorised
 from ehrshare.storage import (
@@ -651,9 +651,17 @@ class Session(Closing):
             return [self._secret_key()]
         kept = self.wallet.load_secret_keys() if self.wallet is not None else {}
         if epoch in kept:
+            if kept[epoch].identity != self.ibe_id:
+                # The file parsed, but not as this member's key: altered or from elsewhere.
+                raise WalletError(
+                    f"wallet of {self.ibe_id}: ibe-{epoch}.key holds a key of "
+                    f"{kept[epoch].identity!r}, not of {self.ibe_id} (altered?); restore the "
+                    "wallet from its backup"
+                )
             return [kept[epoch]]
-        unknown = [k for e, k in kept.items() if e.startswith("earlier-")]
-        candidates = ([self._sk] if self._sk is not None else []) + unknown
+        candidates = [k for e, k in kept.items() if e.startswith("earlier-")]
+        if self._sk is not None and not self._is_current(self._sk):
+            candidates.insert(0, self._sk)  # a backup's ibe.key, of an earlier master key
         if not candidates:
             raise NotEnrolledError(
                 f"record {record_id} was encrypted under an earlier master key (epoch {epoch}) "
@@ -661,6 +669,15 @@ class Session(Closing):
                 "wallet backup from before the new master key"
             )
         return candidates
+
+    def _is_current(self, sk: tipre.IdentitySecretKey) -> bool:
+        """Whether ``sk`` is this identity's key under the current master key."""
+        mpk, _ = self._master()
+        try:
+            sk.check(mpk)
+        except VerificationError:
+            return False
+        return sk.identity == self.ibe_id
 
     @property
     def roster(self) -> Sequence[KGCNodePublicKey] | Mapping[int, KGCNodePublicKey]:

@@ -287,3 +287,38 @@ def test_enrol_under_a_new_key_killed_at_each_step_keeps_the_old_key(
     assert sorted(p.name for p in wallet_dir.glob("ibe*.key")) == sorted(
         ["ibe.key", f"ibe-{old_epoch}.key", f"ibe-{new_epoch}.key"]
     )
+
+
+@pytest.mark.parametrize(
+    ("damage", "code", "text"),
+    [
+        ("delete", 3, "holds no identity key of it; read it with a wallet backup"),
+        ("truncate", 3, "(altered?); restore the wallet from its backup"),
+    ],
+)
+def test_a_missing_or_damaged_old_key_is_a_clear_error_and_new_records_still_read(
+    after_new_key: tuple[Path, str, str], tmp_path: Path, damage: str, code: int, text: str
+) -> None:
+    from typer.testing import CliRunner
+
+    from ehrshare.cli import app
+
+    template, record, old_epoch = after_new_key
+    root = tmp_path / "c"
+    shutil.copytree(template, root)
+    with Consortium.open(root) as c:
+        _enrol(c, "alice")
+        with c.session("alice") as alice:
+            new = alice.put_record(lab_observation()).record_id
+    old_file = root / "wallets" / "alice" / f"ibe-{old_epoch}.key"
+    if damage == "delete":
+        old_file.unlink()
+    else:
+        old_file.write_bytes(old_file.read_bytes()[:-7])
+    args = ["record", "get", record, "-p", str(root), "-w", "alice"]
+    got = CliRunner().invoke(app, args, env={"COLUMNS": "300"})
+    assert got.exit_code == code, got.output
+    assert text in got.output.replace("\n", " ")
+    assert "Traceback" not in got.output
+    got = CliRunner().invoke(app, ["record", "get", new, "-p", str(root), "-w", "alice"])
+    assert got.exit_code == 0, got.output
