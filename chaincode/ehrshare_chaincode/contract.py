@@ -1047,6 +1047,9 @@ class EHRContract:
         if exp <= ctx.now:
             raise ChaincodeError(f"expiry {exp} is not after the transaction time {ctx.now}")
         self._check_proxy(ctx, proxy)
+        # The re-key is made to the grantee's type key on chain: one of an earlier master key
+        # would leave the grantee a capsule none of its keys of this grant's epoch opens.
+        epoch = self._fresh_type_key_epoch(ctx, grantee, record_type)
         if grant_id == "":
             grant_id = "g-" + ctx.tx_id[:32]
         elif not _GRANT_ID_RE.fullmatch(grant_id):
@@ -1068,7 +1071,7 @@ class EHRContract:
             "parent_grant_id": parent_grant_id,
             "proxy": proxy,
             "state": "active",
-            "epoch": self._epoch(ctx),
+            "epoch": epoch,
             "created_at": ctx.now,
             "tx_id": ctx.tx_id,
         }

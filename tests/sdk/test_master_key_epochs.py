@@ -132,7 +132,12 @@ def test_old_and_new_records_read_for_owner_and_grantees_after_a_new_master_key(
     with pytest.raises(RequestRejected, match=r"is of an earlier master key .*must enrol again"):
         _put(c)
 
-    _enrol(c, "alice", "adams", "baker", "cole")
+    _enrol(c, "alice", "adams", "baker")
+    # A grant to someone whose type key is still of the old master key would hand them a
+    # capsule none of their keys of the new epoch opens: refused until they enrol again.
+    with c.session("alice") as alice, pytest.raises(RequestRejected, match="must enrol again"):
+        alice.grant(_ibe(c, "cole"), "lab", expires=DAY)
+    _enrol(c, "cole")
     new = _put(c)
     with c.session("adams") as adams:
         assert adams._evaluate("GetRecord", new)["epoch"] == new_epoch
