@@ -49,6 +49,7 @@ def test_serve_commands_keep_their_flags_defaults_and_required_options() -> None
         "key": (("--key",), True, None),
         "ledger": (("--ledger",), False, None),
         "profile": (("--profile",), False, None),
+        "consortium_id": (("--consortium-id",), False, ""),
         "channel": (("--channel",), False, "ehrshare"),
         "chaincode": (("--chaincode",), False, "ehrshare"),
         "ledger_tls_cert": (("--ledger-tls-cert",), False, None),

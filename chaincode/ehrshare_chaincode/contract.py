@@ -252,6 +252,15 @@ class TxContext:
 # --- argument checks -------------------------------------------------------------------------
 
 
+def master_key_epoch(mpk_b64: str) -> str:
+    """The epoch of a master key: the first 16 hex digits of SHA-256 over its encoding.
+
+    Records, type keys and grants carry the epoch they were made under, so a member reads a
+    record with the identity key of that epoch after a new DKG (a resharing keeps the epoch).
+    """
+    return hashlib.sha256(base64.b64decode(mpk_b64)).hexdigest()[:16]
+
+
 def _check_id(value: str, what: str) -> str:
     if not _ID_RE.fullmatch(value):
         raise ChaincodeError(
@@ -427,6 +436,7 @@ class EHRContract:
             "GetRecord",
             "GetRecordHistory",
             "ListRecords",
+            "ListRecordVersions",
             "ListGrants",
             "GetGrant",
             "CheckApproval",
@@ -632,6 +642,15 @@ class EHRContract:
             raise ChaincodeError(f"identity {ibe_id} has no stored registration")
         return ident
 
+    def _epoch(self, ctx: TxContext) -> str:
+        """The current master key's epoch ("" before the first final DKG)."""
+        latest = ctx.get_json(K_DKG_LATEST)
+        if latest is None:
+            return ""
+        result = ctx.get_json(K_DKG_RESULT, latest["nonce"])
+        assert isinstance(result, dict)  # K_DKG_LATEST only ever names a final result
+        return master_key_epoch(str(result["mpk"]))
+
     # --- type public keys --------------------------------------------------------------------
 
     def PublishTypeKey(
@@ -656,6 +675,7 @@ class EHRContract:
             "type": record_type,
             "key": key_b64,
             "format_version": _check_version(format_version),
+            "epoch": self._epoch(ctx),
             "published_at": ctx.now,
             "tx_id": ctx.tx_id,
         }
@@ -727,6 +747,7 @@ class EHRContract:
             raise ChaincodeError(f"identity {owner} is not a patient")
         if ctx.stub.get_state(ctx.key(K_RECORD, record_id)) is not None:
             raise ChaincodeError(f"record {record_id} already exists")
+        epoch = self._fresh_type_key_epoch(ctx, owner, record_type)
         record = {
             "record_id": record_id,
             "owner": owner,
@@ -735,6 +756,7 @@ class EHRContract:
             "sha256": sha256,
             "capsule": capsule_b64,
             "format_version": version,
+            "epoch": epoch,
             "creator": caller.name,
             "creator_msp": caller.msp_id,
             "version": 1,
@@ -753,6 +775,18 @@ class EHRContract:
             detail={"type": record_type, "version": 1, "cid": cid},
         )
         return record
+
+    def _fresh_type_key_epoch(self, ctx: TxContext, owner: str, record_type: str) -> str:
+        """The current epoch, which a new capsule is stamped with; refused while the owner's
+        type key on chain is of an earlier master key (the capsule would be sealed to it)."""
+        epoch = self._epoch(ctx)
+        key = ctx.get_json(K_TYPEKEY, owner, record_type)
+        if key is not None and key.get("epoch") and key["epoch"] != epoch:
+            raise ChaincodeError(
+                f"type key {record_type} of {owner} is of an earlier master key (epoch "
+                f"{key['epoch']}, now {epoch}); {owner} must enrol again first"
+            )
+        return epoch
 
     def AmendRecord(
         self,
@@ -773,9 +807,11 @@ class EHRContract:
         if not _SHA256_RE.fullmatch(sha256):
             raise ChaincodeError("sha256 must be 64 lower-case hex digits")
         _check_b64(capsule_b64, "capsule", MAX_CAPSULE_BYTES)
+        epoch = self._fresh_type_key_epoch(ctx, str(record["owner"]), str(record["type"]))
         amended = dict(record)
         amended.update(
             {
+                "epoch": epoch,
                 "cid": cid,
                 "sha256": sha256,
                 "capsule": capsule_b64,
@@ -844,6 +880,29 @@ class EHRContract:
         records, next_bm = ctx.index_page(K_RECORD_BY_OWNER, patient, K_RECORD, page_size, bookmark)
         return {"records": records, "bookmark": next_bm}
 
+    def ListRecordVersions(self, ctx: TxContext, page_size: str = "", bookmark: str = "") -> Any:
+        """One page of every version of every record, as ``{record_id, version, cid, sha256,
+        epoch}`` in key order: what a store must hold (``ehrshare store check/gc``). Org admins
+        and auditors only; it names no owner or type."""
+        ctx.registered(ADMIN, AUDITOR)
+        _check_bookmark(bookmark, K_RECORD_VERSION)
+        rows, next_bm = ctx.stub.get_state_by_partial_composite_key_with_pagination(
+            K_RECORD_VERSION, [], _page_size(page_size), bookmark
+        )
+        versions = []
+        for kv in rows:
+            rec = canonical.loads(kv.value, f"stored {K_RECORD_VERSION}")
+            versions.append(
+                {
+                    "record_id": rec["record_id"],
+                    "version": rec["version"],
+                    "cid": rec["cid"],
+                    "sha256": rec["sha256"],
+                    "epoch": rec.get("epoch", ""),
+                }
+            )
+        return {"versions": versions, "bookmark": next_bm}
+
     def ListGrantedRecords(
         self, ctx: TxContext, grant_id: str, page_size: str = "", bookmark: str = ""
     ) -> Any:
@@ -873,12 +932,18 @@ class EHRContract:
         return result
 
     def _grant_problem(
-        self, ctx: TxContext, grant: dict[str, Any], walked: list[dict[str, Any]] | None = None
+        self,
+        ctx: TxContext,
+        grant: dict[str, Any],
+        walked: list[dict[str, Any]] | None = None,
+        epoch: str = "",
     ) -> str | None:
         """Why a grant is not valid now (walking its forwarding chain), or None.
 
         ``walked`` collects the grants read, leaf first, so a caller that also needs the chain
         does not read every grant a second time (on a peer, each read is a round trip).
+        ``epoch``: the master-key epoch of the record to be read; a grant's re-keys come from
+        the type keys of the epoch it was made in, so a grant of another epoch does not serve.
         """
         current: dict[str, Any] | None = grant
         child: dict[str, Any] | None = None
@@ -887,6 +952,12 @@ class EHRContract:
                 walked.append(current)
             if current["state"] != "active":
                 return f"grant {current['grant_id']} is revoked"
+            if epoch and current.get("epoch") and current["epoch"] != epoch:
+                return (
+                    f"grant {current['grant_id']} was made under master key epoch "
+                    f"{current['epoch']}, the record under epoch {epoch}; a grant covers only "
+                    "records of its own master key (the owner still reads the record)"
+                )
             if ctx.now >= int(current["expiry"]):
                 return f"grant {current['grant_id']} expired at {current['expiry']}"
             if child is not None and (
@@ -906,6 +977,7 @@ class EHRContract:
         record_type: str,
         grantee: str,
         walked: list[dict[str, Any]] | None = None,
+        epoch: str = "",
     ) -> tuple[dict[str, Any] | None, str]:
         """The first valid grant (key order) for (owner, type, grantee), else the reason.
 
@@ -919,7 +991,7 @@ class EHRContract:
             _, attrs = ctx.stub.split_composite_key(kv.key)
             grant = self._grant(ctx, attrs[3])
             tried: list[dict[str, Any]] = []
-            problem = self._grant_problem(ctx, grant, tried)
+            problem = self._grant_problem(ctx, grant, tried, epoch)
             if problem is None:
                 if walked is not None:
                     walked.extend(tried)
@@ -980,6 +1052,11 @@ class EHRContract:
                 raise ChaincodeError(problem)
             if int(parent["max_hops"]) < 1:
                 raise ChaincodeError(f"grant {parent_grant_id} allows no further hops")
+            if parent.get("epoch") and parent["epoch"] != self._epoch(ctx):
+                raise ChaincodeError(
+                    f"grant {parent_grant_id} was made under an earlier master key; it can "
+                    "no longer be forwarded (ask the owner for a new grant)"
+                )
             if parent["type"] != record_type:
                 raise ChaincodeError(f"grant {parent_grant_id} does not cover type {record_type}")
             if hops > int(parent["max_hops"]) - 1:
@@ -1001,6 +1078,9 @@ class EHRContract:
         if exp <= ctx.now:
             raise ChaincodeError(f"expiry {exp} is not after the transaction time {ctx.now}")
         self._check_proxy(ctx, proxy)
+        # The re-key is made to the grantee's type key on chain: one of an earlier master key
+        # would leave the grantee a capsule none of its keys of this grant's epoch opens.
+        epoch = self._fresh_type_key_epoch(ctx, grantee, record_type)
         if grant_id == "":
             grant_id = "g-" + ctx.tx_id[:32]
         elif not _GRANT_ID_RE.fullmatch(grant_id):
@@ -1022,6 +1102,7 @@ class EHRContract:
             "parent_grant_id": parent_grant_id,
             "proxy": proxy,
             "state": "active",
+            "epoch": epoch,
             "created_at": ctx.now,
             "tx_id": ctx.tx_id,
         }
@@ -1129,6 +1210,7 @@ class EHRContract:
         assert caller.ibe_id is not None
         record = self._record(ctx, record_id)
         owner = record["owner"]
+        epoch = str(record.get("epoch", ""))
         grant: dict[str, Any] | None
         named: dict[str, Any] | None = None
         walked: list[dict[str, Any]] = []  # the decided grant's chain, leaf first
@@ -1145,10 +1227,12 @@ class EHRContract:
             decision = "allow"
         else:
             if named is not None:
-                problem = self._grant_problem(ctx, named, walked)
+                problem = self._grant_problem(ctx, named, walked, epoch)
                 grant, reason = (named, "") if problem is None else (None, problem)
             else:
-                grant, reason = self._valid_grant(ctx, owner, record["type"], caller.ibe_id, walked)
+                grant, reason = self._valid_grant(
+                    ctx, owner, record["type"], caller.ibe_id, walked, epoch
+                )
             decision = "allow" if grant is not None else "deny"
             grant_id = grant["grant_id"] if grant is not None else ""
             hop = int(grant["hop"]) if grant is not None else 0
@@ -1399,7 +1483,8 @@ class EHRContract:
             raise ChaincodeError(
                 f"a new dkg would replace the master key of dkg session {latest['nonce']}, under "
                 "which records are stored; reshare the key to a new committee instead "
-                "(OpenReshareSession, 'ehrshare kgc reshare')"
+                "(OpenReshareSession, 'ehrshare kgc reshare'), or open it deliberately with "
+                "'ehrshare kgc dkg open --new-master-key' (records keep the key of their epoch)"
             )
         keys: list[str] = []
         owner_of: dict[str, str] = {}

@@ -222,6 +222,9 @@ def _common(profile: Profile, svc: ServiceConfig, what: str) -> tuple[list[str],
             args += ["--ledger-tls-key", str(wallet / "tls-key.pem")]
     else:
         args += ["--ledger", str(profile.ledger_path)]
+    if profile.consortium_id:
+        # The process refuses a ledger of another consortium (exit 3) before serving.
+        args += ["--consortium-id", profile.consortium_id]
     args += ["--channel", profile.channel, "--chaincode", profile.chaincode]
     args += ["--tls-cert", str(tls_cert), "--tls-key", str(tls_key)]
     for ca in profile.ca_files:

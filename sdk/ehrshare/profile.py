@@ -47,7 +47,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import os
+import re
 import secrets
 import shutil
 from collections.abc import Callable, Iterator, Mapping
@@ -592,6 +594,8 @@ def _fsync_tree(directory: Path) -> None:
 
 
 SECRET_FILES: Final = ("key.pem", "tls-key.pem", "ibe.key")
+_EPOCH_RE: Final = re.compile(r"(?:[0-9a-f]{16})?")
+_EPOCH_FILE_RE: Final = re.compile(r"ibe-(?:[0-9a-f]{16}|earlier-[0-9a-f]{16})\.key")
 
 
 def _public_der(key: Any) -> bytes:
@@ -609,7 +613,9 @@ class Wallet:
     can act as this member. With a ``passphrase`` (or, unless ``use_env`` is false,
     ``$EHRSHARE_WALLET_PASSPHRASE``) all three are also encrypted at rest; reading picks the
     format from the file itself. Wallets made before the TLS key existed lack the two ``tls-``
-    files; :meth:`load_tls` then says how to re-issue them.
+    files; :meth:`load_tls` then says how to re-issue them. Identity keys of every master-key
+    epoch are kept as ``ibe-<epoch>.key`` next to the current ``ibe.key``
+    (:meth:`save_secret_key`).
     """
 
     def __init__(
@@ -728,9 +734,72 @@ class Wallet:
             )
         return self._load_pair("cert.pem", "key.pem")
 
-    def save_secret_key(self, key: IdentitySecretKey) -> None:
-        """Keep the enrolled identity secret key (mode 0600; encrypted with a passphrase)."""
-        self._write("ibe.key", key.to_secret_bytes())
+    def save_secret_key(self, key: IdentitySecretKey, epoch: str = "") -> None:
+        """Keep the enrolled identity secret key as the current one, ``ibe.key`` (mode 0600;
+        encrypted with a passphrase), and with ``epoch`` (its master key's, see
+        :func:`ehrshare_chaincode.contract.master_key_epoch`) also as ``ibe-<epoch>.key``.
+
+        Keys are never dropped: a current key of another master key that no ``ibe-*.key``
+        holds (a wallet from before epochs) is kept as ``ibe-earlier-<digest>.key``, so
+        records of an earlier master key stay readable. All files change at once (staged
+        directory, see :meth:`recover`).
+        """
+        if not _EPOCH_RE.fullmatch(epoch):
+            raise WalletError(f"{epoch!r} is not a master key epoch (16 hex digits)")
+        new = key.to_secret_bytes()
+        if not self.exists:  # a bare key directory (no identity): nothing else to keep whole
+            self._write("ibe.key", new)
+            if epoch:
+                self._write(f"ibe-{epoch}.key", new)
+            return
+        with self._locked():
+            self._recover()
+            kept = {name: self._read(name) for name in self._secret_names() if "ibe" in name}
+            files: dict[str, bytes] = {"ibe.key": new}
+            if epoch:
+                files[f"ibe-{epoch}.key"] = new
+            current = kept.get("ibe.key")
+            if (
+                current is not None
+                and current != new
+                and all(data != current for name, data in kept.items() if name != "ibe.key")
+            ):
+                digest = hashlib.sha256(current).hexdigest()[:16]
+                files[f"ibe-earlier-{digest}.key"] = current
+            if all(kept.get(name) == data for name, data in files.items()):
+                return
+
+            def build(tmp: Path) -> None:
+                writer = Wallet(tmp, passphrase=self._passphrase, use_env=False)
+                for name, data in sorted(files.items()):
+                    writer._write(name, data)
+
+            self._swap_in(build)
+
+    def load_secret_keys(self) -> dict[str, IdentitySecretKey]:
+        """Every identity key the wallet kept, by master key epoch (``earlier-<digest>`` for
+        keys of an unknown earlier epoch); the current one is :meth:`load_secret_key`."""
+        keys: dict[str, IdentitySecretKey] = {}
+        for name in self._secret_names():
+            if name.startswith("ibe-"):
+                try:
+                    keys[name[4:-4]] = IdentitySecretKey.from_secret_bytes(self._read(name))
+                except WalletError:
+                    raise
+                except (OSError, ValueError):
+                    path = self.directory / name
+                    raise WalletError(f"{path} does not hold an identity secret key") from None
+        return keys
+
+    def _secret_names(self) -> list[str]:
+        """The secret files present: :data:`SECRET_FILES` and every ``ibe-<epoch>.key``."""
+        try:
+            epochs = sorted(
+                p.name for p in self.directory.glob("ibe-*.key") if _EPOCH_FILE_RE.fullmatch(p.name)
+            )
+        except OSError:
+            epochs = []
+        return [n for n in SECRET_FILES if (self.directory / n).is_file()] + epochs
 
     def load_secret_key(self) -> IdentitySecretKey | None:
         """The enrolled key, or None before enrolment."""
@@ -817,7 +886,7 @@ class Wallet:
         """``plain``, ``encrypted`` or ``mixed`` (some secret files encrypted, some not: what
         an interrupted encrypt of an older ehrshare left; ``wallet encrypt`` finishes it)."""
         sealed = set()
-        for name in SECRET_FILES:
+        for name in self._secret_names():
             try:
                 with (self.directory / name).open("rb") as f:
                     sealed.add(is_sealed_wallet_file(f.read(len(_SEALED_MAGIC))))
@@ -902,9 +971,7 @@ class Wallet:
             if not self.exists:
                 raise WalletError(f"wallet {self.directory} holds no identity")
             reader = Wallet(self.directory, passphrase=read_with or None, use_env=False)
-            secrets_now = {
-                n: reader._read(n) for n in SECRET_FILES if (self.directory / n).is_file()
-            }
+            secrets_now = {n: reader._read(n) for n in self._secret_names()}
             # Check what was read before replacing anything: a wrong passphrase or a damaged
             # file refuses the change (WalletError), the wallet stays as it was.
             try:

@@ -72,7 +72,7 @@ from ehrshare.ledger.errors import (
     LedgerIntegrityError,
     OrderingKeyError,
 )
-from ehrshare.profile import Wallet
+from ehrshare.profile import Wallet, WalletError
 from ehrshare.services.proxy import InvalidReKey, NoReKey, ProxyUnavailable, seal_rekey
 from ehrshare.services.proxy import NotAuthorised as ProxyNotAuthorised
 from ehrshare.storage import (
@@ -83,6 +83,7 @@ from ehrshare.storage import (
     get_verified,
     sha256_hex,
 )
+from ehrshare_chaincode.contract import master_key_epoch
 
 __all__ = [
     "AccessDenied",
@@ -494,6 +495,7 @@ class Session(Closing):
         self._type_secrets: dict[str, tipre.TypeSecretKey] = {}
         self._ibe_id = identity.ibe_id  # parses the certificate: once
         self._dkg: tuple[tipre.MasterPublicKey, PublicPolynomial] | None = None
+        self._epoch = ""  # the current master key's epoch, set with _dkg
         self._roster: Sequence[KGCNodePublicKey] | Mapping[int, KGCNodePublicKey] | None = None
         self._sk_checked = False
 
@@ -630,7 +632,52 @@ class Session(Closing):
                 raise SdkError(f"the DKG result on chain is malformed: {exc}") from None
             self._dkg = (tipre.MasterPublicKey(public.mpk), public)
             self._roster = roster
+            self._epoch = master_key_epoch(str(result["mpk"]))
         return self._dkg
+
+    @property
+    def epoch(self) -> str:
+        """The current master key's epoch (what the chain stamps into new records, type keys
+        and grants); a new DKG changes it, a resharing does not."""
+        self._master()
+        return self._epoch
+
+    def _keys_for(self, record_id: str, epoch: str) -> list[tipre.IdentitySecretKey]:
+        """The identity keys to open a capsule of master key ``epoch`` with, most likely first:
+        the current key for the current epoch; the wallet's key of that epoch for an earlier
+        one (or, lacking it, every key of unknown epoch: a wallet backup from before epochs
+        holds its key only as ``ibe.key``)."""
+        if epoch == self.epoch:
+            return [self._secret_key()]
+        kept = self.wallet.load_secret_keys() if self.wallet is not None else {}
+        if epoch in kept:
+            if kept[epoch].identity != self.ibe_id:
+                # The file parsed, but not as this member's key: altered or from elsewhere.
+                raise WalletError(
+                    f"wallet of {self.ibe_id}: ibe-{epoch}.key holds a key of "
+                    f"{kept[epoch].identity!r}, not of {self.ibe_id} (altered?); restore the "
+                    "wallet from its backup"
+                )
+            return [kept[epoch]]
+        candidates = [k for e, k in kept.items() if e.startswith("earlier-")]
+        if self._sk is not None and not self._is_current(self._sk):
+            candidates.insert(0, self._sk)  # a backup's ibe.key, of an earlier master key
+        if not candidates:
+            raise NotEnrolledError(
+                f"record {record_id} was encrypted under an earlier master key (epoch {epoch}) "
+                f"and the wallet of {self.ibe_id} holds no identity key of it; read it with a "
+                "wallet backup from before the new master key"
+            )
+        return candidates
+
+    def _is_current(self, sk: tipre.IdentitySecretKey) -> bool:
+        """Whether ``sk`` is this identity's key under the current master key."""
+        mpk, _ = self._master()
+        try:
+            sk.check(mpk)
+        except VerificationError:
+            return False
+        return sk.identity == self.ibe_id
 
     @property
     def roster(self) -> Sequence[KGCNodePublicKey] | Mapping[int, KGCNodePublicKey]:
@@ -724,7 +771,8 @@ class Session(Closing):
         self._type_secrets.clear()
         self._sk_checked = True  # combine_partial_keys checked it against mpk
         if self.wallet is not None:
-            self.wallet.save_secret_key(outcome.secret_key)
+            # Kept next to the keys of earlier master keys, which read earlier records.
+            self.wallet.save_secret_key(outcome.secret_key, self.epoch)
         fault_point("enroll.after_save")
         bad = set(outcome.unavailable) | set(outcome.invalid)
         used = tuple(c.index for c in self.kgc if c.index not in bad)[: public.threshold]
@@ -910,7 +958,8 @@ class Session(Closing):
     def _read(self, record_id: str, grant_id: str) -> FHIRAbstractModel:
         # No per-record serialisation: each RequestAccess commits its own approval, keyed by
         # its access id, so concurrent reads of one record do not supersede each other.
-        sk = self._secret_key()
+        if self._sk is None:
+            self._secret_key()  # says how to enrol
         access = self._submit("RequestAccess", record_id, grant_id)
         if access["decision"] != "allow":
             raise AccessDenied(record_id, self._humanise(access["reason"]), access["access_id"])
@@ -918,6 +967,10 @@ class Session(Closing):
         if record is None or int(record["version"]) != int(access["record_version"]):
             record = self._evaluate("GetRecord", record_id, str(access["record_version"]))
         owner, label = record["owner"], record["type"]
+        # Opened with the key of the record's master key (a grant's chain is of that epoch
+        # too: the chain refuses grants of another); a record from before epochs has none and
+        # is of the current key (the chain refused new DKGs once records existed).
+        keys = self._keys_for(record_id, str(record.get("epoch", self.epoch)))
         capsule = base64.b64decode(record["capsule"])
         if access["grant_id"] != "owner":
             capsule = self._reencrypt_along(access, capsule)
@@ -927,19 +980,24 @@ class Session(Closing):
             raise RecordIntegrityError(f"could not read record {record_id}: {exc}") from None
         except StorageError as exc:
             raise RecordStorageError(f"could not read record {record_id}: {exc}") from None
-        try:
-            plaintext = crypto.decrypt_record(
-                sealed,
-                capsule=capsule,
-                owner=owner,
-                type_label=label,
-                record_id=record_id,
-                receiving_sk=self._type_secret(sk, label),
-            )
-        except (DecryptionError, ValueError) as exc:
-            raise RecordIntegrityError(
-                f"record {record_id} could not be decrypted: {exc}"
-            ) from None
+        plaintext = b""
+        for i, sk in enumerate(keys):
+            receiving = self._type_secret(sk, label) if sk is self._sk else sk.type_secret(label)
+            try:
+                plaintext = crypto.decrypt_record(
+                    sealed,
+                    capsule=capsule,
+                    owner=owner,
+                    type_label=label,
+                    record_id=record_id,
+                    receiving_sk=receiving,
+                )
+                break
+            except (DecryptionError, ValueError) as exc:
+                if i == len(keys) - 1:
+                    raise RecordIntegrityError(
+                        f"record {record_id} could not be decrypted: {exc}"
+                    ) from None
         try:
             return parse_resource(plaintext)
         except FhirValidationError as exc:

@@ -7,8 +7,9 @@ hash to what the ledger recorded. ``ehrshare store gc`` removes orphans older th
 period — never a ciphertext any version of a committed record names, and never a young one,
 which may belong to a put that has stored its ciphertext and not yet registered it.
 
-The referenced set comes from the embedded ledger's world state (every version of every
-record); a Fabric ledger offers no query for all records yet, so both commands refuse it. For
+The referenced set comes from the chaincode's ``ListRecordVersions`` (every version of every
+record, paginated), asked as an org admin or auditor wallet (default: the consortium's
+``admin`` wallet) on either backend, embedded or Fabric. For
 a Kubo store, "held" means pinned recursively, and an orphan's age is counted from the first
 check or gc that saw it unreferenced (Kubo keeps no pin times), kept in
 ``run/store-unreferenced.json`` next to the profile.
@@ -26,9 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ehrshare.consortium import ConsortiumError, open_store
-from ehrshare.ledgers import EmbeddedBackend, open_ledger
-from ehrshare.profile import Profile
+from ehrshare.consortium import ADMIN_WALLET, ConsortiumError, _service_ledger_tls, open_store
+from ehrshare.ledgers import open_ledger
+from ehrshare.profile import Profile, Wallet
 from ehrshare.storage import (
     BlobStore,
     ContentNotFound,
@@ -39,8 +40,6 @@ from ehrshare.storage import (
     sha256_hex,
 )
 from ehrshare.volumes import KUBO_MARKER
-from ehrshare_chaincode.contract import K_RECORD_VERSION
-from ehrshare_chaincode.stub import split_composite_key
 
 __all__ = [
     "DEFAULT_GRACE_S",
@@ -53,6 +52,7 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 DEFAULT_GRACE_S: Final = 3600
+_PAGE: Final = 100  # the chaincode's largest page
 _SEEN_FILE: Final = "store-unreferenced.json"
 # 'ipfs init' pins the empty UnixFS directory in every repository; it is nobody's ciphertext.
 _EMPTY_DIR: Final = "bafybeiczsscdsbs7ffqz55asqdf3smv6klcw3gofszvwlyarci47bgf354"
@@ -107,29 +107,32 @@ class StoreReport:
         }
 
 
-def _pointers(profile: Profile) -> list[RecordPointer]:
-    """Every version of every record on the (embedded) ledger, read from its world state."""
-    if profile.ledger_backend != "embedded":
-        raise ConsortiumError(
-            "store check and store gc read every record from the embedded ledger; a Fabric "
-            "channel has no query for all records yet"
-        )
-    backend = open_ledger(profile)  # checks the ledger volume's consortium id
+def _pointers(profile: Profile, wallet: Wallet | None) -> list[RecordPointer]:
+    """Every version of every record on the ledger (``ListRecordVersions``, page by page), asked
+    as ``wallet`` (an org admin or auditor; default the consortium's ``admin`` wallet)."""
+    if wallet is None:
+        wallet = profile.wallet(ADMIN_WALLET)
+    identity, signer = wallet.load_identity()
+    backend = open_ledger(profile)  # an embedded ledger: checks its volume's consortium id
     try:
-        assert isinstance(backend, EmbeddedBackend)
-        out = []
-        for key, value in backend.ledger.state_items(profile.chaincode):
-            try:
-                object_type, _ = split_composite_key(key.decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                continue
-            if object_type != K_RECORD_VERSION:
-                continue
-            rec = json.loads(value)
-            out.append(
-                RecordPointer(rec["record_id"], int(rec["version"]), rec["cid"], rec["sha256"])
-            )
-        return out
+        gateway = backend.connect(identity, signer, client_tls=_service_ledger_tls(profile, wallet))
+        try:
+            contract = gateway.get_network(profile.channel).get_contract(profile.chaincode)
+            out: list[RecordPointer] = []
+            bookmark = ""
+            while True:
+                page = json.loads(
+                    contract.evaluate_transaction("ListRecordVersions", str(_PAGE), bookmark)
+                )
+                out += [
+                    RecordPointer(v["record_id"], int(v["version"]), v["cid"], v["sha256"])
+                    for v in page["versions"]
+                ]
+                bookmark = page["bookmark"]
+                if not bookmark:
+                    return out
+        finally:
+            gateway.close()
     finally:
         backend.close()
 
@@ -175,9 +178,14 @@ def _held(
 
 
 def _scan(
-    profile: Profile, store: BlobStore, clock: Callable[[], float], *, verify: bool
+    profile: Profile,
+    store: BlobStore,
+    clock: Callable[[], float],
+    *,
+    verify: bool,
+    wallet: Wallet | None,
 ) -> tuple[StoreReport, dict[str, tuple[int, float]]]:
-    pointers = _pointers(profile)
+    pointers = _pointers(profile, wallet)
     referenced = {_canonical(p.cid) for p in pointers}
     ages = _held(profile, store, referenced, clock())
     report = StoreReport(records=len(pointers), blobs=len(ages))
@@ -210,12 +218,18 @@ def _scan(
     return report, ages
 
 
-def check_store(profile: Profile, *, clock: Callable[[], float] = time.time) -> StoreReport:
-    """Read every record version from the ledger and every ciphertext from the store; report
+def check_store(
+    profile: Profile,
+    *,
+    wallet: Wallet | None = None,
+    clock: Callable[[], float] = time.time,
+) -> StoreReport:
+    """Read every record version from the ledger (as ``wallet``, an org admin or auditor;
+    default the consortium's ``admin`` wallet) and every ciphertext from the store; report
     what is missing, unreferenced or altered (nothing is changed)."""
     store, close = open_store(profile)
     try:
-        report, _ = _scan(profile, store, clock, verify=True)
+        report, _ = _scan(profile, store, clock, verify=True, wallet=wallet)
         return report
     finally:
         close()
@@ -226,20 +240,22 @@ def gc_store(
     *,
     older_than_s: float = DEFAULT_GRACE_S,
     dry_run: bool = False,
+    wallet: Wallet | None = None,
     clock: Callable[[], float] = time.time,
 ) -> StoreReport:
     """Remove ciphertexts no record version names and that are older than ``older_than_s``
     (default one hour: a put in flight between its store write and ``RegisterRecord`` is
     younger). The references are read again just before removing, so a record registered
     meanwhile keeps its ciphertext. ``dry_run`` only reports (``removed`` lists what would go).
+    ``wallet`` as for :func:`check_store`.
     """
     store, close = open_store(profile)
     try:
-        report, ages = _scan(profile, store, clock, verify=False)
+        report, ages = _scan(profile, store, clock, verify=False, wallet=wallet)
         candidates = [o["cid"] for o in report.orphans if ages[o["cid"]][1] >= older_than_s]
         if not candidates:
             return report
-        still = {_canonical(p.cid) for p in _pointers(profile)}
+        still = {_canonical(p.cid) for p in _pointers(profile, wallet)}
         for cid in candidates:
             if cid in still:
                 continue

@@ -31,6 +31,7 @@ __all__ = [
     "KUBO_MARKER",
     "VolumeError",
     "check_ledger",
+    "check_ledger_dir",
     "check_store",
     "ledger_consortium",
     "mark_store",
@@ -105,12 +106,17 @@ def check_ledger(profile: Profile) -> None:
     ledgers live in the peers: nothing to check here)."""
     if profile.ledger_backend != "embedded":
         return
-    want = _profile_id(profile)
-    found = ledger_consortium(profile.ledger_path)
+    check_ledger_dir(profile.ledger_path, _profile_id(profile), "this profile's id")
+
+
+def check_ledger_dir(directory: Path, want: str, whose: str = "--consortium-id") -> None:
+    """Refuse an embedded ledger directory that is missing, empty or does not carry the
+    consortium id ``want`` (``whose`` says where that id came from); read-only."""
+    found = ledger_consortium(directory)
     if found != want:
         raise VolumeError(
-            f"ledger {profile.ledger_path} belongs to consortium {found}, not {want} (this "
-            f"profile's id): another consortium's volume is mounted there; {_RESTORE}"
+            f"ledger {directory} belongs to consortium {found}, not {want} ({whose}): "
+            f"another consortium's volume is mounted there; {_RESTORE}"
         )
 
 

@@ -201,6 +201,12 @@ CASES = [
         lambda w, n, r: f"identity {n} may not list records of {ALICE}",
     ),
     Case(
+        "ListRecordVersions",
+        lambda w: ("",),
+        frozenset({"org_admin", "auditor"}),
+        _role_needed("admin", "auditor"),
+    ),
+    Case(
         "ListGrantedRecords",
         lambda w: (w.grants["grantee"],),
         frozenset({"grantee"}),

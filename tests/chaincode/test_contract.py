@@ -141,6 +141,44 @@ def test_list_records_paginates_in_key_order(fresh_world: World) -> None:
     )
 
 
+def test_list_record_versions_pages_through_every_version_for_admins_and_auditors(
+    fresh_world: World,
+) -> None:
+    w = fresh_world
+    alice, auditor, admin = w.m["owner"], w.m["auditor"], w.m["org_admin"]
+    alice.submit("AmendRecord", "r-1", "bafyrecord0002", "1" * 64, CAPSULE, "2")
+    for i in range(3):
+        alice.submit("RegisterRecord", *w.record_args(f"r-v{i}"))
+    seen: list[tuple[str, int, str, str]] = []
+    bookmark, pages = "", 0
+    while True:
+        page = auditor.evaluate("ListRecordVersions", "2", bookmark)
+        seen += [(v["record_id"], v["version"], v["cid"], v["sha256"]) for v in page["versions"]]
+        pages += 1
+        bookmark = page["bookmark"]
+        if not bookmark:
+            break
+    assert pages == 3
+    assert seen == [
+        ("r-1", 1, "bafyrecord0001", SHA),
+        ("r-1", 2, "bafyrecord0002", "1" * 64),
+        *[(f"r-v{i}", 1, "bafyrecord0001", SHA) for i in range(3)],
+    ]
+    assert [v["record_id"] for v in admin.evaluate("ListRecordVersions")["versions"]] == [
+        s[0] for s in seen
+    ]
+    owner_key = "\x00ehr.rec~owner\x00Org1MSP/alice\x00"
+    assert endorse_error(auditor, "ListRecordVersions", "2", owner_key) == (
+        "bookmark does not belong to this query"
+    )
+    assert endorse_error(auditor, "ListRecordVersions", "0") == (
+        "page size 0 is out of range [1, 100]"
+    )
+    assert endorse_error(alice, "ListRecordVersions") == (
+        "identity Org1MSP/alice has role patient; this needs role admin or auditor"
+    )
+
+
 # --- grants, forwarding, time -------------------------------------------------------------
 
 

@@ -58,7 +58,8 @@ def test_a_new_dkg_is_refused_once_records_exist_unless_replacing_on_purpose(
     assert fails_without_change(w, admin, "OpenDKGSession", NONCE3, "2", ROSTER, "60") == (
         f"a new dkg would replace the master key of dkg session {NONCE}, under which records "
         "are stored; reshare the key to a new committee instead (OpenReshareSession, "
-        "'ehrshare kgc reshare')"
+        "'ehrshare kgc reshare'), or open it deliberately with 'ehrshare kgc dkg open "
+        "--new-master-key' (records keep the key of their epoch)"
     )
     assert fails_without_change(w, admin, "OpenDKGSession", NONCE3, "2", ROSTER, "60", "yes") == (
         "replace_master_key must be empty or 'replace-master-key', got 'yes'"

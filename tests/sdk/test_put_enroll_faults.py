@@ -143,6 +143,18 @@ def test_check_reports_altered_and_missing_ciphertexts(world: Path) -> None:
     assert text.exit_code == 5 and "missing: record r-" in text.output
 
 
+def test_check_and_gc_need_an_admin_or_auditor_wallet(world: Path) -> None:
+    assert put(world, fault="put.after_store").returncode == -signal.SIGKILL
+    for verb in ("check", "gc"):
+        refused = runner.invoke(app, ["store", verb, "-p", str(world), "-w", "alice"])
+        assert refused.exit_code == 1, refused.output
+        assert (
+            "identity HospitalAMSP/alice has role patient; this needs role admin or auditor"
+            in refused.output
+        )
+    assert len(store_json(world, "check", code=5)["orphans"]) == 1  # type: ignore[arg-type]
+
+
 def test_gc_refuses_a_bad_duration_and_changes_nothing(world: Path) -> None:
     assert put(world, fault="put.after_store").returncode == -signal.SIGKILL
     bad = runner.invoke(app, ["store", "gc", "-p", str(world), "--older-than", "soon"])

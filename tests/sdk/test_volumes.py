@@ -190,6 +190,40 @@ def test_service_process_refuses_a_missing_ledger(tmp_path: Path) -> None:
     assert not (root / "ledger").exists()
 
 
+@pytest.mark.slow
+def test_service_processes_refuse_another_consortiums_ledger(tmp_path: Path) -> None:
+    """The service command lines pass the profile's id: 'kgc serve' and 'proxy serve' with
+    another consortium's ledger mounted at --ledger exit 3 before serving, naming both ids."""
+    ports = free_loopback_ports(8)
+    roots = [tmp_path / "c", tmp_path / "other"]
+    for root, chunk in zip(roots, (ports[:4], ports[4:]), strict=True):
+        Consortium.init(
+            root, hospitals=("HospitalA", "HospitalB"), services="processes", ports=chunk
+        ).close()
+    profile = Profile.load(roots[0] / "profile.yaml")
+    other_id = Profile.load(roots[1] / "profile.yaml").consortium_id
+    commands = service_commands(profile)
+    assert all("--consortium-id" in cmd.args for cmd in commands)
+    (roots[0] / "ledger").rename(tmp_path / "ledger-unmounted")
+    shutil.copytree(roots[1] / "ledger", roots[0] / "ledger")
+    before = (roots[0] / "ledger" / "ledger.sqlite").read_bytes()
+    env = {**os.environ, "COLUMNS": "200"}
+    for cmd in (commands[0], commands[-1]):  # a KGC node and a proxy
+        done = subprocess.run(
+            [sys.executable, "-m", "ehrshare", *cmd.args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+            check=False,
+        )
+        assert done.returncode == 3, done.stderr
+        text = done.stderr.replace("\n", "")
+        assert f"belongs to consortium {other_id}, not {profile.consortium_id}" in text
+        assert "Traceback" not in done.stderr
+    assert (roots[0] / "ledger" / "ledger.sqlite").read_bytes() == before
+
+
 def _doc_block(containing: str) -> list[tuple[dict[str, str], list[str]]]:
     """The ``$`` lines of the docs/operations.md console block holding ``containing``, each as
     (inline environment, ehrshare arguments)."""

@@ -68,6 +68,15 @@ ProfileOpt = Annotated[
         help="Profile file or consortium directory (env EHRSHARE_PROFILE).",
     ),
 ]
+StoreWalletOpt = Annotated[
+    str,
+    typer.Option(
+        "--wallet",
+        "-w",
+        help="An org admin or auditor wallet to list every record version with "
+        "(default: the consortium's admin wallet).",
+    ),
+]
 WalletOpt = Annotated[
     str,
     typer.Option(
@@ -1031,7 +1040,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             _err.print(f"{verb} {len(report.removed)} unreferenced ciphertext(s)")
 
     @store_app.command("check", epilog=_EXIT_HELP)
-    def store_check(profile: ProfileOpt = "", as_json: JsonOpt = False) -> None:
+    def store_check(
+        profile: ProfileOpt = "", wallet: StoreWalletOpt = "", as_json: JsonOpt = False
+    ) -> None:
         """Compare every record version on the ledger with the store: records whose ciphertext
         is missing, ciphertexts no record names, ciphertexts that no longer hash to what the
         ledger recorded. Changes nothing. Exit code 5 if any, 0 if clean."""
@@ -1041,7 +1052,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         with _errors():
             prof = Profile.load(profile_file(_profile_path(profile)))
-            report = check_store(prof)
+            report = check_store(prof, wallet=_unlocked_wallet(prof, wallet or "admin"))
         _store_report(report, as_json, "")
         if not report.clean:
             if not as_json:
@@ -1069,6 +1080,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         dry_run: Annotated[
             bool, typer.Option("--dry-run", help="Only say what would be removed.")
         ] = False,
+        wallet: StoreWalletOpt = "",
         as_json: JsonOpt = False,
     ) -> None:
         """Remove ciphertexts no record names (left by a put killed before it registered the
@@ -1084,7 +1096,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             _fail(EXIT_USAGE, f"--older-than: {exc}")
         with _errors():
             prof = Profile.load(profile_file(_profile_path(profile)))
-            report = gc_store(prof, older_than_s=grace, dry_run=dry_run)
+            report = gc_store(
+                prof,
+                older_than_s=grace,
+                dry_run=dry_run,
+                wallet=_unlocked_wallet(prof, wallet or "admin"),
+            )
         _store_report(report, as_json, "would remove" if dry_run else "removed")
 
     # --- enrol --------------------------------------------------------------------------------

@@ -221,13 +221,24 @@ def register_dkg(kgc_app: typer.Typer) -> None:
             float | None,
             typer.Option("--wait-timeout", help="Give up waiting after this many seconds."),
         ] = None,
+        new_master_key: Annotated[
+            bool,
+            typer.Option(
+                "--new-master-key",
+                help="Replace the master key although records exist (members enrol again; "
+                "wallets keep the old identity keys for the old records; grants cover only "
+                "records of their own master key). To change the committee, use 'kgc reshare'.",
+            ),
+        ] = False,
         profile: ProfileOpt = "",
         wallet: WalletOpt = "",
         as_json: JsonOpt = False,
     ) -> None:
         """Open a DKG session on chain (needs an org admin wallet); prints its nonce.
 
-        Exit code 4 when --wait sees the session fail or not finish in time.
+        Once records exist the chain refuses a new master key (exit 1) unless
+        --new-master-key is given. Exit code 4 when --wait sees the session fail or not
+        finish in time.
         """
         from ehrshare.hazmat.dkg import new_session_nonce
 
@@ -256,6 +267,7 @@ def register_dkg(kgc_app: typer.Typer) -> None:
                     roster=members,
                     threshold=threshold,
                     phase_timeout_s=phase_timeout,
+                    new_master_key=new_master_key,
                 )
             except LedgerError as exc:
                 _fail(EXIT_REFUSED, exc.message)

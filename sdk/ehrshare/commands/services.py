@@ -83,12 +83,14 @@ def _gateway(opts: ServeOptions) -> tuple[api.Gateway, Callable[[], None]]:
         if ledger_tls[0] is not None:
             raise _fail("--ledger-tls-cert/--ledger-tls-key are for a Fabric ledger (--profile)")
         from ehrshare.ledger.store import EmbeddedLedger
-        from ehrshare.volumes import VolumeError, require_ledger
+        from ehrshare.volumes import VolumeError, check_ledger_dir, require_ledger
 
         try:
             # An existing ledger only: an unmounted or empty volume is refused, never
-            # re-created empty. (A bare directory names no consortium to compare ids with.)
+            # re-created empty; with --consortium-id, another consortium's too.
             require_ledger(opts.ledger)
+            if opts.consortium_id:
+                check_ledger_dir(opts.ledger, opts.consortium_id)
             ledger = EmbeddedLedger.open(opts.ledger, create=False)
         except (VolumeError, FileNotFoundError) as exc:
             _err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
@@ -110,7 +112,17 @@ def _gateway(opts: ServeOptions) -> tuple[api.Gateway, Callable[[], None]]:
         except (OSError, ValueError) as exc:
             raise _fail(f"the ledger TLS client certificate or key cannot be read: {exc}") from None
     try:
-        backend = open_ledger(Profile.load(opts.profile or Path()))
+        profile = Profile.load(opts.profile or Path())
+        if opts.consortium_id and profile.consortium_id != opts.consortium_id:
+            _err.print(
+                f"[red]error:[/red] profile {opts.profile} is of consortium "
+                f"{profile.consortium_id or '(no id)'}, not {opts.consortium_id} "
+                "(--consortium-id); nothing was started",
+                highlight=False,
+                soft_wrap=True,
+            )
+            raise typer.Exit(EXIT_CONFIG)
+        backend = open_ledger(profile)
     except ProfileError as exc:
         raise _fail(str(exc)) from None
     try:
@@ -156,6 +168,14 @@ LedgerOpt = Annotated[Path | None, typer.Option("--ledger", help="Embedded ledge
 ProfileOpt = Annotated[
     Path | None,
     typer.Option("--profile", help="Use the ledger this profile names (embedded or Fabric)."),
+]
+ConsortiumIdOpt = Annotated[
+    str,
+    typer.Option(
+        "--consortium-id",
+        help="The consortium id (the profile's id:) the ledger must carry; another "
+        "consortium's ledger is refused with exit code 3. The service command lines pass it.",
+    ),
 ]
 ChannelOpt = Annotated[str, typer.Option("--channel", help="Channel name.")]
 ChaincodeOpt = Annotated[str, typer.Option("--chaincode", help="Chaincode name.")]
@@ -220,6 +240,7 @@ class ServeOptions:
     key: KeyOpt
     ledger: LedgerOpt = None
     profile: ProfileOpt = None
+    consortium_id: ConsortiumIdOpt = ""
     channel: ChannelOpt = "ehrshare"
     chaincode: ChaincodeOpt = "ehrshare"
     ledger_tls_cert: LedgerTlsCertOpt = None

@@ -431,21 +431,18 @@ def open_dkg_session(
     roster: Sequence[str],
     threshold: int,
     phase_timeout_s: int = DEFAULT_PHASE_TIMEOUT_S,
+    new_master_key: bool = False,
 ) -> dict[str, Any]:
     """Open a DKG session on chain (``admin``: a contract handle with an org admin identity).
 
     ``roster`` is the ordered KGC identities (node j is ``roster[j-1]``); each must have
-    published its key (:meth:`KgcNode.publish_key`).
+    published its key (:meth:`KgcNode.publish_key`). Once records exist the chain refuses a
+    new master key unless ``new_master_key`` (records then keep the key of their epoch).
     """
-    state: dict[str, Any] = json.loads(
-        admin.submit_transaction(
-            "OpenDKGSession",
-            nonce.hex(),
-            str(threshold),
-            json.dumps(list(roster)),
-            str(phase_timeout_s),
-        )
-    )
+    args = [nonce.hex(), str(threshold), json.dumps(list(roster)), str(phase_timeout_s)]
+    if new_master_key:
+        args.append("replace-master-key")
+    state: dict[str, Any] = json.loads(admin.submit_transaction("OpenDKGSession", *args))
     return state
 
 
@@ -1563,6 +1560,7 @@ def run_local_dkg(
     poll: float = 0.2,
     sleep: Callable[[float], None] = time.sleep,
     now: Callable[[], float] = time.time,
+    new_master_key: bool = False,
 ) -> DKGResult:
     """Run one DKG session on chain among in-process KGC nodes, each posting as itself.
 
@@ -1578,7 +1576,12 @@ def run_local_dkg(
     roster = [n.publish_key() for n in ordered]
     tau = threshold or len(ordered) // 2 + 1
     open_dkg_session(
-        admin, nonce=nonce, roster=roster, threshold=tau, phase_timeout_s=phase_timeout_s
+        admin,
+        nonce=nonce,
+        roster=roster,
+        threshold=tau,
+        phase_timeout_s=phase_timeout_s,
+        new_master_key=new_master_key,
     )
     sessions = [n.dkg_session(n.dkg_config(nonce)) for n in ordered]
     board = LedgerBoard(ordered[0].contract)
