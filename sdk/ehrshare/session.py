@@ -703,6 +703,14 @@ class Session(Closing):
                 "publish_type_keys() (CLI: 'ehrshare enroll') first",
             ) from exc
         mpk, _ = self._master()
+        epoch = stored.get("epoch")
+        if epoch is not None and epoch != self._epoch:
+            # Its proof is of an earlier mpk; say what to do rather than "no valid proof".
+            raise RequestRejected(
+                "GetTypeKey",
+                f"type key {label} of {owner} is of an earlier master key (epoch {epoch}, now "
+                f"{self._epoch}); {owner} must enrol again first",
+            )
         try:
             key = tipre.TypePublicKey.from_bytes(base64.b64decode(stored["key"]))
             return key.verify(owner=owner, type_label=label, mpk=mpk)
