@@ -167,3 +167,26 @@ def test_a_resource_nested_past_the_limit_is_refused(as_json: bool) -> None:
     )
     with pytest.raises(FhirValidationError, match="nested more than 100 levels"):
         parse_resource(text if as_json else resource)
+
+
+def test_deep_json_text_is_refused_before_the_c_decoder_recurses() -> None:
+    """The C JSON decoder recurses per level; with a high recursion limit (another library may
+    raise it) a deep enough document overflows the C stack: a segfault, not a RecursionError.
+    Run in a subprocess, so the old behaviour fails this test instead of killing the suite."""
+    import subprocess
+    import sys
+
+    program = (
+        "import sys\n"
+        "sys.setrecursionlimit(10**7)\n"
+        "from ehrshare.fhir import FhirValidationError, parse_resource\n"
+        "try:\n"
+        '    parse_resource(\'{"resourceType": "Basic", "x": \' + \'[\' * 400000)\n'
+        "except FhirValidationError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr[-500:]
+    assert "refused:" in done.stdout and "deep" in done.stdout
