@@ -1058,8 +1058,7 @@ class EHRContract:
     @staticmethod
     def _grant_chain(walked: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The hops of a forwarding chain walked leaf first, root first: grant id and proxy."""
-        # Grants from before GrantAccess required a proxy have none (no proxy serves them).
-        return [{"grant_id": g["grant_id"], "proxy": g.get("proxy", "")} for g in reversed(walked)]
+        return [{"grant_id": g["grant_id"], "proxy": g["proxy"]} for g in reversed(walked)]
 
     def RevokeAccess(self, ctx: TxContext, grant_id: str) -> Any:
         """Revoke a grant (its owner or its grantor); forwarded grants below it fail with it."""
