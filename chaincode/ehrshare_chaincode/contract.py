@@ -937,9 +937,9 @@ class EHRContract:
         grantee: str,
         expiry: str,
         max_hops: str,
-        allowed_next: str = "",
-        parent_grant_id: str = "",
-        proxy: str = "",
+        allowed_next: str,
+        parent_grant_id: str,
+        proxy: str,
         grant_id: str = "",
     ) -> Any:
         """Grant ``grantee`` access to the owner's records of a type until ``expiry``.
@@ -947,9 +947,8 @@ class EHRContract:
         The owner grants directly; a grantee forwards (``parent_grant_id``) within its remaining
         hops, never beyond its own expiry and only to an allowed next grantee when a list is set.
         ``proxy`` names the registered proxy identity that holds this grant's re-key: only that
-        proxy re-encrypts this grant's hop. It is required (a grant no proxy can serve would
-        decide requests that nobody can fulfil); its default only keeps the older arguments
-        optional in front of it. ``grant_id`` is the id the grantor chose (``g-`` and 32
+        proxy re-encrypts this grant's hop. It is required and must not be empty (a grant no
+        proxy can serve would decide requests that nobody can fulfil). ``grant_id`` is the id the grantor chose (``g-`` and 32
         lower-case hex digits) and already delivered the re-key under, so the grant is usable
         from the moment it commits; without it the id is derived from the transaction id.
         """
