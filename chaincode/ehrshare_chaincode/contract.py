@@ -948,9 +948,10 @@ class EHRContract:
         hops, never beyond its own expiry and only to an allowed next grantee when a list is set.
         ``proxy`` names the registered proxy identity that holds this grant's re-key: only that
         proxy re-encrypts this grant's hop. It is required and must not be empty (a grant no
-        proxy can serve would decide requests that nobody can fulfil). ``grant_id`` is the id the grantor chose (``g-`` and 32
-        lower-case hex digits) and already delivered the re-key under, so the grant is usable
-        from the moment it commits; without it the id is derived from the transaction id.
+        proxy can serve would decide requests that nobody can fulfil). ``grant_id`` is the id
+        the grantor chose (``g-`` and 32 lower-case hex digits) and already delivered the re-key
+        under, so the grant is usable from the moment it commits; without it the id is derived
+        from the transaction id.
         """
         caller = ctx.registered()
         assert caller.ibe_id is not None
