@@ -20,8 +20,8 @@ refused before dialling; default false: presented when there is one) and optiona
 
 Proxies: one re-encryption proxy per hospital, listed under ``proxies:`` (each with a ``name``,
 its hospital's ``msp`` and optionally ``id``, the ledger identity grants name it by; without
-``id`` it is read from the proxy's wallet). The older single ``proxy:`` section still works: a
-consortium with one proxy. A session grants through the proxy of the grantee's hospital.
+``id`` it is read from the proxy's wallet). A session grants through the proxy of the grantee's
+hospital.
 
 Services: each KGC node and each proxy is either *in-process* (``state``, ``key``, ``wallet``: the
 connecting process runs it) or *remote* (``address: host:port`` plus ``tls_ca``, the PEM file of
@@ -205,7 +205,7 @@ class Profile:
 
     @property
     def proxy(self) -> ServiceConfig:
-        """The first proxy's service (the only one of a single-``proxy:`` profile)."""
+        """The first proxy's service."""
         return self.proxies[0].service
 
     @classmethod
@@ -429,12 +429,9 @@ def _fabric(ledger: Mapping[str, Any], rel: Any, fail: Any) -> FabricLedger:
 
 
 def _proxies(data: Mapping[str, Any], section: Any, rel: Any, fail: Any) -> tuple[ProxyConfig, ...]:
-    if "proxies" not in data:
-        single = section("proxy")
-        return (_proxy(single, "proxy", "proxy", rel, fail),)
     if "proxy" in data:
-        raise fail("proxies", "and proxy are both given; list every proxy under proxies")
-    raw = data["proxies"]
+        raise fail("proxy", "is not a profile key; list every proxy under proxies")
+    raw = data.get("proxies")
     if not isinstance(raw, list) or not raw:
         raise fail("proxies", "must list at least one proxy")
     out = []

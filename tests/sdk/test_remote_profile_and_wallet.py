@@ -25,7 +25,10 @@ def remote(**proxy: Any) -> dict[str, Any]:
                 for i in (1, 2, 3)
             ],
         },
-        "proxy": proxy or {"address": "127.0.0.1:7060", "tls_ca": "ca.pem", "server_name": "px"},
+        "proxies": [
+            {"name": "px"}
+            | (proxy or {"address": "127.0.0.1:7060", "tls_ca": "ca.pem", "server_name": "px"})
+        ],
     }
 
 
@@ -46,10 +49,10 @@ def test_remote_services_parse_with_their_tls_ca(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("proxy", "message"),
     [
-        ({"address": "127.0.0.1:7060"}, "proxy gives an address but no tls_ca"),
-        ({"address": "localhost", "tls_ca": "ca.pem"}, "proxy.address 'localhost' is not host"),
-        ({"address": "127.0.0.1:99999", "tls_ca": "ca.pem"}, "proxy.address '127.0.0.1:99999'"),
-        ({"address": "h:1", "tls_ca": "c", "server_name": ""}, "proxy.server_name must be"),
+        ({"address": "127.0.0.1:7060"}, r"proxies\[0\] gives an address but no tls_ca"),
+        ({"address": "localhost", "tls_ca": "ca.pem"}, r"proxies\[0\].address 'localhost' is not"),
+        ({"address": "127.0.0.1:99999", "tls_ca": "c"}, r"proxies\[0\].address '127.0.0.1:99999'"),
+        ({"address": "h:1", "tls_ca": "c", "server_name": ""}, r"proxies\[0\].server_name must"),
     ],
 )
 def test_bad_remote_services_name_the_key(
