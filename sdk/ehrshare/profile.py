@@ -186,9 +186,6 @@ class Profile:
     storage_url: str | None
     storage_timeout: float
     kgc_threshold: int
-    # Accepted for profiles written before the roster went on chain; nothing reads it. Users
-    # check partial keys against the keys snapshotted in the chain's final DKG result.
-    kgc_roster: Path
     kgc_nodes: tuple[KgcNodeConfig, ...]
     proxies: tuple[ProxyConfig, ...]
     label_key_file: Path
@@ -346,7 +343,6 @@ class Profile:
             storage_url=s_url,
             storage_timeout=float(timeout),
             kgc_threshold=threshold,
-            kgc_roster=rel(kgc.get("roster", "kgc/roster.json"), "kgc.roster"),
             kgc_nodes=tuple(sorted(nodes, key=lambda n: n.index)),
             proxies=_proxies(data, section, rel, fail),
             label_key_file=rel(types.get("label_key", "labels.key"), "types.label_key"),
@@ -605,8 +601,8 @@ class Wallet:
     identity secret key from enrolment) are written with mode 0600; anyone who can read them
     can act as this member. With a ``passphrase`` (or, unless ``use_env`` is false,
     ``$EHRSHARE_WALLET_PASSPHRASE``) all three are also encrypted at rest; reading picks the
-    format from the file itself. Wallets made before the TLS key existed lack the two ``tls-``
-    files; :meth:`load_tls` then says how to re-issue them.
+    format from the file itself. A wallet that lost its two ``tls-`` files works with in-process
+    services; :meth:`load_tls` says how to re-issue them.
     """
 
     def __init__(
@@ -681,8 +677,8 @@ class Wallet:
         """Read the TLS client certificate and key (for gRPC services)."""
         if not self.has_tls:
             raise WalletError(
-                f"wallet {self.directory} has no TLS client certificate (it predates the "
-                "separate TLS key, and the ledger signing key may not be used for TLS): "
+                f"wallet {self.directory} has no TLS client certificate (tls-cert.pem is "
+                "missing, and the ledger signing key may not be used for TLS): "
                 "re-issue it with 'ehrshare consortium reissue-tls "
                 f"{self.directory.name} -p <consortium dir>'"
             )
