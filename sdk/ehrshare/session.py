@@ -215,8 +215,8 @@ class ProxyError(Unavailable, SdkError):
 
 
 class GrantNotServed(Refused, SdkError):
-    """A grant is on chain but its proxy holds no re-key for it (given before grants were
-    atomic, or the proxy lost its state): a refusal, not an outage — it does not heal by
+    """A grant is on chain but its proxy holds no re-key for it (the proxy lost its state):
+    a refusal, not an outage — it does not heal by
     waiting. The grantor re-delivers the re-key with :meth:`Session.repair_grant` (CLI
     ``ehrshare grant repair``) or revokes the grant."""
 
@@ -1185,8 +1185,8 @@ class Session(Closing):
     def repair_grant(self, grant: Grant | str) -> Grant:
         """Deliver the re-key of an active grant you gave again, to the proxy it names.
 
-        For a grant whose proxy holds no re-key (:class:`GrantNotServed` on reads: given before
-        grants were atomic, or the proxy lost its state); a no-op for a grant that is fine. A
+        For a grant whose proxy holds no re-key (:class:`GrantNotServed` on reads: the proxy
+        lost its state); a no-op for a grant that is fine. A
         proxy that is down changes nothing (:class:`ProxyError`); one that refuses the re-key
         gets the grant revoked, and :class:`GrantNotServed` says so — grant again then.
         """
