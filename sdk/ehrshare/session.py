@@ -216,9 +216,8 @@ class ProxyError(Unavailable, SdkError):
 
 class GrantNotServed(Refused, SdkError):
     """A grant is on chain but its proxy holds no re-key for it (the proxy lost its state):
-    a refusal, not an outage — it does not heal by
-    waiting. The grantor re-delivers the re-key with :meth:`Session.repair_grant` (CLI
-    ``ehrshare grant repair``) or revokes the grant."""
+    a refusal, not an outage — it does not heal by waiting. The grantor re-delivers the re-key
+    with :meth:`Session.repair_grant` (CLI ``ehrshare grant repair``) or revokes the grant."""
 
     def __init__(self, message: str, *, grant_ids: Sequence[str], proxy: str) -> None:
         self.grant_ids = tuple(grant_ids)
