@@ -1,4 +1,4 @@
-"""The ehrshare chaincode: the on-chain half of the system (see DESIGN.md section 4).
+"""The ehrshare chaincode: the on-chain half of the system (see docs/chaincode.md).
 
 Backends run :func:`invoke` with a :class:`ChaincodeStub`; nothing in this package knows which
 backend it runs on.

@@ -1009,9 +1009,9 @@ class EHRContract:
         grantee: str,
         expiry: str,
         max_hops: str,
-        allowed_next: str = "",
-        parent_grant_id: str = "",
-        proxy: str = "",
+        allowed_next: str,
+        parent_grant_id: str,
+        proxy: str,
         grant_id: str = "",
     ) -> Any:
         """Grant ``grantee`` access to the owner's records of a type until ``expiry``.
@@ -1019,11 +1019,11 @@ class EHRContract:
         The owner grants directly; a grantee forwards (``parent_grant_id``) within its remaining
         hops, never beyond its own expiry and only to an allowed next grantee when a list is set.
         ``proxy`` names the registered proxy identity that holds this grant's re-key: only that
-        proxy re-encrypts this grant's hop. It is required (a grant no proxy can serve would
-        decide requests that nobody can fulfil); its default only keeps the older arguments
-        optional in front of it. ``grant_id`` is the id the grantor chose (``g-`` and 32
-        lower-case hex digits) and already delivered the re-key under, so the grant is usable
-        from the moment it commits; without it the id is derived from the transaction id.
+        proxy re-encrypts this grant's hop. It is required and must not be empty (a grant no
+        proxy can serve would decide requests that nobody can fulfil). ``grant_id`` is the id
+        the grantor chose (``g-`` and 32 lower-case hex digits) and already delivered the re-key
+        under, so the grant is usable from the moment it commits; without it the id is derived
+        from the transaction id.
         """
         caller = ctx.registered()
         assert caller.ibe_id is not None
@@ -1139,8 +1139,7 @@ class EHRContract:
     @staticmethod
     def _grant_chain(walked: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """The hops of a forwarding chain walked leaf first, root first: grant id and proxy."""
-        # Grants from before GrantAccess required a proxy have none (no proxy serves them).
-        return [{"grant_id": g["grant_id"], "proxy": g.get("proxy", "")} for g in reversed(walked)]
+        return [{"grant_id": g["grant_id"], "proxy": g["proxy"]} for g in reversed(walked)]
 
     def RevokeAccess(self, ctx: TxContext, grant_id: str) -> Any:
         """Revoke a grant (its owner or its grantor); forwarded grants below it fail with it."""

@@ -2,7 +2,7 @@
 
 A config has `defaults` and `rounds`; each round names protocols, node counts, seeds, blocks,
 a fault scenario and a rate control. Running it yields result rows (medians over seeds), the
-recovery and reputation series, the target ratios from DESIGN.md §6 with `met: true/false`,
+recovery and reputation series, the target ratios from docs/consensus.md with `met: true/false`,
 and PNG plots. This module must not invent numbers: every figure in the output comes from a
 run made in this invocation, and a target that was not measured is reported as not measured.
 """
@@ -363,7 +363,7 @@ def _ratio(a: Any, b: Any) -> float | None:
 def compute_targets(
     rows: list[dict[str, Any]], runs: list[dict[str, Any]], sweep: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """The DESIGN.md §6 targets as measured ratios with met: true/false (null = not measured)."""
+    """The docs/consensus.md targets as measured ratios, met: true/false (null = not measured)."""
     rc, pb, rf = _find(rows, "rcdbft", 100), _find(rows, "pbft", 100), _find(rows, "raft", 100)
     t: dict[str, Any] = {}
     msg = _ratio(rc and rc["messages_per_block"], pb and pb["messages_per_block"])

@@ -1,4 +1,5 @@
-"""RC-DBFT epoch policy (DESIGN.md §6): reputation update, K-medoids clustering, leader ranking.
+"""RC-DBFT epoch policy (docs/consensus.md, *The RC-DBFT specification*): reputation update,
+K-medoids clustering, leader ranking.
 
 Pure, deterministic functions of committed data (quorum-certificate signer sets, evidence,
 deposition records, measured RTTs) and a seed taken from the last committed block, so every
@@ -40,16 +41,17 @@ PROBATION_EPOCHS = 3
 TENURE_LIMIT = 5
 HISTORY = 5
 MIN_CLUSTER = 4
-# Not in DESIGN.md: a voter that signed fewer than half of an epoch's blocks is a *suspect*;
-# re-clustering spreads suspects so that no cluster holds more than its f_c of them (otherwise
-# K-medoids could pack several crashed nodes into one cluster and stall it for good).
+# Not in the specification (docs/consensus.md): a voter that signed fewer than half of an
+# epoch's blocks is a *suspect*; re-clustering spreads suspects so that no cluster holds more
+# than its f_c of them (otherwise K-medoids could pack several crashed nodes into one cluster
+# and stall it for good).
 SUSPECT_BELOW = 0.5
 
 
 def cluster_quorum(size: int) -> tuple[int, int]:
     """(f, quorum) for a group of `size` voters: f = ⌊(size−1)/3⌋, quorum = ⌈(size+f+1)/2⌉.
 
-    For size = 3f+1 this is DESIGN.md's 2f+1; for other sizes 2f+1 is too small (two quorums
+    For size = 3f+1 this is the specification's 2f+1; for other sizes 2f+1 is too small (two quorums
     of a 6-node cluster with f=1 would need not share an honest node), so the quorum is the
     smallest that makes any two quorums intersect in f+1 nodes.
     """
@@ -101,7 +103,7 @@ def rank_cluster(members: Sequence[int], recs: Mapping[int, RepRecord], seed: in
     """Leader succession order for a cluster: eligible nodes by score, then the rest.
 
     Eligible: R ≥ 0.6, at least 3 epochs of probation, under the tenure limit. If nobody is
-    eligible (e.g. at genesis, when every R is 0.5) the best-scored members lead — DESIGN.md
+    eligible (e.g. at genesis, when every R is 0.5) the best-scored members lead — the specification
     leaves bootstrap open; this is the choice made here.
     """
 

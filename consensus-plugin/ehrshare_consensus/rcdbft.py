@@ -1,4 +1,4 @@
-"""RC-DBFT (reputation-clustered dynamic BFT, DESIGN.md §6) on the simulation core.
+"""RC-DBFT (reputation-clustered dynamic BFT, docs/consensus.md) on the simulation core.
 
 Normal case: primary → leaders (PRE-PREPARE) → members (FWD); members PREPARE to their leader;
 the leader aggregates 2f_c+1 votes into a cluster QC and sends it to the other leaders; with

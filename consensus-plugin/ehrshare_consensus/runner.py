@@ -165,7 +165,7 @@ def run_once(spec: RunSpec, cost: CostModel | None = None) -> dict[str, Any]:
         row["reputation_series"] = {
             str(i): [h.get(i, math.nan) for h in ledger.rep_history] for i in ctx.targets
         }
-        # DESIGN.md §6 metric: how long until a misbehaving node stops counting (R < 0.3).
+        # A docs/consensus.md metric: how long until a misbehaving node stops counting (R < 0.3).
         epoch_t = {0: 0.0} | {e["epoch"]: e["t"] for e in sim.events if e["event"] == "epoch"}
         below: dict[str, dict[str, float | int | None]] = {}
         for i in ctx.targets:

@@ -665,9 +665,6 @@ class Consortium(Closing):
         wallet = self.profile.wallet(name)
         if wallet.exists:
             raise ConsortiumError(f"wallet {wallet.directory} already exists")
-        # Consortia created before the CA went on chain get it now, so their admins can
-        # RegisterMember.
-        self._publish_org_ca(msp)
         return self._issue(self.directory, msp, name, role, wallet.directory)
 
     def _publish_org_ca(self, msp: str) -> bool:
@@ -701,8 +698,8 @@ class Consortium(Closing):
     def reissue_tls(self, wallet: str | Wallet) -> Wallet:
         """Issue a new TLS client certificate and key into an existing wallet.
 
-        For wallets made before members had a separate TLS key, and to replace a TLS key
-        (the ledger identity is untouched). Sealed when the wallet is encrypted.
+        To replace a TLS key you suspect, or one the wallet lost (the ledger identity is
+        untouched). Sealed when the wallet is encrypted.
         """
         w = wallet if isinstance(wallet, Wallet) else self.profile.wallet(wallet)
         identity, _ = w.load_identity()  # also unlocks (or refuses) an encrypted wallet
@@ -821,8 +818,8 @@ class Consortium(Closing):
         """The wallet's TLS client certificate and key, read once, when something needs it:
         remote services, or Fabric peers and orderers (those of a profile with
         ``ledger.client_auth`` refuse a wallet without it, saying how to re-issue it; others get
-        it when the wallet has one). None otherwise, so embedded, in-process consortia keep
-        old wallets working."""
+        it when the wallet has one). None otherwise: embedded, in-process consortia never read
+        it."""
         if not self.remote_services and not _ledger_wants_tls(self.profile, wallet):
             return None
         if wallet is None:

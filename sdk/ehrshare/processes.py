@@ -234,7 +234,7 @@ def _common(profile: Profile, svc: ServiceConfig, what: str) -> tuple[list[str],
 
 def service_commands(profile: Profile) -> list[ServiceCommand]:
     """The serve commands of every remote KGC node, then every remote proxy (one per
-    hospital; named as in the profile, ``proxy`` for a single-``proxy:`` profile)."""
+    hospital; named as in the profile)."""
     out = []
     for node in profile.kgc_nodes:
         if node.service.embedded:

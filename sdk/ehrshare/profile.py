@@ -20,8 +20,8 @@ refused before dialling; default false: presented when there is one) and optiona
 
 Proxies: one re-encryption proxy per hospital, listed under ``proxies:`` (each with a ``name``,
 its hospital's ``msp`` and optionally ``id``, the ledger identity grants name it by; without
-``id`` it is read from the proxy's wallet). The older single ``proxy:`` section still works: a
-consortium with one proxy. A session grants through the proxy of the grantee's hospital.
+``id`` it is read from the proxy's wallet). A session grants through the proxy of the grantee's
+hospital.
 
 Services: each KGC node and each proxy is either *in-process* (``state``, ``key``, ``wallet``: the
 connecting process runs it) or *remote* (``address: host:port`` plus ``tls_ca``, the PEM file of
@@ -188,9 +188,6 @@ class Profile:
     storage_url: str | None
     storage_timeout: float
     kgc_threshold: int
-    # Accepted for profiles written before the roster went on chain; nothing reads it. Users
-    # check partial keys against the keys snapshotted in the chain's final DKG result.
-    kgc_roster: Path
     kgc_nodes: tuple[KgcNodeConfig, ...]
     proxies: tuple[ProxyConfig, ...]
     label_key_file: Path
@@ -207,7 +204,7 @@ class Profile:
 
     @property
     def proxy(self) -> ServiceConfig:
-        """The first proxy's service (the only one of a single-``proxy:`` profile)."""
+        """The first proxy's service."""
         return self.proxies[0].service
 
     @classmethod
@@ -348,7 +345,6 @@ class Profile:
             storage_url=s_url,
             storage_timeout=float(timeout),
             kgc_threshold=threshold,
-            kgc_roster=rel(kgc.get("roster", "kgc/roster.json"), "kgc.roster"),
             kgc_nodes=tuple(sorted(nodes, key=lambda n: n.index)),
             proxies=_proxies(data, section, rel, fail),
             label_key_file=rel(types.get("label_key", "labels.key"), "types.label_key"),
@@ -431,12 +427,9 @@ def _fabric(ledger: Mapping[str, Any], rel: Any, fail: Any) -> FabricLedger:
 
 
 def _proxies(data: Mapping[str, Any], section: Any, rel: Any, fail: Any) -> tuple[ProxyConfig, ...]:
-    if "proxies" not in data:
-        single = section("proxy")
-        return (_proxy(single, "proxy", "proxy", rel, fail),)
     if "proxy" in data:
-        raise fail("proxies", "and proxy are both given; list every proxy under proxies")
-    raw = data["proxies"]
+        raise fail("proxy", "is not a profile key; list every proxy under proxies")
+    raw = data.get("proxies")
     if not isinstance(raw, list) or not raw:
         raise fail("proxies", "must list at least one proxy")
     out = []
@@ -612,10 +605,10 @@ class Wallet:
     identity secret key from enrolment) are written with mode 0600; anyone who can read them
     can act as this member. With a ``passphrase`` (or, unless ``use_env`` is false,
     ``$EHRSHARE_WALLET_PASSPHRASE``) all three are also encrypted at rest; reading picks the
-    format from the file itself. Wallets made before the TLS key existed lack the two ``tls-``
-    files; :meth:`load_tls` then says how to re-issue them. Identity keys of every master-key
-    epoch are kept as ``ibe-<epoch>.key`` next to the current ``ibe.key``
-    (:meth:`save_secret_key`).
+    format from the file itself. A wallet that lost its two ``tls-`` files works with in-process
+    services; :meth:`load_tls` says how to re-issue them.
+    Identity keys of every master-key epoch are kept as ``ibe-<epoch>.key`` next to the current
+    ``ibe.key`` (:meth:`save_secret_key`).
     """
 
     def __init__(
@@ -690,8 +683,8 @@ class Wallet:
         """Read the TLS client certificate and key (for gRPC services)."""
         if not self.has_tls:
             raise WalletError(
-                f"wallet {self.directory} has no TLS client certificate (it predates the "
-                "separate TLS key, and the ledger signing key may not be used for TLS): "
+                f"wallet {self.directory} has no TLS client certificate (tls-cert.pem is "
+                "missing, and the ledger signing key may not be used for TLS): "
                 "re-issue it with 'ehrshare consortium reissue-tls "
                 f"{self.directory.name} -p <consortium dir>'"
             )

@@ -5,8 +5,9 @@ verbs are the paper's flows: :meth:`Session.enroll` (threshold key extraction fr
 nodes), :meth:`Session.publish_type_keys`, :meth:`Session.put_record`, :meth:`Session.grant`,
 :meth:`Session.revoke`, :meth:`Session.read_record` (request access → committed decision → proxy
 re-encryption → decrypt → FHIR object), :meth:`Session.forward` (multi-hop referral),
-:meth:`Session.audit` and :meth:`Session.verify_audit`. Each has an ``a``-prefixed asyncio
-variant that runs it in a worker thread.
+:meth:`Session.audit` and :meth:`Session.verify_audit`. All but ``publish_type_keys`` have an
+``a``-prefixed asyncio mirror (``agrant``, ``aread_record``, …) that runs them in a worker thread;
+each is generated from its sync method, so it takes the same arguments.
 
 Order of effects, on purpose: a record's ciphertext is stored and read back (CID and SHA-256
 checked) before the record is registered on chain, so a failed store leaves nothing on chain.
@@ -30,14 +31,15 @@ from __future__ import annotations
 import asyncio
 import base64
 import datetime as _dt
+import functools
 import json
 import logging
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal, Protocol, runtime_checkable
+from typing import Any, Concatenate, Final, Literal, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
@@ -214,10 +216,9 @@ class ProxyError(Unavailable, SdkError):
 
 
 class GrantNotServed(Refused, SdkError):
-    """A grant is on chain but its proxy holds no re-key for it (given before grants were
-    atomic, or the proxy lost its state): a refusal, not an outage — it does not heal by
-    waiting. The grantor re-delivers the re-key with :meth:`Session.repair_grant` (CLI
-    ``ehrshare grant repair``) or revokes the grant."""
+    """A grant is on chain but its proxy holds no re-key for it (the proxy lost its state):
+    a refusal, not an outage — it does not heal by waiting. The grantor re-delivers the re-key
+    with :meth:`Session.repair_grant` (CLI ``ehrshare grant repair``) or revokes the grant."""
 
     def __init__(self, message: str, *, grant_ids: Sequence[str], proxy: str) -> None:
         self.grant_ids = tuple(grant_ids)
@@ -446,6 +447,26 @@ Clock = Callable[[], int]  # nanoseconds since the epoch, as the embedded gatewa
 
 
 # --- the session -----------------------------------------------------------------------------
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _in_thread(
+    method: Callable[Concatenate[Session, _P], _R],
+) -> Callable[Concatenate[Session, _P], Coroutine[Any, Any, _R]]:
+    """The asyncio mirror of a sync :class:`Session` method: same signature (generated, so the
+    two cannot drift), run in a worker thread."""
+
+    @functools.wraps(method)
+    async def mirror(self: Session, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        return await asyncio.to_thread(method, self, *args, **kwargs)
+
+    mirror.__name__ = f"a{method.__name__}"
+    mirror.__qualname__ = f"Session.a{method.__name__}"
+    mirror.__doc__ = f":meth:`{method.__name__}` in a worker thread."
+    return mirror
 
 
 class Session(Closing):
@@ -918,7 +939,6 @@ class Session(Closing):
         ref: RecordRef | str,
         *,
         grant: Grant | str | None = None,
-        timeout: float = 30.0,
     ) -> FHIRAbstractModel:
         """Read and decrypt a record you own or were granted.
 
@@ -929,7 +949,6 @@ class Session(Closing):
         :class:`RecordIntegrityError` when the ciphertext is missing, altered or does not
         decrypt.
         """
-        del timeout  # reserved for the gRPC proxy client
         record_id = ref.record_id if isinstance(ref, RecordRef) else ref
         grant_id = "" if grant is None else grant.grant_id if isinstance(grant, Grant) else grant
         try:
@@ -1022,14 +1041,6 @@ class Session(Closing):
                 runs[-1][1].append(grant_id)
             else:
                 runs.append((proxy, [grant_id]))
-        for proxy, grant_ids in runs:
-            if proxy == "":
-                # Only grants committed before GrantAccess required a proxy can look like this.
-                raise ProxyError(
-                    f"grant {', '.join(grant_ids)} in the chain of access {access_id} names no "
-                    f"proxy; no proxy can re-encrypt record {record_id} for you — ask for the "
-                    "grant again"
-                )
         for proxy, grant_ids in runs:
             route = self._route(proxy)
             held = f"grant{'s' if len(grant_ids) > 1 else ''} {', '.join(grant_ids)}"
@@ -1239,8 +1250,8 @@ class Session(Closing):
     def repair_grant(self, grant: Grant | str) -> Grant:
         """Deliver the re-key of an active grant you gave again, to the proxy it names.
 
-        For a grant whose proxy holds no re-key (:class:`GrantNotServed` on reads: given before
-        grants were atomic, or the proxy lost its state); a no-op for a grant that is fine. A
+        For a grant whose proxy holds no re-key (:class:`GrantNotServed` on reads: the proxy
+        lost its state); a no-op for a grant that is fine. A
         proxy that is down changes nothing (:class:`ProxyError`); one that refuses the re-key
         gets the grant revoked, and :class:`GrantNotServed` says so — grant again then.
         """
@@ -1414,51 +1425,11 @@ class Session(Closing):
 
     # --- async variants ----------------------------------------------------------------------
 
-    async def aenroll(self, *, timeout: float = 10.0) -> EnrollmentResult:
-        """:meth:`enroll` in a worker thread."""
-        return await asyncio.to_thread(self.enroll, timeout=timeout)
-
-    async def aput_record(
-        self,
-        resource: FHIRAbstractModel | dict[str, Any] | str | bytes,
-        *,
-        patient: str | None = None,
-        type: str | None = None,
-    ) -> RecordRef:
-        """:meth:`put_record` in a worker thread."""
-        return await asyncio.to_thread(self.put_record, resource, patient=patient, type=type)
-
-    async def aread_record(self, ref: RecordRef | str) -> FHIRAbstractModel:
-        """:meth:`read_record` in a worker thread."""
-        return await asyncio.to_thread(self.read_record, ref)
-
-    async def agrant(self, grantee: str, type: str, *, expires: Expiry, max_hops: int = 0) -> Grant:
-        """:meth:`grant` in a worker thread."""
-        return await asyncio.to_thread(
-            self.grant, grantee, type, expires=expires, max_hops=max_hops
-        )
-
-    async def aforward(
-        self,
-        ref_or_grant: RecordRef | Grant | str,
-        to: str,
-        *,
-        expires: Expiry | None = None,
-        max_hops: int = 0,
-    ) -> Grant:
-        """:meth:`forward` in a worker thread."""
-        return await asyncio.to_thread(
-            self.forward, ref_or_grant, to, expires=expires, max_hops=max_hops
-        )
-
-    async def averify_audit(self, patient: str | None = None) -> AuditVerification:
-        """:meth:`verify_audit` in a worker thread."""
-        return await asyncio.to_thread(self.verify_audit, patient)
-
-    async def arevoke(self, grant: Grant | str) -> Grant:
-        """:meth:`revoke` in a worker thread."""
-        return await asyncio.to_thread(self.revoke, grant)
-
-    async def aaudit(self, patient: str | None = None) -> AuditTrail:
-        """:meth:`audit` in a worker thread."""
-        return await asyncio.to_thread(self.audit, patient)
+    aenroll = _in_thread(enroll)
+    aput_record = _in_thread(put_record)
+    aread_record = _in_thread(read_record)
+    agrant = _in_thread(grant)
+    aforward = _in_thread(forward)
+    arevoke = _in_thread(revoke)
+    aaudit = _in_thread(audit)
+    averify_audit = _in_thread(verify_audit)

@@ -234,10 +234,10 @@ CASES = [
         chaincode_function="GrantAccess",
     ),
     # A grant must name the proxy that will hold its re-key: refused for every registered
-    # caller, before any role or parent check (it is a missing argument).
+    # caller, before any role or parent check.
     Case(
         "GrantAccessNoProxy",
-        lambda w: ("lab", "Org2MSP/zed", FAR, "0"),
+        lambda w: ("lab", "Org2MSP/zed", FAR, "0", "", "", ""),
         frozenset(),
         lambda w, n, r: "grant needs the proxy that will hold its re-key",
         chaincode_function="GrantAccess",

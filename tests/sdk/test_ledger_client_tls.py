@@ -36,7 +36,7 @@ def consortium(tmp_path_factory: pytest.TempPathFactory) -> Path:
     with Consortium.init(root, services="processes", ports=free_loopback_ports(6)) as c:
         c.add_member("alice", "HospitalA", "patient")
         c.add_member("old", "HospitalA", "patient")
-    for name in ("tls-cert.pem", "tls-key.pem"):  # a wallet from before the TLS key
+    for name in ("tls-cert.pem", "tls-key.pem"):  # a wallet that lost its TLS pair
         (root / "wallets" / "old" / name).unlink()
     path = root / "profile.yaml"
     data = yaml.safe_load(path.read_text(encoding="utf-8"))

@@ -28,7 +28,7 @@ def base() -> dict[str, Any]:
                 for i in (1, 2, 3)
             ],
         },
-        "proxy": {"state": "proxy", "key": "keys/proxy", "wallet": "w/proxy"},
+        "proxies": [{"name": "proxy", "state": "proxy", "key": "keys/proxy", "wallet": "w/proxy"}],
     }
 
 
@@ -128,7 +128,8 @@ def test_kubo_storage_is_independent_of_the_ledger(tmp_path: Path) -> None:
         ({"storage": {"backend": "kubo", "url": "ftp://x"}}, "storage.url 'ftp://x'"),
         ({"ledger": {"backend": "oracle"}}, "ledger.backend is 'oracle'"),
         ({"kgc": {"threshold": 2, "nodes": []}}, "kgc.nodes must list at least one node"),
-        ({"proxy": {"state": "p"}}, "proxy needs key, wallet"),
+        ({"proxies": [{"name": "p", "state": "p"}]}, r"proxies\[0\] needs key, wallet"),
+        ({"proxy": {"state": "p"}}, "proxy is not a profile key; list every proxy under proxies"),
         ({"limits": {"max_record_bytes": 10}}, "at least 1024"),
         ({"types": {"rules": [{"type": "BAD TYPE", "resource": "X"}]}}, "types is invalid"),
     ],
@@ -191,7 +192,7 @@ profile_values = st.recursive(
 
 @given(
     st.dictionaries(
-        st.sampled_from(["version", "ledger", "storage", "kgc", "proxy", "types", "limits"]),
+        st.sampled_from(["version", "ledger", "storage", "kgc", "proxies", "types", "limits"]),
         profile_values,
     )
 )

@@ -25,7 +25,10 @@ def remote(**proxy: Any) -> dict[str, Any]:
                 for i in (1, 2, 3)
             ],
         },
-        "proxy": proxy or {"address": "127.0.0.1:7060", "tls_ca": "ca.pem", "server_name": "px"},
+        "proxies": [
+            {"name": "px"}
+            | (proxy or {"address": "127.0.0.1:7060", "tls_ca": "ca.pem", "server_name": "px"})
+        ],
     }
 
 
@@ -46,10 +49,10 @@ def test_remote_services_parse_with_their_tls_ca(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("proxy", "message"),
     [
-        ({"address": "127.0.0.1:7060"}, "proxy gives an address but no tls_ca"),
-        ({"address": "localhost", "tls_ca": "ca.pem"}, "proxy.address 'localhost' is not host"),
-        ({"address": "127.0.0.1:99999", "tls_ca": "ca.pem"}, "proxy.address '127.0.0.1:99999'"),
-        ({"address": "h:1", "tls_ca": "c", "server_name": ""}, "proxy.server_name must be"),
+        ({"address": "127.0.0.1:7060"}, r"proxies\[0\] gives an address but no tls_ca"),
+        ({"address": "localhost", "tls_ca": "ca.pem"}, r"proxies\[0\].address 'localhost' is not"),
+        ({"address": "127.0.0.1:99999", "tls_ca": "c"}, r"proxies\[0\].address '127.0.0.1:99999'"),
+        ({"address": "h:1", "tls_ca": "c", "server_name": ""}, r"proxies\[0\].server_name must"),
     ],
 )
 def test_bad_remote_services_name_the_key(
@@ -260,18 +263,18 @@ def test_encrypting_a_wallet_seals_its_tls_key_too(
     assert locked.load_tls()[1].to_secret_bytes() == before
 
 
-def test_an_old_wallet_without_a_tls_key_is_told_how_to_reissue_it(tmp_path: Path) -> None:
+def test_a_wallet_without_its_tls_key_is_told_how_to_reissue_it(tmp_path: Path) -> None:
     root = tmp_path / "c"
     with Consortium.init(root, services="processes", ports=free_loopback_ports(6)) as c:
         c.add_member("alice", "HospitalA", "patient")
-        # A wallet from before the separate TLS key: only cert.pem and key.pem.
+        # A wallet that lost its TLS pair: only cert.pem and key.pem.
         for name in ("tls-cert.pem", "tls-key.pem"):
             (root / "wallets" / "alice" / name).unlink()
         with pytest.raises(WalletError) as info:
             c.session("alice")
         assert str(info.value) == (
-            f"wallet {root / 'wallets' / 'alice'} has no TLS client certificate (it predates "
-            "the separate TLS key, and the ledger signing key may not be used for TLS): "
+            f"wallet {root / 'wallets' / 'alice'} has no TLS client certificate (tls-cert.pem "
+            "is missing, and the ledger signing key may not be used for TLS): "
             "re-issue it with 'ehrshare consortium reissue-tls alice -p <consortium dir>'"
         )
         signing_before = (root / "wallets" / "alice" / "key.pem").read_bytes()
@@ -281,7 +284,7 @@ def test_an_old_wallet_without_a_tls_key_is_told_how_to_reissue_it(tmp_path: Pat
             assert s.identity.ibe_id == "HospitalAMSP/alice"
 
 
-def test_an_old_wallet_keeps_working_with_in_process_services(tmp_path: Path) -> None:
+def test_a_wallet_without_its_tls_key_works_with_in_process_services(tmp_path: Path) -> None:
     with Consortium.init(tmp_path / "c") as c:
         wallet = c.add_member("alice", "HospitalA", "patient")
         for name in ("tls-cert.pem", "tls-key.pem"):

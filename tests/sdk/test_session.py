@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import inspect
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -385,6 +386,33 @@ def test_async_variants_run_concurrently(people: People) -> None:
         return (await people.alice.averify_audit()).valid
 
     assert asyncio.run(refer_and_check())
+
+
+def test_async_mirrors_take_the_sync_arguments(people: People) -> None:
+    ref = people.adams.put_record(lab_observation(), patient=people.alice.ibe_id)
+
+    async def main() -> str:
+        g = await people.alice.agrant(
+            people.baker.ibe_id, "lab", expires=DAY, max_hops=1, allowed_next=[people.chen.ibe_id]
+        )
+        await people.baker.aread_record(ref, grant=g)
+        await people.baker.aforward(g, people.chen.ibe_id, allowed_next=())
+        return str((await people.chen.aread_record(ref)).status)
+
+    assert asyncio.run(main()) == "final"
+
+
+def test_every_async_mirror_has_its_sync_signature() -> None:
+    mirrors = {
+        name[1:]: member
+        for name, member in vars(Session).items()
+        if name.startswith("a") and not name.startswith("_") and name[1:] in vars(Session)
+    }
+    assert {"grant", "forward", "read_record", "put_record", "enroll"} <= mirrors.keys()
+    for name, mirror in mirrors.items():
+        sync = getattr(Session, name)
+        assert inspect.iscoroutinefunction(mirror), name
+        assert inspect.signature(mirror) == inspect.signature(sync), name
 
 
 def test_a_foreign_key_in_the_wallet_is_refused(people: People, tmp_path: Path) -> None:

@@ -9,12 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from sdk_people import People
 
-from ehrshare.consortium import Consortium
 from ehrshare.demo import lab_observation
-from ehrshare.ledger.sandbox import ManualClock
 from ehrshare.profile import Profile, ProfileError
 from ehrshare.session import AccessDenied, ProxyError, ProxyRoute, RequestRejected
 
@@ -136,45 +133,6 @@ def test_a_reader_with_two_grants_names_the_one_to_read_under(people: People) ->
     assert (p.consortium.ledger.state_digest(), p.consortium.ledger.height()) == before_state
 
 
-def _single_proxy_profile(root: Path) -> None:
-    """Rewrite a fresh consortium's profile to the older single ``proxy:`` form (A's proxy)."""
-    path = root / "profile.yaml"
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    first = data.pop("proxies")[0]
-    data["proxy"] = {k: first[k] for k in ("state", "key", "wallet")}
-    path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
-
-
-def test_a_single_proxy_profile_still_works(tmp_path: Path) -> None:
-    root = tmp_path / "single"
-    clock = ManualClock()
-    Consortium.init(root, clock=clock).close()
-    _single_proxy_profile(root)
-    with Consortium.open(root / "profile.yaml", clock=clock) as c:
-        (only,) = c.profile.proxies
-        assert (only.name, only.ibe_id) == ("proxy", "")
-        s = {}
-        for name, hospital, role in (
-            ("alice", "HospitalA", "patient"),
-            ("baker", "HospitalB", "clinician"),
-            ("chen", "HospitalC", "clinician"),
-        ):
-            c.add_member(name, hospital, role)
-            s[name] = c.session(name)
-            s[name].enroll()
-            s[name].publish_type_keys()
-        assert [r.ibe_id for r in s["alice"].proxies] == [PA]
-        ref = s["alice"].put_record(lab_observation())
-        grant = s["alice"].grant(s["baker"].ibe_id, "lab", expires=DAY, max_hops=1)
-        fwd = s["baker"].forward(ref, s["chen"].ibe_id)
-        assert (grant.proxy, fwd.proxy) == (PA, PA)
-        assert _value(s["chen"].read_record(ref)) == Decimal("13.2")
-        s["alice"].revoke(grant)
-        assert not c.proxy.holds(grant.grant_id) and not c.proxy.holds(fwd.grant_id)
-        for session in s.values():
-            session.close()
-
-
 @pytest.mark.parametrize(
     ("proxies", "message"),
     [
@@ -204,12 +162,15 @@ def test_bad_proxies_sections_are_named(tmp_path: Path, proxies: list[Any], mess
         Profile.from_dict(data, base=tmp_path)
 
 
-def test_proxy_and_proxies_together_are_refused(tmp_path: Path) -> None:
-    data = {
+@pytest.mark.parametrize("with_proxies", [False, True])
+def test_a_single_proxy_section_is_refused(tmp_path: Path, with_proxies: bool) -> None:
+    # Profiles list their proxies under proxies:; a single proxy: section never shipped.
+    data: dict[str, Any] = {
         "kgc": {"threshold": 2, "nodes": [{"index": i, "address": f"h:{i}", "tls_ca": "c"}
                                           for i in (1, 2)]},
         "proxy": {"state": "s", "key": "k", "wallet": "w"},
-        "proxies": [{"name": "a", "state": "s", "key": "k", "wallet": "w"}],
     }  # fmt: skip
-    with pytest.raises(ProfileError, match="proxies and proxy are both given"):
+    if with_proxies:
+        data["proxies"] = [{"name": "a", "state": "s", "key": "k", "wallet": "w"}]
+    with pytest.raises(ProfileError, match="proxy is not a profile key; list every proxy under"):
         Profile.from_dict(data, base=tmp_path)

@@ -238,7 +238,7 @@ def test_an_atomic_grant_over_grpc(net: Net) -> None:
     grantee = GrpcProxyClient(net.proxy_target, tls=net.tls_for(name))
     gid = "g-" + "c0" * 16
     sk = w.key_of("alice").type_secret(LAB)
-    pk = w.type_public(name, LAB).verify(owner=w.m[name].ibe_id, type_label=LAB)
+    pk = w.type_public(name, LAB).verify(owner=w.m[name].ibe_id, type_label=LAB, mpk=w.mpk)
     sealed = seal_rekey(alice_proxy.public_key(), gid, generate_rekey(sk, pk))
     with pytest.raises(ProxyNotAuthorised, match=f"re-key for grant {gid} is not from"):
         carol_proxy.store_rekey(gid, sealed)

@@ -1,7 +1,7 @@
 """`ehrshare bench consensus`: the RC-DBFT vs PBFT vs Raft simulator benchmark.
 
 Runs a declarative experiment file (YAML rounds) on the discrete-event simulator, prints JSON
-with machine metadata, the calibrated CPU cost model, per-round rows, the DESIGN.md §6 target
+with machine metadata, the calibrated CPU cost model, per-round rows, the docs/consensus.md target
 ratios and the paths of the PNG plots; `--safety-sweep` adds many seeded runs per fault
 scenario; `--live-fabric` instead runs the live rounds (a real Fabric 2.3 Raft network per
 round, driven through the SDK's Fabric target, with the simulator's prediction and the ratio).
@@ -306,7 +306,7 @@ def _show(result: dict[str, Any], console: Console) -> None:
             _fmt(r["recovery_ms"]),
         )
     console.print(table)
-    tt = Table(title="Targets (DESIGN.md §6)")
+    tt = Table(title="Targets (docs/consensus.md)")
     tt.add_column("target")
     tt.add_column("value", justify="right")
     tt.add_column("met")

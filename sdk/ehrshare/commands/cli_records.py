@@ -894,8 +894,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     ) -> None:
         """Issue a new TLS client certificate and key into a wallet (the ledger key stays).
 
-        Wallets made before members had a TLS key of their own need this before they can
-        reach KGC or proxy processes."""
+        Replaces a TLS key you suspect, or one the wallet lost (without it the wallet cannot
+        reach KGC or proxy processes)."""
         from ehrshare.consortium import Consortium
 
         with _errors():

@@ -15,7 +15,7 @@ checked proof).
 Reference: Ibraimi–Tang–Hartel–Jonker type-and-identity PRE (SDM 2008) for the type exponent,
 Green–Ateniese IBP1 (ACNS 2007) for the multi-use re-encryption.
 
-Scheme (see DESIGN.md §3)::
+Scheme (docs/security.md §3.0)::
 
     TypeKey(sk_i, t)      h = H2(sk_i, t); T = h·mpk
     Enc(m, id_i, t)       k ←$ Zr*; U = k·P1; V = m·e(T, Q_i)^k          (= m·e(k·T, Q_i))
@@ -24,18 +24,17 @@ Scheme (see DESIGN.md §3)::
     ReEnc(C, rk)          innermost layer: V ← V·e(U, K); append R as the new innermost layer
     Dec(C, sk_j)          X = Dec1(innermost); for each outer layer: m = V / e(U, H3(X, …))
 
-Deviation from DESIGN.md, on purpose: H3(X) = H3'(X)·P2 with H3' a hash to Zr, instead of a hash
-onto G2. Hash-to-G2 costs half a pairing in mcl; with a scalar the per-hop decryption is
-e(H3'(X)·U, P2) — one G1 multiplication and one pairing. CPA security is unchanged in the
-random-oracle model for H3' (argued, not proved, in docs/security.md §3.3): the mask
-e(U, P2)^{H3'(X)} is uniform while X is hidden (by the CPA security of R), the proxy's
-K = H3'(X)·P2 − h·sk_i is uniform in G2 for the same reason, and the security argument never
-needs H3 to output a point of unknown discrete log. What changes: whoever knows X (the
-delegatee) knows log H3(X) — it learns H3(X) anyway. Proxy + delegatee still learn h·sk_i (the
-type key), exactly as with a hash onto G2. H3 also
-hashes the type tag and the delegator's and delegatee's identity tags (DESIGN.md hashes X
-alone), so that the tags carried in clear in every layer are bound: editing one makes the
-capsule decrypt to garbage, which the AES-GCM layer rejects.
+Deviation from the scheme as first specified, on purpose: H3(X) = H3'(X)·P2 with H3' a hash to Zr,
+instead of a hash onto G2. Hash-to-G2 costs half a pairing in mcl; with a scalar the per-hop
+decryption is e(H3'(X)·U, P2) — one G1 multiplication and one pairing. CPA security is unchanged in
+the random-oracle model for H3' (argued, not proved, in docs/security.md §3.3): the mask
+e(U, P2)^{H3'(X)} is uniform while X is hidden (by the CPA security of R), the proxy's K =
+H3'(X)·P2 − h·sk_i is uniform in G2 for the same reason, and the security argument never needs H3 to
+output a point of unknown discrete log. What changes: whoever knows X (the delegatee) knows log
+H3(X) — it learns H3(X) anyway. Proxy + delegatee still learn h·sk_i (the type key), exactly as with
+a hash onto G2. H3 also hashes the type tag and the delegator's and delegatee's identity tags (the
+first specification hashed X alone), so that the tags carried in clear in every layer are bound:
+editing one makes the capsule decrypt to garbage, which the AES-GCM layer rejects.
 
 Optimisations, each an identity of the pairing: e(k·T, Q) = e(T, Q)^k with e(T, Q) cached per
 recipient type key; e(U, sk)^h = e(U, h·sk) with h·sk cached per type secret.
