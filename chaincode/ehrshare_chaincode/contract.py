@@ -2201,6 +2201,24 @@ class EHRContract:
             raise ChaincodeError(f"audit trail kind {kind!r} is not patient or record")
         return {"entries": entries, "bookmark": next_bm}
 
+    def StateDigest(self, ctx: TxContext) -> Any:
+        """SHA-256 over every key and value of this contract's world state, in key order, and
+        the number of keys: equal on every peer at the same height. Blocks are signed and
+        compared across organisations; a peer's state database is not, and queries are read
+        from it, so ``ledger verify`` compares this digest across the organisations' peers to
+        catch a hand edit of one peer's state. Any registered member; it reveals nothing but
+        the count of keys."""
+        ctx.registered()
+        digest = hashlib.sha256()
+        count = 0
+        for object_type in _STATE_TYPES:
+            for kv in ctx.stub.get_state_by_partial_composite_key(object_type, []):
+                value = kv.value if isinstance(kv.value, bytes) else str(kv.value).encode()
+                digest.update(len(kv.key).to_bytes(4, "big") + kv.key.encode("utf-8"))
+                digest.update(len(value).to_bytes(4, "big") + value)
+                count += 1
+        return {"sha256": digest.hexdigest(), "keys": count}
+
     def VerifyAuditTrail(self, ctx: TxContext, chain: str) -> Any:
         """Recompute a chain's hashes and links against its head."""
         caller = ctx.registered()
@@ -2211,6 +2229,12 @@ class EHRContract:
         entries = [canonical.loads(kv.value, "stored log entry") for kv in rows]
         head = ctx.get_json(K_LOG_HEAD, chain)
         return verify_entries(chain, entries, head)
+
+
+# Every object type this contract writes (the module's K_* names), for StateDigest.
+_STATE_TYPES = tuple(
+    sorted(value for name, value in dict(globals()).items() if name.startswith("K_"))
+)
 
 
 # --- dispatcher ------------------------------------------------------------------------------

@@ -782,7 +782,12 @@ class Consortium(Closing):
                 *, against: Sequence[Any] = (), audit_chains: Sequence[str] = ()
             ) -> dict[str, Any]:
                 report = fabric.verify_as(
-                    identity, signer, channel=channel, client_tls=client_tls, against=against
+                    identity,
+                    signer,
+                    channel=channel,
+                    client_tls=client_tls,
+                    against=against,
+                    chaincode=chaincode,
                 )
                 report["state_compared"] = [
                     fabric.compare_answers(

@@ -236,12 +236,15 @@ class FabricBackend:
         channel: str,
         client_tls: ClientTlsPair | None = None,
         against: Sequence[Any] = (),
+        chaincode: str | None = None,
     ) -> dict[str, Any]:
         """Deliver every block from one peer of each organisation as
         ``identity`` and check each copy's hash chain and orderer signatures and that the
         copies agree (:func:`ehrshare.ledger.fabric_blocks.verify_copies`); raises
         ``LedgerIntegrityError`` naming the first bad block, also when the agreed chain no
-        longer holds a witnessed head in ``against``."""
+        longer holds a witnessed head in ``against``. With ``chaincode``, also the contract's
+        ``StateDigest`` of each organisation's peer, compared (:meth:`compare_answers`): a
+        peer's state database is not covered by its blocks."""
         from ehrshare.ledger.fabric_blocks import fetch_blocks, verify_copies
 
         first: dict[str, PeerEndpoint] = {}
@@ -261,7 +264,18 @@ class FabricBackend:
             )
             for msp, p in first.items()
         }
-        return verify_copies(copies, against=against)
+        report = verify_copies(copies, against=against)
+        if chaincode is not None:
+            report["state"] = self.compare_answers(
+                identity,
+                signer,
+                channel=channel,
+                chaincode=chaincode,
+                function="StateDigest",
+                args=(),
+                client_tls=client_tls,
+            )
+        return report
 
     def compare_answers(
         self,

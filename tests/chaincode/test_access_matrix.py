@@ -327,6 +327,7 @@ CASES = [
         _role_needed("kgc"),
     ),
     Case("GetDKGResult", lambda w: ("",), REGISTERED, lambda w, n, r: ""),
+    Case("StateDigest", lambda w: (), REGISTERED, lambda w, n, r: ""),
     Case(
         "GetAuditTrail",
         lambda w: ("patient", ALICE),

@@ -217,3 +217,20 @@ def test_offline_verification_of_a_downloaded_trail(world: World) -> None:
         "first_bad_seq": 3,
         "reason": "entry 3 does not match its hash",
     }
+
+
+def test_the_state_digest_covers_every_key_and_sees_a_hand_edit(fresh_world: World) -> None:
+    """What `ledger verify` compares across the organisations' Fabric peers: equal states give
+    equal digests, a committed change or a hand edit of one stored row changes it."""
+    w = fresh_world
+    auditor, patient = w.m["auditor"], w.m["owner"]
+    first = auditor.evaluate("StateDigest")
+    assert first == patient.evaluate("StateDigest")  # any registered member; same answer
+    db = sqlite3.connect(w.sandbox.ledger.directory / "ledger.sqlite", isolation_level=None)
+    (keys,) = db.execute("SELECT COUNT(*) FROM state").fetchone()
+    assert first["keys"] == keys  # every row of the contract's state, none missed
+    key = create_composite_key("ehr.grant", [w.grants["grantee"]]).encode()
+    _edit(db, key, lambda g: g.update(expiry=int(g["expiry"]) + 86400))
+    db.close()
+    edited = auditor.evaluate("StateDigest")
+    assert edited["keys"] == first["keys"] and edited["sha256"] != first["sha256"]

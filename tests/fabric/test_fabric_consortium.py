@@ -182,6 +182,9 @@ def test_network_up_runs_fabric_and_the_services_and_down_stops_them(tmp_path: P
         assert checked["valid"] is True and checked["backend"] == "fabric"
         assert sorted(checked["peers"]) == ["HospitalAMSP", "HospitalBMSP", "HospitalCMSP"]
         assert checked["orderer_organisations"] == ["OrdererMSP"]
+        # ... and every hospital's peer holds the same world state (its StateDigest).
+        assert checked["state"]["function"] == "StateDigest"
+        assert checked["state"]["organisations"] == ["HospitalAMSP", "HospitalBMSP", "HospitalCMSP"]
         audit = json.loads(_cli("audit", "verify", "-p", str(root), "-w", "alice", "--json").stdout)
         assert audit["valid"] is True and audit["checks"]["ledger"]["height"] >= checked["height"]
         # ... and alice's audit chain as answered by one peer of every hospital, compared.

@@ -88,6 +88,7 @@ def _verify_fabric(prof: Any, wallet: str, heads: list[Any]) -> dict[str, Any]:
             channel=prof.channel,
             client_tls=(tls_cert.credentials, tls_signer.to_secret_bytes()),
             against=heads,
+            chaincode=prof.chaincode,
         )
     finally:
         backend.close()
