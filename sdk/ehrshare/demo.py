@@ -348,23 +348,7 @@ def _careful_edits_fabric(
     backend = FabricBackend.from_profile(consortium.profile)
 
     def copies() -> dict[str, list[Any]]:
-        from ehrshare.ledger.fabric_blocks import fetch_blocks
-
-        first: dict[str, Any] = {}
-        for peer in backend.peers:
-            first.setdefault(peer.msp_id, peer)
-        return {
-            msp: fetch_blocks(
-                address=p.address,
-                tls_ca_pem=p.tls_ca_pem,
-                server_name=p.server_name,
-                channel=channel,
-                identity=identity,
-                signer=signer,
-                client_tls=client_tls,
-            )
-            for msp, p in first.items()
-        }
+        return backend.fetch_copies(identity, signer, channel=channel, client_tls=client_tls)
 
     def verify(against: tuple[Any, ...] = ()) -> LedgerIntegrityError | None:
         try:

@@ -228,6 +228,40 @@ class FabricBackend:
         :meth:`verify_as`."""
         return None
 
+    def peer_per_organisation(self) -> dict[str, PeerEndpoint]:
+        """The first peer the profile lists of each organisation: whose copies are compared."""
+        first: dict[str, PeerEndpoint] = {}
+        for peer in self.peers:
+            first.setdefault(peer.msp_id, peer)
+        if not first:
+            raise ProfileError("the profile names no Fabric peer to read blocks from")
+        return first
+
+    def fetch_copies(
+        self,
+        identity: Identity,
+        signer: Signer,
+        *,
+        channel: str,
+        client_tls: ClientTlsPair | None = None,
+    ) -> dict[str, list[Any]]:
+        """Every block of ``channel`` as one peer of each organisation delivers it, as
+        ``identity`` (:func:`ehrshare.ledger.fabric_blocks.fetch_blocks`)."""
+        from ehrshare.ledger.fabric_blocks import fetch_blocks
+
+        return {
+            msp: fetch_blocks(
+                address=p.address,
+                tls_ca_pem=p.tls_ca_pem,
+                server_name=p.server_name,
+                channel=channel,
+                identity=identity,
+                signer=signer,
+                client_tls=client_tls,
+            )
+            for msp, p in self.peer_per_organisation().items()
+        }
+
     def verify_as(
         self,
         identity: Identity,
@@ -245,25 +279,9 @@ class FabricBackend:
         longer holds a witnessed head in ``against``. With ``chaincode``, also the contract's
         ``StateDigest`` of each organisation's peer, compared (:meth:`compare_answers`): a
         peer's state database is not covered by its blocks."""
-        from ehrshare.ledger.fabric_blocks import fetch_blocks, verify_copies
+        from ehrshare.ledger.fabric_blocks import verify_copies
 
-        first: dict[str, PeerEndpoint] = {}
-        for peer in self.peers:
-            first.setdefault(peer.msp_id, peer)
-        if not first:
-            raise ProfileError("the profile names no Fabric peer to read blocks from")
-        copies = {
-            msp: fetch_blocks(
-                address=p.address,
-                tls_ca_pem=p.tls_ca_pem,
-                server_name=p.server_name,
-                channel=channel,
-                identity=identity,
-                signer=signer,
-                client_tls=client_tls,
-            )
-            for msp, p in first.items()
-        }
+        copies = self.fetch_copies(identity, signer, channel=channel, client_tls=client_tls)
         report = verify_copies(copies, against=against)
         if chaincode is not None:
             report["state"] = self.compare_answers(
@@ -299,9 +317,7 @@ class FabricBackend:
         others' (every one of them when no answer has a majority)."""
         from ehrshare.ledger.errors import LedgerIntegrityError
 
-        first: dict[str, PeerEndpoint] = {}
-        for peer in self.peers:
-            first.setdefault(peer.msp_id, peer)
+        first = self.peer_per_organisation()
         for attempt in range(_COMPARE_ATTEMPTS):
             answers = {
                 msp: self._ask(
