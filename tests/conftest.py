@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from hypothesis import HealthCheck, settings
 
@@ -28,3 +29,15 @@ settings.register_profile(
     derandomize=True,
 )
 settings.load_profile("ci" if os.environ.get("CI") else "default")
+
+
+# py_ecc (the independent implementation's library, tests only) raises the interpreter's
+# recursion limit to 100,000 when a test module imports it. Past that point deep input that
+# should end in a RecursionError could overflow the C stack instead (the full suite once
+# segfaulted in json.loads). Once every test module is imported, put the limit back, so every
+# test recurses as production does.
+_RECURSION_LIMIT = sys.getrecursionlimit()
+
+
+def pytest_collection_finish(session: object) -> None:
+    sys.setrecursionlimit(_RECURSION_LIMIT)

@@ -32,6 +32,7 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from pydantic import ValidationError
 
 from ehrshare.errors import InvalidInput
+from ehrshare.jsontext import too_deep
 
 __all__ = [
     "DEFAULT_RULES",
@@ -100,26 +101,6 @@ def _depth_exceeds(obj: Any, limit: int) -> bool:
     return False
 
 
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.DOTALL)
-_JSON_BRACKET = re.compile(r"[\[\]{}]")
-
-
-def _text_depth_exceeds(text: str | bytes, limit: int) -> bool:
-    """Whether JSON ``text`` nests arrays and objects more than ``limit`` deep, found without
-    parsing it (brackets inside strings do not count); malformed text is left to the parser."""
-    if isinstance(text, bytes):
-        text = text.decode("utf-8", errors="replace")
-    depth = 0
-    for match in _JSON_BRACKET.finditer(_JSON_STRING.sub("", text)):
-        if match.group() in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        else:
-            depth -= 1
-    return False
-
-
 def _summarise(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
@@ -143,7 +124,7 @@ def parse_resource(data: FHIRAbstractModel | Mapping[str, Any] | str | bytes) ->
     elif isinstance(data, str | bytes):
         # Before parsing: the C JSON decoder recurses per level, and a deep enough document can
         # exhaust the C stack before any RecursionError (a segfault, seen with 100,000 levels).
-        if _text_depth_exceeds(data, MAX_DEPTH):
+        if too_deep(data, MAX_DEPTH):
             raise FhirValidationError(_too_deep())
         try:
             obj = json.loads(data)

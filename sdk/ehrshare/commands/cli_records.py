@@ -1445,6 +1445,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Recompute the hash chain (chaincode and offline) and check the whole ledger (see
         'ehrshare ledger verify'). Exit code 5 if anything does not verify."""
         from ehrshare.commands.ledger_cli import read_heads
+        from ehrshare.jsontext import loads_untrusted
         from ehrshare.session import AuditTrail
 
         heads = read_heads(against)
@@ -1452,7 +1453,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         trail = None
         if trail_file:
             try:
-                raw = json.loads(Path(trail_file).read_text(encoding="utf-8"))
+                raw = loads_untrusted(Path(trail_file).read_text(encoding="utf-8"))
                 trail = AuditTrail(raw["chain"], tuple(raw["entries"]))
             except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
                 _fail(EXIT_INPUT, f"{trail_file} is not an exported audit trail: {exc}")

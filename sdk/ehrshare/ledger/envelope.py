@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from fabric_protos.msp import identities_pb2
 
 from ehrshare.identity import Identity, Signer, verify_signature
+from ehrshare.jsontext import loads_untrusted
 
 __all__ = [
     "NONCE_SIZE",
@@ -93,7 +94,7 @@ class Proposal:
     def from_bytes(cls, data: bytes) -> Proposal:
         """Parse :meth:`to_bytes` output; ValueError naming the problem otherwise."""
         try:
-            body = json.loads(data)
+            body = loads_untrusted(data)
             if body.get("format") != _FORMAT:
                 raise ValueError(f"proposal format {body.get('format')!r} is not {_FORMAT}")
             ts = body["timestamp"]

@@ -22,6 +22,7 @@ from typing import Any
 
 from ehrshare.errors import InvalidInput
 from ehrshare.identity import Identity, Signer, verify_signature
+from ehrshare.jsontext import loads_untrusted
 from ehrshare.ledger.errors import LedgerIntegrityError
 
 __all__ = ["HeadFileError", "SignedHead", "check_head", "read_head", "sign_head"]
@@ -95,7 +96,7 @@ class SignedHead:
     def from_json(cls, data: bytes, source: str = "") -> SignedHead:
         """Parse :meth:`to_json` output; :class:`HeadFileError` naming the problem otherwise."""
         try:
-            raw = json.loads(data)
+            raw = loads_untrusted(data)
             if raw.get("format") != _FORMAT:
                 raise ValueError(f"format {raw.get('format')!r} is not {_FORMAT}")
             head = cls(
