@@ -273,10 +273,8 @@ def test_network_up_runs_fabric_and_the_services_and_down_stops_them(tmp_path: P
     )
     assert status["ledger"]["running"] is False
     # With the network down, a command that needs the ledger says so (exit 4), not "refused".
-    proc = _cli(
-        "consortium", "add-member", "bob", "--hospital", "HospitalB", "--role", "patient",
-        "-p", str(root), check=False,
-    )  # fmt: skip
+    # (add-member no longer writes to the ledger: init publishes every hospital's CA.)
+    proc = _cli("record", "list", "-p", str(root), "-w", "alice", check=False)
     flat = " ".join(proc.stderr.replace("│", " ").split())
     assert proc.returncode == 4, proc.stderr
     assert "could not reach any peer" in flat and "ehrshare network up" in flat

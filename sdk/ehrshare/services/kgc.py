@@ -1769,7 +1769,13 @@ class DkgFollower:
             return
         state = LedgerBoard(self._node.contract).session_state(nonce)
         phase = str(state["phase"])
-        if phase != _PHASE_ORDER[0]:
+        joinable = {_PHASE_ORDER[0]}
+        if state.get("kind") == "reshare" and self.ibe_id not in state.get("dealers", []):
+            # A new member deals nothing: its first post is its response, so it can still join
+            # after the dealers have closed the deal phase (they are quick; a node that is
+            # starting, or slow to see the event, was found missing its whole session).
+            joinable.add(_PHASE_ORDER[1])
+        if phase not in joinable:
             _log.info("%s: the session is %s; not taking part", tag, phase)
             return
         if self.ibe_id in state.get("posted", []):
