@@ -68,11 +68,12 @@ from ehrshare.profile import (
     Wallet,
 )
 from ehrshare.services.kgc import InProcessKgcClient, KgcNode, run_local_dkg
+from ehrshare.services.protocols import KgcClient, ProxyClient
 from ehrshare.services.proxy import InProcessProxyClient, ReencryptionProxy, catch_up
 from ehrshare.services.rpc import GrpcKgcClient, GrpcProxyClient
 from ehrshare.services.tls import ClientTls, issue_tls_certificate
 from ehrshare.services.vault import atomic_write, read_key_file, write_key_file
-from ehrshare.session import KgcClient, ProxyClient, ProxyRoute, Session
+from ehrshare.session import ProxyRoute, Session
 
 if TYPE_CHECKING:
     from ehrshare.fabricnet import FabricNet

@@ -39,7 +39,7 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Concatenate, Final, Literal, ParamSpec, Protocol, TypeVar, runtime_checkable
+from typing import Any, Concatenate, Final, Literal, ParamSpec, TypeVar
 
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
@@ -75,6 +75,7 @@ from ehrshare.ledger.errors import (
     OrderingKeyError,
 )
 from ehrshare.profile import Wallet, WalletError
+from ehrshare.services.protocols import KgcClient, ProxyClient
 from ehrshare.services.proxy import InvalidReKey, NoReKey, ProxyUnavailable, seal_rekey
 from ehrshare.services.proxy import NotAuthorised as ProxyNotAuthorised
 from ehrshare.storage import (
@@ -255,54 +256,6 @@ class ProxyUnreachable(ProxyError):
         self.access_id = access_id
         self.hint = f"ask hospital {msp_id} to start its proxy ('ehrshare proxy serve'), then retry"
         super().__init__(message)
-
-
-# --- service protocols (implemented in ehrshare.services, in-process and over gRPC) -----------
-
-
-@runtime_checkable
-class KgcClient(Protocol):
-    """One KGC node as the SDK sees it."""
-
-    index: int
-
-    def extract(self, request_bytes: bytes, *, timeout: float = 10.0) -> bytes:
-        """A :class:`~ehrshare.hazmat.extract.SignedExtractionRequest` → the node's sealed,
-        signed partial key response."""
-        ...
-
-
-@runtime_checkable
-class ProxyClient(Protocol):
-    """The re-encryption proxy as the SDK sees it."""
-
-    def public_key(self) -> bytes:
-        """The X25519 key re-keys are sealed to."""
-        ...
-
-    def store_rekey(self, grant_id: str, sealed_rekey: bytes) -> None:
-        """Hand over the re-key of a committed grant (sealed under :func:`rekey_aad`)."""
-        ...
-
-    def reencrypt(
-        self,
-        *,
-        record_id: str,
-        requester: str,
-        approval_id: str,
-        grant_id: str | None = None,
-        capsule: bytes | None = None,
-    ) -> bytes:
-        """The record's capsule re-encrypted along the requester's grant chain."""
-        ...
-
-    def revoke(self, grant_id: str) -> None:
-        """Delete the re-key of a revoked grant."""
-        ...
-
-    def rekey_status(self, grant_id: str) -> str:
-        """``held``, ``pending`` or ``missing``: whether the proxy holds a grant's re-key."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final
 
 from ehrshare import faults
 from ehrshare.errors import EhrshareError, Unavailable
@@ -88,6 +88,7 @@ from ehrshare.services.extract_auth import (
     sign_extraction_request,
     verify_request_signature,
 )
+from ehrshare.services.protocols import KgcClient
 from ehrshare.services.ratelimit import TokenBucketLimiter
 from ehrshare.services.vault import atomic_write, open_sealed_file, write_sealed_file
 
@@ -105,7 +106,6 @@ __all__ = [
     "ExtractionOutcome",
     "IdentityNotRegistered",
     "InProcessKgcClient",
-    "KgcClient",
     "KgcError",
     "KgcNode",
     "KgcUnavailable",
@@ -1847,17 +1847,6 @@ class DkgFollower:
 
 # ---------------------------------------------------------------------------------------------
 # the user side
-
-
-@runtime_checkable
-class KgcClient(Protocol):
-    """How a user reaches one KGC node: in-process (:class:`InProcessKgcClient`) or gRPC."""
-
-    index: int
-
-    def extract(self, request_bytes: bytes, *, timeout: float = 10.0) -> bytes:
-        """Send an extraction request; returns the node's response bytes or raises KgcError."""
-        ...
 
 
 class InProcessKgcClient:

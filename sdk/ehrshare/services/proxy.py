@@ -55,7 +55,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Final, Protocol, runtime_checkable
+from typing import Any, Final
 
 from ehrshare.closing import Closing
 from ehrshare.errors import EhrshareError, Unavailable
@@ -81,7 +81,6 @@ __all__ = [
     "InvalidReKey",
     "NoReKey",
     "NotAuthorised",
-    "ProxyClient",
     "ProxyError",
     "ProxyUnavailable",
     "ReencryptionProxy",
@@ -973,31 +972,6 @@ class RevocationFollower:
 
 # ---------------------------------------------------------------------------------------------
 # clients
-
-
-@runtime_checkable
-class ProxyClient(Protocol):
-    """How users reach a proxy: in-process (:class:`InProcessProxyClient`) or gRPC."""
-
-    def public_key(self) -> bytes:
-        """The X25519 key to seal re-keys to."""
-        ...
-
-    def store_rekey(self, grant_id: str, sealed_rekey: bytes) -> None:
-        """Deliver a sealed re-key for a grant (the caller must be its grantor)."""
-        ...
-
-    def reencrypt(self, *, record_id: str, requester: str, approval_id: str) -> bytes:
-        """The re-encrypted capsule for a committed, unused approval."""
-        ...
-
-    def revoke(self, grant_id: str) -> None:
-        """Ask the proxy to delete a grant's re-key (owner or grantor)."""
-        ...
-
-    def rekey_status(self, grant_id: str) -> str:
-        """Whether the proxy holds a grant's re-key (a party to the grant asks)."""
-        ...
 
 
 class InProcessProxyClient:
