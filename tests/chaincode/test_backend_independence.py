@@ -153,7 +153,7 @@ def test_chaincode_imports_nothing_backend_specific() -> None:
         "threading",
         "asyncio",
     }
-    for path in PACKAGE.glob("*.py"):
+    for path in PACKAGE.rglob("*.py"):
         if path.name in RUNTIME_ADAPTERS:
             continue
         tree = ast.parse(path.read_text(encoding="utf-8"))

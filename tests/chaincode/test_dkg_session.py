@@ -35,7 +35,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from ehrshare.ledger.sandbox import Member
-from ehrshare_chaincode.contract import _check_bundle_header
+from ehrshare_chaincode.contract.dkg_sessions import check_bundle_header
 from ehrshare_chaincode.stub import ChaincodeError
 
 NONCE4 = "12" * 32
@@ -401,7 +401,7 @@ def test_header_check_accepts_exactly_the_bound_headers(raw: bytes, phase: str) 
         and int.from_bytes(raw[34:36], "big") == 2
     )
     try:
-        _check_bundle_header(raw, NONCE, phase, 2, KAI)
+        check_bundle_header(raw, NONCE, phase, 2, KAI)
     except ChaincodeError:
         assert not bound
     else:
@@ -412,10 +412,10 @@ def test_header_check_accepts_exactly_the_bound_headers(raw: bytes, phase: str) 
 def test_header_check_binds_the_sender_of_well_formed_headers(sender: int, body: bytes) -> None:
     raw = base64.b64decode(dkg_bundle("response", NONCE, sender, body))
     if sender == 7:
-        _check_bundle_header(raw, NONCE, "response", 7, KIM)
+        check_bundle_header(raw, NONCE, "response", 7, KIM)
     else:
         with pytest.raises(ChaincodeError, match=f"names sender {sender}, but kgc"):
-            _check_bundle_header(raw, NONCE, "response", 7, KIM)
+            check_bundle_header(raw, NONCE, "response", 7, KIM)
 
 
 def _response(nonce: str, sender: int, statuses: bytes) -> str:

@@ -25,7 +25,7 @@ from chaincode_world import (
 from hypothesis import given
 from hypothesis import strategies as st
 
-from ehrshare_chaincode.contract import _json_ints
+from ehrshare_chaincode.contract.checks import json_ints
 from ehrshare_chaincode.stub import ChaincodeError
 
 RESHARE = "b1" * 32
@@ -44,10 +44,10 @@ def test_indices_parse_to_integers_or_a_clear_error(value: object) -> None:
         isinstance(x, int) and not isinstance(x, bool) for x in value
     )
     if ok:
-        assert _json_ints(text, "indices") == value
+        assert json_ints(text, "indices") == value
     else:
         with pytest.raises(ChaincodeError, match="indices must be a json list of integers"):
-            _json_ints(text, "indices")
+            json_ints(text, "indices")
 
 
 def test_a_new_dkg_is_refused_once_records_exist_unless_replacing_on_purpose(

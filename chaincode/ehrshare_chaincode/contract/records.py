@@ -1,0 +1,243 @@
+"""Record pointers: register, amend, read, list. The record itself is ciphertext off chain.
+
+A pointer holds the CID, its SHA-256, the capsule (opaque base64) and the master-key epoch the
+capsule was sealed under; every version is kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import canonical
+from ..stub import ChaincodeError
+from .checks import (
+    CID_RE,
+    MAX_CAPSULE_BYTES,
+    SHA256_RE,
+    check_b64,
+    check_bookmark,
+    check_ibe,
+    check_id,
+    check_int,
+    check_page_size,
+    check_type,
+    check_version,
+)
+from .context import (
+    ADMIN,
+    AUDITOR,
+    CLINICIAN,
+    PATIENT,
+    PROXY,
+    Caller,
+    TxContext,
+)
+from .functions import evaluate, submit
+from .grants import grant_problem, load_grant, valid_grant
+from .identities import fresh_type_key_epoch, load_identity
+from .keys import K_IBE, K_RECORD, K_RECORD_BY_OWNER, K_RECORD_VERSION, seq
+
+
+class Records:
+    """RegisterRecord, AmendRecord and the record reads."""
+
+    @submit
+    def RegisterRecord(
+        self,
+        ctx: TxContext,
+        record_id: str,
+        owner: str,
+        record_type: str,
+        cid: str,
+        sha256: str,
+        capsule_b64: str,
+        format_version: str,
+    ) -> Any:
+        """Register a record pointer; the patient itself or a clinician of any member hospital."""
+        caller = ctx.registered()
+        check_id(record_id, "record id")
+        check_ibe(owner, "owner")
+        check_type(record_type)
+        if not CID_RE.fullmatch(cid):
+            raise ChaincodeError(f"cid {cid!r} is not a content identifier")
+        if not SHA256_RE.fullmatch(sha256):
+            raise ChaincodeError("sha256 must be 64 lower-case hex digits")
+        check_b64(capsule_b64, "capsule", MAX_CAPSULE_BYTES)
+        version = check_version(format_version)
+        if not (caller.role == CLINICIAN or (caller.role == PATIENT and caller.ibe_id == owner)):
+            raise ChaincodeError(f"identity {caller.name} may not create records for {owner}")
+        owner_ident = ctx.get_json(K_IBE, owner)
+        if owner_ident is None:
+            raise ChaincodeError(f"patient {owner} is not registered")
+        if load_identity(ctx, owner)["role"] != PATIENT:
+            raise ChaincodeError(f"identity {owner} is not a patient")
+        if ctx.stub.get_state(ctx.key(K_RECORD, record_id)) is not None:
+            raise ChaincodeError(f"record {record_id} already exists")
+        epoch = fresh_type_key_epoch(ctx, owner, record_type)
+        record = {
+            "record_id": record_id,
+            "owner": owner,
+            "type": record_type,
+            "cid": cid,
+            "sha256": sha256,
+            "capsule": capsule_b64,
+            "format_version": version,
+            "epoch": epoch,
+            "creator": caller.name,
+            "creator_msp": caller.msp_id,
+            "version": 1,
+            "created_at": ctx.now,
+            "updated_at": ctx.now,
+            "tx_id": ctx.tx_id,
+        }
+        ctx.put_json(record, K_RECORD, record_id)
+        ctx.put_json(record, K_RECORD_VERSION, record_id, seq(1))
+        ctx.put_index(K_RECORD_BY_OWNER, owner, record_id)
+        ctx.log(
+            owner,
+            "RegisterRecord",
+            "ok",
+            record_id=record_id,
+            detail={"type": record_type, "version": 1, "cid": cid},
+        )
+        return record
+
+    @submit
+    def AmendRecord(
+        self,
+        ctx: TxContext,
+        record_id: str,
+        cid: str,
+        sha256: str,
+        capsule_b64: str,
+        format_version: str,
+    ) -> Any:
+        """A new version of a record (owner or original creator); older versions stay readable."""
+        caller = ctx.registered()
+        record = load_record(ctx, record_id)
+        if caller.name not in (record["owner"], record["creator"]):
+            raise ChaincodeError(f"identity {caller.name} may not amend record {record_id}")
+        if not CID_RE.fullmatch(cid):
+            raise ChaincodeError(f"cid {cid!r} is not a content identifier")
+        if not SHA256_RE.fullmatch(sha256):
+            raise ChaincodeError("sha256 must be 64 lower-case hex digits")
+        check_b64(capsule_b64, "capsule", MAX_CAPSULE_BYTES)
+        epoch = fresh_type_key_epoch(ctx, str(record["owner"]), str(record["type"]))
+        amended = dict(record)
+        amended.update(
+            {
+                "epoch": epoch,
+                "cid": cid,
+                "sha256": sha256,
+                "capsule": capsule_b64,
+                "format_version": check_version(format_version),
+                "version": int(record["version"]) + 1,
+                "updated_at": ctx.now,
+                "amended_by": caller.name,
+                "tx_id": ctx.tx_id,
+            }
+        )
+        ctx.put_json(amended, K_RECORD, record_id)
+        ctx.put_json(amended, K_RECORD_VERSION, record_id, seq(amended["version"]))
+        ctx.log(
+            record["owner"],
+            "AmendRecord",
+            "ok",
+            record_id=record_id,
+            detail={"version": amended["version"], "cid": cid},
+        )
+        return amended
+
+    def _may_read(self, ctx: TxContext, caller: Caller, record: dict[str, Any]) -> bool:
+        # The proxy reads pointers to check that a capsule it is given belongs to the record.
+        if caller.role in (AUDITOR, PROXY) or caller.name in (record["owner"], record["creator"]):
+            return True
+        assert caller.ibe_id is not None
+        grant, _ = valid_grant(ctx, record["owner"], record["type"], caller.ibe_id)
+        return grant is not None
+
+    @evaluate
+    def GetRecord(self, ctx: TxContext, record_id: str, version: str = "") -> Any:
+        """A record pointer (latest or a given version): owner, creator, grantee, auditor, proxy."""
+        caller = ctx.registered()
+        record = load_record(ctx, record_id)
+        if not self._may_read(ctx, caller, record):
+            raise ChaincodeError(f"identity {caller.name} may not read record {record_id}")
+        if version == "":
+            return record
+        n = check_int(version, "version", 1, int(record["version"]))
+        return ctx.get_json(K_RECORD_VERSION, record_id, seq(n))
+
+    @evaluate
+    def GetRecordHistory(self, ctx: TxContext, record_id: str) -> Any:
+        """Every version of a record, oldest first."""
+        caller = ctx.registered()
+        record = load_record(ctx, record_id)
+        if not self._may_read(ctx, caller, record):
+            raise ChaincodeError(f"identity {caller.name} may not read record {record_id}")
+        rows = ctx.stub.get_state_by_partial_composite_key(K_RECORD_VERSION, [record_id])
+        return [canonical.loads(kv.value, "stored record") for kv in rows]
+
+    @evaluate
+    def ListRecords(
+        self, ctx: TxContext, patient: str, page_size: str = "", bookmark: str = ""
+    ) -> Any:
+        """One page of a patient's records (the patient or an auditor)."""
+        caller = ctx.registered()
+        check_ibe(patient, "patient")
+        if caller.name != patient and caller.role != AUDITOR:
+            raise ChaincodeError(f"identity {caller.name} may not list records of {patient}")
+        records, next_bm = ctx.index_page(K_RECORD_BY_OWNER, patient, K_RECORD, page_size, bookmark)
+        return {"records": records, "bookmark": next_bm}
+
+    @evaluate
+    def ListRecordVersions(self, ctx: TxContext, page_size: str = "", bookmark: str = "") -> Any:
+        """One page of every version of every record, as ``{record_id, version, cid, sha256,
+        epoch}`` in key order: what a store must hold (``ehrshare store check/gc``). Org admins
+        and auditors only; it names no owner or type."""
+        ctx.registered(ADMIN, AUDITOR)
+        check_bookmark(bookmark, K_RECORD_VERSION)
+        rows, next_bm = ctx.stub.get_state_by_partial_composite_key_with_pagination(
+            K_RECORD_VERSION, [], check_page_size(page_size), bookmark
+        )
+        versions = []
+        for kv in rows:
+            rec = canonical.loads(kv.value, f"stored {K_RECORD_VERSION}")
+            versions.append(
+                {
+                    "record_id": rec["record_id"],
+                    "version": rec["version"],
+                    "cid": rec["cid"],
+                    "sha256": rec["sha256"],
+                    "epoch": rec.get("epoch", ""),
+                }
+            )
+        return {"versions": versions, "bookmark": next_bm}
+
+    @evaluate
+    def ListGrantedRecords(
+        self, ctx: TxContext, grant_id: str, page_size: str = "", bookmark: str = ""
+    ) -> Any:
+        """One page of the records a grant lets its grantee read now: the owner's records of
+        the grant's type (the grantee only, while the grant and its chain are valid). A page
+        may hold fewer records than asked for; follow the bookmark until it is empty."""
+        caller = ctx.registered()
+        grant = load_grant(ctx, grant_id)
+        if grant["grantee"] != caller.ibe_id:
+            raise ChaincodeError(f"identity {caller.name} is not the grantee of grant {grant_id}")
+        problem = grant_problem(ctx, grant)
+        if problem is not None:
+            raise ChaincodeError(problem)
+        records, next_bm = ctx.index_page(
+            K_RECORD_BY_OWNER, grant["owner"], K_RECORD, page_size, bookmark
+        )
+        return {"records": [r for r in records if r["type"] == grant["type"]], "bookmark": next_bm}
+
+
+def load_record(ctx: TxContext, record_id: str) -> dict[str, Any]:
+    check_id(record_id, "record id")
+    record = ctx.get_json(K_RECORD, record_id)
+    if record is None:
+        raise ChaincodeError(f"record {record_id} does not exist")
+    result: dict[str, Any] = record
+    return result
