@@ -12,20 +12,14 @@ from typing import Any
 
 from .. import canonical
 from ..stub import ChaincodeError
-from .checks import (
-    SHA256_RE,
-    check_id,
-    check_int,
-)
-from .context import (
-    AUDITOR,
-    PROXY,
-    TxContext,
-)
+from .checks import SHA256_RE, check_id, check_int
+from .context import AUDITOR, PROXY, TxContext
 from .functions import evaluate, submit
 from .grants import grant_problem, load_grant, valid_grant
 from .keys import K_ACCESS, K_APPROVAL, K_REENCRYPTION, seq
 from .records import load_record
+
+__all__ = ["Access"]
 
 
 class Access:

@@ -12,20 +12,13 @@ from typing import Any
 from .. import canonical
 from ..auditlog import SYSTEM_CHAIN, verify_entries
 from ..stub import ChaincodeError
-from .checks import (
-    check_bookmark,
-    check_ibe,
-    check_page_size,
-)
-from .context import (
-    ADMIN,
-    AUDITOR,
-    Caller,
-    TxContext,
-)
+from .checks import check_bookmark, check_ibe, check_page_size
+from .context import ADMIN, AUDITOR, Caller, TxContext
 from .functions import evaluate
 from .keys import K_LOG, K_LOG_BY_RECORD, K_LOG_HEAD, STATE_TYPES
 from .records import load_record
+
+__all__ = ["Audit"]
 
 
 class Audit:

@@ -14,6 +14,31 @@ import re
 from .. import canonical
 from ..stub import ChaincodeError
 
+__all__ = [
+    "CID_RE",
+    "DEFAULT_PAGE_SIZE",
+    "GRANT_ID_RE",
+    "MAX_CAPSULE_BYTES",
+    "MAX_CERT_BYTES",
+    "MAX_FORMAT_VERSION",
+    "MAX_HOPS",
+    "MAX_PAGE_SIZE",
+    "MAX_TYPE_KEY_BYTES",
+    "SHA256_RE",
+    "cert_arg",
+    "check_b64",
+    "check_bookmark",
+    "check_ibe",
+    "check_id",
+    "check_int",
+    "check_page_size",
+    "check_type",
+    "check_version",
+    "json_ints",
+    "json_list",
+    "master_key_epoch",
+]
+
 MAX_CAPSULE_BYTES = 64 * 1024
 MAX_TYPE_KEY_BYTES = 4 * 1024
 MAX_CERT_BYTES = 16 * 1024

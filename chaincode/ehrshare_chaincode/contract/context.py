@@ -17,6 +17,20 @@ from ..stub import ChaincodeError, ChaincodeStub
 from .checks import check_bookmark, check_page_size
 from .keys import INDEX_VALUE, K_IDENTITY, K_LOG, K_LOG_BY_RECORD, K_LOG_HEAD, seq
 
+__all__ = [
+    "ADMIN",
+    "AUDITOR",
+    "CLINICIAN",
+    "CONTRACT_NAME",
+    "KGC",
+    "PATIENT",
+    "PROXY",
+    "ROLES",
+    "ROLE_ATTRIBUTE",
+    "Caller",
+    "TxContext",
+]
+
 CONTRACT_NAME = "ehrshare"
 ROLE_ATTRIBUTE = "ehrshare.role"
 PATIENT, CLINICIAN, ADMIN, KGC, PROXY, AUDITOR = (

@@ -40,6 +40,8 @@ from .dkg_sessions import (
 from .functions import evaluate, submit
 from .keys import K_DKG, K_DKG_LATEST, K_DKG_RESULT, K_DKG_SESSION, K_DKG_VIEW
 
+__all__ = ["DkgBoard"]
+
 
 class DkgBoard:
     """PostDKGBundle, CloseDKGPhase, AbortDKGSession, GetDKGBundles and the DKG results."""

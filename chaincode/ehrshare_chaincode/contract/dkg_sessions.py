@@ -31,6 +31,33 @@ from .keys import (
     K_RECORD,
 )
 
+__all__ = [
+    "DKG_DONE",
+    "DKG_FAILED",
+    "DKG_HEADER_SIZE",
+    "DKG_PHASES",
+    "DKG_PHASE_KIND",
+    "MAX_ABORT_REASON",
+    "MAX_DKG_BUNDLE_BYTES",
+    "MAX_KGC_KEY_BYTES",
+    "MAX_KGC_NODES",
+    "MAX_MPK_BYTES",
+    "MAX_PHASE_TIMEOUT_S",
+    "MIN_KGC_NODES",
+    "DkgSessions",
+    "check_bundle_header",
+    "check_nonce",
+    "check_phase",
+    "check_reason",
+    "dealer_threshold",
+    "dkg_posters",
+    "failed_message",
+    "is_reshare",
+    "load_dkg_session",
+    "phase_senders",
+    "takes_part",
+]
+
 DKG_PHASES = ("deal", "response", "justification")
 MAX_DKG_BUNDLE_BYTES = 1024 * 1024
 MAX_MPK_BYTES = 1024

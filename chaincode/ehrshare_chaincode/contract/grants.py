@@ -10,21 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from ..stub import ChaincodeError
-from .checks import (
-    GRANT_ID_RE,
-    MAX_HOPS,
-    check_ibe,
-    check_id,
-    check_int,
-    check_type,
-    json_list,
-)
-from .context import (
-    AUDITOR,
-    PATIENT,
-    PROXY,
-    TxContext,
-)
+from .checks import GRANT_ID_RE, MAX_HOPS, check_ibe, check_id, check_int, check_type, json_list
+from .context import AUDITOR, PATIENT, PROXY, TxContext
 from .functions import evaluate, submit
 from .identities import current_epoch, fresh_type_key_epoch, load_identity
 from .keys import (
@@ -35,6 +22,8 @@ from .keys import (
     K_GRANT_MATCH,
     K_IBE,
 )
+
+__all__ = ["Grants", "grant_problem", "load_grant", "valid_grant"]
 
 
 class Grants:

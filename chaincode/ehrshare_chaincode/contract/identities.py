@@ -26,16 +26,11 @@ from .checks import (
     check_version,
     master_key_epoch,
 )
-from .context import (
-    ADMIN,
-    PATIENT,
-    ROLE_ATTRIBUTE,
-    ROLES,
-    Caller,
-    TxContext,
-)
+from .context import ADMIN, PATIENT, ROLE_ATTRIBUTE, ROLES, Caller, TxContext
 from .functions import evaluate, submit
 from .keys import K_DKG_LATEST, K_DKG_RESULT, K_IBE, K_IDENTITY, K_ORG_CA, K_TYPEKEY
+
+__all__ = ["Identities", "current_epoch", "fresh_type_key_epoch", "load_identity"]
 
 
 class Identities:

@@ -66,6 +66,7 @@ INDEX_VALUE = b"\x01"
 
 
 def seq(n: int) -> str:
+    """A sequence number as a key attribute, zero-padded so key order is numeric order."""
     return f"{n:012d}"
 
 

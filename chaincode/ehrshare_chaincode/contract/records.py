@@ -23,19 +23,13 @@ from .checks import (
     check_type,
     check_version,
 )
-from .context import (
-    ADMIN,
-    AUDITOR,
-    CLINICIAN,
-    PATIENT,
-    PROXY,
-    Caller,
-    TxContext,
-)
+from .context import ADMIN, AUDITOR, CLINICIAN, PATIENT, PROXY, Caller, TxContext
 from .functions import evaluate, submit
 from .grants import grant_problem, load_grant, valid_grant
 from .identities import fresh_type_key_epoch, load_identity
 from .keys import K_IBE, K_RECORD, K_RECORD_BY_OWNER, K_RECORD_VERSION, seq
+
+__all__ = ["Records", "load_record"]
 
 
 class Records:
