@@ -36,6 +36,7 @@ from .dkg_sessions import (
     load_dkg_session,
     phase_senders,
     takes_part,
+    view_counts,
 )
 from .functions import evaluate, submit
 from .keys import K_DKG, K_DKG_LATEST, K_DKG_RESULT, K_DKG_SESSION, K_DKG_VIEW
@@ -287,10 +288,7 @@ class DkgBoard:
                 f"only {dealers} of {len(phase_senders(session, DKG_PHASES[0]))} dealers posted a "
                 f"deal; threshold is {need}"
             )
-        counts: dict[str, int] = {}
-        for kv in ctx.stub.get_state_by_partial_composite_key(K_DKG_VIEW, [nonce]):
-            d = str(canonical.loads(kv.value, "stored dkg view")["digest"])
-            counts[d] = counts.get(d, 0) + 1
+        counts = view_counts(ctx, nonce)
         silent = len(roster) - sum(counts.values())
         best = max(counts.values(), default=0)
         if best + silent < tau:
@@ -539,10 +537,7 @@ class DkgBoard:
         session = load_dkg_session(ctx, nonce)
         if session["phase"] == DKG_FAILED:
             raise ChaincodeError(failed_message(session))
-        counts: dict[str, int] = {}
-        for kv in ctx.stub.get_state_by_partial_composite_key(K_DKG_VIEW, [nonce]):
-            d = str(canonical.loads(kv.value, "stored dkg view")["digest"])
-            counts[d] = counts.get(d, 0) + 1
+        counts = view_counts(ctx, nonce)
         best = max(counts.values(), default=0)
         raise ChaincodeError(
             f"dkg session {nonce} result is not final yet: {best} of {session['threshold']} agree"

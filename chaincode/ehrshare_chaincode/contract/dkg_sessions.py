@@ -56,6 +56,7 @@ __all__ = [
     "load_dkg_session",
     "phase_senders",
     "takes_part",
+    "view_counts",
 ]
 
 DKG_PHASES = ("deal", "response", "justification")
@@ -155,6 +156,15 @@ def load_dkg_session(ctx: TxContext, nonce: str) -> dict[str, Any]:
 def dkg_posters(ctx: TxContext, nonce: str, phase: str) -> list[str]:
     rows = ctx.stub.get_state_by_partial_composite_key(K_DKG, [nonce, phase])
     return [str(canonical.loads(kv.value, "stored dkg bundle")["poster"]) for kv in rows]
+
+
+def view_counts(ctx: TxContext, nonce: str) -> dict[str, int]:
+    """How many result views of a session were published per digest (agreeing views share one)."""
+    counts: dict[str, int] = {}
+    for kv in ctx.stub.get_state_by_partial_composite_key(K_DKG_VIEW, [nonce]):
+        d = str(canonical.loads(kv.value, "stored dkg view")["digest"])
+        counts[d] = counts.get(d, 0) + 1
+    return counts
 
 
 class DkgSessions:
@@ -436,10 +446,7 @@ class DkgSessions:
         posted: list[str] = []
         if session["phase"] in DKG_PHASES:
             posted = dkg_posters(ctx, nonce, session["phase"])
-        counts: dict[str, int] = {}
-        for kv in ctx.stub.get_state_by_partial_composite_key(K_DKG_VIEW, [nonce]):
-            d = str(canonical.loads(kv.value, "stored dkg view")["digest"])
-            counts[d] = counts.get(d, 0) + 1
+        counts = view_counts(ctx, nonce)
         final = ctx.stub.get_state(ctx.key(K_DKG_RESULT, nonce)) is not None
         result = {
             "final": final,
