@@ -82,6 +82,7 @@ WalletOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print only JSON on stdout.")]
+# The restart policy of a service supervisor ('network up', 'consortium serve').
 BackoffOpt = Annotated[
     float,
     typer.Option(
@@ -111,6 +112,8 @@ GiveUpAfterOpt = Annotated[
 
 
 def fail(code: int, message: str, hint: str = "") -> NoReturn:
+    """End the command: ``error: message`` (and ``hint:``) on stderr, then exit with ``code``,
+    one of :data:`ehrshare.errors.EXIT_CODES` by name. For what a command checks itself."""
     # soft_wrap: an error message stays one line, so scripts can grep it
     _err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
     if hint:
@@ -146,6 +149,7 @@ def mapped_errors() -> Iterator[None]:
 
 
 def profile_path(profile: str) -> str:
+    """``--profile`` as given, else ``./profile.yaml`` if there is one, else exit 3."""
     if profile:
         return profile
     if Path("profile.yaml").is_file():
@@ -159,6 +163,7 @@ def profile_path(profile: str) -> str:
 
 
 def need_wallet(wallet: str) -> str:
+    """``--wallet`` for a command that acts as someone; exit 2 when it was not given."""
     if not wallet:
         fail(EXIT_USAGE, "this command acts as someone: pass --wallet <name> (or EHRSHARE_WALLET)")
     return wallet
@@ -177,6 +182,8 @@ def unlocked_wallet(prof: Any, wallet: str) -> Any:
 
 @contextmanager
 def open_session(profile: str, wallet: str) -> Iterator[Any]:
+    """A :class:`ehrshare.Session` for ``--profile`` and ``--wallet``, closed on exit; errors
+    while opening it end the command with their exit code."""
     from ehrshare.consortium import connect
 
     with mapped_errors():
@@ -190,6 +197,8 @@ def open_session(profile: str, wallet: str) -> Iterator[Any]:
 
 @contextmanager
 def progress(text: str, quiet: bool) -> Iterator[Callable[[str], None]]:
+    """A spinner on stderr while a slow step runs, yielding a function that retitles it; nothing
+    when ``quiet`` (``--json``) or stderr is not a terminal."""
     if quiet or not _err.is_terminal:
         yield lambda _m: None
         return
@@ -205,6 +214,7 @@ def progress(text: str, quiet: bool) -> Iterator[Callable[[str], None]]:
 
 
 def emit(data: Any) -> None:
+    """Print ``--json`` output: indented, keys sorted, alone on stdout."""
     typer.echo(json.dumps(data, indent=2, sort_keys=True))
 
 
@@ -226,6 +236,7 @@ def make_table(*columns: str) -> Table:
 
 
 def fmt_time(ts: int) -> str:
+    """Unix seconds as a UTC time for people."""
     try:
         return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     except (ValueError, OverflowError, OSError):  # beyond year 9999: say the raw number
@@ -233,4 +244,5 @@ def fmt_time(ts: int) -> str:
 
 
 def fmt_date(ts: int) -> str:
+    """Unix seconds as a UTC date."""
     return _dt.datetime.fromtimestamp(ts, _dt.UTC).strftime("%Y-%m-%d")
