@@ -38,7 +38,14 @@ app.add_typer(bench_app, name="bench")
 # Modules under ehrshare.commands that expose `register(app, bench_app)`.
 _COMMAND_MODULES = (
     "ehrshare.commands.demo",
-    "ehrshare.commands.cli_records",
+    "ehrshare.commands.consortium",
+    "ehrshare.commands.records",
+    "ehrshare.commands.audit",
+    "ehrshare.commands.enrol",
+    "ehrshare.commands.grants",
+    "ehrshare.commands.network",
+    "ehrshare.commands.wallet",
+    "ehrshare.commands.store",
     "ehrshare.commands.ledger_cli",
     "ehrshare.commands.bench_crypto",
     "ehrshare.commands.bench_ledger",

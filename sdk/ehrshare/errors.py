@@ -6,7 +6,7 @@ families below name what went wrong from the caller's side — refused, bad usag
 a service down, an integrity failure, invalid input — and each module's own errors
 (``SdkError``, ``ProfileError``, ``StorageError``, ...) sit under the root, listing their family
 first where their code differs from their module base's. The CLI maps errors to exit codes
-through the root in one place (``ehrshare.commands.cli_records._errors``).
+through the root in one place (``ehrshare.commands.common.mapped_errors``).
 
 This module must not import anything from ehrshare: every other module imports it.
 """

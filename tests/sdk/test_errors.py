@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import importlib
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
@@ -103,18 +110,44 @@ def test_top_level_help_has_the_exit_code_table() -> None:
         assert f"{code} " in out
 
 
-def test_demo_and_records_use_the_same_table() -> None:
-    from ehrshare.commands import demo
+def _sdk_sources() -> list[Path]:
+    root = Path(errors.__file__).resolve().parent
+    return sorted(p for p in root.rglob("*.py") if p.name != "errors.py" or p.parent != root)
 
-    # demo used to call "backend not available" EXIT_UNAVAILABLE = 3 while the records
-    # commands meant "a service is down" by 4.
-    assert not hasattr(demo, "EXIT_UNAVAILABLE")
-    assert demo.EXIT_FAILED == errors.EXIT_REFUSED
+
+def test_no_module_defines_its_own_exit_codes() -> None:
+    # demo once called "backend not available" EXIT_UNAVAILABLE = 3 while the records commands
+    # meant "a service is down" by 4: every code comes from ehrshare.errors, by name.
+    found = []
+    for path in _sdk_sources():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, ast.AnnAssign)
+                else []
+            )
+            found += [
+                f"{path.name}: {t.id}"
+                for t in targets
+                if isinstance(t, ast.Name) and t.id.startswith("EXIT_")
+            ]
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "Exit"
+            ):
+                args = [*node.args, *(k.value for k in node.keywords if k.arg == "code")]
+                found += [
+                    f"{path.name}:{node.lineno}: Exit({a.value})"
+                    for a in args
+                    if isinstance(a, ast.Constant)
+                ]
+    assert found == []
 
 
 def test_operations_doc_has_the_same_table() -> None:
-    from pathlib import Path
-
     doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text("utf-8")
     section = doc[doc.index("## 10. Exit codes") :]
     rows = {
@@ -131,3 +164,86 @@ def test_the_root_is_importable_from_the_package() -> None:
 
     assert ehrshare.EhrshareError is errors.EhrshareError
     assert issubclass(ehrshare.SdkError, ehrshare.EhrshareError)
+
+
+# The modules whose errors an app meets through connect() and Session: each of their errors is
+# importable from the package itself, so an app catches them without reaching into modules.
+_APP_FACING = (
+    "ehrshare.session",
+    "ehrshare.errors",
+    "ehrshare.profile",
+    "ehrshare.identity",
+    "ehrshare.storage",
+)
+
+
+def _errors_defined_in(names: tuple[str, ...]) -> set[type[errors.EhrshareError]]:
+    modules = [importlib.import_module(n) for n in names]
+    for package in [m for m in modules if hasattr(m, "__path__")]:
+        prefix = package.__name__ + "."
+        modules += [
+            importlib.import_module(m.name) for m in pkgutil.walk_packages(package.__path__, prefix)
+        ]
+    return {
+        obj
+        for module in modules
+        for obj in vars(module).values()
+        if isinstance(obj, type)
+        and issubclass(obj, errors.EhrshareError)
+        and any(obj.__module__ == n or obj.__module__.startswith(n + ".") for n in names)
+    }
+
+
+def test_every_error_of_the_app_facing_modules_is_importable_from_the_package() -> None:
+    import ehrshare
+
+    found = _errors_defined_in(_APP_FACING)
+    assert len(found) > 25
+    missing = sorted(
+        f"{cls.__module__}.{cls.__name__}"
+        for cls in found
+        if getattr(ehrshare, cls.__name__, None) is not cls
+    )
+    assert missing == []
+
+
+def test_errors_a_session_lets_through_are_importable_from_the_package() -> None:
+    import ehrshare
+
+    for cls in (
+        FhirValidationError,
+        UnknownRecordType,
+        LedgerError,
+        LedgerCorrupt,
+        ConsortiumError,
+        InvalidName,
+        LedgerUnreachable,
+        ProxyUnreachable,
+    ):
+        assert getattr(ehrshare, cls.__name__) is cls
+
+
+def test_each_public_name_is_listed_once_and_resolves() -> None:
+    import ehrshare
+
+    public = ehrshare.__all__
+    assert len(public) == len(set(public))
+    for name in public:
+        assert getattr(ehrshare, name) is not None, name
+    assert set(public) <= set(dir(ehrshare))
+    star: dict[str, object] = {}
+    exec("from ehrshare import *", star)
+    assert set(public) <= set(star)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = ehrshare.nope
+
+
+def test_importing_the_package_imports_none_of_its_modules() -> None:
+    # `ehrshare --help` and every `ehrshare.x` import pay for the package's __init__ first.
+    code = (
+        "import sys, ehrshare; print(sorted(m for m in sys.modules if m.startswith('ehrshare.')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.strip() == "[]"

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from ehrshare.benchutil import machine_metadata
 from ehrshare.console import err_console, out_console
+from ehrshare.errors import EXIT_CONFIG, EXIT_REFUSED
 
 __all__ = ["register"]
 
@@ -408,7 +409,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             out_console().print(f"results: {out / 'results.json'}")
         if result["failures"] or _sweep_failed(result):
             err.print("[bold red]safety or liveness violated within the stated assumptions[/]")
-            raise typer.Exit(code=1)
+            raise typer.Exit(code=EXIT_REFUSED)
 
 
 #: What the simulator imports that a plain `pip install ehrshare` does not bring.
@@ -429,7 +430,7 @@ def _require_bench_extra(err: Console) -> None:
             highlight=False,
         )
         err.print("[dim]hint:[/dim] pip install 'ehrshare\\[bench]'", highlight=False)
-        raise typer.Exit(code=3)
+        raise typer.Exit(code=EXIT_CONFIG)
 
 
 def _live_command(
@@ -448,7 +449,7 @@ def _live_command(
         raise typer.BadParameter(str(exc), param_hint="CONFIG") from exc
     except LiveUnavailable as exc:
         err.print(f"[bold red]live Fabric unavailable[/]: {exc}")
-        raise typer.Exit(code=3) from exc
+        raise typer.Exit(code=EXIT_CONFIG) from exc
     if as_json:
         typer.echo(json.dumps(result, indent=2))
     else:
@@ -460,4 +461,4 @@ def _live_command(
             "[bold red]some transactions did not commit VALID[/]: "
             + ", ".join(f"{r['round']} x{r['orderers']}: {r['measured']['codes']}" for r in bad)
         )
-        raise typer.Exit(code=1)
+        raise typer.Exit(code=EXIT_REFUSED)

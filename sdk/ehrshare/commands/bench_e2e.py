@@ -32,6 +32,7 @@ from rich.table import Table
 from ehrshare.benchutil import machine_metadata, percentile, time_calls
 from ehrshare.console import err_console, out_console
 from ehrshare.consortium import Consortium, FabricOptions
+from ehrshare.errors import EXIT_CONFIG, EXIT_USAGE
 from ehrshare.processes import ServiceProcesses, free_loopback_ports
 from ehrshare.profile import BackendUnavailable
 
@@ -217,12 +218,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             err_console().print(
                 f"[red]error:[/red] --services {services!r} is not in-process or processes"
             )
-            raise typer.Exit(2)
+            raise typer.Exit(EXIT_USAGE)
         if backend not in ("embedded", "fabric"):
             err_console().print(
                 f"[red]error:[/red] --backend {backend!r} is not embedded or fabric"
             )
-            raise typer.Exit(2)
+            raise typer.Exit(EXIT_USAGE)
         try:
             result = run_e2e_bench(
                 repeat=repeat,
@@ -240,7 +241,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             )
         except BackendUnavailable as exc:
             err_console().print(f"[red]error:[/red] {exc}", soft_wrap=True)
-            raise typer.Exit(3) from None
+            raise typer.Exit(EXIT_CONFIG) from None
         if json_only:
             typer.echo(json.dumps(result, indent=2))
             return

@@ -27,6 +27,7 @@ from rich.table import Table
 
 from ehrshare.benchutil import machine_metadata, print_result, summarize
 from ehrshare.console import err_console
+from ehrshare.errors import EXIT_USAGE
 from ehrshare.ledger.sandbox import Member, Sandbox
 
 __all__ = ["register", "run_ledger_benchmark"]
@@ -278,19 +279,19 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 pops = tuple(int(x) for x in populations.split(","))
             except ValueError:
                 err.print(f"[red]--populations {populations!r} is not a list of integers")
-                raise typer.Exit(2) from None
+                raise typer.Exit(EXIT_USAGE) from None
             if any(p < 1 for p in pops):
                 err.print("[red]every population must be at least 1 record")
-                raise typer.Exit(2)
+                raise typer.Exit(EXIT_USAGE)
         else:
             pops = QUICK_POPULATIONS if quick else FULL_POPULATIONS
         n = samples or (100 if quick else 300)
         if n < 1:
             err.print("[red]--samples must be at least 1")
-            raise typer.Exit(2)
+            raise typer.Exit(EXIT_USAGE)
         if synchronous.upper() not in ("NORMAL", "FULL"):
             err.print(f"[red]--synchronous {synchronous!r} is not NORMAL or FULL")
-            raise typer.Exit(2)
+            raise typer.Exit(EXIT_USAGE)
         with err.status("benchmarking the embedded ledger") as status:
             result = run_ledger_benchmark(
                 populations=pops,

@@ -17,9 +17,6 @@ from ehrshare.profile import BackendUnavailable
 
 __all__ = ["register"]
 
-# A claim of the story that did not hold, or a step that failed: exit 1 (ehrshare.errors).
-EXIT_FAILED = EXIT_REFUSED
-
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     """Add ``ehrshare demo``."""
@@ -111,7 +108,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             err.print(f"[red]demo failed:[/red] {type(exc).__name__}: {exc}")
             if storage == "kubo":
                 err.print("is the Kubo daemon running? ('make tools' installs it)")
-            raise typer.Exit(EXIT_FAILED) from None
+            raise typer.Exit(EXIT_REFUSED) from None
         if as_json:
             print(json.dumps(result.to_dict(), indent=2))
         else:
@@ -130,4 +127,4 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 )
             )
         if not result.ok:
-            raise typer.Exit(EXIT_FAILED)
+            raise typer.Exit(EXIT_REFUSED)  # a claim did not hold, or a step failed

@@ -11,9 +11,9 @@ marked failed. ``status`` shows a session's phase, who posted, and how far its r
 ``--remove`` plus ``--add`` nodes, optionally with a new ``--threshold``; mpk, identity keys and
 records stay valid. With KGC nodes in-process it runs the session itself (nothing else would).
 
-Options follow :mod:`ehrshare.commands.cli_records` (``--profile``, ``--wallet``, ``--json``,
-exit codes). This module must not read node keys or shares and does not drive phases itself:
-it only submits the admin's transactions and reads the chain.
+Options and errors come from :mod:`ehrshare.commands.common` (``--profile``, ``--wallet``,
+``--json``, exit codes). This module must not read node keys or shares and does not drive phases
+itself: it only submits the admin's transactions and reads the chain.
 """
 
 from __future__ import annotations
@@ -27,19 +27,19 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from ehrshare.commands.cli_records import (
-    _EXIT_HELP,
+from ehrshare.commands.common import (
+    HELP_EPILOG,
     JsonOpt,
     ProfileOpt,
     WalletOpt,
-    _emit,
-    _errors,
-    _fail,
-    _fmt_time,
-    _need_wallet,
-    _profile_path,
-    _progress,
-    _unlocked_wallet,
+    emit,
+    fail,
+    fmt_time,
+    load_profile,
+    mapped_errors,
+    need_wallet,
+    progress,
+    unlocked_wallet,
 )
 from ehrshare.console import err_console, out_console
 from ehrshare.errors import EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE
@@ -57,18 +57,17 @@ def _call(contract: Any, submit: bool, function: str, *args: str) -> Any:
         call = contract.submit_transaction if submit else contract.evaluate_transaction
         return json.loads(call(function, *args))
     except LedgerError as exc:
-        _fail(EXIT_REFUSED, exc.message)
+        fail(EXIT_REFUSED, exc.message)
 
 
 @contextmanager
 def _admin(profile: str, wallet: str) -> Iterator[tuple[Any, Any]]:
     """The profile and a session for the wallet (an org admin to open or abort sessions)."""
-    from ehrshare.consortium import connect, profile_file
-    from ehrshare.profile import Profile
+    from ehrshare.consortium import connect
 
-    with _errors():
-        prof = Profile.load(profile_file(_profile_path(profile)))
-        session = connect(prof, _unlocked_wallet(prof, _need_wallet(wallet)))
+    with mapped_errors():
+        prof = load_profile(profile)
+        session = connect(prof, unlocked_wallet(prof, need_wallet(wallet)))
         try:
             yield prof, session
         finally:
@@ -82,7 +81,7 @@ def _default_roster(profile: Any) -> list[str]:
     roster = []
     for node in sorted(profile.kgc_nodes, key=lambda n: n.index):
         if node.service.wallet is None:
-            _fail(
+            fail(
                 EXIT_USAGE,
                 f"the profile has no wallet for KGC node {node.index}; give --roster with every "
                 "node's ledger identity in index order",
@@ -102,7 +101,7 @@ def _check_positions(profile: Any, roster: list[str]) -> None:
             continue
         identity, _ = Wallet(node.service.wallet, use_env=False).load_identity()
         if identity.ibe_id in roster and roster.index(identity.ibe_id) + 1 != node.index:
-            _fail(
+            fail(
                 EXIT_USAGE,
                 f"kgc {identity.ibe_id} is node {node.index} in the profile but position "
                 f"{roster.index(identity.ibe_id) + 1} in the roster; list node j at position j",
@@ -133,7 +132,7 @@ def _watch(contract: Any, nonce: str, timeout: float, quiet: bool) -> dict[str, 
     """Read the session until its result is final or it failed; show progress on stderr."""
     deadline = time.monotonic() + timeout
     last = ""
-    with _progress(f"dkg session {nonce[:16]}", quiet) as update:
+    with progress(f"dkg session {nonce[:16]}", quiet) as update:
         while True:
             state: dict[str, Any] = _call(contract, False, "GetDKGSession", nonce)
             line = _summary(state)
@@ -145,7 +144,7 @@ def _watch(contract: Any, nonce: str, timeout: float, quiet: bool) -> dict[str, 
             if state["phase"] == "failed" or (state.get("result") or {}).get("final"):
                 return state
             if time.monotonic() >= deadline:
-                _fail(
+                fail(
                     EXIT_UNAVAILABLE,
                     f"dkg session {nonce} is not final after {timeout:.0f} s: {line}",
                     "are the KGC nodes running with --follow-dkg? see 'ehrshare kgc dkg status'",
@@ -158,7 +157,7 @@ def _show(state: dict[str, Any]) -> None:
     console.print(f"dkg session [bold]{state['nonce']}[/bold]", soft_wrap=True)
     console.print(
         f"threshold {state['threshold']} of {len(state['roster'])}; opened "
-        f"{_fmt_time(int(state['opened_at']))} by {state['opened_by']}; phase timeout "
+        f"{fmt_time(int(state['opened_at']))} by {state['opened_by']}; phase timeout "
         f"{state['phase_timeout_s']} s",
         soft_wrap=True,
     )
@@ -184,7 +183,7 @@ def _show(state: dict[str, Any]) -> None:
     for c in state["closed"]:
         how = "timed out" if c.get("timed_out") else ("by result" if c.get("by_result") else "")
         console.print(
-            f"{c['phase']} closed {_fmt_time(int(c['closed_at']))} by {c['closed_by']}, "
+            f"{c['phase']} closed {fmt_time(int(c['closed_at']))} by {c['closed_by']}, "
             f"{len(c['posters'])} posted{f' ({how})' if how else ''}",
             soft_wrap=True,
         )
@@ -198,7 +197,7 @@ def register_dkg(kgc_app: typer.Typer) -> None:
     )
     kgc_app.add_typer(dkg_app, name="dkg")
 
-    @dkg_app.command("open", epilog=_EXIT_HELP)
+    @dkg_app.command("open", epilog=HELP_EPILOG)
     def dkg_open(
         threshold: Annotated[
             int, typer.Option("--threshold", "-t", help="τ: nodes needed to extract a key.")
@@ -270,7 +269,7 @@ def register_dkg(kgc_app: typer.Typer) -> None:
                     new_master_key=new_master_key,
                 )
             except LedgerError as exc:
-                _fail(EXIT_REFUSED, exc.message)
+                fail(EXIT_REFUSED, exc.message)
             if not as_json:
                 typer.echo(nonce)
                 _err.print(
@@ -282,7 +281,7 @@ def register_dkg(kgc_app: typer.Typer) -> None:
                 limit = wait_timeout if wait_timeout is not None else 4.0 * phase_timeout + 60
                 state = _watch(s.contract, nonce, limit, quiet=as_json)
         if as_json:
-            _emit(state)
+            emit(state)
         if wait and state["phase"] == "failed":
             if not as_json:
                 _err.print(f"[red]✗[/red] dkg session {nonce[:16]}: {_summary(state)}")
@@ -290,7 +289,7 @@ def register_dkg(kgc_app: typer.Typer) -> None:
         if wait and not as_json:
             _err.print(f"[green]✓[/green] dkg session {nonce[:16]}: {_summary(state)}")
 
-    @dkg_app.command("status", epilog=_EXIT_HELP)
+    @dkg_app.command("status", epilog=HELP_EPILOG)
     def dkg_status(
         nonce: Annotated[
             str, typer.Argument(help="Session nonce (hex); default: the latest final session.")
@@ -305,11 +304,11 @@ def register_dkg(kgc_app: typer.Typer) -> None:
                 nonce = str(_call(s.contract, False, "GetDKGResult", "")["nonce"])
             state = _call(s.contract, False, "GetDKGSession", nonce)
         if as_json:
-            _emit(state)
+            emit(state)
         else:
             _show(state)
 
-    @dkg_app.command("abort", epilog=_EXIT_HELP)
+    @dkg_app.command("abort", epilog=HELP_EPILOG)
     def dkg_abort(
         nonce: Annotated[str, typer.Argument(help="Session nonce (hex).")],
         reason: Annotated[str, typer.Option("--reason", help="Why (kept on chain).")],
@@ -321,7 +320,7 @@ def register_dkg(kgc_app: typer.Typer) -> None:
         with _admin(profile, wallet) as (_, s):
             state = _call(s.contract, True, "AbortDKGSession", nonce, reason)
         if as_json:
-            _emit(state)
+            emit(state)
         else:
             _err.print(f"dkg session {nonce[:16]}: {_summary(state)}", soft_wrap=True)
 
@@ -345,7 +344,7 @@ def _node_ref(spec: str, nodes: dict[int, str], option: str) -> int:
         if spec in (str(index), ibe_id):
             return index
     known = ", ".join(f"{i} ({ident})" for i, ident in sorted(nodes.items()))
-    _fail(EXIT_USAGE, f"{option} {spec}: no such KGC node in the profile; known: {known}")
+    fail(EXIT_USAGE, f"{option} {spec}: no such KGC node in the profile; known: {known}")
 
 
 def _plan(
@@ -360,7 +359,7 @@ def _plan(
     indices = [int(i) for i in current.get("indices") or range(1, len(roster) + 1)]
     for member, index in zip(roster, indices, strict=True):
         if nodes.get(index) != member:
-            _fail(
+            fail(
                 EXIT_CONFIG,
                 f"the current committee has {member} at share index {index}, but the profile's "
                 f"KGC node {index} is {nodes.get(index, 'missing')}",
@@ -369,9 +368,9 @@ def _plan(
     gone = {_node_ref(x, nodes, "--remove") for item in remove for x in item.split(",") if x}
     new = {_node_ref(x, nodes, "--add") for item in add for x in item.split(",") if x}
     for index in sorted(gone - committee):
-        _fail(EXIT_USAGE, f"--remove {nodes[index]}: not in the current committee")
+        fail(EXIT_USAGE, f"--remove {nodes[index]}: not in the current committee")
     for index in sorted(new & committee):
-        _fail(EXIT_USAGE, f"--add {nodes[index]}: already in the current committee")
+        fail(EXIT_USAGE, f"--add {nodes[index]}: already in the current committee")
     members = sorted((committee - gone) | new)
     # Leaving nodes deal too: with τ = n no node could leave otherwise. One that is down only
     # makes the deal phase wait for its timeout; τ_old dealers suffice.
@@ -379,9 +378,9 @@ def _plan(
     old_tau = int(current["threshold"])
     tau = threshold if threshold is not None else old_tau
     if len(members) < 2:
-        _fail(EXIT_USAGE, f"the new committee would have {len(members)} node; it needs at least 2")
+        fail(EXIT_USAGE, f"the new committee would have {len(members)} node; it needs at least 2")
     if not 2 <= tau <= len(members):
-        _fail(
+        fail(
             EXIT_USAGE,
             f"threshold {tau} must be between 2 and the {len(members)} nodes of the new "
             "committee; give --threshold",
@@ -392,7 +391,7 @@ def _plan(
 def register_reshare(kgc_app: typer.Typer) -> None:
     """Add ``ehrshare kgc reshare`` to the ``kgc`` command group."""
 
-    @kgc_app.command("reshare", epilog=_EXIT_HELP)
+    @kgc_app.command("reshare", epilog=HELP_EPILOG)
     def kgc_reshare(
         remove: Annotated[
             list[str] | None,
@@ -432,17 +431,12 @@ def register_reshare(kgc_app: typer.Typer) -> None:
         are destroyed only once the new committee's result is final. Exit code 4 when the
         session fails or is not final in time (the old shares keep answering).
         """
-        from ehrshare.consortium import profile_file
         from ehrshare.hazmat.dkg import new_session_nonce
         from ehrshare.ledger.errors import LedgerError
-        from ehrshare.profile import Profile
         from ehrshare.services.kgc import open_reshare_session
 
-        with _errors():
-            in_process = all(
-                n.service.embedded
-                for n in Profile.load(profile_file(_profile_path(profile))).kgc_nodes
-            )
+        with mapped_errors():
+            in_process = all(n.service.embedded for n in load_profile(profile).kgc_nodes)
         session = new_session_nonce()
         nonce = session.hex()
         if in_process:
@@ -467,14 +461,14 @@ def register_reshare(kgc_app: typer.Typer) -> None:
                         phase_timeout_s=phase_timeout,
                     )
                 except LedgerError as exc:
-                    _fail(EXIT_REFUSED, exc.message)
+                    fail(EXIT_REFUSED, exc.message)
                 if not as_json:
                     typer.echo(nonce)
                 if wait:
                     limit = wait_timeout if wait_timeout is not None else 4.0 * phase_timeout + 60
                     state = _watch(s.contract, nonce, limit, quiet=as_json)
         if as_json:
-            _emit(state)
+            emit(state)
         if state["phase"] == "failed":
             if not as_json:
                 _err.print(f"[red]✗[/red] reshare session {nonce[:16]}: {_summary(state)}")
@@ -514,16 +508,15 @@ def _reshare_here(
     quiet: bool,
 ) -> dict[str, Any]:
     """Run the resharing with the profile's in-process KGC nodes; the session state at the end."""
-    from ehrshare.consortium import Consortium, profile_file
+    from ehrshare.consortium import Consortium
     from ehrshare.hazmat.dkg import DKGError
-    from ehrshare.profile import Profile
     from ehrshare.services.kgc import DKGSessionFailed, run_local_reshare
 
     nonce = session.hex()
-    with _errors():
-        prof = Profile.load(profile_file(_profile_path(profile)))
+    with mapped_errors():
+        prof = load_profile(profile)
         c = Consortium.open(prof)
-    with c, _errors(), c.session(_unlocked_wallet(prof, _need_wallet(wallet))) as admin:
+    with c, mapped_errors(), c.session(unlocked_wallet(prof, need_wallet(wallet))) as admin:
         current = _call(admin.contract, False, "GetDKGResult", "")
         nodes = _profile_nodes(prof)
         members, dealers, tau = _plan(current, nodes, remove or [], add or [], threshold)
@@ -541,7 +534,7 @@ def _reshare_here(
         except DKGSessionFailed:
             pass  # the session state read below says why
         except DKGError as exc:
-            _fail(
+            fail(
                 EXIT_UNAVAILABLE,
                 f"reshare session {nonce}: {exc}",
                 "the old shares still answer; see 'ehrshare kgc dkg status'",

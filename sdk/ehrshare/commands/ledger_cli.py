@@ -15,17 +15,17 @@ from typing import Annotated, Any
 
 import typer
 
-from ehrshare.commands.cli_records import (
-    _EXIT_HELP,
+from ehrshare.commands.common import (
+    HELP_EPILOG,
     JsonOpt,
     ProfileOpt,
     WalletOpt,
-    _emit,
-    _errors,
-    _fail,
-    _need_wallet,
-    _profile_path,
-    _unlocked_wallet,
+    emit,
+    fail,
+    load_profile,
+    mapped_errors,
+    need_wallet,
+    unlocked_wallet,
 )
 from ehrshare.console import err_console
 from ehrshare.errors import EXIT_CONFIG, EXIT_INPUT, EXIT_INTEGRITY
@@ -43,25 +43,18 @@ AgainstOpt = Annotated[
 ]
 
 
-def _profile(profile: str) -> Any:
-    from ehrshare.consortium import profile_file
-    from ehrshare.profile import Profile
-
-    return Profile.load(profile_file(_profile_path(profile)))
-
-
 def _embedded_ledger(profile: str, what: str) -> Any:
     from ehrshare.ledger.store import EmbeddedLedger
 
-    prof = _profile(profile)
+    prof = load_profile(profile)
     if prof.ledger_backend != "embedded":
-        _fail(
+        fail(
             EXIT_CONFIG,
             f"{what} is for the embedded ledger; this profile's ledger is a Fabric channel",
             "on Fabric, 'ehrshare ledger verify --wallet <name>' compares the peers' blocks",
         )
     if not prof.ledger_path.is_dir():
-        _fail(EXIT_CONFIG, f"ledger directory {prof.ledger_path} does not exist")
+        fail(EXIT_CONFIG, f"ledger directory {prof.ledger_path} does not exist")
     return prof, EmbeddedLedger.open(prof.ledger_path, channel=prof.channel)
 
 
@@ -77,7 +70,7 @@ def _verify_embedded(profile: str, heads: list[Any]) -> dict[str, Any]:
 def _verify_fabric(prof: Any, wallet: str, heads: list[Any]) -> dict[str, Any]:
     from ehrshare.ledgers import FabricBackend
 
-    w = _unlocked_wallet(prof, _need_wallet(wallet))
+    w = unlocked_wallet(prof, need_wallet(wallet))
     identity, signer = w.load_identity()
     tls_cert, tls_signer = w.load_tls()
     backend = FabricBackend.from_profile(prof)
@@ -103,7 +96,7 @@ def read_heads(files: list[str] | None) -> list[Any]:
         try:
             heads.append(read_head(name))
         except HeadFileError as exc:
-            _fail(EXIT_INPUT, str(exc))
+            fail(EXIT_INPUT, str(exc))
     return heads
 
 
@@ -115,7 +108,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     )
     app.add_typer(ledger_app, name="ledger")
 
-    @ledger_app.command("verify", epilog=_EXIT_HELP)
+    @ledger_app.command("verify", epilog=HELP_EPILOG)
     def ledger_verify(
         against: AgainstOpt = None,
         profile: ProfileOpt = "",
@@ -132,8 +125,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from ehrshare.ledger.errors import LedgerIntegrityError
 
         heads = read_heads(against)
-        with _errors():
-            prof = _profile(profile)
+        with mapped_errors():
+            prof = load_profile(profile)
             started = time.perf_counter()
             try:
                 if prof.ledger_backend == "fabric":
@@ -157,7 +150,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             report["backend"] = prof.ledger_backend
             report["seconds"] = round(time.perf_counter() - started, 3)
         if as_json:
-            _emit(report)
+            emit(report)
         elif report["valid"]:
             if report["backend"] == "fabric":
                 peers = ", ".join(f"{k} ({v} blocks)" for k, v in sorted(report["peers"].items()))
@@ -197,7 +190,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if not report["valid"]:
             raise typer.Exit(EXIT_INTEGRITY)
 
-    @ledger_app.command("head", epilog=_EXIT_HELP)
+    @ledger_app.command("head", epilog=HELP_EPILOG)
     def ledger_head(
         out: Annotated[str, typer.Option("--out", help="File to write the signed head to.")],
         profile: ProfileOpt = "",
@@ -212,9 +205,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from ehrshare.ledger.witness import sign_head
         from ehrshare.services.vault import atomic_write
 
-        with _errors():
-            prof = _profile(profile)
-            identity, signer = _unlocked_wallet(prof, _need_wallet(wallet)).load_identity()
+        with mapped_errors():
+            prof = load_profile(profile)
+            identity, signer = unlocked_wallet(prof, need_wallet(wallet)).load_identity()
             if prof.ledger_backend == "fabric":
                 report = _verify_fabric(prof, wallet, [])
             else:
@@ -231,7 +224,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             fault_point("ledger.head.before_write")
             atomic_write(Path(out), head.to_json(), mode=0o644)
         if as_json:
-            _emit(
+            emit(
                 {"file": out, "height": head.height, "head": head.head, "witness": identity.ibe_id}
             )
             return
