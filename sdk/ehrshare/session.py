@@ -594,7 +594,7 @@ class Session(Closing):
         return secret
 
     def _master(self) -> tuple[tipre.MasterPublicKey, PublicPolynomial]:
-        from ehrshare.services.kgc import public_polynomial_from_chain, roster_from_chain
+        from ehrshare.contract.dkg import public_polynomial_from_chain, roster_from_chain
 
         if self._dkg is None:
             # GetDKGResult answers only a final result: τ KGC nodes posted the same view.
@@ -720,7 +720,7 @@ class Session(Closing):
         chain; a node that is down is skipped, one whose key fails verification is named and
         excluded (never combined). Raises :class:`EnrollmentError` when fewer than τ verify.
         """
-        from ehrshare.services.kgc import ExtractionFailed, extract_identity_key
+        from ehrshare.key_extraction import ExtractionFailed, extract_identity_key
 
         self.register()
         fault_point("enroll.after_register")

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
+from ehrshare import key_extraction as kgc_service
 from ehrshare.demo import SECRET_MARKER, run_demo
 from ehrshare.hazmat import hybrid, tipre
-from ehrshare.services import kgc as kgc_service
 
 
 def encodings(secret: bytes) -> list[bytes]:

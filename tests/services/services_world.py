@@ -28,13 +28,12 @@ from ehrshare.hazmat.tipre import (
     encrypt,
 )
 from ehrshare.identity import Identity, Signer
+from ehrshare.key_extraction import ExtractionOutcome, extract_identity_key
 from ehrshare.ledger.sandbox import ManualClock, Member, Sandbox
 from ehrshare.services.extract_auth import certificate_der
 from ehrshare.services.kgc import (
-    ExtractionOutcome,
     InProcessKgcClient,
     KgcNode,
-    extract_identity_key,
     run_local_dkg,
 )
 from ehrshare.services.proxy import ReencryptionProxy

@@ -12,12 +12,12 @@ from services_world import World
 from ehrshare.hazmat.dkg import BundleKind, DKGResult, new_session_nonce
 from ehrshare.hazmat.kgc_keys import KGCNodeKey
 from ehrshare.hazmat.tipre import MasterPublicKey
+from ehrshare.key_extraction import extract_identity_key
 from ehrshare.ledger.errors import LedgerError
 from ehrshare.services.kgc import (
     InProcessKgcClient,
     KgcNode,
     LedgerBoard,
-    extract_identity_key,
     open_dkg_session,
     public_polynomial_from_chain,
     roster_from_chain,

@@ -209,7 +209,7 @@ def test_a_node_whose_key_is_not_in_the_session_refuses_to_join(
 
 
 def test_the_contracts_header_layout_is_the_dkg_wire_format() -> None:
-    from ehrshare.hazmat import dkg
+    from ehrshare.hazmat.dkg import bundles as dkg
     from ehrshare_chaincode import contract
 
     assert dkg._HEADER.size == contract.DKG_HEADER_SIZE

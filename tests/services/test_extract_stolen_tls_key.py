@@ -20,10 +20,10 @@ from services_world import Procs, World
 
 from ehrshare.hazmat.extract import ExtractionRequest, PartialKeyResponse
 from ehrshare.identity import Identity, Signer
+from ehrshare.key_extraction import ExtractionFailed, extract_identity_key
 from ehrshare.services.kgc import (
     BadRequest,
     BadSignature,
-    ExtractionFailed,
     InProcessKgcClient,
     KgcError,
     KgcNode,
@@ -31,7 +31,6 @@ from ehrshare.services.kgc import (
     ReplayedRequest,
     StaleRequest,
     UnregisteredCertificate,
-    extract_identity_key,
 )
 from ehrshare.services.rpc import GrpcKgcClient
 from ehrshare.services.tls import ClientTls

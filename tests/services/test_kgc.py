@@ -13,9 +13,9 @@ from ehrshare.hazmat.dkg import KeyShare
 from ehrshare.hazmat.extract import PartialKeyResponse, SignedExtractionRequest
 from ehrshare.hazmat.pairing import Scalar
 from ehrshare.hazmat.tipre import MasterPublicKey
+from ehrshare.key_extraction import ExtractionFailed
 from ehrshare.services.kgc import (
     BadRequest,
-    ExtractionFailed,
     IdentityNotRegistered,
     InProcessKgcClient,
     KgcNode,

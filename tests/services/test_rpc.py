@@ -11,10 +11,10 @@ from services_world import FAR, World
 
 from ehrshare.hazmat.tipre import Capsule, decrypt, generate_rekey
 from ehrshare.identity import LocalCA
+from ehrshare.key_extraction import ExtractionFailed
 from ehrshare.ledger import EndorseError
 from ehrshare.ledger.embedded import connect
 from ehrshare.services.kgc import (
-    ExtractionFailed,
     IdentityNotRegistered,
     KgcNode,
     KgcUnavailable,
