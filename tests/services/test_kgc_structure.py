@@ -19,7 +19,7 @@ from ehrshare.hazmat.dkg import BundleKind, PublicPolynomial, new_session_nonce
 from ehrshare.hazmat.kgc_keys import KGCNodeKey
 from ehrshare.hazmat.pairing import G1
 from ehrshare.services.kgc import DkgParticipation, ReshareParticipation
-from ehrshare_chaincode.contract import EHRContract
+from ehrshare_chaincode import FUNCTIONS
 
 SDK = Path(ehrshare.__file__).parent
 
@@ -165,16 +165,11 @@ def test_each_dkg_client_method_calls_a_contract_function_the_way_the_chaincode_
         if not name.startswith("_")
     }
     assert public == exercised, "a DkgBoardClient method is missing from this test"
-    contract = EHRContract()
-    table = {
-        name: inspect.signature(method)
-        for name, method in inspect.getmembers(contract, inspect.ismethod)
-        if name[:1].isupper()
-    }
     for mode, name, args in recorder.calls:
-        assert name in table, f"{name} is not a function of the contract"
-        params = list(table[name].parameters.values())[1:]  # ctx
-        required = sum(1 for p in params if p.default is inspect.Parameter.empty)
-        assert required <= len(args) <= len(params), f"{name} called with {len(args)} arguments"
-        expected = "evaluate" if name in EHRContract.QUERIES else "submit"
+        assert name in FUNCTIONS, f"{name} is not a function of the contract"
+        spec = FUNCTIONS[name]
+        assert len(spec.required) <= len(args) <= len(spec.args), (
+            f"{name} called with {len(args)} arguments"
+        )
+        expected = spec.kind
         assert mode == expected, f"{name} is {mode}ted, the chaincode reads it as {expected}"
