@@ -59,7 +59,7 @@ from ehrshare.ledger.errors import (
     LedgerError,
     SubmitError,
 )
-from ehrshare.ledger.store import TxStatus
+from ehrshare.ledger.records import TxStatus
 
 __all__ = [
     "CONFLICT_RETRIES",
