@@ -33,18 +33,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import grpc
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import ExtendedKeyUsageOID
 from fabric_protos.common import common_pb2 as _common_pb2
 from fabric_protos.gateway import gateway_pb2 as _gateway_pb2
 from fabric_protos.orderer import ab_pb2 as _ab_pb2
@@ -58,27 +52,31 @@ from fabric_protos.peer import proposal_response_pb2 as _response_pb2
 from fabric_protos.peer import transaction_pb2 as _transaction_pb2
 
 from ehrshare.identity import Identity, Signer
-from ehrshare.ledger.envelope import NONCE_SIZE, serialize_identity
+from ehrshare.ledger.envelope import serialize_identity
 from ehrshare.ledger.fabric import (
     Clock,
     EventStream,
     FabricGateway,
     GatewayFailure,
     Timeouts,
-    chaincode_action_of,
     dial,
 )
+from ehrshare.ledger.peer.commits import _BlockEventStream, _CommitListener
+from ehrshare.ledger.peer.messages import assemble_transaction, seek_envelope
+from ehrshare.ledger.peer.transport import (
+    _UNREACHABLE,
+    OrdererEndpoint,
+    PeerEndpoint,
+    _chaincode_failure,
+    _code,
+    _orderer_detail,
+    _Peer,
+    _text,
+    _tls_cert_hash,
+    _unreachable,
+)
 
-__all__ = [
-    "LocalGateway",
-    "OrdererEndpoint",
-    "PeerEndpoint",
-    "assemble_transaction",
-    "block_chaincode_events",
-    "connect",
-    "seek_envelope",
-    "skip_through",
-]
+__all__ = ["LocalGateway", "connect"]
 
 common: Any = _common_pb2
 gw: Any = _gateway_pb2
@@ -94,40 +92,9 @@ _peer_grpc: Any = _peer_pb2_grpc
 
 _log = logging.getLogger(__name__)
 
-_MAX_BLOCK = 2**64 - 1
-_VALID = int(txpb.TxValidationCode.Value("VALID"))
-_ENDORSER_TRANSACTION = int(common.HeaderType.Value("ENDORSER_TRANSACTION"))
-_TRANSACTIONS_FILTER = int(common.BlockMetadataIndex.Value("TRANSACTIONS_FILTER"))
 _SUCCESS = int(common.Status.Value("SUCCESS"))
 _SERVICE_UNAVAILABLE = int(common.Status.Value("SERVICE_UNAVAILABLE"))
-# A peer or orderer that is down or too slow: try the next one. Anything else is an answer.
-_UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
-_COMMITS_KEPT = 65536  # validation codes remembered per channel (oldest forgotten first)
-_RETRY_MAX = 5.0  # seconds between a commit listener's reconnection attempts, at most
 _FOLLOWER_WAIT = 5.0  # seconds a commit waits for another endorsing peer to have its block
-# In gRPC's UNAVAILABLE text when TLS refused us: "Handshake failed" under TLS 1.2 (Fabric 2.1);
-# under TLS 1.3 (Fabric >= 2.3) the server refuses the client certificate after the client's
-# half of the handshake, and its alert surfaces on the first read as TSI_DATA_CORRUPTED.
-_TLS_REFUSED = ("handshake failed", "tsi_data_corrupted")
-
-
-@dataclass(frozen=True)
-class PeerEndpoint:
-    """A peer: ``host:port``, its organisation's MSP id, its TLS CA and the name on its cert."""
-
-    address: str
-    msp_id: str
-    tls_ca_pem: bytes
-    server_name: str | None = None
-
-
-@dataclass(frozen=True)
-class OrdererEndpoint:
-    """An orderer: ``host:port``, its TLS CA and the name on its certificate."""
-
-    address: str
-    tls_ca_pem: bytes
-    server_name: str | None = None
 
 
 def connect(
@@ -162,205 +129,6 @@ def connect(
         clock=clock,
     )
     return FabricGateway(identity, signer, local, timeouts or Timeouts(), clock)
-
-
-def seek_envelope(
-    creator: bytes,
-    signer: Signer,
-    *,
-    channel: str,
-    start: Any,
-    timestamp_ns: int,
-    stop: Any = None,
-    tls_cert_hash: bytes = b"",
-) -> Any:
-    """A signed ``DELIVER_SEEK_INFO`` envelope (protoutil.CreateSignedEnvelopeWithTLSBinding).
-
-    Seeks from ``start`` to ``stop`` (default: no end), blocking until blocks are ready. The
-    peer checks the signature against the channel's Readers policy, the timestamp against its
-    time window, and under mutual TLS that ``tls_cert_hash`` is sha256 of the client TLS cert.
-    """
-    seconds, nanos = divmod(timestamp_ns, 1_000_000_000)
-    channel_header = common.ChannelHeader(
-        type=common.HeaderType.Value("DELIVER_SEEK_INFO"),
-        channel_id=channel,
-        epoch=0,
-        tls_cert_hash=tls_cert_hash,
-    )
-    channel_header.timestamp.seconds = seconds
-    channel_header.timestamp.nanos = nanos
-    stop = stop or ab.SeekPosition(specified=ab.SeekSpecified(number=_MAX_BLOCK))
-    seek = ab.SeekInfo(
-        start=start, stop=stop, behavior=ab.SeekInfo.SeekBehavior.Value("BLOCK_UNTIL_READY")
-    )
-    payload = common.Payload(
-        header=common.Header(
-            channel_header=channel_header.SerializeToString(),
-            signature_header=common.SignatureHeader(
-                creator=creator, nonce=os.urandom(NONCE_SIZE)
-            ).SerializeToString(),
-        ),
-        data=seek.SerializeToString(),
-    ).SerializeToString()
-    return common.Envelope(payload=payload, signature=signer.sign(payload))
-
-
-def assemble_transaction(proposal_bytes: bytes, responses: Sequence[Any]) -> Any:
-    """The unsigned transaction envelope for endorsed ``responses`` (protoutil.CreateSignedTx).
-
-    ``Payload{header = the proposal's header, data = Transaction{actions = [TransactionAction{
-    header = its signature header, payload = ChaincodeActionPayload{chaincode_proposal_payload
-    = the proposal's payload without its transient map, action = ChaincodeEndorsedAction{
-    proposal_response_payload, endorsements}}}]}}``. The caller has checked that the responses
-    succeeded and agree (:meth:`LocalGateway.endorse`); the signature is the submitter's.
-    """
-    if not responses:
-        raise ValueError("a transaction needs at least one endorsement")
-    proposal = proposalpb.Proposal.FromString(proposal_bytes)
-    header = common.Header.FromString(proposal.header)
-    proposal_payload = proposalpb.ChaincodeProposalPayload.FromString(proposal.payload)
-    # The transient map carries private inputs for the endorsers only; never into the block.
-    proposal_payload.ClearField("TransientMap")
-    action_payload = txpb.ChaincodeActionPayload(
-        chaincode_proposal_payload=proposal_payload.SerializeToString(),
-        action=txpb.ChaincodeEndorsedAction(
-            proposal_response_payload=responses[0].payload,
-            endorsements=[r.endorsement for r in responses],
-        ),
-    )
-    transaction = txpb.Transaction(
-        actions=[
-            txpb.TransactionAction(
-                header=header.signature_header, payload=action_payload.SerializeToString()
-            )
-        ]
-    )
-    payload = common.Payload(header=header, data=transaction.SerializeToString())
-    return common.Envelope(payload=payload.SerializeToString())
-
-
-def block_chaincode_events(block: Any, chaincode: str) -> list[Any]:
-    """The chaincode events (``peer.ChaincodeEvent``) of ``chaincode`` in a block, in order.
-
-    Only transactions the peer validated as VALID count (block metadata TRANSACTIONS_FILTER);
-    entries that are not endorser transactions or do not parse are skipped.
-    """
-    metadata = block.metadata.metadata
-    flags = bytes(metadata[_TRANSACTIONS_FILTER]) if len(metadata) > _TRANSACTIONS_FILTER else b""
-    events: list[Any] = []
-    for index, raw in enumerate(block.data.data):
-        if index >= len(flags) or flags[index] != _VALID:
-            continue
-        try:
-            payload = common.Payload.FromString(common.Envelope.FromString(raw).payload)
-            channel_header = common.ChannelHeader.FromString(payload.header.channel_header)
-            if channel_header.type != _ENDORSER_TRANSACTION:
-                continue
-            transaction = txpb.Transaction.FromString(payload.data)
-            for action in transaction.actions:
-                chaincode_action = chaincode_action_of(action)
-                if not chaincode_action.events:
-                    continue
-                event = eventpb.ChaincodeEvent.FromString(chaincode_action.events)
-                if event.chaincode_id == chaincode:
-                    events.append(event)
-        except Exception:  # one odd transaction must not stop the stream
-            _log.debug("skipping a block entry that does not parse")
-    return events
-
-
-def skip_through(events: list[Any], transaction_id: str) -> list[Any]:
-    """The events after the last one of ``transaction_id`` (a checkpoint's resume point).
-
-    If the transaction is not among them, every event is kept: repeating events a consumer has
-    seen is recoverable (they carry transaction ids), losing them is not.
-    """
-    for index in range(len(events) - 1, -1, -1):
-        if events[index].tx_id == transaction_id:
-            return events[index + 1 :]
-    _log.warning("checkpoint transaction %s is not in its block; replaying it", transaction_id)
-    return events
-
-
-class _Peer:
-    """One peer: its endpoint and the gRPC channel the gateway opened to it."""
-
-    def __init__(self, endpoint: PeerEndpoint, channel: grpc.Channel) -> None:
-        self.endpoint = endpoint
-        self.channel = channel
-        self.endorser = _peer_grpc.EndorserStub(channel)
-        self.deliver = _events_grpc.DeliverStub(channel)
-
-    @property
-    def label(self) -> str:
-        return f"peer {self.endpoint.address} ({self.endpoint.msp_id})"
-
-    def detail(self, message: str) -> Any:
-        return gw.ErrorDetail(
-            address=self.endpoint.address, msp_id=self.endpoint.msp_id, message=message
-        )
-
-
-def _tls_cert_hash(cert_pem: bytes) -> bytes:
-    """sha256 of a TLS client certificate's DER, which Deliver requests carry under mutual TLS.
-
-    Refuses a certificate without the clientAuth extended key usage, as the services do
-    (``ClientTls.for_member``): a ledger signing certificate (no extended key usage, which a
-    Fabric node would take) must not open TLS connections, and a server-only one would be
-    refused in the handshake without a word why.
-    """
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-    except ValueError:
-        raise ValueError("client_tls: the certificate is not a PEM X.509 certificate") from None
-    try:
-        usage = list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
-    except x509.ExtensionNotFound:
-        usage = []
-    if ExtendedKeyUsageOID.CLIENT_AUTH not in usage:
-        raise ValueError(
-            f"client_tls: the certificate of {cert.subject.rfc4514_string()} has no clientAuth "
-            "extended key usage (a ledger signing certificate may not be used for TLS)"
-        )
-    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
-
-
-def _code(exc: grpc.RpcError) -> grpc.StatusCode | None:
-    return exc.code() if isinstance(exc, grpc.Call) else None
-
-
-def _text(exc: grpc.RpcError) -> str:
-    return (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
-
-
-def _chaincode_failure(peer: _Peer, response: Any, stage: str) -> GatewayFailure:
-    # The Gateway's wording, so _stage_error lifts the chaincode's own message out of it.
-    said = f"chaincode response {response.response.status}, {response.response.message}"
-    return GatewayFailure(
-        grpc.StatusCode.ABORTED,
-        f"{stage} call to {peer.label} returned error: {said}",
-        (peer.detail(said),),
-    )
-
-
-def _unreachable(text: str, failed: Sequence[Any], where: str) -> GatewayFailure:
-    """No endpoint answered: UNAVAILABLE (an outage, worth retrying), unless every one failed
-    in the TLS handshake. That is configuration, not an outage: peers and orderers that require
-    mutual TLS refused the client certificate (none, or not from a consortium CA), or the TLS
-    CA given is not theirs; retrying or restarting the network would not help."""
-    if failed and all(any(m in str(d.message).lower() for m in _TLS_REFUSED) for d in failed):
-        return GatewayFailure(
-            grpc.StatusCode.UNAUTHENTICATED,
-            f"{text}: every TLS handshake failed (peers and orderers that require mutual TLS "
-            "take only a TLS client certificate from a consortium CA; or the profile's tls_ca "
-            "is not the CA of their certificates)",
-            tuple(failed),
-        )
-    return GatewayFailure(grpc.StatusCode.UNAVAILABLE, text, tuple(failed), where=where)
-
-
-def _orderer_detail(orderer: OrdererEndpoint, message: str) -> Any:
-    return gw.ErrorDetail(address=orderer.address, message=message)
 
 
 class LocalGateway:
@@ -737,264 +505,3 @@ class LocalGateway:
                     for follower in followers:
                         follower.start()
             return listener
-
-
-class _CommitListener:
-    """Validation codes of one channel's transactions, from a peer's DeliverFiltered stream.
-
-    A daemon thread reads filtered blocks from the newest block on, from the own organisation's
-    first peer; after a failure (peer restart) it reconnects to the next peer given (the same one
-    if there is only one) from the block after the last one it saw, so no commit is skipped.
-    ``heights_only``: a watcher of another peer's height, which keeps no validation codes.
-    """
-
-    def __init__(
-        self,
-        peers: Sequence[_Peer],
-        channel: str,
-        seek: Callable[[str, Any], Any],
-        *,
-        heights_only: bool = False,
-    ) -> None:
-        self._heights_only = heights_only
-        self._peers = list(peers)
-        self._index = 0
-        self._channel = channel
-        self._seek = seek
-        self._cond = threading.Condition()
-        self._results: OrderedDict[str, tuple[int, int]] = OrderedDict()
-        self._expected: set[str] = set()
-        self._next_block: int | None = None
-        self._fatal: GatewayFailure | None = None
-        self._last_error = "not connected yet"
-        self._closed = False
-        self._call: Any = None
-        self._thread = threading.Thread(
-            target=self._run, name=f"fabric-commits-{channel}", daemon=True
-        )
-
-    @property
-    def _peer(self) -> _Peer:
-        return self._peers[self._index]
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def expect(self, transaction_id: str) -> None:
-        """Keep this transaction's result until it is read, however many commits follow."""
-        with self._cond:
-            self._expected.add(transaction_id)
-            self._cond.notify_all()  # a listener waiting to reconnect tries now
-
-    def forget(self, transaction_id: str) -> None:
-        """The transaction was not ordered: nobody will wait for it."""
-        with self._cond:
-            self._expected.discard(transaction_id)
-
-    def wait_positioned(self, timeout: float) -> None:
-        """Return once the stream delivered its first block, so later commits are all seen."""
-        with self._cond:
-            self._cond.wait_for(
-                lambda: self._next_block is not None or self._fatal or self._closed, timeout
-            )
-            self._raise_if_failed()
-            if self._next_block is None:
-                raise GatewayFailure(
-                    grpc.StatusCode.UNAVAILABLE,
-                    f"its block stream on channel {self._channel} is not connected "
-                    f"({self._last_error}); nothing was sent for ordering",
-                    (self._peer.detail(self._last_error),),
-                    where=self._peer.label,
-                )
-
-    @property
-    def label(self) -> str:
-        """The peer this listener reads from now."""
-        return self._peer.label
-
-    def wait_height(self, block: int, timeout: float) -> bool:
-        """Wait until this peer has committed ``block``; False at once when its stream is down
-        (not connected, or not yet positioned), and after ``timeout``."""
-        with self._cond:
-            return self._cond.wait_for(
-                lambda: (
-                    self._closed
-                    or self._call is None
-                    or self._next_block is None
-                    or self._next_block > block
-                ),
-                max(timeout, 0.0),
-            ) and (self._next_block is not None and self._next_block > block)
-
-    def wait(self, transaction_id: str, timeout: float) -> tuple[int, int]:
-        """(validation code, block number) of a transaction, once its block has arrived."""
-        with self._cond:
-            self._cond.wait_for(
-                lambda: transaction_id in self._results or self._fatal or self._closed, timeout
-            )
-            if transaction_id in self._results:
-                self._expected.discard(transaction_id)
-                return self._results[transaction_id]
-            self._raise_if_failed()
-            state = "connected" if self._call is not None else f"reconnecting: {self._last_error}"
-            raise GatewayFailure(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
-                f"transaction {transaction_id} was not seen in a block of channel "
-                f"{self._channel}; the block stream is {state}",
-                (self._peer.detail(state),),
-                where=self._peer.label,
-            )
-
-    def _raise_if_failed(self) -> None:
-        if self._fatal is not None:
-            raise self._fatal
-        if self._closed:
-            raise GatewayFailure(grpc.StatusCode.CANCELLED, "the gateway is closed")
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            call = self._call
-            self._cond.notify_all()
-        if call is not None:
-            call.cancel()
-        self._thread.join(timeout=10)
-
-    def _record(self, block: Any) -> None:
-        with self._cond:
-            for tx in () if self._heights_only else block.filtered_transactions:
-                if tx.txid and tx.txid not in self._results:  # a duplicate's code is not its own
-                    self._results[tx.txid] = (int(tx.tx_validation_code), int(block.number))
-            while len(self._results) > _COMMITS_KEPT:
-                oldest = next(iter(self._results))
-                if oldest in self._expected:
-                    self._results.move_to_end(oldest)  # still awaited: keep it
-                    if len(self._expected) >= _COMMITS_KEPT:
-                        break
-                    continue
-                del self._results[oldest]
-            self._next_block = int(block.number) + 1
-            self._cond.notify_all()
-
-    def _run(self) -> None:
-        delay = 0.2
-        while True:
-            with self._cond:
-                if self._closed:
-                    return
-                start = (
-                    ab.SeekPosition(newest=ab.SeekNewest())
-                    if self._next_block is None
-                    else ab.SeekPosition(specified=ab.SeekSpecified(number=self._next_block))
-                )
-                call = self._peer.deliver.DeliverFiltered(iter([self._seek(self._channel, start)]))
-                self._call = call
-            try:
-                for response in call:
-                    kind = response.WhichOneof("Type")
-                    if kind == "filtered_block":
-                        self._record(response.filtered_block)
-                        delay = 0.2
-                    elif kind == "status":
-                        name = common.Status.Name(response.status)
-                        if response.status in (400, 403, 404):  # refused: retrying cannot help
-                            with self._cond:
-                                self._fatal = GatewayFailure(
-                                    grpc.StatusCode.PERMISSION_DENIED
-                                    if response.status == 403
-                                    else grpc.StatusCode.FAILED_PRECONDITION,
-                                    f"{self._peer.label} refused the block stream of channel "
-                                    f"{self._channel}: {name}",
-                                    (self._peer.detail(name),),
-                                )
-                                self._call = None
-                                self._cond.notify_all()
-                            _log.error("commit listener: %s", self._fatal.text)
-                            return
-                        self._last_error = f"the peer ended the stream with {name}"
-                        break
-                else:
-                    self._last_error = "the peer ended the stream"
-            except grpc.RpcError as exc:
-                self._last_error = f"{_code(exc)}: {_text(exc)}"
-            with self._cond:
-                self._call = None
-                if self._closed:
-                    return
-                # Every peer has the channel's blocks: the next one resumes at the same block.
-                self._index = (self._index + 1) % len(self._peers)
-                _log.warning(
-                    "commit listener on %s, channel %s: %s; reconnecting in %.1f s",
-                    self._peer.label,
-                    self._channel,
-                    self._last_error,
-                    delay,
-                )
-                self._cond.wait(delay)  # close() wakes it
-            delay = min(delay * 2, _RETRY_MAX)
-
-
-class _BlockEventStream:
-    """``ChaincodeEventsResponse``s built from a peer's full block stream (an EventStream)."""
-
-    def __init__(
-        self,
-        call: Any,
-        peer: _Peer,
-        chaincode: str,
-        checkpoint: tuple[int | None, str],
-        *,
-        on_unreachable: Callable[[_Peer], None] | None = None,
-    ) -> None:
-        self._call = call
-        self._peer = peer
-        self._chaincode = chaincode
-        self._checkpoint_block, self._after_tx = checkpoint
-        self._on_unreachable = on_unreachable
-
-    def _next_block(self) -> Any:
-        while True:
-            try:
-                response = next(self._call)
-            except grpc.RpcError as exc:
-                if _code(exc) in _UNREACHABLE and self._on_unreachable is not None:
-                    self._on_unreachable(self._peer)
-                raise GatewayFailure(
-                    _code(exc), _text(exc), (self._peer.detail(_text(exc)),), where=self._peer.label
-                ) from None
-            kind = response.WhichOneof("Type")
-            if kind == "status":
-                name = common.Status.Name(response.status)
-                if response.status == _SUCCESS:
-                    raise StopIteration
-                raise GatewayFailure(
-                    grpc.StatusCode.FAILED_PRECONDITION,
-                    f"{self._peer.label} ended the block stream: {name}",
-                    (self._peer.detail(name),),
-                )
-            if kind == "block":
-                return response.block
-
-    def skip_block(self) -> None:
-        """Read and drop one block (the newest, when the stream starts at the next commit)."""
-        try:
-            self._next_block()
-        except StopIteration:
-            raise GatewayFailure(
-                grpc.StatusCode.UNAVAILABLE,
-                "the block stream ended at once",
-                where=self._peer.label,
-            ) from None
-
-    def __next__(self) -> Any:
-        while True:
-            block = self._next_block()
-            number = int(block.header.number)
-            events = block_chaincode_events(block, self._chaincode)
-            if self._after_tx and number == self._checkpoint_block:
-                events = skip_through(events, self._after_tx)
-            if events:
-                return gw.ChaincodeEventsResponse(block_number=number, events=events)
-
-    def cancel(self) -> Any:
-        return self._call.cancel()
