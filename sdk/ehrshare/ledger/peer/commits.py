@@ -18,7 +18,6 @@ import grpc
 from fabric_protos.common import common_pb2 as _common_pb2
 from fabric_protos.gateway import gateway_pb2 as _gateway_pb2
 from fabric_protos.orderer import ab_pb2 as _ab_pb2
-from fabric_protos.peer import events_pb2 as _events_pb2
 
 from ehrshare.ledger.fabric import GatewayFailure
 from ehrshare.ledger.peer.messages import block_chaincode_events, skip_through
@@ -29,7 +28,6 @@ __all__: list[str] = []
 common: Any = _common_pb2
 gw: Any = _gateway_pb2
 ab: Any = _ab_pb2
-eventspb: Any = _events_pb2
 
 _log = logging.getLogger(__name__)
 

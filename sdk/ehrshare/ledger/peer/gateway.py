@@ -43,24 +43,11 @@ from fabric_protos.common import common_pb2 as _common_pb2
 from fabric_protos.gateway import gateway_pb2 as _gateway_pb2
 from fabric_protos.orderer import ab_pb2 as _ab_pb2
 from fabric_protos.orderer import ab_pb2_grpc as _ab_pb2_grpc
-from fabric_protos.peer import chaincode_event_pb2 as _event_pb2
-from fabric_protos.peer import events_pb2 as _events_pb2
-from fabric_protos.peer import events_pb2_grpc as _events_pb2_grpc
-from fabric_protos.peer import peer_pb2_grpc as _peer_pb2_grpc
-from fabric_protos.peer import proposal_pb2 as _proposal_pb2
-from fabric_protos.peer import proposal_response_pb2 as _response_pb2
-from fabric_protos.peer import transaction_pb2 as _transaction_pb2
 
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.envelope import serialize_identity
-from ehrshare.ledger.fabric import (
-    Clock,
-    EventStream,
-    FabricGateway,
-    GatewayFailure,
-    Timeouts,
-    dial,
-)
+from ehrshare.ledger.fabric import EventStream, FabricGateway, GatewayFailure, Timeouts, dial
+from ehrshare.ledger.fabric.client import Clock
 from ehrshare.ledger.peer.commits import _BlockEventStream, _CommitListener
 from ehrshare.ledger.peer.messages import assemble_transaction, seek_envelope
 from ehrshare.ledger.peer.transport import (
@@ -81,14 +68,7 @@ __all__ = ["LocalGateway", "connect"]
 common: Any = _common_pb2
 gw: Any = _gateway_pb2
 ab: Any = _ab_pb2
-eventpb: Any = _event_pb2
-eventspb: Any = _events_pb2
-proposalpb: Any = _proposal_pb2
-responsepb: Any = _response_pb2
-txpb: Any = _transaction_pb2
 _ab_grpc: Any = _ab_pb2_grpc
-_events_grpc: Any = _events_pb2_grpc
-_peer_grpc: Any = _peer_pb2_grpc
 
 _log = logging.getLogger(__name__)
 
