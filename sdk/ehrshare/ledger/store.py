@@ -22,6 +22,10 @@ MVCC validation then marks a stale transaction ``MVCC_READ_CONFLICT``, exactly a
 Proposals stamped further than ``max_clock_skew_s`` (default 300 s) from the ledger's clock are
 refused.
 
+Around this state API: :mod:`ehrshare.ledger.records` (the stored format and its hashes),
+:mod:`ehrshare.ledger.simulation` (a proposal's checks and simulation) and
+:mod:`ehrshare.ledger.integrity` (the checked reads).
+
 What this module must not do: interpret chaincode data (it stores bytes), or let a chaincode write
 reach the database without going through :meth:`EmbeddedLedger.commit`.
 """
