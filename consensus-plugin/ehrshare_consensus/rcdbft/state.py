@@ -42,9 +42,8 @@ class MemberState:
 class LeaderState:
     """What a cluster leader (and, among leaders, the primary) keeps for the normal case."""
 
-    accepted: dict[tuple[int, int], tuple[int, int]] = field(
-        default_factory=dict
-    )  # (v,s) -> (digest, primary)
+    # (view, height) -> (digest, primary) of the proposal we lead there
+    accepted: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
     pv: defaultdict[Key, set[int]] = field(default_factory=lambda: defaultdict(set))
     cv: defaultdict[Key, set[int]] = field(default_factory=lambda: defaultdict(set))
     pqc: defaultdict[Key, dict[int, tuple[int, ...]]] = field(
