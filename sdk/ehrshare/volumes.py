@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Final
 
 from ehrshare.ledger.errors import LedgerCorrupt
-from ehrshare.ledger.store import is_corrupt_database
+from ehrshare.ledger.records import is_corrupt_database
 from ehrshare.profile import Profile, ProfileError
 from ehrshare.storage import KuboClient, StorageError
 from ehrshare.storage.embedded import STORE_MARKER

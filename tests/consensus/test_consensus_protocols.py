@@ -223,14 +223,14 @@ def test_rcdbft_member_votes_in_a_new_view_only_for_the_justified_block(cost: Co
     ldr = cfg.leaders[0]
     member = next(nodes[i] for i in cfg.clusters[0] if i != ldr)
     member.on_fwd(Msg("FWD", ldr, 1, 1, 0xB))  # view 1, certificate not seen yet: waits
-    assert (1, 1) not in member.voted and member.await_nv[1]
-    member.await_nv.clear()
-    member.nv_ok[1] = (1, 0xA)  # the checked NEW-VIEW forces 0xA at height 1
+    assert (1, 1) not in member.as_member.voted and member.as_member.await_nv[1]
+    member.as_member.await_nv.clear()
+    member.vc.nv_ok[1] = (1, 0xA)  # the checked NEW-VIEW forces 0xA at height 1
     member.on_fwd(Msg("FWD", ldr, 1, 1, 0xB))
-    assert (1, 1) not in member.voted
+    assert (1, 1) not in member.as_member.voted
     assert any(e["event"] == "unjustified_proposal" for e in sim.events)
     member.on_fwd(Msg("FWD", ldr, 1, 1, 0xA))
-    assert member.voted[(1, 1)] == 0xA
+    assert member.as_member.voted[(1, 1)] == 0xA
 
 
 def test_rcdbft_member_does_not_freeze_for_a_lone_leaders_view_change(cost: CostModel) -> None:

@@ -480,7 +480,7 @@ def test_dial_refuses_half_a_client_certificate() -> None:
 def test_gateway_failures_carry_the_exit_code_of_their_cause(
     code: grpc.StatusCode, exit_code: int
 ) -> None:
-    from ehrshare.ledger.fabric import GatewayFailure, _stage_error
+    from ehrshare.ledger.fabric.failures import GatewayFailure, _stage_error
 
     error = _stage_error(GatewayError, GatewayFailure(code, "no"), "tx1", "evaluate")
     assert error.exit_code == exit_code

@@ -24,7 +24,7 @@ from ehrshare.ledger import (
 )
 from ehrshare.ledger.envelope import new_proposal, sign_proposal
 from ehrshare.ledger.sandbox import ManualClock, Member, Sandbox
-from ehrshare.ledger.store import ProposalRejected
+from ehrshare.ledger.simulation import ProposalRejected
 from ehrshare_chaincode.stub import ChaincodeError, ChaincodeStub
 
 CAPSULE = base64.b64encode(b"\x01" * 64).decode()

@@ -24,8 +24,8 @@ import pytest
 from ehrshare.identity import LocalCA
 from ehrshare.ledger import EmbeddedLedger, LedgerIntegrityError, connect
 from ehrshare.ledger.envelope import Proposal, new_proposal, serialize_identity
+from ehrshare.ledger.records import _block_hash
 from ehrshare.ledger.sandbox import ManualClock, Member, Sandbox
-from ehrshare.ledger.store import _block_hash
 from ehrshare_chaincode import canonical
 from ehrshare_chaincode.stub import create_composite_key
 

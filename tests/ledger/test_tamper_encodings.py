@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ehrshare.ledger.fabric_blocks import header_bytes
-from ehrshare.ledger.store import EndorsedTransaction, parse_writes
+from ehrshare.ledger.records import EndorsedTransaction, parse_writes
 from ehrshare.ledger.witness import HeadFileError, SignedHead
 
 heads = st.builds(

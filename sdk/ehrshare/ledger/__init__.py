@@ -22,9 +22,11 @@ from ehrshare.ledger.errors import (
     EndorseError,
     GatewayError,
     LedgerError,
+    LedgerIntegrityError,
     SubmitError,
 )
-from ehrshare.ledger.store import EmbeddedLedger, LedgerIntegrityError, TxStatus
+from ehrshare.ledger.records import TxStatus
+from ehrshare.ledger.store import EmbeddedLedger
 
 __all__ = [
     "ChaincodeEvent",

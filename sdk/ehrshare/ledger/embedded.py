@@ -31,13 +31,9 @@ from ehrshare.ledger.errors import (
     OrderingKeyError,
     SubmitError,
 )
-from ehrshare.ledger.store import (
-    EmbeddedLedger,
-    EndorsedTransaction,
-    ProposalRejected,
-    TxStatus,
-    is_corrupt_database,
-)
+from ehrshare.ledger.records import EndorsedTransaction, TxStatus, is_corrupt_database
+from ehrshare.ledger.simulation import ProposalRejected
+from ehrshare.ledger.store import EmbeddedLedger
 
 __all__ = [
     "EmbeddedChaincodeEvents",

@@ -294,7 +294,8 @@ def fetch_blocks(
 ) -> list[Any]:
     """Every block of ``channel`` a peer has now, over ``protos.Deliver/Deliver``."""
     from ehrshare.ledger.fabric import dial
-    from ehrshare.ledger.peer import _tls_cert_hash, seek_envelope
+    from ehrshare.ledger.peer import seek_envelope
+    from ehrshare.ledger.peer.transport import _tls_cert_hash
 
     cert_pem, key_pem = client_tls if client_tls is not None else (None, None)
     grpc_channel = dial(

@@ -21,7 +21,7 @@ from typing import Any
 
 from ehrshare.identity import Signer
 from ehrshare.ledger.envelope import SignedProposal
-from ehrshare.ledger.store import _block_hash, _tx_hash
+from ehrshare.ledger.records import _block_hash, _tx_hash
 
 __all__ = [
     "flip_decision",

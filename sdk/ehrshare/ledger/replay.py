@@ -26,20 +26,20 @@ from typing import Any, NoReturn
 from ehrshare.ledger.envelope import SignedProposal
 from ehrshare.ledger.errors import LedgerIntegrityError
 from ehrshare.ledger.ordering import OrderingIdentity, genesis_data_hash
-from ehrshare.ledger.store import (
+from ehrshare.ledger.records import (
     _SCHEMA,
     DUPLICATE_TXID,
     GENESIS_PREV,
     MVCC_READ_CONFLICT,
     PHANTOM_READ_CONFLICT,
     VALID,
-    ChaincodeFunction,
-    EmbeddedLedger,
-    ProposalRejected,
     _block_hash,
     _tx_hash,
     show_key,
 )
+from ehrshare.ledger.simulation import ProposalRejected
+from ehrshare.ledger.store import EmbeddedLedger
+from ehrshare_chaincode.stub import ChaincodeFunction
 
 __all__ = ["replay_ledger"]
 

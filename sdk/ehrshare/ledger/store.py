@@ -22,16 +22,17 @@ MVCC validation then marks a stale transaction ``MVCC_READ_CONFLICT``, exactly a
 Proposals stamped further than ``max_clock_skew_s`` (default 300 s) from the ledger's clock are
 refused.
 
+Around this state API: :mod:`ehrshare.ledger.records` (the stored format and its hashes),
+:mod:`ehrshare.ledger.simulation` (a proposal's checks and simulation) and
+:mod:`ehrshare.ledger.integrity` (the checked reads).
+
 What this module must not do: interpret chaincode data (it stores bytes), or let a chaincode write
 reach the database without going through :meth:`EmbeddedLedger.commit`.
 """
 
 from __future__ import annotations
 
-import base64
-import functools
 import hashlib
-import json
 import logging
 import sqlite3
 import threading
@@ -42,15 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.x509.oid import NameOID
 
 from ehrshare.closing import Closing
 from ehrshare.faults import fault_point
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.api import ChaincodeEvent
 from ehrshare.ledger.envelope import Proposal, SignedProposal, open_proposal
-from ehrshare.ledger.errors import LedgerCorrupt, LedgerIntegrityError, OrderingKeyError
+from ehrshare.ledger.errors import LedgerCorrupt, OrderingKeyError
+from ehrshare.ledger.integrity import SignedReads
 from ehrshare.ledger.ordering import (
     OrderingIdentity,
     block_message,
@@ -59,339 +59,30 @@ from ehrshare.ledger.ordering import (
     new_ordering_identity,
     write_ordering_key,
 )
-from ehrshare_chaincode import contract as ehr_contract
-from ehrshare_chaincode.stub import (
-    ChaincodeError,
-    ChaincodeFunction,
-    KeyModification,
-    KeyValue,
-    TxTimestamp,
-    create_composite_key,
-    partial_composite_range,
-    split_composite_key,
+from ehrshare.ledger.records import (
+    _DB_NAME,
+    _SCHEMA,
+    _SCHEMA_VERSION,
+    DUPLICATE_TXID,
+    GENESIS_PREV,
+    MVCC_READ_CONFLICT,
+    PHANTOM_READ_CONFLICT,
+    VALID,
+    EndorsedTransaction,
+    TxStatus,
+    _block_hash,
+    _tx_hash,
+    is_corrupt_database,
 )
+from ehrshare.ledger.simulation import ProposalRejected, _chains_to, _SimulationStub
+from ehrshare_chaincode import contract as ehr_contract
+from ehrshare_chaincode.stub import ChaincodeError, ChaincodeFunction
 
-__all__ = [
-    "DEFAULT_MAX_CLOCK_SKEW_S",
-    "VALID",
-    "ChaincodeFunction",
-    "EmbeddedLedger",
-    "EndorsedTransaction",
-    "LedgerIntegrityError",
-    "ProposalRejected",
-    "TxStatus",
-]
+__all__ = ["DEFAULT_MAX_CLOCK_SKEW_S", "EmbeddedLedger"]
 
 logger = logging.getLogger(__name__)
 
-VALID = "VALID"
-MVCC_READ_CONFLICT = "MVCC_READ_CONFLICT"
-PHANTOM_READ_CONFLICT = "PHANTOM_READ_CONFLICT"
-DUPLICATE_TXID = "DUPLICATE_TXID"
-GENESIS_PREV = b"\x00" * 32
 DEFAULT_MAX_CLOCK_SKEW_S = 300
-_DB_NAME = "ledger.sqlite"
-_VERIFIED_KEPT = 4096  # verified blocks and write sets a process remembers (then starts over)
-_SCHEMA_VERSION = "1"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS msp (
-    msp_id TEXT PRIMARY KEY, ca_pem BLOB NOT NULL, added_block INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS state (
-    ns TEXT NOT NULL, key BLOB NOT NULL, value BLOB NOT NULL,
-    blk INTEGER NOT NULL, txn INTEGER NOT NULL, PRIMARY KEY (ns, key)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS history (
-    ns TEXT NOT NULL, key BLOB NOT NULL, blk INTEGER NOT NULL, txn INTEGER NOT NULL,
-    tx_id TEXT NOT NULL, ts_s INTEGER NOT NULL, ts_ns INTEGER NOT NULL,
-    value BLOB, is_delete INTEGER NOT NULL, PRIMARY KEY (ns, key, blk, txn)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS blocks (
-    number INTEGER PRIMARY KEY, prev_hash BLOB NOT NULL, data_hash BLOB NOT NULL,
-    hash BLOB NOT NULL, tx_count INTEGER NOT NULL, kind TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS transactions (
-    tx_id TEXT PRIMARY KEY, blk INTEGER NOT NULL, txn INTEGER NOT NULL, code TEXT NOT NULL,
-    chaincode TEXT NOT NULL, function TEXT NOT NULL, proposal BLOB NOT NULL,
-    signature BLOB NOT NULL, writes BLOB NOT NULL, response BLOB NOT NULL,
-    event_name TEXT, event_payload BLOB, tx_hash BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS block_sigs (number INTEGER PRIMARY KEY, signature BLOB NOT NULL);
-CREATE UNIQUE INDEX IF NOT EXISTS tx_position ON transactions (blk, txn);
-CREATE INDEX IF NOT EXISTS tx_events ON transactions (chaincode, blk, txn)
-    WHERE event_name IS NOT NULL AND code = 'VALID';
-"""
-
-
-class ProposalRejected(Exception):
-    """The proposal failed before or during simulation (bad signature, chaincode error, ...)."""
-
-    def __init__(
-        self,
-        message: str,
-        tx_id: str = "",
-        *,
-        chaincode_error: bool = False,
-        creator_refused: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.tx_id = tx_id
-        self.chaincode_error = chaincode_error
-        self.creator_refused = creator_refused
-        """True when the channel's MSPs do not accept the creator's certificate."""
-
-
-def is_corrupt_database(exc: BaseException) -> bool:
-    """Whether ``exc`` says the ledger's SQLite file is not a database or is damaged (not
-    merely busy or locked)."""
-    return isinstance(exc, sqlite3.DatabaseError) and getattr(exc, "sqlite_errorname", "") in (
-        "SQLITE_CORRUPT",
-        "SQLITE_NOTADB",
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class TxStatus:
-    """Where and how a transaction committed."""
-
-    tx_id: str
-    code: str
-    block_number: int
-
-    @property
-    def successful(self) -> bool:
-        """True when the transaction's writes took effect."""
-        return self.code == VALID
-
-
-@dataclass(slots=True)
-class EndorsedTransaction:
-    """A simulated transaction: the signed proposal, its read/write set, result and event."""
-
-    signed: SignedProposal
-    proposal: Proposal
-    creator: Identity
-    reads: dict[tuple[str, bytes], tuple[int, int] | None]
-    ranges: list[tuple[str, bytes, bytes, list[tuple[bytes, int, int]] | None]]
-    writes: dict[tuple[str, bytes], bytes | None]
-    result: bytes
-    event: tuple[str, bytes] | None
-
-    @property
-    def tx_id(self) -> str:
-        """The transaction id."""
-        return self.proposal.tx_id
-
-    def writes_json(self) -> bytes:
-        """The write set as JSON (stored with the transaction and hashed into the block)."""
-        rows = [
-            [
-                ns,
-                base64.b64encode(key).decode(),
-                None if v is None else base64.b64encode(v).decode(),
-            ]
-            for (ns, key), v in sorted(self.writes.items())
-        ]
-        return json.dumps(rows, separators=(",", ":")).encode()
-
-
-def _tx_hash(
-    signed: SignedProposal, writes: bytes, result: bytes, event: tuple[str, bytes] | None, code: str
-) -> bytes:
-    h = hashlib.sha256()
-    for part in (
-        signed.proposal_bytes,
-        signed.signature,
-        writes,
-        result,
-        b"" if event is None else event[0].encode(),
-        b"" if event is None else event[1],
-        code.encode(),
-    ):
-        h.update(len(part).to_bytes(8, "big"))
-        h.update(part)
-    return h.digest()
-
-
-def parse_writes(writes: bytes) -> dict[tuple[str, bytes], bytes | None]:
-    """Inverse of :meth:`EndorsedTransaction.writes_json`."""
-    return {
-        (str(ns), base64.b64decode(k)): None if v is None else base64.b64decode(v)
-        for ns, k, v in json.loads(writes)
-    }
-
-
-def show_key(key: bytes) -> str:
-    """A state key for messages: composite-key separators shown as '/'."""
-    return repr(key.decode("utf-8", "replace").strip("\x00").replace("\x00", "/"))
-
-
-def _block_hash(number: int, prev_hash: bytes, data_hash: bytes) -> bytes:
-    return hashlib.sha256(number.to_bytes(8, "big") + prev_hash + data_hash).digest()
-
-
-_NODE_OUS = frozenset({"client", "admin", "peer", "orderer"})
-
-
-@functools.lru_cache(maxsize=4096)
-def _chains_to(cert_pem: bytes, ca_pem: bytes) -> str | None:
-    """None when cert_pem is a member (non-CA) certificate issued by ca_pem, else the reason."""
-    try:
-        cert = x509.load_pem_x509_certificate(cert_pem)
-        ca = x509.load_pem_x509_certificate(ca_pem)
-    except ValueError:
-        return "creator certificate is not valid pem"
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return "creator certificate was not issued by its msp's ca"
-    try:
-        if cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            return "creator certificate is a ca certificate"
-    except x509.ExtensionNotFound:
-        pass
-    # Fabric's MSP with NodeOUs classifies every identity by one of these OUs and refuses the
-    # rest; so does this ledger. It is what keeps a member's TLS client certificate (OU "tls",
-    # its own key) from signing transactions in the member's name.
-    ous = {
-        str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
-    }
-    if not ous & _NODE_OUS:
-        return (
-            "creator certificate has no node ou (client, admin, peer or orderer); "
-            "a tls client certificate cannot sign transactions"
-        )
-    return None
-
-
-class _SimulationStub:
-    """The chaincode stub during simulation: committed state plus this transaction's own writes."""
-
-    def __init__(
-        self,
-        conn: sqlite3.Connection,
-        ns: str,
-        proposal: Proposal,
-        creator: Identity,
-        check: Callable[[str, bytes, bytes, int, int], None] | None = None,
-    ) -> None:
-        self._conn = conn
-        self._check = check
-        self._ns = ns
-        self._proposal = proposal
-        self._creator = creator
-        self.reads: dict[tuple[str, bytes], tuple[int, int] | None] = {}
-        self.ranges: list[tuple[str, bytes, bytes, list[tuple[bytes, int, int]] | None]] = []
-        self.writes: dict[tuple[str, bytes], bytes | None] = {}
-        self.event: tuple[str, bytes] | None = None
-
-    # state
-    def get_state(self, key: str) -> bytes | None:
-        k = self._key(key)
-        if (self._ns, k) in self.writes:
-            return self.writes[(self._ns, k)]
-        row = self._conn.execute(
-            "SELECT value, blk, txn FROM state WHERE ns = ? AND key = ?", (self._ns, k)
-        ).fetchone()
-        if (self._ns, k) not in self.reads:
-            self.reads[(self._ns, k)] = None if row is None else (row[1], row[2])
-        if row is None:
-            return None
-        if self._check is not None:
-            self._check(self._ns, k, bytes(row[0]), int(row[1]), int(row[2]))
-        return bytes(row[0])
-
-    def put_state(self, key: str, value: bytes) -> None:
-        k = self._key(key)
-        # Fabric treats an empty value as a delete; keep the same semantics.
-        self.writes[(self._ns, k)] = bytes(value) if value else None
-
-    def del_state(self, key: str) -> None:
-        self.writes[(self._ns, self._key(key))] = None
-
-    def _key(self, key: str) -> bytes:
-        if not key:
-            raise ChaincodeError("key must not be empty")
-        return key.encode("utf-8")
-
-    def _scan(self, start: bytes, end: bytes, limit: int | None) -> list[KeyValue]:
-        sql = "SELECT key, value, blk, txn FROM state WHERE ns = ? AND key >= ? AND key < ? "
-        sql += "ORDER BY key" + ("" if limit is None else f" LIMIT {int(limit)}")
-        rows = self._conn.execute(sql, (self._ns, start, end)).fetchall()
-        # Paginated scans are only allowed in queries (as in Fabric), so they are not validated.
-        seen = None if limit is not None else [(bytes(r[0]), r[2], r[3]) for r in rows]
-        if self._check is not None:
-            for r in rows:
-                self._check(self._ns, bytes(r[0]), bytes(r[1]), int(r[2]), int(r[3]))
-        self.ranges.append((self._ns, start, end, seen))
-        merged = {bytes(r[0]): bytes(r[1]) for r in rows}
-        for (ns, k), v in self.writes.items():
-            if ns == self._ns and start <= k < end:
-                if v is None:
-                    merged.pop(k, None)
-                else:
-                    merged[k] = v
-        return [KeyValue(k.decode("utf-8"), v) for k, v in sorted(merged.items())]
-
-    def get_state_by_range(self, start_key: str, end_key: str) -> list[KeyValue]:
-        return self._scan(start_key.encode(), end_key.encode(), None)
-
-    def get_state_by_partial_composite_key(
-        self, object_type: str, attributes: Sequence[str]
-    ) -> list[KeyValue]:
-        start, end = partial_composite_range(object_type, attributes)
-        return self._scan(start.encode(), end.encode(), None)
-
-    def get_state_by_partial_composite_key_with_pagination(
-        self, object_type: str, attributes: Sequence[str], page_size: int, bookmark: str
-    ) -> tuple[list[KeyValue], str]:
-        if page_size < 1:
-            raise ChaincodeError("page size must be at least 1")
-        start, end = partial_composite_range(object_type, attributes)
-        if bookmark:
-            if not start <= bookmark < end:
-                raise ChaincodeError("bookmark does not belong to this query")
-            start = bookmark
-        rows = self._scan(start.encode(), end.encode(), page_size + 1)
-        if len(rows) > page_size:
-            return rows[:page_size], rows[page_size].key
-        return rows, ""
-
-    def get_history_for_key(self, key: str) -> list[KeyModification]:
-        rows = self._conn.execute(
-            "SELECT tx_id, ts_s, ts_ns, value, is_delete FROM history "
-            "WHERE ns = ? AND key = ? ORDER BY blk, txn",
-            (self._ns, self._key(key)),
-        ).fetchall()
-        return [
-            KeyModification(
-                r[0], b"" if r[3] is None else bytes(r[3]), TxTimestamp(r[1], r[2]), bool(r[4])
-            )
-            for r in rows
-        ]
-
-    def create_composite_key(self, object_type: str, attributes: Sequence[str]) -> str:
-        key: str = create_composite_key(object_type, attributes)
-        return key
-
-    def split_composite_key(self, key: str) -> tuple[str, list[str]]:
-        parts: tuple[str, list[str]] = split_composite_key(key)
-        return parts
-
-    def get_creator(self) -> tuple[str, bytes]:
-        return self._creator.msp_id, self._creator.credentials
-
-    def get_tx_timestamp(self) -> TxTimestamp:
-        return TxTimestamp(self._proposal.timestamp_seconds, self._proposal.timestamp_nanos)
-
-    def get_tx_id(self) -> str:
-        return self._proposal.tx_id
-
-    def get_channel_id(self) -> str:
-        return self._proposal.channel
-
-    def set_event(self, name: str, payload: bytes) -> None:
-        if not name:
-            raise ChaincodeError("event name must not be empty")
-        self.event = (name, bytes(payload))
 
 
 @dataclass(slots=True)
@@ -425,10 +116,7 @@ class EmbeddedLedger(Closing):
         """Check every state row a transaction reads against its write in a signed block."""
         self._ordering: OrderingIdentity | None = None
         self._orderer: Signer | None = None
-        # Verified facts, kept for the life of this process: block number -> its verified hash,
-        # and (block, txn) -> the write set of a transaction whose hash that block covers.
-        self._signed_blocks: dict[int, bytes] = {}
-        self._verified_writes: dict[tuple[int, int], dict[tuple[str, bytes], bytes | None]] = {}
+        self._reads = SignedReads(conn, channel, lambda: self.ordering)
 
     # --- opening ---------------------------------------------------------------------------
 
@@ -678,7 +366,7 @@ class EmbeddedLedger(Closing):
             proposal.chaincode,
             proposal,
             creator,
-            self._check_read if check and self.check_reads else None,
+            self._reads.check_read if check and self.check_reads else None,
         )
         try:
             result = self._chaincodes[proposal.chaincode](
@@ -713,97 +401,6 @@ class EmbeddedLedger(Closing):
     def evaluate(self, signed: SignedProposal) -> bytes:
         """Run a query: check and simulate, return the result, discard the writes."""
         return self.endorse(signed, query=True).result
-
-    # --- checked reads -----------------------------------------------------------------------
-
-    def _check_read(self, ns: str, key: bytes, value: bytes, blk: int, txn: int) -> None:
-        """Refuse a state row that is not what transaction (blk, txn) wrote for its key in a
-        block the ordering key signed. Cheap: one block signature per block per process, one
-        transaction hash and one write-set parse per transaction, both cached once verified.
-
-        Not caught here (:meth:`verify` catches it): a row set back to an earlier signed write
-        of the same key, with the later history rows deleted; a deleted row.
-        """
-        writes = self._verified_writes.get((blk, txn))
-        if writes is None:
-            writes = self._verified_tx_writes(ns, key, blk, txn)
-        if (ns, key) not in writes or writes[(ns, key)] != value:
-            raise LedgerIntegrityError(
-                f"world state key {show_key(key)} does not hold what block {blk} transaction "
-                f"{txn} wrote: the ledger database was edited; run 'ehrshare ledger verify'",
-                block=blk,
-                txn=txn,
-            )
-
-    def _verified_tx_writes(
-        self, ns: str, key: bytes, blk: int, txn: int
-    ) -> dict[tuple[str, bytes], bytes | None]:
-        row = self._conn.execute(
-            "SELECT proposal, signature, writes, response, event_name, event_payload, code, "
-            "tx_hash FROM transactions WHERE blk = ? AND txn = ?",
-            (blk, txn),
-        ).fetchone()
-        where = f"world state key {show_key(key)} names block {blk} transaction {txn}"
-        if row is None or row[6] != VALID:
-            raise LedgerIntegrityError(
-                f"{where}, which is not a valid transaction: the ledger database was edited",
-                block=blk,
-                txn=txn,
-            )
-        event = None if row[4] is None else (str(row[4]), bytes(row[5]))
-        tx_hash = _tx_hash(
-            SignedProposal(bytes(row[0]), bytes(row[1])), bytes(row[2]), bytes(row[3]), event, VALID
-        )
-        if tx_hash != bytes(row[7]):
-            raise LedgerIntegrityError(
-                f"{where}, whose stored content does not match its hash", block=blk, txn=txn
-            )
-        self._check_signed_block(blk, where)
-        hashes = [
-            bytes(r[0])
-            for r in self._conn.execute(
-                "SELECT tx_hash FROM transactions WHERE blk = ? ORDER BY txn", (blk,)
-            )
-        ]
-        data = hashlib.sha256(b"".join(hashes)).digest()
-        if tx_hash not in hashes or data != self._signed_data_hash(blk):
-            raise LedgerIntegrityError(
-                f"{where}, which the signed block does not contain", block=blk, txn=txn
-            )
-        writes = parse_writes(bytes(row[2]))
-        if len(self._verified_writes) >= _VERIFIED_KEPT:
-            self._verified_writes.clear()
-        self._verified_writes[(blk, txn)] = writes
-        return writes
-
-    def _signed_data_hash(self, number: int) -> bytes:
-        row = self._conn.execute(
-            "SELECT data_hash FROM blocks WHERE number = ?", (number,)
-        ).fetchone()
-        return b"" if row is None else bytes(row[0])
-
-    def _check_signed_block(self, number: int, where: str) -> None:
-        row = self._conn.execute(
-            "SELECT b.prev_hash, b.data_hash, b.hash, s.signature FROM blocks b "
-            "LEFT JOIN block_sigs s ON s.number = b.number WHERE b.number = ?",
-            (number,),
-        ).fetchone()
-        if row is None or row[3] is None:
-            raise LedgerIntegrityError(f"{where}, which is missing or unsigned", block=number)
-        block_hash = _block_hash(number, bytes(row[0]), bytes(row[1]))
-        if self._signed_blocks.get(number) == block_hash:
-            return
-        if block_hash != bytes(row[2]) or not self.ordering.verify_block(
-            self.channel, number, block_hash, bytes(row[3])
-        ):
-            raise LedgerIntegrityError(
-                f"{where}, whose block signature does not verify", block=number
-            )
-        if len(self._signed_blocks) >= _VERIFIED_KEPT:
-            self._signed_blocks.clear()
-        self._signed_blocks[number] = block_hash
-
-    # --- commit --------------------------------------------------------------------------------
 
     def _tip(self) -> tuple[int, bytes]:
         row = self._conn.execute(
@@ -865,7 +462,7 @@ class EmbeddedLedger(Closing):
                 raise
             # What this process just signed and committed needs no re-verification when read
             # back: only once COMMIT returned (a rolled-back block must not be remembered).
-            self._remember_verified(*written)
+            self._reads.remember(*written)
             self._committed.notify_all()
             callbacks = list(self._listeners.callbacks)
         for event in events:
@@ -932,20 +529,6 @@ class EmbeddedLedger(Closing):
         )
         self._sign_block(number, block_hash)
         return statuses, events, (number, block_hash, valid_writes)
-
-    def _remember_verified(
-        self,
-        number: int,
-        block_hash: bytes,
-        writes: dict[int, dict[tuple[str, bytes], bytes | None]],
-    ) -> None:
-        if len(self._verified_writes) + len(writes) > _VERIFIED_KEPT:
-            self._verified_writes.clear()
-        if len(self._signed_blocks) >= _VERIFIED_KEPT:
-            self._signed_blocks.clear()
-        self._signed_blocks[number] = block_hash
-        for txn, w in writes.items():
-            self._verified_writes[(number, txn)] = w
 
     def _apply(self, tx: EndorsedTransaction, number: int, txn: int) -> None:
         ts_s, ts_ns = tx.proposal.timestamp_seconds, tx.proposal.timestamp_nanos

@@ -165,7 +165,7 @@ def check_head(
 ) -> dict[str, Any]:
     """Check a ledger of ``height`` blocks against a witnessed head; raise
     :class:`LedgerIntegrityError` naming the first block that cannot be the witnessed one."""
-    from ehrshare.ledger.store import _chains_to  # the ledger's own membership rule
+    from ehrshare.ledger.simulation import _chains_to  # the ledger's own membership rule
 
     name = head.source or "the witnessed head"
     ca = organizations.get(head.witness_msp)
