@@ -15,15 +15,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ehrshare.fabricnet import (
+from ehrshare.identity import LocalCA
+from ehrshare.network.fabric import (
     FabricNet,
     FabricNetError,
     FabricNetSpec,
-    _tail,
     fabric_ca_problem,
     fabric_version,
 )
-from ehrshare.identity import LocalCA
+from ehrshare.network.supervisor import log_tail as _tail
 
 MSPS = ("HospitalAMSP", "HospitalBMSP")
 

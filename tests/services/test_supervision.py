@@ -6,6 +6,7 @@ listens, crashes or hangs as told), driven step by step."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -15,13 +16,8 @@ from pathlib import Path
 import pytest
 
 from ehrshare.consortium import Consortium
-from ehrshare.processes import (
-    RestartPolicy,
-    ServiceProcesses,
-    describe_exit,
-    free_loopback_ports,
-    pid_alive,
-)
+from ehrshare.network.services import ServiceProcesses
+from ehrshare.network.supervisor import RestartPolicy, describe_exit, free_loopback_ports, pid_alive
 from ehrshare.profile import Profile
 
 # Stands in for `ehrshare kgc|proxy serve`: reads what to do from <state dir>/fake-mode.
@@ -122,8 +118,8 @@ def test_a_killed_service_is_logged_and_restarted_after_the_backoff(
     assert {s.state for s in procs.status.values()} == {"running"}
     assert procs.check() is False  # nothing happened, nothing changed
     old = procs.pids["kgc2"]
-    caplog.set_level(logging.INFO, logger="ehrshare.processes")
-    procs._procs["kgc2"].send_signal(signal.SIGKILL)
+    caplog.set_level(logging.INFO, logger="ehrshare.network")
+    os.kill(procs.pids["kgc2"], signal.SIGKILL)
     _until(procs, "death noticed", lambda: procs.status["kgc2"].state != "running")
     noticed = time.monotonic()
     st = procs.status["kgc2"]
@@ -151,9 +147,9 @@ def test_quick_failures_back_off_doubling_then_give_up(
 ) -> None:
     procs = make(RestartPolicy(backoff=0.1, backoff_max=0.3, stable_after=30, give_up_after=4))
     procs.start()
-    caplog.set_level(logging.INFO, logger="ehrshare.processes")
+    caplog.set_level(logging.INFO, logger="ehrshare.network")
     _mode(procs, "proxy-hospitalb", "crash")
-    procs._procs["proxy-hospitalb"].kill()
+    os.kill(procs.pids["proxy-hospitalb"], signal.SIGKILL)
     _until(procs, "given up", lambda: procs.status["proxy-hospitalb"].state == "failed")
     st = procs.status["proxy-hospitalb"]
     assert (st.attempt, st.restarts, st.last_exit) == (4, 3, "exit code 3")
@@ -179,14 +175,14 @@ def test_quick_failures_back_off_doubling_then_give_up(
 def test_a_stable_run_resets_the_backoff(make: Callable[..., ServiceProcesses]) -> None:
     procs = make(RestartPolicy(backoff=0.1, backoff_max=1, stable_after=0.5, give_up_after=2))
     procs.start()
-    procs._procs["kgc1"].kill()
+    os.kill(procs.pids["kgc1"], signal.SIGKILL)
     st = procs.status["kgc1"]
     _until(procs, "back", lambda: st.restarts == 1 and st.state == "running")
     # One quick failure so far; once it has run stable_after, the count is forgotten.
     assert procs.status["kgc1"].attempt == 1
     _until(procs, "stable", lambda: procs.status["kgc1"].attempt == 0, 5)
     # So the next death is attempt 1 again, not the give-up at 2.
-    procs._procs["kgc1"].kill()
+    os.kill(procs.pids["kgc1"], signal.SIGKILL)
     _until(procs, "noticed", lambda: procs.status["kgc1"].state != "running")
     assert procs.status["kgc1"].state == "restarting" and procs.status["kgc1"].attempt == 1
 
@@ -196,7 +192,7 @@ def test_a_requested_restart_stops_cleanly_and_starts_again(
 ) -> None:
     procs = make(RestartPolicy())
     procs.start()
-    old = procs._procs["proxy-hospitala"]
+    old = procs.children["proxy-hospitala"]
     others = {n: p for n, p in procs.pids.items() if n != "proxy-hospitala"}
     procs.request_file("proxy-hospitala").touch()
     procs.check()
@@ -213,7 +209,7 @@ def test_a_restart_that_never_listens_is_killed_and_counted(
     procs = make(RestartPolicy(backoff=0.1, give_up_after=5), start_timeout=1.0)
     procs.start()
     _mode(procs, "kgc3", "hang")
-    procs._procs["kgc3"].kill()
+    os.kill(procs.pids["kgc3"], signal.SIGKILL)
     _until(procs, "restarted", lambda: procs.status["kgc3"].state == "starting")
     hung = procs.pids["kgc3"]
     _until(procs, "timed out", lambda: procs.status["kgc3"].attempt == 2)
@@ -237,7 +233,7 @@ def test_supervise_stops_when_told_and_reports_changes(
         if procs.status["kgc2"].state == "running" and procs.status["kgc2"].restarts:
             stop.set()
 
-    procs._procs["kgc2"].kill()
+    os.kill(procs.pids["kgc2"], signal.SIGKILL)
     first_kgc1 = procs.pids["kgc1"]
     thread = threading.Thread(
         target=procs.supervise, args=(stop, on_change), kwargs={"interval": 0.02}

@@ -260,7 +260,7 @@ def _fabric_status(prof: Any) -> dict[str, Any]:
         "endorsers": fab.endorsers,
     }
     if fab.network is not None:
-        from ehrshare.fabricnet import FabricNet
+        from ehrshare.network.fabric import FabricNet
 
         net = FabricNet.load(fab.network.parent)
         out["network"] = str(fab.network)
@@ -368,9 +368,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         running), 3 if the ledger or store volume is missing, empty or another consortium's
         (nothing is started)."""
         from ehrshare.consortium import profile_file
-        from ehrshare.netctl import NetworkControlError, network_state
-        from ehrshare.netctl import network_up as up
-        from ehrshare.processes import RestartPolicy
+        from ehrshare.network.control import NetworkControlError, network_state
+        from ehrshare.network.control import network_up as up
+        from ehrshare.network.supervisor import RestartPolicy
         from ehrshare.profile import Profile
         from ehrshare.volumes import volume_problems
 
@@ -426,7 +426,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         up on) and wait until it listens. Exit code 2 for an unknown service, 4 if no
         supervisor runs or the service does not come back."""
         from ehrshare.consortium import profile_file
-        from ehrshare.netctl import restart_service
+        from ehrshare.network.control import restart_service
 
         with _errors():
             path = profile_file(_profile_path(profile))
@@ -450,8 +450,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Stop the services 'network up' started, then its Fabric network (by pid; a no-op
         if nothing runs)."""
         from ehrshare.consortium import profile_file
-        from ehrshare.netctl import NetworkControlError
-        from ehrshare.netctl import network_down as down
+        from ehrshare.network.control import NetworkControlError
+        from ehrshare.network.control import network_down as down
 
         with _errors():
             path = profile_file(_profile_path(profile))
@@ -486,13 +486,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         call over mutual TLS, and what the 'network up' supervisor says: running, restarting,
         failed, not answering, down). Exit code 4 if the content store, the profile's local
         Fabric network or any service process is not healthy."""
-        from ehrshare.fabricnet import (
-            FabricNetError,
-            default_bin_dir,
-            fabric_version,
-            missing_binaries,
-        )
         from ehrshare.ledger.store import EmbeddedLedger
+        from ehrshare.network.binaries import fabric_bin_dir as default_bin_dir
+        from ehrshare.network.fabric import FabricNetError, fabric_version, missing_binaries
         from ehrshare.profile import Profile
         from ehrshare.storage import KuboClient
         from ehrshare.volumes import volume_problems
@@ -556,7 +552,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 {"name": px.name, "msp": px.msp_id, "address": px.service.address or "in-process"}
                 for px in prof.proxies
             ]
-            from ehrshare.netctl import check_services, network_state
+            from ehrshare.network.control import check_services, network_state
 
             prof_file = (path / "profile.yaml" if path.is_dir() else path).resolve()
             bg = network_state(prof_file)
@@ -764,7 +760,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Print the 'ehrshare kgc serve' / 'ehrshare proxy serve' command line of each service
         the profile runs as a process (to run them by hand or from a service manager)."""
         from ehrshare.consortium import profile_file
-        from ehrshare.processes import service_commands
+        from ehrshare.network.services import service_commands
         from ehrshare.profile import Profile
 
         with _errors():
@@ -802,7 +798,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         they listen, restart any that dies (logging its exit status), and stop them all (by
         pid) on Ctrl-C or SIGTERM."""
         from ehrshare.consortium import profile_file
-        from ehrshare.processes import RestartPolicy, ServiceProcessError, ServiceProcesses
+        from ehrshare.network.services import ServiceProcessError, ServiceProcesses
+        from ehrshare.network.supervisor import RestartPolicy
         from ehrshare.profile import Profile
         from ehrshare.services.vault import atomic_write
 
@@ -817,7 +814,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             prof = Profile.load(path)
             procs = ServiceProcesses(prof, path.parent / "run", die_with_parent=True, policy=policy)
         # Deaths, restarts and give-ups go to stderr (run/network.log under 'network up').
-        logging.getLogger("ehrshare.processes").setLevel(logging.INFO)
+        logging.getLogger("ehrshare.network").setLevel(logging.INFO)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
@@ -836,7 +833,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             atomic_write(state_file, json.dumps(state, indent=2).encode(), mode=0o644)
 
         if state_file is not None:
-            from ehrshare.netctl import hold_supervisor_lock
+            from ehrshare.network.control import hold_supervisor_lock
 
             # Held until this process dies: one supervisor per profile, even when two
             # 'network up' race or one was killed before this wrote the state file.

@@ -56,7 +56,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -77,7 +76,15 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from ehrshare.errors import Unavailable
 from ehrshare.faults import fault_point
 from ehrshare.identity import LocalCA
-from ehrshare.processes import free_loopback_ports, pid_alive
+from ehrshare.network.binaries import fabric_bin_dir
+from ehrshare.network.supervisor import (
+    Child,
+    free_loopback_ports,
+    log_tail,
+    start_child,
+    stop_process,
+    wait_ready,
+)
 from ehrshare.services.tls import issue_tls_certificate
 from ehrshare.services.vault import atomic_write
 
@@ -86,7 +93,6 @@ __all__ = [
     "FabricNet",
     "FabricNetError",
     "FabricNetSpec",
-    "default_bin_dir",
     "fabric_ca_problem",
     "fabric_version",
     "missing_binaries",
@@ -128,11 +134,6 @@ _BUILDER: Final = {
 # state [ACTIVE]" from 2.5; orderers: 405 "cannot join: channel already exists".
 _JOINED = r"LedgerID already exists|already exists with state \[ACTIVE\]"
 _ORDERER_JOINED = "channel already exists"
-# The first line of a node's log that says why it died: Fabric's logger.Panic*/Fatal* (levels
-# PANI and FATA), Go's own "panic:", or the "Fatal error" some commands print. Go prints the
-# goroutine stacks after it, so the last lines of the log rarely include it.
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_DEATH = re.compile(r"^panic: |\bPANI\b|\bFATA\b|\bFatal", re.MULTILINE)
 # Broadcast refusals that go away by themselves while Raft elects a leader or a peer catches up.
 _TRANSIENT = re.compile(
     r"SERVICE_UNAVAILABLE|no Raft leader|connection refused|context deadline exceeded"
@@ -147,22 +148,11 @@ class FabricNetError(Unavailable, RuntimeError):
     hint = "see the process logs under <consortium>/fabric"
 
 
-def _repo_root() -> Path:
-    return Path(__file__).resolve().parents[2]
-
-
-def default_bin_dir() -> Path:
-    """``$EHRSHARE_FABRIC_BIN``, else ``<repo>/network/build/fabric23/bin`` (``make tools``)."""
-    env = os.environ.get("EHRSHARE_FABRIC_BIN")
-    if env:
-        return Path(env)
-    return _repo_root() / "network" / "build" / "fabric23" / "bin"
-
-
 def fabric_version(bin_dir: Path | None = None) -> tuple[int, int, int]:
     """The (major, minor, patch) that ``peer version`` in ``bin_dir`` reports (default
-    :func:`default_bin_dir`): what a network's capabilities are chosen by."""
-    peer = (default_bin_dir() if bin_dir is None else bin_dir) / "peer"
+    :func:`~ehrshare.network.binaries.fabric_bin_dir`): what a network's capabilities are
+    chosen by."""
+    peer = (fabric_bin_dir() if bin_dir is None else bin_dir) / "peer"
     try:
         done = subprocess.run(  # noqa: S603 - the Fabric binary we were pointed at
             [str(peer), "version"], capture_output=True, text=True, timeout=30, check=False
@@ -184,9 +174,9 @@ def fabric_version(bin_dir: Path | None = None) -> tuple[int, int, int]:
 
 def missing_binaries(bin_dir: Path | None = None) -> list[str]:
     """Which of ``peer``, ``orderer`` and ``configtxgen`` are not in ``bin_dir`` (default
-    :func:`default_bin_dir`): empty when a network can be built here. Use it before anything
-    that needs Fabric, to say ``make tools`` instead of failing later."""
-    where = default_bin_dir() if bin_dir is None else bin_dir
+    :func:`~ehrshare.network.binaries.fabric_bin_dir`): empty when a network can be built here.
+    Use it before anything that needs Fabric, to say ``make tools`` instead of failing later."""
+    where = fabric_bin_dir() if bin_dir is None else bin_dir
     return [b for b in _BINARIES if not (where / b).is_file()]
 
 
@@ -253,14 +243,6 @@ class _State:
     genesis_sha256: str = ""
     done: list[str] = field(default_factory=list)
     processes: dict[str, _Proc] = field(default_factory=dict)
-
-
-def _start_ticks(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-        return int(stat.rsplit(") ", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
 
 
 def _lower(msp: str) -> str:
@@ -384,7 +366,7 @@ class FabricNet:
         say = progress or (lambda _msg: None)
         spec.check()
         root = Path(spec.root).resolve()
-        bin_dir = Path(spec.bin_dir) if spec.bin_dir is not None else default_bin_dir()
+        bin_dir = Path(spec.bin_dir) if spec.bin_dir is not None else fabric_bin_dir()
         missing = missing_binaries(bin_dir)
         if missing:
             raise FabricNetError(
@@ -791,8 +773,14 @@ class FabricNet:
 
     # --- processes ---------------------------------------------------------------------------
 
+    def _child(self, name: str, proc: _Proc) -> Child:
+        """The supervisor's view of a recorded process (its Popen if this process started it)."""
+        popen = self._children.get(proc.pid)
+        return Child(name, proc.pid, proc.start_ticks, Path(proc.log), proc.offset, popen)
+
     def _ours(self, proc: _Proc) -> bool:
-        return pid_alive(proc.pid) and _start_ticks(proc.pid) == proc.start_ticks
+        # The recorded start time, not a Popen: another process may have started it.
+        return Child("", proc.pid, proc.start_ticks, Path(proc.log)).alive()
 
     def running(self) -> bool:
         """True when every process of the network runs (and is the one this module started)."""
@@ -845,46 +833,28 @@ class FabricNet:
         return out
 
     def _spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> _Proc:
+        # A session of its own: the network outlives the command that started it (`network
+        # up`), and a Ctrl-C in that terminal does not reach it; stop() ends it by pid.
         log = self.dir / "logs" / f"{name}.log"
-        with open(log, "ab") as out:
-            offset = out.seek(0, os.SEEK_END)
-            # A session of its own: the network outlives the command that started it (`network
-            # up`), and a Ctrl-C in that terminal does not reach it; stop() ends it by pid.
-            child = subprocess.Popen(  # noqa: S603 - binaries of this network
-                list(argv),
-                env={**os.environ, **env},
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=self.dir,
-                start_new_session=True,
-            )
-        ticks = _start_ticks(child.pid)
-        if ticks is None:
-            child.wait()
+        child = start_child(name, argv, log, env=env, cwd=self.dir, new_session=True)
+        assert child.popen is not None
+        if child.ticks is None:
+            child.popen.wait()
             raise FabricNetError(
-                f"{name} exited at once (code {child.returncode}): {_tail(log, offset)}"
+                f"{name} exited at once (code {child.popen.returncode}): {child.tail()}"
             )
-        self._children[child.pid] = child
-        proc = _Proc(child.pid, ticks, str(log), offset)
+        self._children[child.pid] = child.popen
+        proc = _Proc(child.pid, child.ticks, str(log), child.offset)
         self._state.processes[name] = proc
         self._save()
-        _log.info("started %s (pid %d), log %s (from byte %d)", name, child.pid, log, offset)
         return proc
 
     def _stop_one(self, name: str, proc: _Proc, grace: float = 15.0) -> None:
         if not self._ours(proc):
             _log.info("%s (pid %d) is not running", name, proc.pid)
             return
-        os.kill(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while self._ours(proc) and time.monotonic() < deadline:
-            self._reap(proc.pid)
-            time.sleep(0.05)
-        if self._ours(proc):
-            _log.warning("%s (pid %d) ignored SIGTERM for %.0f s: SIGKILL", name, proc.pid, grace)
-            os.kill(proc.pid, signal.SIGKILL)
-        self._reap(proc.pid, block=True)
+        stop_process(self._child(name, proc), grace=grace)
+        self._children.pop(proc.pid, None)
 
     def _reap(self, pid: int, *, block: bool = False) -> None:
         child = self._children.get(pid)
@@ -1136,7 +1106,7 @@ class FabricNet:
         for name, proc in self._state.processes.items():
             if not self._ours(proc):
                 self._reap(proc.pid, block=True)
-                raise FabricNetError(f"{name} exited: {_tail(Path(proc.log), proc.offset)}")
+                raise FabricNetError(f"{name} exited: {_tail(proc)}")
 
     def _wait(
         self,
@@ -1148,14 +1118,12 @@ class FabricNet:
     ) -> None:
         """Poll ``ready`` until it holds; FabricNetError (``name`` ``late``) at the deadline
         or once ``proc`` has exited, with the tail of its log."""
-        while not ready():
-            if not self._ours(proc):
-                self._reap(proc.pid, block=True)
-                why = _tail(Path(proc.log), proc.offset)
-                raise FabricNetError(f"{name} exited while starting: {why}")
-            if time.monotonic() > deadline:
-                raise FabricNetError(f"{name} {late}: {_tail(Path(proc.log), proc.offset)}")
-            time.sleep(0.1)
+        outcome = wait_ready(ready, lambda: self._ours(proc), deadline)
+        if outcome == "died":
+            self._reap(proc.pid, block=True)
+            raise FabricNetError(f"{name} exited while starting: {_tail(proc)}")
+        if outcome == "late":
+            raise FabricNetError(f"{name} {late}: {_tail(proc)}")
 
     def _wait_leader(self, channel: str, deadline: float) -> None:
         # Every orderer logs the leader it learns, per channel; until then broadcasts fail.
@@ -1636,20 +1604,6 @@ def _healthy(port: int, *, timeout: float = 1.0) -> bool:
         return False
 
 
-def _tail(log: Path, offset: int = 0, lines: int = 8) -> str:
-    """What a node's log (from ``offset``: this run) says about its end: the first panic or
-    fatal line if there is one (a Go panic is followed by pages of goroutine stacks), else
-    its last ``lines`` lines."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(offset)
-            text = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return f"(no log at {log})"
-    # Fabric colours its level names even into a file.
-    all_lines = _ANSI.sub("", text).strip().splitlines()
-    for n, line in enumerate(all_lines):
-        if _DEATH.search(line):
-            after = len(all_lines) - n - 1
-            return f"{log}: {line.strip()}" + (f" (then {after} more lines)" if after else "")
-    return f"{log}: " + (" | ".join(all_lines[-lines:]) or "(empty)")
+def _tail(proc: _Proc) -> str:
+    """:func:`~ehrshare.network.supervisor.log_tail` of a node's log from this run's start."""
+    return log_tail(Path(proc.log), proc.offset)
