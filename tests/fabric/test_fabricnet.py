@@ -27,7 +27,8 @@ import pytest
 from ehrshare.faults import FAULT_ENV
 from ehrshare.identity import LocalCA
 from ehrshare.network.binaries import fabric_bin_dir as default_bin_dir
-from ehrshare.network.fabric import _JOINED, ORDERER_MSP, FabricNet, FabricNetError, FabricNetSpec
+from ehrshare.network.fabric import ORDERER_MSP, FabricNet, FabricNetError, FabricNetSpec
+from ehrshare.network.fabric.channel import _JOINED
 from ehrshare.network.supervisor import pid_alive
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
