@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,10 +33,12 @@ from ehrshare.faults import fault_point
 from ehrshare.network.services import ServiceCommand, service_commands
 from ehrshare.network.supervisor import (
     RESTART_REQUEST_SUFFIX,
+    Child,
     RestartPolicy,
     log_tail,
     pid_alive,
     start_child,
+    stop_process,
 )
 from ehrshare.profile import Profile, Wallet
 
@@ -283,13 +284,11 @@ def _start_services(profile_path: Path, timeout: float, policy: RestartPolicy) -
     ]
     # A session of its own: it outlives this command and its terminal.
     child = start_child("the service supervisor", argv, current.log_file, new_session=True)
-    proc = child.popen
-    assert proc is not None
     fault_point("netctl.up.after_spawn")
-    _wait_ready(profile_path, proc, timeout)
+    _wait_ready(profile_path, child, timeout)
 
 
-def _wait_ready(profile_path: Path, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+def _wait_ready(profile_path: Path, proc: Child | None, timeout: float) -> None:
     """Wait until a live supervisor reports every service listening: ours (``proc``), or one
     another ``network up`` started (then its own caller stops it if it fails)."""
     run = _run_dir(profile_path)
@@ -299,7 +298,7 @@ def _wait_ready(profile_path: Path, proc: subprocess.Popen[bytes] | None, timeou
         state = _services_state(profile_path)
         if state.ready:
             return
-        if proc is not None and proc.poll() is not None:
+        if proc is not None and proc.returncode is not None:
             if _supervisor_alive(run):  # another `network up` won the race: wait for it
                 proc = None
                 continue
@@ -314,12 +313,7 @@ def _wait_ready(profile_path: Path, proc: subprocess.Popen[bytes] | None, timeou
             )
         if time.monotonic() > deadline:
             if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=15)
+                stop_process(proc, grace=15)
                 raise NetworkControlError(
                     f"the services did not all listen within {timeout:.0f} s and were stopped: "
                     f"{log_tail(log_file)}; full log in {log_file}"
