@@ -17,7 +17,15 @@ import pytest
 
 from ehrshare.consortium import Consortium
 from ehrshare.network.services import ServiceProcesses
-from ehrshare.network.supervisor import RestartPolicy, describe_exit, free_loopback_ports, pid_alive
+from ehrshare.network.supervisor import (
+    Program,
+    RestartPolicy,
+    Supervisor,
+    SupervisorError,
+    describe_exit,
+    free_loopback_ports,
+    pid_alive,
+)
 from ehrshare.profile import Profile
 
 # Stands in for `ehrshare kgc|proxy serve`: reads what to do from <state dir>/fake-mode.
@@ -243,3 +251,31 @@ def test_supervise_stops_when_told_and_reports_changes(
     assert not thread.is_alive()
     assert changes[0] == "restarting" and changes[-1] == "running"
     assert procs.pids["kgc1"] == first_kgc1
+
+
+def test_a_failed_start_is_explained_by_its_own_run_of_the_log(tmp_path: Path) -> None:
+    # Each run appends to the same stderr file; the explanation must be this run's fatal line,
+    # not the first one of an earlier run.
+    script = (
+        "import pathlib, sys\n"
+        "n = pathlib.Path(sys.argv[1])\n"
+        "k = int(n.read_text()) if n.exists() else 0\n"
+        "n.write_text(str(k + 1))\n"
+        "print(f'run {k}: Fatal error {k}', file=sys.stderr)\n"
+        "sys.exit(3)\n"
+    )
+    program = Program(
+        argv=(sys.executable, "-c", script, str(tmp_path / "runs")),
+        log=tmp_path / "p.stderr",
+        ready=lambda: False,
+    )
+    with Supervisor({"p": program}, tmp_path / "run") as supervisor:
+        with pytest.raises(
+            SupervisorError, match=r"p exited with code 3: .*: run 0: Fatal error 0$"
+        ):
+            supervisor.start()
+        with pytest.raises(
+            SupervisorError, match=r"p exited with code 3: .*: run 1: Fatal error 1$"
+        ):
+            supervisor.start()
+    assert supervisor.status["p"].last_exit == "exit code 3"

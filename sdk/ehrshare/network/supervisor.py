@@ -375,6 +375,7 @@ class Supervisor:
         self.die_with_parent = die_with_parent
         self.policy = policy or RestartPolicy()
         self._children: dict[str, Child] = {}
+        self._log_offsets: dict[str, int] = {}  # where each program's last run starts in its log
         self.status = {name: ServiceStatus() for name in self.programs}
         self.started_pids: list[int] = []
 
@@ -402,6 +403,7 @@ class Supervisor:
             die_with_parent=self.die_with_parent,
         )
         self._children[name] = child
+        self._log_offsets[name] = child.offset
         self.started_pids.append(child.pid)
         st = self.status[name]
         st.state, st.pid, st.started_at, st.retry_at = "starting", child.pid, time.monotonic(), None
@@ -438,7 +440,7 @@ class Supervisor:
                 time.sleep(0.05)
 
     def _tail(self, name: str) -> str:
-        return log_tail(self.programs[name].log, lines=5)
+        return log_tail(self.programs[name].log, self._log_offsets.get(name, 0), lines=5)
 
     def stop(self, name: str, *, kill: bool = False, grace: float = 10.0) -> int:
         """Stop one program by pid: SIGTERM (a clean stop) or, with ``kill``, SIGKILL (a crash).
