@@ -31,7 +31,7 @@ rely on it: it never reads back what it wrote).
 Status: this module is exercised in CI by protocol-level unit tests against an in-test fake peer
 (``tests/fabric_unit/``). The pinned Fabric (3.1) cannot be built on the development machine (see
 docs/status.md); a real Fabric 2.3 peer, built from the module proxy by ``make tools``, drives
-it in CI (mutual TLS, on the networks ``ehrshare.fabricnet`` builds; ``tests/fabric/``).
+it in CI (mutual TLS, on the networks ``ehrshare.network.fabric`` builds; ``tests/fabric/``).
 
 What this module must not do: contain contract logic, verify client signatures (the peer does),
 log arguments or state values (they may be personal data), or import the SDK (``ehrshare``).

@@ -19,9 +19,9 @@ the backends the profile names. With in-process services, the process that conne
 the KGC nodes and the proxies from their state directories — a single-machine setup for
 development and demos. With ``services="processes"`` at init, the profile gives each KGC node and
 each proxy a loopback gRPC address instead; they run as ``ehrshare kgc serve`` / ``ehrshare proxy
-serve`` processes (:mod:`ehrshare.processes` starts them from the profile) and the session dials
-them over mutual TLS with the wallet's TLS client certificate (its own key, issued by the
-member's hospital CA next to the ledger certificate; never the ledger signing key). The
+serve`` processes (:mod:`ehrshare.network.services` starts them from the profile) and the
+session dials them over mutual TLS with the wallet's TLS client certificate (its own key, issued
+by the member's hospital CA next to the ledger certificate; never the ledger signing key). The
 embedded ledger directory is then opened by every process. On Fabric the same TLS client
 certificate opens the connections to the peers and orderers, which require mutual TLS: members
 present their wallet's, in-process KGC nodes and proxies their service wallet's.
@@ -76,7 +76,7 @@ from ehrshare.services.vault import atomic_write, read_key_file, write_key_file
 from ehrshare.session import ProxyRoute, Session
 
 if TYPE_CHECKING:
-    from ehrshare.fabricnet import FabricNet
+    from ehrshare.network.fabric import FabricNet
 from ehrshare.storage import (
     BlobStore,
     EmbeddedStore,
@@ -141,12 +141,8 @@ class FabricOptions:
 
     def check(self) -> None:
         """Refuse options Fabric would refuse, and a machine without the Fabric binaries."""
-        from ehrshare.fabricnet import (
-            FabricNetError,
-            FabricNetSpec,
-            default_bin_dir,
-            missing_binaries,
-        )
+        from ehrshare.network.binaries import fabric_bin_dir as default_bin_dir
+        from ehrshare.network.fabric import FabricNetError, FabricNetSpec, missing_binaries
 
         try:
             FabricNetSpec(
@@ -169,7 +165,7 @@ class FabricOptions:
 
     def build(self, root: Path, msp_ids: Sequence[str], say: Progress) -> FabricNet:
         """Create the network's crypto and configuration under ``root`` and start it."""
-        from ehrshare.fabricnet import FabricNet, FabricNetSpec
+        from ehrshare.network.fabric import FabricNet, FabricNetSpec
 
         spec = FabricNetSpec(
             root=root,
@@ -221,7 +217,7 @@ def _stop_network_of(root: Path) -> None:
     if not (root / "fabric").is_dir():
         return
     try:
-        from ehrshare.fabricnet import FabricNet
+        from ehrshare.network.fabric import FabricNet
 
         FabricNet.load(root).stop()
     except Exception as exc:  # the original error matters more; say this one in the log
@@ -358,13 +354,13 @@ class Consortium(Closing):
         a profile whose KGC nodes and proxies are gRPC services on 127.0.0.1 (``ports``: one per
         hospital's proxy, then one per hospital's KGC node; default ``7060, 7061, …``) with TLS
         server certificates issued by their hospitals' CAs; start
-        them with :class:`ehrshare.processes.ServiceProcesses` or the commands
+        them with :class:`ehrshare.network.services.ServiceProcesses` or the commands
         ``ehrshare consortium services`` prints. The DKG still runs here, before the profile
         is switched: each node's sealed share is in its state directory when its process starts.
         Refuses a directory that already holds a profile (nothing is overwritten).
 
         ``ledger="fabric"`` builds a real Fabric network for the consortium instead of the
-        embedded ledger (:mod:`ehrshare.fabricnet`: MSPs from the hospitals' CAs, one peer per
+        embedded ledger (:mod:`ehrshare.network.fabric`: MSPs from the hospitals' CAs, one peer per
         hospital, Raft orderers, the chaincode as a service; ``fabric`` sets orderers and block
         cutting) and starts it to run the setup transactions and the DKG. The returned
         consortium owns the running network: :meth:`close` stops it; ``ehrshare network up``

@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from ehrshare.consortium import Consortium
-from ehrshare.processes import ServiceProcesses, free_loopback_ports, pid_alive
+from ehrshare.network.services import ServiceProcesses
+from ehrshare.network.supervisor import free_loopback_ports, pid_alive
 from ehrshare.session import AccessDenied, Session
 
 __all__ = ["DemoResult", "DemoStep", "lab_observation", "run_demo"]
@@ -465,7 +466,7 @@ def _expected_reconnects() -> Iterator[None]:
     the output. Errors still show."""
     import logging
 
-    loggers = [logging.getLogger(n) for n in ("ehrshare.ledger.peer", "ehrshare.fabricnet")]
+    loggers = [logging.getLogger(n) for n in ("ehrshare.ledger.peer", "ehrshare.network.fabric")]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)

@@ -113,7 +113,7 @@ def _read(path: Path, what: str) -> bytes:
 
 class FabricBackend:
     """A Fabric channel through a set of peers and orderers: a profile's
-    (:meth:`from_profile`) or a running :class:`~ehrshare.fabricnet.FabricNet`'s
+    (:meth:`from_profile`) or a running :class:`~ehrshare.network.fabric.FabricNet`'s
     (:meth:`from_connection`)."""
 
     kind = "fabric"
@@ -150,7 +150,7 @@ class FabricBackend:
 
     @classmethod
     def from_connection(cls, conn: dict[str, Any], *, clock: Clock | None = None) -> FabricBackend:
-        """The peers and orderers of :meth:`ehrshare.fabricnet.FabricNet.connection` (a
+        """The peers and orderers of :meth:`ehrshare.network.fabric.FabricNet.connection` (a
         network this process started: benchmarks and tests)."""
         return cls._from_endpoints(
             [

@@ -14,7 +14,7 @@ server certificate — and optionally ``server_name``; peers also name their ``m
 then present a TLS client certificate — a member's wallet's ``tls-cert.pem`` — and one without is
 refused before dialling; default false: presented when there is one) and optionally
 ``ledger.network``, the directory of the local Fabric network this consortium runs
-(:mod:`ehrshare.fabricnet`, which requires mutual TLS; ``ehrshare network up`` starts it).
+(:mod:`ehrshare.network.fabric`, which requires mutual TLS; ``ehrshare network up`` starts it).
 ``storage.backend`` is
 ``embedded`` or ``kubo`` (a real Kubo RPC URL), independent of the ledger.
 
@@ -29,7 +29,7 @@ the CA certificates that issued its TLS server certificate, and optionally ``ser
 session then dials it over gRPC with mutual TLS, presenting the wallet's certificate. A remote
 entry may also keep ``state``, ``key``, ``wallet``, ``tls_cert`` and ``tls_key`` — what
 ``ehrshare kgc serve`` / ``ehrshare proxy serve`` need to start it (see
-:mod:`ehrshare.processes`); the session ignores them.
+:mod:`ehrshare.network.services`); the session ignores them.
 
 Wallet keys at rest: ``key.pem`` and ``ibe.key`` are mode 0600; with a passphrase (argument, or
 ``EHRSHARE_WALLET_PASSPHRASE``) they are also encrypted (scrypt → AES-256-GCM, the file name as

@@ -26,7 +26,7 @@ import pytest
 from ehrshare.consortium import Consortium, connect
 from ehrshare.demo import lab_observation
 from ehrshare.faults import FAULT_ENV
-from ehrshare.processes import free_loopback_ports, pid_alive
+from ehrshare.network.supervisor import free_loopback_ports, pid_alive
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from ehrshare.consortium import Consortium
-from ehrshare.processes import free_loopback_ports, pid_alive
+from ehrshare.network.supervisor import free_loopback_ports, pid_alive
 
 pytestmark = pytest.mark.slow
 

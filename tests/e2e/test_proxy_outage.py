@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from ehrshare.cli import app
 from ehrshare.consortium import Consortium, connect
 from ehrshare.demo import lab_observation
-from ehrshare.processes import ServiceProcesses, free_loopback_ports, pid_alive
+from ehrshare.network.services import ServiceProcesses
+from ehrshare.network.supervisor import free_loopback_ports, pid_alive
 from ehrshare.profile import Profile
 from ehrshare.session import ProxyUnreachable, Session
 

@@ -22,7 +22,8 @@ import pytest
 
 from ehrshare.consortium import Consortium, connect
 from ehrshare.demo import SECRET_MARKER, lab_observation
-from ehrshare.processes import ServiceProcesses, free_loopback_ports, pid_alive
+from ehrshare.network.services import ServiceProcesses
+from ehrshare.network.supervisor import free_loopback_ports, pid_alive
 from ehrshare.profile import Profile
 from ehrshare.session import AccessDenied, Session
 

@@ -1,4 +1,4 @@
-"""One real Fabric 2.3 network (``ehrshare.fabricnet``) shared by the peer-level tests.
+"""One real Fabric 2.3 network (``ehrshare.network.fabric``) shared by the peer-level tests.
 
 ``fabric_net`` builds it once per test session for test_fabric_peer.py and
 test_fabric_local_gateway.py: three hospitals whose CAs are made with ``LocalCA.create`` and
@@ -25,9 +25,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ehrshare.fabricnet import FabricNet, FabricNetSpec, default_bin_dir
 from ehrshare.identity import Identity, LocalCA, Signer
-from ehrshare.processes import pid_alive
+from ehrshare.network.binaries import fabric_bin_dir as default_bin_dir
+from ehrshare.network.fabric import FabricNet, FabricNetSpec
+from ehrshare.network.supervisor import pid_alive
 
 MSPS = ("HospitalAMSP", "HospitalBMSP", "HospitalCMSP")
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import pytest
 
-from ehrshare.fabricnet import ORDERER_MSP, FabricNet
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.envelope import serialize_identity
 from ehrshare.ledger.errors import LedgerIntegrityError
@@ -25,6 +24,7 @@ from ehrshare.ledger.fabric_blocks import (
     verify_copies,
 )
 from ehrshare.ledger.witness import sign_head
+from ehrshare.network.fabric import ORDERER_MSP, FabricNet
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 

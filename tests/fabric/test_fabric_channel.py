@@ -18,7 +18,7 @@ from fabric_protos.common import common_pb2, configtx_pb2
 from fabric_protos.common import configuration_pb2 as common_config_pb2
 from fabric_protos.peer import configuration_pb2 as peer_config_pb2
 
-from ehrshare.fabricnet import ORDERER_MSP, FabricNet
+from ehrshare.network.fabric import ORDERER_MSP, FabricNet
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 

@@ -22,7 +22,7 @@ import pytest
 from ehrshare.commands.bench_e2e import run_e2e_bench
 from ehrshare.consortium import Consortium
 from ehrshare.demo import run_demo
-from ehrshare.processes import free_loopback_ports, pid_alive
+from ehrshare.network.supervisor import free_loopback_ports, pid_alive
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 

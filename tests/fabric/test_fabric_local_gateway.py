@@ -2,7 +2,7 @@
 
 Fabric 2.3 has no Gateway service; ``ledger.peer.connect`` endorses on the peers' Endorser,
 orders through the orderer's Broadcast and reads commits and chaincode events from a peer's
-Deliver service. These tests drive the shared ``ehrshare.fabricnet`` network (three hospitals,
+Deliver service. These tests drive the shared ``ehrshare.network.fabric`` network (three hospitals,
 a MAJORITY endorsement policy; tests/fabric/conftest.py) as HospitalA's admin: queries, commits
 endorsed by two organisations, a commit endorsed by one (invalidated by the peers), the
 contract's refusals, an MVCC conflict, chaincode events from block 0, from a checkpoint and from
@@ -22,13 +22,13 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from ehrshare.fabricnet import ORDERER_MSP, FabricNet
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.api import InMemoryCheckpointer, StoredCheckpoint
 from ehrshare.ledger.errors import EndorseError, GatewayError
 from ehrshare.ledger.fabric import FabricContract, FabricGateway, FabricNetwork
 from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint, connect
-from ehrshare.processes import free_loopback_ports
+from ehrshare.network.fabric import ORDERER_MSP, FabricNet
+from ehrshare.network.supervisor import free_loopback_ports
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 

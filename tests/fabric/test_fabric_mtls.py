@@ -1,6 +1,6 @@
 """Only consortium members reach the Fabric peers and orderers: mutual TLS on a real network.
 
-`ehrshare.fabricnet` starts Fabric 2.3 peers and orderers that require a TLS client
+`ehrshare.network.fabric` starts Fabric 2.3 peers and orderers that require a TLS client
 certificate from a consortium CA. A client without one, and a client whose certificate comes
 from a CA outside the consortium, get no connection (UNAVAILABLE, from the handshake) from a
 peer and from an orderer, while a member presenting its wallet's TLS certificate endorses,
@@ -23,14 +23,15 @@ from fabric_protos.common import common_pb2
 from fabric_protos.orderer import ab_pb2, ab_pb2_grpc
 from fabric_protos.peer import events_pb2_grpc, peer_pb2_grpc, proposal_pb2
 
-from ehrshare.fabricnet import ORDERER_MSP, FabricNet, FabricNetSpec, default_bin_dir
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.envelope import serialize_identity
 from ehrshare.ledger.errors import EndorseError, GatewayError, SubmitError
 from ehrshare.ledger.fabric import dial
 from ehrshare.ledger.peer import OrdererEndpoint, connect, seek_envelope
 from ehrshare.ledgers import FabricBackend
-from ehrshare.processes import pid_alive
+from ehrshare.network.binaries import fabric_bin_dir as default_bin_dir
+from ehrshare.network.fabric import ORDERER_MSP, FabricNet, FabricNetSpec
+from ehrshare.network.supervisor import pid_alive
 from ehrshare.profile import Wallet
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]

@@ -2,7 +2,7 @@
 
 Fabric 2.3.2 (the release-2.3 branch) — the newest release the Go module proxy serves here (the
 pinned 3.1 answers 403) — built by `make tools` into network/build/fabric23. The network is
-``ehrshare.fabricnet``'s (tests/fabric/conftest.py): three hospitals, one Raft orderer, one
+``ehrshare.network.fabric``'s (tests/fabric/conftest.py): three hospitals, one Raft orderer, one
 peer per hospital, and `ehrshare chaincode serve` deployed as a ccaas package over mutual TLS, on
 free loopback ports.
 The ``peer`` CLI and the peers' own Endorser service drive the contract here; the client gateway
@@ -23,10 +23,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from fabric_protos.peer import peer_pb2_grpc
 
-from ehrshare.fabricnet import FabricNet, FabricNetError
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.envelope import serialize_identity, transaction_id
 from ehrshare.ledger.fabric import dial, signed_proposal
+from ehrshare.network.fabric import FabricNet, FabricNetError
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 

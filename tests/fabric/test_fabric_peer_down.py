@@ -19,12 +19,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ehrshare.fabricnet import FabricNet, FabricNetSpec, default_bin_dir
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.api import ChaincodeEvent, EventFollower
 from ehrshare.ledger.fabric import FabricGateway
 from ehrshare.ledgers import FabricBackend
-from ehrshare.processes import pid_alive
+from ehrshare.network.binaries import fabric_bin_dir as default_bin_dir
+from ehrshare.network.fabric import FabricNet, FabricNetSpec
+from ehrshare.network.supervisor import pid_alive
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 

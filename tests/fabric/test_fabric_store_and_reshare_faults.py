@@ -23,7 +23,7 @@ import pytest
 from ehrshare.consortium import Consortium
 from ehrshare.demo import lab_observation
 from ehrshare.faults import FAULT_ENV
-from ehrshare.processes import pid_alive
+from ehrshare.network.supervisor import pid_alive
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 

@@ -1,7 +1,7 @@
 """A real multi-organisation Fabric 2.3 network built from the consortium's own CAs.
 
-`ehrshare.fabricnet` turns three hospital CAs (as `consortium init` saves them) into MSPs, peer,
-orderer and admin identities, a Raft ordering service (1 or 3 nodes, each with its own admin
+`ehrshare.network.fabric` turns three hospital CAs (as `consortium init` saves them) into MSPs,
+peer, orderer and admin identities, a Raft ordering service (1 or 3 nodes, each with its own admin
 endpoint), a channel joined through the channel participation API with a MAJORITY endorsement
 policy, and our chaincode server deployed as ccaas. The `peer` CLI, signing as each
 hospital's admin from those MSP directories, drives the contract; every process is stopped by
@@ -24,17 +24,12 @@ from pathlib import Path
 
 import pytest
 
-from ehrshare.fabricnet import (
-    _JOINED,
-    ORDERER_MSP,
-    FabricNet,
-    FabricNetError,
-    FabricNetSpec,
-    default_bin_dir,
-)
 from ehrshare.faults import FAULT_ENV
 from ehrshare.identity import LocalCA
-from ehrshare.processes import pid_alive
+from ehrshare.network.binaries import fabric_bin_dir as default_bin_dir
+from ehrshare.network.fabric import ORDERER_MSP, FabricNet, FabricNetError, FabricNetSpec
+from ehrshare.network.fabric.channel import _JOINED
+from ehrshare.network.supervisor import pid_alive
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 
@@ -257,7 +252,7 @@ def test_a_failed_start_leaves_nothing_running_and_a_later_start_resumes(
     (net.dir / "network.json").write_text(json.dumps(state))
     net = FabricNet.load(root)
     networks.append(net)
-    caplog.set_level(logging.INFO, logger="ehrshare.fabricnet")
+    caplog.set_level(logging.INFO, logger="ehrshare.network")
     net.start()
     assert net.deployed
     resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("already done")]
@@ -295,7 +290,8 @@ def test_the_operations_doc_example_runs(
 def _start_killed_at(root: Path, step: str) -> None:
     """``FabricNet.start`` in a process of its own, killed with SIGKILL at ``step``."""
     code = (
-        "import sys; from ehrshare.fabricnet import FabricNet; FabricNet.load(sys.argv[1]).start()"
+        "import sys; from ehrshare.network.fabric import FabricNet; "
+        "FabricNet.load(sys.argv[1]).start()"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, str(root)],
@@ -336,7 +332,7 @@ def test_a_start_killed_after_a_join_resumes_past_the_already_joined_answers(
     assert _processes_of(net.dir) == []
 
     # The third start takes the peer's "LedgerID already exists" as done and deploys.
-    caplog.set_level(logging.INFO, logger="ehrshare.fabricnet")
+    caplog.set_level(logging.INFO, logger="ehrshare.network")
     net.start()
     assert net.deployed
     resumed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("already done")]

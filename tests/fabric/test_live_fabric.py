@@ -1,6 +1,6 @@
 """The live harness drives a real Fabric 2.3 Raft network at a small load, in CI.
 
-Each case starts a fresh network (``ehrshare.fabricnet``: orderers, one peer, the chaincode as
+Each case starts a fresh network (``ehrshare.network.fabric``: orderers, one peer, the chaincode as
 ccaas) with BatchTimeout / MaxMessageCount from the round, registers one patient per client
 through the peer client, runs ``RegisterRecord`` transactions through the harness's load
 generator and checks what must hold whatever the timing: every transaction committed VALID,

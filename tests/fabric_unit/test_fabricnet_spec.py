@@ -15,15 +15,15 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from ehrshare.fabricnet import (
+from ehrshare.identity import LocalCA
+from ehrshare.network.fabric import (
     FabricNet,
     FabricNetError,
     FabricNetSpec,
-    _tail,
     fabric_ca_problem,
     fabric_version,
 )
-from ehrshare.identity import LocalCA
+from ehrshare.network.supervisor import log_tail
 
 MSPS = ("HospitalAMSP", "HospitalBMSP")
 
@@ -257,7 +257,7 @@ def test_a_dead_node_is_named_by_its_first_panic_line_of_this_run(tmp_path: Path
     )
     with open(log, "a") as f:
         f.write(this_run)
-    said = _tail(log, offset)
+    said = log_tail(log, offset)
     assert said.startswith(f"{log}: 2026-01-02 [orderer.common.server] Main -> PANI 004 ")
     assert "'file' is forbidden, since system channel" in said
     assert "earlier run" not in said and "goroutine" not in said and "\x1b" not in said
@@ -275,11 +275,11 @@ def test_a_dead_node_is_named_by_its_first_panic_line_of_this_run(tmp_path: Path
 def test_fatal_lines_of_every_shape_are_found(tmp_path: Path, line: str) -> None:
     log = tmp_path / "node.log"
     log.write_text(f"one\n{line}\n" + _STACK)
-    assert _tail(log).startswith(f"{log}: {line} (then ")
+    assert log_tail(log).startswith(f"{log}: {line} (then ")
 
 
 def test_without_a_fatal_line_the_last_lines_are_shown(tmp_path: Path) -> None:
     log = tmp_path / "node.log"
     log.write_text("".join(f"line {n}\n" for n in range(20)))
-    assert _tail(log) == f"{log}: " + " | ".join(f"line {n}" for n in range(12, 20))
-    assert _tail(tmp_path / "absent.log") == f"(no log at {tmp_path / 'absent.log'})"
+    assert log_tail(log) == f"{log}: " + " | ".join(f"line {n}" for n in range(12, 20))
+    assert log_tail(tmp_path / "absent.log") == f"(no log at {tmp_path / 'absent.log'})"

@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ehrshare.cli import app
-from ehrshare.processes import free_loopback_ports
+from ehrshare.network.supervisor import free_loopback_ports
 from ehrshare.profile import PASSPHRASE_ENV, Wallet
 
 runner = CliRunner()

@@ -23,7 +23,8 @@ from ehrshare.identity import LocalCA
 from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint
 from ehrshare.ledger.peer import connect as peer_connect
 from ehrshare.ledgers import FabricBackend, open_ledger
-from ehrshare.processes import free_loopback_ports, service_commands
+from ehrshare.network.services import service_commands
+from ehrshare.network.supervisor import free_loopback_ports
 from ehrshare.profile import Profile, ProfileError, Wallet, WalletError
 from ehrshare.services.tls import issue_tls_certificate
 

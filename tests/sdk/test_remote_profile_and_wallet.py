@@ -10,7 +10,8 @@ import yaml
 
 from ehrshare.consortium import Consortium, ConsortiumError, connect
 from ehrshare.identity import LocalCA
-from ehrshare.processes import ServiceProcesses, free_loopback_ports, service_commands
+from ehrshare.network.services import ServiceProcesses, service_commands
+from ehrshare.network.supervisor import free_loopback_ports
 from ehrshare.profile import PASSPHRASE_ENV, Profile, ProfileError, Wallet, WalletError
 from ehrshare.session import EnrollmentError
 

@@ -19,7 +19,8 @@ from typer.testing import CliRunner
 from ehrshare.cli import app
 from ehrshare.consortium import Consortium, connect
 from ehrshare.demo import lab_observation
-from ehrshare.processes import free_loopback_ports, service_commands
+from ehrshare.network.services import service_commands
+from ehrshare.network.supervisor import free_loopback_ports
 from ehrshare.profile import Profile, Wallet
 from ehrshare.volumes import VolumeError
 

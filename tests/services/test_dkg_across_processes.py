@@ -25,7 +25,8 @@ from typing import Any
 import pytest
 
 from ehrshare.consortium import Consortium
-from ehrshare.processes import ServiceProcesses, free_loopback_ports
+from ehrshare.network.services import ServiceProcesses
+from ehrshare.network.supervisor import free_loopback_ports
 from ehrshare.profile import Profile
 
 pytestmark = pytest.mark.slow

@@ -26,7 +26,8 @@ import pytest
 from ehrshare.consortium import Consortium
 from ehrshare.demo import lab_observation
 from ehrshare.faults import FAULT_ENV
-from ehrshare.processes import ServiceProcesses, free_loopback_ports
+from ehrshare.network.services import ServiceProcesses
+from ehrshare.network.supervisor import free_loopback_ports
 from ehrshare.profile import Profile
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ehrshare.consortium import Consortium
-from ehrshare.processes import free_loopback_ports, pid_alive
+from ehrshare.network.supervisor import free_loopback_ports, pid_alive
 
 pytestmark = pytest.mark.slow
 
@@ -27,7 +27,7 @@ def test_service_processes_die_with_their_starter(tmp_path: Path) -> None:
     script = (
         "import os, sys\n"
         "from pathlib import Path\n"
-        "from ehrshare.processes import ServiceProcesses\n"
+        "from ehrshare.network.services import ServiceProcesses\n"
         "from ehrshare.profile import Profile\n"
         "p = ServiceProcesses(Profile.load(sys.argv[1]), Path(sys.argv[2]), die_with_parent=True)\n"
         "p.start()\n"

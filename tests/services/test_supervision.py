@@ -6,6 +6,7 @@ listens, crashes or hangs as told), driven step by step."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import time
@@ -15,9 +16,12 @@ from pathlib import Path
 import pytest
 
 from ehrshare.consortium import Consortium
-from ehrshare.processes import (
+from ehrshare.network.services import ServiceProcesses
+from ehrshare.network.supervisor import (
+    Program,
     RestartPolicy,
-    ServiceProcesses,
+    Supervisor,
+    SupervisorError,
     describe_exit,
     free_loopback_ports,
     pid_alive,
@@ -122,8 +126,8 @@ def test_a_killed_service_is_logged_and_restarted_after_the_backoff(
     assert {s.state for s in procs.status.values()} == {"running"}
     assert procs.check() is False  # nothing happened, nothing changed
     old = procs.pids["kgc2"]
-    caplog.set_level(logging.INFO, logger="ehrshare.processes")
-    procs._procs["kgc2"].send_signal(signal.SIGKILL)
+    caplog.set_level(logging.INFO, logger="ehrshare.network")
+    os.kill(procs.pids["kgc2"], signal.SIGKILL)
     _until(procs, "death noticed", lambda: procs.status["kgc2"].state != "running")
     noticed = time.monotonic()
     st = procs.status["kgc2"]
@@ -151,9 +155,9 @@ def test_quick_failures_back_off_doubling_then_give_up(
 ) -> None:
     procs = make(RestartPolicy(backoff=0.1, backoff_max=0.3, stable_after=30, give_up_after=4))
     procs.start()
-    caplog.set_level(logging.INFO, logger="ehrshare.processes")
+    caplog.set_level(logging.INFO, logger="ehrshare.network")
     _mode(procs, "proxy-hospitalb", "crash")
-    procs._procs["proxy-hospitalb"].kill()
+    os.kill(procs.pids["proxy-hospitalb"], signal.SIGKILL)
     _until(procs, "given up", lambda: procs.status["proxy-hospitalb"].state == "failed")
     st = procs.status["proxy-hospitalb"]
     assert (st.attempt, st.restarts, st.last_exit) == (4, 3, "exit code 3")
@@ -179,14 +183,14 @@ def test_quick_failures_back_off_doubling_then_give_up(
 def test_a_stable_run_resets_the_backoff(make: Callable[..., ServiceProcesses]) -> None:
     procs = make(RestartPolicy(backoff=0.1, backoff_max=1, stable_after=0.5, give_up_after=2))
     procs.start()
-    procs._procs["kgc1"].kill()
+    os.kill(procs.pids["kgc1"], signal.SIGKILL)
     st = procs.status["kgc1"]
     _until(procs, "back", lambda: st.restarts == 1 and st.state == "running")
     # One quick failure so far; once it has run stable_after, the count is forgotten.
     assert procs.status["kgc1"].attempt == 1
     _until(procs, "stable", lambda: procs.status["kgc1"].attempt == 0, 5)
     # So the next death is attempt 1 again, not the give-up at 2.
-    procs._procs["kgc1"].kill()
+    os.kill(procs.pids["kgc1"], signal.SIGKILL)
     _until(procs, "noticed", lambda: procs.status["kgc1"].state != "running")
     assert procs.status["kgc1"].state == "restarting" and procs.status["kgc1"].attempt == 1
 
@@ -196,7 +200,7 @@ def test_a_requested_restart_stops_cleanly_and_starts_again(
 ) -> None:
     procs = make(RestartPolicy())
     procs.start()
-    old = procs._procs["proxy-hospitala"]
+    old = procs.children["proxy-hospitala"]
     others = {n: p for n, p in procs.pids.items() if n != "proxy-hospitala"}
     procs.request_file("proxy-hospitala").touch()
     procs.check()
@@ -213,7 +217,7 @@ def test_a_restart_that_never_listens_is_killed_and_counted(
     procs = make(RestartPolicy(backoff=0.1, give_up_after=5), start_timeout=1.0)
     procs.start()
     _mode(procs, "kgc3", "hang")
-    procs._procs["kgc3"].kill()
+    os.kill(procs.pids["kgc3"], signal.SIGKILL)
     _until(procs, "restarted", lambda: procs.status["kgc3"].state == "starting")
     hung = procs.pids["kgc3"]
     _until(procs, "timed out", lambda: procs.status["kgc3"].attempt == 2)
@@ -237,7 +241,7 @@ def test_supervise_stops_when_told_and_reports_changes(
         if procs.status["kgc2"].state == "running" and procs.status["kgc2"].restarts:
             stop.set()
 
-    procs._procs["kgc2"].kill()
+    os.kill(procs.pids["kgc2"], signal.SIGKILL)
     first_kgc1 = procs.pids["kgc1"]
     thread = threading.Thread(
         target=procs.supervise, args=(stop, on_change), kwargs={"interval": 0.02}
@@ -247,3 +251,31 @@ def test_supervise_stops_when_told_and_reports_changes(
     assert not thread.is_alive()
     assert changes[0] == "restarting" and changes[-1] == "running"
     assert procs.pids["kgc1"] == first_kgc1
+
+
+def test_a_failed_start_is_explained_by_its_own_run_of_the_log(tmp_path: Path) -> None:
+    # Each run appends to the same stderr file; the explanation must be this run's fatal line,
+    # not the first one of an earlier run.
+    script = (
+        "import pathlib, sys\n"
+        "n = pathlib.Path(sys.argv[1])\n"
+        "k = int(n.read_text()) if n.exists() else 0\n"
+        "n.write_text(str(k + 1))\n"
+        "print(f'run {k}: Fatal error {k}', file=sys.stderr)\n"
+        "sys.exit(3)\n"
+    )
+    program = Program(
+        argv=(sys.executable, "-c", script, str(tmp_path / "runs")),
+        log=tmp_path / "p.stderr",
+        ready=lambda: False,
+    )
+    with Supervisor({"p": program}, tmp_path / "run") as supervisor:
+        with pytest.raises(
+            SupervisorError, match=r"p exited with code 3: .*: run 0: Fatal error 0$"
+        ):
+            supervisor.start()
+        with pytest.raises(
+            SupervisorError, match=r"p exited with code 3: .*: run 1: Fatal error 1$"
+        ):
+            supervisor.start()
+    assert supervisor.status["p"].last_exit == "exit code 3"

@@ -16,7 +16,7 @@ from typing import TypeVar
 import pytest
 
 from ehrshare.network.kubo import KuboDaemon, KuboDaemonError, KuboInstallError, install_kubo
-from ehrshare.processes import pid_alive
+from ehrshare.network.supervisor import pid_alive
 from ehrshare.storage import EmbeddedStore, KuboClient, KuboStore
 
 

@@ -38,8 +38,8 @@ from ehrshare_consensus.live import LiveUnavailable, Submit, TxOutcome
 from ehrshare_consensus.runner import RunSpec
 
 if TYPE_CHECKING:
-    from ehrshare.fabricnet import FabricNet
     from ehrshare.ledgers import FabricBackend
+    from ehrshare.network.fabric import FabricNet
 
 __all__ = [
     "FabricSession",
@@ -58,13 +58,14 @@ FUNCTION = "RegisterRecord"
 
 
 def check_fabric_tools() -> Path:
-    """The Fabric bin directory (``fabricnet.default_bin_dir()``), or LiveUnavailable naming
-    what is missing and `make tools`."""
+    """The Fabric bin directory (``network.binaries.fabric_bin_dir()``), or LiveUnavailable
+    naming what is missing and `make tools`."""
     # Imported here: the launcher is heavy, and a plain `ehrshare bench consensus` (simulated)
     # should not pay for it.
-    from ehrshare import fabricnet
+    from ehrshare.network import fabric as fabricnet
+    from ehrshare.network.binaries import fabric_bin_dir
 
-    where = fabricnet.default_bin_dir()
+    where = fabric_bin_dir()
     missing = fabricnet.missing_binaries(where)
     if missing:
         raise LiveUnavailable(
@@ -227,8 +228,8 @@ class FabricTarget:
         bin_dir = check_fabric_tools()
         # Imported here: the launcher and the gRPC client are heavy, and a plain `ehrshare
         # bench consensus` (simulated) should not pay for them.
-        from ehrshare import fabricnet
         from ehrshare.ledgers import FabricBackend
+        from ehrshare.network import fabric as fabricnet
 
         root = Path(tempfile.mkdtemp(prefix="ehrshare-live-"))
         net: fabricnet.FabricNet | None = None

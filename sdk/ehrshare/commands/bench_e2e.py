@@ -33,7 +33,8 @@ from ehrshare.benchutil import machine_metadata, percentile, time_calls
 from ehrshare.console import err_console, out_console
 from ehrshare.consortium import Consortium, FabricOptions
 from ehrshare.errors import EXIT_CONFIG, EXIT_USAGE
-from ehrshare.processes import ServiceProcesses, free_loopback_ports
+from ehrshare.network.services import ServiceProcesses
+from ehrshare.network.supervisor import free_loopback_ports
 from ehrshare.profile import BackendUnavailable
 
 __all__ = ["binary_resource", "register", "run_e2e_bench"]
@@ -152,7 +153,7 @@ def run_e2e_bench(
     backend: dict[str, Any] = {"ledger": ledger, "storage": "embedded", "services": services}
     if endpoints is not None:
         options = fabric or FabricOptions()
-        from ehrshare.fabricnet import fabric_version
+        from ehrshare.network.fabric import fabric_version
 
         backend["fabric"] = {
             "version": ".".join(map(str, fabric_version())),

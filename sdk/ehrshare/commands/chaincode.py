@@ -7,7 +7,7 @@ from the environment variables the Fabric samples use (``CHAINCODE_ID``,
 against ``root_cert``); ``--client-ca`` also requires the peer's client certificate
 (``client_auth_required``). The server blocks until SIGTERM or SIGINT.
 
-Status: real Fabric 2.3 peers drive it in CI (every network :mod:`ehrshare.fabricnet`
+Status: real Fabric 2.3 peers drive it in CI (every network :mod:`ehrshare.network.fabric`
 builds); the pinned 3.1 could not be built (docs/status.md). This module
 only parses options and wires objects; the protocol lives in :mod:`ehrshare_chaincode.ccaas`.
 """

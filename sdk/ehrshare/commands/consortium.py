@@ -1,7 +1,7 @@
 """``ehrshare consortium init|service-commands|serve|add-member|reissue-tls``: create a local
 consortium, run its services as a supervised set of processes, and issue members' wallets. This
 module only parses, renders and maps errors to exit codes; the work is in
-:mod:`ehrshare.consortium` and :mod:`ehrshare.processes`.
+:mod:`ehrshare.consortium` and :mod:`ehrshare.network.services`.
 """
 
 from __future__ import annotations
@@ -163,7 +163,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def consortium_service_commands(profile: ProfileOpt = "", as_json: JsonOpt = False) -> None:
         """Print the 'ehrshare kgc serve' / 'ehrshare proxy serve' command line of each service
         the profile runs as a process (to run them by hand or from a service manager)."""
-        from ehrshare.processes import service_commands
+        from ehrshare.network.services import service_commands
 
         with mapped_errors():
             prof = load_profile(profile)
@@ -200,7 +200,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         they listen, restart any that dies (logging its exit status), and stop them all (by
         pid) on Ctrl-C or SIGTERM."""
         from ehrshare.consortium import profile_file
-        from ehrshare.processes import RestartPolicy, ServiceProcessError, ServiceProcesses
+        from ehrshare.network.services import ServiceProcessError, ServiceProcesses
+        from ehrshare.network.supervisor import RestartPolicy
         from ehrshare.profile import Profile
         from ehrshare.services.vault import atomic_write
 
@@ -215,7 +216,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             prof = Profile.load(path)
             procs = ServiceProcesses(prof, path.parent / "run", die_with_parent=True, policy=policy)
         # Deaths, restarts and give-ups go to stderr (run/network.log under 'network up').
-        logging.getLogger("ehrshare.processes").setLevel(logging.INFO)
+        logging.getLogger("ehrshare.network").setLevel(logging.INFO)
         stop = threading.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
@@ -234,7 +235,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             atomic_write(state_file, json.dumps(state, indent=2).encode(), mode=0o644)
 
         if state_file is not None:
-            from ehrshare.netctl import hold_supervisor_lock
+            from ehrshare.network.control import hold_supervisor_lock
 
             # Held until this process dies: one supervisor per profile, even when two
             # 'network up' race or one was killed before this wrote the state file.

@@ -1,6 +1,7 @@
 """``ehrshare network up|restart|down|status``: start, stop and inspect a local consortium's
 processes (its Fabric network and its KGC nodes and proxies). This module only parses, renders and
-maps errors to exit codes; the work is in :mod:`ehrshare.netctl` and :mod:`ehrshare.fabricnet`.
+maps errors to exit codes; the work is in :mod:`ehrshare.network.control` and
+:mod:`ehrshare.network.fabric`.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _fabric_status(prof: Any) -> dict[str, Any]:
         "endorsers": fab.endorsers,
     }
     if fab.network is not None:
-        from ehrshare.fabricnet import FabricNet
+        from ehrshare.network.fabric import FabricNet
 
         net = FabricNet.load(fab.network.parent)
         out["network"] = str(fab.network)
@@ -83,9 +84,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         running), 3 if the ledger or store volume is missing, empty or another consortium's
         (nothing is started)."""
         from ehrshare.consortium import profile_file
-        from ehrshare.netctl import NetworkControlError, network_state
-        from ehrshare.netctl import network_up as up
-        from ehrshare.processes import RestartPolicy
+        from ehrshare.network.control import NetworkControlError, network_state
+        from ehrshare.network.control import network_up as up
+        from ehrshare.network.supervisor import RestartPolicy
         from ehrshare.profile import Profile
         from ehrshare.volumes import volume_problems
 
@@ -141,7 +142,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         up on) and wait until it listens. Exit code 2 for an unknown service, 4 if no
         supervisor runs or the service does not come back."""
         from ehrshare.consortium import profile_file
-        from ehrshare.netctl import restart_service
+        from ehrshare.network.control import restart_service
 
         with mapped_errors():
             path = profile_file(profile_path(profile))
@@ -165,8 +166,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Stop the services 'network up' started, then its Fabric network (by pid; a no-op
         if nothing runs)."""
         from ehrshare.consortium import profile_file
-        from ehrshare.netctl import NetworkControlError
-        from ehrshare.netctl import network_down as down
+        from ehrshare.network.control import NetworkControlError
+        from ehrshare.network.control import network_down as down
 
         with mapped_errors():
             path = profile_file(profile_path(profile))
@@ -201,13 +202,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         call over mutual TLS, and what the 'network up' supervisor says: running, restarting,
         failed, not answering, down). Exit code 4 if the content store, the profile's local
         Fabric network or any service process is not healthy."""
-        from ehrshare.fabricnet import (
-            FabricNetError,
-            default_bin_dir,
-            fabric_version,
-            missing_binaries,
-        )
         from ehrshare.ledger.store import EmbeddedLedger
+        from ehrshare.network.binaries import fabric_bin_dir as default_bin_dir
+        from ehrshare.network.fabric import FabricNetError, fabric_version, missing_binaries
         from ehrshare.profile import Profile
         from ehrshare.storage import KuboClient
         from ehrshare.volumes import volume_problems
@@ -271,7 +268,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 {"name": px.name, "msp": px.msp_id, "address": px.service.address or "in-process"}
                 for px in prof.proxies
             ]
-            from ehrshare.netctl import check_services, network_state
+            from ehrshare.network.control import check_services, network_state
 
             prof_file = (path / "profile.yaml" if path.is_dir() else path).resolve()
             bg = network_state(prof_file)

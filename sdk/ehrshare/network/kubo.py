@@ -11,7 +11,8 @@
   bootstrap peers, no mDNS), binds API and gateway to 127.0.0.1 (port 0 = let Kubo choose and
   read the choice from ``$IPFS_PATH/api``), runs ``ipfs daemon --offline``, waits for the RPC to
   answer ``/api/v0/id`` within a deadline, and stops the process it started by pid (SIGTERM, then
-  SIGKILL). Errors name the daemon, its log file and the log's last lines.
+  SIGKILL), all through :mod:`ehrshare.network.supervisor`. Errors name the daemon, its log file
+  and the log's last lines. Where the binary is: :mod:`ehrshare.network.binaries`.
 
 Run ``python -m ehrshare.network.kubo install`` (what ``make tools`` does): progress goes to
 stderr, the binary's path to stdout. This module must not touch any process it did not start.
@@ -20,22 +21,21 @@ stderr, the binary's path to stdout. This module must not touch any process it d
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import IO
 
 import httpx
 
+from ehrshare.network.binaries import kubo_bin_dir
+from ehrshare.network.supervisor import Child, log_tail, start_child, stop_process, wait_ready
 from ehrshare.storage.ipfs import api_url_from_multiaddr
 
 __all__ = [
@@ -45,7 +45,6 @@ __all__ = [
     "KuboDaemon",
     "KuboDaemonError",
     "KuboInstallError",
-    "default_bin_dir",
     "install_kubo",
     "installed_version",
     "kubo_binary",
@@ -69,23 +68,10 @@ class KuboDaemonError(RuntimeError):
     """A Kubo daemon could not be initialised, started or stopped."""
 
 
-def default_bin_dir() -> Path:
-    """Where built tools go: ``$EHRSHARE_BIN_DIR``, else ``<repo>/network/build/bin``.
-
-    Outside a source checkout (an installed wheel) it falls back to ``~/.cache/ehrshare/bin``.
-    """
-    env = os.environ.get("EHRSHARE_BIN_DIR")
-    if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[3]
-    if (repo / "pyproject.toml").is_file() and (repo / "network").is_dir():
-        return repo / "network" / "build" / "bin"
-    return Path.home() / ".cache" / "ehrshare" / "bin"
-
-
 def kubo_binary(bin_dir: Path | None = None) -> Path:
-    """The path of the ``ipfs`` binary :func:`install_kubo` manages (it may not exist yet)."""
-    return (bin_dir or default_bin_dir()) / "ipfs"
+    """The path of the ``ipfs`` binary :func:`install_kubo` manages in ``bin_dir`` (default
+    :func:`~ehrshare.network.binaries.kubo_bin_dir`); it may not exist yet."""
+    return (bin_dir or kubo_bin_dir()) / "ipfs"
 
 
 def installed_version(binary: Path) -> str | None:
@@ -118,7 +104,7 @@ def install_kubo(
     takes a few minutes; the go command's own output goes to this process's stderr. Raises
     :class:`KuboInstallError` saying what to do if Go is missing or the build fails.
     """
-    bin_dir = bin_dir or default_bin_dir()
+    bin_dir = bin_dir or kubo_bin_dir()
     binary = kubo_binary(bin_dir)
     if installed_version(binary) == version:
         _log.debug("kubo %s already installed at %s", version, binary)
@@ -171,12 +157,6 @@ def install_kubo(
         return binary
 
 
-def _set_pdeathsig() -> None:  # pragma: no cover - runs in the child between fork and exec
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
-    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-
-
 class KuboDaemon:
     """One Kubo daemon on 127.0.0.1 with its own repository directory.
 
@@ -215,8 +195,7 @@ class KuboDaemon:
         self.command_timeout = command_timeout
         self.die_with_parent = die_with_parent
         self.log_path = self.repo / "daemon.log"
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
+        self._process: Child | None = None
         self._api_url: str | None = None
 
     def __repr__(self) -> str:
@@ -242,11 +221,7 @@ class KuboDaemon:
         return env
 
     def _tail(self) -> str:
-        try:
-            lines = self.log_path.read_text("utf-8", "replace").splitlines()
-        except OSError:
-            return "(no log)"
-        return "\n".join(lines[-_LOG_TAIL_LINES:]) or "(empty log)"
+        return log_tail(self.log_path, lines=_LOG_TAIL_LINES, sep="\n")
 
     def _error(self, what: str) -> KuboDaemonError:
         return KuboDaemonError(
@@ -314,20 +289,16 @@ class KuboDaemon:
         args = [str(self.binary), "daemon"]
         if self.offline:
             args.append("--offline")
-        self._log_file = self.log_path.open("ab")
         try:
-            self._process = subprocess.Popen(  # noqa: S603 - fixed argv, our own binary
+            self._process = start_child(
+                f"kubo daemon {self.name!r}",
                 args,
+                self.log_path,
                 env=self._env(),
-                stdin=subprocess.DEVNULL,
-                stdout=self._log_file,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C in the terminal must not hit it directly
-                preexec_fn=_set_pdeathsig if self.die_with_parent else None,
+                new_session=True,  # a Ctrl-C in the terminal must not hit it directly
+                die_with_parent=self.die_with_parent,
             )
         except OSError as exc:
-            self._log_file.close()
-            self._log_file = None
             raise self._error(f"could not be started: {exc}") from exc
         _log.info("started kubo daemon %r pid %d (log %s)", self.name, self.pid, self.log_path)
         try:
@@ -338,25 +309,28 @@ class KuboDaemon:
         return self
 
     def _wait_ready(self, api_file: Path) -> None:
-        assert self._process is not None
+        process = self._process
+        assert process is not None
+
+        def answers() -> bool:
+            if not api_file.exists():
+                return False
+            try:
+                url = api_url_from_multiaddr(api_file.read_text())
+            except ValueError:
+                return False  # written but not complete yet
+            if not self._probe(url):
+                return False
+            self._api_url = url
+            return True
+
         deadline = time.monotonic() + self.start_timeout
-        delay = 0.02
-        while time.monotonic() < deadline:
-            code = self._process.poll()
-            if code is not None:
-                raise self._error(f"exited with code {code} while starting")
-            if api_file.exists():
-                try:
-                    url = api_url_from_multiaddr(api_file.read_text())
-                except ValueError:
-                    url = None  # written but not complete yet
-                if url is not None and self._probe(url):
-                    self._api_url = url
-                    _log.info("kubo daemon %r ready at %s", self.name, url)
-                    return
-            time.sleep(delay)
-            delay = min(delay * 2, 0.25)
-        raise self._error(f"did not answer /api/v0/id within {self.start_timeout:.0f} s")
+        outcome = wait_ready(answers, process.alive, deadline, interval=0.25, backoff_from=0.02)
+        if outcome == "died":
+            raise self._error(f"exited with code {process.returncode} while starting")
+        if outcome == "late":
+            raise self._error(f"did not answer /api/v0/id within {self.start_timeout:.0f} s")
+        _log.info("kubo daemon %r ready at %s", self.name, self._api_url)
 
     def stop(self) -> None:
         """Stop the daemon started here: SIGTERM, then SIGKILL after ``stop_timeout``."""
@@ -364,25 +338,10 @@ class KuboDaemon:
         if process is None:
             return
         try:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                try:
-                    process.wait(timeout=self.stop_timeout)
-                except subprocess.TimeoutExpired:
-                    _log.warning(
-                        "kubo daemon %r pid %d ignored SIGTERM for %.0f s; killing it",
-                        self.name,
-                        process.pid,
-                        self.stop_timeout,
-                    )
-                    process.kill()
-                    process.wait(timeout=self.stop_timeout)
+            stop_process(process, grace=self.stop_timeout)
         finally:
             self._process = None
             self._api_url = None
-            if self._log_file is not None:
-                self._log_file.close()
-                self._log_file = None
         _log.info("stopped kubo daemon %r (pid %d)", self.name, process.pid)
 
     def __enter__(self) -> KuboDaemon:

@@ -1,15 +1,15 @@
-"""`ehrshare network up|down` for a local consortium: its service processes in the background.
+"""`ehrshare network up|down|restart|status` for a local consortium, its processes kept running.
 
 ``up`` starts one detached supervisor (``ehrshare consortium serve --state-file …``) that runs
-every KGC node and proxy of the profile as child processes and writes ``run/network.json`` (its
-pid and the services' pids and addresses) once all of them listen; ``down`` stops that
-supervisor by the pid in the file, which stops its children by pid. A pid is signalled only
-after checking, in ``/proc/<pid>/cmdline``, that it is still this profile's supervisor (pids
-are reused). With a ``ledger: fabric`` profile whose ``ledger.network`` is a local network
-(:mod:`ehrshare.fabricnet`), ``up`` first starts its orderers, peers and chaincode server and
-``down`` stops them last. The supervisor itself is :meth:`ehrshare.processes.ServiceProcesses.
-supervise`; this module asks it to restart one service (:func:`restart_service`) and tells the
-truth about each service (:func:`check_services`) by calling its ``Health`` RPC over the mutual
+every KGC node and proxy of the profile as child processes
+(:class:`~ehrshare.network.services.ServiceProcesses`) and writes ``run/network.json`` (its pid
+and the services' pids and addresses) once all of them listen; ``down`` stops that supervisor by
+the pid in the file, which stops its children by pid. A pid is signalled only after checking, in
+``/proc/<pid>/cmdline``, that it is still this profile's supervisor (pids are reused). With a
+``ledger: fabric`` profile whose ``ledger.network`` is a local network
+(:mod:`ehrshare.network.fabric`), ``up`` first starts its orderers, peers and chaincode server and
+``down`` stops them last. :func:`restart_service` asks the supervisor to restart one service;
+:func:`check_services` tells the truth about each by calling its ``Health`` RPC over the mutual
 TLS the clients use, presenting the service's own wallet TLS client certificate. It starts and
 stops processes; it must not touch the ledger or the store, and reads no key but that TLS one.
 """
@@ -21,7 +21,6 @@ import json
 import logging
 import os
 import signal
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,17 +30,20 @@ from typing import TYPE_CHECKING, Any
 
 from ehrshare.errors import Unavailable, UsageError
 from ehrshare.faults import fault_point
-from ehrshare.processes import (
+from ehrshare.network.services import ServiceCommand, service_commands
+from ehrshare.network.supervisor import (
     RESTART_REQUEST_SUFFIX,
+    Child,
     RestartPolicy,
-    ServiceCommand,
+    log_tail,
     pid_alive,
-    service_commands,
+    start_child,
+    stop_process,
 )
 from ehrshare.profile import Profile, Wallet
 
 if TYPE_CHECKING:
-    from ehrshare.fabricnet import FabricNet
+    from ehrshare.network.fabric import FabricNet
 
 __all__ = [
     "NetworkControlError",
@@ -166,14 +168,6 @@ def _fabric_state(profile_path: Path) -> dict[str, Any] | None:
     }
 
 
-def _log_tail(log_file: Path, lines: int = 8) -> str:
-    try:
-        text = log_file.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return "(no log)"
-    return " | ".join(text.strip().splitlines()[-lines:]) or "(empty log)"
-
-
 def network_up(
     profile_path: Path, *, timeout: float = 90.0, policy: RestartPolicy | None = None
 ) -> NetworkState:
@@ -182,7 +176,7 @@ def network_up(
     Returns the state (``running`` and the services). If they are already up, returns that
     state without starting anything. A state file whose supervisor is gone is cleared, and any
     of its services still alive are stopped first. The supervisor restarts a service that dies
-    as ``policy`` says (default :class:`~ehrshare.processes.RestartPolicy`). Raises
+    as ``policy`` says (default :class:`~ehrshare.network.supervisor.RestartPolicy`). Raises
     :class:`NetworkControlError` if the profile runs everything in-process, or the services do
     not come up within ``timeout`` seconds (then nothing is left running).
     """
@@ -288,20 +282,13 @@ def _start_services(profile_path: Path, timeout: float, policy: RestartPolicy) -
         "--give-up-after",
         str(policy.give_up_after),
     ]
-    with current.log_file.open("ab") as log:
-        proc = subprocess.Popen(  # noqa: S603 - our own CLI
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            start_new_session=True,  # outlives this command and its terminal
-        )
-    _log.info("started the service supervisor (pid %d) for %s", proc.pid, profile_path)
+    # A session of its own: it outlives this command and its terminal.
+    child = start_child("the service supervisor", argv, current.log_file, new_session=True)
     fault_point("netctl.up.after_spawn")
-    _wait_ready(profile_path, proc, timeout)
+    _wait_ready(profile_path, child, timeout)
 
 
-def _wait_ready(profile_path: Path, proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+def _wait_ready(profile_path: Path, proc: Child | None, timeout: float) -> None:
     """Wait until a live supervisor reports every service listening: ours (``proc``), or one
     another ``network up`` started (then its own caller stops it if it fails)."""
     run = _run_dir(profile_path)
@@ -311,30 +298,25 @@ def _wait_ready(profile_path: Path, proc: subprocess.Popen[bytes] | None, timeou
         state = _services_state(profile_path)
         if state.ready:
             return
-        if proc is not None and proc.poll() is not None:
+        if proc is not None and proc.returncode is not None:
             if _supervisor_alive(run):  # another `network up` won the race: wait for it
                 proc = None
                 continue
             raise NetworkControlError(
                 f"the services did not start (supervisor exited with code {proc.returncode}): "
-                f"{_log_tail(log_file)}; full log in {log_file}"
+                f"{log_tail(log_file)}; full log in {log_file}"
             )
         if proc is None and not state.running and not _supervisor_alive(run):
             raise NetworkControlError(
                 f"the service supervisor another 'network up' started is gone: "
-                f"{_log_tail(log_file)}; run 'ehrshare network up' again"
+                f"{log_tail(log_file)}; run 'ehrshare network up' again"
             )
         if time.monotonic() > deadline:
             if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout=15)
+                stop_process(proc, grace=15)
                 raise NetworkControlError(
                     f"the services did not all listen within {timeout:.0f} s and were stopped: "
-                    f"{_log_tail(log_file)}; full log in {log_file}"
+                    f"{log_tail(log_file)}; full log in {log_file}"
                 )
             raise NetworkControlError(
                 f"the services another 'network up' is starting did not all listen within "
@@ -383,7 +365,7 @@ def _fabric_network(prof: Profile) -> FabricNet | None:
     """The local Fabric network a ``ledger: fabric`` profile runs, if it names one."""
     if prof.fabric is None or prof.fabric.network is None:
         return None
-    from ehrshare.fabricnet import FabricNet
+    from ehrshare.network.fabric import FabricNet
 
     return FabricNet.load(prof.fabric.network.parent)
 

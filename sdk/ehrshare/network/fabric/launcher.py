@@ -1,0 +1,445 @@
+"""Running a Fabric network (:class:`FabricNet`): its chaincode server, orderers and one peer
+per hospital as processes of the one supervisor (:mod:`ehrshare.network.supervisor`).
+
+:meth:`FabricNet.start` runs them (logs in ``fabric/logs``), waits for each node's ``/healthz``
+and the line it logs once it serves; the first start also deploys the channel and the chaincode
+(:mod:`.channel`). A later start reuses the ledgers: no re-join, no re-deploy.
+:meth:`FabricNet.stop` stops by pid, after checking in ``/proc`` that the pid is still the
+process started here (same start time); a failed start stops what it started and names the
+first panic or fatal line of the node's log. :meth:`FabricNet.repair` starts again only the
+processes that are gone.
+
+Peers and orderers require mutual TLS: a client must present a TLS certificate (clientAuth)
+issued by one of the hospital CAs or the orderer organisation's CA, or the handshake fails.
+Peers and orderers dial each other (gossip, block delivery, Raft) with their own TLS
+certificates, which carry clientAuth; SDK clients present their wallet's TLS certificate, and
+Deliver requests carry its sha256 (Fabric binds them to the TLS session). Fabric 2.3 has no
+Gateway service (clients use ``ehrshare.ledger.peer``). What this module must not do: signal a
+process it did not start, bind anything but 127.0.0.1, or log key material.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ehrshare.network.fabric.layout import _Proc
+from ehrshare.network.fabric.material import FabricMaterial
+from ehrshare.network.fabric.spec import ORDERER_MSP, FabricNetError, Progress
+from ehrshare.network.supervisor import (
+    Child,
+    log_tail,
+    start_child,
+    stop_process,
+    wait_ready,
+)
+
+__all__ = ["FabricNet"]
+
+_log = logging.getLogger(__name__)
+
+
+class FabricNet(FabricMaterial):
+    """A Fabric network under ``<consortium>/fabric``: create once, start and stop many times
+    (see the modules of :mod:`ehrshare.network.fabric` for each concern)."""
+
+    def _child(self, name: str, proc: _Proc) -> Child:
+        """The supervisor's view of a recorded process (its Popen if this process started it)."""
+        popen = self._children.get(proc.pid)
+        return Child(name, proc.pid, proc.start_ticks, Path(proc.log), proc.offset, popen)
+
+    def _ours(self, proc: _Proc) -> bool:
+        # The recorded start time, not a Popen: another process may have started it.
+        return Child("", proc.pid, proc.start_ticks, Path(proc.log)).alive()
+
+    def running(self) -> bool:
+        """True when every process of the network runs (and is the one this module started)."""
+        procs = self._state.processes
+        expected = 1 + self.spec.orderers + len(self.spec.msp_ids)
+        return len(procs) == expected and all(self._ours(p) for p in procs.values())
+
+    def live(self) -> list[str]:
+        """Names of the processes that still run (checked in ``/proc`` with their start time)."""
+        return [name for name, p in self._state.processes.items() if self._ours(p)]
+
+    def pids(self) -> dict[str, int]:
+        """The recorded pid of each process, by name (``ccaas``, ``orderer1``, ``peer-<MSP>``)."""
+        return {name: p.pid for name, p in self._state.processes.items()}
+
+    def health(self, *, timeout: float = 1.0) -> dict[str, dict[str, Any]]:
+        """Each process of the network as it is now, by name: ``pid`` (recorded, or None),
+        ``status`` and ``healthy``. A process is checked in ``/proc`` (its pid, with the start
+        time recorded, so a reused pid does not count) and by connecting: a peer's or orderer's
+        operations ``/healthz`` and its gRPC port, the chaincode server's port. ``status`` is
+        ``running``, ``not answering (…)``, ``down (pid N is gone)`` or ``down`` (not started)."""
+        expected = ["ccaas"]
+        expected += [f"orderer{i + 1}" for i in range(self.spec.orderers)]
+        expected += [f"peer-{msp}" for msp in self.spec.msp_ids]
+        ports = self._state.ports
+        out: dict[str, dict[str, Any]] = {}
+        for name in expected:
+            proc = self._state.processes.get(name)
+            if proc is None:
+                out[name] = {"pid": None, "status": "down", "healthy": False}
+                continue
+            if not self._ours(proc):
+                status = f"down (pid {proc.pid} is gone)"
+            else:
+                if name == "ccaas":
+                    ops, listen = None, int(ports["ccaas"])
+                elif name.startswith("orderer"):
+                    entry = ports["orderers"][int(name.removeprefix("orderer")) - 1]
+                    ops, listen = int(entry["operations"]), int(entry["listen"])
+                else:
+                    entry = ports["peers"][name.removeprefix("peer-")]
+                    ops, listen = int(entry["operations"]), int(entry["listen"])
+                if ops is not None and not _healthy(ops, timeout=timeout):
+                    status = f"not answering (/healthz on 127.0.0.1:{ops} failed)"
+                elif not _connects(listen, timeout):
+                    status = f"not answering (nothing accepts on 127.0.0.1:{listen})"
+                else:
+                    status = "running"
+            out[name] = {"pid": proc.pid, "status": status, "healthy": status == "running"}
+        return out
+
+    def _spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> _Proc:
+        # A session of its own: the network outlives the command that started it (`network
+        # up`), and a Ctrl-C in that terminal does not reach it; stop() ends it by pid.
+        log = self.dir / "logs" / f"{name}.log"
+        child = start_child(name, argv, log, env=env, cwd=self.dir, new_session=True)
+        assert child.popen is not None
+        if child.ticks is None:
+            child.popen.wait()
+            raise FabricNetError(
+                f"{name} exited at once (code {child.popen.returncode}): {child.tail()}"
+            )
+        self._children[child.pid] = child.popen
+        proc = _Proc(child.pid, child.ticks, str(log), child.offset)
+        self._state.processes[name] = proc
+        self._save()
+        return proc
+
+    def _stop_one(self, name: str, proc: _Proc, grace: float = 15.0) -> None:
+        if not self._ours(proc):
+            _log.info("%s (pid %d) is not running", name, proc.pid)
+            return
+        stop_process(self._child(name, proc), grace=grace)
+        self._children.pop(proc.pid, None)
+
+    def _reap(self, pid: int, *, block: bool = False) -> None:
+        child = self._children.get(pid)
+        if child is None:
+            return
+        try:
+            child.wait(timeout=10 if block else 0)
+        except subprocess.TimeoutExpired:
+            return
+        self._children.pop(pid, None)
+
+    def stop(self) -> None:
+        """Stop every process of the network by pid: peers, then orderers, then the chaincode
+        server. Idempotent; never signals a pid that is no longer the process started here."""
+        procs = self._state.processes
+        order = sorted(procs, key=lambda n: (not n.startswith("peer"), n == "ccaas", n))
+        for name in order:
+            self._stop_one(name, procs[name])
+        procs.clear()
+        if self.dir.exists():
+            self._save()
+
+    def start(self, progress: Progress | None = None, *, timeout: float = 120.0) -> None:
+        """Run the chaincode server, the orderers and the peers; the first start also joins
+        the orderers and the peers to the channel and deploys the chaincode.
+
+        Returns when the network accepts transactions. Refuses to start a network that is
+        already (partly) running, and a first start whose genesis block is missing or altered
+        (before any process runs). On failure every process started here is stopped and the
+        error names the step and the log concerned: its first panic or fatal line, else its
+        last lines.
+        """
+        say = progress or (lambda _msg: None)
+        if any(self._ours(p) for p in self._state.processes.values()):
+            if self.running():
+                raise FabricNetError(f"the network in {self.dir} is already running")
+            raise FabricNetError(
+                f"the network in {self.dir} is partly running: stop it before starting it"
+            )
+        self._state.processes.clear()
+        if not self.deployed:
+            self._checked_genesis()  # before any process runs: a bad block starts nothing
+        deadline = time.monotonic() + timeout
+        try:
+            say("chaincode server")
+            self._start_ccaas(deadline)
+            say(f"{self.spec.orderers} orderer(s)")
+            self._start_orderers(deadline)
+            say(f"{len(self.spec.msp_ids)} peer(s)")
+            self._start_peers(deadline)
+            if self.deployed:
+                say("waiting for a Raft leader")
+                self._wait_leader(self.spec.channel, deadline)
+            else:
+                self._deploy(say, deadline)
+        except BaseException:
+            self.stop()
+            raise
+
+    def repair(self, progress: Progress | None = None, *, timeout: float = 120.0) -> list[str]:
+        """Start again the processes of a deployed, partly running network that are gone (a
+        peer or orderer that crashed or was killed), leaving the live ones alone; returns their
+        names. Waits as :meth:`start` does. On failure what this call started is stopped again
+        and the error names the process and the tail of its log."""
+        if not self.deployed:
+            raise FabricNetError(
+                f"the network in {self.dir} was never fully deployed: stop it, then start it"
+            )
+        say = progress or (lambda _msg: None)
+        expected = ["ccaas", *(f"orderer{i + 1}" for i in range(self.spec.orderers))]
+        expected += [f"peer-{msp}" for msp in self.spec.msp_ids]
+        procs = self._state.processes
+        gone = [n for n in expected if n not in procs or not self._ours(procs[n])]
+        for name in gone:
+            old = procs.pop(name, None)
+            if old is not None:
+                self._reap(old.pid)
+        if not gone:
+            return []
+        _log.warning("restarting %s of the Fabric network in %s", ", ".join(gone), self.dir)
+        deadline = time.monotonic() + timeout
+        try:
+            if "ccaas" in gone:
+                say("chaincode server")
+                self._start_ccaas(deadline)
+            say(", ".join(gone))
+            self._start_orderers(deadline, only=gone)
+            self._start_peers(deadline, only=gone)
+            if any(n.startswith("orderer") for n in gone):
+                self._wait_leader(self.spec.channel, deadline)
+        except BaseException:
+            for name in gone:
+                if name in procs:
+                    self._stop_one(name, procs.pop(name))
+            self._save()
+            raise
+        return gone
+
+    def _start_ccaas(self, deadline: float) -> None:
+        exe = Path(sys.executable).parent / "ehrshare"
+        if not exe.is_file():
+            raise FabricNetError(f"the ehrshare command is not at {exe} (next to {sys.executable})")
+        cc = self.dir / "chaincode"
+        port = self._state.ports["ccaas"]
+        # The server writes its port once it listens: a stranger on the port is not mistaken
+        # for it.
+        port_file = cc / "ccaas.port"
+        port_file.unlink(missing_ok=True)
+        argv = [
+            str(exe),
+            "chaincode",
+            "serve",
+            "--package-id",
+            self.package_id,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--tls-cert",
+            str(cc / "server.crt"),
+            "--tls-key",
+            str(cc / "server.key"),
+            "--client-ca",
+            str(cc / "tls-ca" / "ca-cert.pem"),
+            "--port-file",
+            str(port_file),
+        ]
+        proc = self._spawn("ccaas", argv, {})
+
+        def listening() -> bool:
+            try:
+                return bool(int(port_file.read_text(encoding="ascii")) == port)
+            except (OSError, ValueError):
+                return False
+
+        self._wait(listening, "ccaas", proc, deadline)
+
+    def _orderer_env(self, i: int) -> dict[str, str]:
+        node = self._orderer_dir(i)
+        ports = self._state.ports["orderers"][i]
+        ca = str(self.org_dir(ORDERER_MSP) / "msp" / "tlscacerts" / "ca.pem")
+        data = self.dir / "orderers" / f"orderer{i + 1}"
+        return {
+            "FABRIC_CFG_PATH": str(self.dir / "config" / "orderer"),
+            "FABRIC_LOGGING_SPEC": "INFO",
+            "ORDERER_GENERAL_LISTENADDRESS": "127.0.0.1",
+            "ORDERER_GENERAL_LISTENPORT": str(ports["listen"]),
+            "ORDERER_GENERAL_LOCALMSPID": ORDERER_MSP,
+            "ORDERER_GENERAL_LOCALMSPDIR": str(node / "msp"),
+            "ORDERER_GENERAL_TLS_ENABLED": "true",
+            "ORDERER_GENERAL_TLS_PRIVATEKEY": str(node / "tls" / "server.key"),
+            "ORDERER_GENERAL_TLS_CERTIFICATE": str(node / "tls" / "server.crt"),
+            "ORDERER_GENERAL_TLS_ROOTCAS": f"[{ca}]",
+            # Mutual TLS: only clients with a certificate from a consortium CA get a connection.
+            "ORDERER_GENERAL_TLS_CLIENTAUTHREQUIRED": "true",
+            "ORDERER_GENERAL_TLS_CLIENTROOTCAS": f"[{','.join(map(str, self.client_root_cas()))}]",
+            "ORDERER_GENERAL_CLUSTER_CLIENTCERTIFICATE": str(node / "tls" / "server.crt"),
+            "ORDERER_GENERAL_CLUSTER_CLIENTPRIVATEKEY": str(node / "tls" / "server.key"),
+            "ORDERER_GENERAL_CLUSTER_ROOTCAS": f"[{ca}]",
+            # No system channel: the orderer starts with no channel and is joined to the
+            # application channel through its admin endpoint (channel participation API).
+            "ORDERER_GENERAL_BOOTSTRAPMETHOD": "none",
+            "ORDERER_CHANNELPARTICIPATION_ENABLED": "true",
+            "ORDERER_ADMIN_LISTENADDRESS": f"127.0.0.1:{ports['admin']}",
+            "ORDERER_ADMIN_TLS_ENABLED": "true",
+            "ORDERER_ADMIN_TLS_CERTIFICATE": str(node / "tls" / "server.crt"),
+            "ORDERER_ADMIN_TLS_PRIVATEKEY": str(node / "tls" / "server.key"),
+            # Only the orderer organisation's admin (a TLS client certificate from its CA)
+            # may join or remove channels; hospitals' certificates are refused.
+            "ORDERER_ADMIN_TLS_CLIENTAUTHREQUIRED": "true",
+            "ORDERER_ADMIN_TLS_CLIENTROOTCAS": f"[{ca}]",
+            "ORDERER_FILELEDGER_LOCATION": str(data / "ledger"),
+            "ORDERER_CONSENSUS_WALDIR": str(data / "etcdraft" / "wal"),
+            "ORDERER_CONSENSUS_SNAPDIR": str(data / "etcdraft" / "snap"),
+            "ORDERER_OPERATIONS_LISTENADDRESS": f"127.0.0.1:{ports['operations']}",
+            "ORDERER_METRICS_PROVIDER": "disabled",
+        }
+
+    def _start_orderers(self, deadline: float, only: Collection[str] | None = None) -> None:
+        started = []
+        for i in range(self.spec.orderers):
+            name = f"orderer{i + 1}"
+            if only is not None and name not in only:
+                continue
+            proc = self._spawn(name, [str(self.bin_dir / "orderer")], self._orderer_env(i))
+            started.append((name, proc, self._state.ports["orderers"][i]["operations"]))
+        for name, proc, ops in started:
+            self._wait_node(name, proc, ops, "Beginning to serve requests", deadline)
+
+    def _peer_env(self, msp: str) -> dict[str, str]:
+        ports = self._state.ports["peers"][msp]
+        org = self.org_dir(msp)
+        address = self.peer_address(msp)
+        chaincode = f"127.0.0.1:{ports['chaincode']}"
+        return {
+            "FABRIC_CFG_PATH": str(self.dir / "config" / "peer"),
+            "FABRIC_LOGGING_SPEC": "INFO",
+            "CORE_PEER_ID": self.server_name(msp),
+            "CORE_PEER_ADDRESS": address,
+            "CORE_PEER_LISTENADDRESS": address,
+            "CORE_PEER_CHAINCODEADDRESS": chaincode,
+            "CORE_PEER_CHAINCODELISTENADDRESS": chaincode,
+            "CORE_PEER_GOSSIP_BOOTSTRAP": address,
+            "CORE_PEER_GOSSIP_EXTERNALENDPOINT": address,
+            # One peer per organisation: it pulls blocks from the orderers itself at once,
+            # instead of electing itself leader after a grace period of several seconds.
+            "CORE_PEER_GOSSIP_USELEADERELECTION": "false",
+            "CORE_PEER_GOSSIP_ORGLEADER": "true",
+            "CORE_PEER_LOCALMSPID": msp,
+            "CORE_PEER_MSPCONFIGPATH": str(org / "peer" / "msp"),
+            "CORE_PEER_TLS_ENABLED": "true",
+            "CORE_PEER_TLS_CERT_FILE": str(org / "peer" / "tls" / "server.crt"),
+            "CORE_PEER_TLS_KEY_FILE": str(org / "peer" / "tls" / "server.key"),
+            "CORE_PEER_TLS_ROOTCERT_FILE": str(org / "peer" / "tls" / "ca.crt"),
+            # Mutual TLS: members, services, admins and the other peers (gossip) present a
+            # certificate from a consortium CA. The peer dials others with its own TLS
+            # certificate (it has clientAuth), named here rather than left to the default.
+            "CORE_PEER_TLS_CLIENTAUTHREQUIRED": "true",
+            "CORE_PEER_TLS_CLIENTROOTCAS_FILES": " ".join(map(str, self.client_root_cas())),
+            "CORE_PEER_TLS_CLIENTCERT_FILE": str(org / "peer" / "tls" / "server.crt"),
+            "CORE_PEER_TLS_CLIENTKEY_FILE": str(org / "peer" / "tls" / "server.key"),
+            "CORE_PEER_FILESYSTEMPATH": str(self.dir / "peers" / msp),
+            "CORE_OPERATIONS_LISTENADDRESS": f"127.0.0.1:{ports['operations']}",
+            "CORE_METRICS_PROVIDER": "disabled",
+            "CORE_VM_ENDPOINT": "",
+            "CORE_LEDGER_STATE_STATEDATABASE": "goleveldb",
+        }
+
+    def _start_peers(self, deadline: float, only: Collection[str] | None = None) -> None:
+        started = []
+        for msp in self.spec.msp_ids:
+            name = f"peer-{msp}"
+            if only is not None and name not in only:
+                continue
+            proc = self._spawn(
+                name, [str(self.bin_dir / "peer"), "node", "start"], self._peer_env(msp)
+            )
+            started.append((name, proc, self._state.ports["peers"][msp]["operations"]))
+        for name, proc, ops in started:
+            self._wait_node(name, proc, ops, "Started peer with ID=", deadline)
+
+    def _wait_node(self, name: str, proc: _Proc, ops: int, marker: str, deadline: float) -> None:
+        # /healthz answers before the node binds its gRPC port (a peer whose port is taken
+        # answers, then exits), so also wait for the line the node logs once it serves.
+        serving = re.compile(re.escape(marker))
+        self._wait(lambda: _logged(proc, serving) and _healthy(ops), name, proc, deadline)
+
+    def _check_alive(self) -> None:
+        for name, proc in self._state.processes.items():
+            if not self._ours(proc):
+                self._reap(proc.pid, block=True)
+                raise FabricNetError(f"{name} exited: {_tail(proc)}")
+
+    def _wait(
+        self,
+        ready: Callable[[], bool],
+        name: str,
+        proc: _Proc,
+        deadline: float,
+        late: str = "is not ready in time",
+    ) -> None:
+        """Poll ``ready`` until it holds; FabricNetError (``name`` ``late``) at the deadline
+        or once ``proc`` has exited, with the tail of its log."""
+        outcome = wait_ready(ready, lambda: self._ours(proc), deadline)
+        if outcome == "died":
+            self._reap(proc.pid, block=True)
+            raise FabricNetError(f"{name} exited while starting: {_tail(proc)}")
+        if outcome == "late":
+            raise FabricNetError(f"{name} {late}: {_tail(proc)}")
+
+    def _wait_leader(self, channel: str, deadline: float) -> None:
+        # Every orderer logs the leader it learns, per channel; until then broadcasts fail.
+        pattern = re.compile(rf"Raft leader changed: \d+ -> [1-9]\d* channel={re.escape(channel)} ")
+        for i in range(self.spec.orderers):
+            name = f"orderer{i + 1}"
+            proc = self._state.processes[name]
+            leader = functools.partial(_logged, proc, pattern)
+            self._wait(leader, name, proc, deadline, late="elected no Raft leader in time")
+
+
+def _logged(proc: _Proc, pattern: re.Pattern[str]) -> bool:
+    try:
+        with open(proc.log, "rb") as log:
+            log.seek(proc.offset)
+            return pattern.search(log.read().decode("utf-8", errors="replace")) is not None
+    except OSError:
+        return False
+
+
+def _connects(port: int, timeout: float) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _healthy(port: int, *, timeout: float = 1.0) -> bool:
+    try:
+        with urllib.request.urlopen(  # our loopback operations endpoint
+            f"http://127.0.0.1:{port}/healthz", timeout=timeout
+        ) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def _tail(proc: _Proc) -> str:
+    """:func:`~ehrshare.network.supervisor.log_tail` of a node's log from this run's start."""
+    return log_tail(Path(proc.log), proc.offset)
