@@ -140,7 +140,12 @@ def _server_tls(tls_cert: Path, tls_key: Path, client_cas: list[Path]) -> Server
     )
 
 
-def _wait_for_signal() -> None:
+def _catch_stop_signals() -> threading.Event:
+    """SIGTERM/SIGINT set the returned event from now on.
+
+    Installed before the server starts: a supervisor may stop a service the moment it answers,
+    and a signal that arrived before the handler would kill the process uncleanly (exit -15).
+    """
     stop = threading.Event()
 
     def handler(signum: int, frame: FrameType | None) -> None:
@@ -150,7 +155,7 @@ def _wait_for_signal() -> None:
 
     signal.signal(signal.SIGTERM, handler)
     signal.signal(signal.SIGINT, handler)
-    stop.wait()
+    return stop
 
 
 StateDirOpt = Annotated[
@@ -316,6 +321,7 @@ def _run_service(
     opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     _setup_logging(log_path)
     tls = _server_tls(opts.tls_cert, opts.tls_key, opts.client_ca)
+    stop = _catch_stop_signals()
     gateway, close_ledger = _gateway(opts)
     try:
         started = start(gateway, _contract(gateway, opts.channel, opts.chaincode), tls)
@@ -323,7 +329,7 @@ def _run_service(
         if opts.port_file is not None:
             atomic_write(opts.port_file, str(started.port).encode(), mode=0o644)
         _err.print(f"{label} listening on {host}:{started.port}; logs in {log_path}")
-        _wait_for_signal()
+        stop.wait()
         started.server.stop(2.0).wait()
         started.stop()
     finally:
