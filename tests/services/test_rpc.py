@@ -13,6 +13,7 @@ from ehrshare.hazmat.tipre import Capsule, decrypt, generate_rekey
 from ehrshare.identity import LocalCA
 from ehrshare.ledger import EndorseError
 from ehrshare.ledger.embedded import connect
+from ehrshare.rekey_delivery import seal_rekey
 from ehrshare.services.kgc import (
     ExtractionFailed,
     IdentityNotRegistered,
@@ -26,7 +27,6 @@ from ehrshare.services.proxy import (
     ApprovalRefused,
     NoReKey,
     ProxyUnavailable,
-    seal_rekey,
 )
 from ehrshare.services.proxy import NotAuthorised as ProxyNotAuthorised
 from ehrshare.services.rpc import GrpcKgcClient, GrpcProxyClient, serve_kgc, serve_proxy

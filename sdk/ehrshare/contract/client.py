@@ -1,6 +1,8 @@
 """The typed client for the EHR chaincode: :class:`EhrContract`, one method per function.
 
-Each method builds its function's positional string arguments (once, here) and parses the
+Each method builds its function's positional string arguments (once, here: the builders
+:func:`grant_access_args` and :func:`register_record_args` also serve callers that batch
+proposals through a contract's fine-grained flow) and parses the
 answer into a type of :mod:`ehrshare.contract.types`. Whether a function is submitted (ordered
 and committed) or evaluated (a query on one peer) is decided in one place, :data:`FUNCTIONS`.
 The DKG board and KGC roster functions have their own client (:mod:`ehrshare.contract.dkg`).
@@ -34,7 +36,14 @@ from ehrshare.fhir import TypeLabels
 from ehrshare.ledger.api import Contract
 from ehrshare.ledger.errors import LedgerError
 
-__all__ = ["FUNCTIONS", "EhrContract", "ErrorMap", "Kind", "grant_access_args"]
+__all__ = [
+    "FUNCTIONS",
+    "EhrContract",
+    "ErrorMap",
+    "Kind",
+    "grant_access_args",
+    "register_record_args",
+]
 
 Kind = Literal["submit", "evaluate"]
 
@@ -104,6 +113,28 @@ def grant_access_args(
         proxy,
     )
     return (*args, grant_id) if grant_id else args
+
+
+def register_record_args(
+    *,
+    record_id: str,
+    owner: str,
+    label: str,
+    cid: str,
+    sha256: str,
+    capsule: bytes,
+    format_version: str,
+) -> tuple[str, ...]:
+    """RegisterRecord's positional arguments (the capsule base64 as on chain)."""
+    return (
+        record_id,
+        owner,
+        label,
+        cid,
+        sha256,
+        base64.b64encode(capsule).decode(),
+        format_version,
+    )
 
 
 class EhrContract:
@@ -194,19 +225,16 @@ class EhrContract:
         format_version: str,
     ) -> StoredRecord:
         """Register a record's pointer (its ciphertext already stored)."""
-        return StoredRecord.from_chain(
-            self.call(
-                "RegisterRecord",
-                record_id,
-                owner,
-                label,
-                cid,
-                sha256,
-                base64.b64encode(capsule).decode(),
-                format_version,
-            ),
-            self.labels,
+        args = register_record_args(
+            record_id=record_id,
+            owner=owner,
+            label=label,
+            cid=cid,
+            sha256=sha256,
+            capsule=capsule,
+            format_version=format_version,
         )
+        return StoredRecord.from_chain(self.call("RegisterRecord", *args), self.labels)
 
     def amend_record(
         self, *, record_id: str, cid: str, sha256: str, capsule: bytes, format_version: str
