@@ -84,7 +84,9 @@ from ehrshare.services.proxy.store import (
     SCHEMA,
     KeyedLocks,
     pending_purpose,
+    read_checkpoint,
     rekey_purpose,
+    write_checkpoint,
 )
 from ehrshare.services.vault import open_state, seal_state
 
@@ -756,9 +758,7 @@ class ReencryptionProxy(Closing):
     def checkpoint(self) -> tuple[int | None, str | None]:
         """(block, transaction id) of the last chaincode event handled by the follower."""
         with self._lock:
-            rows = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
-        block = rows.get("events.block")
-        return (None if block is None else int(block)), rows.get("events.tx")
+            return read_checkpoint(self._db)
 
     def handle_event(self, event: ChaincodeEvent, *, checkpoint: bool = True) -> int:
         """Apply one chaincode event (RevokeAccess deletes re-keys, GrantAccess activates a
@@ -790,11 +790,4 @@ class ReencryptionProxy(Closing):
     def save_checkpoint(self, event: ChaincodeEvent) -> None:
         """Record ``event`` as the last one handled."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('events.block', ?)", (str(event.block_number),)
-            )
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('events.tx', ?)", (event.transaction_id,)
-            )
-            self._db.execute("COMMIT")
+            write_checkpoint(self._db, event.block_number, event.transaction_id)

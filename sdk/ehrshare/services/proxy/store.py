@@ -6,11 +6,20 @@ per-approval locks. Storage only: what may be stored is decided in
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import threading
 from collections.abc import Iterator
 from typing import Final
 
-__all__ = ["DB_NAME", "SCHEMA", "KeyedLocks", "pending_purpose", "rekey_purpose"]
+__all__ = [
+    "DB_NAME",
+    "SCHEMA",
+    "KeyedLocks",
+    "pending_purpose",
+    "read_checkpoint",
+    "rekey_purpose",
+    "write_checkpoint",
+]
 
 DB_NAME: Final = "proxy.db"
 SCHEMA: Final = """
@@ -85,3 +94,18 @@ def rekey_purpose(grant_id: str) -> str:
 
 def pending_purpose(grant_id: str, depositor: str) -> str:
     return f"proxy/pending-rekey/{grant_id}/{depositor}"
+
+
+def read_checkpoint(db: sqlite3.Connection) -> tuple[int | None, str | None]:
+    """(block, transaction id) of the last chaincode event handled, from ``meta``."""
+    rows = dict(db.execute("SELECT name, value FROM meta").fetchall())
+    block = rows.get("events.block")
+    return (None if block is None else int(block)), rows.get("events.tx")
+
+
+def write_checkpoint(db: sqlite3.Connection, block: int, tx_id: str) -> None:
+    """Record the last chaincode event handled, in one transaction."""
+    db.execute("BEGIN IMMEDIATE")
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('events.block', ?)", (str(block),))
+    db.execute("INSERT OR REPLACE INTO meta VALUES ('events.tx', ?)", (tx_id,))
+    db.execute("COMMIT")
