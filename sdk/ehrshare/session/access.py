@@ -8,24 +8,13 @@ import logging
 import secrets
 from collections.abc import Sequence
 
-from ehrshare.contract import (
-    Grant,
-    RecordRef,
-)
+from ehrshare.contract import Grant, RecordRef
 from ehrshare.faults import fault_point
 from ehrshare.hazmat import tipre
 from ehrshare.rekey_delivery import seal_rekey
-from ehrshare.services.protocols import (
-    InvalidReKey,
-    NotAuthorised,
-    ProxyError,
-    ProxyUnavailable,
-)
+from ehrshare.services.protocols import InvalidReKey, NotAuthorised, ProxyError, ProxyUnavailable
 from ehrshare.session.core import Expiry, ProxyRoute, SessionCore
-from ehrshare.session.errors import (
-    GrantNotServed,
-    RequestRejected,
-)
+from ehrshare.session.errors import GrantNotServed, RequestRejected
 
 _log = logging.getLogger(__name__)
 

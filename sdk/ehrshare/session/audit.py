@@ -6,10 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ehrshare.contract import (
-    AuditTrail,
-    AuditVerification,
-)
+from ehrshare.contract import AuditTrail, AuditVerification
 from ehrshare.session.core import _PAGE, SessionCore
 
 

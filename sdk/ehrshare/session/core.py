@@ -20,17 +20,9 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
 from ehrshare.closing import Closing
-from ehrshare.contract import (
-    EhrContract,
-    Grant,
-    Page,
-    RecordRef,
-)
+from ehrshare.contract import EhrContract, Grant, Page, RecordRef
 from ehrshare.errors import EhrshareError
-from ehrshare.fhir import (
-    TypeLabels,
-    TypeMapping,
-)
+from ehrshare.fhir import TypeLabels, TypeMapping
 from ehrshare.hazmat import tipre
 from ehrshare.hazmat.dkg import PublicPolynomial
 from ehrshare.hazmat.errors import EncodingError, VerificationError
@@ -44,10 +36,7 @@ from ehrshare.ledger.errors import (
     OrderingKeyError,
 )
 from ehrshare.profile import Wallet, WalletError
-from ehrshare.services.protocols import (
-    KgcClient,
-    ProxyClient,
-)
+from ehrshare.services.protocols import KgcClient, ProxyClient
 from ehrshare.session.errors import (
     ForeignIdentity,
     LedgerUnreachable,
@@ -58,9 +47,7 @@ from ehrshare.session.errors import (
     SdkError,
     UnknownProxy,
 )
-from ehrshare.storage import (
-    BlobStore,
-)
+from ehrshare.storage import BlobStore
 from ehrshare_chaincode.contract import master_key_epoch
 
 _log = logging.getLogger(__name__)

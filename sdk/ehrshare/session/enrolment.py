@@ -10,10 +10,7 @@ from typing import Any
 
 from ehrshare.faults import fault_point
 from ehrshare.session.core import FORMAT_VERSION, SessionCore
-from ehrshare.session.errors import (
-    EnrollmentError,
-    RequestRejected,
-)
+from ehrshare.session.errors import EnrollmentError, RequestRejected
 
 _log = logging.getLogger(__name__)
 

@@ -13,17 +13,9 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 from ehrshare import crypto
 from ehrshare.contract import Access, Grant, Page, RecordRef, StoredRecord
 from ehrshare.faults import fault_point
-from ehrshare.fhir import (
-    FhirValidationError,
-    parse_resource,
-    resource_bytes,
-)
+from ehrshare.fhir import FhirValidationError, parse_resource, resource_bytes
 from ehrshare.hazmat.errors import DecryptionError
-from ehrshare.services.protocols import (
-    NoReKey,
-    ProxyError,
-    ProxyUnavailable,
-)
+from ehrshare.services.protocols import NoReKey, ProxyError, ProxyUnavailable
 from ehrshare.session.core import _MAX_FALLBACK_GRANTS, _PAGE, FORMAT_VERSION, SessionCore
 from ehrshare.session.errors import (
     AccessDenied,
@@ -35,13 +27,7 @@ from ehrshare.session.errors import (
     RequestRejected,
     SdkError,
 )
-from ehrshare.storage import (
-    ContentNotFound,
-    IntegrityError,
-    StorageError,
-    get_verified,
-    sha256_hex,
-)
+from ehrshare.storage import ContentNotFound, IntegrityError, StorageError, get_verified, sha256_hex
 
 _log = logging.getLogger(__name__)
 
