@@ -1,10 +1,10 @@
 """The SDK's member session (:class:`Session`, opened by :func:`ehrshare.connect`), its errors
-and the values it returns; see :mod:`ehrshare.session.session`."""
+and the values it returns; see :mod:`ehrshare.session.session`. The services it calls are seen
+through :mod:`ehrshare.services.protocols`."""
 
 from __future__ import annotations
 
 from ehrshare.contract.types import AuditTrail, AuditVerification, Grant, RecordRef
-from ehrshare.services.protocols import KgcClient, ProxyClient
 from ehrshare.session.core import ProxyRoute
 from ehrshare.session.enrolment import EnrollmentResult
 from ehrshare.session.errors import (
@@ -36,11 +36,9 @@ __all__ = [
     "ForeignIdentity",
     "Grant",
     "GrantNotServed",
-    "KgcClient",
     "LedgerUnreachable",
     "NoSuchMember",
     "NotEnrolledError",
-    "ProxyClient",
     "ProxyError",
     "ProxyNotInProfile",
     "ProxyRoute",
