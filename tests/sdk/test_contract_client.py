@@ -3,12 +3,16 @@ argument count it sends, and what it evaluates is what the chaincode calls a que
 
 from __future__ import annotations
 
+import base64
 import inspect
+import json
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from ehrshare.contract import EhrContract
+from ehrshare.contract import Access, AuditCheck, EhrContract, Grant, StoredRecord
 from ehrshare.contract.client import FUNCTIONS, grant_access_args
 from ehrshare_chaincode.contract import EHRContract
 
@@ -227,3 +231,83 @@ def test_grant_access_arguments_are_the_chaincode_order() -> None:
         "proxy": "O/x",
         "grant_id": "g-2",
     }
+
+
+# --- parsers ---------------------------------------------------------------------------------
+
+_text = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
+
+
+@given(
+    chain=_text,
+    valid=st.booleans(),
+    length=st.integers(0, 10**6),
+    bad=st.integers(0, 10**6),
+    reason=_text,
+    head=st.one_of(st.none(), _text),
+)
+def test_an_audit_check_gives_back_the_chaincode_answer_key_for_key(
+    chain: str, valid: bool, length: int, bad: int, reason: str, head: str | None
+) -> None:
+    # What `ehrshare audit verify --json` prints under checks.chaincode: exactly the answer.
+    answer: dict[str, Any] = {
+        "chain": chain,
+        "valid": valid,
+        "length": length,
+        "first_bad_seq": bad,
+        "reason": reason,
+    }
+    if head is not None:
+        answer["head"] = head
+    assert list(AuditCheck.from_chain(answer).to_dict().items()) == list(answer.items())
+
+
+@given(
+    ids=st.lists(_text, min_size=6, max_size=6),
+    numbers=st.lists(st.integers(0, 2**40), min_size=3, max_size=3),
+    proxy=st.one_of(st.none(), _text),
+)
+def test_a_grant_from_chain_keeps_every_field(
+    ids: list[str], numbers: list[int], proxy: str | None
+) -> None:
+    data: dict[str, Any] = dict(
+        zip(
+            ("grant_id", "owner", "grantor", "grantee", "type", "parent_grant_id"), ids, strict=True
+        )
+    )
+    data |= {"expiry": numbers[0], "max_hops": numbers[1], "hop": numbers[2], "state": "active"}
+    if proxy is not None:
+        data["proxy"] = proxy
+    grant = Grant.from_chain(data)
+    assert (grant.grant_id, grant.owner, grant.grantor, grant.grantee) == tuple(ids[:4])
+    assert (grant.label, grant.type, grant.parent_grant_id) == (ids[4], None, ids[5])
+    assert (grant.expiry, grant.max_hops, grant.hop) == tuple(numbers)
+    assert grant.proxy == (proxy or "")
+
+
+@given(capsule=st.binary(max_size=300), epoch=st.one_of(st.none(), _text))
+def test_a_stored_record_decodes_its_capsule_and_keeps_its_epoch(
+    capsule: bytes, epoch: str | None
+) -> None:
+    data = json.loads(_RECORD) | {"capsule": base64.b64encode(capsule).decode()}
+    if epoch is not None:
+        data["epoch"] = epoch
+    stored = StoredRecord.from_chain(data)
+    assert (stored.capsule, stored.epoch) == (capsule, epoch)
+    assert stored.ref.record_id == "r-1" and stored.ref.version == 1
+
+
+def test_an_allowed_access_carries_its_chain_reports_and_record() -> None:
+    data = json.loads(_ACCESS) | {
+        "chain": [{"grant_id": "g-1", "proxy": "O/x"}, {"grant_id": "g-2", "proxy": "O/y"}],
+        "reports": [{"applied": 1, "proxy": "O/x", "capsule_sha256": "h"}],
+        "record": json.loads(_RECORD),
+        "capsule_sha256": "c",
+    }
+    access = Access.from_chain(data)
+    assert access.allowed and access.grant_id == "g-1" and access.capsule_sha256 == "c"
+    assert [(h.grant_id, h.proxy) for h in access.chain] == [("g-1", "O/x"), ("g-2", "O/y")]
+    assert [(r.applied, r.proxy) for r in access.reports] == [(1, "O/x")]
+    assert access.record is not None and access.record.capsule == b"\x00"
+    denied = Access.from_chain(json.loads(_ACCESS) | {"decision": "deny", "chain": []})
+    assert not denied.allowed and denied.record is None and denied.capsule_sha256 is None
