@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ehrshare.consortium import ADMIN_WALLET, ConsortiumError, _service_ledger_tls, open_store
+from ehrshare.contract import EhrContract
 from ehrshare.ledgers import open_ledger
 from ehrshare.profile import Profile, Wallet
 from ehrshare.storage import (
@@ -117,18 +118,15 @@ def _pointers(profile: Profile, wallet: Wallet | None) -> list[RecordPointer]:
     try:
         gateway = backend.connect(identity, signer, client_tls=_service_ledger_tls(profile, wallet))
         try:
-            contract = gateway.get_network(profile.channel).get_contract(profile.chaincode)
+            chain = EhrContract(
+                gateway.get_network(profile.channel).get_contract(profile.chaincode)
+            )
             out: list[RecordPointer] = []
             bookmark = ""
             while True:
-                page = json.loads(
-                    contract.evaluate_transaction("ListRecordVersions", str(_PAGE), bookmark)
-                )
-                out += [
-                    RecordPointer(v["record_id"], int(v["version"]), v["cid"], v["sha256"])
-                    for v in page["versions"]
-                ]
-                bookmark = page["bookmark"]
+                page = chain.list_record_versions(page_size=_PAGE, bookmark=bookmark)
+                out += [RecordPointer(v.record_id, v.version, v.cid, v.sha256) for v in page.items]
+                bookmark = page.bookmark
                 if not bookmark:
                     return out
         finally:

@@ -66,5 +66,5 @@ def test_granted_records_page_past_other_types(
         p.adams.put_record(imaging_study(), patient=p.alice.ibe_id)
     lab = p.adams.put_record(lab_observation(), patient=p.alice.ibe_id)
     p.alice.grant(p.baker.ibe_id, "lab", expires=DAY)
-    monkeypatch.setattr("ehrshare.session._PAGE", "1")
+    monkeypatch.setattr("ehrshare.session.records._PAGE", "1")
     assert _ids(p.baker.granted_records()) == {lab.record_id}

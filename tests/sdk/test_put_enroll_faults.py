@@ -184,7 +184,7 @@ def test_enroll_killed_at_each_step_then_enrolls(world: Path, step: str) -> None
 def test_gc_keeps_the_ciphertext_of_every_record_version(world: Path) -> None:
     """An amended record names a new ciphertext; the old version's stays readable, so gc
     must keep both."""
-    from ehrshare.session import FORMAT_VERSION
+    from ehrshare.session.core import FORMAT_VERSION
     from ehrshare.storage import sha256_hex
 
     with connect(world, Wallet(world / "wallets" / "alice", use_env=False)) as alice:

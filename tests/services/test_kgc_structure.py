@@ -89,10 +89,10 @@ def test_participations_use_only_the_nodes_public_methods(participation: type) -
 
 
 def test_session_sees_the_key_centre_only_through_its_protocol() -> None:
-    tree = ast.parse((SDK / "session.py").read_text(encoding="utf-8"))
     imported = [
         node.module
-        for node in ast.walk(tree)
+        for path in sorted((SDK / "session").glob("*.py"))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
         if isinstance(node, ast.ImportFrom) and node.module is not None
     ]
     assert [m for m in imported if m.startswith("ehrshare.services.kgc")] == []

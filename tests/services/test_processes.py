@@ -15,7 +15,8 @@ import pytest
 from services_world import FAR, Procs, World
 
 from ehrshare.hazmat.tipre import Capsule, decrypt, generate_rekey, identity_point
-from ehrshare.services.proxy import ApprovalConsumed, seal_rekey
+from ehrshare.rekey_delivery import seal_rekey
+from ehrshare.services.proxy import ApprovalConsumed
 from ehrshare.services.rpc import GrpcKgcClient, GrpcProxyClient
 
 pytestmark = pytest.mark.slow

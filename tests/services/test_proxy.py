@@ -14,6 +14,7 @@ from services_world import FAR, World
 from ehrshare.hazmat.kgc_keys import X25519KeyPair
 from ehrshare.hazmat.tipre import Capsule, decrypt, generate_rekey
 from ehrshare.ledger.errors import GatewayError
+from ehrshare.rekey_delivery import seal_rekey
 from ehrshare.services.proxy import (
     ApprovalConsumed,
     ApprovalRefused,
@@ -24,7 +25,6 @@ from ehrshare.services.proxy import (
     ProxyError,
     ReencryptionProxy,
     RevocationFollower,
-    seal_rekey,
 )
 
 LAB = "lab"

@@ -18,15 +18,15 @@ from test_proxy import LAB, fresh_clinician, make_rekey, read_as
 
 from ehrshare.hazmat.kgc_keys import X25519KeyPair
 from ehrshare.ledger.api import ChaincodeEvent
-from ehrshare.services import proxy as proxy_mod
+from ehrshare.rekey_delivery import seal_rekey
 from ehrshare.services.proxy import (
     InProcessProxyClient,
     InvalidReKey,
     NoReKey,
     NotAuthorised,
     ReencryptionProxy,
-    seal_rekey,
 )
+from ehrshare.services.proxy import service as proxy_mod
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from services_world import FAR, World
 from ehrshare.hazmat.kgc_keys import X25519KeyPair
 from ehrshare.hazmat.tipre import Capsule, decrypt, generate_rekey
 from ehrshare.ledger.sandbox import Member
+from ehrshare.rekey_delivery import seal_rekey
 from ehrshare.services.proxy import (
     ApprovalConsumed,
     ApprovalRefused,
@@ -20,7 +21,6 @@ from ehrshare.services.proxy import (
     InvalidReKey,
     NoReKey,
     ReencryptionProxy,
-    seal_rekey,
 )
 
 LAB = "lab"

@@ -14,6 +14,7 @@ from ehrshare.identity import LocalCA
 from ehrshare.key_extraction import ExtractionFailed
 from ehrshare.ledger import EndorseError
 from ehrshare.ledger.embedded import connect
+from ehrshare.rekey_delivery import seal_rekey
 from ehrshare.services.kgc import (
     IdentityNotRegistered,
     KgcNode,
@@ -26,7 +27,6 @@ from ehrshare.services.proxy import (
     ApprovalRefused,
     NoReKey,
     ProxyUnavailable,
-    seal_rekey,
 )
 from ehrshare.services.proxy import NotAuthorised as ProxyNotAuthorised
 from ehrshare.services.rpc import GrpcKgcClient, GrpcProxyClient, serve_kgc, serve_proxy

@@ -18,7 +18,6 @@ not log transaction arguments.
 
 from __future__ import annotations
 
-import base64
 import concurrent.futures
 import hashlib
 import logging
@@ -33,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ehrshare.closing import Closing
+from ehrshare.contract.client import EhrContract, register_record_args
 from ehrshare.identity import LocalCA
 from ehrshare_consensus.live import LiveUnavailable, Submit, TxOutcome
 from ehrshare_consensus.runner import RunSpec
@@ -112,14 +112,14 @@ def record_args(owner: str, run_tag: str, client: int, seq: int) -> tuple[str, .
     a syntactically valid CID and digest, a 64-byte capsule (the size of a real one)."""
     body = f"{run_tag}/{client}/{seq}".encode()
     digest = hashlib.sha256(body).hexdigest()
-    return (
-        f"bench-{run_tag}-{client}-{seq}",
-        owner,
-        "bench",
-        "bafkrei" + digest[:52],
-        digest,
-        base64.b64encode(hashlib.sha512(body).digest()).decode(),
-        "1",
+    return register_record_args(
+        record_id=f"bench-{run_tag}-{client}-{seq}",
+        owner=owner,
+        label="bench",
+        cid="bafkrei" + digest[:52],
+        sha256=digest,
+        capsule=hashlib.sha512(body).digest(),
+        format_version="1",
     )
 
 
@@ -266,7 +266,7 @@ class FabricTarget:
             # All at once: distinct identities write distinct keys, so the registrations share
             # blocks instead of waiting one batch timeout each.
             with concurrent.futures.ThreadPoolExecutor(max_workers=clients) as pool:
-                list(pool.map(lambda ci: ci[0].submit_transaction("RegisterIdentity"), contracts))
+                list(pool.map(lambda ci: EhrContract(ci[0]).register_identity(), contracts))
             submitters: list[Submit] = [
                 record_submitter(contract, ibe_id, run_tag, c)
                 for c, (contract, ibe_id) in enumerate(contracts)

@@ -11,8 +11,6 @@ measures; it must not change ledger behaviour.
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
 import random
 import shutil
@@ -27,6 +25,7 @@ from rich.table import Table
 
 from ehrshare.benchutil import machine_metadata, print_result, summarize
 from ehrshare.console import err_console
+from ehrshare.contract.client import EhrContract, grant_access_args, register_record_args
 from ehrshare.errors import EXIT_USAGE
 from ehrshare.ledger.sandbox import Member, Sandbox
 
@@ -39,9 +38,35 @@ QUICK_POPULATIONS = (1, 1_000, 10_000)
 TARGET_P95_MS = 5.0
 TARGET_RECORDS = 100_000
 RECORDS_PER_PATIENT = 100
-_CAPSULE = base64.b64encode(bytes(range(256)) * 1).decode()  # a capsule-sized opaque blob
+_CAPSULE = bytes(range(256))  # a capsule-sized opaque blob
 _SHA = "5" * 64
-_FAR = "4102444800"  # 2100-01-01
+_FAR = 4102444800  # 2100-01-01
+
+
+def _record_kwargs(record_id: str, owner: str) -> dict[str, Any]:
+    """RegisterRecord of a benchmark record (a syntactically valid pointer to nothing)."""
+    return {
+        "record_id": record_id,
+        "owner": owner,
+        "label": "lab",
+        "cid": "bafybench0000001",
+        "sha256": _SHA,
+        "capsule": _CAPSULE,
+        "format_version": "1",
+    }
+
+
+def _grant_kwargs(label: str, grantee: str, max_hops: int, proxy: str) -> dict[str, Any]:
+    """GrantAccess of a benchmark grant (no referral list, no parent, the chaincode's id)."""
+    return {
+        "label": label,
+        "grantee": grantee,
+        "expiry": _FAR,
+        "max_hops": max_hops,
+        "allowed_next": (),
+        "parent_grant_id": "",
+        "proxy": proxy,
+    }
 
 
 class _Population:
@@ -92,13 +117,7 @@ class _Population:
                 rid = self.next_record_id()
                 proposal = self.clinician.contract.new_proposal(
                     "RegisterRecord",
-                    rid,
-                    self.patients[p].ibe_id,
-                    "lab",
-                    "bafybench0000001",
-                    _SHA,
-                    _CAPSULE,
-                    "1",
+                    *register_record_args(**_record_kwargs(rid, self.patients[p].ibe_id)),
                 )
                 block.append(proposal.endorse().endorsed)
                 owners.append((rid, p))
@@ -111,7 +130,10 @@ class _Population:
             txs = [
                 self.patients[p]
                 .contract.new_proposal(
-                    "GrantAccess", "lab", self.clinician.ibe_id, _FAR, "1", "", "", self.proxy
+                    "GrantAccess",
+                    *grant_access_args(
+                        **_grant_kwargs("lab", self.clinician.ibe_id, 1, self.proxy)
+                    ),
                 )
                 .endorse()
                 .endorsed
@@ -158,32 +180,25 @@ def run_ledger_benchmark(
                 pop.seed(n)
                 seed_s = time.perf_counter() - t0
                 seeded = len(pop.records) - before
-                contract = pop.clinician.contract
+                contract = pop.clinician.ehr
 
-                def register_record(c: Any = contract) -> None:
+                def register_record(c: EhrContract = contract) -> None:
                     p = rng.randrange(len(pop.patients))
-                    c.submit_transaction(
-                        "RegisterRecord",
-                        pop.next_record_id(),
-                        pop.patients[p].ibe_id,
-                        "lab",
-                        "bafybench0000001",
-                        _SHA,
-                        _CAPSULE,
-                        "1",
+                    c.register_record(
+                        **_record_kwargs(pop.next_record_id(), pop.patients[p].ibe_id)
                     )
 
                 def grant_access() -> None:
                     p = pop.patients[rng.randrange(len(pop.patients))]
-                    p.contract.submit_transaction(
-                        "GrantAccess", "imaging", pop.clinician.ibe_id, _FAR, "0", "", "", pop.proxy
+                    p.ehr.grant_access(
+                        **_grant_kwargs("imaging", pop.clinician.ibe_id, 0, pop.proxy)
                     )
 
-                def request_access(c: Any = contract) -> None:
+                def request_access(c: EhrContract = contract) -> None:
                     rid, _ = pop.records[rng.randrange(len(pop.records))]
-                    out = json.loads(c.submit_transaction("RequestAccess", rid))
-                    if out["decision"] != "allow":
-                        raise RuntimeError(f"benchmark access to {rid} was denied: {out['reason']}")
+                    out = c.request_access(rid)
+                    if not out.allowed:
+                        raise RuntimeError(f"benchmark access to {rid} was denied: {out.reason}")
 
                 ops: dict[str, Any] = {}
                 for name, fn in (

@@ -2,9 +2,47 @@
 
 Every caller reaches the chaincode through :class:`EhrContract` (records, access, audit,
 members) and its DKG-board part, never by a string-named call; whether a function is submitted
-or evaluated is decided here, from the chaincode's own function table.
+or evaluated is decided in one place, :func:`~ehrshare.contract.calls.transact`, from the
+chaincode's own function table.
 """
 
 from __future__ import annotations
 
-__all__: list[str] = []
+from ehrshare.contract.client import COVERED, EhrContract
+from ehrshare.contract.types import (
+    Access,
+    AuditCheck,
+    AuditTrail,
+    AuditVerification,
+    Grant,
+    Hop,
+    Member,
+    OrgCA,
+    Page,
+    RecordRef,
+    RecordVersion,
+    Reencryption,
+    StateDigest,
+    StoredRecord,
+    TypeKey,
+)
+
+__all__ = [
+    "COVERED",
+    "Access",
+    "AuditCheck",
+    "AuditTrail",
+    "AuditVerification",
+    "EhrContract",
+    "Grant",
+    "Hop",
+    "Member",
+    "OrgCA",
+    "Page",
+    "RecordRef",
+    "RecordVersion",
+    "Reencryption",
+    "StateDigest",
+    "StoredRecord",
+    "TypeKey",
+]

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
+from ehrshare.contract.calls import transact
 from ehrshare.hazmat.dkg import NONCE_SIZE, BundleKind, DKGConfig, PublicPolynomial
 from ehrshare.hazmat.errors import EncodingError
 from ehrshare.hazmat.kgc_keys import KGCNodePublicKey
@@ -99,24 +100,21 @@ class DkgBoardClient:
         """The contract handle calls go through."""
         return self._contract
 
-    def _submit(self, function: str, *args: str) -> Any:
-        return json.loads(self._contract.submit_transaction(function, *args))
-
-    def _evaluate(self, function: str, *args: str) -> Any:
-        return json.loads(self._contract.evaluate_transaction(function, *args))
+    def _call(self, function: str, *args: str) -> Any:
+        return json.loads(transact(self._contract, function, *args))
 
     # --- roster -------------------------------------------------------------------------------
 
     def publish_key(self, public_key: KGCNodePublicKey) -> str:
         """PublishKGCKey (submit): the caller's node key on chain; returns its identity."""
-        record = self._submit(
+        record = self._call(
             "PublishKGCKey", base64.b64encode(public_key.to_bytes()).decode("ascii")
         )
         return str(record["ibe_id"])
 
     def identity(self, ibe_id: str) -> dict[str, Any]:
         """GetIdentity (evaluate): a registered identity's record (``cert_sha256``, …)."""
-        record: dict[str, Any] = self._evaluate("GetIdentity", ibe_id)
+        record: dict[str, Any] = self._call("GetIdentity", ibe_id)
         return record
 
     # --- sessions -----------------------------------------------------------------------------
@@ -134,7 +132,7 @@ class DkgBoardClient:
         args = [nonce.hex(), str(threshold), json.dumps(list(roster)), str(phase_timeout_s)]
         if new_master_key:
             args.append("replace-master-key")
-        state: SessionState = self._submit("OpenDKGSession", *args)
+        state: SessionState = self._call("OpenDKGSession", *args)
         return state
 
     def open_reshare(
@@ -148,7 +146,7 @@ class DkgBoardClient:
         phase_timeout_s: int = DEFAULT_PHASE_TIMEOUT_S,
     ) -> SessionState:
         """OpenReshareSession (submit, org admin)."""
-        state: SessionState = self._submit(
+        state: SessionState = self._call(
             "OpenReshareSession",
             nonce.hex(),
             str(threshold),
@@ -161,7 +159,7 @@ class DkgBoardClient:
 
     def session_state(self, session: bytes) -> SessionState:
         """GetDKGSession (evaluate): roster, key snapshot, τ, open phase and who posted in it."""
-        state: SessionState = self._evaluate("GetDKGSession", session.hex())
+        state: SessionState = self._call("GetDKGSession", session.hex())
         return state
 
     def post_bundle(self, session: bytes, phase: BundleKind, bundle: bytes) -> None:
@@ -170,7 +168,8 @@ class DkgBoardClient:
             raise ValueError(f"session nonce must be {NONCE_SIZE} bytes, got {len(session)}")
         if not isinstance(bundle, bytes) or not bundle:
             raise ValueError("bundle must be non-empty bytes")
-        self._contract.submit_transaction(
+        transact(
+            self._contract,
             "PostDKGBundle",
             session.hex(),
             PHASE_NAMES[BundleKind(phase)],
@@ -181,7 +180,7 @@ class DkgBoardClient:
     def bundles(self, session: bytes, phase: BundleKind) -> list[tuple[str, bytes]]:
         """GetDKGBundles (evaluate): (poster identity, bundle bytes) of a closed phase; rows of
         an unknown format version are skipped."""
-        rows = self._evaluate("GetDKGBundles", session.hex(), PHASE_NAMES[BundleKind(phase)])
+        rows = self._call("GetDKGBundles", session.hex(), PHASE_NAMES[BundleKind(phase)])
         out: list[tuple[str, bytes]] = []
         for row in rows:
             if int(row.get("format_version", 0)) != BUNDLE_FORMAT_VERSION:
@@ -192,14 +191,14 @@ class DkgBoardClient:
 
     def close_phase(self, session: bytes, phase: BundleKind) -> SessionState:
         """CloseDKGPhase (submit; refused unless everyone posted or the phase timed out)."""
-        state: SessionState = self._submit(
+        state: SessionState = self._call(
             "CloseDKGPhase", session.hex(), PHASE_NAMES[BundleKind(phase)]
         )
         return state
 
     def abort(self, session: bytes, reason: str) -> SessionState:
         """AbortDKGSession (submit; refused unless the chain shows the session cannot finish)."""
-        state: SessionState = self._submit("AbortDKGSession", session.hex(), reason)
+        state: SessionState = self._call("AbortDKGSession", session.hex(), reason)
         return state
 
     # --- results ------------------------------------------------------------------------------
@@ -209,7 +208,7 @@ class DkgBoardClient:
     ) -> PublishedView:
         """PublishDKGResult (submit): the caller's view of a session's result; ``qual`` names
         the qualified dealers by identity. It counts once τ views agree."""
-        answer = self._submit(
+        answer = self._call(
             "PublishDKGResult",
             session.hex(),
             base64.b64encode(MasterPublicKey(public.mpk).to_bytes()).decode("ascii"),
@@ -224,9 +223,7 @@ class DkgBoardClient:
     def result(self, session: bytes | None = None) -> SessionState:
         """GetDKGResult (evaluate): the final result of ``session``, or the latest final one
         when None. Raises the ledger's error when the session has no final result."""
-        state: SessionState = self._evaluate(
-            "GetDKGResult", "" if session is None else session.hex()
-        )
+        state: SessionState = self._call("GetDKGResult", "" if session is None else session.hex())
         return state
 
     def is_final(self, session: bytes) -> bool:

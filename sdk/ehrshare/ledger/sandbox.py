@@ -10,6 +10,7 @@ Not for production: a real deployment gets its identities from Fabric CA or its 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ehrshare.closing import Closing
+from ehrshare.contract import EhrContract
 from ehrshare.identity import Identity, LocalCA, Signer
 from ehrshare.ledger.embedded import EmbeddedContract, EmbeddedGateway, connect
 from ehrshare.ledger.store import EmbeddedLedger
@@ -63,8 +65,14 @@ class Member:
         """``<msp id>/<enrollment id>``."""
         return self.identity.ibe_id
 
+    @functools.cached_property
+    def ehr(self) -> EhrContract:
+        """The typed contract client for this member."""
+        return EhrContract(self.contract)
+
     def submit(self, name: str, *args: str | bytes) -> Any:
-        """Submit and decode the JSON result."""
+        """Submit and decode the JSON result (a function by name, with any arguments: what
+        chaincode tests need; applications use :attr:`ehr`)."""
         return json.loads(self.contract.submit_transaction(name, *args))
 
     def evaluate(self, name: str, *args: str | bytes) -> Any:
@@ -135,7 +143,7 @@ class Sandbox(Closing):
         contract = gateway.get_network(CHANNEL).get_contract(CHAINCODE)
         m = Member(identity, signer, gateway, contract)
         if register:
-            m.submit("RegisterIdentity")
+            m.ehr.register_identity()
         return m
 
     def close(self) -> None:

@@ -1,9 +1,10 @@
 """The re-encryption proxy service: holds re-keys, re-encrypts capsules after committed approvals.
 
 A :class:`ReencryptionProxy` receives re-encryption keys sealed to its X25519 key
-(:func:`seal_rekey` on the patient's or forwarding grantee's side), checks each against its grant
-on chain (GetGrant: the grantor, grantee and type the re-key must carry), and stores it re-sealed
-at rest in an SQLite database in its state directory (see :mod:`ehrshare.services.vault`).
+(:func:`~ehrshare.rekey_delivery.seal_rekey` on the patient's or forwarding grantee's side),
+checks each against its grant on chain (GetGrant: the grantor, grantee and type the re-key must
+carry), and stores it re-sealed at rest in an SQLite database in its state directory (see
+:mod:`ehrshare.services.vault`).
 
 It re-encrypts a record's capsule only after the chaincode confirms a **committed** access
 approval (CheckApproval by access id) for exactly that record, requester and grant, and only once
@@ -44,8 +45,6 @@ approval is recorded as consumed; store a re-key unsealed.
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import hashlib
 import json
 import logging
@@ -53,14 +52,14 @@ import re
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
 from ehrshare.closing import Closing
-from ehrshare.errors import EhrshareError, Unavailable
+from ehrshare.contract import EhrContract, Grant
+from ehrshare.contract.types import Access, StoredRecord
 from ehrshare.hazmat.errors import DecryptionError, EncodingError
-from ehrshare.hazmat.kgc_keys import X25519KeyPair, open_sealed, seal
+from ehrshare.hazmat.kgc_keys import X25519KeyPair, open_sealed
 from ehrshare.hazmat.tipre import (
     Capsule,
     ReKey,
@@ -69,31 +68,32 @@ from ehrshare.hazmat.tipre import (
     identity_tag,
     reencrypt,
 )
-from ehrshare.ledger.api import ChaincodeEvent, Contract, EventFollower, Network
+from ehrshare.ledger.api import ChaincodeEvent, Contract
 from ehrshare.ledger.errors import LedgerError
+from ehrshare.rekey_delivery import rekey_delivery_aad
+from ehrshare.services.protocols import (
+    ApprovalConsumed,
+    ApprovalRefused,
+    InvalidReKey,
+    NoReKey,
+    NotAuthorised,
+    ProxyError,
+)
+from ehrshare.services.proxy.store import (
+    DB_NAME,
+    SCHEMA,
+    KeyedLocks,
+    pending_purpose,
+    read_checkpoint,
+    rekey_purpose,
+    write_checkpoint,
+)
 from ehrshare.services.vault import open_state, seal_state
 
-__all__ = [
-    "PENDING_TTL_S",
-    "ApprovalConsumed",
-    "ApprovalRefused",
-    "InProcessProxyClient",
-    "InvalidReKey",
-    "NoReKey",
-    "NotAuthorised",
-    "ProxyError",
-    "ProxyUnavailable",
-    "ReencryptionProxy",
-    "RevocationFollower",
-    "catch_up",
-    "rekey_delivery_aad",
-    "seal_rekey",
-]
+__all__ = ["PENDING_TTL_S", "ReencryptionProxy"]
 
 _log = logging.getLogger(__name__)
 
-_DELIVERY_DST: Final = b"ehrshare/v1/proxy/rekey-delivery/"
-_DB_NAME: Final = "proxy.db"
 _REKEY_CACHE_SIZE: Final = 1024
 PENDING_TTL_S: Final = 3600.0
 """How long a re-key delivered ahead of its grant waits for the grant to commit. The grantor
@@ -101,86 +101,6 @@ submits the grant right after the delivery, so an hour is far beyond any commit 
 _MAX_PENDING_PER_DEPOSITOR: Final = 256
 _SWEEP_ROWS: Final = 16
 _GRANT_ID_PATTERN: Final = re.compile(r"g-[0-9a-f]{32}")
-_SCHEMA: Final = """
-CREATE TABLE IF NOT EXISTS rekeys (
-    grant_id TEXT PRIMARY KEY,
-    parent_grant_id TEXT NOT NULL,
-    owner TEXT NOT NULL,
-    grantor TEXT NOT NULL,
-    grantee TEXT NOT NULL,
-    type TEXT NOT NULL,
-    sealed BLOB NOT NULL,
-    stored_at REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS rekeys_parent ON rekeys (parent_grant_id);
-CREATE TABLE IF NOT EXISTS rekey_ancestors (
-    grant_id TEXT NOT NULL,
-    ancestor_id TEXT NOT NULL,
-    PRIMARY KEY (grant_id, ancestor_id)
-);
-CREATE INDEX IF NOT EXISTS rekey_ancestors_ancestor ON rekey_ancestors (ancestor_id);
-CREATE INDEX IF NOT EXISTS rekeys_grantee ON rekeys (grantee);
-CREATE TABLE IF NOT EXISTS consumed (
-    approval_id TEXT PRIMARY KEY,
-    record_id TEXT NOT NULL,
-    requester TEXT NOT NULL,
-    grant_id TEXT NOT NULL,
-    consumed_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS pending_rekeys (
-    grant_id TEXT NOT NULL,
-    depositor TEXT NOT NULL,
-    sealed BLOB NOT NULL,
-    stored_at REAL NOT NULL,
-    PRIMARY KEY (grant_id, depositor)
-);
-CREATE INDEX IF NOT EXISTS pending_rekeys_stored ON pending_rekeys (stored_at);
-"""
-
-
-# ---------------------------------------------------------------------------------------------
-# errors (the gRPC layer maps each class to a status code and back)
-
-
-class ProxyError(EhrshareError):
-    """Base class of the proxy service's errors (the SDK reports them as
-    :class:`ehrshare.session.ProxyError`); messages name the object and never hold key
-    material."""
-
-
-class NotAuthorised(ProxyError):
-    """The authenticated caller may not do this (store another's re-key, act for another)."""
-
-
-class ApprovalRefused(ProxyError):
-    """No committed approval for exactly this record, requester, grant and approval id."""
-
-
-class ApprovalConsumed(ProxyError):
-    """This approval was already used for a re-encryption; request access again."""
-
-
-class NoReKey(ProxyError):
-    """The proxy holds no re-key for the grant (never delivered, or deleted on revocation)."""
-
-
-class InvalidReKey(ProxyError):
-    """A delivered re-key does not open or does not match its grant on chain."""
-
-
-class ProxyUnavailable(Unavailable, ProxyError):
-    """The proxy could not be reached or did not answer (client side)."""
-
-
-def rekey_delivery_aad(grant_id: str) -> bytes:
-    """Associated data binding a sealed re-key to its grant (it cannot be replayed for another)."""
-    return _DELIVERY_DST + grant_id.encode("utf-8")
-
-
-def seal_rekey(proxy_public: bytes, grant_id: str, rekey: ReKey) -> bytes:
-    """Grantor side: seal a re-key to the proxy's X25519 public key for ``grant_id``."""
-    return seal(proxy_public, rekey.to_secret_bytes(), aad=rekey_delivery_aad(grant_id))
 
 
 def _chain_reason(exc: LedgerError) -> str:
@@ -211,22 +131,22 @@ class ReencryptionProxy(Closing):
         self.ibe_id = ibe_id
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.name = name
-        self._contract = contract
+        self._chain = EhrContract(contract)
         self._key = key
         # _lock guards the shared SQLite connection only (short, no chain calls under it);
         # re-encryptions hold a per-approval lock instead.
         self._lock = threading.RLock()
-        self._approval_locks = _KeyedLocks()
+        self._approval_locks = KeyedLocks()
         # grant id -> (its row as read from the database, the re-key unsealed and verified).
         self._rekey_cache: dict[str, tuple[tuple[str, str, str, bytes], VerifiedReKey]] = {}
         self._db = sqlite3.connect(
-            self.state_dir / _DB_NAME, isolation_level=None, check_same_thread=False, timeout=30
+            self.state_dir / DB_NAME, isolation_level=None, check_same_thread=False, timeout=30
         )
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: a consumed approval is on disk when the transaction returns (restart safety).
         self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        (self.state_dir / _DB_NAME).chmod(0o600)
+        self._db.executescript(SCHEMA)
+        (self.state_dir / DB_NAME).chmod(0o600)
 
     def close(self) -> None:
         """Close the database."""
@@ -239,16 +159,15 @@ class ReencryptionProxy(Closing):
     # --- keys ---------------------------------------------------------------------------------
 
     def public_key(self) -> bytes:
-        """The X25519 public key grantors seal re-keys to (:func:`seal_rekey`)."""
+        """The X25519 public key grantors seal re-keys to
+        (:func:`~ehrshare.rekey_delivery.seal_rekey`)."""
         return self._key.public_bytes
 
-    def _grant(self, grant_id: str) -> dict[str, Any]:
+    def _grant(self, grant_id: str) -> Grant:
         try:
-            raw = self._contract.evaluate_transaction("GetGrant", grant_id)
+            return self._chain.get_grant(grant_id)
         except LedgerError as exc:
             raise NoReKey(f"grant {grant_id}: {_chain_reason(exc)}") from None
-        grant: dict[str, Any] = json.loads(raw)
-        return grant
 
     def holds(self, grant_id: str) -> bool:
         """True when a re-key for ``grant_id`` is stored here."""
@@ -256,10 +175,10 @@ class ReencryptionProxy(Closing):
             row = self._db.execute("SELECT 1 FROM rekeys WHERE grant_id = ?", (grant_id,))
             return row.fetchone() is not None
 
-    def _committed_grant(self, grant_id: str) -> dict[str, Any] | None:
+    def _committed_grant(self, grant_id: str) -> Grant | None:
         """The grant on chain, or None when no grant of that id has committed (yet)."""
         try:
-            raw = self._contract.evaluate_transaction("GetGrant", grant_id)
+            return self._chain.get_grant(grant_id)
         except LedgerError as exc:
             if exc.message == f"grant {grant_id} does not exist":
                 return None
@@ -269,8 +188,6 @@ class ReencryptionProxy(Closing):
                     f"{_chain_reason(exc)}"
                 ) from None
             raise NoReKey(f"grant {grant_id}: {_chain_reason(exc)}") from None
-        grant: dict[str, Any] = json.loads(raw)
-        return grant
 
     def store_rekey(self, grant_id: str, sealed_rekey: bytes, *, caller: str | None = None) -> None:
         """Accept a re-key sealed to this proxy for a grant: one on chain and active, or one
@@ -285,9 +202,9 @@ class ReencryptionProxy(Closing):
         if grant is None:
             self._store_pending(grant_id, sealed_rekey, caller)
             return
-        if grant["state"] != "active":
-            raise InvalidReKey(f"grant {grant_id} is {grant['state']}; no re-key is accepted")
-        if caller is not None and caller != grant["grantor"]:
+        if grant.state != "active":
+            raise InvalidReKey(f"grant {grant_id} is {grant.state}; no re-key is accepted")
+        if caller is not None and caller != grant.grantor:
             raise NotAuthorised(f"identity {caller} is not the grantor of grant {grant_id}")
         try:
             raw = open_sealed(self._key, sealed_rekey, aad=rekey_delivery_aad(grant_id))
@@ -300,28 +217,28 @@ class ReencryptionProxy(Closing):
             return
         self._insert_rekey(grant_id, grant, raw)
 
-    def _insert_rekey(self, grant_id: str, grant: dict[str, Any], raw: bytes) -> None:
+    def _insert_rekey(self, grant_id: str, grant: Grant, raw: bytes) -> None:
         """Check a re-key against its committed grant and store it; drop its pending copies in
         the same database transaction."""
-        named = str(grant.get("proxy") or "")
+        named = grant.proxy
         if named != self.ibe_id:
             raise InvalidReKey(
                 f"grant {grant_id} names proxy {named or '(none)'}, not this proxy "
                 f"({self.ibe_id}); deliver its re-key to the proxy it names"
             )
-        parent = str(grant.get("parent_grant_id") or "")
+        parent = grant.parent_grant_id
         # Every grant above this one, read from chain now: the parents' re-keys may sit at other
         # proxies, and revoking any of them must delete this re-key here.
         ancestors = self._ancestors(grant_id, parent)
         try:
             ReKey.from_secret_bytes(raw).verify(
-                delegator=grant["grantor"], delegatee=grant["grantee"], type_label=grant["type"]
+                delegator=grant.grantor, delegatee=grant.grantee, type_label=grant.label
             )
         except (EncodingError, ValueError) as exc:
             raise InvalidReKey(
                 f"the re-key for grant {grant_id} does not match it: {exc}"
             ) from None
-        sealed = seal_state(self._key, _rekey_purpose(grant_id), raw)
+        sealed = seal_state(self._key, rekey_purpose(grant_id), raw)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -330,10 +247,10 @@ class ReencryptionProxy(Closing):
                     (
                         grant_id,
                         parent,
-                        grant["owner"],
-                        grant["grantor"],
-                        grant["grantee"],
-                        grant["type"],
+                        grant.owner,
+                        grant.grantor,
+                        grant.grantee,
+                        grant.label,
                         sealed,
                         time.time(),
                     ),
@@ -353,9 +270,9 @@ class ReencryptionProxy(Closing):
             "proxy %s stored the re-key of grant %s (%s -> %s, type %s)",
             self.name,
             grant_id,
-            grant["grantor"],
-            grant["grantee"],
-            grant["type"],
+            grant.grantor,
+            grant.grantee,
+            grant.label,
         )
 
     def _store_pending(self, grant_id: str, sealed_rekey: bytes, caller: str | None) -> None:
@@ -379,7 +296,7 @@ class ReencryptionProxy(Closing):
         if caller is not None and rekey.delegator_tag != identity_tag(caller):
             raise NotAuthorised(f"the re-key for grant {grant_id} is not from identity {caller}")
         self._sweep_pending()
-        sealed = seal_state(self._key, _pending_purpose(grant_id, depositor), raw)
+        sealed = seal_state(self._key, pending_purpose(grant_id, depositor), raw)
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -440,10 +357,10 @@ class ReencryptionProxy(Closing):
             return False
         for depositor, blob in rows:
             depositor = str(depositor)
-            usable = grant["state"] == "active" and depositor in ("", grant["grantor"])
+            usable = grant.state == "active" and depositor in ("", grant.grantor)
             if usable:
                 try:
-                    raw = open_state(self._key, _pending_purpose(grant_id, depositor), bytes(blob))
+                    raw = open_state(self._key, pending_purpose(grant_id, depositor), bytes(blob))
                 except DecryptionError:
                     # Altered at rest: never used; the grantor re-delivers (grant repair).
                     _log.error("proxy %s: the pending re-key of %s is altered", self.name, grant_id)
@@ -495,7 +412,7 @@ class ReencryptionProxy(Closing):
             grant = self._committed_grant(grant_id)
             if grant is None:
                 raise NoReKey(f"grant {grant_id} does not exist")
-            if caller not in (grant["owner"], grant["grantor"], grant["grantee"]):
+            if caller not in (grant.owner, grant.grantor, grant.grantee):
                 raise NotAuthorised(f"identity {caller} may not ask about grant {grant_id}")
             self.activate(grant_id)
         if self.holds(grant_id):
@@ -514,10 +431,10 @@ class ReencryptionProxy(Closing):
                 raise InvalidReKey(f"grant {grant_id} has a cycle in its forwarding chain")
             out.append(current)
             above = self._grant(current)
-            if above["state"] != "active":
+            if above.state != "active":
                 # Its revocation may have been handled here already: keep nothing below it.
-                raise InvalidReKey(f"grant {current} above grant {grant_id} is {above['state']}")
-            current = str(above.get("parent_grant_id") or "")
+                raise InvalidReKey(f"grant {current} above grant {grant_id} is {above.state}")
+            current = above.parent_grant_id
         return out
 
     def _rekey_row(self, grant_id: str) -> tuple[str, str, str, bytes]:
@@ -554,7 +471,7 @@ class ReencryptionProxy(Closing):
         if hit is not None and hit[0] == row:
             return hit[1]
         grantor, grantee, type_label, sealed = row
-        raw = open_state(self._key, _rekey_purpose(grant_id), sealed)
+        raw = open_state(self._key, rekey_purpose(grant_id), sealed)
         rekey = ReKey.from_secret_bytes(raw).verify(
             delegator=grantor, delegatee=grantee, type_label=type_label
         )
@@ -593,7 +510,7 @@ class ReencryptionProxy(Closing):
         # spares the loser the chain round trips.
         with self._approval_locks.hold(approval_id):
             access = self._find_approval(record_id, requester, approval_id, grant_id)
-            chain = [(str(h["grant_id"]), str(h.get("proxy", ""))) for h in access["chain"]]
+            chain = [(h.grant_id, h.proxy) for h in access.chain]
             source = self._input_capsule(access, capsule)
             start = source.hops
             if start >= len(chain):
@@ -627,7 +544,7 @@ class ReencryptionProxy(Closing):
                         f"sent: {exc}"
                     ) from None
             out = current.to_bytes()
-            chosen = str(access["grant_id"])
+            chosen = access.grant_id
             try:
                 with self._lock:
                     self._db.execute(
@@ -639,13 +556,12 @@ class ReencryptionProxy(Closing):
                     f"approval {approval_id} was already used; request access again"
                 ) from None
         try:
-            self._contract.submit_transaction(
-                "ReportReencryption",
+            self._chain.report_reencryption(
                 approval_id,
                 "ok",
                 f"hops {start + 1}-{end} of {len(chain)} by {self.name}",
-                str(end),
-                hashlib.sha256(out).hexdigest(),
+                applied=end,
+                capsule_sha256=hashlib.sha256(out).hexdigest(),
             )
         except LedgerError as exc:
             _log.error(
@@ -680,26 +596,25 @@ class ReencryptionProxy(Closing):
 
     def _find_approval(
         self, record_id: str, requester: str, approval_id: str, grant_id: str | None
-    ) -> dict[str, Any]:
+    ) -> Access:
         try:
-            raw = self._contract.evaluate_transaction("CheckApproval", approval_id)
+            access = self._chain.check_approval(approval_id)
         except LedgerError as exc:
             raise ApprovalRefused(
                 f"no committed approval {approval_id} for record {record_id} and requester "
                 f"{requester}: {_chain_reason(exc)}"
             ) from None
-        access: dict[str, Any] = json.loads(raw)
         mismatches = [
             f"{what} {theirs} (not {ours})"
             for what, theirs, ours in (
-                ("access id", access.get("access_id"), approval_id),
-                ("decision", access.get("decision"), "allow"),
-                ("record", access.get("record_id"), record_id),
-                ("requester", access.get("requester"), requester),
+                ("access id", access.access_id, approval_id),
+                ("decision", access.decision, "allow"),
+                ("record", access.record_id, record_id),
+                ("requester", access.requester, requester),
                 (
                     "grant",
-                    access.get("grant_id"),
-                    access.get("grant_id") if grant_id is None else grant_id,
+                    access.grant_id,
+                    access.grant_id if grant_id is None else grant_id,
                 ),
             )
             if theirs != ours
@@ -709,24 +624,24 @@ class ReencryptionProxy(Closing):
                 f"approval {approval_id} does not match the request: it is for "
                 + ", ".join(mismatches)
             )
-        if not access.get("chain"):
+        if not access.chain:
             raise ApprovalRefused(f"approval {approval_id} has no grant chain to re-encrypt along")
         return access
 
-    def _input_capsule(self, access: dict[str, Any], given: bytes | None) -> VerifiedCapsule:
+    def _input_capsule(self, access: Access, given: bytes | None) -> VerifiedCapsule:
         """The capsule to start from: the record's own, or the previous hop's reported output.
 
         The hash is checked before the capsule is parsed, and it is parsed (every group element
         checked) once: parsing costs a GT subgroup check per layer, the largest cost of a
         multi-hop read.
         """
-        record_id = str(access["record_id"])
+        record_id = access.record_id
         if given is None:
             return self._capsule(access, None)
         digest = hashlib.sha256(given).hexdigest()
         hops = given[1] if len(given) > 1 else 0  # the header's hop count; parsed fully below
         if hops == 0:
-            expected = access.get("capsule_sha256")
+            expected = access.capsule_sha256
             if expected is None:
                 return self._capsule(access, given)  # an approval from before capsule hashes
             if digest != expected:
@@ -736,48 +651,44 @@ class ReencryptionProxy(Closing):
         else:
             self._check_reported(access, digest, hops)
         try:
-            return Capsule.from_bytes(given).verify(
-                owner=str(access["owner"]), type_label=str(access["type"])
-            )
+            return Capsule.from_bytes(given).verify(owner=access.owner, type_label=access.label)
         except (EncodingError, ValueError) as exc:
             raise ApprovalRefused(f"capsule of record {record_id}: {exc}") from None
 
-    def _check_reported(self, access: dict[str, Any], digest: str, hops: int) -> None:
-        reported = {int(r["applied"]): r for r in access.get("reports", [])}
+    def _check_reported(self, access: Access, digest: str, hops: int) -> None:
+        reported = {r.applied: r for r in access.reports}
         report = reported.get(hops)
         if report is None:
             raise ApprovalRefused(
-                f"no proxy reported hop {hops} of approval {access['access_id']}; visit the "
+                f"no proxy reported hop {hops} of approval {access.access_id}; visit the "
                 "proxies of the grant chain in order"
             )
-        if digest != report["capsule_sha256"]:
+        if digest != report.capsule_sha256:
             raise ApprovalRefused(
-                f"the capsule sent is not the one proxy {report['proxy']} released for hop "
-                f"{hops} of approval {access['access_id']}"
+                f"the capsule sent is not the one proxy {report.proxy} released for hop "
+                f"{hops} of approval {access.access_id}"
             )
 
-    def _capsule(self, access: dict[str, Any], given: bytes | None) -> VerifiedCapsule:
-        record_id = str(access["record_id"])
+    def _capsule(self, access: Access, given: bytes | None) -> VerifiedCapsule:
+        record_id = access.record_id
         try:
-            raw = self._contract.evaluate_transaction(
-                "GetRecord", record_id, str(access["record_version"])
-            )
+            stored: StoredRecord = self._chain.get_record(record_id, access.record_version)
         except LedgerError as exc:
             raise ProxyError(
                 f"record {record_id} could not be read: {_chain_reason(exc)}"
             ) from None
-        data = base64.b64decode(json.loads(raw)["capsule"])
-        expected = access.get("capsule_sha256")
+        data = stored.capsule
+        expected = access.capsule_sha256
         if expected is not None and hashlib.sha256(data).hexdigest() != expected:
             raise ApprovalRefused(
                 f"the capsule of record {record_id} is not the one approval "
-                f"{access['access_id']} was given for"
+                f"{access.access_id} was given for"
             )
         if given is not None and given != data:
             raise ApprovalRefused(f"the capsule sent is not the capsule of record {record_id}")
         try:
             parsed = Capsule.from_bytes(data)
-            verified = parsed.verify(owner=str(access["owner"]), type_label=str(access["type"]))
+            verified = parsed.verify(owner=access.owner, type_label=access.label)
         except (EncodingError, ValueError) as exc:
             raise ApprovalRefused(f"capsule of record {record_id}: {exc}") from None
         if verified.hops != 0:
@@ -797,7 +708,7 @@ class ReencryptionProxy(Closing):
             grant = self._committed_grant(grant_id)
             if grant is None:
                 return self._drop_pending(grant_id, caller)
-            if grant["state"] == "active" and caller not in (grant["owner"], grant["grantor"]):
+            if grant.state == "active" and caller not in (grant.owner, grant.grantor):
                 raise NotAuthorised(f"identity {caller} may not revoke grant {grant_id}")
         with self._lock:
             # Descendants whose parents were stored here (the parent_grant_id walk), and those
@@ -847,9 +758,7 @@ class ReencryptionProxy(Closing):
     def checkpoint(self) -> tuple[int | None, str | None]:
         """(block, transaction id) of the last chaincode event handled by the follower."""
         with self._lock:
-            rows = dict(self._db.execute("SELECT name, value FROM meta").fetchall())
-        block = rows.get("events.block")
-        return (None if block is None else int(block)), rows.get("events.tx")
+            return read_checkpoint(self._db)
 
     def handle_event(self, event: ChaincodeEvent, *, checkpoint: bool = True) -> int:
         """Apply one chaincode event (RevokeAccess deletes re-keys, GrantAccess activates a
@@ -881,142 +790,4 @@ class ReencryptionProxy(Closing):
     def save_checkpoint(self, event: ChaincodeEvent) -> None:
         """Record ``event`` as the last one handled."""
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('events.block', ?)", (str(event.block_number),)
-            )
-            self._db.execute(
-                "INSERT OR REPLACE INTO meta VALUES ('events.tx', ?)", (event.transaction_id,)
-            )
-            self._db.execute("COMMIT")
-
-
-def catch_up(proxy: ReencryptionProxy, events: Iterable[ChaincodeEvent]) -> int:
-    """Apply the chaincode events a proxy missed (a stream that ends when it has none left,
-    resumed from :meth:`ReencryptionProxy.checkpoint`): an in-process proxy, which runs no
-    follower, deletes the re-keys of grants revoked while no process told it. Returns how many
-    re-keys were deleted."""
-    deleted = 0
-    last: ChaincodeEvent | None = None
-    for last in events:
-        deleted += proxy.handle_event(last, checkpoint=False)
-    if last is not None:
-        proxy.save_checkpoint(last)
-    return deleted
-
-
-class _KeyedLocks:
-    """One lock per key, created on demand and dropped when nobody holds or waits for it."""
-
-    def __init__(self) -> None:
-        self._guard = threading.Lock()
-        self._locks: dict[str, tuple[threading.Lock, int]] = {}
-
-    @contextlib.contextmanager
-    def hold(self, key: str) -> Iterator[None]:
-        with self._guard:
-            lock, users = self._locks.get(key, (threading.Lock(), 0))
-            self._locks[key] = (lock, users + 1)
-        try:
-            with lock:
-                yield
-        finally:
-            with self._guard:
-                lock, users = self._locks[key]
-                if users == 1:
-                    del self._locks[key]
-                else:
-                    self._locks[key] = (lock, users - 1)
-
-    def __len__(self) -> int:
-        with self._guard:
-            return len(self._locks)
-
-
-def _rekey_purpose(grant_id: str) -> str:
-    return f"proxy/rekey/{grant_id}"
-
-
-def _pending_purpose(grant_id: str, depositor: str) -> str:
-    return f"proxy/pending-rekey/{grant_id}/{depositor}"
-
-
-class RevocationFollower:
-    """Follows the chaincode's RevokeAccess events in a thread and deletes re-keys (and its
-    GrantAccess events, taking re-keys delivered ahead of their grant into use).
-
-    Resumes after the last handled event (checkpoint in the proxy's database); a fresh proxy
-    reads from block 0 (revoking grants it does not hold is a no-op). A broken event stream (a
-    peer restarted) is opened again from the checkpoint, so no revocation is skipped.
-    """
-
-    def __init__(
-        self, proxy: ReencryptionProxy, network: Network, chaincode_name: str = "ehrshare"
-    ) -> None:
-        self._follower = EventFollower(
-            network,
-            chaincode_name,
-            proxy.checkpoint,
-            proxy.handle_event,
-            name=f"proxy {proxy.ibe_id}: revocation follower",
-        )
-
-    def start(self) -> None:
-        """Start following in a daemon thread."""
-        self._follower.start("revocation-follower")
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """Stop the stream and wait for the thread."""
-        self._follower.stop(timeout)
-
-
-# ---------------------------------------------------------------------------------------------
-# clients
-
-
-class InProcessProxyClient:
-    """A :class:`ProxyClient` that calls a :class:`ReencryptionProxy` directly (embedded).
-
-    ``caller`` is the application's own authenticated identity; it is passed to the proxy as
-    the authenticated caller, exactly as the gRPC server passes the client certificate's.
-    """
-
-    def __init__(self, proxy: ReencryptionProxy, *, caller: str) -> None:
-        self._proxy = proxy
-        self.caller = caller
-
-    def public_key(self) -> bytes:
-        """The proxy's X25519 public key."""
-        return self._proxy.public_key()
-
-    def store_rekey(self, grant_id: str, sealed_rekey: bytes) -> None:
-        """Deliver a sealed re-key."""
-        self._proxy.store_rekey(grant_id, sealed_rekey, caller=self.caller)
-
-    def reencrypt(
-        self,
-        *,
-        record_id: str,
-        requester: str,
-        approval_id: str,
-        grant_id: str | None = None,
-        capsule: bytes | None = None,
-    ) -> bytes:
-        """Re-encrypt for ``requester``, which must be this client's caller."""
-        if requester != self.caller:
-            raise NotAuthorised(f"identity {self.caller} may not ask for {requester}'s capsule")
-        return self._proxy.reencrypt(
-            record_id=record_id,
-            requester=requester,
-            approval_id=approval_id,
-            grant_id=grant_id,
-            capsule=capsule,
-        )
-
-    def revoke(self, grant_id: str) -> None:
-        """Delete a grant's re-key."""
-        self._proxy.revoke(grant_id, caller=self.caller)
-
-    def rekey_status(self, grant_id: str) -> str:
-        """``held``, ``pending`` or ``missing``."""
-        return self._proxy.rekey_status(grant_id, caller=self.caller)
+            write_checkpoint(self._db, event.block_number, event.transaction_id)

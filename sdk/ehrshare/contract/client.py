@@ -1,0 +1,386 @@
+"""The typed client for the EHR chaincode: :class:`EhrContract`, one method per function.
+
+Each method builds its function's positional string arguments (once, here: the builders
+:func:`grant_access_args` and :func:`register_record_args` also serve callers that batch
+proposals through a contract's fine-grained flow) and parses the
+answer into a type of :mod:`ehrshare.contract.types`. Whether a function is submitted (ordered
+and committed) or evaluated (a query on one peer) is decided in one place,
+:func:`~ehrshare.contract.calls.transact`, from the chaincode's own function table.
+The DKG board and KGC roster functions have their own client (:mod:`ehrshare.contract.dkg`).
+
+A failed call raises the ledger's :class:`~ehrshare.ledger.errors.LedgerError` unless the
+caller gave ``errors=``, which maps it to the caller's own error (a
+:class:`~ehrshare.session.Session` turns refusals into ``RequestRejected``). This module must
+not decide anything the chaincode decides: it only names arguments and parses answers.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Literal
+
+from ehrshare.contract.calls import transact
+from ehrshare.contract.dkg import DkgBoardClient
+from ehrshare.contract.types import (
+    Access,
+    AuditCheck,
+    Grant,
+    Member,
+    OrgCA,
+    Page,
+    RecordVersion,
+    StateDigest,
+    StoredRecord,
+    TypeKey,
+)
+from ehrshare.fhir import TypeLabels
+from ehrshare.ledger.api import Contract
+from ehrshare.ledger.errors import LedgerError
+
+__all__ = [
+    "COVERED",
+    "EhrContract",
+    "ErrorMap",
+    "grant_access_args",
+    "register_record_args",
+]
+
+COVERED: Final[frozenset[str]] = frozenset(
+    {
+        "RegisterIdentity",
+        "RegisterMember",
+        "RegisterOrgCA",
+        "RotateOrgCA",
+        "GetOrgCA",
+        "GetIdentity",
+        "PublishTypeKey",
+        "GetTypeKey",
+        "RegisterRecord",
+        "AmendRecord",
+        "GetRecord",
+        "GetRecordHistory",
+        "ListRecords",
+        "ListRecordVersions",
+        "ListGrantedRecords",
+        "GrantAccess",
+        "RevokeAccess",
+        "GetGrant",
+        "ListGrants",
+        "RequestAccess",
+        "CheckApproval",
+        "ReportReencryption",
+        "GetAuditTrail",
+        "VerifyAuditTrail",
+        "StateDigest",
+    }
+)
+"""Every chaincode function :class:`EhrContract` calls (the DKG board and KGC roster functions
+are :class:`~ehrshare.contract.dkg.DkgBoardClient`'s). Whether each is submitted or evaluated
+is the chaincode's own declaration (:func:`~ehrshare.contract.calls.transact`)."""
+
+ErrorMap = Callable[[str, LedgerError], BaseException]
+"""``(function, ledger error) → the exception to raise``; returning the ledger error itself
+re-raises it unchanged."""
+
+
+def _page_size(page_size: int | None) -> str:
+    return "" if page_size is None else str(page_size)
+
+
+def grant_access_args(
+    *,
+    label: str,
+    grantee: str,
+    expiry: int,
+    max_hops: int,
+    allowed_next: Sequence[str],
+    parent_grant_id: str,
+    proxy: str,
+    grant_id: str = "",
+) -> tuple[str, ...]:
+    """GrantAccess's positional arguments; without ``grant_id`` the chaincode picks one (and
+    the argument is left off, as the benchmark has always sent it)."""
+    args = (
+        label,
+        grantee,
+        str(expiry),
+        str(max_hops),
+        json.dumps(sorted(allowed_next)) if allowed_next else "",
+        parent_grant_id,
+        proxy,
+    )
+    return (*args, grant_id) if grant_id else args
+
+
+def register_record_args(
+    *,
+    record_id: str,
+    owner: str,
+    label: str,
+    cid: str,
+    sha256: str,
+    capsule: bytes,
+    format_version: str,
+) -> tuple[str, ...]:
+    """RegisterRecord's positional arguments (the capsule base64 as on chain)."""
+    return (
+        record_id,
+        owner,
+        label,
+        cid,
+        sha256,
+        base64.b64encode(capsule).decode(),
+        format_version,
+    )
+
+
+class EhrContract:
+    """The EHR chaincode with a method per function, called with ``contract``'s identity.
+
+    ``labels`` names the clinical types of the records and grants it returns; ``errors`` maps a
+    failed call to the caller's error (see the module docstring). Use :meth:`call` only for a
+    function this class has no method for.
+    """
+
+    def __init__(
+        self,
+        contract: Contract,
+        *,
+        labels: TypeLabels | None = None,
+        errors: ErrorMap | None = None,
+    ) -> None:
+        self.contract = contract
+        self.labels = labels
+        self._errors = errors
+
+    def __repr__(self) -> str:
+        return f"EhrContract({self.contract.chaincode_name!r})"
+
+    @property
+    def dkg(self) -> DkgBoardClient:
+        """The DKG board and KGC roster functions, on the same contract handle."""
+        return DkgBoardClient(self.contract)
+
+    def call(self, function: str, *args: str) -> Any:
+        """Submit or evaluate ``function`` as the chaincode declares it; its decoded JSON answer."""
+        try:
+            return json.loads(transact(self.contract, function, *args))
+        except LedgerError as exc:
+            if self._errors is None:
+                raise
+            mapped = self._errors(function, exc)
+            if mapped is exc:
+                raise
+            raise mapped from None
+
+    # --- identities and organisations --------------------------------------------------------
+
+    def register_identity(self) -> Member:
+        """Register the caller (its role comes from its certificate)."""
+        return Member.from_chain(self.call("RegisterIdentity"))
+
+    def register_member(self, cert_pem: str, role: str) -> Member:
+        """An org admin registers a member of its organisation by certificate."""
+        return Member.from_chain(self.call("RegisterMember", cert_pem, role))
+
+    def register_org_ca(self, ca_pem: str) -> OrgCA:
+        """An org admin registers its organisation's member CA."""
+        return OrgCA.from_chain(self.call("RegisterOrgCA", ca_pem))
+
+    def rotate_org_ca(self, ca_pem: str, previous_sha256: str) -> OrgCA:
+        """An org admin replaces its organisation's member CA."""
+        return OrgCA.from_chain(self.call("RotateOrgCA", ca_pem, previous_sha256))
+
+    def get_org_ca(self, msp_id: str) -> OrgCA:
+        """An organisation's member CA."""
+        return OrgCA.from_chain(self.call("GetOrgCA", msp_id))
+
+    def get_identity(self, ibe_id: str) -> Member:
+        """A registered identity."""
+        return Member.from_chain(self.call("GetIdentity", ibe_id))
+
+    def publish_type_key(self, label: str, key_b64: str, format_version: str) -> TypeKey:
+        """Publish the caller's type public key for ``label`` (republishing rotates it)."""
+        return TypeKey.from_chain(self.call("PublishTypeKey", label, key_b64, format_version))
+
+    def get_type_key(self, ibe_id: str, label: str) -> TypeKey:
+        """Someone's type public key for ``label``."""
+        return TypeKey.from_chain(self.call("GetTypeKey", ibe_id, label))
+
+    # --- records -----------------------------------------------------------------------------
+
+    def register_record(
+        self,
+        *,
+        record_id: str,
+        owner: str,
+        label: str,
+        cid: str,
+        sha256: str,
+        capsule: bytes,
+        format_version: str,
+    ) -> StoredRecord:
+        """Register a record's pointer (its ciphertext already stored)."""
+        args = register_record_args(
+            record_id=record_id,
+            owner=owner,
+            label=label,
+            cid=cid,
+            sha256=sha256,
+            capsule=capsule,
+            format_version=format_version,
+        )
+        return StoredRecord.from_chain(self.call("RegisterRecord", *args), self.labels)
+
+    def amend_record(
+        self, *, record_id: str, cid: str, sha256: str, capsule: bytes, format_version: str
+    ) -> StoredRecord:
+        """Register a new version of a record."""
+        return StoredRecord.from_chain(
+            self.call(
+                "AmendRecord",
+                record_id,
+                cid,
+                sha256,
+                base64.b64encode(capsule).decode(),
+                format_version,
+            ),
+            self.labels,
+        )
+
+    def get_record(self, record_id: str, version: int | None = None) -> StoredRecord:
+        """A record's pointer: the latest version, or ``version``."""
+        args = (record_id,) if version is None else (record_id, str(version))
+        return StoredRecord.from_chain(self.call("GetRecord", *args), self.labels)
+
+    def get_record_history(self, record_id: str) -> list[StoredRecord]:
+        """Every version of a record, oldest first."""
+        return [
+            StoredRecord.from_chain(r, self.labels)
+            for r in self.call("GetRecordHistory", record_id)
+        ]
+
+    def list_records(
+        self, patient: str, *, page_size: int | None = None, bookmark: str = ""
+    ) -> Page[StoredRecord]:
+        """One page of a patient's records."""
+        data = self.call("ListRecords", patient, _page_size(page_size), bookmark)
+        return Page.from_chain(data, "records", self._stored)
+
+    def list_record_versions(
+        self, *, page_size: int | None = None, bookmark: str = ""
+    ) -> Page[RecordVersion]:
+        """One page of every version of every record (org admins and auditors)."""
+        data = self.call("ListRecordVersions", _page_size(page_size), bookmark)
+        return Page.from_chain(data, "versions", RecordVersion.from_chain)
+
+    def list_granted_records(
+        self, grant_id: str, *, page_size: int | None = None, bookmark: str = ""
+    ) -> Page[StoredRecord]:
+        """One page of the records a grant lets its grantee read now (a page may hold fewer
+        than asked, even none, before the last: follow the bookmark until it is empty)."""
+        data = self.call("ListGrantedRecords", grant_id, _page_size(page_size), bookmark)
+        return Page.from_chain(data, "records", self._stored)
+
+    def _stored(self, data: dict[str, Any]) -> StoredRecord:
+        return StoredRecord.from_chain(data, self.labels)
+
+    # --- access ------------------------------------------------------------------------------
+
+    def grant_access(
+        self,
+        *,
+        label: str,
+        grantee: str,
+        expiry: int,
+        max_hops: int,
+        allowed_next: Sequence[str],
+        parent_grant_id: str,
+        proxy: str,
+        grant_id: str = "",
+    ) -> Grant:
+        """Grant (or, with ``parent_grant_id``, forward) access to a type of records."""
+        args = grant_access_args(
+            label=label,
+            grantee=grantee,
+            expiry=expiry,
+            max_hops=max_hops,
+            allowed_next=allowed_next,
+            parent_grant_id=parent_grant_id,
+            proxy=proxy,
+            grant_id=grant_id,
+        )
+        return self._grant(self.call("GrantAccess", *args))
+
+    def revoke_access(self, grant_id: str) -> Grant:
+        """Revoke a grant (its owner or grantor)."""
+        return self._grant(self.call("RevokeAccess", grant_id))
+
+    def get_grant(self, grant_id: str) -> Grant:
+        """One grant."""
+        return self._grant(self.call("GetGrant", grant_id))
+
+    def list_grants(
+        self,
+        party: str,
+        side: Literal["owner", "grantor", "grantee"],
+        *,
+        page_size: int | None = None,
+        bookmark: str = "",
+    ) -> Page[Grant]:
+        """One page of the grants ``party`` gave as patient, forwarded, or received."""
+        data = self.call("ListGrants", party, side, _page_size(page_size), bookmark)
+        return Page.from_chain(data, "grants", self._grant)
+
+    def _grant(self, data: dict[str, Any]) -> Grant:
+        return Grant.from_chain(data, self.labels)
+
+    def request_access(self, record_id: str, grant_id: str = "") -> Access:
+        """Ask to read a record (under ``grant_id``, or the first grant that covers it); the
+        decision is committed and logged either way."""
+        return Access.from_chain(self.call("RequestAccess", record_id, grant_id))
+
+    def check_approval(self, access_id: str) -> Access:
+        """For a proxy (or an auditor): the committed approval and its reported hops."""
+        return Access.from_chain(self.call("CheckApproval", access_id))
+
+    def report_reencryption(
+        self,
+        access_id: str,
+        outcome: Literal["ok", "failed"],
+        detail: str = "",
+        *,
+        applied: int | None = None,
+        capsule_sha256: str = "",
+    ) -> dict[str, Any]:
+        """For a proxy: report a re-encryption it performed (with the hops the released capsule
+        carries and its hash) or refused; returns the log entry."""
+        args = [access_id, outcome, detail]
+        if applied is not None:
+            args += [str(applied), capsule_sha256]
+        entry: dict[str, Any] = self.call("ReportReencryption", *args)
+        return entry
+
+    # --- audit -------------------------------------------------------------------------------
+
+    def get_audit_trail(
+        self,
+        kind: Literal["patient", "record"],
+        subject: str,
+        *,
+        page_size: int | None = None,
+        bookmark: str = "",
+    ) -> Page[dict[str, Any]]:
+        """One page of the operation log of a patient or of one record."""
+        data = self.call("GetAuditTrail", kind, subject, _page_size(page_size), bookmark)
+        return Page.from_chain(data, "entries", dict)
+
+    def verify_audit_trail(self, chain: str) -> AuditCheck:
+        """The chaincode's recomputation of a patient's log against its head."""
+        return AuditCheck.from_chain(self.call("VerifyAuditTrail", chain))
+
+    def state_digest(self) -> StateDigest:
+        """SHA-256 over the contract's world state (compare it across organisations)."""
+        return StateDigest.from_chain(self.call("StateDigest"))

@@ -1,0 +1,379 @@
+"""What the chaincode answers, typed: one class per kind of answer, each with its ``from_chain``.
+
+Parsers only: nothing here calls the ledger (:mod:`ehrshare.contract.client` does). A type label
+is opaque on chain; given a :class:`~ehrshare.fhir.TypeLabels`, a parser names its clinical type
+(``type``), without one ``type`` is None and only ``label`` is set.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+from ehrshare.fhir import TypeLabels
+
+__all__ = [
+    "Access",
+    "AuditCheck",
+    "AuditTrail",
+    "AuditVerification",
+    "Grant",
+    "Hop",
+    "Member",
+    "OrgCA",
+    "Page",
+    "RecordRef",
+    "RecordVersion",
+    "Reencryption",
+    "StateDigest",
+    "StoredRecord",
+    "TypeKey",
+]
+
+_T = TypeVar("_T")
+
+
+def _reveal(labels: TypeLabels | None, label: str) -> str | None:
+    return labels.reveal(label) if labels is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class Page(Generic[_T]):
+    """One page of a paginated query; an empty ``bookmark`` is the last page."""
+
+    items: tuple[_T, ...]
+    bookmark: str
+
+    @classmethod
+    def from_chain(
+        cls, data: Mapping[str, Any], key: str, parse: Callable[[dict[str, Any]], _T]
+    ) -> Page[_T]:
+        """Build from a chaincode page (``{key: [...], "bookmark": ...}``)."""
+        return cls(tuple(parse(item) for item in data[key]), str(data["bookmark"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """A registered identity: its IBE id, hospital (MSP id) and role; ``data`` is the whole
+    entry as the chaincode keeps it (subject, issuer, when and by whom registered)."""
+
+    ibe_id: str
+    msp_id: str
+    role: str
+    data: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any]) -> Member:
+        """Build from a chaincode identity."""
+        return cls(str(data["ibe_id"]), str(data["msp_id"]), str(data["role"]), data)
+
+
+@dataclass(frozen=True, slots=True)
+class OrgCA:
+    """An organisation's member CA as registered on chain (RegisterOrgCA / RotateOrgCA)."""
+
+    msp_id: str
+    ca_pem: str
+    sha256: str
+    data: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any]) -> OrgCA:
+        """Build from a chaincode org CA entry."""
+        return cls(str(data["msp_id"]), str(data["ca_pem"]), str(data["sha256"]), data)
+
+
+@dataclass(frozen=True, slots=True)
+class TypeKey:
+    """A member's type public key for one type label, base64 as on chain; ``epoch`` is the
+    master key it was proven under (None on a key from before epochs)."""
+
+    ibe_id: str
+    label: str
+    key: str
+    epoch: str | None
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any]) -> TypeKey:
+        """Build from a chaincode type key."""
+        epoch = data.get("epoch")
+        return cls(
+            str(data["ibe_id"]),
+            str(data["type"]),
+            str(data["key"]),
+            None if epoch is None else str(epoch),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordRef:
+    """A pointer to a record on chain: what :meth:`Session.read_record` takes.
+
+    ``type`` is the clinical type (``None`` when the label is not one this profile knows);
+    ``label`` is the opaque label stored on chain.
+    """
+
+    record_id: str
+    owner: str
+    type: str | None
+    label: str
+    cid: str
+    sha256: str
+    version: int
+    creator: str
+    created_at: int
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any], labels: TypeLabels | None = None) -> RecordRef:
+        """Build from a chaincode record."""
+        return cls(
+            record_id=data["record_id"],
+            owner=data["owner"],
+            type=_reveal(labels, data["type"]),
+            label=data["type"],
+            cid=data["cid"],
+            sha256=data["sha256"],
+            version=int(data["version"]),
+            creator=data["creator"],
+            created_at=int(data["created_at"]),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    """A record pointer with what only a reader needs: its capsule and the master key epoch
+    it was encrypted under (None on a record from before epochs)."""
+
+    ref: RecordRef
+    capsule: bytes = field(repr=False)
+    epoch: str | None
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any], labels: TypeLabels | None = None) -> StoredRecord:
+        """Build from a chaincode record."""
+        epoch = data.get("epoch")
+        return cls(
+            RecordRef.from_chain(data, labels),
+            base64.b64decode(data["capsule"]),
+            None if epoch is None else str(epoch),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RecordVersion:
+    """One version of a record as ListRecordVersions names it: what a store must hold."""
+
+    record_id: str
+    version: int
+    cid: str
+    sha256: str
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any]) -> RecordVersion:
+        """Build from a ListRecordVersions item."""
+        return cls(data["record_id"], int(data["version"]), data["cid"], data["sha256"])
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """A grant as committed: who may read which type of whose records, until when, how far."""
+
+    grant_id: str
+    owner: str
+    grantor: str
+    grantee: str
+    type: str | None
+    label: str
+    expiry: int
+    max_hops: int
+    hop: int
+    parent_grant_id: str
+    state: str
+    proxy: str = ""
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any], labels: TypeLabels | None = None) -> Grant:
+        """Build from a chaincode grant."""
+        return cls(
+            grant_id=data["grant_id"],
+            owner=data["owner"],
+            grantor=data["grantor"],
+            grantee=data["grantee"],
+            type=_reveal(labels, data["type"]),
+            label=data["type"],
+            expiry=int(data["expiry"]),
+            max_hops=int(data["max_hops"]),
+            hop=int(data["hop"]),
+            parent_grant_id=data["parent_grant_id"],
+            state=data["state"],
+            proxy=str(data.get("proxy", "")),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return {k: getattr(self, k) for k in self.__slots__}
+
+
+@dataclass(frozen=True, slots=True)
+class Hop:
+    """One grant of an access's chain (root first) and the proxy holding its re-key."""
+
+    grant_id: str
+    proxy: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reencryption:
+    """A proxy's report that it released a capsule carrying ``applied`` hops of an access."""
+
+    applied: int
+    proxy: str
+    capsule_sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class Access:
+    """An access decision (RequestAccess), or a committed approval (CheckApproval, which adds
+    the re-encryptions reported so far). ``record`` is the pointer decided on, when an allowed
+    RequestAccess carries it; ``capsule_sha256`` is None on an approval from before capsule
+    hashes."""
+
+    access_id: str
+    record_id: str
+    record_version: int
+    owner: str
+    label: str
+    requester: str
+    decision: str
+    reason: str
+    grant_id: str
+    capsule_sha256: str | None
+    chain: tuple[Hop, ...]
+    reports: tuple[Reencryption, ...] = ()
+    record: StoredRecord | None = field(default=None, repr=False)
+
+    @property
+    def allowed(self) -> bool:
+        """Whether the decision is allow."""
+        return self.decision == "allow"
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any]) -> Access:
+        """Build from a chaincode access entry."""
+        digest = data.get("capsule_sha256")
+        return cls(
+            access_id=str(data["access_id"]),
+            record_id=str(data["record_id"]),
+            record_version=int(data["record_version"]),
+            owner=str(data["owner"]),
+            label=str(data["type"]),
+            requester=str(data["requester"]),
+            decision=str(data["decision"]),
+            reason=str(data["reason"]),
+            grant_id=str(data["grant_id"]),
+            capsule_sha256=None if digest is None else str(digest),
+            chain=tuple(
+                Hop(str(h["grant_id"]), str(h.get("proxy", ""))) for h in data.get("chain", [])
+            ),
+            reports=tuple(
+                Reencryption(int(r["applied"]), str(r["proxy"]), str(r["capsule_sha256"]))
+                for r in data.get("reports", [])
+            ),
+            record=StoredRecord.from_chain(data["record"]) if data.get("record") else None,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditCheck:
+    """The chaincode's recomputation of one hash-chained log (VerifyAuditTrail), or the same
+    rule run offline (:func:`ehrshare_chaincode.auditlog.verify_entries`); ``head`` is set
+    when valid."""
+
+    chain: str
+    valid: bool
+    length: int
+    first_bad_seq: int
+    reason: str
+    head: str | None = None
+
+    @classmethod
+    def from_chain(cls, data: Mapping[str, Any]) -> AuditCheck:
+        """Build from a verification result."""
+        head = data.get("head")
+        return cls(
+            chain=str(data["chain"]),
+            valid=bool(data["valid"]),
+            length=int(data["length"]),
+            first_bad_seq=int(data["first_bad_seq"]),
+            reason=str(data["reason"]),
+            head=None if head is None else str(head),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The result as the chaincode gives it."""
+        out: dict[str, Any] = {
+            "chain": self.chain,
+            "valid": self.valid,
+            "length": self.length,
+            "first_bad_seq": self.first_bad_seq,
+            "reason": self.reason,
+        }
+        if self.head is not None:
+            out["head"] = self.head
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class StateDigest:
+    """SHA-256 over the contract's world state and the number of keys (equal on every peer at
+    the same height)."""
+
+    sha256: str
+    keys: int
+
+    @classmethod
+    def from_chain(cls, data: Mapping[str, Any]) -> StateDigest:
+        """Build from a StateDigest answer."""
+        return cls(str(data["sha256"]), int(data["keys"]))
+
+
+@dataclass(frozen=True, slots=True)
+class AuditTrail:
+    """The operation-log entries of a patient's chain (or of one record), oldest first."""
+
+    chain: str
+    entries: tuple[dict[str, Any], ...]
+    record_id: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return {"chain": self.chain, "record_id": self.record_id, "entries": list(self.entries)}
+
+
+@dataclass(frozen=True, slots=True)
+class AuditVerification:
+    """The outcome of :meth:`Session.verify_audit`: valid only if every check passed."""
+
+    chain: str
+    valid: bool
+    length: int
+    first_bad_seq: int
+    reason: str
+    checks: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return {
+            "chain": self.chain,
+            "valid": self.valid,
+            "length": self.length,
+            "first_bad_seq": self.first_bad_seq,
+            "reason": self.reason,
+            "checks": self.checks,
+        }

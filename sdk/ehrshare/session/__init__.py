@@ -1,0 +1,54 @@
+"""The SDK's member session (:class:`Session`, opened by :func:`ehrshare.connect`), its errors
+and the values it returns; see :mod:`ehrshare.session.session`. The services it calls are seen
+through :mod:`ehrshare.services.protocols`."""
+
+from __future__ import annotations
+
+from ehrshare.contract.types import AuditTrail, AuditVerification, Grant, RecordRef
+from ehrshare.session.core import ProxyRoute
+from ehrshare.session.enrolment import EnrollmentResult
+from ehrshare.session.errors import (
+    AccessDenied,
+    EnrollmentError,
+    ForeignIdentity,
+    GrantNotServed,
+    LedgerUnreachable,
+    NoSuchMember,
+    NotEnrolledError,
+    ProxyError,
+    ProxyNotInProfile,
+    ProxyUnreachable,
+    RecordIntegrityError,
+    RecordStorageError,
+    RecordTooLarge,
+    RequestRejected,
+    SdkError,
+    UnknownProxy,
+)
+from ehrshare.session.session import Session
+
+__all__ = [
+    "AccessDenied",
+    "AuditTrail",
+    "AuditVerification",
+    "EnrollmentError",
+    "EnrollmentResult",
+    "ForeignIdentity",
+    "Grant",
+    "GrantNotServed",
+    "LedgerUnreachable",
+    "NoSuchMember",
+    "NotEnrolledError",
+    "ProxyError",
+    "ProxyNotInProfile",
+    "ProxyRoute",
+    "ProxyUnreachable",
+    "RecordIntegrityError",
+    "RecordRef",
+    "RecordStorageError",
+    "RecordTooLarge",
+    "RequestRejected",
+    "SdkError",
+    "Session",
+    "UnknownProxy",
+]

@@ -1,0 +1,276 @@
+"""Records: put a record (store first, then register), list them, and read one (request
+access, the proxies of the grant chain in order, decrypt)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+from typing import Any
+
+from fhir_core.fhirabstractmodel import FHIRAbstractModel
+
+from ehrshare import crypto
+from ehrshare.contract import Access, Grant, Page, RecordRef, StoredRecord
+from ehrshare.faults import fault_point
+from ehrshare.fhir import FhirValidationError, parse_resource, resource_bytes
+from ehrshare.hazmat.errors import DecryptionError
+from ehrshare.services.protocols import NoReKey, ProxyError, ProxyUnavailable
+from ehrshare.session.core import _MAX_FALLBACK_GRANTS, _PAGE, FORMAT_VERSION, SessionCore
+from ehrshare.session.errors import (
+    AccessDenied,
+    GrantNotServed,
+    ProxyUnreachable,
+    RecordIntegrityError,
+    RecordStorageError,
+    RecordTooLarge,
+    RequestRejected,
+    SdkError,
+)
+from ehrshare.storage import ContentNotFound, IntegrityError, StorageError, get_verified, sha256_hex
+
+_log = logging.getLogger(__name__)
+
+
+class Records(SessionCore):
+    """A session's records: storing, listing and reading them."""
+
+    def put_record(
+        self,
+        resource: FHIRAbstractModel | dict[str, Any] | str | bytes,
+        *,
+        patient: str | None = None,
+        type: str | None = None,
+    ) -> RecordRef:
+        """Encrypt a FHIR R4 resource for ``patient`` (yourself if you are the patient) and
+        register it. The type comes from the resource's ``meta.security`` and category (see
+        :class:`~ehrshare.fhir.TypeMapping`); ``type=`` names it for resources no rule covers.
+
+        Raises FhirValidationError, UnknownRecordType, RecordTooLarge, RecordStorageError (then
+        nothing is on chain) or RequestRejected.
+        """
+        model = parse_resource(resource)
+        plaintext = resource_bytes(model)
+        if len(plaintext) > self.max_record_bytes:
+            raise RecordTooLarge(
+                f"record is {len(plaintext)} bytes; this profile's limit is "
+                f"{self.max_record_bytes} (limits.max_record_bytes)"
+            )
+        type_name = self.mapping.resolve(model, type)
+        label = self.labels.opaque(type_name)
+        owner = patient or self.ibe_id
+        owner_key = self._type_key(owner, label)
+        record_id = "r-" + secrets.token_hex(16)
+        capsule, sealed = crypto.encrypt_record(plaintext, owner_key=owner_key, record_id=record_id)
+        del plaintext
+        digest = sha256_hex(sealed)
+        try:
+            cid = self.store.put(sealed)
+            get_verified(self.store, cid, digest)
+        except StorageError as exc:
+            raise RecordStorageError(
+                f"could not store the encrypted record ({exc}); nothing was registered on chain"
+                " — check that the content store (Kubo daemon) is running and retry"
+            ) from None
+        # A crash here leaves an unreferenced ciphertext: 'ehrshare store gc' removes it.
+        fault_point("put.after_store")
+        try:
+            record = self.chain.register_record(
+                record_id=record_id,
+                owner=owner,
+                label=label,
+                cid=cid,
+                sha256=digest,
+                capsule=capsule,
+                format_version=FORMAT_VERSION,
+            )
+        except RequestRejected:
+            try:
+                self.store.unpin(cid)
+            except StorageError:
+                _log.warning("could not release unregistered ciphertext %s", cid)
+            raise
+        fault_point("put.after_register")
+        _log.info("registered record %s (%s) for %s", record_id, type_name, owner)
+        return record.ref
+
+    def list_records(self, patient: str | None = None) -> list[RecordRef]:
+        """Every record of a patient (yourself by default; others need the auditor role)."""
+        owner = patient or self.ibe_id
+        pages = self._pages(
+            lambda bookmark: self.chain.list_records(owner, page_size=_PAGE, bookmark=bookmark)
+        )
+        return [record.ref for record in pages]
+
+    def granted_records(self) -> list[tuple[RecordRef, Grant]]:
+        """The records you may read now under grants you hold (as a clinician), each with the
+        grant that lets you: every active, unexpired grant whose chain is still valid, and the
+        owner's records of its type. A record two grants cover is listed once."""
+        now = self._now()
+        seen: set[str] = set()
+        out: list[tuple[RecordRef, Grant]] = []
+        for grant in self.grants("grantee"):
+            if grant.state != "active" or grant.expiry <= now:
+                continue
+            try:
+                pages = self._pages(functools.partial(self._granted, grant.grant_id), sparse=True)
+                for record in pages:
+                    if record.ref.record_id not in seen:
+                        seen.add(record.ref.record_id)
+                        out.append((record.ref, grant))
+            except RequestRejected:
+                continue  # a grant up its chain was revoked or expired since it was listed
+        return out
+
+    def _granted(self, grant_id: str, bookmark: str) -> Page[StoredRecord]:
+        return self.chain.list_granted_records(grant_id, page_size=_PAGE, bookmark=bookmark)
+
+    def read_record(
+        self,
+        ref: RecordRef | str,
+        *,
+        grant: Grant | str | None = None,
+    ) -> FHIRAbstractModel:
+        """Read and decrypt a record you own or were granted.
+
+        Submits RequestAccess (logged either way); only after an allow decision has committed
+        do the proxies of the grant chain re-encrypt the capsule, in chain order. ``grant``
+        names the grant to read under when you hold several (their re-keys may sit at
+        different proxies). Raises :class:`AccessDenied` on a denial, and
+        :class:`RecordIntegrityError` when the ciphertext is missing, altered or does not
+        decrypt.
+        """
+        record_id = ref.record_id if isinstance(ref, RecordRef) else ref
+        grant_id = "" if grant is None else grant.grant_id if isinstance(grant, Grant) else grant
+        try:
+            return self._read(record_id, grant_id)
+        except GrantNotServed as first:
+            if grant_id:
+                raise
+            # The chaincode picked a grant whose proxy cannot serve it; another grant of
+            # yours covering the record may be fine (e.g. the patient granted again).
+            tried = set(first.grant_ids)
+            for other in self._covering_grants(record_id):
+                if other.grant_id in tried:
+                    continue
+                tried.add(other.grant_id)
+                try:
+                    return self._read(record_id, other.grant_id)
+                except (GrantNotServed, AccessDenied):
+                    continue
+            raise
+
+    def _covering_grants(self, record_id: str) -> list[Grant]:
+        """Your active, unexpired grants that cover ``record_id`` (at most a few)."""
+        record = self.get_record(record_id)
+        now = self._now()
+        return [
+            g
+            for g in self.grants("grantee")
+            if g.owner == record.owner
+            and g.label == record.label
+            and g.state == "active"
+            and g.expiry > now
+        ][:_MAX_FALLBACK_GRANTS]
+
+    def _read(self, record_id: str, grant_id: str) -> FHIRAbstractModel:
+        # No per-record serialisation: each RequestAccess commits its own approval, keyed by
+        # its access id, so concurrent reads of one record do not supersede each other.
+        if self._sk is None:
+            self._secret_key()  # says how to enrol
+        access = self.chain.request_access(record_id, grant_id)
+        if not access.allowed:
+            raise AccessDenied(record_id, self._humanise(access.reason), access.access_id)
+        record = access.record
+        if record is None or record.ref.version != access.record_version:
+            record = self.chain.get_record(record_id, access.record_version)
+        owner, label = record.ref.owner, record.ref.label
+        # Opened with the key of the record's master key (a grant's chain is of that epoch
+        # too: the chain refuses grants of another); a record from before epochs has none and
+        # is of the current key (the chain refused new DKGs once records existed).
+        keys = self._keys_for(record_id, self.epoch if record.epoch is None else record.epoch)
+        capsule = record.capsule
+        if access.grant_id != "owner":
+            capsule = self._reencrypt_along(access, capsule)
+        try:
+            sealed = get_verified(self.store, record.ref.cid, record.ref.sha256)
+        except (ContentNotFound, IntegrityError) as exc:
+            raise RecordIntegrityError(f"could not read record {record_id}: {exc}") from None
+        except StorageError as exc:
+            raise RecordStorageError(f"could not read record {record_id}: {exc}") from None
+        plaintext = b""
+        for i, sk in enumerate(keys):
+            receiving = self._type_secret(sk, label) if sk is self._sk else sk.type_secret(label)
+            try:
+                plaintext = crypto.decrypt_record(
+                    sealed,
+                    capsule=capsule,
+                    owner=owner,
+                    type_label=label,
+                    record_id=record_id,
+                    receiving_sk=receiving,
+                )
+                break
+            except (DecryptionError, ValueError) as exc:
+                if i == len(keys) - 1:
+                    raise RecordIntegrityError(
+                        f"record {record_id} could not be decrypted: {exc}"
+                    ) from None
+        try:
+            return parse_resource(plaintext)
+        except FhirValidationError as exc:
+            raise SdkError(f"record {record_id} decrypted to invalid FHIR: {exc}") from None
+
+    def _reencrypt_along(self, access: Access, capsule: bytes) -> bytes:
+        """Visit each run of consecutive hops' proxy in chain order with the capsule so far
+        (hops in a row at one proxy are one visit: that proxy applies them all)."""
+        record_id, access_id = access.record_id, access.access_id
+        runs: list[tuple[str, list[str]]] = []  # (proxy, grant ids of its hops), chain order
+        for hop in access.chain:
+            proxy, grant_id = hop.proxy, hop.grant_id
+            if runs and runs[-1][0] == proxy:
+                runs[-1][1].append(grant_id)
+            else:
+                runs.append((proxy, [grant_id]))
+        for proxy, grant_ids in runs:
+            route = self._route(proxy)
+            held = f"grant{'s' if len(grant_ids) > 1 else ''} {', '.join(grant_ids)}"
+            try:
+                # The capsule is sent along for proxies that may not read record pointers; a
+                # proxy that can read them refuses a capsule that is not the record's own, and a
+                # later hop's proxy refuses one the previous proxy did not report on chain.
+                capsule = route.client.reencrypt(
+                    record_id=record_id,
+                    requester=self.ibe_id,
+                    approval_id=access_id,
+                    grant_id=access.grant_id,
+                    capsule=capsule,
+                )
+            except SdkError:
+                raise
+            except NoReKey as exc:
+                raise GrantNotServed(
+                    f"the re-encryption proxy of hospital {route.msp_id} ({proxy}) holds no "
+                    f"re-key for {held}, so record {record_id} cannot be read under it ({exc}); "
+                    "this does not heal by waiting: the grantor can deliver it again with "
+                    f"'ehrshare grant repair {grant_ids[-1]}', or revoke the grant",
+                    grant_ids=grant_ids,
+                    proxy=proxy,
+                ) from None
+            except (ProxyUnavailable, ConnectionError) as exc:
+                raise ProxyUnreachable(
+                    f"the re-encryption proxy of hospital {route.msp_id} ({proxy}) is "
+                    f"unreachable; it holds the re-key of {held}, so record {record_id} cannot "
+                    f"be read under access {access_id} ({exc}); the request is logged — read "
+                    "again once that proxy is back",
+                    proxy=proxy,
+                    msp_id=route.msp_id,
+                    grant_ids=grant_ids,
+                    access_id=access_id,
+                ) from None
+            except Exception as exc:
+                raise ProxyError(
+                    f"the re-encryption proxy of hospital {route.msp_id} ({proxy}, holding "
+                    f"{held}) could not serve record {record_id}: {exc}"
+                ) from None
+        return capsule
