@@ -641,7 +641,7 @@ class Consortium(Closing):
     def dkg_result(self) -> dict[str, Any]:
         """The latest DKG result on chain (mpk, public polynomial, QUAL), read as the proxy."""
         with self.session(Wallet(self.profile.proxy.wallet or Path(), use_env=False)) as s:
-            result: dict[str, Any] = s._evaluate("GetDKGResult", "")
+            result: dict[str, Any] = s.chain.dkg.result()
         return result
 
     # --- members -----------------------------------------------------------------------------

@@ -20,7 +20,7 @@ def test_session_roster_is_the_final_results_key_snapshot(consortium: Consortium
     consortium.add_member("ivy", "HospitalA", "patient")
     with consortium.session("ivy") as ivy:
         ivy.register()
-        result = ivy._evaluate("GetDKGResult", "")
+        result = ivy._call("GetDKGResult", "")
         assert [k.to_bytes() for k in ivy.roster] == [base64.b64decode(k) for k in result["keys"]]
         assert [k.to_bytes() for k in ivy.roster] == [
             n.public_key.to_bytes() for n in consortium.kgc_nodes

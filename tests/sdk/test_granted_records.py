@@ -32,7 +32,7 @@ def test_granted_records_follow_the_grants_type_owner_and_validity(people: Peopl
     # Only the grantee sees them, and only through a grant it holds.
     assert p.chen.granted_records() == []
     with pytest.raises(RequestRejected, match="is not the grantee of grant"):
-        p.chen._evaluate("ListGrantedRecords", grant.grant_id, "10", "")
+        p.chen._call("ListGrantedRecords", grant.grant_id, "10", "")
 
     # A referral lists the same records for the next hop.
     fwd = p.baker.forward(lab, p.chen.ibe_id)
@@ -44,7 +44,7 @@ def test_granted_records_follow_the_grants_type_owner_and_validity(people: Peopl
     assert p.baker.granted_records() == []
     assert p.chen.granted_records() == []
     with pytest.raises(RequestRejected, match="is revoked"):
-        p.chen._evaluate("ListGrantedRecords", fwd.grant_id, "10", "")
+        p.chen._call("ListGrantedRecords", fwd.grant_id, "10", "")
 
 
 def test_granted_records_expire_with_the_grant(people: People) -> None:

@@ -113,7 +113,7 @@ def test_old_and_new_records_read_for_owner_and_grantees_after_a_new_master_key(
         old_epoch = alice.epoch
         before_grant = alice.grant(_ibe(c, "baker"), "lab", expires=DAY)
     with c.session("adams") as adams:
-        assert adams._evaluate("GetRecord", old[0])["epoch"] == old_epoch
+        assert adams._call("GetRecord", old[0])["epoch"] == old_epoch
     wallet_dir = c.profile.wallet("alice").directory
     backup = tmp_path / "alice-backup"
     shutil.copytree(wallet_dir, backup)
@@ -140,7 +140,7 @@ def test_old_and_new_records_read_for_owner_and_grantees_after_a_new_master_key(
     _enrol(c, "cole")
     new = _put(c)
     with c.session("adams") as adams:
-        assert adams._evaluate("GetRecord", new)["epoch"] == new_epoch
+        assert adams._call("GetRecord", new)["epoch"] == new_epoch
     assert sorted(p.name for p in wallet_dir.glob("ibe*.key")) == sorted(
         ["ibe.key", f"ibe-{old_epoch}.key", f"ibe-{new_epoch}.key"]
     )

@@ -189,10 +189,10 @@ def test_gc_keeps_the_ciphertext_of_every_record_version(world: Path) -> None:
 
     with connect(world, Wallet(world / "wallets" / "alice", use_env=False)) as alice:
         (ref,) = alice.list_records()
-        old = alice._evaluate("GetRecord", ref.record_id)
+        old = alice._call("GetRecord", ref.record_id)
         sealed = b"a second version's ciphertext"
         cid = alice.store.put(sealed)
-        alice._submit(
+        alice._call(
             "AmendRecord", ref.record_id, cid, sha256_hex(sealed), old["capsule"], FORMAT_VERSION
         )
     report = store_json(world, "check", code=0)

@@ -473,7 +473,7 @@ def test_an_unreachable_ledger_is_named_not_taken_for_a_refusal(people: People) 
         with pytest.raises(LedgerUnreachable, match="could not reach any peer"):
             people.alice.grant(people.baker.ibe_id, "lab", expires=dt.timedelta(days=1))
         with pytest.raises(LedgerUnreachable, match="could not reach any peer to endorse"):
-            people.alice._submit("RevokeAccess", "g-" + "0" * 32)
+            people.alice._call("RevokeAccess", "g-" + "0" * 32)
     finally:
         people.alice.contract = real
     # A refusal by the chaincode stays a refusal.
@@ -486,7 +486,7 @@ def test_revoking_again_finishes_a_revocation_the_proxies_missed(people: People)
     # refuses already; running the revocation again succeeds and deletes the re-key.
     g = people.alice.grant(people.baker.ibe_id, "lab", expires=DAY)
     proxy = people.consortium.proxies[g.proxy]
-    people.alice._submit("RevokeAccess", g.grant_id)
+    people.alice._call("RevokeAccess", g.grant_id)
     assert proxy.holds(g.grant_id)
     assert people.alice.revoke(g.grant_id).state == "revoked"
     assert not proxy.holds(g.grant_id)

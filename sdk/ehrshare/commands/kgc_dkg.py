@@ -18,7 +18,6 @@ itself: it only submits the admin's transactions and reads the chain.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -50,14 +49,17 @@ _err = err_console()
 _POLL = 0.5  # seconds between reads of the session while waiting
 
 
-def _call(contract: Any, submit: bool, function: str, *args: str) -> Any:
+def _call(contract: Any, function: str, *args: str) -> Any:
+    """A DKG function by name through the typed client (the nonce stays the user's text, so
+    a malformed one gets the chaincode's own answer); a refusal ends the command with exit 1."""
+    from ehrshare.contract import EhrContract
     from ehrshare.ledger.errors import LedgerError
 
-    try:
-        call = contract.submit_transaction if submit else contract.evaluate_transaction
-        return json.loads(call(function, *args))
-    except LedgerError as exc:
+    def refused(function: str, exc: LedgerError) -> BaseException:
+        del function
         fail(EXIT_REFUSED, exc.message)
+
+    return EhrContract(contract, errors=refused).call(function, *args)
 
 
 @contextmanager
@@ -134,7 +136,7 @@ def _watch(contract: Any, nonce: str, timeout: float, quiet: bool) -> dict[str, 
     last = ""
     with progress(f"dkg session {nonce[:16]}", quiet) as update:
         while True:
-            state: dict[str, Any] = _call(contract, False, "GetDKGSession", nonce)
+            state: dict[str, Any] = _call(contract, "GetDKGSession", nonce)
             line = _summary(state)
             if line != last:
                 update(f"dkg session {nonce[:16]}: {line}")
@@ -301,8 +303,8 @@ def register_dkg(kgc_app: typer.Typer) -> None:
         """Show a DKG session: phase, who posted in each phase, and result finality (k of τ)."""
         with _admin(profile, wallet) as (_, s):
             if not nonce:
-                nonce = str(_call(s.contract, False, "GetDKGResult", "")["nonce"])
-            state = _call(s.contract, False, "GetDKGSession", nonce)
+                nonce = str(_call(s.contract, "GetDKGResult", "")["nonce"])
+            state = _call(s.contract, "GetDKGSession", nonce)
         if as_json:
             emit(state)
         else:
@@ -318,7 +320,7 @@ def register_dkg(kgc_app: typer.Typer) -> None:
     ) -> None:
         """Mark a session that can no longer finish as failed (refused while it still can)."""
         with _admin(profile, wallet) as (_, s):
-            state = _call(s.contract, True, "AbortDKGSession", nonce, reason)
+            state = _call(s.contract, "AbortDKGSession", nonce, reason)
         if as_json:
             emit(state)
         else:
@@ -446,7 +448,7 @@ def register_reshare(kgc_app: typer.Typer) -> None:
             )
         else:
             with _admin(profile, wallet) as (prof, s):
-                current = _call(s.contract, False, "GetDKGResult", "")
+                current = _call(s.contract, "GetDKGResult", "")
                 nodes = _profile_nodes(prof)
                 members, dealers, tau = _plan(current, nodes, remove or [], add or [], threshold)
                 _announce(current, nodes, members, dealers, tau, as_json)
@@ -517,7 +519,7 @@ def _reshare_here(
         prof = load_profile(profile)
         c = Consortium.open(prof)
     with c, mapped_errors(), c.session(unlocked_wallet(prof, need_wallet(wallet))) as admin:
-        current = _call(admin.contract, False, "GetDKGResult", "")
+        current = _call(admin.contract, "GetDKGResult", "")
         nodes = _profile_nodes(prof)
         members, dealers, tau = _plan(current, nodes, remove or [], add or [], threshold)
         _announce(current, nodes, members, dealers, tau, quiet)
@@ -541,5 +543,5 @@ def _reshare_here(
             )
         if not quiet:
             typer.echo(nonce)
-        state: dict[str, Any] = _call(admin.contract, False, "GetDKGSession", nonce)
+        state: dict[str, Any] = _call(admin.contract, "GetDKGSession", nonce)
     return state

@@ -8,18 +8,35 @@ before anything is sent.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from ehrshare.ledger.api import Contract
+from ehrshare.ledger.errors import LedgerError
 from ehrshare_chaincode import FUNCTIONS as CHAINCODE_FUNCTIONS
 
-__all__ = ["CHAINCODE_FUNCTIONS", "transact"]
+__all__ = ["CHAINCODE_FUNCTIONS", "ErrorMap", "transact"]
+
+ErrorMap = Callable[[str, LedgerError], BaseException]
+"""``(function, ledger error) → the exception to raise``; returning the ledger error itself
+re-raises it unchanged."""
 
 
-def transact(contract: Contract, function: str, *args: str) -> bytes:
+def transact(
+    contract: Contract, function: str, *args: str, errors: ErrorMap | None = None
+) -> bytes:
     """Submit ``function`` (ordered and committed) or evaluate it (a query on one peer), as the
-    chaincode declares it; its raw answer."""
+    chaincode declares it; its raw answer. A failure raises what ``errors`` maps it to (the
+    ledger's own error without a map)."""
     spec = CHAINCODE_FUNCTIONS.get(function)
     if spec is None:
         raise KeyError(f"the EHR chaincode has no function {function!r}")
-    if spec.kind == "submit":
-        return contract.submit_transaction(function, *args)
-    return contract.evaluate_transaction(function, *args)
+    run = contract.submit_transaction if spec.kind == "submit" else contract.evaluate_transaction
+    try:
+        return run(function, *args)
+    except LedgerError as exc:
+        if errors is None:
+            raise
+        mapped = errors(function, exc)
+        if mapped is exc:
+            raise
+        raise mapped from None

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Final, Literal
 
-from ehrshare.contract.calls import transact
+from ehrshare.contract.calls import ErrorMap, transact
 from ehrshare.contract.dkg import DkgBoardClient
 from ehrshare.contract.types import (
     Access,
@@ -37,7 +37,6 @@ from ehrshare.contract.types import (
 )
 from ehrshare.fhir import TypeLabels
 from ehrshare.ledger.api import Contract
-from ehrshare.ledger.errors import LedgerError
 
 __all__ = [
     "COVERED",
@@ -79,10 +78,6 @@ COVERED: Final[frozenset[str]] = frozenset(
 """Every chaincode function :class:`EhrContract` calls (the DKG board and KGC roster functions
 are :class:`~ehrshare.contract.dkg.DkgBoardClient`'s). Whether each is submitted or evaluated
 is the chaincode's own declaration (:func:`~ehrshare.contract.calls.transact`)."""
-
-ErrorMap = Callable[[str, LedgerError], BaseException]
-"""``(function, ledger error) → the exception to raise``; returning the ledger error itself
-re-raises it unchanged."""
 
 
 def _page_size(page_size: int | None) -> str:
@@ -161,19 +156,11 @@ class EhrContract:
     @property
     def dkg(self) -> DkgBoardClient:
         """The DKG board and KGC roster functions, on the same contract handle."""
-        return DkgBoardClient(self.contract)
+        return DkgBoardClient(self.contract, errors=self._errors)
 
     def call(self, function: str, *args: str) -> Any:
         """Submit or evaluate ``function`` as the chaincode declares it; its decoded JSON answer."""
-        try:
-            return json.loads(transact(self.contract, function, *args))
-        except LedgerError as exc:
-            if self._errors is None:
-                raise
-            mapped = self._errors(function, exc)
-            if mapped is exc:
-                raise
-            raise mapped from None
+        return json.loads(transact(self.contract, function, *args, errors=self._errors))
 
     # --- identities and organisations --------------------------------------------------------
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
-from ehrshare.contract.calls import transact
+from ehrshare.contract.calls import ErrorMap, transact
 from ehrshare.hazmat.dkg import NONCE_SIZE, BundleKind, DKGConfig, PublicPolynomial
 from ehrshare.hazmat.errors import EncodingError
 from ehrshare.hazmat.kgc_keys import KGCNodePublicKey
@@ -88,12 +88,13 @@ class DkgBoardClient:
     Use it wherever the key centre or an org admin reads or writes DKG state: the handle's
     identity is the caller the chaincode sees (a KGC node posts as itself, an admin opens and
     aborts). Every ledger failure surfaces as the handle's :class:`~ehrshare.ledger.errors.
-    LedgerError`; answers are returned as the chaincode sent them (JSON objects) unless a typed
-    result exists.
+    LedgerError`, or what ``errors`` maps it to; answers are returned as the chaincode sent them
+    (JSON objects) unless a typed result exists.
     """
 
-    def __init__(self, contract: Contract) -> None:
+    def __init__(self, contract: Contract, *, errors: ErrorMap | None = None) -> None:
         self._contract = contract
+        self._errors = errors
 
     @property
     def contract(self) -> Contract:
@@ -101,7 +102,7 @@ class DkgBoardClient:
         return self._contract
 
     def _call(self, function: str, *args: str) -> Any:
-        return json.loads(transact(self._contract, function, *args))
+        return json.loads(transact(self._contract, function, *args, errors=self._errors))
 
     # --- roster -------------------------------------------------------------------------------
 
@@ -175,6 +176,7 @@ class DkgBoardClient:
             PHASE_NAMES[BundleKind(phase)],
             base64.b64encode(bundle).decode("ascii"),
             str(BUNDLE_FORMAT_VERSION),
+            errors=self._errors,
         )
 
     def bundles(self, session: bytes, phase: BundleKind) -> list[tuple[str, bytes]]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import datetime as _dt
-import json
 import logging
 import re
 import time
@@ -186,25 +185,10 @@ class SessionCore(Closing):
             self._on_close()
             self._on_close = None
 
-    def _submit(self, function: str, *args: str) -> Any:
-        """A function :attr:`chain` has no method for (the DKG board's), submitted."""
-        try:
-            return json.loads(self.contract.submit_transaction(function, *args))
-        except LedgerError as exc:
-            mapped = self._ledger_error(function, exc)
-            if mapped is exc:
-                raise
-            raise mapped from None
-
-    def _evaluate(self, function: str, *args: str) -> Any:
-        """A function :attr:`chain` has no method for (the DKG board's), evaluated."""
-        try:
-            return json.loads(self.contract.evaluate_transaction(function, *args))
-        except LedgerError as exc:
-            mapped = self._ledger_error(function, exc)
-            if mapped is exc:
-                raise
-            raise mapped from None
+    def _call(self, function: str, *args: str) -> Any:
+        """Any chaincode function by name, submitted or evaluated as the chaincode declares it,
+        with this session's error mapping (tests and diagnostics; the SDK uses :attr:`chain`)."""
+        return self.chain.call(function, *args)
 
     def _ledger_error(self, function: str, exc: LedgerError) -> EhrshareError:
         """What a failed ledger call means to the member: unreachable, a certificate the
@@ -264,7 +248,7 @@ class SessionCore(Closing):
 
         if self._dkg is None:
             # GetDKGResult answers only a final result: τ KGC nodes posted the same view.
-            result = self._evaluate("GetDKGResult", "")
+            result = self.chain.dkg.result()
             try:
                 public = public_polynomial_from_chain(result)
                 roster = roster_from_chain(result)
