@@ -43,8 +43,8 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "EhrshareError": "ehrshare.errors",
-    "connect": "ehrshare.consortium",
-    "Consortium": "ehrshare.consortium",
+    "connect": "ehrshare.runtime",
+    "Consortium": "ehrshare.provisioning",
     "Profile": "ehrshare.profile",
     "ProfileError": "ehrshare.profile",
     "BackendUnavailable": "ehrshare.profile",
@@ -66,9 +66,10 @@ _SESSION_NAMES = (
 )
 
 if TYPE_CHECKING:
-    from ehrshare.consortium import Consortium, connect
     from ehrshare.errors import EhrshareError
     from ehrshare.profile import BackendUnavailable, Profile, ProfileError, Wallet
+    from ehrshare.provisioning import Consortium
+    from ehrshare.runtime import connect
     from ehrshare.session import (
         AccessDenied,
         AuditTrail,

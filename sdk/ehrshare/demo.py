@@ -38,8 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ehrshare.consortium import Consortium
 from ehrshare.processes import ServiceProcesses, free_loopback_ports, pid_alive
+from ehrshare.provisioning import Consortium
 from ehrshare.session import AccessDenied, Session
 
 __all__ = ["DemoResult", "DemoStep", "lab_observation", "run_demo"]

@@ -84,6 +84,7 @@ __all__ = [
     "WalletError",
     "is_sealed_wallet_file",
     "open_wallet_file",
+    "profile_file",
     "seal_wallet_file",
 ]
 
@@ -379,6 +380,12 @@ class Profile:
         if candidate.is_absolute() or os.sep in name:
             return Wallet(candidate)
         return Wallet(self.wallets / name)
+
+
+def profile_file(value: str | os.PathLike[str]) -> Path:
+    """The profile file a path names: the path itself, or ``profile.yaml`` in a directory."""
+    p = Path(value)
+    return p / "profile.yaml" if p.is_dir() else p
 
 
 def _fabric(ledger: Mapping[str, Any], rel: Any, fail: Any) -> FabricLedger:

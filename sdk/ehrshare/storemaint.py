@@ -27,9 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ehrshare.consortium import ADMIN_WALLET, ConsortiumError, _service_ledger_tls, open_store
 from ehrshare.ledgers import open_ledger
 from ehrshare.profile import Profile, Wallet
+from ehrshare.provisioning import ADMIN_WALLET
+from ehrshare.runtime import ConsortiumError, _service_ledger_tls, open_store
 from ehrshare.storage import (
     BlobStore,
     ContentNotFound,

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from ehrshare.consortium import Consortium, connect
 from ehrshare.demo import SECRET_MARKER, lab_observation
 from ehrshare.processes import ServiceProcesses, free_loopback_ports, pid_alive
 from ehrshare.profile import Profile
+from ehrshare.provisioning import Consortium
+from ehrshare.runtime import connect
 from ehrshare.session import AccessDenied, Session
 
 pytestmark = pytest.mark.slow

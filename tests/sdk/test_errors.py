@@ -7,13 +7,14 @@ from typer.testing import CliRunner
 
 from ehrshare import errors
 from ehrshare.cli import app
-from ehrshare.consortium import ConsortiumError, InvalidName
 from ehrshare.fabricnet import FabricNetError
 from ehrshare.fhir import FhirValidationError, UnknownRecordType
 from ehrshare.ledger.errors import CommitError, EndorseError, LedgerCorrupt, LedgerError
 from ehrshare.netctl import NetworkControlError
 from ehrshare.processes import ServiceProcessError
 from ehrshare.profile import BackendUnavailable, ProfileError, WalletError
+from ehrshare.provisioning import InvalidName
+from ehrshare.runtime import ConsortiumError
 from ehrshare.services import kgc, proxy
 from ehrshare.session import (
     AccessDenied,

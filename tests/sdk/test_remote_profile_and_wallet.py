@@ -8,10 +8,11 @@ from typing import Any
 import pytest
 import yaml
 
-from ehrshare.consortium import Consortium, ConsortiumError, connect
 from ehrshare.identity import LocalCA
 from ehrshare.processes import ServiceProcesses, free_loopback_ports, service_commands
 from ehrshare.profile import PASSPHRASE_ENV, Profile, ProfileError, Wallet, WalletError
+from ehrshare.provisioning import Consortium
+from ehrshare.runtime import ConsortiumError, connect
 from ehrshare.session import EnrollmentError
 
 

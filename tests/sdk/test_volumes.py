@@ -17,10 +17,11 @@ import pytest
 from typer.testing import CliRunner
 
 from ehrshare.cli import app
-from ehrshare.consortium import Consortium, connect
 from ehrshare.demo import lab_observation
 from ehrshare.processes import free_loopback_ports, service_commands
 from ehrshare.profile import Profile, Wallet
+from ehrshare.provisioning import Consortium
+from ehrshare.runtime import connect
 from ehrshare.volumes import VolumeError
 
 runner = CliRunner()

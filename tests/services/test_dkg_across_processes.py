@@ -24,9 +24,9 @@ from typing import Any
 
 import pytest
 
-from ehrshare.consortium import Consortium
 from ehrshare.processes import ServiceProcesses, free_loopback_ports
 from ehrshare.profile import Profile
+from ehrshare.provisioning import Consortium
 
 pytestmark = pytest.mark.slow
 

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from ehrshare.consortium import Consortium
 from ehrshare.processes import (
     RestartPolicy,
     ServiceProcesses,
@@ -23,6 +22,7 @@ from ehrshare.processes import (
     pid_alive,
 )
 from ehrshare.profile import Profile
+from ehrshare.provisioning import Consortium
 
 # Stands in for `ehrshare kgc|proxy serve`: reads what to do from <state dir>/fake-mode.
 FAKE = """\

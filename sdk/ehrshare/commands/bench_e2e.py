@@ -31,9 +31,9 @@ from rich.table import Table
 
 from ehrshare.benchutil import machine_metadata, percentile, time_calls
 from ehrshare.console import err_console, out_console
-from ehrshare.consortium import Consortium, FabricOptions
 from ehrshare.processes import ServiceProcesses, free_loopback_ports
 from ehrshare.profile import BackendUnavailable
+from ehrshare.provisioning import Consortium, FabricOptions
 
 __all__ = ["binary_resource", "register", "run_e2e_bench"]
 

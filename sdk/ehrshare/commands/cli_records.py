@@ -182,8 +182,8 @@ def _unlocked_wallet(prof: Any, wallet: str) -> Any:
 
 @contextmanager
 def _session(profile: str, wallet: str) -> Iterator[Any]:
-    from ehrshare.consortium import connect, profile_file
-    from ehrshare.profile import Profile
+    from ehrshare.profile import Profile, profile_file
+    from ehrshare.runtime import connect
 
     with _errors():
         prof = Profile.load(profile_file(_profile_path(profile)))
@@ -367,11 +367,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         fabric/logs/ next to the profile. Exit code 4 if they do not come up (nothing is left
         running), 3 if the ledger or store volume is missing, empty or another consortium's
         (nothing is started)."""
-        from ehrshare.consortium import profile_file
         from ehrshare.netctl import NetworkControlError, network_state
         from ehrshare.netctl import network_up as up
         from ehrshare.processes import RestartPolicy
-        from ehrshare.profile import Profile
+        from ehrshare.profile import Profile, profile_file
         from ehrshare.volumes import volume_problems
 
         try:
@@ -425,8 +424,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         start again with its failure count reset; also retries a service the supervisor gave
         up on) and wait until it listens. Exit code 2 for an unknown service, 4 if no
         supervisor runs or the service does not come back."""
-        from ehrshare.consortium import profile_file
         from ehrshare.netctl import restart_service
+        from ehrshare.profile import profile_file
 
         with _errors():
             path = profile_file(_profile_path(profile))
@@ -449,9 +448,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     ) -> None:
         """Stop the services 'network up' started, then its Fabric network (by pid; a no-op
         if nothing runs)."""
-        from ehrshare.consortium import profile_file
         from ehrshare.netctl import NetworkControlError
         from ehrshare.netctl import network_down as down
+        from ehrshare.profile import profile_file
 
         with _errors():
             path = profile_file(_profile_path(profile))
@@ -709,7 +708,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         Then: 'ehrshare consortium add-member alice --hospital HospitalA --role patient -p DIR'.
         """
-        from ehrshare.consortium import Consortium, FabricOptions
+        from ehrshare.provisioning import Consortium, FabricOptions
 
         names = [h.strip() for h in hospitals.split(",") if h.strip()]
         port_list: list[int] | None = None
@@ -763,9 +762,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     def consortium_service_commands(profile: ProfileOpt = "", as_json: JsonOpt = False) -> None:
         """Print the 'ehrshare kgc serve' / 'ehrshare proxy serve' command line of each service
         the profile runs as a process (to run them by hand or from a service manager)."""
-        from ehrshare.consortium import profile_file
         from ehrshare.processes import service_commands
-        from ehrshare.profile import Profile
+        from ehrshare.profile import Profile, profile_file
 
         with _errors():
             prof = Profile.load(profile_file(_profile_path(profile)))
@@ -801,9 +799,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Start every KGC node and every proxy of the profile as child processes, wait until
         they listen, restart any that dies (logging its exit status), and stop them all (by
         pid) on Ctrl-C or SIGTERM."""
-        from ehrshare.consortium import profile_file
         from ehrshare.processes import RestartPolicy, ServiceProcessError, ServiceProcesses
-        from ehrshare.profile import Profile
+        from ehrshare.profile import Profile, profile_file
         from ehrshare.services.vault import atomic_write
 
         try:
@@ -872,7 +869,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Issue a certificate for a new member into a wallet (then run 'ehrshare enroll')."""
-        from ehrshare.consortium import Consortium
+        from ehrshare.provisioning import Consortium
 
         with _errors():
             c = Consortium.open(_profile_path(profile))
@@ -896,7 +893,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         Replaces a TLS key you suspect, or one the wallet lost (without it the wallet cannot
         reach KGC or proxy processes)."""
-        from ehrshare.consortium import Consortium
+        from ehrshare.provisioning import Consortium
 
         with _errors():
             c = Consortium.open(_profile_path(profile))
@@ -915,8 +912,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     def _changing_wallet(profile: str, wallet: str) -> Any:
         """The wallet to change, after finishing or undoing a change a crash interrupted."""
-        from ehrshare.consortium import profile_file
-        from ehrshare.profile import Profile, Wallet
+        from ehrshare.profile import Profile, Wallet, profile_file
 
         prof = Profile.load(profile_file(_profile_path(profile)))
         w = prof.wallet(_need_wallet(wallet))
@@ -1046,8 +1042,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Compare every record version on the ledger with the store: records whose ciphertext
         is missing, ciphertexts no record names, ciphertexts that no longer hash to what the
         ledger recorded. Changes nothing. Exit code 5 if any, 0 if clean."""
-        from ehrshare.consortium import profile_file
-        from ehrshare.profile import Profile
+        from ehrshare.profile import Profile, profile_file
         from ehrshare.storemaint import check_store
 
         with _errors():
@@ -1086,8 +1081,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Remove ciphertexts no record names (left by a put killed before it registered the
         record) that are older than the grace period; never one a committed record names.
         Kubo: unpin, then repo gc."""
-        from ehrshare.consortium import profile_file
-        from ehrshare.profile import Profile
+        from ehrshare.profile import Profile, profile_file
         from ehrshare.storemaint import gc_store, parse_duration
 
         try:

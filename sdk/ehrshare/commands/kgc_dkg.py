@@ -63,8 +63,8 @@ def _call(contract: Any, submit: bool, function: str, *args: str) -> Any:
 @contextmanager
 def _admin(profile: str, wallet: str) -> Iterator[tuple[Any, Any]]:
     """The profile and a session for the wallet (an org admin to open or abort sessions)."""
-    from ehrshare.consortium import connect, profile_file
-    from ehrshare.profile import Profile
+    from ehrshare.profile import Profile, profile_file
+    from ehrshare.runtime import connect
 
     with _errors():
         prof = Profile.load(profile_file(_profile_path(profile)))
@@ -432,10 +432,9 @@ def register_reshare(kgc_app: typer.Typer) -> None:
         are destroyed only once the new committee's result is final. Exit code 4 when the
         session fails or is not final in time (the old shares keep answering).
         """
-        from ehrshare.consortium import profile_file
         from ehrshare.hazmat.dkg import new_session_nonce
         from ehrshare.ledger.errors import LedgerError
-        from ehrshare.profile import Profile
+        from ehrshare.profile import Profile, profile_file
         from ehrshare.services.kgc import open_reshare_session
 
         with _errors():
@@ -514,9 +513,9 @@ def _reshare_here(
     quiet: bool,
 ) -> dict[str, Any]:
     """Run the resharing with the profile's in-process KGC nodes; the session state at the end."""
-    from ehrshare.consortium import Consortium, profile_file
     from ehrshare.hazmat.dkg import DKGError
-    from ehrshare.profile import Profile
+    from ehrshare.profile import Profile, profile_file
+    from ehrshare.provisioning import Consortium
     from ehrshare.services.kgc import DKGSessionFailed, run_local_reshare
 
     nonce = session.hex()

@@ -44,8 +44,7 @@ AgainstOpt = Annotated[
 
 
 def _profile(profile: str) -> Any:
-    from ehrshare.consortium import profile_file
-    from ehrshare.profile import Profile
+    from ehrshare.profile import Profile, profile_file
 
     return Profile.load(profile_file(_profile_path(profile)))
 
