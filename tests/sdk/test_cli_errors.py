@@ -291,19 +291,18 @@ def test_a_wallet_refused_while_connecting_closes_what_was_opened(
     copy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from ehrshare.profile import WalletError
-    from ehrshare.provisioning import Consortium
-    from ehrshare.runtime import connect
+    from ehrshare.runtime import Runtime, connect
 
     wallet = _wallet_copy(copy, "nokey")
     (wallet / "ibe.key").write_bytes(b"")  # read when the session is made, after the ledger
-    closed: list[Consortium] = []
-    close = Consortium.close
+    closed: list[Runtime] = []
+    close = Runtime.close
 
-    def spy(self: Consortium) -> None:
+    def spy(self: Runtime) -> None:
         closed.append(self)
         close(self)
 
-    monkeypatch.setattr(Consortium, "close", spy)
+    monkeypatch.setattr(Runtime, "close", spy)
     with pytest.raises(WalletError, match="does not hold an identity secret key"):
         connect(copy, "nokey")
     assert len(closed) == 1
