@@ -89,6 +89,7 @@ __all__ = [
 ]
 
 DEFAULT_MAX_RECORD_BYTES: Final = 32 * 1024 * 1024
+DEFAULT_STORAGE_TIMEOUT: Final = 30
 PROFILE_VERSION: Final = 1
 PASSPHRASE_ENV: Final = "EHRSHARE_WALLET_PASSPHRASE"  # noqa: S105 - a variable name
 
@@ -129,6 +130,24 @@ class ServiceConfig:
         """True when the service runs in this process from :attr:`state`."""
         return self.address is None
 
+    def to_dict(self, rel: _PathText) -> dict[str, Any]:
+        """The keys :func:`_service` reads (an in-process service: only those it reads)."""
+        if self.address is None:
+            return {"state": rel(self.state), "key": rel(self.key_file), "wallet": rel(self.wallet)}
+        out: dict[str, Any] = {"address": self.address, "tls_ca": rel(self.tls_ca)}
+        if self.server_name is not None:
+            out["server_name"] = self.server_name
+        for key, value in (
+            ("state", self.state),
+            ("key", self.key_file),
+            ("wallet", self.wallet),
+            ("tls_cert", self.tls_cert),
+            ("tls_key", self.tls_key),
+        ):
+            if value is not None:
+                out[key] = rel(value)
+        return out
+
 
 @dataclass(frozen=True, slots=True)
 class KgcNodeConfig:
@@ -137,6 +156,13 @@ class KgcNodeConfig:
     index: int
     service: ServiceConfig
     msp_id: str = ""
+
+    def to_dict(self, rel: _PathText) -> dict[str, Any]:
+        """A ``kgc.nodes`` entry."""
+        out: dict[str, Any] = {"index": self.index}
+        if self.msp_id:
+            out["msp"] = self.msp_id
+        return out | self.service.to_dict(rel)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +176,15 @@ class ProxyConfig:
     msp_id: str = ""
     ibe_id: str = ""
 
+    def to_dict(self, rel: _PathText) -> dict[str, Any]:
+        """A ``proxies`` entry."""
+        out: dict[str, Any] = {"name": self.name}
+        if self.msp_id:
+            out["msp"] = self.msp_id
+        if self.ibe_id:
+            out["id"] = self.ibe_id
+        return out | self.service.to_dict(rel)
+
 
 @dataclass(frozen=True, slots=True)
 class FabricEndpoint:
@@ -160,6 +195,15 @@ class FabricEndpoint:
     tls_ca: Path
     server_name: str | None = None
     msp_id: str = ""
+
+    def to_dict(self, rel: _PathText) -> dict[str, Any]:
+        """A ``ledger.peers`` or ``ledger.orderers`` entry."""
+        out: dict[str, Any] = {"address": self.address, "tls_ca": rel(self.tls_ca)}
+        if self.server_name:
+            out["server_name"] = self.server_name
+        if self.msp_id:
+            out["msp"] = self.msp_id
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +217,43 @@ class FabricLedger:
     endorsers: int | None = None
     network: Path | None = None
     client_auth: bool = False
+
+    @classmethod
+    def from_connection(cls, connection: Mapping[str, Any], network: Path) -> FabricLedger:
+        """The channel of a local network under ``network`` as
+        :meth:`ehrshare.fabricnet.FabricNet.connection` describes it (absolute paths)."""
+
+        def endpoint(e: Mapping[str, Any]) -> FabricEndpoint:
+            return FabricEndpoint(
+                address=e["address"],
+                tls_ca=Path(e["tls_ca"]),
+                server_name=e.get("server_name") or None,
+                msp_id=e.get("msp") or "",
+            )
+
+        return cls(
+            peers=tuple(endpoint(p) for p in connection["peers"]),
+            orderers=tuple(endpoint(o) for o in connection["orderers"]),
+            endorsers=connection.get("endorsers") or None,
+            network=network,
+            # The network requires mutual TLS: a wallet without a TLS certificate is refused
+            # with the way to re-issue one, instead of failing in the TLS handshake.
+            client_auth=bool(connection.get("client_auth")),
+        )
+
+    def to_dict(self, rel: _PathText) -> dict[str, Any]:
+        """The Fabric keys of the ``ledger`` section."""
+        out: dict[str, Any] = {
+            "peers": [p.to_dict(rel) for p in self.peers],
+            "orderers": [o.to_dict(rel) for o in self.orderers],
+        }
+        if self.network is not None:
+            out["network"] = rel(self.network)
+        if self.endorsers is not None:
+            out["endorsers"] = self.endorsers
+        if self.client_auth:
+            out["client_auth"] = True
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,6 +288,64 @@ class Profile:
     def proxy(self) -> ServiceConfig:
         """The first proxy's service."""
         return self.proxies[0].service
+
+    def to_dict(self, base: Path | None = None) -> dict[str, Any]:
+        """The profile as the YAML document :meth:`from_dict` reads back to an equal profile.
+
+        Paths under ``base`` (default: the profile file's directory) are written relative to
+        it. Optional keys at their default are left out, except those 'consortium init'
+        writes (the storage and ledger paths, the type defaults and the record limit).
+        """
+        if base is None:
+            if self.path is None:
+                raise ProfileError("a profile without a file needs a base directory to write")
+            base = self.path.parent.resolve()
+        rel = _path_text(base)
+        ledger: dict[str, Any] = {"backend": self.ledger_backend}
+        if self.fabric is None or self.ledger_path != base / "ledger":
+            ledger["path"] = rel(self.ledger_path)
+        if self.fabric is not None:
+            ledger |= self.fabric.to_dict(rel)
+        storage: dict[str, Any] = {"backend": self.storage_backend}
+        if self.storage_backend == "kubo":
+            storage["url"] = self.storage_url
+        else:
+            storage["path"] = rel(self.storage_path)
+        if self.storage_timeout != DEFAULT_STORAGE_TIMEOUT:
+            storage["timeout"] = self.storage_timeout
+        types: dict[str, Any] = {
+            "label_key": rel(self.label_key_file),
+            "default": self.mapping.default_type,
+        }
+        if self.mapping.rules != DEFAULT_RULES:
+            types["rules"] = [_rule_dict(r) for r in self.mapping.rules]
+        if self.mapping.extra_types:
+            types["extra"] = list(self.mapping.extra_types)
+        data: dict[str, Any] = {"version": PROFILE_VERSION}
+        if self.consortium_id:
+            data["id"] = self.consortium_id
+        data |= {
+            "name": self.name,
+            "channel": self.channel,
+            "chaincode": self.chaincode,
+            "ledger": ledger,
+            "storage": storage,
+            "kgc": {
+                "threshold": self.kgc_threshold,
+                "nodes": [n.to_dict(rel) for n in self.kgc_nodes],
+            },
+            "proxies": [p.to_dict(rel) for p in self.proxies],
+            "types": types,
+            "limits": {"max_record_bytes": self.max_record_bytes},
+            "wallets": rel(self.wallets),
+        }
+        if self.ca_files:
+            data["cas"] = [rel(c) for c in self.ca_files]
+        return data
+
+    def to_yaml(self, header: str = "", base: Path | None = None) -> str:
+        """The profile file's text: ``header`` (comment lines) and :meth:`to_dict` as YAML."""
+        return header + yaml.safe_dump(self.to_dict(base), sort_keys=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Profile:
@@ -274,7 +413,7 @@ class Profile:
                 raise fail("storage.url", f"{s_url!r} is not an http(s) URL of a Kubo RPC API")
         else:
             raise fail("storage.backend", f"is {s_backend!r}; use embedded or kubo")
-        timeout = storage.get("timeout", 30)
+        timeout = storage.get("timeout", DEFAULT_STORAGE_TIMEOUT)
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise fail("storage.timeout", "must be a positive number of seconds")
 
@@ -380,6 +519,38 @@ class Profile:
         if candidate.is_absolute() or os.sep in name:
             return Wallet(candidate)
         return Wallet(self.wallets / name)
+
+
+_PathText = Callable[[Path | None], str]
+
+
+def _path_text(base: Path) -> _PathText:
+    """How a profile writes a path: relative to ``base`` when under it, else absolute."""
+
+    def text(path: Path | None) -> str:
+        assert path is not None  # the reader gives every written path a value
+        try:
+            return str(path.relative_to(base))
+        except ValueError:
+            return str(path)
+
+    return text
+
+
+def _rule_dict(rule: TypeRule) -> dict[str, Any]:
+    """A ``types.rules`` entry as :meth:`~ehrshare.fhir.TypeRule.from_dict` reads it."""
+
+    def codes(pairs: tuple[tuple[str, str], ...]) -> list[Any]:
+        return [{"system": s, "code": c} if "|" in c else f"{s}|{c}" if s else c for s, c in pairs]
+
+    out: dict[str, Any] = {"type": rule.type}
+    if rule.resource:
+        out["resource"] = list(rule.resource)
+    if rule.category:
+        out["category"] = codes(rule.category)
+    if rule.security:
+        out["security"] = codes(rule.security)
+    return out
 
 
 def profile_file(value: str | os.PathLike[str]) -> Path:

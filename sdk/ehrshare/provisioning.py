@@ -28,21 +28,30 @@ import re
 import secrets
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import yaml
-
 from ehrshare.closing import Closing
 from ehrshare.errors import EXIT_USAGE
+from ehrshare.fhir import TypeMapping
 from ehrshare.hazmat.dkg import new_session_nonce
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import LocalCA
 from ehrshare.ledger.errors import GatewayError
 from ehrshare.ledger.store import EmbeddedLedger
 from ehrshare.ledgers import EmbeddedBackend
-from ehrshare.profile import BackendUnavailable, Profile, Wallet
+from ehrshare.profile import (
+    DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_STORAGE_TIMEOUT,
+    BackendUnavailable,
+    FabricLedger,
+    KgcNodeConfig,
+    Profile,
+    ProxyConfig,
+    ServiceConfig,
+    Wallet,
+)
 from ehrshare.runtime import Clock, ConsortiumError, Runtime
 from ehrshare.services.kgc import run_local_dkg
 from ehrshare.services.proxy import ReencryptionProxy
@@ -74,6 +83,15 @@ ADMIN_WALLET: Final = "admin"
 # accepts as an id, which is also a safe file name.
 _MEMBER_NAME_RE: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 Progress = Callable[[str], None]
+INIT_HEADER: Final = (
+    "# ehrshare connection profile (created by 'ehrshare consortium init').\n"
+    "# Switch storage to Kubo with: storage: {backend: kubo, url: http://127.0.0.1:5001}\n"
+)
+PROCESSES_HEADER: Final = (
+    "# ehrshare connection profile (created by 'ehrshare consortium init --services "
+    "processes').\n# Start the services with 'ehrshare consortium services start' "
+    "(see docs/operations.md).\n"
+)
 
 
 class InvalidName(ConsortiumError):
@@ -147,33 +165,6 @@ class FabricOptions:
             network.stop()
             raise
         return network
-
-
-def _fabric_ledger_section(root: Path, network: FabricNet) -> dict[str, Any]:
-    """The profile's ``ledger:`` section for a network under ``root`` (paths relative to it)."""
-    conn = network.connection()
-
-    def endpoint(e: dict[str, Any]) -> dict[str, Any]:
-        out = {"address": e["address"], "tls_ca": os.path.relpath(e["tls_ca"], root)}
-        if e.get("server_name"):
-            out["server_name"] = e["server_name"]
-        if e.get("msp"):
-            out["msp"] = e["msp"]
-        return out
-
-    section: dict[str, Any] = {
-        "backend": "fabric",
-        "peers": [endpoint(p) for p in conn["peers"]],
-        "orderers": [endpoint(o) for o in conn["orderers"]],
-        "network": "fabric",
-    }
-    if conn.get("endorsers"):
-        section["endorsers"] = conn["endorsers"]
-    if conn.get("client_auth"):
-        # The network requires mutual TLS: a wallet without a TLS certificate is refused with
-        # the way to re-issue one, instead of failing in the TLS handshake.
-        section["client_auth"] = True
-    return section
 
 
 def _stop_network_of(root: Path) -> None:
@@ -375,50 +366,10 @@ class Consortium(Closing):
         root.mkdir(parents=True, exist_ok=True)
         (root / "keys").mkdir(mode=0o700, exist_ok=True)
         write_key_file(root / "labels.key", secrets.token_bytes(32))
-        nodes_cfg: list[dict[str, Any]] = []
-        for i, hospital in enumerate(hospitals, start=1):
-            nodes_cfg.append(
-                {
-                    "index": i,
-                    "msp": _msp(hospital),
-                    "state": f"kgc/node{i}",
-                    "key": f"keys/kgc{i}.key",
-                    "wallet": f"wallets/kgc{i}",
-                }
-            )
-        # One proxy per hospital; each is the enrolment "proxy" of its hospital's CA.
-        proxies_cfg = [
-            {
-                "name": _proxy_name(hospital),
-                "msp": _msp(hospital),
-                "id": f"{_msp(hospital)}/proxy",
-                "state": f"proxy/{hospital.lower()}",
-                "key": f"keys/{_proxy_name(hospital)}.key",
-                "wallet": f"wallets/{_proxy_name(hospital)}",
-            }
-            for hospital in hospitals
-        ]
         # The consortium's id, also written into its ledger and store: opening a volume that
         # lacks it (unmounted, empty, another consortium's) is refused (ehrshare.volumes).
         consortium_id = "c-" + secrets.token_hex(16)
-        profile_data: dict[str, Any] = {
-            "version": 1,
-            "id": consortium_id,
-            "name": root.name,
-            "channel": "ehrshare",
-            "chaincode": "ehrshare",
-            "ledger": {"backend": "embedded", "path": "ledger"},
-            "storage": (
-                {"backend": "embedded", "path": "store"}
-                if storage == "embedded"
-                else {"backend": "kubo", "url": kubo_url}
-            ),
-            "kgc": {"threshold": threshold, "nodes": nodes_cfg},
-            "proxies": proxies_cfg,
-            "types": {"label_key": "labels.key", "default": "general"},
-            "limits": {"max_record_bytes": 32 * 1024 * 1024},
-            "wallets": "wallets",
-        }
+        profile = _initial_profile(root, hospitals, threshold, storage, kubo_url, consortium_id)
         say(f"creating certificate authorities for {', '.join(hospitals)}")
         ledger_obj = (
             EmbeddedLedger.open(root / "ledger", channel="ehrshare") if fabric is None else None
@@ -432,12 +383,16 @@ class Consortium(Closing):
                 if ledger_obj is not None:
                     ledger_obj.add_organization(ca.msp_id, ca.certificate_pem)
             say("issuing KGC node and proxy identities")
-            for node in nodes_cfg:
-                write_key_file(root / node["key"], KGCNodeKey.generate().to_secret_bytes())
-                cls._issue(root, node["msp"], f"kgc{node['index']}", "kgc", root / node["wallet"])
-            for px in proxies_cfg:
-                write_key_file(root / px["key"], X25519KeyPair.generate().to_secret_bytes())
-                cls._issue(root, px["msp"], "proxy", "proxy", root / px["wallet"])
+            for node in profile.kgc_nodes:
+                svc = node.service
+                assert svc.key_file is not None and svc.wallet is not None
+                write_key_file(svc.key_file, KGCNodeKey.generate().to_secret_bytes())
+                cls._issue(root, node.msp_id, f"kgc{node.index}", "kgc", svc.wallet)
+            for px in profile.proxies:
+                psvc = px.service
+                assert psvc.key_file is not None and psvc.wallet is not None
+                write_key_file(psvc.key_file, X25519KeyPair.generate().to_secret_bytes())
+                cls._issue(root, px.msp_id, "proxy", "proxy", psvc.wallet)
             # The org admin that opens the DKG session on chain (OpenDKGSession needs role admin).
             cls._issue(root, _msp(hospitals[0]), ADMIN_WALLET, "admin", root / "wallets/admin")
         finally:
@@ -446,13 +401,9 @@ class Consortium(Closing):
         network = None
         if fabric is not None:
             network = fabric.build(root, [_msp(h) for h in hospitals], say)
-            profile_data["ledger"] = _fabric_ledger_section(root, network)
-        (root / "profile.yaml").write_text(
-            "# ehrshare connection profile (created by 'ehrshare consortium init').\n"
-            "# Switch storage to Kubo with: storage: {backend: kubo, url: http://127.0.0.1:5001}\n"
-            + yaml.safe_dump(profile_data, sort_keys=False),
-            encoding="utf-8",
-        )
+            ledger = FabricLedger.from_connection(network.connection(), root / "fabric")
+            profile = replace(profile, ledger_backend="fabric", fabric=ledger)
+        (root / "profile.yaml").write_text(profile.to_yaml(INIT_HEADER), encoding="utf-8")
         _mark_store(Profile.load(root / "profile.yaml"), consortium_id)
         consortium = cls.open(root / "profile.yaml", clock=clock)
         consortium._network = network
@@ -462,8 +413,8 @@ class Consortium(Closing):
                 consortium._publish_org_ca(_msp(hospital))
             for kgc_node in consortium.kgc_nodes:
                 _register_service(consortium, f"kgc{kgc_node.index}")
-            for px in proxies_cfg:
-                _register_service(consortium, px["name"])
+            for px in profile.proxies:
+                _register_service(consortium, px.name)
             ordered = sorted(consortium.kgc_nodes, key=lambda n: n.index)
             first = ordered[: committee or len(hospitals)]
             say(f"running the DKG among {len(first)} KGC nodes (threshold {threshold})")
@@ -616,45 +567,92 @@ def _switch_to_processes(root: Path, ports: Sequence[int]) -> None:
     ``ehrshare kgc serve`` / ``ehrshare proxy serve`` can be started from the profile alone.
     """
     path = root / "profile.yaml"
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    ca_files = sorted((root / "ca").glob("*/ca-cert.pem"))
-    data["cas"] = [str(p.relative_to(root)) for p in ca_files]
+    profile = Profile.load(path)
     (root / "tls").mkdir(exist_ok=True)
 
-    def serve_entry(entry: dict[str, Any], name: str, msp: str, port: int) -> dict[str, Any]:
+    def served(service: ServiceConfig, name: str, msp: str, port: int) -> ServiceConfig:
         cert, key = issue_tls_certificate(LocalCA.load(root / "ca" / msp), name)
         write_key_file(root / "keys" / f"{name}-tls.key", key)
         atomic_write(root / "tls" / f"{name}.pem", cert, mode=0o644)
-        return {
-            "address": f"127.0.0.1:{port}",
-            "tls_ca": f"ca/{msp}/ca-cert.pem",
-            **entry,
-            "tls_cert": f"tls/{name}.pem",
-            "tls_key": f"keys/{name}-tls.key",
-        }
-
-    nodes = data["kgc"]["nodes"]
-    data["kgc"]["nodes"] = [
-        {"index": n["index"], "msp": n["msp"]}
-        | serve_entry(
-            {k: n[k] for k in ("state", "key", "wallet")}, f"kgc{n['index']}", n["msp"], port
+        return replace(
+            service,
+            address=f"127.0.0.1:{port}",
+            tls_ca=root / "ca" / msp / "ca-cert.pem",
+            tls_cert=root / "tls" / f"{name}.pem",
+            tls_key=root / "keys" / f"{name}-tls.key",
         )
-        for n, port in zip(nodes, ports[len(data["proxies"]) :], strict=True)
-    ]
-    proxies = data["proxies"]
-    data["proxies"] = [
-        {k: px[k] for k in ("name", "msp", "id")}
-        | serve_entry({k: px[k] for k in ("state", "key", "wallet")}, px["name"], px["msp"], port)
+
+    proxies = profile.proxies
+    nodes = tuple(
+        replace(n, service=served(n.service, f"kgc{n.index}", n.msp_id, port))
+        for n, port in zip(profile.kgc_nodes, ports[len(proxies) :], strict=True)
+    )
+    served_proxies = tuple(
+        replace(px, service=served(px.service, px.name, px.msp_id, port))
         for px, port in zip(proxies, ports[: len(proxies)], strict=True)
-    ]
-    atomic_write(
-        path,
-        (
-            "# ehrshare connection profile (created by 'ehrshare consortium init --services "
-            "processes').\n# Start the services with 'ehrshare consortium services start' "
-            "(see docs/operations.md).\n" + yaml.safe_dump(data, sort_keys=False)
-        ).encode(),
-        mode=0o644,
+    )
+    profile = replace(
+        profile,
+        kgc_nodes=nodes,
+        proxies=served_proxies,
+        ca_files=tuple(sorted((root / "ca").glob("*/ca-cert.pem"))),
+    )
+    atomic_write(path, profile.to_yaml(PROCESSES_HEADER).encode(), mode=0o644)
+
+
+def _initial_profile(
+    root: Path,
+    hospitals: Sequence[str],
+    threshold: int,
+    storage: str,
+    kubo_url: str,
+    consortium_id: str,
+) -> Profile:
+    """The profile of a new consortium under ``root``: its layout, in-process services."""
+
+    def in_process(state: str, key: str, wallet: str) -> ServiceConfig:
+        return ServiceConfig(state=root / state, key_file=root / key, wallet=root / wallet)
+
+    nodes = tuple(
+        KgcNodeConfig(
+            index=i,
+            msp_id=_msp(hospital),
+            service=in_process(f"kgc/node{i}", f"keys/kgc{i}.key", f"wallets/kgc{i}"),
+        )
+        for i, hospital in enumerate(hospitals, start=1)
+    )
+    # One proxy per hospital; each is the enrolment "proxy" of its hospital's CA.
+    proxies = tuple(
+        ProxyConfig(
+            name=_proxy_name(hospital),
+            msp_id=_msp(hospital),
+            ibe_id=f"{_msp(hospital)}/proxy",
+            service=in_process(
+                f"proxy/{hospital.lower()}",
+                f"keys/{_proxy_name(hospital)}.key",
+                f"wallets/{_proxy_name(hospital)}",
+            ),
+        )
+        for hospital in hospitals
+    )
+    return Profile(
+        path=root / "profile.yaml",
+        name=root.name,
+        channel="ehrshare",
+        chaincode="ehrshare",
+        ledger_path=root / "ledger",
+        storage_backend=storage,
+        storage_path=root / "store" if storage == "embedded" else None,
+        storage_url=kubo_url if storage == "kubo" else None,
+        storage_timeout=DEFAULT_STORAGE_TIMEOUT,
+        kgc_threshold=threshold,
+        kgc_nodes=nodes,
+        proxies=proxies,
+        label_key_file=root / "labels.key",
+        mapping=TypeMapping(),
+        max_record_bytes=DEFAULT_MAX_RECORD_BYTES,
+        wallets=root / "wallets",
+        consortium_id=consortium_id,
     )
 
 
