@@ -48,7 +48,7 @@ _LAZY = {
     "Profile": "ehrshare.profile",
     "ProfileError": "ehrshare.profile",
     "BackendUnavailable": "ehrshare.profile",
-    "Wallet": "ehrshare.profile",
+    "Wallet": "ehrshare.wallet",
 }
 _SESSION_NAMES = (
     "AccessDenied",
@@ -67,7 +67,7 @@ _SESSION_NAMES = (
 
 if TYPE_CHECKING:
     from ehrshare.errors import EhrshareError
-    from ehrshare.profile import BackendUnavailable, Profile, ProfileError, Wallet
+    from ehrshare.profile import BackendUnavailable, Profile, ProfileError
     from ehrshare.provisioning import Consortium
     from ehrshare.runtime import connect
     from ehrshare.session import (
@@ -84,6 +84,7 @@ if TYPE_CHECKING:
         SdkError,
         Session,
     )
+    from ehrshare.wallet import Wallet
 
 
 def __getattr__(name: str) -> Any:

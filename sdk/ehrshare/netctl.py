@@ -38,7 +38,8 @@ from ehrshare.processes import (
     pid_alive,
     service_commands,
 )
-from ehrshare.profile import Profile, Wallet
+from ehrshare.profile import Profile
+from ehrshare.wallet import Wallet
 
 if TYPE_CHECKING:
     from ehrshare.fabricnet import FabricNet

@@ -50,7 +50,6 @@ from ehrshare.profile import (
     Profile,
     ProxyConfig,
     ServiceConfig,
-    Wallet,
 )
 from ehrshare.runtime import Clock, ConsortiumError, Runtime
 from ehrshare.services.kgc import run_local_dkg
@@ -60,6 +59,7 @@ from ehrshare.services.vault import atomic_write, write_key_file
 from ehrshare.session import Session
 from ehrshare.storage import KuboClient
 from ehrshare.volumes import mark_store
+from ehrshare.wallet import Wallet
 
 if TYPE_CHECKING:
     from ehrshare.fabricnet import FabricNet

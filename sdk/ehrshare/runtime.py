@@ -36,7 +36,7 @@ from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.api import StoredCheckpoint
 from ehrshare.ledger.embedded import EmbeddedNetwork
 from ehrshare.ledgers import ClientTlsPair, FabricBackend, LedgerBackend, open_ledger
-from ehrshare.profile import Profile, ProfileError, ProxyConfig, Wallet, profile_file
+from ehrshare.profile import Profile, ProfileError, ProxyConfig, profile_file
 from ehrshare.services.kgc import InProcessKgcClient, KgcNode
 from ehrshare.services.protocols import KgcClient, ProxyClient
 from ehrshare.services.proxy import InProcessProxyClient, ReencryptionProxy, catch_up
@@ -53,6 +53,7 @@ from ehrshare.storage import (
     StorageUnavailable,
 )
 from ehrshare.volumes import VolumeError, check_ledger, check_store
+from ehrshare.wallet import Wallet
 
 __all__ = ["Clock", "ConsortiumError", "Runtime", "connect", "open_store"]
 

@@ -74,7 +74,6 @@ from ehrshare.ledger.errors import (
     LedgerIntegrityError,
     OrderingKeyError,
 )
-from ehrshare.profile import Wallet, WalletError
 from ehrshare.services.protocols import KgcClient, ProxyClient
 from ehrshare.services.proxy import InvalidReKey, NoReKey, ProxyUnavailable, seal_rekey
 from ehrshare.services.proxy import NotAuthorised as ProxyNotAuthorised
@@ -86,6 +85,7 @@ from ehrshare.storage import (
     get_verified,
     sha256_hex,
 )
+from ehrshare.wallet import Wallet, WalletError
 from ehrshare_chaincode.contract import master_key_epoch
 
 __all__ = [

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ehrshare.ledgers import open_ledger
-from ehrshare.profile import Profile, Wallet
+from ehrshare.profile import Profile
 from ehrshare.provisioning import ADMIN_WALLET
 from ehrshare.runtime import ConsortiumError, _service_ledger_tls, open_store
 from ehrshare.storage import (
@@ -41,6 +41,7 @@ from ehrshare.storage import (
     sha256_hex,
 )
 from ehrshare.volumes import KUBO_MARKER
+from ehrshare.wallet import Wallet
 
 __all__ = [
     "DEFAULT_GRACE_S",

@@ -151,9 +151,9 @@ def test_a_certificate_of_no_consortium_ca_is_refused_by_the_services(
     deployment: Deployment, tmp_path: Path
 ) -> None:
     from ehrshare.identity import LocalCA
-    from ehrshare.profile import Wallet
     from ehrshare.services.kgc import KgcUnavailable
     from ehrshare.services.proxy import ProxyUnavailable
+    from ehrshare.wallet import Wallet
 
     # Same MSP id as a real hospital, but a CA the consortium does not trust: the services'
     # mutual TLS refuses the client certificate before any call is served.

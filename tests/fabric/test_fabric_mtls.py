@@ -31,7 +31,7 @@ from ehrshare.ledger.fabric import dial
 from ehrshare.ledger.peer import OrdererEndpoint, connect, seek_envelope
 from ehrshare.ledgers import FabricBackend
 from ehrshare.processes import pid_alive
-from ehrshare.profile import Wallet
+from ehrshare.wallet import Wallet
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 

@@ -290,8 +290,8 @@ def test_a_bug_is_one_line_with_exit_1_and_no_traceback(
 def test_a_wallet_refused_while_connecting_closes_what_was_opened(
     copy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ehrshare.profile import WalletError
     from ehrshare.runtime import Runtime, connect
+    from ehrshare.wallet import WalletError
 
     wallet = _wallet_copy(copy, "nokey")
     (wallet / "ibe.key").write_bytes(b"")  # read when the session is made, after the ledger

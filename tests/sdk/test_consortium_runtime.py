@@ -73,7 +73,7 @@ def test_an_app_importing_connect_loads_no_provisioning_code() -> None:
     assert result.stdout.strip() == ""
 
 
-@pytest.mark.parametrize("module", ["runtime", "provisioning"])
+@pytest.mark.parametrize("module", ["runtime", "provisioning", "profile", "wallet"])
 def test_each_consortium_module_is_readable_in_one_sitting(module: str) -> None:
     source = Path(ehrshare.__file__).parent / f"{module}.py"
     lines = source.read_text(encoding="utf-8").count("\n")

@@ -12,7 +12,7 @@ from ehrshare.fhir import FhirValidationError, UnknownRecordType
 from ehrshare.ledger.errors import CommitError, EndorseError, LedgerCorrupt, LedgerError
 from ehrshare.netctl import NetworkControlError
 from ehrshare.processes import ServiceProcessError
-from ehrshare.profile import BackendUnavailable, ProfileError, WalletError
+from ehrshare.profile import BackendUnavailable, ProfileError
 from ehrshare.provisioning import InvalidName
 from ehrshare.runtime import ConsortiumError
 from ehrshare.services import kgc, proxy
@@ -33,6 +33,7 @@ from ehrshare.session import (
     UnknownProxy,
 )
 from ehrshare.storage import ContentNotFound, IntegrityError, StorageError, StorageUnavailable
+from ehrshare.wallet import WalletError
 
 CODES: list[tuple[type[errors.EhrshareError], int]] = [
     (SdkError, 1),

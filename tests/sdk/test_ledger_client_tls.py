@@ -23,10 +23,11 @@ from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint
 from ehrshare.ledger.peer import connect as peer_connect
 from ehrshare.ledgers import FabricBackend, open_ledger
 from ehrshare.processes import free_loopback_ports, service_commands
-from ehrshare.profile import Profile, ProfileError, Wallet, WalletError
+from ehrshare.profile import Profile, ProfileError
 from ehrshare.provisioning import Consortium
 from ehrshare.runtime import connect
 from ehrshare.services.tls import issue_tls_certificate
+from ehrshare.wallet import Wallet, WalletError
 
 
 @pytest.fixture(scope="module")

@@ -255,7 +255,7 @@ def test_enrol_under_a_new_key_killed_at_each_step_keeps_the_old_key(
     import sys
 
     from ehrshare.faults import FAULT_ENV
-    from ehrshare.profile import PASSPHRASE_ENV, Wallet
+    from ehrshare.wallet import PASSPHRASE_ENV, Wallet
 
     template, record, old_epoch = after_new_key
     root = tmp_path / "c"

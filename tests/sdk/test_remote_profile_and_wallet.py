@@ -10,10 +10,11 @@ import yaml
 
 from ehrshare.identity import LocalCA
 from ehrshare.processes import ServiceProcesses, free_loopback_ports, service_commands
-from ehrshare.profile import PASSPHRASE_ENV, Profile, ProfileError, Wallet, WalletError
+from ehrshare.profile import Profile, ProfileError
 from ehrshare.provisioning import Consortium
 from ehrshare.runtime import ConsortiumError, connect
 from ehrshare.session import EnrollmentError
+from ehrshare.wallet import PASSPHRASE_ENV, Wallet, WalletError
 
 
 def remote(**proxy: Any) -> dict[str, Any]:

@@ -19,10 +19,11 @@ from typer.testing import CliRunner
 from ehrshare.cli import app
 from ehrshare.demo import lab_observation
 from ehrshare.processes import free_loopback_ports, service_commands
-from ehrshare.profile import Profile, Wallet
+from ehrshare.profile import Profile
 from ehrshare.provisioning import Consortium
 from ehrshare.runtime import connect
 from ehrshare.volumes import VolumeError
+from ehrshare.wallet import Wallet
 
 runner = CliRunner()
 

@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from ehrshare.cli import app
 from ehrshare.faults import FAULT_ENV
-from ehrshare.profile import PASSPHRASE_ENV, SECRET_FILES, Wallet, seal_wallet_file
 from ehrshare.provisioning import Consortium
+from ehrshare.wallet import PASSPHRASE_ENV, SECRET_FILES, Wallet, seal_wallet_file
 
 NEW_ENV = "EHRSHARE_WALLET_NEW_PASSPHRASE"
 runner = CliRunner()

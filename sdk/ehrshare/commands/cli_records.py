@@ -172,7 +172,7 @@ def _need_wallet(wallet: str) -> str:
 def _unlocked_wallet(prof: Any, wallet: str) -> Any:
     """The wallet, with its passphrase asked for on a terminal when it is encrypted and
     ``$EHRSHARE_WALLET_PASSPHRASE`` is not set (never echoed)."""
-    from ehrshare.profile import PASSPHRASE_ENV
+    from ehrshare.wallet import PASSPHRASE_ENV
 
     w = prof.wallet(wallet)
     if w.encrypted and not os.environ.get(PASSPHRASE_ENV) and sys.stdin.isatty():
@@ -912,7 +912,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     def _changing_wallet(profile: str, wallet: str) -> Any:
         """The wallet to change, after finishing or undoing a change a crash interrupted."""
-        from ehrshare.profile import Profile, Wallet, profile_file
+        from ehrshare.profile import Profile, profile_file
+        from ehrshare.wallet import Wallet
 
         prof = Profile.load(profile_file(_profile_path(profile)))
         w = prof.wallet(_need_wallet(wallet))
@@ -940,7 +941,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         The passphrase comes from $EHRSHARE_WALLET_PASSPHRASE or is asked for twice. A wallet
         an older version left half-encrypted is finished with the passphrase it used."""
-        from ehrshare.profile import PASSPHRASE_ENV
+        from ehrshare.wallet import PASSPHRASE_ENV
 
         with _errors():
             w = _changing_wallet(profile, wallet)
@@ -967,7 +968,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Store an encrypted wallet's keys unencrypted again (mode 0600), all at once.
 
         The passphrase comes from $EHRSHARE_WALLET_PASSPHRASE or is asked for."""
-        from ehrshare.profile import PASSPHRASE_ENV
+        from ehrshare.wallet import PASSPHRASE_ENV
 
         with _errors():
             w = _changing_wallet(profile, wallet)
@@ -982,7 +983,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         The current passphrase comes from $EHRSHARE_WALLET_PASSPHRASE, the new one from
         $EHRSHARE_WALLET_NEW_PASSPHRASE; each is asked for when not set."""
-        from ehrshare.profile import PASSPHRASE_ENV
+        from ehrshare.wallet import PASSPHRASE_ENV
 
         with _errors():
             w = _changing_wallet(profile, wallet)

@@ -77,7 +77,7 @@ def _admin(profile: str, wallet: str) -> Iterator[tuple[Any, Any]]:
 
 def _default_roster(profile: Any) -> list[str]:
     """The profile's KGC nodes by index (node j at position j), named by their wallets."""
-    from ehrshare.profile import Wallet
+    from ehrshare.wallet import Wallet
 
     roster = []
     for node in sorted(profile.kgc_nodes, key=lambda n: n.index):
@@ -95,7 +95,7 @@ def _default_roster(profile: Any) -> list[str]:
 def _check_positions(profile: Any, roster: list[str]) -> None:
     """A node's roster position is its share index, which must be its profile index (users
     check each partial key's index against the node they asked)."""
-    from ehrshare.profile import Wallet
+    from ehrshare.wallet import Wallet
 
     for node in profile.kgc_nodes:
         if node.service.wallet is None or not (node.service.wallet / "cert.pem").exists():
@@ -328,7 +328,7 @@ def register_dkg(kgc_app: typer.Typer) -> None:
 
 def _profile_nodes(profile: Any) -> dict[int, str]:
     """Profile KGC node index → its ledger identity (from the node's wallet)."""
-    from ehrshare.profile import Wallet
+    from ehrshare.wallet import Wallet
 
     nodes: dict[int, str] = {}
     for node in profile.kgc_nodes:
