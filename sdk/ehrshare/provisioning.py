@@ -67,6 +67,8 @@ if TYPE_CHECKING:
 __all__ = [
     "ADMIN_WALLET",
     "DEFAULT_HOSPITALS",
+    "INIT_HEADER",
+    "PROCESSES_HEADER",
     "Consortium",
     "FabricOptions",
     "InvalidName",
