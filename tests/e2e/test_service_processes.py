@@ -165,7 +165,7 @@ def test_a_certificate_of_no_consortium_ca_is_refused_by_the_services(
     with Consortium.open(deployment.profile) as c:
         with c.session("alice") as control:
             assert len(control.proxy.public_key()) == 32
-        rogue = c._session(identity, signer, wallet)
+        rogue = c.runtime.session(identity, signer, wallet)
         try:
             for client in rogue.kgc:
                 with pytest.raises(KgcUnavailable):
