@@ -24,10 +24,6 @@ __version__ = "0.1.0"
 # re-export); at run time none of them runs, so that ``import ehrshare`` stays cheap for the CLI:
 # ``__getattr__`` below imports a name, on first use, from the module this block names for it.
 if TYPE_CHECKING:
-    from ehrshare.consortium import Consortium as Consortium
-    from ehrshare.consortium import ConsortiumError as ConsortiumError
-    from ehrshare.consortium import InvalidName as InvalidName
-    from ehrshare.consortium import connect as connect
     from ehrshare.errors import ConfigurationError as ConfigurationError
     from ehrshare.errors import EhrshareError as EhrshareError
     from ehrshare.errors import IntegrityFailure as IntegrityFailure
@@ -44,8 +40,10 @@ if TYPE_CHECKING:
     from ehrshare.profile import BackendUnavailable as BackendUnavailable
     from ehrshare.profile import Profile as Profile
     from ehrshare.profile import ProfileError as ProfileError
-    from ehrshare.profile import Wallet as Wallet
-    from ehrshare.profile import WalletError as WalletError
+    from ehrshare.provisioning import Consortium as Consortium
+    from ehrshare.provisioning import InvalidName as InvalidName
+    from ehrshare.runtime import ConsortiumError as ConsortiumError
+    from ehrshare.runtime import connect as connect
     from ehrshare.session import AccessDenied as AccessDenied
     from ehrshare.session import AuditTrail as AuditTrail
     from ehrshare.session import AuditVerification as AuditVerification
@@ -72,6 +70,8 @@ if TYPE_CHECKING:
     from ehrshare.storage import StorageError as StorageError
     from ehrshare.storage import StorageUnavailable as StorageUnavailable
     from ehrshare.volumes import VolumeError as VolumeError
+    from ehrshare.wallet import Wallet as Wallet
+    from ehrshare.wallet import WalletError as WalletError
 
 
 @functools.cache

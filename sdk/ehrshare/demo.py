@@ -38,9 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ehrshare.consortium import Consortium
 from ehrshare.network.services import ServiceProcesses
 from ehrshare.network.supervisor import free_loopback_ports, pid_alive
+from ehrshare.provisioning import Consortium
 from ehrshare.session import AccessDenied, Session
 
 __all__ = ["DemoResult", "DemoStep", "lab_observation", "run_demo"]

@@ -27,10 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from ehrshare.consortium import ADMIN_WALLET, ConsortiumError, _service_ledger_tls, open_store
 from ehrshare.contract import EhrContract
 from ehrshare.ledgers import open_ledger
-from ehrshare.profile import Profile, Wallet
+from ehrshare.profile import Profile
+from ehrshare.provisioning import ADMIN_WALLET
+from ehrshare.runtime import ConsortiumError, _service_ledger_tls, open_store
 from ehrshare.storage import (
     BlobStore,
     ContentNotFound,
@@ -41,6 +42,7 @@ from ehrshare.storage import (
     sha256_hex,
 )
 from ehrshare.volumes import KUBO_MARKER
+from ehrshare.wallet import Wallet
 
 __all__ = [
     "DEFAULT_GRACE_S",

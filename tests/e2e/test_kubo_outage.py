@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from ehrshare.consortium import Consortium
 from ehrshare.demo import lab_observation
 from ehrshare.network.kubo import KuboDaemon
+from ehrshare.provisioning import Consortium
 from ehrshare.session import RecordStorageError
 
 

@@ -15,10 +15,10 @@ import yaml
 from typer.testing import CliRunner
 
 from ehrshare.cli import app
-from ehrshare.consortium import Consortium
 from ehrshare.demo import lab_observation
 from ehrshare.faults import FAULT_ENV
 from ehrshare.network.kubo import KuboDaemon
+from ehrshare.provisioning import Consortium
 from ehrshare.storage import KuboClient
 
 runner = CliRunner()

@@ -23,10 +23,11 @@ from typing import Any
 
 import pytest
 
-from ehrshare.consortium import Consortium, connect
 from ehrshare.demo import lab_observation
 from ehrshare.faults import FAULT_ENV
 from ehrshare.network.supervisor import free_loopback_ports, pid_alive
+from ehrshare.provisioning import Consortium
+from ehrshare.runtime import connect
 
 pytestmark = pytest.mark.slow
 

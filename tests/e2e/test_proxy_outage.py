@@ -17,11 +17,12 @@ import pytest
 from typer.testing import CliRunner
 
 from ehrshare.cli import app
-from ehrshare.consortium import Consortium, connect
 from ehrshare.demo import lab_observation
 from ehrshare.network.services import ServiceProcesses
 from ehrshare.network.supervisor import free_loopback_ports, pid_alive
 from ehrshare.profile import Profile
+from ehrshare.provisioning import Consortium
+from ehrshare.runtime import connect
 from ehrshare.session import ProxyUnreachable, Session
 
 pytestmark = pytest.mark.slow

@@ -20,11 +20,12 @@ from pathlib import Path
 
 import pytest
 
-from ehrshare.consortium import Consortium, connect
 from ehrshare.demo import SECRET_MARKER, lab_observation
 from ehrshare.network.services import ServiceProcesses
 from ehrshare.network.supervisor import free_loopback_ports, pid_alive
 from ehrshare.profile import Profile
+from ehrshare.provisioning import Consortium
+from ehrshare.runtime import connect
 from ehrshare.session import AccessDenied, Session
 
 pytestmark = pytest.mark.slow
@@ -151,9 +152,9 @@ def test_a_certificate_of_no_consortium_ca_is_refused_by_the_services(
     deployment: Deployment, tmp_path: Path
 ) -> None:
     from ehrshare.identity import LocalCA
-    from ehrshare.profile import Wallet
     from ehrshare.services.kgc import KgcUnavailable
     from ehrshare.services.proxy import ProxyUnavailable
+    from ehrshare.wallet import Wallet
 
     # Same MSP id as a real hospital, but a CA the consortium does not trust: the services'
     # mutual TLS refuses the client certificate before any call is served.
@@ -165,7 +166,7 @@ def test_a_certificate_of_no_consortium_ca_is_refused_by_the_services(
     with Consortium.open(deployment.profile) as c:
         with c.session("alice") as control:
             assert len(control.proxy.public_key()) == 32
-        rogue = c._session(identity, signer, wallet)
+        rogue = c.runtime.session(identity, signer, wallet)
         try:
             for client in rogue.kgc:
                 with pytest.raises(KgcUnavailable):

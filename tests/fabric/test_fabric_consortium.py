@@ -20,9 +20,9 @@ from typing import Any
 import pytest
 
 from ehrshare.commands.bench_e2e import run_e2e_bench
-from ehrshare.consortium import Consortium
 from ehrshare.demo import run_demo
 from ehrshare.network.supervisor import free_loopback_ports, pid_alive
+from ehrshare.provisioning import Consortium
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 

@@ -37,11 +37,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from ehrshare.consortium import Consortium
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.fabric_blocks import block_hash, common, data_hash, fetch_blocks
 from ehrshare.network.fabric import FabricNet
 from ehrshare.network.supervisor import pid_alive
+from ehrshare.provisioning import Consortium
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 

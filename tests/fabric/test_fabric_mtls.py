@@ -32,7 +32,7 @@ from ehrshare.ledgers import FabricBackend
 from ehrshare.network.binaries import fabric_bin_dir as default_bin_dir
 from ehrshare.network.fabric import ORDERER_MSP, FabricNet, FabricNetSpec
 from ehrshare.network.supervisor import pid_alive
-from ehrshare.profile import Wallet
+from ehrshare.wallet import Wallet
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 

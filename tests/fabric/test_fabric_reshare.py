@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from ehrshare.consortium import ADMIN_WALLET, Consortium
 from ehrshare.demo import lab_observation
 from ehrshare.hazmat.dkg import new_session_nonce
 from ehrshare.ledger.errors import LedgerError
+from ehrshare.provisioning import ADMIN_WALLET, Consortium
 from ehrshare.services.kgc import open_dkg_session, run_local_reshare
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from ehrshare.consortium import Consortium
 from ehrshare.demo import lab_observation
 from ehrshare.faults import FAULT_ENV
 from ehrshare.network.supervisor import pid_alive
+from ehrshare.provisioning import Consortium
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 

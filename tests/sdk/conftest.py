@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from sdk_people import MEMBERS, People
 
-from ehrshare.consortium import Consortium
 from ehrshare.ledger.sandbox import ManualClock
+from ehrshare.provisioning import Consortium
 
 
 @pytest.fixture

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ehrshare.consortium import Consortium
 from ehrshare.ledger.sandbox import ManualClock
+from ehrshare.provisioning import Consortium
 from ehrshare.session import Session
 
 

@@ -253,7 +253,7 @@ def test_a_member_without_type_keys_still_gets_the_enrol_advice(world: dict[str,
     add = ("consortium", "add-member", "late", "--hospital", "HospitalB", "--role", "clinician")
     assert invoke(*add, "-p", p).exit_code == 0
     # Registered on chain but never enrolled: registering is what 'enroll' does first.
-    from ehrshare.consortium import Consortium
+    from ehrshare.provisioning import Consortium
 
     c = Consortium.open(p)
     try:
@@ -290,19 +290,19 @@ def test_a_bug_is_one_line_with_exit_1_and_no_traceback(
 def test_a_wallet_refused_while_connecting_closes_what_was_opened(
     copy: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from ehrshare.consortium import Consortium, connect
-    from ehrshare.profile import WalletError
+    from ehrshare.runtime import Runtime, connect
+    from ehrshare.wallet import WalletError
 
     wallet = _wallet_copy(copy, "nokey")
     (wallet / "ibe.key").write_bytes(b"")  # read when the session is made, after the ledger
-    closed: list[Consortium] = []
-    close = Consortium.close
+    closed: list[Runtime] = []
+    close = Runtime.close
 
-    def spy(self: Consortium) -> None:
+    def spy(self: Runtime) -> None:
         closed.append(self)
         close(self)
 
-    monkeypatch.setattr(Consortium, "close", spy)
+    monkeypatch.setattr(Runtime, "close", spy)
     with pytest.raises(WalletError, match="does not hold an identity secret key"):
         connect(copy, "nokey")
     assert len(closed) == 1

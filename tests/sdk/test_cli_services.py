@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from ehrshare.cli import app
 from ehrshare.network.supervisor import free_loopback_ports
-from ehrshare.profile import PASSPHRASE_ENV, Wallet
+from ehrshare.wallet import PASSPHRASE_ENV, Wallet
 
 runner = CliRunner()
 

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from ehrshare.consortium import Consortium
 from ehrshare.identity import LocalCA
 from ehrshare.ledger.embedded import connect as ledger_connect
 from ehrshare.ledger.errors import EndorseError
+from ehrshare.provisioning import Consortium
 
 
 def test_init_puts_each_hospitals_ca_on_chain_and_add_member_keeps_it(

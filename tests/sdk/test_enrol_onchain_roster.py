@@ -11,8 +11,8 @@ import base64
 
 import pytest
 
-from ehrshare.consortium import Consortium
 from ehrshare.hazmat.kgc_keys import KGCNodeKey
+from ehrshare.provisioning import Consortium
 from ehrshare.session import EnrollmentError
 
 

@@ -14,13 +14,14 @@ from typer.testing import CliRunner
 
 from ehrshare import errors
 from ehrshare.cli import app
-from ehrshare.consortium import ConsortiumError, InvalidName
 from ehrshare.fhir import FhirValidationError, UnknownRecordType
 from ehrshare.ledger.errors import CommitError, EndorseError, LedgerCorrupt, LedgerError
 from ehrshare.network.control import NetworkControlError
 from ehrshare.network.fabric import FabricNetError
 from ehrshare.network.services import ServiceProcessError
-from ehrshare.profile import BackendUnavailable, ProfileError, WalletError
+from ehrshare.profile import BackendUnavailable, ProfileError
+from ehrshare.provisioning import InvalidName
+from ehrshare.runtime import ConsortiumError
 from ehrshare.services import kgc, proxy
 from ehrshare.session import (
     AccessDenied,
@@ -39,6 +40,7 @@ from ehrshare.session import (
     UnknownProxy,
 )
 from ehrshare.storage import ContentNotFound, IntegrityError, StorageError, StorageUnavailable
+from ehrshare.wallet import WalletError
 
 CODES: list[tuple[type[errors.EhrshareError], int]] = [
     (SdkError, 1),

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from ehrshare.consortium import Consortium, ConsortiumError, FabricOptions
 from ehrshare.profile import BackendUnavailable
+from ehrshare.provisioning import Consortium, FabricOptions
+from ehrshare.runtime import ConsortiumError
 
 
 @pytest.mark.parametrize(

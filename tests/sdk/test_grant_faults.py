@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from ehrshare.consortium import Consortium
 from ehrshare.demo import lab_observation
 from ehrshare.faults import FAULT_ENV
+from ehrshare.provisioning import Consortium
 
 pytestmark = pytest.mark.slow
 

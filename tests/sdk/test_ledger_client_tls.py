@@ -18,15 +18,17 @@ import typer
 import yaml
 
 from ehrshare.commands.services import ServeOptions, _gateway
-from ehrshare.consortium import Consortium, connect
 from ehrshare.identity import LocalCA
 from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint
 from ehrshare.ledger.peer import connect as peer_connect
 from ehrshare.ledgers import FabricBackend, open_ledger
 from ehrshare.network.services import service_commands
 from ehrshare.network.supervisor import free_loopback_ports
-from ehrshare.profile import Profile, ProfileError, Wallet, WalletError
+from ehrshare.profile import Profile, ProfileError
+from ehrshare.provisioning import Consortium
+from ehrshare.runtime import connect
 from ehrshare.services.tls import issue_tls_certificate
+from ehrshare.wallet import Wallet, WalletError
 
 
 @pytest.fixture(scope="module")

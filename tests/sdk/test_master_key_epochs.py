@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from ehrshare.consortium import ADMIN_WALLET, Consortium
 from ehrshare.demo import lab_observation
 from ehrshare.hazmat.dkg import new_session_nonce
 from ehrshare.ledger.errors import LedgerError
 from ehrshare.ledger.sandbox import ManualClock
+from ehrshare.provisioning import ADMIN_WALLET, Consortium
 from ehrshare.services.kgc import open_dkg_session, run_local_dkg
 from ehrshare.session import AccessDenied, RequestRejected
 
@@ -255,7 +255,7 @@ def test_enrol_under_a_new_key_killed_at_each_step_keeps_the_old_key(
     import sys
 
     from ehrshare.faults import FAULT_ENV
-    from ehrshare.profile import PASSPHRASE_ENV, Wallet
+    from ehrshare.wallet import PASSPHRASE_ENV, Wallet
 
     template, record, old_epoch = after_new_key
     root = tmp_path / "c"

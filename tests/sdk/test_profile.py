@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 
 from ehrshare.hazmat.tipre import MasterSecret
 from ehrshare.identity import LocalCA
-from ehrshare.profile import Profile, ProfileError, Wallet, WalletError
+from ehrshare.profile import Profile, ProfileError
+from ehrshare.wallet import Wallet, WalletError
 
 
 def base() -> dict[str, Any]:

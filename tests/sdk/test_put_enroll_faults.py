@@ -15,10 +15,11 @@ import pytest
 from typer.testing import CliRunner
 
 from ehrshare.cli import app
-from ehrshare.consortium import Consortium, connect
 from ehrshare.demo import lab_observation
 from ehrshare.faults import FAULT_ENV
-from ehrshare.profile import PASSPHRASE_ENV, Wallet
+from ehrshare.provisioning import Consortium
+from ehrshare.runtime import connect
+from ehrshare.wallet import PASSPHRASE_ENV, Wallet
 
 runner = CliRunner()
 

@@ -8,12 +8,14 @@ from typing import Any
 import pytest
 import yaml
 
-from ehrshare.consortium import Consortium, ConsortiumError, connect
 from ehrshare.identity import LocalCA
 from ehrshare.network.services import ServiceProcesses, service_commands
 from ehrshare.network.supervisor import free_loopback_ports
-from ehrshare.profile import PASSPHRASE_ENV, Profile, ProfileError, Wallet, WalletError
+from ehrshare.profile import Profile, ProfileError
+from ehrshare.provisioning import Consortium
+from ehrshare.runtime import ConsortiumError, connect
 from ehrshare.session import EnrollmentError
+from ehrshare.wallet import PASSPHRASE_ENV, Wallet, WalletError
 
 
 def remote(**proxy: Any) -> dict[str, Any]:

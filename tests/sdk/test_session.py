@@ -14,12 +14,13 @@ import pytest
 from sdk_people import People
 
 from ehrshare import connect
-from ehrshare.consortium import Consortium, _load_node_key
 from ehrshare.demo import imaging_study, lab_observation
 from ehrshare.hazmat.dkg import KeyShare
 from ehrshare.hazmat.extract import SignedExtractionRequest, extract_partial_key
 from ehrshare.hazmat.pairing import Scalar
 from ehrshare.ledger.errors import LedgerError
+from ehrshare.provisioning import Consortium
+from ehrshare.runtime import _load_node_key
 from ehrshare.services.kgc import KgcUnavailable
 from ehrshare.session import (
     AccessDenied,
@@ -436,7 +437,7 @@ def test_a_foreign_key_in_the_wallet_is_refused(people: People, tmp_path: Path) 
 
 
 def test_failed_init_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import ehrshare.consortium as module
+    import ehrshare.provisioning as module
 
     def broken_dkg(*args: Any, **kwargs: Any) -> None:
         raise RuntimeError("a KGC node crashed during the DKG")

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from ehrshare.consortium import ADMIN_WALLET, Consortium
 from ehrshare.demo import lab_observation
 from ehrshare.hazmat.dkg import BundleKind, DealBundle, new_session_nonce, seal_share
 from ehrshare.hazmat.errors import EncodingError
 from ehrshare.hazmat.pairing import G1, Scalar
 from ehrshare.ledger.errors import LedgerError
 from ehrshare.ledger.sandbox import ManualClock
+from ehrshare.provisioning import ADMIN_WALLET, Consortium
 from ehrshare.services.kgc import (
     DKGSessionFailed,
     ReshareParticipation,

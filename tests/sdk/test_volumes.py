@@ -17,12 +17,14 @@ import pytest
 from typer.testing import CliRunner
 
 from ehrshare.cli import app
-from ehrshare.consortium import Consortium, connect
 from ehrshare.demo import lab_observation
 from ehrshare.network.services import service_commands
 from ehrshare.network.supervisor import free_loopback_ports
-from ehrshare.profile import Profile, Wallet
+from ehrshare.profile import Profile
+from ehrshare.provisioning import Consortium
+from ehrshare.runtime import connect
 from ehrshare.volumes import VolumeError
+from ehrshare.wallet import Wallet
 
 runner = CliRunner()
 

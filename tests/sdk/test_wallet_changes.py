@@ -14,9 +14,9 @@ import pytest
 from typer.testing import CliRunner
 
 from ehrshare.cli import app
-from ehrshare.consortium import Consortium
 from ehrshare.faults import FAULT_ENV
-from ehrshare.profile import PASSPHRASE_ENV, SECRET_FILES, Wallet, seal_wallet_file
+from ehrshare.provisioning import Consortium
+from ehrshare.wallet import PASSPHRASE_ENV, SECRET_FILES, Wallet, seal_wallet_file
 
 NEW_ENV = "EHRSHARE_WALLET_NEW_PASSPHRASE"
 runner = CliRunner()

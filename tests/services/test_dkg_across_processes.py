@@ -24,10 +24,10 @@ from typing import Any
 
 import pytest
 
-from ehrshare.consortium import Consortium
 from ehrshare.network.services import ServiceProcesses
 from ehrshare.network.supervisor import free_loopback_ports
 from ehrshare.profile import Profile
+from ehrshare.provisioning import Consortium
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from ehrshare.cli import app
-from ehrshare.consortium import Consortium
+from ehrshare.provisioning import Consortium
 
 RUNNER = CliRunner()
 

@@ -13,8 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ehrshare.cli import app
-from ehrshare.consortium import Consortium
 from ehrshare.demo import lab_observation
+from ehrshare.provisioning import Consortium
 
 RUNNER = CliRunner()
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from ehrshare.consortium import Consortium
 from ehrshare.demo import lab_observation
 from ehrshare.faults import FAULT_ENV
+from ehrshare.provisioning import Consortium
 
 HOSPITALS = ("HospitalA", "HospitalB", "HospitalC", "HospitalD")
 

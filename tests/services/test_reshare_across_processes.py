@@ -23,12 +23,12 @@ from typing import Any
 
 import pytest
 
-from ehrshare.consortium import Consortium
 from ehrshare.demo import lab_observation
 from ehrshare.faults import FAULT_ENV
 from ehrshare.network.services import ServiceProcesses
 from ehrshare.network.supervisor import free_loopback_ports
 from ehrshare.profile import Profile
+from ehrshare.provisioning import Consortium
 
 pytestmark = pytest.mark.slow
 

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from ehrshare.consortium import Consortium
 from ehrshare.network.supervisor import free_loopback_ports, pid_alive
+from ehrshare.provisioning import Consortium
 
 pytestmark = pytest.mark.slow
 

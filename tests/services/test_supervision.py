@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from ehrshare.consortium import Consortium
 from ehrshare.network.services import ServiceProcesses
 from ehrshare.network.supervisor import (
     Program,
@@ -27,6 +26,7 @@ from ehrshare.network.supervisor import (
     pid_alive,
 )
 from ehrshare.profile import Profile
+from ehrshare.provisioning import Consortium
 
 # Stands in for `ehrshare kgc|proxy serve`: reads what to do from <state dir>/fake-mode.
 FAKE = """\

@@ -31,11 +31,11 @@ from rich.table import Table
 
 from ehrshare.benchutil import machine_metadata, percentile, time_calls
 from ehrshare.console import err_console, out_console
-from ehrshare.consortium import Consortium, FabricOptions
 from ehrshare.errors import EXIT_CONFIG, EXIT_USAGE
 from ehrshare.network.services import ServiceProcesses
 from ehrshare.network.supervisor import free_loopback_ports
 from ehrshare.profile import BackendUnavailable
+from ehrshare.provisioning import Consortium, FabricOptions
 
 __all__ = ["binary_resource", "register", "run_e2e_bench"]
 

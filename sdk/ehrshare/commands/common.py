@@ -172,7 +172,7 @@ def need_wallet(wallet: str) -> str:
 def unlocked_wallet(prof: Any, wallet: str) -> Any:
     """The wallet, with its passphrase asked for on a terminal when it is encrypted and
     ``$EHRSHARE_WALLET_PASSPHRASE`` is not set (never echoed)."""
-    from ehrshare.profile import PASSPHRASE_ENV
+    from ehrshare.wallet import PASSPHRASE_ENV
 
     w = prof.wallet(wallet)
     if w.encrypted and not os.environ.get(PASSPHRASE_ENV) and sys.stdin.isatty():
@@ -184,7 +184,7 @@ def unlocked_wallet(prof: Any, wallet: str) -> Any:
 def open_session(profile: str, wallet: str) -> Iterator[Any]:
     """A :class:`ehrshare.Session` for ``--profile`` and ``--wallet``, closed on exit; errors
     while opening it end the command with their exit code."""
-    from ehrshare.consortium import connect
+    from ehrshare.runtime import connect
 
     with mapped_errors():
         prof = load_profile(profile)
@@ -220,8 +220,7 @@ def emit(data: Any) -> None:
 
 def load_profile(profile: str) -> Any:
     """The profile named by ``--profile`` (a file or a consortium directory)."""
-    from ehrshare.consortium import profile_file
-    from ehrshare.profile import Profile
+    from ehrshare.profile import Profile, profile_file
 
     return Profile.load(profile_file(profile_path(profile)))
 

@@ -109,7 +109,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         Then: 'ehrshare consortium add-member alice --hospital HospitalA --role patient -p DIR'.
         """
-        from ehrshare.consortium import Consortium, FabricOptions
+        from ehrshare.provisioning import Consortium, FabricOptions
 
         names = [h.strip() for h in hospitals.split(",") if h.strip()]
         port_list: list[int] | None = None
@@ -199,10 +199,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Start every KGC node and every proxy of the profile as child processes, wait until
         they listen, restart any that dies (logging its exit status), and stop them all (by
         pid) on Ctrl-C or SIGTERM."""
-        from ehrshare.consortium import profile_file
         from ehrshare.network.services import ServiceProcessError, ServiceProcesses
         from ehrshare.network.supervisor import RestartPolicy
-        from ehrshare.profile import Profile
+        from ehrshare.profile import Profile, profile_file
         from ehrshare.services.vault import atomic_write
 
         try:
@@ -271,7 +270,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Issue a certificate for a new member into a wallet (then run 'ehrshare enroll')."""
-        from ehrshare.consortium import Consortium
+        from ehrshare.provisioning import Consortium
 
         with mapped_errors():
             c = Consortium.open(profile_path(profile))
@@ -295,7 +294,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         Replaces a TLS key you suspect, or one the wallet lost (without it the wallet cannot
         reach KGC or proxy processes)."""
-        from ehrshare.consortium import Consortium
+        from ehrshare.provisioning import Consortium
 
         with mapped_errors():
             c = Consortium.open(profile_path(profile))

@@ -65,7 +65,7 @@ def _call(contract: Any, function: str, *args: str) -> Any:
 @contextmanager
 def _admin(profile: str, wallet: str) -> Iterator[tuple[Any, Any]]:
     """The profile and a session for the wallet (an org admin to open or abort sessions)."""
-    from ehrshare.consortium import connect
+    from ehrshare.runtime import connect
 
     with mapped_errors():
         prof = load_profile(profile)
@@ -78,7 +78,7 @@ def _admin(profile: str, wallet: str) -> Iterator[tuple[Any, Any]]:
 
 def _default_roster(profile: Any) -> list[str]:
     """The profile's KGC nodes by index (node j at position j), named by their wallets."""
-    from ehrshare.profile import Wallet
+    from ehrshare.wallet import Wallet
 
     roster = []
     for node in sorted(profile.kgc_nodes, key=lambda n: n.index):
@@ -96,7 +96,7 @@ def _default_roster(profile: Any) -> list[str]:
 def _check_positions(profile: Any, roster: list[str]) -> None:
     """A node's roster position is its share index, which must be its profile index (users
     check each partial key's index against the node they asked)."""
-    from ehrshare.profile import Wallet
+    from ehrshare.wallet import Wallet
 
     for node in profile.kgc_nodes:
         if node.service.wallet is None or not (node.service.wallet / "cert.pem").exists():
@@ -329,7 +329,7 @@ def register_dkg(kgc_app: typer.Typer) -> None:
 
 def _profile_nodes(profile: Any) -> dict[int, str]:
     """Profile KGC node index → its ledger identity (from the node's wallet)."""
-    from ehrshare.profile import Wallet
+    from ehrshare.wallet import Wallet
 
     nodes: dict[int, str] = {}
     for node in profile.kgc_nodes:
@@ -510,8 +510,8 @@ def _reshare_here(
     quiet: bool,
 ) -> dict[str, Any]:
     """Run the resharing with the profile's in-process KGC nodes; the session state at the end."""
-    from ehrshare.consortium import Consortium
     from ehrshare.hazmat.dkg import DKGError
+    from ehrshare.provisioning import Consortium
     from ehrshare.services.kgc import DKGSessionFailed, run_local_reshare
 
     nonce = session.hex()

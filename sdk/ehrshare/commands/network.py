@@ -83,11 +83,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         fabric/logs/ next to the profile. Exit code 4 if they do not come up (nothing is left
         running), 3 if the ledger or store volume is missing, empty or another consortium's
         (nothing is started)."""
-        from ehrshare.consortium import profile_file
         from ehrshare.network.control import NetworkControlError, network_state
         from ehrshare.network.control import network_up as up
         from ehrshare.network.supervisor import RestartPolicy
-        from ehrshare.profile import Profile
+        from ehrshare.profile import Profile, profile_file
         from ehrshare.volumes import volume_problems
 
         try:
@@ -141,8 +140,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         start again with its failure count reset; also retries a service the supervisor gave
         up on) and wait until it listens. Exit code 2 for an unknown service, 4 if no
         supervisor runs or the service does not come back."""
-        from ehrshare.consortium import profile_file
         from ehrshare.network.control import restart_service
+        from ehrshare.profile import profile_file
 
         with mapped_errors():
             path = profile_file(profile_path(profile))
@@ -165,9 +164,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     ) -> None:
         """Stop the services 'network up' started, then its Fabric network (by pid; a no-op
         if nothing runs)."""
-        from ehrshare.consortium import profile_file
         from ehrshare.network.control import NetworkControlError
         from ehrshare.network.control import network_down as down
+        from ehrshare.profile import profile_file
 
         with mapped_errors():
             path = profile_file(profile_path(profile))

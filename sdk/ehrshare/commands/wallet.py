@@ -36,7 +36,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     def _changing_wallet(profile: str, wallet: str) -> Any:
         """The wallet to change, after finishing or undoing a change a crash interrupted."""
-        from ehrshare.profile import Wallet
+        from ehrshare.wallet import Wallet
 
         prof = load_profile(profile)
         w = prof.wallet(need_wallet(wallet))
@@ -64,7 +64,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         The passphrase comes from $EHRSHARE_WALLET_PASSPHRASE or is asked for twice. A wallet
         an older version left half-encrypted is finished with the passphrase it used."""
-        from ehrshare.profile import PASSPHRASE_ENV
+        from ehrshare.wallet import PASSPHRASE_ENV
 
         with mapped_errors():
             w = _changing_wallet(profile, wallet)
@@ -91,7 +91,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Store an encrypted wallet's keys unencrypted again (mode 0600), all at once.
 
         The passphrase comes from $EHRSHARE_WALLET_PASSPHRASE or is asked for."""
-        from ehrshare.profile import PASSPHRASE_ENV
+        from ehrshare.wallet import PASSPHRASE_ENV
 
         with mapped_errors():
             w = _changing_wallet(profile, wallet)
@@ -106,7 +106,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
         The current passphrase comes from $EHRSHARE_WALLET_PASSPHRASE, the new one from
         $EHRSHARE_WALLET_NEW_PASSPHRASE; each is asked for when not set."""
-        from ehrshare.profile import PASSPHRASE_ENV
+        from ehrshare.wallet import PASSPHRASE_ENV
 
         with mapped_errors():
             w = _changing_wallet(profile, wallet)

@@ -40,7 +40,8 @@ from ehrshare.network.supervisor import (
     start_child,
     stop_process,
 )
-from ehrshare.profile import Profile, Wallet
+from ehrshare.profile import Profile
+from ehrshare.wallet import Wallet
 
 if TYPE_CHECKING:
     from ehrshare.network.fabric import FabricNet

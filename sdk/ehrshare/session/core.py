@@ -34,7 +34,6 @@ from ehrshare.ledger.errors import (
     LedgerIntegrityError,
     OrderingKeyError,
 )
-from ehrshare.profile import Wallet, WalletError
 from ehrshare.services.protocols import KgcClient, ProxyClient
 from ehrshare.session.errors import (
     ForeignIdentity,
@@ -47,6 +46,7 @@ from ehrshare.session.errors import (
     UnknownProxy,
 )
 from ehrshare.storage import BlobStore
+from ehrshare.wallet import Wallet, WalletError
 from ehrshare_chaincode.contract import master_key_epoch
 
 _log = logging.getLogger(__name__)
