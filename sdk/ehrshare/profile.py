@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -254,7 +254,6 @@ class Profile:
     # The consortium's id (``id:``), written by 'consortium init' into the ledger and the store
     # as well; opening either checks it (see :mod:`ehrshare.volumes`). Empty: not given.
     consortium_id: str = ""
-    raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def proxy(self) -> ServiceConfig:
@@ -467,7 +466,6 @@ class Profile:
             ledger_backend=backend,
             fabric=fabric,
             consortium_id=consortium_id,
-            raw=dict(data),
         )
 
     def labels(self) -> TypeLabels:
