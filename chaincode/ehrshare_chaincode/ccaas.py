@@ -28,6 +28,12 @@ Reads see committed state plus the transaction's own earlier writes, exactly lik
 ledger's simulation stub, so the contract behaves the same on both backends (the contract does not
 rely on it: it never reads back what it wrote).
 
+Every state request is a round trip the transaction waits for, and the round trips are most of
+the server's CPU (docs/benchmarks.md). So a transaction asks the peer for a key at most once
+(the simulator reads one snapshot: a second ``GET_STATE`` could only return the same value) and
+sends its writes after the contract has returned, one ``PUT_STATE``/``DEL_STATE`` per key with
+its last value — the write set the peer would have kept — and none when the contract fails.
+
 Status: this module is exercised in CI by protocol-level unit tests against an in-test fake peer
 (``tests/fabric_unit/``). The pinned Fabric (3.1) cannot be built on the development machine (see
 docs/status.md); a real Fabric 2.3 peer, built from the module proxy by ``make tools``, drives
@@ -43,6 +49,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import logging
+import queue
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -231,7 +238,8 @@ class _PeerSession:
         self._loop = loop
         self._out: asyncio.Queue[Any] = asyncio.Queue()
         self._state = "created"
-        self._pending: dict[tuple[str, str], asyncio.Future[Any]] = {}
+        # Per transaction waiting for the peer: where its answer (or the close reason) goes.
+        self._pending: dict[tuple[str, str], queue.SimpleQueue[Any]] = {}
         self._running: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -258,10 +266,10 @@ class _PeerSession:
             return
         self._closed = True
         self._out.put_nowait(None)
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_exception(ChaincodeError(reason))
-        self._pending.clear()
+        for key in list(self._pending):
+            box = self._pending.pop(key, None)
+            if box is not None:
+                box.put(reason)
 
     async def read(self, requests: AsyncIterator[Any]) -> None:
         try:
@@ -293,11 +301,11 @@ class _PeerSession:
             self._start_transaction(msg)
             return True
         elif kind in (_MSG.RESPONSE, _MSG.ERROR):
-            fut = self._pending.pop((msg.channel_id, msg.txid), None)
-            if fut is None or fut.done():
+            box = self._pending.pop((msg.channel_id, msg.txid), None)
+            if box is None:
                 _log.warning("%s from the peer answers no pending request", _type_name(kind))
             else:
-                fut.set_result(msg)
+                box.put(msg)
             return True
         _log.error(
             "peer sent %s while the chaincode is %s; ending the stream",
@@ -331,42 +339,44 @@ class _PeerSession:
         finally:
             self._running.discard(key)
 
-    async def request(self, channel: str, txid: str, kind: int, payload: bytes) -> bytes:
-        """Send one state request for a transaction and wait for the peer's answer."""
+    def call(self, channel: str, txid: str, kind: int, payload: bytes) -> bytes:
+        """Send one state request for a transaction and wait for the peer's answer.
+
+        Runs in the transaction's worker thread and blocks it, not the loop. The hand-off is
+        one ``call_soon_threadsafe`` out and one ``SimpleQueue`` back: it runs once per state
+        request, so it is the chaincode server's hot path (docs/benchmarks.md).
+        """
         key = (channel, txid)
         if self._closed:
             raise ChaincodeError("the chaincode stream is closed")
-        if key in self._pending:
+        box: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        if self._pending.setdefault(key, box) is not box:
             # One outstanding request per transaction: the peer would drop the second one.
             raise ChaincodeError(f"transaction {txid} already has a request pending")
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        self._pending[key] = fut
-        self.send(_MSG(type=kind, payload=payload, txid=txid, channel_id=channel))
         try:
-            reply = await fut
+            if self._closed:  # closed after the check above: close() may not have seen the box
+                raise ChaincodeError("the chaincode stream is closed")
+            msg = _MSG(type=kind, payload=payload, txid=txid, channel_id=channel)
+            try:
+                self._loop.call_soon_threadsafe(self.send, msg)
+            except RuntimeError:  # the loop is closed
+                raise ChaincodeError("the chaincode stream is closed") from None
+            timeout = self._server._request_timeout
+            try:
+                reply = box.get(timeout=timeout)
+            except queue.Empty:
+                raise ChaincodeError(
+                    f"the peer did not answer {_type_name(kind)} within {timeout:g} s"
+                ) from None
         finally:
-            if self._pending.get(key) is fut:
-                del self._pending[key]
+            # Only this transaction's thread adds its key; the loop only removes it.
+            self._pending.pop(key, None)
+        if isinstance(reply, str):  # the stream closed while waiting: the reason
+            raise ChaincodeError(reply)
         if reply.type == _MSG.ERROR:
             text = bytes(reply.payload).decode("utf-8", "replace")
             raise ChaincodeError(f"the peer refused {_type_name(kind)}: {text}")
         return bytes(reply.payload)
-
-    def call(self, channel: str, txid: str, kind: int, payload: bytes) -> bytes:
-        """:meth:`request` from a worker thread (blocks the calling thread, not the loop)."""
-        fut = asyncio.run_coroutine_threadsafe(
-            self.request(channel, txid, kind, payload), self._loop
-        )
-        timeout = self._server._request_timeout
-        try:
-            return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            fut.cancel()
-            raise ChaincodeError(
-                f"the peer did not answer {_type_name(kind)} within {timeout:g} s"
-            ) from None
-        except concurrent.futures.CancelledError:
-            raise ChaincodeError("the chaincode stream is closed") from None
 
 
 def _type_name(kind: int) -> str:
@@ -386,6 +396,7 @@ def _execute(
     event = None
     try:
         payload = chaincode(stub, function, args)
+        stub.flush()
         response = responsepb.Response(status=_OK, payload=payload)
         event = stub.event
     except ChaincodeError as exc:
@@ -425,7 +436,8 @@ class _PeerStub:
         self._txid = txid
         self._creator = creator
         self._timestamp = timestamp
-        self._writes: dict[str, bytes | None] = {}
+        self._writes: dict[str, bytes | None] = {}  # sent by flush(), after the contract
+        self._reads: dict[str, bytes | None] = {}
         self.event: tuple[str, bytes] | None = None
 
     @classmethod
@@ -481,22 +493,36 @@ class _PeerStub:
         self._check_key(key)
         if key in self._writes:
             return self._writes[key]
-        value = self._call(_MSG.GET_STATE, shim.GetState(key=key))
-        return value or None  # Fabric has no empty values: absent and deleted both read empty
+        if key in self._reads:
+            # The peer's simulator reads one snapshot and records a key's version once, so a
+            # second request for the same key could only return the same value: skip it.
+            return self._reads[key]
+        value = self._call(_MSG.GET_STATE, shim.GetState(key=key)) or None
+        self._reads[key] = value  # Fabric has no empty values: absent and deleted read empty
+        return value
 
     def put_state(self, key: str, value: bytes) -> None:
         self._check_key(key)
-        if not value:
-            # Fabric treats an empty value as a delete; say so explicitly on the wire.
-            self.del_state(key)
-            return
-        self._call(_MSG.PUT_STATE, shim.PutState(key=key, value=bytes(value)))
-        self._writes[key] = bytes(value)
+        # Empty is a delete on Fabric; it is sent as an explicit DEL_STATE by flush().
+        self._writes[key] = bytes(value) or None
 
     def del_state(self, key: str) -> None:
         self._check_key(key)
-        self._call(_MSG.DEL_STATE, shim.DelState(key=key))
         self._writes[key] = None
+
+    def flush(self) -> None:
+        """Send the transaction's writes to the peer, each key once with its last value.
+
+        Writes are kept until the contract has returned: the peer's write set keeps only a
+        key's last value in key order anyway, so the result is the same write set with fewer
+        requests (one per state request is the server's main cost), and a transaction that
+        fails sends no writes at all.
+        """
+        for key, value in self._writes.items():
+            if value is None:
+                self._call(_MSG.DEL_STATE, shim.DelState(key=key))
+            else:
+                self._call(_MSG.PUT_STATE, shim.PutState(key=key, value=value))
 
     def _query(self, kind: int, request: Any) -> tuple[list[bytes], bytes]:
         """All result rows of a peer-side iterator and the last batch's metadata."""
