@@ -22,10 +22,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from fabric_protos.msp import identities_pb2 as _identities_pb2
 
 from ehrshare.bench.chaincode_server import TRIVIAL_FUNCTION
 from ehrshare.bench.fake_peer import FakePeer, TxOutcome
@@ -36,6 +38,17 @@ from ehrshare.ledger.envelope import serialize_identity
 from ehrshare.ledger.fabric import signed_proposal
 from ehrshare.ledger.sandbox import ManualClock, Member, Sandbox
 from ehrshare.network.supervisor import Child, start_child, stop_process, wait_ready
+from ehrshare_chaincode import (
+    KeyModification,
+    KeyValue,
+    TxTimestamp,
+    create_composite_key,
+    invoke,
+    partial_composite_range,
+    split_composite_key,
+)
+
+identities: Any = _identities_pb2
 
 __all__ = ["OPERATIONS", "TARGET_RATIO", "ServerSpec", "process_cpu_seconds", "run_benchmark"]
 
@@ -201,6 +214,103 @@ def _call_for(op: str, target: _Target, parties: dict[str, _Party], tag: str) ->
     raise ValueError(f"unknown operation {op!r}")
 
 
+class _DictStub:
+    """The contract's stub over a dict, in this process: the contract's own CPU, no transport."""
+
+    def __init__(self, state: dict[str, bytes], creator: tuple[str, bytes], txid: str) -> None:
+        self._state = state
+        self._creator = creator
+        self._txid = txid
+        self.writes: dict[str, bytes | None] = {}
+        self.event: tuple[str, bytes] | None = None
+
+    def get_state(self, key: str) -> bytes | None:
+        return self.writes[key] if key in self.writes else self._state.get(key)
+
+    def put_state(self, key: str, value: bytes) -> None:
+        self.writes[key] = bytes(value) or None
+
+    def del_state(self, key: str) -> None:
+        self.writes[key] = None
+
+    def get_state_by_range(self, start_key: str, end_key: str) -> list[KeyValue]:
+        merged = {k: v for k, v in self._state.items() if start_key <= k < end_key}
+        for k, v in self.writes.items():
+            if start_key <= k < end_key:
+                if v is None:
+                    merged.pop(k, None)
+                else:
+                    merged[k] = v
+        return [KeyValue(k, v) for k, v in sorted(merged.items())]
+
+    def get_state_by_partial_composite_key(
+        self, object_type: str, attributes: Sequence[str]
+    ) -> list[KeyValue]:
+        return self.get_state_by_range(*partial_composite_range(object_type, attributes))
+
+    def get_state_by_partial_composite_key_with_pagination(
+        self, object_type: str, attributes: Sequence[str], page_size: int, bookmark: str
+    ) -> tuple[list[KeyValue], str]:
+        start, end = partial_composite_range(object_type, attributes)
+        rows = [
+            KeyValue(k, v) for k, v in sorted(self._state.items()) if (bookmark or start) <= k < end
+        ]
+        return rows[:page_size], rows[page_size].key if len(rows) > page_size else ""
+
+    def get_history_for_key(self, key: str) -> list[KeyModification]:
+        return []
+
+    def create_composite_key(self, object_type: str, attributes: Sequence[str]) -> str:
+        return create_composite_key(object_type, attributes)
+
+    def split_composite_key(self, key: str) -> tuple[str, list[str]]:
+        return split_composite_key(key)
+
+    def get_creator(self) -> tuple[str, bytes]:
+        return self._creator
+
+    def get_tx_timestamp(self) -> TxTimestamp:
+        return TxTimestamp(_TX_TIME_NS // 1_000_000_000, 0)
+
+    def get_tx_id(self) -> str:
+        return self._txid
+
+    def get_channel_id(self) -> str:
+        return CHANNEL
+
+    def set_event(self, name: str, payload: bytes) -> None:
+        self.event = (name, payload)
+
+
+def _contract_only(state: dict[str, bytes], parties: dict[str, _Party], n: int) -> dict[str, float]:
+    """CPU ms per call of the contract itself (this process, a dict stub, no gRPC, no signing)."""
+    creators = {name: _creator_pair(p.creator) for name, p in parties.items()}
+    world = dict(state)
+    target = _Target(ServerSpec("in-process"), None, None)  # type: ignore[arg-type]
+    out: dict[str, float] = {}
+    for op in OPERATIONS[1:]:
+        calls = [_call_for(op, target, parties, "c") for _ in range(n)]
+        c0 = time.process_time()
+        for i, call in enumerate(calls):
+            stub = _DictStub(world, creators[call.party], f"{op[:4]}{i:060d}")
+            payload = invoke(stub, call.function, list(call.args))
+            if op == "RequestAccess":
+                target.last_access_id = json.loads(payload)["access_id"]
+            if call.commit:
+                for k, v in stub.writes.items():
+                    if v is None:
+                        world.pop(k, None)
+                    else:
+                        world[k] = v
+        out[op] = (time.process_time() - c0) * 1000.0 / n
+    return out
+
+
+def _creator_pair(serialized: bytes) -> tuple[str, bytes]:
+    ident = identities.SerializedIdentity.FromString(serialized)
+    return str(ident.mspid), bytes(ident.id_bytes)
+
+
 @dataclass
 class _Round:
     latencies_ms: list[float]
@@ -345,6 +455,8 @@ def run_benchmark(
             children.append(child)
             targets.append(_Target(spec, child, FakePeer(f"127.0.0.1:{port}")))
         raw = asyncio.run(_measure(targets, parties, state, n, repeat, warmup, say))
+        say("the contract alone, in this process")
+        contract_only = _contract_only(state, parties, n)
     finally:
         for child in children:
             stop_process(child, grace=5)
@@ -368,6 +480,7 @@ def run_benchmark(
         "warmup_calls": warmup,
         "workers": workers,
         "servers": servers,
+        "contract_only_cpu_ms_per_call": contract_only,
         "machine": machine_metadata(),
     }
     if baseline is not None:

@@ -13,6 +13,7 @@ instrumented copy (``tests/fabric_unit/test_ccaas_fake_peer.py``). Never use it 
 from __future__ import annotations
 
 import asyncio
+import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,13 +64,28 @@ class FakePeer:
         self.target = target
         self.namespace = namespace
         self.batch = batch
-        self.state: dict[str, bytes] = {}
+        self._state: dict[str, bytes] = {}
+        self._keys: list[str] = []  # the state's keys in order, for range scans
         self.history: dict[str, list[Any]] = {}
         self.registered_as = ""
         self._txs: dict[tuple[str, str], _Tx] = {}
         self._iter_seq = 0
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def state(self) -> dict[str, bytes]:
+        """The committed world state (a copy; assign to replace it)."""
+        return dict(self._state)
+
+    @state.setter
+    def state(self, value: dict[str, bytes]) -> None:
+        self._state = dict(value)
+        self._keys = sorted(self._state)
+
+    def _keys_in(self, start: str, end: str) -> list[str]:
+        lo = bisect.bisect_left(self._keys, start)
+        return self._keys[lo : bisect.bisect_left(self._keys, end, lo)]
 
     async def open(self) -> None:
         """Dial the chaincode server and complete the registration handshake."""
@@ -128,7 +144,7 @@ class FakePeer:
             )
         kind = msg.type
         if kind == MSG.GET_STATE:
-            return response(self.state.get(shim.GetState.FromString(msg.payload).key, b""))
+            return response(self._state.get(shim.GetState.FromString(msg.payload).key, b""))
         if kind == MSG.PUT_STATE:
             req = shim.PutState.FromString(msg.payload)
             tx.writes[str(req.key)] = bytes(req.value)
@@ -160,14 +176,14 @@ class FakePeer:
         return MSG(type=MSG.ERROR, payload=text, txid=msg.txid, channel_id=msg.channel_id)
 
     def _kv(self, key: str) -> bytes:
-        kv = kvpb.KV(namespace=self.namespace, key=key, value=self.state[key])
+        kv = kvpb.KV(namespace=self.namespace, key=key, value=self._state[key])
         return bytes(kv.SerializeToString())
 
     def _range(self, tx: _Tx, req: Any) -> bytes:
         meta = shim.QueryMetadata.FromString(req.metadata) if req.metadata else None
         if meta is not None and (meta.pageSize or meta.bookmark):
             start = meta.bookmark or req.startKey
-            keys = sorted(k for k in self.state if start <= k < req.endKey)
+            keys = self._keys_in(start, req.endKey)
             page, rest = keys[: meta.pageSize], keys[meta.pageSize :]
             return bytes(
                 shim.QueryResponse(
@@ -179,7 +195,7 @@ class FakePeer:
                     ).SerializeToString(),
                 ).SerializeToString()
             )
-        keys = sorted(k for k in self.state if req.startKey <= k < req.endKey)
+        keys = self._keys_in(req.startKey, req.endKey)
         return self._first_batch(tx, [self._kv(k) for k in keys])
 
     def _first_batch(self, tx: _Tx, rows: list[bytes]) -> bytes:
@@ -242,7 +258,10 @@ class FakePeer:
         if commit and resp.status < 400:
             for k, v in tx.writes.items():
                 if v is None:
-                    self.state.pop(k, None)
+                    if self._state.pop(k, None) is not None:
+                        self._keys.remove(k)
                 else:
-                    self.state[k] = v
+                    if k not in self._state:
+                        bisect.insort(self._keys, k)
+                    self._state[k] = v
         return TxOutcome(int(resp.status), str(resp.message), bytes(resp.payload), event)
