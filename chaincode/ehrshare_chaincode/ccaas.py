@@ -11,8 +11,9 @@ Protocol, as the peer expects it:
 
 * The server sends ``REGISTER`` carrying ``ChaincodeID{name: <package id>}`` (``label:sha256``, the
   id the peer's lifecycle knows); the peer answers ``REGISTERED`` then ``READY``.
-* ``TRANSACTION`` / ``INIT`` messages arrive keyed by ``(channel_id, txid)``; each runs in a worker
-  thread, so different transactions run concurrently on one stream. A transaction has at most one
+* ``TRANSACTION`` / ``INIT`` messages arrive keyed by ``(channel_id, txid)``; each runs in its own
+  greenlet on the event loop's thread, switched out while it waits for the peer, so different
+  transactions run concurrently on one stream. A transaction has at most one
   outstanding request to the peer at a time (the peer drops a second one for the same txid).
 * State requests: ``GET_STATE``, ``PUT_STATE``, ``DEL_STATE``, ``GET_STATE_BY_RANGE`` (paged by the
   peer; ``QUERY_STATE_NEXT`` fetches the next batch, ``QUERY_STATE_CLOSE`` releases an iterator left
@@ -46,10 +47,8 @@ log arguments or state values (they may be personal data), or import the SDK (``
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
-import queue
 import re
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -64,6 +63,7 @@ from fabric_protos.peer import chaincode_pb2 as _chaincode_pb2
 from fabric_protos.peer import chaincode_shim_pb2 as _shim_pb2
 from fabric_protos.peer import proposal_pb2 as _proposal_pb2
 from fabric_protos.peer import proposal_response_pb2 as _response_pb2
+from greenlet import getcurrent, greenlet
 
 from .contract import invoke
 from .stub import (
@@ -178,9 +178,8 @@ class ChaincodeServer:
         self._chaincode = chaincode
         self._tls = tls
         self._request_timeout = request_timeout
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="chaincode-tx"
-        )
+        # At most this many transactions in progress; they share the loop's thread (greenlets).
+        self._slots = asyncio.Semaphore(max_workers)
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -217,7 +216,6 @@ class ChaincodeServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _connect(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         session = _PeerSession(self, asyncio.get_running_loop())
@@ -238,8 +236,7 @@ class _PeerSession:
         self._loop = loop
         self._out: asyncio.Queue[Any] = asyncio.Queue()
         self._state = "created"
-        # Per transaction waiting for the peer: where its answer (or the close reason) goes.
-        self._pending: dict[tuple[str, str], queue.SimpleQueue[Any]] = {}
+        self._pending: dict[tuple[str, str], asyncio.Future[Any]] = {}
         self._running: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
@@ -266,10 +263,10 @@ class _PeerSession:
             return
         self._closed = True
         self._out.put_nowait(None)
-        for key in list(self._pending):
-            box = self._pending.pop(key, None)
-            if box is not None:
-                box.put(reason)
+        for fut in self._pending.values():
+            if not fut.done():
+                fut.set_exception(ChaincodeError(reason))
+        self._pending.clear()
 
     async def read(self, requests: AsyncIterator[Any]) -> None:
         try:
@@ -301,11 +298,11 @@ class _PeerSession:
             self._start_transaction(msg)
             return True
         elif kind in (_MSG.RESPONSE, _MSG.ERROR):
-            box = self._pending.pop((msg.channel_id, msg.txid), None)
-            if box is None:
+            fut = self._pending.pop((msg.channel_id, msg.txid), None)
+            if fut is None or fut.done():
                 _log.warning("%s from the peer answers no pending request", _type_name(kind))
             else:
-                box.put(msg)
+                fut.set_result(msg)
             return True
         _log.error(
             "peer sent %s while the chaincode is %s; ending the stream",
@@ -332,47 +329,65 @@ class _PeerSession:
             except ValueError as exc:
                 self.send(_error_msg(msg, str(exc)))
                 return
-            reply = await self._loop.run_in_executor(
-                self._server._executor, _execute, self._server._chaincode, stub, function, args
-            )
+            async with self._server._slots:
+                reply = await self._drive(stub, function, args)
             self.send(reply)
         finally:
             self._running.discard(key)
 
-    def call(self, channel: str, txid: str, kind: int, payload: bytes) -> bytes:
-        """Send one state request for a transaction and wait for the peer's answer.
+    async def _drive(self, stub: _PeerStub, function: str, args: list[bytes]) -> Any:
+        """Run one transaction in its own greenlet on the loop's thread; returns COMPLETED.
 
-        Runs in the transaction's worker thread and blocks it, not the loop. The hand-off is
-        one ``call_soon_threadsafe`` out and one ``SimpleQueue`` back: it runs once per state
-        request, so it is the chaincode server's hot path (docs/benchmarks.md).
+        The contract is synchronous code. Each state request it makes switches back here
+        (:meth:`call`), the request goes to the peer and the answer is switched back in: no
+        thread hand-off per request, which is most of a request's cost (docs/benchmarks.md).
+        Transactions interleave at their requests, as they did on worker threads.
         """
+        channel, txid = stub.get_channel_id(), stub.get_tx_id()
+        runner = greenlet(_execute)
+        step = runner.switch(self._server._chaincode, stub, function, args)
+        try:
+            while not runner.dead:
+                kind, payload = step
+                try:
+                    reply = await self._request(channel, txid, kind, payload)
+                except ChaincodeError as exc:
+                    step = runner.throw(exc)
+                else:
+                    step = runner.switch(reply)
+        finally:
+            if not runner.dead:  # cancelled while the peer had not answered: end it there
+                runner.throw(ChaincodeError("the chaincode stream is closed"))
+        return step
+
+    async def _request(self, channel: str, txid: str, kind: int, payload: bytes) -> Any:
+        """Send one state request and wait for the peer's answer (RESPONSE or ERROR)."""
         key = (channel, txid)
         if self._closed:
             raise ChaincodeError("the chaincode stream is closed")
-        box: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        if self._pending.setdefault(key, box) is not box:
+        if key in self._pending:
             # One outstanding request per transaction: the peer would drop the second one.
             raise ChaincodeError(f"transaction {txid} already has a request pending")
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        self._pending[key] = fut
+        self.send(_MSG(type=kind, payload=payload, txid=txid, channel_id=channel))
+        timeout = self._server._request_timeout
         try:
-            if self._closed:  # closed after the check above: close() may not have seen the box
-                raise ChaincodeError("the chaincode stream is closed")
-            msg = _MSG(type=kind, payload=payload, txid=txid, channel_id=channel)
-            try:
-                self._loop.call_soon_threadsafe(self.send, msg)
-            except RuntimeError:  # the loop is closed
-                raise ChaincodeError("the chaincode stream is closed") from None
-            timeout = self._server._request_timeout
-            try:
-                reply = box.get(timeout=timeout)
-            except queue.Empty:
-                raise ChaincodeError(
-                    f"the peer did not answer {_type_name(kind)} within {timeout:g} s"
-                ) from None
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise ChaincodeError(
+                f"the peer did not answer {_type_name(kind)} within {timeout:g} s"
+            ) from None
         finally:
-            # Only this transaction's thread adds its key; the loop only removes it.
-            self._pending.pop(key, None)
-        if isinstance(reply, str):  # the stream closed while waiting: the reason
-            raise ChaincodeError(reply)
+            if self._pending.get(key) is fut:
+                del self._pending[key]
+
+    def call(self, kind: int, payload: bytes) -> bytes:
+        """From inside a transaction's greenlet: one state request, the peer's answer."""
+        hub = getcurrent().parent
+        if hub is None:
+            raise ChaincodeError("a state request outside a transaction")
+        reply = hub.switch((kind, payload))
         if reply.type == _MSG.ERROR:
             text = bytes(reply.payload).decode("utf-8", "replace")
             raise ChaincodeError(f"the peer refused {_type_name(kind)}: {text}")
@@ -392,7 +407,7 @@ def _error_msg(msg: Any, text: str) -> Any:
 def _execute(
     chaincode: ChaincodeFunction, stub: _PeerStub, function: str, args: list[bytes]
 ) -> Any:
-    """Run one transaction in a worker thread; returns the COMPLETED message."""
+    """Run one transaction (in its greenlet); returns the COMPLETED message."""
     event = None
     try:
         payload = chaincode(stub, function, args)
@@ -480,7 +495,7 @@ class _PeerStub:
         return stub, function, [bytes(a) for a in cc_input.args[1:]]
 
     def _call(self, kind: int, request: Any) -> bytes:
-        return self._session.call(self._channel, self._txid, kind, request.SerializeToString())
+        return self._session.call(kind, request.SerializeToString())
 
     @staticmethod
     def _check_key(key: str) -> None:
