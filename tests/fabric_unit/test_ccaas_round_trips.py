@@ -30,6 +30,14 @@ class RecordingPeer(FakePeer):
         super().__init__(target)
         self.seen: list[tuple[str, str]] = []
         self.refuse_put = ""
+        self.ignore_get = ""
+
+    async def _serve(self, msg: Any) -> None:
+        key = shim.GetState.FromString(msg.payload).key if msg.type == MSG.GET_STATE else None
+        if key == self.ignore_get:
+            self.seen.append(("GET_STATE", self.ignore_get))
+            return  # never answered
+        await super()._serve(msg)
 
     def _answer(self, msg: Any) -> Any:
         kind = MSG.Type.Name(msg.type)
@@ -49,11 +57,12 @@ class RecordingPeer(FakePeer):
 def run(
     chaincode: Callable[[ChaincodeStub, str, list[bytes]], bytes],
     scenario: Callable[[RecordingPeer, Callable[[], Awaitable[Any]]], Awaitable[None]],
+    **server_options: Any,
 ) -> None:
     identity, signer = LocalCA.create("Org1MSP").issue("pat", role="patient")
 
     async def main() -> None:
-        server = ChaincodeServer(PACKAGE_ID, "127.0.0.1:0", chaincode=chaincode)
+        server = ChaincodeServer(PACKAGE_ID, "127.0.0.1:0", chaincode=chaincode, **server_options)
         port = await server.start()
         peer = RecordingPeer(f"127.0.0.1:{port}")
         try:
@@ -136,3 +145,19 @@ def test_a_failing_contract_sends_no_writes_and_a_refused_write_fails_the_transa
         assert peer.state == {}  # the transaction failed: the peer commits nothing of it
 
     run(failing, scenario)
+
+
+def test_a_request_the_peer_never_answers_fails_its_transaction_and_not_the_stream() -> None:
+    def reader(stub: ChaincodeStub, function: str, args: list[bytes]) -> bytes:
+        return stub.get_state("k") or b"-"
+
+    async def scenario(peer: RecordingPeer, once: Callable[[], Awaitable[Any]]) -> None:
+        peer.ignore_get = "k"
+        out = await once()
+        assert (out.status, out.message) == (500, "the peer did not answer GET_STATE within 0.3 s")
+        peer.ignore_get = ""
+        peer.state = {"k": b"v"}
+        out = await once()
+        assert (out.status, out.payload) == (200, b"v")
+
+    run(reader, scenario, request_timeout=0.3)
