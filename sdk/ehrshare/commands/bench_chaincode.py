@@ -36,7 +36,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         repeat: int = typer.Option(3, "--repeat", help="Rounds per operation (medians over them)."),
         warmup: int = typer.Option(20, "--warmup", help="Untimed transactions per operation."),
         baseline: Path | None = _BASELINE,
-        workers: int = typer.Option(16, "--workers", help="The server's transaction threads."),
+        workers: int = typer.Option(16, "--workers", help="Transactions the server runs at once."),
     ) -> None:
         """Chaincode server alone over gRPC: endorsements/s, server CPU ms each, p50/p99."""
         err = err_console()
