@@ -11,8 +11,9 @@ Protocol, as the peer expects it:
 
 * The server sends ``REGISTER`` carrying ``ChaincodeID{name: <package id>}`` (``label:sha256``, the
   id the peer's lifecycle knows); the peer answers ``REGISTERED`` then ``READY``.
-* ``TRANSACTION`` / ``INIT`` messages arrive keyed by ``(channel_id, txid)``; each runs in a worker
-  thread, so different transactions run concurrently on one stream. A transaction has at most one
+* ``TRANSACTION`` / ``INIT`` messages arrive keyed by ``(channel_id, txid)``; each runs in its own
+  greenlet on the event loop's thread, switched out while it waits for the peer, so different
+  transactions run concurrently on one stream. A transaction has at most one
   outstanding request to the peer at a time (the peer drops a second one for the same txid).
 * State requests: ``GET_STATE``, ``PUT_STATE``, ``DEL_STATE``, ``GET_STATE_BY_RANGE`` (paged by the
   peer; ``QUERY_STATE_NEXT`` fetches the next batch, ``QUERY_STATE_CLOSE`` releases an iterator left
@@ -28,6 +29,12 @@ Reads see committed state plus the transaction's own earlier writes, exactly lik
 ledger's simulation stub, so the contract behaves the same on both backends (the contract does not
 rely on it: it never reads back what it wrote).
 
+Every state request is a round trip the transaction waits for, and the round trips are most of
+the server's CPU (docs/benchmarks.md). So a transaction asks the peer for a key at most once
+(the simulator reads one snapshot: a second ``GET_STATE`` could only return the same value) and
+sends its writes after the contract has returned, one ``PUT_STATE``/``DEL_STATE`` per key with
+its last value — the write set the peer would have kept — and none when the contract fails.
+
 Status: this module is exercised in CI by protocol-level unit tests against an in-test fake peer
 (``tests/fabric_unit/``). The pinned Fabric (3.1) cannot be built on the development machine (see
 docs/status.md); a real Fabric 2.3 peer, built from the module proxy by ``make tools``, drives
@@ -40,7 +47,6 @@ log arguments or state values (they may be personal data), or import the SDK (``
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import re
@@ -57,6 +63,7 @@ from fabric_protos.peer import chaincode_pb2 as _chaincode_pb2
 from fabric_protos.peer import chaincode_shim_pb2 as _shim_pb2
 from fabric_protos.peer import proposal_pb2 as _proposal_pb2
 from fabric_protos.peer import proposal_response_pb2 as _response_pb2
+from greenlet import getcurrent, greenlet
 
 from .contract import invoke
 from .stub import (
@@ -171,9 +178,8 @@ class ChaincodeServer:
         self._chaincode = chaincode
         self._tls = tls
         self._request_timeout = request_timeout
-        self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=max_workers, thread_name_prefix="chaincode-tx"
-        )
+        # At most this many transactions in progress; they share the loop's thread (greenlets).
+        self._slots = asyncio.Semaphore(max_workers)
         self._server: grpc.aio.Server | None = None
         self.port = 0
 
@@ -210,7 +216,6 @@ class ChaincodeServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
-        self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _connect(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         session = _PeerSession(self, asyncio.get_running_loop())
@@ -324,15 +329,39 @@ class _PeerSession:
             except ValueError as exc:
                 self.send(_error_msg(msg, str(exc)))
                 return
-            reply = await self._loop.run_in_executor(
-                self._server._executor, _execute, self._server._chaincode, stub, function, args
-            )
+            async with self._server._slots:
+                reply = await self._drive(stub, function, args)
             self.send(reply)
         finally:
             self._running.discard(key)
 
-    async def request(self, channel: str, txid: str, kind: int, payload: bytes) -> bytes:
-        """Send one state request for a transaction and wait for the peer's answer."""
+    async def _drive(self, stub: _PeerStub, function: str, args: list[bytes]) -> Any:
+        """Run one transaction in its own greenlet on the loop's thread; returns COMPLETED.
+
+        The contract is synchronous code. Each state request it makes switches back here
+        (:meth:`call`), the request goes to the peer and the answer is switched back in: no
+        thread hand-off per request, which is most of a request's cost (docs/benchmarks.md).
+        Transactions interleave at their requests, as they did on worker threads.
+        """
+        channel, txid = stub.get_channel_id(), stub.get_tx_id()
+        runner = greenlet(_execute)
+        step = runner.switch(self._server._chaincode, stub, function, args)
+        try:
+            while not runner.dead:
+                kind, payload = step
+                try:
+                    reply = await self._request(channel, txid, kind, payload)
+                except ChaincodeError as exc:
+                    step = runner.throw(exc)
+                else:
+                    step = runner.switch(reply)
+        finally:
+            if not runner.dead:  # cancelled while the peer had not answered: end it there
+                runner.throw(ChaincodeError("the chaincode stream is closed"))
+        return step
+
+    async def _request(self, channel: str, txid: str, kind: int, payload: bytes) -> Any:
+        """Send one state request and wait for the peer's answer (RESPONSE or ERROR)."""
         key = (channel, txid)
         if self._closed:
             raise ChaincodeError("the chaincode stream is closed")
@@ -342,31 +371,27 @@ class _PeerSession:
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._pending[key] = fut
         self.send(_MSG(type=kind, payload=payload, txid=txid, channel_id=channel))
+        timeout = self._server._request_timeout
         try:
-            reply = await fut
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            raise ChaincodeError(
+                f"the peer did not answer {_type_name(kind)} within {timeout:g} s"
+            ) from None
         finally:
             if self._pending.get(key) is fut:
                 del self._pending[key]
+
+    def call(self, kind: int, payload: bytes) -> bytes:
+        """From inside a transaction's greenlet: one state request, the peer's answer."""
+        hub = getcurrent().parent
+        if hub is None:
+            raise ChaincodeError("a state request outside a transaction")
+        reply = hub.switch((kind, payload))
         if reply.type == _MSG.ERROR:
             text = bytes(reply.payload).decode("utf-8", "replace")
             raise ChaincodeError(f"the peer refused {_type_name(kind)}: {text}")
         return bytes(reply.payload)
-
-    def call(self, channel: str, txid: str, kind: int, payload: bytes) -> bytes:
-        """:meth:`request` from a worker thread (blocks the calling thread, not the loop)."""
-        fut = asyncio.run_coroutine_threadsafe(
-            self.request(channel, txid, kind, payload), self._loop
-        )
-        timeout = self._server._request_timeout
-        try:
-            return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            fut.cancel()
-            raise ChaincodeError(
-                f"the peer did not answer {_type_name(kind)} within {timeout:g} s"
-            ) from None
-        except concurrent.futures.CancelledError:
-            raise ChaincodeError("the chaincode stream is closed") from None
 
 
 def _type_name(kind: int) -> str:
@@ -382,10 +407,11 @@ def _error_msg(msg: Any, text: str) -> Any:
 def _execute(
     chaincode: ChaincodeFunction, stub: _PeerStub, function: str, args: list[bytes]
 ) -> Any:
-    """Run one transaction in a worker thread; returns the COMPLETED message."""
+    """Run one transaction (in its greenlet); returns the COMPLETED message."""
     event = None
     try:
         payload = chaincode(stub, function, args)
+        stub.flush()
         response = responsepb.Response(status=_OK, payload=payload)
         event = stub.event
     except ChaincodeError as exc:
@@ -425,7 +451,8 @@ class _PeerStub:
         self._txid = txid
         self._creator = creator
         self._timestamp = timestamp
-        self._writes: dict[str, bytes | None] = {}
+        self._writes: dict[str, bytes | None] = {}  # sent by flush(), after the contract
+        self._reads: dict[str, bytes | None] = {}
         self.event: tuple[str, bytes] | None = None
 
     @classmethod
@@ -468,7 +495,7 @@ class _PeerStub:
         return stub, function, [bytes(a) for a in cc_input.args[1:]]
 
     def _call(self, kind: int, request: Any) -> bytes:
-        return self._session.call(self._channel, self._txid, kind, request.SerializeToString())
+        return self._session.call(kind, request.SerializeToString())
 
     @staticmethod
     def _check_key(key: str) -> None:
@@ -481,22 +508,36 @@ class _PeerStub:
         self._check_key(key)
         if key in self._writes:
             return self._writes[key]
-        value = self._call(_MSG.GET_STATE, shim.GetState(key=key))
-        return value or None  # Fabric has no empty values: absent and deleted both read empty
+        if key in self._reads:
+            # The peer's simulator reads one snapshot and records a key's version once, so a
+            # second request for the same key could only return the same value: skip it.
+            return self._reads[key]
+        value = self._call(_MSG.GET_STATE, shim.GetState(key=key)) or None
+        self._reads[key] = value  # Fabric has no empty values: absent and deleted read empty
+        return value
 
     def put_state(self, key: str, value: bytes) -> None:
         self._check_key(key)
-        if not value:
-            # Fabric treats an empty value as a delete; say so explicitly on the wire.
-            self.del_state(key)
-            return
-        self._call(_MSG.PUT_STATE, shim.PutState(key=key, value=bytes(value)))
-        self._writes[key] = bytes(value)
+        # Empty is a delete on Fabric; it is sent as an explicit DEL_STATE by flush().
+        self._writes[key] = bytes(value) or None
 
     def del_state(self, key: str) -> None:
         self._check_key(key)
-        self._call(_MSG.DEL_STATE, shim.DelState(key=key))
         self._writes[key] = None
+
+    def flush(self) -> None:
+        """Send the transaction's writes to the peer, each key once with its last value.
+
+        Writes are kept until the contract has returned: the peer's write set keeps only a
+        key's last value in key order anyway, so the result is the same write set with fewer
+        requests (one per state request is the server's main cost), and a transaction that
+        fails sends no writes at all.
+        """
+        for key, value in self._writes.items():
+            if value is None:
+                self._call(_MSG.DEL_STATE, shim.DelState(key=key))
+            else:
+                self._call(_MSG.PUT_STATE, shim.PutState(key=key, value=value))
 
     def _query(self, kind: int, request: Any) -> tuple[list[bytes], bytes]:
         """All result rows of a peer-side iterator and the last batch's metadata."""

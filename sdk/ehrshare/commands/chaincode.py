@@ -94,7 +94,7 @@ _TLS_KEY = typer.Option(None, "--tls-key", help="PEM server key (mode 0600).")
 _CLIENT_CA = typer.Option(
     None, "--client-ca", help="CA of the peers' client certificates (then required)."
 )
-_WORKERS = typer.Option(16, "--workers", help="Transactions run concurrently.")
+_WORKERS = typer.Option(16, "--workers", help="Transactions in progress at once.")
 _LOG = typer.Option(None, "--log-file", help="Log file (default: stderr).")
 _PORT_FILE = typer.Option(None, "--port-file", help="Write the bound port here once listening.")
 

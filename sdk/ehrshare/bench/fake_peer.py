@@ -1,0 +1,267 @@
+"""A stand-in for a Fabric peer's side of ``protos.Chaincode/Connect``, for benchmarks only.
+
+It plays what ``core/chaincode/handler.go`` does for one chaincode stream: answer ``REGISTER`` with
+``REGISTERED`` then ``READY``, send ``TRANSACTION`` messages keyed by (channel, txid), answer the
+chaincode's state requests from an in-memory world state (range results in batches, fetched on with
+``QUERY_STATE_NEXT``; paginated ranges with a bookmark; history newest first) and, when asked,
+apply a successful transaction's writes. It validates nothing (no MVCC, no endorsement policy, no
+signature check): it exists so that ``ehrshare bench chaincode`` can drive the real chaincode
+server over real gRPC without a Fabric build. The protocol unit tests keep their own, more
+instrumented copy (``tests/fabric_unit/test_ccaas_fake_peer.py``). Never use it as a ledger.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+from fabric_protos.ledger.queryresult import kv_query_result_pb2 as _kv_pb2
+from fabric_protos.peer import chaincode_pb2 as _chaincode_pb2
+from fabric_protos.peer import chaincode_shim_pb2 as _shim_pb2
+from fabric_protos.peer import proposal_response_pb2 as _response_pb2
+
+__all__ = ["FakePeer", "TxOutcome"]
+
+kvpb: Any = _kv_pb2
+ccpb: Any = _chaincode_pb2
+shim: Any = _shim_pb2
+responsepb: Any = _response_pb2
+MSG: Any = shim.ChaincodeMessage
+
+CONNECT_METHOD = "/protos.Chaincode/Connect"
+# The peer's handler returns range results in batches of this many (ledger's maxResultLimit).
+DEFAULT_BATCH = 100
+
+
+@dataclass(frozen=True, slots=True)
+class TxOutcome:
+    """What the chaincode answered: COMPLETED's status, message, payload and event (if any)."""
+
+    status: int
+    message: str
+    payload: bytes
+    event: tuple[str, bytes] | None
+
+
+@dataclass
+class _Tx:
+    writes: dict[str, bytes | None] = field(default_factory=dict)
+    iterators: dict[str, list[bytes]] = field(default_factory=dict)
+    done: asyncio.Future[Any] | None = None
+
+
+class FakePeer:
+    """One chaincode stream to ``target``, played from the peer's side (see the module doc).
+
+    ``await open()``, then ``await execute(...)`` per transaction (several may run concurrently),
+    then ``await close()``. ``state`` is the committed world state (key -> value).
+    """
+
+    def __init__(self, target: str, *, namespace: str = "ehrshare", batch: int = DEFAULT_BATCH):
+        self.target = target
+        self.namespace = namespace
+        self.batch = batch
+        self._state: dict[str, bytes] = {}
+        self._keys: list[str] = []  # the state's keys in order, for range scans
+        self.history: dict[str, list[Any]] = {}
+        self.registered_as = ""
+        self._txs: dict[tuple[str, str], _Tx] = {}
+        self._iter_seq = 0
+        self._lock = asyncio.Lock()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def state(self) -> dict[str, bytes]:
+        """The committed world state (a copy; assign to replace it)."""
+        return dict(self._state)
+
+    @state.setter
+    def state(self, value: dict[str, bytes]) -> None:
+        self._state = dict(value)
+        self._keys = sorted(self._state)
+
+    def _keys_in(self, start: str, end: str) -> list[str]:
+        lo = bisect.bisect_left(self._keys, start)
+        return self._keys[lo : bisect.bisect_left(self._keys, end, lo)]
+
+    async def open(self) -> None:
+        """Dial the chaincode server and complete the registration handshake."""
+        self._channel = grpc.aio.insecure_channel(self.target)
+        self._call = self._channel.stream_stream(
+            CONNECT_METHOD,
+            request_serializer=MSG.SerializeToString,
+            response_deserializer=MSG.FromString,
+        )()
+        first = await self._call.read()
+        if first is grpc.aio.EOF or first.type != MSG.REGISTER:
+            raise ConnectionError("the chaincode server did not send REGISTER first")
+        self.registered_as = str(ccpb.ChaincodeID.FromString(first.payload).name)
+        await self._write(MSG(type=MSG.REGISTERED))
+        await self._write(MSG(type=MSG.READY))
+        self._reader = asyncio.create_task(self._read())
+
+    async def close(self) -> None:
+        """End the stream and wait for the server to close its side."""
+        await self._call.done_writing()
+        await asyncio.wait_for(self._reader, 30)
+        await self._channel.close()
+
+    async def _write(self, msg: Any) -> None:
+        async with self._lock:  # one writer at a time, like the handler's serialLock
+            await self._call.write(msg)
+
+    async def _read(self) -> None:
+        while True:
+            msg = await self._call.read()
+            if msg is grpc.aio.EOF:
+                return
+            if msg.type in (MSG.COMPLETED, MSG.ERROR):
+                tx = self._txs.get((msg.channel_id, msg.txid))
+                if tx is not None and tx.done is not None and not tx.done.done():
+                    tx.done.set_result(msg)
+            elif msg.type != MSG.KEEPALIVE:
+                task = asyncio.create_task(self._serve(msg))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, msg: Any) -> None:
+        await self._write(self._answer(msg))
+
+    def _answer(self, msg: Any) -> Any:
+        def response(payload: bytes = b"") -> Any:
+            return MSG(type=MSG.RESPONSE, payload=payload, txid=msg.txid, channel_id=msg.channel_id)
+
+        tx = self._txs.get((msg.channel_id, msg.txid))
+        if tx is None:
+            return MSG(
+                type=MSG.ERROR,
+                payload=b"no ledger context",
+                txid=msg.txid,
+                channel_id=msg.channel_id,
+            )
+        kind = msg.type
+        if kind == MSG.GET_STATE:
+            return response(self._state.get(shim.GetState.FromString(msg.payload).key, b""))
+        if kind == MSG.PUT_STATE:
+            req = shim.PutState.FromString(msg.payload)
+            tx.writes[str(req.key)] = bytes(req.value)
+            return response()
+        if kind == MSG.DEL_STATE:
+            tx.writes[str(shim.DelState.FromString(msg.payload).key)] = None
+            return response()
+        if kind == MSG.GET_STATE_BY_RANGE:
+            return response(self._range(tx, shim.GetStateByRange.FromString(msg.payload)))
+        if kind == MSG.GET_HISTORY_FOR_KEY:
+            key = str(shim.GetHistoryForKey.FromString(msg.payload).key)
+            newest_first = [m.SerializeToString() for m in reversed(self.history.get(key, []))]
+            return response(self._first_batch(tx, newest_first))
+        if kind == MSG.QUERY_STATE_NEXT:
+            ident = str(shim.QueryStateNext.FromString(msg.payload).id)
+            if ident not in tx.iterators:
+                return MSG(
+                    type=MSG.ERROR,
+                    payload=b"query iterator not found",
+                    txid=msg.txid,
+                    channel_id=msg.channel_id,
+                )
+            return response(self._next_batch(tx, ident))
+        if kind == MSG.QUERY_STATE_CLOSE:
+            ident = str(shim.QueryStateClose.FromString(msg.payload).id)
+            tx.iterators.pop(ident, None)
+            return response(shim.QueryResponse(has_more=False, id=ident).SerializeToString())
+        text = f"{MSG.Type.Name(kind)} is not handled by the fake peer".encode()
+        return MSG(type=MSG.ERROR, payload=text, txid=msg.txid, channel_id=msg.channel_id)
+
+    def _kv(self, key: str) -> bytes:
+        kv = kvpb.KV(namespace=self.namespace, key=key, value=self._state[key])
+        return bytes(kv.SerializeToString())
+
+    def _range(self, tx: _Tx, req: Any) -> bytes:
+        meta = shim.QueryMetadata.FromString(req.metadata) if req.metadata else None
+        if meta is not None and (meta.pageSize or meta.bookmark):
+            start = meta.bookmark or req.startKey
+            keys = self._keys_in(start, req.endKey)
+            page, rest = keys[: meta.pageSize], keys[meta.pageSize :]
+            return bytes(
+                shim.QueryResponse(
+                    results=[shim.QueryResultBytes(resultBytes=self._kv(k)) for k in page],
+                    has_more=False,
+                    id="paged",
+                    metadata=shim.QueryResponseMetadata(
+                        fetched_records_count=len(page), bookmark=rest[0] if rest else ""
+                    ).SerializeToString(),
+                ).SerializeToString()
+            )
+        keys = self._keys_in(req.startKey, req.endKey)
+        return self._first_batch(tx, [self._kv(k) for k in keys])
+
+    def _first_batch(self, tx: _Tx, rows: list[bytes]) -> bytes:
+        self._iter_seq += 1
+        ident = f"iter-{self._iter_seq}"
+        tx.iterators[ident] = rows
+        return self._next_batch(tx, ident)
+
+    def _next_batch(self, tx: _Tx, ident: str) -> bytes:
+        rows = tx.iterators[ident]
+        batch, rest = rows[: self.batch], rows[self.batch :]
+        if rest:
+            tx.iterators[ident] = rest
+        else:
+            del tx.iterators[ident]
+        return bytes(
+            shim.QueryResponse(
+                results=[shim.QueryResultBytes(resultBytes=r) for r in batch],
+                has_more=bool(rest),
+                id=ident,
+            ).SerializeToString()
+        )
+
+    async def execute(
+        self,
+        signed: Any,
+        txid: str,
+        function: str,
+        args: list[bytes],
+        *,
+        channel: str,
+        commit: bool,
+        timeout: float = 60.0,
+    ) -> TxOutcome:
+        """Send one TRANSACTION with its ``SignedProposal``; on success with ``commit`` apply its
+        writes to :attr:`state`. Raises ``ConnectionError`` when the server answers ERROR."""
+        key = (channel, txid)
+        tx = _Tx(done=asyncio.get_running_loop().create_future())
+        self._txs[key] = tx
+        try:
+            cc_input = ccpb.ChaincodeInput(args=[function.encode(), *args])
+            msg = MSG(
+                type=MSG.TRANSACTION,
+                payload=cc_input.SerializeToString(),
+                txid=txid,
+                channel_id=channel,
+            )
+            msg.proposal.CopyFrom(signed)
+            await self._write(msg)
+            assert tx.done is not None
+            reply = await asyncio.wait_for(tx.done, timeout)
+        finally:
+            del self._txs[key]
+        if reply.type != MSG.COMPLETED:
+            raise ConnectionError(bytes(reply.payload).decode("utf-8", "replace"))
+        resp = responsepb.Response.FromString(reply.payload)
+        event = None
+        if reply.HasField("chaincode_event"):
+            event = (str(reply.chaincode_event.event_name), bytes(reply.chaincode_event.payload))
+        if commit and resp.status < 400:
+            for k, v in tx.writes.items():
+                if v is None:
+                    if self._state.pop(k, None) is not None:
+                        self._keys.remove(k)
+                else:
+                    if k not in self._state:
+                        bisect.insort(self._keys, k)
+                    self._state[k] = v
+        return TxOutcome(int(resp.status), str(resp.message), bytes(resp.payload), event)
