@@ -16,7 +16,11 @@ refused before dialling; default false: presented when there is one) and optiona
 ``ledger.network``, the directory of the local Fabric network this consortium runs
 (:mod:`ehrshare.network.fabric`, which requires mutual TLS; ``ehrshare network up`` starts it).
 ``storage.backend`` is
-``embedded`` or ``kubo`` (a real Kubo RPC URL), independent of the ledger.
+``embedded`` or ``kubo`` (a real Kubo RPC URL), independent of the ledger. A ``kubo`` store may
+also name a private swarm of one Kubo node per hospital (``storage.swarm``: its directory,
+``storage.nodes``: each hospital's node RPC URL by MSP id, ``storage.replicas``: how many hospitals
+besides a record's origin pin it, default 2; :class:`StorageSwarm`); ``storage.url`` is then the
+node a client without a hospital of its own uses.
 
 Proxies: one re-encryption proxy per hospital, listed under ``proxies:`` (each with a ``name``,
 its hospital's ``msp`` and optionally ``id``, the ledger identity grants name it by; without
@@ -62,6 +66,7 @@ __all__ = [
     "ProfileError",
     "ProxyConfig",
     "ServiceConfig",
+    "StorageSwarm",
     "profile_file",
 ]
 
@@ -228,6 +233,24 @@ class FabricLedger:
         return out
 
 
+DEFAULT_REPLICAS: Final = 2
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSwarm:
+    """A private IPFS swarm, one Kubo node per hospital (:mod:`ehrshare.network.swarm`)."""
+
+    path: Path
+    nodes: tuple[tuple[str, str], ...]
+    """(MSP id, node RPC URL) per hospital, in the order of the hospitals."""
+    replicas: int = DEFAULT_REPLICAS
+    """How many hospitals besides a record's origin pin it."""
+
+    def url(self, msp: str) -> str | None:
+        """The RPC URL of hospital ``msp``'s node (None if it has none)."""
+        return dict(self.nodes).get(msp)
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     """A parsed profile; build it with :meth:`load` (or :meth:`from_dict` in tests)."""
@@ -254,6 +277,7 @@ class Profile:
     # The consortium's id (``id:``), written by 'consortium init' into the ledger and the store
     # as well; opening either checks it (see :mod:`ehrshare.volumes`). Empty: not given.
     consortium_id: str = ""
+    swarm: StorageSwarm | None = None
     raw: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     @property
@@ -285,6 +309,10 @@ class Profile:
             storage["path"] = rel(self.storage_path)
         if self.storage_timeout != DEFAULT_STORAGE_TIMEOUT:
             storage["timeout"] = self.storage_timeout
+        if self.swarm is not None:
+            storage["swarm"] = rel(self.swarm.path)
+            storage["nodes"] = dict(self.swarm.nodes)
+            storage["replicas"] = self.swarm.replicas
         types: dict[str, Any] = {
             "label_key": rel(self.label_key_file),
             "default": self.mapping.default_type,
@@ -388,6 +416,26 @@ class Profile:
         timeout = storage.get("timeout", DEFAULT_STORAGE_TIMEOUT)
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise fail("storage.timeout", "must be a positive number of seconds")
+        swarm: StorageSwarm | None = None
+        if "swarm" in storage:
+            if s_backend != "kubo":
+                raise fail("storage.swarm", "needs storage.backend kubo")
+            nodes_map = storage.get("nodes")
+            if (
+                not isinstance(nodes_map, Mapping)
+                or not nodes_map
+                or not all(
+                    isinstance(k, str) and isinstance(v, str) and v.startswith("http")
+                    for k, v in nodes_map.items()
+                )
+            ):
+                raise fail("storage.nodes", "must map each hospital's MSP id to its node's URL")
+            replicas = storage.get("replicas", DEFAULT_REPLICAS)
+            if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+                raise fail("storage.replicas", "must be a whole number, 0 or more")
+            swarm = StorageSwarm(
+                rel(storage["swarm"], "storage.swarm"), tuple(nodes_map.items()), replicas
+            )
 
         kgc = section("kgc")
         nodes_raw = kgc.get("nodes", [])
@@ -467,6 +515,7 @@ class Profile:
             ledger_backend=backend,
             fabric=fabric,
             consortium_id=consortium_id,
+            swarm=swarm,
             raw=dict(data),
         )
 

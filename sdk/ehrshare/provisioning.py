@@ -42,8 +42,10 @@ from ehrshare.identity import LocalCA
 from ehrshare.ledger.errors import GatewayError
 from ehrshare.ledger.store import EmbeddedLedger
 from ehrshare.ledgers import EmbeddedBackend
+from ehrshare.network.swarm import SWARM_DIR, KuboSwarm
 from ehrshare.profile import (
     DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_REPLICAS,
     DEFAULT_STORAGE_TIMEOUT,
     BackendUnavailable,
     FabricLedger,
@@ -51,6 +53,7 @@ from ehrshare.profile import (
     Profile,
     ProxyConfig,
     ServiceConfig,
+    StorageSwarm,
 )
 from ehrshare.runtime import Clock, ConsortiumError, Runtime
 from ehrshare.services.kgc import run_local_dkg
@@ -80,6 +83,8 @@ _log = logging.getLogger(__name__)
 DEFAULT_HOSPITALS: Final = ("HospitalA", "HospitalB", "HospitalC")
 DEFAULT_BASE_PORT: Final = 7060
 SERVICE_MODES: Final = ("in-process", "processes")
+STORAGE_MODES: Final = ("embedded", "kubo", "swarm")
+"""``swarm``: a Kubo store, one node per hospital in a private swarm (ehrshare.network.swarm)."""
 ROLES: Final = ("patient", "clinician", "auditor", "admin")
 ADMIN_WALLET: Final = "admin"
 # A member's name is its enrollment id and its wallet's directory name: what the chaincode
@@ -167,7 +172,12 @@ class FabricOptions:
 
 
 def _stop_network_of(root: Path) -> None:
-    """Stop the Fabric network under ``root`` if one was created there (init failed)."""
+    """Stop the Fabric network and the IPFS swarm under ``root`` if made there (init failed)."""
+    if (root / SWARM_DIR).is_dir():
+        try:
+            KuboSwarm.load(root / SWARM_DIR).stop()
+        except Exception as exc:
+            _log.warning("stopping the IPFS swarm of %s: %s", root, exc)
     if not (root / "fabric").is_dir():
         return
     try:
@@ -183,6 +193,11 @@ def _msp(hospital: str) -> str:
 
 
 def _mark_store(profile: Profile, consortium_id: str) -> None:
+    if profile.swarm is not None:  # every hospital's node is a volume of its own
+        for _, url in profile.swarm.nodes:
+            with KuboClient(url, timeout=profile.storage_timeout) as client:
+                mark_store(profile, consortium_id, client)
+        return
     if profile.storage_backend != "kubo":
         mark_store(profile, consortium_id)
         return
@@ -203,6 +218,7 @@ class Consortium(Closing):
         self.kgc_nodes = runtime.kgc_nodes
         self.clock = runtime.clock
         self._network: FabricNet | None = None  # a Fabric network this object started
+        self._swarm: KuboSwarm | None = None  # an IPFS swarm this object started
 
     @property
     def proxy(self) -> ReencryptionProxy:
@@ -298,8 +314,8 @@ class Consortium(Closing):
         if ledger == "fabric":
             fabric = fabric or FabricOptions()
             fabric.check()
-        if storage not in ("embedded", "kubo"):
-            raise ConsortiumError(f"storage backend {storage!r} is not embedded or kubo")
+        if storage not in STORAGE_MODES:
+            raise ConsortiumError(f"storage backend {storage!r} is not embedded, kubo or swarm")
         if len(hospitals) < 2 or len(set(hospitals)) != len(hospitals):
             raise ConsortiumError("a consortium needs at least two distinct hospitals")
         for hospital in hospitals:
@@ -334,11 +350,13 @@ class Consortium(Closing):
             if not port_list:
                 return consortium
             network = consortium._release_network()
+            swarm, consortium._swarm = consortium._swarm, None
             consortium.close()
             say("issuing TLS server certificates and writing the process profile")
             _switch_to_processes(root, port_list)
             reopened = cls.open(root / "profile.yaml", clock=clock)
             reopened._network = network
+            reopened._swarm = swarm
             return reopened
         except BaseException:
             # Nothing half-made stays behind: the directory was new or empty, and a Fabric
@@ -369,6 +387,18 @@ class Consortium(Closing):
         # lacks it (unmounted, empty, another consortium's) is refused (ehrshare.volumes).
         consortium_id = "c-" + secrets.token_hex(16)
         profile = _initial_profile(root, hospitals, threshold, storage, kubo_url, consortium_id)
+        swarm = None
+        if storage == "swarm":
+            say(f"creating a private IPFS swarm, one Kubo node per hospital ({len(hospitals)})")
+            swarm = KuboSwarm.create(root / SWARM_DIR, [_msp(h) for h in hospitals])
+            nodes = tuple((msp, swarm.node(msp).api_url) for msp in swarm.nodes)
+            profile = replace(
+                profile,
+                storage_url=nodes[0][1],
+                swarm=StorageSwarm(root / SWARM_DIR, nodes, DEFAULT_REPLICAS),
+            )
+            swarm.start()
+            swarm.wait_connected()
         say(f"creating certificate authorities for {', '.join(hospitals)}")
         ledger_obj = (
             EmbeddedLedger.open(root / "ledger", channel="ehrshare") if fabric is None else None
@@ -406,6 +436,7 @@ class Consortium(Closing):
         _mark_store(Profile.load(root / "profile.yaml"), consortium_id)
         consortium = cls.open(root / "profile.yaml", clock=clock)
         consortium._network = network
+        consortium._swarm = swarm
         try:
             say("publishing each hospital's CA certificate on chain")
             for hospital in hospitals:
@@ -458,6 +489,9 @@ class Consortium(Closing):
         network, self._network = self._network, None
         if network is not None:
             network.stop()
+        swarm, self._swarm = self._swarm, None
+        if swarm is not None:
+            swarm.stop()
 
     @property
     def ledger(self) -> EmbeddedLedger:
@@ -640,7 +674,7 @@ def _initial_profile(
         channel="ehrshare",
         chaincode="ehrshare",
         ledger_path=root / "ledger",
-        storage_backend=storage,
+        storage_backend="kubo" if storage == "swarm" else storage,
         storage_path=root / "store" if storage == "embedded" else None,
         storage_url=kubo_url if storage == "kubo" else None,
         storage_timeout=DEFAULT_STORAGE_TIMEOUT,

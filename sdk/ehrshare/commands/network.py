@@ -253,6 +253,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     "reachable": store_ok,
                     "detail": detail,
                 }
+                if prof.swarm is not None:
+                    status["storage"]["nodes"] = _swarm_nodes(prof.swarm.nodes)
+                    store_ok = all(n["reachable"] for n in status["storage"]["nodes"].values())
             else:
                 status["storage"] = {"backend": "embedded", "path": str(prof.storage_path)}
             if "storage" in problems:
@@ -359,3 +362,18 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             raise typer.Exit(EXIT_CONFIG)
         if not store_ok or not ledger_ok or not services_ok:
             raise typer.Exit(EXIT_UNAVAILABLE)
+
+
+def _swarm_nodes(nodes: Any) -> dict[str, dict[str, Any]]:
+    """Each hospital's IPFS node: its URL and whether it answers."""
+    from ehrshare.storage import KuboClient
+
+    out: dict[str, dict[str, Any]] = {}
+    for msp, url in nodes:
+        try:
+            with KuboClient(url, timeout=5) as client:
+                client.id(timeout=5)
+            out[msp] = {"url": url, "reachable": True}
+        except Exception as exc:
+            out[msp] = {"url": url, "reachable": False, "detail": str(exc)}
+    return out

@@ -170,7 +170,9 @@ class KuboSwarm:
                 for n in data["nodes"]
             ]
         except FileNotFoundError:
-            raise SwarmVolumeError(f"no IPFS swarm in {root}: {root / _LAYOUT_FILE} is missing")
+            raise SwarmVolumeError(
+                f"no IPFS swarm in {root}: {root / _LAYOUT_FILE} is missing"
+            ) from None
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise SwarmVolumeError(f"{root / _LAYOUT_FILE} is damaged: {exc}") from None
         return cls(root, nodes, binary=binary)
@@ -241,7 +243,8 @@ class KuboSwarm:
     def _ipfs(self, msp: str, *args: str) -> str:
         if not self.binary.is_file():
             raise SwarmVolumeError(
-                f"kubo binary {self.binary} does not exist: run `make tools` or set EHRSHARE_BIN_DIR"
+                f"kubo binary {self.binary} does not exist: run `make tools` or set "
+                "EHRSHARE_BIN_DIR"
             )
         done = subprocess.run(  # noqa: S603 - our own binary, fixed argv
             [str(self.binary), *args],
@@ -313,13 +316,15 @@ class KuboSwarm:
         try:
             ours = self.key_file.read_bytes()
         except FileNotFoundError:
-            raise SwarmVolumeError(f"the consortium's swarm key {self.key_file} is missing")
+            raise SwarmVolumeError(
+                f"the consortium's swarm key {self.key_file} is missing"
+            ) from None
         try:
             theirs = (repo / _KEY_FILE).read_bytes()
         except FileNotFoundError:
             raise SwarmVolumeError(
                 f"{msp}'s IPFS repository {repo} has no swarm.key: it would join the public network"
-            )
+            ) from None
         if theirs != ours:
             raise SwarmVolumeError(
                 f"{msp}'s IPFS repository {repo} holds a foreign swarm.key (not this consortium's)"
@@ -458,9 +463,7 @@ class KuboSwarm:
         while True:
             up = self.pids()
             want = {self.nodes[m].peer_id for m in up}
-            missing = {
-                m: sorted(want - {self.nodes[m].peer_id} - set(self.peers(m))) for m in up
-            }
+            missing = {m: sorted(want - {self.nodes[m].peer_id} - set(self.peers(m))) for m in up}
             if not any(missing.values()):
                 return
             if time.monotonic() > deadline:
