@@ -76,6 +76,7 @@ __all__ = [
     "Consortium",
     "FabricOptions",
     "InvalidName",
+    "mark_swarm_node",
 ]
 
 _log = logging.getLogger(__name__)
@@ -192,6 +193,17 @@ def _msp(hospital: str) -> str:
     return hospital if hospital.endswith("MSP") else f"{hospital}MSP"
 
 
+def mark_swarm_node(profile: Profile, swarm: KuboSwarm, msp: str) -> None:
+    """Write the consortium's marker into ``msp``'s re-created node (started for this and
+    stopped again), so that it is this consortium's volume again."""
+    swarm.start([msp])
+    try:
+        with KuboClient(swarm.node(msp).api_url, timeout=profile.storage_timeout) as client:
+            mark_store(profile, profile.consortium_id, client)
+    finally:
+        swarm.stop([msp])
+
+
 def _mark_store(profile: Profile, consortium_id: str) -> None:
     if profile.swarm is not None:  # every hospital's node is a volume of its own
         for _, url in profile.swarm.nodes:
@@ -265,8 +277,13 @@ class Consortium(Closing):
         progress: Progress | None = None,
         fabric: FabricOptions | None = None,
         committee: int | None = None,
+        replicas: int = DEFAULT_REPLICAS,
     ) -> Consortium:
         """Create a consortium in an empty (or new) directory and run its DKG.
+
+        ``storage="swarm"`` gives each hospital its own Kubo node in a private swarm
+        (:mod:`ehrshare.network.swarm`, started here and stopped by :meth:`close`); a record is
+        pinned at its origin hospital's node and the next ``replicas`` hospitals' nodes.
 
         ``committee`` (default: every hospital) is how many of the hospitals' KGC nodes, the
         first ones, run the first DKG; the others' nodes get keys and identities and can join
@@ -316,6 +333,8 @@ class Consortium(Closing):
             fabric.check()
         if storage not in STORAGE_MODES:
             raise ConsortiumError(f"storage backend {storage!r} is not embedded, kubo or swarm")
+        if replicas < 0:
+            raise ConsortiumError(f"replicas must be 0 or more, got {replicas}")
         if len(hospitals) < 2 or len(set(hospitals)) != len(hospitals):
             raise ConsortiumError("a consortium needs at least two distinct hospitals")
         for hospital in hospitals:
@@ -345,7 +364,7 @@ class Consortium(Closing):
         created = not root.exists()
         try:
             consortium = cls._create(
-                root, hospitals, threshold, storage, kubo_url, clock, say, fabric, members
+                root, hospitals, threshold, storage, kubo_url, clock, say, fabric, members, replicas
             )
             if not port_list:
                 return consortium
@@ -379,6 +398,7 @@ class Consortium(Closing):
         say: Progress,
         fabric: FabricOptions | None = None,
         committee: int | None = None,
+        replicas: int = DEFAULT_REPLICAS,
     ) -> Consortium:
         root.mkdir(parents=True, exist_ok=True)
         (root / "keys").mkdir(mode=0o700, exist_ok=True)
@@ -395,7 +415,7 @@ class Consortium(Closing):
             profile = replace(
                 profile,
                 storage_url=nodes[0][1],
-                swarm=StorageSwarm(root / SWARM_DIR, nodes, DEFAULT_REPLICAS),
+                swarm=StorageSwarm(root / SWARM_DIR, nodes, replicas),
             )
             swarm.start()
             swarm.wait_connected()

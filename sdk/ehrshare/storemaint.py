@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ehrshare.contract import EhrContract
+from ehrshare.contract.types import RecordVersion
 from ehrshare.ledgers import open_ledger
 from ehrshare.profile import Profile
 from ehrshare.provisioning import ADMIN_WALLET
@@ -50,6 +51,7 @@ __all__ = [
     "check_store",
     "gc_store",
     "parse_duration",
+    "record_versions",
 ]
 
 _log = logging.getLogger(__name__)
@@ -111,6 +113,14 @@ class StoreReport:
 
 
 def _pointers(profile: Profile, wallet: Wallet | None) -> list[RecordPointer]:
+    """Every version of every record on the ledger (see :func:`record_versions`)."""
+    return [
+        RecordPointer(v.record_id, v.version, v.cid, v.sha256)
+        for v in record_versions(profile, wallet)
+    ]
+
+
+def record_versions(profile: Profile, wallet: Wallet | None) -> list[RecordVersion]:
     """Every version of every record on the ledger (``ListRecordVersions``, page by page), asked
     as ``wallet`` (an org admin or auditor; default the consortium's ``admin`` wallet)."""
     if wallet is None:
@@ -123,11 +133,11 @@ def _pointers(profile: Profile, wallet: Wallet | None) -> list[RecordPointer]:
             chain = EhrContract(
                 gateway.get_network(profile.channel).get_contract(profile.chaincode)
             )
-            out: list[RecordPointer] = []
+            out: list[RecordVersion] = []
             bookmark = ""
             while True:
                 page = chain.list_record_versions(page_size=_PAGE, bookmark=bookmark)
-                out += [RecordPointer(v.record_id, v.version, v.cid, v.sha256) for v in page.items]
+                out += page.items
                 bookmark = page.bookmark
                 if not bookmark:
                     return out

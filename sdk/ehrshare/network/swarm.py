@@ -219,8 +219,12 @@ class KuboSwarm:
         old repository, if any is left, is moved aside, never deleted."""
         old = self.node(msp)
         repo = self.repo(msp)
-        if self._running_pid(msp) is not None:
-            raise SwarmError(f"{msp}'s IPFS node is running; stop it before re-creating it")
+        if self.pids():
+            raise SwarmError(
+                f"the IPFS nodes of {', '.join(sorted(self.pids()))} run; stop the swarm "
+                "('ehrshare network down') before re-creating a node (every node's peering "
+                "changes)"
+            )
         if repo.exists():
             aside = repo.with_name(f"{repo.name}.lost-{int(time.time())}")
             repo.rename(aside)
