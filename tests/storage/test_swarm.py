@@ -143,16 +143,26 @@ def test_a_record_is_read_through_another_hospital_and_with_its_origin_stopped(
     alice, adams, chen = w.s["alice"], w.s["adams"], w.s["chen"]
     assert isinstance(chen.store, ReplicatedStore) and chen.store.home == C
     assert isinstance(adams.store, ReplicatedStore) and adams.store.home == A
+    first = adams.put_record(lab_observation(value=4.1), patient=alice.ibe_id)
+    # Pinned at its origin and the next hospital (replicas=1), not at C.
+    assert _pinned_at(w, first.cid) == sorted(placement(A, [A, B, C], 1)) == [A, B]
+    alice.grant(chen.ibe_id, "lab", expires=dt.timedelta(days=1))
+    # The grant pins the records it covers at the grantee's hospital: a copy beyond the policy.
+    assert _pinned_at(w, first.cid) == [A, B, C]
+    (v,) = swarm_status(w.profile, record=first.record_id).versions
+    assert (v["policy"], v["extra"], v["missing"]) == ([A, B], [C], [])
+
     started = time.monotonic()
     ref = adams.put_record(lab_observation(value=4.2), patient=alice.ibe_id)
     put_s = time.monotonic() - started
-    # Pinned at its origin and the next hospital (replicas=1), not at C.
-    assert _pinned_at(w, ref.cid) == sorted(placement(A, [A, B, C], 1)) == [A, B]
-    alice.grant(chen.ibe_id, "lab", expires=dt.timedelta(days=1))
+    assert _pinned_at(w, ref.cid) == [A, B]
     started = time.monotonic()
     assert chen.read_record(ref).status == "final"  # type: ignore[attr-defined]
     read_s = time.monotonic() - started
-    print(f"put+replicate {put_s:.3f} s, read through C's node {read_s:.3f} s")
+    print(f"put+replicate {put_s:.3f} s, read through C's node (bitswap) {read_s:.3f} s")
+    assert _pinned_at(w, ref.cid) == [A, B]  # C fetched it, did not pin it
+    with KuboClient(w.swarm.nodes[C].api_url, offline=True, timeout=10) as local:
+        assert len(local.cat(ref.cid)) > 0  # the blocks came to C's node: the read went there
 
     # Hospital A's node stopped: the record is still readable at C, through B's copy.
     w.swarm.stop([A], kill=True)
