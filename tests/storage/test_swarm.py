@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -292,3 +293,35 @@ def test_a_foreign_key_or_a_missing_repository_is_exit_3_not_a_new_node(world: W
         key.write_bytes(good)
         w.swarm.start([C])
         w.swarm.wait_connected()
+
+
+def test_network_down_up_and_a_lost_node_made_anew(world: World) -> None:
+    """Last in the module: it stops and restarts every node through the CLI."""
+    w = world
+    done = _cli(w.root, "network", "status", "--json")
+    assert done.returncode == 0, done.stderr
+    nodes = json.loads(done.stdout)["storage"]["nodes"]
+    assert {m: n["reachable"] for m, n in nodes.items()} == {A: True, B: True, C: True}
+    pids = w.swarm.pids()
+    done = _cli(w.root, "network", "down")
+    assert done.returncode == 0, done.stderr
+    assert w.swarm.pids() == {} and not [p for p in pids.values() if pid_alive(p)]
+    assert _cli(w.root, "network", "status").returncode == 4
+
+    # B's repository is lost for good: made anew on purpose, then repaired from A's copies.
+    old = w.swarm.nodes[B].peer_id
+    shutil.rmtree(w.swarm.repo(B))
+    assert _cli(w.root, "network", "up").returncode == 3
+    done = _cli(w.root, "store", "recreate-node", B, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["peer_id"] != old
+    swarm = KuboSwarm.load(w.swarm.root)
+    assert swarm.nodes[B].api_url == w.swarm.nodes[B].api_url  # same ports: profile unchanged
+    done = _cli(w.root, "network", "up")
+    assert done.returncode == 0, done.stderr
+    swarm.wait_connected()
+    assert _cli(w.root, "store", "status").returncode == 5
+    done = _cli(w.root, "store", "repair", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["healthy"]
+    w.swarm = swarm  # the module fixture stops what runs now

@@ -76,8 +76,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         stable_after: StableAfterOpt = 60.0,
         give_up_after: GiveUpAfterOpt = 5,
     ) -> None:
-        """Start the profile's Fabric network (if its ledger is one), then every KGC node and
-        proxy, in the background, and wait until all answer (a no-op for what already runs).
+        """Start the profile's Fabric network (if its ledger is one) and IPFS nodes (if its
+        store is a private swarm), then every KGC node and proxy, in the background, and wait
+        until all answer (a no-op for what already runs).
         The supervisor restarts a service that dies (backoff doubling from --restart-backoff,
         giving up after --give-up-after quick failures). Logs go to run/network.log and
         fabric/logs/ next to the profile. Exit code 4 if they do not come up (nothing is left
@@ -114,6 +115,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             _err.print(
                 "[green]✓[/green] Fabric network running: "
                 + ", ".join(f"{n} (pid {p})" for n, p in state.fabric["pids"].items())
+            )
+        if state.swarm is not None:
+            _err.print(
+                "[green]✓[/green] IPFS nodes running: "
+                + ", ".join(f"{n} (pid {p})" for n, p in state.swarm["pids"].items())
             )
         if state.supervisor_pid is not None:
             _err.print(f"[green]✓[/green] services {verb} (supervisor pid {state.supervisor_pid})")

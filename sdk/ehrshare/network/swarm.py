@@ -432,7 +432,26 @@ class KuboSwarm:
             for child in children.values():
                 stop_process(child, grace=10)
             raise
+        self._dial(started)
         return started
+
+    def _dial(self, started: Sequence[str]) -> None:
+        """Connect each node just started to every other running node now: Peering would
+        too, but only after its back-off (about 10 s when the other node came up later)."""
+        running = self.pids()
+        for msp in started:
+            for other in running:
+                if other == msp:
+                    continue
+                peer = self.nodes[other]
+                try:
+                    httpx.post(
+                        self.nodes[msp].api_url + "/api/v0/swarm/connect",
+                        params={"arg": f"{peer.swarm_addr}/p2p/{peer.peer_id}"},
+                        timeout=5.0,
+                    )
+                except httpx.HTTPError as exc:  # Peering keeps trying
+                    _log.info("%s could not dial %s yet: %s", msp, other, exc)
 
     def stop(self, only: Iterable[str] | None = None, *, kill: bool = False) -> list[str]:
         """Stop running nodes by pid (SIGTERM, or SIGKILL with ``kill``); return those stopped."""
