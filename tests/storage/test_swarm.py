@@ -267,6 +267,31 @@ def test_a_node_killed_during_a_put_loses_nothing_and_the_next_put_succeeds(
     assert _pinned_at(w, again.cid) == [A, B]
 
 
+def test_a_put_killed_between_its_add_and_its_replication_leaves_nothing_on_chain(
+    world: World, tmp_path: Path
+) -> None:
+    w = world
+    alice = w.s["alice"]
+    obs = tmp_path / "obs.json"
+    obs.write_text(json.dumps(lab_observation(3.3)), encoding="utf-8")
+    before = len(alice.list_records())
+    with KuboClient(w.swarm.nodes[A].api_url, timeout=20) as client:
+        pins_before = set(client.pins())
+    put = ("record", "put", str(obs), "-w", "alice")
+    done = _cli(w.root, *put, env={"EHRSHARE_FAULT_AT": "swarm.put.after_add"})
+    assert done.returncode == -9
+    assert len(alice.list_records()) == before  # nothing registered
+    with KuboClient(w.swarm.nodes[A].api_url, timeout=20) as client:
+        orphans = set(client.pins()) - pins_before
+    assert len(orphans) == 1  # the ciphertext at the origin only: 'store gc' removes it
+    (orphan,) = orphans
+    assert _pinned_at(w, orphan) == [A]
+    assert swarm_status(w.profile).healthy  # the ledger names no such record
+    done = _cli(w.root, *put)
+    assert done.returncode == 0, done.stderr
+    assert len(alice.list_records()) == before + 1
+
+
 def test_a_foreign_key_or_a_missing_repository_is_exit_3_not_a_new_node(world: World) -> None:
     w = world
     w.swarm.stop([C])
