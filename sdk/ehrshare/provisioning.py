@@ -42,7 +42,7 @@ from ehrshare.identity import LocalCA
 from ehrshare.ledger.errors import GatewayError
 from ehrshare.ledger.store import EmbeddedLedger
 from ehrshare.ledgers import EmbeddedBackend
-from ehrshare.network.swarm import SWARM_DIR, KuboSwarm
+from ehrshare.network.swarm import KuboSwarm
 from ehrshare.profile import (
     DEFAULT_MAX_RECORD_BYTES,
     DEFAULT_REPLICAS,
@@ -53,7 +53,6 @@ from ehrshare.profile import (
     Profile,
     ProxyConfig,
     ServiceConfig,
-    StorageSwarm,
 )
 from ehrshare.runtime import Clock, ConsortiumError, Runtime
 from ehrshare.services.kgc import run_local_dkg
@@ -62,6 +61,7 @@ from ehrshare.services.tls import issue_tls_certificate
 from ehrshare.services.vault import atomic_write, write_key_file
 from ehrshare.session import Session
 from ehrshare.storage import KuboClient
+from ehrshare.swarm_setup import create_swarm, mark_swarm_nodes, stop_swarm_of
 from ehrshare.volumes import mark_store
 from ehrshare.wallet import Wallet
 
@@ -76,7 +76,6 @@ __all__ = [
     "Consortium",
     "FabricOptions",
     "InvalidName",
-    "mark_swarm_node",
 ]
 
 _log = logging.getLogger(__name__)
@@ -174,11 +173,7 @@ class FabricOptions:
 
 def _stop_network_of(root: Path) -> None:
     """Stop the Fabric network and the IPFS swarm under ``root`` if made there (init failed)."""
-    if (root / SWARM_DIR).is_dir():
-        try:
-            KuboSwarm.load(root / SWARM_DIR).stop()
-        except Exception as exc:
-            _log.warning("stopping the IPFS swarm of %s: %s", root, exc)
+    stop_swarm_of(root)
     if not (root / "fabric").is_dir():
         return
     try:
@@ -193,22 +188,9 @@ def _msp(hospital: str) -> str:
     return hospital if hospital.endswith("MSP") else f"{hospital}MSP"
 
 
-def mark_swarm_node(profile: Profile, swarm: KuboSwarm, msp: str) -> None:
-    """Write the consortium's marker into ``msp``'s re-created node (started for this and
-    stopped again), so that it is this consortium's volume again."""
-    swarm.start([msp])
-    try:
-        with KuboClient(swarm.node(msp).api_url, timeout=profile.storage_timeout) as client:
-            mark_store(profile, profile.consortium_id, client)
-    finally:
-        swarm.stop([msp])
-
-
 def _mark_store(profile: Profile, consortium_id: str) -> None:
-    if profile.swarm is not None:  # every hospital's node is a volume of its own
-        for _, url in profile.swarm.nodes:
-            with KuboClient(url, timeout=profile.storage_timeout) as client:
-                mark_store(profile, consortium_id, client)
+    if profile.swarm is not None:
+        mark_swarm_nodes(profile, consortium_id)
         return
     if profile.storage_backend != "kubo":
         mark_store(profile, consortium_id)
@@ -409,16 +391,8 @@ class Consortium(Closing):
         profile = _initial_profile(root, hospitals, threshold, storage, kubo_url, consortium_id)
         swarm = None
         if storage == "swarm":
-            say(f"creating a private IPFS swarm, one Kubo node per hospital ({len(hospitals)})")
-            swarm = KuboSwarm.create(root / SWARM_DIR, [_msp(h) for h in hospitals])
-            nodes = tuple((msp, swarm.node(msp).api_url) for msp in swarm.nodes)
-            profile = replace(
-                profile,
-                storage_url=nodes[0][1],
-                swarm=StorageSwarm(root / SWARM_DIR, nodes, replicas),
-            )
-            swarm.start()
-            swarm.wait_connected()
+            msps = [_msp(h) for h in hospitals]
+            swarm, profile = create_swarm(root, msps, profile, replicas, say)
         say(f"creating certificate authorities for {', '.join(hospitals)}")
         ledger_obj = (
             EmbeddedLedger.open(root / "ledger", channel="ehrshare") if fabric is None else None

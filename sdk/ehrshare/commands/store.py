@@ -226,8 +226,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         the old one is moved aside. Run with the swarm down ('ehrshare network down'); then
         'ehrshare network up' and 'ehrshare store repair'."""
         from ehrshare.network.swarm import KuboSwarm
-        from ehrshare.provisioning import mark_swarm_node
         from ehrshare.replication import NotASwarm
+        from ehrshare.swarm_setup import mark_swarm_node
 
         with mapped_errors():
             prof = load_profile(profile)
