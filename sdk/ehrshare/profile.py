@@ -16,11 +16,9 @@ refused before dialling; default false: presented when there is one) and optiona
 ``ledger.network``, the directory of the local Fabric network this consortium runs
 (:mod:`ehrshare.network.fabric`, which requires mutual TLS; ``ehrshare network up`` starts it).
 ``storage.backend`` is
-``embedded`` or ``kubo`` (a real Kubo RPC URL), independent of the ledger. A ``kubo`` store may
-also name a private swarm of one Kubo node per hospital (``storage.swarm``: its directory,
-``storage.nodes``: each hospital's node RPC URL by MSP id, ``storage.replicas``: how many hospitals
-besides a record's origin pin it, default 2; :class:`StorageSwarm`); ``storage.url`` is then the
-node a client without a hospital of its own uses.
+``embedded`` or ``kubo`` (a real Kubo RPC URL), independent of the ledger; ``kubo`` may name a
+private swarm, one node per hospital (:class:`StorageSwarm`: ``storage.swarm``, its directory;
+``storage.nodes``, node URL by MSP id; ``storage.replicas``, default 2).
 
 Proxies: one re-encryption proxy per hospital, listed under ``proxies:`` (each with a ``name``,
 its hospital's ``msp`` and optionally ``id``, the ledger identity grants name it by; without
@@ -246,10 +244,6 @@ class StorageSwarm:
     replicas: int = DEFAULT_REPLICAS
     """How many hospitals besides a record's origin pin it."""
 
-    def url(self, msp: str) -> str | None:
-        """The RPC URL of hospital ``msp``'s node (None if it has none)."""
-        return dict(self.nodes).get(msp)
-
 
 @dataclass(frozen=True, slots=True)
 class Profile:
@@ -421,20 +415,16 @@ class Profile:
             if s_backend != "kubo":
                 raise fail("storage.swarm", "needs storage.backend kubo")
             nodes_map = storage.get("nodes")
-            if (
-                not isinstance(nodes_map, Mapping)
-                or not nodes_map
-                or not all(
-                    isinstance(k, str) and isinstance(v, str) and v.startswith("http")
-                    for k, v in nodes_map.items()
-                )
-            ):
+            urls = dict(nodes_map) if isinstance(nodes_map, Mapping) else {}
+            if not urls or not all(str(v).startswith("http") for v in urls.values()):
                 raise fail("storage.nodes", "must map each hospital's MSP id to its node's URL")
             replicas = storage.get("replicas", DEFAULT_REPLICAS)
             if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
                 raise fail("storage.replicas", "must be a whole number, 0 or more")
             swarm = StorageSwarm(
-                rel(storage["swarm"], "storage.swarm"), tuple(nodes_map.items()), replicas
+                rel(storage["swarm"], "storage.swarm"),
+                tuple((str(k), str(v)) for k, v in urls.items()),
+                replicas,
             )
 
         kgc = section("kgc")

@@ -86,8 +86,6 @@ def test_the_swarm_section_reads_and_writes_back(tmp_path: Path) -> None:
         (("AMSP", "http://127.0.0.1:5101"), ("BMSP", "http://127.0.0.1:5102")),
         1,
     )
-    assert profile.swarm.url("BMSP") == "http://127.0.0.1:5102"
-    assert profile.swarm.url("CMSP") is None
     written = profile.to_dict()
     assert {k: written["storage"][k] for k in storage} == storage
     again = Profile.from_dict(yaml.safe_load(profile.to_yaml()), base=tmp_path, path=path)
