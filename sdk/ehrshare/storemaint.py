@@ -42,6 +42,7 @@ from ehrshare.storage import (
     StorageError,
     sha256_hex,
 )
+from ehrshare.storage.replicated import ReplicatedStore
 from ehrshare.volumes import KUBO_MARKER
 from ehrshare.wallet import Wallet
 
@@ -163,14 +164,16 @@ def _held(
     ``run/store-unreferenced.json``); a referenced pin's age does not matter."""
     if isinstance(store, EmbeddedStore):
         return {b.cid: (b.size, max(0.0, now - b.mtime)) for b in store.blobs()}
-    assert isinstance(store, KuboStore)
-    others = [c for c in store.client.files_ls(KUBO_MARKER) if c != profile.consortium_id]
-    if others:
-        raise ConsortiumError(
-            f"the Kubo node at {store.client.api_url} also stores consortia {', '.join(others)}: "
-            "their ciphertexts would look unreferenced here; give each consortium its own node"
-        )
-    pins = {_canonical(c) for c in store.client.pins()} - {_EMPTY_DIR}
+    pins: set[str] = set()
+    for node in _kubo_nodes(store):  # a private swarm: what any hospital's node pins
+        others = [c for c in node.client.files_ls(KUBO_MARKER) if c != profile.consortium_id]
+        if others:
+            raise ConsortiumError(
+                f"the Kubo node at {node.client.api_url} also stores consortia "
+                f"{', '.join(others)}: their ciphertexts would look unreferenced here; give "
+                "each consortium its own node"
+            )
+        pins |= {_canonical(c) for c in node.client.pins()} - {_EMPTY_DIR}
     assert profile.path is not None
     seen_file = profile.path.parent / "run" / _SEEN_FILE
     try:
@@ -185,6 +188,14 @@ def _held(
     tmp.write_text(json.dumps(seen, sort_keys=True), encoding="utf-8")
     tmp.replace(seen_file)
     return {c: (-1, now - seen.get(c, now)) for c in pins}
+
+
+def _kubo_nodes(store: BlobStore) -> list[KuboStore]:
+    """The Kubo node of a single-node store, or every hospital's node of a private swarm."""
+    if isinstance(store, ReplicatedStore):
+        return list(store.stores.values())
+    assert isinstance(store, KuboStore)
+    return [store]
 
 
 def _scan(
@@ -228,6 +239,20 @@ def _scan(
     return report, ages
 
 
+def _unpin_everywhere(store: BlobStore, cid: str) -> bool:
+    """Unpin ``cid`` (at every node of a swarm); whether any copy was released."""
+    released = False
+    for node in [store] if isinstance(store, EmbeddedStore) else _kubo_nodes(store):
+        try:
+            node.unpin(cid)
+            released = True
+        except ContentNotFound:
+            continue
+        except StorageError as exc:
+            _log.warning("could not remove %s: %s", cid, exc)
+    return released
+
+
 def check_store(
     profile: Profile,
     *,
@@ -269,17 +294,12 @@ def gc_store(
         for cid in candidates:
             if cid in still:
                 continue
-            if not dry_run:
-                try:
-                    store.unpin(cid)
-                except ContentNotFound:
-                    continue
-                except StorageError as exc:
-                    _log.warning("could not remove %s: %s", cid, exc)
-                    continue
+            if not dry_run and not _unpin_everywhere(store, cid):
+                continue
             report.removed.append(cid)
-        if not dry_run and isinstance(store, KuboStore) and report.removed:
-            store.client.repo_gc()
+        if not dry_run and not isinstance(store, EmbeddedStore) and report.removed:
+            for node in _kubo_nodes(store):
+                node.client.repo_gc()
         return report
     finally:
         close()

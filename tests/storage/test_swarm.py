@@ -292,6 +292,14 @@ def test_a_put_killed_between_its_add_and_its_replication_leaves_nothing_on_chai
     (orphan,) = orphans
     assert _pinned_at(w, orphan) == [A]
     assert swarm_status(w.profile).healthy  # the ledger names no such record
+    # store check sees the orphan across the swarm; store gc removes it from every node.
+    assert _cli(w.root, "store", "check").returncode == 5
+    done = _cli(w.root, "store", "gc", "--older-than", "0", "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["removed"] == [orphan]
+    assert _pinned_at(w, orphan) == []
+    done = _cli(w.root, "store", "check")
+    assert done.returncode == 0, done.stderr + done.stdout
     done = _cli(w.root, *put)
     assert done.returncode == 0, done.stderr
     assert len(alice.list_records()) == before + 1
