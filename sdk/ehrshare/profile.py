@@ -16,7 +16,9 @@ refused before dialling; default false: presented when there is one) and optiona
 ``ledger.network``, the directory of the local Fabric network this consortium runs
 (:mod:`ehrshare.network.fabric`, which requires mutual TLS; ``ehrshare network up`` starts it).
 ``storage.backend`` is
-``embedded`` or ``kubo`` (a real Kubo RPC URL), independent of the ledger.
+``embedded`` or ``kubo`` (a real Kubo RPC URL), independent of the ledger; ``kubo`` may name a
+private swarm, one node per hospital (:class:`StorageSwarm`: ``storage.swarm``, its directory;
+``storage.nodes``, node URL by MSP id; ``storage.replicas``, default 2).
 
 Proxies: one re-encryption proxy per hospital, listed under ``proxies:`` (each with a ``name``,
 its hospital's ``msp`` and optionally ``id``, the ledger identity grants name it by; without
@@ -62,6 +64,7 @@ __all__ = [
     "ProfileError",
     "ProxyConfig",
     "ServiceConfig",
+    "StorageSwarm",
     "profile_file",
 ]
 
@@ -228,6 +231,20 @@ class FabricLedger:
         return out
 
 
+DEFAULT_REPLICAS: Final = 2
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSwarm:
+    """A private IPFS swarm, one Kubo node per hospital (:mod:`ehrshare.network.swarm`)."""
+
+    path: Path
+    nodes: tuple[tuple[str, str], ...]
+    """(MSP id, node RPC URL) per hospital, in the order of the hospitals."""
+    replicas: int = DEFAULT_REPLICAS
+    """How many hospitals besides a record's origin pin it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     """A parsed profile; build it with :meth:`load` (or :meth:`from_dict` in tests)."""
@@ -254,6 +271,7 @@ class Profile:
     # The consortium's id (``id:``), written by 'consortium init' into the ledger and the store
     # as well; opening either checks it (see :mod:`ehrshare.volumes`). Empty: not given.
     consortium_id: str = ""
+    swarm: StorageSwarm | None = None
 
     @property
     def proxy(self) -> ServiceConfig:
@@ -284,6 +302,10 @@ class Profile:
             storage["path"] = rel(self.storage_path)
         if self.storage_timeout != DEFAULT_STORAGE_TIMEOUT:
             storage["timeout"] = self.storage_timeout
+        if self.swarm is not None:
+            storage["swarm"] = rel(self.swarm.path)
+            storage["nodes"] = dict(self.swarm.nodes)
+            storage["replicas"] = self.swarm.replicas
         types: dict[str, Any] = {
             "label_key": rel(self.label_key_file),
             "default": self.mapping.default_type,
@@ -387,6 +409,22 @@ class Profile:
         timeout = storage.get("timeout", DEFAULT_STORAGE_TIMEOUT)
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise fail("storage.timeout", "must be a positive number of seconds")
+        swarm: StorageSwarm | None = None
+        if "swarm" in storage:
+            if s_backend != "kubo":
+                raise fail("storage.swarm", "needs storage.backend kubo")
+            nodes_map = storage.get("nodes")
+            urls = dict(nodes_map) if isinstance(nodes_map, Mapping) else {}
+            if not urls or not all(str(v).startswith("http") for v in urls.values()):
+                raise fail("storage.nodes", "must map each hospital's MSP id to its node's URL")
+            replicas = storage.get("replicas", DEFAULT_REPLICAS)
+            if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+                raise fail("storage.replicas", "must be a whole number, 0 or more")
+            swarm = StorageSwarm(
+                rel(storage["swarm"], "storage.swarm"),
+                tuple((str(k), str(v)) for k, v in urls.items()),
+                replicas,
+            )
 
         kgc = section("kgc")
         nodes_raw = kgc.get("nodes", [])
@@ -466,6 +504,7 @@ class Profile:
             ledger_backend=backend,
             fabric=fabric,
             consortium_id=consortium_id,
+            swarm=swarm,
         )
 
     def labels(self) -> TypeLabels:

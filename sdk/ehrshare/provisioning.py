@@ -42,8 +42,10 @@ from ehrshare.identity import LocalCA
 from ehrshare.ledger.errors import GatewayError
 from ehrshare.ledger.store import EmbeddedLedger
 from ehrshare.ledgers import EmbeddedBackend
+from ehrshare.network.swarm import KuboSwarm
 from ehrshare.profile import (
     DEFAULT_MAX_RECORD_BYTES,
+    DEFAULT_REPLICAS,
     DEFAULT_STORAGE_TIMEOUT,
     BackendUnavailable,
     FabricLedger,
@@ -59,6 +61,7 @@ from ehrshare.services.tls import issue_tls_certificate
 from ehrshare.services.vault import atomic_write, write_key_file
 from ehrshare.session import Session
 from ehrshare.storage import KuboClient
+from ehrshare.swarm_setup import create_swarm, mark_swarm_nodes, stop_swarm_of
 from ehrshare.volumes import mark_store
 from ehrshare.wallet import Wallet
 
@@ -80,6 +83,8 @@ _log = logging.getLogger(__name__)
 DEFAULT_HOSPITALS: Final = ("HospitalA", "HospitalB", "HospitalC")
 DEFAULT_BASE_PORT: Final = 7060
 SERVICE_MODES: Final = ("in-process", "processes")
+STORAGE_MODES: Final = ("embedded", "kubo", "swarm")
+"""``swarm``: a Kubo store, one node per hospital in a private swarm (ehrshare.network.swarm)."""
 ROLES: Final = ("patient", "clinician", "auditor", "admin")
 ADMIN_WALLET: Final = "admin"
 # A member's name is its enrollment id and its wallet's directory name: what the chaincode
@@ -167,7 +172,8 @@ class FabricOptions:
 
 
 def _stop_network_of(root: Path) -> None:
-    """Stop the Fabric network under ``root`` if one was created there (init failed)."""
+    """Stop the Fabric network and the IPFS swarm under ``root`` if made there (init failed)."""
+    stop_swarm_of(root)
     if not (root / "fabric").is_dir():
         return
     try:
@@ -183,6 +189,9 @@ def _msp(hospital: str) -> str:
 
 
 def _mark_store(profile: Profile, consortium_id: str) -> None:
+    if profile.swarm is not None:
+        mark_swarm_nodes(profile, consortium_id)
+        return
     if profile.storage_backend != "kubo":
         mark_store(profile, consortium_id)
         return
@@ -203,6 +212,7 @@ class Consortium(Closing):
         self.kgc_nodes = runtime.kgc_nodes
         self.clock = runtime.clock
         self._network: FabricNet | None = None  # a Fabric network this object started
+        self._swarm: KuboSwarm | None = None  # an IPFS swarm this object started
 
     @property
     def proxy(self) -> ReencryptionProxy:
@@ -249,8 +259,13 @@ class Consortium(Closing):
         progress: Progress | None = None,
         fabric: FabricOptions | None = None,
         committee: int | None = None,
+        replicas: int = DEFAULT_REPLICAS,
     ) -> Consortium:
         """Create a consortium in an empty (or new) directory and run its DKG.
+
+        ``storage="swarm"`` gives each hospital its own Kubo node in a private swarm
+        (:mod:`ehrshare.network.swarm`, started here and stopped by :meth:`close`); a record is
+        pinned at its origin hospital's node and the next ``replicas`` hospitals' nodes.
 
         ``committee`` (default: every hospital) is how many of the hospitals' KGC nodes, the
         first ones, run the first DKG; the others' nodes get keys and identities and can join
@@ -298,8 +313,10 @@ class Consortium(Closing):
         if ledger == "fabric":
             fabric = fabric or FabricOptions()
             fabric.check()
-        if storage not in ("embedded", "kubo"):
-            raise ConsortiumError(f"storage backend {storage!r} is not embedded or kubo")
+        if storage not in STORAGE_MODES:
+            raise ConsortiumError(f"storage backend {storage!r} is not embedded, kubo or swarm")
+        if replicas < 0:
+            raise ConsortiumError(f"replicas must be 0 or more, got {replicas}")
         if len(hospitals) < 2 or len(set(hospitals)) != len(hospitals):
             raise ConsortiumError("a consortium needs at least two distinct hospitals")
         for hospital in hospitals:
@@ -329,16 +346,18 @@ class Consortium(Closing):
         created = not root.exists()
         try:
             consortium = cls._create(
-                root, hospitals, threshold, storage, kubo_url, clock, say, fabric, members
+                root, hospitals, threshold, storage, kubo_url, clock, say, fabric, members, replicas
             )
             if not port_list:
                 return consortium
             network = consortium._release_network()
+            swarm, consortium._swarm = consortium._swarm, None
             consortium.close()
             say("issuing TLS server certificates and writing the process profile")
             _switch_to_processes(root, port_list)
             reopened = cls.open(root / "profile.yaml", clock=clock)
             reopened._network = network
+            reopened._swarm = swarm
             return reopened
         except BaseException:
             # Nothing half-made stays behind: the directory was new or empty, and a Fabric
@@ -361,6 +380,7 @@ class Consortium(Closing):
         say: Progress,
         fabric: FabricOptions | None = None,
         committee: int | None = None,
+        replicas: int = DEFAULT_REPLICAS,
     ) -> Consortium:
         root.mkdir(parents=True, exist_ok=True)
         (root / "keys").mkdir(mode=0o700, exist_ok=True)
@@ -369,6 +389,10 @@ class Consortium(Closing):
         # lacks it (unmounted, empty, another consortium's) is refused (ehrshare.volumes).
         consortium_id = "c-" + secrets.token_hex(16)
         profile = _initial_profile(root, hospitals, threshold, storage, kubo_url, consortium_id)
+        swarm = None
+        if storage == "swarm":
+            msps = [_msp(h) for h in hospitals]
+            swarm, profile = create_swarm(root, msps, profile, replicas, say)
         say(f"creating certificate authorities for {', '.join(hospitals)}")
         ledger_obj = (
             EmbeddedLedger.open(root / "ledger", channel="ehrshare") if fabric is None else None
@@ -406,6 +430,7 @@ class Consortium(Closing):
         _mark_store(Profile.load(root / "profile.yaml"), consortium_id)
         consortium = cls.open(root / "profile.yaml", clock=clock)
         consortium._network = network
+        consortium._swarm = swarm
         try:
             say("publishing each hospital's CA certificate on chain")
             for hospital in hospitals:
@@ -458,6 +483,9 @@ class Consortium(Closing):
         network, self._network = self._network, None
         if network is not None:
             network.stop()
+        swarm, self._swarm = self._swarm, None
+        if swarm is not None:
+            swarm.stop()
 
     @property
     def ledger(self) -> EmbeddedLedger:
@@ -640,7 +668,7 @@ def _initial_profile(
         channel="ehrshare",
         chaincode="ehrshare",
         ledger_path=root / "ledger",
-        storage_backend=storage,
+        storage_backend="kubo" if storage == "swarm" else storage,
         storage_path=root / "store" if storage == "embedded" else None,
         storage_url=kubo_url if storage == "kubo" else None,
         storage_timeout=DEFAULT_STORAGE_TIMEOUT,

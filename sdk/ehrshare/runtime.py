@@ -52,6 +52,7 @@ from ehrshare.storage import (
     StorageError,
     StorageUnavailable,
 )
+from ehrshare.storage.replicated import ReplicatedStore
 from ehrshare.volumes import VolumeError, check_ledger, check_store
 from ehrshare.wallet import Wallet
 
@@ -70,6 +71,8 @@ def open_store(profile: Profile) -> tuple[BlobStore, Callable[[], None]]:
     """The profile's store and what closes it, after checking that it carries this
     consortium's id (nothing is created: a missing, empty or foreign volume raises
     :class:`~ehrshare.volumes.VolumeError`)."""
+    if profile.swarm is not None:
+        return _open_swarm_store(profile)
     if profile.storage_backend == "kubo":
         assert profile.storage_url is not None
         client = KuboClient(profile.storage_url, timeout=profile.storage_timeout)
@@ -89,6 +92,32 @@ def open_store(profile: Profile) -> tuple[BlobStore, Callable[[], None]]:
         return EmbeddedStore(profile.storage_path, create=False), lambda: None
     except StorageError as exc:
         raise VolumeError(str(exc)) from None
+
+
+def _open_swarm_store(profile: Profile) -> tuple[BlobStore, Callable[[], None]]:
+    """One client per hospital's node; each node that answers must carry the consortium's
+    marker (a node that does not answer is left to fail its reads and puts, exit 4)."""
+    swarm = profile.swarm
+    assert swarm is not None
+    clients = {msp: KuboClient(url, timeout=profile.storage_timeout) for msp, url in swarm.nodes}
+
+    def close() -> None:
+        for c in clients.values():
+            c.close()
+
+    try:
+        for msp, client in clients.items():
+            try:
+                check_store(profile, client)
+            except StorageUnavailable as exc:
+                _log.warning("cannot check %s's IPFS node's consortium marker now: %s", msp, exc)
+    except BaseException:
+        close()
+        raise
+    hospitals = [msp for msp, _ in swarm.nodes]
+    home = next((m for m, url in swarm.nodes if url == profile.storage_url), hospitals[0])
+    stores = {msp: KuboStore(c) for msp, c in clients.items()}
+    return ReplicatedStore(home, stores, hospitals, swarm.replicas), close
 
 
 def _load_node_key(path: Path) -> KGCNodeKey:
@@ -203,7 +232,7 @@ class Runtime(Closing):
                 identity=identity,
                 signer=signer,
                 contract=contract,
-                store=self.store,
+                store=self._store_for(identity),
                 kgc=kgc,
                 proxies=proxies,
                 labels=self._labels,
@@ -217,6 +246,13 @@ class Runtime(Closing):
         except BaseException:
             close_all(None)
             raise
+
+    def _store_for(self, identity: Identity) -> BlobStore:
+        """In a private swarm, a member reads and writes through its own hospital's node."""
+        store = self.store
+        if isinstance(store, ReplicatedStore) and identity.msp_id in store.stores:
+            return store.for_home(identity.msp_id)
+        return store
 
     def _ledger_check(
         self, identity: Identity, signer: Signer, client_tls: ClientTlsPair | None

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ehrshare.contract import EhrContract
+from ehrshare.contract.types import RecordVersion
 from ehrshare.ledgers import open_ledger
 from ehrshare.profile import Profile
 from ehrshare.provisioning import ADMIN_WALLET
@@ -41,6 +42,7 @@ from ehrshare.storage import (
     StorageError,
     sha256_hex,
 )
+from ehrshare.storage.replicated import ReplicatedStore
 from ehrshare.volumes import KUBO_MARKER
 from ehrshare.wallet import Wallet
 
@@ -50,6 +52,7 @@ __all__ = [
     "check_store",
     "gc_store",
     "parse_duration",
+    "record_versions",
 ]
 
 _log = logging.getLogger(__name__)
@@ -111,6 +114,14 @@ class StoreReport:
 
 
 def _pointers(profile: Profile, wallet: Wallet | None) -> list[RecordPointer]:
+    """Every version of every record on the ledger (see :func:`record_versions`)."""
+    return [
+        RecordPointer(v.record_id, v.version, v.cid, v.sha256)
+        for v in record_versions(profile, wallet)
+    ]
+
+
+def record_versions(profile: Profile, wallet: Wallet | None) -> list[RecordVersion]:
     """Every version of every record on the ledger (``ListRecordVersions``, page by page), asked
     as ``wallet`` (an org admin or auditor; default the consortium's ``admin`` wallet)."""
     if wallet is None:
@@ -123,11 +134,11 @@ def _pointers(profile: Profile, wallet: Wallet | None) -> list[RecordPointer]:
             chain = EhrContract(
                 gateway.get_network(profile.channel).get_contract(profile.chaincode)
             )
-            out: list[RecordPointer] = []
+            out: list[RecordVersion] = []
             bookmark = ""
             while True:
                 page = chain.list_record_versions(page_size=_PAGE, bookmark=bookmark)
-                out += [RecordPointer(v.record_id, v.version, v.cid, v.sha256) for v in page.items]
+                out += page.items
                 bookmark = page.bookmark
                 if not bookmark:
                     return out
@@ -153,14 +164,16 @@ def _held(
     ``run/store-unreferenced.json``); a referenced pin's age does not matter."""
     if isinstance(store, EmbeddedStore):
         return {b.cid: (b.size, max(0.0, now - b.mtime)) for b in store.blobs()}
-    assert isinstance(store, KuboStore)
-    others = [c for c in store.client.files_ls(KUBO_MARKER) if c != profile.consortium_id]
-    if others:
-        raise ConsortiumError(
-            f"the Kubo node at {store.client.api_url} also stores consortia {', '.join(others)}: "
-            "their ciphertexts would look unreferenced here; give each consortium its own node"
-        )
-    pins = {_canonical(c) for c in store.client.pins()} - {_EMPTY_DIR}
+    pins: set[str] = set()
+    for node in _kubo_nodes(store):  # a private swarm: what any hospital's node pins
+        others = [c for c in node.client.files_ls(KUBO_MARKER) if c != profile.consortium_id]
+        if others:
+            raise ConsortiumError(
+                f"the Kubo node at {node.client.api_url} also stores consortia "
+                f"{', '.join(others)}: their ciphertexts would look unreferenced here; give "
+                "each consortium its own node"
+            )
+        pins |= {_canonical(c) for c in node.client.pins()} - {_EMPTY_DIR}
     assert profile.path is not None
     seen_file = profile.path.parent / "run" / _SEEN_FILE
     try:
@@ -175,6 +188,14 @@ def _held(
     tmp.write_text(json.dumps(seen, sort_keys=True), encoding="utf-8")
     tmp.replace(seen_file)
     return {c: (-1, now - seen.get(c, now)) for c in pins}
+
+
+def _kubo_nodes(store: BlobStore) -> list[KuboStore]:
+    """The Kubo node of a single-node store, or every hospital's node of a private swarm."""
+    if isinstance(store, ReplicatedStore):
+        return list(store.stores.values())
+    assert isinstance(store, KuboStore)
+    return [store]
 
 
 def _scan(
@@ -218,6 +239,20 @@ def _scan(
     return report, ages
 
 
+def _unpin_everywhere(store: BlobStore, cid: str) -> bool:
+    """Unpin ``cid`` (at every node of a swarm); whether any copy was released."""
+    released = False
+    for node in [store] if isinstance(store, EmbeddedStore) else _kubo_nodes(store):
+        try:
+            node.unpin(cid)
+            released = True
+        except ContentNotFound:
+            continue
+        except StorageError as exc:
+            _log.warning("could not remove %s: %s", cid, exc)
+    return released
+
+
 def check_store(
     profile: Profile,
     *,
@@ -259,17 +294,12 @@ def gc_store(
         for cid in candidates:
             if cid in still:
                 continue
-            if not dry_run:
-                try:
-                    store.unpin(cid)
-                except ContentNotFound:
-                    continue
-                except StorageError as exc:
-                    _log.warning("could not remove %s: %s", cid, exc)
-                    continue
+            if not dry_run and not _unpin_everywhere(store, cid):
+                continue
             report.removed.append(cid)
-        if not dry_run and isinstance(store, KuboStore) and report.removed:
-            store.client.repo_gc()
+        if not dry_run and not isinstance(store, EmbeddedStore) and report.removed:
+            for node in _kubo_nodes(store):
+                node.client.repo_gc()
         return report
     finally:
         close()

@@ -167,6 +167,10 @@ def test_list_record_versions_pages_through_every_version_for_admins_and_auditor
     assert [v["record_id"] for v in admin.evaluate("ListRecordVersions")["versions"]] == [
         s[0] for s in seen
     ]
+    # The origin hospital of every version, the amended one included, is the registrar's.
+    assert {v["creator_msp"] for v in admin.evaluate("ListRecordVersions")["versions"]} == {
+        "Org1MSP"
+    }
     owner_key = "\x00ehr.rec~owner\x00Org1MSP/alice\x00"
     assert endorse_error(auditor, "ListRecordVersions", "2", owner_key) == (
         "bookmark does not belong to this query"

@@ -187,8 +187,8 @@ class Records:
     @evaluate
     def ListRecordVersions(self, ctx: TxContext, page_size: str = "", bookmark: str = "") -> Any:
         """One page of every version of every record, as ``{record_id, version, cid, sha256,
-        epoch}`` in key order: what a store must hold (``ehrshare store check/gc``). Org admins
-        and auditors only; it names no owner or type."""
+        epoch, creator_msp}`` in key order: what a store must hold and where (``ehrshare store
+        check/gc/status/repair``). Org admins and auditors only; it names no owner or type."""
         ctx.registered(ADMIN, AUDITOR)
         check_bookmark(bookmark, K_RECORD_VERSION)
         rows, next_bm = ctx.stub.get_state_by_partial_composite_key_with_pagination(
@@ -204,6 +204,7 @@ class Records:
                     "cid": rec["cid"],
                     "sha256": rec["sha256"],
                     "epoch": rec.get("epoch", ""),
+                    "creator_msp": rec.get("creator_msp", ""),
                 }
             )
         return {"versions": versions, "bookmark": next_bm}

@@ -65,9 +65,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 "the others can join later with 'ehrshare kgc reshare --add'."
             ),
         ] = None,
-        storage: Annotated[str, typer.Option(help="Content store: embedded or kubo.")] = (
-            "embedded"
-        ),
+        storage: Annotated[
+            str,
+            typer.Option(
+                help="Content store: embedded, kubo (one Kubo node at --kubo-url) or swarm "
+                "(one Kubo node per hospital in a private swarm; 'network up' starts them)."
+            ),
+        ] = "embedded",
         kubo_url: Annotated[str, typer.Option(help="Kubo RPC URL (storage kubo).")] = (
             "http://127.0.0.1:5001"
         ),

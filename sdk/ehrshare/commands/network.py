@@ -76,8 +76,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         stable_after: StableAfterOpt = 60.0,
         give_up_after: GiveUpAfterOpt = 5,
     ) -> None:
-        """Start the profile's Fabric network (if its ledger is one), then every KGC node and
-        proxy, in the background, and wait until all answer (a no-op for what already runs).
+        """Start the profile's Fabric network (if its ledger is one) and IPFS nodes (if its
+        store is a private swarm), then every KGC node and proxy, in the background, and wait
+        until all answer (a no-op for what already runs).
         The supervisor restarts a service that dies (backoff doubling from --restart-backoff,
         giving up after --give-up-after quick failures). Logs go to run/network.log and
         fabric/logs/ next to the profile. Exit code 4 if they do not come up (nothing is left
@@ -114,6 +115,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             _err.print(
                 "[green]✓[/green] Fabric network running: "
                 + ", ".join(f"{n} (pid {p})" for n, p in state.fabric["pids"].items())
+            )
+        if state.swarm is not None:
+            _err.print(
+                "[green]✓[/green] IPFS nodes running: "
+                + ", ".join(f"{n} (pid {p})" for n, p in state.swarm["pids"].items())
             )
         if state.supervisor_pid is not None:
             _err.print(f"[green]✓[/green] services {verb} (supervisor pid {state.supervisor_pid})")
@@ -253,6 +259,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     "reachable": store_ok,
                     "detail": detail,
                 }
+                if prof.swarm is not None:
+                    status["storage"]["nodes"] = _swarm_nodes(prof.swarm.nodes)
+                    store_ok = all(n["reachable"] for n in status["storage"]["nodes"].values())
             else:
                 status["storage"] = {"backend": "embedded", "path": str(prof.storage_path)}
             if "storage" in problems:
@@ -359,3 +368,18 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             raise typer.Exit(EXIT_CONFIG)
         if not store_ok or not ledger_ok or not services_ok:
             raise typer.Exit(EXIT_UNAVAILABLE)
+
+
+def _swarm_nodes(nodes: Any) -> dict[str, dict[str, Any]]:
+    """Each hospital's IPFS node: its URL and whether it answers."""
+    from ehrshare.storage import KuboClient
+
+    out: dict[str, dict[str, Any]] = {}
+    for msp, url in nodes:
+        try:
+            with KuboClient(url, timeout=5) as client:
+                client.id(timeout=5)
+            out[msp] = {"url": url, "reachable": True}
+        except Exception as exc:
+            out[msp] = {"url": url, "reachable": False, "detail": str(exc)}
+    return out

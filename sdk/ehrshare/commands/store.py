@@ -1,5 +1,7 @@
 """``ehrshare store check|gc``: compare the content store with the ledger, and remove the
-ciphertexts no record names. The work is in :mod:`ehrshare.storemaint`.
+ciphertexts no record names (:mod:`ehrshare.storemaint`); ``store status|repair|recreate-node``
+for a private IPFS swarm: placement against the pin policy, re-pinning, and making a lost node
+anew (:mod:`ehrshare.replication`, :mod:`ehrshare.network.swarm`).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from ehrshare.commands.common import (
     unlocked_wallet,
 )
 from ehrshare.console import err_console
-from ehrshare.errors import EXIT_INTEGRITY, EXIT_USAGE
+from ehrshare.errors import EXIT_INTEGRITY, EXIT_UNAVAILABLE, EXIT_USAGE
 
 __all__ = ["register"]
 
@@ -135,3 +137,106 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 wallet=unlocked_wallet(prof, wallet or "admin"),
             )
         _store_report(report, as_json, "would remove" if dry_run else "removed")
+
+    def _swarm_report(report: Any, as_json: bool) -> None:
+        if as_json:
+            emit(report.as_dict())
+            return
+        down = [m for m, up in report.nodes.items() if not up]
+        _err.print(
+            f"{len(report.versions)} record versions, policy: origin + {report.replicas} "
+            f"replicas; nodes down: {', '.join(down) or 'none'}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        for v in report.versions:
+            mark = "[red]under-replicated[/red]" if v["missing"] else "[green]ok[/green]"
+            _err.print(
+                f"{mark} {v['record_id']} v{v['version']}: pinned at "
+                f"{', '.join(v['pinned']) or 'no node'}"
+                + (f"; missing at {', '.join(v['missing'])}" if v["missing"] else ""),
+                highlight=False,
+                soft_wrap=True,
+            )
+        for r in report.repaired:
+            _err.print(f"re-pinned {r['record_id']} v{r['version']} at {r['node']}", soft_wrap=True)
+        for f in report.failed:
+            _err.print(
+                f"[red]not repaired:[/red] {f['record_id']} v{f['version']} at {f['node']}: "
+                f"{f['reason']}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+    def _swarm_exit(report: Any) -> None:
+        if report.healthy:
+            return
+        if any(not v["pinned"] for v in report.versions):
+            raise typer.Exit(EXIT_INTEGRITY)  # some version is on no node that answers
+        if not all(report.nodes.values()):
+            raise typer.Exit(EXIT_UNAVAILABLE)
+        raise typer.Exit(EXIT_INTEGRITY)
+
+    @store_app.command("status", epilog=HELP_EPILOG)
+    def store_status(
+        record: Annotated[
+            str, typer.Argument(help="Only this record's versions (default: every record).")
+        ] = "",
+        profile: ProfileOpt = "",
+        wallet: StoreWalletOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Where each record version is pinned in the private IPFS swarm, against the policy
+        (its origin hospital's node and the next storage.replicas hospitals'). Changes nothing.
+        Exit code 0 if every version is where the policy says, 4 if a node does not answer,
+        5 if a version is under-replicated or on no node at all, 2 for an unknown record."""
+        from ehrshare.replication import swarm_status
+
+        with mapped_errors():
+            prof = load_profile(profile)
+            report = swarm_status(
+                prof, wallet=unlocked_wallet(prof, wallet or "admin"), record=record
+            )
+        _swarm_report(report, as_json)
+        _swarm_exit(report)
+
+    @store_app.command("repair", epilog=HELP_EPILOG)
+    def store_repair(
+        profile: ProfileOpt = "", wallet: StoreWalletOpt = "", as_json: JsonOpt = False
+    ) -> None:
+        """Pin every record version at each node of its policy that lacks it (the node fetches
+        it over bitswap from a node that has it). Never unpins. Safe to run again after any
+        interruption. Exit codes as 'store status', after the repair."""
+        from ehrshare.replication import repair_swarm
+
+        with mapped_errors():
+            prof = load_profile(profile)
+            report = repair_swarm(prof, wallet=unlocked_wallet(prof, wallet or "admin"))
+        _swarm_report(report, as_json)
+        _swarm_exit(report)
+
+    @store_app.command("recreate-node", epilog=HELP_EPILOG)
+    def store_recreate_node(
+        hospital: Annotated[str, typer.Argument(help="The hospital's MSP id (Org1MSP).")],
+        profile: ProfileOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Make a hospital's lost IPFS node anew (its repository missing or unusable): an
+        empty repository with a new identity on the same ports and swarm key; what is left of
+        the old one is moved aside. Run with the swarm down ('ehrshare network down'); then
+        'ehrshare network up' and 'ehrshare store repair'."""
+        from ehrshare.network.swarm import KuboSwarm
+        from ehrshare.replication import NotASwarm
+        from ehrshare.swarm_setup import mark_swarm_node
+
+        with mapped_errors():
+            prof = load_profile(profile)
+            if prof.swarm is None:
+                raise NotASwarm(f"profile {prof.path} has no private IPFS swarm")
+            swarm = KuboSwarm.load(prof.swarm.path)
+            node = swarm.recreate(hospital)
+            mark_swarm_node(prof, swarm, hospital)
+        if as_json:
+            emit({"hospital": hospital, "peer_id": node.peer_id, "api_url": node.api_url})
+        else:
+            _err.print(f"{hospital}'s IPFS node made anew: peer {node.peer_id}", soft_wrap=True)

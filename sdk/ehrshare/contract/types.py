@@ -173,11 +173,19 @@ class RecordVersion:
     version: int
     cid: str
     sha256: str
+    creator_msp: str = ""
+    """The MSP id of the hospital that registered the record: its origin."""
 
     @classmethod
     def from_chain(cls, data: dict[str, Any]) -> RecordVersion:
         """Build from a ListRecordVersions item."""
-        return cls(data["record_id"], int(data["version"]), data["cid"], data["sha256"])
+        return cls(
+            data["record_id"],
+            int(data["version"]),
+            data["cid"],
+            data["sha256"],
+            str(data.get("creator_msp", "")),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +40,7 @@ from ehrshare.network.supervisor import (
     start_child,
     stop_process,
 )
+from ehrshare.network.swarm import KuboSwarm
 from ehrshare.profile import Profile
 from ehrshare.wallet import Wallet
 
@@ -90,6 +91,8 @@ class NetworkState:
     """The pid a state file names whose supervisor is gone (killed, crashed)."""
     ready: bool = False
     """Whether the live supervisor has seen every service listen once (its first start done)."""
+    swarm: dict[str, Any] | None = None
+    """The profile's private IPFS swarm: ``running`` (every node), ``pids`` by hospital."""
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form for ``--json`` output."""
@@ -102,6 +105,8 @@ class NetworkState:
         }
         if self.fabric is not None:
             out["fabric"] = self.fabric
+        if self.swarm is not None:
+            out["swarm"] = self.swarm
         if self.stale_supervisor_pid is not None:
             out["stale_supervisor_pid"] = self.stale_supervisor_pid
         return out
@@ -128,7 +133,26 @@ def _is_our_supervisor(pid: int, profile_path: Path) -> bool:
 def network_state(profile_path: Path) -> NetworkState:
     """Whether this profile's services are up (a live supervisor named in the state file),
     and its local Fabric network's state."""
-    return _services_state(profile_path, _fabric_state(profile_path))
+    state = _services_state(profile_path, _fabric_state(profile_path))
+    swarm = _swarm_of(profile_path)
+    if swarm is None:
+        return state
+    pids = swarm.pids()
+    info = {
+        "running": len(pids) == len(swarm.nodes),
+        "pids": pids,
+        "logs": str(swarm.root / "logs"),
+    }
+    return replace(state, swarm=info)
+
+
+def _swarm_of(profile_path: Path) -> KuboSwarm | None:
+    """The private IPFS swarm a profile's store runs on, if it names one."""
+    try:
+        prof = Profile.load(profile_path)
+    except ValueError:
+        return None
+    return None if prof.swarm is None else KuboSwarm.load(prof.swarm.path)
 
 
 def _services_state(profile_path: Path, fabric: dict[str, Any] | None = None) -> NetworkState:
@@ -187,6 +211,14 @@ def network_up(
         n for n in prof.kgc_nodes if not n.service.embedded
     ]
     fabric = _fabric_network(prof)
+    swarm = None if prof.swarm is None else KuboSwarm.load(prof.swarm.path)
+    if swarm is not None:
+        # Its repositories are checked before any node starts (exit 3 for a missing or
+        # foreign one); the nodes run detached, like the Fabric processes.
+        swarm.start()
+        swarm.wait_connected()
+    if not remote and fabric is None and swarm is not None:
+        return network_state(profile_path)
     if not remote and fabric is None:
         raise NetworkControlError(
             f"profile {profile_path} runs its KGC nodes and proxies in-process: there is nothing "
@@ -336,6 +368,12 @@ def network_down(profile_path: Path, *, timeout: float = 30.0) -> NetworkState |
     profile_path = profile_path.resolve()
     state = network_state(profile_path)
     fabric = _fabric_network(Profile.load(profile_path))
+    swarm = _swarm_of(profile_path)
+    if swarm is not None and swarm.pids():
+        swarm.stop()
+        if not state.running and (fabric is None or not fabric.running()):
+            _stop_orphans(profile_path, state.state_file)
+            return state
     if not state.running:
         _stop_orphans(profile_path, state.state_file)
         state.state_file.unlink(missing_ok=True)

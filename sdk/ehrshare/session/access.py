@@ -15,6 +15,7 @@ from ehrshare.rekey_delivery import seal_rekey
 from ehrshare.services.protocols import InvalidReKey, NotAuthorised, ProxyError, ProxyUnavailable
 from ehrshare.session.core import Expiry, ProxyRoute, SessionCore
 from ehrshare.session.errors import GrantNotServed, RequestRejected
+from ehrshare.storage.replicated import ReplicatedStore
 
 _log = logging.getLogger(__name__)
 
@@ -136,11 +137,13 @@ class Sharing(SessionCore):
         """Let ``grantee`` read your records of ``type`` until ``expires``; ``max_hops`` is how
         many further referrals (forwards) the grantee may make. The re-key goes to ``proxy``
         (a proxy identity of the profile), by default the proxy of the grantee's hospital.
-        Atomic: the grant commits only after its proxy took the re-key."""
+        Atomic: the grant commits only after its proxy took the re-key. In a private IPFS
+        swarm the records it covers are then pinned at the grantee's hospital's node too
+        (best effort: a node that is down is logged, the grant stands)."""
         sk = self._secret_key()
         label = self._label(type)
         receiving = self._type_key(grantee, label)  # fail before anything is committed
-        return self._give(
+        grant = self._give(
             "grant",
             sk=sk,
             label=label,
@@ -152,6 +155,26 @@ class Sharing(SessionCore):
             parent_grant_id="",
             proxy=proxy,
         )
+        self._pin_for_grantee(grantee, label)
+        return grant
+
+    def _pin_for_grantee(self, grantee: str, label: str) -> None:
+        store = self.store
+        if not isinstance(store, ReplicatedStore):
+            return
+        msp = grantee.split("/", 1)[0]  # an IBE id is <MSP id>/<enrollment id>
+        if msp not in store.stores:
+            return
+        try:
+            pages = self._pages(
+                lambda bookmark: self.chain.list_records(self.ibe_id, bookmark=bookmark)
+            )
+            records = [r.ref for r in pages if r.ref.label == label]
+        except Exception as exc:
+            _log.warning("records of the grant not pinned at %s's node: %s", msp, exc)
+            return
+        for record in records:
+            store.pin_at(msp, record.cid, required=False)
 
     def forward(
         self,
