@@ -308,10 +308,18 @@ class IdentitySecretKey(_Secret):
         """The raw G2 element; a secret — only protocol code should touch it."""
         return self._point
 
-    def type_secret(self, type_label: str) -> TypeSecretKey:
-        """The secret of one record type: h = H2(sk, t) and d = h·sk."""
+    def type_secret(self, type_label: str, type_epoch: int = 0) -> TypeSecretKey:
+        """The secret of one record type: h = H2(sk, t) and d = h·sk.
+
+        ``type_epoch`` n ≥ 1 gives the type key of that epoch: h = H2(sk, tag("t#n")), an
+        independent exponent (docs/security.md §3.2), while the key stays of type ``t`` (its
+        capsules and re-keys carry t's tag, so grantees' keys of type t still receive them).
+        """
+        if not isinstance(type_epoch, int) or isinstance(type_epoch, bool) or type_epoch < 0:
+            raise ValueError(f"type epoch must be an int >= 0, got {type_epoch!r}")
         ttag = type_tag(type_label)
-        h = _h2(self._point, ttag)
+        htag = ttag if type_epoch == 0 else type_tag(f"{type_label}#{type_epoch}")
+        h = _h2(self._point, htag)
         return TypeSecretKey(self.identity, type_label, h, h * self._point)
 
     def to_secret_bytes(self) -> bytes:
