@@ -65,8 +65,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             )
             for grant_id, why in done.failed.items():
                 _err.print(
-                    f"grant {grant_id} not re-keyed: {why}; run 'ehrshare grant repair "
-                    f"{grant_id}'",
+                    f"grant {grant_id} not re-keyed: {why}; run 'ehrshare grant repair {grant_id}'",
                     highlight=False,
                     markup=False,
                 )
