@@ -80,18 +80,26 @@ def test_a_root_grant_covers_the_epochs_it_was_rekeyed_for(fresh_world: World) -
     assert fresh["type_epochs"] == [0, 1]
 
 
-def test_rekeying_needs_the_current_epochs_key(fresh_world: World) -> None:
+def test_rekeying_goes_up_to_the_current_epoch_with_a_key(fresh_world: World) -> None:
     w = fresh_world
     alice = w.m["owner"]
     g = w.grants["grantee"]
     alice.submit("RotateTypeKey", "lab", "2", ALICE_LAB_KEY_2, "1")
-    assert fails_without_change(w, alice, "RekeyGrant", g, "1") == (
-        f"type key lab of {ALICE} is in epoch 2; grant {g} can be re-keyed for its current "
-        "epoch with a key only"
+    assert fails_without_change(w, alice, "RekeyGrant", g, "3") == (
+        f"type key lab of {ALICE} is in epoch 2; grant {g} cannot be re-keyed for epoch 3"
     )
+    # An epoch a rotation skipped for this grant is caught up on.
+    assert alice.submit("RekeyGrant", g, "2")["type_epochs"] == [0, 2]
+    assert alice.submit("RekeyGrant", g, "1")["type_epochs"] == [0, 1, 2]
     revoked = w.grants["revoked_grantee"]
     assert fails_without_change(w, alice, "RekeyGrant", revoked, "2") == (
         f"grant {revoked} is revoked"
+    )
+    other = alice.submit("GrantAccess", "lab", "Org2MSP/zed", FAR, "0", "", "", PROXY)
+    alice.submit("RevokeAccess", other["grant_id"])  # epoch 3, no key yet
+    assert fails_without_change(w, alice, "RekeyGrant", g, "3") == (
+        f"type key lab of {ALICE} is in epoch 3 with no key yet; grant {g} is re-keyed for it "
+        "once RotateTypeKey published it"
     )
 
 

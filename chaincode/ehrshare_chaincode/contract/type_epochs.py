@@ -164,9 +164,11 @@ class TypeEpochs:
 
     @submit
     def RekeyGrant(self, ctx: TxContext, grant_id: str, type_epoch: str) -> Any:
-        """The owner says grant ``grant_id``'s proxy has the re-key for the current type epoch
+        """The owner says grant ``grant_id``'s proxy has the re-key for type epoch ``type_epoch``
         (delivered first, pending there until this commits): the grant then covers records of
-        that epoch too. Only for the owner's own active grants (forwards hang off them)."""
+        that epoch too. Any epoch up to the current one (a rotation interrupted before it
+        re-keyed a grant leaves an earlier epoch to catch up on); the current one once it has a
+        key. Only for the owner's own active grants (forwards hang off them)."""
         caller = ctx.registered(PATIENT)
         assert caller.ibe_id is not None
         from .grants import grant_problem, load_grant  # grants imports this module
@@ -179,12 +181,16 @@ class TypeEpochs:
         if problem is not None:
             raise ChaincodeError(problem)
         current = type_epoch_state(ctx, caller.ibe_id, str(grant["type"]))
-        if n != int(current["type_epoch"]) or not current["key"]:
+        now = int(current["type_epoch"])
+        if n > now:
             raise ChaincodeError(
-                f"type key {grant['type']} of {caller.ibe_id} is in epoch "
-                f"{current['type_epoch']}"
-                + ("" if current["key"] else " (no key yet)")
-                + f"; grant {grant_id} can be re-keyed for its current epoch with a key only"
+                f"type key {grant['type']} of {caller.ibe_id} is in epoch {now}; grant "
+                f"{grant_id} cannot be re-keyed for epoch {n}"
+            )
+        if n == now and not current["key"]:
+            raise ChaincodeError(
+                f"type key {grant['type']} of {caller.ibe_id} is in epoch {now} with no key yet; "
+                f"grant {grant_id} is re-keyed for it once RotateTypeKey published it"
             )
         epochs = grant_type_epochs(grant)
         if n in epochs:

@@ -218,11 +218,7 @@ class Sharing(TypeKeyRotation):
             ) from None
         if g.hop == 0:
             # A rotation a crash (or a proxy that was down) left unfinished for this grant.
-            state = self.chain.get_type_key_epoch(self.ibe_id, g.label)
-            if not state.key:
-                self._finish_rotation(g.label)
-            elif state.type_epoch not in g.type_epochs:
-                self._rekey_grant(sk, g, state.type_epoch)
+            self._finish_rotation(g.label)
         return self.get_grant(grant_id)
 
     def _parent_grant(self, ref_or_grant: RecordRef | Grant | str) -> Grant:

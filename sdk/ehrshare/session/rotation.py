@@ -122,16 +122,15 @@ class TypeKeyRotation(SessionCore):
         rekeyed: list[str] = []
         failed: dict[str, str] = {}
         for g in self.grants("owner"):
-            if (
-                g.label != label
-                or g.hop != 0
-                or g.state != "active"
-                or g.expiry <= now
-                or n in g.type_epochs
-            ):
+            # Every epoch up to n it misses: an interrupted rotation may have skipped one.
+            missing = [k for k in range(1, n + 1) if k not in g.type_epochs]
+            if g.label != label or g.hop != 0 or g.state != "active" or g.expiry <= now:
+                continue
+            if not missing:
                 continue
             try:
-                self._rekey_grant(sk, g, n)
+                for k in missing:
+                    self._rekey_grant(sk, g, k)
                 rekeyed.append(g.grant_id)
             except EhrshareError as exc:
                 _log.warning("grant %s not re-keyed for type epoch %d: %s", g.grant_id, n, exc)
