@@ -134,3 +134,35 @@ def test_bad_rotations_are_refused_and_change_nothing(people: People) -> None:
         p.baker.rotate_type_key("lab")
     assert _digest(p) == before
     assert UnknownRecordType("x").exit_code == 6 and RequestRejected("f", "m").exit_code == 1
+
+
+class _DownProxy:
+    """A proxy that does not answer (its clients see ConnectionError)."""
+
+    def public_key(self) -> bytes:
+        raise ConnectionError("proxy is down")
+
+    def store_rekey(self, grant_id: str, sealed_rekey: bytes) -> None:
+        raise ConnectionError("proxy is down")
+
+    def revoke(self, grant_id: str) -> None:
+        raise ConnectionError("proxy is down")
+
+
+def test_a_grant_whose_proxy_was_down_at_the_rotation_is_finished_by_repair(
+    people: People,
+) -> None:
+    p = people
+    keep = p.alice.grant(p.baker.ibe_id, "lab", expires=DAY)
+    working = p.alice.proxies
+    p.alice.proxy = _DownProxy()  # type: ignore[assignment]
+    done = p.alice.rotate_type_key("lab")
+    assert done.type_epoch == 1 and done.rekeyed == ()
+    assert "is not reachable" in done.failed[keep.grant_id]
+    p.alice.proxies = working
+    assert p.alice.get_grant(keep.grant_id).type_epochs == (0,)
+    new = p.alice.put_record(lab_observation(4.0))  # the key is published: records go on
+    with pytest.raises(AccessDenied, match="holds no re-key for type-key epoch 1"):
+        p.baker.read_record(new)
+    assert p.alice.repair_grant(keep).type_epochs == (0, 1)
+    assert p.baker.read_record(new).model_dump()["valueQuantity"]["value"] == 4.0
