@@ -19,6 +19,7 @@ from ..stub import ChaincodeError
 from .checks import MAX_TYPE_KEY_BYTES, check_b64, check_ibe, check_int, check_type, check_version
 from .context import PATIENT, TxContext
 from .functions import evaluate, submit
+from .identities import current_epoch
 from .keys import K_GRANT, K_TYPE_EPOCH, K_TYPEKEY
 
 __all__ = [
@@ -64,7 +65,7 @@ def rotate_type_epoch(
         "type_epoch": n,
         "key": key_b64,
         "format_version": version,
-        "epoch": current["epoch"],
+        "epoch": current_epoch(ctx) if key_b64 else current["epoch"],
         "reason": reason,
         "rotated_at": ctx.now,
         "tx_id": ctx.tx_id,
@@ -90,6 +91,12 @@ def record_type_epoch(ctx: TxContext, owner: str, record_type: str, given: str) 
         raise ChaincodeError(
             f"type key {record_type} of {owner} is being rotated (epoch {now} has no key yet); "
             f"{owner} must finish it with RotateTypeKey first"
+        )
+    master = current_epoch(ctx)
+    if now > 0 and current["epoch"] and current["epoch"] != master:
+        raise ChaincodeError(
+            f"type key {record_type} of {owner} (type epoch {now}) is of an earlier master key "
+            f"(epoch {current['epoch']}, now {master}); {owner} must enrol again first"
         )
     return now
 
@@ -139,7 +146,11 @@ class TypeEpochs:
                 ctx, caller.ibe_id, record_type, "rotate", key_b64=key_b64, version=version
             )
         elif n == now and not current["key"]:
-            state = dict(current) | {"key": key_b64, "format_version": version}
+            state = dict(current) | {
+                "key": key_b64,
+                "format_version": version,
+                "epoch": current_epoch(ctx),
+            }
             ctx.put_json(state, K_TYPE_EPOCH, caller.ibe_id, record_type)
         else:
             raise ChaincodeError(
