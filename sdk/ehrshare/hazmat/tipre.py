@@ -17,7 +17,7 @@ Green–Ateniese IBP1 (ACNS 2007) for the multi-use re-encryption.
 
 Scheme (docs/security.md §3.0)::
 
-    TypeKey(sk_i, t)      h = H2(sk_i, t); T = h·mpk
+    TypeKey(sk_i, t)      h = H2(sk_i, t); T = h·mpk   (type-key epoch n ≥ 1: H2(sk_i, "t#n"))
     Enc(m, id_i, t)       k ←$ Zr*; U = k·P1; V = m·e(T, Q_i)^k          (= m·e(k·T, Q_i))
     Dec1(C, sk_i)         m = V / e(U, h·sk_i)                            (= V / e(U, sk_i)^h)
     ReKeyGen(sk_i,t,id_j) X ←$ GT; K = H3(X, t, i, j) − h·sk_i; R = Enc(X, id_j, t)
