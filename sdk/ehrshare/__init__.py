@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from ehrshare.session import RecordStorageError as RecordStorageError
     from ehrshare.session import RecordTooLarge as RecordTooLarge
     from ehrshare.session import RequestRejected as RequestRejected
+    from ehrshare.session import RotationUnfinished as RotationUnfinished
     from ehrshare.session import SdkError as SdkError
     from ehrshare.session import Session as Session
     from ehrshare.session import UnknownProxy as UnknownProxy

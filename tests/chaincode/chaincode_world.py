@@ -28,13 +28,15 @@ _MASTER = MasterSecret(Scalar.from_int(0x5EED))
 MPK = base64.b64encode(_MASTER.public_key().to_bytes()).decode()
 
 
-def type_key(ibe_id: str, record_type: str = "lab") -> str:
+def type_key(ibe_id: str, record_type: str = "lab", type_epoch: int = 0) -> str:
     """ibe_id's real type public key under MPK, base64, as PublishTypeKey takes it."""
-    tsk = _MASTER.extract(ibe_id).type_secret(record_type)
+    tsk = _MASTER.extract(ibe_id).type_secret(record_type, type_epoch)
     return base64.b64encode(tsk.public_key(_MASTER.public_key()).to_bytes()).decode()
 
 
 ALICE_LAB_KEY = type_key("Org1MSP/alice")
+ALICE_LAB_KEY_1 = type_key("Org1MSP/alice", type_epoch=1)
+ALICE_LAB_KEY_2 = type_key("Org1MSP/alice", type_epoch=2)
 NONCE = "ab" * 32
 NONCE2 = "cd" * 32
 NONCE3 = "ef" * 32
@@ -114,6 +116,8 @@ def build_world(directory: Path) -> World:
         g = alice.submit("GrantAccess", "lab", m[role].ibe_id, expiry, "1", "", "", PROXY)
         grants[role] = g["grant_id"]
     alice.submit("RevokeAccess", grants["revoked_grantee"])
+    # The revocation moved alice's lab type to epoch 1; her session publishes its key next.
+    alice.submit("RotateTypeKey", "lab", "1", ALICE_LAB_KEY_1, "1")
     access = m["grantee"].submit("RequestAccess", "r-1")
     assert access["decision"] == "allow"
     # A second session left in its deal phase (timed out once the clock moves on).

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import pytest
 from chaincode_world import (
     ALICE_LAB_KEY,
+    ALICE_LAB_KEY_2,
     CAPSULE,
     DKG_POLY,
     DKG_QUAL,
@@ -145,6 +146,29 @@ CASES = [
         lambda w, n, r: f"type key lab is not bound to identity {n}",
     ),
     Case("GetTypeKey", lambda w: (ALICE, "lab"), REGISTERED, lambda w, n, r: ""),
+    # Type-key epochs: only the owner (a patient) rotates its own type or re-keys its own
+    # grants; carol, a patient too, has no lab key to rotate and gave no grant.
+    Case(
+        "RotateTypeKey",
+        lambda w: ("lab", "2", ALICE_LAB_KEY_2, "1"),
+        frozenset({"owner"}),
+        lambda w, n, r: (
+            "type key lab of Org1MSP/carol does not exist"
+            if r == "other_patient"
+            else _role_needed("patient")(w, n, r)
+        ),
+    ),
+    Case("GetTypeKeyEpoch", lambda w: (ALICE, "lab"), REGISTERED, lambda w, n, r: ""),
+    Case(
+        "RekeyGrant",
+        lambda w: (w.grants["grantee"], "1"),
+        frozenset({"owner"}),
+        lambda w, n, r: (
+            f"identity {n} may not re-key grant {w.grants['grantee']}"
+            if r == "other_patient"
+            else _role_needed("patient")(w, n, r)
+        ),
+    ),
     Case(
         "RegisterRecord",
         lambda w: w.record_args("r-new"),

@@ -38,6 +38,7 @@ def test_world_setup_left_one_entry_per_operation_in_order(world: World) -> None
         ("GrantAccess", "ok"),
         ("GrantAccess", "ok"),
         ("RevokeAccess", "ok"),
+        ("RotateTypeKey", "ok"),
         ("RequestAccess", "requested"),
         ("AccessDecision", "allow"),
     ]

@@ -48,6 +48,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.proxy = self.sb.member("Org2MSP", "pete", "proxy").ibe_id
         self.records: dict[str, tuple[str, str]] = {}
         self.grants: dict[str, GrantModel] = {}
+        # (owner, type) a patient's revocation moved to a type-key epoch with no key yet (no
+        # DKG runs here, so no key is ever published): new records of it are refused.
+        self.rotating: set[tuple[str, str]] = set()
         self.decisions = 0
 
     def teardown(self) -> None:
@@ -78,9 +81,12 @@ class LedgerMachine(RuleBasedStateMachine):
         owner = self.patients[p]
         creator = owner if by_clinician < 0 else self.clinicians[by_clinician]
         rid = f"r-{len(self.records)}"
-        creator.submit(
-            "RegisterRecord", rid, owner.ibe_id, t, "bafyrecord0001", "e" * 64, CAPSULE, "1"
-        )
+        args = ("RegisterRecord", rid, owner.ibe_id, t, "bafyrecord0001", "e" * 64, CAPSULE, "1")
+        if (owner.ibe_id, t) in self.rotating:
+            with pytest.raises(EndorseError, match="is being rotated"):
+                creator.submit(*args)
+            return
+        creator.submit(*args)
         self.records[rid] = (owner.ibe_id, t)
 
     @rule(
@@ -139,8 +145,10 @@ class LedgerMachine(RuleBasedStateMachine):
         g = self.grants[gid]
         owner = self._member(g.owner)
         if g.active:
-            owner.submit("RevokeAccess", gid)
+            revoked = owner.submit("RevokeAccess", gid)
             g.active = False
+            assert revoked["type_epoch"] >= 1
+            self.rotating.add((g.owner, g.type))
         else:
             with pytest.raises(EndorseError, match=f"grant {gid} is already revoked"):
                 owner.submit("RevokeAccess", gid)
@@ -169,6 +177,8 @@ class LedgerMachine(RuleBasedStateMachine):
         g = self.grants[gid]
         matching = sorted(r for r, (o, t) in self.records.items() if (o, t) == (g.owner, g.type))
         if not matching:
+            if (g.owner, g.type) in self.rotating:
+                return  # no record can be made (create_record checks the refusal)
             rid = f"r-{len(self.records)}"
             self._member(g.owner).submit(
                 "RegisterRecord", rid, g.owner, g.type, "bafyrecord0001", "e" * 64, CAPSULE, "1"

@@ -53,6 +53,7 @@ def test_audit_show_names_types_and_grantees_as_the_patient_does(tmp_path: Path)
         ["9", "RegisterRecord", "ok", alice, world["record"], "lab", ""],
         ["10", "GrantAccess", "ok", alice, grant_id, "lab", "baker (HospitalB)"],
         ["11", "RevokeAccess", "ok", alice, grant_id, "lab", "baker (HospitalB)"],
+        ["12", "RotateTypeKey", "ok", alice, "", "lab", ""],  # the revocation's new epoch
     ]
     # No opaque label is left in the table; the JSON keeps what the chain holds.
     assert "t-" not in shown.stdout

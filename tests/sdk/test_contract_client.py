@@ -55,6 +55,7 @@ _ACCESS = (
     b'{"access_id":"a-1","record_id":"r-1","record_version":1,"owner":"O/p","type":"t-1",'
     b'"requester":"O/c","decision":"allow","reason":"grant","grant_id":"g-1","chain":[]}'
 )
+_EPOCH = b'{"owner":"O/p","type":"t-1","type_epoch":1,"key":"k","epoch":""}'
 _ANSWERS: dict[str, bytes] = {
     "RegisterIdentity": _IDENT,
     "RegisterMember": _IDENT,
@@ -64,6 +65,9 @@ _ANSWERS: dict[str, bytes] = {
     "GetOrgCA": _CA,
     "PublishTypeKey": b'{"ibe_id":"O/p","type":"t-1","key":"k"}',
     "GetTypeKey": b'{"ibe_id":"O/p","type":"t-1","key":"k"}',
+    "GetTypeKeyEpoch": _EPOCH,
+    "RotateTypeKey": _EPOCH,
+    "RekeyGrant": _GRANT,
     "RegisterRecord": _RECORD,
     "AmendRecord": _RECORD,
     "GetRecord": _RECORD,
@@ -94,6 +98,9 @@ _CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("get_identity", ("O/p",), {}),
     ("publish_type_key", ("t-1", "k", "1"), {}),
     ("get_type_key", ("O/p", "t-1"), {}),
+    ("get_type_key_epoch", ("O/p", "t-1"), {}),
+    ("rotate_type_key", ("t-1", 1, "k", "1"), {}),
+    ("rekey_grant", ("g-1", 1), {}),
     (
         "register_record",
         (),
@@ -108,6 +115,25 @@ _CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
         ),
     ),
     ("amend_record", (), dict(record_id="r", cid="c", sha256="s", capsule=b"", format_version="1")),
+    (
+        "amend_record",
+        (),
+        dict(record_id="r", cid="c", sha256="s", capsule=b"", format_version="1", type_epoch=2),
+    ),
+    (
+        "register_record",
+        (),
+        dict(
+            record_id="r",
+            owner="O/p",
+            label="t",
+            cid="c",
+            sha256="s",
+            capsule=b"",
+            format_version="1",
+            type_epoch=0,
+        ),
+    ),
     ("get_record", ("r-1",), {}),
     ("get_record", ("r-1", 2), {}),
     ("get_record_history", ("r-1",), {}),

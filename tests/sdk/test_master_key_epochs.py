@@ -327,3 +327,22 @@ def test_a_missing_or_damaged_old_key_is_a_clear_error_and_new_records_still_rea
     assert "Traceback" not in got.output
     got = CliRunner().invoke(app, ["record", "get", new, "-p", str(root), "-w", "alice"])
     assert got.exit_code == 0, got.output
+
+
+def test_a_rotated_type_moves_to_a_next_epoch_under_a_new_master_key(
+    consortium: Consortium, clock: ManualClock
+) -> None:
+    # A type rotated under the old master key: its epoch key was proven under the old mpk.
+    c = consortium
+    _enrol(c, "alice", "adams")
+    with c.session("alice") as alice:
+        assert alice.rotate_type_key("lab").type_epoch == 1
+    _new_master_key(c, clock)
+    with pytest.raises(RequestRejected, match=r"is of an earlier master key .*must enrol again"):
+        _put(c)
+    _enrol(c, "alice", "adams")  # publishes the base key and moves lab to epoch 2
+    with c.session("alice") as alice:
+        state = alice.chain.get_type_key_epoch(alice.ibe_id, alice.labels.opaque("lab"))
+        assert (state.type_epoch, state.epoch) == (2, alice.epoch)
+    new = _put(c)
+    assert _reads(c, "alice", new)

@@ -150,8 +150,13 @@ class World:
     def new_record(self, owner: str = "alice", record_type: str = "lab") -> tuple[str, GT, bytes]:
         """A record whose capsule encapsulates a random GT element m (returned for checking)."""
         record_id = f"r-{next(self.counter)}"
-        pk = self.type_public(owner, record_type).verify(
-            owner=self.m[owner].ibe_id, type_label=record_type, mpk=self.mpk
+        type_epoch = self.current_type_epoch(owner, record_type)
+        pk = (
+            self.key_of(owner).type_secret(record_type, type_epoch).public_key(self.mpk)
+            if type_epoch
+            else self.type_public(owner, record_type).verify(
+                owner=self.m[owner].ibe_id, type_label=record_type, mpk=self.mpk
+            )
         )
         m = GT.random()
         capsule = encrypt(m, pk).to_bytes()
@@ -164,8 +169,21 @@ class World:
             "0" * 64,
             base64.b64encode(capsule).decode(),
             "1",
+            str(type_epoch),
         )
         return record_id, m, capsule
+
+    def current_type_epoch(self, owner: str, record_type: str) -> int:
+        """The owner's type-key epoch, its key published first if a revocation left it without
+        one (as the owner's session does)."""
+        me = self.m[owner]
+        state = me.evaluate("GetTypeKeyEpoch", me.ibe_id, record_type)
+        n = int(state["type_epoch"])
+        if n and not state["key"]:
+            pk = self.key_of(owner).type_secret(record_type, n).public_key(self.mpk)
+            key = base64.b64encode(pk.to_bytes()).decode()
+            me.submit("RotateTypeKey", record_type, str(n), key, "1")
+        return n
 
     def open_proxy(self) -> ReencryptionProxy:
         return ReencryptionProxy(

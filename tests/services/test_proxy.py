@@ -14,7 +14,7 @@ from services_world import FAR, World
 from ehrshare.hazmat.kgc_keys import X25519KeyPair
 from ehrshare.hazmat.tipre import Capsule, decrypt, generate_rekey
 from ehrshare.ledger.errors import GatewayError
-from ehrshare.rekey_delivery import seal_rekey
+from ehrshare.rekey_delivery import rekey_id, seal_rekey
 from ehrshare.services.proxy import (
     ApprovalConsumed,
     ApprovalRefused,
@@ -53,8 +53,8 @@ def grant(w: World, grantor: str, grantee: str, max_hops: int = 0, parent: str =
     return str(row["grant_id"])
 
 
-def make_rekey(w: World, grantor: str, grantee: str) -> Any:
-    sk = w.key_of(grantor).type_secret(LAB)
+def make_rekey(w: World, grantor: str, grantee: str, type_epoch: int = 0) -> Any:
+    sk = w.key_of(grantor).type_secret(LAB, type_epoch)
     pk = w.type_public(grantee, LAB).verify(owner=w.m[grantee].ibe_id, type_label=LAB, mpk=w.mpk)
     return generate_rekey(sk, pk)
 
@@ -63,6 +63,12 @@ def deliver(w: World, proxy: ReencryptionProxy, grantor: str, grantee: str, gid:
     rekey = make_rekey(w, grantor, grantee)
     client = InProcessProxyClient(proxy, caller=w.m[grantor].ibe_id)
     client.store_rekey(gid, seal_rekey(client.public_key(), gid, rekey))
+    # A root grant made after a rotation covers the owner's later type-key epochs too.
+    row = w.m[grantor].evaluate("GetGrant", gid)
+    for n in row.get("type_epochs", [0])[1:]:
+        name = rekey_id(gid, n)
+        rk = make_rekey(w, grantor, grantee, n)
+        client.store_rekey(name, seal_rekey(client.public_key(), name, rk))
     return rekey
 
 
@@ -536,7 +542,9 @@ def test_a_rekey_deleted_by_another_process_is_not_used_from_memory(lab: World) 
                 record_id=record_id, requester=reader, approval_id=approval, capsule=capsule
             )
             assert read_as(w, clin, out) == m
-        assert other.revoke(gid) == 1  # not revoked on chain: only the stored re-key goes
+        # Not revoked on chain: only the stored re-keys go (one per type-key epoch).
+        epochs = w.m["alice"].evaluate("GetGrant", gid)["type_epochs"]
+        assert other.revoke(gid) == len(epochs)
         approval = request(w, clin, record_id)
         with pytest.raises(NoReKey, match=f"this proxy holds no re-key for grant {gid}"):
             proxy.reencrypt(

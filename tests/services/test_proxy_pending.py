@@ -18,7 +18,7 @@ from test_proxy import LAB, fresh_clinician, make_rekey, read_as
 
 from ehrshare.hazmat.kgc_keys import X25519KeyPair
 from ehrshare.ledger.api import ChaincodeEvent
-from ehrshare.rekey_delivery import seal_rekey
+from ehrshare.rekey_delivery import rekey_id, seal_rekey
 from ehrshare.services.proxy import (
     InProcessProxyClient,
     InvalidReKey,
@@ -41,9 +41,14 @@ def new_id() -> str:
 
 
 def deliver_ahead(w: World, proxy: ReencryptionProxy, grantor: str, grantee: str) -> str:
+    """Deliver a new grant's re-keys ahead of it: one per type-key epoch of the owner so far
+    (revocations earlier in this module rotated alice's type), as a session does."""
     gid = new_id()
     client = InProcessProxyClient(proxy, caller=w.m[grantor].ibe_id)
-    client.store_rekey(gid, seal_rekey(proxy.public_key(), gid, make_rekey(w, grantor, grantee)))
+    for n in range(w.current_type_epoch(grantor, LAB) + 1):
+        name = rekey_id(gid, n)
+        rekey = make_rekey(w, grantor, grantee, n)
+        client.store_rekey(name, seal_rekey(proxy.public_key(), name, rekey))
     return gid
 
 
@@ -203,24 +208,28 @@ def test_an_altered_pending_rekey_is_never_used_and_a_new_delivery_repairs(lab: 
     with w.open_proxy() as proxy:
         who = fresh_clinician(w)
         gid = deliver_ahead(w, proxy, "alice", who)
+        # The re-key a new record needs: the one of alice's current type-key epoch.
+        n = w.current_type_epoch("alice", LAB)
+        name = rekey_id(gid, n)
         db = sqlite3.connect(proxy.state_dir / "proxy.db")
         try:
             with db:
                 (blob,) = db.execute(
-                    "SELECT sealed FROM pending_rekeys WHERE grant_id = ?", (gid,)
+                    "SELECT sealed FROM pending_rekeys WHERE grant_id = ?", (name,)
                 ).fetchone()
                 flipped = bytes(blob[:-1]) + bytes([blob[-1] ^ 1])
                 db.execute(
-                    "UPDATE pending_rekeys SET sealed = ? WHERE grant_id = ?", (flipped, gid)
+                    "UPDATE pending_rekeys SET sealed = ? WHERE grant_id = ?", (flipped, name)
                 )
         finally:
             db.close()
         commit(w, "alice", who, gid)
         record_id, message, _ = w.new_record()
-        with pytest.raises(NoReKey, match=f"no re-key for grant {gid}"):
+        with pytest.raises(NoReKey, match=f"no re-key for grant {name}"):
             read(w, proxy, who, record_id)
-        assert proxy.rekey_status(gid) == "missing"
+        assert proxy.rekey_status(name) == "missing"
         # The grantor delivers again (what 'grant repair' does): the grant is served.
         client = InProcessProxyClient(proxy, caller=w.m["alice"].ibe_id)
-        client.store_rekey(gid, seal_rekey(proxy.public_key(), gid, make_rekey(w, "alice", who)))
+        rekey = make_rekey(w, "alice", who, n)
+        client.store_rekey(name, seal_rekey(proxy.public_key(), name, rekey))
         assert read_as(w, who, read(w, proxy, who, record_id)) == message

@@ -13,7 +13,7 @@ from services_world import FAR, World
 from ehrshare.hazmat.kgc_keys import X25519KeyPair
 from ehrshare.hazmat.tipre import Capsule, decrypt, generate_rekey
 from ehrshare.ledger.sandbox import Member
-from ehrshare.rekey_delivery import seal_rekey
+from ehrshare.rekey_delivery import rekey_id, seal_rekey
 from ehrshare.services.proxy import (
     ApprovalConsumed,
     ApprovalRefused,
@@ -71,10 +71,14 @@ def grant(h: Hospitals, grantor: str, grantee: str, proxy: str, hops: int, paren
         "GrantAccess", LAB, w.m[grantee].ibe_id, FAR, str(hops), "", parent, named
     )
     gid = str(row["grant_id"])
-    sk = w.key_of(grantor).type_secret(LAB)
     pk = w.type_public(grantee, LAB).verify(owner=w.m[grantee].ibe_id, type_label=LAB, mpk=w.mpk)
     client = InProcessProxyClient(h.proxies[proxy], caller=w.m[grantor].ibe_id)
-    client.store_rekey(gid, seal_rekey(client.public_key(), gid, generate_rekey(sk, pk)))
+    # A root grant: one re-key per type-key epoch of the owner so far (alice's revocations
+    # earlier in this module rotated her type).
+    for n in row.get("type_epochs", [0]):
+        sk = w.key_of(grantor).type_secret(LAB, n)
+        name = rekey_id(gid, n)
+        client.store_rekey(name, seal_rekey(client.public_key(), name, generate_rekey(sk, pk)))
     return gid
 
 

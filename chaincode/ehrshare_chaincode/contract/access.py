@@ -46,6 +46,7 @@ class Access:
         record = load_record(ctx, record_id)
         owner = record["owner"]
         epoch = str(record.get("epoch", ""))
+        t_epoch = int(record.get("type_epoch", 0))
         grant: dict[str, Any] | None
         named: dict[str, Any] | None = None
         walked: list[dict[str, Any]] = []  # the decided grant's chain, leaf first
@@ -62,11 +63,11 @@ class Access:
             decision = "allow"
         else:
             if named is not None:
-                problem = grant_problem(ctx, named, walked, epoch)
+                problem = grant_problem(ctx, named, walked, epoch, t_epoch)
                 grant, reason = (named, "") if problem is None else (None, problem)
             else:
                 grant, reason = valid_grant(
-                    ctx, owner, record["type"], caller.ibe_id, walked, epoch
+                    ctx, owner, record["type"], caller.ibe_id, walked, epoch, t_epoch
                 )
             decision = "allow" if grant is not None else "deny"
             grant_id = grant["grant_id"] if grant is not None else ""
@@ -81,6 +82,7 @@ class Access:
             "capsule_sha256": hashlib.sha256(base64.b64decode(record["capsule"])).hexdigest(),
             "owner": owner,
             "type": record["type"],
+            "type_epoch": t_epoch,
             "requester": caller.ibe_id,
             "decision": decision,
             "reason": reason,

@@ -21,11 +21,12 @@ from .functions import FunctionSpec, function_table
 from .grants import Grants
 from .identities import Identities
 from .records import Records
+from .type_epochs import TypeEpochs
 
 __all__ = ["FUNCTIONS", "EHRContract", "invoke"]
 
 
-class EHRContract(Identities, Records, Grants, Access, DkgSessions, DkgBoard, Audit):
+class EHRContract(Identities, TypeEpochs, Records, Grants, Access, DkgSessions, DkgBoard, Audit):
     """The contract. Its public methods named as verbs are the transaction functions; each is
     declared ``submit`` or ``evaluate`` in its domain module and listed in :data:`FUNCTIONS`."""
 

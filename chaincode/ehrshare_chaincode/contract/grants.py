@@ -22,6 +22,7 @@ from .keys import (
     K_GRANT_MATCH,
     K_IBE,
 )
+from .type_epochs import grant_type_epochs, rotate_type_epoch, type_epoch_state
 
 __all__ = ["Grants", "grant_problem", "load_grant", "valid_grant"]
 
@@ -134,6 +135,10 @@ class Grants:
             "created_at": ctx.now,
             "tx_id": ctx.tx_id,
         }
+        if not parent_grant_id:
+            # The owner delivered a re-key for each type-key epoch so far (type_epochs.py).
+            current = int(type_epoch_state(ctx, owner, record_type)["type_epoch"])
+            grant["type_epochs"] = list(range(current + 1))
         ctx.put_json(grant, K_GRANT, grant_id)
         ctx.put_index(K_GRANT_BY_OWNER, owner, grant_id)
         ctx.put_index(K_GRANT_BY_GRANTEE, grantee, grant_id)
@@ -176,13 +181,14 @@ class Grants:
         revoked = dict(grant)
         revoked.update({"state": "revoked", "revoked_at": ctx.now, "revoked_by": caller.name})
         ctx.put_json(revoked, K_GRANT, grant_id)
-        ctx.log(
-            grant["owner"],
-            "RevokeAccess",
-            "ok",
-            grant_id=grant_id,
-            detail={"grantee": grant["grantee"], "type": grant["type"]},
-        )
+        detail = {"grantee": grant["grantee"], "type": grant["type"]}
+        if caller.name == grant["owner"]:
+            # The revoked side may hold the type key (docs/security.md §3.2): records from now
+            # on wait for the next epoch's key, which the owner's session publishes next.
+            state = rotate_type_epoch(ctx, grant["owner"], str(grant["type"]), "revoke")
+            detail["type_epoch"] = state["type_epoch"]
+            revoked["type_epoch"] = state["type_epoch"]
+        ctx.log(grant["owner"], "RevokeAccess", "ok", grant_id=grant_id, detail=detail)
         return revoked
 
     @evaluate
@@ -234,6 +240,7 @@ def grant_problem(
     grant: dict[str, Any],
     walked: list[dict[str, Any]] | None = None,
     epoch: str = "",
+    type_epoch: int | None = None,
 ) -> str | None:
     """Why a grant is not valid now (walking its forwarding chain), or None.
 
@@ -241,6 +248,7 @@ def grant_problem(
     does not read every grant a second time (on a peer, each read is a round trip).
     ``epoch``: the master-key epoch of the record to be read; a grant's re-keys come from
     the type keys of the epoch it was made in, so a grant of another epoch does not serve.
+    ``type_epoch``: the record's type-key epoch, which the root grant must hold a re-key for.
     """
     current: dict[str, Any] | None = grant
     child: dict[str, Any] | None = None
@@ -263,6 +271,12 @@ def grant_problem(
         ):
             return f"grant {child['grant_id']} exceeds the hops of its parent"
         parent_id = current["parent_grant_id"]
+        covered = type_epoch is None or type_epoch in grant_type_epochs(current)
+        if not parent_id and not covered:
+            return (
+                f"grant {current['grant_id']} holds no re-key for type-key epoch {type_epoch} "
+                f"of {current['owner']}; the owner delivers it with grant repair"
+            )
         child = current
         current = load_grant(ctx, parent_id) if parent_id else None
     return None
@@ -275,6 +289,7 @@ def valid_grant(
     grantee: str,
     walked: list[dict[str, Any]] | None = None,
     epoch: str = "",
+    type_epoch: int | None = None,
 ) -> tuple[dict[str, Any] | None, str]:
     """The first valid grant (key order) for (owner, type, grantee), else the reason.
 
@@ -286,7 +301,7 @@ def valid_grant(
         _, attrs = ctx.stub.split_composite_key(kv.key)
         grant = load_grant(ctx, attrs[3])
         tried: list[dict[str, Any]] = []
-        problem = grant_problem(ctx, grant, tried, epoch)
+        problem = grant_problem(ctx, grant, tried, epoch, type_epoch)
         if problem is None:
             if walked is not None:
                 walked.extend(tried)

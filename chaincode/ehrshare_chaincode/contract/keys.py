@@ -33,6 +33,7 @@ __all__ = [
     "K_RECORD_VERSION",
     "K_REENCRYPTION",
     "K_TYPEKEY",
+    "K_TYPE_EPOCH",
     "STATE_TYPES",
     "seq",
 ]
@@ -41,6 +42,7 @@ K_IDENTITY = "ehr.id"
 K_IBE = "ehr.ibe"
 K_ORG_CA = "ehr.orgca"
 K_TYPEKEY = "ehr.typekey"
+K_TYPE_EPOCH = "ehr.typeepoch"
 K_RECORD = "ehr.rec"
 K_RECORD_VERSION = "ehr.recver"
 K_RECORD_BY_OWNER = "ehr.rec~owner"

@@ -28,6 +28,7 @@ from .functions import evaluate, submit
 from .grants import grant_problem, load_grant, valid_grant
 from .identities import fresh_type_key_epoch, load_identity
 from .keys import K_IBE, K_RECORD, K_RECORD_BY_OWNER, K_RECORD_VERSION, seq
+from .type_epochs import record_type_epoch
 
 __all__ = ["Records", "load_record"]
 
@@ -46,8 +47,12 @@ class Records:
         sha256: str,
         capsule_b64: str,
         format_version: str,
+        type_epoch: str = "",
     ) -> Any:
-        """Register a record pointer; the patient itself or a clinician of any member hospital."""
+        """Register a record pointer; the patient itself or a clinician of any member hospital.
+
+        ``type_epoch`` is the owner's type-key epoch the capsule is sealed under; it must be
+        the current one (:func:`~.type_epochs.record_type_epoch`)."""
         caller = ctx.registered()
         check_id(record_id, "record id")
         check_ibe(owner, "owner")
@@ -68,6 +73,7 @@ class Records:
         if ctx.stub.get_state(ctx.key(K_RECORD, record_id)) is not None:
             raise ChaincodeError(f"record {record_id} already exists")
         epoch = fresh_type_key_epoch(ctx, owner, record_type)
+        t_epoch = record_type_epoch(ctx, owner, record_type, type_epoch)
         record = {
             "record_id": record_id,
             "owner": owner,
@@ -77,6 +83,7 @@ class Records:
             "capsule": capsule_b64,
             "format_version": version,
             "epoch": epoch,
+            "type_epoch": t_epoch,
             "creator": caller.name,
             "creator_msp": caller.msp_id,
             "version": 1,
@@ -105,8 +112,10 @@ class Records:
         sha256: str,
         capsule_b64: str,
         format_version: str,
+        type_epoch: str = "",
     ) -> Any:
-        """A new version of a record (owner or original creator); older versions stay readable."""
+        """A new version of a record (owner or original creator); older versions stay readable.
+        ``type_epoch`` as for :meth:`RegisterRecord`."""
         caller = ctx.registered()
         record = load_record(ctx, record_id)
         if caller.name not in (record["owner"], record["creator"]):
@@ -117,10 +126,12 @@ class Records:
             raise ChaincodeError("sha256 must be 64 lower-case hex digits")
         check_b64(capsule_b64, "capsule", MAX_CAPSULE_BYTES)
         epoch = fresh_type_key_epoch(ctx, str(record["owner"]), str(record["type"]))
+        t_epoch = record_type_epoch(ctx, str(record["owner"]), str(record["type"]), type_epoch)
         amended = dict(record)
         amended.update(
             {
                 "epoch": epoch,
+                "type_epoch": t_epoch,
                 "cid": cid,
                 "sha256": sha256,
                 "capsule": capsule_b64,

@@ -25,6 +25,7 @@ from ehrshare.contract.types import (
     StateDigest,
     StoredRecord,
     TypeKey,
+    TypeKeyEpoch,
 )
 
 __all__ = [
@@ -45,4 +46,5 @@ __all__ = [
     "StateDigest",
     "StoredRecord",
     "TypeKey",
+    "TypeKeyEpoch",
 ]

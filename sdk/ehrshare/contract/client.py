@@ -34,6 +34,7 @@ from ehrshare.contract.types import (
     StateDigest,
     StoredRecord,
     TypeKey,
+    TypeKeyEpoch,
 )
 from ehrshare.fhir import TypeLabels
 from ehrshare.ledger.api import Contract
@@ -56,6 +57,9 @@ COVERED: Final[frozenset[str]] = frozenset(
         "GetIdentity",
         "PublishTypeKey",
         "GetTypeKey",
+        "GetTypeKeyEpoch",
+        "RotateTypeKey",
+        "RekeyGrant",
         "RegisterRecord",
         "AmendRecord",
         "GetRecord",
@@ -118,9 +122,11 @@ def register_record_args(
     sha256: str,
     capsule: bytes,
     format_version: str,
+    type_epoch: int | None = None,
 ) -> tuple[str, ...]:
-    """RegisterRecord's positional arguments (the capsule base64 as on chain)."""
-    return (
+    """RegisterRecord's positional arguments (the capsule base64 as on chain); ``type_epoch``
+    the owner's type-key epoch it is sealed under (None: not stated)."""
+    args = (
         record_id,
         owner,
         label,
@@ -129,6 +135,7 @@ def register_record_args(
         base64.b64encode(capsule).decode(),
         format_version,
     )
+    return args if type_epoch is None else (*args, str(type_epoch))
 
 
 class EhrContract:
@@ -193,8 +200,27 @@ class EhrContract:
         return TypeKey.from_chain(self.call("PublishTypeKey", label, key_b64, format_version))
 
     def get_type_key(self, ibe_id: str, label: str) -> TypeKey:
-        """Someone's type public key for ``label``."""
+        """Someone's type public key for ``label`` (of type-key epoch 0: what re-keys to them
+        are made to)."""
         return TypeKey.from_chain(self.call("GetTypeKey", ibe_id, label))
+
+    def get_type_key_epoch(self, ibe_id: str, label: str) -> TypeKeyEpoch:
+        """Someone's current type-key epoch of ``label`` and its key: what to seal a new record
+        of theirs to."""
+        return TypeKeyEpoch.from_chain(self.call("GetTypeKeyEpoch", ibe_id, label))
+
+    def rotate_type_key(
+        self, label: str, type_epoch: int, key_b64: str, format_version: str
+    ) -> TypeKeyEpoch:
+        """Publish the caller's key of type-key epoch ``type_epoch`` (the next one, or the
+        current one while it has none)."""
+        return TypeKeyEpoch.from_chain(
+            self.call("RotateTypeKey", label, str(type_epoch), key_b64, format_version)
+        )
+
+    def rekey_grant(self, grant_id: str, type_epoch: int) -> Grant:
+        """The owner says the grant's proxy has the re-key of the current type-key epoch."""
+        return self._grant(self.call("RekeyGrant", grant_id, str(type_epoch)))
 
     # --- records -----------------------------------------------------------------------------
 
@@ -208,8 +234,10 @@ class EhrContract:
         sha256: str,
         capsule: bytes,
         format_version: str,
+        type_epoch: int | None = None,
     ) -> StoredRecord:
-        """Register a record's pointer (its ciphertext already stored)."""
+        """Register a record's pointer (its ciphertext already stored), sealed under the
+        owner's type-key epoch ``type_epoch``."""
         args = register_record_args(
             record_id=record_id,
             owner=owner,
@@ -218,24 +246,31 @@ class EhrContract:
             sha256=sha256,
             capsule=capsule,
             format_version=format_version,
+            type_epoch=type_epoch,
         )
         return StoredRecord.from_chain(self.call("RegisterRecord", *args), self.labels)
 
     def amend_record(
-        self, *, record_id: str, cid: str, sha256: str, capsule: bytes, format_version: str
+        self,
+        *,
+        record_id: str,
+        cid: str,
+        sha256: str,
+        capsule: bytes,
+        format_version: str,
+        type_epoch: int | None = None,
     ) -> StoredRecord:
         """Register a new version of a record."""
-        return StoredRecord.from_chain(
-            self.call(
-                "AmendRecord",
-                record_id,
-                cid,
-                sha256,
-                base64.b64encode(capsule).decode(),
-                format_version,
-            ),
-            self.labels,
+        args: tuple[str, ...] = (
+            record_id,
+            cid,
+            sha256,
+            base64.b64encode(capsule).decode(),
+            format_version,
         )
+        if type_epoch is not None:
+            args = (*args, str(type_epoch))
+        return StoredRecord.from_chain(self.call("AmendRecord", *args), self.labels)
 
     def get_record(self, record_id: str, version: int | None = None) -> StoredRecord:
         """A record's pointer: the latest version, or ``version``."""

@@ -30,6 +30,7 @@ __all__ = [
     "StateDigest",
     "StoredRecord",
     "TypeKey",
+    "TypeKeyEpoch",
 ]
 
 _T = TypeVar("_T")
@@ -108,6 +109,30 @@ class TypeKey:
 
 
 @dataclass(frozen=True, slots=True)
+class TypeKeyEpoch:
+    """The current type-key epoch of a member's type label and its key (base64; ``""`` while a
+    rotation is not finished): what a writer seals a new record of that owner and type to."""
+
+    ibe_id: str
+    label: str
+    type_epoch: int
+    key: str
+    epoch: str | None
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any]) -> TypeKeyEpoch:
+        """Build from a chaincode type-key epoch."""
+        epoch = data.get("epoch")
+        return cls(
+            str(data["owner"]),
+            str(data["type"]),
+            int(data["type_epoch"]),
+            str(data["key"]),
+            None if not epoch else str(epoch),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class RecordRef:
     """A pointer to a record on chain: what :meth:`Session.read_record` takes.
 
@@ -153,6 +178,8 @@ class StoredRecord:
     ref: RecordRef
     capsule: bytes = field(repr=False)
     epoch: str | None
+    type_epoch: int = 0
+    """The owner's type-key epoch the capsule is sealed under (0 before any rotation)."""
 
     @classmethod
     def from_chain(cls, data: dict[str, Any], labels: TypeLabels | None = None) -> StoredRecord:
@@ -162,6 +189,7 @@ class StoredRecord:
             RecordRef.from_chain(data, labels),
             base64.b64decode(data["capsule"]),
             None if epoch is None else str(epoch),
+            int(data.get("type_epoch", 0)),
         )
 
 
@@ -204,6 +232,8 @@ class Grant:
     parent_grant_id: str
     state: str
     proxy: str = ""
+    type_epochs: tuple[int, ...] = field(default=(), compare=False)
+    """A root grant's owner type-key epochs its proxy holds a re-key for (a forward: ())."""
 
     @classmethod
     def from_chain(cls, data: dict[str, Any], labels: TypeLabels | None = None) -> Grant:
@@ -221,6 +251,9 @@ class Grant:
             parent_grant_id=data["parent_grant_id"],
             state=data["state"],
             proxy=str(data.get("proxy", "")),
+            type_epochs=tuple(
+                int(e) for e in data.get("type_epochs", [0] if int(data["hop"]) == 0 else [])
+            ),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -265,6 +298,8 @@ class Access:
     chain: tuple[Hop, ...]
     reports: tuple[Reencryption, ...] = ()
     record: StoredRecord | None = field(default=None, repr=False)
+    type_epoch: int = 0
+    """The record's type-key epoch: the root hop's proxy applies that epoch's re-key."""
 
     @property
     def allowed(self) -> bool:
@@ -294,6 +329,7 @@ class Access:
                 for r in data.get("reports", [])
             ),
             record=StoredRecord.from_chain(data["record"]) if data.get("record") else None,
+            type_epoch=int(data.get("type_epoch", 0)),
         )
 
 

@@ -17,7 +17,7 @@ Green–Ateniese IBP1 (ACNS 2007) for the multi-use re-encryption.
 
 Scheme (docs/security.md §3.0)::
 
-    TypeKey(sk_i, t)      h = H2(sk_i, t); T = h·mpk
+    TypeKey(sk_i, t)      h = H2(sk_i, t); T = h·mpk   (type-key epoch n ≥ 1: H2(sk_i, "t#n"))
     Enc(m, id_i, t)       k ←$ Zr*; U = k·P1; V = m·e(T, Q_i)^k          (= m·e(k·T, Q_i))
     Dec1(C, sk_i)         m = V / e(U, h·sk_i)                            (= V / e(U, sk_i)^h)
     ReKeyGen(sk_i,t,id_j) X ←$ GT; K = H3(X, t, i, j) − h·sk_i; R = Enc(X, id_j, t)
@@ -308,10 +308,18 @@ class IdentitySecretKey(_Secret):
         """The raw G2 element; a secret — only protocol code should touch it."""
         return self._point
 
-    def type_secret(self, type_label: str) -> TypeSecretKey:
-        """The secret of one record type: h = H2(sk, t) and d = h·sk."""
+    def type_secret(self, type_label: str, type_epoch: int = 0) -> TypeSecretKey:
+        """The secret of one record type: h = H2(sk, t) and d = h·sk.
+
+        ``type_epoch`` n ≥ 1 gives the type key of that epoch: h = H2(sk, tag("t#n")), an
+        independent exponent (docs/security.md §3.2), while the key stays of type ``t`` (its
+        capsules and re-keys carry t's tag, so grantees' keys of type t still receive them).
+        """
+        if not isinstance(type_epoch, int) or isinstance(type_epoch, bool) or type_epoch < 0:
+            raise ValueError(f"type epoch must be an int >= 0, got {type_epoch!r}")
         ttag = type_tag(type_label)
-        h = _h2(self._point, ttag)
+        htag = ttag if type_epoch == 0 else type_tag(f"{type_label}#{type_epoch}")
+        h = _h2(self._point, htag)
         return TypeSecretKey(self.identity, type_label, h, h * self._point)
 
     def to_secret_bytes(self) -> bytes:

@@ -22,6 +22,7 @@ from ehrshare.session.errors import (
     RecordStorageError,
     RecordTooLarge,
     RequestRejected,
+    RotationUnfinished,
     SdkError,
     UnknownProxy,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "RecordStorageError",
     "RecordTooLarge",
     "RequestRejected",
+    "RotationUnfinished",
     "SdkError",
     "Session",
     "UnknownProxy",

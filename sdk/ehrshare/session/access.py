@@ -9,18 +9,20 @@ import secrets
 from collections.abc import Sequence
 
 from ehrshare.contract import Grant, RecordRef
+from ehrshare.errors import EhrshareError
 from ehrshare.faults import fault_point
 from ehrshare.hazmat import tipre
-from ehrshare.rekey_delivery import seal_rekey
+from ehrshare.rekey_delivery import rekey_id
 from ehrshare.services.protocols import InvalidReKey, NotAuthorised, ProxyError, ProxyUnavailable
-from ehrshare.session.core import Expiry, ProxyRoute, SessionCore
-from ehrshare.session.errors import GrantNotServed, RequestRejected
+from ehrshare.session.core import Expiry
+from ehrshare.session.errors import GrantNotServed, RequestRejected, RotationUnfinished
+from ehrshare.session.rotation import TypeKeyRotation
 from ehrshare.storage.replicated import ReplicatedStore
 
 _log = logging.getLogger(__name__)
 
 
-class Sharing(SessionCore):
+class Sharing(TypeKeyRotation):
     """A session's grants: giving, forwarding, repairing, listing and revoking them."""
 
     def _expiry(self, expires: Expiry) -> int:
@@ -33,33 +35,6 @@ class Sharing(SessionCore):
         if isinstance(expires, int) and not isinstance(expires, bool):
             return expires
         raise TypeError("expires must be a datetime, a timedelta or unix seconds")
-
-    def _proxy_key(self, route: ProxyRoute, unchanged: str = "nothing was granted") -> bytes:
-        # Asked before anything else: a proxy that is down fails the call while nothing is on
-        # chain yet.
-        try:
-            return route.client.public_key()
-        except Exception as exc:
-            raise ProxyError(
-                f"the re-encryption proxy {route.ibe_id} is not reachable ({exc}); {unchanged} "
-                "— retry when it is up"
-            ) from None
-
-    def _deliver_rekey(
-        self,
-        grant_id: str,
-        delegating: tipre.TypeSecretKey,
-        receiving: tipre.VerifiedTypePublicKey,
-        route: ProxyRoute,
-        proxy_key: bytes,
-    ) -> bytes:
-        """Seal a fresh re-key to the proxy for ``grant_id`` and deliver it; returns the sealed
-        bytes (opaque to anyone but that proxy) for a confirming delivery."""
-        rekey = tipre.generate_rekey(delegating, receiving)
-        sealed = seal_rekey(proxy_key, grant_id, rekey)
-        del rekey
-        route.client.store_rekey(grant_id, sealed)
-        return sealed
 
     def _give(
         self,
@@ -79,10 +54,19 @@ class Sharing(SessionCore):
         route = self._route_for(grantee, proxy)
         proxy_key = self._proxy_key(route)
         grant_id = "g-" + secrets.token_hex(16)
+        # A root grant covers every type-key epoch of the owner so far: one re-key each.
+        epochs = 1 + (self._current_type_epoch(label) if not parent_grant_id else 0)
         try:
-            sealed = self._deliver_rekey(
-                grant_id, self._type_secret(sk, label), receiving, route, proxy_key
-            )
+            sealed = [
+                self._deliver_rekey(
+                    rekey_id(grant_id, n),
+                    self._type_secret(sk, label, n),
+                    receiving,
+                    route,
+                    proxy_key,
+                )
+                for n in range(epochs)
+            ]
         except Exception as exc:
             raise ProxyError(
                 f"the proxy {route.ibe_id} did not take the re-key ({exc}); nothing was "
@@ -114,7 +98,8 @@ class Sharing(SessionCore):
         # The grant is usable now; delivering again only lets the proxy take the re-key into
         # use at once rather than at the first read (or its GrantAccess event).
         try:
-            route.client.store_rekey(grant_id, sealed)
+            for n, blob in enumerate(sealed):
+                route.client.store_rekey(rekey_id(grant_id, n), blob)
         except Exception as exc:
             _log.info(
                 "proxy %s takes grant %s into use at its first read: %s",
@@ -233,6 +218,8 @@ class Sharing(SessionCore):
             self._deliver_rekey(
                 grant_id, self._type_secret(sk, g.label), receiving, route, proxy_key
             )
+            if g.hop == 0:
+                self._deliver_epoch_rekeys(sk, g)
         except (ProxyUnavailable, ConnectionError) as exc:
             raise ProxyError(
                 f"the proxy {route.ibe_id} is not reachable ({exc}); grant {grant_id} is "
@@ -252,6 +239,9 @@ class Sharing(SessionCore):
                 f"the proxy {route.ibe_id} could not take the re-key of grant {grant_id} "
                 f"({exc}); the grant is unchanged — retry later"
             ) from None
+        if g.hop == 0:
+            # A rotation a crash (or a proxy that was down) left unfinished for this grant.
+            self._finish_rotation(g.label)
         return self.get_grant(grant_id)
 
     def _parent_grant(self, ref_or_grant: RecordRef | Grant | str) -> Grant:
@@ -312,4 +302,16 @@ class Sharing(SessionCore):
                 _log.warning(
                     "proxy %s did not delete the re-keys of %s yet: %s", route.ibe_id, grant_id, exc
                 )
+        if revoked.owner == self.ibe_id:
+            # The chain moved the type to a new epoch: publish its key, re-key the rest.
+            fault_point("revoke.after_proxies")
+            try:
+                self._finish_rotation(revoked.label)
+            except EhrshareError as exc:
+                name = revoked.type or revoked.label
+                raise RotationUnfinished(
+                    f"grant {grant_id} is revoked, but the new type-key epoch of {name!r} is "
+                    f"not finished ({exc}); new records of that type wait for it — run "
+                    f"'ehrshare type-key rotate --type {name}' when this is fixed"
+                ) from None
         return revoked

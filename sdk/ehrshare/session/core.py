@@ -112,7 +112,7 @@ class SessionCore(Closing):
         )
         # Derived once per (key, type): a hash and a G2 multiplication that every read, grant
         # and referral of that type would otherwise repeat. Dropped when the key changes.
-        self._type_secrets: dict[str, tipre.TypeSecretKey] = {}
+        self._type_secrets: dict[tuple[str, int], tipre.TypeSecretKey] = {}
         self._ibe_id = identity.ibe_id  # parses the certificate: once
         self._dkg: tuple[tipre.MasterPublicKey, PublicPolynomial] | None = None
         self._epoch = ""  # the current master key's epoch, set with _dkg
@@ -236,11 +236,14 @@ class SessionCore(Closing):
             self._sk_checked = True
         return self._sk
 
-    def _type_secret(self, sk: tipre.IdentitySecretKey, label: str) -> tipre.TypeSecretKey:
-        """``sk.type_secret(label)``, derived once per label for this session's key."""
-        secret = self._type_secrets.get(label)
+    def _type_secret(
+        self, sk: tipre.IdentitySecretKey, label: str, type_epoch: int = 0
+    ) -> tipre.TypeSecretKey:
+        """``sk.type_secret(label, type_epoch)``, derived once per (label, epoch) for this
+        session's key."""
+        secret = self._type_secrets.get((label, type_epoch))
         if secret is None:
-            secret = self._type_secrets[label] = sk.type_secret(label)
+            secret = self._type_secrets[label, type_epoch] = sk.type_secret(label, type_epoch)
         return secret
 
     def _master(self) -> tuple[tipre.MasterPublicKey, PublicPolynomial]:
@@ -315,7 +318,27 @@ class SessionCore(Closing):
     def _label(self, type_name: str) -> str:
         return self.labels.opaque(self.mapping.check(type_name))
 
+    def _sealing_key(self, owner: str, label: str) -> tuple[tipre.VerifiedTypePublicKey, int]:
+        """The owner's type key a new record of ``label`` is sealed to, and its type-key epoch
+        (docs/security.md §3.2): the chain's current epoch, whose key must be published."""
+        try:
+            state = self.chain.get_type_key_epoch(owner, label)
+        except RequestRejected:
+            return self._type_key(owner, label), 0  # says what is missing
+        if state.type_epoch == 0:
+            return self._type_key(owner, label), 0
+        if not state.key:
+            raise RequestRejected(
+                "GetTypeKeyEpoch",
+                f"type key {self.labels.reveal(label) or label!r} of {owner} is being rotated "
+                f"(epoch {state.type_epoch} has no key yet); {owner} must finish it with "
+                "'ehrshare type-key rotate' (or 'ehrshare grant repair') first",
+            )
+        return self._checked_type_key(owner, label, state.key, state.epoch), state.type_epoch
+
     def _type_key(self, owner: str, label: str) -> tipre.VerifiedTypePublicKey:
+        """The owner's type key of ``label`` of type-key epoch 0: what re-keys to it are made
+        to."""
         try:
             stored = self.chain.get_type_key(owner, label)
         except RequestRejected as exc:
@@ -326,8 +349,12 @@ class SessionCore(Closing):
                 f"{owner} has not published a key for type {name!r}; it must enrol and run "
                 "publish_type_keys() (CLI: 'ehrshare enroll') first",
             ) from exc
+        return self._checked_type_key(owner, label, stored.key, stored.epoch)
+
+    def _checked_type_key(
+        self, owner: str, label: str, key_b64: str, epoch: str | None
+    ) -> tipre.VerifiedTypePublicKey:
         mpk, _ = self._master()
-        epoch = stored.epoch
         if epoch is not None and epoch != self._epoch:
             # Its proof is of an earlier mpk; say what to do rather than "no valid proof".
             raise RequestRejected(
@@ -336,7 +363,7 @@ class SessionCore(Closing):
                 f"{self._epoch}); {owner} must enrol again first",
             )
         try:
-            key = tipre.TypePublicKey.from_bytes(base64.b64decode(stored.key))
+            key = tipre.TypePublicKey.from_bytes(base64.b64decode(key_b64))
             return key.verify(owner=owner, type_label=label, mpk=mpk)
         except (EncodingError, VerificationError, ValueError) as exc:
             raise SdkError(f"type key {label} of {owner} on chain is invalid: {exc}") from None

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ehrshare.faults import fault_point
-from ehrshare.session.core import FORMAT_VERSION, SessionCore
+from ehrshare.session.core import FORMAT_VERSION
 from ehrshare.session.errors import EnrollmentError, RequestRejected
+from ehrshare.session.rotation import TypeKeyRotation
 
 _log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class EnrollmentResult:
     invalid: tuple[int, ...]
 
 
-class Enrolment(SessionCore):
+class Enrolment(TypeKeyRotation):
     """A session's enrolment: registering, the identity key from τ KGC nodes, type keys."""
 
     def role(self) -> str:
@@ -105,4 +106,17 @@ class Enrolment(SessionCore):
                 pass
             self.chain.publish_type_key(label, key_b64, FORMAT_VERSION)
             published.append(name)
+        for name in types if types is not None else self.mapping.types:
+            # A type rotated before a new master key: its epoch key is of the old mpk, so move
+            # it to a next epoch under the new one (grants of the old key do not serve its
+            # records anyway, docs/operations.md §7).
+            label = self._label(name)
+            try:
+                state = self.chain.get_type_key_epoch(self.ibe_id, label)
+            except RequestRejected:
+                continue
+            if state.type_epoch > 0 and state.key and state.epoch not in (None, self.epoch):
+                self._publish_epoch_key(sk, label, state.type_epoch + 1)
+                if name not in published:
+                    published.append(name)
         return published

@@ -35,6 +35,7 @@ __all__ = [
     "RecordStorageError",
     "RecordTooLarge",
     "RequestRejected",
+    "RotationUnfinished",
     "SdkError",
     "UnknownProxy",
 ]
@@ -165,3 +166,8 @@ class ProxyUnreachable(ProxyError, SdkError):
         self.access_id = access_id
         self.hint = f"ask hospital {msp_id} to start its proxy ('ehrshare proxy serve'), then retry"
         super().__init__(message)
+
+
+class RotationUnfinished(SdkError):
+    """A revocation committed, but the type-key epoch it began could not be finished (the new
+    key published, the remaining grants re-keyed); ``ehrshare type-key rotate`` finishes it."""

@@ -59,7 +59,7 @@ class Records(SessionCore):
         type_name = self.mapping.resolve(model, type)
         label = self.labels.opaque(type_name)
         owner = patient or self.ibe_id
-        owner_key = self._type_key(owner, label)
+        owner_key, type_epoch = self._sealing_key(owner, label)
         record_id = "r-" + secrets.token_hex(16)
         capsule, sealed = crypto.encrypt_record(plaintext, owner_key=owner_key, record_id=record_id)
         del plaintext
@@ -83,6 +83,7 @@ class Records(SessionCore):
                 sha256=digest,
                 capsule=capsule,
                 format_version=FORMAT_VERSION,
+                type_epoch=type_epoch,
             )
         except RequestRejected:
             try:
@@ -190,6 +191,9 @@ class Records(SessionCore):
         # is of the current key (the chain refused new DKGs once records existed).
         keys = self._keys_for(record_id, self.epoch if record.epoch is None else record.epoch)
         capsule = record.capsule
+        # The owner opens with the key of the record's type-key epoch; a grantee's layer is
+        # sealed to its epoch-0 type key, whatever the owner's epoch (docs/security.md §3.2).
+        type_epoch = record.type_epoch if access.grant_id == "owner" else 0
         if access.grant_id != "owner":
             capsule = self._reencrypt_along(access, capsule)
         try:
@@ -200,7 +204,11 @@ class Records(SessionCore):
             raise RecordStorageError(f"could not read record {record_id}: {exc}") from None
         plaintext = b""
         for i, sk in enumerate(keys):
-            receiving = self._type_secret(sk, label) if sk is self._sk else sk.type_secret(label)
+            receiving = (
+                self._type_secret(sk, label, type_epoch)
+                if sk is self._sk
+                else sk.type_secret(label, type_epoch)
+            )
             try:
                 plaintext = crypto.decrypt_record(
                     sealed,

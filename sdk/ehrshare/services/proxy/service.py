@@ -34,6 +34,9 @@ from grantor to grantee for the grant's type). So a committed grant always has i
 whatever is killed when; a delivery whose grant never commits is dropped after
 :data:`PENDING_TTL_S`.
 
+Type-key epochs: a root grant's re-key of the owner's epoch n ≥ 1 is ``<grant id>#<n>``, pending
+until the grant lists n (RekeyGrant), and re-encrypts the root hop of records of epoch n.
+
 Revocation: :meth:`ReencryptionProxy.revoke` deletes a grant's re-key and those of every grant
 forwarded from it; :class:`RevocationFollower` does so for every RevokeAccess chaincode event,
 resuming from a checkpoint kept in the same database.
@@ -70,7 +73,7 @@ from ehrshare.hazmat.tipre import (
 )
 from ehrshare.ledger.api import ChaincodeEvent, Contract
 from ehrshare.ledger.errors import LedgerError
-from ehrshare.rekey_delivery import rekey_delivery_aad
+from ehrshare.rekey_delivery import rekey_delivery_aad, rekey_id
 from ehrshare.services.protocols import (
     ApprovalConsumed,
     ApprovalRefused,
@@ -79,10 +82,13 @@ from ehrshare.services.protocols import (
     NotAuthorised,
     ProxyError,
 )
+from ehrshare.services.proxy.epochs import covers as _covers
+from ehrshare.services.proxy.epochs import grant_of as _grant_of
 from ehrshare.services.proxy.store import (
     DB_NAME,
     SCHEMA,
     KeyedLocks,
+    doomed_rekeys,
     pending_purpose,
     read_checkpoint,
     rekey_purpose,
@@ -176,7 +182,9 @@ class ReencryptionProxy(Closing):
             return row.fetchone() is not None
 
     def _committed_grant(self, grant_id: str) -> Grant | None:
-        """The grant on chain, or None when no grant of that id has committed (yet)."""
+        """The grant on chain (of a grant or re-key id), or None when no grant of that id has
+        committed (yet)."""
+        grant_id = _grant_of(grant_id)
         try:
             return self._chain.get_grant(grant_id)
         except LedgerError as exc:
@@ -215,6 +223,10 @@ class ReencryptionProxy(Closing):
         if self.holds(grant_id):
             self._drop_pending(grant_id)
             return
+        if not _covers(grant, grant_id):
+            # The owner delivers first, then RekeyGrant commits: pending until it has.
+            self._store_pending(grant_id, sealed_rekey, caller)
+            return
         self._insert_rekey(grant_id, grant, raw)
 
     def _insert_rekey(self, grant_id: str, grant: Grant, raw: bytes) -> None:
@@ -229,7 +241,9 @@ class ReencryptionProxy(Closing):
         parent = grant.parent_grant_id
         # Every grant above this one, read from chain now: the parents' re-keys may sit at other
         # proxies, and revoking any of them must delete this re-key here.
-        ancestors = self._ancestors(grant_id, parent)
+        ancestors = self._ancestors(grant.grant_id, parent)
+        if grant_id != grant.grant_id:
+            ancestors.insert(0, grant.grant_id)  # an epoch's re-key goes with its grant
         try:
             ReKey.from_secret_bytes(raw).verify(
                 delegator=grant.grantor, delegatee=grant.grantee, type_label=grant.label
@@ -277,7 +291,7 @@ class ReencryptionProxy(Closing):
 
     def _store_pending(self, grant_id: str, sealed_rekey: bytes, caller: str | None) -> None:
         """Keep the re-key of a grant that has not committed yet (see the module docstring)."""
-        if not _GRANT_ID_PATTERN.fullmatch(grant_id):
+        if not _GRANT_ID_PATTERN.fullmatch(_grant_of(grant_id)):
             raise InvalidReKey(
                 f"grant {grant_id!r} does not exist, and a re-key delivered ahead of its grant "
                 "needs a grant id of 'g-' and 32 lower-case hex digits"
@@ -324,14 +338,22 @@ class ReencryptionProxy(Closing):
             depositor or "(unauthenticated)",
         )
 
-    def _drop_pending(self, grant_id: str, depositor: str | None = None) -> int:
+    def _drop_pending(
+        self, grant_id: str, depositor: str | None = None, *, with_epochs: bool = False
+    ) -> int:
+        # ``with_epochs``: also the re-keys of the grant's type-key epochs (<grant id>#<n>).
+        like = grant_id + "#%" if with_epochs else grant_id
         with self._lock:
             if depositor is None:
-                cur = self._db.execute("DELETE FROM pending_rekeys WHERE grant_id = ?", (grant_id,))
+                cur = self._db.execute(
+                    "DELETE FROM pending_rekeys WHERE grant_id = ? OR grant_id LIKE ?",
+                    (grant_id, like),
+                )
             else:
                 cur = self._db.execute(
-                    "DELETE FROM pending_rekeys WHERE grant_id = ? AND depositor = ?",
-                    (grant_id, depositor),
+                    "DELETE FROM pending_rekeys WHERE (grant_id = ? OR grant_id LIKE ?) "
+                    "AND depositor = ?",
+                    (grant_id, like, depositor),
                 )
             return int(cur.rowcount)
 
@@ -355,6 +377,8 @@ class ReencryptionProxy(Closing):
         grant = self._committed_grant(grant_id)
         if grant is None:
             return False
+        if grant.state == "active" and not _covers(grant, grant_id):
+            return False  # its RekeyGrant has not committed (yet)
         for depositor, blob in rows:
             depositor = str(depositor)
             usable = grant.state == "active" and depositor in ("", grant.grantor)
@@ -388,7 +412,7 @@ class ReencryptionProxy(Closing):
         for (gid,) in rows:
             try:
                 if self._committed_grant(str(gid)) is None:
-                    dropped = self._drop_pending(str(gid))
+                    dropped = self._drop_pending(str(gid), with_epochs=True)
                     _log.info(
                         "proxy %s: grant %s never committed; dropped %d pending re-key(s)",
                         self.name,
@@ -534,8 +558,11 @@ class ReencryptionProxy(Closing):
                     f"approval {approval_id} was already used; request access again"
                 )
             current: VerifiedCapsule = source
-            for gid, _proxy in chain[start:end]:
-                rekey = self._verified_rekey(gid)
+            for position, (gid, _proxy) in enumerate(chain[start:end], start):
+                # The root hop's re-key is the one of the record's type-key epoch.
+                rekey = self._verified_rekey(
+                    rekey_id(gid, access.type_epoch) if position == 0 else gid
+                )
                 try:
                     current = reencrypt(current, rekey)
                 except (EncodingError, ValueError) as exc:
@@ -707,29 +734,11 @@ class ReencryptionProxy(Closing):
         if caller is not None:
             grant = self._committed_grant(grant_id)
             if grant is None:
-                return self._drop_pending(grant_id, caller)
+                return self._drop_pending(grant_id, caller, with_epochs=True)
             if grant.state == "active" and caller not in (grant.owner, grant.grantor):
                 raise NotAuthorised(f"identity {caller} may not revoke grant {grant_id}")
         with self._lock:
-            # Descendants whose parents were stored here (the parent_grant_id walk), and those
-            # forwarded from a grant whose re-key sits at another proxy (the ancestors table).
-            doomed = [grant_id]
-            doomed += [
-                str(r[0])
-                for r in self._db.execute(
-                    "SELECT grant_id FROM rekey_ancestors WHERE ancestor_id = ? ORDER BY grant_id",
-                    (grant_id,),
-                ).fetchall()
-            ]
-            frontier = list(doomed)
-            while frontier:
-                rows = self._db.execute(
-                    f"SELECT grant_id FROM rekeys WHERE parent_grant_id IN "  # noqa: S608
-                    f"({','.join('?' * len(frontier))})",
-                    frontier,
-                ).fetchall()
-                frontier = [str(r[0]) for r in rows if str(r[0]) not in doomed]
-                doomed.extend(frontier)
+            doomed = doomed_rekeys(self._db, grant_id)
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 deleted = 0
@@ -739,7 +748,8 @@ class ReencryptionProxy(Closing):
                     ).rowcount
                     self._db.execute("DELETE FROM rekey_ancestors WHERE grant_id = ?", (gid,))
                     deleted += self._db.execute(
-                        "DELETE FROM pending_rekeys WHERE grant_id = ?", (gid,)
+                        "DELETE FROM pending_rekeys WHERE grant_id = ? OR grant_id LIKE ?",
+                        (gid, gid + "#%"),
                     ).rowcount
                     self._rekey_cache.pop(gid, None)
                 self._db.execute("COMMIT")
@@ -761,28 +771,24 @@ class ReencryptionProxy(Closing):
             return read_checkpoint(self._db)
 
     def handle_event(self, event: ChaincodeEvent, *, checkpoint: bool = True) -> int:
-        """Apply one chaincode event (RevokeAccess deletes re-keys, GrantAccess activates a
-        re-key delivered ahead of its grant), then checkpoint it (unless told not to: a batch
-        checkpoints its last event with :meth:`save_checkpoint`)."""
+        """Apply one chaincode event (RevokeAccess deletes re-keys, GrantAccess and RekeyGrant
+        activate a re-key delivered ahead of them), then checkpoint it (unless told not to: a
+        batch checkpoints its last event with :meth:`save_checkpoint`)."""
         deleted = 0
-        if event.event_name == "GrantAccess":
-            payload = json.loads(event.payload)
-            for entry in payload.get("entries", []):
-                gid = str(entry.get("grant_id") or "")
-                if (
-                    entry.get("action") == "GrantAccess"
-                    and gid
-                    and self.rekey_status(gid) == "pending"
-                ):
-                    try:
-                        self.activate(gid)
-                    except ProxyError as exc:  # taken into use at its first read instead
-                        _log.warning("proxy %s: grant %s stays pending: %s", self.name, gid, exc)
-        if event.event_name == "RevokeAccess":
-            payload = json.loads(event.payload)
-            for entry in payload.get("entries", []):
-                if entry.get("action") == "RevokeAccess" and entry.get("grant_id"):
-                    deleted += self.revoke(str(entry["grant_id"]))
+        handled = ("GrantAccess", "RevokeAccess", "RekeyGrant")
+        payload = json.loads(event.payload) if event.event_name in handled else {}
+        for entry in payload.get("entries", []):
+            action, gid = entry.get("action"), str(entry.get("grant_id") or "")
+            if action == "RevokeAccess" and gid:
+                deleted += self.revoke(gid)
+            elif action in ("GrantAccess", "RekeyGrant") and gid:
+                epoch = int((entry.get("detail") or {}).get("type_epoch", 0))
+                name = rekey_id(gid, epoch if action == "RekeyGrant" else 0)
+                try:
+                    if self.rekey_status(name) == "pending":
+                        self.activate(name)
+                except ProxyError as exc:  # taken into use at its first read instead
+                    _log.warning("proxy %s: re-key %s stays pending: %s", self.name, name, exc)
         if checkpoint:
             self.save_checkpoint(event)
         return deleted

@@ -15,6 +15,7 @@ __all__ = [
     "DB_NAME",
     "SCHEMA",
     "KeyedLocks",
+    "doomed_rekeys",
     "pending_purpose",
     "read_checkpoint",
     "rekey_purpose",
@@ -109,3 +110,27 @@ def write_checkpoint(db: sqlite3.Connection, block: int, tx_id: str) -> None:
     db.execute("INSERT OR REPLACE INTO meta VALUES ('events.block', ?)", (str(block),))
     db.execute("INSERT OR REPLACE INTO meta VALUES ('events.tx', ?)", (tx_id,))
     db.execute("COMMIT")
+
+
+def doomed_rekeys(db: sqlite3.Connection, grant_id: str) -> list[str]:
+    """The re-key ids revoking ``grant_id`` deletes: its own, those of its type-key epochs and
+    of grants forwarded from it (the ancestors table, for parents whose re-keys sit at another
+    proxy), and descendants whose parents were stored here (the parent_grant_id walk)."""
+    doomed = [grant_id]
+    doomed += [
+        str(r[0])
+        for r in db.execute(
+            "SELECT grant_id FROM rekey_ancestors WHERE ancestor_id = ? ORDER BY grant_id",
+            (grant_id,),
+        ).fetchall()
+    ]
+    frontier = list(doomed)
+    while frontier:
+        rows = db.execute(
+            f"SELECT grant_id FROM rekeys WHERE parent_grant_id IN "  # noqa: S608
+            f"({','.join('?' * len(frontier))})",
+            frontier,
+        ).fetchall()
+        frontier = [str(r[0]) for r in rows if str(r[0]) not in doomed]
+        doomed.extend(frontier)
+    return doomed
