@@ -54,6 +54,7 @@ _COMMAND_MODULES = (
     "ehrshare.commands.bench_e2e",
     "ehrshare.commands.services",
     "ehrshare.commands.chaincode",
+    "ehrshare.commands.fhir",
 )
 
 
