@@ -150,3 +150,5 @@ def test_kill_while_issuing_a_token_keeps_the_old_file(world: dict[str, str]) ->
 
     assert TokenBook.load(tokens).wallet_for(token) == "alice"
     assert TokenBook.load(tokens).wallet_for(world["ALICE"]) == "alice"
+    assert tokens.stat().st_mode & 0o777 == 0o600
+    assert world["ALICE"] not in tokens.read_text(encoding="utf-8")  # hashes only
