@@ -52,6 +52,7 @@ _COMMAND_MODULES = (
     "ehrshare.commands.bench_consensus",
     "ehrshare.commands.bench_dkg",
     "ehrshare.commands.bench_e2e",
+    "ehrshare.commands.bench_fhir",
     "ehrshare.commands.services",
     "ehrshare.commands.chaincode",
     "ehrshare.commands.fhir",

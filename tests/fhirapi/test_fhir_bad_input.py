@@ -27,6 +27,11 @@ CASES: dict[str, tuple[Request, int, str]] = {
         400,
         "not JSON",
     ),
+    "deeply nested JSON": (
+        lambda f, c: c.post("/Observation", content=b"[" * 200_000 + b"]" * 200_000),
+        400,
+        "levels deep",
+    ),
     "a JSON array": (lambda f, c: c.post("/Observation", content=b"[]"), 400, "JSON object"),
     "resourceType other than the URL's": (
         lambda f, c: c.post("/Condition", json=lab_observation()),

@@ -24,13 +24,14 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from ehrshare.contract import RecordRef
 from ehrshare.errors import EhrshareError
-from ehrshare.fhir import FhirValidationError, parse_resource
+from ehrshare.fhir import MAX_DEPTH, FhirValidationError, parse_resource
 from ehrshare.fhirapi import consent as consent_map
 from ehrshare.fhirapi.auditevent import entry_to_auditevent
 from ehrshare.fhirapi.auth import TokenBook
 from ehrshare.fhirapi.capability import capability_statement
 from ehrshare.fhirapi.members import member_from_id, member_from_reference
 from ehrshare.fhirapi.outcome import FhirError, outcome_for
+from ehrshare.jsontext import too_deep
 from ehrshare.runtime import Runtime
 from ehrshare.session import NoSuchMember, Session
 
@@ -101,6 +102,7 @@ class Gateway:
         self._now = now
         self._version = software_version
         self._sessions: dict[str, Session] = {}
+        self._roles: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def close(self) -> None:
@@ -182,7 +184,12 @@ class Gateway:
     # --- records ---------------------------------------------------------------------------
 
     @staticmethod
-    def _parse(body: bytes, expected: str) -> dict[str, Any]:
+    def _load(body: bytes, expected: str) -> dict[str, Any]:
+        """The body as a JSON object of resourceType ``expected`` (not yet validated as FHIR)."""
+        # Before parsing: the C JSON decoder recurses per level, and a deep enough body could
+        # exhaust the C stack (see ehrshare.fhir.parse_resource).
+        if too_deep(body, MAX_DEPTH):
+            raise FhirError(400, f"the body nests more than {MAX_DEPTH} levels deep")
         try:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
@@ -195,12 +202,25 @@ class Gateway:
                 f"the body's resourceType {data.get('resourceType')!r} does not match the URL's "
                 f"{expected!r}",
             )
+        return data
+
+    @classmethod
+    def _parse(cls, body: bytes, expected: str) -> dict[str, Any]:
+        """The body validated as a FHIR R4 resource of type ``expected``, as JSON."""
+        data = cls._load(body, expected)
         try:
-            parsed = parse_resource(body)
+            parsed = parse_resource(data)
         except FhirValidationError as exc:
             raise FhirError(400, str(exc)) from None
         out: dict[str, Any] = json.loads(parsed.model_dump_json(exclude_none=True))
         return out
+
+    def _role(self, session: Session) -> str:
+        """The caller's role on chain (fixed by its certificate: asked once per session)."""
+        role = self._roles.get(session.ibe_id)
+        if role is None:
+            role = self._roles[session.ibe_id] = session.role()
+        return role
 
     def _patient_of(self, session: Session, resource: dict[str, Any]) -> str:
         """Whose record a new resource is: its subject/patient when that names a member, else
@@ -212,7 +232,7 @@ class Gateway:
                     return member_from_reference(ref, key)
                 except FhirError:
                     continue
-        if session.role() == "patient":
+        if self._role(session) == "patient":
             return session.ibe_id
         raise FhirError(
             422,
@@ -221,11 +241,13 @@ class Gateway:
         )
 
     def _create(self, session: Session, rtype: str, body: bytes, base_url: str) -> Answer:
-        resource = self._parse(body, rtype)
+        resource = self._load(body, rtype)
         patient = self._patient_of(session, resource)
         resource.pop("id", None)  # the server names records (FHIR create ignores a given id)
         try:
-            ref = session.put_record(resource, patient=patient)
+            ref = session.put_record(resource, patient=patient)  # validates, once
+        except FhirValidationError as exc:
+            raise FhirError(400, str(exc)) from None
         except NoSuchMember as exc:
             raise FhirError(422, str(exc)) from None
         out = self._with_meta(resource, ref)
@@ -268,7 +290,7 @@ class Gateway:
 
     def _readable(self, session: Session, patient: str | None) -> list[RecordRef]:
         """The pointers of records the caller may read (of ``patient`` when given)."""
-        if patient in (None, session.ibe_id) and session.role() == "patient":
+        if patient in (None, session.ibe_id) and self._role(session) == "patient":
             return session.list_records()
         return [
             ref
