@@ -267,8 +267,7 @@ class Gateway:
     def _read(self, session: Session, rtype: str, rid: str) -> dict[str, Any]:
         # The read first: a denial is decided and logged on chain like any (then 403), an
         # unknown record is the chaincode's "does not exist" (then 404).
-        model = session.read_record(rid)
-        ref = session.get_record(rid)
+        ref, model = session.open_record(rid)
         data: dict[str, Any] = json.loads(model.model_dump_json(exclude_none=True))
         if data.get("resourceType") != rtype:
             raise FhirError(404, f"{rtype}/{rid} does not exist (record {rid} is not a {rtype})")
