@@ -152,3 +152,42 @@ def test_kill_while_issuing_a_token_keeps_the_old_file(world: dict[str, str]) ->
     assert TokenBook.load(tokens).wallet_for(world["ALICE"]) == "alice"
     assert tokens.stat().st_mode & 0o777 == 0o600
     assert world["ALICE"] not in tokens.read_text(encoding="utf-8")  # hashes only
+
+
+def test_audit_verify_checks_an_exported_audit_event_bundle(
+    world: dict[str, str], served: str, tmp_path: Path
+) -> None:
+    import httpx
+
+    with httpx.Client(headers={"Authorization": f"Bearer {world['ALICE']}"}) as client:
+        r = client.get(f"{served}/AuditEvent", params={"patient": world["ALICE_ID"]})
+    assert r.status_code == 200, r.text
+    bundle = r.json()
+    assert bundle["entry"]
+    good = tmp_path / "bundle.json"
+    good.write_text(json.dumps(bundle), encoding="utf-8")
+    verify = ("audit", "verify", "-p", world["profile"], "-w", "alice", "--fhir")
+    result = runner.invoke(app, [*verify, str(good)])
+    assert result.exit_code == 0, result.output
+    assert "valid" in result.output
+
+    edited = json.loads(json.dumps(bundle))
+    edited["entry"][0]["resource"]["agent"][0]["who"]["identifier"]["value"] = "HospitalCMSP/x"
+    bad = tmp_path / "edited.json"
+    bad.write_text(json.dumps(edited), encoding="utf-8")
+    result = runner.invoke(app, [*verify, str(bad)])
+    assert result.exit_code == 5, result.output
+    assert "AuditEvent.agent does not match its log entry" in result.output
+
+    shortened = json.loads(json.dumps(bundle))
+    del shortened["entry"][-1]  # a deleted tail: caught against the chain's head
+    cut = tmp_path / "cut.json"
+    cut.write_text(json.dumps(shortened), encoding="utf-8")
+    result = runner.invoke(app, [*verify, str(cut)])
+    assert result.exit_code == 5, result.output
+
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"resourceType": "Patient"}), encoding="utf-8")
+    result = runner.invoke(app, [*verify, str(other)])
+    assert result.exit_code == 6, result.output
+    assert "Traceback" not in result.output

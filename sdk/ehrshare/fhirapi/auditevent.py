@@ -21,6 +21,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
+from ehrshare.errors import IntegrityFailure
 from ehrshare.fhirapi.members import MEMBER_SYSTEM, member_reference
 from ehrshare_chaincode import canonical
 
@@ -122,7 +123,7 @@ def entry_to_auditevent(entry: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-class AuditExportError(ValueError):
+class AuditExportError(IntegrityFailure, ValueError):
     """An AuditEvent Bundle whose entries cannot be recovered, or whose visible fields do not
     say what its carried log entry says."""
 
