@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
+import pytest
 from fhir_world import Fhir
 
 from ehrshare.demo import lab_observation
@@ -176,3 +177,63 @@ def test_a_clinician_stores_a_record_for_a_named_patient(fhir: Fhir) -> None:
     assert r.status_code == 201, r.text
     with fhir.consortium.session("alice") as s:
         assert s.get_record(r.json()["id"]).owner == alice_id
+
+
+def test_the_server_speaks_https_with_a_certificate(fhir: Fhir, tmp_path) -> None:
+    import ipaddress
+    import ssl
+
+    import httpx
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from ehrshare.fhirapi import FhirServer
+    from ehrshare.fhirapi.gateway import gateway_for
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fhir.test")])
+    now = _dt.datetime.now(_dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _dt.timedelta(minutes=5))
+        .not_valid_after(now + _dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "tls.crt", tmp_path / "tls.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    from ehrshare.fhirapi import TokenBook
+
+    book = TokenBook.load(tmp_path / "tokens.json")
+    book, token = book.issue("alice")
+    server = FhirServer(
+        gateway_for(fhir.consortium.runtime, book), ("127.0.0.1", 0), tls=(cert_file, key_file)
+    ).start()
+    try:
+        assert server.url.startswith("https://127.0.0.1:")
+        ctx = ssl.create_default_context(cafile=str(cert_file))
+        headers = {"Authorization": f"Bearer {token}"}
+        with httpx.Client(verify=ctx, headers=headers, timeout=60) as client:
+            r = client.post(f"{server.url}/Observation", json=lab_observation())
+            assert r.status_code == 201, r.text
+            assert client.get(f"{server.url}/Observation/{r.json()['id']}").status_code == 200
+        with httpx.Client(timeout=60) as untrusting, pytest.raises(httpx.ConnectError):
+            untrusting.get(f"{server.url}/metadata")
+    finally:
+        server.stop()
