@@ -129,3 +129,29 @@ def test_an_edited_carried_entry_breaks_the_chain(fhir: Fhir, exported: dict) ->
     result = verify_entries(fhir.ids["alice"], entries, head)
     assert not result["valid"]
     assert result["first_bad_seq"] == len(entries)
+
+
+def test_provenance_names_who_created_each_record_and_when(fhir: Fhir) -> None:
+    alice_id, baker_id = fhir.ids["alice"], fhir.ids["baker"]
+    obs = lab_observation()
+    obs["subject"] = {"identifier": {"system": "urn:ehrshare:member", "value": alice_id}}
+    with fhir.client("baker") as baker, fhir.client("alice") as alice:
+        rid = baker.post("/Observation", json=obs).json()["id"]
+        own = alice.post("/Observation", json=lab_observation()).json()["id"]
+        by_target = valid(alice.get("/Provenance", params={"target": f"Observation/{rid}"}).json())
+        by_patient = valid(alice.get("/Provenance", params={"patient": alice_id}).json())
+        assert alice.get("/Provenance").status_code == 400
+        # chen has no grant: the chain refuses him the record's history
+        with fhir.client("chen") as chen:
+            assert chen.get("/Provenance", params={"target": rid}).status_code == 403
+    [prov] = [e["resource"] for e in by_target["entry"]]
+    assert prov["target"][0]["identifier"]["value"] == rid
+    assert prov["agent"][0]["who"]["identifier"]["value"] == baker_id
+    assert prov["activity"]["coding"][0]["code"] == "CREATE"
+    authors = {
+        e["resource"]["target"][0]["identifier"]["value"]: e["resource"]["agent"][0]["who"][
+            "identifier"
+        ]["value"]
+        for e in by_patient["entry"]
+    }
+    assert authors == {rid: baker_id, own: alice_id}

@@ -2,9 +2,9 @@
 
 One module per concept: :mod:`.auth` (bearer tokens bound to wallets), :mod:`.gateway`
 (requests to sessions, answers as FHIR JSON), :mod:`.consent` (grants as Consent),
-:mod:`.auditevent` (the operation log as AuditEvent), :mod:`.capability` (the
-CapabilityStatement), :mod:`.outcome` (errors as OperationOutcome), :mod:`.members` (members as
-references), :mod:`.server` (HTTP). FHIR content and record types: :mod:`ehrshare.fhir`.
+:mod:`.auditevent` (the operation log as AuditEvent), :mod:`.provenance` (record versions as
+Provenance), :mod:`.capability` (the CapabilityStatement), :mod:`.outcome` (errors as
+OperationOutcome), :mod:`.members` (members as references), :mod:`.server` (HTTP). FHIR content and record types: :mod:`ehrshare.fhir`.
 """
 
 from __future__ import annotations

@@ -36,7 +36,7 @@ def capability_statement(software_version: str, date: str) -> dict[str, Any]:
                     "by the owner or a grantee, search by patient). Consent maps grants, "
                     "AuditEvent the hash-chained operation log. Not supported: update, "
                     "delete and history of records, transaction Bundles, $everything, "
-                    "Provenance, search parameters other than those listed."
+                    "search parameters other than those listed."
                 ),
                 "security": {
                     "service": [{"coding": [{"system": _SECURITY, "code": "OAuth"}]}],
@@ -59,6 +59,14 @@ def capability_statement(software_version: str, date: str) -> dict[str, Any]:
                             for c in ("create", "read", "update", "delete", "search-type")
                         ],
                         "searchParam": [{"name": "patient", "type": "reference"}],
+                    },
+                    {
+                        "type": "Provenance",
+                        "interaction": [{"code": "search-type"}],
+                        "searchParam": [
+                            {"name": "target", "type": "reference"},
+                            {"name": "patient", "type": "reference"},
+                        ],
                     },
                     {
                         "type": "AuditEvent",

@@ -31,6 +31,7 @@ from ehrshare.fhirapi.auth import TokenBook
 from ehrshare.fhirapi.capability import capability_statement
 from ehrshare.fhirapi.members import member_from_id, member_from_reference
 from ehrshare.fhirapi.outcome import FhirError, outcome_for
+from ehrshare.fhirapi.provenance import version_to_provenance
 from ehrshare.jsontext import too_deep
 from ehrshare.runtime import Runtime
 from ehrshare.session import NoSuchMember, Session
@@ -157,6 +158,8 @@ class Gateway:
                 return self._consent(session, method, rid, query, body, base_url)
             if rtype == "AuditEvent" and method == "GET" and not rid:
                 return self._audit(session, query, base_url)
+            if rtype == "Provenance" and method == "GET" and not rid:
+                return self._provenance(session, query, base_url)
             if rtype in _NOT_RECORDS:
                 raise FhirError(405, f"{method} of {rtype} is not supported by this server")
             if method == "POST" and not rid:
@@ -375,6 +378,25 @@ class Gateway:
             session.revoke(rid)
             return Answer(200, consent_map.grant_to_consent(session.get_grant(rid), now=now))
         raise FhirError(405, f"{method} of Consent{'/' + rid if rid else ''} is not supported")
+
+    def _provenance(
+        self, session: Session, query: Mapping[str, list[str]], base_url: str
+    ) -> Answer:
+        """``GET Provenance?target=`` (a record id, or ``Type/id``) or ``?patient=``: every
+        version of those records, from their pointers (nothing decrypted)."""
+        if set(query) not in ({"target"}, {"patient"}):
+            raise FhirError(400, "search Provenance by one of target= (a record) or patient=")
+        if "target" in query:
+            record_ids = [query["target"][0].rsplit("/", 1)[-1]]
+        else:
+            patient = self._patient_param(session, query)
+            record_ids = [ref.record_id for ref in self._readable(session, patient)]
+        out = [
+            version_to_provenance(version.ref)
+            for record_id in record_ids
+            for version in session.chain.get_record_history(record_id)
+        ]
+        return Answer(200, _bundle(out, base_url))
 
     # --- audit -----------------------------------------------------------------------------
 
