@@ -22,7 +22,9 @@ from ehrshare.fhirapi import FhirServer, TokenBook
 from ehrshare.fhirapi.gateway import gateway_for
 from ehrshare.provisioning import Consortium
 
-__all__ = ["run_fhir_bench"]
+__all__ = ["TARGET_P50_RATIO", "run_fhir_bench"]
+
+TARGET_P50_RATIO = 1.2  # issue 17: the server adds at most 20 % at p50
 
 
 def _stats(samples: list[float]) -> dict[str, float]:
@@ -114,10 +116,12 @@ def run_fhir_bench(
                         sdk.append(_timed(sdk_call))
                         http.append(_timed(http_call))
                     s_sdk, s_http = _stats(sdk), _stats(http)
+                    ratio = round(s_http["p50_ms"] / s_sdk["p50_ms"], 3)
                     results[op] = {
                         "sdk": s_sdk,
                         "fhir": s_http,
-                        "p50_ratio": round(s_http["p50_ms"] / s_sdk["p50_ms"], 3),
+                        "p50_ratio": ratio,
+                        "met": ratio <= TARGET_P50_RATIO,
                     }
             finally:
                 http_alice.close()
@@ -130,7 +134,7 @@ def run_fhir_bench(
     return {
         "benchmark": "fhir",
         "backend": {"ledger": "embedded", "storage": "embedded", "services": "in-process"},
-        "params": {"repeat": repeat, "warmup": warmup, "target_p50_ratio": 1.2},
+        "params": {"repeat": repeat, "warmup": warmup, "target_p50_ratio": TARGET_P50_RATIO},
         "results": results,
         "machine": machine_metadata(),
     }

@@ -4,7 +4,8 @@ One module per concept: :mod:`.auth` (bearer tokens bound to wallets), :mod:`.ga
 (requests to sessions, answers as FHIR JSON), :mod:`.consent` (grants as Consent),
 :mod:`.auditevent` (the operation log as AuditEvent), :mod:`.provenance` (record versions as
 Provenance), :mod:`.capability` (the CapabilityStatement), :mod:`.outcome` (errors as
-OperationOutcome), :mod:`.members` (members as references), :mod:`.server` (HTTP). FHIR content and record types: :mod:`ehrshare.fhir`.
+OperationOutcome), :mod:`.members` (members as references), :mod:`.server` (HTTP). FHIR content
+and record types: :mod:`ehrshare.fhir`.
 """
 
 from __future__ import annotations
