@@ -151,6 +151,11 @@ CASES: dict[str, tuple[Request, int, str]] = {
         405,
         "not supported",
     ),
+    "a PATCH": (
+        lambda f, c: c.patch("/Observation/r-1", json=[{"op": "remove", "path": "/status"}]),
+        405,
+        "not supported",
+    ),
     "creating an AuditEvent": (
         lambda f, c: c.post("/AuditEvent", json={"resourceType": "AuditEvent"}),
         405,

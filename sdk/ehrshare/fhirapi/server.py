@@ -102,7 +102,7 @@ class _Handler(BaseHTTPRequestHandler):
         )
         self._send(answer)
 
-    do_GET = do_POST = do_PUT = do_DELETE = _dispatch
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _dispatch
 
 
 class _Server(ThreadingHTTPServer):
