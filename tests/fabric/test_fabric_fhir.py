@@ -39,7 +39,21 @@ def _consent(patient: str, grantee: str, end: str) -> dict:
         "provision": {
             "type": "permit",
             "period": {"end": end},
-            "actor": [{"reference": {"identifier": {"system": member, "value": grantee}}}],
+            "actor": [
+                {
+                    "role": {
+                        "coding": [
+                            {
+                                "system": (
+                                    "http://terminology.hl7.org/CodeSystem/v3-ParticipationType"
+                                ),
+                                "code": "IRCP",
+                            }
+                        ]
+                    },
+                    "reference": {"identifier": {"system": member, "value": grantee}},
+                }
+            ],
             "code": [{"coding": [{"system": "urn:ehrshare:record-type", "code": "lab"}]}],
         },
     }
