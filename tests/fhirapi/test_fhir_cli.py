@@ -43,7 +43,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         cli("enroll", "-p", profile, "-w", name)
     return {
         "profile": profile,
-        "ALICE": cli("fhir", "token", "-p", profile, "-w", "alice"),
+        "ALICE": cli("fhir", "token", "-p", profile, "-w", "alice", "--patient-own-gateway"),
         "BAKER": cli("fhir", "token", "-p", profile, "-w", "baker"),
         "ALICE_ID": "HospitalAMSP/alice",
         "BAKER_ID": "HospitalBMSP/baker",
@@ -136,7 +136,10 @@ def test_kill_while_issuing_a_token_keeps_the_old_file(world: dict[str, str]) ->
     tokens = Path(world["profile"]) / "fhir-tokens.json"
     before = tokens.read_bytes()
     proc = subprocess.run(
-        [sys.executable, "-m", "ehrshare", "fhir", "token", "-p", world["profile"], "-w", "alice"],
+        [
+            *(sys.executable, "-m", "ehrshare", "fhir", "token", "--patient-own-gateway"),
+            *("-p", world["profile"], "-w", "alice"),
+        ],
         env={**os.environ, FAULT_ENV: "fhir_token.before_rename"},
         capture_output=True,
         text=True,
@@ -145,7 +148,7 @@ def test_kill_while_issuing_a_token_keeps_the_old_file(world: dict[str, str]) ->
     assert proc.returncode == -signal.SIGKILL
     assert tokens.read_bytes() == before  # the old tokens still work, no half file
     # a temporary file may be left behind; the next issue succeeds and is usable
-    token = cli("fhir", "token", "-p", world["profile"], "-w", "alice")
+    token = cli("fhir", "token", "-p", world["profile"], "-w", "alice", "--patient-own-gateway")
     from ehrshare.fhirapi import TokenBook
 
     assert TokenBook.load(tokens).wallet_for(token) == "alice"
@@ -191,3 +194,14 @@ def test_audit_verify_checks_an_exported_audit_event_bundle(
     result = runner.invoke(app, [*verify, str(other)])
     assert result.exit_code == 6, result.output
     assert "Traceback" not in result.output
+
+
+def test_a_patients_token_needs_the_patients_own_gateway(world: dict[str, str]) -> None:
+    tokens = Path(world["profile"]) / "fhir-tokens.json"
+    before = tokens.read_bytes()
+    result = runner.invoke(app, ["fhir", "token", "-p", world["profile"], "-w", "alice"])
+    assert result.exit_code == 2, result.output
+    assert "hold the patient's identity key" in " ".join(result.output.split())
+    assert tokens.read_bytes() == before
+    # a clinician's wallet needs no such flag
+    assert cli("fhir", "token", "-p", world["profile"], "-w", "baker")

@@ -115,19 +115,38 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         revoke: Annotated[
             bool, typer.Option("--revoke", help="Withdraw every token of the wallet instead.")
         ] = False,
+        patient_own_gateway: Annotated[
+            bool,
+            typer.Option(
+                "--patient-own-gateway",
+                help="Allow a token for a patient's wallet: the server then holds the "
+                "patient's identity key, so do this only on the patient's own gateway.",
+            ),
+        ] = False,
         tokens: TokensOpt = None,
         profile: ProfileOpt = "",
         wallet: WalletOpt = "",
     ) -> None:
         """Issue a bearer token that acts as --wallet's member on the FHIR server (printed
         once; only its hash is kept), or --revoke that wallet's tokens. A running server reads
-        the file at start: restart it after a change."""
+        the file at start: restart it after a change. A patient's wallet needs
+        --patient-own-gateway (a hospital's gateway must not hold patients' keys)."""
         from ehrshare.fhirapi import TokenBook
+        from ehrshare.identity import ROLE_ATTRIBUTE
+        from ehrshare_chaincode.certs import parse_certificate
 
         name = need_wallet(wallet)
         with mapped_errors():
             prof = load_profile(profile)
-            prof.wallet(name).load_identity()  # a wallet that does not open gets no token
+            identity, _ = prof.wallet(name).load_identity()  # a wallet that does not open: no token
+            role = parse_certificate(identity.credentials).attribute(ROLE_ATTRIBUTE)
+            if role == "patient" and not revoke and not patient_own_gateway:
+                fail(
+                    EXIT_USAGE,
+                    f"{name} is a patient: a token makes this server hold the patient's identity "
+                    "key",
+                    "issue it only on the patient's own gateway, with --patient-own-gateway",
+                )
             book = TokenBook.load(_tokens_path(profile, tokens))
             if revoke:
                 _, count = book.revoke_wallet(name)
