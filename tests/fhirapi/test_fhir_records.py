@@ -77,6 +77,7 @@ def test_a_request_without_a_known_token_is_401(fhir: Fhir) -> None:
     with fhir.client(None) as anon:
         r = anon.get("/Observation")
         assert r.status_code == 401
+        assert r.headers["www-authenticate"].startswith("Bearer")
         assert valid(r.json())["issue"][0]["code"] == "login"
         r = anon.get("/Observation", headers={"Authorization": "Bearer not-a-token"})
         assert r.status_code == 401

@@ -131,7 +131,8 @@ class Gateway:
             status, outcome = outcome_for(exc)
             if status >= 500:
                 _log.warning("%s %s: %s", method, path, exc, exc_info=status == 500)
-            return Answer(status, outcome)
+            headers = {"WWW-Authenticate": 'Bearer realm="ehrshare"'} if status == 401 else {}
+            return Answer(status, outcome, headers)
 
     def _route(
         self,
