@@ -124,6 +124,13 @@ CASES: dict[str, tuple[Request, int, str]] = {
         422,
         "period.end",
     ),
+    "consent that has already expired": (
+        lambda f, c: c.post(
+            "/Consent", json=consent(f.ids["alice"], f.ids["baker"], "lab", f.clock.seconds - 60)
+        ),
+        422,
+        "not in the future",
+    ),
     "inactive consent to create": (
         lambda f, c: c.post(
             "/Consent",

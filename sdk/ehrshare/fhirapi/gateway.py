@@ -340,6 +340,8 @@ class Gateway:
                     f"a Consent grants access to the caller's own records; {session.ibe_id} "
                     f"cannot consent for {request.patient}",
                 )
+            if request.expiry.timestamp() <= now:
+                raise FhirError(422, "Consent.provision.period.end is not in the future")
             try:
                 session.chain.get_identity(request.grantee)
             except EhrshareError:
