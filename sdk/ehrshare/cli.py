@@ -54,8 +54,10 @@ _COMMAND_MODULES = (
     "ehrshare.commands.bench_dkg",
     "ehrshare.commands.bench_e2e",
     "ehrshare.commands.bench_chaincode",
+    "ehrshare.commands.bench_fhir",
     "ehrshare.commands.services",
     "ehrshare.commands.chaincode",
+    "ehrshare.commands.fhir",
 )
 
 

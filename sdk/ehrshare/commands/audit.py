@@ -23,7 +23,7 @@ from ehrshare.commands.common import (
     open_session,
 )
 from ehrshare.console import err_console, out_console
-from ehrshare.errors import EXIT_INPUT, EXIT_INTEGRITY
+from ehrshare.errors import EXIT_INPUT, EXIT_INTEGRITY, EXIT_USAGE
 
 __all__ = ["register"]
 
@@ -44,6 +44,27 @@ def _type_in_words(labels: Any, label: str) -> str:
     mapping does not know stays opaque, with a note."""
     name = labels.reveal(label)
     return str(name) if name is not None else f"{label} (a type this profile does not name)"
+
+
+def _fhir_trail(path: str) -> Any:
+    """The trail an AuditEvent Bundle (``GET [base]/AuditEvent``) carries; exit 6 if the file
+    is no such Bundle, 5 if an AuditEvent says other than the log entry it carries."""
+    from ehrshare.fhirapi.auditevent import AuditExportError, entries_from_bundle
+    from ehrshare.jsontext import loads_untrusted
+    from ehrshare.session import AuditTrail
+
+    try:
+        raw = loads_untrusted(Path(path).read_text(encoding="utf-8"))
+        if not isinstance(raw, dict) or raw.get("resourceType") != "Bundle":
+            raise ValueError("not a FHIR Bundle")
+        entries = entries_from_bundle(raw)
+    except AuditExportError as exc:
+        fail(EXIT_INTEGRITY, f"{path}: {exc}")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
+        fail(EXIT_INPUT, f"{path} is not an AuditEvent Bundle of the FHIR API: {exc}")
+    if not entries:
+        fail(EXIT_INPUT, f"{path} holds no AuditEvent")
+    return AuditTrail(str(entries[0].get("chain", "")), tuple(entries))
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -102,6 +123,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             list[str] | None,
             typer.Option("--against", help="A head file saved with 'ehrshare ledger head'."),
         ] = None,
+        fhir_file: Annotated[
+            str,
+            typer.Option(
+                "--fhir", help="Verify an AuditEvent Bundle exported by the FHIR API instead."
+            ),
+        ] = "",
         profile: ProfileOpt = "",
         wallet: WalletOpt = "",
         as_json: JsonOpt = False,
@@ -121,6 +148,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 trail = AuditTrail(raw["chain"], tuple(raw["entries"]))
             except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
                 fail(EXIT_INPUT, f"{trail_file} is not an exported audit trail: {exc}")
+        if fhir_file:
+            if trail_file:
+                fail(EXIT_USAGE, "give --trail or --fhir, not both")
+            trail = _fhir_trail(fhir_file)
         with open_session(profile, wallet) as s, mapped_errors():
             verdict = s.verify_audit(patient or None, trail=trail, against=heads)
         if as_json:

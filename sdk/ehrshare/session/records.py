@@ -134,6 +134,19 @@ class Records(SessionCore):
     ) -> FHIRAbstractModel:
         """Read and decrypt a record you own or were granted.
 
+        Raises as :meth:`open_record` does, which also returns the version's pointer.
+        """
+        return self.open_record(ref, grant=grant)[1]
+
+    def open_record(
+        self,
+        ref: RecordRef | str,
+        *,
+        grant: Grant | str | None = None,
+    ) -> tuple[RecordRef, FHIRAbstractModel]:
+        """Read and decrypt a record you own or were granted; returns the pointer of the
+        version read (its version, creator, time) with the resource.
+
         Submits RequestAccess (logged either way); only after an allow decision has committed
         do the proxies of the grant chain re-encrypt the capsule, in chain order. ``grant``
         names the grant to read under when you hold several (their re-keys may sit at
@@ -174,7 +187,7 @@ class Records(SessionCore):
             and g.expiry > now
         ][:_MAX_FALLBACK_GRANTS]
 
-    def _read(self, record_id: str, grant_id: str) -> FHIRAbstractModel:
+    def _read(self, record_id: str, grant_id: str) -> tuple[RecordRef, FHIRAbstractModel]:
         # No per-record serialisation: each RequestAccess commits its own approval, keyed by
         # its access id, so concurrent reads of one record do not supersede each other.
         if self._sk is None:
@@ -225,7 +238,7 @@ class Records(SessionCore):
                         f"record {record_id} could not be decrypted: {exc}"
                     ) from None
         try:
-            return parse_resource(plaintext)
+            return record.ref, parse_resource(plaintext)
         except FhirValidationError as exc:
             raise SdkError(f"record {record_id} decrypted to invalid FHIR: {exc}") from None
 

@@ -1,0 +1,140 @@
+"""``ehrshare bench fhir``: create and read through the FHIR server against the same operations
+through the Python SDK, in one run on one consortium, calls interleaved so that both see the
+same machine. The server adds HTTP, JSON and FHIR validation; the ratio of the medians is the
+number to watch (issue 17's target: at most 1.2 at p50). Must not print: it returns the result.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ehrshare.benchutil import machine_metadata, percentile
+from ehrshare.demo import lab_observation
+from ehrshare.fhirapi import FhirServer, TokenBook
+from ehrshare.fhirapi.gateway import gateway_for
+from ehrshare.provisioning import Consortium
+
+__all__ = ["TARGET_P50_RATIO", "run_fhir_bench"]
+
+TARGET_P50_RATIO = 1.2  # issue 17: the server adds at most 20 % at p50
+
+
+def _stats(samples: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(statistics.median(samples), 3),
+        "p95_ms": round(percentile(samples, 95), 3),
+        "requests_per_s": round(1000.0 * len(samples) / sum(samples), 2),
+        "n": float(len(samples)),
+    }
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return (time.perf_counter() - t0) * 1000.0
+
+
+def run_fhir_bench(
+    *,
+    repeat: int = 20,
+    warmup: int = 2,
+    directory: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the benchmark in a fresh embedded consortium; returns the JSON-able result."""
+    say = progress or (lambda _m: None)
+    with tempfile.TemporaryDirectory(prefix="ehrshare-bench-fhir-", dir=directory) as tmp:
+        say("creating a consortium and running the DKG")
+        c = Consortium.init(Path(tmp) / "c")
+        try:
+            ids = {}
+            for name, hospital, role in (
+                ("alice", "HospitalA", "patient"),
+                ("baker", "HospitalB", "clinician"),
+            ):
+                c.add_member(name, hospital, role)
+                with c.session(name) as s:
+                    s.enroll()
+                    s.publish_type_keys()
+                    ids[name] = s.ibe_id
+            book = TokenBook.load(Path(tmp) / "tokens.json")
+            book, alice_token = book.issue("alice")
+            book, baker_token = book.issue("baker")
+            server = FhirServer(gateway_for(c.runtime, book), ("127.0.0.1", 0)).start()
+            alice, baker = c.session("alice"), c.session("baker")
+            headers = {"Content-Type": "application/fhir+json"}
+            http_alice = httpx.Client(
+                base_url=server.url,
+                headers=headers | {"Authorization": f"Bearer {alice_token}"},
+                timeout=120,
+            )
+            http_baker = httpx.Client(
+                base_url=server.url,
+                headers=headers | {"Authorization": f"Bearer {baker_token}"},
+                timeout=120,
+            )
+            try:
+                alice.grant(ids["baker"], "lab", expires=_dt.timedelta(days=30))
+                obs = lab_observation()
+                ref = alice.put_record(obs)
+
+                def http_create() -> None:
+                    r = http_alice.post("/Observation", json=obs)
+                    if r.status_code != 201:
+                        raise RuntimeError(f"create answered {r.status_code}: {r.text}")
+
+                def http_read(client: httpx.Client) -> Callable[[], None]:
+                    def read() -> None:
+                        r = client.get(f"/Observation/{ref.record_id}")
+                        if r.status_code != 200:
+                            raise RuntimeError(f"read answered {r.status_code}: {r.text}")
+
+                    return read
+
+                pairs: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {
+                    "create": (lambda: alice.put_record(obs), http_create),
+                    "read_owner": (lambda: alice.read_record(ref), http_read(http_alice)),
+                    "read_grantee": (lambda: baker.read_record(ref), http_read(http_baker)),
+                }
+                results: dict[str, Any] = {}
+                for op, (sdk_call, http_call) in pairs.items():
+                    say(f"{op}: SDK and FHIR server, {repeat} each, interleaved")
+                    for _ in range(warmup):
+                        sdk_call()
+                        http_call()
+                    sdk: list[float] = []
+                    http: list[float] = []
+                    for _ in range(repeat):
+                        sdk.append(_timed(sdk_call))
+                        http.append(_timed(http_call))
+                    s_sdk, s_http = _stats(sdk), _stats(http)
+                    ratio = round(s_http["p50_ms"] / s_sdk["p50_ms"], 3)
+                    results[op] = {
+                        "sdk": s_sdk,
+                        "fhir": s_http,
+                        "p50_ratio": ratio,
+                        "met": ratio <= TARGET_P50_RATIO,
+                    }
+            finally:
+                http_alice.close()
+                http_baker.close()
+                alice.close()
+                baker.close()
+                server.stop()
+        finally:
+            c.close()
+    return {
+        "benchmark": "fhir",
+        "backend": {"ledger": "embedded", "storage": "embedded", "services": "in-process"},
+        "params": {"repeat": repeat, "warmup": warmup, "target_p50_ratio": TARGET_P50_RATIO},
+        "results": results,
+        "machine": machine_metadata(),
+    }

@@ -1,0 +1,79 @@
+"""The server's ``CapabilityStatement`` (``GET [base]/metadata``): what it does, no more.
+
+Kept next to the routes it describes (:mod:`ehrshare.fhirapi.gateway`); a test checks that each
+interaction listed here answers and that nothing unlisted does. Must not do I/O.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final
+
+__all__ = ["RECORD_INTERACTIONS", "capability_statement"]
+
+FHIR_VERSION: Final = "4.0.1"
+RECORD_INTERACTIONS: Final = ("create", "read", "search-type")
+_SECURITY: Final = "http://terminology.hl7.org/CodeSystem/restful-security-service"
+
+
+def capability_statement(software_version: str, date: str) -> dict[str, Any]:
+    """The CapabilityStatement (FHIR R4 JSON) of this server."""
+    return {
+        "resourceType": "CapabilityStatement",
+        "status": "active",
+        "date": date,
+        "kind": "instance",
+        "software": {
+            "name": "ehrshare",
+            **({"version": software_version} if software_version else {}),
+        },
+        "fhirVersion": FHIR_VERSION,
+        "format": ["json"],
+        "rest": [
+            {
+                "mode": "server",
+                "documentation": (
+                    "Any FHIR R4 resource type is stored as an encrypted record (create, read "
+                    "by the owner or a grantee, search by patient). Consent maps grants, "
+                    "AuditEvent the hash-chained operation log. Not supported: update, "
+                    "delete and history of records, transaction Bundles, $everything, "
+                    "search parameters other than those listed."
+                ),
+                "security": {
+                    "service": [{"coding": [{"system": _SECURITY, "code": "OAuth"}]}],
+                    "description": (
+                        "Bearer tokens issued per member by 'ehrshare fhir token' (not OAuth "
+                        "flows: the token is bound to a member's wallet on the server)."
+                    ),
+                },
+                "resource": [
+                    {
+                        "type": "Resource",
+                        "documentation": "Any other resource type: stored as a record.",
+                        "interaction": [{"code": c} for c in RECORD_INTERACTIONS],
+                        "searchParam": [{"name": "patient", "type": "reference"}],
+                    },
+                    {
+                        "type": "Consent",
+                        "interaction": [
+                            {"code": c}
+                            for c in ("create", "read", "update", "delete", "search-type")
+                        ],
+                        "searchParam": [{"name": "patient", "type": "reference"}],
+                    },
+                    {
+                        "type": "Provenance",
+                        "interaction": [{"code": "search-type"}],
+                        "searchParam": [
+                            {"name": "target", "type": "reference"},
+                            {"name": "patient", "type": "reference"},
+                        ],
+                    },
+                    {
+                        "type": "AuditEvent",
+                        "interaction": [{"code": "search-type"}],
+                        "searchParam": [{"name": "patient", "type": "reference"}],
+                    },
+                ],
+            }
+        ],
+    }

@@ -1,0 +1,430 @@
+"""The FHIR API's requests and answers, without HTTP: routes ``(method, path, query)`` to the
+member's :class:`~ehrshare.session.Session` and turns what it returns into FHIR JSON.
+
+One :class:`Gateway` serves every member whose wallet a token names (see
+:mod:`ehrshare.fhirapi.auth`); it opens one session per wallet on one runtime, lazily, and
+serialises calls into the SDK with one lock (sessions share the runtime's ledger and store
+clients, which are not made for concurrent use). It is the trusted hospital-side gateway:
+it holds the keys of the members it acts for. This module must not parse HTTP.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import importlib.metadata
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from fhir.resources.R4B import get_fhir_model_class
+
+from ehrshare.contract import RecordRef
+from ehrshare.errors import EhrshareError
+from ehrshare.fhir import MAX_DEPTH, FhirValidationError, parse_resource
+from ehrshare.fhirapi import consent as consent_map
+from ehrshare.fhirapi.auditevent import entry_to_auditevent
+from ehrshare.fhirapi.auth import TokenBook
+from ehrshare.fhirapi.capability import capability_statement
+from ehrshare.fhirapi.members import member_from_id, member_from_reference
+from ehrshare.fhirapi.outcome import FhirError, outcome_for
+from ehrshare.fhirapi.provenance import version_to_provenance
+from ehrshare.jsontext import too_deep
+from ehrshare.runtime import Runtime
+from ehrshare.session import NoSuchMember, Session
+
+__all__ = ["BASE", "Answer", "Gateway", "gateway_for"]
+
+_log = logging.getLogger(__name__)
+
+BASE: Final = "/fhir"
+# Resource types the server answers itself: never stored as records.
+_NOT_RECORDS: Final = frozenset(
+    {"Consent", "AuditEvent", "Provenance", "CapabilityStatement", "OperationOutcome", "Bundle"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A response: status, FHIR JSON body, extra headers."""
+
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _instant(ts: int) -> str:
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _bundle(resources: list[dict[str, Any]], base_url: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": len(resources),
+        "entry": [
+            {"fullUrl": f"{base_url}/{r['resourceType']}/{r['id']}", "resource": r}
+            for r in resources
+        ],
+    }
+
+
+def _resource_type(name: str) -> str:
+    """``name`` if it is a FHIR R4 resource type; else 404 (FHIR's answer for an unknown type)."""
+    try:
+        cls = get_fhir_model_class(name)
+    except (ValueError, KeyError):
+        cls = None
+    if cls is None or name in ("Resource", "DomainResource") or not name[:1].isupper():
+        raise FhirError(404, f"{name!r} is not a FHIR R4 resource type")
+    return name
+
+
+class Gateway:
+    """Answers FHIR requests as the member each bearer token names.
+
+    ``open_session(wallet)`` opens a session for a wallet name (on one runtime);
+    ``now()`` is the clock grants are judged by (expired or not).
+    """
+
+    def __init__(
+        self,
+        tokens: TokenBook,
+        open_session: Callable[[str], Session],
+        *,
+        now: Callable[[], int],
+        software_version: str = "",
+    ) -> None:
+        self._tokens = tokens
+        self._open = open_session
+        self._now = now
+        self._version = software_version
+        self._sessions: dict[str, Session] = {}
+        self._roles: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """Close every session opened."""
+        with self._lock:
+            for s in self._sessions.values():
+                s.close()
+            self._sessions.clear()
+
+    # --- entry point -----------------------------------------------------------------------
+
+    def handle(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, list[str]],
+        authorization: str,
+        body: bytes,
+        base_url: str,
+    ) -> Answer:
+        """Answer one request; every error becomes an OperationOutcome with its status."""
+        try:
+            return self._route(method, path, query, authorization, body, base_url)
+        except Exception as exc:
+            status, outcome = outcome_for(exc)
+            if status >= 500:
+                _log.warning("%s %s: %s", method, path, exc, exc_info=status == 500)
+            headers = {"WWW-Authenticate": 'Bearer realm="ehrshare"'} if status == 401 else {}
+            return Answer(status, outcome, headers)
+
+    def _route(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, list[str]],
+        authorization: str,
+        body: bytes,
+        base_url: str,
+    ) -> Answer:
+        if path != BASE and not path.startswith(BASE + "/"):
+            raise FhirError(404, f"no such endpoint {path}: the FHIR base is {BASE}")
+        parts = [p for p in path[len(BASE) :].split("/") if p]
+        if parts == ["metadata"] and method == "GET":
+            date = _instant(self._now())
+            return Answer(200, capability_statement(self._version, date))
+        if not parts or len(parts) > 2:
+            raise FhirError(404, f"no such endpoint {path}")
+        session = self._caller(authorization)
+        rtype = _resource_type(parts[0])
+        rid = parts[1] if len(parts) == 2 else ""
+        with self._lock:
+            if rtype == "Consent":
+                return self._consent(session, method, rid, query, body, base_url)
+            if rtype == "AuditEvent" and method == "GET" and not rid:
+                return self._audit(session, query, base_url)
+            if rtype == "Provenance" and method == "GET" and not rid:
+                return self._provenance(session, query, base_url)
+            if rtype in _NOT_RECORDS:
+                raise FhirError(405, f"{method} of {rtype} is not supported by this server")
+            if method == "POST" and not rid:
+                return self._create(session, rtype, body, base_url)
+            if method == "GET" and rid:
+                return Answer(200, self._read(session, rtype, rid))
+            if method == "GET":
+                return self._search(session, rtype, query, base_url)
+        raise FhirError(405, f"{method} {path} is not supported: records are create, read, search")
+
+    def _caller(self, authorization: str) -> Session:
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise FhirError(401, "send 'Authorization: Bearer <token>' ('ehrshare fhir token')")
+        wallet = self._tokens.wallet_for(token.strip())
+        if wallet is None:
+            raise FhirError(401, "unknown or withdrawn bearer token")
+        with self._lock:
+            session = self._sessions.get(wallet)
+            if session is None:
+                session = self._open(wallet)
+                self._sessions[wallet] = session
+        return session
+
+    # --- records ---------------------------------------------------------------------------
+
+    @staticmethod
+    def _load(body: bytes, expected: str) -> dict[str, Any]:
+        """The body as a JSON object of resourceType ``expected`` (not yet validated as FHIR)."""
+        # Before parsing: the C JSON decoder recurses per level, and a deep enough body could
+        # exhaust the C stack (see ehrshare.fhir.parse_resource).
+        if too_deep(body, MAX_DEPTH):
+            raise FhirError(400, f"the body nests more than {MAX_DEPTH} levels deep")
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise FhirError(400, "the request body is not JSON") from None
+        if not isinstance(data, dict):
+            raise FhirError(400, "the request body must be a JSON object (a FHIR resource)")
+        if data.get("resourceType") != expected:
+            raise FhirError(
+                400,
+                f"the body's resourceType {data.get('resourceType')!r} does not match the URL's "
+                f"{expected!r}",
+            )
+        return data
+
+    @classmethod
+    def _parse(cls, body: bytes, expected: str) -> dict[str, Any]:
+        """The body validated as a FHIR R4 resource of type ``expected``, as JSON."""
+        data = cls._load(body, expected)
+        try:
+            parsed = parse_resource(data)
+        except FhirValidationError as exc:
+            raise FhirError(400, str(exc)) from None
+        out: dict[str, Any] = json.loads(parsed.model_dump_json(exclude_none=True))
+        return out
+
+    def _role(self, session: Session) -> str:
+        """The caller's role on chain (fixed by its certificate: asked once per session)."""
+        role = self._roles.get(session.ibe_id)
+        if role is None:
+            role = self._roles[session.ibe_id] = session.role()
+        return role
+
+    def _patient_of(self, session: Session, resource: dict[str, Any]) -> str:
+        """Whose record a new resource is: its subject/patient when that names a member, else
+        the caller if a patient."""
+        for key in ("subject", "patient"):
+            ref = resource.get(key)
+            if isinstance(ref, dict):
+                try:
+                    return member_from_reference(ref, key)
+                except FhirError:
+                    continue
+        if self._role(session) == "patient":
+            return session.ibe_id
+        raise FhirError(
+            422,
+            "name the patient: subject (or patient) as identifier "
+            "{system: urn:ehrshare:member, value: HospitalAMSP/alice}",
+        )
+
+    def _create(self, session: Session, rtype: str, body: bytes, base_url: str) -> Answer:
+        resource = self._load(body, rtype)
+        patient = self._patient_of(session, resource)
+        resource.pop("id", None)  # the server names records (FHIR create ignores a given id)
+        try:
+            ref = session.put_record(resource, patient=patient)  # validates, once
+        except FhirValidationError as exc:
+            raise FhirError(400, str(exc)) from None
+        except NoSuchMember as exc:
+            raise FhirError(422, str(exc)) from None
+        out = self._with_meta(resource, ref)
+        location = f"{base_url}/{rtype}/{ref.record_id}/_history/{ref.version}"
+        return Answer(201, out, {"Location": location, "ETag": f'W/"{ref.version}"'})
+
+    @staticmethod
+    def _with_meta(resource: dict[str, Any], ref: RecordRef) -> dict[str, Any]:
+        out = dict(resource)
+        out["id"] = ref.record_id
+        meta = dict(out.get("meta") or {})
+        meta["versionId"] = str(ref.version)
+        meta["lastUpdated"] = _instant(ref.created_at)
+        out["meta"] = meta
+        return out
+
+    def _read(self, session: Session, rtype: str, rid: str) -> dict[str, Any]:
+        # The read first: a denial is decided and logged on chain like any (then 403), an
+        # unknown record is the chaincode's "does not exist" (then 404).
+        ref, model = session.open_record(rid)
+        data: dict[str, Any] = json.loads(model.model_dump_json(exclude_none=True))
+        if data.get("resourceType") != rtype:
+            raise FhirError(404, f"{rtype}/{rid} does not exist (record {rid} is not a {rtype})")
+        return self._with_meta(data, ref)
+
+    def _patient_param(self, session: Session, query: Mapping[str, list[str]]) -> str | None:
+        values = query.get("patient") or query.get("subject") or []
+        if not values:
+            return None
+        value = values[0]
+        if value.startswith("Patient/"):
+            value = value[len("Patient/") :]
+        patient = member_from_id(value)
+        try:
+            session.chain.get_identity(patient)
+        except EhrshareError:
+            raise FhirError(404, f"no such patient: {patient} is not a member") from None
+        return patient
+
+    def _readable(self, session: Session, patient: str | None) -> list[RecordRef]:
+        """The pointers of records the caller may read (of ``patient`` when given)."""
+        if patient in (None, session.ibe_id) and self._role(session) == "patient":
+            return session.list_records()
+        return [
+            ref
+            for ref, _grant in session.granted_records()
+            if patient is None or ref.owner == patient
+        ]
+
+    def _search(
+        self, session: Session, rtype: str, query: Mapping[str, list[str]], base_url: str
+    ) -> Answer:
+        unknown = set(query) - {"patient", "subject"}
+        if unknown:
+            raise FhirError(400, f"unsupported search parameter(s): {', '.join(sorted(unknown))}")
+        patient = self._patient_param(session, query)
+        found = []
+        # The chain knows each record's clinical type, not its resourceType: every readable
+        # record is decrypted (a logged read) and those of another type are left out.
+        for ref in self._readable(session, patient):
+            data: dict[str, Any] = json.loads(
+                session.read_record(ref.record_id).model_dump_json(exclude_none=True)
+            )
+            if data.get("resourceType") == rtype:
+                found.append(self._with_meta(data, ref))
+        return Answer(200, _bundle(found, base_url))
+
+    # --- consent ---------------------------------------------------------------------------
+
+    def _consent(
+        self,
+        session: Session,
+        method: str,
+        rid: str,
+        query: Mapping[str, list[str]],
+        body: bytes,
+        base_url: str,
+    ) -> Answer:
+        now = self._now()
+        if method == "POST" and not rid:
+            resource = self._parse(body, "Consent")
+            request = consent_map.parse(resource)
+            if request.patient != session.ibe_id:
+                raise FhirError(
+                    403,
+                    f"a Consent grants access to the caller's own records; {session.ibe_id} "
+                    f"cannot consent for {request.patient}",
+                )
+            if request.expiry.timestamp() <= now:
+                raise FhirError(422, "Consent.provision.period.end is not in the future")
+            try:
+                session.chain.get_identity(request.grantee)
+            except EhrshareError:
+                raise FhirError(422, f"no such member: {request.grantee}") from None
+            grant = session.grant(
+                request.grantee,
+                request.record_type,
+                expires=request.expiry,
+                max_hops=request.max_hops,
+            )
+            body_out = consent_map.grant_to_consent(grant, now=now)
+            return Answer(201, body_out, {"Location": f"{base_url}/Consent/{grant.grant_id}"})
+        if method == "GET" and rid:
+            return Answer(200, consent_map.grant_to_consent(session.get_grant(rid), now=now))
+        if method == "GET":
+            patient = self._patient_param(session, query)
+            grants = session.grants("owner") + session.grants("grantor")
+            grants += session.grants("grantee")
+            seen: dict[str, dict[str, Any]] = {}
+            for g in grants:
+                if patient is None or g.owner == patient:
+                    seen[g.grant_id] = consent_map.grant_to_consent(g, now=now)
+            return Answer(200, _bundle(list(seen.values()), base_url))
+        if method == "DELETE" and rid:
+            session.revoke(rid)
+            return Answer(200, consent_map.grant_to_consent(session.get_grant(rid), now=now))
+        if method == "PUT" and rid:
+            resource = self._parse(body, "Consent")
+            if resource.get("id") != rid:
+                raise FhirError(400, f"the body's id {resource.get('id')!r} is not {rid!r}")
+            if resource.get("status") != "inactive":
+                raise FhirError(
+                    422,
+                    "an update may only set status 'inactive' (revoke); a grant's terms do not "
+                    "change — revoke it and create a new Consent",
+                )
+            session.revoke(rid)
+            return Answer(200, consent_map.grant_to_consent(session.get_grant(rid), now=now))
+        raise FhirError(405, f"{method} of Consent{'/' + rid if rid else ''} is not supported")
+
+    def _provenance(
+        self, session: Session, query: Mapping[str, list[str]], base_url: str
+    ) -> Answer:
+        """``GET Provenance?target=`` (a record id, or ``Type/id``) or ``?patient=``: every
+        version of those records, from their pointers (nothing decrypted)."""
+        if set(query) not in ({"target"}, {"patient"}):
+            raise FhirError(400, "search Provenance by one of target= (a record) or patient=")
+        if "target" in query:
+            record_ids = [query["target"][0].rsplit("/", 1)[-1]]
+        else:
+            patient = self._patient_param(session, query)
+            record_ids = [ref.record_id for ref in self._readable(session, patient)]
+        out = [
+            version_to_provenance(version.ref)
+            for record_id in record_ids
+            for version in session.chain.get_record_history(record_id)
+        ]
+        return Answer(200, _bundle(out, base_url))
+
+    # --- audit -----------------------------------------------------------------------------
+
+    def _audit(self, session: Session, query: Mapping[str, list[str]], base_url: str) -> Answer:
+        patient = self._patient_param(session, query) or session.ibe_id
+        trail = session.audit(patient)
+        events = [entry_to_auditevent(e) for e in trail.entries]
+        return Answer(200, _bundle(events, base_url))
+
+
+def gateway_for(runtime: Runtime, tokens: TokenBook, *, software_version: str = "") -> Gateway:
+    """A gateway whose sessions open on ``runtime`` (one per wallet a token names), judged by
+    the runtime's clock. Closing the gateway closes its sessions, not the runtime."""
+
+    def open_session(wallet: str) -> Session:
+        w = runtime.profile.wallet(wallet)
+        identity, signer = w.load_identity()
+        return runtime.session(identity, signer, w)
+
+    def now() -> int:
+        return (runtime.clock() if runtime.clock is not None else time.time_ns()) // 1_000_000_000
+
+    if not software_version:
+        try:
+            software_version = importlib.metadata.version("ehrshare")
+        except importlib.metadata.PackageNotFoundError:
+            software_version = ""
+    return Gateway(tokens, open_session, now=now, software_version=software_version)

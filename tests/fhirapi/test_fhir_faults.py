@@ -1,0 +1,168 @@
+"""``kill -9`` of the FHIR server at each step boundary of its write paths (the SDK's fault
+points, ``EHRSHARE_FAULT_AT``, fire inside the server process): the client sees the connection
+drop; after a restart nothing committed is lost, nothing half-made is usable, and the next
+attempt succeeds."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from test_fhir_cli import cli
+from test_fhir_records import consent
+
+from ehrshare.demo import lab_observation
+from ehrshare.faults import FAULT_ENV
+
+ALICE_ID, BAKER_ID = "HospitalAMSP/alice", "HospitalBMSP/baker"
+END = 4102444800  # 2100-01-01
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    base = tmp_path_factory.mktemp("fhir-faults")
+    profile = str(base / "c")
+    cli("consortium", "init", profile)
+    for name, hospital, role in (
+        ("alice", "HospitalA", "patient"),
+        ("baker", "HospitalB", "clinician"),
+    ):
+        cli("consortium", "add-member", name, "--hospital", hospital, "--role", role, "-p", profile)
+        cli("enroll", "-p", profile, "-w", name)
+    return {
+        "profile": profile,
+        "alice": cli("fhir", "token", "-p", profile, "-w", "alice", "--patient-own-gateway"),
+        "baker": cli("fhir", "token", "-p", profile, "-w", "baker"),
+    }
+
+
+class Server:
+    def __init__(self, profile: str, fault: str = "") -> None:
+        env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+        if fault:
+            env[FAULT_ENV] = fault
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ehrshare",
+                "fhir",
+                "serve",
+                "-p",
+                profile,
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        assert self.proc.stdout is not None
+        self.url = self.proc.stdout.readline().strip()
+        assert self.url.startswith("http://"), self.url
+
+    def client(self, token: str) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.url,
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/fhir+json"},
+            timeout=120,
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=60)
+
+
+@pytest.fixture
+def start(world: dict[str, str]) -> Iterator[object]:
+    servers: list[Server] = []
+
+    def _start(fault: str = "") -> Server:
+        s = Server(world["profile"], fault)
+        servers.append(s)
+        return s
+
+    yield _start
+    for s in servers:
+        s.stop()
+
+
+def _killed(server: Server, request: object) -> None:
+    with pytest.raises(httpx.TransportError):
+        request()  # type: ignore[operator]
+    assert server.proc.wait(timeout=60) == -signal.SIGKILL
+
+
+def _observations(c: httpx.Client) -> int:
+    r = c.get("/Observation", params={"patient": ALICE_ID})
+    assert r.status_code == 200, r.text
+    return int(r.json()["total"])
+
+
+@pytest.mark.parametrize(("fault", "kept"), [("put.after_store", 0), ("put.after_register", 1)])
+def test_a_create_killed_mid_way(world: dict, start: object, fault: str, kept: int) -> None:
+    clean = start()  # type: ignore[operator]
+    with clean.client(world["alice"]) as alice:
+        before = _observations(alice)
+    clean.stop()
+    faulty = start(fault)  # type: ignore[operator]
+    with faulty.client(world["alice"]) as alice:
+        _killed(faulty, lambda: alice.post("/Observation", json=lab_observation()))
+    again = start()  # type: ignore[operator]
+    with again.client(world["alice"]) as alice:
+        assert _observations(alice) == before + kept  # a registered record is readable
+        assert alice.post("/Observation", json=lab_observation()).status_code == 201
+        assert _observations(alice) == before + kept + 1
+
+
+@pytest.mark.parametrize(
+    ("fault", "granted"), [("grant.after_deliver", False), ("grant.after_commit", True)]
+)
+def test_a_consent_killed_mid_way(world: dict, start: object, fault: str, granted: bool) -> None:
+    clean = start()  # type: ignore[operator]
+    with clean.client(world["alice"]) as alice:
+        rid = alice.post("/Observation", json=lab_observation()).json()["id"]
+    clean.stop()
+    faulty = start(fault)  # type: ignore[operator]
+    with faulty.client(world["alice"]) as alice:
+        _killed(
+            faulty, lambda: alice.post("/Consent", json=consent(ALICE_ID, BAKER_ID, "lab", END))
+        )
+    again = start()  # type: ignore[operator]
+    with again.client(world["alice"]) as alice, again.client(world["baker"]) as baker:
+        active = [
+            e["resource"]["id"]
+            for e in alice.get("/Consent", params={"patient": ALICE_ID}).json()["entry"]
+            if e["resource"]["status"] == "active"
+        ]
+        assert len(active) == (1 if granted else 0)
+        assert baker.get(f"/Observation/{rid}").status_code == (200 if granted else 403)
+        if not granted:
+            r = alice.post("/Consent", json=consent(ALICE_ID, BAKER_ID, "lab", END))
+            assert r.status_code == 201, r.text
+            active = [r.json()["id"]]
+            assert baker.get(f"/Observation/{rid}").status_code == 200
+        for gid in active:  # leave no active grant to the next case
+            assert alice.delete(f"/Consent/{gid}").status_code == 200
+
+
+def test_a_revocation_killed_after_its_commit_holds(world: dict, start: object) -> None:
+    clean = start()  # type: ignore[operator]
+    with clean.client(world["alice"]) as alice:
+        rid = alice.post("/Observation", json=lab_observation()).json()["id"]
+        gid = alice.post("/Consent", json=consent(ALICE_ID, BAKER_ID, "lab", END)).json()["id"]
+    clean.stop()
+    faulty = start("revoke.after_commit")  # type: ignore[operator]
+    with faulty.client(world["alice"]) as alice:
+        _killed(faulty, lambda: alice.delete(f"/Consent/{gid}"))
+    again = start()  # type: ignore[operator]
+    with again.client(world["alice"]) as alice, again.client(world["baker"]) as baker:
+        assert alice.get(f"/Consent/{gid}").json()["status"] == "inactive"
+        assert baker.get(f"/Observation/{rid}").status_code == 403
