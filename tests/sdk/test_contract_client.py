@@ -55,6 +55,10 @@ _ACCESS = (
     b'{"access_id":"a-1","record_id":"r-1","record_version":1,"owner":"O/p","type":"t-1",'
     b'"requester":"O/c","decision":"allow","reason":"grant","grant_id":"g-1","chain":[]}'
 )
+_REBINDING = (
+    b'{"ibe_id":"O/p","cert_sha256":"h","status":"open","quorum":2,'
+    b'"approvals":[{"admin":"O/a","msp_id":"O","at":1}],"expires_at":9}'
+)
 _ANSWERS: dict[str, bytes] = {
     "RegisterIdentity": _IDENT,
     "RegisterMember": _IDENT,
@@ -82,6 +86,9 @@ _ANSWERS: dict[str, bytes] = {
     "GetAuditTrail": b'{"entries":[],"bookmark":""}',
     "VerifyAuditTrail": b'{"chain":"O/p","valid":true,"length":0,"first_bad_seq":0,"reason":""}',
     "StateDigest": b'{"sha256":"h","keys":0}',
+    "ProposeRebinding": _REBINDING,
+    "ApproveRebinding": _REBINDING,
+    "GetRebinding": _REBINDING,
 }
 
 # Each public method with arguments, both with and without the optional ones where it has any.
@@ -153,6 +160,10 @@ _CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("get_audit_trail", ("patient", "O/p"), {}),
     ("verify_audit_trail", ("O/p",), {}),
     ("state_digest", (), {}),
+    ("propose_rebinding", ("O/p", "pem"), {}),
+    ("propose_rebinding", ("O/p", "pem", 3), {}),
+    ("approve_rebinding", ("O/p", "h"), {}),
+    ("get_rebinding", ("O/p", "h"), {}),
 ]
 
 

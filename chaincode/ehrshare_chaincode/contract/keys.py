@@ -28,6 +28,7 @@ __all__ = [
     "K_LOG_BY_RECORD",
     "K_LOG_HEAD",
     "K_ORG_CA",
+    "K_REBINDING",
     "K_RECORD",
     "K_RECORD_BY_OWNER",
     "K_RECORD_VERSION",
@@ -49,6 +50,7 @@ K_GRANT_BY_OWNER = "ehr.grant~owner"
 K_GRANT_BY_GRANTEE = "ehr.grant~grantee"
 K_GRANT_BY_GRANTOR = "ehr.grant~grantor"
 K_GRANT_MATCH = "ehr.grant~match"
+K_REBINDING = "ehr.rebind"
 K_ACCESS = "ehr.access"
 K_APPROVAL = "ehr.approval"
 K_REENCRYPTION = "ehr.reenc"

@@ -30,6 +30,7 @@ from ehrshare.contract.types import (
     Member,
     OrgCA,
     Page,
+    Rebinding,
     RecordVersion,
     StateDigest,
     StoredRecord,
@@ -73,6 +74,9 @@ COVERED: Final[frozenset[str]] = frozenset(
         "GetAuditTrail",
         "VerifyAuditTrail",
         "StateDigest",
+        "ProposeRebinding",
+        "ApproveRebinding",
+        "GetRebinding",
     }
 )
 """Every chaincode function :class:`EhrContract` calls (the DKG board and KGC roster functions
@@ -195,6 +199,22 @@ class EhrContract:
     def get_type_key(self, ibe_id: str, label: str) -> TypeKey:
         """Someone's type public key for ``label``."""
         return TypeKey.from_chain(self.call("GetTypeKey", ibe_id, label))
+
+    # --- recovery of a lost wallet ------------------------------------------------------------
+
+    def propose_rebinding(self, ibe_id: str, cert_pem: str, quorum: int | None = None) -> Rebinding:
+        """An admin proposes to rebind ``ibe_id`` to a new certificate (its own approval too;
+        proposing the same certificate again approves the open proposal)."""
+        args = (ibe_id, cert_pem) if quorum is None else (ibe_id, cert_pem, str(quorum))
+        return Rebinding.from_chain(self.call("ProposeRebinding", *args))
+
+    def approve_rebinding(self, ibe_id: str, cert_sha256: str) -> Rebinding:
+        """An admin of another hospital approves; the quorum's last approval rebinds."""
+        return Rebinding.from_chain(self.call("ApproveRebinding", ibe_id, cert_sha256))
+
+    def get_rebinding(self, ibe_id: str, cert_sha256: str) -> Rebinding:
+        """A rebinding proposal and its approvals."""
+        return Rebinding.from_chain(self.call("GetRebinding", ibe_id, cert_sha256))
 
     # --- records -----------------------------------------------------------------------------
 
