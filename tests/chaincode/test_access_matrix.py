@@ -335,7 +335,7 @@ CASES = [
         lambda w, n, r: f"identity {n} may not read the audit trail of {ALICE}",
     ),
     # Recovery: only admins propose and approve; a quorum of 2 needs a second hospital's CA on
-    # chain, which this world lacks (tests/chaincode/test_recovery.py has two).
+    # chain, which this world lacks (tests/chaincode/test_rebinding.py has two).
     Case(
         "ProposeRebinding",
         _new_alice_cert,
