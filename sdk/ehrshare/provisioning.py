@@ -80,7 +80,7 @@ _log = logging.getLogger(__name__)
 DEFAULT_HOSPITALS: Final = ("HospitalA", "HospitalB", "HospitalC")
 DEFAULT_BASE_PORT: Final = 7060
 SERVICE_MODES: Final = ("in-process", "processes")
-ROLES: Final = ("patient", "clinician", "auditor", "admin")
+ROLES: Final = ("patient", "clinician", "auditor", "admin", "guardian")
 ADMIN_WALLET: Final = "admin"
 # A member's name is its enrollment id and its wallet's directory name: what the chaincode
 # accepts as an id, which is also a safe file name.
@@ -517,7 +517,7 @@ class Consortium(Closing):
         msp, _, name = ibe_id.partition("/")
         if not _MEMBER_NAME_RE.fullmatch(name) or not _MEMBER_NAME_RE.fullmatch(msp):
             raise InvalidName(f"identity {ibe_id!r} is not of the form <MSP id>/<member name>")
-        if role not in ROLES or role == "admin":
+        if role not in ("patient", "clinician", "auditor"):
             raise ConsortiumError(
                 f"role {role!r} is not one of patient, clinician, auditor (recovered roles)"
             )

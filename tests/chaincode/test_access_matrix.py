@@ -334,6 +334,37 @@ CASES = [
         frozenset({"owner", "auditor"}),
         lambda w, n, r: f"identity {n} may not read the audit trail of {ALICE}",
     ),
+    # Guardians: a patient registers a member with role guardian (dave is a clinician).
+    Case(
+        "RegisterGuardian",
+        lambda w: ("Org1MSP/dave", '["audit"]', "", FAR),
+        frozenset(),
+        lambda w, n, r: (
+            "identity Org1MSP/dave has role clinician, not guardian"
+            if r in ("owner", "other_patient")
+            else _role_needed("patient")(w, n, r)
+        ),
+    ),
+    Case(
+        "RemoveGuardian",
+        lambda w: ("Org1MSP/dave",),
+        frozenset(),
+        lambda w, n, r: (
+            f"identity Org1MSP/dave is not a guardian of {n}"
+            if r in ("owner", "other_patient")
+            else _role_needed("patient")(w, n, r)
+        ),
+    ),
+    Case(
+        "GetGuardian",
+        lambda w: (ALICE, "Org1MSP/dave"),
+        frozenset(),
+        lambda w, n, r: (
+            f"identity Org1MSP/dave is not a guardian of {ALICE}"
+            if r in ("owner", "grantee", "org_admin", "auditor")
+            else f"identity {n} may not read the guardians of {ALICE}"
+        ),
+    ),
     # Recovery: only admins propose and approve; a quorum of 2 needs a second hospital's CA on
     # chain, which this world lacks (tests/chaincode/test_rebinding.py has two).
     Case(

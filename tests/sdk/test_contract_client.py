@@ -59,6 +59,9 @@ _REBINDING = (
     b'{"ibe_id":"O/p","cert_sha256":"h","status":"open","quorum":2,'
     b'"approvals":[{"admin":"O/a","msp_id":"O","at":1}],"expires_at":9}'
 )
+_GUARDIAN = (
+    b'{"patient":"O/p","guardian":"O/g","actions":["audit"],"types":[],"expiry":9,"state":"active"}'
+)
 _ANSWERS: dict[str, bytes] = {
     "RegisterIdentity": _IDENT,
     "RegisterMember": _IDENT,
@@ -89,6 +92,9 @@ _ANSWERS: dict[str, bytes] = {
     "ProposeRebinding": _REBINDING,
     "ApproveRebinding": _REBINDING,
     "GetRebinding": _REBINDING,
+    "RegisterGuardian": _GUARDIAN,
+    "RemoveGuardian": _GUARDIAN,
+    "GetGuardian": _GUARDIAN,
 }
 
 # Each public method with arguments, both with and without the optional ones where it has any.
@@ -164,6 +170,10 @@ _CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("propose_rebinding", ("O/p", "pem", 3), {}),
     ("approve_rebinding", ("O/p", "h"), {}),
     ("get_rebinding", ("O/p", "h"), {}),
+    ("register_guardian", ("O/g",), dict(actions=["audit"], labels=[], expiry=9)),
+    ("register_guardian", ("O/g",), dict(actions=["grant"], labels=["t-1"], expiry=9)),
+    ("remove_guardian", ("O/g",), {}),
+    ("get_guardian", ("O/p", "O/g"), {}),
 ]
 
 

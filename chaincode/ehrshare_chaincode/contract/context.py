@@ -22,6 +22,7 @@ __all__ = [
     "AUDITOR",
     "CLINICIAN",
     "CONTRACT_NAME",
+    "GUARDIAN",
     "KGC",
     "PATIENT",
     "PROXY",
@@ -33,15 +34,16 @@ __all__ = [
 
 CONTRACT_NAME = "ehrshare"
 ROLE_ATTRIBUTE = "ehrshare.role"
-PATIENT, CLINICIAN, ADMIN, KGC, PROXY, AUDITOR = (
+PATIENT, CLINICIAN, ADMIN, KGC, PROXY, AUDITOR, GUARDIAN = (
     "patient",
     "clinician",
     "admin",
     "kgc",
     "proxy",
     "auditor",
+    "guardian",
 )
-ROLES = (PATIENT, CLINICIAN, ADMIN, KGC, PROXY, AUDITOR)
+ROLES = (PATIENT, CLINICIAN, ADMIN, KGC, PROXY, AUDITOR, GUARDIAN)
 
 
 @dataclass(slots=True)

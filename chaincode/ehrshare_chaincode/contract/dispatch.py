@@ -19,6 +19,7 @@ from .dkg_board import DkgBoard
 from .dkg_sessions import DkgSessions
 from .functions import FunctionSpec, function_table
 from .grants import Grants
+from .guardians import Guardians
 from .identities import Identities
 from .records import Records
 from .recovery import Recovery
@@ -26,7 +27,9 @@ from .recovery import Recovery
 __all__ = ["FUNCTIONS", "EHRContract", "invoke"]
 
 
-class EHRContract(Identities, Records, Grants, Access, DkgSessions, DkgBoard, Audit, Recovery):
+class EHRContract(
+    Identities, Records, Grants, Access, DkgSessions, DkgBoard, Audit, Recovery, Guardians
+):
     """The contract. Its public methods named as verbs are the transaction functions; each is
     declared ``submit`` or ``evaluate`` in its domain module and listed in :data:`FUNCTIONS`."""
 

@@ -20,6 +20,7 @@ __all__ = [
     "K_GRANT_BY_GRANTOR",
     "K_GRANT_BY_OWNER",
     "K_GRANT_MATCH",
+    "K_GUARDIAN",
     "K_IBE",
     "K_IDENTITY",
     "K_KGC_KEY",
@@ -51,6 +52,7 @@ K_GRANT_BY_GRANTEE = "ehr.grant~grantee"
 K_GRANT_BY_GRANTOR = "ehr.grant~grantor"
 K_GRANT_MATCH = "ehr.grant~match"
 K_REBINDING = "ehr.rebind"
+K_GUARDIAN = "ehr.guardian"
 K_ACCESS = "ehr.access"
 K_APPROVAL = "ehr.approval"
 K_REENCRYPTION = "ehr.reenc"

@@ -27,6 +27,7 @@ from ehrshare.contract.types import (
     Access,
     AuditCheck,
     Grant,
+    Guardianship,
     Member,
     OrgCA,
     Page,
@@ -77,6 +78,9 @@ COVERED: Final[frozenset[str]] = frozenset(
         "ProposeRebinding",
         "ApproveRebinding",
         "GetRebinding",
+        "RegisterGuardian",
+        "RemoveGuardian",
+        "GetGuardian",
     }
 )
 """Every chaincode function :class:`EhrContract` calls (the DKG board and KGC roster functions
@@ -215,6 +219,30 @@ class EhrContract:
     def get_rebinding(self, ibe_id: str, cert_sha256: str) -> Rebinding:
         """A rebinding proposal and its approvals."""
         return Rebinding.from_chain(self.call("GetRebinding", ibe_id, cert_sha256))
+
+    # --- guardians ---------------------------------------------------------------------------
+
+    def register_guardian(
+        self, guardian: str, *, actions: Sequence[str], labels: Sequence[str], expiry: int
+    ) -> Guardianship:
+        """A patient registers a guardian with its actions, type labels (none: every type)
+        and expiry (registering again replaces them)."""
+        data = self.call(
+            "RegisterGuardian",
+            guardian,
+            json.dumps(sorted(actions)),
+            json.dumps(sorted(labels)) if labels else "",
+            str(expiry),
+        )
+        return Guardianship.from_chain(data)
+
+    def remove_guardian(self, guardian: str) -> Guardianship:
+        """A patient ends a guardianship."""
+        return Guardianship.from_chain(self.call("RemoveGuardian", guardian))
+
+    def get_guardian(self, patient: str, guardian: str) -> Guardianship:
+        """A guardianship (for the patient, the guardian, auditors and admins)."""
+        return Guardianship.from_chain(self.call("GetGuardian", patient, guardian))
 
     # --- records -----------------------------------------------------------------------------
 

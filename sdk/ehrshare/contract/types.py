@@ -20,6 +20,7 @@ __all__ = [
     "AuditTrail",
     "AuditVerification",
     "Grant",
+    "Guardianship",
     "Hop",
     "Member",
     "OrgCA",
@@ -84,6 +85,32 @@ class OrgCA:
     def from_chain(cls, data: dict[str, Any]) -> OrgCA:
         """Build from a chaincode org CA entry."""
         return cls(str(data["msp_id"]), str(data["ca_pem"]), str(data["sha256"]), data)
+
+
+@dataclass(frozen=True, slots=True)
+class Guardianship:
+    """A guardian registered by a patient: the actions (``grant``, ``revoke``, ``audit``) and
+    type labels (empty: every type) it may act on, until ``expiry``; ``state`` is ``active`` or
+    ``removed``."""
+
+    patient: str
+    guardian: str
+    actions: tuple[str, ...]
+    labels: tuple[str, ...]
+    expiry: int
+    state: str
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any]) -> Guardianship:
+        """Build from a chaincode guardianship."""
+        return cls(
+            str(data["patient"]),
+            str(data["guardian"]),
+            tuple(str(a) for a in data["actions"]),
+            tuple(str(t) for t in data["types"]),
+            int(data["expiry"]),
+            str(data["state"]),
+        )
 
 
 @dataclass(frozen=True, slots=True)
