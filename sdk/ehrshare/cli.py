@@ -43,6 +43,7 @@ _COMMAND_MODULES = (
     "ehrshare.commands.audit",
     "ehrshare.commands.enrol",
     "ehrshare.commands.grants",
+    "ehrshare.commands.guardians",
     "ehrshare.commands.network",
     "ehrshare.commands.wallet",
     "ehrshare.commands.store",
