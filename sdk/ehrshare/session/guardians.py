@@ -63,8 +63,10 @@ class Guardians(Sharing):
 
     def remove_guardian(self, guardian: str) -> Guardianship:
         """End a guardianship and revoke every grant you gave the guardian (and so every grant
-        it made for you, which hang below them)."""
-        entry = self.chain.remove_guardian(guardian)
+        it made for you, which hang below them). Safe to run again: a guardianship already
+        removed (a run killed before its revocations) has its grants revoked."""
+        current = self.chain.get_guardian(self.ibe_id, guardian)
+        entry = current if current.state == "removed" else self.chain.remove_guardian(guardian)
         fault_point("guardian.after_remove")
         for g in self.grants("owner"):
             if g.grantee == guardian and g.state == "active" and g.hop == 0:
