@@ -44,6 +44,7 @@ _COMMAND_MODULES = (
     "ehrshare.commands.enrol",
     "ehrshare.commands.grants",
     "ehrshare.commands.type_keys",
+    "ehrshare.commands.guardians",
     "ehrshare.commands.network",
     "ehrshare.commands.wallet",
     "ehrshare.commands.store",

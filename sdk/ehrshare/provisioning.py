@@ -85,7 +85,7 @@ DEFAULT_BASE_PORT: Final = 7060
 SERVICE_MODES: Final = ("in-process", "processes")
 STORAGE_MODES: Final = ("embedded", "kubo", "swarm")
 """``swarm``: a Kubo store, one node per hospital in a private swarm (ehrshare.network.swarm)."""
-ROLES: Final = ("patient", "clinician", "auditor", "admin")
+ROLES: Final = ("patient", "clinician", "auditor", "admin", "guardian")
 ADMIN_WALLET: Final = "admin"
 # A member's name is its enrollment id and its wallet's directory name: what the chaincode
 # accepts as an id, which is also a safe file name.
@@ -532,6 +532,37 @@ class Consortium(Closing):
         if wallet.exists:
             raise ConsortiumError(f"wallet {wallet.directory} already exists")
         return self._issue(self.directory, msp, name, role, wallet.directory)
+
+    def reissue_member(self, ibe_id: str, wallet: str, role: str = "patient") -> Wallet:
+        """Issue a new key and certificate for an existing identity into a new wallet: the first
+        step of recovering a lost wallet (after identity proofing; hospital admins then rebind
+        the identity on chain, :meth:`ehrshare.Session.recover_member`).
+
+        ``ibe_id`` is ``<MSP id>/<enrollment id>``; the certificate is issued by that MSP's CA
+        with the same enrollment id. A wallet that already holds a certificate of ``ibe_id`` is
+        returned as it is, so a recovery interrupted after this step resumes with it.
+        """
+        msp, _, name = ibe_id.partition("/")
+        if not _MEMBER_NAME_RE.fullmatch(name) or not _MEMBER_NAME_RE.fullmatch(msp):
+            raise InvalidName(f"identity {ibe_id!r} is not of the form <MSP id>/<member name>")
+        if role not in ("patient", "clinician", "auditor"):
+            raise ConsortiumError(
+                f"role {role!r} is not one of patient, clinician, auditor (recovered roles)"
+            )
+        if not (self.directory / "ca" / msp).is_dir():
+            raise ConsortiumError(
+                f"the CA of {msp} is not in {self.directory / 'ca'}; the hospital that issued "
+                "the identity issues its new certificate"
+            )
+        w = self.profile.wallet(wallet)
+        if w.exists:
+            identity, _ = w.load_identity()
+            if identity.ibe_id != ibe_id:
+                raise ConsortiumError(
+                    f"wallet {w.directory} already exists and holds {identity.ibe_id}, not {ibe_id}"
+                )
+            return w
+        return self._issue(self.directory, msp, name, role, w.directory)
 
     def _publish_org_ca(self, msp: str) -> bool:
         """Put ``msp``'s CA certificate on chain unless one is there; True when it published.

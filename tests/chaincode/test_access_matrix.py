@@ -86,6 +86,11 @@ def _newbie_cert(w: World) -> tuple[str, ...]:
     return (identity.credentials.decode(), "clinician")
 
 
+def _new_alice_cert(w: World) -> tuple[str, ...]:
+    identity, _ = w.sandbox.cas["Org1MSP"].issue("alice", role="patient", now=w.sandbox.now())
+    return (ALICE, identity.credentials.decode(), "")
+
+
 def _not_admin_or(admin_error: Callable[[World], str]) -> Callable[[World, str, str], str]:
     def msg(w: World, name: str, role: str) -> str:
         return admin_error(w) if role == "org_admin" else f"identity {name} is not an org admin"
@@ -352,6 +357,69 @@ CASES = [
         lambda w: (ALICE,),
         frozenset({"owner", "auditor"}),
         lambda w, n, r: f"identity {n} may not read the audit trail of {ALICE}",
+    ),
+    # Guardians: a patient registers a member with role guardian (dave is a clinician).
+    Case(
+        "RegisterGuardian",
+        lambda w: ("Org1MSP/dave", '["audit"]', "", FAR),
+        frozenset(),
+        lambda w, n, r: (
+            "identity Org1MSP/dave has role clinician, not guardian"
+            if r in ("owner", "other_patient")
+            else _role_needed("patient")(w, n, r)
+        ),
+    ),
+    Case(
+        "RemoveGuardian",
+        lambda w: ("Org1MSP/dave",),
+        frozenset(),
+        lambda w, n, r: (
+            f"identity Org1MSP/dave is not a guardian of {n}"
+            if r in ("owner", "other_patient")
+            else _role_needed("patient")(w, n, r)
+        ),
+    ),
+    Case(
+        "GetGuardian",
+        lambda w: (ALICE, "Org1MSP/dave"),
+        frozenset(),
+        lambda w, n, r: (
+            f"identity Org1MSP/dave is not a guardian of {ALICE}"
+            if r in ("owner", "grantee", "org_admin", "auditor")
+            else f"identity {n} may not read the guardians of {ALICE}"
+        ),
+    ),
+    # Recovery: only admins propose and approve; a quorum of 2 needs a second hospital's CA on
+    # chain, which this world lacks (tests/chaincode/test_rebinding.py has two).
+    Case(
+        "ProposeRebinding",
+        _new_alice_cert,
+        frozenset(),
+        lambda w, n, r: (
+            "quorum 2 needs more hospitals than the 1 with a registered ca"
+            if r == "org_admin"
+            else _role_needed("admin")(w, n, r)
+        ),
+    ),
+    Case(
+        "ApproveRebinding",
+        lambda w: (ALICE, SHA),
+        frozenset(),
+        lambda w, n, r: (
+            f"no rebinding of {ALICE} to certificate {SHA} was proposed"
+            if r == "org_admin"
+            else _role_needed("admin")(w, n, r)
+        ),
+    ),
+    Case(
+        "GetRebinding",
+        lambda w: (ALICE, SHA),
+        frozenset(),
+        lambda w, n, r: (
+            f"no rebinding of {ALICE} to certificate {SHA} was proposed"
+            if r in ("org_admin", "owner")
+            else f"identity {n} may not read rebindings of {ALICE}"
+        ),
     ),
 ]
 

@@ -394,7 +394,7 @@ def test_roles_come_from_the_certificate_or_an_org_admin(fresh_world: World) -> 
     admin = fresh_world.m["org_admin"]
     cert = plain.identity.credentials.decode()
     assert endorse_error(admin, "RegisterMember", cert, "boss") == (
-        "role 'boss' is not one of patient, clinician, admin, kgc, proxy, auditor"
+        "role 'boss' is not one of patient, clinician, admin, kgc, proxy, auditor, guardian"
     )
     foreign, _ = sb.cas["Org2MSP"].issue("yan")
     assert endorse_error(admin, "RegisterMember", foreign.credentials.decode(), "clinician") == (

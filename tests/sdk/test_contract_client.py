@@ -56,6 +56,13 @@ _ACCESS = (
     b'"requester":"O/c","decision":"allow","reason":"grant","grant_id":"g-1","chain":[]}'
 )
 _EPOCH = b'{"owner":"O/p","type":"t-1","type_epoch":1,"key":"k","epoch":""}'
+_REBINDING = (
+    b'{"ibe_id":"O/p","cert_sha256":"h","status":"open","quorum":2,'
+    b'"approvals":[{"admin":"O/a","msp_id":"O","at":1}],"expires_at":9}'
+)
+_GUARDIAN = (
+    b'{"patient":"O/p","guardian":"O/g","actions":["audit"],"types":[],"expiry":9,"state":"active"}'
+)
 _ANSWERS: dict[str, bytes] = {
     "RegisterIdentity": _IDENT,
     "RegisterMember": _IDENT,
@@ -86,6 +93,12 @@ _ANSWERS: dict[str, bytes] = {
     "GetAuditTrail": b'{"entries":[],"bookmark":""}',
     "VerifyAuditTrail": b'{"chain":"O/p","valid":true,"length":0,"first_bad_seq":0,"reason":""}',
     "StateDigest": b'{"sha256":"h","keys":0}',
+    "ProposeRebinding": _REBINDING,
+    "ApproveRebinding": _REBINDING,
+    "GetRebinding": _REBINDING,
+    "RegisterGuardian": _GUARDIAN,
+    "RemoveGuardian": _GUARDIAN,
+    "GetGuardian": _GUARDIAN,
 }
 
 # Each public method with arguments, both with and without the optional ones where it has any.
@@ -179,6 +192,14 @@ _CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("get_audit_trail", ("patient", "O/p"), {}),
     ("verify_audit_trail", ("O/p",), {}),
     ("state_digest", (), {}),
+    ("propose_rebinding", ("O/p", "pem"), {}),
+    ("propose_rebinding", ("O/p", "pem", 3), {}),
+    ("approve_rebinding", ("O/p", "h"), {}),
+    ("get_rebinding", ("O/p", "h"), {}),
+    ("register_guardian", ("O/g",), dict(actions=["audit"], labels=[], expiry=9)),
+    ("register_guardian", ("O/g",), dict(actions=["grant"], labels=["t-1"], expiry=9)),
+    ("remove_guardian", ("O/g",), {}),
+    ("get_guardian", ("O/p", "O/g"), {}),
 ]
 
 

@@ -13,8 +13,9 @@ from .. import canonical
 from ..auditlog import SYSTEM_CHAIN, verify_entries
 from ..stub import ChaincodeError
 from .checks import check_bookmark, check_ibe, check_page_size
-from .context import ADMIN, AUDITOR, Caller, TxContext
+from .context import ADMIN, AUDITOR, GUARDIAN, Caller, TxContext
 from .functions import evaluate
+from .guardians import guardian_problem
 from .keys import K_LOG, K_LOG_BY_RECORD, K_LOG_HEAD, STATE_TYPES
 from .records import load_record
 
@@ -29,6 +30,12 @@ class Audit:
             return
         if chain == SYSTEM_CHAIN and caller.role == ADMIN:
             return
+        if caller.role == GUARDIAN and chain != SYSTEM_CHAIN:
+            problem = guardian_problem(ctx, caller, chain, "audit")
+            if problem is not None and problem.startswith("the guardianship"):
+                raise ChaincodeError(problem)
+            if problem is None:
+                return
         raise ChaincodeError(f"identity {caller.name} may not read the audit trail of {chain}")
 
     @evaluate

@@ -22,6 +22,7 @@ __all__ = [
     "AUDITOR",
     "CLINICIAN",
     "CONTRACT_NAME",
+    "GUARDIAN",
     "KGC",
     "PATIENT",
     "PROXY",
@@ -33,15 +34,16 @@ __all__ = [
 
 CONTRACT_NAME = "ehrshare"
 ROLE_ATTRIBUTE = "ehrshare.role"
-PATIENT, CLINICIAN, ADMIN, KGC, PROXY, AUDITOR = (
+PATIENT, CLINICIAN, ADMIN, KGC, PROXY, AUDITOR, GUARDIAN = (
     "patient",
     "clinician",
     "admin",
     "kgc",
     "proxy",
     "auditor",
+    "guardian",
 )
-ROLES = (PATIENT, CLINICIAN, ADMIN, KGC, PROXY, AUDITOR)
+ROLES = (PATIENT, CLINICIAN, ADMIN, KGC, PROXY, AUDITOR, GUARDIAN)
 
 
 @dataclass(slots=True)
@@ -116,6 +118,7 @@ class TxContext:
             cert = parse_certificate(pem)
             ident = self.get_json(K_IDENTITY, cert.client_key)
             if ident is not None and ident["msp_id"] == msp_id:
+                _refuse_revoked(ident, cert)
                 self._caller = Caller(msp_id, cert, ident["ibe_id"], ident["role"])
             else:
                 self._caller = Caller(msp_id, cert, None, None)
@@ -171,3 +174,13 @@ class TxContext:
             self.put_index(K_LOG_BY_RECORD, record_id, chain, seq(entry["seq"]))
         self.entries.append(entry)
         return entry
+
+
+def _refuse_revoked(ident: dict[str, Any], cert: CertInfo) -> None:
+    """Refuse a certificate of an identity that recovery rebound to another certificate."""
+    if "revoked_at" in ident or (ident.get("pinned") and cert.sha256 != ident["cert_sha256"]):
+        at = ident.get("revoked_at", ident.get("rebound_at"))
+        raise ChaincodeError(
+            f"certificate {cert.sha256} of identity {ident['ibe_id']} was revoked at {at}: "
+            "the identity was rebound to a new certificate by recovery"
+        )

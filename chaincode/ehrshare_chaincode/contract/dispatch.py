@@ -19,14 +19,27 @@ from .dkg_board import DkgBoard
 from .dkg_sessions import DkgSessions
 from .functions import FunctionSpec, function_table
 from .grants import Grants
+from .guardians import Guardians
 from .identities import Identities
 from .records import Records
+from .recovery import Recovery
 from .type_epochs import TypeEpochs
 
 __all__ = ["FUNCTIONS", "EHRContract", "invoke"]
 
 
-class EHRContract(Identities, TypeEpochs, Records, Grants, Access, DkgSessions, DkgBoard, Audit):
+class EHRContract(
+    Identities,
+    TypeEpochs,
+    Records,
+    Grants,
+    Access,
+    DkgSessions,
+    DkgBoard,
+    Audit,
+    Recovery,
+    Guardians,
+):
     """The contract. Its public methods named as verbs are the transaction functions; each is
     declared ``submit`` or ``evaluate`` in its domain module and listed in :data:`FUNCTIONS`."""
 
@@ -59,6 +72,8 @@ def invoke(stub: ChaincodeStub, function: str, args: list[bytes]) -> bytes:
             raise ChaincodeError(f"argument {i + 1} of {function} is not valid utf-8") from None
     ts = stub.get_tx_timestamp()
     ctx = TxContext(stub=stub, function=function, now=int(ts.seconds), tx_id=stub.get_tx_id())
+    # Resolving the caller refuses a certificate that recovery revoked, in every function.
+    _ = ctx.caller
     result = _METHODS[function](ctx, *texts)
     if ctx.entries:
         stub.set_event(function, canonical.dumps({"tx_id": ctx.tx_id, "entries": ctx.entries}))

@@ -11,8 +11,9 @@ from typing import Any
 
 from ..stub import ChaincodeError
 from .checks import GRANT_ID_RE, MAX_HOPS, check_ibe, check_id, check_int, check_type, json_list
-from .context import AUDITOR, PATIENT, PROXY, TxContext
+from .context import AUDITOR, GUARDIAN, PATIENT, PROXY, TxContext
 from .functions import evaluate, submit
+from .guardians import guardian_problem
 from .identities import current_epoch, fresh_type_key_epoch, load_identity
 from .keys import (
     K_GRANT,
@@ -100,6 +101,11 @@ class Grants:
                     f"grant {parent_grant_id} does not allow forwarding to {grantee}"
                 )
             owner, hop = parent["owner"], int(parent["hop"]) + 1
+            if caller.role == GUARDIAN:
+                # A guardian's forward is a grant on the patient's behalf: within its limits.
+                problem = guardian_problem(ctx, caller, owner, "grant", record_type)
+                if problem is not None:
+                    raise ChaincodeError(problem)
         if grantee in (caller.ibe_id, owner):
             raise ChaincodeError(f"identity {grantee} may not be granted its own records")
         if ctx.get_json(K_IBE, grantee) is None:
@@ -146,20 +152,17 @@ class Grants:
             # A forward: its grantor (a grantee further up) finds it here, not by owner.
             ctx.put_index(K_GRANT_BY_GRANTOR, caller.ibe_id, grant_id)
         ctx.put_index(K_GRANT_MATCH, owner, record_type, grantee, grant_id)
-        ctx.log(
-            owner,
-            "GrantAccess",
-            "ok",
-            grant_id=grant_id,
-            detail={
-                "grantee": grantee,
-                "type": record_type,
-                "expiry": exp,
-                "max_hops": hops,
-                "hop": hop,
-                "proxy": proxy,
-            },
-        )
+        detail: dict[str, Any] = {
+            "grantee": grantee,
+            "type": record_type,
+            "expiry": exp,
+            "max_hops": hops,
+            "hop": hop,
+            "proxy": proxy,
+        }
+        if caller.role == GUARDIAN:
+            detail["on_behalf_of"] = owner
+        ctx.log(owner, "GrantAccess", "ok", grant_id=grant_id, detail=detail)
         return grant
 
     def _check_proxy(self, ctx: TxContext, proxy: str) -> None:
@@ -174,14 +177,27 @@ class Grants:
         """Revoke a grant (its owner or its grantor); forwarded grants below it fail with it."""
         caller = ctx.registered()
         grant = load_grant(ctx, grant_id)
-        if caller.name not in (grant["owner"], grant["grantor"]):
-            raise ChaincodeError(f"identity {caller.name} may not revoke grant {grant_id}")
+        on_behalf = caller.name not in (grant["owner"], grant["grantor"])
+        if on_behalf:
+            problem = (
+                guardian_problem(ctx, caller, grant["owner"], "revoke", grant["type"])
+                if caller.role == GUARDIAN
+                else None
+            )
+            if caller.role != GUARDIAN or (
+                problem == f"identity {caller.name} is not a guardian of {grant['owner']}"
+            ):
+                raise ChaincodeError(f"identity {caller.name} may not revoke grant {grant_id}")
+            if problem is not None:
+                raise ChaincodeError(problem)
         if grant["state"] != "active":
             raise ChaincodeError(f"grant {grant_id} is already revoked")
         revoked = dict(grant)
         revoked.update({"state": "revoked", "revoked_at": ctx.now, "revoked_by": caller.name})
         ctx.put_json(revoked, K_GRANT, grant_id)
         detail = {"grantee": grant["grantee"], "type": grant["type"]}
+        if on_behalf:
+            detail["on_behalf_of"] = grant["owner"]
         if caller.name == grant["owner"]:
             # The revoked side may hold the type key (docs/security.md §3.2): records from now
             # on wait for the next epoch's key, which the owner's session publishes next.

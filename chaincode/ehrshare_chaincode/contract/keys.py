@@ -20,6 +20,7 @@ __all__ = [
     "K_GRANT_BY_GRANTOR",
     "K_GRANT_BY_OWNER",
     "K_GRANT_MATCH",
+    "K_GUARDIAN",
     "K_IBE",
     "K_IDENTITY",
     "K_KGC_KEY",
@@ -28,6 +29,7 @@ __all__ = [
     "K_LOG_BY_RECORD",
     "K_LOG_HEAD",
     "K_ORG_CA",
+    "K_REBINDING",
     "K_RECORD",
     "K_RECORD_BY_OWNER",
     "K_RECORD_VERSION",
@@ -51,6 +53,8 @@ K_GRANT_BY_OWNER = "ehr.grant~owner"
 K_GRANT_BY_GRANTEE = "ehr.grant~grantee"
 K_GRANT_BY_GRANTOR = "ehr.grant~grantor"
 K_GRANT_MATCH = "ehr.grant~match"
+K_REBINDING = "ehr.rebind"
+K_GUARDIAN = "ehr.guardian"
 K_ACCESS = "ehr.access"
 K_APPROVAL = "ehr.approval"
 K_REENCRYPTION = "ehr.reenc"

@@ -26,15 +26,18 @@ from ehrshare.commands.common import (
     JsonOpt,
     ProfileOpt,
     StableAfterOpt,
+    WalletOpt,
     emit,
     fail,
     load_profile,
     mapped_errors,
+    need_wallet,
     profile_path,
     progress,
+    unlocked_wallet,
 )
 from ehrshare.console import err_console
-from ehrshare.errors import EXIT_CONFIG, EXIT_UNAVAILABLE, EXIT_USAGE
+from ehrshare.errors import EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE
 
 __all__ = ["register"]
 
@@ -287,6 +290,73 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             emit({"ibe_id": identity.ibe_id, "wallet": str(wallet.directory), "role": role})
             return
         _err.print(f"[green]✓[/green] {identity.ibe_id} ({role}) → wallet {wallet.directory}")
+
+    @consortium_app.command("recover-member", epilog=HELP_EPILOG)
+    def consortium_recover_member(
+        identity: Annotated[str, typer.Argument(help="The identity, e.g. HospitalAMSP/alice.")],
+        new_wallet: Annotated[
+            str, typer.Option("--new-wallet", help="Wallet for the new certificate and key.")
+        ],
+        wallet: WalletOpt = "",
+        role: Annotated[str, typer.Option(help="The identity's role on chain.")] = "patient",
+        quorum: Annotated[
+            int | None, typer.Option(min=2, help="Hospitals that must approve (default 2).")
+        ] = None,
+        profile: ProfileOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Recover a lost or stolen wallet: issue a new certificate (once) and propose or
+        approve, as the admin of --wallet, rebinding the identity to it on chain.
+
+        Run it at each approving hospital with that hospital's admin wallet; the rebinding takes
+        effect when the quorum of hospitals approved. Then the member runs 'ehrshare enroll'
+        with the new wallet; the old wallet is refused from then on."""
+        from ehrshare.provisioning import Consortium
+
+        admin_wallet = need_wallet(wallet)
+        with mapped_errors():
+            c = Consortium.open(profile_path(profile))
+            try:
+                with c.session(unlocked_wallet(c.profile, admin_wallet)) as admin:
+                    admin.register()
+                    # Refused before anything is issued: a non-admin, an unknown identity.
+                    if (admin_role := admin.role()) != "admin":
+                        fail(
+                            EXIT_REFUSED,
+                            f"identity {admin.ibe_id} has role {admin_role}; recovery is "
+                            "approved by hospital admins",
+                        )
+                    admin.chain.get_identity(identity)
+                    issued = c.reissue_member(identity, new_wallet, role)
+                    member, _ = issued.load_identity()
+                    result = admin.recover_member(
+                        identity, member.credentials.decode(), quorum=quorum
+                    )
+            finally:
+                c.close()
+        if as_json:
+            emit(
+                {
+                    "ibe_id": identity,
+                    "wallet": str(issued.directory),
+                    "cert_sha256": result.cert_sha256,
+                    "status": result.status,
+                    "approved_by": list(result.approved_by),
+                    "quorum": result.quorum,
+                }
+            )
+            return
+        if result.done:
+            _err.print(
+                f"[green]✓[/green] {identity} is bound to the certificate in {issued.directory}; "
+                f"the old wallet is refused. Next: ehrshare enroll --wallet {new_wallet}"
+            )
+        else:
+            _err.print(
+                f"rebinding of {identity} approved by {', '.join(result.approved_by)} "
+                f"({len(result.approved_by)} of {result.quorum} hospitals); an admin of another "
+                "hospital runs the same command"
+            )
 
     @consortium_app.command("reissue-tls", epilog=HELP_EPILOG)
     def consortium_reissue_tls(

@@ -27,9 +27,11 @@ from ehrshare.contract.types import (
     Access,
     AuditCheck,
     Grant,
+    Guardianship,
     Member,
     OrgCA,
     Page,
+    Rebinding,
     RecordVersion,
     StateDigest,
     StoredRecord,
@@ -77,6 +79,12 @@ COVERED: Final[frozenset[str]] = frozenset(
         "GetAuditTrail",
         "VerifyAuditTrail",
         "StateDigest",
+        "ProposeRebinding",
+        "ApproveRebinding",
+        "GetRebinding",
+        "RegisterGuardian",
+        "RemoveGuardian",
+        "GetGuardian",
     }
 )
 """Every chaincode function :class:`EhrContract` calls (the DKG board and KGC roster functions
@@ -221,6 +229,46 @@ class EhrContract:
     def rekey_grant(self, grant_id: str, type_epoch: int) -> Grant:
         """The owner says the grant's proxy has the re-key of the current type-key epoch."""
         return self._grant(self.call("RekeyGrant", grant_id, str(type_epoch)))
+
+    # --- recovery of a lost wallet ------------------------------------------------------------
+
+    def propose_rebinding(self, ibe_id: str, cert_pem: str, quorum: int | None = None) -> Rebinding:
+        """An admin proposes to rebind ``ibe_id`` to a new certificate (its own approval too;
+        proposing the same certificate again approves the open proposal)."""
+        args = (ibe_id, cert_pem) if quorum is None else (ibe_id, cert_pem, str(quorum))
+        return Rebinding.from_chain(self.call("ProposeRebinding", *args))
+
+    def approve_rebinding(self, ibe_id: str, cert_sha256: str) -> Rebinding:
+        """An admin of another hospital approves; the quorum's last approval rebinds."""
+        return Rebinding.from_chain(self.call("ApproveRebinding", ibe_id, cert_sha256))
+
+    def get_rebinding(self, ibe_id: str, cert_sha256: str) -> Rebinding:
+        """A rebinding proposal and its approvals."""
+        return Rebinding.from_chain(self.call("GetRebinding", ibe_id, cert_sha256))
+
+    # --- guardians ---------------------------------------------------------------------------
+
+    def register_guardian(
+        self, guardian: str, *, actions: Sequence[str], labels: Sequence[str], expiry: int
+    ) -> Guardianship:
+        """A patient registers a guardian with its actions, type labels (none: every type)
+        and expiry (registering again replaces them)."""
+        data = self.call(
+            "RegisterGuardian",
+            guardian,
+            json.dumps(sorted(actions)),
+            json.dumps(sorted(labels)) if labels else "",
+            str(expiry),
+        )
+        return Guardianship.from_chain(data)
+
+    def remove_guardian(self, guardian: str) -> Guardianship:
+        """A patient ends a guardianship."""
+        return Guardianship.from_chain(self.call("RemoveGuardian", guardian))
+
+    def get_guardian(self, patient: str, guardian: str) -> Guardianship:
+        """A guardianship (for the patient, the guardian, auditors and admins)."""
+        return Guardianship.from_chain(self.call("GetGuardian", patient, guardian))
 
     # --- records -----------------------------------------------------------------------------
 

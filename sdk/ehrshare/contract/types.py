@@ -20,10 +20,12 @@ __all__ = [
     "AuditTrail",
     "AuditVerification",
     "Grant",
+    "Guardianship",
     "Hop",
     "Member",
     "OrgCA",
     "Page",
+    "Rebinding",
     "RecordRef",
     "RecordVersion",
     "Reencryption",
@@ -84,6 +86,64 @@ class OrgCA:
     def from_chain(cls, data: dict[str, Any]) -> OrgCA:
         """Build from a chaincode org CA entry."""
         return cls(str(data["msp_id"]), str(data["ca_pem"]), str(data["sha256"]), data)
+
+
+@dataclass(frozen=True, slots=True)
+class Guardianship:
+    """A guardian registered by a patient: the actions (``grant``, ``revoke``, ``audit``) and
+    type labels (empty: every type) it may act on, until ``expiry``; ``state`` is ``active`` or
+    ``removed``."""
+
+    patient: str
+    guardian: str
+    actions: tuple[str, ...]
+    labels: tuple[str, ...]
+    expiry: int
+    state: str
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any]) -> Guardianship:
+        """Build from a chaincode guardianship."""
+        return cls(
+            str(data["patient"]),
+            str(data["guardian"]),
+            tuple(str(a) for a in data["actions"]),
+            tuple(str(t) for t in data["types"]),
+            int(data["expiry"]),
+            str(data["state"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Rebinding:
+    """A proposal to rebind an identity to a new certificate (wallet recovery): ``status`` is
+    ``open`` or ``done``; ``approved_by`` the MSP ids of the hospitals that approved, in order."""
+
+    ibe_id: str
+    cert_sha256: str
+    status: str
+    quorum: int
+    approved_by: tuple[str, ...]
+    expires_at: int
+    data: dict[str, Any] = field(repr=False, compare=False)
+
+    @property
+    def done(self) -> bool:
+        """Whether the rebinding took effect (the identity is bound to the new certificate)."""
+        return self.status == "done"
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any]) -> Rebinding:
+        """Build from a chaincode rebinding proposal."""
+        return cls(
+            str(data["ibe_id"]),
+            str(data["cert_sha256"]),
+            str(data["status"]),
+            int(data["quorum"]),
+            tuple(str(a["msp_id"]) for a in data["approvals"]),
+            int(data["expires_at"]),
+            data,
+        )
 
 
 @dataclass(frozen=True, slots=True)

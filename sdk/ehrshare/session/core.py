@@ -372,7 +372,11 @@ class SessionCore(Closing):
         """Raise :class:`NoSuchMember` unless ``ibe_id`` is registered on chain."""
         try:
             self.chain.get_identity(ibe_id)
-        except RequestRejected:
+        except RequestRejected as exc:
+            if exc.reason != f"identity {ibe_id} is not registered" and (
+                "is not of the form" not in exc.reason
+            ):
+                raise  # the caller itself was refused (a revoked certificate, say)
             raise NoSuchMember(ibe_id) from None
 
     # --- lookups the areas share ---------------------------------------------------------------
