@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -134,16 +135,20 @@ class FakeOrderer(ab_grpc.AtomicBroadcastServicer):  # type: ignore[misc]
     ledger: Ledger
     refuse: tuple[int, str] | None = None
     envelopes: list[Any] = field(default_factory=list)
+    cuts: bool = True  # False: a BFT follower that only acknowledges (the leader cuts)
+    delay: float = 0.0  # seconds before it answers
 
     def Broadcast(self, request_iterator: Any, context: Any) -> Iterator[Any]:
         for envelope in request_iterator:
             self.envelopes.append(envelope)
+            time.sleep(self.delay)
             if self.refuse is not None:
                 yield ab.BroadcastResponse(status=self.refuse[0], info=self.refuse[1])
                 continue
             payload = common.Payload.FromString(envelope.payload)
             tx_id = common.ChannelHeader.FromString(payload.header.channel_header).tx_id
-            self.ledger.append([(tx_id, 0)])  # cut before answering: the client may hang up
+            if self.cuts:
+                self.ledger.append([(tx_id, 0)])  # cut before answering: the client may hang up
             yield ab.BroadcastResponse(status=common.Status.Value("SUCCESS"))
 
 
@@ -194,6 +199,7 @@ def make_net(servers: list[grpc.Server]) -> Iterator[Any]:
         endorsers: int | None = None,
         orderers: tuple[FakeOrderer | None, ...] = (),
         ledger: Ledger | None = None,
+        quorum: int | None = None,
     ) -> Net:
         ledger = ledger or Ledger()
         peers = [
@@ -212,6 +218,7 @@ def make_net(servers: list[grpc.Server]) -> Iterator[Any]:
             ],
             endorsers=endorsers,
             timeouts=Timeouts(evaluate=5, endorse=5, submit=5, commit_status=5),
+            quorum=quorum,
         )
         opened.append(gateway)
         return Net(
@@ -381,6 +388,64 @@ def test_an_orderer_refusal_is_a_submit_error_with_its_status_and_info(make_net:
     assert refused.value.transaction_id
 
 
+def _bft(ledger: Ledger, *followers: FakeOrderer | None) -> tuple[FakeOrderer | None, ...]:
+    """A SmartBFT ordering service of four: the followers given first, the leader (which cuts
+    the block) last, as a client with a follower first in its list sees it."""
+    return (*followers, FakeOrderer(ledger))
+
+
+def test_bft_submit_goes_to_every_orderer_and_returns_on_a_quorum_not_the_slow_one(
+    make_net: Any,
+) -> None:
+    ledger = Ledger()
+    slow = FakeOrderer(ledger, cuts=False, delay=3.0)  # e.g. a follower that lags
+    fast = [FakeOrderer(ledger, cuts=False) for _ in range(2)]
+    orderers = _bft(ledger, slow, *fast)
+    net = make_net({"Org1MSP": FakePeer("p1", ledger)}, orderers=orderers, ledger=ledger, quorum=3)
+    start = time.monotonic()
+    commit = _contract(net).new_proposal("Put", "k").endorse().submit()
+    took = time.monotonic() - start
+    assert commit.get_status().code == "VALID"
+    assert took < 2.0  # three acknowledgements, the slow fourth not waited for
+    assert all(len(o.envelopes) == 1 for o in net.orderers)  # every orderer was sent it
+    assert net.orderers[0].envelopes[0] == net.orderers[3].envelopes[0]
+
+
+def test_bft_submit_with_one_orderer_down_still_reaches_the_quorum(make_net: Any) -> None:
+    ledger = Ledger()
+    orderers = _bft(ledger, None, FakeOrderer(ledger, cuts=False), FakeOrderer(ledger, cuts=False))
+    net = make_net({"Org1MSP": FakePeer("p1", ledger)}, orderers=orderers, ledger=ledger, quorum=3)
+    _contract(net).submit_transaction("Put", "k")
+    assert [len(o.envelopes) for o in net.orderers] == [1, 1, 1]
+
+
+def test_bft_submit_with_two_orderers_down_is_unavailable_and_names_the_quorum(
+    make_net: Any,
+) -> None:
+    ledger = Ledger()
+    orderers = _bft(ledger, None, None, FakeOrderer(ledger, cuts=False))
+    net = make_net({"Org1MSP": FakePeer("p1", ledger)}, orderers=orderers, ledger=ledger, quorum=3)
+    with pytest.raises(SubmitError) as failed:
+        _contract(net).submit_transaction("Put", "k")
+    assert failed.value.unreachable
+    # It fails as soon as two cannot answer: the quorum of three is out of reach.
+    assert "of the 3 acknowledgements needed, 4 tried" in failed.value.message
+    assert len(failed.value.details) >= 2  # at least the two that did not answer
+
+
+def test_bft_submit_refused_by_enough_orderers_is_a_refusal_with_their_answer(
+    make_net: Any,
+) -> None:
+    ledger = Ledger()
+    no = (common.Status.Value("FORBIDDEN"), "no writers")
+    orderers = _bft(ledger, FakeOrderer(ledger, refuse=no), FakeOrderer(ledger, refuse=no), None)
+    net = make_net({"Org1MSP": FakePeer("p1", ledger)}, orderers=orderers, ledger=ledger, quorum=3)
+    with pytest.raises(SubmitError) as refused:
+        _contract(net).submit_transaction("Put", "k")
+    assert not refused.value.unreachable
+    assert "FORBIDDEN: no writers" in refused.value.message
+
+
 # --- chaincode events -----------------------------------------------------------------------
 
 
@@ -503,6 +568,8 @@ def test_connect_refuses_arguments_it_cannot_serve() -> None:
         connect(identity, signer, peers=[peer], orderers=[orderer], endorsers=2)
     with pytest.raises(ValueError, match=r"127\.0\.0\.1:2 has no TLS CA"):
         connect(identity, signer, peers=[peer], orderers=[OrdererEndpoint("127.0.0.1:2", b"")])
+    with pytest.raises(ValueError, match="quorum is 2; 1 orderers were given"):
+        connect(identity, signer, peers=[peer], orderers=[orderer], quorum=2)
     with connect(identity, signer, peers=[peer], orderers=[orderer]) as gateway:
         proposal = (
             gateway.get_network(CHANNEL)

@@ -12,7 +12,10 @@ fabric-sdk-go/-node do before it, and plugs into
   every response 200 and every ``proposal_response_payload`` byte-identical, then the transaction
   envelope assembled as ``protoutil.CreateSignedTx`` does (:func:`assemble_transaction`);
 - submit: ``orderer.AtomicBroadcast/Broadcast`` of the signed envelope, the next orderer when one
-  is unreachable or has no leader;
+  is unreachable or has no leader (Raft); on SmartBFT (``quorum`` given) to every orderer at once,
+  done when ``quorum`` of them (2f+1 of 3f+1) acknowledge it, as Fabric 3's Gateway does: a
+  follower alone would hold it for its request-forward timeout, a stopped leader until the
+  view change;
 - commit status: one ``protos.Deliver/DeliverFiltered`` listener per channel, started and
   positioned before the channel's first broadcast, reconnecting from the next block after a
   peer restart, that records each transaction's validation code and block;
@@ -31,6 +34,7 @@ thread or channel behind after :meth:`FabricGateway.close`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import logging
 import threading
@@ -87,6 +91,7 @@ def connect(
     client_tls: tuple[bytes, bytes] | None = None,
     timeouts: Timeouts | None = None,
     clock: Clock | None = None,
+    quorum: int | None = None,
 ) -> FabricGateway:
     """A gateway to Fabric peers and orderers that have no Gateway service (Fabric < 2.4).
 
@@ -96,7 +101,9 @@ def connect(
     client certificate (clientAuth) when peers and orderers require mutual TLS; Deliver
     requests then carry its sha256, as Fabric's binding check wants. The gateway dials every
     endpoint now (gRPC connects lazily) and closes the channels and its listener threads in
-    :meth:`FabricGateway.close`.
+    :meth:`FabricGateway.close`. ``quorum`` (SmartBFT orderers: 2f+1 of the 3f+1 given, see
+    :func:`ehrshare.network.fabric.bft_quorum`) makes a submit broadcast to every orderer and
+    succeed once that many acknowledge it; None (Raft) sends to one orderer at a time.
     """
     clock = clock or time.time_ns
     local = LocalGateway(
@@ -107,6 +114,7 @@ def connect(
         endorsers=endorsers,
         client_tls=client_tls,
         clock=clock,
+        quorum=quorum,
     )
     return FabricGateway(identity, signer, local, timeouts or Timeouts(), clock)
 
@@ -128,6 +136,7 @@ class LocalGateway:
         endorsers: int | None,
         client_tls: tuple[bytes, bytes] | None,
         clock: Clock,
+        quorum: int | None = None,
     ) -> None:
         if not peers:
             raise ValueError("connect needs at least one peer")
@@ -150,6 +159,9 @@ class LocalGateway:
             raise ValueError(
                 f"endorsers is {endorsers}; the peers given belong to {len(orgs)} organisations"
             )
+        if quorum is not None and not 1 <= quorum <= len(orderers):
+            raise ValueError(f"quorum is {quorum}; {len(orderers)} orderers were given")
+        self._quorum = quorum
         self._signer = signer
         self._creator = serialize_identity(identity)
         self._clock = clock
@@ -179,6 +191,11 @@ class LocalGateway:
             channel = open_channel(o.address, o.tls_ca_pem, o.server_name)
             self._orderers.append((o, channel, _ab_grpc.AtomicBroadcastStub(channel)))
         self._orderer_first = 0
+        self._broadcasts: concurrent.futures.ThreadPoolExecutor | None = None
+        if quorum is not None:
+            self._broadcasts = concurrent.futures.ThreadPoolExecutor(
+                max_workers=2 * len(self._orderers), thread_name_prefix="fabric-broadcast"
+            )
         self._lock = threading.Lock()
         self._listeners: dict[str, _CommitListener] = {}
         # Height watchers of the other peers that may endorse (see commit_status).
@@ -328,6 +345,8 @@ class LocalGateway:
         listener.wait_positioned(timeout)
         listener.expect(request.transaction_id)
         try:
+            if self._broadcasts is not None:
+                return self._broadcast_quorum(request.prepared_transaction, deadline)
             return self._broadcast(request.prepared_transaction, deadline)
         except GatewayFailure:
             listener.forget(request.transaction_id)
@@ -378,6 +397,74 @@ class LocalGateway:
             f"no orderer took the transaction ({len(unreachable)} tried)",
             unreachable,
             "any orderer",
+        )
+
+    def _broadcast_one(self, index: int, envelope: Any, deadline: float) -> tuple[str, Any, str]:
+        """One orderer's answer to a broadcast: (``ok`` | ``unavailable`` | ``refused`` |
+        ``failed``, the detail, the text), never raising (it runs in the broadcast pool)."""
+        orderer, _, stub = self._orderers[index]
+        try:
+            responses = stub.Broadcast(
+                iter([envelope]), timeout=max(deadline - time.monotonic(), 0.001)
+            )
+            response = next(responses)
+        except grpc.RpcError as exc:
+            kind = "unavailable" if _code(exc) in _UNREACHABLE else "failed"
+            return kind, _orderer_detail(orderer, _text(exc)), _text(exc)
+        except StopIteration:
+            said = "the broadcast stream ended without a response"
+            return "unavailable", _orderer_detail(orderer, said), said
+        said = f"{common.Status.Name(response.status)}: {response.info}".rstrip(": ")
+        if response.status == _SUCCESS:
+            return "ok", _orderer_detail(orderer, said), said
+        if response.status == _SERVICE_UNAVAILABLE:
+            return "unavailable", _orderer_detail(orderer, said), said
+        return "refused", _orderer_detail(orderer, said), said
+
+    def _broadcast_quorum(self, envelope: Any, deadline: float) -> Any:
+        """SmartBFT: the envelope to every orderer at once; done at ``quorum`` acknowledgements,
+        failed once so many refused or were unreachable that the quorum cannot be reached (a
+        refusal then, if any orderer refused, else unreachable). The slower answers are left
+        to finish in the pool."""
+        assert self._broadcasts is not None and self._quorum is not None
+        futures = [
+            self._broadcasts.submit(self._broadcast_one, i, envelope, deadline)
+            for i in range(len(self._orderers))
+        ]
+        acks = 0
+        failed: list[tuple[str, Any, str]] = []
+        pending = set(futures)
+        while pending:
+            done, pending = concurrent.futures.wait(
+                pending,
+                timeout=max(deadline - time.monotonic(), 0.0),
+                return_when=concurrent.futures.FIRST_COMPLETED,
+            )
+            if not done:
+                break
+            for future in done:
+                outcome = future.result()
+                if outcome[0] == "ok":
+                    acks += 1
+                else:
+                    failed.append(outcome)
+            if acks >= self._quorum:
+                return gw.SubmitResponse()
+            if acks + len(pending) < self._quorum:
+                break
+        refused = [f for f in failed if f[0] in ("refused", "failed")]
+        if refused:
+            raise GatewayFailure(
+                grpc.StatusCode.ABORTED,
+                f"orderers refused the transaction ({acks} of the {self._quorum} acknowledgements "
+                f"needed): {refused[0][2]}",
+                tuple(f[1] for f in failed),
+            )
+        raise _unreachable(
+            f"too few orderers took the transaction ({acks} of the {self._quorum} "
+            f"acknowledgements needed, {len(self._orderers)} tried)",
+            [f[1] for f in failed],
+            "a quorum of orderers",
         )
 
     def commit_status(self, request: Any, timeout: float) -> Any:
@@ -464,6 +551,8 @@ class LocalGateway:
             listener.close()
         for peer in self._peers:
             peer.channel.close()
+        if self._broadcasts is not None:
+            self._broadcasts.shutdown(wait=False, cancel_futures=True)
         for _, channel, _ in self._orderers:
             channel.close()
 

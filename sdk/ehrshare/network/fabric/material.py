@@ -121,6 +121,12 @@ class FabricMaterial(ChannelAdmin):
         if net_dir.exists():
             raise FabricNetError(f"{net_dir} already exists; load it or remove it first")
         version = fabric_version(bin_dir)
+        if spec.bft and version[0] < 3:
+            raise FabricNetError(
+                f"SmartBFT orderers need Fabric 3.x; {bin_dir} has "
+                f"{'.'.join(map(str, version))} (set EHRSHARE_FABRIC_BIN to 3.x binaries, or "
+                "use Raft)"
+            )
         started = time.monotonic()
         try:
             net = cls._build(spec, root, bin_dir, version, sampleconfig, cas, say)
@@ -166,6 +172,7 @@ class FabricMaterial(ChannelAdmin):
             "max_message_count": spec.max_message_count,
             "preferred_max_bytes": spec.preferred_max_bytes,
             "endorsement": spec.endorsement,
+            "orderer_type": spec.orderer_type,
             "bin_dir": str(bin_dir.resolve()),
             "fabric_version": ".".join(map(str, version)),
         }
@@ -335,8 +342,8 @@ class FabricMaterial(ChannelAdmin):
             consenters.append(
                 {"Host": "127.0.0.1", "Port": port, "ClientTLSCert": tls, "ServerTLSCert": tls}
             )
-        orderer = {
-            "OrdererType": "etcdraft",
+        orderer: dict[str, Any] = {
+            "OrdererType": spec.orderer_type,
             "BatchTimeout": spec.batch_timeout,
             "BatchSize": {
                 "MaxMessageCount": spec.max_message_count,
@@ -362,6 +369,39 @@ class FabricMaterial(ChannelAdmin):
             },
             "Capabilities": v2,
         }
+        if spec.bft:
+            # SmartBFT names each consenter by its own identity: id, MSP, signing certificate
+            # (it verifies the consenters' signatures on blocks), client and server TLS.
+            del orderer["EtcdRaft"]
+            orderer["ConsenterMapping"] = [
+                {
+                    "ID": i + 1,
+                    "Host": "127.0.0.1",
+                    "Port": self._state.ports["orderers"][i]["listen"],
+                    "MSPID": ORDERER_MSP,
+                    "Identity": str(self._orderer_dir(i) / "msp" / "signcerts" / "cert.pem"),
+                    "ClientTLSCert": str(self._orderer_dir(i) / "tls" / "server.crt"),
+                    "ServerTLSCert": str(self._orderer_dir(i) / "tls" / "server.crt"),
+                }
+                for i in range(spec.orderers)
+            ]
+            # Fabric's sample values, with our batch interval and a leader found dead in 10 s
+            # rather than a minute; the forward timeout is what a transaction sent to a follower
+            # only waits (clients send to every orderer).
+            orderer["SmartBFT"] = {
+                "RequestBatchMaxCount": spec.max_message_count,
+                "RequestBatchMaxInterval": spec.batch_timeout,
+                "RequestForwardTimeout": "2s",
+                "RequestComplainTimeout": "10s",
+                "RequestAutoRemoveTimeout": "3m0s",
+                "ViewChangeResendInterval": "5s",
+                "ViewChangeTimeout": "20s",
+                "LeaderHeartbeatTimeout": "10s",
+                "LeaderHeartbeatCount": 10,
+                "CollectTimeout": "1s",
+                "IncomingMessageBufferSize": 200,
+                "RequestPoolSize": 100000,
+            }
         application = {
             "Organizations": orgs,
             "Policies": {
