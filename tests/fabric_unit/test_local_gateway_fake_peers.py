@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import pytest
 from fabric_protos.common import common_pb2 as common
+from fabric_protos.gateway import gateway_pb2 as gwpb
 from fabric_protos.orderer import ab_pb2 as ab
 from fabric_protos.orderer import ab_pb2_grpc as ab_grpc
 from fabric_protos.peer import chaincode_event_pb2 as eventpb
@@ -705,3 +706,35 @@ def test_a_peer_whose_state_answers_differently_is_named(servers: list[grpc.Serv
     with pytest.raises(LedgerIntegrityError) as split:
         compare()
     assert "by the peers of Org1MSP, Org2MSP, Org3MSP than" in str(split.value)
+
+
+@pytest.mark.parametrize(
+    ("messages", "refused"),
+    [
+        # Fabric 2.5/3.x peers under TLS 1.3, as gRPC reports their refusal after the handshake.
+        (["Unwrap failed"], "every TLS handshake failed"),
+        (["Unwrap failed (TSI_DATA_CORRUPTED)"] * 2, "every TLS handshake failed"),
+        (["Handshake failed"], "every TLS handshake failed"),
+        # One peer down, the other refused the certificate: still a refusal, not an outage.
+        (["Connection refused", "Unwrap failed"], "1 of 2 refused the TLS handshake"),
+    ],
+)
+def test_tls_refusals_are_refusals_not_unreachable(messages: list[str], refused: str) -> None:
+    from ehrshare.ledger.fabric.failures import _stage_error
+    from ehrshare.ledger.peer.transport import _unreachable
+
+    details = [
+        gwpb.ErrorDetail(address=f"127.0.0.1:{i}", message=m) for i, m in enumerate(messages)
+    ]
+    failure = _unreachable("no peer answered", details, "any peer")
+    assert failure.code == grpc.StatusCode.UNAUTHENTICATED and refused in failure.text
+    error = _stage_error(GatewayError, failure, "tx1", "evaluate")
+    assert not error.unreachable and error.creator_refused and error.exit_code == 3
+
+
+def test_peers_that_are_only_down_are_unreachable() -> None:
+    from ehrshare.ledger.peer.transport import _unreachable
+
+    details = [gwpb.ErrorDetail(address="127.0.0.1:1", message="Connection refused")]
+    failure = _unreachable("no peer answered", details, "any peer")
+    assert failure.code == grpc.StatusCode.UNAVAILABLE
