@@ -343,3 +343,42 @@ def test_without_a_fatal_line_the_last_lines_are_shown(tmp_path: Path) -> None:
     log.write_text("".join(f"line {n}\n" for n in range(20)))
     assert log_tail(log) == f"{log}: " + " | ".join(f"line {n}" for n in range(12, 20))
     assert log_tail(tmp_path / "absent.log") == f"(no log at {tmp_path / 'absent.log'})"
+
+
+def test_each_hospital_gets_a_common_connection_profile_that_matches_the_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = _created(tmp_path, _stand_ins(tmp_path, monkeypatch, "2.3.2"))
+    state = json.loads((net.dir / "network.json").read_text())
+    for msp in MSPS:
+        path = net.dir / f"connection-{msp}.json"
+        assert path == net.connection_profile_path(msp)
+        profile = json.loads(path.read_text())
+        assert set(profile) == {
+            "name",
+            "version",
+            "client",
+            "organizations",
+            "peers",
+            "orderers",
+            "channels",
+        }  # no certificateAuthorities: the hospitals' CAs are offline
+        assert profile["client"]["organization"] == msp
+        assert profile["organizations"] == {
+            m: {"mspid": m, "peers": [net.server_name(m)]} for m in MSPS
+        }
+        for m in MSPS:
+            peer = profile["peers"][net.server_name(m)]
+            assert peer["url"] == f"grpcs://127.0.0.1:{state['ports']['peers'][m]['listen']}"
+            assert peer["tlsCACerts"]["pem"] == (tmp_path / "ca" / m / "ca-cert.pem").read_text()
+            assert peer["grpcOptions"]["ssl-target-name-override"] == net.server_name(m)
+            # The name it overrides to is on the peer's TLS certificate.
+            tls = x509.load_pem_x509_certificate(
+                (net.org_dir(m) / "peer" / "tls" / "server.crt").read_bytes()
+            )
+            names = tls.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert net.server_name(m) in names.get_values_for_type(x509.DNSName)
+        urls = [o["url"] for o in profile["orderers"].values()]
+        assert urls == [f"grpcs://127.0.0.1:{o['listen']}" for o in state["ports"]["orderers"]]
+        assert set(profile["channels"]) == {net.spec.channel}
+        assert "PRIVATE KEY" not in path.read_text()

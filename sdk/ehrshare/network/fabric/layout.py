@@ -136,6 +136,11 @@ class FabricLayout:
         tls = self.org_dir(ORDERER_MSP) / "admin" / "tls"
         return tls / "client.crt", tls / "client.key"
 
+    def connection_profile_path(self, msp: str) -> Path:
+        """Fabric's common connection profile for ``msp``'s clients, next to ``network.json``
+        (written by create; see :mod:`ehrshare.network.fabric.profiles`)."""
+        return self.dir / f"connection-{msp}.json"
+
     @property
     def genesis_block(self) -> Path:
         """The channel's genesis block (configtxgen): what orderers and peers join with."""

@@ -17,6 +17,8 @@ need under ``<consortium>/fabric``, from the consortium's own hospital CAs
 - the chaincode as a ccaas package whose ``connection.json`` points at one
   ``ehrshare chaincode serve`` process over mutual TLS (its own small TLS CA), and the ccaas
   external builder;
+- Fabric's common connection profile per hospital (``connection-<MSP>.json``, see
+  :mod:`.profiles`) for standard tools;
 - free loopback ports for every listener (each orderer's admin endpoint its own), recorded
   with everything else in ``network.json``.
 
@@ -42,6 +44,7 @@ from ehrshare.identity import LocalCA
 from ehrshare.network.binaries import fabric_bin_dir
 from ehrshare.network.fabric.channel import ChannelAdmin
 from ehrshare.network.fabric.layout import _lower, _State
+from ehrshare.network.fabric.profiles import connection_profile
 from ehrshare.network.fabric.spec import (
     _CC_VERSION,
     ORDERER_MSP,
@@ -202,6 +205,12 @@ class FabricMaterial(ChannelAdmin):
         )
         net._state.genesis_sha256 = hashlib.sha256(net.genesis_block.read_bytes()).hexdigest()
         net._write_node_configs(sampleconfig)
+
+        say("connection profiles (one per hospital)")
+        for msp in spec.msp_ids:
+            profile = connection_profile(net, msp)
+            path = net.connection_profile_path(msp)
+            path.write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
 
         say("chaincode package (ccaas)")
         net._state.package_id = net._write_package()
