@@ -51,7 +51,8 @@ def bft_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FabricNet]:
     version = _version()
     if version is None or version[0] < 3:
         pytest.skip(
-            f"SmartBFT needs Fabric 3.x; EHRSHARE_FABRIC_BIN has {version or 'no peer binary'} "
+            "SmartBFT needs Fabric 3.x; EHRSHARE_FABRIC_BIN has "
+            f"{'.'.join(map(str, version)) if version else 'no peer binary'} "
             "(point it and EHRSHARE_FABRIC_SAMPLECONFIG at 3.x release binaries)"
         )
     root = tmp_path_factory.mktemp("bft") / "consortium"
