@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ehrshare.identity import Identity, LocalCA, Signer
+from ehrshare.ledger.errors import SubmitError
 from ehrshare.ledger.fabric import FabricContract, FabricGateway, Timeouts
 from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint, connect
 from ehrshare.network.binaries import fabric_bin_dir
@@ -199,5 +200,35 @@ def test_the_leader_killed_under_load_loses_no_commit_and_commits_continue_on_th
             stored = json.loads(contract.evaluate_transaction("GetIdentity", ibe_id))
             assert stored["ibe_id"] == ibe_id
         assert sorted(bft_net.live()) == sorted(n for n in bft_net.pids() if n != "orderer1")
+    finally:
+        gw.close()
+
+
+def test_an_orderer_that_missed_blocks_catches_up_after_a_restart(bft_net: FabricNet) -> None:
+    """Runs last (it needs the leader of the earlier test gone, three orderers left)."""
+    live = [n for n in ("orderer1", "orderer2", "orderer3", "orderer4") if n in bft_net.live()]
+    gw = _gateway(bft_net, [0, 1, 2, 3], 3)
+    try:
+        contract = _contract(gw, bft_net)
+        if len(live) == 3:  # orderer1 was killed by the test before: bring it back first
+            assert bft_net.repair(timeout=120) == ["orderer1"]
+        _kill(bft_net, "orderer4")
+        missed = [_commit(contract, bft_net, f"missed{n}")[0] for n in range(3)]
+        assert bft_net.repair(timeout=120) == ["orderer4"]
+        # With orderer4 back, another orderer down: the quorum of three needs orderer4.
+        _kill(bft_net, "orderer3")
+        started, failures = time.monotonic(), []
+        while True:  # orderer4 answers SERVICE_UNAVAILABLE until it has caught up
+            try:
+                ibe_id, _ = _commit(contract, bft_net, "with-orderer4")
+                break
+            except SubmitError as exc:
+                failures.append(exc.message)
+                assert time.monotonic() - started < 120, failures
+                time.sleep(1)
+        took = time.monotonic() - started
+        print(f"BFT commit needing the restarted orderer4: {took:.1f} s, {len(failures)} refused")
+        for i in [*missed, ibe_id]:
+            assert json.loads(contract.evaluate_transaction("GetIdentity", i))["ibe_id"] == i
     finally:
         gw.close()

@@ -204,6 +204,8 @@ def test_the_orderers_start_without_a_system_channel_on_their_own_admin_port(
         assert env["ORDERER_CHANNELPARTICIPATION_ENABLED"] == "true"
         assert env["ORDERER_ADMIN_LISTENADDRESS"] == net.orderer_admin_address(i)
         assert env["ORDERER_ADMIN_TLS_CLIENTAUTHREQUIRED"] == "true"
+        # A lagging orderer catches up with TLS-bound Deliver requests (BFT; Raft ignores it).
+        assert env["ORDERER_GENERAL_CLUSTER_REPLICATIONPOLICY"] == "simple"
         # Only the orderer organisation's CA may open the admin endpoint.
         assert env["ORDERER_ADMIN_TLS_CLIENTROOTCAS"] == f"[{net.tls_ca('OrdererMSP')}]"
     assert len({env["ORDERER_ADMIN_LISTENADDRESS"] for env in envs}) == 3

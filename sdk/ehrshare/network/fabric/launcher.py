@@ -292,6 +292,12 @@ class FabricNet(FabricMaterial):
             "ORDERER_GENERAL_CLUSTER_CLIENTCERTIFICATE": str(node / "tls" / "server.crt"),
             "ORDERER_GENERAL_CLUSTER_CLIENTPRIVATEKEY": str(node / "tls" / "server.key"),
             "ORDERER_GENERAL_CLUSTER_ROOTCAS": f"[{ca}]",
+            # BFT: an orderer that missed blocks catches up from one other orderer (the cluster
+            # block puller binds its Deliver requests to its TLS certificate). The default
+            # "consensus" policy's deliverer does not, so orderers requiring mutual TLS refuse
+            # it ("client didn't include its TLS cert hash") and a restarted orderer never
+            # catches up (test_fabric_bft.py). Raft ignores the setting.
+            "ORDERER_GENERAL_CLUSTER_REPLICATIONPOLICY": "simple",
             # No system channel: the orderer starts with no channel and is joined to the
             # application channel through its admin endpoint (channel participation API).
             "ORDERER_GENERAL_BOOTSTRAPMETHOD": "none",
