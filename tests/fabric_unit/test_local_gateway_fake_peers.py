@@ -138,11 +138,16 @@ class FakeOrderer(ab_grpc.AtomicBroadcastServicer):  # type: ignore[misc]
     envelopes: list[Any] = field(default_factory=list)
     cuts: bool = True  # False: a BFT follower that only acknowledges (the leader cuts)
     delay: float = 0.0  # seconds before it answers
+    busy: int = 0  # how many broadcasts it answers SERVICE_UNAVAILABLE first (not ready)
 
     def Broadcast(self, request_iterator: Any, context: Any) -> Iterator[Any]:
         for envelope in request_iterator:
             self.envelopes.append(envelope)
             time.sleep(self.delay)
+            if self.busy > 0:
+                self.busy -= 1
+                yield ab.BroadcastResponse(status=common.Status.Value("SERVICE_UNAVAILABLE"))
+                continue
             if self.refuse is not None:
                 yield ab.BroadcastResponse(status=self.refuse[0], info=self.refuse[1])
                 continue
@@ -408,8 +413,24 @@ def test_bft_submit_goes_to_every_orderer_and_returns_on_a_quorum_not_the_slow_o
     took = time.monotonic() - start
     assert commit.get_status().code == "VALID"
     assert took < 2.0  # three acknowledgements, the slow fourth not waited for
-    assert all(len(o.envelopes) == 1 for o in net.orderers)  # every orderer was sent it
+    # Every orderer was sent it (the slow one's call may still be on its way when it returns).
+    until = time.monotonic() + 5
+    while len(slow.envelopes) < 1 and time.monotonic() < until:
+        time.sleep(0.01)
+    assert all(len(o.envelopes) == 1 for o in net.orderers)
     assert net.orderers[0].envelopes[0] == net.orderers[3].envelopes[0]
+
+
+def test_bft_submit_asks_again_the_orderers_that_were_not_ready(make_net: Any) -> None:
+    ledger = Ledger()
+    # One down, one not ready twice (as after a start or in a view change): the quorum of
+    # three needs it, so it is asked again rather than the submit failing.
+    not_ready = FakeOrderer(ledger, cuts=False, busy=2)
+    orderers = _bft(ledger, None, not_ready, FakeOrderer(ledger, cuts=False))
+    net = make_net({"Org1MSP": FakePeer("p1", ledger)}, orderers=orderers, ledger=ledger, quorum=3)
+    _contract(net).submit_transaction("Put", "k")
+    assert len(not_ready.envelopes) == 3 and not_ready.busy == 0
+    assert [len(o.envelopes) for o in net.orderers] == [3, 1, 1]
 
 
 def test_bft_submit_with_one_orderer_down_still_reaches_the_quorum(make_net: Any) -> None:

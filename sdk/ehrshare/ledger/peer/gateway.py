@@ -78,6 +78,7 @@ _log = logging.getLogger(__name__)
 
 _SUCCESS = int(common.Status.Value("SUCCESS"))
 _SERVICE_UNAVAILABLE = int(common.Status.Value("SERVICE_UNAVAILABLE"))
+_BUSY_PAUSE = 0.25  # seconds before a BFT broadcast asks the orderers that were not ready again
 _FOLLOWER_WAIT = 5.0  # seconds a commit waits for another endorsing peer to have its block
 
 
@@ -417,41 +418,28 @@ class LocalGateway:
         said = f"{common.Status.Name(response.status)}: {response.info}".rstrip(": ")
         if response.status == _SUCCESS:
             return "ok", _orderer_detail(orderer, said), said
-        if response.status == _SERVICE_UNAVAILABLE:
-            return "unavailable", _orderer_detail(orderer, said), said
+        if response.status == _SERVICE_UNAVAILABLE:  # up, not ready (e.g. in a view change)
+            return "busy", _orderer_detail(orderer, said), said
         return "refused", _orderer_detail(orderer, said), said
 
     def _broadcast_quorum(self, envelope: Any, deadline: float) -> Any:
-        """SmartBFT: the envelope to every orderer at once; done at ``quorum`` acknowledgements,
-        failed once so many refused or were unreachable that the quorum cannot be reached (a
-        refusal then, if any orderer refused, else unreachable). The slower answers are left
-        to finish in the pool."""
+        """SmartBFT: the envelope to every orderer at once; done at ``quorum`` acknowledgements.
+        Orderers that answer SERVICE_UNAVAILABLE (up, not ready) are asked again until the
+        deadline; it fails once so many refused or were unreachable that the quorum cannot be
+        reached (a refusal then, if any orderer refused, else unreachable). The slower answers
+        are left to finish in the pool."""
         assert self._broadcasts is not None and self._quorum is not None
-        futures = [
-            self._broadcasts.submit(self._broadcast_one, i, envelope, deadline)
-            for i in range(len(self._orderers))
-        ]
-        acks = 0
-        failed: list[tuple[str, Any, str]] = []
-        pending = set(futures)
-        while pending:
-            done, pending = concurrent.futures.wait(
-                pending,
-                timeout=max(deadline - time.monotonic(), 0.0),
-                return_when=concurrent.futures.FIRST_COMPLETED,
-            )
-            if not done:
-                break
-            for future in done:
-                outcome = future.result()
-                if outcome[0] == "ok":
-                    acks += 1
-                else:
-                    failed.append(outcome)
-            if acks >= self._quorum:
+        acked: set[int] = set()
+        while True:
+            failed, busy = self._quorum_round(envelope, deadline, acked)
+            if len(acked) >= self._quorum:
                 return gw.SubmitResponse()
-            if acks + len(pending) < self._quorum:
+            # Orderers that are up but not ready (just started, in a view change) are asked
+            # again until the deadline; without them the quorum is out of reach for good.
+            if not busy or time.monotonic() + _BUSY_PAUSE >= deadline:
                 break
+            time.sleep(_BUSY_PAUSE)
+        acks = len(acked)
         refused = [f for f in failed if f[0] in ("refused", "failed")]
         if refused:
             raise GatewayFailure(
@@ -466,6 +454,40 @@ class LocalGateway:
             [f[1] for f in failed],
             "a quorum of orderers",
         )
+
+    def _quorum_round(
+        self, envelope: Any, deadline: float, acked: set[int]
+    ) -> tuple[list[tuple[str, Any, str]], bool]:
+        """One broadcast to every orderer not in ``acked`` (which it adds to); the failures,
+        and whether one was only busy. Returns early once the quorum is reached or out of
+        reach."""
+        assert self._broadcasts is not None and self._quorum is not None
+        futures = {
+            self._broadcasts.submit(self._broadcast_one, i, envelope, deadline): i
+            for i in range(len(self._orderers))
+            if i not in acked
+        }
+        failed: list[tuple[str, Any, str]] = []
+        pending = set(futures)
+        while pending:
+            done, pending = concurrent.futures.wait(
+                pending,
+                timeout=max(deadline - time.monotonic(), 0.0),
+                return_when=concurrent.futures.FIRST_COMPLETED,
+            )
+            if not done:
+                break
+            for future in done:
+                outcome = future.result()
+                if outcome[0] == "ok":
+                    acked.add(futures[future])
+                else:
+                    failed.append(outcome)
+            if len(acked) >= self._quorum:
+                break
+            if len(acked) + len(pending) < self._quorum and not any(f[0] == "busy" for f in failed):
+                break
+        return failed, any(f[0] == "busy" for f in failed)
 
     def commit_status(self, request: Any, timeout: float) -> Any:
         """The validation code and block of a transaction, from the channel's commit listener.
