@@ -126,11 +126,13 @@ class FabricBackend:
         endorsers: int | None,
         client_auth: bool,
         clock: Clock | None = None,
+        orderer_quorum: int | None = None,
     ) -> None:
         self.peers = tuple(peers)
         self.orderers = tuple(orderers)
         self.endorsers = endorsers
         self.client_auth = client_auth
+        self.orderer_quorum = orderer_quorum
         self._clock = clock
         self._open: list[FabricGateway] = []
         self._lock = threading.Lock()
@@ -146,6 +148,7 @@ class FabricBackend:
             endorsers=cfg.endorsers,
             client_auth=cfg.client_auth,
             clock=clock,
+            orderer_quorum=cfg.orderer_quorum,
         )
 
     @classmethod
@@ -164,6 +167,7 @@ class FabricBackend:
             endorsers=conn.get("endorsers"),
             client_auth=bool(conn.get("client_auth", False)),
             clock=clock,
+            orderer_quorum=conn.get("orderer_quorum"),
         )
 
     @classmethod
@@ -175,6 +179,7 @@ class FabricBackend:
         endorsers: int | None,
         client_auth: bool,
         clock: Clock | None,
+        orderer_quorum: int | None = None,
     ) -> FabricBackend:
         from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint
 
@@ -191,6 +196,7 @@ class FabricBackend:
             endorsers=endorsers,
             client_auth=client_auth,
             clock=clock,
+            orderer_quorum=orderer_quorum,
         )
 
     def connect(
@@ -214,6 +220,7 @@ class FabricBackend:
             endorsers=self.endorsers,
             client_tls=client_tls,
             clock=self._clock,
+            quorum=self.orderer_quorum,
         )
         with self._lock:
             # Closed gateways (finished sessions) are dropped here, so a long-lived process
@@ -363,6 +370,7 @@ class FabricBackend:
             endorsers=None,
             client_tls=client_tls,
             clock=self._clock,
+            quorum=self.orderer_quorum,
         )
         try:
             return (

@@ -185,13 +185,16 @@ class FabricEndpoint:
 class FabricLedger:
     """A Fabric channel's endpoints: ``endorsers`` organisations' peers endorse each
     transaction (None: every listed peer); ``client_auth``: the peers and orderers require a
-    TLS client certificate; ``network`` is the local network's directory."""
+    TLS client certificate; ``network`` is the local network's directory; ``orderer_quorum``
+    (SmartBFT orderers): a submit goes to every orderer and needs that many acknowledgements
+    (None: Raft, one orderer at a time)."""
 
     peers: tuple[FabricEndpoint, ...]
     orderers: tuple[FabricEndpoint, ...]
     endorsers: int | None = None
     network: Path | None = None
     client_auth: bool = False
+    orderer_quorum: int | None = None
 
     @classmethod
     def from_connection(cls, connection: Mapping[str, Any], network: Path) -> FabricLedger:
@@ -214,6 +217,7 @@ class FabricLedger:
             # The network requires mutual TLS: a wallet without a TLS certificate is refused
             # with the way to re-issue one, instead of failing in the TLS handshake.
             client_auth=bool(connection.get("client_auth")),
+            orderer_quorum=connection.get("orderer_quorum") or None,
         )
 
     def to_dict(self, rel: _PathText) -> dict[str, Any]:
@@ -228,6 +232,8 @@ class FabricLedger:
             out["endorsers"] = self.endorsers
         if self.client_auth:
             out["client_auth"] = True
+        if self.orderer_quorum is not None:
+            out["orderer_quorum"] = self.orderer_quorum
         return out
 
 
@@ -604,12 +610,24 @@ def _fabric(ledger: Mapping[str, Any], rel: Any, fail: Any) -> FabricLedger:
     client_auth = ledger.get("client_auth", False)
     if not isinstance(client_auth, bool):
         raise fail("ledger.client_auth", f"must be true or false, not {client_auth!r}")
+    orderer_list = endpoints("orderers", peers=False)
+    quorum = ledger.get("orderer_quorum")
+    if quorum is not None and (
+        isinstance(quorum, bool)
+        or not isinstance(quorum, int)
+        or not 1 <= quorum <= len(orderer_list)
+    ):
+        raise fail(
+            "ledger.orderer_quorum",
+            f"must be an integer between 1 and {len(orderer_list)} (the orderers listed)",
+        )
     return FabricLedger(
         peers=peer_list,
-        orderers=endpoints("orderers", peers=False),
+        orderers=orderer_list,
         endorsers=endorsers,
         network=rel(network, "ledger.network") if network is not None else None,
         client_auth=client_auth,
+        orderer_quorum=quorum,
     )
 
 

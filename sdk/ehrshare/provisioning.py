@@ -124,6 +124,8 @@ class FabricOptions:
     batch_timeout: str = "20ms"
     max_message_count: int = 10
     endorsement: str = "MAJORITY"
+    orderer_type: str = "etcdraft"
+    """``etcdraft`` (Raft, 1 or 3 orderers) or ``BFT`` (SmartBFT, 4 orderers, Fabric 3.x)."""
 
     def check(self) -> None:
         """Refuse options Fabric would refuse, and a machine without the Fabric binaries."""
@@ -138,6 +140,7 @@ class FabricOptions:
                 batch_timeout=self.batch_timeout,
                 max_message_count=self.max_message_count,
                 endorsement=self.endorsement,
+                orderer_type=self.orderer_type,
             ).check()
         except FabricNetError as exc:
             raise ConsortiumError(f"Fabric options: {exc}") from None
@@ -148,6 +151,16 @@ class FabricOptions:
                 f"the Fabric binaries ({', '.join(missing)}) are not in {bin_dir}: run "
                 "'make tools' (it builds Fabric 2.3), or set EHRSHARE_FABRIC_BIN"
             )
+        if self.orderer_type == "BFT":
+            from ehrshare.network.fabric import fabric_version
+
+            version = fabric_version(bin_dir)
+            if version[0] < 3:
+                raise ConsortiumError(
+                    f"Fabric options: SmartBFT orderers need Fabric 3.x; {bin_dir} has "
+                    f"{'.'.join(map(str, version))} (set EHRSHARE_FABRIC_BIN and "
+                    "EHRSHARE_FABRIC_SAMPLECONFIG to 3.x binaries, or use Raft)"
+                )
 
     def build(self, root: Path, msp_ids: Sequence[str], say: Progress) -> FabricNet:
         """Create the network's crypto and configuration under ``root`` and start it."""
@@ -160,8 +173,10 @@ class FabricOptions:
             batch_timeout=self.batch_timeout,
             max_message_count=self.max_message_count,
             endorsement=self.endorsement,
+            orderer_type=self.orderer_type,
         )
-        say(f"building a Fabric network: {len(msp_ids)} peers, {self.orderers} Raft orderer(s)")
+        kind = "SmartBFT" if self.orderer_type == "BFT" else "Raft"
+        say(f"building a Fabric network: {len(msp_ids)} peers, {self.orderers} {kind} orderer(s)")
         network = FabricNet.create(spec, progress=say)
         try:
             network.start(progress=say)

@@ -247,3 +247,49 @@ def test_events_from_the_next_commit_and_close_ends_a_blocked_iteration(
     events.close()
     reader.join(timeout=30)
     assert ended.is_set(), "close() did not end the blocked iteration"
+
+
+def test_a_client_built_only_from_the_connection_profile_reads_and_writes(
+    fabric_net: FabricNet, admin: tuple[Identity, Signer]
+) -> None:
+    """Fabric's common connection profile the launcher wrote is enough to reach the network:
+    peers by url, CA pem and name override, orderers likewise (nothing from network.json)."""
+    profile = json.loads(
+        fabric_net.connection_profile_path("HospitalAMSP").read_text(encoding="utf-8")
+    )
+    assert profile["client"]["organization"] == "HospitalAMSP"
+    peers = []
+    for org in profile["organizations"].values():
+        for name in org["peers"]:
+            entry = profile["peers"][name]
+            peers.append(
+                PeerEndpoint(
+                    entry["url"].removeprefix("grpcs://"),
+                    org["mspid"],
+                    entry["tlsCACerts"]["pem"].encode(),
+                    entry["grpcOptions"]["ssl-target-name-override"],
+                )
+            )
+    orderers = [
+        OrdererEndpoint(
+            o["url"].removeprefix("grpcs://"),
+            o["tlsCACerts"]["pem"].encode(),
+            o["grpcOptions"]["ssl-target-name-override"],
+        )
+        for o in profile["orderers"].values()
+    ]
+    cert, key = fabric_net.admin_tls("HospitalAMSP")
+    channel = next(iter(profile["channels"]))
+    with connect(
+        *admin,
+        client_tls=(cert.read_bytes(), key.read_bytes()),
+        peers=peers,
+        orderers=orderers,
+        endorsers=fabric_net.endorsers,
+    ) as gw:
+        contract = gw.get_network(channel).get_contract(fabric_net.spec.chaincode)
+        me = admin[0].ibe_id
+        assert json.loads(contract.evaluate_transaction("GetIdentity", me))["ibe_id"] == me
+        cert_pem = _member_cert(fabric_net, "profile")
+        result = json.loads(contract.submit_transaction("RegisterMember", cert_pem, "clinician"))
+        assert result["ibe_id"].startswith("HospitalAMSP/profile-")

@@ -51,6 +51,9 @@ def fake_bin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         ({"msp_ids": ("Hospital A",)}, "msp id 'Hospital A' must be"),
         ({"msp_ids": ("OrdererMSP",)}, "must be letters, digits and '-' and not OrdererMSP"),
         ({"orderers": 2}, "orderers is 2; Raft runs with 1 or 3"),
+        ({"orderers": 4}, "orderers is 4; Raft runs with 1 or 3"),
+        ({"orderers": 3, "orderer_type": "BFT"}, "orderers is 3; SmartBFT runs with 4"),
+        ({"orderer_type": "solo"}, "orderer_type 'solo' is not etcdraft or BFT"),
         ({"channel": "Bad_Channel"}, "channel name 'Bad_Channel'"),
         ({"channel": "system-channel"}, "may not be named system-channel"),
         ({"chaincode": ""}, "chaincode name ''"),
@@ -201,9 +204,68 @@ def test_the_orderers_start_without_a_system_channel_on_their_own_admin_port(
         assert env["ORDERER_CHANNELPARTICIPATION_ENABLED"] == "true"
         assert env["ORDERER_ADMIN_LISTENADDRESS"] == net.orderer_admin_address(i)
         assert env["ORDERER_ADMIN_TLS_CLIENTAUTHREQUIRED"] == "true"
+        # A lagging orderer catches up with TLS-bound Deliver requests (BFT; Raft ignores it).
+        assert env["ORDERER_GENERAL_CLUSTER_REPLICATIONPOLICY"] == "simple"
         # Only the orderer organisation's CA may open the admin endpoint.
         assert env["ORDERER_ADMIN_TLS_CLIENTROOTCAS"] == f"[{net.tls_ca('OrdererMSP')}]"
     assert len({env["ORDERER_ADMIN_LISTENADDRESS"] for env in envs}) == 3
+
+
+def _created_bft(tmp_path: Path, bin_dir: Path) -> FabricNet:
+    for msp in MSPS:
+        LocalCA.create(msp).save(tmp_path / "ca" / msp)
+    spec = FabricNetSpec(
+        root=tmp_path, msp_ids=MSPS, orderers=4, orderer_type="BFT", bin_dir=bin_dir
+    )
+    return FabricNet.create(spec)
+
+
+def test_smartbft_is_refused_on_fabric_2_with_nothing_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = _stand_ins(tmp_path, monkeypatch, "2.5.16")
+    with pytest.raises(FabricNetError, match=r"SmartBFT orderers need Fabric 3\.x; .* 2\.5\.16"):
+        _created_bft(tmp_path, bin_dir)
+    assert not (tmp_path / "fabric").exists()
+
+
+def test_smartbft_maps_each_consenter_to_its_own_identity_and_tls_certificates(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = _created_bft(tmp_path, _stand_ins(tmp_path, monkeypatch, "3.1.5"))
+    configtx = yaml.safe_load((net.dir / "config" / "configtx" / "configtx.yaml").read_text())
+    profile = configtx["Profiles"]["Channel"]
+    assert set(profile["Capabilities"]) == {"V3_0"}
+    orderer = profile["Orderer"]
+    assert orderer["OrdererType"] == "BFT" and "EtcdRaft" not in orderer
+    mapping = orderer["ConsenterMapping"]
+    assert [c["ID"] for c in mapping] == [1, 2, 3, 4]
+    for i, consenter in enumerate(mapping):
+        node = net.org_dir("OrdererMSP") / f"orderer{i + 1}"
+        assert consenter["MSPID"] == "OrdererMSP"
+        assert f"{consenter['Host']}:{consenter['Port']}" == net.orderer_address(i)
+        # The orderer's own signing certificate (NodeOU orderer) and its own TLS certificate.
+        identity = x509.load_pem_x509_certificate(Path(consenter["Identity"]).read_bytes())
+        assert Path(consenter["Identity"]) == node / "msp" / "signcerts" / "cert.pem"
+        assert (
+            identity.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)[0].value
+            == "orderer"
+        )
+        assert consenter["ClientTLSCert"] == consenter["ServerTLSCert"]
+        assert Path(consenter["ServerTLSCert"]) == node / "tls" / "server.crt"
+    # The forward timeout must stay below the complaint timeout (SmartBFT checks it).
+    assert orderer["SmartBFT"]["RequestForwardTimeout"] == "2s"
+    assert orderer["SmartBFT"]["RequestBatchMaxInterval"] == net.spec.batch_timeout
+    conn = net.connection()
+    assert (conn["orderer_type"], conn["orderer_quorum"], len(conn["orderers"])) == ("BFT", 3, 4)
+    # Reloaded from network.json, it is still BFT.
+    assert FabricNet.load(tmp_path).spec.bft
+
+
+def test_the_bft_quorum_is_2f_plus_1_of_3f_plus_1() -> None:
+    from ehrshare.network.fabric import bft_quorum
+
+    assert [bft_quorum(n) for n in (4, 7, 10)] == [3, 5, 7]
 
 
 @pytest.mark.parametrize(
@@ -283,3 +345,42 @@ def test_without_a_fatal_line_the_last_lines_are_shown(tmp_path: Path) -> None:
     log.write_text("".join(f"line {n}\n" for n in range(20)))
     assert log_tail(log) == f"{log}: " + " | ".join(f"line {n}" for n in range(12, 20))
     assert log_tail(tmp_path / "absent.log") == f"(no log at {tmp_path / 'absent.log'})"
+
+
+def test_each_hospital_gets_a_common_connection_profile_that_matches_the_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net = _created(tmp_path, _stand_ins(tmp_path, monkeypatch, "2.3.2"))
+    state = json.loads((net.dir / "network.json").read_text())
+    for msp in MSPS:
+        path = net.dir / f"connection-{msp}.json"
+        assert path == net.connection_profile_path(msp)
+        profile = json.loads(path.read_text())
+        assert set(profile) == {
+            "name",
+            "version",
+            "client",
+            "organizations",
+            "peers",
+            "orderers",
+            "channels",
+        }  # no certificateAuthorities: the hospitals' CAs are offline
+        assert profile["client"]["organization"] == msp
+        assert profile["organizations"] == {
+            m: {"mspid": m, "peers": [net.server_name(m)]} for m in MSPS
+        }
+        for m in MSPS:
+            peer = profile["peers"][net.server_name(m)]
+            assert peer["url"] == f"grpcs://127.0.0.1:{state['ports']['peers'][m]['listen']}"
+            assert peer["tlsCACerts"]["pem"] == (tmp_path / "ca" / m / "ca-cert.pem").read_text()
+            assert peer["grpcOptions"]["ssl-target-name-override"] == net.server_name(m)
+            # The name it overrides to is on the peer's TLS certificate.
+            tls = x509.load_pem_x509_certificate(
+                (net.org_dir(m) / "peer" / "tls" / "server.crt").read_bytes()
+            )
+            names = tls.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            assert net.server_name(m) in names.get_values_for_type(x509.DNSName)
+        urls = [o["url"] for o in profile["orderers"].values()]
+        assert urls == [f"grpcs://127.0.0.1:{o['listen']}" for o in state["ports"]["orderers"]]
+        assert set(profile["channels"]) == {net.spec.channel}
+        assert "PRIVATE KEY" not in path.read_text()

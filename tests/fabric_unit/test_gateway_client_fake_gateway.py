@@ -86,6 +86,7 @@ class FakeGateway(gw_grpc.GatewayServicer):
     commit_code: str = "VALID"
     fail_submit: bool = False
     fail_commit_status: bool = False
+    no_endorsers: str = ""  # the Gateway's own UNAVAILABLE answer to Endorse, for these orgs
     tamper_tx_id: bool = False
     events: list[Any] = field(default_factory=list)
     proposals: list[Checked] = field(default_factory=list)
@@ -167,6 +168,13 @@ class FakeGateway(gw_grpc.GatewayServicer):
         return gw.EvaluateResponse(result=responsepb.Response(status=200, payload=result))
 
     def Endorse(self, request: Any, context: Any) -> Any:
+        if self.no_endorsers:
+            # Fabric 2.5/3.1's words (internal/pkg/gateway) when no peer of the organisations
+            # named is known to it: it answered, nothing behind it was reached.
+            context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"failed to find any endorsing peers for org(s): {self.no_endorsers}",
+            )
         checked = self._check_proposal(
             request.proposed_transaction, request.transaction_id, request.channel_id
         )
@@ -327,7 +335,12 @@ def test_submit_and_commit_status_failures_raise_their_stage_errors(rig: Rig) ->
     rig.fake.fail_submit = True
     with pytest.raises(SubmitError) as submitted:
         contract.submit_transaction("Put", "k")
-    assert "could not reach the Fabric Gateway" in submitted.value.message
+    # The Gateway answered (its orderers were unavailable): not "could not reach the Gateway".
+    assert submitted.value.message == (
+        "the Fabric Gateway answered that it cannot submit now (UNAVAILABLE): "
+        "no orderers could successfully process the transaction"
+    )
+    assert not submitted.value.unreachable and submitted.value.exit_code == 4
     assert submitted.value.details == (
         "Org1MSP (peer0.org1:7051): received unsuccessful response from orderer: "
         "status=SERVICE_UNAVAILABLE",
@@ -372,10 +385,51 @@ def test_an_unreachable_gateway_gives_a_clear_connection_error() -> None:
         contract = gateway.get_network(CHANNEL).get_contract(CHAINCODE)
         with pytest.raises(GatewayError, match="could not reach the Fabric Gateway to evaluate"):
             contract.evaluate_transaction("Get")
-        with pytest.raises(EndorseError, match="could not reach the Fabric Gateway to endorse"):
+        with pytest.raises(
+            EndorseError, match="could not reach the Fabric Gateway to endorse"
+        ) as e:
             contract.submit_transaction("Put")
+        assert e.value.unreachable and e.value.exit_code == 4  # a transport failure
     finally:
         channel.close()
+
+
+def test_the_gateways_own_no_endorsing_peers_answer_is_not_an_unreachable_gateway(
+    rig: Rig,
+) -> None:
+    rig.fake.no_endorsers = "HospitalBMSP"
+    contract = rig.gateway.get_network(CHANNEL).get_contract(CHAINCODE)
+    proposal = contract.new_proposal("Put", "k", endorsing_organizations=("HospitalBMSP",))
+    with pytest.raises(EndorseError) as caught:
+        proposal.endorse()
+    assert caught.value.message == (
+        "the Fabric Gateway answered that it cannot endorse now (UNAVAILABLE): "
+        "failed to find any endorsing peers for org(s): HospitalBMSP"
+    )
+    assert not caught.value.unreachable and not caught.value.creator_refused
+    assert caught.value.exit_code == 4  # nothing decided; a later try may succeed
+    assert "anchor peers" in (caught.value.hint or "")
+    assert rig.fake.submitted == {}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:7051: "
+        "Failed to connect to remote host: Connection refused",
+        "Socket closed",
+        "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:7051: "
+        "Unwrap failed (TSI_DATA_CORRUPTED)",
+        "DNS resolution failed for peer0.org1:7051",
+    ],
+)
+def test_grpc_transport_failures_stay_could_not_reach(text: str) -> None:
+    from ehrshare.ledger.fabric.failures import GatewayFailure, _stage_error
+
+    failure = GatewayFailure(grpc.StatusCode.UNAVAILABLE, text)
+    error = _stage_error(EndorseError, failure, "tx1", "endorse")
+    assert error.message.startswith("could not reach the Fabric Gateway to endorse")
+    assert error.unreachable and error.exit_code == 4
 
 
 def chaincode_events_response(block: int, *tx_ids: str) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from typing import Any
 import grpc
 import pytest
 from fabric_protos.common import common_pb2 as common
+from fabric_protos.gateway import gateway_pb2 as gwpb
 from fabric_protos.orderer import ab_pb2 as ab
 from fabric_protos.orderer import ab_pb2_grpc as ab_grpc
 from fabric_protos.peer import chaincode_event_pb2 as eventpb
@@ -134,16 +136,25 @@ class FakeOrderer(ab_grpc.AtomicBroadcastServicer):  # type: ignore[misc]
     ledger: Ledger
     refuse: tuple[int, str] | None = None
     envelopes: list[Any] = field(default_factory=list)
+    cuts: bool = True  # False: a BFT follower that only acknowledges (the leader cuts)
+    delay: float = 0.0  # seconds before it answers
+    busy: int = 0  # how many broadcasts it answers SERVICE_UNAVAILABLE first (not ready)
 
     def Broadcast(self, request_iterator: Any, context: Any) -> Iterator[Any]:
         for envelope in request_iterator:
             self.envelopes.append(envelope)
+            time.sleep(self.delay)
+            if self.busy > 0:
+                self.busy -= 1
+                yield ab.BroadcastResponse(status=common.Status.Value("SERVICE_UNAVAILABLE"))
+                continue
             if self.refuse is not None:
                 yield ab.BroadcastResponse(status=self.refuse[0], info=self.refuse[1])
                 continue
             payload = common.Payload.FromString(envelope.payload)
             tx_id = common.ChannelHeader.FromString(payload.header.channel_header).tx_id
-            self.ledger.append([(tx_id, 0)])  # cut before answering: the client may hang up
+            if self.cuts:
+                self.ledger.append([(tx_id, 0)])  # cut before answering: the client may hang up
             yield ab.BroadcastResponse(status=common.Status.Value("SUCCESS"))
 
 
@@ -194,6 +205,7 @@ def make_net(servers: list[grpc.Server]) -> Iterator[Any]:
         endorsers: int | None = None,
         orderers: tuple[FakeOrderer | None, ...] = (),
         ledger: Ledger | None = None,
+        quorum: int | None = None,
     ) -> Net:
         ledger = ledger or Ledger()
         peers = [
@@ -212,6 +224,7 @@ def make_net(servers: list[grpc.Server]) -> Iterator[Any]:
             ],
             endorsers=endorsers,
             timeouts=Timeouts(evaluate=5, endorse=5, submit=5, commit_status=5),
+            quorum=quorum,
         )
         opened.append(gateway)
         return Net(
@@ -381,6 +394,80 @@ def test_an_orderer_refusal_is_a_submit_error_with_its_status_and_info(make_net:
     assert refused.value.transaction_id
 
 
+def _bft(ledger: Ledger, *followers: FakeOrderer | None) -> tuple[FakeOrderer | None, ...]:
+    """A SmartBFT ordering service of four: the followers given first, the leader (which cuts
+    the block) last, as a client with a follower first in its list sees it."""
+    return (*followers, FakeOrderer(ledger))
+
+
+def test_bft_submit_goes_to_every_orderer_and_returns_on_a_quorum_not_the_slow_one(
+    make_net: Any,
+) -> None:
+    ledger = Ledger()
+    slow = FakeOrderer(ledger, cuts=False, delay=3.0)  # e.g. a follower that lags
+    fast = [FakeOrderer(ledger, cuts=False) for _ in range(2)]
+    orderers = _bft(ledger, slow, *fast)
+    net = make_net({"Org1MSP": FakePeer("p1", ledger)}, orderers=orderers, ledger=ledger, quorum=3)
+    start = time.monotonic()
+    commit = _contract(net).new_proposal("Put", "k").endorse().submit()
+    took = time.monotonic() - start
+    assert commit.get_status().code == "VALID"
+    assert took < 2.0  # three acknowledgements, the slow fourth not waited for
+    # Every orderer was sent it (the slow one's call may still be on its way when it returns).
+    until = time.monotonic() + 5
+    while len(slow.envelopes) < 1 and time.monotonic() < until:
+        time.sleep(0.01)
+    assert all(len(o.envelopes) == 1 for o in net.orderers)
+    assert net.orderers[0].envelopes[0] == net.orderers[3].envelopes[0]
+
+
+def test_bft_submit_asks_again_the_orderers_that_were_not_ready(make_net: Any) -> None:
+    ledger = Ledger()
+    # One down, one not ready twice (as after a start or in a view change): the quorum of
+    # three needs it, so it is asked again rather than the submit failing.
+    not_ready = FakeOrderer(ledger, cuts=False, busy=2)
+    orderers = _bft(ledger, None, not_ready, FakeOrderer(ledger, cuts=False))
+    net = make_net({"Org1MSP": FakePeer("p1", ledger)}, orderers=orderers, ledger=ledger, quorum=3)
+    _contract(net).submit_transaction("Put", "k")
+    assert len(not_ready.envelopes) == 3 and not_ready.busy == 0
+    assert [len(o.envelopes) for o in net.orderers] == [3, 1, 1]
+
+
+def test_bft_submit_with_one_orderer_down_still_reaches_the_quorum(make_net: Any) -> None:
+    ledger = Ledger()
+    orderers = _bft(ledger, None, FakeOrderer(ledger, cuts=False), FakeOrderer(ledger, cuts=False))
+    net = make_net({"Org1MSP": FakePeer("p1", ledger)}, orderers=orderers, ledger=ledger, quorum=3)
+    _contract(net).submit_transaction("Put", "k")
+    assert [len(o.envelopes) for o in net.orderers] == [1, 1, 1]
+
+
+def test_bft_submit_with_two_orderers_down_is_unavailable_and_names_the_quorum(
+    make_net: Any,
+) -> None:
+    ledger = Ledger()
+    orderers = _bft(ledger, None, None, FakeOrderer(ledger, cuts=False))
+    net = make_net({"Org1MSP": FakePeer("p1", ledger)}, orderers=orderers, ledger=ledger, quorum=3)
+    with pytest.raises(SubmitError) as failed:
+        _contract(net).submit_transaction("Put", "k")
+    assert failed.value.unreachable
+    # It fails as soon as two cannot answer: the quorum of three is out of reach.
+    assert "of the 3 acknowledgements needed, 4 tried" in failed.value.message
+    assert len(failed.value.details) >= 2  # at least the two that did not answer
+
+
+def test_bft_submit_refused_by_enough_orderers_is_a_refusal_with_their_answer(
+    make_net: Any,
+) -> None:
+    ledger = Ledger()
+    no = (common.Status.Value("FORBIDDEN"), "no writers")
+    orderers = _bft(ledger, FakeOrderer(ledger, refuse=no), FakeOrderer(ledger, refuse=no), None)
+    net = make_net({"Org1MSP": FakePeer("p1", ledger)}, orderers=orderers, ledger=ledger, quorum=3)
+    with pytest.raises(SubmitError) as refused:
+        _contract(net).submit_transaction("Put", "k")
+    assert not refused.value.unreachable
+    assert "FORBIDDEN: no writers" in refused.value.message
+
+
 # --- chaincode events -----------------------------------------------------------------------
 
 
@@ -503,6 +590,8 @@ def test_connect_refuses_arguments_it_cannot_serve() -> None:
         connect(identity, signer, peers=[peer], orderers=[orderer], endorsers=2)
     with pytest.raises(ValueError, match=r"127\.0\.0\.1:2 has no TLS CA"):
         connect(identity, signer, peers=[peer], orderers=[OrdererEndpoint("127.0.0.1:2", b"")])
+    with pytest.raises(ValueError, match="quorum is 2; 1 orderers were given"):
+        connect(identity, signer, peers=[peer], orderers=[orderer], quorum=2)
     with connect(identity, signer, peers=[peer], orderers=[orderer]) as gateway:
         proposal = (
             gateway.get_network(CHANNEL)
@@ -638,3 +727,35 @@ def test_a_peer_whose_state_answers_differently_is_named(servers: list[grpc.Serv
     with pytest.raises(LedgerIntegrityError) as split:
         compare()
     assert "by the peers of Org1MSP, Org2MSP, Org3MSP than" in str(split.value)
+
+
+@pytest.mark.parametrize(
+    ("messages", "refused"),
+    [
+        # Fabric 2.5/3.x peers under TLS 1.3, as gRPC reports their refusal after the handshake.
+        (["Unwrap failed"], "every TLS handshake failed"),
+        (["Unwrap failed (TSI_DATA_CORRUPTED)"] * 2, "every TLS handshake failed"),
+        (["Handshake failed"], "every TLS handshake failed"),
+        # One peer down, the other refused the certificate: still a refusal, not an outage.
+        (["Connection refused", "Unwrap failed"], "1 of 2 refused the TLS handshake"),
+    ],
+)
+def test_tls_refusals_are_refusals_not_unreachable(messages: list[str], refused: str) -> None:
+    from ehrshare.ledger.fabric.failures import _stage_error
+    from ehrshare.ledger.peer.transport import _unreachable
+
+    details = [
+        gwpb.ErrorDetail(address=f"127.0.0.1:{i}", message=m) for i, m in enumerate(messages)
+    ]
+    failure = _unreachable("no peer answered", details, "any peer")
+    assert failure.code == grpc.StatusCode.UNAUTHENTICATED and refused in failure.text
+    error = _stage_error(GatewayError, failure, "tx1", "evaluate")
+    assert not error.unreachable and error.creator_refused and error.exit_code == 3
+
+
+def test_peers_that_are_only_down_are_unreachable() -> None:
+    from ehrshare.ledger.peer.transport import _unreachable
+
+    details = [gwpb.ErrorDetail(address="127.0.0.1:1", message="Connection refused")]
+    failure = _unreachable("no peer answered", details, "any peer")
+    assert failure.code == grpc.StatusCode.UNAVAILABLE

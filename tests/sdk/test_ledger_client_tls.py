@@ -79,6 +79,27 @@ def test_client_auth_is_parsed_and_checked(consortium: Path) -> None:
             assert loaded is not None and loaded.client_auth is expected
 
 
+def test_the_orderer_quorum_is_parsed_checked_and_reaches_the_backend(consortium: Path) -> None:
+    data = yaml.safe_load((consortium / "profile.yaml").read_text(encoding="utf-8"))
+    other = consortium / "other.yaml"
+    for value, expected in ((1, 1), (None, None), (2, "between 1 and 1"), (True, "between")):
+        if value is None:
+            data["ledger"].pop("orderer_quorum", None)
+        else:
+            data["ledger"]["orderer_quorum"] = value
+        other.write_text(yaml.safe_dump(data), encoding="utf-8")
+        if isinstance(expected, str):
+            with pytest.raises(ProfileError, match=rf"ledger\.orderer_quorum.*{expected}"):
+                Profile.load(other)
+            continue
+        profile = Profile.load(other)
+        assert profile.fabric is not None and profile.fabric.orderer_quorum == expected
+        backend = open_ledger(profile)
+        assert isinstance(backend, FabricBackend) and backend.orderer_quorum == expected
+        # Written back as read.
+        assert profile.to_dict()["ledger"].get("orderer_quorum") == expected
+
+
 def test_a_gateway_without_a_tls_certificate_is_refused_before_dialling(consortium: Path) -> None:
     backend = open_ledger(Profile.load(consortium / "profile.yaml"))
     assert isinstance(backend, FabricBackend)

@@ -87,8 +87,19 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             ),
         ] = "embedded",
         orderers: Annotated[
-            int, typer.Option(help="With --ledger fabric: Raft orderers (1 or 3).", min=1)
-        ] = 1,
+            int | None,
+            typer.Option(
+                help="With --ledger fabric: orderers (Raft 1 or 3, default 1; SmartBFT 4).",
+                min=1,
+            ),
+        ] = None,
+        orderer_type: Annotated[
+            str,
+            typer.Option(
+                help="With --ledger fabric: raft, or bft (SmartBFT x4, Fabric 3.x binaries: "
+                "refused on 2.x)."
+            ),
+        ] = "raft",
         batch_timeout: Annotated[
             str,
             typer.Option(
@@ -119,6 +130,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         from ehrshare.provisioning import Consortium, FabricOptions
 
         names = [h.strip() for h in hospitals.split(",") if h.strip()]
+        if orderer_type not in ("raft", "bft"):
+            fail(EXIT_USAGE, f"--orderer-type {orderer_type!r} is not raft or bft")
+        bft = orderer_type == "bft"
         port_list: list[int] | None = None
         if ports:
             try:
@@ -138,7 +152,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 ports=port_list,
                 progress=say,
                 fabric=(
-                    FabricOptions(orderers=orderers, batch_timeout=batch_timeout)
+                    FabricOptions(
+                        orderers=orderers or (4 if bft else 1),
+                        batch_timeout=batch_timeout,
+                        orderer_type="BFT" if bft else "etcdraft",
+                    )
                     if ledger == "fabric"
                     else None
                 ),

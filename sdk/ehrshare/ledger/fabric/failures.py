@@ -16,6 +16,7 @@ import grpc
 from fabric_protos.gateway import gateway_pb2 as _gateway_pb2
 from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_factory
 
+from ehrshare.errors import EXIT_UNAVAILABLE
 from ehrshare.ledger.errors import LedgerError
 
 __all__ = ["GRPC_STATUS_DETAILS_KEY", "GatewayFailure", "rpc_status_class"]
@@ -29,6 +30,17 @@ GRPC_STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
 _CHAINCODE_RESPONSE = re.compile(r"chaincode response (\d+), (.*)", re.DOTALL)
 _ERROR_DETAIL_TYPE = "type.googleapis.com/gateway.ErrorDetail"
+# gRPC's own words when the connection to the Gateway failed (nothing reached its code): no
+# listener, a reset, a TLS refusal (TLS 1.2 "Handshake failed"; TLS 1.3 "Unwrap failed",
+# "TSI_DATA_CORRUPTED"), a name that does not resolve. An UNAVAILABLE without them is the
+# Gateway's own answer, e.g. "failed to find any endorsing peers for org(s): …" or "no orderers
+# could successfully process the transaction": it was reached, the nodes behind it were not.
+_TRANSPORT = re.compile(
+    r"failed to connect to all addresses|connection refused|connection reset|socket closed"
+    r"|broken pipe|handshake failed|unwrap failed|tsi_|dns resolution failed|name resolution"
+    r"|empty address list|keepalive|endpoint is closing|failed to create secure subchannel",
+    re.IGNORECASE,
+)
 
 
 def rpc_status_class() -> Any:
@@ -130,8 +142,18 @@ def _stage_error(
         match = _CHAINCODE_RESPONSE.search(text)
         if match:
             chaincode_message = match.group(2)
+    # The Gateway's own UNAVAILABLE answer (it was reached; the peers or orderers it needs
+    # were not): not "could not reach the Fabric Gateway".
+    gateway_answered = (
+        chaincode_message is None
+        and code == grpc.StatusCode.UNAVAILABLE
+        and failure.where == "the Fabric Gateway"
+        and not _TRANSPORT.search(text)
+    )
     if chaincode_message is not None:
         message = chaincode_message
+    elif gateway_answered:
+        message = f"the Fabric Gateway answered that it cannot {action} now (UNAVAILABLE): {text}"
     elif code == grpc.StatusCode.UNAVAILABLE:
         message = f"could not reach {failure.where} to {action}: {text}"
     elif code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -141,9 +163,14 @@ def _stage_error(
     else:
         name = code.name if code is not None else "error"
         message = f"{action} failed ({name}): {text}"
-    unreachable = chaincode_message is None and code in (
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
+    unreachable = (
+        not gateway_answered
+        and chaincode_message is None
+        and code
+        in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        )
     )
     # The peers refused who is calling (a TLS client certificate or signer from no CA of the
     # channel): a setup problem, not a decision on the request.
@@ -151,10 +178,19 @@ def _stage_error(
         grpc.StatusCode.UNAUTHENTICATED,
         grpc.StatusCode.PERMISSION_DENIED,
     )
-    return kind(
+    error = kind(
         message,
         transaction_id=transaction_id,
         details=tuple(details),
         unreachable=unreachable,
         creator_refused=creator_refused,
     )
+    if gateway_answered:
+        # Nothing was decided and a later try may succeed (exit code 4), but the Gateway is up:
+        # the hint points at the nodes behind it, not at starting the network.
+        error.exit_code = EXIT_UNAVAILABLE
+        error.hint = (
+            "the Gateway's peer is up; the endorsing peers or orderers it needs are down, or not "
+            "yet known to its gossip (anchor peers; membership takes seconds after a start)"
+        )
+    return error

@@ -12,7 +12,10 @@ fabric-sdk-go/-node do before it, and plugs into
   every response 200 and every ``proposal_response_payload`` byte-identical, then the transaction
   envelope assembled as ``protoutil.CreateSignedTx`` does (:func:`assemble_transaction`);
 - submit: ``orderer.AtomicBroadcast/Broadcast`` of the signed envelope, the next orderer when one
-  is unreachable or has no leader;
+  is unreachable or has no leader (Raft); on SmartBFT (``quorum`` given) to every orderer at once,
+  done when ``quorum`` of them (2f+1 of 3f+1) acknowledge it, as Fabric 3's Gateway does: a
+  follower alone would hold it for its request-forward timeout, a stopped leader until the
+  view change;
 - commit status: one ``protos.Deliver/DeliverFiltered`` listener per channel, started and
   positioned before the channel's first broadcast, reconnecting from the next block after a
   peer restart, that records each transaction's validation code and block;
@@ -31,6 +34,7 @@ thread or channel behind after :meth:`FabricGateway.close`.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import logging
 import threading
@@ -74,6 +78,7 @@ _log = logging.getLogger(__name__)
 
 _SUCCESS = int(common.Status.Value("SUCCESS"))
 _SERVICE_UNAVAILABLE = int(common.Status.Value("SERVICE_UNAVAILABLE"))
+_BUSY_PAUSE = 0.25  # seconds before a BFT broadcast asks the orderers that were not ready again
 _FOLLOWER_WAIT = 5.0  # seconds a commit waits for another endorsing peer to have its block
 
 
@@ -87,6 +92,7 @@ def connect(
     client_tls: tuple[bytes, bytes] | None = None,
     timeouts: Timeouts | None = None,
     clock: Clock | None = None,
+    quorum: int | None = None,
 ) -> FabricGateway:
     """A gateway to Fabric peers and orderers that have no Gateway service (Fabric < 2.4).
 
@@ -96,7 +102,9 @@ def connect(
     client certificate (clientAuth) when peers and orderers require mutual TLS; Deliver
     requests then carry its sha256, as Fabric's binding check wants. The gateway dials every
     endpoint now (gRPC connects lazily) and closes the channels and its listener threads in
-    :meth:`FabricGateway.close`.
+    :meth:`FabricGateway.close`. ``quorum`` (SmartBFT orderers: 2f+1 of the 3f+1 given, see
+    :func:`ehrshare.network.fabric.bft_quorum`) makes a submit broadcast to every orderer and
+    succeed once that many acknowledge it; None (Raft) sends to one orderer at a time.
     """
     clock = clock or time.time_ns
     local = LocalGateway(
@@ -107,6 +115,7 @@ def connect(
         endorsers=endorsers,
         client_tls=client_tls,
         clock=clock,
+        quorum=quorum,
     )
     return FabricGateway(identity, signer, local, timeouts or Timeouts(), clock)
 
@@ -128,6 +137,7 @@ class LocalGateway:
         endorsers: int | None,
         client_tls: tuple[bytes, bytes] | None,
         clock: Clock,
+        quorum: int | None = None,
     ) -> None:
         if not peers:
             raise ValueError("connect needs at least one peer")
@@ -150,6 +160,9 @@ class LocalGateway:
             raise ValueError(
                 f"endorsers is {endorsers}; the peers given belong to {len(orgs)} organisations"
             )
+        if quorum is not None and not 1 <= quorum <= len(orderers):
+            raise ValueError(f"quorum is {quorum}; {len(orderers)} orderers were given")
+        self._quorum = quorum
         self._signer = signer
         self._creator = serialize_identity(identity)
         self._clock = clock
@@ -179,6 +192,11 @@ class LocalGateway:
             channel = open_channel(o.address, o.tls_ca_pem, o.server_name)
             self._orderers.append((o, channel, _ab_grpc.AtomicBroadcastStub(channel)))
         self._orderer_first = 0
+        self._broadcasts: concurrent.futures.ThreadPoolExecutor | None = None
+        if quorum is not None:
+            self._broadcasts = concurrent.futures.ThreadPoolExecutor(
+                max_workers=2 * len(self._orderers), thread_name_prefix="fabric-broadcast"
+            )
         self._lock = threading.Lock()
         self._listeners: dict[str, _CommitListener] = {}
         # Height watchers of the other peers that may endorse (see commit_status).
@@ -328,6 +346,8 @@ class LocalGateway:
         listener.wait_positioned(timeout)
         listener.expect(request.transaction_id)
         try:
+            if self._broadcasts is not None:
+                return self._broadcast_quorum(request.prepared_transaction, deadline)
             return self._broadcast(request.prepared_transaction, deadline)
         except GatewayFailure:
             listener.forget(request.transaction_id)
@@ -379,6 +399,95 @@ class LocalGateway:
             unreachable,
             "any orderer",
         )
+
+    def _broadcast_one(self, index: int, envelope: Any, deadline: float) -> tuple[str, Any, str]:
+        """One orderer's answer to a broadcast: (``ok`` | ``unavailable`` | ``refused`` |
+        ``failed``, the detail, the text), never raising (it runs in the broadcast pool)."""
+        orderer, _, stub = self._orderers[index]
+        try:
+            responses = stub.Broadcast(
+                iter([envelope]), timeout=max(deadline - time.monotonic(), 0.001)
+            )
+            response = next(responses)
+        except grpc.RpcError as exc:
+            kind = "unavailable" if _code(exc) in _UNREACHABLE else "failed"
+            return kind, _orderer_detail(orderer, _text(exc)), _text(exc)
+        except StopIteration:
+            said = "the broadcast stream ended without a response"
+            return "unavailable", _orderer_detail(orderer, said), said
+        said = f"{common.Status.Name(response.status)}: {response.info}".rstrip(": ")
+        if response.status == _SUCCESS:
+            return "ok", _orderer_detail(orderer, said), said
+        if response.status == _SERVICE_UNAVAILABLE:  # up, not ready (e.g. in a view change)
+            return "busy", _orderer_detail(orderer, said), said
+        return "refused", _orderer_detail(orderer, said), said
+
+    def _broadcast_quorum(self, envelope: Any, deadline: float) -> Any:
+        """SmartBFT: the envelope to every orderer at once; done at ``quorum`` acknowledgements.
+        Orderers that answer SERVICE_UNAVAILABLE (up, not ready) are asked again until the
+        deadline; it fails once so many refused or were unreachable that the quorum cannot be
+        reached (a refusal then, if any orderer refused, else unreachable). The slower answers
+        are left to finish in the pool."""
+        assert self._broadcasts is not None and self._quorum is not None
+        acked: set[int] = set()
+        while True:
+            failed, busy = self._quorum_round(envelope, deadline, acked)
+            if len(acked) >= self._quorum:
+                return gw.SubmitResponse()
+            # Orderers that are up but not ready (just started, in a view change) are asked
+            # again until the deadline; without them the quorum is out of reach for good.
+            if not busy or time.monotonic() + _BUSY_PAUSE >= deadline:
+                break
+            time.sleep(_BUSY_PAUSE)
+        acks = len(acked)
+        refused = [f for f in failed if f[0] in ("refused", "failed")]
+        if refused:
+            raise GatewayFailure(
+                grpc.StatusCode.ABORTED,
+                f"orderers refused the transaction ({acks} of the {self._quorum} acknowledgements "
+                f"needed): {refused[0][2]}",
+                tuple(f[1] for f in failed),
+            )
+        raise _unreachable(
+            f"too few orderers took the transaction ({acks} of the {self._quorum} "
+            f"acknowledgements needed, {len(self._orderers)} tried)",
+            [f[1] for f in failed],
+            "a quorum of orderers",
+        )
+
+    def _quorum_round(
+        self, envelope: Any, deadline: float, acked: set[int]
+    ) -> tuple[list[tuple[str, Any, str]], bool]:
+        """One broadcast to every orderer not in ``acked`` (which it adds to); the failures,
+        and whether one was only busy. Returns early once the quorum is reached or out of
+        reach."""
+        assert self._broadcasts is not None and self._quorum is not None
+        futures = {
+            self._broadcasts.submit(self._broadcast_one, i, envelope, deadline): i
+            for i in range(len(self._orderers))
+            if i not in acked
+        }
+        failed: list[tuple[str, Any, str]] = []
+        pending = set(futures)
+        while pending:
+            done, pending = concurrent.futures.wait(
+                pending,
+                timeout=max(deadline - time.monotonic(), 0.0),
+                return_when=concurrent.futures.FIRST_COMPLETED,
+            )
+            if not done:
+                break
+            for future in done:
+                outcome = future.result()
+                if outcome[0] == "ok":
+                    acked.add(futures[future])
+                else:
+                    failed.append(outcome)
+            if len(acked) >= self._quorum:
+                break
+            if len(acked) + len(pending) < self._quorum and not any(f[0] == "busy" for f in failed):
+                break
+        return failed, any(f[0] == "busy" for f in failed)
 
     def commit_status(self, request: Any, timeout: float) -> Any:
         """The validation code and block of a transaction, from the channel's commit listener.
@@ -464,6 +573,8 @@ class LocalGateway:
             listener.close()
         for peer in self._peers:
             peer.channel.close()
+        if self._broadcasts is not None:
+            self._broadcasts.shutdown(wait=False, cancel_futures=True)
         for _, channel, _ in self._orderers:
             channel.close()
 

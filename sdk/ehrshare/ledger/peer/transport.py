@@ -33,7 +33,9 @@ _UNREACHABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 # In gRPC's UNAVAILABLE text when TLS refused us: "Handshake failed" under TLS 1.2 (Fabric 2.1);
 # under TLS 1.3 (Fabric >= 2.3) the server refuses the client certificate after the client's
 # half of the handshake, and its alert surfaces on the first read as TSI_DATA_CORRUPTED.
-_TLS_REFUSED = ("handshake failed", "tsi_data_corrupted")
+# Fabric 2.5/3.x peers' refusal reads "Unwrap failed (TSI_DATA_CORRUPTED)" (either word may be
+# all a gRPC build says).
+_TLS_REFUSED = ("handshake failed", "tsi_data_corrupted", "unwrap failed")
 
 
 @dataclass(frozen=True)
@@ -117,14 +119,23 @@ def _chaincode_failure(peer: _Peer, response: Any, stage: str) -> GatewayFailure
 
 
 def _unreachable(text: str, failed: Sequence[Any], where: str) -> GatewayFailure:
-    """No endpoint answered: UNAVAILABLE (an outage, worth retrying), unless every one failed
+    """No endpoint answered: UNAVAILABLE (an outage, worth retrying), unless one failed
     in the TLS handshake. That is configuration, not an outage: peers and orderers that require
     mutual TLS refused the client certificate (none, or not from a consortium CA), or the TLS
     CA given is not theirs; retrying or restarting the network would not help."""
-    if failed and all(any(m in str(d.message).lower() for m in _TLS_REFUSED) for d in failed):
+    refused = [d for d in failed if any(m in str(d.message).lower() for m in _TLS_REFUSED)]
+    if refused:
+        # Those that answered refused us in the TLS handshake: configuration, whether or not
+        # others were also down (an outage would hide a certificate nobody accepts).
+        which = (
+            "every TLS handshake failed"
+            if len(refused) == len(failed)
+            else f"{len(refused)} of {len(failed)} refused the TLS handshake, the others did "
+            "not answer"
+        )
         return GatewayFailure(
             grpc.StatusCode.UNAUTHENTICATED,
-            f"{text}: every TLS handshake failed (peers and orderers that require mutual TLS "
+            f"{text}: {which} (peers and orderers that require mutual TLS "
             "take only a TLS client certificate from a consortium CA; or the profile's tls_ca "
             "is not the CA of their certificates)",
             tuple(failed),

@@ -12,8 +12,10 @@ from __future__ import annotations
 from ehrshare.network.fabric.launcher import FabricNet
 from ehrshare.network.fabric.spec import (
     ORDERER_MSP,
+    ORDERER_TYPES,
     FabricNetError,
     FabricNetSpec,
+    bft_quorum,
     fabric_ca_problem,
     fabric_version,
     missing_binaries,
@@ -21,9 +23,11 @@ from ehrshare.network.fabric.spec import (
 
 __all__ = [
     "ORDERER_MSP",
+    "ORDERER_TYPES",
     "FabricNet",
     "FabricNetError",
     "FabricNetSpec",
+    "bft_quorum",
     "fabric_ca_problem",
     "fabric_version",
     "missing_binaries",

@@ -249,7 +249,7 @@ class ChannelAdmin(FabricLayout):
             self._retry(join, deadline, _ORDERER_JOINED)
             fault_point("fabricnet.orderer_join.before_mark")
             self._mark(f"orderer-join:{i + 1}")
-        say("waiting for a Raft leader")
+        say("waiting for a consensus leader")
         self._wait_leader(spec.channel, deadline)
         say("joining every peer")
 

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final, Self
 
-from ehrshare.network.fabric.spec import ORDERER_MSP, FabricNetError, FabricNetSpec
+from ehrshare.network.fabric.spec import ORDERER_MSP, FabricNetError, FabricNetSpec, bft_quorum
 from ehrshare.services.vault import atomic_write
 
 __all__ = ["STATE_FILE", "FabricLayout"]
@@ -72,6 +72,7 @@ class FabricLayout:
             preferred_max_bytes=spec["preferred_max_bytes"],
             endorsement=spec["endorsement"],
             bin_dir=Path(spec["bin_dir"]),
+            orderer_type=str(spec.get("orderer_type", "etcdraft")),
         )
         # The Fabric version the network was created for (``peer version`` then).
         major, minor, patch = (int(x) for x in str(spec["fabric_version"]).split("."))
@@ -134,6 +135,11 @@ class FabricLayout:
         organisation's, not a hospital's)."""
         tls = self.org_dir(ORDERER_MSP) / "admin" / "tls"
         return tls / "client.crt", tls / "client.key"
+
+    def connection_profile_path(self, msp: str) -> Path:
+        """Fabric's common connection profile for ``msp``'s clients, next to ``network.json``
+        (written by create; see :mod:`ehrshare.network.fabric.profiles`)."""
+        return self.dir / f"connection-{msp}.json"
 
     @property
     def genesis_block(self) -> Path:
@@ -233,6 +239,9 @@ class FabricLayout:
             "channel": self.spec.channel,
             "chaincode": self.spec.chaincode,
             "endorsers": self.endorsers,
+            "orderer_type": self.spec.orderer_type,
+            # SmartBFT: a broadcast goes to every orderer and needs this many acknowledgements.
+            "orderer_quorum": bft_quorum(self.spec.orderers) if self.spec.bft else None,
             # Peers and orderers refuse clients without a consortium TLS client certificate.
             "client_auth": True,
         }

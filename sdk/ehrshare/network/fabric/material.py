@@ -17,6 +17,8 @@ need under ``<consortium>/fabric``, from the consortium's own hospital CAs
 - the chaincode as a ccaas package whose ``connection.json`` points at one
   ``ehrshare chaincode serve`` process over mutual TLS (its own small TLS CA), and the ccaas
   external builder;
+- Fabric's common connection profile per hospital (``connection-<MSP>.json``, see
+  :mod:`.profiles`) for standard tools;
 - free loopback ports for every listener (each orderer's admin endpoint its own), recorded
   with everything else in ``network.json``.
 
@@ -42,6 +44,7 @@ from ehrshare.identity import LocalCA
 from ehrshare.network.binaries import fabric_bin_dir
 from ehrshare.network.fabric.channel import ChannelAdmin
 from ehrshare.network.fabric.layout import _lower, _State
+from ehrshare.network.fabric.profiles import connection_profile
 from ehrshare.network.fabric.spec import (
     _CC_VERSION,
     ORDERER_MSP,
@@ -121,6 +124,12 @@ class FabricMaterial(ChannelAdmin):
         if net_dir.exists():
             raise FabricNetError(f"{net_dir} already exists; load it or remove it first")
         version = fabric_version(bin_dir)
+        if spec.bft and version[0] < 3:
+            raise FabricNetError(
+                f"SmartBFT orderers need Fabric 3.x; {bin_dir} has "
+                f"{'.'.join(map(str, version))} (set EHRSHARE_FABRIC_BIN to 3.x binaries, or "
+                "use Raft)"
+            )
         started = time.monotonic()
         try:
             net = cls._build(spec, root, bin_dir, version, sampleconfig, cas, say)
@@ -166,6 +175,7 @@ class FabricMaterial(ChannelAdmin):
             "max_message_count": spec.max_message_count,
             "preferred_max_bytes": spec.preferred_max_bytes,
             "endorsement": spec.endorsement,
+            "orderer_type": spec.orderer_type,
             "bin_dir": str(bin_dir.resolve()),
             "fabric_version": ".".join(map(str, version)),
         }
@@ -195,6 +205,12 @@ class FabricMaterial(ChannelAdmin):
         )
         net._state.genesis_sha256 = hashlib.sha256(net.genesis_block.read_bytes()).hexdigest()
         net._write_node_configs(sampleconfig)
+
+        say("connection profiles (one per hospital)")
+        for msp in spec.msp_ids:
+            profile = connection_profile(net, msp)
+            path = net.connection_profile_path(msp)
+            path.write_text(json.dumps(profile, indent=2) + "\n", encoding="utf-8")
 
         say("chaincode package (ccaas)")
         net._state.package_id = net._write_package()
@@ -335,8 +351,8 @@ class FabricMaterial(ChannelAdmin):
             consenters.append(
                 {"Host": "127.0.0.1", "Port": port, "ClientTLSCert": tls, "ServerTLSCert": tls}
             )
-        orderer = {
-            "OrdererType": "etcdraft",
+        orderer: dict[str, Any] = {
+            "OrdererType": spec.orderer_type,
             "BatchTimeout": spec.batch_timeout,
             "BatchSize": {
                 "MaxMessageCount": spec.max_message_count,
@@ -362,6 +378,39 @@ class FabricMaterial(ChannelAdmin):
             },
             "Capabilities": v2,
         }
+        if spec.bft:
+            # SmartBFT names each consenter by its own identity: id, MSP, signing certificate
+            # (it verifies the consenters' signatures on blocks), client and server TLS.
+            del orderer["EtcdRaft"]
+            orderer["ConsenterMapping"] = [
+                {
+                    "ID": i + 1,
+                    "Host": "127.0.0.1",
+                    "Port": self._state.ports["orderers"][i]["listen"],
+                    "MSPID": ORDERER_MSP,
+                    "Identity": str(self._orderer_dir(i) / "msp" / "signcerts" / "cert.pem"),
+                    "ClientTLSCert": str(self._orderer_dir(i) / "tls" / "server.crt"),
+                    "ServerTLSCert": str(self._orderer_dir(i) / "tls" / "server.crt"),
+                }
+                for i in range(spec.orderers)
+            ]
+            # Fabric's sample values, with our batch interval and a leader found dead in 10 s
+            # rather than a minute; the forward timeout is what a transaction sent to a follower
+            # only waits (clients send to every orderer).
+            orderer["SmartBFT"] = {
+                "RequestBatchMaxCount": spec.max_message_count,
+                "RequestBatchMaxInterval": spec.batch_timeout,
+                "RequestForwardTimeout": "2s",
+                "RequestComplainTimeout": "10s",
+                "RequestAutoRemoveTimeout": "3m0s",
+                "ViewChangeResendInterval": "5s",
+                "ViewChangeTimeout": "20s",
+                "LeaderHeartbeatTimeout": "10s",
+                "LeaderHeartbeatCount": 10,
+                "CollectTimeout": "1s",
+                "IncomingMessageBufferSize": 200,
+                "RequestPoolSize": 100000,
+            }
         application = {
             "Organizations": orgs,
             "Policies": {

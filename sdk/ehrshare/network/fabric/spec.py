@@ -22,9 +22,11 @@ from ehrshare.network.binaries import fabric_bin_dir
 
 __all__ = [
     "ORDERER_MSP",
+    "ORDERER_TYPES",
     "FabricNetError",
     "FabricNetSpec",
     "Progress",
+    "bft_quorum",
     "fabric_ca_problem",
     "fabric_version",
     "missing_binaries",
@@ -39,6 +41,8 @@ ORDERER_MSP: Final = "OrdererMSP"
 _P256_N: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 _BINARIES: Final = ("peer", "orderer", "configtxgen")
 _ENDORSEMENT_RULES: Final = ("MAJORITY", "ANY")
+ORDERER_TYPES: Final = ("etcdraft", "BFT")
+"""Consensus of the ordering service: Raft (1 or 3 orderers) or SmartBFT (4, Fabric 3.x only)."""
 _CC_VERSION: Final = "1"
 _CC_SEQUENCE: Final = "1"
 
@@ -95,6 +99,13 @@ class FabricNetSpec:
     preferred_max_bytes: str = "512 KB"
     endorsement: str = "MAJORITY"
     bin_dir: Path | None = None
+    orderer_type: str = "etcdraft"
+
+    @property
+    def bft(self) -> bool:
+        """Whether the orderers run SmartBFT (Fabric 3.x): clients broadcast to every orderer
+        and wait for a quorum of acknowledgements (see :func:`bft_quorum`)."""
+        return self.orderer_type == "BFT"
 
     def check(self) -> None:
         """Refuse a spec Fabric would refuse later, naming the field."""
@@ -107,7 +118,11 @@ class FabricNetSpec:
                 raise FabricNetError(
                     f"msp id {msp!r} must be letters, digits and '-' and not {ORDERER_MSP}"
                 )
-        if self.orderers not in (1, 3):
+        if self.orderer_type not in ORDERER_TYPES:
+            raise FabricNetError(f"orderer_type {self.orderer_type!r} is not etcdraft or BFT")
+        if self.bft and self.orderers != 4:
+            raise FabricNetError(f"orderers is {self.orderers}; SmartBFT runs with 4 here (f=1)")
+        if not self.bft and self.orderers not in (1, 3):
             raise FabricNetError(f"orderers is {self.orderers}; Raft runs with 1 or 3 here")
         for what, name in (("channel", self.channel), ("chaincode", self.chaincode)):
             if not re.fullmatch(r"[a-z][a-z0-9.-]{0,48}", name):
@@ -124,6 +139,13 @@ class FabricNetSpec:
             )
         if self.endorsement not in _ENDORSEMENT_RULES:
             raise FabricNetError(f"endorsement {self.endorsement!r} is not MAJORITY or ANY")
+
+
+def bft_quorum(orderers: int) -> int:
+    """How many of ``orderers`` SmartBFT orderers must acknowledge a broadcast: 2f+1 of 3f+1
+    (f the faults tolerated), so at least f+1 honest ones hold the transaction."""
+    f = (orderers - 1) // 3
+    return orderers - f
 
 
 def fabric_ca_problem(cert: x509.Certificate) -> str | None:
