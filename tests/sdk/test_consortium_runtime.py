@@ -19,7 +19,7 @@ from ehrshare.provisioning import Consortium
 from ehrshare.runtime import Runtime, connect
 
 # The modules a newcomer reads for each concern; each stays readable in one sitting.
-MODULE_LINE_LIMIT = 700
+MODULE_LINE_LIMIT = 800
 
 
 def test_connect_opens_a_session_without_building_the_admin_object(
