@@ -19,7 +19,7 @@ import base64
 import json
 import sqlite3
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +31,14 @@ from fabric_protos.peer import chaincode_pb2 as ccpb
 from fabric_protos.peer import chaincode_shim_pb2 as shim
 from fabric_protos.peer import proposal_response_pb2 as responsepb
 
+from ehrshare.bench.fake_peer import FakePeer as BenchFakePeer
+from ehrshare.bench.fake_peer import TxContext
 from ehrshare.identity import LocalCA, Signer
 from ehrshare.ledger.envelope import Proposal, serialize_identity
 from ehrshare.ledger.fabric import signed_proposal
 from ehrshare.ledger.sandbox import ManualClock, Member, Sandbox
 from ehrshare.services.tls import issue_tls_certificate
 from ehrshare_chaincode.ccaas import (
-    CONNECT_METHOD,
     ChaincodeServer,
     ChaincodeTls,
     check_package_id,
@@ -53,25 +54,17 @@ SHA = "0" * 64
 GUARD_S = 20  # deadlock guard only (a serialised server would hang); never a timing assertion
 
 
-@dataclass
-class TxContext:
-    """The fake peer's simulation context for one transaction."""
-
-    writes: dict[str, bytes | None] = field(default_factory=dict)
-    iterators: dict[str, list[bytes]] = field(default_factory=dict)
-    done: asyncio.Future[Any] | None = None
-
-
-class FakePeer:
-    """Plays the peer's side of a chaincode stream, as core/chaincode/handler.go does."""
+class FakePeer(BenchFakePeer):
+    """The package's fake peer, instrumented: records every message, holds requests at gates, fails
+    chosen requests, and flags two outstanding requests for one transaction (``registerTxid``)."""
 
     def __init__(self, target: str, *, batch: int = 2, credentials: Any = None) -> None:
-        self.target = target
-        self.credentials = credentials
-        self.batch = batch  # the peer's MaxResultLimit, small so that paging happens
-        self.state: dict[str, bytes] = {}
-        self.history: dict[str, list[Any]] = {}  # key -> KeyModification protos, oldest first
-        self.contexts: dict[tuple[str, str], TxContext] = {}
+        # Fabric 3 peers put ChaincodeAdditionalParams{use_write_batch: true, ...} in READY (the
+        # installed protos predate that message, so its bytes are written by hand); the shim
+        # ignores it and sends single PUT_STATE / DEL_STATE requests, which the peer still handles.
+        super().__init__(
+            target, batch=batch, credentials=credentials, ready_payload=b"\x08\x01\x10\x80\x08"
+        )
         self.active: set[tuple[str, str]] = set()
         self.violations: list[str] = []
         self.requests: list[tuple[str, str]] = []  # (txid, message type name)
@@ -79,57 +72,11 @@ class FakePeer:
         self.gates: dict[str, asyncio.Event] = {}  # txid -> hold its first request until set
         self.fail_keys: set[str] = set()  # GET_STATE of these keys is answered with ERROR
         self.fail_next = False  # QUERY_STATE_NEXT is answered with ERROR
-        self.registered_as = ""
-        self._lock = asyncio.Lock()
-        self._iter_seq = 0
 
-    async def open(self) -> None:
-        if self.credentials is None:
-            self.channel = grpc.aio.insecure_channel(self.target)
-        else:
-            self.channel = grpc.aio.secure_channel(self.target, self.credentials)
-        self.call = self.channel.stream_stream(
-            CONNECT_METHOD,
-            request_serializer=MSG.SerializeToString,
-            response_deserializer=MSG.FromString,
-        )()
-        first = await self.call.read()
-        assert first.type == MSG.REGISTER
-        self.registered_as = ccpb.ChaincodeID.FromString(first.payload).name
-        await self.write(MSG(type=MSG.REGISTERED))
-        # Fabric 3 peers put ChaincodeAdditionalParams{use_write_batch: true, ...} in READY (the
-        # installed protos predate that message, so its bytes are written by hand); the shim
-        # ignores it and sends single PUT_STATE / DEL_STATE requests, which the peer still handles.
-        await self.write(MSG(type=MSG.READY, payload=b"\x08\x01\x10\x80\x08"))
-        self.reader = asyncio.create_task(self._read())
-
-    async def close(self) -> None:
-        await self.call.done_writing()
-        await asyncio.wait_for(self.reader, GUARD_S)
-        await self.channel.close()
-
-    async def write(self, msg: Any) -> None:
-        async with self._lock:  # like the handler's serialLock
-            await self.call.write(msg)
-
-    async def _read(self) -> None:
-        tasks = set()
-        while True:
-            msg = await self.call.read()
-            if msg is grpc.aio.EOF:
-                return
-            key = (msg.channel_id, msg.txid)
-            self.requests.append((msg.txid, MSG.Type.Name(msg.type)))
-            if msg.type == MSG.KEEPALIVE:
-                self.keepalives.put_nowait(msg)
-            elif msg.type in (MSG.COMPLETED, MSG.ERROR):
-                ctx = self.contexts.get(key)
-                if ctx is not None and ctx.done is not None and not ctx.done.done():
-                    ctx.done.set_result(msg)
-            else:
-                task = asyncio.create_task(self._serve(msg))  # `go h.HandleTransaction(...)`
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+    def _observe(self, msg: Any) -> None:
+        self.requests.append((msg.txid, MSG.Type.Name(msg.type)))
+        if msg.type == MSG.KEEPALIVE:
+            self.keepalives.put_nowait(msg)
 
     async def _serve(self, msg: Any) -> None:
         key = (msg.channel_id, msg.txid)
@@ -147,92 +94,24 @@ class FakePeer:
         await self.write(reply)
 
     def _answer(self, msg: Any) -> Any:
-        ctx = self.contexts.get((msg.channel_id, msg.txid))
-
-        def response(payload: bytes = b"") -> Any:
-            return MSG(type=MSG.RESPONSE, payload=payload, txid=msg.txid, channel_id=msg.channel_id)
-
         def error(text: str) -> Any:
             return MSG(
                 type=MSG.ERROR, payload=text.encode(), txid=msg.txid, channel_id=msg.channel_id
             )
 
-        if ctx is None:
-            return error("no ledger context")
-        kind = msg.type
-        if kind == MSG.GET_STATE:
-            req = shim.GetState.FromString(msg.payload)
-            if req.key in self.fail_keys:
-                return error(f"GET_STATE failed: transaction ID: {msg.txid}: access denied")
-            return response(self.state.get(req.key, b""))
-        if kind == MSG.PUT_STATE:
-            req = shim.PutState.FromString(msg.payload)
-            ctx.writes[req.key] = bytes(req.value)
-            return response()
-        if kind == MSG.DEL_STATE:
-            ctx.writes[shim.DelState.FromString(msg.payload).key] = None
-            return response()
-        if kind == MSG.GET_STATE_BY_RANGE:
-            req = shim.GetStateByRange.FromString(msg.payload)
-            meta = shim.QueryMetadata.FromString(req.metadata) if req.metadata else None
-            if meta is not None and (meta.pageSize or meta.bookmark):
-                start = meta.bookmark or req.startKey
-                keys = sorted(k for k in self.state if start <= k < req.endKey)
-                page, rest = keys[: meta.pageSize], keys[meta.pageSize :]
-                out = shim.QueryResponse(
-                    results=[self._kv(k) for k in page],
-                    has_more=False,
-                    id="paged",
-                    metadata=shim.QueryResponseMetadata(
-                        fetched_records_count=len(page), bookmark=rest[0] if rest else ""
-                    ).SerializeToString(),
-                )
-                return response(out.SerializeToString())
-            keys = sorted(k for k in self.state if req.startKey <= k < req.endKey)
-            rows = [self._kv(k).resultBytes for k in keys]
-            return response(self._first_batch(ctx, rows))
-        if kind == MSG.GET_HISTORY_FOR_KEY:
-            req = shim.GetHistoryForKey.FromString(msg.payload)
-            newest_first = list(reversed(self.history.get(req.key, [])))
-            return response(self._first_batch(ctx, [m.SerializeToString() for m in newest_first]))
-        if kind == MSG.QUERY_STATE_NEXT:
-            req = shim.QueryStateNext.FromString(msg.payload)
-            if self.fail_next:
-                ctx.iterators.pop(req.id, None)
-                return error("QUERY_STATE_NEXT failed: ledger is shutting down")
-            if req.id not in ctx.iterators:
-                return error("query iterator not found")
-            return response(self._next_batch(ctx, req.id))
-        if kind == MSG.QUERY_STATE_CLOSE:
-            req = shim.QueryStateClose.FromString(msg.payload)
-            ctx.iterators.pop(req.id, None)
-            return response(shim.QueryResponse(has_more=False, id=req.id).SerializeToString())
-        return error(f"{MSG.Type.Name(kind)} is not handled by the fake peer")
+        ctx = self.contexts.get((msg.channel_id, msg.txid))
+        if (
+            ctx is not None
+            and msg.type == MSG.GET_STATE
+            and shim.GetState.FromString(msg.payload).key in self.fail_keys
+        ):
+            return error(f"GET_STATE failed: transaction ID: {msg.txid}: access denied")
+        if ctx is not None and msg.type == MSG.QUERY_STATE_NEXT and self.fail_next:
+            ctx.iterators.pop(shim.QueryStateNext.FromString(msg.payload).id, None)
+            return error("QUERY_STATE_NEXT failed: ledger is shutting down")
+        return super()._answer(msg)
 
-    def _kv(self, key: str) -> Any:
-        kv = kvpb.KV(namespace="ehrshare", key=key, value=self.state[key])
-        return shim.QueryResultBytes(resultBytes=kv.SerializeToString())
-
-    def _first_batch(self, ctx: TxContext, rows: list[bytes]) -> bytes:
-        self._iter_seq += 1
-        ident = f"iter-{self._iter_seq}"
-        ctx.iterators[ident] = rows
-        return self._next_batch(ctx, ident)
-
-    def _next_batch(self, ctx: TxContext, ident: str) -> bytes:
-        rows = ctx.iterators[ident]
-        batch, rest = rows[: self.batch], rows[self.batch :]
-        if rest:
-            ctx.iterators[ident] = rest
-        else:
-            del ctx.iterators[ident]
-        return shim.QueryResponse(
-            results=[shim.QueryResultBytes(resultBytes=r) for r in batch],
-            has_more=bool(rest),
-            id=ident,
-        ).SerializeToString()
-
-    async def execute(
+    async def execute(  # type: ignore[override]
         self,
         signed: Any,
         txid: str,
@@ -245,30 +124,15 @@ class FakePeer:
         kind: int = MSG.TRANSACTION,
     ) -> tuple[Any, Any]:
         """Send one TRANSACTION; returns (reply message, Response or None); commits on success."""
-        key = (channel, txid)
-        ctx = TxContext(done=asyncio.get_running_loop().create_future())
-        self.contexts[key] = ctx
-        cc_input = ccpb.ChaincodeInput(args=[function.encode(), *args])
-        msg = MSG(type=kind, payload=cc_input.SerializeToString(), txid=txid, channel_id=channel)
-        if signed is not None:
-            msg.proposal.CopyFrom(signed)
-        await self.write(msg)
-        assert ctx.done is not None
-        reply = await asyncio.wait_for(ctx.done, GUARD_S)
-        del self.contexts[key]
+        reply, ctx = await self.exchange(
+            signed, txid, function, args, channel=channel, kind=kind, timeout=GUARD_S
+        )
         assert not ctx.iterators, "the chaincode left a peer-side iterator open"
         if reply.type != MSG.COMPLETED:
             return reply, None
         resp = responsepb.Response.FromString(reply.payload)
         if commit and resp.status < 400:
-            for k, v in ctx.writes.items():
-                mod = kvpb.KeyModification(tx_id=txid, value=v or b"", is_delete=v is None)
-                mod.timestamp.seconds, mod.timestamp.nanos = timestamp
-                self.history.setdefault(k, []).append(mod)
-                if v is None:
-                    self.state.pop(k, None)
-                else:
-                    self.state[k] = v
+            self.commit_writes(txid, ctx, timestamp)
         return reply, resp
 
 

@@ -6,8 +6,9 @@ chaincode's state requests from an in-memory world state (range results in batch
 ``QUERY_STATE_NEXT``; paginated ranges with a bookmark; history newest first) and, when asked,
 apply a successful transaction's writes. It validates nothing (no MVCC, no endorsement policy, no
 signature check): it exists so that ``ehrshare bench chaincode`` can drive the real chaincode
-server over real gRPC without a Fabric build. The protocol unit tests keep their own, more
-instrumented copy (``tests/fabric_unit/test_ccaas_fake_peer.py``). Never use it as a ledger.
+server over real gRPC without a Fabric build, and the protocol unit tests
+(``tests/fabric_unit/test_ccaas_fake_peer.py``) subclass it to add their instrumentation through the
+hooks ``_observe``, ``_serve`` and ``_answer``. Never use it as a ledger.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from fabric_protos.peer import chaincode_pb2 as _chaincode_pb2
 from fabric_protos.peer import chaincode_shim_pb2 as _shim_pb2
 from fabric_protos.peer import proposal_response_pb2 as _response_pb2
 
-__all__ = ["FakePeer", "TxOutcome"]
+__all__ = ["FakePeer", "TxContext", "TxOutcome"]
 
 kvpb: Any = _kv_pb2
 ccpb: Any = _chaincode_pb2
@@ -47,7 +48,9 @@ class TxOutcome:
 
 
 @dataclass
-class _Tx:
+class TxContext:
+    """The fake peer's simulation context for one transaction."""
+
     writes: dict[str, bytes | None] = field(default_factory=dict)
     iterators: dict[str, list[bytes]] = field(default_factory=dict)
     done: asyncio.Future[Any] | None = None
@@ -60,15 +63,25 @@ class FakePeer:
     then ``await close()``. ``state`` is the committed world state (key -> value).
     """
 
-    def __init__(self, target: str, *, namespace: str = "ehrshare", batch: int = DEFAULT_BATCH):
+    def __init__(
+        self,
+        target: str,
+        *,
+        namespace: str = "ehrshare",
+        batch: int = DEFAULT_BATCH,
+        credentials: grpc.ChannelCredentials | None = None,
+        ready_payload: bytes = b"",
+    ) -> None:
         self.target = target
         self.namespace = namespace
         self.batch = batch
+        self.credentials = credentials
+        self.ready_payload = ready_payload
         self._state: dict[str, bytes] = {}
         self._keys: list[str] = []  # the state's keys in order, for range scans
-        self.history: dict[str, list[Any]] = {}
+        self.history: dict[str, list[Any]] = {}  # key -> KeyModification protos, oldest first
         self.registered_as = ""
-        self._txs: dict[tuple[str, str], _Tx] = {}
+        self.contexts: dict[tuple[str, str], TxContext] = {}
         self._iter_seq = 0
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -89,8 +102,11 @@ class FakePeer:
 
     async def open(self) -> None:
         """Dial the chaincode server and complete the registration handshake."""
-        self._channel = grpc.aio.insecure_channel(self.target)
-        self._call = self._channel.stream_stream(
+        if self.credentials is None:
+            self.channel = grpc.aio.insecure_channel(self.target)
+        else:
+            self.channel = grpc.aio.secure_channel(self.target, self.credentials)
+        self._call = self.channel.stream_stream(
             CONNECT_METHOD,
             request_serializer=MSG.SerializeToString,
             response_deserializer=MSG.FromString,
@@ -99,17 +115,18 @@ class FakePeer:
         if first is grpc.aio.EOF or first.type != MSG.REGISTER:
             raise ConnectionError("the chaincode server did not send REGISTER first")
         self.registered_as = str(ccpb.ChaincodeID.FromString(first.payload).name)
-        await self._write(MSG(type=MSG.REGISTERED))
-        await self._write(MSG(type=MSG.READY))
+        await self.write(MSG(type=MSG.REGISTERED))
+        await self.write(MSG(type=MSG.READY, payload=self.ready_payload))
         self._reader = asyncio.create_task(self._read())
 
     async def close(self) -> None:
         """End the stream and wait for the server to close its side."""
         await self._call.done_writing()
         await asyncio.wait_for(self._reader, 30)
-        await self._channel.close()
+        await self.channel.close()
 
-    async def _write(self, msg: Any) -> None:
+    async def write(self, msg: Any) -> None:
+        """Send one message on the stream (one writer at a time)."""
         async with self._lock:  # one writer at a time, like the handler's serialLock
             await self._call.write(msg)
 
@@ -118,8 +135,9 @@ class FakePeer:
             msg = await self._call.read()
             if msg is grpc.aio.EOF:
                 return
+            self._observe(msg)
             if msg.type in (MSG.COMPLETED, MSG.ERROR):
-                tx = self._txs.get((msg.channel_id, msg.txid))
+                tx = self.contexts.get((msg.channel_id, msg.txid))
                 if tx is not None and tx.done is not None and not tx.done.done():
                     tx.done.set_result(msg)
             elif msg.type != MSG.KEEPALIVE:
@@ -127,14 +145,18 @@ class FakePeer:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
+    def _observe(self, msg: Any) -> None:
+        """Called for every message the chaincode sends (a hook for instrumentation)."""
+
     async def _serve(self, msg: Any) -> None:
-        await self._write(self._answer(msg))
+        """Answer one state request (``go h.HandleTransaction(...)`` in the real handler)."""
+        await self.write(self._answer(msg))
 
     def _answer(self, msg: Any) -> Any:
         def response(payload: bytes = b"") -> Any:
             return MSG(type=MSG.RESPONSE, payload=payload, txid=msg.txid, channel_id=msg.channel_id)
 
-        tx = self._txs.get((msg.channel_id, msg.txid))
+        tx = self.contexts.get((msg.channel_id, msg.txid))
         if tx is None:
             return MSG(
                 type=MSG.ERROR,
@@ -179,7 +201,7 @@ class FakePeer:
         kv = kvpb.KV(namespace=self.namespace, key=key, value=self._state[key])
         return bytes(kv.SerializeToString())
 
-    def _range(self, tx: _Tx, req: Any) -> bytes:
+    def _range(self, tx: TxContext, req: Any) -> bytes:
         meta = shim.QueryMetadata.FromString(req.metadata) if req.metadata else None
         if meta is not None and (meta.pageSize or meta.bookmark):
             start = meta.bookmark or req.startKey
@@ -198,13 +220,13 @@ class FakePeer:
         keys = self._keys_in(req.startKey, req.endKey)
         return self._first_batch(tx, [self._kv(k) for k in keys])
 
-    def _first_batch(self, tx: _Tx, rows: list[bytes]) -> bytes:
+    def _first_batch(self, tx: TxContext, rows: list[bytes]) -> bytes:
         self._iter_seq += 1
         ident = f"iter-{self._iter_seq}"
         tx.iterators[ident] = rows
         return self._next_batch(tx, ident)
 
-    def _next_batch(self, tx: _Tx, ident: str) -> bytes:
+    def _next_batch(self, tx: TxContext, ident: str) -> bytes:
         rows = tx.iterators[ident]
         batch, rest = rows[: self.batch], rows[self.batch :]
         if rest:
@@ -219,6 +241,53 @@ class FakePeer:
             ).SerializeToString()
         )
 
+    async def exchange(
+        self,
+        signed: Any,
+        txid: str,
+        function: str,
+        args: list[bytes],
+        *,
+        channel: str,
+        kind: int | None = None,
+        timeout: float = 60.0,
+    ) -> tuple[Any, TxContext]:
+        """Send one TRANSACTION (or ``kind``) and return the chaincode's final message (COMPLETED
+        or ERROR) with the transaction's simulation context; commits nothing."""
+        key = (channel, txid)
+        tx = TxContext(done=asyncio.get_running_loop().create_future())
+        self.contexts[key] = tx
+        try:
+            cc_input = ccpb.ChaincodeInput(args=[function.encode(), *args])
+            msg = MSG(
+                type=MSG.TRANSACTION if kind is None else kind,
+                payload=cc_input.SerializeToString(),
+                txid=txid,
+                channel_id=channel,
+            )
+            if signed is not None:
+                msg.proposal.CopyFrom(signed)
+            await self.write(msg)
+            assert tx.done is not None
+            reply = await asyncio.wait_for(tx.done, timeout)
+        finally:
+            del self.contexts[key]
+        return reply, tx
+
+    def commit_writes(self, txid: str, tx: TxContext, timestamp: tuple[int, int] = (0, 0)) -> None:
+        """Apply a transaction's writes to the world state and record them in the key history."""
+        for k, v in tx.writes.items():
+            mod = kvpb.KeyModification(tx_id=txid, value=v or b"", is_delete=v is None)
+            mod.timestamp.seconds, mod.timestamp.nanos = timestamp
+            self.history.setdefault(k, []).append(mod)
+            if v is None:
+                if self._state.pop(k, None) is not None:
+                    self._keys.remove(k)
+            else:
+                if k not in self._state:
+                    bisect.insort(self._keys, k)
+                self._state[k] = v
+
     async def execute(
         self,
         signed: Any,
@@ -232,23 +301,9 @@ class FakePeer:
     ) -> TxOutcome:
         """Send one TRANSACTION with its ``SignedProposal``; on success with ``commit`` apply its
         writes to :attr:`state`. Raises ``ConnectionError`` when the server answers ERROR."""
-        key = (channel, txid)
-        tx = _Tx(done=asyncio.get_running_loop().create_future())
-        self._txs[key] = tx
-        try:
-            cc_input = ccpb.ChaincodeInput(args=[function.encode(), *args])
-            msg = MSG(
-                type=MSG.TRANSACTION,
-                payload=cc_input.SerializeToString(),
-                txid=txid,
-                channel_id=channel,
-            )
-            msg.proposal.CopyFrom(signed)
-            await self._write(msg)
-            assert tx.done is not None
-            reply = await asyncio.wait_for(tx.done, timeout)
-        finally:
-            del self._txs[key]
+        reply, tx = await self.exchange(
+            signed, txid, function, args, channel=channel, timeout=timeout
+        )
         if reply.type != MSG.COMPLETED:
             raise ConnectionError(bytes(reply.payload).decode("utf-8", "replace"))
         resp = responsepb.Response.FromString(reply.payload)
@@ -256,12 +311,5 @@ class FakePeer:
         if reply.HasField("chaincode_event"):
             event = (str(reply.chaincode_event.event_name), bytes(reply.chaincode_event.payload))
         if commit and resp.status < 400:
-            for k, v in tx.writes.items():
-                if v is None:
-                    if self._state.pop(k, None) is not None:
-                        self._keys.remove(k)
-                else:
-                    if k not in self._state:
-                        bisect.insort(self._keys, k)
-                    self._state[k] = v
+            self.commit_writes(txid, tx)
         return TxOutcome(int(resp.status), str(resp.message), bytes(resp.payload), event)
