@@ -4,19 +4,17 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
+from cliproc import run_ehrshare
 from ehrshare.cli import app
 from ehrshare.demo import lab_observation
-from ehrshare.faults import FAULT_ENV
 from ehrshare.network.kubo import KuboDaemon
 from ehrshare.provisioning import Consortium
 from ehrshare.storage import KuboClient
@@ -25,20 +23,8 @@ runner = CliRunner()
 
 
 def _put(root: Path, fault: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
-    env["COLUMNS"] = "200"
-    if fault:
-        env[FAULT_ENV] = fault
     obs = str(root.parent / "obs.json")
-    argv = [sys.executable, "-m", "ehrshare", "record", "put", obs, "-p", str(root), "-w", "alice"]
-    return subprocess.run(
-        argv,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    return run_ehrshare("record", "put", obs, "-p", str(root), "-w", "alice", fault=fault)
 
 
 def _store(root: Path, *args: str, code: int) -> dict[str, object]:

@@ -4,18 +4,14 @@ guardian within its limits grants for the patient."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from cli_world import invoke, make_world, state_digest
 
-from ehrshare.faults import FAULT_ENV
-from ehrshare.wallet import PASSPHRASE_ENV
+from cliproc import run_ehrshare
 
 
 @pytest.fixture(scope="module")
@@ -110,42 +106,29 @@ def test_guardian_grants_for_the_patient(world: dict[str, str], tmp_path: Path) 
     assert '"actions": [' in shown.stdout and "audit" in shown.stdout
 
 
-def _ehrshare(*args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, PASSPHRASE_ENV)}
-    env["COLUMNS"] = "200"
-    if fault is not None:
-        env[FAULT_ENV] = fault
-    return subprocess.run(
-        [sys.executable, "-m", "ehrshare", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-
-
 def test_kill_during_add_and_remove_the_next_run_completes(
     world: dict[str, str], tmp_path: Path
 ) -> None:
     p = str(tmp_path / "c")
     shutil.copytree(world["profile"], p)
     add = ("guardian", "add", GWEN, "--type", "lab", "--days", "3", "-w", "alice", "-p", p)
-    assert _ehrshare(*add, fault="guardian.after_register").returncode == -signal.SIGKILL
-    assert _ehrshare(*add).returncode == 0
-    given = _ehrshare(
+    assert run_ehrshare(*add, fault="guardian.after_register").returncode == -signal.SIGKILL
+    assert run_ehrshare(*add).returncode == 0
+    given = run_ehrshare(
         "guardian", "grant", ALICE, "HospitalBMSP/baker", "lab", "-w", "gwen", "-p", p
     )
     assert given.returncode == 0, given.stderr
     remove = ("guardian", "remove", GWEN, "-w", "alice", "-p", p)
-    assert _ehrshare(*remove, fault="guardian.after_remove").returncode == -signal.SIGKILL
+    assert run_ehrshare(*remove, fault="guardian.after_remove").returncode == -signal.SIGKILL
     # Removed on chain, its grant not yet revoked: the next run revokes it.
-    assert _ehrshare(*remove).returncode == 0
-    held = _ehrshare("grant", "list", "--received", "-w", "gwen", "-p", p, "--json")
+    assert run_ehrshare(*remove).returncode == 0
+    held = run_ehrshare("grant", "list", "--received", "-w", "gwen", "-p", p, "--json")
     assert held.returncode == 0, held.stderr
     grants = json.loads(held.stdout)["grants"]
     assert grants and all(g["status"] == "revoked" for g in grants)
     # What the guardian granted falls with the grant it hung from (whatever else baker holds).
     forwarded = given.stdout.strip().splitlines()[-1]
-    read = _ehrshare("record", "get", world["record"], "--grant", forwarded, "-w", "baker", "-p", p)
+    read = run_ehrshare(
+        "record", "get", world["record"], "--grant", forwarded, "-w", "baker", "-p", p
+    )
     assert read.returncode == 1 and "is revoked" in read.stderr, read.stderr

@@ -4,22 +4,20 @@ committed is lost, nothing half-made is usable, the next attempt succeeds."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
+from cliproc import run_ehrshare
 from ehrshare.cli import app
 from ehrshare.demo import lab_observation
-from ehrshare.faults import FAULT_ENV
 from ehrshare.provisioning import Consortium
 from ehrshare.runtime import connect
-from ehrshare.wallet import PASSPHRASE_ENV, Wallet
+from ehrshare.wallet import Wallet
 
 runner = CliRunner()
 
@@ -47,21 +45,6 @@ def world(template: Path, tmp_path: Path) -> Path:
     return root
 
 
-def ehrshare(*args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, PASSPHRASE_ENV)}
-    env["COLUMNS"] = "200"
-    if fault is not None:
-        env[FAULT_ENV] = fault
-    return subprocess.run(
-        [sys.executable, "-m", "ehrshare", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-
-
 def store_json(world: Path, *args: str, code: int) -> dict[str, object]:
     result = runner.invoke(app, ["store", *args, "-p", str(world), "--json"])
     assert result.exit_code == code, result.output
@@ -71,7 +54,7 @@ def store_json(world: Path, *args: str, code: int) -> dict[str, object]:
 
 def put(world: Path, fault: str | None = None) -> subprocess.CompletedProcess[str]:
     obs = str(world.parent / "obs.json")
-    return ehrshare("record", "put", obs, "-p", str(world), "-w", "alice", fault=fault)
+    return run_ehrshare("record", "put", obs, "-p", str(world), "-w", "alice", fault=fault)
 
 
 def readable_records(world: Path) -> int:
@@ -168,17 +151,17 @@ def test_gc_refuses_a_bad_duration_and_changes_nothing(world: Path) -> None:
 )
 def test_enroll_killed_at_each_step_then_enrolls(world: Path, step: str) -> None:
     bob = world / "wallets" / "bob"
-    died = ehrshare("enroll", "-p", str(world), "-w", "bob", fault=step)
+    died = run_ehrshare("enroll", "-p", str(world), "-w", "bob", fault=step)
     assert died.returncode == -signal.SIGKILL
     wallet = Wallet(bob, use_env=False)
     wallet.load_identity()  # the wallet stays whole
     sk = wallet.load_secret_key()  # a key is there only once it was written whole
     assert (sk is not None) == (step == "enroll.after_save")
-    again = ehrshare("enroll", "-p", str(world), "-w", "bob", "--json")
+    again = run_ehrshare("enroll", "-p", str(world), "-w", "bob", "--json")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["ibe_id"] == "HospitalBMSP/bob"
     obs = str(world.parent / "obs.json")
-    assert ehrshare("record", "put", obs, "-p", str(world), "-w", "bob").returncode == 0
+    assert run_ehrshare("record", "put", obs, "-p", str(world), "-w", "bob").returncode == 0
     assert store_json(world, "check", code=0)["clean"] is True
 
 

@@ -5,20 +5,18 @@ rebinding the old wallet is refused by every command and the new one enrols and 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from cli_world import state_digest
 
+from cliproc import run_ehrshare
 from ehrshare.demo import lab_observation
-from ehrshare.faults import FAULT_ENV
 from ehrshare.provisioning import Consortium
-from ehrshare.wallet import PASSPHRASE_ENV, Wallet
+from ehrshare.wallet import Wallet
 
 ALICE = "HospitalAMSP/alice"
 
@@ -46,28 +44,13 @@ def world(template: Path, tmp_path: Path) -> Path:
     return root
 
 
-def ehrshare(*args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, PASSPHRASE_ENV)}
-    env["COLUMNS"] = "200"
-    if fault is not None:
-        env[FAULT_ENV] = fault
-    return subprocess.run(
-        [sys.executable, "-m", "ehrshare", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
-
-
 def recover(world: Path, admin: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
     args = ("consortium", "recover-member", ALICE, "--new-wallet", "alice-new", "-w", admin)
-    return ehrshare(*args, "-p", str(world), "--json", fault=fault)
+    return run_ehrshare(*args, "-p", str(world), "--json", fault=fault)
 
 
 def records(world: Path, wallet: str) -> subprocess.CompletedProcess[str]:
-    return ehrshare("record", "list", "-p", str(world), "-w", wallet, "--json")
+    return run_ehrshare("record", "list", "-p", str(world), "-w", wallet, "--json")
 
 
 @pytest.mark.parametrize(
@@ -98,7 +81,7 @@ def test_kill_at_each_step_keeps_the_old_binding_and_the_next_run_completes(
     assert old.returncode == 1, old.stderr
     assert f"of identity {ALICE} was revoked at" in old.stderr
     assert "Traceback" not in old.stderr
-    enrol = ehrshare("enroll", "-p", str(world), "-w", "alice-new")
+    enrol = run_ehrshare("enroll", "-p", str(world), "-w", "alice-new")
     assert enrol.returncode == 0, enrol.stderr
     new = records(world, "alice-new")
     assert new.returncode == 0 and len(json.loads(new.stdout)) == 1
@@ -130,7 +113,7 @@ def test_bad_input_is_refused_and_changes_nothing(
     world: Path, args: tuple[str, ...], code: int, message: str
 ) -> None:
     before = state_digest(world)
-    result = ehrshare("consortium", "recover-member", *args, "-p", str(world))
+    result = run_ehrshare("consortium", "recover-member", *args, "-p", str(world))
     assert result.returncode == code, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr

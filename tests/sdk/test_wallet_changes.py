@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from cliproc import run_ehrshare
 from ehrshare.cli import app
 from ehrshare.faults import FAULT_ENV
 from ehrshare.provisioning import Consortium
@@ -57,16 +58,7 @@ def _secrets(wallet: Wallet) -> dict[str, bytes]:
 
 
 def _cli(root: Path, op: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    full = {k: v for k, v in os.environ.items() if k not in (PASSPHRASE_ENV, NEW_ENV, FAULT_ENV)}
-    full.update(env, COLUMNS="200")
-    return subprocess.run(
-        [sys.executable, "-m", "ehrshare", "wallet", op, "-p", str(root), "-w", "bob"],
-        capture_output=True,
-        text=True,
-        env=full,
-        timeout=120,
-        check=False,
-    )
+    return run_ehrshare("wallet", op, "-p", str(root), "-w", "bob", env=env)
 
 
 def _env(op: str) -> dict[str, str]:
