@@ -333,6 +333,73 @@ def test_a_foreign_key_or_a_missing_repository_is_exit_3_not_a_new_node(world: W
         w.swarm.wait_connected()
 
 
+def test_hand_edits_of_swarm_json_are_exit_3_and_change_nothing(world: World) -> None:
+    w = world
+    layout = w.swarm.root / "swarm.json"
+    good = layout.read_bytes()
+    config = w.swarm.repo(C) / "config"
+    config_before = config.read_bytes()
+    w.swarm.stop([C])
+    try:
+        # Damaged: truncated mid-way.
+        layout.write_bytes(good[: len(good) // 2])
+        done = _cli(w.root, "network", "up")
+        assert done.returncode == 3, (done.stdout, done.stderr)
+        assert "swarm.json is damaged" in done.stderr and "Traceback" not in done.stderr
+        # Careful: C's API port moved to another free one; the repository still says the old one.
+        data = json.loads(good)
+        moved = next(n for n in data["nodes"] if n["msp"] == C)
+        old_port = moved["api_port"]
+        moved["api_port"] = old_port + 7
+        layout.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        done = _cli(w.root, "network", "up")
+        assert done.returncode == 3, done.stderr
+        assert f"API port {old_port} (swarm.json: {old_port + 7})" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert C not in KuboSwarm.load(w.swarm.root).pids()  # nothing started on either port
+        # Another hospital's peer id for C: the repository is refused as someone else's.
+        data = json.loads(good)
+        ids = {n["msp"]: n["peer_id"] for n in data["nodes"]}
+        next(n for n in data["nodes"] if n["msp"] == C)["peer_id"] = ids[A]
+        layout.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        done = _cli(w.root, "network", "up")
+        assert done.returncode == 3 and f"not {C}'s node {ids[A]}" in done.stderr, done.stderr
+        assert config.read_bytes() == config_before  # the repository itself untouched
+    finally:
+        layout.write_bytes(good)
+    done = _cli(w.root, "network", "up")  # the next attempt, with the file restored, succeeds
+    assert done.returncode == 0, done.stderr
+    w.swarm.wait_connected()
+
+
+def test_a_lost_or_edited_run_json_neither_duplicates_nor_orphans_a_node(world: World) -> None:
+    w = world
+    run = w.swarm.root / "run.json"
+    pids = w.swarm.pids()
+    assert set(pids) == {A, B, C}
+    # Edited: C's entry names this test's own process; lost: the whole file deleted.
+    state = json.loads(run.read_text())
+    state[C]["pid"] = os.getpid()
+    run.write_text(json.dumps(state))
+    assert KuboSwarm.load(w.swarm.root).pids()[C] == pids[C]  # found again, not this process
+    run.unlink()
+    again = KuboSwarm.load(w.swarm.root)
+    assert again.pids() == pids  # every node found by its repository, and recorded again
+    assert json.loads(run.read_text())[C]["pid"] == pids[C]
+    run.write_text("{not json")
+    done = _cli(w.root, "network", "up")  # nothing to start: no second daemon on a repository
+    assert done.returncode == 0, done.stderr
+    assert KuboSwarm.load(w.swarm.root).pids() == pids
+    # `network down` with run.json gone stops the nodes it finds (none orphaned), and only them.
+    run.unlink()
+    done = _cli(w.root, "network", "down")
+    assert done.returncode == 0, done.stderr
+    assert not [p for p in pids.values() if pid_alive(p)] and pid_alive(os.getpid())
+    done = _cli(w.root, "network", "up")
+    assert done.returncode == 0, done.stderr
+    w.swarm.wait_connected()
+
+
 def test_network_down_up_and_a_lost_node_made_anew(world: World) -> None:
     """Last in the module: it stops and restarts every node through the CLI."""
     w = world

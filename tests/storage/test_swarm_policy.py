@@ -125,13 +125,22 @@ def test_a_bad_swarm_section_is_a_clear_error(
     assert info.value.exit_code == 3
 
 
+def _config(peer_id: str, api: int = 5101) -> dict[str, object]:
+    addresses = {
+        "API": f"/ip4/127.0.0.1/tcp/{api}",
+        "Gateway": "/ip4/127.0.0.1/tcp/5102",
+        "Swarm": ["/ip4/127.0.0.1/tcp/5103"],
+    }
+    return {"Identity": {"PeerID": peer_id}, "Addresses": addresses}
+
+
 def _fake_swarm(tmp_path: Path) -> KuboSwarm:
     root = tmp_path / "ipfs"
     (root / "AMSP").mkdir(parents=True)
     key = swarm_key_text(bytes(32))
     (root / "swarm.key").write_text(key)
     (root / "AMSP" / "swarm.key").write_text(key)
-    (root / "AMSP" / "config").write_text(json.dumps({"Identity": {"PeerID": "12D3KooWA"}}))
+    (root / "AMSP" / "config").write_text(json.dumps(_config("12D3KooWA")))
     node = SwarmNode("AMSP", "12D3KooWA", 5101, 5102, 5103)
     (root / "swarm.json").write_text(json.dumps({"nodes": [node.as_dict()]}))
     return KuboSwarm.load(root, binary=tmp_path / "no-ipfs")
@@ -149,8 +158,14 @@ def test_a_repository_that_is_not_the_swarms_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SwarmVolumeError, match=r"has no swarm\.key"):
         swarm.check_volume("AMSP")
     (repo / "swarm.key").write_text(swarm_key_text(bytes(32)))
-    (repo / "config").write_text(json.dumps({"Identity": {"PeerID": "12D3KooWB"}}))
+    (repo / "config").write_text(json.dumps(_config("12D3KooWB")))
     with pytest.raises(SwarmVolumeError, match="is node 12D3KooWB, not AMSP's node 12D3KooWA"):
+        swarm.check_volume("AMSP")
+    (repo / "config").write_text(json.dumps(_config("12D3KooWA", api=5999)))
+    with pytest.raises(SwarmVolumeError, match=r"API port 5999 \(swarm\.json: 5101\)"):
+        swarm.check_volume("AMSP")
+    (repo / "config").write_text(json.dumps({"Identity": {"PeerID": "12D3KooWA"}}))
+    with pytest.raises(SwarmVolumeError, match="config is damaged"):
         swarm.check_volume("AMSP")
     (repo / "config").unlink()
     with pytest.raises(SwarmVolumeError, match="is missing; not creating an empty node"):

@@ -78,6 +78,12 @@ class SwarmVolumeError(ConfigurationError, ValueError):
     )
 
 
+def _port(multiaddr: str) -> int:
+    """The TCP port of ``/ip4/<host>/tcp/<port>``."""
+    parts = str(multiaddr).split("/")
+    return int(parts[parts.index("tcp") + 1])
+
+
 def swarm_key_text(key: bytes) -> str:
     """A 32-byte pre-shared key in the ``swarm.key`` format libp2p reads."""
     if len(key) != 32:
@@ -333,6 +339,33 @@ class KuboSwarm:
             raise SwarmVolumeError(
                 f"{msp}'s IPFS repository {repo} holds a foreign swarm.key (not this consortium's)"
             )
+        self._check_ports(msp)
+
+    def _check_ports(self, msp: str) -> None:
+        """The repository's API, gateway and swarm ports are those ``swarm.json`` records (a hand
+        edit of either would start a node where nobody looks for it)."""
+        node, repo = self.nodes[msp], self.repo(msp)
+        try:
+            addresses = json.loads((repo / "config").read_text(encoding="utf-8"))["Addresses"]
+            swarm = addresses["Swarm"]
+            found = {
+                "API": _port(addresses["API"]),
+                "Gateway": _port(addresses["Gateway"]),
+                "Swarm": _port(swarm[0] if isinstance(swarm, list) and swarm else swarm),
+            }
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            raise SwarmVolumeError(f"{repo}/config is damaged: {exc}") from None
+        want = {"API": node.api_port, "Gateway": node.gateway_port, "Swarm": node.swarm_port}
+        wrong = [
+            f"{k} port {found[k]} (swarm.json: {want[k]})" for k in want if found[k] != want[k]
+        ]
+        if wrong:
+            raise SwarmVolumeError(
+                f"{msp}'s IPFS repository {repo} disagrees with {self.root / _LAYOUT_FILE}: "
+                + ", ".join(wrong)
+                + "; restore the edited file or make the node anew with `ehrshare store "
+                "recreate-node`"
+            )
 
     # --- processes -----------------------------------------------------------------------------
 
@@ -361,10 +394,39 @@ class KuboSwarm:
         return f"IPFS_PATH={self.repo(msp)}".encode() in environ
 
     def _running_pid(self, msp: str) -> int | None:
-        record = self._run_state().get(msp)
-        if record is None or not self._ours(msp, record):
+        state = self._run_state()
+        record = state.get(msp)
+        if record is not None and self._ours(msp, record):
+            return int(record["pid"])
+        # run.json lost, damaged or edited: a node of ours may still run on this repository.
+        # Find it by its environment (never trust a recorded pid alone) and record it again, so
+        # that `network down` stops it and `network up` does not start a second one.
+        pid = self._untracked_pid(msp)
+        if pid is None:
             return None
-        return int(record["pid"])
+        _log.warning("%s's IPFS node (pid %d) was not recorded in run.json; adopted", msp, pid)
+        state[msp] = {"pid": pid, "ticks": start_ticks(pid)}
+        self._write_run_state(state)
+        return pid
+
+    def _untracked_pid(self, msp: str) -> int | None:
+        want = f"IPFS_PATH={self.repo(msp)}".encode()
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+                environ = (entry / "environ").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if (
+                len(argv) >= 2
+                and Path(argv[0].decode(errors="replace")) == self.binary
+                and argv[1] == b"daemon"
+                and want in environ
+            ):
+                return int(entry.name)
+        return None
 
     def pids(self) -> dict[str, int]:
         """The running nodes' pids by hospital."""
@@ -456,17 +518,16 @@ class KuboSwarm:
     def stop(self, only: Iterable[str] | None = None, *, kill: bool = False) -> list[str]:
         """Stop running nodes by pid (SIGTERM, or SIGKILL with ``kill``); return those stopped."""
         names = list(self.nodes if only is None else only)
-        state = self._run_state()
         stopped = []
         for msp in names:
-            record = state.get(msp)
-            if record is None:
-                continue
-            if self._ours(msp, record):
-                child = Child(f"{msp}'s IPFS node", int(record["pid"]), record.get("ticks"), Path())
+            pid = self._running_pid(msp)  # also a node run.json lost track of
+            if pid is not None:
+                child = Child(f"{msp}'s IPFS node", pid, start_ticks(pid), Path())
                 stop_process(child, grace=15, kill=kill)
                 stopped.append(msp)
-            del state[msp]
+        state = self._run_state()
+        for msp in names:
+            state.pop(msp, None)
         self._write_run_state(state)
         return stopped
 
