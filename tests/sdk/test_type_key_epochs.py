@@ -166,3 +166,34 @@ def test_a_grant_whose_proxy_was_down_at_the_rotation_is_finished_by_repair(
         p.baker.read_record(new)
     assert p.alice.repair_grant(keep).type_epochs == (0, 1)
     assert p.baker.read_record(new).model_dump()["valueQuantity"]["value"] == 4.0
+
+
+class _Counting:
+    """The session's contract handle, counting the functions called through it."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.calls = inner, []
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self.inner, name)
+        if name not in ("submit_transaction", "evaluate_transaction"):
+            return attr
+
+        def counted(function: str, *args: str) -> object:
+            self.calls.append(function)
+            return attr(function, *args)  # type: ignore[operator]
+
+        return counted
+
+
+@pytest.mark.parametrize("rotated", [False, True])
+def test_a_put_reads_the_sealing_key_once(people: People, rotated: bool) -> None:
+    """The epoch's answer carries the key it names: a put makes one read for it, not two."""
+    p = people
+    if rotated:
+        p.alice.rotate_type_key("lab")
+    counting = _Counting(p.alice.chain.contract)
+    p.alice.chain.contract = counting  # type: ignore[assignment]
+    ref = p.alice.put_record(lab_observation(1.0))
+    assert counting.calls == ["GetTypeKeyEpoch", "RegisterRecord"]
+    assert p.alice.read_record(ref) is not None

@@ -325,8 +325,8 @@ class SessionCore(Closing):
             state = self.chain.get_type_key_epoch(owner, label)
         except RequestRejected:
             return self._type_key(owner, label), 0  # says what is missing
-        if state.type_epoch == 0:
-            return self._type_key(owner, label), 0
+        if state.type_epoch == 0:  # the published key itself: no second read (GetTypeKey)
+            return self._checked_type_key(owner, label, state.key, state.epoch), 0
         if not state.key:
             raise RequestRejected(
                 "GetTypeKeyEpoch",
