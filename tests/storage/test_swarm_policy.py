@@ -4,7 +4,9 @@ the ``swarm.key`` format, and the refusal of a node's repository that is not the
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 import yaml
@@ -13,7 +15,8 @@ from hypothesis import strategies as st
 
 from ehrshare.network.swarm import KuboSwarm, SwarmNode, SwarmVolumeError, swarm_key_text
 from ehrshare.profile import Profile, ProfileError, StorageSwarm
-from ehrshare.storage.replicated import placement
+from ehrshare.storage import StorageError
+from ehrshare.storage.replicated import ReplicatedStore, placement
 
 HOSPITALS = st.lists(
     st.text("ABCDEFGH", min_size=1, max_size=3), min_size=1, max_size=8, unique=True
@@ -177,3 +180,26 @@ def test_a_repository_that_is_not_the_swarms_is_refused(tmp_path: Path) -> None:
         KuboSwarm.create(swarm.root, ["AMSP"])
     with pytest.raises(SwarmVolumeError, match=r"swarm\.json is missing"):
         KuboSwarm.load(tmp_path / "elsewhere")
+
+
+class _Node:
+    """A node's store that waits at a barrier in ``pin``: only pins made at once get through."""
+
+    def __init__(self, barrier: threading.Barrier, down: bool = False) -> None:
+        self.barrier, self.down, self.pinned = barrier, down, list[str]()
+
+    def pin(self, cid: str) -> None:
+        self.barrier.wait()  # BrokenBarrierError (a test failure) if pins ran one by one
+        if self.down:
+            raise StorageError("connection refused")
+        self.pinned.append(cid)
+
+
+def test_pins_of_a_put_and_of_a_grant_run_at_once_and_a_down_node_is_only_logged() -> None:
+    barrier = threading.Barrier(3, timeout=10)
+    nodes = {m: _Node(barrier, down=(m == "C")) for m in "ABCD"}
+    store = ReplicatedStore("A", cast(Any, nodes), list("ABCD"), replicas=3)
+    assert store.pin_many((m, "cid1") for m in "BCD") == [True, False, True]
+    assert nodes["B"].pinned == nodes["D"].pinned == ["cid1"] and nodes["C"].pinned == []
+    assert store.pin_many([("B", "cid2"), ("B", "cid3"), ("D", "cid2")]) == [True, True, True]
+    assert sorted(nodes["B"].pinned) == ["cid1", "cid2", "cid3"]

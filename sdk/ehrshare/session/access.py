@@ -158,8 +158,7 @@ class Sharing(TypeKeyRotation):
         except Exception as exc:
             _log.warning("records of the grant not pinned at %s's node: %s", msp, exc)
             return
-        for record in records:
-            store.pin_at(msp, record.cid, required=False)
+        store.pin_many((msp, record.cid) for record in records)
 
     def forward(
         self,

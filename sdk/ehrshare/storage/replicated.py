@@ -19,7 +19,8 @@ repair``: the put itself succeeded at the origin. This module must not start or 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from ehrshare.faults import fault_point
 
@@ -30,6 +31,9 @@ from .unixfs import BlobSource
 __all__ = ["ReplicatedStore", "placement"]
 
 _log = logging.getLogger(__name__)
+
+# Pins are waits on other nodes (each fetches over bitswap): a few at once, not one by one.
+PIN_WORKERS = 4
 
 
 def placement(origin: str, hospitals: Sequence[str], replicas: int) -> list[str]:
@@ -76,9 +80,17 @@ class ReplicatedStore:
         """Add and pin at the home node, then pin at the policy's other nodes (best effort)."""
         cid = self.local.put(data)
         fault_point("swarm.put.after_add")
-        for msp in placement(self.home, self.hospitals, self.replicas)[1:]:
-            self.pin_at(msp, cid, required=False)
+        self.pin_many((msp, cid) for msp in placement(self.home, self.hospitals, self.replicas)[1:])
         return cid
+
+    def pin_many(self, targets: Iterable[tuple[str, str]]) -> list[bool]:
+        """Pin each ``(hospital, cid)`` like :meth:`pin_at` with ``required=False``, up to
+        :data:`PIN_WORKERS` at a time; whether each is pinned, in order."""
+        work = list(targets)
+        if len(work) <= 1:
+            return [self.pin_at(msp, cid, required=False) for msp, cid in work]
+        with ThreadPoolExecutor(min(PIN_WORKERS, len(work)), "pin") as pool:
+            return list(pool.map(lambda t: self.pin_at(t[0], t[1], required=False), work))
 
     def pin_at(self, msp: str, cid: str, *, required: bool = True) -> bool:
         """Pin ``cid`` at hospital ``msp``'s node, which fetches it over bitswap. Returns whether
