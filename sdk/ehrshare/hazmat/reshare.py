@@ -55,7 +55,9 @@ from ehrshare.hazmat.dkg import (
     open_share,
     seal_share,
 )
-from ehrshare.hazmat.errors import DecryptionError, EncodingError, VerificationError
+from ehrshare.hazmat.dkg.bundles import intake_bundles
+from ehrshare.hazmat.dkg.config import _eval_commitments, _eval_poly
+from ehrshare.hazmat.errors import DecryptionError
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, KGCNodePublicKey
 from ehrshare.hazmat.pairing import G1, RngFn, Scalar
 
@@ -96,22 +98,6 @@ def lagrange_at_zero(indices: Sequence[int]) -> list[Scalar]:
                 den = den * Scalar.from_int(m - j)
         out.append(num / den)
     return out
-
-
-def _eval_poly(coefficients: Sequence[Scalar], x: int) -> Scalar:
-    xs = Scalar.from_int(x)
-    acc = coefficients[-1]
-    for c in reversed(coefficients[:-1]):
-        acc = acc * xs + c
-    return acc
-
-
-def _eval_commitments(commitments: Sequence[G1], x: int) -> G1:
-    xs = Scalar.from_int(x)
-    acc = commitments[-1]
-    for c in reversed(commitments[:-1]):
-        acc = acc * xs + c
-    return acc
 
 
 def _check_members(what: str, keys: Sequence[KGCNodePublicKey], indices: Sequence[int]) -> None:
@@ -378,30 +364,16 @@ class ReshareNode:
         self, kind: BundleKind, cls: type[_B], bundles: Iterable[_B | bytes], rules: _Rules
     ) -> dict[int, _B]:
         """Parse, verify and de-duplicate one phase's bundles; at most one per sender."""
-        by_sender: dict[int, _B] = {}
-        equivocators: set[int] = set()
-        for item in bundles:
-            sender: int | None = None
-            try:
-                bundle = cls.from_bytes(item) if isinstance(item, bytes) else item
-                if not isinstance(bundle, cls):
-                    raise EncodingError(f"expected a {kind.name.lower()} bundle, got {bundle!r}")
-                sender = bundle.sender
-                bundle.verify(rules)
-            except (DKGError, EncodingError, VerificationError) as exc:
-                _log.info("reshare: rejected %s bundle: %s", kind.name, exc)
-                self.rejected.append(Rejection(kind, sender, exc))
-                continue
-            first = by_sender.get(bundle.sender)
-            if first is None:
-                by_sender[bundle.sender] = bundle
-            elif first._body() != bundle._body() and bundle.sender not in equivocators:
-                equivocators.add(bundle.sender)
-                self.evidence.append(
-                    EquivocationEvidence(kind, bundle.sender, first.to_bytes(), bundle.to_bytes())
-                )
+        by_sender, equivocators = intake_bundles(
+            kind,
+            cls,
+            bundles,
+            lambda bundle: bundle.verify(rules),
+            rejected=self.rejected,
+            evidence=self.evidence,
+            log=lambda text: _log.info("reshare: %s", text),
+        )
         for sender in equivocators:
-            del by_sender[sender]
             if kind is BundleKind.RESPONSE:
                 self._cheating_recipients.add(sender)
             else:

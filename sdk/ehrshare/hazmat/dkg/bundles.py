@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import struct
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Self, TypeVar
 
@@ -24,6 +24,7 @@ from ehrshare.hazmat.dkg.config import (
     _VERSION,
     BundleRules,
     DKGConfig,
+    DKGError,
     InvalidNonce,
     InvalidSignature,
     UnknownParticipant,
@@ -455,3 +456,46 @@ class Rejection:
     kind: BundleKind
     sender: int | None
     error: Exception
+
+
+def intake_bundles(
+    kind: BundleKind,
+    cls: type[_B],
+    bundles: Iterable[_B | bytes],
+    verify: Callable[[_B], None],
+    *,
+    rejected: list[Rejection],
+    evidence: list[EquivocationEvidence],
+    log: Callable[[str], None],
+) -> tuple[dict[int, _B], set[int]]:
+    """Parse, verify and de-duplicate one phase's bundles (a DKG's or a resharing's): at most one
+    per sender. Returns the accepted bundles by sender and the senders caught equivocating
+    (removed from the first); a bundle that fails to parse or ``verify`` is added to
+    ``rejected``, each equivocation (with its proof) to ``evidence``."""
+    by_sender: dict[int, _B] = {}
+    equivocators: set[int] = set()
+    for item in bundles:
+        sender: int | None = None
+        try:
+            bundle = cls.from_bytes(item) if isinstance(item, bytes) else item
+            if not isinstance(bundle, cls):
+                raise EncodingError(f"expected a {kind.name.lower()} bundle, got {bundle!r}")
+            sender = bundle.sender
+            verify(bundle)
+        except (DKGError, EncodingError, VerificationError) as exc:
+            log(f"rejected {kind.name} bundle: {exc}")
+            rejected.append(Rejection(kind, sender, exc))
+            continue
+        # Compare bodies, not encodings: ECDSA signatures are randomised, so a node that signs
+        # the same bundle twice (a retry) posts different bytes without equivocating.
+        first = by_sender.get(bundle.sender)
+        if first is None:
+            by_sender[bundle.sender] = bundle
+        elif first._body() != bundle._body() and bundle.sender not in equivocators:
+            equivocators.add(bundle.sender)
+            evidence.append(
+                EquivocationEvidence(kind, bundle.sender, first.to_bytes(), bundle.to_bytes())
+            )
+    for sender in equivocators:
+        del by_sender[sender]
+    return by_sender, equivocators

@@ -23,13 +23,13 @@ from ehrshare.hazmat.dkg.bundles import (
     JustificationBundle,
     Rejection,
     ResponseBundle,
+    intake_bundles,
     open_share,
     seal_share,
 )
 from ehrshare.hazmat.dkg.config import (
     DKGAborted,
     DKGConfig,
-    DKGError,
     DKGResult,
     KeyShare,
     PhaseError,
@@ -38,7 +38,7 @@ from ehrshare.hazmat.dkg.config import (
     _eval_poly,
     _share_matches,
 )
-from ehrshare.hazmat.errors import DecryptionError, EncodingError, VerificationError
+from ehrshare.hazmat.errors import DecryptionError
 from ehrshare.hazmat.kgc_keys import KGCNodeKey
 from ehrshare.hazmat.pairing import G1, RngFn, Scalar
 
@@ -148,32 +148,16 @@ class DKGNode:
         self, kind: BundleKind, cls: type[_B], bundles: Iterable[_B | bytes]
     ) -> dict[int, _B]:
         """Parse, verify and de-duplicate one phase's bundles; at most one per sender."""
-        by_sender: dict[int, _B] = {}
-        equivocators: set[int] = set()
-        for item in bundles:
-            sender: int | None = None
-            try:
-                bundle = cls.from_bytes(item) if isinstance(item, bytes) else item
-                if not isinstance(bundle, cls):
-                    raise EncodingError(f"expected a {kind.name.lower()} bundle, got {bundle!r}")
-                sender = bundle.sender
-                bundle.verify(self.config)
-            except (DKGError, EncodingError, VerificationError) as exc:
-                _log.info("dkg node %d: rejected %s bundle: %s", self.index, kind.name, exc)
-                self.rejected.append(Rejection(kind, sender, exc))
-                continue
-            # Compare bodies, not encodings: ECDSA signatures are randomised, so a node that
-            # signs the same bundle twice (a retry) posts different bytes without equivocating.
-            first = by_sender.get(bundle.sender)
-            if first is None:
-                by_sender[bundle.sender] = bundle
-            elif first._body() != bundle._body() and bundle.sender not in equivocators:
-                equivocators.add(bundle.sender)
-                self.evidence.append(
-                    EquivocationEvidence(kind, bundle.sender, first.to_bytes(), bundle.to_bytes())
-                )
+        by_sender, equivocators = intake_bundles(
+            kind,
+            cls,
+            bundles,
+            lambda bundle: bundle.verify(self.config),
+            rejected=self.rejected,
+            evidence=self.evidence,
+            log=lambda text: _log.info("dkg node %d: %s", self.index, text),
+        )
         for sender in equivocators:
-            del by_sender[sender]
             self._cheaters.add(sender)
             self._disqualify(sender, f"equivocated: two different signed {kind.name} bundles")
         return by_sender
