@@ -181,6 +181,19 @@ def test_a_record_is_read_through_another_hospital_and_with_its_origin_stopped(
         w.swarm.wait_connected()
 
 
+def test_a_forward_pins_what_it_covers_at_the_forwardees_hospital(world: World) -> None:
+    w = world
+    alice, adams, chen = w.s["alice"], w.s["adams"], w.s["chen"]
+    ref = adams.put_record(lab_observation(value=4.7), patient=alice.ibe_id)
+    assert _pinned_at(w, ref.cid) == [A, B]
+    held = alice.grant(adams.ibe_id, "lab", expires=dt.timedelta(days=1), max_hops=1)
+    assert _pinned_at(w, ref.cid) == [A, B]  # adams is at A, which holds it already
+    adams.forward(held, chen.ibe_id)
+    assert _pinned_at(w, ref.cid) == [A, B, C]  # pinned where chen reads, beyond the policy
+    (v,) = swarm_status(w.profile, record=ref.record_id).versions
+    assert (v["policy"], v["extra"], v["missing"]) == ([A, B], [C], [])
+
+
 def test_gc_never_drops_a_pinned_record(world: World) -> None:
     w = world
     ref = w.s["adams"].put_record(lab_observation(value=5.5), patient=w.s["alice"].ibe_id)

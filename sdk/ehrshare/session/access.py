@@ -6,9 +6,9 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
-from ehrshare.contract import Grant, RecordRef
+from ehrshare.contract import Grant, Page, RecordRef, StoredRecord
 from ehrshare.errors import EhrshareError
 from ehrshare.faults import fault_point
 from ehrshare.hazmat import tipre
@@ -140,10 +140,23 @@ class Sharing(TypeKeyRotation):
             parent_grant_id="",
             proxy=proxy,
         )
-        self._pin_for_grantee(grantee, label)
+        self._pin_for_grantee(
+            grantee,
+            lambda bookmark: self.chain.list_records(self.ibe_id, bookmark=bookmark),
+            label,
+        )
         return grant
 
-    def _pin_for_grantee(self, grantee: str, label: str) -> None:
+    def _pin_for_grantee(
+        self,
+        grantee: str,
+        page: Callable[[str], Page[StoredRecord]],
+        label: str | None = None,
+        *,
+        sparse: bool = False,
+    ) -> None:
+        """Pin the records ``page`` lists (of ``label`` only, if given) at the grantee's
+        hospital's node, best effort: the grant stands whatever happens here."""
         store = self.store
         if not isinstance(store, ReplicatedStore):
             return
@@ -151,10 +164,8 @@ class Sharing(TypeKeyRotation):
         if msp not in store.stores:
             return
         try:
-            pages = self._pages(
-                lambda bookmark: self.chain.list_records(self.ibe_id, bookmark=bookmark)
-            )
-            records = [r.ref for r in pages if r.ref.label == label]
+            listed = self._pages(page, sparse=sparse)
+            records = [r.ref for r in listed if label is None or r.ref.label == label]
         except Exception as exc:
             _log.warning("records of the grant not pinned at %s's node: %s", msp, exc)
             return
@@ -176,7 +187,7 @@ class Sharing(TypeKeyRotation):
         sk = self._secret_key()
         parent = self._parent_grant(ref_or_grant)
         receiving = self._type_key(to, parent.label)
-        return self._give(
+        grant = self._give(
             "forward",
             sk=sk,
             label=parent.label,
@@ -188,6 +199,13 @@ class Sharing(TypeKeyRotation):
             parent_grant_id=parent.grant_id,
             proxy=proxy,
         )
+        # What the parent grant covers is what the forward covers: pin it where ``to`` reads.
+        self._pin_for_grantee(
+            to,
+            lambda bookmark: self.chain.list_granted_records(parent.grant_id, bookmark=bookmark),
+            sparse=True,
+        )
+        return grant
 
     def repair_grant(self, grant: Grant | str) -> Grant:
         """Deliver the re-key of an active grant you gave again, to the proxy it names.
