@@ -232,3 +232,25 @@ def test_bad_input_is_refused_and_changes_nothing(
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert state_digest(world) == before
+
+
+def test_a_guardian_reads_a_records_log_under_a_logged_read_of_its_patient(world: Path) -> None:
+    p = str(world)
+    assert propose(world).returncode == 0
+    assert approve(world, "admin-b").returncode == 0
+    assert approve(world, "admin-c").returncode == 0
+    listed = ehrshare("record", "list", "-w", "alice", "-p", p, "--json")
+    record = json.loads(listed.stdout)[0]["record_id"]
+    before = state_digest(world)
+    unnamed = ehrshare("audit", "show", "--record", record, "-w", "gwen", "-p", p)
+    assert unnamed.returncode == 1 and "as a guardian, name the patient" in unnamed.stderr
+    assert "Traceback" not in unnamed.stderr
+    assert state_digest(world) == before
+    named = ehrshare(
+        "audit", "show", "--patient", ALICE, "--record", record, "-w", "gwen", "-p", p, "--json"
+    )
+    assert named.returncode == 0, named.stderr
+    entries = json.loads(named.stdout)["entries"]
+    assert entries and all(e["record_id"] == record for e in entries)
+    own = json.loads(ehrshare("audit", "show", "-w", "alice", "-p", p, "--json").stdout)
+    assert own["entries"][-1]["action"] == "AuditRead"
