@@ -389,6 +389,29 @@ CASES = [
             else f"identity {n} may not read the guardians of {ALICE}"
         ),
     ),
+    # A minor's guardian: the registering hospital's admin proposes, other hospitals' approve.
+    Case(
+        "ProposeMinorGuardian",
+        lambda w: (ALICE, "Org1MSP/dave", '["audit"]', "", FAR),
+        frozenset(),
+        lambda w, n, r: (
+            "identity Org1MSP/dave has role clinician, not guardian"
+            if r == "org_admin"
+            else _role_needed("admin")(w, n, r)
+        ),
+    ),
+    Case(
+        "ApproveMinorGuardian",
+        lambda w: (ALICE, "Org1MSP/dave"),
+        frozenset(),
+        lambda w, n, r: (
+            f"no guardianship of Org1MSP/dave for {ALICE} was proposed"
+            if r == "org_admin"
+            else _role_needed("admin")(w, n, r)
+        ),
+    ),
+    # A guardian's audit read is logged first (this world has no guardian).
+    Case("LogAuditRead", lambda w: (ALICE,), frozenset(), _role_needed("guardian")),
     # Recovery: only admins propose and approve; a quorum of 2 needs a second hospital's CA on
     # chain, which this world lacks (tests/chaincode/test_rebinding.py has two).
     Case(

@@ -49,13 +49,18 @@ def test_guardian_grants_revokes_and_audits_within_its_limits(w: World) -> None:
     assert w.m["other_hospital_clinician"].submit("RequestAccess", "r-1")["decision"] == "allow"
     gwen.submit("RevokeAccess", w.grants["grantee"])  # a grant alice made herself
     assert w.m["grantee"].submit("RequestAccess", "r-1")["decision"] == "deny"
-    trail = gwen.evaluate("GetAuditTrail", "patient", ALICE, "100", "")
+    read = gwen.submit("LogAuditRead", ALICE)
+    trail = gwen.evaluate("GetAuditTrail", "patient", ALICE, "100", "", read["read_id"])
     by_gwen = [
         (e["action"], e["actor"], e["detail"].get("on_behalf_of"))
         for e in trail["entries"]
         if e["actor"] == GWEN
     ]
-    assert by_gwen == [("GrantAccess", GWEN, ALICE), ("RevokeAccess", GWEN, ALICE)]
+    assert by_gwen == [
+        ("GrantAccess", GWEN, ALICE),
+        ("RevokeAccess", GWEN, ALICE),
+        ("AuditRead", GWEN, ALICE),
+    ]
     assert gwen.evaluate("GetGuardian", ALICE, GWEN)["expiry"] == int(FAR)
 
 
@@ -76,6 +81,7 @@ def test_guardian_is_refused_beyond_its_limits(w: World) -> None:
     )
     with pytest.raises(Exception, match=f"{prefix} does not allow audit"):
         gwen.evaluate("GetAuditTrail", "patient", ALICE, "", "")
+    assert fails_without_change(w, gwen, "LogAuditRead", ALICE) == f"{prefix} does not allow audit"
     # Expiry: the guardianship ends at its stated time.
     alice.submit("RegisterGuardian", GWEN, ALL, "", str(w.clock.seconds + 50))
     w.clock.advance(60)

@@ -99,6 +99,9 @@ _ANSWERS: dict[str, bytes] = {
     "RegisterGuardian": _GUARDIAN,
     "RemoveGuardian": _GUARDIAN,
     "GetGuardian": _GUARDIAN,
+    "ProposeMinorGuardian": _GUARDIAN,
+    "ApproveMinorGuardian": _GUARDIAN,
+    "LogAuditRead": b'{"read_id":"ar-1","patient":"O/p","guardian":"O/g","upto_seq":3}',
 }
 
 # Each public method with arguments, both with and without the optional ones where it has any.
@@ -200,6 +203,12 @@ _CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("register_guardian", ("O/g",), dict(actions=["grant"], labels=["t-1"], expiry=9)),
     ("remove_guardian", ("O/g",), {}),
     ("get_guardian", ("O/p", "O/g"), {}),
+    ("propose_minor_guardian", ("O/p", "O/g"), dict(actions=["audit"], labels=[], expiry=9)),
+    ("propose_minor_guardian", ("O/p", "O/g"), dict(actions=["grant"], labels=["t"], expiry=9)),
+    ("approve_minor_guardian", ("O/p", "O/g"), {}),
+    ("log_audit_read", ("O/p",), {}),
+    ("get_audit_trail", ("record", "r-1"), dict(page_size=5, bookmark="b", read_id="ar-1")),
+    ("verify_audit_trail", ("O/p", "ar-1"), {}),
 ]
 
 

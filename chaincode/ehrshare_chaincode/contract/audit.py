@@ -15,6 +15,7 @@ from ..stub import ChaincodeError
 from .checks import check_bookmark, check_ibe, check_page_size
 from .context import ADMIN, AUDITOR, GUARDIAN, Caller, TxContext
 from .functions import evaluate
+from .guardian_reads import guardian_read_limit
 from .guardians import guardian_problem
 from .keys import K_LOG, K_LOG_BY_RECORD, K_LOG_HEAD, STATE_TYPES
 from .records import load_record
@@ -25,30 +26,43 @@ __all__ = ["Audit"]
 class Audit:
     """GetAuditTrail, StateDigest and VerifyAuditTrail."""
 
-    def _may_audit(self, ctx: TxContext, caller: Caller, chain: str) -> None:
+    def _may_audit(
+        self, ctx: TxContext, caller: Caller, chain: str, read_id: str = ""
+    ) -> int | None:
+        """Refuse a caller who may not read ``chain``; for a guardian, the last entry it may
+        see (its logged read's own, :mod:`.guardian_reads`), else None (no bound)."""
         if caller.role == AUDITOR or caller.name == chain:
-            return
+            return None
         if chain == SYSTEM_CHAIN and caller.role == ADMIN:
-            return
+            return None
         if caller.role == GUARDIAN and chain != SYSTEM_CHAIN:
             problem = guardian_problem(ctx, caller, chain, "audit")
             if problem is not None and problem.startswith("the guardianship"):
                 raise ChaincodeError(problem)
             if problem is None:
-                return
+                return int(guardian_read_limit(ctx, caller, chain, read_id)["upto_seq"])
         raise ChaincodeError(f"identity {caller.name} may not read the audit trail of {chain}")
 
     @evaluate
     def GetAuditTrail(
-        self, ctx: TxContext, kind: str, subject: str, page_size: str = "", bookmark: str = ""
+        self,
+        ctx: TxContext,
+        kind: str,
+        subject: str,
+        page_size: str = "",
+        bookmark: str = "",
+        read_id: str = "",
     ) -> Any:
-        """One page of the operation log of a patient (kind ``patient``) or a record."""
+        """One page of the operation log of a patient (kind ``patient``) or a record.
+
+        A guardian names the read id of its logged read (LogAuditRead) and sees the entries up
+        to that read's own entry."""
         caller = ctx.registered()
         size = check_page_size(page_size)
         if kind == "patient":
             if subject != SYSTEM_CHAIN:
                 check_ibe(subject, "patient")
-            self._may_audit(ctx, caller, subject)
+            upto = self._may_audit(ctx, caller, subject, read_id)
             check_bookmark(bookmark, K_LOG, subject)
             rows, next_bm = ctx.stub.get_state_by_partial_composite_key_with_pagination(
                 K_LOG, [subject], size, bookmark
@@ -56,10 +70,13 @@ class Audit:
             entries = [canonical.loads(kv.value, "stored log entry") for kv in rows]
         elif kind == "record":
             record = load_record(ctx, subject)
-            self._may_audit(ctx, caller, record["owner"])
+            upto = self._may_audit(ctx, caller, record["owner"], read_id)
             entries, next_bm = ctx.index_page(K_LOG_BY_RECORD, subject, K_LOG, page_size, bookmark)
         else:
             raise ChaincodeError(f"audit trail kind {kind!r} is not patient or record")
+        if upto is not None and any(int(e["seq"]) > upto for e in entries):
+            # Entries come in sequence order: nothing after the logged read, and no next page.
+            entries, next_bm = [e for e in entries if int(e["seq"]) <= upto], ""
         return {"entries": entries, "bookmark": next_bm}
 
     @evaluate
@@ -82,13 +99,18 @@ class Audit:
         return {"sha256": digest.hexdigest(), "keys": count}
 
     @evaluate
-    def VerifyAuditTrail(self, ctx: TxContext, chain: str) -> Any:
-        """Recompute a chain's hashes and links against its head."""
+    def VerifyAuditTrail(self, ctx: TxContext, chain: str, read_id: str = "") -> Any:
+        """Recompute a chain's hashes and links against its head (a guardian: up to its logged
+        read's own entry, named by ``read_id``)."""
         caller = ctx.registered()
         if chain != SYSTEM_CHAIN:
             check_ibe(chain, "patient")
-        self._may_audit(ctx, caller, chain)
+        upto = self._may_audit(ctx, caller, chain, read_id)
         rows = ctx.stub.get_state_by_partial_composite_key(K_LOG, [chain])
         entries = [canonical.loads(kv.value, "stored log entry") for kv in rows]
         head = ctx.get_json(K_LOG_HEAD, chain)
+        if upto is not None:
+            read = guardian_read_limit(ctx, caller, chain, read_id)
+            entries = [e for e in entries if int(e["seq"]) <= upto]
+            head = {"chain": chain, "seq": upto, "hash": read["upto_hash"]}
         return verify_entries(chain, entries, head)

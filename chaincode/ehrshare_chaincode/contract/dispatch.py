@@ -19,8 +19,10 @@ from .dkg_board import DkgBoard
 from .dkg_sessions import DkgSessions
 from .functions import FunctionSpec, function_table
 from .grants import Grants
+from .guardian_reads import GuardianReads
 from .guardians import Guardians
 from .identities import Identities
+from .minor_guardians import MinorGuardians
 from .records import Records
 from .recovery import Recovery
 from .type_epochs import TypeEpochs
@@ -39,6 +41,8 @@ class EHRContract(
     Audit,
     Recovery,
     Guardians,
+    MinorGuardians,
+    GuardianReads,
 ):
     """The contract. Its public methods named as verbs are the transaction functions; each is
     declared ``submit`` or ``evaluate`` in its domain module and listed in :data:`FUNCTIONS`."""

@@ -23,7 +23,7 @@ from .functions import evaluate, submit
 from .identities import load_identity
 from .keys import K_GUARDIAN
 
-__all__ = ["GUARDIAN_ACTIONS", "Guardians", "guardian_problem"]
+__all__ = ["GUARDIAN_ACTIONS", "Guardians", "guardian_limits", "guardian_problem"]
 
 GUARDIAN_ACTIONS: Final = ("audit", "grant", "revoke")
 
@@ -42,30 +42,8 @@ class Guardians:
         """
         caller = ctx.registered(PATIENT)
         assert caller.ibe_id is not None
-        ident = load_identity(ctx, guardian)
-        if ident["role"] != GUARDIAN:
-            raise ChaincodeError(f"identity {guardian} has role {ident['role']}, not guardian")
-        wanted = json_list(actions, "actions")
-        if not wanted:
-            raise ChaincodeError("a guardian needs at least one action")
-        for action in wanted:
-            if action not in GUARDIAN_ACTIONS:
-                raise ChaincodeError(
-                    f"action {action!r} is not one of {', '.join(GUARDIAN_ACTIONS)}"
-                )
-        covered = [check_type(t) for t in json_list(types, "types")]
-        exp = check_int(expiry, "expiry", 0, 2**62)
-        if exp <= ctx.now:
-            raise ChaincodeError(f"expiry {exp} is not after the transaction time {ctx.now}")
-        entry = {
-            "patient": caller.ibe_id,
-            "guardian": guardian,
-            "actions": sorted(set(wanted)),
-            "types": sorted(set(covered)),
-            "expiry": exp,
-            "state": "active",
-            "registered_at": ctx.now,
-        }
+        entry = guardian_limits(ctx, caller.ibe_id, guardian, actions, types, expiry)
+        entry.update({"state": "active", "registered_at": ctx.now})
         ctx.put_json(entry, K_GUARDIAN, caller.ibe_id, guardian)
         ctx.log(
             caller.ibe_id,
@@ -118,3 +96,29 @@ def guardian_problem(
     if record_type and entry["types"] and record_type not in entry["types"]:
         return f"the guardianship of {caller.name} for {patient} does not cover type {record_type}"
     return None
+
+
+def guardian_limits(
+    ctx: TxContext, patient: str, guardian: str, actions: str, types: str, expiry: str
+) -> dict[str, Any]:
+    """A guardianship's checked limits (RegisterGuardian's and ProposeMinorGuardian's)."""
+    ident = load_identity(ctx, guardian)
+    if ident["role"] != GUARDIAN:
+        raise ChaincodeError(f"identity {guardian} has role {ident['role']}, not guardian")
+    wanted = json_list(actions, "actions")
+    if not wanted:
+        raise ChaincodeError("a guardian needs at least one action")
+    for action in wanted:
+        if action not in GUARDIAN_ACTIONS:
+            raise ChaincodeError(f"action {action!r} is not one of {', '.join(GUARDIAN_ACTIONS)}")
+    covered = [check_type(t) for t in json_list(types, "types")]
+    exp = check_int(expiry, "expiry", 0, 2**62)
+    if exp <= ctx.now:
+        raise ChaincodeError(f"expiry {exp} is not after the transaction time {ctx.now}")
+    return {
+        "patient": patient,
+        "guardian": guardian,
+        "actions": sorted(set(wanted)),
+        "types": sorted(set(covered)),
+        "expiry": exp,
+    }

@@ -21,6 +21,7 @@ __all__ = [
     "K_GRANT_BY_OWNER",
     "K_GRANT_MATCH",
     "K_GUARDIAN",
+    "K_GUARDIAN_READ",
     "K_IBE",
     "K_IDENTITY",
     "K_KGC_KEY",
@@ -55,6 +56,7 @@ K_GRANT_BY_GRANTOR = "ehr.grant~grantor"
 K_GRANT_MATCH = "ehr.grant~match"
 K_REBINDING = "ehr.rebind"
 K_GUARDIAN = "ehr.guardian"
+K_GUARDIAN_READ = "ehr.guardianread"
 K_ACCESS = "ehr.access"
 K_APPROVAL = "ehr.approval"
 K_REENCRYPTION = "ehr.reenc"

@@ -1,6 +1,8 @@
-"""``ehrshare guardian add|remove|show|grant``: a patient's guardians, and a guardian granting
-for the patient. Revoking and reading the audit trail for the patient are ``ehrshare revoke``
-and ``ehrshare audit show --patient``. The work is in :class:`ehrshare.session.Session`.
+"""``ehrshare guardian add|remove|show|grant|propose-for-minor|approve``: a patient's guardians,
+a guardian granting for the patient, and hospital admins registering a minor's guardian.
+Revoking and reading the audit trail for the patient are ``ehrshare revoke`` and ``ehrshare
+audit show --patient`` (a guardian's read is logged first). The work is in
+:class:`ehrshare.session.Session`.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from ehrshare.commands.common import (
 )
 from ehrshare.commands.grants import MAX_GRANT_DAYS
 from ehrshare.console import err_console, out_console
+from ehrshare.contract.types import Guardianship
 from ehrshare.errors import EXIT_USAGE
 
 __all__ = ["register"]
@@ -61,7 +64,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     del bench_app
     guardian_app = typer.Typer(
         help="A patient's guardians: register one with its limits, remove it, show it; as a "
-        "guardian, grant for the patient.",
+        "guardian, grant for the patient; as hospital admins, register a minor's guardian.",
         no_args_is_help=True,
     )
     app.add_typer(guardian_app, name="guardian")
@@ -133,6 +136,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     "types": names,
                     "expiry": entry.expiry,
                     "state": entry.state,
+                    "kind": entry.kind,
+                    "approved_by": list(entry.approved_by),
                 }
             )
             return
@@ -157,3 +162,74 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         with open_session(profile, wallet) as s, mapped_errors():
             g = s.grant_for(patient, grantee, type_, expires=period)
         out_console().print(g.grant_id, highlight=False)
+
+    @guardian_app.command("propose-for-minor", epilog=HELP_EPILOG)
+    def guardian_propose_for_minor(
+        patient: Annotated[str, typer.Argument(help="The patient who cannot act (a minor).")],
+        guardian: Annotated[str, typer.Argument(help="The guardian's IBE id (role guardian).")],
+        days: Annotated[float, typer.Option(help="How long the guardianship lasts.")],
+        types: Annotated[
+            list[str] | None,
+            typer.Option("--type", help="A record type it covers (repeat; none: every type)."),
+        ] = None,
+        actions: Annotated[
+            str, typer.Option(help="Comma-separated: grant, revoke, audit.")
+        ] = "audit,revoke",
+        profile: ProfileOpt = "",
+        wallet: WalletOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """As an admin of the hospital that registered a minor, propose a guardian for it;
+        it acts once admins of two other hospitals ran 'guardian approve'."""
+        period = _days(days)
+        assert period is not None  # --days is required
+        wanted = _actions(actions)
+        with open_session(profile, wallet) as s, mapped_errors():
+            s.register()
+            entry = s.propose_minor_guardian(
+                patient, guardian, types=types or [], expires=period, actions=wanted
+            )
+        _minor_result(entry, as_json)
+
+    @guardian_app.command("approve", epilog=HELP_EPILOG)
+    def guardian_approve(
+        patient: Annotated[str, typer.Argument(help="The minor's IBE id.")],
+        guardian: Annotated[str, typer.Argument(help="The proposed guardian's IBE id.")],
+        profile: ProfileOpt = "",
+        wallet: WalletOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """As an admin of another hospital, approve a minor's proposed guardian (the second
+        hospital's approval makes it act)."""
+        with open_session(profile, wallet) as s, mapped_errors():
+            s.register()
+            entry = s.approve_minor_guardian(patient, guardian)
+        _minor_result(entry, as_json)
+
+
+def _minor_result(entry: Guardianship, as_json: bool) -> None:
+    approved = list(entry.approved_by)
+    if as_json:
+        emit(
+            {
+                "patient": entry.patient,
+                "guardian": entry.guardian,
+                "actions": list(entry.actions),
+                "expiry": entry.expiry,
+                "state": entry.state,
+                "approved_by": approved,
+            }
+        )
+        return
+    if entry.state == "active":
+        _err.print(
+            f"[green]✓[/green] {entry.guardian} acts for {entry.patient} "
+            f"({', '.join(entry.actions)}) until {fmt_date(entry.expiry)}; approved by "
+            f"{', '.join(approved)}"
+        )
+    else:
+        _err.print(
+            f"{entry.guardian} is proposed as the guardian of {entry.patient}, approved by "
+            f"{len(approved)} of 2 other hospitals ({', '.join(approved) or 'none yet'}); an "
+            "admin of another hospital runs 'ehrshare guardian approve'"
+        )

@@ -26,6 +26,7 @@ from ehrshare.contract.dkg import DkgBoardClient
 from ehrshare.contract.types import (
     Access,
     AuditCheck,
+    AuditRead,
     Grant,
     Guardianship,
     Member,
@@ -85,6 +86,9 @@ COVERED: Final[frozenset[str]] = frozenset(
         "RegisterGuardian",
         "RemoveGuardian",
         "GetGuardian",
+        "ProposeMinorGuardian",
+        "ApproveMinorGuardian",
+        "LogAuditRead",
     }
 )
 """Every chaincode function :class:`EhrContract` calls (the DKG board and KGC roster functions
@@ -270,6 +274,35 @@ class EhrContract:
         """A guardianship (for the patient, the guardian, auditors and admins)."""
         return Guardianship.from_chain(self.call("GetGuardian", patient, guardian))
 
+    def propose_minor_guardian(
+        self,
+        patient: str,
+        guardian: str,
+        *,
+        actions: Sequence[str],
+        labels: Sequence[str],
+        expiry: int,
+    ) -> Guardianship:
+        """The registering hospital's admin proposes a guardian for a patient who cannot act
+        (a minor); it takes effect when admins of two other hospitals approve."""
+        data = self.call(
+            "ProposeMinorGuardian",
+            patient,
+            guardian,
+            json.dumps(sorted(actions)),
+            json.dumps(sorted(labels)) if labels else "",
+            str(expiry),
+        )
+        return Guardianship.from_chain(data)
+
+    def approve_minor_guardian(self, patient: str, guardian: str) -> Guardianship:
+        """An admin of another hospital approves a proposed minor's guardian."""
+        return Guardianship.from_chain(self.call("ApproveMinorGuardian", patient, guardian))
+
+    def log_audit_read(self, patient: str) -> AuditRead:
+        """A guardian logs its read of the patient's audit trail (before reading under it)."""
+        return AuditRead.from_chain(self.call("LogAuditRead", patient))
+
     # --- records -----------------------------------------------------------------------------
 
     def register_record(
@@ -442,14 +475,18 @@ class EhrContract:
         *,
         page_size: int | None = None,
         bookmark: str = "",
+        read_id: str = "",
     ) -> Page[dict[str, Any]]:
-        """One page of the operation log of a patient or of one record."""
-        data = self.call("GetAuditTrail", kind, subject, _page_size(page_size), bookmark)
-        return Page.from_chain(data, "entries", dict)
+        """One page of the operation log of a patient or of one record (a guardian names its
+        logged read, :meth:`log_audit_read`)."""
+        args = (kind, subject, _page_size(page_size), bookmark) + ((read_id,) if read_id else ())
+        return Page.from_chain(self.call("GetAuditTrail", *args), "entries", dict)
 
-    def verify_audit_trail(self, chain: str) -> AuditCheck:
-        """The chaincode's recomputation of a patient's log against its head."""
-        return AuditCheck.from_chain(self.call("VerifyAuditTrail", chain))
+    def verify_audit_trail(self, chain: str, read_id: str = "") -> AuditCheck:
+        """The chaincode's recomputation of a patient's log against its head (a guardian's: up
+        to its logged read)."""
+        args = (chain, read_id) if read_id else (chain,)
+        return AuditCheck.from_chain(self.call("VerifyAuditTrail", *args))
 
     def state_digest(self) -> StateDigest:
         """SHA-256 over the contract's world state (compare it across organisations)."""

@@ -17,6 +17,7 @@ from ehrshare.fhir import TypeLabels
 __all__ = [
     "Access",
     "AuditCheck",
+    "AuditRead",
     "AuditTrail",
     "AuditVerification",
     "Grant",
@@ -90,9 +91,10 @@ class OrgCA:
 
 @dataclass(frozen=True, slots=True)
 class Guardianship:
-    """A guardian registered by a patient: the actions (``grant``, ``revoke``, ``audit``) and
-    type labels (empty: every type) it may act on, until ``expiry``; ``state`` is ``active`` or
-    ``removed``."""
+    """A guardian acting for a patient: the actions (``grant``, ``revoke``, ``audit``) and
+    type labels (empty: every type) it may act on, until ``expiry``; ``state`` is ``active``,
+    ``removed`` or, for a minor's guardian not yet approved, ``proposed``. ``kind`` is
+    ``minor`` when hospital admins registered it (``approved_by``: the approving hospitals)."""
 
     patient: str
     guardian: str
@@ -100,6 +102,9 @@ class Guardianship:
     labels: tuple[str, ...]
     expiry: int
     state: str
+    kind: str = "patient"
+    approved_by: tuple[str, ...] = ()
+    data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def from_chain(cls, data: dict[str, Any]) -> Guardianship:
@@ -111,6 +116,27 @@ class Guardianship:
             tuple(str(t) for t in data["types"]),
             int(data["expiry"]),
             str(data["state"]),
+            str(data.get("kind", "patient")),
+            tuple(str(a["msp_id"]) for a in data.get("approvals", ())),
+            data,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRead:
+    """A guardian's logged read of a patient's audit trail (LogAuditRead): queries under
+    ``read_id`` show the entries up to ``upto_seq``, the read's own entry."""
+
+    read_id: str
+    patient: str
+    guardian: str
+    upto_seq: int
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any]) -> AuditRead:
+        """Build from a chaincode audit read."""
+        return cls(
+            str(data["read_id"]), str(data["patient"]), str(data["guardian"]), int(data["upto_seq"])
         )
 
 

@@ -7,31 +7,59 @@ from collections.abc import Sequence
 from typing import Any
 
 from ehrshare.contract import AuditTrail, AuditVerification
+from ehrshare.faults import fault_point
 from ehrshare.session.core import _PAGE, SessionCore
+from ehrshare.session.errors import RequestRejected
+from ehrshare_chaincode.auditlog import SYSTEM_CHAIN
 
 
 class Auditing(SessionCore):
     """A session's audit: reading and verifying the hash-chained operation log."""
 
     def audit(self, patient: str | None = None, *, record: str | None = None) -> AuditTrail:
-        """The operation log of a patient (yourself by default) or of one record."""
+        """The operation log of a patient (yourself by default) or of one record.
+
+        A guardian's read of a patient's log is logged on that log first (LogAuditRead), and
+        shows the entries up to that read; a guardian names the patient of a record's log."""
         if record is not None:
+            read_id = self._audit_read(patient, record=record)
             entries = list(
                 self._pages(
                     lambda bookmark: self.chain.get_audit_trail(
-                        "record", record, page_size=_PAGE, bookmark=bookmark
+                        "record", record, page_size=_PAGE, bookmark=bookmark, read_id=read_id
                     )
                 )
             )
             chain = entries[0]["chain"] if entries else ""
             return AuditTrail(chain, tuple(entries), record)
         chain = patient or self.ibe_id
+        return self._trail(chain, self._audit_read(chain))
+
+    def _trail(self, chain: str, read_id: str) -> AuditTrail:
         pages = self._pages(
             lambda bookmark: self.chain.get_audit_trail(
-                "patient", chain, page_size=_PAGE, bookmark=bookmark
+                "patient", chain, page_size=_PAGE, bookmark=bookmark, read_id=read_id
             )
         )
         return AuditTrail(chain, tuple(pages))
+
+    def _audit_read(self, chain: str | None, *, record: str | None = None) -> str:
+        """The read id to read ``chain`` under: "" unless this session is a guardian reading
+        another member's log, whose read is logged first (:meth:`EhrContract.log_audit_read`)."""
+        if chain == self.ibe_id or chain == SYSTEM_CHAIN:
+            return ""
+        if self.chain.get_identity(self.ibe_id).role != "guardian":
+            return ""
+        if chain is None:
+            raise RequestRejected(
+                "GetAuditTrail",
+                f"as a guardian, name the patient whose record {record} you read the log of "
+                "(audit show --patient)",
+            )
+        fault_point("guardian.before_audit_read")
+        read = self.chain.log_audit_read(chain)
+        fault_point("guardian.after_audit_read")
+        return read.read_id
 
     def verify_audit(
         self,
@@ -50,8 +78,9 @@ class Auditing(SessionCore):
         from ehrshare_chaincode.auditlog import verify_entries
 
         chain = trail.chain if trail is not None else (patient or self.ibe_id)
-        server = self.chain.verify_audit_trail(chain).to_dict()
-        entries = list(trail.entries) if trail is not None else list(self.audit(chain).entries)
+        read_id = self._audit_read(chain)
+        server = self.chain.verify_audit_trail(chain, read_id).to_dict()
+        entries = list(trail.entries if trail is not None else self._trail(chain, read_id).entries)
         head = (
             {"seq": server["length"], "hash": server["head"]}
             if server.get("valid")
