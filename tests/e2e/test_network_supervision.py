@@ -162,7 +162,9 @@ def test_killed_kgc_node_and_proxy_are_logged_restarted_and_serve_again(network:
         assert svc["supervisor"]["last_exit"] == "killed by SIGKILL"
     log = (root / "run" / "network.log").read_text()
     for name, pid in old.items():
-        assert f"{name} (pid {pid}) died: killed by SIGKILL; restarting in 20.0 s (attempt 1)" in log
+        assert (
+            f"{name} (pid {pid}) died: killed by SIGKILL; restarting in 20.0 s (attempt 1)" in log
+        )
     # `up` again starts nothing and names the live pids, not the dead ones.
     again = _up(root)
     assert again["already_running"]
