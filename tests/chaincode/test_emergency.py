@@ -187,6 +187,7 @@ def test_only_the_requester_reads_under_the_emergency(w: World) -> None:
     )
     records = w.m["grantee"].evaluate("ListEmergencyRecords", rid, "", "")
     assert [r["record_id"] for r in records["records"]] == ["r-1"]
+    assert records["grants"] == {"lab": grant_id}
     # The patient may extract its own emergency identity's key (to make its type keys).
     own = w.m["kgc"].evaluate("CheckEmergencyExtraction", EMERGENCY, ALICE)
     assert own["owner"] is True

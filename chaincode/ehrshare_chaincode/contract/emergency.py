@@ -46,6 +46,8 @@ from .keys import (
     K_EMERGENCY,
     K_EMERGENCY_BY_PATIENT,
     K_EMERGENCY_POLICY,
+    K_GRANT,
+    K_GRANT_MATCH,
     K_RECORD,
     K_RECORD_BY_OWNER,
     K_TYPEKEY,
@@ -392,12 +394,14 @@ class Emergency:
     @evaluate
     def GetEmergency(self, ctx: TxContext, request_id: str) -> Any:
         """One emergency request: its requester, the patient (or a guardian allowed ``audit``),
-        admins, auditors and KGC nodes."""
+        admins, auditors and KGC nodes; with ``grants``, the patient's active grant to the
+        emergency identity per type."""
         caller = ctx.registered()
         request = _load(ctx, request_id)
         if caller.name != request["requester"] and not _may_read(ctx, caller, request["patient"]):
             raise ChaincodeError(f"identity {caller.name} may not read emergency {request_id}")
-        return request
+        # The patient's grants to the emergency identity the requester names in RequestAccess.
+        return request | {"grants": _pregrants(ctx, request)}
 
     @evaluate
     def ListEmergencies(
@@ -433,7 +437,11 @@ class Emergency:
             K_RECORD_BY_OWNER, str(request["patient"]), K_RECORD, page_size, bookmark
         )
         types = set(request["policy"]["types"])
-        return {"records": [r for r in records if r["type"] in types], "bookmark": next_bm}
+        return {
+            "records": [r for r in records if r["type"] in types],
+            "bookmark": next_bm,
+            "grants": _pregrants(ctx, request),
+        }
 
     @submit
     def ReviewEmergency(self, ctx: TxContext, request_id: str, note: str = "") -> Any:
@@ -496,6 +504,24 @@ class Emergency:
                 }
             problems.append(problem)
         raise ChaincodeError(problems[-1])
+
+
+def _pregrants(ctx: TxContext, request: dict[str, Any]) -> dict[str, str]:
+    """The first active, unexpired grant per policy type from the patient to the emergency
+    identity (what the requester names in RequestAccess)."""
+    found: dict[str, str] = {}
+    patient, identity = str(request["patient"]), str(request["policy"]["identity"])
+    for label in request["policy"]["types"]:
+        rows = ctx.stub.get_state_by_partial_composite_key(
+            K_GRANT_MATCH, [patient, str(label), identity]
+        )
+        for kv in rows:
+            _, attrs = ctx.stub.split_composite_key(kv.key)
+            grant = ctx.get_json(K_GRANT, attrs[3])
+            if grant and grant["state"] == "active" and ctx.now < int(grant["expiry"]):
+                found[str(label)] = str(grant["grant_id"])
+                break
+    return found
 
 
 def _load(ctx: TxContext, request_id: str) -> dict[str, Any]:

@@ -331,11 +331,13 @@ class EhrContract:
 
     def list_emergency_records(
         self, request_id: str, *, page_size: int | None = None, bookmark: str = ""
-    ) -> Page[StoredRecord]:
+    ) -> tuple[Page[StoredRecord], dict[str, str]]:
         """For the requester of an emergency in force: one page of the records it opens (a
-        page may hold fewer than asked: follow the bookmark until it is empty)."""
+        page may hold fewer than asked: follow the bookmark until it is empty), and the
+        patient's grant to its emergency identity per type label (what RequestAccess names)."""
         data = self.call("ListEmergencyRecords", request_id, _page_size(page_size), bookmark)
-        return Page.from_chain(data, "records", self._stored)
+        grants = {str(k): str(v) for k, v in dict(data.get("grants", {})).items()}
+        return Page.from_chain(data, "records", self._stored), grants
 
     def review_emergency(self, request_id: str, note: str = "") -> EmergencyRequest:
         """The patient (or a guardian) acknowledges an approved emergency."""

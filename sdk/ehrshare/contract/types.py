@@ -186,7 +186,8 @@ class EmergencyPolicy:
 class EmergencyRequest:
     """A clinician's emergency request: ``status`` ``pending`` or ``approved`` (in force until
     ``expires_at``); ``approved_by`` the approving admins in order; ``review`` ``pending``,
-    ``acknowledged`` or "" (never approved)."""
+    ``acknowledged`` or "" (never approved); ``grants`` (from GetEmergency only) the patient's
+    grant to the emergency identity per type label."""
 
     request_id: str
     patient: str
@@ -200,6 +201,7 @@ class EmergencyRequest:
     requested_at: int
     expires_at: int
     review: str
+    grants: dict[str, str] = field(compare=False)
     data: dict[str, Any] = field(repr=False, compare=False)
 
     def in_force(self, now: int) -> bool:
@@ -224,6 +226,7 @@ class EmergencyRequest:
             int(data["requested_at"]),
             int(data["expires_at"]),
             str(review.get("state", "")),
+            {str(k): str(v) for k, v in dict(data.get("grants") or {}).items()},
             data,
         )
 
