@@ -13,8 +13,7 @@ from sdk_people import People
 
 from ehrshare.demo import lab_observation
 from ehrshare.provisioning import Consortium
-from ehrshare.session import AccessDenied, RequestRejected, Session
-from ehrshare.session.emergency import EmergencyKeyRefused
+from ehrshare.session import AccessDenied, EmergencyKeyRefused, RequestRejected, Session
 
 HOUR = dt.timedelta(hours=1)
 

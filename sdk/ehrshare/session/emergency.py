@@ -23,30 +23,18 @@ from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
 from ehrshare.contract import Grant, RecordRef
 from ehrshare.contract.types import EmergencyPolicy, EmergencyRequest
-from ehrshare.errors import Refused
 from ehrshare.faults import fault_point
 from ehrshare.hazmat import tipre
 from ehrshare.session.access import Sharing
-from ehrshare.session.errors import RequestRejected, SdkError
+from ehrshare.session.errors import EmergencyKeyRefused, NotInEmergency, RequestRejected
 from ehrshare.session.records import Records
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["EmergencyAccess", "EmergencyKeyRefused", "NotInEmergency"]
+__all__ = ["EmergencyAccess"]
 
 PREGRANT_LIFETIME: Final = _dt.timedelta(days=5 * 365)
 """How long a pre-grant to the emergency identity lasts (setting the policy again renews it)."""
-
-
-class EmergencyKeyRefused(Refused, SdkError):
-    """Fewer than τ KGC nodes gave the emergency identity's key (each says why: no emergency
-    in force, too few approvals, expired, or the node is down)."""
-
-    hint = "check the emergency with 'ehrshare emergency show' (approvals, expiry)"
-
-
-class NotInEmergency(Refused, SdkError):
-    """The record is not one the emergency opens (another patient's, or a type outside it)."""
 
 
 class EmergencyAccess(Records, Sharing):
@@ -135,7 +123,9 @@ class EmergencyAccess(Records, Sharing):
 
         Safe to repeat: one already acknowledged is returned as it is."""
         try:
-            return self.chain.review_emergency(request_id, note)
+            reviewed = self.chain.review_emergency(request_id, note)
+            fault_point("emergency_review.after_submit")
+            return reviewed
         except RequestRejected as exc:
             if exc.reason != f"emergency {request_id} is already reviewed":
                 raise
@@ -145,7 +135,9 @@ class EmergencyAccess(Records, Sharing):
 
     def emergency_request(self, patient: str, reason: str) -> EmergencyRequest:
         """Ask for emergency access to ``patient``'s records (a clinician), giving a reason."""
-        return self.chain.request_emergency(patient, reason)
+        request = self.chain.request_emergency(patient, reason)
+        fault_point("emergency_request.after_submit")
+        return request
 
     def approve_emergency(self, request_id: str) -> EmergencyRequest:
         """Approve an emergency request (a hospital admin). Safe to repeat: an approval this
