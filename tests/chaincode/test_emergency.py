@@ -269,3 +269,32 @@ def test_patient_reviews_an_approved_emergency_once(w: World) -> None:
     assert endorse_error(w.m["other_patient"], "ListEmergencies", ALICE) == (
         f"identity Org1MSP/carol may not list emergencies of {ALICE}"
     )
+
+
+def test_a_guardian_allowed_audit_lists_and_reviews_for_the_patient(w: World) -> None:
+    gwen = w.sandbox.member("Org1MSP", "gwen", "guardian")
+    gus = w.sandbox.member("Org1MSP", "gus", "guardian")
+    alice = w.m["owner"]
+    alice.submit("RegisterGuardian", gwen.ibe_id, '["audit"]', "", FAR)
+    alice.submit("RegisterGuardian", gus.ibe_id, '["revoke"]', "", FAR)
+    set_policy(w)
+    rid = request(w)
+    for admin in ("admin2", "admin3"):
+        w.m[admin].submit("ApproveEmergency", rid)
+    assert [e["request_id"] for e in gwen.evaluate("ListEmergencies", ALICE)["emergencies"]] == [
+        rid
+    ]
+    assert fails_without_change(w, gus, "ReviewEmergency", rid, "") == (
+        f"the guardianship of {gus.ibe_id} for {ALICE} does not allow audit"
+    )
+    assert endorse_error(gus, "ListEmergencies", ALICE) == (
+        f"identity {gus.ibe_id} may not list emergencies of {ALICE}"
+    )
+    done = gwen.submit("ReviewEmergency", rid, "")
+    assert done["review"]["by"] == gwen.ibe_id
+    entry = trail(w)[-1]
+    assert (entry["action"], entry["actor"], entry["detail"]["on_behalf_of"]) == (
+        "ReviewEmergency",
+        gwen.ibe_id,
+        ALICE,
+    )
