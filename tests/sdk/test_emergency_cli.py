@@ -115,6 +115,33 @@ def test_kill_at_each_step_of_policy_set_and_the_next_run_completes(
 
 
 @pytest.mark.parametrize(
+    "fault",
+    [
+        "emergency_policy.after_extract",
+        "emergency_policy.after_commit",
+        "emergency_policy.after_revoke",
+    ],
+)
+def test_kill_at_each_step_of_rotation_and_a_rerun_finishes_it(world: Path, fault: str) -> None:
+    ok(policy_set(world))
+    killed = ehrshare(world, "emergency", "policy", "rotate", "-w", "alice", fault=fault)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    shown = ok(ehrshare(world, "emergency", "policy", "show", "-w", "alice", "--json"))
+    assert isinstance(shown, dict)
+    if shown["identity"] == f"{ALICE}~emergency-1":
+        # Killed before the new policy committed: nothing changed; rotate again.
+        assert [g["state"] for g in pregrants(world)] == ["active"]
+        ok(ehrshare(world, "emergency", "policy", "rotate", "-w", "alice", "--json"))
+    else:
+        # The policy moved; setting it again finishes the grants.
+        ok(policy_set(world))
+    listed = ok(ehrshare(world, "grant", "list", "-w", "alice", "--json"))
+    assert isinstance(listed, dict)
+    states = sorted((str(g["grantee"])[-1], str(g["state"])) for g in listed["grants"])
+    assert states == [("1", "revoked"), ("2", "active")]
+
+
+@pytest.mark.parametrize(
     ("step", "fault"),
     [
         ("request", "emergency_request.after_submit"),
@@ -206,6 +233,7 @@ def test_short_by_one_approval_read_is_denied_with_exit_1_and_logged(world: Path
         (("approve", "e-1", "-w", "admin-b"), 2, "'e-1' is not an emergency request id"),
         (("approve", "e-" + "0" * 32, "-w", "admin-b"), 1, "does not exist"),
         (("review", "--note", "x", "-w", "alice"), 2, "--note goes with --ack"),
+        (("policy", "rotate", "-w", "alice"), 1, f"{ALICE} has no emergency policy to rotate"),
         (("request", ALICE, "--reason", "x"), 2, "this command acts as someone"),
     ],
 )

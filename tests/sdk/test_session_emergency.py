@@ -128,3 +128,38 @@ def test_setting_the_policy_again_keeps_one_pregrant_per_type(people: People) ->
     assert (policy.duration_s, policy.approvals, policy.default) == (7200, 1, False)
     assert [g.grantee for g in p.alice.grants("owner") if g.state == "active"] == [policy.identity]
     assert p.baker.emergency_policy(p.adams.ibe_id.replace("adams", "alice")).approvals == 1
+
+
+def test_rotation_after_an_emergency_moves_the_pregrants_to_a_new_identity(
+    people: People,
+) -> None:
+    p = people
+    ref = p.alice.put_record(lab_observation())
+    first = p.alice.set_emergency_policy(["lab"], duration=HOUR)
+    _, admin_b, admin_c = admins(p.consortium)
+    request = p.adams.emergency_request(p.alice.ibe_id, "car accident")
+    admin_b.approve_emergency(request.request_id)
+    admin_c.approve_emergency(request.request_id)
+    p.adams.read_emergency_record(request.request_id, ref)
+    with pytest.raises(RequestRejected, match="is in force until"):
+        p.alice.rotate_emergency_identity()
+    p.clock.advance(3601)
+    p.alice.review_emergency(request.request_id)
+    second = p.alice.rotate_emergency_identity()
+    assert second.identity == f"{p.alice.ibe_id}~emergency-2" and second.generation == 2
+    states = {(g.grantee, g.state) for g in p.alice.grants("owner")}
+    assert states == {(first.identity, "revoked"), (second.identity, "active")}
+    # The old identity's key opens nothing new; a new emergency reads under the new identity.
+    again = p.baker.emergency_request(p.alice.ibe_id, "second visit")
+    admin_b_refused = "hospital HospitalBMSP is the requester's"
+    with pytest.raises(RequestRejected, match=admin_b_refused):
+        admin_b.approve_emergency(again.request_id)
+    p.consortium.add_member("admin-a2", "HospitalA", "admin")
+    with p.consortium.session("admin-a2") as admin_a2:
+        admin_a2.register()
+        admin_a2.approve_emergency(again.request_id)
+    admin_c.approve_emergency(again.request_id)
+    _, resource = p.baker.read_emergency_record(again.request_id, ref)
+    assert resource.valueQuantity.value == Decimal("13.2")  # type: ignore[attr-defined]
+    with pytest.raises(EmergencyKeyRefused, match="has no emergency request"):
+        p.adams._emergency_key(second.identity)

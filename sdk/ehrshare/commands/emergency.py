@@ -139,6 +139,25 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             highlight=False,
         )
 
+    @policy_app.command("rotate", epilog=HELP_EPILOG)
+    def policy_rotate(
+        profile: ProfileOpt = "",
+        wallet: WalletOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Move your policy to a new emergency identity and revoke the pre-grants to the old
+        one (patients; after a reviewed emergency expired). Safe to run again."""
+        with open_session(profile, wallet) as s, mapped_errors(), progress("rotating", as_json):
+            policy = s.rotate_emergency_identity()
+        if as_json:
+            emit({"identity": policy.identity, "generation": policy.generation})
+            return
+        _err.print(
+            f"[green]✓[/green] emergencies now go to {policy.identity}; the pre-grants to the "
+            "earlier one are revoked",
+            highlight=False,
+        )
+
     @policy_app.command("show", epilog=HELP_EPILOG)
     def policy_show(
         patient: Annotated[str, typer.Argument(help="The patient (default: yourself).")] = "",

@@ -61,7 +61,55 @@ class EmergencyAccess(Records, Sharing):
         if not labels:
             raise ValueError("an emergency policy names at least one type")
         current = self.chain.get_emergency_policy(self.ibe_id)
-        sk = self._emergency_key(current.identity)
+        return self._commit_policy(
+            labels,
+            generation=None,
+            identity=current.identity,
+            duration=duration,
+            approvals=approvals,
+            distinct_hospitals=distinct_hospitals,
+        )
+
+    def rotate_emergency_identity(self) -> EmergencyPolicy:
+        """Move your emergency policy to a new emergency identity (``~emergency-<n+1>``) and
+        revoke the pre-grants to the old one: a clinician who was given the old identity's key
+        in an emergency can then read nothing new even with a proxy's help. Refused while an
+        emergency of the current identity is in force (it would cut off that care). Safe to
+        repeat after a crash: a rerun (or ``set_emergency_policy``) finishes the grants."""
+        current = self.chain.get_emergency_policy(self.ibe_id)
+        if current.default:
+            raise RequestRejected(
+                "emergency rotation", f"{self.ibe_id} has no emergency policy to rotate"
+            )
+        now = self._now()
+        for request in self.emergency_reviews(pending_only=False):
+            if request.identity == current.identity and request.in_force(now):
+                raise RequestRejected(
+                    "emergency rotation",
+                    f"emergency {request.request_id} of {current.identity} is in force until "
+                    f"{request.expires_at}; rotate after it expired",
+                )
+        identity = current.identity.rsplit("-", 1)[0] + f"-{current.generation + 1}"
+        return self._commit_policy(
+            list(current.labels),
+            generation=current.generation + 1,
+            identity=identity,
+            duration=_dt.timedelta(seconds=current.duration_s),
+            approvals=current.approvals,
+            distinct_hospitals=current.distinct_hospitals,
+        )
+
+    def _commit_policy(
+        self,
+        labels: list[str],
+        *,
+        generation: int | None,
+        identity: str,
+        duration: _dt.timedelta,
+        approvals: int,
+        distinct_hospitals: bool,
+    ) -> EmergencyPolicy:
+        sk = self._emergency_key(identity)
         mpk, _ = self._master()
         keys = {
             label: _b64(sk.type_secret(label, 0).public_key(mpk).to_bytes()) for label in labels
@@ -73,6 +121,7 @@ class EmergencyAccess(Records, Sharing):
             approvals=approvals,
             distinct_hospitals=distinct_hospitals,
             type_keys=keys,
+            generation=generation,
         )
         fault_point("emergency_policy.after_commit")
         self._pregrant(policy)
@@ -81,9 +130,18 @@ class EmergencyAccess(Records, Sharing):
     def _pregrant(self, policy: EmergencyPolicy) -> None:
         now = self._now()
         held: dict[str, Grant] = {}
+        earlier: list[Grant] = []
+        mark = f"{self.ibe_id}~emergency-"
         for g in self.grants("owner"):
-            if g.grantee == policy.identity and g.state == "active" and g.expiry > now:
+            if g.state != "active" or g.expiry <= now or not g.grantee.startswith(mark):
+                continue
+            if g.grantee == policy.identity:
                 held.setdefault(g.label, g)
+            else:
+                earlier.append(g)  # to an emergency identity of an earlier generation
+        for g in earlier:
+            self.revoke(g)
+            fault_point("emergency_policy.after_revoke")
         for label in policy.labels:
             if label in held:
                 continue
