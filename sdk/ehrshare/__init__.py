@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ehrshare.session import AccessDenied as AccessDenied
     from ehrshare.session import AuditTrail as AuditTrail
     from ehrshare.session import AuditVerification as AuditVerification
+    from ehrshare.session import EmergencyKeyRefused as EmergencyKeyRefused
     from ehrshare.session import EnrollmentError as EnrollmentError
     from ehrshare.session import ForeignIdentity as ForeignIdentity
     from ehrshare.session import Grant as Grant
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from ehrshare.session import LedgerUnreachable as LedgerUnreachable
     from ehrshare.session import NoSuchMember as NoSuchMember
     from ehrshare.session import NotEnrolledError as NotEnrolledError
+    from ehrshare.session import NotInEmergency as NotInEmergency
     from ehrshare.session import ProxyError as ProxyError
     from ehrshare.session import ProxyNotInProfile as ProxyNotInProfile
     from ehrshare.session import ProxyUnreachable as ProxyUnreachable

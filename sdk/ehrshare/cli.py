@@ -45,6 +45,7 @@ _COMMAND_MODULES = (
     "ehrshare.commands.grants",
     "ehrshare.commands.type_keys",
     "ehrshare.commands.guardians",
+    "ehrshare.commands.emergency",
     "ehrshare.commands.network",
     "ehrshare.commands.wallet",
     "ehrshare.commands.store",

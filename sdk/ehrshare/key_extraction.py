@@ -77,6 +77,7 @@ def extract_identity_key(
     timeout: float = 10.0,
     rng: RngFn | None = None,
     clock: Callable[[], int] = time.time_ns,
+    for_identity: str | None = None,
 ) -> ExtractionOutcome:
     """Get ``sk_id`` of ``member`` from τ of the KGC nodes behind ``clients`` (in that order).
 
@@ -86,9 +87,11 @@ def extract_identity_key(
     A node that cannot be reached or refuses is skipped and reported; a node whose answer does
     not open, is signed by another node, or fails the pairing check is named in ``invalid`` and
     never combined. Raises :class:`ExtractionFailed` when fewer than τ valid shares came back.
+    ``for_identity`` asks, signed by ``member``, for the key of a patient's emergency identity
+    (the nodes give it only to the patient or to the requester of an emergency in force).
     """
     need = public.threshold
-    identity = member.ibe_id
+    identity = member.ibe_id if for_identity is None else for_identity
     reply = X25519KeyPair.generate(rng)
     mpk = public.mpk.to_bytes()
     certificate_der(member)  # a malformed certificate fails here, before any node is asked
@@ -108,6 +111,7 @@ def extract_identity_key(
                 mpk=mpk,
                 timestamp=clock() // 1_000_000_000,
                 rng=rng,
+                for_identity=for_identity,
             )
             partial = _ask(client, request, reply, roster, timeout, invalid)
             if isinstance(partial, str):

@@ -75,9 +75,9 @@ class World:
         return (record_id, owner, "lab", "bafyrecord0001", SHA, CAPSULE, "1")
 
 
-def build_world(directory: Path) -> World:
+def build_world(directory: Path, organizations: tuple[str, ...] = ("Org1MSP", "Org2MSP")) -> World:
     clock = ManualClock(T0)
-    sb = Sandbox.open(directory, clock=clock)
+    sb = Sandbox.open(directory, clock=clock, organizations=organizations)
     m = {
         "owner": sb.member("Org1MSP", "alice", "patient"),
         "grantee": sb.member("Org1MSP", "dave", "clinician"),

@@ -30,6 +30,7 @@ from chaincode_world import (
     SHA,
     World,
     dkg_bundle,
+    type_key,
 )
 
 from ehrshare.ledger import EndorseError
@@ -62,6 +63,10 @@ ROLE_OF = {
 }
 REGISTERED = frozenset(ROLES) - {"anonymous"}
 ALICE = "Org1MSP/alice"
+ALICE_EMERGENCY = "Org1MSP/alice~emergency-1"
+CLINICIANS = frozenset(
+    {"grantee", "revoked_grantee", "expired_grantee", "other_hospital_clinician"}
+)
 NONCE_RESHARE = "a9" * 32
 
 
@@ -443,6 +448,76 @@ CASES = [
             if r in ("org_admin", "owner")
             else f"identity {n} may not read rebindings of {ALICE}"
         ),
+    ),
+    # Emergency access (no policy and no request in this world: tests/chaincode/test_emergency.py
+    # has both). Approvals are hospital admins'; requests are clinicians'.
+    Case(
+        "SetEmergencyPolicy",
+        lambda w: (
+            '["lab"]',
+            "3600",
+            "2",
+            "true",
+            json.dumps({"lab": type_key(ALICE_EMERGENCY, "lab")}),
+            "",
+        ),
+        frozenset({"owner"}),
+        lambda w, n, r: (
+            f"type key lab is not bound to identity {n}~emergency-1"
+            if r == "other_patient"
+            else _role_needed("patient")(w, n, r)
+        ),
+    ),
+    Case("GetEmergencyPolicy", lambda w: (ALICE,), REGISTERED, lambda w, n, r: ""),
+    Case(
+        "RequestEmergency",
+        lambda w: (ALICE, "unconscious"),
+        CLINICIANS,
+        _role_needed("clinician"),
+    ),
+    Case(
+        "ApproveEmergency",
+        lambda w: ("e-none",),
+        frozenset(),
+        lambda w, n, r: (
+            "emergency e-none does not exist"
+            if r == "org_admin"
+            else _role_needed("admin")(w, n, r)
+        ),
+    ),
+    Case(
+        "GetEmergency",
+        lambda w: ("e-none",),
+        frozenset(),
+        lambda w, n, r: "emergency e-none does not exist",
+    ),
+    Case(
+        "ListEmergencies",
+        lambda w: (ALICE,),
+        frozenset({"owner", "org_admin", "auditor"}),
+        lambda w, n, r: f"identity {n} may not list emergencies of {ALICE}",
+    ),
+    Case(
+        "ListEmergencyRecords",
+        lambda w: ("e-none",),
+        frozenset(),
+        lambda w, n, r: "emergency e-none does not exist",
+    ),
+    Case(
+        "ReviewEmergency",
+        lambda w: ("e-none", ""),
+        frozenset(),
+        lambda w, n, r: (
+            "emergency e-none does not exist"
+            if r in ("owner", "other_patient")
+            else _role_needed("patient", "guardian")(w, n, r)
+        ),
+    ),
+    Case(
+        "CheckEmergencyExtraction",
+        lambda w: (ALICE_EMERGENCY, ALICE),
+        frozenset({"kgc", "auditor"}),
+        _role_needed("kgc", "auditor"),
     ),
 ]
 

@@ -63,6 +63,15 @@ _REBINDING = (
 _GUARDIAN = (
     b'{"patient":"O/p","guardian":"O/g","actions":["audit"],"types":[],"expiry":9,"state":"active"}'
 )
+_EMERGENCY_POLICY = (
+    b'{"patient":"O/p","identity":"O/p~emergency-1","generation":1,"types":["t-1"],'
+    b'"duration_s":60,"approvals":2,"distinct_hospitals":true,"default":false}'
+)
+_EMERGENCY = (
+    b'{"request_id":"e-1","patient":"O/p","requester":"O/c","reason":"r","status":"pending",'
+    b'"policy":{"identity":"O/p~emergency-1","types":["t-1"],"approvals":2},"approvals":[],'
+    b'"requested_at":1,"expires_at":0,"review":null}'
+)
 _ANSWERS: dict[str, bytes] = {
     "RegisterIdentity": _IDENT,
     "RegisterMember": _IDENT,
@@ -102,6 +111,15 @@ _ANSWERS: dict[str, bytes] = {
     "ProposeMinorGuardian": _GUARDIAN,
     "ApproveMinorGuardian": _GUARDIAN,
     "LogAuditRead": b'{"read_id":"ar-1","patient":"O/p","guardian":"O/g","upto_seq":3}',
+    "SetEmergencyPolicy": _EMERGENCY_POLICY,
+    "GetEmergencyPolicy": _EMERGENCY_POLICY,
+    "RequestEmergency": _EMERGENCY,
+    "ApproveEmergency": _EMERGENCY,
+    "GetEmergency": _EMERGENCY,
+    "ReviewEmergency": _EMERGENCY,
+    "ListEmergencies": b'{"emergencies":[],"bookmark":""}',
+    "ListEmergencyRecords": b'{"records":[],"bookmark":""}',
+    "CheckEmergencyExtraction": b'{"requester":"O/c","cert_sha256":"h","owner":false}',
 }
 
 # Each public method with arguments, both with and without the optional ones where it has any.
@@ -209,6 +227,34 @@ _CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("log_audit_read", ("O/p",), {}),
     ("get_audit_trail", ("record", "r-1"), dict(page_size=5, bookmark="b", read_id="ar-1")),
     ("verify_audit_trail", ("O/p", "ar-1"), {}),
+    (
+        "set_emergency_policy",
+        (),
+        dict(labels=["t-1"], duration_s=60, approvals=2, distinct_hospitals=True, type_keys={}),
+    ),
+    (
+        "set_emergency_policy",
+        (),
+        dict(
+            labels=["t-1"],
+            duration_s=60,
+            approvals=1,
+            distinct_hospitals=False,
+            type_keys={"t-1": "k"},
+            generation=2,
+        ),
+    ),
+    ("get_emergency_policy", ("O/p",), {}),
+    ("request_emergency", ("O/p", "r"), {}),
+    ("approve_emergency", ("e-1",), {}),
+    ("get_emergency", ("e-1",), {}),
+    ("list_emergencies", ("O/p",), {}),
+    ("list_emergencies", ("O/p",), dict(page_size=5, bookmark="b")),
+    ("list_emergency_records", ("e-1",), {}),
+    ("list_emergency_records", ("e-1",), dict(page_size=5, bookmark="b")),
+    ("review_emergency", ("e-1",), {}),
+    ("review_emergency", ("e-1", "seen"), {}),
+    ("check_emergency_extraction", ("O/p~emergency-1", "O/c"), {}),
 ]
 
 

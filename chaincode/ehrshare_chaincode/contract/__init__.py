@@ -11,7 +11,8 @@ Where things are: ``dispatch`` (:class:`EHRContract`, :data:`FUNCTIONS`, :func:`
 ``keys`` (state keys), ``checks`` (argument checks, limits), and one module per domain:
 ``identities`` (members, org CAs, type keys), ``records``, ``grants``, ``access`` (requests,
 approvals, re-encryption reports), ``dkg_sessions`` (KGC keys, opening sessions), ``dkg_board``
-(bundles, phases, results) and ``audit`` (log reads, state digest).
+(bundles, phases, results), ``audit`` (log reads, state digest), ``recovery``, ``guardians``
+and ``emergency`` (break-glass policy, requests, approvals).
 
 What this package must not do: import a backend, read a wall clock, use randomness or floats,
 iterate over unordered collections into its output, or read back a key it wrote in the same

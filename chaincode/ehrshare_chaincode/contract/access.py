@@ -14,9 +14,10 @@ from .. import canonical
 from ..stub import ChaincodeError
 from .checks import SHA256_RE, check_id, check_int
 from .context import AUDITOR, PROXY, TxContext
+from .emergency import emergency_problem, is_emergency_identity
 from .functions import evaluate, submit
 from .grants import grant_problem, load_grant, valid_grant
-from .keys import K_ACCESS, K_APPROVAL, K_REENCRYPTION, seq
+from .keys import K_ACCESS, K_APPROVAL, K_EMERGENCY, K_REENCRYPTION, seq
 from .records import load_record
 
 __all__ = ["Access"]
@@ -50,9 +51,15 @@ class Access:
         grant: dict[str, Any] | None
         named: dict[str, Any] | None = None
         walked: list[dict[str, Any]] = []  # the decided grant's chain, leaf first
+        emergency: dict[str, Any] | None = None
+        emergency_why: str | None = None
         if grant_id != "":
             named = load_grant(ctx, grant_id)
-            if named["grantee"] != caller.ibe_id:
+            if is_emergency_identity(str(named["grantee"])) and caller.ibe_id != owner:
+                # A read under a patient's emergency grant (emergency.py): only while the
+                # caller's own emergency is in force.
+                emergency, emergency_why = emergency_problem(ctx, caller, named)
+            elif named["grantee"] != caller.ibe_id:
                 raise ChaincodeError(
                     f"identity {caller.name} is not the grantee of grant {grant_id}"
                 )
@@ -62,7 +69,9 @@ class Access:
             grant, reason, grant_id, hop = None, "owner", "owner", 0
             decision = "allow"
         else:
-            if named is not None:
+            if emergency_why is not None:
+                grant, reason = None, emergency_why
+            elif named is not None:
                 problem = grant_problem(ctx, named, walked, epoch, t_epoch)
                 grant, reason = (named, "") if problem is None else (None, problem)
             else:
@@ -92,6 +101,12 @@ class Access:
             "at": ctx.now,
             "tx_id": ctx.tx_id,
         }
+        purpose: dict[str, Any] = {}
+        if named is not None and is_emergency_identity(str(named["grantee"])):
+            purpose = {"purpose": "emergency"}
+            if emergency is not None:
+                purpose["emergency_id"] = emergency["request_id"]
+            access |= purpose
         ctx.put_json(access, K_ACCESS, access_id)
         if decision == "allow":
             ctx.put_json(access, K_APPROVAL, access_id)
@@ -100,7 +115,7 @@ class Access:
             "RequestAccess",
             "requested",
             record_id=record_id,
-            detail={"requester": caller.ibe_id, "access_id": access_id},
+            detail={"requester": caller.ibe_id, "access_id": access_id} | purpose,
         )
         ctx.log(
             owner,
@@ -108,7 +123,7 @@ class Access:
             decision,
             record_id=record_id,
             grant_id=grant_id,
-            detail={"requester": caller.ibe_id, "access_id": access_id, "reason": reason},
+            detail={"requester": caller.ibe_id, "access_id": access_id, "reason": reason} | purpose,
         )
         if decision == "allow":
             # The pointer the requester may now read (the version decided on), returned but not
@@ -140,6 +155,11 @@ class Access:
             problem = grant_problem(ctx, load_grant(ctx, grant_id))
             if problem is not None:
                 raise ChaincodeError(problem)
+        if access.get("emergency_id"):
+            # An emergency read stands only while its emergency is in force (emergency.py).
+            emergency = ctx.get_json(K_EMERGENCY, str(access["emergency_id"]))
+            if emergency is None or ctx.now >= int(emergency["expires_at"]):
+                raise ChaincodeError(f"emergency {access['emergency_id']} has expired")
         rows = ctx.stub.get_state_by_partial_composite_key(K_REENCRYPTION, [access_id])
         reports = [canonical.loads(kv.value, "stored re-encryption report") for kv in rows]
         return dict(access) | {"reports": reports}

@@ -17,6 +17,7 @@ from .audit import Audit
 from .context import TxContext
 from .dkg_board import DkgBoard
 from .dkg_sessions import DkgSessions
+from .emergency import Emergency
 from .functions import FunctionSpec, function_table
 from .grants import Grants
 from .guardian_reads import GuardianReads
@@ -43,6 +44,7 @@ class EHRContract(
     Guardians,
     MinorGuardians,
     GuardianReads,
+    Emergency,
 ):
     """The contract. Its public methods named as verbs are the transaction functions; each is
     declared ``submit`` or ``evaluate`` in its domain module and listed in :data:`FUNCTIONS`."""

@@ -195,6 +195,11 @@ class Identities:
             raise ChaincodeError(f"role {role!r} is not one of {', '.join(ROLES)}")
         ibe_id = f"{msp_id}/{cert.enrollment_id}"
         check_ibe(ibe_id)
+        if "~emergency-" in ibe_id:
+            # emergency.py: such an identity's key goes only to approved emergencies.
+            raise ChaincodeError(
+                f"identity {ibe_id} names an emergency identity; no member may be registered so"
+            )
         if ctx.get_json(K_IDENTITY, cert.client_key) is not None:
             raise ChaincodeError(f"identity {ibe_id} is already registered")
         if ctx.get_json(K_IBE, ibe_id) is not None:

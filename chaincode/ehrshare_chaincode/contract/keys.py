@@ -15,6 +15,9 @@ __all__ = [
     "K_DKG_RESULT",
     "K_DKG_SESSION",
     "K_DKG_VIEW",
+    "K_EMERGENCY",
+    "K_EMERGENCY_BY_PATIENT",
+    "K_EMERGENCY_POLICY",
     "K_GRANT",
     "K_GRANT_BY_GRANTEE",
     "K_GRANT_BY_GRANTOR",
@@ -57,6 +60,9 @@ K_GRANT_MATCH = "ehr.grant~match"
 K_REBINDING = "ehr.rebind"
 K_GUARDIAN = "ehr.guardian"
 K_GUARDIAN_READ = "ehr.guardianread"
+K_EMERGENCY_POLICY = "ehr.emergpolicy"
+K_EMERGENCY = "ehr.emergency"
+K_EMERGENCY_BY_PATIENT = "ehr.emergency~patient"
 K_ACCESS = "ehr.access"
 K_APPROVAL = "ehr.approval"
 K_REENCRYPTION = "ehr.reenc"

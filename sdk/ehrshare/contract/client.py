@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal
 
 from ehrshare.contract.calls import ErrorMap, transact
@@ -27,6 +27,8 @@ from ehrshare.contract.types import (
     Access,
     AuditCheck,
     AuditRead,
+    EmergencyPolicy,
+    EmergencyRequest,
     Grant,
     Guardianship,
     Member,
@@ -89,6 +91,15 @@ COVERED: Final[frozenset[str]] = frozenset(
         "ProposeMinorGuardian",
         "ApproveMinorGuardian",
         "LogAuditRead",
+        "SetEmergencyPolicy",
+        "GetEmergencyPolicy",
+        "RequestEmergency",
+        "ApproveEmergency",
+        "GetEmergency",
+        "ListEmergencies",
+        "ListEmergencyRecords",
+        "ReviewEmergency",
+        "CheckEmergencyExtraction",
     }
 )
 """Every chaincode function :class:`EhrContract` calls (the DKG board and KGC roster functions
@@ -302,6 +313,74 @@ class EhrContract:
     def log_audit_read(self, patient: str) -> AuditRead:
         """A guardian logs its read of the patient's audit trail (before reading under it)."""
         return AuditRead.from_chain(self.call("LogAuditRead", patient))
+
+    # --- emergency access (break-glass) -------------------------------------------------------
+
+    def set_emergency_policy(
+        self,
+        *,
+        labels: Sequence[str],
+        duration_s: int,
+        approvals: int,
+        distinct_hospitals: bool,
+        type_keys: Mapping[str, str],
+        generation: int | None = None,
+    ) -> EmergencyPolicy:
+        """A patient sets its emergency policy with its emergency identity's type keys (base64
+        by label); ``generation`` None keeps the current emergency identity."""
+        data = self.call(
+            "SetEmergencyPolicy",
+            json.dumps(sorted(labels)),
+            str(duration_s),
+            str(approvals),
+            "true" if distinct_hospitals else "false",
+            json.dumps(dict(sorted(type_keys.items()))),
+            "" if generation is None else str(generation),
+        )
+        return EmergencyPolicy.from_chain(data, self.labels)
+
+    def get_emergency_policy(self, patient: str) -> EmergencyPolicy:
+        """A patient's emergency policy, or the consortium default (``default``)."""
+        return EmergencyPolicy.from_chain(self.call("GetEmergencyPolicy", patient), self.labels)
+
+    def request_emergency(self, patient: str, reason: str) -> EmergencyRequest:
+        """A clinician requests emergency access to a patient's records."""
+        return EmergencyRequest.from_chain(self.call("RequestEmergency", patient, reason))
+
+    def approve_emergency(self, request_id: str) -> EmergencyRequest:
+        """A hospital admin approves an emergency request."""
+        return EmergencyRequest.from_chain(self.call("ApproveEmergency", request_id))
+
+    def get_emergency(self, request_id: str) -> EmergencyRequest:
+        """One emergency request."""
+        return EmergencyRequest.from_chain(self.call("GetEmergency", request_id))
+
+    def list_emergencies(
+        self, patient: str, *, page_size: int | None = None, bookmark: str = ""
+    ) -> Page[EmergencyRequest]:
+        """One page of a patient's emergency requests."""
+        data = self.call("ListEmergencies", patient, _page_size(page_size), bookmark)
+        return Page.from_chain(data, "emergencies", EmergencyRequest.from_chain)
+
+    def list_emergency_records(
+        self, request_id: str, *, page_size: int | None = None, bookmark: str = ""
+    ) -> tuple[Page[StoredRecord], dict[str, str]]:
+        """For the requester of an emergency in force: one page of the records it opens (a
+        page may hold fewer than asked: follow the bookmark until it is empty), and the
+        patient's grant to its emergency identity per type label (what RequestAccess names)."""
+        data = self.call("ListEmergencyRecords", request_id, _page_size(page_size), bookmark)
+        grants = {str(k): str(v) for k, v in dict(data.get("grants", {})).items()}
+        return Page.from_chain(data, "records", self._stored), grants
+
+    def review_emergency(self, request_id: str, note: str = "") -> EmergencyRequest:
+        """The patient (or a guardian) acknowledges an approved emergency."""
+        return EmergencyRequest.from_chain(self.call("ReviewEmergency", request_id, note))
+
+    def check_emergency_extraction(self, emergency_id: str, requester: str) -> dict[str, Any]:
+        """For a KGC node: may ``requester`` have the key of ``emergency_id`` now? Its answer
+        (``cert_sha256`` of the requester, ``owner``, ``request_id``) or the ledger's refusal."""
+        answer: dict[str, Any] = self.call("CheckEmergencyExtraction", emergency_id, requester)
+        return answer
 
     # --- records -----------------------------------------------------------------------------
 

@@ -20,6 +20,8 @@ __all__ = [
     "AuditRead",
     "AuditTrail",
     "AuditVerification",
+    "EmergencyPolicy",
+    "EmergencyRequest",
     "Grant",
     "Guardianship",
     "Hop",
@@ -168,6 +170,89 @@ class Rebinding:
             int(data["quorum"]),
             tuple(str(a["msp_id"]) for a in data["approvals"]),
             int(data["expires_at"]),
+            data,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EmergencyPolicy:
+    """A patient's break-glass policy (``default``: none on chain, the consortium's applies):
+    the type labels (and, given labels, clinical types) an emergency opens, how long it lasts,
+    how many admins' approvals it needs and whether from distinct other hospitals, and the
+    emergency identity the patient pre-grants to."""
+
+    patient: str
+    identity: str
+    generation: int
+    labels: tuple[str, ...]
+    types: tuple[str | None, ...]
+    duration_s: int
+    approvals: int
+    distinct_hospitals: bool
+    default: bool
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any], labels: TypeLabels | None = None) -> EmergencyPolicy:
+        """Build from a chaincode emergency policy."""
+        raw = tuple(str(t) for t in data["types"])
+        return cls(
+            str(data["patient"]),
+            str(data["identity"]),
+            int(data["generation"]),
+            raw,
+            tuple(labels.reveal(t) if labels is not None else None for t in raw),
+            int(data["duration_s"]),
+            int(data["approvals"]),
+            bool(data["distinct_hospitals"]),
+            bool(data.get("default", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EmergencyRequest:
+    """A clinician's emergency request: ``status`` ``pending`` or ``approved`` (in force until
+    ``expires_at``); ``approved_by`` the approving admins in order; ``review`` ``pending``,
+    ``acknowledged`` or "" (never approved); ``grants`` (from GetEmergency only) the patient's
+    grant to the emergency identity per type label."""
+
+    request_id: str
+    patient: str
+    requester: str
+    reason: str
+    status: str
+    approvals_needed: int
+    approved_by: tuple[str, ...]
+    identity: str
+    labels: tuple[str, ...]
+    requested_at: int
+    expires_at: int
+    review: str
+    grants: dict[str, str] = field(compare=False)
+    data: dict[str, Any] = field(repr=False, compare=False)
+
+    def in_force(self, now: int) -> bool:
+        """Whether the emergency lets its requester read at ``now`` (unix seconds)."""
+        return self.status == "approved" and now < self.expires_at
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any]) -> EmergencyRequest:
+        """Build from a chaincode emergency request."""
+        policy = data["policy"]
+        review = data.get("review") or {}
+        return cls(
+            str(data["request_id"]),
+            str(data["patient"]),
+            str(data["requester"]),
+            str(data["reason"]),
+            str(data["status"]),
+            int(policy["approvals"]),
+            tuple(str(a["admin"]) for a in data["approvals"]),
+            str(policy["identity"]),
+            tuple(str(t) for t in policy["types"]),
+            int(data["requested_at"]),
+            int(data["expires_at"]),
+            str(review.get("state", "")),
+            {str(k): str(v) for k, v in dict(data.get("grants") or {}).items()},
             data,
         )
 

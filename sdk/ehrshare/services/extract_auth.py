@@ -60,14 +60,17 @@ def sign_extraction_request(
     mpk: bytes,
     timestamp: int,
     rng: RngFn | None = None,
+    for_identity: str | None = None,
 ) -> SignedExtractionRequest:
     """A request for ``identity``'s key at KGC node ``node_index``, signed with its ledger key.
 
     ``identity`` and ``signer`` are the member's ledger certificate and key (the pair that signs
     its transactions), never its TLS client pair; ``timestamp`` is Unix seconds.
+    ``for_identity`` asks for another identity's key with the member's signature: only a
+    patient's emergency identity, which the nodes give on the chain's word (emergency.py).
     """
     unsigned = SignedExtractionRequest.unsigned(
-        identity=identity.ibe_id,
+        identity=identity.ibe_id if for_identity is None else for_identity,
         reply_key=reply_key,
         node_index=node_index,
         mpk=mpk,

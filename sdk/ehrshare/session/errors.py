@@ -22,12 +22,14 @@ from ehrshare.services.protocols import ProxyError
 
 __all__ = [
     "AccessDenied",
+    "EmergencyKeyRefused",
     "EnrollmentError",
     "ForeignIdentity",
     "GrantNotServed",
     "LedgerUnreachable",
     "NoSuchMember",
     "NotEnrolledError",
+    "NotInEmergency",
     "ProxyError",
     "ProxyNotInProfile",
     "ProxyUnreachable",
@@ -171,3 +173,14 @@ class ProxyUnreachable(ProxyError, SdkError):
 class RotationUnfinished(SdkError):
     """A revocation committed, but the type-key epoch it began could not be finished (the new
     key published, the remaining grants re-keyed); ``ehrshare type-key rotate`` finishes it."""
+
+
+class EmergencyKeyRefused(Refused, SdkError):
+    """Fewer than τ KGC nodes gave a patient's emergency identity key (each says why: no
+    emergency in force, too few approvals, expired, or the node is down)."""
+
+    hint = "check the emergency with 'ehrshare emergency show' (approvals, expiry)"
+
+
+class NotInEmergency(Refused, SdkError):
+    """The record is not one the emergency opens (another patient's, or a type outside it)."""

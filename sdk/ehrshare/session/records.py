@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import logging
 import secrets
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
@@ -14,6 +15,7 @@ from ehrshare import crypto
 from ehrshare.contract import Access, Grant, Page, RecordRef, StoredRecord
 from ehrshare.faults import fault_point
 from ehrshare.fhir import FhirValidationError, parse_resource, resource_bytes
+from ehrshare.hazmat import tipre
 from ehrshare.hazmat.errors import DecryptionError
 from ehrshare.services.protocols import NoReKey, ProxyError, ProxyUnavailable
 from ehrshare.session.core import _MAX_FALLBACK_GRANTS, _PAGE, FORMAT_VERSION, SessionCore
@@ -187,7 +189,14 @@ class Records(SessionCore):
             and g.expiry > now
         ][:_MAX_FALLBACK_GRANTS]
 
-    def _read(self, record_id: str, grant_id: str) -> tuple[RecordRef, FHIRAbstractModel]:
+    def _read(
+        self,
+        record_id: str,
+        grant_id: str,
+        with_keys: Callable[[], Sequence[tipre.IdentitySecretKey]] | None = None,
+    ) -> tuple[RecordRef, FHIRAbstractModel]:
+        # ``with_keys``: after an allow, the keys to open the re-encrypted capsule with instead
+        # of the member's own (an emergency read: the emergency identity's key, emergency.py).
         # No per-record serialisation: each RequestAccess commits its own approval, keyed by
         # its access id, so concurrent reads of one record do not supersede each other.
         if self._sk is None:
@@ -202,7 +211,11 @@ class Records(SessionCore):
         # Opened with the key of the record's master key (a grant's chain is of that epoch
         # too: the chain refuses grants of another); a record from before epochs has none and
         # is of the current key (the chain refused new DKGs once records existed).
-        keys = self._keys_for(record_id, self.epoch if record.epoch is None else record.epoch)
+        keys = (
+            list(with_keys())
+            if with_keys is not None
+            else self._keys_for(record_id, self.epoch if record.epoch is None else record.epoch)
+        )
         capsule = record.capsule
         # The owner opens with the key of the record's type-key epoch; a grantee's layer is
         # sealed to its epoch-0 type key, whatever the owner's epoch (docs/security.md §3.2).

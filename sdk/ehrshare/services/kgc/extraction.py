@@ -37,6 +37,7 @@ from ehrshare.hazmat.kgc_keys import KGCNodeKey
 from ehrshare.hazmat.pairing import RngFn
 from ehrshare.ledger.errors import LedgerError
 from ehrshare.services.extract_auth import SeenNonces, verify_request_signature
+from ehrshare.services.kgc.emergency import check_emergency_requester, is_emergency_identity
 from ehrshare.services.kgc.errors import (
     BadRequest,
     BadSignature,
@@ -113,7 +114,8 @@ class ExtractionServing:
         """
         request = self._parse(request_bytes, requester)
         who = requester if requester is not None else request.identity
-        if requester is not None and requester != request.identity:
+        emergency = is_emergency_identity(request.identity)  # services/kgc/emergency.py
+        if requester is not None and requester != request.identity and not emergency:
             self._audit(request.identity, who, "refused: not the owner")
             raise NotAuthorised(
                 f"identity {requester} may not extract the key of {request.identity}"
@@ -133,7 +135,17 @@ class ExtractionServing:
                 "certificate it carries (requests are signed with the member's ledger key, not "
                 "its TLS key)"
             )
-        self._check_registered(request, who)
+        granted = "ok"
+        if emergency:
+            try:
+                granted = check_emergency_requester(
+                    self._chain.contract, request, requester, self.index
+                )
+            except KgcError as exc:
+                self._audit(request.identity, who, f"refused: {exc}")
+                raise
+        else:
+            self._check_registered(request, who)
         if not self._seen.remember(
             request.identity,
             request.nonce,
@@ -159,7 +171,7 @@ class ExtractionServing:
             self._audit(request.identity, who, "refused: no share")
             raise NoShare(f"KGC node {self.index} holds no DKG share yet")
         response = extract_partial_key(result.share, self._key, request, rng=self._rng)
-        self._audit(request.identity, who, "ok", result.nonce)
+        self._audit(request.identity, who, granted, result.nonce)
         return response.to_bytes()
 
     def _parse(self, request_bytes: bytes, requester: str | None) -> SignedExtractionRequest:
