@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -279,3 +281,28 @@ def test_no_private_key_of_the_new_hospital_is_in_any_file_outside_its_directory
     # The scan finds a copy where there is one.
     inside = (world / "hd" / "keys" / "kgc.key").read_bytes()
     assert any(n in inside for n in secrets_of["keys/kgc.key"])
+
+
+def test_the_operations_doc_join_example_runs(template: Path, tmp_path: Path) -> None:
+    """docs/operations.md §3c: its commands run, in its order, with the exit codes it shows."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text("utf-8")
+    section = doc.split("## 3c.", 1)[1].split("\n## ", 1)[0]
+    commands = [
+        line[2:].split("  #", 1)[0].strip()
+        for block in re.findall(r"```console\n(.*?)```", section, re.DOTALL)
+        for line in block.splitlines()
+        if line.startswith("$ ")
+    ]
+    assert len(commands) == 5
+    base = tmp_path / "doc"
+    shutil.copytree(template, base)
+    codes = []
+    for command in commands:
+        argv = shlex.split(command)
+        assert argv[0] == "ehrshare"
+        argv = [str(base / a) if a in ("c", "hd") or a.startswith("hd/") else a for a in argv]
+        result = ehrshare(*argv[1:])
+        assert "Traceback" not in result.stderr
+        codes.append(result.returncode)
+    assert codes == [0, 1, 0, 0, 0]
+    assert "HospitalDMSP joined: config, register, profile, reshare" in result.stderr
