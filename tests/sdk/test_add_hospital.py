@@ -306,3 +306,43 @@ def test_the_operations_doc_join_example_runs(template: Path, tmp_path: Path) ->
         codes.append(result.returncode)
     assert codes == [0, 1, 0, 0, 0]
     assert "HospitalDMSP joined: config, register, profile, reshare" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("edit", "code"),
+    [
+        ("base", 1),  # computed against another membership: stale
+        ("signature", 1),  # one byte of a signature flipped: it no longer counts
+        ("request-sha", 6),  # the request inside does not match the hash the admins signed
+        ("truncated", 6),
+    ],
+)
+def test_a_hand_edited_update_file_is_refused_and_a_fresh_one_then_completes(
+    world: Path, edit: str, code: int
+) -> None:
+    update = world / "hd" / "join-request.update.json"
+    assert add_hospital(world).returncode == 1  # computes the update file
+    for admin in ("admin", "admin-b"):
+        args = ("consortium", "sign-update", str(update), "-p", str(world / "c"), "-w", admin)
+        assert ehrshare(*args).returncode == 0
+    text = update.read_text(encoding="utf-8")
+    data = json.loads(text)
+    if edit == "base":
+        data["base"].pop("HospitalCMSP")
+    elif edit == "signature":
+        raw = bytearray(base64.b64decode(data["signatures"][1]["signature"]))
+        raw[10] ^= 1
+        data["signatures"][1]["signature"] = base64.b64encode(bytes(raw)).decode()
+    elif edit == "request-sha":
+        data["request_sha256"] = "0" * 64
+    edited = text[: len(text) // 2] if edit == "truncated" else json.dumps(data)
+    update.write_text(edited, encoding="utf-8")
+    before = digest(world)
+    refused = add_hospital(world)
+    assert refused.returncode == code, refused.stderr
+    assert "error:" in refused.stderr and "Traceback" not in refused.stderr
+    assert digest(world) == before
+    update.unlink()
+    done = add_hospital(world, "admin", "admin-b")
+    assert done.returncode == 0, done.stderr
+    assert "HospitalDMSP/kgc" in committee(world)
