@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
@@ -217,27 +217,32 @@ class JoinRequest:
 
 
 def _org(cert: x509.Certificate) -> str:
-    values = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    try:  # the certificate's fields parse lazily: a damaged one fails here
+        values = cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    except ValueError:
+        return ""
     return str(values[0].value) if values else ""
 
 
 def _is_ca(cert: x509.Certificate) -> bool:
     try:
         return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, ValueError):
         return False
 
 
 def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    key = issuer.public_key()
-    if not isinstance(key, ec.EllipticCurvePublicKey) or cert.issuer != issuer.subject:
-        return False
-    algorithm = cert.signature_hash_algorithm
-    if algorithm is None:
-        return False
+    """True when ``issuer``'s key signed ``cert`` and names it as issuer; False for anything
+    else, a certificate whose fields do not parse included."""
     try:
+        key = issuer.public_key()
+        if not isinstance(key, ec.EllipticCurvePublicKey) or cert.issuer != issuer.subject:
+            return False
+        algorithm = cert.signature_hash_algorithm
+        if algorithm is None:
+            return False
         key.verify(cert.signature, cert.tbs_certificate_bytes, ec.ECDSA(algorithm))
-    except InvalidSignature:
+    except (InvalidSignature, UnsupportedAlgorithm, ValueError):
         return False
     return True
 

@@ -77,15 +77,16 @@ def ca_digest(ca_pem: bytes) -> str:
 
 
 def _is_admin(identity: Identity) -> bool:
-    cert = identity.certificate
-    units = [
-        str(a.value) for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
-    ]
-    if "admin" in units:
-        return True
-    try:
+    try:  # fields parse lazily: a damaged certificate fails here
+        cert = identity.certificate
+        units = [
+            str(a.value)
+            for a in cert.subject.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME)
+        ]
+        if "admin" in units:
+            return True
         ext = cert.extensions.get_extension_for_oid(ATTRIBUTE_OID).value
-    except x509.ExtensionNotFound:
+    except (x509.ExtensionNotFound, ValueError):
         return False
     try:
         attrs = json.loads(getattr(ext, "value", b"{}")).get("attrs", {})
