@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ehrshare.errors import ConfigurationError, IntegrityFailure, InvalidInput, UsageError
+from ehrshare.faults import fault_point
 from ehrshare.hazmat.kgc_keys import KGCNodeKey, X25519KeyPair
 from ehrshare.identity import Identity, LocalCA
 from ehrshare.jsontext import loads_untrusted
@@ -389,6 +390,7 @@ def init_hospital(
         (json.dumps({"name": name, "msp_id": hospital.msp_id}, indent=2) + "\n").encode(),
         mode=0o644,
     )
+    fault_point("hospital_init.before_rename")
     if root.exists():
         root.rmdir()  # empty (checked above)
     staging.rename(root)

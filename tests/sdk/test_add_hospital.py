@@ -346,3 +346,45 @@ def test_a_hand_edited_update_file_is_refused_and_a_fresh_one_then_completes(
     done = add_hospital(world, "admin", "admin-b")
     assert done.returncode == 0, done.stderr
     assert "HospitalDMSP/kgc" in committee(world)
+
+
+def test_hospital_init_killed_leaves_no_directory_and_the_next_run_completes(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "he"
+    args = ("hospital", "init", str(target), "--name", "HospitalE")
+    killed = ehrshare(*args, fault="hospital_init.before_rename")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not target.exists()  # staged beside it, never half there
+    done = ehrshare(*args, "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["msp_id"] == "HospitalEMSP"
+    assert JoinRequest.load(target / "join-request.json").msp_id == "HospitalEMSP"
+    assert [p.name for p in tmp_path.iterdir()] == ["he"]  # the staging directory is gone
+    again = ehrshare(*args)
+    assert again.returncode == 3, again.stderr  # not empty: nothing overwritten
+    assert "is not an empty directory" in again.stderr
+
+
+def test_a_missing_or_mismatched_hospital_directory_is_refused_and_changes_nothing(
+    world: Path,
+) -> None:
+    before = digest(world)
+    request = world / "hd" / "join-request.json"
+    args = ("consortium", "add-hospital", str(request), "--sign-with", "admin")
+    missing = ehrshare(*args, "--hospital-dir", str(world / "nowhere"), "-p", str(world / "c"))
+    assert missing.returncode == 3, missing.stderr
+    assert "not a hospital directory" in missing.stderr
+    init_hospital(world / "other", "HospitalD")  # the same name, other keys
+    other = ehrshare(
+        *args,
+        "--sign-with",
+        "admin-b",
+        "--hospital-dir",
+        str(world / "other"),
+        "-p",
+        str(world / "c"),
+    )
+    assert other.returncode == 6, other.stderr
+    assert "exported" in other.stderr
+    assert digest(world) == before
