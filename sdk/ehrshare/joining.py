@@ -13,8 +13,12 @@ The steps, each found done and skipped when an interrupted run is repeated:
 4. **reshare** — the current committee re-deals the master key to itself plus the new node
    (same mpk: every identity key and record stays valid; τ unchanged).
 
+With a private IPFS swarm, between 2 and 3 the hospital's Kubo node joins it (**storage**:
+repository in the hospital's directory, the swarm's key, every node's peering naming it).
+
 Crash points (``EHRSHARE_FAULT_AT``): ``add_hospital.after_config``,
-``add_hospital.after_register``, ``add_hospital.after_profile``, ``add_hospital.after_reshare``
+``add_hospital.after_register``, ``add_hospital.after_storage``,
+``add_hospital.after_profile``, ``add_hospital.after_reshare``
 (and the resharing's own ``reshare.promoted``/``reshare.retired``). Until step 1 commits nothing
 changed; after it, each later step only adds what the hospital needs and a repeated run finishes.
 On Fabric the channel update is not built yet (:class:`FabricJoinUnsupported`).
@@ -137,10 +141,6 @@ def add_hospital(
             "add-hospital runs the new KGC node in this process for the resharing; this "
             "profile's services run as processes (not built yet: use an in-process profile)"
         )
-    if profile.swarm is not None:
-        raise ConfigurationError(
-            "add-hospital does not yet give the new hospital a node in the IPFS swarm"
-        )
     with Consortium.open(profile) as consortium:
         orgs = _organizations(consortium)
         signers: list[str] = []
@@ -158,7 +158,13 @@ def add_hospital(
         if _register(consortium, hospital, say):
             performed.append("register")
         fault_point("add_hospital.after_register")
-    if _write_profile(profile_path, hospital, say):
+    swarm_url = None
+    if profile.swarm is not None:
+        swarm_url, added = _join_swarm(profile, hospital, say)
+        if added:
+            performed.append("storage")
+            fault_point("add_hospital.after_storage")
+    if _write_profile(profile_path, hospital, say, swarm_url):
         performed.append("profile")
         fault_point("add_hospital.after_profile")
     profile = Profile.load(profile_path)
@@ -197,7 +203,33 @@ def _register(consortium: Any, hospital: HospitalDir, say: Progress) -> bool:
     return did
 
 
-def _write_profile(path: Path, hospital: HospitalDir, say: Progress) -> bool:
+def _join_swarm(profile: Profile, hospital: HospitalDir, say: Progress) -> tuple[str, bool]:
+    """The hospital's Kubo node in the consortium's private swarm (repository in its own
+    directory), started and dialled if the swarm runs, marked as the consortium's volume;
+    (its RPC URL, whether it was made now)."""
+    from ehrshare.network.swarm import KuboSwarm
+    from ehrshare.storage import KuboClient
+    from ehrshare.swarm_setup import mark_swarm_node
+    from ehrshare.volumes import mark_store
+
+    assert profile.swarm is not None and profile.consortium_id is not None
+    swarm = KuboSwarm.load(profile.swarm.path)
+    added = hospital.msp_id not in swarm.nodes
+    if added:
+        say(f"giving {hospital.msp_id} a node in the private IPFS swarm")
+    node = swarm.add_node(hospital.msp_id, hospital.root / "ipfs")
+    if swarm.pids():
+        swarm.start([hospital.msp_id])  # dials the running nodes
+        with KuboClient(node.api_url, timeout=profile.storage_timeout) as client:
+            mark_store(profile, profile.consortium_id, client)
+    else:
+        mark_swarm_node(profile, swarm, hospital.msp_id)
+    return node.api_url, added
+
+
+def _write_profile(
+    path: Path, hospital: HospitalDir, say: Progress, swarm_url: str | None = None
+) -> bool:
     """Name the new KGC node and proxy in the profile (written whole); False if they are."""
     profile = Profile.load(path)
     if any(n.msp_id == hospital.msp_id for n in profile.kgc_nodes):
@@ -227,6 +259,9 @@ def _write_profile(path: Path, hospital: HospitalDir, say: Progress) -> bool:
     updated = replace(
         profile, kgc_nodes=(*profile.kgc_nodes, node), proxies=(*profile.proxies, proxy)
     )
+    if profile.swarm is not None and swarm_url is not None:
+        nodes = (*profile.swarm.nodes, (hospital.msp_id, swarm_url))
+        updated = replace(updated, swarm=replace(profile.swarm, nodes=nodes))
     say(f"adding KGC node {index} and {hospital.proxy_name} of {hospital.msp_id} to the profile")
     atomic_write(path, updated.to_yaml(header).encode(), mode=0o644)
     return True
