@@ -4,6 +4,11 @@ record granted to its clinician afterwards is pinned at its node and read throug
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from decimal import Decimal
 from pathlib import Path
@@ -11,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from ehrshare.demo import lab_observation
+from ehrshare.faults import FAULT_ENV
 from ehrshare.hospital import init_hospital
 from ehrshare.joining import add_hospital, compute_update
 from ehrshare.membership import sign_update
@@ -75,3 +81,40 @@ def test_a_joining_hospital_gets_a_swarm_node_and_its_clinician_reads_through_it
         KuboSwarm.load(root / "ipfs").stop()
         time.sleep(0.5)
         assert not [p for p in pids if pid_alive(p)], "a swarm node outlived the test"
+
+
+def test_a_join_killed_after_its_swarm_node_was_made_finishes_on_the_next_run(
+    kubo_binary: Path, tmp_path: Path
+) -> None:
+    del kubo_binary
+    root = tmp_path / "c"
+    c = Consortium.init(root, storage="swarm", replicas=1)
+    try:
+        c.add_member("admin-b", "HospitalB", "admin")
+        init_hospital(tmp_path / "hd", "HospitalD")
+        request = str(tmp_path / "hd" / "join-request.json")
+        argv = [sys.executable, "-m", "ehrshare", "consortium", "add-hospital", request]
+        argv += ["--sign-with", "admin", "--sign-with", "admin-b", "-p", str(root), "--json"]
+        env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+        killed = subprocess.run(
+            argv,
+            env={**env, FAULT_ENV: "add_hospital.after_storage"},
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert killed.returncode == -signal.SIGKILL, killed.stderr
+        # The node exists and runs, but the profile does not name it yet: nothing uses it.
+        assert "HospitalDMSP" in KuboSwarm.load(root / "ipfs").nodes
+        assert "HospitalDMSP" not in dict(Profile.load(root / "profile.yaml").swarm.nodes)  # type: ignore[union-attr]
+        done = subprocess.run(
+            argv, env=env, capture_output=True, text=True, timeout=180, check=False
+        )
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout)["performed"] == ["profile", "reshare"]
+        assert "HospitalDMSP" in dict(Profile.load(root / "profile.yaml").swarm.nodes)  # type: ignore[union-attr]
+        KuboSwarm.load(root / "ipfs").wait_connected()
+    finally:
+        c.close()
+        KuboSwarm.load(root / "ipfs").stop()
