@@ -21,7 +21,8 @@ Crash points (``EHRSHARE_FAULT_AT``): ``add_hospital.after_config``,
 ``add_hospital.after_profile``, ``add_hospital.after_reshare``
 (and the resharing's own ``reshare.promoted``/``reshare.retired``). Until step 1 commits nothing
 changed; after it, each later step only adds what the hospital needs and a repeated run finishes.
-On Fabric the channel update is not built yet (:class:`FabricJoinUnsupported`).
+On Fabric it is refused (:class:`FabricJoinUnsupported`): the channel update is computed and
+signed by :mod:`ehrshare.network.fabric.config_update`, but the new peer is not built.
 
 This module must not read a private key of the new hospital except to act as it, in its
 process, from its directory; it copies none.
@@ -88,8 +89,8 @@ class JoinOutcome:
 def _organizations(consortium: Any) -> dict[str, bytes]:
     if consortium.profile.fabric is not None or consortium.profile.ledger_backend == "fabric":
         raise FabricJoinUnsupported(
-            "adding a hospital to a Fabric channel is not built yet (the channel config update, "
-            "peer join and chaincode approval); it works on the embedded ledger"
+            "adding a hospital to a Fabric channel is not built yet (the new peer, its channel "
+            "join and chaincode approval); it works on the embedded ledger"
         )
     orgs: dict[str, bytes] = consortium.ledger.organizations()
     return orgs
