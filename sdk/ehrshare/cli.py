@@ -60,6 +60,7 @@ _COMMAND_MODULES = (
     "ehrshare.commands.services",
     "ehrshare.commands.chaincode",
     "ehrshare.commands.fhir",
+    "ehrshare.commands.hospital",
 )
 
 

@@ -542,7 +542,10 @@ class Consortium(Closing):
         msp = _msp(hospital)
         if not _MEMBER_NAME_RE.fullmatch(msp) or not (self.directory / "ca" / msp).is_dir():
             known = sorted(p.name for p in (self.directory / "ca").iterdir())
-            raise ConsortiumError(f"hospital {hospital!r} is not in this consortium ({known})")
+            raise ConsortiumError(
+                f"hospital {hospital!r} is not in this consortium ({known}); a hospital that "
+                "joined with its own directory issues members with 'ehrshare hospital add-member'"
+            )
         wallet = self.profile.wallet(name)
         if wallet.exists:
             raise ConsortiumError(f"wallet {wallet.directory} already exists")

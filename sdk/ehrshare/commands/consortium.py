@@ -36,6 +36,7 @@ from ehrshare.commands.common import (
     progress,
     unlocked_wallet,
 )
+from ehrshare.commands.joining import register_joining
 from ehrshare.console import err_console
 from ehrshare.errors import EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE
 
@@ -53,6 +54,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         no_args_is_help=True,
     )
     app.add_typer(consortium_app, name="consortium")
+    register_joining(consortium_app)  # add-hospital, sign-update
 
     @consortium_app.command("init", epilog=HELP_EPILOG)
     def consortium_init(

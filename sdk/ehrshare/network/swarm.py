@@ -100,6 +100,9 @@ class SwarmNode:
     api_port: int
     gateway_port: int
     swarm_port: int
+    repo: str = ""
+    """The repository's directory when it is not ``<swarm>/<msp>`` (a hospital that joined
+    keeps its node's identity key in its own directory)."""
 
     @property
     def api_url(self) -> str:
@@ -119,7 +122,7 @@ class SwarmNode:
             "api_port": self.api_port,
             "gateway_port": self.gateway_port,
             "swarm_port": self.swarm_port,
-        }
+        } | ({"repo": self.repo} if self.repo else {})
 
 
 class KuboSwarm:
@@ -139,7 +142,8 @@ class KuboSwarm:
 
     def repo(self, msp: str) -> Path:
         """The repository directory (``IPFS_PATH``) of ``msp``'s node."""
-        return self.root / msp
+        node = self.nodes.get(msp)
+        return Path(node.repo) if node is not None and node.repo else self.root / msp
 
     def log_path(self, msp: str) -> Path:
         """Where ``msp``'s daemon logs."""
@@ -172,6 +176,7 @@ class KuboSwarm:
                     int(n["api_port"]),
                     int(n["gateway_port"]),
                     int(n["swarm_port"]),
+                    str(n.get("repo", "")),
                 )
                 for n in data["nodes"]
             ]
@@ -213,7 +218,8 @@ class KuboSwarm:
         ports = free_loopback_ports(3 * len(msps))
         for i, msp in enumerate(msps):
             peer_id = swarm._init_repo(msp)
-            swarm.nodes[msp] = SwarmNode(msp, peer_id, *ports[3 * i : 3 * i + 3])
+            api, gateway, swarm_port = ports[3 * i : 3 * i + 3]
+            swarm.nodes[msp] = SwarmNode(msp, peer_id, api, gateway, swarm_port)
         for msp in msps:
             swarm._configure(msp)
         swarm._save()
@@ -237,6 +243,31 @@ class KuboSwarm:
             _log.warning("moved %s's old repository to %s", msp, aside)
         peer_id = self._init_repo(msp)
         self.nodes[msp] = SwarmNode(msp, peer_id, old.api_port, old.gateway_port, old.swarm_port)
+        for other in self.nodes:
+            if (self.repo(other) / "config").is_file():
+                self._configure(other)
+        self._save()
+        return self.nodes[msp]
+
+    def add_node(self, msp: str, repo: Path) -> SwarmNode:
+        """Give a joining hospital a node whose repository is ``repo`` (in its own directory):
+        a new identity, free ports, this swarm's key; every node's peering names it (a running
+        node takes that up at its next start; :meth:`start` dials it now). Returns the existing
+        node when ``msp`` has one (an interrupted join repeated)."""
+        if msp in self.nodes:
+            return self.nodes[msp]
+        repo = repo.resolve()
+        if repo.exists() and any(repo.iterdir()):
+            aside = repo.with_name(f"{repo.name}.partial-{int(time.time())}")
+            repo.rename(aside)  # a join killed before swarm.json named the node
+        api, gateway, swarm_port = free_loopback_ports(3)
+        self.nodes[msp] = SwarmNode(msp, "", api, gateway, swarm_port, str(repo))
+        try:
+            peer_id = self._init_repo(msp)
+        except BaseException:
+            del self.nodes[msp]
+            raise
+        self.nodes[msp] = SwarmNode(msp, peer_id, api, gateway, swarm_port, str(repo))
         for other in self.nodes:
             if (self.repo(other) / "config").is_file():
                 self._configure(other)
@@ -273,7 +304,7 @@ class KuboSwarm:
 
     def _init_repo(self, msp: str) -> str:
         repo = self.repo(msp)
-        repo.mkdir(parents=True)
+        repo.mkdir(parents=True, exist_ok=True)
         self._ipfs(msp, "init", "--profile=test", "--empty-repo")
         return self._peer_id_in_repo(msp)
 

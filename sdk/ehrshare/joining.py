@@ -1,0 +1,301 @@
+"""``consortium add-hospital``: a new hospital enters a running consortium, step by step.
+
+The steps, each found done and skipped when an interrupted run is repeated:
+
+1. **config** — the channel admits the hospital's MSP (its root CA), once a majority of the
+   member hospitals' admins signed the :class:`~ehrshare.membership.MembershipUpdate` computed
+   against the current membership. Embedded ledger: a config block (``add_organization``).
+2. **register** — the new hospital's admin puts its CA certificate on chain (``RegisterOrgCA``)
+   and its KGC node and proxy register their identities; all three act with keys from the
+   hospital's own directory.
+3. **profile** — the consortium's profile names the new KGC node and proxy, whose state, node
+   keys and wallets stay in the hospital's directory (the profile points there).
+4. **reshare** — the current committee re-deals the master key to itself plus the new node
+   (same mpk: every identity key and record stays valid; τ unchanged).
+
+With a private IPFS swarm, between 2 and 3 the hospital's Kubo node joins it (**storage**:
+repository in the hospital's directory, the swarm's key, every node's peering naming it).
+
+Crash points (``EHRSHARE_FAULT_AT``): ``add_hospital.after_config``,
+``add_hospital.after_register``, ``add_hospital.after_storage``,
+``add_hospital.after_profile``, ``add_hospital.after_reshare``
+(and the resharing's own ``reshare.promoted``/``reshare.retired``). Until step 1 commits nothing
+changed; after it, each later step only adds what the hospital needs and a repeated run finishes.
+On Fabric it is refused (:class:`FabricJoinUnsupported`): the channel update is computed and
+signed by :mod:`ehrshare.network.fabric.config_update`, but the new peer is not built.
+
+This module must not read a private key of the new hospital except to act as it, in its
+process, from its directory; it copies none.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Final
+
+from ehrshare.contract import EhrContract
+from ehrshare.errors import ConfigurationError, Refused
+from ehrshare.faults import fault_point
+from ehrshare.hazmat.dkg import new_session_nonce
+from ehrshare.hospital import HospitalDir
+from ehrshare.ledger.errors import GatewayError
+from ehrshare.membership import InvalidUpdate, MembershipUpdate
+from ehrshare.profile import KgcNodeConfig, Profile, ProxyConfig, ServiceConfig
+from ehrshare.services.vault import atomic_write
+from ehrshare.wallet import Wallet
+
+__all__ = ["FabricJoinUnsupported", "JoinOutcome", "add_hospital", "compute_update"]
+
+_log = logging.getLogger(__name__)
+
+Progress = Callable[[str], None]
+STEPS: Final = ("config", "register", "profile", "reshare")
+
+
+class FabricJoinUnsupported(ConfigurationError):
+    """``add-hospital`` on a Fabric channel: the config update is not built yet."""
+
+
+class JoinConflict(Refused):
+    """The channel already has a member of that MSP id with another CA."""
+
+
+@dataclass(frozen=True)
+class JoinOutcome:
+    """What a run did: the steps it performed (others were found done) and the committee."""
+
+    msp_id: str
+    kgc_index: int
+    performed: tuple[str, ...]
+    signers: tuple[str, ...]
+    committee: tuple[str, ...]
+    threshold: int
+
+    def to_dict(self) -> dict[str, Any]:
+        """For ``--json``."""
+        return {
+            "msp_id": self.msp_id,
+            "kgc_index": self.kgc_index,
+            "performed": list(self.performed),
+            "signers": list(self.signers),
+            "committee": list(self.committee),
+            "threshold": self.threshold,
+        }
+
+
+def _organizations(consortium: Any) -> dict[str, bytes]:
+    if consortium.profile.fabric is not None or consortium.profile.ledger_backend == "fabric":
+        raise FabricJoinUnsupported(
+            "adding a hospital to a Fabric channel is not built yet (the new peer, its channel "
+            "join and chaincode approval); it works on the embedded ledger"
+        )
+    orgs: dict[str, bytes] = consortium.ledger.organizations()
+    return orgs
+
+
+def compute_update(profile: Profile, request_path: Path) -> MembershipUpdate:
+    """Fetch the channel's membership and compute the update adding the request's hospital."""
+    from ehrshare.hospital import JoinRequest
+    from ehrshare.provisioning import Consortium
+
+    request = JoinRequest.load(request_path)
+    with Consortium.open(profile) as consortium:
+        orgs = _organizations(consortium)
+        if profile.consortium_id is None:
+            raise ConfigurationError("the profile has no consortium id")
+        return MembershipUpdate.compute(profile.consortium_id, profile.channel, orgs, request)
+
+
+def add_hospital(
+    profile_path: Path,
+    update: MembershipUpdate,
+    hospital: HospitalDir,
+    *,
+    admin_wallet: Wallet,
+    progress: Progress | None = None,
+) -> JoinOutcome:
+    """Run (or finish) the steps adding ``hospital`` under a signed ``update``."""
+    from ehrshare.provisioning import Consortium
+
+    say = progress or (lambda _m: None)
+    request = hospital.request()
+    if request.sha256 != update.request.sha256:
+        raise InvalidUpdate(
+            f"the update adds the request {update.request.sha256[:16]}…, but {hospital.root} "
+            f"exported {request.sha256[:16]}…"
+        )
+    msp = request.msp_id
+    performed: list[str] = []
+    profile = Profile.load(profile_path)
+    if update.consortium_id != profile.consortium_id or update.channel != profile.channel:
+        raise InvalidUpdate(
+            f"the update is for consortium {update.consortium_id} channel {update.channel}, "
+            f"not this profile's ({profile.consortium_id}, {profile.channel})"
+        )
+    if not all(n.service.embedded for n in profile.kgc_nodes) or not all(
+        p.service.embedded for p in profile.proxies
+    ):
+        raise ConfigurationError(
+            "add-hospital runs the new KGC node in this process for the resharing; this "
+            "profile's services run as processes (not built yet: use an in-process profile)"
+        )
+    with Consortium.open(profile) as consortium:
+        orgs = _organizations(consortium)
+        signers: list[str] = []
+        if msp in orgs:
+            if orgs[msp] != request.ca_pem:
+                raise JoinConflict(f"{msp} is already a channel member, with another CA")
+            update.check_base({k: v for k, v in orgs.items() if k != msp})
+        else:
+            update.check_base(orgs)
+            signers = update.require_majority(orgs)
+            say(f"admitting {msp} to channel {profile.channel} (signed by {', '.join(signers)})")
+            consortium.ledger.add_organization(msp, request.ca_pem)
+            performed.append("config")
+            fault_point("add_hospital.after_config")
+        if _register(consortium, hospital, say):
+            performed.append("register")
+        fault_point("add_hospital.after_register")
+    swarm_url = None
+    if profile.swarm is not None:
+        swarm_url, added = _join_swarm(profile, hospital, say)
+        if added:
+            performed.append("storage")
+            fault_point("add_hospital.after_storage")
+    if _write_profile(profile_path, hospital, say, swarm_url):
+        performed.append("profile")
+        fault_point("add_hospital.after_profile")
+    profile = Profile.load(profile_path)
+    index = next(n.index for n in profile.kgc_nodes if n.msp_id == msp)
+    with Consortium.open(profile) as consortium:
+        committee, tau, reshared = _reshare(consortium, admin_wallet, index, say)
+    if reshared:
+        performed.append("reshare")
+        fault_point("add_hospital.after_reshare")
+    return JoinOutcome(msp, index, tuple(performed), tuple(signers), committee, tau)
+
+
+def _register(consortium: Any, hospital: HospitalDir, say: Progress) -> bool:
+    """The new hospital's CA on chain and its services' identities; True if anything was
+    submitted."""
+    did = False
+    admin = Wallet(hospital.wallet("admin"))
+    with consortium.session(admin) as s:
+        chain = EhrContract(s.contract)  # raw ledger errors: GatewayError with the reason
+        try:
+            chain.get_org_ca(hospital.msp_id)
+        except GatewayError as exc:
+            if exc.message != f"the ca of {hospital.msp_id} is not registered":
+                raise
+            say(f"publishing the CA certificate of {hospital.msp_id} on chain")
+            chain.register_org_ca((hospital.ca_dir / "ca-cert.pem").read_text(encoding="ascii"))
+            did = True
+    for name in ("kgc", "proxy"):
+        with consortium.session(Wallet(hospital.wallet(name), use_env=False)) as s:
+            try:
+                EhrContract(s.contract).get_identity(s.ibe_id)
+            except GatewayError:
+                say(f"registering {s.ibe_id}")
+                s.register()
+                did = True
+    return did
+
+
+def _join_swarm(profile: Profile, hospital: HospitalDir, say: Progress) -> tuple[str, bool]:
+    """The hospital's Kubo node in the consortium's private swarm (repository in its own
+    directory), started and dialled if the swarm runs, marked as the consortium's volume;
+    (its RPC URL, whether it was made now)."""
+    from ehrshare.network.swarm import KuboSwarm
+    from ehrshare.storage import KuboClient
+    from ehrshare.swarm_setup import mark_swarm_node
+    from ehrshare.volumes import mark_store
+
+    assert profile.swarm is not None and profile.consortium_id is not None
+    swarm = KuboSwarm.load(profile.swarm.path)
+    added = hospital.msp_id not in swarm.nodes
+    if added:
+        say(f"giving {hospital.msp_id} a node in the private IPFS swarm")
+    node = swarm.add_node(hospital.msp_id, hospital.root / "ipfs")
+    if swarm.pids():
+        swarm.start([hospital.msp_id])  # dials the running nodes
+        with KuboClient(node.api_url, timeout=profile.storage_timeout) as client:
+            mark_store(profile, profile.consortium_id, client)
+    else:
+        mark_swarm_node(profile, swarm, hospital.msp_id)
+    return node.api_url, added
+
+
+def _write_profile(
+    path: Path, hospital: HospitalDir, say: Progress, swarm_url: str | None = None
+) -> bool:
+    """Name the new KGC node and proxy in the profile (written whole); False if they are."""
+    profile = Profile.load(path)
+    if any(n.msp_id == hospital.msp_id for n in profile.kgc_nodes):
+        return False
+    index = max(n.index for n in profile.kgc_nodes) + 1
+    node = KgcNodeConfig(
+        index=index,
+        msp_id=hospital.msp_id,
+        service=ServiceConfig(
+            state=hospital.state("kgc"),
+            key_file=hospital.key_file("kgc"),
+            wallet=hospital.wallet("kgc"),
+        ),
+    )
+    proxy = ProxyConfig(
+        name=hospital.proxy_name,
+        msp_id=hospital.msp_id,
+        ibe_id=f"{hospital.msp_id}/proxy",
+        service=ServiceConfig(
+            state=hospital.state("proxy"),
+            key_file=hospital.key_file("proxy"),
+            wallet=hospital.wallet("proxy"),
+        ),
+    )
+    text = path.read_text(encoding="utf-8")
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+    updated = replace(
+        profile, kgc_nodes=(*profile.kgc_nodes, node), proxies=(*profile.proxies, proxy)
+    )
+    if profile.swarm is not None and swarm_url is not None:
+        nodes = (*profile.swarm.nodes, (hospital.msp_id, swarm_url))
+        updated = replace(updated, swarm=replace(profile.swarm, nodes=nodes))
+    say(f"adding KGC node {index} and {hospital.proxy_name} of {hospital.msp_id} to the profile")
+    atomic_write(path, updated.to_yaml(header).encode(), mode=0o644)
+    return True
+
+
+def _reshare(
+    consortium: Any, admin_wallet: Wallet, index: int, say: Progress
+) -> tuple[tuple[str, ...], int, bool]:
+    """Reshare to the committee plus node ``index`` unless the latest result has it."""
+    from ehrshare.services.kgc import run_local_reshare
+
+    nodes = {n.index: n for n in consortium.kgc_nodes}
+    new_node = nodes[index]
+    with consortium.session(admin_wallet) as admin:
+        admin.register()
+        current = admin.chain.dkg.result()
+        roster = [str(m) for m in current["roster"]]
+        indices = [int(i) for i in current.get("indices") or range(1, len(roster) + 1)]
+        tau = int(current["threshold"])
+        new_id = new_node.publish_key()
+        if new_id in roster:
+            for node in nodes.values():
+                node.catch_up()  # a run killed after the result was final
+            return tuple(roster), tau, False
+        members = sorted({*indices, index})
+        say(f"resharing the master key to {len(members)} KGC nodes (τ={tau}), adding {new_id}")
+        run_local_reshare(
+            list(nodes.values()),
+            nonce=new_session_nonce(),
+            admin=admin.contract,
+            members=members,
+            dealers=sorted(indices),
+            threshold=tau,
+        )
+        final = admin.chain.dkg.result()
+    return tuple(str(m) for m in final["roster"]), tau, True
