@@ -46,6 +46,7 @@ __all__ = [
     "HostLayout",
     "NetnsError",
     "NetnsUnavailable",
+    "NodeHost",
     "netns_problem",
     "our_links",
     "our_namespaces",
@@ -122,6 +123,15 @@ def our_links() -> list[str]:
 
 
 @dataclass(frozen=True)
+class NodeHost:
+    """Where an organisation's nodes run: the address they bind (and their certificates name)
+    and the network namespace they run in (None: this process's)."""
+
+    address: str
+    netns: str | None = None
+
+
+@dataclass(frozen=True)
 class Host:
     """One host of a layout: its label (a hospital's MSP id, ``orderers``), namespace, address
     and the two ends of its link (``outside`` on the bridge, ``inside`` in the namespace)."""
@@ -131,6 +141,11 @@ class Host:
     address: str
     outside: str
     inside: str
+
+    @property
+    def placement(self) -> NodeHost:
+        """What the launchers need of this host: its address and namespace."""
+        return NodeHost(self.address, self.netns)
 
     def as_dict(self) -> dict[str, str]:
         """JSON form."""
@@ -340,6 +355,14 @@ class HostLayout:
     def address(self, label: str) -> str:
         """A host's IP address."""
         return self.host(label).address
+
+    def netns_by_address(self) -> dict[str, str | None]:
+        """Each host's namespace by its address (``ServiceProcesses(netns=...)``)."""
+        return {h.address: h.netns for h in self.hosts.values()}
+
+    def placements(self) -> dict[str, NodeHost]:
+        """Every host's :class:`NodeHost`, by label (``hosts=`` of the launchers)."""
+        return {label: h.placement for label, h in self.hosts.items()}
 
     def argv(self, label: str, argv: Sequence[str]) -> list[str]:
         """``argv`` run inside a host's namespace (``ip netns exec`` execs: same pid)."""

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ehrshare.errors import Unavailable
 from ehrshare.network.binaries import fabric_bin_dir
+from ehrshare.network.netns import NodeHost
 
 __all__ = [
     "ORDERER_MSP",
@@ -85,16 +86,6 @@ def missing_binaries(bin_dir: Path | None = None) -> list[str]:
     Use it before anything that needs Fabric, to say ``make tools`` instead of failing later."""
     where = fabric_bin_dir() if bin_dir is None else bin_dir
     return [b for b in _BINARIES if not (where / b).is_file()]
-
-
-@dataclass(frozen=True)
-class NodeHost:
-    """Where an organisation's nodes run: the address they bind (and their certificates name)
-    and the network namespace they run in (None: this process's; see
-    :mod:`ehrshare.network.netns`)."""
-
-    address: str
-    netns: str | None = None
 
 
 @dataclass(frozen=True)
