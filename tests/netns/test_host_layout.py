@@ -130,25 +130,33 @@ _CRASH = (
     "import sys\n"
     "from pathlib import Path\n"
     "from ehrshare.network.netns import HostLayout\n"
-    "HostLayout.create(['A', 'B'], state_dir=Path(sys.argv[1]), tag=sys.argv[2])\n"
+    "layout = HostLayout.create(['A', 'B'], state_dir=Path(sys.argv[1]), tag=sys.argv[2])\n"
     "print('made')\n"
+    "if sys.argv[3] == 'teardown':\n"
+    "    layout.teardown()\n"
 )
 
+_TAGS = {
+    "netns.create.after_bridge": "fa18",
+    "netns.create.after_host": "fa19",
+    "netns.teardown.after_link": "fa1a",
+    None: "fa17",
+}
 
-@pytest.mark.parametrize(
-    "fault", ["netns.create.after_bridge", "netns.create.after_host", None], ids=str
-)
+
+@pytest.mark.parametrize("fault", list(_TAGS), ids=str)
 def test_a_crashed_runs_leftovers_are_removed_by_the_next(
     make_layout: Layout, state_dir: Path, fault: str | None, machine_net: Snapshot
 ) -> None:
     before = machine_net()
-    tag = "fa17" if fault is None else ("fa18" if fault.endswith("bridge") else "fa19")
+    tag = _TAGS[fault]
+    step = "teardown" if fault and fault.startswith("netns.teardown") else "create"
     env = {**os.environ}
     if fault is not None:
         env["EHRSHARE_FAULT_AT"] = fault
     # The crashed run: killed (SIGKILL) at a step boundary, or exiting without tearing down.
     done = subprocess.run(
-        [sys.executable, "-c", _CRASH, str(state_dir), tag],
+        [sys.executable, "-c", _CRASH, str(state_dir), tag, step],
         env=env,
         capture_output=True,
         text=True,

@@ -322,6 +322,7 @@ class HostLayout:
             if kind == "link" and _link_exists(name):
                 _run(["ip", "link", "del", name], check=False)
                 removed.append(name)
+                fault_point("netns.teardown.after_link")
             elif kind == "netns" and name in _namespaces():
                 _run(["ip", "netns", "del", name], check=False)
                 removed.append(name)
