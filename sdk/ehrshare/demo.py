@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ehrshare.demo_hosts import DemoHosts
 from ehrshare.network.services import ServiceProcesses
 from ehrshare.network.supervisor import free_loopback_ports, pid_alive
 from ehrshare.provisioning import Consortium
@@ -508,12 +509,15 @@ def run_demo(
     keep: bool = False,
     services: str = "in-process",
     ledger: str = "embedded",
+    hosts: str = "local",
 ) -> DemoResult:
     """Run the story in ``directory`` (a fresh temporary one by default, deleted afterwards
     unless ``keep``). Raises on an unexpected error; a claim that does not hold is a failed
     check in the result, not an exception. With ``services="processes"`` every process the
     demo started is stopped by pid before it returns (or raises); so is the Fabric network
-    with ``ledger="fabric"`` (it needs the binaries ``make tools`` builds)."""
+    with ``ledger="fabric"`` (it needs the binaries ``make tools`` builds). ``hosts="netns"``
+    (with Fabric; implies a swarm and service processes) puts each hospital on a host of its
+    own and adds the steps of :mod:`ehrshare.demo_hosts`; the hosts are removed at the end."""
     story = _Story(on_step)
     tmp = None
     if directory is None:
@@ -525,6 +529,14 @@ def run_demo(
     story.result.storage = storage
     story.result.ledger = ledger
     story.result.services = services
+    on_hosts = None
+    if hosts == "netns":
+        storage, services, on_hosts = (
+            "swarm",
+            "processes",
+            DemoHosts(["HospitalAMSP", "HospitalBMSP", "HospitalCMSP"]),
+        )
+        story.result.storage, story.result.services = storage, services
     processes = services == "processes"
     t_start = time.perf_counter()
     consortium: Consortium | None = None
@@ -540,6 +552,7 @@ def run_demo(
                 services=services,
                 ports=free_loopback_ports(6) if processes else None,
                 ledger=ledger,
+                hosts=on_hosts.placements() if on_hosts else None,
             )
             dkg = consortium.dkg_result()
             where = (
@@ -557,10 +570,15 @@ def run_demo(
                 f"mpk on chain ({dkg['mpk'][:16]}…)"
             )
             story.check("dkg_all_qualified", len(dkg["qual"]) == 3, s)
+            if on_hosts is not None:
+                s.lines.append(
+                    f"each on a host of its own (network namespace): {on_hosts.describe()}"
+                )
         c = consortium
         if processes:
             with story.step("The KGC nodes and the proxies start as separate processes") as s:
-                procs = ServiceProcesses(c.profile, root / "run", die_with_parent=True)
+                netns = on_hosts.netns_by_address() if on_hosts else None
+                procs = ServiceProcesses(c.profile, root / "run", die_with_parent=True, netns=netns)
                 procs.start()
                 for name, pid in procs.pids.items():
                     s.lines.append(
@@ -653,6 +671,12 @@ def run_demo(
                 f"haemoglobin {value2} g/dL"
             )
             story.check("hop2_read_lab", float(value2) == 13.2, s)
+        if on_hosts is not None and c.network is not None and c.swarm is not None:
+            with story.step("Hospital A's IPFS node stops; Dr Baker still reads the lab") as s:
+                on_hosts.origin_node_stopped(c.swarm, baker, lab, s, story.check)
+            with story.step("Hospital C is cut off mid-run, then comes back") as s:
+                args = (alice.ibe_id, chen, lab, lab_observation(9.9))
+                on_hosts.cut_and_back(c.network, adams, *args, s, story.check)
         with story.step("The imaging study stays unreadable to Dr Baker") as s:
             try:
                 baker.read_record(img)
@@ -752,6 +776,8 @@ def run_demo(
                 story.result.checks["fabric_processes_stopped"] = bool(fabric_pids) and not any(
                     pid_alive(pid) for pid in fabric_pids
                 )
+        if on_hosts is not None:
+            on_hosts.close()
         if tmp is not None and not keep:
             shutil.rmtree(tmp, ignore_errors=True)
     return story.result

@@ -27,8 +27,8 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -42,6 +42,7 @@ from ehrshare.identity import LocalCA
 from ehrshare.ledger.errors import GatewayError
 from ehrshare.ledger.store import EmbeddedLedger
 from ehrshare.ledgers import EmbeddedBackend
+from ehrshare.network.netns import NodeHost
 from ehrshare.network.swarm import KuboSwarm
 from ehrshare.profile import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -126,6 +127,8 @@ class FabricOptions:
     endorsement: str = "MAJORITY"
     orderer_type: str = "etcdraft"
     """``etcdraft`` (Raft, 1 or 3 orderers) or ``BFT`` (SmartBFT, 4 orderers, Fabric 3.x)."""
+    hosts: Mapping[str, NodeHost] = field(default_factory=dict)
+    """Where each hospital's nodes and the orderers run (``Consortium.init(hosts=...)``)."""
 
     def check(self) -> None:
         """Refuse options Fabric would refuse, and a machine without the Fabric binaries."""
@@ -174,6 +177,7 @@ class FabricOptions:
             max_message_count=self.max_message_count,
             endorsement=self.endorsement,
             orderer_type=self.orderer_type,
+            hosts=self.hosts,
         )
         kind = "SmartBFT" if self.orderer_type == "BFT" else "Raft"
         say(f"building a Fabric network: {len(msp_ids)} peers, {self.orderers} {kind} orderer(s)")
@@ -275,8 +279,14 @@ class Consortium(Closing):
         fabric: FabricOptions | None = None,
         committee: int | None = None,
         replicas: int = DEFAULT_REPLICAS,
+        hosts: Mapping[str, NodeHost] | None = None,
     ) -> Consortium:
         """Create a consortium in an empty (or new) directory and run its DKG.
+
+        ``hosts`` (per hospital MSP, and ``OrdererMSP``: an address and a network namespace, e.g.
+        :meth:`ehrshare.network.netns.HostLayout.placements`) puts each hospital's peer, Kubo
+        node, KGC node and proxy on its own host, bound to its address (with Fabric, a swarm and
+        service processes).
 
         ``storage="swarm"`` gives each hospital its own Kubo node in a private swarm
         (:mod:`ehrshare.network.swarm`, started here and stopped by :meth:`close`); a record is
@@ -328,6 +338,13 @@ class Consortium(Closing):
         if ledger == "fabric":
             fabric = fabric or FabricOptions()
             fabric.check()
+            if hosts:
+                fabric = replace(fabric, hosts=dict(hosts))
+        if hosts and (ledger != "fabric" or storage != "swarm" or services != "processes"):
+            raise ConsortiumError(
+                "hosts need every node in a process of its own: ledger='fabric', "
+                "storage='swarm' and services='processes'"
+            )
         if storage not in STORAGE_MODES:
             raise ConsortiumError(f"storage backend {storage!r} is not embedded, kubo or swarm")
         if replicas < 0:
@@ -362,14 +379,14 @@ class Consortium(Closing):
         try:
             consortium = cls._create(
                 root, hospitals, threshold, storage, kubo_url, clock, say, fabric, members, replicas
-            )
+            )  # the swarm's hosts come with ``fabric.hosts``
             if not port_list:
                 return consortium
             network = consortium._release_network()
             swarm, consortium._swarm = consortium._swarm, None
             consortium.close()
             say("issuing TLS server certificates and writing the process profile")
-            _switch_to_processes(root, port_list)
+            _switch_to_processes(root, port_list, hosts or {})
             reopened = cls.open(root / "profile.yaml", clock=clock)
             reopened._network = network
             reopened._swarm = swarm
@@ -407,7 +424,8 @@ class Consortium(Closing):
         swarm = None
         if storage == "swarm":
             msps = [_msp(h) for h in hospitals]
-            swarm, profile = create_swarm(root, msps, profile, replicas, say)
+            hosts = fabric.hosts if fabric is not None else None
+            swarm, profile = create_swarm(root, msps, profile, replicas, say, hosts)
         say(f"creating certificate authorities for {', '.join(hospitals)}")
         ledger_obj = (
             EmbeddedLedger.open(root / "ledger", channel="ehrshare") if fabric is None else None
@@ -516,6 +534,11 @@ class Consortium(Closing):
     def network(self) -> FabricNet | None:
         """The Fabric network :meth:`init` started and this object stops on close."""
         return self._network
+
+    @property
+    def swarm(self) -> KuboSwarm | None:
+        """The IPFS swarm :meth:`init` started and this object stops on close."""
+        return self._swarm
 
     def _release_network(self) -> FabricNet | None:
         """Hand the running network over (the caller stops it); close() leaves it running."""
@@ -635,11 +658,13 @@ class Consortium(Closing):
         return self.runtime.session(identity, signer, w)
 
 
-def _switch_to_processes(root: Path, ports: Sequence[int]) -> None:
-    """Rewrite a fresh consortium's profile so its services are gRPC processes on loopback.
+def _switch_to_processes(root: Path, ports: Sequence[int], hosts: Mapping[str, NodeHost]) -> None:
+    """Rewrite a fresh consortium's profile so its services are gRPC processes on loopback (or
+    each on its hospital's host, ``hosts``).
 
     Each service gets a TLS server certificate from its hospital's CA (SANs 127.0.0.1 and
-    localhost; key in ``keys/``, mode 0600) and keeps its state, node key and ledger wallet, so
+    localhost, or its host's address; key in ``keys/``, mode 0600) and keeps its state, node
+    key and ledger wallet, so
     ``ehrshare kgc serve`` / ``ehrshare proxy serve`` can be started from the profile alone.
     """
     path = root / "profile.yaml"
@@ -647,12 +672,14 @@ def _switch_to_processes(root: Path, ports: Sequence[int]) -> None:
     (root / "tls").mkdir(exist_ok=True)
 
     def served(service: ServiceConfig, name: str, msp: str, port: int) -> ServiceConfig:
-        cert, key = issue_tls_certificate(LocalCA.load(root / "ca" / msp), name)
+        host = hosts[msp].address if msp in hosts else "127.0.0.1"
+        names = (host,) if msp in hosts else ("127.0.0.1", "localhost")
+        cert, key = issue_tls_certificate(LocalCA.load(root / "ca" / msp), name, hosts=names)
         write_key_file(root / "keys" / f"{name}-tls.key", key)
         atomic_write(root / "tls" / f"{name}.pem", cert, mode=0o644)
         return replace(
             service,
-            address=f"127.0.0.1:{port}",
+            address=f"{host}:{port}",
             tls_ca=root / "ca" / msp / "ca-cert.pem",
             tls_cert=root / "tls" / f"{name}.pem",
             tls_key=root / "keys" / f"{name}-tls.key",

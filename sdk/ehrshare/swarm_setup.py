@@ -8,10 +8,12 @@ themselves are :mod:`ehrshare.network.swarm`. This module must not read or pin r
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ehrshare.network.netns import NodeHost
 from ehrshare.network.swarm import SWARM_DIR, KuboSwarm
 from ehrshare.profile import Profile, StorageSwarm
 from ehrshare.storage import KuboClient
@@ -23,12 +25,18 @@ _log = logging.getLogger(__name__)
 
 
 def create_swarm(
-    root: Path, msps: list[str], profile: Profile, replicas: int, say: Any
+    root: Path,
+    msps: list[str],
+    profile: Profile,
+    replicas: int,
+    say: Any,
+    hosts: Mapping[str, NodeHost] | None = None,
 ) -> tuple[KuboSwarm, Profile]:
-    """Make and start one node per hospital under ``root/ipfs``; return the swarm and
-    ``profile`` naming its nodes (the first hospital's node is ``storage.url``)."""
+    """Make and start one node per hospital under ``root/ipfs`` (on its host, with
+    ``hosts``); return the swarm and ``profile`` naming its nodes (the first hospital's node
+    is ``storage.url``)."""
     say(f"creating a private IPFS swarm, one Kubo node per hospital ({len(msps)})")
-    swarm = KuboSwarm.create(root / SWARM_DIR, msps)
+    swarm = KuboSwarm.create(root / SWARM_DIR, msps, hosts=hosts)
     nodes = tuple((msp, swarm.node(msp).api_url) for msp in swarm.nodes)
     profile = replace(
         profile,

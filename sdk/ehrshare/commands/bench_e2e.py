@@ -18,6 +18,7 @@ This module only measures; it must not change how the SDK behaves.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -32,6 +33,8 @@ from rich.table import Table
 from ehrshare.benchutil import machine_metadata, percentile, time_calls
 from ehrshare.console import err_console, out_console
 from ehrshare.errors import EXIT_CONFIG, EXIT_USAGE
+from ehrshare.network.fabric.spec import ORDERER_MSP
+from ehrshare.network.netns import HostLayout, NetnsUnavailable
 from ehrshare.network.services import ServiceProcesses
 from ehrshare.network.supervisor import free_loopback_ports
 from ehrshare.profile import BackendUnavailable
@@ -70,24 +73,49 @@ def run_e2e_bench(
     services: str = "in-process",
     ledger: str = "embedded",
     fabric: FabricOptions | None = None,
+    storage: str = "embedded",
+    hosts: str = "local",
+    delay_ms: float = 0.0,
 ) -> dict[str, Any]:
     """Run the benchmark in a fresh consortium; returns the JSON-able result. With
-    ``ledger="fabric"`` the consortium's Fabric network is stopped (by pid) at the end."""
+    ``ledger="fabric"`` the consortium's Fabric network is stopped (by pid) at the end.
+    ``hosts="netns"`` (Fabric only) puts each hospital on a network namespace of its own, with a
+    private IPFS swarm and the services as processes, and ``delay_ms`` of ``tc netem`` delay
+    on every host's link while timing; the hosts are removed at the end."""
     say = progress or (lambda _m: None)
+    layout = None
+    if hosts == "netns":
+        layout = HostLayout.create([f"Hospital{x}MSP" for x in "ABC"] + [ORDERER_MSP])
+        storage, services = "swarm", "processes"
+        if delay_ms:
+            # From the start, so a kernel without netem is found before anything is built
+            # (the setup runs delayed too; only the timed calls are reported).
+            say(f"delaying every host's link by {delay_ms:g} ms (tc netem)")
+            try:
+                layout.delay(delay_ms)
+            except BaseException:
+                layout.teardown()
+                raise
     processes = services == "processes"
-    with tempfile.TemporaryDirectory(prefix="ehrshare-bench-", dir=directory) as tmp:
+    with (
+        tempfile.TemporaryDirectory(prefix="ehrshare-bench-", dir=directory) as tmp,
+        layout if layout is not None else contextlib.nullcontext(),
+    ):
         say("creating a 3-hospital consortium and running the DKG")
         c = Consortium.init(
             Path(tmp) / "c",
             services=services,
+            storage=storage,
             ports=free_loopback_ports(6) if processes else None,
             ledger=ledger,
             progress=say,
             fabric=fabric or (FabricOptions() if ledger == "fabric" else None),
+            hosts=layout.placements() if layout is not None else None,
         )
         endpoints = c.profile.fabric
+        netns = layout.netns_by_address() if layout is not None else None
         procs = (
-            ServiceProcesses(c.profile, Path(tmp) / "run", die_with_parent=True)
+            ServiceProcesses(c.profile, Path(tmp) / "run", die_with_parent=True, netns=netns)
             if processes
             else None
         )
@@ -150,7 +178,9 @@ def run_e2e_bench(
             if procs is not None:
                 procs.stop_all()
             c.close()
-    backend: dict[str, Any] = {"ledger": ledger, "storage": "embedded", "services": services}
+    backend: dict[str, Any] = {"ledger": ledger, "storage": storage, "services": services}
+    if layout is not None:
+        backend["hosts"] = {**layout.as_dict(), "delay_ms": delay_ms}
     if endpoints is not None:
         options = fabric or FabricOptions()
         from ehrshare.network.fabric import fabric_version
@@ -211,6 +241,25 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         orderers: int = typer.Option(
             1, "--orderers", min=1, help="With --backend fabric: Raft orderers (1 or 3)."
         ),
+        storage: str = typer.Option(
+            "embedded",
+            "--storage",
+            help="embedded, or swarm (one Kubo node per hospital, a private IPFS swarm).",
+        ),
+        hosts: str = typer.Option(
+            "local",
+            "--hosts",
+            help="local (every node on 127.0.0.1), or netns (with --backend fabric, as root: "
+            "each hospital on a network namespace of its own; implies --storage swarm and "
+            "--services processes).",
+        ),
+        delay_ms: float = typer.Option(
+            0.0,
+            "--delay-ms",
+            min=0.0,
+            help="With --hosts netns: tc netem delay on every host's link while timing (one "
+            "way, host to host); needs a kernel with sch_netem.",
+        ),
     ) -> None:
         """p50/p95 of put_record (10 KB, 10 MB), grant and read_record (hop 1, hop 3) on the
         embedded backend or on Fabric, through the whole SDK."""
@@ -224,6 +273,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             err_console().print(
                 f"[red]error:[/red] --backend {backend!r} is not embedded or fabric"
             )
+            raise typer.Exit(EXIT_USAGE)
+        if storage not in ("embedded", "swarm"):
+            err_console().print(f"[red]error:[/red] --storage {storage!r} is not embedded or swarm")
+            raise typer.Exit(EXIT_USAGE)
+        if hosts not in ("local", "netns") or (hosts == "netns" and backend != "fabric"):
+            err_console().print(
+                f"[red]error:[/red] --hosts {hosts!r}: local, or netns with --backend fabric"
+            )
+            raise typer.Exit(EXIT_USAGE)
+        if delay_ms and hosts != "netns":
+            err_console().print("[red]error:[/red] --delay-ms needs --hosts netns")
             raise typer.Exit(EXIT_USAGE)
         try:
             result = run_e2e_bench(
@@ -239,8 +299,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     if backend == "fabric"
                     else None
                 ),
+                storage=storage,
+                hosts=hosts,
+                delay_ms=delay_ms,
             )
-        except BackendUnavailable as exc:
+        except (BackendUnavailable, NetnsUnavailable) as exc:
             err_console().print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(EXIT_CONFIG) from None
         if json_only:

@@ -12,7 +12,9 @@ from rich.panel import Panel
 
 from ehrshare.console import err_console, out_console
 from ehrshare.demo import DemoStep, run_demo
+from ehrshare.demo_hosts import HOST_MODES
 from ehrshare.errors import EXIT_CONFIG, EXIT_REFUSED, EXIT_USAGE
+from ehrshare.network.netns import NetnsUnavailable
 from ehrshare.profile import BackendUnavailable
 
 __all__ = ["register"]
@@ -43,6 +45,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "serve' / 'ehrshare proxy serve' processes on 127.0.0.1 over mutual TLS; one KGC "
             "node is killed and the proxy restarted mid-story).",
         ),
+        hosts: str = typer.Option(
+            "local",
+            "--hosts",
+            help="local (default: every node on 127.0.0.1) or netns (with --backend fabric, as "
+            "root: each hospital on a Linux network namespace of its own with its own address, "
+            "a private IPFS swarm and service processes; adds an IPFS node stopped and a "
+            "hospital cut off mid-story).",
+        ),
         keep: str = typer.Option(
             "", "--keep", help="Run in this directory and keep it (default: a temporary one)."
         ),
@@ -65,6 +75,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if services not in ("in-process", "processes"):
             err.print(f"[red]error:[/red] services {services!r} is not in-process or processes")
             raise typer.Exit(EXIT_USAGE)
+        if hosts not in HOST_MODES or (hosts == "netns" and backend != "fabric"):
+            err.print(f"[red]error:[/red] --hosts {hosts!r}: local, or netns with --backend fabric")
+            raise typer.Exit(EXIT_USAGE)
+        if hosts == "netns":  # every node a process on its hospital's host
+            storage, services = "swarm", "processes"
 
         def show(step: DemoStep) -> None:
             if as_json:
@@ -100,8 +115,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 keep=bool(keep),
                 services=services,
                 ledger=backend,
+                hosts=hosts,
             )
-        except BackendUnavailable as exc:
+        except (BackendUnavailable, NetnsUnavailable) as exc:
             err.print(f"[red]error:[/red] {exc}", soft_wrap=True)
             raise typer.Exit(EXIT_CONFIG) from None
         except Exception as exc:

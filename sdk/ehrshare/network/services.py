@@ -16,7 +16,7 @@ never signal a process it did not start.
 from __future__ import annotations
 
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -144,13 +144,17 @@ class ServiceProcesses(Supervisor):
         start_timeout: float = 60.0,
         die_with_parent: bool = False,
         policy: RestartPolicy | None = None,
+        netns: Mapping[str, str | None] | None = None,
     ) -> None:
         self.commands = {c.name: c for c in service_commands(profile)}
         if not self.commands:
             raise ProfileError("the profile names no service to run as a process")
         self.executable = tuple(executable)
+        # ``netns``: per host address, the network namespace a service bound to it runs in.
+        spaces = dict(netns or {})
         programs = {
-            name: _program(cmd, run_dir, self.executable) for name, cmd in self.commands.items()
+            name: _program(cmd, run_dir, self.executable, spaces.get(_host(cmd.address)))
+            for name, cmd in self.commands.items()
         }
         super().__init__(
             programs,
@@ -161,7 +165,13 @@ class ServiceProcesses(Supervisor):
         )
 
 
-def _program(cmd: ServiceCommand, run_dir: Path, executable: Sequence[str]) -> Program:
+def _host(address: str) -> str:
+    return address.rsplit(":", 1)[0]
+
+
+def _program(
+    cmd: ServiceCommand, run_dir: Path, executable: Sequence[str], netns: str | None = None
+) -> Program:
     # The service writes its port file once it listens: a stranger on the port is not mistaken
     # for it.
     port_file = run_dir / f"{cmd.name}.port"
@@ -172,4 +182,5 @@ def _program(cmd: ServiceCommand, run_dir: Path, executable: Sequence[str]) -> P
         address=cmd.address,
         before_start=lambda: port_file.unlink(missing_ok=True),
         info={"address": cmd.address},
+        netns=netns,
     )

@@ -193,6 +193,7 @@ def start_child(
     stdout: Literal["log", "null"] = "log",
     new_session: bool = False,
     die_with_parent: bool = False,
+    netns: str | None = None,
 ) -> Child:
     """Start ``argv`` with its output appended to ``log`` (stderr always, stdout unless
     ``stdout="null"``), ``env`` merged over this process's environment.
@@ -200,9 +201,11 @@ def start_child(
     ``new_session``: the child outlives the command that started it, and a Ctrl-C in that
     terminal does not reach it (stop it by pid). ``die_with_parent``: Linux sends it SIGTERM
     when the thread that started it dies (a killed test run leaves nothing behind); leave it
-    off when starting from short-lived threads. Raises OSError if the program cannot run.
+    off when starting from short-lived threads. ``netns``: run it inside that network
+    namespace (``ip netns exec``, which execs: the pid is the program's; see
+    :mod:`ehrshare.network.netns`). Raises OSError if the program cannot run.
     """
-    full = list(argv)
+    full = list(argv) if netns is None else ["ip", "netns", "exec", netns, *argv]
     if die_with_parent:
         full = [sys.executable, "-c", _PDEATHSIG_LAUNCHER, str(os.getpid()), *full]
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -338,7 +341,8 @@ class ServiceStatus:
 class Program:
     """One supervised program: its command line, its log (its stderr), how to tell that it
     listens, what to clear before each start, and what :meth:`Supervisor.snapshot` shows of
-    it (``info``, e.g. its address)."""
+    it (``info``, e.g. its address); ``netns``: the network namespace it runs in (None: this
+    process's)."""
 
     argv: tuple[str, ...]
     log: Path
@@ -346,6 +350,7 @@ class Program:
     address: str = ""
     before_start: Callable[[], None] = lambda: None
     info: Mapping[str, Any] = field(default_factory=dict)
+    netns: str | None = None
 
 
 class Supervisor:
@@ -401,6 +406,7 @@ class Supervisor:
             program.log,
             stdout="null",
             die_with_parent=self.die_with_parent,
+            netns=program.netns,
         )
         self._children[name] = child
         self._log_offsets[name] = child.offset

@@ -5,7 +5,8 @@ consortium's pre-shared key, mode 0600), ``swarm.json`` (each hospital's node: r
 id, API/gateway/swarm ports) and one Kubo repository per hospital. Every node runs with
 ``LIBP2P_FORCE_PNET=1`` and the key copied into its repository, so it refuses any peer without
 the key; it has no bootstrap peers, no mDNS, no content routing, API, gateway and swarm on
-loopback ports fixed at creation, and ``Peering.Peers`` naming every other hospital's node, so
+its hospital's address (127.0.0.1, or its host's: :mod:`ehrshare.network.netns`) on ports fixed
+at creation, and ``Peering.Peers`` naming every other hospital's node, so
 the nodes stay connected and fetch each other's blocks over bitswap.
 
 A node is started only from a repository this swarm created: a missing repository, a different
@@ -21,6 +22,7 @@ write content (that is :mod:`ehrshare.storage`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -28,7 +30,7 @@ import secrets
 import shutil
 import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +39,7 @@ import httpx
 
 from ehrshare.errors import ConfigurationError, Unavailable
 from ehrshare.network.kubo import kubo_binary
+from ehrshare.network.netns import NodeHost
 from ehrshare.network.supervisor import (
     Child,
     free_loopback_ports,
@@ -100,6 +103,10 @@ class SwarmNode:
     api_port: int
     gateway_port: int
     swarm_port: int
+    host: str = _HOST
+    """The address it binds: its hospital's host (see :mod:`ehrshare.network.netns`)."""
+    netns: str | None = None
+    """The network namespace it runs in (None: the starting process's)."""
     repo: str = ""
     """The repository's directory when it is not ``<swarm>/<msp>`` (a hospital that joined
     keeps its node's identity key in its own directory)."""
@@ -107,21 +114,23 @@ class SwarmNode:
     @property
     def api_url(self) -> str:
         """The node's RPC base URL."""
-        return f"http://{_HOST}:{self.api_port}"
+        return f"http://{self.host}:{self.api_port}"
 
     @property
     def swarm_addr(self) -> str:
         """The multiaddr other nodes dial."""
-        return f"/ip4/{_HOST}/tcp/{self.swarm_port}"
+        return f"/ip4/{self.host}/tcp/{self.swarm_port}"
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form."""
+        hosted = {} if self.host == _HOST else {"host": self.host, "netns": self.netns}
         return {
             "msp": self.msp,
             "peer_id": self.peer_id,
             "api_port": self.api_port,
             "gateway_port": self.gateway_port,
             "swarm_port": self.swarm_port,
+            **hosted,
         } | ({"repo": self.repo} if self.repo else {})
 
 
@@ -176,6 +185,8 @@ class KuboSwarm:
                     int(n["api_port"]),
                     int(n["gateway_port"]),
                     int(n["swarm_port"]),
+                    str(n.get("host", _HOST)),
+                    None if n.get("netns") is None else str(n["netns"]),
                     str(n.get("repo", "")),
                 )
                 for n in data["nodes"]
@@ -198,11 +209,18 @@ class KuboSwarm:
 
     @classmethod
     def create(
-        cls, root: Path, hospitals: Iterable[str], *, binary: Path | None = None
+        cls,
+        root: Path,
+        hospitals: Iterable[str],
+        *,
+        binary: Path | None = None,
+        hosts: Mapping[str, NodeHost] | None = None,
     ) -> KuboSwarm:
         """Make the swarm key and one configured repository per hospital (nothing runs yet).
 
-        Refuses a directory that already holds a swarm (a second init must not replace keys).
+        ``hosts``: per hospital MSP, the address its node binds and the network namespace it
+        runs in (default: 127.0.0.1 here). Refuses a directory that already holds a swarm (a
+        second init must not replace keys).
         """
         root = root.resolve()
         if (root / _LAYOUT_FILE).exists() or (root / _KEY_FILE).exists():
@@ -218,8 +236,11 @@ class KuboSwarm:
         ports = free_loopback_ports(3 * len(msps))
         for i, msp in enumerate(msps):
             peer_id = swarm._init_repo(msp)
+            place = (hosts or {}).get(msp, NodeHost(_HOST))
             api, gateway, swarm_port = ports[3 * i : 3 * i + 3]
-            swarm.nodes[msp] = SwarmNode(msp, peer_id, api, gateway, swarm_port)
+            swarm.nodes[msp] = SwarmNode(
+                msp, peer_id, api, gateway, swarm_port, place.address, place.netns
+            )
         for msp in msps:
             swarm._configure(msp)
         swarm._save()
@@ -242,7 +263,7 @@ class KuboSwarm:
             repo.rename(aside)
             _log.warning("moved %s's old repository to %s", msp, aside)
         peer_id = self._init_repo(msp)
-        self.nodes[msp] = SwarmNode(msp, peer_id, old.api_port, old.gateway_port, old.swarm_port)
+        self.nodes[msp] = dataclasses.replace(old, peer_id=peer_id)  # same ports, host, repo
         for other in self.nodes:
             if (self.repo(other) / "config").is_file():
                 self._configure(other)
@@ -261,13 +282,13 @@ class KuboSwarm:
             aside = repo.with_name(f"{repo.name}.partial-{int(time.time())}")
             repo.rename(aside)  # a join killed before swarm.json named the node
         api, gateway, swarm_port = free_loopback_ports(3)
-        self.nodes[msp] = SwarmNode(msp, "", api, gateway, swarm_port, str(repo))
+        self.nodes[msp] = SwarmNode(msp, "", api, gateway, swarm_port, repo=str(repo))
         try:
             peer_id = self._init_repo(msp)
         except BaseException:
             del self.nodes[msp]
             raise
-        self.nodes[msp] = SwarmNode(msp, peer_id, api, gateway, swarm_port, str(repo))
+        self.nodes[msp] = SwarmNode(msp, peer_id, api, gateway, swarm_port, repo=str(repo))
         for other in self.nodes:
             if (self.repo(other) / "config").is_file():
                 self._configure(other)
@@ -318,8 +339,8 @@ class KuboSwarm:
             {"ID": n.peer_id, "Addrs": [n.swarm_addr]} for n in self.nodes.values() if n.msp != msp
         ]
         settings: list[tuple[str, Any]] = [
-            ("Addresses.API", f"/ip4/{_HOST}/tcp/{node.api_port}"),
-            ("Addresses.Gateway", f"/ip4/{_HOST}/tcp/{node.gateway_port}"),
+            ("Addresses.API", f"/ip4/{node.host}/tcp/{node.api_port}"),
+            ("Addresses.Gateway", f"/ip4/{node.host}/tcp/{node.gateway_port}"),
             ("Addresses.Swarm", [node.swarm_addr]),
             ("Bootstrap", []),
             ("Peering.Peers", peers),
@@ -500,6 +521,7 @@ class KuboSwarm:
                     self.log_path(msp),
                     env=self._env(msp),
                     new_session=True,
+                    netns=self.nodes[msp].netns,
                 )
                 children[msp] = child
                 state[msp] = {"pid": child.pid, "ticks": child.ticks}

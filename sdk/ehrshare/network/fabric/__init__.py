@@ -1,4 +1,5 @@
-"""A real multi-organisation Hyperledger Fabric network (2.3+) for a consortium, on 127.0.0.1.
+"""A real multi-organisation Hyperledger Fabric network (2.3+) for a consortium, on 127.0.0.1
+or with each organisation on a host of its own (``FabricNetSpec.hosts``).
 
 One type, :class:`FabricNet`, across files by concern: :mod:`.spec` (what to build, what the
 binaries can do), :mod:`.layout` (paths, ports, ``network.json``), :mod:`.material` (creating it:
@@ -15,6 +16,7 @@ from ehrshare.network.fabric.spec import (
     ORDERER_TYPES,
     FabricNetError,
     FabricNetSpec,
+    NodeHost,
     bft_quorum,
     fabric_ca_problem,
     fabric_version,
@@ -27,6 +29,7 @@ __all__ = [
     "FabricNet",
     "FabricNetError",
     "FabricNetSpec",
+    "NodeHost",
     "bft_quorum",
     "fabric_ca_problem",
     "fabric_version",

@@ -398,14 +398,15 @@ class ChannelAdmin(FabricLayout):
 
     def heights(self) -> dict[str, int]:
         """Each hospital's peer's block height on the channel (``peer channel getinfo``)."""
-        out = {}
-        for msp in self.spec.msp_ids:
-            info = self.peer_cli(msp, ["channel", "getinfo", "-c", self.spec.channel])
-            found = re.search(r'"height":(\d+)', info)
-            if found is None:
-                raise FabricNetError(f"the peer of {msp} gave no block height: {info.strip()!r}")
-            out[msp] = int(found.group(1))
-        return out
+        return {msp: self.height(msp) for msp in self.spec.msp_ids}
+
+    def height(self, msp: str) -> int:
+        """One hospital's peer's block height on the channel (``peer channel getinfo``)."""
+        info = self.peer_cli(msp, ["channel", "getinfo", "-c", self.spec.channel])
+        found = re.search(r'"height":(\d+)', info)
+        if found is None:
+            raise FabricNetError(f"the peer of {msp} gave no block height: {info.strip()!r}")
+        return int(found.group(1))
 
     def wait_synced(self, timeout: float = 30.0) -> int:
         """Wait until every peer has the blocks the most advanced one had when called; the

@@ -14,8 +14,11 @@ issued by one of the hospital CAs or the orderer organisation's CA, or the hands
 Peers and orderers dial each other (gossip, block delivery, Raft) with their own TLS
 certificates, which carry clientAuth; SDK clients present their wallet's TLS certificate, and
 Deliver requests carry its sha256 (Fabric binds them to the TLS session). Fabric 2.3 has no
-Gateway service (clients use ``ehrshare.ledger.peer``). What this module must not do: signal a
-process it did not start, bind anything but 127.0.0.1, or log key material.
+Gateway service (clients use ``ehrshare.ledger.peer``). Each organisation's nodes run on its
+host (``FabricNetSpec.hosts``: an address and a network namespace, see
+:mod:`ehrshare.network.netns`; the orderers and the chaincode server on the orderer
+organisation's) or all on 127.0.0.1. What this module must not do: signal a process it did not
+start, bind anything but its organisation's host address, or log key material.
 """
 
 from __future__ import annotations
@@ -97,26 +100,32 @@ class FabricNet(FabricMaterial):
             else:
                 if name == "ccaas":
                     ops, listen = None, int(ports["ccaas"])
+                    host = self.host(ORDERER_MSP)
                 elif name.startswith("orderer"):
                     entry = ports["orderers"][int(name.removeprefix("orderer")) - 1]
                     ops, listen = int(entry["operations"]), int(entry["listen"])
+                    host = self.host(ORDERER_MSP)
                 else:
                     entry = ports["peers"][name.removeprefix("peer-")]
                     ops, listen = int(entry["operations"]), int(entry["listen"])
-                if ops is not None and not _healthy(ops, timeout=timeout):
-                    status = f"not answering (/healthz on 127.0.0.1:{ops} failed)"
-                elif not _connects(listen, timeout):
-                    status = f"not answering (nothing accepts on 127.0.0.1:{listen})"
+                    host = self.host(name.removeprefix("peer-"))
+                if ops is not None and not _healthy(host, ops, timeout=timeout):
+                    status = f"not answering (/healthz on {host}:{ops} failed)"
+                elif not _connects(host, listen, timeout):
+                    status = f"not answering (nothing accepts on {host}:{listen})"
                 else:
                     status = "running"
             out[name] = {"pid": proc.pid, "status": status, "healthy": status == "running"}
         return out
 
-    def _spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str]) -> _Proc:
+    def _spawn(self, name: str, argv: Sequence[str], env: Mapping[str, str], label: str) -> _Proc:
         # A session of its own: the network outlives the command that started it (`network
         # up`), and a Ctrl-C in that terminal does not reach it; stop() ends it by pid.
+        # ``label``: the organisation whose host (network namespace) it runs on.
         log = self.dir / "logs" / f"{name}.log"
-        child = start_child(name, argv, log, env=env, cwd=self.dir, new_session=True)
+        child = start_child(
+            name, argv, log, env=env, cwd=self.dir, new_session=True, netns=self.netns(label)
+        )
         assert child.popen is not None
         if child.ticks is None:
             child.popen.wait()
@@ -250,7 +259,7 @@ class FabricNet(FabricMaterial):
             "--package-id",
             self.package_id,
             "--listen",
-            f"127.0.0.1:{port}",
+            f"{self.host(ORDERER_MSP)}:{port}",
             "--tls-cert",
             str(cc / "server.crt"),
             "--tls-key",
@@ -260,7 +269,7 @@ class FabricNet(FabricMaterial):
             "--port-file",
             str(port_file),
         ]
-        proc = self._spawn("ccaas", argv, {})
+        proc = self._spawn("ccaas", argv, {}, ORDERER_MSP)
 
         def listening() -> bool:
             try:
@@ -275,10 +284,11 @@ class FabricNet(FabricMaterial):
         ports = self._state.ports["orderers"][i]
         ca = str(self.org_dir(ORDERER_MSP) / "msp" / "tlscacerts" / "ca.pem")
         data = self.dir / "orderers" / f"orderer{i + 1}"
+        host = self.host(ORDERER_MSP)
         return {
             "FABRIC_CFG_PATH": str(self.dir / "config" / "orderer"),
             "FABRIC_LOGGING_SPEC": "INFO",
-            "ORDERER_GENERAL_LISTENADDRESS": "127.0.0.1",
+            "ORDERER_GENERAL_LISTENADDRESS": host,
             "ORDERER_GENERAL_LISTENPORT": str(ports["listen"]),
             "ORDERER_GENERAL_LOCALMSPID": ORDERER_MSP,
             "ORDERER_GENERAL_LOCALMSPDIR": str(node / "msp"),
@@ -302,7 +312,7 @@ class FabricNet(FabricMaterial):
             # application channel through its admin endpoint (channel participation API).
             "ORDERER_GENERAL_BOOTSTRAPMETHOD": "none",
             "ORDERER_CHANNELPARTICIPATION_ENABLED": "true",
-            "ORDERER_ADMIN_LISTENADDRESS": f"127.0.0.1:{ports['admin']}",
+            "ORDERER_ADMIN_LISTENADDRESS": f"{host}:{ports['admin']}",
             "ORDERER_ADMIN_TLS_ENABLED": "true",
             "ORDERER_ADMIN_TLS_CERTIFICATE": str(node / "tls" / "server.crt"),
             "ORDERER_ADMIN_TLS_PRIVATEKEY": str(node / "tls" / "server.key"),
@@ -313,7 +323,7 @@ class FabricNet(FabricMaterial):
             "ORDERER_FILELEDGER_LOCATION": str(data / "ledger"),
             "ORDERER_CONSENSUS_WALDIR": str(data / "etcdraft" / "wal"),
             "ORDERER_CONSENSUS_SNAPDIR": str(data / "etcdraft" / "snap"),
-            "ORDERER_OPERATIONS_LISTENADDRESS": f"127.0.0.1:{ports['operations']}",
+            "ORDERER_OPERATIONS_LISTENADDRESS": f"{host}:{ports['operations']}",
             "ORDERER_METRICS_PROVIDER": "disabled",
         }
 
@@ -323,16 +333,18 @@ class FabricNet(FabricMaterial):
             name = f"orderer{i + 1}"
             if only is not None and name not in only:
                 continue
-            proc = self._spawn(name, [str(self.bin_dir / "orderer")], self._orderer_env(i))
+            argv = [str(self.bin_dir / "orderer")]
+            proc = self._spawn(name, argv, self._orderer_env(i), ORDERER_MSP)
             started.append((name, proc, self._state.ports["orderers"][i]["operations"]))
         for name, proc, ops in started:
-            self._wait_node(name, proc, ops, "Beginning to serve requests", deadline)
+            ready = "Beginning to serve requests"
+            self._wait_node(name, proc, self.host(ORDERER_MSP), ops, ready, deadline)
 
     def _peer_env(self, msp: str) -> dict[str, str]:
         ports = self._state.ports["peers"][msp]
         org = self.org_dir(msp)
         address = self.peer_address(msp)
-        chaincode = f"127.0.0.1:{ports['chaincode']}"
+        chaincode = f"{self.host(msp)}:{ports['chaincode']}"
         return {
             "FABRIC_CFG_PATH": str(self.dir / "config" / "peer"),
             "FABRIC_LOGGING_SPEC": "INFO",
@@ -361,7 +373,7 @@ class FabricNet(FabricMaterial):
             "CORE_PEER_TLS_CLIENTCERT_FILE": str(org / "peer" / "tls" / "server.crt"),
             "CORE_PEER_TLS_CLIENTKEY_FILE": str(org / "peer" / "tls" / "server.key"),
             "CORE_PEER_FILESYSTEMPATH": str(self.dir / "peers" / msp),
-            "CORE_OPERATIONS_LISTENADDRESS": f"127.0.0.1:{ports['operations']}",
+            "CORE_OPERATIONS_LISTENADDRESS": f"{self.host(msp)}:{ports['operations']}",
             "CORE_METRICS_PROVIDER": "disabled",
             "CORE_VM_ENDPOINT": "",
             "CORE_LEDGER_STATE_STATEDATABASE": "goleveldb",
@@ -373,18 +385,19 @@ class FabricNet(FabricMaterial):
             name = f"peer-{msp}"
             if only is not None and name not in only:
                 continue
-            proc = self._spawn(
-                name, [str(self.bin_dir / "peer"), "node", "start"], self._peer_env(msp)
-            )
-            started.append((name, proc, self._state.ports["peers"][msp]["operations"]))
-        for name, proc, ops in started:
-            self._wait_node(name, proc, ops, "Started peer with ID=", deadline)
+            argv = [str(self.bin_dir / "peer"), "node", "start"]
+            proc = self._spawn(name, argv, self._peer_env(msp), msp)
+            started.append((name, proc, msp, self._state.ports["peers"][msp]["operations"]))
+        for name, proc, msp, ops in started:
+            self._wait_node(name, proc, self.host(msp), ops, "Started peer with ID=", deadline)
 
-    def _wait_node(self, name: str, proc: _Proc, ops: int, marker: str, deadline: float) -> None:
+    def _wait_node(
+        self, name: str, proc: _Proc, host: str, ops: int, marker: str, deadline: float
+    ) -> None:
         # /healthz answers before the node binds its gRPC port (a peer whose port is taken
         # answers, then exits), so also wait for the line the node logs once it serves.
         serving = re.compile(re.escape(marker))
-        self._wait(lambda: _logged(proc, serving) and _healthy(ops), name, proc, deadline)
+        self._wait(lambda: _logged(proc, serving) and _healthy(host, ops), name, proc, deadline)
 
     def _check_alive(self) -> None:
         for name, proc in self._state.processes.items():
@@ -441,18 +454,18 @@ def _logged(proc: _Proc, pattern: re.Pattern[str]) -> bool:
         return False
 
 
-def _connects(port: int, timeout: float) -> bool:
+def _connects(host: str, port: int, timeout: float) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout):
+        with socket.create_connection((host, port), timeout=timeout):
             return True
     except OSError:
         return False
 
 
-def _healthy(port: int, *, timeout: float = 1.0) -> bool:
+def _healthy(host: str, port: int, *, timeout: float = 1.0) -> bool:
     try:
-        with urllib.request.urlopen(  # our loopback operations endpoint
-            f"http://127.0.0.1:{port}/healthz", timeout=timeout
+        with urllib.request.urlopen(  # our node's operations endpoint
+            f"http://{host}:{port}/healthz", timeout=timeout
         ) as response:
             return bool(response.status == 200)
     except (urllib.error.URLError, OSError, ValueError):

@@ -16,7 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final, Self
 
-from ehrshare.network.fabric.spec import ORDERER_MSP, FabricNetError, FabricNetSpec, bft_quorum
+from ehrshare.network.fabric.spec import (
+    ORDERER_MSP,
+    FabricNetError,
+    FabricNetSpec,
+    NodeHost,
+    bft_quorum,
+)
 from ehrshare.services.vault import atomic_write
 
 __all__ = ["STATE_FILE", "FabricLayout"]
@@ -73,6 +79,10 @@ class FabricLayout:
             endorsement=spec["endorsement"],
             bin_dir=Path(spec["bin_dir"]),
             orderer_type=str(spec.get("orderer_type", "etcdraft")),
+            hosts={
+                label: NodeHost(str(h["address"]), h.get("netns"))
+                for label, h in dict(spec.get("hosts") or {}).items()
+            },
         )
         # The Fabric version the network was created for (``peer version`` then).
         major, minor, patch = (int(x) for x in str(spec["fabric_version"]).split("."))
@@ -116,18 +126,30 @@ class FabricLayout:
         """The TLS server name of a hospital's peer (a SAN of its certificate)."""
         return f"peer0.{_lower(msp)}"
 
+    def host(self, label: str) -> str:
+        """The address an organisation's nodes bind (``label``: a hospital MSP, or
+        :data:`ORDERER_MSP` for the orderers and the chaincode server): its host's, or
+        127.0.0.1 when the network runs in one namespace."""
+        placed = self.spec.hosts.get(label)
+        return "127.0.0.1" if placed is None else placed.address
+
+    def netns(self, label: str) -> str | None:
+        """The network namespace an organisation's nodes run in (None: this process's)."""
+        placed = self.spec.hosts.get(label)
+        return None if placed is None else placed.netns
+
     def peer_address(self, msp: str) -> str:
-        """``127.0.0.1:<port>`` of a hospital's peer."""
-        return f"127.0.0.1:{self._state.ports['peers'][msp]['listen']}"
+        """``<host>:<port>`` of a hospital's peer."""
+        return f"{self.host(msp)}:{self._state.ports['peers'][msp]['listen']}"
 
     def orderer_address(self, index: int = 0) -> str:
-        """``127.0.0.1:<port>`` of an orderer (0-based)."""
-        return f"127.0.0.1:{self._state.ports['orderers'][index]['listen']}"
+        """``<host>:<port>`` of an orderer (0-based)."""
+        return f"{self.host(ORDERER_MSP)}:{self._state.ports['orderers'][index]['listen']}"
 
     def orderer_admin_address(self, index: int = 0) -> str:
-        """``127.0.0.1:<port>`` of an orderer's admin endpoint (channel participation API,
+        """``<host>:<port>`` of an orderer's admin endpoint (channel participation API,
         HTTPS with mutual TLS; ``osnadmin -o``)."""
-        return f"127.0.0.1:{self._state.ports['orderers'][index]['admin']}"
+        return f"{self.host(ORDERER_MSP)}:{self._state.ports['orderers'][index]['admin']}"
 
     def orderer_admin_tls(self) -> tuple[Path, Path]:
         """(certificate, key) of the orderer organisation admin's TLS client certificate: the

@@ -3,9 +3,9 @@ need under ``<consortium>/fabric``, from the consortium's own hospital CAs
 (``<consortium>/ca/<MSP>``), not cryptogen:
 
 - per hospital an MSP directory (``cacerts``, ``tlscacerts``, ``config.yaml`` with NodeOUs), a
-  peer identity (NodeOU ``peer``) with a TLS certificate for 127.0.0.1/localhost/its server
-  name, and an org admin identity (NodeOU ``admin``) that runs the lifecycle, with a TLS
-  client certificate of its own for the ``peer`` CLI;
+  peer identity (NodeOU ``peer``) with a TLS certificate for its host's address (or
+  127.0.0.1/localhost) and its server name, and an org admin identity (NodeOU ``admin``) that
+  runs the lifecycle, with a TLS client certificate of its own for the ``peer`` CLI;
 - an orderer organisation ``OrdererMSP`` with its own :class:`~ehrshare.identity.LocalCA`,
   1 or 3 Raft orderers (NodeOU ``orderer``) and their TLS certificates, and the TLS client
   certificate of the orderers' admin, the only one their admin endpoints accept;
@@ -19,6 +19,8 @@ need under ``<consortium>/fabric``, from the consortium's own hospital CAs
   external builder;
 - Fabric's common connection profile per hospital (``connection-<MSP>.json``, see
   :mod:`.profiles`) for standard tools;
+- each organisation's nodes on its host's address (``FabricNetSpec.hosts``, e.g. network
+  namespaces of :mod:`ehrshare.network.netns`) or on 127.0.0.1;
 - free loopback ports for every listener (each orderer's admin endpoint its own), recorded
   with everything else in ``network.json``.
 
@@ -176,6 +178,9 @@ class FabricMaterial(ChannelAdmin):
             "preferred_max_bytes": spec.preferred_max_bytes,
             "endorsement": spec.endorsement,
             "orderer_type": spec.orderer_type,
+            "hosts": {
+                label: {"address": h.address, "netns": h.netns} for label, h in spec.hosts.items()
+            },
             "bin_dir": str(bin_dir.resolve()),
             "fabric_version": ".".join(map(str, version)),
         }
@@ -248,9 +253,12 @@ class FabricMaterial(ChannelAdmin):
             (msp_dir / "signcerts" / "cert.pem").write_bytes(cert)
             atomic_write(msp_dir / "keystore" / "key.pem", key, mode=0o600)
 
-    def _write_tls(self, tls_dir: Path, ca: LocalCA, server_name: str) -> None:
+    def _write_tls(self, tls_dir: Path, ca: LocalCA, server_name: str, label: str) -> None:
+        # On its own host a node's certificate names that host's address, not loopback.
+        address = self.host(label)
+        names = ("127.0.0.1", "localhost") if address == "127.0.0.1" else (address,)
         cert, key = issue_tls_certificate(
-            ca, server_name, hosts=("127.0.0.1", "localhost", server_name), client_auth=True
+            ca, server_name, hosts=(*names, server_name), client_auth=True
         )
         tls_dir.mkdir(parents=True, exist_ok=True)
         (tls_dir / "server.crt").write_bytes(cert)
@@ -265,7 +273,7 @@ class FabricMaterial(ChannelAdmin):
         self._write_msp(
             org / "peer" / "msp", ca, signer=(peer.credentials, peer_key.to_secret_bytes())
         )
-        self._write_tls(org / "peer" / "tls", ca, self.server_name(msp))
+        self._write_tls(org / "peer" / "tls", ca, self.server_name(msp), msp)
         admin, admin_key = ca.issue(f"fabric-admin.{_lower(msp)}", node_ou="admin", role="admin")
         self._write_msp(
             org / "admin" / "msp", ca, signer=(admin.credentials, admin_key.to_secret_bytes())
@@ -287,7 +295,7 @@ class FabricMaterial(ChannelAdmin):
             node = self._orderer_dir(i)
             ident, key = ca.issue(self._orderer_name(i), node_ou="orderer")
             self._write_msp(node / "msp", ca, signer=(ident.credentials, key.to_secret_bytes()))
-            self._write_tls(node / "tls", ca, self._orderer_name(i))
+            self._write_tls(node / "tls", ca, self._orderer_name(i), ORDERER_MSP)
         cert_path, key_path = self.orderer_admin_tls()
         cert, key = ca.issue_tls_client("orderer-admin")
         key_path.parent.mkdir(parents=True, exist_ok=True)
@@ -330,7 +338,7 @@ class FabricMaterial(ChannelAdmin):
                 # learns the other organisations' peers (no cross-org membership, so service
                 # discovery and a Gateway cannot plan endorsements across organisations).
                 "AnchorPeers": [
-                    {"Host": "127.0.0.1", "Port": self._state.ports["peers"][msp]["listen"]}
+                    {"Host": self.host(msp), "Port": self._state.ports["peers"][msp]["listen"]}
                 ],
             }
             for msp in spec.msp_ids
@@ -349,7 +357,12 @@ class FabricMaterial(ChannelAdmin):
             tls = str(self._orderer_dir(i) / "tls" / "server.crt")
             port = self._state.ports["orderers"][i]["listen"]
             consenters.append(
-                {"Host": "127.0.0.1", "Port": port, "ClientTLSCert": tls, "ServerTLSCert": tls}
+                {
+                    "Host": self.host(ORDERER_MSP),
+                    "Port": port,
+                    "ClientTLSCert": tls,
+                    "ServerTLSCert": tls,
+                }
             )
         orderer: dict[str, Any] = {
             "OrdererType": spec.orderer_type,
@@ -385,7 +398,7 @@ class FabricMaterial(ChannelAdmin):
             orderer["ConsenterMapping"] = [
                 {
                     "ID": i + 1,
-                    "Host": "127.0.0.1",
+                    "Host": self.host(ORDERER_MSP),
                     "Port": self._state.ports["orderers"][i]["listen"],
                     "MSPID": ORDERER_MSP,
                     "Identity": str(self._orderer_dir(i) / "msp" / "signcerts" / "cert.pem"),
@@ -462,12 +475,14 @@ class FabricMaterial(ChannelAdmin):
         cc_dir = self.dir / "chaincode"
         tls_ca = LocalCA.create("ChaincodeTLS")
         tls_ca.save(cc_dir / "tls-ca")
-        server_cert, server_key = issue_tls_certificate(tls_ca, "chaincode.ehrshare")
+        host = self.host(ORDERER_MSP)
+        names = ("127.0.0.1", "localhost") if host == "127.0.0.1" else (host,)
+        server_cert, server_key = issue_tls_certificate(tls_ca, "chaincode.ehrshare", hosts=names)
         (cc_dir / "server.crt").write_bytes(server_cert)
         atomic_write(cc_dir / "server.key", server_key, mode=0o600)
         client, client_key = tls_ca.issue_tls_client("peers")
         connection = {
-            "address": f"127.0.0.1:{self._state.ports['ccaas']}",
+            "address": f"{self.host(ORDERER_MSP)}:{self._state.ports['ccaas']}",
             "dial_timeout": "10s",
             "tls_required": True,
             "client_auth_required": True,

@@ -5,12 +5,13 @@ what the Fabric binaries in a directory can do (:func:`fabric_version`, :func:`m
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
 import subprocess
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
@@ -19,12 +20,14 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ehrshare.errors import Unavailable
 from ehrshare.network.binaries import fabric_bin_dir
+from ehrshare.network.netns import NodeHost
 
 __all__ = [
     "ORDERER_MSP",
     "ORDERER_TYPES",
     "FabricNetError",
     "FabricNetSpec",
+    "NodeHost",
     "Progress",
     "bft_quorum",
     "fabric_ca_problem",
@@ -100,6 +103,9 @@ class FabricNetSpec:
     endorsement: str = "MAJORITY"
     bin_dir: Path | None = None
     orderer_type: str = "etcdraft"
+    hosts: Mapping[str, NodeHost] = field(default_factory=dict)
+    """Per hospital MSP, and :data:`ORDERER_MSP` for the orderers and the chaincode server,
+    where its nodes run; empty: everything on 127.0.0.1 in this namespace."""
 
     @property
     def bft(self) -> bool:
@@ -139,6 +145,18 @@ class FabricNetSpec:
             )
         if self.endorsement not in _ENDORSEMENT_RULES:
             raise FabricNetError(f"endorsement {self.endorsement!r} is not MAJORITY or ANY")
+        if self.hosts:
+            missing = [m for m in (*self.msp_ids, ORDERER_MSP) if m not in self.hosts]
+            extra = [m for m in self.hosts if m not in (*self.msp_ids, ORDERER_MSP)]
+            if missing or extra:
+                raise FabricNetError(f"hosts: missing {missing}, unknown {extra}")
+            for label, host in self.hosts.items():
+                try:
+                    ipaddress.IPv4Address(host.address)
+                except ValueError:
+                    raise FabricNetError(
+                        f"hosts: {label}'s address {host.address!r} is not an IPv4 address"
+                    ) from None
 
 
 def bft_quorum(orderers: int) -> int:

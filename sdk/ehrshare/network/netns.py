@@ -1,0 +1,488 @@
+"""Several hosts on one machine: one Linux network namespace per hospital, each with its own IP.
+
+:class:`HostLayout` makes, for hosts ``A, B, ...``, a bridge in the root namespace holding the
+subnet's first address (so clients in the root namespace reach every host), and per host a
+namespace with ``lo`` up and one end of a veth pair carrying the host's address, the other end
+on the bridge. Every name it makes starts with ``ehr<tag>`` (``tag``: 4 hex digits, unique per
+layout), and a state file (``<state dir>/<tag>.json``, written *before* each step) records what
+it made and which process owns it, so :func:`sweep_stale` — called by every :meth:`create` —
+removes what a crashed run left behind. :meth:`HostLayout.cut` / :meth:`HostLayout.heal` take a
+host's link down and up; :meth:`HostLayout.delay` adds ``tc netem`` delay to every link.
+
+Processes run inside a host through :meth:`HostLayout.argv` (``ip netns exec NS ...``, which
+execs: the pid is the program's) and are started and stopped by
+:mod:`ehrshare.network.supervisor`. Needs root (CAP_NET_ADMIN) and iproute2.
+
+This module must not touch a namespace, link or process it did not make or start: teardown
+removes only names recorded in its own state file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import signal
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Self
+
+from ehrshare.errors import ConfigurationError, Unavailable
+from ehrshare.faults import fault_point
+from ehrshare.network.supervisor import pid_alive, start_ticks
+from ehrshare.services.vault import atomic_write
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "NAME_PREFIX",
+    "Host",
+    "HostLayout",
+    "NetnsError",
+    "NetnsUnavailable",
+    "NodeHost",
+    "netns_problem",
+    "our_links",
+    "our_namespaces",
+    "sweep_stale",
+]
+
+_log = logging.getLogger(__name__)
+
+NAME_PREFIX: Final = "ehr"
+"""Every namespace and link this module makes is named ``ehr<tag>...`` (tag: 4 hex digits)."""
+
+DEFAULT_STATE_DIR: Final = Path("/run/ehrshare/netns")
+"""Where layouts record what they made (``EHRSHARE_NETNS_STATE`` overrides it)."""
+
+# 10.231.0.0/16: private, and not a range Docker, libvirt or this machine uses; one /24 per
+# layout, picked among those no address of the root namespace is in.
+_SUPERNET: Final = ipaddress.ip_network("10.231.0.0/16")
+_FIRST_HOST: Final = 10  # host i gets .10+i; .1 is the bridge
+_TAG: Final = re.compile(r"^[0-9a-f]{4}$")
+_LABEL: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,30}$")
+_STATE_VERSION: Final = 1
+
+
+class NetnsError(Unavailable, RuntimeError):
+    """An ``ip``/``tc`` step failed (exit 4); the message carries the command and its stderr."""
+
+
+class NetnsUnavailable(ConfigurationError, RuntimeError):
+    """Namespaces cannot be made here: not root, or iproute2 missing (exit 3)."""
+
+    hint = "run as root on Linux with iproute2 installed (apt-get install -y iproute2)"
+
+
+def netns_problem() -> str | None:
+    """Why this machine cannot make a :class:`HostLayout`, or None if it can."""
+    if shutil.which("ip") is None:
+        return "the 'ip' command (iproute2) is not installed"
+    if os.geteuid() != 0:
+        return "network namespaces need root (CAP_NET_ADMIN)"
+    return None
+
+
+def _state_dir() -> Path:
+    return Path(os.environ.get("EHRSHARE_NETNS_STATE", str(DEFAULT_STATE_DIR)))
+
+
+def _run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(  # noqa: S603 - ip/tc with names this module made
+        list(argv), capture_output=True, text=True, timeout=30, check=False
+    )
+    if check and proc.returncode != 0:
+        raise NetnsError(f"{' '.join(argv)} failed: {proc.stderr.strip() or proc.returncode}")
+    return proc
+
+
+def our_namespaces() -> list[str]:
+    """Names of the network namespaces on this machine made by this module (any layout)."""
+    out = _run(["ip", "netns", "list"], check=False).stdout
+    names = [line.split()[0] for line in out.splitlines() if line.strip()]
+    return sorted(n for n in names if n.startswith(NAME_PREFIX) and _TAG.match(n[3:7]))
+
+
+def our_links() -> list[str]:
+    """Names of the links of the root namespace made by this module (any layout)."""
+    out = _run(["ip", "-o", "link", "show"], check=False).stdout
+    names = []
+    for line in out.splitlines():
+        parts = line.split(": ", 2)
+        if len(parts) >= 2:
+            name = parts[1].split("@", 1)[0]
+            if name.startswith(NAME_PREFIX) and _TAG.match(name[3:7]):
+                names.append(name)
+    return sorted(names)
+
+
+@dataclass(frozen=True)
+class NodeHost:
+    """Where an organisation's nodes run: the address they bind (and their certificates name)
+    and the network namespace they run in (None: this process's)."""
+
+    address: str
+    netns: str | None = None
+
+
+@dataclass(frozen=True)
+class Host:
+    """One host of a layout: its label (a hospital's MSP id, ``orderers``), namespace, address
+    and the two ends of its link (``outside`` on the bridge, ``inside`` in the namespace)."""
+
+    label: str
+    netns: str
+    address: str
+    outside: str
+    inside: str
+
+    @property
+    def placement(self) -> NodeHost:
+        """What the launchers need of this host: its address and namespace."""
+        return NodeHost(self.address, self.netns)
+
+    def as_dict(self) -> dict[str, str]:
+        """JSON form."""
+        return {
+            "label": self.label,
+            "netns": self.netns,
+            "address": self.address,
+            "outside": self.outside,
+            "inside": self.inside,
+        }
+
+
+class HostLayout:
+    """Hosts in network namespaces around one bridge: :meth:`create`, use, :meth:`teardown`.
+
+    Use as a context manager (teardown on exit, also when the body fails).
+    """
+
+    def __init__(self, tag: str, subnet: str, hosts: Sequence[Host], state_file: Path) -> None:
+        self.tag = tag
+        self.subnet = ipaddress.ip_network(subnet)
+        self.hosts = {h.label: h for h in hosts}
+        self.state_file = state_file
+        self.bridge = f"{NAME_PREFIX}{tag}br"
+        self.gateway = str(self.subnet.network_address + 1)
+        self.made: list[list[str]] = []  # ["netns"|"link", name], in the order they were made
+
+    # --- state -------------------------------------------------------------------------------
+
+    def _save(self) -> None:
+        data = {
+            "version": _STATE_VERSION,
+            "tag": self.tag,
+            "subnet": str(self.subnet),
+            "owner": {"pid": os.getpid(), "ticks": start_ticks(os.getpid())},
+            "hosts": [h.as_dict() for h in self.hosts.values()],
+            "made": self.made,
+        }
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.state_file, json.dumps(data, indent=2).encode(), mode=0o644)
+
+    @classmethod
+    def load(cls, state_file: Path) -> Self:
+        """The layout a state file records (to heal, cut or tear it down from elsewhere)."""
+        try:
+            data = json.loads(state_file.read_text(encoding="utf-8"))
+            if data.get("version") != _STATE_VERSION or not _TAG.match(str(data["tag"])):
+                raise ValueError(f"version {data.get('version')!r}, tag {data.get('tag')!r}")
+            hosts = [Host(**h) for h in data["hosts"]]
+            layout = cls(str(data["tag"]), str(data["subnet"]), hosts, state_file)
+            layout.made = [[str(kind), str(name)] for kind, name in data["made"]]
+        except FileNotFoundError:
+            raise NetnsError(f"{state_file} does not exist: no such host layout") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise NetnsError(f"{state_file} is not a host layout state file: {exc}") from None
+        for kind, name in layout.made:
+            if kind not in ("netns", "link") or not name.startswith(NAME_PREFIX + layout.tag):
+                raise NetnsError(f"{state_file} records {kind} {name!r}, not one of its own")
+        return layout
+
+    def _record(self, kind: str, name: str) -> None:
+        # Written before the step: a crash right after it still leaves the name on record.
+        if [kind, name] not in self.made:
+            self.made.append([kind, name])
+            self._save()
+
+    # --- making and removing -----------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls, labels: Sequence[str], *, state_dir: Path | None = None, tag: str | None = None
+    ) -> Self:
+        """Make a bridge and one namespace per label (in order: addresses ``.10``, ``.11``, ...).
+
+        Removes first what crashed runs left (:func:`sweep_stale`). With the ``tag`` of a
+        layout this process already made, completes it (idempotent). On failure, everything
+        made here is removed again.
+        """
+        problem = netns_problem()
+        if problem is not None:
+            raise NetnsUnavailable(f"cannot make host namespaces: {problem}")
+        if not labels or len(set(labels)) != len(labels):
+            raise ValueError(f"need distinct host labels, got {list(labels)}")
+        bad = [label for label in labels if not _LABEL.match(label)]
+        if bad:
+            raise ValueError(f"host labels must be letters, digits, '-' or '_': {bad}")
+        if len(labels) > 200:
+            raise ValueError(f"at most 200 hosts per layout, got {len(labels)}")
+        directory = state_dir or _state_dir()
+        sweep_stale(directory)
+        if tag is not None and (directory / f"{tag}.json").exists():
+            layout = cls.load(directory / f"{tag}.json")
+            if list(layout.hosts) != list(labels):
+                raise NetnsError(f"layout {tag} has hosts {list(layout.hosts)}, not {labels}")
+        else:
+            tag = tag or _new_tag()
+            subnet = _free_subnet()
+            hosts = []
+            for i, label in enumerate(labels):
+                hosts.append(
+                    Host(
+                        label=label,
+                        netns=f"{NAME_PREFIX}{tag}-{label.lower()}"[:48],
+                        address=str(subnet.network_address + _FIRST_HOST + i),
+                        outside=f"{NAME_PREFIX}{tag}h{i}",
+                        inside=f"{NAME_PREFIX}{tag}n{i}",
+                    )
+                )
+            layout = cls(tag, str(subnet), hosts, directory / f"{tag}.json")
+            layout._save()
+        try:
+            layout._make()
+        except BaseException:
+            layout.teardown()
+            raise
+        return layout
+
+    def _make(self) -> None:
+        br, prefix = self.bridge, self.subnet.prefixlen
+        self._record("link", br)
+        if not _link_exists(br):
+            _run(["ip", "link", "add", br, "type", "bridge"])
+        _run(["ip", "addr", "replace", f"{self.gateway}/{prefix}", "dev", br])
+        _run(["ip", "link", "set", br, "up"])
+        _no_bridge_filtering(br)
+        fault_point("netns.create.after_bridge")
+        for host in self.hosts.values():
+            self._record("netns", host.netns)
+            if host.netns not in _namespaces():
+                _run(["ip", "netns", "add", host.netns])
+            _run(["ip", "-n", host.netns, "link", "set", "lo", "up"])
+            self._record("link", host.outside)
+            if not _link_exists(host.outside):
+                if _link_exists(host.inside, host.netns):
+                    _run(["ip", "-n", host.netns, "link", "del", host.inside])
+                _run(
+                    [
+                        "ip",
+                        "link",
+                        "add",
+                        host.outside,
+                        "type",
+                        "veth",
+                        "peer",
+                        "name",
+                        host.inside,
+                        "netns",
+                        host.netns,
+                    ]
+                )
+            _run(["ip", "link", "set", host.outside, "master", br])
+            _run(["ip", "link", "set", host.outside, "up"])
+            ns = ["ip", "-n", host.netns]
+            _run([*ns, "addr", "replace", f"{host.address}/{prefix}", "dev", host.inside])
+            _run([*ns, "link", "set", host.inside, "up"])
+            fault_point("netns.create.after_host")
+        _log.info(
+            "host layout %s: %s on %s",
+            self.tag,
+            ", ".join(f"{h.label}={h.address}" for h in self.hosts.values()),
+            self.subnet,
+        )
+
+    def teardown(self) -> list[str]:
+        """Remove everything this layout made (processes still inside its namespaces are
+        killed: only this layout's programs run there), then its state file. Idempotent;
+        returns the names removed."""
+        removed = []
+        for netns in [name for kind, name in self.made if kind == "netns"]:
+            _kill_inside(netns)
+        # Links first (a veth's other end goes with it), then namespaces, then the bridge.
+        order = sorted(self.made, key=lambda m: (m[1] == self.bridge, m[0] == "netns"))
+        for kind, name in order:
+            if kind == "link" and _link_exists(name):
+                _run(["ip", "link", "del", name], check=False)
+                removed.append(name)
+                fault_point("netns.teardown.after_link")
+            elif kind == "netns" and name in _namespaces():
+                _run(["ip", "netns", "del", name], check=False)
+                removed.append(name)
+        left = [
+            n for k, n in self.made if (n in _namespaces() if k == "netns" else _link_exists(n))
+        ]
+        if left:
+            raise NetnsError(f"host layout {self.tag}: could not remove {left}")
+        self.state_file.unlink(missing_ok=True)
+        self.made = []
+        _log.info("host layout %s removed: %s", self.tag, ", ".join(removed) or "nothing left")
+        return removed
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.teardown()
+
+    # --- using -------------------------------------------------------------------------------
+
+    def host(self, label: str) -> Host:
+        """A host by label (ValueError naming the known ones)."""
+        try:
+            return self.hosts[label]
+        except KeyError:
+            raise ValueError(
+                f"no host {label!r} in layout {self.tag}: {list(self.hosts)}"
+            ) from None
+
+    def address(self, label: str) -> str:
+        """A host's IP address."""
+        return self.host(label).address
+
+    def netns_by_address(self) -> dict[str, str | None]:
+        """Each host's namespace by its address (``ServiceProcesses(netns=...)``)."""
+        return {h.address: h.netns for h in self.hosts.values()}
+
+    def placements(self) -> dict[str, NodeHost]:
+        """Every host's :class:`NodeHost`, by label (``hosts=`` of the launchers)."""
+        return {label: h.placement for label, h in self.hosts.items()}
+
+    def argv(self, label: str, argv: Sequence[str]) -> list[str]:
+        """``argv`` run inside a host's namespace (``ip netns exec`` execs: same pid)."""
+        return ["ip", "netns", "exec", self.host(label).netns, *argv]
+
+    def cut(self, label: str) -> None:
+        """Take a host's link down: nothing reaches it or leaves it until :meth:`heal`."""
+        _run(["ip", "link", "set", self.host(label).outside, "down"])
+        _log.warning("host %s (%s) cut off", label, self.address(label))
+
+    def heal(self, label: str) -> None:
+        """Bring a host's link up again."""
+        _run(["ip", "link", "set", self.host(label).outside, "up"])
+        _log.warning("host %s (%s) back", label, self.address(label))
+
+    def is_cut(self, label: str) -> bool:
+        """Whether a host's link is down."""
+        out = _run(["ip", "-o", "link", "show", self.host(label).outside]).stdout
+        flags = out.split("<", 1)[1].split(">", 1)[0].split(",") if "<" in out else []
+        return "UP" not in flags
+
+    def delay(self, ms: float) -> None:
+        """Delay every packet into each host by ``ms`` milliseconds (``tc netem`` on the bridge
+        end of its link): host to host one way is ``ms``, a round trip ``2 * ms``; 0 removes it."""
+        if ms < 0:
+            raise ValueError(f"delay must be >= 0 ms, got {ms}")
+        for host in self.hosts.values():
+            if ms == 0:
+                _run(["tc", "qdisc", "del", "dev", host.outside, "root"], check=False)
+                continue
+            argv = ["tc", "qdisc", "replace", "dev", host.outside, "root", "netem", "delay"]
+            done = _run([*argv, f"{ms:g}ms"], check=False)
+            if done.returncode != 0 and "kind is unknown" in done.stderr:
+                error = NetnsUnavailable(
+                    "cannot delay links: this kernel has no netem queueing discipline (sch_netem)"
+                )
+                error.hint = "run on a kernel with sch_netem (CONFIG_NET_SCH_NETEM)"
+                raise error
+            if done.returncode != 0:
+                raise NetnsError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form (what ``--json`` outputs show)."""
+        return {
+            "tag": self.tag,
+            "subnet": str(self.subnet),
+            "bridge": self.bridge,
+            "hosts": {h.label: h.address for h in self.hosts.values()},
+        }
+
+    def __repr__(self) -> str:
+        return f"HostLayout({self.tag}, {self.as_dict()['hosts']})"
+
+
+def sweep_stale(state_dir: Path | None = None) -> list[str]:
+    """Tear down the layouts recorded in ``state_dir`` whose owning process is gone (a crashed
+    or killed run); returns their tags. Layouts of live processes are left alone."""
+    directory = state_dir or _state_dir()
+    swept = []
+    for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            pid, ticks = int(data["owner"]["pid"]), data["owner"]["ticks"]
+        except (OSError, ValueError, KeyError, TypeError):
+            _log.warning("ignoring %s: not a host layout state file", path)
+            continue
+        if pid_alive(pid) and (ticks is None or start_ticks(pid) == ticks):
+            continue
+        try:
+            layout = HostLayout.load(path)
+        except NetnsError as exc:
+            _log.warning("ignoring %s: %s", path, exc)
+            continue
+        _log.warning("removing host layout %s left by pid %d (gone)", path.stem, pid)
+        layout.teardown()
+        swept.append(path.stem)
+    return swept
+
+
+def _new_tag() -> str:
+    while True:
+        tag = secrets.token_hex(2)
+        if not any(n.startswith(NAME_PREFIX + tag) for n in our_namespaces() + our_links()):
+            return tag
+
+
+def _free_subnet() -> ipaddress.IPv4Network:
+    out = _run(["ip", "-o", "-4", "addr", "show"], check=False).stdout
+    used = {ipaddress.ip_interface(m.group(1)).network for m in re.finditer(r"inet (\S+)", out)}
+    for subnet in _SUPERNET.subnets(new_prefix=24):
+        if not any(subnet.overlaps(u) for u in used):
+            assert isinstance(subnet, ipaddress.IPv4Network)
+            return subnet
+    raise NetnsError(f"every /24 of {_SUPERNET} is in use on this machine")
+
+
+def _namespaces() -> set[str]:
+    out = _run(["ip", "netns", "list"], check=False).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def _link_exists(name: str, netns: str | None = None) -> bool:
+    ns = ["-n", netns] if netns else []
+    return _run(["ip", *ns, "link", "show", name], check=False).returncode == 0
+
+
+def _no_bridge_filtering(bridge: str) -> None:
+    # With br_netfilter loaded, bridged frames pass iptables' FORWARD chain, whose policy may
+    # drop them; hosts on one bridge are one LAN segment, so turn that off for this bridge only.
+    knob = Path(f"/sys/class/net/{bridge}/bridge/nf_call_iptables")
+    if knob.exists():
+        knob.write_text("0", encoding="ascii")
+
+
+def _kill_inside(netns: str) -> None:
+    if netns not in _namespaces():
+        return
+    out = _run(["ip", "netns", "pids", netns], check=False).stdout
+    for pid in (int(p) for p in out.split() if p.isdigit()):
+        _log.warning("killing pid %d still running in %s", pid, netns)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
