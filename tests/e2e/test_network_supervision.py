@@ -122,6 +122,9 @@ def test_killed_kgc_node_and_proxy_are_logged_restarted_and_serve_again(network:
     # CLI process, which on a loaded 2-core machine takes seconds; 8 s once proved too short.
     up = _up(root, "--restart-backoff", "20")
     old = {name: up["services"][name]["pid"] for name in ("kgc2", "proxy-hospitala")}
+    # `up` returns once every service listens; under load a Health RPC may still time out for
+    # a moment after that (status then exits 4), so wait for the first healthy answer.
+    _until("status healthy after up", lambda: _status(root)[0] == 0, 60)
     rc, before = _status(root)
     assert rc == 0 and before["healthy"]
     assert {s["status"] for s in before["services"].values()} == {"running"}
