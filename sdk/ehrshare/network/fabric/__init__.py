@@ -11,23 +11,27 @@ from __future__ import annotations
 
 from ehrshare.network.fabric.launcher import FabricNet
 from ehrshare.network.fabric.spec import (
+    GATEWAY_SINCE,
     ORDERER_MSP,
     ORDERER_TYPES,
     FabricNetError,
     FabricNetSpec,
     bft_quorum,
+    default_client,
     fabric_ca_problem,
     fabric_version,
     missing_binaries,
 )
 
 __all__ = [
+    "GATEWAY_SINCE",
     "ORDERER_MSP",
     "ORDERER_TYPES",
     "FabricNet",
     "FabricNetError",
     "FabricNetSpec",
     "bft_quorum",
+    "default_client",
     "fabric_ca_problem",
     "fabric_version",
     "missing_binaries",

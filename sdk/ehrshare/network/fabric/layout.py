@@ -16,7 +16,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final, Self
 
-from ehrshare.network.fabric.spec import ORDERER_MSP, FabricNetError, FabricNetSpec, bft_quorum
+from ehrshare.network.fabric.spec import (
+    ORDERER_MSP,
+    FabricNetError,
+    FabricNetSpec,
+    bft_quorum,
+    default_client,
+)
 from ehrshare.services.vault import atomic_write
 
 __all__ = ["STATE_FILE", "FabricLayout"]
@@ -244,6 +250,8 @@ class FabricLayout:
             "orderer_quorum": bft_quorum(self.spec.orderers) if self.spec.bft else None,
             # Peers and orderers refuse clients without a consortium TLS client certificate.
             "client_auth": True,
+            # The peers' Gateway service where the release has one, else the client-side one.
+            "client": default_client(self.version),
         }
 
     def __repr__(self) -> str:
