@@ -7,19 +7,25 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 import yaml
+from fabric_protos.gateway import gateway_pb2 as gw
 from fabric_protos.gateway import gateway_pb2_grpc as gw_grpc
+from fabric_protos.peer import transaction_pb2 as txpb
 from test_gateway_client_fake_gateway import CHAINCODE, CHANNEL, FakeGateway
 from typer.testing import CliRunner
 
 from ehrshare.identity import LocalCA
 from ehrshare.ledger.errors import EndorseError, GatewayError
+from ehrshare.ledger.fabric import service
 from ehrshare.ledger.fabric.service import GatewayServiceCalls, connect_peers
 from ehrshare.ledger.peer import LocalGateway, PeerEndpoint
 from ehrshare.ledger.sandbox import ManualClock
@@ -287,6 +293,55 @@ def test_a_gateway_that_refuses_our_tls_is_a_refusal_not_an_outage(peers: _Peers
         with pytest.raises(GatewayError, match="every TLS handshake failed") as info:
             contract.evaluate_transaction("Get", "k")
     assert info.value.creator_refused and not info.value.unreachable
+
+
+class _LaggingGateway(FakeGateway):
+    """A second hospital's Gateway whose peer commits a transaction only when ``release`` is
+    set (CommitStatus waits for it, as Fabric's does for its own peer's ledger)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+        self.asked = 0
+
+    def CommitStatus(self, request: Any, context: Any) -> Any:
+        self.asked += 1
+        if not self.release.wait(context.time_remaining() or 10):
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "no commit yet")
+        return gw.CommitStatusResponse(result=txpb.TxValidationCode.Value("VALID"), block_number=7)
+
+
+def test_a_commit_waits_for_the_other_hospitals_peers_so_a_read_there_sees_it(
+    peers: _Peers,
+) -> None:
+    own = peers.serve(FakeGateway())
+    lagging = _LaggingGateway()
+    other = peers.serve(lagging)
+    identity, signer = peers.ca.issue("alice", role="patient")
+    threading.Timer(0.5, lagging.release.set).start()
+    with connect_peers(identity, signer, peers=[own, other]) as gateway:
+        contract = gateway.get_network(CHANNEL).get_contract(CHAINCODE)
+        start = time.monotonic()
+        contract.submit_transaction("Put", "k")
+        waited = time.monotonic() - start
+    assert lagging.asked == 1 and lagging.release.is_set()
+    assert waited >= 0.4, f"the commit returned before the other peer had it ({waited:.2f} s)"
+
+
+def test_a_peer_that_never_confirms_delays_a_commit_by_the_sync_wait_only(
+    peers: _Peers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(service, "SYNC_WAIT_S", 0.5)
+    own = peers.serve(FakeGateway())
+    stuck = _LaggingGateway()  # never released
+    with connect_peers(
+        *peers.ca.issue("alice", role="patient"), peers=[own, peers.serve(stuck), peers.dead()]
+    ) as gateway:
+        contract = gateway.get_network(CHANNEL).get_contract(CHAINCODE)
+        start = time.monotonic()
+        assert json.loads(contract.submit_transaction("Put", "k")) == ["Put", "k"]
+        waited = time.monotonic() - start
+    assert stuck.asked == 1 and 0.4 <= waited < 5
 
 
 # --- the gossip view the launcher waits for -----------------------------------------------------

@@ -12,6 +12,7 @@ outage. This module must not sign anything or choose endorsers.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -27,7 +28,12 @@ from ehrshare.ledger.fabric.failures import GatewayFailure, gw, is_transport_fai
 if TYPE_CHECKING:
     from ehrshare.ledger.peer import PeerEndpoint
 
-__all__ = ["GatewayServiceCalls", "connect_peers"]
+__all__ = ["SYNC_WAIT_S", "GatewayServiceCalls", "connect_peers"]
+
+_log = logging.getLogger(__name__)
+
+SYNC_WAIT_S = 10.0
+"""How long a commit waits, beyond its own peer's, for the other peers to have it too."""
 
 
 def connect_peers(
@@ -162,8 +168,26 @@ class GatewayServiceCalls:
         return self._call("submit", request, timeout)
 
     def commit_status(self, request: Any, timeout: float) -> Any:
-        """Gateway/CommitStatus (any peer of the channel can tell)."""
-        return self._call("commit_status", request, timeout)
+        """Gateway/CommitStatus on the current peer, then on every other peer's Gateway (each
+        answers once its own peer has committed the transaction), for at most
+        :data:`SYNC_WAIT_S`: a query right after a commit then reads the write on any
+        hospital's peer, as with :mod:`ehrshare.ledger.peer` (whose commits wait for the
+        endorsing peers). A peer that does not answer in time, or at all, is logged and
+        skipped: the current peer's answer is the commit's status."""
+        answer = self._call("commit_status", request, timeout)
+        index = self._current
+        deadline = time.monotonic() + min(timeout, SYNC_WAIT_S)
+        for other in range(len(self._peers)):
+            left = deadline - time.monotonic()
+            if other == index or left <= 0:
+                continue
+            try:
+                self._at(other).commit_status(request, left)
+            except GatewayFailure as failure:
+                _log.info(
+                    "peer %s did not confirm the commit: %s", self._peers[other].address, failure
+                )
+        return answer
 
     def chaincode_events(self, request: Any) -> EventStream:
         """Gateway/ChaincodeEvents from the current peer; when its stream breaks as
