@@ -3,8 +3,9 @@
 Runs a declarative experiment file (YAML rounds) on the discrete-event simulator, prints JSON
 with machine metadata, the calibrated CPU cost model, per-round rows, the docs/consensus.md target
 ratios and the paths of the PNG plots; `--safety-sweep` adds many seeded runs per fault
-scenario; `--live-fabric` instead runs the live rounds (a real Fabric 2.3 Raft network per
-round, driven through the SDK's Fabric target, with the simulator's prediction and the ratio).
+scenario; `--live-fabric` instead runs the live rounds (a real Fabric network per round: Raft,
+and SmartBFT x4 on Fabric 3.x binaries, driven through the SDK's Fabric targets, with the
+simulator's prediction and the ratio, and RC-DBFT simulated beside SmartBFT).
 This module only parses options and presents results; it must not compute protocol figures
 itself.
 """
@@ -403,8 +404,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             bool,
             typer.Option(
                 "--live-fabric",
-                help="Measure a real Fabric 2.3 Raft network (rounds of live-fabric.yaml, "
-                "or CONFIG) and compare with the simulator's prediction.",
+                help="Measure a real Fabric Raft network, and SmartBFT x4 with 3.x binaries "
+                "(rounds of live-fabric.yaml, or CONFIG), and compare with the simulator's "
+                "prediction.",
             ),
         ] = False,
         orderers: Annotated[
