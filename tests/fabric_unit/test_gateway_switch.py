@@ -278,7 +278,11 @@ def test_no_gateway_reachable_is_unreachable_naming_every_peer(peers: _Peers) ->
     identity, signer = peers.ca.issue("alice", role="patient")
     with connect_peers(identity, signer, peers=down) as gateway:
         contract = gateway.get_network(CHANNEL).get_contract(CHAINCODE)
-        with pytest.raises(GatewayError, match=r"no peer's Gateway answered \(2 tried\)") as info:
+        with pytest.raises(
+            GatewayError,
+            match=r"could not reach any peer.s Gateway to evaluate: no peer.s Gateway answered "
+            r"\(2 tried\)",
+        ) as info:
             contract.evaluate_transaction("Get", "k")
     assert info.value.unreachable
     assert {d.split(" ")[0] for d in info.value.details} == {"Org1MSP", "Org2MSP"}

@@ -148,10 +148,10 @@ class GatewayServiceCalls:
         from ehrshare.ledger.peer.transport import _unreachable
 
         said = f"no peer's Gateway answered ({len(failed)} tried)"
-        out = _unreachable(said, failed, "the Fabric Gateway")
+        out = _unreachable(said, failed, "any peer's Gateway")
         if out.code == grpc.StatusCode.UNAVAILABLE:
-            # Keep gRPC's own words, which tell a transport failure from the Gateway's answer.
-            out = GatewayFailure(out.code, f"{said}: {last.text}", out.details)
+            # Keep gRPC's own words about the last one tried.
+            out = GatewayFailure(out.code, f"{said}: {last.text}", out.details, where=out.where)
         raise out
 
     def evaluate(self, request: Any, timeout: float) -> Any:
