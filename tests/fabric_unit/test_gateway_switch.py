@@ -20,7 +20,7 @@ import yaml
 from fabric_protos.gateway import gateway_pb2 as gw
 from fabric_protos.gateway import gateway_pb2_grpc as gw_grpc
 from fabric_protos.peer import transaction_pb2 as txpb
-from test_gateway_client_fake_gateway import CHAINCODE, CHANNEL, FakeGateway
+from test_gateway_client_fake_gateway import CHAINCODE, CHANNEL, FakeGateway, abort_with_details
 from typer.testing import CliRunner
 
 from ehrshare.identity import LocalCA
@@ -346,6 +346,61 @@ def test_a_peer_that_never_confirms_delays_a_commit_by_the_sync_wait_only(
         assert json.loads(contract.submit_transaction("Put", "k")) == ["Put", "k"]
         waited = time.monotonic() - start
     assert stuck.asked == 1 and 0.4 <= waited < 5
+
+
+class _DivergingGateway(FakeGateway):
+    """A Gateway whose other organisations' peers answer differently the first ``times``
+    times (Fabric's words: its own endorsement collected, not enough others)."""
+
+    def __init__(self, times: int) -> None:
+        super().__init__()
+        self.times = times
+        self.endorse_calls = 0
+
+    def Endorse(self, request: Any, context: Any) -> Any:
+        self.endorse_calls += 1
+        if self.endorse_calls <= self.times:
+            abort_with_details(
+                context,
+                grpc.StatusCode.ABORTED,
+                "failed to collect enough transaction endorsements, see attached details for "
+                "more info",
+                "chaincode response 500, dkg session s-1 does not exist",
+            )
+        return super().Endorse(request, context)
+
+
+def test_endorsements_that_diverge_while_peers_catch_up_are_collected_again(
+    peers: _Peers,
+) -> None:
+    fake = _DivergingGateway(times=2)
+    identity, signer = peers.ca.issue("alice", role="patient")
+    with connect_peers(identity, signer, peers=[peers.serve(fake)]) as gateway:
+        contract = gateway.get_network(CHANNEL).get_contract(CHAINCODE)
+        assert json.loads(contract.submit_transaction("Put", "k")) == ["Put", "k"]
+    assert fake.endorse_calls == 3
+    assert len(fake.submitted) == 1 and fake.problems == []
+
+
+def test_endorsements_that_keep_diverging_fail_with_the_peers_message(peers: _Peers) -> None:
+    fake = _DivergingGateway(times=100)
+    identity, signer = peers.ca.issue("alice", role="patient")
+    with connect_peers(identity, signer, peers=[peers.serve(fake)]) as gateway:
+        contract = gateway.get_network(CHANNEL).get_contract(CHAINCODE)
+        with pytest.raises(EndorseError) as info:
+            contract.submit_transaction("Put", "k")
+    assert info.value.message == "dkg session s-1 does not exist"
+    assert fake.endorse_calls == 1 + service.ENDORSE_RETRIES and fake.submitted == {}
+
+
+def test_a_refusal_by_the_first_endorser_is_not_endorsed_again(peers: _Peers) -> None:
+    fake = _DivergingGateway(times=0)
+    identity, signer = peers.ca.issue("alice", role="patient")
+    with connect_peers(identity, signer, peers=[peers.serve(fake)]) as gateway:
+        contract = gateway.get_network(CHANNEL).get_contract(CHAINCODE)
+        with pytest.raises(EndorseError, match="record r-17 does not exist"):
+            contract.submit_transaction("Fail")
+    assert fake.endorse_calls == 1
 
 
 # --- the gossip view the launcher waits for -----------------------------------------------------

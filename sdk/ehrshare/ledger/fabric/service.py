@@ -13,6 +13,7 @@ outage. This module must not sign anything or choose endorsers.
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Sequence
@@ -34,6 +35,11 @@ _log = logging.getLogger(__name__)
 
 SYNC_WAIT_S = 10.0
 """How long a commit waits, beyond its own peer's, for the other peers to have it too."""
+
+ENDORSE_RETRIES = 5
+"""How often a proposal is endorsed again when the Gateway got its own organisation's
+endorsement but not the others' (peers a block apart answer differently)."""
+_DIVERGED = "failed to collect enough transaction endorsements"
 
 
 def connect_peers(
@@ -159,8 +165,30 @@ class GatewayServiceCalls:
         return self._call("evaluate", request, timeout)
 
     def endorse(self, request: Any, timeout: float) -> Any:
-        """Gateway/Endorse on the first peer that can be reached."""
-        return self._call("endorse", request, timeout)
+        """Gateway/Endorse on the first peer that can be reached; endorsed again (the same
+        proposal, up to :data:`ENDORSE_RETRIES` times after a short random pause) when the
+        Gateway answers ABORTED "failed to collect enough transaction endorsements": its first
+        endorser accepted the proposal and the other organisations' peers refused it or
+        answered differently, which is what peers a block behind do while concurrent writers
+        commit (the DKG board's posts from three KGC processes). A refusal by the first
+        endorser ("failed to endorse transaction") is the contract's answer and is not
+        retried."""
+        attempt = 0
+        while True:
+            try:
+                return self._call("endorse", request, timeout)
+            except GatewayFailure as failure:
+                diverged = failure.code == grpc.StatusCode.ABORTED and _DIVERGED in failure.text
+                if not diverged or attempt >= ENDORSE_RETRIES:
+                    raise
+                attempt += 1
+                _log.info(
+                    "transaction %s: the peers' endorsements diverged; endorsing again (%d of %d)",
+                    request.transaction_id,
+                    attempt,
+                    ENDORSE_RETRIES,
+                )
+                time.sleep(random.uniform(0.05, 0.2) * attempt)  # noqa: S311 - a jitter
 
     def submit(self, request: Any, timeout: float) -> Any:
         """Gateway/Submit; sent again through the next peer only if the first was not reached
