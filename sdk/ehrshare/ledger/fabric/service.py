@@ -29,7 +29,7 @@ from ehrshare.ledger.fabric.failures import GatewayFailure, gw, is_transport_fai
 if TYPE_CHECKING:
     from ehrshare.ledger.peer import PeerEndpoint
 
-__all__ = ["SYNC_WAIT_S", "GatewayServiceCalls", "connect_peers"]
+__all__ = ["ENDORSE_RETRIES", "SYNC_WAIT_S", "GatewayServiceCalls", "connect_peers"]
 
 _log = logging.getLogger(__name__)
 
@@ -91,6 +91,12 @@ class GatewayServiceCalls:
     ) -> None:
         if not peers:
             raise ValueError("the Gateway client needs at least one peer")
+        if client_tls is not None:
+            from ehrshare.ledger.peer.transport import _tls_cert_hash
+
+            # The same refusal as the peer client's: a ledger signing certificate (or a
+            # server-only one) never opens a TLS connection.
+            _tls_cert_hash(client_tls[0])
         # Own organisation first: its Gateway endorses with its own peer and needs no other
         # organisation's trust to answer (the order is kept otherwise).
         self._peers = sorted(peers, key=lambda p: p.msp_id != own_msp)
