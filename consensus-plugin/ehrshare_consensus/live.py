@@ -5,8 +5,10 @@ The harness half of the live-Fabric comparison. It owns the load generator (clos
 bounded open-loop Poisson arrivals, from several client threads), the summary of what the
 clients saw (per-transaction submit→commit latency percentiles, throughput over the steady
 window, blocks and average block size from the commit block numbers, the client-side stage
-times), the simulator's prediction for the same round (Raft with N = orderers and the same
-BatchTimeout / MaxMessageCount) and the predicted / measured ratios.
+times), the simulator's prediction for the same round (the protocol :data:`SIMULATED_AS` names —
+Raft for Raft, PBFT for SmartBFT — with N = orderers and the same BatchTimeout /
+MaxMessageCount), the predicted / measured ratios, and for SmartBFT also RC-DBFT simulated at
+the same N and load (:data:`COMPARED`).
 
 This module must not import the SDK or any Fabric client, and must not start processes: a
 backend supplies a :class:`LiveTarget` (the SDK's ``ehrshare.bench.live_fabric.FabricTarget``
@@ -42,7 +44,9 @@ from .experiments import ConfigError, read_experiment_file
 from .runner import LivenessViolation, RunSpec, run_once
 
 __all__ = [
+    "COMPARED",
     "LIVE_PROTOCOLS",
+    "SIMULATED_AS",
     "UNAVAILABLE",
     "LiveConfigError",
     "LiveDriver",
@@ -72,9 +76,16 @@ UNAVAILABLE = {
     "fabric-smartbft": (
         "SmartBFT ordering exists only from Fabric 3.0; the Go module proxy reachable here "
         "serves github.com/hyperledger/fabric only up to the release-2.3 branch (3.1 answers "
-        "403), and the Fabric that builds (2.3.2) has Raft only"
+        "403), and the Fabric that builds (2.3.2) has Raft only: point EHRSHARE_FABRIC_BIN and "
+        "EHRSHARE_FABRIC_SAMPLECONFIG at Fabric 3.x release binaries for this row"
     ),
 }
+SIMULATED_AS = {"fabric-raft": "raft", "fabric-smartbft": "pbft"}
+"""The simulator protocol that predicts a live one. SmartBFT (BFT-SMaRt's design) is of PBFT's
+family: a leader proposes, two all-to-all phases of 2f+1 votes commit, a view change replaces a
+silent leader; the simulator's PBFT has the same message pattern, not SmartBFT's code."""
+COMPARED = {"fabric-smartbft": ("rcdbft",)}
+"""Other simulated protocols a live row is set beside, at the same N, load and fixed costs."""
 # Bandwidth of the simulator's loopback "LAN": a stated assumption (blocks here are a few tens
 # of KB, so any figure above ~1 Gbit/s makes no visible difference).
 LOOPBACK_MBPS = 10_000.0
@@ -376,7 +387,8 @@ def predict(
     one_way_ms: float,
     commit_path_ms: float | None,
 ) -> dict[str, Any]:
-    """The simulator's figures for a live round: Raft with the round's N and batch cutting.
+    """The simulator's figures for a live round: ``spec.protocol`` (Raft, or PBFT for
+    SmartBFT; see :data:`SIMULATED_AS`) with the round's N and batch cutting.
 
     The simulator models ordering only (batch cutting, Raft replication, the leader's CPU and
     the loopback links). The client-side stages it does not model enter as fixed per-tx costs
@@ -396,7 +408,6 @@ def predict(
     matrix = tuple(tuple(0.0 if i == j else one_way_ms for j in range(n)) for i in range(n))
     sim_spec = replace(
         spec,
-        protocol="raft",
         rate="backlog" if load.rate == "closed" else "poisson",
         outstanding=load.clients,
         tps=load.tps,
@@ -409,7 +420,7 @@ def predict(
     )
     out: dict[str, Any] = {
         "spec": {
-            "protocol": "raft",
+            "protocol": spec.protocol,
             "n": n,
             "batch_size": sim_spec.batch_size,
             "batch_timeout_s": sim_spec.batch_timeout_s,
@@ -521,6 +532,18 @@ def run_live(
     ordering_measured = measured.get("commit_p50_ms")
     if ordering_measured is not None and commit_path is not None:
         ordering_measured -= commit_path
+    compared: dict[str, Any] = {}
+    for other in COMPARED.get(target.name, ()):
+        figures = predict(replace(spec, protocol=other), load, measured, cost, one_way, commit_path)
+        compared[other] = {
+            "predicted": figures,
+            "calibration": calibration(figures, measured),
+            "ordering_calibration": calibration(
+                {"ordering_p50_ms": figures["ordering_p50_ms"]},
+                {"ordering_p50_ms": ordering_measured},
+                ("ordering_p50_ms",),
+            ),
+        }
     return {
         "driver": target.name,
         "protocol": target.name,
@@ -540,6 +563,8 @@ def run_live(
             {"ordering_p50_ms": ordering_measured},
             ("ordering_p50_ms",),
         ),
+        # Other simulated protocols at the same N and load (RC-DBFT beside live SmartBFT).
+        "compared": compared,
         "wall_time_s": time.perf_counter() - t0,
     }
 
@@ -559,7 +584,7 @@ class LiveRound:
     def spec(self, orderers: int) -> RunSpec:
         """The RunSpec both the network and the simulator are configured from."""
         return RunSpec(
-            protocol="raft",
+            protocol=SIMULATED_AS[self.protocol],
             n=orderers,
             batch_size=self.max_message_count,
             batch_timeout_s=self.batch_timeout_s,

@@ -6,9 +6,11 @@ that turns a profile's ``ledger:`` section into something that hands out those g
 - ``embedded``: one :class:`~ehrshare.ledger.store.EmbeddedLedger` directory, shared by every
   gateway of the process (and by other processes through its file lock); it can also verify its
   own block and history integrity, which :meth:`LedgerBackend.verify` exposes.
-- ``fabric``: a Fabric channel reached through its peers and orderers
-  (:func:`ehrshare.ledger.peer.connect`: the client endorses on the peers, broadcasts to an
-  orderer and waits for the commit on a peer's Deliver stream). Each gateway owns its gRPC
+- ``fabric``: a Fabric channel reached through its peers and orderers, by the profile's
+  ``ledger.client``: ``gateway`` (:func:`ehrshare.ledger.fabric.service.connect_peers`: the
+  peers' Gateway service, Fabric >= 2.4) or ``peer`` (:func:`ehrshare.ledger.peer.connect`:
+  the client endorses on the peers, broadcasts to the orderers and waits for the commit on a
+  peer's Deliver stream). Each gateway owns its gRPC
   channels and presents the TLS client certificate its caller gives (a member's wallet's; peers
   and orderers that require mutual TLS refuse a client without one, and with the profile's
   ``ledger.client_auth`` such a gateway is refused here, before dialling);
@@ -127,8 +129,10 @@ class FabricBackend:
         client_auth: bool,
         clock: Clock | None = None,
         orderer_quorum: int | None = None,
+        client: str = "peer",
     ) -> None:
         self.peers = tuple(peers)
+        self.client = client
         self.orderers = tuple(orderers)
         self.endorsers = endorsers
         self.client_auth = client_auth
@@ -149,6 +153,7 @@ class FabricBackend:
             client_auth=cfg.client_auth,
             clock=clock,
             orderer_quorum=cfg.orderer_quorum,
+            client=cfg.client,
         )
 
     @classmethod
@@ -168,6 +173,7 @@ class FabricBackend:
             client_auth=bool(conn.get("client_auth", False)),
             clock=clock,
             orderer_quorum=conn.get("orderer_quorum"),
+            client=conn.get("client") or "peer",
         )
 
     @classmethod
@@ -180,6 +186,7 @@ class FabricBackend:
         client_auth: bool,
         clock: Clock | None,
         orderer_quorum: int | None = None,
+        client: str = "peer",
     ) -> FabricBackend:
         from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint
 
@@ -197,13 +204,17 @@ class FabricBackend:
             client_auth=client_auth,
             clock=clock,
             orderer_quorum=orderer_quorum,
+            client=client,
         )
 
     def connect(
         self, identity: Identity, signer: Signer, *, client_tls: ClientTlsPair | None = None
     ) -> api.Gateway:
         """A gateway with its own gRPC channels to the peers and orderers, presenting
-        ``client_tls`` (refused without one when the profile says ``client_auth``)."""
+        ``client_tls`` (refused without one when the profile says ``client_auth``): through
+        the peers' Gateway service with ``client: gateway``, else endorsing and broadcasting
+        from here (:func:`ehrshare.ledger.peer.connect`)."""
+        from ehrshare.ledger.fabric.service import connect_peers
         from ehrshare.ledger.peer import connect
 
         if client_tls is None and self.client_auth:
@@ -212,15 +223,21 @@ class FabricBackend:
                 "(ledger.client_auth), and no TLS client certificate was given (a wallet's "
                 "tls-cert.pem and tls-key.pem)"
             )
-        gateway = connect(
-            identity,
-            signer,
-            peers=self.peers,
-            orderers=self.orderers,
-            endorsers=self.endorsers,
-            client_tls=client_tls,
-            clock=self._clock,
-            quorum=self.orderer_quorum,
+        gateway = (
+            connect_peers(
+                identity, signer, peers=self.peers, client_tls=client_tls, clock=self._clock
+            )
+            if self.client == "gateway"
+            else connect(
+                identity,
+                signer,
+                peers=self.peers,
+                orderers=self.orderers,
+                endorsers=self.endorsers,
+                client_tls=client_tls,
+                clock=self._clock,
+                quorum=self.orderer_quorum,
+            )
         )
         with self._lock:
             # Closed gateways (finished sessions) are dropped here, so a long-lived process

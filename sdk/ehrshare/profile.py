@@ -12,8 +12,11 @@ server certificate — and optionally ``server_name``; peers also name their ``m
 ``ledger.endorsers`` (how many organisations' peers endorse a transaction; default all),
 ``ledger.client_auth`` (true when the peers and orderers require mutual TLS: every gateway must
 then present a TLS client certificate — a member's wallet's ``tls-cert.pem`` — and one without is
-refused before dialling; default false: presented when there is one) and optionally
-``ledger.network``, the directory of the local Fabric network this consortium runs
+refused before dialling; default false: presented when there is one), ``ledger.client``
+(``gateway``: the peers' Gateway service, Fabric >= 2.4, which plans endorsements itself;
+``peer``: the client endorses on the peers and broadcasts to the orderers itself, all Fabric
+has before 2.4; ``consortium init`` writes it by the binaries' version; absent: ``peer``) and
+optionally ``ledger.network``, the directory of the local Fabric network this consortium runs
 (:mod:`ehrshare.network.fabric`, which requires mutual TLS; ``ehrshare network up`` starts it).
 ``storage.backend`` is
 ``embedded`` or ``kubo`` (a real Kubo RPC URL), independent of the ledger; ``kubo`` may name a
@@ -56,6 +59,7 @@ from ehrshare.wallet import Wallet
 
 __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",
+    "FABRIC_CLIENTS",
     "BackendUnavailable",
     "FabricEndpoint",
     "FabricLedger",
@@ -187,7 +191,8 @@ class FabricLedger:
     transaction (None: every listed peer); ``client_auth``: the peers and orderers require a
     TLS client certificate; ``network`` is the local network's directory; ``orderer_quorum``
     (SmartBFT orderers): a submit goes to every orderer and needs that many acknowledgements
-    (None: Raft, one orderer at a time)."""
+    (None: Raft, one orderer at a time); ``client``: ``gateway`` (the peers' Gateway service)
+    or ``peer`` (endorse and broadcast from the client; see :data:`FABRIC_CLIENTS`)."""
 
     peers: tuple[FabricEndpoint, ...]
     orderers: tuple[FabricEndpoint, ...]
@@ -195,6 +200,7 @@ class FabricLedger:
     network: Path | None = None
     client_auth: bool = False
     orderer_quorum: int | None = None
+    client: str = "peer"
 
     @classmethod
     def from_connection(cls, connection: Mapping[str, Any], network: Path) -> FabricLedger:
@@ -218,6 +224,7 @@ class FabricLedger:
             # with the way to re-issue one, instead of failing in the TLS handshake.
             client_auth=bool(connection.get("client_auth")),
             orderer_quorum=connection.get("orderer_quorum") or None,
+            client=connection.get("client") or "peer",
         )
 
     def to_dict(self, rel: _PathText) -> dict[str, Any]:
@@ -234,8 +241,12 @@ class FabricLedger:
             out["client_auth"] = True
         if self.orderer_quorum is not None:
             out["orderer_quorum"] = self.orderer_quorum
+        out["client"] = self.client
         return out
 
+
+FABRIC_CLIENTS: Final = ("gateway", "peer")
+"""``ledger.client`` values: the peers' Gateway service (Fabric >= 2.4) or the client-side one."""
 
 DEFAULT_REPLICAS: Final = 2
 
@@ -621,6 +632,9 @@ def _fabric(ledger: Mapping[str, Any], rel: Any, fail: Any) -> FabricLedger:
             "ledger.orderer_quorum",
             f"must be an integer between 1 and {len(orderer_list)} (the orderers listed)",
         )
+    client = ledger.get("client", "peer")
+    if client not in FABRIC_CLIENTS:
+        raise fail("ledger.client", f"is {client!r}; use gateway or peer")
     return FabricLedger(
         peers=peer_list,
         orderers=orderer_list,
@@ -628,6 +642,7 @@ def _fabric(ledger: Mapping[str, Any], rel: Any, fail: Any) -> FabricLedger:
         network=rel(network, "ledger.network") if network is not None else None,
         client_auth=client_auth,
         orderer_quorum=quorum,
+        client=client,
     )
 
 

@@ -129,6 +129,9 @@ class FabricOptions:
     """``etcdraft`` (Raft, 1 or 3 orderers) or ``BFT`` (SmartBFT, 4 orderers, Fabric 3.x)."""
     hosts: Mapping[str, NodeHost] = field(default_factory=dict)
     """Where each hospital's nodes and the orderers run (``Consortium.init(hosts=...)``)."""
+    client: str | None = None
+    """The profile's ``ledger.client``: ``gateway`` (Fabric >= 2.4), ``peer``, or None: by the
+    binaries' version (:func:`ehrshare.network.fabric.default_client`)."""
 
     def check(self) -> None:
         """Refuse options Fabric would refuse, and a machine without the Fabric binaries."""
@@ -154,11 +157,19 @@ class FabricOptions:
                 f"the Fabric binaries ({', '.join(missing)}) are not in {bin_dir}: run "
                 "'make tools' (it builds Fabric 2.3), or set EHRSHARE_FABRIC_BIN"
             )
-        if self.orderer_type == "BFT":
-            from ehrshare.network.fabric import fabric_version
+        if self.client not in (None, "gateway", "peer"):
+            raise ConsortiumError(f"Fabric options: client {self.client!r} is not gateway or peer")
+        if self.orderer_type == "BFT" or self.client == "gateway":
+            from ehrshare.network.fabric import GATEWAY_SINCE, fabric_version
 
             version = fabric_version(bin_dir)
-            if version[0] < 3:
+            if self.client == "gateway" and version[:2] < GATEWAY_SINCE:
+                raise ConsortiumError(
+                    f"Fabric options: the Gateway client needs Fabric 2.4 or later; {bin_dir} "
+                    f"has {'.'.join(map(str, version))}, whose peers have no Gateway service "
+                    "(use the peer client)"
+                )
+            if self.orderer_type == "BFT" and version[0] < 3:
                 raise ConsortiumError(
                     f"Fabric options: SmartBFT orderers need Fabric 3.x; {bin_dir} has "
                     f"{'.'.join(map(str, version))} (set EHRSHARE_FABRIC_BIN and "
@@ -458,6 +469,8 @@ class Consortium(Closing):
         if fabric is not None:
             network = fabric.build(root, [_msp(h) for h in hospitals], say)
             ledger = FabricLedger.from_connection(network.connection(), root / "fabric")
+            if fabric.client is not None:
+                ledger = replace(ledger, client=fabric.client)
             profile = replace(profile, ledger_backend="fabric", fabric=ledger)
         (root / "profile.yaml").write_text(profile.to_yaml(INIT_HEADER), encoding="utf-8")
         _mark_store(Profile.load(root / "profile.yaml"), consortium_id)

@@ -419,3 +419,100 @@ def test_peer_commit_path_reads_the_peer_log_for_our_blocks_only() -> None:
     assert peer_commit_path_ms(log, "ehr", [4]) == 12.0
     assert peer_commit_path_ms(log, "ehr", [6, 7]) is None  # other channel; 7 never committed
     assert peer_commit_path_ms("", "ehr", [4]) is None
+
+
+class _EmbeddedBftTarget(_EmbeddedTarget):
+    """The same pipeline under SmartBFT's name (the embedded ledger stands in for the orderers)."""
+
+    name = "fabric-smartbft"
+
+    def __init__(self, sb: Sandbox, reason: str | None = None) -> None:
+        super().__init__(sb)
+        self.reason = reason
+
+    def unavailable(self) -> str | None:
+        return self.reason
+
+
+def test_a_smartbft_round_is_predicted_by_pbft_and_set_beside_rcdbft_at_the_same_n(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cfg = tmp_path / "live.yaml"
+    cfg.write_text(
+        "defaults: {batch_timeout_s: 0.05, max_message_count: 10, clients: 2, warmup_txs: 2}\n"
+        "rounds:\n"
+        "  - {label: s, protocol: fabric-smartbft, orderers: 4, txs: 10}\n"
+    )
+    (rnd,) = load_live_experiment(cfg)
+    assert (rnd.spec(4).protocol, rnd.spec(4).n) == ("pbft", 4)
+    from rich.console import Console
+
+    target = _EmbeddedBftTarget(sandbox)
+    result = run_live_bench(cfg, None, None, tmp_path / "out", Console(quiet=True), target)
+    assert [(s.protocol, s.n) for s in target.opened] == [("pbft", 4)]
+    assert result["unavailable"] == []
+    (row,) = result["rows"]
+    assert (row["protocol"], row["orderers"]) == ("fabric-smartbft", 4)
+    assert row["predicted"]["spec"]["protocol"] == "pbft"
+    rc = row["compared"]["rcdbft"]
+    assert rc["predicted"]["spec"] | {"protocol": "pbft"} == row["predicted"]["spec"]
+    for metric in ("throughput_tps", "latency_p50_ms"):
+        cal = rc["calibration"][metric]
+        assert cal["measured"] == row["measured"][metric] and cal["predicted"] > 0
+        assert cal["ratio"] == pytest.approx(cal["predicted"] / cal["measured"])
+    shown = Console(record=True, width=120)
+    _show_live(result, shown)
+    text = shown.export_text()
+    assert "rcdbft" in text and "same N and load" in text
+
+
+def test_a_smartbft_target_that_cannot_run_here_is_a_row_with_its_reason(
+    tmp_path: Path, sandbox: Sandbox
+) -> None:
+    cfg = tmp_path / "live.yaml"
+    cfg.write_text(
+        "rounds:\n  - {label: s, protocol: fabric-smartbft, orderers: 4, txs: 5, warmup_txs: 1}\n"
+    )
+    from rich.console import Console
+
+    target = _EmbeddedBftTarget(sandbox, reason="Fabric 2.3.2 has no SmartBFT")
+    result = run_live_bench(cfg, None, None, tmp_path / "out", Console(quiet=True), target)
+    assert target.opened == [] and result["rows"] == []
+    (bft,) = result["unavailable"]
+    assert (bft["orderers"], bft["reason"]) == (4, "Fabric 2.3.2 has no SmartBFT")
+
+
+def test_a_smartbft_round_needs_four_orderers(tmp_path: Path) -> None:
+    cfg = tmp_path / "live.yaml"
+    cfg.write_text("rounds:\n  - {label: s, protocol: fabric-smartbft, orderers: 1}\n")
+    with pytest.raises(LiveConfigError, match="n must be at least 4"):
+        load_live_experiment(cfg)
+
+
+def _peer_saying(tmp_path: Path, version: str) -> Path:
+    bin_dir = tmp_path / f"bin-{version}"
+    bin_dir.mkdir()
+    (bin_dir / "peer").write_text(f"#!/bin/sh\necho 'peer:'\necho ' Version: {version}'\n")
+    for name in ("orderer", "configtxgen"):
+        (bin_dir / name).write_text("#!/bin/sh\nexit 1\n")
+    for name in ("peer", "orderer", "configtxgen"):
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.parametrize(
+    ("version", "runs"), [("2.3.2", False), ("2.5.16", False), ("3.1.5", True)]
+)
+def test_the_smartbft_target_runs_only_on_fabric_3(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, version: str, runs: bool
+) -> None:
+    from ehrshare.bench.live_fabric import fabric_targets
+
+    monkeypatch.setenv("EHRSHARE_FABRIC_BIN", str(_peer_saying(tmp_path, version)))
+    targets = fabric_targets()
+    assert set(targets) == {"fabric-raft", "fabric-smartbft"}
+    assert targets["fabric-raft"].unavailable() is None
+    reason = targets["fabric-smartbft"].unavailable()
+    assert (reason is None) == runs
+    if reason is not None:
+        assert f"has {version}" in reason and "3.x release binaries" in reason

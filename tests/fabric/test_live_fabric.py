@@ -14,7 +14,7 @@ import math
 
 import pytest
 
-from ehrshare.bench.live_fabric import FabricTarget
+from ehrshare.bench.live_fabric import FabricTarget, fabric_targets
 from ehrshare_consensus.calibrate import measured_costs
 from ehrshare_consensus.live import LoadSpec, run_live
 from ehrshare_consensus.runner import RunSpec
@@ -52,4 +52,29 @@ def test_live_raft_round_is_well_formed(orderers: int) -> None:
     for metric in ("throughput_tps", "latency_p50_ms", "latency_p95_ms"):
         cal = row["calibration"][metric]
         assert cal["measured"] == m[metric] and cal["measured"] > 0
+        assert cal["ratio"] == pytest.approx(cal["predicted"] / cal["measured"])
+
+
+@pytest.mark.fabric3
+def test_live_smartbft_round_is_well_formed_and_set_beside_rcdbft() -> None:
+    target = fabric_targets()["fabric-smartbft"]
+    reason = target.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
+    spec = RunSpec(protocol="pbft", n=4, batch_size=MAX_MESSAGE_COUNT, batch_timeout_s=0.1)
+    load = LoadSpec(txs=TXS, clients=4, warmup_txs=4, max_time_s=120.0)
+    row = run_live(target, spec, load, measured_costs())
+    m = row["measured"]
+    assert m["errors"] == 0, m["first_error"]
+    assert (m["submitted"], m["valid"]) == (TXS, TXS)
+    per_block = {int(b): n for b, n in m["txs_per_block"].items()}
+    assert sum(per_block.values()) == TXS and max(per_block.values()) <= MAX_MESSAGE_COUNT
+    assert (row["protocol"], row["orderers"]) == ("fabric-smartbft", 4)
+    assert (row["network"]["consensus"], row["network"]["orderer_quorum"]) == ("BFT", 3)
+    assert row["predicted"]["spec"]["protocol"] == "pbft"
+    rc = row["compared"]["rcdbft"]
+    assert rc["predicted"]["spec"]["protocol"] == "rcdbft" and rc["predicted"]["spec"]["n"] == 4
+    for figures in (row["calibration"], rc["calibration"]):
+        cal = figures["latency_p50_ms"]
+        assert cal["measured"] == m["latency_p50_ms"] > 0
         assert cal["ratio"] == pytest.approx(cal["predicted"] / cal["measured"])

@@ -19,6 +19,7 @@ import yaml
 
 from ehrshare.commands.services import ServeOptions, _gateway
 from ehrshare.identity import LocalCA
+from ehrshare.ledger.fabric.service import connect_peers
 from ehrshare.ledger.peer import OrdererEndpoint, PeerEndpoint
 from ehrshare.ledger.peer import connect as peer_connect
 from ehrshare.ledgers import FabricBackend, open_ledger
@@ -138,9 +139,13 @@ def test_the_peer_client_refuses_a_certificate_without_client_auth() -> None:
     ):
         with pytest.raises(ValueError, match=f"client_tls: .*{what}"):
             peer_connect(identity, signer, client_tls=pair, **endpoints)
+        # The Gateway-service client (profile client: gateway) refuses it the same way.
+        with pytest.raises(ValueError, match=f"client_tls: .*{what}"):
+            connect_peers(identity, signer, client_tls=pair, peers=endpoints["peers"])
     tls_identity, tls_signer = ca.issue_tls_client("alice")
     pair = (tls_identity.credentials, tls_signer.to_secret_bytes())
     peer_connect(identity, signer, client_tls=pair, **endpoints).close()
+    connect_peers(identity, signer, client_tls=pair, peers=endpoints["peers"]).close()
     # A node certificate that also has clientAuth (what peers and orderers dial each other with).
     peer_connect(
         identity, signer, client_tls=issue_tls_certificate(ca, "n", client_auth=True), **endpoints

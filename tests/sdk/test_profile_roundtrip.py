@@ -83,6 +83,7 @@ def connection_of(root: Path) -> dict[str, object]:
         "chaincode": "ehrshare",
         "endorsers": 2,
         "client_auth": True,
+        "client": "gateway",
     }
 
 
@@ -119,6 +120,7 @@ def test_a_fabric_ledger_section_is_written_as_init_wrote_it(tmp_path: Path) -> 
         "network": "fabric",
         "endorsers": 2,
         "client_auth": True,
+        "client": "gateway",
     }
     assert embedded.path is not None
     embedded.path.write_text(profile.to_yaml(INIT_HEADER), encoding="utf-8")

@@ -1,6 +1,6 @@
-"""The live-Fabric target of ``ehrshare bench consensus --live-fabric``: start a real Fabric
-2.3 network with Raft ordering configured from a round, and hand the harness one
-``submit`` function per client.
+"""The live-Fabric targets of ``ehrshare bench consensus --live-fabric``: start a real Fabric
+network with Raft (2.3+) or SmartBFT (3.x, four orderers) ordering configured from a round, and
+hand the harness one ``submit`` function per client (:func:`fabric_targets`).
 
 The harness (``ehrshare_consensus.live``) runs the load, summarises it and asks the simulator
 for its prediction; this module supplies what needs the SDK: identities from the network's own
@@ -45,6 +45,7 @@ __all__ = [
     "FabricSession",
     "FabricTarget",
     "check_fabric_tools",
+    "fabric_targets",
     "peer_commit_path_ms",
     "record_args",
     "record_submitter",
@@ -216,12 +217,42 @@ def _teardown(backend: FabricBackend | None, net: FabricNet | None, root: Path) 
         shutil.rmtree(root, ignore_errors=True)
 
 
-class FabricTarget:
-    """Starts Fabric (Raft) configured from a RunSpec: spec.n orderers, MaxMessageCount
-    = spec.batch_size, BatchTimeout = spec.batch_timeout_s; one organisation and its peer. Each
-    network lives in a temporary directory removed at close."""
+def fabric_targets() -> dict[str, FabricTarget]:
+    """The live targets by protocol: Raft, and SmartBFT (which says why it cannot run before
+    3.x binaries; see :meth:`FabricTarget.unavailable`)."""
+    return {t.name: t for t in (FabricTarget(), FabricTarget(orderer_type="BFT"))}
 
-    name = "fabric-raft"
+
+class FabricTarget:
+    """Starts Fabric configured from a RunSpec: spec.n orderers of ``orderer_type`` (Raft, or
+    SmartBFT ×4 on 3.x), MaxMessageCount = spec.batch_size, BatchTimeout =
+    spec.batch_timeout_s; one organisation and its peer. Clients connect as the network's
+    profile would (``client``: the peers' Gateway on >= 2.4, which sends a SmartBFT transaction
+    to every orderer). Each network lives in a temporary directory removed at close."""
+
+    def __init__(self, orderer_type: str = "etcdraft") -> None:
+        self.orderer_type = orderer_type
+        self.name = "fabric-smartbft" if orderer_type == "BFT" else "fabric-raft"
+
+    def unavailable(self) -> str | None:
+        """Why this target cannot run with the binaries given (None: it can): SmartBFT needs
+        Fabric 3.x."""
+        if self.orderer_type != "BFT":
+            return None
+        from ehrshare.network import fabric as fabricnet
+        from ehrshare.network.binaries import fabric_bin_dir
+
+        where = fabric_bin_dir()
+        if fabricnet.missing_binaries(where):
+            return None  # open() says what is missing, as for Raft
+        version = fabricnet.fabric_version(where)
+        if version[0] >= 3:
+            return None
+        return (
+            f"SmartBFT ordering exists only from Fabric 3.0; {where} has "
+            f"{'.'.join(map(str, version))}: point EHRSHARE_FABRIC_BIN and "
+            "EHRSHARE_FABRIC_SAMPLECONFIG at Fabric 3.x release binaries for this row"
+        )
 
     def open(self, spec: RunSpec, clients: int) -> FabricSession:
         """Start the network, enrol and register one patient per client; stop it on failure."""
@@ -244,9 +275,10 @@ class FabricTarget:
                 batch_timeout=f"{round(spec.batch_timeout_s * 1000)}ms",
                 max_message_count=spec.batch_size,
                 bin_dir=bin_dir,
+                orderer_type=self.orderer_type,
             )
             net = fabricnet.FabricNet.create(net_spec)
-            net.start()
+            net.start(timeout=180 if net_spec.bft else 120)
             conn = net.connection()
             backend = FabricBackend.from_connection(conn)
             channel, chaincode = conn["channel"], conn["chaincode"]
@@ -273,7 +305,9 @@ class FabricTarget:
             ]
             info = {
                 "fabric": ".".join(map(str, net.version)),
-                "consensus": "etcdraft",
+                "consensus": self.orderer_type,
+                "client": conn.get("client", "peer"),
+                "orderer_quorum": conn.get("orderer_quorum"),
                 "orderers": spec.n,
                 "batch_timeout": net_spec.batch_timeout,
                 "max_message_count": spec.batch_size,

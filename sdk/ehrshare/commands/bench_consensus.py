@@ -3,8 +3,9 @@
 Runs a declarative experiment file (YAML rounds) on the discrete-event simulator, prints JSON
 with machine metadata, the calibrated CPU cost model, per-round rows, the docs/consensus.md target
 ratios and the paths of the PNG plots; `--safety-sweep` adds many seeded runs per fault
-scenario; `--live-fabric` instead runs the live rounds (a real Fabric 2.3 Raft network per
-round, driven through the SDK's Fabric target, with the simulator's prediction and the ratio).
+scenario; `--live-fabric` instead runs the live rounds (a real Fabric network per round: Raft,
+and SmartBFT x4 on Fabric 3.x binaries, driven through the SDK's Fabric targets, with the
+simulator's prediction and the ratio, and RC-DBFT simulated beside SmartBFT).
 This module only parses options and presents results; it must not compute protocol figures
 itself.
 """
@@ -159,45 +160,55 @@ def run_live_bench(
 ) -> dict[str, Any]:
     """Run the live rounds (each round × orderer count on a fresh network), write JSON.
 
-    ``target`` is the live target (default: the SDK's Fabric target); rounds of a protocol no
-    target here can run are reported as unavailable with the reason.
+    ``target`` is the live target (default: the SDK's Fabric targets, Raft and SmartBFT); rounds
+    of a protocol no target here can run, or whose target says it cannot run with these
+    binaries (SmartBFT before Fabric 3.x), are reported as unavailable with the reason.
     """
     from dataclasses import replace
 
-    from ehrshare.bench.live_fabric import FabricTarget
+    from ehrshare.bench.live_fabric import fabric_targets
     from ehrshare_consensus.calibrate import measured_costs
     from ehrshare_consensus.experiments import EXPERIMENTS_DIR
     from ehrshare_consensus.live import UNAVAILABLE, load_live_experiment, run_live
 
     path = config or EXPERIMENTS_DIR / "live-fabric.yaml"
     rounds = load_live_experiment(path)
-    target = target or FabricTarget()
+    targets: dict[str, Any] = {target.name: target} if target is not None else fabric_targets()
     cost = measured_costs()
     rows: list[dict[str, Any]] = []
     unavailable: list[dict[str, Any]] = []
-    jobs = []
+    jobs: list[tuple[Any, int, Any]] = []
+    reasons: dict[str, str | None] = {}
     for rnd in rounds:
         if txs is not None:
             rnd = replace(
                 rnd, load=replace(rnd.load, txs=txs, warmup_txs=min(rnd.load.warmup_txs, txs // 5))
             )
+        chosen = targets.get(rnd.protocol)
+        if chosen is not None and rnd.protocol not in reasons:
+            check = getattr(chosen, "unavailable", None)
+            reasons[rnd.protocol] = check() if check is not None else None
         for n in rnd.orderers:
-            if orderers is not None and n not in orderers and rnd.protocol == target.name:
+            if orderers is not None and n not in orderers and chosen is not None:
                 continue
-            if rnd.protocol != target.name:
+            reason = (
+                UNAVAILABLE.get(rnd.protocol, f"no live target for {rnd.protocol}")
+                if chosen is None
+                else reasons[rnd.protocol]
+            )
+            if reason is not None:
                 unavailable.append(
                     {
                         "round": rnd.label,
                         "protocol": rnd.protocol,
                         "orderers": n,
                         "available": False,
-                        "reason": UNAVAILABLE.get(
-                            rnd.protocol, f"no live target for {rnd.protocol}"
-                        ),
+                        "reason": reason,
                     }
                 )
                 continue
-            jobs.append((rnd, n))
+            assert chosen is not None
+            jobs.append((rnd, n, chosen))
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
@@ -206,24 +217,30 @@ def run_live_bench(
         console=console,
         transient=False,
     ) as progress:
-        for rnd, n in jobs:
+        for rnd, n, chosen in jobs:
             task = progress.add_task(
                 f"{rnd.label}: {rnd.protocol} x{n} (starting)", total=rnd.load.txs
             )
 
             def tick(
-                done: int, total: int, task: Any = task, label: str = rnd.label, n: int = n
+                done: int,
+                total: int,
+                task: Any = task,
+                label: str = rnd.label,
+                n: int = n,
+                name: str = chosen.name,
             ) -> None:
-                progress.update(task, description=f"{label}: {target.name} x{n}", completed=done)
+                progress.update(task, description=f"{label}: {name} x{n}", completed=done)
 
-            row = run_live(target, rnd.spec(n), rnd.load, cost, tick)
+            row = run_live(chosen, rnd.spec(n), rnd.load, cost, tick)
             row["round"] = rnd.label
             rows.append(row)
     result: dict[str, Any] = {
         "benchmark": "consensus-live",
         "machine": machine_metadata(),
         "config": {"path": str(path), "orderers": list(orderers) if orderers else None},
-        "driver": f"live ({target.name}) + simulated prediction",
+        "driver": f"live ({', '.join(sorted({c.name for _, _, c in jobs}))}) + simulated "
+        "prediction",
         "cost_model": cost.as_dict(),
         "live_fabric": {"done": bool(rows), "rounds": len(rows)},
         "rows": rows,
@@ -268,6 +285,24 @@ def _show_live(result: dict[str, Any], console: Console) -> None:
         )
     console.print(meas)
     console.print(pred)
+    beside = Table(title="Other protocols simulated at the same N and load (ratio = sim / live)")
+    for col in ("round", "N", "simulated", "tx/s", "ratio", "p50", "ratio", "ordering"):
+        beside.add_column(col, justify="left" if col in ("round", "simulated") else "right")
+    for r in result["rows"]:
+        for name, other in (r.get("compared") or {}).items():
+            c = other["calibration"]
+            beside.add_row(
+                r["round"],
+                str(r["orderers"]),
+                name,
+                _fmt(c["throughput_tps"]["predicted"]),
+                _fmt(c["throughput_tps"]["ratio"], 2),
+                _fmt(c["latency_p50_ms"]["predicted"]),
+                _fmt(c["latency_p50_ms"]["ratio"], 2),
+                _fmt(other["ordering_calibration"]["ordering_p50_ms"]["ratio"], 3),
+            )
+    if beside.row_count:
+        console.print(beside)
     for r in result["rows"]:
         if r["predicted"].get("error"):
             console.print(
@@ -369,8 +404,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             bool,
             typer.Option(
                 "--live-fabric",
-                help="Measure a real Fabric 2.3 Raft network (rounds of live-fabric.yaml, "
-                "or CONFIG) and compare with the simulator's prediction.",
+                help="Measure a real Fabric Raft network, and SmartBFT x4 with 3.x binaries "
+                "(rounds of live-fabric.yaml, or CONFIG), and compare with the simulator's "
+                "prediction.",
             ),
         ] = False,
         orderers: Annotated[

@@ -102,6 +102,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 "refused on 2.x)."
             ),
         ] = "raft",
+        client: Annotated[
+            str,
+            typer.Option(
+                help="With --ledger fabric: how clients reach the channel: gateway (the peers' "
+                "Gateway service, Fabric 2.4+) or peer (endorse and broadcast from the client, "
+                "all Fabric 2.3 has); default by the binaries' version."
+            ),
+        ] = "",
         batch_timeout: Annotated[
             str,
             typer.Option(
@@ -135,6 +143,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         if orderer_type not in ("raft", "bft"):
             fail(EXIT_USAGE, f"--orderer-type {orderer_type!r} is not raft or bft")
         bft = orderer_type == "bft"
+        if client not in ("", "gateway", "peer"):
+            fail(EXIT_USAGE, f"--client {client!r} is not gateway or peer")
         port_list: list[int] | None = None
         if ports:
             try:
@@ -158,6 +168,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                         orderers=orderers or (4 if bft else 1),
                         batch_timeout=batch_timeout,
                         orderer_type="BFT" if bft else "etcdraft",
+                        client=client or None,
                     )
                     if ledger == "fabric"
                     else None

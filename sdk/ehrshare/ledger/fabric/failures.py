@@ -19,7 +19,12 @@ from google.protobuf import any_pb2, descriptor_pb2, descriptor_pool, message_fa
 from ehrshare.errors import EXIT_UNAVAILABLE
 from ehrshare.ledger.errors import LedgerError
 
-__all__ = ["GRPC_STATUS_DETAILS_KEY", "GatewayFailure", "rpc_status_class"]
+__all__ = [
+    "GRPC_STATUS_DETAILS_KEY",
+    "GatewayFailure",
+    "is_transport_failure",
+    "rpc_status_class",
+]
 
 gw: Any = _gateway_pb2
 
@@ -100,6 +105,14 @@ class GatewayFailure(Exception):
         self.text = text
         self.details = details
         self.where = where
+
+
+def is_transport_failure(failure: GatewayFailure) -> bool:
+    """Whether nothing reached the Gateway (gRPC's own UNAVAILABLE words: no listener, a reset,
+    a TLS handshake), as against an answer of the Gateway itself: what the next peer may fix."""
+    return (
+        failure.code == grpc.StatusCode.UNAVAILABLE and _TRANSPORT.search(failure.text) is not None
+    )
 
 
 def _rpc_failure(exc: grpc.RpcError) -> GatewayFailure:

@@ -12,18 +12,21 @@ from __future__ import annotations
 
 from ehrshare.network.fabric.launcher import FabricNet
 from ehrshare.network.fabric.spec import (
+    GATEWAY_SINCE,
     ORDERER_MSP,
     ORDERER_TYPES,
     FabricNetError,
     FabricNetSpec,
     NodeHost,
     bft_quorum,
+    default_client,
     fabric_ca_problem,
     fabric_version,
     missing_binaries,
 )
 
 __all__ = [
+    "GATEWAY_SINCE",
     "ORDERER_MSP",
     "ORDERER_TYPES",
     "FabricNet",
@@ -31,6 +34,7 @@ __all__ = [
     "FabricNetSpec",
     "NodeHost",
     "bft_quorum",
+    "default_client",
     "fabric_ca_problem",
     "fabric_version",
     "missing_binaries",

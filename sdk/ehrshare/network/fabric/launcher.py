@@ -36,9 +36,15 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ehrshare.network.fabric.gossip import missing_members
 from ehrshare.network.fabric.layout import _Proc
 from ehrshare.network.fabric.material import FabricMaterial
-from ehrshare.network.fabric.spec import ORDERER_MSP, FabricNetError, Progress
+from ehrshare.network.fabric.spec import (
+    GATEWAY_SINCE,
+    ORDERER_MSP,
+    FabricNetError,
+    Progress,
+)
 from ehrshare.network.supervisor import (
     Child,
     log_tail,
@@ -199,6 +205,7 @@ class FabricNet(FabricMaterial):
                 self._wait_leader(self.spec.channel, deadline)
             else:
                 self._deploy(say, deadline)
+            self._wait_gossip(say, deadline)
         except BaseException:
             self.stop()
             raise
@@ -234,6 +241,8 @@ class FabricNet(FabricMaterial):
             self._start_peers(deadline, only=gone)
             if any(n.startswith("orderer") for n in gone):
                 self._wait_leader(self.spec.channel, deadline)
+            if any(n.startswith("peer-") for n in gone):
+                self._wait_gossip(say, deadline)
         except BaseException:
             for name in gone:
                 if name in procs:
@@ -443,6 +452,51 @@ class FabricNet(FabricMaterial):
             proc = self._state.processes[name]
             leader = functools.partial(_logged, proc, pattern)
             self._wait(leader, name, proc, deadline, late=late)
+
+    def _wait_gossip(self, say: Progress, deadline: float) -> None:
+        """Where peers run the Gateway service (Fabric >= 2.4), wait until every peer's channel
+        membership view holds every other organisation's peer (learnt through the anchor
+        peers: seconds after a start), so the first Gateway submit can plan its endorsements.
+        Fabric 2.3 clients endorse on the peers they name and need no gossip view."""
+        if self.version[:2] < GATEWAY_SINCE or len(self.spec.msp_ids) < 2:
+            return
+        addresses = {msp: self.peer_address(msp) for msp in self.spec.msp_ids}
+        procs = {msp: self._state.processes.get(f"peer-{msp}") for msp in self.spec.msp_ids}
+        say(f"waiting for gossip: each of {len(addresses)} peers to see the other hospitals'")
+        started = time.monotonic()
+        missing: dict[str, set[str]] = {}
+        reported = -1
+        while True:
+            self._check_alive()
+            logs = {msp: _read_from(p) for msp, p in procs.items() if p is not None}
+            missing = missing_members(logs, addresses)
+            if not missing:
+                _log.info("gossip membership complete after %.1f s", time.monotonic() - started)
+                return
+            if len(missing) != reported:
+                reported = len(missing)
+                say(f"gossip: {len(addresses) - len(missing)} of {len(addresses)} peers see all")
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        said = "; ".join(
+            f"peer-{m} does not see {', '.join(sorted(a))}" for m, a in missing.items()
+        )
+        raise FabricNetError(
+            f"gossip did not converge in {time.monotonic() - started:.0f} s ({said}): the "
+            "Gateway cannot plan endorsements across hospitals until it does; check the anchor "
+            "peers and the peers' logs under fabric/logs"
+        )
+
+
+def _read_from(proc: _Proc) -> str:
+    """A node's log from this run's start ('' when it cannot be read yet)."""
+    try:
+        with open(proc.log, "rb") as log:
+            log.seek(proc.offset)
+            return log.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _logged(proc: _Proc, pattern: re.Pattern[str]) -> bool:

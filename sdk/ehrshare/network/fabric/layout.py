@@ -22,6 +22,7 @@ from ehrshare.network.fabric.spec import (
     FabricNetSpec,
     NodeHost,
     bft_quorum,
+    default_client,
 )
 from ehrshare.services.vault import atomic_write
 
@@ -266,6 +267,8 @@ class FabricLayout:
             "orderer_quorum": bft_quorum(self.spec.orderers) if self.spec.bft else None,
             # Peers and orderers refuse clients without a consortium TLS client certificate.
             "client_auth": True,
+            # The peers' Gateway service where the release has one, else the client-side one.
+            "client": default_client(self.version),
         }
 
     def __repr__(self) -> str:

@@ -23,6 +23,7 @@ from ehrshare.network.binaries import fabric_bin_dir
 from ehrshare.network.netns import NodeHost
 
 __all__ = [
+    "GATEWAY_SINCE",
     "ORDERER_MSP",
     "ORDERER_TYPES",
     "FabricNetError",
@@ -30,6 +31,7 @@ __all__ = [
     "NodeHost",
     "Progress",
     "bft_quorum",
+    "default_client",
     "fabric_ca_problem",
     "fabric_version",
     "missing_binaries",
@@ -46,6 +48,8 @@ _BINARIES: Final = ("peer", "orderer", "configtxgen")
 _ENDORSEMENT_RULES: Final = ("MAJORITY", "ANY")
 ORDERER_TYPES: Final = ("etcdraft", "BFT")
 """Consensus of the ordering service: Raft (1 or 3 orderers) or SmartBFT (4, Fabric 3.x only)."""
+GATEWAY_SINCE: Final = (2, 4)
+"""The first Fabric release whose peers run the Gateway service."""
 _CC_VERSION: Final = "1"
 _CC_SEQUENCE: Final = "1"
 
@@ -78,6 +82,12 @@ def fabric_version(bin_dir: Path | None = None) -> tuple[int, int, int]:
             "(channel participation): run `make tools`"
         )
     return major, minor, patch
+
+
+def default_client(version: tuple[int, int, int]) -> str:
+    """The profile's ``ledger.client`` for a network of this Fabric version: ``gateway`` where
+    the peers run the Gateway service (2.4 and later), else ``peer`` (the client-side one)."""
+    return "gateway" if version[:2] >= GATEWAY_SINCE else "peer"
 
 
 def missing_binaries(bin_dir: Path | None = None) -> list[str]:
