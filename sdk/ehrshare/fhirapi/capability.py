@@ -15,8 +15,28 @@ RECORD_INTERACTIONS: Final = ("create", "read", "search-type")
 _SECURITY: Final = "http://terminology.hl7.org/CodeSystem/restful-security-service"
 
 
-def capability_statement(software_version: str, date: str) -> dict[str, Any]:
-    """The CapabilityStatement (FHIR R4 JSON) of this server."""
+def capability_statement(
+    software_version: str, date: str, *, mutual_tls: bool = False
+) -> dict[str, Any]:
+    """The CapabilityStatement (FHIR R4 JSON) of this server (``mutual_tls``: callers are
+    authenticated by client certificate, else by bearer token)."""
+    if mutual_tls:
+        security = {
+            "service": [{"coding": [{"system": _SECURITY, "code": "Certificates"}]}],
+            "description": (
+                "Mutual TLS: the member's wallet TLS client certificate, issued by a "
+                "consortium CA. SMART Backend Services is not offered."
+            ),
+        }
+    else:
+        security = {
+            "service": [{"coding": [{"system": _SECURITY, "code": "OAuth"}]}],
+            "description": (
+                "Bearer tokens issued per member by 'ehrshare fhir token' (not OAuth "
+                "flows: the token is bound to a member's wallet on the server). SMART "
+                "Backend Services is not offered."
+            ),
+        }
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -38,13 +58,7 @@ def capability_statement(software_version: str, date: str) -> dict[str, Any]:
                     "delete and history of records, transaction Bundles, $everything, "
                     "search parameters other than those listed."
                 ),
-                "security": {
-                    "service": [{"coding": [{"system": _SECURITY, "code": "OAuth"}]}],
-                    "description": (
-                        "Bearer tokens issued per member by 'ehrshare fhir token' (not OAuth "
-                        "flows: the token is bound to a member's wallet on the server)."
-                    ),
-                },
+                "security": security,
                 "resource": [
                     {
                         "type": "Resource",

@@ -27,7 +27,7 @@ from ehrshare.errors import EhrshareError
 from ehrshare.fhir import MAX_DEPTH, FhirValidationError, parse_resource
 from ehrshare.fhirapi import consent as consent_map
 from ehrshare.fhirapi.auditevent import entry_to_auditevent
-from ehrshare.fhirapi.auth import TokenBook
+from ehrshare.fhirapi.auth import Authenticator, Credentials
 from ehrshare.fhirapi.capability import capability_statement
 from ehrshare.fhirapi.members import member_from_id, member_from_reference
 from ehrshare.fhirapi.outcome import FhirError, outcome_for
@@ -92,13 +92,13 @@ class Gateway:
 
     def __init__(
         self,
-        tokens: TokenBook,
+        auth: Authenticator,
         open_session: Callable[[str], Session],
         *,
         now: Callable[[], int],
         software_version: str = "",
     ) -> None:
-        self._tokens = tokens
+        self._auth = auth
         self._open = open_session
         self._now = now
         self._version = software_version
@@ -120,13 +120,13 @@ class Gateway:
         method: str,
         path: str,
         query: Mapping[str, list[str]],
-        authorization: str,
+        credentials: Credentials,
         body: bytes,
         base_url: str,
     ) -> Answer:
         """Answer one request; every error becomes an OperationOutcome with its status."""
         try:
-            return self._route(method, path, query, authorization, body, base_url)
+            return self._route(method, path, query, credentials, body, base_url)
         except Exception as exc:
             status, outcome = outcome_for(exc)
             if status >= 500:
@@ -139,7 +139,7 @@ class Gateway:
         method: str,
         path: str,
         query: Mapping[str, list[str]],
-        authorization: str,
+        credentials: Credentials,
         body: bytes,
         base_url: str,
     ) -> Answer:
@@ -148,10 +148,12 @@ class Gateway:
         parts = [p for p in path[len(BASE) :].split("/") if p]
         if parts == ["metadata"] and method == "GET":
             date = _instant(self._now())
-            return Answer(200, capability_statement(self._version, date))
+            return Answer(
+                200, capability_statement(self._version, date, mutual_tls=self._auth.mutual_tls)
+            )
         if not parts or len(parts) > 2:
             raise FhirError(404, f"no such endpoint {path}")
-        session = self._caller(authorization)
+        session = self._caller(credentials)
         rtype = _resource_type(parts[0])
         rid = parts[1] if len(parts) == 2 else ""
         with self._lock:
@@ -171,13 +173,8 @@ class Gateway:
                 return self._search(session, rtype, query, base_url)
         raise FhirError(405, f"{method} {path} is not supported: records are create, read, search")
 
-    def _caller(self, authorization: str) -> Session:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise FhirError(401, "send 'Authorization: Bearer <token>' ('ehrshare fhir token')")
-        wallet = self._tokens.wallet_for(token.strip())
-        if wallet is None:
-            raise FhirError(401, "unknown or withdrawn bearer token")
+    def _caller(self, credentials: Credentials) -> Session:
+        wallet = self._auth.wallet_for_request(credentials)
         with self._lock:
             session = self._sessions.get(wallet)
             if session is None:
@@ -410,8 +407,8 @@ class Gateway:
         return Answer(200, _bundle(events, base_url))
 
 
-def gateway_for(runtime: Runtime, tokens: TokenBook, *, software_version: str = "") -> Gateway:
-    """A gateway whose sessions open on ``runtime`` (one per wallet a token names), judged by
+def gateway_for(runtime: Runtime, auth: Authenticator, *, software_version: str = "") -> Gateway:
+    """A gateway whose sessions open on ``runtime`` (one per wallet ``auth`` names), judged by
     the runtime's clock. Closing the gateway closes its sessions, not the runtime."""
 
     def open_session(wallet: str) -> Session:
@@ -427,4 +424,4 @@ def gateway_for(runtime: Runtime, tokens: TokenBook, *, software_version: str = 
             software_version = importlib.metadata.version("ehrshare")
         except importlib.metadata.PackageNotFoundError:
             software_version = ""
-    return Gateway(tokens, open_session, now=now, software_version=software_version)
+    return Gateway(auth, open_session, now=now, software_version=software_version)
