@@ -1,6 +1,7 @@
 """HAPI FHIR's generic client (Java; Maven Central) drives the server over HTTPS with mutual TLS:
-the story of issue 17 — a patient stores an Observation and consents for a clinician, the
-clinician reads, the patient revokes by updating the Consent, the clinician's read is 403, the
+the story of issue 17 — a patient stores an Observation, updates it (history, vread), stores two
+more in a transaction and consents for a clinician, the clinician reads and asks for
+$everything, the patient revokes by updating the Consent, the clinician's read is 403, the
 AuditEvents show both decisions. The program is ``tests/fhirapi/hapi`` (built by ``make
 hapi-client``, part of ``make tools``, into ``network/build/hapi``); HAPI parses every response
 with its own R4 models."""
@@ -51,8 +52,11 @@ def test_hapi_client_stores_consents_reads_revokes_and_audits(fhir: Fhir, tmp_pa
     assert result.stdout.splitlines() == [
         "capabilities 4.0.1",
         "created Observation",
+        "updated to version 2, history 2",
+        "transaction of 2",
         "created Consent",
-        "clinician read 13.2",
+        "clinician read 14.1",
+        "clinician $everything 3 Observations 1 Consent",
         "revoked by update",
         "clinician read 403",
         "audit decisions 0 4",

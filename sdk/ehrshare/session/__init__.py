@@ -21,10 +21,12 @@ from ehrshare.session.errors import (
     RecordIntegrityError,
     RecordStorageError,
     RecordTooLarge,
+    RecordTypeChanged,
     RequestRejected,
     RotationUnfinished,
     SdkError,
     UnknownProxy,
+    VersionNotReadable,
 )
 from ehrshare.session.session import Session
 
@@ -48,9 +50,11 @@ __all__ = [
     "RecordRef",
     "RecordStorageError",
     "RecordTooLarge",
+    "RecordTypeChanged",
     "RequestRejected",
     "RotationUnfinished",
     "SdkError",
     "Session",
     "UnknownProxy",
+    "VersionNotReadable",
 ]

@@ -34,10 +34,12 @@ __all__ = [
     "RecordIntegrityError",
     "RecordStorageError",
     "RecordTooLarge",
+    "RecordTypeChanged",
     "RequestRejected",
     "RotationUnfinished",
     "SdkError",
     "UnknownProxy",
+    "VersionNotReadable",
 ]
 
 
@@ -171,3 +173,12 @@ class ProxyUnreachable(ProxyError, SdkError):
 class RotationUnfinished(SdkError):
     """A revocation committed, but the type-key epoch it began could not be finished (the new
     key published, the remaining grants re-keyed); ``ehrshare type-key rotate`` finishes it."""
+
+
+class VersionNotReadable(Refused, SdkError):
+    """A grantee asked for a version other than a record's current one: an access decision
+    approves the current version, and the proxies re-encrypt only its capsule."""
+
+
+class RecordTypeChanged(InvalidInput, SdkError):
+    """A new version of a record would be of another record type than the record."""

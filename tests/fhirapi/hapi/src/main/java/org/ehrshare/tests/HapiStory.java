@@ -29,17 +29,20 @@ import org.hl7.fhir.r4.model.CapabilityStatement;
 import org.hl7.fhir.r4.model.CodeableConcept;
 import org.hl7.fhir.r4.model.Coding;
 import org.hl7.fhir.r4.model.Consent;
+import org.hl7.fhir.r4.model.IdType;
 import org.hl7.fhir.r4.model.Identifier;
 import org.hl7.fhir.r4.model.Observation;
+import org.hl7.fhir.r4.model.Parameters;
 import org.hl7.fhir.r4.model.Period;
 import org.hl7.fhir.r4.model.Quantity;
 import org.hl7.fhir.r4.model.Reference;
 
 /**
  * The story of issue 17 told by HAPI FHIR's generic client, over HTTPS with mutual TLS: a
- * patient stores an Observation and consents for a clinician, the clinician reads it, the
- * patient revokes by updating the Consent, the clinician's read is refused (403), and the
- * AuditEvents show both decisions. Prints one line per step; exits non-zero on the first
+ * patient stores an Observation, updates it (history, vread), stores two more in a transaction
+ * and consents for a clinician; the clinician reads it and asks for $everything; the patient
+ * revokes by updating the Consent, the clinician's read is refused (403), and the AuditEvents
+ * show both decisions. Prints one line per step; exits non-zero on the first
  * failure. Arguments: base URL, the server's CA (PEM), then the patient's and the clinician's
  * member id, TLS certificate and key (PEM, the wallet's tls-cert.pem and tls-key.pem).
  */
@@ -78,6 +81,38 @@ public final class HapiStory {
     check(rid.startsWith("r-"), "record id " + rid);
     System.out.println("created Observation");
 
+    obs.setId(rid);
+    obs.setStatus(Observation.ObservationStatus.AMENDED);
+    obs.setValue(new Quantity().setValue(14.1).setUnit("g/dL"));
+    String vid = patient.update().resource(obs).execute().getId().getVersionIdPart();
+    check("2".equals(vid), "version after update " + vid);
+    Bundle history =
+        patient.history().onInstance(new IdType("Observation", rid)).returnBundle(Bundle.class)
+            .execute();
+    check(history.getEntry().size() == 2, "history entries " + history.getEntry().size());
+    Observation first =
+        patient.read().resource(Observation.class).withIdAndVersion(rid, "1").execute();
+    check(first.getValueQuantity().getValue().doubleValue() == 13.2, "version 1 value");
+    System.out.println("updated to version 2, history 2");
+
+    Bundle tx = new Bundle().setType(Bundle.BundleType.TRANSACTION);
+    for (double v : new double[] {5.0, 6.0}) {
+      Observation more = obs.copy();
+      more.setIdElement(null);
+      more.setValue(new Quantity().setValue(v).setUnit("g/dL"));
+      tx.addEntry()
+          .setResource(more)
+          .getRequest()
+          .setMethod(Bundle.HTTPVerb.POST)
+          .setUrl("Observation");
+    }
+    Bundle txResponse = patient.transaction().withBundle(tx).execute();
+    check(txResponse.getEntry().size() == 2, "transaction entries");
+    for (Bundle.BundleEntryComponent e : txResponse.getEntry()) {
+      check(e.getResponse().getStatus().startsWith("201"), "transaction status");
+    }
+    System.out.println("transaction of 2");
+
     Consent consent = new Consent();
     consent.setStatus(Consent.ConsentState.ACTIVE);
     consent.setScope(
@@ -105,8 +140,24 @@ public final class HapiStory {
     System.out.println("created Consent");
 
     Observation read = clinician.read().resource(Observation.class).withId(rid).execute();
-    check(read.getValueQuantity().getValue().doubleValue() == 13.2, "value " + read.getValue());
-    System.out.println("clinician read 13.2");
+    check(read.getValueQuantity().getValue().doubleValue() == 14.1, "value " + read.getValue());
+    System.out.println("clinician read 14.1");
+
+    Bundle everything =
+        clinician
+            .operation()
+            .onInstance(new IdType("Patient", patientId.replace('/', '.')))
+            .named("$everything")
+            .withNoParameters(Parameters.class)
+            .useHttpGet()
+            .returnResourceType(Bundle.class)
+            .execute();
+    long observations =
+        everything.getEntry().stream().filter(e -> e.getResource() instanceof Observation).count();
+    long consents =
+        everything.getEntry().stream().filter(e -> e.getResource() instanceof Consent).count();
+    check(observations == 3 && consents == 1, "$everything " + observations + " " + consents);
+    System.out.println("clinician $everything 3 Observations 1 Consent");
 
     Consent current = patient.read().resource(Consent.class).withId(gid).execute();
     check(current.getStatus() == Consent.ConsentState.ACTIVE, "status " + current.getStatus());
@@ -136,14 +187,13 @@ public final class HapiStory {
       AuditEvent event = (AuditEvent) e.getResource();
       boolean decision =
           event.getSubtype().stream().anyMatch(c -> "AccessDecision".equals(c.getCode()));
-      if (decision) {
-        check(
-            clinicianId.equals(event.getAgentFirstRep().getWho().getIdentifier().getValue()),
-            "decision agent");
+      String agent = event.getAgentFirstRep().getWho().getIdentifier().getValue();
+      if (decision && clinicianId.equals(agent)) {
         outcomes.append(event.getOutcome().toCode());
       }
     }
-    check("04".equals(outcomes.toString()), "decision outcomes " + outcomes);
+    // The clinician's decisions: allowed reads (the read, then $everything's), then the denial.
+    check(outcomes.toString().matches("0+4"), "clinician's decision outcomes " + outcomes);
     System.out.println("audit decisions 0 4");
   }
 
