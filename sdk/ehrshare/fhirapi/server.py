@@ -2,9 +2,11 @@
 :class:`~ehrshare.fhirapi.gateway.Gateway`.
 
 Why the standard library and not an ASGI stack: every request ends in synchronous, CPU-bound
-SDK calls (pairings, a ledger transaction) serialised by the gateway's lock, so an event loop
-would only hand them to a thread pool; ``http.server`` adds no dependency to the SDK, and the
-part it lacks (routing, validation) is ours anyway. Its limits: HTTP/1.1 without keep-alive
+SDK calls (pairings, a ledger transaction), so an event loop would only hand them to a thread
+pool, and the overhead ``ehrshare bench fhir`` measures is the HTTP round trip itself, which
+an ASGI server has too (docs/fhir-api.md); ``http.server`` adds no dependency to the SDK, and
+the part it lacks (routing, validation) is ours anyway. One thread per connection; the gateway
+serialises only one member's requests. Its limits: HTTP/1.1 without keep-alive
 tuning, no HTTP/2. With ``tls`` it serves HTTPS, and with ``client_cas`` it requires a client
 certificate of those CAs (mutual TLS, see :mod:`ehrshare.fhirapi.mtls`); the handshake runs in
 the connection's own thread, so a slow client holds up nobody else.
@@ -52,6 +54,10 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out in two writes; with Nagle's algorithm the second waits for the
     # client's delayed ACK (40 ms on Linux) on every keep-alive request.
     disable_nagle_algorithm = True
+    # Buffered: the status line, headers and body leave in one send when the request is done
+    # (http.server flushes after each request), so the client wakes once per answer, not twice
+    # — each wake-up costs a scheduling delay on a busy machine.
+    wbufsize = -1
 
     def log_message(self, format: str, *args: object) -> None:
         _log.debug("%s " + format, self.address_string(), *args)
