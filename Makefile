@@ -5,8 +5,9 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 FABRIC23 := network/build/fabric23/bin/peer
+HAPI     := network/build/hapi/hapi-story.jar
 
-.PHONY: demo test lint unit venv clean bench-crypto bench-dkg bench-consensus tools network-up network-down
+.PHONY: demo test lint unit venv clean bench-crypto bench-dkg bench-consensus tools hapi-client network-up network-down
 
 venv: $(STAMP)
 
@@ -33,9 +34,18 @@ test: $(STAMP) lint tools
 	$(BIN)/python -m pytest
 
 ## make tools: build the pinned Kubo (IPFS) into network/build/bin and Fabric 2.3 into
-## network/build/fabric23/bin with the Go module proxy (first run a few minutes, then a no-op)
-tools: $(STAMP) $(FABRIC23)
+## network/build/fabric23/bin with the Go module proxy, and the HAPI FHIR client test program
+## (first run a few minutes, then a no-op)
+tools: $(STAMP) $(FABRIC23) $(HAPI)
 	$(BIN)/python -m ehrshare.network.kubo install
+
+## make hapi-client: the HAPI FHIR (Java) client program tests/fhirapi/test_fhir_hapi_client.py
+## runs, with its libraries from Maven Central, into network/build/hapi (about a minute the
+## first time, then a no-op)
+hapi-client: $(HAPI)
+
+$(HAPI): tests/fhirapi/hapi/pom.xml $(wildcard tests/fhirapi/hapi/src/main/java/org/ehrshare/tests/*.java)
+	mvn -B -q -f tests/fhirapi/hapi/pom.xml package
 
 ## Fabric 2.3.2 (release-2.3 branch; the newest Fabric the Go module proxy serves here, with
 ## channel participation; the pinned 3.1 is refused): peer, orderer, configtxgen, osnadmin into

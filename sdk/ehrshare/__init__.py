@@ -63,11 +63,13 @@ if TYPE_CHECKING:
     from ehrshare.session import RecordRef as RecordRef
     from ehrshare.session import RecordStorageError as RecordStorageError
     from ehrshare.session import RecordTooLarge as RecordTooLarge
+    from ehrshare.session import RecordTypeChanged as RecordTypeChanged
     from ehrshare.session import RequestRejected as RequestRejected
     from ehrshare.session import RotationUnfinished as RotationUnfinished
     from ehrshare.session import SdkError as SdkError
     from ehrshare.session import Session as Session
     from ehrshare.session import UnknownProxy as UnknownProxy
+    from ehrshare.session import VersionNotReadable as VersionNotReadable
     from ehrshare.storage import ContentNotFound as ContentNotFound
     from ehrshare.storage import IntegrityError as IntegrityError
     from ehrshare.storage import StorageError as StorageError

@@ -153,10 +153,10 @@ CASES: dict[str, tuple[Request, int, str]] = {
         415,
         "application/fhir+json",
     ),
-    "update of a record": (
+    "update of an unknown record (no update-as-create)": (
         lambda f, c: c.put("/Observation/r-1", json=lab_observation() | {"id": "r-1"}),
-        405,
-        "not supported",
+        404,
+        "does not exist",
     ),
     "a PATCH": (
         lambda f, c: c.patch("/Observation/r-1", json=[{"op": "remove", "path": "/status"}]),

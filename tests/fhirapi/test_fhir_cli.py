@@ -205,3 +205,74 @@ def test_a_patients_token_needs_the_patients_own_gateway(world: dict[str, str]) 
     assert tokens.read_bytes() == before
     # a clinician's wallet needs no such flag
     assert cli("fhir", "token", "-p", world["profile"], "-w", "baker")
+
+
+def _server_cert(profile: str, tmp_path: Path) -> tuple[str, str]:
+    from ehrshare.identity import LocalCA
+    from ehrshare.services.tls import issue_tls_certificate
+
+    cert, key = issue_tls_certificate(LocalCA.load(Path(profile) / "ca" / "HospitalAMSP"), "fhir")
+    (tmp_path / "s.pem").write_bytes(cert)
+    (tmp_path / "s.key").write_bytes(key)
+    return str(tmp_path / "s.pem"), str(tmp_path / "s.key")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--mtls", "--member", "baker"], "--mtls needs the server's certificate"),
+        (["--mtls", "TLS"], "--mtls needs at least one --member"),
+        (["--member", "baker", "TLS"], "--member, --client-ca and --patient-own-gateway go"),
+        (["--mtls", "--member", "alice", "TLS"], "hold the patient's identity key"),
+        (["--mtls", "--member", "nobody", "TLS"], "nobody"),
+    ],
+)
+def test_serve_mtls_refuses_bad_options(
+    world: dict[str, str], tmp_path: Path, args: list[str], message: str
+) -> None:
+    if "TLS" in args:
+        cert, key = _server_cert(world["profile"], tmp_path)
+        args = [a for a in args if a != "TLS"] + ["--tls-cert", cert, "--tls-key", key]
+    proc = _serve(world["profile"], "--listen", "127.0.0.1:0", *args)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode in (2, 3), err
+    assert message in " ".join(err.split()) and "Traceback" not in err
+
+
+def test_serve_mtls_acts_as_the_certificates_member(world: dict[str, str], tmp_path: Path) -> None:
+    import ssl
+
+    import httpx
+
+    from ehrshare.demo import lab_observation
+
+    cert, key = _server_cert(world["profile"], tmp_path)
+    proc = _serve(
+        world["profile"],
+        *("--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key, "--mtls"),
+        *("--member", "alice", "--member", "baker", "--patient-own-gateway"),
+    )
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().strip()
+        assert url.startswith("https://127.0.0.1:"), proc.stderr.read() if proc.stderr else ""
+
+        def client(name: str) -> httpx.Client:
+            ctx = ssl.create_default_context(
+                cafile=str(Path(world["profile"]) / "ca" / "HospitalAMSP" / "ca-cert.pem")
+            )
+            w = Path(world["profile"]) / "wallets" / name
+            ctx.load_cert_chain(str(w / "tls-cert.pem"), str(w / "tls-key.pem"))
+            return httpx.Client(base_url=url, verify=ctx, timeout=60)
+
+        with client("alice") as alice, client("baker") as baker:
+            r = alice.post(
+                "/Observation",
+                json=lab_observation(),
+                headers={"Content-Type": "application/fhir+json"},
+            )
+            assert r.status_code == 201, r.text
+            assert baker.get(f"/Observation/{r.json()['id']}").status_code == 403
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0

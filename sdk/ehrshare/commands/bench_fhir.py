@@ -21,8 +21,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         repeat: int = typer.Option(20, min=1, help="Timed calls per operation and path."),
         warmup: int = typer.Option(2, min=0, help="Untimed warm-up calls per operation."),
     ) -> None:
-        """p50/p95 and requests/s of create and read (owner, grantee) through the FHIR server
-        and through the SDK, interleaved in one run on the embedded backend."""
+        """p50/p95 and requests/s of create and read (owner, grantee) through the FHIR server,
+        through its gateway without HTTP, and through the SDK, interleaved in one run on the
+        embedded backend."""
         from ehrshare.bench.fhir import run_fhir_bench
 
         err = progress_console(json_only)
@@ -30,13 +31,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             repeat=repeat, warmup=warmup, progress=lambda m: err.log(f"bench fhir: {m}")
         )
         table = Table(title="ehrshare bench fhir (embedded ledger, ms)")
-        for column in ("operation", "SDK p50", "FHIR p50", "SDK p95", "FHIR p95", "p50 ratio"):
+        columns = ("operation", "SDK p50", "FHIR p50", "no-HTTP p50", "SDK p95", "FHIR p95")
+        for column in (*columns, "p50 ratio"):
             table.add_column(column, justify="left" if column == "operation" else "right")
         for op, r in result["results"].items():
             table.add_row(
                 op,
                 f"{r['sdk']['p50_ms']:.1f}",
                 f"{r['fhir']['p50_ms']:.1f}",
+                f"{r['gateway']['p50_ms']:.1f}",
                 f"{r['sdk']['p95_ms']:.1f}",
                 f"{r['fhir']['p95_ms']:.1f}",
                 f"{r['p50_ratio']:.2f}",

@@ -320,6 +320,8 @@ class RecordRef:
     version: int
     creator: str
     created_at: int
+    updated_at: int = 0
+    """When this version was registered (``created_at`` for version 1)."""
 
     @classmethod
     def from_chain(cls, data: dict[str, Any], labels: TypeLabels | None = None) -> RecordRef:
@@ -334,6 +336,7 @@ class RecordRef:
             version=int(data["version"]),
             creator=data["creator"],
             created_at=int(data["created_at"]),
+            updated_at=int(data.get("updated_at") or data["created_at"]),
         )
 
     def to_dict(self) -> dict[str, Any]:

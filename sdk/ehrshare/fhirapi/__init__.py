@@ -1,7 +1,9 @@
 """A FHIR R4 REST API in front of the SDK, for hospital systems (``ehrshare fhir serve``).
 
-One module per concept: :mod:`.auth` (bearer tokens bound to wallets), :mod:`.gateway`
-(requests to sessions, answers as FHIR JSON), :mod:`.consent` (grants as Consent),
+One module per concept: :mod:`.auth` (who is calling; bearer tokens bound to wallets),
+:mod:`.mtls` (mutual TLS with the wallet's TLS certificate), :mod:`.gateway` (requests to
+sessions, answers as FHIR JSON), :mod:`.transaction` (transaction Bundles), :mod:`.consent`
+(grants as Consent),
 :mod:`.auditevent` (the operation log as AuditEvent), :mod:`.provenance` (record versions as
 Provenance), :mod:`.capability` (the CapabilityStatement), :mod:`.outcome` (errors as
 OperationOutcome), :mod:`.members` (members as references), :mod:`.server` (HTTP). FHIR content

@@ -1,4 +1,7 @@
-"""Who is calling the FHIR server: per-member bearer tokens, each bound to a wallet.
+"""Who is calling the FHIR server: what a request presents (:class:`Credentials`), the
+:class:`Authenticator` protocol that turns it into a wallet name, and the first of two
+authenticators, per-member bearer tokens bound to wallets (the other, mutual TLS with the
+member's wallet TLS certificate, is :mod:`ehrshare.fhirapi.mtls`).
 
 A token file (JSON, mode 0600) maps the SHA-256 of each token to the name of a wallet of the
 profile; the server acts as that wallet's member for every request that carries the token.
@@ -19,12 +22,19 @@ import secrets
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final
+from typing import Final, Protocol
 
 from ehrshare.errors import ConfigurationError
 from ehrshare.faults import fault_point
 
-__all__ = ["TOKEN_FILE", "TokenBook", "TokenFileError", "token_file_for"]
+__all__ = [
+    "TOKEN_FILE",
+    "Authenticator",
+    "Credentials",
+    "TokenBook",
+    "TokenFileError",
+    "token_file_for",
+]
 
 TOKEN_FILE: Final = "fhir-tokens.json"  # noqa: S105 (a file name, not a secret)
 _VERSION: Final = 1
@@ -32,6 +42,33 @@ _VERSION: Final = 1
 
 class TokenFileError(ConfigurationError):
     """The token file is unreadable or not one this project wrote."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a request presents: its ``Authorization`` header and, over mutual TLS, the client
+    certificate the TLS handshake verified (DER), else None."""
+
+    authorization: str = ""
+    client_certificate: bytes | None = None
+
+
+class Authenticator(Protocol):
+    """Says which wallet of the profile a request acts as."""
+
+    def wallet_for_request(self, credentials: Credentials) -> str:
+        """The wallet name; raises ``FhirError(401)`` when the credentials name none."""
+        ...
+
+    @property
+    def wallet_names(self) -> frozenset[str]:
+        """Every wallet this authenticator can name (the members the server acts for)."""
+        ...
+
+    @property
+    def mutual_tls(self) -> bool:
+        """Whether callers are named by their TLS client certificate (else by a header)."""
+        ...
 
 
 def _digest(token: str) -> str:
@@ -77,6 +114,28 @@ class TokenBook:
                 f"the FHIR token file {path} is not a version-{_VERSION} token file",
             )
         return cls(path, dict(tokens))
+
+    @property
+    def wallet_names(self) -> frozenset[str]:
+        """The wallets some token acts as."""
+        return frozenset(self.wallets.values())
+
+    @property
+    def mutual_tls(self) -> bool:
+        """False: a bearer token names the caller."""
+        return False
+
+    def wallet_for_request(self, credentials: Credentials) -> str:
+        """The wallet a request's bearer token acts as; ``FhirError(401)`` without a known one."""
+        from ehrshare.fhirapi.outcome import FhirError
+
+        scheme, _, token = credentials.authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise FhirError(401, "send 'Authorization: Bearer <token>' ('ehrshare fhir token')")
+        wallet = self.wallet_for(token.strip())
+        if wallet is None:
+            raise FhirError(401, "unknown or withdrawn bearer token")
+        return wallet
 
     def wallet_for(self, token: str) -> str | None:
         """The wallet a bearer token acts as, or None for an unknown token."""

@@ -11,12 +11,39 @@ from typing import Any, Final
 __all__ = ["RECORD_INTERACTIONS", "capability_statement"]
 
 FHIR_VERSION: Final = "4.0.1"
-RECORD_INTERACTIONS: Final = ("create", "read", "search-type")
+RECORD_INTERACTIONS: Final = (
+    "create",
+    "read",
+    "vread",
+    "update",
+    "history-instance",
+    "search-type",
+)
 _SECURITY: Final = "http://terminology.hl7.org/CodeSystem/restful-security-service"
 
 
-def capability_statement(software_version: str, date: str) -> dict[str, Any]:
-    """The CapabilityStatement (FHIR R4 JSON) of this server."""
+def capability_statement(
+    software_version: str, date: str, *, mutual_tls: bool = False
+) -> dict[str, Any]:
+    """The CapabilityStatement (FHIR R4 JSON) of this server (``mutual_tls``: callers are
+    authenticated by client certificate, else by bearer token)."""
+    if mutual_tls:
+        security = {
+            "service": [{"coding": [{"system": _SECURITY, "code": "Certificates"}]}],
+            "description": (
+                "Mutual TLS: the member's wallet TLS client certificate, issued by a "
+                "consortium CA. SMART Backend Services is not offered."
+            ),
+        }
+    else:
+        security = {
+            "service": [{"coding": [{"system": _SECURITY, "code": "OAuth"}]}],
+            "description": (
+                "Bearer tokens issued per member by 'ehrshare fhir token' (not OAuth "
+                "flows: the token is bound to a member's wallet on the server). SMART "
+                "Backend Services is not offered."
+            ),
+        }
     return {
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -33,18 +60,23 @@ def capability_statement(software_version: str, date: str) -> dict[str, Any]:
                 "mode": "server",
                 "documentation": (
                     "Any FHIR R4 resource type is stored as an encrypted record (create, read "
-                    "by the owner or a grantee, search by patient). Consent maps grants, "
-                    "AuditEvent the hash-chained operation log. Not supported: update, "
-                    "delete and history of records, transaction Bundles, $everything, "
-                    "search parameters other than those listed."
+                    "by the owner or a grantee, update as a new version by its owner or "
+                    "creator, history: every version for the owner, the current one for a "
+                    "grantee; search by patient). Consent maps grants, AuditEvent the "
+                    "hash-chained operation log. A transaction Bundle holds record creates "
+                    "and updates: every entry is checked before any is written, then each is "
+                    "its own ledger transaction. Not supported: delete of records, "
+                    "update-as-create, conditional interactions, batch Bundles, search "
+                    "parameters other than those listed."
                 ),
-                "security": {
-                    "service": [{"coding": [{"system": _SECURITY, "code": "OAuth"}]}],
-                    "description": (
-                        "Bearer tokens issued per member by 'ehrshare fhir token' (not OAuth "
-                        "flows: the token is bound to a member's wallet on the server)."
-                    ),
-                },
+                "security": security,
+                "interaction": [{"code": "transaction"}],
+                "operation": [
+                    {
+                        "name": "everything",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                    }
+                ],
                 "resource": [
                     {
                         "type": "Resource",

@@ -1,11 +1,14 @@
 """The FHIR API's requests and answers, without HTTP: routes ``(method, path, query)`` to the
 member's :class:`~ehrshare.session.Session` and turns what it returns into FHIR JSON.
 
-One :class:`Gateway` serves every member whose wallet a token names (see
-:mod:`ehrshare.fhirapi.auth`); it opens one session per wallet on one runtime, lazily, and
-serialises calls into the SDK with one lock (sessions share the runtime's ledger and store
-clients, which are not made for concurrent use). It is the trusted hospital-side gateway:
-it holds the keys of the members it acts for. This module must not parse HTTP.
+One :class:`Gateway` serves every member its authenticator names (see
+:mod:`ehrshare.fhirapi.auth`); it opens one session per wallet on one runtime, lazily. Requests
+of different members run concurrently; those of one member are serialised by that member's
+lock, because a :class:`Session` keeps per-member caches (keys, grants) that are not made for
+concurrent use, while what sessions share — the embedded ledger, the in-process KGC nodes and
+proxies, the content store — locks for itself (Fabric and Kubo are separate processes). It is
+the trusted hospital-side gateway: it holds the keys of the members it acts for. This module
+must not parse HTTP.
 """
 
 from __future__ import annotations
@@ -24,17 +27,18 @@ from fhir.resources.R4B import get_fhir_model_class
 
 from ehrshare.contract import RecordRef
 from ehrshare.errors import EhrshareError
-from ehrshare.fhir import MAX_DEPTH, FhirValidationError, parse_resource
+from ehrshare.fhir import MAX_DEPTH, FhirValidationError, parse_resource, resource_bytes
 from ehrshare.fhirapi import consent as consent_map
 from ehrshare.fhirapi.auditevent import entry_to_auditevent
-from ehrshare.fhirapi.auth import TokenBook
+from ehrshare.fhirapi.auth import Authenticator, Credentials
 from ehrshare.fhirapi.capability import capability_statement
 from ehrshare.fhirapi.members import member_from_id, member_from_reference
 from ehrshare.fhirapi.outcome import FhirError, outcome_for
 from ehrshare.fhirapi.provenance import version_to_provenance
+from ehrshare.fhirapi.transaction import Entry, parse_transaction
 from ehrshare.jsontext import too_deep
 from ehrshare.runtime import Runtime
-from ehrshare.session import NoSuchMember, Session
+from ehrshare.session import NoSuchMember, RecordTooLarge, Session
 
 __all__ = ["BASE", "Answer", "Gateway", "gateway_for"]
 
@@ -58,6 +62,12 @@ class Answer:
 
 def _instant(ts: int) -> str:
     return _dt.datetime.fromtimestamp(ts, _dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def _version_id(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 1 << 31:
+        raise FhirError(404, f"_history/{text}: a version id is a number from 1")
+    return int(text)
 
 
 def _bundle(resources: list[dict[str, Any]], base_url: str) -> dict[str, Any]:
@@ -92,25 +102,26 @@ class Gateway:
 
     def __init__(
         self,
-        tokens: TokenBook,
+        auth: Authenticator,
         open_session: Callable[[str], Session],
         *,
         now: Callable[[], int],
         software_version: str = "",
     ) -> None:
-        self._tokens = tokens
+        self._auth = auth
         self._open = open_session
         self._now = now
         self._version = software_version
-        self._sessions: dict[str, Session] = {}
+        self._sessions: dict[str, tuple[Session, threading.Lock]] = {}
         self._roles: dict[str, str] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards the table of sessions, not the SDK calls
 
     def close(self) -> None:
-        """Close every session opened."""
+        """Close every session opened (after the request each is serving, if any)."""
         with self._lock:
-            for s in self._sessions.values():
-                s.close()
+            for session, member_lock in self._sessions.values():
+                with member_lock:
+                    session.close()
             self._sessions.clear()
 
     # --- entry point -----------------------------------------------------------------------
@@ -120,13 +131,13 @@ class Gateway:
         method: str,
         path: str,
         query: Mapping[str, list[str]],
-        authorization: str,
+        credentials: Credentials,
         body: bytes,
         base_url: str,
     ) -> Answer:
         """Answer one request; every error becomes an OperationOutcome with its status."""
         try:
-            return self._route(method, path, query, authorization, body, base_url)
+            return self._route(method, path, query, credentials, body, base_url)
         except Exception as exc:
             status, outcome = outcome_for(exc)
             if status >= 500:
@@ -139,7 +150,7 @@ class Gateway:
         method: str,
         path: str,
         query: Mapping[str, list[str]],
-        authorization: str,
+        credentials: Credentials,
         body: bytes,
         base_url: str,
     ) -> Answer:
@@ -148,13 +159,28 @@ class Gateway:
         parts = [p for p in path[len(BASE) :].split("/") if p]
         if parts == ["metadata"] and method == "GET":
             date = _instant(self._now())
-            return Answer(200, capability_statement(self._version, date))
-        if not parts or len(parts) > 2:
+            return Answer(
+                200, capability_statement(self._version, date, mutual_tls=self._auth.mutual_tls)
+            )
+        if not parts and method == "POST":
+            session, lock = self._caller(credentials)
+            with lock:
+                return self._transaction(session, body, base_url)
+        if not parts or len(parts) > 4:
             raise FhirError(404, f"no such endpoint {path}")
-        session = self._caller(authorization)
+        session, lock = self._caller(credentials)
         rtype = _resource_type(parts[0])
-        rid = parts[1] if len(parts) == 2 else ""
-        with self._lock:
+        rid = parts[1] if len(parts) >= 2 else ""
+        extra = parts[2:]
+        with lock:
+            if extra == ["$everything"] and rtype == "Patient" and method == "GET":
+                return self._everything(session, rid, query, base_url)
+            if extra[:1] == ["_history"] and rtype not in _NOT_RECORDS and method == "GET":
+                if len(extra) == 1:
+                    return self._history(session, rtype, rid, base_url)
+                return Answer(200, self._read(session, rtype, rid, _version_id(extra[1])))
+            if extra:
+                raise FhirError(404, f"no such endpoint {path}")
             if rtype == "Consent":
                 return self._consent(session, method, rid, query, body, base_url)
             if rtype == "AuditEvent" and method == "GET" and not rid:
@@ -169,21 +195,20 @@ class Gateway:
                 return Answer(200, self._read(session, rtype, rid))
             if method == "GET":
                 return self._search(session, rtype, query, base_url)
-        raise FhirError(405, f"{method} {path} is not supported: records are create, read, search")
+            if method == "PUT" and rid:
+                return self._update(session, rtype, rid, body, base_url)
+        raise FhirError(
+            405, f"{method} {path} is not supported: records are create, read, update, search"
+        )
 
-    def _caller(self, authorization: str) -> Session:
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise FhirError(401, "send 'Authorization: Bearer <token>' ('ehrshare fhir token')")
-        wallet = self._tokens.wallet_for(token.strip())
-        if wallet is None:
-            raise FhirError(401, "unknown or withdrawn bearer token")
+    def _caller(self, credentials: Credentials) -> tuple[Session, threading.Lock]:
+        """The caller's session and the lock that serialises its requests."""
+        wallet = self._auth.wallet_for_request(credentials)
         with self._lock:
-            session = self._sessions.get(wallet)
-            if session is None:
-                session = self._open(wallet)
-                self._sessions[wallet] = session
-        return session
+            known = self._sessions.get(wallet)
+            if known is None:
+                known = self._sessions[wallet] = (self._open(wallet), threading.Lock())
+        return known
 
     # --- records ---------------------------------------------------------------------------
 
@@ -264,14 +289,84 @@ class Gateway:
         out["id"] = ref.record_id
         meta = dict(out.get("meta") or {})
         meta["versionId"] = str(ref.version)
-        meta["lastUpdated"] = _instant(ref.created_at)
+        meta["lastUpdated"] = _instant(ref.updated_at or ref.created_at)
         out["meta"] = meta
         return out
 
-    def _read(self, session: Session, rtype: str, rid: str) -> dict[str, Any]:
+    def _checked_update(
+        self, session: Session, rtype: str, rid: str, resource: dict[str, Any]
+    ) -> dict[str, Any]:
+        """``resource`` (a PUT's body, as JSON) checked as a new version of record ``rid``:
+        valid FHIR, the record the caller's to amend, of the same type and patient, not too
+        large. Nothing is written. Returns the resource to store (without its id)."""
+        current = session.get_record(rid)  # unknown: 404; not the caller's to see: 403
+        if session.ibe_id not in (current.owner, current.creator):
+            raise FhirError(
+                403, f"{session.ibe_id} may not update {rtype}/{rid}: only its owner or creator"
+            )
+        for key in ("subject", "patient"):
+            ref = resource.get(key)
+            if isinstance(ref, dict):
+                try:
+                    named = member_from_reference(ref, key)
+                except FhirError:
+                    continue
+                if named != current.owner:
+                    raise FhirError(
+                        422,
+                        f"{rtype}/{rid} is {current.owner}'s; an update cannot move it to {named}",
+                    )
+        body = {k: v for k, v in resource.items() if k != "id"}
+        try:
+            model = parse_resource(body)
+        except FhirValidationError as exc:
+            raise FhirError(400, str(exc)) from None
+        size = len(resource_bytes(model))
+        if size > session.max_record_bytes:
+            raise RecordTooLarge(
+                f"record is {size} bytes; this profile's limit is {session.max_record_bytes}"
+            )
+        if session.labels.opaque(session.mapping.resolve(model)) != current.label:
+            raise FhirError(
+                422,
+                f"{rtype}/{rid} is of record type {current.type or 'unknown'}; this version "
+                "would change it (store it as a new resource instead)",
+            )
+        return body
+
+    def _update(self, session: Session, rtype: str, rid: str, body: bytes, base_url: str) -> Answer:
+        """``PUT [base]/{type}/{id}``: a new version of a record (no update-as-create)."""
+        resource = self._load(body, rtype)
+        if resource.get("id") != rid:
+            raise FhirError(400, f"the body's id {resource.get('id')!r} must be the URL's {rid!r}")
+        stored = self._checked_update(session, rtype, rid, resource)
+        try:
+            ref = session.amend_record(rid, stored)
+        except FhirValidationError as exc:
+            raise FhirError(400, str(exc)) from None
+        location = f"{base_url}/{rtype}/{rid}/_history/{ref.version}"
+        return Answer(
+            200,
+            self._with_meta(stored, ref),
+            {"Location": location, "ETag": f'W/"{ref.version}"'},
+        )
+
+    def _read(
+        self, session: Session, rtype: str, rid: str, version: int | None = None
+    ) -> dict[str, Any]:
+        if version is not None:
+            latest = session.get_record(rid)  # unknown: 404; not the caller's to see: 403
+            if version > latest.version:
+                raise FhirError(404, f"{rtype}/{rid} has no version {version}")
+            if version != latest.version and session.ibe_id != latest.owner:
+                raise FhirError(
+                    403,
+                    f"only the owner reads older versions; {rtype}/{rid} is at version "
+                    f"{latest.version} (a grant covers the current version)",
+                )
         # The read first: a denial is decided and logged on chain like any (then 403), an
         # unknown record is the chaincode's "does not exist" (then 404).
-        ref, model = session.open_record(rid)
+        ref, model = session.open_record(rid, version=version)
         data: dict[str, Any] = json.loads(model.model_dump_json(exclude_none=True))
         if data.get("resourceType") != rtype:
             raise FhirError(404, f"{rtype}/{rid} does not exist (record {rid} is not a {rtype})")
@@ -319,7 +414,128 @@ class Gateway:
                 found.append(self._with_meta(data, ref))
         return Answer(200, _bundle(found, base_url))
 
+    def _history(self, session: Session, rtype: str, rid: str, base_url: str) -> Answer:
+        """``GET [base]/{type}/{id}/_history``: every version the caller may read, newest
+        first (the owner: all; a grantee: the current one), each read a logged access."""
+        latest = session.get_record(rid)
+        versions = range(latest.version, 0, -1)
+        if session.ibe_id != latest.owner:
+            versions = range(latest.version, latest.version - 1, -1)
+        entries = []
+        for v in versions:
+            data = self._read(session, rtype, rid, v)
+            entries.append(
+                {
+                    "fullUrl": f"{base_url}/{rtype}/{rid}",
+                    "resource": data,
+                    "request": {"method": "POST" if v == 1 else "PUT", "url": rtype},
+                    "response": {"status": "201" if v == 1 else "200"},
+                }
+            )
+        return Answer(
+            200,
+            {"resourceType": "Bundle", "type": "history", "total": len(entries), "entry": entries},
+        )
+
+    def _everything(
+        self, session: Session, rid: str, query: Mapping[str, list[str]], base_url: str
+    ) -> Answer:
+        """``GET [base]/Patient/{id}/$everything``: the patient's records the caller may read
+        (each a logged read) and the Consents about them the caller may see."""
+        if query:
+            raise FhirError(400, f"$everything takes no parameters here ({', '.join(query)})")
+        patient = self._patient_param(session, {"patient": [rid]})
+        assert patient is not None
+        found = []
+        for ref in self._readable(session, patient):
+            data: dict[str, Any] = json.loads(
+                session.read_record(ref.record_id).model_dump_json(exclude_none=True)
+            )
+            found.append(self._with_meta(data, ref))
+        found += self._consents(session, patient)
+        return Answer(200, _bundle(found, base_url))
+
+    def _transaction(self, session: Session, body: bytes, base_url: str) -> Answer:
+        """``POST [base]`` with a transaction Bundle: every entry checked, then written in
+        order (see :mod:`ehrshare.fhirapi.transaction` for what is atomic)."""
+        if too_deep(body, MAX_DEPTH):
+            raise FhirError(400, f"the body nests more than {MAX_DEPTH} levels deep")
+        try:
+            bundle = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+            raise FhirError(400, "the request body is not JSON") from None
+        entries = parse_transaction(bundle, _NOT_RECORDS)
+        planned: list[tuple[Entry, dict[str, Any], str]] = []
+        for e in entries:
+            where = f"entry[{e.index}]"
+            _resource_type(e.resource_type)
+            try:
+                if e.method == "PUT":
+                    stored = self._checked_update(session, e.resource_type, e.record_id, e.resource)
+                    planned.append((e, stored, ""))
+                    continue
+                resource = {k: v for k, v in e.resource.items() if k != "id"}
+                patient = self._patient_of(session, resource)
+                try:
+                    session.chain.get_identity(patient)
+                except EhrshareError:
+                    raise FhirError(422, f"no such member: {patient}") from None
+                model = parse_resource(resource)
+                if len(resource_bytes(model)) > session.max_record_bytes:
+                    raise FhirError(413, "over this profile's record size limit")
+                session.mapping.resolve(model)
+                planned.append((e, resource, patient))
+            except FhirValidationError as exc:
+                raise FhirError(400, f"{where}: {exc}") from None
+            except FhirError as exc:
+                raise FhirError(exc.status, f"{where}: {exc}", exc.code) from None
+            except EhrshareError as exc:
+                status, _ = outcome_for(exc)
+                raise FhirError(status, f"{where}: {exc}") from None
+        done: list[dict[str, Any]] = []
+        for e, resource, patient in planned:
+            try:
+                if e.method == "PUT":
+                    ref = session.amend_record(e.record_id, resource)
+                else:
+                    ref = session.put_record(resource, patient=patient)
+            except Exception as exc:
+                status, _ = outcome_for(exc)
+                committed = ", ".join(d["response"]["location"] for d in done) or "none"
+                raise FhirError(
+                    status,
+                    f"entry[{e.index}] failed after the checks passed ({exc}); entries already "
+                    f"committed (one ledger transaction each): {committed}",
+                ) from None
+            location = f"{e.resource_type}/{ref.record_id}/_history/{ref.version}"
+            done.append(
+                {
+                    "fullUrl": f"{base_url}/{e.resource_type}/{ref.record_id}",
+                    "resource": self._with_meta(resource, ref),
+                    "response": {
+                        "status": "201 Created" if e.method == "POST" else "200 OK",
+                        "location": location,
+                        "etag": f'W/"{ref.version}"',
+                        "lastModified": _instant(ref.updated_at or ref.created_at),
+                    },
+                }
+            )
+        return Answer(
+            200, {"resourceType": "Bundle", "type": "transaction-response", "entry": done}
+        )
+
     # --- consent ---------------------------------------------------------------------------
+
+    def _consents(self, session: Session, patient: str | None) -> list[dict[str, Any]]:
+        """The grants the caller may see (as owner, grantor or grantee), as Consents."""
+        now = self._now()
+        grants = session.grants("owner") + session.grants("grantor")
+        grants += session.grants("grantee")
+        seen: dict[str, dict[str, Any]] = {}
+        for g in grants:
+            if patient is None or g.owner == patient:
+                seen[g.grant_id] = consent_map.grant_to_consent(g, now=now)
+        return list(seen.values())
 
     def _consent(
         self,
@@ -358,13 +574,7 @@ class Gateway:
             return Answer(200, consent_map.grant_to_consent(session.get_grant(rid), now=now))
         if method == "GET":
             patient = self._patient_param(session, query)
-            grants = session.grants("owner") + session.grants("grantor")
-            grants += session.grants("grantee")
-            seen: dict[str, dict[str, Any]] = {}
-            for g in grants:
-                if patient is None or g.owner == patient:
-                    seen[g.grant_id] = consent_map.grant_to_consent(g, now=now)
-            return Answer(200, _bundle(list(seen.values()), base_url))
+            return Answer(200, _bundle(self._consents(session, patient), base_url))
         if method == "DELETE" and rid:
             session.revoke(rid)
             return Answer(200, consent_map.grant_to_consent(session.get_grant(rid), now=now))
@@ -410,8 +620,8 @@ class Gateway:
         return Answer(200, _bundle(events, base_url))
 
 
-def gateway_for(runtime: Runtime, tokens: TokenBook, *, software_version: str = "") -> Gateway:
-    """A gateway whose sessions open on ``runtime`` (one per wallet a token names), judged by
+def gateway_for(runtime: Runtime, auth: Authenticator, *, software_version: str = "") -> Gateway:
+    """A gateway whose sessions open on ``runtime`` (one per wallet ``auth`` names), judged by
     the runtime's clock. Closing the gateway closes its sessions, not the runtime."""
 
     def open_session(wallet: str) -> Session:
@@ -427,4 +637,4 @@ def gateway_for(runtime: Runtime, tokens: TokenBook, *, software_version: str = 
             software_version = importlib.metadata.version("ehrshare")
         except importlib.metadata.PackageNotFoundError:
             software_version = ""
-    return Gateway(tokens, open_session, now=now, software_version=software_version)
+    return Gateway(auth, open_session, now=now, software_version=software_version)

@@ -2,11 +2,14 @@
 :class:`~ehrshare.fhirapi.gateway.Gateway`.
 
 Why the standard library and not an ASGI stack: every request ends in synchronous, CPU-bound
-SDK calls (pairings, a ledger transaction) serialised by the gateway's lock, so an event loop
-would only hand them to a thread pool; ``http.server`` adds no dependency to the SDK, and the
-part it lacks (routing, validation) is ours anyway. Its limits: HTTP/1.1 without keep-alive
-tuning, no HTTP/2. TLS is not terminated here (see docs/fhir-api.md): listen on loopback and
-put the hospital's TLS proxy in front, or use ``--tls-cert``/``--tls-key``.
+SDK calls (pairings, a ledger transaction), so an event loop would only hand them to a thread
+pool, and the overhead ``ehrshare bench fhir`` measures is the HTTP round trip itself, which
+an ASGI server has too (docs/fhir-api.md); ``http.server`` adds no dependency to the SDK, and
+the part it lacks (routing, validation) is ours anyway. One thread per connection; the gateway
+serialises only one member's requests. Its limits: HTTP/1.1 without keep-alive
+tuning, no HTTP/2. With ``tls`` it serves HTTPS, and with ``client_cas`` it requires a client
+certificate of those CAs (mutual TLS, see :mod:`ehrshare.fhirapi.mtls`); the handshake runs in
+the connection's own thread, so a slow client holds up nobody else.
 
 This module must not decide anything about FHIR: it reads requests, bounds their size, and
 writes what the gateway answers.
@@ -20,19 +23,21 @@ import ssl
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
 from ehrshare.errors import UsageError
+from ehrshare.fhirapi.auth import Credentials
 from ehrshare.fhirapi.gateway import BASE, Answer, Gateway
 from ehrshare.fhirapi.outcome import operation_outcome
 
-__all__ = ["DEFAULT_MAX_BODY", "FhirServer", "parse_listen"]
+__all__ = ["DEFAULT_MAX_BODY", "HANDSHAKE_TIMEOUT", "FhirServer", "parse_listen"]
 
 _log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BODY: Final = 1 << 20  # 1 MiB: above the SDK's default record limit
 _FHIR_JSON: Final = "application/fhir+json; charset=utf-8"
+HANDSHAKE_TIMEOUT: Final = 10.0  # seconds a client has to finish the TLS handshake
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -49,6 +54,10 @@ class _Handler(BaseHTTPRequestHandler):
     # Headers and body go out in two writes; with Nagle's algorithm the second waits for the
     # client's delayed ACK (40 ms on Linux) on every keep-alive request.
     disable_nagle_algorithm = True
+    # Buffered: the status line, headers and body leave in one send when the request is done
+    # (http.server flushes after each request), so the client wakes once per answer, not twice
+    # — each wake-up costs a scheduling delay on a busy machine.
+    wbufsize = -1
 
     def log_message(self, format: str, *args: object) -> None:
         _log.debug("%s " + format, self.address_string(), *args)
@@ -92,13 +101,12 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         query = parse_qs(url.query, keep_blank_values=True)
         base_url = f"{self.server.public_base}{BASE}"
+        peer = None
+        if isinstance(self.connection, ssl.SSLSocket):
+            peer = self.connection.getpeercert(binary_form=True)
+        credentials = Credentials(self.headers.get("Authorization", ""), peer)
         answer = self.server.gateway.handle(
-            self.command,
-            url.path,
-            query,
-            self.headers.get("Authorization", ""),
-            body,
-            base_url,
+            self.command, url.path, query, credentials, body, base_url
         )
         self._send(answer)
 
@@ -112,7 +120,25 @@ class _Server(ThreadingHTTPServer):
         self.gateway = gateway
         self.max_body = max_body
         self.public_base = ""
+        self.tls: ssl.SSLContext | None = None
         super().__init__(address, _Handler)
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        # Runs in the connection's own thread: the TLS handshake happens here, not in accept().
+        if self.tls is None:
+            super().finish_request(request, client_address)
+            return
+        request.settimeout(HANDSHAKE_TIMEOUT)
+        try:
+            wrapped = self.tls.wrap_socket(request, server_side=True)  # detaches ``request``
+        except (ssl.SSLError, OSError) as exc:
+            _log.debug("TLS handshake with %s failed: %s", client_address, exc)
+            return
+        try:
+            wrapped.settimeout(None)
+            super().finish_request(wrapped, client_address)
+        finally:
+            wrapped.close()
 
 
 class FhirServer:
@@ -129,13 +155,20 @@ class FhirServer:
         *,
         max_body: int = DEFAULT_MAX_BODY,
         tls: tuple[Path, Path] | None = None,
+        client_cas: bytes | None = None,
     ) -> None:
+        if client_cas is not None and tls is None:
+            raise UsageError("mutual TLS needs the server's own certificate and key (--tls-cert)")
         self._server = _Server(listen, gateway, max_body)
         scheme = "http"
         if tls is not None:
             ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_2
             ctx.load_cert_chain(str(tls[0]), str(tls[1]))
-            self._server.socket = ctx.wrap_socket(self._server.socket, server_side=True)
+            if client_cas is not None:
+                ctx.load_verify_locations(cadata=client_cas.decode("ascii"))
+                ctx.verify_mode = ssl.CERT_REQUIRED
+            self._server.tls = ctx
             scheme = "https"
         host, port = self._server.server_address[:2]
         host_text = host if isinstance(host, str) else host.decode()

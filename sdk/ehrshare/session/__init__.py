@@ -23,10 +23,12 @@ from ehrshare.session.errors import (
     RecordIntegrityError,
     RecordStorageError,
     RecordTooLarge,
+    RecordTypeChanged,
     RequestRejected,
     RotationUnfinished,
     SdkError,
     UnknownProxy,
+    VersionNotReadable,
 )
 from ehrshare.session.session import Session
 
@@ -52,9 +54,11 @@ __all__ = [
     "RecordRef",
     "RecordStorageError",
     "RecordTooLarge",
+    "RecordTypeChanged",
     "RequestRejected",
     "RotationUnfinished",
     "SdkError",
     "Session",
     "UnknownProxy",
+    "VersionNotReadable",
 ]

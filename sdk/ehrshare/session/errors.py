@@ -36,10 +36,12 @@ __all__ = [
     "RecordIntegrityError",
     "RecordStorageError",
     "RecordTooLarge",
+    "RecordTypeChanged",
     "RequestRejected",
     "RotationUnfinished",
     "SdkError",
     "UnknownProxy",
+    "VersionNotReadable",
 ]
 
 
@@ -184,3 +186,12 @@ class EmergencyKeyRefused(Refused, SdkError):
 
 class NotInEmergency(Refused, SdkError):
     """The record is not one the emergency opens (another patient's, or a type outside it)."""
+
+
+class VersionNotReadable(Refused, SdkError):
+    """A grantee asked for a version other than a record's current one: an access decision
+    approves the current version, and the proxies re-encrypt only its capsule."""
+
+
+class RecordTypeChanged(InvalidInput, SdkError):
+    """A new version of a record would be of another record type than the record."""

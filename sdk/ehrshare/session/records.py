@@ -26,8 +26,10 @@ from ehrshare.session.errors import (
     RecordIntegrityError,
     RecordStorageError,
     RecordTooLarge,
+    RecordTypeChanged,
     RequestRejected,
     SdkError,
+    VersionNotReadable,
 )
 from ehrshare.storage import ContentNotFound, IntegrityError, StorageError, get_verified, sha256_hex
 
@@ -97,6 +99,68 @@ class Records(SessionCore):
         _log.info("registered record %s (%s) for %s", record_id, type_name, owner)
         return record.ref
 
+    def amend_record(
+        self,
+        record_id: str,
+        resource: FHIRAbstractModel | dict[str, Any] | str | bytes,
+        *,
+        type: str | None = None,
+    ) -> RecordRef:
+        """Store ``resource`` as a new version of a record (its owner or creator may): encrypted
+        as :meth:`put_record` does, for the record's owner, and registered with AmendRecord;
+        older versions stay. The record type must stay the record's (else
+        :class:`RecordTypeChanged`, nothing stored).
+
+        Raises as :meth:`put_record` does; a crash between the store and the ledger leaves an
+        unreferenced ciphertext ('ehrshare store gc') and the previous version current.
+        """
+        model = parse_resource(resource)
+        plaintext = resource_bytes(model)
+        if len(plaintext) > self.max_record_bytes:
+            raise RecordTooLarge(
+                f"record is {len(plaintext)} bytes; this profile's limit is "
+                f"{self.max_record_bytes} (limits.max_record_bytes)"
+            )
+        current = self.get_record(record_id)
+        type_name = self.mapping.resolve(model, type)
+        label = self.labels.opaque(type_name)
+        if label != current.label:
+            raise RecordTypeChanged(
+                f"record {record_id} is of type {current.type or 'unknown'}; a new version of "
+                f"type {type_name} would change it (store it as a new record instead)"
+            )
+        owner_key, type_epoch = self._sealing_key(current.owner, label)
+        capsule, sealed = crypto.encrypt_record(plaintext, owner_key=owner_key, record_id=record_id)
+        del plaintext
+        digest = sha256_hex(sealed)
+        try:
+            cid = self.store.put(sealed)
+            get_verified(self.store, cid, digest)
+        except StorageError as exc:
+            raise RecordStorageError(
+                f"could not store the new version of record {record_id} ({exc}); nothing was "
+                "registered on chain — check that the content store is running and retry"
+            ) from None
+        fault_point("amend.after_store")
+        try:
+            record = self.chain.amend_record(
+                record_id=record_id,
+                cid=cid,
+                sha256=digest,
+                capsule=capsule,
+                format_version=FORMAT_VERSION,
+                type_epoch=type_epoch,
+            )
+        except RequestRejected:
+            try:
+                self.store.unpin(cid)
+            except StorageError:
+                _log.warning("could not release unregistered ciphertext %s", cid)
+            raise
+        fault_point("amend.after_register")
+        _log.info("registered version %d of record %s", record.ref.version, record_id)
+        return record.ref
+
     def list_records(self, patient: str | None = None) -> list[RecordRef]:
         """Every record of a patient (yourself by default; others need the auditor role)."""
         owner = patient or self.ibe_id
@@ -145,9 +209,15 @@ class Records(SessionCore):
         ref: RecordRef | str,
         *,
         grant: Grant | str | None = None,
+        version: int | None = None,
     ) -> tuple[RecordRef, FHIRAbstractModel]:
         """Read and decrypt a record you own or were granted; returns the pointer of the
         version read (its version, creator, time) with the resource.
+
+        ``version`` reads an older version: its owner may (the access is decided and logged
+        for the record as any read); a grantee may read only the current version
+        (:class:`VersionNotReadable` otherwise, after the logged decision), since the proxies
+        re-encrypt only the capsule the decision approved.
 
         Submits RequestAccess (logged either way); only after an allow decision has committed
         do the proxies of the grant chain re-encrypt the capsule, in chain order. ``grant``
@@ -159,7 +229,7 @@ class Records(SessionCore):
         record_id = ref.record_id if isinstance(ref, RecordRef) else ref
         grant_id = "" if grant is None else grant.grant_id if isinstance(grant, Grant) else grant
         try:
-            return self._read(record_id, grant_id)
+            return self._read(record_id, grant_id, version)
         except GrantNotServed as first:
             if grant_id:
                 raise
@@ -171,7 +241,7 @@ class Records(SessionCore):
                     continue
                 tried.add(other.grant_id)
                 try:
-                    return self._read(record_id, other.grant_id)
+                    return self._read(record_id, other.grant_id, version)
                 except (GrantNotServed, AccessDenied):
                     continue
             raise
@@ -193,6 +263,7 @@ class Records(SessionCore):
         self,
         record_id: str,
         grant_id: str,
+        version: int | None = None,
         with_keys: Callable[[], Sequence[tipre.IdentitySecretKey]] | None = None,
     ) -> tuple[RecordRef, FHIRAbstractModel]:
         # ``with_keys``: after an allow, the keys to open the re-encrypted capsule with instead
@@ -204,9 +275,16 @@ class Records(SessionCore):
         access = self.chain.request_access(record_id, grant_id)
         if not access.allowed:
             raise AccessDenied(record_id, self._humanise(access.reason), access.access_id)
+        wanted = access.record_version if version is None else version
+        if wanted != access.record_version and access.grant_id != "owner":
+            raise VersionNotReadable(
+                f"version {wanted} of record {record_id} is not its current version "
+                f"({access.record_version}); a grant lets its grantee read the current version "
+                "only"
+            )
         record = access.record
-        if record is None or record.ref.version != access.record_version:
-            record = self.chain.get_record(record_id, access.record_version)
+        if record is None or record.ref.version != wanted:
+            record = self.chain.get_record(record_id, wanted)
         owner, label = record.ref.owner, record.ref.label
         # Opened with the key of the record's master key (a grant's chain is of that epoch
         # too: the chain refuses grants of another); a record from before epochs has none and

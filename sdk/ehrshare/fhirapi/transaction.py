@@ -1,0 +1,99 @@
+"""``transaction`` Bundles (``POST [base]``): what is atomic and what is not.
+
+Every entry is checked before anything is written — JSON shape, FHIR R4 validity, the record
+type, the patient, the size, and for an update that the record exists, is the caller's to amend
+and keeps its type — so a Bundle with one bad entry changes nothing. The ledger has no
+multi-transaction atomicity, so the writes are then one ledger transaction per entry, in
+order: a crash or an outage after the first write leaves the entries before it committed (each
+whole: a record version is registered or it is not), and the error answer names them. This is
+the honest limit: "all-or-nothing" holds for everything the server can check, not for a power
+cut between two ledger transactions.
+
+This module parses and checks a Bundle into :class:`Entry` values; the gateway writes them.
+It must not write anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ehrshare.fhirapi.outcome import FhirError
+
+__all__ = ["MAX_ENTRIES", "Entry", "parse_transaction"]
+
+MAX_ENTRIES: Final = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One write of a transaction: ``method`` POST (create) or PUT (update of ``record_id``)."""
+
+    index: int
+    method: str
+    resource_type: str
+    record_id: str
+    resource: dict[str, Any]
+
+
+def parse_transaction(bundle: Any, not_records: frozenset[str]) -> list[Entry]:
+    """The entries of a ``transaction`` Bundle (JSON), or :class:`FhirError` naming the first
+    entry that is not a create or update of a record."""
+    if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+        raise FhirError(400, "POST to the base takes a Bundle of type transaction")
+    if bundle.get("type") != "transaction":
+        raise FhirError(
+            422,
+            f"Bundle type {bundle.get('type')!r} is not supported here: only 'transaction' "
+            "(a batch is not offered)",
+        )
+    entries = bundle.get("entry")
+    if not isinstance(entries, list) or not entries:
+        raise FhirError(400, "the transaction Bundle has no entries")
+    if len(entries) > MAX_ENTRIES:
+        raise FhirError(413, f"a transaction takes at most {MAX_ENTRIES} entries")
+    out = []
+    for i, entry in enumerate(entries):
+        where = f"entry[{i}]"
+        if not isinstance(entry, dict):
+            raise FhirError(400, f"{where} is not an object")
+        request = entry.get("request")
+        resource = entry.get("resource")
+        if not isinstance(request, dict) or not isinstance(resource, dict):
+            raise FhirError(400, f"{where} needs request and resource")
+        extra = set(request) - {"method", "url"}
+        if extra:
+            raise FhirError(
+                422, f"{where}.request: {', '.join(sorted(extra))} not supported (no conditions)"
+            )
+        method, url = request.get("method"), request.get("url")
+        if not isinstance(url, str):
+            raise FhirError(400, f"{where}.request.url is missing")
+        parts = [p for p in url.split("?")[0].split("/") if p]
+        rtype = parts[0] if parts else ""
+        if resource.get("resourceType") != rtype:
+            raise FhirError(
+                400,
+                f"{where}: the resource's type {resource.get('resourceType')!r} is not the "
+                f"request url's {rtype!r}",
+            )
+        if rtype in not_records:
+            raise FhirError(
+                422, f"{where}: a transaction here holds records only, not {rtype} resources"
+            )
+        if method == "POST" and len(parts) == 1 and "?" not in url:
+            out.append(Entry(i, "POST", rtype, "", resource))
+        elif method == "PUT" and len(parts) == 2 and "?" not in url:
+            if resource.get("id") != parts[1]:
+                raise FhirError(400, f"{where}: the resource's id must be the url's {parts[1]!r}")
+            out.append(Entry(i, "PUT", rtype, parts[1], resource))
+        else:
+            raise FhirError(
+                422,
+                f"{where}: {method} {url} is not supported in a transaction (POST Type or "
+                "PUT Type/id)",
+            )
+    ids = [e.record_id for e in out if e.record_id]
+    if len(ids) != len(set(ids)):
+        raise FhirError(422, "a transaction updates each record at most once")
+    return out
