@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from ehrshare.bench.caliper import CaliperIdentity, caliper_dir, run_caliper
 from ehrshare.bench.chaincode import process_cpu_seconds
 from ehrshare.benchutil import machine_metadata, percentile
 from ehrshare.contract.client import EhrContract, register_record_args
@@ -81,6 +82,8 @@ class FabricBenchSpec:
     batch_timeout: str = "20ms"
     max_message_count: int = 10
     ccaas_processes: int = 1
+    caliper: bool = False
+    caliper_workers: int = 2
     operations: tuple[str, ...] = OPERATIONS
     populations: tuple[str, ...] = ("many", "hot")
 
@@ -110,6 +113,7 @@ class _Party:
     proposals: Any  # the ledger contract (fine-grained flow)
     kv: KvContract
     ibe_id: str
+    caliper: CaliperIdentity
 
 
 @dataclass
@@ -326,6 +330,9 @@ def _open(spec: FabricBenchSpec, root: Path, say: Callable[[str], None]) -> _Wor
                 contract,
                 KvContract(network.get_contract(KV_CHAINCODE)),
                 identity.ibe_id,
+                CaliperIdentity(
+                    name, msp, identity.credentials, signer.to_secret_bytes(), identity.ibe_id
+                ),
             )
 
         tag = secrets.token_hex(3)
@@ -400,11 +407,14 @@ def run_benchmark(
     """Build a network, run every round, stop the network; the JSON-ready result."""
     spec = spec or FabricBenchSpec()
     spec.check()
+    if spec.caliper:
+        caliper_dir()  # before building a network: CaliperUnavailable names `make caliper`
     say = progress or (lambda _msg: None)
     root = Path(tempfile.mkdtemp(prefix="ehrshare-bench-fabric-"))
     started = time.monotonic()
     rounds: list[dict[str, Any]] = []
     world: _World | None = None
+    caliper: dict[str, Any] | None = None
     try:
         world = _open(spec, root, say)
         setup_s = time.monotonic() - started
@@ -438,11 +448,50 @@ def run_benchmark(
                         }
                     )
         info = world.info
+        caliper = _caliper(world, spec, root, say) if spec.caliper else None
     finally:
         if world is not None:
             _close(world.backend, world.kv, world.net)
         shutil.rmtree(root, ignore_errors=True)
-    return _result(spec, info, rounds, setup_s, time.monotonic() - started)
+    result = _result(spec, info, rounds, setup_s, time.monotonic() - started)
+    if caliper is not None:
+        result["caliper"] = caliper
+    return result
+
+
+def _caliper(
+    world: _World, spec: FabricBenchSpec, root: Path, say: Callable[[str], None]
+) -> dict[str, Any]:
+    """The same rounds driven by Caliper on the same network (:mod:`ehrshare.bench.caliper`),
+    with its ours / trivial saturation ratios."""
+    out = run_caliper(
+        workdir=root / "caliper",
+        channel=str(world.info["channel"]),
+        contract=str(world.info["chaincodes"]["contract"]),
+        kv_contract=str(world.info["chaincodes"]["trivial"]),
+        patients=[p.caliper for p in world.patients],
+        clinicians=[c.caliper for c in world.clinicians],
+        records=[f"r-{world.run_tag}-{i}" for i in range(len(world.patients))],
+        profiles={msp: world.net.connection_profile_path(msp) for msp in MSP_IDS},
+        operations=spec.operations,
+        populations=spec.populations,
+        rates=spec.rates,
+        duration_s=spec.duration_s,
+        load=spec.clients,
+        workers=spec.caliper_workers,
+        progress=say,
+    )
+    sat = {
+        r["label"].split("_")[0]: r["throughput_tps"]
+        for r in out["rounds"]
+        if r["label"].endswith("_many_saturation") and r["throughput_tps"] is not None
+    }
+    trivial = sat.get("trivial-write")
+    out["saturation_ratio_ours_over_trivial"] = {
+        op: (sat[op] / trivial if trivial and op in sat else None)
+        for op in ("RegisterRecord", "RequestAccess")
+    }
+    return out
 
 
 def _result(

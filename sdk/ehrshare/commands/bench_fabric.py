@@ -44,8 +44,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "", "--only", help="Operations to run, comma-separated (default: all three)."
         ),
         hot: bool = typer.Option(True, "--hot/--no-hot", help="Also run one-hot-patient rounds."),
+        caliper: bool = typer.Option(
+            False, "--caliper", help="Then run the same rounds with Caliper (make caliper)."
+        ),
     ) -> None:
         """Fabric: trivial write vs RegisterRecord vs RequestAccess; tx/s, p50/p95/p99, ratio."""
+        from ehrshare.bench.caliper import CaliperUnavailable
         from ehrshare.bench.fabric import OPERATIONS, FabricBenchSpec, run_benchmark
         from ehrshare.ledger.errors import LedgerError
         from ehrshare.network.fabric import FabricNetError
@@ -61,6 +65,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             ccaas_processes=ccaas_processes,
             operations=operations,
             populations=("many", "hot") if hot else ("many",),
+            caliper=caliper,
         )
         try:
             spec.check()
@@ -69,7 +74,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             raise typer.Exit(EXIT_USAGE) from None
         try:
             result = run_benchmark(spec, progress=lambda msg: err.print(f"bench fabric: {msg}"))
-        except LiveUnavailable as exc:
+        except (LiveUnavailable, CaliperUnavailable) as exc:
             err.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(EXIT_CONFIG) from None
         except (FabricNetError, LedgerError) as exc:
