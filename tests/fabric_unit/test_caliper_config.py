@@ -6,7 +6,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ehrshare.bench.caliper import CaliperIdentity, _network_config, _rounds, parse_summary
+import pytest
+
+from ehrshare.bench.caliper import (
+    CaliperIdentity,
+    _network_config,
+    _rounds,
+    _successful_tps,
+    parse_summary,
+)
 
 _HEADER = (
     "| Name | Succ | Fail | Send Rate (TPS) | Max Latency (s) | Min Latency (s) "
@@ -90,3 +98,10 @@ def test_rounds_mirror_bench_fabric_fixed_rates_then_saturation() -> None:
     assert all(r["workload"]["module"] == "workloads/request-access.js" for r in rounds)
     assert [r["workload"]["arguments"]["hot"] for r in rounds] == [False] * 3 + [True] * 3
     assert all(r["txDuration"] == 5.0 for r in rounds)
+
+
+def test_successful_throughput_leaves_out_caliper_s_failures() -> None:
+    row = {"succ": 54.0, "fail": 48.0, "throughput_tps": 19.1}
+    assert _successful_tps(row) == pytest.approx(19.1 * 54 / 102)
+    assert _successful_tps({"succ": 0.0, "fail": 0.0, "throughput_tps": 0.0}) == 0.0
+    assert _successful_tps({"succ": 3.0, "fail": 0.0, "throughput_tps": None}) is None

@@ -12,9 +12,13 @@ class EhrWorkload extends WorkloadModuleBase {
         this.sent = 0;
         this.tag = `${roundArguments.tag || 'c'}-${roundIndex}-${workerIndex}`;
         this.hot = Boolean(roundArguments.hot);
+        this.busy = new Set();
+        this.cursor = 0;
     }
 
-    /** The index in a list of n identities of this worker's next transaction. */
+    /** The index in a list of n identities of this worker's next transaction: the next of
+     * its own share with no transaction of this worker in flight (so "many" never puts two
+     * transactions on one patient's log at once while the load is at most the share). */
     pick(n) {
         if (this.hot) {
             return 0;
@@ -24,12 +28,25 @@ class EhrWorkload extends WorkloadModuleBase {
             mine.push(i);
         }
         const list = mine.length ? mine : [this.workerIndex % n];
-        return list[this.sent % list.length];
+        for (let k = 0; k < list.length; k++) {
+            const candidate = list[(this.cursor + k) % list.length];
+            if (!this.busy.has(candidate)) {
+                this.cursor = (this.cursor + k + 1) % list.length;
+                return candidate;
+            }
+        }
+        this.cursor = (this.cursor + 1) % list.length;
+        return list[this.cursor];
     }
 
-    async send(request) {
+    async send(request, index) {
         this.sent += 1;
-        await this.sutAdapter.sendRequests(request);
+        this.busy.add(index);
+        try {
+            await this.sutAdapter.sendRequests(request);
+        } finally {
+            this.busy.delete(index);
+        }
     }
 }
 

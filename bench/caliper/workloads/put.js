@@ -7,7 +7,8 @@ const { EhrWorkload } = require('./common');
 
 class Put extends EhrWorkload {
     async submitTransaction() {
-        const patient = this.roundArguments.patients[this.pick(this.roundArguments.patients.length)];
+        const index = this.pick(this.roundArguments.patients.length);
+        const patient = this.roundArguments.patients[index];
         const key = this.hot ? 'hot' : `k-${this.tag}-${this.sent}`;
         await this.send({
             contractId: this.roundArguments.kvContract,
@@ -16,7 +17,7 @@ class Put extends EhrWorkload {
             invokerIdentity: patient.alias,
             invokerMspId: patient.msp,
             readOnly: false,
-        });
+        }, index);
     }
 }
 

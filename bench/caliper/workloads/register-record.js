@@ -8,7 +8,8 @@ const { EhrWorkload } = require('./common');
 
 class RegisterRecord extends EhrWorkload {
     async submitTransaction() {
-        const patient = this.roundArguments.patients[this.pick(this.roundArguments.patients.length)];
+        const index = this.pick(this.roundArguments.patients.length);
+        const patient = this.roundArguments.patients[index];
         const recordId = `c-${this.tag}-${this.sent}`;
         const digest = crypto.createHash('sha256').update(recordId).digest('hex');
         const capsule = crypto.createHash('sha512').update(recordId).digest('base64');
@@ -19,7 +20,7 @@ class RegisterRecord extends EhrWorkload {
             invokerIdentity: patient.alias,
             invokerMspId: patient.msp,
             readOnly: false,
-        });
+        }, index);
     }
 }
 

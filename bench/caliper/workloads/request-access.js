@@ -17,7 +17,7 @@ class RequestAccess extends EhrWorkload {
             invokerIdentity: clinician.alias,
             invokerMspId: clinician.msp,
             readOnly: false,
-        });
+        }, i);
     }
 }
 

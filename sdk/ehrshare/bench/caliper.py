@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import resource
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from ehrshare.bench.chaincode import process_cpu_seconds
 from ehrshare.network.supervisor import start_child, stop_process
 from ehrshare.services.vault import atomic_write
 
@@ -61,6 +62,26 @@ class CaliperIdentity:
     cert_pem: bytes
     key_pem: bytes
     ibe_id: str
+
+
+def _descendants(root: int) -> list[int]:
+    """``root`` and every process below it, from the parent pids in ``/proc``."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text(encoding="ascii", errors="replace")
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        out.append(pid)
+        todo.extend(parents.get(pid, []))
+    return out
 
 
 def caliper_dir() -> Path:
@@ -181,6 +202,15 @@ def parse_summary(text: str) -> dict[str, dict[str, float | None]]:
     return rows
 
 
+def _successful_tps(row: dict[str, float | None]) -> float | None:
+    """Caliper's "Throughput" counts every finished transaction, failed ones too: the share of
+    it that succeeded (its time base is the round's, so this is successes per second)."""
+    succ, fail, tps = row.get("succ"), row.get("fail"), row.get("throughput_tps")
+    if succ is None or fail is None or tps is None:
+        return None
+    return tps * succ / (succ + fail) if succ + fail > 0 else 0.0
+
+
 def _number(cell: str) -> float | None:
     try:
         return float(cell)
@@ -247,21 +277,29 @@ def run_caliper(
     ]
     log = workdir / "caliper.log"
     say(f"Caliper {CALIPER_VERSION}: {len(rounds)} rounds, {workers} workers")
-    # Caliper's manager waits for its workers, so the children's rusage after it exits is the
-    # whole load generator's CPU (the network's processes are still running: not counted).
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     child = start_child("caliper", argv, log, cwd=where, die_with_parent=True)
     assert child.popen is not None
     limit = timeout if timeout is not None else 120 + len(rounds) * (duration_s + 30)
-    try:
-        code = child.popen.wait(timeout=limit)
-    except Exception:
-        stop_process(child, grace=5, kill=True)
-        raise CaliperUnavailable(
-            f"Caliper did not finish in {limit:.0f} s: {child.tail()}"
-        ) from None
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    deadline = time.monotonic() + limit
+    # Caliper's manager and its worker processes: their CPU, read from /proc while they run
+    # (the last reading of each; a worker's last half second may be missed).
+    cpu_by_pid: dict[int, float] = {}
+    while True:
+        for pid in _descendants(child.pid):
+            try:
+                cpu_by_pid[pid] = process_cpu_seconds(pid)
+            except (OSError, ValueError, IndexError):
+                continue
+        try:
+            code = child.popen.wait(timeout=0.5)
+            break
+        except subprocess.TimeoutExpired:
+            if time.monotonic() > deadline:
+                stop_process(child, grace=5, kill=True)
+                raise CaliperUnavailable(
+                    f"Caliper did not finish in {limit:.0f} s: {child.tail()}"
+                ) from None
+    cpu_s = sum(cpu_by_pid.values())
     text = log.read_text(encoding="utf-8", errors="replace")
     rows = parse_summary(text)
     missing = [r["label"] for r in rounds if r["label"] not in rows]
@@ -285,6 +323,7 @@ def run_caliper(
                 "rate_control": r["rateControl"],
                 "duration_s": duration_s,
                 **rows[r["label"]],
+                "successful_tps": _successful_tps(rows[r["label"]]),
             }
             for r in rounds
         ],

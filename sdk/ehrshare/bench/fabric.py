@@ -482,9 +482,9 @@ def _caliper(
         progress=say,
     )
     sat = {
-        r["label"].split("_")[0]: r["throughput_tps"]
+        r["label"].split("_")[0]: r["successful_tps"]
         for r in out["rounds"]
-        if r["label"].endswith("_many_saturation") and r["throughput_tps"] is not None
+        if r["label"].endswith("_many_saturation") and r["successful_tps"] is not None
     }
     trivial = sat.get("trivial-write")
     out["saturation_ratio_ours_over_trivial"] = {
