@@ -44,6 +44,7 @@ from ehrshare.contract.client import EhrContract, register_record_args
 from ehrshare.contract.kv import KvContract
 from ehrshare.identity import LocalCA
 from ehrshare.ledger.errors import EndorseError
+from ehrshare.network.supervisor import Child, stop_process
 
 if TYPE_CHECKING:
     from ehrshare.ledgers import FabricBackend
@@ -125,6 +126,7 @@ class _World:
     clinicians: list[_Party]
     info: dict[str, Any]
     run_tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    extra_servers: list[Child] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -236,6 +238,8 @@ def _server_pids(world: _World) -> dict[str, int]:
     pids = dict(world.net.pids())
     for i, pid in enumerate(world.kv.pids):
         pids[f"ccaas-kv-{i}"] = pid
+    for i, child in enumerate(world.extra_servers):
+        pids[f"ccaas-extra-{i}"] = child.pid
     return pids
 
 
@@ -250,7 +254,8 @@ def _summary(txs: Sequence[_Tx], cpu0: dict[str, float], cpu1: dict[str, float])
     lat = [(t.done - t.sent) * 1000.0 for t in valid]
     per_tx = max(len(valid), 1)
     cpu = {name: (cpu1[name] - cpu0[name]) * 1000.0 / per_tx for name in cpu0}
-    groups = {"client": cpu["client"], "ccaas": cpu.get("ccaas", 0.0)}
+    contract = cpu.get("ccaas", 0.0) + sum(v for k, v in cpu.items() if k.startswith("ccaas-extra"))
+    groups = {"client": cpu["client"], "ccaas": contract}
     groups["ccaas-kv"] = sum(v for k, v in cpu.items() if k.startswith("ccaas-kv"))
     groups["peers"] = sum(v for k, v in cpu.items() if k.startswith("peer"))
     groups["orderers"] = sum(v for k, v in cpu.items() if k.startswith("orderer"))
@@ -287,7 +292,11 @@ def _open(spec: FabricBenchSpec, root: Path, say: Callable[[str], None]) -> _Wor
     from ehrshare.bench.live_fabric import check_fabric_tools
     from ehrshare.ledgers import FabricBackend
     from ehrshare.network import fabric as fabricnet
-    from ehrshare.network.fabric.kvchaincode import KV_CHAINCODE, deploy_kv_chaincode
+    from ehrshare.network.fabric.kvchaincode import (
+        KV_CHAINCODE,
+        deploy_kv_chaincode,
+        start_chaincode_servers,
+    )
 
     bin_dir = check_fabric_tools()
     orderer_type, orderers = ORDERERS[spec.orderer]
@@ -308,8 +317,23 @@ def _open(spec: FabricBenchSpec, root: Path, say: Callable[[str], None]) -> _Wor
     net = fabricnet.FabricNet.create(net_spec)
     kv: KvChaincode | None = None
     backend: FabricBackend | None = None
+    extra: list[Child] = []
     try:
         net.start(say)
+        if spec.ccaas_processes > 1:
+            # More processes serving the contract on the same port (SO_REUSEPORT), started
+            # before any peer connects to it, so the kernel spreads the peers' connections.
+            say(f"{spec.ccaas_processes - 1} more contract server process(es) on its port")
+            extra = start_chaincode_servers(
+                net,
+                contract="ehrshare",
+                package_id=net.package_id,
+                port=net.ccaas_port,
+                tls_dir=net.dir / "chaincode",
+                processes=spec.ccaas_processes - 1,
+                tag="ccaas-extra",
+                deadline=time.monotonic() + 60,
+            )
         say("deploying the trivial chaincode beside the contract")
         kv = deploy_kv_chaincode(net, processes=spec.ccaas_processes, progress=say)
         conn = net.connection()
@@ -341,7 +365,7 @@ def _open(spec: FabricBenchSpec, root: Path, say: Callable[[str], None]) -> _Wor
             party("Org2MSP", f"clinician-{tag}-{i}", "clinician") for i in range(spec.clients)
         ]
         proxy = party("Org3MSP", f"proxy-{tag}", "proxy")
-        world = _World(net, backend, kv, patients, clinicians, {}, run_tag=tag)
+        world = _World(net, backend, kv, patients, clinicians, {}, run_tag=tag, extra_servers=extra)
         say("registering patients, clinicians and a proxy")
         everyone = [*patients, *clinicians, proxy]
         with concurrent.futures.ThreadPoolExecutor(max_workers=len(everyone)) as pool:
@@ -384,11 +408,16 @@ def _open(spec: FabricBenchSpec, root: Path, say: Callable[[str], None]) -> _Wor
         }
         return world
     except BaseException:
-        _close(backend, kv, net)
+        _close(backend, kv, net, extra)
         raise
 
 
-def _close(backend: FabricBackend | None, kv: KvChaincode | None, net: FabricNet | None) -> None:
+def _close(
+    backend: FabricBackend | None,
+    kv: KvChaincode | None,
+    net: FabricNet | None,
+    extra: Sequence[Child] = (),
+) -> None:
     try:
         if backend is not None:
             backend.close()
@@ -396,6 +425,8 @@ def _close(backend: FabricBackend | None, kv: KvChaincode | None, net: FabricNet
         try:
             if kv is not None:
                 kv.close()
+            for child in extra:
+                stop_process(child, grace=5)
         finally:
             if net is not None:
                 net.stop()
@@ -451,7 +482,7 @@ def run_benchmark(
         caliper = _caliper(world, spec, root, say) if spec.caliper else None
     finally:
         if world is not None:
-            _close(world.backend, world.kv, world.net)
+            _close(world.backend, world.kv, world.net, world.extra_servers)
         shutil.rmtree(root, ignore_errors=True)
     result = _result(spec, info, rounds, setup_s, time.monotonic() - started)
     if caliper is not None:

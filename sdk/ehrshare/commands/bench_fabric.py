@@ -38,7 +38,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             8, "--clients", help="Client threads at saturation (also patients and clinicians)."
         ),
         ccaas_processes: int = typer.Option(
-            1, "--ccaas-processes", help="Processes serving each chaincode behind one port."
+            1,
+            "--ccaas-processes",
+            help="Processes serving each chaincode (contract, trivial) behind one port.",
         ),
         only: str = typer.Option(
             "", "--only", help="Operations to run, comma-separated (default: all three)."
