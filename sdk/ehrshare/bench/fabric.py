@@ -44,7 +44,6 @@ from ehrshare.contract.client import EhrContract, register_record_args
 from ehrshare.contract.kv import KvContract
 from ehrshare.identity import LocalCA
 from ehrshare.ledger.errors import CommitError, EndorseError, SubmitError
-from ehrshare.network.supervisor import Child, stop_process
 
 if TYPE_CHECKING:
     from ehrshare.ledgers import FabricBackend
@@ -74,7 +73,8 @@ _VALUE: Final = b"v" * 64
 class FabricBenchSpec:
     """What to run: orderer (``raft``, ``raft3``, ``bft``), offered rates (tx/s), seconds per
     round, client threads at saturation (also the number of patients and of clinicians), and
-    how many processes serve each chaincode (behind one port)."""
+    how many processes serve the trivial chaincode behind one port (the contract's server is
+    the launcher's one process: its peers connect during the first start's deployment)."""
 
     orderer: str = "raft"
     rates: tuple[float, ...] = (10.0, 20.0)
@@ -126,7 +126,6 @@ class _World:
     clinicians: list[_Party]
     info: dict[str, Any]
     run_tag: str = field(default_factory=lambda: secrets.token_hex(3))
-    extra_servers: list[Child] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -238,8 +237,6 @@ def _server_pids(world: _World) -> dict[str, int]:
     pids = dict(world.net.pids())
     for i, pid in enumerate(world.kv.pids):
         pids[f"ccaas-kv-{i}"] = pid
-    for i, child in enumerate(world.extra_servers):
-        pids[f"ccaas-extra-{i}"] = child.pid
     return pids
 
 
@@ -254,8 +251,7 @@ def _summary(txs: Sequence[_Tx], cpu0: dict[str, float], cpu1: dict[str, float])
     lat = [(t.done - t.sent) * 1000.0 for t in valid]
     per_tx = max(len(valid), 1)
     cpu = {name: (cpu1[name] - cpu0[name]) * 1000.0 / per_tx for name in cpu0}
-    contract = cpu.get("ccaas", 0.0) + sum(v for k, v in cpu.items() if k.startswith("ccaas-extra"))
-    groups = {"client": cpu["client"], "ccaas": contract}
+    groups = {"client": cpu["client"], "ccaas": cpu.get("ccaas", 0.0)}
     groups["ccaas-kv"] = sum(v for k, v in cpu.items() if k.startswith("ccaas-kv"))
     groups["peers"] = sum(v for k, v in cpu.items() if k.startswith("peer"))
     groups["orderers"] = sum(v for k, v in cpu.items() if k.startswith("orderer"))
@@ -303,11 +299,7 @@ def _open(spec: FabricBenchSpec, root: Path, say: Callable[[str], None]) -> _Wor
     from ehrshare.bench.live_fabric import check_fabric_tools
     from ehrshare.ledgers import FabricBackend
     from ehrshare.network import fabric as fabricnet
-    from ehrshare.network.fabric.kvchaincode import (
-        KV_CHAINCODE,
-        deploy_kv_chaincode,
-        start_chaincode_servers,
-    )
+    from ehrshare.network.fabric.kvchaincode import KV_CHAINCODE, deploy_kv_chaincode
 
     bin_dir = check_fabric_tools()
     orderer_type, orderers = ORDERERS[spec.orderer]
@@ -328,23 +320,8 @@ def _open(spec: FabricBenchSpec, root: Path, say: Callable[[str], None]) -> _Wor
     net = fabricnet.FabricNet.create(net_spec)
     kv: KvChaincode | None = None
     backend: FabricBackend | None = None
-    extra: list[Child] = []
     try:
         net.start(say)
-        if spec.ccaas_processes > 1:
-            # More processes serving the contract on the same port (SO_REUSEPORT), started
-            # before any peer connects to it, so the kernel spreads the peers' connections.
-            say(f"{spec.ccaas_processes - 1} more contract server process(es) on its port")
-            extra = start_chaincode_servers(
-                net,
-                contract="ehrshare",
-                package_id=net.package_id,
-                port=net.ccaas_port,
-                tls_dir=net.dir / "chaincode",
-                processes=spec.ccaas_processes - 1,
-                tag="ccaas-extra",
-                deadline=time.monotonic() + 60,
-            )
         say("deploying the trivial chaincode beside the contract")
         kv = deploy_kv_chaincode(net, processes=spec.ccaas_processes, progress=say)
         conn = net.connection()
@@ -376,7 +353,7 @@ def _open(spec: FabricBenchSpec, root: Path, say: Callable[[str], None]) -> _Wor
             party("Org2MSP", f"clinician-{tag}-{i}", "clinician") for i in range(spec.clients)
         ]
         proxy = party("Org3MSP", f"proxy-{tag}", "proxy")
-        world = _World(net, backend, kv, patients, clinicians, {}, run_tag=tag, extra_servers=extra)
+        world = _World(net, backend, kv, patients, clinicians, {}, run_tag=tag)
         say("registering patients, clinicians and a proxy")
         everyone = [*patients, *clinicians, proxy]
         with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
@@ -427,16 +404,11 @@ def _open(spec: FabricBenchSpec, root: Path, say: Callable[[str], None]) -> _Wor
         }
         return world
     except BaseException:
-        _close(backend, kv, net, extra)
+        _close(backend, kv, net)
         raise
 
 
-def _close(
-    backend: FabricBackend | None,
-    kv: KvChaincode | None,
-    net: FabricNet | None,
-    extra: Sequence[Child] = (),
-) -> None:
+def _close(backend: FabricBackend | None, kv: KvChaincode | None, net: FabricNet | None) -> None:
     try:
         if backend is not None:
             backend.close()
@@ -444,8 +416,6 @@ def _close(
         try:
             if kv is not None:
                 kv.close()
-            for child in extra:
-                stop_process(child, grace=5)
         finally:
             if net is not None:
                 net.stop()
@@ -501,7 +471,7 @@ def run_benchmark(
         caliper = _caliper(world, spec, root, say) if spec.caliper else None
     finally:
         if world is not None:
-            _close(world.backend, world.kv, world.net, world.extra_servers)
+            _close(world.backend, world.kv, world.net)
         shutil.rmtree(root, ignore_errors=True)
     result = _result(spec, info, rounds, setup_s, time.monotonic() - started)
     if caliper is not None:

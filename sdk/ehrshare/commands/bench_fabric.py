@@ -40,7 +40,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         ccaas_processes: int = typer.Option(
             1,
             "--ccaas-processes",
-            help="Processes serving each chaincode (contract, trivial) behind one port.",
+            help="Processes serving the trivial chaincode behind one port (SO_REUSEPORT).",
         ),
         only: str = typer.Option(
             "", "--only", help="Operations to run, comma-separated (default: all three)."

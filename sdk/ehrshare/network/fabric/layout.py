@@ -89,12 +89,6 @@ class FabricLayout:
         """The chaincode package id (``label:sha256`` of the package file)."""
         return self._state.package_id
 
-    @property
-    def ccaas_port(self) -> int:
-        """The loopback port the contract's chaincode server listens on (its package's
-        ``connection.json`` names it)."""
-        return int(self._state.ports["ccaas"])
-
     def org_dir(self, msp: str) -> Path:
         """An organisation's directory (``msp``, ``peer``, ``admin`` below it)."""
         return self.dir / "orgs" / msp
