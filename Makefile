@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 FABRIC23 := network/build/fabric23/bin/peer
 HAPI     := network/build/hapi/hapi-story.jar
 
-.PHONY: demo test lint unit venv clean bench-crypto bench-dkg bench-consensus tools hapi-client network-up network-down
+.PHONY: demo test lint unit venv clean bench-crypto bench-dkg bench-consensus tools hapi-client network-up network-down caliper
 
 venv: $(STAMP)
 
@@ -30,7 +30,7 @@ demo: $(STAMP)
 	$(BIN)/ehrshare demo
 
 ## make test: install, lint, type-check and run every test
-test: $(STAMP) lint tools
+test: $(STAMP) lint tools caliper
 	$(BIN)/python -m pytest
 
 ## make tools: build the pinned Kubo (IPFS) into network/build/bin and Fabric 2.3 into
@@ -53,6 +53,17 @@ $(HAPI): tests/fhirapi/hapi/pom.xml $(wildcard tests/fhirapi/hapi/src/main/java/
 $(FABRIC23): network/fabric23/build.sh
 	mkdir -p network/build/fabric23
 	FAB=$(CURDIR)/network/build/fabric23 bash network/fabric23/build.sh
+
+## make caliper: install Hyperledger Caliper 0.6 and its Fabric 2.2 SDK binding (fabric-network)
+## exactly as pinned in bench/caliper/package-lock.json (npm ci, about two minutes the first
+## time); `ehrshare bench fabric --caliper` and tests/fabric/test_caliper.py use it (make test
+## runs it, so CI does: its Caliper test takes about a minute).
+CALIPER := bench/caliper/node_modules/.bin/caliper
+caliper: $(CALIPER)
+
+$(CALIPER): bench/caliper/package-lock.json
+	cd bench/caliper && npm ci --no-audit --no-fund
+	touch $(CALIPER)
 
 ## make network-up PROFILE=<consortium dir>: start its KGC nodes and proxies in the background
 ## (a consortium made with `ehrshare consortium init DIR --services processes`); network-down stops them

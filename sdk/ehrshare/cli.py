@@ -56,6 +56,7 @@ _COMMAND_MODULES = (
     "ehrshare.commands.bench_dkg",
     "ehrshare.commands.bench_e2e",
     "ehrshare.commands.bench_chaincode",
+    "ehrshare.commands.bench_fabric",
     "ehrshare.commands.bench_fhir",
     "ehrshare.commands.services",
     "ehrshare.commands.chaincode",

@@ -24,6 +24,7 @@ import typer
 from ehrshare.commands.services import _fail
 from ehrshare.console import err_console
 from ehrshare.services.vault import atomic_write, read_key_file
+from ehrshare_chaincode import invoke, kv
 from ehrshare_chaincode.ccaas import ChaincodeServer, ChaincodeTls, check_package_id
 
 __all__ = ["register"]
@@ -97,6 +98,12 @@ _CLIENT_CA = typer.Option(
 _WORKERS = typer.Option(16, "--workers", help="Transactions in progress at once.")
 _LOG = typer.Option(None, "--log-file", help="Log file (default: stderr).")
 _PORT_FILE = typer.Option(None, "--port-file", help="Write the bound port here once listening.")
+_CONTRACT = typer.Option(
+    "ehrshare",
+    "--contract",
+    help="ehrshare (the contract) or kv (the trivial chaincode bench fabric compares with).",
+)
+_CONTRACTS = {"ehrshare": invoke, "kv": kv.invoke}
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -115,17 +122,23 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         workers: int = _WORKERS,
         log_file: Path | None = _LOG,
         port_file: Path | None = _PORT_FILE,
+        contract: str = _CONTRACT,
     ) -> None:
-        """Serve the ehrshare contract to Fabric peers until SIGTERM."""
+        """Serve the ehrshare contract (or the trivial kv chaincode) to Fabric peers until
+        SIGTERM."""
         try:
             check_package_id(package_id)
         except ValueError as exc:
             raise _fail(str(exc)) from None
+        if contract not in _CONTRACTS:
+            raise _fail(f"--contract {contract!r} is not one of {', '.join(_CONTRACTS)}")
         if workers < 1:
             raise _fail("--workers must be at least 1")
         tls = _tls(tls_cert, tls_key, client_ca)
         _setup_logging(log_file)
-        server = ChaincodeServer(package_id, listen, tls=tls, max_workers=workers)
+        server = ChaincodeServer(
+            package_id, listen, chaincode=_CONTRACTS[contract], tls=tls, max_workers=workers
+        )
         try:
             asyncio.run(_serve(server, port_file))
         except (OSError, RuntimeError) as exc:  # grpc reports a failed bind as RuntimeError

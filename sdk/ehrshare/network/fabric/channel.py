@@ -19,6 +19,7 @@ import ssl
 import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 from ehrshare.faults import fault_point
 from ehrshare.network.fabric.layout import FabricLayout
@@ -238,8 +239,6 @@ class ChannelAdmin(FabricLayout):
 
     def _deploy(self, say: Progress, deadline: float) -> None:
         spec = self.spec
-        first = spec.msp_ids[0]
-        orderer = self.orderer_args()
         block = self._checked_genesis()
         say(f"joining every orderer to channel {spec.channel} (channel participation API)")
         for i in range(spec.orderers):
@@ -261,38 +260,71 @@ class ChannelAdmin(FabricLayout):
         self._each_org("join", peer_join, deadline, _JOINED)
         label = self.package_id.split(":", 1)[0]
         package = self.dir / "chaincode" / f"{label}.tgz"
+        self._deploy_chaincode(spec.chaincode, self.package_id, package, say, deadline, "")
+
+    def deploy_chaincode(
+        self,
+        name: str,
+        package_id: str,
+        package: Path,
+        progress: Progress | None = None,
+        *,
+        timeout: float = 120.0,
+    ) -> None:
+        """Install, approve (every hospital) and commit another chaincode ``name`` on the
+        running network's channel, beside the contract (``bench fabric``'s trivial chaincode).
+        Each step is recorded like the first start's, so a repeated call resumes."""
+        if name == self.spec.chaincode or not re.fullmatch(r"[a-z][a-z0-9.-]{0,48}", name):
+            raise FabricNetError(f"chaincode name {name!r} is taken or not [a-z][a-z0-9.-]*")
+        say = progress or (lambda _msg: None)
+        self._deploy_chaincode(
+            name, package_id, package, say, time.monotonic() + timeout, f"{name}/"
+        )
+
+    def _deploy_chaincode(
+        self,
+        name: str,
+        package_id: str,
+        package: Path,
+        say: Progress,
+        deadline: float,
+        steps: str,
+    ) -> None:
+        spec = self.spec
+        first = spec.msp_ids[0]
+        orderer = self.orderer_args()
         say("installing the chaincode package on every peer")
 
         def install(msp: str) -> str:
             listed = self.peer_cli(msp, ["lifecycle", "chaincode", "queryinstalled"])
-            if self.package_id in listed:
+            if package_id in listed:
                 return listed
             self.peer_cli(msp, ["lifecycle", "chaincode", "install", str(package)])
             listed = self.peer_cli(msp, ["lifecycle", "chaincode", "queryinstalled"])
-            if self.package_id not in listed:
+            if package_id not in listed:
                 raise FabricNetError(
-                    f"the peer of {msp} does not list package {self.package_id} after "
+                    f"the peer of {msp} does not list package {package_id} after "
                     "installing it: " + " | ".join(listed.strip().splitlines()[-3:])
                 )
             return listed
 
-        self._each_org("install", install, deadline)
+        self._each_org(f"{steps}install", install, deadline)
         definition = [
             "-C",
             spec.channel,
             "-n",
-            spec.chaincode,
+            name,
             "-v",
             _CC_VERSION,
             "--sequence",
             _CC_SEQUENCE,
         ]
-        if self._committed():
+        if self._committed(name):
             # An earlier start committed the definition but was interrupted before recording it.
-            self._mark("commit")
+            self._mark(f"{steps}commit")
             return
         approve = ["lifecycle", "chaincode", "approveformyorg", *definition]
-        approve += ["--package-id", self.package_id, "--waitForEvent"]
+        approve += ["--package-id", package_id, "--waitForEvent"]
         readiness = ["lifecycle", "chaincode", "checkcommitreadiness", *definition]
         readiness += ["--output", "json"]
 
@@ -303,12 +335,12 @@ class ChannelAdmin(FabricLayout):
             return self.peer_cli(msp, [*approve, *self.orderer_args(msp)])
 
         say("approving the chaincode as every hospital's admin")
-        self._each_org("approve", approve_once, deadline)
+        self._each_org(f"{steps}approve", approve_once, deadline)
         say("committing the chaincode definition")
         commit = ["lifecycle", "chaincode", "commit", *orderer, *definition]
         commit += [*self.peer_args(spec.msp_ids), "--waitForEvent"]
         self._retry(lambda: self.peer_cli(first, commit), deadline)
-        self._mark("commit")
+        self._mark(f"{steps}commit")
 
     def _checked_genesis(self) -> bytes:
         """The genesis block's bytes, refused when missing or not the ones create() wrote."""
@@ -385,13 +417,13 @@ class ChannelAdmin(FabricLayout):
         listed = json.loads(body).get("channels") or []
         return [str(c["name"]) for c in listed]
 
-    def _committed(self) -> bool:
+    def _committed(self, name: str) -> bool:
         query = ["lifecycle", "chaincode", "querycommitted"]
-        query += ["-C", self.spec.channel, "-n", self.spec.chaincode]
+        query += ["-C", self.spec.channel, "-n", name]
         try:
             self.peer_cli(self.spec.msp_ids[0], query)
         except FabricNetError as exc:
-            if f"namespace {self.spec.chaincode} is not defined" in str(exc):
+            if f"namespace {name} is not defined" in str(exc):
                 return False
             raise
         return True
