@@ -277,18 +277,33 @@ def test_an_edited_block_file_on_one_peer_is_named_by_ledger_and_audit_verify(
     assert "HospitalCMSP: block" in checked["reason"]
 
     # The peer itself notices only when the next block arrives: its previous hash names the
-    # real head, not the forged one, and C's peer panics rather than commit it (and then the
-    # channel cannot be read from C at all: exit 4, not a clean report).
+    # real head, not the forged one, and C's peer never commits it. Fabric 2.x peers panic
+    # (and then the channel cannot be read from C at all: exit 4, not a clean report); 3.x
+    # peers verify each delivered block against their own head, refuse it and keep asking,
+    # so C stays up at the forged height and the ledger check still names the forgery.
     pid = net.pids()["peer-HospitalCMSP"]
+    log_path = net.dir / "logs" / "peer-HospitalCMSP.log"
     consortium.add_member("carol", "HospitalA", "patient")
     with consortium.session("carol") as s:
         s.enroll()  # registers carol's identity: a new block
     assert len(_blocks(net, "HospitalAMSP")) > height
+    if net.version[0] >= 3:
+        refusal = f"Header.PreviousHash of block [{height}] is different"
+        deadline = time.monotonic() + 30
+        while refusal not in log_path.read_text(encoding="utf-8", errors="replace"):
+            assert time.monotonic() < deadline, f"C's peer never logged: {refusal}"
+            time.sleep(0.1)
+        assert pid_alive(pid)
+        assert len(_blocks(net, "HospitalCMSP")) == height  # nothing on top of the forged head
+        still, _ = _verify(root)
+        assert still.returncode == 5, still.stderr
+        assert json.loads(still.stdout)["first_bad_block"] == target
+        return
     deadline = time.monotonic() + 30
     while pid_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not pid_alive(pid), "the peer committed a block on top of a forged head"
-    log = (net.dir / "logs" / "peer-HospitalCMSP.log").read_text(encoding="utf-8", errors="replace")
+    log = log_path.read_text(encoding="utf-8", errors="replace")
     assert "Cannot commit block to the ledger due to unexpected Previous block hash" in log
     down, _ = _verify(root)
     assert down.returncode == 4, down.stderr
