@@ -25,6 +25,7 @@ from typing import Any, Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
@@ -201,6 +202,7 @@ class JoinRequest:
             ca = x509.load_pem_x509_certificate(self.ca_pem)
         except ValueError as exc:
             raise InvalidJoinRequest(f"the CA certificate does not parse: {exc}") from None
+        _require_canonical(ca, self.ca_certificate, "CA")
         if not issued_by(ca, ca) or not _is_ca(ca) or _org(ca) != self.msp_id:
             raise ForeignCertificate(
                 f"the CA certificate of the join request is not a self-signed root of {self.msp_id}"
@@ -210,11 +212,22 @@ class JoinRequest:
                 cert = self.identity(which).certificate
             except ValueError as exc:
                 raise InvalidJoinRequest(f"the {which} certificate does not parse: {exc}") from None
+            _require_canonical(cert, self.identity(which).credentials.decode("ascii"), which)
             if not issued_by(cert, ca) or _org(cert) != self.msp_id:
                 raise ForeignCertificate(
                     f"the {which} certificate of the join request was not issued by the CA of "
                     f"{self.msp_id} it carries"
                 )
+
+
+def _require_canonical(cert: x509.Certificate, text: str, which: str) -> None:
+    """A certificate field is exactly one PEM block, as written by ``hospital init``: the PEM
+    reader skips text around the block, and the request must not carry bytes nobody checks."""
+    if cert.public_bytes(serialization.Encoding.PEM).decode("ascii") != text:
+        raise InvalidJoinRequest(
+            f"the {which} certificate of the join request is not exactly one PEM certificate "
+            "(text around or inside the block that 'ehrshare hospital init' did not write)"
+        )
 
 
 def _org(cert: x509.Certificate) -> str:

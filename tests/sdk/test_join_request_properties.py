@@ -133,3 +133,17 @@ def test_a_certificate_whose_issuer_does_not_parse_is_refused_not_crashed_on(
     rehashed = JoinRequest(**{k: v for k, v in data.items() if k != "sha256"})
     with pytest.raises(EhrshareError):
         JoinRequest.from_text(rehashed.to_json())
+
+
+@pytest.mark.parametrize("field", FIELDS[2:])
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_text_around_a_certificate_is_refused_even_rehashed(
+    request_text: str, field: str, where: str
+) -> None:
+    """The PEM reader skips text around the block; the request may not carry it (found by the
+    property above: one appended character, hash recomputed, was accepted)."""
+    data = json.loads(request_text)
+    data[field] = "x" + data[field] if where == "before" else data[field] + "x"
+    body = {k: v for k, v in data.items() if k != "sha256"}
+    with pytest.raises(EhrshareError, match="not exactly one PEM certificate"):
+        JoinRequest.from_text(JoinRequest(**body).to_json())
