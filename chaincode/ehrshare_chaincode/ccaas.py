@@ -19,6 +19,10 @@ Protocol, as the peer expects it:
   peer; ``QUERY_STATE_NEXT`` fetches the next batch, ``QUERY_STATE_CLOSE`` releases an iterator left
   early), ``GET_HISTORY_FOR_KEY`` (the peer returns newest first; the stub returns oldest
   first). The peer answers ``RESPONSE`` or ``ERROR``.
+* A Fabric >= 3.1 peer offers batched messages in ``READY`` (``ChaincodeAdditionalParams``):
+  ``WRITE_BATCH_STATE`` takes a transaction's writes in one message, ``GET_STATE_MULTIPLE``
+  answers several keys in one, each up to the size offered. The server uses what is offered and
+  nothing else; a 2.x peer's empty ``READY`` leaves the one-key messages above.
 * The transaction ends with ``COMPLETED`` carrying ``Response{status, message, payload}`` and
   the one chaincode event; a status of 400 or more is a failure (the contract's errors use 500).
   A request the shim cannot even parse is answered with ``ERROR``.
@@ -33,7 +37,10 @@ Every state request is a round trip the transaction waits for, and the round tri
 the server's CPU (docs/benchmarks.md). So a transaction asks the peer for a key at most once
 (the simulator reads one snapshot: a second ``GET_STATE`` could only return the same value) and
 sends its writes after the contract has returned, one ``PUT_STATE``/``DEL_STATE`` per key with
-its last value — the write set the peer would have kept — and none when the contract fails.
+its last value — the write set the peer would have kept — and none when the contract fails. On
+a peer that offers them, the writes go in one ``WRITE_BATCH_STATE`` and the keys a transaction
+declares it reads (the stub's ``prefetch`` hints) go with its next read in one
+``GET_STATE_MULTIPLE``: RequestAccess's 12 round trips become 4 (docs/benchmarks.md).
 
 Status: this module is exercised in CI by protocol-level unit tests against an in-test fake peer
 (``tests/fabric_unit/``). The pinned Fabric (3.1) cannot be built on the development machine (see
@@ -240,6 +247,7 @@ class _PeerSession:
         self._running: set[tuple[str, str]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        self.batching = _Batching()
         self._out.put_nowait(
             _MSG(
                 type=_MSG.REGISTER,
@@ -292,7 +300,12 @@ class _PeerSession:
         elif self._state == "established":
             if kind == _MSG.READY:
                 self._state = "ready"
-                _log.info("chaincode %s registered and ready", self._server.package_id)
+                self.batching = _Batching.offered(bytes(msg.payload))
+                _log.info(
+                    "chaincode %s registered and ready (%s)",
+                    self._server.package_id,
+                    self.batching.describe(),
+                )
                 return True
         elif kind in (_MSG.TRANSACTION, _MSG.INIT):
             self._start_transaction(msg)
@@ -400,6 +413,39 @@ def _type_name(kind: int) -> str:
     return f"type {kind}"
 
 
+@dataclass(frozen=True, slots=True)
+class _Batching:
+    """What the peer offered in ``READY``: messages per write batch and keys per multiple get,
+    0 when it does not take them (Fabric before 3.1 sends an empty ``READY``)."""
+
+    write_batch: int = 0
+    get_multiple: int = 0
+
+    @classmethod
+    def offered(cls, ready_payload: bytes) -> _Batching:
+        """Parse ``ChaincodeAdditionalParams``; empty or unparsable means nothing offered (as
+        Fabric's Go shim treats it)."""
+        if not ready_payload:
+            return cls()
+        try:
+            params = ccpb.ChaincodeAdditionalParams.FromString(ready_payload)
+        except Exception:
+            _log.warning("READY carries a payload that is not ChaincodeAdditionalParams")
+            return cls()
+        # A peer that offers a batch but states no size gets one record or key per message.
+        write = max(1, int(params.max_size_write_batch)) if params.use_write_batch else 0
+        get = max(1, int(params.max_size_get_multiple_keys)) if params.use_get_multiple_keys else 0
+        return cls(write, get)
+
+    def describe(self) -> str:
+        parts = []
+        if self.write_batch:
+            parts.append(f"write batches of up to {self.write_batch}")
+        if self.get_multiple:
+            parts.append(f"multiple gets of up to {self.get_multiple} keys")
+        return "the peer offers " + " and ".join(parts) if parts else "no batched messages"
+
+
 def _error_msg(msg: Any, text: str) -> Any:
     return _MSG(type=_MSG.ERROR, payload=text.encode(), txid=msg.txid, channel_id=msg.channel_id)
 
@@ -453,6 +499,7 @@ class _PeerStub:
         self._timestamp = timestamp
         self._writes: dict[str, bytes | None] = {}  # sent by flush(), after the contract
         self._reads: dict[str, bytes | None] = {}
+        self._hints: list[str] = []  # keys to fetch with the next read (Fabric >= 3.1)
         self.event: tuple[str, bytes] | None = None
 
     @classmethod
@@ -512,9 +559,44 @@ class _PeerStub:
             # The peer's simulator reads one snapshot and records a key's version once, so a
             # second request for the same key could only return the same value: skip it.
             return self._reads[key]
+        if self._hints:
+            self._read_with_hints(key)
+            return self._reads[key]
         value = self._call(_MSG.GET_STATE, shim.GetState(key=key)) or None
         self._reads[key] = value  # Fabric has no empty values: absent and deleted read empty
         return value
+
+    def _read_with_hints(self, key: str) -> None:
+        size = self._session.batching.get_multiple
+        wanted = [key]
+        for hint in dict.fromkeys(self._hints):
+            if len(wanted) == size:
+                break
+            if hint and hint != key and hint not in self._writes and hint not in self._reads:
+                wanted.append(hint)
+        self._hints.clear()  # the rest (beyond the size) are read one by one when asked for
+        if len(wanted) == 1:
+            value = self._call(_MSG.GET_STATE, shim.GetState(key=key)) or None
+            self._reads[key] = value
+            return
+        answer = shim.GetStateMultipleResult.FromString(
+            self._call(_MSG.GET_STATE_MULTIPLE, shim.GetStateMultiple(keys=wanted))
+        )
+        if len(answer.values) != len(wanted):
+            raise ChaincodeError(
+                f"the peer answered GET_STATE_MULTIPLE for {len(wanted)} keys with "
+                f"{len(answer.values)} values"
+            )
+        for k, value in zip(wanted, answer.values, strict=True):
+            self._reads[k] = bytes(value) or None  # empty: absent, as for GET_STATE
+
+    def prefetch(self, keys: Sequence[str]) -> None:
+        """Remember keys the transaction will read: the next key it asks the peer for goes in
+        one ``GET_STATE_MULTIPLE`` with them (at most the size the peer offered), so a hint
+        costs no round trip of its own. Without the offer (Fabric before 3.1) nothing
+        changes: every key is read with its own ``GET_STATE`` when asked for."""
+        if self._session.batching.get_multiple:
+            self._hints.extend(keys)
 
     def put_state(self, key: str, value: bytes) -> None:
         self._check_key(key)
@@ -531,8 +613,21 @@ class _PeerStub:
         Writes are kept until the contract has returned: the peer's write set keeps only a
         key's last value in key order anyway, so the result is the same write set with fewer
         requests (one per state request is the server's main cost), and a transaction that
-        fails sends no writes at all.
+        fails sends no writes at all. A peer that offered write batches (Fabric >= 3.1) gets
+        them in ``WRITE_BATCH_STATE`` messages of at most the size it named.
         """
+        size = self._session.batching.write_batch
+        if size:
+            records = [
+                shim.WriteRecord(key=key, type=shim.WriteRecord.DEL_STATE)
+                if value is None
+                else shim.WriteRecord(key=key, value=value, type=shim.WriteRecord.PUT_STATE)
+                for key, value in self._writes.items()
+            ]
+            for i in range(0, len(records), size):
+                batch = shim.WriteBatchState(rec=records[i : i + size])
+                self._call(_MSG.WRITE_BATCH_STATE, batch)
+            return
         for key, value in self._writes.items():
             if value is None:
                 self._call(_MSG.DEL_STATE, shim.DelState(key=key))

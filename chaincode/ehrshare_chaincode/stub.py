@@ -113,6 +113,16 @@ class ChaincodeStub(Protocol):
         """The committed value of key, or None when absent."""
         ...
 
+    def prefetch(self, keys: Sequence[str]) -> None:
+        """A hint: this transaction will read ``keys`` (on every path that succeeds).
+
+        A backend that can fetch several keys in one request (a Fabric >= 3.1 peer's
+        ``GET_STATE_MULTIPLE``) may fetch them now so that the reads that follow cost nothing;
+        any other may do nothing. It changes no answer and, because the keys are read anyway,
+        not the transaction's read set.
+        """
+        ...
+
     def put_state(self, key: str, value: bytes) -> None:
         """Write key (visible to others once the transaction commits)."""
         ...

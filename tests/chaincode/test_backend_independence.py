@@ -39,6 +39,9 @@ class FabricSemanticsStub:
         self.writes: dict[str, bytes | None] = {}
         self.event: tuple[str, bytes] | None = None
 
+    def prefetch(self, keys: Sequence[str]) -> None:
+        """Reads here are local: nothing to fetch ahead."""
+
     def get_state(self, key: str) -> bytes | None:
         return self.committed.get(key)
 

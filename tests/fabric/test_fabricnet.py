@@ -27,7 +27,13 @@ import pytest
 from ehrshare.faults import FAULT_ENV
 from ehrshare.identity import LocalCA
 from ehrshare.network.binaries import fabric_bin_dir as default_bin_dir
-from ehrshare.network.fabric import ORDERER_MSP, FabricNet, FabricNetError, FabricNetSpec
+from ehrshare.network.fabric import (
+    ORDERER_MSP,
+    FabricNet,
+    FabricNetError,
+    FabricNetSpec,
+    fabric_version,
+)
 from ehrshare.network.fabric.channel import _JOINED
 from ehrshare.network.supervisor import pid_alive
 
@@ -106,6 +112,13 @@ def test_three_hospitals_commit_under_majority_and_survive_a_restart(
     assert any("approving" in s for s in steps)
     pids = list(net.pids().values())
     assert len(pids) == 1 + 1 + len(MSPS)
+    # The chaincode server uses Fabric 3.1's batched messages exactly when the peers offer them
+    # in READY (core.yaml's chaincode.runtimeParams, on by default from 3.1).
+    log = (net.dir / "logs" / "ccaas.log").read_text(encoding="utf-8")
+    ready = [line for line in log.splitlines() if "registered and ready" in line]
+    offer = "the peer offers write batches of up to 1000 and multiple gets of up to 1000 keys"
+    expected = offer if fabric_version() >= (3, 1, 0) else "no batched messages"
+    assert ready and all(expected in line for line in ready), ready
 
     # HospitalA's admin registers its CA, endorsed by A's and B's peers (a majority); the
     # contract checked that this CA issued the admin's certificate. C's peer reads it.

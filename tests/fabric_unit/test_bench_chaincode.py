@@ -77,12 +77,58 @@ def test_a_baseline_is_measured_beside_the_current_chaincode_in_one_run(tmp_path
 
 @pytest.mark.parametrize(
     "args",
-    [["--n", "0"], ["--repeat", "0"], ["--warmup", "-1"], ["--workers", "0"]],
+    [["--n", "0"], ["--repeat", "0"], ["--warmup", "-1"], ["--workers", "0"], ["--peer", "2.5"]],
 )
 def test_bad_counts_are_usage_errors(args: list[str]) -> None:
     result = CliRunner().invoke(app, ["bench", "chaincode", "--json", *args])
     assert result.exit_code == 2
     assert "Traceback" not in result.output
+
+
+# State requests per call on the chaincode stream (docs/benchmarks.md): one message per key on a
+# Fabric 2.x peer; on a 3.1 peer the keys a function declares (functions.reads) go with the
+# caller's identity in one GET_STATE_MULTIPLE and the writes in one WRITE_BATCH_STATE.
+ROUND_TRIPS = {
+    "2.x": {
+        "trivial write": {"PUT_STATE": 1},
+        "RegisterRecord": {"GET_STATE": 7, "PUT_STATE": 6},
+        "GrantAccess": {"GET_STATE": 9, "PUT_STATE": 6},
+        "RequestAccess": {"GET_STATE": 4, "GET_STATE_BY_RANGE": 1, "PUT_STATE": 7},
+        "CheckApproval": {"GET_STATE": 3, "GET_STATE_BY_RANGE": 1},
+    },
+    "3.1": {
+        "trivial write": {"WRITE_BATCH_STATE": 1},
+        "RegisterRecord": {"GET_STATE_MULTIPLE": 1, "WRITE_BATCH_STATE": 1},
+        "GrantAccess": {"GET_STATE": 1, "GET_STATE_MULTIPLE": 2, "WRITE_BATCH_STATE": 1},
+        "RequestAccess": {"GET_STATE_BY_RANGE": 1, "GET_STATE_MULTIPLE": 2, "WRITE_BATCH_STATE": 1},
+        "CheckApproval": {"GET_STATE": 1, "GET_STATE_BY_RANGE": 1, "GET_STATE_MULTIPLE": 1},
+    },
+}
+
+
+@pytest.mark.parametrize("peer", sorted(ROUND_TRIPS))
+def test_state_requests_per_call_are_counted_and_batched_on_a_31_peer(peer: str) -> None:
+    result = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            "chaincode",
+            "--json",
+            "--n",
+            "3",
+            "--repeat",
+            "1",
+            "--warmup",
+            "1",
+            "--peer",
+            peer,
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["peer"] == peer
+    counts = {op: s["state_requests_per_call"] for op, s in data["servers"]["current"].items()}
+    assert counts == ROUND_TRIPS[peer]
 
 
 def test_a_baseline_without_the_package_is_a_usage_error(tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ from fabric_protos.peer import chaincode_shim_pb2 as shim
 from fabric_protos.peer import proposal_response_pb2 as responsepb
 
 from ehrshare.bench.fake_peer import FakePeer as BenchFakePeer
-from ehrshare.bench.fake_peer import TxContext
+from ehrshare.bench.fake_peer import TxContext, ready_params
 from ehrshare.identity import LocalCA, Signer
 from ehrshare.ledger.envelope import Proposal, serialize_identity
 from ehrshare.ledger.fabric import signed_proposal
@@ -58,15 +58,14 @@ class FakePeer(BenchFakePeer):
     """The package's fake peer, instrumented: records every message, holds requests at gates, fails
     chosen requests, and flags two outstanding requests for one transaction (``registerTxid``)."""
 
-    def __init__(self, target: str, *, batch: int = 2, credentials: Any = None) -> None:
-        # Fabric 3 peers put ChaincodeAdditionalParams{use_write_batch: true, ...} in READY (the
-        # installed protos predate that message, so its bytes are written by hand); the shim
-        # ignores it and sends single PUT_STATE / DEL_STATE requests, which the peer still handles.
-        super().__init__(
-            target, batch=batch, credentials=credentials, ready_payload=b"\x08\x01\x10\x80\x08"
-        )
+    def __init__(
+        self, target: str, *, batch: int = 2, credentials: Any = None, ready_payload: bytes = b""
+    ) -> None:
+        # A Fabric 2.x peer by default (empty READY); test_ccaas_batches.py plays a 3.1 one.
+        super().__init__(target, batch=batch, credentials=credentials, ready_payload=ready_payload)
         self.active: set[tuple[str, str]] = set()
         self.violations: list[str] = []
+        self.read_sets: dict[str, frozenset[str]] = {}  # txid -> keys the peer was asked for
         self.requests: list[tuple[str, str]] = []  # (txid, message type name)
         self.keepalives: asyncio.Queue[Any] = asyncio.Queue()
         self.gates: dict[str, asyncio.Event] = {}  # txid -> hold its first request until set
@@ -128,6 +127,7 @@ class FakePeer(BenchFakePeer):
             signed, txid, function, args, channel=channel, kind=kind, timeout=GUARD_S
         )
         assert not ctx.iterators, "the chaincode left a peer-side iterator open"
+        self.read_sets[txid] = frozenset(ctx.reads)
         if reply.type != MSG.COMPLETED:
             return reply, None
         resp = responsepb.Response.FromString(reply.payload)
@@ -141,11 +141,12 @@ async def with_server(
     *,
     chaincode: Any = None,
     batch: int = 2,
+    ready_payload: bytes = b"",
 ) -> FakePeer:
     kwargs = {} if chaincode is None else {"chaincode": chaincode}
     server = ChaincodeServer(PACKAGE_ID, "127.0.0.1:0", **kwargs)
     port = await server.start()
-    peer = FakePeer(f"127.0.0.1:{port}", batch=batch)
+    peer = FakePeer(f"127.0.0.1:{port}", batch=batch, ready_payload=ready_payload)
     try:
         await peer.open()
         await scenario(peer)
@@ -225,9 +226,21 @@ def fabric_proposal(
     )
 
 
+@pytest.fixture(scope="module")
+def read_sets_of_a_2x_replay() -> dict[str, frozenset[str]]:
+    return {}
+
+
+@pytest.mark.parametrize(
+    "ready_payload",
+    [b"", ready_params(), ready_params(write_batch=3, get_multiple=2)],
+    ids=["fabric-2.x-peer", "fabric-3.1-peer", "fabric-3.1-peer-small-batches"],
+)
 def test_replaying_an_embedded_run_through_the_shim_gives_identical_results_events_and_state(
-    embedded: Embedded,
+    embedded: Embedded, ready_payload: bytes, read_sets_of_a_2x_replay: dict[str, frozenset[str]]
 ) -> None:
+    """The same results, events and state whatever the peer offers; on a 3.1 peer (write batches,
+    several keys per read) every transaction reads exactly the keys it reads on a 2.x peer."""
     rows = committed_rows(embedded.sandbox)
     assert len(rows) >= 12
 
@@ -265,9 +278,18 @@ def test_replaying_an_embedded_run_through_the_shim_gives_identical_results_even
                 assert reply.chaincode_event.event_name == event_name
                 assert reply.chaincode_event.payload == bytes(event_payload)
 
-    peer = asyncio.run(with_server(scenario))
+    peer = asyncio.run(with_server(scenario, ready_payload=ready_payload))
     embedded_state = {k.decode(): v for k, v in embedded.sandbox.ledger.state_items("ehrshare")}
     assert peer.state == embedded_state
+    kinds = {kind for _, kind in peer.requests}
+    if ready_payload:
+        assert {"WRITE_BATCH_STATE", "GET_STATE_MULTIPLE"} <= kinds
+        assert not kinds & {"PUT_STATE", "DEL_STATE"}
+        assert read_sets_of_a_2x_replay, "the 2.x replay runs first"
+        assert peer.read_sets == read_sets_of_a_2x_replay
+    else:
+        assert not kinds & {"WRITE_BATCH_STATE", "GET_STATE_MULTIPLE"}
+        read_sets_of_a_2x_replay.update(peer.read_sets)
 
 
 def test_queries_page_through_the_peer_and_match_the_embedded_answers(embedded: Embedded) -> None:

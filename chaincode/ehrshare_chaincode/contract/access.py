@@ -15,9 +15,18 @@ from ..stub import ChaincodeError
 from .checks import SHA256_RE, check_id, check_int
 from .context import AUDITOR, PROXY, TxContext
 from .emergency import emergency_problem, is_emergency_identity
-from .functions import evaluate, submit
+from .functions import evaluate, reads, submit
 from .grants import grant_problem, load_grant, valid_grant
-from .keys import K_ACCESS, K_APPROVAL, K_EMERGENCY, K_REENCRYPTION, seq
+from .keys import (
+    K_ACCESS,
+    K_APPROVAL,
+    K_EMERGENCY,
+    K_GRANT,
+    K_LOG_HEAD,
+    K_RECORD,
+    K_REENCRYPTION,
+    seq,
+)
 from .records import load_record
 
 __all__ = ["Access"]
@@ -32,6 +41,11 @@ class Access:
         return [{"grant_id": g["grant_id"], "proxy": g["proxy"]} for g in reversed(walked)]
 
     @submit
+    @reads(
+        lambda record_id, grant_id="": (
+            [(K_RECORD, record_id)] + [(K_GRANT, grant_id)] * bool(grant_id)
+        )
+    )
     def RequestAccess(self, ctx: TxContext, record_id: str, grant_id: str = "") -> Any:
         """Decide a request to read a record at the transaction's time, and log it either way.
 
@@ -46,6 +60,7 @@ class Access:
         assert caller.ibe_id is not None
         record = load_record(ctx, record_id)
         owner = record["owner"]
+        ctx.prefetch((K_LOG_HEAD, owner))  # read with the grant walk's first key
         epoch = str(record.get("epoch", ""))
         t_epoch = int(record.get("type_epoch", 0))
         grant: dict[str, Any] | None
@@ -132,6 +147,7 @@ class Access:
         return access
 
     @evaluate
+    @reads(lambda access_id: [(K_APPROVAL, access_id)])
     def CheckApproval(self, ctx: TxContext, access_id: str) -> Any:
         """For the proxy: the committed approval ``access_id`` (what RequestAccess returned).
 

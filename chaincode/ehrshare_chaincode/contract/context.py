@@ -104,6 +104,30 @@ class TxContext:
             out.append(self.get_json(target, *attrs[1:]))
         return out, next_bm
 
+    def prefetch(self, *keys: tuple[str, ...]) -> None:
+        """Tell the stub the keys ``(object type, *attributes)`` this transaction reads on every
+        path that succeeds, and the caller's identity while it is not resolved yet.
+
+        Only a hint (:meth:`~ehrshare_chaincode.stub.ChaincodeStub.prefetch`): on a Fabric >= 3.1
+        peer they are fetched together with the next key read, which saves a round trip per
+        key; elsewhere nothing changes. Name only keys that are always read, so the read set
+        stays what it was; a key whose attributes are invalid is skipped (the read that
+        follows fails with the right error).
+        """
+        wanted = []
+        if self._caller is None:
+            try:
+                cert = parse_certificate(self.stub.get_creator()[1])
+                wanted.append(self.key(K_IDENTITY, cert.client_key))
+            except ChaincodeError:
+                pass  # resolving the caller fails with its own error
+        for object_type, *attrs in keys:
+            try:
+                wanted.append(self.key(object_type, *attrs))
+            except ChaincodeError:
+                continue
+        self.stub.prefetch(wanted)
+
     def put_json(self, value: Any, object_type: str, *attrs: str) -> None:
         self.stub.put_state(self.key(object_type, *attrs), canonical.dumps(value))
 

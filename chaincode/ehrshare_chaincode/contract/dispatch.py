@@ -18,7 +18,7 @@ from .context import TxContext
 from .dkg_board import DkgBoard
 from .dkg_sessions import DkgSessions
 from .emergency import Emergency
-from .functions import FunctionSpec, function_table
+from .functions import FunctionSpec, function_table, keys_read
 from .grants import Grants
 from .guardian_reads import GuardianReads
 from .guardians import Guardians
@@ -78,9 +78,13 @@ def invoke(stub: ChaincodeStub, function: str, args: list[bytes]) -> bytes:
             raise ChaincodeError(f"argument {i + 1} of {function} is not valid utf-8") from None
     ts = stub.get_tx_timestamp()
     ctx = TxContext(stub=stub, function=function, now=int(ts.seconds), tx_id=stub.get_tx_id())
+    method = _METHODS[function]
+    declared = keys_read(method)
+    if declared is not None:
+        ctx.prefetch(*declared(*texts))  # fetched with the caller's identity (functions.reads)
     # Resolving the caller refuses a certificate that recovery revoked, in every function.
     _ = ctx.caller
-    result = _METHODS[function](ctx, *texts)
+    result = method(ctx, *texts)
     if ctx.entries:
         stub.set_event(function, canonical.dumps({"tx_id": ctx.tx_id, "entries": ctx.entries}))
     return canonical.dumps(result)

@@ -10,16 +10,29 @@ read it to decide between submitting and evaluating. This module must not name a
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-__all__ = ["KINDS", "FunctionSpec", "Kind", "evaluate", "function_table", "submit"]
+__all__ = [
+    "KINDS",
+    "FunctionSpec",
+    "Kind",
+    "evaluate",
+    "function_table",
+    "keys_read",
+    "reads",
+    "submit",
+]
 
 Kind = Literal["submit", "evaluate"]
 KINDS: tuple[Kind, ...] = ("submit", "evaluate")
 
 _KIND_ATTRIBUTE = "__ehrshare_kind__"
+_READS_ATTRIBUTE = "__ehrshare_reads__"
+ReadKeys = Callable[..., Iterable[tuple[str, ...]]]
+"""From a function's arguments (strings, optional ones defaulting to ``""``): the keys
+``(object type, *attributes)`` it reads on every path that succeeds."""
 _Method = TypeVar("_Method", bound=Callable[..., Any])
 
 
@@ -52,6 +65,28 @@ def evaluate(method: _Method) -> _Method:
     """Declare a transaction function that only reads: it writes nothing and logs nothing."""
     setattr(method, _KIND_ATTRIBUTE, "evaluate")
     return method
+
+
+def reads(keys: ReadKeys) -> Callable[[_Method], _Method]:
+    """Declare keys a transaction function reads whatever happens, known from its arguments.
+
+    The dispatcher hands them to the stub as a prefetch hint before resolving the caller, so a
+    Fabric >= 3.1 peer answers them with the caller's identity in one request
+    (:meth:`~ehrshare_chaincode.stub.ChaincodeStub.prefetch`). Name only keys that every
+    successful run reads, or the transaction's read set grows.
+    """
+
+    def mark(method: _Method) -> _Method:
+        setattr(method, _READS_ATTRIBUTE, keys)
+        return method
+
+    return mark
+
+
+def keys_read(method: Callable[..., Any]) -> ReadKeys | None:
+    """The keys declared with :func:`reads` for ``method``, if any."""
+    found: ReadKeys | None = getattr(method, _READS_ATTRIBUTE, None)
+    return found
 
 
 def function_table(contract_type: type) -> dict[str, FunctionSpec]:

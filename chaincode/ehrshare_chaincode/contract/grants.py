@@ -13,16 +13,20 @@ from ..stub import ChaincodeError
 from .checks import GRANT_ID_RE, MAX_HOPS, check_ibe, check_id, check_int, check_type, json_list
 from .context import AUDITOR, GUARDIAN, PATIENT, PROXY, TxContext
 from .emergency import pregrant_allowed
-from .functions import evaluate, submit
+from .functions import evaluate, reads, submit
 from .guardians import guardian_problem
 from .identities import current_epoch, fresh_type_key_epoch, load_identity
 from .keys import (
+    K_DKG_LATEST,
     K_GRANT,
     K_GRANT_BY_GRANTEE,
     K_GRANT_BY_GRANTOR,
     K_GRANT_BY_OWNER,
     K_GRANT_MATCH,
     K_IBE,
+    K_LOG_HEAD,
+    K_TYPE_EPOCH,
+    K_TYPEKEY,
 )
 from .type_epochs import grant_type_epochs, rotate_type_epoch, type_epoch_state
 
@@ -33,6 +37,16 @@ class Grants:
     """GrantAccess, RevokeAccess, GetGrant and ListGrants."""
 
     @submit
+    @reads(
+        lambda record_type, grantee, _expiry, _hops, _next, parent_grant_id, proxy, grant_id="": [
+            (K_IBE, grantee),
+            (K_IBE, proxy),
+            (K_DKG_LATEST,),
+            (K_TYPEKEY, grantee, record_type),
+            *([(K_GRANT, grant_id)] if grant_id else []),
+            *([(K_GRANT, parent_grant_id)] if parent_grant_id else []),
+        ]
+    )
     def GrantAccess(
         self,
         ctx: TxContext,
@@ -107,6 +121,10 @@ class Grants:
                 problem = guardian_problem(ctx, caller, owner, "grant", record_type)
                 if problem is not None:
                     raise ChaincodeError(problem)
+        if parent_grant_id:
+            ctx.prefetch((K_LOG_HEAD, owner))
+        else:  # a root grant also reads the owner's type-key epoch (below)
+            ctx.prefetch((K_TYPE_EPOCH, owner, record_type), (K_LOG_HEAD, owner))
         if grantee in (caller.ibe_id, owner):
             raise ChaincodeError(f"identity {grantee} may not be granted its own records")
         if ctx.get_json(K_IBE, grantee) is None and not (

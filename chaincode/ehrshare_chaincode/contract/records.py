@@ -24,10 +24,20 @@ from .checks import (
     check_version,
 )
 from .context import ADMIN, AUDITOR, CLINICIAN, PATIENT, PROXY, Caller, TxContext
-from .functions import evaluate, submit
+from .functions import evaluate, reads, submit
 from .grants import grant_problem, load_grant, valid_grant
 from .identities import fresh_type_key_epoch, load_identity
-from .keys import K_IBE, K_RECORD, K_RECORD_BY_OWNER, K_RECORD_VERSION, seq
+from .keys import (
+    K_DKG_LATEST,
+    K_IBE,
+    K_LOG_HEAD,
+    K_RECORD,
+    K_RECORD_BY_OWNER,
+    K_RECORD_VERSION,
+    K_TYPE_EPOCH,
+    K_TYPEKEY,
+    seq,
+)
 from .type_epochs import record_type_epoch
 
 __all__ = ["Records", "load_record"]
@@ -37,6 +47,16 @@ class Records:
     """RegisterRecord, AmendRecord and the record reads."""
 
     @submit
+    @reads(
+        lambda record_id, owner, record_type, *_: (
+            (K_IBE, owner),
+            (K_RECORD, record_id),
+            (K_DKG_LATEST,),
+            (K_TYPEKEY, owner, record_type),
+            (K_TYPE_EPOCH, owner, record_type),
+            (K_LOG_HEAD, owner),
+        )
+    )
     def RegisterRecord(
         self,
         ctx: TxContext,

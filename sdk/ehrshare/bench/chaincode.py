@@ -30,7 +30,7 @@ from typing import Any
 from fabric_protos.msp import identities_pb2 as _identities_pb2
 
 from ehrshare.bench.chaincode_server import TRIVIAL_FUNCTION
-from ehrshare.bench.fake_peer import FakePeer, TxOutcome
+from ehrshare.bench.fake_peer import FakePeer, TxOutcome, ready_params
 from ehrshare.benchutil import machine_metadata, percentile
 from ehrshare.contract.client import grant_access_args, register_record_args
 from ehrshare.identity import Signer
@@ -50,10 +50,20 @@ from ehrshare_chaincode import (
 
 identities: Any = _identities_pb2
 
-__all__ = ["OPERATIONS", "TARGET_RATIO", "ServerSpec", "process_cpu_seconds", "run_benchmark"]
+__all__ = [
+    "OPERATIONS",
+    "PEERS",
+    "TARGET_RATIO",
+    "ServerSpec",
+    "process_cpu_seconds",
+    "run_benchmark",
+]
 
 OPERATIONS = ("trivial write", "RegisterRecord", "GrantAccess", "RequestAccess", "CheckApproval")
 """What is measured, in order; "trivial write" is the harness-only ``BenchPut``."""
+PEERS = {"2.x": b"", "3.1": ready_params()}
+"""What the peer stand-in offers in ``READY``: nothing (Fabric 2.x), or write batches and
+multiple-key reads of up to 1000 (Fabric 3.1's defaults)."""
 TARGET_RATIO = 3.0
 """Issue 20: server CPU per RequestAccess endorsement at most a third of the baseline's."""
 
@@ -224,6 +234,9 @@ class _DictStub:
         self.writes: dict[str, bytes | None] = {}
         self.event: tuple[str, bytes] | None = None
 
+    def prefetch(self, keys: Sequence[str]) -> None:
+        """Reads here are local: nothing to fetch ahead."""
+
     def get_state(self, key: str) -> bytes | None:
         return self.writes[key] if key in self.writes else self._state.get(key)
 
@@ -318,6 +331,7 @@ class _Round:
     server_cpu_s: float
     client_cpu_s: float
     proposal_cpu_s: float
+    requests: dict[str, int]
 
 
 async def _round(target: _Target, op: str, parties: dict[str, _Party], n: int, tag: str) -> _Round:
@@ -325,6 +339,7 @@ async def _round(target: _Target, op: str, parties: dict[str, _Party], n: int, t
     lat: list[float] = []
     proposal_cpu = 0.0
     pid = target.child.pid
+    requests0 = dict(target.peer.request_counts)
     server0 = process_cpu_seconds(pid)
     client0 = time.process_time()
     t_start = time.perf_counter()
@@ -356,6 +371,11 @@ async def _round(target: _Target, op: str, parties: dict[str, _Party], n: int, t
         process_cpu_seconds(pid) - server0,
         time.process_time() - client0,
         proposal_cpu,
+        {
+            kind: count - requests0.get(kind, 0)
+            for kind, count in target.peer.request_counts.items()
+            if count > requests0.get(kind, 0)
+        },
     )
 
 
@@ -385,7 +405,11 @@ def _summarise(rounds: list[_Round], n: int) -> dict[str, Any]:
     client = [r.client_cpu_s * 1000.0 / n for r in rounds]
     proposal = [r.proposal_cpu_s * 1000.0 / n for r in rounds]
     rate = [n / r.wall_s for r in rounds]
+    kinds = sorted({k for r in rounds for k in r.requests})
+    requests = {k: statistics.median(r.requests.get(k, 0) / n for r in rounds) for k in kinds}
     return {
+        "state_requests_per_call": requests,
+        "state_requests_per_call_total": sum(requests.values()),
         "endorsements_per_s": _spread(rate),
         "server_cpu_ms_per_endorsement": _spread(server),
         "client_cpu_ms_per_call": _spread(client),
@@ -434,12 +458,16 @@ def run_benchmark(
     warmup: int = 20,
     baseline: Path | None = None,
     workers: int = 16,
+    peer: str = "2.x",
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run the benchmark and return its JSON-ready result (see the module doc)."""
+    """Run the benchmark and return its JSON-ready result (see the module doc). ``peer``: what
+    the peer stand-in offers the server (:data:`PEERS`)."""
     say = progress or (lambda _msg: None)
     if n < 1 or repeat < 1 or warmup < 0:
         raise ValueError("n and repeat must be at least 1, warmup at least 0")
+    if peer not in PEERS:
+        raise ValueError(f"peer must be one of {', '.join(PEERS)}")
     specs = [ServerSpec("current")]
     if baseline is not None:
         specs.insert(0, ServerSpec("baseline", baseline))
@@ -453,7 +481,8 @@ def run_benchmark(
             say(f"starting the {spec.label} chaincode server")
             child, port = _start_server(spec, workdir, workers)
             children.append(child)
-            targets.append(_Target(spec, child, FakePeer(f"127.0.0.1:{port}")))
+            stand_in = FakePeer(f"127.0.0.1:{port}", ready_payload=PEERS[peer])
+            targets.append(_Target(spec, child, stand_in))
         raw = asyncio.run(_measure(targets, parties, state, n, repeat, warmup, say))
         say("the contract alone, in this process")
         contract_only = _contract_only(state, parties, n)
@@ -479,6 +508,7 @@ def run_benchmark(
         "rounds": repeat,
         "warmup_calls": warmup,
         "workers": workers,
+        "peer": peer,
         "servers": servers,
         "contract_only_cpu_ms_per_call": contract_only,
         "machine": machine_metadata(),

@@ -4,7 +4,10 @@ It plays what ``core/chaincode/handler.go`` does for one chaincode stream: answe
 ``REGISTERED`` then ``READY``, send ``TRANSACTION`` messages keyed by (channel, txid), answer the
 chaincode's state requests from an in-memory world state (range results in batches, fetched on with
 ``QUERY_STATE_NEXT``; paginated ranges with a bookmark; history newest first) and, when asked,
-apply a successful transaction's writes. It validates nothing (no MVCC, no endorsement policy, no
+apply a successful transaction's writes. Given a ``ready_payload`` (:func:`ready_params`) it
+plays a Fabric 3.1 peer that offers write batches and multiple-key reads, and answers
+``WRITE_BATCH_STATE`` and ``GET_STATE_MULTIPLE``; it counts every state request by type
+(``request_counts``). It validates nothing (no MVCC, no endorsement policy, no
 signature check): it exists so that ``ehrshare bench chaincode`` can drive the real chaincode
 server over real gRPC without a Fabric build, and the protocol unit tests
 (``tests/fabric_unit/test_ccaas_fake_peer.py``) subclass it to add their instrumentation through the
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,7 +28,7 @@ from fabric_protos.peer import chaincode_pb2 as _chaincode_pb2
 from fabric_protos.peer import chaincode_shim_pb2 as _shim_pb2
 from fabric_protos.peer import proposal_response_pb2 as _response_pb2
 
-__all__ = ["FakePeer", "TxContext", "TxOutcome"]
+__all__ = ["FakePeer", "TxContext", "TxOutcome", "ready_params", "request_name"]
 
 kvpb: Any = _kv_pb2
 ccpb: Any = _chaincode_pb2
@@ -35,6 +39,24 @@ MSG: Any = shim.ChaincodeMessage
 CONNECT_METHOD = "/protos.Chaincode/Connect"
 # The peer's handler returns range results in batches of this many (ledger's maxResultLimit).
 DEFAULT_BATCH = 100
+
+
+def request_name(kind: int) -> str:
+    """A chaincode message type's name."""
+    return str(MSG.Type.Name(kind)) if kind in MSG.Type.values() else f"type {kind}"
+
+
+def ready_params(write_batch: int = 1000, get_multiple: int = 1000) -> bytes:
+    """``READY``'s payload as a Fabric 3.1 peer sends it (``ChaincodeAdditionalParams``, its
+    core.yaml defaults: both offered, 1000 each); 0 leaves one out."""
+    return bytes(
+        ccpb.ChaincodeAdditionalParams(
+            use_write_batch=write_batch > 0,
+            max_size_write_batch=write_batch,
+            use_get_multiple_keys=get_multiple > 0,
+            max_size_get_multiple_keys=get_multiple,
+        ).SerializeToString()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +74,7 @@ class TxContext:
     """The fake peer's simulation context for one transaction."""
 
     writes: dict[str, bytes | None] = field(default_factory=dict)
+    reads: set[str] = field(default_factory=set)  # keys read (the peer's read set, less ranges)
     iterators: dict[str, list[bytes]] = field(default_factory=dict)
     done: asyncio.Future[Any] | None = None
 
@@ -85,6 +108,8 @@ class FakePeer:
         self._iter_seq = 0
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self.request_counts: Counter[str] = Counter()
+        """State requests received, by message type name (what ``bench chaincode`` counts)."""
 
     @property
     def state(self) -> dict[str, bytes]:
@@ -136,6 +161,8 @@ class FakePeer:
             if msg is grpc.aio.EOF:
                 return
             self._observe(msg)
+            if msg.type not in (MSG.COMPLETED, MSG.ERROR, MSG.KEEPALIVE):
+                self.request_counts[request_name(msg.type)] += 1
             if msg.type in (MSG.COMPLETED, MSG.ERROR):
                 tx = self.contexts.get((msg.channel_id, msg.txid))
                 if tx is not None and tx.done is not None and not tx.done.done():
@@ -166,13 +193,34 @@ class FakePeer:
             )
         kind = msg.type
         if kind == MSG.GET_STATE:
-            return response(self._state.get(shim.GetState.FromString(msg.payload).key, b""))
+            key = str(shim.GetState.FromString(msg.payload).key)
+            tx.reads.add(key)
+            return response(self._state.get(key, b""))
         if kind == MSG.PUT_STATE:
             req = shim.PutState.FromString(msg.payload)
             tx.writes[str(req.key)] = bytes(req.value)
             return response()
         if kind == MSG.DEL_STATE:
             tx.writes[str(shim.DelState.FromString(msg.payload).key)] = None
+            return response()
+        if kind == MSG.GET_STATE_MULTIPLE:
+            keys = shim.GetStateMultiple.FromString(msg.payload).keys
+            tx.reads.update(str(k) for k in keys)
+            values = [self._state.get(str(k), b"") for k in keys]
+            return response(shim.GetStateMultipleResult(values=values).SerializeToString())
+        if kind == MSG.WRITE_BATCH_STATE:
+            for rec in shim.WriteBatchState.FromString(msg.payload).rec:
+                if rec.type == shim.WriteRecord.PUT_STATE:
+                    tx.writes[str(rec.key)] = bytes(rec.value)
+                elif rec.type == shim.WriteRecord.DEL_STATE:
+                    tx.writes[str(rec.key)] = None
+                else:
+                    return MSG(
+                        type=MSG.ERROR,
+                        payload=b"unknown operation type",
+                        txid=msg.txid,
+                        channel_id=msg.channel_id,
+                    )
             return response()
         if kind == MSG.GET_STATE_BY_RANGE:
             return response(self._range(tx, shim.GetStateByRange.FromString(msg.payload)))
@@ -194,7 +242,7 @@ class FakePeer:
             ident = str(shim.QueryStateClose.FromString(msg.payload).id)
             tx.iterators.pop(ident, None)
             return response(shim.QueryResponse(has_more=False, id=ident).SerializeToString())
-        text = f"{MSG.Type.Name(kind)} is not handled by the fake peer".encode()
+        text = f"{request_name(kind)} is not handled by the fake peer".encode()
         return MSG(type=MSG.ERROR, payload=text, txid=msg.txid, channel_id=msg.channel_id)
 
     def _kv(self, key: str) -> bytes:

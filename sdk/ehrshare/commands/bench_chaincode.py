@@ -10,7 +10,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ehrshare.bench.chaincode import run_benchmark
+from ehrshare.bench.chaincode import PEERS, run_benchmark
 from ehrshare.benchutil import print_result
 from ehrshare.console import err_console
 from ehrshare.errors import EXIT_USAGE
@@ -37,6 +37,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         warmup: int = typer.Option(20, "--warmup", help="Untimed transactions per operation."),
         baseline: Path | None = _BASELINE,
         workers: int = typer.Option(16, "--workers", help="Transactions the server runs at once."),
+        peer: str = typer.Option(
+            "2.x",
+            "--peer",
+            help="The peer played: 2.x, or 3.1 (offers write batches and multiple-key reads).",
+        ),
     ) -> None:
         """Chaincode server alone over gRPC: endorsements/s, server CPU ms each, p50/p99."""
         err = err_console()
@@ -48,6 +53,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             if value < least:
                 err.print(f"[red]{name} must be at least {least}")
                 raise typer.Exit(EXIT_USAGE)
+        if peer not in PEERS:
+            err.print(f"[red]--peer must be one of {', '.join(PEERS)}")
+            raise typer.Exit(EXIT_USAGE)
         if warmup < 0:
             err.print("[red]--warmup must not be negative")
             raise typer.Exit(EXIT_USAGE)
@@ -61,16 +69,20 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 warmup=warmup,
                 baseline=baseline,
                 workers=workers,
+                peer=peer,
                 progress=lambda msg: status.update(msg),
             )
         if json_only:
             print_result(result, json_only=True)
             return
-        table = Table(title="chaincode server over gRPC (one transaction at a time)")
+        table = Table(
+            title=f"chaincode server over gRPC (one transaction at a time, a {peer} peer)"
+        )
         for col in (
             "server",
             "operation",
             "endorsements/s",
+            "state requests",
             "server CPU ms",
             "client CPU ms",
             "p50 ms",
@@ -83,6 +95,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     label,
                     op,
                     f"{s['endorsements_per_s']['median']:.0f}",
+                    f"{s['state_requests_per_call_total']:g}",
                     f"{s['server_cpu_ms_per_endorsement']['median']:.2f}",
                     f"{s['client_cpu_ms_per_call']['median']:.2f}",
                     f"{s['p50_ms']:.2f}",

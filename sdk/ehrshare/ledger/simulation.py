@@ -105,6 +105,9 @@ class _SimulationStub:
         self.event: tuple[str, bytes] | None = None
 
     # state
+    def prefetch(self, keys: Sequence[str]) -> None:
+        """Reads here are local: nothing to fetch ahead."""
+
     def get_state(self, key: str) -> bytes | None:
         k = self._key(key)
         if (self._ns, k) in self.writes:

@@ -6,25 +6,22 @@ network's chaincode TLS CA), starts ``ehrshare chaincode serve --contract kv`` t
 supervisor and installs, approves and commits it on the channel (:meth:`deploy_chaincode`). The
 server is a process of the returned :class:`KvChaincode`, not of the network: ``FabricNet``'s
 process table, health and restarts are unchanged, and a network restarted later has the
-definition but no server (benchmarks build their own network). Must not bind anything but
-127.0.0.1 or signal a process it did not start.
+definition but no server (benchmarks build their own network). The package and the server are
+made as the contract's are (:func:`~ehrshare.network.fabric.material.write_ccaas_package`, on the
+orderers' host: its address and network namespace). Must not signal a process it did not start.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
-import json
 import sys
-import tarfile
 import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ehrshare.closing import Closing
 from ehrshare.identity import LocalCA
-from ehrshare.network.fabric.spec import FabricNetError, Progress
+from ehrshare.network.fabric.material import write_ccaas_package
+from ehrshare.network.fabric.spec import ORDERER_MSP, FabricNetError, Progress
 from ehrshare.network.supervisor import (
     Child,
     free_loopback_ports,
@@ -32,8 +29,6 @@ from ehrshare.network.supervisor import (
     stop_process,
     wait_ready,
 )
-from ehrshare.services.tls import issue_tls_certificate
-from ehrshare.services.vault import atomic_write
 
 if TYPE_CHECKING:
     from ehrshare.network.fabric.launcher import FabricNet
@@ -64,44 +59,6 @@ class KvChaincode(Closing):
         self.servers = []
 
 
-def _tgz(files: Mapping[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def _write_package(net: FabricNet, name: str, port: int) -> tuple[str, Path, Path]:
-    """The package (package id, path) and the server's TLS directory."""
-    cc_dir = net.dir / f"chaincode-{name}"
-    cc_dir.mkdir(parents=True, exist_ok=True)
-    tls_ca = LocalCA.load(net.dir / "chaincode" / "tls-ca")
-    server_cert, server_key = issue_tls_certificate(tls_ca, "chaincode.ehrshare")
-    (cc_dir / "server.crt").write_bytes(server_cert)
-    atomic_write(cc_dir / "server.key", server_key, mode=0o600)
-    client, client_key = tls_ca.issue_tls_client("peers")
-    connection = {
-        "address": f"127.0.0.1:{port}",
-        "dial_timeout": "10s",
-        "tls_required": True,
-        "client_auth_required": True,
-        "root_cert": tls_ca.certificate_pem.decode(),
-        "client_cert": client.credentials.decode(),
-        "client_key": client_key.to_secret_bytes().decode(),
-    }
-    label = f"{name}_1"
-    code = _tgz({"connection.json": json.dumps(connection, indent=2).encode()})
-    metadata = json.dumps({"path": "", "type": "ccaas", "label": label}).encode()
-    package = _tgz({"metadata.json": metadata, "code.tar.gz": code})
-    path = cc_dir / f"{label}.tgz"
-    atomic_write(path, package, mode=0o600)
-    return f"{label}:{hashlib.sha256(package).hexdigest()}", path, cc_dir
-
-
 def start_chaincode_servers(
     net: FabricNet,
     *,
@@ -125,13 +82,16 @@ def start_chaincode_servers(
             port_file = tls_dir / f"server-{i}.port"
             port_file.unlink(missing_ok=True)
             argv = [str(exe), "chaincode", "serve", "--contract", contract]
-            argv += ["--package-id", package_id, "--listen", f"127.0.0.1:{port}"]
+            # Where the launcher runs the contract's server: the orderers' host (its network
+            # namespace on a netns network), at that host's address.
+            listen = f"{net.host(ORDERER_MSP)}:{port}"
+            argv += ["--package-id", package_id, "--listen", listen]
             argv += ["--tls-cert", str(tls_dir / "server.crt")]
             argv += ["--tls-key", str(tls_dir / "server.key")]
             argv += ["--client-ca", str(net.dir / "chaincode" / "tls-ca" / "ca-cert.pem")]
             argv += ["--port-file", str(port_file)]
             log = net.dir / "logs" / f"{tag}-{i}.log"
-            child = start_child(f"{tag}-{i}", argv, log, cwd=net.dir)
+            child = start_child(f"{tag}-{i}", argv, log, cwd=net.dir, netns=net.netns(ORDERER_MSP))
             children.append(child)
             outcome = wait_ready(port_file.exists, child.alive, deadline, backoff_from=0.02)
             if outcome != "ready":
@@ -160,7 +120,13 @@ def deploy_kv_chaincode(
     say = progress or (lambda _msg: None)
     deadline = time.monotonic() + timeout
     (port,) = free_loopback_ports(1)
-    package_id, package, tls_dir = _write_package(net, name, port)
+    tls_dir = net.dir / f"chaincode-{name}"
+    package_id, package = write_ccaas_package(
+        tls_dir,
+        LocalCA.load(net.dir / "chaincode" / "tls-ca"),
+        label=f"{name}_1",
+        address=f"{net.host(ORDERER_MSP)}:{port}",
+    )
     say(f"{name}: starting {processes} server process(es)")
     servers = start_chaincode_servers(
         net,

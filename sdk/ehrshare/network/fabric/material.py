@@ -64,7 +64,7 @@ from ehrshare.network.supervisor import (
 from ehrshare.services.tls import issue_tls_certificate
 from ehrshare.services.vault import atomic_write
 
-__all__ = ["FabricMaterial"]
+__all__ = ["FabricMaterial", "write_ccaas_package"]
 
 _log = logging.getLogger(__name__)
 
@@ -471,34 +471,52 @@ class FabricMaterial(ChannelAdmin):
         shutil.copy(sampleconfig / "orderer.yaml", orderer_cfg / "orderer.yaml")
 
     def _write_package(self) -> str:
-        spec = self.spec
         cc_dir = self.dir / "chaincode"
         tls_ca = LocalCA.create("ChaincodeTLS")
         tls_ca.save(cc_dir / "tls-ca")
-        host = self.host(ORDERER_MSP)
-        names = ("127.0.0.1", "localhost") if host == "127.0.0.1" else (host,)
-        server_cert, server_key = issue_tls_certificate(tls_ca, "chaincode.ehrshare", hosts=names)
-        (cc_dir / "server.crt").write_bytes(server_cert)
-        atomic_write(cc_dir / "server.key", server_key, mode=0o600)
-        client, client_key = tls_ca.issue_tls_client("peers")
-        connection = {
-            "address": f"{self.host(ORDERER_MSP)}:{self._state.ports['ccaas']}",
-            "dial_timeout": "10s",
-            "tls_required": True,
-            "client_auth_required": True,
-            "root_cert": tls_ca.certificate_pem.decode(),
-            "client_cert": client.credentials.decode(),
-            "client_key": client_key.to_secret_bytes().decode(),
-        }
-        label = f"{spec.chaincode}_{_CC_VERSION}"
-        code = _tgz({"connection.json": json.dumps(connection, indent=2).encode()})
-        metadata = json.dumps({"path": "", "type": "ccaas", "label": label}).encode()
-        package = _tgz({"metadata.json": metadata, "code.tar.gz": code})
-        # The package holds the peers' TLS client key for the chaincode connection.
-        atomic_write(cc_dir / f"{label}.tgz", package, mode=0o600)
-        # Fabric 2.x's package id: <label>:sha256 of the package file, known before install,
-        # so the server can start before the peers.
-        return f"{label}:{hashlib.sha256(package).hexdigest()}"
+        package_id, _ = write_ccaas_package(
+            cc_dir,
+            tls_ca,
+            label=f"{self.spec.chaincode}_{_CC_VERSION}",
+            address=f"{self.host(ORDERER_MSP)}:{self._state.ports['ccaas']}",
+        )
+        return package_id
+
+
+def write_ccaas_package(
+    directory: Path, tls_ca: LocalCA, *, label: str, address: str
+) -> tuple[str, Path]:
+    """Write a ccaas package for a chaincode server at ``address`` (``host:port``) into
+    ``directory``: the server's TLS certificate and key from ``tls_ca`` (``server.crt``,
+    ``server.key``, valid for the host), and ``<label>.tgz`` whose ``connection.json`` has the
+    peers dial ``address`` over mutual TLS with a client certificate of ``tls_ca``.
+
+    Returns the package id and the package's path. Fabric 2.x's package id is ``<label>:``
+    sha256 of the package file, known before install, so the server can start before the peers.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    host = address.rsplit(":", 1)[0]
+    names = ("127.0.0.1", "localhost") if host == "127.0.0.1" else (host,)
+    server_cert, server_key = issue_tls_certificate(tls_ca, "chaincode.ehrshare", hosts=names)
+    (directory / "server.crt").write_bytes(server_cert)
+    atomic_write(directory / "server.key", server_key, mode=0o600)
+    client, client_key = tls_ca.issue_tls_client("peers")
+    connection = {
+        "address": address,
+        "dial_timeout": "10s",
+        "tls_required": True,
+        "client_auth_required": True,
+        "root_cert": tls_ca.certificate_pem.decode(),
+        "client_cert": client.credentials.decode(),
+        "client_key": client_key.to_secret_bytes().decode(),
+    }
+    code = _tgz({"connection.json": json.dumps(connection, indent=2).encode()})
+    metadata = json.dumps({"path": "", "type": "ccaas", "label": label}).encode()
+    package = _tgz({"metadata.json": metadata, "code.tar.gz": code})
+    # The package holds the peers' TLS client key for the chaincode connection.
+    path = directory / f"{label}.tgz"
+    atomic_write(path, package, mode=0o600)
+    return f"{label}:{hashlib.sha256(package).hexdigest()}", path
 
 
 class _NoAliases(yaml.SafeDumper):
