@@ -200,7 +200,7 @@ class JoinRequest:
             )
         try:
             ca = x509.load_pem_x509_certificate(self.ca_pem)
-        except ValueError as exc:
+        except (ValueError, x509.InvalidVersion) as exc:
             raise InvalidJoinRequest(f"the CA certificate does not parse: {exc}") from None
         _require_canonical(ca, self.ca_certificate, "CA")
         if not issued_by(ca, ca) or not _is_ca(ca) or _org(ca) != self.msp_id:
@@ -210,7 +210,7 @@ class JoinRequest:
         for which in ("admin", "kgc", "proxy"):
             try:
                 cert = self.identity(which).certificate
-            except ValueError as exc:
+            except (ValueError, x509.InvalidVersion) as exc:
                 raise InvalidJoinRequest(f"the {which} certificate does not parse: {exc}") from None
             _require_canonical(cert, self.identity(which).credentials.decode("ascii"), which)
             if not issued_by(cert, ca) or _org(cert) != self.msp_id:

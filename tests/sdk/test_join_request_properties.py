@@ -147,3 +147,21 @@ def test_text_around_a_certificate_is_refused_even_rehashed(
     body = {k: v for k, v in data.items() if k != "sha256"}
     with pytest.raises(EhrshareError, match="not exactly one PEM certificate"):
         JoinRequest.from_text(JoinRequest(**body).to_json())
+
+
+def test_a_certificate_with_an_unknown_x509_version_is_refused_not_crashed_on(
+    request_text: str,
+) -> None:
+    """cryptography raises InvalidVersion, not ValueError, for a version field it does not know
+    (found by the property above on a random seed: a traceback instead of an exit code)."""
+    data = json.loads(request_text)
+    lines = data["kgc_certificate"].strip().split("\n")
+    der = base64.b64decode("".join(lines[1:-1]))
+    at = der.find(bytes([0xA0, 3, 2, 1, 2]))  # [0] EXPLICIT INTEGER 2: X.509 v3
+    assert at > 0
+    b64 = base64.b64encode(der[: at + 4] + bytes([5]) + der[at + 5 :]).decode("ascii")
+    body = "\n".join(b64[i : i + 64] for i in range(0, len(b64), 64))
+    data["kgc_certificate"] = f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
+    fields = {k: v for k, v in data.items() if k != "sha256"}
+    with pytest.raises(EhrshareError, match="kgc certificate does not parse"):
+        JoinRequest.from_text(JoinRequest(**fields).to_json())
