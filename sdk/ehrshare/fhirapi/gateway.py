@@ -366,8 +366,7 @@ class Gateway:
                 )
         # The read first: a denial is decided and logged on chain like any (then 403), an
         # unknown record is the chaincode's "does not exist" (then 404).
-        ref, model = session.open_record(rid, version=version)
-        data: dict[str, Any] = json.loads(model.model_dump_json(exclude_none=True))
+        ref, data = session.open_record_json(rid, version=version)  # validated, not re-dumped
         if data.get("resourceType") != rtype:
             raise FhirError(404, f"{rtype}/{rid} does not exist (record {rid} is not a {rtype})")
         return self._with_meta(data, ref)
@@ -407,9 +406,7 @@ class Gateway:
         # The chain knows each record's clinical type, not its resourceType: every readable
         # record is decrypted (a logged read) and those of another type are left out.
         for ref in self._readable(session, patient):
-            data: dict[str, Any] = json.loads(
-                session.read_record(ref.record_id).model_dump_json(exclude_none=True)
-            )
+            _ref, data = session.open_record_json(ref.record_id)
             if data.get("resourceType") == rtype:
                 found.append(self._with_meta(data, ref))
         return Answer(200, _bundle(found, base_url))
@@ -448,9 +445,7 @@ class Gateway:
         assert patient is not None
         found = []
         for ref in self._readable(session, patient):
-            data: dict[str, Any] = json.loads(
-                session.read_record(ref.record_id).model_dump_json(exclude_none=True)
-            )
+            _ref, data = session.open_record_json(ref.record_id)
             found.append(self._with_meta(data, ref))
         found += self._consents(session, patient)
         return Answer(200, _bundle(found, base_url))
