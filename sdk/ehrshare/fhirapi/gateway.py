@@ -35,6 +35,7 @@ from ehrshare.fhirapi.capability import capability_statement
 from ehrshare.fhirapi.members import member_from_id, member_from_reference
 from ehrshare.fhirapi.outcome import FhirError, outcome_for
 from ehrshare.fhirapi.provenance import version_to_provenance
+from ehrshare.fhirapi.search import parse_search
 from ehrshare.fhirapi.transaction import Entry, parse_transaction
 from ehrshare.jsontext import too_deep
 from ehrshare.runtime import Runtime
@@ -398,16 +399,18 @@ class Gateway:
     def _search(
         self, session: Session, rtype: str, query: Mapping[str, list[str]], base_url: str
     ) -> Answer:
-        unknown = set(query) - {"patient", "subject"}
-        if unknown:
-            raise FhirError(400, f"unsupported search parameter(s): {', '.join(sorted(unknown))}")
-        patient = self._patient_param(session, query)
+        """``GET [base]/{type}?…``: the records the caller may read that match. The pointers
+        decide patient, ``_lastUpdated`` and record type before anything is decrypted (see
+        :mod:`ehrshare.fhirapi.search` for what only the decrypted resource can tell)."""
+        search = parse_search(rtype, query, None)  # bad parameters: 400 before any lookup
+        search = parse_search(rtype, query, self._patient_param(session, query))
+        types = search.possible_types(session.mapping)
         found = []
-        # The chain knows each record's clinical type, not its resourceType: every readable
-        # record is decrypted (a logged read) and those of another type are left out.
-        for ref in self._readable(session, patient):
-            _ref, data = session.open_record_json(ref.record_id)
-            if data.get("resourceType") == rtype:
+        for ref in self._readable(session, search.patient):
+            if not search.admits_pointer(ref, types):
+                continue
+            _ref, data = session.open_record_json(ref.record_id)  # a logged read
+            if search.admits_resource(data, ref):
                 found.append(self._with_meta(data, ref))
         return Answer(200, _bundle(found, base_url))
 
