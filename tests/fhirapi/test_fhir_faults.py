@@ -188,17 +188,27 @@ def test_an_update_killed_mid_way(world: dict, start: object, fault: str, versio
     clean.stop()
     faulty = start(fault)  # type: ignore[operator]
     body = lab_observation(value=2.0) | {"id": rid}
+    based_on_1 = {"If-Match": 'W/"1"'}
     with faulty.client(world["alice"]) as alice:
-        _killed(faulty, lambda: alice.put(f"/Observation/{rid}", json=body))
+        _killed(faulty, lambda: alice.put(f"/Observation/{rid}", json=body, headers=based_on_1))
     again = start()  # type: ignore[operator]
     with again.client(world["alice"]) as alice:
         now = alice.get(f"/Observation/{rid}").json()
         assert now["meta"]["versionId"] == str(version)  # the old version, or the whole new one
         assert now["valueQuantity"]["value"] == (1.0 if version == 1 else 2.0)
         assert alice.get(f"/Observation/{rid}/_history/1").json()["valueQuantity"]["value"] == 1.0
-        r = alice.put(f"/Observation/{rid}", json=lab_observation(value=3.0) | {"id": rid})
+        # Re-sending the same If-Match update: applied if the killed one did not land, 412 if
+        # it did (the client learns its update is in, instead of writing it twice).
+        r = alice.put(f"/Observation/{rid}", json=body, headers=based_on_1)
+        assert r.status_code == (200 if version == 1 else 412), r.text
+        current = 2
+        r = alice.put(
+            f"/Observation/{rid}",
+            json=lab_observation(value=3.0) | {"id": rid},
+            headers={"If-Match": f'W/"{current}"'},
+        )
         assert r.status_code == 200, r.text
-        assert r.json()["meta"]["versionId"] == str(version + 1)
+        assert r.json()["meta"]["versionId"] == str(current + 1)
 
 
 def test_a_transaction_killed_after_its_first_entry(world: dict, start: object) -> None:

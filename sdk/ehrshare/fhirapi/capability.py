@@ -84,7 +84,11 @@ def capability_statement(
                 "resource": [
                     {
                         "type": "Resource",
-                        "documentation": "Any other resource type: stored as a record.",
+                        "documentation": (
+                            "Any other resource type: stored as a record. Updates honour "
+                            'If-Match: W/"versionId" (412 when stale).'
+                        ),
+                        "versioning": "versioned-update",
                         "interaction": [{"code": c} for c in RECORD_INTERACTIONS],
                         "searchParam": [
                             {"name": "patient", "type": "reference"},

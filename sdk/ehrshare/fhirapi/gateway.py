@@ -14,9 +14,11 @@ must not parse HTTP.
 from __future__ import annotations
 
 import datetime as _dt
+import email.utils
 import importlib.metadata
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -69,6 +71,31 @@ def _version_id(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 1 << 31:
         raise FhirError(404, f"_history/{text}: a version id is a number from 1")
     return int(text)
+
+
+_ETAG = re.compile(r'(?:W/)?"([1-9][0-9]{0,9})"')
+
+
+def _expected(if_match: str | None) -> int | None:
+    """The version an If-Match header names (``W/"3"``), None without one; 400 if malformed."""
+    if if_match is None or if_match.strip() == "*":
+        return None  # "*": any current version (an update needs the record to exist anyway)
+    m = _ETAG.fullmatch(if_match.strip())
+    if m is None:
+        raise FhirError(
+            400, f'If-Match {if_match!r} is not one version ETag such as W/"3" (from meta)'
+        )
+    return int(m.group(1))
+
+
+def _with_validators(answer: Answer) -> Answer:
+    """``answer`` (a record version) with its ETag and Last-Modified headers, from meta."""
+    meta = answer.body.get("meta") or {}
+    headers = dict(answer.headers)
+    headers["ETag"] = f'W/"{meta["versionId"]}"'
+    when = _dt.datetime.fromisoformat(meta["lastUpdated"].replace("Z", "+00:00"))
+    headers["Last-Modified"] = email.utils.format_datetime(when, usegmt=True)
+    return Answer(answer.status, answer.body, headers)
 
 
 def _bundle(resources: list[dict[str, Any]], base_url: str) -> dict[str, Any]:
@@ -135,10 +162,13 @@ class Gateway:
         credentials: Credentials,
         body: bytes,
         base_url: str,
+        *,
+        if_match: str | None = None,
     ) -> Answer:
-        """Answer one request; every error becomes an OperationOutcome with its status."""
+        """Answer one request; every error becomes an OperationOutcome with its status.
+        ``if_match``: the request's If-Match header (an update's expected version)."""
         try:
-            return self._route(method, path, query, credentials, body, base_url)
+            return self._route(method, path, query, credentials, body, base_url, if_match)
         except Exception as exc:
             status, outcome = outcome_for(exc)
             if status >= 500:
@@ -154,6 +184,7 @@ class Gateway:
         credentials: Credentials,
         body: bytes,
         base_url: str,
+        if_match: str | None = None,
     ) -> Answer:
         if path != BASE and not path.startswith(BASE + "/"):
             raise FhirError(404, f"no such endpoint {path}: the FHIR base is {BASE}")
@@ -179,7 +210,9 @@ class Gateway:
             if extra[:1] == ["_history"] and rtype not in _NOT_RECORDS and method == "GET":
                 if len(extra) == 1:
                     return self._history(session, rtype, rid, base_url)
-                return Answer(200, self._read(session, rtype, rid, _version_id(extra[1])))
+                return _with_validators(
+                    Answer(200, self._read(session, rtype, rid, _version_id(extra[1])))
+                )
             if extra:
                 raise FhirError(404, f"no such endpoint {path}")
             if rtype == "Consent":
@@ -193,11 +226,11 @@ class Gateway:
             if method == "POST" and not rid:
                 return self._create(session, rtype, body, base_url)
             if method == "GET" and rid:
-                return Answer(200, self._read(session, rtype, rid))
+                return _with_validators(Answer(200, self._read(session, rtype, rid)))
             if method == "GET":
                 return self._search(session, rtype, query, base_url)
             if method == "PUT" and rid:
-                return self._update(session, rtype, rid, body, base_url)
+                return self._update(session, rtype, rid, body, base_url, _expected(if_match))
         raise FhirError(
             405, f"{method} {path} is not supported: records are create, read, update, search"
         )
@@ -282,7 +315,7 @@ class Gateway:
             raise FhirError(422, str(exc)) from None
         out = self._with_meta(resource, ref)
         location = f"{base_url}/{rtype}/{ref.record_id}/_history/{ref.version}"
-        return Answer(201, out, {"Location": location, "ETag": f'W/"{ref.version}"'})
+        return _with_validators(Answer(201, out, {"Location": location}))
 
     @staticmethod
     def _with_meta(resource: dict[str, Any], ref: RecordRef) -> dict[str, Any]:
@@ -335,22 +368,29 @@ class Gateway:
             )
         return body
 
-    def _update(self, session: Session, rtype: str, rid: str, body: bytes, base_url: str) -> Answer:
-        """``PUT [base]/{type}/{id}``: a new version of a record (no update-as-create)."""
+    def _update(
+        self,
+        session: Session,
+        rtype: str,
+        rid: str,
+        body: bytes,
+        base_url: str,
+        expected: int | None = None,
+    ) -> Answer:
+        """``PUT [base]/{type}/{id}``: a new version of a record (no update-as-create); with
+        ``expected`` (If-Match) only if the record is still at that version (else 412)."""
         resource = self._load(body, rtype)
         if resource.get("id") != rid:
             raise FhirError(400, f"the body's id {resource.get('id')!r} must be the URL's {rid!r}")
         stored = self._checked_update(session, rtype, rid, resource)
         try:
-            ref = session.amend_record(rid, stored)
+            # The chaincode checks the version again in the write's own transaction, so a
+            # concurrent update between this check and the write is refused too (412).
+            ref = session.amend_record(rid, stored, if_version=expected)
         except FhirValidationError as exc:
             raise FhirError(400, str(exc)) from None
         location = f"{base_url}/{rtype}/{rid}/_history/{ref.version}"
-        return Answer(
-            200,
-            self._with_meta(stored, ref),
-            {"Location": location, "ETag": f'W/"{ref.version}"'},
-        )
+        return _with_validators(Answer(200, self._with_meta(stored, ref), {"Location": location}))
 
     def _read(
         self, session: Session, rtype: str, rid: str, version: int | None = None

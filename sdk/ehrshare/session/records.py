@@ -30,6 +30,7 @@ from ehrshare.session.errors import (
     RecordTypeChanged,
     RequestRejected,
     SdkError,
+    VersionConflict,
     VersionNotReadable,
 )
 from ehrshare.storage import ContentNotFound, IntegrityError, StorageError, get_verified, sha256_hex
@@ -106,11 +107,15 @@ class Records(SessionCore):
         resource: FHIRAbstractModel | dict[str, Any] | str | bytes,
         *,
         type: str | None = None,
+        if_version: int | None = None,
     ) -> RecordRef:
         """Store ``resource`` as a new version of a record (its owner or creator may): encrypted
         as :meth:`put_record` does, for the record's owner, and registered with AmendRecord;
         older versions stay. The record type must stay the record's (else
-        :class:`RecordTypeChanged`, nothing stored).
+        :class:`RecordTypeChanged`, nothing stored). ``if_version``: the version this one is
+        based on; if the record is at another (checked before storing, and again by the
+        chaincode in the same transaction as the write), :class:`VersionConflict`, nothing
+        registered.
 
         Raises as :meth:`put_record` does; a crash between the store and the ledger leaves an
         unreferenced ciphertext ('ehrshare store gc') and the previous version current.
@@ -123,6 +128,11 @@ class Records(SessionCore):
                 f"{self.max_record_bytes} (limits.max_record_bytes)"
             )
         current = self.get_record(record_id)
+        if if_version is not None and current.version != if_version:
+            raise VersionConflict(
+                "AmendRecord",
+                f"record {record_id} is at version {current.version}, not {if_version}",
+            )
         type_name = self.mapping.resolve(model, type)
         label = self.labels.opaque(type_name)
         if label != current.label:
@@ -151,12 +161,15 @@ class Records(SessionCore):
                 capsule=capsule,
                 format_version=FORMAT_VERSION,
                 type_epoch=type_epoch,
+                expected_version=if_version,
             )
-        except RequestRejected:
+        except RequestRejected as exc:
             try:
                 self.store.unpin(cid)
             except StorageError:
                 _log.warning("could not release unregistered ciphertext %s", cid)
+            if if_version is not None and exc.reason.startswith(f"record {record_id} is at "):
+                raise VersionConflict(exc.function, exc.reason, exc.transaction_id) from None
             raise
         fault_point("amend.after_register")
         _log.info("registered version %d of record %s", record.ref.version, record_id)
