@@ -8,16 +8,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from test_fhir_cli import cli
+from fhir_world import cli, cli_world, serve_process
 from test_fhir_records import consent
 
 from ehrshare.demo import lab_observation
-from ehrshare.faults import FAULT_ENV
 
 ALICE_ID, BAKER_ID = "HospitalAMSP/alice", "HospitalBMSP/baker"
 END = 4102444800  # 2100-01-01
@@ -25,43 +23,14 @@ END = 4102444800  # 2100-01-01
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    base = tmp_path_factory.mktemp("fhir-faults")
-    profile = str(base / "c")
-    cli("consortium", "init", profile)
-    for name, hospital, role in (
-        ("alice", "HospitalA", "patient"),
-        ("baker", "HospitalB", "clinician"),
-    ):
-        cli("consortium", "add-member", name, "--hospital", hospital, "--role", role, "-p", profile)
-        cli("enroll", "-p", profile, "-w", name)
-    return {
-        "profile": profile,
-        "alice": cli("fhir", "token", "-p", profile, "-w", "alice", "--patient-own-gateway"),
-        "baker": cli("fhir", "token", "-p", profile, "-w", "baker"),
-    }
+    w = cli_world(tmp_path_factory.mktemp("fhir-faults"))
+    return {"profile": w["profile"], "alice": w["ALICE"], "baker": w["BAKER"]}
 
 
 class Server:
     def __init__(self, profile: str, fault: str = "") -> None:
-        env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
-        if fault:
-            env[FAULT_ENV] = fault
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ehrshare",
-                "fhir",
-                "serve",
-                "-p",
-                profile,
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=env,
+        self.proc = serve_process(
+            profile, "--listen", "127.0.0.1:0", fault=fault, stderr=subprocess.DEVNULL
         )
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()

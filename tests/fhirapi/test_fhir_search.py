@@ -126,6 +126,10 @@ def test_a_grantee_searches_only_what_its_grants_cover(fhir: Fhir) -> None:
         assert ids(r.json()) == [lab]
         r = baker.get("/Observation", params={"category": "vital-signs"})
         assert ids(r.json()) == []
+        r = baker.get("/Observation", params={"category": "laboratory"})
+        assert ids(r.json()) == [lab]
+        r = baker.get("/Observation", params={"category": "urn:ehrshare:record-type|lab"})
+        assert ids(r.json()) == [lab]
 
 
 @pytest.mark.parametrize(
@@ -140,6 +144,7 @@ def test_a_grantee_searches_only_what_its_grants_cover(fhir: Fhir) -> None:
         {"category": ""},
         {"category": "laboratory,"},
         {"category": "http://x|"},
+        {"category": "urn:ehrshare:record-type|Lab!"},
         {"_sort": "_lastUpdated"},
         {"_count": "10"},
     ],

@@ -444,13 +444,14 @@ class Gateway:
         :mod:`ehrshare.fhirapi.search` for what only the decrypted resource can tell)."""
         search = parse_search(rtype, query, None)  # bad parameters: 400 before any lookup
         search = parse_search(rtype, query, self._patient_param(session, query))
-        types = search.possible_types(session.mapping)
+        label_of = session.labels.opaque
+        labels = search.possible_labels(session.mapping, label_of)
         found = []
         for ref in self._readable(session, search.patient):
-            if not search.admits_pointer(ref, types):
+            if not search.admits_pointer(ref, labels):
                 continue
             _ref, data = session.open_record_json(ref.record_id)  # a logged read
-            if search.admits_resource(data, ref):
+            if search.admits_resource(data, ref, label_of):
                 found.append(self._with_meta(data, ref))
         return Answer(200, _bundle(found, base_url))
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -26,6 +26,7 @@ __all__ = ["RECORD_TYPE_SYSTEM", "SEARCH_PARAMS", "RecordSearch", "parse_search"
 
 RECORD_TYPE_SYSTEM: Final = "urn:ehrshare:record-type"
 SEARCH_PARAMS: Final = ("patient", "subject", "category", "_lastUpdated")
+_TYPE_NAME: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")  # as ehrshare.fhir checks them
 _PREFIXES: Final = ("eq", "ne", "gt", "lt", "ge", "le")
 _DATE: Final = re.compile(
     r"(?P<y>\d{4})(?:-(?P<m>\d{2})(?:-(?P<d>\d{2})"
@@ -73,26 +74,32 @@ class RecordSearch:
     categories: tuple[tuple[_Token, ...], ...]
     updated: tuple[_DateBound, ...]
 
-    def possible_types(self, mapping: TypeMapping) -> frozenset[str] | None:
-        """The record types a match can have (None: any), from the category parameters."""
+    def possible_labels(
+        self, mapping: TypeMapping, label_of: Callable[[str], str]
+    ) -> frozenset[str] | None:
+        """The on-chain labels a match can have (None: any), from the category parameters;
+        ``label_of`` maps a record type to its opaque label."""
         allowed: frozenset[str] | None = None
         for alternatives in self.categories:
             types: set[str] = set()
             for token in alternatives:
                 types |= _types_for(mapping, self.resource_type, token)
-            allowed = frozenset(types) if allowed is None else allowed & types
+            labels = {label_of(t) for t in types}
+            allowed = frozenset(labels) if allowed is None else allowed & labels
         return allowed
 
-    def admits_pointer(self, ref: RecordRef, types: frozenset[str] | None) -> bool:
+    def admits_pointer(self, ref: RecordRef, labels: frozenset[str] | None) -> bool:
         """Whether the record's pointer can belong to a match (decided without decrypting)."""
         if self.patient is not None and ref.owner != self.patient:
             return False
-        if types is not None and ref.type not in types:
+        if labels is not None and ref.label not in labels:
             return False
         updated = ref.updated_at or ref.created_at
         return all(b.admits(updated) for b in self.updated)
 
-    def admits_resource(self, data: Mapping[str, Any], ref: RecordRef) -> bool:
+    def admits_resource(
+        self, data: Mapping[str, Any], ref: RecordRef, label_of: Callable[[str], str]
+    ) -> bool:
         """Whether a decrypted resource (of a pointer :meth:`admits_pointer` let through)
         matches: its resourceType, and its categories for FHIR category codes."""
         if data.get("resourceType") != self.resource_type:
@@ -100,7 +107,7 @@ class RecordSearch:
         have = codings(data.get("category", []))
         for alternatives in self.categories:
             if not any(
-                (t.system == RECORD_TYPE_SYSTEM and ref.type == t.code)
+                (t.system == RECORD_TYPE_SYSTEM and ref.label == label_of(t.code))
                 or any(t.matches(s, c) for s, c in have)
                 for t in alternatives
             ):
@@ -138,6 +145,8 @@ def _token(text: str) -> _Token:
     system, bar, code = text.rpartition("|")
     if not code:
         raise FhirError(400, f"category={text!r}: give a code (code, system|code or |code)")
+    if system == RECORD_TYPE_SYSTEM and not _TYPE_NAME.fullmatch(code):
+        raise FhirError(400, f"category={text!r}: {code!r} is not a record type name (a-z, 0-9, -)")
     return _Token(system if bar else None, code)
 
 
