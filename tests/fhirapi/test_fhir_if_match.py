@@ -121,3 +121,57 @@ def test_the_capability_statement_says_updates_are_version_aware(fhir: Fhir) -> 
     parse_resource(statement)
     records = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Resource")
     assert records["versioning"] == "versioned-update"
+
+
+def _tx(*entries: dict[str, Any]) -> dict[str, Any]:
+    return {"resourceType": "Bundle", "type": "transaction", "entry": list(entries)}
+
+
+def _put(rid: str, value: float, if_match: str | None) -> dict[str, Any]:
+    request = {"method": "PUT", "url": f"Observation/{rid}"}
+    if if_match is not None:
+        request["ifMatch"] = if_match
+    return {"resource": lab_observation(value=value) | {"id": rid}, "request": request}
+
+
+def _post() -> dict[str, Any]:
+    return {"resource": lab_observation(), "request": {"method": "POST", "url": "Observation"}}
+
+
+def test_a_transaction_entry_with_a_stale_if_match_refuses_the_whole_bundle(fhir: Fhir) -> None:
+    rid = created(fhir)["id"]
+    before = state_digest(consortium_dir(fhir))
+    with fhir.client("alice") as alice:
+        r = alice.post("", json=_tx(_post(), _put(rid, 2.0, 'W/"2"')))
+        assert r.status_code == 412, r.text
+        assert "entry[1]" in r.json()["issue"][0]["diagnostics"]
+        assert state_digest(consortium_dir(fhir)) == before
+        r = alice.post("", json=_tx(_post(), _put(rid, 2.0, 'W/"1"')))
+        assert r.status_code == 200, r.text
+        assert r.json()["entry"][1]["response"]["etag"] == 'W/"2"'
+
+
+@pytest.mark.parametrize(
+    ("entry", "status"),
+    [
+        (
+            {
+                "resource": lab_observation(),
+                "request": {"method": "POST", "url": "Observation", "ifMatch": 'W/"1"'},
+            },
+            422,
+        ),
+        ("malformed", 400),
+    ],
+)
+def test_a_transaction_if_match_that_cannot_apply_is_refused(
+    fhir: Fhir, entry: Any, status: int
+) -> None:
+    rid = created(fhir)["id"]
+    if entry == "malformed":
+        entry = _put(rid, 2.0, "1")
+    before = state_digest(consortium_dir(fhir))
+    with fhir.client("alice") as alice:
+        r = alice.post("", json=_tx(_post(), entry))
+        assert r.status_code == status, r.text
+    assert state_digest(consortium_dir(fhir)) == before

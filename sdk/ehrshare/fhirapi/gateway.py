@@ -18,7 +18,6 @@ import email.utils
 import importlib.metadata
 import json
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -38,7 +37,7 @@ from ehrshare.fhirapi.members import member_from_id, member_from_reference
 from ehrshare.fhirapi.outcome import FhirError, outcome_for
 from ehrshare.fhirapi.provenance import version_to_provenance
 from ehrshare.fhirapi.search import parse_search
-from ehrshare.fhirapi.transaction import Entry, parse_transaction
+from ehrshare.fhirapi.transaction import Entry, etag_version, parse_transaction
 from ehrshare.jsontext import too_deep
 from ehrshare.runtime import Runtime
 from ehrshare.session import NoSuchMember, RecordTooLarge, Session
@@ -71,21 +70,6 @@ def _version_id(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 1 << 31:
         raise FhirError(404, f"_history/{text}: a version id is a number from 1")
     return int(text)
-
-
-_ETAG = re.compile(r'(?:W/)?"([1-9][0-9]{0,9})"')
-
-
-def _expected(if_match: str | None) -> int | None:
-    """The version an If-Match header names (``W/"3"``), None without one; 400 if malformed."""
-    if if_match is None or if_match.strip() == "*":
-        return None  # "*": any current version (an update needs the record to exist anyway)
-    m = _ETAG.fullmatch(if_match.strip())
-    if m is None:
-        raise FhirError(
-            400, f'If-Match {if_match!r} is not one version ETag such as W/"3" (from meta)'
-        )
-    return int(m.group(1))
 
 
 def _with_validators(answer: Answer) -> Answer:
@@ -230,7 +214,7 @@ class Gateway:
             if method == "GET":
                 return self._search(session, rtype, query, base_url)
             if method == "PUT" and rid:
-                return self._update(session, rtype, rid, body, base_url, _expected(if_match))
+                return self._update(session, rtype, rid, body, base_url, etag_version(if_match))
         raise FhirError(
             405, f"{method} {path} is not supported: records are create, read, update, search"
         )
@@ -328,15 +312,25 @@ class Gateway:
         return out
 
     def _checked_update(
-        self, session: Session, rtype: str, rid: str, resource: dict[str, Any]
+        self,
+        session: Session,
+        rtype: str,
+        rid: str,
+        resource: dict[str, Any],
+        expected: int | None = None,
     ) -> dict[str, Any]:
         """``resource`` (a PUT's body, as JSON) checked as a new version of record ``rid``:
-        valid FHIR, the record the caller's to amend, of the same type and patient, not too
-        large. Nothing is written. Returns the resource to store (without its id)."""
+        valid FHIR, the record the caller's to amend (and at version ``expected``, when
+        given), of the same type and patient, not too large. Nothing is written. Returns the
+        resource to store (without its id)."""
         current = session.get_record(rid)  # unknown: 404; not the caller's to see: 403
         if session.ibe_id not in (current.owner, current.creator):
             raise FhirError(
                 403, f"{session.ibe_id} may not update {rtype}/{rid}: only its owner or creator"
+            )
+        if expected is not None and current.version != expected:
+            raise FhirError(
+                412, f"record {rid} is at version {current.version}, not {expected} (If-Match)"
             )
         for key in ("subject", "patient"):
             ref = resource.get(key)
@@ -382,7 +376,7 @@ class Gateway:
         resource = self._load(body, rtype)
         if resource.get("id") != rid:
             raise FhirError(400, f"the body's id {resource.get('id')!r} must be the URL's {rid!r}")
-        stored = self._checked_update(session, rtype, rid, resource)
+        stored = self._checked_update(session, rtype, rid, resource, expected)
         try:
             # The chaincode checks the version again in the write's own transaction, so a
             # concurrent update between this check and the write is refused too (412).
@@ -510,7 +504,9 @@ class Gateway:
             _resource_type(e.resource_type)
             try:
                 if e.method == "PUT":
-                    stored = self._checked_update(session, e.resource_type, e.record_id, e.resource)
+                    stored = self._checked_update(
+                        session, e.resource_type, e.record_id, e.resource, e.if_version
+                    )
                     planned.append((e, stored, ""))
                     continue
                 resource = {k: v for k, v in e.resource.items() if k != "id"}
@@ -535,7 +531,7 @@ class Gateway:
         for e, resource, patient in planned:
             try:
                 if e.method == "PUT":
-                    ref = session.amend_record(e.record_id, resource)
+                    ref = session.amend_record(e.record_id, resource, if_version=e.if_version)
                 else:
                     ref = session.put_record(resource, patient=patient)
             except Exception as exc:
