@@ -69,6 +69,7 @@ if TYPE_CHECKING:
     from ehrshare.session import SdkError as SdkError
     from ehrshare.session import Session as Session
     from ehrshare.session import UnknownProxy as UnknownProxy
+    from ehrshare.session import VersionConflict as VersionConflict
     from ehrshare.session import VersionNotReadable as VersionNotReadable
     from ehrshare.storage import ContentNotFound as ContentNotFound
     from ehrshare.storage import IntegrityError as IntegrityError

@@ -43,6 +43,7 @@ __all__ = [
     "TypeMapping",
     "TypeRule",
     "UnknownRecordType",
+    "codings",
     "parse_resource",
     "resource_bytes",
 ]
@@ -165,7 +166,7 @@ def resource_bytes(resource: FHIRAbstractModel) -> bytes:
     return resource.model_dump_json(exclude_none=True).encode("utf-8")
 
 
-def _codings(value: Any) -> list[tuple[str, str]]:
+def codings(value: Any) -> list[tuple[str, str]]:
     """(system, code) pairs of a CodeableConcept list, a CodeableConcept or a Coding list."""
     out: list[tuple[str, str]] = []
     items = value if isinstance(value, list) else [value]
@@ -294,9 +295,9 @@ class TypeMapping:
         """The type a rule assigns, or None when no rule matches."""
         data = json.loads(resource.model_dump_json(exclude_none=True))
         resource_type = str(data.get("resourceType", ""))
-        categories = _codings(data.get("category", []))
+        categories = codings(data.get("category", []))
         meta = data.get("meta") or {}
-        security = _codings(meta.get("security", []))
+        security = codings(meta.get("security", []))
         ordered = [r for r in self.rules if r.security] + [r for r in self.rules if not r.security]
         for rule in ordered:
             if rule.matches(resource_type, categories, security):

@@ -115,6 +115,17 @@ def test_amended_record_keeps_every_version(fresh_world: World) -> None:
     assert endorse_error(alice, "GetRecord", "r-17") == "record r-17 does not exist"
 
 
+def test_amend_with_an_expected_version_refuses_a_stale_one(fresh_world: World) -> None:
+    alice = fresh_world.m["owner"]
+    amend = ("AmendRecord", "r-1", "bafyrecord0002", "1" * 64, CAPSULE, "2")
+    assert endorse_error(alice, *amend, "", "2") == "record r-1 is at version 1, not 2"
+    assert endorse_error(alice, *amend, "", "x") == "record r-1 is at version 1, not x"
+    assert alice.evaluate("GetRecord", "r-1")["version"] == 1  # nothing written
+    assert alice.submit(*amend, "", "1")["version"] == 2
+    assert endorse_error(alice, *amend, "", "1") == "record r-1 is at version 2, not 1"
+    assert alice.submit(*amend, "")["version"] == 3  # without one: as before
+
+
 def test_list_records_paginates_in_key_order(fresh_world: World) -> None:
     alice = fresh_world.m["owner"]
     for i in range(5):

@@ -1,22 +1,29 @@
-"""The FHIR API on a real Fabric 2.3 network: the same server in front of a consortium whose
-ledger is Fabric (peers of three hospitals, a Raft orderer, our chaincode as ccaas). A patient
-stores an Observation and consents for a clinician, who reads; the patient revokes; the
-clinician's read is 403 and the AuditEvents (from the peers' ledger) show the denial."""
+"""The FHIR API on a real Fabric 2.3 network, as a hospital runs it: ``ehrshare fhir serve
+--mtls`` as its own process in front of a consortium whose ledger is Fabric (peers of three
+hospitals, a Raft orderer, our chaincode as ccaas), callers named by their wallets' TLS client
+certificates. A patient stores an Observation and consents for a clinician, who reads (also by
+a category search); the patient updates it with If-Match (a stale one is 412: the chaincode's
+expected version on Fabric); the patient revokes; the clinician's read is 403, a consortium
+member the server does not serve is 401, and the AuditEvents (from the peers' ledger) show the
+decisions."""
 
 from __future__ import annotations
 
 import datetime as _dt
+import os
+import signal
+import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from ehrshare.demo import lab_observation
-from ehrshare.fhirapi import FhirServer, TokenBook
-from ehrshare.fhirapi.gateway import gateway_for
 from ehrshare.network.supervisor import pid_alive
 from ehrshare.provisioning import Consortium
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "fhirapi"))
+from fhir_world import serve_process, server_cert, wallet_client
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
 
@@ -59,43 +66,44 @@ def _consent(patient: str, grantee: str, end: str) -> dict:
     }
 
 
-def test_the_fhir_story_holds_on_fabric(tmp_path: Path) -> None:
+def test_the_fhir_story_holds_on_fabric_over_mutual_tls(tmp_path: Path) -> None:
     c = Consortium.init(tmp_path / "c", ledger="fabric")
     assert c.network is not None
     pids = list(c.network.pids().values())
+    profile = str(tmp_path / "c")
     try:
         ids = {}
         for name, hospital, role in (
             ("alice", "HospitalA", "patient"),
             ("baker", "HospitalB", "clinician"),
+            ("chen", "HospitalC", "clinician"),
         ):
             c.add_member(name, hospital, role)
             with c.session(name) as s:
                 s.enroll()
                 s.publish_type_keys(["lab"])
                 ids[name] = s.ibe_id
-        book = TokenBook.load(tmp_path / "tokens.json")
-        book, alice_token = book.issue("alice")
-        book, baker_token = book.issue("baker")
-        server = FhirServer(gateway_for(c.runtime, book), ("127.0.0.1", 0)).start()
-        headers = {"Content-Type": "application/fhir+json"}
+        cert, key = server_cert(profile, tmp_path)
+        proc = serve_process(
+            profile,
+            *("--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key, "--mtls"),
+            *("--member", "alice", "--member", "baker", "--patient-own-gateway"),
+        )
         try:
+            assert proc.stdout is not None
+            url = proc.stdout.readline().strip()
+            assert url.startswith("https://127.0.0.1:"), proc.stderr.read() if proc.stderr else ""
             with (
-                httpx.Client(
-                    base_url=server.url,
-                    headers=headers | {"Authorization": f"Bearer {alice_token}"},
-                    timeout=120,
-                ) as alice,
-                httpx.Client(
-                    base_url=server.url,
-                    headers=headers | {"Authorization": f"Bearer {baker_token}"},
-                    timeout=120,
-                ) as baker,
+                wallet_client(profile, url, "alice") as alice,
+                wallet_client(profile, url, "baker") as baker,
+                wallet_client(profile, url, "chen") as chen,
             ):
                 r = alice.post("/Observation", json=lab_observation())
                 assert r.status_code == 201, r.text
+                assert r.headers["ETag"] == 'W/"1"'
                 rid = r.json()["id"]
                 assert baker.get(f"/Observation/{rid}").status_code == 403
+                assert chen.get(f"/Observation/{rid}").status_code == 401  # not served
                 end = (_dt.datetime.now(_dt.UTC) + _dt.timedelta(days=1)).isoformat()
                 r = alice.post("/Consent", json=_consent(ids["alice"], ids["baker"], end))
                 assert r.status_code == 201, r.text
@@ -103,17 +111,33 @@ def test_the_fhir_story_holds_on_fabric(tmp_path: Path) -> None:
                 r = baker.get(f"/Observation/{rid}")
                 assert r.status_code == 200, r.text
                 assert r.json()["valueQuantity"]["value"] == 13.2
+                newer = lab_observation(value=14.1) | {"id": rid}
+                r = alice.put(f"/Observation/{rid}", json=newer, headers={"If-Match": 'W/"1"'})
+                assert r.status_code == 200, r.text
+                r = alice.put(f"/Observation/{rid}", json=newer, headers={"If-Match": 'W/"1"'})
+                assert r.status_code == 412, r.text
+                r = baker.get("/Observation", params={"category": "laboratory"})
+                assert r.status_code == 200, r.text
+                found = [e["resource"] for e in r.json()["entry"]]
+                assert [(o["id"], o["meta"]["versionId"]) for o in found] == [(rid, "2")]
                 assert alice.delete(f"/Consent/{gid}").status_code == 200
                 assert baker.get(f"/Observation/{rid}").status_code == 403
                 events = alice.get("/AuditEvent", params={"patient": ids["alice"]}).json()
         finally:
-            server.stop()
+            os.kill(proc.pid, signal.SIGTERM)
+            assert proc.wait(timeout=60) == 0
         decisions = [
             e["resource"]["outcome"]
             for e in events["entry"]
             if e["resource"]["subtype"][-1]["code"] == "AccessDecision"
         ]
-        assert decisions == ["4", "0", "4"]
+        assert decisions == ["4", "0", "0", "4"]
+        amends = [
+            e["resource"]["outcome"]
+            for e in events["entry"]
+            if e["resource"]["subtype"][-1]["code"] == "AmendRecord"
+        ]
+        assert amends == ["0"]  # the stale update left no trace but its refusal to the client
     finally:
         c.close()
     deadline = time.monotonic() + 30

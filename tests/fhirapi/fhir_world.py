@@ -1,15 +1,23 @@
 """The world of the FHIR API tests: the server under test, its clients, and a digest of what
-the consortium stores (to assert that a refused request changed nothing)."""
+the consortium stores (to assert that a refused request changed nothing); and for the tests
+that run the server as its own process, a consortium made with the CLI (:func:`cli_world`)
+and the server process (:func:`serve_process`)."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import ssl
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from typer.testing import CliRunner
 
+from ehrshare.cli import app
+from ehrshare.faults import FAULT_ENV
 from ehrshare.fhirapi import FhirServer
 from ehrshare.ledger.sandbox import ManualClock
 from ehrshare.provisioning import Consortium
@@ -93,3 +101,73 @@ def start_mtls_server(
         client_cas=cert_map.ca_bundle_pem,
     ).start()
     return MtlsServer(server, root / "ca" / "HospitalAMSP" / "ca-cert.pem", wallets)
+
+
+runner = CliRunner()
+
+
+def cli(*args: str) -> str:
+    """Run an ``ehrshare`` command in-process; asserts success, returns its last stdout line."""
+    result = runner.invoke(app, list(args))
+    assert result.exit_code == 0, f"{args}: {result.output}"
+    return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
+
+
+def cli_world(base: Path, *init_args: str) -> dict[str, str]:
+    """A consortium made with the CLI in ``base/c`` (``init_args`` go to ``consortium
+    init``): patient alice (HospitalA) and clinician baker (HospitalB), enrolled, a bearer
+    token each. Keys: profile, ALICE, BAKER (tokens), ALICE_ID, BAKER_ID."""
+    profile = str(base / "c")
+    cli("consortium", "init", profile, *init_args)
+    for name, hospital, role in (
+        ("alice", "HospitalA", "patient"),
+        ("baker", "HospitalB", "clinician"),
+    ):
+        cli("consortium", "add-member", name, "--hospital", hospital, "--role", role, "-p", profile)
+        cli("enroll", "-p", profile, "-w", name)
+    return {
+        "profile": profile,
+        "ALICE": cli("fhir", "token", "-p", profile, "-w", "alice", "--patient-own-gateway"),
+        "BAKER": cli("fhir", "token", "-p", profile, "-w", "baker"),
+        "ALICE_ID": "HospitalAMSP/alice",
+        "BAKER_ID": "HospitalBMSP/baker",
+    }
+
+
+def serve_process(
+    profile: str, *extra: str, fault: str = "", stderr: int = subprocess.PIPE
+) -> subprocess.Popen[str]:
+    """``ehrshare fhir serve -p profile *extra`` as its own process (stop it by its pid);
+    ``fault`` sets ``EHRSHARE_FAULT_AT`` in it, and nothing else does."""
+    env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
+    if fault:
+        env[FAULT_ENV] = fault
+    return subprocess.Popen(
+        [sys.executable, "-m", "ehrshare", "fhir", "serve", "-p", profile, *extra],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        env=env,
+    )
+
+
+def server_cert(profile: str, tmp_path: Path) -> tuple[str, str]:
+    """A TLS certificate and key for the server, from HospitalA's CA beside the profile."""
+    from ehrshare.identity import LocalCA
+    from ehrshare.services.tls import issue_tls_certificate
+
+    cert, key = issue_tls_certificate(LocalCA.load(Path(profile) / "ca" / "HospitalAMSP"), "fhir")
+    (tmp_path / "s.pem").write_bytes(cert)
+    (tmp_path / "s.key").write_bytes(key)
+    return str(tmp_path / "s.pem"), str(tmp_path / "s.key")
+
+
+def wallet_client(profile: str, url: str, name: str) -> httpx.Client:
+    """A client presenting wallet ``name``'s TLS certificate, trusting HospitalA's CA."""
+    ctx = ssl.create_default_context(
+        cafile=str(Path(profile) / "ca" / "HospitalAMSP" / "ca-cert.pem")
+    )
+    w = Path(profile) / "wallets" / name
+    ctx.load_cert_chain(str(w / "tls-cert.pem"), str(w / "tls-key.pem"))
+    headers = {"Content-Type": "application/fhir+json"}
+    return httpx.Client(base_url=url, verify=ctx, headers=headers, timeout=120)

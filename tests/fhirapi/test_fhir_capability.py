@@ -110,7 +110,7 @@ def test_one_members_slow_request_does_not_hold_up_another_member(
     with fhir.client("alice") as alice:
         rid = alice.post("/Observation", json=lab_observation()).json()["id"]
     release, entered = threading.Event(), threading.Event()
-    original = Session.open_record
+    original = Session.open_record_json
 
     def slow_for_alice(self: Session, *args: Any, **kwargs: Any) -> Any:
         if self.ibe_id == fhir.ids["alice"]:
@@ -118,7 +118,7 @@ def test_one_members_slow_request_does_not_hold_up_another_member(
             assert release.wait(60)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Session, "open_record", slow_for_alice)
+    monkeypatch.setattr(Session, "open_record_json", slow_for_alice)
     with ThreadPoolExecutor(max_workers=1) as pool, fhir.client("alice") as alice:
         pending = pool.submit(alice.get, f"/Observation/{rid}")
         assert entered.wait(60)

@@ -14,49 +14,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from fhir_world import cli, cli_world, runner, serve_process, server_cert, wallet_client
 
 from ehrshare.cli import app
 from ehrshare.faults import FAULT_ENV
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "fhir-api.md"
 BLOCK = re.compile(r"```console\n(.*?)```", re.DOTALL)
-runner = CliRunner()
-
-
-def cli(*args: str) -> str:
-    result = runner.invoke(app, list(args))
-    assert result.exit_code == 0, f"{args}: {result.output}"
-    return result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
 
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    base = tmp_path_factory.mktemp("fhir-cli")
-    profile = str(base / "c")
-    cli("consortium", "init", profile)
-    for name, hospital, role in (
-        ("alice", "HospitalA", "patient"),
-        ("baker", "HospitalB", "clinician"),
-    ):
-        cli("consortium", "add-member", name, "--hospital", hospital, "--role", role, "-p", profile)
-        cli("enroll", "-p", profile, "-w", name)
-    return {
-        "profile": profile,
-        "ALICE": cli("fhir", "token", "-p", profile, "-w", "alice", "--patient-own-gateway"),
-        "BAKER": cli("fhir", "token", "-p", profile, "-w", "baker"),
-        "ALICE_ID": "HospitalAMSP/alice",
-        "BAKER_ID": "HospitalBMSP/baker",
-    }
+    return cli_world(tmp_path_factory.mktemp("fhir-cli"))
 
 
 def _serve(profile: str, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
-        [sys.executable, "-m", "ehrshare", "fhir", "serve", "-p", profile, *extra],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return serve_process(profile, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -207,16 +180,6 @@ def test_a_patients_token_needs_the_patients_own_gateway(world: dict[str, str]) 
     assert cli("fhir", "token", "-p", world["profile"], "-w", "baker")
 
 
-def _server_cert(profile: str, tmp_path: Path) -> tuple[str, str]:
-    from ehrshare.identity import LocalCA
-    from ehrshare.services.tls import issue_tls_certificate
-
-    cert, key = issue_tls_certificate(LocalCA.load(Path(profile) / "ca" / "HospitalAMSP"), "fhir")
-    (tmp_path / "s.pem").write_bytes(cert)
-    (tmp_path / "s.key").write_bytes(key)
-    return str(tmp_path / "s.pem"), str(tmp_path / "s.key")
-
-
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -231,7 +194,7 @@ def test_serve_mtls_refuses_bad_options(
     world: dict[str, str], tmp_path: Path, args: list[str], message: str
 ) -> None:
     if "TLS" in args:
-        cert, key = _server_cert(world["profile"], tmp_path)
+        cert, key = server_cert(world["profile"], tmp_path)
         args = [a for a in args if a != "TLS"] + ["--tls-cert", cert, "--tls-key", key]
     proc = _serve(world["profile"], "--listen", "127.0.0.1:0", *args)
     _, err = proc.communicate(timeout=60)
@@ -240,13 +203,12 @@ def test_serve_mtls_refuses_bad_options(
 
 
 def test_serve_mtls_acts_as_the_certificates_member(world: dict[str, str], tmp_path: Path) -> None:
-    import ssl
 
     import httpx
 
     from ehrshare.demo import lab_observation
 
-    cert, key = _server_cert(world["profile"], tmp_path)
+    cert, key = server_cert(world["profile"], tmp_path)
     proc = _serve(
         world["profile"],
         *("--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key, "--mtls"),
@@ -258,12 +220,7 @@ def test_serve_mtls_acts_as_the_certificates_member(world: dict[str, str], tmp_p
         assert url.startswith("https://127.0.0.1:"), proc.stderr.read() if proc.stderr else ""
 
         def client(name: str) -> httpx.Client:
-            ctx = ssl.create_default_context(
-                cafile=str(Path(world["profile"]) / "ca" / "HospitalAMSP" / "ca-cert.pem")
-            )
-            w = Path(world["profile"]) / "wallets" / name
-            ctx.load_cert_chain(str(w / "tls-cert.pem"), str(w / "tls-key.pem"))
-            return httpx.Client(base_url=url, verify=ctx, timeout=60)
+            return wallet_client(world["profile"], url, name)
 
         with client("alice") as alice, client("baker") as baker:
             r = alice.post(

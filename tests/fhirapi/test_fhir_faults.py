@@ -8,16 +8,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from test_fhir_cli import cli
+from fhir_world import cli, cli_world, serve_process
 from test_fhir_records import consent
 
 from ehrshare.demo import lab_observation
-from ehrshare.faults import FAULT_ENV
 
 ALICE_ID, BAKER_ID = "HospitalAMSP/alice", "HospitalBMSP/baker"
 END = 4102444800  # 2100-01-01
@@ -25,43 +23,14 @@ END = 4102444800  # 2100-01-01
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    base = tmp_path_factory.mktemp("fhir-faults")
-    profile = str(base / "c")
-    cli("consortium", "init", profile)
-    for name, hospital, role in (
-        ("alice", "HospitalA", "patient"),
-        ("baker", "HospitalB", "clinician"),
-    ):
-        cli("consortium", "add-member", name, "--hospital", hospital, "--role", role, "-p", profile)
-        cli("enroll", "-p", profile, "-w", name)
-    return {
-        "profile": profile,
-        "alice": cli("fhir", "token", "-p", profile, "-w", "alice", "--patient-own-gateway"),
-        "baker": cli("fhir", "token", "-p", profile, "-w", "baker"),
-    }
+    w = cli_world(tmp_path_factory.mktemp("fhir-faults"))
+    return {"profile": w["profile"], "alice": w["ALICE"], "baker": w["BAKER"]}
 
 
 class Server:
     def __init__(self, profile: str, fault: str = "") -> None:
-        env = {k: v for k, v in os.environ.items() if k != FAULT_ENV}
-        if fault:
-            env[FAULT_ENV] = fault
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ehrshare",
-                "fhir",
-                "serve",
-                "-p",
-                profile,
-                "--listen",
-                "127.0.0.1:0",
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-            env=env,
+        self.proc = serve_process(
+            profile, "--listen", "127.0.0.1:0", fault=fault, stderr=subprocess.DEVNULL
         )
         assert self.proc.stdout is not None
         self.url = self.proc.stdout.readline().strip()
@@ -188,17 +157,27 @@ def test_an_update_killed_mid_way(world: dict, start: object, fault: str, versio
     clean.stop()
     faulty = start(fault)  # type: ignore[operator]
     body = lab_observation(value=2.0) | {"id": rid}
+    based_on_1 = {"If-Match": 'W/"1"'}
     with faulty.client(world["alice"]) as alice:
-        _killed(faulty, lambda: alice.put(f"/Observation/{rid}", json=body))
+        _killed(faulty, lambda: alice.put(f"/Observation/{rid}", json=body, headers=based_on_1))
     again = start()  # type: ignore[operator]
     with again.client(world["alice"]) as alice:
         now = alice.get(f"/Observation/{rid}").json()
         assert now["meta"]["versionId"] == str(version)  # the old version, or the whole new one
         assert now["valueQuantity"]["value"] == (1.0 if version == 1 else 2.0)
         assert alice.get(f"/Observation/{rid}/_history/1").json()["valueQuantity"]["value"] == 1.0
-        r = alice.put(f"/Observation/{rid}", json=lab_observation(value=3.0) | {"id": rid})
+        # Re-sending the same If-Match update: applied if the killed one did not land, 412 if
+        # it did (the client learns its update is in, instead of writing it twice).
+        r = alice.put(f"/Observation/{rid}", json=body, headers=based_on_1)
+        assert r.status_code == (200 if version == 1 else 412), r.text
+        current = 2
+        r = alice.put(
+            f"/Observation/{rid}",
+            json=lab_observation(value=3.0) | {"id": rid},
+            headers={"If-Match": f'W/"{current}"'},
+        )
         assert r.status_code == 200, r.text
-        assert r.json()["meta"]["versionId"] == str(version + 1)
+        assert r.json()["meta"]["versionId"] == str(current + 1)
 
 
 def test_a_transaction_killed_after_its_first_entry(world: dict, start: object) -> None:

@@ -155,6 +155,13 @@ _CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
         dict(record_id="r", cid="c", sha256="s", capsule=b"", format_version="1", type_epoch=2),
     ),
     (
+        "amend_record",
+        (),
+        dict(
+            record_id="r", cid="c", sha256="s", capsule=b"", format_version="1", expected_version=3
+        ),
+    ),
+    (
         "register_record",
         (),
         dict(

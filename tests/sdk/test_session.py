@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import inspect
+import json
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -34,7 +35,9 @@ from ehrshare.session import (
     RecordStorageError,
     RecordTooLarge,
     RequestRejected,
+    SdkError,
     Session,
+    records,
 )
 from ehrshare.storage import StorageUnavailable
 
@@ -530,3 +533,28 @@ def test_repair_with_the_proxy_down_changes_nothing(people: People) -> None:
     finally:
         people.alice.proxies = real
     assert fingerprint(people.consortium) == before
+
+
+# --- the JSON read the FHIR server answers from ------------------------------------------------
+
+
+def test_open_record_json_is_the_validated_resource_as_open_record_reads_it(
+    people: People,
+) -> None:
+    ref = people.adams.put_record(lab_observation(), patient=people.alice.ibe_id)
+    people.alice.grant(people.baker.ibe_id, "lab", expires=DAY)
+    for reader in (people.alice, people.baker):
+        read_ref, model = reader.open_record(ref)
+        json_ref, data = reader.open_record_json(ref)
+        assert json_ref == read_ref
+        assert data == json.loads(model.model_dump_json(exclude_none=True))
+
+
+def test_open_record_json_refuses_a_decryption_that_is_not_fhir(
+    people: People, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = people.adams.put_record(lab_observation(), patient=people.alice.ibe_id)
+    not_fhir = b'{"resourceType": "Observation", "code": {"text": "no status"}}'
+    monkeypatch.setattr(records.crypto, "decrypt_record", lambda *a, **k: not_fhir)
+    with pytest.raises(SdkError, match=f"record {ref.record_id} decrypted to invalid FHIR"):
+        people.alice.open_record_json(ref)

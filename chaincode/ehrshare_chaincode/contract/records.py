@@ -133,13 +133,21 @@ class Records:
         capsule_b64: str,
         format_version: str,
         type_epoch: str = "",
+        expected_version: str = "",
     ) -> Any:
         """A new version of a record (owner or original creator); older versions stay readable.
-        ``type_epoch`` as for :meth:`RegisterRecord`."""
+        ``type_epoch`` as for :meth:`RegisterRecord`; ``expected_version``, when given, must be
+        the record's current version (an update based on an older one is refused: If-Match)."""
         caller = ctx.registered()
         record = load_record(ctx, record_id)
         if caller.name not in (record["owner"], record["creator"]):
             raise ChaincodeError(f"identity {caller.name} may not amend record {record_id}")
+        if expected_version and (
+            not expected_version.isdigit() or int(expected_version) != int(record["version"])
+        ):
+            raise ChaincodeError(
+                f"record {record_id} is at version {record['version']}, not {expected_version}"
+            )
         if not CID_RE.fullmatch(cid):
             raise ChaincodeError(f"cid {cid!r} is not a content identifier")
         if not SHA256_RE.fullmatch(sha256):

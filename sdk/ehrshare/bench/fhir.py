@@ -2,14 +2,17 @@
 through the Python SDK, in one run on one consortium, calls interleaved so that both see the
 same machine. The server adds HTTP, JSON and FHIR validation; the ratio of the medians is the
 number to watch (issue 17's target: at most 1.2 at p50). A third path, the gateway called
-without HTTP, separates what the FHIR mapping costs from what HTTP costs. Must not print: it
-returns the result.
+without HTTP, separates what the FHIR mapping costs from what HTTP costs, and a fourth, ``GET
+metadata`` through the same client (no SDK work), is the HTTP round trip alone; the load
+average before and after is recorded, since on a shared machine the round trip is mostly
+waiting for a core. Must not print: it returns the result.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -120,6 +123,11 @@ def run_fhir_bench(
 
                     return read
 
+                def roundtrip() -> None:
+                    r = http_alice.get("/metadata")
+                    if r.status_code != 200:
+                        raise RuntimeError(f"metadata answered {r.status_code}")
+
                 Call = Callable[[], object]
                 pairs: dict[str, tuple[Call, Call, Call]] = {
                     "create": (
@@ -139,28 +147,32 @@ def run_fhir_bench(
                     ),
                 }
                 results: dict[str, Any] = {}
-                for op, calls in pairs.items():
+                load_before = os.getloadavg()[0]
+                for op, three in pairs.items():
+                    calls = (*three, roundtrip)
                     say(f"{op}: SDK, FHIR server, gateway alone; {repeat} each, interleaved")
                     for _ in range(warmup):
                         for call in calls:
                             call()
-                    samples: list[list[float]] = [[], [], []]
+                    samples: list[list[float]] = [[], [], [], []]
                     for i in range(repeat):
                         # Rotate which goes first: the first call of a round warms caches
                         # (SQLite pages, the record's blocks) for the others.
-                        for k in range(3):
-                            j = (i + k) % 3
+                        for k in range(4):
+                            j = (i + k) % 4
                             samples[j].append(_timed(calls[j]))
-                    s_sdk, s_http, s_direct = (_stats(x) for x in samples)
+                    s_sdk, s_http, s_direct, s_trip = (_stats(x) for x in samples)
                     ratio = round(s_http["p50_ms"] / s_sdk["p50_ms"], 3)
                     results[op] = {
                         "sdk": s_sdk,
                         "fhir": s_http,
                         "gateway": s_direct,
+                        "http_roundtrip": s_trip,
                         "p50_ratio": ratio,
                         "gateway_p50_ratio": round(s_direct["p50_ms"] / s_sdk["p50_ms"], 3),
                         "met": ratio <= TARGET_P50_RATIO,
                     }
+                load_after = os.getloadavg()[0]
             finally:
                 http_alice.close()
                 http_baker.close()
@@ -177,6 +189,7 @@ def run_fhir_bench(
             "warmup": warmup,
             "target_p50_ratio": TARGET_P50_RATIO,
             "order": "rotating",
+            "loadavg_1min": [round(load_before, 2), round(load_after, 2)],
         },
         "results": results,
         "machine": machine_metadata(),

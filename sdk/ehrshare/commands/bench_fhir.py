@@ -31,7 +31,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             repeat=repeat, warmup=warmup, progress=lambda m: err.log(f"bench fhir: {m}")
         )
         table = Table(title="ehrshare bench fhir (embedded ledger, ms)")
-        columns = ("operation", "SDK p50", "FHIR p50", "no-HTTP p50", "SDK p95", "FHIR p95")
+        columns = (
+            "operation",
+            "SDK p50",
+            "FHIR p50",
+            "no-HTTP p50",
+            "HTTP alone p50",
+            "SDK p95",
+            "FHIR p95",
+        )
         for column in (*columns, "p50 ratio"):
             table.add_column(column, justify="left" if column == "operation" else "right")
         for op, r in result["results"].items():
@@ -40,6 +48,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 f"{r['sdk']['p50_ms']:.1f}",
                 f"{r['fhir']['p50_ms']:.1f}",
                 f"{r['gateway']['p50_ms']:.1f}",
+                f"{r['http_roundtrip']['p50_ms']:.1f}",
                 f"{r['sdk']['p95_ms']:.1f}",
                 f"{r['fhir']['p95_ms']:.1f}",
                 f"{r['p50_ratio']:.2f}",

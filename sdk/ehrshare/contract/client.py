@@ -419,8 +419,10 @@ class EhrContract:
         capsule: bytes,
         format_version: str,
         type_epoch: int | None = None,
+        expected_version: int | None = None,
     ) -> StoredRecord:
-        """Register a new version of a record."""
+        """Register a new version of a record (refused unless the record is at
+        ``expected_version``, when given)."""
         args: tuple[str, ...] = (
             record_id,
             cid,
@@ -428,8 +430,10 @@ class EhrContract:
             base64.b64encode(capsule).decode(),
             format_version,
         )
-        if type_epoch is not None:
-            args = (*args, str(type_epoch))
+        if type_epoch is not None or expected_version is not None:
+            args = (*args, "" if type_epoch is None else str(type_epoch))
+        if expected_version is not None:
+            args = (*args, str(expected_version))
         return StoredRecord.from_chain(self.call("AmendRecord", *args), self.labels)
 
     def get_record(self, record_id: str, version: int | None = None) -> StoredRecord:

@@ -62,7 +62,11 @@ def capability_statement(
                     "Any FHIR R4 resource type is stored as an encrypted record (create, read "
                     "by the owner or a grantee, update as a new version by its owner or "
                     "creator, history: every version for the owner, the current one for a "
-                    "grantee; search by patient). Consent maps grants, AuditEvent the "
+                    "grantee; search by patient, category and _lastUpdated). A search decrypts "
+                    "only records whose pointers on chain can match, but the chain does not "
+                    "know a record's resourceType or FHIR categories: records of the same "
+                    "record type but another resourceType or category are decrypted, a logged "
+                    "read each, and left out. Consent maps grants, AuditEvent the "
                     "hash-chained operation log. A transaction Bundle holds record creates "
                     "and updates: every entry is checked before any is written, then each is "
                     "its own ledger transaction. Not supported: delete of records, "
@@ -80,9 +84,33 @@ def capability_statement(
                 "resource": [
                     {
                         "type": "Resource",
-                        "documentation": "Any other resource type: stored as a record.",
+                        "documentation": (
+                            "Any other resource type: stored as a record. Updates honour "
+                            'If-Match: W/"versionId" (412 when stale).'
+                        ),
+                        "versioning": "versioned-update",
                         "interaction": [{"code": c} for c in RECORD_INTERACTIONS],
-                        "searchParam": [{"name": "patient", "type": "reference"}],
+                        "searchParam": [
+                            {"name": "patient", "type": "reference"},
+                            {
+                                "name": "category",
+                                "type": "token",
+                                "documentation": (
+                                    "FHIR category codes, checked on the decrypted resource "
+                                    "among records of the types the mapping allows; or the "
+                                    "record type as urn:ehrshare:record-type|TYPE, decided on "
+                                    "the chain's pointers"
+                                ),
+                            },
+                            {
+                                "name": "_lastUpdated",
+                                "type": "date",
+                                "documentation": (
+                                    "prefixes eq ne gt lt ge le; decided on the chain's "
+                                    "pointers (when the version was registered)"
+                                ),
+                            },
+                        ],
                     },
                     {
                         "type": "Consent",

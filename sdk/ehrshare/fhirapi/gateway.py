@@ -14,6 +14,7 @@ must not parse HTTP.
 from __future__ import annotations
 
 import datetime as _dt
+import email.utils
 import importlib.metadata
 import json
 import logging
@@ -35,7 +36,8 @@ from ehrshare.fhirapi.capability import capability_statement
 from ehrshare.fhirapi.members import member_from_id, member_from_reference
 from ehrshare.fhirapi.outcome import FhirError, outcome_for
 from ehrshare.fhirapi.provenance import version_to_provenance
-from ehrshare.fhirapi.transaction import Entry, parse_transaction
+from ehrshare.fhirapi.search import parse_search
+from ehrshare.fhirapi.transaction import Entry, etag_version, parse_transaction
 from ehrshare.jsontext import too_deep
 from ehrshare.runtime import Runtime
 from ehrshare.session import NoSuchMember, RecordTooLarge, Session
@@ -68,6 +70,16 @@ def _version_id(text: str) -> int:
     if not text.isdigit() or not 0 < int(text) < 1 << 31:
         raise FhirError(404, f"_history/{text}: a version id is a number from 1")
     return int(text)
+
+
+def _with_validators(answer: Answer) -> Answer:
+    """``answer`` (a record version) with its ETag and Last-Modified headers, from meta."""
+    meta = answer.body.get("meta") or {}
+    headers = dict(answer.headers)
+    headers["ETag"] = f'W/"{meta["versionId"]}"'
+    when = _dt.datetime.fromisoformat(meta["lastUpdated"].replace("Z", "+00:00"))
+    headers["Last-Modified"] = email.utils.format_datetime(when, usegmt=True)
+    return Answer(answer.status, answer.body, headers)
 
 
 def _bundle(resources: list[dict[str, Any]], base_url: str) -> dict[str, Any]:
@@ -134,10 +146,13 @@ class Gateway:
         credentials: Credentials,
         body: bytes,
         base_url: str,
+        *,
+        if_match: str | None = None,
     ) -> Answer:
-        """Answer one request; every error becomes an OperationOutcome with its status."""
+        """Answer one request; every error becomes an OperationOutcome with its status.
+        ``if_match``: the request's If-Match header (an update's expected version)."""
         try:
-            return self._route(method, path, query, credentials, body, base_url)
+            return self._route(method, path, query, credentials, body, base_url, if_match)
         except Exception as exc:
             status, outcome = outcome_for(exc)
             if status >= 500:
@@ -153,6 +168,7 @@ class Gateway:
         credentials: Credentials,
         body: bytes,
         base_url: str,
+        if_match: str | None = None,
     ) -> Answer:
         if path != BASE and not path.startswith(BASE + "/"):
             raise FhirError(404, f"no such endpoint {path}: the FHIR base is {BASE}")
@@ -178,7 +194,9 @@ class Gateway:
             if extra[:1] == ["_history"] and rtype not in _NOT_RECORDS and method == "GET":
                 if len(extra) == 1:
                     return self._history(session, rtype, rid, base_url)
-                return Answer(200, self._read(session, rtype, rid, _version_id(extra[1])))
+                return _with_validators(
+                    Answer(200, self._read(session, rtype, rid, _version_id(extra[1])))
+                )
             if extra:
                 raise FhirError(404, f"no such endpoint {path}")
             if rtype == "Consent":
@@ -192,11 +210,11 @@ class Gateway:
             if method == "POST" and not rid:
                 return self._create(session, rtype, body, base_url)
             if method == "GET" and rid:
-                return Answer(200, self._read(session, rtype, rid))
+                return _with_validators(Answer(200, self._read(session, rtype, rid)))
             if method == "GET":
                 return self._search(session, rtype, query, base_url)
             if method == "PUT" and rid:
-                return self._update(session, rtype, rid, body, base_url)
+                return self._update(session, rtype, rid, body, base_url, etag_version(if_match))
         raise FhirError(
             405, f"{method} {path} is not supported: records are create, read, update, search"
         )
@@ -281,7 +299,7 @@ class Gateway:
             raise FhirError(422, str(exc)) from None
         out = self._with_meta(resource, ref)
         location = f"{base_url}/{rtype}/{ref.record_id}/_history/{ref.version}"
-        return Answer(201, out, {"Location": location, "ETag": f'W/"{ref.version}"'})
+        return _with_validators(Answer(201, out, {"Location": location}))
 
     @staticmethod
     def _with_meta(resource: dict[str, Any], ref: RecordRef) -> dict[str, Any]:
@@ -294,15 +312,25 @@ class Gateway:
         return out
 
     def _checked_update(
-        self, session: Session, rtype: str, rid: str, resource: dict[str, Any]
+        self,
+        session: Session,
+        rtype: str,
+        rid: str,
+        resource: dict[str, Any],
+        expected: int | None = None,
     ) -> dict[str, Any]:
         """``resource`` (a PUT's body, as JSON) checked as a new version of record ``rid``:
-        valid FHIR, the record the caller's to amend, of the same type and patient, not too
-        large. Nothing is written. Returns the resource to store (without its id)."""
+        valid FHIR, the record the caller's to amend (and at version ``expected``, when
+        given), of the same type and patient, not too large. Nothing is written. Returns the
+        resource to store (without its id)."""
         current = session.get_record(rid)  # unknown: 404; not the caller's to see: 403
         if session.ibe_id not in (current.owner, current.creator):
             raise FhirError(
                 403, f"{session.ibe_id} may not update {rtype}/{rid}: only its owner or creator"
+            )
+        if expected is not None and current.version != expected:
+            raise FhirError(
+                412, f"record {rid} is at version {current.version}, not {expected} (If-Match)"
             )
         for key in ("subject", "patient"):
             ref = resource.get(key)
@@ -334,22 +362,29 @@ class Gateway:
             )
         return body
 
-    def _update(self, session: Session, rtype: str, rid: str, body: bytes, base_url: str) -> Answer:
-        """``PUT [base]/{type}/{id}``: a new version of a record (no update-as-create)."""
+    def _update(
+        self,
+        session: Session,
+        rtype: str,
+        rid: str,
+        body: bytes,
+        base_url: str,
+        expected: int | None = None,
+    ) -> Answer:
+        """``PUT [base]/{type}/{id}``: a new version of a record (no update-as-create); with
+        ``expected`` (If-Match) only if the record is still at that version (else 412)."""
         resource = self._load(body, rtype)
         if resource.get("id") != rid:
             raise FhirError(400, f"the body's id {resource.get('id')!r} must be the URL's {rid!r}")
-        stored = self._checked_update(session, rtype, rid, resource)
+        stored = self._checked_update(session, rtype, rid, resource, expected)
         try:
-            ref = session.amend_record(rid, stored)
+            # The chaincode checks the version again in the write's own transaction, so a
+            # concurrent update between this check and the write is refused too (412).
+            ref = session.amend_record(rid, stored, if_version=expected)
         except FhirValidationError as exc:
             raise FhirError(400, str(exc)) from None
         location = f"{base_url}/{rtype}/{rid}/_history/{ref.version}"
-        return Answer(
-            200,
-            self._with_meta(stored, ref),
-            {"Location": location, "ETag": f'W/"{ref.version}"'},
-        )
+        return _with_validators(Answer(200, self._with_meta(stored, ref), {"Location": location}))
 
     def _read(
         self, session: Session, rtype: str, rid: str, version: int | None = None
@@ -366,8 +401,7 @@ class Gateway:
                 )
         # The read first: a denial is decided and logged on chain like any (then 403), an
         # unknown record is the chaincode's "does not exist" (then 404).
-        ref, model = session.open_record(rid, version=version)
-        data: dict[str, Any] = json.loads(model.model_dump_json(exclude_none=True))
+        ref, data = session.open_record_json(rid, version=version)  # validated, not re-dumped
         if data.get("resourceType") != rtype:
             raise FhirError(404, f"{rtype}/{rid} does not exist (record {rid} is not a {rtype})")
         return self._with_meta(data, ref)
@@ -399,18 +433,19 @@ class Gateway:
     def _search(
         self, session: Session, rtype: str, query: Mapping[str, list[str]], base_url: str
     ) -> Answer:
-        unknown = set(query) - {"patient", "subject"}
-        if unknown:
-            raise FhirError(400, f"unsupported search parameter(s): {', '.join(sorted(unknown))}")
-        patient = self._patient_param(session, query)
+        """``GET [base]/{type}?…``: the records the caller may read that match. The pointers
+        decide patient, ``_lastUpdated`` and record type before anything is decrypted (see
+        :mod:`ehrshare.fhirapi.search` for what only the decrypted resource can tell)."""
+        search = parse_search(rtype, query, None)  # bad parameters: 400 before any lookup
+        search = parse_search(rtype, query, self._patient_param(session, query))
+        label_of = session.labels.opaque
+        labels = search.possible_labels(session.mapping, label_of)
         found = []
-        # The chain knows each record's clinical type, not its resourceType: every readable
-        # record is decrypted (a logged read) and those of another type are left out.
-        for ref in self._readable(session, patient):
-            data: dict[str, Any] = json.loads(
-                session.read_record(ref.record_id).model_dump_json(exclude_none=True)
-            )
-            if data.get("resourceType") == rtype:
+        for ref in self._readable(session, search.patient):
+            if not search.admits_pointer(ref, labels):
+                continue
+            _ref, data = session.open_record_json(ref.record_id)  # a logged read
+            if search.admits_resource(data, ref, label_of):
                 found.append(self._with_meta(data, ref))
         return Answer(200, _bundle(found, base_url))
 
@@ -448,9 +483,7 @@ class Gateway:
         assert patient is not None
         found = []
         for ref in self._readable(session, patient):
-            data: dict[str, Any] = json.loads(
-                session.read_record(ref.record_id).model_dump_json(exclude_none=True)
-            )
+            _ref, data = session.open_record_json(ref.record_id)
             found.append(self._with_meta(data, ref))
         found += self._consents(session, patient)
         return Answer(200, _bundle(found, base_url))
@@ -471,7 +504,9 @@ class Gateway:
             _resource_type(e.resource_type)
             try:
                 if e.method == "PUT":
-                    stored = self._checked_update(session, e.resource_type, e.record_id, e.resource)
+                    stored = self._checked_update(
+                        session, e.resource_type, e.record_id, e.resource, e.if_version
+                    )
                     planned.append((e, stored, ""))
                     continue
                 resource = {k: v for k, v in e.resource.items() if k != "id"}
@@ -496,7 +531,7 @@ class Gateway:
         for e, resource, patient in planned:
             try:
                 if e.method == "PUT":
-                    ref = session.amend_record(e.record_id, resource)
+                    ref = session.amend_record(e.record_id, resource, if_version=e.if_version)
                 else:
                     ref = session.put_record(resource, patient=patient)
             except Exception as exc:

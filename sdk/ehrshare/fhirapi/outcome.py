@@ -30,6 +30,7 @@ _ISSUE_CODE: Final[dict[int, str]] = {
     404: "not-found",
     405: "not-supported",
     409: "conflict",
+    412: "conflict",
     413: "too-long",
     415: "not-supported",
     422: "processing",
@@ -50,7 +51,7 @@ class FhirError(Exception):
 
 def status_for(exc: EhrshareError) -> int:
     """The HTTP status of an SDK error, by its family (see :mod:`ehrshare.errors`)."""
-    from ehrshare.session import NoSuchMember, RecordTooLarge, RequestRejected
+    from ehrshare.session import NoSuchMember, RecordTooLarge, RequestRejected, VersionConflict
 
     if isinstance(exc, RecordTooLarge):
         return 413
@@ -64,6 +65,8 @@ def status_for(exc: EhrshareError) -> int:
         return 502
     if isinstance(exc, ConfigurationError):
         return 500
+    if isinstance(exc, VersionConflict):
+        return 412  # If-Match named a version the record has moved on from
     if isinstance(exc, RequestRejected) and "does not exist" in exc.reason:
         return 404  # the chaincode's sentence for an unknown record or grant
     if isinstance(exc, Refused | RequestRejected):

@@ -106,7 +106,13 @@ class _Handler(BaseHTTPRequestHandler):
             peer = self.connection.getpeercert(binary_form=True)
         credentials = Credentials(self.headers.get("Authorization", ""), peer)
         answer = self.server.gateway.handle(
-            self.command, url.path, query, credentials, body, base_url
+            self.command,
+            url.path,
+            query,
+            credentials,
+            body,
+            base_url,
+            if_match=self.headers.get("If-Match"),
         )
         self._send(answer)
 

@@ -15,14 +15,29 @@ It must not write anything.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Final
 
 from ehrshare.fhirapi.outcome import FhirError
 
-__all__ = ["MAX_ENTRIES", "Entry", "parse_transaction"]
+__all__ = ["MAX_ENTRIES", "Entry", "etag_version", "parse_transaction"]
 
 MAX_ENTRIES: Final = 100
+_ETAG: Final = re.compile(r'(?:W/)?"([1-9][0-9]{0,9})"')
+
+
+def etag_version(if_match: str | None, where: str = "If-Match") -> int | None:
+    """The version an If-Match value names (``W/"3"`` or ``"3"``); None for none or ``*``
+    (any version: an update needs the record to exist anyway); 400 if malformed."""
+    if if_match is None or if_match.strip() == "*":
+        return None
+    m = _ETAG.fullmatch(if_match.strip())
+    if m is None:
+        raise FhirError(
+            400, f'{where} {if_match!r} is not one version ETag such as W/"3" (from meta)'
+        )
+    return int(m.group(1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +49,7 @@ class Entry:
     resource_type: str
     record_id: str
     resource: dict[str, Any]
+    if_version: int | None = None  # an update's request.ifMatch
 
 
 def parse_transaction(bundle: Any, not_records: frozenset[str]) -> list[Entry]:
@@ -61,12 +77,16 @@ def parse_transaction(bundle: Any, not_records: frozenset[str]) -> list[Entry]:
         resource = entry.get("resource")
         if not isinstance(request, dict) or not isinstance(resource, dict):
             raise FhirError(400, f"{where} needs request and resource")
-        extra = set(request) - {"method", "url"}
+        extra = set(request) - {"method", "url", "ifMatch"}
         if extra:
             raise FhirError(
                 422, f"{where}.request: {', '.join(sorted(extra))} not supported (no conditions)"
             )
         method, url = request.get("method"), request.get("url")
+        if_match = request.get("ifMatch")
+        if if_match is not None and (method != "PUT" or not isinstance(if_match, str)):
+            raise FhirError(422, f"{where}.request.ifMatch: only an update takes one (a string)")
+        if_version = etag_version(if_match, f"{where}.request.ifMatch")
         if not isinstance(url, str):
             raise FhirError(400, f"{where}.request.url is missing")
         parts = [p for p in url.split("?")[0].split("/") if p]
@@ -86,7 +106,7 @@ def parse_transaction(bundle: Any, not_records: frozenset[str]) -> list[Entry]:
         elif method == "PUT" and len(parts) == 2 and "?" not in url:
             if resource.get("id") != parts[1]:
                 raise FhirError(400, f"{where}: the resource's id must be the url's {parts[1]!r}")
-            out.append(Entry(i, "PUT", rtype, parts[1], resource))
+            out.append(Entry(i, "PUT", rtype, parts[1], resource, if_version))
         else:
             raise FhirError(
                 422,

@@ -28,6 +28,7 @@ from ehrshare.session.errors import (
     RotationUnfinished,
     SdkError,
     UnknownProxy,
+    VersionConflict,
     VersionNotReadable,
 )
 from ehrshare.session.session import Session
@@ -60,5 +61,6 @@ __all__ = [
     "SdkError",
     "Session",
     "UnknownProxy",
+    "VersionConflict",
     "VersionNotReadable",
 ]

@@ -41,6 +41,7 @@ __all__ = [
     "RotationUnfinished",
     "SdkError",
     "UnknownProxy",
+    "VersionConflict",
     "VersionNotReadable",
 ]
 
@@ -191,6 +192,11 @@ class NotInEmergency(Refused, SdkError):
 class VersionNotReadable(Refused, SdkError):
     """A grantee asked for a version other than a record's current one: an access decision
     approves the current version, and the proxies re-encrypt only its capsule."""
+
+
+class VersionConflict(RequestRejected):
+    """An update named the version it was based on, and the record has moved on since (the
+    FHIR API's If-Match); nothing was registered."""
 
 
 class RecordTypeChanged(InvalidInput, SdkError):

@@ -4,6 +4,7 @@ access, the proxies of the grant chain in order, decrypt)."""
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import secrets
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from ehrshare.session.errors import (
     RecordTypeChanged,
     RequestRejected,
     SdkError,
+    VersionConflict,
     VersionNotReadable,
 )
 from ehrshare.storage import ContentNotFound, IntegrityError, StorageError, get_verified, sha256_hex
@@ -105,11 +107,15 @@ class Records(SessionCore):
         resource: FHIRAbstractModel | dict[str, Any] | str | bytes,
         *,
         type: str | None = None,
+        if_version: int | None = None,
     ) -> RecordRef:
         """Store ``resource`` as a new version of a record (its owner or creator may): encrypted
         as :meth:`put_record` does, for the record's owner, and registered with AmendRecord;
         older versions stay. The record type must stay the record's (else
-        :class:`RecordTypeChanged`, nothing stored).
+        :class:`RecordTypeChanged`, nothing stored). ``if_version``: the version this one is
+        based on; if the record is at another (checked before storing, and again by the
+        chaincode in the same transaction as the write), :class:`VersionConflict`, nothing
+        registered.
 
         Raises as :meth:`put_record` does; a crash between the store and the ledger leaves an
         unreferenced ciphertext ('ehrshare store gc') and the previous version current.
@@ -122,6 +128,11 @@ class Records(SessionCore):
                 f"{self.max_record_bytes} (limits.max_record_bytes)"
             )
         current = self.get_record(record_id)
+        if if_version is not None and current.version != if_version:
+            raise VersionConflict(
+                "AmendRecord",
+                f"record {record_id} is at version {current.version}, not {if_version}",
+            )
         type_name = self.mapping.resolve(model, type)
         label = self.labels.opaque(type_name)
         if label != current.label:
@@ -150,12 +161,15 @@ class Records(SessionCore):
                 capsule=capsule,
                 format_version=FORMAT_VERSION,
                 type_epoch=type_epoch,
+                expected_version=if_version,
             )
-        except RequestRejected:
+        except RequestRejected as exc:
             try:
                 self.store.unpin(cid)
             except StorageError:
                 _log.warning("could not release unregistered ciphertext %s", cid)
+            if if_version is not None and exc.reason.startswith(f"record {record_id} is at "):
+                raise VersionConflict(exc.function, exc.reason, exc.transaction_id) from None
             raise
         fault_point("amend.after_register")
         _log.info("registered version %d of record %s", record.ref.version, record_id)
@@ -226,10 +240,32 @@ class Records(SessionCore):
         :class:`RecordIntegrityError` when the ciphertext is missing, altered or does not
         decrypt.
         """
+        ref_read, plaintext = self._open_plain(ref, grant, version)
+        return ref_read, self._validated(ref_read.record_id, plaintext)
+
+    def open_record_json(
+        self,
+        ref: RecordRef | str,
+        *,
+        grant: Grant | str | None = None,
+        version: int | None = None,
+    ) -> tuple[RecordRef, dict[str, Any]]:
+        """:meth:`open_record` for callers that answer JSON (the FHIR server): the resource is
+        validated exactly as there, and returned as the stored canonical JSON, parsed, rather
+        than as a model — dumping a model again costs more than the rest of an owner's read.
+        """
+        ref_read, plaintext = self._open_plain(ref, grant, version)
+        self._validated(ref_read.record_id, plaintext)
+        data: dict[str, Any] = json.loads(plaintext)
+        return ref_read, data
+
+    def _open_plain(
+        self, ref: RecordRef | str, grant: Grant | str | None, version: int | None
+    ) -> tuple[RecordRef, bytes]:
         record_id = ref.record_id if isinstance(ref, RecordRef) else ref
         grant_id = "" if grant is None else grant.grant_id if isinstance(grant, Grant) else grant
         try:
-            return self._read(record_id, grant_id, version)
+            return self._read_plain(record_id, grant_id, version)
         except GrantNotServed as first:
             if grant_id:
                 raise
@@ -241,10 +277,17 @@ class Records(SessionCore):
                     continue
                 tried.add(other.grant_id)
                 try:
-                    return self._read(record_id, other.grant_id, version)
+                    return self._read_plain(record_id, other.grant_id, version)
                 except (GrantNotServed, AccessDenied):
                     continue
             raise
+
+    @staticmethod
+    def _validated(record_id: str, plaintext: bytes) -> FHIRAbstractModel:
+        try:
+            return parse_resource(plaintext)
+        except FhirValidationError as exc:
+            raise SdkError(f"record {record_id} decrypted to invalid FHIR: {exc}") from None
 
     def _covering_grants(self, record_id: str) -> list[Grant]:
         """Your active, unexpired grants that cover ``record_id`` (at most a few)."""
@@ -266,6 +309,17 @@ class Records(SessionCore):
         version: int | None = None,
         with_keys: Callable[[], Sequence[tipre.IdentitySecretKey]] | None = None,
     ) -> tuple[RecordRef, FHIRAbstractModel]:
+        ref, plaintext = self._read_plain(record_id, grant_id, version, with_keys)
+        return ref, self._validated(record_id, plaintext)
+
+    def _read_plain(
+        self,
+        record_id: str,
+        grant_id: str,
+        version: int | None = None,
+        with_keys: Callable[[], Sequence[tipre.IdentitySecretKey]] | None = None,
+    ) -> tuple[RecordRef, bytes]:
+        """The decrypted bytes of a version, not yet validated as FHIR."""
         # ``with_keys``: after an allow, the keys to open the re-encrypted capsule with instead
         # of the member's own (an emergency read: the emergency identity's key, emergency.py).
         # No per-record serialisation: each RequestAccess commits its own approval, keyed by
@@ -328,10 +382,7 @@ class Records(SessionCore):
                     raise RecordIntegrityError(
                         f"record {record_id} could not be decrypted: {exc}"
                     ) from None
-        try:
-            return record.ref, parse_resource(plaintext)
-        except FhirValidationError as exc:
-            raise SdkError(f"record {record_id} decrypted to invalid FHIR: {exc}") from None
+        return record.ref, plaintext
 
     def _reencrypt_along(self, access: Access, capsule: bytes) -> bytes:
         """Visit each run of consecutive hops' proxy in chain order with the capsule so far
