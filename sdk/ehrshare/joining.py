@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -77,6 +77,21 @@ class JoinConflict(Refused):
     """The channel already has a member of that MSP id with another CA."""
 
 
+class _Steps:
+    """The steps a run performed, each with the seconds since the previous one ended."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.seconds: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        self.names.append(name)
+        self.seconds[name] = round(now - self._last, 3)
+        self._last = now
+
+
 @dataclass(frozen=True)
 class JoinOutcome:
     """What a run did: the steps it performed (others were found done) and the committee."""
@@ -87,6 +102,8 @@ class JoinOutcome:
     signers: tuple[str, ...]
     committee: tuple[str, ...]
     threshold: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Per performed step, the seconds since the previous step (or the start) ended."""
 
     def to_dict(self) -> dict[str, Any]:
         """For ``--json``."""
@@ -97,6 +114,7 @@ class JoinOutcome:
             "signers": list(self.signers),
             "committee": list(self.committee),
             "threshold": self.threshold,
+            "seconds": dict(self.seconds),
         }
 
 
@@ -196,7 +214,7 @@ def add_hospital(
             f"exported {request.sha256[:16]}…"
         )
     msp = request.msp_id
-    performed: list[str] = []
+    performed = _Steps()
     profile = Profile.load(profile_path)
     if update.consortium_id != profile.consortium_id or update.channel != profile.channel:
         raise InvalidUpdate(
@@ -218,29 +236,37 @@ def add_hospital(
         if profile.fabric is None:
             signers = _embedded_config(consortium, update, performed, say)
         if _register(consortium, hospital, say):
-            performed.append("register")
+            performed.done("register")
         fault_point("add_hospital.after_register")
     swarm_url = None
     if profile.swarm is not None:
         swarm_url, added = _join_swarm(profile, hospital, say)
         if added:
-            performed.append("storage")
+            performed.done("storage")
             fault_point("add_hospital.after_storage")
     if _write_profile(profile_path, hospital, say, swarm_url):
-        performed.append("profile")
+        performed.done("profile")
         fault_point("add_hospital.after_profile")
     profile = Profile.load(profile_path)
     index = next(n.index for n in profile.kgc_nodes if n.msp_id == msp)
     with Consortium.open(profile) as consortium:
         committee, tau, reshared = _reshare(consortium, admin_wallet, index, say)
     if reshared:
-        performed.append("reshare")
+        performed.done("reshare")
         fault_point("add_hospital.after_reshare")
-    return JoinOutcome(msp, index, tuple(performed), tuple(signers), committee, tau)
+    return JoinOutcome(
+        msp,
+        index,
+        tuple(performed.names),
+        tuple(signers),
+        committee,
+        tau,
+        dict(performed.seconds),
+    )
 
 
 def _embedded_config(
-    consortium: Any, update: MembershipUpdate, performed: list[str], say: Progress
+    consortium: Any, update: MembershipUpdate, performed: _Steps, say: Progress
 ) -> list[str]:
     """Step config on the embedded ledger: a config block admitting the MSP; the signers."""
     request = update.request
@@ -255,7 +281,7 @@ def _embedded_config(
     signers = update.require_majority(orgs)
     say(f"admitting {msp} to channel {update.channel} (signed by {', '.join(signers)})")
     consortium.ledger.add_organization(msp, request.ca_pem)
-    performed.append("config")
+    performed.done("config")
     fault_point("add_hospital.after_config")
     return signers
 
@@ -264,7 +290,7 @@ def _fabric_join(
     profile_path: Path,
     update: MembershipUpdate,
     hospital: HospitalDir,
-    performed: list[str],
+    performed: _Steps,
     say: Progress,
 ) -> list[str]:
     """Steps config and peer on Fabric; the signers (none when the config was done)."""
@@ -310,12 +336,12 @@ def _fabric_join(
                 raise FabricNetError(f"the config update adding {msp} did not commit in time")
             time.sleep(0.2)
         net.wait_synced()
-        performed.append("config")
+        performed.done("config")
         fault_point("add_hospital.after_config")
     members = len(orgs) + (msp not in orgs)
     _fabric_profile(profile_path, net, members, None, say)
     if join_peer(net, LocalCA.load(hospital.ca_dir), hospital.root / "fabric", anchor, say):
-        performed.append("peer")
+        performed.done("peer")
         fault_point("add_hospital.after_peer")
     _fabric_profile(profile_path, net, members, msp, say)
     return signers

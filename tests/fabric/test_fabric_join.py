@@ -184,3 +184,47 @@ def test_a_new_hospital_joins_on_fabric_endorses_and_its_clinician_reads_afterwa
     again = add_hospital(world)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["performed"] == []
+
+
+def test_join_time_on_fabric_with_records(tmp_path: Path) -> None:
+    """A hospital joins a consortium holding ``$EHRSHARE_JOIN_RECORDS`` records (default 20; the
+    figure in docs/benchmarks.md is at 1,000): config update, peer catch-up over every block,
+    chaincode approval and reshare, each step's seconds from ``--json``."""
+    records = int(os.environ.get("EHRSHARE_JOIN_RECORDS", "20"))
+    root = tmp_path / "c"
+    put_started = time.perf_counter()
+    with Consortium.init(root, ledger="fabric") as c:
+        c.add_member("alice", "HospitalA", "patient")
+        c.add_member("admin-b", "HospitalB", "admin")
+        with c.session(Wallet(root / "wallets" / "alice", use_env=False)) as alice:
+            alice.enroll()
+            alice.publish_type_keys()
+            for _ in range(records):
+                alice.put_record(lab_observation())
+    put_seconds = time.perf_counter() - put_started
+    net = FabricNet.load(root)
+    net.start()
+    try:
+        height = max(net.heights().values())
+        init_hospital(tmp_path / "hd", "HospitalD")
+        assert add_hospital(tmp_path).returncode == 1
+        update_file = tmp_path / "hd" / "join-request.update.json"
+        for admin in ("admin", "admin-b"):
+            signed = ehrshare(
+                "consortium", "sign-update", str(update_file), "-p", str(root), "-w", admin
+            )
+            assert signed.returncode == 0, signed.stderr
+        started = time.perf_counter()
+        joined = add_hospital(tmp_path)
+        elapsed = time.perf_counter() - started
+        assert joined.returncode == 0, joined.stderr
+        outcome = json.loads(joined.stdout)
+        assert outcome["performed"] == ["config", "peer", "register", "profile", "reshare"]
+        joined_net = FabricNet.load(root)
+        assert joined_net.height(NEW) >= height
+        print(
+            f"\njoin on Fabric at {records} records (height {height}, setup {put_seconds:.0f} s):"
+            f" {elapsed:.1f} s in all; steps {outcome['seconds']}"
+        )
+    finally:
+        FabricNet.load(root).stop()
