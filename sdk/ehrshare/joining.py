@@ -154,6 +154,16 @@ def _anchor(update: MembershipUpdate) -> tuple[str, int]:
     return host, int(port)
 
 
+def _check_peer_host(net: FabricNet, host: str) -> None:
+    """Refuse, before the channel changes, a peer address this network cannot run it at."""
+    if host != net.host(net.spec.msp_ids[0]):
+        raise FabricJoinUnsupported(
+            f"the new peer's address {host} is not this network's ({net.host(net.spec.msp_ids[0])})"
+            ": its peer runs here beside the others; give 'hospital init' no peer endpoint, or "
+            f"one on {net.host(net.spec.msp_ids[0])}"
+        )
+
+
 def compute_update(profile: Profile, request_path: Path) -> MembershipUpdate:
     """Fetch the channel's membership and compute the update adding the request's hospital
     (on Fabric: the channel's config update, with the new peer as the organisation's anchor
@@ -180,6 +190,7 @@ def compute_update(profile: Profile, request_path: Path) -> MembershipUpdate:
     host, _, port = anchor.rpartition(":")
     if not host or not port.isdigit():
         raise InvalidUpdate(f"the join request's peer endpoint {anchor!r} is not host:port")
+    _check_peer_host(net, host)
     orgs = msp_root_certs(config)
     if request.msp_id in orgs:
         raise StaleUpdate(f"{request.msp_id} is already a member of channel {profile.channel}")
@@ -307,6 +318,7 @@ def _fabric_join(
             "it and run add-hospital again to compute the channel's config update"
         )
     anchor = _anchor(update)
+    _check_peer_host(net, anchor[0])
     orgs = msp_root_certs(_fabric_config(net))
     signers: list[str] = []
     if msp in orgs:

@@ -91,6 +91,19 @@ def test_a_new_hospital_joins_on_fabric_endorses_and_its_clinician_reads_afterwa
 ) -> None:
     profile_file = world / "c" / "profile.yaml"
     update_file = world / "hd" / "join-request.update.json"
+    # A peer endpoint this loopback network cannot run the peer at: refused (exit 3) before
+    # any update is made.
+    far = init_hospital(world / "he", "HospitalE", endpoints={"peer": "10.9.9.9:7051"})
+    refused = ehrshare(
+        "consortium",
+        "add-hospital",
+        str(far.request_file),
+        "-p",
+        str(world / "c"),
+    )
+    assert refused.returncode == 3, refused.stderr
+    assert "10.9.9.9" in refused.stderr and "Traceback" not in refused.stderr
+    assert not far.request_file.with_suffix(".update.json").exists()
     first = add_hospital(world)
     assert first.returncode == 1, first.stderr  # the update is written; no signature yet
     update = MembershipUpdate.load(update_file)
@@ -159,6 +172,11 @@ def test_a_new_hospital_joins_on_fabric_endorses_and_its_clinician_reads_afterwa
     # The new hospital's keys stayed in its directory.
     assert (world / "hd" / "fabric" / "peer" / "msp" / "keystore" / "key.pem").is_file()
     assert not (world / "c" / "fabric" / "orgs" / NEW).exists()
+    ccp = json.loads((world / "c" / "fabric" / "connection-HospitalAMSP.json").read_text("utf-8"))
+    assert (
+        NEW in ccp["organizations"]
+        and (world / "c" / "fabric" / f"connection-{NEW}.json").is_file()
+    )
 
     # The new peer endorses, and MAJORITY of four needs three: A and D are not enough.
     net = FabricNet.load(world / "c")

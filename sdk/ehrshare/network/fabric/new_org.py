@@ -2,7 +2,8 @@
 says, the config update adding one (submitted with the member admins' ConfigSignatures),
 and the new organisation's peer: material made in the hospital's own directory, started through
 the supervisor like the others, joined with the channel's genesis block fetched from the
-orderer, caught up, the chaincode installed and approved for its organisation.
+orderer, caught up, the chaincode installed and approved for its organisation; every
+organisation's ``connection-<MSP>.json`` then lists it.
 
 Each step is found done and skipped when repeated (``network.json`` records the peer's ports,
 its directory and the steps, as the first start records its own), so a run killed at any point
@@ -30,8 +31,10 @@ from ehrshare.network.fabric.config_update import (
     update_envelope,
 )
 from ehrshare.network.fabric.launcher import FabricNet, _read_from
+from ehrshare.network.fabric.profiles import connection_profile
 from ehrshare.network.fabric.spec import _CC_SEQUENCE, _CC_VERSION, FabricNetError, Progress
 from ehrshare.network.supervisor import free_loopback_ports
+from ehrshare.services.vault import atomic_write
 
 __all__ = [
     "channel_organizations",
@@ -204,6 +207,11 @@ def join_peer(
         did = True
     _serves_chaincode(net, msp, deadline)
     net._wait_gossip(say, deadline)
+    for member in net.spec.msp_ids:  # every organisation is listed in every profile
+        text = json.dumps(connection_profile(net, member), indent=2) + "\n"
+        path = net.connection_profile_path(member)
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            atomic_write(path, text.encode(), mode=0o644)
     return did
 
 
