@@ -5,7 +5,8 @@ started from the hospital's directory, joins with the genesis block fetched from
 catches up, the chaincode is approved for its organisation, it endorses (the channel's MAJORITY
 now counts four organisations: three endorsements), and its clinician reads a record granted
 afterwards. A minority of signatures is refused by us and by the orderer, changing nothing;
-kill -9 after the config and after the peer join leaves a state the next run completes."""
+kill -9 after the config, after the peer started, after it joined and after the whole peer step
+leaves a state the next run completes."""
 
 from __future__ import annotations
 
@@ -151,7 +152,16 @@ def test_a_new_hospital_joins_on_fabric_endorses_and_its_clinician_reads_afterwa
     assert channel_orgs(world) == [*MSPS, NEW]
     assert Profile.load(profile_file).fabric.endorsers == 3  # type: ignore[union-attr]
 
-    # Killed right after the peer joined, caught up and approved the chaincode.
+    # Killed right after the new peer started (before it joined the channel), then right after
+    # it joined (before catching up and the chaincode approval), then once all that was done.
+    killed = add_hospital(world, fault="add_hospital.peer_started")
+    assert killed.returncode == -9, killed.stderr
+    done = json.loads((world / "c" / "fabric" / "network.json").read_text("utf-8"))["done"]
+    assert f"peer-{NEW}" in FabricNet.load(world / "c").live() and f"join:{NEW}" not in done
+    killed = add_hospital(world, fault="add_hospital.peer_joined")
+    assert killed.returncode == -9, killed.stderr
+    done = json.loads((world / "c" / "fabric" / "network.json").read_text("utf-8"))["done"]
+    assert f"join:{NEW}" in done and f"approve:{NEW}" not in done
     killed = add_hospital(world, fault="add_hospital.after_peer")
     assert killed.returncode == -9, killed.stderr
     net = FabricNet.load(world / "c")
@@ -165,7 +175,7 @@ def test_a_new_hospital_joins_on_fabric_endorses_and_its_clinician_reads_afterwa
     outcome = json.loads(joined.stdout)
     assert outcome["performed"] == ["register", "profile", "reshare"]
     assert "HospitalDMSP/kgc" in outcome["committee"]
-    print(f"join on Fabric (config, peer, register, profile, reshare; two kills): {elapsed:.1f} s")
+    print(f"join on Fabric (config, peer, register, profile, reshare; four kills): {elapsed:.1f} s")
     fabric = Profile.load(profile_file).fabric
     assert fabric is not None
     assert [p.msp_id for p in fabric.peers] == [*MSPS, NEW] and fabric.endorsers == 3

@@ -7,8 +7,10 @@ organisation's ``connection-<MSP>.json`` then lists it.
 
 Each step is found done and skipped when repeated (``network.json`` records the peer's ports,
 its directory and the steps, as the first start records its own), so a run killed at any point
-finishes on the next. This module must not read a private key of the new hospital but to act
-as it (its peer and admin, from its directory), and must not copy one out of that directory.
+finishes on the next (crash points ``add_hospital.peer_started``, ``add_hospital.peer_joined``,
+then :mod:`ehrshare.joining`'s ``add_hospital.after_peer``). This module must not read a
+private key of the new hospital but to act as it (its peer and admin, from its directory), and
+must not copy one out of that directory.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ehrshare.faults import fault_point
 from ehrshare.identity import LocalCA
 from ehrshare.network.fabric.channel import _JOINED
 from ehrshare.network.fabric.config_update import (
@@ -162,6 +165,7 @@ def join_peer(
         if old is not None:
             net._reap(old.pid)
         net._start_peers(deadline, only=[name])
+        fault_point("add_hospital.peer_started")
         did = True
     channel = net.spec.channel
     if f"join:{msp}" not in net._state.done:
@@ -175,6 +179,7 @@ def join_peer(
 
         net._each_org("join", join, deadline, _JOINED)
         block.unlink(missing_ok=True)
+        fault_point("add_hospital.peer_joined")
         did = True
     _catch_up(net, msp, say, deadline)
     package_id = net.package_id
