@@ -330,7 +330,8 @@ class HospitalDir:
         if wallet.exists:
             raise HospitalDirError(f"wallet {wallet.directory} already exists")
         ca = LocalCA.load(self.ca_dir)
-        identity, signer = ca.issue(name, role=role)
+        node_ou = "admin" if role == "admin" else "client"  # Fabric counts admin OUs only
+        identity, signer = ca.issue(name, role=role, node_ou=node_ou)
         wallet.create(identity, signer, ca.issue_tls_client(name))
         return wallet
 

@@ -16,13 +16,22 @@ The steps, each found done and skipped when an interrupted run is repeated:
 With a private IPFS swarm, between 2 and 3 the hospital's Kubo node joins it (**storage**:
 repository in the hospital's directory, the swarm's key, every node's peering naming it).
 
+On Fabric (:mod:`ehrshare.network.fabric.new_org`), **config** is the channel's config update
+(computed against the config fetched from the orderer when the update file was made, the new
+organisation's anchor peer in it) submitted with the signers' ConfigSignatures; the
+profile's ``ledger.endorsers`` becomes a majority of the new membership at once (the channel's
+``MAJORITY Endorsement`` now counts one more organisation). Then **peer**: the hospital's peer,
+made in its own directory (``<hospital>/fabric``), started, joined with the genesis block fetched
+from the orderer, caught up, the chaincode installed and approved for its organisation, and named
+in the profile's ``ledger.peers``.
+
 Crash points (``EHRSHARE_FAULT_AT``): ``add_hospital.after_config``,
-``add_hospital.after_register``, ``add_hospital.after_storage``,
-``add_hospital.after_profile``, ``add_hospital.after_reshare``
+``add_hospital.after_peer`` (Fabric), ``add_hospital.after_register``,
+``add_hospital.after_storage``, ``add_hospital.after_profile``, ``add_hospital.after_reshare``
 (and the resharing's own ``reshare.promoted``/``reshare.retired``). Until step 1 commits nothing
 changed; after it, each later step only adds what the hospital needs and a repeated run finishes.
-On Fabric it is refused (:class:`FabricJoinUnsupported`): the channel update is computed and
-signed by :mod:`ehrshare.network.fabric.config_update`, but the new peer is not built.
+A Fabric profile without the network's directory (a channel run elsewhere) is refused
+(:class:`FabricJoinUnsupported`), as are networks on several hosts.
 
 This module must not read a private key of the new hospital except to act as it, in its
 process, from its directory; it copies none.
@@ -31,10 +40,11 @@ process, from its directory; it copies none.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ehrshare.contract import EhrContract
 from ehrshare.errors import ConfigurationError, Refused
@@ -42,25 +52,44 @@ from ehrshare.faults import fault_point
 from ehrshare.hazmat.dkg import new_session_nonce
 from ehrshare.hospital import HospitalDir
 from ehrshare.ledger.errors import GatewayError
-from ehrshare.membership import InvalidUpdate, MembershipUpdate
+from ehrshare.membership import InvalidUpdate, MembershipUpdate, StaleUpdate
+from ehrshare.network.fabric.spec import FabricNetError
 from ehrshare.profile import KgcNodeConfig, Profile, ProxyConfig, ServiceConfig
 from ehrshare.services.vault import atomic_write
 from ehrshare.wallet import Wallet
+
+if TYPE_CHECKING:
+    from ehrshare.network.fabric import FabricNet
 
 __all__ = ["FabricJoinUnsupported", "JoinOutcome", "add_hospital", "compute_update"]
 
 _log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-STEPS: Final = ("config", "register", "profile", "reshare")
+STEPS: Final = ("config", "peer", "register", "profile", "reshare")
 
 
 class FabricJoinUnsupported(ConfigurationError):
-    """``add-hospital`` on a Fabric channel: the config update is not built yet."""
+    """``add-hospital`` on a Fabric channel whose network this consortium does not run here."""
 
 
 class JoinConflict(Refused):
     """The channel already has a member of that MSP id with another CA."""
+
+
+class _Steps:
+    """The steps a run performed, each with the seconds since the previous one ended."""
+
+    def __init__(self) -> None:
+        self.names: list[str] = []
+        self.seconds: dict[str, float] = {}
+        self._last = time.monotonic()
+
+    def done(self, name: str) -> None:
+        now = time.monotonic()
+        self.names.append(name)
+        self.seconds[name] = round(now - self._last, 3)
+        self._last = now
 
 
 @dataclass(frozen=True)
@@ -73,6 +102,8 @@ class JoinOutcome:
     signers: tuple[str, ...]
     committee: tuple[str, ...]
     threshold: int
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Per performed step, the seconds since the previous step (or the start) ended."""
 
     def to_dict(self) -> dict[str, Any]:
         """For ``--json``."""
@@ -83,30 +114,96 @@ class JoinOutcome:
             "signers": list(self.signers),
             "committee": list(self.committee),
             "threshold": self.threshold,
+            "seconds": dict(self.seconds),
         }
 
 
 def _organizations(consortium: Any) -> dict[str, bytes]:
-    if consortium.profile.fabric is not None or consortium.profile.ledger_backend == "fabric":
-        raise FabricJoinUnsupported(
-            "adding a hospital to a Fabric channel is not built yet (the new peer, its channel "
-            "join and chaincode approval); it works on the embedded ledger"
-        )
     orgs: dict[str, bytes] = consortium.ledger.organizations()
     return orgs
 
 
+def _fabric_net(profile: Profile) -> FabricNet:
+    from ehrshare.network.fabric import FabricNet
+
+    assert profile.fabric is not None
+    if profile.fabric.network is None or not (profile.fabric.network / "network.json").is_file():
+        raise FabricJoinUnsupported(
+            "this profile's Fabric channel is not a network this consortium runs here "
+            "(ledger.network); add the hospital where the network was created"
+        )
+    net = FabricNet.load(profile.fabric.network.parent)
+    if net.spec.hosts:
+        raise FabricJoinUnsupported(
+            "adding a hospital to a Fabric network on several hosts is not built yet "
+            "(its peer would need a host of its own); it works on a loopback network"
+        )
+    return net
+
+
+def _fabric_config(net: FabricNet) -> Any:
+    from ehrshare.network.fabric.new_org import fetch_config
+
+    return fetch_config(net, net.spec.msp_ids[0], net.dir / "updates" / "config.block")
+
+
+def _anchor(update: MembershipUpdate) -> tuple[str, int]:
+    host, _, port = (update.anchor_peer or "").rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidUpdate(f"the update's anchor peer {update.anchor_peer!r} is not host:port")
+    return host, int(port)
+
+
+def _check_peer_host(net: FabricNet, host: str) -> None:
+    """Refuse, before the channel changes, a peer address this network cannot run it at."""
+    if host != net.host(net.spec.msp_ids[0]):
+        raise FabricJoinUnsupported(
+            f"the new peer's address {host} is not this network's ({net.host(net.spec.msp_ids[0])})"
+            ": its peer runs here beside the others; give 'hospital init' no peer endpoint, or "
+            f"one on {net.host(net.spec.msp_ids[0])}"
+        )
+
+
 def compute_update(profile: Profile, request_path: Path) -> MembershipUpdate:
-    """Fetch the channel's membership and compute the update adding the request's hospital."""
+    """Fetch the channel's membership and compute the update adding the request's hospital
+    (on Fabric: the channel's config update, with the new peer as the organisation's anchor
+    peer — the request's ``peer`` endpoint, else a free loopback port)."""
     from ehrshare.hospital import JoinRequest
     from ehrshare.provisioning import Consortium
 
     request = JoinRequest.load(request_path)
-    with Consortium.open(profile) as consortium:
-        orgs = _organizations(consortium)
-        if profile.consortium_id is None:
-            raise ConfigurationError("the profile has no consortium id")
-        return MembershipUpdate.compute(profile.consortium_id, profile.channel, orgs, request)
+    if profile.consortium_id is None:
+        raise ConfigurationError("the profile has no consortium id")
+    if profile.fabric is None:
+        with Consortium.open(profile) as consortium:
+            orgs = _organizations(consortium)
+            return MembershipUpdate.compute(profile.consortium_id, profile.channel, orgs, request)
+    from ehrshare.network.fabric.config_update import (
+        compute_update as config_update,
+    )
+    from ehrshare.network.fabric.config_update import msp_root_certs, with_organization
+    from ehrshare.network.supervisor import free_loopback_ports
+
+    net = _fabric_net(profile)
+    config = _fabric_config(net)
+    anchor = request.endpoints.get("peer") or f"127.0.0.1:{free_loopback_ports(1)[0]}"
+    host, _, port = anchor.rpartition(":")
+    if not host or not port.isdigit():
+        raise InvalidUpdate(f"the join request's peer endpoint {anchor!r} is not host:port")
+    _check_peer_host(net, host)
+    orgs = msp_root_certs(config)
+    if request.msp_id in orgs:
+        raise StaleUpdate(f"{request.msp_id} is already a member of channel {profile.channel}")
+    updated = with_organization(config, request.msp_id, request.ca_pem, anchor=(host, int(port)))
+    update = config_update(profile.channel, config, updated).SerializeToString()
+    return MembershipUpdate.compute(
+        profile.consortium_id,
+        profile.channel,
+        orgs,
+        request,
+        config_update=update,
+        anchor_peer=anchor,
+    )
 
 
 def add_hospital(
@@ -128,7 +225,7 @@ def add_hospital(
             f"exported {request.sha256[:16]}…"
         )
     msp = request.msp_id
-    performed: list[str] = []
+    performed = _Steps()
     profile = Profile.load(profile_path)
     if update.consortium_id != profile.consortium_id or update.channel != profile.channel:
         raise InvalidUpdate(
@@ -142,40 +239,154 @@ def add_hospital(
             "add-hospital runs the new KGC node in this process for the resharing; this "
             "profile's services run as processes (not built yet: use an in-process profile)"
         )
+    signers: list[str] = []
+    if profile.fabric is not None:
+        signers = _fabric_join(profile_path, update, hospital, performed, say)
+        profile = Profile.load(profile_path)
     with Consortium.open(profile) as consortium:
-        orgs = _organizations(consortium)
-        signers: list[str] = []
-        if msp in orgs:
-            if orgs[msp] != request.ca_pem:
-                raise JoinConflict(f"{msp} is already a channel member, with another CA")
-            update.check_base({k: v for k, v in orgs.items() if k != msp})
-        else:
-            update.check_base(orgs)
-            signers = update.require_majority(orgs)
-            say(f"admitting {msp} to channel {profile.channel} (signed by {', '.join(signers)})")
-            consortium.ledger.add_organization(msp, request.ca_pem)
-            performed.append("config")
-            fault_point("add_hospital.after_config")
+        if profile.fabric is None:
+            signers = _embedded_config(consortium, update, performed, say)
         if _register(consortium, hospital, say):
-            performed.append("register")
+            performed.done("register")
         fault_point("add_hospital.after_register")
     swarm_url = None
     if profile.swarm is not None:
         swarm_url, added = _join_swarm(profile, hospital, say)
         if added:
-            performed.append("storage")
+            performed.done("storage")
             fault_point("add_hospital.after_storage")
     if _write_profile(profile_path, hospital, say, swarm_url):
-        performed.append("profile")
+        performed.done("profile")
         fault_point("add_hospital.after_profile")
     profile = Profile.load(profile_path)
     index = next(n.index for n in profile.kgc_nodes if n.msp_id == msp)
     with Consortium.open(profile) as consortium:
         committee, tau, reshared = _reshare(consortium, admin_wallet, index, say)
     if reshared:
-        performed.append("reshare")
+        performed.done("reshare")
         fault_point("add_hospital.after_reshare")
-    return JoinOutcome(msp, index, tuple(performed), tuple(signers), committee, tau)
+    return JoinOutcome(
+        msp,
+        index,
+        tuple(performed.names),
+        tuple(signers),
+        committee,
+        tau,
+        dict(performed.seconds),
+    )
+
+
+def _embedded_config(
+    consortium: Any, update: MembershipUpdate, performed: _Steps, say: Progress
+) -> list[str]:
+    """Step config on the embedded ledger: a config block admitting the MSP; the signers."""
+    request = update.request
+    msp = request.msp_id
+    orgs = _organizations(consortium)
+    if msp in orgs:
+        if orgs[msp] != request.ca_pem:
+            raise JoinConflict(f"{msp} is already a channel member, with another CA")
+        update.check_base({k: v for k, v in orgs.items() if k != msp})
+        return []
+    update.check_base(orgs)
+    signers = update.require_majority(orgs)
+    say(f"admitting {msp} to channel {update.channel} (signed by {', '.join(signers)})")
+    consortium.ledger.add_organization(msp, request.ca_pem)
+    performed.done("config")
+    fault_point("add_hospital.after_config")
+    return signers
+
+
+def _fabric_join(
+    profile_path: Path,
+    update: MembershipUpdate,
+    hospital: HospitalDir,
+    performed: _Steps,
+    say: Progress,
+) -> list[str]:
+    """Steps config and peer on Fabric; the signers (none when the config was done)."""
+    from ehrshare.identity import LocalCA
+    from ehrshare.network.fabric.config_update import msp_root_certs
+    from ehrshare.network.fabric.new_org import join_peer, submit_update
+
+    request = update.request
+    msp = request.msp_id
+    net = _fabric_net(Profile.load(profile_path))
+    if update.config_update is None:
+        raise InvalidUpdate(
+            "the update was computed for the embedded ledger, not this Fabric channel: remove "
+            "it and run add-hospital again to compute the channel's config update"
+        )
+    anchor = _anchor(update)
+    _check_peer_host(net, anchor[0])
+    orgs = msp_root_certs(_fabric_config(net))
+    signers: list[str] = []
+    if msp in orgs:
+        if orgs[msp] != request.ca_pem:
+            raise JoinConflict(f"{msp} is already a channel member, with another CA")
+        update.check_base({k: v for k, v in orgs.items() if k != msp})
+    else:
+        update.check_base(orgs)
+        signers = update.require_majority(orgs)
+        # Before the update commits: a majority of n+1 peers also satisfies one of n, and
+        # after it the old count would be refused (ENDORSEMENT_POLICY_FAILURE).
+        _fabric_profile(profile_path, net, len(orgs) + 1, None, say)
+        say(
+            f"submitting the config update of channel {update.channel} adding {msp} "
+            f"(signed by {', '.join(signers)})"
+        )
+        submit_update(
+            net,
+            update.config_update,
+            update.config_signatures(signers),
+            submitter=signers[0],
+            work=net.dir / "updates",
+        )
+        deadline = time.monotonic() + 60
+        while msp not in msp_root_certs(_fabric_config(net)):
+            if time.monotonic() > deadline:
+                raise FabricNetError(f"the config update adding {msp} did not commit in time")
+            time.sleep(0.2)
+        net.wait_synced()
+        performed.done("config")
+        fault_point("add_hospital.after_config")
+    members = len(orgs) + (msp not in orgs)
+    _fabric_profile(profile_path, net, members, None, say)
+    if join_peer(net, LocalCA.load(hospital.ca_dir), hospital.root / "fabric", anchor, say):
+        performed.done("peer")
+        fault_point("add_hospital.after_peer")
+    _fabric_profile(profile_path, net, members, msp, say)
+    return signers
+
+
+def _fabric_profile(
+    path: Path, net: FabricNet, members: int, new_peer: str | None, say: Progress
+) -> None:
+    """The profile's ``ledger.endorsers`` for ``members`` organisations (the channel's
+    MAJORITY, or 1 under ANY) and, once it serves, the new peer in ``ledger.peers``."""
+    from ehrshare.profile import FabricEndpoint
+
+    profile = Profile.load(path)
+    fabric = profile.fabric
+    assert fabric is not None
+    peers = fabric.peers
+    if new_peer is not None and all(p.msp_id != new_peer for p in peers):
+        endpoint = FabricEndpoint(
+            address=net.peer_address(new_peer),
+            tls_ca=net.tls_ca(new_peer),
+            server_name=net.server_name(new_peer),
+            msp_id=new_peer,
+        )
+        peers = (*peers, endpoint)
+    endorsers = 1 if net.spec.endorsement == "ANY" else members // 2 + 1
+    if peers == fabric.peers and endorsers == fabric.endorsers:
+        return
+    if new_peer is not None:
+        say(f"naming the peer of {new_peer} in the profile ({endorsers} endorsing hospitals)")
+    updated = replace(profile, fabric=replace(fabric, peers=peers, endorsers=endorsers))
+    text = path.read_text(encoding="utf-8")
+    header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
+    atomic_write(path, updated.to_yaml(header).encode(), mode=0o644)
 
 
 def _register(consortium: Any, hospital: HospitalDir, say: Progress) -> bool:

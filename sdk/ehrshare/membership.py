@@ -10,6 +10,13 @@ as Fabric refuses one whose read set's versions moved) and the signatures. :func
 adds one admin's signature; :meth:`MembershipUpdate.signers` says which member organisations'
 admins validly signed, checked against the CAs the channel trusts.
 
+On a Fabric channel the file also carries the channel's ``ConfigUpdate`` (computed against the
+config fetched from the orderer, the new organisation's anchor peer in it) and each admin's
+signature carries, beside the one over the file's payload (which covers the update's bytes),
+Fabric's ``ConfigSignature`` over it, made with the same key: one ``sign-update`` per admin
+gives both, and the orderer enforces its ``MAJORITY Admins`` policy on the latter. Fabric counts
+only certificates with the admin NodeOU, so on Fabric a signer must carry it.
+
 This module computes and checks; it submits nothing (:mod:`ehrshare.joining` does) and must not
 read any private key but the signing admin's own.
 """
@@ -19,7 +26,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
@@ -76,6 +83,16 @@ def ca_digest(ca_pem: bytes) -> str:
     return hashlib.sha256(ca_pem).hexdigest()
 
 
+def _has_admin_ou(identity: Identity) -> bool:
+    try:
+        units = identity.certificate.subject.get_attributes_for_oid(
+            NameOID.ORGANIZATIONAL_UNIT_NAME
+        )
+    except ValueError:
+        return False
+    return "admin" in [str(a.value) for a in units]
+
+
 def _is_admin(identity: Identity) -> bool:
     try:  # fields parse lazily: a damaged certificate fails here
         cert = identity.certificate
@@ -102,14 +119,19 @@ class Signature:
     msp_id: str
     certificate: str
     signature: bytes
+    config_signature: bytes | None = None
+    """Fabric's serialised ``ConfigSignature`` over the update's ``config_update``."""
 
     def to_dict(self) -> dict[str, str]:
         """The file's form."""
-        return {
+        out = {
             "msp_id": self.msp_id,
             "certificate": self.certificate,
             "signature": base64.b64encode(self.signature).decode("ascii"),
         }
+        if self.config_signature is not None:
+            out["config_signature"] = base64.b64encode(self.config_signature).decode("ascii")
+        return out
 
 
 @dataclass(frozen=True)
@@ -122,10 +144,14 @@ class MembershipUpdate:
     """MSP id → :func:`ca_digest` of every member organisation when the update was made."""
     request: JoinRequest
     signatures: tuple[Signature, ...] = ()
+    config_update: bytes | None = None
+    """Fabric: the serialised ``ConfigUpdate`` adding the organisation (None: embedded)."""
+    anchor_peer: str | None = None
+    """Fabric: ``host:port`` of the new organisation's peer, its anchor peer in the update."""
 
     def payload(self) -> dict[str, Any]:
         """What every admin signs."""
-        return {
+        out = {
             "version": UPDATE_VERSION,
             "kind": "add-hospital",
             "consortium_id": self.consortium_id,
@@ -133,6 +159,12 @@ class MembershipUpdate:
             "base": dict(sorted(self.base.items())),
             "request_sha256": self.request.sha256,
         }
+        if self.config_update is not None:
+            out["fabric"] = {
+                "config_update": base64.b64encode(self.config_update).decode("ascii"),
+                "anchor_peer": self.anchor_peer,
+            }
+        return out
 
     def digest(self) -> bytes:
         """The bytes signed: a domain tag and the payload's canonical JSON."""
@@ -146,9 +178,13 @@ class MembershipUpdate:
         channel: str,
         organizations: Mapping[str, bytes],
         request: JoinRequest,
+        *,
+        config_update: bytes | None = None,
+        anchor_peer: str | None = None,
     ) -> MembershipUpdate:
         """The update adding ``request``'s hospital to a channel whose members are
-        ``organizations`` (MSP id → CA PEM); refuses a hospital that is already a member."""
+        ``organizations`` (MSP id → CA PEM); refuses a hospital that is already a member.
+        On Fabric, ``config_update`` is the channel's ``ConfigUpdate`` adding it."""
         if request.msp_id in organizations:
             raise StaleUpdate(f"{request.msp_id} is already a member of channel {channel}")
         return cls(
@@ -156,6 +192,8 @@ class MembershipUpdate:
             channel=channel,
             base={msp: ca_digest(pem) for msp, pem in organizations.items()},
             request=request,
+            config_update=config_update,
+            anchor_peer=anchor_peer,
         )
 
     def signers(self, organizations: Mapping[str, bytes]) -> list[str]:
@@ -175,9 +213,40 @@ class MembershipUpdate:
                 continue
             if not issued_by(cert, ca) or not _is_admin(identity):
                 continue
-            if verify_signature(identity, message, sig.signature):
-                valid.add(sig.msp_id)
+            if not verify_signature(identity, message, sig.signature):
+                continue
+            if self.config_update is not None and not self._fabric_signed(sig, identity):
+                continue
+            valid.add(sig.msp_id)
         return sorted(valid)
+
+    def _fabric_signed(self, sig: Signature, identity: Identity) -> bool:
+        """The signature's ``ConfigSignature`` is by the same admin (admin NodeOU) over the
+        update's ``config_update``."""
+        from ehrshare.network.fabric.config_update import verify_config_signature
+
+        if sig.config_signature is None or not _has_admin_ou(identity):
+            return False
+        assert self.config_update is not None
+        parts = verify_config_signature(self.config_update, sig.config_signature)
+        if parts is None:
+            return False
+        msp, creator, signed, signature = parts
+        if msp != sig.msp_id or creator != identity.credentials:
+            return False
+        return verify_signature(identity, signed, signature)
+
+    def config_signatures(self, signers: Sequence[str]) -> list[Any]:
+        """Fabric's ``ConfigSignature`` messages of ``signers``' admins (already checked)."""
+        from ehrshare.network.fabric.config_update import configtx_pb2
+
+        wanted = set(signers)
+        config_signature: Any = configtx_pb2.ConfigSignature
+        return [
+            config_signature.FromString(s.config_signature)
+            for s in self.signatures
+            if s.msp_id in wanted and s.config_signature is not None
+        ]
 
     def check_base(self, organizations: Mapping[str, bytes]) -> None:
         """Refuse an update computed against another membership than ``organizations``."""
@@ -237,11 +306,15 @@ class MembershipUpdate:
         signatures = []
         for entry in data.get("signatures", []):
             try:
+                fabric_sig = entry.get("config_signature")
                 signatures.append(
                     Signature(
                         msp_id=str(entry["msp_id"]),
                         certificate=str(entry["certificate"]),
                         signature=base64.b64decode(entry["signature"], validate=True),
+                        config_signature=None
+                        if fabric_sig is None
+                        else base64.b64decode(fabric_sig, validate=True),
                     )
                 )
             except (KeyError, TypeError, ValueError):
@@ -249,12 +322,22 @@ class MembershipUpdate:
         for key in ("consortium_id", "channel"):
             if not isinstance(data.get(key), str):
                 raise InvalidUpdate(f"{path}: {key} is missing")
+        config_update, anchor = None, None
+        fabric = data.get("fabric")
+        if fabric is not None:
+            try:
+                config_update = base64.b64decode(fabric["config_update"], validate=True)
+                anchor = str(fabric["anchor_peer"])
+            except (KeyError, TypeError, ValueError):
+                raise InvalidUpdate(f"{path}: the fabric section is malformed") from None
         return cls(
             consortium_id=data["consortium_id"],
             channel=data["channel"],
             base=dict(base),
             request=request,
             signatures=tuple(signatures),
+            config_update=config_update,
+            anchor_peer=anchor,
         )
 
 
@@ -271,8 +354,24 @@ def sign_update(update: MembershipUpdate, identity: Identity, signer: Signer) ->
         raise NotAnAdmin(
             f"{identity.msp_id} is not a member of channel {update.channel}; only members sign"
         )
+    config_sig = None
+    if update.config_update is not None:
+        from ehrshare.network.fabric.config_update import config_signature
+
+        if not _has_admin_ou(identity):
+            raise NotAnAdmin(
+                f"{identity.ibe_id}'s certificate lacks the admin NodeOU that Fabric's Admins "
+                "policies count (a wallet issued before admins carried it): sign with a "
+                "hospital admin wallet issued now, or the org's Fabric admin"
+            )
+        config_sig = config_signature(
+            update.config_update, identity.msp_id, identity.credentials, signer.sign
+        ).SerializeToString()
     signature = Signature(
-        identity.msp_id, identity.credentials.decode("ascii"), signer.sign(update.digest())
+        identity.msp_id,
+        identity.credentials.decode("ascii"),
+        signer.sign(update.digest()),
+        config_sig,
     )
     kept = tuple(s for s in update.signatures if s.msp_id != identity.msp_id)
     return replace(update, signatures=(*kept, signature))

@@ -506,7 +506,11 @@ class Consortium(Closing):
     @staticmethod
     def _issue(root: Path, msp: str, name: str, role: str, wallet_dir: Path) -> Wallet:
         ca = LocalCA.load(root / "ca" / msp)
-        identity, signer = ca.issue(name, role=role)
+        # An admin carries Fabric's admin NodeOU too: the channel's Admins policies count only
+        # those, so its signature on a membership update is also a valid ConfigSignature.
+        identity, signer = ca.issue(
+            name, role=role, node_ou="admin" if role == "admin" else "client"
+        )
         # Service wallets stay unencrypted (the serve processes read their keys unattended);
         # member wallets follow $EHRSHARE_WALLET_PASSPHRASE.
         wallet = Wallet(wallet_dir, use_env=role not in ("kgc", "proxy"))

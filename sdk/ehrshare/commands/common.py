@@ -115,9 +115,12 @@ def fail(code: int, message: str, hint: str = "") -> NoReturn:
     """End the command: ``error: message`` (and ``hint:``) on stderr, then exit with ``code``,
     one of :data:`ehrshare.errors.EXIT_CODES` by name. For what a command checks itself."""
     # soft_wrap: an error message stays one line, so scripts can grep it
-    _err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    # Escaped: messages quote peers' errors, which hold brackets ([/Channel/Application/…]).
+    from rich.markup import escape
+
+    _err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     if hint:
-        _err.print(f"[dim]hint:[/dim] {hint}", highlight=False, soft_wrap=True)
+        _err.print(f"[dim]hint:[/dim] {escape(hint)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -71,7 +71,9 @@ def register_joining(consortium_app: typer.Typer) -> None:
     ) -> None:
         """Add a hospital: compute the channel membership update (written to --update if it is
         not there), and once a majority of the member hospitals' admins signed it, admit the
-        hospital's MSP, register its CA and services, name its KGC node and proxy in the
+        hospital's MSP (on Fabric: the channel's config update, then the hospital's peer, made
+        in its directory, joins, catches up and approves the chaincode), register its CA and
+        services, name its KGC node and proxy in the
         profile, and reshare the master key to a committee that includes its node (--wallet:
         an org admin, who opens the resharing). Rerun after an interruption: done steps are
         skipped. Exit 1 while signatures are missing (nothing changed), 5 for a join request
@@ -132,7 +134,8 @@ def register_joining(consortium_app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Sign a membership update as a member hospital's admin (--wallet: a wallet name under
-        the profile or a path); the file gains the signature. Check what it adds first: the
+        the profile or a path); the file gains the signature (on Fabric also the admin's
+        ConfigSignature over the channel's config update). Check what it adds first: the
         hospital, its MSP and its request's SHA-256 are printed."""
         from ehrshare.membership import MembershipUpdate, majority, sign_update
 

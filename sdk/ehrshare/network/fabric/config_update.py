@@ -39,7 +39,9 @@ __all__ = [
     "channel_config",
     "compute_update",
     "config_signature",
+    "msp_root_certs",
     "update_envelope",
+    "verify_config_signature",
     "with_organization",
 ]
 
@@ -67,6 +69,36 @@ def channel_config(block_bytes: bytes) -> Any:
 def application_orgs(config: Any) -> list[str]:
     """The MSP ids of the channel's Application organisations."""
     return sorted(config.channel_group.groups["Application"].groups.keys())
+
+
+def msp_root_certs(config: Any) -> dict[str, bytes]:
+    """MSP id → first root CA certificate (PEM) of each Application organisation."""
+    out: dict[str, bytes] = {}
+    for name, group in config.channel_group.groups["Application"].groups.items():
+        msp_value = msp_config_pb2.MSPConfig.FromString(group.values["MSP"].value)
+        fabric = msp_config_pb2.FabricMSPConfig.FromString(msp_value.config)
+        out[str(fabric.name or name)] = bytes(fabric.root_certs[0]) if fabric.root_certs else b""
+    return out
+
+
+def verify_config_signature(
+    update_bytes: bytes, signature: bytes
+) -> tuple[str, bytes, bytes, bytes] | None:
+    """A serialised ``ConfigSignature`` over ``update_bytes`` taken apart: (MSP id, creator
+    certificate PEM, signed bytes, signature), or None when it does not parse. The caller
+    checks the signature with the certificate's key."""
+    try:
+        parsed = configtx_pb2.ConfigSignature.FromString(signature)
+        header = common_pb2.SignatureHeader.FromString(parsed.signature_header)
+        creator = identities_pb2.SerializedIdentity.FromString(header.creator)
+    except Exception:  # protobuf's DecodeError and friends: not a ConfigSignature
+        return None
+    return (
+        str(creator.mspid),
+        bytes(creator.id_bytes),
+        bytes(parsed.signature_header) + update_bytes,
+        bytes(parsed.signature),
+    )
 
 
 def _replace_msp_in_policy(policy: Any, old: str, new: str) -> None:

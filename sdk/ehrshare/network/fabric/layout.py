@@ -53,6 +53,8 @@ class _State:
     genesis_sha256: str = ""
     done: list[str] = field(default_factory=list)
     processes: dict[str, _Proc] = field(default_factory=dict)
+    # Organisations that joined later keep their material in their own directory.
+    org_dirs: dict[str, str] = field(default_factory=dict)
 
 
 def _lower(msp: str) -> str:
@@ -101,8 +103,10 @@ class FabricLayout:
         return self._state.package_id
 
     def org_dir(self, msp: str) -> Path:
-        """An organisation's directory (``msp``, ``peer``, ``admin`` below it)."""
-        return self.dir / "orgs" / msp
+        """An organisation's directory (``msp``, ``peer``, ``admin`` below it): under
+        ``fabric/orgs``, or for a hospital that joined later its own (``<hospital>/fabric``)."""
+        joined = self._state.org_dirs.get(msp)
+        return Path(joined) if joined is not None else self.dir / "orgs" / msp
 
     def admin_msp(self, msp: str) -> Path:
         """The local MSP directory of a hospital's admin (what ``peer`` CLI commands sign with)."""
@@ -209,6 +213,7 @@ class FabricLayout:
                 genesis_sha256=data["genesis_sha256"],
                 done=list(data["done"]),
                 processes={k: _Proc(**v) for k, v in data["processes"].items()},
+                org_dirs=dict(data.get("org_dirs") or {}),
             )
             return cls(root, state)
         except (KeyError, TypeError, ValueError) as exc:
@@ -225,6 +230,8 @@ class FabricLayout:
             "done": s.done,
             "processes": {k: asdict(v) for k, v in s.processes.items()},
         }
+        if s.org_dirs:
+            data["org_dirs"] = s.org_dirs
         atomic_write(self.dir / STATE_FILE, json.dumps(data, indent=2).encode(), mode=0o644)
 
     def _mark(self, step: str) -> None:
