@@ -53,33 +53,14 @@ class Records(SessionCore):
         Raises FhirValidationError, UnknownRecordType, RecordTooLarge, RecordStorageError (then
         nothing is on chain) or RequestRejected.
         """
-        model = parse_resource(resource)
-        plaintext = resource_bytes(model)
-        if len(plaintext) > self.max_record_bytes:
-            raise RecordTooLarge(
-                f"record is {len(plaintext)} bytes; this profile's limit is "
-                f"{self.max_record_bytes} (limits.max_record_bytes)"
-            )
+        model, plaintext = self._plaintext(resource)
         type_name = self.mapping.resolve(model, type)
         label = self.labels.opaque(type_name)
         owner = patient or self.ibe_id
-        owner_key, type_epoch = self._sealing_key(owner, label)
         record_id = "r-" + secrets.token_hex(16)
-        capsule, sealed = crypto.encrypt_record(plaintext, owner_key=owner_key, record_id=record_id)
-        del plaintext
-        digest = sha256_hex(sealed)
-        try:
-            cid = self.store.put(sealed)
-            get_verified(self.store, cid, digest)
-        except StorageError as exc:
-            raise RecordStorageError(
-                f"could not store the encrypted record ({exc}); nothing was registered on chain"
-                " — check that the content store (Kubo daemon) is running and retry"
-            ) from None
-        # A crash here leaves an unreferenced ciphertext: 'ehrshare store gc' removes it.
-        fault_point("put.after_store")
-        try:
-            record = self.chain.register_record(
+
+        def register(cid: str, digest: str, capsule: bytes, type_epoch: int) -> StoredRecord:
+            return self.chain.register_record(
                 record_id=record_id,
                 owner=owner,
                 label=label,
@@ -89,13 +70,19 @@ class Records(SessionCore):
                 format_version=FORMAT_VERSION,
                 type_epoch=type_epoch,
             )
-        except RequestRejected:
-            try:
-                self.store.unpin(cid)
-            except StorageError:
-                _log.warning("could not release unregistered ciphertext %s", cid)
-            raise
-        fault_point("put.after_register")
+
+        record = self._seal_and_register(
+            "put",
+            record_id=record_id,
+            owner=owner,
+            label=label,
+            plaintext=plaintext,
+            store_failed=lambda exc: (
+                f"could not store the encrypted record ({exc}); nothing was registered on chain"
+                " — check that the content store (Kubo daemon) is running and retry"
+            ),
+            register=register,
+        )
         _log.info("registered record %s (%s) for %s", record_id, type_name, owner)
         return record.ref
 
@@ -114,13 +101,7 @@ class Records(SessionCore):
         Raises as :meth:`put_record` does; a crash between the store and the ledger leaves an
         unreferenced ciphertext ('ehrshare store gc') and the previous version current.
         """
-        model = parse_resource(resource)
-        plaintext = resource_bytes(model)
-        if len(plaintext) > self.max_record_bytes:
-            raise RecordTooLarge(
-                f"record is {len(plaintext)} bytes; this profile's limit is "
-                f"{self.max_record_bytes} (limits.max_record_bytes)"
-            )
+        model, plaintext = self._plaintext(resource)
         current = self.get_record(record_id)
         type_name = self.mapping.resolve(model, type)
         label = self.labels.opaque(type_name)
@@ -129,21 +110,9 @@ class Records(SessionCore):
                 f"record {record_id} is of type {current.type or 'unknown'}; a new version of "
                 f"type {type_name} would change it (store it as a new record instead)"
             )
-        owner_key, type_epoch = self._sealing_key(current.owner, label)
-        capsule, sealed = crypto.encrypt_record(plaintext, owner_key=owner_key, record_id=record_id)
-        del plaintext
-        digest = sha256_hex(sealed)
-        try:
-            cid = self.store.put(sealed)
-            get_verified(self.store, cid, digest)
-        except StorageError as exc:
-            raise RecordStorageError(
-                f"could not store the new version of record {record_id} ({exc}); nothing was "
-                "registered on chain — check that the content store is running and retry"
-            ) from None
-        fault_point("amend.after_store")
-        try:
-            record = self.chain.amend_record(
+
+        def register(cid: str, digest: str, capsule: bytes, type_epoch: int) -> StoredRecord:
+            return self.chain.amend_record(
                 record_id=record_id,
                 cid=cid,
                 sha256=digest,
@@ -151,15 +120,70 @@ class Records(SessionCore):
                 format_version=FORMAT_VERSION,
                 type_epoch=type_epoch,
             )
+
+        record = self._seal_and_register(
+            "amend",
+            record_id=record_id,
+            owner=current.owner,
+            label=label,
+            plaintext=plaintext,
+            store_failed=lambda exc: (
+                f"could not store the new version of record {record_id} ({exc}); nothing was "
+                "registered on chain — check that the content store is running and retry"
+            ),
+            register=register,
+        )
+        _log.info("registered version %d of record %s", record.ref.version, record_id)
+        return record.ref
+
+    def _plaintext(
+        self, resource: FHIRAbstractModel | dict[str, Any] | str | bytes
+    ) -> tuple[FHIRAbstractModel, bytes]:
+        """The parsed resource and the bytes a record of it seals, within the size limit."""
+        model = parse_resource(resource)
+        plaintext = resource_bytes(model)
+        if len(plaintext) > self.max_record_bytes:
+            raise RecordTooLarge(
+                f"record is {len(plaintext)} bytes; this profile's limit is "
+                f"{self.max_record_bytes} (limits.max_record_bytes)"
+            )
+        return model, plaintext
+
+    def _seal_and_register(
+        self,
+        step: str,
+        *,
+        record_id: str,
+        owner: str,
+        label: str,
+        plaintext: bytes,
+        store_failed: Callable[[StorageError], str],
+        register: Callable[[str, str, bytes, int], StoredRecord],
+    ) -> StoredRecord:
+        """Seal ``plaintext`` to the owner's current type key, store it and read it back, then
+        ``register(cid, sha256, capsule, type_epoch)`` on chain; a refused registration
+        releases the ciphertext. ``step`` names the fault points (``<step>.after_store``,
+        ``<step>.after_register``); ``store_failed`` words a storage failure."""
+        owner_key, type_epoch = self._sealing_key(owner, label)
+        capsule, sealed = crypto.encrypt_record(plaintext, owner_key=owner_key, record_id=record_id)
+        digest = sha256_hex(sealed)
+        try:
+            cid = self.store.put(sealed)
+            get_verified(self.store, cid, digest)
+        except StorageError as exc:
+            raise RecordStorageError(store_failed(exc)) from None
+        # A crash here leaves an unreferenced ciphertext: 'ehrshare store gc' removes it.
+        fault_point(f"{step}.after_store")
+        try:
+            record = register(cid, digest, capsule, type_epoch)
         except RequestRejected:
             try:
                 self.store.unpin(cid)
             except StorageError:
                 _log.warning("could not release unregistered ciphertext %s", cid)
             raise
-        fault_point("amend.after_register")
-        _log.info("registered version %d of record %s", record.ref.version, record_id)
-        return record.ref
+        fault_point(f"{step}.after_register")
+        return record
 
     def list_records(self, patient: str | None = None) -> list[RecordRef]:
         """Every record of a patient (yourself by default; others need the auditor role)."""
