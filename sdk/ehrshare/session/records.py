@@ -18,7 +18,7 @@ from ehrshare.fhir import FhirValidationError, parse_resource, resource_bytes
 from ehrshare.hazmat import tipre
 from ehrshare.hazmat.errors import DecryptionError
 from ehrshare.services.protocols import NoReKey, ProxyError, ProxyUnavailable
-from ehrshare.session.core import _MAX_FALLBACK_GRANTS, _PAGE, FORMAT_VERSION, SessionCore
+from ehrshare.session.core import _MAX_FALLBACK_GRANTS, _PAGE, FORMAT_VERSION
 from ehrshare.session.errors import (
     AccessDenied,
     GrantNotServed,
@@ -31,12 +31,13 @@ from ehrshare.session.errors import (
     SdkError,
     VersionNotReadable,
 )
+from ehrshare.session.rotation import TypeKeyRotation
 from ehrshare.storage import ContentNotFound, IntegrityError, StorageError, get_verified, sha256_hex
 
 _log = logging.getLogger(__name__)
 
 
-class Records(SessionCore):
+class Records(TypeKeyRotation):
     """A session's records: storing, listing and reading them."""
 
     def put_record(
@@ -164,7 +165,7 @@ class Records(SessionCore):
         ``register(cid, sha256, capsule, type_epoch)`` on chain; a refused registration
         releases the ciphertext. ``step`` names the fault points (``<step>.after_store``,
         ``<step>.after_register``); ``store_failed`` words a storage failure."""
-        owner_key, type_epoch = self._sealing_key(owner, label)
+        owner_key, type_epoch = self._sealing_key(owner, label, finish=self._finish_pending)
         capsule, sealed = crypto.encrypt_record(plaintext, owner_key=owner_key, record_id=record_id)
         digest = sha256_hex(sealed)
         try:
@@ -184,6 +185,15 @@ class Records(SessionCore):
             raise
         fault_point(f"{step}.after_register")
         return record
+
+    def _finish_pending(self, label: str) -> None:
+        """Finish the rotation of ``label`` a revocation began and could not finish (killed
+        between its commit and the new key): the owner's write holds the keys, so it heals
+        that state instead of being refused."""
+        rotation = self._finish_rotation(label)
+        _log.info("finished type %s's rotation to epoch %d", rotation.type, rotation.type_epoch)
+        for grant_id, why in rotation.failed.items():
+            _log.warning("grant %s not re-keyed yet ('ehrshare grant repair'): %s", grant_id, why)
 
     def list_records(self, patient: str | None = None) -> list[RecordRef]:
         """Every record of a patient (yourself by default; others need the auditor role)."""
