@@ -100,3 +100,32 @@ def test_revoke_killed_at_each_rotation_step(world: World, tmp_path: Path, step:
         done = w.cli("record", "get", record_id, wallet="baker")
         assert done.returncode == 0, done.stderr
         assert w.cli("record", "get", record_id, wallet="dunn").returncode == 1
+
+
+@pytest.mark.parametrize("step", ["rotate.after_key", "rotate.after_deliver", "rotate.after_rekey"])
+def test_a_put_finishing_the_rotation_killed_at_each_step(
+    world: World, tmp_path: Path, step: str
+) -> None:
+    """The revocation dies after its commit; the put that finishes its rotation dies too, at
+    each step of it: nothing is registered by the dead put, the next put succeeds, the revoked
+    grantee reads nothing new, and revoking again re-keys the remaining grant."""
+    w = world
+    keep = w.ok("grant", "HospitalBMSP/baker", "lab", "--days", "1", wallet="alice")["grant_id"]
+    gone = w.ok("grant", "HospitalBMSP/dunn", "lab", "--days", "1", wallet="alice")["grant_id"]
+    w.killed("revoke.after_commit", "revoke", gone, wallet="alice")
+    before = len(w.ok("record", "list", wallet="alice"))
+    path = tmp_path / "lab-3.json"
+    path.write_text(json.dumps(lab_observation(3.0)))
+    w.killed(step, "record", "put", str(path), wallet="alice")
+    assert len(w.ok("record", "list", wallet="alice")) == before
+
+    code, new_id = _put(w, tmp_path, 4.0)
+    assert code == 0, new_id
+    assert len(w.ok("record", "list", wallet="alice")) == before + 1
+    epoch, key, _ = _epochs(w, keep)
+    assert (epoch, key != "") == (1, True)
+    denied = w.cli("record", "get", new_id, wallet="dunn")
+    assert denied.returncode == 1 and f"grant {gone} is revoked" in denied.stderr
+    assert w.ok("revoke", gone, wallet="alice")["state"] == "revoked"
+    assert _epochs(w, keep)[2] == (0, 1)
+    assert w.cli("record", "get", new_id, wallet="baker").returncode == 0
