@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 FABRIC23 := network/build/fabric23/bin/peer
 HAPI     := network/build/hapi/hapi-story.jar
 
-.PHONY: demo test lint unit venv clean bench-crypto bench-dkg bench-consensus tools hapi-client network-up network-down caliper
+.PHONY: demo test lint unit venv clean bench-crypto bench-dkg bench-consensus tools prereqs check-tools hapi-client network-up network-down caliper
 
 venv: $(STAMP)
 
@@ -35,22 +35,32 @@ test: $(STAMP) lint tools caliper
 
 ## make tools: build the pinned Kubo (IPFS) into network/build/bin and Fabric 2.3 into
 ## network/build/fabric23/bin with the Go module proxy, and the HAPI FHIR client test program
-## (first run a few minutes, then a no-op)
-tools: $(STAMP) $(FABRIC23) $(HAPI)
+## (first run a few minutes, then a no-op). It first checks the programs it needs (ip, mvn,
+## javac, node, npm, go ≥ 1.21; network/prereqs.sh) and, as root on Debian, installs the
+## missing packages with apt-get; elsewhere it stops naming them.
+tools: prereqs $(STAMP) $(FABRIC23) $(HAPI)
 	$(BIN)/python -m ehrshare.network.kubo install
+
+## make prereqs: check, and as root on Debian install, what make tools and make test need;
+## make check-tools: only check (installs nothing; exit 1 naming the missing packages)
+prereqs:
+	@$(SHELL) network/prereqs.sh
+
+check-tools:
+	@$(SHELL) network/prereqs.sh --check
 
 ## make hapi-client: the HAPI FHIR (Java) client program tests/fhirapi/test_fhir_hapi_client.py
 ## runs, with its libraries from Maven Central, into network/build/hapi (about a minute the
 ## first time, then a no-op)
 hapi-client: $(HAPI)
 
-$(HAPI): tests/fhirapi/hapi/pom.xml $(wildcard tests/fhirapi/hapi/src/main/java/org/ehrshare/tests/*.java)
+$(HAPI): tests/fhirapi/hapi/pom.xml $(wildcard tests/fhirapi/hapi/src/main/java/org/ehrshare/tests/*.java) | prereqs
 	mvn -B -q -f tests/fhirapi/hapi/pom.xml package
 
 ## Fabric 2.3.2 (release-2.3 branch; the newest Fabric the Go module proxy serves here, with
 ## channel participation; the pinned 3.1 is refused): peer, orderer, configtxgen, osnadmin into
 ## network/build/fabric23 (a few minutes, then a no-op)
-$(FABRIC23): network/fabric23/build.sh
+$(FABRIC23): network/fabric23/build.sh | prereqs
 	mkdir -p network/build/fabric23
 	FAB=$(CURDIR)/network/build/fabric23 bash network/fabric23/build.sh
 
@@ -61,7 +71,7 @@ $(FABRIC23): network/fabric23/build.sh
 CALIPER := bench/caliper/node_modules/.bin/caliper
 caliper: $(CALIPER)
 
-$(CALIPER): bench/caliper/package-lock.json
+$(CALIPER): bench/caliper/package-lock.json | prereqs
 	cd bench/caliper && npm ci --no-audit --no-fund
 	touch $(CALIPER)
 

@@ -7,39 +7,18 @@ other hospitals approved."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from fabric_care_world import consortium
 
 from ehrshare.demo import lab_observation
 from ehrshare.provisioning import ADMIN_WALLET, Consortium
 from ehrshare.session import AccessDenied, RequestRejected
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
+__all__ = ["consortium"]  # the fixture, from fabric_care_world
 
 DAY = dt.timedelta(days=1)
-
-
-@pytest.fixture(scope="module")
-def consortium(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Consortium]:
-    root: Path = tmp_path_factory.mktemp("fabric-guardians") / "c"
-    with Consortium.init(root, ledger="fabric") as c:
-        assert c.network is not None and c.network.running()
-        for name, hospital, role in (
-            ("alice", "HospitalA", "patient"),
-            ("kid", "HospitalA", "patient"),
-            ("baker", "HospitalB", "clinician"),
-            ("gwen", "HospitalA", "guardian"),
-            ("admin-b", "HospitalB", "admin"),
-            ("admin-c", "HospitalC", "admin"),
-        ):
-            c.add_member(name, hospital, role)
-            if role != "admin":
-                with c.session(name) as s:
-                    s.enroll()
-                    s.publish_type_keys(["lab"])
-        yield c
 
 
 def test_guardian_grants_revokes_and_its_audit_reads_are_logged(consortium: Consortium) -> None:
@@ -83,8 +62,6 @@ def test_minors_guardian_acts_after_two_other_hospitals_approve(consortium: Cons
         c.session("admin-c") as admin_c,
     ):
         grant = kid.grant(baker.ibe_id, "lab", expires=DAY)
-        for admin in (admin_a, admin_b, admin_c):
-            admin.register()
         proposed = admin_a.propose_minor_guardian(kid.ibe_id, gwen.ibe_id, types=[], expires=DAY)
         assert proposed.state == "proposed"
         assert admin_b.approve_minor_guardian(kid.ibe_id, gwen.ibe_id).state == "proposed"

@@ -2,19 +2,23 @@
 
 Used by the CLI error tests: ``make_world`` builds it once per module; ``state_digest`` hashes
 the ledger's database file, the content store and the wallets, so a test can assert that a
-refused command changed nothing.
+refused command changed nothing. ``consortium_template`` builds a consortium of given members
+directly (the module templates of the CLI fault tests, which copy it per case).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from typer.testing import CliRunner, Result
 
 from ehrshare.cli import app
 from ehrshare.demo import lab_observation
+from ehrshare.provisioning import ADMIN_WALLET, Consortium
+from ehrshare.wallet import Wallet
 
 runner = CliRunner()
 
@@ -69,3 +73,35 @@ def state_digest(consortium_dir: str | Path) -> str:
             h.update(str(path.relative_to(root)).encode() + b"\0")
             h.update(hashlib.sha256(path.read_bytes()).digest())
     return h.hexdigest()
+
+
+def consortium_template(
+    root: Path,
+    members: Sequence[tuple[str, str, str]],
+    *,
+    record_of: str = "",
+    register_admins: bool = False,
+) -> str:
+    """A consortium at ``root`` on the embedded ledger with ``members`` (name, hospital, role):
+    every non-admin enrolled with its type keys published; ``record_of``'s one lab record,
+    whose id is returned ("" without one); with ``register_admins`` every admin (the init's
+    own ``admin`` too) registered on chain. Wallets are opened without the passphrase
+    variable, so the environment of the run does not matter. Tests copy it per case."""
+    record_id = ""
+    with Consortium.init(root) as c:
+        for name, hospital, role in members:
+            c.add_member(name, hospital, role)
+        for name, _, role in members:
+            if role == "admin":
+                continue
+            with c.session(Wallet(root / "wallets" / name, use_env=False)) as s:
+                s.enroll()
+                s.publish_type_keys()
+                if name == record_of:
+                    record_id = s.put_record(lab_observation()).record_id
+        if register_admins:
+            admins = [ADMIN_WALLET] + [name for name, _, role in members if role == "admin"]
+            for name in admins:
+                with c.session(Wallet(root / "wallets" / name, use_env=False)) as s:
+                    s.register()
+    return record_id

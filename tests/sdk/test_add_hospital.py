@@ -9,24 +9,20 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from cli_world import state_digest
+from cli_world import consortium_template, state_digest
 
-from ehrshare.demo import lab_observation
-from ehrshare.faults import FAULT_ENV
+from cliproc import run_ehrshare
 from ehrshare.hospital import JoinRequest, init_hospital
 from ehrshare.provisioning import Consortium
-from ehrshare.wallet import PASSPHRASE_ENV, Wallet
 
 DR_DEE = "HospitalDMSP/drdee"
 
@@ -35,15 +31,9 @@ DR_DEE = "HospitalDMSP/drdee"
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A consortium of three hospitals (alice: one lab record; admins of A and B) at ``c``."""
     base = tmp_path_factory.mktemp("join")
-    root = base / "c"
-    with Consortium.init(root) as c:
-        c.add_member("alice", "HospitalA", "patient")
-        c.add_member("admin-b", "HospitalB", "admin")
-        with c.session(Wallet(root / "wallets" / "alice", use_env=False)) as alice:
-            alice.enroll()
-            alice.publish_type_keys()
-            ref = alice.put_record(lab_observation())
-        (base / "record").write_text(ref.record_id, encoding="utf-8")
+    members = (("alice", "HospitalA", "patient"), ("admin-b", "HospitalB", "admin"))
+    record_id = consortium_template(base / "c", members, record_of="alice")
+    (base / "record").write_text(record_id, encoding="utf-8")
     return base
 
 
@@ -57,18 +47,7 @@ def world(template: Path, tmp_path: Path) -> Path:
 
 
 def ehrshare(*args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, PASSPHRASE_ENV)}
-    env["COLUMNS"] = "200"
-    if fault is not None:
-        env[FAULT_ENV] = fault
-    return subprocess.run(
-        [sys.executable, "-m", "ehrshare", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-        check=False,
-    )
+    return run_ehrshare(*args, fault=fault, timeout=180)
 
 
 def add_hospital(

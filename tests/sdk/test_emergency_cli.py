@@ -6,20 +6,15 @@ change."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from cli_world import state_digest
+from cli_world import consortium_template, state_digest
 
-from ehrshare.demo import lab_observation
-from ehrshare.faults import FAULT_ENV
-from ehrshare.provisioning import Consortium
-from ehrshare.wallet import PASSPHRASE_ENV, Wallet
+from cliproc import run_ehrshare
 
 ALICE = "HospitalAMSP/alice"
 
@@ -28,21 +23,13 @@ ALICE = "HospitalAMSP/alice"
 def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Alice (enrolled, one lab record), Adams (clinician of A, enrolled), admins of B and C."""
     root = tmp_path_factory.mktemp("emergency") / "c"
-    with Consortium.init(root) as c:
-        c.add_member("alice", "HospitalA", "patient")
-        c.add_member("adams", "HospitalA", "clinician")
-        c.add_member("admin-b", "HospitalB", "admin")
-        c.add_member("admin-c", "HospitalC", "admin")
-        with c.session(Wallet(root / "wallets" / "alice", use_env=False)) as alice:
-            alice.enroll()
-            alice.publish_type_keys()
-            alice.put_record(lab_observation())
-        with c.session(Wallet(root / "wallets" / "adams", use_env=False)) as adams:
-            adams.enroll()
-            adams.publish_type_keys()
-        for admin in ("admin", "admin-b", "admin-c"):
-            with c.session(admin) as s:
-                s.register()
+    members = (
+        ("alice", "HospitalA", "patient"),
+        ("adams", "HospitalA", "clinician"),
+        ("admin-b", "HospitalB", "admin"),
+        ("admin-c", "HospitalC", "admin"),
+    )
+    consortium_template(root, members, record_of="alice", register_admins=True)
     return root
 
 
@@ -54,18 +41,7 @@ def world(template: Path, tmp_path: Path) -> Path:
 
 
 def ehrshare(world: Path, *args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, PASSPHRASE_ENV)}
-    env["COLUMNS"] = "200"
-    if fault is not None:
-        env[FAULT_ENV] = fault
-    return subprocess.run(
-        [sys.executable, "-m", "ehrshare", *args, "-p", str(world)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=180,
-        check=False,
-    )
+    return run_ehrshare(*args, "-p", str(world), fault=fault, timeout=180)
 
 
 def ok(result: subprocess.CompletedProcess[str]) -> object:

@@ -7,20 +7,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import shutil
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from cli_world import state_digest
+from cli_world import consortium_template, state_digest
 
-from ehrshare.demo import lab_observation
-from ehrshare.faults import FAULT_ENV
+from cliproc import run_ehrshare
 from ehrshare.provisioning import Consortium
-from ehrshare.wallet import PASSPHRASE_ENV
 
 ALICE, GWEN = "HospitalAMSP/alice", "HospitalAMSP/gwen"
 
@@ -30,24 +26,16 @@ def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Alice (a minor: enrolled, one record, a grant to baker), her guardian-to-be gwen, and
     admins of hospitals B and C."""
     root = tmp_path_factory.mktemp("minor") / "c"
-    with Consortium.init(root) as c:
-        c.add_member("alice", "HospitalA", "patient")
-        c.add_member("gwen", "HospitalA", "guardian")
-        c.add_member("baker", "HospitalB", "clinician")
-        c.add_member("admin-b", "HospitalB", "admin")
-        c.add_member("admin-c", "HospitalC", "admin")
-        for name in ("baker", "gwen"):
-            with c.session(name) as s:
-                s.enroll()
-                s.publish_type_keys()
-        with c.session("alice") as alice:
-            alice.enroll()
-            alice.publish_type_keys()
-            alice.put_record(lab_observation())
-            alice.grant("HospitalBMSP/baker", "lab", expires=dt.timedelta(days=30))
-        for name in ("admin", "admin-b", "admin-c"):
-            with c.session(name) as admin:
-                admin.register()
+    members = (
+        ("alice", "HospitalA", "patient"),
+        ("gwen", "HospitalA", "guardian"),
+        ("baker", "HospitalB", "clinician"),
+        ("admin-b", "HospitalB", "admin"),
+        ("admin-c", "HospitalC", "admin"),
+    )
+    consortium_template(root, members, record_of="alice", register_admins=True)
+    with Consortium.open(root) as c, c.session("alice") as alice:
+        alice.grant("HospitalBMSP/baker", "lab", expires=dt.timedelta(days=30))
     return root
 
 
@@ -59,18 +47,7 @@ def world(template: Path, tmp_path: Path) -> Path:
 
 
 def ehrshare(*args: str, fault: str | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k not in (FAULT_ENV, PASSPHRASE_ENV)}
-    env["COLUMNS"] = "200"
-    if fault is not None:
-        env[FAULT_ENV] = fault
-    return subprocess.run(
-        [sys.executable, "-m", "ehrshare", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=False,
-    )
+    return run_ehrshare(*args, fault=fault)
 
 
 def propose(world: Path, fault: str | None = None) -> subprocess.CompletedProcess[str]:

@@ -79,3 +79,47 @@ def test_guardian_is_refused_beyond_its_limits_and_after_removal(people: People)
     assert p.alice.get_grant(given.grant_id).state == "active"  # revoked through its parent
     with pytest.raises(RequestRejected):
         gwen.grant_for(p.alice.ibe_id, p.chen.ibe_id, "lab")
+
+
+class _Counting:
+    """A session's contract handle, counting the functions called through it."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner, self.calls = inner, []
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self.inner, name)
+        if name not in ("submit_transaction", "evaluate_transaction"):
+            return attr
+
+        def counted(function: str, *args: str) -> object:
+            self.calls.append(function)
+            return attr(function, *args)  # type: ignore[operator]
+
+        return counted
+
+
+def test_reading_another_members_log_asks_the_readers_role_once_per_session(
+    people: People,
+) -> None:
+    """A role never changes once registered: the second read of a patient's log by a guardian
+    (and by an auditor) does not ask GetIdentity again; the guardian's reads are still logged
+    first, each."""
+    p = people
+    gwen = guardian(p)
+    p.alice.add_guardian(gwen.ibe_id, types=["lab"], expires=DAY)
+    p.consortium.add_member("audra", "HospitalB", "auditor")
+    audra = p.consortium.session("audra")
+    audra.register()
+    for reader, per_read in (
+        (gwen, ["LogAuditRead", "GetAuditTrail"]),
+        (audra, ["GetAuditTrail"]),
+    ):
+        counting = _Counting(reader.chain.contract)
+        reader.chain.contract = counting  # type: ignore[assignment]
+        first = reader.audit(p.alice.ibe_id)
+        second = reader.audit(p.alice.ibe_id)
+        assert counting.calls == ["GetIdentity", *per_read, *per_read]
+        assert len(second.entries) >= len(first.entries) > 0
+    reads = [e for e in p.alice.audit().entries if e["action"] == "AuditRead"]
+    assert [e["actor"] for e in reads] == [gwen.ibe_id, gwen.ibe_id]

@@ -197,3 +197,32 @@ def test_a_put_reads_the_sealing_key_once(people: People, rotated: bool) -> None
     ref = p.alice.put_record(lab_observation(1.0))
     assert counting.calls == ["GetTypeKeyEpoch", "RegisterRecord"]
     assert p.alice.read_record(ref) is not None
+
+
+def test_the_owners_next_put_finishes_a_rotation_a_crash_left_without_its_key(
+    people: People,
+) -> None:
+    """A revocation killed between its commit and the new epoch's key (revoke.after_commit)
+    leaves the type with no key: a clinician's record for the patient is still refused (it
+    cannot make the key), but the patient's own next put finishes the rotation and goes on."""
+    p = people
+    keep = p.alice.grant(p.baker.ibe_id, "lab", expires=DAY)
+    gone = p.alice.grant(p.chen.ibe_id, "lab", expires=DAY)
+    p.alice.chain.revoke_access(gone.grant_id)  # the revocation's commit, and nothing after it
+    label = p.alice.labels.opaque("lab")
+    state = p.alice.chain.get_type_key_epoch(p.alice.ibe_id, label)
+    assert (state.type_epoch, state.key) == (1, "")
+    before = _digest(p)
+    with pytest.raises(RequestRejected, match=r"is being rotated \(epoch 1 has no key yet\)"):
+        p.adams.put_record(lab_observation(2.0), patient=p.alice.ibe_id)
+    assert _digest(p) == before
+
+    ref = p.alice.put_record(lab_observation(5.0))
+    assert p.alice.chain.get_record(ref.record_id).type_epoch == 1
+    assert p.alice.chain.get_type_key_epoch(p.alice.ibe_id, label).key != ""
+    assert p.alice.get_grant(keep.grant_id).type_epochs == (0, 1)
+    assert p.baker.read_record(ref).model_dump()["valueQuantity"]["value"] == 5.0
+    with pytest.raises(AccessDenied, match=f"grant {gone.grant_id} is revoked"):
+        p.chen.read_record(ref)
+    later = p.adams.put_record(lab_observation(6.0), patient=p.alice.ibe_id)
+    assert p.alice.read_record(later).model_dump()["valueQuantity"]["value"] == 6.0

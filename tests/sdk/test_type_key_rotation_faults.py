@@ -3,11 +3,12 @@
 A patient's revocation moves the type to a new type-key epoch on chain; the same process then
 publishes the new epoch's key (``rotate.after_key``) and, for each remaining grant, delivers the
 new re-key pending at its proxy (``rotate.after_deliver``), commits RekeyGrant
-(``rotate.after_rekey``) and delivers again. After each kill: nothing half-made is usable (a new
-record waits for the key and is refused clearly; a remaining grantee is refused clearly, never
-as an outage, until its grant covers the epoch; a pending re-key is never applied); the revoked
-grantee reads nothing; revoking again finishes the rotation, and then new records are sealed to
-the new epoch and the remaining grantee reads old and new ones.
+(``rotate.after_rekey``) and delivers again. After each kill: nothing half-made is usable (a
+remaining grantee is refused clearly, never as an outage, until its grant covers the epoch; a
+pending re-key is never applied); the revoked grantee reads nothing; the patient's next record
+of the type finishes a rotation killed before its key, and revoking again finishes any step,
+and then new records are sealed to the new epoch and the remaining grantee reads old and new
+ones.
 """
 
 from __future__ import annotations
@@ -66,9 +67,14 @@ def test_revoke_killed_at_each_rotation_step(world: World, tmp_path: Path, step:
 
     code, out = _put(w, tmp_path, 1.0)
     if step.startswith("revoke."):
-        # The new epoch has no key: a new record is refused, nothing is registered.
-        assert key == "" and code == 1, out
-        assert "is being rotated (epoch 1 has no key yet)" in out and "Traceback" not in out
+        # The new epoch had no key: alice's next record finishes the rotation (she holds the
+        # keys), is sealed to epoch 1, and only the remaining grantee reads it.
+        assert key == "" and code == 0, out
+        epoch, key, covered = _epochs(w, keep)
+        assert (epoch, covered) == (1, (0, 1)) and key != ""
+        assert w.cli("record", "get", out, wallet="baker").returncode == 0
+        denied = w.cli("record", "get", out, wallet="dunn")
+        assert denied.returncode == 1 and f"grant {gone} is revoked" in denied.stderr
     else:
         assert key != "" and code == 0, out
         done = w.cli("record", "get", out, wallet="baker")
@@ -94,3 +100,32 @@ def test_revoke_killed_at_each_rotation_step(world: World, tmp_path: Path, step:
         done = w.cli("record", "get", record_id, wallet="baker")
         assert done.returncode == 0, done.stderr
         assert w.cli("record", "get", record_id, wallet="dunn").returncode == 1
+
+
+@pytest.mark.parametrize("step", ["rotate.after_key", "rotate.after_deliver", "rotate.after_rekey"])
+def test_a_put_finishing_the_rotation_killed_at_each_step(
+    world: World, tmp_path: Path, step: str
+) -> None:
+    """The revocation dies after its commit; the put that finishes its rotation dies too, at
+    each step of it: nothing is registered by the dead put, the next put succeeds, the revoked
+    grantee reads nothing new, and revoking again re-keys the remaining grant."""
+    w = world
+    keep = w.ok("grant", "HospitalBMSP/baker", "lab", "--days", "1", wallet="alice")["grant_id"]
+    gone = w.ok("grant", "HospitalBMSP/dunn", "lab", "--days", "1", wallet="alice")["grant_id"]
+    w.killed("revoke.after_commit", "revoke", gone, wallet="alice")
+    before = len(w.ok("record", "list", wallet="alice"))
+    path = tmp_path / "lab-3.json"
+    path.write_text(json.dumps(lab_observation(3.0)))
+    w.killed(step, "record", "put", str(path), wallet="alice")
+    assert len(w.ok("record", "list", wallet="alice")) == before
+
+    code, new_id = _put(w, tmp_path, 4.0)
+    assert code == 0, new_id
+    assert len(w.ok("record", "list", wallet="alice")) == before + 1
+    epoch, key, _ = _epochs(w, keep)
+    assert (epoch, key != "") == (1, True)
+    denied = w.cli("record", "get", new_id, wallet="dunn")
+    assert denied.returncode == 1 and f"grant {gone} is revoked" in denied.stderr
+    assert w.ok("revoke", gone, wallet="alice")["state"] == "revoked"
+    assert _epochs(w, keep)[2] == (0, 1)
+    assert w.cli("record", "get", new_id, wallet="baker").returncode == 0

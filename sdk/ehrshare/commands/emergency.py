@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import re
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -66,6 +67,39 @@ def _say_request(r: Any) -> None:
     out_console().print(
         f"{r.request_id}: {r.requester} for {r.patient}: {state}", highlight=False, soft_wrap=True
     )
+
+
+def _on_request(
+    profile: str,
+    wallet: str,
+    as_json: bool,
+    call: Callable[[Any], Any],
+    say: Callable[[Any], None] = _say_request,
+) -> None:
+    """Open the session, ``call`` it for one emergency request, and print the request: JSON
+    with ``--json``, else ``say`` it."""
+    with open_session(profile, wallet) as s, mapped_errors():
+        r = call(s)
+    if as_json:
+        emit(_request_dict(r))
+        return
+    say(r)
+
+
+def _say_requested(r: Any) -> None:
+    # The id alone on stdout, so scripts can capture it; the rest for people on stderr.
+    typer.echo(r.request_id)
+    _err.print(
+        f"[green]✓[/green] requested; it needs {r.approvals_needed} hospital admins' "
+        f"approvals ('ehrshare emergency approve {r.request_id}')",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _approve(s: Any, rid: str) -> Any:
+    s.register()  # an admin's first act on chain may be this (registering is idempotent)
+    return s.approve_emergency(rid)
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -202,18 +236,12 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Ask for emergency access to a patient's records (clinicians)."""
         if not reason.strip() or len(reason) > MAX_REASON_CHARS or not reason.isprintable():
             fail(EXIT_USAGE, f"--reason: give 1 to {MAX_REASON_CHARS} printable characters")
-        with open_session(profile, wallet) as s, mapped_errors():
-            r = s.emergency_request(patient, reason)
-        if as_json:
-            emit(_request_dict(r))
-            return
-        # The id alone on stdout, so scripts can capture it; the rest for people on stderr.
-        typer.echo(r.request_id)
-        _err.print(
-            f"[green]✓[/green] requested; it needs {r.approvals_needed} hospital admins' "
-            f"approvals ('ehrshare emergency approve {r.request_id}')",
-            highlight=False,
-            soft_wrap=True,
+        _on_request(
+            profile,
+            wallet,
+            as_json,
+            lambda s: s.emergency_request(patient, reason),
+            _say_requested,
         )
 
     @em_app.command("approve", epilog=HELP_EPILOG)
@@ -225,13 +253,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     ) -> None:
         """Approve an emergency request (hospital admins). Safe to run again."""
         rid = _request_id(request_id)
-        with open_session(profile, wallet) as s, mapped_errors():
-            s.register()  # an admin's first act on chain may be this (registering is idempotent)
-            r = s.approve_emergency(rid)
-        if as_json:
-            emit(_request_dict(r))
-            return
-        _say_request(r)
+        _on_request(profile, wallet, as_json, lambda s: _approve(s, rid))
 
     @em_app.command("show", epilog=HELP_EPILOG)
     def show(
@@ -242,12 +264,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     ) -> None:
         """Show an emergency request: approvals, expiry, review."""
         rid = _request_id(request_id)
-        with open_session(profile, wallet) as s, mapped_errors():
-            r = s.emergency(rid)
-        if as_json:
-            emit(_request_dict(r))
-            return
-        _say_request(r)
+        _on_request(profile, wallet, as_json, lambda s: s.emergency(rid))
 
     @em_app.command("records", epilog=HELP_EPILOG)
     def records(
@@ -306,14 +323,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             fail(EXIT_USAGE, f"--note: give at most {MAX_REASON_CHARS} printable characters")
         if note and not rid:
             fail(EXIT_USAGE, "--note goes with --ack")
+        if rid:
+            _on_request(profile, wallet, as_json, lambda s: s.review_emergency(rid, note))
+            return
         with open_session(profile, wallet) as s, mapped_errors():
-            if rid:
-                r = s.review_emergency(rid, note)
-                if as_json:
-                    emit(_request_dict(r))
-                else:
-                    _say_request(r)
-                return
             items = s.emergency_reviews(patient or None, pending_only=not show_all)
         if as_json:
             emit([_request_dict(r) for r in items])

@@ -328,7 +328,7 @@ class Sharing(TypeKeyRotation):
                 name = revoked.type or revoked.label
                 raise RotationUnfinished(
                     f"grant {grant_id} is revoked, but the new type-key epoch of {name!r} is "
-                    f"not finished ({exc}); new records of that type wait for it — run "
+                    f"not finished ({exc}); your next record of that type finishes it, or run "
                     f"'ehrshare type-key rotate --type {name}' when this is fixed"
                 ) from None
         return revoked

@@ -16,6 +16,11 @@ from ehrshare_chaincode.auditlog import SYSTEM_CHAIN
 class Auditing(SessionCore):
     """A session's audit: reading and verifying the hash-chained operation log."""
 
+    # This identity's role as registered on chain, read once: a registered identity's role
+    # never changes (RegisterIdentity refuses an identity or ibe id that is taken), so asking
+    # GetIdentity again on every read of another member's log would be a wasted round trip.
+    _registered_role: str | None = None
+
     def audit(self, patient: str | None = None, *, record: str | None = None) -> AuditTrail:
         """The operation log of a patient (yourself by default) or of one record.
 
@@ -48,7 +53,9 @@ class Auditing(SessionCore):
         another member's log, whose read is logged first (:meth:`EhrContract.log_audit_read`)."""
         if chain == self.ibe_id or chain == SYSTEM_CHAIN:
             return ""
-        if self.chain.get_identity(self.ibe_id).role != "guardian":
+        if self._registered_role is None:
+            self._registered_role = self.chain.get_identity(self.ibe_id).role
+        if self._registered_role != "guardian":
             return ""
         if chain is None:
             raise RequestRejected(

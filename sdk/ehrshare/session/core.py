@@ -318,21 +318,29 @@ class SessionCore(Closing):
     def _label(self, type_name: str) -> str:
         return self.labels.opaque(self.mapping.check(type_name))
 
-    def _sealing_key(self, owner: str, label: str) -> tuple[tipre.VerifiedTypePublicKey, int]:
+    def _sealing_key(
+        self, owner: str, label: str, *, finish: Callable[[str], object] | None = None
+    ) -> tuple[tipre.VerifiedTypePublicKey, int]:
         """The owner's type key a new record of ``label`` is sealed to, and its type-key epoch
-        (docs/security.md §3.2): the chain's current epoch, whose key must be published."""
+        (docs/security.md §3.2): the chain's current epoch, whose key must be published.
+        ``finish(label)`` publishes it when this session is the owner and the epoch has none
+        (a revocation killed before its rotation was done); anyone else is refused."""
         try:
             state = self.chain.get_type_key_epoch(owner, label)
         except RequestRejected:
             return self._type_key(owner, label), 0  # says what is missing
         if state.type_epoch == 0:  # the published key itself: no second read (GetTypeKey)
             return self._checked_type_key(owner, label, state.key, state.epoch), 0
+        if not state.key and finish is not None and owner == self.ibe_id:
+            finish(label)
+            state = self.chain.get_type_key_epoch(owner, label)
         if not state.key:
             raise RequestRejected(
                 "GetTypeKeyEpoch",
                 f"type key {self.labels.reveal(label) or label!r} of {owner} is being rotated "
-                f"(epoch {state.type_epoch} has no key yet); {owner} must finish it with "
-                "'ehrshare type-key rotate' (or 'ehrshare grant repair') first",
+                f"(epoch {state.type_epoch} has no key yet); {owner} finishes it by storing a "
+                "record of that type, or with 'ehrshare type-key rotate' (or 'ehrshare grant "
+                "repair')",
             )
         return self._checked_type_key(owner, label, state.key, state.epoch), state.type_epoch
 

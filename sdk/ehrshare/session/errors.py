@@ -175,7 +175,8 @@ class ProxyUnreachable(ProxyError, SdkError):
 
 class RotationUnfinished(SdkError):
     """A revocation committed, but the type-key epoch it began could not be finished (the new
-    key published, the remaining grants re-keyed); ``ehrshare type-key rotate`` finishes it."""
+    key published, the remaining grants re-keyed); the owner's next record of that type or
+    ``ehrshare type-key rotate`` finishes it."""
 
 
 class EmergencyKeyRefused(Refused, SdkError):

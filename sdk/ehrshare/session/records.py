@@ -19,7 +19,7 @@ from ehrshare.fhir import FhirValidationError, parse_resource, resource_bytes
 from ehrshare.hazmat import tipre
 from ehrshare.hazmat.errors import DecryptionError
 from ehrshare.services.protocols import NoReKey, ProxyError, ProxyUnavailable
-from ehrshare.session.core import _MAX_FALLBACK_GRANTS, _PAGE, FORMAT_VERSION, SessionCore
+from ehrshare.session.core import _MAX_FALLBACK_GRANTS, _PAGE, FORMAT_VERSION
 from ehrshare.session.errors import (
     AccessDenied,
     GrantNotServed,
@@ -33,12 +33,13 @@ from ehrshare.session.errors import (
     VersionConflict,
     VersionNotReadable,
 )
+from ehrshare.session.rotation import TypeKeyRotation
 from ehrshare.storage import ContentNotFound, IntegrityError, StorageError, get_verified, sha256_hex
 
 _log = logging.getLogger(__name__)
 
 
-class Records(SessionCore):
+class Records(TypeKeyRotation):
     """A session's records: storing, listing and reading them."""
 
     def put_record(
@@ -55,33 +56,14 @@ class Records(SessionCore):
         Raises FhirValidationError, UnknownRecordType, RecordTooLarge, RecordStorageError (then
         nothing is on chain) or RequestRejected.
         """
-        model = parse_resource(resource)
-        plaintext = resource_bytes(model)
-        if len(plaintext) > self.max_record_bytes:
-            raise RecordTooLarge(
-                f"record is {len(plaintext)} bytes; this profile's limit is "
-                f"{self.max_record_bytes} (limits.max_record_bytes)"
-            )
+        model, plaintext = self._plaintext(resource)
         type_name = self.mapping.resolve(model, type)
         label = self.labels.opaque(type_name)
         owner = patient or self.ibe_id
-        owner_key, type_epoch = self._sealing_key(owner, label)
         record_id = "r-" + secrets.token_hex(16)
-        capsule, sealed = crypto.encrypt_record(plaintext, owner_key=owner_key, record_id=record_id)
-        del plaintext
-        digest = sha256_hex(sealed)
-        try:
-            cid = self.store.put(sealed)
-            get_verified(self.store, cid, digest)
-        except StorageError as exc:
-            raise RecordStorageError(
-                f"could not store the encrypted record ({exc}); nothing was registered on chain"
-                " — check that the content store (Kubo daemon) is running and retry"
-            ) from None
-        # A crash here leaves an unreferenced ciphertext: 'ehrshare store gc' removes it.
-        fault_point("put.after_store")
-        try:
-            record = self.chain.register_record(
+
+        def register(cid: str, digest: str, capsule: bytes, type_epoch: int) -> StoredRecord:
+            return self.chain.register_record(
                 record_id=record_id,
                 owner=owner,
                 label=label,
@@ -91,13 +73,19 @@ class Records(SessionCore):
                 format_version=FORMAT_VERSION,
                 type_epoch=type_epoch,
             )
-        except RequestRejected:
-            try:
-                self.store.unpin(cid)
-            except StorageError:
-                _log.warning("could not release unregistered ciphertext %s", cid)
-            raise
-        fault_point("put.after_register")
+
+        record = self._seal_and_register(
+            "put",
+            record_id=record_id,
+            owner=owner,
+            label=label,
+            plaintext=plaintext,
+            store_failed=lambda exc: (
+                f"could not store the encrypted record ({exc}); nothing was registered on chain"
+                " — check that the content store (Kubo daemon) is running and retry"
+            ),
+            register=register,
+        )
         _log.info("registered record %s (%s) for %s", record_id, type_name, owner)
         return record.ref
 
@@ -120,13 +108,7 @@ class Records(SessionCore):
         Raises as :meth:`put_record` does; a crash between the store and the ledger leaves an
         unreferenced ciphertext ('ehrshare store gc') and the previous version current.
         """
-        model = parse_resource(resource)
-        plaintext = resource_bytes(model)
-        if len(plaintext) > self.max_record_bytes:
-            raise RecordTooLarge(
-                f"record is {len(plaintext)} bytes; this profile's limit is "
-                f"{self.max_record_bytes} (limits.max_record_bytes)"
-            )
+        model, plaintext = self._plaintext(resource)
         current = self.get_record(record_id)
         if if_version is not None and current.version != if_version:
             raise VersionConflict(
@@ -140,40 +122,95 @@ class Records(SessionCore):
                 f"record {record_id} is of type {current.type or 'unknown'}; a new version of "
                 f"type {type_name} would change it (store it as a new record instead)"
             )
-        owner_key, type_epoch = self._sealing_key(current.owner, label)
+
+        def register(cid: str, digest: str, capsule: bytes, type_epoch: int) -> StoredRecord:
+            try:
+                return self.chain.amend_record(
+                    record_id=record_id,
+                    cid=cid,
+                    sha256=digest,
+                    capsule=capsule,
+                    format_version=FORMAT_VERSION,
+                    type_epoch=type_epoch,
+                    expected_version=if_version,
+                )
+            except RequestRejected as exc:  # the chaincode's own version check, same tx
+                if if_version is not None and exc.reason.startswith(f"record {record_id} is at "):
+                    raise VersionConflict(exc.function, exc.reason, exc.transaction_id) from None
+                raise
+
+        record = self._seal_and_register(
+            "amend",
+            record_id=record_id,
+            owner=current.owner,
+            label=label,
+            plaintext=plaintext,
+            store_failed=lambda exc: (
+                f"could not store the new version of record {record_id} ({exc}); nothing was "
+                "registered on chain — check that the content store is running and retry"
+            ),
+            register=register,
+        )
+        _log.info("registered version %d of record %s", record.ref.version, record_id)
+        return record.ref
+
+    def _plaintext(
+        self, resource: FHIRAbstractModel | dict[str, Any] | str | bytes
+    ) -> tuple[FHIRAbstractModel, bytes]:
+        """The parsed resource and the bytes a record of it seals, within the size limit."""
+        model = parse_resource(resource)
+        plaintext = resource_bytes(model)
+        if len(plaintext) > self.max_record_bytes:
+            raise RecordTooLarge(
+                f"record is {len(plaintext)} bytes; this profile's limit is "
+                f"{self.max_record_bytes} (limits.max_record_bytes)"
+            )
+        return model, plaintext
+
+    def _seal_and_register(
+        self,
+        step: str,
+        *,
+        record_id: str,
+        owner: str,
+        label: str,
+        plaintext: bytes,
+        store_failed: Callable[[StorageError], str],
+        register: Callable[[str, str, bytes, int], StoredRecord],
+    ) -> StoredRecord:
+        """Seal ``plaintext`` to the owner's current type key, store it and read it back, then
+        ``register(cid, sha256, capsule, type_epoch)`` on chain; a refused registration
+        releases the ciphertext. ``step`` names the fault points (``<step>.after_store``,
+        ``<step>.after_register``); ``store_failed`` words a storage failure."""
+        owner_key, type_epoch = self._sealing_key(owner, label, finish=self._finish_pending)
         capsule, sealed = crypto.encrypt_record(plaintext, owner_key=owner_key, record_id=record_id)
-        del plaintext
         digest = sha256_hex(sealed)
         try:
             cid = self.store.put(sealed)
             get_verified(self.store, cid, digest)
         except StorageError as exc:
-            raise RecordStorageError(
-                f"could not store the new version of record {record_id} ({exc}); nothing was "
-                "registered on chain — check that the content store is running and retry"
-            ) from None
-        fault_point("amend.after_store")
+            raise RecordStorageError(store_failed(exc)) from None
+        # A crash here leaves an unreferenced ciphertext: 'ehrshare store gc' removes it.
+        fault_point(f"{step}.after_store")
         try:
-            record = self.chain.amend_record(
-                record_id=record_id,
-                cid=cid,
-                sha256=digest,
-                capsule=capsule,
-                format_version=FORMAT_VERSION,
-                type_epoch=type_epoch,
-                expected_version=if_version,
-            )
-        except RequestRejected as exc:
+            record = register(cid, digest, capsule, type_epoch)
+        except RequestRejected:
             try:
                 self.store.unpin(cid)
             except StorageError:
                 _log.warning("could not release unregistered ciphertext %s", cid)
-            if if_version is not None and exc.reason.startswith(f"record {record_id} is at "):
-                raise VersionConflict(exc.function, exc.reason, exc.transaction_id) from None
             raise
-        fault_point("amend.after_register")
-        _log.info("registered version %d of record %s", record.ref.version, record_id)
-        return record.ref
+        fault_point(f"{step}.after_register")
+        return record
+
+    def _finish_pending(self, label: str) -> None:
+        """Finish the rotation of ``label`` a revocation began and could not finish (killed
+        between its commit and the new key): the owner's write holds the keys, so it heals
+        that state instead of being refused."""
+        rotation = self._finish_rotation(label)
+        _log.info("finished type %s's rotation to epoch %d", rotation.type, rotation.type_epoch)
+        for grant_id, why in rotation.failed.items():
+            _log.warning("grant %s not re-keyed yet ('ehrshare grant repair'): %s", grant_id, why)
 
     def list_records(self, patient: str | None = None) -> list[RecordRef]:
         """Every record of a patient (yourself by default; others need the auditor role)."""
