@@ -9,6 +9,12 @@ it made and which process owns it, so :func:`sweep_stale` — called by every :m
 removes what a crashed run left behind. :meth:`HostLayout.cut` / :meth:`HostLayout.heal` take a
 host's link down and up; :meth:`HostLayout.delay` adds ``tc netem`` delay to every link.
 
+With ``links="relay"`` (for kernels without ``sch_netem``: :func:`delay_links` picks) there is no
+bridge and no veth: each host's link is a TAP device served by one user-space switch,
+:mod:`ehrshare.network.linkrelay`, which delays frames into each host; the root namespace's
+port carries the gateway address under the bridge's name. The relay is started through the
+supervisor and stopped by pid on teardown (its TAP devices go with it).
+
 Processes run inside a host through :meth:`HostLayout.argv` (``ip netns exec NS ...``, which
 execs: the pid is the program's) and are started and stopped by
 :mod:`ehrshare.network.supervisor`. Needs root (CAP_NET_ADMIN) and iproute2.
@@ -29,14 +35,17 @@ import secrets
 import shutil
 import signal
 import subprocess
+import sys
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Any, Final, Literal, Self
 
 from ehrshare.errors import ConfigurationError, Unavailable
 from ehrshare.faults import fault_point
-from ehrshare.network.supervisor import pid_alive, start_ticks
+from ehrshare.network.linkrelay import Port, RelayConfig, netem_available, read_stats
+from ehrshare.network.supervisor import Child, pid_alive, start_child, start_ticks
 from ehrshare.services.vault import atomic_write
 
 __all__ = [
@@ -44,9 +53,11 @@ __all__ = [
     "NAME_PREFIX",
     "Host",
     "HostLayout",
+    "Links",
     "NetnsError",
     "NetnsUnavailable",
     "NodeHost",
+    "delay_links",
     "netns_problem",
     "our_links",
     "our_namespaces",
@@ -69,6 +80,9 @@ _TAG: Final = re.compile(r"^[0-9a-f]{4}$")
 _LABEL: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,30}$")
 _STATE_VERSION: Final = 1
 
+Links = Literal["bridge", "relay"]
+"""How hosts are linked: veth pairs on a kernel bridge, or TAP devices on the user-space relay."""
+
 
 class NetnsError(Unavailable, RuntimeError):
     """An ``ip``/``tc`` step failed (exit 4); the message carries the command and its stderr."""
@@ -87,6 +101,12 @@ def netns_problem() -> str | None:
     if os.geteuid() != 0:
         return "network namespaces need root (CAP_NET_ADMIN)"
     return None
+
+
+def delay_links() -> Links:
+    """The links to make when hosts need a delay: ``bridge`` (delayed by ``tc netem``) if the
+    kernel has netem, else ``relay`` (:mod:`ehrshare.network.linkrelay`)."""
+    return "bridge" if netem_available() else "relay"
 
 
 def _state_dir() -> Path:
@@ -164,8 +184,17 @@ class HostLayout:
     Use as a context manager (teardown on exit, also when the body fails).
     """
 
-    def __init__(self, tag: str, subnet: str, hosts: Sequence[Host], state_file: Path) -> None:
+    def __init__(
+        self,
+        tag: str,
+        subnet: str,
+        hosts: Sequence[Host],
+        state_file: Path,
+        links: Links = "bridge",
+    ) -> None:
         self.tag = tag
+        self.links: Links = links
+        self.relay: Child | None = None
         self.subnet = ipaddress.ip_network(subnet)
         self.hosts = {h.label: h for h in hosts}
         self.state_file = state_file
@@ -183,6 +212,10 @@ class HostLayout:
             "owner": {"pid": os.getpid(), "ticks": start_ticks(os.getpid())},
             "hosts": [h.as_dict() for h in self.hosts.values()],
             "made": self.made,
+            "links": self.links,
+            "relay": None
+            if self.relay is None
+            else {"pid": self.relay.pid, "ticks": self.relay.ticks, "log": str(self.relay.log)},
         }
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.state_file, json.dumps(data, indent=2).encode(), mode=0o644)
@@ -195,14 +228,24 @@ class HostLayout:
             if data.get("version") != _STATE_VERSION or not _TAG.match(str(data["tag"])):
                 raise ValueError(f"version {data.get('version')!r}, tag {data.get('tag')!r}")
             hosts = [Host(**h) for h in data["hosts"]]
-            layout = cls(str(data["tag"]), str(data["subnet"]), hosts, state_file)
+            links = data.get("links", "bridge")
+            if links not in ("bridge", "relay"):
+                raise ValueError(f"links {links!r}")
+            layout = cls(str(data["tag"]), str(data["subnet"]), hosts, state_file, links)
             layout.made = [[str(kind), str(name)] for kind, name in data["made"]]
+            relay = data.get("relay")
+            if relay is not None:
+                layout.relay = Child(
+                    "linkrelay", int(relay["pid"]), relay["ticks"], Path(str(relay["log"]))
+                )
         except FileNotFoundError:
             raise NetnsError(f"{state_file} does not exist: no such host layout") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise NetnsError(f"{state_file} is not a host layout state file: {exc}") from None
         for kind, name in layout.made:
-            if kind not in ("netns", "link") or not name.startswith(NAME_PREFIX + layout.tag):
+            if kind not in ("netns", "link", "relay") or not name.startswith(
+                NAME_PREFIX + layout.tag
+            ):
                 raise NetnsError(f"{state_file} records {kind} {name!r}, not one of its own")
         return layout
 
@@ -216,9 +259,19 @@ class HostLayout:
 
     @classmethod
     def create(
-        cls, labels: Sequence[str], *, state_dir: Path | None = None, tag: str | None = None
+        cls,
+        labels: Sequence[str],
+        *,
+        state_dir: Path | None = None,
+        tag: str | None = None,
+        links: Links = "bridge",
+        delay_ms: float = 0.0,
     ) -> Self:
         """Make a bridge and one namespace per label (in order: addresses ``.10``, ``.11``, ...).
+
+        ``links="relay"``: link the hosts through :mod:`ehrshare.network.linkrelay` instead of
+        veth pairs and a bridge, delaying every frame into a host by ``delay_ms`` (changed
+        later with :meth:`delay`).
 
         Removes first what crashed runs left (:func:`sweep_stale`). With the ``tag`` of a
         layout this process already made, completes it (idempotent). On failure, everything
@@ -234,12 +287,19 @@ class HostLayout:
             raise ValueError(f"host labels must be letters, digits, '-' or '_': {bad}")
         if len(labels) > 200:
             raise ValueError(f"at most 200 hosts per layout, got {len(labels)}")
+        if links not in ("bridge", "relay"):
+            raise ValueError(f"links must be bridge or relay, got {links!r}")
+        if delay_ms < 0 or (delay_ms and links != "relay"):
+            raise ValueError(f"delay_ms {delay_ms}: >= 0, and only with links='relay'")
         directory = state_dir or _state_dir()
         sweep_stale(directory)
         if tag is not None and (directory / f"{tag}.json").exists():
             layout = cls.load(directory / f"{tag}.json")
-            if list(layout.hosts) != list(labels):
-                raise NetnsError(f"layout {tag} has hosts {list(layout.hosts)}, not {labels}")
+            if list(layout.hosts) != list(labels) or layout.links != links:
+                raise NetnsError(
+                    f"layout {tag} has hosts {list(layout.hosts)} on {layout.links} links, "
+                    f"not {labels} on {links}"
+                )
         else:
             tag = tag or _new_tag()
             subnet = _free_subnet()
@@ -254,10 +314,13 @@ class HostLayout:
                         inside=f"{NAME_PREFIX}{tag}n{i}",
                     )
                 )
-            layout = cls(tag, str(subnet), hosts, directory / f"{tag}.json")
+            layout = cls(tag, str(subnet), hosts, directory / f"{tag}.json", links)
             layout._save()
         try:
-            layout._make()
+            if links == "relay":
+                layout._make_relayed(delay_ms)
+            else:
+                layout._make()
         except BaseException:
             layout.teardown()
             raise
@@ -309,6 +372,104 @@ class HostLayout:
             self.subnet,
         )
 
+    # --- relayed links --------------------------------------------------------------------------
+
+    def _relay_config_path(self) -> Path:
+        return self.state_file.with_name(f"{self.tag}.relay.json")
+
+    def _relay_stats_path(self) -> Path:
+        return self.state_file.with_name(f"{self.tag}.relay-stats.json")
+
+    def _relay_config(self, delay_ms: float) -> RelayConfig:
+        ports = [Port(self.bridge, None, delayed=False)]
+        ports += [Port(h.inside, h.netns, delayed=True) for h in self.hosts.values()]
+        return RelayConfig(tuple(ports), delay_ms, self._relay_stats_path())
+
+    def _write_relay_config(self, delay_ms: float) -> None:
+        body = json.dumps(self._relay_config(delay_ms).as_dict(), indent=2).encode()
+        atomic_write(self._relay_config_path(), body, mode=0o644)
+
+    def _make_relayed(self, delay_ms: float) -> None:
+        # Namespaces first: the relay opens a TAP inside each when it starts.
+        for host in self.hosts.values():
+            self._record("netns", host.netns)
+            if host.netns not in _namespaces():
+                _run(["ip", "netns", "add", host.netns])
+            _run(["ip", "-n", host.netns, "link", "set", "lo", "up"])
+        fault_point("netns.create.after_namespaces")
+        self._record("relay", self.bridge)
+        if self.relay is None or not self.relay.alive():
+            self._start_relay(delay_ms)
+        prefix = self.subnet.prefixlen
+        _run(["ip", "addr", "replace", f"{self.gateway}/{prefix}", "dev", self.bridge])
+        _run(["ip", "link", "set", self.bridge, "up"])
+        for host in self.hosts.values():
+            ns = ["ip", "-n", host.netns]
+            _run([*ns, "addr", "replace", f"{host.address}/{prefix}", "dev", host.inside])
+            _run([*ns, "link", "set", host.inside, "up"])
+            fault_point("netns.create.after_host")
+        _log.info(
+            "host layout %s (relayed, %g ms): %s on %s",
+            self.tag,
+            delay_ms,
+            ", ".join(f"{h.label}={h.address}" for h in self.hosts.values()),
+            self.subnet,
+        )
+
+    def _start_relay(self, delay_ms: float) -> None:
+        self._write_relay_config(delay_ms)
+        stats = self._relay_stats_path()
+        stats.unlink(missing_ok=True)
+        log = self.state_file.with_name(f"{self.tag}.relay.log")
+        argv = [sys.executable, "-m", "ehrshare.network.linkrelay", str(self._relay_config_path())]
+        self.relay = start_child("linkrelay", argv, log, die_with_parent=True)
+        self._save()
+        deadline = time.monotonic() + 30
+        while not stats.exists():
+            if not self.relay.alive():
+                raise NetnsError(f"the link relay did not start: {self.relay.tail()}")
+            if time.monotonic() > deadline:
+                raise NetnsError(f"the link relay did not start in 30 s: {self.relay.tail()}")
+            time.sleep(0.02)
+        fault_point("netns.create.after_relay")
+
+    def _relay_delay(self, ms: float) -> None:
+        if self.relay is None or not self.relay.alive():
+            raise NetnsError(f"host layout {self.tag}: its link relay is not running")
+        self._write_relay_config(ms)
+        os.kill(self.relay.pid, signal.SIGHUP)
+        # The relay confirms in its stats file (written at least once a second).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            current = read_stats(self._relay_stats_path())
+            if current is not None and abs(float(current["delay_ms"]) - ms) < 1e-6:
+                return
+            time.sleep(0.05)
+        raise NetnsError(f"host layout {self.tag}: the link relay did not take the {ms} ms delay")
+
+    def relay_stats(self) -> dict[str, Any] | None:
+        """The relay's counters (frames in/out, drops, CPU seconds) as of now; None with bridge
+        links."""
+        if self.links != "relay":
+            return None
+        before = read_stats(self._relay_stats_path())
+        if self.relay is None or not self.relay.alive() or before is None:
+            return before
+        os.kill(self.relay.pid, signal.SIGUSR1)  # write them now
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            now = read_stats(self._relay_stats_path())
+            if now is not None and now.get("seq") != before.get("seq"):
+                return now
+            time.sleep(0.02)
+        return read_stats(self._relay_stats_path())
+
+    def _link_cmd(self, label: str) -> list[str]:
+        host = self.host(label)
+        if self.links == "relay":
+            return ["ip", "-n", host.netns, "link", "set", host.inside]
+        return ["ip", "link", "set", host.outside]
+
     def teardown(self) -> list[str]:
         """Remove everything this layout made (processes still inside its namespaces are
         killed: only this layout's programs run there), then its state file. Idempotent;
@@ -316,6 +477,9 @@ class HostLayout:
         removed = []
         for netns in [name for kind, name in self.made if kind == "netns"]:
             _kill_inside(netns)
+        if self.relay is not None and self.relay.alive():
+            self.relay.stop(grace=5)  # its TAP devices go with it
+            removed.append(f"linkrelay pid {self.relay.pid}")
         # Links first (a veth's other end goes with it), then namespaces, then the bridge.
         order = sorted(self.made, key=lambda m: (m[1] == self.bridge, m[0] == "netns"))
         for kind, name in order:
@@ -329,10 +493,19 @@ class HostLayout:
         left = [
             n for k, n in self.made if (n in _namespaces() if k == "netns" else _link_exists(n))
         ]
+        if self.relay is not None and self.relay.alive():
+            left.append(f"linkrelay pid {self.relay.pid}")
         if left:
             raise NetnsError(f"host layout {self.tag}: could not remove {left}")
         self.state_file.unlink(missing_ok=True)
+        for extra in (
+            self._relay_config_path(),
+            self._relay_stats_path(),
+            self.state_file.with_name(f"{self.tag}.relay.log"),
+        ):
+            extra.unlink(missing_ok=True)
         self.made = []
+        self.relay = None
         _log.info("host layout %s removed: %s", self.tag, ", ".join(removed) or "nothing left")
         return removed
 
@@ -371,17 +544,21 @@ class HostLayout:
 
     def cut(self, label: str) -> None:
         """Take a host's link down: nothing reaches it or leaves it until :meth:`heal`."""
-        _run(["ip", "link", "set", self.host(label).outside, "down"])
+        _run([*self._link_cmd(label), "down"])
         _log.warning("host %s (%s) cut off", label, self.address(label))
 
     def heal(self, label: str) -> None:
         """Bring a host's link up again."""
-        _run(["ip", "link", "set", self.host(label).outside, "up"])
+        _run([*self._link_cmd(label), "up"])
         _log.warning("host %s (%s) back", label, self.address(label))
 
     def is_cut(self, label: str) -> bool:
         """Whether a host's link is down."""
-        out = _run(["ip", "-o", "link", "show", self.host(label).outside]).stdout
+        host = self.host(label)
+        if self.links == "relay":
+            out = _run(["ip", "-n", host.netns, "-o", "link", "show", host.inside]).stdout
+        else:
+            out = _run(["ip", "-o", "link", "show", host.outside]).stdout
         flags = out.split("<", 1)[1].split(">", 1)[0].split(",") if "<" in out else []
         return "UP" not in flags
 
@@ -390,6 +567,9 @@ class HostLayout:
         end of its link): host to host one way is ``ms``, a round trip ``2 * ms``; 0 removes it."""
         if ms < 0:
             raise ValueError(f"delay must be >= 0 ms, got {ms}")
+        if self.links == "relay":
+            self._relay_delay(ms)
+            return
         for host in self.hosts.values():
             if ms == 0:
                 _run(["tc", "qdisc", "del", "dev", host.outside, "root"], check=False)
@@ -400,7 +580,10 @@ class HostLayout:
                 error = NetnsUnavailable(
                     "cannot delay links: this kernel has no netem queueing discipline (sch_netem)"
                 )
-                error.hint = "run on a kernel with sch_netem (CONFIG_NET_SCH_NETEM)"
+                error.hint = (
+                    "run on a kernel with sch_netem (CONFIG_NET_SCH_NETEM), or make the layout "
+                    "with links='relay'"
+                )
                 raise error
             if done.returncode != 0:
                 raise NetnsError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
@@ -411,6 +594,7 @@ class HostLayout:
             "tag": self.tag,
             "subnet": str(self.subnet),
             "bridge": self.bridge,
+            "links": self.links,
             "hosts": {h.label: h.address for h in self.hosts.values()},
         }
 
