@@ -36,18 +36,27 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from ehrshare.errors import Unavailable
+from ehrshare.network.supervisor import Child, start_child
+from ehrshare.services.vault import atomic_write
 
 __all__ = [
     "DEFAULT_QUEUE",
     "Port",
     "Relay",
     "RelayConfig",
+    "RelayError",
     "main",
     "netem_available",
     "read_stats",
+    "relay_stats",
+    "set_relay_delay",
+    "start_relay",
 ]
 
 _log = logging.getLogger(__name__)
@@ -136,6 +145,67 @@ def read_stats(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+class RelayError(Unavailable, RuntimeError):
+    """The relay did not start or did not take a new delay (exit 4)."""
+
+
+def _write_config(config: RelayConfig, path: Path) -> None:
+    atomic_write(path, json.dumps(config.as_dict(), indent=2).encode(), mode=0o644)
+
+
+def start_relay(
+    config: RelayConfig, path: Path, log: Path, *, on_started: Callable[[], None] | None = None
+) -> Child:
+    """Write ``config`` to ``path`` and start a relay serving it (through the supervisor; it
+    dies with this thread); returns once every TAP device exists. ``on_started`` runs as soon
+    as the pid is known (to put it on record before waiting)."""
+    _write_config(config, path)
+    config.stats.unlink(missing_ok=True)
+    argv = [sys.executable, "-m", "ehrshare.network.linkrelay", str(path)]
+    child = start_child("linkrelay", argv, log, die_with_parent=True)
+    if on_started is not None:
+        on_started()
+    deadline = time.monotonic() + 30
+    while not config.stats.exists():  # written once the TAP devices are open
+        if not child.alive():
+            raise RelayError(f"the link relay did not start: {child.tail()}")
+        if time.monotonic() > deadline:
+            child.stop(grace=5)
+            raise RelayError(f"the link relay did not start in 30 s: {child.tail()}")
+        time.sleep(0.02)
+    return child
+
+
+def set_relay_delay(child: Child, config: RelayConfig, path: Path) -> None:
+    """Make a running relay use ``config.delay_ms`` (rewrites its config, SIGHUP) and wait until
+    it says so in its stats."""
+    _write_config(config, path)
+    os.kill(child.pid, signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        current = read_stats(config.stats)
+        if current is not None and abs(float(current["delay_ms"]) - config.delay_ms) < 1e-6:
+            return
+        time.sleep(0.05)
+    raise RelayError(f"the link relay did not take the {config.delay_ms:g} ms delay")
+
+
+def relay_stats(child: Child | None, stats: Path) -> dict[str, Any] | None:
+    """A relay's counters as of now (SIGUSR1 asks it to write them); the last written if it is
+    gone, None if it never wrote any."""
+    before = read_stats(stats)
+    if child is None or not child.alive() or before is None:
+        return before
+    os.kill(child.pid, signal.SIGUSR1)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        now = read_stats(stats)
+        if now is not None and now.get("seq") != before.get("seq"):
+            return now
+        time.sleep(0.02)
+    return read_stats(stats)
 
 
 def _open_tap(name: str) -> int:

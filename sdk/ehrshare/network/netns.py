@@ -35,8 +35,6 @@ import secrets
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,8 +42,15 @@ from typing import Any, Final, Literal, Self
 
 from ehrshare.errors import ConfigurationError, Unavailable
 from ehrshare.faults import fault_point
-from ehrshare.network.linkrelay import Port, RelayConfig, netem_available, read_stats
-from ehrshare.network.supervisor import Child, pid_alive, start_child, start_ticks
+from ehrshare.network.linkrelay import (
+    Port,
+    RelayConfig,
+    netem_available,
+    relay_stats,
+    set_relay_delay,
+    start_relay,
+)
+from ehrshare.network.supervisor import Child, pid_alive, start_ticks
 from ehrshare.services.vault import atomic_write
 
 __all__ = [
@@ -385,10 +390,6 @@ class HostLayout:
         ports += [Port(h.inside, h.netns, delayed=True) for h in self.hosts.values()]
         return RelayConfig(tuple(ports), delay_ms, self._relay_stats_path())
 
-    def _write_relay_config(self, delay_ms: float) -> None:
-        body = json.dumps(self._relay_config(delay_ms).as_dict(), indent=2).encode()
-        atomic_write(self._relay_config_path(), body, mode=0o644)
-
     def _make_relayed(self, delay_ms: float) -> None:
         # Namespaces first: the relay opens a TAP inside each when it starts.
         for host in self.hosts.values():
@@ -417,52 +418,22 @@ class HostLayout:
         )
 
     def _start_relay(self, delay_ms: float) -> None:
-        self._write_relay_config(delay_ms)
-        stats = self._relay_stats_path()
-        stats.unlink(missing_ok=True)
         log = self.state_file.with_name(f"{self.tag}.relay.log")
-        argv = [sys.executable, "-m", "ehrshare.network.linkrelay", str(self._relay_config_path())]
-        self.relay = start_child("linkrelay", argv, log, die_with_parent=True)
-        self._save()
-        deadline = time.monotonic() + 30
-        while not stats.exists():
-            if not self.relay.alive():
-                raise NetnsError(f"the link relay did not start: {self.relay.tail()}")
-            if time.monotonic() > deadline:
-                raise NetnsError(f"the link relay did not start in 30 s: {self.relay.tail()}")
-            time.sleep(0.02)
+        config, path = self._relay_config(delay_ms), self._relay_config_path()
+        self.relay = start_relay(config, path, log, on_started=self._save)
         fault_point("netns.create.after_relay")
 
     def _relay_delay(self, ms: float) -> None:
         if self.relay is None or not self.relay.alive():
             raise NetnsError(f"host layout {self.tag}: its link relay is not running")
-        self._write_relay_config(ms)
-        os.kill(self.relay.pid, signal.SIGHUP)
-        # The relay confirms in its stats file (written at least once a second).
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            current = read_stats(self._relay_stats_path())
-            if current is not None and abs(float(current["delay_ms"]) - ms) < 1e-6:
-                return
-            time.sleep(0.05)
-        raise NetnsError(f"host layout {self.tag}: the link relay did not take the {ms} ms delay")
+        set_relay_delay(self.relay, self._relay_config(ms), self._relay_config_path())
 
     def relay_stats(self) -> dict[str, Any] | None:
         """The relay's counters (frames in/out, drops, CPU seconds) as of now; None with bridge
         links."""
         if self.links != "relay":
             return None
-        before = read_stats(self._relay_stats_path())
-        if self.relay is None or not self.relay.alive() or before is None:
-            return before
-        os.kill(self.relay.pid, signal.SIGUSR1)  # write them now
-        deadline = time.monotonic() + 3
-        while time.monotonic() < deadline:
-            now = read_stats(self._relay_stats_path())
-            if now is not None and now.get("seq") != before.get("seq"):
-                return now
-            time.sleep(0.02)
-        return read_stats(self._relay_stats_path())
+        return relay_stats(self.relay, self._relay_stats_path())
 
     def _link_cmd(self, label: str) -> list[str]:
         host = self.host(label)
