@@ -25,23 +25,33 @@ removes only names recorded in its own state file.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import logging
 import os
 import re
-import secrets
-import shutil
-import signal
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Literal, Self
 
-from ehrshare.errors import ConfigurationError, Unavailable
 from ehrshare.faults import fault_point
+from ehrshare.network.iproute import (
+    _TAG,
+    NAME_PREFIX,
+    NetnsError,
+    NetnsUnavailable,
+    _free_subnet,
+    _kill_inside,
+    _link_exists,
+    _namespaces,
+    _new_tag,
+    _no_bridge_filtering,
+    _run,
+    netns_problem,
+    our_links,
+    our_namespaces,
+)
 from ehrshare.network.linkrelay import (
     Port,
     RelayConfig,
@@ -71,41 +81,15 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-NAME_PREFIX: Final = "ehr"
-"""Every namespace and link this module makes is named ``ehr<tag>...`` (tag: 4 hex digits)."""
-
 DEFAULT_STATE_DIR: Final = Path("/run/ehrshare/netns")
 """Where layouts record what they made (``EHRSHARE_NETNS_STATE`` overrides it)."""
 
-# 10.231.0.0/16: private, and not a range Docker, libvirt or this machine uses; one /24 per
-# layout, picked among those no address of the root namespace is in.
-_SUPERNET: Final = ipaddress.ip_network("10.231.0.0/16")
 _FIRST_HOST: Final = 10  # host i gets .10+i; .1 is the bridge
-_TAG: Final = re.compile(r"^[0-9a-f]{4}$")
 _LABEL: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,30}$")
 _STATE_VERSION: Final = 1
 
 Links = Literal["bridge", "relay"]
 """How hosts are linked: veth pairs on a kernel bridge, or TAP devices on the user-space relay."""
-
-
-class NetnsError(Unavailable, RuntimeError):
-    """An ``ip``/``tc`` step failed (exit 4); the message carries the command and its stderr."""
-
-
-class NetnsUnavailable(ConfigurationError, RuntimeError):
-    """Namespaces cannot be made here: not root, or iproute2 missing (exit 3)."""
-
-    hint = "run as root on Linux with iproute2 installed (apt-get install -y iproute2)"
-
-
-def netns_problem() -> str | None:
-    """Why this machine cannot make a :class:`HostLayout`, or None if it can."""
-    if shutil.which("ip") is None:
-        return "the 'ip' command (iproute2) is not installed"
-    if os.geteuid() != 0:
-        return "network namespaces need root (CAP_NET_ADMIN)"
-    return None
 
 
 def delay_links() -> Links:
@@ -116,35 +100,6 @@ def delay_links() -> Links:
 
 def _state_dir() -> Path:
     return Path(os.environ.get("EHRSHARE_NETNS_STATE", str(DEFAULT_STATE_DIR)))
-
-
-def _run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(  # noqa: S603 - ip/tc with names this module made
-        list(argv), capture_output=True, text=True, timeout=30, check=False
-    )
-    if check and proc.returncode != 0:
-        raise NetnsError(f"{' '.join(argv)} failed: {proc.stderr.strip() or proc.returncode}")
-    return proc
-
-
-def our_namespaces() -> list[str]:
-    """Names of the network namespaces on this machine made by this module (any layout)."""
-    out = _run(["ip", "netns", "list"], check=False).stdout
-    names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    return sorted(n for n in names if n.startswith(NAME_PREFIX) and _TAG.match(n[3:7]))
-
-
-def our_links() -> list[str]:
-    """Names of the links of the root namespace made by this module (any layout)."""
-    out = _run(["ip", "-o", "link", "show"], check=False).stdout
-    names = []
-    for line in out.splitlines():
-        parts = line.split(": ", 2)
-        if len(parts) >= 2:
-            name = parts[1].split("@", 1)[0]
-            if name.startswith(NAME_PREFIX) and _TAG.match(name[3:7]):
-                names.append(name)
-    return sorted(names)
 
 
 @dataclass(frozen=True)
@@ -199,6 +154,7 @@ class HostLayout:
     ) -> None:
         self.tag = tag
         self.links: Links = links
+        self.kept = False  # True: no owner process; only an explicit teardown removes it
         self.relay: Child | None = None
         self.subnet = ipaddress.ip_network(subnet)
         self.hosts = {h.label: h for h in hosts}
@@ -214,7 +170,7 @@ class HostLayout:
             "version": _STATE_VERSION,
             "tag": self.tag,
             "subnet": str(self.subnet),
-            "owner": {"pid": os.getpid(), "ticks": start_ticks(os.getpid())},
+            "owner": None if self.kept else {"pid": os.getpid(), "ticks": start_ticks(os.getpid())},
             "hosts": [h.as_dict() for h in self.hosts.values()],
             "made": self.made,
             "links": self.links,
@@ -238,6 +194,7 @@ class HostLayout:
                 raise ValueError(f"links {links!r}")
             layout = cls(str(data["tag"]), str(data["subnet"]), hosts, state_file, links)
             layout.made = [[str(kind), str(name)] for kind, name in data["made"]]
+            layout.kept = data.get("owner", {}) is None
             relay = data.get("relay")
             if relay is not None:
                 layout.relay = Child(
@@ -271,12 +228,14 @@ class HostLayout:
         tag: str | None = None,
         links: Links = "bridge",
         delay_ms: float = 0.0,
+        subnet: str | None = None,
     ) -> Self:
         """Make a bridge and one namespace per label (in order: addresses ``.10``, ``.11``, ...).
 
         ``links="relay"``: link the hosts through :mod:`ehrshare.network.linkrelay` instead of
         veth pairs and a bridge, delaying every frame into a host by ``delay_ms`` (changed
-        later with :meth:`delay`).
+        later with :meth:`delay`). ``subnet`` (with ``tag``): make it again on that /24, so
+        every host gets the address it had (refused if something else uses it now).
 
         Removes first what crashed runs left (:func:`sweep_stale`). With the ``tag`` of a
         layout this process already made, completes it (idempotent). On failure, everything
@@ -307,19 +266,19 @@ class HostLayout:
                 )
         else:
             tag = tag or _new_tag()
-            subnet = _free_subnet()
+            net = _free_subnet(subnet)
             hosts = []
             for i, label in enumerate(labels):
                 hosts.append(
                     Host(
                         label=label,
                         netns=f"{NAME_PREFIX}{tag}-{label.lower()}"[:48],
-                        address=str(subnet.network_address + _FIRST_HOST + i),
+                        address=str(net.network_address + _FIRST_HOST + i),
                         outside=f"{NAME_PREFIX}{tag}h{i}",
                         inside=f"{NAME_PREFIX}{tag}n{i}",
                     )
                 )
-            layout = cls(tag, str(subnet), hosts, directory / f"{tag}.json", links)
+            layout = cls(tag, str(net), hosts, directory / f"{tag}.json", links)
             layout._save()
         try:
             if links == "relay":
@@ -480,6 +439,15 @@ class HostLayout:
         _log.info("host layout %s removed: %s", self.tag, ", ".join(removed) or "nothing left")
         return removed
 
+    def keep(self) -> None:
+        """Let this layout outlive the process that made it: it is no longer swept when that
+        process is gone; only :meth:`teardown` (e.g. ``ehrshare network down``) removes it.
+        Refused for relayed links (the relay dies with its owner)."""
+        if self.links == "relay":
+            raise NetnsError(f"host layout {self.tag}: relayed links cannot outlive their owner")
+        self.kept = True
+        self._save()
+
     def __enter__(self) -> Self:
         return self
 
@@ -581,6 +549,8 @@ def sweep_stale(state_dir: Path | None = None) -> list[str]:
     for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and "owner" in data and data["owner"] is None:
+                continue  # kept (HostLayout.keep): removed only on request
             pid, ticks = int(data["owner"]["pid"]), data["owner"]["ticks"]
         except (OSError, ValueError, KeyError, TypeError):
             _log.warning("ignoring %s: not a host layout state file", path)
@@ -596,48 +566,3 @@ def sweep_stale(state_dir: Path | None = None) -> list[str]:
         layout.teardown()
         swept.append(path.stem)
     return swept
-
-
-def _new_tag() -> str:
-    while True:
-        tag = secrets.token_hex(2)
-        if not any(n.startswith(NAME_PREFIX + tag) for n in our_namespaces() + our_links()):
-            return tag
-
-
-def _free_subnet() -> ipaddress.IPv4Network:
-    out = _run(["ip", "-o", "-4", "addr", "show"], check=False).stdout
-    used = {ipaddress.ip_interface(m.group(1)).network for m in re.finditer(r"inet (\S+)", out)}
-    for subnet in _SUPERNET.subnets(new_prefix=24):
-        if not any(subnet.overlaps(u) for u in used):
-            assert isinstance(subnet, ipaddress.IPv4Network)
-            return subnet
-    raise NetnsError(f"every /24 of {_SUPERNET} is in use on this machine")
-
-
-def _namespaces() -> set[str]:
-    out = _run(["ip", "netns", "list"], check=False).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
-def _link_exists(name: str, netns: str | None = None) -> bool:
-    ns = ["-n", netns] if netns else []
-    return _run(["ip", *ns, "link", "show", name], check=False).returncode == 0
-
-
-def _no_bridge_filtering(bridge: str) -> None:
-    # With br_netfilter loaded, bridged frames pass iptables' FORWARD chain, whose policy may
-    # drop them; hosts on one bridge are one LAN segment, so turn that off for this bridge only.
-    knob = Path(f"/sys/class/net/{bridge}/bridge/nf_call_iptables")
-    if knob.exists():
-        knob.write_text("0", encoding="ascii")
-
-
-def _kill_inside(netns: str) -> None:
-    if netns not in _namespaces():
-        return
-    out = _run(["ip", "netns", "pids", netns], check=False).stdout
-    for pid in (int(p) for p in out.split() if p.isdigit()):
-        _log.warning("killing pid %d still running in %s", pid, netns)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
