@@ -19,7 +19,7 @@ import pytest
 
 from ehrshare.demo import lab_observation
 from ehrshare.network.consortium_hosts import HOSTS_FILE, load_hosts, remove_hosts
-from ehrshare.network.netns import our_namespaces
+from ehrshare.network.netns import HostLayout, our_namespaces
 from ehrshare.network.swarm import KuboSwarm
 from ehrshare.provisioning import Consortium
 from ehrshare.storage import KuboClient
@@ -217,3 +217,21 @@ def _pinned_at(swarm: KuboSwarm, cid: str) -> list[str]:
             if cid in client.pins():
                 held.append(msp)
     return held
+
+
+def test_init_killed_while_making_its_hosts_leaves_them_to_be_swept(
+    tmp_path: Path, machine_before: object, netns_env: dict[str, str], state_dir: Path
+) -> None:
+    directory = tmp_path / "c"
+    done = _cli(
+        "consortium", "init", str(directory), "--ledger", "fabric", "--hosts", "netns",
+        env={**netns_env, "EHRSHARE_FAULT_AT": "netns.create.after_host"},
+    )  # fmt: skip
+    assert done.returncode == -9, done.stderr[-2000:]
+    assert not (directory / HOSTS_FILE).exists()  # never recorded, so never kept
+    (state,) = state_dir.glob("*.json")
+    assert [n for n in our_namespaces() if n.startswith(f"ehr{state.stem}")]
+    # Its owner is gone: the next layout made on this machine removes it first.
+    HostLayout.create(["X"], state_dir=state_dir).teardown()
+    assert not list(state_dir.glob("*.json"))
+    assert not [n for n in our_namespaces() if n.startswith(f"ehr{state.stem}")]
