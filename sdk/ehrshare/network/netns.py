@@ -503,7 +503,8 @@ class HostLayout:
 
     def delay(self, ms: float) -> None:
         """Delay every packet into each host by ``ms`` milliseconds (``tc netem`` on the bridge
-        end of its link): host to host one way is ``ms``, a round trip ``2 * ms``; 0 removes it."""
+        end of its link; with relayed links, the relay's per-port delay, changed live): host to
+        host one way is ``ms``, a round trip ``2 * ms``; 0 removes it."""
         if ms < 0:
             raise ValueError(f"delay must be >= 0 ms, got {ms}")
         if self.links == "relay":
