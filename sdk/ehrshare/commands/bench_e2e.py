@@ -23,7 +23,8 @@ import datetime as _dt
 import json
 import os
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from ehrshare.benchutil import machine_metadata, percentile, time_calls
 from ehrshare.console import err_console, out_console
 from ehrshare.errors import EXIT_CONFIG, EXIT_USAGE
 from ehrshare.network.fabric.spec import ORDERER_MSP
-from ehrshare.network.netns import HostLayout, NetnsUnavailable
+from ehrshare.network.netns import HostLayout, NetnsUnavailable, delay_links
 from ehrshare.network.services import ServiceProcesses
 from ehrshare.network.supervisor import free_loopback_ports
 from ehrshare.profile import BackendUnavailable
@@ -61,6 +62,25 @@ def _stats(samples: list[float]) -> dict[str, float]:
     }
 
 
+def _relay_cost(
+    before: dict[str, Any] | None, after: dict[str, Any] | None, seconds: float
+) -> dict[str, Any] | None:
+    """What the link relay spent while one delay's operations were timed (None: no relay)."""
+    if before is None or after is None:
+        return None
+    cpu = float(after["cpu_s"]) - float(before["cpu_s"])
+    frames = sum(p["frames_in"] for p in after["ports"].values()) - sum(
+        p["frames_in"] for p in before["ports"].values()
+    )
+    return {
+        "cpu_s": round(cpu, 3),
+        "wall_s": round(seconds, 3),
+        "cpu_share": round(cpu / seconds, 3) if seconds > 0 else None,
+        "frames": frames,
+        "dropped": int(after["dropped"]) - int(before["dropped"]),
+    }
+
+
 def run_e2e_bench(
     *,
     repeat: int = 20,
@@ -75,28 +95,38 @@ def run_e2e_bench(
     fabric: FabricOptions | None = None,
     storage: str = "embedded",
     hosts: str = "local",
-    delay_ms: float = 0.0,
+    delay_ms: float | Sequence[float] = 0.0,
 ) -> dict[str, Any]:
     """Run the benchmark in a fresh consortium; returns the JSON-able result. With
     ``ledger="fabric"`` the consortium's Fabric network is stopped (by pid) at the end.
     ``hosts="netns"`` (Fabric only) puts each hospital on a network namespace of its own, with a
-    private IPFS swarm and the services as processes, and ``delay_ms`` of ``tc netem`` delay
-    on every host's link while timing; the hosts are removed at the end."""
+    private IPFS swarm and the services as processes; ``delay_ms`` (one value or several) is
+    the one-way delay on every host's link while timing: the operations are timed once per
+    delay on the same consortium (``results`` holds the first delay's figures, ``by_delay``
+    every delay's). The delay is ``tc netem``'s where the kernel has it, else the user-space
+    link relay's (:mod:`ehrshare.network.linkrelay`); ``backend.hosts.delay_method`` says
+    which. The hosts are removed at the end."""
     say = progress or (lambda _m: None)
+    delays = (
+        [float(delay_ms)] if isinstance(delay_ms, int | float) else [float(d) for d in delay_ms]
+    )
+    if not delays or any(d < 0 for d in delays):
+        raise ValueError(f"delays must be >= 0 ms, got {delays}")
     layout = None
+    method: str | None = None
     if hosts == "netns":
-        layout = HostLayout.create([f"Hospital{x}MSP" for x in "ABC"] + [ORDERER_MSP])
+        labels = [f"Hospital{x}MSP" for x in "ABC"] + [ORDERER_MSP]
+        if any(delays):
+            links = delay_links()
+            method = "netem" if links == "bridge" else "relay"
+            how = "veth pairs, tc netem" if method == "netem" else "TAP devices, the link relay"
+            say(f"hosts linked through {how}")
+            layout = HostLayout.create(labels, links=links)
+        else:
+            layout = HostLayout.create(labels)
         storage, services = "swarm", "processes"
-        if delay_ms:
-            # From the start, so a kernel without netem is found before anything is built
-            # (the setup runs delayed too; only the timed calls are reported).
-            say(f"delaying every host's link by {delay_ms:g} ms (tc netem)")
-            try:
-                layout.delay(delay_ms)
-            except BaseException:
-                layout.teardown()
-                raise
     processes = services == "processes"
+    by_delay: dict[str, Any] = {}
     with (
         tempfile.TemporaryDirectory(prefix="ehrshare-bench-", dir=directory) as tmp,
         layout if layout is not None else contextlib.nullcontext(),
@@ -139,7 +169,6 @@ def run_e2e_bench(
             patient, author = s["patient"], s["author"]
             small = binary_resource(small_bytes)
             large = binary_resource(large_bytes)
-            results: dict[str, Any] = {}
 
             def put_small() -> object:
                 return author.put_record(small, patient=patient.ibe_id, type="general")
@@ -147,31 +176,47 @@ def run_e2e_bench(
             def put_large() -> object:
                 return author.put_record(large, patient=patient.ibe_id, type="general")
 
-            say(f"put_record ~{small_bytes} B x {repeat}")
-            results["put_record_10KB"] = _stats(time_calls(put_small, repeat, warmup))
-            say(f"put_record ~{large_bytes} B x {repeat_large}")
-            results["put_record_10MB"] = _stats(time_calls(put_large, repeat_large, 1))
-
             month = _dt.timedelta(days=30)
 
             def grant() -> object:
                 return patient.grant(s["hop1"].ibe_id, "general", expires=month, max_hops=2)
 
-            say(f"grant x {repeat}")
-            results["grant"] = _stats(time_calls(grant, repeat, warmup))
-
+            grant()  # hop1 must hold a grant to forward it
             ref = put_small()
             s["hop1"].forward(ref, s["hop2"].ibe_id, max_hops=1)  # type: ignore[arg-type]
             s["hop2"].forward(ref, s["hop3"].ibe_id, max_hops=0)  # type: ignore[arg-type]
 
-            say(f"read_record first hop x {repeat}")
-            results["read_record_hop1"] = _stats(
-                time_calls(lambda: s["hop1"].read_record(ref), repeat, warmup)  # type: ignore[arg-type]
-            )
-            say(f"read_record third hop x {repeat}")
-            results["read_record_hop3"] = _stats(
-                time_calls(lambda: s["hop3"].read_record(ref), repeat, warmup)  # type: ignore[arg-type]
-            )
+            def timed() -> dict[str, Any]:
+                results: dict[str, Any] = {}
+                say(f"put_record ~{small_bytes} B x {repeat}")
+                results["put_record_10KB"] = _stats(time_calls(put_small, repeat, warmup))
+                say(f"put_record ~{large_bytes} B x {repeat_large}")
+                results["put_record_10MB"] = _stats(time_calls(put_large, repeat_large, 1))
+                say(f"grant x {repeat}")
+                results["grant"] = _stats(time_calls(grant, repeat, warmup))
+                say(f"read_record first hop x {repeat}")
+                results["read_record_hop1"] = _stats(
+                    time_calls(lambda: s["hop1"].read_record(ref), repeat, warmup)  # type: ignore[arg-type]
+                )
+                say(f"read_record third hop x {repeat}")
+                results["read_record_hop3"] = _stats(
+                    time_calls(lambda: s["hop3"].read_record(ref), repeat, warmup)  # type: ignore[arg-type]
+                )
+                return results
+
+            for d in delays:
+                if layout is not None and (d or method is not None):
+                    say(f"one-way delay {d:g} ms on every host's link ({method or 'none'})")
+                    layout.delay(d)
+                relay_before = layout.relay_stats() if layout is not None else None
+                started = time.monotonic()
+                row = timed()
+                relay_after = layout.relay_stats() if layout is not None else None
+                by_delay[f"{d:g}"] = {
+                    "delay_ms": d,
+                    "results": row,
+                    "relay": _relay_cost(relay_before, relay_after, time.monotonic() - started),
+                }
             for sess in s.values():
                 sess.close()
         finally:
@@ -180,7 +225,11 @@ def run_e2e_bench(
             c.close()
     backend: dict[str, Any] = {"ledger": ledger, "storage": storage, "services": services}
     if layout is not None:
-        backend["hosts"] = {**layout.as_dict(), "delay_ms": delay_ms}
+        backend["hosts"] = {
+            **layout.as_dict(),
+            "delay_ms": delays[0] if len(delays) == 1 else delays,
+            "delay_method": method,
+        }
     if endpoints is not None:
         options = fabric or FabricOptions()
         from ehrshare.network.fabric import fabric_version
@@ -203,7 +252,8 @@ def run_e2e_bench(
             "small_bytes": small_bytes,
             "large_bytes": large_bytes,
         },
-        "results": results,
+        "results": by_delay[f"{delays[0]:g}"]["results"],
+        **({"by_delay": by_delay} if len(delays) > 1 or layout is not None else {}),
         "machine": machine_metadata(),
     }
 
@@ -253,12 +303,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "each hospital on a network namespace of its own; implies --storage swarm and "
             "--services processes).",
         ),
-        delay_ms: float = typer.Option(
-            0.0,
+        delay_ms: str = typer.Option(
+            "0",
             "--delay-ms",
-            min=0.0,
-            help="With --hosts netns: tc netem delay on every host's link while timing (one "
-            "way, host to host); needs a kernel with sch_netem.",
+            help="With --hosts netns: one-way delay(s) in ms on every host's link while timing, "
+            "comma-separated (e.g. 10,50); the operations are timed at 0 ms and at each. tc "
+            "netem where the kernel has it, else a user-space relay between the hosts (the "
+            "JSON's backend.hosts.delay_method says which).",
         ),
     ) -> None:
         """p50/p95 of put_record (10 KB, 10 MB), grant and read_record (hop 1, hop 3) on the
@@ -282,7 +333,19 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 f"[red]error:[/red] --hosts {hosts!r}: local, or netns with --backend fabric"
             )
             raise typer.Exit(EXIT_USAGE)
-        if delay_ms and hosts != "netns":
+        try:
+            delays = [float(d) for d in delay_ms.split(",") if d.strip()]
+        except ValueError:
+            delays = [-1.0]
+        if not delays or any(d < 0 or d != d or d > 10_000 for d in delays):
+            err_console().print(
+                f"[red]error:[/red] --delay-ms {delay_ms!r}: milliseconds from 0 to 10000, "
+                "comma-separated"
+            )
+            raise typer.Exit(EXIT_USAGE)
+        if any(delays):
+            delays = [0.0, *dict.fromkeys(d for d in delays if d)]
+        if any(delays) and hosts != "netns":
             err_console().print("[red]error:[/red] --delay-ms needs --hosts netns")
             raise typer.Exit(EXIT_USAGE)
         try:
@@ -301,7 +364,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 ),
                 storage=storage,
                 hosts=hosts,
-                delay_ms=delay_ms,
+                delay_ms=delays,
             )
         except (BackendUnavailable, NetnsUnavailable) as exc:
             err_console().print(f"[red]error:[/red] {exc}", soft_wrap=True)
@@ -314,8 +377,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         table.add_column("p50", justify="right")
         table.add_column("p95", justify="right")
         table.add_column("n", justify="right")
-        for name, r in result["results"].items():
-            table.add_row(name, f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", str(r["n"]))
+        rows = result.get("by_delay") or {"0": {"results": result["results"]}}
+        if len(rows) > 1:
+            table.add_column("delay ms", justify="right")
+        for delay, row in rows.items():
+            for name, r in row["results"].items():
+                cells = [name, f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}", str(r["n"])]
+                table.add_row(*cells, *([delay] if len(rows) > 1 else []))
         out = out_console()
         out.print(table)
         out.print_json(json.dumps(result))

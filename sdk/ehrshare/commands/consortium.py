@@ -14,7 +14,7 @@ import shlex
 import signal
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -40,9 +40,21 @@ from ehrshare.commands.joining import register_joining
 from ehrshare.console import err_console
 from ehrshare.errors import EXIT_CONFIG, EXIT_REFUSED, EXIT_UNAVAILABLE, EXIT_USAGE
 
+if TYPE_CHECKING:
+    from ehrshare.network.netns import HostLayout
+
 __all__ = ["register"]
 
 _err = err_console()
+
+
+def _make_hosts(names: list[str]) -> HostLayout:
+    """One network namespace per hospital and one for the orderers (``--hosts netns``)."""
+    from ehrshare.network.fabric.spec import ORDERER_MSP
+    from ehrshare.network.netns import HostLayout
+
+    msps = [n if n.endswith("MSP") else f"{n}MSP" for n in names]
+    return HostLayout.create([*msps, ORDERER_MSP])
 
 
 def register(app: typer.Typer, bench_app: typer.Typer) -> None:
@@ -131,6 +143,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 "proxy, then one per hospital's KGC node (default 7060, 7061, ...)."
             ),
         ] = "",
+        hosts: Annotated[
+            str,
+            typer.Option(
+                help="local (every node on 127.0.0.1), or netns (with --ledger fabric, as "
+                "root: each hospital, and the orderers, on a Linux network namespace of its own "
+                "with its own address in 10.231.x.0/24; implies --storage swarm and --services "
+                "processes). The namespaces stay after init (recorded in DIR/hosts.json); "
+                "'network up' starts every node in its host and makes them again if gone, "
+                "'network down' stops the nodes and removes the namespaces."
+            ),
+        ] = "local",
         as_json: JsonOpt = False,
     ) -> None:
         """Create a consortium directory with profile.yaml, run the DKG and put mpk on chain.
@@ -145,6 +168,14 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         bft = orderer_type == "bft"
         if client not in ("", "gateway", "peer"):
             fail(EXIT_USAGE, f"--client {client!r} is not gateway or peer")
+        if hosts not in ("local", "netns"):
+            fail(EXIT_USAGE, f"--hosts {hosts!r} is not local or netns")
+        if hosts == "netns":
+            if ledger != "fabric":
+                fail(EXIT_USAGE, "--hosts netns needs --ledger fabric")
+            if storage not in ("embedded", "swarm") or services not in ("in-process", "processes"):
+                fail(EXIT_USAGE, "--hosts netns runs a swarm and service processes")
+            storage, services = "swarm", "processes"
         port_list: list[int] | None = None
         if ports:
             try:
@@ -152,28 +183,40 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             except ValueError:
                 fail(EXIT_USAGE, f"--ports {ports!r} is not a comma-separated list of numbers")
         with mapped_errors(), progress("creating the consortium", as_json) as say:
-            c = Consortium.init(
-                directory,
-                hospitals=names,
-                threshold=threshold,
-                committee=committee,
-                storage=storage,
-                kubo_url=kubo_url,
-                ledger=ledger,
-                services=services,
-                ports=port_list,
-                progress=say,
-                fabric=(
-                    FabricOptions(
-                        orderers=orderers or (4 if bft else 1),
-                        batch_timeout=batch_timeout,
-                        orderer_type="BFT" if bft else "etcdraft",
-                        client=client or None,
-                    )
-                    if ledger == "fabric"
-                    else None
-                ),
-            )
+            # Owned by this process until recorded: a killed init leaves it to be swept.
+            layout = _make_hosts(names) if hosts == "netns" else None
+            try:
+                c = Consortium.init(
+                    directory,
+                    hospitals=names,
+                    threshold=threshold,
+                    committee=committee,
+                    storage=storage,
+                    kubo_url=kubo_url,
+                    ledger=ledger,
+                    services=services,
+                    ports=port_list,
+                    progress=say,
+                    hosts=None if layout is None else layout.placements(),
+                    fabric=(
+                        FabricOptions(
+                            orderers=orderers or (4 if bft else 1),
+                            batch_timeout=batch_timeout,
+                            orderer_type="BFT" if bft else "etcdraft",
+                            client=client or None,
+                        )
+                        if ledger == "fabric"
+                        else None
+                    ),
+                )
+            except BaseException:
+                if layout is not None:
+                    layout.teardown()
+                raise
+            if layout is not None:
+                from ehrshare.network.consortium_hosts import record_hosts
+
+                record_hosts(Path(directory), layout)
             try:
                 dkg = c.dkg_result()
             finally:
@@ -187,6 +230,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     "threshold": threshold,
                     "qual": dkg["qual"],
                     "mpk": dkg["mpk"],
+                    **({"hosts": layout.as_dict()} if layout is not None else {}),
                 }
             )
             return
@@ -194,7 +238,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         members = committee or len(names)
         _err.print(f"  KGC: {threshold} of {members} nodes; QUAL {', '.join(dkg['qual'])}")
         _err.print(f"  next: export EHRSHARE_PROFILE={profile}")
-        if services == "processes":
+        if layout is not None:
+            _err.print(
+                "  hosts: "
+                + ", ".join(f"{k} {h.address} ({h.netns})" for k, h in layout.hosts.items()),
+                highlight=False,
+            )
+            _err.print(f"  start every node in its host: ehrshare network up -p {directory}")
+            _err.print(f"  stop them and remove the hosts: ehrshare network down -p {directory}")
+        elif services == "processes":
             _err.print("  start the services: ehrshare consortium serve (or see service-commands)")
 
     @consortium_app.command("service-commands", epilog=HELP_EPILOG)
@@ -237,6 +289,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         """Start every KGC node and every proxy of the profile as child processes, wait until
         they listen, restart any that dies (logging its exit status), and stop them all (by
         pid) on Ctrl-C or SIGTERM."""
+        from ehrshare.network.consortium_hosts import hosts_netns
         from ehrshare.network.services import ServiceProcessError, ServiceProcesses
         from ehrshare.network.supervisor import RestartPolicy
         from ehrshare.profile import Profile, profile_file
@@ -251,7 +304,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         with mapped_errors():
             path = profile_file(profile_path(profile))
             prof = Profile.load(path)
-            procs = ServiceProcesses(prof, path.parent / "run", die_with_parent=True, policy=policy)
+            procs = ServiceProcesses(
+                prof,
+                path.parent / "run",
+                die_with_parent=True,
+                policy=policy,
+                netns=hosts_netns(path.parent),
+            )
         # Deaths, restarts and give-ups go to stderr (run/network.log under 'network up').
         logging.getLogger("ehrshare.network").setLevel(logging.INFO)
         stop = threading.Event()

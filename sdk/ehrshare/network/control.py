@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ehrshare.errors import Unavailable, UsageError
 from ehrshare.faults import fault_point
+from ehrshare.network.consortium_hosts import ensure_hosts, remove_hosts
 from ehrshare.network.services import ServiceCommand, service_commands
 from ehrshare.network.supervisor import (
     RESTART_REQUEST_SUFFIX,
@@ -207,6 +208,8 @@ def network_up(
     """
     profile_path = profile_path.resolve()
     prof = Profile.load(profile_path)
+    # Its hosts first (made again after 'network down'): every node runs in one of them.
+    ensure_hosts(profile_path.parent)
     remote = [p for p in prof.proxies if not p.service.embedded] + [
         n for n in prof.kgc_nodes if not n.service.embedded
     ]
@@ -359,13 +362,22 @@ def _wait_ready(profile_path: Path, proc: Child | None, timeout: float) -> None:
 
 
 def network_down(profile_path: Path, *, timeout: float = 30.0) -> NetworkState | None:
-    """Stop the profile's background services (SIGTERM to the supervisor, by pid).
+    """Stop the profile's background services (SIGTERM to the supervisor, by pid), then its
+    hosts' namespaces if it has any (``consortium init --hosts netns``).
 
     Returns the state that was running, or None if nothing was. Raises
     :class:`NetworkControlError` if the supervisor does not exit within ``timeout`` seconds
     (it is then killed; its children die with it).
     """
     profile_path = profile_path.resolve()
+    state = _network_down(profile_path, timeout)
+    removed = remove_hosts(profile_path.parent)
+    if removed:
+        _log.info("removed the consortium's hosts: %s", ", ".join(removed))
+    return state
+
+
+def _network_down(profile_path: Path, timeout: float) -> NetworkState | None:
     state = network_state(profile_path)
     fabric = _fabric_network(Profile.load(profile_path))
     swarm = _swarm_of(profile_path)

@@ -9,6 +9,12 @@ it made and which process owns it, so :func:`sweep_stale` — called by every :m
 removes what a crashed run left behind. :meth:`HostLayout.cut` / :meth:`HostLayout.heal` take a
 host's link down and up; :meth:`HostLayout.delay` adds ``tc netem`` delay to every link.
 
+With ``links="relay"`` (for kernels without ``sch_netem``: :func:`delay_links` picks) there is no
+bridge and no veth: each host's link is a TAP device served by one user-space switch,
+:mod:`ehrshare.network.linkrelay`, which delays frames into each host; the root namespace's
+port carries the gateway address under the bridge's name. The relay is started through the
+supervisor and stopped by pid on teardown (its TAP devices go with it).
+
 Processes run inside a host through :meth:`HostLayout.argv` (``ip netns exec NS ...``, which
 execs: the pid is the program's) and are started and stopped by
 :mod:`ehrshare.network.supervisor`. Needs root (CAP_NET_ADMIN) and iproute2.
@@ -19,24 +25,42 @@ removes only names recorded in its own state file.
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
 import json
 import logging
 import os
 import re
-import secrets
-import shutil
-import signal
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final, Self
+from typing import Any, Final, Literal, Self
 
-from ehrshare.errors import ConfigurationError, Unavailable
 from ehrshare.faults import fault_point
-from ehrshare.network.supervisor import pid_alive, start_ticks
+from ehrshare.network.iproute import (
+    _TAG,
+    NAME_PREFIX,
+    NetnsError,
+    NetnsUnavailable,
+    _free_subnet,
+    _kill_inside,
+    _link_exists,
+    _namespaces,
+    _new_tag,
+    _no_bridge_filtering,
+    _run,
+    netns_problem,
+    our_links,
+    our_namespaces,
+)
+from ehrshare.network.linkrelay import (
+    Port,
+    RelayConfig,
+    netem_available,
+    relay_stats,
+    set_relay_delay,
+    start_relay,
+)
+from ehrshare.network.supervisor import Child, pid_alive, start_ticks
 from ehrshare.services.vault import atomic_write
 
 __all__ = [
@@ -44,9 +68,11 @@ __all__ = [
     "NAME_PREFIX",
     "Host",
     "HostLayout",
+    "Links",
     "NetnsError",
     "NetnsUnavailable",
     "NodeHost",
+    "delay_links",
     "netns_problem",
     "our_links",
     "our_namespaces",
@@ -55,71 +81,25 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-NAME_PREFIX: Final = "ehr"
-"""Every namespace and link this module makes is named ``ehr<tag>...`` (tag: 4 hex digits)."""
-
 DEFAULT_STATE_DIR: Final = Path("/run/ehrshare/netns")
 """Where layouts record what they made (``EHRSHARE_NETNS_STATE`` overrides it)."""
 
-# 10.231.0.0/16: private, and not a range Docker, libvirt or this machine uses; one /24 per
-# layout, picked among those no address of the root namespace is in.
-_SUPERNET: Final = ipaddress.ip_network("10.231.0.0/16")
 _FIRST_HOST: Final = 10  # host i gets .10+i; .1 is the bridge
-_TAG: Final = re.compile(r"^[0-9a-f]{4}$")
 _LABEL: Final = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,30}$")
 _STATE_VERSION: Final = 1
 
-
-class NetnsError(Unavailable, RuntimeError):
-    """An ``ip``/``tc`` step failed (exit 4); the message carries the command and its stderr."""
-
-
-class NetnsUnavailable(ConfigurationError, RuntimeError):
-    """Namespaces cannot be made here: not root, or iproute2 missing (exit 3)."""
-
-    hint = "run as root on Linux with iproute2 installed (apt-get install -y iproute2)"
+Links = Literal["bridge", "relay"]
+"""How hosts are linked: veth pairs on a kernel bridge, or TAP devices on the user-space relay."""
 
 
-def netns_problem() -> str | None:
-    """Why this machine cannot make a :class:`HostLayout`, or None if it can."""
-    if shutil.which("ip") is None:
-        return "the 'ip' command (iproute2) is not installed"
-    if os.geteuid() != 0:
-        return "network namespaces need root (CAP_NET_ADMIN)"
-    return None
+def delay_links() -> Links:
+    """The links to make when hosts need a delay: ``bridge`` (delayed by ``tc netem``) if the
+    kernel has netem, else ``relay`` (:mod:`ehrshare.network.linkrelay`)."""
+    return "bridge" if netem_available() else "relay"
 
 
 def _state_dir() -> Path:
     return Path(os.environ.get("EHRSHARE_NETNS_STATE", str(DEFAULT_STATE_DIR)))
-
-
-def _run(argv: Sequence[str], *, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(  # noqa: S603 - ip/tc with names this module made
-        list(argv), capture_output=True, text=True, timeout=30, check=False
-    )
-    if check and proc.returncode != 0:
-        raise NetnsError(f"{' '.join(argv)} failed: {proc.stderr.strip() or proc.returncode}")
-    return proc
-
-
-def our_namespaces() -> list[str]:
-    """Names of the network namespaces on this machine made by this module (any layout)."""
-    out = _run(["ip", "netns", "list"], check=False).stdout
-    names = [line.split()[0] for line in out.splitlines() if line.strip()]
-    return sorted(n for n in names if n.startswith(NAME_PREFIX) and _TAG.match(n[3:7]))
-
-
-def our_links() -> list[str]:
-    """Names of the links of the root namespace made by this module (any layout)."""
-    out = _run(["ip", "-o", "link", "show"], check=False).stdout
-    names = []
-    for line in out.splitlines():
-        parts = line.split(": ", 2)
-        if len(parts) >= 2:
-            name = parts[1].split("@", 1)[0]
-            if name.startswith(NAME_PREFIX) and _TAG.match(name[3:7]):
-                names.append(name)
-    return sorted(names)
 
 
 @dataclass(frozen=True)
@@ -164,8 +144,18 @@ class HostLayout:
     Use as a context manager (teardown on exit, also when the body fails).
     """
 
-    def __init__(self, tag: str, subnet: str, hosts: Sequence[Host], state_file: Path) -> None:
+    def __init__(
+        self,
+        tag: str,
+        subnet: str,
+        hosts: Sequence[Host],
+        state_file: Path,
+        links: Links = "bridge",
+    ) -> None:
         self.tag = tag
+        self.links: Links = links
+        self.kept = False  # True: no owner process; only an explicit teardown removes it
+        self.relay: Child | None = None
         self.subnet = ipaddress.ip_network(subnet)
         self.hosts = {h.label: h for h in hosts}
         self.state_file = state_file
@@ -180,9 +170,13 @@ class HostLayout:
             "version": _STATE_VERSION,
             "tag": self.tag,
             "subnet": str(self.subnet),
-            "owner": {"pid": os.getpid(), "ticks": start_ticks(os.getpid())},
+            "owner": None if self.kept else {"pid": os.getpid(), "ticks": start_ticks(os.getpid())},
             "hosts": [h.as_dict() for h in self.hosts.values()],
             "made": self.made,
+            "links": self.links,
+            "relay": None
+            if self.relay is None
+            else {"pid": self.relay.pid, "ticks": self.relay.ticks, "log": str(self.relay.log)},
         }
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.state_file, json.dumps(data, indent=2).encode(), mode=0o644)
@@ -195,14 +189,25 @@ class HostLayout:
             if data.get("version") != _STATE_VERSION or not _TAG.match(str(data["tag"])):
                 raise ValueError(f"version {data.get('version')!r}, tag {data.get('tag')!r}")
             hosts = [Host(**h) for h in data["hosts"]]
-            layout = cls(str(data["tag"]), str(data["subnet"]), hosts, state_file)
+            links = data.get("links", "bridge")
+            if links not in ("bridge", "relay"):
+                raise ValueError(f"links {links!r}")
+            layout = cls(str(data["tag"]), str(data["subnet"]), hosts, state_file, links)
             layout.made = [[str(kind), str(name)] for kind, name in data["made"]]
+            layout.kept = data.get("owner", {}) is None
+            relay = data.get("relay")
+            if relay is not None:
+                layout.relay = Child(
+                    "linkrelay", int(relay["pid"]), relay["ticks"], Path(str(relay["log"]))
+                )
         except FileNotFoundError:
             raise NetnsError(f"{state_file} does not exist: no such host layout") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise NetnsError(f"{state_file} is not a host layout state file: {exc}") from None
         for kind, name in layout.made:
-            if kind not in ("netns", "link") or not name.startswith(NAME_PREFIX + layout.tag):
+            if kind not in ("netns", "link", "relay") or not name.startswith(
+                NAME_PREFIX + layout.tag
+            ):
                 raise NetnsError(f"{state_file} records {kind} {name!r}, not one of its own")
         return layout
 
@@ -216,9 +221,21 @@ class HostLayout:
 
     @classmethod
     def create(
-        cls, labels: Sequence[str], *, state_dir: Path | None = None, tag: str | None = None
+        cls,
+        labels: Sequence[str],
+        *,
+        state_dir: Path | None = None,
+        tag: str | None = None,
+        links: Links = "bridge",
+        delay_ms: float = 0.0,
+        subnet: str | None = None,
     ) -> Self:
         """Make a bridge and one namespace per label (in order: addresses ``.10``, ``.11``, ...).
+
+        ``links="relay"``: link the hosts through :mod:`ehrshare.network.linkrelay` instead of
+        veth pairs and a bridge, delaying every frame into a host by ``delay_ms`` (changed
+        later with :meth:`delay`). ``subnet`` (with ``tag``): make it again on that /24, so
+        every host gets the address it had (refused if something else uses it now).
 
         Removes first what crashed runs left (:func:`sweep_stale`). With the ``tag`` of a
         layout this process already made, completes it (idempotent). On failure, everything
@@ -234,30 +251,40 @@ class HostLayout:
             raise ValueError(f"host labels must be letters, digits, '-' or '_': {bad}")
         if len(labels) > 200:
             raise ValueError(f"at most 200 hosts per layout, got {len(labels)}")
+        if links not in ("bridge", "relay"):
+            raise ValueError(f"links must be bridge or relay, got {links!r}")
+        if delay_ms < 0 or (delay_ms and links != "relay"):
+            raise ValueError(f"delay_ms {delay_ms}: >= 0, and only with links='relay'")
         directory = state_dir or _state_dir()
         sweep_stale(directory)
         if tag is not None and (directory / f"{tag}.json").exists():
             layout = cls.load(directory / f"{tag}.json")
-            if list(layout.hosts) != list(labels):
-                raise NetnsError(f"layout {tag} has hosts {list(layout.hosts)}, not {labels}")
+            if list(layout.hosts) != list(labels) or layout.links != links:
+                raise NetnsError(
+                    f"layout {tag} has hosts {list(layout.hosts)} on {layout.links} links, "
+                    f"not {labels} on {links}"
+                )
         else:
             tag = tag or _new_tag()
-            subnet = _free_subnet()
+            net = _free_subnet(subnet)
             hosts = []
             for i, label in enumerate(labels):
                 hosts.append(
                     Host(
                         label=label,
                         netns=f"{NAME_PREFIX}{tag}-{label.lower()}"[:48],
-                        address=str(subnet.network_address + _FIRST_HOST + i),
+                        address=str(net.network_address + _FIRST_HOST + i),
                         outside=f"{NAME_PREFIX}{tag}h{i}",
                         inside=f"{NAME_PREFIX}{tag}n{i}",
                     )
                 )
-            layout = cls(tag, str(subnet), hosts, directory / f"{tag}.json")
+            layout = cls(tag, str(net), hosts, directory / f"{tag}.json", links)
             layout._save()
         try:
-            layout._make()
+            if links == "relay":
+                layout._make_relayed(delay_ms)
+            else:
+                layout._make()
         except BaseException:
             layout.teardown()
             raise
@@ -309,6 +336,70 @@ class HostLayout:
             self.subnet,
         )
 
+    # --- relayed links --------------------------------------------------------------------------
+
+    def _relay_config_path(self) -> Path:
+        return self.state_file.with_name(f"{self.tag}.relay.json")
+
+    def _relay_stats_path(self) -> Path:
+        return self.state_file.with_name(f"{self.tag}.relay-stats.json")
+
+    def _relay_config(self, delay_ms: float) -> RelayConfig:
+        ports = [Port(self.bridge, None, delayed=False)]
+        ports += [Port(h.inside, h.netns, delayed=True) for h in self.hosts.values()]
+        return RelayConfig(tuple(ports), delay_ms, self._relay_stats_path())
+
+    def _make_relayed(self, delay_ms: float) -> None:
+        # Namespaces first: the relay opens a TAP inside each when it starts.
+        for host in self.hosts.values():
+            self._record("netns", host.netns)
+            if host.netns not in _namespaces():
+                _run(["ip", "netns", "add", host.netns])
+            _run(["ip", "-n", host.netns, "link", "set", "lo", "up"])
+        fault_point("netns.create.after_namespaces")
+        self._record("relay", self.bridge)
+        if self.relay is None or not self.relay.alive():
+            self._start_relay(delay_ms)
+        prefix = self.subnet.prefixlen
+        _run(["ip", "addr", "replace", f"{self.gateway}/{prefix}", "dev", self.bridge])
+        _run(["ip", "link", "set", self.bridge, "up"])
+        for host in self.hosts.values():
+            ns = ["ip", "-n", host.netns]
+            _run([*ns, "addr", "replace", f"{host.address}/{prefix}", "dev", host.inside])
+            _run([*ns, "link", "set", host.inside, "up"])
+            fault_point("netns.create.after_host")
+        _log.info(
+            "host layout %s (relayed, %g ms): %s on %s",
+            self.tag,
+            delay_ms,
+            ", ".join(f"{h.label}={h.address}" for h in self.hosts.values()),
+            self.subnet,
+        )
+
+    def _start_relay(self, delay_ms: float) -> None:
+        log = self.state_file.with_name(f"{self.tag}.relay.log")
+        config, path = self._relay_config(delay_ms), self._relay_config_path()
+        self.relay = start_relay(config, path, log, on_started=self._save)
+        fault_point("netns.create.after_relay")
+
+    def _relay_delay(self, ms: float) -> None:
+        if self.relay is None or not self.relay.alive():
+            raise NetnsError(f"host layout {self.tag}: its link relay is not running")
+        set_relay_delay(self.relay, self._relay_config(ms), self._relay_config_path())
+
+    def relay_stats(self) -> dict[str, Any] | None:
+        """The relay's counters (frames in/out, drops, CPU seconds) as of now; None with bridge
+        links."""
+        if self.links != "relay":
+            return None
+        return relay_stats(self.relay, self._relay_stats_path())
+
+    def _link_cmd(self, label: str) -> list[str]:
+        host = self.host(label)
+        if self.links == "relay":
+            return ["ip", "-n", host.netns, "link", "set", host.inside]
+        return ["ip", "link", "set", host.outside]
+
     def teardown(self) -> list[str]:
         """Remove everything this layout made (processes still inside its namespaces are
         killed: only this layout's programs run there), then its state file. Idempotent;
@@ -316,6 +407,9 @@ class HostLayout:
         removed = []
         for netns in [name for kind, name in self.made if kind == "netns"]:
             _kill_inside(netns)
+        if self.relay is not None and self.relay.alive():
+            self.relay.stop(grace=5)  # its TAP devices go with it
+            removed.append(f"linkrelay pid {self.relay.pid}")
         # Links first (a veth's other end goes with it), then namespaces, then the bridge.
         order = sorted(self.made, key=lambda m: (m[1] == self.bridge, m[0] == "netns"))
         for kind, name in order:
@@ -329,12 +423,30 @@ class HostLayout:
         left = [
             n for k, n in self.made if (n in _namespaces() if k == "netns" else _link_exists(n))
         ]
+        if self.relay is not None and self.relay.alive():
+            left.append(f"linkrelay pid {self.relay.pid}")
         if left:
             raise NetnsError(f"host layout {self.tag}: could not remove {left}")
         self.state_file.unlink(missing_ok=True)
+        for extra in (
+            self._relay_config_path(),
+            self._relay_stats_path(),
+            self.state_file.with_name(f"{self.tag}.relay.log"),
+        ):
+            extra.unlink(missing_ok=True)
         self.made = []
+        self.relay = None
         _log.info("host layout %s removed: %s", self.tag, ", ".join(removed) or "nothing left")
         return removed
+
+    def keep(self) -> None:
+        """Let this layout outlive the process that made it: it is no longer swept when that
+        process is gone; only :meth:`teardown` (e.g. ``ehrshare network down``) removes it.
+        Refused for relayed links (the relay dies with its owner)."""
+        if self.links == "relay":
+            raise NetnsError(f"host layout {self.tag}: relayed links cannot outlive their owner")
+        self.kept = True
+        self._save()
 
     def __enter__(self) -> Self:
         return self
@@ -371,25 +483,33 @@ class HostLayout:
 
     def cut(self, label: str) -> None:
         """Take a host's link down: nothing reaches it or leaves it until :meth:`heal`."""
-        _run(["ip", "link", "set", self.host(label).outside, "down"])
+        _run([*self._link_cmd(label), "down"])
         _log.warning("host %s (%s) cut off", label, self.address(label))
 
     def heal(self, label: str) -> None:
         """Bring a host's link up again."""
-        _run(["ip", "link", "set", self.host(label).outside, "up"])
+        _run([*self._link_cmd(label), "up"])
         _log.warning("host %s (%s) back", label, self.address(label))
 
     def is_cut(self, label: str) -> bool:
         """Whether a host's link is down."""
-        out = _run(["ip", "-o", "link", "show", self.host(label).outside]).stdout
+        host = self.host(label)
+        if self.links == "relay":
+            out = _run(["ip", "-n", host.netns, "-o", "link", "show", host.inside]).stdout
+        else:
+            out = _run(["ip", "-o", "link", "show", host.outside]).stdout
         flags = out.split("<", 1)[1].split(">", 1)[0].split(",") if "<" in out else []
         return "UP" not in flags
 
     def delay(self, ms: float) -> None:
         """Delay every packet into each host by ``ms`` milliseconds (``tc netem`` on the bridge
-        end of its link): host to host one way is ``ms``, a round trip ``2 * ms``; 0 removes it."""
+        end of its link; with relayed links, the relay's per-port delay, changed live): host to
+        host one way is ``ms``, a round trip ``2 * ms``; 0 removes it."""
         if ms < 0:
             raise ValueError(f"delay must be >= 0 ms, got {ms}")
+        if self.links == "relay":
+            self._relay_delay(ms)
+            return
         for host in self.hosts.values():
             if ms == 0:
                 _run(["tc", "qdisc", "del", "dev", host.outside, "root"], check=False)
@@ -400,7 +520,10 @@ class HostLayout:
                 error = NetnsUnavailable(
                     "cannot delay links: this kernel has no netem queueing discipline (sch_netem)"
                 )
-                error.hint = "run on a kernel with sch_netem (CONFIG_NET_SCH_NETEM)"
+                error.hint = (
+                    "run on a kernel with sch_netem (CONFIG_NET_SCH_NETEM), or make the layout "
+                    "with links='relay'"
+                )
                 raise error
             if done.returncode != 0:
                 raise NetnsError(f"{' '.join(argv)} failed: {done.stderr.strip()}")
@@ -411,6 +534,7 @@ class HostLayout:
             "tag": self.tag,
             "subnet": str(self.subnet),
             "bridge": self.bridge,
+            "links": self.links,
             "hosts": {h.label: h.address for h in self.hosts.values()},
         }
 
@@ -426,6 +550,8 @@ def sweep_stale(state_dir: Path | None = None) -> list[str]:
     for path in sorted(directory.glob("*.json")) if directory.is_dir() else []:
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and "owner" in data and data["owner"] is None:
+                continue  # kept (HostLayout.keep): removed only on request
             pid, ticks = int(data["owner"]["pid"]), data["owner"]["ticks"]
         except (OSError, ValueError, KeyError, TypeError):
             _log.warning("ignoring %s: not a host layout state file", path)
@@ -441,48 +567,3 @@ def sweep_stale(state_dir: Path | None = None) -> list[str]:
         layout.teardown()
         swept.append(path.stem)
     return swept
-
-
-def _new_tag() -> str:
-    while True:
-        tag = secrets.token_hex(2)
-        if not any(n.startswith(NAME_PREFIX + tag) for n in our_namespaces() + our_links()):
-            return tag
-
-
-def _free_subnet() -> ipaddress.IPv4Network:
-    out = _run(["ip", "-o", "-4", "addr", "show"], check=False).stdout
-    used = {ipaddress.ip_interface(m.group(1)).network for m in re.finditer(r"inet (\S+)", out)}
-    for subnet in _SUPERNET.subnets(new_prefix=24):
-        if not any(subnet.overlaps(u) for u in used):
-            assert isinstance(subnet, ipaddress.IPv4Network)
-            return subnet
-    raise NetnsError(f"every /24 of {_SUPERNET} is in use on this machine")
-
-
-def _namespaces() -> set[str]:
-    out = _run(["ip", "netns", "list"], check=False).stdout
-    return {line.split()[0] for line in out.splitlines() if line.strip()}
-
-
-def _link_exists(name: str, netns: str | None = None) -> bool:
-    ns = ["-n", netns] if netns else []
-    return _run(["ip", *ns, "link", "show", name], check=False).returncode == 0
-
-
-def _no_bridge_filtering(bridge: str) -> None:
-    # With br_netfilter loaded, bridged frames pass iptables' FORWARD chain, whose policy may
-    # drop them; hosts on one bridge are one LAN segment, so turn that off for this bridge only.
-    knob = Path(f"/sys/class/net/{bridge}/bridge/nf_call_iptables")
-    if knob.exists():
-        knob.write_text("0", encoding="ascii")
-
-
-def _kill_inside(netns: str) -> None:
-    if netns not in _namespaces():
-        return
-    out = _run(["ip", "netns", "pids", netns], check=False).stdout
-    for pid in (int(p) for p in out.split() if p.isdigit()):
-        _log.warning("killing pid %d still running in %s", pid, netns)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
