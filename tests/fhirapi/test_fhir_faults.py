@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from fhir_world import cli, cli_world, serve_process
+from fhir_world import cli_world, serve_process
 from test_fhir_records import consent
 
 from ehrshare.demo import lab_observation
