@@ -118,7 +118,6 @@ def test_a_fabric_ledger_section_is_written_as_init_wrote_it(tmp_path: Path) -> 
             }
         ],
         "network": "fabric",
-        "endorsers": 2,
         "client_auth": True,
         "client": "gateway",
     }
