@@ -9,7 +9,9 @@ Backends: ``ledger.backend`` is ``embedded`` (the default: a directory, ``ledger
 ``fabric``: a Fabric channel reached through its peers and orderers (``ledger.peers`` and
 ``ledger.orderers``, each with ``address``, ``tls_ca`` — the PEM file of the CA that issued its TLS
 server certificate — and optionally ``server_name``; peers also name their ``msp``),
-``ledger.endorsers`` (how many organisations' peers endorse a transaction; default all),
+``ledger.endorsers`` (how many organisations' peers endorse a transaction; default all) and
+``ledger.orderer_quorum`` (SmartBFT: acknowledgements a broadcast needs), both for ``client: peer``
+only (refused with ``client: gateway``, whose Gateway service chooses both itself),
 ``ledger.client_auth`` (true when the peers and orderers require mutual TLS: every gateway must
 then present a TLS client certificate — a member's wallet's ``tls-cert.pem`` — and one without is
 refused before dialling; default false: presented when there is one), ``ledger.client``
@@ -60,6 +62,7 @@ from ehrshare.wallet import Wallet
 __all__ = [
     "DEFAULT_MAX_RECORD_BYTES",
     "FABRIC_CLIENTS",
+    "PEER_CLIENT_ONLY",
     "BackendUnavailable",
     "FabricEndpoint",
     "FabricLedger",
@@ -215,16 +218,20 @@ class FabricLedger:
                 msp_id=e.get("msp") or "",
             )
 
+        client = connection.get("client") or "peer"
+        # With the peers' Gateway service the client chooses neither endorsers nor orderers
+        # (a profile naming them with client: gateway is refused, see PEER_CLIENT_ONLY).
+        steer = client == "peer"
         return cls(
             peers=tuple(endpoint(p) for p in connection["peers"]),
             orderers=tuple(endpoint(o) for o in connection["orderers"]),
-            endorsers=connection.get("endorsers") or None,
+            endorsers=(connection.get("endorsers") or None) if steer else None,
             network=network,
             # The network requires mutual TLS: a wallet without a TLS certificate is refused
             # with the way to re-issue one, instead of failing in the TLS handshake.
             client_auth=bool(connection.get("client_auth")),
-            orderer_quorum=connection.get("orderer_quorum") or None,
-            client=connection.get("client") or "peer",
+            orderer_quorum=(connection.get("orderer_quorum") or None) if steer else None,
+            client=client,
         )
 
     def to_dict(self, rel: _PathText) -> dict[str, Any]:
@@ -247,6 +254,13 @@ class FabricLedger:
 
 FABRIC_CLIENTS: Final = ("gateway", "peer")
 """``ledger.client`` values: the peers' Gateway service (Fabric >= 2.4) or the client-side one."""
+
+PEER_CLIENT_ONLY: Final = (
+    "applies to ledger.client: peer only; with client: gateway the peers' Gateway service "
+    "chooses the endorsing peers by the chaincode's endorsement policy and sends to the "
+    "orderers itself: remove the key, or set ledger.client: peer"
+)
+"""Why ``ledger.endorsers`` and ``ledger.orderer_quorum`` are refused with ``client: gateway``."""
 
 DEFAULT_REPLICAS: Final = 2
 
@@ -635,6 +649,13 @@ def _fabric(ledger: Mapping[str, Any], rel: Any, fail: Any) -> FabricLedger:
     client = ledger.get("client", "peer")
     if client not in FABRIC_CLIENTS:
         raise fail("ledger.client", f"is {client!r}; use gateway or peer")
+    if client == "gateway":
+        # The peers' Gateway service plans endorsements from the chaincode's policy and sends
+        # to the orderers itself; these keys steer the client-side path only and would be
+        # ignored without a word.
+        for key in ("endorsers", "orderer_quorum"):
+            if ledger.get(key) is not None:
+                raise fail(f"ledger.{key}", PEER_CLIENT_ONLY)
     return FabricLedger(
         peers=peer_list,
         orderers=orderer_list,

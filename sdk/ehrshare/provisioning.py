@@ -468,9 +468,12 @@ class Consortium(Closing):
         network = None
         if fabric is not None:
             network = fabric.build(root, [_msp(h) for h in hospitals], say)
-            ledger = FabricLedger.from_connection(network.connection(), root / "fabric")
+            connection = network.connection()
             if fabric.client is not None:
-                ledger = replace(ledger, client=fabric.client)
+                # Chosen before reading it: the peer client keeps endorsers and quorum, the
+                # Gateway client must not name them (profile.PEER_CLIENT_ONLY).
+                connection = {**connection, "client": fabric.client}
+            ledger = FabricLedger.from_connection(connection, root / "fabric")
             profile = replace(profile, ledger_backend="fabric", fabric=ledger)
         (root / "profile.yaml").write_text(profile.to_yaml(INIT_HEADER), encoding="utf-8")
         _mark_store(Profile.load(root / "profile.yaml"), consortium_id)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from ehrshare.hazmat.tipre import MasterSecret
 from ehrshare.identity import LocalCA
-from ehrshare.profile import Profile, ProfileError
+from ehrshare.profile import FabricLedger, Profile, ProfileError
 from ehrshare.wallet import Wallet, WalletError
 
 
@@ -108,6 +108,45 @@ def test_a_wrong_fabric_ledger_is_refused_naming_the_key(
     change(data["ledger"])
     with pytest.raises(ProfileError, match=message):
         load(tmp_path, data)
+
+
+@pytest.mark.parametrize(("key", "value"), [("endorsers", 2), ("orderer_quorum", 1)])
+def test_peer_client_keys_are_refused_with_the_gateway_client(
+    tmp_path: Path, key: str, value: int
+) -> None:
+    # The peers' Gateway service picks endorsers and orderers itself: these keys would be
+    # ignored without a word, so naming one with client: gateway is a configuration error.
+    data = base()
+    ledger = {k: v for k, v in fabric_ledger().items() if k != "endorsers"}
+    data["ledger"] = {**ledger, key: value, "client": "gateway"}
+    with pytest.raises(ProfileError, match=rf"ledger.{key} applies to ledger.client: peer only"):
+        load(tmp_path, data)
+    data["ledger"] = {**ledger, key: value, "client": "peer"}
+    assert getattr(load(tmp_path, data).fabric, key) == value
+
+
+def test_the_gateway_client_loads_without_the_peer_client_keys(tmp_path: Path) -> None:
+    data = base()
+    data["ledger"] = {**fabric_ledger(), "client": "gateway"}
+    del data["ledger"]["endorsers"]
+    fabric = load(tmp_path, data).fabric
+    assert fabric is not None
+    assert (fabric.client, fabric.endorsers, fabric.orderer_quorum) == ("gateway", None, None)
+
+
+@pytest.mark.parametrize(("client", "kept"), [("gateway", (None, None)), ("peer", (2, 3))])
+def test_a_network_connection_keeps_endorsers_and_quorum_for_the_peer_client_only(
+    tmp_path: Path, client: str, kept: tuple[int | None, int | None]
+) -> None:
+    connection = {
+        "peers": [{"address": "127.0.0.1:7100", "msp": "H0MSP", "tls_ca": "/t/p.pem"}],
+        "orderers": [{"address": "127.0.0.1:7200", "tls_ca": "/t/o.pem"}],
+        "endorsers": 2,
+        "orderer_quorum": 3,
+        "client": client,
+    }
+    ledger = FabricLedger.from_connection(connection, tmp_path / "fabric")
+    assert (ledger.endorsers, ledger.orderer_quorum) == kept
 
 
 def test_kubo_storage_is_independent_of_the_ledger(tmp_path: Path) -> None:

@@ -118,7 +118,6 @@ def test_a_fabric_ledger_section_is_written_as_init_wrote_it(tmp_path: Path) -> 
             }
         ],
         "network": "fabric",
-        "endorsers": 2,
         "client_auth": True,
         "client": "gateway",
     }
@@ -138,6 +137,11 @@ def test_a_fabric_consortium_profile_round_trips(tmp_path: Path) -> None:
         assert consortium.profile.path is not None
         profile = assert_round_trip(consortium.profile.path, INIT_HEADER)
     assert profile.fabric is not None and profile.fabric.client_auth
+    # The peer-client keys only where the client steers endorsement and ordering itself.
+    if profile.fabric.client == "gateway":
+        assert (profile.fabric.endorsers, profile.fabric.orderer_quorum) == (None, None)
+    else:
+        assert (profile.fabric.endorsers, profile.fabric.orderer_quorum) == (2, None)
     assert profile.fabric.network == (tmp_path / "fab").resolve() / "fabric"
 
 

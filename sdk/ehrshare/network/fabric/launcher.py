@@ -36,6 +36,16 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ehrshare.identity import Signer
+from ehrshare.ledger.fabric.discovery import (
+    DiscoveryFailed,
+    DiscoveryMissing,
+    missing_orgs,
+    peer_membership,
+)
 from ehrshare.network.fabric.gossip import missing_members
 from ehrshare.network.fabric.layout import _Proc
 from ehrshare.network.fabric.material import FabricMaterial
@@ -457,35 +467,93 @@ class FabricNet(FabricMaterial):
         """Where peers run the Gateway service (Fabric >= 2.4), wait until every peer's channel
         membership view holds every other organisation's peer (learnt through the anchor
         peers: seconds after a start), so the first Gateway submit can plan its endorsements.
-        Fabric 2.3 clients endorse on the peers they name and need no gossip view."""
+        Each peer is asked itself, through its discovery service as its hospital's admin
+        (:mod:`ehrshare.ledger.fabric.discovery`); only a peer without one is judged by its
+        log's membership lines. Fabric 2.3 clients endorse on the peers they name and need no
+        gossip view."""
         if self.version[:2] < GATEWAY_SINCE or len(self.spec.msp_ids) < 2:
             return
-        addresses = {msp: self.peer_address(msp) for msp in self.spec.msp_ids}
-        procs = {msp: self._state.processes.get(f"peer-{msp}") for msp in self.spec.msp_ids}
-        say(f"waiting for gossip: each of {len(addresses)} peers to see the other hospitals'")
+        msps = list(self.spec.msp_ids)
+        say(f"waiting for gossip: each of {len(msps)} peers to see the other hospitals'")
         started = time.monotonic()
         missing: dict[str, set[str]] = {}
+        errors: dict[str, str] = {}
+        by_log: set[str] = set()  # peers without a discovery service
         reported = -1
         while True:
             self._check_alive()
-            logs = {msp: _read_from(p) for msp, p in procs.items() if p is not None}
-            missing = missing_members(logs, addresses)
+            missing, errors = self._gossip_missing(msps, by_log, deadline)
             if not missing:
-                _log.info("gossip membership complete after %.1f s", time.monotonic() - started)
+                how = "their logs" if by_log else "discovery"
+                _log.info(
+                    "gossip membership complete after %.1f s (%s)", time.monotonic() - started, how
+                )
                 return
             if len(missing) != reported:
                 reported = len(missing)
-                say(f"gossip: {len(addresses) - len(missing)} of {len(addresses)} peers see all")
+                say(f"gossip: {len(msps) - len(missing)} of {len(msps)} peers see all")
             if time.monotonic() > deadline:
                 break
             time.sleep(0.5)
         said = "; ".join(
-            f"peer-{m} does not see {', '.join(sorted(a))}" for m, a in missing.items()
+            f"peer-{m} does not see {', '.join(sorted(a))}"
+            + (f" (discovery: {errors[m]})" if m in errors else "")
+            for m, a in missing.items()
         )
         raise FabricNetError(
             f"gossip did not converge in {time.monotonic() - started:.0f} s ({said}): the "
             "Gateway cannot plan endorsements across hospitals until it does; check the anchor "
             "peers and the peers' logs under fabric/logs"
+        )
+
+    def _gossip_missing(
+        self, msps: list[str], by_log: set[str], deadline: float
+    ) -> tuple[dict[str, set[str]], dict[str, str]]:
+        """Whom each running peer does not see (by MSP id; a peer of ``by_log``, or one found
+        to have no discovery service and added to it, by its log's lines, by address), and the
+        discovery error of each peer that did not answer."""
+        views: dict[str, dict[str, set[str]]] = {}
+        errors: dict[str, str] = {}
+        logs: dict[str, str] = {}
+        for msp in msps:
+            proc = self._state.processes.get(f"peer-{msp}")
+            if proc is None:
+                continue
+            if msp not in by_log:
+                try:
+                    views[msp] = self._discover(msp, deadline)
+                    continue
+                except DiscoveryMissing as exc:
+                    _log.info("peer-%s has no discovery service (%s): reading its log", msp, exc)
+                    by_log.add(msp)
+                except DiscoveryFailed as exc:
+                    views[msp], errors[msp] = {}, str(exc)  # starting, or not yet joined
+                    continue
+            logs[msp] = _read_from(proc)
+        missing = missing_orgs(views, msps)
+        if logs:
+            addresses = {m: self.peer_address(m) for m in msps}
+            missing.update(missing_members(logs, addresses))
+        return missing, errors
+
+    def _discover(self, msp: str, deadline: float) -> dict[str, set[str]]:
+        """``msp``'s peer's channel view through its discovery service, as its admin."""
+        admin = self.admin_msp(msp)
+        key = serialization.load_pem_private_key(
+            (admin / "keystore" / "key.pem").read_bytes(), password=None
+        )
+        assert isinstance(key, ec.EllipticCurvePrivateKey)
+        tls_cert, tls_key = self.admin_tls(msp)
+        return peer_membership(
+            self.peer_address(msp),
+            tls_ca_pem=self.tls_ca(msp).read_bytes(),
+            server_name=self.server_name(msp),
+            channel=self.spec.channel,
+            msp_id=msp,
+            certificate_pem=(admin / "signcerts" / "cert.pem").read_bytes(),
+            sign=Signer(key).sign,
+            client_tls=(tls_cert.read_bytes(), tls_key.read_bytes()),
+            timeout=max(0.5, min(5.0, deadline - time.monotonic())),
         )
 
 
