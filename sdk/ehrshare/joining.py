@@ -19,8 +19,8 @@ repository in the hospital's directory, the swarm's key, every node's peering na
 On Fabric (:mod:`ehrshare.network.fabric.new_org`), **config** is the channel's config update
 (computed against the config fetched from the orderer when the update file was made, the new
 organisation's anchor peer in it) submitted with the signers' ConfigSignatures; the
-profile's ``ledger.endorsers`` becomes a majority of the new membership at once (the channel's
-``MAJORITY Endorsement`` now counts one more organisation). Then **peer**: the hospital's peer,
+profile's ``ledger.endorsers`` (``client: peer`` only) becomes a majority of the new membership
+at once (the channel's ``MAJORITY Endorsement`` now counts one more organisation). Then **peer**: the hospital's peer,
 made in its own directory (``<hospital>/fabric``), started, joined with the genesis block fetched
 from the orderer, caught up, the chaincode installed and approved for its organisation, and named
 in the profile's ``ledger.peers``.
@@ -378,11 +378,14 @@ def _fabric_profile(
             msp_id=new_peer,
         )
         peers = (*peers, endpoint)
-    endorsers = 1 if net.spec.endorsement == "ANY" else members // 2 + 1
+    endorsers: int | None = 1 if net.spec.endorsement == "ANY" else members // 2 + 1
+    if fabric.client == "gateway":
+        endorsers = None  # the peers' Gateway plans endorsement itself (PEER_CLIENT_ONLY)
     if peers == fabric.peers and endorsers == fabric.endorsers:
         return
     if new_peer is not None:
-        say(f"naming the peer of {new_peer} in the profile ({endorsers} endorsing hospitals)")
+        count = f"{endorsers} endorsing hospitals" if endorsers else "the Gateway's endorsers"
+        say(f"naming the peer of {new_peer} in the profile ({count})")
     updated = replace(profile, fabric=replace(fabric, peers=peers, endorsers=endorsers))
     text = path.read_text(encoding="utf-8")
     header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
