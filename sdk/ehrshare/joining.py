@@ -20,10 +20,10 @@ On Fabric (:mod:`ehrshare.network.fabric.new_org`), **config** is the channel's 
 (computed against the config fetched from the orderer when the update file was made, the new
 organisation's anchor peer in it) submitted with the signers' ConfigSignatures; the
 profile's ``ledger.endorsers`` (``client: peer`` only) becomes a majority of the new membership
-at once (the channel's ``MAJORITY Endorsement`` now counts one more organisation). Then **peer**: the hospital's peer,
-made in its own directory (``<hospital>/fabric``), started, joined with the genesis block fetched
-from the orderer, caught up, the chaincode installed and approved for its organisation, and named
-in the profile's ``ledger.peers``.
+at once (the channel's ``MAJORITY Endorsement`` now counts one more organisation). Then
+**peer**: the hospital's peer, made in its own directory (``<hospital>/fabric``), started,
+joined with the genesis block fetched from the orderer, caught up, the chaincode installed and
+approved for its organisation, and named in the profile's ``ledger.peers``.
 
 Crash points (``EHRSHARE_FAULT_AT``): ``add_hospital.after_config``,
 ``add_hospital.after_peer`` (Fabric), ``add_hospital.after_register``,
