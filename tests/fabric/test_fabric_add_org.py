@@ -2,7 +2,9 @@
 fetched from the orderer, the update computed in Python (``network.fabric.config_update``),
 signed by the member hospitals' admins one by one, submitted with ``peer channel update``; the
 orderer enforces the channel's ``MAJORITY Admins`` policy on it. Too few signatures, or the
-joining hospital's own, are refused and the channel's config stays as it was."""
+joining hospital's own, are refused and the channel's config stays as it was. The peers' blocks
+then verify with the config block checked as the orderer checked it, and the new hospital may
+witness heads from its admission on."""
 
 from __future__ import annotations
 
@@ -16,7 +18,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ehrshare.hospital import init_hospital
-from ehrshare.identity import LocalCA, Signer
+from ehrshare.identity import Identity, LocalCA, Signer
+from ehrshare.ledger.errors import LedgerIntegrityError
+from ehrshare.ledger.fabric_blocks import block_hash, fetch_blocks, verify_copies
+from ehrshare.ledger.witness import sign_head
 from ehrshare.network.fabric import FabricNet, FabricNetError, FabricNetSpec
 from ehrshare.network.fabric.config_update import (
     application_orgs,
@@ -121,3 +126,50 @@ def test_an_org_is_added_by_a_majority_of_admins_and_refused_with_fewer(
             update_envelope(net.spec.channel, update, [sig_a], timestamp_s=now),
             "HospitalBMSP",
         )
+
+    # `ledger verify`'s block check follows the config block: the update it carries satisfies
+    # MAJORITY Admins under the config before it, the new config is that update applied, and a
+    # head the new hospital witnesses afterwards is a member's.
+    net.wait_synced()
+    ident_a = Identity("HospitalAMSP", cert_a)
+    tls_cert, tls_key = net.admin_tls("HospitalAMSP")
+    copies = {
+        msp: fetch_blocks(
+            address=net.peer_address(msp),
+            tls_ca_pem=net.tls_ca(msp).read_bytes(),
+            server_name=net.server_name(msp),
+            channel=net.spec.channel,
+            identity=ident_a,
+            signer=signer_a,
+            client_tls=(tls_cert.read_bytes(), tls_key.read_bytes()),
+        )
+        for msp in ("HospitalAMSP", "HospitalBMSP")
+    }
+    report = verify_copies(copies)
+    [change] = report["config_updates"]
+    assert change["added"] == ["HospitalDMSP"] and change["removed"] == []
+    # A's signature, and B's own added by `peer channel update`: 2 of 3.
+    assert change["signed_by"] == ["HospitalAMSP", "HospitalBMSP"]
+    assert report["organisations"] == [*MSPS, "HospitalDMSP"]
+    head = sign_head(
+        channel=net.spec.channel,
+        height=report["height"],
+        head=bytes.fromhex(report["head"]),
+        orderer=report["orderer"],
+        identity=own_identity,
+        signer=own_signer,
+        signed_at=int(time.time()),
+    )
+    assert verify_copies(copies, against=[head])["witnesses"][0]["height"] == report["height"]
+    # The same head claimed at the height before the config block: D was no member then.
+    early = sign_head(
+        channel=net.spec.channel,
+        height=change["block"],
+        head=bytes.fromhex(block_hash(copies["HospitalAMSP"][change["block"] - 1]).hex()),
+        orderer=report["orderer"],
+        identity=own_identity,
+        signer=own_signer,
+        signed_at=int(time.time()),
+    )
+    with pytest.raises(LedgerIntegrityError, match="HospitalDMSP is not a channel member"):
+        verify_copies(copies, against=[early])

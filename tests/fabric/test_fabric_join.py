@@ -216,6 +216,24 @@ def test_a_new_hospital_joins_on_fabric_endorses_and_its_clinician_reads_afterwa
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["performed"] == []
 
+    # `ledger verify` checks the config block that admitted the new hospital (signed by a
+    # majority of the admins in force before it), and Dr Dee's hospital may witness heads.
+    verified = ehrshare("ledger", "verify", "-p", c, "-w", "alice")
+    assert verified.returncode == 0, verified.stderr
+    assert f"{NEW} admitted, signed by the admins of HospitalAMSP, HospitalBMSP" in (
+        verified.stderr
+    )
+    head = world / "dee-head.json"
+    witnessed = ehrshare("ledger", "head", "--out", str(head), "-p", c, "-w", str(dee))
+    assert witnessed.returncode == 0, witnessed.stderr
+    verified = ehrshare(
+        "ledger", "verify", "--against", str(head), "-p", c, "-w", "alice", "--json"
+    )
+    assert verified.returncode == 0, verified.stderr
+    report = json.loads(verified.stdout)
+    assert report["organisations"] == [*MSPS, NEW]
+    assert [w["witness"] for w in report["witnesses"]] == [DR_DEE]
+
 
 def test_join_time_on_fabric_with_records(tmp_path: Path) -> None:
     """A hospital joins a consortium holding ``$EHRSHARE_JOIN_RECORDS`` records (default 20; the

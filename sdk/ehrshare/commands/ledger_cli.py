@@ -120,7 +120,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         genesis and compare write sets, key history and world state; with --against, also
         that the chain still holds each witnessed head. Fabric (needs --wallet to read
         blocks): fetch every block from one peer of each organisation and check hash chains,
-        orderer signatures and that the copies agree. Names the first bad block. Exit code 5
+        orderer signatures and that the copies agree, and every config block after the first
+        as the orderer checks it (its update signed as the channel's policies require, the new
+        configuration exactly that update applied). Names the first bad block. Exit code 5
         if anything does not verify."""
         from ehrshare.ledger.errors import LedgerIntegrityError
 
@@ -169,6 +171,16 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 highlight=False,
                 soft_wrap=True,
             )
+            for change in report.get("config_updates", []):
+                what = [f"{m} admitted" for m in change["added"]]
+                what += [f"{m} removed" for m in change["removed"]]
+                _err.print(
+                    f"[green]✓[/green] config block {change['block']}: "
+                    f"{', '.join(what) or 'channel settings changed'}, signed by the admins of "
+                    f"{', '.join(change['signed_by'])}",
+                    highlight=False,
+                    soft_wrap=True,
+                )
             for w in report["witnesses"]:
                 _err.print(
                     f"[green]✓[/green] holds the head {w['witness']} witnessed at height "

@@ -13,9 +13,14 @@ hash covers: with one organisation's copy alone a flipped code cannot be seen).
 :func:`verify_copies` does the checks; :func:`fetch_blocks` pulls a channel's blocks from one
 peer over Deliver.
 
-Not done here: config updates after the genesis block (the orderer roots are read from block 0
-only), intermediate CAs, replaying transactions (the peers' validation does that). This module
-must not trust a block before its checks and must not log block contents.
+Config blocks after the genesis block are checked as the orderer checks them
+(:mod:`ehrshare.ledger.fabric_config`: the signed update satisfies the modified elements'
+policies under the configuration in force, and the new configuration is exactly that update
+applied); each one's orderer roots sign the blocks after it, and a witnessed head is checked
+against the members of the configuration in force at its height.
+
+Not done here: intermediate CAs, replaying transactions (the peers' validation does that). This
+module must not trust a block before its checks and must not log block contents.
 """
 
 from __future__ import annotations
@@ -38,6 +43,15 @@ from fabric_protos.peer import events_pb2_grpc as _events_pb2_grpc
 from ehrshare.identity import Identity, Signer
 from ehrshare.ledger.envelope import deserialize_identity, serialize_identity
 from ehrshare.ledger.errors import LedgerError, LedgerIntegrityError
+from ehrshare.ledger.fabric_config import (
+    ConfigBlockError,
+    ConfigChange,
+    check_config_block,
+    config_of,
+    is_config_block,
+    members_at,
+    organisations,
+)
 
 __all__ = [
     "block_hash",
@@ -114,17 +128,7 @@ def orderer_fingerprint(roots: Mapping[str, Sequence[bytes]]) -> str:
 
 
 def _roots(genesis: Any, group: str) -> dict[str, list[bytes]]:
-    envelope = common.Envelope.FromString(genesis.data.data[0])
-    payload = common.Payload.FromString(envelope.payload)
-    config = configtx.ConfigEnvelope.FromString(payload.data).config
-    roots: dict[str, list[bytes]] = {}
-    if group not in config.channel_group.groups:
-        return roots
-    for org in config.channel_group.groups[group].groups.values():
-        msp = mspconfig.MSPConfig.FromString(org.values["MSP"].value)
-        fabric_msp = mspconfig.FabricMSPConfig.FromString(msp.config)
-        roots[str(fabric_msp.name)] = [bytes(c) for c in fabric_msp.root_certs]
-    return roots
+    return organisations(config_of(genesis), group)
 
 
 def _signature_problem(block: Any, roots: Mapping[str, Sequence[bytes]]) -> str | None:
@@ -169,8 +173,14 @@ def _issued_by(cert: x509.Certificate, root_pem: bytes) -> bool:
     return True
 
 
-def _check_chain(label: str, blocks: Sequence[Any], roots: Mapping[str, Sequence[bytes]]) -> None:
+def _check_chain(label: str, blocks: Sequence[Any]) -> tuple[dict[int, Any], list[ConfigChange]]:
+    """One copy's hash chain, data hashes, orderer signatures and config history: block number
+    → the configuration its config block set (0 included), and each change after block 0."""
     prev = b""
+    history: dict[int, Any] = {}
+    changes: list[ConfigChange] = []
+    config: Any = None
+    roots: dict[str, list[bytes]] = {}
     for expected, block in enumerate(blocks):
         n = int(block.header.number)
         if n != expected:
@@ -181,11 +191,30 @@ def _check_chain(label: str, blocks: Sequence[Any], roots: Mapping[str, Sequence
             )
         if bytes(block.header.data_hash) != data_hash(block):
             raise LedgerIntegrityError(f"{label}: block {n} data does not match its hash", block=n)
-        if n > 0:
+        if n == 0:
+            try:
+                config = config_of(block)
+            except ConfigBlockError as exc:
+                raise LedgerIntegrityError(f"{label}: block 0: {exc}", block=0) from exc
+        else:
             problem = _signature_problem(block, roots)
             if problem is not None:
                 raise LedgerIntegrityError(f"{label}: block {n}: {problem}", block=n)
+            if is_config_block(block):
+                try:
+                    config, change = check_config_block(
+                        config, block, channel=_channel_of(blocks[0])
+                    )
+                except ConfigBlockError as exc:
+                    raise LedgerIntegrityError(
+                        f"{label}: config block {n}: {exc}", block=n
+                    ) from exc
+                changes.append(change)
+        if n == 0 or is_config_block(block):
+            history[n] = config
+            roots = organisations(config, "Orderer")
         prev = block_hash(block)
+    return history, changes
 
 
 def verify_copies(
@@ -193,12 +222,13 @@ def verify_copies(
 ) -> dict[str, Any]:
     """Check each peer's copy (label → blocks from 0) and that the copies agree.
 
-    The orderer roots come from the genesis block, which every copy must hold byte for byte.
-    One copy is checked on its own (a channel of one organisation has nothing to compare).
-    ``against``: witnessed heads (:class:`~ehrshare.ledger.witness.SignedHead`), signed by a
-    member of an application organisation of the genesis configuration; the agreed chain
-    must still hold each. Raises :class:`LedgerIntegrityError` naming the first bad block;
-    returns a summary.
+    Every copy must hold the same genesis block; its orderer roots, then each later config
+    block's (checked by :func:`ehrshare.ledger.fabric_config.check_config_block`), sign the
+    blocks after it. One copy is checked on its own (a channel of one organisation has nothing
+    to compare). ``against``: witnessed heads (:class:`~ehrshare.ledger.witness.SignedHead`),
+    signed by a member of an application organisation of the configuration in force at the
+    head's height; the agreed chain must still hold each. Raises
+    :class:`LedgerIntegrityError` naming the first bad block; returns a summary.
     """
     from ehrshare.ledger.witness import check_head
 
@@ -214,8 +244,7 @@ def verify_copies(
             f"the peers deliver different genesis blocks ({', '.join(labels)})", block=0
         )
     roots = orderer_roots(copies[labels[0]][0])
-    for label in labels:
-        _check_chain(label, copies[label], roots)
+    checked = {label: _check_chain(label, copies[label]) for label in labels}
     common_height = min(len(copies[label]) for label in labels)
     for n in range(common_height):
         hashes_at = {label: block_hash(copies[label][n]) for label in labels}
@@ -231,7 +260,13 @@ def verify_copies(
     heights = {label: len(copies[label]) for label in labels}
     agreed = copies[labels[0]][:common_height]
     fingerprint = orderer_fingerprint(roots)
-    members = {msp: pems[0] for msp, pems in member_roots(agreed[0]).items() if pems}
+    history, changes = checked[labels[0]]
+    agreed_history = {n: c for n, c in history.items() if n < common_height}
+
+    def members(height: int) -> dict[str, bytes]:
+        config = members_at(agreed_history, height)
+        return {msp: pems[0] for msp, pems in organisations(config).items() if pems}
+
     witnessed = [
         check_head(
             head,
@@ -239,7 +274,7 @@ def verify_copies(
             height=common_height,
             block_hash=lambda n: block_hash(agreed[n]) if 0 <= n < common_height else None,
             orderer=fingerprint,
-            organizations=members,
+            organizations=members(min(head.height, common_height)),
         )
         for head in against
     ]
@@ -250,6 +285,8 @@ def verify_copies(
         "orderer_organisations": sorted(roots),
         "orderer": fingerprint,
         "blocks": common_height,
+        "organisations": sorted(organisations(members_at(agreed_history, common_height))),
+        "config_updates": [c.to_json() for c in changes if c.block < common_height],
         "witnesses": witnessed,
     }
 
