@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from channel_configs import signature_policy
 from fabric_protos.common import common_pb2, configtx_pb2, policies_pb2
 from fabric_protos.msp import identities_pb2, msp_config_pb2, msp_principal_pb2
 
@@ -30,24 +31,13 @@ principal: Any = msp_principal_pb2
 identities: Any = identities_pb2
 
 
-def _sig_policy(msp: str, role: int) -> Any:
-    envelope = policies.SignaturePolicyEnvelope()
-    envelope.rule.n_out_of.n = 1
-    envelope.rule.n_out_of.rules.add().signed_by = 0
-    envelope.identities.add(
-        principal_classification=principal.MSPPrincipal.ROLE,
-        principal=principal.MSPRole(msp_identifier=msp, role=role).SerializeToString(),
-    )
-    return policies.Policy(
-        type=policies.Policy.PolicyType.Value("SIGNATURE"), value=envelope.SerializeToString()
-    )
-
-
 def _org(msp: str, ca: LocalCA) -> Any:
     group = configtx.ConfigGroup(version=1, mod_policy="Admins")
     for name, role in (("Admins", principal.MSPRole.ADMIN), ("Readers", principal.MSPRole.MEMBER)):
         group.policies[name].CopyFrom(
-            configtx.ConfigPolicy(version=2, mod_policy="Admins", policy=_sig_policy(msp, role))
+            configtx.ConfigPolicy(
+                version=2, mod_policy="Admins", policy=signature_policy(msp, role)
+            )
         )
     fabric = mspconf.FabricMSPConfig(name=msp)
     fabric.root_certs.append(ca.certificate_pem)

@@ -49,6 +49,7 @@ from ehrshare.ledger.fabric_config import (
     check_config_block,
     config_of,
     is_config_block,
+    issued_by,
     members_at,
     organisations,
 )
@@ -150,7 +151,7 @@ def _signature_problem(block: Any, roots: Mapping[str, Sequence[bytes]]) -> str 
         if not issuers:
             problems.append(f"its signer's organisation {creator.msp_id} is not an orderer's")
             continue
-        if not any(_issued_by(cert, root) for root in issuers):
+        if not any(issued_by(cert, root) for root in issuers):
             problems.append(f"its signer's certificate was not issued by {creator.msp_id}'s ca")
             continue
         public = cert.public_key()
@@ -163,14 +164,6 @@ def _signature_problem(block: Any, roots: Mapping[str, Sequence[bytes]]) -> str 
             continue
         return None
     return "; ".join(dict.fromkeys(problems))
-
-
-def _issued_by(cert: x509.Certificate, root_pem: bytes) -> bool:
-    try:
-        cert.verify_directly_issued_by(x509.load_pem_x509_certificate(root_pem))
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
 
 
 def _check_chain(label: str, blocks: Sequence[Any]) -> tuple[dict[int, Any], list[ConfigChange]]:

@@ -50,6 +50,7 @@ __all__ = [
     "check_config_block",
     "config_of",
     "is_config_block",
+    "issued_by",
     "members_at",
     "organisations",
 ]
@@ -231,7 +232,7 @@ def _signers(
             ignored.append("a signature whose signer is not a certificate")
             continue
         msp = str(creator.mspid)
-        if not any(_issued_by(cert, root) for root in roots.get(msp, [])):
+        if not any(issued_by(cert, root) for root in roots.get(msp, [])):
             ignored.append(f"a signature by {msp} whose certificate its ca in force did not issue")
             continue
         public = cert.public_key()
@@ -250,7 +251,8 @@ def _signers(
     return list(valid.values()), ignored
 
 
-def _issued_by(cert: x509.Certificate, root_pem: bytes) -> bool:
+def issued_by(cert: x509.Certificate, root_pem: bytes) -> bool:
+    """Whether ``root_pem`` (a CA certificate) signed ``cert`` directly."""
     try:
         cert.verify_directly_issued_by(x509.load_pem_x509_certificate(root_pem))
     except (ValueError, TypeError, InvalidSignature):

@@ -65,6 +65,9 @@ class _CommitListener:
         self._fatal: GatewayFailure | None = None
         self._last_error = "not connected yet"
         self._closed = False
+        # Whether the last stream to the peer ended without a block since: until the first
+        # attempt fails the stream counts as connecting (waited for), not as down.
+        self._down = False
         self._call: Any = None
         self._thread = threading.Thread(
             target=self._run, name=f"fabric-commits-{channel}", daemon=True
@@ -111,17 +114,20 @@ class _CommitListener:
 
     def wait_height(self, block: int, timeout: float) -> bool:
         """Wait until this peer has committed ``block``; False at once when its stream is down
-        (not connected, or not yet positioned), and after ``timeout``."""
+        (its last attempt ended with no block since), and after ``timeout``. A stream still
+        making its first connection, or not yet positioned, is waited for: the first commit
+        after connecting must not be reported before this peer has it."""
         with self._cond:
-            return self._cond.wait_for(
+            self._cond.wait_for(
                 lambda: (
                     self._closed
-                    or self._call is None
-                    or self._next_block is None
-                    or self._next_block > block
+                    or self._down
+                    or self._fatal is not None
+                    or (self._next_block is not None and self._next_block > block)
                 ),
                 max(timeout, 0.0),
-            ) and (self._next_block is not None and self._next_block > block)
+            )
+            return self._next_block is not None and self._next_block > block
 
     def wait(self, transaction_id: str, timeout: float) -> tuple[int, int]:
         """(validation code, block number) of a transaction, once its block has arrived."""
@@ -171,6 +177,7 @@ class _CommitListener:
                     continue
                 del self._results[oldest]
             self._next_block = int(block.number) + 1
+            self._down = False
             self._cond.notify_all()
 
     def _run(self) -> None:
@@ -216,6 +223,8 @@ class _CommitListener:
                 self._last_error = f"{_code(exc)}: {_text(exc)}"
             with self._cond:
                 self._call = None
+                self._down = True
+                self._cond.notify_all()  # a wait_height on this peer stops waiting
                 if self._closed:
                     return
                 # Every peer has the channel's blocks: the next one resumes at the same block.
