@@ -160,7 +160,7 @@ def test_the_fhir_story_holds_on_fabric_over_mutual_tls(tmp_path: Path) -> None:
             for e in events["entry"]
             if e["resource"]["subtype"][-1]["code"] == "AccessDecision"
         ]
-        assert decisions == ["4", "0", "0", "4"]
+        assert decisions == ["4", "0", "0", "4", "0"]  # the last: alice reads her update
         amends = [
             e["resource"]["outcome"]
             for e in events["entry"]
