@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from ehrshare.session import ForeignIdentity as ForeignIdentity
     from ehrshare.session import Grant as Grant
     from ehrshare.session import GrantNotServed as GrantNotServed
+    from ehrshare.session import InvalidWrites as InvalidWrites
     from ehrshare.session import LedgerUnreachable as LedgerUnreachable
     from ehrshare.session import NoSuchMember as NoSuchMember
     from ehrshare.session import NotEnrolledError as NotEnrolledError
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from ehrshare.session import RecordStorageError as RecordStorageError
     from ehrshare.session import RecordTooLarge as RecordTooLarge
     from ehrshare.session import RecordTypeChanged as RecordTypeChanged
+    from ehrshare.session import RecordWrite as RecordWrite
     from ehrshare.session import RequestRejected as RequestRejected
     from ehrshare.session import RotationUnfinished as RotationUnfinished
     from ehrshare.session import SdkError as SdkError

@@ -8,6 +8,7 @@ state byte for byte, and the chaincode package imports nothing backend-specific.
 from __future__ import annotations
 
 import ast
+import json
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
@@ -111,6 +112,17 @@ def test_replay_under_fabric_semantics_reproduces_the_state(fresh_world: World) 
     )
     zed.submit("RequestAccess", "r-1")
     w.m["owner"].submit("AmendRecord", "r-1", "bafyrecord0002", "1" * 64, "AAAA", "1")
+    # Several writes in one transaction: none may read back another's keys.
+    w.m["owner"].submit(
+        "WriteRecords",
+        json.dumps(
+            [
+                ["RegisterRecord", *w.record_args("r-w1")],
+                ["AmendRecord", "r-1", "bafyrecord0003", "2" * 64, "AAAA", "1", "", "2"],
+                ["RegisterRecord", *w.record_args("r-w2")],
+            ]
+        ),
+    )
     w.m["proxy"].submit("ReportReencryption", w.access_id, "ok")
 
     db = sqlite3.connect(w.sandbox.ledger.directory / "ledger.sqlite")

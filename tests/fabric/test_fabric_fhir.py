@@ -4,8 +4,9 @@ hospitals, a Raft orderer, our chaincode as ccaas), callers named by their walle
 certificates. A patient stores an Observation and consents for a clinician, who reads (also by
 a category search); the patient updates it with If-Match (a stale one is 412: the chaincode's
 expected version on Fabric); the patient revokes; the clinician's read is 403, a consortium
-member the server does not serve is 401, and the AuditEvents (from the peers' ledger) show the
-decisions."""
+member the server does not serve is 401; a transaction Bundle (a create and an update) commits
+as one ledger transaction (WriteRecords); and the AuditEvents (from the peers' ledger) show the
+decisions and the writes."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from ehrshare.demo import lab_observation
+from ehrshare.fhirapi.auditevent import entries_from_bundle
 from ehrshare.network.supervisor import pid_alive
 from ehrshare.provisioning import Consortium
 
@@ -122,6 +124,33 @@ def test_the_fhir_story_holds_on_fabric_over_mutual_tls(tmp_path: Path) -> None:
                 assert [(o["id"], o["meta"]["versionId"]) for o in found] == [(rid, "2")]
                 assert alice.delete(f"/Consent/{gid}").status_code == 200
                 assert baker.get(f"/Observation/{rid}").status_code == 403
+                # A transaction Bundle: a new record and a version, one ledger transaction
+                # (WriteRecords through the ccaas chaincode server).
+                r = alice.post(
+                    "",
+                    json={
+                        "resourceType": "Bundle",
+                        "type": "transaction",
+                        "entry": [
+                            {
+                                "resource": lab_observation(value=15.0),
+                                "request": {"method": "POST", "url": "Observation"},
+                            },
+                            {
+                                "resource": lab_observation(value=16.0) | {"id": rid},
+                                "request": {
+                                    "method": "PUT",
+                                    "url": f"Observation/{rid}",
+                                    "ifMatch": 'W/"2"',
+                                },
+                            },
+                        ],
+                    },
+                )
+                assert r.status_code == 200, r.text
+                made = [e["response"]["location"] for e in r.json()["entry"]]
+                assert made[1] == f"Observation/{rid}/_history/3"
+                assert alice.get(f"/Observation/{rid}").json()["valueQuantity"]["value"] == 16.0
                 events = alice.get("/AuditEvent", params={"patient": ids["alice"]}).json()
         finally:
             os.kill(proc.pid, signal.SIGTERM)
@@ -131,13 +160,20 @@ def test_the_fhir_story_holds_on_fabric_over_mutual_tls(tmp_path: Path) -> None:
             for e in events["entry"]
             if e["resource"]["subtype"][-1]["code"] == "AccessDecision"
         ]
-        assert decisions == ["4", "0", "0", "4"]
+        assert decisions == ["4", "0", "0", "4", "0"]  # the last: alice reads her update
         amends = [
             e["resource"]["outcome"]
             for e in events["entry"]
             if e["resource"]["subtype"][-1]["code"] == "AmendRecord"
         ]
-        assert amends == ["0"]  # the stale update left no trace but its refusal to the client
+        assert amends == ["0", "0"]  # the stale update left no trace but its refusal to the client
+        written = [
+            e
+            for e in entries_from_bundle(events)
+            if e["action"] in ("RegisterRecord", "AmendRecord")
+        ]
+        assert [e["action"] for e in written[-2:]] == ["RegisterRecord", "AmendRecord"]
+        assert written[-2]["tx_id"] == written[-1]["tx_id"]  # the Bundle: one transaction
     finally:
         c.close()
     deadline = time.monotonic() + 30

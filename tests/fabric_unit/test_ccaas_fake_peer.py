@@ -188,6 +188,17 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
     )
     m["dave"].submit("RequestAccess", "r-1")
     alice.submit("AmendRecord", "r-1", "bafyrecord0002", "1" * 64, "AAAA", "1")
+    # Several record writes in one transaction (its @reads hint names every registration's keys).
+    alice.submit(
+        "WriteRecords",
+        json.dumps(
+            [
+                ["RegisterRecord", "r-w1", alice.ibe_id, "lab", "bafyrecw1", SHA, CAPSULE, "1"],
+                ["AmendRecord", "r-2", "bafyrecord0003", "2" * 64, "AAAA", "1", "", "1"],
+                ["RegisterRecord", "r-w2", alice.ibe_id, "lab", "bafyrecw2", SHA, CAPSULE, "1"],
+            ]
+        ),
+    )
     signers = {}
     for member in m.values():
         creator = signed_proposal_creator(member)

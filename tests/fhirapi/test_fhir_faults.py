@@ -5,17 +5,24 @@ attempt succeeds."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 from fhir_world import cli_world, serve_process
 from test_fhir_records import consent
+from typer.testing import CliRunner
 
+from ehrshare.cli import app
 from ehrshare.demo import lab_observation
+from ehrshare.fhirapi.auditevent import entries_from_bundle
+
+runner = CliRunner()
 
 ALICE_ID, BAKER_ID = "HospitalAMSP/alice", "HospitalBMSP/baker"
 END = 4102444800  # 2100-01-01
@@ -179,29 +186,82 @@ def test_an_update_killed_mid_way(world: dict, start: object, fault: str, versio
         assert r.json()["meta"]["versionId"] == str(current + 1)
 
 
-def test_a_transaction_killed_after_its_first_entry(world: dict, start: object) -> None:
+def _gc(profile: str) -> list[str]:
+    """``ehrshare store gc --older-than 0``: the ciphertexts no record names, removed."""
+    result = runner.invoke(app, ["store", "gc", "-p", profile, "--older-than", "0", "--json"])
+    assert result.exit_code == 0, result.output
+    removed: list[str] = json.loads(result.stdout)["removed"]
+    return removed
+
+
+@pytest.mark.parametrize(
+    ("fault", "kept"), [("write_records.after_store", 0), ("write_records.after_register", 2)]
+)
+def test_a_transaction_killed_mid_way_is_all_or_nothing(
+    world: dict, start: object, fault: str, kept: int, tmp_path: Path
+) -> None:
+    """Killed after storing every entry's ciphertext, before the one ledger transaction: no
+    entry is readable and the ciphertexts are orphans no pointer names (store gc removes
+    exactly them). Killed after the transaction, before the answer: every entry is in. The
+    retry succeeds either way, and the audit log, exported as AuditEvents, verifies."""
+    clean = start()  # type: ignore[operator]
+    with clean.client(world["alice"]) as alice:
+        rid = alice.post("/Observation", json=lab_observation(value=1.0)).json()["id"]
+        before = _observations(alice)
+    clean.stop()
+    _gc(world["profile"])  # earlier cases' orphans
     bundle = {
         "resourceType": "Bundle",
         "type": "transaction",
         "entry": [
             {
-                "resource": lab_observation(value=v),
+                "resource": lab_observation(value=5.0),
                 "request": {"method": "POST", "url": "Observation"},
-            }
-            for v in (5.0, 6.0)
+            },
+            {
+                "resource": lab_observation(value=2.0) | {"id": rid},
+                "request": {"method": "PUT", "url": f"Observation/{rid}", "ifMatch": 'W/"1"'},
+            },
+            {
+                "resource": lab_observation(value=6.0),
+                "request": {"method": "POST", "url": "Observation"},
+            },
         ],
     }
-    clean = start()  # type: ignore[operator]
-    with clean.client(world["alice"]) as alice:
-        before = _observations(alice)
-    clean.stop()
-    # put.after_register fires after the first entry's ledger transaction committed.
-    faulty = start("put.after_register")  # type: ignore[operator]
+    faulty = start(fault)  # type: ignore[operator]
     with faulty.client(world["alice"]) as alice:
         _killed(faulty, lambda: alice.post("", json=bundle))
+    orphans = _gc(world["profile"])
+    assert len(orphans) == (3 if kept == 0 else 0)  # stored, never named by a pointer
     again = start()  # type: ignore[operator]
     with again.client(world["alice"]) as alice:
-        assert _observations(alice) == before + 1  # the first entry, whole; not the second
+        assert _observations(alice) == before + kept  # both new records, or neither
+        updated = alice.get(f"/Observation/{rid}").json()
+        assert updated["meta"]["versionId"] == ("1" if kept == 0 else "2")
+        assert updated["valueQuantity"]["value"] == (1.0 if kept == 0 else 2.0)
+        values = sorted(
+            e["resource"]["valueQuantity"]["value"]
+            for e in alice.get("/Observation", params={"patient": ALICE_ID}).json()["entry"]
+        )
+        assert (5.0 in values, 6.0 in values) == ((True, True) if kept else (False, False))
+        # The retry: applied whole if the killed one did not land; if it did, its If-Match
+        # is stale and the whole Bundle is refused (412), nothing written twice.
         r = alice.post("", json=bundle)
-        assert r.status_code == 200, r.text
-        assert _observations(alice) == before + 3
+        assert r.status_code == (200 if kept == 0 else 412), r.text
+        assert _observations(alice) == before + 2
+        export = alice.get("/AuditEvent", params={"patient": ALICE_ID})
+        assert export.status_code == 200, export.text
+    again.stop()
+    entries = entries_from_bundle(export.json())
+    writes = [e for e in entries if e["action"] in ("RegisterRecord", "AmendRecord")]
+    last = writes[-3:]  # the transaction that committed: three entries, one ledger transaction
+    assert [e["action"] for e in last] == ["RegisterRecord", "AmendRecord", "RegisterRecord"]
+    assert len({e["tx_id"] for e in last}) == 1
+    assert last[1]["record_id"] == rid
+    exported = tmp_path / "audit.json"
+    exported.write_text(export.text, encoding="utf-8")
+    result = runner.invoke(
+        app, ["audit", "verify", "-p", world["profile"], "-w", "alice", "--fhir", str(exported)]
+    )
+    assert result.exit_code == 0, result.output
+    assert "valid" in result.output

@@ -245,3 +245,62 @@ def test_a_transaction_with_one_bad_entry_writes_nothing(
     assert r.status_code == status, r.text
     assert valid(r.json())["resourceType"] == "OperationOutcome"
     assert state_digest(_root(fhir)) == before
+
+
+def test_a_transaction_the_chaincode_refuses_writes_nothing(fhir: Fhir) -> None:
+    """Entries that pass the server's checks but one of which the chaincode refuses (a patient
+    may create records only for herself): the Bundle's one ledger transaction is refused,
+    the ciphertexts already stored are released, the ledger and the store are as before."""
+    bob = {"identifier": {"system": "urn:ehrshare:member", "value": fhir.ids["bob"]}}
+    with fhir.client("alice") as alice:
+        rid = _create(alice)
+        before = state_digest(_root(fhir))
+        r = alice.post(
+            "",
+            json=_bundle(
+                _post(lab_observation(value=1.0)),
+                {
+                    "resource": lab_observation(value=2.0) | {"id": rid},
+                    "request": {"method": "PUT", "url": f"Observation/{rid}"},
+                },
+                _post(lab_observation(value=3.0) | {"subject": bob}),
+            ),
+        )
+        assert r.status_code == 403, r.text
+        text = valid(r.json())["issue"][0]["diagnostics"]
+        assert "nothing was written" in text
+        assert f"write 2: identity {fhir.ids['alice']} may not create records for" in text
+        assert state_digest(_root(fhir)) == before
+        assert alice.get(f"/Observation/{rid}").json()["meta"]["versionId"] == "1"
+
+
+def test_a_transaction_is_one_ledger_transaction_with_every_entry_logged(fhir: Fhir) -> None:
+    """Every entry leaves the log entry its single request would (RegisterRecord, AmendRecord),
+    all from one ledger transaction, and the chain still verifies."""
+    with fhir.client("alice") as alice:
+        rid = _create(alice)
+        r = alice.post(
+            "",
+            json=_bundle(
+                _post(lab_observation(value=1.0)),
+                {
+                    "resource": lab_observation(value=2.0) | {"id": rid},
+                    "request": {"method": "PUT", "url": f"Observation/{rid}"},
+                },
+                _post(lab_observation(value=3.0)),
+            ),
+        )
+        assert r.status_code == 200, r.text
+        ids = [e["resource"]["id"] for e in r.json()["entry"]]
+    with fhir.consortium.session("alice") as session:
+        trail = session.audit()
+        verified = session.verify_audit()
+    written = [e for e in trail.entries if e["action"] in ("RegisterRecord", "AmendRecord")]
+    assert [(e["action"], e["record_id"]) for e in written[-3:]] == [
+        ("RegisterRecord", ids[0]),
+        ("AmendRecord", rid),
+        ("RegisterRecord", ids[2]),
+    ]
+    assert len({e["tx_id"] for e in written[-3:]}) == 1
+    assert written[-4]["tx_id"] != written[-1]["tx_id"]  # the earlier create: its own
+    assert verified.valid

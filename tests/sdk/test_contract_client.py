@@ -86,6 +86,7 @@ _ANSWERS: dict[str, bytes] = {
     "RekeyGrant": _GRANT,
     "RegisterRecord": _RECORD,
     "AmendRecord": _RECORD,
+    "WriteRecords": b"[" + _RECORD + b"]",
     "GetRecord": _RECORD,
     "GetRecordHistory": b"[" + _RECORD + b"]",
     "ListRecords": b'{"records":[' + _RECORD + b'],"bookmark":""}',
@@ -149,6 +150,11 @@ _CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
         ),
     ),
     ("amend_record", (), dict(record_id="r", cid="c", sha256="s", capsule=b"", format_version="1")),
+    (
+        "write_records",
+        ([("RegisterRecord", "r", "O/p", "t", "c", "s", "AA==", "1", "0")],),
+        {},
+    ),
     (
         "amend_record",
         (),

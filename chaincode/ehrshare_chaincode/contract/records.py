@@ -40,7 +40,7 @@ from .keys import (
 )
 from .type_epochs import record_type_epoch
 
-__all__ = ["Records", "load_record"]
+__all__ = ["MAX_WRITES", "Records", "load_record"]
 
 
 class Records:
@@ -74,54 +74,18 @@ class Records:
         ``type_epoch`` is the owner's type-key epoch the capsule is sealed under; it must be
         the current one (:func:`~.type_epochs.record_type_epoch`)."""
         caller = ctx.registered()
-        check_id(record_id, "record id")
-        check_ibe(owner, "owner")
-        check_type(record_type)
-        if not CID_RE.fullmatch(cid):
-            raise ChaincodeError(f"cid {cid!r} is not a content identifier")
-        if not SHA256_RE.fullmatch(sha256):
-            raise ChaincodeError("sha256 must be 64 lower-case hex digits")
-        check_b64(capsule_b64, "capsule", MAX_CAPSULE_BYTES)
-        version = check_version(format_version)
-        if not (caller.role == CLINICIAN or (caller.role == PATIENT and caller.ibe_id == owner)):
-            raise ChaincodeError(f"identity {caller.name} may not create records for {owner}")
-        owner_ident = ctx.get_json(K_IBE, owner)
-        if owner_ident is None:
-            raise ChaincodeError(f"patient {owner} is not registered")
-        if load_identity(ctx, owner)["role"] != PATIENT:
-            raise ChaincodeError(f"identity {owner} is not a patient")
-        if ctx.stub.get_state(ctx.key(K_RECORD, record_id)) is not None:
-            raise ChaincodeError(f"record {record_id} already exists")
-        epoch = fresh_type_key_epoch(ctx, owner, record_type)
-        t_epoch = record_type_epoch(ctx, owner, record_type, type_epoch)
-        record = {
-            "record_id": record_id,
-            "owner": owner,
-            "type": record_type,
-            "cid": cid,
-            "sha256": sha256,
-            "capsule": capsule_b64,
-            "format_version": version,
-            "epoch": epoch,
-            "type_epoch": t_epoch,
-            "creator": caller.name,
-            "creator_msp": caller.msp_id,
-            "version": 1,
-            "created_at": ctx.now,
-            "updated_at": ctx.now,
-            "tx_id": ctx.tx_id,
-        }
-        ctx.put_json(record, K_RECORD, record_id)
-        ctx.put_json(record, K_RECORD_VERSION, record_id, seq(1))
-        ctx.put_index(K_RECORD_BY_OWNER, owner, record_id)
-        ctx.log(
+        return _register(
+            ctx,
+            caller,
+            record_id,
             owner,
-            "RegisterRecord",
-            "ok",
-            record_id=record_id,
-            detail={"type": record_type, "version": 1, "cid": cid},
+            record_type,
+            cid,
+            sha256,
+            capsule_b64,
+            format_version,
+            type_epoch,
         )
-        return record
 
     @submit
     def AmendRecord(
@@ -139,47 +103,59 @@ class Records:
         ``type_epoch`` as for :meth:`RegisterRecord`; ``expected_version``, when given, must be
         the record's current version (an update based on an older one is refused: If-Match)."""
         caller = ctx.registered()
-        record = load_record(ctx, record_id)
-        if caller.name not in (record["owner"], record["creator"]):
-            raise ChaincodeError(f"identity {caller.name} may not amend record {record_id}")
-        if expected_version and (
-            not expected_version.isdigit() or int(expected_version) != int(record["version"])
-        ):
-            raise ChaincodeError(
-                f"record {record_id} is at version {record['version']}, not {expected_version}"
-            )
-        if not CID_RE.fullmatch(cid):
-            raise ChaincodeError(f"cid {cid!r} is not a content identifier")
-        if not SHA256_RE.fullmatch(sha256):
-            raise ChaincodeError("sha256 must be 64 lower-case hex digits")
-        check_b64(capsule_b64, "capsule", MAX_CAPSULE_BYTES)
-        epoch = fresh_type_key_epoch(ctx, str(record["owner"]), str(record["type"]))
-        t_epoch = record_type_epoch(ctx, str(record["owner"]), str(record["type"]), type_epoch)
-        amended = dict(record)
-        amended.update(
-            {
-                "epoch": epoch,
-                "type_epoch": t_epoch,
-                "cid": cid,
-                "sha256": sha256,
-                "capsule": capsule_b64,
-                "format_version": check_version(format_version),
-                "version": int(record["version"]) + 1,
-                "updated_at": ctx.now,
-                "amended_by": caller.name,
-                "tx_id": ctx.tx_id,
-            }
+        return _amend(
+            ctx,
+            caller,
+            record_id,
+            cid,
+            sha256,
+            capsule_b64,
+            format_version,
+            type_epoch,
+            expected_version,
         )
-        ctx.put_json(amended, K_RECORD, record_id)
-        ctx.put_json(amended, K_RECORD_VERSION, record_id, seq(amended["version"]))
-        ctx.log(
-            record["owner"],
-            "AmendRecord",
-            "ok",
-            record_id=record_id,
-            detail={"version": amended["version"], "cid": cid},
-        )
-        return amended
+
+    @submit
+    @reads(lambda writes: _writes_read(writes))
+    def WriteRecords(self, ctx: TxContext, writes: str) -> Any:
+        """Several record writes in one transaction, all or nothing: ``writes`` is a JSON list
+        of at most :data:`MAX_WRITES` writes, each ``["RegisterRecord", *its arguments]`` or
+        ``["AmendRecord", *its arguments]`` exactly as those functions take them. Each is
+        checked as that function checks it, logs the same entry (its action is
+        ``RegisterRecord`` or ``AmendRecord``) and writes the same keys; the first that fails
+        fails the transaction (``write N: <that function's reason>``) and nothing is written.
+        A record is written at most once per call. Returns the records written, in order."""
+        caller = ctx.registered()
+        items = canonical.loads(writes, "writes")
+        if not isinstance(items, list) or not items:
+            raise ChaincodeError("writes must be a non-empty json list")
+        if len(items) > MAX_WRITES:
+            raise ChaincodeError(f"at most {MAX_WRITES} writes per transaction, got {len(items)}")
+        seen: set[str] = set()
+        written = []
+        for i, item in enumerate(items):
+            where = f"write {i}"
+            if not isinstance(item, list) or not all(isinstance(a, str) for a in item) or not item:
+                raise ChaincodeError(f"{where} is not a json list of strings")
+            function, args = item[0], item[1:]
+            arity = _WRITE_ARITY.get(function)
+            if arity is None:
+                raise ChaincodeError(f"{where}: {function!r} is not RegisterRecord or AmendRecord")
+            if not arity[0] <= len(args) <= arity[1]:
+                raise ChaincodeError(
+                    f"{where}: {function} takes {arity[0]} to {arity[1]} arguments, got {len(args)}"
+                )
+            if args[0] in seen:
+                raise ChaincodeError(f"{where}: record {args[0]} is written twice in one call")
+            seen.add(args[0])
+            try:
+                if function == "RegisterRecord":
+                    written.append(_register(ctx, caller, *args))
+                else:
+                    written.append(_amend(ctx, caller, *args))
+            except ChaincodeError as exc:
+                raise ChaincodeError(f"{where}: {exc.message}") from None
+        return written
 
     def _may_read(self, ctx: TxContext, caller: Caller, record: dict[str, Any]) -> bool:
         # The proxy reads pointers to check that a capsule it is given belongs to the record.
@@ -275,3 +251,160 @@ def load_record(ctx: TxContext, record_id: str) -> dict[str, Any]:
         raise ChaincodeError(f"record {record_id} does not exist")
     result: dict[str, Any] = record
     return result
+
+
+MAX_WRITES = 100  # writes per WriteRecords call (the FHIR API's transaction Bundle limit)
+# The arguments (without the function's name) each write of WriteRecords takes: min, max.
+_WRITE_ARITY = {"RegisterRecord": (7, 8), "AmendRecord": (5, 7)}
+
+
+def _writes_read(writes: str) -> list[tuple[str, ...]]:
+    """The keys :meth:`Records.WriteRecords` reads on every successful run: each
+    registration's as :meth:`Records.RegisterRecord` declares them, each amended record's
+    pointer. Malformed ``writes`` name none (the call then fails on its own)."""
+    try:
+        items = canonical.loads(writes, "writes")
+    except ChaincodeError:
+        return []
+    keys: dict[tuple[str, ...], None] = {}
+    if not isinstance(items, list) or not 0 < len(items) <= MAX_WRITES:
+        return []
+    for item in items:
+        if not isinstance(item, list) or not all(isinstance(a, str) for a in item) or not item:
+            return []
+        function, args = item[0], item[1:]
+        arity = _WRITE_ARITY.get(function)
+        if arity is None or not arity[0] <= len(args) <= arity[1]:
+            return []
+        if function == "RegisterRecord":
+            record_id, owner, record_type = args[0], args[1], args[2]
+            for key in (
+                (K_IBE, owner),
+                (K_RECORD, record_id),
+                (K_DKG_LATEST,),
+                (K_TYPEKEY, owner, record_type),
+                (K_TYPE_EPOCH, owner, record_type),
+                (K_LOG_HEAD, owner),
+            ):
+                keys[key] = None
+        else:
+            keys[(K_RECORD, args[0])] = None
+    return list(keys)
+
+
+def _register(
+    ctx: TxContext,
+    caller: Caller,
+    record_id: str,
+    owner: str,
+    record_type: str,
+    cid: str,
+    sha256: str,
+    capsule_b64: str,
+    format_version: str,
+    type_epoch: str = "",
+) -> dict[str, Any]:
+    """RegisterRecord's checks and writes (also one write of WriteRecords)."""
+    check_id(record_id, "record id")
+    check_ibe(owner, "owner")
+    check_type(record_type)
+    if not CID_RE.fullmatch(cid):
+        raise ChaincodeError(f"cid {cid!r} is not a content identifier")
+    if not SHA256_RE.fullmatch(sha256):
+        raise ChaincodeError("sha256 must be 64 lower-case hex digits")
+    check_b64(capsule_b64, "capsule", MAX_CAPSULE_BYTES)
+    version = check_version(format_version)
+    if not (caller.role == CLINICIAN or (caller.role == PATIENT and caller.ibe_id == owner)):
+        raise ChaincodeError(f"identity {caller.name} may not create records for {owner}")
+    owner_ident = ctx.get_json(K_IBE, owner)
+    if owner_ident is None:
+        raise ChaincodeError(f"patient {owner} is not registered")
+    if load_identity(ctx, owner)["role"] != PATIENT:
+        raise ChaincodeError(f"identity {owner} is not a patient")
+    if ctx.stub.get_state(ctx.key(K_RECORD, record_id)) is not None:
+        raise ChaincodeError(f"record {record_id} already exists")
+    epoch = fresh_type_key_epoch(ctx, owner, record_type)
+    t_epoch = record_type_epoch(ctx, owner, record_type, type_epoch)
+    record = {
+        "record_id": record_id,
+        "owner": owner,
+        "type": record_type,
+        "cid": cid,
+        "sha256": sha256,
+        "capsule": capsule_b64,
+        "format_version": version,
+        "epoch": epoch,
+        "type_epoch": t_epoch,
+        "creator": caller.name,
+        "creator_msp": caller.msp_id,
+        "version": 1,
+        "created_at": ctx.now,
+        "updated_at": ctx.now,
+        "tx_id": ctx.tx_id,
+    }
+    ctx.put_json(record, K_RECORD, record_id)
+    ctx.put_json(record, K_RECORD_VERSION, record_id, seq(1))
+    ctx.put_index(K_RECORD_BY_OWNER, owner, record_id)
+    ctx.log(
+        owner,
+        "RegisterRecord",
+        "ok",
+        record_id=record_id,
+        detail={"type": record_type, "version": 1, "cid": cid},
+    )
+    return record
+
+
+def _amend(
+    ctx: TxContext,
+    caller: Caller,
+    record_id: str,
+    cid: str,
+    sha256: str,
+    capsule_b64: str,
+    format_version: str,
+    type_epoch: str = "",
+    expected_version: str = "",
+) -> dict[str, Any]:
+    """AmendRecord's checks and writes (also one write of WriteRecords)."""
+    record = load_record(ctx, record_id)
+    if caller.name not in (record["owner"], record["creator"]):
+        raise ChaincodeError(f"identity {caller.name} may not amend record {record_id}")
+    if expected_version and (
+        not expected_version.isdigit() or int(expected_version) != int(record["version"])
+    ):
+        raise ChaincodeError(
+            f"record {record_id} is at version {record['version']}, not {expected_version}"
+        )
+    if not CID_RE.fullmatch(cid):
+        raise ChaincodeError(f"cid {cid!r} is not a content identifier")
+    if not SHA256_RE.fullmatch(sha256):
+        raise ChaincodeError("sha256 must be 64 lower-case hex digits")
+    check_b64(capsule_b64, "capsule", MAX_CAPSULE_BYTES)
+    epoch = fresh_type_key_epoch(ctx, str(record["owner"]), str(record["type"]))
+    t_epoch = record_type_epoch(ctx, str(record["owner"]), str(record["type"]), type_epoch)
+    amended = dict(record)
+    amended.update(
+        {
+            "epoch": epoch,
+            "type_epoch": t_epoch,
+            "cid": cid,
+            "sha256": sha256,
+            "capsule": capsule_b64,
+            "format_version": check_version(format_version),
+            "version": int(record["version"]) + 1,
+            "updated_at": ctx.now,
+            "amended_by": caller.name,
+            "tx_id": ctx.tx_id,
+        }
+    )
+    ctx.put_json(amended, K_RECORD, record_id)
+    ctx.put_json(amended, K_RECORD_VERSION, record_id, seq(amended["version"]))
+    ctx.log(
+        record["owner"],
+        "AmendRecord",
+        "ok",
+        record_id=record_id,
+        detail={"version": amended["version"], "cid": cid},
+    )
+    return amended

@@ -21,9 +21,9 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         repeat: int = typer.Option(20, min=1, help="Timed calls per operation and path."),
         warmup: int = typer.Option(2, min=0, help="Untimed warm-up calls per operation."),
     ) -> None:
-        """p50/p95 and requests/s of create and read (owner, grantee) through the FHIR server,
-        through its gateway without HTTP, and through the SDK, interleaved in one run on the
-        embedded backend."""
+        """p50/p95 and requests/s of create and read (owner, grantee) through the FHIR server
+        (client in its own process; also httpx in-process), through its gateway without HTTP,
+        and through the SDK, interleaved in one run on the embedded backend."""
         from ehrshare.bench.fhir import run_fhir_bench
 
         err = progress_console(json_only)
@@ -35,6 +35,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             "operation",
             "SDK p50",
             "FHIR p50",
+            "httpx in-proc p50",
             "no-HTTP p50",
             "HTTP alone p50",
             "SDK p95",
@@ -47,6 +48,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 op,
                 f"{r['sdk']['p50_ms']:.1f}",
                 f"{r['fhir']['p50_ms']:.1f}",
+                f"{r['fhir_inprocess_httpx']['p50_ms']:.1f}",
                 f"{r['gateway']['p50_ms']:.1f}",
                 f"{r['http_roundtrip']['p50_ms']:.1f}",
                 f"{r['sdk']['p95_ms']:.1f}",

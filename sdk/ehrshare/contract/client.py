@@ -67,6 +67,7 @@ COVERED: Final[frozenset[str]] = frozenset(
         "RekeyGrant",
         "RegisterRecord",
         "AmendRecord",
+        "WriteRecords",
         "GetRecord",
         "GetRecordHistory",
         "ListRecords",
@@ -435,6 +436,13 @@ class EhrContract:
         if expected_version is not None:
             args = (*args, str(expected_version))
         return StoredRecord.from_chain(self.call("AmendRecord", *args), self.labels)
+
+    def write_records(self, writes: Sequence[tuple[str, ...]]) -> list[StoredRecord]:
+        """Register several records and versions in one transaction (all or none): each write
+        is ``("RegisterRecord", *its arguments)`` (see :func:`register_record_args`) or
+        ``("AmendRecord", *its arguments)``. The records written, in order."""
+        answer = self.call("WriteRecords", json.dumps([list(w) for w in writes]))
+        return [StoredRecord.from_chain(r, self.labels) for r in answer]
 
     def get_record(self, record_id: str, version: int | None = None) -> StoredRecord:
         """A record's pointer: the latest version, or ``version``."""

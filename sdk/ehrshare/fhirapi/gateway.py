@@ -27,7 +27,7 @@ from typing import Any, Final
 from fhir.resources.R4B import get_fhir_model_class
 
 from ehrshare.contract import RecordRef
-from ehrshare.errors import EhrshareError
+from ehrshare.errors import EhrshareError, InvalidInput
 from ehrshare.fhir import MAX_DEPTH, FhirValidationError, parse_resource, resource_bytes
 from ehrshare.fhirapi import consent as consent_map
 from ehrshare.fhirapi.auditevent import entry_to_auditevent
@@ -40,7 +40,14 @@ from ehrshare.fhirapi.search import parse_search
 from ehrshare.fhirapi.transaction import Entry, etag_version, parse_transaction
 from ehrshare.jsontext import too_deep
 from ehrshare.runtime import Runtime
-from ehrshare.session import NoSuchMember, RecordTooLarge, Session
+from ehrshare.session import (
+    NoSuchMember,
+    RecordStorageError,
+    RecordTooLarge,
+    RecordWrite,
+    RequestRejected,
+    Session,
+)
 
 __all__ = ["BASE", "Answer", "Gateway", "gateway_for"]
 
@@ -489,8 +496,8 @@ class Gateway:
         return Answer(200, _bundle(found, base_url))
 
     def _transaction(self, session: Session, body: bytes, base_url: str) -> Answer:
-        """``POST [base]`` with a transaction Bundle: every entry checked, then written in
-        order (see :mod:`ehrshare.fhirapi.transaction` for what is atomic)."""
+        """``POST [base]`` with a transaction Bundle: every entry checked, then all written in
+        one ledger transaction (see :mod:`ehrshare.fhirapi.transaction`)."""
         if too_deep(body, MAX_DEPTH):
             raise FhirError(400, f"the body nests more than {MAX_DEPTH} levels deep")
         try:
@@ -527,21 +534,32 @@ class Gateway:
             except EhrshareError as exc:
                 status, _ = outcome_for(exc)
                 raise FhirError(status, f"{where}: {exc}") from None
+        writes = [
+            RecordWrite(resource, e.record_id, if_version=e.if_version)
+            if e.method == "PUT"
+            else RecordWrite(resource, patient=patient)
+            for e, resource, patient in planned
+        ]
+        try:
+            refs = session.write_records(writes)  # one ledger transaction: all or none
+        except (RequestRejected, RecordStorageError, InvalidInput) as exc:
+            status, _ = outcome_for(exc)
+            raise FhirError(
+                status, f"the transaction was refused after the checks; nothing was written: {exc}"
+            ) from None
+        except Exception as exc:
+            status, _ = outcome_for(exc)
+            known = isinstance(exc, EhrshareError | ConnectionError | TimeoutError)
+            why = str(exc) if known else f"internal error {type(exc).__name__}; see the log"
+            if not known:
+                _log.exception("transaction bundle")
+            raise FhirError(
+                status,
+                f"the transaction failed ({why}); its entries are one ledger transaction, so "
+                "either all of them were written or none: read them back before retrying",
+            ) from None
         done: list[dict[str, Any]] = []
-        for e, resource, patient in planned:
-            try:
-                if e.method == "PUT":
-                    ref = session.amend_record(e.record_id, resource, if_version=e.if_version)
-                else:
-                    ref = session.put_record(resource, patient=patient)
-            except Exception as exc:
-                status, _ = outcome_for(exc)
-                committed = ", ".join(d["response"]["location"] for d in done) or "none"
-                raise FhirError(
-                    status,
-                    f"entry[{e.index}] failed after the checks passed ({exc}); entries already "
-                    f"committed (one ledger transaction each): {committed}",
-                ) from None
+        for (e, resource, _patient), ref in zip(planned, refs, strict=True):
             location = f"{e.resource_type}/{ref.record_id}/_history/{ref.version}"
             done.append(
                 {

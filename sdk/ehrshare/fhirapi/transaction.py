@@ -1,13 +1,14 @@
-"""``transaction`` Bundles (``POST [base]``): what is atomic and what is not.
+"""``transaction`` Bundles (``POST [base]``): all entries are written, or none.
 
 Every entry is checked before anything is written — JSON shape, FHIR R4 validity, the record
 type, the patient, the size, and for an update that the record exists, is the caller's to amend
-and keeps its type — so a Bundle with one bad entry changes nothing. The ledger has no
-multi-transaction atomicity, so the writes are then one ledger transaction per entry, in
-order: a crash or an outage after the first write leaves the entries before it committed (each
-whole: a record version is registered or it is not), and the error answer names them. This is
-the honest limit: "all-or-nothing" holds for everything the server can check, not for a power
-cut between two ledger transactions.
+and keeps its type — so a Bundle with one bad entry changes nothing. Then the gateway writes
+them all with :meth:`~ehrshare.session.Session.write_records`: every ciphertext is stored, then
+ONE ledger transaction (the chaincode's ``WriteRecords``) registers every new record and
+version, checking each entry again as ``RegisterRecord`` / ``AmendRecord`` would. A refusal of
+any entry there refuses the transaction, and the stored ciphertexts are released. A crash
+before the transaction commits leaves ciphertexts that no pointer names (nobody can reach or
+decrypt them; ``ehrshare store gc`` removes them); a crash after it leaves every entry written.
 
 This module parses and checks a Bundle into :class:`Entry` values; the gateway writes them.
 It must not write anything.

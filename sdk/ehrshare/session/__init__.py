@@ -13,6 +13,7 @@ from ehrshare.session.errors import (
     EnrollmentError,
     ForeignIdentity,
     GrantNotServed,
+    InvalidWrites,
     LedgerUnreachable,
     NoSuchMember,
     NotEnrolledError,
@@ -31,6 +32,7 @@ from ehrshare.session.errors import (
     VersionConflict,
     VersionNotReadable,
 )
+from ehrshare.session.records import RecordWrite
 from ehrshare.session.session import Session
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "ForeignIdentity",
     "Grant",
     "GrantNotServed",
+    "InvalidWrites",
     "LedgerUnreachable",
     "NoSuchMember",
     "NotEnrolledError",
@@ -56,6 +59,7 @@ __all__ = [
     "RecordStorageError",
     "RecordTooLarge",
     "RecordTypeChanged",
+    "RecordWrite",
     "RequestRejected",
     "RotationUnfinished",
     "SdkError",

@@ -26,6 +26,7 @@ __all__ = [
     "EnrollmentError",
     "ForeignIdentity",
     "GrantNotServed",
+    "InvalidWrites",
     "LedgerUnreachable",
     "NoSuchMember",
     "NotEnrolledError",
@@ -198,6 +199,11 @@ class VersionNotReadable(Refused, SdkError):
 class VersionConflict(RequestRejected):
     """An update named the version it was based on, and the record has moved on since (the
     FHIR API's If-Match); nothing was registered."""
+
+
+class InvalidWrites(InvalidInput, SdkError):
+    """:meth:`~ehrshare.session.Session.write_records` was given no writes, too many, or one
+    record twice; nothing was stored."""
 
 
 class RecordTypeChanged(InvalidInput, SdkError):

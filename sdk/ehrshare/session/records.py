@@ -3,17 +3,20 @@ access, the proxies of the grant chain in order, decrypt)."""
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import logging
 import secrets
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Final
 
 from fhir_core.fhirabstractmodel import FHIRAbstractModel
 
 from ehrshare import crypto
 from ehrshare.contract import Access, Grant, Page, RecordRef, StoredRecord
+from ehrshare.contract.client import register_record_args
 from ehrshare.faults import fault_point
 from ehrshare.fhir import FhirValidationError, parse_resource, resource_bytes
 from ehrshare.hazmat import tipre
@@ -23,6 +26,7 @@ from ehrshare.session.core import _MAX_FALLBACK_GRANTS, _PAGE, FORMAT_VERSION
 from ehrshare.session.errors import (
     AccessDenied,
     GrantNotServed,
+    InvalidWrites,
     ProxyUnreachable,
     RecordIntegrityError,
     RecordStorageError,
@@ -37,6 +41,34 @@ from ehrshare.session.rotation import TypeKeyRotation
 from ehrshare.storage import ContentNotFound, IntegrityError, StorageError, get_verified, sha256_hex
 
 _log = logging.getLogger(__name__)
+
+MAX_WRITES: Final = 100  # writes per write_records call: the chaincode's WriteRecords limit
+
+
+@dataclass(frozen=True, slots=True)
+class RecordWrite:
+    """One write of :meth:`Records.write_records`: a new record of ``resource`` for ``patient``
+    (yourself if you are the patient) when ``record_id`` is empty, else a new version of
+    ``record_id`` (based on version ``if_version``, when given). ``type`` as for
+    :meth:`Records.put_record`."""
+
+    resource: FHIRAbstractModel | dict[str, Any] | str | bytes
+    record_id: str = ""
+    patient: str | None = None
+    type: str | None = None
+    if_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Planned:
+    """A write checked and sealed, not yet stored: what its WriteRecords entry needs."""
+
+    record_id: str
+    owner: str
+    label: str
+    amend: bool
+    if_version: int | None
+    plaintext: bytes
 
 
 class Records(TypeKeyRotation):
@@ -153,6 +185,127 @@ class Records(TypeKeyRotation):
         )
         _log.info("registered version %d of record %s", record.ref.version, record_id)
         return record.ref
+
+    def write_records(self, writes: Sequence[RecordWrite]) -> list[RecordRef]:
+        """Store several new records and new versions in ONE ledger transaction (the
+        chaincode's WriteRecords): every one is registered, or none is.
+
+        First each write is checked as :meth:`put_record` and :meth:`amend_record` check it
+        (valid FHIR, the record type, the size; for a version the record, its type and
+        ``if_version``), nothing stored yet; then every ciphertext is stored and read back;
+        then one transaction registers them all, with the chaincode checking each again. A
+        refused transaction releases the ciphertexts (:class:`VersionConflict` if a version
+        moved on meanwhile); a crash before it commits leaves ciphertexts that no pointer
+        names, unreadable by anyone and removed by ``ehrshare store gc``. Returns the new
+        pointers in the order of ``writes``.
+        """
+        if not writes:
+            raise InvalidWrites("write_records needs at least one write")
+        if len(writes) > MAX_WRITES:
+            raise InvalidWrites(f"at most {MAX_WRITES} writes per transaction, got {len(writes)}")
+        planned: list[_Planned] = []
+        for w in writes:
+            model, plaintext = self._plaintext(w.resource)
+            type_name = self.mapping.resolve(model, w.type)
+            label = self.labels.opaque(type_name)
+            if not w.record_id:
+                record_id = "r-" + secrets.token_hex(16)
+                planned.append(
+                    _Planned(record_id, w.patient or self.ibe_id, label, False, None, plaintext)
+                )
+                continue
+            current = self.get_record(w.record_id)
+            if w.if_version is not None and current.version != w.if_version:
+                raise VersionConflict(
+                    "WriteRecords",
+                    f"record {w.record_id} is at version {current.version}, not {w.if_version}",
+                )
+            if label != current.label:
+                raise RecordTypeChanged(
+                    f"record {w.record_id} is of type {current.type or 'unknown'}; a new "
+                    f"version of type {type_name} would change it (store it as a new record "
+                    "instead)"
+                )
+            planned.append(
+                _Planned(w.record_id, current.owner, label, True, w.if_version, plaintext)
+            )
+        if len({p.record_id for p in planned}) != len(planned):
+            raise InvalidWrites("write_records writes each record at most once")
+        # Every sealing key before anything is stored: a missing key stores nothing.
+        keys = [self._sealing_key(p.owner, p.label, finish=self._finish_pending) for p in planned]
+        calls: list[tuple[str, ...]] = []
+        stored: list[str] = []
+        try:
+            for p, (owner_key, type_epoch) in zip(planned, keys, strict=True):
+                capsule, sealed = crypto.encrypt_record(
+                    p.plaintext, owner_key=owner_key, record_id=p.record_id
+                )
+                digest = sha256_hex(sealed)
+                try:
+                    cid = self.store.put(sealed)
+                    stored.append(cid)
+                    get_verified(self.store, cid, digest)
+                except StorageError as exc:
+                    raise RecordStorageError(
+                        f"could not store the encrypted record {p.record_id} ({exc}); nothing "
+                        "was registered on chain — check that the content store (Kubo daemon) "
+                        "is running and retry"
+                    ) from None
+                if p.amend:
+                    calls.append(
+                        (
+                            "AmendRecord",
+                            p.record_id,
+                            cid,
+                            digest,
+                            base64.b64encode(capsule).decode(),
+                            FORMAT_VERSION,
+                            str(type_epoch),
+                            "" if p.if_version is None else str(p.if_version),
+                        )
+                    )
+                else:
+                    calls.append(
+                        (
+                            "RegisterRecord",
+                            *register_record_args(
+                                record_id=p.record_id,
+                                owner=p.owner,
+                                label=p.label,
+                                cid=cid,
+                                sha256=digest,
+                                capsule=capsule,
+                                format_version=FORMAT_VERSION,
+                                type_epoch=type_epoch,
+                            ),
+                        )
+                    )
+            # A crash here leaves ciphertexts no pointer names: 'ehrshare store gc' removes them.
+            fault_point("write_records.after_store")
+            try:
+                records = self.chain.write_records(calls)
+            except RequestRejected as exc:
+                raise self._write_conflict(exc, planned) from None
+        except (RequestRejected, RecordStorageError):
+            for cid in stored:
+                try:
+                    self.store.unpin(cid)
+                except StorageError:
+                    _log.warning("could not release unregistered ciphertext %s", cid)
+            raise
+        fault_point("write_records.after_register")
+        _log.info("registered %d records and versions in one transaction", len(records))
+        return [r.ref for r in records]
+
+    @staticmethod
+    def _write_conflict(exc: RequestRejected, planned: Sequence[_Planned]) -> RequestRejected:
+        """The chaincode's own If-Match refusal of write N as :class:`VersionConflict`."""
+        for i, p in enumerate(planned):
+            if p.if_version is not None and exc.reason.startswith(
+                f"write {i}: record {p.record_id} is at "
+            ):
+                return VersionConflict(exc.function, exc.reason, exc.transaction_id)
+        return exc
 
     def _plaintext(
         self, resource: FHIRAbstractModel | dict[str, Any] | str | bytes
