@@ -197,7 +197,11 @@ def _fabric_state(profile_path: Path) -> dict[str, Any] | None:
 
 
 def network_up(
-    profile_path: Path, *, timeout: float = 90.0, policy: RestartPolicy | None = None
+    profile_path: Path,
+    *,
+    timeout: float = 90.0,
+    policy: RestartPolicy | None = None,
+    delay_ms: float | None = None,
 ) -> NetworkState:
     """Start the profile's services in the background and wait until every one listens.
 
@@ -211,7 +215,8 @@ def network_up(
     profile_path = profile_path.resolve()
     prof = Profile.load(profile_path)
     # Its hosts first (made again after 'network down'): every node runs in one of them.
-    ensure_hosts(profile_path.parent)
+    # ``delay_ms``: the one-way link delay into each host (recorded; None: the recorded one).
+    ensure_hosts(profile_path.parent, delay_ms)
     remote = [p for p in prof.proxies if not p.service.embedded] + [
         n for n in prof.kgc_nodes if not n.service.embedded
     ]
