@@ -40,7 +40,10 @@ and ``add_hospital.reshare_opened`` (processes), ``add_hospital.after_reshare``
 (and the resharing's own ``reshare.promoted``/``reshare.retired``). Until step 1 commits nothing
 changed; after it, each later step only adds what the hospital needs and a repeated run finishes.
 A Fabric profile without the network's directory (a channel run elsewhere) is refused
-(:class:`FabricJoinUnsupported`), as are networks on several hosts.
+(:class:`FabricJoinUnsupported`). On a network on several hosts (``--hosts netns``) the hospital
+gets a host of its own, the layout's next address (its anchor peer in the update), recorded and
+made before step **peer**; its peer, Kubo node, KGC node and proxy run there (hosts linked
+through the link relay are refused: its ports are fixed).
 
 This module must not read a private key of the new hospital except to act as it, in its
 process, from its directory; it copies none.
@@ -63,6 +66,7 @@ from ehrshare.hospital import HospitalDir
 from ehrshare.ledger.errors import GatewayError
 from ehrshare.membership import InvalidUpdate, MembershipUpdate, StaleUpdate
 from ehrshare.network.fabric.spec import FabricNetError
+from ehrshare.network.netns import NodeHost
 from ehrshare.profile import KgcNodeConfig, Profile, ProxyConfig, ServiceConfig
 from ehrshare.services.vault import atomic_write
 from ehrshare.wallet import Wallet
@@ -141,13 +145,17 @@ def _fabric_net(profile: Profile) -> FabricNet:
             "this profile's Fabric channel is not a network this consortium runs here "
             "(ledger.network); add the hospital where the network was created"
         )
-    net = FabricNet.load(profile.fabric.network.parent)
-    if net.spec.hosts:
-        raise FabricJoinUnsupported(
-            "adding a hospital to a Fabric network on several hosts is not built yet "
-            "(its peer would need a host of its own); it works on a loopback network"
-        )
-    return net
+    return FabricNet.load(profile.fabric.network.parent)
+
+
+def _new_host(net: FabricNet, msp: str) -> NodeHost | None:
+    """On a network on several hosts (``consortium init --hosts netns``), the host the joining
+    hospital gets (its own namespace and address: the layout's next); None on loopback."""
+    if not net.spec.hosts:
+        return None
+    from ehrshare.network.consortium_hosts import next_host
+
+    return next_host(net.root, msp)
 
 
 def _fabric_config(net: FabricNet) -> Any:
@@ -163,13 +171,15 @@ def _anchor(update: MembershipUpdate) -> tuple[str, int]:
     return host, int(port)
 
 
-def _check_peer_host(net: FabricNet, host: str) -> None:
+def _check_peer_host(net: FabricNet, host: str, msp: str) -> None:
     """Refuse, before the channel changes, a peer address this network cannot run it at."""
-    if host != net.host(net.spec.msp_ids[0]):
+    place = _new_host(net, msp)
+    expected = place.address if place is not None else net.host(net.spec.msp_ids[0])
+    if host != expected:
+        where = "its own host's" if place is not None else "this network's"
         raise FabricJoinUnsupported(
-            f"the new peer's address {host} is not this network's ({net.host(net.spec.msp_ids[0])})"
-            ": its peer runs here beside the others; give 'hospital init' no peer endpoint, or "
-            f"one on {net.host(net.spec.msp_ids[0])}"
+            f"the new peer's address {host} is not {where} ({expected}): give 'hospital init' "
+            f"no peer endpoint, or one on {expected}"
         )
 
 
@@ -195,11 +205,13 @@ def compute_update(profile: Profile, request_path: Path) -> MembershipUpdate:
 
     net = _fabric_net(profile)
     config = _fabric_config(net)
-    anchor = request.endpoints.get("peer") or f"127.0.0.1:{free_loopback_ports(1)[0]}"
+    place = _new_host(net, request.msp_id)
+    default_host = "127.0.0.1" if place is None else place.address
+    anchor = request.endpoints.get("peer") or f"{default_host}:{free_loopback_ports(1)[0]}"
     host, _, port = anchor.rpartition(":")
     if not host or not port.isdigit():
         raise InvalidUpdate(f"the join request's peer endpoint {anchor!r} is not host:port")
-    _check_peer_host(net, host)
+    _check_peer_host(net, host, request.msp_id)
     orgs = msp_root_certs(config)
     if request.msp_id in orgs:
         raise StaleUpdate(f"{request.msp_id} is already a member of channel {profile.channel}")
@@ -329,7 +341,7 @@ def _fabric_join(
             "it and run add-hospital again to compute the channel's config update"
         )
     anchor = _anchor(update)
-    _check_peer_host(net, anchor[0])
+    _check_peer_host(net, anchor[0], msp)
     orgs = msp_root_certs(_fabric_config(net))
     signers: list[str] = []
     if msp in orgs:
@@ -363,7 +375,14 @@ def _fabric_join(
         fault_point("add_hospital.after_config")
     members = len(orgs) + (msp not in orgs)
     _fabric_profile(profile_path, net, members, None, say)
-    if join_peer(net, LocalCA.load(hospital.ca_dir), hospital.root / "fabric", anchor, say):
+    place = None
+    if net.spec.hosts:
+        from ehrshare.network.consortium_hosts import add_host
+
+        say(f"giving {msp} a host of its own ({anchor[0]})")
+        place = add_host(net.root, msp)
+    ca = LocalCA.load(hospital.ca_dir)
+    if join_peer(net, ca, hospital.root / "fabric", anchor, say, host=place):
         performed.done("peer")
         fault_point("add_hospital.after_peer")
     _fabric_profile(profile_path, net, members, msp, say)
@@ -443,7 +462,8 @@ def _join_swarm(profile: Profile, hospital: HospitalDir, say: Progress) -> tuple
     added = hospital.msp_id not in swarm.nodes
     if added:
         say(f"giving {hospital.msp_id} a node in the private IPFS swarm")
-    node = swarm.add_node(hospital.msp_id, hospital.root / "ipfs")
+    place = _hospital_host(profile, hospital.msp_id)
+    node = swarm.add_node(hospital.msp_id, hospital.root / "ipfs", place)
     if swarm.pids():
         swarm.start([hospital.msp_id])  # dials the running nodes
         with KuboClient(node.api_url, timeout=profile.storage_timeout) as client:
@@ -474,6 +494,8 @@ def _service_endpoints(profile: Profile, request: Any) -> dict[str, str | None]:
     from ehrshare.hospital import InvalidJoinRequest
 
     used = {s.address for s in _services(profile) if s.address}
+    place = _hospital_host(profile, request.msp_id)
+    allowed = _LOOPBACK if place is None else (place.address,)
     out: dict[str, str | None] = {}
     for which in ("kgc", "proxy"):
         address = request.endpoints.get(which)
@@ -485,13 +507,18 @@ def _service_endpoints(profile: Profile, request: Any) -> dict[str, str | None]:
             raise InvalidJoinRequest(
                 f"the join request's {which} endpoint {address!r} is not host:port"
             )
-        if host not in _LOOPBACK:
-            raise ConfigurationError(
-                f"the join request's {which} endpoint {address} is not on this machine's "
-                f"loopback ({', '.join(_LOOPBACK)}), where this consortium's services run; "
-                "give 'hospital init' a 127.0.0.1 endpoint or none"
+        if host not in allowed:
+            where = (
+                f"this machine's loopback ({', '.join(_LOOPBACK)}), where this consortium's "
+                "services run"
+                if place is None
+                else f"the hospital's own host ({place.address})"
             )
-        if f"127.0.0.1:{port}" in used or f"localhost:{port}" in used:
+            raise ConfigurationError(
+                f"the join request's {which} endpoint {address} is not on {where}; give "
+                f"'hospital init' an endpoint on {allowed[0]} or none"
+            )
+        if any(f"{h}:{port}" in used for h in allowed):
             raise ConfigurationError(
                 f"the join request's {which} endpoint {address}: a service of this consortium "
                 "already listens on that port"
@@ -501,11 +528,28 @@ def _service_endpoints(profile: Profile, request: Any) -> dict[str, str | None]:
     return out
 
 
+def _hospital_host(profile: Profile, msp: str) -> NodeHost | None:
+    """The host of the hospital on a consortium on several hosts (``hosts.json`` beside the
+    profile; made by the join's peer step on Fabric), None on loopback."""
+    from ehrshare.network.consortium_hosts import load_hosts, next_host
+
+    assert profile.path is not None
+    if load_hosts(profile.path.parent) is None:
+        return None
+    return next_host(profile.path.parent, msp)
+
+
 def _services(profile: Profile) -> list[ServiceConfig]:
     return [n.service for n in profile.kgc_nodes] + [p.service for p in profile.proxies]
 
 
-def _served(hospital: HospitalDir, service: str, name: str, address: str) -> ServiceConfig:
+def _served(
+    hospital: HospitalDir,
+    service: str,
+    name: str,
+    address: str,
+    names: tuple[str, ...] = ("127.0.0.1", "localhost"),
+) -> ServiceConfig:
     """A service of the new hospital as a process: its TLS server certificate issued by the
     hospital's own CA into the hospital's directory (``tls/<service>.pem``, key
     ``keys/<service>-tls.key``, 0600), made once and reused by a repeated run."""
@@ -516,7 +560,7 @@ def _served(hospital: HospitalDir, service: str, name: str, address: str) -> Ser
     cert = hospital.root / "tls" / f"{service}.pem"
     key = hospital.key_file(f"{service}-tls")
     if not (cert.is_file() and key.is_file()):
-        pem, secret = issue_tls_certificate(LocalCA.load(hospital.ca_dir), name, hosts=_LOOPBACK)
+        pem, secret = issue_tls_certificate(LocalCA.load(hospital.ca_dir), name, hosts=names)
         cert.parent.mkdir(mode=0o755, exist_ok=True)
         write_key_file(key, secret)
         atomic_write(cert, pem, mode=0o644)
@@ -552,10 +596,13 @@ def _write_profile(
     index = max(n.index for n in profile.kgc_nodes) + 1
     if processes:
         wanted = _service_endpoints(profile, hospital.request())
+        place = _hospital_host(profile, hospital.msp_id)
+        host = "127.0.0.1" if place is None else place.address
         ports = iter(free_loopback_ports(2))
-        addresses = {k: v or f"127.0.0.1:{next(ports)}" for k, v in wanted.items()}
-        kgc_service = _served(hospital, "kgc", f"kgc{index}", addresses["kgc"])
-        proxy_service = _served(hospital, "proxy", hospital.proxy_name, addresses["proxy"])
+        addresses = {k: v or f"{host}:{next(ports)}" for k, v in wanted.items()}
+        names = _LOOPBACK if place is None else (place.address,)
+        kgc_service = _served(hospital, "kgc", f"kgc{index}", addresses["kgc"], names)
+        proxy_service = _served(hospital, "proxy", hospital.proxy_name, addresses["proxy"], names)
     else:
         kgc_service = ServiceConfig(
             state=hospital.state("kgc"),

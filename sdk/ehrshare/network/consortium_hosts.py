@@ -21,7 +21,7 @@ from typing import Any, Final
 from ehrshare.errors import ConfigurationError, UsageError
 from ehrshare.faults import fault_point
 from ehrshare.network.linkrelay import netem_available
-from ehrshare.network.netns import HostLayout, Links, NetnsError, our_namespaces
+from ehrshare.network.netns import Host, HostLayout, Links, NetnsError, NodeHost, our_namespaces
 from ehrshare.services.vault import atomic_write
 
 __all__ = [
@@ -29,10 +29,12 @@ __all__ = [
     "ConsortiumHosts",
     "HostsDelayError",
     "HostsRecordError",
+    "add_host",
     "ensure_hosts",
     "hosts_netns",
     "hosts_status",
     "load_hosts",
+    "next_host",
     "record_hosts",
     "remove_hosts",
     "set_delay",
@@ -283,3 +285,49 @@ def hosts_netns(directory: Path) -> dict[str, str | None] | None:
     """Namespaces by address for the consortium's services (None: no hosts)."""
     record = load_hosts(directory)
     return None if record is None else record.netns_by_address()
+
+
+def _layout(directory: Path, label: str) -> tuple[ConsortiumHosts, HostLayout | None]:
+    record = load_hosts(directory)
+    if record is None:
+        raise HostsRecordError(f"{directory} has no hosts of its own (no {HOSTS_FILE})")
+    if record.links != "bridge" and label not in record.hosts:
+        raise HostsDelayError(
+            "this consortium's hosts run on the link relay (a delay was set on a kernel without "
+            "netem), whose ports are fixed when it starts: a hospital cannot get a host of its "
+            "own there (not built yet)"
+        )
+    layout = HostLayout.load(record.state_file) if record.state_file.exists() else None
+    return record, layout
+
+
+def _planned(record: ConsortiumHosts, layout: HostLayout | None) -> HostLayout:
+    """The layout, or (hosts down) one standing for it: names and addresses come from it."""
+    if layout is not None:
+        return layout
+    hosts = [Host(**h) for h in record.hosts.values()]
+    return HostLayout(record.tag, record.subnet, hosts, record.state_file)
+
+
+def next_host(directory: Path, label: str) -> NodeHost:
+    """The host ``label`` has, or the one :func:`add_host` would give it (the layout's next
+    address): what a joining hospital's peer is announced at before its host is made."""
+    record, layout = _layout(directory, label)
+    if label in record.hosts:
+        h = record.hosts[label]
+        return NodeHost(h["address"], h["netns"])
+    return _planned(record, layout).next_host(label).placement
+
+
+def add_host(directory: Path, label: str) -> NodeHost:
+    """Give the consortium one more host (a joining hospital's): recorded in ``hosts.json``
+    first, then made (its namespace and link) if the hosts are up — otherwise the next
+    ``network up`` makes it with the others. Idempotent."""
+    record, layout = _layout(directory, label)
+    if label not in record.hosts:
+        host = _planned(record, layout).next_host(label)
+        _save(directory, replace(record, hosts={**record.hosts, label: host.as_dict()}))
+        fault_point("hosts.add.after_record")
+    if layout is not None:
+        layout.add_host(label)
+    return next_host(directory, label)

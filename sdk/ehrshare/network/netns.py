@@ -268,11 +268,14 @@ class HostLayout:
         sweep_stale(directory)
         if tag is not None and (directory / f"{tag}.json").exists():
             layout = cls.load(directory / f"{tag}.json")
-            if list(layout.hosts) != list(labels) or layout.links != links:
+            known = list(layout.hosts)
+            if known != list(labels)[: len(known)] or layout.links != links:
                 raise NetnsError(
                     f"layout {tag} has hosts {list(layout.hosts)} on {layout.links} links, "
                     f"not {labels} on {links}"
                 )
+            for label in list(labels)[len(known) :]:  # hosts added since (a hospital joined)
+                layout._append(label)
         else:
             tag = tag or _new_tag()
             net = _free_subnet(subnet)
@@ -300,6 +303,44 @@ class HostLayout:
             layout.teardown()
             raise
         return layout
+
+    def _host(self, label: str, i: int) -> Host:
+        return Host(
+            label=label,
+            netns=f"{NAME_PREFIX}{self.tag}-{label.lower()}"[:48],
+            address=str(self.subnet.network_address + _FIRST_HOST + i),
+            outside=f"{NAME_PREFIX}{self.tag}h{i}",
+            inside=f"{NAME_PREFIX}{self.tag}n{i}",
+        )
+
+    def next_host(self, label: str) -> Host:
+        """The host ``label`` has, or would get from :meth:`add_host` (the next address)."""
+        if label in self.hosts:
+            return self.hosts[label]
+        if not _LABEL.match(label):
+            raise ValueError(f"host label {label!r}: letters, digits, '-' or '_'")
+        if _FIRST_HOST + len(self.hosts) > 250:
+            raise NetnsError(f"host layout {self.tag} has no address left for {label}")
+        return self._host(label, len(self.hosts))
+
+    def _append(self, label: str) -> Host:
+        host = self.next_host(label)
+        self.hosts[label] = host
+        self._save()
+        return host
+
+    def add_host(self, label: str) -> Host:
+        """Give the layout one more host (the next address; a hospital that joins): recorded,
+        then made like the others. Idempotent. Bridge links only (a relay's ports are fixed
+        when it starts)."""
+        if self.links != "bridge":
+            raise NetnsError(
+                f"host layout {self.tag} runs on the link relay, whose ports are fixed when it "
+                "starts: a host cannot be added to it (not built yet)"
+            )
+        host = self._append(label) if label not in self.hosts else self.hosts[label]
+        self._make()
+        return host
 
     def _make(self) -> None:
         br, prefix = self.bridge, self.subnet.prefixlen

@@ -183,8 +183,12 @@ class ServiceProcesses(Supervisor):
         """The profile read again (``<run dir>/reload.request``, written by ``consortium
         add-hospital``): its services as programs; the supervisor starts new ones and restarts
         changed ones (a new consortium CA changes every command line)."""
+        from ehrshare.network.consortium_hosts import hosts_netns
+
         assert self.profile_path is not None
         commands = {c.name: c for c in service_commands(Profile.load(self.profile_path))}
+        if self.spaces:  # a hospital that joined may have a host of its own now
+            self.spaces = dict(hosts_netns(self.profile_path.parent) or {})
         if not commands:
             raise ProfileError("the profile names no service to run as a process")
         self.commands = commands
