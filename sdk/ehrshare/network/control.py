@@ -298,7 +298,7 @@ def _start_services(profile_path: Path, timeout: float, policy: RestartPolicy) -
             if record.get("state") == "failed":
                 restart_service(profile_path, name, timeout=timeout)
         # A profile changed under a running supervisor (a hospital joined): take it.
-        if _out_of_date(profile_path):
+        if _out_of_date(profile_path, listening=False):
             sync_services(profile_path, timeout=timeout)
         return
     run.mkdir(parents=True, exist_ok=True)
@@ -371,15 +371,16 @@ def _wait_ready(profile_path: Path, proc: Child | None, timeout: float) -> None:
         time.sleep(0.1)
 
 
-def _out_of_date(profile_path: Path) -> list[str]:
+def _out_of_date(profile_path: Path, *, listening: bool = True) -> list[str]:
     """The profile's services the live supervisor does not run as the profile says (missing,
-    another command line, or not listening yet); [] when it runs every one."""
+    another command line, or with ``listening`` not listening yet); [] when it runs every
+    one."""
     services = _services_state(profile_path).services
     return [
         cmd.name
         for cmd in service_commands(Profile.load(profile_path))
         if services.get(cmd.name, {}).get("args_sha256") != cmd.args_sha256
-        or services.get(cmd.name, {}).get("state") != "running"
+        or (listening and services.get(cmd.name, {}).get("state") != "running")
     ]
 
 
