@@ -6,6 +6,7 @@ its address, and a clinician of the new hospital reads a record granted to them 
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import socket
@@ -158,6 +159,31 @@ def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
     assert set(our_namespaces()) == before, "the consortium's hosts were left behind"
 
 
+def _secrets(hospital: Path) -> dict[str, list[bytes]]:
+    """Every private key file under the hospital's directory, with what would betray a copy:
+    its bytes, and for PEM each long line of its body and the body decoded (as in
+    tests/sdk/test_add_hospital.py)."""
+    found: dict[str, list[bytes]] = {}
+    for path in hospital.rglob("*"):
+        if not path.is_file() or path.suffix not in (".pem", ".key", ".sealed"):
+            continue
+        data = path.read_bytes()
+        if path.suffix == ".pem" and b"PRIVATE KEY" not in data:
+            continue
+        needles = [data]
+        if b"-----BEGIN" in data:
+            body = [ln for ln in data.splitlines() if ln and not ln.startswith(b"-----")]
+            needles += [ln for ln in body if len(ln) >= 40]
+            needles.append(base64.b64decode(b"".join(body)))
+        found[str(path.relative_to(hospital))] = needles
+    # The swarm's key is the consortium's, given to every member's node: not the hospital's.
+    found.pop("ipfs/swarm.key", None)
+    config = hospital / "ipfs" / "config"
+    if config.is_file():  # its Kubo node's libp2p identity
+        found["ipfs/config"] = [json.loads(config.read_text())["Identity"]["PrivKey"].encode()]
+    return found
+
+
 def _pids(netns: str) -> set[int]:
     out = subprocess.run(["ip", "netns", "pids", netns], capture_output=True, text=True, check=True)
     return {int(p) for p in out.stdout.split()}
@@ -227,6 +253,17 @@ def test_a_hospital_joins_a_consortium_on_hosts_on_a_host_of_its_own(
     read = _cli("record", "get", record_id, "-p", str(directory), "-w", dee, "--json", env=env)
     assert read.returncode == 0, read.stderr[-2000:]
     assert json.loads(read.stdout)["valueQuantity"]["value"] == 13.2
+    # No private key of the new hospital (CA, node keys, TLS, Fabric peer and admin, Kubo
+    # identity) in any file outside its directory.
+    secrets_of = _secrets(hd)
+    assert any(name.startswith("fabric/") for name in secrets_of), sorted(secrets_of)
+    assert "ipfs/config" in secrets_of and "keys/kgc-tls.key" in secrets_of
+    root = directory.parent
+    outside = [p for p in root.rglob("*") if p.is_file() and hd not in p.parents]
+    for name, needles in secrets_of.items():
+        for path in outside:
+            data = path.read_bytes()
+            assert not any(n in data for n in needles), f"{name} of HospitalD found in {path}"
     # Down removes its host with the others; up makes it again and starts its nodes in it.
     assert _cli("network", "down", "-p", str(directory), env=env).returncode == 0
     assert d["netns"] not in our_namespaces()

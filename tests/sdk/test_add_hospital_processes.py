@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from cli_world import state_digest
+from test_add_hospital import _secrets
 
 from cliproc import run_ehrshare
 from ehrshare.demo import lab_observation
@@ -163,7 +164,17 @@ def test_a_hospital_joins_a_consortium_of_service_processes(world: Path) -> None
         assert (world / "hd" / "tls" / f"{service}.pem").is_file()
         key = world / "hd" / "keys" / f"{service}-tls.key"
         assert key.stat().st_mode & 0o077 == 0
-    assert not list(c.rglob("*HospitalD*key*")) and not list((c / "keys").glob("kgc4*"))
+    # No private key of the new hospital in any file outside its directory (the consortium's
+    # profile, ledger, run directory with the services' logs, joins/, the update file).
+    secrets_of = _secrets(world / "hd")
+    assert {"keys/kgc-tls.key", "keys/proxy-tls.key", "ca/HospitalDMSP/ca-key.pem"} <= set(
+        secrets_of
+    )
+    outside = [p for p in world.rglob("*") if p.is_file() and world / "hd" not in p.parents]
+    contents = {p: p.read_bytes() for p in outside}
+    for name, needles in secrets_of.items():
+        for path, data in contents.items():
+            assert not any(n in data for n in needles), f"{name} of HospitalD found in {path}"
     # The other services were restarted (the new CA among their client CAs), not left stale.
     assert all(after[n]["pid"] != before[n]["pid"] for n in before)
     # The new node holds its share of the final resharing.
