@@ -203,6 +203,22 @@ def test_a_hospital_joins_a_consortium_on_hosts_on_a_host_of_its_own(
     hosted: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     directory, env = hosted
+    # A peer endpoint that is not the new host's address: refused before anything changes.
+    he = directory.parent / "he"
+    made = _cli(
+        "hospital", "init", str(he), "--name", "HospitalD", "--endpoint", "peer=127.0.0.1:7999",
+        env=env,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    before = (directory / HOSTS_FILE).read_text(encoding="utf-8")
+    refused = _cli(
+        "consortium", "add-hospital", str(he / "join-request.json"), "-p", str(directory),
+        env=env,
+    )  # fmt: skip
+    assert refused.returncode == 3, refused.stderr[-2000:]
+    assert "its own host's" in refused.stderr and "Traceback" not in refused.stderr
+    assert not (he / "join-request.update.json").exists()
+    assert (directory / HOSTS_FILE).read_text(encoding="utf-8") == before
     hd = directory.parent / "hd"
     made = _cli("hospital", "init", str(hd), "--name", "HospitalD", env=env)
     assert made.returncode == 0, made.stderr
@@ -272,3 +288,29 @@ def test_a_hospital_joins_a_consortium_on_hosts_on_a_host_of_its_own(
     assert "kgc serve" in " ".join(_cmdline(p) for p in _pids(d["netns"]))
     again = _cli("record", "get", record_id, "-p", str(directory), "-w", dee, "--json", env=env)
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_a_host_cannot_be_added_to_hosts_on_the_link_relay(
+    tmp_path: Path, machine_before: object, state_dir: Path
+) -> None:
+    """The relay's ports are fixed when it starts: refused (exit 3), nothing recorded."""
+    from ehrshare.errors import EXIT_CONFIG, EhrshareError
+
+    root = tmp_path / "c"
+    root.mkdir()
+    layout = HostLayout.create(["HospitalAMSP", "OrdererMSP"], state_dir=state_dir)
+    record_hosts(root, layout)
+    try:
+        remove_hosts(root)
+        data = json.loads((root / HOSTS_FILE).read_text(encoding="utf-8"))
+        data["links"] = "relay"  # as 'network delay' records it on a kernel without netem
+        (root / HOSTS_FILE).write_text(json.dumps(data), encoding="utf-8")
+        before = (root / HOSTS_FILE).read_text(encoding="utf-8")
+        for call in (next_host, add_host):
+            with pytest.raises(EhrshareError) as refused:
+                call(root, "HospitalDMSP")
+            assert refused.value.exit_code == EXIT_CONFIG
+            assert "link relay" in str(refused.value)
+        assert (root / HOSTS_FILE).read_text(encoding="utf-8") == before
+    finally:
+        remove_hosts(root)
