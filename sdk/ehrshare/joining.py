@@ -16,6 +16,14 @@ The steps, each found done and skipped when an interrupted run is repeated:
 With a private IPFS swarm, between 2 and 3 the hospital's Kubo node joins it (**storage**:
 repository in the hospital's directory, the swarm's key, every node's peering naming it).
 
+With the services as processes (``consortium init --services processes``), step 3 names them
+with addresses and TLS server certificates issued by the hospital's CA into its own directory,
+and the hospital's CA among the profile's client CAs; between 3 and 4 **services** makes the
+running services match the profile (``network up``'s supervisor reloads it: the new KGC node and
+proxy start, the others restart one at a time; or ``network up`` when none runs); step 4 opens
+the resharing on chain for the node processes to run (its nonce kept in ``joins/<MSP>.json``
+first, so a repeated run waits for it) and waits until the new node holds its share.
+
 On Fabric (:mod:`ehrshare.network.fabric.new_org`), **config** is the channel's config update
 (computed against the config fetched from the orderer when the update file was made, the new
 organisation's anchor peer in it) submitted with the signers' ConfigSignatures; the
@@ -27,11 +35,15 @@ approved for its organisation, and named in the profile's ``ledger.peers``.
 
 Crash points (``EHRSHARE_FAULT_AT``): ``add_hospital.after_config``,
 ``add_hospital.after_peer`` (Fabric), ``add_hospital.after_register``,
-``add_hospital.after_storage``, ``add_hospital.after_profile``, ``add_hospital.after_reshare``
+``add_hospital.after_storage``, ``add_hospital.after_profile``, ``add_hospital.after_services``
+and ``add_hospital.reshare_opened`` (processes), ``add_hospital.after_reshare``
 (and the resharing's own ``reshare.promoted``/``reshare.retired``). Until step 1 commits nothing
 changed; after it, each later step only adds what the hospital needs and a repeated run finishes.
 A Fabric profile without the network's directory (a channel run elsewhere) is refused
-(:class:`FabricJoinUnsupported`), as are networks on several hosts.
+(:class:`FabricJoinUnsupported`). On a network on several hosts (``--hosts netns``) the hospital
+gets a host of its own, the layout's next address (its anchor peer in the update), recorded and
+made before step **peer**; its peer, Kubo node, KGC node and proxy run there (hosts linked
+through the link relay are refused: its ports are fixed).
 
 This module must not read a private key of the new hospital except to act as it, in its
 process, from its directory; it copies none.
@@ -54,6 +66,7 @@ from ehrshare.hospital import HospitalDir
 from ehrshare.ledger.errors import GatewayError
 from ehrshare.membership import InvalidUpdate, MembershipUpdate, StaleUpdate
 from ehrshare.network.fabric.spec import FabricNetError
+from ehrshare.network.netns import NodeHost
 from ehrshare.profile import KgcNodeConfig, Profile, ProxyConfig, ServiceConfig
 from ehrshare.services.vault import atomic_write
 from ehrshare.wallet import Wallet
@@ -66,7 +79,7 @@ __all__ = ["FabricJoinUnsupported", "JoinOutcome", "add_hospital", "compute_upda
 _log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-STEPS: Final = ("config", "peer", "register", "profile", "reshare")
+STEPS: Final = ("config", "peer", "register", "storage", "profile", "services", "reshare")
 
 
 class FabricJoinUnsupported(ConfigurationError):
@@ -132,13 +145,17 @@ def _fabric_net(profile: Profile) -> FabricNet:
             "this profile's Fabric channel is not a network this consortium runs here "
             "(ledger.network); add the hospital where the network was created"
         )
-    net = FabricNet.load(profile.fabric.network.parent)
-    if net.spec.hosts:
-        raise FabricJoinUnsupported(
-            "adding a hospital to a Fabric network on several hosts is not built yet "
-            "(its peer would need a host of its own); it works on a loopback network"
-        )
-    return net
+    return FabricNet.load(profile.fabric.network.parent)
+
+
+def _new_host(net: FabricNet, msp: str) -> NodeHost | None:
+    """On a network on several hosts (``consortium init --hosts netns``), the host the joining
+    hospital gets (its own namespace and address: the layout's next); None on loopback."""
+    if not net.spec.hosts:
+        return None
+    from ehrshare.network.consortium_hosts import next_host
+
+    return next_host(net.root, msp)
 
 
 def _fabric_config(net: FabricNet) -> Any:
@@ -154,13 +171,15 @@ def _anchor(update: MembershipUpdate) -> tuple[str, int]:
     return host, int(port)
 
 
-def _check_peer_host(net: FabricNet, host: str) -> None:
+def _check_peer_host(net: FabricNet, host: str, msp: str) -> None:
     """Refuse, before the channel changes, a peer address this network cannot run it at."""
-    if host != net.host(net.spec.msp_ids[0]):
+    place = _new_host(net, msp)
+    expected = place.address if place is not None else net.host(net.spec.msp_ids[0])
+    if host != expected:
+        where = "its own host's" if place is not None else "this network's"
         raise FabricJoinUnsupported(
-            f"the new peer's address {host} is not this network's ({net.host(net.spec.msp_ids[0])})"
-            ": its peer runs here beside the others; give 'hospital init' no peer endpoint, or "
-            f"one on {net.host(net.spec.msp_ids[0])}"
+            f"the new peer's address {host} is not {where} ({expected}): give 'hospital init' "
+            f"no peer endpoint, or one on {expected}"
         )
 
 
@@ -186,11 +205,13 @@ def compute_update(profile: Profile, request_path: Path) -> MembershipUpdate:
 
     net = _fabric_net(profile)
     config = _fabric_config(net)
-    anchor = request.endpoints.get("peer") or f"127.0.0.1:{free_loopback_ports(1)[0]}"
+    place = _new_host(net, request.msp_id)
+    default_host = "127.0.0.1" if place is None else place.address
+    anchor = request.endpoints.get("peer") or f"{default_host}:{free_loopback_ports(1)[0]}"
     host, _, port = anchor.rpartition(":")
     if not host or not port.isdigit():
         raise InvalidUpdate(f"the join request's peer endpoint {anchor!r} is not host:port")
-    _check_peer_host(net, host)
+    _check_peer_host(net, host, request.msp_id)
     orgs = msp_root_certs(config)
     if request.msp_id in orgs:
         raise StaleUpdate(f"{request.msp_id} is already a member of channel {profile.channel}")
@@ -232,13 +253,9 @@ def add_hospital(
             f"the update is for consortium {update.consortium_id} channel {update.channel}, "
             f"not this profile's ({profile.consortium_id}, {profile.channel})"
         )
-    if not all(n.service.embedded for n in profile.kgc_nodes) or not all(
-        p.service.embedded for p in profile.proxies
-    ):
-        raise ConfigurationError(
-            "add-hospital runs the new KGC node in this process for the resharing; this "
-            "profile's services run as processes (not built yet: use an in-process profile)"
-        )
+    processes = _runs_processes(profile)
+    if processes:
+        _service_endpoints(profile, request)  # checked before anything changes
     signers: list[str] = []
     if profile.fabric is not None:
         signers = _fabric_join(profile_path, update, hospital, performed, say)
@@ -255,13 +272,19 @@ def add_hospital(
         if added:
             performed.done("storage")
             fault_point("add_hospital.after_storage")
-    if _write_profile(profile_path, hospital, say, swarm_url):
+    if _write_profile(profile_path, hospital, say, swarm_url, processes=processes):
         performed.done("profile")
         fault_point("add_hospital.after_profile")
     profile = Profile.load(profile_path)
     index = next(n.index for n in profile.kgc_nodes if n.msp_id == msp)
-    with Consortium.open(profile) as consortium:
-        committee, tau, reshared = _reshare(consortium, admin_wallet, index, say)
+    if processes:
+        if _start_services(profile_path, say):
+            performed.done("services")
+            fault_point("add_hospital.after_services")
+        committee, tau, reshared = _reshare_processes(profile, admin_wallet, index, say)
+    else:
+        with Consortium.open(profile) as consortium:
+            committee, tau, reshared = _reshare(consortium, admin_wallet, index, say)
     if reshared:
         performed.done("reshare")
         fault_point("add_hospital.after_reshare")
@@ -318,7 +341,7 @@ def _fabric_join(
             "it and run add-hospital again to compute the channel's config update"
         )
     anchor = _anchor(update)
-    _check_peer_host(net, anchor[0])
+    _check_peer_host(net, anchor[0], msp)
     orgs = msp_root_certs(_fabric_config(net))
     signers: list[str] = []
     if msp in orgs:
@@ -352,7 +375,14 @@ def _fabric_join(
         fault_point("add_hospital.after_config")
     members = len(orgs) + (msp not in orgs)
     _fabric_profile(profile_path, net, members, None, say)
-    if join_peer(net, LocalCA.load(hospital.ca_dir), hospital.root / "fabric", anchor, say):
+    place = None
+    if net.spec.hosts:
+        from ehrshare.network.consortium_hosts import add_host
+
+        say(f"giving {msp} a host of its own ({anchor[0]})")
+        place = add_host(net.root, msp)
+    ca = LocalCA.load(hospital.ca_dir)
+    if join_peer(net, ca, hospital.root / "fabric", anchor, say, host=place):
         performed.done("peer")
         fault_point("add_hospital.after_peer")
     _fabric_profile(profile_path, net, members, msp, say)
@@ -432,7 +462,8 @@ def _join_swarm(profile: Profile, hospital: HospitalDir, say: Progress) -> tuple
     added = hospital.msp_id not in swarm.nodes
     if added:
         say(f"giving {hospital.msp_id} a node in the private IPFS swarm")
-    node = swarm.add_node(hospital.msp_id, hospital.root / "ipfs")
+    place = _hospital_host(profile, hospital.msp_id)
+    node = swarm.add_node(hospital.msp_id, hospital.root / "ipfs", place)
     if swarm.pids():
         swarm.start([hospital.msp_id])  # dials the running nodes
         with KuboClient(node.api_url, timeout=profile.storage_timeout) as client:
@@ -442,38 +473,162 @@ def _join_swarm(profile: Profile, hospital: HospitalDir, say: Progress) -> tuple
     return node.api_url, added
 
 
+def _runs_processes(profile: Profile) -> bool:
+    """Whether the profile's KGC nodes and proxies run as processes (all or none of them)."""
+    services = [n.service for n in profile.kgc_nodes] + [p.service for p in profile.proxies]
+    remote = [not s.embedded for s in services]
+    if any(remote) and not all(remote):
+        raise ConfigurationError(
+            "this profile runs some services in-process and others as processes; add-hospital "
+            "needs one or the other"
+        )
+    return all(remote)
+
+
+_LOOPBACK: Final = ("127.0.0.1", "localhost")
+
+
+def _service_endpoints(profile: Profile, request: Any) -> dict[str, str | None]:
+    """The addresses the join request asks for its KGC node and proxy (None: a free loopback
+    port is chosen when the profile is written), refused when they cannot run here."""
+    from ehrshare.hospital import InvalidJoinRequest
+
+    used = {s.address for s in _services(profile) if s.address}
+    place = _hospital_host(profile, request.msp_id)
+    allowed = _LOOPBACK if place is None else (place.address,)
+    out: dict[str, str | None] = {}
+    for which in ("kgc", "proxy"):
+        address = request.endpoints.get(which)
+        out[which] = address
+        if address is None:
+            continue
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InvalidJoinRequest(
+                f"the join request's {which} endpoint {address!r} is not host:port"
+            )
+        if host not in allowed:
+            where = (
+                f"this machine's loopback ({', '.join(_LOOPBACK)}), where this consortium's "
+                "services run"
+                if place is None
+                else f"the hospital's own host ({place.address})"
+            )
+            raise ConfigurationError(
+                f"the join request's {which} endpoint {address} is not on {where}; give "
+                f"'hospital init' an endpoint on {allowed[0]} or none"
+            )
+        if any(f"{h}:{port}" in used for h in allowed):
+            raise ConfigurationError(
+                f"the join request's {which} endpoint {address}: a service of this consortium "
+                "already listens on that port"
+            )
+    if out["kgc"] is not None and out["kgc"] == out["proxy"]:
+        raise ConfigurationError("the join request gives its KGC node and proxy the same address")
+    return out
+
+
+def _hospital_host(profile: Profile, msp: str) -> NodeHost | None:
+    """The host of the hospital on a consortium on several hosts (``hosts.json`` beside the
+    profile; made by the join's peer step on Fabric), None on loopback."""
+    from ehrshare.network.consortium_hosts import load_hosts, next_host
+
+    assert profile.path is not None
+    if load_hosts(profile.path.parent) is None:
+        return None
+    return next_host(profile.path.parent, msp)
+
+
+def _services(profile: Profile) -> list[ServiceConfig]:
+    return [n.service for n in profile.kgc_nodes] + [p.service for p in profile.proxies]
+
+
+def _served(
+    hospital: HospitalDir,
+    service: str,
+    name: str,
+    address: str,
+    names: tuple[str, ...] = ("127.0.0.1", "localhost"),
+) -> ServiceConfig:
+    """A service of the new hospital as a process: its TLS server certificate issued by the
+    hospital's own CA into the hospital's directory (``tls/<service>.pem``, key
+    ``keys/<service>-tls.key``, 0600), made once and reused by a repeated run."""
+    from ehrshare.identity import LocalCA
+    from ehrshare.services.tls import issue_tls_certificate
+    from ehrshare.services.vault import write_key_file
+
+    cert = hospital.root / "tls" / f"{service}.pem"
+    key = hospital.key_file(f"{service}-tls")
+    if not (cert.is_file() and key.is_file()):
+        pem, secret = issue_tls_certificate(LocalCA.load(hospital.ca_dir), name, hosts=names)
+        cert.parent.mkdir(mode=0o755, exist_ok=True)
+        write_key_file(key, secret)
+        atomic_write(cert, pem, mode=0o644)
+    return ServiceConfig(
+        state=hospital.state(service),
+        address=address,
+        key_file=hospital.key_file(service),
+        wallet=hospital.wallet(service),
+        tls_ca=hospital.ca_dir / "ca-cert.pem",
+        tls_cert=cert,
+        tls_key=key,
+    )
+
+
 def _write_profile(
-    path: Path, hospital: HospitalDir, say: Progress, swarm_url: str | None = None
+    path: Path,
+    hospital: HospitalDir,
+    say: Progress,
+    swarm_url: str | None = None,
+    *,
+    processes: bool = False,
 ) -> bool:
-    """Name the new KGC node and proxy in the profile (written whole); False if they are."""
+    """Name the new KGC node and proxy in the profile (written whole); False if they are.
+
+    ``processes``: as services with addresses (the request's, else free loopback ports) and
+    TLS server certificates from the hospital's CA, and the hospital's CA among the profile's
+    CAs (every service then accepts its members' TLS client certificates)."""
+    from ehrshare.network.supervisor import free_loopback_ports
+
     profile = Profile.load(path)
     if any(n.msp_id == hospital.msp_id for n in profile.kgc_nodes):
         return False
     index = max(n.index for n in profile.kgc_nodes) + 1
-    node = KgcNodeConfig(
-        index=index,
-        msp_id=hospital.msp_id,
-        service=ServiceConfig(
+    if processes:
+        wanted = _service_endpoints(profile, hospital.request())
+        place = _hospital_host(profile, hospital.msp_id)
+        host = "127.0.0.1" if place is None else place.address
+        ports = iter(free_loopback_ports(2))
+        addresses = {k: v or f"{host}:{next(ports)}" for k, v in wanted.items()}
+        names = _LOOPBACK if place is None else (place.address,)
+        kgc_service = _served(hospital, "kgc", f"kgc{index}", addresses["kgc"], names)
+        proxy_service = _served(hospital, "proxy", hospital.proxy_name, addresses["proxy"], names)
+    else:
+        kgc_service = ServiceConfig(
             state=hospital.state("kgc"),
             key_file=hospital.key_file("kgc"),
             wallet=hospital.wallet("kgc"),
-        ),
-    )
+        )
+        proxy_service = ServiceConfig(
+            state=hospital.state("proxy"),
+            key_file=hospital.key_file("proxy"),
+            wallet=hospital.wallet("proxy"),
+        )
+    node = KgcNodeConfig(index=index, msp_id=hospital.msp_id, service=kgc_service)
     proxy = ProxyConfig(
         name=hospital.proxy_name,
         msp_id=hospital.msp_id,
         ibe_id=f"{hospital.msp_id}/proxy",
-        service=ServiceConfig(
-            state=hospital.state("proxy"),
-            key_file=hospital.key_file("proxy"),
-            wallet=hospital.wallet("proxy"),
-        ),
+        service=proxy_service,
     )
     text = path.read_text(encoding="utf-8")
     header = "".join(line + "\n" for line in text.splitlines() if line.startswith("#"))
     updated = replace(
         profile, kgc_nodes=(*profile.kgc_nodes, node), proxies=(*profile.proxies, proxy)
     )
+    ca_cert = hospital.ca_dir / "ca-cert.pem"
+    if profile.ca_files and ca_cert not in profile.ca_files:
+        updated = replace(updated, ca_files=(*profile.ca_files, ca_cert))
     if profile.swarm is not None and swarm_url is not None:
         nodes = (*profile.swarm.nodes, (hospital.msp_id, swarm_url))
         updated = replace(updated, swarm=replace(profile.swarm, nodes=nodes))
@@ -513,3 +668,125 @@ def _reshare(
         )
         final = admin.chain.dkg.result()
     return tuple(str(m) for m in final["roster"]), tau, True
+
+
+def _start_services(profile_path: Path, say: Progress) -> bool:
+    """Step services (processes): the running services take the profile that names the new
+    KGC node and proxy — the supervisor of ``network up`` starts them and restarts the others
+    one at a time with the new hospital's CA among their client CAs — or, with nothing
+    running, ``network up`` starts them all. True if anything was started or restarted."""
+    from ehrshare.network.control import sync_services
+
+    say("starting the new hospital's KGC node and proxy under the services' supervisor")
+    how = sync_services(profile_path)
+    return how != "current"
+
+
+def _join_state(profile: Profile, msp: str) -> Path:
+    assert profile.path is not None
+    return profile.path.parent / "joins" / f"{msp}.json"
+
+
+def _reshare_processes(
+    profile: Profile, admin_wallet: Wallet, index: int, say: Progress
+) -> tuple[tuple[str, ...], int, bool]:
+    """Step reshare with the KGC nodes as processes: open the resharing on chain (the node
+    processes follow it and deal, the new one receives its share) and wait until its result is
+    final and the new node answers under it. The session's nonce is written to
+    ``joins/<MSP>.json`` before it is opened, so a run killed while it runs waits for that one
+    rather than opening a second."""
+    import json
+
+    from ehrshare.errors import Unavailable
+    from ehrshare.ledger.errors import LedgerError
+    from ehrshare.runtime import connect
+    from ehrshare.services.kgc import open_reshare_session
+
+    nodes: dict[int, str] = {}
+    for n in profile.kgc_nodes:
+        assert n.service.wallet is not None
+        nodes[n.index] = Wallet(n.service.wallet, use_env=False).load_identity()[0].ibe_id
+    new_id = nodes[index]
+    new_state = next(n.service.state for n in profile.kgc_nodes if n.index == index)
+    assert new_state is not None
+    record = _join_state(profile, nodes[index].split("/", 1)[0])
+    with connect(profile, admin_wallet) as admin:
+        admin.register()
+        chain = admin.chain.dkg
+        current = chain.result()
+        roster = [str(m) for m in current["roster"]]
+        indices = [int(i) for i in current.get("indices") or range(1, len(roster) + 1)]
+        tau = int(current["threshold"])
+        reshared = False
+        if new_id not in roster:
+            nonce = _recorded_nonce(record)
+            opened = False
+            if nonce is not None:
+                try:
+                    opened = chain.session_state(nonce)["phase"] != "failed"
+                except LedgerError:  # written, never opened: open it now
+                    pass
+                else:
+                    nonce = nonce if opened else None  # failed: a new session
+            if opened:
+                assert nonce is not None
+                say(f"waiting for the resharing {nonce.hex()[:16]}… a previous run opened")
+            else:
+                nonce = nonce or new_session_nonce()
+                record.parent.mkdir(exist_ok=True)
+                atomic_write(record, json.dumps({"reshare": nonce.hex()}).encode(), mode=0o644)
+                members = sorted({*indices, index})
+                say(
+                    f"resharing the master key to {len(members)} KGC nodes (τ={tau}), adding "
+                    f"{new_id}; the node processes deal"
+                )
+                open_reshare_session(
+                    admin.contract,
+                    nonce=nonce,
+                    roster=[nodes[i] for i in members],
+                    indices=members,
+                    dealers=[nodes[i] for i in sorted(indices)],
+                    threshold=tau,
+                )
+                fault_point("add_hospital.reshare_opened")
+            deadline = time.monotonic() + 300
+            while True:
+                state = chain.session_state(nonce)
+                if (state.get("result") or {}).get("final"):
+                    break
+                if state["phase"] == "failed":
+                    from ehrshare.contract.dkg import failure_text
+
+                    raise Unavailable(
+                        f"the resharing adding {new_id} failed ({failure_text(state)}); the "
+                        "old shares keep answering: run add-hospital again"
+                    )
+                if time.monotonic() > deadline:
+                    raise Unavailable(
+                        f"the resharing {nonce.hex()[:16]}… adding {new_id} is not final after "
+                        "300 s: are the KGC node processes running? ('ehrshare network status')"
+                    )
+                time.sleep(0.2)
+            reshared = True
+        final = chain.result()
+    session = str(final["nonce"])
+    pointer = new_state / "current-session"
+    deadline = time.monotonic() + 60
+    while not (pointer.is_file() and pointer.read_text(encoding="ascii").strip() == session):
+        if time.monotonic() > deadline:
+            raise Unavailable(
+                f"KGC node {index} ({new_id}) has not taken its share of the final resharing "
+                f"{session[:16]}… within 60 s: see its log in {new_state}"
+            )
+        time.sleep(0.2)
+    return tuple(str(m) for m in final["roster"]), tau, reshared
+
+
+def _recorded_nonce(record: Path) -> bytes | None:
+    """The resharing a previous run chose (``joins/<MSP>.json``), None if none or unreadable."""
+    import json
+
+    try:
+        return bytes.fromhex(json.loads(record.read_text(encoding="utf-8"))["reshare"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None

@@ -20,6 +20,7 @@ import pytest
 from ehrshare.demo import lab_observation
 from ehrshare.network.consortium_hosts import HOSTS_FILE, load_hosts, remove_hosts
 from ehrshare.network.netns import HostLayout, our_namespaces
+from ehrshare.network.supervisor import pid_alive
 from ehrshare.network.swarm import KuboSwarm
 from ehrshare.provisioning import Consortium
 from ehrshare.storage import KuboClient
@@ -208,6 +209,50 @@ def test_a_kubo_repository_deleted_on_its_host_is_made_anew_and_repaired_from_th
     assert out["healthy"] and {r["node"] for r in out["repaired"]} == {b}
     assert all(b in _pinned_at(swarm, ref.cid) for ref in refs)
     assert _cli("store", "status", "-p", str(directory), env=env).returncode == 0
+
+
+@pytest.mark.fabric
+@pytest.mark.ipfs
+@pytest.mark.slow
+def test_status_shows_the_hosts_and_the_cli_sets_a_delay_between_them(
+    hosted: tuple[Path, dict[str, str]],
+) -> None:
+    """After the tests above: 'network status' lists each host (namespace, address, link),
+    'network up --delay-ms' remakes the hosts with the delay (on the link relay where the
+    kernel has no netem) and every node serves across the delayed links, 'network delay'
+    changes it live, and 'network down' removes the hosts and the relay."""
+    directory, env = hosted
+    assert _cli("network", "up", "-p", str(directory), env=env).returncode == 0
+    record = load_hosts(directory)
+    assert record is not None
+    status = _cli("network", "status", "-p", str(directory), "--json", env=env)
+    assert status.returncode == 0, status.stderr[-2000:]
+    hosts = json.loads(status.stdout)["hosts"]
+    assert hosts["up"] is True and hosts["delay_ms"] == 0
+    assert {
+        label: (h["netns"], h["address"], h["link"]) for label, h in hosts["hosts"].items()
+    } == {label: (h["netns"], h["address"], "up") for label, h in record.hosts.items()}
+    assert _cli("network", "down", "-p", str(directory), env=env).returncode == 0
+    up = _cli("network", "up", "-p", str(directory), "--delay-ms", "10", env=env)
+    assert up.returncode == 0, up.stderr[-3000:]
+    status = _cli("network", "status", "-p", str(directory), "--json", env=env)
+    assert status.returncode == 0, status.stdout[-3000:]  # every node answers, 10 ms apart
+    hosts = json.loads(status.stdout)["hosts"]
+    assert hosts["delay_ms"] == 10.0 and hosts["up"] is True
+    assert {h["link"] for h in hosts["hosts"].values()} == {"up"}
+    relay = hosts.get("relay_pid")
+    layout = HostLayout.load(record.state_file)
+    assert [h.address for h in layout.hosts.values()] == [
+        h["address"] for h in record.hosts.values()
+    ]
+    live = _cli("network", "delay", "--ms", "0", "-p", str(directory), "--json", env=env)
+    assert live.returncode == 0, live.stderr[-2000:]
+    assert json.loads(live.stdout)["applied"] is True
+    assert _cli("network", "status", "-p", str(directory), env=env).returncode == 0
+    assert _cli("network", "down", "-p", str(directory), env=env).returncode == 0
+    assert not {h["netns"] for h in record.hosts.values()} & set(our_namespaces())
+    if relay is not None:
+        assert not pid_alive(relay)  # stopped by pid (a zombie until init reaps it counts)
 
 
 def _pinned_at(swarm: KuboSwarm, cid: str) -> list[str]:

@@ -75,6 +75,15 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         restart_backoff_max: BackoffMaxOpt = 30.0,
         stable_after: StableAfterOpt = 60.0,
         give_up_after: GiveUpAfterOpt = 5,
+        delay_ms: Annotated[
+            float | None,
+            typer.Option(
+                "--delay-ms",
+                help="With hosts of its own (consortium init --hosts netns): delay every packet "
+                "into each host by this many ms (host to host one way; recorded, so later 'up's "
+                "keep it; 0 removes it). Default: the recorded delay.",
+            ),
+        ] = None,
     ) -> None:
         """Start the profile's Fabric network (if its ledger is one) and IPFS nodes (if its
         store is a private swarm), then every KGC node and proxy, in the background, and wait
@@ -104,7 +113,7 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             was_up = network_state(path.resolve()).running
             try:
                 with progress("starting the services", as_json):
-                    state = up(path, timeout=timeout, policy=policy)
+                    state = up(path, timeout=timeout, policy=policy, delay_ms=delay_ms)
             except NetworkControlError as exc:
                 fail(EXIT_UNAVAILABLE, str(exc))
         if as_json:
@@ -129,6 +138,37 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 highlight=False,
             )
         _err.print(f"stop them with: ehrshare network down --profile {path.parent}")
+
+    @network_app.command("delay", epilog=HELP_EPILOG)
+    def network_delay(
+        ms: Annotated[
+            float,
+            typer.Option("--ms", help="One-way delay into each host, in ms (0 removes it)."),
+        ],
+        profile: ProfileOpt = "",
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Delay the links between the hosts of a consortium made with 'consortium init --hosts
+        netns' (every packet into a host waits MS ms: host to host one way MS, a round trip
+        2 x MS). Changed live when the hosts are up (tc netem on their bridge, or the user-space
+        link relay on a kernel without netem) and recorded for the next 'network up'. Exit 3
+        for a consortium without hosts, or when the hosts are up on a bridge on a kernel
+        without netem (run 'network down', then 'network up --delay-ms MS'); nothing changed."""
+        from ehrshare.network.consortium_hosts import set_delay
+        from ehrshare.profile import profile_file
+
+        with mapped_errors():
+            path = profile_file(profile_path(profile))
+            done = set_delay(path.parent, ms)
+        if as_json:
+            emit(done)
+            return
+        when = "now" if done["applied"] else "from the next 'network up'"
+        _err.print(
+            f"[green]✓[/green] link delay {done['delay_ms']:g} ms into each host, {when} "
+            f"({done['links']} links)",
+            highlight=False,
+        )
 
     @network_app.command("restart", epilog=HELP_EPILOG)
     def network_restart(
@@ -276,7 +316,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 {"name": px.name, "msp": px.msp_id, "address": px.service.address or "in-process"}
                 for px in prof.proxies
             ]
+            from ehrshare.network.consortium_hosts import hosts_status
             from ehrshare.network.control import check_services, network_state
+
+            with mapped_errors():
+                hosts = hosts_status(prof.path.parent if prof.path else path)
+            if hosts is not None:
+                status["hosts"] = hosts
 
             prof_file = (path / "profile.yaml" if path.is_dir() else path).resolve()
             bg = network_state(prof_file)
@@ -344,6 +390,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                     + ", ".join(f"{p['name']} ({p['address']})" for p in status["proxies"]),
                     soft_wrap=True,
                 )
+                if "hosts" in status:
+                    _print_hosts(status["hosts"])
                 bg_state = status["background_services"]
                 if bg_state["running"]:
                     head = f"running, supervisor pid {bg_state['supervisor_pid']}"
@@ -383,3 +431,21 @@ def _swarm_nodes(nodes: Any) -> dict[str, dict[str, Any]]:
         except Exception as exc:
             out[msp] = {"url": url, "reachable": False, "detail": str(exc)}
     return out
+
+
+def _print_hosts(hosts: dict[str, Any]) -> None:
+    """The consortium's hosts: one line for the layout, one per host."""
+    delay = f", {hosts['delay_ms']:g} ms delay" if hosts["delay_ms"] else ""
+    state = "up" if hosts["up"] else "not made ('ehrshare network up' makes them)"
+    _err.print(
+        f"hosts: layout {hosts['tag']} on {hosts['subnet']}, {hosts['links']} links{delay}: "
+        f"{state}",
+        soft_wrap=True,
+        highlight=False,
+    )
+    for label, host in hosts["hosts"].items():
+        _err.print(
+            f"  {label}: {host['address']} in {host['netns']}, link {host['link']}",
+            soft_wrap=True,
+            highlight=False,
+        )

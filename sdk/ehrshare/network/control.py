@@ -33,6 +33,7 @@ from ehrshare.faults import fault_point
 from ehrshare.network.consortium_hosts import ensure_hosts, remove_hosts
 from ehrshare.network.services import ServiceCommand, service_commands
 from ehrshare.network.supervisor import (
+    RELOAD_REQUEST,
     RESTART_REQUEST_SUFFIX,
     Child,
     RestartPolicy,
@@ -59,6 +60,7 @@ __all__ = [
     "network_state",
     "network_up",
     "restart_service",
+    "sync_services",
 ]
 
 _log = logging.getLogger(__name__)
@@ -195,7 +197,11 @@ def _fabric_state(profile_path: Path) -> dict[str, Any] | None:
 
 
 def network_up(
-    profile_path: Path, *, timeout: float = 90.0, policy: RestartPolicy | None = None
+    profile_path: Path,
+    *,
+    timeout: float = 90.0,
+    policy: RestartPolicy | None = None,
+    delay_ms: float | None = None,
 ) -> NetworkState:
     """Start the profile's services in the background and wait until every one listens.
 
@@ -209,7 +215,8 @@ def network_up(
     profile_path = profile_path.resolve()
     prof = Profile.load(profile_path)
     # Its hosts first (made again after 'network down'): every node runs in one of them.
-    ensure_hosts(profile_path.parent)
+    # ``delay_ms``: the one-way link delay into each host (recorded; None: the recorded one).
+    ensure_hosts(profile_path.parent, delay_ms)
     remote = [p for p in prof.proxies if not p.service.embedded] + [
         n for n in prof.kgc_nodes if not n.service.embedded
     ]
@@ -290,6 +297,9 @@ def _start_services(profile_path: Path, timeout: float, policy: RestartPolicy) -
         for name, record in _services_state(profile_path).services.items():
             if record.get("state") == "failed":
                 restart_service(profile_path, name, timeout=timeout)
+        # A profile changed under a running supervisor (a hospital joined): take it.
+        if _out_of_date(profile_path, listening=False):
+            sync_services(profile_path, timeout=timeout)
         return
     run.mkdir(parents=True, exist_ok=True)
     if current.stale_supervisor_pid is not None:
@@ -357,6 +367,70 @@ def _wait_ready(profile_path: Path, proc: Child | None, timeout: float) -> None:
             raise NetworkControlError(
                 f"the services another 'network up' is starting did not all listen within "
                 f"{timeout:.0f} s; see {log_file}"
+            )
+        time.sleep(0.1)
+
+
+def _out_of_date(profile_path: Path, *, listening: bool = True) -> list[str]:
+    """The profile's services the live supervisor does not run as the profile says (missing,
+    another command line, or with ``listening`` not listening yet); [] when it runs every
+    one."""
+    services = _services_state(profile_path).services
+    return [
+        cmd.name
+        for cmd in service_commands(Profile.load(profile_path))
+        if services.get(cmd.name, {}).get("args_sha256") != cmd.args_sha256
+        or (listening and services.get(cmd.name, {}).get("state") != "running")
+    ]
+
+
+def sync_services(profile_path: Path, *, timeout: float = 120.0) -> str:
+    """Make the running services match the profile (``consortium add-hospital`` after it named
+    a hospital's KGC node and proxy, and gave every service a new client CA).
+
+    With a live supervisor: ask it to read the profile again (``run/reload.request``): it starts
+    the new services and restarts the changed ones one at a time; wait until each runs the
+    profile's command line and listens (``"reloaded"``, or ``"current"`` if it already did).
+    Without one: :func:`network_up` (``"started"``). Raises :class:`NetworkControlError` when
+    they are not all running within ``timeout`` seconds.
+    """
+    from ehrshare.services.vault import atomic_write
+
+    profile_path = profile_path.resolve()
+    state = _services_state(profile_path)
+    if not state.running and not _supervisor_alive(_run_dir(profile_path)):
+        network_up(profile_path, timeout=timeout)
+        return "started"
+    if not state.ready:
+        _wait_ready(profile_path, None, timeout)
+    if not _out_of_date(profile_path):
+        return "current"
+    request = _run_dir(profile_path) / RELOAD_REQUEST
+    deadline = time.monotonic() + timeout
+    asked = 0.0
+    while True:
+        behind = _out_of_date(profile_path)
+        if not behind:
+            return "reloaded"
+        now = _services_state(profile_path)
+        if not now.running:
+            raise NetworkControlError(
+                f"the service supervisor stopped while taking the new profile; see {now.log_file}"
+            )
+        failed = [n for n in behind if now.services.get(n, {}).get("state") == "failed"]
+        if failed:
+            raise NetworkControlError(
+                f"{', '.join(failed)} did not start and the supervisor gave up; see "
+                f"{now.log_file} and run/<name>.stderr, then 'ehrshare network restart'"
+            )
+        if not request.exists() and time.monotonic() - asked > 5.0:
+            # Asked again when a supervisor that started meanwhile cleared the request.
+            atomic_write(request, b"", mode=0o644)
+            asked = time.monotonic()
+        if time.monotonic() > deadline:
+            raise NetworkControlError(
+                f"{', '.join(behind)} did not run the profile's command line within "
+                f"{timeout:.0f} s; see {now.log_file}"
             )
         time.sleep(0.1)
 

@@ -156,15 +156,21 @@ def _write_config(config: RelayConfig, path: Path) -> None:
 
 
 def start_relay(
-    config: RelayConfig, path: Path, log: Path, *, on_started: Callable[[], None] | None = None
+    config: RelayConfig,
+    path: Path,
+    log: Path,
+    *,
+    on_started: Callable[[], None] | None = None,
+    detached: bool = False,
 ) -> Child:
     """Write ``config`` to ``path`` and start a relay serving it (through the supervisor; it
-    dies with this thread); returns once every TAP device exists. ``on_started`` runs as soon
-    as the pid is known (to put it on record before waiting)."""
+    dies with this thread, or with ``detached`` outlives it in a session of its own, stopped
+    by pid); returns once every TAP device exists. ``on_started`` runs as soon as the pid is
+    known (to put it on record before waiting)."""
     _write_config(config, path)
     config.stats.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "ehrshare.network.linkrelay", str(path)]
-    child = start_child("linkrelay", argv, log, die_with_parent=True)
+    child = start_child("linkrelay", argv, log, die_with_parent=not detached, new_session=detached)
     if on_started is not None:
         on_started()
     deadline = time.monotonic() + 30

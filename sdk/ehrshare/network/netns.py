@@ -156,6 +156,7 @@ class HostLayout:
         self.links: Links = links
         self.kept = False  # True: no owner process; only an explicit teardown removes it
         self.relay: Child | None = None
+        self.relay_detached = False  # its relay outlives the process that started it
         self.subnet = ipaddress.ip_network(subnet)
         self.hosts = {h.label: h for h in hosts}
         self.state_file = state_file
@@ -176,7 +177,12 @@ class HostLayout:
             "links": self.links,
             "relay": None
             if self.relay is None
-            else {"pid": self.relay.pid, "ticks": self.relay.ticks, "log": str(self.relay.log)},
+            else {
+                "pid": self.relay.pid,
+                "ticks": self.relay.ticks,
+                "log": str(self.relay.log),
+                "detached": self.relay_detached,
+            },
         }
         self.state_file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(self.state_file, json.dumps(data, indent=2).encode(), mode=0o644)
@@ -200,6 +206,7 @@ class HostLayout:
                 layout.relay = Child(
                     "linkrelay", int(relay["pid"]), relay["ticks"], Path(str(relay["log"]))
                 )
+                layout.relay_detached = bool(relay.get("detached", False))
         except FileNotFoundError:
             raise NetnsError(f"{state_file} does not exist: no such host layout") from None
         except (ValueError, KeyError, TypeError) as exc:
@@ -229,12 +236,14 @@ class HostLayout:
         links: Links = "bridge",
         delay_ms: float = 0.0,
         subnet: str | None = None,
+        detached_relay: bool = False,
     ) -> Self:
         """Make a bridge and one namespace per label (in order: addresses ``.10``, ``.11``, ...).
 
         ``links="relay"``: link the hosts through :mod:`ehrshare.network.linkrelay` instead of
         veth pairs and a bridge, delaying every frame into a host by ``delay_ms`` (changed
-        later with :meth:`delay`). ``subnet`` (with ``tag``): make it again on that /24, so
+        later with :meth:`delay`; ``detached_relay``: the relay outlives this process, so the
+        layout can be kept). ``subnet`` (with ``tag``): make it again on that /24, so
         every host gets the address it had (refused if something else uses it now).
 
         Removes first what crashed runs left (:func:`sweep_stale`). With the ``tag`` of a
@@ -259,11 +268,14 @@ class HostLayout:
         sweep_stale(directory)
         if tag is not None and (directory / f"{tag}.json").exists():
             layout = cls.load(directory / f"{tag}.json")
-            if list(layout.hosts) != list(labels) or layout.links != links:
+            known = list(layout.hosts)
+            if known != list(labels)[: len(known)] or layout.links != links:
                 raise NetnsError(
                     f"layout {tag} has hosts {list(layout.hosts)} on {layout.links} links, "
                     f"not {labels} on {links}"
                 )
+            for label in list(labels)[len(known) :]:  # hosts added since (a hospital joined)
+                layout._append(label)
         else:
             tag = tag or _new_tag()
             net = _free_subnet(subnet)
@@ -282,6 +294,8 @@ class HostLayout:
             layout._save()
         try:
             if links == "relay":
+                if layout.relay is None or not layout.relay.alive():
+                    layout.relay_detached = detached_relay
                 layout._make_relayed(delay_ms)
             else:
                 layout._make()
@@ -289,6 +303,44 @@ class HostLayout:
             layout.teardown()
             raise
         return layout
+
+    def _host(self, label: str, i: int) -> Host:
+        return Host(
+            label=label,
+            netns=f"{NAME_PREFIX}{self.tag}-{label.lower()}"[:48],
+            address=str(self.subnet.network_address + _FIRST_HOST + i),
+            outside=f"{NAME_PREFIX}{self.tag}h{i}",
+            inside=f"{NAME_PREFIX}{self.tag}n{i}",
+        )
+
+    def next_host(self, label: str) -> Host:
+        """The host ``label`` has, or would get from :meth:`add_host` (the next address)."""
+        if label in self.hosts:
+            return self.hosts[label]
+        if not _LABEL.match(label):
+            raise ValueError(f"host label {label!r}: letters, digits, '-' or '_'")
+        if _FIRST_HOST + len(self.hosts) > 250:
+            raise NetnsError(f"host layout {self.tag} has no address left for {label}")
+        return self._host(label, len(self.hosts))
+
+    def _append(self, label: str) -> Host:
+        host = self.next_host(label)
+        self.hosts[label] = host
+        self._save()
+        return host
+
+    def add_host(self, label: str) -> Host:
+        """Give the layout one more host (the next address; a hospital that joins): recorded,
+        then made like the others. Idempotent. Bridge links only (a relay's ports are fixed
+        when it starts)."""
+        if self.links != "bridge":
+            raise NetnsError(
+                f"host layout {self.tag} runs on the link relay, whose ports are fixed when it "
+                "starts: a host cannot be added to it (not built yet)"
+            )
+        host = self._append(label) if label not in self.hosts else self.hosts[label]
+        self._make()
+        return host
 
     def _make(self) -> None:
         br, prefix = self.bridge, self.subnet.prefixlen
@@ -379,7 +431,9 @@ class HostLayout:
     def _start_relay(self, delay_ms: float) -> None:
         log = self.state_file.with_name(f"{self.tag}.relay.log")
         config, path = self._relay_config(delay_ms), self._relay_config_path()
-        self.relay = start_relay(config, path, log, on_started=self._save)
+        self.relay = start_relay(
+            config, path, log, on_started=self._save, detached=self.relay_detached
+        )
         fault_point("netns.create.after_relay")
 
     def _relay_delay(self, ms: float) -> None:
@@ -442,8 +496,9 @@ class HostLayout:
     def keep(self) -> None:
         """Let this layout outlive the process that made it: it is no longer swept when that
         process is gone; only :meth:`teardown` (e.g. ``ehrshare network down``) removes it.
-        Refused for relayed links (the relay dies with its owner)."""
-        if self.links == "relay":
+        Refused for relayed links unless their relay was started detached (otherwise it dies
+        with its owner)."""
+        if self.links == "relay" and not self.relay_detached:
             raise NetnsError(f"host layout {self.tag}: relayed links cannot outlive their owner")
         self.kept = True
         self._save()

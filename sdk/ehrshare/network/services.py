@@ -15,6 +15,7 @@ never signal a process it did not start.
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +50,12 @@ class ServiceCommand:
     state: Path
     service: ServiceConfig | None = None
     """Where the profile says it runs (its wallet and TLS CA: what a client needs to call it)."""
+
+    @property
+    def args_sha256(self) -> str:
+        """A digest of its arguments: what the state file shows, so a caller can tell that the
+        process runs the profile's current command line."""
+        return hashlib.sha256("\0".join(self.args).encode()).hexdigest()
 
     def argv(self, executable: Sequence[str] = DEFAULT_EXECUTABLE) -> list[str]:
         """The full command line."""
@@ -150,19 +157,42 @@ class ServiceProcesses(Supervisor):
         if not self.commands:
             raise ProfileError("the profile names no service to run as a process")
         self.executable = tuple(executable)
+        self.profile_path = profile.path
         # ``netns``: per host address, the network namespace a service bound to it runs in.
-        spaces = dict(netns or {})
-        programs = {
-            name: _program(cmd, run_dir, self.executable, spaces.get(_host(cmd.address)))
-            for name, cmd in self.commands.items()
-        }
+        self.spaces = dict(netns or {})
+        self.run_dir = run_dir
         super().__init__(
-            programs,
+            self._programs(),
             run_dir,
             start_timeout=start_timeout,
             die_with_parent=die_with_parent,
             policy=policy,
+            reload=self._reload if profile.path is not None else None,
         )
+
+    def _programs(self) -> dict[str, Program]:
+        return {
+            name: _program(cmd, self.run_dir, self.executable, self._netns(cmd))
+            for name, cmd in self.commands.items()
+        }
+
+    def _netns(self, cmd: ServiceCommand) -> str | None:
+        return self.spaces.get(_host(cmd.address))
+
+    def _reload(self) -> dict[str, Program]:
+        """The profile read again (``<run dir>/reload.request``, written by ``consortium
+        add-hospital``): its services as programs; the supervisor starts new ones and restarts
+        changed ones (a new consortium CA changes every command line)."""
+        from ehrshare.network.consortium_hosts import hosts_netns
+
+        assert self.profile_path is not None
+        commands = {c.name: c for c in service_commands(Profile.load(self.profile_path))}
+        if self.spaces:  # a hospital that joined may have a host of its own now
+            self.spaces = dict(hosts_netns(self.profile_path.parent) or {})
+        if not commands:
+            raise ProfileError("the profile names no service to run as a process")
+        self.commands = commands
+        return self._programs()
 
 
 def _host(address: str) -> str:
@@ -181,6 +211,6 @@ def _program(
         ready=port_file.exists,
         address=cmd.address,
         before_start=lambda: port_file.unlink(missing_ok=True),
-        info={"address": cmd.address},
+        info={"address": cmd.address, "args_sha256": cmd.args_sha256},
         netns=netns,
     )

@@ -33,6 +33,7 @@ from ehrshare.errors import Unavailable
 from ehrshare.faults import fault_point
 
 __all__ = [
+    "RELOAD_REQUEST",
     "RESTART_REQUEST_SUFFIX",
     "Child",
     "Program",
@@ -54,6 +55,9 @@ _log = logging.getLogger(__name__)
 
 RESTART_REQUEST_SUFFIX: Final = ".restart"
 """``<run dir>/<name>.restart``: asks a supervising :class:`Supervisor` to restart one."""
+RELOAD_REQUEST: Final = "reload.request"
+"""``<run dir>/reload.request``: asks a supervising :class:`Supervisor` with a ``reload``
+callback to take its programs anew (see :meth:`Supervisor.apply`)."""
 
 # Sets PR_SET_PDEATHSIG in a small launcher that then execs the program (the pid stays the
 # same), instead of in a preexec_fn: a preexec_fn forces a plain fork(), whose pthread_atfork
@@ -373,9 +377,13 @@ class Supervisor:
         start_timeout: float = 60.0,
         die_with_parent: bool = False,
         policy: RestartPolicy | None = None,
+        reload: Callable[[], Mapping[str, Program]] | None = None,
     ) -> None:
         self.programs = dict(programs)
         self.run_dir = run_dir
+        self.reload = reload
+        self._rolling: list[str] = []  # changed programs still to restart, one at a time
+        self._spawned: dict[str, Program] = {}  # what each program's current process runs
         self.start_timeout = start_timeout
         self.die_with_parent = die_with_parent
         self.policy = policy or RestartPolicy()
@@ -409,6 +417,7 @@ class Supervisor:
             netns=program.netns,
         )
         self._children[name] = child
+        self._spawned[name] = program
         self._log_offsets[name] = child.offset
         self.started_pids.append(child.pid)
         st = self.status[name]
@@ -480,7 +489,9 @@ class Supervisor:
         """Every program's ``info`` and :class:`ServiceStatus`, JSON-ready."""
         now = time.monotonic()
         return {
-            name: {**program.info, **self.status[name].as_dict(now)}
+            # The info of the program its process was started as (a changed one waiting for
+            # its turn in a rolling restart still shows the old command line's).
+            name: {**self._spawned.get(name, program).info, **self.status[name].as_dict(now)}
             for name, program in self.programs.items()
         }
 
@@ -488,15 +499,60 @@ class Supervisor:
         """The file whose existence asks :meth:`supervise` to restart ``name``."""
         return self.run_dir / f"{name}{RESTART_REQUEST_SUFFIX}"
 
+    def apply(self, programs: Mapping[str, Program]) -> None:
+        """Take ``programs`` as the set to run: start the new ones, stop the ones gone, and
+        restart the ones whose command line changed — one at a time, each once the one before
+        listens (a rolling restart: of n KGC nodes, n-1 keep answering)."""
+        for name in [n for n in self.programs if n not in programs]:
+            if name in self._children:
+                self.stop(name)
+            del self.programs[name]
+            del self.status[name]
+            self._spawned.pop(name, None)
+            _log.warning("stopped %s: no longer in the profile", name)
+        for name, program in programs.items():
+            old = self.programs.get(name)
+            self.programs[name] = program
+            if old is None:
+                self.status[name] = ServiceStatus()
+                _log.warning("starting %s: new in the profile", name)
+                self._try_spawn(name, time.monotonic())
+            elif old.argv != program.argv and name not in self._rolling:
+                self._rolling.append(name)
+
+    def _roll(self) -> bool:
+        """Restart the next program of a rolling restart once nothing is starting."""
+        if not self._rolling or any(st.state == "starting" for st in self.status.values()):
+            return False
+        name = self._rolling.pop(0)
+        _log.warning("restarting %s: its command line changed", name)
+        if name in self._children:
+            self.stop(name)
+        st = self.status[name]
+        st.attempt = 0
+        st.restarts += 1
+        self._try_spawn(name, time.monotonic())
+        return True
+
     def check(self) -> bool:
-        """One supervision step: handle restart requests, notice deaths, start what is due.
+        """One supervision step: handle reload and restart requests, notice deaths, start what
+        is due.
 
         Returns True if any program's status changed. Never blocks longer than a requested
         restart's clean stop.
         """
         changed = False
-        for name in self.programs:
+        reload = self.run_dir / RELOAD_REQUEST
+        if self.reload is not None and reload.exists():
+            reload.unlink(missing_ok=True)
+            try:
+                self.apply(self.reload())
+            except Exception as exc:  # a broken profile: keep running what runs
+                _log.error("reload refused, the services are left as they were: %s", exc)
+            changed = True
+        for name in list(self.programs):
             changed |= self._check_one(name, time.monotonic())
+        changed |= self._roll()
         return changed
 
     def _check_one(self, name: str, now: float) -> bool:
@@ -592,6 +648,7 @@ class Supervisor:
         (with ``die_with_parent`` the children die with that thread)."""
         for name in self.programs:
             self.request_file(name).unlink(missing_ok=True)  # asked of a previous supervisor
+        (self.run_dir / RELOAD_REQUEST).unlink(missing_ok=True)  # this one read the profile now
         while not stop.is_set():
             if self.check():
                 on_change()

@@ -270,11 +270,12 @@ class KuboSwarm:
         self._save()
         return self.nodes[msp]
 
-    def add_node(self, msp: str, repo: Path) -> SwarmNode:
+    def add_node(self, msp: str, repo: Path, host: NodeHost | None = None) -> SwarmNode:
         """Give a joining hospital a node whose repository is ``repo`` (in its own directory):
         a new identity, free ports, this swarm's key; every node's peering names it (a running
         node takes that up at its next start; :meth:`start` dials it now). Returns the existing
-        node when ``msp`` has one (an interrupted join repeated)."""
+        node when ``msp`` has one (an interrupted join repeated). ``host``: the address it
+        binds and the namespace it runs in (a hospital on a host of its own)."""
         if msp in self.nodes:
             return self.nodes[msp]
         repo = repo.resolve()
@@ -282,13 +283,17 @@ class KuboSwarm:
             aside = repo.with_name(f"{repo.name}.partial-{int(time.time())}")
             repo.rename(aside)  # a join killed before swarm.json named the node
         api, gateway, swarm_port = free_loopback_ports(3)
-        self.nodes[msp] = SwarmNode(msp, "", api, gateway, swarm_port, repo=str(repo))
+        place = host or NodeHost(_HOST)
+        node = SwarmNode(
+            msp, "", api, gateway, swarm_port, place.address, place.netns, repo=str(repo)
+        )
+        self.nodes[msp] = node
         try:
             peer_id = self._init_repo(msp)
         except BaseException:
             del self.nodes[msp]
             raise
-        self.nodes[msp] = SwarmNode(msp, peer_id, api, gateway, swarm_port, repo=str(repo))
+        self.nodes[msp] = dataclasses.replace(node, peer_id=peer_id)
         for other in self.nodes:
             if (self.repo(other) / "config").is_file():
                 self._configure(other)

@@ -36,6 +36,7 @@ from ehrshare.network.fabric.config_update import (
 from ehrshare.network.fabric.launcher import FabricNet, _read_from
 from ehrshare.network.fabric.profiles import connection_profile
 from ehrshare.network.fabric.spec import _CC_SEQUENCE, _CC_VERSION, FabricNetError, Progress
+from ehrshare.network.netns import NodeHost
 from ehrshare.network.supervisor import free_loopback_ports
 from ehrshare.services.vault import atomic_write
 
@@ -116,22 +117,36 @@ def org_material(net: FabricNet, ca: LocalCA, directory: Path) -> Path:
     return directory
 
 
-def _add_to_network(net: FabricNet, msp: str, directory: Path, anchor: tuple[str, int]) -> None:
-    """Record the organisation, its directory and its peer's ports in ``network.json``."""
+def _add_to_network(
+    net: FabricNet,
+    msp: str,
+    directory: Path,
+    anchor: tuple[str, int],
+    place: NodeHost | None = None,
+) -> None:
+    """Record the organisation, its directory, its peer's ports (and its host) in
+    ``network.json``."""
     if msp in net.spec.msp_ids:
         return
     host, listen = anchor
-    if host != net.host(net.spec.msp_ids[0]) or net.spec.hosts:
+    expected = place.address if place is not None else net.host(net.spec.msp_ids[0])
+    if host != expected or bool(net.spec.hosts) != (place is not None):
         raise FabricNetError(
-            f"the new peer's address {host}:{listen} is not on this network's hosts; joining "
-            "is built for networks on 127.0.0.1"
+            f"the new peer's address {host}:{listen} is not where this network runs it ({expected})"
         )
+    # On a host of its own the namespace is empty: any port is free there.
     chaincode, operations = free_loopback_ports(2)
     state = net._state
     state.ports["peers"][msp] = {"listen": listen, "chaincode": chaincode, "operations": operations}
     state.org_dirs[msp] = str(directory)
     state.spec["msp_ids"] = [*state.spec["msp_ids"], msp]
-    net.spec = replace(net.spec, msp_ids=tuple(state.spec["msp_ids"]))
+    hosts = dict(net.spec.hosts)
+    if place is not None:
+        hosts[msp] = place
+        state.spec["hosts"] = {
+            label: {"address": h.address, "netns": h.netns} for label, h in hosts.items()
+        }
+    net.spec = replace(net.spec, msp_ids=tuple(state.spec["msp_ids"]), hosts=hosts)
     net._save()
 
 
@@ -143,9 +158,12 @@ def join_peer(
     say: Progress,
     *,
     timeout: float = 180.0,
+    host: NodeHost | None = None,
 ) -> bool:
     """Make, start, join and catch up the peer of ``ca``'s organisation (already a channel
-    member), then install and approve the chaincode for it; True if anything was done."""
+    member), then install and approve the chaincode for it; True if anything was done.
+    ``host``: on a network on several hosts, the organisation's own (made already): its peer
+    binds that address, runs in that namespace, and its TLS certificates name the address."""
     msp = ca.msp_id
     deadline = time.monotonic() + timeout
     steps = ("join", "install", "approve")
@@ -155,8 +173,14 @@ def join_peer(
     did = False
     if msp not in net.spec.msp_ids:
         say(f"making the Fabric peer and admin of {msp} in {directory}")
-        org_material(net, ca, directory)
-        _add_to_network(net, msp, directory, anchor)
+        spec = net.spec
+        if host is not None:  # the material names the host's address (in memory until added)
+            net.spec = replace(spec, msp_ids=(*spec.msp_ids, msp), hosts={**spec.hosts, msp: host})
+        try:
+            org_material(net, ca, directory)
+        finally:
+            net.spec = spec
+        _add_to_network(net, msp, directory, anchor, host)
         did = True
     name = f"peer-{msp}"
     if not _alive(net, msp):
