@@ -444,7 +444,7 @@ class Gateway:
         for ref in self._readable(session, search.patient):
             if not search.admits_pointer(ref, labels):
                 continue
-            _ref, data = session.open_record_json(ref.record_id)  # a logged read
+            _ref, data = session.open_record_json(ref)  # a logged read (the pointer: hints)
             if search.admits_resource(data, ref, label_of):
                 found.append(self._with_meta(data, ref))
         return Answer(200, _bundle(found, base_url))
@@ -483,7 +483,7 @@ class Gateway:
         assert patient is not None
         found = []
         for ref in self._readable(session, patient):
-            _ref, data = session.open_record_json(ref.record_id)
+            _ref, data = session.open_record_json(ref)  # the pointer gives RequestAccess hints
             found.append(self._with_meta(data, ref))
         found += self._consents(session, patient)
         return Answer(200, _bundle(found, base_url))

@@ -301,8 +301,11 @@ class Records(TypeKeyRotation):
     ) -> tuple[RecordRef, bytes]:
         record_id = ref.record_id if isinstance(ref, RecordRef) else ref
         grant_id = "" if grant is None else grant.grant_id if isinstance(grant, Grant) else grant
+        # A pointer names the record's owner and label: hints that save the chaincode round
+        # trips on a Fabric >= 3.1 peer (request_access_args); a bare id sends none.
+        hints = (ref.owner, ref.label) if isinstance(ref, RecordRef) else ("", "")
         try:
-            return self._read_plain(record_id, grant_id, version)
+            return self._read_plain(record_id, grant_id, version, hints=hints)
         except GrantNotServed as first:
             if grant_id:
                 raise
@@ -314,7 +317,9 @@ class Records(TypeKeyRotation):
                     continue
                 tried.add(other.grant_id)
                 try:
-                    return self._read_plain(record_id, other.grant_id, version)
+                    return self._read_plain(
+                        record_id, other.grant_id, version, hints=(other.owner, other.label)
+                    )
                 except (GrantNotServed, AccessDenied):
                     continue
             raise
@@ -345,8 +350,9 @@ class Records(TypeKeyRotation):
         grant_id: str,
         version: int | None = None,
         with_keys: Callable[[], Sequence[tipre.IdentitySecretKey]] | None = None,
+        hints: tuple[str, str] = ("", ""),
     ) -> tuple[RecordRef, FHIRAbstractModel]:
-        ref, plaintext = self._read_plain(record_id, grant_id, version, with_keys)
+        ref, plaintext = self._read_plain(record_id, grant_id, version, with_keys, hints)
         return ref, self._validated(record_id, plaintext)
 
     def _read_plain(
@@ -355,15 +361,17 @@ class Records(TypeKeyRotation):
         grant_id: str,
         version: int | None = None,
         with_keys: Callable[[], Sequence[tipre.IdentitySecretKey]] | None = None,
+        hints: tuple[str, str] = ("", ""),
     ) -> tuple[RecordRef, bytes]:
-        """The decrypted bytes of a version, not yet validated as FHIR."""
+        """The decrypted bytes of a version, not yet validated as FHIR. ``hints``: the
+        record's owner and label when known (RequestAccess's hints), else empty."""
         # ``with_keys``: after an allow, the keys to open the re-encrypted capsule with instead
         # of the member's own (an emergency read: the emergency identity's key, emergency.py).
         # No per-record serialisation: each RequestAccess commits its own approval, keyed by
         # its access id, so concurrent reads of one record do not supersede each other.
         if self._sk is None:
             self._secret_key()  # says how to enrol
-        access = self.chain.request_access(record_id, grant_id)
+        access = self.chain.request_access(record_id, grant_id, owner=hints[0], label=hints[1])
         if not access.allowed:
             raise AccessDenied(record_id, self._humanise(access.reason), access.access_id)
         wanted = access.record_version if version is None else version
