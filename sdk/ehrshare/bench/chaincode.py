@@ -66,9 +66,9 @@ __all__ = [
 
 REQUEST_CALLS = {
     "RequestAccess": (False, False),
-    "RequestAccess, hinted": (False, True),
-    "RequestAccess, named grant": (True, False),
-    "RequestAccess, named grant, hinted": (True, True),
+    "RequestAccess hinted": (False, True),
+    "RequestAccess named": (True, False),
+    "RequestAccess named hinted": (True, True),
 }
 """RequestAccess as the SDK sends it (:func:`~ehrshare.contract.client.request_access_args`),
 by (grant named, owner and label hinted): a bare record id (``read_record("r-1")``, the CLI
