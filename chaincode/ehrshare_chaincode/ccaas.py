@@ -385,13 +385,13 @@ class _PeerSession:
         self._pending[key] = fut
         self.send(_MSG(type=kind, payload=payload, txid=txid, channel_id=channel))
         timeout = self._server._request_timeout
+        # A timer on the future itself, not asyncio.wait_for: that adds a second future and a
+        # loop iteration to every answer, and every state request waits for one.
+        timer = self._loop.call_later(timeout, _expire, fut, kind, timeout)
         try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise ChaincodeError(
-                f"the peer did not answer {_type_name(kind)} within {timeout:g} s"
-            ) from None
+            return await fut
         finally:
+            timer.cancel()
             if self._pending.get(key) is fut:
                 del self._pending[key]
 
@@ -405,6 +405,13 @@ class _PeerSession:
             text = bytes(reply.payload).decode("utf-8", "replace")
             raise ChaincodeError(f"the peer refused {_type_name(kind)}: {text}")
         return bytes(reply.payload)
+
+
+def _expire(fut: asyncio.Future[Any], kind: int, timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(
+            ChaincodeError(f"the peer did not answer {_type_name(kind)} within {timeout:g} s")
+        )
 
 
 def _type_name(kind: int) -> str:
