@@ -40,7 +40,8 @@ sends its writes after the contract has returned, one ``PUT_STATE``/``DEL_STATE`
 its last value — the write set the peer would have kept — and none when the contract fails. On
 a peer that offers them, the writes go in one ``WRITE_BATCH_STATE`` and the keys a transaction
 declares it reads (the stub's ``prefetch`` hints) go with its next read in one
-``GET_STATE_MULTIPLE``: RequestAccess's 12 round trips become 4 (docs/benchmarks.md).
+``GET_STATE_MULTIPLE``: RequestAccess's 12 round trips become 4, or 3 and 2 with the owner and
+type hints the SDK sends from a record pointer (docs/benchmarks.md).
 
 Status: this module is exercised in CI by protocol-level unit tests against an in-test fake peer
 (``tests/fabric_unit/``). The pinned Fabric (3.1) cannot be built on the development machine (see
