@@ -740,6 +740,8 @@ def test_request_access_hints_save_round_trips_and_a_wrong_hint_only_adds_reads(
             set(),
             [imaging, match],
         ),
+        # A hint no key can hold (a reserved character) is skipped, not an error.
+        ("reserved", "dave", ("r-2", "", "a\x00b", "lab"), 4, "first valid", set(), [match]),
         ("named", "dave", ("r-2", grant_id), 3, "", set(), []),
         ("named, hinted", "dave", ("r-2", grant_id, alice, ""), 2, "named", set(), []),
         ("named, wrong owner", "dave", ("r-2", grant_id, zed, ""), 3, "named", {zed_head}, []),
