@@ -389,8 +389,10 @@ class Gateway:
     def _read(
         self, session: Session, rtype: str, rid: str, version: int | None = None
     ) -> dict[str, Any]:
+        target: RecordRef | str = rid
         if version is not None:
             latest = session.get_record(rid)  # unknown: 404; not the caller's to see: 403
+            target = latest  # the pointer: its owner and label are RequestAccess's hints
             if version > latest.version:
                 raise FhirError(404, f"{rtype}/{rid} has no version {version}")
             if version != latest.version and session.ibe_id != latest.owner:
@@ -401,7 +403,7 @@ class Gateway:
                 )
         # The read first: a denial is decided and logged on chain like any (then 403), an
         # unknown record is the chaincode's "does not exist" (then 404).
-        ref, data = session.open_record_json(rid, version=version)  # validated, not re-dumped
+        ref, data = session.open_record_json(target, version=version)  # validated, not re-dumped
         if data.get("resourceType") != rtype:
             raise FhirError(404, f"{rtype}/{rid} does not exist (record {rid} is not a {rtype})")
         return self._with_meta(data, ref)
