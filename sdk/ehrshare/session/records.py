@@ -3,6 +3,7 @@ access, the proxies of the grant chain in order, decrypt)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -19,7 +20,7 @@ from ehrshare.fhir import FhirValidationError, parse_resource, resource_bytes
 from ehrshare.hazmat import tipre
 from ehrshare.hazmat.errors import DecryptionError
 from ehrshare.services.protocols import NoReKey, ProxyError, ProxyUnavailable
-from ehrshare.session.core import _MAX_FALLBACK_GRANTS, _PAGE, FORMAT_VERSION
+from ehrshare.session.core import _MAX_FALLBACK_GRANTS, _MAX_POINTERS, _PAGE, FORMAT_VERSION
 from ehrshare.session.errors import (
     AccessDenied,
     GrantNotServed,
@@ -302,8 +303,11 @@ class Records(TypeKeyRotation):
         record_id = ref.record_id if isinstance(ref, RecordRef) else ref
         grant_id = "" if grant is None else grant.grant_id if isinstance(grant, Grant) else grant
         # A pointer names the record's owner and label: hints that save the chaincode round
-        # trips on a Fabric >= 3.1 peer (request_access_args); a bare id sends none.
-        hints = (ref.owner, ref.label) if isinstance(ref, RecordRef) else ("", "")
+        # trips on a Fabric >= 3.1 peer (request_access_args); a bare id sends those of a
+        # pointer this session saw before, or none.
+        if isinstance(ref, RecordRef):
+            self._remember_pointer(ref)
+        hints = self._pointers.get(record_id, ("", ""))
         try:
             return self._read_plain(record_id, grant_id, version, hints=hints)
         except GrantNotServed as first:
@@ -323,6 +327,14 @@ class Records(TypeKeyRotation):
                 except (GrantNotServed, AccessDenied):
                     continue
             raise
+
+    def _remember_pointer(self, ref: RecordRef) -> None:
+        """Keep ``ref``'s owner and label for RequestAccess's hints (at most
+        :data:`_MAX_POINTERS`, the oldest dropped first)."""
+        if ref.record_id not in self._pointers and len(self._pointers) >= _MAX_POINTERS:
+            with contextlib.suppress(RuntimeError, StopIteration, KeyError):  # another thread
+                del self._pointers[next(iter(self._pointers))]
+        self._pointers[ref.record_id] = (ref.owner, ref.label)
 
     @staticmethod
     def _validated(record_id: str, plaintext: bytes) -> FHIRAbstractModel:
@@ -382,6 +394,8 @@ class Records(TypeKeyRotation):
                 "only"
             )
         record = access.record
+        if record is not None:
+            self._remember_pointer(record.ref)
         if record is None or record.ref.version != wanted:
             record = self.chain.get_record(record_id, wanted)
         owner, label = record.ref.owner, record.ref.label
