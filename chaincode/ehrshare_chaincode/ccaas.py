@@ -40,7 +40,8 @@ sends its writes after the contract has returned, one ``PUT_STATE``/``DEL_STATE`
 its last value — the write set the peer would have kept — and none when the contract fails. On
 a peer that offers them, the writes go in one ``WRITE_BATCH_STATE`` and the keys a transaction
 declares it reads (the stub's ``prefetch`` hints) go with its next read in one
-``GET_STATE_MULTIPLE``: RequestAccess's 12 round trips become 4 (docs/benchmarks.md).
+``GET_STATE_MULTIPLE``: RequestAccess's 12 round trips become 4, or 3 and 2 with the owner and
+type hints the SDK sends from a record pointer (docs/benchmarks.md).
 
 Status: this module is exercised in CI by protocol-level unit tests against an in-test fake peer
 (``tests/fabric_unit/``). The pinned Fabric (3.1) cannot be built on the development machine (see
@@ -385,13 +386,13 @@ class _PeerSession:
         self._pending[key] = fut
         self.send(_MSG(type=kind, payload=payload, txid=txid, channel_id=channel))
         timeout = self._server._request_timeout
+        # A timer on the future itself, not asyncio.wait_for: that adds a second future and a
+        # loop iteration to every answer, and every state request waits for one.
+        timer = self._loop.call_later(timeout, _expire, fut, kind, timeout)
         try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            raise ChaincodeError(
-                f"the peer did not answer {_type_name(kind)} within {timeout:g} s"
-            ) from None
+            return await fut
         finally:
+            timer.cancel()
             if self._pending.get(key) is fut:
                 del self._pending[key]
 
@@ -405,6 +406,13 @@ class _PeerSession:
             text = bytes(reply.payload).decode("utf-8", "replace")
             raise ChaincodeError(f"the peer refused {_type_name(kind)}: {text}")
         return bytes(reply.payload)
+
+
+def _expire(fut: asyncio.Future[Any], kind: int, timeout: float) -> None:
+    if not fut.done():
+        fut.set_exception(
+            ChaincodeError(f"the peer did not answer {_type_name(kind)} within {timeout:g} s")
+        )
 
 
 def _type_name(kind: int) -> str:

@@ -84,6 +84,10 @@ def test_bft_on_fabric_2_is_refused_with_the_reason() -> None:
         (("--rates", "0"), "rates must be between 0 and 1000 tx/s"),
         (("--clients", "0"), "clients must be between 1 and 64"),
         (("--only", "GrantAccess"), "operation 'GrantAccess' is not one of"),
+        (
+            ("--only", "RequestAccess hinted", "--caliper"),
+            "Caliper does not run RequestAccess hinted",
+        ),
     ],
 )
 def test_bad_options_are_usage_errors_before_any_network(args: tuple[str, ...], error: str) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from ehrshare.bench.chaincode import OPERATIONS, process_cpu_seconds
+from ehrshare.bench.chaincode import OPERATIONS, REQUEST_CALLS, process_cpu_seconds
 from ehrshare.cli import app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,6 +73,11 @@ def test_a_baseline_is_measured_beside_the_current_chaincode_in_one_run(tmp_path
     assert set(data["baseline_over_current_server_cpu"]) == set(OPERATIONS)
     assert data["target"]["operation"] == "RequestAccess"
     assert isinstance(data["target"]["met"], bool)
+    assert set(data["target"]["measured_by_call"]) == set(REQUEST_CALLS)
+    # The baseline is sent no hints (what its SDK sent): on a 2.x peer the same requests.
+    base, now = data["servers"]["baseline"], data["servers"]["current"]
+    for op in REQUEST_CALLS:
+        assert base[op]["state_requests_per_call"] == now[op]["state_requests_per_call"]
 
 
 @pytest.mark.parametrize(
@@ -94,13 +99,31 @@ ROUND_TRIPS = {
         "RegisterRecord": {"GET_STATE": 7, "PUT_STATE": 6},
         "GrantAccess": {"GET_STATE": 9, "PUT_STATE": 6},
         "RequestAccess": {"GET_STATE": 4, "GET_STATE_BY_RANGE": 1, "PUT_STATE": 7},
+        # Hints change nothing on a 2.x peer: every key is its own request anyway.
+        "RequestAccess hinted": {"GET_STATE": 4, "GET_STATE_BY_RANGE": 1, "PUT_STATE": 7},
+        "RequestAccess named": {"GET_STATE": 4, "PUT_STATE": 7},
+        "RequestAccess named hinted": {"GET_STATE": 4, "PUT_STATE": 7},
         "CheckApproval": {"GET_STATE": 3, "GET_STATE_BY_RANGE": 1},
     },
     "3.1": {
         "trivial write": {"WRITE_BATCH_STATE": 1},
         "RegisterRecord": {"GET_STATE_MULTIPLE": 1, "WRITE_BATCH_STATE": 1},
         "GrantAccess": {"GET_STATE": 1, "GET_STATE_MULTIPLE": 2, "WRITE_BATCH_STATE": 1},
+        # The first valid grant: (identity, record) -> grant-match scan -> (grant, log head).
         "RequestAccess": {"GET_STATE_BY_RANGE": 1, "GET_STATE_MULTIPLE": 2, "WRITE_BATCH_STATE": 1},
+        # Owner and label hinted: the scan first, then (identity, record, log head, grant).
+        "RequestAccess hinted": {
+            "GET_STATE_BY_RANGE": 1,
+            "GET_STATE_MULTIPLE": 1,
+            "WRITE_BATCH_STATE": 1,
+        },
+        # Named: (identity, record, grant) -> log head; with the owner hinted, one request.
+        "RequestAccess named": {
+            "GET_STATE": 1,
+            "GET_STATE_MULTIPLE": 1,
+            "WRITE_BATCH_STATE": 1,
+        },
+        "RequestAccess named hinted": {"GET_STATE_MULTIPLE": 1, "WRITE_BATCH_STATE": 1},
         "CheckApproval": {"GET_STATE": 1, "GET_STATE_BY_RANGE": 1, "GET_STATE_MULTIPLE": 1},
     },
 }

@@ -43,7 +43,8 @@ from ehrshare_chaincode.ccaas import (
     ChaincodeTls,
     check_package_id,
 )
-from ehrshare_chaincode.stub import ChaincodeStub
+from ehrshare_chaincode.contract.keys import K_GRANT, K_GRANT_MATCH, K_LOG_HEAD
+from ehrshare_chaincode.stub import ChaincodeStub, create_composite_key
 
 MSG = shim.ChaincodeMessage
 PACKAGE_ID = "ehrshare_1.0:" + "ab" * 32
@@ -66,6 +67,8 @@ class FakePeer(BenchFakePeer):
         self.active: set[tuple[str, str]] = set()
         self.violations: list[str] = []
         self.read_sets: dict[str, frozenset[str]] = {}  # txid -> keys the peer was asked for
+        self.write_sets: dict[str, dict[str, bytes | None]] = {}  # txid -> keys written
+        self.ranges: list[tuple[str, str]] = []  # (txid, start key) of each range scan
         self.requests: list[tuple[str, str]] = []  # (txid, message type name)
         self.keepalives: asyncio.Queue[Any] = asyncio.Queue()
         self.gates: dict[str, asyncio.Event] = {}  # txid -> hold its first request until set
@@ -74,6 +77,8 @@ class FakePeer(BenchFakePeer):
 
     def _observe(self, msg: Any) -> None:
         self.requests.append((msg.txid, MSG.Type.Name(msg.type)))
+        if msg.type == MSG.GET_STATE_BY_RANGE:
+            self.ranges.append((msg.txid, shim.GetStateByRange.FromString(msg.payload).startKey))
         if msg.type == MSG.KEEPALIVE:
             self.keepalives.put_nowait(msg)
 
@@ -128,6 +133,7 @@ class FakePeer(BenchFakePeer):
         )
         assert not ctx.iterators, "the chaincode left a peer-side iterator open"
         self.read_sets[txid] = frozenset(ctx.reads)
+        self.write_sets[txid] = dict(ctx.writes)
         if reply.type != MSG.COMPLETED:
             return reply, None
         resp = responsepb.Response.FromString(reply.payload)
@@ -187,6 +193,8 @@ def embedded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Embedded]:
         "GrantAccess", "lab", m["dave"].ibe_id, str(T0 + 10**6), "1", "", "", "Org1MSP/pete"
     )
     m["dave"].submit("RequestAccess", "r-1")
+    # With the owner and type hints an SDK RecordRef gives (the same keys read, fewer requests).
+    m["dave"].submit("RequestAccess", "r-3", "", alice.ibe_id, "lab")
     alice.submit("AmendRecord", "r-1", "bafyrecord0002", "1" * 64, "AAAA", "1")
     # Several record writes in one transaction (its @reads hint names every registration's keys).
     alice.submit(
@@ -699,3 +707,94 @@ def test_reads_see_the_transactions_own_writes_as_on_the_embedded_ledger() -> No
         assert kinds.count("DEL_STATE") == 2
 
     asyncio.run(with_server(scenario, chaincode=writer))
+
+
+def test_request_access_hints_save_round_trips_and_a_wrong_hint_only_adds_reads(
+    embedded: Embedded,
+) -> None:
+    """RequestAccess's owner and type hints (what an SDK RecordRef knows) on a 3.1 peer: right
+    ones give the same answer, event, writes and keys read in fewer requests; wrong ones give
+    the same answer, event and writes, and only add to what is read (docs/chaincode.md)."""
+    state = {k.decode(): v for k, v in embedded.sandbox.ledger.state_items("ehrshare")}
+    alice, zed = embedded.members["alice"].ibe_id, embedded.members["zed"].ibe_id
+    dave = embedded.members["dave"].ibe_id
+    grant_id = next(
+        g["grant_id"]
+        for k, v in state.items()
+        if k.startswith(create_composite_key(K_GRANT, []))
+        and (g := json.loads(v))["grantee"] == dave
+    )
+    match = create_composite_key(K_GRANT_MATCH, [alice, "lab", dave])
+    wrong_match = create_composite_key(K_GRANT_MATCH, [zed, "lab", dave])
+    zed_head = create_composite_key(K_LOG_HEAD, [zed])
+    imaging = create_composite_key(K_GRANT_MATCH, [alice, "imaging", dave])
+    # (name, member, args, state requests, the unhinted call it must equal, keys read beyond
+    # that call's, range scans' start keys)
+    cases: list[tuple[str, str, tuple[str, ...], int, str, set[str], list[str]]] = [
+        ("first valid", "dave", ("r-2", ""), 4, "", set(), [match]),
+        ("hinted", "dave", ("r-2", "", alice, "lab"), 3, "first valid", set(), [match]),
+        (
+            "wrong owner",
+            "dave",
+            ("r-2", "", zed, "lab"),
+            5,
+            "first valid",
+            {zed_head},
+            [wrong_match, match],
+        ),
+        (
+            "wrong type",
+            "dave",
+            ("r-2", "", alice, "imaging"),
+            5,
+            "first valid",
+            set(),
+            [imaging, match],
+        ),
+        # A hint no key can hold (a reserved character) is skipped, not an error.
+        ("reserved", "dave", ("r-2", "", "a\x00b", "lab"), 4, "first valid", set(), [match]),
+        ("named", "dave", ("r-2", grant_id), 3, "", set(), []),
+        ("named, hinted", "dave", ("r-2", grant_id, alice, ""), 2, "named", set(), []),
+        ("named, wrong owner", "dave", ("r-2", grant_id, zed, ""), 3, "named", {zed_head}, []),
+        ("owner", "alice", ("r-2", ""), 3, "", set(), []),
+        ("owner, hinted", "alice", ("r-2", "", alice, "lab"), 2, "owner", set(), []),
+    ]
+    seen: dict[str, tuple[bytes, bytes, dict[str, bytes | None], frozenset[str]]] = {}
+
+    async def scenario(peer: FakePeer) -> None:
+        peer.state = dict(state)
+        for name, member, args, requests, like, extra, ranges in cases:
+            m = embedded.members[member]
+            txid, signed = signed_proposal(
+                signed_proposal_creator(m),
+                m.signer,
+                channel=CHANNEL,
+                chaincode="ehrshare",
+                function="RequestAccess",
+                args=tuple(a.encode() for a in args),
+                timestamp_ns=(T0 + 50) * 1_000_000_000,
+                nonce=member.encode().ljust(24, b"-"),  # one txid per member: same access id
+            )
+            before, ranges_before = len(peer.requests), len(peer.ranges)
+            reply, resp = await peer.execute(
+                signed, txid, "RequestAccess", [a.encode() for a in args], commit=False
+            )
+            assert resp.status == 200, (name, resp.message)
+            assert json.loads(resp.payload)["decision"] == "allow", name
+            kinds = [k for t, k in peer.requests[before:] if t == txid and k != "COMPLETED"]
+            assert len(kinds) == requests, (name, kinds)
+            assert [k for _, k in peer.ranges[ranges_before:]] == ranges, name
+            got = (
+                bytes(resp.payload),
+                bytes(reply.chaincode_event.payload),
+                peer.write_sets[txid],
+                peer.read_sets[txid],
+            )
+            if like:
+                payload, event, writes, reads = seen[like]
+                assert got[:3] == (payload, event, writes), name
+                assert got[3] == reads | extra, name
+            seen[name] = got
+
+    asyncio.run(with_server(scenario, ready_payload=ready_params()))
+    assert len(seen) == len(cases)

@@ -13,7 +13,7 @@ from typing import Any
 from .. import canonical
 from ..auditlog import GENESIS_HASH, entry_hash
 from ..certs import CertInfo, parse_certificate
-from ..stub import ChaincodeError, ChaincodeStub
+from ..stub import ChaincodeError, ChaincodeStub, KeyValue
 from .checks import check_bookmark, check_page_size
 from .keys import INDEX_VALUE, K_IDENTITY, K_LOG, K_LOG_BY_RECORD, K_LOG_HEAD, seq
 
@@ -80,6 +80,10 @@ class TxContext:
     _caller: Caller | None = None
     entries: list[dict[str, Any]] = field(default_factory=list)
     heads: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scanned: dict[tuple[str, ...], list[KeyValue]] = field(default_factory=dict)
+    """Partial composite-key scans made before the function ran (by its ``prepare`` step,
+    before anything was written), by ``(object type, *attributes)``: the function reuses one
+    whose prefix matches instead of scanning again."""
 
     def key(self, object_type: str, *attrs: str) -> str:
         return self.stub.create_composite_key(object_type, list(attrs))
@@ -127,6 +131,19 @@ class TxContext:
             except ChaincodeError:
                 continue
         self.stub.prefetch(wanted)
+
+    def likely_ibe_id(self) -> str | None:
+        """Before the caller's identity is read: the IBE identity its certificate was most
+        likely registered under (``msp/enrollment id``, as registration names it), for hints
+        only. Recovery can bind an identity to a certificate of another enrollment id, so the
+        guess must be checked against :attr:`caller` once it is resolved."""
+        if self._caller is not None:
+            return self._caller.ibe_id
+        msp_id, pem = self.stub.get_creator()
+        try:
+            return f"{msp_id}/{parse_certificate(pem).enrollment_id}"
+        except ChaincodeError:
+            return None  # resolving the caller fails with its own error
 
     def put_json(self, value: Any, object_type: str, *attrs: str) -> None:
         self.stub.put_state(self.key(object_type, *attrs), canonical.dumps(value))

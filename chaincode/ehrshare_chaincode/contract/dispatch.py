@@ -18,7 +18,7 @@ from .context import TxContext
 from .dkg_board import DkgBoard
 from .dkg_sessions import DkgSessions
 from .emergency import Emergency
-from .functions import FunctionSpec, function_table, keys_read
+from .functions import FunctionSpec, function_table, keys_read, preparation
 from .grants import Grants
 from .guardian_reads import GuardianReads
 from .guardians import Guardians
@@ -82,6 +82,9 @@ def invoke(stub: ChaincodeStub, function: str, args: list[bytes]) -> bytes:
     declared = keys_read(method)
     if declared is not None:
         ctx.prefetch(*declared(*texts))  # fetched with the caller's identity (functions.reads)
+    prepared = preparation(method)
+    if prepared is not None:
+        prepared(ctx, *texts)  # hints followed before the caller is read (functions.prepare)
     # Resolving the caller refuses a certificate that recovery revoked, in every function.
     _ = ctx.caller
     result = method(ctx, *texts)

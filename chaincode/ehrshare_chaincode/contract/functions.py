@@ -21,6 +21,8 @@ __all__ = [
     "evaluate",
     "function_table",
     "keys_read",
+    "preparation",
+    "prepare",
     "reads",
     "submit",
 ]
@@ -30,6 +32,7 @@ KINDS: tuple[Kind, ...] = ("submit", "evaluate")
 
 _KIND_ATTRIBUTE = "__ehrshare_kind__"
 _READS_ATTRIBUTE = "__ehrshare_reads__"
+_PREPARE_ATTRIBUTE = "__ehrshare_prepare__"
 ReadKeys = Callable[..., Iterable[tuple[str, ...]]]
 """From a function's arguments (strings, optional ones defaulting to ``""``): the keys
 ``(object type, *attributes)`` it reads on every path that succeeds."""
@@ -81,6 +84,29 @@ def reads(keys: ReadKeys) -> Callable[[_Method], _Method]:
         return method
 
     return mark
+
+
+def prepare(hook: Callable[..., None]) -> Callable[[_Method], _Method]:
+    """Declare a step run before the caller is resolved: ``hook(ctx, *args)``, for a function
+    whose arguments carry hints of what it will read (RequestAccess's ``owner`` and
+    ``record_type``). The dispatcher runs it after the :func:`reads` keys are declared and
+    before the caller's identity is read, so whatever it declares rides in the same request.
+    It may only read: a scan whose answer the function reuses if its own arguments turn out to
+    match, and prefetch hints. A hint it follows that turns out wrong can only add keys or a
+    range to the read set, never remove one the function reads (docs/chaincode.md).
+    """
+
+    def mark(method: _Method) -> _Method:
+        setattr(method, _PREPARE_ATTRIBUTE, hook)
+        return method
+
+    return mark
+
+
+def preparation(method: Callable[..., Any]) -> Callable[..., None] | None:
+    """The step declared with :func:`prepare` for ``method``, if any."""
+    found: Callable[..., None] | None = getattr(method, _PREPARE_ATTRIBUTE, None)
+    return found
 
 
 def keys_read(method: Callable[..., Any]) -> ReadKeys | None:

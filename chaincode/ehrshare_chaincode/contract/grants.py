@@ -332,7 +332,11 @@ def valid_grant(
 
     ``walked`` receives the valid grant's chain, leaf first (see :func:`grant_problem`).
     """
-    rows = ctx.stub.get_state_by_partial_composite_key(K_GRANT_MATCH, [owner, record_type, grantee])
+    rows = ctx.scanned.get((K_GRANT_MATCH, owner, record_type, grantee))
+    if rows is None:  # not scanned ahead by RequestAccess's hints (access.py), or not this one
+        rows = ctx.stub.get_state_by_partial_composite_key(
+            K_GRANT_MATCH, [owner, record_type, grantee]
+        )
     first_problem = ""
     for kv in rows:
         _, attrs = ctx.stub.split_composite_key(kv.key)

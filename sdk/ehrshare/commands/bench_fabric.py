@@ -43,7 +43,10 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             help="Processes serving the trivial chaincode behind one port (SO_REUSEPORT).",
         ),
         only: str = typer.Option(
-            "", "--only", help="Operations to run, comma-separated (default: all three)."
+            "",
+            "--only",
+            help="Operations to run, comma-separated (default: the three; also "
+            "'RequestAccess hinted').",
         ),
         hot: bool = typer.Option(True, "--hot/--no-hot", help="Also run one-hot-patient rounds."),
         caliper: bool = typer.Option(

@@ -396,8 +396,10 @@ class Gateway:
     def _read(
         self, session: Session, rtype: str, rid: str, version: int | None = None
     ) -> dict[str, Any]:
+        target: RecordRef | str = rid
         if version is not None:
             latest = session.get_record(rid)  # unknown: 404; not the caller's to see: 403
+            target = latest  # the pointer: its owner and label are RequestAccess's hints
             if version > latest.version:
                 raise FhirError(404, f"{rtype}/{rid} has no version {version}")
             if version != latest.version and session.ibe_id != latest.owner:
@@ -408,7 +410,7 @@ class Gateway:
                 )
         # The read first: a denial is decided and logged on chain like any (then 403), an
         # unknown record is the chaincode's "does not exist" (then 404).
-        ref, data = session.open_record_json(rid, version=version)  # validated, not re-dumped
+        ref, data = session.open_record_json(target, version=version)  # validated, not re-dumped
         if data.get("resourceType") != rtype:
             raise FhirError(404, f"{rtype}/{rid} does not exist (record {rid} is not a {rtype})")
         return self._with_meta(data, ref)
@@ -451,7 +453,7 @@ class Gateway:
         for ref in self._readable(session, search.patient):
             if not search.admits_pointer(ref, labels):
                 continue
-            _ref, data = session.open_record_json(ref.record_id)  # a logged read
+            _ref, data = session.open_record_json(ref)  # a logged read (the pointer: hints)
             if search.admits_resource(data, ref, label_of):
                 found.append(self._with_meta(data, ref))
         return Answer(200, _bundle(found, base_url))
@@ -490,7 +492,7 @@ class Gateway:
         assert patient is not None
         found = []
         for ref in self._readable(session, patient):
-            _ref, data = session.open_record_json(ref.record_id)
+            _ref, data = session.open_record_json(ref)  # the pointer gives RequestAccess hints
             found.append(self._with_meta(data, ref))
         found += self._consents(session, patient)
         return Answer(200, _bundle(found, base_url))

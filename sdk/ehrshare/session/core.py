@@ -55,6 +55,8 @@ FORMAT_VERSION: Final = "1"
 _PAGE: Final = 100
 _LABEL_RE: Final = re.compile(r"t-[0-9a-f]{32}")
 _MAX_FALLBACK_GRANTS: Final = 8
+_MAX_POINTERS: Final = 4096
+"""Record pointers a session keeps for RequestAccess's hints (records.py)."""
 _T = TypeVar("_T")
 
 
@@ -118,6 +120,10 @@ class SessionCore(Closing):
         self._epoch = ""  # the current master key's epoch, set with _dkg
         self._roster: Sequence[KGCNodePublicKey] | Mapping[int, KGCNodePublicKey] | None = None
         self._sk_checked = False
+        # Owner and label of records this session has seen, by id: RequestAccess's hints for a
+        # later read by bare id (records.py). A record's owner and label never change, and a
+        # wrong hint only costs the chaincode a read, never a wrong decision. Bounded.
+        self._pointers: dict[str, tuple[str, str]] = {}
 
     @property
     def contract(self) -> Contract:

@@ -251,6 +251,7 @@ class EmergencyAccess(Records, Sharing):
                     record_id,
                     grant_id,
                     with_keys=lambda: [self._emergency_key(request.identity)],
+                    hints=(request.patient, ""),  # the owner; the label is not known here
                 )
             except RequestRejected as exc:
                 if exc.reason != f"grant {grant_id} does not cover record {record_id}":

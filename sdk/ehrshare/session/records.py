@@ -4,6 +4,7 @@ access, the proxies of the grant chain in order, decrypt)."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import logging
@@ -22,7 +23,7 @@ from ehrshare.fhir import FhirValidationError, parse_resource, resource_bytes
 from ehrshare.hazmat import tipre
 from ehrshare.hazmat.errors import DecryptionError
 from ehrshare.services.protocols import NoReKey, ProxyError, ProxyUnavailable
-from ehrshare.session.core import _MAX_FALLBACK_GRANTS, _PAGE, FORMAT_VERSION
+from ehrshare.session.core import _MAX_FALLBACK_GRANTS, _MAX_POINTERS, _PAGE, FORMAT_VERSION
 from ehrshare.session.errors import (
     AccessDenied,
     GrantNotServed,
@@ -454,8 +455,14 @@ class Records(TypeKeyRotation):
     ) -> tuple[RecordRef, bytes]:
         record_id = ref.record_id if isinstance(ref, RecordRef) else ref
         grant_id = "" if grant is None else grant.grant_id if isinstance(grant, Grant) else grant
+        # A pointer names the record's owner and label: hints that save the chaincode round
+        # trips on a Fabric >= 3.1 peer (request_access_args); a bare id sends those of a
+        # pointer this session saw before, or none.
+        if isinstance(ref, RecordRef):
+            self._remember_pointer(ref)
+        hints = self._pointers.get(record_id, ("", ""))
         try:
-            return self._read_plain(record_id, grant_id, version)
+            return self._read_plain(record_id, grant_id, version, hints=hints)
         except GrantNotServed as first:
             if grant_id:
                 raise
@@ -467,10 +474,20 @@ class Records(TypeKeyRotation):
                     continue
                 tried.add(other.grant_id)
                 try:
-                    return self._read_plain(record_id, other.grant_id, version)
+                    return self._read_plain(
+                        record_id, other.grant_id, version, hints=(other.owner, other.label)
+                    )
                 except (GrantNotServed, AccessDenied):
                     continue
             raise
+
+    def _remember_pointer(self, ref: RecordRef) -> None:
+        """Keep ``ref``'s owner and label for RequestAccess's hints (at most
+        :data:`_MAX_POINTERS`, the oldest dropped first)."""
+        if ref.record_id not in self._pointers and len(self._pointers) >= _MAX_POINTERS:
+            with contextlib.suppress(RuntimeError, StopIteration, KeyError):  # another thread
+                del self._pointers[next(iter(self._pointers))]
+        self._pointers[ref.record_id] = (ref.owner, ref.label)
 
     @staticmethod
     def _validated(record_id: str, plaintext: bytes) -> FHIRAbstractModel:
@@ -498,8 +515,9 @@ class Records(TypeKeyRotation):
         grant_id: str,
         version: int | None = None,
         with_keys: Callable[[], Sequence[tipre.IdentitySecretKey]] | None = None,
+        hints: tuple[str, str] = ("", ""),
     ) -> tuple[RecordRef, FHIRAbstractModel]:
-        ref, plaintext = self._read_plain(record_id, grant_id, version, with_keys)
+        ref, plaintext = self._read_plain(record_id, grant_id, version, with_keys, hints)
         return ref, self._validated(record_id, plaintext)
 
     def _read_plain(
@@ -508,15 +526,17 @@ class Records(TypeKeyRotation):
         grant_id: str,
         version: int | None = None,
         with_keys: Callable[[], Sequence[tipre.IdentitySecretKey]] | None = None,
+        hints: tuple[str, str] = ("", ""),
     ) -> tuple[RecordRef, bytes]:
-        """The decrypted bytes of a version, not yet validated as FHIR."""
+        """The decrypted bytes of a version, not yet validated as FHIR. ``hints``: the
+        record's owner and label when known (RequestAccess's hints), else empty."""
         # ``with_keys``: after an allow, the keys to open the re-encrypted capsule with instead
         # of the member's own (an emergency read: the emergency identity's key, emergency.py).
         # No per-record serialisation: each RequestAccess commits its own approval, keyed by
         # its access id, so concurrent reads of one record do not supersede each other.
         if self._sk is None:
             self._secret_key()  # says how to enrol
-        access = self.chain.request_access(record_id, grant_id)
+        access = self.chain.request_access(record_id, grant_id, owner=hints[0], label=hints[1])
         if not access.allowed:
             raise AccessDenied(record_id, self._humanise(access.reason), access.access_id)
         wanted = access.record_version if version is None else version
@@ -527,6 +547,8 @@ class Records(TypeKeyRotation):
                 "only"
             )
         record = access.record
+        if record is not None:
+            self._remember_pointer(record.ref)
         if record is None or record.ref.version != wanted:
             record = self.chain.get_record(record_id, wanted)
         owner, label = record.ref.owner, record.ref.label
