@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hostcheck import consortium_leftovers
 
 from ehrshare.demo import lab_observation
 from ehrshare.network.consortium_hosts import HOSTS_FILE, load_hosts, remove_hosts
@@ -91,6 +92,7 @@ def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
     directory and the CLI's environment); whatever happens, its network is stopped, its hosts
     removed, and the machine's namespaces are as before."""
     before = set(our_namespaces())
+    tag: str | None = None
     tmp = tmp_path_factory.mktemp("cli-hosts")
     env = {"EHRSHARE_NETNS_STATE": str(tmp / "netns-state")}
     directory = tmp / "c"
@@ -101,13 +103,16 @@ def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-3000:]
         assert json.loads(done.stdout)["hosts"]["tag"]
+        hosts = load_hosts(directory)
+        tag = hosts.tag if hosts is not None else None
         yield directory, env
     finally:
         if (directory / "profile.yaml").exists():
             _cli("network", "down", "-p", str(directory), env=env)
         if (directory / HOSTS_FILE).exists():
             remove_hosts(directory)
-    assert set(our_namespaces()) == before, "the consortium's hosts were left behind"
+    left = consortium_leftovers(before, tag)
+    assert not left, f"the consortium's hosts were left behind: {left}"
 
 
 @pytest.mark.fabric

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hostcheck import consortium_leftovers
 
 from ehrshare.network.consortium_hosts import (
     HOSTS_FILE,
@@ -120,6 +121,7 @@ def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
     """A Fabric consortium on hosts with alice's record, its network up; torn down whatever
     happens, the machine's namespaces as before."""
     before = set(our_namespaces())
+    tag: str | None = None
     tmp = tmp_path_factory.mktemp("join-hosts")
     env = {"EHRSHARE_NETNS_STATE": str(tmp / "netns-state")}
     directory = tmp / "c"
@@ -150,13 +152,16 @@ def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
         )
         assert put.returncode == 0, put.stderr[-2000:]
         (tmp / "record-id").write_text(json.loads(put.stdout)["record_id"], encoding="utf-8")
+        hosts = load_hosts(directory)
+        tag = hosts.tag if hosts is not None else None
         yield directory, env
     finally:
         if (directory / "profile.yaml").exists():
             _cli("network", "down", "-p", str(directory), env=env)
         if (directory / HOSTS_FILE).exists():
             remove_hosts(directory)
-    assert set(our_namespaces()) == before, "the consortium's hosts were left behind"
+    left = consortium_leftovers(before, tag)
+    assert not left, f"the consortium's hosts were left behind: {left}"
 
 
 def _secrets(hospital: Path) -> dict[str, list[bytes]]:
