@@ -38,6 +38,7 @@ from ehrshare.demo import lab_observation
 from ehrshare.fhirapi import FhirServer, TokenBook
 from ehrshare.fhirapi.auth import Credentials
 from ehrshare.fhirapi.gateway import BASE, gateway_for
+from ehrshare.network.supervisor import start_piped
 from ehrshare.provisioning import Consortium
 
 DRIVER = Path(__file__).with_name("fhir_driver.py")
@@ -86,13 +87,7 @@ class DriverClient:
     def __init__(
         self, host: str, port: int, requests: dict[str, dict[str, Any]], timeout: float = 120.0
     ) -> None:
-        self._proc = subprocess.Popen(  # noqa: S603 - fixed argv: this interpreter, our file
-            [sys.executable, "-I", str(DRIVER)],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-            bufsize=1,
-        )
+        self._proc = start_piped([sys.executable, "-I", str(DRIVER)])
         self.pid = self._proc.pid
         self.exit_code: int | None = None
         self.killed = False

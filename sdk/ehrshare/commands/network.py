@@ -317,7 +317,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
                 for px in prof.proxies
             ]
             from ehrshare.network.consortium_hosts import hosts_status
-            from ehrshare.network.control import check_services, network_state
+            from ehrshare.network.control import network_state
+            from ehrshare.network.health import check_services
 
             with mapped_errors():
                 hosts = hosts_status(prof.path.parent if prof.path else path)

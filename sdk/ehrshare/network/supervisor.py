@@ -3,7 +3,8 @@
 Fabric's orderers, peers and chaincode server (:mod:`ehrshare.network.fabric`), Kubo
 (:mod:`ehrshare.network.kubo`), the KGC nodes and proxies (:mod:`ehrshare.network.services`) and
 the detached ``consortium serve`` (:mod:`ehrshare.network.control`) all start through
-:func:`start_child` (its log file, its own session, the parent-death signal), are known by a
+:func:`start_child` (its log file, its own session, the parent-death signal; a helper that
+talks over pipes for as long as its caller holds them, through :func:`start_piped`), are known by a
 :class:`Child` (pid plus kernel start time: pids are reused), wait with :func:`wait_ready`, stop
 with :func:`stop_process` (SIGTERM, then SIGKILL after a grace period) and explain a death with
 :func:`log_tail`. :class:`Supervisor` restarts named programs that die, after a bounded backoff
@@ -16,9 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,13 @@ from typing import Any, Final, Literal, Self
 
 from ehrshare.errors import Unavailable
 from ehrshare.faults import fault_point
+from ehrshare.network.procinfo import (
+    describe_exit,
+    free_loopback_ports,
+    log_tail,
+    pid_alive,
+    start_ticks,
+)
 
 __all__ = [
     "RELOAD_REQUEST",
@@ -46,6 +52,7 @@ __all__ = [
     "log_tail",
     "pid_alive",
     "start_child",
+    "start_piped",
     "start_ticks",
     "stop_process",
     "wait_ready",
@@ -75,80 +82,10 @@ _PDEATHSIG_LAUNCHER: Final = (
 # The first line of a log that says why its process died: Fabric's logger.Panic*/Fatal* (levels
 # PANI and FATA), Go's own "panic:", or the "Fatal error" some commands print. Go prints the
 # goroutine stacks after it, so the last lines of the log rarely include it.
-_ANSI: Final = re.compile(r"\x1b\[[0-9;]*m")
-_DEATH: Final = re.compile(r"^panic: |\bPANI\b|\bFATA\b|\bFatal", re.MULTILINE)
 
 
 class SupervisorError(Unavailable, RuntimeError):
     """A supervised process did not start (the message carries the tail of its log)."""
-
-
-# --- processes by pid ------------------------------------------------------------------------
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id still runs (a zombie, exited but not reaped, counts as
-    gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
-            # The command name is in parentheses and may contain spaces; the state follows it.
-            return stat.read().rsplit(") ", 1)[1][0] != "Z"
-    except (FileNotFoundError, ProcessLookupError, IndexError):
-        return False
-
-
-def start_ticks(pid: int) -> int | None:
-    """The kernel start time of ``pid`` (clock ticks since boot), None if it is gone: with the
-    pid, what tells a process from a later one that reused its pid."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
-        return int(stat.rsplit(") ", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def describe_exit(returncode: int) -> str:
-    """A process's exit status as people read it: ``exit code 1``, ``killed by SIGKILL``."""
-    if returncode < 0:
-        try:
-            return f"killed by {signal.Signals(-returncode).name}"
-        except ValueError:
-            return f"killed by signal {-returncode}"
-    return f"exit code {returncode}"
-
-
-def free_loopback_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago (the kernel picks
-    them; another program could still take one before the process binds it)."""
-    socks = []
-    try:
-        for _ in range(count):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def log_tail(log: Path, offset: int = 0, lines: int = 8, sep: str = " | ") -> str:
-    """What a process's log (from ``offset``: this run) says about its end, prefixed with the
-    log's path: the first panic or fatal line if there is one (a Go panic is followed by pages
-    of goroutine stacks), else its last ``lines`` lines joined by ``sep``."""
-    try:
-        with open(log, "rb") as f:
-            f.seek(offset)
-            text = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return f"(no log at {log})"
-    # Fabric colours its level names even into a file.
-    all_lines = _ANSI.sub("", text).strip().splitlines()
-    for n, line in enumerate(all_lines):
-        if _DEATH.search(line):
-            after = len(all_lines) - n - 1
-            return f"{log}: {line.strip()}" + (f" (then {after} more lines)" if after else "")
-    return f"{log}: " + (sep.join(all_lines[-lines:]) or "(empty)")
 
 
 # --- one child ---------------------------------------------------------------------------------
@@ -227,6 +164,22 @@ def start_child(
     child = Child(name, popen.pid, start_ticks(popen.pid), log, offset, popen)
     _log.info("started %s (pid %d), log %s (from byte %d)", name, popen.pid, log, offset)
     return child
+
+
+def start_piped(argv: Sequence[str]) -> subprocess.Popen[str]:
+    """Start a helper that talks over its standard input and output (text lines), for as long
+    as its caller holds the pipes: it ends when its input is closed, and the caller kills it by
+    the returned process's pid if it does not (``bench fhir``'s client driver). Its standard
+    error goes to this process's. Not for services: those start with :func:`start_child`."""
+    popen = subprocess.Popen(  # noqa: S603 - our own programs, arguments from our code
+        list(argv),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+    _log.info("started %s (pid %d) on pipes", argv[0], popen.pid)
+    return popen
 
 
 def stop_process(child: Child, *, grace: float = 10.0, kill: bool = False) -> int | None:

@@ -1,0 +1,86 @@
+"""What a process's state and log say, by pid and by file: whether it runs, when it started
+(pids are reused), how it ended, why (a log's panic or fatal line), and free loopback ports for
+the next one. :mod:`ehrshare.network.supervisor` starts and stops processes with these; this
+module only reads ``/proc`` and log files and opens sockets it closes at once.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+from pathlib import Path
+from typing import Final
+
+__all__ = ["describe_exit", "free_loopback_ports", "log_tail", "pid_alive", "start_ticks"]
+
+_ANSI: Final = re.compile(r"\x1b\[[0-9;]*m")
+_DEATH: Final = re.compile(r"^panic: |\bPANI\b|\bFATA\b|\bFatal", re.MULTILINE)
+
+
+# --- processes by pid ------------------------------------------------------------------------
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id still runs (a zombie, exited but not reaped, counts as
+    gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            # The command name is in parentheses and may contain spaces; the state follows it.
+            return stat.read().rsplit(") ", 1)[1][0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
+def start_ticks(pid: int) -> int | None:
+    """The kernel start time of ``pid`` (clock ticks since boot), None if it is gone: with the
+    pid, what tells a process from a later one that reused its pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="ascii", errors="replace")
+        return int(stat.rsplit(") ", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def describe_exit(returncode: int) -> str:
+    """A process's exit status as people read it: ``exit code 1``, ``killed by SIGKILL``."""
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit code {returncode}"
+
+
+def free_loopback_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago (the kernel picks
+    them; another program could still take one before the process binds it)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def log_tail(log: Path, offset: int = 0, lines: int = 8, sep: str = " | ") -> str:
+    """What a process's log (from ``offset``: this run) says about its end, prefixed with the
+    log's path: the first panic or fatal line if there is one (a Go panic is followed by pages
+    of goroutine stacks), else its last ``lines`` lines joined by ``sep``."""
+    try:
+        with open(log, "rb") as f:
+            f.seek(offset)
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return f"(no log at {log})"
+    # Fabric colours its level names even into a file.
+    all_lines = _ANSI.sub("", text).strip().splitlines()
+    for n, line in enumerate(all_lines):
+        if _DEATH.search(line):
+            after = len(all_lines) - n - 1
+            return f"{log}: {line.strip()}" + (f" (then {after} more lines)" if after else "")
+    return f"{log}: " + (sep.join(all_lines[-lines:]) or "(empty)")
