@@ -304,12 +304,34 @@ def test_endorsers_that_disagree_are_an_endorse_error_naming_them(make_net: Any)
         },
         ledger=ledger,
     )
+    net.gateway.conflict_retries = 1  # proposed once more (a peer may be behind), then refused
     with pytest.raises(EndorseError) as failed:
         _contract(net).submit_transaction("Put", "k")
     assert "different results" in failed.value.message
     assert len(failed.value.details) == 2
     assert {d.split(" ")[0] for d in failed.value.details} == {"Org1MSP", "Org2MSP"}
     assert net.orderers[0].envelopes == []  # nothing was ordered
+    assert len(net.peers["Org1MSP"].proposals) == 2
+
+
+def test_an_endorser_that_is_behind_is_asked_again_until_it_agrees(make_net: Any) -> None:
+    # A hospital's peer that just joined has not committed the latest blocks: its answer
+    # differs from the others' until it has. The submit proposes again instead of failing.
+    ledger = Ledger()
+    behind = CatchingUpPeer("p2", ledger, result=b"older")
+    net = make_net({"Org1MSP": FakePeer("p1", ledger), "Org2MSP": behind}, ledger=ledger)
+    assert _contract(net).submit_transaction("Put", "k") == b"result"
+    assert len(behind.proposals) == 3 and len(net.orderers[0].envelopes) == 1
+
+
+@dataclass
+class CatchingUpPeer(FakePeer):
+    """Answers from older state for its first two proposals, then as the others do."""
+
+    def ProcessProposal(self, request: Any, context: Any) -> Any:
+        if len(self.proposals) == 2:
+            self.result = b"result"
+        return super().ProcessProposal(request, context)
 
 
 def test_endorsement_by_n_orgs_own_org_first_with_a_stand_in_for_one_that_is_down(

@@ -80,6 +80,10 @@ CONFLICT_RETRIES = 5
 """Default times a read-conflicted transaction is proposed again (see ``submit_transaction``)."""
 _RETRIED_CODES = frozenset({"MVCC_READ_CONFLICT", "PHANTOM_READ_CONFLICT"})
 _RETRY_PAUSE_S = 0.05  # the pause before attempt k is uniform in [0, k × this]
+# Endorsing peers at different heights answer one proposal differently: ours says "…
+# ProposalResponsePayloads differ", Fabric's Gateway "ProposalResponsePayloads do not match".
+_DIVERGED = "ProposalResponsePayloads"
+_DIVERGED_PAUSE_S = 0.5  # a lagging peer (one that just joined) catches up over blocks
 
 Clock = Callable[[], int]  # nanoseconds since the epoch
 
@@ -307,13 +311,29 @@ class FabricContract:
         what it read, so it changed nothing) is proposed again, as a new transaction on current
         state, up to ``conflict_retries`` times after a short random pause: concurrent writers
         of one hash-chained log (the DKG board's posts, one patient's actions from several
-        hospitals) meet in the same block on Fabric. Raises :class:`EndorseError`,
+        hospitals) meet in the same block on Fabric. Endorsing peers that answered differently
+        (one had not committed the latest blocks yet: a hospital's peer that just joined) are
+        asked again the same number of times, after a longer pause. Raises :class:`EndorseError`,
         :class:`SubmitError`, :class:`CommitStatusError` or :class:`CommitError` by the stage
         that failed, each with the transaction id.
         """
         attempt = 0
         while True:
-            transaction = self.new_proposal(name, *args).endorse()
+            try:
+                transaction = self.new_proposal(name, *args).endorse()
+            except EndorseError as exc:
+                if _DIVERGED not in exc.message or attempt >= self._gateway.conflict_retries:
+                    raise
+                attempt += 1
+                _log.info(
+                    "%s: the endorsing peers answered differently (one is behind); proposing "
+                    "it again (%d of %d)",
+                    name,
+                    attempt,
+                    self._gateway.conflict_retries,
+                )
+                time.sleep(_DIVERGED_PAUSE_S * attempt)
+                continue
             status = transaction.submit().get_status()
             if status.successful:
                 return transaction.result
