@@ -47,16 +47,7 @@ class Records:
     """RegisterRecord, AmendRecord and the record reads."""
 
     @submit
-    @reads(
-        lambda record_id, owner, record_type, *_: (
-            (K_IBE, owner),
-            (K_RECORD, record_id),
-            (K_DKG_LATEST,),
-            (K_TYPEKEY, owner, record_type),
-            (K_TYPE_EPOCH, owner, record_type),
-            (K_LOG_HEAD, owner),
-        )
-    )
+    @reads(lambda record_id, owner, record_type, *_: _register_reads(record_id, owner, record_type))
     def RegisterRecord(
         self,
         ctx: TxContext,
@@ -126,28 +117,9 @@ class Records:
         fails the transaction (``write N: <that function's reason>``) and nothing is written.
         A record is written at most once per call. Returns the records written, in order."""
         caller = ctx.registered()
-        items = canonical.loads(writes, "writes")
-        if not isinstance(items, list) or not items:
-            raise ChaincodeError("writes must be a non-empty json list")
-        if len(items) > MAX_WRITES:
-            raise ChaincodeError(f"at most {MAX_WRITES} writes per transaction, got {len(items)}")
-        seen: set[str] = set()
         written = []
-        for i, item in enumerate(items):
+        for i, (function, args) in enumerate(_parsed_writes(writes)):
             where = f"write {i}"
-            if not isinstance(item, list) or not all(isinstance(a, str) for a in item) or not item:
-                raise ChaincodeError(f"{where} is not a json list of strings")
-            function, args = item[0], item[1:]
-            arity = _WRITE_ARITY.get(function)
-            if arity is None:
-                raise ChaincodeError(f"{where}: {function!r} is not RegisterRecord or AmendRecord")
-            if not arity[0] <= len(args) <= arity[1]:
-                raise ChaincodeError(
-                    f"{where}: {function} takes {arity[0]} to {arity[1]} arguments, got {len(args)}"
-                )
-            if args[0] in seen:
-                raise ChaincodeError(f"{where}: record {args[0]} is written twice in one call")
-            seen.add(args[0])
             try:
                 if function == "RegisterRecord":
                     written.append(_register(ctx, caller, *args))
@@ -258,35 +230,60 @@ MAX_WRITES = 100  # writes per WriteRecords call (the FHIR API's transaction Bun
 _WRITE_ARITY = {"RegisterRecord": (7, 8), "AmendRecord": (5, 7)}
 
 
+def _parsed_writes(writes: str) -> list[tuple[str, list[str]]]:
+    """``WriteRecords``' argument as (function, its arguments) pairs, each checked for shape
+    (a known function, its number of arguments, each record once); raises
+    :class:`ChaincodeError` naming the first bad write."""
+    items = canonical.loads(writes, "writes")
+    if not isinstance(items, list) or not items:
+        raise ChaincodeError("writes must be a non-empty json list")
+    if len(items) > MAX_WRITES:
+        raise ChaincodeError(f"at most {MAX_WRITES} writes per transaction, got {len(items)}")
+    seen: set[str] = set()
+    parsed = []
+    for i, item in enumerate(items):
+        where = f"write {i}"
+        if not isinstance(item, list) or not all(isinstance(a, str) for a in item) or not item:
+            raise ChaincodeError(f"{where} is not a json list of strings")
+        function, args = item[0], item[1:]
+        arity = _WRITE_ARITY.get(function)
+        if arity is None:
+            raise ChaincodeError(f"{where}: {function!r} is not RegisterRecord or AmendRecord")
+        if not arity[0] <= len(args) <= arity[1]:
+            raise ChaincodeError(
+                f"{where}: {function} takes {arity[0]} to {arity[1]} arguments, got {len(args)}"
+            )
+        if args[0] in seen:
+            raise ChaincodeError(f"{where}: record {args[0]} is written twice in one call")
+        seen.add(args[0])
+        parsed.append((function, args))
+    return parsed
+
+
+def _register_reads(record_id: str, owner: str, record_type: str) -> list[tuple[str, ...]]:
+    """The keys RegisterRecord reads on every successful run (its ``@reads`` declaration)."""
+    return [
+        (K_IBE, owner),
+        (K_RECORD, record_id),
+        (K_DKG_LATEST,),
+        (K_TYPEKEY, owner, record_type),
+        (K_TYPE_EPOCH, owner, record_type),
+        (K_LOG_HEAD, owner),
+    ]
+
+
 def _writes_read(writes: str) -> list[tuple[str, ...]]:
     """The keys :meth:`Records.WriteRecords` reads on every successful run: each
     registration's as :meth:`Records.RegisterRecord` declares them, each amended record's
     pointer. Malformed ``writes`` name none (the call then fails on its own)."""
     try:
-        items = canonical.loads(writes, "writes")
+        parsed = _parsed_writes(writes)
     except ChaincodeError:
         return []
     keys: dict[tuple[str, ...], None] = {}
-    if not isinstance(items, list) or not 0 < len(items) <= MAX_WRITES:
-        return []
-    for item in items:
-        if not isinstance(item, list) or not all(isinstance(a, str) for a in item) or not item:
-            return []
-        function, args = item[0], item[1:]
-        arity = _WRITE_ARITY.get(function)
-        if arity is None or not arity[0] <= len(args) <= arity[1]:
-            return []
+    for function, args in parsed:
         if function == "RegisterRecord":
-            record_id, owner, record_type = args[0], args[1], args[2]
-            for key in (
-                (K_IBE, owner),
-                (K_RECORD, record_id),
-                (K_DKG_LATEST,),
-                (K_TYPEKEY, owner, record_type),
-                (K_TYPE_EPOCH, owner, record_type),
-                (K_LOG_HEAD, owner),
-            ):
-                keys[key] = None
+            keys.update(dict.fromkeys(_register_reads(args[0], args[1], args[2])))
         else:
             keys[(K_RECORD, args[0])] = None
     return list(keys)

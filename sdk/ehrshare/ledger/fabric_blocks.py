@@ -35,8 +35,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from fabric_protos.common import common_pb2 as _common_pb2
-from fabric_protos.common import configtx_pb2 as _configtx_pb2
-from fabric_protos.msp import msp_config_pb2 as _msp_config_pb2
 from fabric_protos.orderer import ab_pb2 as _ab_pb2
 from fabric_protos.peer import events_pb2_grpc as _events_pb2_grpc
 
@@ -59,7 +57,6 @@ __all__ = [
     "data_hash",
     "fetch_blocks",
     "header_bytes",
-    "member_roots",
     "orderer_fingerprint",
     "orderer_roots",
     "signed_bytes",
@@ -67,8 +64,6 @@ __all__ = [
 ]
 
 common: Any = _common_pb2
-configtx: Any = _configtx_pb2
-mspconfig: Any = _msp_config_pb2
 ab: Any = _ab_pb2
 _events_grpc: Any = _events_pb2_grpc
 _SIGNATURES = int(common.BlockMetadataIndex.Value("SIGNATURES"))
@@ -111,12 +106,7 @@ def signed_bytes(block: Any, metadata_value: bytes, signature_header: bytes) -> 
 
 def orderer_roots(genesis: Any) -> dict[str, list[bytes]]:
     """MSP id → root CA certificates (PEM) of each orderer organisation in a genesis block."""
-    return _roots(genesis, "Orderer")
-
-
-def member_roots(genesis: Any) -> dict[str, list[bytes]]:
-    """MSP id → root CA certificates (PEM) of each application (hospital) organisation."""
-    return _roots(genesis, "Application")
+    return organisations(config_of(genesis), "Orderer")
 
 
 def orderer_fingerprint(roots: Mapping[str, Sequence[bytes]]) -> str:
@@ -126,10 +116,6 @@ def orderer_fingerprint(roots: Mapping[str, Sequence[bytes]]) -> str:
         for pem in sorted(roots[msp]):
             h.update(msp.encode() + b"\x00" + pem + b"\x00")
     return h.hexdigest()
-
-
-def _roots(genesis: Any, group: str) -> dict[str, list[bytes]]:
-    return organisations(config_of(genesis), group)
 
 
 def _signature_problem(block: Any, roots: Mapping[str, Sequence[bytes]]) -> str | None:
@@ -173,6 +159,7 @@ def _check_chain(label: str, blocks: Sequence[Any]) -> tuple[dict[int, Any], lis
     history: dict[int, Any] = {}
     changes: list[ConfigChange] = []
     config: Any = None
+    channel = ""
     roots: dict[str, list[bytes]] = {}
     for expected, block in enumerate(blocks):
         n = int(block.header.number)
@@ -189,23 +176,21 @@ def _check_chain(label: str, blocks: Sequence[Any]) -> tuple[dict[int, Any], lis
                 config = config_of(block)
             except ConfigBlockError as exc:
                 raise LedgerIntegrityError(f"{label}: block 0: {exc}", block=0) from exc
+            channel = _channel_of(block)
         else:
             problem = _signature_problem(block, roots)
             if problem is not None:
                 raise LedgerIntegrityError(f"{label}: block {n}: {problem}", block=n)
-            if is_config_block(block):
-                try:
-                    config, change = check_config_block(
-                        config, block, channel=_channel_of(blocks[0])
-                    )
-                except ConfigBlockError as exc:
-                    raise LedgerIntegrityError(
-                        f"{label}: config block {n}: {exc}", block=n
-                    ) from exc
-                changes.append(change)
-        if n == 0 or is_config_block(block):
-            history[n] = config
-            roots = organisations(config, "Orderer")
+            if not is_config_block(block):
+                prev = block_hash(block)
+                continue
+            try:
+                config, change = check_config_block(config, block, channel=channel)
+            except ConfigBlockError as exc:
+                raise LedgerIntegrityError(f"{label}: config block {n}: {exc}", block=n) from exc
+            changes.append(change)
+        history[n] = config  # block 0 or a config block: the configuration from here on
+        roots = organisations(config, "Orderer")
         prev = block_hash(block)
     return history, changes
 

@@ -74,7 +74,6 @@ _ROLE_OUS = {
     int(principals.MSPRole.ORDERER): "orderer",
     int(principals.MSPRole.ADMIN): "admin",
 }
-_ROLE_NAMES = {int(v): k.lower() for k, v in principals.MSPRole.MSPRoleType.items()}
 _MEMBER = int(principals.MSPRole.MEMBER)
 _ADMIN = int(principals.MSPRole.ADMIN)
 
@@ -135,14 +134,19 @@ def config_of(block: Any) -> Any:
 
 def organisations(config: Any, section: str = "Application") -> dict[str, list[bytes]]:
     """MSP id → root CA certificates (PEM) of each organisation of one section."""
-    out: dict[str, list[bytes]] = {}
-    if section not in config.channel_group.groups:
-        return out
-    for org in config.channel_group.groups[section].groups.values():
-        if "MSP" not in org.values:
+    return {msp: [bytes(c) for c in f.root_certs] for msp, f in _msps(config, (section,)).items()}
+
+
+def _msps(config: Any, sections: Iterable[str] = ("Application", "Orderer")) -> dict[str, Any]:
+    """MSP id → ``FabricMSPConfig`` of each organisation of ``sections``."""
+    out: dict[str, Any] = {}
+    for section in sections:
+        if section not in config.channel_group.groups:
             continue
-        fabric = _fabric_msp(org)
-        out[str(fabric.name)] = [bytes(c) for c in fabric.root_certs]
+        for org in config.channel_group.groups[section].groups.values():
+            if "MSP" in org.values:
+                fabric = _fabric_msp(org)
+                out[str(fabric.name)] = fabric
     return out
 
 
@@ -215,12 +219,10 @@ class _Signer:
 
 
 def _signers(
-    update_bytes: bytes, signatures: Iterable[Any], config: Any
+    update_bytes: bytes, signatures: Iterable[Any], msps: Mapping[str, Any]
 ) -> tuple[list[_Signer], list[str]]:
     """The update's valid signers (deduplicated by certificate) and why others did not count."""
-    roots: dict[str, list[bytes]] = {}
-    for section in ("Application", "Orderer"):
-        roots.update(organisations(config, section))
+    roots = {msp: [bytes(c) for c in f.root_certs] for msp, f in msps.items()}
     valid: dict[bytes, _Signer] = {}
     ignored: list[str] = []
     for sig in signatures:
@@ -260,20 +262,12 @@ def issued_by(cert: x509.Certificate, root_pem: bytes) -> bool:
     return True
 
 
-def _has_role(signer: _Signer, msp: str, role: int, config: Any) -> bool:
-    if signer.msp != msp:
+def _has_role(signer: _Signer, msp: str, role: int, msps: Mapping[str, Any]) -> bool:
+    fabric = msps.get(msp)
+    if signer.msp != msp or fabric is None:
         return False
     if role == _MEMBER:
         return True
-    org = None
-    for section in ("Application", "Orderer"):
-        if section in config.channel_group.groups:
-            for group in config.channel_group.groups[section].groups.values():
-                if "MSP" in group.values and str(_fabric_msp(group).name) == msp:
-                    org = group
-    if org is None:
-        return False
-    fabric = _fabric_msp(org)
     if role == _ADMIN:
         for admin_pem in fabric.admins:
             try:
@@ -300,7 +294,7 @@ def _has_role(signer: _Signer, msp: str, role: int, config: Any) -> bool:
     return wanted in ous
 
 
-def _signature_policy(envelope: Any, signers: list[_Signer], config: Any) -> bool:
+def _signature_policy(envelope: Any, signers: list[_Signer], msps: Mapping[str, Any]) -> bool:
     roles: list[tuple[str, int] | None] = []
     for identity in envelope.identities:
         if int(identity.principal_classification) != int(principals.MSPPrincipal.ROLE):
@@ -315,7 +309,7 @@ def _signature_policy(envelope: Any, signers: list[_Signer], config: Any) -> boo
             if wanted is None:
                 return False, used
             for i, signer in enumerate(signers):
-                if i not in used and _has_role(signer, wanted[0], wanted[1], config):
+                if i not in used and _has_role(signer, wanted[0], wanted[1], msps):
                     return True, used | {i}
             return False, used
         count, taken = 0, set(used)
@@ -329,23 +323,29 @@ def _signature_policy(envelope: Any, signers: list[_Signer], config: Any) -> boo
 
 
 def _evaluate(
-    config: Any, group_path: Path, name: str, signers: list[_Signer], depth: int = 0
+    config: Any,
+    group_path: Path,
+    name: str,
+    signers: list[_Signer],
+    msps: Mapping[str, Any],
+    depth: int = 0,
 ) -> bool:
-    """Whether the signers satisfy policy ``name`` of the group at ``group_path``."""
+    """Whether the signers satisfy policy ``name`` of the group at ``group_path`` (``msps``:
+    the configuration's organisations, :func:`_msps`)."""
     group = _group_at(config.channel_group, group_path)
     if group is None or name not in group.policies or depth > 8:
         return False
     policy = group.policies[name].policy
     if int(policy.type) == _SIGNATURE:
         return _signature_policy(
-            policies.SignaturePolicyEnvelope.FromString(policy.value), signers, config
+            policies.SignaturePolicyEnvelope.FromString(policy.value), signers, msps
         )
     if int(policy.type) != _IMPLICIT_META:
         return False
     meta = policies.ImplicitMetaPolicy.FromString(policy.value)
     subs = sorted(group.groups)
     met = sum(
-        _evaluate(config, (*group_path, sub), str(meta.sub_policy), signers, depth + 1)
+        _evaluate(config, (*group_path, sub), str(meta.sub_policy), signers, msps, depth + 1)
         for sub in subs
     )
     if int(meta.rule) == _ANY:
@@ -418,7 +418,8 @@ def check_config_block(previous: Any, block: Any, *, channel: str) -> tuple[Any,
         old = before.get(key)
         if old is None or old[1] != element[1]:
             raise ConfigBlockError(f"its read set names {_show(*key)} at a version not in force")
-    signers, ignored = _signers(bytes(body.config_update), body.signatures, previous)
+    in_force = _msps(previous)
+    signers, ignored = _signers(bytes(body.config_update), body.signatures, in_force)
     for key in sorted(delta):
         kind, path = key
         old = before.get(key)
@@ -428,7 +429,7 @@ def check_config_block(previous: Any, block: Any, *, channel: str) -> tuple[Any,
                 raise ConfigBlockError(f"it adds {_show(*key)} without changing its group")
             continue  # the parent's policy decides the addition
         where = _policy_for(kind, path, old[2])
-        if where is None or not _evaluate(previous, where[0], where[1], signers):
+        if where is None or not _evaluate(previous, where[0], where[1], signers, in_force):
             policy = "/" + "/".join((*where[0], where[1])) if where else "(none)"
             who = ", ".join(sorted({s.msp for s in signers})) or "nobody"
             extra = f"; {'; '.join(dict.fromkeys(ignored))}" if ignored else ""

@@ -34,6 +34,8 @@ from fabric_protos.msp import msp_config_pb2 as _msp_config_pb2
 from fabric_protos.msp import msp_principal_pb2 as _msp_principal_pb2
 from fabric_protos.peer import configuration_pb2 as _configuration_pb2
 
+from ehrshare.ledger.fabric_config import organisations
+
 __all__ = [
     "application_orgs",
     "channel_config",
@@ -73,12 +75,7 @@ def application_orgs(config: Any) -> list[str]:
 
 def msp_root_certs(config: Any) -> dict[str, bytes]:
     """MSP id → first root CA certificate (PEM) of each Application organisation."""
-    out: dict[str, bytes] = {}
-    for name, group in config.channel_group.groups["Application"].groups.items():
-        msp_value = msp_config_pb2.MSPConfig.FromString(group.values["MSP"].value)
-        fabric = msp_config_pb2.FabricMSPConfig.FromString(msp_value.config)
-        out[str(fabric.name or name)] = bytes(fabric.root_certs[0]) if fabric.root_certs else b""
-    return out
+    return {msp: roots[0] if roots else b"" for msp, roots in organisations(config).items()}
 
 
 def verify_config_signature(
