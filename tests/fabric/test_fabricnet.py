@@ -95,6 +95,18 @@ def _org_ca(net: FabricNet, msp: str, *, on_peer_of: str) -> dict[str, str]:
     return record
 
 
+def _ccaas_ready_lines(net: FabricNet, peers: int, *, timeout: float) -> list[str]:
+    """The chaincode server's "registered and ready" lines, once there is one per peer (or
+    what there is after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = (net.dir / "logs" / "ccaas.log").read_text(encoding="utf-8")
+        ready = [line for line in log.splitlines() if "registered and ready" in line]
+        if len(ready) >= peers or time.monotonic() > deadline:
+            return ready
+        time.sleep(0.2)
+
+
 def test_three_hospitals_commit_under_majority_and_survive_a_restart(
     tmp_path: Path, networks: list[FabricNet]
 ) -> None:
@@ -113,9 +125,10 @@ def test_three_hospitals_commit_under_majority_and_survive_a_restart(
     pids = list(net.pids().values())
     assert len(pids) == 1 + 1 + len(MSPS)
     # The chaincode server uses Fabric 3.1's batched messages exactly when the peers offer them
-    # in READY (core.yaml's chaincode.runtimeParams, on by default from 3.1).
-    log = (net.dir / "logs" / "ccaas.log").read_text(encoding="utf-8")
-    ready = [line for line in log.splitlines() if "registered and ready" in line]
+    # in READY (core.yaml's chaincode.runtimeParams, on by default from 3.1). Each peer connects
+    # to the chaincode server on its own, after start() returned (its lifecycle launches the
+    # committed chaincode in the background), so each peer's READY is awaited.
+    ready = _ccaas_ready_lines(net, len(MSPS), timeout=60.0)
     offer = "the peer offers write batches of up to 1000 and multiple gets of up to 1000 keys"
     expected = offer if fabric_version() >= (3, 1, 0) else "no batched messages"
     assert ready and all(expected in line for line in ready), ready
