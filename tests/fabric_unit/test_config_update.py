@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from channel_configs import signature_policy
+from channel_configs import org_group
 from fabric_protos.common import common_pb2, configtx_pb2, policies_pb2
 from fabric_protos.msp import identities_pb2, msp_config_pb2, msp_principal_pb2
 
@@ -31,28 +31,6 @@ principal: Any = msp_principal_pb2
 identities: Any = identities_pb2
 
 
-def _org(msp: str, ca: LocalCA) -> Any:
-    group = configtx.ConfigGroup(version=1, mod_policy="Admins")
-    for name, role in (("Admins", principal.MSPRole.ADMIN), ("Readers", principal.MSPRole.MEMBER)):
-        group.policies[name].CopyFrom(
-            configtx.ConfigPolicy(
-                version=2, mod_policy="Admins", policy=signature_policy(msp, role)
-            )
-        )
-    fabric = mspconf.FabricMSPConfig(name=msp)
-    fabric.root_certs.append(ca.certificate_pem)
-    fabric.tls_root_certs.append(ca.certificate_pem)
-    fabric.fabric_node_ous.enable = True
-    fabric.fabric_node_ous.admin_ou_identifier.certificate = ca.certificate_pem
-    fabric.fabric_node_ous.admin_ou_identifier.organizational_unit_identifier = "admin"
-    value = mspconf.MSPConfig(type=0, config=fabric.SerializeToString())
-    group.values["MSP"].CopyFrom(
-        configtx.ConfigValue(version=1, mod_policy="Admins", value=value.SerializeToString())
-    )
-    group.values["AnchorPeers"].CopyFrom(configtx.ConfigValue(version=1, value=b"old"))
-    return group
-
-
 @pytest.fixture(scope="module")
 def cas() -> dict[str, LocalCA]:
     return {m: LocalCA.create(m) for m in ("HospitalAMSP", "HospitalBMSP", "HospitalDMSP")}
@@ -71,7 +49,7 @@ def config(cas: dict[str, LocalCA]) -> Any:
     app.policies["Admins"].CopyFrom(configtx.ConfigPolicy(version=1, mod_policy="Admins"))
     app.values["ACLs"].CopyFrom(configtx.ConfigValue(version=5, value=b"acl"))
     for msp in ("HospitalAMSP", "HospitalBMSP"):
-        app.groups[msp].CopyFrom(_org(msp, cas[msp]))
+        app.groups[msp].CopyFrom(org_group(msp, cas[msp], version=1))
     channel.groups["Orderer"].version = 7
     return cfg
 

@@ -11,9 +11,8 @@ import copy
 from typing import Any
 
 import pytest
-from channel_configs import signature_policy
+from channel_configs import org_group
 from fabric_protos.common import common_pb2, configtx_pb2, policies_pb2
-from fabric_protos.msp import msp_config_pb2, msp_principal_pb2
 
 from ehrshare.identity import LocalCA, Signer
 from ehrshare.ledger.fabric_config import (
@@ -33,8 +32,6 @@ from ehrshare.network.fabric.config_update import (
 common: Any = common_pb2
 configtx: Any = configtx_pb2
 policies: Any = policies_pb2
-mspconf: Any = msp_config_pb2
-principal: Any = msp_principal_pb2
 
 CHANNEL = "ehrshare"
 MEMBERS = ("HospitalAMSP", "HospitalBMSP", "HospitalCMSP")
@@ -47,37 +44,6 @@ def _meta(sub: str, rule: str) -> Any:
     return policies.Policy(
         type=policies.Policy.PolicyType.Value("IMPLICIT_META"), value=meta.SerializeToString()
     )
-
-
-def _org(msp: str, ca: LocalCA) -> Any:
-    group = configtx.ConfigGroup(version=1, mod_policy="Admins")
-    for name, role in (("Admins", principal.MSPRole.ADMIN), ("Readers", principal.MSPRole.MEMBER)):
-        group.policies[name].CopyFrom(
-            configtx.ConfigPolicy(
-                version=0, mod_policy="Admins", policy=signature_policy(msp, role)
-            )
-        )
-    fabric = mspconf.FabricMSPConfig(name=msp)
-    fabric.root_certs.append(ca.certificate_pem)
-    fabric.tls_root_certs.append(ca.certificate_pem)
-    fabric.fabric_node_ous.enable = True
-    for field, ou in (
-        ("client_ou_identifier", "client"),
-        ("peer_ou_identifier", "peer"),
-        ("admin_ou_identifier", "admin"),
-        ("orderer_ou_identifier", "orderer"),
-    ):
-        ident = getattr(fabric.fabric_node_ous, field)
-        ident.certificate = ca.certificate_pem
-        ident.organizational_unit_identifier = ou
-    value = mspconf.MSPConfig(type=0, config=fabric.SerializeToString())
-    group.values["MSP"].CopyFrom(
-        configtx.ConfigValue(version=0, mod_policy="Admins", value=value.SerializeToString())
-    )
-    group.values["AnchorPeers"].CopyFrom(
-        configtx.ConfigValue(version=0, mod_policy="Admins", value=b"anchor-" + msp.encode())
-    )
-    return group
 
 
 @pytest.fixture(scope="module")
@@ -108,10 +74,10 @@ def genesis(cas: dict[str, LocalCA]) -> Any:
         configtx.ConfigPolicy(mod_policy="Admins", policy=_meta("Admins", "MAJORITY"))
     )
     for msp in MEMBERS:
-        app.groups[msp].CopyFrom(_org(msp, cas[msp]))
+        app.groups[msp].CopyFrom(org_group(msp, cas[msp]))
     orderer = channel.groups["Orderer"]
     orderer.mod_policy = "Admins"
-    orderer.groups["OrdererMSP"].CopyFrom(_org("OrdererMSP", cas["OrdererMSP"]))
+    orderer.groups["OrdererMSP"].CopyFrom(org_group("OrdererMSP", cas["OrdererMSP"]))
     return cfg
 
 
