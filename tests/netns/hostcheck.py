@@ -1,8 +1,35 @@
-"""What a test's consortium on hosts left behind, told apart from other runs' layouts."""
+"""What the netns tests share: the CLI run as a process, a Fabric consortium made on hosts by
+the CLI and removed whatever happens, and what such a consortium left behind, told apart from
+other runs' layouts."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from ehrshare.network.consortium_hosts import HOSTS_FILE, load_hosts, remove_hosts
 from ehrshare.network.iproute import NAME_PREFIX, our_namespaces
+
+
+def run_cli(
+    *args: str, env: dict[str, str], fault: str | None = None, timeout: float = 900
+) -> subprocess.CompletedProcess[str]:
+    """``python -m ehrshare ARGS`` with ``env`` added (and a fault point armed), a wide
+    terminal so no message is wrapped, never raising on its exit code."""
+    extra = {} if fault is None else {"EHRSHARE_FAULT_AT": fault}
+    return subprocess.run(
+        [sys.executable, "-m", "ehrshare", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, "COLUMNS": "200", **env, **extra},
+    )
 
 
 def consortium_leftovers(before: set[str], tag: str | None) -> list[str]:
@@ -14,3 +41,33 @@ def consortium_leftovers(before: set[str], tag: str | None) -> list[str]:
     if tag is None:
         return sorted(now - before)
     return sorted(n for n in now if n.startswith(NAME_PREFIX + tag))
+
+
+@contextmanager
+def fabric_consortium_on_hosts(tmp: Path, *, up: bool) -> Iterator[tuple[Path, dict[str, str]]]:
+    """``consortium init DIR --ledger fabric --hosts netns --json`` in ``tmp`` (its answer
+    naming the layout hosts.json records) (then ``network up``
+    when ``up``), yielding its directory and the CLI's environment. Whatever happens, its
+    network is stopped, its hosts removed, and none of its namespaces is left."""
+    before = set(our_namespaces())
+    tag: str | None = None
+    env = {"EHRSHARE_NETNS_STATE": str(tmp / "netns-state")}
+    directory = tmp / "c"
+    try:
+        init = ["consortium", "init", str(directory), "--ledger", "fabric", "--hosts", "netns"]
+        done = run_cli(*init, "--json", env=env)
+        assert done.returncode == 0, done.stderr[-3000:]
+        hosts = load_hosts(directory)
+        tag = hosts.tag if hosts is not None else None
+        assert tag and json.loads(done.stdout)["hosts"]["tag"] == tag
+        if up:
+            started = run_cli("network", "up", "-p", str(directory), env=env)
+            assert started.returncode == 0, started.stderr[-3000:]
+        yield directory, env
+    finally:
+        if (directory / "profile.yaml").exists():
+            run_cli("network", "down", "-p", str(directory), env=env)
+        if (directory / HOSTS_FILE).exists():
+            remove_hosts(directory)
+    left = consortium_leftovers(before, tag)
+    assert not left, f"the consortium's hosts were left behind: {left}"

@@ -8,18 +8,16 @@ on one consortium)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hostcheck import consortium_leftovers
+from hostcheck import fabric_consortium_on_hosts, run_cli
 
 from ehrshare.demo import lab_observation
-from ehrshare.network.consortium_hosts import HOSTS_FILE, load_hosts, remove_hosts
+from ehrshare.network.consortium_hosts import HOSTS_FILE, load_hosts
 from ehrshare.network.netns import HostLayout, our_namespaces
 from ehrshare.network.supervisor import pid_alive
 from ehrshare.network.swarm import KuboSwarm
@@ -29,15 +27,7 @@ from ehrshare.storage import KuboClient
 pytestmark = pytest.mark.netns
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ehrshare", *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-        env={**os.environ, "COLUMNS": "200", **env},
-    )
+_cli = run_cli
 
 
 @pytest.fixture
@@ -89,30 +79,9 @@ def _pids(netns: str) -> list[int]:
 @pytest.fixture(scope="module")
 def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
     """One consortium made with ``consortium init --hosts netns`` for the module's tests (its
-    directory and the CLI's environment); whatever happens, its network is stopped, its hosts
-    removed, and the machine's namespaces are as before."""
-    before = set(our_namespaces())
-    tag: str | None = None
-    tmp = tmp_path_factory.mktemp("cli-hosts")
-    env = {"EHRSHARE_NETNS_STATE": str(tmp / "netns-state")}
-    directory = tmp / "c"
-    try:
-        done = _cli(
-            "consortium", "init", str(directory), "--ledger", "fabric", "--hosts", "netns",
-            "--json", env=env,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        assert json.loads(done.stdout)["hosts"]["tag"]
-        hosts = load_hosts(directory)
-        tag = hosts.tag if hosts is not None else None
-        yield directory, env
-    finally:
-        if (directory / "profile.yaml").exists():
-            _cli("network", "down", "-p", str(directory), env=env)
-        if (directory / HOSTS_FILE).exists():
-            remove_hosts(directory)
-    left = consortium_leftovers(before, tag)
-    assert not left, f"the consortium's hosts were left behind: {left}"
+    directory and the CLI's environment), removed whatever happens."""
+    with fabric_consortium_on_hosts(tmp_path_factory.mktemp("cli-hosts"), up=False) as made:
+        yield made
 
 
 @pytest.mark.fabric

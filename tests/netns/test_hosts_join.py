@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hostcheck import consortium_leftovers
+from hostcheck import fabric_consortium_on_hosts, run_cli
 
 from ehrshare.network.consortium_hosts import (
     HOSTS_FILE,
@@ -34,18 +34,7 @@ from ehrshare.network.supervisor import Child
 pytestmark = pytest.mark.netns
 
 
-def _cli(
-    *args: str, env: dict[str, str], fault: str | None = None
-) -> subprocess.CompletedProcess[str]:
-    extra = {} if fault is None else {"EHRSHARE_FAULT_AT": fault}
-    return subprocess.run(
-        [sys.executable, "-m", "ehrshare", *args],
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-        env={**os.environ, "COLUMNS": "200", **env, **extra},
-    )
+_cli = run_cli
 
 
 def _answers(address: str, port: int) -> bool:
@@ -120,19 +109,8 @@ DR_DEE = "HospitalDMSP/drdee"
 def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
     """A Fabric consortium on hosts with alice's record, its network up; torn down whatever
     happens, the machine's namespaces as before."""
-    before = set(our_namespaces())
-    tag: str | None = None
     tmp = tmp_path_factory.mktemp("join-hosts")
-    env = {"EHRSHARE_NETNS_STATE": str(tmp / "netns-state")}
-    directory = tmp / "c"
-    try:
-        done = _cli(
-            "consortium", "init", str(directory), "--ledger", "fabric", "--hosts", "netns",
-            env=env,
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr[-3000:]
-        up = _cli("network", "up", "-p", str(directory), env=env)
-        assert up.returncode == 0, up.stderr[-3000:]
+    with fabric_consortium_on_hosts(tmp, up=True) as (directory, env):
         for name, hospital, role in (
             ("alice", "HospitalA", "patient"),
             ("admin-b", "HospitalB", "admin"),
@@ -152,16 +130,7 @@ def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dic
         )
         assert put.returncode == 0, put.stderr[-2000:]
         (tmp / "record-id").write_text(json.loads(put.stdout)["record_id"], encoding="utf-8")
-        hosts = load_hosts(directory)
-        tag = hosts.tag if hosts is not None else None
         yield directory, env
-    finally:
-        if (directory / "profile.yaml").exists():
-            _cli("network", "down", "-p", str(directory), env=env)
-        if (directory / HOSTS_FILE).exists():
-            remove_hosts(directory)
-    left = consortium_leftovers(before, tag)
-    assert not left, f"the consortium's hosts were left behind: {left}"
 
 
 def _secrets(hospital: Path) -> dict[str, list[bytes]]:

@@ -13,13 +13,13 @@ same commands on a Fabric consortium on its hosts.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hostcheck import run_cli
 from test_link_relay import _ECHO, _median, _probe
 
 from ehrshare.network.consortium_hosts import (
@@ -40,14 +40,7 @@ LABELS = ["HospitalAMSP", "HospitalBMSP", "OrdererMSP"]
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ehrshare", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        env={**os.environ, "COLUMNS": "200", **env},
-    )
+    return run_cli(*args, env=env, timeout=300)
 
 
 @pytest.fixture
