@@ -56,6 +56,8 @@ DEFAULT_TYPE: Final = "general"
 _TYPE_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _OPAQUE_RE: Final = re.compile(r"t-[0-9a-f]{32}")
 _LABEL_DST: Final = b"ehrshare/v1/type-label"
+_KIND_DST: Final = b"ehrshare/v1/resource-kind"
+_RESOURCE_TYPE_RE: Final = re.compile(r"[A-Z][A-Za-z]{0,63}")
 
 _OBS_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
 _DIAG_SERVICE: Final = "http://terminology.hl7.org/CodeSystem/v2-0074"
@@ -355,6 +357,15 @@ class TypeLabels:
         _check_type_name(type_name)
         mac = hmac.new(self._key, _LABEL_DST + type_name.encode(), hashlib.sha256).digest()
         return "t-" + mac[:16].hex()
+
+    def kind(self, resource_type: str) -> str:
+        """The on-chain label of a FHIR resourceType (a record's ``kind``): an HMAC under the
+        same key as :meth:`opaque`, with its own domain, so members can tell which records are
+        Observations without reading them and others cannot."""
+        if not _RESOURCE_TYPE_RE.fullmatch(resource_type):
+            raise ValueError(f"{resource_type!r} is not a FHIR resource type name")
+        mac = hmac.new(self._key, _KIND_DST + resource_type.encode(), hashlib.sha256).digest()
+        return "k-" + mac[:16].hex()
 
     def reveal(self, label: str) -> str | None:
         """The clinical type behind an on-chain label, or None if it is not a configured type."""

@@ -196,3 +196,21 @@ def test_any_last_updated_text_parses_or_is_a_400(text: str) -> None:
         parse_search("Observation", {"_lastUpdated": [text]}, None)
     except FhirError as exc:
         assert exc.status == 400
+
+
+def test_a_search_by_resource_type_reads_no_record_of_another_type(fhir: Fhir) -> None:
+    """An Observation and a Specimen are both of record type lab: the pointers' kinds (their
+    resourceTypes' labels) keep a search for one from reading the other."""
+    specimen = {"resourceType": "Specimen"}  # alice's own: the caller is the patient
+    with fhir.client("alice") as alice:
+        obs = alice.post("/Observation", json=observation("laboratory")).json()["id"]
+        made = alice.post("/Specimen", json=specimen)
+        assert made.status_code == 201, made.text
+        spec = made.json()["id"]
+        before = reads_logged(fhir, "alice")
+        found = alice.get("/Specimen", params={"patient": fhir.ids["alice"]}).json()
+        assert spec in ids(found) and obs not in ids(found)
+        assert reads_logged(fhir, "alice") == before + found["total"]  # the Specimens only
+        lab = alice.get("/Observation", params={"category": "urn:ehrshare:record-type|lab"}).json()
+        assert obs in ids(lab) and spec not in ids(lab)
+        assert reads_logged(fhir, "alice") == before + found["total"] + lab["total"]

@@ -130,6 +130,19 @@ def test_a_refused_update_changes_nothing(
     assert state_digest(_root(fhir)) == before
 
 
+def test_an_update_as_another_resource_type_is_422_and_changes_nothing(fhir: Fhir) -> None:
+    """A Specimen is of record type lab too: the pointer's kind, not a decryption, refuses a
+    Specimen as the next version of an Observation."""
+    with fhir.client("alice") as alice:
+        rid = _create(alice)
+        before = state_digest(_root(fhir))
+        r = alice.put(f"/Specimen/{rid}", json={"resourceType": "Specimen", "id": rid})
+        assert r.status_code == 422, r.text
+        assert "not a Specimen" in valid(r.json())["issue"][0]["diagnostics"]
+        assert state_digest(_root(fhir)) == before
+        assert alice.get(f"/Observation/{rid}").json()["meta"]["versionId"] == "1"
+
+
 def test_update_of_an_unknown_record_is_404_not_a_create(fhir: Fhir) -> None:
     before = state_digest(_root(fhir))
     with fhir.client("alice") as alice:

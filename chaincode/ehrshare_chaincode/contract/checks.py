@@ -72,10 +72,10 @@ def check_id(value: str, what: str) -> str:
     return value
 
 
-def check_type(value: str) -> str:
+def check_type(value: str, what: str = "record type") -> str:
     if not _TYPE_RE.fullmatch(value):
         raise ChaincodeError(
-            f"record type {value!r} is invalid: use 1-64 letters, digits, '.', '_', ':' or '-'"
+            f"{what} {value!r} is invalid: use 1-64 letters, digits, '.', '_', ':' or '-'"
         )
     return value
 

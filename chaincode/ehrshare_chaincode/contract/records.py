@@ -1,7 +1,10 @@
 """Record pointers: register, amend, read, list. The record itself is ciphertext off chain.
 
 A pointer holds the CID, its SHA-256, the capsule (opaque base64) and the master-key epoch the
-capsule was sealed under; every version is kept.
+capsule was sealed under; every version is kept. A pointer registered with a ``kind`` also holds
+that label of what the record is (the SDK's opaque label of its FHIR resourceType, so that a
+search by resource type reads only the records it returns); the contract only checks its form
+and keeps it across versions.
 """
 
 from __future__ import annotations
@@ -59,11 +62,13 @@ class Records:
         capsule_b64: str,
         format_version: str,
         type_epoch: str = "",
+        kind: str = "",
     ) -> Any:
         """Register a record pointer; the patient itself or a clinician of any member hospital.
 
         ``type_epoch`` is the owner's type-key epoch the capsule is sealed under; it must be
-        the current one (:func:`~.type_epochs.record_type_epoch`)."""
+        the current one (:func:`~.type_epochs.record_type_epoch`). ``kind``, when given, is a
+        label of what the record is (a record type's form), kept by every version."""
         caller = ctx.registered()
         return _register(
             ctx,
@@ -76,6 +81,7 @@ class Records:
             capsule_b64,
             format_version,
             type_epoch,
+            kind,
         )
 
     @submit
@@ -227,7 +233,7 @@ def load_record(ctx: TxContext, record_id: str) -> dict[str, Any]:
 
 MAX_WRITES = 100  # writes per WriteRecords call (the FHIR API's transaction Bundle limit)
 # The arguments (without the function's name) each write of WriteRecords takes: min, max.
-_WRITE_ARITY = {"RegisterRecord": (7, 8), "AmendRecord": (5, 7)}
+_WRITE_ARITY = {"RegisterRecord": (7, 9), "AmendRecord": (5, 7)}
 
 
 def _parsed_writes(writes: str) -> list[tuple[str, list[str]]]:
@@ -300,11 +306,14 @@ def _register(
     capsule_b64: str,
     format_version: str,
     type_epoch: str = "",
+    kind: str = "",
 ) -> dict[str, Any]:
     """RegisterRecord's checks and writes (also one write of WriteRecords)."""
     check_id(record_id, "record id")
     check_ibe(owner, "owner")
     check_type(record_type)
+    if kind:
+        check_type(kind, "record kind")
     if not CID_RE.fullmatch(cid):
         raise ChaincodeError(f"cid {cid!r} is not a content identifier")
     if not SHA256_RE.fullmatch(sha256):
@@ -339,6 +348,8 @@ def _register(
         "updated_at": ctx.now,
         "tx_id": ctx.tx_id,
     }
+    if kind:  # absent, not empty, when not given: older pointers stay byte for byte the same
+        record["kind"] = kind
     ctx.put_json(record, K_RECORD, record_id)
     ctx.put_json(record, K_RECORD_VERSION, record_id, seq(1))
     ctx.put_index(K_RECORD_BY_OWNER, owner, record_id)

@@ -148,10 +148,12 @@ def register_record_args(
     capsule: bytes,
     format_version: str,
     type_epoch: int | None = None,
+    kind: str = "",
 ) -> tuple[str, ...]:
     """RegisterRecord's positional arguments (the capsule base64 as on chain); ``type_epoch``
-    the owner's type-key epoch it is sealed under (None: not stated)."""
-    args = (
+    the owner's type-key epoch it is sealed under (None: not stated); ``kind`` the label of
+    the record's resourceType (:meth:`~ehrshare.fhir.TypeLabels.kind`; empty: none)."""
+    args: tuple[str, ...] = (
         record_id,
         owner,
         label,
@@ -160,7 +162,9 @@ def register_record_args(
         base64.b64encode(capsule).decode(),
         format_version,
     )
-    return args if type_epoch is None else (*args, str(type_epoch))
+    if type_epoch is not None or kind:
+        args = (*args, "" if type_epoch is None else str(type_epoch))
+    return (*args, kind) if kind else args
 
 
 def request_access_args(
@@ -409,9 +413,10 @@ class EhrContract:
         capsule: bytes,
         format_version: str,
         type_epoch: int | None = None,
+        kind: str = "",
     ) -> StoredRecord:
         """Register a record's pointer (its ciphertext already stored), sealed under the
-        owner's type-key epoch ``type_epoch``."""
+        owner's type-key epoch ``type_epoch``, with the label ``kind`` of its resourceType."""
         args = register_record_args(
             record_id=record_id,
             owner=owner,
@@ -421,6 +426,7 @@ class EhrContract:
             capsule=capsule,
             format_version=format_version,
             type_epoch=type_epoch,
+            kind=kind,
         )
         return StoredRecord.from_chain(self.call("RegisterRecord", *args), self.labels)
 

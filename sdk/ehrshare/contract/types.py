@@ -322,6 +322,9 @@ class RecordRef:
     created_at: int
     updated_at: int = 0
     """When this version was registered (``created_at`` for version 1)."""
+    kind: str = ""
+    """The opaque on-chain label of the record's FHIR resourceType
+    (:meth:`~ehrshare.fhir.TypeLabels.kind`); empty on a record registered without one."""
 
     @classmethod
     def from_chain(cls, data: dict[str, Any], labels: TypeLabels | None = None) -> RecordRef:
@@ -337,6 +340,7 @@ class RecordRef:
             creator=data["creator"],
             created_at=int(data["created_at"]),
             updated_at=int(data.get("updated_at") or data["created_at"]),
+            kind=str(data.get("kind", "")),
         )
 
     def to_dict(self) -> dict[str, Any]:

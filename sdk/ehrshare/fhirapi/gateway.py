@@ -339,6 +339,10 @@ class Gateway:
             raise FhirError(
                 412, f"record {rid} is at version {current.version}, not {expected} (If-Match)"
             )
+        if current.kind and current.kind != session.labels.kind(rtype):
+            raise FhirError(
+                422, f"record {rid} is not a {rtype}: a new version keeps the resource's type"
+            )
         for key in ("subject", "patient"):
             ref = resource.get(key)
             if isinstance(ref, dict):
@@ -443,15 +447,17 @@ class Gateway:
         self, session: Session, rtype: str, query: Mapping[str, list[str]], base_url: str
     ) -> Answer:
         """``GET [base]/{type}?…``: the records the caller may read that match. The pointers
-        decide patient, ``_lastUpdated`` and record type before anything is decrypted (see
-        :mod:`ehrshare.fhirapi.search` for what only the decrypted resource can tell)."""
+        decide patient, resource type, ``_lastUpdated`` and record type before anything is
+        decrypted (see :mod:`ehrshare.fhirapi.search` for what only the decrypted resource can
+        tell): every read is a logged access, so a record the answer leaves out is not read."""
         search = parse_search(rtype, query, None)  # bad parameters: 400 before any lookup
         search = parse_search(rtype, query, self._patient_param(session, query))
         label_of = session.labels.opaque
         labels = search.possible_labels(session.mapping, label_of)
+        kind = session.labels.kind(rtype)
         found = []
         for ref in self._readable(session, search.patient):
-            if not search.admits_pointer(ref, labels):
+            if not search.admits_pointer(ref, labels, kind):
                 continue
             _ref, data = session.open_record_json(ref)  # a logged read (the pointer: hints)
             if search.admits_resource(data, ref, label_of):

@@ -1,13 +1,14 @@
 """Record searches (``GET [base]/{type}?patient=&category=&_lastUpdated=``): the parameters
 parsed and checked, a filter on the chain's pointers, and a filter on decrypted resources.
 
-The chain holds, per record, its owner, its opaque type label (the clinical record type) and
-when each version was registered — not its resourceType, nor its FHIR categories (they would
-say in clear what the opaque labels hide). So ``_lastUpdated``, ``patient`` and a category in
-the record-type system (``urn:ehrshare:record-type|lab``) are decided on the pointers and
+The chain holds, per record, its owner, its opaque type label (the clinical record type), the
+opaque label of its resourceType (its ``kind``, on records registered since the chaincode took
+one) and when each version was registered — not its FHIR categories (they would say in clear
+what the opaque labels hide). So the resource type, ``_lastUpdated``, ``patient`` and a category
+in the record-type system (``urn:ehrshare:record-type|lab``) are decided on the pointers and
 nothing else is decrypted; a FHIR category code (``laboratory``) narrows the record types to
 those the consortium's type mapping could give such a resource, and is then checked on the
-decrypted resource, as the resourceType always is. Must not do I/O.
+decrypted resource, as the resourceType is for a record without a kind. Must not do I/O.
 """
 
 from __future__ import annotations
@@ -88,9 +89,13 @@ class RecordSearch:
             allowed = frozenset(labels) if allowed is None else allowed & labels
         return allowed
 
-    def admits_pointer(self, ref: RecordRef, labels: frozenset[str] | None) -> bool:
-        """Whether the record's pointer can belong to a match (decided without decrypting)."""
+    def admits_pointer(self, ref: RecordRef, labels: frozenset[str] | None, kind: str = "") -> bool:
+        """Whether the record's pointer can belong to a match (decided without decrypting);
+        ``kind`` is the label of :attr:`resource_type` (a pointer that names another is no
+        match; one that names none may be)."""
         if self.patient is not None and ref.owner != self.patient:
+            return False
+        if kind and ref.kind and ref.kind != kind:
             return False
         if labels is not None and ref.label not in labels:
             return False

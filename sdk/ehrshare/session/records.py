@@ -67,6 +67,7 @@ class _Planned:
     record_id: str
     owner: str
     label: str
+    kind: str
     amend: bool
     if_version: int | None
     plaintext: bytes
@@ -92,6 +93,7 @@ class Records(TypeKeyRotation):
         model, plaintext = self._plaintext(resource)
         type_name = self.mapping.resolve(model, type)
         label = self.labels.opaque(type_name)
+        kind = self.labels.kind(model.get_resource_type())
         owner = patient or self.ibe_id
         record_id = "r-" + secrets.token_hex(16)
 
@@ -105,6 +107,7 @@ class Records(TypeKeyRotation):
                 capsule=capsule,
                 format_version=FORMAT_VERSION,
                 type_epoch=type_epoch,
+                kind=kind,
             )
 
         record = self._seal_and_register(
@@ -155,6 +158,7 @@ class Records(TypeKeyRotation):
                 f"record {record_id} is of type {current.type or 'unknown'}; a new version of "
                 f"type {type_name} would change it (store it as a new record instead)"
             )
+        self._check_kind(current, model)
 
         def register(cid: str, digest: str, capsule: bytes, type_epoch: int) -> StoredRecord:
             try:
@@ -209,11 +213,11 @@ class Records(TypeKeyRotation):
             model, plaintext = self._plaintext(w.resource)
             type_name = self.mapping.resolve(model, w.type)
             label = self.labels.opaque(type_name)
+            kind = self.labels.kind(model.get_resource_type())
             if not w.record_id:
                 record_id = "r-" + secrets.token_hex(16)
-                planned.append(
-                    _Planned(record_id, w.patient or self.ibe_id, label, False, None, plaintext)
-                )
+                owner = w.patient or self.ibe_id
+                planned.append(_Planned(record_id, owner, label, kind, False, None, plaintext))
                 continue
             current = self.get_record(w.record_id)
             if w.if_version is not None and current.version != w.if_version:
@@ -227,8 +231,9 @@ class Records(TypeKeyRotation):
                     f"version of type {type_name} would change it (store it as a new record "
                     "instead)"
                 )
+            self._check_kind(current, model)
             planned.append(
-                _Planned(w.record_id, current.owner, label, True, w.if_version, plaintext)
+                _Planned(w.record_id, current.owner, label, kind, True, w.if_version, plaintext)
             )
         if len({p.record_id for p in planned}) != len(planned):
             raise InvalidWrites("write_records writes each record at most once")
@@ -278,6 +283,7 @@ class Records(TypeKeyRotation):
                                 capsule=capsule,
                                 format_version=FORMAT_VERSION,
                                 type_epoch=type_epoch,
+                                kind=p.kind,
                             ),
                         )
                     )
@@ -307,6 +313,15 @@ class Records(TypeKeyRotation):
             ):
                 return VersionConflict(exc.function, exc.reason, exc.transaction_id)
         return exc
+
+    def _check_kind(self, current: RecordRef, model: FHIRAbstractModel) -> None:
+        """A new version keeps the record's resourceType (where its pointer names one)."""
+        rtype = model.get_resource_type()
+        if current.kind and current.kind != self.labels.kind(rtype):
+            raise RecordTypeChanged(
+                f"record {current.record_id} is not a {rtype}; a new version must be of the "
+                "record's own resource type (store it as a new record instead)"
+            )
 
     def _plaintext(
         self, resource: FHIRAbstractModel | dict[str, Any] | str | bytes
