@@ -274,3 +274,11 @@ def test_a_bad_interval_is_exit_2_and_changes_nothing(world: World, every: str) 
         assert _pinned_at(w, ref.cid) == [A]  # nothing repaired
     finally:
         repair_swarm(w.consortium.profile)
+
+
+def test_periodic_repair_with_an_unusable_wallet_exits_at_once_not_every_round(
+    world: World,
+) -> None:
+    done = _cli(world.root, "store", "repair", "--every", "1", "--wallet", "nobody")
+    assert done.returncode == 3, done.stderr
+    assert "Traceback" not in done.stderr and "round" not in done.stderr

@@ -37,8 +37,8 @@ StoreWalletOpt = Annotated[
     typer.Option(
         "--wallet",
         "-w",
-        help="An org admin or auditor wallet to list every record version with "
-        "(default: the consortium's admin wallet).",
+        help="An org admin or auditor wallet to list every record version (and, for status "
+        "and repair, every valid grant's pins) with (default: the consortium's admin wallet).",
     ),
 ]
 
@@ -47,7 +47,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     """Add ``ehrshare store``."""
     del bench_app
     store_app = typer.Typer(
-        help="Check the content store against the ledger and remove unreferenced ciphertexts.",
+        help="Check the content store against the ledger and remove unreferenced ciphertexts; "
+        "in a private IPFS swarm, show and repair where each record is pinned.",
         no_args_is_help=True,
     )
     app.add_typer(store_app, name="store")
@@ -231,13 +232,17 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         replica hospitals, and the hospital of each grantee of a valid grant that covers it
         (the node fetches it over bitswap from a node that has it). Never unpins. Safe to run
         again after any interruption. Exit codes as 'store status', after the repair."""
-        from ehrshare.replication import repair_swarm
+        from ehrshare.replication import NotASwarm, repair_swarm
 
         interval = _interval(every) if every else 0.0
         with mapped_errors():
             prof = load_profile(profile)
             unlocked = unlocked_wallet(prof, wallet or "admin")
             if every:
+                # What no later round can fix is refused now, not reported every round.
+                if prof.swarm is None:
+                    raise NotASwarm(f"profile {prof.path} has no private IPFS swarm")
+                unlocked.load_identity()
                 _repair_rounds(lambda: repair_swarm(prof, wallet=unlocked), interval, as_json)
                 return
             report = repair_swarm(prof, wallet=unlocked)
