@@ -231,29 +231,29 @@ class Records:
             K_GRANT, [], check_page_size(page_size), bookmark
         )
         grants = []
+        owned: dict[str, list[dict[str, Any]]] = {}  # an owner's records, read once a call
         for kv in rows:
             grant = canonical.loads(kv.value, f"stored {K_GRANT}")
             if grant_problem(ctx, grant) is not None:
                 continue
-            owned = ctx.stub.get_state_by_partial_composite_key(K_RECORD_BY_OWNER, [grant["owner"]])
-            records = []
-            for row in owned:
-                _, attrs = ctx.stub.split_composite_key(row.key)
-                rec = ctx.get_json(K_RECORD, *attrs[1:])
-                if rec is not None and covers(grant, rec):
-                    records.append(
-                        {
-                            "record_id": rec["record_id"],
-                            "version": rec["version"],
-                            "cid": rec["cid"],
-                        }
-                    )
+            owner = grant["owner"]
+            if owner not in owned:
+                owned[owner] = []
+                for row in ctx.stub.get_state_by_partial_composite_key(K_RECORD_BY_OWNER, [owner]):
+                    _, attrs = ctx.stub.split_composite_key(row.key)
+                    rec = ctx.get_json(K_RECORD, *attrs[1:])
+                    if rec is not None:
+                        owned[owner].append(rec)
             grants.append(
                 {
                     "grant_id": grant["grant_id"],
                     "grantee_msp": load_identity(ctx, grant["grantee"])["msp_id"],
                     "expiry": int(grant["expiry"]),
-                    "records": records,
+                    "records": [
+                        {"record_id": r["record_id"], "version": r["version"], "cid": r["cid"]}
+                        for r in owned[owner]
+                        if covers(grant, r)
+                    ],
                 }
             )
         return {"grants": grants, "bookmark": next_bm}
