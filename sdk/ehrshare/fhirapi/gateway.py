@@ -7,8 +7,10 @@ of different members run concurrently; those of one member are serialised by tha
 lock, because a :class:`Session` keeps per-member caches (keys, grants) that are not made for
 concurrent use, while what sessions share — the embedded ledger, the in-process KGC nodes and
 proxies, the content store — locks for itself (Fabric and Kubo are separate processes). It is
-the trusted hospital-side gateway: it holds the keys of the members it acts for. This module
-must not parse HTTP.
+the trusted hospital-side gateway: it holds the keys of the members it acts for. The member's
+lock also makes a conditional create's search and its write one step for that member (not
+across members, nor across gateways). Record writes are in :mod:`ehrshare.fhirapi.writes`, the
+base class. This module must not parse HTTP.
 """
 
 from __future__ import annotations
