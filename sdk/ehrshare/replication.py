@@ -1,15 +1,19 @@
 """``ehrshare store status|repair`` for a private IPFS swarm: where each record is pinned, what
 is under-replicated, and re-pinning to reach the policy.
 
-The policy (:func:`ehrshare.storage.replicated.placement`) is computed from the ledger alone:
-every version ``ListRecordVersions`` names must be pinned at its origin hospital's node
-(``creator_msp``) and at the next ``storage.replicas`` hospitals. A node's pins are read once
-(``pin/ls``); :func:`repair_swarm` asks each node that lacks a pin it should hold to pin it,
-which fetches the blocks over bitswap from any node that has them and checks them against the
-CID. A pin is all-or-nothing in Kubo (the pin is recorded only after every block is held), so a
-repair killed at any point leaves each node with the record pinned or not, never half, and the
-next repair finishes the rest. Pins beyond the policy (a grantee's hospital's copy) are reported
-and never removed here.
+The policy is computed from the ledger alone: every version ``ListRecordVersions`` names must
+be pinned at its origin hospital's node (``creator_msp``) and at the next ``storage.replicas``
+hospitals (:func:`ehrshare.storage.replicated.placement`), and the latest version of every
+record a valid grant covers at the grantee's hospital's node (``ListGrantPins``: the hospitals
+a grant pins at when it is made; a revoked or expired grant's copy becomes an extra one). Both
+queries are for org admins and auditors and name no owner, grantee or type. A node's pins are
+read once (``pin/ls``); :func:`repair_swarm` asks each node that lacks a pin it should hold to
+pin it, which fetches the blocks over bitswap from any node that has them and checks them
+against the CID. A pin is all-or-nothing in Kubo (the pin is recorded only after every block is
+held), so a repair killed at any point leaves each node with the record pinned or not, never
+half, and the next repair finishes the rest. Pins beyond the policy (the copy of a grant that
+was revoked or expired, a pin made by hand) are reported and never removed here.
+:func:`repair_every` runs the repair in rounds until told to stop (``store repair --every``).
 
 This module must not unpin or delete anything and reads no key.
 """
@@ -17,8 +21,11 @@ This module must not unpin or delete anything and reads no key.
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from ehrshare.errors import UsageError
 from ehrshare.faults import fault_point
@@ -26,12 +33,24 @@ from ehrshare.profile import Profile
 from ehrshare.storage import KuboClient, StorageError
 from ehrshare.storage.cid import CID
 from ehrshare.storage.replicated import placement
-from ehrshare.storemaint import record_versions
+from ehrshare.storemaint import grant_pins, record_versions
 from ehrshare.wallet import Wallet
 
-__all__ = ["NotASwarm", "SwarmReport", "UnknownRecord", "repair_swarm", "swarm_status"]
+__all__ = [
+    "MAX_INTERVAL_S",
+    "MIN_INTERVAL_S",
+    "NotASwarm",
+    "SwarmReport",
+    "UnknownRecord",
+    "repair_every",
+    "repair_swarm",
+    "swarm_status",
+]
 
 _log = logging.getLogger(__name__)
+
+MIN_INTERVAL_S: Final = 1.0
+MAX_INTERVAL_S: Final = 30 * 86400.0
 
 
 class NotASwarm(UsageError, ValueError):
@@ -111,9 +130,18 @@ def swarm_status(
         versions = [v for v in versions if v.record_id == record]
         if not versions:
             raise UnknownRecord(f"record {record} is not on the ledger")
+    by_grant: dict[tuple[str, int], dict[str, list[str]]] = {}
+    for g in grant_pins(profile, wallet):
+        for record_id, version, _ in g.records:
+            by_grant.setdefault((record_id, version), {}).setdefault(g.grantee_msp, [])
+            by_grant[(record_id, version)][g.grantee_msp].append(g.grant_id)
     for v in versions:
         cid = _v1(v.cid)
-        want = placement(v.creator_msp, hospitals, swarm.replicas)
+        policy = placement(v.creator_msp, hospitals, swarm.replicas)
+        # A grantee's hospital without a node in the swarm reads through the others.
+        grants = {m: sorted(ids) for m, ids in by_grant.get((v.record_id, v.version), {}).items()}
+        grants = {m: ids for m, ids in sorted(grants.items()) if m in pins}
+        want = policy + [m for m in grants if m not in policy]
         pinned = sorted(msp for msp, p in pins.items() if p is not None and cid in p)
         unknown = sorted(msp for msp in want if pins[msp] is None)
         report.versions.append(
@@ -122,7 +150,9 @@ def swarm_status(
                 "version": v.version,
                 "cid": v.cid,
                 "origin": v.creator_msp,
-                "policy": want,
+                "policy": policy,
+                "grantees": [m for m in grants if m not in policy],
+                "grants": grants,
                 "pinned": pinned,
                 "missing": [m for m in want if m not in pinned],
                 "unreachable": unknown,
@@ -174,3 +204,34 @@ def repair_swarm(
     after = swarm_status(profile, wallet=wallet)
     after.repaired, after.failed = repaired, failed
     return after
+
+
+def repair_every(
+    round_: Callable[[], SwarmReport],
+    interval: float,
+    stop: threading.Event,
+    report: Callable[[int, SwarmReport | None, str], None],
+) -> int:
+    """Run ``round_`` (a :func:`repair_swarm`) now and then every ``interval`` seconds from the
+    start of the last round until ``stop`` is set; ``report(n, result, error)`` is told each
+    round's outcome. A round that fails (a node or the ledger down) is reported with its
+    error and the next one runs on time; a crashed round leaves nothing half-done (see the
+    module doc). Returns the number of rounds run."""
+    if not MIN_INTERVAL_S <= interval <= MAX_INTERVAL_S:
+        raise UsageError(
+            f"the repair interval must be {MIN_INTERVAL_S:g} s to {MAX_INTERVAL_S / 86400:g} "
+            f"days, got {interval:g} s"
+        )
+    rounds = 0
+    while not stop.is_set():
+        started = time.monotonic()
+        rounds += 1
+        try:
+            result = round_()
+        except Exception as exc:  # any failure of one round: the next one may succeed
+            _log.debug("repair round %d failed", rounds, exc_info=True)
+            report(rounds, None, f"{type(exc).__name__}: {exc}")
+        else:
+            report(rounds, result, "")
+        stop.wait(max(0.0, interval - (time.monotonic() - started)))
+    return rounds

@@ -25,10 +25,10 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from ehrshare.contract import EhrContract
-from ehrshare.contract.types import RecordVersion
+from ehrshare.contract.types import GrantPins, Page, RecordVersion
 from ehrshare.ledgers import open_ledger
 from ehrshare.profile import Profile
 from ehrshare.provisioning import ADMIN_WALLET
@@ -51,11 +51,13 @@ __all__ = [
     "StoreReport",
     "check_store",
     "gc_store",
+    "grant_pins",
     "parse_duration",
     "record_versions",
 ]
 
 _log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 DEFAULT_GRACE_S: Final = 3600
 _PAGE: Final = 100  # the chaincode's largest page
@@ -124,6 +126,22 @@ def _pointers(profile: Profile, wallet: Wallet | None) -> list[RecordPointer]:
 def record_versions(profile: Profile, wallet: Wallet | None) -> list[RecordVersion]:
     """Every version of every record on the ledger (``ListRecordVersions``, page by page), asked
     as ``wallet`` (an org admin or auditor; default the consortium's ``admin`` wallet)."""
+    return _every_page(
+        profile, wallet, lambda chain, bm: chain.list_record_versions(page_size=_PAGE, bookmark=bm)
+    )
+
+
+def grant_pins(profile: Profile, wallet: Wallet | None) -> list[GrantPins]:
+    """Every grant valid now with its grantee's hospital and the records it covers
+    (``ListGrantPins``, page by page), asked as :func:`record_versions` asks."""
+    return _every_page(
+        profile, wallet, lambda chain, bm: chain.list_grant_pins(page_size=_PAGE, bookmark=bm)
+    )
+
+
+def _every_page(
+    profile: Profile, wallet: Wallet | None, page: Callable[[EhrContract, str], Page[_T]]
+) -> list[_T]:
     if wallet is None:
         wallet = profile.wallet(ADMIN_WALLET)
     identity, signer = wallet.load_identity()
@@ -134,12 +152,12 @@ def record_versions(profile: Profile, wallet: Wallet | None) -> list[RecordVersi
             chain = EhrContract(
                 gateway.get_network(profile.channel).get_contract(profile.chaincode)
             )
-            out: list[RecordVersion] = []
+            out: list[_T] = []
             bookmark = ""
             while True:
-                page = chain.list_record_versions(page_size=_PAGE, bookmark=bookmark)
-                out += page.items
-                bookmark = page.bookmark
+                got = page(chain, bookmark)
+                out += got.items
+                bookmark = got.bookmark
                 if not bookmark:
                     return out
         finally:

@@ -228,6 +228,12 @@ CASES = [
         _role_needed("admin", "auditor"),
     ),
     Case(
+        "ListGrantPins",
+        lambda w: ("",),
+        frozenset({"org_admin", "auditor"}),
+        _role_needed("admin", "auditor"),
+    ),
+    Case(
         "ListGrantedRecords",
         lambda w: (w.grants["grantee"],),
         frozenset({"grantee"}),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from typing import Any
 
 import pytest
 from chaincode_world import (
@@ -191,6 +192,46 @@ def test_list_record_versions_pages_through_every_version_for_admins_and_auditor
     )
     assert endorse_error(alice, "ListRecordVersions") == (
         "identity Org1MSP/alice has role patient; this needs role admin or auditor"
+    )
+
+
+def _grant_pins(member: Any, page_size: str = "") -> dict[str, tuple[str, list[Any]]]:
+    out: dict[str, tuple[str, list[Any]]] = {}
+    bookmark = ""
+    while True:
+        page = member.evaluate("ListGrantPins", page_size, bookmark)
+        for g in page["grants"]:
+            recs = [(r["record_id"], r["version"], r["cid"]) for r in g["records"]]
+            out[g["grant_id"]] = (g["grantee_msp"], recs)
+        bookmark = page["bookmark"]
+        if not bookmark:
+            return out
+
+
+def test_list_grant_pins_names_each_valid_grants_hospital_and_latest_versions(
+    fresh_world: World,
+) -> None:
+    w = fresh_world
+    alice, dave, zed = w.m["owner"], w.m["grantee"], w.m["other_hospital_clinician"]
+    admin, auditor = w.m["org_admin"], w.m["auditor"]
+    root = w.grants["grantee"]
+    # Revoked and expired grants are left out; the valid one names its grantee's hospital.
+    assert _grant_pins(admin) == {root: ("Org1MSP", [("r-1", 1, "bafyrecord0001")])}
+    alice.submit("AmendRecord", "r-1", "bafyrecord0002", "1" * 64, CAPSULE, "2", "1")
+    alice.submit("RegisterRecord", *w.record_args("r-2"))
+    hop = dave.submit("GrantAccess", "lab", zed.ibe_id, FAR, "0", "", root, PROXY)["grant_id"]
+    latest = [("r-1", 2, "bafyrecord0002"), ("r-2", 1, "bafyrecord0001")]
+    pins = _grant_pins(auditor, "1")  # one grant a page, walked to the end
+    assert pins == {root: ("Org1MSP", latest), hop: ("Org2MSP", latest)}
+    assert _grant_pins(admin) == pins
+    # Revoking the root ends the forward below it too.
+    alice.submit("RevokeAccess", root)
+    assert _grant_pins(admin) == {}
+    assert endorse_error(alice, "ListGrantPins") == (
+        "identity Org1MSP/alice has role patient; this needs role admin or auditor"
+    )
+    assert endorse_error(admin, "ListGrantPins", "", "\x00ehr.rec~owner\x00Org1MSP/alice\x00") == (
+        "bookmark does not belong to this query"
     )
 
 

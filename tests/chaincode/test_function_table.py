@@ -69,6 +69,7 @@ def test_the_kinds_match_what_the_contract_is_known_to_do() -> None:
         "GetTypeKeyEpoch",
         "ListEmergencies",
         "ListEmergencyRecords",
+        "ListGrantPins",
         "ListGrantedRecords",
         "ListGrants",
         "ListRecordVersions",

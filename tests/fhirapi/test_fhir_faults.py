@@ -265,3 +265,71 @@ def test_a_transaction_killed_mid_way_is_all_or_nothing(
     )
     assert result.exit_code == 0, result.output
     assert "valid" in result.output
+
+
+def _ledger_records(profile: str) -> set[str]:
+    """alice's record ids on the ledger (``ehrshare record list``, not the server)."""
+    result = runner.invoke(app, ["record", "list", "-p", profile, "-w", "alice", "--json"])
+    assert result.exit_code == 0, result.output
+    return {r["record_id"] for r in json.loads(result.stdout)}
+
+
+@pytest.mark.parametrize(
+    ("fault", "kept"),
+    [
+        ("put.after_store", 0),
+        ("put.after_register", 1),
+        ("write_records.after_store", 0),
+        ("write_records.after_register", 2),
+    ],
+)
+def test_a_conditional_create_resent_after_a_lost_answer_is_not_made_twice(
+    world: dict, start: object, fault: str, kept: int
+) -> None:
+    """Killed after the submit, before the answer (the answer is lost), the client re-sends the
+    same conditional create — one resource with If-None-Exist, or a Bundle of creates with
+    ifNoneExist — and gets 200 with what the killed request registered: nothing is created
+    twice. Killed before the submit, the re-send creates (201). A third send changes nothing."""
+    system = "http://hosp.example/ids"
+    names = [f"{fault}-a", f"{fault}-b"] if fault.startswith("write_records") else [f"{fault}-a"]
+
+    def obs(name: str) -> dict:
+        return lab_observation() | {"identifier": [{"system": system, "value": name}]}
+
+    def send(c: httpx.Client) -> httpx.Response:
+        if len(names) == 1:
+            condition = {"If-None-Exist": f"identifier={system}|{names[0]}"}
+            return c.post("/Observation", json=obs(names[0]), headers=condition)
+        request = {"method": "POST", "url": "Observation"}
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {"resource": obs(n), "request": request | {"ifNoneExist": f"identifier={n}"}}
+                for n in names
+            ],
+        }
+        return c.post("", json=bundle)
+
+    before = _ledger_records(world["profile"])
+    faulty = start(fault)  # type: ignore[operator]
+    with faulty.client(world["alice"]) as alice:
+        _killed(faulty, lambda: send(alice))
+    killed = _ledger_records(world["profile"])
+    assert len(killed - before) == kept and killed >= before
+    again = start()  # type: ignore[operator]
+    with again.client(world["alice"]) as alice:
+        r = send(alice)
+        assert r.status_code == (201 if kept == 0 and len(names) == 1 else 200), r.text
+        if len(names) > 1:
+            statuses = [e["response"]["status"] for e in r.json()["entry"]]
+            assert statuses == (["200 OK"] * 2 if kept else ["201 Created"] * 2)
+            ids = {e["resource"]["id"] for e in r.json()["entry"]}
+        else:
+            ids = {r.json()["id"]}
+        if kept:
+            assert ids == killed - before  # the records the killed request registered
+        third = send(alice)
+        assert third.status_code == 200, third.text
+    again.stop()
+    assert _ledger_records(world["profile"]) == before | ids

@@ -93,6 +93,8 @@ _ANSWERS: dict[str, bytes] = {
     "ListGrantedRecords": b'{"records":[],"bookmark":""}',
     "ListRecordVersions": b'{"versions":[{"record_id":"r","version":1,"cid":"c","sha256":"s"}],'
     b'"bookmark":""}',
+    "ListGrantPins": b'{"grants":[{"grant_id":"g-1","grantee_msp":"O","expiry":9,'
+    b'"records":[{"record_id":"r","version":2,"cid":"c"}]}],"bookmark":""}',
     "GrantAccess": _GRANT,
     "RevokeAccess": _GRANT,
     "GetGrant": _GRANT,
@@ -187,6 +189,8 @@ _CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("list_records", ("O/p",), {}),
     ("list_records", ("O/p",), {"page_size": 5, "bookmark": "b"}),
     ("list_record_versions", (), {}),
+    ("list_grant_pins", (), {}),
+    ("list_grant_pins", (), {"page_size": 5, "bookmark": "b"}),
     ("list_granted_records", ("g-1",), {}),
     ("list_grants", ("O/p", "owner"), {}),
     (

@@ -152,16 +152,18 @@ def test_a_record_is_read_through_another_hospital_and_with_its_origin_stopped(
     first = adams.put_record(lab_observation(value=4.1), patient=alice.ibe_id)
     # Pinned at its origin and the next hospital (replicas=1), not at C.
     assert _pinned_at(w, first.cid) == sorted(placement(A, [A, B, C], 1)) == [A, B]
-    alice.grant(chen.ibe_id, "lab", expires=dt.timedelta(days=1))
-    # The grant pins the records it covers at the grantee's hospital: a copy beyond the policy.
+    grant = alice.grant(chen.ibe_id, "lab", expires=dt.timedelta(days=1))
+    # The grant pins the records it covers at the grantee's hospital, which the policy now
+    # counts while the grant is valid (tests/storage/test_swarm_repair.py for its repair).
     assert _pinned_at(w, first.cid) == [A, B, C]
     (v,) = swarm_status(w.profile, record=first.record_id).versions
-    assert (v["policy"], v["extra"], v["missing"]) == ([A, B], [C], [])
+    assert (v["policy"], v["grantees"], v["extra"], v["missing"]) == ([A, B], [C], [], [])
+    assert v["grants"] == {C: [grant.grant_id]}
 
     started = time.monotonic()
     ref = adams.put_record(lab_observation(value=4.2), patient=alice.ibe_id)
     put_s = time.monotonic() - started
-    assert _pinned_at(w, ref.cid) == [A, B]
+    assert _pinned_at(w, ref.cid) == [A, B]  # a put does not know the grants (repair does)
     started = time.monotonic()
     assert chen.read_record(ref).status == "final"  # type: ignore[attr-defined]
     read_s = time.monotonic() - started
@@ -179,6 +181,9 @@ def test_a_record_is_read_through_another_hospital_and_with_its_origin_stopped(
     finally:
         w.swarm.start([A])
         w.swarm.wait_connected()
+    alice.revoke(grant)  # the copy at C is an extra one now, left where it is
+    (v,) = swarm_status(w.profile, record=first.record_id).versions
+    assert (v["grantees"], v["extra"], v["missing"]) == ([], [C], [])
 
 
 def test_a_forward_pins_what_it_covers_at_the_forwardees_hospital(world: World) -> None:
@@ -189,9 +194,13 @@ def test_a_forward_pins_what_it_covers_at_the_forwardees_hospital(world: World) 
     held = alice.grant(adams.ibe_id, "lab", expires=dt.timedelta(days=1), max_hops=1)
     assert _pinned_at(w, ref.cid) == [A, B]  # adams is at A, which holds it already
     adams.forward(held, chen.ibe_id)
-    assert _pinned_at(w, ref.cid) == [A, B, C]  # pinned where chen reads, beyond the policy
+    assert _pinned_at(w, ref.cid) == [A, B, C]  # pinned where chen reads
     (v,) = swarm_status(w.profile, record=ref.record_id).versions
-    assert (v["policy"], v["extra"], v["missing"]) == ([A, B], [C], [])
+    assert (v["policy"], v["grantees"], v["extra"], v["missing"]) == ([A, B], [C], [], [])
+    alice.revoke(held)  # ends the forward below it: C's copy is an extra one, not removed
+    (v,) = swarm_status(w.profile, record=ref.record_id).versions
+    assert (v["grantees"], v["extra"], v["missing"]) == ([], [C], [])
+    assert _pinned_at(w, ref.cid) == [A, B, C]
 
 
 def test_gc_never_drops_a_pinned_record(world: World) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any, cast
 
@@ -203,3 +204,47 @@ def test_pins_of_a_put_and_of_a_grant_run_at_once_and_a_down_node_is_only_logged
     assert nodes["B"].pinned == nodes["D"].pinned == ["cid1"] and nodes["C"].pinned == []
     assert store.pin_many([("B", "cid2"), ("B", "cid3"), ("D", "cid2")]) == [True, True, True]
     assert sorted(nodes["B"].pinned) == ["cid1", "cid2", "cid3"]
+
+
+def test_repair_rounds_go_on_after_a_failed_round_at_the_interval_and_stop_when_told() -> None:
+    from ehrshare.replication import SwarmReport, repair_every
+
+    stop = threading.Event()
+    seen: list[tuple[int, bool, str, float]] = []
+    started = time.monotonic()
+
+    def round_() -> SwarmReport:
+        if len(seen) == 1:
+            raise StorageError("node A does not answer")
+        return SwarmReport(1)
+
+    def report(n: int, result: SwarmReport | None, error: str) -> None:
+        seen.append((n, result is not None, error, time.monotonic() - started))
+        if n == 3:
+            stop.set()
+
+    assert repair_every(round_, 1.0, stop, report) == 3
+    assert [(n, ok, err) for n, ok, err, _ in seen] == [
+        (1, True, ""),
+        (2, False, "StorageError: node A does not answer"),
+        (3, True, ""),
+    ]
+    assert seen[1][3] >= 0.9 and seen[2][3] >= 1.9  # an interval between rounds, failed or not
+
+
+@pytest.mark.parametrize("interval", [0.0, 0.5, -1.0, 31 * 86400.0])
+def test_a_repair_interval_out_of_range_is_a_usage_error_before_any_round(
+    interval: float,
+) -> None:
+    from ehrshare.errors import UsageError
+    from ehrshare.replication import SwarmReport, repair_every
+
+    calls: list[int] = []
+
+    def round_() -> SwarmReport:
+        calls.append(1)
+        return SwarmReport(1)
+
+    with pytest.raises(UsageError, match=r"repair interval must be 1 s to 30 days, got ") as info:
+        repair_every(round_, interval, threading.Event(), lambda *_: None)
+    assert info.value.exit_code == 2 and calls == []

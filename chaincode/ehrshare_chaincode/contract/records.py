@@ -32,6 +32,7 @@ from .grants import grant_problem, load_grant, valid_grant
 from .identities import fresh_type_key_epoch, load_identity
 from .keys import (
     K_DKG_LATEST,
+    K_GRANT,
     K_IBE,
     K_LOG_HEAD,
     K_RECORD,
@@ -219,7 +220,55 @@ class Records:
         records, next_bm = ctx.index_page(
             K_RECORD_BY_OWNER, grant["owner"], K_RECORD, page_size, bookmark
         )
-        return {"records": [r for r in records if r["type"] == grant["type"]], "bookmark": next_bm}
+        return {"records": [r for r in records if covers(grant, r)], "bookmark": next_bm}
+
+    @evaluate
+    def ListGrantPins(self, ctx: TxContext, page_size: str = "", bookmark: str = "") -> Any:
+        """One page of the grants valid now (not revoked, not expired, their chain valid), in
+        key order, as ``{grant_id, grantee_msp, expiry, records: [{record_id, version, cid}]}``:
+        the hospital of the grantee (from the member registry) and the latest version of each
+        record the grant lets its grantee read (:meth:`ListGrantedRecords`' rule). Where ``ehrshare
+        store status/repair`` expect a grantee's hospital to pin; org admins and auditors only,
+        and like :meth:`ListRecordVersions` it names no owner, grantee or type. A page may hold
+        fewer grants than asked (those not valid are left out); follow the bookmark."""
+        ctx.registered(ADMIN, AUDITOR)
+        check_bookmark(bookmark, K_GRANT)
+        rows, next_bm = ctx.stub.get_state_by_partial_composite_key_with_pagination(
+            K_GRANT, [], check_page_size(page_size), bookmark
+        )
+        grants = []
+        owned: dict[str, list[dict[str, Any]]] = {}  # an owner's records, read once a call
+        for kv in rows:
+            grant = canonical.loads(kv.value, f"stored {K_GRANT}")
+            if grant_problem(ctx, grant) is not None:
+                continue
+            owner = grant["owner"]
+            if owner not in owned:
+                owned[owner] = []
+                for row in ctx.stub.get_state_by_partial_composite_key(K_RECORD_BY_OWNER, [owner]):
+                    _, attrs = ctx.stub.split_composite_key(row.key)
+                    rec = ctx.get_json(K_RECORD, *attrs[1:])
+                    if rec is not None:
+                        owned[owner].append(rec)
+            grants.append(
+                {
+                    "grant_id": grant["grant_id"],
+                    "grantee_msp": load_identity(ctx, grant["grantee"])["msp_id"],
+                    "expiry": int(grant["expiry"]),
+                    "records": [
+                        {"record_id": r["record_id"], "version": r["version"], "cid": r["cid"]}
+                        for r in owned[owner]
+                        if covers(grant, r)
+                    ],
+                }
+            )
+        return {"grants": grants, "bookmark": next_bm}
+
+
+def covers(grant: dict[str, Any], record: dict[str, Any]) -> bool:
+    """Whether ``grant`` (valid) lets its grantee read ``record`` of the grant's owner: the
+    records of its type (every one the owner has, also those written after the grant)."""
+    return bool(record["type"] == grant["type"])
 
 
 def load_record(ctx: TxContext, record_id: str) -> dict[str, Any]:

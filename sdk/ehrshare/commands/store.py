@@ -6,6 +6,11 @@ anew (:mod:`ehrshare.replication`, :mod:`ehrshare.network.swarm`).
 
 from __future__ import annotations
 
+import datetime as _dt
+import json
+import signal
+import threading
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -32,8 +37,8 @@ StoreWalletOpt = Annotated[
     typer.Option(
         "--wallet",
         "-w",
-        help="An org admin or auditor wallet to list every record version with "
-        "(default: the consortium's admin wallet).",
+        help="An org admin or auditor wallet to list every record version (and, for status "
+        "and repair, every valid grant's pins) with (default: the consortium's admin wallet).",
     ),
 ]
 
@@ -42,7 +47,8 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
     """Add ``ehrshare store``."""
     del bench_app
     store_app = typer.Typer(
-        help="Check the content store against the ledger and remove unreferenced ciphertexts.",
+        help="Check the content store against the ledger and remove unreferenced ciphertexts; "
+        "in a private IPFS swarm, show and repair where each record is pinned.",
         no_args_is_help=True,
     )
     app.add_typer(store_app, name="store")
@@ -151,10 +157,13 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         )
         for v in report.versions:
             mark = "[red]under-replicated[/red]" if v["missing"] else "[green]ok[/green]"
+            grants = v.get("grantees", [])
             _err.print(
-                f"{mark} {v['record_id']} v{v['version']}: pinned at "
-                f"{', '.join(v['pinned']) or 'no node'}"
-                + (f"; missing at {', '.join(v['missing'])}" if v["missing"] else ""),
+                f"{mark} {v['record_id']} v{v['version']}: policy {', '.join(v['policy'])}"
+                + (f" + {', '.join(grants)} (grants)" if grants else "")
+                + f"; pinned at {', '.join(v['pinned']) or 'no node'}"
+                + (f"; missing at {', '.join(v['missing'])}" if v["missing"] else "")
+                + (f"; extra at {', '.join(v['extra'])}" if v["extra"] else ""),
                 highlight=False,
                 soft_wrap=True,
             )
@@ -186,8 +195,11 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
         wallet: StoreWalletOpt = "",
         as_json: JsonOpt = False,
     ) -> None:
-        """Where each record version is pinned in the private IPFS swarm, against the policy
-        (its origin hospital's node and the next storage.replicas hospitals'). Changes nothing.
+        """Where each record version is pinned in the private IPFS swarm, against the policy:
+        its origin hospital's node and the next storage.replicas hospitals', and the latest
+        version of each record a valid grant covers at the grantee's hospital's node (marked
+        "(grants)"; --json: "grantees", and "grants" by hospital). A copy beyond the policy
+        (a revoked or expired grant's) is listed as extra, never removed. Changes nothing.
         Exit code 0 if every version is where the policy says, 4 if a node does not answer,
         5 if a version is under-replicated or on no node at all, 2 for an unknown record."""
         from ehrshare.replication import swarm_status
@@ -202,16 +214,38 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
 
     @store_app.command("repair", epilog=HELP_EPILOG)
     def store_repair(
-        profile: ProfileOpt = "", wallet: StoreWalletOpt = "", as_json: JsonOpt = False
+        profile: ProfileOpt = "",
+        wallet: StoreWalletOpt = "",
+        every: Annotated[
+            str,
+            typer.Option(
+                "--every",
+                help="Repair in rounds, one every this long (90s, 30m, 1h; 1 s to 30 d), "
+                "until SIGTERM or SIGINT: each round's summary on stderr (with --json one "
+                "JSON object a line on stdout); a round that fails is reported and the next "
+                "one runs. Exit 0 when stopped.",
+            ),
+        ] = "",
+        as_json: JsonOpt = False,
     ) -> None:
-        """Pin every record version at each node of its policy that lacks it (the node fetches
-        it over bitswap from a node that has it). Never unpins. Safe to run again after any
-        interruption. Exit codes as 'store status', after the repair."""
-        from ehrshare.replication import repair_swarm
+        """Pin every record version at each node of its policy that lacks it: its origin and
+        replica hospitals, and the hospital of each grantee of a valid grant that covers it
+        (the node fetches it over bitswap from a node that has it). Never unpins. Safe to run
+        again after any interruption. Exit codes as 'store status', after the repair."""
+        from ehrshare.replication import NotASwarm, repair_swarm
 
+        interval = _interval(every) if every else 0.0
         with mapped_errors():
             prof = load_profile(profile)
-            report = repair_swarm(prof, wallet=unlocked_wallet(prof, wallet or "admin"))
+            unlocked = unlocked_wallet(prof, wallet or "admin")
+            if every:
+                # What no later round can fix is refused now, not reported every round.
+                if prof.swarm is None:
+                    raise NotASwarm(f"profile {prof.path} has no private IPFS swarm")
+                unlocked.load_identity()
+                _repair_rounds(lambda: repair_swarm(prof, wallet=unlocked), interval, as_json)
+                return
+            report = repair_swarm(prof, wallet=unlocked)
         _swarm_report(report, as_json)
         _swarm_exit(report)
 
@@ -240,3 +274,58 @@ def register(app: typer.Typer, bench_app: typer.Typer) -> None:
             emit({"hospital": hospital, "peer_id": node.peer_id, "api_url": node.api_url})
         else:
             _err.print(f"{hospital}'s IPFS node made anew: peer {node.peer_id}", soft_wrap=True)
+
+
+def _interval(text: str) -> float:
+    """``--every``'s seconds, or a usage error (exit 2) before anything is opened."""
+    from ehrshare.errors import UsageError
+    from ehrshare.replication import MAX_INTERVAL_S, MIN_INTERVAL_S
+    from ehrshare.storemaint import parse_duration
+
+    with mapped_errors():
+        try:
+            seconds = parse_duration(text)
+        except ValueError:
+            raise UsageError(
+                f"--every {text!r} is not a duration like 90s, 30m, 1h or 2d"
+            ) from None
+        if not MIN_INTERVAL_S <= seconds <= MAX_INTERVAL_S:
+            raise UsageError(
+                f"--every must be 1s to 30d (a round at most once a second), got {text!r}"
+            )
+    return seconds
+
+
+def _repair_rounds(round_: Callable[[], Any], interval: float, as_json: bool) -> None:
+    """``store repair --every``: rounds until SIGTERM/SIGINT (the round under way finishes)."""
+    from ehrshare.replication import SwarmReport, repair_every
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        _err.print(f"{signal.Signals(signum).name}: stopping after this round", highlight=False)
+        stop.set()
+
+    def report(n: int, result: SwarmReport | None, error: str) -> None:
+        at = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        if as_json:
+            line = {"round": n, "at": at, "error": error}
+            typer.echo(json.dumps(line | (result.as_dict() if result else {}), sort_keys=True))
+            return
+        if result is None:
+            _err.print(f"{at} round {n} failed: {error}", highlight=False, soft_wrap=True)
+            return
+        state = "healthy" if result.healthy else f"{len(result.under_replicated)} under-replicated"
+        down = [m for m, up in result.nodes.items() if not up]
+        _err.print(
+            f"{at} round {n}: {len(result.versions)} versions, {len(result.repaired)} re-pinned, "
+            f"{len(result.failed)} not repaired; {state}"
+            + (f"; no answer from {', '.join(down)}" if down else ""),
+            highlight=False,
+            soft_wrap=True,
+        )
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    rounds = repair_every(round_, interval, stop, report)
+    _err.print(f"stopped after {rounds} rounds", highlight=False)

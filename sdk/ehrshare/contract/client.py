@@ -30,6 +30,7 @@ from ehrshare.contract.types import (
     EmergencyPolicy,
     EmergencyRequest,
     Grant,
+    GrantPins,
     Guardianship,
     Member,
     OrgCA,
@@ -74,6 +75,7 @@ COVERED: Final[frozenset[str]] = frozenset(
         "ListRecords",
         "ListRecordVersions",
         "ListGrantedRecords",
+        "ListGrantPins",
         "GrantAccess",
         "RevokeAccess",
         "GetGrant",
@@ -496,6 +498,15 @@ class EhrContract:
         than asked, even none, before the last: follow the bookmark until it is empty)."""
         data = self.call("ListGrantedRecords", grant_id, _page_size(page_size), bookmark)
         return Page.from_chain(data, "records", self._stored)
+
+    def list_grant_pins(
+        self, *, page_size: int | None = None, bookmark: str = ""
+    ) -> Page[GrantPins]:
+        """One page of the grants valid now, each with its grantee's hospital and the latest
+        version of each record it covers (org admins and auditors; a page may hold fewer than
+        asked, even none, before the last: follow the bookmark until it is empty)."""
+        data = self.call("ListGrantPins", _page_size(page_size), bookmark)
+        return Page.from_chain(data, "grants", GrantPins.from_chain)
 
     def _stored(self, data: dict[str, Any]) -> StoredRecord:
         return StoredRecord.from_chain(data, self.labels)

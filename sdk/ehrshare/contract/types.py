@@ -23,6 +23,7 @@ __all__ = [
     "EmergencyPolicy",
     "EmergencyRequest",
     "Grant",
+    "GrantPins",
     "Guardianship",
     "Hop",
     "Member",
@@ -391,6 +392,27 @@ class RecordVersion:
             data["cid"],
             data["sha256"],
             str(data.get("creator_msp", "")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GrantPins:
+    """A grant valid now as ListGrantPins names it: the hospital whose node should hold the
+    records it covers (``(record_id, version, cid)``, the latest version of each)."""
+
+    grant_id: str
+    grantee_msp: str
+    expiry: int
+    records: tuple[tuple[str, int, str], ...]
+
+    @classmethod
+    def from_chain(cls, data: dict[str, Any]) -> GrantPins:
+        """Build from a ListGrantPins item."""
+        return cls(
+            data["grant_id"],
+            data["grantee_msp"],
+            int(data["expiry"]),
+            tuple((r["record_id"], int(r["version"]), r["cid"]) for r in data["records"]),
         )
 
 

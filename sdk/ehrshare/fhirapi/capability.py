@@ -68,10 +68,12 @@ def capability_statement(
                     "record type but another resourceType or category are decrypted, a logged "
                     "read each, and left out. Consent maps grants, AuditEvent the "
                     "hash-chained operation log. A transaction Bundle holds record creates "
-                    "and updates: every entry is checked before any is written, then each is "
-                    "its own ledger transaction. Not supported: delete of records, "
-                    "update-as-create, conditional interactions, batch Bundles, search "
-                    "parameters other than those listed."
+                    "and updates: every entry is checked before any is written, then all are "
+                    "written in one ledger transaction. Conditional creates (If-None-Exist, a "
+                    "transaction entry's ifNoneExist) take identifier and _id, within the new "
+                    "resource's patient, over the records the caller may read. Not supported: "
+                    "delete of records, update-as-create, other conditional interactions, batch "
+                    "Bundles, search parameters other than those listed."
                 ),
                 "security": security,
                 "interaction": [{"code": "transaction"}],
@@ -86,9 +88,13 @@ def capability_statement(
                         "type": "Resource",
                         "documentation": (
                             "Any other resource type: stored as a record. Updates honour "
-                            'If-Match: W/"versionId" (412 when stale).'
+                            'If-Match: W/"versionId" (412 when stale). A create honours '
+                            "If-None-Exist with identifier (system|value, |value, value) and "
+                            "_id, evaluated over the records of the resource's patient that the "
+                            "caller may read: one match is answered 200 with it, several 412."
                         ),
                         "versioning": "versioned-update",
+                        "conditionalCreate": True,
                         "interaction": [{"code": c} for c in RECORD_INTERACTIONS],
                         "searchParam": [
                             {"name": "patient", "type": "reference"},

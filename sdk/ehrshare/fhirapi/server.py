@@ -113,6 +113,7 @@ class _Handler(BaseHTTPRequestHandler):
             body,
             base_url,
             if_match=self.headers.get("If-Match"),
+            if_none_exist=self.headers.get("If-None-Exist"),
         )
         self._send(answer)
 

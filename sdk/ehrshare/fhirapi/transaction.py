@@ -9,6 +9,9 @@ version, checking each entry again as ``RegisterRecord`` / ``AmendRecord`` would
 any entry there refuses the transaction, and the stored ciphertexts are released. A crash
 before the transaction commits leaves ciphertexts that no pointer names (nobody can reach or
 decrypt them; ``ehrshare store gc`` removes them); a crash after it leaves every entry written.
+A create may carry a condition (``request.ifNoneExist``, :mod:`ehrshare.fhirapi.conditional`):
+the gateway evaluates it after every entry's checks, against what was stored before the Bundle,
+and an entry it matches is answered with that record instead of being written.
 
 This module parses and checks a Bundle into :class:`Entry` values; the gateway writes them.
 It must not write anything.
@@ -20,6 +23,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, Final
 
+from ehrshare.fhirapi.conditional import Condition, parse_condition
 from ehrshare.fhirapi.outcome import FhirError
 
 __all__ = ["MAX_ENTRIES", "Entry", "etag_version", "parse_transaction"]
@@ -51,6 +55,7 @@ class Entry:
     record_id: str
     resource: dict[str, Any]
     if_version: int | None = None  # an update's request.ifMatch
+    condition: Condition | None = None  # a create's request.ifNoneExist
 
 
 def parse_transaction(bundle: Any, not_records: frozenset[str]) -> list[Entry]:
@@ -78,16 +83,21 @@ def parse_transaction(bundle: Any, not_records: frozenset[str]) -> list[Entry]:
         resource = entry.get("resource")
         if not isinstance(request, dict) or not isinstance(resource, dict):
             raise FhirError(400, f"{where} needs request and resource")
-        extra = set(request) - {"method", "url", "ifMatch"}
+        extra = set(request) - {"method", "url", "ifMatch", "ifNoneExist"}
         if extra:
             raise FhirError(
-                422, f"{where}.request: {', '.join(sorted(extra))} not supported (no conditions)"
+                422,
+                f"{where}.request: {', '.join(sorted(extra))} not supported (of the conditions, "
+                "ifMatch on updates and ifNoneExist on creates)",
             )
         method, url = request.get("method"), request.get("url")
         if_match = request.get("ifMatch")
         if if_match is not None and (method != "PUT" or not isinstance(if_match, str)):
             raise FhirError(422, f"{where}.request.ifMatch: only an update takes one (a string)")
         if_version = etag_version(if_match, f"{where}.request.ifMatch")
+        if_none_exist = request.get("ifNoneExist")
+        if if_none_exist is not None and (method != "POST" or not isinstance(if_none_exist, str)):
+            raise FhirError(422, f"{where}.request.ifNoneExist: only a create takes one (a string)")
         if not isinstance(url, str):
             raise FhirError(400, f"{where}.request.url is missing")
         parts = [p for p in url.split("?")[0].split("/") if p]
@@ -103,7 +113,12 @@ def parse_transaction(bundle: Any, not_records: frozenset[str]) -> list[Entry]:
                 422, f"{where}: a transaction here holds records only, not {rtype} resources"
             )
         if method == "POST" and len(parts) == 1 and "?" not in url:
-            out.append(Entry(i, "POST", rtype, "", resource))
+            condition = None
+            if if_none_exist is not None:
+                condition = parse_condition(
+                    rtype, if_none_exist, f"{where}.request.ifNoneExist", unsupported_status=422
+                )
+            out.append(Entry(i, "POST", rtype, "", resource, condition=condition))
         elif method == "PUT" and len(parts) == 2 and "?" not in url:
             if resource.get("id") != parts[1]:
                 raise FhirError(400, f"{where}: the resource's id must be the url's {parts[1]!r}")

@@ -17,7 +17,7 @@ from ehrshare.services.protocols import InvalidReKey, NotAuthorised, ProxyError,
 from ehrshare.session.core import Expiry
 from ehrshare.session.errors import GrantNotServed, RequestRejected, RotationUnfinished
 from ehrshare.session.rotation import TypeKeyRotation
-from ehrshare.storage.replicated import ReplicatedStore
+from ehrshare.storage.replicated import ReplicatedStore, grantee_hospital
 
 _log = logging.getLogger(__name__)
 
@@ -160,7 +160,7 @@ class Sharing(TypeKeyRotation):
         store = self.store
         if not isinstance(store, ReplicatedStore):
             return
-        msp = grantee.split("/", 1)[0]  # an IBE id is <MSP id>/<enrollment id>
+        msp = grantee_hospital(grantee)
         if msp not in store.stores:
             return
         try:

@@ -6,8 +6,11 @@ the hospital that registered it (``creator_msp``) — and the consortium's hospi
 :func:`placement` is the origin hospital followed by the next ``replicas`` hospitals in the
 profile's order, wrapping round. Any hospital can compute it, so repair needs no coordinator and
 no state besides the ledger (docs/operations.md, "Private IPFS swarm", argues this against IPFS
-Cluster). Grantees' hospitals get an extra pin when a grant is made (:meth:`ReplicatedStore.
-pin_at`); that copy serves reads, the policy does not count it.
+Cluster). A grant adds its grantee's hospital (:func:`grantee_hospital`) for the records it
+covers: the grant pins them there when it is made (:meth:`ReplicatedStore.pin_many`), and
+``ehrshare store status/repair`` (:mod:`ehrshare.replication`) expect them there while the grant
+is valid, from the chaincode's ``ListGrantPins``, which applies the rule ``ListGrantedRecords``
+applies.
 
 :class:`ReplicatedStore` is the :class:`~ehrshare.storage.base.BlobStore` a client of hospital
 ``home`` uses: it writes to and reads from its own hospital's node (which fetches what it lacks
@@ -28,7 +31,7 @@ from .errors import StorageError
 from .ipfs import KuboStore
 from .unixfs import BlobSource
 
-__all__ = ["ReplicatedStore", "placement"]
+__all__ = ["ReplicatedStore", "grantee_hospital", "placement"]
 
 _log = logging.getLogger(__name__)
 
@@ -49,6 +52,13 @@ def placement(origin: str, hospitals: Sequence[str], replicas: int) -> list[str]
         ring = order[start:] + order[:start]
         return ring[: replicas + 1]
     return order[: replicas + 1]
+
+
+def grantee_hospital(ibe_id: str) -> str:
+    """The hospital (MSP id) whose node holds a grantee's copies: an IBE id is ``<MSP id>/
+    <enrollment id>``, the MSP its member registered in (the chaincode's ``ListGrantPins``
+    reads the same MSP from the member registry)."""
+    return ibe_id.split("/", 1)[0]
 
 
 class ReplicatedStore:

@@ -1,6 +1,7 @@
 package org.ehrshare.tests;
 
 import ca.uhn.fhir.context.FhirContext;
+import ca.uhn.fhir.rest.api.MethodOutcome;
 import ca.uhn.fhir.rest.client.apache.ApacheRestfulClientFactory;
 import ca.uhn.fhir.rest.client.api.IGenericClient;
 import ca.uhn.fhir.rest.client.api.ServerValidationModeEnum;
@@ -39,7 +40,8 @@ import org.hl7.fhir.r4.model.Reference;
 
 /**
  * The story of issue 17 told by HAPI FHIR's generic client, over HTTPS with mutual TLS: a
- * patient stores an Observation, updates it (history, vread), stores two more in a transaction
+ * patient stores an Observation (a conditional create, re-sent: found, not made twice),
+ * updates it (history, vread), stores two more in a transaction
  * and consents for a clinician; the clinician reads it and asks for $everything; the patient
  * revokes by updating the Consent, the clinician's read is refused (403), and the AuditEvents
  * show both decisions. Prints one line per step; exits non-zero on the first
@@ -77,9 +79,18 @@ public final class HapiStory {
                 "http://terminology.hl7.org/CodeSystem/observation-category", "laboratory", null)));
     obs.setCode(new CodeableConcept(new Coding("http://loinc.org", "718-7", "Haemoglobin")));
     obs.setValue(new Quantity().setValue(13.2).setUnit("g/dL"));
-    String rid = patient.create().resource(obs).execute().getId().getIdPart();
+    obs.addIdentifier().setSystem("http://hosp.example/ids").setValue("hapi-obs-1");
+    String condition = "Observation?identifier=http://hosp.example/ids|hapi-obs-1";
+    MethodOutcome made = patient.create().resource(obs).conditionalByUrl(condition).execute();
+    String rid = made.getId().getIdPart();
     check(rid.startsWith("r-"), "record id " + rid);
+    check(Boolean.TRUE.equals(made.getCreated()), "first conditional create: 201");
     System.out.println("created Observation");
+    // The answer was lost, say: the same conditional create again finds the record (200).
+    MethodOutcome again = patient.create().resource(obs).conditionalByUrl(condition).execute();
+    check(!Boolean.TRUE.equals(again.getCreated()), "second conditional create: not created");
+    check(rid.equals(again.getId().getIdPart()), "second conditional create: " + again.getId());
+    System.out.println("conditional create found it");
 
     obs.setId(rid);
     obs.setStatus(Observation.ObservationStatus.AMENDED);
