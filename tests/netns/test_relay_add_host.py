@@ -11,11 +11,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from test_link_relay import _ECHO, _median, _probe
 
+from ehrshare.errors import EXIT_UNAVAILABLE
+from ehrshare.network.linkrelay import Port, RelayError, add_relay_ports
 from ehrshare.network.netns import HostLayout, our_links, our_namespaces
 from ehrshare.network.supervisor import Child, start_child
 
@@ -217,3 +220,23 @@ def test_a_host_added_while_the_relay_is_gone_starts_it_again_with_every_host(
     result = _probe(layout, "C", layout.address("B"), 7143, 10)
     assert 10.0 <= _median(result) <= 10.0 + 15.0, result
     assert _probe(layout, "A", layout.address("B"), 7143, 3)["rtts"]
+
+
+def test_a_port_the_relay_cannot_open_is_a_clear_error_and_the_others_go_on(
+    relayed: Callable[..., HostLayout], echo: Callable[[HostLayout, str, int], Child]
+) -> None:
+    layout = relayed(["A", "B"], delay_ms=5)
+    relay = layout.relay
+    assert relay is not None
+    base = layout._relay_config(5.0)
+    ghost = Port(f"ehr{layout.tag}n9", f"ehr{layout.tag}-no-such-namespace", True)
+    wrong = replace(base, ports=(*base.ports, ghost))
+    started = time.monotonic()
+    with pytest.raises(RelayError, match=r"could not open .*no-such-namespace") as error:
+        add_relay_ports(relay, wrong, layout._relay_config_path())
+    assert time.monotonic() - started < 10  # told by the relay, not a timeout
+    assert str(relay.log) in str(error.value) and error.value.exit_code == EXIT_UNAVAILABLE
+    assert relay.alive()
+    echo(layout, "B", 7145)
+    result = _probe(layout, "A", layout.address("B"), 7145, 10)
+    assert 10.0 <= _median(result) <= 10.0 + 15.0, result

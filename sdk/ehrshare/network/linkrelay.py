@@ -214,16 +214,17 @@ def add_relay_ports(child: Child, config: RelayConfig, path: Path) -> None:
     could not open, or no answer in time, is a :class:`RelayError` naming the relay's log."""
     _write_config(config, path)
     fault_point("linkrelay.add_ports.after_config")
+    reloads = int((read_stats(config.stats) or {}).get("reloads", 0))
     os.kill(child.pid, signal.SIGHUP)
     wanted = {p.name for p in config.ports}
     deadline = time.monotonic() + _PORT_WAIT_S
     while True:
         current = read_stats(config.stats) or {}
         missing = wanted - set(current.get("ports", {}))
-        failed = {n: e for n, e in dict(current.get("port_errors", {})).items() if n in missing}
         if not missing:
             return
-        if failed:
+        failed = {n: e for n, e in dict(current.get("port_errors", {})).items() if n in missing}
+        if failed and int(current.get("reloads", 0)) > reloads:  # this reload's, not older
             raise RelayError(f"the link relay could not open {failed} (see {child.log})")
         if not child.alive():
             raise RelayError(f"the link relay is gone (see {child.log}): {child.tail()}")
@@ -312,6 +313,7 @@ class Relay:
         self.started = time.monotonic()
         self.stop = False
         self.reload_wanted = False
+        self.reloads = 0
         self.reload: Callable[[], None] | None = None  # what a SIGHUP runs, in the loop
         self.poller: select.epoll | None = None
         self.writes = 0
@@ -415,6 +417,7 @@ class Relay:
             },
             "dropped": sum(self.dropped),
             "port_errors": dict(self.port_errors),
+            "reloads": self.reloads,
         }
 
     def write_stats(self) -> None:
@@ -460,6 +463,7 @@ class Relay:
                     self.reload_wanted = False
                     if self.reload is not None:
                         self.reload()
+                    self.reloads += 1
                     self.write_stats()
                 if now >= next_stats:
                     self.write_stats()
