@@ -28,6 +28,7 @@ from ehrshare.network.consortium_hosts import (
     record_hosts,
     remove_hosts,
 )
+from ehrshare.network.linkrelay import netem_available
 from ehrshare.network.netns import HostLayout, our_namespaces
 from ehrshare.network.supervisor import Child
 
@@ -362,6 +363,7 @@ def test_a_hospital_joins_a_consortium_on_hosts_10_ms_apart(
     assert before is not None and before.delay_ms == 10.0
     layout = HostLayout.load(before.state_file)
     relay = layout.relay if layout.links == "relay" else None
+    assert layout.links == ("bridge" if netem_available() else "relay")
     if layout.links == "relay":
         assert relay is not None and relay.alive()
     hd = directory.parent / "hd"
