@@ -20,10 +20,10 @@ starts and stops it (through :mod:`ehrshare.network.supervisor`, by pid). SIGHUP
 config: its ``delay_ms``, and ports it does not have yet, whose TAP devices it opens as at start
 (a host added to the layout: :func:`add_relay_ports`). A port the config no longer names is
 kept — the relay never closes a port while it runs, so every existing port keeps its learned
-addresses and the frames it has queued. Counters, with the ports open (``ports``) and those
-that could not be opened (``port_errors``), are written to the config's ``stats`` file once a
-second, after each reload, on SIGUSR1 and at exit. This module must not touch a device it did
-not create.
+addresses and the frames it has queued. Counters, with the ports open (``ports``), those
+that could not be opened (``port_errors``) and the reloads done (``reloads``), are written to
+the config's ``stats`` file once a second, after each reload, on SIGUSR1 and at exit. This
+module must not touch a device it did not create.
 """
 
 from __future__ import annotations
