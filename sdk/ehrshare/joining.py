@@ -42,8 +42,8 @@ changed; after it, each later step only adds what the hospital needs and a repea
 A Fabric profile without the network's directory (a channel run elsewhere) is refused
 (:class:`FabricJoinUnsupported`). On a network on several hosts (``--hosts netns``) the hospital
 gets a host of its own, the layout's next address (its anchor peer in the update), recorded and
-made before step **peer**; its peer, Kubo node, KGC node and proxy run there (hosts linked
-through the link relay are refused: its ports are fixed).
+made before step **peer**; its peer, Kubo node, KGC node and proxy run there (also on hosts
+linked through the link relay: the running relay opens a port for the new host).
 
 This module must not read a private key of the new hospital except to act as it, in its
 process, from its directory; it copies none.

@@ -28,6 +28,7 @@ from ehrshare.network.consortium_hosts import (
     record_hosts,
     remove_hosts,
 )
+from ehrshare.network.linkrelay import netem_available
 from ehrshare.network.netns import HostLayout, our_namespaces
 from ehrshare.network.supervisor import Child
 
@@ -264,27 +265,144 @@ def test_a_hospital_joins_a_consortium_on_hosts_on_a_host_of_its_own(
     assert again.returncode == 0, again.stderr[-2000:]
 
 
-def test_a_host_cannot_be_added_to_hosts_on_the_link_relay(
-    tmp_path: Path, machine_before: object, state_dir: Path
+@pytest.mark.parametrize("down", [False, True], ids=["hosts-up", "hosts-down"])
+def test_a_joining_hospital_gets_a_host_on_hosts_linked_through_the_relay(
+    tmp_path: Path,
+    machine_before: object,
+    state_dir: Path,
+    down: bool,
+    serve: Callable[[HostLayout, str, int], Child],
 ) -> None:
-    """The relay's ports are fixed when it starts: refused (exit 3), nothing recorded."""
-    from ehrshare.errors import EXIT_CONFIG, EhrshareError
-
+    """Hosts on the link relay (a delay on a kernel without netem): up, the running relay opens
+    a port for the new host; down, it is recorded and the next 'network up' makes every host
+    with a relay."""
     root = tmp_path / "c"
     root.mkdir()
-    layout = HostLayout.create(["HospitalAMSP", "OrdererMSP"], state_dir=state_dir)
+    layout = HostLayout.create(
+        ["HospitalAMSP", "OrdererMSP"],
+        state_dir=state_dir,
+        links="relay",
+        delay_ms=5,
+        detached_relay=True,
+    )
     record_hosts(root, layout)
+    relay = layout.relay
+    assert relay is not None
     try:
-        remove_hosts(root)
         data = json.loads((root / HOSTS_FILE).read_text(encoding="utf-8"))
-        data["links"] = "relay"  # as 'network delay' records it on a kernel without netem
+        assert data["links"] == "relay"
+        data["delay_ms"] = 5.0  # as 'network delay --ms 5' records it
         (root / HOSTS_FILE).write_text(json.dumps(data), encoding="utf-8")
-        before = (root / HOSTS_FILE).read_text(encoding="utf-8")
-        for call in (next_host, add_host):
-            with pytest.raises(EhrshareError) as refused:
-                call(root, "HospitalDMSP")
-            assert refused.value.exit_code == EXIT_CONFIG
-            assert "link relay" in str(refused.value)
-        assert (root / HOSTS_FILE).read_text(encoding="utf-8") == before
+        planned = next_host(root, "HospitalDMSP")
+        assert planned.address == str(layout.subnet.network_address + 12)
+        if down:
+            remove_hosts(root)
+            assert not relay.alive()
+        assert add_host(root, "HospitalDMSP") == planned
+        assert load_hosts(root).hosts["HospitalDMSP"]["address"] == planned.address  # type: ignore[union-attr]
+        if down:
+            assert planned.netns not in our_namespaces()  # only recorded
+            ensure_hosts(root)  # what 'network up' does: every recorded host, on a relay
+        assert planned.netns in our_namespaces()
+        current = HostLayout.load(state_dir / f"{layout.tag}.json")
+        assert current.links == "relay" and current.relay is not None
+        assert current.relay.alive() and (current.relay.pid == relay.pid) is not down
+        stats = current.relay_stats()
+        assert stats is not None and stats["delay_ms"] == 5.0
+        assert current.host("HospitalDMSP").inside in stats["ports"]
+        serve(current, "HospitalDMSP", 7131)
+        assert _answers(planned.address, 7131)
+        assert add_host(root, "HospitalDMSP") == planned  # idempotent
     finally:
         remove_hosts(root)
+
+
+@pytest.fixture(scope="module")
+def hosted_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
+    """A Fabric consortium on hosts 10 ms apart, with alice's record: 'network up --delay-ms
+    10' after 'network down' (on a kernel without netem the hosts are then on the link relay);
+    torn down whatever happens, the machine's namespaces as before."""
+    tmp = tmp_path_factory.mktemp("join-relay")
+    with fabric_consortium_on_hosts(tmp, up=False) as (directory, env):
+        assert _cli("network", "down", "-p", str(directory), env=env).returncode == 0
+        up = _cli("network", "up", "-p", str(directory), "--delay-ms", "10", env=env)
+        assert up.returncode == 0, up.stderr[-3000:]
+        for name, hospital, role in (
+            ("alice", "HospitalA", "patient"),
+            ("admin-b", "HospitalB", "admin"),
+        ):
+            made = _cli(
+                "consortium", "add-member", name, "--hospital", hospital, "--role", role,
+                "-p", str(directory), env=env,
+            )  # fmt: skip
+            assert made.returncode == 0, made.stderr[-2000:]
+        assert _cli("enroll", "-p", str(directory), "-w", "alice", env=env).returncode == 0
+        record = tmp / "lab.json"
+        from ehrshare.demo import lab_observation
+
+        record.write_text(json.dumps(lab_observation()), encoding="utf-8")
+        put = _cli(
+            "record", "put", str(record), "-p", str(directory), "-w", "alice", "--json", env=env
+        )
+        assert put.returncode == 0, put.stderr[-2000:]
+        (tmp / "record-id").write_text(json.loads(put.stdout)["record_id"], encoding="utf-8")
+        yield directory, env
+
+
+@pytest.mark.fabric
+@pytest.mark.ipfs
+@pytest.mark.slow
+def test_a_hospital_joins_a_consortium_on_hosts_10_ms_apart(
+    hosted_relay: tuple[Path, dict[str, str]],
+) -> None:
+    """With a delay set (the link relay on this kernel): the join gives the hospital a host
+    the running relay opens a port for (the same relay: the members' connections go on), a
+    join killed right after that is completed by the next run, and its clinician reads."""
+    directory, env = hosted_relay
+    before = load_hosts(directory)
+    assert before is not None and before.delay_ms == 10.0
+    layout = HostLayout.load(before.state_file)
+    relay = layout.relay if layout.links == "relay" else None
+    assert layout.links == ("bridge" if netem_available() else "relay")
+    if layout.links == "relay":
+        assert relay is not None and relay.alive()
+    hd = directory.parent / "hd"
+    made = _cli("hospital", "init", str(hd), "--name", "HospitalD", env=env)
+    assert made.returncode == 0, made.stderr
+    join = (
+        "consortium", "add-hospital", str(hd / "join-request.json"), "-p", str(directory),
+        "--json",
+    )  # fmt: skip
+    signs = ("--sign-with", "admin", "--sign-with", "admin-b")
+    fault = "netns.add_host.after_ports" if relay is not None else "hosts.add.after_record"
+    killed = _cli(*join, *signs, env=env, fault=fault)
+    assert killed.returncode == -9, killed.stderr[-3000:]
+    joined = _cli(*join, env=env)
+    assert joined.returncode == 0, joined.stderr[-4000:]
+    record = load_hosts(directory)
+    assert record is not None and record.links == layout.links and record.delay_ms == 10.0
+    d = record.hosts["HospitalDMSP"]
+    inside = " ".join(_cmdline(p) for p in _pids(d["netns"]))
+    assert "peer node start" in inside and "kgc serve" in inside, inside
+    current = HostLayout.load(record.state_file)
+    if relay is not None:
+        assert current.relay is not None and current.relay.pid == relay.pid and relay.alive()
+        stats = current.relay_stats()
+        assert stats is not None and stats["delay_ms"] == 10.0
+        assert stats["ports"][d["inside"]]["frames_out"] > 0  # the new host's traffic
+    status = _cli("network", "status", "-p", str(directory), "--json", env=env)
+    assert status.returncode == 0, status.stdout[-3000:]
+    assert json.loads(status.stdout)["hosts"]["hosts"]["HospitalDMSP"]["link"] == "up"
+    issued = _cli("hospital", "add-member", str(hd), "drdee", "--role", "clinician", env=env)
+    assert issued.returncode == 0, issued.stderr
+    dee = str(hd / "wallets" / "drdee")
+    enrolled = _cli("enroll", "-p", str(directory), "-w", dee, env=env)
+    assert enrolled.returncode == 0, enrolled.stderr[-2000:]
+    granted = _cli(
+        "grant", "give", DR_DEE, "lab", "--days", "1", "-p", str(directory), "-w", "alice", env=env
+    )
+    assert granted.returncode == 0, granted.stderr[-2000:]
+    record_id = (directory.parent / "record-id").read_text(encoding="utf-8")
+    read = _cli("record", "get", record_id, "-p", str(directory), "-w", dee, "--json", env=env)
+    assert read.returncode == 0, read.stderr[-2000:]
+    assert json.loads(read.stdout)["valueQuantity"]["value"] == 13.2

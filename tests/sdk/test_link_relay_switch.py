@@ -124,3 +124,79 @@ def test_config_round_trips_and_rejects_what_it_cannot_serve(tmp_path: Path) -> 
         RelayConfig.from_dict({**config.as_dict(), "ports": config.as_dict()["ports"][:1]})
     with pytest.raises(ValueError, match="not a link relay config"):
         RelayConfig.from_dict({"ports": [{"name": "x"}]})
+
+
+def test_a_reload_adds_the_new_port_and_keeps_the_others_their_addresses_and_queues(
+    ports: tuple[Relay, list[socket.socket]],
+) -> None:
+    relay, ends = ports
+    relay._forward(2, frame(BROADCAST, B), now=0.0)  # B learned on port 2
+    relay._release(1.0)
+    for end in ends:
+        received(end)
+    relay._forward(0, frame(B, C, b"queued"), now=2.0)  # in flight to B when the port is added
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    opened: list[Port] = []
+
+    def open_port(port: Port) -> int:
+        opened.append(port)
+        return ours.fileno()
+
+    try:
+        # The new config names the new port but not "a": "a" is kept all the same.
+        fresh = RelayConfig(
+            (Port("root", None, False), Port("b", "ns-b", True), Port("d", "ns-d", True)),
+            20.0,
+            relay.config.stats,
+        )
+        assert relay.reconfigure(fresh, open_port) == ["d"]
+        assert opened == [Port("d", "ns-d", True)]
+        assert [p.name for p in relay.config.ports] == ["root", "a", "b", "d"]
+        assert relay.delay == pytest.approx(0.020)
+        assert relay.macs[B] == 2  # learned addresses kept
+        relay._release(2.010)  # the frame queued before the reload still comes out, on time
+        assert received(ends[2]) == [frame(B, C, b"queued")]
+        assert received(theirs) == []  # it was for B only
+        relay._forward(3, frame(BROADCAST, bytes([2, 0, 0, 0, 0, 4])), now=3.0)
+        assert received(ends[0]) == [frame(BROADCAST, bytes([2, 0, 0, 0, 0, 4]))]
+        relay._release(3.020)
+        assert received(ends[1]) and received(ends[2])  # flooded to the old delayed ports
+        relay._forward(0, frame(bytes([2, 0, 0, 0, 0, 4]), C), now=4.0)  # learned on port 3
+        relay._release(4.020)
+        assert received(theirs) == [frame(bytes([2, 0, 0, 0, 0, 4]), C)]
+        assert relay.reconfigure(fresh, open_port) == []  # again: nothing more is opened
+        assert len(opened) == 1
+        relay.write_stats()
+        stats = json.loads(relay.config.stats.read_text(encoding="utf-8"))
+        assert set(stats["ports"]) == {"root", "a", "b", "d"} and stats["port_errors"] == {}
+        assert stats["ports"]["d"]["frames_out"] == 1
+        with pytest.raises(ValueError, match="already has a port d"):
+            relay.add_port(Port("d", "ns-d", True), ours.fileno())
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_a_port_that_cannot_be_opened_is_reported_and_tried_again(
+    ports: tuple[Relay, list[socket.socket]],
+) -> None:
+    relay, _ends = ports
+    fresh = RelayConfig((*relay.config.ports, Port("e", "ns-gone", True)), 10.0, relay.config.stats)
+
+    def refuse(port: Port) -> int:
+        raise FileNotFoundError(2, f"no namespace {port.netns}")
+
+    assert relay.reconfigure(fresh, refuse) == []
+    assert [p.name for p in relay.config.ports] == ["root", "a", "b"]
+    relay.write_stats()
+    stats = json.loads(relay.config.stats.read_text(encoding="utf-8"))
+    assert "e" not in stats["ports"] and "no namespace ns-gone" in stats["port_errors"]["e"]
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        assert relay.reconfigure(fresh, lambda _p: ours.fileno()) == ["e"]
+        assert relay.port_errors == {}
+    finally:
+        ours.close()
+        theirs.close()

@@ -95,6 +95,7 @@ def record_hosts(directory: Path, layout: HostLayout) -> ConsortiumHosts:
         str(layout.subnet),
         layout.state_file,
         {label: h.as_dict() for label, h in layout.hosts.items()},
+        layout.links,
     )
     atomic_write(directory / HOSTS_FILE, json.dumps(record.as_dict(), indent=2).encode())
     layout.keep()
@@ -291,12 +292,6 @@ def _layout(directory: Path, label: str) -> tuple[ConsortiumHosts, HostLayout | 
     record = load_hosts(directory)
     if record is None:
         raise HostsRecordError(f"{directory} has no hosts of its own (no {HOSTS_FILE})")
-    if record.links != "bridge" and label not in record.hosts:
-        raise HostsDelayError(
-            "this consortium's hosts run on the link relay (a delay was set on a kernel without "
-            "netem), whose ports are fixed when it starts: a hospital cannot get a host of its "
-            "own there (not built yet)"
-        )
     layout = HostLayout.load(record.state_file) if record.state_file.exists() else None
     return record, layout
 
@@ -321,7 +316,8 @@ def next_host(directory: Path, label: str) -> NodeHost:
 
 def add_host(directory: Path, label: str) -> NodeHost:
     """Give the consortium one more host (a joining hospital's): recorded in ``hosts.json``
-    first, then made (its namespace and link) if the hosts are up — otherwise the next
+    first, then made (its namespace and link) if the hosts are up — on bridge links, or on the
+    link relay, which opens a port for it while the others go on — otherwise the next
     ``network up`` makes it with the others. Idempotent."""
     record, layout = _layout(directory, label)
     if label not in record.hosts:

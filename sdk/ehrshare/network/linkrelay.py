@@ -16,9 +16,14 @@ that enters it (``setns``, through ctypes: Python 3.11 has no ``os.setns``) befo
 ``/dev/net/tun`` — the device belongs to the namespace of the thread that opened it.
 
 Run as ``python -m ehrshare.network.linkrelay CONFIG``; :class:`~ehrshare.network.netns.HostLayout`
-starts and stops it (through :mod:`ehrshare.network.supervisor`, by pid). SIGHUP re-reads
-``delay_ms`` from the config; counters are written to the config's ``stats`` file once a second,
-on SIGUSR1 and at exit. This module must not touch a device it did not create.
+starts and stops it (through :mod:`ehrshare.network.supervisor`, by pid). SIGHUP re-reads the
+config: its ``delay_ms``, and ports it does not have yet, whose TAP devices it opens as at start
+(a host added to the layout: :func:`add_relay_ports`). A port the config no longer names is
+kept — the relay never closes a port while it runs, so every existing port keeps its learned
+addresses and the frames it has queued. Counters, with the ports open (``ports``), those
+that could not be opened (``port_errors``) and the reloads done (``reloads``), are written to
+the config's ``stats`` file once a second, after each reload, on SIGUSR1 and at exit. This
+module must not touch a device it did not create.
 """
 
 from __future__ import annotations
@@ -37,11 +42,12 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
 from ehrshare.errors import Unavailable
+from ehrshare.faults import fault_point
 from ehrshare.network.supervisor import Child, start_child
 from ehrshare.services.vault import atomic_write
 
@@ -51,6 +57,7 @@ __all__ = [
     "Relay",
     "RelayConfig",
     "RelayError",
+    "add_relay_ports",
     "main",
     "netem_available",
     "read_stats",
@@ -160,19 +167,19 @@ def start_relay(
     path: Path,
     log: Path,
     *,
-    on_started: Callable[[], None] | None = None,
+    on_started: Callable[[Child], None] | None = None,
     detached: bool = False,
 ) -> Child:
     """Write ``config`` to ``path`` and start a relay serving it (through the supervisor; it
     dies with this thread, or with ``detached`` outlives it in a session of its own, stopped
-    by pid); returns once every TAP device exists. ``on_started`` runs as soon as the pid is
-    known (to put it on record before waiting)."""
+    by pid); returns once every TAP device exists. ``on_started`` is given the child as soon
+    as its pid is known (to put it on record before waiting)."""
     _write_config(config, path)
     config.stats.unlink(missing_ok=True)
     argv = [sys.executable, "-m", "ehrshare.network.linkrelay", str(path)]
     child = start_child("linkrelay", argv, log, die_with_parent=not detached, new_session=detached)
     if on_started is not None:
-        on_started()
+        on_started(child)
     deadline = time.monotonic() + 30
     while not config.stats.exists():  # written once the TAP devices are open
         if not child.alive():
@@ -196,6 +203,37 @@ def set_relay_delay(child: Child, config: RelayConfig, path: Path) -> None:
             return
         time.sleep(0.05)
     raise RelayError(f"the link relay did not take the {config.delay_ms:g} ms delay")
+
+
+_PORT_WAIT_S: Final = 15.0
+
+
+def add_relay_ports(child: Child, config: RelayConfig, path: Path) -> None:
+    """Make a running relay open the ports of ``config`` it does not have yet (rewrites its
+    config, SIGHUP) and wait, at most 15 s, until its stats list every one as open; a port it
+    could not open, or no answer in time, is a :class:`RelayError` naming the relay's log."""
+    _write_config(config, path)
+    fault_point("linkrelay.add_ports.after_config")
+    reloads = int((read_stats(config.stats) or {}).get("reloads", 0))
+    os.kill(child.pid, signal.SIGHUP)
+    wanted = {p.name for p in config.ports}
+    deadline = time.monotonic() + _PORT_WAIT_S
+    while True:
+        current = read_stats(config.stats) or {}
+        missing = wanted - set(current.get("ports", {}))
+        if not missing:
+            return
+        failed = {n: e for n, e in dict(current.get("port_errors", {})).items() if n in missing}
+        if failed and int(current.get("reloads", 0)) > reloads:  # this reload's, not older
+            raise RelayError(f"the link relay could not open {failed} (see {child.log})")
+        if not child.alive():
+            raise RelayError(f"the link relay is gone (see {child.log}): {child.tail()}")
+        if time.monotonic() > deadline:
+            raise RelayError(
+                f"the link relay did not open {sorted(missing)} in {_PORT_WAIT_S:g} s "
+                f"(see {child.log}): {child.tail()}"
+            )
+        time.sleep(0.02)
 
 
 def relay_stats(child: Child | None, stats: Path) -> dict[str, Any] | None:
@@ -271,9 +309,52 @@ class Relay:
         self.frames_out = [0] * len(fds)
         self.dropped = [0] * len(fds)
         self.write_errors = [0] * len(fds)
+        self.port_errors: dict[str, str] = {}
         self.started = time.monotonic()
         self.stop = False
+        self.reload_wanted = False
+        self.reloads = 0
+        self.reload: Callable[[], None] | None = None  # what a SIGHUP runs, in the loop
+        self.poller: select.epoll | None = None
         self.writes = 0
+
+    def add_port(self, port: Port, fd: int) -> int:
+        """Switch one more port (appended: every existing port keeps its number, learned
+        addresses and queue); returns its number."""
+        if any(p.name == port.name for p in self.config.ports):
+            raise ValueError(f"the relay already has a port {port.name}")
+        self.config = replace(self.config, ports=(*self.config.ports, port))
+        self.fds.append(fd)
+        self.queues.append(collections.deque())
+        for counters in (self.frames_in, self.frames_out, self.dropped, self.write_errors):
+            counters.append(0)
+        if self.poller is not None:
+            self.poller.register(fd, select.EPOLLIN)
+        return len(self.fds) - 1
+
+    def reconfigure(self, fresh: RelayConfig, open_port: Callable[[Port], int]) -> list[str]:
+        """Take ``fresh``'s delay and open (``open_port``) each of its ports this relay does not
+        have; ports it no longer names are kept. A port that cannot be opened is noted in
+        ``port_errors`` (tried again on the next reload). Returns the ports added."""
+        self.delay = fresh.delay_ms / 1000.0
+        have = {p.name for p in self.config.ports}
+        added = []
+        for port in fresh.ports:
+            if port.name in have:
+                continue
+            try:
+                fd = open_port(port)
+            except OSError as exc:
+                self.port_errors[port.name] = str(exc)
+                _log.warning("cannot open port %s in %s: %s", port.name, port.netns, exc)
+                continue
+            self.port_errors.pop(port.name, None)
+            self.add_port(port, fd)
+            added.append(port.name)
+        kept = have - {p.name for p in fresh.ports}
+        if kept:
+            _log.warning("the config no longer names %s: kept (no port is dropped)", kept)
+        return added
 
     def _send(self, port: int, frame: bytes) -> None:
         try:
@@ -335,6 +416,8 @@ class Relay:
                 for i, p in enumerate(self.config.ports)
             },
             "dropped": sum(self.dropped),
+            "port_errors": dict(self.port_errors),
+            "reloads": self.reloads,
         }
 
     def write_stats(self) -> None:
@@ -346,10 +429,10 @@ class Relay:
 
     def run(self) -> None:
         """Switch frames until :attr:`stop` is set (by SIGTERM/SIGINT)."""
-        poller = select.epoll()
-        by_fd = {fd: i for i, fd in enumerate(self.fds)}
+        poller = self.poller = select.epoll()
         for fd in self.fds:
             poller.register(fd, select.EPOLLIN)
+        wakeup = _wakeup_fd(poller)  # a signal wakes the poll: a reload is not left waiting
         next_stats = time.monotonic() + 1.0
         wait: float | None = None
         try:
@@ -360,7 +443,11 @@ class Relay:
                 except InterruptedError:
                     events = []
                 now = time.monotonic()
+                by_fd = {fd: i for i, fd in enumerate(self.fds)}
                 for fd, _ in events:
+                    if fd == wakeup:
+                        _drain(fd)
+                        continue
                     port = by_fd[fd]
                     for _ in range(_BATCH):
                         try:
@@ -372,12 +459,40 @@ class Relay:
                         self.frames_in[port] += 1
                         self._forward(port, frame, now)
                 wait = self._release(time.monotonic())
+                if self.reload_wanted:
+                    self.reload_wanted = False
+                    if self.reload is not None:
+                        self.reload()
+                    self.reloads += 1
+                    self.write_stats()
                 if now >= next_stats:
                     self.write_stats()
                     next_stats = now + 1.0
         finally:
+            if wakeup is not None:
+                signal.set_wakeup_fd(-1)
             poller.close()
+            self.poller = None
             self.write_stats()
+
+
+def _wakeup_fd(poller: select.epoll) -> int | None:
+    """A pipe a signal writes a byte to (``signal.set_wakeup_fd``), registered with ``poller``:
+    its read end (None when not in the main thread, as in unit tests)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    read, write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+    poller.register(read, select.EPOLLIN)
+    return read
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 512):
+            pass
+    except BlockingIOError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -395,14 +510,19 @@ def main(argv: list[str] | None = None) -> int:
     def on_stop(_sig: int, _frame: object) -> None:
         relay.stop = True
 
-    def on_hup(_sig: int, _frame: object) -> None:
+    def reload() -> None:
         try:
             fresh = RelayConfig.from_dict(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError) as exc:
-            _log.warning("SIGHUP: keeping %g ms: %s", relay.delay * 1000, exc)
+            _log.warning("SIGHUP: keeping %g ms and the ports: %s", relay.delay * 1000, exc)
             return
-        relay.delay = fresh.delay_ms / 1000.0
-        _log.info("delay now %g ms", fresh.delay_ms)
+        added = relay.reconfigure(fresh, lambda p: _open_tap_in(p.name, p.netns))
+        _log.info("delay now %g ms; ports added: %s", fresh.delay_ms, ", ".join(added) or "none")
+
+    def on_hup(_sig: int, _frame: object) -> None:
+        relay.reload_wanted = True  # done by the loop, between frames (it wakes for it)
+
+    relay.reload = reload
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
@@ -416,7 +536,7 @@ def main(argv: list[str] | None = None) -> int:
         config.delay_ms,
     )
     relay.run()
-    for fd in fds:
+    for fd in relay.fds:
         os.close(fd)
     return 0
 

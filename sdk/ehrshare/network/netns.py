@@ -52,14 +52,8 @@ from ehrshare.network.iproute import (
     our_links,
     our_namespaces,
 )
-from ehrshare.network.linkrelay import (
-    Port,
-    RelayConfig,
-    netem_available,
-    relay_stats,
-    set_relay_delay,
-    start_relay,
-)
+from ehrshare.network.linkrelay import netem_available
+from ehrshare.network.relayhosts import RelayedLinks
 from ehrshare.network.supervisor import Child, pid_alive, start_ticks
 from ehrshare.services.vault import atomic_write
 
@@ -138,8 +132,9 @@ class Host:
         }
 
 
-class HostLayout:
-    """Hosts in network namespaces around one bridge: :meth:`create`, use, :meth:`teardown`.
+class HostLayout(RelayedLinks):
+    """Hosts in network namespaces around one bridge (or the link relay, whose part is
+    :class:`~ehrshare.network.relayhosts.RelayedLinks`): :meth:`create`, use, :meth:`teardown`.
 
     Use as a context manager (teardown on exit, also when the body fails).
     """
@@ -330,16 +325,17 @@ class HostLayout:
         return host
 
     def add_host(self, label: str) -> Host:
-        """Give the layout one more host (the next address; a hospital that joins): recorded,
-        then made like the others. Idempotent. Bridge links only (a relay's ports are fixed
-        when it starts)."""
-        if self.links != "bridge":
-            raise NetnsError(
-                f"host layout {self.tag} runs on the link relay, whose ports are fixed when it "
-                "starts: a host cannot be added to it (not built yet)"
-            )
+        """Give the layout one more host (the next address; a hospital that joins): recorded
+        in the state file, then made like the others. Idempotent. On relayed links the running
+        relay opens a port for it and every other port goes on as it was (a relay that is gone
+        is started again with every host, as :meth:`create` with this tag does), with the
+        delay it was last given."""
         host = self._append(label) if label not in self.hosts else self.hosts[label]
-        self._make()
+        fault_point("netns.add_host.after_record")
+        if self.links == "relay":
+            self._make_relayed()
+        else:
+            self._make()
         return host
 
     def _make(self) -> None:
@@ -387,66 +383,6 @@ class HostLayout:
             ", ".join(f"{h.label}={h.address}" for h in self.hosts.values()),
             self.subnet,
         )
-
-    # --- relayed links --------------------------------------------------------------------------
-
-    def _relay_config_path(self) -> Path:
-        return self.state_file.with_name(f"{self.tag}.relay.json")
-
-    def _relay_stats_path(self) -> Path:
-        return self.state_file.with_name(f"{self.tag}.relay-stats.json")
-
-    def _relay_config(self, delay_ms: float) -> RelayConfig:
-        ports = [Port(self.bridge, None, delayed=False)]
-        ports += [Port(h.inside, h.netns, delayed=True) for h in self.hosts.values()]
-        return RelayConfig(tuple(ports), delay_ms, self._relay_stats_path())
-
-    def _make_relayed(self, delay_ms: float) -> None:
-        # Namespaces first: the relay opens a TAP inside each when it starts.
-        for host in self.hosts.values():
-            self._record("netns", host.netns)
-            if host.netns not in _namespaces():
-                _run(["ip", "netns", "add", host.netns])
-            _run(["ip", "-n", host.netns, "link", "set", "lo", "up"])
-        fault_point("netns.create.after_namespaces")
-        self._record("relay", self.bridge)
-        if self.relay is None or not self.relay.alive():
-            self._start_relay(delay_ms)
-        prefix = self.subnet.prefixlen
-        _run(["ip", "addr", "replace", f"{self.gateway}/{prefix}", "dev", self.bridge])
-        _run(["ip", "link", "set", self.bridge, "up"])
-        for host in self.hosts.values():
-            ns = ["ip", "-n", host.netns]
-            _run([*ns, "addr", "replace", f"{host.address}/{prefix}", "dev", host.inside])
-            _run([*ns, "link", "set", host.inside, "up"])
-            fault_point("netns.create.after_host")
-        _log.info(
-            "host layout %s (relayed, %g ms): %s on %s",
-            self.tag,
-            delay_ms,
-            ", ".join(f"{h.label}={h.address}" for h in self.hosts.values()),
-            self.subnet,
-        )
-
-    def _start_relay(self, delay_ms: float) -> None:
-        log = self.state_file.with_name(f"{self.tag}.relay.log")
-        config, path = self._relay_config(delay_ms), self._relay_config_path()
-        self.relay = start_relay(
-            config, path, log, on_started=self._save, detached=self.relay_detached
-        )
-        fault_point("netns.create.after_relay")
-
-    def _relay_delay(self, ms: float) -> None:
-        if self.relay is None or not self.relay.alive():
-            raise NetnsError(f"host layout {self.tag}: its link relay is not running")
-        set_relay_delay(self.relay, self._relay_config(ms), self._relay_config_path())
-
-    def relay_stats(self) -> dict[str, Any] | None:
-        """The relay's counters (frames in/out, drops, CPU seconds) as of now; None with bridge
-        links."""
-        if self.links != "relay":
-            return None
-        return relay_stats(self.relay, self._relay_stats_path())
 
     def _link_cmd(self, label: str) -> list[str]:
         host = self.host(label)
