@@ -5,13 +5,12 @@ other runs' layouts."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from cliproc import run_ehrshare
 from ehrshare.network.consortium_hosts import HOSTS_FILE, load_hosts, remove_hosts
 from ehrshare.network.iproute import NAME_PREFIX, our_namespaces
 
@@ -19,17 +18,9 @@ from ehrshare.network.iproute import NAME_PREFIX, our_namespaces
 def run_cli(
     *args: str, env: dict[str, str], fault: str | None = None, timeout: float = 900
 ) -> subprocess.CompletedProcess[str]:
-    """``python -m ehrshare ARGS`` with ``env`` added (and a fault point armed), a wide
-    terminal so no message is wrapped, never raising on its exit code."""
-    extra = {} if fault is None else {"EHRSHARE_FAULT_AT": fault}
-    return subprocess.run(
-        [sys.executable, "-m", "ehrshare", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-        env={**os.environ, "COLUMNS": "200", **env, **extra},
-    )
+    """``python -m ehrshare ARGS`` as :func:`cliproc.run_ehrshare` runs it, with ``env`` added
+    (a consortium's hosts take minutes to make, hence the longer default timeout)."""
+    return run_ehrshare(*args, fault=fault, env=env, timeout=timeout)
 
 
 def consortium_leftovers(before: set[str], tag: str | None) -> list[str]:

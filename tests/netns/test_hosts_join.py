@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from hostcheck import fabric_consortium_on_hosts, run_cli
 
+from ehrshare.demo import lab_observation
 from ehrshare.network.consortium_hosts import (
     HOSTS_FILE,
     add_host,
@@ -106,31 +107,33 @@ def test_a_joining_hospital_gets_the_next_host_recorded_before_it_is_made(
 DR_DEE = "HospitalDMSP/drdee"
 
 
+def _alice_and_her_record(directory: Path, env: dict[str, str]) -> None:
+    """Patient alice of HospitalA (enrolled) with one lab record, whose id is kept in
+    ``record-id`` beside the consortium's directory, and HospitalB's admin-b."""
+    for name, hospital, role in (
+        ("alice", "HospitalA", "patient"),
+        ("admin-b", "HospitalB", "admin"),
+    ):
+        made = _cli(
+            "consortium", "add-member", name, "--hospital", hospital, "--role", role,
+            "-p", str(directory), env=env,
+        )  # fmt: skip
+        assert made.returncode == 0, made.stderr[-2000:]
+    assert _cli("enroll", "-p", str(directory), "-w", "alice", env=env).returncode == 0
+    record = directory.parent / "lab.json"
+    record.write_text(json.dumps(lab_observation()), encoding="utf-8")
+    put = _cli("record", "put", str(record), "-p", str(directory), "-w", "alice", "--json", env=env)
+    assert put.returncode == 0, put.stderr[-2000:]
+    (directory.parent / "record-id").write_text(json.loads(put.stdout)["record_id"], "utf-8")
+
+
 @pytest.fixture(scope="module")
 def hosted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, dict[str, str]]]:
     """A Fabric consortium on hosts with alice's record, its network up; torn down whatever
     happens, the machine's namespaces as before."""
     tmp = tmp_path_factory.mktemp("join-hosts")
     with fabric_consortium_on_hosts(tmp, up=True) as (directory, env):
-        for name, hospital, role in (
-            ("alice", "HospitalA", "patient"),
-            ("admin-b", "HospitalB", "admin"),
-        ):
-            made = _cli(
-                "consortium", "add-member", name, "--hospital", hospital, "--role", role,
-                "-p", str(directory), env=env,
-            )  # fmt: skip
-            assert made.returncode == 0, made.stderr[-2000:]
-        assert _cli("enroll", "-p", str(directory), "-w", "alice", env=env).returncode == 0
-        record = tmp / "lab.json"
-        from ehrshare.demo import lab_observation
-
-        record.write_text(json.dumps(lab_observation()), encoding="utf-8")
-        put = _cli(
-            "record", "put", str(record), "-p", str(directory), "-w", "alice", "--json", env=env
-        )
-        assert put.returncode == 0, put.stderr[-2000:]
-        (tmp / "record-id").write_text(json.loads(put.stdout)["record_id"], encoding="utf-8")
+        _alice_and_her_record(directory, env)
         yield directory, env
 
 
@@ -327,25 +330,7 @@ def hosted_relay(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pat
         assert _cli("network", "down", "-p", str(directory), env=env).returncode == 0
         up = _cli("network", "up", "-p", str(directory), "--delay-ms", "10", env=env)
         assert up.returncode == 0, up.stderr[-3000:]
-        for name, hospital, role in (
-            ("alice", "HospitalA", "patient"),
-            ("admin-b", "HospitalB", "admin"),
-        ):
-            made = _cli(
-                "consortium", "add-member", name, "--hospital", hospital, "--role", role,
-                "-p", str(directory), env=env,
-            )  # fmt: skip
-            assert made.returncode == 0, made.stderr[-2000:]
-        assert _cli("enroll", "-p", str(directory), "-w", "alice", env=env).returncode == 0
-        record = tmp / "lab.json"
-        from ehrshare.demo import lab_observation
-
-        record.write_text(json.dumps(lab_observation()), encoding="utf-8")
-        put = _cli(
-            "record", "put", str(record), "-p", str(directory), "-w", "alice", "--json", env=env
-        )
-        assert put.returncode == 0, put.stderr[-2000:]
-        (tmp / "record-id").write_text(json.loads(put.stdout)["record_id"], encoding="utf-8")
+        _alice_and_her_record(directory, env)
         yield directory, env
 
 

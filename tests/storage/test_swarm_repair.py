@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_swarm import _cli
 
 from ehrshare.demo import lab_observation
 from ehrshare.faults import FAULT_ENV
@@ -70,19 +71,6 @@ def world(kubo_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             s.close()
         c.close()
         assert not [p for p in pids if pid_alive(p)], "a swarm node outlived the consortium"
-
-
-def _cli(
-    root: Path, *args: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ehrshare", *args, "--profile", str(root)],
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-    )
 
 
 def _pinned_at(w: World, cid: str) -> list[str]:
