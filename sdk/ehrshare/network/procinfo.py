@@ -6,6 +6,7 @@ module only reads ``/proc`` and log files and opens sockets it closes at once.
 
 from __future__ import annotations
 
+import random
 import re
 import signal
 import socket
@@ -52,12 +53,51 @@ def describe_exit(returncode: int) -> str:
     return f"exit code {returncode}"
 
 
-def free_loopback_ports(count: int) -> list[int]:
-    """``count`` distinct TCP ports on 127.0.0.1 that were free a moment ago (the kernel picks
-    them; another program could still take one before the process binds it)."""
-    socks = []
+_EPHEMERAL: Final = Path("/proc/sys/net/ipv4/ip_local_port_range")
+_LOWEST: Final = 10000  # below: ports people give their own servers (8080, 9443, ...)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections (and ``bind(0)``): Linux's
+    ``ip_local_port_range``, 32768–60999 unless changed."""
     try:
-        for _ in range(count):
+        low, high = (int(v) for v in _EPHEMERAL.read_text(encoding="ascii").split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
+def free_loopback_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that are free now, chosen at random **below
+    the kernel's ephemeral range**: a port taken from that range (``bind(0)``) can be given to
+    any outgoing connection on the machine — a client of a peer, say — in the seconds between
+    choosing it and a service binding it, which failed a service's start in CI ("Failed to bind
+    to address 127.0.0.1:56965"). Below the range only a program that binds the very port takes
+    it. Falls back to the kernel's choice if the range leaves too few ports below it."""
+    low, high = _ephemeral_range()
+    floor = _LOWEST if low - _LOWEST >= 1000 else 1024
+    if low - floor < 100 * count:
+        floor, low = high + 1, 65536  # a range set very low: use the ports above it
+    return _choose(floor, low, count)
+
+
+def _choose(floor: int, ceiling: int, count: int) -> list[int]:
+    """``count`` distinct ports in [floor, ceiling) that bind on 127.0.0.1 now, at random; the
+    kernel's choice for those not found in 200 tries each."""
+    rng = random.SystemRandom()
+    socks: list[socket.socket] = []
+    try:
+        for _attempt in range(200 * count):
+            if len(socks) == count:
+                break
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.bind(("127.0.0.1", rng.randrange(floor, ceiling)))
+            except OSError:  # in use (also by one chosen here: still bound), or TIME_WAIT
+                s.close()
+                continue
+            socks.append(s)
+        while len(socks) < count:  # hardly ever: the kernel's choice, as before
             s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             s.bind(("127.0.0.1", 0))
             socks.append(s)
