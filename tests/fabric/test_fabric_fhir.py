@@ -5,8 +5,9 @@ certificates. A patient stores an Observation and consents for a clinician, who 
 a category search); the patient updates it with If-Match (a stale one is 412: the chaincode's
 expected version on Fabric); the patient revokes; the clinician's read is 403, a consortium
 member the server does not serve is 401; a transaction Bundle (a create and an update) commits
-as one ledger transaction (WriteRecords); and the AuditEvents (from the peers' ledger) show the
-decisions and the writes."""
+as one ledger transaction (WriteRecords); the AuditEvents (from the peers' ledger) show the
+decisions and the writes; and a conditional create sent twice, then as a Bundle entry, makes one
+record."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "fhirapi"))
 from fhir_world import serve_process, server_cert, wallet_client
 
 pytestmark = [pytest.mark.fabric, pytest.mark.slow]
+
+_HOSP = "http://hosp.example/ids"
 
 
 def _consent(patient: str, grantee: str, end: str) -> dict:
@@ -152,6 +155,42 @@ def test_the_fhir_story_holds_on_fabric_over_mutual_tls(tmp_path: Path) -> None:
                 assert made[1] == f"Observation/{rid}/_history/3"
                 assert alice.get(f"/Observation/{rid}").json()["valueQuantity"]["value"] == 16.0
                 events = alice.get("/AuditEvent", params={"patient": ids["alice"]}).json()
+                # A conditional create over Fabric: the first makes the record, the same one
+                # re-sent (a lost answer) finds it and writes nothing; a Bundle entry's
+                # ifNoneExist finds it too. The condition reads the pointers from the peers.
+                cond = {"If-None-Exist": f"identifier={_HOSP}|lab-77"}
+                tagged = lab_observation(value=17.0) | {
+                    "identifier": [{"system": _HOSP, "value": "lab-77"}]
+                }
+                r = alice.post("/Observation", json=tagged, headers=cond)
+                assert r.status_code == 201, r.text
+                made_id = r.json()["id"]
+                r = alice.post("/Observation", json=tagged, headers=cond)
+                assert r.status_code == 200, r.text
+                assert r.json()["id"] == made_id
+                r = alice.post(
+                    "",
+                    json={
+                        "resourceType": "Bundle",
+                        "type": "transaction",
+                        "entry": [
+                            {
+                                "resource": tagged,
+                                "request": {
+                                    "method": "POST",
+                                    "url": "Observation",
+                                    "ifNoneExist": f"identifier={_HOSP}|lab-77",
+                                },
+                            }
+                        ],
+                    },
+                )
+                assert r.status_code == 200, r.text
+                assert r.json()["entry"][0]["response"]["status"] == "200 OK"
+                with c.session("alice") as s:
+                    mine = [ref for ref in s.list_records() if ref.record_id == made_id]
+                    assert len(mine) == 1 and mine[0].version == 1
+                    assert len(s.list_records()) == 3  # rid, the Bundle's new one, made_id
         finally:
             os.kill(proc.pid, signal.SIGTERM)
             assert proc.wait(timeout=60) == 0

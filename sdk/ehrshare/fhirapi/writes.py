@@ -86,14 +86,7 @@ class RecordWrites:
     @staticmethod
     def _load(body: bytes, expected: str) -> dict[str, Any]:
         """The body as a JSON object of resourceType ``expected`` (not yet validated as FHIR)."""
-        # Before parsing: the C JSON decoder recurses per level, and a deep enough body could
-        # exhaust the C stack (see ehrshare.fhir.parse_resource).
-        if too_deep(body, MAX_DEPTH):
-            raise FhirError(400, f"the body nests more than {MAX_DEPTH} levels deep")
-        try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            raise FhirError(400, "the request body is not JSON") from None
+        data = _json_body(body)
         if not isinstance(data, dict):
             raise FhirError(400, "the request body must be a JSON object (a FHIR resource)")
         if data.get("resourceType") != expected:
@@ -292,13 +285,7 @@ class RecordWrites:
     def _transaction(self, session: Session, body: bytes, base_url: str) -> Answer:
         """``POST [base]`` with a transaction Bundle: every entry checked, then all written in
         one ledger transaction (see :mod:`ehrshare.fhirapi.transaction`)."""
-        if too_deep(body, MAX_DEPTH):
-            raise FhirError(400, f"the body nests more than {MAX_DEPTH} levels deep")
-        try:
-            bundle = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-            raise FhirError(400, "the request body is not JSON") from None
-        entries = parse_transaction(bundle, NOT_RECORDS)
+        entries = parse_transaction(_json_body(body), NOT_RECORDS)
         planned: list[tuple[Entry, dict[str, Any], str]] = []
         for e in entries:
             where = f"entry[{e.index}]"
@@ -392,3 +379,15 @@ class RecordWrites:
         return Answer(
             200, {"resourceType": "Bundle", "type": "transaction-response", "entry": done}
         )
+
+
+def _json_body(body: bytes) -> Any:
+    """The request body parsed as JSON; 400 when it is not JSON or nests too deep."""
+    # Before parsing: the C JSON decoder recurses per level, and a deep enough body could
+    # exhaust the C stack (see ehrshare.fhir.parse_resource).
+    if too_deep(body, MAX_DEPTH):
+        raise FhirError(400, f"the body nests more than {MAX_DEPTH} levels deep")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise FhirError(400, "the request body is not JSON") from None
