@@ -112,6 +112,14 @@ def _median(result: dict[str, object]) -> float:
     return float(statistics.median(rtts))
 
 
+def _fastest(result: dict[str, object]) -> float:
+    """The least round trip: what the link costs. Upper bounds are checked on it, not on the
+    median, which a loaded machine's scheduling moves by tens of milliseconds."""
+    rtts = result["rtts"]
+    assert isinstance(rtts, list)
+    return float(min(rtts))
+
+
 def test_relayed_round_trip_between_hosts_is_twice_the_delay_and_nothing_is_lost(
     make_layout: Layout, echo: Callable[[HostLayout, str, int], Child], machine_net: Snapshot
 ) -> None:
@@ -121,16 +129,15 @@ def test_relayed_round_trip_between_hosts_is_twice_the_delay_and_nothing_is_lost
     echo(layout, "B", 7110)
     # A -> B -> A crosses two delayed ports: 20 ms, plus scheduling on a loaded 2-core box.
     between = _probe(layout, "A", b, 7110, 40)
-    assert 20.0 <= _median(between) <= 20.0 + 15.0, between
-    assert min(between["rtts"]) >= 20.0  # type: ignore[type-var,arg-type]
+    assert 20.0 <= _fastest(between) <= 20.0 + 15.0, between
     # From the root namespace only the way in is delayed.
     from_root = _probe(None, None, b, 7110, 20)
-    assert 10.0 <= _median(from_root) <= 10.0 + 15.0, from_root
+    assert 10.0 <= _fastest(from_root) <= 10.0 + 15.0, from_root
     # The delay changes live (the relay re-reads it on SIGHUP), and 0 takes it away.
     layout.delay(50)
-    assert 100.0 <= _median(_probe(layout, "C", b, 7110, 10)) <= 100.0 + 20.0
+    assert 100.0 <= _fastest(_probe(layout, "C", b, 7110, 10)) <= 100.0 + 20.0
     layout.delay(0)
-    assert _median(_probe(layout, "A", b, 7110, 20)) < 5.0
+    assert _fastest(_probe(layout, "A", b, 7110, 20)) < 5.0
     # A bulk transfer at 10 ms comes back whole; at this rate the bounded queues drop nothing.
     layout.delay(10)
     bulk = _probe(layout, "A", b, 7110, 1, bulk=4 << 20)
