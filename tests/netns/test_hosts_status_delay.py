@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 from hostcheck import run_cli
-from test_link_relay import _ECHO, _median, _probe
+from test_link_relay import _ECHO, _fastest, _median, _probe
 
 from ehrshare.network.consortium_hosts import (
     HOSTS_FILE,
@@ -138,8 +138,9 @@ def test_delay_between_the_hosts_of_a_cli_consortium(
     ]
     b = layout.address("HospitalBMSP")
     echo(layout, "HospitalBMSP", 7120)
-    # A -> B -> A: two delayed ways, 20 ms (plus scheduling on a loaded machine).
-    assert 20.0 <= _median(_probe(layout, "HospitalAMSP", b, 7120, 20)) <= 35.0
+    # A -> B -> A: two delayed ways, 20 ms (plus scheduling on a loaded machine: the upper
+    # bounds hold the least round trip, which that moves least).
+    assert 20.0 <= _fastest(_probe(layout, "HospitalAMSP", b, 7120, 20)) <= 35.0
     relay = layout.relay
     if layout.links == "relay":
         # The relay outlived the commands that started it (each CLI run exited).
@@ -151,14 +152,14 @@ def test_delay_between_the_hosts_of_a_cli_consortium(
     )  # fmt: skip
     assert killed.returncode == -9, killed.stderr
     assert load_hosts(root).delay_ms == 30.0  # type: ignore[union-attr]
-    assert _median(_probe(layout, "HospitalAMSP", b, 7120, 10)) <= 35.0  # still 10 ms
+    assert _fastest(_probe(layout, "HospitalAMSP", b, 7120, 10)) <= 35.0  # still 10 ms
     again = _cli("network", "delay", "--ms", "30", "-p", str(root), env=env)
     assert again.returncode == 0, again.stderr
     assert _median(_probe(layout, "HospitalAMSP", b, 7120, 10)) >= 60.0
     changed = _cli("network", "delay", "--ms", "0", "-p", str(root), "--json", env=env)
     assert changed.returncode == 0, changed.stderr
     assert json.loads(changed.stdout)["applied"] is True
-    assert _median(_probe(layout, "HospitalAMSP", b, 7120, 20)) < 5.0
+    assert _fastest(_probe(layout, "HospitalAMSP", b, 7120, 20)) < 5.0
     assert load_hosts(root).delay_ms == 0.0  # type: ignore[union-attr]
     bad = _cli("network", "delay", "--ms", "-5", "-p", str(root), env=env)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
