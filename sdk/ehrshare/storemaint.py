@@ -24,7 +24,7 @@ import logging
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeVar
 
 from ehrshare.contract import EhrContract
@@ -52,6 +52,7 @@ __all__ = [
     "check_store",
     "gc_store",
     "grant_pins",
+    "merge_grant_parts",
     "parse_duration",
     "record_versions",
 ]
@@ -133,10 +134,29 @@ def record_versions(profile: Profile, wallet: Wallet | None) -> list[RecordVersi
 
 def grant_pins(profile: Profile, wallet: Wallet | None) -> list[GrantPins]:
     """Every grant valid now with its grantee's hospital and the records it covers
-    (``ListGrantPins``, page by page), asked as :func:`record_versions` asks."""
-    return _every_page(
-        profile, wallet, lambda chain, bm: chain.list_grant_pins(page_size=_PAGE, bookmark=bm)
+    (``ListGrantPins``, page by page), asked as :func:`record_versions` asks; a grant whose
+    records the chaincode split across pages is given once, its parts merged."""
+    return merge_grant_parts(
+        _every_page(
+            profile, wallet, lambda chain, bm: chain.list_grant_pins(page_size=_PAGE, bookmark=bm)
+        )
     )
+
+
+def merge_grant_parts(parts: list[GrantPins]) -> list[GrantPins]:
+    """``ListGrantPins``' pages' grants, one per grant, in the order first seen: the parts of a
+    grant split across pages (the same ``grant_id``, ``grantee_msp`` and ``expiry``, each
+    with some of its records) joined in order, a record named twice kept once."""
+    merged: dict[str, GrantPins] = {}
+    for part in parts:
+        before = merged.get(part.grant_id)
+        if before is None:
+            merged[part.grant_id] = part
+            continue
+        known = {r[0] for r in before.records}
+        extra = tuple(r for r in part.records if r[0] not in known)
+        merged[part.grant_id] = replace(before, records=before.records + extra)
+    return list(merged.values())
 
 
 def _every_page(

@@ -200,9 +200,10 @@ def _grant_pins(member: Any, page_size: str = "") -> dict[str, tuple[str, list[A
     bookmark = ""
     while True:
         page = member.evaluate("ListGrantPins", page_size, bookmark)
-        for g in page["grants"]:
+        for g in page["grants"]:  # a grant split across pages: its parts, merged
             recs = [(r["record_id"], r["version"], r["cid"]) for r in g["records"]]
-            out[g["grant_id"]] = (g["grantee_msp"], recs)
+            msp, before = out.get(g["grant_id"], (g["grantee_msp"], []))
+            out[g["grant_id"]] = (msp, before + recs)
         bookmark = page["bookmark"]
         if not bookmark:
             return out
@@ -221,7 +222,7 @@ def test_list_grant_pins_names_each_valid_grants_hospital_and_latest_versions(
     alice.submit("RegisterRecord", *w.record_args("r-2"))
     hop = dave.submit("GrantAccess", "lab", zed.ibe_id, FAR, "0", "", root, PROXY)["grant_id"]
     latest = [("r-1", 2, "bafyrecord0002"), ("r-2", 1, "bafyrecord0001")]
-    pins = _grant_pins(auditor, "1")  # one grant a page, walked to the end
+    pins = _grant_pins(auditor, "1")  # one record a page, walked to the end
     assert pins == {root: ("Org1MSP", latest), hop: ("Org2MSP", latest)}
     assert _grant_pins(admin) == pins
     # Revoking the root ends the forward below it too.

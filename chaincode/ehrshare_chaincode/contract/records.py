@@ -229,40 +229,89 @@ class Records:
         the hospital of the grantee (from the member registry) and the latest version of each
         record the grant lets its grantee read (:meth:`ListGrantedRecords`' rule). Where ``ehrshare
         store status/repair`` expect a grantee's hospital to pin; org admins and auditors only,
-        and like :meth:`ListRecordVersions` it names no owner, grantee or type. A page may hold
-        fewer grants than asked (those not valid are left out); follow the bookmark."""
+        and like :meth:`ListRecordVersions` it names no owner, grantee or type.
+
+        A page visits at most ``page_size`` grants and at most ``page_size`` entries of their
+        owners' record indexes, so it holds at most that many records: a grant whose owner has
+        more is split across pages, each part with the same ``grant_id``, ``grantee_msp`` and
+        ``expiry`` and the records of that part (:func:`grant_pins_page`). A page may hold fewer
+        grants and records than asked (grants not valid are left out); follow the bookmark."""
         ctx.registered(ADMIN, AUDITOR)
-        check_bookmark(bookmark, K_GRANT)
-        rows, next_bm = ctx.stub.get_state_by_partial_composite_key_with_pagination(
-            K_GRANT, [], check_page_size(page_size), bookmark
+        grants, next_bm = grant_pins_page(ctx, check_page_size(page_size), bookmark)
+        return {"grants": grants, "bookmark": next_bm}
+
+
+def grant_pins_page(ctx: TxContext, budget: int, bookmark: str) -> tuple[list[Any], str]:
+    """:meth:`Records.ListGrantPins`' page: its grants and the next page's bookmark.
+
+    The bookmark is a composite key of :data:`K_GRANT`: the key of the grant the next page
+    starts at (what a plain scan of the grants gives), or, to resume inside a grant's records,
+    that grant's id and the record id its owner's index resumes at as two attributes. Anything
+    else is refused."""
+    grant_bm, resume = _pins_bookmark(ctx, bookmark)
+    rows, after = ctx.stub.get_state_by_partial_composite_key_with_pagination(
+        K_GRANT, [], budget, grant_bm
+    )
+    grants: list[Any] = []
+    scans = budget  # owners' index entries this page may still read
+    for i, kv in enumerate(rows):
+        grant = canonical.loads(kv.value, f"stored {K_GRANT}")
+        index_bm = resume if kv.key == grant_bm else ""
+        if grant_problem(ctx, grant) is not None:
+            continue
+        owner = grant["owner"]
+        index_rows, index_next = ctx.stub.get_state_by_partial_composite_key_with_pagination(
+            K_RECORD_BY_OWNER, [owner], scans, index_bm
         )
-        grants = []
-        owned: dict[str, list[dict[str, Any]]] = {}  # an owner's records, read once a call
-        for kv in rows:
-            grant = canonical.loads(kv.value, f"stored {K_GRANT}")
-            if grant_problem(ctx, grant) is not None:
-                continue
-            owner = grant["owner"]
-            if owner not in owned:
-                owned[owner] = []
-                for row in ctx.stub.get_state_by_partial_composite_key(K_RECORD_BY_OWNER, [owner]):
-                    _, attrs = ctx.stub.split_composite_key(row.key)
-                    rec = ctx.get_json(K_RECORD, *attrs[1:])
-                    if rec is not None:
-                        owned[owner].append(rec)
+        scans -= len(index_rows)
+        records = []
+        for row in index_rows:
+            _, attrs = ctx.stub.split_composite_key(row.key)
+            rec = ctx.get_json(K_RECORD, *attrs[1:])
+            if rec is not None and covers(grant, rec):
+                records.append(
+                    {"record_id": rec["record_id"], "version": rec["version"], "cid": rec["cid"]}
+                )
+        if records or not index_bm:  # a later part without records of the grant adds nothing
             grants.append(
                 {
                     "grant_id": grant["grant_id"],
                     "grantee_msp": load_identity(ctx, grant["grantee"])["msp_id"],
                     "expiry": int(grant["expiry"]),
-                    "records": [
-                        {"record_id": r["record_id"], "version": r["version"], "cid": r["cid"]}
-                        for r in owned[owner]
-                        if covers(grant, r)
-                    ],
+                    "records": records,
                 }
             )
-        return {"grants": grants, "bookmark": next_bm}
+        if index_next:
+            _, attrs = ctx.stub.split_composite_key(index_next)
+            return grants, ctx.key(K_GRANT, grant["grant_id"], attrs[-1])
+        if scans == 0:
+            return grants, rows[i + 1].key if i + 1 < len(rows) else after
+    return grants, after
+
+
+def _pins_bookmark(ctx: TxContext, bookmark: str) -> tuple[str, str]:
+    """A ListGrantPins bookmark as (the grant key its scan of grants starts at, the key of the
+    grant owner's record index the first grant's records resume at or ``""``)."""
+    check_bookmark(bookmark, K_GRANT)
+    if bookmark == "":
+        return "", ""
+    bad = ChaincodeError("bookmark does not belong to this query")
+    try:
+        _, attrs = ctx.stub.split_composite_key(bookmark)
+        if len(attrs) == 1:
+            return bookmark, ""  # a grant key: the next page starts at a grant
+        if len(attrs) != 2:
+            raise bad
+        grant_id, record_id = attrs
+        check_id(grant_id, "bookmark's grant id")
+        check_id(record_id, "bookmark's record id")
+        grant_key = ctx.key(K_GRANT, grant_id)
+    except ChaincodeError:
+        raise bad from None
+    grant = ctx.get_json(K_GRANT, grant_id)
+    if grant is None:
+        raise ChaincodeError(f"bookmark names grant {grant_id}, which does not exist")
+    return grant_key, ctx.key(K_RECORD_BY_OWNER, grant["owner"], record_id)
 
 
 def covers(grant: dict[str, Any], record: dict[str, Any]) -> bool:

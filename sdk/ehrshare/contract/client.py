@@ -503,8 +503,11 @@ class EhrContract:
         self, *, page_size: int | None = None, bookmark: str = ""
     ) -> Page[GrantPins]:
         """One page of the grants valid now, each with its grantee's hospital and the latest
-        version of each record it covers (org admins and auditors; a page may hold fewer than
-        asked, even none, before the last: follow the bookmark until it is empty)."""
+        version of each record it covers (org admins and auditors; a page holds at most
+        ``page_size`` records, a grant with more is split across pages, each part with some of
+        its records: merge them by ``grant_id``, as :func:`ehrshare.storemaint.grant_pins`
+        does; a page may hold fewer than asked, even none, before the last: follow the
+        bookmark until it is empty)."""
         data = self.call("ListGrantPins", _page_size(page_size), bookmark)
         return Page.from_chain(data, "grants", GrantPins.from_chain)
 
