@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Final
 
 from ehrshare.errors import (
+    EXIT_INTEGRITY,
     ConfigurationError,
     EhrshareError,
     IntegrityFailure,
@@ -59,10 +60,10 @@ def status_for(exc: EhrshareError) -> int:
         return 404
     if isinstance(exc, InvalidInput | UsageError):
         return 422
-    if isinstance(exc, Unavailable):
-        return 503
-    if isinstance(exc, IntegrityFailure):
-        return 502
+    if isinstance(exc, Unavailable | IntegrityFailure):
+        # By the family an error lists first, as the CLI's exit code: a ciphertext missing or
+        # altered (RecordIntegrityError, also a RecordStorageError) is 502, not "transient".
+        return 502 if exc.exit_code == EXIT_INTEGRITY else 503
     if isinstance(exc, ConfigurationError):
         return 500
     if isinstance(exc, VersionConflict):
