@@ -5,6 +5,9 @@ checked whole before anything is written. Refused requests change nothing."""
 
 from __future__ import annotations
 
+import json
+import sys
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,6 +16,8 @@ from fhir_world import Fhir, state_digest
 from test_fhir_records import consent, valid
 
 from ehrshare.demo import lab_observation
+from ehrshare_chaincode import canonical
+from ehrshare_chaincode.stub import create_composite_key
 
 
 def _root(fhir: Fhir) -> Any:
@@ -317,3 +322,31 @@ def test_a_transaction_is_one_ledger_transaction_with_every_entry_logged(fhir: F
     assert len({e["tx_id"] for e in written[-3:]}) == 1
     assert written[-4]["tx_id"] != written[-1]["tx_id"]  # the earlier create: its own
     assert verified.valid
+
+
+def test_a_vread_of_a_version_whose_kind_was_edited_is_502(fhir: Fhir) -> None:
+    """An older version's pointer is read unchecked (a query); its kind, hand-edited in the
+    ledger's database to another resourceType's, does not name what the content decrypts to:
+    an integrity failure (502), not an answer (issue 17; tests/sdk/test_record_kind_tamper.py)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "ledger"))
+    try:
+        import forge
+    finally:
+        sys.path.pop(0)
+    with fhir.client("alice") as alice:
+        rid = _create(alice)
+        assert _update(alice, rid, 14.1).status_code == 200
+        assert alice.get(f"/Observation/{rid}/_history/1").status_code == 200
+        key = create_composite_key("ehr.recver", [rid, f"{1:012d}"]).encode()
+        db = forge.open_db(_root(fhir) / "ledger")
+        try:
+            (raw,) = db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+            pointer = json.loads(raw)
+            pointer["kind"] = fhir.consortium.profile.labels().kind("Specimen")
+            forge.set_state(db, key, canonical.dumps(pointer))
+        finally:
+            db.close()
+        r = alice.get(f"/Observation/{rid}/_history/1")
+        assert r.status_code == 502, r.text
+        assert "does not name the resourceType" in r.text
+        assert alice.get(f"/Observation/{rid}").status_code == 200  # the current version

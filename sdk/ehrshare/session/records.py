@@ -447,7 +447,9 @@ class Records(TypeKeyRotation):
         decrypt.
         """
         ref_read, plaintext = self._open_plain(ref, grant, version)
-        return ref_read, self._validated(ref_read.record_id, plaintext)
+        model = self._validated(ref_read.record_id, plaintext)
+        self._check_read_kind(ref_read, model.get_resource_type())
+        return ref_read, model
 
     def open_record_json(
         self,
@@ -461,7 +463,8 @@ class Records(TypeKeyRotation):
         than as a model — dumping a model again costs more than the rest of an owner's read.
         """
         ref_read, plaintext = self._open_plain(ref, grant, version)
-        self._validated(ref_read.record_id, plaintext)
+        model = self._validated(ref_read.record_id, plaintext)
+        self._check_read_kind(ref_read, model.get_resource_type())
         data: dict[str, Any] = json.loads(plaintext)
         return ref_read, data
 
@@ -533,7 +536,20 @@ class Records(TypeKeyRotation):
         hints: tuple[str, str] = ("", ""),
     ) -> tuple[RecordRef, FHIRAbstractModel]:
         ref, plaintext = self._read_plain(record_id, grant_id, version, with_keys, hints)
-        return ref, self._validated(record_id, plaintext)
+        model = self._validated(record_id, plaintext)
+        self._check_read_kind(ref, model.get_resource_type())
+        return ref, model
+
+    def _check_read_kind(self, ref: RecordRef, resource_type: str) -> None:
+        """A pointer's kind must name the resourceType it decrypted to (every version is
+        registered with it): else the pointer was edited, an integrity failure as an edited
+        type label (no capsule opens) or cid (no such content) is."""
+        if ref.kind and ref.kind != self.labels.kind(resource_type):
+            raise RecordIntegrityError(
+                f"record {ref.record_id} version {ref.version}: its pointer's kind "
+                f"{ref.kind} does not name the resourceType its content decrypted to "
+                f"({resource_type}); the pointer was edited: run 'ehrshare ledger verify'"
+            )
 
     def _read_plain(
         self,
