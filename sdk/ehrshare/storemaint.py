@@ -132,13 +132,18 @@ def record_versions(profile: Profile, wallet: Wallet | None) -> list[RecordVersi
     )
 
 
-def grant_pins(profile: Profile, wallet: Wallet | None) -> list[GrantPins]:
+def grant_pins(
+    profile: Profile, wallet: Wallet | None, *, page_size: int = _PAGE
+) -> list[GrantPins]:
     """Every grant valid now with its grantee's hospital and the records it covers
-    (``ListGrantPins``, page by page), asked as :func:`record_versions` asks; a grant whose
-    records the chaincode split across pages is given once, its parts merged."""
+    (``ListGrantPins``, pages of ``page_size`` records), asked as :func:`record_versions`
+    asks; a grant whose records the chaincode split across pages is given once, its parts
+    merged."""
     return merge_grant_parts(
         _every_page(
-            profile, wallet, lambda chain, bm: chain.list_grant_pins(page_size=_PAGE, bookmark=bm)
+            profile,
+            wallet,
+            lambda chain, bm: chain.list_grant_pins(page_size=page_size, bookmark=bm),
         )
     )
 
