@@ -55,9 +55,11 @@ def pins_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[World
     _write(alice, ALICE, "lab", ALICE_LAB)
     _write(alice, ALICE, "rad", ALICE_RAD)
     _write(carol, CAROL, "lab", CAROL_LAB)
-    rad = alice.submit("GrantAccess", "rad", zed.ibe_id, FAR, "1", "", "", PROXY)["grant_id"]
-    to_zed = carol.submit("GrantAccess", "lab", zed.ibe_id, FAR, "1", "", "", PROXY)["grant_id"]
-    gone = carol.submit("GrantAccess", "lab", dave.ibe_id, FAR, "1", "", "", PROXY)["grant_id"]
+    # Ids chosen so that the revoked grant lies between two valid ones in key order.
+    rad, gone, to_zed = ("g-" + c * 32 for c in "159")
+    alice.submit("GrantAccess", "rad", zed.ibe_id, FAR, "1", "", "", PROXY, rad)
+    carol.submit("GrantAccess", "lab", zed.ibe_id, FAR, "1", "", "", PROXY, to_zed)
+    carol.submit("GrantAccess", "lab", dave.ibe_id, FAR, "1", "", "", PROXY, gone)
     carol.submit("RevokeAccess", gone)
     expected = {
         w.grants["grantee"]: ("Org1MSP", int(FAR), {"r-1", *ALICE_LAB}),
