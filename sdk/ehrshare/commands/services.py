@@ -43,7 +43,7 @@ from ehrshare.ledger.store import DEFAULT_MAX_CLOCK_SKEW_S
 from ehrshare.services.kgc import DkgFollower, KgcNode
 from ehrshare.services.proxy import ReencryptionProxy, RevocationFollower
 from ehrshare.services.rpc import serve_kgc, serve_proxy
-from ehrshare.services.tls import ClientTrust, ServerTls, issue_tls_certificate
+from ehrshare.services.tls import ReloadingClientTrust, ServerTls, issue_tls_certificate
 from ehrshare.services.vault import (
     atomic_write,
     check_key_file_outside,
@@ -132,12 +132,21 @@ def _gateway(opts: ServeOptions) -> tuple[api.Gateway, Callable[[], None]]:
         raise _fail(str(exc)) from None
 
 
-def _server_tls(tls_cert: Path, tls_key: Path, client_cas: list[Path]) -> ServerTls:
-    if not client_cas:
-        raise _fail("give at least one --client-ca (a consortium CA certificate)")
-    return ServerTls(
-        tls_cert.read_bytes(), read_key_file(tls_key), ClientTrust.from_pem_files(client_cas)
-    )
+def _server_tls(
+    tls_cert: Path, tls_key: Path, client_cas: list[Path], client_ca_dir: Path | None
+) -> ServerTls:
+    if not client_cas and client_ca_dir is None:
+        raise _fail(
+            "give --client-ca-dir (a directory of consortium CA certificates) or at least one "
+            "--client-ca"
+        )
+    if client_ca_dir is not None and not client_ca_dir.is_dir():
+        raise _fail(f"--client-ca-dir {client_ca_dir} is not a directory")
+    try:
+        trust = ReloadingClientTrust(client_cas, client_ca_dir)
+    except (OSError, ValueError) as exc:
+        raise _fail(f"the client CAs cannot be read: {exc}") from None
+    return ServerTls(tls_cert.read_bytes(), read_key_file(tls_key), trust)
 
 
 def _catch_stop_signals() -> threading.Event:
@@ -201,7 +210,19 @@ LedgerTlsKeyOpt = Annotated[
     typer.Option("--ledger-tls-key", help="Its key (the wallet's tls-key.pem, mode 0600)."),
 ]
 ClientCaOpt = Annotated[
-    list[Path], typer.Option("--client-ca", help="Consortium CA certificate (repeat per org).")
+    list[Path],
+    typer.Option(
+        "--client-ca",
+        help="Consortium CA certificate (repeat per org); read again when it changes.",
+    ),
+]
+ClientCaDirOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--client-ca-dir",
+        help="Directory of consortium CA certificates (*.pem), read again when it changes: a "
+        "CA written there is trusted for new connections without a restart.",
+    ),
 ]
 LogFileOpt = Annotated[
     Path | None, typer.Option("--log-file", help="Log file (default: in the state directory).")
@@ -253,6 +274,7 @@ class ServeOptions:
     tls_cert: TlsCertOpt
     tls_key: TlsKeyOpt
     client_ca: ClientCaOpt = field(default_factory=list)
+    client_ca_dir: ClientCaDirOpt = None
     log_file: LogFileOpt = None
     port_file: PortFileOpt = None
 
@@ -320,7 +342,7 @@ def _run_service(
     log_path = opts.log_file or opts.state_dir / log_name
     opts.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     _setup_logging(log_path)
-    tls = _server_tls(opts.tls_cert, opts.tls_key, opts.client_ca)
+    tls = _server_tls(opts.tls_cert, opts.tls_key, opts.client_ca, opts.client_ca_dir)
     stop = _catch_stop_signals()
     gateway, close_ledger = _gateway(opts)
     try:

@@ -127,6 +127,33 @@ def _unary(
     return grpc.unary_unary_rpc_method_handler(call)
 
 
+def _credentials(tls: ServerTls) -> grpc.ServerCredentials:
+    """Mutual TLS whose client CAs are the trust's current set: gRPC calls ``fetch`` before
+    every new connection's handshake, and it hands over a new configuration only when the set
+    changed since the last one it handed over (a new CA file, or one removed)."""
+    trust = tls.trust
+    served = [trust.generation]
+
+    def config() -> Any:
+        return grpc.ssl_server_certificate_configuration(
+            [(tls.private_key_pem, tls.certificate_pem)], root_certificates=trust.bundle_pem
+        )
+
+    def fetch() -> Any:
+        try:
+            trust.refresh()
+            if trust.generation == served[0]:
+                return None
+            served[0] = trust.generation
+            return config()
+        except Exception:  # never into gRPC's handshake path; the current set stays
+            _log.exception("could not re-read the client CAs")
+            return None
+
+    initial = config()
+    return grpc.dynamic_ssl_server_credentials(initial, fetch, require_client_authentication=True)
+
+
 def _server(listen: str, tls: ServerTls, max_workers: int) -> tuple[grpc.Server, int]:
     from concurrent.futures import ThreadPoolExecutor
 
@@ -134,12 +161,7 @@ def _server(listen: str, tls: ServerTls, max_workers: int) -> tuple[grpc.Server,
     if host not in ("127.0.0.1", "localhost", "[::1]"):
         _log.warning("listening on %s, which is not a loopback address", listen)
     server = grpc.server(ThreadPoolExecutor(max_workers=max_workers))
-    credentials = grpc.ssl_server_credentials(
-        [(tls.private_key_pem, tls.certificate_pem)],
-        root_certificates=tls.trust.bundle_pem,
-        require_client_auth=True,
-    )
-    port = server.add_secure_port(listen, credentials)
+    port = server.add_secure_port(listen, _credentials(tls))
     if port == 0:
         raise OSError(f"could not listen on {listen}")
     return server, port

@@ -10,6 +10,13 @@ caller's identity for authorisation is taken from that verified certificate —
 ``<MSP id>/<common name>``, exactly as the chaincode derives IBE identities — never from a
 request field.
 
+A running service takes a new consortium CA without a restart: :class:`ReloadingClientTrust`
+reads its CAs from files (``--client-ca`` files and the ``*.pem`` of a ``--client-ca-dir``) and
+reads them again when they change (a ``stat`` of each, at every new TLS handshake and every
+call); the gRPC server asks it for the current CA bundle before each handshake
+(:func:`ehrshare.services.rpc._server`). A set that cannot be read whole — a file unreadable or
+malformed mid-run, or no CA left — is logged and the last good set stays in force.
+
 What this module must not do: log private keys, accept a certificate that does not verify under
 a trusted CA or lacks clientAuth, or derive an identity from anything but the peer certificate
 gRPC verified.
@@ -17,6 +24,9 @@ gRPC verified.
 
 from __future__ import annotations
 
+import logging
+import os
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,11 +42,14 @@ __all__ = [
     "REISSUE_HINT",
     "ClientTls",
     "ClientTrust",
+    "ReloadingClientTrust",
     "ServerTls",
     "UnauthenticatedCaller",
     "issue_tls_certificate",
 ]
 
+
+_log = logging.getLogger(__name__)
 
 REISSUE_HINT = (
     "re-issue the wallet's TLS client certificate with "
@@ -82,28 +95,31 @@ class ClientTrust:
     """The consortium CAs a server accepts client certificates from, keyed by MSP id."""
 
     def __init__(self, cas: Iterable[tuple[str, bytes]]) -> None:
-        self._cas: list[tuple[str, x509.Certificate]] = []
-        pems: list[bytes] = []
-        for msp_id, pem in cas:
-            self._cas.append((msp_id, x509.load_pem_x509_certificate(pem)))
-            pems.append(pem.strip() + b"\n")
-        if not self._cas:
-            raise ValueError("a server needs at least one trusted client CA")
-        self.bundle_pem = b"".join(pems)
+        self._set = _CaSet.of(cas)
 
     @classmethod
     def from_pem_files(cls, paths: Iterable[Path]) -> ClientTrust:
         """CAs from PEM files; each CA's MSP id is its subject's organisation name."""
-        entries = []
-        for path in paths:
-            pem = Path(path).read_bytes()
-            entries.append((_msp_of(x509.load_pem_x509_certificate(pem)), pem))
-        return cls(entries)
+        return cls(_read_pem_files(paths))
+
+    @property
+    def bundle_pem(self) -> bytes:
+        """The trusted CA certificates (PEM, concatenated): what the TLS handshake checks."""
+        return self._set.bundle_pem
+
+    @property
+    def generation(self) -> int:
+        """Counts the changes of the set (0: the set it started with)."""
+        return 0
+
+    def refresh(self) -> bool:
+        """Read the set again if its files changed; True if it changed (never, here)."""
+        return False
 
     def identity_of(self, cert_pem: bytes) -> str:
         """``<MSP id>/<common name>`` of a certificate issued by one of the trusted CAs."""
         cert = x509.load_pem_x509_certificate(cert_pem)
-        for msp_id, ca in self._cas:
+        for msp_id, ca in self._set.cas:
             if ca.subject != cert.issuer:
                 continue
             try:
@@ -132,7 +148,103 @@ class ClientTrust:
         certs = auth.get("x509_pem_cert") or []
         if not certs:
             raise UnauthenticatedCaller("the call carries no client certificate")
+        self.refresh()  # a CA removed since the connection opened no longer names its callers
         return self.identity_of(bytes(certs[0]))
+
+
+@dataclass(frozen=True)
+class _CaSet:
+    cas: tuple[tuple[str, x509.Certificate], ...]
+    bundle_pem: bytes
+
+    @classmethod
+    def of(cls, entries: Iterable[tuple[str, bytes]]) -> _CaSet:
+        cas = []
+        pems: list[bytes] = []
+        for msp_id, pem in entries:
+            cas.append((msp_id, x509.load_pem_x509_certificate(pem)))
+            pems.append(pem.strip() + b"\n")
+        if not cas:
+            raise ValueError("a server needs at least one trusted client CA")
+        return cls(tuple(cas), b"".join(pems))
+
+
+def _read_pem_files(paths: Iterable[Path]) -> list[tuple[str, bytes]]:
+    entries = []
+    for path in paths:
+        pem = Path(path).read_bytes()
+        try:
+            entries.append((_msp_of(x509.load_pem_x509_certificate(pem)), pem))
+        except ValueError as exc:
+            raise ValueError(f"{path} is not a CA certificate (PEM): {exc}") from None
+    return entries
+
+
+_Stamp = tuple[tuple[str, int, int, int], ...]
+
+
+class ReloadingClientTrust(ClientTrust):
+    """The client CAs in ``files`` and in ``directory`` (its ``*.pem``), read again when they
+    change.
+
+    :meth:`refresh` compares each file's inode, size and modification time with the last look
+    (a ``stat`` per file: cheap enough for every handshake) and reads the set again when they
+    differ. A set that fails to read whole — a file unreadable, not a PEM certificate, or no
+    CA left — is logged as an error and the last good set stays in force; the next change of
+    the files is tried again. The first read must succeed (raises ``ValueError`` /
+    ``OSError``)."""
+
+    def __init__(self, files: Sequence[Path] = (), directory: Path | None = None) -> None:
+        self.files = tuple(Path(f) for f in files)
+        self.directory = directory
+        self._lock = threading.Lock()
+        self._stamp = self._look()
+        super().__init__(_read_pem_files(self._paths()))
+        self._generation = 0
+
+    def _paths(self) -> list[Path]:
+        paths = list(self.files)
+        if self.directory is not None:
+            # Not the dot-named temporary files of an atomic write under way (or killed).
+            paths += sorted(
+                p
+                for p in self.directory.glob("*.pem")
+                if not p.name.startswith(".") and p.is_file()
+            )
+        return paths
+
+    def _look(self) -> _Stamp:
+        stamp = []
+        for path in self._paths():
+            try:
+                st = os.stat(path)
+            except OSError:
+                stamp.append((str(path), -1, -1, -1))
+                continue
+            stamp.append((str(path), st.st_ino, st.st_size, st.st_mtime_ns))
+        return tuple(stamp)
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    def refresh(self) -> bool:
+        stamp = self._look()
+        with self._lock:
+            if stamp == self._stamp:
+                return False
+            self._stamp = stamp  # taken before reading: a change while reading is seen next time
+            try:
+                fresh = _CaSet.of(_read_pem_files(self._paths()))
+            except (OSError, ValueError) as exc:
+                _log.error("client CAs not re-read, the last good set stays in force: %s", exc)
+                return False
+            if fresh.bundle_pem == self._set.bundle_pem:
+                return False
+            self._set = fresh
+            self._generation += 1
+        _log.info("client CAs re-read: %s", ", ".join(msp for msp, _ in fresh.cas))
+        return True
 
 
 def _client_auth(cert: x509.Certificate) -> bool:
