@@ -57,6 +57,7 @@ def test_serve_commands_keep_their_flags_defaults_and_required_options() -> None
         "tls_cert": (("--tls-cert",), True, None),
         "tls_key": (("--tls-key",), True, None),
         "client_ca": (("--client-ca",), False, []),
+        "client_ca_dir": (("--client-ca-dir",), False, None),
         "log_file": (("--log-file",), False, None),
         "port_file": (("--port-file",), False, None),
     }

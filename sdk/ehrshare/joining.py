@@ -16,11 +16,16 @@ The steps, each found done and skipped when an interrupted run is repeated:
 With a private IPFS swarm, between 2 and 3 the hospital's Kubo node joins it (**storage**:
 repository in the hospital's directory, the swarm's key, every node's peering naming it).
 
-With the services as processes (``consortium init --services processes``), step 3 names them
-with addresses and TLS server certificates issued by the hospital's CA into its own directory,
-and the hospital's CA among the profile's client CAs; between 3 and 4 **services** makes the
-running services match the profile (``network up``'s supervisor reloads it: the new KGC node and
-proxy start, the others restart one at a time; or ``network up`` when none runs); step 4 opens
+With the services as processes (``consortium init --services processes``), before step 3
+**client-cas** writes the hospital's CA certificate (atomically) into the directory every
+running service reads its client CAs from and reads again when it changes (``client_cas:``,
+``--client-ca-dir``): they trust the new members for new connections without a restart. Step 3
+names the new services with addresses and TLS server certificates issued by the hospital's CA
+into its own directory, and the CA among the profile's ``cas``; between 3 and 4 **services**
+makes the running services match the profile (``network up``'s supervisor reloads it: the new
+KGC node and proxy start, the others keep running with the command line they had; a profile
+written before ``client_cas:`` gets it in this join, and its services restart once, one at a
+time; or ``network up`` when none runs); step 4 opens
 the resharing on chain for the node processes to run (its nonce kept in ``joins/<MSP>.json``
 first, so a repeated run waits for it) and waits until the new node holds its share.
 
@@ -35,7 +40,8 @@ approved for its organisation, and named in the profile's ``ledger.peers``.
 
 Crash points (``EHRSHARE_FAULT_AT``): ``add_hospital.after_config``,
 ``add_hospital.after_peer`` (Fabric), ``add_hospital.after_register``,
-``add_hospital.after_storage``, ``add_hospital.after_profile``, ``add_hospital.after_services``
+``add_hospital.after_storage``, ``add_hospital.after_client_cas``,
+``add_hospital.after_profile``, ``add_hospital.after_services``
 and ``add_hospital.reshare_opened`` (processes), ``add_hospital.after_reshare``
 (and the resharing's own ``reshare.promoted``/``reshare.retired``). Until step 1 commits nothing
 changed; after it, each later step only adds what the hospital needs and a repeated run finishes.
@@ -67,6 +73,7 @@ from ehrshare.ledger.errors import GatewayError
 from ehrshare.membership import InvalidUpdate, MembershipUpdate, StaleUpdate
 from ehrshare.network.fabric.spec import FabricNetError
 from ehrshare.network.netns import NodeHost
+from ehrshare.network.services import CLIENT_CA_DIR
 from ehrshare.profile import KgcNodeConfig, Profile, ProxyConfig, ServiceConfig
 from ehrshare.services.vault import atomic_write
 from ehrshare.wallet import Wallet
@@ -79,7 +86,16 @@ __all__ = ["FabricJoinUnsupported", "JoinOutcome", "add_hospital", "compute_upda
 _log = logging.getLogger(__name__)
 
 Progress = Callable[[str], None]
-STEPS: Final = ("config", "peer", "register", "storage", "profile", "services", "reshare")
+STEPS: Final = (
+    "config",
+    "peer",
+    "register",
+    "storage",
+    "client-cas",
+    "profile",
+    "services",
+    "reshare",
+)
 
 
 class FabricJoinUnsupported(ConfigurationError):
@@ -272,6 +288,9 @@ def add_hospital(
         if added:
             performed.done("storage")
             fault_point("add_hospital.after_storage")
+    if processes and _client_cas(profile_path, hospital, say):
+        performed.done("client-cas")
+        fault_point("add_hospital.after_client_cas")
     if _write_profile(profile_path, hospital, say, swarm_url, processes=processes):
         performed.done("profile")
         fault_point("add_hospital.after_profile")
@@ -629,6 +648,10 @@ def _write_profile(
     ca_cert = hospital.ca_dir / "ca-cert.pem"
     if profile.ca_files and ca_cert not in profile.ca_files:
         updated = replace(updated, ca_files=(*profile.ca_files, ca_cert))
+    if processes and profile.client_ca_dir is None:
+        # A profile written before 'client_cas': its services take the directory from now on
+        # (this join restarts them once with it; the next joins restart none).
+        updated = replace(updated, client_ca_dir=path.parent / CLIENT_CA_DIR)
     if profile.swarm is not None and swarm_url is not None:
         nodes = (*profile.swarm.nodes, (hospital.msp_id, swarm_url))
         updated = replace(updated, swarm=replace(profile.swarm, nodes=nodes))
@@ -670,11 +693,30 @@ def _reshare(
     return tuple(str(m) for m in final["roster"]), tau, True
 
 
+def _client_cas(profile_path: Path, hospital: HospitalDir, say: Progress) -> bool:
+    """Step client-cas (processes): the new hospital's CA certificate into the directory the
+    running services read their client CAs from (``client_cas:``), by an atomic write; they
+    trust its members for new connections from then on, without a restart. A profile written
+    before that directory gets every CA there (and the profile step names it). True if a file
+    was written."""
+    from ehrshare.network.services import write_client_cas
+
+    profile = Profile.load(profile_path)
+    directory = profile.client_ca_dir or profile_path.parent / CLIENT_CA_DIR
+    ca_cert = hospital.ca_dir / "ca-cert.pem"
+    cas = [*profile.ca_files, *(() if ca_cert in profile.ca_files else (ca_cert,))]
+    written = write_client_cas(directory, cas)
+    if written:
+        say(f"trusting {hospital.msp_id}'s CA in {directory} (the running services re-read it)")
+    return bool(written)
+
+
 def _start_services(profile_path: Path, say: Progress) -> bool:
     """Step services (processes): the running services take the profile that names the new
-    KGC node and proxy — the supervisor of ``network up`` starts them and restarts the others
-    one at a time with the new hospital's CA among their client CAs — or, with nothing
-    running, ``network up`` starts them all. True if anything was started or restarted."""
+    KGC node and proxy — the supervisor of ``network up`` starts them; the others keep running
+    (they trust the new CA from the client-cas step; with a profile written before
+    ``client_cas:`` it restarts them once, one at a time) — or, with nothing running,
+    ``network up`` starts them all. True if anything was started or restarted."""
     from ehrshare.network.control import sync_services
 
     say("starting the new hospital's KGC node and proxy under the services' supervisor")

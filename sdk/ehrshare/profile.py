@@ -297,6 +297,11 @@ class Profile:
     max_record_bytes: int
     wallets: Path
     ca_files: tuple[Path, ...] = ()
+    # ``client_cas:``: the directory of the consortium CA certificates (``<MSP id>.pem``) the
+    # service processes trust as client CAs and read again when it changes
+    # (``--client-ca-dir``); None (a profile written before it): each ``cas`` file is passed
+    # as a ``--client-ca`` of its own.
+    client_ca_dir: Path | None = None
     ledger_backend: str = "embedded"
     fabric: FabricLedger | None = None
     # The consortium's id (``id:``), written by 'consortium init' into the ledger and the store
@@ -365,6 +370,8 @@ class Profile:
         }
         if self.ca_files:
             data["cas"] = [rel(c) for c in self.ca_files]
+        if self.client_ca_dir is not None:
+            data["client_cas"] = rel(self.client_ca_dir)
         return data
 
     def to_yaml(self, header: str = "", base: Path | None = None) -> str:
@@ -504,6 +511,8 @@ class Profile:
         if not isinstance(cas_raw, list):
             raise fail("cas", "must list the consortium's CA certificate files")
         ca_files = tuple(rel(c, f"cas[{i}]") for i, c in enumerate(cas_raw))
+        client_cas = data.get("client_cas")
+        client_ca_dir = None if client_cas is None else rel(client_cas, "client_cas")
 
         consortium_id = data.get("id", "")
         if not isinstance(consortium_id, str):
@@ -532,6 +541,7 @@ class Profile:
             max_record_bytes=max_bytes,
             wallets=rel(data.get("wallets", "wallets"), "wallets"),
             ca_files=ca_files,
+            client_ca_dir=client_ca_dir,
             ledger_backend=backend,
             fabric=fabric,
             consortium_id=consortium_id,

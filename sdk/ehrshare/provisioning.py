@@ -714,11 +714,18 @@ def _switch_to_processes(root: Path, ports: Sequence[int], hosts: Mapping[str, N
         replace(px, service=served(px.service, px.name, px.msp_id, port))
         for px, port in zip(proxies, ports[: len(proxies)], strict=True)
     )
+    from ehrshare.network.services import CLIENT_CA_DIR, write_client_cas
+
+    ca_files = tuple(sorted((root / "ca").glob("*/ca-cert.pem")))
+    # The services' client CAs, as copies in one directory they read again when it changes:
+    # a hospital's join adds its CA there without restarting them.
+    write_client_cas(root / CLIENT_CA_DIR, ca_files)
     profile = replace(
         profile,
         kgc_nodes=nodes,
         proxies=served_proxies,
-        ca_files=tuple(sorted((root / "ca").glob("*/ca-cert.pem"))),
+        ca_files=ca_files,
+        client_ca_dir=root / CLIENT_CA_DIR,
     )
     atomic_write(path, profile.to_yaml(PROCESSES_HEADER).encode(), mode=0o644)
 

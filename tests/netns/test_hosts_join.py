@@ -214,7 +214,15 @@ def test_a_hospital_joins_a_consortium_on_hosts_on_a_host_of_its_own(
     joined = _cli(*join, env=env)
     assert joined.returncode == 0, joined.stderr[-4000:]
     performed = json.loads(joined.stdout)["performed"]
-    assert performed == ["peer", "register", "storage", "profile", "services", "reshare"]
+    assert performed == [
+        "peer",
+        "register",
+        "storage",
+        "client-cas",
+        "profile",
+        "services",
+        "reshare",
+    ]
     record = load_hosts(directory)
     assert record is not None and "HospitalDMSP" in record.hosts
     d = record.hosts["HospitalDMSP"]

@@ -1,10 +1,12 @@
 """'consortium add-hospital' on a consortium whose KGC nodes and proxies run as processes
 ('consortium init --services processes', started by 'network up'): the new hospital's KGC node
 and proxy get TLS server certificates from its own CA in its own directory, the supervisor
-starts them (and restarts the others, one at a time, with the new CA among their client CAs),
-the node processes reshare to a committee with the new node, and a clinician of the new hospital
-reads a record granted afterwards through the new hospital's proxy process. Embedded ledger,
-real processes over mutual TLS.
+starts them, the running services take the new CA from their client-CA directory without a
+restart (same pids, and they answer the new hospital's members), the node processes reshare to
+a committee with the new node, and a clinician of the new hospital reads a record granted
+afterwards through the new hospital's proxy process. A profile written before the client-CA
+directory gets it on its next join (its services restart once). Embedded ledger, real
+processes over mutual TLS.
 """
 
 from __future__ import annotations
@@ -25,8 +27,12 @@ from test_add_hospital import _secrets
 from cliproc import run_ehrshare
 from ehrshare.demo import lab_observation
 from ehrshare.hospital import init_hospital
+from ehrshare.network.services import service_commands
 from ehrshare.network.supervisor import free_loopback_ports, pid_alive
+from ehrshare.profile import Profile
 from ehrshare.provisioning import Consortium
+from ehrshare.services.rpc import GrpcKgcClient, GrpcProxyClient
+from ehrshare.services.tls import ClientTls
 from ehrshare.wallet import Wallet
 
 pytestmark = pytest.mark.slow
@@ -133,6 +139,40 @@ def clinician_reads(base: Path, name: str = "drdee", *, grant: bool = True) -> d
     return answer
 
 
+OLD_SERVICES = (
+    "kgc1",
+    "kgc2",
+    "kgc3",
+    *sorted(("proxy-hospitala", "proxy-hospitalb", "proxy-hospitalc")),
+)
+
+
+def service_pids(base: Path) -> dict[str, object]:
+    return {name: svc["pid"] for name, svc in status(base).items()}
+
+
+def answers_as(
+    base: Path, wallet: Path, names: tuple[str, ...] = OLD_SERVICES
+) -> dict[str, dict[str, object]]:
+    """What each named service's Health call answers a caller with ``wallet``'s TLS client
+    certificate (mutual TLS: the service must trust the certificate's CA)."""
+    identity, signer = Wallet(wallet, use_env=False).load_tls()
+    answers = {}
+    for cmd in service_commands(Profile.load(base / "c" / "profile.yaml")):
+        if cmd.name not in names:
+            continue
+        assert cmd.service is not None and cmd.service.tls_ca is not None
+        tls = ClientTls.for_member(identity, signer, [cmd.service.tls_ca.read_bytes()])
+        client: GrpcKgcClient | GrpcProxyClient
+        if cmd.args[0] == "kgc":
+            client = GrpcKgcClient(cmd.address, index=0, tls=tls)
+        else:
+            client = GrpcProxyClient(cmd.address, tls=tls)
+        with client:
+            answers[cmd.name] = client.health(timeout=10)
+    return answers
+
+
 def _pids(base: Path) -> list[int]:
     state = json.loads((base / "c" / "run" / "network.json").read_text(encoding="utf-8"))
     return [state["supervisor_pid"], *(s["pid"] for s in state["services"].values())]
@@ -142,16 +182,22 @@ def test_a_hospital_joins_a_consortium_of_service_processes(world: Path) -> None
     c = world / "c"
     assert ehrshare("network", "up", "-p", str(c)).returncode == 0
     before = status(world)
-    assert sorted(before) == [
-        "kgc1",
-        "kgc2",
-        "kgc3",
-        *sorted(("proxy-hospitala", "proxy-hospitalb", "proxy-hospitalc")),
-    ]
+    assert sorted(before) == list(OLD_SERVICES)
+    commands_before = {c.name: c.args for c in service_commands(Profile.load(c / "profile.yaml"))}
     joined = add_hospital(world)
     assert joined.returncode == 0, joined.stderr
     outcome = json.loads(joined.stdout)
-    assert outcome["performed"] == ["config", "register", "profile", "services", "reshare"]
+    assert outcome["performed"] == [
+        "config",
+        "register",
+        "client-cas",
+        "profile",
+        "services",
+        "reshare",
+    ]
+    assert (c / "client-cas" / "HospitalDMSP.pem").read_bytes() == (
+        world / "hd" / "ca" / "HospitalDMSP" / "ca-cert.pem"
+    ).read_bytes()
     assert "HospitalDMSP/kgc" in committee(world)
     # Its services run under the same supervisor, answer Health over mutual TLS, and present
     # certificates from the hospital's own CA, made in its directory.
@@ -175,13 +221,28 @@ def test_a_hospital_joins_a_consortium_of_service_processes(world: Path) -> None
     for name, needles in secrets_of.items():
         for path, data in contents.items():
             assert not any(n in data for n in needles), f"{name} of HospitalD found in {path}"
-    # The other services were restarted (the new CA among their client CAs), not left stale.
-    assert all(after[n]["pid"] != before[n]["pid"] for n in before)
+    # The other services kept running (same processes, same command lines) and trust the new
+    # CA: a member of the new hospital is answered by every one of them.
+    assert {n: after[n]["pid"] for n in before} == {n: before[n]["pid"] for n in before}
+    commands_after = {c.name: c.args for c in service_commands(Profile.load(c / "profile.yaml"))}
+    assert {n: commands_after[n] for n in commands_before} == commands_before
+    issued = ehrshare("hospital", "add-member", str(world / "hd"), "drdee", "--role", "clinician")
+    assert issued.returncode == 0, issued.stderr
+    answers = answers_as(world, world / "hd" / "wallets" / "drdee")
+    assert sorted(answers) == list(OLD_SERVICES)
+    assert [answers[f"kgc{i}"] for i in (1, 2, 3)] == [
+        {"service": "kgc", "index": i} for i in (1, 2, 3)
+    ]
+    assert answers["proxy-hospitala"] == {"service": "proxy", "name": "proxy-hospitala"}
     # The new node holds its share of the final resharing.
     with Consortium.open(c / "profile.yaml") as cons:
         session = str(cons.dkg_result()["nonce"])
     assert (world / "hd" / "kgc" / "current-session").read_text().strip() == session
-    clinician_reads(world)
+    # Her enrolment extracts key shares from KGC nodes of the old hospitals too (τ = 2 of 4).
+    assert set(clinician_reads(world)["kgc_nodes_used"]) & {1, 2, 3}  # type: ignore[arg-type]
+    assert {n: p for n, p in service_pids(world).items() if n in before} == {
+        n: before[n]["pid"] for n in before
+    }
     again = add_hospital(world)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["performed"] == []
@@ -247,6 +308,7 @@ def _until(check: object, proc: subprocess.Popen[bytes], limit: float = 60.0) ->
 @pytest.mark.parametrize(
     "fault",
     [
+        "add_hospital.after_client_cas",
         "add_hospital.after_profile",
         "add_hospital.after_services",
         "add_hospital.reshare_opened",
@@ -256,8 +318,16 @@ def _until(check: object, proc: subprocess.Popen[bytes], limit: float = 60.0) ->
 def test_kill_at_each_new_step_and_the_next_run_completes(world: Path, fault: str) -> None:
     c = world / "c"
     assert ehrshare("network", "up", "-p", str(c)).returncode == 0
+    before = service_pids(world)
     killed = add_hospital(world, fault=fault)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
+    if fault == "add_hospital.after_client_cas":
+        # Killed right after the CA was written: whole, and trusted by the running services.
+        assert (c / "client-cas" / "HospitalDMSP.pem").read_bytes() == (
+            world / "hd" / "ca" / "HospitalDMSP" / "ca-cert.pem"
+        ).read_bytes()
+        d_kgc = world / "hd" / "wallets" / "kgc"  # a TLS client certificate of D's CA
+        assert sorted(answers_as(world, d_kgc)) == list(OLD_SERVICES)
     # The members keep being served: alice reads her record.
     record = (world / "record").read_text(encoding="utf-8")
     own = ehrshare("record", "get", record, "-p", str(c), "-w", "alice", "--json")
@@ -275,6 +345,38 @@ def test_kill_at_each_new_step_and_the_next_run_completes(world: Path, fault: st
             assert recorded["reshare"] == str(cons.dkg_result()["nonce"])
     after = status(world)
     assert all(after[n]["status"] == "running" for n in NEW_SERVICES), after
+    if fault != "add_hospital.after_profile":  # (that one stopped them all)
+        # Neither the killed run nor the one that finished restarted the running services.
+        assert {n: after[n]["pid"] for n in before} == before
+    clinician_reads(world)
+
+
+def test_a_profile_from_before_the_client_ca_directory_migrates_on_its_next_join(
+    world: Path,
+) -> None:
+    """A profile written before 'client_cas:' (each CA a --client-ca of its own) still starts;
+    its next join writes the directory and names it, and its services restart once with it."""
+    c = world / "c"
+    profile = c / "profile.yaml"
+    text = profile.read_text(encoding="utf-8")
+    assert "client_cas: client-cas\n" in text
+    profile.write_text(text.replace("client_cas: client-cas\n", ""), encoding="utf-8")
+    shutil.rmtree(c / "client-cas")
+    old_args = {cmd.name: cmd.args for cmd in service_commands(Profile.load(profile))}
+    assert all("--client-ca" in a and "--client-ca-dir" not in a for a in old_args.values())
+    assert ehrshare("network", "up", "-p", str(c)).returncode == 0
+    before = service_pids(world)
+    joined = add_hospital(world)
+    assert joined.returncode == 0, joined.stderr
+    assert "client-cas" in json.loads(joined.stdout)["performed"]
+    assert Profile.load(profile).client_ca_dir == c / "client-cas"
+    assert sorted(p.name for p in (c / "client-cas").glob("*.pem")) == [
+        f"Hospital{x}MSP.pem" for x in "ABCD"
+    ]
+    after = service_pids(world)
+    assert all(after[n] != before[n] for n in before)  # restarted once, with the directory
+    new_args = {cmd.name: cmd.args for cmd in service_commands(Profile.load(profile))}
+    assert all("--client-ca-dir" in a and "--client-ca" not in a for a in new_args.values())
     clinician_reads(world)
 
 

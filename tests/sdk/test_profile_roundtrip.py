@@ -266,6 +266,7 @@ def profiles(draw: st.DrawFn, base: Path) -> Profile:
         max_record_bytes=draw(st.integers(min_value=1024, max_value=2**40)),
         wallets=base / draw(relative),
         ca_files=tuple(base / draw(relative) for _ in range(draw(st.integers(0, 2)))),
+        client_ca_dir=draw(st.none() | relative.map(lambda r: base / r)),
         ledger_backend="embedded" if fabric is None else "fabric",
         fabric=fabric,
         consortium_id=draw(st.sampled_from(["", "c-" + "ab" * 16])),

@@ -99,7 +99,14 @@ def test_init_with_processes_writes_serve_commands_from_the_profile(tmp_path: Pa
     kgc2 = list(commands["kgc2"].args)
     assert kgc2[:4] == ["kgc", "serve", "--index", "2"]
     assert kgc2[kgc2.index("--listen") + 1] == f"127.0.0.1:{ports[4]}"
-    assert kgc2.count("--client-ca") == 3
+    # The client CAs: one directory (a copy of each hospital's CA), read again by the running
+    # process when it changes, so a hospital's join does not change this command line.
+    assert "--client-ca" not in kgc2
+    client_cas = Path(kgc2[kgc2.index("--client-ca-dir") + 1])
+    assert client_cas == profile.client_ca_dir == root / "client-cas"
+    assert sorted(p.read_bytes() for p in client_cas.glob("*.pem")) == sorted(
+        ca.read_bytes() for ca in profile.ca_files
+    )
     node_key = Path(kgc2[kgc2.index("--node-key-file") + 1])
     state = Path(kgc2[kgc2.index("--state-dir") + 1])
     assert node_key.is_file() and not node_key.is_relative_to(state)

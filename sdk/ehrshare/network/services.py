@@ -26,13 +26,17 @@ from ehrshare.network.supervisor import Program, RestartPolicy, Supervisor, Supe
 from ehrshare.profile import Profile, ProfileError, ServiceConfig
 
 __all__ = [
+    "CLIENT_CA_DIR",
     "ServiceCommand",
     "ServiceProcessError",
     "ServiceProcesses",
     "service_commands",
+    "write_client_cas",
 ]
 
 DEFAULT_EXECUTABLE: Final = (sys.executable, "-m", "ehrshare")
+CLIENT_CA_DIR: Final = "client-cas"
+"""The directory (in the consortium directory) of the services' client CAs: ``client_cas:``."""
 
 
 class ServiceProcessError(SupervisorError):
@@ -103,9 +107,40 @@ def _common(profile: Profile, svc: ServiceConfig, what: str) -> tuple[list[str],
         args += ["--consortium-id", profile.consortium_id]
     args += ["--channel", profile.channel, "--chaincode", profile.chaincode]
     args += ["--tls-cert", str(tls_cert), "--tls-key", str(tls_key)]
-    for ca in profile.ca_files:
-        args += ["--client-ca", str(ca)]
+    if profile.client_ca_dir is not None:
+        # The same command line whatever CAs the directory holds: a hospital's join writes its
+        # CA there and the running services trust it without a restart.
+        args += ["--client-ca-dir", str(profile.client_ca_dir)]
+    else:  # a profile written before 'client_cas': one option per CA
+        for ca in profile.ca_files:
+            args += ["--client-ca", str(ca)]
     return args, state, address
+
+
+def write_client_cas(directory: Path, ca_files: Sequence[Path]) -> list[Path]:
+    """Copy each CA certificate of ``ca_files`` to ``directory/<MSP id>.pem`` (the MSP id is
+    the certificate's organisation name), each by an atomic write and only when it differs:
+    the running services read the directory again when it changes (``--client-ca-dir``), and
+    a kill leaves each file whole, old or new. Returns the files written."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    from ehrshare.services.vault import atomic_write
+
+    written = []
+    for ca in ca_files:
+        pem = ca.read_bytes()
+        names = x509.load_pem_x509_certificate(pem).subject.get_attributes_for_oid(
+            NameOID.ORGANIZATION_NAME
+        )
+        if not names:
+            raise ProfileError(f"{ca} has no organisation name (the MSP id)")
+        target = directory / f"{names[0].value!s}.pem"
+        if target.is_file() and target.read_bytes() == pem:
+            continue
+        atomic_write(target, pem, mode=0o644)
+        written.append(target)
+    return written
 
 
 def service_commands(profile: Profile) -> list[ServiceCommand]:
@@ -182,7 +217,8 @@ class ServiceProcesses(Supervisor):
     def _reload(self) -> dict[str, Program]:
         """The profile read again (``<run dir>/reload.request``, written by ``consortium
         add-hospital``): its services as programs; the supervisor starts new ones and restarts
-        changed ones (a new consortium CA changes every command line)."""
+        changed ones (with ``client_cas`` a join changes no running service's command line;
+        with a profile written before it, a new CA changed every one)."""
         from ehrshare.network.consortium_hosts import hosts_netns
 
         assert self.profile_path is not None
