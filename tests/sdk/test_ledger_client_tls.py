@@ -198,3 +198,28 @@ def test_serve_needs_a_ledger_tls_certificate_for_a_client_auth_profile(
     gateway, close = _gateway(_serve_options(consortium, ledger_tls_cert=cert, ledger_tls_key=key))
     gateway.close()
     close()
+
+
+def test_serve_takes_the_endorsement_count_its_command_line_gives(
+    consortium: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The service command lines carry the peer client's ledger.endorsers (--ledger-endorsers),
+    # so a join that changes it restarts the services; a count the profile's peers cannot give,
+    # or one for the Gateway client (which plans endorsements itself), is refused (exit 2).
+    wallet = consortium / "wallets" / "kgc1"
+    tls = {"ledger_tls_cert": wallet / "tls-cert.pem", "ledger_tls_key": wallet / "tls-key.pem"}
+    with pytest.raises(typer.Exit) as refused:
+        _gateway(_serve_options(consortium, ledger_endorsers=2, **tls))
+    assert refused.value.exit_code == 2
+    assert "the profile's peers are of 1 orgs" in " ".join(capsys.readouterr().err.split())
+    data = yaml.safe_load((consortium / "profile.yaml").read_text(encoding="utf-8"))
+    data["ledger"]["client"] = "gateway"
+    gateway_profile = consortium / "gateway.yaml"
+    gateway_profile.write_text(yaml.safe_dump(data), encoding="utf-8")
+    with pytest.raises(typer.Exit) as refused:
+        _gateway(_serve_options(consortium, profile=gateway_profile, ledger_endorsers=1, **tls))
+    assert refused.value.exit_code == 2
+    assert "reached without a Gateway" in " ".join(capsys.readouterr().err.split())
+    gateway, close = _gateway(_serve_options(consortium, ledger_endorsers=1, **tls))
+    gateway.close()
+    close()

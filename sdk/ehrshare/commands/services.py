@@ -22,10 +22,10 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields, replace
 from pathlib import Path
 from types import FrameType
-from typing import Annotated, Any, NamedTuple, get_type_hints
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, get_type_hints
 
 import grpc
 import typer
@@ -50,6 +50,9 @@ from ehrshare.services.vault import (
     read_key_file,
     write_key_file,
 )
+
+if TYPE_CHECKING:
+    from ehrshare.profile import Profile
 
 __all__ = ["ServeOptions", "register"]
 
@@ -122,6 +125,8 @@ def _gateway(opts: ServeOptions) -> tuple[api.Gateway, Callable[[], None]]:
                 soft_wrap=True,
             )
             raise typer.Exit(EXIT_CONFIG)
+        if opts.ledger_endorsers is not None:
+            profile = _with_endorsers(profile, opts.ledger_endorsers)
         backend = open_ledger(profile)
     except ProfileError as exc:
         raise _fail(str(exc)) from None
@@ -130,6 +135,21 @@ def _gateway(opts: ServeOptions) -> tuple[api.Gateway, Callable[[], None]]:
     except ValueError as exc:  # ProfileError too: mutual TLS required, no certificate given
         backend.close()
         raise _fail(str(exc)) from None
+
+
+def _with_endorsers(profile: Profile, count: int) -> Profile:
+    """``profile`` with ``count`` endorsing organisations (``--ledger-endorsers``)."""
+    from ehrshare.profile import ProfileError
+
+    fabric = profile.fabric
+    if fabric is None or fabric.client == "gateway":
+        raise ProfileError(
+            "--ledger-endorsers is for a Fabric ledger reached without a Gateway (client: peer)"
+        )
+    orgs = len({p.msp_id for p in fabric.peers})
+    if count > orgs:
+        raise ProfileError(f"--ledger-endorsers {count}: the profile's peers are of {orgs} orgs")
+    return replace(profile, fabric=replace(fabric, endorsers=count))
 
 
 def _server_tls(
@@ -209,6 +229,16 @@ LedgerTlsKeyOpt = Annotated[
     Path | None,
     typer.Option("--ledger-tls-key", help="Its key (the wallet's tls-key.pem, mode 0600)."),
 ]
+LedgerEndorsersOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--ledger-endorsers",
+        min=1,
+        help="How many organisations' peers endorse each transaction, for the peer client "
+        "without a Gateway (overrides the profile's ledger.endorsers). The service command "
+        "lines pass the profile's, so a join that changes it restarts the services.",
+    ),
+]
 ClientCaOpt = Annotated[
     list[Path],
     typer.Option(
@@ -271,6 +301,7 @@ class ServeOptions:
     chaincode: ChaincodeOpt = "ehrshare"
     ledger_tls_cert: LedgerTlsCertOpt = None
     ledger_tls_key: LedgerTlsKeyOpt = None
+    ledger_endorsers: LedgerEndorsersOpt = None
     tls_cert: TlsCertOpt
     tls_key: TlsKeyOpt
     client_ca: ClientCaOpt = field(default_factory=list)

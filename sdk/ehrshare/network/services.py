@@ -100,6 +100,11 @@ def _common(profile: Profile, svc: ServiceConfig, what: str) -> tuple[list[str],
             # profile with ledger.client_auth makes the process refuse to start without it).
             args += ["--ledger-tls-cert", str(wallet / "tls-cert.pem")]
             args += ["--ledger-tls-key", str(wallet / "tls-key.pem")]
+        if profile.fabric is not None and profile.fabric.endorsers is not None:
+            # Read from the profile only at start: on the command line, a join that changes it
+            # (a majority of one more organisation) restarts the services, which the client
+            # CA directory otherwise spares (--client-ca-dir).
+            args += ["--ledger-endorsers", str(profile.fabric.endorsers)]
     else:
         args += ["--ledger", str(profile.ledger_path)]
     if profile.consortium_id:
