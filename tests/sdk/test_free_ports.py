@@ -37,3 +37,13 @@ def test_a_port_in_use_is_never_given() -> None:
         assert len(got) == 1 and got != [taken]
     finally:
         listener.close()
+
+
+def test_a_port_handed_out_is_not_handed_out_again_by_the_same_process() -> None:
+    # Two services chosen for in turn, neither started yet: the second call must not give the
+    # first one's port, free as it still is. A range of 20 ports makes a repeat likely at once.
+    low, _high = procinfo._ephemeral_range()
+    first = procinfo._choose(low - 20, low, 10)
+    second = procinfo._choose(low - 20, low, 10)
+    assert len(set(first)) == 10 and len(set(second)) == 10
+    assert not set(first) & set(second), (first, second)

@@ -10,6 +10,8 @@ import random
 import re
 import signal
 import socket
+import threading
+import time
 from pathlib import Path
 from typing import Final
 
@@ -81,30 +83,47 @@ def free_loopback_ports(count: int) -> list[int]:
     return _choose(floor, low, count)
 
 
+_HANDED_FOR: Final = 600.0  # seconds a port handed out is not handed out again by this process
+_handed: dict[int, float] = {}  # port -> when this process handed it out
+_handed_lock = threading.Lock()
+
+
 def _choose(floor: int, ceiling: int, count: int) -> list[int]:
     """``count`` distinct ports in [floor, ceiling) that bind on 127.0.0.1 now, at random; the
-    kernel's choice for those not found in 200 tries each."""
+    kernel's choice for those not found in 200 tries each. A port this process handed out in
+    the last ten minutes is not chosen again: it may be free only because the service it was
+    chosen for has not bound it yet (one process often chooses ports for several services
+    before starting any)."""
     rng = random.SystemRandom()
     socks: list[socket.socket] = []
-    try:
-        for _attempt in range(200 * count):
-            if len(socks) == count:
-                break
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                s.bind(("127.0.0.1", rng.randrange(floor, ceiling)))
-            except OSError:  # in use (also by one chosen here: still bound), or TIME_WAIT
+    with _handed_lock:
+        now = time.monotonic()
+        for port in [p for p, t in _handed.items() if now - t > _HANDED_FOR]:
+            del _handed[port]
+        try:
+            for _attempt in range(200 * count):
+                if len(socks) == count:
+                    break
+                port = rng.randrange(floor, ceiling)
+                if port in _handed:
+                    continue
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:  # in use (also by one chosen here: still bound), or TIME_WAIT
+                    s.close()
+                    continue
+                socks.append(s)
+            while len(socks) < count:  # hardly ever: the kernel's choice, as before
+                s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                s.bind(("127.0.0.1", 0))
+                socks.append(s)
+            ports = [int(s.getsockname()[1]) for s in socks]
+            _handed.update((p, now) for p in ports)
+            return ports
+        finally:
+            for s in socks:
                 s.close()
-                continue
-            socks.append(s)
-        while len(socks) < count:  # hardly ever: the kernel's choice, as before
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 def log_tail(log: Path, offset: int = 0, lines: int = 8, sep: str = " | ") -> str:
