@@ -210,6 +210,12 @@ CASES = [
         lambda w, n, r: f"identity {n} may not read record r-1",
     ),
     Case(
+        "FindClaim",
+        lambda w: (ALICE, "i-" + "cd" * 16),
+        frozenset({"owner"}) | CLINICIANS,
+        lambda w, n, r: f"identity {n} may not look up claims of {ALICE}",
+    ),
+    Case(
         "GetRecordHistory",
         lambda w: ("r-1",),
         frozenset({"owner", "grantee", "auditor", "proxy"}),

@@ -51,6 +51,7 @@ def test_the_kinds_match_what_the_contract_is_known_to_do() -> None:
     assert EVALUATED == [
         "CheckApproval",
         "CheckEmergencyExtraction",
+        "FindClaim",
         "GetAuditTrail",
         "GetDKGBundles",
         "GetDKGResult",

@@ -61,5 +61,7 @@ def test_a_malformed_kind_is_refused_and_nothing_is_written(fresh_world: World) 
         writes = json.dumps([["RegisterRecord", *w.record_args("r-k7"), "", bad]])
         reason = fails_without_change(w, alice, "WriteRecords", writes)
         assert reason.startswith("write 0: record kind"), reason
-    ten = json.dumps([["RegisterRecord", *w.record_args("r-k8"), "", KIND, "extra"]])
-    assert "takes 7 to 9 arguments, got 10" in fails_without_change(w, alice, "WriteRecords", ten)
+    # The 10th argument is a claim (test_record_claim.py); an 11th is one too many.
+    eleven = json.dumps([["RegisterRecord", *w.record_args("r-k8"), "", KIND, "i-1", "extra"]])
+    reason = fails_without_change(w, alice, "WriteRecords", eleven)
+    assert "takes 7 to 10 arguments, got 11" in reason

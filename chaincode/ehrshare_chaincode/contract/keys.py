@@ -10,6 +10,7 @@ __all__ = [
     "INDEX_VALUE",
     "K_ACCESS",
     "K_APPROVAL",
+    "K_CLAIM",
     "K_DKG",
     "K_DKG_LATEST",
     "K_DKG_RESULT",
@@ -52,6 +53,7 @@ K_TYPE_EPOCH = "ehr.typeepoch"
 K_RECORD = "ehr.rec"
 K_RECORD_VERSION = "ehr.recver"
 K_RECORD_BY_OWNER = "ehr.rec~owner"
+K_CLAIM = "ehr.claim"  # (owner, claim) -> the record registered with that claim
 K_GRANT = "ehr.grant"
 K_GRANT_BY_OWNER = "ehr.grant~owner"
 K_GRANT_BY_GRANTEE = "ehr.grant~grantee"

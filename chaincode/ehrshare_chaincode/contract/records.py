@@ -4,7 +4,11 @@ A pointer holds the CID, its SHA-256, the capsule (opaque base64) and the master
 capsule was sealed under; every version is kept. A pointer registered with a ``kind`` also holds
 that label of what the record is (the SDK's opaque label of its FHIR resourceType, so that a
 search by resource type reads only the records it returns); the contract only checks its form
-and keeps it across versions.
+and keeps it across versions. A registration with a ``claim`` (an opaque string the SDK derives
+from a conditional create's identifier) also writes the key (owner, claim) naming the record,
+and is refused when that key exists: a FHIR conditional create holds across gateways and
+members because two registrations with one claim cannot both commit. The pointer itself does
+not carry the claim.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from .functions import evaluate, reads, submit
 from .grants import grant_problem, load_grant, valid_grant
 from .identities import fresh_type_key_epoch, load_identity
 from .keys import (
+    K_CLAIM,
     K_DKG_LATEST,
     K_GRANT,
     K_IBE,
@@ -51,7 +56,11 @@ class Records:
     """RegisterRecord, AmendRecord and the record reads."""
 
     @submit
-    @reads(lambda record_id, owner, record_type, *_: _register_reads(record_id, owner, record_type))
+    @reads(
+        lambda record_id, owner, record_type, *rest: _register_reads(
+            record_id, owner, record_type, rest[6] if len(rest) > 6 else ""
+        )
+    )
     def RegisterRecord(
         self,
         ctx: TxContext,
@@ -64,12 +73,15 @@ class Records:
         format_version: str,
         type_epoch: str = "",
         kind: str = "",
+        claim: str = "",
     ) -> Any:
         """Register a record pointer; the patient itself or a clinician of any member hospital.
 
         ``type_epoch`` is the owner's type-key epoch the capsule is sealed under; it must be
         the current one (:func:`~.type_epochs.record_type_epoch`). ``kind``, when given, is a
-        label of what the record is (a record type's form), kept by every version."""
+        label of what the record is (a record type's form), kept by every version. ``claim``,
+        when given (a type label's form), is taken for the owner: refused if a record of the
+        owner holds it already (:meth:`FindClaim`)."""
         caller = ctx.registered()
         return _register(
             ctx,
@@ -83,6 +95,7 @@ class Records:
             format_version,
             type_epoch,
             kind,
+            claim,
         )
 
     @submit
@@ -155,6 +168,25 @@ class Records:
             return record
         n = check_int(version, "version", 1, int(record["version"]))
         return ctx.get_json(K_RECORD_VERSION, record_id, seq(n))
+
+    @evaluate
+    def FindClaim(self, ctx: TxContext, owner: str, claim: str) -> Any:
+        """Which record of ``owner`` holds ``claim``: ``{record_id, record}``, ``record`` its
+        pointer when the caller may read it, else null; ``record_id`` empty when none does.
+        Only who may register records for ``owner`` asks (the patient itself, a clinician):
+        a registration with the claim would name the record anyway. Admins, auditors, proxies
+        and other patients are refused."""
+        caller = ctx.registered()
+        check_ibe(owner, "owner")
+        check_type(claim, "record claim")
+        if not (caller.role == CLINICIAN or (caller.role == PATIENT and caller.ibe_id == owner)):
+            raise ChaincodeError(f"identity {caller.name} may not look up claims of {owner}")
+        held = ctx.get_json(K_CLAIM, owner, claim)
+        if held is None:
+            return {"record_id": "", "record": None}
+        record = load_record(ctx, str(held["record_id"]))
+        readable = self._may_read(ctx, caller, record)
+        return {"record_id": record["record_id"], "record": record if readable else None}
 
     @evaluate
     def GetRecordHistory(self, ctx: TxContext, record_id: str) -> Any:
@@ -331,7 +363,7 @@ def load_record(ctx: TxContext, record_id: str) -> dict[str, Any]:
 
 MAX_WRITES = 100  # writes per WriteRecords call (the FHIR API's transaction Bundle limit)
 # The arguments (without the function's name) each write of WriteRecords takes: min, max.
-_WRITE_ARITY = {"RegisterRecord": (7, 9), "AmendRecord": (5, 7)}
+_WRITE_ARITY = {"RegisterRecord": (7, 10), "AmendRecord": (5, 7)}
 
 
 def _parsed_writes(writes: str) -> list[tuple[str, list[str]]]:
@@ -344,6 +376,7 @@ def _parsed_writes(writes: str) -> list[tuple[str, list[str]]]:
     if len(items) > MAX_WRITES:
         raise ChaincodeError(f"at most {MAX_WRITES} writes per transaction, got {len(items)}")
     seen: set[str] = set()
+    claims: set[tuple[str, str]] = set()
     parsed = []
     for i, item in enumerate(items):
         where = f"write {i}"
@@ -360,13 +393,20 @@ def _parsed_writes(writes: str) -> list[tuple[str, list[str]]]:
         if args[0] in seen:
             raise ChaincodeError(f"{where}: record {args[0]} is written twice in one call")
         seen.add(args[0])
+        claim = (args[1], args[9]) if function == "RegisterRecord" and len(args) > 9 else None
+        if claim is not None and claim[1]:
+            if claim in claims:  # a transaction does not read its own writes: refuse here
+                raise ChaincodeError(f"{where}: claim {claim[1]} is taken twice in one call")
+            claims.add(claim)
         parsed.append((function, args))
     return parsed
 
 
-def _register_reads(record_id: str, owner: str, record_type: str) -> list[tuple[str, ...]]:
+def _register_reads(
+    record_id: str, owner: str, record_type: str, claim: str = ""
+) -> list[tuple[str, ...]]:
     """The keys RegisterRecord reads on every successful run (its ``@reads`` declaration)."""
-    return [
+    return ([(K_CLAIM, owner, claim)] if claim else []) + [
         (K_IBE, owner),
         (K_RECORD, record_id),
         (K_DKG_LATEST,),
@@ -387,7 +427,8 @@ def _writes_read(writes: str) -> list[tuple[str, ...]]:
     keys: dict[tuple[str, ...], None] = {}
     for function, args in parsed:
         if function == "RegisterRecord":
-            keys.update(dict.fromkeys(_register_reads(args[0], args[1], args[2])))
+            claim = args[9] if len(args) > 9 else ""
+            keys.update(dict.fromkeys(_register_reads(args[0], args[1], args[2], claim)))
         else:
             keys[(K_RECORD, args[0])] = None
     return list(keys)
@@ -405,6 +446,7 @@ def _register(
     format_version: str,
     type_epoch: str = "",
     kind: str = "",
+    claim: str = "",
 ) -> dict[str, Any]:
     """RegisterRecord's checks and writes (also one write of WriteRecords)."""
     check_id(record_id, "record id")
@@ -412,6 +454,8 @@ def _register(
     check_type(record_type)
     if kind:
         check_type(kind, "record kind")
+    if claim:
+        check_type(claim, "record claim")
     if not CID_RE.fullmatch(cid):
         raise ChaincodeError(f"cid {cid!r} is not a content identifier")
     if not SHA256_RE.fullmatch(sha256):
@@ -427,6 +471,12 @@ def _register(
         raise ChaincodeError(f"identity {owner} is not a patient")
     if ctx.stub.get_state(ctx.key(K_RECORD, record_id)) is not None:
         raise ChaincodeError(f"record {record_id} already exists")
+    if claim:
+        # Read even when absent: on Fabric a concurrent registration with the same claim then
+        # fails validation (MVCC_READ_CONFLICT), and re-simulated it fails here.
+        held = ctx.get_json(K_CLAIM, owner, claim)
+        if held is not None:
+            raise ChaincodeError(f"claim {claim} of {owner} is held by record {held['record_id']}")
     epoch = fresh_type_key_epoch(ctx, owner, record_type)
     t_epoch = record_type_epoch(ctx, owner, record_type, type_epoch)
     record = {
@@ -451,6 +501,10 @@ def _register(
     ctx.put_json(record, K_RECORD, record_id)
     ctx.put_json(record, K_RECORD_VERSION, record_id, seq(1))
     ctx.put_index(K_RECORD_BY_OWNER, owner, record_id)
+    if claim:
+        ctx.put_json(
+            {"claim": claim, "owner": owner, "record_id": record_id}, K_CLAIM, owner, claim
+        )
     ctx.log(
         owner,
         "RegisterRecord",
