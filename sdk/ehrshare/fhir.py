@@ -57,6 +57,7 @@ _TYPE_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _OPAQUE_RE: Final = re.compile(r"t-[0-9a-f]{32}")
 _LABEL_DST: Final = b"ehrshare/v1/type-label"
 _KIND_DST: Final = b"ehrshare/v1/resource-kind"
+_CLAIM_DST: Final = b"ehrshare/v1/identifier-claim"
 _RESOURCE_TYPE_RE: Final = re.compile(r"[A-Z][A-Za-z]{0,63}")
 
 _OBS_CATEGORY: Final = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -366,6 +367,17 @@ class TypeLabels:
             raise ValueError(f"{resource_type!r} is not a FHIR resource type name")
         mac = hmac.new(self._key, _KIND_DST + resource_type.encode(), hashlib.sha256).digest()
         return "k-" + mac[:16].hex()
+
+    def claim(self, owner: str, resource_type: str, system: str, value: str) -> str:
+        """A conditional create's on-chain claim (RegisterRecord's ``claim``): an HMAC under
+        the label key, in its own domain, of the owner, the resourceType and the condition's
+        identifier (``system`` empty for an identifier without one). Members can compute it,
+        and so test a guess of a patient's identifier against the chain (docs/security.md)."""
+        if not _RESOURCE_TYPE_RE.fullmatch(resource_type):
+            raise ValueError(f"{resource_type!r} is not a FHIR resource type name")
+        what = json.dumps([owner, resource_type, system, value], separators=(",", ":"))
+        mac = hmac.new(self._key, _CLAIM_DST + what.encode(), hashlib.sha256).digest()
+        return "i-" + mac[:16].hex()
 
     def reveal(self, label: str) -> str | None:
         """The clinical type behind an on-chain label, or None if it is not a configured type."""

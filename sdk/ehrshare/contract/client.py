@@ -151,10 +151,13 @@ def register_record_args(
     format_version: str,
     type_epoch: int | None = None,
     kind: str = "",
+    claim: str = "",
 ) -> tuple[str, ...]:
     """RegisterRecord's positional arguments (the capsule base64 as on chain); ``type_epoch``
     the owner's type-key epoch it is sealed under (None: not stated); ``kind`` the label of
-    the record's resourceType (:meth:`~ehrshare.fhir.TypeLabels.kind`; empty: none)."""
+    the record's resourceType (:meth:`~ehrshare.fhir.TypeLabels.kind`; empty: none);
+    ``claim`` a conditional create's claim (:meth:`~ehrshare.fhir.TypeLabels.claim`; empty:
+    none)."""
     args: tuple[str, ...] = (
         record_id,
         owner,
@@ -164,9 +167,11 @@ def register_record_args(
         base64.b64encode(capsule).decode(),
         format_version,
     )
-    if type_epoch is not None or kind:
+    if type_epoch is not None or kind or claim:
         args = (*args, "" if type_epoch is None else str(type_epoch))
-    return (*args, kind) if kind else args
+    if kind or claim:
+        args = (*args, kind)
+    return (*args, claim) if claim else args
 
 
 def request_access_args(
@@ -416,9 +421,11 @@ class EhrContract:
         format_version: str,
         type_epoch: int | None = None,
         kind: str = "",
+        claim: str = "",
     ) -> StoredRecord:
         """Register a record's pointer (its ciphertext already stored), sealed under the
-        owner's type-key epoch ``type_epoch``, with the label ``kind`` of its resourceType."""
+        owner's type-key epoch ``type_epoch``, with the label ``kind`` of its resourceType,
+        taking ``claim`` (refused if a record of the owner holds it)."""
         args = register_record_args(
             record_id=record_id,
             owner=owner,
@@ -429,8 +436,17 @@ class EhrContract:
             format_version=format_version,
             type_epoch=type_epoch,
             kind=kind,
+            claim=claim,
         )
         return StoredRecord.from_chain(self.call("RegisterRecord", *args), self.labels)
+
+    def find_claim(self, owner: str, claim: str) -> tuple[str, StoredRecord | None]:
+        """Which record of ``owner`` holds ``claim`` (``""``: none) and its pointer if you may
+        read it (the patient itself and clinicians may ask)."""
+        data = self.call("FindClaim", owner, claim)
+        record = data.get("record")
+        stored = None if record is None else StoredRecord.from_chain(record, self.labels)
+        return str(data.get("record_id") or ""), stored
 
     def amend_record(
         self,

@@ -10,7 +10,10 @@ for an identifier without a system, ``value`` in any system; commas separate alt
 ``_id`` (record ids, commas separate alternatives); several parameters must all hold. The chain
 does not know identifiers, so ``_id``, the patient and the resource type (a pointer's ``kind``,
 on records registered since pointers carry one) are decided on the pointers and the
-identifiers on the decrypted resource. Must not do I/O.
+identifiers on the decrypted resource. A condition of one identifier with its system stated
+(``system|value`` or ``|value``, nothing else) also names an on-chain claim
+(:meth:`Condition.claimed_identifier`): the gateway registers the record with it, so two
+creates under that condition cannot both commit. Must not do I/O.
 """
 
 from __future__ import annotations
@@ -48,6 +51,15 @@ class Condition:
     text: str  # as given, for messages
     identifiers: tuple[tuple[_Identifier, ...], ...]
     ids: tuple[frozenset[str], ...]
+
+    def claimed_identifier(self) -> tuple[str, str] | None:
+        """The (system, value) a create under this condition claims on chain, or None: only a
+        condition of exactly one identifier with its system stated claims (a value in any
+        system, alternatives or ``_id`` would need several claims or none decides)."""
+        if self.ids or len(self.identifiers) != 1 or len(self.identifiers[0]) != 1:
+            return None
+        token = self.identifiers[0][0]
+        return None if token.system is None else (token.system, token.value)
 
     def admits_pointer(self, ref: RecordRef, patient: str, kind: str = "") -> bool:
         """Whether the record's pointer can belong to a match (decided without decrypting):

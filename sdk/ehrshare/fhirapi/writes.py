@@ -24,6 +24,8 @@ from ehrshare.fhirapi.outcome import FhirError, outcome_for
 from ehrshare.fhirapi.transaction import Entry, parse_transaction
 from ehrshare.jsontext import too_deep
 from ehrshare.session import (
+    AccessDenied,
+    ClaimHeld,
     NoSuchMember,
     RecordStorageError,
     RecordTooLarge,
@@ -142,24 +144,76 @@ class RecordWrites:
         resource = self._load(body, rtype)
         patient = self._patient_of(session, resource)
         resource.pop("id", None)  # the server names records (FHIR create ignores a given id)
+        claim = ""
         if condition is not None:
             try:
                 parse_resource(resource)  # a bad body is 400 even when a match exists
             except FhirValidationError as exc:
                 raise FhirError(400, str(exc)) from None
-            found = self._existing(session, condition, patient, "If-None-Exist")
+            claim = self._claim(session, condition, patient)
+            where = "If-None-Exist"
+            # The record holding the claim, and those without claims (older, unconditional)
+            # found as before: one is the match, several 412.
+            held = self._held(session, condition, patient, claim, where)
+            found = self._existing(session, condition, patient, where, held)
             if found is not None:  # FHIR: nothing created, 200 with the match
-                location = f"{base_url}/{rtype}/{found['id']}/_history/{found['meta']['versionId']}"
-                return with_validators(Answer(200, found, {"Location": location}))
+                return self._matched(found, base_url)
         try:
-            ref = session.put_record(resource, patient=patient)  # validates, once
+            ref = session.put_record(resource, patient=patient, claim=claim)  # validates, once
         except FhirValidationError as exc:
             raise FhirError(400, str(exc)) from None
         except NoSuchMember as exc:
             raise FhirError(422, str(exc)) from None
+        except ClaimHeld:  # created meanwhile (another gateway, another member): the winner
+            assert condition is not None
+            held = self._held(session, condition, patient, claim, "If-None-Exist")
+            if held is None:
+                raise
+            found = self._existing(session, condition, patient, "If-None-Exist", held)
+            return self._matched(found or held, base_url)
         out = self._with_meta(resource, ref)
         location = f"{base_url}/{rtype}/{ref.record_id}/_history/{ref.version}"
         return with_validators(Answer(201, out, {"Location": location}))
+
+    @staticmethod
+    def _matched(found: dict[str, Any], base_url: str) -> Answer:
+        """A conditional create's answer when a record matched: 200 with it."""
+        rtype, rid, version = found["resourceType"], found["id"], found["meta"]["versionId"]
+        location = f"{base_url}/{rtype}/{rid}/_history/{version}"
+        return with_validators(Answer(200, found, {"Location": location}))
+
+    @staticmethod
+    def _claim(session: Session, condition: Condition, patient: str) -> str:
+        """The on-chain claim a create under ``condition`` takes ("" for a condition that
+        claims nothing: :meth:`~ehrshare.fhirapi.conditional.Condition.claimed_identifier`)."""
+        token = condition.claimed_identifier()
+        if token is None:
+            return ""
+        return session.labels.claim(patient, condition.resource_type, *token)
+
+    def _held(
+        self, session: Session, condition: Condition, patient: str, claim: str, where: str
+    ) -> dict[str, Any] | None:
+        """The record (with meta) holding ``claim`` on chain, None when none does; 412 when
+        one the caller may not read does (nothing is written: it exists, and FHIR's answer
+        for a condition the server will not resolve to a record is 412)."""
+        if not claim:
+            return None
+        record_id, ref = session.find_claim(patient, claim)
+        if not record_id:
+            return None
+        refused = FhirError(
+            412,
+            f"{where} {condition.text!r}: a {condition.resource_type} record of {patient} was "
+            "created under this condition and you may not read it; nothing was written",
+        )
+        if ref is None:
+            raise refused
+        try:
+            read, data = session.open_record_json(ref)
+        except AccessDenied:  # its creator without a grant sees the pointer, not the record
+            raise refused from None
+        return self._with_meta(data, read)
 
     @staticmethod
     def _with_meta(resource: dict[str, Any], ref: RecordRef) -> dict[str, Any]:
@@ -261,14 +315,23 @@ class RecordWrites:
         ]
 
     def _existing(
-        self, session: Session, condition: Condition, patient: str, where: str
+        self,
+        session: Session,
+        condition: Condition,
+        patient: str,
+        where: str,
+        held: dict[str, Any] | None = None,
     ) -> dict[str, Any] | None:
         """The one record of ``patient`` the caller may read that ``condition`` matches (with
         meta), None for none; 412 for several. Pointers decide patient, resource type and
-        ``_id`` before any decryption; each record decrypted is a logged read, as in a search."""
-        found = []
+        ``_id`` before any decryption; each record decrypted is a logged read, as in a search.
+        ``held``: the record holding the condition's claim (:meth:`_held`), a match whatever
+        its identifiers."""
+        found = [] if held is None else [held]
         kind = session.labels.kind(condition.resource_type)
         for ref in self._readable(session, patient):
+            if held is not None and ref.record_id == held["id"]:
+                continue
             if condition.admits_pointer(ref, patient, kind):
                 read, data = session.open_record_json(ref)  # the pointer gives the hints
                 if condition.admits_resource(data):
@@ -282,9 +345,13 @@ class RecordWrites:
             )
         return found[0] if found else None
 
-    def _transaction(self, session: Session, body: bytes, base_url: str) -> Answer:
+    def _transaction(
+        self, session: Session, body: bytes, base_url: str, retries: int = 2
+    ) -> Answer:
         """``POST [base]`` with a transaction Bundle: every entry checked, then all written in
-        one ledger transaction (see :mod:`ehrshare.fhirapi.transaction`)."""
+        one ledger transaction (see :mod:`ehrshare.fhirapi.transaction`). When an entry's
+        claim was taken meanwhile (another gateway or member created it), nothing was written
+        and the Bundle is evaluated again (up to ``retries`` times): that entry now matches."""
         entries = parse_transaction(_json_body(body), NOT_RECORDS)
         planned: list[tuple[Entry, dict[str, Any], str]] = []
         for e in entries:
@@ -318,26 +385,42 @@ class RecordWrites:
         # Conditions after every entry's checks (a bad entry refuses before any logged read),
         # against what is stored before this Bundle: its own entries are not yet there.
         matched: dict[int, dict[str, Any]] = {}
+        claims: dict[str, int] = {}  # claim -> the entry that takes it
         for e, _resource, patient in planned:
             if e.condition is None:
                 continue
             where = f"entry[{e.index}].request.ifNoneExist"
             try:
-                found = self._existing(session, e.condition, patient, where)
+                claim = self._claim(session, e.condition, patient)
+                held = self._held(session, e.condition, patient, claim, where)
+                found = self._existing(session, e.condition, patient, where, held)
             except EhrshareError as exc:
                 status, _ = outcome_for(exc)
                 raise FhirError(status, f"{where}: {exc}") from None
             if found is not None:
                 matched[e.index] = found
+            elif claim:
+                if claim in claims:  # one record per condition: two entries would make two
+                    raise FhirError(
+                        422,
+                        f"{where}: entry[{claims[claim]}] creates under the same condition "
+                        f"{e.condition.text!r}; send one of them",
+                    )
+                claims[claim] = e.index
+        claim_of = {index: claim for claim, index in claims.items()}
         planned = [p for p in planned if p[0].index not in matched]
         writes = [
             RecordWrite(resource, e.record_id, if_version=e.if_version)
             if e.method == "PUT"
-            else RecordWrite(resource, patient=patient)
+            else RecordWrite(resource, patient=patient, claim=claim_of.get(e.index, ""))
             for e, resource, patient in planned
         ]
         try:  # one ledger transaction: all or none
             refs = session.write_records(writes) if writes else []
+        except ClaimHeld:
+            if retries == 0:
+                raise
+            return self._transaction(session, body, base_url, retries - 1)
         except (RequestRejected, RecordStorageError, InvalidInput) as exc:
             status, _ = outcome_for(exc)
             raise FhirError(

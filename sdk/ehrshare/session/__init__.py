@@ -9,6 +9,7 @@ from ehrshare.session.core import ProxyRoute
 from ehrshare.session.enrolment import EnrollmentResult
 from ehrshare.session.errors import (
     AccessDenied,
+    ClaimHeld,
     EmergencyKeyRefused,
     EnrollmentError,
     ForeignIdentity,
@@ -39,6 +40,7 @@ __all__ = [
     "AccessDenied",
     "AuditTrail",
     "AuditVerification",
+    "ClaimHeld",
     "EmergencyKeyRefused",
     "EnrollmentError",
     "EnrollmentResult",

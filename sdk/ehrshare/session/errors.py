@@ -201,6 +201,15 @@ class VersionConflict(RequestRejected):
     FHIR API's If-Match); nothing was registered."""
 
 
+class ClaimHeld(RequestRejected):
+    """A registration's claim (a conditional create's) is held by another record of the
+    owner, ``record_id``: someone created it meanwhile; nothing was registered."""
+
+    def __init__(self, function: str, message: str, transaction_id: str, record_id: str) -> None:
+        super().__init__(function, message, transaction_id)
+        self.record_id = record_id
+
+
 class InvalidWrites(InvalidInput, SdkError):
     """:meth:`~ehrshare.session.Session.write_records` was given no writes, too many, or one
     record twice; nothing was stored."""

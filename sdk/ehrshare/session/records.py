@@ -26,6 +26,7 @@ from ehrshare.services.protocols import NoReKey, ProxyError, ProxyUnavailable
 from ehrshare.session.core import _MAX_FALLBACK_GRANTS, _MAX_POINTERS, _PAGE, FORMAT_VERSION
 from ehrshare.session.errors import (
     AccessDenied,
+    ClaimHeld,
     GrantNotServed,
     InvalidWrites,
     ProxyUnreachable,
@@ -58,6 +59,7 @@ class RecordWrite:
     patient: str | None = None
     type: str | None = None
     if_version: int | None = None
+    claim: str = ""  # a new record's claim (put_record's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,7 @@ class _Planned:
     amend: bool
     if_version: int | None
     plaintext: bytes
+    claim: str = ""
 
 
 class Records(TypeKeyRotation):
@@ -82,10 +85,14 @@ class Records(TypeKeyRotation):
         *,
         patient: str | None = None,
         type: str | None = None,
+        claim: str = "",
     ) -> RecordRef:
         """Encrypt a FHIR R4 resource for ``patient`` (yourself if you are the patient) and
         register it. The type comes from the resource's ``meta.security`` and category (see
         :class:`~ehrshare.fhir.TypeMapping`); ``type=`` names it for resources no rule covers.
+        ``claim`` (:meth:`~ehrshare.fhir.TypeLabels.claim`, a conditional create's) is taken
+        for the patient in the same transaction: if a record of hers holds it,
+        :class:`ClaimHeld` and nothing is registered.
 
         Raises FhirValidationError, UnknownRecordType, RecordTooLarge, RecordStorageError (then
         nothing is on chain) or RequestRejected.
@@ -98,17 +105,21 @@ class Records(TypeKeyRotation):
         record_id = "r-" + secrets.token_hex(16)
 
         def register(cid: str, digest: str, capsule: bytes, type_epoch: int) -> StoredRecord:
-            return self.chain.register_record(
-                record_id=record_id,
-                owner=owner,
-                label=label,
-                cid=cid,
-                sha256=digest,
-                capsule=capsule,
-                format_version=FORMAT_VERSION,
-                type_epoch=type_epoch,
-                kind=kind,
-            )
+            try:
+                return self.chain.register_record(
+                    record_id=record_id,
+                    owner=owner,
+                    label=label,
+                    cid=cid,
+                    sha256=digest,
+                    capsule=capsule,
+                    format_version=FORMAT_VERSION,
+                    type_epoch=type_epoch,
+                    kind=kind,
+                    claim=claim,
+                )
+            except RequestRejected as exc:
+                raise _claim_held(exc, "", owner, claim) from None
 
         record = self._seal_and_register(
             "put",
@@ -217,7 +228,9 @@ class Records(TypeKeyRotation):
             if not w.record_id:
                 record_id = "r-" + secrets.token_hex(16)
                 owner = w.patient or self.ibe_id
-                planned.append(_Planned(record_id, owner, label, kind, False, None, plaintext))
+                planned.append(
+                    _Planned(record_id, owner, label, kind, False, None, plaintext, w.claim)
+                )
                 continue
             current = self.get_record(w.record_id)
             if w.if_version is not None and current.version != w.if_version:
@@ -284,6 +297,7 @@ class Records(TypeKeyRotation):
                                 format_version=FORMAT_VERSION,
                                 type_epoch=type_epoch,
                                 kind=p.kind,
+                                claim=p.claim,
                             ),
                         )
                     )
@@ -306,13 +320,24 @@ class Records(TypeKeyRotation):
 
     @staticmethod
     def _write_conflict(exc: RequestRejected, planned: Sequence[_Planned]) -> RequestRejected:
-        """The chaincode's own If-Match refusal of write N as :class:`VersionConflict`."""
+        """The chaincode's own If-Match refusal of write N as :class:`VersionConflict`, its
+        refusal of a held claim as :class:`ClaimHeld`."""
         for i, p in enumerate(planned):
+            if p.claim:
+                held = _claim_held(exc, f"write {i}: ", p.owner, p.claim)
+                if held is not exc:
+                    return held
             if p.if_version is not None and exc.reason.startswith(
                 f"write {i}: record {p.record_id} is at "
             ):
                 return VersionConflict(exc.function, exc.reason, exc.transaction_id)
         return exc
+
+    def find_claim(self, owner: str, claim: str) -> tuple[str, RecordRef | None]:
+        """Which record of ``owner`` holds ``claim`` (``""``: none), and its pointer if you
+        may read it (None: you may not, or none holds it). The patient and clinicians ask."""
+        record_id, stored = self.chain.find_claim(owner, claim)
+        return record_id, None if stored is None else stored.ref
 
     def _check_kind(self, current: RecordRef, model: FHIRAbstractModel) -> None:
         """A new version keeps the record's resourceType (where its pointer names one)."""
@@ -680,3 +705,12 @@ class Records(TypeKeyRotation):
                     f"{held}) could not serve record {record_id}: {exc}"
                 ) from None
         return capsule
+
+
+def _claim_held(exc: RequestRejected, prefix: str, owner: str, claim: str) -> RequestRejected:
+    """The chaincode's refusal of ``claim`` (held by another record) as :class:`ClaimHeld`;
+    any other refusal as it is. ``prefix``: ``write N: `` for one write of WriteRecords."""
+    held = f"{prefix}claim {claim} of {owner} is held by record "
+    if not claim or not exc.reason.startswith(held):
+        return exc
+    return ClaimHeld(exc.function, exc.reason, exc.transaction_id, exc.reason[len(held) :])
