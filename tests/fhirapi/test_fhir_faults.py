@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -305,8 +306,13 @@ def test_a_conditional_create_resent_after_a_lost_answer_is_not_made_twice(
             "resourceType": "Bundle",
             "type": "transaction",
             "entry": [
-                {"resource": obs(n), "request": request | {"ifNoneExist": f"identifier={n}"}}
-                for n in names
+                {"resource": obs(n), "request": request | {"ifNoneExist": cond}}
+                # The first claims on chain (system|value), the second (any system) does not.
+                for n, cond in zip(
+                    names,
+                    (f"identifier={system}|{names[0]}", f"identifier={names[1]}"),
+                    strict=True,
+                )
             ],
         }
         return c.post("", json=bundle)
@@ -333,3 +339,39 @@ def test_a_conditional_create_resent_after_a_lost_answer_is_not_made_twice(
         assert third.status_code == 200, third.text
     again.stop()
     assert _ledger_records(world["profile"]) == before | ids
+
+
+def test_two_gateway_processes_sent_one_conditional_create_at_once_make_one_record(
+    world: dict, start: object
+) -> None:
+    """Two ``ehrshare fhir serve`` processes over one consortium (as behind a load balancer:
+    a re-sent request may land on the other one), each sent the same conditional create
+    several times at once: one record per identifier, every answer names it."""
+    system = "http://hosp.example/ids"
+    servers = [start(), start()]  # type: ignore[operator]
+    clients = [s.client(world["alice"]) for s in servers]
+    before = _ledger_records(world["profile"])
+    made = set()
+    try:
+        for n in range(3):
+            name = f"two-gateways-{n}"
+            body = lab_observation() | {"identifier": [{"system": system, "value": name}]}
+            condition = {"If-None-Exist": f"identifier={system}|{name}"}
+            with ThreadPoolExecutor(max_workers=6) as pool:
+                answers = list(
+                    pool.map(
+                        lambda i, b=body, h=condition: clients[i % 2].post(
+                            "/Observation", json=b, headers=h
+                        ),
+                        range(6),
+                    )
+                )
+            codes = sorted(r.status_code for r in answers)
+            assert codes == [200] * 5 + [201], [r.text for r in answers]
+            ids = {r.json()["id"] for r in answers}
+            assert len(ids) == 1, ids
+            made |= ids
+    finally:
+        for c in clients:
+            c.close()
+    assert _ledger_records(world["profile"]) == before | made
