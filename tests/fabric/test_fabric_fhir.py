@@ -6,8 +6,8 @@ a category search); the patient updates it with If-Match (a stale one is 412: th
 expected version on Fabric); the patient revokes; the clinician's read is 403, a consortium
 member the server does not serve is 401; a transaction Bundle (a create and an update) commits
 as one ledger transaction (WriteRecords); the AuditEvents (from the peers' ledger) show the
-decisions and the writes; and a conditional create sent twice, then as a Bundle entry, makes one
-record."""
+decisions and the writes; a conditional create sent twice, then as a Bundle entry, makes one
+record; and sent at once through two gateway processes, one record (the chain's claim)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import os
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -89,11 +90,11 @@ def test_the_fhir_story_holds_on_fabric_over_mutual_tls(tmp_path: Path) -> None:
                 s.publish_type_keys(["lab"])
                 ids[name] = s.ibe_id
         cert, key = server_cert(profile, tmp_path)
-        proc = serve_process(
-            profile,
+        serve_args = (
             *("--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key, "--mtls"),
             *("--member", "alice", "--member", "baker", "--patient-own-gateway"),
         )
+        proc = serve_process(profile, *serve_args)
         try:
             assert proc.stdout is not None
             url = proc.stdout.readline().strip()
@@ -191,6 +192,36 @@ def test_the_fhir_story_holds_on_fabric_over_mutual_tls(tmp_path: Path) -> None:
                     mine = [ref for ref in s.list_records() if ref.record_id == made_id]
                     assert len(mine) == 1 and mine[0].version == 1
                     assert len(s.list_records()) == 3  # rid, the Bundle's new one, made_id
+                # Two gateway processes (behind a load balancer) sent one conditional create
+                # at once: the chain's claim lets one register (the other fails MVCC or the
+                # claim check when proposed again), and every answer names that one record.
+                other = serve_process(profile, *serve_args)
+                try:
+                    assert other.stdout is not None
+                    url2 = other.stdout.readline().strip()
+                    assert url2.startswith("https://127.0.0.1:"), url2
+                    with wallet_client(profile, url2, "alice") as alice2:
+                        twice = lab_observation(value=18.0) | {
+                            "identifier": [{"system": _HOSP, "value": "lab-78"}]
+                        }
+                        cond2 = {"If-None-Exist": f"identifier={_HOSP}|lab-78"}
+                        with ThreadPoolExecutor(max_workers=4) as pool:
+                            answers = list(
+                                pool.map(
+                                    lambda i: (alice, alice2)[i % 2].post(
+                                        "/Observation", json=twice, headers=cond2
+                                    ),
+                                    range(4),
+                                )
+                            )
+                    codes = sorted(r.status_code for r in answers)
+                    assert codes == [200, 200, 200, 201], [r.text for r in answers]
+                    assert len({r.json()["id"] for r in answers}) == 1
+                finally:
+                    os.kill(other.pid, signal.SIGTERM)
+                    assert other.wait(timeout=60) == 0
+                with c.session("alice") as s:
+                    assert len(s.list_records()) == 4
         finally:
             os.kill(proc.pid, signal.SIGTERM)
             assert proc.wait(timeout=60) == 0
