@@ -10,6 +10,8 @@ import json
 import pytest
 from chaincode_world import World, endorse_error, fails_without_change
 
+from ehrshare_chaincode import canonical
+
 ALICE = "Org1MSP/alice"
 KIND = "k-" + "ab" * 16
 CLAIM = "i-" + "cd" * 16
@@ -122,3 +124,21 @@ def test_without_a_claim_the_pointer_and_the_state_are_as_before(fresh_world: Wo
     # No claim key at all (the contract's other keys are as before: test_record_kind.py).
     keys = [key for key, _ in w.sandbox.ledger.state_items("ehrshare")]
     assert keys and not any(b"ehr.claim" in k for k in keys)
+
+
+def test_a_claimed_pointer_is_byte_for_byte_an_unclaimed_one(fresh_world: World) -> None:
+    """The claim lives in its own key: the pointer of a registration with one is the pointer
+    the same registration without it makes (the record id and the transaction aside)."""
+    w = fresh_world
+    alice = w.m["owner"]
+    alice.submit("RegisterRecord", *w.record_args("r-p1"), "", KIND)
+    alice.submit("RegisterRecord", *_with_claim(w, "r-p2"))
+    rows = dict(w.sandbox.ledger.state_items("ehrshare"))
+
+    def pointer(record_id: str) -> bytes:
+        key = next(k for k in rows if k.startswith(b"\x00ehr.rec\x00" + record_id.encode()))
+        record = json.loads(rows[key])
+        record["record_id"], record["tx_id"] = "r-?", "?"
+        return canonical.dumps(record)
+
+    assert pointer("r-p1") == pointer("r-p2")

@@ -9,8 +9,9 @@ concurrent use, while what sessions share — the embedded ledger, the in-proces
 proxies, the content store — locks for itself (Fabric and Kubo are separate processes). It is
 the trusted hospital-side gateway: it holds the keys of the members it acts for. The member's
 lock also makes a conditional create's search and its write one step for that member (not
-across members, nor across gateways). Record writes are in :mod:`ehrshare.fhirapi.writes`, the
-base class. This module must not parse HTTP.
+across members, nor across gateways: there a condition of one ``system|value`` identifier
+holds by its on-chain claim). Record writes are in :mod:`ehrshare.fhirapi.writes`, the base
+class. This module must not parse HTTP.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ before the transaction commits leaves ciphertexts that no pointer names (nobody 
 decrypt them; ``ehrshare store gc`` removes them); a crash after it leaves every entry written.
 A create may carry a condition (``request.ifNoneExist``, :mod:`ehrshare.fhirapi.conditional`):
 the gateway evaluates it after every entry's checks, against what was stored before the Bundle,
-and an entry it matches is answered with that record instead of being written.
+and an entry it matches is answered with that record instead of being written; an entry whose
+condition claims on chain is registered with its claim, and a Bundle refused because another
+request took a claim meanwhile is evaluated again.
 
 This module parses and checks a Bundle into :class:`Entry` values; the gateway writes them.
 It must not write anything.
