@@ -14,14 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from ehrshare.demo import lab_observation
 from ehrshare.hospital import init_hospital
 from ehrshare.network.fabric import FabricNet
 from ehrshare.network.services import service_commands
-from ehrshare.network.supervisor import free_loopback_ports
 from ehrshare.profile import Profile
-from ehrshare.provisioning import Consortium
-from ehrshare.wallet import Wallet
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "sdk"))
 from test_add_hospital_processes import (
@@ -31,6 +27,7 @@ from test_add_hospital_processes import (
     answers_as,
     clinician_reads,
     committee,
+    consortium_up_with_a_record,
     ehrshare,
     status,
 )
@@ -46,21 +43,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     up' (alice: one lab record; admins of A and B), and hospital D made at ``hd``."""
     base = tmp_path_factory.mktemp("fabjoinproc")
     root = base / "c"
-    with Consortium.init(
-        root, ledger="fabric", services="processes", ports=free_loopback_ports(6)
-    ) as c:
-        c.add_member("alice", "HospitalA", "patient")
-        c.add_member("admin-b", "HospitalB", "admin")
-    up = ehrshare("network", "up", "-p", str(root))
-    assert up.returncode == 0, up.stderr
     try:
-        with (
-            Consortium.open(root / "profile.yaml") as c,
-            c.session(Wallet(root / "wallets" / "alice", use_env=False)) as s,
-        ):
-            s.enroll()
-            s.publish_type_keys()
-            (base / "record").write_text(s.put_record(lab_observation()).record_id, "utf-8")
+        consortium_up_with_a_record(base, ledger="fabric")
         init_hospital(base / "hd", "HospitalD")
         yield base
     finally:
@@ -68,7 +52,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         assert down.returncode == 0, down.stderr
 
 
-def test_a_hospital_joins_fabric_with_the_services_as_processes_and_none_restarts(
+def test_a_hospital_joins_fabric_with_the_services_as_processes(
     world: Path,
 ) -> None:
     c = world / "c"

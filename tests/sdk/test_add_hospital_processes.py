@@ -45,28 +45,36 @@ def ehrshare(*args: str, fault: str | None = None) -> subprocess.CompletedProces
     return run_ehrshare(*args, fault=fault, timeout=400)
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three hospitals as processes (alice: one lab record; admins of A and B), stopped."""
-    base = tmp_path_factory.mktemp("join-proc")
+def consortium_up_with_a_record(base: Path, ledger: str = "embedded") -> None:
+    """At ``base/c``: three hospitals with their services as processes, running under 'network
+    up' (and with ``ledger="fabric"`` their Fabric network); alice with one lab record (its id
+    in ``base/record``), admins of A and B."""
     root = base / "c"
-    with Consortium.init(root, services="processes", ports=free_loopback_ports(6)) as c:
+    with Consortium.init(
+        root, ledger=ledger, services="processes", ports=free_loopback_ports(6)
+    ) as c:
         c.add_member("alice", "HospitalA", "patient")
         c.add_member("admin-b", "HospitalB", "admin")
     up = ehrshare("network", "up", "-p", str(root))
     assert up.returncode == 0, up.stderr
+    with (
+        Consortium.open(root / "profile.yaml") as c,
+        c.session(Wallet(root / "wallets" / "alice", use_env=False)) as s,
+    ):
+        s.enroll()
+        s.publish_type_keys()
+        (base / "record").write_text(s.put_record(lab_observation()).record_id, "utf-8")
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three hospitals as processes (alice: one lab record; admins of A and B), stopped."""
+    base = tmp_path_factory.mktemp("join-proc")
     try:
-        with (
-            Consortium.open(root / "profile.yaml") as c,
-            c.session(Wallet(root / "wallets" / "alice", use_env=False)) as s,
-        ):
-            s.enroll()
-            s.publish_type_keys()
-            record = s.put_record(lab_observation()).record_id
+        consortium_up_with_a_record(base)
     finally:
-        down = ehrshare("network", "down", "-p", str(root))
+        down = ehrshare("network", "down", "-p", str(base / "c"))
         assert down.returncode == 0, down.stderr
-    (base / "record").write_text(record, encoding="utf-8")
     return base
 
 
