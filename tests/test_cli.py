@@ -54,6 +54,7 @@ def test_serve_commands_keep_their_flags_defaults_and_required_options() -> None
         "chaincode": (("--chaincode",), False, "ehrshare"),
         "ledger_tls_cert": (("--ledger-tls-cert",), False, None),
         "ledger_tls_key": (("--ledger-tls-key",), False, None),
+        "ledger_endorsers": (("--ledger-endorsers",), False, None),
         "tls_cert": (("--tls-cert",), True, None),
         "tls_key": (("--tls-key",), True, None),
         "client_ca": (("--client-ca",), False, []),

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from ehrshare.session import AccessDenied as AccessDenied
     from ehrshare.session import AuditTrail as AuditTrail
     from ehrshare.session import AuditVerification as AuditVerification
+    from ehrshare.session import ClaimHeld as ClaimHeld
     from ehrshare.session import EmergencyKeyRefused as EmergencyKeyRefused
     from ehrshare.session import EnrollmentError as EnrollmentError
     from ehrshare.session import ForeignIdentity as ForeignIdentity

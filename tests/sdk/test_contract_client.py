@@ -93,6 +93,7 @@ _ANSWERS: dict[str, bytes] = {
     "ListGrantedRecords": b'{"records":[],"bookmark":""}',
     "ListRecordVersions": b'{"versions":[{"record_id":"r","version":1,"cid":"c","sha256":"s"}],'
     b'"bookmark":""}',
+    "FindClaim": b'{"record_id":"","record":null}',
     "ListGrantPins": b'{"grants":[{"grant_id":"g-1","grantee_msp":"O","expiry":9,'
     b'"records":[{"record_id":"r","version":2,"cid":"c"}]}],"bookmark":""}',
     "GrantAccess": _GRANT,
@@ -189,6 +190,7 @@ _CALLS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
     ("list_records", ("O/p",), {}),
     ("list_records", ("O/p",), {"page_size": 5, "bookmark": "b"}),
     ("list_record_versions", (), {}),
+    ("find_claim", ("O/p", "i-1"), {}),
     ("list_grant_pins", (), {}),
     ("list_grant_pins", (), {"page_size": 5, "bookmark": "b"}),
     ("list_granted_records", ("g-1",), {}),

@@ -76,6 +76,7 @@ COVERED: Final[frozenset[str]] = frozenset(
         "ListRecordVersions",
         "ListGrantedRecords",
         "ListGrantPins",
+        "FindClaim",
         "GrantAccess",
         "RevokeAccess",
         "GetGrant",
