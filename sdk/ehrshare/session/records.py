@@ -472,9 +472,7 @@ class Records(TypeKeyRotation):
         decrypt.
         """
         ref_read, plaintext = self._open_plain(ref, grant, version)
-        model = self._validated(ref_read.record_id, plaintext)
-        self._check_read_kind(ref_read, model.get_resource_type())
-        return ref_read, model
+        return ref_read, self._validated(ref_read, plaintext)
 
     def open_record_json(
         self,
@@ -488,8 +486,7 @@ class Records(TypeKeyRotation):
         than as a model — dumping a model again costs more than the rest of an owner's read.
         """
         ref_read, plaintext = self._open_plain(ref, grant, version)
-        model = self._validated(ref_read.record_id, plaintext)
-        self._check_read_kind(ref_read, model.get_resource_type())
+        self._validated(ref_read, plaintext)
         data: dict[str, Any] = json.loads(plaintext)
         return ref_read, data
 
@@ -532,12 +529,14 @@ class Records(TypeKeyRotation):
                 del self._pointers[next(iter(self._pointers))]
         self._pointers[ref.record_id] = (ref.owner, ref.label)
 
-    @staticmethod
-    def _validated(record_id: str, plaintext: bytes) -> FHIRAbstractModel:
+    def _validated(self, ref: RecordRef, plaintext: bytes) -> FHIRAbstractModel:
+        """The decrypted resource, checked as FHIR and against the pointer's kind."""
         try:
-            return parse_resource(plaintext)
+            model = parse_resource(plaintext)
         except FhirValidationError as exc:
-            raise SdkError(f"record {record_id} decrypted to invalid FHIR: {exc}") from None
+            raise SdkError(f"record {ref.record_id} decrypted to invalid FHIR: {exc}") from None
+        self._check_read_kind(ref, model.get_resource_type())
+        return model
 
     def _covering_grants(self, record_id: str) -> list[Grant]:
         """Your active, unexpired grants that cover ``record_id`` (at most a few)."""
@@ -561,9 +560,7 @@ class Records(TypeKeyRotation):
         hints: tuple[str, str] = ("", ""),
     ) -> tuple[RecordRef, FHIRAbstractModel]:
         ref, plaintext = self._read_plain(record_id, grant_id, version, with_keys, hints)
-        model = self._validated(record_id, plaintext)
-        self._check_read_kind(ref, model.get_resource_type())
-        return ref, model
+        return ref, self._validated(ref, plaintext)
 
     def _check_read_kind(self, ref: RecordRef, resource_type: str) -> None:
         """A pointer's kind must name the resourceType it decrypted to (every version is
